@@ -1,0 +1,69 @@
+"""The `autlearn` command. Subcommands are imported lazily so `autlearn --help` stays fast and side-effect free."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+
+import click
+
+from profiler.errors import UserError
+
+# name -> "module:attribute"; a command whose module is absent is not listed.
+COMMANDS: dict[str, str] = {
+    "lab": "testbed.cli:lab",
+    "devices": "profiler.devices_cli:devices",
+    "workloads": "workloads.cli:workloads",
+    "run": "profiler.campaign_cli:run",
+    "results": "profiler.campaign_cli:results",
+    "report": "reports.cli:report",
+    "energy": "profiler.energy_cli:energy",
+    "tables": "workloads.tables_cli:tables",
+    "prune": "workloads.prune_cli:prune",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx):
+        return sorted(n for n, target in COMMANDS.items() if importlib.util.find_spec(target.split(":")[0]))
+
+    def get_command(self, ctx, name):
+        target = COMMANDS.get(name)
+        if target is None:
+            return None
+        module, attr = target.split(":")
+        if importlib.util.find_spec(module) is None:
+            return None
+        return getattr(importlib.import_module(module), attr)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="autlearn")
+def cli():
+    """Benchmark on-device training on a fleet of Android phones (or the virtual lab)."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: user errors become one line on stderr and exit code 1, never a traceback."""
+    try:
+        cli.main(args=argv, prog_name="autlearn", standalone_mode=False)
+    except UserError as exc:
+        click.echo(f"autlearn: error: {exc}", err=True)
+        return exc.exit_code
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:  # usage errors: bad option, missing argument
+        click.echo(f"autlearn: error: {exc.format_message()}", err=True)
+        return 1
+    except click.Abort:
+        click.echo("autlearn: aborted", err=True)
+        return 130
+    except KeyboardInterrupt:
+        click.echo("autlearn: interrupted", err=True)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
