@@ -1,0 +1,54 @@
+#!/system/bin/sh
+# Probe a phone: print `key=value` lines that profiler/probe.py parses. POSIX sh / mksh / toybox only.
+# Missing nodes are simply not printed. SYSFS is overridden only on virtual phones.
+SYSFS=${AUTLEARN_SYSFS:-/sys}
+
+kv() { printf '%s=%s\n' "$1" "$2"; }
+node() { [ -r "$2" ] && kv "$1" "$(cat "$2" 2>/dev/null | tr '\n' ' ' | sed 's/ *$//')"; }
+
+echo "probe.version=1"
+for p in ro.product.model ro.product.manufacturer ro.product.brand ro.product.device ro.product.name \
+         ro.product.cpu.abi ro.product.cpu.abilist ro.build.version.release ro.build.version.sdk \
+         ro.build.type ro.build.fingerprint ro.soc.manufacturer ro.soc.model ro.board.platform ro.hardware \
+         ro.debuggable ro.autlearn.virtual; do
+    v=$(getprop "$p" 2>/dev/null)
+    [ -n "$v" ] && kv "prop.$p" "$v"
+done
+kv kernel "$(uname -r 2>/dev/null)"
+kv machine "$(uname -m 2>/dev/null)"
+kv uid "$(id -u 2>/dev/null)"
+kv su "$(command -v su 2>/dev/null)"
+node cpu.possible "$SYSFS/devices/system/cpu/possible"
+node cpu.online "$SYSFS/devices/system/cpu/online"
+
+for d in "$SYSFS"/devices/system/cpu/cpufreq/policy*; do
+    [ -d "$d" ] || continue
+    p=${d##*/}
+    for f in related_cpus affected_cpus scaling_available_governors scaling_governor \
+             scaling_available_frequencies scaling_min_freq scaling_max_freq scaling_cur_freq \
+             cpuinfo_min_freq cpuinfo_max_freq; do
+        node "policy.$p.$f" "$d/$f"
+    done
+done
+
+for d in "$SYSFS"/class/thermal/thermal_zone*; do
+    [ -d "$d" ] || continue
+    node "thermal.${d##*/}.type" "$d/type"
+    node "thermal.${d##*/}.temp" "$d/temp"
+done
+for d in "$SYSFS"/class/thermal/cooling_device*; do
+    [ -d "$d" ] || continue
+    node "cooling.${d##*/}.type" "$d/type"
+    node "cooling.${d##*/}.cur_state" "$d/cur_state"
+    node "cooling.${d##*/}.max_state" "$d/max_state"
+done
+
+for d in "$SYSFS"/class/power_supply/*; do
+    [ -d "$d" ] || continue
+    n=${d##*/}
+    for f in type status online capacity current_now voltage_now charge_counter temp input_suspend \
+             charging_enabled; do
+        node "power.$n.$f" "$d/$f"
+    done
+done
+echo "probe.end=1"

@@ -1,0 +1,55 @@
+"""`autlearn devices`: the fleet as a table (or JSON)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from profiler.errors import DeviceUnreachable
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("-s", "--serial", "serials", multiple=True, help="Only these serials (repeatable).")
+def devices(as_json: bool, serials: tuple[str, ...]):
+    """List the fleet (real phones and virtual ones) with their probed facts."""
+    from profiler.fleet import discover
+
+    fleet = discover(serials)
+    if as_json:
+        click.echo(json.dumps([e.to_dict() for e in fleet], indent=2))
+    else:
+        _table(fleet)
+    if serials and any(e.facts is None for e in fleet):
+        bad = next(e for e in fleet if e.facts is None)
+        raise DeviceUnreachable(bad.error or "unreachable", serial=bad.serial)
+
+
+def _table(fleet) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=f"{len(fleet)} device(s)", title_justify="left")
+    for col in ("serial", "model", "kind", "android", "abi", "kernel", "cores", "governors (current)", "root",
+                "battery", "max temp"):
+        table.add_column(col)
+    for e in fleet:
+        f = e.facts
+        if f is None:
+            table.add_row(Text(e.serial), Text(e.error or e.state, style="red"), *[""] * 9)
+            continue
+        current = sorted({p.governor for p in f.policies if p.governor})
+        bat = f.battery
+        cells = (f.serial, f.model, "virtual" if f.virtual else "phone", f.android or "?", f.abi or "?",
+                 f.kernel or "?", f"{f.cores} ({f.clusters})",
+                 f"{' '.join(f.governors) or '?'} ({','.join(current) or '?'})", f.root,
+                 f"{bat.capacity}% {bat.status or ''}".strip() if bat and bat.capacity is not None else "?",
+                 f"{f.max_temp_c:.1f} C" if f.max_temp_c is not None else "?")
+        table.add_row(*(Text(str(c)) for c in cells))  # Text: device strings are never parsed as markup
+    if not fleet:
+        click.echo("no devices: connect a phone over adb, or start the virtual lab with `autlearn lab up`")
+        return
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
