@@ -67,3 +67,21 @@ class ParseError(UserError):
 
 class ArtifactError(UserError):
     """A workload artifact is missing, corrupt or does not match its manifest."""
+
+
+class EnergyError(UserError):
+    """An energy source could not be used (no/wrong power monitor, fuel gauge unusable while charging, ...).
+    `serial` names the instrument or device, `found` lists the monitors that were present."""
+
+    def __init__(self, message: str, *, serial: str = "", found: tuple[str, ...] = ()):
+        self.serial, self.found = serial, tuple(found)
+        super().__init__(message)
+
+
+class TableError(UserError):
+    """A per-layer latency/energy table is unusable: from another tool version, missing a layer key or a column,
+    or malformed. `key` names the offending layer key when there is one."""
+
+    def __init__(self, message: str, key: object = None):
+        self.key = key
+        super().__init__(message)
