@@ -1,23 +1,28 @@
 #!/system/bin/sh
 # Probe a phone: print `key=value` lines that profiler/probe.py parses. POSIX sh / mksh / toybox only.
 # Missing nodes are simply not printed. SYSFS is overridden only on virtual phones.
+# `probe.sh dynamic` prints only what changes during a run (frequencies, temperatures, battery).
 SYSFS=${AUTLEARN_SYSFS:-/sys}
+MODE=${1:-full}
 
 kv() { printf '%s=%s\n' "$1" "$2"; }
 node() { [ -r "$2" ] && kv "$1" "$(cat "$2" 2>/dev/null | tr '\n' ' ' | sed 's/ *$//')"; }
 
 echo "probe.version=1"
-for p in ro.product.model ro.product.manufacturer ro.product.brand ro.product.device ro.product.name \
+[ "$MODE" = dynamic ] || for p in ro.product.model ro.product.manufacturer ro.product.brand ro.product.device ro.product.name \
          ro.product.cpu.abi ro.product.cpu.abilist ro.build.version.release ro.build.version.sdk \
          ro.build.type ro.build.fingerprint ro.soc.manufacturer ro.soc.model ro.board.platform ro.hardware \
          ro.debuggable ro.autlearn.virtual; do
     v=$(getprop "$p" 2>/dev/null)
     [ -n "$v" ] && kv "prop.$p" "$v"
 done
-kv kernel "$(uname -r 2>/dev/null)"
-kv machine "$(uname -m 2>/dev/null)"
-kv uid "$(id -u 2>/dev/null)"
-kv su "$(command -v su 2>/dev/null)"
+if [ "$MODE" != dynamic ]; then
+    kv kernel "$(uname -r 2>/dev/null)"
+    kv machine "$(uname -m 2>/dev/null)"
+    kv uid "$(id -u 2>/dev/null)"
+    kv su "$(command -v su 2>/dev/null)"
+fi
+[ -r /proc/uptime ] && kv uptime "$(cut -d' ' -f1 /proc/uptime)"
 node cpu.possible "$SYSFS/devices/system/cpu/possible"
 node cpu.online "$SYSFS/devices/system/cpu/online"
 

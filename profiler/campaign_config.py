@@ -1,0 +1,513 @@
+"""Campaign files: TOML (stdlib `tomllib`) validated into frozen dataclasses, and expanded into a plan of cells.
+
+    name = "paper"                       # safe for a directory name: results/<name>/
+    description = "..."                  # optional
+    warmup = 3                           # untimed steps at the start of every repetition
+    steps = 20                           # timed steps per repetition
+    repetitions = 5                      # runner launches per cell
+    affinity = "all"                     # or a list; "all" | "big" | "little" | hex CPU mask "0xf0"
+    energy = "none"                      # "none" | "fuelgauge" | "monsoon:SERIAL"
+
+    [devices]                            # no serials and no models: every connected device
+    serials = ["R58M12345"]              # these serials ...
+    models = ["Pixel*"]                  # ... plus devices whose model matches a glob (case-insensitive)
+    virtual = true                       # true: allowed, false: excluded, "only": virtual phones only
+    [devices.energy]                     # per-device energy source, overrides `energy`
+    "R58M12345" = "monsoon:12345"
+
+    [[workload]]
+    model = "lstm"                       # "lstm" | "mobilenet"
+    variants = ["full", "compressed"]    # "full" | "compressed" | "unoptimized" | "cached"; default ["full"]
+    batch = [1, 16]                      # int or list; default [1]
+    config = { hidden = 64 }             # model keyword arguments (scalars or lists of scalars)
+
+    [governors]                          # or the shorthand: governors = ["interactive", "powersave"]
+    intents = ["interactive", "powersave", "userspace@1.2GHz"]
+    fallback = "nearest"                 # "nearest" | "skip" | "fail" (see profiler.governor)
+
+    [cooldown]                           # wait before every cell until all matching zones are below max_temp_c
+    max_temp_c = 45.0
+    timeout_s = 300
+    zones = "*cpu*"                      # glob over thermal zone types
+
+`load_campaign(path) -> Campaign`; `parse_campaign(dict) -> Campaign`. Every problem is a `ConfigError` whose `key`
+names the dotted key (`workload[1].variants[0]`); syntax errors name the file, line and column.
+`Campaign.plan(devices) -> tuple[Cell, ...]` expands device x workload x variant x batch x governor x affinity;
+`cell_id(cell, artifact_hash)` is the stable id the results store uses.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import math
+import re
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from profiler.errors import ConfigError
+from profiler.governor import FALLBACKS, GovernorIntent, parse_intent
+
+MODELS = ("lstm", "mobilenet")
+VARIANTS = ("full", "compressed", "unoptimized", "cached")
+AFFINITY_NAMES = ("all", "big", "little")
+ENERGY_KINDS = ("none", "fuelgauge", "monsoon")
+VIRTUAL = {True: "allow", False: "exclude", "only": "only"}
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_SERIAL_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+_MASK_RE = re.compile(r"^0x[0-9a-f]{1,16}$")
+_TOML_POS_RE = re.compile(r"\(at line (\d+), column (\d+)\)")
+
+
+# ---------------------------------------------------------------------------------------------------------- records
+@dataclass(frozen=True)
+class EnergySource:
+    """`none`, `fuelgauge` (the phone's battery gauge) or `monsoon` with the monitor's serial."""
+
+    kind: str = "none"
+    serial: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.serial}" if self.serial else self.kind
+
+
+@dataclass(frozen=True)
+class DeviceSelection:
+    serials: tuple[str, ...] = ()
+    models: tuple[str, ...] = ()  # fnmatch globs, case-insensitive
+    virtual: str = "allow"  # "allow" | "exclude" | "only"
+    energy: tuple[tuple[str, EnergySource], ...] = ()  # per-serial overrides
+
+    def matches(self, device: "DeviceLike") -> bool:
+        """True when `device` (anything with .serial, .model, .virtual) is selected."""
+        if self.virtual == "exclude" and device.virtual or self.virtual == "only" and not device.virtual:
+            return False
+        if not self.serials and not self.models:
+            return True
+        return device.serial in self.serials or any(
+            fnmatch.fnmatchcase((device.model or "").lower(), g.lower()) for g in self.models)
+
+    def missing(self, devices: Iterable["DeviceLike"]) -> tuple[str, ...]:
+        """Serials the campaign names that are not among `devices` (report them; do not silently run less)."""
+        present = {d.serial for d in devices}
+        return tuple(s for s in self.serials if s not in present)
+
+
+@dataclass(frozen=True)
+class Workload:
+    model: str
+    variants: tuple[str, ...] = ("full",)
+    batch: tuple[int, ...] = (1,)
+    config: tuple[tuple[str, Any], ...] = ()  # sorted (key, value); lists frozen to tuples
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        """Model keyword arguments (lists back as lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.config}
+
+
+@dataclass(frozen=True)
+class Governors:
+    intents: tuple[GovernorIntent, ...] = (GovernorIntent("schedutil"),)
+    fallback: str = "nearest"
+
+
+@dataclass(frozen=True)
+class Cooldown:
+    max_temp_c: float = 45.0
+    timeout_s: float = 300.0
+    zones: str = "*cpu*"
+
+
+@dataclass(frozen=True)
+class Campaign:
+    """A validated campaign file. `source` is the file it came from ("" when parsed from a dict)."""
+
+    name: str
+    workloads: tuple[Workload, ...]
+    devices: DeviceSelection = DeviceSelection()
+    governors: Governors = Governors()
+    warmup: int = 3
+    steps: int = 20
+    repetitions: int = 5
+    affinities: tuple[str, ...] = ("all",)
+    energy: EnergySource = EnergySource()
+    cooldown: Cooldown = Cooldown()
+    description: str = ""
+    source: str = ""
+
+    def energy_for(self, serial: str) -> EnergySource:
+        return dict(self.devices.energy).get(serial, self.energy)
+
+    def select(self, devices: Iterable["DeviceLike"]) -> tuple["DeviceLike", ...]:
+        """The devices this campaign runs on, in the given order."""
+        return tuple(d for d in devices if self.devices.matches(d))
+
+    def plan(self, devices: Iterable["DeviceLike"]) -> tuple["Cell", ...]:
+        """Expand into cells: selected device x workload x variant x batch x governor x affinity (that order)."""
+        cells = []
+        for d in self.select(devices):
+            for w in self.workloads:
+                for v in w.variants:
+                    for b in w.batch:
+                        for g in self.governors.intents:
+                            for a in self.affinities:
+                                cells.append(Cell(
+                                    device_serial=d.serial, device_model=d.model or "", device_virtual=bool(d.virtual),
+                                    workload=w.model, config=w.config, variant=v, batch=b, governor=str(g),
+                                    fallback=self.governors.fallback, affinity=a, warmup=self.warmup,
+                                    steps=self.steps, repetitions=self.repetitions,
+                                    energy=str(self.energy_for(d.serial))))
+        return tuple(cells)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able, canonical; `parse_campaign(c.to_dict())` gives back an equal campaign (bar `source`)."""
+        d: dict[str, Any] = {
+            "name": self.name, "description": self.description, "warmup": self.warmup, "steps": self.steps,
+            "repetitions": self.repetitions, "affinity": list(self.affinities), "energy": str(self.energy),
+            "devices": {"serials": list(self.devices.serials), "models": list(self.devices.models),
+                        "virtual": {v: k for k, v in VIRTUAL.items()}[self.devices.virtual],
+                        "energy": {s: str(e) for s, e in self.devices.energy}},
+            "workload": [{"model": w.model, "variants": list(w.variants), "batch": list(w.batch),
+                          "config": w.kwargs} for w in self.workloads],
+            "governors": {"intents": [str(i) for i in self.governors.intents], "fallback": self.governors.fallback},
+            "cooldown": {"max_temp_c": self.cooldown.max_temp_c, "timeout_s": self.cooldown.timeout_s,
+                         "zones": self.cooldown.zones},
+        }
+        return d
+
+
+class DeviceLike(Protocol):
+    serial: str
+    model: str
+    virtual: bool
+
+
+@dataclass(frozen=True)
+class DeviceRef:
+    """The minimum the planner needs to know about a device (profiler.probe's facts also fit)."""
+
+    serial: str
+    model: str = ""
+    virtual: bool = False
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One measurement unit. Everything that changes what is measured is in `spec()`; the device model and the
+    virtual flag are facts carried along for reports."""
+
+    device_serial: str
+    device_model: str
+    device_virtual: bool
+    workload: str
+    config: tuple[tuple[str, Any], ...]
+    variant: str
+    batch: int
+    governor: str  # the intent as written canonically, e.g. "userspace@1200000"
+    fallback: str
+    affinity: str
+    warmup: int
+    steps: int
+    repetitions: int
+    energy: str
+
+    def spec(self) -> dict[str, Any]:
+        return {"device": self.device_serial, "workload": self.workload,
+                "config": {k: list(v) if isinstance(v, tuple) else v for k, v in self.config},
+                "variant": self.variant, "batch": self.batch, "governor": self.governor, "fallback": self.fallback,
+                "affinity": self.affinity, "warmup": self.warmup, "steps": self.steps,
+                "repetitions": self.repetitions, "energy": self.energy}
+
+    @property
+    def spec_key(self) -> str:
+        """Hash of the spec alone: equal for the same cell built from a different artifact."""
+        return _digest({"spec": self.spec()})
+
+    @property
+    def label(self) -> str:
+        return (f"{self.device_serial}/{self.workload}-{self.variant}/b{self.batch}/{self.governor}"
+                f"/{self.affinity}")
+
+
+def _digest(obj: Any) -> str:
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def cell_id(cell: Cell, artifact_hash: str) -> str:
+    """Stable 16-hex id of (cell spec, artifact hash). A rebuilt artifact gives a new id: old results go stale."""
+    return _digest({"spec": cell.spec(), "artifact": artifact_hash})
+
+
+# ---------------------------------------------------------------------------------------------------------- loading
+def load_campaign(path: str | Path) -> Campaign:
+    """Read and validate a campaign file. ConfigError on a missing file, a syntax error (file:line:column) or an
+    invalid key (`key` names it)."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"campaign file not found: {p}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read campaign file {p}: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{p}:{line}: not UTF-8 text") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        m = _TOML_POS_RE.search(str(exc))
+        where = f"{p}:{m.group(1)}:{m.group(2)}" if m else str(p)
+        msg = _TOML_POS_RE.sub("", str(exc)).strip()
+        raise ConfigError(f"{where}: TOML syntax error: {msg}") from None
+    try:
+        return parse_campaign(data, source=str(p))
+    except ConfigError as exc:
+        raise ConfigError(f"{_message(exc)} (in {p})", key=exc.key) from None
+
+
+def _message(exc: ConfigError) -> str:
+    s = str(exc)
+    return s[len(exc.key) + 2:] if exc.key and s.startswith(f"{exc.key}: ") else s
+
+
+def parse_campaign(data: Mapping[str, Any], source: str = "") -> Campaign:
+    """Validate a parsed TOML document (a dict) into a Campaign. ConfigError(message, key=dotted.key)."""
+    if not isinstance(data, Mapping):
+        raise ConfigError("a campaign is a TOML table")
+    _keys(data, "", {"name", "description", "warmup", "steps", "repetitions", "affinity", "energy", "devices",
+                     "workload", "governors", "cooldown"})
+    if "name" not in data:
+        raise ConfigError("required (the results directory name)", key="name")
+    name = _str(data["name"], "name")
+    if not _NAME_RE.match(name):
+        raise ConfigError("must be 1-64 characters of letters, digits, '.', '_' or '-', starting with a letter or "
+                          "digit (it names the results directory)", key="name")
+    if "workload" not in data:
+        raise ConfigError("at least one [[workload]] is required", key="workload")
+    return Campaign(
+        name=name,
+        description=_str(data.get("description", ""), "description", empty=True),
+        workloads=_workloads(data["workload"]),
+        devices=_devices(data.get("devices", {})),
+        governors=_governors(data.get("governors", ["schedutil"])),
+        warmup=_int(data.get("warmup", 3), "warmup", 0, 100_000),
+        steps=_int(data.get("steps", 20), "steps", 1, 1_000_000),
+        repetitions=_int(data.get("repetitions", 5), "repetitions", 1, 10_000),
+        affinities=_affinities(data.get("affinity", "all")),
+        energy=_energy(data.get("energy", "none"), "energy"),
+        cooldown=_cooldown(data.get("cooldown", {})),
+        source=source,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------- checks
+def _type_name(v: Any) -> str:
+    return {bool: "boolean", int: "integer", float: "float", str: "string", list: "array", dict: "table"}.get(
+        type(v), type(v).__name__)
+
+
+def _key(prefix: str, name: str) -> str:
+    """`prefix` + `name`, quoted TOML-style unless it is a bare key (so "" and "a.b" stay visible)."""
+    return prefix + (name if re.match(r"^[A-Za-z0-9_-]+$", name) else json.dumps(name))
+
+
+def _keys(table: Any, prefix: str, allowed: set[str]) -> None:
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"must be a table, not {_type_name(table)}", key=prefix.rstrip(".") or None)
+    for k in table:
+        if k not in allowed:
+            raise ConfigError(f"unknown key; valid keys: {', '.join(sorted(allowed))}", key=_key(prefix, k))
+
+
+def _str(v: Any, key: str, empty: bool = False) -> str:
+    if not isinstance(v, str):
+        raise ConfigError(f"must be a string, not {_type_name(v)}", key=key)
+    if not empty and not v.strip():
+        raise ConfigError("must not be empty", key=key)
+    return v
+
+
+def _int(v: Any, key: str, lo: int, hi: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ConfigError(f"must be an integer, not {_type_name(v)}", key=key)
+    if not lo <= v <= hi:
+        raise ConfigError(f"must be between {lo} and {hi}, not {v}", key=key)
+    return v
+
+
+def _num(v: Any, key: str, lo: float, hi: float) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ConfigError(f"must be a number, not {_type_name(v)}", key=key)
+    if not (math.isfinite(v) and lo <= v <= hi):
+        raise ConfigError(f"must be between {lo:g} and {hi:g}, not {v}", key=key)
+    return float(v)
+
+
+def _choice(v: Any, key: str, valid: Iterable[str]) -> str:
+    valid = tuple(valid)
+    if not isinstance(v, str) or v not in valid:
+        got = repr(v) if isinstance(v, str) else _type_name(v)
+        raise ConfigError(f"must be one of {', '.join(valid)}; got {got}", key=key)
+    return v
+
+
+def _list(v: Any, key: str, scalar_ok: bool = True, nonempty: bool = True) -> list:
+    """A list (a lone scalar counts as a list of one when `scalar_ok`)."""
+    if isinstance(v, list):
+        items = v
+    elif scalar_ok and not isinstance(v, Mapping):
+        items = [v]
+    else:
+        raise ConfigError(f"must be an array, not {_type_name(v)}", key=key)
+    if nonempty and not items:
+        raise ConfigError("must not be empty", key=key)
+    return items
+
+
+def _unique(items: list, key: str) -> None:
+    seen = set()
+    for i, x in enumerate(items):
+        if x in seen:
+            raise ConfigError(f"duplicate value {x!r}", key=f"{key}[{i}]")
+        seen.add(x)
+
+
+def _energy(v: Any, key: str) -> EnergySource:
+    s = _str(v, key)
+    kind, colon, serial = s.partition(":")
+    if kind not in ENERGY_KINDS:
+        raise ConfigError(f"must be one of none, fuelgauge, monsoon:SERIAL; got {s!r}", key=key)
+    if kind == "monsoon":
+        if not colon or not re.match(r"^[A-Za-z0-9_-]{1,32}$", serial):
+            raise ConfigError(f"monsoon needs the monitor's serial: monsoon:12345; got {s!r}", key=key)
+        return EnergySource("monsoon", serial)
+    if colon:
+        raise ConfigError(f"only monsoon takes a serial; got {s!r}", key=key)
+    return EnergySource(kind)
+
+
+def _devices(v: Any) -> DeviceSelection:
+    _keys(v, "devices.", {"serials", "models", "virtual", "energy"})
+    serials = _list(v.get("serials", []), "devices.serials", nonempty=False)
+    for i, s in enumerate(serials):
+        if not _SERIAL_RE.match(_str(s, f"devices.serials[{i}]")):
+            raise ConfigError(f"not a device serial: {s!r}", key=f"devices.serials[{i}]")
+    _unique(serials, "devices.serials")
+    models = _list(v.get("models", []), "devices.models", nonempty=False)
+    for i, m in enumerate(models):
+        _str(m, f"devices.models[{i}]")
+    virtual = v.get("virtual", True)
+    if virtual is not True and virtual is not False and virtual != "only":
+        raise ConfigError(f"must be one of true, false, \"only\"; got {virtual!r}", key="devices.virtual")
+    energy_tbl = v.get("energy", {})
+    if not isinstance(energy_tbl, Mapping):
+        raise ConfigError(f"must be a table of \"SERIAL\" = \"SOURCE\", not {_type_name(energy_tbl)}",
+                          key="devices.energy")
+    energy = []
+    for s, e in energy_tbl.items():
+        if not _SERIAL_RE.match(s):
+            raise ConfigError(f"not a device serial: {s!r}", key=_key("devices.energy.", s))
+        energy.append((s, _energy(e, _key("devices.energy.", s))))
+    return DeviceSelection(tuple(serials), tuple(models), VIRTUAL[virtual], tuple(sorted(energy)))
+
+
+def _config_value(v: Any, key: str, nested: bool = False) -> Any:
+    if isinstance(v, (bool, int, str)) or isinstance(v, float) and math.isfinite(v):
+        return v
+    if isinstance(v, list) and not nested:
+        return tuple(_config_value(x, f"{key}[{i}]", nested=True) for i, x in enumerate(v))
+    raise ConfigError("model arguments are strings, finite numbers, booleans or flat arrays of them, "
+                      f"not {_type_name(v)}", key=key)
+
+
+def _workloads(v: Any) -> tuple[Workload, ...]:
+    if not isinstance(v, list) or not v:
+        raise ConfigError("must be one or more [[workload]] tables", key="workload")
+    out = []
+    for i, w in enumerate(v):
+        k = f"workload[{i}]"
+        _keys(w, f"{k}.", {"model", "variants", "batch", "config"})
+        if "model" not in w:
+            raise ConfigError(f"required; one of {', '.join(MODELS)}", key=f"{k}.model")
+        model = _choice(w["model"], f"{k}.model", MODELS)
+        variants = _list(w.get("variants", ["full"]), f"{k}.variants")
+        for j, x in enumerate(variants):
+            _choice(x, f"{k}.variants[{j}]", VARIANTS)
+        _unique(variants, f"{k}.variants")
+        batch = _list(w.get("batch", [1]), f"{k}.batch")
+        for j, x in enumerate(batch):
+            _int(x, f"{k}.batch[{j}]", 1, 4096)
+        _unique(batch, f"{k}.batch")
+        cfg = w.get("config", {})
+        if not isinstance(cfg, Mapping):
+            raise ConfigError(f"must be a table of model arguments, not {_type_name(cfg)}", key=f"{k}.config")
+        config = []
+        for name, val in cfg.items():
+            if not _IDENT_RE.match(name):
+                raise ConfigError("model argument names are Python identifiers", key=_key(f"{k}.config.", name))
+            config.append((name, _config_value(val, f"{k}.config.{name}")))
+        out.append(Workload(model, tuple(variants), tuple(batch), tuple(sorted(config))))
+    keys = [(w.model, w.config) for w in out]
+    for i, x in enumerate(keys):
+        if x in keys[:i]:
+            raise ConfigError("same model and config as an earlier workload; merge their variants/batch",
+                              key=f"workload[{i}]")
+    return tuple(out)
+
+
+def _governors(v: Any) -> Governors:
+    if isinstance(v, Mapping):
+        _keys(v, "governors.", {"intents", "fallback"})
+        fallback = _choice(v.get("fallback", "nearest"), "governors.fallback", FALLBACKS)
+        items, key = _list(v.get("intents", ["schedutil"]), "governors.intents"), "governors.intents"
+    else:
+        items, key, fallback = _list(v, "governors"), "governors", "nearest"
+    intents = []
+    for i, x in enumerate(items):
+        try:
+            intents.append(parse_intent(_str(x, f"{key}[{i}]")))
+        except ValueError as exc:
+            raise ConfigError(str(exc), key=f"{key}[{i}]") from None
+    _unique(intents, key)
+    return Governors(tuple(intents), fallback)
+
+
+def _affinities(v: Any) -> tuple[str, ...]:
+    items = _list(v, "affinity")
+    out = []
+    for i, x in enumerate(items):
+        k = "affinity" if not isinstance(v, list) else f"affinity[{i}]"
+        s = _str(x, k).strip().lower()
+        if s in AFFINITY_NAMES:
+            out.append(s)
+        elif _MASK_RE.match(s) and int(s, 16) != 0:
+            out.append(hex(int(s, 16)))
+        else:
+            raise ConfigError(f"must be one of all, big, little or a non-zero hex CPU mask like \"0xf0\"; got {x!r}",
+                              key=k)
+    _unique(out, "affinity")
+    return tuple(out)
+
+
+def _cooldown(v: Any) -> Cooldown:
+    _keys(v, "cooldown.", {"max_temp_c", "timeout_s", "zones"})
+    return Cooldown(
+        max_temp_c=_num(v.get("max_temp_c", 45.0), "cooldown.max_temp_c", 20.0, 120.0),
+        timeout_s=_num(v.get("timeout_s", 300.0), "cooldown.timeout_s", 0.0, 86_400.0),
+        zones=_str(v.get("zones", "*cpu*"), "cooldown.zones"))
+
+
+__all__ = [
+    "AFFINITY_NAMES", "Campaign", "Cell", "Cooldown", "DeviceRef", "DeviceSelection", "ENERGY_KINDS",
+    "EnergySource", "Governors", "MODELS", "VARIANTS", "Workload", "cell_id", "load_campaign", "parse_campaign",
+]

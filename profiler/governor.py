@@ -1,0 +1,553 @@
+"""CPU frequency governors: intents, the mapping to what a kernel offers, and a save/restore guard.
+
+Small operations, pyperf-style, each a call of `device_scripts/governor.sh`:
+
+    available  -> parse_available(text) -> tuple[PolicyInfo, ...]   (what each cpufreq policy offers)
+    read       -> parse_state(text)     -> tuple[PolicyState, ...]  (governor and limits now)
+    apply      -> one policy: governor [+ min/max limits]
+    restore    -> re-apply a snapshot (the text `read` printed)
+
+`resolve_governor(intent, available, fallback)` is pure: it maps an intent from a campaign (`interactive`,
+`powersave`, `performance`, `schedutil`, `userspace@FREQ`) to a governor the kernel offers. `GovernorGuard` changes a
+phone's governors and puts every policy back as it was on exit, on exceptions and on SIGINT/SIGTERM; it also keeps the
+snapshot on disk so `restore_pending(results_dir, connect)` can undo the changes of a host process that was killed.
+
+Mapping table (`fallback = "nearest"`; the requested governor is tried first, then the first candidate offered):
+
+| intent      | nearest candidates                                   | why                                            |
+| ----------- | ---------------------------------------------------- | ---------------------------------------------- |
+| interactive | schedutil, walt, sched_pixel, ondemand, conservative | removed from mainline; its load-driven         |
+|             |                                                      | successors, mainline first (comparable across  |
+|             |                                                      | phones), then vendor (Qualcomm, Pixel), older  |
+| schedutil   | walt, sched_pixel, interactive, ondemand             | vendor forks of schedutil, then older ones     |
+| performance | (none)                                               | always built; nothing else means "max"         |
+| powersave   | (none)                                               | always built; nothing else means "min"         |
+| userspace@F | performance with min = max = F (pinned by limits)    | many GKI kernels do not build userspace        |
+
+`fallback = "skip"` accepts only the requested governor (`applied=None` otherwise, the cell is skipped with the
+reason); `"fail"` raises `GovernorUnavailable`. Requested and applied are both recorded with every result.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from profiler.errors import DeviceCommandFailed, NotRooted, ParseError, UserError
+
+INTENTS = ("interactive", "powersave", "performance", "schedutil", "userspace")
+FALLBACKS = ("nearest", "skip", "fail")
+NEAREST: dict[str, tuple[str, ...]] = {
+    "interactive": ("schedutil", "walt", "sched_pixel", "ondemand", "conservative"),
+    "schedutil": ("walt", "sched_pixel", "interactive", "ondemand"),
+    "performance": (),
+    "powersave": (),
+    "userspace": (),  # handled specially: pinned limits under `performance`
+}
+SCRIPT = "governor.sh"
+PENDING_DIR = "governor-pending"  # under the results dir: snapshots of phones whose governors are changed now
+
+_UNITS = {"": 1, "khz": 1, "mhz": 1000, "ghz": 1_000_000, "hz": 0.001}
+_FREQ_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([a-z]*)\s*$", re.I)
+
+
+class GovernorUnavailable(UserError):
+    """The requested governor is not offered and the campaign said `fallback = "fail"`."""
+
+
+# ---------------------------------------------------------------------------------------------------------- intents
+@dataclass(frozen=True)
+class GovernorIntent:
+    """A governor as a campaign asks for it. `freq_khz` only for `userspace`."""
+
+    name: str
+    freq_khz: int | None = None
+
+    def __str__(self) -> str:
+        return f"{self.name}@{self.freq_khz}" if self.freq_khz is not None else self.name
+
+
+def parse_frequency(text: str | int) -> int:
+    """`1200000`, `"1200000"`, `"1200000kHz"`, `"1200MHz"`, `"1.2GHz"` -> 1200000 (kHz). ValueError otherwise."""
+    if isinstance(text, bool):
+        raise ValueError(f"not a frequency: {text!r}")
+    if isinstance(text, int):
+        khz = text
+    else:
+        m = _FREQ_RE.match(str(text))
+        if not m or m.group(2).lower() not in _UNITS:
+            raise ValueError(f"not a frequency: {text!r} (use kHz or a unit: 1200000, 1200MHz, 1.2GHz)")
+        khz = round(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    if not 1 <= khz <= 100_000_000:
+        raise ValueError(f"frequency out of range: {text!r}")
+    return int(khz)
+
+
+def parse_intent(text: str) -> GovernorIntent:
+    """`"interactive"` | `"powersave"` | `"performance"` | `"schedutil"` | `"userspace@FREQ"`; ValueError otherwise."""
+    if not isinstance(text, str):
+        raise ValueError(f"governor must be a string, not {type(text).__name__}")
+    name, at, freq = text.strip().partition("@")
+    name = name.strip().lower()
+    if name not in INTENTS:
+        valid = ", ".join(i if i != "userspace" else "userspace@FREQ" for i in INTENTS)
+        raise ValueError(f"unknown governor {text!r}; valid: {valid}")
+    if name == "userspace":
+        if not at:
+            raise ValueError("userspace needs a frequency: userspace@1.2GHz or userspace@1200000 (kHz)")
+        return GovernorIntent(name, parse_frequency(freq))
+    if at:
+        raise ValueError(f"only userspace takes a frequency, not {name!r}")
+    return GovernorIntent(name)
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """What was asked, what will be applied (None: nothing suitable, skip the cell) and why.
+
+    `pin_khz` is set when a frequency is to be held: with `userspace` via scaling_setspeed, otherwise (the
+    `performance` fallback) through min = max limits."""
+
+    requested: str
+    applied: str | None
+    reason: str
+    pin_khz: int | None = None
+
+    @property
+    def exact(self) -> bool:
+        """True when the requested governor itself is applied."""
+        return self.applied == self.requested.partition("@")[0]
+
+
+def resolve_governor(intent: str | GovernorIntent, available: Sequence[str], fallback: str = "nearest") -> Resolution:
+    """Map an intent to one of `available` (the kernel's scaling_available_governors). Pure.
+
+    Raises ValueError for an unknown intent/fallback, GovernorUnavailable when `fallback == "fail"` and the requested
+    governor is not offered."""
+    it = intent if isinstance(intent, GovernorIntent) else parse_intent(intent)
+    if fallback not in FALLBACKS:
+        raise ValueError(f"unknown fallback {fallback!r}; valid: {', '.join(FALLBACKS)}")
+    offered = tuple(available)
+    req = str(it)
+    if it.name in offered:
+        return Resolution(req, it.name, "offered", it.freq_khz)
+    missing = f"{it.name} not offered (kernel offers: {' '.join(offered) or 'nothing'})"
+    if fallback == "fail":
+        raise GovernorUnavailable(f"governor {missing}; fallback = \"fail\"")
+    if fallback == "skip":
+        return Resolution(req, None, f"{missing}; fallback = \"skip\"")
+    if it.name == "userspace" and "performance" in offered:
+        return Resolution(req, "performance", f"{missing}; nearest: performance pinned to {it.freq_khz} kHz by limits",
+                          it.freq_khz)
+    for cand in NEAREST[it.name]:
+        if cand in offered:
+            return Resolution(req, cand, f"{missing}; nearest: {cand}")
+    return Resolution(req, None, f"{missing}; no nearest equivalent")
+
+
+# ---------------------------------------------------------------------------------------------------------- parsing
+@dataclass(frozen=True)
+class PolicyInfo:
+    """What a cpufreq policy offers (`governor.sh available`)."""
+
+    policy: str
+    cpus: tuple[int, ...]
+    governors: tuple[str, ...]
+    frequencies: tuple[int, ...]  # scaling_available_frequencies; empty when the driver has no table
+    cpuinfo_min: int | None
+    cpuinfo_max: int | None
+
+    def nearest_frequency(self, khz: int) -> int:
+        """The offered frequency nearest to `khz` (ties: the lower), clamped to cpuinfo limits without a table."""
+        if self.frequencies:
+            return min(self.frequencies, key=lambda f: (abs(f - khz), f))
+        lo = self.cpuinfo_min if self.cpuinfo_min is not None else khz
+        hi = self.cpuinfo_max if self.cpuinfo_max is not None else khz
+        return max(lo, min(hi, khz))
+
+
+@dataclass(frozen=True)
+class PolicyState:
+    """A policy's governor and limits now (`governor.sh read`); kHz; None where the file was unreadable."""
+
+    policy: str
+    governor: str
+    min_khz: int | None
+    max_khz: int | None
+    cur_khz: int | None = None
+    setspeed: str | None = None  # scaling_setspeed content ("<unsupported>" unless userspace)
+
+
+def _blocks(text: str) -> list[dict[str, str]]:
+    blocks: list[dict[str, str]] = []
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line:
+            continue
+        key, eq, value = line.partition("=")
+        if not eq or not key:
+            raise ParseError(f"governor.sh output line {n} is not key=value", raw)
+        if key == "policy":
+            if not value:
+                raise ParseError(f"governor.sh output line {n}: empty policy name", raw)
+            blocks.append({})
+        elif not blocks:
+            raise ParseError(f"governor.sh output line {n}: `{key}` before any policy=", raw)
+        blocks[-1][key] = value
+    return blocks
+
+
+def _int(value: str | None, what: str) -> int | None:
+    if value is None or value.strip() == "":
+        return None
+    try:
+        return int(value.strip())
+    except ValueError:
+        raise ParseError(f"governor.sh: {what} is not an integer", value) from None
+
+
+def _ints(value: str, what: str) -> tuple[int, ...]:
+    out = []
+    for tok in value.split():
+        try:
+            out.append(int(tok))
+        except ValueError:
+            raise ParseError(f"governor.sh: {what} has a non-integer", value) from None
+    return tuple(out)
+
+
+def parse_available(text: str) -> tuple[PolicyInfo, ...]:
+    """Parse `governor.sh available` output. Raises ParseError."""
+    out = []
+    for b in _blocks(text):
+        out.append(PolicyInfo(
+            policy=b["policy"], cpus=_ints(b.get("cpus", ""), "cpus"),
+            governors=tuple(b.get("governors", "").split()),
+            frequencies=tuple(sorted(set(_ints(b.get("frequencies", ""), "frequencies")))),
+            cpuinfo_min=_int(b.get("cpuinfo_min"), "cpuinfo_min"),
+            cpuinfo_max=_int(b.get("cpuinfo_max"), "cpuinfo_max")))
+    return tuple(out)
+
+
+def parse_state(text: str) -> tuple[PolicyState, ...]:
+    """Parse `governor.sh read` (and `apply`/`setspeed`) output. Raises ParseError."""
+    out = []
+    for b in _blocks(text):
+        out.append(PolicyState(
+            policy=b["policy"], governor=b.get("governor", ""),
+            min_khz=_int(b.get("min"), "min"), max_khz=_int(b.get("max"), "max"),
+            cur_khz=_int(b.get("cur"), "cur"), setspeed=b.get("setspeed")))
+    return tuple(out)
+
+
+def format_snapshot(states: Iterable[PolicyState]) -> str:
+    """The snapshot text `governor.sh restore` reads (same format as `read`)."""
+    lines = []
+    for s in states:
+        lines += [f"policy={s.policy}", f"governor={s.governor}"]
+        if s.min_khz is not None and s.max_khz is not None:
+            lines += [f"min={s.min_khz}", f"max={s.max_khz}"]
+        if s.setspeed is not None:
+            lines.append(f"setspeed={s.setspeed}")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------------------- guard
+def _run(device: Any, *args: str) -> str:
+    """Run governor.sh as root; stdout. NotRooted when root is missing or the kernel refused a write (exit 4)."""
+    r = device.run_script(SCRIPT, *args, root=True)
+    if isinstance(r, str):  # a seam that returns stdout directly
+        return r
+    if r.exit_code == 4:  # root missing, or a root shell whose writes SELinux/the kernel refuse: skip-worthy either way
+        raise NotRooted("cannot change cpufreq settings", serial=getattr(device, "serial", ""),
+                        command=f"{SCRIPT} {' '.join(args)}", output=r.stderr, exit_code=r.exit_code)
+    if r.exit_code != 0:
+        raise DeviceCommandFailed("governor.sh failed", serial=getattr(device, "serial", ""),
+                                  command=f"{SCRIPT} {' '.join(args)}", output=r.stderr or r.stdout,
+                                  exit_code=r.exit_code)
+    return r.stdout
+
+
+@dataclass(frozen=True)
+class Applied:
+    """Outcome of `GovernorGuard.apply_intent`: the resolution and every policy's state read back afterwards."""
+
+    resolution: Resolution
+    policies: tuple[PolicyState, ...] = ()
+    pinned_khz: tuple[tuple[str, int], ...] = ()  # (policy, kHz) actually pinned, when a frequency was requested
+
+
+_registry_lock = threading.RLock()
+_active: set["GovernorGuard"] = set()
+_previous_handlers: dict[int, Any] = {}
+_handler_refs = 0
+
+
+def _signal_handler(signum, frame):
+    with _registry_lock:
+        guards = list(_active)
+    for g in guards:
+        g.restore(quiet=True)
+    prev = _previous_handlers.get(signum, signal.SIG_DFL)
+    _uninstall_handlers(force=True)
+    if callable(prev):
+        prev(signum, frame)  # e.g. default_int_handler raises KeyboardInterrupt
+        return
+    if prev == signal.SIG_IGN:
+        return
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise SystemExit(128 + signum)
+
+
+def _install_handlers() -> bool:
+    global _handler_refs
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    with _registry_lock:
+        if _handler_refs == 0:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                _previous_handlers[sig] = signal.signal(sig, _signal_handler)
+        _handler_refs += 1
+    return True
+
+
+def _uninstall_handlers(force: bool = False) -> None:
+    global _handler_refs
+    if threading.current_thread() is not threading.main_thread():
+        return
+    with _registry_lock:
+        _handler_refs = 0 if force else max(0, _handler_refs - 1)
+        if _handler_refs == 0:
+            for sig, prev in list(_previous_handlers.items()):
+                signal.signal(sig, prev if prev is not None else signal.SIG_DFL)
+            _previous_handlers.clear()
+
+
+class restore_on_signals:  # noqa: N801 - used like a function: `with restore_on_signals(): ...`
+    """Install the SIGINT/SIGTERM handlers from the main thread while worker threads hold GovernorGuards.
+
+    A guard entered in the main thread installs them itself; the engine wraps its thread pool in this."""
+
+    def __enter__(self):
+        self._installed = _install_handlers()
+        return self
+
+    def __exit__(self, *exc):
+        if self._installed:
+            _uninstall_handlers()
+        return False
+
+
+class GovernorGuard:
+    """Change a phone's governors; restore every policy's governor and min/max limits afterwards.
+
+        with GovernorGuard(device, results_dir) as g:
+            applied = g.apply_intent("interactive", fallback="nearest")   # Applied; .resolution.applied may be None
+            ...
+
+    `device` is duck-typed: `.run_script(name, *args, root=True)` -> ShellResult(stdout, stderr, exit_code) (or str),
+    `.shell_root(cmd)`, `.serial`, optionally `.workdir`. The snapshot is taken before the first change, written to
+    `<results_dir>/governor-pending/<serial>.json` (removed after a successful restore) and restored on exit, on
+    exceptions and on SIGINT/SIGTERM (handlers installed when entered in the main thread; see `restore_on_signals`).
+    Unrooted phones: `apply*` raises NotRooted before changing anything else.
+    """
+
+    def __init__(self, device: Any, results_dir: str | os.PathLike | None = None):
+        self.device = device
+        self.serial = str(getattr(device, "serial", "device"))
+        self.results_dir = Path(results_dir) if results_dir is not None else None
+        self.snapshot: tuple[PolicyState, ...] | None = None
+        self._lock = threading.RLock()
+        self._handlers = False
+        self._info: tuple[PolicyInfo, ...] | None = None
+        self.restore_error: Exception | None = None  # why a quiet restore failed (the pending file stays)
+
+    # -- context
+    def __enter__(self) -> "GovernorGuard":
+        with _registry_lock:
+            _active.add(self)
+        self._handlers = _install_handlers()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        try:
+            self.restore(quiet=exc_type is not None)
+        finally:
+            with _registry_lock:
+                _active.discard(self)
+            if self._handlers:
+                _uninstall_handlers()
+                self._handlers = False
+        return False
+
+    # -- operations
+    def available(self) -> tuple[PolicyInfo, ...]:
+        """Every policy and what it offers (cached per guard)."""
+        if self._info is None:
+            self._info = parse_available(_run(self.device, "available"))
+        return self._info
+
+    def read(self) -> tuple[PolicyState, ...]:
+        return parse_state(_run(self.device, "read"))
+
+    def save(self) -> tuple[PolicyState, ...]:
+        """Take the snapshot (once) and persist it; called by the first change."""
+        with self._lock:
+            if self.snapshot is None:
+                self.snapshot = self.read()
+                self._persist()
+            return self.snapshot
+
+    def apply(self, policy: str, governor: str, min_khz: int | None = None, max_khz: int | None = None) -> PolicyState:
+        """Set one policy's governor (and limits); returns its state read back."""
+        self.save()
+        limits = [str(min_khz), str(max_khz)] if min_khz is not None and max_khz is not None else []
+        args = [policy, governor, *limits]
+        states = parse_state(_run(self.device, "apply", *args))
+        if not states:
+            raise ParseError("governor.sh apply printed no state")
+        return states[0]
+
+    def set_speed(self, policy: str, khz: int) -> PolicyState:
+        self.save()
+        states = parse_state(_run(self.device, "setspeed", policy, str(int(khz))))
+        if not states:
+            raise ParseError("governor.sh setspeed printed no state")
+        return states[0]
+
+    def apply_intent(self, intent: str | GovernorIntent, fallback: str = "nearest") -> Applied:
+        """Resolve `intent` against the governors every policy offers and apply it to all policies.
+
+        Limits are reset to the full cpuinfo range (or pinned min = max for a frequency request). Nothing is changed
+        when the resolution has `applied=None`."""
+        info = self.available()
+        common = [g for g in info[0].governors if all(g in p.governors for p in info)] if info else []
+        res = resolve_governor(intent, tuple(common), fallback)
+        if res.applied is None:
+            return Applied(res)
+        pinned = []
+        for p in info:
+            if res.pin_khz is not None:
+                khz = p.nearest_frequency(res.pin_khz)
+                pinned.append((p.policy, khz))
+                if res.applied == "userspace":
+                    self.apply(p.policy, "userspace", p.cpuinfo_min, p.cpuinfo_max)
+                    self.set_speed(p.policy, khz)
+                else:
+                    self.apply(p.policy, res.applied, khz, khz)
+            else:
+                self.apply(p.policy, res.applied, p.cpuinfo_min, p.cpuinfo_max)
+        return Applied(res, self.read(), tuple(pinned))
+
+    def restore(self, quiet: bool = False) -> bool:
+        """Put the snapshot back (idempotent). True when something was restored. `quiet` swallows device errors
+        (used on the way out of an exception or signal; the pending file then stays for `restore_pending`)."""
+        with self._lock:
+            if self.snapshot is None:
+                return False
+            try:
+                _restore_snapshot(self.device, self.snapshot)
+            except Exception as exc:
+                self.restore_error = exc
+                if quiet:
+                    return False
+                raise
+            self.snapshot = None
+            self._forget()
+            return True
+
+    # -- persistence
+    def _pending_path(self) -> Path | None:
+        return None if self.results_dir is None else self.results_dir / PENDING_DIR / f"{_safe(self.serial)}.json"
+
+    def _persist(self) -> None:
+        path = self._pending_path()
+        if path is None or self.snapshot is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        doc = {"serial": self.serial, "saved_at": time.time(), "snapshot": format_snapshot(self.snapshot)}
+        tmp = path.with_name(f".{path.name}.tmp")
+        with open(tmp, "w") as f:
+            json.dump(doc, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def _forget(self) -> None:
+        path = self._pending_path()
+        if path is not None:
+            path.unlink(missing_ok=True)
+
+
+def _safe(serial: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", serial) or "device"
+
+
+def _restore_snapshot(device: Any, states: Sequence[PolicyState] | str) -> None:
+    """Write the snapshot to the device's work dir and run `governor.sh restore` on it."""
+    from shlex import quote
+
+    text = states if isinstance(states, str) else format_snapshot(states)
+    workdir = getattr(device, "workdir", None) or "/data/local/tmp/autlearn"
+    remote = f"{workdir}/governor.snapshot"
+    r = device.shell_root(f"mkdir -p {quote(workdir)} && printf '%s' {quote(text)} > {quote(remote)}")
+    if getattr(r, "exit_code", 0) != 0:
+        raise DeviceCommandFailed("cannot write governor snapshot", serial=getattr(device, "serial", ""),
+                                  command="printf > governor.snapshot", output=r.stderr, exit_code=r.exit_code)
+    _run(device, "restore", remote)
+
+
+def pending(results_dir: str | os.PathLike) -> tuple[str, ...]:
+    """Serials with a snapshot left behind by a host process that did not restore (killed, or device vanished)."""
+    d = Path(results_dir) / PENDING_DIR
+    if not d.is_dir():
+        return ()
+    out = []
+    for p in sorted(d.glob("*.json")):
+        try:
+            out.append(json.loads(p.read_text())["serial"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return tuple(out)
+
+
+def restore_pending(results_dir: str | os.PathLike, connect: Callable[[str], Any]) -> dict[str, str]:
+    """Restore governors left changed by a killed run. `connect(serial)` returns a device (may raise).
+
+    Returns {serial: "restored" | "<error>"}; snapshots that could not be restored stay on disk for the next try."""
+    d = Path(results_dir) / PENDING_DIR
+    report: dict[str, str] = {}
+    if not d.is_dir():
+        return report
+    for p in sorted(d.glob("*.json")):
+        try:
+            doc = json.loads(p.read_text())
+            serial, text = doc["serial"], doc["snapshot"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            report[p.stem] = f"unreadable snapshot {p}: {exc}"
+            continue
+        try:
+            parse_state(text)  # refuse to send garbage to a phone
+            _restore_snapshot(connect(serial), text)
+        except Exception as exc:  # keep the file; report why
+            report[serial] = f"{type(exc).__name__}: {exc}"
+            continue
+        p.unlink(missing_ok=True)
+        report[serial] = "restored"
+    return report
+
+
+__all__ = [
+    "Applied", "FALLBACKS", "GovernorGuard", "GovernorIntent", "GovernorUnavailable", "INTENTS", "NEAREST",
+    "PolicyInfo", "PolicyState", "Resolution", "format_snapshot", "parse_available", "parse_frequency",
+    "parse_intent", "parse_state", "pending", "resolve_governor", "restore_on_signals", "restore_pending",
+]

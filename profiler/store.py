@@ -1,0 +1,490 @@
+"""Results directory as a database (asv-style), one campaign per directory:
+
+    results/<campaign>/
+      campaign.json          {"schema_version", "name", "spec" (Campaign.to_dict()), "plan": {cell_id: spec_key}, ...}
+      cells/<cell_id>.parquet    raw samples: one row per step per repetition (warm-up steps too, flagged), every
+                                 row carrying the cell's metadata columns (device, governor, temps, artifact, ...)
+      summary/<cell_id>.parquet  one row: metadata + profiler.stats.summarize() of the timed steps
+      status/<cell_id>.json      {"status": "ok" | "failed" | "skipped", "reason", "spec_key", ...}; written last,
+                                 it is the commit point: a cell without an "ok" status is not finished
+      governor-pending/          snapshots of phones whose governors are changed right now (profiler.governor)
+
+Every file is written atomically (temp file in the same directory, fsync, os.replace, fsync of the directory), so a
+crash leaves either the old file or the new one, never a partial one; leftover temp files are ignored and swept.
+
+Resume: `store.finished(cell_id)`. A rebuilt artifact gives a new cell id (profiler.campaign_config.cell_id), so
+results of the old artifact are *stale*: `store.stale()` reports them and `load_results` leaves them out.
+
+`load_results(path) -> DataFrame` of raw samples in one call; `load_summaries(path)`; `pooled_summary(df, by)` refuses
+to pool rows whose fixed metadata (`FIXED_COLUMNS`) differ (pyperf-style), raising `IncompatibleRuns`.
+`SCHEMA_VERSION` is checked on open; older directories go through `MIGRATIONS`, newer/unknown ones raise SchemaError.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from profiler import stats
+from profiler.errors import UserError
+
+SCHEMA_VERSION = 1
+# from_version -> function(root) upgrading a results directory in place to from_version + 1.
+MIGRATIONS: dict[int, Callable[[Path], None]] = {}
+MANIFEST = "campaign.json"
+STATUSES = ("ok", "failed", "skipped")
+LABELS = ("virtual", "modeled", "measured")
+# Metadata that must be equal for rows to be pooled into one summary.
+FIXED_COLUMNS = ("device_model", "device_virtual", "workload", "config", "variant", "batch", "governor_applied",
+                 "pinned_khz", "affinity", "warmup_steps", "artifact_hash", "labels", "tool_versions")
+TEMP_SWEEP_AGE_S = 60.0  # temp files older than this are leftovers of a crashed writer
+_ID_RE = re.compile(r"^[0-9a-f]{16}$")
+
+
+class SchemaError(UserError):
+    """The results directory is missing, corrupt, or written by a newer autlearn."""
+
+
+class IncompatibleRuns(UserError):
+    """Rows whose fixed metadata differ were asked to be pooled."""
+
+
+# ---------------------------------------------------------------------------------------------------------- records
+@dataclass(frozen=True)
+class CellMeta:
+    """Everything known about a measured cell besides its samples; becomes columns of every row.
+
+    Mappings are stored as sorted tuples of pairs (frozen) and written as JSON strings."""
+
+    campaign: str
+    cell_id: str
+    spec_key: str
+    device_serial: str
+    device_model: str
+    device_virtual: bool
+    workload: str
+    variant: str
+    batch: int
+    governor_requested: str
+    governor_applied: str | None
+    affinity: str
+    artifact_hash: str
+    labels: tuple[str, ...]  # subset of LABELS, e.g. ("virtual", "modeled")
+    config: tuple[tuple[str, Any], ...] = ()
+    governor_reason: str = ""
+    pinned_khz: tuple[tuple[str, int], ...] = ()  # (policy, kHz) when a frequency was pinned
+    warmup_steps: int = 0
+    energy_source: str = "none"
+    freqs_start_khz: tuple[tuple[str, int], ...] = ()  # (policy, scaling_cur_freq)
+    freqs_end_khz: tuple[tuple[str, int], ...] = ()
+    temp_start_c: float | None = None
+    temp_end_c: float | None = None
+    throttled: bool | None = None
+    battery_pct: float | None = None
+    battery_temp_c: float | None = None
+    tool_versions: tuple[tuple[str, str], ...] = ()  # (tool, version): autlearn, tvm, runner, android, ...
+    started_at: float = 0.0
+    finished_at: float = 0.0
+
+    def __post_init__(self):
+        if not _ID_RE.match(self.cell_id):
+            raise ValueError(f"cell_id must be 16 hex digits, not {self.cell_id!r}")
+        bad = set(self.labels) - set(LABELS)
+        if bad:
+            raise ValueError(f"unknown labels {sorted(bad)}; valid: {', '.join(LABELS)}")
+
+    def columns(self) -> dict[str, Any]:
+        """Flat column values (mappings as JSON, labels comma-joined and sorted)."""
+        d = asdict(self)
+        for k in ("config", "pinned_khz", "freqs_start_khz", "freqs_end_khz", "tool_versions"):
+            d[k] = json.dumps({a: list(b) if isinstance(b, tuple) else b for a, b in getattr(self, k)},
+                              sort_keys=True)
+        d["labels"] = ",".join(sorted(self.labels))
+        return d
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One training step of one repetition, as stored (a profiler.steps.Step plus where it belongs)."""
+
+    repetition: int
+    step: int
+    warmup: bool
+    step_ns: int
+    loss: float | None = None
+    phases_ns: tuple[tuple[str, int], ...] = ()
+    energy_j: float | None = None  # energy attributed to this step, when an energy source is present
+    t_start_ns: int | None = None  # device clock, when the runner reports it (energy alignment)
+    t_end_ns: int | None = None
+
+    @classmethod
+    def from_step(cls, step: Any, repetition: int, energy_j: float | None = None) -> "Sample":
+        """From a `profiler.steps.Step` (duck-typed: step, warmup, step_ns, loss, phases_ns[, t_start_ns, t_end_ns])."""
+        return cls(repetition=repetition, step=step.step, warmup=step.warmup, step_ns=step.step_ns, loss=step.loss,
+                   phases_ns=tuple(sorted(step.phases_ns)), energy_j=energy_j,
+                   t_start_ns=getattr(step, "t_start_ns", None), t_end_ns=getattr(step, "t_end_ns", None))
+
+
+@dataclass(frozen=True)
+class CellStatus:
+    cell_id: str
+    status: str  # "ok" | "failed" | "skipped"
+    reason: str = ""
+    spec_key: str = ""
+    label: str = ""
+    at: float = 0.0
+    extra: tuple[tuple[str, Any], ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class StaleCell:
+    cell_id: str
+    spec_key: str
+    reason: str  # "artifact changed" | "not in the current plan"
+
+
+# ---------------------------------------------------------------------------------------------------------- files
+def _fsync_dir(d: Path) -> None:
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, write: Callable[[Any], None]) -> None:
+    """Write `path` via `write(binary_file)` into a temp file beside it, fsync, os.replace, fsync the directory."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+def _write_json(path: Path, doc: Any) -> None:
+    atomic_write(path, lambda f: f.write(json.dumps(doc, indent=1, sort_keys=True, default=str).encode()))
+
+
+def _write_parquet(path: Path, df: pd.DataFrame) -> None:
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                           b"autlearn.schema_version": str(SCHEMA_VERSION).encode()})
+    atomic_write(path, lambda f: pq.write_table(table, f))
+
+
+# ---------------------------------------------------------------------------------------------------------- store
+class Store:
+    """One campaign's results directory. Thread-safe for distinct cells (one worker per device)."""
+
+    def __init__(self, root: Path, manifest: dict[str, Any]):
+        self.root = root
+        self._manifest = manifest
+
+    # -- opening
+    @classmethod
+    def open(cls, results_dir: str | os.PathLike, campaign: Any | None = None, name: str | None = None) -> "Store":
+        """Open (creating if needed) `<results_dir>/<campaign.name>/`. `campaign` is a profiler.campaign_config
+        Campaign (its spec is recorded); `name` opens an existing directory without one. Migrates older schemas;
+        SchemaError for newer/unknown ones."""
+        if campaign is None and name is None:
+            raise ValueError("Store.open needs a campaign or a name")
+        root = Path(results_dir) / (campaign.name if campaign is not None else name)
+        if (root / MANIFEST).exists():
+            manifest = _read_manifest(root)
+            if campaign is not None and manifest.get("spec") != campaign.to_dict():
+                manifest["spec"], manifest["updated_at"] = campaign.to_dict(), time.time()
+                _write_json(root / MANIFEST, manifest)
+        elif campaign is None:
+            raise SchemaError(f"no results for campaign {name!r} under {results_dir}")
+        else:
+            manifest = {"schema_version": SCHEMA_VERSION, "name": campaign.name, "spec": campaign.to_dict(),
+                        "plan": {}, "created_at": time.time()}
+            _write_json(root / MANIFEST, manifest)
+        store = cls(root, manifest)
+        store.sweep()
+        return store
+
+    @property
+    def name(self) -> str:
+        return self._manifest["name"]
+
+    def sweep(self, min_age_s: float = TEMP_SWEEP_AGE_S) -> int:
+        """Delete temp files left by crashed writers (older than `min_age_s`). Returns how many."""
+        n, now = 0, time.time()
+        for sub in ("cells", "summary", "status", ""):
+            d = self.root / sub
+            if not d.is_dir():
+                continue
+            for p in d.glob(".*.tmp"):
+                try:
+                    if now - p.stat().st_mtime >= min_age_s:
+                        p.unlink()
+                        n += 1
+                except FileNotFoundError:
+                    pass
+        return n
+
+    # -- plan and resume
+    def set_plan(self, cells: Iterable[tuple[str, str]]) -> None:
+        """Record the current plan as (cell_id, spec_key) pairs; cells on disk outside it become stale."""
+        self._manifest["plan"] = {cid: key for cid, key in cells}
+        self._manifest["updated_at"] = time.time()
+        _write_json(self.root / MANIFEST, self._manifest)
+
+    @property
+    def plan(self) -> dict[str, str]:
+        return dict(self._manifest.get("plan") or {})
+
+    def status(self, cell_id: str) -> CellStatus | None:
+        p = self.root / "status" / f"{cell_id}.json"
+        try:
+            doc = json.loads(p.read_text())
+        except FileNotFoundError:
+            return None
+        except ValueError as exc:
+            raise SchemaError(f"corrupt status file {p}: {exc}") from None
+        return CellStatus(cell_id=doc.get("cell_id", cell_id), status=doc["status"], reason=doc.get("reason", ""),
+                          spec_key=doc.get("spec_key", ""), label=doc.get("label", ""), at=doc.get("at", 0.0),
+                          extra=tuple(sorted((doc.get("extra") or {}).items())))
+
+    def finished(self, cell_id: str) -> bool:
+        """True when the cell has an "ok" status and its samples are on disk (`--resume` skips it)."""
+        st = self.status(cell_id)
+        return st is not None and st.status == "ok" and (self.root / "cells" / f"{cell_id}.parquet").exists()
+
+    def statuses(self) -> tuple[CellStatus, ...]:
+        d = self.root / "status"
+        return tuple(s for p in sorted(d.glob("*.json")) if _ID_RE.match(p.stem)
+                     for s in [self.status(p.stem)] if s is not None) if d.is_dir() else ()
+
+    def stale(self) -> tuple[StaleCell, ...]:
+        """Cells on disk that the current plan (see `set_plan`) no longer contains. Empty when no plan is set."""
+        plan = self.plan
+        if not plan:
+            return ()
+        keys = set(plan.values())
+        return tuple(StaleCell(s.cell_id, s.spec_key,
+                               "artifact changed" if s.spec_key in keys else "not in the current plan")
+                     for s in self.statuses() if s.cell_id not in plan)
+
+    # -- writing
+    def write_cell(self, meta: CellMeta, steps: Sequence[Sample]) -> Path:
+        """Write a finished cell: raw samples, then its summary, then the "ok" status (the commit point)."""
+        if not steps:
+            raise ValueError("a finished cell has at least one step")
+        raw = samples_frame(meta, steps)
+        _write_parquet(self.root / "cells" / f"{meta.cell_id}.parquet", raw)
+        _write_parquet(self.root / "summary" / f"{meta.cell_id}.parquet", summarize_cell(raw))
+        self.write_status(meta.cell_id, "ok", spec_key=meta.spec_key,
+                          label=f"{meta.device_serial}/{meta.workload}-{meta.variant}/b{meta.batch}/"
+                                f"{meta.governor_requested}/{meta.affinity}")
+        return self.root / "cells" / f"{meta.cell_id}.parquet"
+
+    def write_status(self, cell_id: str, status: str, reason: str = "", *, spec_key: str = "", label: str = "",
+                     extra: Mapping[str, Any] | None = None) -> None:
+        """Record a cell's outcome; "failed" and "skipped" need a reason (NotRooted, governor unavailable, ...)."""
+        if status not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}")
+        if status != "ok" and not reason:
+            raise ValueError(f"a {status} cell needs a reason")
+        if not _ID_RE.match(cell_id):
+            raise ValueError(f"cell_id must be 16 hex digits, not {cell_id!r}")
+        _write_json(self.root / "status" / f"{cell_id}.json",
+                    {"cell_id": cell_id, "status": status, "reason": reason, "spec_key": spec_key, "label": label,
+                     "at": time.time(), "extra": dict(extra or {})})
+
+    # -- reading
+    def load(self, include_stale: bool = False) -> pd.DataFrame:
+        return load_results(self.root, include_stale=include_stale)
+
+
+def _read_manifest(root: Path) -> dict[str, Any]:
+    p = root / MANIFEST
+    try:
+        manifest = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise SchemaError(f"not an autlearn results directory (no {MANIFEST}): {root}") from None
+    except (OSError, ValueError) as exc:
+        raise SchemaError(f"unreadable {p}: {exc}") from None
+    version = manifest.get("schema_version") if isinstance(manifest, dict) else None
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise SchemaError(f"{p}: unknown schema version {version!r}")
+    if version > SCHEMA_VERSION:
+        raise SchemaError(f"{root} was written by a newer autlearn (results schema {version}; this one reads up to "
+                          f"{SCHEMA_VERSION}): upgrade autlearn")
+    while version < SCHEMA_VERSION:
+        migrate = MIGRATIONS.get(version)
+        if migrate is None:
+            raise SchemaError(f"{root}: no migration from results schema {version} to {SCHEMA_VERSION}")
+        migrate(root)
+        manifest = json.loads(p.read_text())
+        version += 1
+        manifest["schema_version"] = version
+        _write_json(p, manifest)
+    return manifest
+
+
+# ---------------------------------------------------------------------------------------------------------- frames
+def samples_frame(meta: CellMeta, steps: Sequence[Sample]) -> pd.DataFrame:
+    """Raw rows: metadata columns + repetition, step, warmup, step_ns, loss, energy_j, t_start_ns, t_end_ns,
+    phase_<name>_ns."""
+    cols = meta.columns()
+    phases = sorted({name for s in steps for name, _ in s.phases_ns})
+    rows = []
+    for s in steps:
+        row = dict(cols, repetition=s.repetition, step=s.step, warmup=s.warmup, step_ns=s.step_ns,
+                   loss=s.loss, energy_j=s.energy_j, t_start_ns=s.t_start_ns, t_end_ns=s.t_end_ns)
+        p = dict(s.phases_ns)
+        row.update({f"phase_{n}_ns": p.get(n) for n in phases})
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    for c in ("temp_start_c", "temp_end_c", "battery_pct", "battery_temp_c", "loss", "energy_j"):
+        df[c] = df[c].astype("float64")
+    for c in ("t_start_ns", "t_end_ns"):
+        df[c] = df[c].astype("Int64")
+    for c in ("throttled",):
+        df[c] = df[c].astype("boolean")
+    df["governor_applied"] = df["governor_applied"].astype("string")
+    return df
+
+
+_META_COLUMNS = tuple(CellMeta.__dataclass_fields__)
+
+
+def summarize_cell(raw: pd.DataFrame) -> pd.DataFrame:
+    """One row: the cell's metadata plus stats.summarize() of its timed step_ns (ordered by step index)."""
+    timed = raw[~raw["warmup"].astype(bool)]
+    s = stats.summarize(timed["step_ns"].to_numpy(float), order=timed["step"].to_numpy(float))
+    row = {c: raw[c].iloc[0] for c in _META_COLUMNS if c in raw}
+    row.update(_summary_columns(s))
+    if "energy_j" in timed and timed["energy_j"].notna().any():
+        row["energy_j_median"] = float(timed["energy_j"].median())
+    return pd.DataFrame([row])
+
+
+def _summary_columns(s: stats.Summary) -> dict[str, Any]:
+    return {"n": s.n, "median_ns": s.median, "mean_ns": s.mean, "std_ns": s.std, "cv": s.cv,
+            "ci_low_ns": s.ci_low, "ci_high_ns": s.ci_high, "confidence": s.confidence,
+            "n_resamples": s.n_resamples, "warmup_trend": s.warmup.trend, "warmup_ratio": s.warmup.ratio,
+            "warnings": "; ".join(s.warnings)}
+
+
+def _campaign_dirs(path: Path) -> list[Path]:
+    if (path / MANIFEST).exists():
+        return [path]
+    dirs = sorted(p.parent for p in path.glob(f"*/{MANIFEST}"))
+    if not dirs:
+        raise SchemaError(f"no autlearn results under {path}")
+    return dirs
+
+
+def _ok_ids(root: Path, include_stale: bool) -> tuple[list[str], list[str]]:
+    manifest = _read_manifest(root)
+    store = Store(root, manifest)
+    stale = {s.cell_id for s in store.stale()}
+    ok = [s.cell_id for s in store.statuses() if s.status == "ok" and (include_stale or s.cell_id not in stale)]
+    return ok, sorted(stale)
+
+
+def _load(path: str | os.PathLike, sub: str, include_stale: bool) -> pd.DataFrame:
+    frames, stale_all = [], []
+    for root in _campaign_dirs(Path(path)):
+        ok, stale = _ok_ids(root, include_stale)
+        stale_all += stale
+        for cid in ok:
+            f = root / sub / f"{cid}.parquet"
+            if f.exists():
+                frames.append(pd.read_parquet(f))
+    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    df.attrs["stale"] = stale_all
+    df.attrs["schema_version"] = SCHEMA_VERSION
+    return df
+
+
+def load_results(path: str | os.PathLike, include_stale: bool = False) -> pd.DataFrame:
+    """All raw samples (one row per step per repetition) of the finished cells under `path` (a campaign directory
+    or a results root holding several). Stale cells are left out unless `include_stale`; their ids are in
+    `df.attrs["stale"]`. Failed/skipped cells are in `load_status`."""
+    return _load(path, "cells", include_stale)
+
+
+def load_summaries(path: str | os.PathLike, include_stale: bool = False) -> pd.DataFrame:
+    """One row per finished cell: metadata + summary statistics of its timed steps."""
+    return _load(path, "summary", include_stale)
+
+
+def load_status(path: str | os.PathLike) -> pd.DataFrame:
+    """One row per cell with a recorded outcome: cell_id, status, reason, spec_key, label, at, stale."""
+    rows = []
+    for root in _campaign_dirs(Path(path)):
+        store = Store(root, _read_manifest(root))
+        stale = {s.cell_id for s in store.stale()}
+        rows += [dict(campaign=store.name, cell_id=s.cell_id, status=s.status, reason=s.reason,
+                      spec_key=s.spec_key, label=s.label, at=s.at, stale=s.cell_id in stale)
+                 for s in store.statuses()]
+    return pd.DataFrame(rows, columns=["campaign", "cell_id", "status", "reason", "spec_key", "label", "at",
+                                       "stale"])
+
+
+# ---------------------------------------------------------------------------------------------------------- pooling
+def check_poolable(df: pd.DataFrame, by: Sequence[str] = ()) -> None:
+    """Raise IncompatibleRuns if, within a group of `by`, any FIXED_COLUMNS column (not itself in `by`) differs."""
+    fixed = [c for c in FIXED_COLUMNS if c in df.columns and c not in by]
+    groups = df.groupby(list(by), dropna=False, sort=False) if by else [((), df)]
+    for key, g in groups:
+        for c in fixed:
+            values = g[c].astype("object").where(g[c].notna(), None).unique()
+            if len(values) > 1:
+                where = f" in group {dict(zip(by, key if isinstance(key, tuple) else (key,)))}" if by else ""
+                shown = ", ".join(repr(v) for v in values[:4])
+                raise IncompatibleRuns(f"refusing to pool runs whose {c} differ{where}: {shown}; "
+                                       f"group by {c} or select one")
+
+
+def pooled_summary(df: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
+    """Summaries of raw samples pooled per group of `by` (timed steps only), after `check_poolable`."""
+    if df.empty:
+        return pd.DataFrame()
+    check_poolable(df, by)
+    timed = df[~df["warmup"].astype(bool)]
+    rows = []
+    for key, g in timed.groupby(list(by), dropna=False, sort=True):
+        s = stats.summarize(g["step_ns"].to_numpy(float), order=g["step"].to_numpy(float))
+        row = dict(zip(by, key if isinstance(key, tuple) else (key,)))
+        row["cells"] = g["cell_id"].nunique()
+        row.update(_summary_columns(s))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+__all__ = [
+    "CellMeta", "CellStatus", "FIXED_COLUMNS", "IncompatibleRuns", "LABELS", "MIGRATIONS", "SCHEMA_VERSION",
+    "Sample", "SchemaError", "StaleCell", "Store", "atomic_write", "check_poolable", "load_results", "load_status",
+    "load_summaries", "pooled_summary", "samples_frame", "summarize_cell",
+]
