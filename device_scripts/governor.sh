@@ -91,7 +91,7 @@ restore() {  # restore FILE
     [ -r "$1" ] || die 2 "cannot read snapshot $1"
     status=0
     # Blocks are flushed when the next `policy=` line (or the end) arrives.
-    { cat "$1"; echo "policy="; } | {
+    { cat "$1"; echo; echo "policy="; } | {  # the echo ends a last line that has no newline
         pol=""; gov=""; mn=""; mx=""; sp=""
         while IFS= read -r line; do
             key=${line%%=*}; value=${line#*=}

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         cli.main(args=argv, prog_name="autlearn", standalone_mode=False)
     except UserError as exc:
         click.echo(f"autlearn: error: {exc}", err=True)
-        return exc.exit_code
+        return 1
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.ClickException as exc:  # usage errors: bad option, missing argument

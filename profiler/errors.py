@@ -4,9 +4,8 @@ from __future__ import annotations
 
 
 class UserError(Exception):
-    """A problem the user can fix (bad input, missing hardware or tool). Never shown as a traceback."""
-
-    exit_code = 1
+    """A problem the user can fix (bad input, missing hardware or tool). Never shown as a traceback; the CLI
+    prints one line and exits 1."""
 
 
 class ConfigError(UserError):

@@ -499,7 +499,7 @@ def _restore_snapshot(device: Any, states: Sequence[PolicyState] | str) -> None:
     text = states if isinstance(states, str) else format_snapshot(states)
     workdir = getattr(device, "workdir", None) or "/data/local/tmp/autlearn"
     remote = f"{workdir}/governor.snapshot"
-    r = device.shell_root(f"mkdir -p {quote(workdir)} && printf '%s' {quote(text)} > {quote(remote)}")
+    r = device.shell_root(f"mkdir -p {quote(workdir)} && printf '%s\\n' {quote(text)} > {quote(remote)}")
     if getattr(r, "exit_code", 0) != 0:
         raise DeviceCommandFailed("cannot write governor snapshot", serial=getattr(device, "serial", ""),
                                   command="printf > governor.snapshot", output=r.stderr, exit_code=r.exit_code)

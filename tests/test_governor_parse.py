@@ -200,11 +200,13 @@ def test_script_errors(tmp_path):
     assert r.returncode == 4 and "cannot write" in r.stderr
 
 
-def test_apply_then_restore_is_byte_identical(tmp_path):
+@pytest.mark.parametrize("trailing_newline", [True, False])
+def test_apply_then_restore_is_byte_identical(tmp_path, trailing_newline):
     sysfs = make_sysfs(tmp_path)
     before = tree_bytes(sysfs)
     snap = tmp_path / "snap.txt"
-    snap.write_text(sh(sysfs, "read").stdout)
+    text = sh(sysfs, "read").stdout
+    snap.write_text(text if trailing_newline else text.rstrip("\n"))  # the last policy must be restored either way
     r = sh(sysfs, "apply", "policy0", "userspace", "300000", "1804800")
     assert r.returncode == 0 and parse_state(r.stdout)[0].governor == "userspace"
     assert sh(sysfs, "setspeed", "policy0", "1017600").returncode == 0

@@ -1,0 +1,337 @@
+"""The campaign engine: plan -> artifacts -> one worker per device -> cells in the results store.
+
+Each device gets one worker thread and a GovernorGuard that snapshots every cpufreq policy before the first change
+and restores it when the worker ends (also on exceptions and SIGINT/SIGTERM; after a kill, `restore_pending` at the
+next run). A cell is: cooldown, governor, deploy the artifact once per content hash, R runner launches of W warm-up
+and N timed steps, parse, record metadata, write atomically. A device that vanishes is retried once, then its
+remaining cells are marked failed while the other workers go on.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from profiler import __version__
+from profiler.campaign_config import Campaign, Cell, cell_id
+from profiler.device import Device, command, quote
+from profiler.errors import DeviceError, DeviceUnreachable, NotRooted, ParseError, UserError
+from profiler.fleet import discover
+from profiler.governor import GovernorGuard, GovernorUnavailable, restore_on_signals, restore_pending
+from profiler.probe import DeviceFacts, parse_probe
+from profiler.steps import parse_run_output
+from profiler.store import CellMeta, Sample, Store
+
+RUN_TIMEOUT_S = 1800.0
+
+
+class CampaignError(UserError):
+    """The campaign cannot start (no matching device, results exist without --resume, ...)."""
+
+
+@dataclass(frozen=True)
+class ArtifactRef:
+    """What the engine needs of a built workload artifact."""
+
+    path: Path
+    hash: str
+    files: tuple[str, ...]
+    tools: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass
+class Progress:
+    """Thread-safe counters per device, rendered by the CLI."""
+
+    total: dict[str, int] = field(default_factory=dict)
+    done: dict[str, int] = field(default_factory=dict)
+    state: dict[str, str] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    on_change: Callable[[str], None] | None = None
+
+    def advance(self, serial: str, state: str = "") -> None:
+        with self.lock:
+            self.done[serial] = self.done.get(serial, 0) + 1
+            if state:
+                self.state[serial] = state
+        if self.on_change:
+            self.on_change(serial)
+
+    def set_state(self, serial: str, state: str) -> None:
+        with self.lock:
+            self.state[serial] = state
+        if self.on_change:
+            self.on_change(serial)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    ok: int
+    failed: int
+    skipped: int
+    resumed: int
+    results_dir: Path
+    restored: tuple[tuple[str, str], ...] = ()
+
+
+# ------------------------------------------------------------------------------------------------------ pure helpers
+def affinity_mask(affinity: str, facts: DeviceFacts) -> str | None:
+    """Hex CPU mask for an affinity choice, or None for all CPUs. big/little = fastest/slowest cluster."""
+    if affinity == "all":
+        return None
+    if affinity.startswith("0x"):
+        return affinity
+    policies = [p for p in facts.policies if p.cpus]
+    if len(policies) < 2:
+        raise UserError(f"[{facts.serial}] affinity {affinity!r} needs at least two clusters; found {len(policies)}")
+
+    def speed(p):
+        return p.hw_max_khz or p.max_khz or max(p.frequencies_khz, default=0)
+
+    chosen = max(policies, key=speed) if affinity == "big" else min(policies, key=speed)
+    return hex(sum(1 << c for c in chosen.cpus))
+
+
+def cooldown_temp(text: str, zones: str) -> float | None:
+    """Highest temperature (C) among thermal zones whose type matches the glob `zones` (pure)."""
+    facts = parse_probe(text)
+    temps = [z.temp_c for z in facts.thermal if z.temp_c is not None and fnmatch.fnmatch(z.type.lower(), zones.lower())]
+    return max(temps) if temps else None
+
+
+def _freqs(facts: DeviceFacts) -> tuple[tuple[str, int], ...]:
+    return tuple((p.name, p.cur_khz) for p in facts.policies if p.cur_khz is not None)
+
+
+def _throttled(facts: DeviceFacts) -> bool | None:
+    states = [c.cur_state for c in facts.cooling if c.cur_state is not None]
+    return any(s > 0 for s in states) if states else None
+
+
+# --------------------------------------------------------------------------------------------------------- the worker
+class DeviceWorker:
+    """Runs one device's cells in order. Never raises for a cell: outcomes go to the store."""
+
+    def __init__(self, serial: str, facts: DeviceFacts, cells: list[tuple[Cell, str, ArtifactRef]], store: Store,
+                 campaign: Campaign, progress: Progress, stop: threading.Event, resume: bool,
+                 threads: int | None = None):
+        self.serial, self.facts, self.cells, self.store = serial, facts, cells, store
+        self.campaign, self.progress, self.stop, self.resume = campaign, progress, stop, resume
+        self.threads = threads
+        self.counts = {"ok": 0, "failed": 0, "skipped": 0, "resumed": 0}
+        self.deployed: set[str] = set()
+
+    def run(self) -> dict[str, int]:
+        pending = []
+        for cell, cid, art in self.cells:
+            if self.resume and self.store.finished(cid):
+                self.counts["resumed"] += 1
+                self.progress.advance(self.serial)
+            else:
+                pending.append((cell, cid, art))
+        if not pending:
+            self.progress.set_state(self.serial, "done")
+            return self.counts
+        try:
+            device = Device(self.serial)
+        except DeviceError as exc:
+            self._fail_rest(pending, f"device unreachable: {exc}")
+            return self.counts
+        with GovernorGuard(device, self.store.root) as guard:
+            for i, (cell, cid, art) in enumerate(pending):
+                if self.stop.is_set():
+                    break
+                self.progress.set_state(self.serial, f"{cell.workload}-{cell.variant} {cell.governor}")
+                try:
+                    self._cell(device, guard, cell, cid, art)
+                except DeviceUnreachable as exc:
+                    device = self._reconnect()
+                    if device is None:
+                        self._fail_rest(pending[i:], f"device lost: {exc}")
+                        return self.counts
+                    guard.device = device
+                    try:  # one retry on the fresh connection
+                        self._cell(device, guard, cell, cid, art)
+                    except DeviceError as exc2:
+                        self._fail_rest(pending[i:], f"device lost after retry: {exc2}")
+                        return self.counts
+                except (DeviceError, ParseError) as exc:
+                    self._record(cid, cell, "failed", str(exc))
+        self.progress.set_state(self.serial, "done")
+        return self.counts
+
+    def _reconnect(self) -> Device | None:
+        time.sleep(1.0)
+        try:
+            return Device(self.serial)
+        except DeviceError:
+            return None
+
+    def _fail_rest(self, rest, reason: str) -> None:
+        for cell, cid, _ in rest:
+            self._record(cid, cell, "failed", reason)
+
+    def _record(self, cid: str, cell: Cell, status: str, reason: str = "") -> None:
+        self.store.write_status(cid, status, reason, spec_key=cell.spec_key, label=cell.label)
+        self.counts[status] += 1
+        self.progress.advance(self.serial)
+
+    # -- one cell
+    def _cell(self, device: Device, guard: GovernorGuard, cell: Cell, cid: str, art: ArtifactRef) -> None:
+        applied, reason, pinned = self._governor(device, guard, cell)
+        if applied is None:
+            self._record(cid, cell, "skipped", reason)
+            return
+        mask = affinity_mask(cell.affinity, self.facts)
+        start = self._cooldown(device)  # the last cooldown reading is the cell's start state
+        remote = self._deploy(device, art)
+        started = time.time()
+        samples = []
+        for rep in range(cell.repetitions):
+            argv = [f"{remote}/runner", remote, "--warmup", cell.warmup, "--steps", cell.steps]
+            if self.threads:
+                argv += ["--threads", self.threads]
+            cmd = command(*argv)
+            if mask:
+                cmd = f"taskset {quote(mask)} {cmd}"
+            r = device.shell(cmd, timeout=RUN_TIMEOUT_S)
+            if not r.ok:
+                raise DeviceError("runner failed", serial=self.serial, command=cmd, output=r.stderr or r.stdout,
+                                  exit_code=r.exit_code)
+            out = parse_run_output(r.stdout)
+            samples += [Sample.from_step(s, rep) for s in out.steps]
+        end = self._dynamic(device)
+        labels = ("virtual",) if self.facts.virtual else ("measured",)
+        bat = end.battery
+        meta = CellMeta(
+            campaign=self.campaign.name, cell_id=cid, spec_key=cell.spec_key, device_serial=self.serial,
+            device_model=self.facts.model, device_virtual=self.facts.virtual, workload=cell.workload,
+            variant=cell.variant, batch=cell.batch, governor_requested=cell.governor, governor_applied=applied,
+            affinity=cell.affinity, artifact_hash=art.hash, labels=labels, config=cell.config,
+            governor_reason=reason, pinned_khz=pinned, warmup_steps=cell.warmup, energy_source=cell.energy,
+            freqs_start_khz=_freqs(start), freqs_end_khz=_freqs(end),
+            temp_start_c=start.max_temp_c, temp_end_c=end.max_temp_c,
+            throttled=_throttled(end),
+            battery_pct=None if bat is None or bat.capacity is None else float(bat.capacity),
+            tool_versions=tuple(sorted({**dict(art.tools), "autlearn": __version__,
+                                        "android": self.facts.android or "?"}.items())),
+            started_at=started, finished_at=time.time())
+        self.store.write_cell(meta, samples)
+        self.counts["ok"] += 1
+        self.progress.advance(self.serial)
+
+    def _governor(self, device: Device, guard: GovernorGuard, cell: Cell):
+        """Apply the cell's governor intent. Returns (applied | None, reason, pinned)."""
+        try:
+            res = guard.apply_intent(cell.governor, cell.fallback)
+        except NotRooted:
+            # Unrooted: run only if the device already sits at what the intent resolves to.
+            from profiler.governor import resolve_governor
+
+            current = {p.governor for p in self._dynamic(device).policies}  # reading needs no root
+            res = resolve_governor(cell.governor, self.facts.governors, cell.fallback)
+            if res.applied is not None and res.pin_khz is None and current == {res.applied}:
+                return res.applied, f"unrooted: the device already runs {res.applied}", ()
+            return None, (f"needs root to set governor {cell.governor!r} and the device has none "
+                          f"(it runs at its default {','.join(sorted(g for g in current if g))})"), ()
+        except GovernorUnavailable as exc:
+            return None, str(exc), ()
+        if res.resolution.applied is None:
+            return None, res.resolution.reason or f"governor {cell.governor!r} not offered", ()
+        return res.resolution.applied, res.resolution.reason, res.pinned_khz
+
+    def _dynamic(self, device: Device) -> DeviceFacts:
+        r = device.run_script("probe.sh", "dynamic", timeout=60)
+        return parse_probe(r.stdout, serial=self.serial)
+
+    def _cooldown(self, device: Device) -> DeviceFacts:
+        """Wait until the matching thermal zones are under the limit (or the timeout passes); the last reading."""
+        cd = self.campaign.cooldown
+        deadline = time.monotonic() + cd.timeout_s
+        while True:
+            text = device.run_script("probe.sh", "dynamic", timeout=60).stdout
+            temp = cooldown_temp(text, cd.zones)
+            if temp is None or temp <= cd.max_temp_c or time.monotonic() >= deadline or self.stop.is_set():
+                return parse_probe(text, serial=self.serial)
+            self.progress.set_state(self.serial, f"cooling down ({temp:.1f} C > {cd.max_temp_c:.1f} C)")
+            time.sleep(min(5.0, max(0.1, deadline - time.monotonic())))
+
+    def _deploy(self, device: Device, art: ArtifactRef) -> str:
+        """Push the artifact once per content hash; returns its directory on the device."""
+        remote = f"{device.workdir}/artifacts/{art.hash[:16]}"
+        if art.hash in self.deployed:
+            return remote
+        if not device.shell(command("test", "-f", f"{remote}/.complete")).ok:
+            device.check(command("rm", "-rf", remote) + " && " + command("mkdir", "-p", remote))
+            for name in art.files:
+                device.push(art.path / name, f"{remote}/{name}")
+            device.check(command("chmod", "755", f"{remote}/runner") + " && " +
+                         command("touch", f"{remote}/.complete"))
+        self.deployed.add(art.hash)
+        return remote
+
+
+# ---------------------------------------------------------------------------------------------------------- campaign
+ArtifactProvider = Callable[[Cell, str], ArtifactRef]  # (cell, abi) -> artifact
+
+
+def run_campaign(campaign: Campaign, results_root: Path, artifacts: ArtifactProvider, *, resume: bool = False,
+                 progress: Progress | None = None, threads: int | None = None,
+                 log: Callable[[str], None] = lambda s: None) -> Outcome:
+    """Run every cell of `campaign` on the selected devices; results under `results_root/<campaign.name>`."""
+    progress = progress or Progress()
+    fleet = discover()
+    reachable = [e.facts for e in fleet if e.facts is not None]
+    for e in fleet:
+        if e.facts is None:
+            log(f"{e.serial}: not used ({e.error})")
+    missing = campaign.devices.missing(reachable)
+    if missing:
+        raise CampaignError(f"devices named in the campaign are not connected: {', '.join(missing)}")
+    devices = campaign.select(reachable)
+    if not devices:
+        raise CampaignError("no connected device matches the campaign's [devices] selection"
+                            + ("" if reachable else " (no device is connected; `autlearn lab up` starts virtual ones)"))
+    store = Store.open(results_root, campaign)
+    restored = restore_pending(store.root, lambda s: Device(s))
+    for serial, what in restored.items():
+        log(f"{serial}: governors left by an interrupted run: {what}")
+    cells = campaign.plan(devices)
+    planned: dict[str, list[tuple[Cell, str, ArtifactRef]]] = {d.serial: [] for d in devices}
+    by_serial = {d.serial: d for d in devices}
+    for cell in cells:
+        art = artifacts(cell, by_serial[cell.device_serial].abi)
+        planned[cell.device_serial].append((cell, cell_id(cell, art.hash), art))
+    ids = [(cid, c.spec_key) for lst in planned.values() for c, cid, _ in lst]
+    if not resume and any(store.status(cid) is not None for cid, _ in ids):
+        raise CampaignError(f"{store.root} already holds results of this campaign: use --resume to continue it, "
+                            "or give the campaign another name")
+    store.set_plan(ids)
+    for serial, lst in planned.items():
+        progress.total[serial] = len(lst)
+    stop = threading.Event()
+    workers = [DeviceWorker(s, by_serial[s], lst, store, campaign, progress, stop, resume, threads)
+               for s, lst in planned.items()]
+    with restore_on_signals():
+        pool = ThreadPoolExecutor(max_workers=len(workers), thread_name_prefix="device")
+        futures = [pool.submit(w.run) for w in workers]
+        try:
+            while not all(f.done() for f in futures):
+                time.sleep(0.2)
+        except BaseException:
+            stop.set()  # workers finish their current cell, their guards restore governors
+            pool.shutdown(wait=True)
+            raise
+        pool.shutdown(wait=True)
+    totals = {"ok": 0, "failed": 0, "skipped": 0, "resumed": 0}
+    for f in futures:
+        for k, v in f.result().items():
+            totals[k] += v
+    return Outcome(totals["ok"], totals["failed"], totals["skipped"], totals["resumed"], store.root,
+                   tuple(restored.items()))

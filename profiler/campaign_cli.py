@@ -1,0 +1,191 @@
+"""`autlearn run CAMPAIGN.toml` and `autlearn results show|compare`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import threading
+from pathlib import Path
+
+import click
+
+from profiler.errors import ArtifactError, UserError
+
+
+def autlearn_home() -> Path:
+    return Path(os.environ.get("AUTLEARN_HOME") or Path.home() / ".autlearn")
+
+
+def artifact_provider(cache: Path, log=lambda s: None):
+    """(cell, abi) -> ArtifactRef, building each distinct (model, variant, batch, config, abi) once and caching it
+    under `cache`; a cached artifact is reused only when it verifies (hash and files) and was built by the same tools."""
+    from profiler.campaign import ArtifactRef
+
+    lock = threading.Lock()
+    memo: dict[str, ArtifactRef] = {}
+
+    def provide(cell, abi: str) -> ArtifactRef:
+        from workloads.artifact import build_artifact, load_artifact, tool_versions
+
+        config = {k: list(v) if isinstance(v, tuple) else v for k, v in cell.config}
+        config["batch"] = cell.batch
+        tools = tool_versions()
+        key = hashlib.sha256(json.dumps([cell.workload, cell.variant, abi, config, tools], sort_keys=True,
+                                        default=str).encode()).hexdigest()[:16]
+        with lock:
+            if key not in memo:
+                out = cache / f"{cell.workload}-{cell.variant}-{abi}-{key}"
+                try:
+                    art = load_artifact(out)
+                except ArtifactError:
+                    log(f"building {cell.workload}/{cell.variant} for {abi} (batch {cell.batch})")
+                    art = build_artifact(cell.workload, cell.variant, abi, out, **config)
+                files = tuple(sorted(p.name for p in art.files()))
+                memo[key] = ArtifactRef(art.path, art.hash, files,
+                                        tuple(sorted((k, str(v)) for k, v in art.manifest.get("tools", {}).items())))
+            return memo[key]
+
+    return provide
+
+
+def _progress_table(progress):
+    from rich.table import Table
+    from rich.text import Text
+
+    t = Table(title="campaign progress", title_justify="left")
+    for col in ("device", "cells", "now"):
+        t.add_column(col)
+    with progress.lock:
+        for serial, total in progress.total.items():
+            t.add_row(Text(serial), f"{progress.done.get(serial, 0)}/{total}", Text(progress.state.get(serial, "")))
+    return t
+
+
+@click.command()
+@click.argument("campaign_file", type=click.Path(dir_okay=False))
+@click.option("--resume", is_flag=True, help="Skip cells already finished; rerun the rest.")
+@click.option("--results", "results_root", default="results", show_default=True, type=click.Path(file_okay=False),
+              help="Results root; the campaign writes to RESULTS/<name>/.")
+@click.option("--threads", type=click.IntRange(1, 64), default=None, help="Runner threads (default: runner's own).")
+@click.option("--artifacts", "artifact_cache", default=None, type=click.Path(file_okay=False),
+              help="Artifact cache (default $AUTLEARN_HOME/artifacts).")
+def run(campaign_file: str, resume: bool, results_root: str, threads: int | None, artifact_cache: str | None):
+    """Run a campaign: every workload x variant x governor cell on every selected device."""
+    from rich.console import Console
+    from rich.live import Live
+
+    from profiler.campaign import Progress, run_campaign
+    from profiler.campaign_config import load_campaign
+
+    campaign = load_campaign(campaign_file)
+    console = Console(stderr=True)
+    cache = Path(artifact_cache) if artifact_cache else autlearn_home() / "artifacts"
+    provider = artifact_provider(cache, log=lambda s: console.print(f"[dim]{s}[/dim]", markup=True, highlight=False))
+    progress = Progress()
+    live = Live(_progress_table(progress), console=console, refresh_per_second=4, transient=False,
+                auto_refresh=sys.stderr.isatty())
+    progress.on_change = lambda _s: live.update(_progress_table(progress))
+    with live:
+        outcome = run_campaign(campaign, Path(results_root), provider, resume=resume, progress=progress,
+                               threads=threads, log=lambda s: console.print(s, markup=False, highlight=False))
+        live.update(_progress_table(progress))
+    click.echo(f"{campaign.name}: {outcome.ok} ok, {outcome.failed} failed, {outcome.skipped} skipped, "
+               f"{outcome.resumed} already done -> {outcome.results_dir}")
+    if outcome.ok == 0 and outcome.resumed == 0:
+        raise UserError("no cell finished; see `autlearn results show` for the reasons")
+
+
+@click.group()
+def results():
+    """Inspect a results directory."""
+
+
+@results.command("show")
+@click.argument("results_dir", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True)
+def show(results_dir: str, as_json: bool):
+    """Per-cell summaries (median, 95% CI, CV) and failed/skipped cells with reasons."""
+    from profiler.store import load_status, load_summaries
+
+    status = load_status(results_dir)
+    summaries = load_summaries(results_dir)
+    if as_json:
+        click.echo(json.dumps({"summaries": json.loads(summaries.to_json(orient="records")),
+                               "status": json.loads(status.to_json(orient="records"))}, indent=1))
+        return
+    _print_summaries(summaries)
+    bad = status[status["status"] != "ok"] if len(status) else status
+    if len(bad):
+        from rich.console import Console
+        from rich.table import Table
+        from rich.text import Text
+
+        t = Table(title="failed / skipped cells", title_justify="left")
+        for col in ("cell", "status", "reason"):
+            t.add_column(col)
+        for _, r in bad.iterrows():
+            t.add_row(Text(str(r.get("label", r["cell_id"]))), r["status"], Text(str(r["reason"])))
+        Console(width=None if sys.stdout.isatty() else 200).print(t)
+
+
+def _print_summaries(df) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    if df.empty:
+        click.echo("no finished cells")
+        return
+    t = Table(title=f"{len(df)} finished cell(s) (times in ms per step)", title_justify="left")
+    df = df.copy()
+    for c in ("median", "ci_low", "ci_high"):
+        if f"{c}_ns" in df.columns:
+            df[f"{c}_ms"] = df[f"{c}_ns"] / 1e6
+    cols = ("device_model", "workload", "variant", "batch", "governor_requested", "governor_applied", "n",
+            "median_ms", "ci_low_ms", "ci_high_ms", "cv", "labels")
+    present = [c for c in cols if c in df.columns]
+    for c in present:
+        t.add_column(c)
+    for _, r in df.iterrows():
+        t.add_row(*(Text(f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c])) for c in present))
+    Console(width=None if sys.stdout.isatty() else 220).print(t)
+
+
+@results.command("compare")
+@click.argument("results_dir", type=click.Path(file_okay=False))
+@click.option("--baseline", default="unoptimized", show_default=True, help="Baseline variant.")
+@click.option("--candidate", default="full", show_default=True, help="Candidate variant.")
+@click.option("--min-ratio", default=1.05, show_default=True, type=click.FloatRange(1.0, 100.0))
+@click.option("--alpha", default=0.05, show_default=True, type=click.FloatRange(0.0001, 0.5))
+def compare_cmd(results_dir: str, baseline: str, candidate: str, min_ratio: float, alpha: float):
+    """Compare two variants cell by cell: Mann-Whitney U plus a minimum ratio (a speedup needs both)."""
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    from profiler.stats import compare
+    from profiler.store import load_results
+
+    df = load_results(results_dir)
+    if df.empty:
+        raise UserError(f"{results_dir}: no finished cells to compare")
+    timed = df[~df["warmup"]]
+    keys = ["device_serial", "workload", "batch", "governor_requested", "affinity"]
+    t = Table(title=f"{candidate} vs {baseline} (ratio = baseline / candidate median step time)", title_justify="left")
+    for col in ("device", "workload", "batch", "governor", "baseline ms", "candidate ms", "ratio", "p", "verdict"):
+        t.add_column(col)
+    rows = 0
+    for key, g in timed.groupby(keys):
+        a = g[g["variant"] == baseline]["step_ns"] / 1e6
+        b = g[g["variant"] == candidate]["step_ns"] / 1e6
+        if a.empty or b.empty:
+            continue
+        c = compare(a.to_numpy(), b.to_numpy(), alpha=alpha, min_ratio=min_ratio)
+        t.add_row(Text(str(key[0])), str(key[1]), str(key[2]), Text(str(key[3])), f"{c.baseline_median:.3g}",
+                  f"{c.candidate_median:.3g}", f"{c.ratio:.3g}", f"{c.p_value:.2g}", c.verdict)
+        rows += 1
+    if not rows:
+        raise UserError(f"no cell pair has both variants {baseline!r} and {candidate!r}")
+    Console(width=None if sys.stdout.isatty() else 200).print(t)
