@@ -21,7 +21,7 @@ from typing import Any
 from profiler import __version__
 from profiler.campaign_config import Campaign, Cell, cell_id
 from profiler.device import Device, command, quote
-from profiler.errors import DeviceError, DeviceUnreachable, NotRooted, ParseError, UserError
+from profiler.errors import DeviceError, DeviceUnreachable, NotRooted, UserError
 from profiler.fleet import discover
 from profiler.governor import GovernorGuard, GovernorUnavailable, restore_on_signals, restore_pending
 from profiler.probe import DeviceFacts, parse_probe
@@ -78,6 +78,7 @@ class Outcome:
     resumed: int
     results_dir: Path
     restored: tuple[tuple[str, str], ...] = ()
+    warnings: tuple[str, ...] = ()
 
 
 # ------------------------------------------------------------------------------------------------------ pure helpers
@@ -126,6 +127,7 @@ class DeviceWorker:
         self.threads = threads
         self.counts = {"ok": 0, "failed": 0, "skipped": 0, "resumed": 0}
         self.deployed: set[str] = set()
+        self.warnings: list[str] = []
 
     def run(self) -> dict[str, int]:
         pending = []
@@ -143,6 +145,14 @@ class DeviceWorker:
         except DeviceError as exc:
             self._fail_rest(pending, f"device unreachable: {exc}")
             return self.counts
+        try:
+            self._run_cells(device, pending)
+        except DeviceError as exc:  # restoring on the way out failed: the snapshot stays pending for the next run
+            self.warnings.append(f"{self.serial}: governors not restored now ({exc}); the next run restores them")
+        self.progress.set_state(self.serial, "done")
+        return self.counts
+
+    def _run_cells(self, device: Device, pending) -> None:
         with GovernorGuard(device, self.store.root) as guard:
             for i, (cell, cid, art) in enumerate(pending):
                 if self.stop.is_set():
@@ -154,17 +164,15 @@ class DeviceWorker:
                     device = self._reconnect()
                     if device is None:
                         self._fail_rest(pending[i:], f"device lost: {exc}")
-                        return self.counts
+                        return
                     guard.device = device
                     try:  # one retry on the fresh connection
                         self._cell(device, guard, cell, cid, art)
                     except DeviceError as exc2:
                         self._fail_rest(pending[i:], f"device lost after retry: {exc2}")
-                        return self.counts
-                except (DeviceError, ParseError) as exc:
+                        return
+                except UserError as exc:  # bad device output, runner failure, impossible affinity: this cell only
                     self._record(cid, cell, "failed", str(exc))
-        self.progress.set_state(self.serial, "done")
-        return self.counts
 
     def _reconnect(self) -> Device | None:
         time.sleep(1.0)
@@ -333,5 +341,8 @@ def run_campaign(campaign: Campaign, results_root: Path, artifacts: ArtifactProv
     for f in futures:
         for k, v in f.result().items():
             totals[k] += v
+    warnings = tuple(w for wk in workers for w in wk.warnings)
+    for w in warnings:
+        log(w)
     return Outcome(totals["ok"], totals["failed"], totals["skipped"], totals["resumed"], store.root,
-                   tuple(restored.items()))
+                   tuple(restored.items()), warnings)

@@ -1,0 +1,70 @@
+"""`autlearn lab up|down|status`: the virtual phone lab from the command line."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from testbed.lab import DEFAULT_BASE_PORT, Lab, expand_profiles
+
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+@click.group()
+def lab():
+    """Virtual phones on 127.0.0.1, attached to the adb server (ANDROID_ADB_SERVER_PORT, default 5037)."""
+
+
+@lab.command()
+@click.option("-n", "--count", type=int, default=None,
+              help="Number of phones (profiles are cycled); default: one per profile.")
+@click.option("--profile", "profiles", multiple=True, metavar="NAME",
+              help="Profile to start (repeatable); default: legacy, modern, unrooted.")
+@click.option("--base-port", type=int, default=DEFAULT_BASE_PORT, show_default=True,
+              help="Port of the first phone; the others follow.")
+def up(count, profiles, base_port):
+    """Start the lab (replacing a previous one) and connect its phones to adb."""
+    from rich.table import Table
+
+    phones = Lab().up(expand_profiles(profiles, count), base_port)
+    table = Table(title=f"virtual lab: {len(phones)} phone(s) up")
+    for col in ("name", "serial", "profile", "port"):
+        table.add_column(col)
+    for p in phones:
+        table.add_row(p.name, p.serial, p.profile, str(p.port))
+    _console().print(table)
+
+
+@lab.command()
+def down():
+    """Disconnect and stop every phone of the lab."""
+    phones = Lab().down()
+    click.echo(f"lab down: stopped {len(phones)} phone(s)" if phones else "lab down: no lab was running")
+
+
+@lab.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(as_json):
+    """Show the lab's phones, whether they run, and their adb state."""
+    from rich.table import Table
+
+    rows = Lab().status()
+    if as_json:
+        click.echo(json.dumps({"phones": [r.to_json() for r in rows]}, indent=2))
+        return
+    if not rows:
+        click.echo("lab: no phones (start them with `autlearn lab up`)")
+        return
+    table = Table(title="virtual lab")
+    for col in ("name", "serial", "profile", "port", "pid", "process", "adb"):
+        table.add_column(col)
+    for r in rows:
+        p = r.phone
+        table.add_row(p.name, p.serial, p.profile, str(p.port), str(p.pid), "running" if r.alive else "dead",
+                      r.adb_state)
+    _console().print(table)

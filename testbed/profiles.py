@@ -1,0 +1,161 @@
+"""Virtual phone profiles: `testbed/profiles/<name>.toml` loaded into frozen dataclasses."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from profiler.errors import LabError
+
+PROFILE_DIR = Path(__file__).parent / "profiles"
+ROOT_MODES = ("adbd", "su", "none")
+
+
+@dataclass(frozen=True)
+class Cluster:
+    cpus: tuple[int, ...]
+    freqs_khz: tuple[int, ...]
+    governors: tuple[str, ...]
+    governor: str
+    capacity: int  # EAS cpu_capacity (0-1024)
+
+
+@dataclass(frozen=True)
+class ThermalZone:
+    type: str
+    temp_mc: int  # millidegrees Celsius
+
+
+@dataclass(frozen=True)
+class CoolingDevice:
+    type: str
+    max_state: int
+    cur_state: int = 0
+
+
+@dataclass(frozen=True)
+class Battery:
+    status: str
+    capacity: int
+    current_now: int  # vendor units and sign, as the kernel reports them
+    voltage_now: int  # uV
+    charge_counter: int  # uAh
+    temp: int  # tenths of a degree Celsius
+    usb_online: int
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str
+    root_mode: str  # "adbd" (adb root works) | "su" (su binary) | "none"
+    kernel_release: str
+    kernel_version: str  # the `#1 SMP PREEMPT ...` part of uname -v
+    manufacturer: str
+    brand: str
+    model: str
+    device: str
+    product: str
+    android_release: str
+    sdk: int
+    soc_manufacturer: str
+    soc_model: str
+    board_platform: str
+    abi: str
+    clusters: tuple[Cluster, ...]
+    thermal_zones: tuple[ThermalZone, ...]
+    cooling_devices: tuple[CoolingDevice, ...]
+    battery: Battery
+    extra_props: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def cpus(self) -> tuple[int, ...]:
+        return tuple(sorted(c for cl in self.clusters for c in cl.cpus))
+
+    def system_props(self) -> dict[str, str]:
+        """What `system/build.prop` holds (build + product identity)."""
+        props = {
+            "ro.build.version.release": self.android_release,
+            "ro.build.version.sdk": str(self.sdk),
+            "ro.build.type": "user",
+            "ro.build.tags": "release-keys",
+            "ro.build.id": f"VIRT.{self.sdk}",
+            "ro.build.fingerprint": (f"{self.brand}/{self.product}/{self.device}:{self.android_release}/"
+                                     f"VIRT.{self.sdk}/1:user/release-keys"),
+            "ro.product.manufacturer": self.manufacturer,
+            "ro.product.brand": self.brand,
+            "ro.product.model": self.model,
+            "ro.product.name": self.product,
+            "ro.product.device": self.device,
+            "ro.product.cpu.abi": self.abi,
+            "ro.product.cpu.abilist": self.abi,
+            "ro.debuggable": "1" if self.root_mode == "adbd" else "0",
+            "ro.secure": "0" if self.root_mode == "adbd" else "1",
+            "ro.autlearn.virtual": "1",
+            "ro.autlearn.profile": self.name,
+        }
+        props.update(dict(self.extra_props))
+        return props
+
+    def vendor_props(self) -> dict[str, str]:
+        """What `vendor/build.prop` holds (SoC identity)."""
+        props = {"ro.board.platform": self.board_platform, "ro.hardware": self.board_platform}
+        if self.sdk >= 31:  # ro.soc.* exist since Android 12
+            props.update({"ro.soc.manufacturer": self.soc_manufacturer, "ro.soc.model": self.soc_model})
+        return props
+
+
+def known_profiles() -> list[str]:
+    return sorted(p.stem for p in PROFILE_DIR.glob("*.toml"))
+
+
+def load_profile(name: str) -> Profile:
+    path = PROFILE_DIR / f"{name}.toml"
+    if not name or "/" in name or not path.is_file():
+        raise LabError(f"unknown profile {name!r} (known: {', '.join(known_profiles())})")
+    try:
+        raw = tomllib.loads(path.read_text())
+        return _build(name, raw)
+    except (tomllib.TOMLDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise LabError(f"profile {name!r} ({path}) is invalid: {exc}") from exc
+
+
+def _build(name: str, raw: dict) -> Profile:
+    clusters = tuple(Cluster(cpus=tuple(c["cpus"]), freqs_khz=tuple(c["freqs_khz"]), governors=tuple(c["governors"]),
+                             governor=c["governor"], capacity=int(c.get("capacity", 1024)))
+                     for c in raw["clusters"])
+    for c in clusters:
+        if c.governor not in c.governors:
+            raise ValueError(f"default governor {c.governor!r} not in {c.governors}")
+        if list(c.freqs_khz) != sorted(c.freqs_khz) or not c.freqs_khz:
+            raise ValueError("freqs_khz must be a non-empty ascending list")
+    if raw["root_mode"] not in ROOT_MODES:
+        raise ValueError(f"root_mode must be one of {ROOT_MODES}")
+    b = raw["battery"]
+    return Profile(
+        name=name,
+        description=raw["description"],
+        root_mode=raw["root_mode"],
+        kernel_release=raw["kernel_release"],
+        kernel_version=raw["kernel_version"],
+        manufacturer=raw["manufacturer"],
+        brand=raw["brand"],
+        model=raw["model"],
+        device=raw["device"],
+        product=raw["product"],
+        android_release=str(raw["android_release"]),
+        sdk=int(raw["sdk"]),
+        soc_manufacturer=raw["soc_manufacturer"],
+        soc_model=raw["soc_model"],
+        board_platform=raw["board_platform"],
+        abi=raw["abi"],
+        clusters=clusters,
+        thermal_zones=tuple(ThermalZone(z["type"], int(z["temp_mc"])) for z in raw["thermal_zones"]),
+        cooling_devices=tuple(CoolingDevice(d["type"], int(d["max_state"]), int(d.get("cur_state", 0)))
+                              for d in raw["cooling_devices"]),
+        battery=Battery(status=b["status"], capacity=int(b["capacity"]), current_now=int(b["current_now"]),
+                        voltage_now=int(b["voltage_now"]), charge_counter=int(b["charge_counter"]),
+                        temp=int(b["temp"]), usb_online=int(b["usb_online"])),
+        extra_props=tuple(sorted((str(k), str(v)) for k, v in raw.get("props", {}).items())),
+    )

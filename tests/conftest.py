@@ -1,0 +1,138 @@
+"""Shared fixtures: a private adb server, a session lab of three virtual phones, and a lab factory.
+
+- Every test session gets its own AUTLEARN_HOME (temp dir) and its own ANDROID_ADB_SERVER_PORT, so nothing touches
+  ~/.autlearn or the developer's adb server on 5037.
+- `adb_env`: starts the private adb server (killed at session end). Has `.adb`, `.port`, `.home`, `.client()`,
+  `.run(*args)` (the adb CLI against the private server).
+- `lab`: three phones [legacy, modern, unrooted] (list of PhoneInfo: name, serial, profile, port, root, pid) shared
+  by the whole session. Do not root them or unplug them: use `lab_factory` for that. Restore what you change.
+- `lab_device(profile)`: the adbutils device of the session phone with that profile.
+- `lab_factory(profiles=("legacy",))`: fresh phones for one test -> (Lab, [PhoneInfo]); torn down after the test.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from testbed.lab import DEFAULT_PROFILES, Lab, PhoneInfo, find_adb, find_free_ports
+
+_ENV_KEYS = ("AUTLEARN_HOME", "ANDROID_ADB_SERVER_PORT", "ADB_LIBUSB")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@dataclass(frozen=True)
+class AdbEnv:
+    adb: str
+    port: int
+    home: Path
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "ANDROID_ADB_SERVER_PORT": str(self.port)}
+
+    def client(self):
+        import adbutils
+
+        return adbutils.AdbClient(port=self.port)
+
+    def run(self, *args: str, input: bytes | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+        """The real adb CLI against the private server; output as bytes."""
+        return subprocess.run([self.adb, *args], env=self.env(), input=input, capture_output=True,
+                              stdin=None if input is not None else subprocess.DEVNULL, timeout=timeout)
+
+
+def pytest_configure(config):
+    """Before collection (so even module-level adbutils clients see it): private AUTLEARN_HOME and adb port."""
+    config._autlearn_saved_env = {k: os.environ.get(k) for k in _ENV_KEYS}
+    config._autlearn_home = tempfile.mkdtemp(prefix="autlearn-test-home-")
+    os.environ["AUTLEARN_HOME"] = config._autlearn_home
+    os.environ["ANDROID_ADB_SERVER_PORT"] = str(_free_port())
+    os.environ["ADB_LIBUSB"] = "0"  # the private server starts in 0.1 s instead of 3 s (libusb init)
+
+
+def pytest_unconfigure(config):
+    saved = getattr(config, "_autlearn_saved_env", None)
+    if saved is None:
+        return
+    port = int(os.environ["ANDROID_ADB_SERVER_PORT"])
+    if _port_open(port):  # an adb server on our private port (started by adbutils on demand): stop it
+        try:
+            subprocess.run([find_adb(), "kill-server"], env={**os.environ, "ANDROID_ADB_SERVER_PORT": str(port)},
+                           stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+        except Exception:
+            pass
+    shutil.rmtree(config._autlearn_home, ignore_errors=True)
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def adb_env() -> AdbEnv:
+    port = int(os.environ["ANDROID_ADB_SERVER_PORT"])
+    env = AdbEnv(adb=find_adb(), port=port, home=Path(os.environ["AUTLEARN_HOME"]))
+    if not _port_open(port):
+        with open(env.home / "adb-start.log", "wb") as log:  # the daemon may keep inherited pipes open
+            subprocess.run([env.adb, "start-server"], env=env.env(), stdin=subprocess.DEVNULL, stdout=log,
+                           stderr=subprocess.STDOUT, timeout=60, check=True)
+    yield env
+    subprocess.run([env.adb, "kill-server"], env=env.env(), stdin=subprocess.DEVNULL, capture_output=True,
+                   timeout=30)
+
+
+@pytest.fixture(scope="session")
+def session_lab(adb_env, tmp_path_factory) -> Lab:
+    lab = Lab(tmp_path_factory.mktemp("session_lab_home"))
+    lab.up(DEFAULT_PROFILES, base_port=find_free_ports(len(DEFAULT_PROFILES)))
+    yield lab
+    lab.down()
+
+
+@pytest.fixture(scope="session")
+def lab(session_lab) -> list[PhoneInfo]:
+    return session_lab.phones()
+
+
+@pytest.fixture(scope="session")
+def lab_device(lab, adb_env):
+    """lab_device("legacy") -> adbutils.AdbDevice of the session phone with that profile."""
+    by_profile = {p.profile: p for p in lab}
+
+    def get(profile: str):
+        return adb_env.client().device(by_profile[profile].serial)
+
+    return get
+
+
+@pytest.fixture
+def lab_factory(adb_env, tmp_path):
+    labs: list[Lab] = []
+
+    def make(profiles=("legacy",)) -> tuple[Lab, list[PhoneInfo]]:
+        lab = Lab(tmp_path / f"lab{len(labs)}")
+        labs.append(lab)
+        return lab, lab.up(list(profiles), base_port=find_free_ports(len(profiles)))
+
+    yield make
+    for lab in labs:
+        lab.down()

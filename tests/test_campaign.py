@@ -1,0 +1,192 @@
+"""The campaign engine against virtual phones through the real adb server.
+
+The workload here is a runner *test double*: a shell script with the real runner's command line and output format,
+so these tests exercise the engine (governors, deploy, resume, failures) in seconds. The TVM runner itself is
+tested in test_runner.py; the example campaign with real artifacts runs in test_example_campaign.py.
+"""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from profiler.campaign import ArtifactRef, CampaignError, run_campaign
+from profiler.campaign_config import load_campaign
+from profiler.store import load_results, load_status
+
+FAKE_RUNNER = r"""#!/bin/sh
+# Test double of workloads' runner: same CLI, same JSON lines; sleeps SLEEP s per step.
+dir=$1; shift; W=1; N=3
+while [ $# -gt 0 ]; do case $1 in --warmup) W=$2; shift 2;; --steps) N=$2; shift 2;; *) shift 2;; esac; done
+echo '{"runner": {"version": "test-double"}}'
+i=0
+while [ $i -lt $((W + N)) ]; do
+  w=false; [ $i -lt $W ] && w=true
+  sleep SLEEP
+  echo "{\"step\": $i, \"warmup\": $w, \"phases_ns\": {\"forward_backward\": 90000$i, \"update\": 10000}, \"step_ns\": 100000$i, \"loss\": 1.$i}"
+  i=$((i + 1))
+done
+"""
+
+
+def make_artifact(tmp_path: Path, sleep: float = 0.0) -> Path:
+    d = tmp_path / "fake-artifact"
+    d.mkdir(exist_ok=True)
+    (d / "runner").write_text(FAKE_RUNNER.replace("SLEEP", str(sleep)))
+    (d / "runner").chmod(0o755)
+    return d
+
+
+def provider(art_dir: Path):
+    def provide(cell, abi):
+        digest = hashlib.sha256(f"{art_dir}:{cell.workload}:{cell.variant}".encode()).hexdigest()
+        return ArtifactRef(art_dir, digest, ("runner",), (("runner", "test-double"),))
+    return provide
+
+
+def campaign_file(tmp_path: Path, serials, name="t", variants=("full", "unoptimized"), governors=("interactive",
+                  "powersave"), steps=3, reps=2) -> Path:
+    p = tmp_path / f"{name}.toml"
+    p.write_text(textwrap.dedent(f"""
+        name = "{name}"
+        warmup = 1
+        steps = {steps}
+        repetitions = {reps}
+        [devices]
+        serials = {json.dumps(list(serials))}
+        [[workload]]
+        model = "lstm"
+        variants = {json.dumps(list(variants))}
+        batch = [4]
+        [governors]
+        intents = {json.dumps(list(governors))}
+        fallback = "nearest"
+        [cooldown]
+        max_temp_c = 95
+        timeout_s = 5
+    """))
+    return p
+
+
+def governors(phone) -> list[str]:
+    base = Path(phone.root) / "sys/devices/system/cpu/cpufreq"
+    return [(d / "scaling_governor").read_text().strip() for d in sorted(base.glob("policy*"))]
+
+
+def test_three_profiles_requested_vs_applied_and_unrooted_skips(lab, tmp_path):
+    before = {p.serial: governors(p) for p in lab}
+    c = load_campaign(campaign_file(tmp_path, [p.serial for p in lab]))
+    out = run_campaign(c, tmp_path / "results", provider(make_artifact(tmp_path)))
+    assert (out.ok, out.skipped, out.failed) == (10, 2, 0)
+    df = load_results(out.results_dir)
+    timed = df[~df["warmup"]]
+    assert len(timed) == 10 * 2 * 3  # one row per step per repetition per finished cell
+    by = {p.profile: p.serial for p in lab}
+    rows = df.drop_duplicates("cell_id").set_index(["device_serial", "variant", "governor_requested"])
+    assert rows.loc[(by["legacy"], "full", "interactive"), "governor_applied"] == "interactive"
+    assert rows.loc[(by["modern"], "full", "interactive"), "governor_applied"] == "schedutil"  # nearest
+    assert rows.loc[(by["modern"], "full", "powersave"), "governor_applied"] == "powersave"
+    assert rows.loc[(by["unrooted"], "full", "interactive"), "governor_applied"] == "schedutil"  # its default
+    assert set(df["labels"]) == {"virtual"}
+    status = load_status(out.results_dir)
+    skipped = status[status["status"] == "skipped"]
+    assert len(skipped) == 2 and all("root" in r for r in skipped["reason"])
+    assert {p.serial: governors(p) for p in lab} == before
+
+
+def test_results_exist_without_resume_is_an_error(lab, tmp_path):
+    c = load_campaign(campaign_file(tmp_path, [lab[0].serial], variants=("full",), governors=("powersave",)))
+    prov = provider(make_artifact(tmp_path))
+    run_campaign(c, tmp_path / "results", prov)
+    with pytest.raises(CampaignError, match="--resume"):
+        run_campaign(c, tmp_path / "results", prov)
+    again = run_campaign(c, tmp_path / "results", prov, resume=True)
+    assert (again.ok, again.resumed) == (0, 1)
+
+
+DRIVER = """
+import hashlib, sys
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+from test_campaign import provider
+from profiler.campaign import run_campaign
+from profiler.campaign_config import load_campaign
+out = run_campaign(load_campaign({toml!r}), Path({results!r}), provider(Path({art!r})), resume={resume})
+print("OUTCOME", out.ok, out.failed, out.skipped, out.resumed, flush=True)
+"""
+
+
+def _driver(tmp_path, toml, art, resume):
+    script = tmp_path / f"driver_{int(resume)}.py"
+    script.write_text(DRIVER.format(tests=str(Path(__file__).parent), toml=str(toml),
+                                    results=str(tmp_path / "results"), art=str(art), resume=resume))
+    return [sys.executable, str(script)]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_kill_then_resume_runs_every_cell_exactly_once_and_restores_governors(lab, tmp_path, sig):
+    phones = [p for p in lab if p.profile in ("legacy", "modern")]
+    before = {p.serial: governors(p) for p in phones}
+    toml = campaign_file(tmp_path, [p.serial for p in phones], name=f"kill{sig}", steps=4, reps=1)
+    art = make_artifact(tmp_path, sleep=0.15)
+    proc = subprocess.Popen(_driver(tmp_path, toml, art, False), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=os.environ.copy())
+    results = tmp_path / "results" / f"kill{sig}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # kill once some cells finished and others are under way
+        done = len(list((results / "status").glob("*.json"))) if (results / "status").is_dir() else 0
+        if done >= 2:
+            break
+        time.sleep(0.1)
+    proc.send_signal(sig)
+    proc.wait(60)
+    finished_before = len(list((results / "status").glob("*.json")))
+    assert 2 <= finished_before < 8
+    if sig == signal.SIGTERM:  # a catchable signal restores on the way out
+        assert {p.serial: governors(p) for p in phones} == before
+    proc2 = subprocess.run(_driver(tmp_path, toml, art, True), capture_output=True, text=True, timeout=300,
+                           env=os.environ.copy())
+    assert proc2.returncode == 0, proc2.stderr[-2000:]
+    ok, failed, skipped, resumed = map(int, proc2.stdout.split("OUTCOME")[1].split())
+    assert failed == 0 and ok + resumed == 8 and resumed >= 2
+    status = load_status(results)
+    assert len(status) == 8 and set(status["status"]) == {"ok"} and status["cell_id"].is_unique
+    df = load_results(results)
+    assert df.groupby("cell_id").size().eq(5).all() and df["cell_id"].nunique() == 8  # 1 warm-up + 4 steps each
+    assert {p.serial: governors(p) for p in phones} == before
+    assert not list((results / "governor-pending").glob("*.json"))
+
+
+def test_a_phone_stopped_mid_run_fails_its_cells_while_others_finish(lab_factory, tmp_path):
+    lab, phones = lab_factory(["legacy", "modern"])
+    victim, survivor = phones
+    c = load_campaign(campaign_file(tmp_path, [p.serial for p in phones], steps=4, reps=1))
+    results = tmp_path / "results"
+    holder = {}
+
+    def go():
+        holder["out"] = run_campaign(c, results, provider(make_artifact(tmp_path, sleep=0.2)))
+
+    t = threading.Thread(target=go)
+    t.start()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list((results / "t" / "status").glob("*.json")):
+        time.sleep(0.1)
+    lab.kill_phone(victim.name)
+    t.join(300)
+    out = holder["out"]
+    status = load_status(results / "t")
+    mine = status[status["label"].str.startswith(victim.serial)]
+    other = status[status["label"].str.startswith(survivor.serial)]
+    assert len(other) == 4 and set(other["status"]) == {"ok"}
+    assert len(mine) == 4 and (mine["status"] == "failed").sum() >= 1
+    assert all(("lost" in r or "unreachable" in r) for r in mine[mine["status"] == "failed"]["reason"])
+    assert out.failed >= 1 and out.ok + out.failed == 8
