@@ -25,13 +25,23 @@ def lab():
               help="Number of phones (profiles are cycled); default: one per profile.")
 @click.option("--profile", "profiles", multiple=True, metavar="NAME",
               help="Profile to start (repeatable); default: legacy, modern, unrooted.")
-@click.option("--base-port", type=int, default=DEFAULT_BASE_PORT, show_default=True,
-              help="Port of the first phone; the others follow.")
+@click.option("--base-port", type=int, default=None,
+              help=f"Port of the first phone; the others follow. Default: the first free ports from {DEFAULT_BASE_PORT}.")
 def up(count, profiles, base_port):
     """Start the lab (replacing a previous one) and connect its phones to adb."""
     from rich.table import Table
 
-    phones = Lab().up(expand_profiles(profiles, count), base_port)
+    from testbed.lab import next_free_ports
+    from testbed.profiles import load_profile
+
+    chosen = expand_profiles(profiles, count)
+    for name in dict.fromkeys(chosen):
+        load_profile(name)  # an unknown profile fails before anything is stopped or started
+    lab_ = Lab()
+    if base_port is None:
+        lab_.down()  # a previous lab's ports are about to be free
+        base_port = next_free_ports(len(chosen), DEFAULT_BASE_PORT)
+    phones = lab_.up(chosen, base_port)
     table = Table(title=f"virtual lab: {len(phones)} phone(s) up")
     for col in ("name", "serial", "profile", "port"):
         table.add_column(col)

@@ -131,6 +131,19 @@ def find_free_ports(count: int, lo: int = 20000, hi: int = 30000) -> int:
     raise LabError(f"no {count} consecutive free ports in {lo}-{hi}")
 
 
+def next_free_ports(count: int, start: int = 6100, span: int = 2000) -> int:
+    """First port of `count` consecutive free ports at or above `start` (the default when no port is asked for)."""
+    port = start
+    while port + count <= start + span:
+        try:
+            for p in range(port, port + count):
+                _check_port_free(p)
+            return port
+        except LabError:
+            port += 1
+    raise LabError(f"no {count} consecutive free ports in {start}-{start + span}; choose one with --base-port")
+
+
 def _proc_state(pid: int) -> str | None:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
