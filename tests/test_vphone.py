@@ -74,10 +74,27 @@ def test_shell_sees_the_android_environment(lab_device):
     assert "MIRBSD KSH" in dev.shell("echo $KSH_VERSION") or not os.path.exists("/usr/bin/mksh")
 
 
+def as_shell_user(dev, adb_env, timeout=15.0):
+    """Session phones are shared: another test may have left adbd rooted (as a campaign does). Undo that."""
+    if dev.shell("id -u") != "0":
+        return
+    adb_env.run("-s", dev.serial, "unroot")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if dev.shell("id -u") == "2000":
+                return
+        except Exception:  # noqa: BLE001 - adbd "restarting"
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"{dev.serial} did not go back to the shell user")
+
+
 @pytest.mark.parametrize("profile", PROFILES)
-def test_getprop_id_uname_shims(lab_device, profile):
+def test_getprop_id_uname_shims(lab_device, adb_env, profile):
     p = load_profile(profile)
     dev = lab_device(profile)
+    as_shell_user(dev, adb_env)
     assert dev.shell("getprop ro.autlearn.virtual") == "1"
     assert dev.getprop("ro.product.model") == p.model
     assert dev.shell("getprop ro.build.version.sdk") == str(p.sdk)
