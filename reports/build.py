@@ -1,0 +1,865 @@
+"""Results directory -> report model -> one self-contained HTML file (+ `report.json`).
+
+    data = load_campaign_data("results/paper")            # IO: profiler.store readers; ReportError if not results
+    report = build_report(data, ReportOptions(), other)   # pure: tables, comparisons, figures (plotly)
+    page = render_html(report)                            # pure: str; plotly.js inlined once, no URLs to load
+    doc = report_json(report)                             # pure: JSON-able summary
+    write_report("results/paper", "out.html")             # all of the above; writes out.html + report.json
+
+Numbers are never relabelled: a cell's labels (virtual, modeled, measured, ...) follow it into every table, and
+the page opens with a sentence when any of it is virtual or modeled. What is missing (planned cells not run,
+failed and skipped cells with their reasons, stale cells, figures without data) is said, not dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from profiler import stats
+from profiler.errors import UserError
+from profiler.store import MANIFEST, SchemaError, load_results, load_status, load_summaries
+from reports import figures as F
+
+DEFAULT_BASELINE = "unoptimized"  # the compiler claim: optimized variants vs the unoptimized build
+PAPER_PAIRS = (("full", "compressed"), ("full", "cached"))  # Fig. 8: compression and caching vs full
+SIZE_BUDGET = 10 * 1024 * 1024  # mail attachments: 10 MB passes common providers (Gmail 25, Outlook 20); plotly.js is ~4.8 MB
+SERIES_POINTS_TOTAL = 20_000  # per-step samples drawn over all cells (subsampled beyond)
+SERIES_POINTS_CELL = 400
+TRACE_POINTS = 1_500  # power samples drawn per trace (bucket means)
+TRACE_CELLS = 12  # power traces drawn at most
+RATIO_RESAMPLES = 2_000
+REPORT_SCHEMA = "autlearn.report/1"
+
+
+class ReportError(UserError):
+    """The directory is not an autlearn campaign results directory, or a report option does not fit it."""
+
+
+# ---------------------------------------------------------------------------------------------------------- model
+@dataclass(frozen=True)
+class ReportOptions:
+    baseline: str | None = None  # variant; None: DEFAULT_BASELINE when the campaign has it
+    baseline_governor: str | None = None  # None: the campaign's first governor intent present in the results
+    alpha: float = 0.05
+    min_ratio: float = 1.05
+
+
+@dataclass(frozen=True)
+class CampaignData:
+    """What one results directory holds (see profiler.store)."""
+
+    root: Path
+    name: str
+    manifest: Mapping[str, Any]
+    raw: pd.DataFrame  # load_results: one row per step (stale cells left out)
+    summaries: pd.DataFrame  # load_summaries: one row per finished cell
+    status: pd.DataFrame  # load_status: one row per recorded outcome
+    traces: Mapping[str, pd.DataFrame] = field(default_factory=dict)  # cell_id -> t, current, voltage
+    problems: tuple[str, ...] = ()  # unreadable side files (traces), said in the report
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    serial: str
+    model: str
+    virtual: bool | None
+    soc: str
+    android: str
+    root: str
+    governors: tuple[tuple[str, str, str], ...]  # (requested, applied, reason)
+    energy_sources: tuple[str, ...]
+    labels: tuple[str, ...]
+    cells_ok: int
+    cells_failed: int
+    cells_skipped: int
+
+
+@dataclass(frozen=True)
+class CellRow:
+    cell_id: str
+    device_serial: str
+    device_model: str
+    workload: str
+    case: str  # workload + config / batch / affinity when the campaign varies them
+    variant: str
+    batch: int
+    governor: str  # requested
+    governor_applied: str
+    governor_reason: str
+    affinity: str
+    labels: tuple[str, ...]
+    n: int
+    median_ms: float
+    ci_low_ms: float
+    ci_high_ms: float
+    cv: float
+    warnings: tuple[str, ...]
+    energy_source: str
+    energy_n: int
+    energy_median_j: float
+    energy_ci_low_j: float
+    energy_ci_high_j: float
+    mean_power_w: float
+    temp_start_c: float
+    temp_end_c: float
+    throttled: bool | None
+    started_at: float
+    finished_at: float
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Candidate vs baseline within one group; `speedup` = median(baseline) / median(candidate)."""
+
+    key: str  # readable group (device / case / governor ...)
+    device_serial: str
+    case: str
+    governor: str
+    baseline: str
+    candidate: str
+    baseline_cell: str
+    candidate_cell: str
+    baseline_median_ms: float
+    candidate_median_ms: float
+    speedup: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    verdict: str  # faster | slower | same
+    claim: bool  # passed both the test and the minimum ratio
+    reason: str
+    labels: tuple[str, ...]
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class EnergyRow:
+    device_serial: str
+    case: str
+    variant: str
+    governor: str
+    governor_applied: str
+    energy_ratio: float  # median energy per step / the baseline governor's
+    energy_ci_low: float
+    energy_ci_high: float
+    power_ratio: float
+    labels: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A cell that did not produce results: failed, skipped, not run (planned), stale, or ok without data."""
+
+    cell_id: str
+    status: str
+    reason: str
+    label: str
+    spec_key: str
+
+
+@dataclass(frozen=True)
+class FigureSlot:
+    key: str
+    section: str
+    title: str
+    figure: Any = None  # plotly Figure, or None with a `note` saying why there is none
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Report:
+    campaign: str
+    description: str
+    source: str
+    generated_at: float
+    options: ReportOptions
+    baseline: str
+    baseline_governor: str
+    counts: tuple[tuple[str, int], ...]  # planned, ok, failed, skipped, not run, stale
+    state: str  # one sentence: complete / partial / nothing
+    labels: tuple[tuple[str, int], ...]  # label -> cells carrying it
+    devices: tuple[DeviceInfo, ...]
+    cells: tuple[CellRow, ...]
+    comparisons: tuple[Comparison, ...]
+    energy: tuple[EnergyRow, ...]
+    outcomes: tuple[Outcome, ...]
+    figures: tuple[FigureSlot, ...]
+    notes: tuple[str, ...]
+    other: str = ""  # --compare: the before campaign
+    campaign_diff: tuple[Comparison, ...] = ()
+    unmatched: tuple[tuple[str, str], ...] = ()  # (side, cell label) without a partner
+
+    @property
+    def drawn_figures(self) -> int:
+        return sum(1 for f in self.figures if f.figure is not None)
+
+
+# ---------------------------------------------------------------------------------------------------------- loading
+def load_campaign_data(path: str | Path) -> CampaignData:
+    """Read one campaign's results directory (read-only). ReportError when it is not one."""
+    p = Path(path)
+    if not p.exists():
+        raise ReportError(f"no such directory: {p}")
+    if not p.is_dir():
+        raise ReportError(f"not a directory: {p}")
+    if not (p / MANIFEST).is_file():
+        children = sorted(c.parent.name for c in p.glob(f"*/{MANIFEST}"))
+        hint = (f"; it holds campaigns {', '.join(children[:8])}: pass one, e.g. {p / children[0]}"
+                if children else "")
+        raise ReportError(f"not an autlearn results directory (no {MANIFEST}): {p}{hint}")
+    try:
+        status = load_status(p)  # validates the manifest and schema version first
+        manifest = json.loads((p / MANIFEST).read_text())
+        raw = load_results(p)
+        summaries = load_summaries(p)
+    except SchemaError:
+        raise
+    except (OSError, ValueError, KeyError) as exc:  # pyarrow errors are ValueErrors/OSErrors
+        raise ReportError(f"unreadable results in {p}: {exc}") from None
+    traces, problems = {}, []
+    tdir = p / "traces"
+    if tdir.is_dir() and not summaries.empty:
+        for cid in summaries["cell_id"]:
+            f = tdir / f"{cid}.parquet"
+            if not f.is_file():
+                continue
+            try:
+                t = pd.read_parquet(f, columns=["t", "current", "voltage"])
+            except (OSError, ValueError, KeyError) as exc:
+                problems.append(f"power trace {f.name} unreadable: {exc}")
+                continue
+            traces[cid] = t
+    return CampaignData(root=p, name=str(manifest.get("name") or p.name), manifest=manifest, raw=raw,
+                        summaries=summaries, status=status, traces=traces, problems=tuple(problems))
+
+
+# ---------------------------------------------------------------------------------------------------------- helpers
+def _f(x: Any) -> float:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return float("nan")
+    return v
+
+
+def _s(x: Any) -> str:
+    return "" if x is None or (isinstance(x, float) and math.isnan(x)) or x is pd.NA else str(x)
+
+
+def _json_map(x: Any) -> dict[str, Any]:
+    if isinstance(x, Mapping):
+        return dict(x)
+    try:
+        v = json.loads(x) if isinstance(x, str) and x else {}
+    except ValueError:
+        return {}
+    return v if isinstance(v, dict) else {}
+
+
+def _labels(x: Any) -> tuple[str, ...]:
+    return tuple(sorted(l for l in _s(x).split(",") if l))
+
+
+def _bool(x: Any) -> bool | None:
+    return None if x is None or x is pd.NA or (isinstance(x, float) and math.isnan(x)) else bool(x)
+
+
+def ratio_ci(a: np.ndarray, b: np.ndarray, confidence: float = stats.CONFIDENCE,
+             n_resamples: int = RATIO_RESAMPLES, seed: int = stats.SEED) -> tuple[float, float]:
+    """Percentile bootstrap CI of median(a) / median(b), resampling each side independently (seeded)."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    a, b = a[np.isfinite(a)], b[np.isfinite(b)]
+    if len(a) < 2 or len(b) < 2:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    out = []
+    chunk = max(1, min(n_resamples, 2_000_000 // max(len(a), len(b))))
+    done = 0
+    while done < n_resamples:
+        k = min(chunk, n_resamples - done)
+        ma = np.median(a[rng.integers(0, len(a), (k, len(a)))], axis=1)
+        mb = np.median(b[rng.integers(0, len(b), (k, len(b)))], axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out.append(ma / mb)
+        done += k
+    r = np.concatenate(out)
+    r = r[np.isfinite(r)]
+    if not len(r):
+        return float("nan"), float("nan")
+    tail = (1 - confidence) / 2 * 100
+    lo, hi = np.percentile(r, [tail, 100 - tail])
+    return float(lo), float(hi)
+
+
+def _device_title(d: DeviceInfo) -> str:
+    tag = " [virtual]" if d.virtual else ""
+    return f"{d.model or 'unknown model'} ({d.serial}){tag}"
+
+
+def _fmt(x: float, digits: int = 4) -> str:
+    return "–" if x is None or not math.isfinite(x) else f"{x:.{digits}g}"
+
+
+# ---------------------------------------------------------------------------------------------------------- building
+def _cases(summ: pd.DataFrame) -> pd.Series:
+    """Readable workload label per row: the model, plus config / batch / affinity where the campaign varies them."""
+    multi_cfg = summ.groupby("workload")["config"].nunique() > 1
+    multi_batch = summ.groupby("workload")["batch"].nunique() > 1
+    multi_aff = summ["affinity"].nunique() > 1
+
+    def one(r) -> str:
+        s = str(r["workload"])
+        cfg = _json_map(r.get("config"))
+        if multi_cfg.get(r["workload"], False) and cfg:
+            s += " " + ",".join(f"{k}={v}" for k, v in sorted(cfg.items()))
+        if multi_batch.get(r["workload"], False):
+            s += f" b{r['batch']}"
+        if multi_aff:
+            s += f" @{r['affinity']}"
+        return s
+
+    return summ.apply(one, axis=1) if len(summ) else pd.Series([], dtype=str)
+
+
+def _cell_rows(data: CampaignData) -> tuple[list[CellRow], dict[str, np.ndarray], dict[str, np.ndarray]]:
+    summ = data.summaries
+    if summ.empty:
+        return [], {}, {}
+    raw = data.raw
+    timed = raw[~raw["warmup"].astype(bool)] if not raw.empty else raw
+    times = {cid: g["step_ns"].to_numpy(float) for cid, g in timed.groupby("cell_id")} if len(timed) else {}
+    energy: dict[str, np.ndarray] = {}
+    power: dict[str, float] = {}
+    if len(timed) and "energy_j" in timed:
+        for cid, g in timed[timed["energy_j"].notna()].groupby("cell_id"):
+            energy[cid] = g["energy_j"].to_numpy(float)
+            secs = g["step_ns"].to_numpy(float).sum() / 1e9
+            power[cid] = float(energy[cid].sum() / secs) if secs > 0 else float("nan")
+    cases = _cases(summ)
+    rows = []
+    for (_, r), case in zip(summ.iterrows(), cases):
+        cid = str(r["cell_id"])
+        e = energy.get(cid)
+        es = stats.summarize(e) if e is not None and len(e) else None
+        rows.append(CellRow(
+            cell_id=cid, device_serial=_s(r.get("device_serial")), device_model=_s(r.get("device_model")),
+            workload=_s(r.get("workload")), case=case, variant=_s(r.get("variant")), batch=int(r.get("batch") or 0),
+            governor=_s(r.get("governor_requested")), governor_applied=_s(r.get("governor_applied")),
+            governor_reason=_s(r.get("governor_reason")), affinity=_s(r.get("affinity")),
+            labels=_labels(r.get("labels")), n=int(r.get("n") or 0), median_ms=_f(r.get("median_ns")) / 1e6,
+            ci_low_ms=_f(r.get("ci_low_ns")) / 1e6, ci_high_ms=_f(r.get("ci_high_ns")) / 1e6, cv=_f(r.get("cv")),
+            warnings=tuple(w for w in _s(r.get("warnings")).split("; ") if w),
+            energy_source=_s(r.get("energy_source")) or "none", energy_n=es.n if es else 0,
+            energy_median_j=es.median if es else float("nan"), energy_ci_low_j=es.ci_low if es else float("nan"),
+            energy_ci_high_j=es.ci_high if es else float("nan"), mean_power_w=power.get(cid, float("nan")),
+            temp_start_c=_f(r.get("temp_start_c")), temp_end_c=_f(r.get("temp_end_c")),
+            throttled=_bool(r.get("throttled")), started_at=_f(r.get("started_at")),
+            finished_at=_f(r.get("finished_at"))))
+    rows.sort(key=lambda c: (c.device_serial, c.case, c.variant, c.governor, c.started_at))
+    return rows, times, energy
+
+
+def _serial_of_label(label: str) -> str:
+    return label.split("/", 1)[0] if "/" in label else ""
+
+
+def _devices(data: CampaignData, cells: Sequence[CellRow]) -> list[DeviceInfo]:
+    facts = data.manifest.get("devices") if isinstance(data.manifest.get("devices"), Mapping) else {}
+    summ = data.summaries
+    st = data.status[~data.status["stale"].astype(bool)] if len(data.status) else data.status
+    serials = list(dict.fromkeys([c.device_serial for c in cells] +
+                                 [s for s in (_serial_of_label(x) for x in st.get("label", [])) if s]))
+    out = []
+    for serial in serials:
+        mine = [c for c in cells if c.device_serial == serial]
+        rows = summ[summ["device_serial"] == serial] if len(summ) else summ
+        f = facts.get(serial) if isinstance(facts.get(serial), Mapping) else {}
+        first = rows.iloc[-1] if len(rows) else {}
+        tools = _json_map(first.get("tool_versions")) if len(rows) else {}
+
+        def fact(key: str, column: str) -> str:
+            return _s(f.get(key)) or (_s(first.get(column)) if len(rows) else "") or "not recorded"
+
+        android = _s(f.get("android")) or _s(tools.get("android")) or fact("android", "device_android")
+        labels = sorted({l for c in mine for l in c.labels})
+        virtual = _bool(first.get("device_virtual")) if len(rows) else _bool(f.get("virtual"))
+        gov = tuple(dict.fromkeys((c.governor, c.governor_applied or "not applied", c.governor_reason)
+                                  for c in mine))
+        sts = st[st["label"].map(_serial_of_label) == serial] if len(st) else st
+        out.append(DeviceInfo(
+            serial=serial, model=mine[0].device_model if mine else _s(f.get("model")) or "unknown",
+            virtual=virtual, soc=fact("soc", "device_soc"), android=android, root=fact("root", "device_root"),
+            governors=gov, energy_sources=tuple(sorted({c.energy_source for c in mine})), labels=tuple(labels),
+            cells_ok=len(mine), cells_failed=int((sts["status"] == "failed").sum()) if len(sts) else 0,
+            cells_skipped=int((sts["status"] == "skipped").sum()) if len(sts) else 0))
+    return out
+
+
+def _pairs(baseline: str, variants: Iterable[str]) -> list[tuple[str, str]]:
+    vs = list(variants)
+    pairs = [(baseline, v) for v in vs if v != baseline and baseline in vs]
+    pairs += [p for p in PAPER_PAIRS if p[0] in vs and p[1] in vs and p not in pairs]
+    return pairs
+
+
+def _compare(key: str, a: CellRow, b: CellRow, xa: np.ndarray | None, xb: np.ndarray | None,
+             opts: ReportOptions, notes: tuple[str, ...] = ()) -> Comparison | None:
+    if xa is None or xb is None or not len(xa) or not len(xb):
+        return None
+    c = stats.compare(xa, xb, alpha=opts.alpha, min_ratio=opts.min_ratio)
+    lo, hi = ratio_ci(xa, xb)
+    return Comparison(key=key, device_serial=b.device_serial, case=b.case, governor=b.governor,
+                      baseline=a.variant, candidate=b.variant, baseline_cell=a.cell_id, candidate_cell=b.cell_id,
+                      baseline_median_ms=c.baseline_median / 1e6, candidate_median_ms=c.candidate_median / 1e6,
+                      speedup=c.ratio, ci_low=lo, ci_high=hi, p_value=c.p_value, verdict=c.verdict,
+                      claim=c.verdict != "same", reason=c.reason, labels=tuple(sorted(set(a.labels) | set(b.labels))),
+                      notes=notes)
+
+
+def _variant_comparisons(cells: Sequence[CellRow], times: Mapping[str, np.ndarray], baseline: str,
+                         variants: Sequence[str], opts: ReportOptions) -> list[Comparison]:
+    groups: dict[tuple, dict[str, CellRow]] = {}
+    for c in cells:
+        groups.setdefault((c.device_serial, c.case, c.governor), {})[c.variant] = c  # latest wins
+    out = []
+    for (serial, case, gov), by_variant in groups.items():
+        for base, cand in _pairs(baseline, variants):
+            if base in by_variant and cand in by_variant:
+                a, b = by_variant[base], by_variant[cand]
+                cmp = _compare(f"{serial} / {case} / {gov}", a, b, times.get(a.cell_id), times.get(b.cell_id), opts)
+                if cmp:
+                    out.append(cmp)
+    return out
+
+
+def _energy_rows(cells: Sequence[CellRow], energy: Mapping[str, np.ndarray], baseline_gov: str) -> list[EnergyRow]:
+    groups: dict[tuple, dict[str, CellRow]] = {}
+    for c in cells:
+        if c.cell_id in energy:
+            groups.setdefault((c.device_serial, c.case, c.variant), {})[c.governor] = c
+    out = []
+    for (serial, case, variant), by_gov in groups.items():
+        base = by_gov.get(baseline_gov)
+        for gov, c in by_gov.items():
+            if base is None:
+                er = pr = lo = hi = float("nan")
+            else:
+                eb = energy[base.cell_id]
+                er = float(np.median(energy[c.cell_id]) / np.median(eb)) if np.median(eb) > 0 else float("nan")
+                lo, hi = ratio_ci(energy[c.cell_id], eb) if c is not base else (1.0, 1.0)
+                pr = c.mean_power_w / base.mean_power_w if base.mean_power_w > 0 else float("nan")
+            out.append(EnergyRow(serial, case, variant, gov, c.governor_applied, er, lo, hi, pr,
+                                 tuple(sorted(set(c.labels) | set(base.labels if base else ())))))
+    return out
+
+
+def _plan_labels(data: CampaignData, serials: Iterable[str]) -> dict[str, str]:
+    """spec_key -> readable cell label, by expanding the recorded campaign spec over the devices we know of."""
+    try:
+        from profiler.campaign_config import DeviceRef, parse_campaign
+
+        camp = parse_campaign(data.manifest.get("spec") or {})
+        return {c.spec_key: c.label for c in camp.plan([DeviceRef(s) for s in serials])}
+    except Exception:  # an old/foreign spec: fall back to spec keys (the report must still be written)
+        return {}
+
+
+def _outcomes(data: CampaignData, cells: Sequence[CellRow]) -> tuple[list[Outcome], dict[str, int]]:
+    plan = {str(k): str(v) for k, v in (data.manifest.get("plan") or {}).items()}
+    st = data.status
+    seen = set(st["cell_id"]) if len(st) else set()
+    with_data = {c.cell_id for c in cells}
+    sel = ((data.manifest.get("spec") or {}).get("devices") or {}) if isinstance(data.manifest.get("spec"),
+                                                                                  Mapping) else {}
+    serials = ({c.device_serial for c in cells} | {_serial_of_label(x) for x in st.get("label", [])}
+               | set(sel.get("serials") or []) | set(sel.get("energy") or {})) - {""}
+    labels = _plan_labels(data, sorted(serials)) if plan else {}
+    plan_keys = set(plan.values())
+    out: list[Outcome] = []
+    for _, r in st.iterrows():
+        cid, label, key = str(r["cell_id"]), _s(r["label"]), _s(r["spec_key"])
+        if bool(r["stale"]):
+            why = "artifact changed since" if key in plan_keys else "not in the current plan"
+            out.append(Outcome(cid, "stale", f"{why} (was {r['status']}); left out", label, key))
+        elif r["status"] in ("failed", "skipped"):
+            out.append(Outcome(cid, str(r["status"]), _s(r["reason"]), label, key))
+        elif cid not in with_data:
+            out.append(Outcome(cid, "no data", "status ok but its samples are missing", label, key))
+    not_run = [Outcome(cid, "not run", "planned, no result yet", labels.get(key, ""), key)
+               for cid, key in plan.items() if cid not in seen]
+    out += sorted(not_run, key=lambda o: (not o.label, o.label, o.cell_id))  # named ones first
+    stat = lambda s: sum(1 for o in out if o.status == s)  # noqa: E731
+    counts = {"planned": len(plan), "ok": len(with_data), "failed": stat("failed"), "skipped": stat("skipped"),
+              "not run": stat("not run"), "stale": stat("stale"), "no data": stat("no data")}
+    return out, counts
+
+
+def _state(counts: Mapping[str, int]) -> str:
+    planned, ok = counts["planned"], counts["ok"]
+    if not planned and not ok and not counts["failed"] and not counts["skipped"]:
+        return "No results at all: the campaign has no recorded plan and no finished cells (has `autlearn run` " \
+               "started?)."
+    if not ok:
+        return (f"None of the {planned} planned cells has finished yet: {counts['failed']} failed, "
+                f"{counts['skipped']} skipped, {counts['not run']} not run.")
+    if counts["not run"] or counts["failed"] or counts["skipped"] or counts["no data"]:
+        return (f"Incomplete: {ok} of {planned or ok} planned cells finished; {counts['failed']} failed, "
+                f"{counts['skipped']} skipped, {counts['not run']} not run yet. The figures show finished cells only.")
+    return f"Complete: all {ok} cells finished."
+
+
+# ---------------------------------------------------------------------------------------------------------- figures
+def _hover_cmp(c: Comparison) -> str:
+    tag = "" if c.claim else " — no claim"
+    return (f"{c.candidate} vs {c.baseline} ({c.case}, {c.governor}): {c.speedup:.3g}x "
+            f"[{_fmt(c.ci_low, 3)}, {_fmt(c.ci_high, 3)}] — {c.reason}{tag}")
+
+
+def _figures(report_devices: Sequence[DeviceInfo], cells: Sequence[CellRow], comparisons: Sequence[Comparison],
+             energy_rows: Sequence[EnergyRow], data: CampaignData, baseline: str, baseline_gov: str,
+             variants: Sequence[str]) -> list[FigureSlot]:
+    slots: list[FigureSlot] = []
+    dev_by = {d.serial: d for d in report_devices}
+    with_cells = [d for d in report_devices if any(c.device_serial == d.serial for c in cells)]
+    if not with_cells:
+        slots.append(FigureSlot("speedup", "time", "Training-time speedups",
+                                note="No finished cells: there is nothing to plot yet."))
+    for d in with_cells:
+        rows = [c for c in comparisons if c.device_serial == d.serial]
+        title = f"Speedup per training step — {_device_title(d)}"
+        if not rows:
+            why = (f"fewer than two of the compared variants finished on this device (pairs: "
+                   f"{', '.join(f'{b} vs {a}' for a, b in _pairs(baseline, variants)) or 'none in this campaign'})")
+            slots.append(FigureSlot(f"speedup:{d.serial}", "time", title, note=f"No speedups to show: {why}."))
+            continue
+        bars = [F.Bar(group=(c.case, c.governor), series=f"{c.candidate} vs {c.baseline}", value=c.speedup,
+                      low=c.ci_low, high=c.ci_high, claim=c.claim, hover=_hover_cmp(c)) for c in rows]
+        fig = F.bar_figure(title, bars, y_title="speedup (× faster than baseline)",
+                           x_title="workload / governor (faded, hatched: no significant difference)")
+        slots.append(FigureSlot(f"speedup:{d.serial}", "time", title, fig))
+
+    # energy (Fig. 9)
+    energy_devs = [d for d in with_cells if any(e.device_serial == d.serial for e in energy_rows)]
+    if not energy_devs:
+        slots.append(FigureSlot("energy", "energy", "Energy per step and mean power by governor",
+                                note="No energy data: no cell used an energy source (campaign `energy = \"none\"` "
+                                     "or no samples were attributed to steps)." if cells else
+                                "No finished cells: there is no energy data yet."))
+    for d in energy_devs:
+        rows = [e for e in energy_rows if e.device_serial == d.serial]
+        modeled = " [modeled]" if any("modeled" in e.labels for e in rows) else ""
+        title = f"Energy and power by governor — {_device_title(d)}{modeled}"
+        if all(not math.isfinite(e.energy_ratio) for e in rows):
+            slots.append(FigureSlot(f"energy:{d.serial}", "energy", title,
+                                    note=f"The baseline governor {baseline_gov!r} has no energy data on this "
+                                         "device: nothing to normalise to."))
+            continue
+
+        def hover(e: EnergyRow, what: str, v: float) -> str:
+            applied = f" (applied: {e.governor_applied})" if e.governor_applied != e.governor else ""
+            return f"{e.case} {e.variant}, {e.governor}{applied}: {what} {v:.3g}x {baseline_gov}"
+
+        ebars = [F.Bar((e.case, e.variant), e.governor, e.energy_ratio, e.energy_ci_low, e.energy_ci_high,
+                       hover=hover(e, "energy/step", e.energy_ratio)) for e in rows]
+        pbars = [F.Bar((e.case, e.variant), e.governor, e.power_ratio, hover=hover(e, "mean power", e.power_ratio))
+                 for e in rows]
+        slots.append(FigureSlot(f"energy:{d.serial}", "energy", title,
+                                F.energy_figure(title, ebars, pbars, baseline=baseline_gov)))
+    no_energy = [d for d in with_cells if d not in energy_devs]
+    if energy_devs and no_energy:
+        slots.append(FigureSlot("energy:none", "energy", "Devices without energy data",
+                                note="No energy source on " + ", ".join(_device_title(d) for d in no_energy) +
+                                     ": no energy figure for them."))
+    pts = [F.Point(c.median_ms, c.energy_median_j, c.governor, _device_title(dev_by[c.device_serial]),
+                   link=f"{c.device_serial}|{c.case}|{c.variant}",
+                   hover=f"{c.device_model} ({c.device_serial}) {c.case} {c.variant}, {c.governor}: "
+                         f"{c.median_ms:.4g} ms, {c.energy_median_j:.4g} J [{', '.join(c.labels)}]")
+           for c in cells if math.isfinite(c.energy_median_j) and math.isfinite(c.median_ms)]
+    modeled = " [modeled]" if any("modeled" in c.labels for c in cells if math.isfinite(c.energy_median_j)) else ""
+    title = f"Time vs energy per step{modeled} (each point one cell; lines join a cell under different governors)"
+    slots.append(FigureSlot("tradeoff", "energy", title,
+                            F.scatter_figure(title, pts, x_title="median time per step (ms)",
+                                             y_title="median energy per step (J)") if pts else None,
+                            note="" if pts else "No energy data: the time/energy trade-off needs an energy source."))
+
+    # stability: per-step series, temperature and frequency, power traces
+    raw = data.raw
+    per_cell_budget = max(20, min(SERIES_POINTS_CELL, SERIES_POINTS_TOTAL // max(1, len(cells))))
+    if raw.empty or not with_cells:
+        slots.append(FigureSlot("series", "stability", "Per-step training time",
+                                note="No finished cells: no per-step samples yet."))
+    by_cell = {cid: g for cid, g in raw.groupby("cell_id")} if len(raw) else {}
+    cell_by = {c.cell_id: c for c in cells}
+    for d in with_cells:
+        series = []
+        subsampled = False
+        for c in (c for c in cells if c.device_serial == d.serial):
+            g = by_cell.get(c.cell_id)
+            if g is None or g.empty:
+                continue
+            g = g.sort_values(["repetition", "step"])
+            width = int(g["step"].max()) + 1
+            x = (g["repetition"].to_numpy(int) * width + g["step"].to_numpy(int)).astype(float)
+            y = g["step_ns"].to_numpy(float) / 1e6
+            w = g["warmup"].to_numpy(bool)
+            if len(x) > per_cell_budget:
+                idx = np.unique(np.linspace(0, len(x) - 1, per_cell_budget).astype(int))
+                x, y, w, subsampled = x[idx], y[idx], w[idx], True
+            series.append(F.Series(f"{c.case} {c.variant} {c.governor}", x, y, w))
+        title = f"Per-step time — {_device_title(d)}"
+        note = (f" (subsampled to ≤{per_cell_budget} points per cell)" if subsampled else "")
+        slots.append(FigureSlot(f"series:{d.serial}", "stability", title + note,
+                                F.series_figure(title, series, x_title="step (repetitions one after another; open "
+                                                "markers: warm-up)", y_title="time per step (ms)") if series else None,
+                                note="" if series else "No per-step samples on disk for this device."))
+
+    timed_at = any(c.started_at > 0 for c in cells)
+    order = sorted(cells, key=lambda c: (c.started_at, c.device_serial))
+
+    def xs(i: int, c: CellRow) -> tuple[object, object]:
+        if timed_at and c.started_at > 0:
+            fmt = lambda t: time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t))  # noqa: E731
+            return fmt(c.started_at), fmt(c.finished_at if c.finished_at >= c.started_at else c.started_at)
+        return i, i + 0.8
+
+    x_title = "time (UTC)" if timed_at else "cell (campaign order)"
+    segs = [F.Segment(_device_title(dev_by[c.device_serial]), *xs(i, c), c.temp_start_c, c.temp_end_c,
+                      hover=f"{c.case} {c.variant} {c.governor}")
+            for i, c in enumerate(order) if math.isfinite(c.temp_start_c) or math.isfinite(c.temp_end_c)]
+    title = "Temperature at the start and end of each cell"
+    slots.append(FigureSlot("temperature", "stability", title,
+                            F.segment_figure(title, segs, x_title=x_title, y_title="temperature (°C)",
+                                             x_is_time=timed_at) if segs else None,
+                            note="" if segs else ("No temperatures recorded (thermal zones unreadable or not probed)."
+                                                  if cells else "No finished cells yet.")))
+    summ = data.summaries
+    freq_segs = []
+    if len(summ):
+        meta = {str(r["cell_id"]): r for _, r in summ.iterrows()}
+        for i, c in enumerate(order):
+            r = meta.get(c.cell_id)
+            f0, f1 = _json_map(r.get("freqs_start_khz")), _json_map(r.get("freqs_end_khz"))
+            for pol in sorted(set(f0) | set(f1)):
+                freq_segs.append(F.Segment(f"{_device_title(dev_by[c.device_serial])} {pol}", *xs(i, c),
+                                           _f(f0.get(pol)) / 1e3, _f(f1.get(pol)) / 1e3,
+                                           hover=f"{c.case} {c.variant} {c.governor}"))
+    title = "CPU frequency at the start and end of each cell (per policy)"
+    slots.append(FigureSlot("frequency", "stability", title,
+                            F.segment_figure(title, freq_segs, x_title=x_title, y_title="frequency (MHz)",
+                                             x_is_time=timed_at) if freq_segs else None,
+                            note="" if freq_segs else ("No CPU frequencies recorded." if cells else
+                                                       "No finished cells yet.")))
+    traces = []
+    for cid, t in list(data.traces.items())[:TRACE_CELLS]:
+        c = cell_by.get(cid)
+        if c is None or t.empty:
+            continue
+        p = t["current"].to_numpy(float) * t["voltage"].to_numpy(float)
+        tx, py = F.decimate(t["t"].to_numpy(float), p, TRACE_POINTS)
+        traces.append((f"{c.device_serial} {c.case} {c.variant} {c.governor} ({c.energy_source}) "
+                       f"[{', '.join(c.labels)}]", tx, py))
+    more = len(data.traces) - TRACE_CELLS
+    title = "Power traces" + (f" (first {TRACE_CELLS} of {len(data.traces)} cells)" if more > 0 else "") + \
+            (f" (bucket means, ≤{TRACE_POINTS} points each)" if traces else "")
+    slots.append(FigureSlot("traces", "stability", title, F.trace_figure(title, traces) if traces else None,
+                            note="" if traces else "No power traces saved (traces/<cell_id>.parquet appear when a "
+                                                   "power monitor such as a Monsoon recorded the cells)."))
+    return slots
+
+
+# ---------------------------------------------------------------------------------------------------------- compare
+def _campaign_diff(data: CampaignData, cells: Sequence[CellRow], times: Mapping[str, np.ndarray],
+                   other: CampaignData, opts: ReportOptions
+                   ) -> tuple[list[Comparison], list[tuple[str, str]], FigureSlot]:
+    """Before (other) vs after (this): matching cells by device, workload, config, variant, batch, governor,
+    affinity. `speedup` = median(before) / median(after)."""
+    ocells, otimes, _ = _cell_rows(other)
+
+    def key(c: CellRow, summ: pd.DataFrame) -> tuple:
+        r = summ[summ["cell_id"] == c.cell_id].iloc[0]
+        return (c.device_serial, c.workload, _s(r.get("config")), c.variant, c.batch, c.governor, c.affinity)
+
+    mine = {key(c, data.summaries): c for c in cells}
+    theirs = {key(c, other.summaries): c for c in ocells}
+    out, unmatched = [], []
+    osum = {str(r["cell_id"]): r for _, r in other.summaries.iterrows()} if len(other.summaries) else {}
+    msum = {str(r["cell_id"]): r for _, r in data.summaries.iterrows()} if len(data.summaries) else {}
+    for k, after in mine.items():
+        before = theirs.get(k)
+        if before is None:
+            unmatched.append(("only in this campaign", f"{after.device_serial} {after.case} {after.variant} "
+                                                        f"{after.governor}"))
+            continue
+        notes = tuple(f"{col} differs: {_s(osum[before.cell_id].get(col))} → {_s(msum[after.cell_id].get(col))}"
+                      for col in ("governor_applied", "artifact_hash", "pinned_khz", "warmup_steps", "labels",
+                                  "tool_versions")
+                      if _s(osum[before.cell_id].get(col)) != _s(msum[after.cell_id].get(col)))
+        cmp = _compare(f"{after.device_serial} / {after.case} / {after.variant} / {after.governor}", before, after,
+                       otimes.get(before.cell_id), times.get(after.cell_id), opts, notes)
+        if cmp:
+            out.append(replace(cmp, baseline=f"before ({before.variant})", candidate=f"after ({after.variant})"))
+    for k, before in theirs.items():
+        if k not in mine:
+            unmatched.append((f"only in {other.name}", f"{before.device_serial} {before.case} {before.variant} "
+                                                       f"{before.governor}"))
+    title = f"This campaign vs {other.name}: speedup per matching cell"
+    if out:
+        bars = [F.Bar((f"{c.device_serial} {c.case}", f"{c.candidate.split('(')[1][:-1]} {c.governor}"),
+                      "after vs before", c.speedup, c.ci_low, c.ci_high, c.claim,
+                      hover=f"{c.key}: {c.speedup:.3g}x [{_fmt(c.ci_low, 3)}, {_fmt(c.ci_high, 3)}] — {c.reason}")
+                for c in out]
+        slot = FigureSlot("compare", "compare", title,
+                          F.bar_figure(title, bars, y_title="speedup (median before / median after)",
+                                       x_title="cell (faded, hatched: no significant difference)"))
+    else:
+        slot = FigureSlot("compare", "compare", title, note="No matching finished cells in the two campaigns.")
+    return out, unmatched, slot
+
+
+# ---------------------------------------------------------------------------------------------------------- entry
+def build_report(data: CampaignData, options: ReportOptions = ReportOptions(),
+                 other: CampaignData | None = None, *, now: float | None = None) -> Report:
+    """The report model of one campaign (and, with `other`, its comparison against that earlier campaign)."""
+    cells, times, energy = _cell_rows(data)
+    spec = data.manifest.get("spec") if isinstance(data.manifest.get("spec"), Mapping) else {}
+    spec_variants = [v for w in spec.get("workload") or [] if isinstance(w, Mapping)
+                     for v in w.get("variants") or []]
+    variants = list(dict.fromkeys([*spec_variants, *(c.variant for c in cells)]))
+    notes = list(data.problems)
+    if options.baseline is not None and options.baseline not in variants:
+        raise ReportError(f"--baseline {options.baseline!r} is not a variant of campaign {data.name!r} "
+                          f"(variants: {', '.join(variants) or 'none'})")
+    baseline = options.baseline or DEFAULT_BASELINE
+    if options.baseline is None and variants and baseline not in variants:
+        notes.append(f"The default baseline variant {baseline!r} is not in this campaign; only the paper's pairs "
+                     f"(compressed and cached vs full) are compared. Pick another with --baseline.")
+    govs = [c.governor for c in cells]
+    spec_govs = [str(g) for g in ((spec.get("governors") or {}).get("intents") or [])] \
+        if isinstance(spec.get("governors"), Mapping) else []
+    if options.baseline_governor is not None and options.baseline_governor not in set(govs) | set(spec_govs):
+        raise ReportError(f"--baseline-governor {options.baseline_governor!r} is not a governor of campaign "
+                          f"{data.name!r} (governors: {', '.join(dict.fromkeys(spec_govs + govs)) or 'none'})")
+    baseline_gov = options.baseline_governor or next((g for g in spec_govs if g in govs), govs[0] if govs else "")
+    comparisons = _variant_comparisons(cells, times, baseline, variants, options)
+    energy_rows = _energy_rows(cells, energy, baseline_gov)
+    outcomes, counts = _outcomes(data, cells)
+    devices = _devices(data, cells)
+    figures = _figures(devices, cells, comparisons, energy_rows, data, baseline, baseline_gov, variants)
+    label_counts: dict[str, int] = {}
+    for c in cells:
+        for l in c.labels:
+            label_counts[l] = label_counts.get(l, 0) + 1
+    diff, unmatched = [], []
+    if other is not None:
+        diff, unmatched, slot = _campaign_diff(data, cells, times, other, options)
+        figures.append(slot)
+    if data.raw.attrs.get("stale"):
+        notes.append(f"{len(data.raw.attrs['stale'])} stale cell(s) (from an older artifact or plan) are left out.")
+    return Report(
+        campaign=data.name, description=_s(spec.get("description")), source=str(data.root),
+        generated_at=time.time() if now is None else now, options=options, baseline=baseline,
+        baseline_governor=baseline_gov, counts=tuple(counts.items()), state=_state(counts),
+        labels=tuple(sorted(label_counts.items())), devices=tuple(devices), cells=tuple(cells),
+        comparisons=tuple(comparisons), energy=tuple(energy_rows), outcomes=tuple(outcomes), figures=tuple(figures),
+        notes=tuple(notes), other=other.name if other is not None else "", campaign_diff=tuple(diff),
+        unmatched=tuple(unmatched))
+
+
+_SUMMARY_FIELDS = ("n", "median_ms", "ci_low_ms", "ci_high_ms", "cv", "warnings", "energy_n", "energy_median_j",
+                   "energy_ci_low_j", "energy_ci_high_j", "mean_power_w")
+
+
+def report_json(report: Report, *, html_bytes: int | None = None) -> dict[str, Any]:
+    """JSON-able summary (NaN -> null); figures as title + drawn/note, not their data."""
+
+    def clean(x: Any) -> Any:
+        if isinstance(x, float):
+            return x if math.isfinite(x) else None
+        if isinstance(x, dict):
+            return {str(k): clean(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [clean(v) for v in x]
+        if isinstance(x, (np.floating, np.integer, np.bool_)):
+            return clean(x.item())
+        return x
+
+    return clean({
+        "schema": REPORT_SCHEMA, "campaign": report.campaign, "description": report.description,
+        "source": report.source, "generated_at": report.generated_at, "options": asdict(report.options),
+        "baseline": report.baseline, "baseline_governor": report.baseline_governor, "state": report.state,
+        "counts": dict(report.counts), "labels": dict(report.labels),
+        "devices": [asdict(d) for d in report.devices],
+        "cells": [{k: v for k, v in asdict(c).items() if k not in _SUMMARY_FIELDS} for c in report.cells],
+        "summaries": [{"cell_id": c.cell_id, **{k: getattr(c, k) for k in _SUMMARY_FIELDS}} for c in report.cells],
+        "comparisons": [asdict(c) for c in report.comparisons], "energy": [asdict(e) for e in report.energy],
+        "missing": [asdict(o) for o in report.outcomes if o.status in ("not run", "no data")],
+        "failed": [asdict(o) for o in report.outcomes if o.status == "failed"],
+        "skipped": [asdict(o) for o in report.outcomes if o.status == "skipped"],
+        "stale": [asdict(o) for o in report.outcomes if o.status == "stale"],
+        "figures": [{"key": f.key, "section": f.section, "title": f.title, "drawn": f.figure is not None,
+                     "note": f.note} for f in report.figures],
+        "drawn_figures": report.drawn_figures, "notes": list(report.notes),
+        "compare": None if not report.other else {
+            "before": report.other, "after": report.campaign,
+            "cells": [asdict(c) for c in report.campaign_diff],
+            "unmatched": [{"side": s, "cell": c} for s, c in report.unmatched]},
+        "html_bytes": html_bytes,
+    })
+
+
+def render_html(report: Report) -> str:
+    """The self-contained HTML page (see reports.render)."""
+    from reports.render import render
+
+    return render(report)
+
+
+@dataclass(frozen=True)
+class WrittenReport:
+    html: Path
+    json: Path
+    bytes: int
+    figures: int
+    notes: tuple[str, ...]
+    over_budget: bool
+
+
+def json_path_for(out: Path) -> Path:
+    """`report.json` beside the HTML (`<stem>.json` when the HTML is not called report.html)."""
+    return out.with_name("report.json") if out.name == "report.html" else out.with_suffix(".json")
+
+
+def write_report(results_dir: str | Path, out: str | Path | None = None, options: ReportOptions = ReportOptions(),
+                 compare_dir: str | Path | None = None) -> WrittenReport:
+    """Build and write the HTML report (default `<results_dir>/report.html`) and its JSON summary."""
+    data = load_campaign_data(results_dir)
+    other = load_campaign_data(compare_dir) if compare_dir is not None else None
+    report = build_report(data, options, other)
+    page = render_html(report)
+    out_p = Path(out) if out is not None else data.root / "report.html"
+    blob = page.encode("utf-8")
+    try:
+        out_p.parent.mkdir(parents=True, exist_ok=True)
+        from profiler.store import atomic_write
+
+        atomic_write(out_p, lambda f: f.write(blob))
+        jp = json_path_for(out_p)
+        doc = json.dumps(report_json(report, html_bytes=len(blob)), indent=1, allow_nan=False)
+        atomic_write(jp, lambda f: f.write(doc.encode()))
+    except OSError as exc:
+        raise ReportError(f"cannot write the report to {out_p}: {exc.strerror or exc}") from None
+    return WrittenReport(out_p, jp, len(blob), report.drawn_figures, report.notes, len(blob) > SIZE_BUDGET)
+
+
+__all__ = ["CampaignData", "CellRow", "Comparison", "DeviceInfo", "EnergyRow", "FigureSlot", "Outcome", "Report",
+           "ReportError", "ReportOptions", "WrittenReport", "build_report", "json_path_for", "load_campaign_data",
+           "ratio_ci", "render_html", "report_json", "write_report"]
