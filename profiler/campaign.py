@@ -307,6 +307,10 @@ def run_campaign(campaign: Campaign, results_root: Path, artifacts: ArtifactProv
         raise CampaignError("no connected device matches the campaign's [devices] selection"
                             + ("" if reachable else " (no device is connected; `autlearn lab up` starts virtual ones)"))
     store = Store.open(results_root, campaign)
+    store.record_devices({d.serial: {"model": d.model, "manufacturer": d.manufacturer, "soc": d.soc,
+                                     "abi": d.abi, "android": d.android, "kernel": d.kernel, "root": d.root,
+                                     "virtual": d.virtual, "clusters": d.clusters,
+                                     "governors": list(d.governors)} for d in devices})
     restored = restore_pending(store.root, lambda s: Device(s))
     for serial, what in restored.items():
         log(f"{serial}: governors left by an interrupted run: {what}")

@@ -177,6 +177,7 @@ def atomic_write(path: Path, write: Callable[[Any], None]) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results and reports are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -249,6 +250,13 @@ class Store:
                 except FileNotFoundError:
                     pass
         return n
+
+    def record_devices(self, facts: Mapping[str, Mapping[str, Any]]) -> None:
+        """Record probed device facts by serial (model, soc, android, root, virtual, ...) in the manifest."""
+        devices = dict(self._manifest.get("devices") or {})
+        devices.update({serial: dict(f) for serial, f in facts.items()})
+        self._manifest["devices"] = devices
+        _write_json(self.root / MANIFEST, self._manifest)
 
     # -- plan and resume
     def set_plan(self, cells: Iterable[tuple[str, str]]) -> None:
