@@ -1,0 +1,200 @@
+"""Budgets, L2 filter pruning (physical, equivalence-checked), SVD, and the NetAdapt-style search (Pareto, resume)."""
+
+import json
+import shutil
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from profiler.errors import ConfigError, TableError, UserError
+from workloads.layers import flops, model_keys, table_grid
+from workloads.models import build_model, make_config
+from workloads.pruning.budget import Budget, UnreachableBudget, parse_budget
+from workloads.pruning.importance import L2FilterImportance, RandomImportance
+from workloads.pruning.mobilenet import (filter_scores, min_channels, producer, prune_channels, prune_smallest,
+                                         thin_to, uniform_channels, with_channels, zero_channels)
+from workloads.pruning.search import SearchSettings, load_compressed, search
+from workloads.pruning.train import trainable_init
+from workloads.pruning.svd import factorize_head, rank_for_budget, svd_linear
+from workloads.resource import model_resource, predict
+from workloads.tables import Table, TableMeta
+
+TINY = dict(channels=(8, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16), num_classes=10)
+
+
+@pytest.mark.parametrize("text,kind,value", [
+    ("latency=40ms", "latency", 40.0), ("latency=1.5s", "latency", 1500.0), ("latency=250us", "latency", 0.25),
+    ("energy=5mJ", "energy", 5.0), ("energy=0.2J", "energy", 200.0), ("flops=2M", "flops", 2e6),
+    ("flops=1.5GFLOPs", "flops", 1.5e9), ("flops=12345", "flops", 12345.0), ("memory=100KB", "memory", 1e5),
+    ("memory=1MiB", "memory", 1024.0 ** 2), (" Memory = 64 kib ", "memory", 65536.0),
+])
+def test_parse_budget(text, kind, value):
+    b = parse_budget(text)
+    assert (b.kind, b.value) == (kind, pytest.approx(value))
+    assert parse_budget(str(b)) == b
+
+
+@pytest.mark.parametrize("bad", ["latency", "latency=fast", "latency=40", "speed=3ms", "energy=5ms",
+                                 "memory=-3KB", "flops=2X", "latency=0ms", ""])
+def test_bad_budget_is_a_config_error(bad):
+    with pytest.raises(ConfigError):
+        parse_budget(bad)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    cfg = make_config("mobilenet", **TINY)
+    return cfg, build_model(cfg)
+
+
+def _input(cfg, n=3):
+    return torch.randn(n, cfg.in_channels, cfg.image_size, cfg.image_size, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("layer", [0, 5, 13])
+def test_l2_pruning_removes_the_smallest_filters_and_matches_zeroed_channels(tiny, layer):
+    cfg, net = tiny
+    net = trainable_init(build_model(cfg), seed=layer)   # build_model's init collapses the signal (see train.py)
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if name.endswith("bias"):
+                p.copy_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))))
+    w = net.state_dict()[f"{producer(layer)}.weight"]
+    c = w.shape[0]
+    # Give the filters known, distinct norms: filter i scaled to norm (perm[i] + 1).
+    perm = torch.randperm(c, generator=torch.Generator().manual_seed(layer))
+    with torch.no_grad():
+        w.mul_((perm + 1).float().view(-1, 1, 1, 1) / w.reshape(c, -1).norm(dim=1).view(-1, 1, 1, 1))
+    k = 8 if c == 16 else 3
+    new_cfg, pruned, removed = prune_smallest(net, cfg, layer, k)
+    assert sorted(removed.tolist()) == sorted(torch.nonzero(perm < k).flatten().tolist())
+    assert new_cfg.layer_channels[layer] == c - k and new_cfg.layer_channels[:layer] == cfg.layer_channels[:layer]
+    assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in net.parameters())
+    x = _input(cfg)
+    with torch.no_grad():
+        ref = zero_channels(net, cfg, layer, removed)(x)
+        out = pruned(x)
+        changed = net(x)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(changed, ref, atol=1e-5)          # the zeroed channels did matter
+    assert [n for n, p in pruned.named_parameters() if p.requires_grad] == ["head.weight", "head.bias"]
+
+
+def test_random_importance_and_thinning(tiny):
+    cfg, net = tiny
+    s1, s2 = RandomImportance(3)(net.body[0][0].weight), RandomImportance(3)(net.body[0][0].weight)
+    assert np.array_equal(s1, s2)
+    assert np.allclose(filter_scores(net, 0), net.body[0][0].weight.reshape(8, -1).norm(dim=1).detach().numpy())
+    ch = uniform_channels(cfg, 0.5)
+    assert ch == (8,) + (8,) * 13
+    tcfg, tnet = thin_to(net, cfg, ch)
+    assert tcfg.layer_channels == ch and tnet(_input(tcfg)).shape == (3, 10)
+    with pytest.raises(ConfigError):
+        prune_channels(net, cfg, 0, list(range(8)))
+
+
+def test_svd_full_rank_reproduces_the_layer_and_truncation_is_optimal():
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(24, 40)
+    x = torch.randn(5, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(svd_linear(lin, 24)(x), lin(x), rtol=1e-4, atol=1e-5)
+        r = 6
+        approx = svd_linear(lin, r)
+        w_r = approx[1].weight @ approx[0].weight
+        s = torch.linalg.svdvals(lin.weight)
+        assert torch.linalg.norm(lin.weight - w_r) == pytest.approx(float(s[r:].square().sum().sqrt()), rel=1e-4)
+    lcfg = make_config("lstm", vocab_size=200, hidden_size=32, embed_dim=16, seq_len=4, batch=2)
+    net = build_model(lcfg)
+    ids = torch.randint(0, 200, (2, 4))
+    with torch.no_grad():
+        torch.testing.assert_close(factorize_head(net, 32)(ids), net(ids), rtol=1e-4, atol=1e-5)
+    assert model_resource(lcfg, head_rank=8).memory_bytes < model_resource(lcfg).memory_bytes
+    assert rank_for_budget(lcfg, None, Budget("flops", predict(lcfg, "flops", head_rank=16) + 1), step=8) == 16
+    with pytest.raises(UnreachableBudget):
+        rank_for_budget(lcfg, None, Budget("flops", 10.0), step=8)
+
+
+def synthetic_table(cfg, energy=True) -> Table:
+    """A smooth table over the tiny model's grid: latency ~ FLOPs + per-layer overhead (no measurement)."""
+    rows = []
+    for k in table_grid(cfg):
+        ms = 0.002 + flops(k) / 2e7
+        rows.append({**k.to_dict(), "median_ms": ms, "ci_low_ms": ms, "ci_high_ms": ms, "n": 5,
+                     "energy_mj": 3 * ms if energy else np.nan, "source": "measured"})
+    return Table(pd.DataFrame(rows), TableMeta.for_running_tools(source_device="synthetic (test)"))
+
+
+SETTINGS = SearchSettings(init_reduction=0.02, short_steps=2, long_steps=4, pretrain_steps=4, batch_size=16,
+                          per_class=6)
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    cfg = make_config("mobilenet", **TINY)
+    table = synthetic_table(cfg)
+    r0 = predict(cfg, "latency", table)
+    rmin = predict(with_channels(cfg, min_channels(cfg)), "latency", table)
+    budgets = (Budget("latency", rmin + 0.6 * (r0 - rmin)), Budget("latency", rmin + 0.25 * (r0 - rmin)))
+    out = tmp_path_factory.mktemp("search")
+    (res,) = search(cfg, table, budgets, out, SETTINGS)
+    return cfg, table, budgets, out, res
+
+
+def test_search_meets_budgets_and_is_pareto_consistent(searched):
+    cfg, table, budgets, out, res = searched
+    assert res.kind == "latency" and not res.unmet and len(res.points) == 2
+    for p in res.points:
+        assert p.value <= p.budget.value
+        assert predict(with_channels(cfg, p.channels), "latency", table) == pytest.approx(p.value)
+    accs = [p.accuracy for p in sorted(res.points, key=lambda p: p.budget.value)]
+    assert accs == sorted(accs)                                  # accuracy non-decreasing in the budget
+    its = res.iterations
+    assert its[0].layer is None and all(a.value > b.value for a, b in zip(its, its[1:]))
+    first = next(it for it in its if it.index == 1)
+    assert first.target == pytest.approx(max(its[0].value * (1 - SETTINGS.init_reduction),
+                                                max(b.value for b in budgets)))
+    # the export is what build_program("mobilenet", "compressed", ...) takes, and carries the weights
+    doc = json.loads(open(res.points[0].export).read())
+    assert doc["build_program"]["compressed_config"]["channels"] == list(res.points[0].channels)
+    assert doc["table"]["source_device"] == "synthetic (test)" and doc["accuracy_data"]["synthetic"]
+    c2, m2 = load_compressed(res.points[0].export)
+    assert c2.layer_channels == res.points[0].channels
+    assert m2(_input(c2)).shape == (3, 10)
+
+
+def test_resume_after_interruption_gives_the_same_result(searched, tmp_path):
+    cfg, table, budgets, out, res = searched
+
+    class Crash(Exception):
+        pass
+
+    def crash_at_2(it):
+        if it.index == 2:
+            raise Crash
+
+    with pytest.raises(Crash):
+        search(cfg, table, budgets, tmp_path, SETTINGS, on_iteration=crash_at_2)
+    assert not (tmp_path / "latency" / "pareto.json").exists()
+    (again,) = search(cfg, table, budgets, tmp_path, SETTINGS)
+    assert [(p.channels, p.accuracy, p.value) for p in again.points] == \
+        [(p.channels, p.accuracy, p.value) for p in res.points]
+    assert [i.channels for i in again.iterations] == [i.channels for i in res.iterations]
+    with pytest.raises(ConfigError, match="other arguments"):
+        search(cfg, table, budgets, tmp_path, replace(SETTINGS, short_steps=3))
+
+
+def test_unreachable_and_unpredictable_budgets(searched, tmp_path):
+    cfg, table, *_ = searched
+    small = predict(with_channels(cfg, min_channels(cfg)), "latency", table)
+    with pytest.raises(UnreachableBudget) as e:
+        search(cfg, table, [Budget("latency", small * 0.5)], tmp_path, SETTINGS)
+    assert isinstance(e.value, UserError) and "smallest reachable" in str(e.value)
+    assert e.value.smallest == pytest.approx(small)
+    with pytest.raises(TableError, match="no energy"):
+        search(cfg, synthetic_table(cfg, energy=False), [Budget("energy", 1.0)], tmp_path, SETTINGS)
+    with pytest.raises(UnreachableBudget, match="memory"):
+        search(cfg, None, [parse_budget("memory=1KB")], tmp_path, SETTINGS)

@@ -1,0 +1,377 @@
+"""NetAdapt-style budget-constrained filter pruning of MobileNetV1 (AutLearn's pruner).
+
+maximise accuracy(model) s.t. resource(model) <= budget, resource from a per-layer table (latency/energy) or exact
+(FLOPs/memory). One trajectory per resource kind, run down to the smallest budget of that kind:
+
+  iteration i:  target_i = max(current - init_reduction * R0 * decay**(i-1), next unmet budget)
+                (R0 = the unpruned model's resource: init_reduction is a fraction of it, NetAdapt's 0.025 / 0.96)
+                for every prunable layer: remove the smallest-L2 filters in steps of `channel_step` until the
+                predicted resource meets target_i; fine-tune that proposal `short_steps`; evaluate on held-out
+                data (val). Keep the most accurate proposal (ties: lower resource, lower layer index). When no single
+                layer can meet target_i, the proposals that reduce the resource at all compete instead.
+  snapshots:    the first iteration meeting each budget gets a long fine-tune (`long_steps`).
+  Pareto set:   for each budget, the most accurate (val) long-fine-tuned snapshot whose resource meets it; val
+                accuracy is therefore non-decreasing in the budget. `test_accuracy` (a split never used for
+                any choice) is what to report.
+
+The unpruned model is first trained `pretrain_steps` (weights come from a seed: there is no pretrained backbone).
+State is written per iteration (`<out>/<kind>/iter_NNNN.json` + `.pt`, JSON last = complete); rerunning with the
+same arguments resumes after the last complete iteration, with different arguments it refuses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from profiler.errors import ConfigError, UserError
+from workloads.layers import channel_options, model_keys
+from workloads.pruning.budget import Budget, UnreachableBudget, format_value
+from workloads.pruning.importance import get_importance
+from workloads.pruning.mobilenet import min_channels, prune_smallest, prunable_layers, with_channels
+from workloads.resource import RESOURCE_KINDS, model_resource, predict
+
+FORMAT = "autlearn.compressed/1"
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    init_reduction: float = 0.025   # fraction of the initial resource removed in iteration 1
+    decay: float = 0.96
+    channel_step: int = 8
+    short_steps: int = 20           # fine-tune steps per proposal
+    long_steps: int = 200           # final fine-tune per budget point
+    pretrain_steps: int = 200       # training of the seed-initialised model before pruning
+    batch_size: int = 32
+    lr: float = 2e-3
+    seed: int = 0
+    importance: str = "l2"
+    trainable: str = "head"         # phases of the on-device step the resource is predicted for
+    holdout: float = 0.2
+    per_class: int | None = None    # synthetic glyphs per class (None: the default embedded data set)
+    reinit: bool = True             # trainable (fan-in) init before pretraining, see pruning.train.trainable_init
+    max_iterations: int = 500
+    threads: int = 1                # torch intra-op threads while searching (results depend on it)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.init_reduction < 1:
+            raise ConfigError(f"must be in (0, 1), got {self.init_reduction}", key="init_reduction")
+        if not 0 < self.decay <= 1:
+            raise ConfigError(f"must be in (0, 1], got {self.decay}", key="decay")
+        for k in ("channel_step", "batch_size", "max_iterations", "threads"):
+            if int(getattr(self, k)) < 1:
+                raise ConfigError(f"must be >= 1, got {getattr(self, k)}", key=k)
+        for k in ("short_steps", "long_steps", "pretrain_steps"):
+            if int(getattr(self, k)) < 0:
+                raise ConfigError(f"must be >= 0, got {getattr(self, k)}", key=k)
+        get_importance(self.importance)
+
+
+@dataclass(frozen=True)
+class Iteration:
+    index: int
+    channels: tuple[int, ...]
+    value: float                    # resource of the search's kind (base unit)
+    target: float | None
+    layer: int | None               # pruned layer (None for the unpruned model)
+    removed: int
+    accuracy: float                 # val, after the short fine-tune
+    loss: float
+    proposals: int                  # proposals evaluated this iteration
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Iteration":
+        return cls(**{**{f.name: d.get(f.name) for f in fields(cls)}, "channels": tuple(d["channels"])})
+
+
+@dataclass(frozen=True)
+class ParetoPoint:
+    budget: Budget
+    iteration: int
+    channels: tuple[int, ...]
+    value: float
+    resource: dict[str, Any]
+    accuracy: float                  # val (used for selection)
+    test_accuracy: float             # test (never used for a choice)
+    export: str                      # path of compressed.json
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    kind: str
+    points: tuple[ParetoPoint, ...]  # ascending budget
+    iterations: tuple[Iteration, ...]
+    unmet: tuple[Budget, ...]
+    out_dir: str
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+def _save_state(path: Path, model: Any) -> None:
+    import torch
+
+    tmp = path.with_suffix(".tmp")
+    torch.save(model.state_dict(), tmp)
+    os.replace(tmp, path)
+
+
+def _load_model(config: Any, path: Path) -> Any:
+    import torch
+
+    from workloads.models import build_model
+
+    m = build_model(config)
+    m.load_state_dict(torch.load(path, weights_only=True))
+    return m
+
+
+def _seed(*parts: Any) -> int:
+    return int.from_bytes(hashlib.sha256(json.dumps(parts).encode()).digest()[:7], "big")
+
+
+def table_digest(table: Any) -> str:
+    if table is None:
+        return "none"
+    import pandas as pd
+
+    h = pd.util.hash_pandas_object(table.df, index=False).to_numpy().tobytes()
+    return hashlib.sha256(h + table.meta.to_json().encode()).hexdigest()[:16]
+
+
+def smallest_reachable(config: Any, kind: str, table: Any = None, settings: SearchSettings = SearchSettings()) -> float:
+    return predict(with_channels(config, min_channels(config, settings.channel_step)), kind, table,
+                   settings.trainable)
+
+
+def check_budgets(config: Any, table: Any, budgets: Sequence[Budget],
+                  settings: SearchSettings = SearchSettings()) -> None:
+    """ConfigError for resources the table cannot predict; UnreachableBudget naming the smallest reachable value."""
+    for b in budgets:
+        if b.kind not in RESOURCE_KINDS:
+            raise ConfigError(f"unknown resource {b.kind!r}", key="budget")
+        small = smallest_reachable(config, b.kind, table, settings)
+        if b.value < small:
+            raise UnreachableBudget(b, small)
+
+
+def search(config: Any, table: Any, budgets: Iterable[Budget], out: str | Path,
+           settings: SearchSettings = SearchSettings(), *, on_event: Callable[[str], None] | None = None,
+           on_iteration: Callable[[Iteration], None] | None = None) -> tuple[SearchResult, ...]:
+    """Run (or resume) the search for every resource kind among `budgets`; see the module docstring."""
+    from workloads.models import MobileNetConfig
+
+    if not isinstance(config, MobileNetConfig):
+        raise ConfigError(f"the filter-pruning search supports mobilenet, got {type(config).__name__}; the LSTM "
+                          f"family is compressed with SVD (workloads.pruning.svd)", key="model")
+    budgets = tuple(sorted(set(budgets)))
+    if not budgets:
+        raise ConfigError("give at least one budget", key="budget")
+    check_budgets(config, table, budgets, settings)
+    out = Path(out)
+    results = []
+    for kind in sorted({b.kind for b in budgets}):
+        results.append(_search_kind(config, table, tuple(b for b in budgets if b.kind == kind), out / kind,
+                                    settings, on_event or (lambda m: None), on_iteration))
+    _write_json(out / "pareto.json", [_point_json(p) for r in results for p in r.points])
+    return tuple(results)
+
+
+def _point_json(p: ParetoPoint) -> dict[str, Any]:
+    return {"budget": str(p.budget), "kind": p.budget.kind, "budget_value": p.budget.value,
+            "iteration": p.iteration, "channels": list(p.channels), "value": p.value, "resource": p.resource,
+            "accuracy": p.accuracy, "test_accuracy": p.test_accuracy, "export": p.export}
+
+
+def _search_kind(config, table, budgets, kdir: Path, s: SearchSettings, emit, on_iteration) -> SearchResult:
+    import torch
+
+    from workloads.models import build_model
+    from workloads.pruning.train import evaluate, fine_tune, split_dataset, trainable_init
+
+    kind = budgets[0].kind
+    kdir.mkdir(parents=True, exist_ok=True)
+    ident = {"settings": asdict(s), "config": config.to_dict(), "budgets": [str(b) for b in budgets],
+             "kind": kind, "table": table_digest(table) if kind in ("latency", "energy") else "none"}
+    fp = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+    sj = kdir / "search.json"
+    if sj.exists():
+        prev = json.loads(sj.read_text())
+        if prev.get("fingerprint") != fp:
+            raise ConfigError(f"{kdir} holds a search with other arguments (model/table/budgets/settings); "
+                              f"use a new --out directory or delete it", key="out")
+    else:
+        _write_json(sj, {**ident, "fingerprint": fp,
+                         "table_meta": json.loads(table.meta.to_json()) if table is not None else None})
+
+    cache: dict[tuple[int, ...], float] = {}
+
+    def value(ch: tuple[int, ...]) -> float:
+        if ch not in cache:
+            cache[ch] = predict(with_channels(config, ch), kind, table, s.trainable)
+        return cache[ch]
+
+    importance = get_importance(s.importance)
+    split = split_dataset(config, s.holdout, s.seed, s.per_class)
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(s.threads)
+    try:
+        iters: list[Iteration] = []
+        while True:   # resume: contiguous complete iterations
+            j = kdir / f"iter_{len(iters):04d}.json"
+            if not (j.exists() and j.with_suffix(".pt").exists()):
+                break
+            iters.append(Iteration.from_dict(json.loads(j.read_text())))
+        if iters:
+            emit(f"{kind}: resuming after iteration {iters[-1].index}")
+            cur = iters[-1]
+            cfg = with_channels(config, cur.channels)
+            model = _load_model(cfg, kdir / f"iter_{cur.index:04d}.pt")
+        else:
+            cfg = with_channels(config, config.layer_channels)
+            model = build_model(cfg)
+            if s.reinit:
+                trainable_init(model, _seed(s.seed, "init"))
+            emit(f"{kind}: pretraining the unpruned model ({s.pretrain_steps} steps)")
+            loss = fine_tune(model, split, s.pretrain_steps, s.lr, s.batch_size, _seed(s.seed, "pretrain"))
+            cur = Iteration(0, cfg.layer_channels, value(cfg.layer_channels), None, None, 0,
+                            evaluate(model, split), loss, 0)
+            _commit(kdir, cur, model, iters, on_iteration)
+        r0 = iters[0].value
+        final = min(b.value for b in budgets)
+        while cur.value > final and cur.index < s.max_iterations:
+            i = cur.index + 1
+            nxt = max(b.value for b in budgets if b.value < cur.value)
+            target = max(cur.value - s.init_reduction * r0 * s.decay ** (i - 1), nxt)
+            props = []
+            for layer in prunable_layers(cfg):
+                c = cfg.layer_channels[layer]
+                best = None
+                for c_new in reversed(channel_options(c, s.channel_step)[:-1]):
+                    ch = list(cfg.layer_channels)
+                    ch[layer] = c_new
+                    best = (layer, c - c_new, value(tuple(ch)))
+                    if best[2] <= target:
+                        break
+                if best is not None:
+                    props.append(best)
+            pool = [p for p in props if p[2] <= target] or [p for p in props if p[2] < cur.value]
+            if not pool:
+                emit(f"{kind}: no layer can reduce the resource further; stopping at iteration {cur.index}")
+                break
+            emit(f"{kind}: iteration {i}: target {format_value(kind, target)}, {len(pool)} proposals")
+            best_p = None
+            for layer, k, v in pool:
+                pcfg, pm, _ = prune_smallest(model, cfg, layer, k, importance)
+                loss = fine_tune(pm, split, s.short_steps, s.lr, s.batch_size, _seed(s.seed, i, layer))
+                acc = evaluate(pm, split)
+                rank = (acc, -v, -layer)
+                if best_p is None or rank > best_p[0]:
+                    best_p = (rank, pcfg, pm, layer, k, v, loss)
+            _, cfg, model, layer, k, v, loss = best_p
+            cur = Iteration(i, cfg.layer_channels, v, target, layer, k, best_p[0][0], loss, len(pool))
+            emit(f"{kind}: iteration {i}: layer {layer} -{k} ch -> {format_value(kind, v)}, acc {cur.accuracy:.3f}")
+            _commit(kdir, cur, model, iters, on_iteration)
+        return _finalize(config, table, budgets, kdir, s, iters, split, fp, emit)
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _commit(kdir: Path, it: Iteration, model: Any, iters: list[Iteration], on_iteration) -> None:
+    _save_state(kdir / f"iter_{it.index:04d}.pt", model)
+    _write_json(kdir / f"iter_{it.index:04d}.json", {**asdict(it), "channels": list(it.channels)})
+    iters.append(it)
+    if on_iteration is not None:
+        on_iteration(it)
+
+
+def _finalize(config, table, budgets, kdir: Path, s: SearchSettings, iters, split, fp, emit) -> SearchResult:
+    from workloads.pruning.train import evaluate, fine_tune
+
+    kind = budgets[0].kind
+    snaps: dict[int, dict[str, Any]] = {}
+    unmet = []
+    for b in budgets:
+        j = next((it.index for it in iters if it.value <= b.value), None)
+        if j is None:
+            unmet.append(b)
+            emit(f"{kind}: budget {b} not met after {len(iters) - 1} iterations (raise max_iterations)")
+            continue
+        if j in snaps:
+            continue
+        fdir = kdir / "final"
+        fdir.mkdir(exist_ok=True)
+        fj, fpt = fdir / f"iter_{j:04d}.json", fdir / f"iter_{j:04d}.pt"
+        it = iters[j]
+        cfg = with_channels(config, it.channels)
+        if fj.exists() and fpt.exists():
+            snaps[j] = json.loads(fj.read_text())
+            continue
+        emit(f"{kind}: long fine-tune of iteration {j} ({s.long_steps} steps)")
+        m = _load_model(cfg, kdir / f"iter_{j:04d}.pt")
+        loss = fine_tune(m, split, s.long_steps, s.lr, s.batch_size, _seed(s.seed, "final", j))
+        rec = {"iteration": j, "channels": list(it.channels), "value": it.value, "accuracy": evaluate(m, split),
+               "test_accuracy": evaluate(m, split, "test"),
+               "loss": loss, "resource": model_resource(cfg, table, s.trainable).to_dict()}
+        _save_state(fpt, m)
+        _write_json(fj, rec)
+        snaps[j] = rec
+    points = []
+    for b in budgets:
+        cands = [r for r in snaps.values() if r["value"] <= b.value]
+        if not cands:
+            continue
+        best = max(cands, key=lambda r: (r["accuracy"], -r["value"]))
+        export = export_point(config, kdir / "points" / b.slug, b, best, kdir / "final" /
+                              f"iter_{best['iteration']:04d}.pt", table, split, s)
+        points.append(ParetoPoint(b, best["iteration"], tuple(best["channels"]), best["value"], best["resource"],
+                                  best["accuracy"], best["test_accuracy"], str(export)))
+    _write_json(kdir / "pareto.json", [_point_json(p) for p in points])
+    return SearchResult(kind, tuple(points), tuple(iters), tuple(unmet), str(kdir))
+
+
+def export_point(config: Any, pdir: Path, budget: Budget, rec: dict[str, Any], state: Path, table: Any,
+                 split: Any, s: SearchSettings) -> Path:
+    """Write `compressed.json` + `model.pt` (state dict) for the `compressed` variant."""
+    import shutil
+
+    pdir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(state, pdir / "model.pt")
+    cfg = with_channels(config, rec["channels"])
+    base = {k: v for k, v in config.to_dict().items() if k not in ("model", "channels")}
+    doc = {
+        "format": FORMAT, "model": "mobilenet", "variant": "compressed", "config": cfg.to_dict(),
+        "build_program": {"model": "mobilenet", "variant": "compressed", "config": base,
+                          "compressed_config": {"channels": list(cfg.layer_channels)}},
+        "state_dict": "model.pt", "budget": str(budget), "kind": budget.kind, "budget_value": budget.value,
+        "predicted": rec["resource"], "value": rec["value"], "val_accuracy": rec["accuracy"],
+        "test_accuracy": rec["test_accuracy"],
+        "accuracy_data": {"source": split.source, "synthetic": split.synthetic, "val": len(split.val_y),
+                          "test": len(split.test_y)},
+        "iteration": rec["iteration"], "settings": asdict(s),
+        "table": (json.loads(table.meta.to_json()) if table is not None else None),
+    }
+    _write_json(pdir / "compressed.json", doc)
+    return pdir / "compressed.json"
+
+
+def load_compressed(path: str | Path) -> tuple[Any, Any]:
+    """(config, torch model with the pruned weights) from a `compressed.json`."""
+    from workloads.models import make_config
+
+    p = Path(path)
+    try:
+        doc = json.loads(p.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{p}: cannot read compressed model ({e})") from None
+    if doc.get("format") != FORMAT:
+        raise UserError(f"{p}: not an {FORMAT} file")
+    cfg = make_config(doc["model"], **{k: v for k, v in doc["config"].items() if k != "model"})
+    return cfg, _load_model(cfg, p.parent / doc["state_dict"])

@@ -1,0 +1,122 @@
+"""Fine-tuning and held-out evaluation for the pruner (cloud side, PyTorch eager, CPU).
+
+The pruner fine-tunes ALL parameters (backbone and head) with Adam; the on-device step the tables describe trains
+the head only. Batches come from a seeded permutation so a run (and a resumed run) is reproducible.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from profiler.errors import ConfigError
+
+
+@dataclass(frozen=True, eq=False)
+class Split:
+    """train (fine-tuning), val (proposal and Pareto selection) and test (reported accuracy only)."""
+
+    train_x: Any
+    train_y: Any
+    val_x: Any
+    val_y: Any
+    test_x: Any
+    test_y: Any
+    source: str
+    synthetic: bool
+
+
+def split_dataset(config: Any, holdout: float = 0.2, seed: int = 0, per_class: int | None = None) -> Split:
+    """The embedded data set of `config` (workloads.data.default_dataset) split into train / val / test
+    (`holdout` of the samples each for val and test).
+    `per_class` (image models): generate that many SYNTHETIC glyphs per class instead of the default 16."""
+    import torch
+
+    from workloads import data
+
+    if not 0 < holdout < 0.5:
+        raise ConfigError(f"must be in (0, 0.5), got {holdout}", key="holdout")
+    if per_class is not None and not hasattr(config, "vocab_size"):
+        ds = data.synthetic_femnist(config.num_classes, per_class=int(per_class), seed=config.seed)
+        if (config.image_size, config.in_channels) != (data.FEMNIST_SIZE, 1):
+            ds = data.Dataset(data.resize_images(ds.x, config.image_size, config.in_channels), ds.y,
+                              ds.num_classes, ds.source, True)
+    else:
+        ds = data.default_dataset(config)
+    order = np.random.default_rng([seed, 7]).permutation(len(ds))
+    n_test = max(1, int(round(len(ds) * holdout)))
+    te, va, tr = order[:n_test], order[n_test:2 * n_test], order[2 * n_test:]
+    if len(tr) == 0:
+        raise ConfigError(f"{len(ds)} samples leave nothing to train on with holdout {holdout}", key="holdout")
+    x = torch.from_numpy(np.ascontiguousarray(ds.x))
+    y = torch.from_numpy(np.ascontiguousarray(ds.y))
+    return Split(x[tr], y[tr], x[va], y[va], x[te], y[te], ds.source, ds.synthetic)
+
+
+def fine_tune(model: Any, split: Split, steps: int, lr: float = 2e-3, batch: int = 32, seed: int = 0) -> float:
+    """Train all parameters for `steps` Adam steps in place; returns the mean loss of the last 10 steps.
+    requires_grad flags are restored afterwards (build_model's head-only contract)."""
+    import torch
+
+    if steps <= 0:
+        return float("nan")
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    params = list(model.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(params, lr=lr)
+    g = torch.Generator().manual_seed(int(seed) % (2 ** 63))
+    n = len(split.train_y)
+    perm, pos, losses = torch.randperm(n, generator=g), 0, []
+    try:
+        for _ in range(steps):
+            if pos + batch > n:
+                perm, pos = torch.randperm(n, generator=g), 0
+            idx = perm[pos:pos + batch]
+            pos += batch
+            loss = torch.nn.functional.cross_entropy(model(split.train_x[idx]), split.train_y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+    finally:
+        for name, p in model.named_parameters():
+            p.requires_grad_(flags[name])
+            p.grad = None
+    return float(np.mean(losses[-10:]))
+
+
+def evaluate(model: Any, split: Split, part: str = "val", batch: int = 256) -> float:
+    """Top-1 accuracy on `part` ("val": used for selection, "test": reported only)."""
+    import torch
+
+    if part not in ("val", "test"):
+        raise ConfigError(f"part must be val or test, got {part!r}", key="part")
+    xs, ys = getattr(split, f"{part}_x"), getattr(split, f"{part}_y")
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, len(ys), batch):
+            correct += int((model(xs[i:i + batch]).argmax(1) == ys[i:i + batch]).sum())
+    return correct / max(1, len(ys))
+
+
+def trainable_init(model: Any, seed: int = 0) -> Any:
+    """Re-initialise conv weights with Kaiming fan-in (zero biases), in place.
+
+    `build_model` uses Kaiming fan-out, which for a depthwise conv (weight (C, 1, k, k)) is C x too small a
+    variance: the signal shrinks ~sqrt(C)-fold per block, features collapse to the biases and the seed network does
+    not train. The pruner trains the unpruned model from this initialisation instead."""
+    import torch
+    from torch import nn
+
+    g = torch.Generator().manual_seed(int(seed) % (2 ** 63))
+    with torch.no_grad():
+        for mod in model.modules():
+            if isinstance(mod, nn.Conv2d):
+                fan_in = mod.weight[0].numel()
+                mod.weight.copy_(torch.randn(mod.weight.shape, generator=g) * (2.0 / fan_in) ** 0.5)
+                if mod.bias is not None:
+                    mod.bias.zero_()
+    return model
