@@ -64,7 +64,7 @@ def parse_run_output(text: str) -> RunOutput:
             continue
         if isinstance(obj, dict) and "step" in obj:
             steps.append(_step(obj, stripped))
-        elif isinstance(obj, dict) and "runner" in obj:
+        elif isinstance(obj, dict) and ("runner_version" in obj or "runner" in obj):
             meta = obj
         else:
             noise.append(line)

@@ -4,7 +4,7 @@ from profiler.errors import ParseError
 from profiler.steps import parse_run_output
 
 GOOD = (
-    '{"runner": {"version": 1, "threads": 2, "abi": "x86_64"}}\n'
+    '{"runner_version": "1", "threads": 2, "abi": "x86_64", "clock": "CLOCK_MONOTONIC"}\n'
     '{"step": 0, "warmup": true, "phases_ns": {"forward_backward": 900, "update": 100}, "step_ns": 1000, "loss": 2.5}\n'
     'WARNING: linker: something vendor-ish\n'
     '{"step": 1, "warmup": false, "phases_ns": {"forward_backward": 800, "update": 90}, "step_ns": 890, "loss": 2.25,'
@@ -14,7 +14,7 @@ GOOD = (
 
 def test_parses_meta_steps_and_keeps_noise():
     out = parse_run_output(GOOD)
-    assert out.meta["runner"]["abi"] == "x86_64"
+    assert out.meta["abi"] == "x86_64"
     assert [s.step for s in out.steps] == [0, 1] and [s.warmup for s in out.steps] == [True, False]
     assert out.steps[1].phases_ns == (("forward_backward", 800), ("update", 90))
     assert out.steps[1].loss == 2.25 and out.steps[1].t_end_ns == 5890 and out.steps[0].t_start_ns is None
