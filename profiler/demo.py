@@ -7,6 +7,7 @@ the example campaign and its report. Every stage is an ordinary `autlearn` comma
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
@@ -21,10 +22,18 @@ def _step(title: str, argv: list[str]) -> None:
         raise SystemExit(code)
 
 
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "paper.toml"
+
+
 def main() -> int:
     _step("start three virtual phones: legacy kernel, modern kernel, unrooted", ["lab", "up"])
     _step("the fleet with its probed facts", ["devices"])
-    click.secho("\ndemo: done. The lab stays up (`autlearn lab down` stops it).", bold=True)
+    _step("the paper's experiment: compile the workloads (first time: minutes), then every cell on every phone;"
+          " --resume continues an earlier demo", ["run", str(EXAMPLE), "--results", "results", "--resume"])
+    _step("per-cell summaries, failed and skipped cells", ["results", "show", "results/paper"])
+    _step("the HTML report (offline, one file)", ["report", "results/paper", "-o", "results/paper/report.html"])
+    click.secho("\ndemo: done. Open results/paper/report.html; the lab stays up (`autlearn lab down` stops it).",
+                bold=True)
     return 0
 
 
