@@ -11,9 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import subprocess
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +21,7 @@ from profiler.campaign_config import DeviceRef, cell_id, parse_campaign
 from profiler import store as store_mod
 from profiler.cli import main as autlearn
 from profiler.store import CellMeta, Store
+from browser import CHROMIUM, check_report, png_colours
 from reports.build import (
     SIZE_BUDGET, ReportError, ReportOptions, build_report, load_campaign_data, write_report,
 )
@@ -211,109 +209,14 @@ def test_not_a_results_dir_is_one_user_error(campaigns, tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------------------------------------- browser
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or (
-    "/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
-
-CHECK = """<script>
-window.__check = {errors: [], alerts: 0, csp: []};
-var EVIL = '\\x3cscript>alert(1)\\x3c/script>';  // written so that this element is not closed early
-window.alert = function () { window.__check.alerts++; };
-window.addEventListener('error', function (e) { window.__check.errors.push('error: ' + e.message); });
-window.addEventListener('unhandledrejection', function (e) { window.__check.errors.push('rejection: ' + e.reason); });
-document.addEventListener('securitypolicyviolation', function (e) { window.__check.csp.push(e.blockedURI + ' ' +
-  e.violatedDirective); });
-var _ce = console.error; console.error = function () { window.__check.errors.push('console: ' +
-  Array.prototype.join.call(arguments, ' ')); return _ce.apply(console, arguments); };
-window.addEventListener('load', function () { setTimeout(function () {
-  var plots = document.querySelectorAll('.js-plotly-plot'), drawn = 0;
-  plots.forEach(function (p) { var s = p.querySelector('svg.main-svg');
-    if (s && p.querySelector('.plot .trace, .barlayer .trace, .scatterlayer .trace')) drawn++; });
-  var svgText = Array.prototype.map.call(document.querySelectorAll('svg text'), function (t) {
-    return t.textContent; }).join('\\n');
-  var evilScripts = Array.prototype.filter.call(document.scripts, function (s) {
-    return s.textContent.trim() === 'alert(1)'; }).length;  // what an unescaped model would inject
-  var out = document.createElement('pre'); out.id = 'autlearn-check';
-  out.textContent = JSON.stringify({errors: window.__check.errors, csp: window.__check.csp,
-    alerts: window.__check.alerts, plots: plots.length, drawn: drawn, notes: document.querySelectorAll('.nofig').length,
-    evilScripts: evilScripts, evilInSvg: svgText.indexOf(EVIL) >= 0,
-    evilInText: document.body.innerText.indexOf(EVIL) >= 0});
-  document.body.appendChild(out); }, 300); });
-</script>"""
-
-
-def _chromium(page: Path, tmp: Path, *extra: str) -> subprocess.CompletedProcess:
-    args = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            "--host-resolver-rules=MAP * ~NOTFOUND", f"--user-data-dir={tmp / 'profile'}",
-            "--virtual-time-budget=8000", "--window-size=1280,2000", *extra, page.as_uri()]
-    return subprocess.run(args, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
-
-
-def _png_colours(path: Path, max_rows: int = 700) -> int:
-    """Distinct colours (sampled) in the top `max_rows` rows of a PNG: with PIL when present, else a small decoder
-    for 8-bit RGB/RGBA non-interlaced PNGs (what Chromium writes)."""
-    try:
-        from PIL import Image
-    except ImportError:
-        Image = None
-    if Image is not None:
-        with Image.open(path) as im:
-            top = im.convert("RGB").crop((0, 0, im.width, min(im.height, max_rows)))
-            px = top.tobytes()
-            return len({px[i:i + 3] for i in range(0, len(px), 21)})
-    blob = path.read_bytes()
-    assert blob[:8] == b"\x89PNG\r\n\x1a\n"
-    pos, idat, w, h, bpp = 8, b"", 0, 0, 4
-    while pos < len(blob):
-        n = int.from_bytes(blob[pos:pos + 4], "big")
-        kind, body = blob[pos + 4:pos + 8], blob[pos + 8:pos + 8 + n]
-        if kind == b"IHDR":
-            w, h, depth, ctype, interlace = (int.from_bytes(body[:4], "big"), int.from_bytes(body[4:8], "big"),
-                                             body[8], body[9], body[12])
-            assert depth == 8 and ctype in (2, 6) and not interlace
-            bpp = 3 if ctype == 2 else 4
-        elif kind == b"IDAT":
-            idat += body
-        pos += 12 + n
-    raw = zlib.decompressobj().decompress(idat, min(h, max_rows) * (w * bpp + 1))
-    stride = w * bpp
-    prev = bytearray(stride)
-    colours = set()
-    for y in range(min(h, max_rows)):  # undo the PNG filters row by row
-        f, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
-        for x in range(stride):
-            a = line[x - bpp] if x >= bpp else 0
-            b, c = prev[x], prev[x - bpp] if x >= bpp else 0
-            if f == 1:
-                line[x] = (line[x] + a) & 255
-            elif f == 2:
-                line[x] = (line[x] + b) & 255
-            elif f == 3:
-                line[x] = (line[x] + (a + b) // 2) & 255
-            elif f == 4:
-                pa, pb, pc = abs(b - c), abs(a - c), abs(a + b - 2 * c)
-                line[x] = (line[x] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 255
-        if y % 7 == 0:
-            colours.update(bytes(line[i:i + 3]) for i in range(0, stride, bpp * 5))
-        prev = line
-    return len(colours)
-
-
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (the .ci/run script installs it as root)")
 def test_report_renders_in_headless_chromium(campaigns, tmp_path):
     out = tmp_path / "report.html"
     write_report(campaigns["full"], out, compare_dir=campaigns["half"])
-    checked = tmp_path / "checked.html"
-    checked.write_text(out.read_text().replace("<head>", "<head>" + CHECK, 1))
-    shot = tmp_path / "report.png"
-    r = _chromium(checked, tmp_path, "--dump-dom", f"--screenshot={shot}")
-    m = re.search(r'<pre id="autlearn-check">(.*?)</pre>', r.stdout, re.S)
-    assert m, f"no check output; chromium exit {r.returncode}: {r.stderr[-2000:]}"
-    check = json.loads(m.group(1).replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", '"')
-                       .replace("&amp;", "&"))
+    check, dom, shot = check_report(out, tmp_path)
     assert check["errors"] == [] and check["csp"] == [] and check["alerts"] == 0
     assert check["plots"] == check["drawn"] == EXPECTED_FIGURES
     assert check["evilScripts"] == 0 and check["evilInSvg"] and check["evilInText"]
-    assert "<script>alert(1)</script>" not in r.stdout  # serialised DOM: only ever as escaped text
+    assert "<script>alert(1)</script>" not in dom  # serialised DOM: only ever as escaped text
     if shot.exists():  # some headless builds write no screenshot together with --dump-dom
-        assert _png_colours(shot) > 20
+        assert png_colours(shot) > 20
