@@ -9,7 +9,6 @@ many figures drew; they are skipped when Chromium is absent.
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
