@@ -27,7 +27,9 @@ def lab():
               help="Profile to start (repeatable); default: legacy, modern, unrooted.")
 @click.option("--base-port", type=int, default=None,
               help=f"Port of the first phone; the others follow. Default: the first free ports from {DEFAULT_BASE_PORT}.")
-def up(count, profiles, base_port):
+@click.option("--monsoon", is_flag=True,
+              help="Give each phone a simulated Monsoon (serial SIM-<port>) following its modeled power.")
+def up(count, profiles, base_port, monsoon):
     """Start the lab (replacing a previous one) and connect its phones to adb."""
     from rich.table import Table
 
@@ -41,12 +43,13 @@ def up(count, profiles, base_port):
     if base_port is None:
         lab_.down()  # a previous lab's ports are about to be free
         base_port = next_free_ports(len(chosen), DEFAULT_BASE_PORT)
-    phones = lab_.up(chosen, base_port)
+    phones = lab_.up(chosen, base_port, monsoon=monsoon)
     table = Table(title=f"virtual lab: {len(phones)} phone(s) up")
-    for col in ("name", "serial", "profile", "port"):
+    cols = ("name", "serial", "profile", "port") + (("monsoon",) if monsoon else ())
+    for col in cols:
         table.add_column(col)
     for p in phones:
-        table.add_row(p.name, p.serial, p.profile, str(p.port))
+        table.add_row(p.name, p.serial, p.profile, str(p.port), *((p.monsoon or "",) if monsoon else ()))
     _console().print(table)
 
 

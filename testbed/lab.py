@@ -42,6 +42,7 @@ class PhoneInfo:
     port: int
     root: Path  # sandbox root (TMPDIR is root/data/local/tmp)
     pid: int
+    monsoon: str | None = None  # serial of the simulated Monsoon following this phone (`up(monsoon=True)`)
 
     def to_json(self) -> dict:
         return {**asdict(self), "root": str(self.root)}
@@ -49,7 +50,7 @@ class PhoneInfo:
     @classmethod
     def from_json(cls, d: dict) -> "PhoneInfo":
         return cls(name=d["name"], serial=d["serial"], profile=d["profile"], port=int(d["port"]),
-                   root=Path(d["root"]), pid=int(d["pid"]))
+                   root=Path(d["root"]), pid=int(d["pid"]), monsoon=d.get("monsoon"))
 
 
 @dataclass(frozen=True)
@@ -246,8 +247,11 @@ class Lab:
         return [PhoneInfo.from_json(p) for p in self._read_state().get("phones", [])]
 
     # ---- up ----
-    def up(self, profiles: Sequence[str] = DEFAULT_PROFILES, base_port: int = DEFAULT_BASE_PORT) -> list[PhoneInfo]:
-        """Start one phone per profile on base_port, base_port+1, ...; connected and in state `device` on return."""
+    def up(self, profiles: Sequence[str] = DEFAULT_PROFILES, base_port: int = DEFAULT_BASE_PORT, *,
+           monsoon: bool = False) -> list[PhoneInfo]:
+        """Start one phone per profile on base_port, base_port+1, ...; connected and in state `device` on return.
+        `monsoon`: give each phone a simulated Monsoon (serial `SIM-<port>`, see testbed.monsoon_sim.backend_for_serial)
+        that follows the phone's modeled power."""
         profiles = list(profiles) or list(DEFAULT_PROFILES)
         loaded = [load_profile(p) for p in profiles]  # unknown profile -> LabError before anything starts
         adb = find_adb()
@@ -273,7 +277,7 @@ class Lab:
                 ready = pdir / "ready"
                 pid = self._spawn(profile.name, port, root, name, ready, pdir / "vphone.log")
                 phone = PhoneInfo(name=name, serial=f"127.0.0.1:{port}", profile=profile.name, port=port,
-                                  root=root, pid=pid)
+                                  root=root, pid=pid, monsoon=f"SIM-{port}" if monsoon else None)
                 state["phones"].append(phone.to_json())
                 self._write_state(state)
                 started.append((phone, ready))

@@ -29,8 +29,14 @@ Protocol implemented (what the driver uses; layout fixed by how PyMonsoon decode
   * raw ADC values are computed by inverting the driver's own calibration formula, so the driver reports the
     profile's current exactly up to ADC quantisation (fine range ~0.004 mA/count up to ~245 mA, coarse ~0.24 mA/count).
 
-Time: simulated time only advances as packets are read (as fast as the host reads; no real-time pacing), so a
-simulated minute can be read in a few wall seconds and nothing is ever lost except injected `DropBurst`s.
+Time: by default simulated time only advances as packets are read (as fast as the host reads; no real-time
+pacing), so a simulated minute can be read in a few wall seconds and nothing is ever lost except injected
+`DropBurst`s. With `SimMonitor(realtime=True)` sample k is due at host time (CLOCK_MONOTONIC) start + k/5000: a bulk
+read returns only samples whose time has come (sleeping a few ms otherwise), so a live workload can be measured.
+
+Virtual lab: `backend_for_serial("SIM-<port>", lab_home)` builds a real-time monitor whose current follows the
+MODELED power of the lab phone on that port (testbed/power_model.py log); its traces are `simulated` (instrument)
+and the current they see is `modeled`.
 
 EEPROM (voltage, USB passthrough mode, ...) and an event log persist in `state_dir/<serial>.json` when a state_dir
 is given, so several processes (one per monitor, as the driver requires) see one device, and tests can check
@@ -45,6 +51,7 @@ import json
 import os
 import random
 import struct
+import time
 from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,6 +121,7 @@ class SimMonitor:
     noise_ma: float = 0.0  # gaussian, seeded by serial
     usb_volts: float = 5.0  # USB channel voltage while passthrough is on
     firmware: int = 32
+    realtime: bool = False  # pace samples to host time (see module docstring)
 
     def __post_init__(self):
         if not 0 < self.serial < 0x10000:
@@ -175,6 +183,7 @@ class SimulatedDevice:
         self.cal_every = 1250
         self.remaining = None
         self._next_cal_k = 0
+        self.anchor = time.monotonic()
         self._drops = sorted(spec.drops, key=lambda d: d.at_s)
         self._drop_i = 0
         self._rng = random.Random(spec.serial)
@@ -237,6 +246,7 @@ class SimulatedDevice:
         self.cal_every = max(1, cal_ms) * SAMPLE_RATE // 1000
         self._next_cal_k = self.k
         self.remaining = None if max_samples in (0, 0xFFFFFFFF) else max_samples
+        self.anchor = time.monotonic() - self.k / SAMPLE_RATE  # host time of sample k = anchor + k / 5000
         self._event("start", cal_ms)
 
     def stop(self) -> None:
@@ -247,7 +257,13 @@ class SimulatedDevice:
     # -- sample packets ---------------------------------------------------------------------------------
     def _measurement(self) -> bytes:
         t = self.k / SAMPLE_RATE
-        ma = self.spec.current_ma(t) if self.vout >= 2.0 else 0.0
+        follow = getattr(self.spec.profile, "follow", None)
+        if self.vout < 2.0:
+            ma = 0.0
+        elif follow is not None:  # a profile of host time (e.g. a lab phone's modeled power)
+            ma = follow(self.anchor + t, self.vout)
+        else:
+            ma = self.spec.current_ma(t)
         if self.spec.noise_ma:
             ma += self._rng.gauss(0.0, self.spec.noise_ma)
         zc, sc = _MAIN_COARSE
@@ -279,6 +295,10 @@ class SimulatedDevice:
         if not self.sampling:
             raise usb.core.USBError("simulated monitor: bulk read timed out (not sampling)", errno=errno.ETIMEDOUT)
         self._apply_drops()
+        if self.spec.realtime:  # the packet's last sample is due at anchor + (k + 3) / 5000
+            wait = self.anchor + (self.k + 3) / SAMPLE_RATE - time.monotonic()
+            if wait > 0:
+                time.sleep(max(wait, 0.004))  # a few ms at a time: samples arrive in small bursts, never early
         if self.packets < 6 or self.k >= self._next_cal_k:
             samples = [self._cal(0x10), self._cal(0x30), self._measurement()]
             if self.packets >= 5:
@@ -449,3 +469,66 @@ def installed(backend: usb.backend.IBackend):
     from profiler.energy.monsoon import pyusb_backend
 
     return pyusb_backend(backend)
+
+
+# --------------------------------------------------------------------------------------------------------
+# virtual lab: a monitor per phone following its modeled power
+
+LAB_PREFIX = "SIM-"
+_FOLLOW_CACHE: dict[str, tuple[float, list]] = {}  # per process: sandbox root -> (host time loaded, log entries)
+_FOLLOW_RELOAD_S = 0.005
+
+
+@dataclass(frozen=True)
+class LabPhoneProfile:
+    """Current (mA at the monitor's Vout) = the lab phone's MODELED load power / Vout, looked up at the sample's
+    host time in the phone's power model log (testbed/power_model.py). Picklable (module-level, plain fields)."""
+
+    root: str  # the phone's sandbox root
+
+    def follow(self, t_host: float, vout: float) -> float:
+        from testbed.power_model import P_IDLE_W, power_at, read_log
+
+        now = time.monotonic()
+        loaded, entries = _FOLLOW_CACHE.get(self.root, (-1e18, []))
+        if now - loaded > _FOLLOW_RELOAD_S and (not entries or t_host > entries[-1][0]):
+            fresh = read_log(self.root, tail_bytes=64 * 1024)
+            if fresh:  # keep older entries (a realtime reader lags a few ms at most; this is plenty)
+                cut = fresh[0][0]
+                entries = [e for e in entries if e[0] < cut][-256:] + fresh
+            _FOLLOW_CACHE[self.root] = (now, entries)
+        p = power_at(entries, t_host) if entries else P_IDLE_W
+        return p / vout * 1000.0
+
+    def __call__(self, t: float) -> float:  # plain profile use (simulated time = host time offset): 4 V
+        return self.follow(t, 4.0)
+
+
+@dataclass(frozen=True)
+class LabMonitor:
+    serial: str  # SIM-<port>, as the lab records it
+    usb_serial: str  # what the driver sees (the port: the simulated EEPROM serial is a u16)
+    phone: str  # lab phone name
+    backend: SimFleet
+
+
+def backend_for_serial(serial: str, lab_home: str | os.PathLike | None = None) -> LabMonitor:
+    """The simulated Monsoon `serial` (SIM-<port>) of the lab in `lab_home` (default: $AUTLEARN_HOME), as a
+    picklable backend for profiler.energy.monsoon.MonsoonSource. EnergyError when the lab has no such monitor."""
+    from profiler.errors import EnergyError
+    from testbed.lab import Lab
+
+    lab = Lab(Path(lab_home) if lab_home is not None else None)
+    try:
+        phones = lab.phones()
+    except Exception as exc:  # a corrupt state file
+        raise EnergyError(f"simulated Monsoon {serial}: cannot read the lab state ({exc})", serial=serial) from None
+    have = tuple(p.monsoon for p in phones if p.monsoon)
+    for p in phones:
+        if p.monsoon == serial:
+            spec = SimMonitor(serial=p.port, profile=LabPhoneProfile(str(p.root)), realtime=True)
+            fleet = SimFleet((spec,), state_dir=str(lab.dir / "monsoon"))
+            return LabMonitor(serial=serial, usb_serial=str(p.port), phone=p.name, backend=fleet)
+    hint = "" if have else " (start the lab with `autlearn lab up --monsoon`)"
+    raise EnergyError(f"no simulated Monsoon {serial} in the virtual lab at {lab.home}{hint}", serial=serial,
+                      found=have)

@@ -176,6 +176,8 @@ def _build_sysfs(sys: Path, p: Profile) -> None:
                "present": "1", "health": "Good", "technology": "Li-ion", "type": "Battery"}
     for name, value in battery.items():
         _write(sys / "class/power_supply/battery" / name, value + "\n")
+    if p.root_mode != "none":  # a charging switch root may write (Qualcomm); testbed.power_model reads it
+        _write(sys / "class/power_supply/battery/input_suspend", "0\n")
     for name, value in (("online", str(b.usb_online)), ("type", "USB"), ("present", "1")):
         _write(sys / "class/power_supply/usb" / name, value + "\n")
 

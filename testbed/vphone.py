@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 from testbed import adbproto as P
+from testbed import power_model
 from testbed.profiles import Profile, load_profile
 from testbed.rootfs import ROOT_UID, SHELL_UID, ensure_rootfs, shell_binary, shell_env
 
@@ -514,6 +515,8 @@ async def serve(profile: Profile, root: Path, port: int, serial_name: str, ready
     except OSError as exc:
         raise RuntimeError(f"cannot listen on 127.0.0.1:{port}: {exc.strerror or exc}") from exc
     watcher = asyncio.create_task(phone.watch_governors())
+    # modeled battery current in the sandbox sysfs (see testbed/power_model.py): shells' sessions = their pids
+    power = asyncio.create_task(power_model.run(power_model.PowerModel(profile, phone.root, lambda: phone.groups)))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -527,6 +530,7 @@ async def serve(profile: Profile, root: Path, port: int, serial_name: str, ready
         await stop.wait()
     finally:
         watcher.cancel()
+        power.cancel()
         server.close()
         phone.restart_adbd()  # drops connections; their shells are killed by their streams' tasks
         pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]

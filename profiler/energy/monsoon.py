@@ -91,6 +91,29 @@ def list_monitors(backend: Callable[[], Any] | None = None) -> tuple[str, ...]:
                           ) from e
 
 
+LAB_PREFIX = "SIM-"  # serials of the virtual lab's simulated monitors (testbed.monsoon_sim.backend_for_serial)
+
+
+def open_monitor(serial: str | int, *, lab_home=None, **kwargs) -> "MonsoonSource":
+    """A MonsoonSource for `serial`: a simulated monitor of the virtual lab when it is a lab serial (`SIM-<port>`,
+    looked up in the lab state under `lab_home`, default $AUTLEARN_HOME; paced to real time, traces labelled
+    `simulated`), else a real HVPM through the monsoon driver + pyusb/libusb. EnergyError (one line, naming the
+    monitors found) when no such monitor is attached."""
+    serial = str(serial)
+    if serial.startswith(LAB_PREFIX):
+        from testbed.monsoon_sim import backend_for_serial
+
+        mon = backend_for_serial(serial, lab_home)
+        kwargs.setdefault("settle_wait", True)  # real time: let the settling window pass before the workload
+        return MonsoonSource(mon.usb_serial, backend=mon.backend, **kwargs)
+    found = list_monitors(kwargs.get("backend"))
+    if serial not in found:
+        listed = ", ".join(found) if found else "none"
+        raise EnergyError(f"Monsoon with serial {serial} not found (monitors attached: {listed})", serial=serial,
+                          found=found)
+    return MonsoonSource(serial, **kwargs)
+
+
 @dataclass(frozen=True)
 class MonsoonConfig:
     """What the monitor process needs (picklable)."""

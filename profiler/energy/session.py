@@ -1,0 +1,427 @@
+"""Per-cell energy: what the campaign engine calls around the R runs of one cell.
+
+    meter = open_meter("fuelgauge" | "monsoon:SERIAL" | "none", device, facts, lab_home=None)  # None for "none"
+    reason = meter.precheck()          # None, or why the cell must be skipped (e.g. charging, no way to suspend)
+    with meter:                        # prepares (suspends charging); restores in __exit__, also on exceptions
+        meter.start()                  # starts sampling, then measures an idle baseline (~0.7 s)
+        ... run the runner R times: steps with t_start_ns/t_end_ns (device CLOCK_MONOTONIC), meta clock pairs ...
+        trace = meter.stop()           # PowerTrace
+    energies, summary = meter.attribute(trace, steps, clock_pairs)   # J per step (net of baseline) | None
+
+Clocks. Steps are in device CLOCK_MONOTONIC; each runner meta line carries {"mono_ns", "real_ns"} read back to back.
+  * fuel gauge: fuelgauge.sh stamps samples with $EPOCHREALTIME (CLOCK_REALTIME) -> mono + (real - mono) from the
+    pairs (median; their spread is part of the error bound). With the /proc/uptime fallback (CLOCK_BOOTTIME,
+    10 ms) uptime = monotonic is assumed (no suspend during a cell) and 10 ms are added to the bound.
+  * Monsoon: samples are on the host's CLOCK_MONOTONIC (trace.t0_host); host - device CLOCK_REALTIME comes from
+    `adb shell` round trips before and after the cell (align.estimate_offset, bound = min RTT / 2), then the pair
+    maps monotonic to realtime. On virtual phones host and device share the clock; it is measured all the same.
+Per step energy = integral of the linearly interpolated power over the step window (align.step_energies); net =
+gross - baseline W x duration. The fuel gauge is coarse (Android updates current_now every ~0.1-1 s, a virtual
+phone every 20 ms): `CellEnergy.resolution_s` says how coarse the samples were.
+Labels are never upgraded: `measured` (real phone, real instrument), `simulated` (the simulated Monsoon), `modeled`
+(virtual phones' power model), `virtual`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from profiler.device import quote
+from profiler.energy import PowerTrace
+from profiler.energy.align import ClockOffset, baseline_power, estimate_offset, step_energies
+from profiler.energy.fuelgauge import (Calibration, FuelGaugeDecision, SUSPEND_SWITCHES, charge_facts,
+                                       decide_fuelgauge, infer_calibration, parse_log, to_trace)
+from profiler.errors import DeviceError, EnergyError
+
+BASELINE_S = 0.7
+GAUGE_INTERVAL_S = 0.05
+_NODES = ("battery/status", "usb/online", "ac/online", "wireless/online") + tuple(n for n, _, _ in SUSPEND_SWITCHES)
+_DEVICE_REALTIME = 'echo "${EPOCHREALTIME:-$(date +%s.%N)}"'
+
+
+@dataclass(frozen=True)
+class CellEnergy:
+    """Summary of one cell's energy. Per-step values are net of the idle baseline when `net` (else gross)."""
+
+    source: str  # fuelgauge | monsoon
+    serial: str  # the instrument: the device serial (fuel gauge) or the monitor serial (Monsoon)
+    labels: tuple[str, ...]
+    steps: int  # steps given
+    steps_measured: int  # steps with an energy (inside the trace, with timestamps)
+    net: bool
+    j_per_step_median: float | None
+    j_per_step_gross_median: float | None
+    mean_w: float | None  # gross power over the step windows
+    baseline_w: float | None
+    alignment_error_s: float
+    uncertainty_j_median: float | None  # per-step energy change if the windows moved by the alignment error
+    resolution_s: float  # median spacing of the trace's samples
+    trace_duration_s: float
+    notes: tuple[str, ...] = ()
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def open_meter(spec: str, device, facts, lab_home=None) -> "Meter | None":
+    """The meter for an energy spec: "none" -> None, "fuelgauge", "monsoon:SERIAL" (a real HVPM serial or a lab
+    monitor `SIM-<port>`). A wrong or missing monitor serial raises EnergyError here."""
+    spec = (spec or "none").strip()
+    if spec == "none":
+        return None
+    if spec == "fuelgauge":
+        return FuelGaugeMeter(device, facts)
+    kind, _, serial = spec.partition(":")
+    if kind == "monsoon" and serial:
+        return MonsoonMeter(device, facts, serial, lab_home=lab_home)
+    raise EnergyError(f"unknown energy spec {spec!r} (none | fuelgauge | monsoon:SERIAL)")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# shared
+
+
+def _step_window(step) -> tuple[int | None, int | None]:
+    if isinstance(step, Mapping):
+        return step.get("t_start_ns"), step.get("t_end_ns")
+    return getattr(step, "t_start_ns", None), getattr(step, "t_end_ns", None)
+
+
+def _pair_offset(clock_pairs: Iterable) -> tuple[float, float, int] | None:
+    """(median real - mono in s, half their spread in s, count) from the runner's clock pairs."""
+    offs = []
+    for p in clock_pairs or ():
+        mono, real = (p.get("mono_ns"), p.get("real_ns")) if isinstance(p, Mapping) else p
+        if mono is not None and real is not None:
+            offs.append((int(real) - int(mono)) / 1e9)
+    if not offs:
+        return None
+    return float(np.median(offs)), (max(offs) - min(offs)) / 2, len(offs)
+
+
+def _resolution(trace: PowerTrace) -> float:
+    return float(np.median(np.diff(trace.t))) if len(trace) > 1 else math.nan
+
+
+def _attribute(trace: PowerTrace, steps: Sequence, shift_s: float | None, error_s: float,
+               baseline: tuple[float, float] | None, source: str, serial: str, notes: list[str]
+               ) -> tuple[list[float | None], CellEnergy]:
+    """Energies of `steps` (device CLOCK_MONOTONIC ns) on `trace`, trace time = ns / 1e9 + shift_s."""
+    out: list[float | None] = [None] * len(steps)
+    baseline_w = None
+    if baseline is not None and len(trace) > 1:
+        b0, b1 = max(baseline[0], float(trace.t[0])), min(baseline[1], float(trace.t[-1]))
+        if b1 - b0 >= 0.1:
+            baseline_w = baseline_power(trace, b0, b1)
+        else:
+            notes.append("idle baseline window not covered by the trace: gross energies only")
+    idx, windows = [], []
+    if shift_s is not None and len(trace) > 1:
+        lo, hi = float(trace.t[0]) - error_s, float(trace.t[-1]) + error_s
+        for i, s in enumerate(steps):
+            a, b = _step_window(s)
+            if a is None or b is None or b < a:
+                continue
+            if lo <= a / 1e9 + shift_s and b / 1e9 + shift_s <= hi:
+                idx.append(i)
+                windows.append((int(a), int(b)))
+    missing = len(steps) - len(idx)
+    if missing:
+        notes.append(f"{missing} of {len(steps)} steps have no energy (no timestamps, or outside the trace)")
+    gross = unc = []
+    if idx:
+        clock = ClockOffset(0.0, error_s, 2 * error_s, 1, 1)
+        rep = step_energies(trace, windows, clock, shift_s=shift_s, baseline_w=baseline_w, step_ids=idx)
+        for i, se in zip(idx, rep.steps):
+            out[i] = se.net_j if baseline_w is not None else se.gross_j
+        gross = [se.gross_j for se in rep.steps]
+        unc = [se.uncertainty_j for se in rep.steps]
+        dur = sum(se.end_s - se.start_s for se in rep.steps)
+    vals = [v for v in out if v is not None]
+    summary = CellEnergy(
+        source=source, serial=serial, labels=tuple(trace.labels), steps=len(steps), steps_measured=len(idx),
+        net=baseline_w is not None, j_per_step_median=float(np.median(vals)) if vals else None,
+        j_per_step_gross_median=float(np.median(gross)) if gross else None,
+        mean_w=float(sum(gross) / dur) if gross and dur > 0 else None, baseline_w=baseline_w,
+        alignment_error_s=float(error_s), uncertainty_j_median=float(np.median(unc)) if unc else None,
+        resolution_s=_resolution(trace), trace_duration_s=trace.duration, notes=tuple(notes))
+    return out, summary
+
+
+class Meter:
+    """Base: a context manager whose __exit__ always restores what __enter__ changed."""
+
+    source = "?"
+
+    def precheck(self) -> str | None:
+        return None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        return False
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> PowerTrace:
+        raise NotImplementedError
+
+    def attribute(self, trace: PowerTrace, steps: Sequence, clock_pairs: Sequence
+                  ) -> tuple[list[float | None], CellEnergy]:
+        raise NotImplementedError
+
+
+# ------------------------------------------------------------------------------------------------------------
+# fuel gauge
+
+
+class FuelGaugeMeter(Meter):
+    """The battery fuel gauge via device_scripts/fuelgauge.sh running in the background on the device."""
+
+    source = "fuelgauge"
+
+    def __init__(self, device, facts, *, interval_s: float = GAUGE_INTERVAL_S, baseline_s: float = BASELINE_S):
+        self.device, self.facts = device, facts
+        self.interval_s, self.baseline_s = interval_s, baseline_s
+        self.virtual = bool(getattr(facts, "virtual", False))
+        self.labels = ("virtual", "modeled") if self.virtual else ("measured",)
+        self.decision: FuelGaugeDecision | None = None
+        self.restore: tuple[str, str] | None = None  # (device path, prior value) of the charging switch
+        self._files: tuple[str, str, str] | None = None  # out, err, stop
+        self._marks: dict[str, str] = {}
+        self._notes: list[str] = []
+
+    # -- decision -------------------------------------------------------------------------------------------
+    def _sysfs_state(self) -> dict[str, str]:
+        loop = " ".join(quote(n) for n in _NODES)
+        cmd = ('S="${AUTLEARN_SYSFS:-/sys}/class/power_supply"; for f in ' + loop +
+               '; do if [ -e "$S/$f" ]; then printf "%s=%s\\n" "$f" "$(cat "$S/$f" 2>/dev/null)"; fi; done')
+        out = self.device.check(cmd, timeout=20)
+        return {k: v.strip() for k, _, v in (line.partition("=") for line in out.splitlines()) if k}
+
+    def precheck(self) -> str | None:
+        st = self._sysfs_state()
+
+        def online(name):
+            v = st.get(f"{name}/online")
+            return None if v is None else v not in ("0", "")
+
+        supplies = {n: online(n) for n in ("usb", "ac", "wireless")}
+        # virtual phones model a USB cable (their adb runs over TCP on this host)
+        transport = "usb" if self.virtual or ":" not in self.device.serial else "wifi"
+        charging = any(supplies.values()) or st.get("battery/status", "").lower() in ("charging", "full")
+        rooted = self.device.root_mode != "none" if charging else False  # root only matters while charging
+        cf = charge_facts(st.get("battery/status"), supplies, adb_transport=transport, rooted=rooted,
+                          nodes=tuple(n for n in st if n.startswith("battery/")))
+        self.decision = decide_fuelgauge(cf)
+        return None if self.decision.allowed else self.decision.reason
+
+    # -- context --------------------------------------------------------------------------------------------
+    def __enter__(self):
+        if self.decision is None:
+            reason = self.precheck()
+            if reason:
+                raise EnergyError(reason, serial=self.device.serial)
+        if not self.decision.allowed:
+            raise EnergyError(self.decision.reason, serial=self.device.serial)
+        if self.decision.suspend:
+            node, off, _ = self.decision.suspend
+            path = f"${{AUTLEARN_SYSFS:-/sys}}/class/power_supply/{node}"
+            prior = self.device.shell_root(f'cat "{path}"', timeout=20)
+            if not prior.ok:
+                raise EnergyError(f"cannot read {node}: {(prior.stderr or prior.stdout).strip()}",
+                                  serial=self.device.serial)
+            self.restore = (path, prior.stdout.strip())
+            self._write_switch(off)
+            self._notes.append(f"charging suspended via {node} (prior value {self.restore[1]!r})")
+            time.sleep(0.2 if self.virtual else 1.0)  # let the gauge see the discharge
+        return self
+
+    def _write_switch(self, value: str) -> None:
+        path = self.restore[0]
+        r = self.device.shell_root(f'echo {quote(value)} > "{path}" && cat "{path}"', timeout=20)
+        if not r.ok or r.stdout.strip() != value:
+            raise EnergyError(f"cannot write {value!r} to {path}: {(r.stderr or r.stdout).strip()}",
+                              serial=self.device.serial)
+
+    def __exit__(self, *exc) -> bool:
+        try:
+            self._kill_sampler()
+        finally:
+            if self.restore is not None:
+                self._write_switch(self.restore[1])
+                self.restore = None
+        return False
+
+    # -- sampling -------------------------------------------------------------------------------------------
+    def _mark(self) -> str:
+        return self.device.check('echo "${EPOCHREALTIME:-}|$(cat /proc/uptime)"', timeout=20).strip()
+
+    def start(self) -> None:
+        if self._files is not None:
+            raise RuntimeError("fuel gauge already sampling")
+        script = self.device.script_path("fuelgauge.sh")
+        tag = f"{self.device.workdir}/fuelgauge-{time.time_ns()}"
+        out, err, stop = f"{tag}.log", f"{tag}.err", f"{tag}.stop"
+        self._files = (out, err, stop)
+        self.device.check(f"rm -f {quote(stop)}; nohup sh {quote(script)} 0 {self.interval_s:g} {quote(stop)} "
+                          f"</dev/null >{quote(out)} 2>{quote(err)} &", timeout=20)
+        deadline = time.monotonic() + 10
+        while not self.device.shell(f"grep -q '^S ' {quote(out)}", timeout=20).ok:
+            if time.monotonic() > deadline:
+                raise EnergyError("fuel gauge sampler printed no sample within 10 s: "
+                                  + self.device.shell(f"cat {quote(err)}").stdout.strip()[-200:],
+                                  serial=self.device.serial)
+            time.sleep(0.05)
+        self._marks["b0"] = self._mark()
+        time.sleep(self.baseline_s)
+        self._marks["b1"] = self._mark()
+
+    def stop(self) -> PowerTrace:
+        if self._files is None:
+            raise RuntimeError("fuel gauge stop() without start()")
+        out, err, stop = self._files
+        time.sleep(max(3 * self.interval_s, 0.1))  # samples after the last step's end, so the trace covers it
+        self.device.check(f"touch {quote(stop)}", timeout=20)
+        deadline = time.monotonic() + 10
+        while not self.device.shell(f"grep -q '^# end' {quote(out)}", timeout=20).ok:
+            if time.monotonic() > deadline:
+                break  # parse what there is (end_reason None says it was cut)
+            time.sleep(0.05)
+        text = self.device.check(f"cat {quote(out)}", timeout=60)
+        self._kill_sampler()
+        log = parse_log(text)
+        cal = self._calibration(log)
+        return to_trace(log, serial=self.device.serial, labels=self.labels, calibration=cal)
+
+    def _calibration(self, log) -> Calibration:
+        samples = [s for s in log.samples if s.current_raw is not None]
+        if self.decision is not None and self.decision.suspend:
+            # our switch cut the charger: USB stays "online" for data but feeds nothing, so these samples are
+            # discharging samples for the sign inference
+            samples = [dataclasses.replace(s, usb_online=False, ac_online=False) for s in samples]
+        if not samples:
+            raise EnergyError("fuel gauge reported no current_now values", serial=self.device.serial)
+        return infer_calibration(samples)
+
+    def _kill_sampler(self) -> None:
+        if self._files is None:
+            return
+        out, err, stop = self._files
+        self._files = None
+        with contextlib.suppress(DeviceError):
+            self.device.shell(f"touch {quote(stop)}; sleep 0.3; rm -f {quote(out)} {quote(err)} {quote(stop)}",
+                              timeout=20)
+
+    # -- attribution ----------------------------------------------------------------------------------------
+    def attribute(self, trace: PowerTrace, steps: Sequence, clock_pairs: Sequence
+                  ) -> tuple[list[float | None], CellEnergy]:
+        notes = list(self._notes) + [f"fuel gauge {trace.info.get('current_unit')}, discharge sign "
+                                     f"{trace.info.get('discharge_sign')}"]
+        clock = trace.info.get("clock")
+        if clock == "realtime":
+            pair = _pair_offset(clock_pairs)
+            if pair is None:
+                notes.append("no clock pair from the runner: steps cannot be placed on the fuel gauge's clock")
+                shift, err = None, math.inf
+            else:
+                off, spread, n = pair
+                shift, err = off - trace.t0_device, spread + 0.001  # + sampling latency of one gauge read
+        else:
+            notes.append("fuel gauge clock is /proc/uptime (CLOCK_BOOTTIME, 10 ms): assumed = CLOCK_MONOTONIC")
+            shift, err = -trace.t0_device, 0.01
+        baseline = None
+        marks = [self._marks.get(k) for k in ("b0", "b1")]
+        if all(marks):
+            t = [float((m.split("|")[0] if clock == "realtime" else m.split("|")[1].split()[0]).replace(",", "."))
+                 for m in marks]
+            baseline = (t[0] - trace.t0_device, t[1] - trace.t0_device)
+        return _attribute(trace, steps, shift, err if math.isfinite(err) else 0.0, baseline, self.source,
+                          self.device.serial, notes)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Monsoon
+
+
+class MonsoonMeter(Meter):
+    """A Monsoon HVPM (or the virtual lab's simulated one) through profiler.energy.monsoon (one process)."""
+
+    source = "monsoon"
+
+    def __init__(self, device, facts, serial: str, *, lab_home=None, voltage: float = 4.0,
+                 baseline_s: float = BASELINE_S, round_trips: int = 8):
+        from profiler.energy.monsoon import open_monitor
+
+        self.device, self.facts, self.serial = device, facts, str(serial)
+        self.virtual = bool(getattr(facts, "virtual", False))
+        self.baseline_s, self.n_trips = baseline_s, round_trips
+        self.src = open_monitor(self.serial, lab_home=lab_home, voltage=voltage, passthrough="off", settle_s=0.2)
+        self.trips: list[tuple[float, float, float]] = []
+        self._baseline_host: tuple[float, float] | None = None
+
+    def precheck(self) -> str | None:
+        if not self.virtual and ":" not in self.device.serial:
+            return ("adb runs over USB: the Monsoon's passthrough must be off while it measures, which would cut "
+                    "adb mid-cell; connect adb over Wi-Fi (adb tcpip) to use the Monsoon")
+        return None
+
+    def __exit__(self, *exc) -> bool:
+        self.src.close()  # aborts a running measurement and restores passthrough
+        return False
+
+    def _round_trips(self) -> None:
+        for _ in range(self.n_trips):
+            h0 = time.monotonic()
+            out = self.device.check(_DEVICE_REALTIME, timeout=20).strip()
+            h1 = time.monotonic()
+            with contextlib.suppress(ValueError):
+                self.trips.append((h0, float(out.replace(",", ".")), h1))
+
+    def start(self) -> None:
+        self._round_trips()
+        self.src.start()
+        h0 = time.monotonic()
+        time.sleep(self.baseline_s)
+        self._baseline_host = (h0, time.monotonic())
+
+    def stop(self) -> PowerTrace:
+        trace = self.src.stop()
+        self._round_trips()
+        labels = tuple(trace.labels) + (("modeled", "virtual") if self.virtual else ())
+        info = {**trace.info, "monitor": self.serial}
+        return dataclasses.replace(trace, labels=labels, serial=self.serial, info=info)
+
+    def attribute(self, trace: PowerTrace, steps: Sequence, clock_pairs: Sequence
+                  ) -> tuple[list[float | None], CellEnergy]:
+        notes = []
+        pair = _pair_offset(clock_pairs)
+        shift, err = None, 0.0
+        if not self.trips:
+            notes.append("no usable adb round trips: the device clock is unknown")
+        elif pair is None:
+            notes.append("no clock pair from the runner: steps cannot be placed on the monitor's clock")
+        elif trace.t0_host is None:
+            notes.append("the trace has no host time anchor")
+        else:
+            host = estimate_offset(self.trips)  # host monotonic = device realtime + offset
+            off, spread, _ = pair
+            shift = off + host.offset_s - trace.t0_host
+            err = host.error_s + spread
+            notes.append(f"clock: {host.samples} adb round trips, min RTT {host.min_rtt_s * 1e3:.1f} ms")
+        baseline = None
+        if self._baseline_host and trace.t0_host is not None:
+            baseline = tuple(h - trace.t0_host for h in self._baseline_host)
+        return _attribute(trace, steps, shift, err, baseline, self.source, self.serial, notes)
+
+
+__all__ = ["CellEnergy", "FuelGaugeMeter", "Meter", "MonsoonMeter", "open_meter"]

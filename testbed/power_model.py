@@ -1,0 +1,341 @@
+"""MODELED battery power of a virtual phone, written into its sandbox sysfs (and a log a simulated Monsoon follows).
+
+Every ~20 ms the vphone asks `PowerModel.tick()` to look at the processes its shells started (every process whose
+session is one of the shells' sessions; membership rescanned every ~200 ms), sums their CPU time (per-thread
+/proc/<pid>/task/<tid>/schedstat run time in ns; utime+stime from /proc/<pid>/stat where schedstat is missing) and
+turns the busy time into per-core utilisation: busy cores = CPU-seconds / wall-seconds, placed on the phone's
+biggest cores first (as EAS would place a heavy task). Power:
+
+    P = P_IDLE + sum over busy virtual cores  C(cluster) * V(f)^2 * f * utilisation
+
+  * f: the policy's `scaling_cur_freq` (the vphone's governor watcher makes it follow performance / powersave /
+    userspace); for the dynamic governors (schedutil, interactive, ondemand, ...) f = max freq while the cluster is
+    busy, min freq while it is idle.
+  * V(f): linear DVFS curve per cluster, V_MIN at the lowest frequency to V_MAX at the highest.
+  * C: switched capacitance, C_LITTLE + (C_BIG - C_LITTLE) * cpu_capacity / 1024.
+  With these constants an idle phone draws 0.4 W and one busy big core at ~2.4 GHz about 1.5 W more.
+
+This is a MODEL: the workload really runs on this host, so a governor changes the modeled power but not the
+measured time (the host's clock does not follow the virtual phone's frequency). At most the host's cores can be
+busy (a 2-core host never loads all 8 virtual cores). Processes shorter than ~200 ms, and the CPU time of a process
+since its last 20 ms sample when it exits, are missed.
+
+Battery (sys/class/power_supply/battery): the model's load power P is converted to a battery current I with
+V = V_OCV - R*I (so V*I = P exactly); V_OCV is the profile's voltage_now. Vendor convention per profile, taken from
+the profile's `current_now`: its sign is the sign while DISCHARGING (legacy: positive, modern/unrooted: negative,
+like Pixel) and |value| < 3000 means mA (unrooted), otherwise uA.
+  * charging (default: USB online, status Charging): the charger feeds CHARGE_A into the phone; current_now is the
+    net battery current CHARGE_A - I (positive = into the battery, reported with the opposite of the discharge sign).
+  * `input_suspend` = 1 (the node exists on rooted profiles): status Discharging, current_now = the full drain I.
+    0 restores charging. usb/online stays 1 (the cable still carries data), as on Qualcomm phones.
+  * charge_counter (uAh) integrates the battery current.
+Log: `<root>/power_model.jsonl`, one line {"t0": host CLOCK_MONOTONIC s, "p_w": load W, "busy": cores, ...} whenever
+the load changes (and at least once a second); the value holds from t0 until the next line's t0.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+from testbed.profiles import Profile
+
+P_IDLE_W = 0.4  # display off, radios idle, SoC in shallow idle
+C_LITTLE_F, C_BIG_F = 0.12e-9, 0.5e-9  # switched capacitance (F) at cpu_capacity 0 / 1024
+V_MIN, V_MAX = 0.60, 1.05  # V at the lowest / highest frequency of each cluster
+R_BATT_OHM = 0.1
+CHARGE_A = 1.5  # what the USB charger pushes into the phone
+TICK_S = 0.02
+RESCAN_S = 0.2
+HEARTBEAT_S = 1.0
+LOG_NAME = "power_model.jsonl"
+LOG_MAX_BYTES = 2 << 20
+DYNAMIC_GOVERNORS = frozenset({"schedutil", "interactive", "ondemand", "conservative", "sched_pixel", "walt"})
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+@dataclass(frozen=True)
+class Convention:
+    """How the phone's gauge reports: raw current = discharge_sign * I(A) / scale."""
+
+    discharge_sign: int
+    unit: str  # "uA" | "mA"
+
+    @property
+    def scale(self) -> float:
+        return 1e-6 if self.unit == "uA" else 1e-3
+
+    @classmethod
+    def of(cls, profile: Profile) -> "Convention":
+        raw = profile.battery.current_now
+        return cls(1 if raw > 0 else -1, "mA" if abs(raw) < 3000 else "uA")
+
+
+def voltage(f_khz: float, f_min: float, f_max: float) -> float:
+    if f_max <= f_min:
+        return V_MAX
+    return V_MIN + (V_MAX - V_MIN) * (f_khz - f_min) / (f_max - f_min)
+
+
+def core_power_w(capacity: int, f_khz: float, f_min: float, f_max: float, util: float) -> float:
+    c = C_LITTLE_F + (C_BIG_F - C_LITTLE_F) * capacity / 1024
+    v = voltage(f_khz, f_min, f_max)
+    return c * v * v * f_khz * 1e3 * util
+
+
+def battery_current_a(p_w: float, v_ocv: float) -> float:
+    """I with I * (V_OCV - R*I) = P (discharge)."""
+    disc = v_ocv * v_ocv - 4 * R_BATT_OHM * p_w
+    return (v_ocv - math.sqrt(max(disc, 0.0))) / (2 * R_BATT_OHM)
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
+
+
+def _write_if_changed(path: Path, value: str, cache: dict) -> None:
+    if cache.get(path) != value:
+        try:
+            path.write_text(value + "\n")
+            cache[path] = value
+        except OSError:
+            pass
+
+
+def _cpu_ns(pid: int) -> int | None:
+    """CPU time (ns) of all threads of a process; None when it is gone."""
+    total, found = 0, False
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as f:
+                total += int(f.read().split()[0])
+                found = True
+        except (OSError, ValueError, IndexError):
+            continue
+    if found:
+        return total
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rpartition(b")")[2].split()
+        return (int(fields[11]) + int(fields[12])) * 1_000_000_000 // _CLK_TCK
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def session_members(sessions: set[int]) -> set[int]:
+    """Pids whose session id is one of `sessions` (a /proc scan)."""
+    out = set()
+    if not sessions:
+        return out
+    for e in os.scandir("/proc"):
+        if not e.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{e.name}/stat", "rb") as f:
+                fields = f.read().rpartition(b")")[2].split()
+            if int(fields[3]) in sessions:
+                out.add(int(e.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+class PowerModel:
+    """State of one phone's model; `tick()` every TICK_S (the vphone's event loop calls it)."""
+
+    def __init__(self, profile: Profile, root: Path, sessions: Callable[[], Iterable[int]],
+                 clock: Callable[[], float] = time.monotonic):
+        self.profile, self.root, self.sessions, self.clock = profile, Path(root), sessions, clock
+        self.conv = Convention.of(profile)
+        self.v_ocv = profile.battery.voltage_now * 1e-6
+        self.battery = self.root / "sys/class/power_supply/battery"
+        self.policies = self.root / "sys/devices/system/cpu/cpufreq"
+        self.log_path = self.root / LOG_NAME
+        self.members: set[int] = set()
+        self.last_cpu: dict[int, int] = {}
+        self.last_sessions: frozenset[int] = frozenset()
+        self.last_scan = -math.inf
+        self.last_t: float | None = None
+        self.last_logged: tuple | None = None
+        self.last_log_t = -math.inf
+        self.charge_uah = float(profile.battery.charge_counter)
+        self._written: dict = {}
+
+    # -- inputs ---------------------------------------------------------------------------------------------
+    def _busy_ns(self, now: float) -> int:
+        sessions = frozenset(self.sessions())
+        if sessions != self.last_sessions or now - self.last_scan >= RESCAN_S:
+            self.members = session_members(set(sessions)) if sessions else set()
+            self.last_sessions, self.last_scan = sessions, now
+        busy, seen = 0, {}
+        for pid in self.members:
+            ns = _cpu_ns(pid)
+            if ns is None:
+                continue
+            prev = self.last_cpu.get(pid)
+            busy += ns - prev if prev is not None and ns >= prev else (0 if prev is not None else ns)
+            seen[pid] = ns
+        self.members = set(seen)
+        self.last_cpu = seen
+        return busy
+
+    def cluster_freqs(self, utils: list[float]) -> list[float]:
+        out = []
+        for cl, u in zip(self.profile.clusters, utils):
+            pol = self.policies / f"policy{cl.cpus[0]}"
+            gov = _read(pol / "scaling_governor") or cl.governor
+            lo = _int(_read(pol / "scaling_min_freq"), cl.freqs_khz[0])
+            hi = _int(_read(pol / "scaling_max_freq"), cl.freqs_khz[-1])
+            if gov in DYNAMIC_GOVERNORS:
+                out.append(float(hi if u > 0.05 else lo))
+            else:
+                out.append(float(_int(_read(pol / "scaling_cur_freq"), lo)))
+        return out
+
+    def power_w(self, busy_cores: float) -> tuple[float, list[float]]:
+        """Load power for `busy_cores` CPU-seconds per second, biggest cores first; also per-cluster util sums."""
+        clusters = self.profile.clusters
+        order = sorted(range(len(clusters)), key=lambda i: -clusters[i].capacity)
+        per_core: dict[int, list[float]] = {i: [] for i in range(len(clusters))}
+        left = max(busy_cores, 0.0)
+        for i in order:
+            for _ in clusters[i].cpus:
+                u = min(1.0, left)
+                per_core[i].append(u)
+                left -= u
+        utils = [sum(per_core[i]) for i in range(len(clusters))]
+        freqs = self.cluster_freqs(utils)
+        p = P_IDLE_W
+        for i, cl in enumerate(clusters):
+            for u in per_core[i]:
+                if u > 0:
+                    p += core_power_w(cl.capacity, freqs[i], cl.freqs_khz[0], cl.freqs_khz[-1], u)
+        return p, utils
+
+    # -- one step -------------------------------------------------------------------------------------------
+    def tick(self) -> dict:
+        now = self.clock()
+        busy_ns = self._busy_ns(now)
+        t_prev = self.last_t if self.last_t is not None else now - TICK_S
+        dt = max(now - t_prev, 1e-6)
+        self.last_t = now
+        busy = busy_ns / 1e9 / dt
+        p, _ = self.power_w(busy)
+        suspended = _read(self.battery / "input_suspend") == "1"
+        i_load = battery_current_a(p, self.v_ocv)
+        if suspended:
+            i_batt = -i_load  # + = into the battery
+            v = self.v_ocv - R_BATT_OHM * i_load
+            status = "Discharging"
+        else:
+            i_batt = CHARGE_A - i_load
+            v = self.v_ocv + R_BATT_OHM * i_batt
+            status = "Charging"
+        self.charge_uah += i_batt * dt / 3600 * 1e6
+        raw = -self.conv.discharge_sign * i_batt / self.conv.scale
+        w = self._written
+        _write_if_changed(self.battery / "current_now", str(int(round(raw))), w)
+        _write_if_changed(self.battery / "voltage_now", str(int(round(v * 1e6))), w)
+        _write_if_changed(self.battery / "charge_counter", str(int(self.charge_uah)), w)
+        _write_if_changed(self.battery / "status", status, w)
+        state = {"t0": round(t_prev, 6), "p_w": round(p, 4), "busy": round(busy, 3), "i_batt_a": round(i_batt, 4),
+                 "status": status}
+        key = (state["p_w"], status)
+        if key != self.last_logged or now - self.last_log_t >= HEARTBEAT_S:
+            self._log(state)
+            self.last_logged, self.last_log_t = key, now
+        return state
+
+    def _log(self, state: dict) -> None:
+        try:
+            if self.log_path.exists() and self.log_path.stat().st_size > LOG_MAX_BYTES:
+                os.replace(self.log_path, self.log_path.with_suffix(".jsonl.1"))
+            with open(self.log_path, "a") as f:
+                f.write(json.dumps(state, separators=(",", ":")) + "\n")
+        except OSError:
+            pass
+
+
+def _int(text: str | None, default: int) -> int:
+    try:
+        return int(text) if text is not None else default
+    except ValueError:
+        return default
+
+
+async def run(model: PowerModel, period: float = TICK_S) -> None:
+    """The vphone's task: tick forever (errors in one tick never stop the model)."""
+    import asyncio
+    import logging
+
+    log = logging.getLogger("vphone.power")
+    while True:
+        try:
+            model.tick()
+        except Exception:  # a bug in the model must not take the phone down
+            log.exception("power model tick failed")
+        await asyncio.sleep(period)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# reading the log (tests, the simulated Monsoon)
+
+
+def read_log(root: str | os.PathLike, tail_bytes: int | None = None) -> list[tuple[float, float]]:
+    """(t0, p_w) entries of a phone's model log, oldest first (`tail_bytes`: only the end of the file)."""
+    path = Path(root) / LOG_NAME
+    try:
+        with open(path, "rb") as f:
+            if tail_bytes is not None:
+                size = f.seek(0, os.SEEK_END)
+                f.seek(max(0, size - tail_bytes))
+            data = f.read()
+    except OSError:
+        return []
+    lines = data.split(b"\n")
+    if tail_bytes is not None and len(lines) > 1:
+        lines = lines[1:]  # the first may be cut
+    out = []
+    for line in lines:
+        try:
+            d = json.loads(line)
+            out.append((float(d["t0"]), float(d["p_w"])))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return out
+
+
+def power_at(entries: list[tuple[float, float]], t: float) -> float:
+    """Load power (W) at host time t: the value of the last entry starting before t."""
+    import bisect
+
+    i = bisect.bisect_right([e[0] for e in entries], t) - 1
+    return entries[max(i, 0)][1] if entries else P_IDLE_W
+
+
+def energy_j(entries: list[tuple[float, float]], t0: float, t1: float) -> float:
+    """Modeled load energy (J) between host times t0 and t1 (piecewise constant)."""
+    if not entries or t1 <= t0:
+        return 0.0
+    total = 0.0
+    starts = [e[0] for e in entries]
+    for k, (s, p) in enumerate(entries):
+        end = starts[k + 1] if k + 1 < len(entries) else math.inf
+        lo, hi = max(s, t0), min(end, t1)
+        if k == 0 and t0 < s:
+            lo = t0  # before the first entry: assume its value
+        if hi > lo:
+            total += (hi - lo) * p
+    return total

@@ -1,0 +1,130 @@
+"""Per-cell energy sessions on virtual phones: the fuel gauge over the phone's power model, and a simulated
+Monsoon following that model (profiler/energy/session.py, testbed/power_model.py)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from profiler.device import Device
+from profiler.energy.session import open_meter
+from profiler.errors import EnergyError
+from profiler.probe import probe
+from testbed import power_model
+from testbed.lab import Lab, find_free_ports
+
+POLICIES = "$AUTLEARN_SYSFS/devices/system/cpu/cpufreq/policy*"
+SUSPEND = "$AUTLEARN_SYSFS/class/power_supply/battery/input_suspend"
+
+
+def _step(dev, cmd: str) -> dict:
+    """One synthetic step: on a virtual phone the device CLOCK_MONOTONIC is the host's."""
+    t0 = time.monotonic_ns()
+    dev.shell(cmd, timeout=30)
+    return {"t_start_ns": t0, "t_end_ns": time.monotonic_ns()}
+
+
+def _busy(dev, s: float) -> dict:
+    return _step(dev, f"timeout {s} sh -c 'while :; do :; done'; true")
+
+
+def _idle(dev, s: float) -> dict:
+    return _step(dev, f"sleep {s}")
+
+
+def _pair() -> dict:
+    return {"mono_ns": time.monotonic_ns(), "real_ns": time.time_ns()}
+
+
+def _governor(dev, gov: str) -> None:
+    dev.check(f"for p in {POLICIES}; do echo {gov} > $p/scaling_governor; done")
+    time.sleep(0.5)  # the phone's governor watcher moves scaling_cur_freq
+
+
+def test_fuelgauge_session_on_a_virtual_phone(lab_factory):
+    _, (phone,) = lab_factory(("legacy",))
+    dev = Device(phone.serial)
+    facts = probe(dev)
+    suspend = lambda: dev.check(f"cat {SUSPEND}").strip()  # noqa: E731
+    try:
+        _governor(dev, "performance")
+        meter = open_meter("fuelgauge", dev, facts)
+        assert meter.precheck() is None and meter.decision.action == "suspend_charging"
+        with meter:
+            assert suspend() == "1"
+            meter.start()
+            pairs = [_pair()]
+            steps = [_busy(dev, 0.8), _idle(dev, 0.8), _busy(dev, 0.8), _idle(dev, 0.8)]
+            trace = meter.stop()
+        assert suspend() == "0"
+        energies, cell = meter.attribute(trace, steps, pairs)
+        assert "modeled" in cell.labels and "virtual" in cell.labels and "measured" not in cell.labels
+        assert trace.info["discharge_sign"] == 1  # legacy's vendor: positive while discharging
+        assert cell.net and 0.3 < cell.baseline_w < 0.6
+        assert cell.steps_measured == 4 and cell.resolution_s < 0.2
+        busy, idle = energies[0::2], energies[1::2]
+        assert min(busy) > 0.5 and max(abs(e) for e in idle) < 0.1  # ~1.3 W above idle for 0.8 s
+        assert min(busy) > max(idle)
+
+        _governor(dev, "powersave")
+        meter = open_meter("fuelgauge", dev, facts)
+        assert meter.precheck() is None
+        with meter:
+            meter.start()
+            pairs = [_pair()]
+            steps = [_busy(dev, 0.8)]
+            trace = meter.stop()
+        slow, cell = meter.attribute(trace, steps, pairs)
+        assert 0 < slow[0] < 0.5 * min(busy)  # same work, far less modeled energy at the lowest OPP
+
+        meter = open_meter("fuelgauge", dev, facts)
+        meter.precheck()
+        with pytest.raises(RuntimeError, match="runner crashed"):
+            with meter:
+                meter.start()
+                assert suspend() == "1"
+                raise RuntimeError("runner crashed")
+        assert suspend() == "0"
+    finally:
+        _governor(dev, "interactive")
+
+
+def test_simulated_monsoon_follows_the_modeled_power(adb_env, tmp_path):
+    lab = Lab(tmp_path / "mlab")
+    try:
+        (phone,) = lab.up(["modern"], base_port=find_free_ports(1), monsoon=True)
+        assert phone.monsoon == f"SIM-{phone.port}" and lab.phones()[0].monsoon == phone.monsoon
+        dev = Device(phone.serial)
+        facts = probe(dev)
+        with pytest.raises(EnergyError, match="SIM-1"):
+            open_meter("monsoon:SIM-1", dev, facts, lab_home=lab.home)
+        meter = open_meter(f"monsoon:{phone.monsoon}", dev, facts, lab_home=lab.home)
+        assert meter.precheck() is None
+        with meter:
+            meter.start()
+            pairs = [_pair()]
+            steps = [_busy(dev, 0.8), _idle(dev, 0.5)]
+            trace = meter.stop()
+        energies, cell = meter.attribute(trace, steps, pairs)
+        assert set(cell.labels) == {"simulated", "modeled", "virtual"} and trace.sample_rate == 5000
+        assert energies[0] > 0.5 and abs(energies[1]) < 0.1
+        assert cell.alignment_error_s < 0.05
+        model = power_model.read_log(phone.root)
+        own = power_model.energy_j(model, trace.t0_host, trace.t0_host + trace.duration)
+        assert trace.energy_j() == pytest.approx(own, rel=0.03)
+        assert np.allclose(trace.voltage, 4.0, atol=1e-3)
+    finally:
+        lab.down()
+
+
+def test_unrooted_phone_on_usb_is_skipped_with_a_reason(lab):
+    phone = next(p for p in lab if p.profile == "unrooted")
+    dev = Device(phone.serial)
+    facts = probe(dev)
+    reason = open_meter("fuelgauge", dev, facts).precheck()
+    assert reason and "charging" in reason and "root" in reason
+    assert open_meter("none", dev, facts) is None
+    with pytest.raises(EnergyError, match="unknown energy spec"):
+        open_meter("joulemeter", dev, facts)
