@@ -9,7 +9,9 @@ remaining cells are marked failed while the other workers go on.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -24,8 +26,9 @@ from profiler.errors import DeviceError, DeviceUnreachable, NotRooted, UserError
 from profiler.fleet import discover
 from profiler.governor import GovernorGuard, GovernorUnavailable, restore_on_signals, restore_pending
 from profiler.probe import DeviceFacts, parse_probe
-from profiler.steps import parse_run_output
-from profiler.store import CellMeta, Sample, Store
+from profiler.steps import clock_pairs, parse_run_output
+from profiler.energy.session import open_meter
+from profiler.store import LABELS, CellMeta, Sample, Store
 
 RUN_TIMEOUT_S = 1800.0
 
@@ -124,6 +127,7 @@ class DeviceWorker:
         self.serial, self.facts, self.cells, self.store = serial, facts, cells, store
         self.campaign, self.progress, self.stop, self.resume = campaign, progress, stop, resume
         self.threads = threads
+        self.lab_home = os.environ.get("AUTLEARN_HOME") or None  # where simulated monitors of the lab are found
         self.counts = {"ok": 0, "failed": 0, "skipped": 0, "resumed": 0}
         self.deployed: set[str] = set()
         self.warnings: list[str] = []
@@ -198,30 +202,51 @@ class DeviceWorker:
         mask = affinity_mask(cell.affinity, self.facts)
         start = self._cooldown(device)  # the last cooldown reading is the cell's start state
         remote = self._deploy(device, art)
+        meter = open_meter(cell.energy, device, self.facts, lab_home=self.lab_home)
+        energy_note = ""
+        if meter is not None:
+            why = meter.precheck()
+            if why:  # time is still measured; energy is missing with the reason
+                meter, energy_note = None, f"energy not measured: {why}"
         started = time.time()
-        samples = []
-        for rep in range(cell.repetitions):
-            argv = [f"{remote}/runner", remote, "--warmup", cell.warmup, "--steps", cell.steps]
-            if self.threads:
-                argv += ["--threads", self.threads]
-            cmd = command(*argv)
-            if mask:
-                cmd = f"taskset {quote(mask)} {cmd}"
-            r = device.shell(cmd, timeout=RUN_TIMEOUT_S)
-            if not r.ok:
-                raise DeviceError("runner failed", serial=self.serial, command=cmd, output=r.stderr or r.stdout,
-                                  exit_code=r.exit_code)
-            out = parse_run_output(r.stdout)
-            samples += [Sample.from_step(s, rep) for s in out.steps]
+        runs, pairs, trace = [], [], None
+        with meter if meter is not None else contextlib.nullcontext():
+            if meter is not None:
+                meter.start()
+            for rep in range(cell.repetitions):
+                argv = [f"{remote}/runner", remote, "--warmup", cell.warmup, "--steps", cell.steps]
+                if self.threads:
+                    argv += ["--threads", self.threads]
+                cmd = command(*argv)
+                if mask:
+                    cmd = f"taskset {quote(mask)} {cmd}"
+                r = device.shell(cmd, timeout=RUN_TIMEOUT_S)
+                if not r.ok:
+                    raise DeviceError("runner failed", serial=self.serial, command=cmd,
+                                      output=r.stderr or r.stdout, exit_code=r.exit_code)
+                out = parse_run_output(r.stdout)
+                runs.append(out.steps)
+                pairs += clock_pairs(out.meta)
+            if meter is not None:
+                trace = meter.stop()
+        energies: list = [None] * sum(len(steps) for steps in runs)
+        labels = {"virtual"} if self.facts.virtual else {"measured"}
+        if trace is not None:
+            energies, summary = meter.attribute(trace, [s for steps in runs for s in steps], pairs)
+            labels |= set(summary.labels) & set(LABELS)
+            energy_note = "; ".join(summary.notes)
+            self.store.write_trace(cid, trace)
+        flat = iter(energies)
+        samples = [Sample.from_step(s, rep, energy_j=next(flat)) for rep, steps in enumerate(runs) for s in steps]
         end = self._dynamic(device)
-        labels = ("virtual",) if self.facts.virtual else ("measured",)
         bat = end.battery
         meta = CellMeta(
             campaign=self.campaign.name, cell_id=cid, spec_key=cell.spec_key, device_serial=self.serial,
             device_model=self.facts.model, device_virtual=self.facts.virtual, workload=cell.workload,
             variant=cell.variant, batch=cell.batch, governor_requested=cell.governor, governor_applied=applied,
-            affinity=cell.affinity, artifact_hash=art.hash, labels=labels, config=cell.config,
-            governor_reason=reason, pinned_khz=pinned, warmup_steps=cell.warmup, energy_source=cell.energy,
+            affinity=cell.affinity, artifact_hash=art.hash, labels=tuple(sorted(labels)), config=cell.config,
+            governor_reason=reason, pinned_khz=pinned, warmup_steps=cell.warmup,
+            energy_source=cell.energy if trace is not None else "none", energy_note=energy_note,
             freqs_start_khz=_freqs(start), freqs_end_khz=_freqs(end),
             temp_start_c=start.max_temp_c, temp_end_c=end.max_temp_c,
             throttled=_throttled(end),

@@ -22,7 +22,7 @@ class Step:
 
 @dataclass(frozen=True)
 class RunOutput:
-    meta: dict
+    meta: dict  # the runner's metadata line (+ "end_clock_pair" from its closing line)
     steps: tuple[Step, ...]
     noise: tuple[str, ...]  # lines that were not runner output (kept for the record, never silently dropped)
     truncated: bool  # the last line was cut off (device died or the runner crashed mid-line)
@@ -66,8 +66,15 @@ def parse_run_output(text: str) -> RunOutput:
             steps.append(_step(obj, stripped))
         elif isinstance(obj, dict) and ("runner_version" in obj or "runner" in obj):
             meta = obj
+        elif isinstance(obj, dict) and obj.get("end") is True:
+            meta = {**meta, "end_clock_pair": obj.get("clock_pair")}
         else:
             noise.append(line)
     if not steps:
         raise ParseError("runner printed no step lines", (text.strip() or "(no output)")[-300:])
     return RunOutput(meta, tuple(steps), tuple(noise), truncated)
+
+
+def clock_pairs(meta: dict) -> list[dict]:
+    """The (CLOCK_MONOTONIC, CLOCK_REALTIME) pairs a run printed, for energy alignment."""
+    return [p for p in (meta.get("clock_pair"), meta.get("end_clock_pair")) if isinstance(p, dict)]

@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -44,7 +45,7 @@ SCHEMA_VERSION = 1
 MIGRATIONS: dict[int, Callable[[Path], None]] = {}
 MANIFEST = "campaign.json"
 STATUSES = ("ok", "failed", "skipped")
-LABELS = ("virtual", "modeled", "measured")
+LABELS = ("virtual", "modeled", "simulated", "measured")
 # Metadata that must be equal for rows to be pooled into one summary.
 FIXED_COLUMNS = ("device_model", "device_virtual", "workload", "config", "variant", "batch", "governor_applied",
                  "pinned_khz", "affinity", "warmup_steps", "artifact_hash", "labels", "tool_versions")
@@ -86,6 +87,7 @@ class CellMeta:
     pinned_khz: tuple[tuple[str, int], ...] = ()  # (policy, kHz) when a frequency was pinned
     warmup_steps: int = 0
     energy_source: str = "none"
+    energy_note: str = ""  # why energy is missing, or how it was attributed (fuel-gauge resolution, alignment)
     freqs_start_khz: tuple[tuple[str, int], ...] = ()  # (policy, scaling_cur_freq)
     freqs_end_khz: tuple[tuple[str, int], ...] = ()
     temp_start_c: float | None = None
@@ -313,6 +315,17 @@ class Store:
                           label=f"{meta.device_serial}/{meta.workload}-{meta.variant}/b{meta.batch}/"
                                 f"{meta.governor_requested}/{meta.affinity}")
         return self.root / "cells" / f"{meta.cell_id}.parquet"
+
+    def write_trace(self, cell_id: str, trace: Any) -> Path:
+        """Keep a cell's power trace (profiler.energy.PowerTrace) beside its samples: traces/<cell_id>.parquet."""
+        df = pd.DataFrame({"t": np.asarray(trace.t), "current": np.asarray(trace.current),
+                           "voltage": np.asarray(trace.voltage)})
+        table = pa.Table.from_pandas(df, preserve_index=False).replace_schema_metadata(
+            {"source": str(trace.source), "serial": str(trace.serial), "labels": ",".join(trace.labels),
+             "sample_rate": str(trace.sample_rate), "dropped": str(trace.dropped)})
+        path = self.root / "traces" / f"{cell_id}.parquet"
+        atomic_write(path, lambda f: pq.write_table(table, f))
+        return path
 
     def write_status(self, cell_id: str, status: str, reason: str = "", *, spec_key: str = "", label: str = "",
                      extra: Mapping[str, Any] | None = None) -> None:

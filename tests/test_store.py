@@ -224,7 +224,7 @@ def test_pooling_refuses_mixed_fixed_metadata(tmp_path):
 def test_meta_validation():
     c = CAMPAIGN.plan(DEVICES)[0]
     with pytest.raises(ValueError, match="labels"):
-        meta_for(c, labels=("simulated",))
+        meta_for(c, labels=("guessed",))
     with pytest.raises(ValueError, match="cell_id"):
         meta_for(c, cell_id="../../etc")
 

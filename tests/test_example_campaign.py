@@ -1,0 +1,66 @@
+"""The shipped example campaign (the paper's experiment) end to end on three virtual phones with real artifacts:
+compiled TVM training programs, the static runner, governors, the results store and the HTML report."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from browser import CHROMIUM, check_report
+from profiler.campaign import run_campaign
+from profiler.campaign_cli import artifact_provider
+from profiler.campaign_config import load_campaign
+from profiler.store import load_results, load_status
+from reports.build import write_report
+
+EXAMPLE = Path(__file__).parents[1] / "examples" / "paper.toml"
+
+
+def governors(phone) -> list[str]:
+    base = Path(phone.root) / "sys/devices/system/cpu/cpufreq"
+    return [(d / "scaling_governor").read_text().strip() for d in sorted(base.glob("policy*"))]
+
+
+@pytest.fixture(scope="module")
+def example_run(lab, tmp_path_factory):
+    cache = Path(os.environ.get("AUTLEARN_TEST_CACHE_DIR") or Path.home() / ".cache" / "autlearn-test") / "artifacts"
+    before = {p.serial: governors(p) for p in lab}
+    campaign = load_campaign(EXAMPLE)
+    results = tmp_path_factory.mktemp("example") / "results"
+    outcome = run_campaign(campaign, results, artifact_provider(cache))
+    return campaign, outcome, before
+
+
+@pytest.mark.slow
+def test_example_campaign_on_three_profiles(lab, example_run):
+    campaign, outcome, before = example_run
+    assert outcome.failed == 0, load_status(outcome.results_dir).query("status == 'failed'")["reason"].tolist()
+    df = load_results(outcome.results_dir)
+    assert set(df["device_serial"]) == {p.serial for p in lab}
+    assert set(df["workload"]) == {"lstm", "mobilenet"}
+    assert set(df["variant"]) == {"full", "compressed", "unoptimized", "cached"}
+    # one row per step per repetition, each carrying requested and applied governor
+    per_cell = df.groupby("cell_id").size()
+    assert (per_cell == campaign.repetitions * (campaign.warmup + campaign.steps)).all()
+    assert df["governor_requested"].notna().all() and df["governor_applied"].notna().all()
+    assert set(df["governor_requested"]) == {"interactive", "powersave"}
+    assert (df["step_ns"] > 0).all() and df["loss"].notna().all()
+    unrooted = next(p for p in lab if p.profile == "unrooted")
+    status = load_status(outcome.results_dir)
+    skipped = status[status["status"] == "skipped"]
+    assert len(skipped) and all(label.startswith(unrooted.serial) for label in skipped["label"])
+    assert all("root" in r for r in skipped["reason"])
+    assert {p.serial: governors(p) for p in lab} == before  # every phone as it was
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (the .ci/run script installs it as root)")
+def test_example_report_renders(example_run, tmp_path):
+    _, outcome, _ = example_run
+    written = write_report(outcome.results_dir, tmp_path / "report.html")
+    assert written.bytes < 10 * 2**20 and not written.over_budget
+    check, _dom, _shot = check_report(written.html, tmp_path)
+    assert check["errors"] == [] and check["csp"] == [] and check["alerts"] == 0
+    assert check["plots"] == check["drawn"] == written.figures > 0
