@@ -1,0 +1,142 @@
+"""`autlearn workloads build|list`: compile training programs into self-contained on-device artifacts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from profiler.errors import ArtifactError, ConfigError
+
+# Mirrors workloads.models.MODELS / workloads.compile.VARIANTS / runner_build.ABIS (checked again there);
+# kept literal so `--help` needs no heavy imports.
+MODELS = ("lstm", "mobilenet")
+VARIANTS = ("full", "compressed", "unoptimized", "cached")
+ABIS = ("x86_64", "arm64-v8a")
+
+
+def _check(value: str, valid: tuple[str, ...], key: str) -> None:
+    if value not in valid:
+        raise ConfigError(f"unknown {key} {value!r} (choose from {', '.join(valid)})", key=key)
+
+
+def _parse_set(items: tuple[str, ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"expected KEY=VALUE, got {item!r}", key="set")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
+
+
+def _with_data(program: Any, model: str, variant: str, path: Path) -> Any:
+    """Replace the program's first batch (x, y) with batch 0 of the data set at `path`."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from workloads import data
+    from workloads.models import make_config
+
+    if variant == "cached":
+        raise ConfigError("--data is not supported with variant 'cached' (its batch holds backbone features)",
+                          key="data")
+    cfg = make_config(model, **program.meta["config"])
+    if model == "mobilenet":
+        x, y = data.load_femnist(path).batch(0, cfg.batch, cfg.seed)
+        x = data.resize_images(x, cfg.image_size, cfg.in_channels)
+    else:
+        x, y = data.load_shakespeare(path, cfg.vocab_size, cfg.seq_len).batch(0, cfg.batch, cfg.seed)
+    tensors = dict(program.tensors)
+    for name, new in (("x", x), ("y", y)):
+        old = tensors[name]
+        if tuple(new.shape) != tuple(old.shape):
+            raise ConfigError(f"batch from {path} has {name} shape {new.shape}, the program needs {old.shape}",
+                              key="data")
+        tensors[name] = np.ascontiguousarray(new.astype(old.dtype))
+    return replace(program, tensors=tensors, meta={**program.meta, "data": str(path)})
+
+
+@click.group()
+def workloads():
+    """Compile training workloads into artifacts (runner + tensors + manifest) and list them."""
+
+
+@workloads.command()
+@click.option("--model", required=True, metavar="|".join(MODELS), help="Workload model.")
+@click.option("--variant", default="full", show_default=True, metavar="|".join(VARIANTS),
+              help="Compilation variant.")
+@click.option("--abi", required=True, metavar="|".join(ABIS), help="Android ABI of the target phones.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Artifact directory (replaced). Default: artifacts/<model>-<variant>-<abi>[-<overrides>].")
+@click.option("--batch", type=click.IntRange(min=1), default=None, help="Batch size (model default otherwise).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Model config override, repeatable (VALUE parsed as JSON when possible), e.g. --set width=0.5.")
+@click.option("--data", "data_path", type=click.Path(path_type=Path), default=None,
+              help="Take the first batch from this data set (LEAF FEMNIST JSON / Shakespeare text).")
+def build(model, variant, abi, out, batch, sets, data_path):
+    """Compile MODEL as VARIANT for ABI and write a verified artifact."""
+    from workloads.artifact import default_artifact_dir, write_artifact
+    from workloads.compile import build_program
+
+    _check(model, MODELS, "model")
+    _check(variant, VARIANTS, "variant")
+    _check(abi, ABIS, "abi")
+    config = _parse_set(sets)
+    if batch is not None:
+        config["batch"] = batch
+    if data_path is not None and not data_path.exists():
+        raise ConfigError(f"{data_path}: no such file or directory", key="data")
+    from workloads.models import make_config
+
+    make_config(model, **config)  # unknown keys / bad values fail here, before minutes of compiling
+    out = out or default_artifact_dir(model, variant, abi, config)
+    log = lambda msg: click.echo(msg, err=True)  # noqa: E731
+    log(f"compiling {model}/{variant} for {abi}...")
+    program = build_program(model, variant, abi, **config)
+    if data_path is not None:
+        program = _with_data(program, model, variant, data_path)
+    art = write_artifact(program, out, abi=abi, log=log)
+    b = art.manifest["build"]
+    rt = "cached" if b.get("runtime_cached") else f"built in {b.get('runtime_build_s', 0):.0f} s"
+    click.echo(f"{art.path}  hash {art.hash[:16]}  ({b.get('build_s', 0):.1f} s; TVM runtime {rt})")
+
+
+@workloads.command(name="list")
+@click.argument("directory", type=click.Path(path_type=Path), default=Path("artifacts"), required=False)
+def list_(directory):
+    """Table of the artifacts under DIRECTORY (default: artifacts/), verified against their hashes."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from workloads.artifact import list_artifacts
+
+    found = list_artifacts(directory)
+    if not found:
+        click.echo(f"no artifacts under {directory}")
+        return
+    table = Table(title=f"artifacts under {directory}")
+    for col in ("artifact", "model", "variant", "abi", "batch", "hash", "MB", "built"):
+        table.add_column(col)
+    bad = []
+    for a in found:
+        if isinstance(a, tuple):
+            bad.append(a)
+            table.add_row(a[0].name, "-", "-", "-", "-", "CORRUPT", "-", "-")
+            continue
+        size = sum(f["bytes"] for f in a.manifest["files"].values()) / 1e6
+        batch = (a.manifest.get("config") or {}).get("batch", "-")
+        table.add_row(a.path.name, str(a.model), str(a.variant), a.abi, str(batch), a.hash[:16], f"{size:.1f}",
+                      str(a.manifest.get("build", {}).get("created_at", "-")))
+    console = Console()
+    if not console.is_terminal:  # piped / captured: never truncate names or hashes
+        console = Console(width=200)
+    console.print(table)
+    if bad:
+        raise ArtifactError(f"{len(bad)} of {len(found)} artifacts are corrupt; first: {bad[0][1]}")

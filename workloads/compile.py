@@ -1,0 +1,555 @@
+"""Compile a PyTorch workload into a `TrainingProgram` (forward/loss/backward network + update network).
+
+Pipeline: `torch.export` -> `relax.frontend.torch.from_exported_program` (params kept as inputs) -> frozen backbone
+params bound as constants (never differentiated) -> `relax.training.SetupTrainer` (cross-entropy via AppendLoss,
+`Gradient` w.r.t. the trainable head only, `SGD` update) -> flat wrapper functions (private trainer functions
+inlined) -> an optimization pipeline chosen by the variant.
+
+Functions in the module (plain Relax functions, system-lib compatible, flat tuple results):
+  train_forward_backward(x, y, *params) -> (loss, *grads)       phase "forward_backward"
+  train_update(*params, *grads, num_steps) -> (*params, num_steps)  phase "update"
+  forward(x, *params) -> logits   (only with include_forward=True; inference, not part of a step; for `cached`
+                                   it returns (logits, features): inference fills the feature cache)
+
+Variants (see VARIANTS):
+  full         the optimized pipeline (`optimize`): LegalizeOps, FoldConstant, FuseOps/FuseTIR, then
+               schedules: `tiled_schedule` for conv/matmul kernels (register tiling, vectorization, parallel
+               outer loops; parameters from the tuning database `workloads/tuning/<target-key>/` where the
+               kernel was tuned by `workloads.tune`, else a heuristic), dlight's CPU reduction rule, and a
+               parallel/vectorize fallback. (MetaSchedule is not used: in apache-tvm 0.27.0.post1 serializing
+               any PrimFunc segfaults in ffi ToJSONGraph, which its JSON database and tuning workers need.)
+  compressed   the same pipeline on a smaller config (`compress`: width x0.5 / LSTM hidden x0.5 unless given).
+  unoptimized  the same training module with TVM's optimizations off: every Relax op is lowered on its own to
+               TOPI's unscheduled compute definition (no operator fusion, no constant folding, no tuned or
+               default schedule, so no multithreading and no explicit vectorization). LLVM still compiles the
+               loops at its default -O level. Stands in for a plain op-by-op library executor.
+  cached       online learning with inference-result reuse: the frozen backbone's features are cached at
+               inference, so a step only runs the head's forward/backward/update; the batch tensor `x` holds
+               cached features (batch, feature_dim). Optimized like `full`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from profiler.errors import ConfigError
+from workloads.models import MobileNetConfig, WordLSTMConfig, build_model, make_config
+from workloads.program import Call, TrainingProgram
+
+VARIANTS = ("full", "compressed", "unoptimized", "cached")
+# ABI -> (LLVM triple, target string). x86_64: -mcpu=haswell (AVX2+FMA, x86-64-v3), the conservative floor of
+# any x86 host from 2013 on. arm64-v8a: NEON is mandatory on ARMv8-A. num-cores is a schedule hint for tuning.
+ABIS: dict[str, dict[str, Any]] = {
+    "x86_64": {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell", "num-cores": 2},
+    "arm64-v8a": {"kind": "llvm", "mtriple": "aarch64-linux-android", "mattr": ["+neon"], "num-cores": 4},
+}
+PARALLEL_MIN_WORK = 1 << 16   # fallback schedule: loop-nest iterations below which a kernel stays serial
+TUNING_DIR = Path(__file__).resolve().parent / "tuning"
+DEFAULT_LR = {"mobilenet": 0.05, "lstm": 0.5}   # the random frozen LSTM's features are small: larger step
+LABEL_DTYPE = "int64"
+
+
+def _check_abi(abi: str) -> None:
+    if abi not in ABIS:
+        raise ConfigError(f"unknown ABI {abi!r}; valid: {', '.join(ABIS)}", key="abi")
+
+
+def target_for_abi(abi: str):
+    """`tvm.target.Target` for an Android ABI name (see ABIS)."""
+    import tvm
+
+    _check_abi(abi)
+    return tvm.target.Target(dict(ABIS[abi]))
+
+
+def triple_for_abi(abi: str) -> str:
+    _check_abi(abi)
+    return ABIS[abi]["mtriple"]
+
+
+def target_key(abi: str) -> str:
+    """Directory name of the tuning database for an ABI's target."""
+    _check_abi(abi)
+    return {"x86_64": "x86_64-haswell", "arm64-v8a": "aarch64-neon"}[abi]
+
+
+def tuning_dir(abi: str) -> Path:
+    return TUNING_DIR / target_key(abi)
+
+
+def compress(config):
+    """Default compressed config: half width (MobileNet) / half hidden units (LSTM)."""
+    if isinstance(config, MobileNetConfig):
+        return replace(config, width=config.width * 0.5, channels=tuple(max(8, c // 2) for c in config.channels))
+    return replace(config, hidden_size=max(8, config.hidden_size // 2))
+
+
+# ---------------------------------------------------------------------------------------------- construction
+
+
+class _Part:
+    """Wrap a callable part of a model as an nn.Module for torch.export (built lazily: no torch at import)."""
+
+    @staticmethod
+    def make(fn, owner):
+        import torch
+
+        class Part(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.m = owner
+
+            def forward(self, x):
+                return fn(self.m, x)
+
+        return Part().eval()
+
+
+def _import(module, example, trainable: list[str] = ()):
+    """torch.export + Relax import of `module(example)`; every param not in `trainable` is bound as a constant.
+    Returns (relax function (x, *trainable params in order), trainable values as numpy)."""
+    import torch
+    from tvm import relax
+    from tvm.relax.frontend import detach_params
+    from tvm.relax.frontend.torch import from_exported_program
+
+    with torch.no_grad():
+        ep = torch.export.export(module, (example,))
+    mod = from_exported_program(ep, keep_params_as_input=True, unwrap_unit_return_tuple=True)
+    mod, params = detach_params(mod)
+    func = mod["main"]
+    names = [p.name for p in func.params][1:]
+    # Relax param vars are named after the export's placeholders; map them to parameter FQNs by signature.
+    to_fqn = dict(ep.graph_signature.inputs_to_parameters)
+    if len(names) != len(params.get("main", [])) or any(n not in to_fqn for n in names):
+        raise ConfigError(f"cannot map imported params {names[:4]}... to torch parameters", key="model")
+    values = {to_fqn[n]: v for n, v in zip(names, params["main"])}
+    by_var = {to_fqn[n]: n for n in names}
+    missing = [n for n in trainable if n not in values]
+    if missing:
+        raise ConfigError(f"trainable params {missing} not found in the export", key="model")
+    bind = {by_var[n]: v for n, v in values.items() if n not in trainable}
+    if bind:
+        func = relax.transform.BindParams("main", bind)(mod)["main"]
+    if func.attrs and "num_input" in func.attrs:
+        func = func.without_attr("num_input")
+    order = [to_fqn[p.name] for p in func.params[1:]]          # the function's remaining (trainable) params
+    return func.without_attr("global_symbol"), [values[n].numpy() for n in order]
+
+
+def _trainer_module(head, features, cfg, lr: float, forward: bool):
+    """SetupTrainer on `head(f, *params)`; `features(x)` (frozen, params bound; None for `cached`) runs before
+    the differentiated region, so the backbone is never differentiated. Returns a module with the flat
+    train_forward_backward / train_update (and `forward` when asked)."""
+    import tvm
+    from tvm import relax
+    from tvm.relax.training import SetupTrainer
+    from tvm.relax.training.loss import CrossEntropyLoss
+    from tvm.relax.training.optimizer import SGD
+
+    n_params = len(head.params) - 1
+    trainer = tvm.IRModule({"backbone": head.with_attr("global_symbol", "backbone")})
+    trainer = trainer.with_attrs({"param_num": n_params, "state_num": 0})
+    logits_ty = relax.TensorType((cfg.batch, cfg.num_classes), "float32")
+    labels_ty = relax.TensorType((cfg.batch,), LABEL_DTYPE)
+    trainer = SetupTrainer(CrossEntropyLoss(reduction="mean"), SGD(lr), [logits_ty, labels_ty],
+                           legalize=False)(trainer)
+
+    # Fresh builder (SetupTrainer leaves the optimizer's GlobalVar untyped); parts are private (no
+    # global_symbol) so InlinePrivateFunctions folds them into the flat public wrappers.
+    bb = relax.BlockBuilder()
+    adj = bb.add_func(trainer["backbone_loss_adjoint"].without_attr("global_symbol"), "head_loss_adjoint")
+    opt = bb.add_func(trainer["optimizer"].without_attr("global_symbol"), "sgd")
+    hd = bb.add_func(head, "head")
+    feat = bb.add_func(features, "features") if features is not None else None
+    ptys = [p.ty for p in head.params[1:]]
+    x = relax.Var("x", (features.params[0] if features is not None else head.params[0]).ty)
+    y = relax.Var("y", labels_ty)
+    ps = [relax.Var(f"p{i}", t) for i, t in enumerate(ptys)]
+    with bb.function("train_forward_backward", [x, y, *ps]):
+        with bb.dataflow():
+            f = bb.emit(relax.Call(feat, [x])) if feat is not None else x
+            r = bb.emit(relax.Call(adj, [f, *ps, y]))
+            loss = bb.emit(relax.TupleGetItem(r, 0))
+            grads = bb.emit(relax.TupleGetItem(r, 1))
+            gs = [bb.emit(relax.TupleGetItem(grads, i)) for i in range(n_params)]
+            out = bb.emit_output(relax.Tuple([loss, *gs]))
+        bb.emit_func_output(out)
+    ps = [relax.Var(f"p{i}", t) for i, t in enumerate(ptys)]
+    gs = [relax.Var(f"g{i}", t) for i, t in enumerate(ptys)]
+    steps = relax.Var("num_steps", relax.TensorType((), "int64"))
+    with bb.function("train_update", [*ps, *gs, steps]):
+        with bb.dataflow():
+            r = bb.emit(relax.Call(opt, [relax.Tuple(ps), relax.Tuple(gs), relax.Tuple([steps])]))
+            newp = bb.emit(relax.TupleGetItem(r, 0))
+            news = bb.emit(relax.TupleGetItem(r, 1))
+            outs = [bb.emit(relax.TupleGetItem(newp, i)) for i in range(n_params)]
+            outs.append(bb.emit(relax.TupleGetItem(news, 0)))
+            out = bb.emit_output(relax.Tuple(outs))
+        bb.emit_func_output(out)
+    if forward:
+        # Inference: logits; with a feature extractor also the features, which is what `cached` stores.
+        x = relax.Var("x", x.ty)
+        ps = [relax.Var(f"p{i}", t) for i, t in enumerate(ptys)]
+        with bb.function("forward", [x, *ps]):
+            with bb.dataflow():
+                f = bb.emit(relax.Call(feat, [x])) if feat is not None else x
+                logits = bb.emit(relax.Call(hd, [f, *ps]))
+                out = bb.emit_output(relax.Tuple([logits, f]) if feat is not None else logits)
+            bb.emit_func_output(out)
+    mod = relax.transform.InlinePrivateFunctions()(bb.get())
+    keep = ["train_forward_backward", "train_update"] + (["forward"] if forward else [])
+    return tvm.IRModule({g: fn for g, fn in mod.functions.items() if g.name_hint in keep})
+
+
+# ---------------------------------------------------------------------------------------------- optimization
+
+
+def _fallback_rule():
+    """Default CPU schedule for kernels with no tuning record and no dlight rule: inline injective producers,
+    parallelize the fused leading spatial loops of every remaining block and vectorize an innermost spatial
+    loop when the block has no reduction. Cheap, no search."""
+    from tvm import s_tir, tirx
+    from tvm.s_tir.dlight.analysis import normalize_prim_func
+    from tvm.s_tir.dlight.base import ScheduleRule
+    from tvm.s_tir.dlight.base.common_schedules import try_inline_contiguous_spatial
+
+    def apply(func, target, _tunable):
+        if not isinstance(func, tirx.PrimFunc):
+            return None
+        sch = s_tir.Schedule(func)
+        infos = normalize_prim_func(sch)
+        if infos is None:
+            return None
+        infos = try_inline_contiguous_spatial(sch, infos)
+        changed = False
+        for bi in infos:
+            dk = bi.dom_kind()
+            n_s = len(dk) - len(dk.lstrip("S"))
+            loops = sch.get_loops(bi.block_rv)
+            extents = [sch.get(lp).extent for lp in loops]
+            if n_s == 0 or not all(isinstance(e, tirx.IntImm) for e in extents):
+                continue
+            if int(np.prod([int(e) for e in extents])) < PARALLEL_MIN_WORK:
+                continue   # thread-pool wake-up costs more than it saves on tiny kernels
+            changed = True
+            if bi.is_injective() and n_s == len(loops) and n_s >= 2:
+                outer = sch.fuse(*loops[:-1])
+                sch.parallel(outer)
+                _, vec = sch.split(loops[-1], factors=[None, 8])
+                sch.vectorize(vec)
+            else:
+                outer = sch.fuse(*loops[:n_s]) if n_s > 1 else loops[0]
+                sch.parallel(outer)
+        return sch if changed else None
+
+    return ScheduleRule.from_callable("autlearn_fallback")(apply)
+
+
+def _pick(extent: int, options: tuple[int, ...], whole_up_to: int = 0) -> int:
+    for f in options:
+        if extent % f == 0 and extent > f:
+            return f
+    return extent if 1 < extent <= whole_up_to else 1
+
+
+def kernel_key(func) -> str:
+    """Key of a fused kernel in the tuning database: structural hash of the unscheduled PrimFunc."""
+    import tvm_ffi
+
+    return f"{tvm_ffi.structural_hash(func):016x}"
+
+
+def tiled_candidates(func) -> list[dict]:
+    """Parameter choices of the tiled schedule for a kernel (empty if the rule does not apply)."""
+    shape = _tiled_shape(func)
+    if shape is None:
+        return []
+    dom, n_s = shape
+    k, t = n_s - 1, (1 if n_s >= 3 else 0)
+    vs = sorted({f for f in (16, 8, 7, 6, 5, 4, 3, 2) if dom[k] % f == 0 and dom[k] > f} | {1}
+                | ({dom[k]} if dom[k] <= 16 else set()))
+    us = sorted({f for f in (8, 6, 4, 2) if dom[t] % f == 0 and dom[t] > f} | {1})
+    return [{"v": v, "u": u} for v in vs for u in us]
+
+
+def _tiled_shape(func):
+    from tvm import s_tir, tirx
+    from tvm.s_tir.dlight.analysis import normalize_prim_func
+
+    if not isinstance(func, tirx.PrimFunc):
+        return None
+    sch = s_tir.Schedule(func)
+    infos = normalize_prim_func(sch)
+    if infos is None:
+        return None
+    reds = [bi for bi in infos if not bi.is_injective()]
+    if len(reds) != 1:
+        return None
+    dk = reds[0].dom_kind()
+    n_s = len(dk) - len(dk.lstrip("S"))
+    if n_s < 2 or "S" in dk[n_s:] or n_s == len(dk):
+        return None
+    try:
+        dom = [int(d) for d in reds[0].dom()]
+    except TypeError:
+        return None
+    if int(np.prod(dom)) < PARALLEL_MIN_WORK:
+        return None
+    return dom, n_s
+
+
+def _heuristic_choice(dom: list[int], n_s: int) -> dict:
+    # 16 or 8 lanes when they divide, else the largest divisor <= 8: odd widths such as <14 x float>
+    # measured 3-4x slower than <7 x float> here. Unroll 4 rows/channels.
+    k, t = n_s - 1, (1 if n_s >= 3 else 0)
+    return {"v": _pick(dom[k], (16, 8, 7, 6, 5, 4, 3, 2), whole_up_to=8), "u": _pick(dom[t], (4, 2))}
+
+
+def tiled_heuristic(func) -> dict | None:
+    """The built-in (untuned) tiled-schedule choice for a kernel, or None if the rule does not apply."""
+    shape = _tiled_shape(func)
+    return _heuristic_choice(*shape) if shape else None
+
+
+def tiled_schedule(func, choice: dict | None = None):
+    """Hand-written CPU schedule for conv2d/matmul-like kernels (one reduction block, spatial axes then
+    reduction axes): register-tile the output (innermost spatial axis split by `v` and vectorized, the
+    channel/row axis split by `u` and unrolled), accumulate the tile in a local buffer with the reductions
+    outside it, compute the epilogue (bias/ReLU) per tile, parallelize the fused outer spatial loops.
+    `choice` ({"v", "u"}) comes from the tuning database; None = built-in heuristic. Returns a Schedule or
+    None when the kernel does not have that shape."""
+    from tvm import s_tir
+    from tvm.s_tir.dlight.analysis import normalize_prim_func
+    from tvm.s_tir.dlight.base.common_schedules import try_inline_contiguous_spatial
+
+    shape = _tiled_shape(func)
+    if shape is None:
+        return None
+    dom, n_s = shape
+    sch = s_tir.Schedule(func)
+    infos = normalize_prim_func(sch)
+    r = next(i for i, bi in enumerate(infos) if not bi.is_injective())
+    main = infos[r]
+    post = try_inline_contiguous_spatial(sch, infos[r + 1:])
+    loops = sch.get_loops(main.block_rv)
+    if len(loops) != len(dom):
+        return None
+    k, t = n_s - 1, (1 if n_s >= 3 else 0)
+    choice = choice or _heuristic_choice(dom, n_s)
+    v, u = int(choice["v"]), int(choice["u"])
+    sk_o, sk_i = sch.split(loops[k], factors=[None, v])
+    st_o, st_i = sch.split(loops[t], factors=[None, u])
+    outer = [st_o if i == t else loops[i] for i in range(k)]
+    red = list(loops[n_s:])
+    sch.reorder(*outer, sk_o, *red, st_i, sk_i)
+    cw = sch.cache_write(main.block_rv, 0, "local")   # the tile's accumulators (registers after SROA)
+    sch.reverse_compute_at(cw, sk_o, preserve_unit_loops=True)
+    for bi in post:
+        sch.reverse_compute_at(bi.block_rv, sk_o, preserve_unit_loops=True)
+    sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+    if v > 1:
+        sch.vectorize(sk_i)
+    if u > 1:
+        sch.unroll(st_i)
+    sch.decompose_reduction(main.block_rv, red[0])
+    for bi in infos[:r]:                               # producers (padding): parallel outer loops
+        lp = sch.get_loops(bi.block_rv)
+        if len(lp) >= 2:
+            sch.parallel(sch.fuse(*lp[:2]))
+    return sch
+
+
+def _tiled_rule(database: dict | None = None):
+    from tvm.s_tir.dlight.base import ScheduleRule
+
+    kernels = (database or {}).get("kernels", {})
+
+    def apply(func, target, _tunable):
+        choice = kernels.get(kernel_key(func)) if kernels else None
+        return tiled_schedule(func, choice)
+
+    return ScheduleRule.from_callable("autlearn_tiled")(apply)
+
+
+def _safe(rule):
+    """dlight rules assert on shapes they do not handle (e.g. reductions to a scalar): treat that as "no match"."""
+    from tvm.s_tir.dlight.base import ScheduleRule
+
+    def apply(func, target, tunable):
+        try:
+            return rule.apply(func, target, tunable)
+        except Exception:  # noqa: BLE001 - any failure means the rule does not apply
+            return None
+
+    return ScheduleRule.from_callable(type(rule).__name__)(apply)
+
+
+def database_path(abi: str) -> Path:
+    return tuning_dir(abi) / "tiled_schedules.json"
+
+
+def load_database(abi: str) -> dict | None:
+    """The committed tuning database for an ABI's target (see workloads.tune), or None when there is none."""
+    p = database_path(abi)
+    if not p.is_file():
+        return None
+    try:
+        db = json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"unreadable tuning database {p}: {e}", key="database") from None
+    return db if isinstance(db, dict) and isinstance(db.get("kernels"), dict) else None
+
+
+def legalize_and_fuse():
+    from tvm import relax, transform
+
+    return transform.Sequential([
+        relax.transform.LegalizeOps(),
+        relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FoldConstant(),
+        relax.transform.FuseOps(),
+        relax.transform.FuseTIR(),
+        relax.transform.DeadCodeElimination(),
+    ])
+
+
+def optimize(mod, target, database: dict | None = None, stats: dict | None = None):
+    """The `full` pipeline: fusion, then schedules (tiled conv/matmul with tuned parameters from `database`
+    where present, dlight's CPU reduction rule, the parallel fallback)."""
+    from tvm.s_tir import dlight
+
+    with target:
+        mod = legalize_and_fuse()(mod)
+        if stats is not None:
+            keys = [kernel_key(f) for f in mod.functions.values() if _is_tir(f)]
+            stats["kernels"] = len(keys)
+            stats["tuned_kernels"] = sum(k in (database or {}).get("kernels", {}) for k in keys)
+        # dlight.cpu.GEMV is left out: its schedules sent LLVM codegen into a >3 min stall here.
+        rules = [_safe(_tiled_rule(database)), _safe(dlight.cpu.Reduction()), _fallback_rule()]
+        mod = dlight.ApplyDefaultSchedule(*rules)(mod)
+    return mod
+
+
+# ---------------------------------------------------------------------------------------------- programs
+
+
+def _example_input(cfg):
+    import torch
+
+    if isinstance(cfg, WordLSTMConfig):
+        return torch.zeros(cfg.input_shape, dtype=torch.int64)
+    return torch.zeros(cfg.input_shape, dtype=torch.float32)
+
+
+def _initial_batch(cfg, cached: bool, model) -> tuple[np.ndarray, np.ndarray]:
+    """A deterministic first batch from the embedded data (features of it for `cached`)."""
+    from workloads import data
+
+    x, y = data.default_batch(cfg)
+    if cached:
+        import torch
+
+        with torch.no_grad():
+            x = model.features(torch.from_numpy(x)).numpy()
+    return np.ascontiguousarray(x), np.ascontiguousarray(y.astype(LABEL_DTYPE))
+
+
+def resolve_config(model: str, variant: str, abi: str, compressed_config: Any = None, **config):
+    """Validate model/variant/ABI names and return the model config the variant compiles."""
+    if variant not in VARIANTS:
+        raise ConfigError(f"unknown variant {variant!r}; valid: {', '.join(VARIANTS)}", key="variant")
+    _check_abi(abi)
+    cfg = make_config(model, **config)
+    if variant == "compressed":
+        if compressed_config is None:
+            return compress(cfg)
+        if isinstance(compressed_config, dict):
+            return replace(cfg, **compressed_config)
+        return compressed_config
+    if compressed_config is not None:
+        raise ConfigError("compressed_config is only valid with variant 'compressed'", key="compressed_config")
+    return cfg
+
+
+def training_module(cfg, variant: str, lr: float, include_forward: bool = False):
+    """The unoptimized training IRModule (high-level Relax ops) for a config; also returns the torch model,
+    trainable names and their initial values."""
+    import torch
+
+    net = build_model(cfg)
+    trainable = [n for n, p in net.named_parameters() if p.requires_grad]
+    cached = variant == "cached"
+    head, values = _import(_Part.make(lambda m, f: m.head(f), net),
+                           torch.zeros((cfg.batch, cfg.feature_dim), dtype=torch.float32),
+                           [f"m.{n}" for n in trainable])
+    features = None
+    if not cached or include_forward:
+        features, _ = _import(_Part.make(lambda m, x: m.features(x), net), _example_input(cfg))
+    if cached and include_forward:
+        # The cache is filled by `forward`; the training step itself takes features.
+        mod = _trainer_module(head, None, cfg, lr, forward=False)
+        mod["forward"] = _trainer_module(head, features, cfg, lr, forward=True)["forward"]
+    else:
+        mod = _trainer_module(head, None if cached else features, cfg, lr, forward=include_forward)
+    return mod, net, trainable, values
+
+
+def build_program(model: str, variant: str, abi: str, *, lr: float | None = None, include_forward: bool = False,
+                  database: Any = "default", compressed_config: Any = None, **config) -> TrainingProgram:
+    """Compile `model` (one of MODELS) as `variant` (one of VARIANTS) for `abi` (one of ABIS).
+
+    `config` overrides the model config (e.g. width=0.25, vocab_size=200); for `compressed`,
+    `compressed_config` (a config object or dict of overrides) replaces the default `compress(config)`.
+    `lr`: SGD learning rate (default per model, DEFAULT_LR). `database`: "default" = the committed tuning
+    database for the ABI (if any), None = heuristics only, or a database dict (see workloads.tune).
+    """
+    import time
+
+    t0 = time.perf_counter()
+    cfg = resolve_config(model, variant, abi, compressed_config, **config)
+    lr = DEFAULT_LR[model] if lr is None else float(lr)
+    target = target_for_abi(abi)
+    cached = variant == "cached"
+    mod, net, trainable, values = training_module(cfg, variant, lr, include_forward)
+    stats: dict = {}
+    if variant == "unoptimized":
+        db = None
+    else:
+        db = load_database(abi) if database == "default" else database
+        mod = optimize(mod, target, db, stats)
+
+    x, y = _initial_batch(cfg, cached, net)
+    pnames = list(trainable)
+    gnames = [f"grad.{n}" for n in trainable]
+    tensors: dict[str, np.ndarray] = {"x": x, "y": y}
+    tensors.update({n: np.require(v, requirements="C") for n, v in zip(pnames, values)})
+    tensors.update({n: np.zeros_like(v) for n, v in zip(gnames, values)})
+    tensors["sgd.num_steps"] = np.zeros((), "int64")
+    tensors["loss"] = np.zeros((), "float32")
+    calls = (
+        Call("forward_backward", "train_forward_backward", ("x", "y", *pnames), ("loss", *gnames)),
+        Call("update", "train_update", (*pnames, *gnames, "sgd.num_steps"), (*pnames, "sgd.num_steps")),
+    )
+    meta = {
+        "model": model, "variant": variant, "abi": abi, "target": str(target), "triple": triple_for_abi(abi),
+        "target_key": target_key(abi), "config": cfg.to_dict(), "config_key": cfg.key(), "lr": lr,
+        "loss": "cross_entropy(mean)", "optimizer": "sgd", "trainable": pnames,
+        "batch_tensor": "features" if cached else "input",
+        "functions": sorted(g.name_hint for g in mod.get_global_vars() if not _is_tir(mod[g])),
+        "tuned": db is not None, "tuned_kernels": stats.get("tuned_kernels", 0), "compile_s": round(time.perf_counter() - t0, 3),
+        "inference_func": "forward" if include_forward else None,
+        "forward_returns": "(logits, features)" if include_forward else None,
+    }
+    return TrainingProgram(mod=mod, tensors=tensors, calls=calls, meta=meta)
+
+
+def _is_tir(func) -> bool:
+    from tvm import tirx
+
+    return isinstance(func, tirx.PrimFunc)
