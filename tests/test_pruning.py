@@ -1,7 +1,6 @@
 """Budgets, L2 filter pruning (physical, equivalence-checked), SVD, and the NetAdapt-style search (Pareto, resume)."""
 
 import json
-import shutil
 from dataclasses import replace
 
 import numpy as np
@@ -10,10 +9,10 @@ import pytest
 import torch
 
 from profiler.errors import ConfigError, TableError, UserError
-from workloads.layers import flops, model_keys, table_grid
+from workloads.layers import flops, table_grid
 from workloads.models import build_model, make_config
 from workloads.pruning.budget import Budget, UnreachableBudget, parse_budget
-from workloads.pruning.importance import L2FilterImportance, RandomImportance
+from workloads.pruning.importance import RandomImportance
 from workloads.pruning.mobilenet import (filter_scores, min_channels, producer, prune_channels, prune_smallest,
                                          thin_to, uniform_channels, with_channels, zero_channels)
 from workloads.pruning.search import SearchSettings, load_compressed, search

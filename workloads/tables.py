@@ -22,17 +22,17 @@ import json
 import math
 import platform
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields
 from functools import cached_property
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 
 from profiler.errors import ConfigError, TableError
-from workloads.layers import KEY_COLUMNS, LayerKey, flops, key_from_mapping, unique_shapes
+from workloads.layers import KEY_COLUMNS, LayerKey, flops, key_from_mapping
 
 SCHEMA_VERSION = 1
 META_KEY = b"autlearn.table"

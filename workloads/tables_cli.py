@@ -58,8 +58,8 @@ def build(model, host, sets, every, reps, threads, trainable, out):
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from workloads.layers import table_grid
-    from workloads.tables import build_host_table, sample_grid, unique_shapes
+    from workloads.layers import table_grid, unique_shapes
+    from workloads.tables import build_host_table, sample_grid
 
     if not host:
         raise ConfigError("phone tables are measured by the campaign engine (`layer_workloads` -> "

@@ -238,7 +238,7 @@ class MonsoonSource:
         return self._conn.recv()
 
     def _error(self, msg) -> EnergyError:
-        kind, text, extra = msg[1], msg[2], msg[3] if len(msg) > 3 else {}
+        text, extra = msg[2], msg[3] if len(msg) > 3 else {}
         self.restored_passthrough = extra.get("restored", self.restored_passthrough)
         return EnergyError(text, serial=self.config.serial, found=tuple(extra.get("found", ())))
 
