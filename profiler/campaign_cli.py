@@ -18,6 +18,19 @@ def autlearn_home() -> Path:
     return Path(os.environ.get("AUTLEARN_HOME") or Path.home() / ".autlearn")
 
 
+def _code_fingerprint() -> str:
+    """Hash of the code that turns a model into an artifact: a change to it must not reuse cached artifacts."""
+    import workloads
+
+    root = Path(workloads.__file__).parent
+    h = hashlib.sha256()
+    for p in sorted([*root.glob("*.py"), *root.glob("runner/**/*.cc"), *root.glob("runner/**/*.h"),
+                     *root.glob("tuning/**/*.json")]):
+        if p.name not in ("cli.py", "prune_cli.py", "tables_cli.py"):
+            h.update(p.relative_to(root).as_posix().encode() + b"\0" + p.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def artifact_provider(cache: Path, log=lambda s: None):
     """(cell, abi) -> ArtifactRef, building each distinct (model, variant, batch, config, abi) once and caching it
     under `cache`; a cached artifact is reused only when it verifies (hash and files) and was built by the same tools."""
@@ -25,6 +38,7 @@ def artifact_provider(cache: Path, log=lambda s: None):
 
     lock = threading.Lock()
     memo: dict[str, ArtifactRef] = {}
+    fingerprint: dict[str, str] = {}
 
     def provide(cell, abi: str) -> ArtifactRef:
         from workloads.artifact import build_artifact, load_artifact, tool_versions
@@ -32,7 +46,8 @@ def artifact_provider(cache: Path, log=lambda s: None):
         config = {k: list(v) if isinstance(v, tuple) else v for k, v in cell.config}
         config["batch"] = cell.batch
         tools = tool_versions()
-        key = hashlib.sha256(json.dumps([cell.workload, cell.variant, abi, config, tools], sort_keys=True,
+        code = fingerprint.setdefault("code", _code_fingerprint())
+        key = hashlib.sha256(json.dumps([cell.workload, cell.variant, abi, config, tools, code], sort_keys=True,
                                         default=str).encode()).hexdigest()[:16]
         with lock:
             if key not in memo:
