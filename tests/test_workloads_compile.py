@@ -80,8 +80,7 @@ def test_program_contract(full_run):
         TrainingProgram(prog.mod, prog.tensors, (Call("x", "train_update", ("nope",), ("loss",)),), {})
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("variant", ["unoptimized", "cached"])
+@pytest.mark.parametrize("variant", ["unoptimized", "cached"])   # ~7 s each
 def test_other_variants_match_pytorch(variant):
     import torch
     import tvm

@@ -42,8 +42,9 @@ from workloads.models import MobileNetConfig, WordLSTMConfig, build_model, make_
 from workloads.program import Call, TrainingProgram
 
 VARIANTS = ("full", "compressed", "unoptimized", "cached")
-# ABI -> (LLVM triple, target string). x86_64: -mcpu=haswell (AVX2+FMA, x86-64-v3), the conservative floor of
-# any x86 host from 2013 on. arm64-v8a: NEON is mandatory on ARMv8-A. num-cores is a schedule hint for tuning.
+# ABI -> TVM target (JSON dict form: 0.27 rejects "llvm -mtriple=..." strings). x86_64: mcpu=haswell (AVX2+FMA,
+# x86-64-v3), a conservative floor for x86 hosts since 2013. arm64-v8a: NEON is mandatory on ARMv8-A.
+# num-cores is a scheduling hint.
 ABIS: dict[str, dict[str, Any]] = {
     "x86_64": {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell", "num-cores": 2},
     "arm64-v8a": {"kind": "llvm", "mtriple": "aarch64-linux-android", "mattr": ["+neon"], "num-cores": 4},
@@ -542,7 +543,8 @@ def build_program(model: str, variant: str, abi: str, *, lr: float | None = None
         "loss": "cross_entropy(mean)", "optimizer": "sgd", "trainable": pnames,
         "batch_tensor": "features" if cached else "input",
         "functions": sorted(g.name_hint for g in mod.get_global_vars() if not _is_tir(mod[g])),
-        "tuned": db is not None, "tuned_kernels": stats.get("tuned_kernels", 0), "compile_s": round(time.perf_counter() - t0, 3),
+        "tuned": db is not None, "tuned_kernels": stats.get("tuned_kernels", 0),
+        "compile_s": round(time.perf_counter() - t0, 3),
         "inference_func": "forward" if include_forward else None,
         "forward_returns": "(logits, features)" if include_forward else None,
     }
