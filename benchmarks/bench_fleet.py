@@ -41,6 +41,7 @@ def main() -> int:
     home = Path(tempfile.mkdtemp(prefix="autlearn-bench-fleet-"))
     os.environ.update(AUTLEARN_HOME=str(home), ANDROID_ADB_SERVER_PORT=str(free_port()), ADB_LIBUSB="0")
     os.environ.setdefault("AUTLEARN_ARTIFACTS", str(Path.home() / ".autlearn" / "artifacts"))
+    os.environ.setdefault("AUTLEARN_CACHE_DIR", str(Path.home() / ".autlearn" / "cache"))  # warm runner builds
 
     import pandas as pd
 

@@ -190,3 +190,19 @@ def test_a_phone_stopped_mid_run_fails_its_cells_while_others_finish(lab_factory
     assert len(mine) == 4 and (mine["status"] == "failed").sum() >= 1
     assert all(("lost" in r or "unreachable" in r) for r in mine[mine["status"] == "failed"]["reason"])
     assert out.failed >= 1 and out.ok + out.failed == 8
+
+
+@pytest.mark.parametrize("body,key", [
+    ('name = "x"\n[[workload]]\nmodle = "lstm"\n', "modle"),
+    ('name = "x"\nrepetitions = -3\n[[workload]]\nmodel = "lstm"\n', "repetitions"),
+    ('name = "x"\n[[workload]]\nmodel = "lstm"\n[governors]\nintents = ["turbo"]\n', "governors.intents"),
+    ('name = "x"\n[[workload\n', "bad.toml:2"),
+])
+def test_malformed_campaign_file_is_one_line_exit_1(tmp_path, body, key):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(body)
+    r = subprocess.run([sys.executable, "-m", "profiler", "run", str(bad), "--results", str(tmp_path / "r")],
+                       capture_output=True, text=True, timeout=120, env=os.environ.copy())
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr.count("\n") == 1 and key in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "r").exists()  # nothing touched before the file is valid
