@@ -65,7 +65,9 @@ def test_fuelgauge_session_on_a_virtual_phone(lab_factory):
         assert cell.net and 0.3 < cell.baseline_w < 0.6
         assert cell.steps_measured == 4 and cell.resolution_s < 0.2
         busy, idle = energies[0::2], energies[1::2]
-        assert min(busy) > 0.5 and max(abs(e) for e in idle) < 0.1  # ~1.3 W above idle for 0.8 s
+        # ~1.3 W above idle for 0.8 s on a quiet host; the model follows the CPU the burner really got, so a
+        # loaded host lowers it: require a clear margin, not the quiet-host value
+        assert min(busy) > 0.15 and min(busy) > 5 * max(abs(e) for e in idle) and max(abs(e) for e in idle) < 0.1
         assert min(busy) > max(idle)
 
         _governor(dev, "powersave")
@@ -109,7 +111,7 @@ def test_simulated_monsoon_follows_the_modeled_power(adb_env, tmp_path):
             trace = meter.stop()
         energies, cell = meter.attribute(trace, steps, pairs)
         assert set(cell.labels) == {"simulated", "modeled", "virtual"} and trace.sample_rate == 5000
-        assert energies[0] > 0.5 and abs(energies[1]) < 0.1
+        assert energies[0] > 0.15 and energies[0] > 5 * abs(energies[1]) and abs(energies[1]) < 0.1  # see above
         assert cell.alignment_error_s < 0.05
         model = power_model.read_log(phone.root)
         own = power_model.energy_j(model, trace.t0_host, trace.t0_host + trace.duration)
