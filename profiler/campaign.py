@@ -246,7 +246,8 @@ class DeviceWorker:
             variant=cell.variant, batch=cell.batch, governor_requested=cell.governor, governor_applied=applied,
             affinity=cell.affinity, artifact_hash=art.hash, labels=tuple(sorted(labels)), config=cell.config,
             governor_reason=reason, pinned_khz=pinned, warmup_steps=cell.warmup,
-            energy_source=cell.energy if trace is not None else "none", energy_note=energy_note,
+            energy_source=getattr(meter, "spec", cell.energy) if trace is not None else "none",
+            energy_note=energy_note,
             freqs_start_khz=_freqs(start), freqs_end_khz=_freqs(end),
             temp_start_c=start.max_temp_c, temp_end_c=end.max_temp_c,
             throttled=_throttled(end),
@@ -310,6 +311,18 @@ class DeviceWorker:
 
 
 # ---------------------------------------------------------------------------------------------------------- campaign
+def _check_energy(campaign: Campaign, devices) -> None:
+    """Fail fast, before anything runs, on an energy source that cannot exist (wrong monitor serial, no monitor)."""
+    from profiler.energy.monsoon import open_monitor
+    from profiler.energy.session import resolve_energy
+
+    lab_home = os.environ.get("AUTLEARN_HOME") or None
+    for d in devices:
+        spec = resolve_energy(str(campaign.energy_for(d.serial)), d.serial, lab_home)
+        if spec.startswith("monsoon:"):
+            open_monitor(spec.partition(":")[2], lab_home=lab_home).close()  # EnergyError names the serial
+
+
 ArtifactProvider = Callable[[Cell, str], ArtifactRef]  # (cell, abi) -> artifact
 
 
@@ -330,6 +343,7 @@ def run_campaign(campaign: Campaign, results_root: Path, artifacts: ArtifactProv
     if not devices:
         raise CampaignError("no connected device matches the campaign's [devices] selection"
                             + ("" if reachable else " (no device is connected; `autlearn lab up` starts virtual ones)"))
+    _check_energy(campaign, devices)
     store = Store.open(results_root, campaign)
     store.record_devices({d.serial: {"model": d.model, "manufacturer": d.manufacturer, "soc": d.soc,
                                      "abi": d.abi, "android": d.android, "kernel": d.kernel, "root": d.root,

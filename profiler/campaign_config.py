@@ -6,7 +6,9 @@
     steps = 20                           # timed steps per repetition
     repetitions = 5                      # runner launches per cell
     affinity = "all"                     # or a list; "all" | "big" | "little" | hex CPU mask "0xf0"
-    energy = "none"                      # "none" | "fuelgauge" | "monsoon:SERIAL"
+    energy = "none"                      # "none" | "fuelgauge" | "monsoon:SERIAL" | "monsoon:auto" | "auto"
+                                         # auto: the Monsoon known to power the phone (lab: `lab up --monsoon`),
+                                         # else the fuel gauge; monsoon:auto: that Monsoon, an error if none
 
     [devices]                            # no serials and no models: every connected device
     serials = ["R58M12345"]              # these serials ...
@@ -55,7 +57,7 @@ from profiler.governor import FALLBACKS, GovernorIntent, parse_intent
 MODELS = ("lstm", "mobilenet")
 VARIANTS = ("full", "compressed", "unoptimized", "cached")
 AFFINITY_NAMES = ("all", "big", "little")
-ENERGY_KINDS = ("none", "fuelgauge", "monsoon")
+ENERGY_KINDS = ("none", "fuelgauge", "monsoon", "auto")
 VIRTUAL = {True: "allow", False: "exclude", "only": "only"}
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -68,7 +70,9 @@ _TOML_POS_RE = re.compile(r"\(at line (\d+), column (\d+)\)")
 # ---------------------------------------------------------------------------------------------------------- records
 @dataclass(frozen=True)
 class EnergySource:
-    """`none`, `fuelgauge` (the phone's battery gauge) or `monsoon` with the monitor's serial."""
+    """`none`, `fuelgauge` (the phone's battery gauge), `monsoon` with the monitor's serial (`auto`: the monitor
+    known to power the phone) or `auto` (that monitor if there is one, else the fuel gauge). `auto` is resolved per
+    device when the cell runs (profiler.energy.session.resolve_energy)."""
 
     kind: str = "none"
     serial: str | None = None
@@ -386,10 +390,10 @@ def _energy(v: Any, key: str) -> EnergySource:
     s = _str(v, key)
     kind, colon, serial = s.partition(":")
     if kind not in ENERGY_KINDS:
-        raise ConfigError(f"must be one of none, fuelgauge, monsoon:SERIAL; got {s!r}", key=key)
+        raise ConfigError(f"must be one of none, fuelgauge, monsoon:SERIAL, monsoon:auto, auto; got {s!r}", key=key)
     if kind == "monsoon":
         if not colon or not re.match(r"^[A-Za-z0-9_-]{1,32}$", serial):
-            raise ConfigError(f"monsoon needs the monitor's serial: monsoon:12345; got {s!r}", key=key)
+            raise ConfigError(f"monsoon needs the monitor's serial (or auto): monsoon:12345; got {s!r}", key=key)
         return EnergySource("monsoon", serial)
     if colon:
         raise ConfigError(f"only monsoon takes a serial; got {s!r}", key=key)

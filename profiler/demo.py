@@ -26,7 +26,9 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "paper.toml"
 
 
 def main() -> int:
-    _step("start three virtual phones: legacy kernel, modern kernel, unrooted", ["lab", "up"])
+    _step("start three virtual phones: legacy kernel, modern kernel, unrooted; a simulated Monsoon powers the"
+          " unrooted one (it cannot suspend charging, so its fuel gauge is refused)",
+          ["lab", "up", "--monsoon", "unrooted"])
     _step("the fleet with its probed facts", ["devices"])
     _step("the paper's experiment: compile the workloads (first time: minutes), then every cell on every phone;"
           " --resume continues an earlier demo", ["run", str(EXAMPLE), "--results", "results", "--resume"])

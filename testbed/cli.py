@@ -27,8 +27,9 @@ def lab():
               help="Profile to start (repeatable); default: legacy, modern, unrooted.")
 @click.option("--base-port", type=int, default=None,
               help=f"Port of the first phone; the others follow. Default: the first free ports from {DEFAULT_BASE_PORT}.")
-@click.option("--monsoon", is_flag=True,
-              help="Give each phone a simulated Monsoon (serial SIM-<port>) following its modeled power.")
+@click.option("--monsoon", "monsoon", multiple=True, is_flag=False, flag_value="all", metavar="PROFILE|NAME|all",
+              help="Give a phone a simulated Monsoon (serial SIM-<port>) following its modeled power: every phone "
+                   "of a profile, one phone by name (unrooted-1), or `all` (repeatable). Bare --monsoon = all.")
 def up(count, profiles, base_port, monsoon):
     """Start the lab (replacing a previous one) and connect its phones to adb."""
     from rich.table import Table
@@ -36,14 +37,19 @@ def up(count, profiles, base_port, monsoon):
     from testbed.lab import next_free_ports
     from testbed.profiles import load_profile
 
+    from testbed.lab import monsoon_phones
+
     chosen = expand_profiles(profiles, count)
     for name in dict.fromkeys(chosen):
         load_profile(name)  # an unknown profile fails before anything is stopped or started
+    monsoon = list(monsoon)
+    monsoon_phones(monsoon, chosen)  # so does an unknown --monsoon name
     lab_ = Lab()
     if base_port is None:
         lab_.down()  # a previous lab's ports are about to be free
         base_port = next_free_ports(len(chosen), DEFAULT_BASE_PORT)
     phones = lab_.up(chosen, base_port, monsoon=monsoon)
+    monsoon = any(p.monsoon for p in phones)
     table = Table(title=f"virtual lab: {len(phones)} phone(s) up")
     cols = ("name", "serial", "profile", "port") + (("monsoon",) if monsoon else ())
     for col in cols:

@@ -42,7 +42,7 @@ class PhoneInfo:
     port: int
     root: Path  # sandbox root (TMPDIR is root/data/local/tmp)
     pid: int
-    monsoon: str | None = None  # serial of the simulated Monsoon following this phone (`up(monsoon=True)`)
+    monsoon: str | None = None  # serial of the simulated Monsoon following this phone (`up(monsoon=...)`)
 
     def to_json(self) -> dict:
         return {**asdict(self), "root": str(self.root)}
@@ -96,6 +96,29 @@ def expand_profiles(profiles: Sequence[str], count: int | None) -> list[str]:
     if n < 1:
         raise LabError(f"the lab needs at least one phone (got -n {n})")
     return [base[i % len(base)] for i in range(n)]
+
+
+def monsoon_phones(monsoon: "bool | str | Sequence[str]", profiles: Sequence[str]) -> list[bool]:
+    """Which of the phones (by profile, in `up` order) get a simulated Monsoon. `monsoon`: False/None (none),
+    True or "all" (every phone), or names: a profile (every phone of it) or a phone name (`unrooted-1`); "all"
+    among them means every phone. LabError for a name that matches no phone."""
+    if not monsoon:
+        return [False] * len(profiles)
+    if monsoon is True:
+        return [True] * len(profiles)
+    wanted = [monsoon] if isinstance(monsoon, str) else list(monsoon)
+    if "all" in wanted:
+        return [True] * len(profiles)
+    counts: dict[str, int] = {}
+    names = []
+    for p in profiles:
+        counts[p] = counts.get(p, 0) + 1
+        names.append(f"{p}-{counts[p]}")
+    unknown = [w for w in wanted if w not in profiles and w not in names]
+    if unknown:
+        raise LabError(f"--monsoon {unknown[0]}: no such phone or profile in this lab "
+                       f"(phones: {', '.join(names)}; or `all`)")
+    return [p in wanted or n in wanted for p, n in zip(profiles, names)]
 
 
 def _port_open(port: int, timeout: float = 0.5) -> bool:
@@ -248,12 +271,14 @@ class Lab:
 
     # ---- up ----
     def up(self, profiles: Sequence[str] = DEFAULT_PROFILES, base_port: int = DEFAULT_BASE_PORT, *,
-           monsoon: bool = False) -> list[PhoneInfo]:
+           monsoon: "bool | str | Sequence[str]" = False) -> list[PhoneInfo]:
         """Start one phone per profile on base_port, base_port+1, ...; connected and in state `device` on return.
-        `monsoon`: give each phone a simulated Monsoon (serial `SIM-<port>`, see testbed.monsoon_sim.backend_for_serial)
-        that follows the phone's modeled power."""
+        `monsoon`: which phones get a simulated Monsoon (serial `SIM-<port>`, see
+        testbed.monsoon_sim.backend_for_serial) following the phone's modeled power: True / "all" every phone, or
+        profile / phone names (`monsoon_phones`)."""
         profiles = list(profiles) or list(DEFAULT_PROFILES)
         loaded = [load_profile(p) for p in profiles]  # unknown profile -> LabError before anything starts
+        with_monsoon = monsoon_phones(monsoon, [p.name for p in loaded])  # unknown name -> LabError, nothing started
         adb = find_adb()
         if self.state_file.exists():
             self.down()  # stale (or previous) lab: clean first
@@ -267,7 +292,7 @@ class Lab:
             self._ensure_adb_server(adb, server_port)
             counts: dict[str, int] = {}
             started: list[tuple[PhoneInfo, Path]] = []
-            for profile, port in zip(loaded, ports):
+            for profile, port, mon in zip(loaded, ports, with_monsoon):
                 counts[profile.name] = counts.get(profile.name, 0) + 1
                 name = f"{profile.name}-{counts[profile.name]}"
                 pdir = self.dir / "phones" / name
@@ -277,7 +302,7 @@ class Lab:
                 ready = pdir / "ready"
                 pid = self._spawn(profile.name, port, root, name, ready, pdir / "vphone.log")
                 phone = PhoneInfo(name=name, serial=f"127.0.0.1:{port}", profile=profile.name, port=port,
-                                  root=root, pid=pid, monsoon=f"SIM-{port}" if monsoon else None)
+                                  root=root, pid=pid, monsoon=f"SIM-{port}" if mon else None)
                 state["phones"].append(phone.to_json())
                 self._write_state(state)
                 started.append((phone, ready))

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from profiler.campaign_config import (
-    Campaign, DeviceRef, EnergySource, cell_id, load_campaign, parse_campaign,
+    Campaign, DeviceRef, ENERGY_KINDS, EnergySource, cell_id, load_campaign, parse_campaign,
 )
 from profiler.errors import ConfigError
 
@@ -125,6 +125,9 @@ DELETE = object()
     ("affinity", "0x0", "affinity", "hex"),
     ("energy", "monsoon", "energy", "serial"),
     ("energy", "battery", "energy", "fuelgauge"),
+    ("energy", "auto:1", "energy", "only monsoon"),
+    ("energy", "monsoon:", "energy", "auto"),
+    ("devices.energy", {"R58M": "automatic"}, "devices.energy.R58M", "auto"),
     ("devices.virtual", "maybe", "devices.virtual", "only"),
     ("devices.serials", ["a b"], "devices.serials[0]", "serial"),
     ("devices.serials", ["x", "x"], "devices.serials[1]", "duplicate"),
@@ -262,3 +265,17 @@ def test_fuzz_mutated_files(tmp_path, edits):
         load_campaign(f)
     except ConfigError as e:
         assert e.key or (f"{f}:" in str(e) and ("syntax" in str(e) or "UTF-8" in str(e))), str(e)
+
+
+def test_energy_auto_globally_and_per_device():
+    """`auto` (the phone's Monsoon if one is known, else the fuel gauge) and `monsoon:auto` (that Monsoon, an error
+    if none) parse, round-trip and reach the cells unresolved: resolution happens per device when the cell runs."""
+    data = copy.deepcopy(VALID)
+    data["energy"] = "auto"
+    data["devices"]["energy"] = {"R58M": "monsoon:auto", "emu-1": "none"}
+    c = parse_campaign(data)
+    assert c.energy == EnergySource("auto") and str(c.energy) == "auto"
+    assert c.energy_for("R58M") == EnergySource("monsoon", "auto") and str(c.energy_for("R58M")) == "monsoon:auto"
+    assert str(c.energy_for("emu-1")) == "none" and str(c.energy_for("other")) == "auto"
+    assert parse_campaign(c.to_dict()) == c
+    assert "auto" in ENERGY_KINDS

@@ -5,6 +5,16 @@ state in class attributes and a default protocol object shared by every instance
 the monitor by serial, sets Vout and the USB passthrough mode, samples main current + voltage until told to stop,
 restores passthrough in a `finally`, and hands the samples back in an .npz file.
 
+Passthrough is restored after success, an error in the window, and a killed host:
+  * success / exception in the caller's window: `MonsoonSource.close()` (a `with` block, MonsoonMeter.__exit__)
+    sends "abort"; the child leaves its sample loop and its `finally` restores the prior mode.
+  * the host dies (SIGKILL included): the child sees EOF on its pipe (and polls the host pid) within ~20 ms of
+    samples, aborts and restores before exiting. SIGTERM/SIGHUP to the child also end in the restoring `finally`.
+  * the child itself dies before restoring (e.g. SIGKILL of the whole process group): a "passthrough pending"
+    marker (`<pending_dir>/<serial>.json`, written before the mode is changed, removed once it is restored)
+    keeps the prior mode; the next window on that monitor restores to the recorded prior instead of the mode it
+    finds. `pending_dir`: `$AUTLEARN_HOME/monsoon-pending` for real monitors, `<state_dir>/pending` for simulated.
+
 Driver faults worked around (never patched):
   * CSV output writes numpy reprs (`np.float64(1.0)`) under numpy 2 -> we never enable CSV; samples are drained
     in memory with getSamples() from inside our protocol's BulkRead (same thread as the sample loop, so no race).
@@ -26,9 +36,12 @@ Driver faults worked around (never patched):
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import multiprocessing as mp
+import os
 import shutil
+import signal
 import tempfile
 import time
 from dataclasses import dataclass
@@ -125,6 +138,8 @@ class MonsoonConfig:
     settle_s: float = 0.5  # discarded from the start of the trace
     duration_s: float | None = None  # stop by itself after settle_s + duration_s of samples
     backend: Callable[[], Any] | None = None  # pyusb backend factory (SimFleet); None = libusb
+    pending_dir: str | None = None  # "passthrough pending" markers (module docstring); None = none kept
+    host_pid: int | None = None  # the child aborts (and restores) when this process is gone
 
     def __post_init__(self):
         if self.passthrough not in PASSTHROUGH:
@@ -153,8 +168,11 @@ class MonsoonSource:
     def __init__(self, serial: str | int, *, voltage: float = 4.0, passthrough: str = "off", restore: str = "prior",
                  settle_s: float = 0.5, duration_s: float | None = None, backend: Callable[[], Any] | None = None,
                  wait_for_adb: Callable[[], None] | None = None, settle_wait: bool | None = None,
-                 timeout_s: float = 60.0):
-        self.config = MonsoonConfig(str(serial), voltage, passthrough, restore, settle_s, duration_s, backend)
+                 timeout_s: float = 60.0, pending_dir: str | os.PathLike | None | bool = True):
+        if pending_dir is True:
+            pending_dir = default_pending_dir(backend)
+        self.config = MonsoonConfig(str(serial), voltage, passthrough, restore, settle_s, duration_s, backend,
+                                    str(pending_dir) if pending_dir else None, os.getpid())
         self.wait_for_adb = wait_for_adb
         self.settle_wait = (self.config.label == "measured") if settle_wait is None else settle_wait
         self.timeout_s = timeout_s
@@ -259,6 +277,26 @@ class MonsoonSource:
     def _after_restore(self) -> None:
         if self.wait_for_adb is not None and self.config.passthrough != "on":
             self.wait_for_adb()
+
+
+def default_pending_dir(backend=None) -> Path | None:
+    """Where passthrough-pending markers go: `<state_dir>/pending` of a simulated fleet (None without a state
+    dir), `$AUTLEARN_HOME/monsoon-pending` (default ~/.autlearn) for real monitors."""
+    if backend is not None:
+        state_dir = getattr(backend, "state_dir", None)
+        return Path(state_dir) / "pending" if state_dir else None
+    return Path(os.environ.get("AUTLEARN_HOME") or Path.home() / ".autlearn") / "monsoon-pending"
+
+
+def pending_passthrough(pending_dir: str | os.PathLike | None, serial: str | int) -> dict | None:
+    """The marker left by a monitor process that died before restoring passthrough: {"serial", "prior", "pid",
+    "time"} (prior = the mode to restore), or None."""
+    if not pending_dir:
+        return None
+    try:
+        return json.loads((Path(pending_dir) / f"{serial}.json").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def assemble_trace(arrays: dict[str, np.ndarray], meta: dict, config: MonsoonConfig) -> PowerTrace:
@@ -382,6 +420,8 @@ def _make_tap(conn, config: MonsoonConfig):
                 if msg == "abort":
                     raise _Abort("aborted by the host")
                 self.request_stop()
+            if config.host_pid and not _alive(config.host_pid):
+                raise _Abort("the host process is gone")
             if self.limit is not None and self.n["times"] >= self.limit:
                 self.request_stop()
             if self.stop_requested_at is not None and self.packets - self.stop_requested_at > 4 * _SERVICE_EVERY:
@@ -403,7 +443,15 @@ def _child_main(conn, config: MonsoonConfig, out_path: str) -> None:
     from Monsoon import Operations as op
     from Monsoon import sampleEngine as se
 
-    state: dict[str, Any] = {"found": (), "restored": None}
+    state: dict[str, Any] = {"found": (), "restored": None, "restoring": False}
+
+    def _on_signal(signum, frame):  # terminate -> the restoring finally, never a silent death
+        if not state["restoring"]:
+            raise _Abort(f"monitor process got signal {signum}")
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        with contextlib.suppress(ValueError, OSError):
+            signal.signal(sig, _on_signal)
     try:
         backend = config.backend() if config.backend is not None else None
         with pyusb_backend(backend) if backend is not None else contextlib.nullcontext():
@@ -431,6 +479,16 @@ def _child_main(conn, config: MonsoonConfig, out_path: str) -> None:
                                          "only the HVPM is supported", state))
             return
         prior = proto.getValue(op.OpCodes.setUsbPassthroughMode, 1)
+        marker = Path(config.pending_dir) / f"{config.serial}.json" if config.pending_dir else None
+        pending = pending_passthrough(config.pending_dir, config.serial)
+        if pending is not None and pending.get("prior") in PASSTHROUGH:
+            prior = PASSTHROUGH[pending["prior"]]  # an earlier window died before restoring: its prior is the real one
+        if marker is not None:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            tmp = marker.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"serial": config.serial, "prior": _PASSTHROUGH_NAMES.get(prior, "on"),
+                                       "pid": os.getpid(), "time": time.time()}))
+            tmp.replace(marker)
         result = None
         try:
             mon.setVout(config.voltage)
@@ -449,7 +507,11 @@ def _child_main(conn, config: MonsoonConfig, out_path: str) -> None:
                 raise _Abort("the monitor failed to calibrate")
             result = proto
         finally:
+            state["restoring"] = True
             state["restored"] = _restore(proto, mon, op, prior, config)
+            if state["restored"] is not None and marker is not None:
+                with contextlib.suppress(OSError):
+                    marker.unlink()
         main = np.concatenate(result.chunks["main"]) if result.chunks["main"] else np.zeros(0)
         volts = np.concatenate(result.chunks["volts"]) if result.chunks["volts"] else np.zeros(0)
         np.savez(out_path, main_ma=main, volts=volts,
@@ -465,6 +527,23 @@ def _child_main(conn, config: MonsoonConfig, out_path: str) -> None:
     finally:
         with contextlib.suppress(Exception):
             conn.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return _proc_state(pid) not in ("Z", "X")
+
+
+def _proc_state(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return None
 
 
 def _restore(proto, mon, op, prior: int, config: MonsoonConfig) -> str | None:

@@ -70,18 +70,57 @@ class CellEnergy:
         return dataclasses.asdict(self)
 
 
+def known_monitor(serial: str, lab_home=None) -> str | None:
+    """The Monsoon known to power the device `serial`: for a virtual lab phone the simulated monitor recorded in
+    the lab state under `lab_home` (default $AUTLEARN_HOME; `autlearn lab up --monsoon`), else None (real phones
+    name theirs in the campaign's [devices.energy] table, which overrides the global `energy` before this)."""
+    from testbed.lab import Lab
+
+    try:
+        phones = Lab(lab_home).phones()
+    except Exception:  # no lab / unreadable state: nothing is known
+        return None
+    return next((p.monsoon for p in phones if p.serial == serial and p.monsoon), None)
+
+
+def resolve_energy(spec: str, serial: str, lab_home=None) -> str:
+    """A concrete energy spec for device `serial`: `auto` -> `monsoon:<the monitor known to power it>`, else
+    `fuelgauge`; `monsoon:auto` -> that monitor, EnergyError (naming the serial) when none is known. Other specs
+    are returned as they are."""
+    spec = (spec or "none").strip()
+    if spec == "auto":
+        mon = known_monitor(serial, lab_home)
+        return f"monsoon:{mon}" if mon else "fuelgauge"
+    if spec == "monsoon:auto":
+        mon = known_monitor(serial, lab_home)
+        if not mon:
+            raise EnergyError(f"energy monsoon:auto: no Monsoon is known to power {serial} (virtual lab: "
+                              "`autlearn lab up --monsoon NAME`; real phones: name it in [devices.energy], e.g. "
+                              f'"{serial}" = "monsoon:12345")', serial=serial)
+        return f"monsoon:{mon}"
+    return spec
+
+
 def open_meter(spec: str, device, facts, lab_home=None) -> "Meter | None":
     """The meter for an energy spec: "none" -> None, "fuelgauge", "monsoon:SERIAL" (a real HVPM serial or a lab
-    monitor `SIM-<port>`). A wrong or missing monitor serial raises EnergyError here."""
-    spec = (spec or "none").strip()
+    monitor `SIM-<port>`), "auto" / "monsoon:auto" (resolve_energy for the device). A wrong or missing monitor
+    serial raises EnergyError here. The meter's `spec` is the resolved spec."""
+    asked = (spec or "none").strip()
+    spec = resolve_energy(asked, device.serial, lab_home)
     if spec == "none":
         return None
     if spec == "fuelgauge":
-        return FuelGaugeMeter(device, facts)
-    kind, _, serial = spec.partition(":")
-    if kind == "monsoon" and serial:
-        return MonsoonMeter(device, facts, serial, lab_home=lab_home)
-    raise EnergyError(f"unknown energy spec {spec!r} (none | fuelgauge | monsoon:SERIAL)")
+        meter = FuelGaugeMeter(device, facts)
+    else:
+        kind, _, serial = spec.partition(":")
+        if kind != "monsoon" or not serial:
+            raise EnergyError(f"unknown energy spec {spec!r} (none | fuelgauge | monsoon:SERIAL | monsoon:auto | "
+                              "auto)")
+        meter = MonsoonMeter(device, facts, serial, lab_home=lab_home)
+    meter.spec = spec
+    if asked != spec:
+        meter.notes.append(f"energy {asked} -> {spec}")
+    return meter
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -159,6 +198,14 @@ class Meter:
     """Base: a context manager whose __exit__ always restores what __enter__ changed."""
 
     source = "?"
+    spec = "?"  # the resolved energy spec (open_meter)
+
+    @property
+    def notes(self) -> list[str]:
+        """Notes carried into the cell's CellEnergy (e.g. how `auto` was resolved)."""
+        if "_meter_notes" not in self.__dict__:
+            self._meter_notes = []
+        return self._meter_notes
 
     def precheck(self) -> str | None:
         return None
@@ -325,7 +372,7 @@ class FuelGaugeMeter(Meter):
     # -- attribution ----------------------------------------------------------------------------------------
     def attribute(self, trace: PowerTrace, steps: Sequence, clock_pairs: Sequence
                   ) -> tuple[list[float | None], CellEnergy]:
-        notes = list(self._notes) + [f"fuel gauge {trace.info.get('current_unit')}, discharge sign "
+        notes = list(self.notes) + list(self._notes) + [f"fuel gauge {trace.info.get('current_unit')}, discharge sign "
                                      f"{trace.info.get('discharge_sign')}"]
         clock = trace.info.get("clock")
         if clock == "realtime":
@@ -403,7 +450,7 @@ class MonsoonMeter(Meter):
 
     def attribute(self, trace: PowerTrace, steps: Sequence, clock_pairs: Sequence
                   ) -> tuple[list[float | None], CellEnergy]:
-        notes = []
+        notes = list(self.notes)
         pair = _pair_offset(clock_pairs)
         shift, err = None, 0.0
         if not self.trips:
@@ -424,4 +471,4 @@ class MonsoonMeter(Meter):
         return _attribute(trace, steps, shift, err, baseline, self.source, self.serial, notes)
 
 
-__all__ = ["CellEnergy", "FuelGaugeMeter", "Meter", "MonsoonMeter", "open_meter"]
+__all__ = ["CellEnergy", "FuelGaugeMeter", "Meter", "MonsoonMeter", "known_monitor", "open_meter", "resolve_energy"]
