@@ -41,6 +41,7 @@ from profiler.energy.fuelgauge import (Calibration, FuelGaugeDecision, SUSPEND_S
 from profiler.errors import DeviceError, EnergyError
 
 BASELINE_S = 0.7
+TAIL_S = 1.0  # kept sampling after the last step (a monitor's samples arrive with latency)
 GAUGE_INTERVAL_S = 0.05
 _NODES = ("battery/status", "usb/online", "ac/online", "wireless/online") + tuple(n for n, _, _ in SUSPEND_SWITCHES)
 _DEVICE_REALTIME = 'echo "${EPOCHREALTIME:-$(date +%s.%N)}"'
@@ -442,6 +443,7 @@ class MonsoonMeter(Meter):
         self._baseline_host = (h0, time.monotonic())
 
     def stop(self) -> PowerTrace:
+        time.sleep(TAIL_S)  # samples reach the host with USB/pacing latency: cover the last step before stopping
         trace = self.src.stop()
         self._round_trips()
         labels = tuple(trace.labels) + (("modeled", "virtual") if self.virtual else ())
