@@ -215,18 +215,15 @@ def _fallback_rule():
     """Default CPU schedule for kernels with no tuning record and no dlight rule: inline injective producers,
     parallelize the fused leading spatial loops of every remaining block and vectorize an innermost spatial
     loop when the block has no reduction. Cheap, no search."""
-    from tvm import s_tir, tirx
-    from tvm.s_tir.dlight.analysis import normalize_prim_func
+    from tvm import tirx
     from tvm.s_tir.dlight.base import ScheduleRule
     from tvm.s_tir.dlight.base.common_schedules import try_inline_contiguous_spatial
 
     def apply(func, target, _tunable):
-        if not isinstance(func, tirx.PrimFunc):
+        normalized = _normalized(func)
+        if normalized is None:
             return None
-        sch = s_tir.Schedule(func)
-        infos = normalize_prim_func(sch)
-        if infos is None:
-            return None
+        sch, infos = normalized
         infos = try_inline_contiguous_spatial(sch, infos)
         changed = False
         for bi in infos:
@@ -279,7 +276,8 @@ def tiled_candidates(func) -> list[dict]:
     return [{"v": v, "u": u} for v in vs for u in us]
 
 
-def _tiled_shape(func):
+def _normalized(func):
+    """(schedule, block infos) of a PrimFunc that dlight can normalize; None for anything else."""
     from tvm import s_tir, tirx
     from tvm.s_tir.dlight.analysis import normalize_prim_func
 
@@ -287,8 +285,14 @@ def _tiled_shape(func):
         return None
     sch = s_tir.Schedule(func)
     infos = normalize_prim_func(sch)
-    if infos is None:
+    return None if infos is None else (sch, infos)
+
+
+def _tiled_shape(func):
+    normalized = _normalized(func)
+    if normalized is None:
         return None
+    sch, infos = normalized
     reds = [bi for bi in infos if not bi.is_injective()]
     if len(reds) != 1:
         return None
