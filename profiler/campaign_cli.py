@@ -41,14 +41,15 @@ def artifact_provider(cache: Path, log=lambda s: None):
     fingerprint: dict[str, str] = {}
 
     def provide(cell, abi: str) -> ArtifactRef:
-        from workloads.artifact import build_artifact, load_artifact, tool_versions
+        from workloads.artifact import build_artifact, input_files, load_artifact, tool_versions
 
         config = {k: list(v) if isinstance(v, tuple) else v for k, v in cell.config}
         config["batch"] = cell.batch
         tools = tool_versions()
         code = fingerprint.setdefault("code", _code_fingerprint())
-        key = hashlib.sha256(json.dumps([cell.workload, cell.variant, abi, config, tools, code], sort_keys=True,
-                                        default=str).encode()).hexdigest()[:16]
+        inputs = [hashlib.sha256(p.read_bytes()).hexdigest() for p in input_files(config)]
+        key = hashlib.sha256(json.dumps([cell.workload, cell.variant, abi, config, tools, code, inputs],
+                                        sort_keys=True, default=str).encode()).hexdigest()[:16]
         with lock:
             if key not in memo:
                 out = cache / f"{cell.workload}-{cell.variant}-{abi}-{key}"
@@ -88,13 +89,23 @@ def _progress_table(progress):
               help="Artifact cache (default $AUTLEARN_HOME/artifacts).")
 def run(campaign_file: str, resume: bool, results_root: str, threads: int | None, artifact_cache: str | None):
     """Run a campaign: every workload x variant x governor cell on every selected device."""
+    from profiler.campaign_config import load_campaign
+
+    campaign = load_campaign(campaign_file)
+    outcome = execute(campaign, Path(results_root), resume=resume, threads=threads, artifact_cache=artifact_cache)
+    click.echo(f"{campaign.name}: {outcome.ok} ok, {outcome.failed} failed, {outcome.skipped} skipped, "
+               f"{outcome.resumed} already done -> {outcome.results_dir}")
+
+
+def execute(campaign, results_root: Path, *, resume: bool = False, threads: int | None = None,
+            artifact_cache: str | Path | None = None):
+    """Run a Campaign with the default artifact provider and a live progress table on stderr -> Outcome. Used by
+    `run` and by commands that generate campaigns (`tables build`, `tables validate`, `prune --measure-on`)."""
     from rich.console import Console
     from rich.live import Live
 
     from profiler.campaign import Progress, run_campaign
-    from profiler.campaign_config import load_campaign
 
-    campaign = load_campaign(campaign_file)
     console = Console(stderr=True)
     cache = Path(artifact_cache) if artifact_cache else autlearn_home() / "artifacts"
     provider = artifact_provider(cache, log=lambda s: console.print(f"[dim]{s}[/dim]", markup=True, highlight=False))
@@ -106,10 +117,7 @@ def run(campaign_file: str, resume: bool, results_root: str, threads: int | None
         outcome = run_campaign(campaign, Path(results_root), provider, resume=resume, progress=progress,
                                threads=threads, log=lambda s: console.print(s, markup=False, highlight=False))
         live.update(_progress_table(progress))
-    click.echo(f"{campaign.name}: {outcome.ok} ok, {outcome.failed} failed, {outcome.skipped} skipped, "
-               f"{outcome.resumed} already done -> {outcome.results_dir}")
-    if outcome.ok == 0 and outcome.resumed == 0:
-        raise UserError("no cell finished; see `autlearn results show` for the reasons")
+    return outcome
 
 
 @click.group()

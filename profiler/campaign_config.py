@@ -18,10 +18,12 @@
     "R58M12345" = "monsoon:12345"
 
     [[workload]]
-    model = "lstm"                       # "lstm" | "mobilenet"
+    model = "lstm"                       # "lstm" | "mobilenet" | "layers" (config: family, every, suite, suites
+                                         #   + the family's model arguments; see workloads.layer_suite)
     variants = ["full", "compressed"]    # "full" | "compressed" | "unoptimized" | "cached"; default ["full"]
     batch = [1, 16]                      # int or list; default [1]
-    config = { hidden = 64 }             # model keyword arguments (scalars or lists of scalars)
+    config = { hidden_size = 64 }        # model keyword arguments (scalars or lists of scalars); variant
+                                         #   "compressed" takes compressed = "path/compressed.json" (autlearn prune)
 
     [governors]                          # or the shorthand: governors = ["interactive", "powersave"]
     intents = ["interactive", "powersave", "userspace@1.2GHz"]
@@ -54,7 +56,7 @@ from typing import Any, Protocol
 from profiler.errors import ConfigError
 from profiler.governor import FALLBACKS, GovernorIntent, parse_intent
 
-MODELS = ("lstm", "mobilenet")
+MODELS = ("lstm", "mobilenet", "layers")    # "layers": a suite of single-layer workloads (per-layer tables)
 VARIANTS = ("full", "compressed", "unoptimized", "cached")
 AFFINITY_NAMES = ("all", "big", "little")
 ENERGY_KINDS = ("none", "fuelgauge", "monsoon", "auto")
@@ -446,7 +448,7 @@ def _workloads(v: Any) -> tuple[Workload, ...]:
         model = _choice(w["model"], f"{k}.model", MODELS)
         variants = _list(w.get("variants", ["full"]), f"{k}.variants")
         for j, x in enumerate(variants):
-            _choice(x, f"{k}.variants[{j}]", VARIANTS)
+            _choice(x, f"{k}.variants[{j}]", VARIANTS if model != "layers" else ("full",))
         _unique(variants, f"{k}.variants")
         batch = _list(w.get("batch", [1]), f"{k}.batch")
         for j, x in enumerate(batch):

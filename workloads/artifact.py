@@ -235,11 +235,45 @@ def build_artifact(model: str, variant: str, abi: str, out: str | Path | None = 
                    log: Callable[[str], None] | None = None, **config: Any) -> Artifact:
     """`workloads.compile.build_program(model, variant, abi, **config)` -> artifact at `out`
     (default `artifacts/<model>-<variant>-<abi>` under the current directory)."""
-    from workloads.compile import build_program
-
-    program = build_program(model, variant, abi, **config)
+    program = build_any_program(model, variant, abi, **config)
     out = Path(out) if out is not None else default_artifact_dir(model, variant, abi, config)
     return write_artifact(program, out, abi=abi, log=log)
+
+
+def build_any_program(model: str, variant: str, abi: str, **config: Any) -> Any:
+    """What a campaign workload compiles: `model = "layers"` -> a layer suite (workloads.layer_suite); a
+    `compressed = "path/compressed.json"` argument (from `autlearn prune`) -> that pruned model with its weights;
+    otherwise `workloads.compile.build_program`."""
+    from workloads.compile import build_program
+
+    if model == "layers":
+        from workloads.layer_suite import suite_program
+
+        if variant != "full":
+            raise ConfigError(f"layer suites have one variant, 'full' (got {variant!r})", key="variant")
+        return suite_program(abi, **config)
+    compressed = config.pop("compressed", None)
+    if compressed is not None:
+        from workloads.pruning.search import compressed_build_args
+
+        if variant != "compressed":
+            raise ConfigError(f"a compressed model file needs variant 'compressed', not {variant!r}", key="variant")
+        args = compressed_build_args(compressed, model)
+        base = {**args["config"], **{k: v for k, v in config.items() if k == "batch"}}
+        return build_program(model, variant, abi, compressed_config=args["compressed_config"],
+                             state_dict=args["state_dict"], **base)
+    return build_program(model, variant, abi, **config)
+
+
+def input_files(config: Mapping[str, Any]) -> list[Path]:
+    """Files a workload config points at (a compressed model and its weights): their bytes belong in cache keys."""
+    c = config.get("compressed")
+    if not c:
+        return []
+    from workloads.pruning.search import compressed_build_args
+
+    args = compressed_build_args(c, None)
+    return [Path(c), Path(args["state_dict"])]
 
 
 def default_artifact_dir(model: str, variant: str, abi: str, config: Mapping[str, Any] | None = None) -> Path:

@@ -482,12 +482,19 @@ def resolve_config(model: str, variant: str, abi: str, compressed_config: Any = 
     return cfg
 
 
-def training_module(cfg, variant: str, lr: float, include_forward: bool = False):
+def training_module(cfg, variant: str, lr: float, include_forward: bool = False, state_dict: Any = None):
     """The unoptimized training IRModule (high-level Relax ops) for a config; also returns the torch model,
-    trainable names and their initial values."""
+    trainable names and their initial values. `state_dict` (a path or mapping) replaces the seeded weights."""
     import torch
 
     net = build_model(cfg)
+    if state_dict is not None:
+        sd = torch.load(state_dict, weights_only=True) if isinstance(state_dict, (str, Path)) else state_dict
+        try:
+            net.load_state_dict(sd)
+        except RuntimeError as e:
+            raise ConfigError(f"state_dict does not fit the {type(net).__name__} config: "
+                              f"{str(e).splitlines()[0]}", key="state_dict") from None
     trainable = [n for n, p in net.named_parameters() if p.requires_grad]
     cached = variant == "cached"
     head, values = _import(_Part.make(lambda m, f: m.head(f), net),
@@ -506,11 +513,13 @@ def training_module(cfg, variant: str, lr: float, include_forward: bool = False)
 
 
 def build_program(model: str, variant: str, abi: str, *, lr: float | None = None, include_forward: bool = False,
-                  database: Any = "default", compressed_config: Any = None, **config) -> TrainingProgram:
+                  database: Any = "default", compressed_config: Any = None, state_dict: Any = None,
+                  **config) -> TrainingProgram:
     """Compile `model` (one of MODELS) as `variant` (one of VARIANTS) for `abi` (one of ABIS).
 
     `config` overrides the model config (e.g. width=0.25, vocab_size=200); for `compressed`,
     `compressed_config` (a config object or dict of overrides) replaces the default `compress(config)`.
+    `state_dict`: weights (path or mapping) for the compiled config, e.g. a pruned model's.
     `lr`: SGD learning rate (default per model, DEFAULT_LR). `database`: "default" = the committed tuning
     database for the ABI (if any), None = heuristics only, or a database dict (see workloads.tune).
     """
@@ -521,7 +530,7 @@ def build_program(model: str, variant: str, abi: str, *, lr: float | None = None
     lr = DEFAULT_LR[model] if lr is None else float(lr)
     target = target_for_abi(abi)
     cached = variant == "cached"
-    mod, net, trainable, values = training_module(cfg, variant, lr, include_forward)
+    mod, net, trainable, values = training_module(cfg, variant, lr, include_forward, state_dict)
     stats: dict = {}
     if variant == "unoptimized":
         db = None
@@ -547,6 +556,8 @@ def build_program(model: str, variant: str, abi: str, *, lr: float | None = None
         "loss": "cross_entropy(mean)", "optimizer": "sgd", "trainable": pnames,
         "batch_tensor": "features" if cached else "input",
         "functions": sorted(g.name_hint for g in mod.get_global_vars() if not _is_tir(mod[g])),
+        "state_dict": Path(state_dict).name if isinstance(state_dict, (str, Path)) else
+        ("mapping" if state_dict is not None else None),
         "tuned": db is not None, "tuned_kernels": stats.get("tuned_kernels", 0),
         "compile_s": round(time.perf_counter() - t0, 3),
         "inference_func": "forward" if include_forward else None,

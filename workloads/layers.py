@@ -18,6 +18,7 @@ c_in = vocabulary size, c_out = embedding dim, in_h = sequence length.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Iterable
 
@@ -95,6 +96,18 @@ class LayerKey:
 
 
 KEY_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(LayerKey))
+
+_KEY_RE = re.compile(r"^(?P<type>[a-z]+)\(k=(?P<kernel>\d+),s=(?P<stride>\d+),g=(?P<groups>\d+),(?P<in_h>\d+)x"
+                     r"(?P<in_w>\d+),(?P<c_in>\d+)->(?P<c_out>\d+),b=(?P<batch>\d+),(?P<phase>[a-z]+)\)$")
+
+
+def parse_key(text: str) -> LayerKey:
+    """Inverse of `str(LayerKey)` (how layer suites name their runner phases); ConfigError if it is not one."""
+    m = _KEY_RE.match(text.strip())
+    if not m:
+        raise ConfigError(f"not a layer key: {text!r}", key="phase")
+    d = m.groupdict()
+    return LayerKey(**{c: (d[c] if c in ("type", "phase") else int(d[c])) for c in d})
 
 
 def key_from_mapping(row: Any) -> LayerKey:
@@ -174,6 +187,8 @@ def model_layers(config: Any, trainable: str = "head", head_rank: int | None = N
 
     if trainable not in TRAINABLE:
         raise ConfigError(f"unknown trainable {trainable!r}; valid: {', '.join(TRAINABLE)}", key="trainable")
+    if head_rank is None:
+        head_rank = getattr(config, "head_rank", 0) or None
     body = _phases(trainable == "all")
     head = PHASES
     b = config.batch

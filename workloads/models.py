@@ -83,7 +83,8 @@ class MobileNetConfig:
 @dataclass(frozen=True)
 class WordLSTMConfig:
     """Next-word prediction: embedding + stacked LSTM (2 layers) over `seq_len` words + dense over the vocabulary
-    applied to the last time step. Only the dense layer is trainable."""
+    applied to the last time step. Only the dense layer is trainable. `head_rank` > 0 factorises the dense head
+    as Linear(hidden -> r) then Linear(r -> vocab) (the SVD-compressed model; 0 = dense)."""
 
     vocab_size: int = 10_000
     embed_dim: int = 128
@@ -92,11 +93,15 @@ class WordLSTMConfig:
     seq_len: int = 10
     batch: int = 16
     seed: int = 0
+    head_rank: int = 0
 
     def __post_init__(self) -> None:
         for k in ("vocab_size", "embed_dim", "hidden_size", "num_layers", "seq_len", "batch"):
             if int(getattr(self, k)) < 1:
                 raise ConfigError(f"must be >= 1, got {getattr(self, k)}", key=k)
+        if not 0 <= int(self.head_rank) <= min(self.hidden_size, self.vocab_size):
+            raise ConfigError(f"must be in [0, {min(self.hidden_size, self.vocab_size)}] (0 = dense), got "
+                              f"{self.head_rank}", key="head_rank")
 
     @property
     def feature_dim(self) -> int:
@@ -111,7 +116,10 @@ class WordLSTMConfig:
         return self.vocab_size
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": "lstm", **dict(sorted(asdict(self).items()))}
+        d = asdict(self)
+        if not d["head_rank"]:
+            del d["head_rank"]    # dense: the same dict (and key) as before head_rank existed
+        return {"model": "lstm", **dict(sorted(d.items()))}
 
     def key(self) -> str:
         return _hash(self.to_dict())
@@ -210,7 +218,11 @@ def _lstm_cls():
             # One single-layer nn.LSTM per layer: TVM's importer handles single-layer LSTMs only.
             sizes = [cfg.embed_dim] + [cfg.hidden_size] * cfg.num_layers
             self.lstm = nn.ModuleList(nn.LSTM(a, cfg.hidden_size, batch_first=True) for a in sizes[:-1])
-            self.head = nn.Linear(cfg.hidden_size, cfg.vocab_size)
+            if cfg.head_rank:
+                self.head = nn.Sequential(nn.Linear(cfg.hidden_size, cfg.head_rank),
+                                          nn.Linear(cfg.head_rank, cfg.vocab_size))
+            else:
+                self.head = nn.Linear(cfg.hidden_size, cfg.vocab_size)
 
         def features(self, x: torch.Tensor) -> torch.Tensor:
             h = self.embed(x)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -26,9 +27,14 @@ from profiler.errors import ConfigError
 @click.option("--per-class", type=int, default=None, help="Synthetic glyphs per class (default data: 16).")
 @click.option("--max-iterations", default=500, show_default=True)
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Model config override (repeatable).")
+@click.option("--measure-on", "measure_on", default=None, metavar="SERIAL",
+              help="Compile every resulting model and measure it on this device through a campaign (governor: the "
+                   "table's); writes OUT/measured.csv saying whether each meets its budget.")
+@click.option("--results", "results_root", default="results", show_default=True, type=click.Path(file_okay=False),
+              help="Campaign results root for --measure-on.")
 @click.option("--allow-version-mismatch", is_flag=True)
 def prune(model, table_path, budgets, out, steps, final_steps, pretrain_steps, init_reduction, decay, importance,
-          per_class, max_iterations, sets, allow_version_mismatch):
+          per_class, max_iterations, sets, measure_on, results_root, allow_version_mismatch):
     """Prune to each budget; writes a Pareto set of `compressed` models under OUT (rerun to resume)."""
     from rich.console import Console
     from rich.table import Table as RichTable
@@ -47,7 +53,9 @@ def prune(model, table_path, budgets, out, steps, final_steps, pretrain_steps, i
         console.print(f"table: {table.meta.source_device} ({table.meta.device_model}), governor "
                       f"{table.meta.governor_applied or '?'}, {table.counts()}")
     if model == "lstm":
-        _prune_lstm(cfg, table, parsed, Path(out), console)
+        exports = _prune_lstm(cfg, table, parsed, Path(out), console)
+        if measure_on:
+            measure_exports(exports, table, measure_on, Path(out), Path(results_root))
         return
     from workloads.pruning.search import SearchSettings, search
 
@@ -68,24 +76,86 @@ def prune(model, table_path, budgets, out, steps, final_steps, pretrain_steps, i
         for b in r.unmet:
             view.add_row(str(b), "not met", "", "", "")
     Console().print(view)
+    if measure_on:
+        measure_exports({str(p.budget): p.export for r in results for p in r.points}, table, measure_on, Path(out),
+                        Path(results_root))
 
 
-def _prune_lstm(cfg, table, budgets, out: Path, console) -> None:
-    """LSTM family: SVD rank of the dense head per budget (weights: the seed model, no fine-tune)."""
+def measure_exports(exports: dict[str, str], table, serial: str, out: Path, results_root: Path) -> None:
+    """Compile and measure each exported model on `serial` (the table's governor); OUT/measured.csv."""
+    import pandas as pd
+    from rich.console import Console
+    from rich.table import Table as RichTable
+
+    from workloads.measure import measure_models
+    from workloads.pruning.budget import parse_budget
+
+    if not exports:
+        raise ConfigError("no model met any budget: nothing to measure", key="budget")
+    governor = table.meta.governor_requested if table is not None else "schedutil"
+    digest = hashlib.sha256(json.dumps(sorted(exports.items())).encode()).hexdigest()[:8]
+    name = f"pruned-{out.name}-{digest}"
+    name = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in name)[:64]
+    measured, rdir = measure_models(name, {b: Path(p) for b, p in exports.items()}, serial, governor,
+                                    results_root=results_root, resume=True, reps=3, steps=20, warmup=3)
+    got = {r.model: r for r in measured.itertuples()}
+    rows = []
+    for b_text, path in exports.items():
+        b = parse_budget(b_text)
+        doc = json.loads(Path(path).read_text())
+        r = got.get(b_text)
+        value = None if r is None else {"latency": r.ms, "energy": r.mj}.get(b.kind)
+        if b.kind in ("flops", "memory"):
+            value = doc.get("value")        # exact, not measured
+        rows.append({"budget": b_text, "kind": b.kind, "budget_value": b.value, "predicted": doc.get("value"),
+                     "measured_ms": None if r is None else r.ms, "measured_mj": None if r is None else r.mj,
+                     "value": value, "met": None if value is None or value != value else bool(value <= b.value),
+                     "export": path, "device": serial, "governor": governor, "results": str(rdir)})
+    df = pd.DataFrame(rows)
+    df.to_csv(out / "measured.csv", index=False)
+    view = RichTable(title=f"pruned models measured on {serial} ({governor})")
+    for col in ("budget", "predicted", "measured", "met"):
+        view.add_column(col)
+    for r in rows:
+        view.add_row(r["budget"], f"{r['predicted']:.4g}" if r["predicted"] is not None else "",
+                     f"{r['value']:.4g}" if r["value"] is not None else "not measured", str(r["met"]))
+    Console().print(view)
+    click.echo(f"-> {out / 'measured.csv'}")
+
+
+def _prune_lstm(cfg, table, budgets, out: Path, console) -> dict[str, str]:
+    """LSTM family: SVD rank of the dense head per budget (weights: the seed model's head factorised, no
+    fine-tune), written as `compressed.json` + `model.pt` that campaigns compile (variant `compressed`)."""
+    from dataclasses import replace
+
     import torch
 
     from workloads.models import build_model
+    from workloads.pruning.search import FORMAT
     from workloads.pruning.svd import factorize_head, rank_for_budget
     from workloads.resource import model_resource
 
-    net = build_model(cfg)
+    net = build_model(replace(cfg, head_rank=0))
+    exports: dict[str, str] = {}
+    full = min(cfg.hidden_size, cfg.vocab_size)
     for b in budgets:
-        r = rank_for_budget(cfg, table, b)
+        r = rank_for_budget(replace(cfg, head_rank=0), table, b)
+        rank = 0 if r >= full else r                     # the dense head already meets the budget
         d = out / "lstm" / b.slug
         d.mkdir(parents=True, exist_ok=True)
-        torch.save(factorize_head(net, r).state_dict(), d / "model.pt")
-        doc = {"model": "lstm", "budget": str(b), "head_rank": r, "config": cfg.to_dict(),
-               "predicted": model_resource(cfg, table, head_rank=r).to_dict(), "state_dict": "model.pt",
-               "note": "head factorised by SVD; no compile hook for factorised heads yet"}
-        (d / "svd.json").write_text(json.dumps(doc, indent=1))
-        console.print(f"{b}: head rank {r} -> {d / 'svd.json'}")
+        torch.save((factorize_head(net, rank) if rank else net).state_dict(), d / "model.pt")
+        pcfg = replace(cfg, head_rank=rank)
+        base = {k: v for k, v in cfg.to_dict().items() if k not in ("model", "head_rank")}
+        doc = {"format": FORMAT, "model": "lstm", "variant": "compressed", "config": pcfg.to_dict(),
+               "build_program": {"model": "lstm", "variant": "compressed", "config": base,
+                                 "compressed_config": {"head_rank": rank}},
+               "state_dict": "model.pt", "budget": str(b), "kind": b.kind, "budget_value": b.value,
+               "head_rank": rank, "predicted": model_resource(pcfg, table).to_dict(),
+               "value": model_resource(pcfg, table).value(b.kind) if (table is not None or b.kind in
+                                                                       ("flops", "memory")) else None,
+               "note": "head factorised by SVD (no fine-tune)",
+               "table": (json.loads(table.meta.to_json()) if table is not None else None)}
+        (d / "compressed.json").write_text(json.dumps(doc, indent=1))
+        console.print(f"{b}: head rank {rank or 'dense'} -> {d / 'compressed.json'}")
+        exports[str(b)] = str(d / "compressed.json")
+    return exports

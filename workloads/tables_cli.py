@@ -1,4 +1,4 @@
-"""`autlearn tables`: build (host measurement for now), show and export per-layer latency/energy tables."""
+"""`autlearn tables`: build (on a device through the campaign engine, or on the host), show, export, validate."""
 
 from __future__ import annotations
 
@@ -45,34 +45,55 @@ def tables():
 
 @tables.command("build")
 @click.option("--model", "model", type=click.Choice(["mobilenet", "lstm"]), default="mobilenet", show_default=True)
-@click.option("--host", is_flag=True, help="Measure single-layer PyTorch steps on this host (labelled 'host (not a "
-                                           "phone)'). Phone tables come from the campaign engine.")
+@click.option("--device", "serial", default=None, help="Measure on this device through the campaign engine.")
+@click.option("--governors", default="interactive,powersave", show_default=True,
+              help="Comma-separated governor intents (one table each; mapped to the kernel's governors).")
+@click.option("--host", is_flag=True, help="Instead: single-layer PyTorch steps on this host (labelled 'host (not a "
+                                           "phone)').")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Model config override (repeatable).")
 @click.option("--every", default=2, show_default=True, help="Measure every N-th channel count; interpolate the rest.")
-@click.option("--reps", default=5, show_default=True)
+@click.option("--reps", default=5, show_default=True, help="Host: interleaved rounds. Device: runner launches.")
+@click.option("--steps", default=10, show_default=True, help="Device: timed steps per runner launch.")
+@click.option("--warmup", default=2, show_default=True, help="Device: untimed steps per runner launch.")
+@click.option("--per-suite", default=48, show_default=True, help="Device: layer shapes compiled into one artifact.")
+@click.option("--energy", default="auto", show_default=True, help="Device: none | fuelgauge | monsoon:SERIAL | auto.")
 @click.option("--threads", default=1, show_default=True)
 @click.option("--trainable", type=click.Choice(["head", "all"]), default="head", show_default=True)
-@click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help=".parquet or .csv")
-def build(model, host, sets, every, reps, threads, trainable, out):
-    """Build a table covering every model the pruner can reach from the config."""
+@click.option("--results", "results_root", default="results", show_default=True, type=click.Path(file_okay=False),
+              help="Device: campaign results root.")
+@click.option("--resume", is_flag=True, help="Device: continue an interrupted table campaign.")
+@click.option("--out", "out", required=True, type=click.Path(),
+              help="Host: a .parquet/.csv file. Device: a directory (one table per governor).")
+def build(model, serial, governors, host, sets, every, reps, steps, warmup, per_suite, energy, threads, trainable,
+          results_root, resume, out):
+    """Build tables covering every model the pruner can reach from the config."""
+    from workloads.layers import table_grid
+
+    cfg = config_from(model, None, parse_overrides(sets))
+    grid = table_grid(cfg, trainable)
+    if host == bool(serial):
+        raise ConfigError("give --device SERIAL (a phone, through the campaign engine) or --host", key="device")
+    if serial:
+        _build_on_device(model, cfg, grid, serial, governors, every, reps, steps, warmup, per_suite, energy, threads,
+                         trainable, Path(results_root), resume, Path(out))
+        return
+    _build_on_host(model, cfg, grid, every, reps, threads, out)
+
+
+def _build_on_host(model, cfg, grid, every, reps, threads, out) -> None:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from workloads.layers import table_grid, unique_shapes
+    from workloads.layers import unique_shapes
     from workloads.tables import build_host_table, sample_grid
 
-    if not host:
-        raise ConfigError("phone tables are measured by the campaign engine (`layer_workloads` -> "
-                          "`table_from_measurements`), not wired into this command yet; pass --host for a "
-                          "host-measured table (labelled 'host (not a phone)')", key="host")
     if Path(out).suffix not in (".parquet", ".pq", ".csv"):
         raise ConfigError(f"unknown table format {Path(out).suffix!r}; use .parquet or .csv", key="out")
-    cfg = config_from(model, None, parse_overrides(sets))
-    grid = table_grid(cfg, trainable)
     n = reps + 1   # interleaved rounds (1 warm-up)
     console = Console(stderr=True)
-    with Progress(TextColumn(f"measuring {len(unique_shapes(sample_grid(grid, every)))} layer shapes on host, round"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as bar:
+    shapes = len(unique_shapes(sample_grid(grid, every)))
+    with Progress(TextColumn(f"measuring {shapes} layer shapes on host, round"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console, transient=True) as bar:
         task = bar.add_task("m", total=n)
         table = build_host_table(model, cfg, grid, every=every, reps=reps, threads=threads,
                                  progress=lambda i, total: bar.update(task, completed=i))
@@ -80,6 +101,60 @@ def build(model, host, sets, every, reps, threads, trainable, out):
     c = table.counts()
     click.echo(f"{p}: {len(table)} keys ({c['measured']} measured, {c['interpolated']} interpolated) on "
                f"{table.meta.source_device}")
+
+
+def table_campaign(model: str, cfg: Any, serial: str, governors: list[str], every: int, suites: int, *,
+                   reps: int, steps: int, warmup: int, energy: str, trainable: str = "head") -> dict[str, Any]:
+    """The campaign (as a dict for `parse_campaign`) measuring the layer suites of `cfg` on one device."""
+    base = {k: v for k, v in cfg.to_dict().items() if k not in ("model", "batch")}
+    name = f"tables-{model}-{cfg.key()[:8]}-e{every}"
+    return {
+        "name": name, "description": f"per-layer table of {model} ({cfg.key()}), every {every}, {suites} suite(s)",
+        "warmup": warmup, "steps": steps, "repetitions": reps, "energy": energy,
+        "devices": {"serials": [serial]}, "governors": governors,
+        "workload": [{"model": "layers", "batch": [cfg.batch],
+                      "config": {"family": model, "every": every, "suite": i, "suites": suites,
+                                 "trainable": trainable, **base}} for i in range(suites)],
+    }
+
+
+def _build_on_device(model, cfg, grid, serial, governors, every, reps, steps, warmup, per_suite, energy, threads,
+                     trainable, results_root: Path, resume, out: Path) -> None:
+    import math
+
+    from profiler.campaign_cli import execute
+    from profiler.campaign_config import parse_campaign
+    from profiler.store import load_results
+    from workloads.layers import unique_shapes
+    from workloads.tables import sample_grid, tables_from_results
+
+    if trainable != "head":
+        raise ConfigError("device tables measure the transfer-learning step (--trainable head); "
+                          "use --host for trainable=all", key="trainable")
+    govs = [g.strip() for g in governors.split(",") if g.strip()]
+    shapes = len(unique_shapes(sample_grid(grid, every)))
+    suites = max(1, math.ceil(shapes / max(1, per_suite)))
+    campaign = parse_campaign(table_campaign(model, cfg, serial, govs, every, suites, reps=reps, steps=steps,
+                                             warmup=warmup, energy=energy), source="autlearn tables build")
+    click.echo(f"{campaign.name}: {shapes} layer shapes in {suites} suite(s) x {len(govs)} governor(s) on {serial}",
+               err=True)
+    outcome = execute(campaign, results_root, resume=resume, threads=threads)
+    raw = load_results(outcome.results_dir)
+    notes = (f"measured {shapes} layer shapes ({len(sample_grid(grid, every))} of {len(grid)} grid keys, every "
+             f"{every}) in {suites} suite(s), {reps} runner launch(es) x {steps} steps, {threads} thread(s); "
+             f"campaign {outcome.results_dir}")
+    made = tables_from_results(raw, grid, model=model, config=cfg, notes=notes)
+    out.mkdir(parents=True, exist_ok=True)
+    for (dev, gov), t in made.items():
+        safe = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in f"{model}-{dev}-{gov}")
+        p = t.save(out / f"{safe}.parquet")
+        c = t.counts()
+        click.echo(f"{p}: {len(t)} keys ({c['measured']} measured, {c['interpolated']} interpolated) on "
+                   f"{t.meta.source_device} [{t.meta.labels or 'measured'}], governor {gov} -> "
+                   f"{t.meta.governor_applied}{', energy' if t.has_energy else ''}")
+    if outcome.failed:
+        click.echo(f"warning: {outcome.failed} suite cell(s) failed; their keys were interpolated where possible "
+                   f"(rerun with --resume to retry)", err=True)
 
 
 @tables.command("show")
@@ -126,3 +201,95 @@ def export(table_path, csv_out, pq_out, allow_version_mismatch):
             if Path(out).suffix != suffix:
                 raise ConfigError(f"{out}: expected a {suffix} file name", key="export")
             click.echo(str(t.save(out)))
+
+
+@tables.command("validate")
+@click.argument("table_path", metavar="TABLE", type=click.Path(dir_okay=False))
+@click.option("--device", "serial", default=None, help="Device to measure on (default: the table's).")
+@click.option("--models", "n_models", default=12, show_default=True, help="Whole models to measure (>= 10 advised).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--reps", default=2, show_default=True)
+@click.option("--steps", default=10, show_default=True)
+@click.option("--warmup", default=2, show_default=True)
+@click.option("--energy", default="auto", show_default=True)
+@click.option("--threads", default=1, show_default=True, help="Runner threads (use the table's).")
+@click.option("--results", "results_root", default="results", show_default=True, type=click.Path(file_okay=False))
+@click.option("--resume", is_flag=True)
+@click.option("--out", "out", default=None, type=click.Path(dir_okay=False),
+              help="CSV of per-model errors (default: prediction_error.csv in the campaign's results).")
+@click.option("--calibrate", "calibrated", default=None, type=click.Path(dir_okay=False),
+              help="Also write a copy of the table whose latency is scaled by the measured/predicted median.")
+@click.option("--allow-version-mismatch", is_flag=True)
+def validate(table_path, serial, n_models, seed, reps, steps, warmup, energy, threads, results_root, resume, out,
+             calibrated, allow_version_mismatch):
+    """Prediction error of the resource model: measure whole models on the device, compare with the table's sum."""
+    from rich.console import Console
+    from rich.table import Table as RichTable
+
+    from workloads.measure import measure_models
+    from workloads.resource import model_resource, prediction_error, validation_configs
+    from workloads.tables import load_table
+
+    t = load_table(table_path, allow_version_mismatch=allow_version_mismatch)
+    if not t.meta.model:
+        raise ConfigError(f"{table_path}: the table does not say which model family it was built for", key="model")
+    cfg = config_from(t.meta.model, t.meta)
+    serial = serial or t.meta.device_serial
+    if not serial or t.meta.source_device == "host (not a phone)":
+        raise ConfigError("give --device SERIAL (the table was not measured on a device)", key="device")
+    models = validation_configs(cfg, n_models, seed)
+    pred = {n: model_resource(c, t) for n, c in models.items()}
+    name = f"validate-{t.meta.model}-{cfg.key()[:8]}-{t.meta.governor_requested}-n{n_models}s{seed}"
+    name = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in name)
+    measured, rdir = measure_models(name, models, serial, t.meta.governor_requested, results_root=Path(results_root),
+                                    resume=resume, threads=threads, reps=reps, steps=steps, warmup=warmup,
+                                    energy=energy)
+    got = {r.model: r for r in measured.itertuples()}
+    rep = prediction_error({n: pred[n].latency_ms for n in got}, {n: got[n].ms for n in got})
+    df = rep.per_model.rename(columns={"predicted": "predicted_ms", "measured": "measured_ms"})
+    df.insert(0, "kind", "latency")
+    frames = [df]
+    if t.has_energy and all(pd_notna(got[n].mj) and got[n].mj > 0 for n in got):
+        erep = prediction_error({n: pred[n].energy_mj for n in got}, {n: got[n].mj for n in got})
+        e = erep.per_model.rename(columns={"predicted": "predicted_mj", "measured": "measured_mj"})
+        e.insert(0, "kind", "energy")
+        frames.append(e)
+    else:
+        erep = None
+    import pandas as pd
+
+    full = pd.concat(frames, ignore_index=True)
+    full["device"] = t.meta.source_device
+    full["governor"] = t.meta.governor_requested
+    full["labels"] = t.meta.labels
+    outp = Path(out) if out else Path(rdir) / "prediction_error.csv"
+    full.to_csv(outp, index=False)
+    view = RichTable(title=f"resource model vs measurement ({t.meta.source_device}, {t.meta.governor_requested}"
+                           f"{', ' + t.meta.labels if t.meta.labels else ''})")
+    for col in ("model", "predicted ms", "measured ms", "error"):
+        view.add_column(col)
+    for r in rep.per_model.itertuples():
+        view.add_row(r.model, f"{r.predicted:.4g}", f"{r.measured:.4g}", f"{r.error:+.1%}")
+    Console().print(view)
+    click.echo(f"latency: {rep.summary()}")
+    if erep is not None:
+        click.echo(f"energy: {erep.summary()}")
+    if calibrated:
+        from workloads.tables import calibrate
+
+        names = sorted(got)
+        ct, fit = calibrate(t, [pred[n].latency_ms for n in names], [got[n].ms for n in names],
+                            {"results": str(rdir), "governor": t.meta.governor_requested})
+        click.echo(f"calibrated: latency x {fit['scale']:.3f}; leave-one-out mean |err| "
+                   f"{fit['loo_mean_abs_error']:.1%}, max {fit['loo_max_abs_error']:.1%}, "
+                   f"{fit['loo_within_10pct']:.0%} within +-10% -> {ct.save(calibrated)}")
+    missing = sorted(set(models) - set(got))
+    if missing:
+        click.echo(f"not measured (failed cells): {', '.join(missing)}", err=True)
+    click.echo(f"-> {outp}")
+
+
+def pd_notna(v) -> bool:
+    import math
+
+    return v is not None and not (isinstance(v, float) and math.isnan(v))

@@ -375,3 +375,25 @@ def load_compressed(path: str | Path) -> tuple[Any, Any]:
         raise UserError(f"{p}: not an {FORMAT} file")
     cfg = make_config(doc["model"], **{k: v for k, v in doc["config"].items() if k != "model"})
     return cfg, _load_model(cfg, p.parent / doc["state_dict"])
+
+
+def compressed_build_args(path: str | Path, model: str | None) -> dict[str, Any]:
+    """What `build_program` needs to compile a `compressed.json` (from `autlearn prune`): the base `config`, the
+    `compressed_config` overrides and the absolute `state_dict` path. UserError naming the file on bad input."""
+    p = Path(path)
+    try:
+        doc = json.loads(p.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{p}: cannot read compressed model ({e})") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise UserError(f"{p}: not an {FORMAT} file")
+    bp = doc.get("build_program") or {}
+    if model is not None and doc.get("model") != model:
+        raise UserError(f"{p}: a {doc.get('model')!r} model, not {model!r}")
+    sd = p.parent / str(doc.get("state_dict", ""))
+    if not sd.is_file():
+        raise UserError(f"{p}: its weights {sd} are missing")
+    if not isinstance(bp.get("config"), dict) or not isinstance(bp.get("compressed_config"), dict):
+        raise UserError(f"{p}: lacks build_program.config / compressed_config")
+    return {"config": dict(bp["config"]), "compressed_config": dict(bp["compressed_config"]),
+            "state_dict": str(sd.resolve())}
