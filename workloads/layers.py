@@ -97,8 +97,8 @@ class LayerKey:
 
 KEY_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(LayerKey))
 
-_KEY_RE = re.compile(r"^(?P<type>[a-z]+)\(k=(?P<kernel>\d+),s=(?P<stride>\d+),g=(?P<groups>\d+),(?P<in_h>\d+)x"
-                     r"(?P<in_w>\d+),(?P<c_in>\d+)->(?P<c_out>\d+),b=(?P<batch>\d+),(?P<phase>[a-z]+)\)$")
+_KEY_RE = re.compile(r"^(?P<type>[a-z]+)\(k=(?P<kernel>[0-9]+),s=(?P<stride>[0-9]+),g=(?P<groups>[0-9]+),(?P<in_h>[0-9]+)x"
+                     r"(?P<in_w>[0-9]+),(?P<c_in>[0-9]+)->(?P<c_out>[0-9]+),b=(?P<batch>[0-9]+),(?P<phase>[a-z]+)\)$")
 
 
 def parse_key(text: str) -> LayerKey:

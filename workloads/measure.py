@@ -33,19 +33,31 @@ def _workload(model: Any) -> tuple[str, str, int, dict[str, Any]]:
     return family, "full", int(batch), d
 
 
+def named(prefix: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """`spec` named `<prefix>-<digest of everything else>`: different settings never share a results directory."""
+    import hashlib
+    import json
+
+    body = {k: v for k, v in spec.items() if k != "name"}
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    safe = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in prefix)[:52]
+    return {**spec, "name": f"{safe}-{digest}"}
+
+
 def models_campaign(name: str, models: Mapping[str, Any], serial: str, governor: str, *, reps: int = 2,
                     steps: int = 10, warmup: int = 2, energy: str = "auto") -> dict[str, Any]:
     workloads = []
     for label, m in models.items():
         family, variant, batch, cfg = _workload(m)
         workloads.append({"model": family, "variants": [variant], "batch": [batch], "config": cfg})
-    return {"name": name, "description": f"{len(models)} whole models", "warmup": warmup, "steps": steps,
+    return named(name, {"description": f"{len(models)} whole models", "warmup": warmup, "steps": steps,
             "repetitions": reps, "energy": energy, "devices": {"serials": [serial]}, "governors": [governor],
-            "workload": workloads}
+            "workload": workloads})
 
 
 def measure_models(name: str, models: Mapping[str, Any], serial: str, governor: str, *, results_root: Path,
-                   resume: bool = False, threads: int | None = 1, **kw: Any) -> tuple[pd.DataFrame, Path]:
+                   resume: bool = False, threads: int | None = 1, artifact_cache: str | Path | None = None,
+                   **kw: Any) -> tuple[pd.DataFrame, Path]:
     """Run the models' campaign -> (DataFrame: model, ms, mj, n, variant; results dir). Failed cells are absent
     from the frame (the campaign's status says why)."""
     from profiler.campaign_cli import execute
@@ -54,7 +66,8 @@ def measure_models(name: str, models: Mapping[str, Any], serial: str, governor: 
     from workloads.resource import canonical_config, measured_from_results
 
     spec = models_campaign(name, models, serial, governor, **kw)
-    outcome = execute(parse_campaign(spec, source="generated"), results_root, resume=resume, threads=threads)
+    outcome = execute(parse_campaign(spec, source="generated"), results_root, resume=resume, threads=threads,
+                      artifact_cache=artifact_cache)
     if outcome.ok + outcome.resumed == 0:
         raise UserError(f"no model was measured ({outcome.failed} failed, {outcome.skipped} skipped); see "
                         f"`autlearn results show {outcome.results_dir}`")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -32,9 +31,11 @@ from profiler.errors import ConfigError
                    "table's); writes OUT/measured.csv saying whether each meets its budget.")
 @click.option("--results", "results_root", default="results", show_default=True, type=click.Path(file_okay=False),
               help="Campaign results root for --measure-on.")
+@click.option("--artifacts", "artifact_cache", default=None, type=click.Path(file_okay=False),
+              help="Artifact cache (default $AUTLEARN_HOME/artifacts).")
 @click.option("--allow-version-mismatch", is_flag=True)
 def prune(model, table_path, budgets, out, steps, final_steps, pretrain_steps, init_reduction, decay, importance,
-          per_class, max_iterations, sets, measure_on, results_root, allow_version_mismatch):
+          per_class, max_iterations, sets, measure_on, results_root, artifact_cache, allow_version_mismatch):
     """Prune to each budget; writes a Pareto set of `compressed` models under OUT (rerun to resume)."""
     from rich.console import Console
     from rich.table import Table as RichTable
@@ -55,7 +56,7 @@ def prune(model, table_path, budgets, out, steps, final_steps, pretrain_steps, i
     if model == "lstm":
         exports = _prune_lstm(cfg, table, parsed, Path(out), console)
         if measure_on:
-            measure_exports(exports, table, measure_on, Path(out), Path(results_root))
+            measure_exports(exports, table, measure_on, Path(out), Path(results_root), artifact_cache)
         return
     from workloads.pruning.search import SearchSettings, search
 
@@ -78,10 +79,11 @@ def prune(model, table_path, budgets, out, steps, final_steps, pretrain_steps, i
     Console().print(view)
     if measure_on:
         measure_exports({str(p.budget): p.export for r in results for p in r.points}, table, measure_on, Path(out),
-                        Path(results_root))
+                        Path(results_root), artifact_cache)
 
 
-def measure_exports(exports: dict[str, str], table, serial: str, out: Path, results_root: Path) -> None:
+def measure_exports(exports: dict[str, str], table, serial: str, out: Path, results_root: Path,
+                    artifact_cache=None) -> None:
     """Compile and measure each exported model on `serial` (the table's governor); OUT/measured.csv."""
     import pandas as pd
     from rich.console import Console
@@ -93,11 +95,10 @@ def measure_exports(exports: dict[str, str], table, serial: str, out: Path, resu
     if not exports:
         raise ConfigError("no model met any budget: nothing to measure", key="budget")
     governor = table.meta.governor_requested if table is not None else "schedutil"
-    digest = hashlib.sha256(json.dumps(sorted(exports.items())).encode()).hexdigest()[:8]
-    name = f"pruned-{out.name}-{digest}"
-    name = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in name)[:64]
+    name = f"pruned-{out.name}"
     measured, rdir = measure_models(name, {b: Path(p) for b, p in exports.items()}, serial, governor,
-                                    results_root=results_root, resume=True, reps=3, steps=20, warmup=3)
+                                    results_root=results_root, resume=True, reps=5, steps=20, warmup=3,
+                                    artifact_cache=artifact_cache)
     got = {r.model: r for r in measured.itertuples()}
     rows = []
     for b_text, path in exports.items():

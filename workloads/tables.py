@@ -565,7 +565,7 @@ def measurements_from_results(raw: pd.DataFrame) -> pd.DataFrame:
     cols = [c for c in df.columns if c.startswith("phase_") and c.endswith("_ns") and df[c].notna().any()]
     keys = {c: parse_key(c[len("phase_"):-len("_ns")]) for c in cols}
     ids = ["device_serial", "device_model", "device_virtual", "governor_requested", "governor_applied", "labels",
-           "energy_source", "cell_id", "repetition", "step", "step_ns", "energy_j"]
+           *(["affinity"] if "affinity" in df else []), "energy_source", "cell_id", "repetition", "step", "step_ns", "energy_j"]
     long = df[ids + cols].melt(id_vars=ids, value_vars=cols, var_name="phase_col", value_name="ns").dropna(
         subset=["ns"])
     kd = pd.DataFrame([keys[c].to_dict() for c in long["phase_col"]], index=long.index)
@@ -583,6 +583,9 @@ def tables_from_results(raw: pd.DataFrame, grid: Sequence[LayerKey] | None = Non
     m = measurements_from_results(raw)
     out: dict[tuple[str, str], Table] = {}
     for (serial, gov), g in m.groupby(["device_serial", "governor_requested"], sort=True):
+        if "affinity" in g and g["affinity"].nunique() > 1:
+            raise TableError(f"{serial} / {gov}: layer cells ran under several CPU affinities "
+                             f"({', '.join(sorted(map(str, g['affinity'].unique())))}); one table needs one")
         applied = ",".join(sorted({str(x) for x in g["governor_applied"].dropna()})) or "unknown"
         labels = ",".join(sorted({x for ls in g["labels"].dropna() for x in str(ls).split(",") if x}))
         has_energy = bool(g["mj"].notna().any())
@@ -608,7 +611,7 @@ def calibrate(table: Table, predicted_ms: Sequence[float], measured_ms: Sequence
 
     p = np.asarray(predicted_ms, float)
     m = np.asarray(measured_ms, float)
-    if len(p) < 3 or len(p) != len(m) or np.any(p <= 0) or np.any(m <= 0):
+    if len(p) < 3 or len(p) != len(m) or not (np.all(np.isfinite(p) & (p > 0)) and np.all(np.isfinite(m) & (m > 0))):
         raise TableError("calibration needs >= 3 whole models with positive predicted and measured latency")
     base = p / table.meta.latency_scale          # calibrate from the raw layer sums
     ratio = m / base

@@ -62,10 +62,12 @@ def tables():
 @click.option("--results", "results_root", default="results", show_default=True, type=click.Path(file_okay=False),
               help="Device: campaign results root.")
 @click.option("--resume", is_flag=True, help="Device: continue an interrupted table campaign.")
+@click.option("--artifacts", "artifact_cache", default=None, type=click.Path(file_okay=False),
+              help="Artifact cache (default $AUTLEARN_HOME/artifacts).")
 @click.option("--out", "out", required=True, type=click.Path(),
               help="Host: a .parquet/.csv file. Device: a directory (one table per governor).")
 def build(model, serial, governors, host, sets, every, reps, steps, warmup, per_suite, energy, threads, trainable,
-          results_root, resume, out):
+          results_root, resume, artifact_cache, out):
     """Build tables covering every model the pruner can reach from the config."""
     from workloads.layers import table_grid
 
@@ -75,7 +77,7 @@ def build(model, serial, governors, host, sets, every, reps, steps, warmup, per_
         raise ConfigError("give --device SERIAL (a phone, through the campaign engine) or --host", key="device")
     if serial:
         _build_on_device(model, cfg, grid, serial, governors, every, reps, steps, warmup, per_suite, energy, threads,
-                         trainable, Path(results_root), resume, Path(out))
+                         trainable, Path(results_root), resume, Path(out), artifact_cache)
         return
     _build_on_host(model, cfg, grid, every, reps, threads, out)
 
@@ -107,19 +109,20 @@ def table_campaign(model: str, cfg: Any, serial: str, governors: list[str], ever
                    reps: int, steps: int, warmup: int, energy: str, trainable: str = "head") -> dict[str, Any]:
     """The campaign (as a dict for `parse_campaign`) measuring the layer suites of `cfg` on one device."""
     base = {k: v for k, v in cfg.to_dict().items() if k not in ("model", "batch")}
-    name = f"tables-{model}-{cfg.key()[:8]}-e{every}"
-    return {
-        "name": name, "description": f"per-layer table of {model} ({cfg.key()}), every {every}, {suites} suite(s)",
+    from workloads.measure import named
+
+    return named(f"tables-{model}", {
+        "description": f"per-layer table of {model} ({cfg.key()}), every {every}, {suites} suite(s)",
         "warmup": warmup, "steps": steps, "repetitions": reps, "energy": energy,
         "devices": {"serials": [serial]}, "governors": governors,
         "workload": [{"model": "layers", "batch": [cfg.batch],
                       "config": {"family": model, "every": every, "suite": i, "suites": suites,
                                  "trainable": trainable, **base}} for i in range(suites)],
-    }
+    })
 
 
 def _build_on_device(model, cfg, grid, serial, governors, every, reps, steps, warmup, per_suite, energy, threads,
-                     trainable, results_root: Path, resume, out: Path) -> None:
+                     trainable, results_root: Path, resume, out: Path, artifact_cache=None) -> None:
     import math
 
     from profiler.campaign_cli import execute
@@ -138,7 +141,7 @@ def _build_on_device(model, cfg, grid, serial, governors, every, reps, steps, wa
                                              warmup=warmup, energy=energy), source="autlearn tables build")
     click.echo(f"{campaign.name}: {shapes} layer shapes in {suites} suite(s) x {len(govs)} governor(s) on {serial}",
                err=True)
-    outcome = execute(campaign, results_root, resume=resume, threads=threads)
+    outcome = execute(campaign, results_root, resume=resume, threads=threads, artifact_cache=artifact_cache)
     raw = load_results(outcome.results_dir)
     notes = (f"measured {shapes} layer shapes ({len(sample_grid(grid, every))} of {len(grid)} grid keys, every "
              f"{every}) in {suites} suite(s), {reps} runner launch(es) x {steps} steps, {threads} thread(s); "
@@ -215,13 +218,15 @@ def export(table_path, csv_out, pq_out, allow_version_mismatch):
 @click.option("--threads", default=1, show_default=True, help="Runner threads (use the table's).")
 @click.option("--results", "results_root", default="results", show_default=True, type=click.Path(file_okay=False))
 @click.option("--resume", is_flag=True)
+@click.option("--artifacts", "artifact_cache", default=None, type=click.Path(file_okay=False),
+              help="Artifact cache (default $AUTLEARN_HOME/artifacts).")
 @click.option("--out", "out", default=None, type=click.Path(dir_okay=False),
               help="CSV of per-model errors (default: prediction_error.csv in the campaign's results).")
 @click.option("--calibrate", "calibrated", default=None, type=click.Path(dir_okay=False),
               help="Also write a copy of the table whose latency is scaled by the measured/predicted median.")
 @click.option("--allow-version-mismatch", is_flag=True)
-def validate(table_path, serial, n_models, seed, reps, steps, warmup, energy, threads, results_root, resume, out,
-             calibrated, allow_version_mismatch):
+def validate(table_path, serial, n_models, seed, reps, steps, warmup, energy, threads, results_root, resume,
+             artifact_cache, out, calibrated, allow_version_mismatch):
     """Prediction error of the resource model: measure whole models on the device, compare with the table's sum."""
     from rich.console import Console
     from rich.table import Table as RichTable
@@ -239,11 +244,10 @@ def validate(table_path, serial, n_models, seed, reps, steps, warmup, energy, th
         raise ConfigError("give --device SERIAL (the table was not measured on a device)", key="device")
     models = validation_configs(cfg, n_models, seed)
     pred = {n: model_resource(c, t) for n, c in models.items()}
-    name = f"validate-{t.meta.model}-{cfg.key()[:8]}-{t.meta.governor_requested}-n{n_models}s{seed}"
-    name = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in name)
+    name = f"validate-{t.meta.model}-{t.meta.governor_requested}"
     measured, rdir = measure_models(name, models, serial, t.meta.governor_requested, results_root=Path(results_root),
                                     resume=resume, threads=threads, reps=reps, steps=steps, warmup=warmup,
-                                    energy=energy)
+                                    energy=energy, artifact_cache=artifact_cache)
     got = {r.model: r for r in measured.itertuples()}
     rep = prediction_error({n: pred[n].latency_ms for n in got}, {n: got[n].ms for n in got})
     df = rep.per_model.rename(columns={"predicted": "predicted_ms", "measured": "measured_ms"})
