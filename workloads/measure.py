@@ -7,6 +7,8 @@ A model is a config (compiled as variant `full`) or a `compressed.json` path (va
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -18,8 +20,6 @@ from profiler.errors import UserError
 def _workload(model: Any) -> tuple[str, str, int, dict[str, Any]]:
     """(family, variant, batch, campaign config) of a model config or a compressed.json path."""
     if isinstance(model, (str, Path)):
-        import json
-
         p = Path(model).resolve()
         from workloads.pruning.search import compressed_build_args
 
@@ -36,7 +36,6 @@ def _workload(model: Any) -> tuple[str, str, int, dict[str, Any]]:
 def named(prefix: str, spec: dict[str, Any]) -> dict[str, Any]:
     """`spec` named `<prefix>-<digest of everything else>`: different settings never share a results directory."""
     import hashlib
-    import json
 
     body = {k: v for k, v in spec.items() if k != "name"}
     digest = hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:10]
@@ -55,25 +54,126 @@ def models_campaign(name: str, models: Mapping[str, Any], serial: str, governor:
             "workload": workloads})
 
 
-def measure_models(name: str, models: Mapping[str, Any], serial: str, governor: str, *, results_root: Path,
-                   resume: bool = False, threads: int | None = 1, artifact_cache: str | Path | None = None,
-                   **kw: Any) -> tuple[pd.DataFrame, Path]:
-    """Run the models' campaign -> (DataFrame: model, ms, mj, n, variant; results dir). Failed cells are absent
-    from the frame (the campaign's status says why)."""
+CONTROL_TOLERANCE = 0.20
+
+
+@dataclass(frozen=True)
+class Rounds:
+    """Pooled results of the accepted rounds. `controls`: (results dir, control median ms or None, accepted)."""
+
+    raw: pd.DataFrame
+    dirs: tuple[Path, ...]
+    failed: int
+    controls: tuple[tuple[str, float | None, bool], ...] = ()
+    reference_ms: float | None = None
+    disturbed: bool = False
+
+    def summary(self) -> str:
+        if not self.controls:
+            return f"{len(self.dirs)} round(s)"
+        used = [c for c in self.controls if c[2]]
+        ref = f"{self.reference_ms:.4g} ms" if self.reference_ms else "?"
+        return (f"{len(used)} of {len(self.controls)} round(s) used (control within +{CONTROL_TOLERANCE:.0%} of "
+                f"{ref}){'; host/phone DISTURBED: used the fastest rounds' if self.disturbed else ''}")
+
+
+def control_workload(config: Any) -> dict[str, Any]:
+    """A whole-model workload (variant full) measured in every round to detect a slow phone/host."""
+    family, variant, batch, cfg = _workload(config)
+    return {"model": family, "variants": [variant], "batch": [batch], "config": cfg}
+
+
+def _control_ms(raw: pd.DataFrame, control: dict[str, Any]) -> float | None:
+    from workloads.resource import canonical_config
+
+    df = raw[~raw["warmup"].astype(bool) & (raw["workload"] == control["model"]) & (raw["variant"] == "full")
+             & (raw["batch"] == control["batch"][0])]
+    if len(df) == 0:
+        return None
+    want = canonical_config(control["config"])
+    df = df[[canonical_config(json.loads(c)) == want for c in df["config"]]]
+    return float(df["step_ns"].median()) / 1e6 if len(df) else None
+
+
+def run_rounds(spec: dict[str, Any], rounds: int, *, results_root: Path, resume: bool = False,
+               threads: int | None = 1, artifact_cache: str | Path | None = None, control: dict | None = None,
+               reference_ms: float | None = None, max_extra: int | None = None) -> Rounds:
+    """Run `spec` as campaigns one after another (`<name>-r<i>`) and pool the results of `rounds` good rounds.
+
+    Shared hosts (and phones heating up) have slow spells: here whole runner launches ran ~50 % slower for tens of
+    seconds. With a `control` workload (added to every round) a round counts only when the control's median is
+    within CONTROL_TOLERANCE of `reference_ms` (e.g. the control measured when the table was built) or, without a
+    reference, of the fastest control seen; up to `max_extra` (default `rounds`) more rounds replace slow ones. If
+    too few rounds pass, the fastest are used and the result says `disturbed`."""
     from profiler.campaign_cli import execute
     from profiler.campaign_config import parse_campaign
     from profiler.store import load_results
+
+    spec = dict(spec)
+    if control is not None:
+        from workloads.resource import canonical_config
+
+        have = {(w["model"], canonical_config(w.get("config", {})), tuple(w.get("batch", [1])))
+                for w in spec["workload"] if "full" in w.get("variants", ["full"])}
+        if (control["model"], canonical_config(control["config"]), tuple(control["batch"])) not in have:
+            spec["workload"] = [control, *spec["workload"]]
+    done: list[tuple[pd.DataFrame | None, Path, float | None]] = []
+    failed = 0
+    extra = rounds if max_extra is None else max_extra
+
+    def ref() -> float | None:
+        seen = [c for _, _, c in done if c is not None]
+        return reference_ms or (min(seen) if seen else None)
+
+    def good(c: float | None) -> bool:
+        r = ref()
+        return c is None or r is None or c <= r * (1 + CONTROL_TOLERANCE)
+
+    while len(done) < max(1, rounds) + extra:
+        one = {**spec, "name": f"{spec['name']}-r{len(done)}"}
+        outcome = execute(parse_campaign(one, source="generated"), results_root, resume=resume, threads=threads,
+                          artifact_cache=artifact_cache)
+        failed += outcome.failed
+        raw = load_results(outcome.results_dir) if outcome.ok + outcome.resumed else None
+        c = _control_ms(raw, control) if (control is not None and raw is not None) else None
+        done.append((raw, outcome.results_dir, c))
+        if sum(good(c) for r, _, c in done if r is not None) >= max(1, rounds):
+            break
+    usable = [(r, d, c) for r, d, c in done if r is not None]
+    if not usable:
+        raise UserError(f"nothing was measured ({failed} cell(s) failed); see `autlearn results show {done[0][1]}`")
+    chosen = [x for x in usable if good(x[2])]
+    disturbed = len(chosen) < max(1, rounds) and control is not None
+    if disturbed:
+        chosen = sorted(usable, key=lambda x: (x[2] is None, x[2] or 0.0))[:max(1, rounds)]
+    ids = {id(x) for x in chosen}
+    return Rounds(pd.concat([r for r, _, _ in chosen], ignore_index=True), tuple(d for _, d, _ in usable), failed,
+                  tuple((str(x[1]), x[2], id(x) in ids) for x in usable), ref(), disturbed)
+
+
+def measure_models(name: str, models: Mapping[str, Any], serial: str, governor: str, *, results_root: Path,
+                   resume: bool = False, threads: int | None = 1, artifact_cache: str | Path | None = None,
+                   rounds: int = 3, control: Any = None, reference_ms: float | None = None,
+                   **kw: Any) -> tuple[pd.DataFrame, Path, Rounds]:
+    """Run the models' campaign in `rounds` rounds (see run_rounds; `control` is a model config) -> (DataFrame:
+    model, ms, mj, n, variant; a directory `<results_root>/<name>` whose rounds.json lists the rounds; Rounds).
+    Failed cells are absent from the frame (the campaign's status says why)."""
     from workloads.resource import canonical_config, measured_from_results
 
     spec = models_campaign(name, models, serial, governor, **kw)
-    outcome = execute(parse_campaign(spec, source="generated"), results_root, resume=resume, threads=threads,
-                      artifact_cache=artifact_cache)
-    if outcome.ok + outcome.resumed == 0:
-        raise UserError(f"no model was measured ({outcome.failed} failed, {outcome.skipped} skipped); see "
-                        f"`autlearn results show {outcome.results_dir}`")
-    m = measured_from_results(load_results(outcome.results_dir))
+    got = run_rounds(spec, rounds, results_root=results_root, resume=resume, threads=threads,
+                     artifact_cache=artifact_cache, control=control_workload(control) if control is not None else None,
+                     reference_ms=reference_ms)
+    m = measured_from_results(got.raw)
     want = {}
     for label, w in zip(models, spec["workload"]):
         want[(w["model"], w["variants"][0], canonical_config(w["config"]), w["batch"][0])] = label
     m["model"] = [want.get((r.workload, r.variant, r.config, r.batch)) for r in m.itertuples()]
-    return m[m["model"].notna()].reset_index(drop=True), outcome.results_dir
+    home = Path(results_root) / spec["name"]          # index of the rounds; callers write their outputs here
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "rounds.json").write_text(json.dumps({
+        "rounds": [{"results": d, "control_ms": c, "used": u} for d, c, u in got.controls] or
+                  [str(d) for d in got.dirs],
+        "reference_ms": got.reference_ms, "disturbed": got.disturbed, "models": {
+            k: str(v) if isinstance(v, (str, Path)) else v.to_dict() for k, v in models.items()}}, indent=1))
+    return m[m["model"].notna()].reset_index(drop=True), home, got

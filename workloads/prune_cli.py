@@ -96,9 +96,19 @@ def measure_exports(exports: dict[str, str], table, serial: str, out: Path, resu
         raise ConfigError("no model met any budget: nothing to measure", key="budget")
     governor = table.meta.governor_requested if table is not None else "schedutil"
     name = f"pruned-{out.name}"
-    measured, rdir = measure_models(name, {b: Path(p) for b, p in exports.items()}, serial, governor,
-                                    results_root=results_root, resume=True, reps=5, steps=20, warmup=3,
-                                    artifact_cache=artifact_cache)
+    # Timing without a power source polling the phone unless an energy budget needs one (the sampler's own
+    # work competes with the runner; on the 2-core lab host it visibly slows steps).
+    energy = "auto" if any(parse_budget(b).kind == "energy" for b in exports) else "none"
+    control = None
+    if table is not None and table.meta.model:
+        from workloads.tables_cli import config_from
+
+        control = config_from(table.meta.model, table.meta)
+    measured, rdir, rounds = measure_models(
+        name, {b: Path(p) for b, p in exports.items()}, serial, governor, results_root=results_root, resume=True,
+        reps=1, rounds=5, steps=20, warmup=3, energy=energy, artifact_cache=artifact_cache, control=control,
+        reference_ms=(table.meta.control_ms or None) if table is not None else None)
+    click.echo(f"rounds: {rounds.summary()}", err=True)
     got = {r.model: r for r in measured.itertuples()}
     rows = []
     for b_text, path in exports.items():
@@ -111,7 +121,8 @@ def measure_exports(exports: dict[str, str], table, serial: str, out: Path, resu
         rows.append({"budget": b_text, "kind": b.kind, "budget_value": b.value, "predicted": doc.get("value"),
                      "measured_ms": None if r is None else r.ms, "measured_mj": None if r is None else r.mj,
                      "value": value, "met": None if value is None or value != value else bool(value <= b.value),
-                     "export": path, "device": serial, "governor": governor, "results": str(rdir)})
+                     "export": path, "device": serial, "governor": governor, "results": str(rdir),
+                     "rounds": rounds.summary(), "disturbed": rounds.disturbed})
     df = pd.DataFrame(rows)
     df.to_csv(out / "measured.csv", index=False)
     view = RichTable(title=f"pruned models measured on {serial} ({governor})")

@@ -75,6 +75,8 @@ class TableMeta:
     energy_method: str = ""           # how per-layer energy was attributed (empty: no energy)
     latency_scale: float = 1.0        # whole-model latency = scale x sum of layers (1.0: uncalibrated)
     calibration: str = ""             # JSON: how latency_scale was fitted (models, device, errors)
+    control_ms: float = 0.0           # median step of the control model while measuring (0: none); later
+    control_config: str = ""          #   measurements use rounds whose control is within tolerance of it
     schema_version: int = SCHEMA_VERSION
 
     @classmethod

@@ -56,6 +56,8 @@ def tables():
 @click.option("--steps", default=10, show_default=True, help="Device: timed steps per runner launch.")
 @click.option("--warmup", default=2, show_default=True, help="Device: untimed steps per runner launch.")
 @click.option("--per-suite", default=48, show_default=True, help="Device: layer shapes compiled into one artifact.")
+@click.option("--rounds", default=3, show_default=True,
+              help="Device: run the campaign this many times, pooled (robust to a few slow seconds).")
 @click.option("--energy", default="auto", show_default=True, help="Device: none | fuelgauge | monsoon:SERIAL | auto.")
 @click.option("--threads", default=1, show_default=True)
 @click.option("--trainable", type=click.Choice(["head", "all"]), default="head", show_default=True)
@@ -66,8 +68,8 @@ def tables():
               help="Artifact cache (default $AUTLEARN_HOME/artifacts).")
 @click.option("--out", "out", required=True, type=click.Path(),
               help="Host: a .parquet/.csv file. Device: a directory (one table per governor).")
-def build(model, serial, governors, host, sets, every, reps, steps, warmup, per_suite, energy, threads, trainable,
-          results_root, resume, artifact_cache, out):
+def build(model, serial, governors, host, sets, every, reps, steps, warmup, per_suite, rounds, energy, threads,
+          trainable, results_root, resume, artifact_cache, out):
     """Build tables covering every model the pruner can reach from the config."""
     from workloads.layers import table_grid
 
@@ -76,8 +78,8 @@ def build(model, serial, governors, host, sets, every, reps, steps, warmup, per_
     if host == bool(serial):
         raise ConfigError("give --device SERIAL (a phone, through the campaign engine) or --host", key="device")
     if serial:
-        _build_on_device(model, cfg, grid, serial, governors, every, reps, steps, warmup, per_suite, energy, threads,
-                         trainable, Path(results_root), resume, Path(out), artifact_cache)
+        _build_on_device(model, cfg, grid, serial, governors, every, reps, steps, warmup, per_suite, rounds, energy,
+                         threads, trainable, Path(results_root), resume, Path(out), artifact_cache)
         return
     _build_on_host(model, cfg, grid, every, reps, threads, out)
 
@@ -121,15 +123,16 @@ def table_campaign(model: str, cfg: Any, serial: str, governors: list[str], ever
     })
 
 
-def _build_on_device(model, cfg, grid, serial, governors, every, reps, steps, warmup, per_suite, energy, threads,
-                     trainable, results_root: Path, resume, out: Path, artifact_cache=None) -> None:
+def _build_on_device(model, cfg, grid, serial, governors, every, reps, steps, warmup, per_suite, rounds, energy,
+                     threads, trainable, results_root: Path, resume, out: Path, artifact_cache=None) -> None:
     import math
 
-    from profiler.campaign_cli import execute
     from profiler.campaign_config import parse_campaign
-    from profiler.store import load_results
     from workloads.layers import unique_shapes
-    from workloads.tables import sample_grid, tables_from_results
+    from dataclasses import replace
+
+    from workloads.measure import control_workload, run_rounds
+    from workloads.tables import Table, sample_grid, tables_from_results
 
     if trainable != "head":
         raise ConfigError("device tables measure the transfer-learning step (--trainable head); "
@@ -137,16 +140,25 @@ def _build_on_device(model, cfg, grid, serial, governors, every, reps, steps, wa
     govs = [g.strip() for g in governors.split(",") if g.strip()]
     shapes = len(unique_shapes(sample_grid(grid, every)))
     suites = max(1, math.ceil(shapes / max(1, per_suite)))
-    campaign = parse_campaign(table_campaign(model, cfg, serial, govs, every, suites, reps=reps, steps=steps,
-                                             warmup=warmup, energy=energy), source="autlearn tables build")
-    click.echo(f"{campaign.name}: {shapes} layer shapes in {suites} suite(s) x {len(govs)} governor(s) on {serial}",
-               err=True)
-    outcome = execute(campaign, results_root, resume=resume, threads=threads, artifact_cache=artifact_cache)
-    raw = load_results(outcome.results_dir)
-    notes = (f"measured {shapes} layer shapes ({len(sample_grid(grid, every))} of {len(grid)} grid keys, every "
-             f"{every}) in {suites} suite(s), {reps} runner launch(es) x {steps} steps, {threads} thread(s); "
-             f"campaign {outcome.results_dir}")
-    made = tables_from_results(raw, grid, model=model, config=cfg, notes=notes)
+    spec = table_campaign(model, cfg, serial, govs, every, suites, reps=reps, steps=steps, warmup=warmup,
+                          energy=energy)
+    parse_campaign(spec, source="autlearn tables build")          # bad settings fail before anything runs
+    click.echo(f"{spec['name']}: {shapes} layer shapes in {suites} suite(s) x {len(govs)} governor(s) x {rounds} "
+               f"round(s) on {serial}", err=True)
+    ctl = control_workload(cfg)
+    made = {}
+    failed = 0
+    for gov in govs:            # per governor: its own control reference (a governor may change speed)
+        one = {**spec, "name": f"{spec['name']}-{gov}", "governors": [gov]}
+        got = run_rounds(one, rounds, results_root=results_root, resume=resume, threads=threads,
+                         artifact_cache=artifact_cache, control=ctl)
+        failed += got.failed
+        notes = (f"measured {shapes} layer shapes ({len(sample_grid(grid, every))} of {len(grid)} grid keys, every "
+                 f"{every}) in {suites} suite(s), {reps} runner launch(es) x {steps} steps per round, {threads} "
+                 f"thread(s); {got.summary()}; campaigns {', '.join(str(d) for d in got.dirs)}")
+        for k, t in tables_from_results(got.raw, grid, model=model, config=cfg, notes=notes).items():
+            made[k] = Table(t.df, replace(t.meta, control_ms=float(got.reference_ms or 0.0),
+                                          control_config=json.dumps(ctl, sort_keys=True)))
     out.mkdir(parents=True, exist_ok=True)
     for (dev, gov), t in made.items():
         safe = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in f"{model}-{dev}-{gov}")
@@ -155,8 +167,8 @@ def _build_on_device(model, cfg, grid, serial, governors, every, reps, steps, wa
         click.echo(f"{p}: {len(t)} keys ({c['measured']} measured, {c['interpolated']} interpolated) on "
                    f"{t.meta.source_device} [{t.meta.labels or 'measured'}], governor {gov} -> "
                    f"{t.meta.governor_applied}{', energy' if t.has_energy else ''}")
-    if outcome.failed:
-        click.echo(f"warning: {outcome.failed} suite cell(s) failed; their keys were interpolated where possible "
+    if failed:
+        click.echo(f"warning: {failed} suite cell(s) failed; their keys were interpolated where possible "
                    f"(rerun with --resume to retry)", err=True)
 
 
@@ -211,10 +223,13 @@ def export(table_path, csv_out, pq_out, allow_version_mismatch):
 @click.option("--device", "serial", default=None, help="Device to measure on (default: the table's).")
 @click.option("--models", "n_models", default=12, show_default=True, help="Whole models to measure (>= 10 advised).")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--reps", default=2, show_default=True)
+@click.option("--reps", default=2, show_default=True, help="Runner launches per model per round.")
+@click.option("--rounds", default=3, show_default=True, help="Campaign rounds, pooled (robust to slow seconds).")
 @click.option("--steps", default=10, show_default=True)
 @click.option("--warmup", default=2, show_default=True)
-@click.option("--energy", default="auto", show_default=True)
+@click.option("--energy", default="none", show_default=True,
+              help="Also measure energy (auto | fuelgauge | monsoon:SERIAL); off by default: a polling power source "
+                   "competes with the runner for CPU.")
 @click.option("--threads", default=1, show_default=True, help="Runner threads (use the table's).")
 @click.option("--results", "results_root", default="results", show_default=True, type=click.Path(file_okay=False))
 @click.option("--resume", is_flag=True)
@@ -225,7 +240,7 @@ def export(table_path, csv_out, pq_out, allow_version_mismatch):
 @click.option("--calibrate", "calibrated", default=None, type=click.Path(dir_okay=False),
               help="Also write a copy of the table whose latency is scaled by the measured/predicted median.")
 @click.option("--allow-version-mismatch", is_flag=True)
-def validate(table_path, serial, n_models, seed, reps, steps, warmup, energy, threads, results_root, resume,
+def validate(table_path, serial, n_models, seed, reps, rounds, steps, warmup, energy, threads, results_root, resume,
              artifact_cache, out, calibrated, allow_version_mismatch):
     """Prediction error of the resource model: measure whole models on the device, compare with the table's sum."""
     from rich.console import Console
@@ -245,9 +260,11 @@ def validate(table_path, serial, n_models, seed, reps, steps, warmup, energy, th
     models = validation_configs(cfg, n_models, seed)
     pred = {n: model_resource(c, t) for n, c in models.items()}
     name = f"validate-{t.meta.model}-{t.meta.governor_requested}"
-    measured, rdir = measure_models(name, models, serial, t.meta.governor_requested, results_root=Path(results_root),
-                                    resume=resume, threads=threads, reps=reps, steps=steps, warmup=warmup,
-                                    energy=energy, artifact_cache=artifact_cache)
+    measured, rdir, got_rounds = measure_models(
+        name, models, serial, t.meta.governor_requested, results_root=Path(results_root), resume=resume,
+        threads=threads, reps=reps, steps=steps, warmup=warmup, energy=energy, artifact_cache=artifact_cache,
+        rounds=rounds, control=cfg, reference_ms=t.meta.control_ms or None)
+    click.echo(f"rounds: {got_rounds.summary()}", err=True)
     got = {r.model: r for r in measured.itertuples()}
     rep = prediction_error({n: pred[n].latency_ms for n in got}, {n: got[n].ms for n in got})
     df = rep.per_model.rename(columns={"predicted": "predicted_ms", "measured": "measured_ms"})
@@ -283,7 +300,7 @@ def validate(table_path, serial, n_models, seed, reps, steps, warmup, energy, th
 
         names = sorted(got)
         ct, fit = calibrate(t, [pred[n].latency_ms for n in names], [got[n].ms for n in names],
-                            {"results": str(rdir), "governor": t.meta.governor_requested})
+                            {"results": str(rdir), "governor": t.meta.governor_requested, "rounds": rounds})
         click.echo(f"calibrated: latency x {fit['scale']:.3f}; leave-one-out mean |err| "
                    f"{fit['loo_mean_abs_error']:.1%}, max {fit['loo_max_abs_error']:.1%}, "
                    f"{fit['loo_within_10pct']:.0%} within +-10% -> {ct.save(calibrated)}")
