@@ -1,6 +1,7 @@
 """Searched (table-driven, NetAdapt-style) pruning vs uniformly thinned MobileNet at equal predicted latency.
 
     nice .venv/bin/python benchmarks/bench_pruning_vs_width.py [--quick] [--out benchmarks/results]
+    .venv/bin/python benchmarks/bench_pruning_vs_width.py --device SERIAL --batch 16   # table + models on a phone
 
 Setup (small, a few minutes on 2 cores):
   * model: MobileNetV1 width 0.25 (channels 8..256), 28x28x1 input, 10 classes, on-device batch 64 (large enough that
@@ -29,6 +30,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+DEVICE_WORK = Path(tempfile.gettempdir()) / "autlearn-prune-bench-device"   # campaign results (resumable)
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
@@ -40,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", default=None, help="search state dir (default: a fresh temp dir; weights stay out "
                                                  "of benchmarks/results)")
     ap.add_argument("--quick", action="store_true", help="fewer steps (smoke run)")
+    ap.add_argument("--device", default=None, help="measure the table and every model on this device through the "
+                                                   "campaign engine (e.g. a lab phone) instead of this host")
+    ap.add_argument("--batch", type=int, default=64, help="on-device batch of the transfer-learning step")
+    ap.add_argument("--every", type=int, default=4, help="table: measure every N-th channel count")
     args = ap.parse_args(argv)
 
     import pandas as pd
@@ -52,19 +58,24 @@ def main(argv: list[str] | None = None) -> int:
     from workloads.pruning.search import SearchSettings, search, smallest_reachable
     from workloads.pruning.train import evaluate, fine_tune, split_dataset, trainable_init
     from workloads.resource import measure_models_on_host, model_resource, prediction_error
-    from workloads.tables import build_host_table
+    from workloads.tables import build_host_table, load_table
 
     t_start = time.time()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    cfg = make_config("mobilenet", width=0.25, num_classes=10, batch=64)
+    cfg = make_config("mobilenet", width=0.25, num_classes=10, batch=args.batch)
     s = SearchSettings(short_steps=3 if args.quick else 5, long_steps=60 if args.quick else 150,
                        pretrain_steps=100 if args.quick else 300, per_class=80, batch_size=32)
     torch.set_num_threads(1)
 
-    print(f"[{time.time() - t_start:5.0f}s] measuring the per-layer table on this host (not a phone) ...", flush=True)
-    table = build_host_table("mobilenet", cfg, table_grid(cfg), every=4, reps=9)
-    table_path = table.save(out / "pruning_host_table.parquet")
+    if args.device:
+        table_path = device_table(cfg, args.device, args.every, out, t_start)
+        table = load_table(table_path)
+    else:
+        print(f"[{time.time() - t_start:5.0f}s] measuring the per-layer table on this host (not a phone) ...",
+              flush=True)
+        table = build_host_table("mobilenet", cfg, table_grid(cfg), every=args.every, reps=9)
+        table_path = table.save(out / "pruning_host_table.parquet")
     fractions = [float(f) for f in args.fractions.split(",")]
     uni = {f: uniform_channels(cfg, f) for f in fractions}
     budgets = {f: Budget("latency", model_resource(with_channels(cfg, ch), table).latency_ms) for f, ch in uni.items()}
@@ -122,26 +133,57 @@ def main(argv: list[str] | None = None) -> int:
                  "pred_latency_ms": round(base.latency_ms, 4),
                  "mflops": round(base.flops / 1e6, 3), "params_kb": round(base.memory_bytes / 1e3, 1),
                  "train_steps": s.pretrain_steps, "channels": ",".join(map(str, cfg.layer_channels))})
-    print(f"[{time.time() - t_start:5.0f}s] measuring whole training steps on this host (interleaved) ...", flush=True)
-    meas = measure_models_on_host(configs, steps=30, warmup=5)
+    if args.device:
+        from workloads.measure import measure_models
+
+        print(f"[{time.time() - t_start:5.0f}s] measuring whole training steps on {args.device} (campaign, "
+              f"control-gated rounds) ...", flush=True)
+        got, _home, rounds = measure_models("bench-prune-vs-width", configs, args.device,
+                                            table.meta.governor_requested, results_root=DEVICE_WORK / "results",
+                                            resume=True, reps=1, rounds=3, steps=20, warmup=3, energy="none",
+                                            control=cfg, reference_ms=table.meta.control_ms or None)
+        print(f"rounds: {rounds.summary()}", flush=True)
+        meas = {r.model: r.ms for r in got.itertuples()}
+        col = "device_latency_ms"
+    else:
+        print(f"[{time.time() - t_start:5.0f}s] measuring whole training steps on this host (interleaved) ...",
+              flush=True)
+        meas = measure_models_on_host(configs, steps=30, warmup=5)
+        col = "host_latency_ms"
     for row in rows:
-        row["host_latency_ms"] = round(meas[row["model"]], 4)
+        row[col] = round(meas[row["model"]], 4) if row["model"] in meas else None
+    pred = {k: v for k, v in pred.items() if k in meas}
     df = pd.DataFrame(rows)
     err = prediction_error(pred, meas)
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(df.drop(columns=["channels"]).to_string(index=False))
-    print("table-sum prediction vs host whole-step measurement:", err.summary())
+    print(f"table-sum prediction vs {'device' if args.device else 'host'} whole-step measurement:", err.summary())
     print(err.per_model[["model", "predicted", "measured", "error"]].round(4).to_string(index=False))
-    df.to_csv(out / "pruning_vs_width.csv", index=False)
-    (out / "pruning_vs_width.json").write_text(json.dumps({
+    stem = "pruning_vs_width_device" if args.device else "pruning_vs_width"
+    df.to_csv(out / f"{stem}.csv", index=False)
+    (out / f"{stem}.json").write_text(json.dumps({
         "rows": rows, "prediction_error": {"summary": err.summary(), "per_model": err.per_model.to_dict("records")},
         "settings": {k: v for k, v in s.__dict__.items()}, "config": cfg.to_dict(), "table": str(table_path),
         "search_dir": str(run_dir), "table_source_device": table.meta.source_device, "data": {"source": split.source,
                                                                   "synthetic": split.synthetic,
                                                                   "held_out": len(split.test_y)},
         "elapsed_s": round(time.time() - t_start, 1)}, indent=1, default=str))
-    print(f"wrote {out / 'pruning_vs_width.csv'} ({time.time() - t_start:.0f}s)")
+    print(f"wrote {out / (stem + '.csv')} ({time.time() - t_start:.0f}s)")
     return 0
+
+
+def device_table(cfg, serial: str, every: int, out: Path, t_start: float) -> Path:
+    """`autlearn tables build` on the device (one governor: the phone's default dynamic one, 'interactive')."""
+    import subprocess
+
+    tdir = DEVICE_WORK / "tables"
+    print(f"[{time.time() - t_start:5.0f}s] measuring the per-layer table on {serial} ...", flush=True)
+    cmd = [sys.executable, "-m", "profiler", "tables", "build", "--device", serial, "--governors", "interactive",
+           "--set", f"width={cfg.width}", "--set", f"num_classes={cfg.num_classes}", "--set", f"batch={cfg.batch}",
+           "--every", str(every), "--reps", "1", "--steps", "10", "--energy", "none", "--results",
+           str(DEVICE_WORK / "results"), "--resume", "--out", str(tdir)]
+    subprocess.run(cmd, check=True)
+    return sorted(tdir.glob("mobilenet-*-interactive.parquet"))[-1]
 
 
 if __name__ == "__main__":

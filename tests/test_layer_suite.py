@@ -636,3 +636,35 @@ def test_build_any_program_layers_rejects_other_variants():
     with pytest.raises(ConfigError) as e:
         build_any_program("layers", "compressed", "x86_64")
     assert e.value.key == "variant"
+
+
+def test_prune_lstm_cli_writes_compilable_svd_models(tmp_path):
+    """`autlearn prune --model lstm` (FLOPs budgets: exact, no table) writes compressed.json + weights per budget
+    that `build_any_program` compiles with the factorised head (head_rank in the config)."""
+    from click.testing import CliRunner
+
+    from workloads.artifact import build_any_program
+    from workloads.prune_cli import prune
+    from workloads.pruning.search import compressed_build_args
+    from workloads.resource import predict
+
+    kw = dict(vocab_size=1024, embed_dim=16, hidden_size=256, seq_len=4, batch=2)
+    sets = [a for k, v in kw.items() for a in ("--set", f"{k}={v}")]
+    cfg = make_config("lstm", **kw)
+    dense, r128 = predict(cfg, "flops"), predict(replace(cfg, head_rank=128), "flops")
+    tight, loose = f"flops={(dense + r128) / 2:.0f}", f"flops={dense * 2:.0f}"
+    r = CliRunner().invoke(prune, ["--model", "lstm", "--budget", tight, "--budget", loose, "--out", str(tmp_path),
+                                   *sets])
+    assert r.exit_code == 0, r.output
+    from workloads.pruning.budget import parse_budget
+
+    docs = {str(parse_budget(json.loads(p.read_text())["budget"])): p for p in tmp_path.glob("lstm/*/compressed.json")}
+    tight, loose = str(parse_budget(tight)), str(parse_budget(loose))
+    assert set(docs) == {tight, loose}
+    assert json.loads(docs[loose].read_text())["head_rank"] == 0          # the dense head meets the loose budget
+    doc = json.loads(docs[tight].read_text())
+    assert doc["head_rank"] == 128 and doc["value"] == pytest.approx(r128)
+    assert compressed_build_args(docs[tight], "lstm")["compressed_config"] == {"head_rank": 128}
+    prog = build_any_program("lstm", "compressed", "x86_64", compressed=str(docs[tight]))
+    assert prog.meta["config"]["head_rank"] == 128
+    assert prog.meta["trainable"] == ["head.0.weight", "head.0.bias", "head.1.weight", "head.1.bias"]
