@@ -227,6 +227,14 @@ def test_prediction_error_summary():
         prediction_error({"a": 1.0}, {"b": 1.0})
 
 
+def _old_version(tmp_path):
+    """The synthetic table as if measured by another autlearn version."""
+    from dataclasses import replace
+
+    t = _table()
+    return Table(t.df, replace(t.meta, autlearn_version="0.0.1")).save(tmp_path / "old.parquet")
+
+
 def test_cli_show_export_and_one_line_errors(tmp_path, capsys):
     from profiler.cli import main
 
@@ -239,7 +247,10 @@ def test_cli_show_export_and_one_line_errors(tmp_path, capsys):
     for argv in (["prune", "--budget", "latency=fast", "--out", str(tmp_path / "o")],
                  ["prune", "--budget", "latency=4ms", "--out", str(tmp_path / "o")],
                  ["tables", "show", str(tmp_path / "missing.parquet")],
-                 ["tables", "build", "--out", str(tmp_path / "x.parquet")]):
+                 ["tables", "build", "--out", str(tmp_path / "x.parquet")],
+                 ["prune", "--table", str(_old_version(tmp_path)), "--budget", "latency=4ms", "--out",
+                  str(tmp_path / "o")],
+                 ["tables", "validate", str(_old_version(tmp_path))]):
         assert main(argv) == 1
         err = capsys.readouterr().err
         assert err.startswith("autlearn: error: ") and err.count("\n") == 1
