@@ -46,9 +46,11 @@ def named(prefix: str, spec: dict[str, Any]) -> dict[str, Any]:
 def models_campaign(name: str, models: Mapping[str, Any], serial: str, governor: str, *, reps: int = 2,
                     steps: int = 10, warmup: int = 2, energy: str = "auto") -> dict[str, Any]:
     workloads = []
-    for label, m in models.items():
+    for label, m in models.items():          # models with the same workload (config) are measured once
         family, variant, batch, cfg = _workload(m)
-        workloads.append({"model": family, "variants": [variant], "batch": [batch], "config": cfg})
+        w = {"model": family, "variants": [variant], "batch": [batch], "config": cfg}
+        if w not in workloads:
+            workloads.append(w)
     return named(name, {"description": f"{len(models)} whole models", "warmup": warmup, "steps": steps,
             "repetitions": reps, "energy": energy, "devices": {"serials": [serial]}, "governors": [governor],
             "workload": workloads})
@@ -165,10 +167,12 @@ def measure_models(name: str, models: Mapping[str, Any], serial: str, governor: 
                      artifact_cache=artifact_cache, control=control_workload(control) if control is not None else None,
                      reference_ms=reference_ms)
     m = measured_from_results(got.raw)
-    want = {}
-    for label, w in zip(models, spec["workload"]):
-        want[(w["model"], w["variants"][0], canonical_config(w["config"]), w["batch"][0])] = label
+    want: dict[tuple, list[str]] = {}
+    for label, model in models.items():
+        family, variant, batch, cfg = _workload(model)
+        want.setdefault((family, variant, canonical_config(cfg), batch), []).append(label)
     m["model"] = [want.get((r.workload, r.variant, r.config, r.batch)) for r in m.itertuples()]
+    m = m[m["model"].notna()].explode("model")
     home = Path(results_root) / spec["name"]          # index of the rounds; callers write their outputs here
     home.mkdir(parents=True, exist_ok=True)
     (home / "rounds.json").write_text(json.dumps({
@@ -176,4 +180,4 @@ def measure_models(name: str, models: Mapping[str, Any], serial: str, governor: 
                   [str(d) for d in got.dirs],
         "reference_ms": got.reference_ms, "disturbed": got.disturbed, "models": {
             k: str(v) if isinstance(v, (str, Path)) else v.to_dict() for k, v in models.items()}}, indent=1))
-    return m[m["model"].notna()].reset_index(drop=True), home, got
+    return m.reset_index(drop=True), home, got
