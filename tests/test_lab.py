@@ -221,7 +221,9 @@ def test_cli_errors_are_one_line(adb_env, tmp_path, monkeypatch, capsys):
         assert main(["lab", "up", "--profile", "legacy", "--base-port", str(port)]) == 1
         assert f"port {port} is busy" in capsys.readouterr().err
         # the installed command too: one line, exit 1, no traceback
-        r = _autlearn("lab", "up", "--base-port", str(port - 1), env={**os.environ, "AUTLEARN_HOME": str(tmp_path)})
+        # (the held port itself: a neighbouring ephemeral port may be taken by anything on a busy host)
+        r = _autlearn("lab", "up", "--profile", "legacy", "--base-port", str(port),
+                      env={**os.environ, "AUTLEARN_HOME": str(tmp_path)})
         assert f"port {port} is busy" in _one_line_error(r)
     assert not (tmp_path / "lab/state.json").exists()
 
