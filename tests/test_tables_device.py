@@ -51,7 +51,7 @@ def work(tmp_path_factory):
 def tables(legacy, work):
     before = governors(legacy)
     r = autlearn("tables", "build", "--device", legacy.serial, "--governors", "interactive,powersave", *SETS,
-                 "--every", "1", "--reps", "1", "--steps", "10", "--results", str(work / "results"),
+                 "--every", "1", "--reps", "1", "--rounds", "2", "--steps", "10", "--results", str(work / "results"),
                  "--artifacts", str(CACHE / "artifacts"), "--out", str(work / "tables"))
     assert r.returncode == 0, r.stderr[-3000:]
     assert governors(legacy) == before           # the phone's governors are restored
@@ -70,7 +70,7 @@ def test_tables_for_one_device_and_two_governors(tables, legacy):
         assert not t.missing(grid)                               # every key the pruner can reach
         measured = t.df[t.df["source"] == "measured"]
         assert len(measured) == len(sample_grid(grid, 1))       # every 1: all measured, none interpolated
-        assert (measured["n"] == 30).all() and (measured["median_ms"] > 0).all()   # 3 rounds x 1 launch x 10 steps
+        assert (measured["n"] == 20).all() and (measured["median_ms"] > 0).all()   # 2 rounds x 1 launch x 10 steps
         assert (measured["ci_low_ms"] <= measured["median_ms"]).all()
         assert (measured["median_ms"] <= measured["ci_high_ms"]).all()
         fc = measured[measured["type"] == "fc"]
@@ -82,7 +82,7 @@ def test_tables_for_one_device_and_two_governors(tables, legacy):
 @pytest.fixture(scope="module")
 def validated(tables, legacy, work):
     cal = work / "calibrated.parquet"
-    r = autlearn("tables", "validate", str(tables["interactive"]), "--models", "12", "--results",
+    r = autlearn("tables", "validate", str(tables["interactive"]), "--models", "12", "--rounds", "2", "--results",
                  str(work / "results"), "--artifacts", str(CACHE / "artifacts"), "--out",
                  str(work / "prediction_error.csv"), "--calibrate", str(cal))
     assert r.returncode == 0, r.stderr[-3000:]
@@ -112,7 +112,7 @@ def test_pruned_models_for_three_budgets_meet_them_when_measured(validated, lega
     out = work / "pruned"
     r = autlearn("prune", "--table", str(cal), *[a for b in budgets for a in ("--budget", f"latency={b:.6f}ms")],
                  "--out", str(out), "--steps", "3", "--final-steps", "20", "--pretrain-steps", "20",
-                 "--measure-on", legacy.serial, "--results", str(work / "results"),
+                 "--measure-on", legacy.serial, "--measure-rounds", "3", "--results", str(work / "results"),
                  "--artifacts", str(CACHE / "artifacts"))
     assert r.returncode == 0, r.stderr[-3000:]
     m = pd.read_csv(out / "measured.csv")

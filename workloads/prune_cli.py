@@ -31,11 +31,14 @@ from profiler.errors import ConfigError
                    "table's); writes OUT/measured.csv saying whether each meets its budget.")
 @click.option("--results", "results_root", default="results", show_default=True, type=click.Path(file_okay=False),
               help="Campaign results root for --measure-on.")
+@click.option("--measure-rounds", default=5, show_default=True,
+              help="--measure-on: control-gated campaign rounds (one runner launch per model each).")
 @click.option("--artifacts", "artifact_cache", default=None, type=click.Path(file_okay=False),
               help="Artifact cache (default $AUTLEARN_HOME/artifacts).")
 @click.option("--allow-version-mismatch", is_flag=True)
 def prune(model, table_path, budgets, out, steps, final_steps, pretrain_steps, init_reduction, decay, importance,
-          per_class, max_iterations, sets, measure_on, results_root, artifact_cache, allow_version_mismatch):
+          per_class, max_iterations, sets, measure_on, results_root, measure_rounds, artifact_cache,
+          allow_version_mismatch):
     """Prune to each budget; writes a Pareto set of `compressed` models under OUT (rerun to resume)."""
     from rich.console import Console
     from rich.table import Table as RichTable
@@ -56,7 +59,8 @@ def prune(model, table_path, budgets, out, steps, final_steps, pretrain_steps, i
     if model == "lstm":
         exports = _prune_lstm(cfg, table, parsed, Path(out), console)
         if measure_on:
-            measure_exports(exports, table, measure_on, Path(out), Path(results_root), artifact_cache)
+            measure_exports(exports, table, measure_on, Path(out), Path(results_root), artifact_cache,
+                            measure_rounds)
         return
     from workloads.pruning.search import SearchSettings, search
 
@@ -79,11 +83,11 @@ def prune(model, table_path, budgets, out, steps, final_steps, pretrain_steps, i
     Console().print(view)
     if measure_on:
         measure_exports({str(p.budget): p.export for r in results for p in r.points}, table, measure_on, Path(out),
-                        Path(results_root), artifact_cache)
+                        Path(results_root), artifact_cache, measure_rounds)
 
 
 def measure_exports(exports: dict[str, str], table, serial: str, out: Path, results_root: Path,
-                    artifact_cache=None) -> None:
+                    artifact_cache=None, rounds: int = 5) -> None:
     """Compile and measure each exported model on `serial` (the table's governor); OUT/measured.csv."""
     import pandas as pd
     from rich.console import Console
@@ -106,7 +110,7 @@ def measure_exports(exports: dict[str, str], table, serial: str, out: Path, resu
         control = config_from(table.meta.model, table.meta)
     measured, rdir, rounds = measure_models(
         name, {b: Path(p) for b, p in exports.items()}, serial, governor, results_root=results_root, resume=True,
-        reps=1, rounds=5, steps=20, warmup=3, energy=energy, artifact_cache=artifact_cache, control=control,
+        reps=1, rounds=rounds, steps=20, warmup=3, energy=energy, artifact_cache=artifact_cache, control=control,
         reference_ms=(table.meta.control_ms or None) if table is not None else None)
     click.echo(f"rounds: {rounds.summary()}", err=True)
     got = {r.model: r for r in measured.itertuples()}
