@@ -145,7 +145,7 @@ def build_suite_program(keys: Sequence[LayerKey], abi: str, *, family: str = "",
     return TrainingProgram(mod=mod, tensors=tensors, calls=tuple(calls), meta=meta)
 
 
-def suite_for_config(family: str, config: Any, every: int, suite: int, suites: int,
+def suite_for_config(config: Any, every: int, suite: int, suites: int,
                      trainable: str = "head") -> tuple[LayerKey, ...]:
     """The keys suite `suite` of `suites` measures for a model config: `sample_grid(table_grid(config), every)`."""
     from workloads.layers import table_grid
@@ -167,7 +167,7 @@ def suite_program(abi: str, *, family: str = "mobilenet", every: int = 2, suite:
     from workloads.models import make_config
 
     cfg = make_config(family, **model_config)
-    keys = suite_for_config(family, cfg, int(every), int(suite), int(suites), trainable)
+    keys = suite_for_config(cfg, int(every), int(suite), int(suites), trainable)
     if not keys:
         raise ConfigError(f"suite {suite} of {suites} is empty: fewer layer shapes than suites", key="suites")
     return build_suite_program(keys, abi, family=family, config={**cfg.to_dict(), "every": int(every)},

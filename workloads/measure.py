@@ -14,23 +14,28 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from profiler.errors import UserError
+from profiler.errors import ConfigError, UserError
 
 
-def _workload(model: Any) -> tuple[str, str, int, dict[str, Any]]:
-    """(family, variant, batch, campaign config) of a model config or a compressed.json path."""
+def workload_of(model: Any) -> dict[str, Any]:
+    """The campaign workload (a `[[workload]]` table as a dict) of a model config (variant full) or a
+    compressed.json path (variant compressed, compiled with its weights)."""
     if isinstance(model, (str, Path)):
-        p = Path(model).resolve()
         from workloads.pruning.search import compressed_build_args
 
-        doc = json.loads(p.read_text()) if p.is_file() else {}
-        args = compressed_build_args(p, doc.get("model"))
-        return doc["model"], "compressed", int(args["config"].get("batch", doc["config"].get("batch", 1))), \
-            {"compressed": str(p)}
+        p = Path(model).resolve()
+        args = compressed_build_args(p, None)
+        return {"model": args["model"], "variants": ["compressed"], "batch": [args["batch"]],
+                "config": {"compressed": str(p)}}
     d = model.to_dict()
     family = d.pop("model")
     batch = d.pop("batch")
-    return family, "full", int(batch), d
+    return {"model": family, "variants": ["full"], "batch": [int(batch)], "config": d}
+
+
+def safe_name(text: str, limit: int = 64) -> str:
+    """`text` with every character outside [A-Za-z0-9._-] replaced by '_' (file and campaign names)."""
+    return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in text)[:limit]
 
 
 def named(prefix: str, spec: dict[str, Any]) -> dict[str, Any]:
@@ -39,19 +44,17 @@ def named(prefix: str, spec: dict[str, Any]) -> dict[str, Any]:
 
     body = {k: v for k, v in spec.items() if k != "name"}
     digest = hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:10]
-    safe = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in prefix)[:52]
-    return {**spec, "name": f"{safe}-{digest}"}
+    return {**spec, "name": f"{safe_name(prefix, 52)}-{digest}"}
 
 
-def models_campaign(name: str, models: Mapping[str, Any], serial: str, governor: str, *, reps: int = 2,
-                    steps: int = 10, warmup: int = 2, energy: str = "auto") -> dict[str, Any]:
-    workloads = []
-    for label, m in models.items():          # models with the same workload (config) are measured once
-        family, variant, batch, cfg = _workload(m)
-        w = {"model": family, "variants": [variant], "batch": [batch], "config": cfg}
+def models_campaign(name: str, workloads_by_model: Mapping[str, dict[str, Any]], serial: str, governor: str, *,
+                    reps: int = 2, steps: int = 10, warmup: int = 2, energy: str = "auto") -> dict[str, Any]:
+    """The campaign measuring `workloads_by_model` (label -> `workload_of(model)`) on one device."""
+    workloads: list[dict[str, Any]] = []
+    for w in workloads_by_model.values():   # models with the same workload (config) are measured once
         if w not in workloads:
             workloads.append(w)
-    return named(name, {"description": f"{len(models)} whole models", "warmup": warmup, "steps": steps,
+    return named(name, {"description": f"{len(workloads_by_model)} whole models", "warmup": warmup, "steps": steps,
             "repetitions": reps, "energy": energy, "devices": {"serials": [serial]}, "governors": [governor],
             "workload": workloads})
 
@@ -79,22 +82,17 @@ class Rounds:
                 f"{ref}){'; host/phone DISTURBED: used the fastest rounds' if self.disturbed else ''}")
 
 
-def control_workload(config: Any) -> dict[str, Any]:
-    """A whole-model workload (variant full) measured in every round to detect a slow phone/host."""
-    family, variant, batch, cfg = _workload(config)
-    return {"model": family, "variants": [variant], "batch": [batch], "config": cfg}
-
-
 def _control_ms(raw: pd.DataFrame, control: dict[str, Any]) -> float | None:
-    from workloads.resource import canonical_config
+    """Median step (ms) of the control workload in one round's results (None when it was not measured)."""
+    from workloads.resource import canonical_config, measured_from_results
 
-    df = raw[~raw["warmup"].astype(bool) & (raw["workload"] == control["model"]) & (raw["variant"] == "full")
-             & (raw["batch"] == control["batch"][0])]
-    if len(df) == 0:
+    try:
+        m = measured_from_results(raw, control["model"])
+    except ConfigError:
         return None
-    want = canonical_config(control["config"])
-    df = df[[canonical_config(json.loads(c)) == want for c in df["config"]]]
-    return float(df["step_ns"].median()) / 1e6 if len(df) else None
+    row = m[(m["variant"] == "full") & (m["config"] == canonical_config(control["config"]))
+            & (m["batch"] == control["batch"][0])]
+    return float(row["ms"].iloc[0]) if len(row) else None
 
 
 def run_rounds(spec: dict[str, Any], rounds: int, *, results_root: Path, resume: bool = False,
@@ -112,13 +110,8 @@ def run_rounds(spec: dict[str, Any], rounds: int, *, results_root: Path, resume:
     from profiler.store import load_results
 
     spec = dict(spec)
-    if control is not None:
-        from workloads.resource import canonical_config
-
-        have = {(w["model"], canonical_config(w.get("config", {})), tuple(w.get("batch", [1])))
-                for w in spec["workload"] if "full" in w.get("variants", ["full"])}
-        if (control["model"], canonical_config(control["config"]), tuple(control["batch"])) not in have:
-            spec["workload"] = [control, *spec["workload"]]
+    if control is not None and control not in spec["workload"]:
+        spec["workload"] = [control, *spec["workload"]]
     done: list[tuple[pd.DataFrame | None, Path, float | None]] = []
     failed = 0
     extra = rounds if max_extra is None else max_extra
@@ -162,15 +155,15 @@ def measure_models(name: str, models: Mapping[str, Any], serial: str, governor: 
     Failed cells are absent from the frame (the campaign's status says why)."""
     from workloads.resource import canonical_config, measured_from_results
 
-    spec = models_campaign(name, models, serial, governor, **kw)
+    by_model = {label: workload_of(model) for label, model in models.items()}
+    spec = models_campaign(name, by_model, serial, governor, **kw)
     got = run_rounds(spec, rounds, results_root=results_root, resume=resume, threads=threads,
-                     artifact_cache=artifact_cache, control=control_workload(control) if control is not None else None,
+                     artifact_cache=artifact_cache, control=workload_of(control) if control is not None else None,
                      reference_ms=reference_ms)
     m = measured_from_results(got.raw)
     want: dict[tuple, list[str]] = {}
-    for label, model in models.items():
-        family, variant, batch, cfg = _workload(model)
-        want.setdefault((family, variant, canonical_config(cfg), batch), []).append(label)
+    for label, w in by_model.items():
+        want.setdefault((w["model"], w["variants"][0], canonical_config(w["config"]), w["batch"][0]), []).append(label)
     m["model"] = [want.get((r.workload, r.variant, r.config, r.batch)) for r in m.itertuples()]
     m = m[m["model"].notna()].explode("model")
     home = Path(results_root) / spec["name"]          # index of the rounds; callers write their outputs here

@@ -173,14 +173,14 @@ def _prune_lstm(cfg, table, budgets, out: Path, console) -> dict[str, str]:
         d.mkdir(parents=True, exist_ok=True)
         torch.save((factorize_head(net, rank) if rank else net).state_dict(), d / "model.pt")
         pcfg = replace(cfg, head_rank=rank)
+        predicted = model_resource(pcfg, table)
         base = {k: v for k, v in cfg.to_dict().items() if k not in ("model", "head_rank")}
         doc = {"format": FORMAT, "model": "lstm", "variant": "compressed", "config": pcfg.to_dict(),
                "build_program": {"model": "lstm", "variant": "compressed", "config": base,
                                  "compressed_config": {"head_rank": rank}},
                "state_dict": "model.pt", "budget": str(b), "kind": b.kind, "budget_value": b.value,
-               "head_rank": rank, "predicted": model_resource(pcfg, table).to_dict(),
-               "value": model_resource(pcfg, table).value(b.kind) if (table is not None or b.kind in
-                                                                       ("flops", "memory")) else None,
+               "head_rank": rank, "predicted": predicted.to_dict(),
+               "value": predicted.value(b.kind) if (table is not None or b.kind in ("flops", "memory")) else None,
                "note": "head factorised by SVD (no fine-tune)",
                "table": (json.loads(table.meta.to_json()) if table is not None else None)}
         (d / "compressed.json").write_text(json.dumps(doc, indent=1))

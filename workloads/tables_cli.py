@@ -125,13 +125,12 @@ def table_campaign(model: str, cfg: Any, serial: str, governors: list[str], ever
 
 def _build_on_device(model, cfg, grid, serial, governors, every, reps, steps, warmup, per_suite, rounds, energy,
                      threads, trainable, results_root: Path, resume, out: Path, artifact_cache=None) -> None:
-    import math
-
-    from profiler.campaign_config import parse_campaign
-    from workloads.layers import unique_shapes
     from dataclasses import replace
 
-    from workloads.measure import control_workload, run_rounds
+    from profiler.campaign_config import parse_campaign
+    from workloads.layer_suite import suite_count
+    from workloads.layers import unique_shapes
+    from workloads.measure import run_rounds, safe_name, workload_of
     from workloads.tables import Table, sample_grid, tables_from_results
 
     if trainable != "head":
@@ -139,13 +138,13 @@ def _build_on_device(model, cfg, grid, serial, governors, every, reps, steps, wa
                           "use --host for trainable=all", key="trainable")
     govs = [g.strip() for g in governors.split(",") if g.strip()]
     shapes = len(unique_shapes(sample_grid(grid, every)))
-    suites = max(1, math.ceil(shapes / max(1, per_suite)))
+    suites = suite_count(shapes, per_suite)
     spec = table_campaign(model, cfg, serial, govs, every, suites, reps=reps, steps=steps, warmup=warmup,
                           energy=energy)
     parse_campaign(spec, source="autlearn tables build")          # bad settings fail before anything runs
     click.echo(f"{spec['name']}: {shapes} layer shapes in {suites} suite(s) x {len(govs)} governor(s) x {rounds} "
                f"round(s) on {serial}", err=True)
-    ctl = control_workload(cfg)
+    ctl = workload_of(cfg)
     made = {}
     failed = 0
     for gov in govs:            # per governor: its own control reference (a governor may change speed)
@@ -161,8 +160,7 @@ def _build_on_device(model, cfg, grid, serial, governors, every, reps, steps, wa
                                           control_config=json.dumps(ctl, sort_keys=True)))
     out.mkdir(parents=True, exist_ok=True)
     for (dev, gov), t in made.items():
-        safe = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in f"{model}-{dev}-{gov}")
-        p = t.save(out / f"{safe}.parquet")
+        p = t.save(out / f"{safe_name(f'{model}-{dev}-{gov}', 200)}.parquet")
         c = t.counts()
         click.echo(f"{p}: {len(t)} keys ({c['measured']} measured, {c['interpolated']} interpolated) on "
                    f"{t.meta.source_device} [{t.meta.labels or 'measured'}], governor {gov} -> "
@@ -243,6 +241,7 @@ def export(table_path, csv_out, pq_out, allow_version_mismatch):
 def validate(table_path, serial, n_models, seed, reps, rounds, steps, warmup, energy, threads, results_root, resume,
              artifact_cache, out, calibrated, allow_version_mismatch):
     """Prediction error of the resource model: measure whole models on the device, compare with the table's sum."""
+    import pandas as pd
     from rich.console import Console
     from rich.table import Table as RichTable
 
@@ -270,15 +269,13 @@ def validate(table_path, serial, n_models, seed, reps, rounds, steps, warmup, en
     df = rep.per_model.rename(columns={"predicted": "predicted_ms", "measured": "measured_ms"})
     df.insert(0, "kind", "latency")
     frames = [df]
-    if t.has_energy and all(pd_notna(got[n].mj) and got[n].mj > 0 for n in got):
+    if t.has_energy and all(pd.notna(got[n].mj) and got[n].mj > 0 for n in got):
         erep = prediction_error({n: pred[n].energy_mj for n in got}, {n: got[n].mj for n in got})
         e = erep.per_model.rename(columns={"predicted": "predicted_mj", "measured": "measured_mj"})
         e.insert(0, "kind", "energy")
         frames.append(e)
     else:
         erep = None
-    import pandas as pd
-
     full = pd.concat(frames, ignore_index=True)
     full["device"] = t.meta.source_device
     full["governor"] = t.meta.governor_requested
@@ -309,8 +306,3 @@ def validate(table_path, serial, n_models, seed, reps, rounds, steps, warmup, en
         click.echo(f"not measured (failed cells): {', '.join(missing)}", err=True)
     click.echo(f"-> {outp}")
 
-
-def pd_notna(v) -> bool:
-    import math
-
-    return v is not None and not (isinstance(v, float) and math.isnan(v))

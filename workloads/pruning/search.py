@@ -24,12 +24,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from profiler.errors import ConfigError, UserError
-from workloads.layers import channel_options, model_keys
+from workloads.layers import channel_options
 from workloads.pruning.budget import Budget, UnreachableBudget, format_value
 from workloads.pruning.importance import get_importance
 from workloads.pruning.mobilenet import min_channels, prune_smallest, prunable_layers, with_channels
@@ -362,31 +362,33 @@ def export_point(config: Any, pdir: Path, budget: Budget, rec: dict[str, Any], s
     return pdir / "compressed.json"
 
 
-def load_compressed(path: str | Path) -> tuple[Any, Any]:
-    """(config, torch model with the pruned weights) from a `compressed.json`."""
-    from workloads.models import make_config
-
-    p = Path(path)
-    try:
-        doc = json.loads(p.read_text())
-    except (OSError, ValueError) as e:
-        raise UserError(f"{p}: cannot read compressed model ({e})") from None
-    if doc.get("format") != FORMAT:
-        raise UserError(f"{p}: not an {FORMAT} file")
-    cfg = make_config(doc["model"], **{k: v for k, v in doc["config"].items() if k != "model"})
-    return cfg, _load_model(cfg, p.parent / doc["state_dict"])
-
-
-def compressed_build_args(path: str | Path, model: str | None) -> dict[str, Any]:
-    """What `build_program` needs to compile a `compressed.json` (from `autlearn prune`): the base `config`, the
-    `compressed_config` overrides and the absolute `state_dict` path. UserError naming the file on bad input."""
-    p = Path(path)
+def _read_compressed(p: Path) -> dict[str, Any]:
+    """The JSON of a `compressed.json`; UserError naming the file when it is unreadable or not one."""
     try:
         doc = json.loads(p.read_text())
     except (OSError, ValueError) as e:
         raise UserError(f"{p}: cannot read compressed model ({e})") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise UserError(f"{p}: not an {FORMAT} file")
+    return doc
+
+
+def load_compressed(path: str | Path) -> tuple[Any, Any]:
+    """(config, torch model with the pruned weights) from a `compressed.json`."""
+    from workloads.models import make_config
+
+    p = Path(path)
+    doc = _read_compressed(p)
+    cfg = make_config(doc["model"], **{k: v for k, v in doc["config"].items() if k != "model"})
+    return cfg, _load_model(cfg, p.parent / doc["state_dict"])
+
+
+def compressed_build_args(path: str | Path, model: str | None) -> dict[str, Any]:
+    """What `build_program` needs to compile a `compressed.json` (from `autlearn prune`): the `model` family, the
+    base `config`, the `compressed_config` overrides, the absolute `state_dict` path and the `batch` it was
+    searched at. UserError naming the file on bad input."""
+    p = Path(path)
+    doc = _read_compressed(p)
     bp = doc.get("build_program") or {}
     if model is not None and doc.get("model") != model:
         raise UserError(f"{p}: a {doc.get('model')!r} model, not {model!r}")
@@ -395,5 +397,6 @@ def compressed_build_args(path: str | Path, model: str | None) -> dict[str, Any]
         raise UserError(f"{p}: its weights {sd} are missing")
     if not isinstance(bp.get("config"), dict) or not isinstance(bp.get("compressed_config"), dict):
         raise UserError(f"{p}: lacks build_program.config / compressed_config")
-    return {"config": dict(bp["config"]), "compressed_config": dict(bp["compressed_config"]),
-            "state_dict": str(sd.resolve())}
+    batch = bp["config"].get("batch", (doc.get("config") or {}).get("batch", 1))
+    return {"model": doc.get("model"), "config": dict(bp["config"]),
+            "compressed_config": dict(bp["compressed_config"]), "state_dict": str(sd.resolve()), "batch": int(batch)}
