@@ -1,22 +1,26 @@
-"""Searched (table-driven, NetAdapt-style) pruning vs uniformly thinned MobileNet at equal predicted latency.
+"""Searched (table-driven, NetAdapt-style) pruning vs uniformly thinned MobileNet at equal latency.
 
     nice .venv/bin/python benchmarks/bench_pruning_vs_width.py [--quick] [--out benchmarks/results]
     .venv/bin/python benchmarks/bench_pruning_vs_width.py --device SERIAL --batch 16   # table + models on a phone
 
-Setup (small, a few minutes on 2 cores):
-  * model: MobileNetV1 width 0.25 (channels 8..256), 28x28x1 input, 10 classes, on-device batch 64 (large enough that
-    host latency is compute- rather than call-overhead-dominated);
-  * data: SYNTHETIC glyphs (workloads.data.synthetic_femnist, 80 per class): 60 % train, 20 % val (the search's
-    choices), 20 % test (reported accuracy, never used for a choice);
-  * table: per-layer latencies measured on THIS HOST with PyTorch eager (every 4th channel count measured, the
-    rest interpolated), labelled "host (not a phone)" -- a stand-in until the campaign engine measures phones;
-  * baselines at the same predicted latency as each budget: uniform thinning to fraction f of every layer
-    ("width multiplier"), (a) keeping the largest-L2 filters of the same pretrained model, (b) trained from a
-    fresh seed; both get the same number of training steps as the searched model's kept chain;
-  * "measured" latency: whole-model transfer-learning step on this host (PyTorch eager), median of 30 steps,
-    interleaved across the models (weights do not affect latency; the seed model of each config is timed).
-Nobody tuned the baseline or the search for this comparison; one seed, 160 test samples
-(a binomial 95 % CI is about +-6 points at 80 % accuracy).
+Setup (small, minutes on 2 cores):
+  * model: MobileNetV1 width 0.25 (channels 8..256), 28x28x1 input, 10 classes;
+  * data: SYNTHETIC glyphs (workloads.data.synthetic_femnist, --per-class per class): 60 % train, 20 % val (the
+    search's choices), 20 % test (reported accuracy, never used for a choice);
+  * baselines: uniform thinning to fraction f of every layer ("width multiplier"), (a) keeping the largest-L2
+    filters of the same pretrained model, (b) trained from a fresh seed; both get the same number of training steps
+    as the searched model's kept chain.
+
+--device (the acceptance comparison): the per-layer table is measured on the phone (`autlearn tables build`); the
+uniform models are measured on the phone first and their MEASURED latency is each budget; the search starts at the
+table's prediction for the uniform model and the closed loop (workloads.pruning.loop) prunes further until the
+searched model measures under the budget. At the end every model is measured again in the same control-gated
+campaign rounds (interleaved), and accuracy is compared paired on one test set (difference with a paired bootstrap
+95 % CI, exact McNemar p).
+
+Without --device: the table is measured on THIS HOST with PyTorch eager (labelled "host (not a phone)"), budgets
+are the uniform models' predicted latency and "measured" is a host whole-step median (a proxy, not a phone).
+Nobody tuned the baseline or the search for this comparison; one seed.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
                                                    "campaign engine (e.g. a lab phone) instead of this host")
     ap.add_argument("--batch", type=int, default=64, help="on-device batch of the transfer-learning step")
     ap.add_argument("--every", type=int, default=4, help="table: measure every N-th channel count")
+    ap.add_argument("--per-class", type=int, default=80, help="synthetic glyphs per class (20 %% of them: test)")
     args = ap.parse_args(argv)
 
     import pandas as pd
@@ -58,24 +63,22 @@ def main(argv: list[str] | None = None) -> int:
     from workloads.pruning.search import SearchSettings, search, smallest_reachable
     from workloads.pruning.train import evaluate, fine_tune, split_dataset, trainable_init
     from workloads.resource import measure_models_on_host, model_resource, prediction_error
-    from workloads.tables import build_host_table, load_table
+    from workloads.tables import build_host_table
 
     t_start = time.time()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cfg = make_config("mobilenet", width=0.25, num_classes=10, batch=args.batch)
     s = SearchSettings(short_steps=3 if args.quick else 5, long_steps=60 if args.quick else 150,
-                       pretrain_steps=100 if args.quick else 300, per_class=80, batch_size=32)
+                       pretrain_steps=100 if args.quick else 300, per_class=args.per_class, batch_size=32)
     torch.set_num_threads(1)
 
     if args.device:
-        table_path = device_table(cfg, args.device, args.every, out, t_start)
-        table = load_table(table_path)
-    else:
-        print(f"[{time.time() - t_start:5.0f}s] measuring the per-layer table on this host (not a phone) ...",
-              flush=True)
-        table = build_host_table("mobilenet", cfg, table_grid(cfg), every=args.every, reps=9)
-        table_path = table.save(out / "pruning_host_table.parquet")
+        return device_comparison(args, cfg, s, out, t_start)
+    print(f"[{time.time() - t_start:5.0f}s] measuring the per-layer table on this host (not a phone) ...",
+          flush=True)
+    table = build_host_table("mobilenet", cfg, table_grid(cfg), every=args.every, reps=9)
+    table_path = table.save(out / "pruning_host_table.parquet")
     fractions = [float(f) for f in args.fractions.split(",")]
     uni = {f: uniform_channels(cfg, f) for f in fractions}
     budgets = {f: Budget("latency", model_resource(with_channels(cfg, ch), table).latency_ms) for f, ch in uni.items()}
@@ -133,23 +136,10 @@ def main(argv: list[str] | None = None) -> int:
                  "pred_latency_ms": round(base.latency_ms, 4),
                  "mflops": round(base.flops / 1e6, 3), "params_kb": round(base.memory_bytes / 1e3, 1),
                  "train_steps": s.pretrain_steps, "channels": ",".join(map(str, cfg.layer_channels))})
-    if args.device:
-        from workloads.measure import measure_models
-
-        print(f"[{time.time() - t_start:5.0f}s] measuring whole training steps on {args.device} (campaign, "
-              f"control-gated rounds) ...", flush=True)
-        got, _home, rounds = measure_models("bench-prune-vs-width", configs, args.device,
-                                            table.meta.governor_requested, results_root=DEVICE_WORK / "results",
-                                            resume=True, reps=1, rounds=3, steps=20, warmup=3, energy="none",
-                                            control=cfg, reference_ms=table.meta.control_ms or None)
-        print(f"rounds: {rounds.summary()}", flush=True)
-        meas = {r.model: r.ms for r in got.itertuples()}
-        col = "device_latency_ms"
-    else:
-        print(f"[{time.time() - t_start:5.0f}s] measuring whole training steps on this host (interleaved) ...",
-              flush=True)
-        meas = measure_models_on_host(configs, steps=30, warmup=5)
-        col = "host_latency_ms"
+    print(f"[{time.time() - t_start:5.0f}s] measuring whole training steps on this host (interleaved) ...",
+          flush=True)
+    meas = measure_models_on_host(configs, steps=30, warmup=5)
+    col = "host_latency_ms"
     for row in rows:
         row[col] = round(meas[row["model"]], 4) if row["model"] in meas else None
     pred = {k: v for k, v in pred.items() if k in meas}
@@ -157,9 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     err = prediction_error(pred, meas)
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(df.drop(columns=["channels"]).to_string(index=False))
-    print(f"table-sum prediction vs {'device' if args.device else 'host'} whole-step measurement:", err.summary())
+    print("table-sum prediction vs host whole-step measurement:", err.summary())
     print(err.per_model[["model", "predicted", "measured", "error"]].round(4).to_string(index=False))
-    stem = "pruning_vs_width_device" if args.device else "pruning_vs_width"
+    stem = "pruning_vs_width"
     df.to_csv(out / f"{stem}.csv", index=False)
     (out / f"{stem}.json").write_text(json.dumps({
         "rows": rows, "prediction_error": {"summary": err.summary(), "per_model": err.per_model.to_dict("records")},
@@ -169,6 +159,152 @@ def main(argv: list[str] | None = None) -> int:
                                                                   "held_out": len(split.test_y)},
         "elapsed_s": round(time.time() - t_start, 1)}, indent=1, default=str))
     print(f"wrote {out / (stem + '.csv')} ({time.time() - t_start:.0f}s)")
+    return 0
+
+
+def paired(correct_a, correct_b) -> dict:
+    """Paired comparison of two models on one test set: accuracy difference a - b with a paired bootstrap 95 % CI
+    (scipy.stats.bootstrap) and the exact McNemar p-value (binomial test on the discordant samples)."""
+    import numpy as np
+    from scipy import stats
+
+    a, b = np.asarray(correct_a, dtype=float), np.asarray(correct_b, dtype=float)
+    ci = stats.bootstrap((a, b), lambda x, y: x.mean() - y.mean(), paired=True, vectorized=False,
+                         n_resamples=2000, random_state=0).confidence_interval
+    only_a, only_b = int(((a == 1) & (b == 0)).sum()), int(((a == 0) & (b == 1)).sum())
+    p = stats.binomtest(only_a, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
+    return {"diff": float(a.mean() - b.mean()), "ci_low": float(ci.low), "ci_high": float(ci.high),
+            "only_searched": only_a, "only_uniform": only_b, "mcnemar_p": float(p)}
+
+
+def device_comparison(args, cfg, s, out: Path, t_start: float) -> int:
+    """Budgets = the uniform models' latency measured on the phone; the searched model is pruned (closed loop)
+    until it measures under that; then all models are measured together and compared on one test set."""
+    import pandas as pd
+    import torch
+
+    from workloads.measure import measure_models
+    from workloads.models import build_model
+    from workloads.pruning.budget import Budget
+    from workloads.pruning.loop import close_loop
+    from workloads.pruning.mobilenet import thin_to, uniform_channels, with_channels
+    from workloads.pruning.search import load_compressed, search, smallest_reachable
+    from workloads.pruning.train import evaluate, fine_tune, split_dataset, trainable_init
+    from workloads.resource import model_resource
+    from workloads.tables import load_table
+
+    def log(msg: str) -> None:
+        print(f"[{time.time() - t_start:5.0f}s] {msg}", flush=True)
+
+    table = load_table(device_table(cfg, args.device, args.every, out, t_start))
+    gov, ref = table.meta.governor_requested, table.meta.control_ms or None
+    results = DEVICE_WORK / "results"
+
+    def measure(name: str, models: dict, rounds: int):
+        got, _, rr = measure_models(name, models, args.device, gov, results_root=results, resume=True, reps=1,
+                                    rounds=rounds, steps=20, warmup=3, energy="none", control=cfg, reference_ms=ref)
+        log(f"{name}: {rr.summary()}")
+        return {r.model: r.ms for r in got.itertuples()}, rr
+
+    fractions = [float(f) for f in args.fractions.split(",")]
+    ucfg = {f: with_channels(cfg, uniform_channels(cfg, f)) for f in fractions}
+    log(f"measuring the uniform models on {args.device} (their measured latency is the budget) ...")
+    umeas, _ = measure("bench-uniform", {f"uniform f={f}": c for f, c in ucfg.items()}, 3)
+    smallest = smallest_reachable(cfg, "latency", table, s)
+    budgets, start = {}, {}
+    for f in fractions:
+        b = Budget("latency", umeas[f"uniform f={f}"])
+        budgets[f] = b
+        start[b] = Budget("latency", max(model_resource(ucfg[f], table).latency_ms, smallest))
+    log("budgets (measured uniform latency): " + ", ".join(f"f={f}: {b}" for f, b in budgets.items()))
+
+    run_dir = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="autlearn-prune-bench-"))
+    shutil.rmtree(run_dir, ignore_errors=True)
+
+    def propose(targets):
+        (res,) = search(cfg, table, targets, run_dir, s,
+                        on_event=lambda m: log(m) if "->" in m or "long" in m or "pretrain" in m or "budgets" in m
+                        else None)
+        return {str(p.budget): p.export for p in res.points}
+
+    def measure_exports(exports: dict, k: int):
+        got, rr = measure(f"bench-searched-{k}", {label: Path(p) for label, p in exports.items()}, 3)
+        return {label: {"latency": got.get(label)} for label in exports}, {"rounds": rr.summary()}
+
+    final, history = close_loop(list(budgets.values()), propose, measure_exports, corrections=3, margin=0.03,
+                                smallest=lambda kind: smallest, start=start, emit=log)
+    split = split_dataset(cfg, s.holdout, s.seed, s.per_class)
+    pre = build_model(cfg)
+    pre.load_state_dict(torch.load(run_dir / "latency" / "iter_0000.pt", weights_only=True))
+
+    def correct(net) -> "torch.Tensor":
+        with torch.no_grad():
+            return (net(split.test_x).argmax(1) == split.test_y).int()
+
+    rows, compare, models = [], [], {}
+    for f, att in zip(fractions, final):
+        if not att.export:
+            log(f"f={f}: {att.verdict}")
+            continue
+        doc = json.loads(Path(att.export).read_text())
+        scfg, snet = load_compressed(att.export)
+        steps = doc["iteration"] * s.short_steps + s.long_steps
+        tcfg, tnet = thin_to(pre, cfg, uniform_channels(cfg, f))
+        fine_tune(tnet, split, steps, s.lr, s.batch_size, seed=11)
+        fnet = trainable_init(build_model(tcfg), seed=12)
+        fine_tune(fnet, split, s.pretrain_steps + steps, s.lr, s.batch_size, seed=13)
+        cs, cu, cf = correct(snet), correct(tnet), correct(fnet)
+        cmp = {"fraction": f, "budget_ms": att.budget.value, "loop_rounds": att.round, "loop_verdict": att.verdict,
+               **paired(cs, cu)}
+        compare.append(cmp)
+        for name, c, net_correct in ((f"searched f={f}", scfg, cs), (f"uniform-L2 f={f}", tcfg, cu),
+                                     (f"uniform-scratch f={f}", tcfg, cf)):
+            r = model_resource(c, table)
+            models[name] = Path(att.export) if name.startswith("searched") else c
+            rows.append({"model": name, "fraction": f, "budget_ms": round(att.budget.value, 4),
+                         "test_accuracy": round(float(net_correct.float().mean()), 4),
+                         "pred_latency_ms": round(r.latency_ms, 4), "mflops": round(r.flops / 1e6, 3),
+                         "params_kb": round(r.memory_bytes / 1e3, 1), "train_steps": s.pretrain_steps + steps,
+                         "channels": ",".join(map(str, c.layer_channels))})
+        log(f"f={f}: test accuracy searched {cs.float().mean():.3f} vs uniform-L2 {cu.float().mean():.3f} "
+            f"(diff {cmp['diff']:+.3f}, 95 % CI [{cmp['ci_low']:+.3f}, {cmp['ci_high']:+.3f}], McNemar p "
+            f"{cmp['mcnemar_p']:.3g}) vs uniform-scratch {cf.float().mean():.3f}")
+    rows.append({"model": "unpruned (pretrain only)", "fraction": 1.0, "budget_ms": None,
+                 "test_accuracy": round(evaluate(pre, split, "test"), 4),
+                 "pred_latency_ms": round(model_resource(cfg, table).latency_ms, 4),
+                 "mflops": round(model_resource(cfg, table).flops / 1e6, 3),
+                 "params_kb": round(model_resource(cfg, table).memory_bytes / 1e3, 1),
+                 "train_steps": s.pretrain_steps, "channels": ",".join(map(str, cfg.layer_channels))})
+    models["unpruned (pretrain only)"] = cfg
+    log(f"measuring every model again on {args.device}, interleaved in the same control-gated rounds ...")
+    meas, rr = measure("bench-final", models, 5)
+    for row in rows:
+        row["device_latency_ms"] = round(meas[row["model"]], 4) if row["model"] in meas else None
+    for cmp in compare:
+        f = cmp["fraction"]
+        cmp["searched_ms"], cmp["uniform_ms"] = meas.get(f"searched f={f}"), meas.get(f"uniform-L2 f={f}")
+        cmp["latency_ratio"] = (cmp["searched_ms"] / cmp["uniform_ms"]
+                                if cmp["searched_ms"] and cmp["uniform_ms"] else None)
+        cmp["at_least_as_accurate"] = cmp["diff"] >= 0
+    df = pd.DataFrame(rows)
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(df.drop(columns=["channels"]).to_string(index=False))
+        print(pd.DataFrame(compare).round(4).to_string(index=False))
+    print(f"final rounds: {rr.summary()}")
+    for cmp in compare:
+        print(f"f={cmp['fraction']}: searched {'>=' if cmp['at_least_as_accurate'] else '<'} uniform-L2 in test "
+              f"accuracy ({cmp['diff']:+.3f}; 95 % CI [{cmp['ci_low']:+.3f}, {cmp['ci_high']:+.3f}]) at "
+              f"{cmp['latency_ratio']:.3f}x its measured latency" if cmp["latency_ratio"] else "")
+    stem = "pruning_vs_width_device"
+    df.to_csv(out / f"{stem}.csv", index=False)
+    (out / f"{stem}.json").write_text(json.dumps({
+        "rows": rows, "comparison": compare, "loop": [a.row() for a in history],
+        "final_rounds": rr.summary(), "settings": dict(s.__dict__), "config": cfg.to_dict(),
+        "table": str(table.meta.source_device), "table_governor": gov, "virtual": table.meta.virtual,
+        "labels": table.meta.labels, "data": {"source": split.source, "synthetic": split.synthetic,
+                                              "held_out": len(split.test_y)},
+        "elapsed_s": round(time.time() - t_start, 1)}, indent=1, default=str))
+    log(f"wrote {out / (stem + '.csv')}")
     return 0
 
 

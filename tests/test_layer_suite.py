@@ -372,7 +372,7 @@ def test_calibrate_scales_whole_model_latency(tiny_cfg, tiny_grid, tmp_path):
     pred = [model_resource(models[n], t).latency_ms for n in names]
     ratios = [1.1, 1.5, 1.2, 1.3, 1.25]
     measured = [p * r for p, r in zip(pred, ratios)]
-    ct, fit = calibrate(t, pred, measured, {"device": "Test Phone"})
+    ct, fit = calibrate(t, pred, measured, {"device": "Test Phone"}, method="ratio")
     assert fit["scale"] == pytest.approx(1.25) and ct.meta.latency_scale == pytest.approx(1.25)
     assert fit["models"] == 5 and fit["device"] == "Test Phone"
     assert json.loads(ct.meta.calibration)["scale"] == pytest.approx(1.25)
@@ -384,7 +384,7 @@ def test_calibrate_scales_whole_model_latency(tiny_cfg, tiny_grid, tmp_path):
         assert model_resource(models[n], ct).latency_ms == pytest.approx(1.25 * p)
     # re-calibrating from the calibrated table's own predictions fits the same scale (not 1.25 x 1.25)
     pred2 = [model_resource(models[n], ct).latency_ms for n in names]
-    ct2, fit2 = calibrate(ct, pred2, measured)
+    ct2, fit2 = calibrate(ct, pred2, measured, method="ratio")
     assert fit2["scale"] == pytest.approx(1.25)
     # files keep the scale
     for suffix in (".parquet", ".csv"):
@@ -392,6 +392,37 @@ def test_calibrate_scales_whole_model_latency(tiny_cfg, tiny_grid, tmp_path):
         assert back.meta.latency_scale == pytest.approx(1.25)
         assert back.meta.calibration == ct.meta.calibration
         assert model_resource(models[names[0]], back).latency_ms == pytest.approx(1.25 * pred[0])
+
+
+def test_affine_calibration_removes_a_fixed_cost_per_layer_call(tiny_cfg, tiny_grid, tmp_path):
+    # A sum of single-layer calls pays the per-call cost once per layer, a whole model once: measured = 2 x sum -
+    # 0.6 ms (+-0.2 % noise, one slow outlier; the lab fitted 1.5 x sum - 0.9 ms). A ratio cannot fit that;
+    # Theil-Sen can, and ignores the outlier.
+    t = _synthetic_table(tiny_grid)
+    models = validation_configs(tiny_cfg, n=10)
+    names = sorted(models)
+    pred = np.array([model_resource(models[n], t).latency_ms for n in names])
+    noise = np.random.default_rng(0).uniform(-0.002, 0.002, len(pred))
+    measured = (2.0 * pred - 0.6) * (1 + noise)
+    measured[3] *= 1.5
+    ct, fit = calibrate(t, pred, measured)
+    assert fit["scale"] == pytest.approx(2.0, rel=0.05) and fit["offset_ms"] == pytest.approx(-0.6, abs=0.03)
+    assert (ct.meta.latency_scale, ct.meta.latency_offset_ms) == (fit["scale"], fit["offset_ms"])
+    assert fit["loo_within_10pct"] >= 0.9 and "Theil-Sen" in fit["method"]
+    _, ratio = calibrate(t, pred, measured, method="ratio")
+    assert ratio["loo_within_10pct"] < 0.9 and ratio["loo_mean_abs_error"] > fit["loo_mean_abs_error"]
+    for n, p in zip(names, pred):
+        assert model_resource(models[n], ct).latency_ms == pytest.approx(fit["scale"] * p + fit["offset_ms"])
+    # re-calibrating a calibrated table starts from the raw sums; the file keeps both parameters
+    _, again = calibrate(ct, [model_resource(models[n], ct).latency_ms for n in names], measured)
+    assert again["scale"] == pytest.approx(fit["scale"]) and again["offset_ms"] == pytest.approx(fit["offset_ms"])
+    back = load_table(ct.save(tmp_path / "t.parquet"))
+    assert back.meta.latency_offset_ms == pytest.approx(fit["offset_ms"])
+    # a line falling with the sum (nonsense for latency) falls back to the ratio
+    _, falling = calibrate(t, pred, 2.0 - pred)
+    assert falling["offset_ms"] == 0.0 and "median" in falling["method"]
+    with pytest.raises(TableError, match="unknown calibration"):
+        calibrate(t, pred, measured, method="spline")
 
 
 @pytest.mark.parametrize("pred,meas", [([1.0, 2.0], [1.0, 2.0]), ([], []), ([1.0, 2.0, 3.0], [1.0, 2.0]),

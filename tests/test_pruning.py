@@ -186,6 +186,34 @@ def test_resume_after_interruption_gives_the_same_result(searched, tmp_path):
         search(cfg, table, budgets, tmp_path, replace(SETTINGS, short_steps=3))
 
 
+def test_new_budgets_keep_the_chain_up_to_the_first_changed_target(searched, tmp_path):
+    import shutil
+
+    cfg, table, budgets, out, res = searched
+    shutil.copytree(out, tmp_path / "s")
+    lo = min(b.value for b in budgets)
+    lower = lo - 0.3 * (lo - predict(with_channels(cfg, min_channels(cfg)), "latency", table))
+    seen = []
+    (ext,) = search(cfg, table, [*budgets, Budget("latency", lower)], tmp_path / "s", SETTINGS,
+                    on_iteration=seen.append)
+    old = [(i.channels, i.target) for i in res.iterations]
+    assert [(i.channels, i.target) for i in ext.iterations][:len(old)] == old   # nothing redone
+    assert seen and all(i.index >= len(old) for i in seen)                     # only the extension ran
+    assert ext.points[0].value <= lower
+    # a budget between the unpruned model and iteration 1's (unclamped) target changes that target: the chain is
+    # cut there and regrown
+    its = res.iterations
+    assert its[1].target not in [b.value for b in budgets]
+    mid = Budget("latency", (its[0].value + its[1].target) / 2)
+    cut = 1
+    seen.clear()
+    (again,) = search(cfg, table, [*budgets, mid], tmp_path / "s", SETTINGS, on_iteration=seen.append)
+    assert seen[0].index == cut and seen[0].target == pytest.approx(mid.value)
+    assert [i.channels for i in again.iterations][:cut] == [i.channels for i in res.iterations][:cut]
+    assert {str(p.budget) for p in again.points} == {str(b) for b in [*budgets, mid]}
+    assert all(p.value <= p.budget.value for p in again.points)
+
+
 def test_unreachable_and_unpredictable_budgets(searched, tmp_path):
     cfg, table, *_ = searched
     small = predict(with_channels(cfg, min_channels(cfg)), "latency", table)

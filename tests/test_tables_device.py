@@ -1,6 +1,7 @@
 """Issue 7 on the virtual lab: per-layer tables measured through the campaign engine on one phone under two
 governors, the resource model validated on 12 whole models, and pruned models for three budgets compiled and
-measured through a campaign (each must meet its budget). Real adb, real artifacts, real runner."""
+measured through a campaign; a model over its budget is pruned further (closed loop) until each meets it.
+Real adb, real artifacts, real runner."""
 
 from __future__ import annotations
 
@@ -20,8 +21,12 @@ from workloads.resource import model_resource
 from workloads.tables import load_table, sample_grid
 
 # Batch 16: at batch 1 this tiny model's step (~0.1 ms) varies +-30 % between runner launches on a shared host.
-TINY = dict(channels=(8, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16), num_classes=10, batch=16)
-SETS = ["--set", f"channels={json.dumps(list(TINY['channels']))}", "--set", "num_classes=10", "--set", "batch=16"]
+# 56x56 input: at 28x28 the fixed cost per layer call dominates and pruning spans only ~12 % of the step, about the
+# resource model's error, so budgets inside that span are not reachable on the device.
+TINY = dict(channels=(8, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16), num_classes=10, batch=16,
+            image_size=56)
+SETS = ["--set", f"channels={json.dumps(list(TINY['channels']))}", "--set", "num_classes=10", "--set", "batch=16",
+        "--set", "image_size=56"]
 CACHE = Path(os.environ.get("AUTLEARN_TEST_CACHE_DIR") or Path.home() / ".cache" / "autlearn-test")
 pytestmark = pytest.mark.slow
 
@@ -98,8 +103,10 @@ def test_prediction_error_reported_on_twelve_whole_models(validated):
     assert "12 models: mean |err|" in r.stdout
     t = load_table(cal)
     fit = json.loads(t.meta.calibration)
-    assert fit["models"] == 12 and t.meta.latency_scale == pytest.approx(fit["scale"])
-    assert fit["scale"] == pytest.approx((lat["measured_ms"] / lat["predicted_ms"]).median())
+    assert fit["models"] == 12 and t.meta.latency_scale == pytest.approx(fit["scale"]) and fit["scale"] > 0
+    assert t.meta.latency_offset_ms == pytest.approx(fit["offset_ms"])
+    assert 0 <= fit["loo_within_10pct"] <= 1 and "leave-one-out" in r.stdout
+    assert (fit["scale"] * lat["predicted_ms"] + fit["offset_ms"] > 0).all()   # the calibrated predictions
 
 
 def test_pruned_models_for_three_budgets_meet_them_when_measured(validated, legacy, work):
@@ -108,7 +115,7 @@ def test_pruned_models_for_three_budgets_meet_them_when_measured(validated, lega
     cfg = make_config("mobilenet", **TINY)
     hi = model_resource(cfg, t).latency_ms
     lo = model_resource(with_channels(cfg, min_channels(cfg)), t).latency_ms
-    budgets = [lo + f * (hi - lo) for f in (0.8, 0.5, 0.2)]
+    budgets = [lo + f * (hi - lo) for f in (0.8, 0.6, 0.4)]
     out = work / "pruned"
     r = autlearn("prune", "--table", str(cal), *[a for b in budgets for a in ("--budget", f"latency={b:.6f}ms")],
                  "--out", str(out), "--steps", "3", "--final-steps", "20", "--pretrain-steps", "20",
@@ -116,17 +123,21 @@ def test_pruned_models_for_three_budgets_meet_them_when_measured(validated, lega
                  "--artifacts", str(CACHE / "artifacts"))
     assert r.returncode == 0, r.stderr[-3000:]
     m = pd.read_csv(out / "measured.csv")
-    assert len(m) == 3 and m["measured_ms"].notna().all()
-    assert (m["predicted"] <= m["budget_value"]).all()
+    loop = pd.read_csv(out / "loop.csv")
+    view = loop[["budget", "loop_round", "search_target", "predicted", "measured_ms", "verdict", "rounds"]].to_string()
+    assert len(m) == 3 and m["measured_ms"].notna().all(), view
+    assert (m["predicted"] <= m["search_target"]).all() and (m["search_target"] <= m["budget_value"]).all()
     for row in m.itertuples():
         doc = json.loads(Path(row.export).read_text())
         assert doc["variant"] == "compressed" and Path(row.export).with_name("model.pt").is_file()
-    # The lab host has slow spells (whole runner launches ~50 % slower for seconds; `measure.run_rounds` gates
-    # rounds on a control model and repeats slow ones). What remains is within the stated precision.
-    view = m[["budget", "predicted", "measured_ms", "verdict", "rounds"]].to_string()
-    assert set(m["verdict"]) <= {"met", "within noise"}, view
-    assert (m["met"] == (m["measured_ms"] <= m["budget_value"])).all()
-    assert (m["verdict"] == "met").sum() >= 2, view
+    # The closed loop: every budget ends with a model that measured (median of control-gated rounds) under it; a
+    # model over its budget was searched again to a lower target (loop.csv keeps every attempt).
+    assert (m["verdict"] == "met").all() and (m["measured_ms"] <= m["budget_value"]).all(), view
+    for b, rows in loop.groupby("budget"):
+        rows = rows.sort_values("loop_round")
+        assert (rows["verdict"].iloc[:-1] == "exceeded").all(), view          # only an exceeded model is redone
+        assert rows["search_target"].is_monotonic_decreasing, view
+    assert "met = measured" in r.stdout
 
 
 def one_error(r: subprocess.CompletedProcess) -> str:

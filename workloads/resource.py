@@ -55,7 +55,8 @@ def model_resource(config: Any, table: Any = None, trainable: str = "head",
     lat = en = None
     if table is not None:
         table.require(keys)
-        lat = float(sum(table.latency_ms(k) for k in keys)) * float(getattr(table.meta, "latency_scale", 1.0))
+        lat = (float(sum(table.latency_ms(k) for k in keys)) * float(table.meta.latency_scale)
+               + float(table.meta.latency_offset_ms))
         if table.has_energy:
             en = float(sum(table.energy_mj(k) for k in keys))
     return Resource(lat, en, int(fl), int(mem))

@@ -73,8 +73,9 @@ class TableMeta:
     notes: str = ""
     labels: str = ""                  # comma-joined result labels of the measurements: virtual, modeled, ...
     energy_method: str = ""           # how per-layer energy was attributed (empty: no energy)
-    latency_scale: float = 1.0        # whole-model latency = scale x sum of layers (1.0: uncalibrated)
-    calibration: str = ""             # JSON: how latency_scale was fitted (models, device, errors)
+    latency_scale: float = 1.0        # whole-model latency = scale x sum of layers + offset (1, 0: uncalibrated)
+    latency_offset_ms: float = 0.0
+    calibration: str = ""             # JSON: how scale and offset were fitted (models, device, errors)
     control_ms: float = 0.0           # median step of the control model while measuring (0: none); later
     control_config: str = ""          #   measurements use rounds whose control is within tolerance of it
     schema_version: int = SCHEMA_VERSION
@@ -604,23 +605,49 @@ def tables_from_results(raw: pd.DataFrame, grid: Sequence[LayerKey] | None = Non
     return out
 
 
+CALIBRATIONS = ("affine", "ratio")
+
+
+def _fit(base: np.ndarray, measured: np.ndarray, method: str) -> tuple[float, float, str]:
+    """(scale, offset_ms, method used). affine: Theil-Sen line measured ~ scale * base + offset (robust to a slow
+    round); it falls back to the ratio when the line is not increasing or predicts <= 0 within the data."""
+    from scipy import stats
+
+    if method == "affine" and len(np.unique(base)) >= 2:
+        slope, intercept, _, _ = stats.theilslopes(measured, base)
+        if slope > 0 and slope * base.min() + intercept > 0:
+            return float(slope), float(intercept), "affine"
+    return float(np.median(measured / base)), 0.0, "ratio"
+
+
 def calibrate(table: Table, predicted_ms: Sequence[float], measured_ms: Sequence[float],
-              info: dict[str, Any] | None = None) -> tuple[Table, dict[str, Any]]:
-    """A copy of `table` whose whole-model latency predictions are scaled by the median measured/predicted ratio
-    of whole models measured on the same device (the per-step work a sum of layers misses: pooling, loss,
-    dispatch). Returns (table, fit) where fit holds the scale and its leave-one-out errors."""
+              info: dict[str, Any] | None = None, method: str = "affine") -> tuple[Table, dict[str, Any]]:
+    """A copy of `table` whose whole-model latency is fitted to whole models measured on the same device.
+
+    A sum of per-layer measurements misses per-step work (pooling, loss, dispatch) and counts a fixed cost per
+    layer call once per layer, which a whole model pays once: `affine` (default) fits measured = scale x sum +
+    offset (Theil-Sen), `ratio` only the median measured/sum. Returns (table, fit); fit holds the parameters and
+    leave-one-out errors (each model predicted by the fit to the others)."""
     from dataclasses import replace
 
+    if method not in CALIBRATIONS:
+        raise TableError(f"unknown calibration {method!r}; valid: {', '.join(CALIBRATIONS)}")
     p = np.asarray(predicted_ms, float)
     m = np.asarray(measured_ms, float)
     if len(p) < 3 or len(p) != len(m) or not (np.all(np.isfinite(p) & (p > 0)) and np.all(np.isfinite(m) & (m > 0))):
         raise TableError("calibration needs >= 3 whole models with positive predicted and measured latency")
-    base = p / table.meta.latency_scale          # calibrate from the raw layer sums
-    ratio = m / base
-    scale = float(np.median(ratio))
-    loo = np.array([np.median(np.delete(ratio, i)) * base[i] / m[i] - 1 for i in range(len(p))])
-    fit = {"method": "median of measured/predicted over whole models", "scale": scale, "models": len(p),
-           "loo_mean_abs_error": float(np.mean(np.abs(loo))), "loo_max_abs_error": float(np.max(np.abs(loo))),
-           "loo_within_10pct": float(np.mean(np.abs(loo) <= 0.10)), **(info or {})}
-    meta = replace(table.meta, latency_scale=scale, calibration=json.dumps(fit, sort_keys=True))
+    base = (p - table.meta.latency_offset_ms) / table.meta.latency_scale     # calibrate from the raw layer sums
+    scale, offset, used = _fit(base, m, method)
+    loo = []
+    for i in range(len(p)):
+        s_i, o_i, _ = _fit(np.delete(base, i), np.delete(m, i), method)
+        loo.append((s_i * base[i] + o_i) / m[i] - 1)
+    loo_a = np.abs(np.array(loo))
+    fit = {"method": {"affine": "Theil-Sen line measured = scale x sum of layers + offset over whole models",
+                      "ratio": "median of measured/predicted over whole models"}[used],
+           "scale": scale, "offset_ms": offset, "models": len(p),
+           "loo_mean_abs_error": float(loo_a.mean()), "loo_max_abs_error": float(loo_a.max()),
+           "loo_within_10pct": float(np.mean(loo_a <= 0.10)), **(info or {})}
+    meta = replace(table.meta, latency_scale=scale, latency_offset_ms=offset,
+                   calibration=json.dumps(fit, sort_keys=True))
     return Table(table.df, meta), fit

@@ -236,10 +236,13 @@ def export(table_path, csv_out, pq_out, allow_version_mismatch):
 @click.option("--out", "out", default=None, type=click.Path(dir_okay=False),
               help="CSV of per-model errors (default: prediction_error.csv in the campaign's results).")
 @click.option("--calibrate", "calibrated", default=None, type=click.Path(dir_okay=False),
-              help="Also write a copy of the table whose latency is scaled by the measured/predicted median.")
+              help="Also write a copy of the table whose whole-model latency is fitted to these measurements.")
+@click.option("--calibration", "method", type=click.Choice(["affine", "ratio"]), default="affine",
+              show_default=True, help="affine: scale x sum of layers + offset (a fixed cost per layer call is "
+                                      "counted once per layer in the sum); ratio: scale only.")
 @click.option("--allow-version-mismatch", is_flag=True)
 def validate(table_path, serial, n_models, seed, reps, rounds, steps, warmup, energy, threads, results_root, resume,
-             artifact_cache, out, calibrated, allow_version_mismatch):
+             artifact_cache, out, calibrated, method, allow_version_mismatch):
     """Prediction error of the resource model: measure whole models on the device, compare with the table's sum."""
     import pandas as pd
     from rich.console import Console
@@ -297,8 +300,9 @@ def validate(table_path, serial, n_models, seed, reps, rounds, steps, warmup, en
 
         names = sorted(got)
         ct, fit = calibrate(t, [pred[n].latency_ms for n in names], [got[n].ms for n in names],
-                            {"results": str(rdir), "governor": t.meta.governor_requested, "rounds": rounds})
-        click.echo(f"calibrated: latency x {fit['scale']:.3f}; leave-one-out mean |err| "
+                            {"results": str(rdir), "governor": t.meta.governor_requested, "rounds": rounds},
+                            method)
+        click.echo(f"calibrated: latency x {fit['scale']:.3f} {fit['offset_ms']:+.4g} ms; leave-one-out mean |err| "
                    f"{fit['loo_mean_abs_error']:.1%}, max {fit['loo_max_abs_error']:.1%}, "
                    f"{fit['loo_within_10pct']:.0%} within +-10% -> {ct.save(calibrated)}")
     missing = sorted(set(models) - set(got))

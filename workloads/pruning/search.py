@@ -16,13 +16,16 @@ maximise accuracy(model) s.t. resource(model) <= budget, resource from a per-lay
 
 The unpruned model is first trained `pretrain_steps` (weights come from a seed: there is no pretrained backbone).
 State is written per iteration (`<out>/<kind>/iter_NNNN.json` + `.pt`, JSON last = complete); rerunning with the
-same arguments resumes after the last complete iteration, with different arguments it refuses.
+same model/table/settings resumes after the last complete iteration, with others it refuses. Budgets may change
+between runs (the closed loop adds corrected targets): the stored chain is kept up to the first iteration whose
+target the new budgets would have set differently, and continued from there.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -198,18 +201,19 @@ def _search_kind(config, table, budgets, kdir: Path, s: SearchSettings, emit, on
 
     kind = budgets[0].kind
     kdir.mkdir(parents=True, exist_ok=True)
-    ident = {"settings": asdict(s), "config": config.to_dict(), "budgets": [str(b) for b in budgets],
-             "kind": kind, "table": table_digest(table) if kind in ("latency", "energy") else "none"}
+    ident = {"settings": asdict(s), "config": config.to_dict(), "kind": kind,
+             "table": table_digest(table) if kind in ("latency", "energy") else "none"}
     fp = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
     sj = kdir / "search.json"
     if sj.exists():
         prev = json.loads(sj.read_text())
         if prev.get("fingerprint") != fp:
-            raise ConfigError(f"{kdir} holds a search with other arguments (model/table/budgets/settings); "
+            raise ConfigError(f"{kdir} holds a search with other arguments (model/table/settings); "
                               f"use a new --out directory or delete it", key="out")
     else:
         _write_json(sj, {**ident, "fingerprint": fp,
                          "table_meta": json.loads(table.meta.to_json()) if table is not None else None})
+    budget_values = [b.value for b in budgets]
 
     cache: dict[tuple[int, ...], float] = {}
 
@@ -230,6 +234,7 @@ def _search_kind(config, table, budgets, kdir: Path, s: SearchSettings, emit, on
                 break
             iters.append(Iteration.from_dict(json.loads(j.read_text())))
         if iters:
+            iters = _valid_prefix(kdir, iters, budget_values, s, emit)
             emit(f"{kind}: resuming after iteration {iters[-1].index}")
             cur = iters[-1]
             cfg = with_channels(config, cur.channels)
@@ -248,8 +253,7 @@ def _search_kind(config, table, budgets, kdir: Path, s: SearchSettings, emit, on
         final = min(b.value for b in budgets)
         while cur.value > final and cur.index < s.max_iterations:
             i = cur.index + 1
-            nxt = max(b.value for b in budgets if b.value < cur.value)
-            target = max(cur.value - s.init_reduction * r0 * s.decay ** (i - 1), nxt)
+            target = _target(cur.value, i, r0, budget_values, s)
             props = []
             for layer in prunable_layers(cfg):
                 c = cfg.layer_channels[layer]
@@ -282,6 +286,31 @@ def _search_kind(config, table, budgets, kdir: Path, s: SearchSettings, emit, on
         return _finalize(config, table, budgets, kdir, s, iters, split, fp, emit)
     finally:
         torch.set_num_threads(old_threads)
+
+
+def _target(value: float, i: int, r0: float, budget_values: Sequence[float], s: SearchSettings) -> float:
+    """Iteration i's target: the schedule's step from `value`, but not below the next budget under `value`."""
+    step = value - s.init_reduction * r0 * s.decay ** (i - 1)
+    below = [v for v in budget_values if v < value]
+    return max(step, max(below)) if below else step
+
+
+def _valid_prefix(kdir: Path, iters: list[Iteration], budget_values: Sequence[float], s: SearchSettings,
+                  emit) -> list[Iteration]:
+    """The stored iterations these budgets would also have produced (same target at every step); the files of
+    later iterations (and their long fine-tunes) are removed so the chain continues from the prefix."""
+    keep = 1
+    while keep < len(iters) and math.isclose(
+            iters[keep].target, _target(iters[keep - 1].value, keep, iters[0].value, budget_values, s),
+            rel_tol=1e-12, abs_tol=0.0):
+        keep += 1
+    if keep < len(iters):
+        emit(f"{kdir.name}: budgets changed the target of iteration {keep}; continuing from iteration {keep - 1}")
+        for it in reversed(iters[keep:]):                 # last first: an interrupted removal leaves a prefix
+            for d in (kdir / "final", kdir):
+                for suffix in (".json", ".pt"):
+                    (d / f"iter_{it.index:04d}{suffix}").unlink(missing_ok=True)
+    return iters[:keep]
 
 
 def _commit(kdir: Path, it: Iteration, model: Any, iters: list[Iteration], on_iteration) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from profiler.errors import ConfigError, UserError
+from profiler.errors import ConfigError
 from workloads.layers import FC_STEP, channel_options
 from workloads.pruning.budget import Budget, UnreachableBudget
 
@@ -44,6 +44,15 @@ def factorize_head(model: Any, rank: int) -> Any:
     return m
 
 
+def smallest_rank_value(config: Any, kind: str, table: Any, step: int = FC_STEP, trainable: str = "head") -> float:
+    """The smallest `kind` value any head rank (or the dense head) reaches for a WordLSTMConfig."""
+    from workloads.resource import predict
+
+    ranks = channel_options(min(config.hidden_size, config.vocab_size), step)
+    return min([predict(config, kind, table, trainable)]
+               + [predict(config, kind, table, trainable, head_rank=r) for r in ranks])
+
+
 def rank_for_budget(config: Any, table: Any, budget: Budget, step: int = FC_STEP,
                     trainable: str = "head") -> int:
     """Largest head rank (multiple of `step` below min(H, V), or full) whose predicted resource meets `budget`
@@ -60,5 +69,5 @@ def rank_for_budget(config: Any, table: Any, budget: Budget, step: int = FC_STEP
             for r in channel_options(min(config.hidden_size, config.vocab_size), step)}
     ok = [r for r, v in vals.items() if v <= budget.value]
     if not ok:
-        raise UnreachableBudget(budget, min(min(vals.values()), full))
+        raise UnreachableBudget(budget, smallest_rank_value(config, budget.kind, table, step, trainable))
     return max(ok)

@@ -1,0 +1,86 @@
+"""The closed loop's rule (workloads.pruning.loop) without a device: a toy "search" whose model sits just under each
+target and a toy "device" that is a fixed factor slower than the table. The real loop runs on the virtual lab in
+test_tables_device.py."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from workloads.pruning.budget import Budget
+from workloads.pruning.loop import close_loop, corrected
+
+
+class Toy:
+    """propose: one model per target, its predicted value the largest multiple of `grain` <= target.
+    measure: predicted * slowdown (the table under-predicts), counting what it was asked to measure."""
+
+    def __init__(self, root: Path, slowdown: float, grain: float = 0.1, floor: float = 1.0):
+        self.root, self.slowdown, self.grain, self.floor = root, slowdown, grain, floor
+        self.measured: list[list[str]] = []
+
+    def value(self, target: Budget) -> float:
+        return max(self.floor, int(target.value / self.grain + 1e-9) * self.grain)
+
+    def propose(self, targets: list[Budget]) -> dict[str, str]:
+        out = {}
+        for t in targets:
+            v = self.value(t)
+            d = self.root / t.slug
+            d.mkdir(parents=True, exist_ok=True)
+            (d / "compressed.json").write_text(json.dumps({"config": {"size": round(v, 6)}, "value": v}))
+            out[str(t)] = str(d / "compressed.json")
+        return out
+
+    def measure(self, exports: dict[str, str], k: int):
+        self.measured.append(sorted(exports))
+        vals = {}
+        for label, path in exports.items():
+            v = json.loads(Path(path).read_text())["value"] * self.slowdown
+            vals[label] = {"latency": v, "energy": None}
+        return vals, {"results": f"round-{k}"}
+
+
+def test_a_model_over_its_budget_is_searched_again_until_it_measures_under(tmp_path):
+    toy = Toy(tmp_path, slowdown=1.2)
+    b = Budget("latency", 10.0)
+    final, history = close_loop([b], toy.propose, toy.measure, corrections=2, margin=0.05,
+                                smallest=lambda kind: toy.floor)
+    assert [a.verdict for a in history] == ["exceeded", "met"]
+    assert history[0].measured == pytest.approx(12.0) and history[0].target == b
+    assert history[1].target.value == pytest.approx(10.0 * 10.0 / 12.0 * 0.95)
+    assert final[0] is history[1] and final[0].measured <= b.value and final[0].round == 1
+    assert final[0].row()["met"] and final[0].row()["results"] == "round-1"
+
+
+def test_a_model_already_measured_is_not_measured_again_and_exact_kinds_are_not_measured(tmp_path):
+    toy = Toy(tmp_path, slowdown=0.9)
+    budgets = [Budget("latency", 5.0), Budget("latency", 5.05), Budget("flops", 3.0)]   # 5.0, 5.05: same model
+    final, history = close_loop(budgets, toy.propose, toy.measure)
+    assert [a.verdict for a in final] == ["met", "met", "met"] and len(history) == 3
+    assert len(toy.measured) == 1 and len(toy.measured[0]) == 1      # one architecture, measured once
+    assert final[2].measured == final[2].predicted == pytest.approx(3.0)
+
+
+def test_a_budget_the_smallest_model_cannot_meet_ends_exceeded(tmp_path):
+    toy = Toy(tmp_path, slowdown=2.0, floor=1.0)
+    b = Budget("latency", 1.5)                 # the smallest model measures 2.0
+    final, history = close_loop([b], toy.propose, toy.measure, corrections=5, smallest=lambda kind: toy.floor)
+    assert final[0].verdict == "exceeded" and final[0].measured == pytest.approx(2.0)
+    assert history[-1].target.value == pytest.approx(1.0)   # the last correction went down to the smallest model
+    assert len(history) < 6                                # and the loop stopped there
+
+
+def test_corrections_are_bounded(tmp_path):
+    toy = Toy(tmp_path, slowdown=3.0)
+    final, history = close_loop([Budget("latency", 10.0)], toy.propose, toy.measure, corrections=0)
+    assert len(history) == 1 and final[0].verdict == "exceeded" and final[0].measured == pytest.approx(30.0)
+    final, history = close_loop([Budget("latency", 10.0)], toy.propose, toy.measure, corrections=1, margin=0.1)
+    assert len(history) == 2 and final[0].verdict == "met"
+
+
+def test_corrected_target_takes_out_the_measured_excess():
+    t = corrected(Budget("latency", 8.0), Budget("latency", 10.0), 12.5, 0.1)
+    assert t.kind == "latency" and t.value == pytest.approx(8.0 * 0.8 * 0.9)

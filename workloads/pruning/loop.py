@@ -1,0 +1,121 @@
+"""Closing the loop from device back to model.
+
+A table predicts; the device decides. Each budget is first searched with the table as given. Every pruned model is
+compiled and measured on the device. A model that measures over its budget gets a lower search target:
+`target * budget / measured * (1 - margin)`, i.e. the table's error on that very model is taken out, plus a margin
+for the measurement's own noise. That budget is then pruned further. This repeats for at most `corrections` rounds.
+A budget ends `met` (measured <= budget), `exceeded` (still over after the last correction, or already at the
+smallest reachable model), `not measured` (the cell failed) or `not reached by the search` (max_iterations).
+
+The module only orchestrates. `propose` (search or SVD: targets -> exports) and `measure` (a device campaign:
+exports -> values) are passed in, so the rule is tested without a device and the CLI wires in the real ones.
+Latency is independent of the weights, so a model whose architecture was already measured is not measured again.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from workloads.pruning.budget import Budget
+
+MEASURED_KINDS = ("latency", "energy")
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One pruned model for one budget in one round of the loop."""
+
+    budget: Budget                   # the user's budget (device units)
+    target: Budget                   # what the table was asked to meet
+    round: int
+    export: str
+    predicted: float | None          # the table's value for the model (base unit of the kind)
+    measured: float | None           # device value (latency/energy), exact value (flops/memory)
+    verdict: str                     # met | exceeded | not measured | not reached by the search
+    info: Mapping[str, Any] = field(default_factory=dict)   # measurement provenance (results dir, rounds)
+
+    def row(self) -> dict[str, Any]:
+        return {"budget": str(self.budget), "kind": self.budget.kind, "budget_value": self.budget.value,
+                "search_target": self.target.value, "loop_round": self.round, "predicted": self.predicted,
+                "value": self.measured, "met": self.verdict == "met", "verdict": self.verdict,
+                "export": self.export, **self.info}
+
+
+def corrected(target: Budget, budget: Budget, measured: float, margin: float) -> Budget:
+    """The next search target of a model that measured `measured` against `budget` while searched to `target`."""
+    return Budget(target.kind, target.value * budget.value / measured * (1.0 - margin))
+
+
+def _arch(export: str) -> str:
+    """What latency depends on: the model config in a compressed.json (not its weights)."""
+    return json.dumps(json.loads(Path(export).read_text())["config"], sort_keys=True)
+
+
+def close_loop(budgets: Sequence[Budget], propose: Callable[[list[Budget]], Mapping[str, str]],
+               measure: Callable[[dict[str, str], int], tuple[Mapping[str, Mapping[str, float | None]],
+                                                                Mapping[str, Any]]],
+               *, corrections: int = 2, margin: float = 0.05, smallest: Callable[[str], float] | None = None,
+               start: Mapping[Budget, Budget] | None = None,
+               emit: Callable[[str], None] = lambda m: None) -> tuple[list[Attempt], list[Attempt]]:
+    """(final attempt per budget, every attempt). `propose(targets)` returns {str(target): compressed.json};
+    `measure({label: export}, round)` returns ({label: {"latency": ms, "energy": mJ}}, provenance). `start` gives a
+    budget's first search target (default: the budget itself)."""
+    targets = {str(b): (start or {}).get(b, b) for b in budgets}
+    known: dict[str, tuple[dict[str, float | None], dict[str, Any]]] = {}   # arch -> (values, provenance)
+    history: list[Attempt] = []
+    final: dict[str, Attempt] = {}
+    for k in range(corrections + 1):
+        exports = propose(sorted(set(targets.values())))
+        chosen = {label: exports[str(t)] for label, t in targets.items() if str(t) in exports}
+        todo: dict[str, str] = {}                   # arch -> one label (the same architecture is measured once)
+        for label, path in chosen.items():
+            if targets[label].kind in MEASURED_KINDS and _arch(path) not in known:
+                todo.setdefault(_arch(path), label)
+        if todo:
+            emit(f"round {k}: measuring {len(todo)} model(s) on the device")
+            values, info = measure({label: chosen[label] for label in todo.values()}, k)
+            for arch, label in todo.items():
+                known[arch] = (dict(values.get(label) or {}), dict(info))
+        again = False
+        for b in budgets:
+            label, target = str(b), targets[str(b)]
+            path = chosen.get(label)
+            if path is None:                        # the search stopped above the target (max_iterations)
+                final[label] = Attempt(b, target, k, "", None, None, "not reached by the search")
+                history.append(final[label])
+                continue
+            doc = json.loads(Path(path).read_text())
+            predicted = doc.get("value")
+            if b.kind in MEASURED_KINDS:
+                vals, info = known[_arch(path)]
+                value = vals.get(b.kind)
+                info = {**info, "measured_ms": vals.get("latency"), "measured_mj": vals.get("energy")}
+            else:                                   # flops / memory are exact
+                value, info = predicted, {}
+            if value is None or value != value:
+                verdict = "not measured"
+            elif value <= b.value:
+                verdict = "met"
+            else:
+                verdict = "exceeded"
+            att = Attempt(b, target, k, path, predicted, value, verdict, info)
+            history.append(att)
+            final[label] = att
+            if verdict != "exceeded" or k == corrections or b.kind not in MEASURED_KINDS:
+                continue
+            nxt = corrected(target, b, value, margin)
+            floor = smallest(b.kind) if smallest is not None else None
+            if floor is not None and nxt.value < floor:
+                if target.value <= floor:
+                    emit(f"{b}: the smallest reachable model measures {value:.4g}; cannot prune further")
+                    continue
+                nxt = Budget(b.kind, floor)
+            emit(f"{b}: measured {value:.4g} > {b.value:.4g}; searching again to {nxt} (table units)")
+            targets[label] = nxt
+            again = True
+        if not again:
+            break
+    return [final[str(b)] for b in budgets], history
