@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/bench_pruning_vs_width.py --device SERIAL --batch 16   # table + models on a phone
 
 Setup (small, minutes on 2 cores):
-  * model: MobileNetV1 width 0.25 (channels 8..256), 28x28x1 input, 10 classes;
+  * model: MobileNetV1 width 0.25 (channels 8..256), 28x28x1 input, --classes classes (default 10);
   * data: SYNTHETIC glyphs (workloads.data.synthetic_femnist, --per-class per class): 60 % train, 20 % val (the
     search's choices), 20 % test (reported accuracy, never used for a choice);
   * baselines: uniform thinning to fraction f of every layer ("width multiplier"), (a) keeping the largest-L2
@@ -51,6 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=64, help="on-device batch of the transfer-learning step")
     ap.add_argument("--every", type=int, default=4, help="table: measure every N-th channel count")
     ap.add_argument("--per-class", type=int, default=80, help="synthetic glyphs per class (20 %% of them: test)")
+    ap.add_argument("--classes", type=int, default=10, help="classes (62 = FEMNIST's; 10 saturates: every model "
+                                                            "size reaches ~96 %%)")
+    ap.add_argument("--pretrain-steps", type=int, default=None, help="default 300 (--quick: 100)")
+    ap.add_argument("--short-steps", type=int, default=None, help="fine-tune per proposal; default 5 (--quick: 3)")
+    ap.add_argument("--long-steps", type=int, default=None, help="final fine-tune; default 150 (--quick: 60)")
+    ap.add_argument("--init-reduction", type=float, default=0.025)
     args = ap.parse_args(argv)
 
     import pandas as pd
@@ -68,9 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.time()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    cfg = make_config("mobilenet", width=0.25, num_classes=10, batch=args.batch)
-    s = SearchSettings(short_steps=3 if args.quick else 5, long_steps=60 if args.quick else 150,
-                       pretrain_steps=100 if args.quick else 300, per_class=args.per_class, batch_size=32)
+    cfg = make_config("mobilenet", width=0.25, num_classes=args.classes, batch=args.batch)
+    pick = lambda given, quick, full: given if given is not None else (quick if args.quick else full)  # noqa: E731
+    s = SearchSettings(short_steps=pick(args.short_steps, 3, 5), long_steps=pick(args.long_steps, 60, 150),
+                       pretrain_steps=pick(args.pretrain_steps, 100, 300), per_class=args.per_class, batch_size=32,
+                       init_reduction=args.init_reduction)
     torch.set_num_threads(1)
 
     if args.device:
@@ -227,9 +235,21 @@ def device_comparison(args, cfg, s, out: Path, t_start: float) -> int:
                         else None)
         return {str(p.budget): p.export for p in res.points}
 
+    by_label = {str(b): f for f, b in budgets.items()}
+
     def measure_exports(exports: dict, k: int):
-        got, rr = measure(f"bench-searched-{k}", {label: Path(p) for label, p in exports.items()}, 3)
-        return {label: {"latency": got.get(label)} for label in exports}, {"rounds": rr.summary()}
+        # Each candidate is measured in the same rounds as its uniform model and counted relative to it:
+        # value = candidate / uniform (same rounds) x budget. Separate campaigns on this host can differ by tens of
+        # percent (slow spells), so "at equal measured latency" is decided side by side.
+        models = {label: Path(p) for label, p in exports.items()}
+        models.update({f"uniform f={by_label[label]}": ucfg[by_label[label]] for label in exports})
+        got, rr = measure(f"bench-searched-{k}", models, 3)
+        values, raw = {}, {}
+        for label in exports:
+            mine, ref = got.get(label), got.get(f"uniform f={by_label[label]}")
+            raw[label] = (mine, ref)
+            values[label] = {"latency": mine / ref * budgets[by_label[label]].value if mine and ref else None}
+        return values, {"rounds": rr.summary(), "side_by_side_ms": json.dumps(raw)}
 
     final, history = close_loop(list(budgets.values()), propose, measure_exports, corrections=3, margin=0.03,
                                 smallest=lambda kind: smallest, start=start, emit=log)
@@ -312,7 +332,7 @@ def device_table(cfg, serial: str, every: int, out: Path, t_start: float) -> Pat
     """`autlearn tables build` on the device (one governor: the phone's default dynamic one, 'interactive')."""
     import subprocess
 
-    tdir = DEVICE_WORK / "tables"
+    tdir = DEVICE_WORK / "tables" / f"classes{cfg.num_classes}-batch{cfg.batch}-every{every}"
     print(f"[{time.time() - t_start:5.0f}s] measuring the per-layer table on {serial} ...", flush=True)
     cmd = [sys.executable, "-m", "profiler", "tables", "build", "--device", serial, "--governors", "interactive",
            "--set", f"width={cfg.width}", "--set", f"num_classes={cfg.num_classes}", "--set", f"batch={cfg.batch}",

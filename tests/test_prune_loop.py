@@ -52,6 +52,8 @@ def test_a_model_over_its_budget_is_searched_again_until_it_measures_under(tmp_p
     assert history[0].measured == pytest.approx(12.0) and history[0].target == b
     assert history[1].target.value == pytest.approx(10.0 * 10.0 / 12.0 * 0.95)
     assert final[0] is history[1] and final[0].measured <= b.value and final[0].round == 1
+    assert history[0].architecture != history[1].architecture          # each attempt keeps its own model
+    assert json.loads(history[0].architecture) == {"size": 10.0}
     assert final[0].row()["met"] and final[0].row()["results"] == "round-1"
 
 

@@ -36,12 +36,13 @@ class Attempt:
     measured: float | None           # device value (latency/energy), exact value (flops/memory)
     verdict: str                     # met | exceeded | not measured | not reached by the search
     info: Mapping[str, Any] = field(default_factory=dict)   # measurement provenance (results dir, rounds)
+    architecture: str = ""           # the model config (JSON) of this attempt; the export file is rewritten later
 
     def row(self) -> dict[str, Any]:
         return {"budget": str(self.budget), "kind": self.budget.kind, "budget_value": self.budget.value,
                 "search_target": self.target.value, "loop_round": self.round, "predicted": self.predicted,
                 "value": self.measured, "met": self.verdict == "met", "verdict": self.verdict,
-                "export": self.export, **self.info}
+                "export": self.export, "architecture": self.architecture, **self.info}
 
 
 def corrected(target: Budget, budget: Budget, measured: float, margin: float) -> Budget:
@@ -101,7 +102,7 @@ def close_loop(budgets: Sequence[Budget], propose: Callable[[list[Budget]], Mapp
                 verdict = "met"
             else:
                 verdict = "exceeded"
-            att = Attempt(b, target, k, path, predicted, value, verdict, info)
+            att = Attempt(b, target, k, path, predicted, value, verdict, info, _arch(path))
             history.append(att)
             final[label] = att
             if verdict != "exceeded" or k == corrections or b.kind not in MEASURED_KINDS:
