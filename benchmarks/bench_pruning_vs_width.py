@@ -243,7 +243,7 @@ def device_comparison(args, cfg, s, out: Path, t_start: float) -> int:
         # percent (slow spells), so "at equal measured latency" is decided side by side.
         models = {label: Path(p) for label, p in exports.items()}
         models.update({f"uniform f={by_label[label]}": ucfg[by_label[label]] for label in exports})
-        got, rr = measure(f"bench-searched-{k}", models, 3)
+        got, rr = measure(f"bench-searched-{k}", models, 5)          # as `prune --measure-rounds` (default 5)
         values, raw = {}, {}
         for label in exports:
             mine, ref = got.get(label), got.get(f"uniform f={by_label[label]}")
