@@ -262,6 +262,14 @@ def device_comparison(args, cfg, s, out: Path, t_start: float) -> int:
             return (net(split.test_x).argmax(1) == split.test_y).int()
 
     rows, compare, models = [], [], {}
+
+    def row(name: str, c, f: float, budget_ms, accuracy: float, train_steps: int) -> dict:
+        r = model_resource(c, table)
+        return {"model": name, "fraction": f, "budget_ms": budget_ms, "test_accuracy": round(accuracy, 4),
+                "pred_latency_ms": round(r.latency_ms, 4), "mflops": round(r.flops / 1e6, 3),
+                "params_kb": round(r.memory_bytes / 1e3, 1), "train_steps": train_steps,
+                "channels": ",".join(map(str, c.layer_channels))}
+
     for f, att in zip(fractions, final):
         if not att.export:
             log(f"f={f}: {att.verdict}")
@@ -279,22 +287,13 @@ def device_comparison(args, cfg, s, out: Path, t_start: float) -> int:
         compare.append(cmp)
         for name, c, net_correct in ((f"searched f={f}", scfg, cs), (f"uniform-L2 f={f}", tcfg, cu),
                                      (f"uniform-scratch f={f}", tcfg, cf)):
-            r = model_resource(c, table)
             models[name] = Path(att.export) if name.startswith("searched") else c
-            rows.append({"model": name, "fraction": f, "budget_ms": round(att.budget.value, 4),
-                         "test_accuracy": round(float(net_correct.float().mean()), 4),
-                         "pred_latency_ms": round(r.latency_ms, 4), "mflops": round(r.flops / 1e6, 3),
-                         "params_kb": round(r.memory_bytes / 1e3, 1), "train_steps": s.pretrain_steps + steps,
-                         "channels": ",".join(map(str, c.layer_channels))})
+            rows.append(row(name, c, f, round(att.budget.value, 4), float(net_correct.float().mean()),
+                            s.pretrain_steps + steps))
         log(f"f={f}: test accuracy searched {cs.float().mean():.3f} vs uniform-L2 {cu.float().mean():.3f} "
             f"(diff {cmp['diff']:+.3f}, 95 % CI [{cmp['ci_low']:+.3f}, {cmp['ci_high']:+.3f}], McNemar p "
             f"{cmp['mcnemar_p']:.3g}) vs uniform-scratch {cf.float().mean():.3f}")
-    rows.append({"model": "unpruned (pretrain only)", "fraction": 1.0, "budget_ms": None,
-                 "test_accuracy": round(evaluate(pre, split, "test"), 4),
-                 "pred_latency_ms": round(model_resource(cfg, table).latency_ms, 4),
-                 "mflops": round(model_resource(cfg, table).flops / 1e6, 3),
-                 "params_kb": round(model_resource(cfg, table).memory_bytes / 1e3, 1),
-                 "train_steps": s.pretrain_steps, "channels": ",".join(map(str, cfg.layer_channels))})
+    rows.append(row("unpruned (pretrain only)", cfg, 1.0, None, evaluate(pre, split, "test"), s.pretrain_steps))
     models["unpruned (pretrain only)"] = cfg
     log(f"measuring every model again on {args.device}, interleaved in the same control-gated rounds ...")
     meas, rr = measure("bench-final", models, 5)

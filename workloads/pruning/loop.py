@@ -50,9 +50,9 @@ def corrected(target: Budget, budget: Budget, measured: float, margin: float) ->
     return Budget(target.kind, target.value * budget.value / measured * (1.0 - margin))
 
 
-def _arch(export: str) -> str:
-    """What latency depends on: the model config in a compressed.json (not its weights)."""
-    return json.dumps(json.loads(Path(export).read_text())["config"], sort_keys=True)
+def _arch(doc: Mapping[str, Any]) -> str:
+    """What latency depends on: the model config of a compressed.json (not its weights)."""
+    return json.dumps(doc["config"], sort_keys=True)
 
 
 def close_loop(budgets: Sequence[Budget], propose: Callable[[list[Budget]], Mapping[str, str]],
@@ -71,10 +71,12 @@ def close_loop(budgets: Sequence[Budget], propose: Callable[[list[Budget]], Mapp
     for k in range(corrections + 1):
         exports = propose(sorted(set(targets.values())))
         chosen = {label: exports[str(t)] for label, t in targets.items() if str(t) in exports}
+        docs = {label: json.loads(Path(path).read_text()) for label, path in chosen.items()}   # read once a round
+        archs = {label: _arch(doc) for label, doc in docs.items()}
         todo: dict[str, str] = {}                   # arch -> one label (the same architecture is measured once)
-        for label, path in chosen.items():
-            if targets[label].kind in MEASURED_KINDS and _arch(path) not in known:
-                todo.setdefault(_arch(path), label)
+        for label in chosen:
+            if targets[label].kind in MEASURED_KINDS and archs[label] not in known:
+                todo.setdefault(archs[label], label)
         if todo:
             emit(f"round {k}: measuring {len(todo)} model(s) on the device")
             values, info = measure({label: chosen[label] for label in todo.values()}, k)
@@ -88,10 +90,9 @@ def close_loop(budgets: Sequence[Budget], propose: Callable[[list[Budget]], Mapp
                 final[label] = Attempt(b, target, k, "", None, None, "not reached by the search")
                 history.append(final[label])
                 continue
-            doc = json.loads(Path(path).read_text())
-            predicted = doc.get("value")
+            predicted = docs[label].get("value")
             if b.kind in MEASURED_KINDS:
-                vals, info = known[_arch(path)]
+                vals, info = known[archs[label]]
                 value = vals.get(b.kind)
                 info = {**info, "measured_ms": vals.get("latency"), "measured_mj": vals.get("energy")}
             else:                                   # flops / memory are exact
@@ -102,7 +103,7 @@ def close_loop(budgets: Sequence[Budget], propose: Callable[[list[Budget]], Mapp
                 verdict = "met"
             else:
                 verdict = "exceeded"
-            att = Attempt(b, target, k, path, predicted, value, verdict, info, _arch(path))
+            att = Attempt(b, target, k, path, predicted, value, verdict, info, archs[label])
             history.append(att)
             final[label] = att
             if verdict != "exceeded" or k == corrections or b.kind not in MEASURED_KINDS:

@@ -69,5 +69,5 @@ def rank_for_budget(config: Any, table: Any, budget: Budget, step: int = FC_STEP
             for r in channel_options(min(config.hidden_size, config.vocab_size), step)}
     ok = [r for r, v in vals.items() if v <= budget.value]
     if not ok:
-        raise UnreachableBudget(budget, smallest_rank_value(config, budget.kind, table, step, trainable))
+        raise UnreachableBudget(budget, min(min(vals.values()), full))   # = smallest_rank_value, computed
     return max(ok)
