@@ -135,7 +135,8 @@ def test_pruned_models_for_three_budgets_meet_them_when_measured(validated, lega
     assert (m["verdict"] == "met").all() and (m["measured_ms"] <= m["budget_value"]).all(), view
     for b, rows in loop.groupby("budget"):
         rows = rows.sort_values("loop_round")
-        assert (rows["verdict"].iloc[:-1] == "exceeded").all(), view          # only an exceeded model is redone
+        lowered = rows["search_target"].diff().fillna(0) != 0
+        assert (rows["verdict"].shift()[lowered] == "exceeded").all(), view   # a target moves only after an excess
         assert rows["search_target"].is_monotonic_decreasing, view
     assert "met = measured" in r.stdout
 
