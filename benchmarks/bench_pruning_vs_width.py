@@ -11,11 +11,12 @@ Setup (small, minutes on 2 cores):
     filters of the same pretrained model, (b) trained from a fresh seed; both get the same number of training steps
     as the searched model's kept chain.
 
---device (the acceptance comparison): the per-layer table is measured on the phone (`autlearn tables build`); the
+--device (the acceptance comparison): the per-layer table is measured on the phone (`autlearn tables build`) and
+smoothed (`tables.smooth`, a monotone robust fit per layer family; --table-fit raw: search on the measured table); the
 uniform models are measured on the phone first and their MEASURED latency is each budget; the search starts at the
 table's prediction for the uniform model and the closed loop (workloads.pruning.loop) prunes further until the
 searched model measures under the budget. At the end every model is measured again in the same control-gated
-campaign rounds (interleaved), and accuracy is compared paired on one test set (difference with a paired bootstrap
+campaign rounds (interleaved; latency ratios are medians of per-round ratios), and accuracy is compared paired on one test set (difference with a paired bootstrap
 95 % CI, exact McNemar p).
 
 Without --device: the table is measured on THIS HOST with PyTorch eager (labelled "host (not a phone)"), budgets
@@ -57,6 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--short-steps", type=int, default=None, help="fine-tune per proposal; default 5 (--quick: 3)")
     ap.add_argument("--long-steps", type=int, default=None, help="final fine-tune; default 150 (--quick: 60)")
     ap.add_argument("--init-reduction", type=float, default=0.025)
+    ap.add_argument("--table-fit", choices=("smooth", "raw"), default="smooth",
+                    help="--device: search on the smoothed table (tables.smooth: monotone robust fit per layer "
+                         "family) or on the raw measured+interpolated one")
+    ap.add_argument("--measure-steps", type=int, default=60, help="--device: timed steps per runner launch")
+    ap.add_argument("--seed", type=int, default=0, help="search seed (data split, init, fine-tune order)")
+    ap.add_argument("--tag", default="", help="--device: suffix of the result files (keeps earlier runs)")
     args = ap.parse_args(argv)
 
     import pandas as pd
@@ -78,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     pick = lambda given, quick, full: given if given is not None else (quick if args.quick else full)  # noqa: E731
     s = SearchSettings(short_steps=pick(args.short_steps, 3, 5), long_steps=pick(args.long_steps, 60, 150),
                        pretrain_steps=pick(args.pretrain_steps, 100, 300), per_class=args.per_class, batch_size=32,
-                       init_reduction=args.init_reduction)
+                       init_reduction=args.init_reduction, seed=args.seed)
     torch.set_num_threads(1)
 
     if args.device:
@@ -199,25 +206,32 @@ def device_comparison(args, cfg, s, out: Path, t_start: float) -> int:
     from workloads.pruning.search import load_compressed, search, smallest_reachable
     from workloads.pruning.train import evaluate, fine_tune, split_dataset, trainable_init
     from workloads.resource import model_resource
-    from workloads.tables import load_table
+    from workloads.tables import load_table, smooth
 
     def log(msg: str) -> None:
         print(f"[{time.time() - t_start:5.0f}s] {msg}", flush=True)
 
-    table = load_table(device_table(cfg, args.device, args.every, out, t_start))
+    raw_path = device_table(cfg, args.device, args.every, out, t_start)
+    table = load_table(raw_path)
+    if args.table_fit == "smooth":
+        table, fit = smooth(table)
+        log(f"smoothed table: median |residual| {fit['median_abs_residual']:.1%} of the measured keys, "
+            f"{fit['share_within_20pct']:.0%} within 20 %, max {fit['max_abs_residual']:.0%} -> "
+            f"{table.save(raw_path.with_name(raw_path.stem + '-smoothed.parquet'))}")
     gov, ref = table.meta.governor_requested, table.meta.control_ms or None
     results = DEVICE_WORK / "results"
 
     def measure(name: str, models: dict, rounds: int):
         got, _, rr = measure_models(name, models, args.device, gov, results_root=results, resume=True, reps=1,
-                                    rounds=rounds, steps=20, warmup=3, energy="none", control=cfg, reference_ms=ref)
+                                    rounds=rounds, steps=args.measure_steps, warmup=3, energy="none", control=cfg,
+                                    reference_ms=ref)
         log(f"{name}: {rr.summary()}")
-        return {r.model: r.ms for r in got.itertuples()}, rr
+        return {r.model: r.ms for r in got.itertuples()}, per_round(rr.raw, models), rr
 
     fractions = [float(f) for f in args.fractions.split(",")]
     ucfg = {f: with_channels(cfg, uniform_channels(cfg, f)) for f in fractions}
     log(f"measuring the uniform models on {args.device} (their measured latency is the budget) ...")
-    umeas, _ = measure("bench-uniform", {f"uniform f={f}": c for f, c in ucfg.items()}, 3)
+    umeas, _, _ = measure("bench-uniform", {f"uniform f={f}": c for f, c in ucfg.items()}, 3)
     smallest = smallest_reachable(cfg, "latency", table, s)
     budgets, start = {}, {}
     for f in fractions:
@@ -239,16 +253,16 @@ def device_comparison(args, cfg, s, out: Path, t_start: float) -> int:
 
     def measure_exports(exports: dict, k: int):
         # Each candidate is measured in the same rounds as its uniform model and counted relative to it:
-        # value = candidate / uniform (same rounds) x budget. Separate campaigns on this host can differ by tens of
-        # percent (slow spells), so "at equal measured latency" is decided side by side.
+        # value = median over rounds of (candidate / uniform in that round) x budget. Separate campaigns on this
+        # host can differ by tens of percent (slow spells), so "at equal measured latency" is decided side by side.
         models = {label: Path(p) for label, p in exports.items()}
         models.update({f"uniform f={by_label[label]}": ucfg[by_label[label]] for label in exports})
-        got, rr = measure(f"bench-searched-{k}", models, 5)          # as `prune --measure-rounds` (default 5)
+        got, rounds, rr = measure(f"bench-searched-{k}", models, 5)   # as `prune --measure-rounds` (default 5)
         values, raw = {}, {}
         for label in exports:
-            mine, ref = got.get(label), got.get(f"uniform f={by_label[label]}")
-            raw[label] = (mine, ref)
-            values[label] = {"latency": mine / ref * budgets[by_label[label]].value if mine and ref else None}
+            r = paired_ratio(rounds, label, f"uniform f={by_label[label]}")
+            raw[label] = (got.get(label), got.get(f"uniform f={by_label[label]}"), r)
+            values[label] = {"latency": r["median"] * budgets[by_label[label]].value if r else None}
         return values, {"rounds": rr.summary(), "side_by_side_ms": json.dumps(raw)}
 
     final, history = close_loop(list(budgets.values()), propose, measure_exports, corrections=3, margin=0.03,
@@ -296,14 +310,15 @@ def device_comparison(args, cfg, s, out: Path, t_start: float) -> int:
     rows.append(row("unpruned (pretrain only)", cfg, 1.0, None, evaluate(pre, split, "test"), s.pretrain_steps))
     models["unpruned (pretrain only)"] = cfg
     log(f"measuring every model again on {args.device}, interleaved in the same control-gated rounds ...")
-    meas, rr = measure("bench-final", models, 5)
+    meas, final_rounds, rr = measure("bench-final", models, 5)
     for row in rows:
         row["device_latency_ms"] = round(meas[row["model"]], 4) if row["model"] in meas else None
     for cmp in compare:
         f = cmp["fraction"]
         cmp["searched_ms"], cmp["uniform_ms"] = meas.get(f"searched f={f}"), meas.get(f"uniform-L2 f={f}")
-        cmp["latency_ratio"] = (cmp["searched_ms"] / cmp["uniform_ms"]
-                                if cmp["searched_ms"] and cmp["uniform_ms"] else None)
+        r = paired_ratio(final_rounds, f"searched f={f}", f"uniform-L2 f={f}")
+        cmp["latency_ratio"] = r["median"] if r else None           # median over rounds of the paired ratio
+        cmp["latency_ratio_min"], cmp["latency_ratio_max"] = (r["min"], r["max"]) if r else (None, None)
         cmp["at_least_as_accurate"] = cmp["diff"] >= 0
     df = pd.DataFrame(rows)
     with pd.option_context("display.width", 200, "display.max_columns", 20):
@@ -313,18 +328,49 @@ def device_comparison(args, cfg, s, out: Path, t_start: float) -> int:
     for cmp in compare:
         print(f"f={cmp['fraction']}: searched {'>=' if cmp['at_least_as_accurate'] else '<'} uniform-L2 in test "
               f"accuracy ({cmp['diff']:+.3f}; 95 % CI [{cmp['ci_low']:+.3f}, {cmp['ci_high']:+.3f}]) at "
-              f"{cmp['latency_ratio']:.3f}x its measured latency" if cmp["latency_ratio"] else "")
-    stem = "pruning_vs_width_device"
+              f"{cmp['latency_ratio']:.3f}x its measured latency (median of per-round ratios; rounds "
+              f"{cmp['latency_ratio_min']:.3f}-{cmp['latency_ratio_max']:.3f})" if cmp["latency_ratio"] else "")
+    stem = "pruning_vs_width_device" + (f"_{args.tag}" if args.tag else "")
     df.to_csv(out / f"{stem}.csv", index=False)
     (out / f"{stem}.json").write_text(json.dumps({
         "rows": rows, "comparison": compare, "loop": [a.row() for a in history],
         "final_rounds": rr.summary(), "settings": dict(s.__dict__), "config": cfg.to_dict(),
-        "table": str(table.meta.source_device), "table_governor": gov, "virtual": table.meta.virtual,
+        "table": str(table.meta.source_device), "table_fit": args.table_fit, "table_governor": gov, "virtual": table.meta.virtual,
         "labels": table.meta.labels, "data": {"source": split.source, "synthetic": split.synthetic,
                                               "held_out": len(split.test_y)},
         "elapsed_s": round(time.time() - t_start, 1)}, indent=1, default=str))
     log(f"wrote {out / (stem + '.csv')}")
     return 0
+
+
+def per_round(raw, models: dict):
+    """Median step (ms) of each model in each round: DataFrame indexed by round (campaign), one column per label.
+    Labels are matched like measure_models does (workload, variant, canonical config, batch)."""
+    from workloads.measure import workload_of
+    from workloads.resource import canonical_config, measured_from_results
+
+    want = {}
+    for label, model in models.items():
+        w = workload_of(model)
+        want.setdefault((w["model"], w["variants"][0], canonical_config(w["config"]), w["batch"][0]), []).append(label)
+    rows = []
+    for campaign, g in raw.groupby("campaign", sort=True):
+        for r in measured_from_results(g).itertuples():
+            for label in want.get((r.workload, r.variant, r.config, r.batch), []):
+                rows.append({"round": campaign, "model": label, "ms": r.ms})
+    import pandas as pd
+
+    return pd.DataFrame(rows).pivot(index="round", columns="model", values="ms") if rows else pd.DataFrame()
+
+
+def paired_ratio(rounds, a: str, b: str) -> dict | None:
+    """a / b per round (both measured in it) -> median, min, max over rounds; None when no round has both."""
+    if a not in rounds or b not in rounds:
+        return None
+    r = (rounds[a] / rounds[b]).dropna()
+    if not len(r):
+        return None
+    return {"median": float(r.median()), "min": float(r.min()), "max": float(r.max()), "rounds": len(r)}
 
 
 def device_table(cfg, serial: str, every: int, out: Path, t_start: float) -> Path:

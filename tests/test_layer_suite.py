@@ -338,8 +338,8 @@ def test_tables_from_results_completes_over_a_grid():
     narrow = K_FC.with_channels(8, 10)
     tables = tables_from_results(raw, grid=[K_CONV, K_FC, narrow])
     t = tables["R58M", "schedutil"]
-    assert t.counts() == {"measured": 3, "interpolated": 1}
-    assert tables["emu-1", "powersave"].counts() == {"measured": 2, "interpolated": 1}
+    assert t.counts() == {"measured": 3, "interpolated": 1, "fitted": 0}
+    assert tables["emu-1", "powersave"].counts() == {"measured": 2, "interpolated": 1, "fitted": 0}
     # one measured point in the family: scaled by the FLOPs ratio
     assert t.latency_ms(narrow) == pytest.approx(t.latency_ms(K_FC) * flops(narrow) / flops(K_FC))
     # a grid key whose family was never measured (FC backward on powersave) cannot be interpolated

@@ -4,6 +4,7 @@ import json
 import math
 from dataclasses import replace
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -16,7 +17,7 @@ from workloads.layers import (KEY_COLUMNS, LayerKey, channel_options, flops, mod
 from workloads.models import build_model, make_config
 from workloads.resource import model_resource, prediction_error
 from workloads.tables import (HOST_DEVICE, Table, TableMeta, layer_workloads, load_table, measure_on_host,
-                              median_ci, sample_grid, table_from_measurements)
+                              SCHEMA_VERSION, median_ci, sample_grid, smooth, table_from_measurements)
 
 TINY = dict(channels=(8, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16), num_classes=10)
 
@@ -130,19 +131,66 @@ def test_interpolation_marks_and_reproduces_a_held_out_point():
     rows = [{**k.to_dict(), "rep": r, "ms": _smooth(k) * (1 + 0.001 * (r - 1)), "mj": 2 * _smooth(k)}
             for k in keys if k != held for r in range(3)]
     t = table_from_measurements(pd.DataFrame(rows), _meta())
-    assert held not in t and t.counts() == {"measured": len(keys) - 1, "interpolated": 0}
+    assert held not in t and t.counts() == {"measured": len(keys) - 1, "interpolated": 0, "fitted": 0}
     full = t.complete(keys)
     row = full.df.set_index(list(KEY_COLUMNS)).loc[tuple(held.to_dict().values())]
     assert row["source"] == "interpolated" and row["n"] == 0 and math.isnan(row["ci_low_ms"])
     assert full.latency_ms(held) == pytest.approx(_smooth(held), rel=0.02)
     assert full.energy_mj(held) == pytest.approx(2 * _smooth(held), rel=0.02)
-    assert full.counts() == {"measured": len(keys) - 1, "interpolated": 1}
+    assert full.counts() == {"measured": len(keys) - 1, "interpolated": 1, "fitted": 0}
     # a sparse measurement of the family (every 2nd count + extremes) still predicts the rest within 5 %
     sub = set(sample_grid(keys, 2))
     sparse = table_from_measurements(pd.DataFrame([r for r in rows if LayerKey(**{c: r[c] for c in KEY_COLUMNS})
                                                    in sub]), _meta()).complete(keys)
     errs = [abs(sparse.latency_ms(k) / _smooth(k) - 1) for k in keys]
     assert max(errs) < 0.05
+
+
+def test_smooth_is_monotone_robust_and_keeps_what_was_measured(tmp_path):
+    # a family measured once per key: 10 % noise, one launch 5x slow, one key 3x fast (a bad timer read)
+    base = LayerKey("conv", 1, 1, 1, 4, 4, 8, 8, 1)
+    keys = [base.with_channels(a, b) for a in range(8, 129, 8) for b in range(8, 129, 8)]
+    rng = np.random.default_rng(0)
+    true = {k: 0.01 + 2e-6 * k.c_in * k.c_out for k in keys}
+    slow, fast = base.with_channels(64, 64), base.with_channels(120, 128)
+    ms = {k: true[k] * (5 if k == slow else 1 / 3 if k == fast else rng.uniform(0.9, 1.1)) for k in keys}
+    measured = [k for k in keys if k.c_in % 16 == 0 or k.c_in in (8, 120)]    # the rest interpolated
+    t = table_from_measurements(pd.DataFrame([{**k.to_dict(), "ms": ms[k]} for k in measured]), _meta()).complete(keys)
+    s, info = smooth(t)
+    assert s.counts() == {"measured": 0, "interpolated": 0, "fitted": len(keys)}
+    assert s.latency_ms(slow) == pytest.approx(true[slow], rel=0.1)
+    assert s.latency_ms(fast) == pytest.approx(true[fast], rel=0.1)
+    assert max(abs(s.latency_ms(k) / true[k] - 1) for k in keys) < 0.1
+    for k in keys:     # never faster with more channels (the raw table is: around both outliers)
+        for bigger in (k.with_channels(k.c_in + 8, k.c_out), k.with_channels(k.c_in, k.c_out + 8)):
+            if bigger in s:
+                assert s.latency_ms(bigger) >= s.latency_ms(k)
+    assert t.latency_ms(slow) > t.latency_ms(slow.with_channels(72, 64))
+    # what was measured stays in the table; the residuals are reported; a second smoothing is refused
+    row = s.df.set_index(list(KEY_COLUMNS)).loc[tuple(slow.to_dict().values())]
+    assert row["measured_ms"] == pytest.approx(ms[slow]) and row["median_ms"] < row["measured_ms"] / 3
+    assert np.isnan(s.df.set_index(list(KEY_COLUMNS)).loc[tuple(base.with_channels(24, 8).to_dict().values()),
+                                                          "measured_ms"])
+    assert info["measured_points"] == len(measured) and info["max_abs_residual"] > 3
+    assert "smoothed" in s.meta.notes
+    back = load_table(s.save(tmp_path / "s.parquet"))
+    pd.testing.assert_frame_equal(back.df, s.df)
+    with pytest.raises(TableError, match="already smoothed"):
+        smooth(back)
+
+
+def test_version_1_table_loads_with_measured_values(tmp_path):
+    t = _table()
+    p = tmp_path / "v1.csv"
+    t.save(p)
+    lines = p.read_text().splitlines()
+    old = pd.read_csv(tmp_path / "v1.csv", skiprows=1).drop(columns=["measured_ms"])
+    meta = json.loads(lines[0].split(": ", 1)[1])
+    meta["schema_version"] = 1
+    p.write_text(f"# autlearn.table: {json.dumps(meta)}\n" + old.to_csv(index=False))
+    back = load_table(p)
+    assert back.meta.schema_version == 1
+    assert back.df["measured_ms"].tolist() == back.df["median_ms"].tolist()
 
 
 def test_interpolation_needs_a_measured_family_member():
@@ -172,7 +220,7 @@ def test_files_round_trip_with_metadata(tmp_path, suffix):
         import pyarrow.parquet as pq
 
         meta = json.loads(pq.read_schema(p).metadata[b"autlearn.table"])
-        assert meta["schema_version"] == 1 and meta["device_serial"] == "S1"
+        assert meta["schema_version"] == SCHEMA_VERSION and meta["device_serial"] == "S1"
 
 
 def test_version_mismatch_is_refused_unless_allowed(tmp_path):
@@ -243,6 +291,8 @@ def test_cli_show_export_and_one_line_errors(tmp_path, capsys):
     assert "synthetic (test)" in capsys.readouterr().out
     assert main(["tables", "export", str(p), "--csv", str(tmp_path / "t.csv")]) == 0
     assert len(load_table(tmp_path / "t.csv")) == len(_table())
+    assert main(["tables", "smooth", str(p), "--out", str(tmp_path / "s.parquet")]) == 0
+    assert load_table(tmp_path / "s.parquet").counts()["fitted"] == len(_table())
     capsys.readouterr()
     for argv in (["prune", "--budget", "latency=fast", "--out", str(tmp_path / "o")],
                  ["prune", "--budget", "latency=4ms", "--out", str(tmp_path / "o")],
@@ -250,7 +300,9 @@ def test_cli_show_export_and_one_line_errors(tmp_path, capsys):
                  ["tables", "build", "--out", str(tmp_path / "x.parquet")],
                  ["prune", "--table", str(_old_version(tmp_path)), "--budget", "latency=4ms", "--out",
                   str(tmp_path / "o")],
-                 ["tables", "validate", str(_old_version(tmp_path))]):
+                 ["tables", "validate", str(_old_version(tmp_path))],
+                 ["tables", "smooth", str(tmp_path / "s.parquet"), "--out", str(tmp_path / "s2.parquet")],
+                 ["tables", "smooth", str(p), "--out", str(p)]):
         assert main(argv) == 1
         err = capsys.readouterr().err
         assert err.startswith("autlearn: error: ") and err.count("\n") == 1

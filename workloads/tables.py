@@ -5,7 +5,9 @@ A `Table` is a DataFrame with the `LayerKey` columns plus
                                      order-statistic interval, scipy.stats.binom; NaN for interpolated rows)
   n                                  repetitions measured (0 for interpolated rows)
   energy_mj                          median energy (optional column; NaN when not measured)
-  source                             "measured" | "interpolated"
+  source                             "measured" | "interpolated" | "fitted" (a smoothed table, see `smooth`)
+  measured_ms                        the measured median of a key (NaN where nothing was measured); in a smoothed
+                                     table median_ms is the fit and this column keeps what was measured
 and a `TableMeta` (device, virtual flag, governor requested/applied, tool versions, schema version) stored as
 Parquet schema metadata (key `autlearn.table`) or as a leading `# autlearn.table: {json}` line in CSV.
 
@@ -34,11 +36,11 @@ import pandas as pd
 from profiler.errors import ConfigError, TableError
 from workloads.layers import KEY_COLUMNS, LayerKey, flops, key_from_mapping
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2      # 2: source "fitted", column measured_ms (version-1 tables still load)
 META_KEY = b"autlearn.table"
 HOST_DEVICE = "host (not a phone)"
-SOURCES = ("measured", "interpolated")
-VALUE_COLUMNS = ("median_ms", "ci_low_ms", "ci_high_ms", "n", "energy_mj", "source")
+SOURCES = ("measured", "interpolated", "fitted")
+VALUE_COLUMNS = ("median_ms", "ci_low_ms", "ci_high_ms", "n", "energy_mj", "source", "measured_ms")
 CONFIDENCE = 0.95
 
 
@@ -111,7 +113,8 @@ def _empty_frame() -> pd.DataFrame:
     cols = {c: pd.Series(dtype="object" if c in ("type", "phase") else "int64") for c in KEY_COLUMNS}
     cols.update(median_ms=pd.Series(dtype=float), ci_low_ms=pd.Series(dtype=float),
                 ci_high_ms=pd.Series(dtype=float), n=pd.Series(dtype="int64"),
-                energy_mj=pd.Series(dtype=float), source=pd.Series(dtype="object"))
+                energy_mj=pd.Series(dtype=float), source=pd.Series(dtype="object"),
+                measured_ms=pd.Series(dtype=float))
     return pd.DataFrame(cols)
 
 
@@ -125,13 +128,15 @@ def _normalise(df: pd.DataFrame) -> pd.DataFrame:
             df[c] = np.nan
     if "n" not in df.columns:
         df["n"] = 0
+    if "measured_ms" not in df.columns:       # version-1 tables: the measured rows' median is what was measured
+        df["measured_ms"] = df["median_ms"].where(df["source"] == "measured")
     bad = sorted(set(df["source"]) - set(SOURCES))
     if bad:
         raise TableError(f"unknown source values {bad}; valid: {', '.join(SOURCES)}")
     for c in KEY_COLUMNS:
         df[c] = df[c].astype(str) if c in ("type", "phase") else df[c].astype("int64")
     df["n"] = df["n"].astype("int64")
-    for c in ("median_ms", "ci_low_ms", "ci_high_ms", "energy_mj"):
+    for c in ("median_ms", "ci_low_ms", "ci_high_ms", "energy_mj", "measured_ms"):
         df[c] = df[c].astype(float)
     dup = df.duplicated(list(KEY_COLUMNS))
     if dup.any():
@@ -370,6 +375,89 @@ def interpolate(df: pd.DataFrame, keys: Sequence[LayerKey]) -> pd.DataFrame:
             rows.append({**w.to_dict(), "median_ms": float(a), "ci_low_ms": math.nan, "ci_high_ms": math.nan,
                          "n": 0, "energy_mj": float(e), "source": "interpolated"})
     return pd.DataFrame(rows)
+
+
+def _feature_names(measured: Sequence[LayerKey]) -> tuple[str, ...]:
+    """Columns of one family's smoothing model: 1, c_in, c_out (those that vary among the measured keys; a
+    depthwise conv has one channel count) and the phase's FLOPs; (1, FLOPs) or (FLOPs) with few points."""
+    names = ["one"]
+    if len({k.c_in for k in measured}) > 1:
+        names.append("c_in")
+    if measured[0].type != "dwconv":
+        if len({k.c_out for k in measured}) > 1:
+            names.append("c_out")
+        names.append("flops")
+    if len(measured) < 2 * len(names):
+        names = ["one", "flops"] if len(measured) >= 4 else ["flops"]
+    return tuple(names)
+
+
+def _features(keys: Sequence[LayerKey], names: Sequence[str]) -> np.ndarray:
+    col = {"one": lambda k: 1.0, "c_in": lambda k: k.c_in, "c_out": lambda k: k.c_out, "flops": flops}
+    return np.array([[float(col[n](k)) for n in names] for k in keys]).reshape(len(keys), len(names))
+
+
+def _smooth_family(measured: list[LayerKey], y: np.ndarray, want: list[LayerKey]) -> tuple[np.ndarray, np.ndarray]:
+    """(fit at `want`, relative residuals at the measured points): non-negative coefficients, so the fit never
+    decreases when a channel count grows; soft-L1 loss, so one slow measurement moves it little."""
+    from scipy.optimize import least_squares
+
+    names = _feature_names(measured)
+    xm, xw = _features(measured, names), _features(want, names)
+    scale = np.maximum(np.abs(xm).max(0), 1e-12)
+    a, b = xm / scale, xw / scale
+    f_scale = max(0.1 * float(np.median(y)), 1e-9)
+    p0 = np.full(a.shape[1], float(np.median(y)) / a.shape[1])
+    fit = least_squares(lambda p: a @ p - y, p0, bounds=(0.0, np.inf), loss="soft_l1", f_scale=f_scale)
+    at_points = a @ fit.x
+    return b @ fit.x, y / np.maximum(at_points, 1e-12) - 1
+
+
+def smooth(table: Table) -> tuple[Table, dict[str, Any]]:
+    """A copy of `table` whose every value is a robust per-family fit of its measured rows (source "fitted").
+
+    A table measured once per key is noisy (here ~10-20 % per key, a few keys 2-6x: a slow launch), and
+    interpolation exact at measured points keeps that noise; a greedy search then prefers the layers whose
+    savings the noise overstates (the winner's curse) and may cut 200 channels where 8 would do, because a
+    non-monotone row reaches the target only far down. The fit is latency ~ a + b c_in + c c_out + d FLOPs with
+    a..d >= 0 per family (type, kernel, stride, input size, batch, phase), so it is monotone in both channel counts.
+    `measured_ms` keeps what was measured; the returned dict summarises the residuals per family."""
+    from dataclasses import replace
+
+    if (table.df["source"] == "fitted").any():
+        raise TableError("the table is already smoothed (source 'fitted'); smooth the measured table")
+    df = table.df.copy()
+    keys = [key_from_mapping(r) for r in df.to_dict("records")]
+    fams: dict[tuple, list[int]] = {}
+    for i, k in enumerate(keys):
+        fams.setdefault(k.family, []).append(i)
+    measured = (df["source"] == "measured").to_numpy()
+    resid_all, per_family = [], []
+    for fam, idx in fams.items():
+        m_idx = [i for i in idx if measured[i] and np.isfinite(df.at[i, "median_ms"])]
+        if not m_idx:
+            raise TableError(f"no measured point in the family of {keys[idx[0]]}: cannot smooth", key=keys[idx[0]])
+        for col in ("median_ms", "energy_mj"):
+            e_idx = [i for i in m_idx if np.isfinite(df.at[i, col])]
+            if not e_idx:
+                continue
+            pred, resid = _smooth_family([keys[i] for i in e_idx], df.loc[e_idx, col].to_numpy(float),
+                                         [keys[i] for i in idx])
+            df.loc[idx, col] = pred
+            if col == "median_ms":
+                resid_all.extend(resid)
+                per_family.append({"family": "/".join(map(str, fam)), "measured": len(e_idx),
+                                   "median_abs_residual": float(np.median(np.abs(resid))),
+                                   "max_abs_residual": float(np.max(np.abs(resid)))})
+    df["source"] = "fitted"
+    r = np.abs(np.array(resid_all))
+    info = {"method": "per family: latency = a + b c_in + c c_out + d FLOPs, a..d >= 0, soft-L1 (scipy "
+                      "least_squares); energy likewise", "families": len(per_family),
+            "measured_points": int(len(r)), "median_abs_residual": float(np.median(r)),
+            "share_within_20pct": float(np.mean(r <= 0.2)), "max_abs_residual": float(r.max()),
+            "worst_families": sorted(per_family, key=lambda d: -d["median_abs_residual"])[:5]}
+    notes = (table.meta.notes + "; " if table.meta.notes else "") + "smoothed: " + json.dumps(info, sort_keys=True)
+    return Table(df, replace(table.meta, notes=notes)), info
 
 
 def sample_grid(grid: Sequence[LayerKey], every: int = 2) -> tuple[LayerKey, ...]:

@@ -197,6 +197,31 @@ def show(table_path, allow_version_mismatch, rows):
         console.print(t.df.head(rows).to_string(index=False))
 
 
+@tables.command("smooth")
+@click.argument("table_path", metavar="TABLE", type=click.Path(dir_okay=False))
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False),
+              help="Smoothed table (.parquet or .csv); the measured table is left as it is.")
+@click.option("--allow-version-mismatch", is_flag=True)
+def smooth_cmd(table_path, out, allow_version_mismatch):
+    """A copy of TABLE whose values are a robust monotone fit per layer family (source 'fitted').
+
+    A table measured once per key is noisy, and a greedy search exploits the noise (it prefers the layers whose
+    savings are overstated). The fit (a + b c_in + c c_out + d FLOPs, coefficients >= 0, soft-L1) never gets
+    faster with more channels; the measured values stay in the column measured_ms."""
+    from workloads.tables import load_table, smooth
+
+    if Path(out).resolve() == Path(table_path).resolve():
+        raise ConfigError("--out must differ from TABLE (the measured table is kept)", key="out")
+    t, info = smooth(load_table(table_path, allow_version_mismatch=allow_version_mismatch))
+    p = t.save(out)
+    click.echo(f"{p}: {len(t)} keys fitted from {info['measured_points']} measured; |residual| median "
+               f"{info['median_abs_residual']:.1%}, {info['share_within_20pct']:.0%} within 20 %, max "
+               f"{info['max_abs_residual']:.0%}")
+    for f in info["worst_families"][:3]:
+        click.echo(f"  noisiest family {f['family']}: {f['measured']} measured, median |residual| "
+                   f"{f['median_abs_residual']:.1%}", err=True)
+
+
 @tables.command("export")
 @click.argument("table_path", metavar="TABLE", type=click.Path(dir_okay=False))
 @click.option("--csv", "csv_out", type=click.Path(dir_okay=False), help="Write CSV (metadata as first line).")
