@@ -84,6 +84,20 @@ def test_tables_for_one_device_and_two_governors(tables, legacy):
         assert m.model == "mobilenet" and json.loads(m.model_config)["channels"] == list(TINY["channels"])
 
 
+def test_smoothed_device_table_is_monotone_and_keeps_the_measurements(tables, work):
+    out = work / "smoothed.parquet"
+    r = autlearn("tables", "smooth", str(tables["interactive"]), "--out", str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "fitted from" in r.stdout and "residual" in r.stdout
+    raw, s = load_table(tables["interactive"]).df, load_table(out).df
+    assert (s["source"] == "fitted").all() and len(s) == len(raw)
+    cols = ["type", "kernel", "stride", "groups", "in_h", "in_w", "c_in", "c_out", "batch", "phase"]
+    both = raw.merge(s, on=cols, suffixes=("_raw", ""))
+    assert (both["measured_ms"] == both["median_ms_raw"]).all()          # what was measured is kept
+    for _, g in s[s["type"] == "conv"].groupby(["kernel", "stride", "in_h", "in_w", "c_in", "phase"]):
+        assert g.sort_values("c_out")["median_ms"].is_monotonic_increasing     # more channels: never faster
+
+
 @pytest.fixture(scope="module")
 def validated(tables, legacy, work):
     cal = work / "calibrated.parquet"
