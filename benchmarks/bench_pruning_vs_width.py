@@ -9,7 +9,7 @@ Setup (small, minutes on 2 cores):
     search's choices), 20 % test (reported accuracy, never used for a choice);
   * baselines: uniform thinning to fraction f of every layer ("width multiplier"), (a) keeping the largest-L2
     filters of the same pretrained model, (b) trained from a fresh seed; both get the same number of training steps
-    as the searched model's kept chain.
+    as the searched model's kept chain. --device also trains the searched architecture from a fresh seed as (b).
 
 --device (the acceptance comparison): the per-layer table is measured on the phone (`autlearn tables build`) and
 smoothed (`tables.smooth`, a monotone robust fit per layer family; --table-fit raw: search on the measured table); the
@@ -295,24 +295,32 @@ def device_comparison(args, cfg, s, out: Path, t_start: float) -> int:
         fine_tune(tnet, split, steps, s.lr, s.batch_size, seed=11)
         fnet = trainable_init(build_model(tcfg), seed=12)
         fine_tune(fnet, split, s.pretrain_steps + steps, s.lr, s.batch_size, seed=13)
-        cs, cu, cf = correct(snet), correct(tnet), correct(fnet)
+        # The searched architecture trained like uniform-scratch: is the architecture better, apart from the
+        # weights it inherits (Liu et al., "Rethinking the value of network pruning")?
+        gnet = trainable_init(build_model(scfg), seed=12)
+        fine_tune(gnet, split, s.pretrain_steps + steps, s.lr, s.batch_size, seed=13)
+        cs, cu, cf, cg = correct(snet), correct(tnet), correct(fnet), correct(gnet)
         cmp = {"fraction": f, "budget_ms": att.budget.value, "loop_rounds": att.round, "loop_verdict": att.verdict,
-               **paired(cs, cu)}
+               **paired(cs, cu), **{f"scratch_{k}": v for k, v in paired(cg, cf).items()}}
         compare.append(cmp)
         for name, c, net_correct in ((f"searched f={f}", scfg, cs), (f"uniform-L2 f={f}", tcfg, cu),
-                                     (f"uniform-scratch f={f}", tcfg, cf)):
-            models[name] = Path(att.export) if name.startswith("searched") else c
+                                     (f"uniform-scratch f={f}", tcfg, cf), (f"searched-scratch f={f}", scfg, cg)):
+            if not name.startswith("searched-scratch"):      # same architecture as "searched": measured once
+                models[name] = Path(att.export) if name.startswith("searched") else c
             rows.append(row(name, c, f, round(att.budget.value, 4), float(net_correct.float().mean()),
                             s.pretrain_steps + steps))
         log(f"f={f}: test accuracy searched {cs.float().mean():.3f} vs uniform-L2 {cu.float().mean():.3f} "
             f"(diff {cmp['diff']:+.3f}, 95 % CI [{cmp['ci_low']:+.3f}, {cmp['ci_high']:+.3f}], McNemar p "
-            f"{cmp['mcnemar_p']:.3g}) vs uniform-scratch {cf.float().mean():.3f}")
+            f"{cmp['mcnemar_p']:.3g}); from scratch: searched architecture {cg.float().mean():.3f} vs uniform "
+            f"{cf.float().mean():.3f} (diff {cmp['scratch_diff']:+.3f}, 95 % CI [{cmp['scratch_ci_low']:+.3f}, "
+            f"{cmp['scratch_ci_high']:+.3f}])")
     rows.append(row("unpruned (pretrain only)", cfg, 1.0, None, evaluate(pre, split, "test"), s.pretrain_steps))
     models["unpruned (pretrain only)"] = cfg
     log(f"measuring every model again on {args.device}, interleaved in the same control-gated rounds ...")
     meas, final_rounds, rr = measure("bench-final", models, 5)
     for row in rows:
-        row["device_latency_ms"] = round(meas[row["model"]], 4) if row["model"] in meas else None
+        name = row["model"].replace("searched-scratch", "searched")
+        row["device_latency_ms"] = round(meas[name], 4) if name in meas else None
     for cmp in compare:
         f = cmp["fraction"]
         cmp["searched_ms"], cmp["uniform_ms"] = meas.get(f"searched f={f}"), meas.get(f"uniform-L2 f={f}")
