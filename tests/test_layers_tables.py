@@ -294,6 +294,10 @@ def test_cli_show_export_and_one_line_errors(tmp_path, capsys):
     assert main(["tables", "smooth", str(p), "--out", str(tmp_path / "s.parquet")]) == 0
     assert load_table(tmp_path / "s.parquet").counts()["fitted"] == len(_table())
     capsys.readouterr()
+    for table, noted in ((p, True), (tmp_path / "s.parquet", False)):   # (this fc-only table fits no model)
+        assert main(["prune", "--table", str(table), "--budget", "latency=4ms", "--out", str(tmp_path / "o")]) == 1
+        err = capsys.readouterr().err
+        assert ("not smoothed" in err) == noted and err.count("autlearn: error: ") == 1, err
     for argv in (["prune", "--budget", "latency=fast", "--out", str(tmp_path / "o")],
                  ["prune", "--budget", "latency=4ms", "--out", str(tmp_path / "o")],
                  ["tables", "show", str(tmp_path / "missing.parquet")],

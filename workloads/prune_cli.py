@@ -64,6 +64,9 @@ def prune(model, table_path, budgets, out, steps, final_steps, pretrain_steps, i
     if table is not None:
         console.print(f"table: {table.meta.source_device} ({table.meta.device_model}), governor "
                       f"{table.meta.governor_applied or '?'}, {table.counts()}")
+        if not table.counts()["fitted"]:
+            console.print("note: the table is not smoothed; per-key noise steers a greedy search (`autlearn "
+                          "tables smooth`)")
     out = Path(out)
     if model == "lstm":
         from workloads.pruning.svd import smallest_rank_value
