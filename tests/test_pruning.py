@@ -165,6 +165,29 @@ def test_search_meets_budgets_and_is_pareto_consistent(searched):
     assert m2(_input(c2)).shape == (3, 10)
 
 
+def test_proposals_of_an_iteration_share_their_batches(searched, tmp_path, monkeypatch):
+    """Common random numbers: every proposal of an iteration is fine-tuned on the same batch order (the ranking is
+    decided by the pruned layer, not by the draw), and iterations draw new batches."""
+    from workloads.pruning import train
+
+    cfg, table, budgets, _, _ = searched
+    real, seeds, per_iter = train.fine_tune, [], []
+
+    def spy(model, split, steps, lr=2e-3, batch=32, seed=0):
+        if steps == SETTINGS.short_steps:
+            seeds.append(seed)
+        return real(model, split, steps, lr, batch, seed)
+
+    monkeypatch.setattr(train, "fine_tune", spy)
+    search(cfg, table, budgets, tmp_path, SETTINGS,
+           on_iteration=lambda it: (per_iter.append((it.proposals, list(seeds))), seeds.clear()))
+    tried = [(n, got) for n, got in per_iter[1:]]
+    assert tried and all(len(got) == n for n, got in tried)
+    assert any(n > 1 for n, _ in tried)
+    assert all(len(set(got)) == 1 for _, got in tried)
+    assert len({got[0] for _, got in tried}) == len(tried)
+
+
 def test_resume_after_interruption_gives_the_same_result(searched, tmp_path):
     cfg, table, budgets, out, res = searched
 

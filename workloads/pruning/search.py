@@ -6,8 +6,8 @@ maximise accuracy(model) s.t. resource(model) <= budget, resource from a per-lay
   iteration i:  target_i = max(current - init_reduction * R0 * decay**(i-1), next unmet budget)
                 (R0 = the unpruned model's resource: init_reduction is a fraction of it, NetAdapt's 0.025 / 0.96)
                 for every prunable layer: remove the smallest-L2 filters in steps of `channel_step` until the
-                predicted resource meets target_i; fine-tune that proposal `short_steps`; evaluate on held-out
-                data (val). Keep the most accurate proposal (ties: lower resource, lower layer index). When no single
+                predicted resource meets target_i; fine-tune that proposal `short_steps` (every proposal of an
+                iteration on the same batches); evaluate on held-out data (val). Keep the most accurate proposal (ties: lower resource, lower layer index). When no single
                 layer can meet target_i, the proposals that reduce the resource at all compete instead.
   snapshots:    the first iteration meeting each budget gets a long fine-tune (`long_steps`).
   Pareto set:   for each budget, the most accurate (val) long-fine-tuned snapshot whose resource meets it; val
@@ -274,7 +274,9 @@ def _search_kind(config, table, budgets, kdir: Path, s: SearchSettings, emit, on
             best_p = None
             for layer, k, v in pool:
                 pcfg, pm, _ = prune_smallest(model, cfg, layer, k, importance)
-                loss = fine_tune(pm, split, s.short_steps, s.lr, s.batch_size, _seed(s.seed, i, layer))
+                # one batch order for every proposal of an iteration (common random numbers): the proposals
+                # differ only in the layer pruned, so the ranking is not decided by which batches each drew
+                loss = fine_tune(pm, split, s.short_steps, s.lr, s.batch_size, _seed(s.seed, i))
                 acc = evaluate(pm, split)
                 rank = (acc, -v, -layer)
                 if best_p is None or rank > best_p[0]:
