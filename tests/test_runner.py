@@ -333,7 +333,7 @@ int main(int argc, char** argv) {
 def test_compat_headers_match_host_tvm_encoding(runner_cache, tmp_path):
     import tvm
 
-    from workloads.runner_build import _CXXFLAGS, _DEFINES, COMPAT_DIR, _cxx, _run, runtime_library
+    from workloads.runner_build import _CXXFLAGS, _DEFINES, _LINK_FLAGS, COMPAT_DIR, _cxx, _run, runtime_library
 
     rng = np.random.default_rng(0)
     blobs = []
@@ -344,9 +344,11 @@ def test_compat_headers_match_host_tvm_encoding(runner_cache, tmp_path):
     (tmp_path / "b64.txt").write_text("\n".join(blobs) + "\n")
     (tmp_path / "check.cc").write_text(COMPAT_CHECK)
     rt = runtime_library("x86_64")
-    _run(_cxx("x86_64", *_CXXFLAGS, *_DEFINES, "-I", str(rt.include_dirs[0]), "-I", str(COMPAT_DIR), "check.cc",
-              "-static", "-Wl,--whole-archive", str(rt.path), "-Wl,--no-whole-archive", "-lpthread", "-o", "check"),
-         "building the compat check", cwd=tmp_path)
+    _run(_cxx("x86_64", *_CXXFLAGS, *_DEFINES, "-I", str(rt.include_dirs[0]), "-I", str(COMPAT_DIR), "-c",
+              "check.cc", "-o", "check.o"), "compiling the compat check", cwd=tmp_path)
+    # linked like the runner, so zig reuses the libc++ it built for the runner instead of building another
+    _run(_cxx("x86_64", *_LINK_FLAGS, "check.o", "-Wl,--whole-archive", str(rt.path), "-Wl,--no-whole-archive",
+              "-lpthread", "-o", "check"), "linking the compat check", cwd=tmp_path)
     r = subprocess.run([str(tmp_path / "check"), str(tmp_path / "b64.txt")], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 0 and "checked 6 tensors, 0 failures" in r.stdout, (r.stdout, r.stderr)
