@@ -8,6 +8,9 @@
   by the whole session. Do not root them or unplug them: use `lab_factory` for that. Restore what you change.
 - `lab_device(profile)`: the adbutils device of the session phone with that profile.
 - `lab_factory(profiles=("legacy",))`: fresh phones for one test -> (Lab, [PhoneInfo]); torn down after the test.
+- Toolchain prebuild: when the session will link arm64 runners, a background thread builds their TVM runtime and
+  zig's aarch64 libc/libc++ (`runner_build.prepare`, nice'd) while other tests run; on a clean machine that is
+  about four minutes the arm64 tests no longer wait for. Cached: a second. The tests wait on the build's locks.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,7 +72,38 @@ def pytest_configure(config):
     os.environ["ADB_LIBUSB"] = "0"  # the private server starts in 0.1 s instead of 3 s (libusb init)
 
 
+def test_cache_dir() -> Path:
+    """The tests' persistent build cache (the session's AUTLEARN_HOME is a temp dir)."""
+    return Path(os.environ.get("AUTLEARN_TEST_CACHE_DIR") or Path.home() / ".cache" / "autlearn-test")
+
+
+test_cache_dir.__test__ = False  # a helper, not a test
+
+
+@pytest.hookimpl(trylast=True)   # after -k/-m deselection: only sessions that run an arm64 test
+def pytest_collection_modifyitems(config, items):
+    if config.option.collectonly or len(items) < 20 or not any("arm64" in item.nodeid for item in items):
+        return
+    if not (shutil.which("qemu-aarch64-static") or shutil.which("qemu-aarch64")):
+        return
+
+    def prebuild():
+        from workloads.runner_build import prepare
+
+        try:
+            for abi in ("x86_64", "arm64-v8a"):   # x86_64 first: the first tests need it (shared locks)
+                prepare(abi, cache=test_cache_dir())
+        except Exception:   # the tests build again and report the error themselves
+            pass
+
+    config._autlearn_prebuild = threading.Thread(target=prebuild, name="autlearn-prebuild", daemon=True)
+    config._autlearn_prebuild.start()
+
+
 def pytest_unconfigure(config):
+    prebuild = getattr(config, "_autlearn_prebuild", None)
+    if prebuild is not None:
+        prebuild.join()   # no orphaned compiler after the session
     saved = getattr(config, "_autlearn_saved_env", None)
     if saved is None:
         return

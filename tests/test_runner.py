@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import test_cache_dir
 from workloads.artifact import parse_runner_output, write_artifact
 from workloads.runner_build import RUNNER_VERSION
 
@@ -69,7 +70,7 @@ def tiny_program(abi: str = "x86_64", seed: int = 0, B: int = 4, D: int = 8, C: 
 @pytest.fixture(scope="session")
 def runner_cache():
     """A persistent build cache shared across test sessions (the session's AUTLEARN_HOME is a temp dir)."""
-    path = Path(os.environ.get("AUTLEARN_TEST_CACHE_DIR") or Path.home() / ".cache" / "autlearn-test")
+    path = test_cache_dir()
     saved = os.environ.get("AUTLEARN_CACHE_DIR")
     os.environ["AUTLEARN_CACHE_DIR"] = str(path)
     yield path

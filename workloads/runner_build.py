@@ -218,10 +218,11 @@ def _compile_flags(stage: Path) -> list[str]:
     return [*_CXXFLAGS, *_DEFINES, f"-ffile-prefix-map={stage}=tvm", "-I", str(stage / "include")]
 
 
-def runtime_library(abi: str, *, jobs: int = 2, log: Callable[[str], None] | None = None) -> RuntimeLib:
+def runtime_library(abi: str, *, jobs: int = 2, log: Callable[[str], None] | None = None,
+                    cache: Path | None = None) -> RuntimeLib:
     """The cached static TVM runtime for `abi`, building it (minutes, `nice`d, `jobs` parallel) when absent."""
     triple, _ = check_abi(abi)
-    root = cache_root() / "runtime"
+    root = (cache or cache_root()) / "runtime"
     root.mkdir(parents=True, exist_ok=True)
     plan = _staging_plan()
     key_src = "\n".join([_plan_digest(plan), triple, zig_version(), *_CXXFLAGS, *_DEFINES])
@@ -266,6 +267,20 @@ def runtime_library(abi: str, *, jobs: int = 2, log: Callable[[str], None] | Non
         if log:
             log(f"TVM runtime for {abi} built in {secs:.0f} s -> {final}")
         return RuntimeLib(abi, lib, key, (final / "include",), secs, False)
+
+
+def prepare(abi: str, *, cache: Path | None = None) -> RuntimeLib:
+    """Build ahead what any runner link for `abi` needs: the TVM runtime library, and zig's libc/libc++ for this
+    target and link flags (by linking a trivial program with _LINK_FLAGS). Cold: minutes; cached: about a second."""
+    rt = runtime_library(abi, cache=cache)
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "probe.cc").write_text("#include <string>\nint main(int argc, char**) "
+                                            "{ return int(std::string(argc, 'x').size()) - argc; }\n")
+        _run(_cxx(abi, *_CXXFLAGS, "-c", "probe.cc", "-o", "probe.o"), "compiling the toolchain probe",
+             cwd=Path(tmp))
+        _run(_cxx(abi, *_LINK_FLAGS, "probe.o", "-lpthread", "-o", "probe"), f"linking the {abi} toolchain probe",
+             cwd=Path(tmp))
+    return rt
 
 
 # ---------------------------------------------------------------------------------------------------------- runner
