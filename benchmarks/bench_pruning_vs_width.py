@@ -16,8 +16,10 @@ smoothed (`tables.smooth`, a monotone robust fit per layer family; --table-fit r
 uniform models are measured on the phone first and their MEASURED latency is each budget; the search starts at the
 table's prediction for the uniform model and the closed loop (workloads.pruning.loop) prunes further until the
 searched model measures under the budget. At the end every model is measured again in the same control-gated
-campaign rounds (interleaved; latency ratios are medians of per-round ratios), and accuracy is compared paired on one test set (difference with a paired bootstrap
-95 % CI, exact McNemar p).
+campaign rounds (interleaved; latency ratios are medians of per-round ratios). Accuracy: the exported models are
+compared paired on one test set (paired bootstrap 95 % CI, exact McNemar p), and the final fine-tune of searched
+and uniform-L2 is repeated with --eval-seeds batch orders; the verdict is on the mean over those (Welch 95 % CI),
+since one fine-tune moves test accuracy by about +-3 points at this scale.
 
 Without --device: the table is measured on THIS HOST with PyTorch eager (labelled "host (not a phone)"), budgets
 are the uniform models' predicted latency and "measured" is a host whole-step median (a proxy, not a phone).
@@ -64,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--measure-steps", type=int, default=60, help="--device: timed steps per runner launch")
     ap.add_argument("--seed", type=int, default=0, help="search seed (data split, init, fine-tune order)")
     ap.add_argument("--tag", default="", help="--device: suffix of the result files (keeps earlier runs)")
+    ap.add_argument("--eval-seeds", type=int, default=5,
+                    help="--device: repeat the final fine-tune of searched and uniform-L2 with this many batch-order "
+                         "seeds and compare mean test accuracy (one fine-tune's noise is about +-3 points here)")
+    ap.add_argument("--final-rounds", type=int, default=9, help="--device: rounds of the final joint measurement")
     args = ap.parse_args(argv)
 
     import pandas as pd
@@ -195,6 +201,7 @@ def paired(correct_a, correct_b) -> dict:
 def device_comparison(args, cfg, s, out: Path, t_start: float) -> int:
     """Budgets = the uniform models' latency measured on the phone; the searched model is pruned (closed loop)
     until it measures under that; then all models are measured together and compared on one test set."""
+    import numpy as np
     import pandas as pd
     import torch
 
@@ -290,7 +297,8 @@ def device_comparison(args, cfg, s, out: Path, t_start: float) -> int:
             continue
         doc = json.loads(Path(att.export).read_text())
         scfg, snet = load_compressed(att.export)
-        steps = doc["iteration"] * s.short_steps + s.long_steps
+        j = doc["iteration"]
+        steps = j * s.short_steps + s.long_steps
         tcfg, tnet = thin_to(pre, cfg, uniform_channels(cfg, f))
         fine_tune(tnet, split, steps, s.lr, s.batch_size, seed=11)
         fnet = trainable_init(build_model(tcfg), seed=12)
@@ -300,24 +308,41 @@ def device_comparison(args, cfg, s, out: Path, t_start: float) -> int:
         gnet = trainable_init(build_model(scfg), seed=12)
         fine_tune(gnet, split, s.pretrain_steps + steps, s.lr, s.batch_size, seed=13)
         cs, cu, cf, cg = correct(snet), correct(tnet), correct(fnet), correct(gnet)
+        # The final fine-tune repeated with --eval-seeds batch orders (searched: its long fine-tune from the kept
+        # snapshot; uniform-L2: its whole fine-tune from the pretrained model; seed k shared by both).
+        rs, ru = [], []
+        for k in range(args.eval_seeds):
+            m = build_model(scfg)
+            m.load_state_dict(torch.load(run_dir / "latency" / f"iter_{j:04d}.pt", weights_only=True))
+            fine_tune(m, split, s.long_steps, s.lr, s.batch_size, seed=5000 + k)
+            rs.append(float(correct(m).float().mean()))
+            _, u = thin_to(pre, cfg, uniform_channels(cfg, f))
+            fine_tune(u, split, steps, s.lr, s.batch_size, seed=5000 + k)
+            ru.append(float(correct(u).float().mean()))
         cmp = {"fraction": f, "budget_ms": att.budget.value, "loop_rounds": att.round, "loop_verdict": att.verdict,
-               **paired(cs, cu), **{f"scratch_{k}": v for k, v in paired(cg, cf).items()}}
+               **paired(cs, cu), **{f"scratch_{k}": v for k, v in paired(cg, cf).items()},
+               **over_seeds(rs, ru)}
         compare.append(cmp)
-        for name, c, net_correct in ((f"searched f={f}", scfg, cs), (f"uniform-L2 f={f}", tcfg, cu),
-                                     (f"uniform-scratch f={f}", tcfg, cf), (f"searched-scratch f={f}", scfg, cg)):
+        for name, c, net_correct, accs in ((f"searched f={f}", scfg, cs, rs), (f"uniform-L2 f={f}", tcfg, cu, ru),
+                                           (f"uniform-scratch f={f}", tcfg, cf, None),
+                                           (f"searched-scratch f={f}", scfg, cg, None)):
             if not name.startswith("searched-scratch"):      # same architecture as "searched": measured once
                 models[name] = Path(att.export) if name.startswith("searched") else c
-            rows.append(row(name, c, f, round(att.budget.value, 4), float(net_correct.float().mean()),
-                            s.pretrain_steps + steps))
+            rows.append({**row(name, c, f, round(att.budget.value, 4), float(net_correct.float().mean()),
+                               s.pretrain_steps + steps),
+                         "seeds_mean_accuracy": round(float(np.mean(accs)), 4) if accs else None,
+                         "seeds_sd_accuracy": round(float(np.std(accs, ddof=1)), 4) if accs and len(accs) > 1
+                         else None})
         log(f"f={f}: test accuracy searched {cs.float().mean():.3f} vs uniform-L2 {cu.float().mean():.3f} "
             f"(diff {cmp['diff']:+.3f}, 95 % CI [{cmp['ci_low']:+.3f}, {cmp['ci_high']:+.3f}], McNemar p "
-            f"{cmp['mcnemar_p']:.3g}); from scratch: searched architecture {cg.float().mean():.3f} vs uniform "
+            f"{cmp['mcnemar_p']:.3g}); over {len(rs)} fine-tune seeds {np.mean(rs):.3f} vs {np.mean(ru):.3f} "
+            f"(diff {cmp['seeds_diff']:+.3f}, Welch 95 % CI {interval(cmp)}); from scratch: searched architecture {cg.float().mean():.3f} vs uniform "
             f"{cf.float().mean():.3f} (diff {cmp['scratch_diff']:+.3f}, 95 % CI [{cmp['scratch_ci_low']:+.3f}, "
             f"{cmp['scratch_ci_high']:+.3f}])")
     rows.append(row("unpruned (pretrain only)", cfg, 1.0, None, evaluate(pre, split, "test"), s.pretrain_steps))
     models["unpruned (pretrain only)"] = cfg
     log(f"measuring every model again on {args.device}, interleaved in the same control-gated rounds ...")
-    meas, final_rounds, rr = measure("bench-final", models, 5)
+    meas, final_rounds, rr = measure("bench-final", models, args.final_rounds)
     for row in rows:
         name = row["model"].replace("searched-scratch", "searched")
         row["device_latency_ms"] = round(meas[name], 4) if name in meas else None
@@ -327,15 +352,18 @@ def device_comparison(args, cfg, s, out: Path, t_start: float) -> int:
         r = paired_ratio(final_rounds, f"searched f={f}", f"uniform-L2 f={f}")
         cmp["latency_ratio"] = r["median"] if r else None           # median over rounds of the paired ratio
         cmp["latency_ratio_min"], cmp["latency_ratio_max"] = (r["min"], r["max"]) if r else (None, None)
-        cmp["at_least_as_accurate"] = cmp["diff"] >= 0
+        # the verdict uses the seed-averaged accuracy (one fine-tune's noise is as large as the effect)
+        cmp["at_least_as_accurate"] = (cmp["seeds_diff"] if cmp.get("seeds_n") else cmp["diff"]) >= 0
     df = pd.DataFrame(rows)
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(df.drop(columns=["channels"]).to_string(index=False))
         print(pd.DataFrame(compare).round(4).to_string(index=False))
     print(f"final rounds: {rr.summary()}")
     for cmp in compare:
-        print(f"f={cmp['fraction']}: searched {'>=' if cmp['at_least_as_accurate'] else '<'} uniform-L2 in test "
-              f"accuracy ({cmp['diff']:+.3f}; 95 % CI [{cmp['ci_low']:+.3f}, {cmp['ci_high']:+.3f}]) at "
+        print(f"f={cmp['fraction']}: searched {'>=' if cmp['at_least_as_accurate'] else '<'} uniform-L2 in mean test "
+              f"accuracy over {cmp['seeds_n']} fine-tune seeds ({cmp['seeds_diff']:+.3f}; Welch 95 % CI "
+              f"{interval(cmp)}; the exported model alone "
+              f"{cmp['diff']:+.3f}) at "
               f"{cmp['latency_ratio']:.3f}x its measured latency (median of per-round ratios; rounds "
               f"{cmp['latency_ratio_min']:.3f}-{cmp['latency_ratio_max']:.3f})" if cmp["latency_ratio"] else "")
     stem = "pruning_vs_width_device" + (f"_{args.tag}" if args.tag else "")
@@ -349,6 +377,25 @@ def device_comparison(args, cfg, s, out: Path, t_start: float) -> int:
         "elapsed_s": round(time.time() - t_start, 1)}, indent=1, default=str))
     log(f"wrote {out / (stem + '.csv')}")
     return 0
+
+
+def interval(cmp: dict) -> str:
+    lo, hi = cmp.get("seeds_ci_low"), cmp.get("seeds_ci_high")
+    return f"[{lo:+.3f}, {hi:+.3f}]" if lo is not None else "[n/a]"
+
+
+def over_seeds(acc_a: list[float], acc_b: list[float]) -> dict:
+    """Mean test accuracy a - b over repeated fine-tunes, with a Welch 95 % CI (training noise across seeds; the
+    test set is shared, so its sampling noise is not in this interval)."""
+    import numpy as np
+    from scipy import stats
+
+    out = {"seeds_n": len(acc_a), "seeds_diff": float(np.mean(acc_a) - np.mean(acc_b)) if acc_a else None,
+           "seeds_ci_low": None, "seeds_ci_high": None, "seeds_searched": acc_a, "seeds_uniform": acc_b}
+    if len(acc_a) > 1 and len(acc_b) > 1 and (np.std(acc_a) > 0 or np.std(acc_b) > 0):
+        ci = stats.ttest_ind(acc_a, acc_b, equal_var=False).confidence_interval(0.95)
+        out["seeds_ci_low"], out["seeds_ci_high"] = float(ci.low), float(ci.high)
+    return out
 
 
 def per_round(raw, models: dict):
