@@ -21,7 +21,8 @@ from pathlib import Path
 
 from profiler import __version__
 from profiler.campaign_config import Campaign, Cell, cell_id
-from profiler.device import Device, command, quote
+from profiler.deploy import deploy, remote_dir, runner_command
+from profiler.device import Device
 from profiler.errors import DeviceError, DeviceUnreachable, NotRooted, UserError
 from profiler.fleet import discover
 from profiler.governor import GovernorGuard, GovernorUnavailable, restore_on_signals, restore_pending
@@ -214,12 +215,8 @@ class DeviceWorker:
             if meter is not None:
                 meter.start()
             for rep in range(cell.repetitions):
-                argv = [f"{remote}/runner", remote, "--warmup", cell.warmup, "--steps", cell.steps]
-                if self.threads:
-                    argv += ["--threads", self.threads]
-                cmd = command(*argv)
-                if mask:
-                    cmd = f"taskset {quote(mask)} {cmd}"
+                cmd = runner_command(remote, warmup=cell.warmup, steps=cell.steps, threads=self.threads,
+                                     cpu_mask=mask)
                 r = device.shell(cmd, timeout=RUN_TIMEOUT_S)
                 if not r.ok:
                     raise DeviceError("runner failed", serial=self.serial, command=cmd,
@@ -297,15 +294,9 @@ class DeviceWorker:
 
     def _deploy(self, device: Device, art: ArtifactRef) -> str:
         """Push the artifact once per content hash; returns its directory on the device."""
-        remote = f"{device.workdir}/artifacts/{art.hash[:16]}"
         if art.hash in self.deployed:
-            return remote
-        if not device.shell(command("test", "-f", f"{remote}/.complete")).ok:
-            device.check(command("rm", "-rf", remote) + " && " + command("mkdir", "-p", remote))
-            for name in art.files:
-                device.push(art.path / name, f"{remote}/{name}")
-            device.check(command("chmod", "755", f"{remote}/runner") + " && " +
-                         command("touch", f"{remote}/.complete"))
+            return remote_dir(device, art.hash)
+        remote = deploy(device, art.hash, art.path, art.files)
         self.deployed.add(art.hash)
         return remote
 

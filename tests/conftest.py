@@ -11,6 +11,7 @@
 - Toolchain prebuild: when the session will link arm64 runners, a background thread builds their TVM runtime and
   zig's aarch64 libc/libc++ (`runner_build.prepare`, nice'd) while other tests run; on a clean machine that is
   about four minutes the arm64 tests no longer wait for. Cached: a second. The tests wait on the build's locks.
+  Modules that link runners run last, so the build overlaps with the tests that do not.
 """
 
 from __future__ import annotations
@@ -80,8 +81,15 @@ def test_cache_dir() -> Path:
 test_cache_dir.__test__ = False  # a helper, not a test
 
 
+# Modules whose tests link runners (they wait on the toolchain build): run after the others, so that on a clean
+# machine the background prebuild overlaps with tests that do not need it.
+_LINKS_RUNNERS = ("test_artifact.py", "test_runner.py", "test_energy_campaign.py", "test_example_campaign.py",
+                  "test_tables_device.py")
+
+
 @pytest.hookimpl(trylast=True)   # after -k/-m deselection: only sessions that run an arm64 test
 def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: item.path.name in _LINKS_RUNNERS)   # stable: file order kept within each group
     if config.option.collectonly or len(items) < 20 or not any("arm64" in item.nodeid for item in items):
         return
     if not (shutil.which("qemu-aarch64-static") or shutil.which("qemu-aarch64")):

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from profiler.cli import main
-from profiler.errors import ArtifactError, ParseError
+from profiler.errors import ArtifactError
 from test_runner import runner_cache, tiny_artifact, tiny_program  # noqa: F401  (fixtures)
-from workloads.artifact import content_hash, load_artifact, parse_runner_output, write_artifact
+from workloads.artifact import content_hash, load_artifact, write_artifact
 
 
 def test_hash_is_reproducible_and_tracks_tensor_bytes(tiny_artifact, tmp_path):
@@ -99,30 +99,6 @@ def test_content_hash_ignores_build_section_only():
     m = {"format": 1, "calls": [], "build": {"created_at": "x"}}
     assert content_hash(m) == content_hash({**m, "build": {"created_at": "y"}, "hash": "z"})
     assert content_hash(m) != content_hash({**m, "calls": [1]})
-
-
-# ------------------------------------------------------------------------------------------------ runner output
-
-META = '{"runner_version": "1", "abi": "x86_64", "threads": 1, "warmup": 1, "steps": 1}'
-STEP = '{{"step": {i}, "warmup": {w}, "phases_ns": {{"fb": 5}}, "step_ns": 9, "loss": 0.5}}'
-
-
-def test_parse_runner_output_ok():
-    out = parse_runner_output("\n".join([META, STEP.format(i=0, w="true"), STEP.format(i=1, w="false")]))
-    assert out.meta["abi"] == "x86_64" and len(out.steps) == 2 and len(out.timed) == 1
-
-
-@pytest.mark.parametrize("text, words", [
-    ("", "printed nothing"),
-    (STEP.format(i=0, w="true"), "metadata line"),
-    (META + "\n" + STEP.format(i=0, w="true"), "expected 2"),
-    (META + "\n" + STEP.format(i=1, w="true") + "\n" + STEP.format(i=2, w="false"), "malformed step line 0"),
-    (META + "\n{oops", "not JSON"),
-    (META + '\n{"step": 0, "warmup": true, "phases_ns": {"a": -1}, "step_ns": 1, "loss": 1}', "malformed"),
-])
-def test_parse_runner_output_rejects(text, words):
-    with pytest.raises(ParseError, match=words):
-        parse_runner_output(text)
 
 
 # ----------------------------------------------------------------------------------------------------------- CLI

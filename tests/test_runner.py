@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 
 from conftest import test_cache_dir
-from workloads.artifact import parse_runner_output, write_artifact
+from profiler.steps import parse_run_output
+from workloads.artifact import write_artifact
 from workloads.runner_build import RUNNER_VERSION
 
 TRIPLES = {"x86_64": "x86_64-linux-musl", "arm64-v8a": "aarch64-linux-musl"}
@@ -114,67 +115,34 @@ def check_clocks(out):
     for pair in (start, end):
         assert set(pair) == {"mono_ns", "real_ns", "gap_ns"} and 0 <= pair["gap_ns"] < 50_000_000
         assert abs(pair["real_ns"] / 1e9 - time.time()) < 3600  # CLOCK_REALTIME is wall time
-    assert start["mono_ns"] <= out.steps[0]["t_start_ns"] and out.steps[-1]["t_end_ns"] <= end["mono_ns"]
+    assert start["mono_ns"] <= out.steps[0].t_start_ns and out.steps[-1].t_end_ns <= end["mono_ns"]
     # both pairs describe the same offset (up to the pairing error, and any clock slew during the run)
     drift = (end["real_ns"] - end["mono_ns"]) - (start["real_ns"] - start["mono_ns"])
     assert abs(drift) < 1_000_000_000
     prev_end = start["mono_ns"]
     for s in out.steps:
-        assert s["t_end_ns"] - s["t_start_ns"] == s["step_ns"]
-        assert prev_end <= s["t_start_ns"] < s["t_end_ns"]  # monotonic, non-overlapping
-        prev_end = s["t_end_ns"]
+        assert s.t_end_ns - s.t_start_ns == s.step_ns
+        assert prev_end <= s.t_start_ns < s.t_end_ns  # monotonic, non-overlapping
+        prev_end = s.t_end_ns
+
+
+def strict_parse(text: str):
+    """The campaign's parser in strict mode: nothing but runner output, steps as announced."""
+    return parse_run_output(text, strict=True)
 
 
 def check_output(out, *, abi: str, warmup: int, steps: int, threads: int, phases=("forward_backward", "update")):
     assert out.meta["runner_version"] == RUNNER_VERSION == "2"
     assert out.meta["abi"] == abi and out.meta["threads"] == threads
     assert out.meta["clock"] == "CLOCK_MONOTONIC" and len(out.meta["artifact_hash"]) == 64
-    assert [s["step"] for s in out.steps] == list(range(warmup + steps))
-    assert [s["warmup"] for s in out.steps] == [True] * warmup + [False] * steps
+    assert [s.step for s in out.steps] == list(range(warmup + steps))
+    assert [s.warmup for s in out.steps] == [True] * warmup + [False] * steps
     for s in out.steps:
-        assert tuple(s["phases_ns"]) == phases
-        assert 0 < sum(s["phases_ns"].values()) <= s["step_ns"]
-        assert isinstance(s["loss"], float) and np.isfinite(s["loss"])
+        assert tuple(name for name, _ in s.phases_ns) == phases
+        assert 0 < sum(ns for _, ns in s.phases_ns) <= s.step_ns
+        assert isinstance(s.loss, float) and np.isfinite(s.loss)
     assert out.end is not None and out.end["end"] is True
     check_clocks(out)
-
-
-# ------------------------------------------------------------------------------------------------------- parser
-
-_META2 = ('{"runner_version": "2", "abi": "x86_64", "threads": 1, "warmup": 1, "steps": 1, '
-          '"clock_pair": {"mono_ns": 100, "real_ns": 1700000000000000000, "gap_ns": 40}}')
-
-
-def _step(i: int, t0: int, t1: int, step_ns: int | None = None) -> str:
-    return json.dumps({"step": i, "warmup": i == 0, "phases_ns": {"fwd": 1}, "step_ns": t1 - t0 if step_ns is None
-                       else step_ns, "t_start_ns": t0, "t_end_ns": t1, "loss": 1.0})
-
-
-_END = '{"end": true, "clock_pair": {"mono_ns": 900, "real_ns": 1700000000000000800, "gap_ns": 30}}'
-
-
-def test_parser_accepts_version_2_clocks():
-    out = parse_runner_output("\n".join([_META2, _step(0, 200, 300), _step(1, 300, 450), _END]))
-    assert [s["t_end_ns"] for s in out.steps] == [300, 450]
-    assert out.meta["clock_pair"]["mono_ns"] == 100 and out.end["clock_pair"]["real_ns"] == 1700000000000000800
-    v1 = parse_runner_output('{"runner_version": "1", "warmup": 0, "steps": 1}\n'
-                             '{"step": 0, "warmup": false, "phases_ns": {}, "step_ns": 5, "loss": null}')
-    assert v1.end is None and v1.steps[0]["step_ns"] == 5
-
-
-@pytest.mark.parametrize("lines, words", [
-    ([_META2, _step(0, 200, 300, step_ns=99), _step(1, 300, 450), _END], "bad t_start_ns/t_end_ns in step line 0"),
-    ([_META2, _step(0, 200, 300), _step(1, 299, 450), _END], "bad t_start_ns/t_end_ns in step line 1"),  # overlap
-    ([_META2, _step(0, 200, 300), _step(1, 300, 450), '{"end": true}'], "malformed end line"),
-    ([_META2.replace('"real_ns": 1700000000000000000', '"real_ns": "x"'), _step(0, 200, 300), _step(1, 300, 450)],
-     "malformed clock_pair"),
-    ([_META2, _step(0, 200, 300), _END], "printed 1 step lines, expected 2"),
-])
-def test_parser_rejects_bad_clocks(lines, words):
-    from workloads.artifact import ParseError
-
-    with pytest.raises(ParseError, match=words):
-        parse_runner_output("\n".join(lines))
 
 
 # ------------------------------------------------------------------------------------------------------- native
@@ -183,10 +151,10 @@ def test_native_runner_matches_host_reference(tiny_artifact):
     art = tiny_artifact("x86_64")
     r = run(art.path, "--warmup", 2, "--steps", 6, "--threads", 1)
     assert r.returncode == 0, r.stderr
-    out = parse_runner_output(r.stdout)
+    out = strict_parse(r.stdout)
     check_output(out, abi="x86_64", warmup=2, steps=6, threads=1)
     assert out.meta["artifact_hash"] == art.hash
-    losses = [s["loss"] for s in out.steps]
+    losses = [s.loss for s in out.steps]
     np.testing.assert_allclose(losses, host_losses(tiny_program("x86_64"), 8), rtol=1e-5, atol=1e-6)
     assert losses[-1] < losses[0]  # it trains
 
@@ -194,7 +162,7 @@ def test_native_runner_matches_host_reference(tiny_artifact):
 def test_threads_flag_sizes_the_pool(tiny_artifact):
     r = run(tiny_artifact("x86_64").path, "--warmup", 0, "--steps", 2, "--threads", 2)
     assert r.returncode == 0, r.stderr
-    assert parse_runner_output(r.stdout).meta["threads"] == 2
+    assert strict_parse(r.stdout).meta["threads"] == 2
 
 
 def _copy(art, dst: Path) -> Path:
@@ -358,18 +326,24 @@ def test_compat_headers_match_host_tvm_encoding(runner_cache, tmp_path):
 # --------------------------------------------------------------------------------------------- virtual phone
 
 def test_x86_64_runner_on_virtual_phone(tiny_artifact, lab, adb_env):
+    from profiler.deploy import deploy, runner_command
     from profiler.device import Device
-    from workloads.artifact import push_artifact, runner_command
 
     art = tiny_artifact("x86_64")
     dev = Device(lab[0].serial, client=adb_env.client())
-    remote = push_artifact(dev, art)
-    assert push_artifact(dev, art) == remote  # second push is a no-op
+    files = sorted(p.name for p in art.files())
+    remote = deploy(dev, art.hash, art.path, files)
+    dev.check(f"echo reused > {remote}/probe")
+    assert deploy(dev, art.hash, art.path, files) == remote  # a complete copy is reused, not pushed again
+    assert dev.shell(f"cat {remote}/probe").stdout.strip() == "reused"
+    dev.check(f"rm {remote}/.complete")  # a push cut short: redone from scratch
+    assert deploy(dev, art.hash, art.path, files) == remote
+    assert not dev.shell(f"test -e {remote}/probe").ok and dev.shell(f"test -f {remote}/.complete").ok
     r = dev.shell(runner_command(remote, warmup=1, steps=3, threads=1), timeout=120)
     assert r.exit_code == 0, r.stderr
-    out = parse_runner_output(r.stdout)
+    out = strict_parse(r.stdout)
     check_output(out, abi="x86_64", warmup=1, steps=3, threads=1)
-    np.testing.assert_allclose([s["loss"] for s in out.steps], host_losses(tiny_program("x86_64"), 4), rtol=1e-5)
+    np.testing.assert_allclose([s.loss for s in out.steps], host_losses(tiny_program("x86_64"), 4), rtol=1e-5)
     from profiler.device import command
 
     bad = dev.shell(command(f"{remote}/runner", f"{remote}/nowhere", "--steps", 1))
@@ -387,10 +361,10 @@ def test_arm64_runner_under_qemu(tiny_artifact):
     assert (art.runner.read_bytes()[:20])[18] == 183  # ELF e_machine EM_AARCH64
     r = run(art.path, "--warmup", 1, "--steps", 3, "--threads", 2, prefix=(QEMU,))
     assert r.returncode == 0, r.stderr
-    out = parse_runner_output(r.stdout)
+    out = strict_parse(r.stdout)
     check_output(out, abi="arm64-v8a", warmup=1, steps=3, threads=2)
     # same program, other ISA: agreement up to float reassociation / FMA
-    np.testing.assert_allclose([s["loss"] for s in out.steps], host_losses(tiny_program("arm64-v8a"), 4),
+    np.testing.assert_allclose([s.loss for s in out.steps], host_losses(tiny_program("arm64-v8a"), 4),
                                rtol=1e-4, atol=1e-6)
 
 
@@ -413,8 +387,8 @@ def test_compiled_model_runner_matches_host(runner_cache, tmp_path, abi, model):
     r = run(art.path, "--warmup", 1, "--steps", 3, "--threads", 2, timeout=300,
             prefix=(QEMU,) if abi == "arm64-v8a" else ())
     assert r.returncode == 0, r.stderr
-    out = parse_runner_output(r.stdout)
+    out = strict_parse(r.stdout)
     check_output(out, abi=abi, warmup=1, steps=3, threads=2, phases=program.phases)
     host_target = program.meta["target"] if abi == "x86_64" else None  # arm64: generic host LLVM
-    np.testing.assert_allclose([s["loss"] for s in out.steps], host_losses(program, 4, host_target),
+    np.testing.assert_allclose([s.loss for s in out.steps], host_losses(program, 4, host_target),
                                rtol=1e-4, atol=1e-5)

@@ -26,11 +26,11 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from profiler.errors import ArtifactError, ConfigError, ParseError
+from profiler.errors import ArtifactError, ConfigError
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -357,98 +357,3 @@ def list_artifacts(root: str | Path) -> list[Artifact | tuple[Path, str]]:
         except ArtifactError as exc:
             out.append((d, str(exc)))
     return out
-
-
-# ----------------------------------------------------------------------------------------------- runner output
-
-@dataclass(frozen=True)
-class RunnerOutput:
-    meta: Mapping[str, Any]            # the first line: runner_version, abi, threads, warmup, steps, clock, ...
-    steps: tuple[Mapping[str, Any], ...]
-    end: Mapping[str, Any] | None = None  # the final `{"end": true, "clock_pair": ...}` line (runner >= 2)
-
-    @property
-    def timed(self) -> tuple[Mapping[str, Any], ...]:
-        return tuple(s for s in self.steps if not s["warmup"])
-
-
-_STEP_KEYS = {"step": int, "warmup": bool, "phases_ns": dict, "step_ns": int}
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _clock_pair_ok(pair: Any) -> bool:
-    return isinstance(pair, dict) and all(_is_int(pair.get(k)) for k in ("mono_ns", "real_ns")) \
-        and all(_is_int(v) and v >= 0 for k, v in pair.items() if k == "gap_ns")
-
-
-def parse_runner_output(text: str | Iterable[str]) -> RunnerOutput:
-    """Parse the runner's stdout strictly: one metadata line, then W+N step lines numbered from 0, then (runner
-    >= 2) an optional `{"end": true, "clock_pair": ...}` line. Version-2 fields are checked when present: the
-    metadata's `clock_pair`, each step's `t_start_ns`/`t_end_ns` (t_end_ns - t_start_ns == step_ns, steps in
-    order without overlap)."""
-    lines = [ln for ln in (text.splitlines() if isinstance(text, str) else text) if ln.strip()]
-    if not lines:
-        raise ParseError("runner printed nothing")
-    try:
-        records = [json.loads(ln) for ln in lines]
-    except json.JSONDecodeError as exc:
-        raise ParseError(f"runner line is not JSON ({exc.msg})", lines[min(exc.lineno, len(lines)) - 1]) from None
-    meta, steps = records[0], records[1:]
-    if not isinstance(meta, dict) or "runner_version" not in meta:
-        raise ParseError("first runner line is not the metadata line", lines[0])
-    if "clock_pair" in meta and not _clock_pair_ok(meta["clock_pair"]):
-        raise ParseError("malformed clock_pair in the metadata line", lines[0])
-    end = None
-    if steps and isinstance(steps[-1], dict) and "end" in steps[-1]:
-        end, steps = steps[-1], steps[:-1]
-        if end.get("end") is not True or not _clock_pair_ok(end.get("clock_pair")):
-            raise ParseError("malformed end line", lines[-1])
-    prev_end = None
-    for i, (s, ln) in enumerate(zip(steps, lines[1:])):
-        ok = isinstance(s, dict) and all(isinstance(s.get(k), t) and not (t is int and isinstance(s.get(k), bool))
-                                         for k, t in _STEP_KEYS.items())
-        if not ok or s["step"] != i or not (s.get("loss") is None or isinstance(s["loss"], (int, float))) \
-                or not all(isinstance(v, int) and v >= 0 for v in s["phases_ns"].values()):
-            raise ParseError(f"malformed step line {i}", ln)
-        if "t_start_ns" in s or "t_end_ns" in s:
-            t0, t1 = s.get("t_start_ns"), s.get("t_end_ns")
-            if not (_is_int(t0) and _is_int(t1)) or t1 - t0 != s["step_ns"] \
-                    or (prev_end is not None and t0 < prev_end):
-                raise ParseError(f"bad t_start_ns/t_end_ns in step line {i}", ln)
-            prev_end = t1
-    expected = meta.get("warmup", 0) + meta.get("steps", len(steps))
-    if len(steps) != expected:
-        raise ParseError(f"runner printed {len(steps)} step lines, expected {expected}", lines[-1])
-    return RunnerOutput(meta, tuple(steps), end)
-
-
-# ---------------------------------------------------------------------------------------------------- on device
-
-def push_artifact(device: Any, artifact: Artifact) -> str:
-    """Push `artifact` to `device` (a `profiler.device.Device`) under `<workdir>/artifacts/<hash[:16]>`, once:
-    a directory whose manifest already carries the hash is reused. Returns the remote directory."""
-    from profiler.device import command, quote
-
-    remote = f"{device.workdir}/artifacts/{artifact.hash[:16]}"
-    probe = device.shell(f"grep -q {quote(artifact.hash)} {quote(remote + '/' + MANIFEST)} && "
-                         f"test -x {quote(remote + '/' + RUNNER)}")
-    if probe.ok:
-        return remote
-    device.check(command("mkdir", "-p", remote))
-    for f in (artifact.path / TENSORS, artifact.path / RUNNER, artifact.path / MANIFEST):  # manifest last
-        device.push(f, f"{remote}/{f.name}")
-    device.check(command("chmod", "755", f"{remote}/{RUNNER}"))
-    return remote
-
-
-def runner_command(remote_dir: str, *, warmup: int, steps: int, threads: int | None = None) -> str:
-    """The shell command that runs a pushed artifact's runner (stdout: `parse_runner_output`)."""
-    from profiler.device import command
-
-    args = [f"{remote_dir}/{RUNNER}", remote_dir, "--warmup", warmup, "--steps", steps]
-    if threads:
-        args += ["--threads", threads]
-    return command(*args)
