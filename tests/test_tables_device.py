@@ -155,6 +155,45 @@ def test_pruned_models_for_three_budgets_meet_them_when_measured(validated, lega
     assert "met = measured" in r.stdout
 
 
+LSTM = dict(vocab_size=1000, embed_dim=16, hidden_size=256, seq_len=4, batch=2)   # head ranks 128 and dense
+
+
+def test_lstm_table_on_the_device_feeds_the_svd_search(legacy, work):
+    from workloads.pruning.svd import smallest_rank_value
+    from workloads.resource import predict
+
+    before = governors(legacy)
+    sets = [a for k, v in LSTM.items() for a in ("--set", f"{k}={v}")]
+    r = autlearn("tables", "build", "--model", "lstm", "--device", legacy.serial, "--governors", "powersave", *sets,
+                 "--every", "1", "--reps", "1", "--rounds", "1", "--steps", "5", "--energy", "none", "--results",
+                 str(work / "results"), "--artifacts", str(CACHE / "artifacts"), "--out", str(work / "lstm-tables"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert governors(legacy) == before
+    [path] = sorted((work / "lstm-tables").glob("*.parquet"))
+    t = load_table(path)
+    cfg = make_config("lstm", **LSTM)
+    assert t.meta.model == "lstm" and t.meta.virtual and t.meta.device_serial == legacy.serial
+    assert not t.missing(table_grid(cfg))
+    df = t.df
+    assert (df["source"] == "measured").all() and (df["n"] == 5).all() and (df["median_ms"] > 0).all()
+    assert set(df[df["type"] == "lstm"]["phase"]) == {"forward"}             # the frozen recurrent layers
+    assert set(df[df["type"] == "fc"]["c_in"]) == {128, 256}                 # dense head and its rank-128 factors
+    # the SVD search on the measured table: the smallest reachable latency is met, a lower one is refused
+    low = smallest_rank_value(cfg, "latency", t)
+    out = work / "lstm-pruned"
+    r = autlearn("prune", "--model", "lstm", "--table", str(path), "--budget", f"latency={low * 1.001:.6f}ms",
+                 "--out", str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    [doc] = [json.loads(p.read_text()) for p in out.rglob("compressed.json")]
+    assert doc["model"] == "lstm" and doc["head_rank"] in (0, 128) and doc["table"]["model"] == "lstm"
+    assert doc["value"] == pytest.approx(predict(make_config("lstm", **LSTM, head_rank=doc["head_rank"]),
+                                                 "latency", t, "head"))
+    assert doc["value"] <= doc["budget_value"] == pytest.approx(low * 1.001, rel=1e-4)
+    r = autlearn("prune", "--model", "lstm", "--table", str(path), "--budget", f"latency={low * 0.5:.6f}ms",
+                 "--out", str(work / "lstm-bad"))
+    assert "reachable" in one_error(r) or "smallest" in one_error(r)
+
+
 def one_error(r: subprocess.CompletedProcess) -> str:
     """The single `autlearn: error:` line of a failed command (exit 1, no traceback)."""
     errors = [line for line in r.stderr.splitlines() if line.startswith("autlearn: error:")]
