@@ -42,6 +42,20 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
+def provenance() -> dict:
+    """What produced a result: tool versions and the source commit (dirty: uncommitted changes to tracked files)."""
+    import subprocess
+
+    from workloads.tables import tool_versions
+
+    def git(*args: str) -> str:
+        r = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True)
+        return r.stdout.strip() if r.returncode == 0 else ""
+
+    return {"tools": tool_versions(), "commit": git("rev-parse", "HEAD") or "unknown",
+            "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
@@ -178,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         "search_dir": str(run_dir), "table_source_device": table.meta.source_device, "data": {"source": split.source,
                                                                   "synthetic": split.synthetic,
                                                                   "held_out": len(split.test_y)},
-        "elapsed_s": round(time.time() - t_start, 1)}, indent=1, default=str))
+        "provenance": provenance(), "elapsed_s": round(time.time() - t_start, 1)}, indent=1, default=str))
     print(f"wrote {out / (stem + '.csv')} ({time.time() - t_start:.0f}s)")
     return 0
 
@@ -374,7 +388,7 @@ def device_comparison(args, cfg, s, out: Path, t_start: float) -> int:
         "table": str(table.meta.source_device), "table_fit": args.table_fit, "table_governor": gov, "virtual": table.meta.virtual,
         "labels": table.meta.labels, "data": {"source": split.source, "synthetic": split.synthetic,
                                               "held_out": len(split.test_y)},
-        "elapsed_s": round(time.time() - t_start, 1)}, indent=1, default=str))
+        "provenance": provenance(), "elapsed_s": round(time.time() - t_start, 1)}, indent=1, default=str))
     log(f"wrote {out / (stem + '.csv')}")
     return 0
 
