@@ -346,6 +346,9 @@ def run_campaign(campaign: Campaign, results_root: Path, artifacts: ArtifactProv
     cells = campaign.plan(devices)
     planned: dict[str, list[tuple[Cell, str, ArtifactRef]]] = {d.serial: [] for d in devices}
     by_serial = {d.serial: d for d in devices}
+    prebuild = getattr(artifacts, "prebuild", None)
+    if prebuild is not None:   # parallel builds of what the plan needs (the provider memoizes them)
+        prebuild([(cell, by_serial[cell.device_serial].abi) for cell in cells])
     for cell in cells:
         art = artifacts(cell, by_serial[cell.device_serial].abi)
         planned[cell.device_serial].append((cell, cell_id(cell, art.hash), art))

@@ -8,6 +8,7 @@ import os
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -31,39 +32,107 @@ def _code_fingerprint() -> str:
     return h.hexdigest()[:16]
 
 
-def artifact_provider(cache: Path, log=lambda s: None):
+def build_jobs() -> int:
+    """Parallel artifact builds: $AUTLEARN_BUILD_JOBS, else one per core, at most 4 (a TVM build of a 224x224 model
+    holds ~1-2 GB)."""
+    explicit = os.environ.get("AUTLEARN_BUILD_JOBS", "").strip()
+    if explicit:
+        if not explicit.isdigit() or int(explicit) < 1:
+            raise UserError(f"AUTLEARN_BUILD_JOBS: expected a positive integer, got {explicit!r}")
+        return int(explicit)
+    try:
+        return max(1, min(len(os.sched_getaffinity(0)), 4))
+    except AttributeError:   # not Linux
+        return max(1, min(os.cpu_count() or 1, 4))
+
+
+def _build_in_worker(workload: str, variant: str, abi: str, out: str, config: dict) -> str:
+    from workloads.artifact import build_artifact
+
+    return str(build_artifact(workload, variant, abi, Path(out), **config).path)
+
+
+class ArtifactProvider:
     """(cell, abi) -> ArtifactRef, building each distinct (model, variant, batch, config, abi) once and caching it
-    under `cache`; a cached artifact is reused only when it verifies (hash and files) and was built by the same tools."""
-    from profiler.campaign import ArtifactRef
+    under `cache`; a cached artifact is reused only when it verifies (hash and files) and was built by the same
+    tools. `prebuild` builds what a campaign will need in parallel processes (TVM builds are single-threaded)."""
 
-    lock = threading.Lock()
-    memo: dict[str, ArtifactRef] = {}
-    fingerprint: dict[str, str] = {}
+    def __init__(self, cache: Path, log=lambda s: None, jobs: int | None = None):
+        self.cache, self.log = Path(cache), log
+        self.jobs = build_jobs() if jobs is None else jobs
+        self._lock = threading.Lock()
+        self._memo: dict[str, Any] = {}
+        self._code: str | None = None
 
-    def provide(cell, abi: str) -> ArtifactRef:
-        from workloads.artifact import build_artifact, input_files, load_artifact, tool_versions
+    def _key(self, cell, abi: str) -> tuple[str, dict]:
+        from workloads.artifact import input_files, tool_versions
 
         config = {k: list(v) if isinstance(v, tuple) else v for k, v in cell.config}
         config["batch"] = cell.batch
-        tools = tool_versions()
-        code = fingerprint.setdefault("code", _code_fingerprint())
+        self._code = self._code or _code_fingerprint()
         inputs = [hashlib.sha256(p.read_bytes()).hexdigest() for p in input_files(config)]
-        key = hashlib.sha256(json.dumps([cell.workload, cell.variant, abi, config, tools, code, inputs],
-                                        sort_keys=True, default=str).encode()).hexdigest()[:16]
-        with lock:
-            if key not in memo:
-                out = cache / f"{cell.workload}-{cell.variant}-{abi}-{key}"
+        key = hashlib.sha256(json.dumps([cell.workload, cell.variant, abi, config, tool_versions(), self._code,
+                                         inputs], sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return key, config
+
+    def _dir(self, cell, abi: str, key: str) -> Path:
+        return self.cache / f"{cell.workload}-{cell.variant}-{abi}-{key}"
+
+    def _ref(self, art):
+        from profiler.campaign import ArtifactRef
+
+        return ArtifactRef(art.path, art.hash, tuple(sorted(p.name for p in art.files())),
+                           tuple(sorted((k, str(v)) for k, v in art.manifest.get("tools", {}).items())))
+
+    def __call__(self, cell, abi: str):
+        from workloads.artifact import build_artifact, load_artifact
+
+        key, config = self._key(cell, abi)
+        with self._lock:
+            if key not in self._memo:
+                out = self._dir(cell, abi, key)
                 try:
                     art = load_artifact(out)
                 except ArtifactError:
-                    log(f"building {cell.workload}/{cell.variant} for {abi} (batch {cell.batch})")
+                    self.log(f"building {cell.workload}/{cell.variant} for {abi} (batch {cell.batch})")
                     art = build_artifact(cell.workload, cell.variant, abi, out, **config)
-                files = tuple(sorted(p.name for p in art.files()))
-                memo[key] = ArtifactRef(art.path, art.hash, files,
-                                        tuple(sorted((k, str(v)) for k, v in art.manifest.get("tools", {}).items())))
-            return memo[key]
+                self._memo[key] = self._ref(art)
+            return self._memo[key]
 
-    return provide
+    def prebuild(self, requests) -> None:
+        """Build the artifacts of (cell, abi) `requests` that are not cached, up to `jobs` at a time. A build that
+        fails here is left to `__call__`, which builds it again in this process and raises its error there."""
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+        import multiprocessing
+
+        from workloads.artifact import load_artifact
+
+        todo: dict[str, tuple] = {}
+        for cell, abi in requests:
+            key, config = self._key(cell, abi)
+            if key in self._memo or key in todo:
+                continue
+            try:
+                self._memo[key] = self._ref(load_artifact(self._dir(cell, abi, key)))
+            except ArtifactError:
+                todo[key] = (cell.workload, cell.variant, abi, str(self._dir(cell, abi, key)), config)
+        if len(todo) < 2 or self.jobs < 2:
+            return   # nothing to overlap: __call__ builds in this process
+        self.log(f"building {len(todo)} artifacts, {min(self.jobs, len(todo))} at a time")
+        # spawn, not fork: the campaign has threads (progress, adb) that a forked child must not inherit
+        with ProcessPoolExecutor(min(self.jobs, len(todo)), mp_context=multiprocessing.get_context("spawn")) as ex:
+            futures = {ex.submit(_build_in_worker, *args): key for key, args in todo.items()}
+            for f in as_completed(futures):
+                workload, variant, abi, out, config = todo[futures[f]]
+                try:
+                    self._memo[futures[f]] = self._ref(load_artifact(f.result()))
+                    self.log(f"built {workload}/{variant} for {abi} (batch {config['batch']})")
+                except Exception:   # noqa: BLE001  (reported when __call__ builds it again)
+                    pass
+
+
+def artifact_provider(cache: Path, log=lambda s: None, jobs: int | None = None) -> ArtifactProvider:
+    return ArtifactProvider(cache, log, jobs)
 
 
 def _progress_table(progress):

@@ -81,6 +81,19 @@ def test_cache_dir() -> Path:
 test_cache_dir.__test__ = False  # a helper, not a test
 
 
+@pytest.fixture(scope="session")
+def runner_cache():
+    """A persistent build cache shared across test sessions (the session's AUTLEARN_HOME is a temp dir)."""
+    path = test_cache_dir()
+    saved = os.environ.get("AUTLEARN_CACHE_DIR")
+    os.environ["AUTLEARN_CACHE_DIR"] = str(path)
+    yield path
+    if saved is None:
+        os.environ.pop("AUTLEARN_CACHE_DIR", None)
+    else:
+        os.environ["AUTLEARN_CACHE_DIR"] = saved
+
+
 # Modules whose tests link runners (they wait on the toolchain build): run after the others, so that on a clean
 # machine the background prebuild overlaps with tests that do not need it.
 _LINKS_RUNNERS = ("test_artifact.py", "test_runner.py", "test_energy_campaign.py", "test_example_campaign.py",

@@ -12,7 +12,7 @@ import pytest
 
 from profiler.cli import main
 from profiler.errors import ArtifactError
-from test_runner import runner_cache, tiny_artifact, tiny_program  # noqa: F401  (fixtures)
+from test_runner import tiny_artifact, tiny_program  # noqa: F401  (fixtures)
 from workloads.artifact import content_hash, load_artifact, write_artifact
 
 

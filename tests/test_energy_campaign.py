@@ -30,8 +30,9 @@ TINY = "{vocab_size = 200, hidden_size = 32, embed_dim = 16, seq_len = 4}"
 
 
 @pytest.fixture(scope="module")
-def energy_lab(adb_env, tmp_path_factory):
-    """legacy (rooted: the fuel gauge suspends charging) + unrooted with a simulated Monsoon."""
+def energy_lab(adb_env, runner_cache, tmp_path_factory):
+    """legacy (rooted: the fuel gauge suspends charging) + unrooted with a simulated Monsoon. runner_cache: the
+    runtime is built once per machine, not in this lab's home."""
     home = tmp_path_factory.mktemp("energy_lab_home")
     lab = Lab(home)
     phones = lab.up(["legacy", "unrooted"], base_port=find_free_ports(2), monsoon=["unrooted"])

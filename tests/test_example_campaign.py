@@ -3,7 +3,6 @@ compiled TVM training programs, the static runner, governors, the results store 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -24,8 +23,8 @@ def governors(phone) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def example_run(lab, tmp_path_factory):
-    cache = Path(os.environ.get("AUTLEARN_TEST_CACHE_DIR") or Path.home() / ".cache" / "autlearn-test") / "artifacts"
+def example_run(lab, runner_cache, tmp_path_factory):
+    cache = runner_cache / "artifacts"
     before = {p.serial: governors(p) for p in lab}
     campaign = load_campaign(EXAMPLE)
     results = tmp_path_factory.mktemp("example") / "results"

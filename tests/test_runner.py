@@ -10,7 +10,6 @@ zig's own cache, once per machine).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import time
@@ -19,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import test_cache_dir
 from profiler.steps import parse_run_output
 from workloads.artifact import write_artifact
 from workloads.runner_build import RUNNER_VERSION
@@ -66,19 +64,6 @@ def tiny_program(abi: str = "x86_64", seed: int = 0, B: int = 4, D: int = 8, C: 
     meta = {"model": "tiny", "variant": "full", "abi": abi, "target": {"kind": "llvm", "mtriple": TRIPLES[abi]},
             "config": {"batch": B, "dim": D, "classes": C, "seed": seed}}
     return TrainingProgram(mod=tiny_mod(B, D, C), tensors=tensors, calls=calls, meta=meta)
-
-
-@pytest.fixture(scope="session")
-def runner_cache():
-    """A persistent build cache shared across test sessions (the session's AUTLEARN_HOME is a temp dir)."""
-    path = test_cache_dir()
-    saved = os.environ.get("AUTLEARN_CACHE_DIR")
-    os.environ["AUTLEARN_CACHE_DIR"] = str(path)
-    yield path
-    if saved is None:
-        os.environ.pop("AUTLEARN_CACHE_DIR", None)
-    else:
-        os.environ["AUTLEARN_CACHE_DIR"] = saved
 
 
 _TINY: dict = {}  # abi -> Artifact; module-level so test_artifact.py (which imports this fixture) shares it
@@ -392,3 +377,29 @@ def test_compiled_model_runner_matches_host(runner_cache, tmp_path, abi, model):
     host_target = program.meta["target"] if abi == "x86_64" else None  # arm64: generic host LLVM
     np.testing.assert_allclose([s.loss for s in out.steps], host_losses(program, 4, host_target),
                                rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------- parallel prebuild
+
+def test_prebuild_builds_a_plan_in_parallel_processes_once(runner_cache, tmp_path):
+    """The campaign's provider builds every missing artifact of a plan in worker processes; the plan's cells are
+    then served from its memo (no second build), and a cell of another device with the same ABI shares them."""
+    from profiler.campaign_cli import ArtifactProvider
+    from profiler.campaign_config import Cell
+
+    config = (("embed_dim", 16), ("hidden_size", 32), ("seq_len", 4), ("vocab_size", 200))
+
+    def cell(variant: str, serial: str = "a") -> Cell:
+        return Cell(serial, "m", True, "lstm", config, variant, 2, "powersave", "nearest", "all", 0, 1, 1, "none")
+
+    logs: list[str] = []
+    provider = ArtifactProvider(tmp_path / "artifacts", log=logs.append, jobs=2)
+    plan = [(cell("full"), "x86_64"), (cell("unoptimized"), "x86_64"), (cell("full", "b"), "x86_64")]
+    provider.prebuild(plan)
+    assert logs[0] == "building 2 artifacts, 2 at a time" and len([s for s in logs if s.startswith("built ")]) == 2
+    refs = [provider(c, abi) for c, abi in plan]
+    assert not [s for s in logs if s.startswith("building lstm")]       # nothing built again in this process
+    assert refs[0] == refs[2] and refs[0].hash != refs[1].hash
+    again = ArtifactProvider(tmp_path / "artifacts", log=logs.append, jobs=2)
+    again.prebuild(plan)                                                    # a new run: served from the cache
+    assert len(logs) == 3 and again(*plan[1]) == refs[1]
