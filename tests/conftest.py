@@ -29,7 +29,7 @@ import pytest
 
 from testbed.lab import DEFAULT_PROFILES, Lab, PhoneInfo, find_adb, find_free_ports
 
-_ENV_KEYS = ("AUTLEARN_HOME", "ANDROID_ADB_SERVER_PORT", "ADB_LIBUSB")
+_ENV_KEYS = ("AUTLEARN_HOME", "ANDROID_ADB_SERVER_PORT", "ADB_LIBUSB", "AUTLEARN_BUILD_JOBS")
 
 
 def _free_port() -> int:
@@ -71,6 +71,9 @@ def pytest_configure(config):
     os.environ["AUTLEARN_HOME"] = config._autlearn_home
     os.environ["ANDROID_ADB_SERVER_PORT"] = str(_free_port())
     os.environ["ADB_LIBUSB"] = "0"  # the private server starts in 0.1 s instead of 3 s (libusb init)
+    # campaigns build artifacts one at a time: the toolchain prebuild already holds the other core of a 2-core CI
+    # machine (parallel builds measured slower there); test_runner tests the parallel path explicitly
+    os.environ.setdefault("AUTLEARN_BUILD_JOBS", "1")
 
 
 def test_cache_dir() -> Path:

@@ -16,8 +16,6 @@ import pytest
 
 from workloads.layers import table_grid
 from workloads.models import make_config
-from workloads.pruning.mobilenet import min_channels, with_channels
-from workloads.resource import model_resource
 from workloads.tables import load_table, sample_grid
 
 # Batch 16: at batch 1 this tiny model's step (~0.1 ms) varies +-30 % between runner launches on a shared host.
@@ -124,11 +122,13 @@ def test_prediction_error_reported_on_twelve_whole_models(validated):
 
 
 def test_pruned_models_for_three_budgets_meet_them_when_measured(validated, legacy, work):
-    _, _, cal = validated
-    t = load_table(cal)
-    cfg = make_config("mobilenet", **TINY)
-    hi = model_resource(cfg, t).latency_ms
-    lo = model_resource(with_channels(cfg, min_channels(cfg)), t).latency_ms
+    _, err, cal = validated
+    # Budgets a model is known to meet on this device: between the validation's measured full model and its
+    # measured uniform width-0.75 model (predictions alone put the lowest budget near or below the device's floor;
+    # per-model prediction error here is 10-30 %).
+    measured = err[err["kind"] == "latency"].set_index("model")["measured_ms"]
+    hi, lo = measured["uniform-1"], measured["uniform-0.75"]
+    assert lo < hi
     budgets = [lo + f * (hi - lo) for f in (0.8, 0.6, 0.4)]
     out = work / "pruned"
     r = autlearn("prune", "--table", str(cal), *[a for b in budgets for a in ("--budget", f"latency={b:.6f}ms")],
