@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         fine_tune(tnet, split, steps, s.lr, s.batch_size, seed=11)
         acc_a = evaluate(tnet, split, "test")
         # (b) uniform width from a fresh seed, same total steps (pretrain + chain)
-        snet = trainable_init(build_model(tcfg), seed=12)
+        snet = trainable_init(build_model(tcfg), split.train_x, seed=12)
         fine_tune(snet, split, s.pretrain_steps + steps, s.lr, s.batch_size, seed=13)
         acc_b = evaluate(snet, split, "test")
         scfg = with_channels(cfg, p.channels)
@@ -315,11 +315,11 @@ def device_comparison(args, cfg, s, out: Path, t_start: float) -> int:
         steps = j * s.short_steps + s.long_steps
         tcfg, tnet = thin_to(pre, cfg, uniform_channels(cfg, f))
         fine_tune(tnet, split, steps, s.lr, s.batch_size, seed=11)
-        fnet = trainable_init(build_model(tcfg), seed=12)
+        fnet = trainable_init(build_model(tcfg), split.train_x, seed=12)
         fine_tune(fnet, split, s.pretrain_steps + steps, s.lr, s.batch_size, seed=13)
         # The searched architecture trained like uniform-scratch: is the architecture better, apart from the
         # weights it inherits (Liu et al., "Rethinking the value of network pruning")?
-        gnet = trainable_init(build_model(scfg), seed=12)
+        gnet = trainable_init(build_model(scfg), split.train_x, seed=12)
         fine_tune(gnet, split, s.pretrain_steps + steps, s.lr, s.batch_size, seed=13)
         cs, cu, cf, cg = correct(snet), correct(tnet), correct(fnet), correct(gnet)
         # The final fine-tune repeated with --eval-seeds batch orders (searched: its long fine-tune from the kept

@@ -56,7 +56,7 @@ def _input(cfg, n=3):
 @pytest.mark.parametrize("layer", [0, 5, 13])
 def test_l2_pruning_removes_the_smallest_filters_and_matches_zeroed_channels(tiny, layer):
     cfg, net = tiny
-    net = trainable_init(build_model(cfg), seed=layer)   # build_model's init collapses the signal (see train.py)
+    net = trainable_init(build_model(cfg), _input(cfg), seed=layer)   # build_model's init collapses the signal
     with torch.no_grad():
         for name, p in net.named_parameters():
             if name.endswith("bias"):
@@ -127,6 +127,29 @@ def synthetic_table(cfg, energy=True) -> Table:
     return Table(pd.DataFrame(rows), TableMeta.for_running_tools(source_device="synthetic (test)"))
 
 
+def _body_rms(net, x):
+    out = []
+    with torch.no_grad():
+        for layer in net.body:
+            x = layer(x)
+            out.append(float(x.pow(2).mean().sqrt()))
+    return out
+
+
+def test_trainable_init_counts_the_taps_inside_the_input():
+    # 3x3 depthwise at 1x1 input: one tap in bounds, so He fan-in 1 (std sqrt(2)), not 9 (std 0.47).
+    net = torch.nn.Sequential(torch.nn.Conv2d(64, 64, 3, 1, 1, groups=64), torch.nn.Conv2d(64, 64, 1))
+    trainable_init(net, torch.zeros(1, 64, 1, 1), seed=0)
+    assert float(net[0].weight.detach().std()) == pytest.approx(2 ** 0.5, rel=0.15)
+    assert float(net[1].weight.detach().std()) == pytest.approx((2 / 64) ** 0.5, rel=0.15)
+    assert not net[0].bias.any()
+    # At 28x28 a narrow MobileNet keeps its signal through the 1x1 and 2x2 blocks (all 9 taps counted: ~0.01).
+    cfg = make_config("mobilenet", channels=(8, 16, 16, 32, 32, 32, 40, 32, 32, 32, 32, 40, 56, 40), num_classes=62)
+    x = torch.rand(64, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    kept = [(r := _body_rms(trainable_init(build_model(cfg), x, seed=k), x))[-1] / r[0] for k in range(6)]
+    assert float(np.median(kept)) > 0.1
+
+
 SETTINGS = SearchSettings(init_reduction=0.02, short_steps=2, long_steps=4, pretrain_steps=4, batch_size=16,
                           per_class=6)
 
@@ -188,7 +211,7 @@ def test_proposals_of_an_iteration_share_their_batches(searched, tmp_path, monke
     assert len({got[0] for _, got in tried}) == len(tried)
 
 
-def test_resume_after_interruption_gives_the_same_result(searched, tmp_path):
+def test_resume_after_interruption_gives_the_same_result(searched, tmp_path, monkeypatch):
     cfg, table, budgets, out, res = searched
 
     class Crash(Exception):
@@ -207,6 +230,9 @@ def test_resume_after_interruption_gives_the_same_result(searched, tmp_path):
     assert [i.channels for i in again.iterations] == [i.channels for i in res.iterations]
     with pytest.raises(ConfigError, match="other arguments"):
         search(cfg, table, budgets, tmp_path, replace(SETTINGS, short_steps=3))
+    monkeypatch.setattr("workloads.pruning.train.INIT_VERSION", "another init")   # pretrained otherwise
+    with pytest.raises(ConfigError, match="other arguments"):
+        search(cfg, table, budgets, tmp_path, SETTINGS)
 
 
 def test_new_budgets_keep_the_chain_up_to_the_first_changed_target(searched, tmp_path):

@@ -56,7 +56,7 @@ class SearchSettings:
     trainable: str = "head"         # phases of the on-device step the resource is predicted for
     holdout: float = 0.2
     per_class: int | None = None    # synthetic glyphs per class (None: the default embedded data set)
-    reinit: bool = True             # trainable (fan-in) init before pretraining, see pruning.train.trainable_init
+    reinit: bool = True             # He fan-in init before pretraining, see pruning.train.trainable_init
     max_iterations: int = 500
     threads: int = 1                # torch intra-op threads while searching (results depend on it)
 
@@ -197,12 +197,13 @@ def _search_kind(config, table, budgets, kdir: Path, s: SearchSettings, emit, on
     import torch
 
     from workloads.models import build_model
-    from workloads.pruning.train import evaluate, fine_tune, split_dataset, trainable_init
+    from workloads.pruning.train import INIT_VERSION, evaluate, fine_tune, split_dataset, trainable_init
 
     kind = budgets[0].kind
     kdir.mkdir(parents=True, exist_ok=True)
     ident = {"settings": asdict(s), "config": config.to_dict(), "kind": kind,
-             "table": table_digest(table) if kind in ("latency", "energy") else "none"}
+             "table": table_digest(table) if kind in ("latency", "energy") else "none",
+             "init": INIT_VERSION if s.reinit else "build_model"}
     fp = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
     sj = kdir / "search.json"
     if sj.exists():
@@ -243,7 +244,7 @@ def _search_kind(config, table, budgets, kdir: Path, s: SearchSettings, emit, on
             cfg = with_channels(config, config.layer_channels)
             model = build_model(cfg)
             if s.reinit:
-                trainable_init(model, _seed(s.seed, "init"))
+                trainable_init(model, split.train_x, _seed(s.seed, "init"))
             emit(f"{kind}: pretraining the unpruned model ({s.pretrain_steps} steps)")
             loss = fine_tune(model, split, s.pretrain_steps, s.lr, s.batch_size, _seed(s.seed, "pretrain"))
             cur = Iteration(0, cfg.layer_channels, value(cfg.layer_channels), None, None, 0,
