@@ -1,6 +1,8 @@
 """Pool `bench_pruning_vs_width.py --device` runs (one per search seed) into one verdict per width and overall.
 
-    .venv/bin/python benchmarks/summarize_pruning.py [benchmarks/results/pruning_vs_width_device_crn_seed*.json]
+    .venv/bin/python benchmarks/summarize_pruning.py [benchmarks/results/pruning_vs_width_device_crn_tapinit_seed*.json]
+
+(default: the runs with the current pretraining init; `crn_seed*` are the same runs with the earlier init)
 
 Each run gives, per width fraction, the mean test accuracy of searched and uniform-L2 over its fine-tune seeds and
 the searched/uniform latency ratio in the final joint measurement. A cell is one (search seed, width). The pooled
@@ -19,7 +21,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-DEFAULT = "pruning_vs_width_device_crn_seed*.json"
+DEFAULT = "pruning_vs_width_device_crn_tapinit_seed*.json"
 
 
 def cells(paths: list[Path]) -> pd.DataFrame:
