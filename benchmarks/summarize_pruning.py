@@ -1,8 +1,9 @@
 """Pool `bench_pruning_vs_width.py --device` runs (one per search seed) into one verdict per width and overall.
 
-    .venv/bin/python benchmarks/summarize_pruning.py [benchmarks/results/pruning_vs_width_device_crn_tapinit_seed*.json]
+    .venv/bin/python benchmarks/summarize_pruning.py [benchmarks/results/pruning_vs_width_device_first_seed*.json]
 
-(default: the runs with the current pretraining init; `crn_seed*` are the same runs with the earlier init)
+(default: the current runs, each budget's own model (`select=first`) measured beside its own uniform model in the
+loop; `crn_tapinit_seed*` chose the best-validation model under a budget, `crn_seed*` also used the earlier init)
 
 Each run gives, per width fraction, the mean test accuracy of searched and uniform-L2 over its fine-tune seeds and
 the searched/uniform latency ratio in the final joint measurement. A cell is one (search seed, width). The pooled
@@ -21,7 +22,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-DEFAULT = "pruning_vs_width_device_crn_tapinit_seed*.json"
+DEFAULT = "pruning_vs_width_device_first_seed*.json"
 
 
 def cells(paths: list[Path]) -> pd.DataFrame:
@@ -37,6 +38,8 @@ def cells(paths: list[Path]) -> pd.DataFrame:
                          "uniform": float(np.mean(c["seeds_uniform"])), "diff": c["seeds_diff"],
                          "ci_low": c["seeds_ci_low"], "ci_high": c["seeds_ci_high"],
                          "latency_ratio": c["latency_ratio"], "scratch_diff": c.get("scratch_diff"),
+                         "select": c.get("select", doc["settings"].get("select", "best-val")),
+                         "iteration": c.get("iteration"),
                          "virtual": doc.get("virtual")})
     return pd.DataFrame(rows).sort_values(["fraction", "seed"], ascending=[False, True])
 

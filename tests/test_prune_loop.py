@@ -66,6 +66,16 @@ def test_a_model_already_measured_is_not_measured_again_and_exact_kinds_are_not_
     assert final[2].measured == final[2].predicted == pytest.approx(3.0)
 
 
+def test_per_budget_measures_a_shared_model_for_each_budget(tmp_path):
+    """A measure relative to each budget's own reference (the benchmark's side-by-side ratio) cannot lend its
+    value to another budget: with per_budget a model two budgets share is measured for both."""
+    toy = Toy(tmp_path, slowdown=0.9)
+    budgets = [Budget("latency", 5.0), Budget("latency", 5.05)]                          # same model
+    final, _ = close_loop(budgets, toy.propose, toy.measure, per_budget=True)
+    assert toy.measured == [sorted(str(b) for b in budgets)]
+    assert final[0].architecture == final[1].architecture
+
+
 def test_a_budget_the_smallest_model_cannot_meet_ends_exceeded(tmp_path):
     toy = Toy(tmp_path, slowdown=2.0, floor=1.0)
     b = Budget("latency", 1.5)                 # the smallest model measures 2.0

@@ -172,9 +172,9 @@ def test_search_meets_budgets_and_is_pareto_consistent(searched):
     for p in res.points:
         assert p.value <= p.budget.value
         assert predict(with_channels(cfg, p.channels), "latency", table) == pytest.approx(p.value)
-    accs = [p.accuracy for p in sorted(res.points, key=lambda p: p.budget.value)]
-    assert accs == sorted(accs)                                  # accuracy non-decreasing in the budget
     its = res.iterations
+    for p in res.points:                                         # select="first": each budget's own snapshot
+        assert p.iteration == next(it.index for it in its if it.value <= p.budget.value)
     assert its[0].layer is None and all(a.value > b.value for a, b in zip(its, its[1:]))
     first = next(it for it in its if it.index == 1)
     assert first.target == pytest.approx(max(its[0].value * (1 - SETTINGS.init_reduction),
@@ -186,6 +186,29 @@ def test_search_meets_budgets_and_is_pareto_consistent(searched):
     c2, m2 = load_compressed(res.points[0].export)
     assert c2.layer_channels == res.points[0].channels
     assert m2(_input(c2)).shape == (3, 10)
+
+
+def test_best_val_selection_may_pick_a_smaller_budgets_model(searched, tmp_path):
+    """select="best-val" chooses among the stored long-fine-tuned snapshots (no search rerun: the selection is
+    not in the fingerprint); a smaller snapshot that validates better then serves the larger budget too."""
+    import shutil
+
+    cfg, table, budgets, out, res = searched
+    shutil.copytree(out, tmp_path / "s")
+    lo, hi = sorted(res.points, key=lambda p: p.budget.value)
+    assert lo.iteration != hi.iteration
+    fj = tmp_path / "s" / "latency" / "final" / f"iter_{lo.iteration:04d}.json"
+    rec = json.loads(fj.read_text())
+    fj.write_text(json.dumps({**rec, "accuracy": hi.accuracy + 0.5}))     # the smaller model validates better
+    seen = []
+    (bv,) = search(cfg, table, budgets, tmp_path / "s", replace(SETTINGS, select="best-val"),
+                   on_iteration=seen.append)
+    assert not seen
+    assert [p.iteration for p in sorted(bv.points, key=lambda p: p.budget.value)] == [lo.iteration] * 2
+    (first,) = search(cfg, table, budgets, tmp_path / "s", SETTINGS)
+    assert sorted(p.iteration for p in first.points) == sorted([lo.iteration, hi.iteration])
+    with pytest.raises(ConfigError, match="select"):
+        replace(SETTINGS, select="best")
 
 
 def test_proposals_of_an_iteration_share_their_batches(searched, tmp_path, monkeypatch):

@@ -25,6 +25,9 @@ from profiler.errors import ConfigError
 @click.option("--importance", type=click.Choice(["l2", "random"]), default="l2", show_default=True)
 @click.option("--per-class", type=int, default=None, help="Synthetic glyphs per class (default data: 16).")
 @click.option("--max-iterations", default=500, show_default=True)
+@click.option("--select", type=click.Choice(["first", "best-val"]), default="first", show_default=True,
+              help="Model per budget: the chain's first snapshot under it (NetAdapt; sits at the budget) or the "
+                   "most accurate (validation) snapshot under it, possibly a smaller budget's.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Model config override (repeatable).")
 @click.option("--measure-on", "measure_on", default=None, metavar="SERIAL",
               help="Close the loop: compile every resulting model and measure it on this device through a campaign "
@@ -42,7 +45,7 @@ from profiler.errors import ConfigError
               help="Artifact cache (default $AUTLEARN_HOME/artifacts).")
 @click.option("--allow-version-mismatch", is_flag=True)
 def prune(model, table_path, budgets, out, steps, final_steps, pretrain_steps, init_reduction, decay, importance,
-          per_class, max_iterations, sets, measure_on, results_root, measure_rounds, corrections, margin,
+          per_class, max_iterations, select, sets, measure_on, results_root, measure_rounds, corrections, margin,
           artifact_cache, allow_version_mismatch):
     """Prune to each budget; writes a Pareto set of `compressed` models under OUT (rerun to resume)."""
     from rich.console import Console
@@ -81,7 +84,7 @@ def prune(model, table_path, budgets, out, steps, final_steps, pretrain_steps, i
 
         settings = SearchSettings(init_reduction=init_reduction, decay=decay, short_steps=steps,
                                   long_steps=final_steps, pretrain_steps=pretrain_steps, importance=importance,
-                                  per_class=per_class, max_iterations=max_iterations)
+                                  per_class=per_class, max_iterations=max_iterations, select=select)
 
         def propose(targets):
             return _search_mobilenet(cfg, table, targets, out, settings, console)

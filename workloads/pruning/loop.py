@@ -10,6 +10,8 @@ smallest reachable model), `not measured` (the cell failed) or `not reached by t
 The module only orchestrates. `propose` (search or SVD: targets -> exports) and `measure` (a device campaign:
 exports -> values) are passed in, so the rule is tested without a device and the CLI wires in the real ones.
 Latency is independent of the weights, so a model whose architecture was already measured is not measured again.
+With `per_budget=True` (a `measure` that reports each value relative to the budget's own reference, e.g. measured
+beside the model defining the budget) that holds per budget only: a model two budgets share is measured for each.
 """
 
 from __future__ import annotations
@@ -59,13 +61,13 @@ def close_loop(budgets: Sequence[Budget], propose: Callable[[list[Budget]], Mapp
                measure: Callable[[dict[str, str], int], tuple[Mapping[str, Mapping[str, float | None]],
                                                                 Mapping[str, Any]]],
                *, corrections: int = 2, margin: float = 0.05, smallest: Callable[[str], float] | None = None,
-               start: Mapping[Budget, Budget] | None = None,
+               start: Mapping[Budget, Budget] | None = None, per_budget: bool = False,
                emit: Callable[[str], None] = lambda m: None) -> tuple[list[Attempt], list[Attempt]]:
     """(final attempt per budget, every attempt). `propose(targets)` returns {str(target): compressed.json};
     `measure({label: export}, round)` returns ({label: {"latency": ms, "energy": mJ}}, provenance). `start` gives a
     budget's first search target (default: the budget itself)."""
     targets = {str(b): (start or {}).get(b, b) for b in budgets}
-    known: dict[str, tuple[dict[str, float | None], dict[str, Any]]] = {}   # arch -> (values, provenance)
+    known: dict[tuple[str, str], tuple[dict[str, float | None], dict[str, Any]]] = {}  # key -> (values, provenance)
     history: list[Attempt] = []
     final: dict[str, Attempt] = {}
     for k in range(corrections + 1):
@@ -73,15 +75,16 @@ def close_loop(budgets: Sequence[Budget], propose: Callable[[list[Budget]], Mapp
         chosen = {label: exports[str(t)] for label, t in targets.items() if str(t) in exports}
         docs = {label: json.loads(Path(path).read_text()) for label, path in chosen.items()}   # read once a round
         archs = {label: _arch(doc) for label, doc in docs.items()}
-        todo: dict[str, str] = {}                   # arch -> one label (the same architecture is measured once)
+        keys = {label: (label if per_budget else "", arch) for label, arch in archs.items()}
+        todo: dict[tuple[str, str], str] = {}       # key -> one label (a key is measured once)
         for label in chosen:
-            if targets[label].kind in MEASURED_KINDS and archs[label] not in known:
-                todo.setdefault(archs[label], label)
+            if targets[label].kind in MEASURED_KINDS and keys[label] not in known:
+                todo.setdefault(keys[label], label)
         if todo:
             emit(f"round {k}: measuring {len(todo)} model(s) on the device")
             values, info = measure({label: chosen[label] for label in todo.values()}, k)
-            for arch, label in todo.items():
-                known[arch] = (dict(values.get(label) or {}), dict(info))
+            for key, label in todo.items():
+                known[key] = (dict(values.get(label) or {}), dict(info))
         again = False
         for b in budgets:
             label, target = str(b), targets[str(b)]
@@ -92,7 +95,7 @@ def close_loop(budgets: Sequence[Budget], propose: Callable[[list[Budget]], Mapp
                 continue
             predicted = docs[label].get("value")
             if b.kind in MEASURED_KINDS:
-                vals, info = known[archs[label]]
+                vals, info = known[keys[label]]
                 value = vals.get(b.kind)
                 info = {**info, "measured_ms": vals.get("latency"), "measured_mj": vals.get("energy")}
             else:                                   # flops / memory are exact

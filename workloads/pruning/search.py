@@ -10,9 +10,11 @@ maximise accuracy(model) s.t. resource(model) <= budget, resource from a per-lay
                 iteration on the same batches); evaluate on held-out data (val). Keep the most accurate proposal (ties: lower resource, lower layer index). When no single
                 layer can meet target_i, the proposals that reduce the resource at all compete instead.
   snapshots:    the first iteration meeting each budget gets a long fine-tune (`long_steps`).
-  Pareto set:   for each budget, the most accurate (val) long-fine-tuned snapshot whose resource meets it; val
-                accuracy is therefore non-decreasing in the budget. `test_accuracy` (a split never used for
-                any choice) is what to report.
+  Pareto set:   `select="first"` (default, NetAdapt's output): each budget's own snapshot, the largest model of
+                the chain under it. `select="best-val"`: the most accurate (val) long-fine-tuned snapshot under
+                the budget, possibly a smaller budget's (val accuracy then non-decreasing in the budget; one
+                fine-tune on a small val split is a noisy judge, and the model no longer sits at its budget).
+                `test_accuracy` (a split never used for any choice) is what to report.
 
 The unpruned model is first trained `pretrain_steps` (weights come from a seed: there is no pretrained backbone).
 State is written per iteration (`<out>/<kind>/iter_NNNN.json` + `.pt`, JSON last = complete); rerunning with the
@@ -39,6 +41,7 @@ from workloads.pruning.mobilenet import min_channels, prune_smallest, prunable_l
 from workloads.resource import RESOURCE_KINDS, model_resource, predict
 
 FORMAT = "autlearn.compressed/1"
+SELECTIONS = ("first", "best-val")
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,8 @@ class SearchSettings:
     reinit: bool = True             # He fan-in init before pretraining, see pruning.train.trainable_init
     max_iterations: int = 500
     threads: int = 1                # torch intra-op threads while searching (results depend on it)
+    select: str = "first"           # Pareto point per budget: first | best-val (module docstring); not in the
+                                    # search fingerprint: it only picks among the stored snapshots
 
     def __post_init__(self) -> None:
         if not 0 < self.init_reduction < 1:
@@ -72,6 +77,8 @@ class SearchSettings:
             if int(getattr(self, k)) < 0:
                 raise ConfigError(f"must be >= 0, got {getattr(self, k)}", key=k)
         get_importance(self.importance)
+        if self.select not in SELECTIONS:
+            raise ConfigError(f"must be one of {', '.join(SELECTIONS)}, got {self.select!r}", key="select")
 
 
 @dataclass(frozen=True)
@@ -98,7 +105,7 @@ class ParetoPoint:
     channels: tuple[int, ...]
     value: float
     resource: dict[str, Any]
-    accuracy: float                  # val (used for selection)
+    accuracy: float                  # val (select=best-val chooses by it)
     test_accuracy: float             # test (never used for a choice)
     export: str                      # path of compressed.json
 
@@ -201,7 +208,8 @@ def _search_kind(config, table, budgets, kdir: Path, s: SearchSettings, emit, on
 
     kind = budgets[0].kind
     kdir.mkdir(parents=True, exist_ok=True)
-    ident = {"settings": asdict(s), "config": config.to_dict(), "kind": kind,
+    ident = {"settings": {k: v for k, v in asdict(s).items() if k != "select"},
+             "config": config.to_dict(), "kind": kind,
              "table": table_digest(table) if kind in ("latency", "energy") else "none",
              "init": INIT_VERSION if s.reinit else "build_model"}
     fp = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
@@ -360,7 +368,10 @@ def _finalize(config, table, budgets, kdir: Path, s: SearchSettings, iters, spli
         cands = [r for r in snaps.values() if r["value"] <= b.value]
         if not cands:
             continue
-        best = max(cands, key=lambda r: (r["accuracy"], -r["value"]))
+        if s.select == "first":                       # the largest snapshot under b: b's own
+            best = max(cands, key=lambda r: (r["value"], -r["iteration"]))
+        else:
+            best = max(cands, key=lambda r: (r["accuracy"], -r["value"]))
         export = export_point(config, kdir / "points" / b.slug, b, best, kdir / "final" /
                               f"iter_{best['iteration']:04d}.pt", table, split, s)
         points.append(ParetoPoint(b, best["iteration"], tuple(best["channels"]), best["value"], best["resource"],
