@@ -15,7 +15,8 @@ Setup (small, minutes on 2 cores):
 smoothed (`tables.smooth`, a monotone robust fit per layer family; --table-fit raw: search on the measured table); the
 uniform models are measured on the phone first and their MEASURED latency is each budget; the search starts at the
 table's prediction for the uniform model and the closed loop (workloads.pruning.loop) prunes further until the
-searched model measures under the budget. At the end every model is measured again in the same control-gated
+searched model, measured beside its own uniform model, measures under the budget. Each budget's model is the chain's
+first under it (--select first; best-val is recorded as `best_val_iteration`). At the end every model is measured again in the same control-gated
 campaign rounds (interleaved; latency ratios are medians of per-round ratios). Accuracy: the exported models are
 compared paired on one test set (paired bootstrap 95 % CI, exact McNemar p), and the final fine-tune of searched
 and uniform-L2 is repeated with --eval-seeds batch orders; the verdict is on the mean over those (Welch 95 % CI),
@@ -23,7 +24,8 @@ since one fine-tune moves test accuracy by about +-3 points at this scale.
 
 Without --device: the table is measured on THIS HOST with PyTorch eager (labelled "host (not a phone)"), budgets
 are the uniform models' predicted latency and "measured" is a host whole-step median (a proxy, not a phone).
-Nobody tuned the baseline or the search for this comparison; one seed.
+Nobody tuned the baseline or the search for this comparison; one search seed per run (--seed; pool runs with
+benchmarks/summarize_pruning.py).
 """
 
 from __future__ import annotations
