@@ -16,11 +16,11 @@ smoothed (`tables.smooth`, a monotone robust fit per layer family; --table-fit r
 uniform models are measured on the phone first and their MEASURED latency is each budget; the search starts at the
 table's prediction for the uniform model and the closed loop (workloads.pruning.loop) prunes further until the
 searched model, measured beside its own uniform model, measures under the budget. Each budget's model is the chain's
-first under it (--select first; best-val is recorded as `best_val_iteration`). At the end every model is measured again in the same control-gated
-campaign rounds (interleaved; latency ratios are medians of per-round ratios). Accuracy: the exported models are
-compared paired on one test set (paired bootstrap 95 % CI, exact McNemar p), and the final fine-tune of searched
-and uniform-L2 is repeated with --eval-seeds batch orders; the verdict is on the mean over those (Welch 95 % CI),
-since one fine-tune moves test accuracy by about +-3 points at this scale.
+first under it (--select first; best-val's pick is recorded as `best_val_iteration`). At the end every model is
+measured again in the same control-gated campaign rounds (interleaved; latency ratios are medians of per-round
+ratios). Accuracy: the exported models are compared paired on one test set (paired bootstrap 95 % CI, exact McNemar
+p), and the final fine-tune of searched and uniform-L2 is repeated with --eval-seeds batch orders; the verdict is
+on the mean over those (Welch 95 % CI), since one fine-tune moves test accuracy by about +-3 points at this scale.
 
 Without --device: the table is measured on THIS HOST with PyTorch eager (labelled "host (not a phone)"), budgets
 are the uniform models' predicted latency and "measured" is a host whole-step median (a proxy, not a phone).
@@ -229,7 +229,7 @@ def device_comparison(args, cfg, s, out: Path, t_start: float) -> int:
     from workloads.pruning.budget import Budget
     from workloads.pruning.loop import close_loop
     from workloads.pruning.mobilenet import thin_to, uniform_channels, with_channels
-    from workloads.pruning.search import load_compressed, search, smallest_reachable
+    from workloads.pruning.search import load_compressed, pick_snapshot, search, smallest_reachable
     from workloads.pruning.train import evaluate, fine_tune, split_dataset, trainable_init
     from workloads.resource import model_resource
     from workloads.tables import load_table, smooth
@@ -342,10 +342,9 @@ def device_comparison(args, cfg, s, out: Path, t_start: float) -> int:
             fine_tune(u, split, steps, s.lr, s.batch_size, seed=5000 + k)
             ru.append(float(correct(u).float().mean()))
         # what select="best-val" would have exported for this budget (the other selection, for the record)
-        under = [r for r in snaps if r["value"] <= att.target.value]
-        alt = max(under, key=lambda r: (r["accuracy"], -r["value"]))["iteration"] if under else None
+        alt = pick_snapshot(snaps, att.target.value, "best-val")
         cmp = {"fraction": f, "budget_ms": att.budget.value, "loop_rounds": att.round, "loop_verdict": att.verdict,
-               "iteration": j, "select": s.select, "best_val_iteration": alt,
+               "iteration": j, "select": s.select, "best_val_iteration": alt["iteration"] if alt else None,
                **paired(cs, cu), **{f"scratch_{k}": v for k, v in paired(cg, cf).items()},
                **over_seeds(rs, ru)}
         compare.append(cmp)

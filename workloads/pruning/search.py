@@ -365,19 +365,26 @@ def _finalize(config, table, budgets, kdir: Path, s: SearchSettings, iters, spli
         snaps[j] = rec
     points = []
     for b in budgets:
-        cands = [r for r in snaps.values() if r["value"] <= b.value]
-        if not cands:
+        best = pick_snapshot(snaps.values(), b.value, s.select)
+        if best is None:
             continue
-        if s.select == "first":                       # the largest snapshot under b: b's own
-            best = max(cands, key=lambda r: (r["value"], -r["iteration"]))
-        else:
-            best = max(cands, key=lambda r: (r["accuracy"], -r["value"]))
         export = export_point(config, kdir / "points" / b.slug, b, best, kdir / "final" /
                               f"iter_{best['iteration']:04d}.pt", table, split, s)
         points.append(ParetoPoint(b, best["iteration"], tuple(best["channels"]), best["value"], best["resource"],
                                   best["accuracy"], best["test_accuracy"], str(export)))
     _write_json(kdir / "pareto.json", [_point_json(p) for p in points])
     return SearchResult(kind, tuple(points), tuple(iters), tuple(unmet), str(kdir))
+
+
+def pick_snapshot(records: Iterable[dict[str, Any]], limit: float, select: str) -> dict[str, Any] | None:
+    """The long-fine-tuned snapshot record (`final/iter_*.json`) a budget of `limit` exports under `select` (module
+    docstring); None when no snapshot is under it."""
+    cands = [r for r in records if r["value"] <= limit]
+    if not cands:
+        return None
+    if select == "first":                             # the largest snapshot under the limit: the budget's own
+        return max(cands, key=lambda r: (r["value"], -r["iteration"]))
+    return max(cands, key=lambda r: (r["accuracy"], -r["value"]))
 
 
 def export_point(config: Any, pdir: Path, budget: Budget, rec: dict[str, Any], state: Path, table: Any,
