@@ -224,7 +224,7 @@ def device_comparison(args, cfg, s, out: Path, t_start: float) -> int:
     import pandas as pd
     import torch
 
-    from workloads.measure import measure_models
+    from workloads.measure import measure_models, paired_ratio, per_round
     from workloads.models import build_model
     from workloads.pruning.budget import Budget
     from workloads.pruning.loop import close_loop
@@ -421,36 +421,6 @@ def over_seeds(acc_a: list[float], acc_b: list[float]) -> dict:
         ci = stats.ttest_ind(acc_a, acc_b, equal_var=False).confidence_interval(0.95)
         out["seeds_ci_low"], out["seeds_ci_high"] = float(ci.low), float(ci.high)
     return out
-
-
-def per_round(raw, models: dict):
-    """Median step (ms) of each model in each round: DataFrame indexed by round (campaign), one column per label.
-    Labels are matched like measure_models does (workload, variant, canonical config, batch)."""
-    from workloads.measure import workload_of
-    from workloads.resource import canonical_config, measured_from_results
-
-    want = {}
-    for label, model in models.items():
-        w = workload_of(model)
-        want.setdefault((w["model"], w["variants"][0], canonical_config(w["config"]), w["batch"][0]), []).append(label)
-    rows = []
-    for campaign, g in raw.groupby("campaign", sort=True):
-        for r in measured_from_results(g).itertuples():
-            for label in want.get((r.workload, r.variant, r.config, r.batch), []):
-                rows.append({"round": campaign, "model": label, "ms": r.ms})
-    import pandas as pd
-
-    return pd.DataFrame(rows).pivot(index="round", columns="model", values="ms") if rows else pd.DataFrame()
-
-
-def paired_ratio(rounds, a: str, b: str) -> dict | None:
-    """a / b per round (both measured in it) -> median, min, max over rounds; None when no round has both."""
-    if a not in rounds or b not in rounds:
-        return None
-    r = (rounds[a] / rounds[b]).dropna()
-    if not len(r):
-        return None
-    return {"median": float(r.median()), "min": float(r.min()), "max": float(r.max()), "rounds": len(r)}
 
 
 def device_table(cfg, serial: str, every: int, out: Path, t_start: float) -> Path:

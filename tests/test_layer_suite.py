@@ -418,6 +418,10 @@ def test_affine_calibration_removes_a_fixed_cost_per_layer_call(tiny_cfg, tiny_g
     assert again["scale"] == pytest.approx(fit["scale"]) and again["offset_ms"] == pytest.approx(fit["offset_ms"])
     back = load_table(ct.save(tmp_path / "t.parquet"))
     assert back.meta.latency_offset_ms == pytest.approx(fit["offset_ms"])
+    # the control measured beside the models becomes the calibrated copy's reference; the table's is kept
+    ref, fit_c = calibrate(replace(t, meta=replace(t.meta, control_ms=2.0)), pred, measured, control_ms=1.5)
+    assert ref.meta.control_ms == 1.5 and (fit_c["control_ms"], fit_c["table_control_ms"]) == (1.5, 2.0)
+    assert ct.meta.control_ms == t.meta.control_ms and "control_ms" not in fit       # none given: unchanged
     # a line falling with the sum (nonsense for latency) falls back to the ratio
     _, falling = calibrate(t, pred, 2.0 - pred)
     assert falling["offset_ms"] == 0.0 and "median" in falling["method"]

@@ -96,3 +96,33 @@ def test_corrections_are_bounded(tmp_path):
 def test_corrected_target_takes_out_the_measured_excess():
     t = corrected(Budget("latency", 8.0), Budget("latency", 10.0), 12.5, 0.1)
     assert t.kind == "latency" and t.value == pytest.approx(8.0 * 0.8 * 0.9)
+
+
+def test_measure_extras_reach_the_attempt_and_the_verdict_uses_the_kind_value(tmp_path):
+    """A measure reporting a normalized latency as the kind's value keeps the raw one beside it in the row."""
+    toy = Toy(tmp_path, slowdown=1.0)
+
+    def measure(exports, k):
+        vals, info = toy.measure(exports, k)
+        return {label: {**v, "measured_ms": v["latency"] * 1.3, "judged_on": "control-normalized"}
+                for label, v in vals.items()}, info
+
+    final, _ = close_loop([Budget("latency", 5.0)], toy.propose, measure)
+    row = final[0].row()
+    assert row["verdict"] == "met" and row["value"] == pytest.approx(5.0)
+    assert row["measured_ms"] == pytest.approx(6.5) and row["judged_on"] == "control-normalized"
+
+
+def test_verdict_values_use_the_normalized_latency_unless_told_or_unpaired():
+    import pandas as pd
+
+    from workloads.prune_cli import verdict_values
+
+    got = pd.DataFrame({"model": ["a", "b"], "ms": [1.3, 2.0], "mj": [float("nan")] * 2,
+                        "ms_normalized": [1.0, float("nan")], "drift": [1.3, float("nan")]})
+    v = verdict_values(got, ["a", "b", "c"], "control-normalized")
+    assert set(v) == {"a", "b"}                                           # c was not measured
+    assert v["a"]["latency"] == 1.0 and v["a"]["measured_ms"] == 1.3 and v["a"]["judged_on"] == "control-normalized"
+    assert v["b"]["latency"] == 2.0 and v["b"]["judged_on"] == "raw"     # never beside the control: raw
+    assert verdict_values(got, ["a"], "raw")["a"]["latency"] == 1.3
+    assert verdict_values(got.drop(columns=["ms_normalized", "drift"]), ["a"], "raw")["a"]["latency"] == 1.3

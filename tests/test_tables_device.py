@@ -99,14 +99,14 @@ def test_smoothed_device_table_is_monotone_and_keeps_the_measurements(tables, wo
 @pytest.fixture(scope="module")
 def validated(tables, legacy, work):
     cal = work / "calibrated.parquet"
-    r = autlearn("tables", "validate", str(tables["interactive"]), "--models", "12", "--rounds", "2", "--results",
+    r = autlearn("tables", "validate", str(tables["interactive"]), "--models", "12", "--rounds", "3", "--results",
                  str(work / "results"), "--artifacts", str(CACHE / "artifacts"), "--out",
                  str(work / "prediction_error.csv"), "--calibrate", str(cal))
     assert r.returncode == 0, r.stderr[-3000:]
     return r, pd.read_csv(work / "prediction_error.csv"), cal
 
 
-def test_prediction_error_reported_on_twelve_whole_models(validated):
+def test_prediction_error_reported_on_twelve_whole_models(validated, tables):
     r, df, cal = validated
     lat = df[df["kind"] == "latency"]
     assert len(lat) == 12 and lat["model"].is_unique
@@ -117,6 +117,9 @@ def test_prediction_error_reported_on_twelve_whole_models(validated):
     fit = json.loads(t.meta.calibration)
     assert fit["models"] == 12 and t.meta.latency_scale == pytest.approx(fit["scale"]) and fit["scale"] > 0
     assert t.meta.latency_offset_ms == pytest.approx(fit["offset_ms"])
+    # the control measured beside these models (median of the rounds used) is the calibrated table's reference
+    assert fit["control_ms"] > 0 and t.meta.control_ms == pytest.approx(fit["control_ms"])
+    assert fit["table_control_ms"] == pytest.approx(load_table(tables["interactive"]).meta.control_ms)
     assert 0 <= fit["loo_within_10pct"] <= 1 and "leave-one-out" in r.stdout
     assert (fit["scale"] * lat["predicted_ms"] + fit["offset_ms"] > 0).all()   # the calibrated predictions
 
@@ -133,26 +136,30 @@ def test_pruned_models_for_three_budgets_meet_them_when_measured(validated, lega
     out = work / "pruned"
     r = autlearn("prune", "--table", str(cal), *[a for b in budgets for a in ("--budget", f"latency={b:.6f}ms")],
                  "--out", str(out), "--steps", "3", "--final-steps", "20", "--pretrain-steps", "20",
-                 "--measure-on", legacy.serial, "--measure-rounds", "3", "--results", str(work / "results"),
+                 "--measure-on", legacy.serial, "--measure-rounds", "5", "--results", str(work / "results"),
                  "--artifacts", str(CACHE / "artifacts"))
     assert r.returncode == 0, r.stderr[-3000:]
     m = pd.read_csv(out / "measured.csv")
     loop = pd.read_csv(out / "loop.csv")
-    view = loop[["budget", "loop_round", "search_target", "predicted", "measured_ms", "verdict", "rounds"]].to_string()
-    assert len(m) == 3 and m["measured_ms"].notna().all(), view
+    view = loop[["budget", "loop_round", "search_target", "predicted", "measured_ms", "normalized_ms", "drift",
+                 "verdict", "rounds"]].to_string()
+    assert len(m) == 3 and m["measured_ms"].notna().all() and m["normalized_ms"].notna().all(), view
     assert (m["predicted"] <= m["search_target"]).all() and (m["search_target"] <= m["budget_value"]).all()
     for row in m.itertuples():
         doc = json.loads(Path(row.export).read_text())
         assert doc["variant"] == "compressed" and Path(row.export).with_name("model.pt").is_file()
-    # The closed loop: every budget ends with a model that measured (median of control-gated rounds) under it; a
-    # model over its budget was searched again to a lower target (loop.csv keeps every attempt).
-    assert (m["verdict"] == "met").all() and (m["measured_ms"] <= m["budget_value"]).all(), view
+    # The closed loop: every budget ends with a model that measured under it; a model over its budget was searched
+    # again to a lower target (loop.csv keeps every attempt). Measured = the control-normalized latency (per round
+    # model / control x the table's control reference): the budgets come from an earlier campaign, and the host's
+    # slow spells between campaigns (CI once ran these rounds ~1.3x slower throughout) would otherwise decide.
+    assert (m["judged_on"] == "control-normalized").all() and (m["value"] == m["normalized_ms"]).all(), view
+    assert (m["verdict"] == "met").all() and (m["value"] <= m["budget_value"]).all(), view
     for b, rows in loop.groupby("budget"):
         rows = rows.sort_values("loop_round")
         lowered = rows["search_target"].diff().fillna(0) != 0
         assert (rows["verdict"].shift()[lowered] == "exceeded").all(), view   # a target moves only after an excess
         assert rows["search_target"].is_monotonic_decreasing, view
-    assert "met = measured" in r.stdout
+    assert "met = the control-normalized latency" in r.stdout
 
 
 LSTM = dict(vocab_size=1000, embed_dim=16, hidden_size=256, seq_len=4, batch=2)   # head ranks 128 and dense

@@ -3,6 +3,11 @@
 `models_campaign` writes the campaign (a dict for `parse_campaign`); `measure_models` runs it and returns, per
 model name, the median step latency (ms) and energy (mJ) parsed from the results (`resource.measured_from_results`).
 A model is a config (compiled as variant `full`) or a `compressed.json` path (variant `compressed`, its weights).
+
+With a control model and its reference latency, each model also gets a control-normalized latency: the median
+over rounds of (model / control in the same round) x reference, i.e. the model's latency under the conditions the
+reference was measured in. A slow spell of the host or a warm phone slows a whole round, control included, so the
+ratio cancels it where the raw median does not (`per_round`, `paired_ratio`, `normalized_latency`: pure functions).
 """
 
 from __future__ import annotations
@@ -146,13 +151,66 @@ def run_rounds(spec: dict[str, Any], rounds: int, *, results_root: Path, resume:
                   tuple((str(x[1]), x[2], id(x) in ids) for x in usable), ref(), disturbed)
 
 
+def per_round(raw: pd.DataFrame, models: Mapping[str, Any]) -> pd.DataFrame:
+    """Median step (ms) of each model in each round: indexed by round (the results' `campaign`), a column per label
+    of `models` (label -> model as for `workload_of`). Cells are matched on workload, variant, config and batch."""
+    from workloads.resource import canonical_config, measured_from_results
+
+    want: dict[tuple, list[str]] = {}
+    for label, model in models.items():
+        w = workload_of(model)
+        want.setdefault((w["model"], w["variants"][0], canonical_config(w["config"]), w["batch"][0]), []).append(label)
+    rows = []
+    for campaign, g in raw.groupby("campaign", sort=True):
+        try:
+            got = measured_from_results(g)
+        except ConfigError:               # a round whose cells all failed
+            continue
+        for r in got.itertuples():
+            for label in want.get((r.workload, r.variant, r.config, r.batch), []):
+                rows.append({"round": campaign, "model": label, "ms": r.ms})
+    if not rows:
+        return pd.DataFrame()
+    return pd.DataFrame(rows).pivot_table(index="round", columns="model", values="ms", aggfunc="median")
+
+
+def paired_ratio(rounds: pd.DataFrame, a: str, b: str) -> dict[str, float] | None:
+    """a / b per round (both measured in it) -> median, min, max over rounds; None when no round has both."""
+    if a not in rounds or b not in rounds:
+        return None
+    r = (rounds[a] / rounds[b]).dropna()
+    if not len(r):
+        return None
+    return {"median": float(r.median()), "min": float(r.min()), "max": float(r.max()), "rounds": len(r)}
+
+
+CONTROL_LABEL = "(control)"
+
+
+def normalized_latency(raw: pd.DataFrame, models: Mapping[str, Any], control: Any,
+                       reference_ms: float) -> dict[str, dict[str, float]]:
+    """label -> {"ms": median over rounds of model/control x reference_ms, "rounds": rounds with both, "drift":
+    median control / reference_ms over those rounds}; labels never measured beside the control are absent."""
+    rounds = per_round(raw, {**models, CONTROL_LABEL: control})
+    out = {}
+    for label in models:
+        r = paired_ratio(rounds, label, CONTROL_LABEL)
+        if r is None:
+            continue
+        both = rounds[[label, CONTROL_LABEL]].dropna()
+        out[label] = {"ms": r["median"] * reference_ms, "rounds": r["rounds"],
+                      "drift": float(both[CONTROL_LABEL].median()) / reference_ms}
+    return out
+
+
 def measure_models(name: str, models: Mapping[str, Any], serial: str, governor: str, *, results_root: Path,
                    resume: bool = False, threads: int | None = 1, artifact_cache: str | Path | None = None,
                    rounds: int = 3, control: Any = None, reference_ms: float | None = None,
                    **kw: Any) -> tuple[pd.DataFrame, Path, Rounds]:
     """Run the models' campaign in `rounds` rounds (see run_rounds; `control` is a model config) -> (DataFrame:
-    model, ms, mj, n, variant; a directory `<results_root>/<name>` whose rounds.json lists the rounds; Rounds).
-    Failed cells are absent from the frame (the campaign's status says why)."""
+    model, ms, mj, n, variant, and with a control and reference: ms_normalized, drift (median control / reference);
+    a directory `<results_root>/<name>` whose rounds.json lists the rounds; Rounds). Failed cells are absent from
+    the frame (the campaign's status says why)."""
     from workloads.resource import canonical_config, measured_from_results
 
     by_model = {label: workload_of(model) for label, model in models.items()}
@@ -166,6 +224,10 @@ def measure_models(name: str, models: Mapping[str, Any], serial: str, governor: 
         want.setdefault((w["model"], w["variants"][0], canonical_config(w["config"]), w["batch"][0]), []).append(label)
     m["model"] = [want.get((r.workload, r.variant, r.config, r.batch)) for r in m.itertuples()]
     m = m[m["model"].notna()].explode("model")
+    if control is not None and got.reference_ms:
+        norm = normalized_latency(got.raw, models, control, got.reference_ms)
+        m["ms_normalized"] = [norm[k]["ms"] if k in norm else float("nan") for k in m["model"]]
+        m["drift"] = [norm[k]["drift"] if k in norm else float("nan") for k in m["model"]]
     home = Path(results_root) / spec["name"]          # index of the rounds; callers write their outputs here
     home.mkdir(parents=True, exist_ok=True)
     (home / "rounds.json").write_text(json.dumps({

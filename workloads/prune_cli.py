@@ -41,12 +41,17 @@ from profiler.errors import ConfigError
               help="--measure-on: at most this many re-searches of a budget its model measured over.")
 @click.option("--margin", default=0.05, show_default=True,
               help="--measure-on: a corrected target aims this fraction below the budget (measurement noise).")
+@click.option("--verdict-on", "verdict_on", type=click.Choice(["normalized", "raw"]), default="normalized",
+              show_default=True,
+              help="--measure-on: judge a latency budget on the control-normalized latency (median over rounds of "
+                   "model / control x the table's control reference: the latency under the table's conditions, "
+                   "with slow spells of host or phone cancelled) or on the raw median. Both are written.")
 @click.option("--artifacts", "artifact_cache", default=None, type=click.Path(file_okay=False),
               help="Artifact cache (default $AUTLEARN_HOME/artifacts).")
 @click.option("--allow-version-mismatch", is_flag=True)
 def prune(model, table_path, budgets, out, steps, final_steps, pretrain_steps, init_reduction, decay, importance,
           per_class, max_iterations, select, sets, measure_on, results_root, measure_rounds, corrections, margin,
-          artifact_cache, allow_version_mismatch):
+          verdict_on, artifact_cache, allow_version_mismatch):
     """Prune to each budget; writes a Pareto set of `compressed` models under OUT (rerun to resume)."""
     from rich.console import Console
 
@@ -95,7 +100,7 @@ def prune(model, table_path, budgets, out, steps, final_steps, pretrain_steps, i
         propose(parsed)
         return
     closed_loop(parsed, propose, smallest, table, measure_on, out, Path(results_root), artifact_cache,
-                measure_rounds, corrections, margin, console)
+                measure_rounds, corrections, margin, console, verdict_on)
 
 
 def _search_mobilenet(cfg, table, targets, out: Path, settings, console) -> dict[str, str]:
@@ -122,10 +127,29 @@ def _search_mobilenet(cfg, table, targets, out: Path, settings, console) -> dict
     return {str(p.budget): p.export for r in results for p in r.points}
 
 
+def verdict_values(measured, labels, judged_on: str) -> dict[str, dict]:
+    """Rows of `measure_models`' frame -> close_loop values: the latency a verdict uses (control-normalized or raw;
+    raw for a model no round measured beside the control), energy (raw), and both latencies with the drift."""
+    nan = float("nan")
+    by = {r.model: r for r in measured.itertuples()}
+    values = {}
+    for label in labels:
+        if label not in by:
+            continue
+        r = by[label]
+        norm = getattr(r, "ms_normalized", nan)
+        basis = judged_on if norm == norm else "raw"
+        values[label] = {"latency": norm if basis == "control-normalized" else r.ms, "energy": r.mj,
+                         "measured_ms": r.ms, "normalized_ms": norm, "drift": getattr(r, "drift", nan),
+                         "judged_on": basis}
+    return values
+
+
 def closed_loop(budgets, propose, smallest, table, serial: str, out: Path, results_root: Path, artifact_cache,
-                rounds: int, corrections: int, margin: float, console) -> None:
+                rounds: int, corrections: int, margin: float, console, verdict_on: str = "normalized") -> None:
     """Prune, measure each model on `serial` (the table's governor), prune further where a model measured over its
-    budget (workloads.pruning.loop); OUT/measured.csv and OUT/loop.csv."""
+    budget (workloads.pruning.loop); OUT/measured.csv and OUT/loop.csv. A latency verdict uses the control-
+    normalized latency (`verdict_on="normalized"`, when the table has a control reference) or the raw median."""
     import pandas as pd
     from rich.console import Console
     from rich.table import Table as RichTable
@@ -142,16 +166,18 @@ def closed_loop(budgets, propose, smallest, table, serial: str, out: Path, resul
         from workloads.tables_cli import config_from
 
         control = config_from(table.meta.model, table.meta)
+    reference = (table.meta.control_ms or None) if table is not None else None
+    judged_on = "control-normalized" if verdict_on == "normalized" and control is not None and reference else "raw"
+    if verdict_on == "normalized" and judged_on == "raw":
+        console.print("note: the table has no control reference; latency budgets are judged on the raw median")
 
     def measure(exports: dict[str, str], k: int):
         got, rdir, rr = measure_models(
             f"pruned-{out.name}-{k}", {label: Path(p) for label, p in exports.items()}, serial, governor,
             results_root=results_root, resume=True, reps=1, rounds=rounds, steps=20, warmup=3, energy=energy,
-            artifact_cache=artifact_cache, control=control,
-            reference_ms=(table.meta.control_ms or None) if table is not None else None)
+            artifact_cache=artifact_cache, control=control, reference_ms=reference)
         console.print(f"rounds: {rr.summary()}")
-        by = {r.model: r for r in got.itertuples()}
-        values = {label: {"latency": by[label].ms, "energy": by[label].mj} for label in exports if label in by}
+        values = verdict_values(got, exports, judged_on)
         info = {"device": serial, "governor": governor, "results": str(rdir), "rounds": rr.summary(),
                 "disturbed": rr.disturbed}
         return values, info
@@ -163,15 +189,22 @@ def closed_loop(budgets, propose, smallest, table, serial: str, out: Path, resul
     pd.DataFrame([a.row() for a in final]).to_csv(out / "measured.csv", index=False)
     pd.DataFrame([a.row() for a in history]).to_csv(out / "loop.csv", index=False)
     view = RichTable(title=f"pruned models measured on {serial} ({governor})")
-    for col in ("budget", "round", "search target", "predicted", "measured", "verdict"):
+    for col in ("budget", "round", "search target", "predicted", "measured (raw)", "normalized", "verdict"):
         view.add_column(col)
+
+    def fmt(v) -> str:
+        return f"{v:.4g}" if v is not None and v == v else ""
+
     for a in final:
-        view.add_row(str(a.budget), str(a.round), f"{a.target.value:.4g}",
-                     f"{a.predicted:.4g}" if a.predicted is not None else "",
-                     f"{a.measured:.4g}" if a.measured is not None else "not measured", a.verdict)
+        view.add_row(str(a.budget), str(a.round), f"{a.target.value:.4g}", fmt(a.predicted),
+                     fmt(a.info.get("measured_ms")) or ("not measured" if a.measured is None else ""),
+                     fmt(a.info.get("normalized_ms")), a.verdict)
     Console().print(view)
-    click.echo(f"met = measured (median of control-gated rounds) <= budget; a model over its budget was searched "
-               f"again to target * budget / measured * (1 - {margin:g}), at most {corrections} time(s)")
+    basis = ("the control-normalized latency (median over control-gated rounds of model / control in the same round "
+             "x the table's control reference)" if judged_on == "control-normalized"
+             else "the raw latency (median of control-gated rounds)")
+    click.echo(f"met = {basis} <= budget; a model over its budget was searched again to target * budget / measured "
+               f"* (1 - {margin:g}), at most {corrections} time(s)")
     click.echo(f"-> {out / 'measured.csv'}, {out / 'loop.csv'}")
 
 

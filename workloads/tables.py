@@ -709,13 +709,16 @@ def _fit(base: np.ndarray, measured: np.ndarray, method: str) -> tuple[float, fl
 
 
 def calibrate(table: Table, predicted_ms: Sequence[float], measured_ms: Sequence[float],
-              info: dict[str, Any] | None = None, method: str = "affine") -> tuple[Table, dict[str, Any]]:
+              info: dict[str, Any] | None = None, method: str = "affine",
+              control_ms: float | None = None) -> tuple[Table, dict[str, Any]]:
     """A copy of `table` whose whole-model latency is fitted to whole models measured on the same device.
 
     A sum of per-layer measurements misses per-step work (pooling, loss, dispatch) and counts a fixed cost per
     layer call once per layer, which a whole model pays once: `affine` (default) fits measured = scale x sum +
     offset (Theil-Sen), `ratio` only the median measured/sum. Returns (table, fit); fit holds the parameters and
-    leave-one-out errors (each model predicted by the fit to the others)."""
+    leave-one-out errors (each model predicted by the fit to the others). `control_ms`: the control model's latency
+    while those models were measured; it becomes the copy's control reference (the conditions its predictions
+    were fitted to; the table's own reference is kept in the fit as `table_control_ms`)."""
     from dataclasses import replace
 
     if method not in CALIBRATIONS:
@@ -736,6 +739,10 @@ def calibrate(table: Table, predicted_ms: Sequence[float], measured_ms: Sequence
            "scale": scale, "offset_ms": offset, "models": len(p),
            "loo_mean_abs_error": float(loo_a.mean()), "loo_max_abs_error": float(loo_a.max()),
            "loo_within_10pct": float(np.mean(loo_a <= 0.10)), **(info or {})}
-    meta = replace(table.meta, latency_scale=scale, latency_offset_ms=offset,
+    ref = table.meta.control_ms
+    if control_ms is not None and control_ms > 0:
+        fit.update(control_ms=float(control_ms), table_control_ms=ref)
+        ref = float(control_ms)
+    meta = replace(table.meta, latency_scale=scale, latency_offset_ms=offset, control_ms=ref,
                    calibration=json.dumps(fit, sort_keys=True))
     return Table(table.df, meta), fit

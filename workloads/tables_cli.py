@@ -323,13 +323,19 @@ def validate(table_path, serial, n_models, seed, reps, rounds, steps, warmup, en
     if calibrated:
         from workloads.tables import calibrate
 
+        import statistics
+
         names = sorted(got)
+        used = [c for _, c, ok in got_rounds.controls if ok and c is not None]
+        control_ms = statistics.median(used) if used else None      # the conditions of these measurements
         ct, fit = calibrate(t, [pred[n].latency_ms for n in names], [got[n].ms for n in names],
                             {"results": str(rdir), "governor": t.meta.governor_requested, "rounds": rounds},
-                            method)
+                            method, control_ms=control_ms)
         click.echo(f"calibrated: latency x {fit['scale']:.3f} {fit['offset_ms']:+.4g} ms; leave-one-out mean |err| "
                    f"{fit['loo_mean_abs_error']:.1%}, max {fit['loo_max_abs_error']:.1%}, "
-                   f"{fit['loo_within_10pct']:.0%} within +-10% -> {ct.save(calibrated)}")
+                   f"{fit['loo_within_10pct']:.0%} within +-10%"
+                   + (f"; control reference {control_ms:.4g} ms (median of the rounds used; the table's: "
+                      f"{t.meta.control_ms:.4g} ms)" if control_ms else "") + f" -> {ct.save(calibrated)}")
     missing = sorted(set(models) - set(got))
     if missing:
         click.echo(f"not measured (failed cells): {', '.join(missing)}", err=True)

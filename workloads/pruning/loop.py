@@ -64,8 +64,9 @@ def close_loop(budgets: Sequence[Budget], propose: Callable[[list[Budget]], Mapp
                start: Mapping[Budget, Budget] | None = None, per_budget: bool = False,
                emit: Callable[[str], None] = lambda m: None) -> tuple[list[Attempt], list[Attempt]]:
     """(final attempt per budget, every attempt). `propose(targets)` returns {str(target): compressed.json};
-    `measure({label: export}, round)` returns ({label: {"latency": ms, "energy": mJ}}, provenance). `start` gives a
-    budget's first search target (default: the budget itself)."""
+    `measure({label: export}, round)` returns ({label: {"latency": ms, "energy": mJ, ...}}, provenance): the kinds'
+    values are what verdicts use, other keys (e.g. the raw measurement beside a normalized one) go to the attempt's
+    info. `start` gives a budget's first search target (default: the budget itself)."""
     targets = {str(b): (start or {}).get(b, b) for b in budgets}
     known: dict[tuple[str, str], tuple[dict[str, float | None], dict[str, Any]]] = {}  # key -> (values, provenance)
     history: list[Attempt] = []
@@ -97,7 +98,8 @@ def close_loop(budgets: Sequence[Budget], propose: Callable[[list[Budget]], Mapp
             if b.kind in MEASURED_KINDS:
                 vals, info = known[keys[label]]
                 value = vals.get(b.kind)
-                info = {**info, "measured_ms": vals.get("latency"), "measured_mj": vals.get("energy")}
+                info = {**info, "measured_ms": vals.get("latency"), "measured_mj": vals.get("energy"),
+                        **{k: v for k, v in vals.items() if k not in MEASURED_KINDS}}   # e.g. the raw value
             else:                                   # flops / memory are exact
                 value, info = predicted, {}
             if value is None or value != value:
