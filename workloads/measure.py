@@ -151,15 +151,23 @@ def run_rounds(spec: dict[str, Any], rounds: int, *, results_root: Path, resume:
                   tuple((str(x[1]), x[2], id(x) in ids) for x in usable), ref(), disturbed)
 
 
+def cell_labels(workloads_by_label: Mapping[str, dict[str, Any]]) -> dict[tuple, list[str]]:
+    """(workload, variant, canonical config, batch) of a results row -> the labels whose workload (`workload_of`)
+    it is: how measured cells are matched back to the models asked for."""
+    from workloads.resource import canonical_config
+
+    want: dict[tuple, list[str]] = {}
+    for label, w in workloads_by_label.items():
+        want.setdefault((w["model"], w["variants"][0], canonical_config(w["config"]), w["batch"][0]), []).append(label)
+    return want
+
+
 def per_round(raw: pd.DataFrame, models: Mapping[str, Any]) -> pd.DataFrame:
     """Median step (ms) of each model in each round: indexed by round (the results' `campaign`), a column per label
     of `models` (label -> model as for `workload_of`). Cells are matched on workload, variant, config and batch."""
-    from workloads.resource import canonical_config, measured_from_results
+    from workloads.resource import measured_from_results
 
-    want: dict[tuple, list[str]] = {}
-    for label, model in models.items():
-        w = workload_of(model)
-        want.setdefault((w["model"], w["variants"][0], canonical_config(w["config"]), w["batch"][0]), []).append(label)
+    want = cell_labels({label: workload_of(model) for label, model in models.items()})
     rows = []
     for campaign, g in raw.groupby("campaign", sort=True):
         try:
@@ -211,7 +219,7 @@ def measure_models(name: str, models: Mapping[str, Any], serial: str, governor: 
     model, ms, mj, n, variant, and with a control and reference: ms_normalized, drift (median control / reference);
     a directory `<results_root>/<name>` whose rounds.json lists the rounds; Rounds). Failed cells are absent from
     the frame (the campaign's status says why)."""
-    from workloads.resource import canonical_config, measured_from_results
+    from workloads.resource import measured_from_results
 
     by_model = {label: workload_of(model) for label, model in models.items()}
     spec = models_campaign(name, by_model, serial, governor, **kw)
@@ -219,9 +227,7 @@ def measure_models(name: str, models: Mapping[str, Any], serial: str, governor: 
                      artifact_cache=artifact_cache, control=workload_of(control) if control is not None else None,
                      reference_ms=reference_ms)
     m = measured_from_results(got.raw)
-    want: dict[tuple, list[str]] = {}
-    for label, w in by_model.items():
-        want.setdefault((w["model"], w["variants"][0], canonical_config(w["config"]), w["batch"][0]), []).append(label)
+    want = cell_labels(by_model)
     m["model"] = [want.get((r.workload, r.variant, r.config, r.batch)) for r in m.itertuples()]
     m = m[m["model"].notna()].explode("model")
     if control is not None and got.reference_ms:

@@ -321,9 +321,9 @@ def validate(table_path, serial, n_models, seed, reps, rounds, steps, warmup, en
     if erep is not None:
         click.echo(f"energy: {erep.summary()}")
     if calibrated:
-        from workloads.tables import calibrate
-
         import statistics
+
+        from workloads.tables import calibrate
 
         names = sorted(got)
         used = [c for _, c, ok in got_rounds.controls if ok and c is not None]
