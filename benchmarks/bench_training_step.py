@@ -1,18 +1,24 @@
-"""Training-step time: TVM `full` / `unoptimized` / `cached` vs PyTorch eager, same CPU, same thread count.
+"""Training-step time: TVM `full` (tuned for this CPU, and untuned) vs PyTorch eager, side by side in one run.
 
-Every row is the same frozen-backbone transfer-learning step: forward, cross-entropy loss, backward to the
-trainable head, SGD update (the `cached` rows: head only, on cached backbone features). Median ms per step.
+Every row is the same frozen-backbone transfer-learning step: forward, cross-entropy loss, backward to the trainable
+head, SGD update. The compiled step targets this host's CPU as the probe names it (`profiler.cputarget`) with the
+tuning database for that target (`autlearn workloads tune`); `untuned` is the same program with hand schedules
+only. Repetitions are interleaved (eager, tuned, untuned, eager, ...), so a slow spell of the shared host hits
+every variant alike. Achieved GFLOP/s (FLOPs of the eager step, counted by torch's FlopCounterMode) is shown next to
+the practical peak measured with torch.mm 2048^2 on the same threads.
 
-    nice python benchmarks/bench_training_step.py [--threads 2] [--steps 10] [--out benchmarks/results/training_step]
+    nice python benchmarks/bench_training_step.py [--threads 2] [--rounds 5] [--steps 4] \\
+        [--out benchmarks/results/training_step]
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import platform
-import statistics
+import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -23,94 +29,170 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-CASES = {   # name -> (model, config overrides)
-    "mobilenet 28x28x1 b1": ("mobilenet", {}),
-    "mobilenet 224x224x3 b16": ("mobilenet", {"image_size": 224, "in_channels": 3, "batch": 16}),
-    "lstm v10000 b16": ("lstm", {}),
+# name -> (model, config, target: eager / compiled at least this, share of practical peak at least this)
+CASES = {
+    "mobilenet 224x224x3 b16": ("mobilenet", {"image_size": 224, "in_channels": 3, "batch": 16}, 2.0, 0.60),
+    "mobilenet 28x28x1 b1 (paper)": ("mobilenet", {"batch": 1}, 1.0, None),
+    "lstm v10000 b16": ("lstm", {"batch": 16}, 1.67, None),
 }
-VARIANTS = ("full", "unoptimized", "cached")
 
 
-def bench_tvm(model: str, config: dict, variant: str, steps: int, warmup: int, threads: int) -> dict:
-    from workloads.compile import build_program
-    from workloads.program import build_executable, run_on_host
+def provenance() -> dict:
+    from workloads.artifact import tool_versions
 
-    t0 = time.perf_counter()
-    prog = build_program(model, variant, "x86_64", **config)
-    ex = build_executable(prog)
-    compile_s = time.perf_counter() - t0
-    recs = run_on_host(prog, steps, warmup=warmup, num_threads=threads, executable=ex)
-    ms = [r["step_ns"] / 1e6 for r in recs if not r["warmup"]]
-    return {"ms": statistics.median(ms), "ms_min": min(ms), "steps": len(ms), "compile_s": compile_s,
-            "tuned": f'{prog.meta["tuned_kernels"]}' if variant != "unoptimized" else "-"}
+    def git(*args: str) -> str:
+        r = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True)
+        return r.stdout.strip() if r.returncode == 0 else ""
+
+    return {"tools": tool_versions(), "commit": git("rev-parse", "HEAD") or "unknown",
+            "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
 
 
-def bench_torch(model: str, config: dict, cached: bool, steps: int, warmup: int, threads: int) -> dict:
+def host_target() -> tuple[str, object]:
+    from profiler.cputarget import parse_cpuinfo
+    from workloads.compile import target_id_for
+
+    ct = parse_cpuinfo("x86_64", Path("/proc/cpuinfo").read_text())
+    return target_id_for("x86_64", ct.mcpu, ct.mattr), ct
+
+
+def practical_peak(threads: int) -> float:
+    """GFLOP/s of torch.mm 2048^2 float32 (oneDNN/MKL-class GEMM), median of 10."""
     import torch
 
-    from workloads import data
-    from workloads.models import build_model, make_config
-
     torch.set_num_threads(threads)
-    cfg = make_config(model, **config)
-    net = build_model(cfg)
-    x, y = data.default_batch(cfg)
-    x, y = torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
-    if cached:
-        with torch.no_grad():
-            x = net.features(x)
-    opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.05)
-    ms = []
-    for i in range(warmup + steps):
-        t0 = time.perf_counter_ns()
-        logits = net.head(x) if cached else net(x)
-        loss = torch.nn.functional.cross_entropy(logits, y)
-        opt.zero_grad(set_to_none=True)
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    for _ in range(3):
+        a @ b
+    ts = []
+    for _ in range(10):
+        t0 = time.perf_counter()
+        a @ b
+        ts.append(time.perf_counter() - t0)
+    return 2 * 2048 ** 3 / float(np.median(ts)) / 1e9
+
+
+class Eager:
+    def __init__(self, model: str, config: dict, threads: int):
+        import torch
+
+        from workloads import data
+        from workloads.models import build_model, make_config
+
+        torch.set_num_threads(threads)
+        cfg = make_config(model, **config)
+        self.net = build_model(cfg)
+        x, y = data.default_batch(cfg)
+        self.x, self.y = torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
+        self.opt = torch.optim.SGD([p for p in self.net.parameters() if p.requires_grad], lr=0.05)
+
+    def step(self) -> None:
+        import torch
+
+        loss = torch.nn.functional.cross_entropy(self.net(self.x), self.y)
+        self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
+        self.opt.step()
         float(loss)
-        if i >= warmup:
-            ms.append((time.perf_counter_ns() - t0) / 1e6)
-    return {"ms": statistics.median(ms), "ms_min": min(ms), "steps": len(ms), "compile_s": 0.0, "tuned": "-"}
+
+    def flops(self) -> float:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with FlopCounterMode(display=False) as fc:
+            self.step()
+        return float(fc.get_total_flops())
+
+    def run(self, steps: int) -> list[float]:
+        out = []
+        for _ in range(steps):
+            t0 = time.perf_counter_ns()
+            self.step()
+            out.append((time.perf_counter_ns() - t0) / 1e6)
+        return out
+
+
+class Compiled:
+    def __init__(self, model: str, config: dict, tid: str, database, threads: int):
+        from workloads.compile import build_program
+        from workloads.program import build_executable, set_num_threads
+
+        set_num_threads(threads)
+        t0 = time.perf_counter()
+        self.prog = build_program(model, "full", tid, database=database, **config)
+        self.ex = build_executable(self.prog)
+        self.compile_s = time.perf_counter() - t0
+        self.tensors = None
+
+    def run(self, steps: int) -> list[float]:
+        from workloads.program import run_on_host
+
+        recs = run_on_host(self.prog, steps, executable=self.ex, tensors=self.tensors)
+        self.tensors = recs[-1].get("tensors") or self.tensors
+        return [r["step_ns"] / 1e6 for r in recs]
+
+
+def tuning_spent(db: dict | None) -> dict:
+    if db is None:
+        return {"seconds": 0.0, "trials": 0, "runs": 0, "measured_on": []}
+    runs = [json.loads(ln) for ln in (Path(db["path"]) / "runs.jsonl").read_text().splitlines() if ln.strip()] \
+        if (Path(db["path"]) / "runs.jsonl").is_file() else []
+    return {"seconds": round(sum(r.get("seconds", 0) for r in runs), 1), "trials": sum(r.get("trials", 0) for r in runs),
+            "runs": len(runs), "measured_on": sorted({str(r.get("measured_on")) for r in runs})}
 
 
 def main(argv: list[str] | None = None) -> int:
+    from profiler.stats import summarize
+    from workloads.compile import tuning_database
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--slow-steps", type=int, default=3, help="steps for unoptimized 224x224 (seconds each)")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved repetitions")
+    ap.add_argument("--steps", type=int, default=4, help="timed steps per variant per round")
     ap.add_argument("--cases", nargs="*", default=list(CASES), choices=list(CASES))
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/training_step"),
-                    help="output path without extension (.csv and .md are written)")
+                    help="output path without extension (.csv, .md and .json are written)")
     a = ap.parse_args(argv)
     os.environ["TVM_NUM_THREADS"] = str(a.threads)
+    tid, ct = host_target()
+    db = tuning_database(tid)
+    peak = practical_peak(a.threads)
+    print(f"target {tid} ({ct.note}); database {db and db['key']}; practical peak {peak:.0f} GFLOP/s", flush=True)
+    load_start = os.getloadavg()[0]
 
-    rows = []
+    rows, targets = [], []
     for case in a.cases:
-        model, config = CASES[case]
-        runs = {}
-        for variant in ("pytorch eager", "pytorch eager (cached features)", *VARIANTS):
-            slow = variant == "unoptimized" and config.get("image_size", 28) >= 128
-            steps, warm = (a.slow_steps, 1) if slow else (a.steps, a.warmup)
-            t0 = time.time()
-            if variant.startswith("pytorch"):
-                r = bench_torch(model, config, "cached" in variant, steps, warm, a.threads)
-            else:
-                r = bench_tvm(model, config, variant, steps, warm, a.threads)
-            runs[variant] = r
-            print(f"{case:26s} {variant:32s} {r['ms']:10.2f} ms/step  ({time.time() - t0:.0f}s)", flush=True)
-        for variant, r in runs.items():
-            # cached rows (TVM and PyTorch) are compared with PyTorch on cached features; `unoptimized / this`
-            # always compares with the unoptimized *full* step (what caching + compilation buys together).
-            base = runs["pytorch eager (cached features)" if "cached" in variant else "pytorch eager"]
+        model, config, want_ratio, want_peak = CASES[case]
+        eager = Eager(model, config, a.threads)
+        flops = eager.flops()
+        runners = {"pytorch eager": eager, "tvm full (tuned)": Compiled(model, config, tid, "default", a.threads),
+                   "tvm full (untuned)": Compiled(model, config, tid, None, a.threads)}
+        for r in runners.values():     # warm-up outside the timed rounds
+            r.run(1)
+        times: dict[str, list[float]] = {k: [] for k in runners}
+        for _ in range(a.rounds):
+            for name, r in runners.items():
+                times[name] += r.run(a.steps)
+        s = {k: summarize(v) for k, v in times.items()}
+        base = s["pytorch eager"].median
+        for name, sm in s.items():
+            c = runners[name]
+            tuning = c.prog.meta.get("tuning") if isinstance(c, Compiled) else None
             rows.append({
-                "case": case, "variant": variant, "ms_per_step": round(r["ms"], 3), "ms_min": round(r["ms_min"], 3),
-                "steps": r["steps"], "threads": a.threads,
-                "pytorch_over_this": round(base["ms"] / r["ms"], 3),
-                "unoptimized_over_this": round(runs["unoptimized"]["ms"] / r["ms"], 3),
-                "tuned_kernels": r["tuned"], "compile_s": round(r["compile_s"], 1),
+                "case": case, "variant": name, "ms_median": round(sm.median, 3), "ci_low": round(sm.ci_low, 3),
+                "ci_high": round(sm.ci_high, 3), "n": sm.n, "cv": round(sm.cv, 3),
+                "eager_over_this": round(base / sm.median, 3),
+                "gflops": round(flops / sm.median / 1e6, 1), "peak_share": round(flops / sm.median / 1e6 / peak, 3),
+                "tuned_kernels": (f"{tuning['tuned_kernels']} of {tuning['kernels']}" if isinstance(tuning, dict)
+                                  else ("untuned" if isinstance(c, Compiled) else "-")),
+                "compile_s": round(getattr(c, "compile_s", 0.0), 1), "step_gflop": round(flops / 1e9, 3),
             })
+            print(f"{case:30s} {name:20s} {sm.median:9.2f} ms [{sm.ci_low:.2f}, {sm.ci_high:.2f}]", flush=True)
+        tuned = s["tvm full (tuned)"].median
+        ratio = base / tuned
+        share = flops / tuned / 1e6 / peak
+        targets.append({"case": case, "want_ratio": want_ratio, "ratio": round(ratio, 3), "ratio_met": ratio >= want_ratio,
+                        "want_peak_share": want_peak, "peak_share": round(share, 3),
+                        "peak_met": None if want_peak is None else share >= want_peak})
 
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -118,29 +200,45 @@ def main(argv: list[str] | None = None) -> int:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    import torch
-    import tvm
-
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), platform.processor())
-    head = ["case", "variant", "ms/step (median)", "min", "steps", "PyTorch / this", "unoptimized / this",
+    prov = provenance()
+    spent = tuning_spent(db)
+    meta = {"created": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}", "cpu": cpu, "cores": os.cpu_count(),
+            "threads": a.threads, "rounds": a.rounds, "steps": a.steps, "target": tid, "cpu_note": ct.note,
+            "database": db, "tuning_spent": spent, "practical_peak_gflops": round(peak, 1),
+            "load_start": round(load_start, 2), "load_end": round(os.getloadavg()[0], 2), "provenance": prov,
+            "targets": targets}
+    out.with_suffix(".json").write_text(json.dumps(meta, indent=1, default=str) + "\n")
+    head = ["case", "variant", "ms/step median [95 % CI]", "n", "eager / this", "GFLOP/s", "of peak",
             "tuned kernels"]
     lines = [
-        "# Training step: TVM vs PyTorch eager",
+        "# Training step: TVM (tuned for this CPU) vs PyTorch eager",
         "",
-        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}; CPU {cpu}, {os.cpu_count()} logical cores, "
-        f"{a.threads} threads for TVM and PyTorch; load average at end {os.getloadavg()[0]:.1f} "
-        "(shared machine: numbers are noisy); "
-        f"tvm {tvm.__version__}, torch {torch.__version__}. Frozen backbone, trainable head, CE loss, SGD.",
-        "`PyTorch / this` > 1 means faster than PyTorch eager (the `cached` row is compared with PyTorch on "
-        "cached features). Host executor overhead (Python VM calls) is included in TVM rows.",
+        f"{meta['created']}; CPU {cpu}, {os.cpu_count()} logical cores, {a.threads} threads for TVM and PyTorch; "
+        f"target `{tid}` ({ct.note}); load average {load_start:.1f} at start, {meta['load_end']:.1f} at end "
+        f"(shared machine). {a.rounds} interleaved rounds of {a.steps} steps per variant; bootstrap CI of the median. "
+        f"Practical peak (torch.mm 2048^2): {peak:.0f} GFLOP/s. Commit {prov['commit'][:12]}"
+        f"{' (dirty)' if prov['dirty'] else ''}; " + ", ".join(f"{k} {v}" for k, v in sorted(prov["tools"].items())) + ".",
+        "",
+        f"Tuning database `{db['key']}` ({db['digest'][:12]}): {spent['trials']} candidates measured in "
+        f"{spent['seconds'] / 60:.0f} min over {spent['runs']} run(s) on {', '.join(spent['measured_on']) or '?'} "
+        "(a virtual phone on this host)." if db else "No tuning database for this target: every kernel is hand-scheduled.",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
     ]
     for r in rows:
-        lines.append(f"| {r['case']} | {r['variant']} | {r['ms_per_step']:.2f} | {r['ms_min']:.2f} | {r['steps']} | "
-                     f"{r['pytorch_over_this']:.2f}x | {r['unoptimized_over_this']:.2f}x | {r['tuned_kernels']} |")
+        lines.append(f"| {r['case']} | {r['variant']} | {r['ms_median']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}] "
+                     f"| {r['n']} | {r['eager_over_this']:.2f}x | {r['gflops']:.0f} | {r['peak_share']:.0%} | "
+                     f"{r['tuned_kernels']} |")
+    lines += ["", "| case | target | tuned vs eager | met |", "|---|---|---|---|"]
+    for t in targets:
+        met = "yes" if t["ratio_met"] else f"no: {t['want_ratio'] / t['ratio']:.2f}x short"
+        lines.append(f"| {t['case']} | >= {t['want_ratio']:.2f}x eager | {t['ratio']:.2f}x | {met} |")
+        if t["want_peak_share"] is not None:
+            lines.append(f"| {t['case']} | >= {t['want_peak_share']:.0%} of peak | {t['peak_share']:.0%} | "
+                         f"{'yes' if t['peak_met'] else 'no'} |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

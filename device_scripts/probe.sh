@@ -21,6 +21,20 @@ if [ "$MODE" != dynamic ]; then
     kv machine "$(uname -m 2>/dev/null)"
     kv uid "$(id -u 2>/dev/null)"
     kv su "$(command -v su 2>/dev/null)"
+    # /proc/cpuinfo lines the CPU-target parser needs (profiler/cputarget.py), numbered: cpuinfo.<n>=<line>.
+    # x86 flags are identical per core and long: only the first is kept.
+    if [ -r /proc/cpuinfo ]; then
+        n=0 flags=
+        while IFS= read -r line; do
+            case $line in
+                flags*) [ -n "$flags" ] && continue; flags=1 ;;
+                processor*|vendor_id*|"cpu family"*|model*|"CPU implementer"*|"CPU part"*|Features*|Hardware*) ;;
+                *) continue ;;
+            esac
+            kv "cpuinfo.$n" "$line"
+            n=$((n + 1))
+        done < /proc/cpuinfo
+    fi
 fi
 [ -r /proc/uptime ] && kv uptime "$(cut -d' ' -f1 /proc/uptime)"
 node cpu.possible "$SYSFS/devices/system/cpu/possible"

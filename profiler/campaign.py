@@ -314,7 +314,16 @@ def _check_energy(campaign: Campaign, devices) -> None:
             open_monitor(spec.partition(":")[2], lab_home=lab_home).close()  # EnergyError names the serial
 
 
-ArtifactProvider = Callable[[Cell, str], ArtifactRef]  # (cell, abi) -> artifact
+ArtifactProvider = Callable[[Cell, str], ArtifactRef]  # (cell, target id) -> artifact
+
+
+def target_id(facts: DeviceFacts) -> str:
+    """What a device's artifacts are compiled for: its ABI and the CPU the probe recognised
+    (`ABI@MCPU[,ATTR...]`, see workloads.compile.parse_target_id), else the ABI's generic floor."""
+    ct = facts.cpu_target
+    if ct is None or not ct.mcpu or ct.abi != facts.abi:
+        return facts.abi
+    return ",".join([f"{facts.abi}@{ct.mcpu}", *ct.mattr])
 
 
 def run_campaign(campaign: Campaign, results_root: Path, artifacts: ArtifactProvider, *, resume: bool = False,
@@ -339,7 +348,12 @@ def run_campaign(campaign: Campaign, results_root: Path, artifacts: ArtifactProv
     store.record_devices({d.serial: {"model": d.model, "manufacturer": d.manufacturer, "soc": d.soc,
                                      "abi": d.abi, "android": d.android, "kernel": d.kernel, "root": d.root,
                                      "virtual": d.virtual, "clusters": d.clusters,
-                                     "governors": list(d.governors)} for d in devices})
+                                     "governors": list(d.governors), "target": target_id(d),
+                                     "cpu_target": d.cpu_target.to_dict() if d.cpu_target else None}
+                         for d in devices})
+    for d in devices:
+        if d.cpu_target is not None and not d.cpu_target.recognised:
+            log(f"{d.serial}: {d.cpu_target.note}")
     restored = restore_pending(store.root, lambda s: Device(s))
     for serial, what in restored.items():
         log(f"{serial}: governors left by an interrupted run: {what}")
@@ -348,9 +362,9 @@ def run_campaign(campaign: Campaign, results_root: Path, artifacts: ArtifactProv
     by_serial = {d.serial: d for d in devices}
     prebuild = getattr(artifacts, "prebuild", None)
     if prebuild is not None:   # parallel builds of what the plan needs (the provider memoizes them)
-        prebuild([(cell, by_serial[cell.device_serial].abi) for cell in cells])
+        prebuild([(cell, target_id(by_serial[cell.device_serial])) for cell in cells])
     for cell in cells:
-        art = artifacts(cell, by_serial[cell.device_serial].abi)
+        art = artifacts(cell, target_id(by_serial[cell.device_serial]))
         planned[cell.device_serial].append((cell, cell_id(cell, art.hash), art))
     ids = [(cid, c.spec_key) for lst in planned.values() for c, cid, _ in lst]
     if not resume and any(store.status(cid) is not None for cid, _ in ids):

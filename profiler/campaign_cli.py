@@ -52,6 +52,16 @@ def _build_in_worker(workload: str, variant: str, abi: str, out: str, config: di
     return str(build_artifact(workload, variant, abi, Path(out), **config).path)
 
 
+def tuning_label(tuning: Any, variant: str | None = None) -> str:
+    """What tuned an artifact's code, for results and reports: the database and how many kernels it scheduled."""
+    if variant == "unoptimized":
+        return "not optimized"
+    if isinstance(tuning, dict):
+        return (f"tuned: database {tuning.get('database')} {str(tuning.get('digest'))[:12]} "
+                f"({tuning.get('tuned_kernels', '?')} of {tuning.get('kernels', '?')} kernels)")
+    return "untuned (hand schedules)"
+
+
 class ArtifactProvider:
     """(cell, abi) -> ArtifactRef, building each distinct (model, variant, batch, config, abi) once and caching it
     under `cache`; a cached artifact is reused only when it verifies (hash and files) and was built by the same
@@ -66,23 +76,32 @@ class ArtifactProvider:
 
     def _key(self, cell, abi: str) -> tuple[str, dict]:
         from workloads.artifact import input_files, tool_versions
+        from workloads.compile import tuning_database
 
         config = {k: list(v) if isinstance(v, tuple) else v for k, v in cell.config}
         config["batch"] = cell.batch
         self._code = self._code or _code_fingerprint()
         inputs = [hashlib.sha256(p.read_bytes()).hexdigest() for p in input_files(config)]
+        untuned = cell.variant == "unoptimized" or config.get("tuning") == "none"
+        tuning = None if untuned else tuning_database(abi)   # abi: a target id
         key = hashlib.sha256(json.dumps([cell.workload, cell.variant, abi, config, tool_versions(), self._code,
-                                         inputs], sort_keys=True, default=str).encode()).hexdigest()[:16]
+                                         inputs, tuning and tuning["digest"]],
+                                        sort_keys=True, default=str).encode()).hexdigest()[:16]
         return key, config
 
     def _dir(self, cell, abi: str, key: str) -> Path:
-        return self.cache / f"{cell.workload}-{cell.variant}-{abi}-{key}"
+        from workloads.compile import target_key
+
+        return self.cache / f"{cell.workload}-{cell.variant}-{target_key(abi)}-{key}"
 
     def _ref(self, art):
         from profiler.campaign import ArtifactRef
 
-        return ArtifactRef(art.path, art.hash, tuple(sorted(p.name for p in art.files())),
-                           tuple(sorted((k, str(v)) for k, v in art.manifest.get("tools", {}).items())))
+        meta = art.manifest.get("meta") or {}
+        tools = {k: str(v) for k, v in art.manifest.get("tools", {}).items()}
+        tools["target"] = str(meta.get("target_id") or art.abi)
+        tools["tuning"] = tuning_label(meta.get("tuning"), art.variant)
+        return ArtifactRef(art.path, art.hash, tuple(sorted(p.name for p in art.files())), tuple(sorted(tools.items())))
 
     def __call__(self, cell, abi: str):
         from workloads.artifact import build_artifact, load_artifact

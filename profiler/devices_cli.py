@@ -33,17 +33,19 @@ def _table(fleet) -> None:
     from rich.text import Text
 
     table = Table(title=f"{len(fleet)} device(s)", title_justify="left")
-    for col in ("serial", "model", "kind", "android", "abi", "kernel", "cores", "governors (current)", "root",
-                "battery", "max temp"):
+    for col in ("serial", "model", "kind", "android", "abi", "cpu target", "kernel", "cores", "governors (current)",
+                "root", "battery", "max temp"):
         table.add_column(col)
     for e in fleet:
         f = e.facts
         if f is None:
-            table.add_row(Text(e.serial), Text(e.error or e.state, style="red"), *[""] * 9)
+            table.add_row(Text(e.serial), Text(e.error or e.state, style="red"), *[""] * 10)
             continue
         current = sorted({p.governor for p in f.policies if p.governor})
         bat = f.battery
-        cells = (f.serial, f.model, "virtual" if f.virtual else "phone", f.android or "?", f.abi or "?",
+        t = f.cpu_target
+        target = "?" if t is None else t.key + ("" if t.recognised else " (generic)")
+        cells = (f.serial, f.model, "virtual" if f.virtual else "phone", f.android or "?", f.abi or "?", target,
                  f.kernel or "?", f"{f.cores} ({f.clusters})",
                  f"{' '.join(f.governors) or '?'} ({','.join(current) or '?'})", f.root,
                  f"{bat.capacity}% {bat.status or ''}".strip() if bat and bat.capacity is not None else "?",

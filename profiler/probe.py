@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from profiler.cputarget import ABIS, CpuTarget, parse_cpuinfo
 from profiler.errors import ParseError
 
 
@@ -76,6 +77,7 @@ class DeviceFacts:
     cooling: tuple[CoolingDevice, ...]
     power: tuple[PowerSupply, ...]
     root: str = "unknown"  # adbd | su | none, filled in by the profiler after probing
+    cpu_target: CpuTarget | None = None  # from the cpuinfo lines; None without them or for another ABI
 
     @property
     def clusters(self) -> str:
@@ -100,7 +102,8 @@ class DeviceFacts:
         return max(temps) if temps else None
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self) | {"clusters": self.clusters}
+        cpu_target = self.cpu_target.to_dict() if self.cpu_target else None
+        return dataclasses.asdict(self) | {"clusters": self.clusters, "cpu_target": cpu_target}
 
 
 def _int(value: str | None) -> int | None:
@@ -189,12 +192,16 @@ def parse_probe(text: str, serial: str = "") -> DeviceFacts:
     possible = parse_cpu_list(kv.get("cpu.possible"))
     cores = len(possible) or len({c for p in policies for c in p.cpus})
     abilist = tuple(a for a in prop("ro.product.cpu.abilist").split(",") if a)
+    abi = prop("ro.product.cpu.abi") or (abilist[0] if abilist else "")
+    cpuinfo = [(int(k[8:]), v) for k, v in kv.items() if k.startswith("cpuinfo.") and k[8:].isdecimal()]
+    cpu_target = (parse_cpuinfo(abi, "\n".join(v for _, v in sorted(cpuinfo)))
+                  if cpuinfo and abi in ABIS else None)
     return DeviceFacts(
         serial=serial,
         model=prop("ro.product.model"),
         manufacturer=prop("ro.product.manufacturer") or prop("ro.product.brand"),
         soc=prop("ro.soc.model") or prop("ro.board.platform") or prop("ro.hardware"),
-        abi=prop("ro.product.cpu.abi") or (abilist[0] if abilist else ""),
+        abi=abi,
         abilist=abilist,
         android=prop("ro.build.version.release"),
         sdk=_int(prop("ro.build.version.sdk")),
@@ -208,6 +215,7 @@ def parse_probe(text: str, serial: str = "") -> DeviceFacts:
         thermal=thermal,
         cooling=cooling,
         power=power,
+        cpu_target=cpu_target,
     )
 
 

@@ -762,6 +762,7 @@ def build_report(data: CampaignData, options: ReportOptions = ReportOptions(),
     if other is not None:
         diff, unmatched, slot = _campaign_diff(data, cells, times, other, options)
         figures.append(slot)
+    notes.extend(_tuning_notes(data))
     if data.raw.attrs.get("stale"):
         notes.append(f"{len(data.raw.attrs['stale'])} stale cell(s) (from an older artifact or plan) are left out.")
     return Report(
@@ -772,6 +773,20 @@ def build_report(data: CampaignData, options: ReportOptions = ReportOptions(),
         comparisons=tuple(comparisons), energy=tuple(energy_rows), outcomes=tuple(outcomes), figures=tuple(figures),
         notes=tuple(notes), other=other.name if other is not None else "", campaign_diff=tuple(diff),
         unmatched=tuple(unmatched))
+
+
+def _tuning_notes(data: CampaignData) -> list[str]:
+    """Which tuning database compiled each workload's artifact (the cells' tool versions record it)."""
+    s = data.summaries
+    if not len(s) or "tool_versions" not in s:
+        return []
+    seen: dict[str, str] = {}
+    for case, (_, r) in zip(_cases(s), s.iterrows()):
+        tools = _json_map(r.get("tool_versions"))
+        if "tuning" in tools:
+            seen.setdefault(f"{case} {_s(r.get('variant'))} on {_s(r.get('device_serial'))}",
+                            f"{_s(tools.get('target')) or '?'}, {_s(tools['tuning'])}")
+    return [f"Compiled code of {k}: {v}." for k, v in sorted(seen.items())]
 
 
 _SUMMARY_FIELDS = ("n", "median_ms", "ci_low_ms", "ci_high_ms", "cv", "warnings", "energy_n", "energy_median_j",

@@ -100,7 +100,7 @@ def runner_cache():
 # Modules whose tests link runners (they wait on the toolchain build): run after the others, so that on a clean
 # machine the background prebuild overlaps with tests that do not need it.
 _LINKS_RUNNERS = ("test_artifact.py", "test_runner.py", "test_energy_campaign.py", "test_example_campaign.py",
-                  "test_tables_device.py")
+                  "test_tables_device.py", "test_metaschedule.py")
 
 
 @pytest.hookimpl(trylast=True)   # after -k/-m deselection: only sessions that run an arm64 test

@@ -165,7 +165,7 @@ def test_suite_phases_are_layer_keys(suite_run):
     assert len(program.phases) == len(SUITE_KEYS)
     assert [parse_key(p) for p in program.meta["layer_keys"]] == [parse_key(c.phase) for c in program.calls]
     assert program.meta["model"] == "layers" and program.meta["variant"] == "full"
-    assert program.meta["lr"] == SUITE_LR and program.meta["tuned"] is False
+    assert program.meta["lr"] == SUITE_LR and program.meta["tuning"] == "untuned"
     (rec,) = records
     assert {parse_key(p) for p in rec["phases_ns"]} == set(SUITE_KEYS)
     assert all(v > 0 for v in rec["phases_ns"].values())

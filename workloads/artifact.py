@@ -187,6 +187,7 @@ def write_artifact(program: Any, out: str | Path, *, abi: str | None = None,
     abi = abi or meta.get("abi")
     if not abi:
         raise ConfigError("no ABI given and the program's meta has none", key="abi")
+    abi = abi.partition("@")[0]        # a target id's CPU is in meta["target"]; the runner is the ABI's
     check_abi(abi)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -246,6 +247,12 @@ def build_any_program(model: str, variant: str, abi: str, **config: Any) -> Any:
     otherwise `workloads.compile.build_program`."""
     from workloads.compile import build_program
 
+    tuning = config.pop("tuning", "default")
+    if tuning not in ("default", "none"):
+        raise ConfigError(f"tuning must be 'default' (the target's database) or 'none', not {tuning!r}",
+                          key="tuning")
+    if tuning == "none":
+        config["database"] = None
     if model == "layers":
         from workloads.layer_suite import suite_program
 
@@ -261,7 +268,7 @@ def build_any_program(model: str, variant: str, abi: str, **config: Any) -> Any:
         args = compressed_build_args(compressed, model)
         base = {**args["config"], **{k: v for k, v in config.items() if k == "batch"}}
         return build_program(model, variant, abi, compressed_config=args["compressed_config"],
-                             state_dict=args["state_dict"], **base)
+                             state_dict=args["state_dict"], database=config.get("database", "default"), **base)
     return build_program(model, variant, abi, **config)
 
 

@@ -140,3 +140,88 @@ def list_(directory):
     console.print(table)
     if bad:
         raise ArtifactError(f"{len(bad)} of {len(found)} artifacts are corrupt; first: {bad[0][1]}")
+
+
+@workloads.command()
+@click.option("--device", "serials", required=True, multiple=True,
+              help="adb serial of the phone that measures the candidates; repeat it for several phones of one CPU "
+                   "target, which tune their shares of the kernels in parallel.")
+@click.option("--model", required=True, metavar="|".join(MODELS), help="Workload model.")
+@click.option("--variant", default="full", show_default=True, metavar="full|compressed|cached",
+              help="Compilation variant (unoptimized is never tuned).")
+@click.option("--batch", type=click.IntRange(min=1), default=None, help="Batch size (model default otherwise).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Model config override, repeatable.")
+@click.option("--trials", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Measured candidates per kernel (records already in the database count: a rerun resumes).")
+@click.option("--minutes", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
+              help="Time budget of the whole run.")
+@click.option("--top", type=click.IntRange(min=1), default=None,
+              help="Tune the TOP heaviest kernels (default: those carrying 90 %% of the FLOPs).")
+@click.option("--target", "target_id", default=None, metavar="ABI@MCPU[,ATTR...]",
+              help="Compile target (default: the device's probed CPU).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Runner threads on the device.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def tune(serials, model, variant, batch, sets, trials, minutes, top, target_id, threads, as_json):
+    """Tune MODEL's kernels with MetaSchedule, measuring every candidate on the phone --device through adb.
+
+    The database (one per CPU target, under $AUTLEARN_HOME/tuning/) is used by every later build for that
+    target; a kernel keeps its hand schedule where that was as fast on the device."""
+    import platform
+
+    from profiler.device import Device
+    from profiler.probe import probe
+    from profiler.campaign import target_id as device_target
+    from workloads.compile import base_abi, parse_target_id
+    from workloads.metaschedule import tune as run_tune
+    from workloads.models import make_config
+
+    _check(model, MODELS, "model")
+    if variant not in ("full", "compressed", "cached"):
+        raise ConfigError(f"variant {variant!r} is not tuned (choose from full, compressed, cached)", key="variant")
+    config = _parse_set(sets)
+    if batch is not None:
+        config["batch"] = batch
+    make_config(model, **config)   # bad config fails before the device is touched
+    say = lambda msg: click.echo(f"[tune] {msg}", err=True)  # noqa: E731
+    facts_of = {s: probe(Device(s)) for s in dict.fromkeys(serials)}
+    targets = {s: device_target(f) for s, f in facts_of.items()}
+    if target_id is None and len(set(targets.values())) > 1:
+        raise ConfigError("the phones have different CPU targets (" + ", ".join(f"{s}: {t}" for s, t in
+                          targets.items()) + "); tune each target on its own phones", key="device")
+    serial, facts = next(iter(facts_of.items()))
+    ct = facts.cpu_target
+    if target_id is None:
+        target_id = targets[serial]
+        if ct is None or not ct.recognised:
+            say(f"CPU not recognised ({ct.note if ct else 'no cpuinfo'}): tuning for the generic {facts.abi} target")
+    parse_target_id(target_id)
+    for s, f in facts_of.items():
+        if base_abi(target_id) != f.abi:
+            raise ConfigError(f"target {target_id!r} is not for {s}'s ABI {f.abi}", key="target")
+    host = {"x86_64": "x86_64", "aarch64": "arm64-v8a", "arm64": "arm64-v8a"}.get(platform.machine())
+    emulated = bool(facts.virtual) and facts.abi != host
+    if emulated:
+        say("the device emulates its CPU: candidates are run for correctness only and no timing is recorded")
+    say(f"{', '.join(facts_of)} ({'virtual' if facts.virtual else facts.model}), target {target_id}")
+    if len(facts_of) > 1:
+        from workloads.metaschedule import tune_fleet
+
+        results = tune_fleet(list(facts_of), target_id, model, variant, top=top, trials=trials, minutes=minutes,
+                             emulated=emulated, threads=threads, say=say, **config)
+        if as_json:
+            click.echo(json.dumps(results, indent=1))
+            return
+        for r in results:
+            click.echo(f"{r['measured_on']}: {r['tuned_tasks']} kernels, {r['trials']} trials in {r['seconds']:.0f} s")
+        return
+    result = run_tune(Device(serial), target_id, model, variant, trials=trials, minutes=minutes, top=top,
+                      emulated=emulated, threads=threads, say=say, **config)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=1))
+        return
+    for k in result.kernels:
+        h = "-" if k["hand_ms"] is None else f"{k['hand_ms']:.4f}"
+        t = "-" if k["tuned_ms"] is None else f"{k['tuned_ms']:.4f}"
+        click.echo(f"{k['name']:<40} hand {h:>10} ms  tuned {t:>10} ms  keeps {k['kept']}  ({k['trials']} trials)")
+    click.echo(f"database {result.database} ({result.digest[:12]}); {result.trials} trials in "
+               f"{result.seconds:.0f} s; {result.resumed_records} records were already there")

@@ -13,11 +13,10 @@ Functions in the module (plain Relax functions, system-lib compatible, flat tupl
 
 Variants (see VARIANTS):
   full         the optimized pipeline (`optimize`): LegalizeOps, FoldConstant, FuseOps/FuseTIR, then
-               schedules: `tiled_schedule` for conv/matmul kernels (register tiling, vectorization, parallel
-               outer loops; parameters from the tuning database `workloads/tuning/<target-key>/` where the
-               kernel was tuned by `workloads.tune`, else a heuristic), dlight's CPU reduction rule, and a
-               parallel/vectorize fallback. (MetaSchedule is not used: in apache-tvm 0.27.0.post1 serializing
-               any PrimFunc segfaults in ffi ToJSONGraph, which its JSON database and tuning workers need.)
+               schedules: MetaSchedule records tuned on a device of the target's CPU (`workloads.metaschedule`,
+               `autlearn workloads tune`) where they beat the hand schedule there, else the hand schedules:
+               `tiled_schedule` for conv/matmul kernels (register tiling, vectorization, parallel outer loops),
+               dlight's CPU reduction rule, and a parallel/vectorize fallback.
   compressed   the same pipeline on a smaller config (`compress`: width x0.5 / LSTM hidden x0.5 unless given).
   unoptimized  the same training module with TVM's optimizations off: every Relax op is lowered on its own to
                TOPI's unscheduled compute definition (no operator fusion, no constant folding, no tuned or
@@ -31,6 +30,7 @@ Variants (see VARIANTS):
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -55,32 +55,60 @@ DEFAULT_LR = {"mobilenet": 0.05, "lstm": 0.5}   # the random frozen LSTM's featu
 LABEL_DTYPE = "int64"
 
 
+def base_abi(target_id: str) -> str:
+    """The Android ABI of a target id: `ABI` or `ABI@MCPU[,ATTR...]` (e.g. "arm64-v8a@cortex-a76,+dotprod")."""
+    return str(target_id).partition("@")[0]
+
+
+def parse_target_id(target_id: str) -> tuple[str, str | None, tuple[str, ...]]:
+    """(abi, mcpu or None, mattr) of a target id; the ABI alone means the ABI's generic floor (ABIS)."""
+    abi, at, cpu = str(target_id).partition("@")
+    _check_abi(abi)
+    if not at:
+        return abi, None, ()
+    mcpu, *attrs = cpu.split(",")
+    ok = re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", mcpu) and all(re.fullmatch(r"[+-][A-Za-z0-9._]+", a)
+                                                                  for a in attrs)
+    if not ok:
+        raise ConfigError(f"bad target id {target_id!r} (ABI@MCPU[,+ATTR|,-ATTR...])", key="target")
+    return abi, mcpu, tuple(attrs)
+
+
+def target_id_for(abi: str, mcpu: str | None, mattr=()) -> str:
+    """The target id of a probed CPU (`profiler.cputarget.CpuTarget`): the ABI alone when it is generic."""
+    return abi if not mcpu else ",".join([f"{abi}@{mcpu}", *mattr])
+
+
 def _check_abi(abi: str) -> None:
     if abi not in ABIS:
         raise ConfigError(f"unknown ABI {abi!r}; valid: {', '.join(ABIS)}", key="abi")
 
 
-def target_for_abi(abi: str):
-    """`tvm.target.Target` for an Android ABI name (see ABIS)."""
+def target_dict(target_id: str) -> dict[str, Any]:
+    """TVM target (dict form) of a target id: the ABI's floor with the probed -mcpu and -mattr."""
+    abi, mcpu, mattr = parse_target_id(target_id)
+    d = dict(ABIS[abi])
+    if mcpu:
+        d["mcpu"] = mcpu
+        d["mattr"] = sorted(set(d.get("mattr", [])) | set(mattr))
+    return d
+
+
+def target_for_abi(target_id: str):
+    """`tvm.target.Target` for an ABI name or target id (see ABIS, parse_target_id)."""
     import tvm
 
-    _check_abi(abi)
-    return tvm.target.Target(dict(ABIS[abi]))
+    return tvm.target.Target(target_dict(target_id))
 
 
 def triple_for_abi(abi: str) -> str:
-    _check_abi(abi)
-    return ABIS[abi]["mtriple"]
+    return ABIS[parse_target_id(abi)[0]]["mtriple"]
 
 
-def target_key(abi: str) -> str:
-    """Directory name of the tuning database for an ABI's target."""
-    _check_abi(abi)
-    return {"x86_64": "x86_64-haswell", "arm64-v8a": "aarch64-neon"}[abi]
-
-
-def tuning_dir(abi: str) -> Path:
-    return TUNING_DIR / target_key(abi)
+def target_key(target_id: str) -> str:
+    """Directory name of the tuning database for a target: ABI, -mcpu and -mattr (generic: the ABI's floor)."""
+    abi, mcpu, mattr = parse_target_id(target_id)
+    return f"{abi}-{mcpu or 'generic'}" + "".join(mattr)
 
 
 def compress(config):
@@ -370,14 +398,11 @@ def tiled_schedule(func, choice: dict | None = None):
     return sch
 
 
-def _tiled_rule(database: dict | None = None):
+def _tiled_rule():
     from tvm.s_tir.dlight.base import ScheduleRule
 
-    kernels = (database or {}).get("kernels", {})
-
     def apply(func, target, _tunable):
-        choice = kernels.get(kernel_key(func)) if kernels else None
-        return tiled_schedule(func, choice)
+        return tiled_schedule(func, None)
 
     return ScheduleRule.from_callable("autlearn_tiled")(apply)
 
@@ -395,26 +420,20 @@ def _safe(rule):
     return ScheduleRule.from_callable(type(rule).__name__)(apply)
 
 
-def database_path(abi: str) -> Path:
-    return tuning_dir(abi) / "tiled_schedules.json"
+def tuning_database(target_id: str) -> dict | None:
+    """The MetaSchedule database a build uses for a target ({"path", "digest", "key"}), None when untuned."""
+    from workloads.metaschedule import database_digest, find_database
 
-
-def load_database(abi: str) -> dict | None:
-    """The committed tuning database for an ABI's target (see workloads.tune), or None when there is none."""
-    p = database_path(abi)
-    if not p.is_file():
-        return None
-    try:
-        db = json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ConfigError(f"unreadable tuning database {p}: {e}", key="database") from None
-    return db if isinstance(db, dict) and isinstance(db.get("kernels"), dict) else None
+    key = target_key(target_id)
+    path = find_database(key)
+    return None if path is None else {"path": str(path), "digest": database_digest(path), "key": key}
 
 
 def legalize_and_fuse():
     from tvm import relax, transform
 
     return transform.Sequential([
+        relax.transform.FuseTransposeMatmul(),   # x @ W.T as one kernel: no per-step transpose of a weight
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FoldConstant(),
@@ -425,18 +444,28 @@ def legalize_and_fuse():
 
 
 def optimize(mod, target, database: dict | None = None, stats: dict | None = None):
-    """The `full` pipeline: fusion, then schedules (tiled conv/matmul with tuned parameters from `database`
-    where present, dlight's CPU reduction rule, the parallel fallback)."""
+    """The `full` pipeline: fusion, then schedules: MetaSchedule records from `database` (see
+    `tuning_database`) where they beat the hand schedule on the device, else the hand schedules (tiled
+    conv/matmul, dlight's CPU reduction rule, the parallel fallback)."""
+    from tvm import relax
     from tvm.s_tir import dlight
 
     with target:
         mod = legalize_and_fuse()(mod)
         if stats is not None:
-            keys = [kernel_key(f) for f in mod.functions.values() if _is_tir(f)]
-            stats["kernels"] = len(keys)
-            stats["tuned_kernels"] = sum(k in (database or {}).get("kernels", {}) for k in keys)
+            stats["kernels"] = sum(_is_tir(f) for f in mod.functions.values())
+        if database is not None:
+            from workloads.metaschedule import applicable_records
+
+            records, summary = applicable_records(Path(database["path"]), database.get("keep_hand", True))
+            with records:
+                mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
+            if stats is not None:
+                stats["tuned_kernels"] = sum(1 for f in mod.functions.values()
+                                             if _is_tir(f) and f.attrs and "tirx.is_scheduled" in f.attrs)
+                stats["database"] = {**database, **summary}
         # dlight.cpu.GEMV is left out: its schedules sent LLVM codegen into a >3 min stall here.
-        rules = [_safe(_tiled_rule(database)), _safe(dlight.cpu.Reduction()), _fallback_rule()]
+        rules = [_safe(_tiled_rule()), _safe(dlight.cpu.Reduction()), _fallback_rule()]
         mod = dlight.ApplyDefaultSchedule(*rules)(mod)
     return mod
 
@@ -469,7 +498,7 @@ def resolve_config(model: str, variant: str, abi: str, compressed_config: Any = 
     """Validate model/variant/ABI names and return the model config the variant compiles."""
     if variant not in VARIANTS:
         raise ConfigError(f"unknown variant {variant!r}; valid: {', '.join(VARIANTS)}", key="variant")
-    _check_abi(abi)
+    parse_target_id(abi)
     cfg = make_config(model, **config)
     if variant == "compressed":
         if compressed_config is None:
@@ -520,8 +549,8 @@ def build_program(model: str, variant: str, abi: str, *, lr: float | None = None
     `config` overrides the model config (e.g. width=0.25, vocab_size=200); for `compressed`,
     `compressed_config` (a config object or dict of overrides) replaces the default `compress(config)`.
     `state_dict`: weights (path or mapping) for the compiled config, e.g. a pruned model's.
-    `lr`: SGD learning rate (default per model, DEFAULT_LR). `database`: "default" = the committed tuning
-    database for the ABI (if any), None = heuristics only, or a database dict (see workloads.tune).
+    `lr`: SGD learning rate (default per model, DEFAULT_LR). `database`: "default" = the target's tuning
+    database if there is one (`tuning_database`), None = hand schedules only, or a path to a database directory.
     """
     import time
 
@@ -535,7 +564,16 @@ def build_program(model: str, variant: str, abi: str, *, lr: float | None = None
     if variant == "unoptimized":
         db = None
     else:
-        db = load_database(abi) if database == "default" else database
+        if database == "default":
+            db = tuning_database(abi)
+        elif database is None:
+            db = None
+        else:   # a database directory, or {"path", "keep_hand"}
+            from workloads.metaschedule import database_digest
+
+            spec = database if isinstance(database, dict) else {"path": str(database)}
+            path = Path(spec["path"])
+            db = {**spec, "path": str(path), "digest": database_digest(path), "key": path.name}
         mod = optimize(mod, target, db, stats)
 
     x, y = _initial_batch(cfg, cached, net)
@@ -551,14 +589,18 @@ def build_program(model: str, variant: str, abi: str, *, lr: float | None = None
         Call("update", "train_update", (*pnames, *gnames, "sgd.num_steps"), (*pnames, "sgd.num_steps")),
     )
     meta = {
-        "model": model, "variant": variant, "abi": abi, "target": str(target), "triple": triple_for_abi(abi),
+        "model": model, "variant": variant, "abi": base_abi(abi), "target_id": abi,
+        "target": json.dumps(target_dict(abi), sort_keys=True), "triple": triple_for_abi(abi),
         "target_key": target_key(abi), "config": cfg.to_dict(), "config_key": cfg.key(), "lr": lr,
         "loss": "cross_entropy(mean)", "optimizer": "sgd", "trainable": pnames,
         "batch_tensor": "features" if cached else "input",
         "functions": sorted(g.name_hint for g in mod.get_global_vars() if not _is_tir(mod[g])),
         "state_dict": Path(state_dict).name if isinstance(state_dict, (str, Path)) else
         ("mapping" if state_dict is not None else None),
-        "tuned": db is not None, "tuned_kernels": stats.get("tuned_kernels", 0),
+        "tuning": ({"database": db["key"], "digest": db["digest"], "tuned_kernels": stats.get("tuned_kernels", 0),
+                    "kernels": stats.get("kernels", 0),
+                    **{k: stats["database"][k] for k in ("tuned_workloads", "hand_kept")}}
+                   if db is not None else "untuned"),
         "compile_s": round(time.perf_counter() - t0, 3),
         "inference_func": "forward" if include_forward else None,
         "forward_returns": "(logits, features)" if include_forward else None,

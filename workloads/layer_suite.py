@@ -16,6 +16,7 @@ The grid is split into `suites` chunks (`suite_keys`) so one artifact stays smal
 
 from __future__ import annotations
 
+import json
 import math
 from types import SimpleNamespace
 from typing import Any, Sequence
@@ -82,7 +83,8 @@ def build_suite_program(keys: Sequence[LayerKey], abi: str, *, family: str = "",
 
     import torch
 
-    from workloads.compile import _import, load_database, optimize, target_for_abi, target_key, triple_for_abi
+    from workloads.compile import (_import, base_abi, optimize, target_dict, target_for_abi, target_key,
+                                   triple_for_abi, tuning_database)
     from workloads.program import Call, TrainingProgram
     from workloads.tables import layer_workloads
 
@@ -131,15 +133,18 @@ def build_suite_program(keys: Sequence[LayerKey], abi: str, *, family: str = "",
     tensors["loss"] = np.zeros((), "float32")   # the runner reports a loss; a suite has none (stays 0)
     mod = tvm.IRModule(funcs)
     stats: dict = {}
-    db = load_database(abi) if database == "default" else database
+    db = tuning_database(abi) if database == "default" else database
     mod = optimize(mod, target, db, stats)
     meta = {
-        "model": SUITE_MODEL, "variant": "full", "abi": abi, "target": str(target), "triple": triple_for_abi(abi),
+        "model": SUITE_MODEL, "variant": "full", "abi": base_abi(abi), "target_id": abi,
+        "target": json.dumps(target_dict(abi), sort_keys=True), "triple": triple_for_abi(abi),
         "target_key": target_key(abi), "config": {"family": family, **(config or {}), "suite": suite,
                                                   "suites": suites},
         "family": family, "suite": suite, "suites": suites, "lr": lr,
-        "layer_keys": [str(c.phase) for c in calls], "tuned": db is not None,
-        "tuned_kernels": stats.get("tuned_kernels", 0), "compile_s": round(time.perf_counter() - t0, 3),
+        "layer_keys": [str(c.phase) for c in calls],
+        "tuning": ({"database": db["key"], "digest": db["digest"], "tuned_kernels": stats.get("tuned_kernels", 0)}
+                   if db is not None else "untuned"),
+        "compile_s": round(time.perf_counter() - t0, 3),
         "phase_names": "str(LayerKey)",
     }
     return TrainingProgram(mod=mod, tensors=tensors, calls=tuple(calls), meta=meta)
@@ -161,7 +166,7 @@ def suite_count(n_shapes: int, per_suite: int) -> int:
 
 
 def suite_program(abi: str, *, family: str = "mobilenet", every: int = 2, suite: int = 0, suites: int = 1,
-                  trainable: str = "head", lr: float = DEFAULT_LR, **model_config: Any):
+                  trainable: str = "head", lr: float = DEFAULT_LR, database: Any = "default", **model_config: Any):
     """The program a campaign's `model = "layers"` workload runs: suite `suite` of `suites` of the sampled grid of
     `family` with `model_config` (the config a table is built for)."""
     from workloads.models import make_config
@@ -171,4 +176,4 @@ def suite_program(abi: str, *, family: str = "mobilenet", every: int = 2, suite:
     if not keys:
         raise ConfigError(f"suite {suite} of {suites} is empty: fewer layer shapes than suites", key="suites")
     return build_suite_program(keys, abi, family=family, config={**cfg.to_dict(), "every": int(every)},
-                               suite=int(suite), suites=int(suites), lr=lr, seed=cfg.seed)
+                               suite=int(suite), suites=int(suites), lr=lr, seed=cfg.seed, database=database)

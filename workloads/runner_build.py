@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -104,6 +105,7 @@ class RunnerBinary:
 # ----------------------------------------------------------------------------------------------------------- tools
 
 def check_abi(abi: str) -> tuple[str, str]:
+    abi = abi.partition("@")[0]          # a target id (ABI@MCPU...) links the ABI's runner
     if abi not in ABIS:
         raise ConfigError(f"unknown ABI {abi!r} (choose from {', '.join(ABIS)})", key="abi")
     return ABIS[abi]
@@ -340,6 +342,8 @@ def model_target(program: Any, abi: str) -> Any:
         from workloads.compile import target_for_abi  # compile side; only needed when meta has no target
 
         target = target_for_abi(abi)
+    if isinstance(target, str) and target.lstrip().startswith("{"):
+        target = json.loads(target)
     if isinstance(target, (str, dict)):
         target = tvm.target.Target(target)
     host = target.host or target

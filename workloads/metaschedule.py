@@ -1,0 +1,731 @@
+"""MetaSchedule tuning of training programs, measured on the device that runs them.
+
+Every fused kernel of a program's forward, backward and update (`relax_integration.extract_tasks` after our
+`legalize_and_fuse`) is a task. Candidates are built in this process (`InProcessBuilder`: no worker pool, whose
+per-batch import of tensor intrinsics made every trial time out) and measured by `DeviceRunner`: a batch of
+candidates becomes one artifact (one call per candidate, plus the task's hand schedule), pushed and run through
+the project's device seam (`profiler.deploy`) exactly like a campaign's artifact; the per-call times the runner
+prints are the measurements. Under emulation (an ABI the device does not run natively) candidates are run for
+correctness only: no timing from there enters a database.
+
+Databases (MetaSchedule's JSON pair plus `hand.json`, the hand schedule's time per workload) live in one directory
+per CPU target (`workloads.compile.target_key`): written under `$AUTLEARN_HOME/tuning/`, committed under
+`workloads/tuning/`. `database_digest` is their content hash, recorded in every artifact built with them. At
+compile time a tuned record is applied only where it beat the hand schedule on the device (`applicable_records`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from profiler.errors import ConfigError, UserError
+
+DB_FILES = ("database_workload.json", "database_tuning_record.json")
+HAND_FILE = "hand.json"
+RUNS_FILE = "runs.jsonl"
+COMMITTED = Path(__file__).resolve().parent / "tuning"
+
+
+class TuningError(UserError):
+    """Tuning could not run (bad database, device that cannot measure, nothing to tune)."""
+
+
+# ---------------------------------------------------------------------------------------------------- databases
+
+
+def user_root() -> Path:
+    """Where `workloads tune` writes: $AUTLEARN_TUNING_DIR, else $AUTLEARN_HOME/tuning."""
+    if os.environ.get("AUTLEARN_TUNING_DIR"):
+        return Path(os.environ["AUTLEARN_TUNING_DIR"])
+    home = os.environ.get("AUTLEARN_HOME") or str(Path.home() / ".autlearn")
+    return Path(home) / "tuning"
+
+
+def database_dir(target_key: str, root: Path | None = None) -> Path:
+    return (root or user_root()) / target_key
+
+
+def find_database(target_key: str) -> Path | None:
+    """The database a build uses for a target: the user's (written by `workloads tune`), else the committed one."""
+    for root in (user_root(), COMMITTED):
+        d = root / target_key
+        if (d / DB_FILES[1]).is_file():
+            return d
+    return None
+
+
+def database_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    for name in (*DB_FILES, HAND_FILE):
+        p = path / name
+        h.update(name.encode() + b"\0" + (p.read_bytes() if p.is_file() else b"") + b"\0")
+    return h.hexdigest()
+
+
+def _check_lines(path: Path) -> int:
+    """Count the records of a JSON-lines file; a line that is not JSON is a corrupt database (one-line error)."""
+    if not path.is_file():
+        return 0
+    n = 0
+    for i, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            json.loads(line)
+        except json.JSONDecodeError:
+            raise TuningError(f"corrupt tuning database {path} (line {i} is not JSON); "
+                              "delete or restore it and tune again") from None
+        n += 1
+    return n
+
+
+FAILED_SECS = 1e9   # MetaSchedule records a failed or unmeasured candidate with run time 1e10 s
+
+
+def _seconds(run_secs) -> float | None:
+    """Median run time of a record, None for a candidate that failed or was not measured."""
+    vals = [float(x) for x in (run_secs or [])]
+    t = float(np.median(vals)) if vals else None
+    return None if t is None or not np.isfinite(t) or t >= FAILED_SECS else t
+
+
+def open_database(path: Path):
+    """MetaSchedule's JSONDatabase in `path` (created when absent), checked first so corruption is one line."""
+    from tvm.s_tir import meta_schedule as ms
+
+    path.mkdir(parents=True, exist_ok=True)
+    for name in DB_FILES:
+        _check_lines(path / name)
+    try:
+        return ms.database.JSONDatabase(str(path / DB_FILES[0]), str(path / DB_FILES[1]), allow_missing=True)
+    except Exception as e:  # noqa: BLE001 - TVM raises its own error types for malformed records
+        raise TuningError(f"corrupt tuning database {path}: {str(e).strip().splitlines()[-1][:200]}") from None
+
+
+def read_hand(path: Path) -> dict[str, dict]:
+    p = path / HAND_FILE
+    if not p.is_file():
+        return {}
+    try:
+        data = json.loads(p.read_text())
+    except json.JSONDecodeError:
+        raise TuningError(f"corrupt tuning database {p}: not JSON") from None
+    if not isinstance(data, dict):
+        raise TuningError(f"corrupt tuning database {p}: expected an object")
+    return data
+
+
+def write_hand(path: Path, hand: dict[str, dict]) -> None:
+    tmp = path / (HAND_FILE + ".tmp")
+    tmp.write_text(json.dumps(hand, indent=1, sort_keys=True) + "\n")
+    tmp.replace(path / HAND_FILE)
+
+
+def workload_hash(mod) -> str:
+    import tvm_ffi
+
+    return f"{tvm_ffi.structural_hash(mod):016x}"
+
+
+def applicable_records(path: Path, keep_hand: bool = True) -> tuple[Any, dict]:
+    """(in-memory database holding the best record of each workload that beat its hand schedule on the device,
+    summary). Workloads whose hand schedule was as fast keep the hand schedule (`keep_hand=False`: every
+    workload's best record, as tests of the tuned code paths want). Reads the JSON lines directly and
+    deserializes only the winners (MetaSchedule's JSONDatabase parses every record: seconds per build)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    wl_path, rec_path = path / DB_FILES[0], path / DB_FILES[1]
+    n_wl, n_rec = _check_lines(wl_path), _check_lines(rec_path)
+    if n_rec and not n_wl:
+        raise TuningError(f"corrupt tuning database {path}: records without workloads")
+    hand = read_hand(path)
+    workloads = [ln for ln in wl_path.read_text().splitlines() if ln.strip()] if n_wl else []
+    best: dict[int, tuple[float, Any]] = {}
+    for line in rec_path.read_text().splitlines() if n_rec else []:
+        if not line.strip():
+            continue
+        try:
+            idx, rec = json.loads(line)
+            secs = rec[1]
+        except (ValueError, TypeError, IndexError):
+            raise TuningError(f"corrupt tuning database {rec_path}: malformed record") from None
+        t = _seconds(secs)
+        if t is None:
+            continue
+        if not isinstance(idx, int) or not 0 <= idx < len(workloads):
+            raise TuningError(f"corrupt tuning database {rec_path}: record of unknown workload {idx!r}")
+        if idx not in best or t < best[idx][0]:
+            best[idx] = (t, rec)
+    mem = ms.database.MemoryDatabase()
+    kept = lost = 0
+    for idx, (t, rec) in sorted(best.items()):
+        try:
+            wl = ms.database.Workload.from_json(json.loads(workloads[idx]))
+            record = ms.database.TuningRecord.from_json(rec, wl)
+        except Exception as e:  # noqa: BLE001 - TVM raises its own types for malformed traces
+            raise TuningError(f"corrupt tuning database {path}: {str(e).strip().splitlines()[-1][:200]}") from None
+        if keep_hand and not tuned_wins(hand.get(workload_hash(wl.mod)), t):
+            lost += 1
+            continue
+        # the in-memory database matches records to queries by its own workload object
+        mem.commit_tuning_record(ms.database.TuningRecord.from_json(rec, mem.commit_workload(wl.mod)))
+        kept += 1
+    return mem, {"tuned_workloads": kept, "hand_kept": lost}
+
+
+# ---------------------------------------------------------------------------------------------------- tasks
+
+
+def program_tasks(model: str, variant: str, target_id: str, **config) -> tuple[list, Any]:
+    """(MetaSchedule tasks of every fused kernel of a program, target)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from workloads import compile as C
+    from workloads.artifact import build_any_program  # noqa: F401 - validates model names the same way
+
+    if variant == "unoptimized":
+        raise ConfigError("the unoptimized variant is never tuned (it stands for a plain op-by-op executor)",
+                          key="variant")
+    cfg = C.resolve_config(model, variant, C.base_abi(target_id), **config)
+    mod, *_ = C.training_module(cfg, variant, C.DEFAULT_LR[model])
+    target = C.target_for_abi(target_id)
+    with target:
+        mod = C.legalize_and_fuse()(mod)
+    tasks = ms.relax_integration.extract_tasks(mod, target)
+    return tasks, target
+
+
+def hand_schedule(func, target):
+    """The untuned schedule `workloads.compile.optimize` gives a kernel (tiled, dlight reduction or fallback)."""
+    import tvm
+    from tvm.s_tir import dlight
+
+    from workloads import compile as C
+
+    mod = tvm.IRModule({"main": func})
+    with target:
+        rules = [C._safe(C._tiled_rule()), C._safe(dlight.cpu.Reduction()), C._fallback_rule()]
+        return dlight.ApplyDefaultSchedule(*rules)(mod)["main"]
+
+
+def output_count(func) -> int:
+    """Number of trailing params an unscheduled kernel writes (its outputs, destination-passing style)."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    written = [r.source for b in sch.get_child_blocks(sch.get_sblock("root")) for r in sch.get(b).writes]
+    params = list(func.params)      # buffers are the params themselves in this TIR
+
+    def is_written(v) -> bool:
+        return any(v.same_as(w) for w in written)
+
+    n = 0
+    for v in reversed(params):
+        if not is_written(v):
+            break
+        n += 1
+    if n == 0 or any(is_written(v) for v in params[:len(params) - n]):
+        raise TuningError("kernel outputs are not its trailing params")
+    return n
+
+
+# ---------------------------------------------------------------------------------------------------- builder
+
+
+def _derived(cls):
+    from tvm.ir.utils import derived_object
+
+    return derived_object(cls)
+
+
+def make_builder(store: dict, deadline: float | None = None):
+    """An in-process builder: each candidate is checked to compile and kept in `store` under its artifact key."""
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    @_derived
+    class InProcessBuilder(ms.builder.PyBuilder):
+        def build(self, build_inputs):
+            out = []
+            for bi in build_inputs:
+                if deadline is not None and time.monotonic() > deadline:
+                    out.append(ms.builder.BuilderResult(None, "time budget reached"))
+                    continue
+                try:
+                    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(bi.mod)
+                    tvm.tirx.build(mod, target=bi.target)
+                except Exception as e:  # noqa: BLE001 - a candidate that does not build is a failed trial
+                    out.append(ms.builder.BuilderResult(None, str(e).strip().splitlines()[-1][:300]))
+                    continue
+                key = f"cand-{len(store)}"
+                store[key] = mod["main"]
+                out.append(ms.builder.BuilderResult(key, None))
+            return out
+
+    return InProcessBuilder()
+
+
+# ---------------------------------------------------------------------------------------------------- device runner
+
+
+@dataclass
+class RunLog:
+    batches: int = 0
+    candidates: int = 0
+    seconds: float = 0.0
+    hand_ms: dict = field(default_factory=dict)     # workload hash -> [ms, ...] of the hand schedule
+    best_ms: dict = field(default_factory=dict)     # workload hash -> best candidate ms
+    best_ratio: dict = field(default_factory=dict)  # workload hash -> min over batches of best candidate / hand
+
+
+def _tensor(shape, dtype, rng) -> np.ndarray:
+    shape = [int(s) for s in shape]
+    if "float" in dtype:
+        return rng.uniform(-1, 1, size=shape).astype(dtype)
+    return np.zeros(shape, dtype)    # integer inputs are indices (labels): 0 is valid for every kernel
+
+
+def batch_program(cands: list[tuple[str, Any]], n_out: int, target, abi: str):
+    """One runner program measuring candidate kernels: a Relax function per candidate calling it once, with
+    shared random inputs per argument signature. `cands`: (phase name, scheduled PrimFunc) of one task, whose
+    last `n_out` params are outputs."""
+    import tvm
+    from tvm import relax
+
+    from workloads.program import Call, TrainingProgram
+
+    rng = np.random.default_rng(0)
+    bb = relax.BlockBuilder()
+    tensors: dict[str, np.ndarray] = {}
+    calls = []
+    for phase, func in cands:
+        bufs = list(func.params)
+        sig = [(tuple(int(s) for s in b.shape), str(b.dtype)) for b in bufs]
+        names = [f"t{abs(hash((i, s))) % 10**12}" for i, s in enumerate(sig)]
+        for name, (shape, dtype) in zip(names, sig):
+            tensors.setdefault(name, _tensor(shape, dtype, rng))
+        kname = f"{phase}_kernel"
+        gv = bb.add_func(func.with_attr("global_symbol", kname).with_attr("tirx.is_scheduled", True), kname)
+        params = [relax.Var(f"a{i}", relax.TensorType(s, d)) for i, (s, d) in enumerate(sig[:-n_out])]
+        outs = [relax.TensorType(s, d) for s, d in sig[-n_out:]]
+        with bb.function(phase, params):
+            r = bb.emit(relax.call_tir(gv, relax.Tuple(params), outs if n_out > 1 else outs[0]))
+            bb.emit_func_output(r)
+        calls.append(Call(phase, phase, tuple(names[:-n_out]), tuple(names[-n_out:])))
+    tensors["loss"] = np.zeros((), "float32")      # the runner reports a loss; a batch has none
+    mod = bb.get()
+    meta = {"model": "tuning-batch", "variant": "full", "abi": abi, "target": json.dumps(_target_dict(target)),
+            "triple": str(target.attrs.get("mtriple", ""))}
+    return TrainingProgram(mod=tvm.IRModule(dict(mod.functions)), tensors=tensors, calls=tuple(calls), meta=meta)
+
+
+def _target_dict(target) -> dict:
+    d = {"kind": "llvm"}
+    for k in ("mtriple", "mcpu", "mattr", "num-cores"):
+        v = target.attrs.get(k)
+        if v is not None:
+            d[k] = [str(x) for x in v] if k == "mattr" else (int(v) if k == "num-cores" else str(v))
+    return d
+
+
+class _Runner:
+    """What `make_device_runner` returns: the MetaSchedule runner plus the task it is measuring now."""
+
+    def __init__(self, ms_runner, state: dict, verify: Callable):
+        self.ms_runner, self.state, self.verify = ms_runner, state, verify
+
+    def set_task(self, key: str, func, target) -> None:
+        self.state.update(key=key, func=func, target=target)
+
+
+def make_device_runner(device, abi: str, store: dict, log: RunLog, *, emulated: bool, workdir: Path,
+                       steps: int = 5, warmup: int = 1, threads: int | None = None,
+                       say: Callable[[str], None] = lambda s: None) -> _Runner:
+    """A MetaSchedule runner that measures a batch of candidates on `device` through adb (see module doc).
+    Batches hold candidates of the task set with `set_task`, plus that task's hand schedule."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from profiler.deploy import deploy, runner_command
+    from profiler.device import command
+    from profiler.steps import parse_run_output
+    from workloads.artifact import write_artifact
+
+    R = ms.runner.RunnerResult
+    state: dict = {}
+
+    @_derived
+    class _Done(ms.runner.PyRunnerFuture):
+        def __init__(self, result):
+            super().__init__()
+            self.r = result
+
+        def done(self):
+            return True
+
+        def result(self):
+            return self.r
+
+    def launch(cands: list, n_steps: int):
+        """Run candidate kernels (plus the task's hand schedule, phase "hand") in one artifact on the device;
+        returns the timed steps (each step calls every kernel once)."""
+        target = state["target"]
+        program = batch_program(cands + [("hand", hand_schedule(state["func"], target))],
+                                output_count(state["func"]), target, abi)
+        art = write_artifact(program, workdir / "batch", abi=abi)
+        remote = deploy(device, art.hash, art.path, [p.name for p in art.files()])
+        try:
+            r = device.shell(runner_command(remote, warmup=warmup, steps=n_steps, threads=threads), timeout=900)
+        finally:
+            device.shell(command("rm", "-rf", remote))   # one batch per push: do not fill the phone
+        if not r.ok:
+            raise TuningError(f"runner exit {r.exit_code}: {(r.stderr or '').strip()[-200:]}")
+        return parse_run_output(r.stdout).timed
+
+    def measure(runner_inputs) -> list:
+        key = state["key"]
+        cands = [(f"c{i}", store.pop(ri.artifact_path)) for i, ri in enumerate(runner_inputs)]
+        try:
+            timed = launch(cands, steps)
+        except UserError as e:
+            say(f"batch of {len(cands)} failed: {e}")
+            return [R(None, f"batch failed: {e}") for _ in cands]
+        per: dict[str, list[float]] = {}
+        for s in timed:
+            for ph, ns in s.phases_ns:
+                per.setdefault(ph, []).append(ns / 1e9)
+        log.batches += 1
+        log.candidates += len(cands)
+        if "hand" in per and not emulated:
+            log.hand_ms.setdefault(key, []).append(float(np.median(per["hand"])) * 1e3)
+        res = []
+        for ph, _ in cands:
+            if ph not in per:
+                res.append(R(None, "no timing from the runner"))
+            elif emulated:
+                res.append(R(None, "emulated: checked to run; its timing is not a measurement"))
+            else:
+                secs = float(np.median(per[ph]))
+                log.best_ms[key] = min(log.best_ms.get(key, float("inf")), secs * 1e3)
+                res.append(R([secs], None))
+        timed = [float(np.median(per[ph])) for ph, _ in cands if ph in per]
+        if timed and "hand" in per and not emulated:   # paired: same launch, same host conditions
+            ratio = min(timed) / float(np.median(per["hand"]))
+            log.best_ratio[key] = min(log.best_ratio.get(key, float("inf")), ratio)
+        return res
+
+    @_derived
+    class DeviceRunner(ms.runner.PyRunner):
+        def run(self, runner_inputs):
+            t0 = time.monotonic()
+            try:
+                return [_Done(r) for r in measure(runner_inputs)]
+            finally:
+                log.seconds += time.monotonic() - t0
+
+    def verify(best_func, n_steps: int = 15) -> float | None:
+        """Median over steps of best / hand, both called in every step of one launch (a paired comparison)."""
+        if emulated:
+            return None
+        timed = launch([("best", best_func)], n_steps)
+        ratios = [dict(s.phases_ns)["best"] / dict(s.phases_ns)["hand"] for s in timed
+                  if dict(s.phases_ns).get("hand")]
+        return float(np.median(ratios)) if ratios else None
+
+    return _Runner(DeviceRunner(), state, verify)
+
+
+# ---------------------------------------------------------------------------------------------------- tuning
+
+
+def _cpu_intrinsics_only() -> None:
+    """TuneContext imports `tvm.s_tir.tensor_intrin`, which registers every backend's intrinsics (~45 s here, 31 s
+    of it CUDA's). CPU tuning needs the x86 and Arm ones: register only those, once per process."""
+    import importlib
+    import importlib.util
+    import sys
+    import types
+
+    name = "tvm.s_tir.tensor_intrin"
+    if name not in sys.modules:
+        spec = importlib.util.find_spec(name)
+        pkg = types.ModuleType(name, "CPU tensor intrinsics only (see workloads.metaschedule)")
+        pkg.__path__ = list(spec.submodule_search_locations or [])
+        pkg.__spec__ = spec
+        sys.modules[name] = pkg
+        for sub in ("x86", "arm_cpu"):
+            setattr(pkg, sub, importlib.import_module(f"{name}.{sub}"))
+
+
+def _quiet_logs(verbose: bool = False) -> None:
+    """MetaSchedule logs every iteration's table to stdout: keep stdout for results, warnings to stderr."""
+    import logging
+    import sys
+
+    log = logging.getLogger("tvm.s_tir.meta_schedule")
+    log.setLevel(logging.INFO if verbose else logging.WARNING)
+    for h in log.handlers:
+        if isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) is sys.stdout:
+            h.setStream(sys.stderr)
+        if not isinstance(h, logging.FileHandler):
+            h.setLevel(log.level)
+
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    database: Path
+    digest: str
+    target_key: str
+    tasks: int
+    tuned_tasks: int
+    trials: int
+    resumed_records: int
+    seconds: float
+    measured_on: str
+    emulated: bool
+    kernels: tuple[dict, ...]       # per task: name, flops, hand_ms, tuned_ms, kept ("tuned" | "hand")
+
+    def to_dict(self) -> dict:
+        return {"database": str(self.database), "digest": self.digest, "target_key": self.target_key,
+                "tasks": self.tasks, "tuned_tasks": self.tuned_tasks, "trials": self.trials,
+                "resumed_records": self.resumed_records, "seconds": round(self.seconds, 1),
+                "measured_on": self.measured_on, "emulated": self.emulated, "kernels": list(self.kernels)}
+
+
+def task_flops(task) -> float:
+    from tvm.s_tir.analysis import estimate_tir_flops
+
+    try:
+        return float(estimate_tir_flops(task.dispatched[0])) * task.weight
+    except Exception:  # noqa: BLE001 - kernels the estimator does not understand count as free
+        return 0.0
+
+
+def select_tasks(tasks: list, *, top: int | None = None, share: float = 0.9) -> list:
+    """The heaviest tasks by FLOPs x calls: the `top` first, else those that cover `share` of the FLOPs."""
+    ranked = sorted(tasks, key=task_flops, reverse=True)
+    if top is not None:
+        return ranked[:max(0, top)]
+    total = sum(task_flops(t) for t in ranked) or 1.0
+    out, acc = [], 0.0
+    for t in ranked:
+        if acc >= share * total:
+            break
+        out.append(t)
+        acc += task_flops(t)
+    return out
+
+
+def tune(device, target_id: str, model: str, variant: str = "full", *, trials: int = 64, minutes: float = 30.0,
+         top: int | None = None, emulated: bool = False, threads: int | None = None, root: Path | None = None,
+         only: tuple[str, ...] | None = None, say: Callable[[str], None] = lambda s: None, **config) -> TuneResult:
+    """Tune the heaviest kernels of a program on `device` (measured there) into the target's database.
+
+    Each task gets up to `trials` measured candidates; records already in the database count (an interrupted
+    run resumes where it stopped). `minutes` bounds the whole run: candidates after it are not built."""
+    import tempfile
+
+    from tvm.s_tir import meta_schedule as ms
+
+    from workloads import compile as C
+
+    t0 = time.monotonic()
+    deadline = t0 + minutes * 60
+    key = C.target_key(target_id)
+    path = database_dir(key, root)
+    db = open_database(path)               # before minutes of compiling: a corrupt database fails first
+    tasks, target = program_tasks(model, variant, target_id, **config)
+    chosen = select_tasks(tasks, top=top)
+    if only is not None:     # this device's share of a fleet run (`tune_fleet`)
+        chosen = [t for t in chosen if t.task_name in only]
+    if not chosen:
+        raise TuningError(f"{model}/{variant}: nothing to tune")
+    say(f"{len(tasks)} kernels, tuning the {len(chosen)} heaviest into {path}")
+    store: dict = {}
+    log = RunLog()
+    hand = read_hand(path)
+    kernels, resumed, total = [], 0, 0
+    with tempfile.TemporaryDirectory(prefix="autlearn-tune-") as tmp:
+        runner = make_device_runner(device, C.base_abi(target_id), store, log, emulated=emulated,
+                                    workdir=Path(tmp), threads=threads, say=say)
+        builder = make_builder(store, deadline)
+        for task in chosen:
+            func = task.dispatched[0]["main"] if hasattr(task.dispatched[0], "functions") else task.dispatched[0]
+            wkey = workload_hash(task.dispatched[0])
+            done = _records_for(db, task.dispatched[0])
+            resumed += done
+            left = trials - done
+            entry = {"name": task.task_name, "workload": wkey, "gflops": round(task_flops(task) / 1e9, 4)}
+            runner.set_task(wkey, func, target)
+            if left <= 0 or time.monotonic() > deadline:
+                if "verified_ratio" not in hand.get(wkey, {}) and not emulated:
+                    _verify(db, task, runner, hand, wkey, say)
+                    write_hand(path, hand)
+                kernels.append({**entry, "trials": 0, **_summary(db, task.dispatched[0], hand.get(wkey))})
+                continue
+            say(f"{task.task_name}: {left} trials ({done} in the database)")
+            _cpu_intrinsics_only()
+            _quiet_logs()
+            ctx = ms.relax_integration.extracted_tasks_to_tune_contexts([task], str(Path(tmp) / "logs"))[0][0]
+            _quiet_logs()
+            ms.tune_tasks(tasks=[ctx], task_weights=[1.0], work_dir=str(Path(tmp) / "logs"),
+                          max_trials_global=left, max_trials_per_task=left,
+                          num_trials_per_iter=min(32, left), builder=builder, runner=runner.ms_runner,
+                          database=db, cost_model="xgb", task_scheduler="round-robin",
+                          measure_callbacks=[ms.measure_callback.AddToDatabase(),
+                                             ms.measure_callback.UpdateCostModel()])
+            total += left
+            if log.hand_ms.get(wkey):
+                old = hand.get(wkey, {})
+                ratios = [r for r in (old.get("best_ratio"), log.best_ratio.get(wkey)) if r is not None]
+                hand[wkey] = {"name": task.task_name, "ms": round(float(np.median(log.hand_ms[wkey])), 6),
+                              "samples": len(log.hand_ms[wkey]) + int(old.get("samples", 0)),
+                              "best_ratio": round(min(ratios), 4) if ratios else None}
+                _verify(db, task, runner, hand, wkey, say)
+            write_hand(path, hand)        # per task: an interrupted run keeps what it measured
+            kernels.append({**entry, "trials": left, **_summary(db, task.dispatched[0], hand.get(wkey))})
+            say(f"{task.task_name}: hand {kernels[-1]['hand_ms']} ms, tuned {kernels[-1]['tuned_ms']} ms")
+        write_hand(path, hand)
+    result = TuneResult(path, database_digest(path), key, len(tasks), len(chosen), total, resumed,
+                        time.monotonic() - t0, getattr(device, "serial", str(device)), emulated, tuple(kernels))
+    with open(path / RUNS_FILE, "a") as f:   # what tuning cost, for the record (not part of the digest)
+        f.write(json.dumps({**result.to_dict(), "model": model, "variant": variant, "config": config,
+                            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, sort_keys=True) + "\n")
+    return result
+
+
+def _verify(db, task, runner, hand: dict, wkey: str, say) -> None:
+    """Time the task's best record against its hand schedule in one launch; the ratio decides which one builds
+    use (`tuned_wins`)."""
+    from tvm import s_tir
+
+    mod = task.dispatched[0]
+    if not db.has_workload(mod):
+        return
+    top = db.get_top_k(db.commit_workload(mod), 1)
+    if not top or _seconds(top[0].run_secs) is None:
+        return
+    sch = s_tir.Schedule(mod)
+    top[0].trace.apply_to_schedule(sch, remove_postproc=False)
+    try:
+        ratio = runner.verify(sch.mod["main"])
+    except UserError as e:
+        say(f"{task.task_name}: verification failed: {e}")
+        return
+    if ratio is not None:
+        hand.setdefault(wkey, {"name": task.task_name})["verified_ratio"] = round(ratio, 4)
+        say(f"{task.task_name}: best record / hand schedule = {ratio:.3f} (paired, one launch)")
+
+
+def _records_for(db, mod) -> int:
+    if not db.has_workload(mod):
+        return 0
+    return len(db.get_top_k(db.commit_workload(mod), 10 ** 6))
+
+
+def _summary(db, mod, hand: dict | None) -> dict:
+    tuned = None
+    if db.has_workload(mod):
+        top = db.get_top_k(db.commit_workload(mod), 1)
+        t = _seconds(top[0].run_secs) if top else None
+        tuned = None if t is None else round(t * 1e3, 6)
+    h = None if hand is None else hand.get("ms")
+    kept = "tuned" if tuned is not None and tuned_wins(hand, tuned / 1e3) else "hand"
+    return {"hand_ms": h, "tuned_ms": tuned, "best_ratio": (hand or {}).get("best_ratio"), "kept": kept}
+
+
+def tuned_wins(hand: dict | None, tuned_s: float) -> bool:
+    """Does a workload's best record beat its hand schedule on the device? Judged on the paired ratio (best
+    candidate / hand schedule in the same launch, the minimum over launches), so a slow spell of the host during
+    one batch cannot decide it: `verified_ratio` (the best record against the hand schedule, both called in every
+    step of one launch), else `best_ratio`; entries without either compare the two medians."""
+    if not hand:
+        return True
+    for k in ("verified_ratio", "best_ratio"):
+        if hand.get(k) is not None:
+            return float(hand[k]) < 1.0
+    return hand.get("ms") is None or tuned_s < float(hand["ms"]) / 1e3
+
+
+def _fleet_worker(serial: str, target_id: str, model: str, variant: str, only: tuple[str, ...], root: str,
+                  kwargs: dict, config: dict) -> dict:
+    """One device's share of `tune_fleet`, in its own process (MetaSchedule keeps process-wide state)."""
+    from profiler.device import Device
+
+    def say(msg: str) -> None:
+        print(f"[tune {serial}] {msg}", file=sys.stderr, flush=True)
+
+    return tune(Device(serial), target_id, model, variant, root=Path(root), only=only, say=say, **kwargs,
+                **config).to_dict()
+
+
+def merge_into(dst: Path, src: Path, skip: int = 0, skip_runs: int = 0) -> int:
+    """Commit the records of database `src` after its first `skip` (copied from `dst`) into database `dst`, with
+    hand entries and run logs. Returns how many records were added."""
+    from tvm.s_tir import meta_schedule as ms
+
+    into = open_database(dst)
+    _check_lines(src / DB_FILES[0])
+    workloads = [ln for ln in (src / DB_FILES[0]).read_text().splitlines() if ln.strip()]
+    lines = [ln for ln in (src / DB_FILES[1]).read_text().splitlines() if ln.strip()]
+    cache: dict[int, Any] = {}
+    for line in lines[skip:]:
+        idx, rec = json.loads(line)
+        if idx not in cache:
+            cache[idx] = into.commit_workload(ms.database.Workload.from_json(json.loads(workloads[idx])).mod)
+        into.commit_tuning_record(ms.database.TuningRecord.from_json(rec, cache[idx]))
+    hand = read_hand(dst)
+    hand.update(read_hand(src))
+    write_hand(dst, hand)
+    if (src / RUNS_FILE).is_file():
+        with open(dst / RUNS_FILE, "a") as f:
+            f.write((src / RUNS_FILE).read_text()[skip_runs:])
+    return len(lines) - skip
+
+
+def tune_fleet(serials: list[str], target_id: str, model: str, variant: str = "full", *, top: int | None = None,
+               root: Path | None = None, say: Callable[[str], None] = lambda s: None, **kwargs) -> list[dict]:
+    """Tune on several phones of one CPU target at once: the heaviest kernels are dealt out round-robin, each phone
+    tunes its share in its own process into a private database, and the shares are merged into the target's."""
+    import multiprocessing as mp
+    import shutil
+    import tempfile
+    from concurrent.futures import ProcessPoolExecutor
+
+    from workloads import compile as C
+
+    config = {k: kwargs.pop(k) for k in list(kwargs) if k not in ("trials", "minutes", "emulated", "threads")}
+    key = C.target_key(target_id)
+    path = database_dir(key, root)
+    open_database(path)
+    tasks, _ = program_tasks(model, variant, target_id, **config)
+    chosen = [t.task_name for t in select_tasks(tasks, top=top)]
+    shares = {s: tuple(chosen[i::len(serials)]) for i, s in enumerate(serials)}
+    say(f"{len(chosen)} kernels over {len(serials)} phones of target {target_id}")
+    results = []
+    rec_file = path / DB_FILES[1]
+    base = sum(1 for ln in rec_file.read_text().splitlines() if ln.strip()) if rec_file.is_file() else 0
+    runs = len((path / RUNS_FILE).read_text()) if (path / RUNS_FILE).is_file() else 0
+    with tempfile.TemporaryDirectory(prefix="autlearn-fleet-") as tmp:
+        subs = {s: Path(tmp) / f"d{i}" for i, s in enumerate(serials)}
+        for s, d in subs.items():    # start from what the target's database holds (resume, cost model)
+            if rec_file.is_file():
+                shutil.copytree(path, d / key)
+        with ProcessPoolExecutor(len(serials), mp_context=mp.get_context("spawn")) as pool:
+            futs = {s: pool.submit(_fleet_worker, s, target_id, model, variant, shares[s], str(subs[s]), kwargs,
+                                   config) for s in serials if shares[s]}
+            for s, f in futs.items():
+                results.append(f.result())
+        for s in futs:
+            say(f"{s}: merged {merge_into(path, subs[s] / key, skip=base, skip_runs=runs)} new records")
+    return results
