@@ -45,17 +45,10 @@ if str(ROOT) not in sys.path:
 
 
 def provenance() -> dict:
-    """What produced a result: tool versions and the source commit (dirty: uncommitted changes to tracked files)."""
-    import subprocess
-
+    from benchmarks.provenance import provenance as of
     from workloads.tables import tool_versions
 
-    def git(*args: str) -> str:
-        r = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True)
-        return r.stdout.strip() if r.returncode == 0 else ""
-
-    return {"tools": tool_versions(), "commit": git("rev-parse", "HEAD") or "unknown",
-            "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    return of(tool_versions())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,6 @@ import csv
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -38,14 +37,10 @@ CASES = {
 
 
 def provenance() -> dict:
+    from benchmarks.provenance import provenance as of
     from workloads.artifact import tool_versions
 
-    def git(*args: str) -> str:
-        r = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True)
-        return r.stdout.strip() if r.returncode == 0 else ""
-
-    return {"tools": tool_versions(), "commit": git("rev-parse", "HEAD") or "unknown",
-            "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    return of(tool_versions())
 
 
 def host_target() -> tuple[str, object]:

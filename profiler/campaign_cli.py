@@ -175,11 +175,22 @@ def _progress_table(progress):
 @click.option("--threads", type=click.IntRange(1, 64), default=None, help="Runner threads (default: runner's own).")
 @click.option("--artifacts", "artifact_cache", default=None, type=click.Path(file_okay=False),
               help="Artifact cache (default $AUTLEARN_HOME/artifacts).")
-def run(campaign_file: str, resume: bool, results_root: str, threads: int | None, artifact_cache: str | None):
+@click.option("--tune", "tune_trials", type=click.IntRange(min=1), default=None, metavar="TRIALS",
+              help="First tune what the campaign compiles (MetaSchedule, up to TRIALS measured candidates per "
+                   "kernel, on one selected phone per CPU target; see `workloads tune`).")
+@click.option("--tune-minutes", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+              help="Time budget per tuned program.")
+def run(campaign_file: str, resume: bool, results_root: str, threads: int | None, artifact_cache: str | None,
+        tune_trials: int | None, tune_minutes: float):
     """Run a campaign: every workload x variant x governor cell on every selected device."""
     from profiler.campaign_config import load_campaign
 
     campaign = load_campaign(campaign_file)
+    if tune_trials:
+        from workloads.metaschedule import tune_for_campaign
+
+        tune_for_campaign(campaign, trials=tune_trials, minutes=tune_minutes, threads=threads,
+                          say=lambda s: click.echo(f"[tune] {s}", err=True))
     outcome = execute(campaign, Path(results_root), resume=resume, threads=threads, artifact_cache=artifact_cache)
     click.echo(f"{campaign.name}: {outcome.ok} ok, {outcome.failed} failed, {outcome.skipped} skipped, "
                f"{outcome.resumed} already done -> {outcome.results_dir}")

@@ -17,6 +17,7 @@ compile time a tuned record is applied only where it beat the hand schedule on t
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import sys
@@ -170,7 +171,7 @@ def applicable_records(path: Path, keep_hand: bool = True) -> tuple[Any, dict]:
     for idx, (t, rec) in sorted(best.items()):
         try:
             wl = ms.database.Workload.from_json(json.loads(workloads[idx]))
-            record = ms.database.TuningRecord.from_json(rec, wl)
+            ms.database.TuningRecord.from_json(rec, wl)     # a malformed trace fails here, as one line
         except Exception as e:  # noqa: BLE001 - TVM raises its own types for malformed traces
             raise TuningError(f"corrupt tuning database {path}: {str(e).strip().splitlines()[-1][:200]}") from None
         if keep_hand and not tuned_wins(hand.get(workload_hash(wl.mod)), t):
@@ -190,7 +191,6 @@ def program_tasks(model: str, variant: str, target_id: str, **config) -> tuple[l
     from tvm.s_tir import meta_schedule as ms
 
     from workloads import compile as C
-    from workloads.artifact import build_any_program  # noqa: F401 - validates model names the same way
 
     if variant == "unoptimized":
         raise ConfigError("the unoptimized variant is never tuned (it stands for a plain op-by-op executor)",
@@ -253,6 +253,8 @@ def make_builder(store: dict, deadline: float | None = None):
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
 
+    ids = itertools.count()
+
     @_derived
     class InProcessBuilder(ms.builder.PyBuilder):
         def build(self, build_inputs):
@@ -267,7 +269,7 @@ def make_builder(store: dict, deadline: float | None = None):
                 except Exception as e:  # noqa: BLE001 - a candidate that does not build is a failed trial
                     out.append(ms.builder.BuilderResult(None, str(e).strip().splitlines()[-1][:300]))
                     continue
-                key = f"cand-{len(store)}"
+                key = f"cand-{next(ids)}"
                 store[key] = mod["main"]
                 out.append(ms.builder.BuilderResult(key, None))
             return out
@@ -311,7 +313,7 @@ def batch_program(cands: list[tuple[str, Any]], n_out: int, target, abi: str):
     for phase, func in cands:
         bufs = list(func.params)
         sig = [(tuple(int(s) for s in b.shape), str(b.dtype)) for b in bufs]
-        names = [f"t{abs(hash((i, s))) % 10**12}" for i, s in enumerate(sig)]
+        names = [f"arg{i}_{'x'.join(map(str, shape))}_{dtype}" for i, (shape, dtype) in enumerate(sig)]
         for name, (shape, dtype) in zip(names, sig):
             tensors.setdefault(name, _tensor(shape, dtype, rng))
         kname = f"{phase}_kernel"
@@ -729,3 +731,36 @@ def tune_fleet(serials: list[str], target_id: str, model: str, variant: str = "f
         for s in futs:
             say(f"{s}: merged {merge_into(path, subs[s] / key, skip=base, skip_runs=runs)} new records")
     return results
+
+
+def tune_for_campaign(campaign, *, trials: int, minutes: float, threads: int | None = None,
+                      say: Callable[[str], None] = lambda s: None) -> list[dict]:
+    """`autlearn run --tune`: before a campaign builds its artifacts, tune every program it compiles on one
+    connected phone per CPU target (databases resume, so a rerun only tunes what is missing). Programs that are
+    never tuned (unoptimized, `tuning = "none"`, layer suites, pruned models from files) are skipped."""
+    import platform
+
+    from profiler.campaign import target_id
+    from profiler.device import Device
+    from profiler.fleet import discover
+
+    devices = campaign.select([e.facts for e in discover() if e.facts is not None])
+    host = {"x86_64": "x86_64", "aarch64": "arm64-v8a", "arm64": "arm64-v8a"}.get(platform.machine())
+    by_target: dict[str, Any] = {}
+    for d in devices:
+        by_target.setdefault(target_id(d), d)
+    out = []
+    for tid, d in by_target.items():
+        emulated = bool(d.virtual) and d.abi != host
+        for w in campaign.workloads:
+            config = dict(w.config)
+            if w.model == "layers" or config.get("tuning") == "none" or "compressed" in config:
+                say(f"{w.model}: not tuned (layer suite, tuning = 'none' or a pruned model)")
+                continue
+            for variant in (v for v in w.variants if v != "unoptimized"):
+                for batch in w.batch:
+                    say(f"tuning {w.model}/{variant} batch {batch} for {tid} on {d.serial}")
+                    r = tune(Device(d.serial), tid, w.model, variant, trials=trials, minutes=minutes,
+                             emulated=emulated, threads=threads, say=say, **{**config, "batch": batch})
+                    out.append(r.to_dict())
+    return out
