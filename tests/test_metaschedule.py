@@ -85,20 +85,31 @@ def test_unknown_device_is_one_line_exit_1(adb_env):
 # ------------------------------------------------------------------------------------------ on a virtual phone
 
 CAMPAIGN = """
-name = "tune-first"
-steps = 2
+name = "{name}"
+steps = {steps}
 warmup = 1
-repetitions = 1
+repetitions = {reps}
 energy = "none"
 governors = ["performance"]
 [devices]
 serials = ["{serial}"]
+"""
+WORKLOAD = """
 [[workload]]
-model = "lstm"
-variants = ["full", "unoptimized"]
+model = "{model}"
+variants = {variants}
 batch = [{batch}]
 config = {{ {cfg} }}
 """
+
+
+def campaign_toml(name: str, serial: str, *workloads: tuple, steps: int = 2, reps: int = 1) -> str:
+    """A one-phone campaign; workloads: (model, variants, config with batch, extra config text)."""
+    text = CAMPAIGN.format(name=name, serial=serial, steps=steps, reps=reps)
+    for model, variants, config, extra in workloads:
+        cfg = ", ".join([f"{k} = {v}" for k, v in config.items() if k != "batch"] + ([extra] if extra else []))
+        text += WORKLOAD.format(model=model, variants=json.dumps(variants), batch=config["batch"], cfg=cfg)
+    return text
 
 
 @pytest.fixture(scope="module")
@@ -116,8 +127,7 @@ def tuned(lab, runner_cache, tmp_path_factory):
     assert r.returncode == 0, r.stderr[-3000:]
     runs = {"mobilenet": json.loads(r.stdout)}
     work = tmp_path_factory.mktemp("campaign")
-    cfg = ", ".join(f"{k} = {v}" for k, v in LSTM.items() if k != "batch")
-    (work / "c.toml").write_text(CAMPAIGN.format(serial=phone.serial, batch=LSTM["batch"], cfg=cfg))
+    (work / "c.toml").write_text(campaign_toml("tune-first", phone.serial, ("lstm", ["full", "unoptimized"], LSTM, "")))
     r = autlearn("run", work / "c.toml", "--results", work / "res", "--artifacts", runner_cache / "artifacts",
                  "--tune", 4, "--tune-minutes", 3, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -265,26 +275,9 @@ def test_tuned_artifact_is_faster_than_untuned_in_one_campaign(tuned, runner_cac
     from reports.build import build_report, load_campaign_data
 
     phone, _, runs, _ = tuned
-    cfg = ", ".join(f"{k} = {v}" for k, v in MOBILENET.items() if k != "batch")
     toml = tmp_path / "tuned.toml"
-    toml.write_text(f"""
-name = "tuned-vs-untuned"
-steps = 10
-warmup = 2
-repetitions = 3
-energy = "none"
-governors = ["performance"]
-[devices]
-serials = ["{phone.serial}"]
-[[workload]]
-model = "mobilenet"
-batch = [{MOBILENET['batch']}]
-config = {{ {cfg} }}
-[[workload]]
-model = "mobilenet"
-batch = [{MOBILENET['batch']}]
-config = {{ {cfg}, tuning = "none" }}
-""")
+    toml.write_text(campaign_toml("tuned-vs-untuned", phone.serial, ("mobilenet", ["full"], MOBILENET, ""),
+                                  ("mobilenet", ["full"], MOBILENET, 'tuning = "none"'), steps=10, reps=3))
     out = run_campaign(load_campaign(toml), tmp_path / "results", artifact_provider(runner_cache / "artifacts"))
     assert out.failed == 0
     df = load_results(out.results_dir)
