@@ -166,13 +166,11 @@ def tune(serials, model, variant, batch, sets, trials, minutes, top, target_id, 
 
     The database (one per CPU target, under $AUTLEARN_HOME/tuning/) is used by every later build for that
     target; a kernel keeps its hand schedule where that was as fast on the device."""
-    import platform
-
     from profiler.device import Device
     from profiler.probe import probe
     from profiler.campaign import target_id as device_target
     from workloads.compile import base_abi, parse_target_id
-    from workloads.metaschedule import tune as run_tune
+    from workloads.metaschedule import emulates, tune as run_tune
     from workloads.models import make_config
 
     _check(model, MODELS, "model")
@@ -198,8 +196,7 @@ def tune(serials, model, variant, batch, sets, trials, minutes, top, target_id, 
     for s, f in facts_of.items():
         if base_abi(target_id) != f.abi:
             raise ConfigError(f"target {target_id!r} is not for {s}'s ABI {f.abi}", key="target")
-    host = {"x86_64": "x86_64", "aarch64": "arm64-v8a", "arm64": "arm64-v8a"}.get(platform.machine())
-    emulated = bool(facts.virtual) and facts.abi != host
+    emulated = emulates(facts)
     if emulated:
         say("the device emulates its CPU: candidates are run for correctness only and no timing is recorded")
     say(f"{', '.join(facts_of)} ({'virtual' if facts.virtual else facts.model}), target {target_id}")

@@ -733,25 +733,30 @@ def tune_fleet(serials: list[str], target_id: str, model: str, variant: str = "f
     return results
 
 
+def emulates(facts) -> bool:
+    """A virtual phone whose ABI is not this host's runs its code under emulation: its timing is no measurement."""
+    import platform
+
+    host = {"x86_64": "x86_64", "aarch64": "arm64-v8a", "arm64": "arm64-v8a"}.get(platform.machine())
+    return bool(facts.virtual) and facts.abi != host
+
+
 def tune_for_campaign(campaign, *, trials: int, minutes: float, threads: int | None = None,
                       say: Callable[[str], None] = lambda s: None) -> list[dict]:
     """`autlearn run --tune`: before a campaign builds its artifacts, tune every program it compiles on one
     connected phone per CPU target (databases resume, so a rerun only tunes what is missing). Programs that are
     never tuned (unoptimized, `tuning = "none"`, layer suites, pruned models from files) are skipped."""
-    import platform
-
     from profiler.campaign import target_id
     from profiler.device import Device
     from profiler.fleet import discover
 
     devices = campaign.select([e.facts for e in discover() if e.facts is not None])
-    host = {"x86_64": "x86_64", "aarch64": "arm64-v8a", "arm64": "arm64-v8a"}.get(platform.machine())
     by_target: dict[str, Any] = {}
     for d in devices:
         by_target.setdefault(target_id(d), d)
     out = []
     for tid, d in by_target.items():
-        emulated = bool(d.virtual) and d.abi != host
+        emulated = emulates(d)
         for w in campaign.workloads:
             config = dict(w.config)
             if w.model == "layers" or config.get("tuning") == "none" or "compressed" in config:
