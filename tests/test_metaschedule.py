@@ -217,6 +217,8 @@ def test_two_phones_of_one_target_tune_their_shares_in_parallel(lab, runner_cach
     assert {x["measured_on"] for x in results} == {legacy.serial, modern.serial}
     assert all(x["tuned_tasks"] == 1 and x["trials"] == 2 for x in results)
     (db,) = {Path(x["database"]).name for x in results}
+    assert {x["database"] for x in results} == {str(tmp_path / db)}    # the merged database, not a worker's copy
+    assert all(x["device_batches"] >= 1 and x["device_candidates"] >= 2 for x in results)
     runs = [json.loads(ln) for ln in (tmp_path / db / M.RUNS_FILE).read_text().splitlines()]
     assert {x["measured_on"] for x in runs} == {legacy.serial, modern.serial}
     records = (tmp_path / db / M.DB_FILES[1]).read_text().splitlines()

@@ -286,7 +286,6 @@ class RunLog:
     candidates: int = 0
     seconds: float = 0.0
     hand_ms: dict = field(default_factory=dict)     # workload hash -> [ms, ...] of the hand schedule
-    best_ms: dict = field(default_factory=dict)     # workload hash -> best candidate ms
     best_ratio: dict = field(default_factory=dict)  # workload hash -> min over batches of best candidate / hand
 
 
@@ -416,9 +415,7 @@ def make_device_runner(device, abi: str, store: dict, log: RunLog, *, emulated: 
             elif emulated:
                 res.append(R(None, "emulated: checked to run; its timing is not a measurement"))
             else:
-                secs = float(np.median(per[ph]))
-                log.best_ms[key] = min(log.best_ms.get(key, float("inf")), secs * 1e3)
-                res.append(R([secs], None))
+                res.append(R([float(np.median(per[ph]))], None))
         timed = [float(np.median(per[ph])) for ph, _ in cands if ph in per]
         if timed and "hand" in per and not emulated:   # paired: same launch, same host conditions
             ratio = min(timed) / float(np.median(per["hand"]))
@@ -496,12 +493,17 @@ class TuneResult:
     measured_on: str
     emulated: bool
     kernels: tuple[dict, ...]       # per task: name, flops, hand_ms, tuned_ms, kept ("tuned" | "hand")
+    device_batches: int = 0         # runner launches on the device (one per batch of candidates)
+    device_candidates: int = 0
+    device_seconds: float = 0.0     # of `seconds`, spent building batch artifacts and running them on the device
 
     def to_dict(self) -> dict:
         return {"database": str(self.database), "digest": self.digest, "target_key": self.target_key,
                 "tasks": self.tasks, "tuned_tasks": self.tuned_tasks, "trials": self.trials,
                 "resumed_records": self.resumed_records, "seconds": round(self.seconds, 1),
-                "measured_on": self.measured_on, "emulated": self.emulated, "kernels": list(self.kernels)}
+                "measured_on": self.measured_on, "emulated": self.emulated, "kernels": list(self.kernels),
+                "device_batches": self.device_batches, "device_candidates": self.device_candidates,
+                "device_seconds": round(self.device_seconds, 1)}
 
 
 def task_flops(task) -> float:
@@ -530,7 +532,8 @@ def select_tasks(tasks: list, *, top: int | None = None, share: float = 0.9) -> 
 
 def tune(device, target_id: str, model: str, variant: str = "full", *, trials: int = 64, minutes: float = 30.0,
          top: int | None = None, emulated: bool = False, threads: int | None = None, root: Path | None = None,
-         only: tuple[str, ...] | None = None, say: Callable[[str], None] = lambda s: None, **config) -> TuneResult:
+         only: tuple[str, ...] | None = None, extracted: tuple | None = None,
+         say: Callable[[str], None] = lambda s: None, **config) -> TuneResult:
     """Tune the heaviest kernels of a program on `device` (measured there) into the target's database.
 
     Each task gets up to `trials` measured candidates; records already in the database count (an interrupted
@@ -546,7 +549,7 @@ def tune(device, target_id: str, model: str, variant: str = "full", *, trials: i
     key = C.target_key(target_id)
     path = database_dir(key, root)
     db = open_database(path)               # before minutes of compiling: a corrupt database fails first
-    tasks, target = program_tasks(model, variant, target_id, **config)
+    tasks, target = extracted or program_tasks(model, variant, target_id, **config)
     chosen = select_tasks(tasks, top=top)
     if only is not None:     # this device's share of a fleet run (`tune_fleet`)
         chosen = [t for t in chosen if t.task_name in only]
@@ -599,7 +602,8 @@ def tune(device, target_id: str, model: str, variant: str = "full", *, trials: i
             say(f"{task.task_name}: hand {kernels[-1]['hand_ms']} ms, tuned {kernels[-1]['tuned_ms']} ms")
         write_hand(path, hand)
     result = TuneResult(path, database_digest(path), key, len(tasks), len(chosen), total, resumed,
-                        time.monotonic() - t0, getattr(device, "serial", str(device)), emulated, tuple(kernels))
+                        time.monotonic() - t0, getattr(device, "serial", str(device)), emulated, tuple(kernels),
+                        log.batches, log.candidates, log.seconds)
     with open(path / RUNS_FILE, "a") as f:   # what tuning cost, for the record (not part of the digest)
         f.write(json.dumps({**result.to_dict(), "model": model, "variant": variant, "config": config,
                             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, sort_keys=True) + "\n")
@@ -660,15 +664,15 @@ def tuned_wins(hand: dict | None, tuned_s: float) -> bool:
 
 
 def _fleet_worker(serial: str, target_id: str, model: str, variant: str, only: tuple[str, ...], root: str,
-                  kwargs: dict, config: dict) -> dict:
+                  kwargs: dict, config: dict, extracted: tuple) -> dict:
     """One device's share of `tune_fleet`, in its own process (MetaSchedule keeps process-wide state)."""
     from profiler.device import Device
 
     def say(msg: str) -> None:
         print(f"[tune {serial}] {msg}", file=sys.stderr, flush=True)
 
-    return tune(Device(serial), target_id, model, variant, root=Path(root), only=only, say=say, **kwargs,
-                **config).to_dict()
+    return tune(Device(serial), target_id, model, variant, root=Path(root), only=only, extracted=extracted,
+                say=say, **kwargs, **config).to_dict()
 
 
 def merge_into(dst: Path, src: Path, skip: int = 0, skip_runs: int = 0) -> int:
@@ -710,7 +714,7 @@ def tune_fleet(serials: list[str], target_id: str, model: str, variant: str = "f
     key = C.target_key(target_id)
     path = database_dir(key, root)
     open_database(path)
-    tasks, _ = program_tasks(model, variant, target_id, **config)
+    tasks, target = program_tasks(model, variant, target_id, **config)   # once: workers get them pickled
     chosen = [t.task_name for t in select_tasks(tasks, top=top)]
     shares = {s: tuple(chosen[i::len(serials)]) for i, s in enumerate(serials)}
     say(f"{len(chosen)} kernels over {len(serials)} phones of target {target_id}")
@@ -725,12 +729,13 @@ def tune_fleet(serials: list[str], target_id: str, model: str, variant: str = "f
                 shutil.copytree(path, d / key)
         with ProcessPoolExecutor(len(serials), mp_context=mp.get_context("spawn")) as pool:
             futs = {s: pool.submit(_fleet_worker, s, target_id, model, variant, shares[s], str(subs[s]), kwargs,
-                                   config) for s in serials if shares[s]}
+                                   config, (tasks, target)) for s in serials if shares[s]}
             for s, f in futs.items():
                 results.append(f.result())
         for s in futs:
             say(f"{s}: merged {merge_into(path, subs[s] / key, skip=base, skip_runs=runs)} new records")
-    return results
+    digest = database_digest(path)     # each worker reported its private copy: name the merged database
+    return [{**r, "database": str(path), "digest": digest} for r in results]
 
 
 def emulates(facts) -> bool:
