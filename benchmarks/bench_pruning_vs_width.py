@@ -422,7 +422,7 @@ def device_table(cfg, serial: str, every: int, out: Path, t_start: float) -> Pat
 
     tdir = DEVICE_WORK / "tables" / f"classes{cfg.num_classes}-batch{cfg.batch}-every{every}"
     print(f"[{time.time() - t_start:5.0f}s] measuring the per-layer table on {serial} ...", flush=True)
-    cmd = [sys.executable, "-m", "profiler", "tables", "build", "--device", serial, "--governors", "interactive",
+    cmd = [sys.executable, "-m", "cli", "tables", "build", "--device", serial, "--governors", "interactive",
            "--set", f"width={cfg.width}", "--set", f"num_classes={cfg.num_classes}", "--set", f"batch={cfg.batch}",
            "--every", str(every), "--reps", "1", "--steps", "10", "--energy", "none", "--results",
            str(DEVICE_WORK / "results"), "--resume", "--out", str(tdir)]

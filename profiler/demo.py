@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from profiler.cli import main as autlearn
+from cli.main import main as autlearn
 
 
 def _step(title: str, argv: list[str]) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from profiler.cli import main
+from cli.main import main
 from profiler.errors import ArtifactError
 from test_runner import tiny_artifact, tiny_program  # noqa: F401  (fixtures)
 from workloads.artifact import content_hash, load_artifact, write_artifact

@@ -201,7 +201,7 @@ def test_a_phone_stopped_mid_run_fails_its_cells_while_others_finish(lab_factory
 def test_malformed_campaign_file_is_one_line_exit_1(tmp_path, body, key):
     bad = tmp_path / "bad.toml"
     bad.write_text(body)
-    r = subprocess.run([sys.executable, "-m", "profiler", "run", str(bad), "--results", str(tmp_path / "r")],
+    r = subprocess.run([sys.executable, "-m", "cli", "run", str(bad), "--results", str(tmp_path / "r")],
                        capture_output=True, text=True, timeout=120, env=os.environ.copy())
     assert r.returncode == 1 and r.stdout == ""
     assert r.stderr.count("\n") == 1 and key in r.stderr and "Traceback" not in r.stderr

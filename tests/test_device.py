@@ -120,7 +120,7 @@ def test_phone_dying_mid_command_raises_and_does_not_hang(lab_factory):
 def test_devices_cli_json_lists_the_lab(lab, adb_env):
     import json
 
-    out = subprocess.run([sys.executable, "-m", "profiler", "devices", "--json"], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "cli", "devices", "--json"], capture_output=True, text=True,
                          timeout=120, env=os.environ.copy())
     assert out.returncode == 0, out.stderr
     fleet = {e["serial"]: e for e in json.loads(out.stdout)}
@@ -130,7 +130,7 @@ def test_devices_cli_json_lists_the_lab(lab, adb_env):
 
 
 def test_devices_cli_unknown_serial_is_one_line_exit_1(adb_env):
-    out = subprocess.run([sys.executable, "-m", "profiler", "devices", "-s", "no-such-phone"], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "cli", "devices", "-s", "no-such-phone"], capture_output=True,
                          text=True, timeout=60, env=os.environ.copy())
     assert out.returncode == 1
     assert out.stderr.strip().count("\n") == 0 and "no-such-phone" in out.stderr and "Traceback" not in out.stderr

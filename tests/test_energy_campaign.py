@@ -221,7 +221,7 @@ def test_wrong_monitor_serial_is_one_line_and_exit_1_through_the_cli(energy_lab,
     lab, phones = energy_lab
     legacy = phones["legacy"]
     toml = campaign_toml(tmp_path, "wrong", [legacy.serial], energy="monsoon:SIM-1")
-    r = subprocess.run([sys.executable, "-m", "profiler", "run", str(toml), "--results", str(tmp_path / "res"),
+    r = subprocess.run([sys.executable, "-m", "cli", "run", str(toml), "--results", str(tmp_path / "res"),
                         "--artifacts", str(CACHE)], capture_output=True, text=True, timeout=120,
                        env={**os.environ, "AUTLEARN_HOME": str(lab.home)}, cwd=ROOT)
     assert r.returncode == 1, (r.stdout[-2000:], r.stderr[-2000:])

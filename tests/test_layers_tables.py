@@ -284,7 +284,7 @@ def _old_version(tmp_path):
 
 
 def test_cli_show_export_and_one_line_errors(tmp_path, capsys):
-    from profiler.cli import main
+    from cli.main import main
 
     p = _table().save(tmp_path / "t.parquet")
     assert main(["tables", "show", str(p)]) == 0

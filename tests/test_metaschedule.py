@@ -24,7 +24,7 @@ LSTM = {"vocab_size": 200, "hidden_size": 32, "embed_dim": 16, "batch": 4}
 
 
 def autlearn(*args, env=None, timeout=900) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "profiler", *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "cli", *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {})})
 
 

@@ -18,7 +18,7 @@ import pytest
 
 from profiler.campaign_config import DeviceRef, cell_id, parse_campaign
 from profiler import store as store_mod
-from profiler.cli import main as autlearn
+from cli.main import main as autlearn
 from profiler.store import CellMeta, Store
 from browser import CHROMIUM, check_report, png_colours
 from reports.build import (

@@ -31,7 +31,7 @@ pytestmark = pytest.mark.slow
 
 def autlearn(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
     env = dict(os.environ, AUTLEARN_CACHE_DIR=str(CACHE), PYTHONWARNINGS="ignore")
-    return subprocess.run([sys.executable, "-m", "profiler", *args], capture_output=True, text=True, env=env,
+    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, env=env,
                           timeout=timeout)
 
 

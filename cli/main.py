@@ -1,4 +1,5 @@
-"""The `autlearn` command. Subcommands are imported lazily so `autlearn --help` stays fast and side-effect free."""
+"""The `autlearn` command. Subcommands are imported lazily so `autlearn --help` stays fast and side-effect free;
+plugins (the virtual lab's `lab`) add theirs through the `autlearn.commands` entry point group."""
 
 from __future__ import annotations
 
@@ -12,24 +13,29 @@ from profiler.errors import UserError
 
 # name -> "module:attribute"; a command whose module is absent is not listed.
 COMMANDS: dict[str, str] = {
-    "lab": "testbed.cli:lab",
     "devices": "profiler.devices_cli:devices",
     "workloads": "workloads.cli:workloads",
     "run": "profiler.campaign_cli:run",
     "results": "profiler.campaign_cli:results",
     "report": "reports.cli:report",
-    "energy": "profiler.energy_cli:energy",
     "tables": "workloads.tables_cli:tables",
     "prune": "workloads.prune_cli:prune",
 }
 
 
+def _commands() -> dict[str, str]:
+    """Built-in commands plus those of installed plugins (entry point group `autlearn.commands`)."""
+    from importlib.metadata import entry_points
+
+    return {**{ep.name: ep.value for ep in entry_points(group="autlearn.commands")}, **COMMANDS}
+
+
 class LazyGroup(click.Group):
     def list_commands(self, ctx):
-        return sorted(n for n, target in COMMANDS.items() if importlib.util.find_spec(target.split(":")[0]))
+        return sorted(n for n, target in _commands().items() if importlib.util.find_spec(target.split(":")[0]))
 
     def get_command(self, ctx, name):
-        target = COMMANDS.get(name)
+        target = _commands().get(name)
         if target is None:
             return None
         module, attr = target.split(":")
