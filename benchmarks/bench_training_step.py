@@ -45,7 +45,7 @@ def provenance() -> dict:
 
 def host_target() -> tuple[str, object]:
     from profiler.cputarget import parse_cpuinfo
-    from workloads.compile import target_id_for
+    from workloads.targets import target_id_for
 
     ct = parse_cpuinfo("x86_64", Path("/proc/cpuinfo").read_text())
     return target_id_for("x86_64", ct.mcpu, ct.mattr), ct

@@ -17,6 +17,7 @@ from profiler.cputarget import CpuTarget, generic
 from profiler.errors import ConfigError
 from workloads import compile as C
 from workloads import metaschedule as M
+from workloads import tuning_db as T
 
 # Small enough to tune in about a minute; the tuned kernels carry most of the step.
 MOBILENET = {"width": 0.5, "image_size": 64, "batch": 8, "num_classes": 10}
@@ -60,13 +61,13 @@ def test_campaign_target_is_the_recognised_cpu_else_the_abi_floor():
 def test_corrupt_database_is_a_one_line_error(tmp_path):
     d = tmp_path / "x86_64-znver3"
     d.mkdir()
-    (d / M.DB_FILES[0]).write_text('["ok"]\n{not json\n')
-    with pytest.raises(M.TuningError, match=r"corrupt tuning database .*line 2"):
-        M.open_database(d)
-    (d / M.DB_FILES[0]).write_text("")
-    (d / M.HAND_FILE).write_text("[1, 2")
-    with pytest.raises(M.TuningError, match="corrupt tuning database"):
-        M.read_hand(d)
+    (d / T.DB_FILES[0]).write_text('["ok"]\n{not json\n')
+    with pytest.raises(T.TuningError, match=r"corrupt tuning database .*line 2"):
+        T.open_database(d)
+    (d / T.DB_FILES[0]).write_text("")
+    (d / T.HAND_FILE).write_text("[1, 2")
+    with pytest.raises(T.TuningError, match="corrupt tuning database"):
+        T.read_hand(d)
 
 
 def test_output_count_finds_the_trailing_outputs():
@@ -144,14 +145,14 @@ def test_tune_on_a_virtual_phone_writes_a_database_per_cpu_target(tuned):
     assert res["measured_on"] == phone.serial and not res["emulated"]
     assert res["target_key"] != "x86_64-generic", "the virtual phone's CPU (this host's) should be recognised"
     db = root / res["target_key"]
-    assert Path(res["database"]) == db and all((db / f).is_file() for f in (*M.DB_FILES, M.HAND_FILE))
+    assert Path(res["database"]) == db and all((db / f).is_file() for f in (*T.DB_FILES, T.HAND_FILE))
     assert res["tuned_tasks"] == 1 and res["trials"] == 16
     (k,) = res["kernels"]
     assert k["tuned_ms"] > 0 and k["hand_ms"] > 0 and k["kept"] in ("tuned", "hand")
-    assert M.read_hand(db)[k["workload"]]["verified_ratio"] > 0   # best record vs hand, paired in one launch
-    records = (db / M.DB_FILES[1]).read_text().splitlines()
+    assert T.read_hand(db)[k["workload"]]["verified_ratio"] > 0   # best record vs hand, paired in one launch
+    records = (db / T.DB_FILES[1]).read_text().splitlines()
     assert len(records) >= 16 + 8   # every measured candidate of both models
-    assert [json.loads(ln)["model"] for ln in (db / M.RUNS_FILE).read_text().splitlines()] == ["mobilenet", "lstm"]
+    assert [json.loads(ln)["model"] for ln in (db / T.RUNS_FILE).read_text().splitlines()] == ["mobilenet", "lstm"]
 
 
 @pytest.mark.slow
@@ -176,7 +177,7 @@ def test_interrupted_or_repeated_tuning_resumes_from_its_database(tuned):
     again = json.loads(r.stdout)
     assert again["trials"] == 0 and again["resumed_records"] >= 8
     # a corrupt database stops the next run with one line, before any compiling
-    rec = Path(again["database"]) / M.DB_FILES[1]
+    rec = Path(again["database"]) / T.DB_FILES[1]
     saved = rec.read_bytes()
     try:
         rec.write_bytes(saved[: len(saved) // 2] + b"\n{garbage")
@@ -219,10 +220,10 @@ def test_two_phones_of_one_target_tune_their_shares_in_parallel(lab, runner_cach
     (db,) = {Path(x["database"]).name for x in results}
     assert {x["database"] for x in results} == {str(tmp_path / db)}    # the merged database, not a worker's copy
     assert all(x["device_batches"] >= 1 and x["device_candidates"] >= 2 for x in results)
-    runs = [json.loads(ln) for ln in (tmp_path / db / M.RUNS_FILE).read_text().splitlines()]
+    runs = [json.loads(ln) for ln in (tmp_path / db / T.RUNS_FILE).read_text().splitlines()]
     assert {x["measured_on"] for x in runs} == {legacy.serial, modern.serial}
-    records = (tmp_path / db / M.DB_FILES[1]).read_text().splitlines()
-    assert len(records) == 4 and len(M.read_hand(tmp_path / db)) == 2
+    records = (tmp_path / db / T.DB_FILES[1]).read_text().splitlines()
+    assert len(records) == 4 and len(T.read_hand(tmp_path / db)) == 2
 
 
 @pytest.mark.slow
@@ -235,9 +236,9 @@ def test_an_emulating_device_checks_candidates_but_records_no_timing(lab, runner
                  **LSTM)
     assert res.emulated and res.trials == 2 and res.kernels[0]["tuned_ms"] is None
     db = tmp_path / "x86_64-generic"
-    records = [json.loads(ln)[1] for ln in (db / M.DB_FILES[1]).read_text().splitlines()]
-    assert records and all(M._seconds(r[1]) is None for r in records)   # tried, never timed
-    assert M.applicable_records(db)[1] == {"tuned_workloads": 0, "hand_kept": 0}
+    records = [json.loads(ln)[1] for ln in (db / T.DB_FILES[1]).read_text().splitlines()]
+    assert records and all(T._seconds(r[1]) is None for r in records)   # tried, never timed
+    assert T.applicable_records(db)[1] == {"tuned_workloads": 0, "hand_kept": 0}
 
 
 QEMU = shutil.which("qemu-aarch64-static") or shutil.which("qemu-aarch64")

@@ -30,7 +30,6 @@ Variants (see VARIANTS):
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -40,75 +39,13 @@ import numpy as np
 from profiler.errors import ConfigError
 from workloads.models import MobileNetConfig, WordLSTMConfig, build_model, make_config
 from workloads.program import Call, TrainingProgram
+from workloads.targets import base_abi, parse_target_id, target_dict, target_for_abi, target_key, triple_for_abi
+from workloads.tuning_db import applicable_records, database_digest, tuning_database
 
 VARIANTS = ("full", "compressed", "unoptimized", "cached")
-# ABI -> TVM target (JSON dict form: 0.27 rejects "llvm -mtriple=..." strings). x86_64: mcpu=haswell (AVX2+FMA,
-# x86-64-v3), a conservative floor for x86 hosts since 2013. arm64-v8a: NEON is mandatory on ARMv8-A.
-# num-cores is a scheduling hint.
-ABIS: dict[str, dict[str, Any]] = {
-    "x86_64": {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell", "num-cores": 2},
-    "arm64-v8a": {"kind": "llvm", "mtriple": "aarch64-linux-android", "mattr": ["+neon"], "num-cores": 4},
-}
 PARALLEL_MIN_WORK = 1 << 16   # fallback schedule: loop-nest iterations below which a kernel stays serial
-TUNING_DIR = Path(__file__).resolve().parent / "tuning"
 DEFAULT_LR = {"mobilenet": 0.05, "lstm": 0.5}   # the random frozen LSTM's features are small: larger step
 LABEL_DTYPE = "int64"
-
-
-def base_abi(target_id: str) -> str:
-    """The Android ABI of a target id: `ABI` or `ABI@MCPU[,ATTR...]` (e.g. "arm64-v8a@cortex-a76,+dotprod")."""
-    return str(target_id).partition("@")[0]
-
-
-def parse_target_id(target_id: str) -> tuple[str, str | None, tuple[str, ...]]:
-    """(abi, mcpu or None, mattr) of a target id; the ABI alone means the ABI's generic floor (ABIS)."""
-    abi, at, cpu = str(target_id).partition("@")
-    _check_abi(abi)
-    if not at:
-        return abi, None, ()
-    mcpu, *attrs = cpu.split(",")
-    ok = re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", mcpu) and all(re.fullmatch(r"[+-][A-Za-z0-9._]+", a)
-                                                                  for a in attrs)
-    if not ok:
-        raise ConfigError(f"bad target id {target_id!r} (ABI@MCPU[,+ATTR|,-ATTR...])", key="target")
-    return abi, mcpu, tuple(attrs)
-
-
-def target_id_for(abi: str, mcpu: str | None, mattr=()) -> str:
-    """The target id of a probed CPU (`profiler.cputarget.CpuTarget`): the ABI alone when it is generic."""
-    return abi if not mcpu else ",".join([f"{abi}@{mcpu}", *mattr])
-
-
-def _check_abi(abi: str) -> None:
-    if abi not in ABIS:
-        raise ConfigError(f"unknown ABI {abi!r}; valid: {', '.join(ABIS)}", key="abi")
-
-
-def target_dict(target_id: str) -> dict[str, Any]:
-    """TVM target (dict form) of a target id: the ABI's floor with the probed -mcpu and -mattr."""
-    abi, mcpu, mattr = parse_target_id(target_id)
-    d = dict(ABIS[abi])
-    if mcpu:
-        d["mcpu"] = mcpu
-        d["mattr"] = sorted(set(d.get("mattr", [])) | set(mattr))
-    return d
-
-
-def target_for_abi(target_id: str):
-    """`tvm.target.Target` for an ABI name or target id (see ABIS, parse_target_id)."""
-    import tvm
-
-    return tvm.target.Target(target_dict(target_id))
-
-
-def triple_for_abi(abi: str) -> str:
-    return ABIS[parse_target_id(abi)[0]]["mtriple"]
-
-
-def target_key(target_id: str) -> str:
-    """Directory name of the tuning database for a target: ABI, -mcpu and -mattr (generic: the ABI's floor)."""
-    abi, mcpu, mattr = parse_target_id(target_id)
-    return f"{abi}-{mcpu or 'generic'}" + "".join(mattr)
 
 
 def compress(config):
@@ -420,15 +357,6 @@ def _safe(rule):
     return ScheduleRule.from_callable(type(rule).__name__)(apply)
 
 
-def tuning_database(target_id: str) -> dict | None:
-    """The MetaSchedule database a build uses for a target ({"path", "digest", "key"}), None when untuned."""
-    from workloads.metaschedule import database_digest, find_database
-
-    key = target_key(target_id)
-    path = find_database(key)
-    return None if path is None else {"path": str(path), "digest": database_digest(path), "key": key}
-
-
 def legalize_and_fuse():
     from tvm import relax, transform
 
@@ -455,8 +383,6 @@ def optimize(mod, target, database: dict | None = None, stats: dict | None = Non
         if stats is not None:
             stats["kernels"] = sum(_is_tir(f) for f in mod.functions.values())
         if database is not None:
-            from workloads.metaschedule import applicable_records
-
             records, summary = applicable_records(Path(database["path"]), database.get("keep_hand", True))
             with records:
                 mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
@@ -569,8 +495,6 @@ def build_program(model: str, variant: str, abi: str, *, lr: float | None = None
         elif database is None:
             db = None
         else:   # a database directory, or {"path", "keep_hand"}
-            from workloads.metaschedule import database_digest
-
             spec = database if isinstance(database, dict) else {"path": str(database)}
             path = Path(spec["path"])
             db = {**spec, "path": str(path), "digest": database_digest(path), "key": path.name}

@@ -339,7 +339,7 @@ def model_target(program: Any, abi: str) -> Any:
     _, arch = check_abi(abi)
     target = (getattr(program, "meta", {}) or {}).get("target")
     if target is None:
-        from workloads.compile import target_for_abi  # compile side; only needed when meta has no target
+        from workloads.targets import target_for_abi  # only needed when meta has no target
 
         target = target_for_abi(abi)
     if isinstance(target, str) and target.lstrip().startswith("{"):
