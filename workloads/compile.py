@@ -30,6 +30,7 @@ Variants (see VARIANTS):
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -84,9 +85,14 @@ def _import(module, example, trainable: list[str] = ()):
     from tvm.relax.frontend import detach_params
     from tvm.relax.frontend.torch import from_exported_program
 
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # torch's own, not ours to fix: nn.LSTM re-lists its weights (`_flat_weights`) whenever export swaps a
+        # parameter, and export's decompositions deep-copy a pytree spec type torch deprecated itself.
+        warnings.filterwarnings("ignore", r"The tensor attributes .*_flat_weights", UserWarning)
+        warnings.filterwarnings("ignore", r".*isinstance\(treespec, LeafSpec\)", FutureWarning)
         ep = torch.export.export(module, (example,))
-    mod = from_exported_program(ep, keep_params_as_input=True, unwrap_unit_return_tuple=True)
+        mod = from_exported_program(ep, keep_params_as_input=True, unwrap_unit_return_tuple=True)
+    mod = _bounded_takes(mod)
     mod, params = detach_params(mod)
     func = mod["main"]
     names = [p.name for p in func.params][1:]
@@ -106,6 +112,30 @@ def _import(module, example, trainable: list[str] = ()):
         func = func.without_attr("num_input")
     order = [to_fqn[p.name] for p in func.params[1:]]          # the function's remaining (trainable) params
     return func.without_attr("global_symbol"), [values[n].numpy() for n in order]
+
+
+def _bounded_takes(mod):
+    """Gathers (embedding lookups, the loss's label pick) with mode "clip": the importer emits "fast", which reads
+    out of bounds on a bad index (and TVM warns so at every build); clipping costs a compare per index."""
+    from tvm import relax
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    take = relax.op.take(relax.Var("x", relax.TensorType((1,), "float32")),
+                         relax.Var("i", relax.TensorType((1,), "int64"))).op
+
+    @mutator
+    class Clip(PyExprMutator):
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            if call.op.same_as(take) and call.attrs.mode == "fast":
+                axis = None if call.attrs.axis is None else int(call.attrs.axis)
+                return relax.op.take(call.args[0], call.args[1], axis, mode="clip")
+            return call
+
+    for gv, func in list(mod.functions.items()):
+        if isinstance(func, relax.Function):
+            mod[gv] = Clip().visit_expr(func)
+    return mod
 
 
 def _trainer_module(head, features, cfg, lr: float, forward: bool):
