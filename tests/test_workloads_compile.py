@@ -35,7 +35,7 @@ def torch_step(model: str, config: dict, x: np.ndarray, y: np.ndarray, lr: float
     opt.zero_grad()
     loss.backward()
     opt.step()
-    return float(loss), {n: p.detach().numpy() for n, p in net.named_parameters() if p.requires_grad}
+    return float(loss.detach()), {n: p.detach().numpy() for n, p in net.named_parameters() if p.requires_grad}
 
 
 @pytest.fixture(scope="module", params=["mobilenet", "lstm"])
