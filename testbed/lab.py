@@ -280,9 +280,13 @@ class Lab:
         loaded = [load_profile(p) for p in profiles]  # unknown profile -> LabError before anything starts
         with_monsoon = monsoon_phones(monsoon, [p.name for p in loaded])  # unknown name -> LabError, nothing started
         adb = find_adb()
+        ports = [base_port + i for i in range(len(profiles))]
+        own = {p.get("port") for p in self._read_state().get("phones", [])} if self.state_file.exists() else set()
+        for port in ports:      # a port held by something else fails before the running lab is stopped
+            if port not in own:
+                _check_port_free(port)
         if self.state_file.exists():
             self.down()  # stale (or previous) lab: clean first
-        ports = [base_port + i for i in range(len(profiles))]
         for port in ports:
             _check_port_free(port)
         server_port = adb_server_port()

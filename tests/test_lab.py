@@ -157,6 +157,18 @@ def test_busy_port_is_a_lab_error_naming_the_port(adb_env, tmp_path):
         Lab(tmp_path).up(["legacy"], base_port=5560)
 
 
+def test_up_on_a_busy_port_leaves_the_running_lab_alone(lab_factory, adb_env):
+    lab, phones = lab_factory(["legacy"])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(LabError, match=f"port {port} is busy"):
+            lab.up(["legacy"], base_port=port)
+    assert lab.phones() == phones and all(_alive(p) for p in phones)
+    assert [(st.alive, st.adb_state) for st in lab.status()] == [(True, "device")]
+
+
 # ---- the CLI ----
 
 def test_cli_up_status_down(adb_env, tmp_path, monkeypatch, capsys):
