@@ -5,12 +5,17 @@
       cells/<cell_id>.parquet    raw samples: one row per step per repetition (warm-up steps too, flagged), every
                                  row carrying the cell's metadata columns (device, governor, temps, artifact, ...)
       summary/<cell_id>.parquet  one row: metadata + profiler.stats.summarize() of the timed steps
-      status/<cell_id>.json      {"status": "ok" | "failed" | "skipped", "reason", "spec_key", ...}; written last,
-                                 it is the commit point: a cell without an "ok" status is not finished
+      status/<cell_id>.json      {"status": "ok" | "failed" | "skipped", "reason", "spec_key", "files", ...};
+                                 written last, it is the commit point: a cell without an "ok" status is not
+                                 finished. "files" holds the sha256 and size of the cell's samples and summary.
       governor-pending/          snapshots of phones whose governors are changed right now (profiler.governor)
 
 Every file is written atomically (temp file in the same directory, fsync, os.replace, fsync of the directory), so a
 crash leaves either the old file or the new one, never a partial one; leftover temp files are ignored and swept.
+
+Results verify themselves: `store.verify(cell_id)` says why a finished cell's files cannot be trusted (missing,
+truncated or changed since written: checksum; unreadable; another cell's data: the cell_id column), `finished` is
+False for such a cell (so `--resume` redoes it), and the loaders leave it out and name it in `df.attrs["bad"]`.
 
 Resume: `store.finished(cell_id)`. A rebuilt artifact gives a new cell id (profiler.campaign_config.cell_id), so
 results of the old artifact are *stale*: `store.stale()` reports them and `load_results` leaves them out.
@@ -22,6 +27,8 @@ to pool rows whose fixed metadata (`FIXED_COLUMNS`) differ (pyperf-style), raisi
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import re
@@ -59,6 +66,14 @@ class SchemaError(UserError):
 
 class IncompatibleRuns(UserError):
     """Rows whose fixed metadata differ were asked to be pooled."""
+
+
+class BadCell(UserError):
+    """A finished cell's files cannot be trusted (missing, changed since written, unreadable, foreign)."""
+
+    def __init__(self, cell_id: str, reason: str):
+        super().__init__(f"cell {cell_id}: {reason}")
+        self.cell_id, self.reason = cell_id, reason
 
 
 # ---------------------------------------------------------------------------------------------------------- records
@@ -194,11 +209,20 @@ def _write_json(path: Path, doc: Any) -> None:
     atomic_write(path, lambda f: f.write(json.dumps(doc, indent=1, sort_keys=True, default=str).encode()))
 
 
-def _write_parquet(path: Path, df: pd.DataFrame) -> None:
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _write_parquet(path: Path, df: pd.DataFrame) -> dict[str, Any]:
+    """Write atomically; returns {"sha256", "bytes"} of what was written (the status records it)."""
     table = pa.Table.from_pandas(df, preserve_index=False)
     table = table.replace_schema_metadata({**(table.schema.metadata or {}),
                                            b"autlearn.schema_version": str(SCHEMA_VERSION).encode()})
-    atomic_write(path, lambda f: pq.write_table(table, f))
+    buf = pa.BufferOutputStream()
+    pq.write_table(table, buf)
+    data = buf.getvalue().to_pybytes()
+    atomic_write(path, lambda f: f.write(data))
+    return {"sha256": _sha256(data), "bytes": len(data)}
 
 
 # ---------------------------------------------------------------------------------------------------------- store
@@ -284,14 +308,49 @@ class Store:
                           extra=tuple(sorted((doc.get("extra") or {}).items())))
 
     def finished(self, cell_id: str) -> bool:
-        """True when the cell has an "ok" status and its samples are on disk (`--resume` skips it)."""
-        st = self.status(cell_id)
-        return st is not None and st.status == "ok" and (self.root / "cells" / f"{cell_id}.parquet").exists()
+        """True when the cell has an "ok" status and its files verify (`--resume` skips it)."""
+        try:
+            st = self.status(cell_id)
+        except SchemaError:      # a garbled status file: the cell is redone
+            return False
+        return st is not None and st.status == "ok" and self.verify(cell_id) is None
+
+    def verify(self, cell_id: str) -> str | None:
+        """Why a finished cell's files cannot be trusted, or None when they can (see `read_verified`)."""
+        try:
+            for sub in ("cells", "summary"):
+                self.read_verified(cell_id, sub)
+        except BadCell as e:
+            return e.reason
+        return None
+
+    def read_verified(self, cell_id: str, sub: str) -> pd.DataFrame:
+        """The cell's `cells` or `summary` frame, checked against the checksum its status recorded and against its
+        own cell_id column; BadCell names what is wrong."""
+        path = self.root / sub / f"{cell_id}.parquet"
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise BadCell(cell_id, f"{sub} file missing") from None
+        try:
+            st = self.status(cell_id)
+        except SchemaError as e:
+            raise BadCell(cell_id, str(e)) from None
+        want = dict((st.extra if st else ())).get("files", {}).get(sub) if st else None
+        if want is not None and (len(data) != want.get("bytes") or _sha256(data) != want.get("sha256")):
+            raise BadCell(cell_id, f"{sub} file changed since it was written ({len(data)} bytes, "
+                                   f"{want.get('bytes')} written): truncated, garbled or replaced")
+        try:
+            df = pd.read_parquet(io.BytesIO(data))
+        except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a damaged file
+            raise BadCell(cell_id, f"{sub} file unreadable ({type(e).__name__})") from None
+        ids = set(df["cell_id"].astype(str)) if "cell_id" in df else set()
+        if ids != {cell_id}:
+            raise BadCell(cell_id, f"{sub} file holds another cell's data ({', '.join(sorted(ids)[:2]) or 'none'})")
+        return df
 
     def statuses(self) -> tuple[CellStatus, ...]:
-        d = self.root / "status"
-        return tuple(s for p in sorted(d.glob("*.json")) if _ID_RE.match(p.stem)
-                     for s in [self.status(p.stem)] if s is not None) if d.is_dir() else ()
+        return _statuses_lenient(self)
 
     def stale(self) -> tuple[StaleCell, ...]:
         """Cells on disk that the current plan (see `set_plan`) no longer contains. Empty when no plan is set."""
@@ -309,11 +368,12 @@ class Store:
         if not steps:
             raise ValueError("a finished cell has at least one step")
         raw = samples_frame(meta, steps)
-        _write_parquet(self.root / "cells" / f"{meta.cell_id}.parquet", raw)
-        _write_parquet(self.root / "summary" / f"{meta.cell_id}.parquet", summarize_cell(raw))
+        files = {}
+        for sub, df in (("cells", raw), ("summary", summarize_cell(raw))):
+            files[sub] = _write_parquet(self.root / sub / f"{meta.cell_id}.parquet", df)
         self.write_status(meta.cell_id, "ok", spec_key=meta.spec_key,
                           label=f"{meta.device_serial}/{meta.workload}-{meta.variant}/b{meta.batch}/"
-                                f"{meta.governor_requested}/{meta.affinity}")
+                                f"{meta.governor_requested}/{meta.affinity}", extra={"files": files})
         return self.root / "cells" / f"{meta.cell_id}.parquet"
 
     def write_trace(self, cell_id: str, trace: Any) -> Path:
@@ -425,27 +485,66 @@ def _campaign_dirs(path: Path) -> list[Path]:
     return dirs
 
 
-def _ok_ids(root: Path, include_stale: bool) -> tuple[list[str], list[str]]:
-    manifest = _read_manifest(root)
-    store = Store(root, manifest)
+def _statuses_lenient(store: "Store") -> tuple[CellStatus, ...]:
+    """Every readable status (a garbled one is reported by the loaders, never raised from here)."""
+    d = store.root / "status"
+    out = []
+    for p in sorted(d.glob("*.json")) if d.is_dir() else ():
+        if _ID_RE.match(p.stem):
+            try:
+                st = store.status(p.stem)
+            except SchemaError:
+                continue
+            if st is not None:
+                out.append(st)
+    return tuple(out)
+
+
+def _ok_ids(store: "Store", include_stale: bool) -> tuple[list[CellStatus], list[str], list[tuple]]:
+    """(ok statuses to load, stale ids, bad cells as (cell_id, label, reason): garbled status files)."""
     stale = {s.cell_id for s in store.stale()}
-    ok = [s.cell_id for s in store.statuses() if s.status == "ok" and (include_stale or s.cell_id not in stale)]
-    return ok, sorted(stale)
+    d = store.root / "status"
+    ok, bad = [], []
+    for p in sorted(d.glob("*.json")) if d.is_dir() else ():
+        if not _ID_RE.match(p.stem):
+            continue
+        try:
+            st = store.status(p.stem)
+        except SchemaError as e:
+            bad.append((p.stem, "", str(e)))
+            continue
+        if st is not None and st.status == "ok" and (include_stale or st.cell_id not in stale):
+            ok.append(st)
+    return ok, sorted(stale), bad
 
 
 def _load(path: str | os.PathLike, sub: str, include_stale: bool) -> pd.DataFrame:
-    frames, stale_all = [], []
+    frames, stale_all, bad_all = [], [], []
     for root in _campaign_dirs(Path(path)):
-        ok, stale = _ok_ids(root, include_stale)
+        store = Store(root, _read_manifest(root))
+        ok, stale, bad = _ok_ids(store, include_stale)
         stale_all += stale
-        for cid in ok:
-            f = root / sub / f"{cid}.parquet"
-            if f.exists():
-                frames.append(pd.read_parquet(f))
+        bad_all += bad
+        other = "summary" if sub == "cells" else "cells"
+        for st in ok:
+            try:    # a cell is trusted whole or not at all
+                frame = store.read_verified(st.cell_id, sub)
+                store.read_verified(st.cell_id, other)
+            except BadCell as e:    # never shown as data: named instead
+                bad_all.append((st.cell_id, st.label, e.reason))
+                continue
+            frames.append(frame)
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     df.attrs["stale"] = stale_all
+    df.attrs["bad"] = bad_all
     df.attrs["schema_version"] = SCHEMA_VERSION
     return df
+
+
+def bad_cell_lines(df: pd.DataFrame) -> list[str]:
+    """One line per cell a loader left out because its files cannot be trusted (for show, compare, report)."""
+    return [f"bad cell {cid} {label}: {reason}; left out (rerun with --resume to redo it)".replace("  ", " ")
+            for cid, label, reason in df.attrs.get("bad", [])]
 
 
 def load_results(path: str | os.PathLike, include_stale: bool = False) -> pd.DataFrame:
@@ -465,10 +564,14 @@ def load_status(path: str | os.PathLike) -> pd.DataFrame:
     rows = []
     for root in _campaign_dirs(Path(path)):
         store = Store(root, _read_manifest(root))
-        stale = {s.cell_id for s in store.stale()}
-        rows += [dict(campaign=store.name, cell_id=s.cell_id, status=s.status, reason=s.reason,
-                      spec_key=s.spec_key, label=s.label, at=s.at, stale=s.cell_id in stale)
-                 for s in store.statuses()]
+        ok, stale, bad = _ok_ids(store, include_stale=True)
+        rows += [dict(campaign=store.name, cell_id=cid, status="failed", reason=f"status unreadable: {reason}",
+                      spec_key="", label=label, at=0.0, stale=False) for cid, label, reason in bad]
+        for s in _statuses_lenient(store):
+            reason = store.verify(s.cell_id) if s.status == "ok" else None
+            rows.append(dict(campaign=store.name, cell_id=s.cell_id, status="failed" if reason else s.status,
+                             reason=f"files cannot be trusted: {reason}" if reason else s.reason,
+                             spec_key=s.spec_key, label=s.label, at=s.at, stale=s.cell_id in set(stale)))
     return pd.DataFrame(rows, columns=["campaign", "cell_id", "status", "reason", "spec_key", "label", "at",
                                        "stale"])
 
@@ -505,7 +608,7 @@ def pooled_summary(df: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
 
 
 __all__ = [
-    "CellMeta", "CellStatus", "FIXED_COLUMNS", "IncompatibleRuns", "LABELS", "MIGRATIONS", "SCHEMA_VERSION",
+    "BadCell", "CellMeta", "CellStatus", "bad_cell_lines", "FIXED_COLUMNS", "IncompatibleRuns", "LABELS", "MIGRATIONS", "SCHEMA_VERSION",
     "Sample", "SchemaError", "StaleCell", "Store", "atomic_write", "check_poolable", "load_results", "load_status",
     "load_summaries", "pooled_summary", "samples_frame", "summarize_cell",
 ]

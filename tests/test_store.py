@@ -16,7 +16,8 @@ from profiler import store as store_mod
 from profiler.campaign_config import DeviceRef, cell_id, parse_campaign
 from profiler.steps import parse_run_output
 from profiler.store import (
-    CellMeta, IncompatibleRuns, Sample, SchemaError, Store, load_results, load_status, load_summaries, pooled_summary,
+    CellMeta, IncompatibleRuns, Sample, SchemaError, Store, bad_cell_lines, load_results, load_status, load_summaries,
+    pooled_summary,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,6 +140,37 @@ def test_resume_skips_finished_cells(tmp_path):
     run_plan(tmp_path)  # resume
     assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items())  # finished cells untouched
     assert len(load_summaries(tmp_path / "t")) == 8
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garble", "swap", "delete", "status"])
+def test_damaged_cell_files_are_named_left_out_and_redone(tmp_path, damage):
+    st, cells = run_plan(tmp_path)
+    ids = [cell_id(c, "art-1") for c in cells]
+    victim, other = ids[2], ids[5]
+    f = tmp_path / "t" / ("summary" if damage == "garble" else "cells") / f"{victim}.parquet"
+    if damage == "truncate":
+        f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    elif damage == "garble":
+        data = bytearray(f.read_bytes())
+        data[len(data) // 2: len(data) // 2 + 64] = b"x" * 64
+        f.write_bytes(bytes(data))
+    elif damage == "swap":   # another cell's file copied over this one's: foreign data
+        f.write_bytes((tmp_path / "t" / "cells" / f"{other}.parquet").read_bytes())
+    elif damage == "delete":
+        f.unlink()
+    else:
+        (tmp_path / "t" / "status" / f"{victim}.json").write_text("{garbled")
+    assert not st.finished(victim) and all(st.finished(c) for c in ids if c != victim)
+    raw, summ = load_results(tmp_path / "t"), load_summaries(tmp_path / "t")
+    for df in (raw, summ):
+        assert victim not in set(df["cell_id"]) and set(df["cell_id"]) <= set(ids)
+    assert len(bad_cell_lines(raw)) == 1 and victim in bad_cell_lines(raw)[0]
+    assert raw["cell_id"].value_counts().max() == raw["cell_id"].value_counts().min()   # nothing duplicated
+    status = load_status(tmp_path / "t").set_index("cell_id")
+    assert status.loc[victim, "status"] == "failed" and status.loc[victim, "reason"]
+    run_plan(tmp_path)   # resume redoes exactly the damaged cell
+    assert st.finished(victim) and len(load_summaries(tmp_path / "t")) == 8 and not bad_cell_lines(
+        load_results(tmp_path / "t"))
 
 
 def test_changed_artifact_makes_old_cells_stale(tmp_path):
