@@ -26,6 +26,7 @@ from profiler.device import Device
 from profiler.errors import DeviceError, DeviceUnreachable, NotRooted, UserError
 from profiler.fleet import discover
 from profiler.governor import GovernorGuard, GovernorUnavailable, restore_on_signals, restore_pending
+from profiler.lease import PhoneLease
 from profiler.probe import DeviceFacts, parse_probe
 from profiler.steps import clock_pairs, parse_run_output
 from profiler.energy.session import open_meter
@@ -328,8 +329,17 @@ def target_id(facts: DeviceFacts) -> str:
 
 def run_campaign(campaign: Campaign, results_root: Path, artifacts: ArtifactProvider, *, resume: bool = False,
                  progress: Progress | None = None, threads: int | None = None,
-                 log: Callable[[str], None] = lambda s: None) -> Outcome:
-    """Run every cell of `campaign` on the selected devices; results under `results_root/<campaign.name>`."""
+                 log: Callable[[str], None] = lambda s: None, wait_s: float = 0.0) -> Outcome:
+    """Run every cell of `campaign` on the selected devices; results under `results_root/<campaign.name>`.
+    Each device is leased to this run first (`profiler.lease`; `wait_s` for a phone another run holds)."""
+    with contextlib.ExitStack() as leases:
+        return _run_campaign(campaign, results_root, artifacts, resume=resume, progress=progress, threads=threads,
+                             log=log, wait_s=wait_s, leases=leases)
+
+
+def _run_campaign(campaign: Campaign, results_root: Path, artifacts: ArtifactProvider, *, resume: bool,
+                  progress: Progress | None, threads: int | None, log: Callable[[str], None], wait_s: float,
+                  leases: contextlib.ExitStack) -> Outcome:
     progress = progress or Progress()
     fleet = discover()
     reachable = [e.facts for e in fleet if e.facts is not None]
@@ -343,6 +353,9 @@ def run_campaign(campaign: Campaign, results_root: Path, artifacts: ArtifactProv
     if not devices:
         raise CampaignError("no connected device matches the campaign's [devices] selection"
                             + ("" if reachable else " (no device is connected; `autlearn lab up` starts virtual ones)"))
+    for d in devices:   # before anything is written or changed: one run per phone
+        leases.enter_context(PhoneLease(Device(d.serial), campaign.name, str(Path(results_root) / campaign.name),
+                                        wait_s=wait_s, say=log))
     _check_energy(campaign, devices)
     store = Store.open(results_root, campaign)
     store.record_devices({d.serial: {"model": d.model, "manufacturer": d.manufacturer, "soc": d.soc,

@@ -206,3 +206,49 @@ def test_malformed_campaign_file_is_one_line_exit_1(tmp_path, body, key):
     assert r.returncode == 1 and r.stdout == ""
     assert r.stderr.count("\n") == 1 and key in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "r").exists()  # nothing touched before the file is valid
+
+
+def test_two_runs_on_one_phone_second_is_refused_or_waits_and_governors_stay_right(lab, tmp_path):
+    """A lease per phone: while one run holds the phone, another is refused (naming the holder) or waits for it;
+    neither records the other's governor as the phone's own."""
+    from profiler.lease import PhoneBusy
+
+    phone = next(p for p in lab if p.profile == "legacy")
+    before = governors(phone)
+    art = make_artifact(tmp_path, sleep=0.2)
+    first = campaign_file(tmp_path, [phone.serial], name="first", variants=("full",), governors=("powersave",),
+                          steps=10, reps=1)
+    proc = subprocess.Popen(_driver(tmp_path, first, art, False), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=os.environ.copy())
+    holder = Path(phone.root) / "data/local/tmp/autlearn/lease/holder"
+    deadline = time.monotonic() + 60
+    while not (holder.is_file() and "campaign=first" in holder.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    second = load_campaign(campaign_file(tmp_path, [phone.serial], name="second", variants=("full",),
+                                         governors=("performance",), steps=2, reps=1))
+    with pytest.raises(PhoneBusy, match=r"in use by campaign 'first' \(pid \d+"):
+        run_campaign(second, tmp_path / "results", provider(art))
+    assert not (tmp_path / "results" / "second").exists()         # refused before anything was written
+    out = run_campaign(second, tmp_path / "results", provider(art), wait_s=120)   # waits, then runs
+    assert proc.wait(60) == 0 and out.ok == 1
+    rows = {n: load_results(tmp_path / "results" / n).iloc[0] for n in ("first", "second")}
+    assert rows["first"]["governor_applied"] == "powersave" and rows["second"]["governor_applied"] == "performance"
+    assert rows["second"]["started_at"] >= rows["first"]["finished_at"]      # never at the same time
+    assert governors(phone) == before and not holder.exists()
+
+
+def test_a_lease_left_by_a_killed_run_on_this_host_is_broken(lab, tmp_path):
+    phone = next(p for p in lab if p.profile == "modern")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    lease = Path(phone.root) / "data/local/tmp/autlearn/lease"
+    lease.mkdir(parents=True)
+    now = int(time.time())
+    (lease / "holder").write_text(f"token=x\nhost={os.uname().nodename}\npid={dead}\ncampaign=gone\nresults=/r\n"
+                                  f"started={now}\nbeat={now}\n")
+    logs = []
+    c = load_campaign(campaign_file(tmp_path, [phone.serial], variants=("full",), governors=("powersave",),
+                                    steps=1, reps=1))
+    out = run_campaign(c, tmp_path / "results", provider(make_artifact(tmp_path)), log=logs.append)
+    assert out.ok == 1 and any("breaking a stale lease" in m and "is gone" in m for m in logs), logs
+    assert not lease.exists()
