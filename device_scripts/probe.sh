@@ -6,7 +6,15 @@ SYSFS=${AUTLEARN_SYSFS:-/sys}
 MODE=${1:-full}
 
 kv() { printf '%s=%s\n' "$1" "$2"; }
-node() { [ -r "$2" ] && kv "$1" "$(cat "$2" 2>/dev/null | tr '\n' ' ' | sed 's/ *$//')"; }
+# One sysfs node as one line, lines joined by spaces, trailing spaces cut. Shell builtins only: a probe runs
+# before and after every cell, and a fork per node made it cost ~0.3 s.
+node() {
+    [ -r "$2" ] || return 0
+    _v= _l=
+    { while IFS= read -r _l || [ -n "$_l" ]; do _v="${_v:+$_v }$_l"; done; } < "$2" 2>/dev/null || return 0
+    _v=${_v%"${_v##*[! ]}"}
+    kv "$1" "$_v"
+}
 
 echo "probe.version=1"
 [ "$MODE" = dynamic ] || for p in ro.product.model ro.product.manufacturer ro.product.brand ro.product.device ro.product.name \
@@ -36,7 +44,7 @@ if [ "$MODE" != dynamic ]; then
         done < /proc/cpuinfo
     fi
 fi
-[ -r /proc/uptime ] && kv uptime "$(cut -d' ' -f1 /proc/uptime)"
+if [ -r /proc/uptime ]; then read -r _up _ < /proc/uptime && kv uptime "$_up"; fi
 node cpu.possible "$SYSFS/devices/system/cpu/possible"
 node cpu.online "$SYSFS/devices/system/cpu/online"
 

@@ -120,6 +120,31 @@ def _throttled(facts: DeviceFacts) -> bool | None:
 
 
 # --------------------------------------------------------------------------------------------------------- the worker
+class HarnessClock:
+    """Where a cell's time goes beyond its training steps: seconds per part of the harness (governor, cooldown,
+    deploy, energy start/stop, runner launch beyond its steps, parse, end-of-cell read), recorded with the cell."""
+
+    def __init__(self):
+        self.parts: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def part(self, name: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(name, time.perf_counter() - t0)
+
+    def add(self, name: str, seconds: float) -> None:
+        self.parts[name] = self.parts.get(name, 0.0) + max(0.0, seconds)
+
+    def total(self) -> float:
+        return sum(self.parts.values())
+
+    def parts_tuple(self) -> tuple[tuple[str, float], ...]:
+        return tuple(sorted((k, round(v, 4)) for k, v in self.parts.items()))
+
+
 class DeviceWorker:
     """Runs one device's cells in order. Never raises for a cell: outcomes go to the store."""
 
@@ -197,46 +222,59 @@ class DeviceWorker:
 
     # -- one cell
     def _cell(self, device: Device, guard: GovernorGuard, cell: Cell, cid: str, art: ArtifactRef) -> None:
-        applied, reason, pinned = self._governor(device, guard, cell)
+        clock = HarnessClock()
+        with clock.part("governor"):
+            applied, reason, pinned = self._governor(device, guard, cell)
         if applied is None:
             self._record(cid, cell, "skipped", reason)
             return
         mask = affinity_mask(cell.affinity, self.facts)
-        start = self._cooldown(device)  # the last cooldown reading is the cell's start state
-        remote = self._deploy(device, art)
-        meter = open_meter(cell.energy, device, self.facts, lab_home=self.lab_home)
-        energy_note = ""
-        if meter is not None:
-            why = meter.precheck()
-            if why:  # time is still measured; energy is missing with the reason
-                meter, energy_note = None, f"energy not measured: {why}"
+        with clock.part("cooldown"):
+            start = self._cooldown(device)  # the last cooldown reading is the cell's start state
+        with clock.part("deploy"):
+            remote = self._deploy(device, art)
+        with clock.part("energy_start"):
+            meter = open_meter(cell.energy, device, self.facts, lab_home=self.lab_home)
+            energy_note = ""
+            if meter is not None:
+                why = meter.precheck()
+                if why:  # time is still measured; energy is missing with the reason
+                    meter, energy_note = None, f"energy not measured: {why}"
         started = time.time()
         runs, pairs, trace = [], [], None
         with meter if meter is not None else contextlib.nullcontext():
             if meter is not None:
-                meter.start()
+                with clock.part("energy_start"):
+                    meter.start()
             for rep in range(cell.repetitions):
                 cmd = runner_command(remote, warmup=cell.warmup, steps=cell.steps, threads=self.threads,
                                      cpu_mask=mask)
+                t0 = time.perf_counter()
                 r = device.shell(cmd, timeout=RUN_TIMEOUT_S)
+                launch = time.perf_counter() - t0
                 if not r.ok:
                     raise DeviceError("runner failed", serial=self.serial, command=cmd,
                                       output=r.stderr or r.stdout, exit_code=r.exit_code)
-                out = parse_run_output(r.stdout)
+                with clock.part("parse"):
+                    out = parse_run_output(r.stdout)
                 runs.append(out.steps)
                 pairs += clock_pairs(out.meta)
+                clock.add("launch", launch - sum(s.step_ns for s in out.steps) / 1e9)   # beyond the steps
             if meter is not None:
-                trace = meter.stop()
+                with clock.part("energy_stop"):
+                    trace = meter.stop()
         energies: list = [None] * sum(len(steps) for steps in runs)
         labels = {"virtual"} if self.facts.virtual else {"measured"}
         if trace is not None:
-            energies, summary = meter.attribute(trace, [s for steps in runs for s in steps], pairs)
-            labels |= set(summary.labels) & set(LABELS)
-            energy_note = "; ".join(summary.notes)
-            self.store.write_trace(cid, trace)
+            with clock.part("energy_stop"):
+                energies, summary = meter.attribute(trace, [s for steps in runs for s in steps], pairs)
+                labels |= set(summary.labels) & set(LABELS)
+                energy_note = "; ".join(summary.notes)
+                self.store.write_trace(cid, trace)
         flat = iter(energies)
         samples = [Sample.from_step(s, rep, energy_j=next(flat)) for rep, steps in enumerate(runs) for s in steps]
-        end = self._dynamic(device)
+        with clock.part("end_read"):
+            end = self._dynamic(device)
         bat = end.battery
         meta = CellMeta(
             campaign=self.campaign.name, cell_id=cid, spec_key=cell.spec_key, device_serial=self.serial,
@@ -252,7 +290,8 @@ class DeviceWorker:
             battery_pct=None if bat is None or bat.capacity is None else float(bat.capacity),
             tool_versions=tuple(sorted({**dict(art.tools), "autlearn": __version__,
                                         "android": self.facts.android or "?"}.items())),
-            started_at=started, finished_at=time.time())
+            started_at=started, finished_at=time.time(), harness=clock.parts_tuple(),
+            harness_s=round(clock.total(), 4))
         self.store.write_cell(meta, samples)
         self.counts["ok"] += 1
         self.progress.advance(self.serial)

@@ -113,6 +113,9 @@ class CellMeta:
     tool_versions: tuple[tuple[str, str], ...] = ()  # (tool, version): autlearn, tvm, runner, android, ...
     started_at: float = 0.0
     finished_at: float = 0.0
+    # the harness's own time in this cell beyond its training steps (profiler.campaign.HarnessClock), by part
+    harness: tuple[tuple[str, float], ...] = ()
+    harness_s: float | None = None
 
     def __post_init__(self):
         if not _ID_RE.match(self.cell_id):
@@ -124,7 +127,7 @@ class CellMeta:
     def columns(self) -> dict[str, Any]:
         """Flat column values (mappings as JSON, labels comma-joined and sorted)."""
         d = asdict(self)
-        for k in ("config", "pinned_khz", "freqs_start_khz", "freqs_end_khz", "tool_versions"):
+        for k in ("config", "pinned_khz", "freqs_start_khz", "freqs_end_khz", "tool_versions", "harness"):
             d[k] = json.dumps({a: list(b) if isinstance(b, tuple) else b for a, b in getattr(self, k)},
                               sort_keys=True)
         d["labels"] = ",".join(sorted(self.labels))
@@ -445,7 +448,7 @@ def samples_frame(meta: CellMeta, steps: Sequence[Sample]) -> pd.DataFrame:
         row.update({f"phase_{n}_ns": p.get(n) for n in phases})
         rows.append(row)
     df = pd.DataFrame(rows)
-    for c in ("temp_start_c", "temp_end_c", "battery_pct", "battery_temp_c", "loss", "energy_j"):
+    for c in ("temp_start_c", "temp_end_c", "battery_pct", "battery_temp_c", "loss", "energy_j", "harness_s"):
         df[c] = df[c].astype("float64")
     for c in ("t_start_ns", "t_end_ns"):
         df[c] = df[c].astype("Int64")
