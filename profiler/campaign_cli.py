@@ -77,8 +77,9 @@ class ArtifactProvider:
     def _key(self, cell, abi: str) -> tuple[str, dict]:
         from workloads.artifact import input_files, tool_versions
         from workloads.compile import tuning_database
+        from workloads.families import plain_config
 
-        config = {k: list(v) if isinstance(v, tuple) else v for k, v in cell.config}
+        config = plain_config(dict(cell.config))
         config["batch"] = cell.batch
         self._code = self._code or _code_fingerprint()
         inputs = [hashlib.sha256(p.read_bytes()).hexdigest() for p in input_files(config)]

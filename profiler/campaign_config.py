@@ -56,7 +56,6 @@ from typing import Any, Protocol
 from profiler.errors import ConfigError
 from profiler.governor import FALLBACKS, GovernorIntent, parse_intent
 
-MODELS = ("lstm", "mobilenet", "layers")    # "layers": a suite of single-layer workloads (per-layer tables)
 VARIANTS = ("full", "compressed", "unoptimized", "cached")
 AFFINITY_NAMES = ("all", "big", "little")
 ENERGY_KINDS = ("none", "fuelgauge", "monsoon", "auto")
@@ -115,7 +114,9 @@ class Workload:
     @property
     def kwargs(self) -> dict[str, Any]:
         """Model keyword arguments (lists back as lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.config}
+        from workloads.families import plain_config
+
+        return plain_config(dict(self.config))
 
 
 @dataclass(frozen=True)
@@ -225,8 +226,9 @@ class Cell:
     energy: str
 
     def spec(self) -> dict[str, Any]:
-        return {"device": self.device_serial, "workload": self.workload,
-                "config": {k: list(v) if isinstance(v, tuple) else v for k, v in self.config},
+        from workloads.families import plain_config
+
+        return {"device": self.device_serial, "workload": self.workload, "config": plain_config(dict(self.config)),
                 "variant": self.variant, "batch": self.batch, "governor": self.governor, "fallback": self.fallback,
                 "affinity": self.affinity, "warmup": self.warmup, "steps": self.steps,
                 "repetitions": self.repetitions, "energy": self.energy}
@@ -436,7 +438,18 @@ def _config_value(v: Any, key: str, nested: bool = False) -> Any:
                       f"not {_type_name(v)}", key=key)
 
 
+def __getattr__(name: str) -> Any:
+    if name == "MODELS":   # the registered model families and "layers" (workloads.families.campaign_models)
+        from workloads.families import campaign_models
+
+        return campaign_models()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def _workloads(v: Any) -> tuple[Workload, ...]:
+    from workloads.families import LAYER_SUITE, campaign_models
+
+    models = campaign_models()    # "layers": a suite of single-layer workloads (per-layer tables)
     if not isinstance(v, list) or not v:
         raise ConfigError("must be one or more [[workload]] tables", key="workload")
     out = []
@@ -444,11 +457,11 @@ def _workloads(v: Any) -> tuple[Workload, ...]:
         k = f"workload[{i}]"
         _keys(w, f"{k}.", {"model", "variants", "batch", "config"})
         if "model" not in w:
-            raise ConfigError(f"required; one of {', '.join(MODELS)}", key=f"{k}.model")
-        model = _choice(w["model"], f"{k}.model", MODELS)
+            raise ConfigError(f"required; one of {', '.join(models)}", key=f"{k}.model")
+        model = _choice(w["model"], f"{k}.model", models)
         variants = _list(w.get("variants", ["full"]), f"{k}.variants")
         for j, x in enumerate(variants):
-            _choice(x, f"{k}.variants[{j}]", VARIANTS if model != "layers" else ("full",))
+            _choice(x, f"{k}.variants[{j}]", VARIANTS if model != LAYER_SUITE else ("full",))
         _unique(variants, f"{k}.variants")
         batch = _list(w.get("batch", [1]), f"{k}.batch")
         for j, x in enumerate(batch):
@@ -515,5 +528,5 @@ def _cooldown(v: Any) -> Cooldown:
 
 __all__ = [
     "AFFINITY_NAMES", "Campaign", "Cell", "Cooldown", "DeviceRef", "DeviceSelection", "ENERGY_KINDS",
-    "EnergySource", "Governors", "MODELS", "VARIANTS", "Workload", "cell_id", "load_campaign", "parse_campaign",
+    "EnergySource", "Governors", "VARIANTS", "Workload", "cell_id", "load_campaign", "parse_campaign",
 ]

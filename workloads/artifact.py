@@ -246,6 +246,7 @@ def build_any_program(model: str, variant: str, abi: str, **config: Any) -> Any:
     `compressed = "path/compressed.json"` argument (from `autlearn prune`) -> that pruned model with its weights;
     otherwise `workloads.compile.build_program`."""
     from workloads.compile import build_program
+    from workloads.families import LAYER_SUITE
 
     tuning = config.pop("tuning", "default")
     if tuning not in ("default", "none"):
@@ -253,7 +254,7 @@ def build_any_program(model: str, variant: str, abi: str, **config: Any) -> Any:
                           key="tuning")
     if tuning == "none":
         config["database"] = None
-    if model == "layers":
+    if model == LAYER_SUITE:
         from workloads.layer_suite import suite_program
 
         if variant != "full":
@@ -261,7 +262,7 @@ def build_any_program(model: str, variant: str, abi: str, **config: Any) -> Any:
         return suite_program(abi, **config)
     compressed = config.pop("compressed", None)
     if compressed is not None:
-        from workloads.pruning.search import compressed_build_args
+        from workloads.families.compressed import compressed_build_args
 
         if variant != "compressed":
             raise ConfigError(f"a compressed model file needs variant 'compressed', not {variant!r}", key="variant")
@@ -277,7 +278,7 @@ def input_files(config: Mapping[str, Any]) -> list[Path]:
     c = config.get("compressed")
     if not c:
         return []
-    from workloads.pruning.search import compressed_build_args
+    from workloads.families.compressed import compressed_build_args
 
     args = compressed_build_args(c, None)
     return [Path(c), Path(args["state_dict"])]

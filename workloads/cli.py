@@ -9,10 +9,11 @@ from typing import Any
 import click
 
 from profiler.errors import ArtifactError, ConfigError
+from workloads import families
 
-# Mirrors workloads.models.MODELS / workloads.compile.VARIANTS / runner_build.ABIS (checked again there);
-# kept literal so `--help` needs no heavy imports.
-MODELS = ("lstm", "mobilenet")
+# Mirrors workloads.compile.VARIANTS / runner_build.ABIS (checked again there); kept literal so `--help` needs no
+# heavy imports. Models: the registered families (workloads.families, cheap to import).
+MODELS = tuple(sorted(families.names()))   # for --help; checks ask the registry
 VARIANTS = ("full", "compressed", "unoptimized", "cached")
 ABIS = ("x86_64", "arm64-v8a")
 
@@ -41,18 +42,16 @@ def _with_data(program: Any, model: str, variant: str, path: Path) -> Any:
 
     import numpy as np
 
-    from workloads import data
     from workloads.models import make_config
 
     if variant == "cached":
         raise ConfigError("--data is not supported with variant 'cached' (its batch holds backbone features)",
                           key="data")
-    cfg = make_config(model, **program.meta["config"])
-    if model == "mobilenet":
-        x, y = data.load_femnist(path).batch(0, cfg.batch, cfg.seed)
-        x = data.resize_images(x, cfg.image_size, cfg.in_channels)
-    else:
-        x, y = data.load_shakespeare(path, cfg.vocab_size, cfg.seq_len).batch(0, cfg.batch, cfg.seed)
+    cfg = make_config(model, **{k: v for k, v in program.meta["config"].items() if k != "model"})
+    family = families.get(model)
+    if family.load_data is None:
+        raise ConfigError(f"--data is not supported for the {model} family", key="data")
+    x, y = family.load_data(cfg, path)
     tensors = dict(program.tensors)
     for name, new in (("x", x), ("y", y)):
         old = tensors[name]
@@ -85,7 +84,7 @@ def build(model, variant, abi, out, batch, sets, data_path):
     from workloads.artifact import default_artifact_dir, write_artifact
     from workloads.compile import build_program
 
-    _check(model, MODELS, "model")
+    _check(model, tuple(sorted(families.names())), "model")
     _check(variant, VARIANTS, "variant")
     _check(abi, ABIS, "abi")
     config = _parse_set(sets)
@@ -173,7 +172,7 @@ def tune(serials, model, variant, batch, sets, trials, minutes, top, target_id, 
     from workloads.metaschedule import emulates, tune as run_tune
     from workloads.models import make_config
 
-    _check(model, MODELS, "model")
+    _check(model, tuple(sorted(families.names())), "model")
     if variant not in ("full", "compressed", "cached"):
         raise ConfigError(f"variant {variant!r} is not tuned (choose from full, compressed, cached)", key="variant")
     config = _parse_set(sets)

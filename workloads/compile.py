@@ -38,22 +38,30 @@ from typing import Any
 import numpy as np
 
 from profiler.errors import ConfigError
-from workloads.models import MobileNetConfig, WordLSTMConfig, build_model, make_config
+from workloads import families
+from workloads.models import build_model, make_config
 from workloads.program import Call, TrainingProgram
 from workloads.targets import base_abi, parse_target_id, target_dict, target_for_abi, target_key, triple_for_abi
 from workloads.tuning_db import applicable_records, database_digest, tuning_database
 
 VARIANTS = ("full", "compressed", "unoptimized", "cached")
 PARALLEL_MIN_WORK = 1 << 16   # fallback schedule: loop-nest iterations below which a kernel stays serial
-DEFAULT_LR = {"mobilenet": 0.05, "lstm": 0.5}   # the random frozen LSTM's features are small: larger step
 LABEL_DTYPE = "int64"
 
 
+def __getattr__(name: str) -> Any:
+    if name == "DEFAULT_LR":   # family -> default SGD learning rate (Family.default_lr), computed when asked
+        return {n: families.get(n).default_lr for n in families.names()}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def compress(config):
-    """Default compressed config: half width (MobileNet) / half hidden units (LSTM)."""
-    if isinstance(config, MobileNetConfig):
-        return replace(config, width=config.width * 0.5, channels=tuple(max(8, c // 2) for c in config.channels))
-    return replace(config, hidden_size=max(8, config.hidden_size // 2))
+    """Default compressed config (the family's `compress`: half width (MobileNet) / half hidden units (LSTM))."""
+    fam = families.of_config(config)
+    if fam.compress is None:
+        raise ConfigError(f"the {fam.name} family has no default compressed config; give compressed_config",
+                          key="compressed_config")
+    return fam.compress(config)
 
 
 # ---------------------------------------------------------------------------------------------- construction
@@ -430,11 +438,7 @@ def optimize(mod, target, database: dict | None = None, stats: dict | None = Non
 
 
 def _example_input(cfg):
-    import torch
-
-    if isinstance(cfg, WordLSTMConfig):
-        return torch.zeros(cfg.input_shape, dtype=torch.int64)
-    return torch.zeros(cfg.input_shape, dtype=torch.float32)
+    return families.of_config(cfg).example_input(cfg)
 
 
 def _initial_batch(cfg, cached: bool, model) -> tuple[np.ndarray, np.ndarray]:
@@ -505,14 +509,14 @@ def build_program(model: str, variant: str, abi: str, *, lr: float | None = None
     `config` overrides the model config (e.g. width=0.25, vocab_size=200); for `compressed`,
     `compressed_config` (a config object or dict of overrides) replaces the default `compress(config)`.
     `state_dict`: weights (path or mapping) for the compiled config, e.g. a pruned model's.
-    `lr`: SGD learning rate (default per model, DEFAULT_LR). `database`: "default" = the target's tuning
+    `lr`: SGD learning rate (default: the family's `default_lr`). `database`: "default" = the target's tuning
     database if there is one (`tuning_database`), None = hand schedules only, or a path to a database directory.
     """
     import time
 
     t0 = time.perf_counter()
     cfg = resolve_config(model, variant, abi, compressed_config, **config)
-    lr = DEFAULT_LR[model] if lr is None else float(lr)
+    lr = families.get(model).default_lr if lr is None else float(lr)
     target = target_for_abi(abi)
     cached = variant == "cached"
     mod, net, trainable, values = training_module(cfg, variant, lr, include_forward, state_dict)

@@ -224,30 +224,26 @@ def resize_images(x: np.ndarray, size: int, channels: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=8)
-def _default_images(num_classes: int, seed: int) -> Dataset:
+def default_images(num_classes: int, seed: int) -> Dataset:
+    """The default synthetic image set (cached)."""
     return synthetic_femnist(num_classes=num_classes, seed=seed)
 
 
 @lru_cache(maxsize=8)
-def _default_words(vocab_size: int, seq_len: int) -> Dataset:
+def default_words(vocab_size: int, seq_len: int) -> Dataset:
+    """The default word set from the embedded text (cached)."""
     return embedded_text_dataset(vocab_size, seq_len)
 
 
 def default_dataset(cfg: Any) -> Dataset:
-    """The embedded data set matching a model config (MobileNetConfig or WordLSTMConfig)."""
-    if hasattr(cfg, "vocab_size"):
-        return _default_words(cfg.vocab_size, cfg.seq_len)
-    ds = _default_images(cfg.num_classes, cfg.seed)
-    if (cfg.image_size, cfg.in_channels) != (FEMNIST_SIZE, 1):
-        ds = Dataset(resize_images(ds.x, cfg.image_size, cfg.in_channels), ds.y, ds.num_classes, ds.source, True)
-    return ds
+    """The embedded data set matching a model config (its family's `dataset`)."""
+    from workloads.families import of_config
+
+    return of_config(cfg).dataset(cfg, None)
 
 
 def default_batch(cfg: Any, index: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Batch `index` (shape cfg.input_shape) of the embedded data for a model config."""
-    if hasattr(cfg, "vocab_size"):
-        return default_dataset(cfg).batch(index, cfg.batch, cfg.seed)
-    # Resize only the batch, not the whole data set (224x224x3 copies would be large).
-    ds = _default_images(cfg.num_classes, cfg.seed)
-    x, y = ds.batch(index, cfg.batch, cfg.seed)
-    return resize_images(x, cfg.image_size, cfg.in_channels), y
+    """Batch `index` (shape cfg.input_shape) of the embedded data for a model config (its family's `batch`)."""
+    from workloads.families import of_config
+
+    return of_config(cfg).batch(cfg, index)

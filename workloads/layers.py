@@ -171,7 +171,8 @@ class Layer:
         return tuple(self.key.with_phase(p) for p in self.phases)
 
 
-def _conv_out(size: int, kernel: int, stride: int) -> int:
+def conv_out(size: int, kernel: int, stride: int) -> int:
+    """Output size of a conv with padding kernel // 2."""
     return (size + 2 * (kernel // 2) - kernel) // stride + 1
 
 
@@ -180,51 +181,17 @@ def _phases(trainable: bool) -> tuple[str, ...]:
 
 
 def model_layers(config: Any, trainable: str = "head", head_rank: int | None = None) -> tuple[Layer, ...]:
-    """The layers of a MobileNetConfig / WordLSTMConfig in execution order. trainable="head" (the on-device
+    """The layers of a model config (its family's `layers`) in execution order. trainable="head" (the on-device
     transfer-learning step: backbone forward only, head forward/backward/update) or "all". `head_rank`
     (LSTM family) replaces the dense head by its rank-r SVD factorisation fc(H->r), fc(r->V)."""
-    from workloads.models import MOBILENET_BLOCKS, MobileNetConfig, WordLSTMConfig
+    from workloads.families import of_config
 
     if trainable not in TRAINABLE:
         raise ConfigError(f"unknown trainable {trainable!r}; valid: {', '.join(TRAINABLE)}", key="trainable")
+    family = of_config(config)
     if head_rank is None:
         head_rank = getattr(config, "head_rank", 0) or None
-    body = _phases(trainable == "all")
-    head = PHASES
-    b = config.batch
-    out: list[Layer] = []
-    if isinstance(config, MobileNetConfig):
-        if head_rank is not None:
-            raise ConfigError("head_rank applies to the LSTM family only", key="head_rank")
-        ch = config.layer_channels
-        h = config.image_size
-        out.append(Layer("body.0", LayerKey("conv", 3, 2, 1, h, h, config.in_channels, ch[0], b), body))
-        h = _conv_out(h, 3, 2)
-        cin = ch[0]
-        for j, ((_, stride), cout) in enumerate(zip(MOBILENET_BLOCKS, ch[1:])):
-            out.append(Layer(f"body.{1 + 2 * j}", LayerKey("dwconv", 3, stride, cin, h, h, cin, cin, b), body))
-            h = _conv_out(h, 3, stride)
-            out.append(Layer(f"body.{2 + 2 * j}", LayerKey("conv", 1, 1, 1, h, h, cin, cout, b), body))
-            cin = cout
-        out.append(Layer("head", LayerKey("fc", 1, 1, 1, 1, 1, cin, config.num_classes, b), head))
-        return tuple(out)
-    if isinstance(config, WordLSTMConfig):
-        t = config.seq_len
-        out.append(Layer("embed", LayerKey("embedding", 1, 1, 1, t, 1, config.vocab_size, config.embed_dim, b), body))
-        sizes = [config.embed_dim] + [config.hidden_size] * config.num_layers
-        for i, (a, hdim) in enumerate(zip(sizes[:-1], sizes[1:])):
-            out.append(Layer(f"lstm.{i}", LayerKey("lstm", 1, 1, 1, t, 1, a, hdim, b), body))
-        hs, v = config.hidden_size, config.vocab_size
-        if head_rank is None:
-            out.append(Layer("head", LayerKey("fc", 1, 1, 1, 1, 1, hs, v, b), head))
-        else:
-            if not 1 <= int(head_rank) <= min(hs, v):
-                raise ConfigError(f"must be in [1, {min(hs, v)}], got {head_rank}", key="head_rank")
-            r = int(head_rank)
-            out.append(Layer("head.0", LayerKey("fc", 1, 1, 1, 1, 1, hs, r, b), head))
-            out.append(Layer("head.1", LayerKey("fc", 1, 1, 1, 1, 1, r, v, b), head))
-        return tuple(out)
-    raise ConfigError(f"not a model config: {type(config).__name__}", key="config")
+    return tuple(family.layers(config, _phases(trainable == "all"), head_rank))
 
 
 def model_keys(config: Any, trainable: str = "head", head_rank: int | None = None) -> tuple[LayerKey, ...]:
@@ -242,37 +209,11 @@ def channel_options(c: int, step: int = CONV_STEP) -> tuple[int, ...]:
 def table_grid(config: Any, trainable: str = "head", conv_step: int = CONV_STEP,
                fc_step: int = FC_STEP) -> tuple[LayerKey, ...]:
     """Sorted, de-duplicated keys a table must cover so that every model the pruner can reach from `config`
-    (MobileNet: any layer's output channels reduced in steps of `conv_step`; LSTM: the head factorised at any
-    rank in steps of `fc_step`) has a prediction."""
-    from workloads.models import MobileNetConfig, WordLSTMConfig
+    (its family's `grid`; MobileNet: any layer's output channels reduced in steps of `conv_step`; LSTM: the head
+    factorised at any rank in steps of `fc_step`) has a prediction."""
+    from workloads.families import of_config
 
-    keys: set[LayerKey] = set()
-    if isinstance(config, MobileNetConfig):
-        layers = model_layers(config, trainable)
-        opts = [channel_options(c, conv_step) for c in config.layer_channels]
-        ci = 0                                         # index into layer_channels of the current producer
-        for layer in layers:
-            k = layer.key
-            if k.type == "conv" and k.kernel == 3:     # stem
-                pairs = [(k.c_in, co) for co in opts[0]]
-            elif k.type == "dwconv":
-                pairs = [(c, c) for c in opts[ci]]
-            elif k.type == "conv":
-                pairs = [(a, co) for a in opts[ci] for co in opts[ci + 1]]
-                ci += 1
-            else:                                      # head
-                pairs = [(a, k.c_out) for a in opts[-1]]
-            for a, co in pairs:
-                keys.update(k.with_channels(a, co).with_phase(p) for p in layer.phases)
-    elif isinstance(config, WordLSTMConfig):
-        for k in model_keys(config, trainable):
-            keys.add(k)
-        hs, v = config.hidden_size, config.vocab_size
-        for r in channel_options(min(hs, v), fc_step):
-            keys.update(model_keys(config, trainable, head_rank=r))
-    else:
-        raise ConfigError(f"not a model config: {type(config).__name__}", key="config")
-    return tuple(sorted(keys))
+    return tuple(sorted(set(of_config(config).grid(config, trainable, conv_step, fc_step))))
 
 
 def unique_shapes(keys: Iterable[LayerKey]) -> tuple[LayerKey, ...]:

@@ -26,7 +26,7 @@ def workload_of(model: Any) -> dict[str, Any]:
     """The campaign workload (a `[[workload]]` table as a dict) of a model config (variant full) or a
     compressed.json path (variant compressed, compiled with its weights)."""
     if isinstance(model, (str, Path)):
-        from workloads.pruning.search import compressed_build_args
+        from workloads.families.compressed import compressed_build_args
 
         p = Path(model).resolve()
         args = compressed_build_args(p, None)

@@ -36,13 +36,13 @@ def program_tasks(model: str, variant: str, target_id: str, **config) -> tuple[l
     """(MetaSchedule tasks of every fused kernel of a program, target)."""
     from tvm.s_tir import meta_schedule as ms
 
-    from workloads import compile as C
+    from workloads import compile as C, families
 
     if variant == "unoptimized":
         raise ConfigError("the unoptimized variant is never tuned (it stands for a plain op-by-op executor)",
                           key="variant")
     cfg = C.resolve_config(model, variant, C.base_abi(target_id), **config)
-    mod, *_ = C.training_module(cfg, variant, C.DEFAULT_LR[model])
+    mod, *_ = C.training_module(cfg, variant, families.get(model).default_lr)
     target = C.target_for_abi(target_id)
     with target:
         mod = C.legalize_and_fuse()(mod)

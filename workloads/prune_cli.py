@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
 from profiler.errors import ConfigError
+from workloads import families
 
 
 @click.command()
-@click.option("--model", "model", type=click.Choice(["mobilenet", "lstm"]), default="mobilenet", show_default=True)
+@click.option("--model", "model", type=click.Choice(families.names()), default="mobilenet", show_default=True)
 @click.option("--table", "table_path", type=click.Path(dir_okay=False),
               help="Per-layer table (needed for latency/energy budgets; its config is the default model config).")
 @click.option("--budget", "budgets", multiple=True, required=True, metavar="KIND=VALUE",
@@ -76,55 +76,19 @@ def prune(model, table_path, budgets, out, steps, final_steps, pretrain_steps, i
             console.print("note: the table is not smoothed; per-key noise steers a greedy search (`autlearn "
                           "tables smooth`)")
     out = Path(out)
-    if model == "lstm":
-        from workloads.pruning.svd import smallest_rank_value
-
-        def propose(targets):
-            return _prune_lstm(cfg, table, targets, out, console)
-
-        def smallest(kind):
-            return smallest_rank_value(cfg, kind, table)
-    else:
-        from workloads.pruning.search import SearchSettings, smallest_reachable
-
-        settings = SearchSettings(init_reduction=init_reduction, decay=decay, short_steps=steps,
-                                  long_steps=final_steps, pretrain_steps=pretrain_steps, importance=importance,
-                                  per_class=per_class, max_iterations=max_iterations, select=select)
-
-        def propose(targets):
-            return _search_mobilenet(cfg, table, targets, out, settings, console)
-
-        def smallest(kind):
-            return smallest_reachable(cfg, kind, table, settings)
+    family = families.get(model)
+    if family.compressor is None:
+        raise ConfigError(f"the {model} family has no compression strategy", key="model")
+    options = dict(init_reduction=init_reduction, decay=decay, short_steps=steps, long_steps=final_steps,
+                   pretrain_steps=pretrain_steps, importance=importance, per_class=per_class,
+                   max_iterations=max_iterations, select=select)   # the search's settings (filter pruning)
+    compressor = family.compressor(cfg, table, out, options, console)
+    propose, smallest = compressor.propose, compressor.smallest
     if not measure_on:
         propose(parsed)
         return
     closed_loop(parsed, propose, smallest, table, measure_on, out, Path(results_root), artifact_cache,
                 measure_rounds, corrections, margin, console, verdict_on)
-
-
-def _search_mobilenet(cfg, table, targets, out: Path, settings, console) -> dict[str, str]:
-    from rich.console import Console
-    from rich.table import Table as RichTable
-
-    from workloads.pruning.budget import format_value
-    from workloads.pruning.search import search
-
-    with console.status("searching") as status:
-        results = search(cfg, table, targets, out, settings,
-                         on_event=lambda m: (status.update(m), console.log(m) if "iteration" in m and "->" in m
-                                             else None))
-    view = RichTable(title=f"Pareto set ({cfg.to_dict()['model']}, accuracy on held-out data)")
-    for col in ("budget", "predicted", "accuracy", "channels", "export"):
-        view.add_column(col)
-    for r in results:
-        for p in r.points:
-            view.add_row(str(p.budget), format_value(p.budget.kind, p.value), f"{p.accuracy:.3f}",
-                         ",".join(map(str, p.channels)), p.export)
-        for b in r.unmet:
-            view.add_row(str(b), "not met", "", "", "")
-    Console().print(view)
-    return {str(p.budget): p.export for r in results for p in r.points}
 
 
 def verdict_values(measured, labels, judged_on: str) -> dict[str, dict]:
@@ -206,41 +170,3 @@ def closed_loop(budgets, propose, smallest, table, serial: str, out: Path, resul
     click.echo(f"met = {basis} <= budget; a model over its budget was searched again to target * budget / measured "
                f"* (1 - {margin:g}), at most {corrections} time(s)")
     click.echo(f"-> {out / 'measured.csv'}, {out / 'loop.csv'}")
-
-
-def _prune_lstm(cfg, table, budgets, out: Path, console) -> dict[str, str]:
-    """LSTM family: SVD rank of the dense head per budget (weights: the seed model's head factorised, no
-    fine-tune), written as `compressed.json` + `model.pt` that campaigns compile (variant `compressed`)."""
-    from dataclasses import replace
-
-    import torch
-
-    from workloads.models import build_model
-    from workloads.pruning.search import FORMAT
-    from workloads.pruning.svd import factorize_head, rank_for_budget
-    from workloads.resource import model_resource
-
-    net = build_model(replace(cfg, head_rank=0))
-    exports: dict[str, str] = {}
-    full = min(cfg.hidden_size, cfg.vocab_size)
-    for b in budgets:
-        r = rank_for_budget(replace(cfg, head_rank=0), table, b)
-        rank = 0 if r >= full else r                     # the dense head already meets the budget
-        d = out / "lstm" / b.slug
-        d.mkdir(parents=True, exist_ok=True)
-        torch.save((factorize_head(net, rank) if rank else net).state_dict(), d / "model.pt")
-        pcfg = replace(cfg, head_rank=rank)
-        predicted = model_resource(pcfg, table)
-        base = {k: v for k, v in cfg.to_dict().items() if k not in ("model", "head_rank")}
-        doc = {"format": FORMAT, "model": "lstm", "variant": "compressed", "config": pcfg.to_dict(),
-               "build_program": {"model": "lstm", "variant": "compressed", "config": base,
-                                 "compressed_config": {"head_rank": rank}},
-               "state_dict": "model.pt", "budget": str(b), "kind": b.kind, "budget_value": b.value,
-               "head_rank": rank, "predicted": predicted.to_dict(),
-               "value": predicted.value(b.kind) if (table is not None or b.kind in ("flops", "memory")) else None,
-               "note": "head factorised by SVD (no fine-tune)",
-               "table": (json.loads(table.meta.to_json()) if table is not None else None)}
-        (d / "compressed.json").write_text(json.dumps(doc, indent=1))
-        console.print(f"{b}: head rank {rank or 'dense'} -> {d / 'compressed.json'}")
-        exports[str(b)] = str(d / "compressed.json")
-    return exports

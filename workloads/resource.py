@@ -165,48 +165,26 @@ def measure_model_on_host(config: Any, steps: int = 20, warmup: int = 5, threads
 # ---------------------------------------------------------------------------------------------- validation
 
 def validation_configs(config: Any, n: int = 12, seed: int = 0) -> dict[str, Any]:
-    """`n` whole models the table can predict (every one reachable by the pruner): MobileNet -> uniform thinning
-    (fractions 1, 3/4, 1/2, 1/4) then random per-layer channel counts; LSTM -> the head at ranks spread over the
-    reachable range (`head_rank` in the config). Names are stable for a given (config, n, seed)."""
-    from workloads.layers import FC_STEP, channel_options
-    from workloads.models import MobileNetConfig, WordLSTMConfig
+    """`n` whole models the table can predict (every one reachable by the pruner; the family's
+    `validation_configs`): MobileNet -> uniform thinning (fractions 1, 3/4, 1/2, 1/4) then random per-layer channel
+    counts; LSTM -> the head at ranks spread over the reachable range (`head_rank` in the config). Names are stable
+    for a given (config, n, seed)."""
+    from workloads.families import of_config
 
     if n < 1:
         raise ConfigError(f"must be >= 1, got {n}", key="models")
-    out: dict[str, Any] = {}
-    if isinstance(config, MobileNetConfig):
-        from workloads.pruning.mobilenet import uniform_channels, with_channels
-
-        for f in (1.0, 0.75, 0.5, 0.25):
-            ch = uniform_channels(config, f)
-            if len(out) < n and ch not in {c.layer_channels for c in out.values()}:
-                out[f"uniform-{f:g}"] = with_channels(config, ch)
-        rng = np.random.default_rng(seed)
-        opts = [channel_options(c) for c in config.layer_channels]
-        tries = 0
-        while len(out) < n and tries < 100 * n:
-            tries += 1
-            ch = tuple(int(rng.choice(o)) for o in opts)
-            if ch not in {c.layer_channels for c in out.values()}:
-                out[f"random-{len(out):02d}"] = with_channels(config, ch)
-        return out
-    if isinstance(config, WordLSTMConfig):
-        from dataclasses import replace
-
-        ranks = channel_options(min(config.hidden_size, config.vocab_size), FC_STEP)
-        idx = np.unique(np.linspace(0, len(ranks) - 1, max(1, n - 1)).round().astype(int))
-        picks = [None] + [int(ranks[i]) for i in idx]
-        for r in picks[:n]:
-            out["dense" if r is None else f"rank-{r}"] = replace(config, head_rank=r or 0)
-        return out
-    raise ConfigError(f"not a model config: {type(config).__name__}", key="config")
+    fam = of_config(config)
+    if fam.validation_configs is None:
+        return {"full": config}
+    return fam.validation_configs(config, n, seed)
 
 
 def canonical_config(config: Mapping[str, Any]) -> str:
-    """The JSON form a campaign workload's config takes in results (sorted keys, tuples as lists)."""
-    import json as _json
+    """The JSON form a campaign workload's config takes in results (sorted keys, tuples as lists);
+    `workloads.families.canonical_config`."""
+    from workloads.families import canonical_config as canonical
 
-    return _json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}, sort_keys=True)
+    return canonical(config)
 
 
 def measured_from_results(raw: pd.DataFrame, workload: str | None = None) -> pd.DataFrame:

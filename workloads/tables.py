@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from profiler.errors import ConfigError, TableError
+from workloads.families import canonical_config
 from workloads.layers import KEY_COLUMNS, LayerKey, flops, key_from_mapping
 
 SCHEMA_VERSION = 2      # 2: source "fitted", column measured_ms (version-1 tables still load)
@@ -623,7 +624,7 @@ def host_meta(model: str, config: Any, notes: str = "") -> TableMeta:
         source_device=HOST_DEVICE, device_serial="host", device_model=f"host {platform.machine()} "
         f"({platform.processor() or platform.system()})", virtual=False, governor_requested="n/a (host)",
         governor_applied="n/a (host)", measurement_tool="torch-host", model=model,
-        model_config=json.dumps(config.to_dict(), sort_keys=True), notes=notes)
+        model_config=canonical_config(config), notes=notes)
 
 
 def build_host_table(model: str, config: Any, grid: Sequence[LayerKey], every: int = 2, reps: int = 5,
@@ -684,7 +685,7 @@ def tables_from_results(raw: pd.DataFrame, grid: Sequence[LayerKey] | None = Non
             source_device=str(g["device_model"].iloc[0]) or str(serial), device_serial=str(serial),
             device_model=str(g["device_model"].iloc[0]), virtual=bool(g["device_virtual"].iloc[0]),
             governor_requested=str(gov), governor_applied=applied, measurement_tool="tvm-runner (layer suites)",
-            model=model, model_config=json.dumps(config.to_dict(), sort_keys=True) if config is not None else "{}",
+            model=model, model_config=canonical_config(config) if config is not None else "{}",
             notes=notes, labels=labels,
             energy_method=(f"{ENERGY_APPORTIONED}; source {','.join(sorted(set(g['energy_source'])))}"
                            if has_energy else ""))

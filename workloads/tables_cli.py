@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from profiler.errors import ConfigError
+from workloads import families
 
 
 def parse_overrides(items: tuple[str, ...]) -> dict[str, Any]:
@@ -44,7 +45,7 @@ def tables():
 
 
 @tables.command("build")
-@click.option("--model", "model", type=click.Choice(["mobilenet", "lstm"]), default="mobilenet", show_default=True)
+@click.option("--model", "model", type=click.Choice(families.names()), default="mobilenet", show_default=True)
 @click.option("--device", "serial", default=None, help="Measure on this device through the campaign engine.")
 @click.option("--governors", default="interactive,powersave", show_default=True,
               help="Comma-separated governor intents (one table each; mapped to the kernel's governors).")

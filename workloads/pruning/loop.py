@@ -54,7 +54,9 @@ def corrected(target: Budget, budget: Budget, measured: float, margin: float) ->
 
 def _arch(doc: Mapping[str, Any]) -> str:
     """What latency depends on: the model config of a compressed.json (not its weights)."""
-    return json.dumps(doc["config"], sort_keys=True)
+    from workloads.families import canonical_config
+
+    return canonical_config(doc["config"])
 
 
 def close_loop(budgets: Sequence[Budget], propose: Callable[[list[Budget]], Mapping[str, str]],

@@ -17,9 +17,9 @@ from workloads.pruning.importance import Importance, L2FilterImportance, lowest
 
 
 def _check(config: Any, layer: int) -> None:
-    from workloads.models import MobileNetConfig
+    from workloads.families import of_config
 
-    if not isinstance(config, MobileNetConfig):
+    if of_config(config).strategy != "filter":
         raise ConfigError(f"filter pruning supports MobileNetConfig, got {type(config).__name__}", key="model")
     if not 0 <= layer < len(config.layer_channels):
         raise ConfigError(f"layer must be in [0, {len(config.layer_channels)}), got {layer}", key="layer")

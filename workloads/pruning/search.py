@@ -28,19 +28,20 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from profiler.errors import ConfigError, UserError
+from profiler.errors import ConfigError
+from workloads.families import of_config
+from workloads.families.compressed import (FORMAT, compressed_build_args, load_compressed, load_model, read_compressed,
+                                           save_state, write_json)
 from workloads.layers import channel_options
 from workloads.pruning.budget import Budget, UnreachableBudget, format_value
 from workloads.pruning.importance import get_importance
 from workloads.pruning.mobilenet import min_channels, prune_smallest, prunable_layers, with_channels
 from workloads.resource import RESOURCE_KINDS, model_resource, predict
 
-FORMAT = "autlearn.compressed/1"
 SELECTIONS = ("first", "best-val")
 
 
@@ -119,28 +120,7 @@ class SearchResult:
     out_dir: str
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str))
-    os.replace(tmp, path)
-
-
-def _save_state(path: Path, model: Any) -> None:
-    import torch
-
-    tmp = path.with_suffix(".tmp")
-    torch.save(model.state_dict(), tmp)
-    os.replace(tmp, path)
-
-
-def _load_model(config: Any, path: Path) -> Any:
-    import torch
-
-    from workloads.models import build_model
-
-    m = build_model(config)
-    m.load_state_dict(torch.load(path, weights_only=True))
-    return m
+_write_json, _save_state, _load_model = write_json, save_state, load_model
 
 
 def _seed(*parts: Any) -> int:
@@ -176,9 +156,7 @@ def search(config: Any, table: Any, budgets: Iterable[Budget], out: str | Path,
            settings: SearchSettings = SearchSettings(), *, on_event: Callable[[str], None] | None = None,
            on_iteration: Callable[[Iteration], None] | None = None) -> tuple[SearchResult, ...]:
     """Run (or resume) the search for every resource kind among `budgets`; see the module docstring."""
-    from workloads.models import MobileNetConfig
-
-    if not isinstance(config, MobileNetConfig):
+    if of_config(config).strategy != "filter":
         raise ConfigError(f"the filter-pruning search supports mobilenet, got {type(config).__name__}; the LSTM "
                           f"family is compressed with SVD (workloads.pruning.svd)", key="model")
     budgets = tuple(sorted(set(budgets)))
@@ -389,64 +367,18 @@ def pick_snapshot(records: Iterable[dict[str, Any]], limit: float, select: str) 
 
 def export_point(config: Any, pdir: Path, budget: Budget, rec: dict[str, Any], state: Path, table: Any,
                  split: Any, s: SearchSettings) -> Path:
-    """Write `compressed.json` + `model.pt` (state dict) for the `compressed` variant."""
-    import shutil
-
-    pdir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(state, pdir / "model.pt")
-    cfg = with_channels(config, rec["channels"])
-    base = {k: v for k, v in config.to_dict().items() if k not in ("model", "channels")}
-    doc = {
-        "format": FORMAT, "model": "mobilenet", "variant": "compressed", "config": cfg.to_dict(),
-        "build_program": {"model": "mobilenet", "variant": "compressed", "config": base,
-                          "compressed_config": {"channels": list(cfg.layer_channels)}},
-        "state_dict": "model.pt", "budget": str(budget), "kind": budget.kind, "budget_value": budget.value,
-        "predicted": rec["resource"], "value": rec["value"], "val_accuracy": rec["accuracy"],
-        "test_accuracy": rec["test_accuracy"],
-        "accuracy_data": {"source": split.source, "synthetic": split.synthetic, "val": len(split.val_y),
-                          "test": len(split.test_y)},
-        "iteration": rec["iteration"], "settings": asdict(s),
-        "table": (json.loads(table.meta.to_json()) if table is not None else None),
-    }
-    _write_json(pdir / "compressed.json", doc)
-    return pdir / "compressed.json"
+    """Write `compressed.json` + `model.pt` (state dict) for the `compressed` variant (the family's export)."""
+    return of_config(config).export_compressed(
+        config, with_channels(config, rec["channels"]), pdir, state, budget=str(budget), kind=budget.kind,
+        budget_value=budget.value, predicted=rec["resource"], value=rec["value"], val_accuracy=rec["accuracy"],
+        test_accuracy=rec["test_accuracy"],
+        accuracy_data={"source": split.source, "synthetic": split.synthetic, "val": len(split.val_y),
+                       "test": len(split.test_y)},
+        iteration=rec["iteration"], settings=asdict(s),
+        table=(json.loads(table.meta.to_json()) if table is not None else None))
 
 
-def _read_compressed(p: Path) -> dict[str, Any]:
-    """The JSON of a `compressed.json`; UserError naming the file when it is unreadable or not one."""
-    try:
-        doc = json.loads(p.read_text())
-    except (OSError, ValueError) as e:
-        raise UserError(f"{p}: cannot read compressed model ({e})") from None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise UserError(f"{p}: not an {FORMAT} file")
-    return doc
-
-
-def load_compressed(path: str | Path) -> tuple[Any, Any]:
-    """(config, torch model with the pruned weights) from a `compressed.json`."""
-    from workloads.models import make_config
-
-    p = Path(path)
-    doc = _read_compressed(p)
-    cfg = make_config(doc["model"], **{k: v for k, v in doc["config"].items() if k != "model"})
-    return cfg, _load_model(cfg, p.parent / doc["state_dict"])
-
-
-def compressed_build_args(path: str | Path, model: str | None) -> dict[str, Any]:
-    """What `build_program` needs to compile a `compressed.json` (from `autlearn prune`): the `model` family, the
-    base `config`, the `compressed_config` overrides, the absolute `state_dict` path and the `batch` it was
-    searched at. UserError naming the file on bad input."""
-    p = Path(path)
-    doc = _read_compressed(p)
-    bp = doc.get("build_program") or {}
-    if model is not None and doc.get("model") != model:
-        raise UserError(f"{p}: a {doc.get('model')!r} model, not {model!r}")
-    sd = p.parent / str(doc.get("state_dict", ""))
-    if not sd.is_file():
-        raise UserError(f"{p}: its weights {sd} are missing")
-    if not isinstance(bp.get("config"), dict) or not isinstance(bp.get("compressed_config"), dict):
-        raise UserError(f"{p}: lacks build_program.config / compressed_config")
-    batch = bp["config"].get("batch", (doc.get("config") or {}).get("batch", 1))
-    return {"model": doc.get("model"), "config": dict(bp["config"]),
-            "compressed_config": dict(bp["compressed_config"]), "state_dict": str(sd.resolve()), "batch": int(batch)}
+_read_compressed = read_compressed   # compressed.json reading lives in workloads.families.compressed
+__all__ = ["FORMAT", "SELECTIONS", "Iteration", "ParetoPoint", "SearchResult", "SearchSettings", "check_budgets",
+           "compressed_build_args", "export_point", "load_compressed", "pick_snapshot", "search",
+           "smallest_reachable", "table_digest"]

@@ -57,10 +57,10 @@ def rank_for_budget(config: Any, table: Any, budget: Budget, step: int = FC_STEP
                     trainable: str = "head") -> int:
     """Largest head rank (multiple of `step` below min(H, V), or full) whose predicted resource meets `budget`
     for a WordLSTMConfig; UnreachableBudget with the smallest reachable value otherwise."""
-    from workloads.models import WordLSTMConfig
+    from workloads.families import of_config
     from workloads.resource import predict
 
-    if not isinstance(config, WordLSTMConfig):
+    if of_config(config).strategy != "svd":
         raise ConfigError("SVD head compression applies to the LSTM family", key="model")
     full = predict(config, budget.kind, table, trainable)
     if full <= budget.value:

@@ -34,17 +34,11 @@ def split_dataset(config: Any, holdout: float = 0.2, seed: int = 0, per_class: i
     `per_class` (image models): generate that many SYNTHETIC glyphs per class instead of the default 16."""
     import torch
 
-    from workloads import data
+    from workloads.families import of_config
 
     if not 0 < holdout < 0.5:
         raise ConfigError(f"must be in (0, 0.5), got {holdout}", key="holdout")
-    if per_class is not None and not hasattr(config, "vocab_size"):
-        ds = data.synthetic_femnist(config.num_classes, per_class=int(per_class), seed=config.seed)
-        if (config.image_size, config.in_channels) != (data.FEMNIST_SIZE, 1):
-            ds = data.Dataset(data.resize_images(ds.x, config.image_size, config.in_channels), ds.y,
-                              ds.num_classes, ds.source, True)
-    else:
-        ds = data.default_dataset(config)
+    ds = of_config(config).dataset(config, per_class)
     order = np.random.default_rng([seed, 7]).permutation(len(ds))
     n_test = max(1, int(round(len(ds) * holdout)))
     te, va, tr = order[:n_test], order[n_test:2 * n_test], order[2 * n_test:]

@@ -1,0 +1,180 @@
+"""The model-family registry: a third family registered here (a 2-layer MLP, this file only) is accepted by config
+validation, campaign validation, the layer grid / resource model and compile + one host step, with no edit
+elsewhere. Also: lookups, errors, the canonical config form."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pytest
+
+from profiler.errors import ConfigError
+from workloads import families
+
+
+@dataclass(frozen=True)
+class MLPConfig:
+    in_features: int = 8
+    hidden: int = 16
+    num_classes: int = 4
+    batch: int = 2
+    seed: int = 0
+
+    @property
+    def feature_dim(self) -> int:
+        return self.hidden
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (self.batch, self.in_features)
+
+    def to_dict(self):
+        return {"model": "mlp", **dict(sorted(asdict(self).items()))}
+
+    def key(self) -> str:
+        return families.config_key(self)
+
+
+def _build(cfg):
+    from torch import nn
+
+    class MLP(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Linear(cfg.in_features, cfg.hidden), nn.ReLU())
+            self.head = nn.Linear(cfg.hidden, cfg.num_classes)
+
+        def features(self, x):
+            return self.body(x)
+
+        def forward(self, x):
+            return self.head(self.features(x))
+
+    return MLP()
+
+
+def _example(cfg):
+    import torch
+
+    return torch.zeros(cfg.input_shape, dtype=torch.float32)
+
+
+def _layers(cfg, body, head_rank):
+    from workloads.layers import PHASES, Layer, LayerKey
+
+    return (Layer("body.0", LayerKey("fc", 1, 1, 1, 1, 1, cfg.in_features, cfg.hidden, cfg.batch), body),
+            Layer("head", LayerKey("fc", 1, 1, 1, 1, 1, cfg.hidden, cfg.num_classes, cfg.batch), PHASES))
+
+
+def _grid(cfg, trainable, conv_step, fc_step):
+    from dataclasses import replace
+
+    from workloads.layers import channel_options, model_keys
+
+    return {k for h in channel_options(cfg.hidden, conv_step) for k in model_keys(replace(cfg, hidden=h), trainable)}
+
+
+def _dataset(cfg, per_class=None):
+    from workloads.data import Dataset
+
+    rng = np.random.default_rng(cfg.seed)
+    y = np.arange(32) % cfg.num_classes
+    x = (rng.normal(size=(32, cfg.in_features)) + y[:, None]).astype(np.float32)
+    return Dataset(x, y.astype(np.int64), cfg.num_classes, "random", True)
+
+
+MLP = families.Family(name="mlp", config_cls=MLPConfig, build=_build, example_input=_example, default_lr=0.1,
+                      layers=_layers, grid=_grid, dataset=_dataset,
+                      batch=lambda cfg, i=0: _dataset(cfg).batch(i, cfg.batch, cfg.seed))
+
+
+@pytest.fixture
+def mlp():
+    families.register(MLP)
+    try:
+        yield MLP
+    finally:
+        families.unregister("mlp")
+
+
+def test_builtins_and_lookups():
+    from workloads.models import MobileNetConfig, WordLSTMConfig, make_config
+
+    assert families.names()[:2] == ("mobilenet", "lstm")
+    assert families.get("lstm").config_cls is WordLSTMConfig
+    assert families.of_config(make_config("mobilenet", width=0.25)).config_cls is MobileNetConfig
+    with pytest.raises(ConfigError, match="unknown model 'resnet'; valid: mobilenet, lstm") as e:
+        families.get("resnet")
+    assert e.value.key == "model"
+    with pytest.raises(ConfigError, match="not a model config"):
+        families.of_config(object())
+    with pytest.raises(ConfigError, match="already registered"):
+        families.register(families.get("lstm"))
+
+
+def test_import_is_cheap():
+    code = ("import sys, workloads.families as f, workloads.models, profiler.campaign_config; f.names(); "
+            "print('torch' in sys.modules or 'tvm' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_canonical_config_is_one_form():
+    from workloads.models import make_config
+    from workloads.resource import canonical_config
+
+    cfg = make_config("mobilenet", width=0.25)
+    assert families.canonical_config(cfg) == json.dumps(cfg.to_dict(), sort_keys=True)
+    assert cfg.key() == families.config_key(cfg) == families.config_key(cfg.to_dict())
+    assert canonical_config({"b": (1, 2), "a": 1}) == families.canonical_config({"b": (1, 2), "a": 1}) \
+        == '{"a": 1, "b": [1, 2]}'
+
+
+def test_third_family_config_and_campaign(mlp):
+    from profiler.campaign_config import MODELS, parse_campaign
+    from workloads.models import make_config
+
+    assert "mlp" in families.names() and "mlp" in MODELS
+    assert make_config("mlp", hidden=24) == MLPConfig(hidden=24)
+    with pytest.raises(ConfigError, match=r"unknown mlp config keys \['width'\]"):
+        make_config("mlp", width=2)
+    c = parse_campaign({"name": "t", "workload": [{"model": "mlp", "config": {"hidden": 24}}]})
+    assert c.workloads[0].model == "mlp" and c.workloads[0].kwargs == {"hidden": 24}
+
+
+def test_third_family_is_gone_after_unregister():
+    from profiler.campaign_config import parse_campaign
+
+    assert "mlp" not in families.names()
+    with pytest.raises(ConfigError):
+        parse_campaign({"name": "t", "workload": [{"model": "mlp"}]})
+
+
+def test_third_family_grid_and_resource(mlp):
+    from workloads.layers import flops, model_keys, table_grid
+    from workloads.resource import model_resource, validation_configs
+
+    cfg = MLPConfig()
+    keys = model_keys(cfg)
+    assert [k.phase for k in keys] == ["forward", "forward", "backward", "update"]
+    grid = table_grid(cfg, conv_step=8)
+    assert set(keys) <= set(grid) and len(grid) == 8    # hidden 16 and 8: 2 x (body forward + 3 head phases)
+    r = model_resource(cfg)
+    assert r.flops == sum(flops(k) for k in keys) and r.memory_bytes == 4 * (8 * 16 + 16 + 16 * 4 + 4)
+    assert validation_configs(cfg) == {"full": cfg}
+
+
+def test_third_family_compiles_and_trains_on_host(mlp):
+    from workloads.compile import build_program
+    from workloads.program import run_on_host
+
+    prog = build_program("mlp", "full", "x86_64", database=None)
+    assert prog.meta["model"] == "mlp" and prog.meta["lr"] == 0.1 and prog.meta["config_key"] == MLPConfig().key()
+    assert prog.tensors["x"].shape == (2, 8)
+    rec = run_on_host(prog, steps=1)
+    assert np.isfinite(rec[0]["loss"])
+    assert not np.allclose(rec[-1]["tensors"]["head.weight"], prog.tensors["head.weight"])

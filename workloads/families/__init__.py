@@ -1,0 +1,164 @@
+"""Model families: everything that differs between workload models, behind one registry.
+
+A `Family` names its config class and the functions the rest of autlearn needs (model builder, example input,
+layers as table keys, table grid, data, compression, compressed-model export). Code elsewhere looks a family up
+(`get(name)`, `of_config(cfg)`) instead of branching on names or config classes, so a new family is one module
+plus `register(family)`. Importing this package is cheap: the built-in families (mobilenet, lstm) are imported on
+the first registry access and import torch only inside their functions.
+
+`canonical_config` / `config_key` are the one canonical form of a model config (or of a campaign workload's config
+mapping): JSON with sorted keys, tuples as lists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from profiler.errors import ConfigError
+
+LAYER_SUITE = "layers"   # the campaign pseudo-model of per-layer suites (workloads.layer_suite); not a family
+
+
+@dataclass(frozen=True)
+class Family:
+    """One model family. Config objects are frozen dataclasses with `to_dict()` (holding "model": name) and
+    `key()`, plus `batch`, `seed`, `num_classes`, `feature_dim` and `input_shape`. The built model has
+    `features(x)` (frozen backbone) and `head` (the trainable last layer)."""
+
+    name: str
+    config_cls: type
+    build: Callable[[Any], Any]                    # config -> torch.nn.Module (workloads.models.build_model seeds)
+    example_input: Callable[[Any], Any]            # config -> torch tensor of input_shape (torch.export)
+    default_lr: float                              # SGD learning rate of compiled programs
+    layers: Callable[[Any, tuple[str, ...], int | None], tuple]   # (config, backbone phases, head_rank) -> Layers
+    grid: Callable[[Any, str, int, int], Any]      # (config, trainable, conv_step, fc_step) -> LayerKeys
+    dataset: Callable[[Any, int | None], Any]      # (config, per_class) -> workloads.data.Dataset
+    batch: Callable[[Any, int], tuple]             # (config, index) -> (x, y) numpy batch of the embedded data
+    compress: Callable[[Any], Any] | None = None   # default config of the `compressed` variant
+    strategy: str | None = None                    # compression: "filter" (pruning) | "svd" (of the head) | None
+    prunable: Callable[[Any, int | None], Mapping[str, tuple[int, ...]]] | None = None   # layer -> options
+    compressed_keys: tuple[str, ...] = ()          # config keys a compression changes (compressed_config)
+    compressor: Callable[..., Any] | None = None   # (config, table, out, options, console) -> Compressor
+    validation_configs: Callable[[Any, int, int], dict] | None = None   # whole models a table can predict
+    load_data: Callable[[Any, Path], tuple] | None = None   # (config, LEAF path) -> batch 0 (x, y)
+
+    def make_config(self, **overrides: Any) -> Any:
+        """Config with keyword overrides (lists become tuples); unknown key -> ConfigError naming the valid ones."""
+        valid = {f.name for f in fields(self.config_cls)}
+        bad = sorted(set(overrides) - valid)
+        if bad:
+            raise ConfigError(f"unknown {self.name} config keys {bad}; valid: {', '.join(sorted(valid))}",
+                              key="config")
+        overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+        return replace(self.config_cls(), **overrides)
+
+    def base_config(self, config: Any) -> dict[str, Any]:
+        """`config.to_dict()` without "model" and the keys compression changes: build_program's `config`."""
+        return {k: v for k, v in config.to_dict().items() if k not in ("model", *self.compressed_keys)}
+
+    def compressed_config(self, config: Any) -> dict[str, Any]:
+        """The overrides that make a base config into `config` (build_program's `compressed_config`)."""
+        d = config.to_dict()
+        return {k: d.get(k, getattr(config, k)) for k in self.compressed_keys}
+
+    def export_compressed(self, base: Any, config: Any, out_dir: str | Path, state: Any, **fields: Any) -> Path:
+        """Write `compressed.json` + `model.pt` for `config` (a compression of `base`); see families.compressed."""
+        from workloads.families.compressed import export
+
+        return export(self, base, config, Path(out_dir), state, **fields)
+
+    def load_compressed(self, path: str | Path) -> tuple[Any, Any]:
+        from workloads.families.compressed import load_compressed
+
+        return load_compressed(path)
+
+
+@dataclass(frozen=True)
+class Compressor:
+    """A family's budget-driven compression (`autlearn prune`): `propose(budgets)` -> {str(budget): path of a
+    compressed.json}; `smallest(kind)` -> the smallest value of resource `kind` it can reach."""
+
+    propose: Callable[[list], dict[str, str]]
+    smallest: Callable[[str], float]
+
+
+_REGISTRY: dict[str, Family] = {}
+_BUILTINS_LOADED = False
+
+
+def _registry() -> dict[str, Family]:
+    global _BUILTINS_LOADED
+    if not _BUILTINS_LOADED:
+        _BUILTINS_LOADED = True
+        from workloads.families import lstm, mobilenet
+
+        for fam in (mobilenet.FAMILY, lstm.FAMILY):
+            _REGISTRY.setdefault(fam.name, fam)
+    return _REGISTRY
+
+
+def register(family: Family) -> Family:
+    """Add a family (ConfigError if its name or config class is taken). Returns it."""
+    reg = _registry()
+    if family.name in reg or family.name == LAYER_SUITE:
+        raise ConfigError(f"model family {family.name!r} is already registered", key="model")
+    if any(f.config_cls is family.config_cls for f in reg.values()):
+        raise ConfigError(f"config class {family.config_cls.__name__} already has a family", key="model")
+    reg[family.name] = family
+    return family
+
+
+def unregister(name: str) -> None:
+    _registry().pop(name, None)
+
+
+def names() -> tuple[str, ...]:
+    """Registered family names in registration order (the built-ins first: mobilenet, lstm)."""
+    return tuple(_registry())
+
+
+def get(name: str) -> Family:
+    reg = _registry()
+    if name not in reg:
+        raise ConfigError(f"unknown model {name!r}; valid: {', '.join(reg)}", key="model")
+    return reg[name]
+
+
+def of_config(config: Any) -> Family:
+    """The family of a config object; ConfigError for anything else."""
+    for fam in _registry().values():
+        if isinstance(config, fam.config_cls):
+            return fam
+    raise ConfigError(f"not a model config: {type(config).__name__}", key="config")
+
+
+def campaign_models() -> tuple[str, ...]:
+    """What a campaign workload's `model` may be: every family (sorted) and the layer-suite pseudo-model."""
+    return (*sorted(names()), LAYER_SUITE)
+
+
+# ---------------------------------------------------------------------------------------------- canonical form
+
+
+def plain_config(config: Any) -> dict[str, Any]:
+    """A config object (`to_dict()`) or mapping as a plain dict: tuples become lists."""
+    d = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def canonical_config(config: Any) -> str:
+    """The canonical JSON of a config object or config mapping (sorted keys, tuples as lists)."""
+    return json.dumps(plain_config(config), sort_keys=True)
+
+
+def config_key(config: Any) -> str:
+    """16-hex hash of `canonical_config` (a config's `key()`)."""
+    return hashlib.sha256(canonical_config(config).encode()).hexdigest()[:16]
+
+
+__all__ = ["Compressor", "Family", "LAYER_SUITE", "campaign_models", "canonical_config", "config_key", "get", "names",
+           "of_config", "plain_config", "register", "unregister"]
