@@ -26,6 +26,7 @@ import pandas as pd
 
 from profiler import stats
 from profiler.errors import UserError
+from profiler.stats import ratio_ci
 from profiler.store import MANIFEST, SchemaError, load_results, load_status, load_summaries
 from reports import figures as F
 from reports.model import (CampaignData, CellRow, Comparison, DeviceInfo, EnergyRow, FigureSlot, Outcome, Report,
@@ -39,7 +40,6 @@ SERIES_POINTS_TOTAL = 20_000  # per-step samples drawn over all cells (subsample
 SERIES_POINTS_CELL = 400
 TRACE_POINTS = 1_500  # power samples drawn per trace (bucket means)
 TRACE_CELLS = 12  # power traces drawn at most
-RATIO_RESAMPLES = 2_000
 REPORT_SCHEMA = "autlearn.report/1"
 
 
@@ -115,33 +115,6 @@ def _labels(x: Any) -> tuple[str, ...]:
 
 def _bool(x: Any) -> bool | None:
     return None if x is None or x is pd.NA or (isinstance(x, float) and math.isnan(x)) else bool(x)
-
-
-def ratio_ci(a: np.ndarray, b: np.ndarray, confidence: float = stats.CONFIDENCE,
-             n_resamples: int = RATIO_RESAMPLES, seed: int = stats.SEED) -> tuple[float, float]:
-    """Percentile bootstrap CI of median(a) / median(b), resampling each side independently (seeded)."""
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    a, b = a[np.isfinite(a)], b[np.isfinite(b)]
-    if len(a) < 2 or len(b) < 2:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    out = []
-    chunk = max(1, min(n_resamples, 2_000_000 // max(len(a), len(b))))
-    done = 0
-    while done < n_resamples:
-        k = min(chunk, n_resamples - done)
-        ma = np.median(a[rng.integers(0, len(a), (k, len(a)))], axis=1)
-        mb = np.median(b[rng.integers(0, len(b), (k, len(b)))], axis=1)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            out.append(ma / mb)
-        done += k
-    r = np.concatenate(out)
-    r = r[np.isfinite(r)]
-    if not len(r):
-        return float("nan"), float("nan")
-    tail = (1 - confidence) / 2 * 100
-    lo, hi = np.percentile(r, [tail, 100 - tail])
-    return float(lo), float(hi)
 
 
 def _device_title(d: DeviceInfo) -> str:

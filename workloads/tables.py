@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from profiler.errors import ConfigError, TableError
+from profiler.stats import median_ci
 from workloads.layers import KEY_COLUMNS, LayerKey, flops, key_from_mapping
 
 SCHEMA_VERSION = 2      # 2: source "fitted", column measured_ms (version-1 tables still load)
@@ -41,7 +42,6 @@ META_KEY = b"autlearn.table"
 HOST_DEVICE = "host (not a phone)"
 SOURCES = ("measured", "interpolated", "fitted")
 VALUE_COLUMNS = ("median_ms", "ci_low_ms", "ci_high_ms", "n", "energy_mj", "source", "measured_ms")
-CONFIDENCE = 0.95
 
 
 def tool_versions() -> dict[str, str]:
@@ -284,23 +284,6 @@ def load_table(path: str | Path, allow_version_mismatch: bool = False) -> Table:
 
 
 # ---------------------------------------------------------------------------------------------- statistics
-
-
-def median_ci(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float, float]:
-    """(median, low, high): distribution-free CI of the median from order statistics (binomial, p = 1/2).
-    With too few samples for the confidence (n < 6 at 95 %) the interval is [min, max] (lower coverage)."""
-    from scipy.stats import binom
-
-    x = np.sort(np.asarray(values, dtype=float))
-    x = x[np.isfinite(x)]
-    n = len(x)
-    if n == 0:
-        return math.nan, math.nan, math.nan
-    med = float(np.median(x))
-    lo_rank = int(binom.ppf((1 - confidence) / 2, n, 0.5))   # 1-based rank of the lower bound (may be 0)
-    if lo_rank < 1:
-        return med, float(x[0]), float(x[-1])
-    return med, float(x[lo_rank - 1]), float(x[n - lo_rank])
 
 
 def table_from_measurements(df: pd.DataFrame, meta: TableMeta) -> Table:
