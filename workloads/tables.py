@@ -26,7 +26,6 @@ import platform
 import time
 from dataclasses import asdict, dataclass, fields
 from functools import cached_property
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -35,6 +34,7 @@ import pandas as pd
 
 from profiler.errors import ConfigError, TableError
 from profiler.stats import median_ci
+from profiler.versions import stored_version, tool_versions
 from workloads.layers import KEY_COLUMNS, LayerKey, flops, key_from_mapping
 
 SCHEMA_VERSION = 2      # 2: source "fitted", column measured_ms (version-1 tables still load)
@@ -42,17 +42,6 @@ META_KEY = b"autlearn.table"
 HOST_DEVICE = "host (not a phone)"
 SOURCES = ("measured", "interpolated", "fitted")
 VALUE_COLUMNS = ("median_ms", "ci_low_ms", "ci_high_ms", "n", "energy_mj", "source", "measured_ms")
-
-
-def tool_versions() -> dict[str, str]:
-    """Versions of the tools that shape a measurement (running process)."""
-    out = {}
-    for name, dist in (("autlearn", "autlearn"), ("tvm", "apache-tvm"), ("torch", "torch")):
-        try:
-            out[name] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[name] = "unknown"
-    return out
 
 
 @dataclass(frozen=True)
@@ -100,7 +89,11 @@ class TableMeta:
         known = {f.name for f in fields(cls)}
         if not isinstance(d, dict) or "source_device" not in d:
             raise TableError("table metadata lacks source_device")
-        return cls(**{k: v for k, v in d.items() if k in known})
+        kw = {k: v for k, v in d.items() if k in known}
+        for k in ("autlearn_version", "tvm_version", "torch_version"):  # older tables said "unknown" for a missing tool
+            if isinstance(kw.get(k), str):
+                kw[k] = stored_version(kw[k])
+        return cls(**kw)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
