@@ -161,10 +161,6 @@ def build_model(config):
     return m
 
 
-def trainable_names(model) -> list[str]:
-    return [n for n, p in model.named_parameters() if p.requires_grad]
-
-
 # Classes are built lazily so importing this module does not import torch.
 _CLASSES: dict[str, type] = {}
 
