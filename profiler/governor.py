@@ -2,7 +2,7 @@
 
 Small operations, pyperf-style, each a call of `device_scripts/governor.sh`:
 
-    available  -> parse_available(text) -> tuple[PolicyInfo, ...]   (what each cpufreq policy offers)
+    available  -> parse_available(text) -> tuple[CpuPolicy, ...]    (what each cpufreq policy offers)
     read       -> parse_state(text)     -> tuple[PolicyState, ...]  (governor and limits now)
     apply      -> one policy: governor [+ min/max limits]
     restore    -> re-apply a snapshot (the text `read` printed)
@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from profiler.cpufreq import CpuPolicy, common_governors, parse_policy
 from profiler.errors import DeviceCommandFailed, NotRooted, ParseError, UserError
 
 INTENTS = ("interactive", "powersave", "performance", "schedutil", "userspace")
@@ -154,24 +155,7 @@ def resolve_governor(intent: str | GovernorIntent, available: Sequence[str], fal
 
 
 # ---------------------------------------------------------------------------------------------------------- parsing
-@dataclass(frozen=True)
-class PolicyInfo:
-    """What a cpufreq policy offers (`governor.sh available`)."""
-
-    policy: str
-    cpus: tuple[int, ...]
-    governors: tuple[str, ...]
-    frequencies: tuple[int, ...]  # scaling_available_frequencies; empty when the driver has no table
-    cpuinfo_min: int | None
-    cpuinfo_max: int | None
-
-    def nearest_frequency(self, khz: int) -> int:
-        """The offered frequency nearest to `khz` (ties: the lower), clamped to cpuinfo limits without a table."""
-        if self.frequencies:
-            return min(self.frequencies, key=lambda f: (abs(f - khz), f))
-        lo = self.cpuinfo_min if self.cpuinfo_min is not None else khz
-        hi = self.cpuinfo_max if self.cpuinfo_max is not None else khz
-        return max(lo, min(hi, khz))
+PolicyInfo = CpuPolicy  # what a policy offers (`governor.sh available`): governor and limits now are None
 
 
 @dataclass(frozen=True)
@@ -214,27 +198,16 @@ def _int(value: str | None, what: str) -> int | None:
         raise ParseError(f"governor.sh: {what} is not an integer", value) from None
 
 
-def _ints(value: str, what: str) -> tuple[int, ...]:
-    out = []
-    for tok in value.split():
-        try:
-            out.append(int(tok))
-        except ValueError:
-            raise ParseError(f"governor.sh: {what} has a non-integer", value) from None
-    return tuple(out)
+# `governor.sh available` key -> the sysfs file it prints
+AVAILABLE_KEYS = {"cpus": "related_cpus", "governors": "scaling_available_governors",
+                  "frequencies": "scaling_available_frequencies", "cpuinfo_min": "cpuinfo_min_freq",
+                  "cpuinfo_max": "cpuinfo_max_freq"}
 
 
-def parse_available(text: str) -> tuple[PolicyInfo, ...]:
-    """Parse `governor.sh available` output. Raises ParseError."""
-    out = []
-    for b in _blocks(text):
-        out.append(PolicyInfo(
-            policy=b["policy"], cpus=_ints(b.get("cpus", ""), "cpus"),
-            governors=tuple(b.get("governors", "").split()),
-            frequencies=tuple(sorted(set(_ints(b.get("frequencies", ""), "frequencies")))),
-            cpuinfo_min=_int(b.get("cpuinfo_min"), "cpuinfo_min"),
-            cpuinfo_max=_int(b.get("cpuinfo_max"), "cpuinfo_max")))
-    return tuple(out)
+def parse_available(text: str) -> tuple[CpuPolicy, ...]:
+    """Parse `governor.sh available` output (profiler.cpufreq.parse_policy, strict). Raises ParseError."""
+    return tuple(parse_policy(b["policy"], {AVAILABLE_KEYS[k]: v for k, v in b.items() if k in AVAILABLE_KEYS},
+                              strict=True) for b in _blocks(text))
 
 
 def parse_state(text: str) -> tuple[PolicyState, ...]:
@@ -390,7 +363,7 @@ class GovernorGuard:
         return False
 
     # -- operations
-    def available(self) -> tuple[PolicyInfo, ...]:
+    def available(self) -> tuple[CpuPolicy, ...]:
         """Every policy and what it offers (cached per guard)."""
         if self._info is None:
             self._info = parse_available(_run(self.device, "available"))
@@ -430,22 +403,21 @@ class GovernorGuard:
         Limits are reset to the full cpuinfo range (or pinned min = max for a frequency request). Nothing is changed
         when the resolution has `applied=None`."""
         info = self.available()
-        common = [g for g in info[0].governors if all(g in p.governors for p in info)] if info else []
-        res = resolve_governor(intent, tuple(common), fallback)
+        res = resolve_governor(intent, common_governors(info), fallback)
         if res.applied is None:
             return Applied(res)
         pinned = []
         for p in info:
             if res.pin_khz is not None:
                 khz = p.nearest_frequency(res.pin_khz)
-                pinned.append((p.policy, khz))
+                pinned.append((p.name, khz))
                 if res.applied == "userspace":
-                    self.apply(p.policy, "userspace", p.cpuinfo_min, p.cpuinfo_max)
-                    self.set_speed(p.policy, khz)
+                    self.apply(p.name, "userspace", p.hw_min_khz, p.hw_max_khz)
+                    self.set_speed(p.name, khz)
                 else:
-                    self.apply(p.policy, res.applied, khz, khz)
+                    self.apply(p.name, res.applied, khz, khz)
             else:
-                self.apply(p.policy, res.applied, p.cpuinfo_min, p.cpuinfo_max)
+                self.apply(p.name, res.applied, p.hw_min_khz, p.hw_max_khz)
         return Applied(res, self.read(), tuple(pinned))
 
     def restore(self, quiet: bool = False) -> bool:

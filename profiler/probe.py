@@ -5,24 +5,12 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from profiler.cpufreq import CpuPolicy, common_governors, parse_cpu_list, parse_policy
 from profiler.cputarget import ABIS, CpuTarget, parse_cpuinfo
 from profiler.errors import ParseError
 
 
-@dataclass(frozen=True)
-class Policy:
-    """One cpufreq policy (a cluster of cores sharing a clock)."""
-
-    name: str
-    cpus: tuple[int, ...]
-    governors: tuple[str, ...]
-    governor: str | None
-    frequencies_khz: tuple[int, ...]
-    min_khz: int | None
-    max_khz: int | None
-    cur_khz: int | None
-    hw_min_khz: int | None
-    hw_max_khz: int | None
+Policy = CpuPolicy  # the probe's name for it
 
 
 @dataclass(frozen=True)
@@ -87,10 +75,7 @@ class DeviceFacts:
     @property
     def governors(self) -> tuple[str, ...]:
         """Governors every policy offers (intersection, in the first policy's order)."""
-        if not self.policies:
-            return ()
-        common = set(self.policies[0].governors).intersection(*(p.governors for p in self.policies[1:]))
-        return tuple(g for g in self.policies[0].governors if g in common)
+        return common_governors(self.policies)
 
     @property
     def battery(self) -> PowerSupply | None:
@@ -111,22 +96,6 @@ def _int(value: str | None) -> int | None:
         return int(value.strip()) if value is not None and value.strip() else None
     except ValueError:
         return None
-
-
-def _ints(value: str | None) -> tuple[int, ...]:
-    return tuple(i for i in (_int(v) for v in (value or "").split()) if i is not None)
-
-
-def parse_cpu_list(text: str | None) -> tuple[int, ...]:
-    """'0-3,6' -> (0, 1, 2, 3, 6); also accepts space-separated lists."""
-    cpus: list[int] = []
-    for part in (text or "").replace(",", " ").split():
-        lo, _, hi = part.partition("-")
-        try:
-            cpus.extend(range(int(lo), int(hi or lo) + 1))
-        except ValueError:
-            continue
-    return tuple(cpus)
 
 
 def _temp_c(raw: str | None) -> float | None:
@@ -164,18 +133,7 @@ def parse_probe(text: str, serial: str = "") -> DeviceFacts:
         digits = "".join(c for c in name if c.isdigit())
         return (int(digits) if digits else -1, name)
 
-    policies = []
-    for name, f in sorted(group("policy").items(), key=lambda i: natural(i[0])):
-        policies.append(Policy(
-            name=name,
-            cpus=parse_cpu_list(f.get("related_cpus") or f.get("affected_cpus")),
-            governors=tuple((f.get("scaling_available_governors") or "").split()),
-            governor=f.get("scaling_governor") or None,
-            frequencies_khz=tuple(sorted(_ints(f.get("scaling_available_frequencies")))),
-            min_khz=_int(f.get("scaling_min_freq")), max_khz=_int(f.get("scaling_max_freq")),
-            cur_khz=_int(f.get("scaling_cur_freq")),
-            hw_min_khz=_int(f.get("cpuinfo_min_freq")), hw_max_khz=_int(f.get("cpuinfo_max_freq")),
-        ))
+    policies = [parse_policy(name, f) for name, f in sorted(group("policy").items(), key=lambda i: natural(i[0]))]
     thermal = tuple(ThermalZone(n, f.get("type", ""), _temp_c(f.get("temp")))
                     for n, f in sorted(group("thermal").items(), key=lambda i: natural(i[0])))
     cooling = tuple(CoolingDevice(n, f.get("type", ""), _int(f.get("cur_state")), _int(f.get("max_state")))

@@ -5,6 +5,8 @@
   always gives the same interval), a warm-up sufficiency check and warnings (CV > 10 %, warm-up, drift).
 - `check_warmup(values, order)`: do the first timed steps differ from the last? Mann-Whitney U between the first
   quarter and the second half (by step index), the ratio of their medians, and a `linregress` slope for the report.
+- `median_ci(values)`: distribution-free CI of a median from order statistics (binomial), for tables of layers.
+- `ratio_ci(a, b)`: bootstrap CI of median(a) / median(b), each side resampled independently (seeded).
 - `compare(a, b, alpha=0.05, min_ratio=1.05)`: asv-style: b is called faster/slower than a only when Mann-Whitney U
   is significant AND the ratio of medians is at least `min_ratio`; otherwise "same". Lower values are better (times).
 """
@@ -146,6 +148,49 @@ def summarize(values: Sequence[float], order: Sequence[float] | None = None, *, 
     return Summary(n, median, mean, std, cv, lo, hi, confidence, n_resamples, warm, tuple(warnings))
 
 
+def median_ci(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float, float]:
+    """(median, low, high): distribution-free CI of the median from order statistics (binomial, p = 1/2).
+    With too few samples for the confidence (n < 6 at 95 %) the interval is [min, max] (lower coverage)."""
+    x = np.sort(np.asarray(values, dtype=float))
+    x = x[np.isfinite(x)]
+    n = len(x)
+    if n == 0:
+        return math.nan, math.nan, math.nan
+    med = float(np.median(x))
+    lo_rank = int(_st.binom.ppf((1 - confidence) / 2, n, 0.5))   # 1-based rank of the lower bound (may be 0)
+    if lo_rank < 1:
+        return med, float(x[0]), float(x[-1])
+    return med, float(x[lo_rank - 1]), float(x[n - lo_rank])
+
+
+def ratio_ci(a: Sequence[float], b: Sequence[float], confidence: float = CONFIDENCE,
+             n_resamples: int = N_RESAMPLES, seed: int = SEED) -> tuple[float, float]:
+    """Percentile bootstrap CI of median(a) / median(b), resampling each side independently (seeded); (nan, nan)
+    with fewer than 2 finite samples on a side."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    a, b = a[np.isfinite(a)], b[np.isfinite(b)]
+    if len(a) < 2 or len(b) < 2:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    out = []
+    chunk = max(1, min(n_resamples, 2_000_000 // max(len(a), len(b))))  # bounded memory per batch of resamples
+    done = 0
+    while done < n_resamples:
+        k = min(chunk, n_resamples - done)
+        ma = np.median(a[rng.integers(0, len(a), (k, len(a)))], axis=1)
+        mb = np.median(b[rng.integers(0, len(b), (k, len(b)))], axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out.append(ma / mb)
+        done += k
+    r = np.concatenate(out)
+    r = r[np.isfinite(r)]
+    if not len(r):
+        return float("nan"), float("nan")
+    tail = (1 - confidence) / 2 * 100
+    lo, hi = np.percentile(r, [tail, 100 - tail])
+    return float(lo), float(hi)
+
+
 def compare(a: Sequence[float], b: Sequence[float], alpha: float = 0.05, min_ratio: float = 1.05) -> Comparison:
     """Is b (candidate) faster or slower than a (baseline)? Both Mann-Whitney U (two-sided, p < alpha) and a ratio of
     medians of at least `min_ratio` (either way) are required to claim a difference."""
@@ -175,4 +220,4 @@ def compare(a: Sequence[float], b: Sequence[float], alpha: float = 0.05, min_rat
 
 
 __all__ = ["CONFIDENCE", "CV_WARN", "Comparison", "N_RESAMPLES", "SEED", "Summary", "WarmupCheck", "check_warmup",
-           "compare", "summarize"]
+           "compare", "median_ci", "ratio_ci", "summarize"]

@@ -403,10 +403,6 @@ class Store:
                     {"cell_id": cell_id, "status": status, "reason": reason, "spec_key": spec_key, "label": label,
                      "at": time.time(), "extra": dict(extra or {})})
 
-    # -- reading
-    def load(self, include_stale: bool = False) -> pd.DataFrame:
-        return load_results(self.root, include_stale=include_stale)
-
 
 def _read_manifest(root: Path) -> dict[str, Any]:
     p = root / MANIFEST

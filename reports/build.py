@@ -17,7 +17,7 @@ import json
 import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +26,12 @@ import pandas as pd
 
 from profiler import stats
 from profiler.errors import UserError
+from profiler.stats import ratio_ci
 from profiler.store import MANIFEST, SchemaError, load_results, load_status, load_summaries
 from reports import figures as F
+from reports.model import (CampaignData, CellRow, Comparison, DeviceInfo, EnergyRow, FigureSlot, Outcome, Report,
+                           ReportOptions)
+from reports.render import render
 
 DEFAULT_BASELINE = "unoptimized"  # the compiler claim: optimized variants vs the unoptimized build
 PAPER_PAIRS = (("full", "compressed"), ("full", "cached"))  # Fig. 8: compression and caching vs full
@@ -36,171 +40,11 @@ SERIES_POINTS_TOTAL = 20_000  # per-step samples drawn over all cells (subsample
 SERIES_POINTS_CELL = 400
 TRACE_POINTS = 1_500  # power samples drawn per trace (bucket means)
 TRACE_CELLS = 12  # power traces drawn at most
-RATIO_RESAMPLES = 2_000
 REPORT_SCHEMA = "autlearn.report/1"
 
 
 class ReportError(UserError):
     """The directory is not an autlearn campaign results directory, or a report option does not fit it."""
-
-
-# ---------------------------------------------------------------------------------------------------------- model
-@dataclass(frozen=True)
-class ReportOptions:
-    baseline: str | None = None  # variant; None: DEFAULT_BASELINE when the campaign has it
-    baseline_governor: str | None = None  # None: the campaign's first governor intent present in the results
-    alpha: float = 0.05
-    min_ratio: float = 1.05
-
-
-@dataclass(frozen=True)
-class CampaignData:
-    """What one results directory holds (see profiler.store)."""
-
-    root: Path
-    name: str
-    manifest: Mapping[str, Any]
-    raw: pd.DataFrame  # load_results: one row per step (stale cells left out)
-    summaries: pd.DataFrame  # load_summaries: one row per finished cell
-    status: pd.DataFrame  # load_status: one row per recorded outcome
-    traces: Mapping[str, pd.DataFrame] = field(default_factory=dict)  # cell_id -> t, current, voltage
-    problems: tuple[str, ...] = ()  # unreadable side files (traces), said in the report
-
-
-@dataclass(frozen=True)
-class DeviceInfo:
-    serial: str
-    model: str
-    virtual: bool | None
-    soc: str
-    android: str
-    root: str
-    governors: tuple[tuple[str, str, str], ...]  # (requested, applied, reason)
-    energy_sources: tuple[str, ...]
-    labels: tuple[str, ...]
-    cells_ok: int
-    cells_failed: int
-    cells_skipped: int
-
-
-@dataclass(frozen=True)
-class CellRow:
-    cell_id: str
-    device_serial: str
-    device_model: str
-    workload: str
-    case: str  # workload + config / batch / affinity when the campaign varies them
-    variant: str
-    batch: int
-    governor: str  # requested
-    governor_applied: str
-    governor_reason: str
-    affinity: str
-    labels: tuple[str, ...]
-    n: int
-    median_ms: float
-    ci_low_ms: float
-    ci_high_ms: float
-    cv: float
-    warnings: tuple[str, ...]
-    energy_source: str
-    energy_n: int
-    energy_median_j: float
-    energy_ci_low_j: float
-    energy_ci_high_j: float
-    mean_power_w: float
-    temp_start_c: float
-    temp_end_c: float
-    throttled: bool | None
-    started_at: float
-    finished_at: float
-
-
-@dataclass(frozen=True)
-class Comparison:
-    """Candidate vs baseline within one group; `speedup` = median(baseline) / median(candidate)."""
-
-    key: str  # readable group (device / case / governor ...)
-    device_serial: str
-    case: str
-    governor: str
-    baseline: str
-    candidate: str
-    baseline_cell: str
-    candidate_cell: str
-    baseline_median_ms: float
-    candidate_median_ms: float
-    speedup: float
-    ci_low: float
-    ci_high: float
-    p_value: float
-    verdict: str  # faster | slower | same
-    claim: bool  # passed both the test and the minimum ratio
-    reason: str
-    labels: tuple[str, ...]
-    notes: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class EnergyRow:
-    device_serial: str
-    case: str
-    variant: str
-    governor: str
-    governor_applied: str
-    energy_ratio: float  # median energy per step / the baseline governor's
-    energy_ci_low: float
-    energy_ci_high: float
-    power_ratio: float
-    labels: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """A cell that did not produce results: failed, skipped, not run (planned), stale, or ok without data."""
-
-    cell_id: str
-    status: str
-    reason: str
-    label: str
-    spec_key: str
-
-
-@dataclass(frozen=True)
-class FigureSlot:
-    key: str
-    section: str
-    title: str
-    figure: Any = None  # plotly Figure, or None with a `note` saying why there is none
-    note: str = ""
-
-
-@dataclass(frozen=True)
-class Report:
-    campaign: str
-    description: str
-    source: str
-    generated_at: float
-    options: ReportOptions
-    baseline: str
-    baseline_governor: str
-    counts: tuple[tuple[str, int], ...]  # planned, ok, failed, skipped, not run, stale
-    state: str  # one sentence: complete / partial / nothing
-    labels: tuple[tuple[str, int], ...]  # label -> cells carrying it
-    devices: tuple[DeviceInfo, ...]
-    cells: tuple[CellRow, ...]
-    comparisons: tuple[Comparison, ...]
-    energy: tuple[EnergyRow, ...]
-    outcomes: tuple[Outcome, ...]
-    figures: tuple[FigureSlot, ...]
-    notes: tuple[str, ...]
-    other: str = ""  # --compare: the before campaign
-    campaign_diff: tuple[Comparison, ...] = ()
-    unmatched: tuple[tuple[str, str], ...] = ()  # (side, cell label) without a partner
-
-    @property
-    def drawn_figures(self) -> int:
-        return sum(1 for f in self.figures if f.figure is not None)
 
 
 # ---------------------------------------------------------------------------------------------------------- loading
@@ -271,33 +115,6 @@ def _labels(x: Any) -> tuple[str, ...]:
 
 def _bool(x: Any) -> bool | None:
     return None if x is None or x is pd.NA or (isinstance(x, float) and math.isnan(x)) else bool(x)
-
-
-def ratio_ci(a: np.ndarray, b: np.ndarray, confidence: float = stats.CONFIDENCE,
-             n_resamples: int = RATIO_RESAMPLES, seed: int = stats.SEED) -> tuple[float, float]:
-    """Percentile bootstrap CI of median(a) / median(b), resampling each side independently (seeded)."""
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    a, b = a[np.isfinite(a)], b[np.isfinite(b)]
-    if len(a) < 2 or len(b) < 2:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    out = []
-    chunk = max(1, min(n_resamples, 2_000_000 // max(len(a), len(b))))
-    done = 0
-    while done < n_resamples:
-        k = min(chunk, n_resamples - done)
-        ma = np.median(a[rng.integers(0, len(a), (k, len(a)))], axis=1)
-        mb = np.median(b[rng.integers(0, len(b), (k, len(b)))], axis=1)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            out.append(ma / mb)
-        done += k
-    r = np.concatenate(out)
-    r = r[np.isfinite(r)]
-    if not len(r):
-        return float("nan"), float("nan")
-    tail = (1 - confidence) / 2 * 100
-    lo, hi = np.percentile(r, [tail, 100 - tail])
-    return float(lo), float(hi)
 
 
 def _device_title(d: DeviceInfo) -> str:
@@ -833,8 +650,6 @@ def report_json(report: Report, *, html_bytes: int | None = None) -> dict[str, A
 
 def render_html(report: Report) -> str:
     """The self-contained HTML page (see reports.render)."""
-    from reports.render import render
-
     return render(report)
 
 

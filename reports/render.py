@@ -18,7 +18,7 @@ from functools import cache
 
 import plotly.io as pio
 
-from reports.build import CellRow, Comparison, FigureSlot, Outcome, Report
+from reports.model import CellRow, Comparison, FigureSlot, Outcome, Report
 
 CSP = ("default-src 'none'; script-src 'unsafe-inline' 'unsafe-eval'; style-src 'unsafe-inline'; "
        "img-src data: blob:; font-src data:; connect-src 'none'; base-uri 'none'; form-action 'none'")

@@ -5,3 +5,30 @@ from __future__ import annotations
 
 def register() -> None:
     """Called once by the instrument registry the first time production code looks something up."""
+    from profiler import instruments
+    from testbed.monsoon_sim import LAB_PREFIX
+
+    instruments.register_monitor_backend(LAB_PREFIX, lab_monitor)
+    instruments.register_known_monitor(known_monitor)
+
+
+def lab_monitor(serial: str, lab_home=None):
+    """The simulated Monsoon `serial` (SIM-<port>) of the lab in `lab_home` (default $AUTLEARN_HOME), paced to real
+    time. EnergyError when the lab has no such monitor."""
+    from profiler.instruments import MonitorBackend
+    from testbed.monsoon_sim import backend_for_serial
+
+    mon = backend_for_serial(serial, lab_home)
+    return MonitorBackend(usb_serial=mon.usb_serial, backend=mon.backend, realtime=True)
+
+
+def known_monitor(serial: str, lab_home=None) -> str | None:
+    """The simulated monitor recorded for lab phone `serial` in the lab state under `lab_home` (default
+    $AUTLEARN_HOME; `autlearn lab up --monsoon`), else None."""
+    from testbed.lab import Lab
+
+    try:
+        phones = Lab(lab_home).phones()
+    except Exception:  # no lab / unreadable state: nothing is known
+        return None
+    return next((p.monsoon for p in phones if p.serial == serial and p.monsoon), None)

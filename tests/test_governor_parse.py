@@ -93,9 +93,9 @@ def test_parse_available_and_state():
     info = parse_available("policy=policy0\ncpus=0 1 2 3\ngovernors=schedutil performance\n"
                            "frequencies=1800000 300000 300000\ncpuinfo_min=300000\ncpuinfo_max=1800000\n"
                            "policy=policy4\ncpus=4 5\ngovernors=schedutil\nfrequencies=\ncpuinfo_min=\ncpuinfo_max=\n")
-    assert info[0].cpus == (0, 1, 2, 3) and info[0].frequencies == (300000, 1800000)
+    assert info[0].cpus == (0, 1, 2, 3) and info[0].frequencies_khz == (300000, 1800000)
     assert info[0].nearest_frequency(1_100_000) == 1_800_000 and info[0].nearest_frequency(1) == 300000
-    assert info[1].cpuinfo_max is None and info[1].nearest_frequency(5) == 5
+    assert info[1].hw_max_khz is None and info[1].nearest_frequency(5) == 5
     st = parse_state("policy=policy0\ngovernor=schedutil\nmin=300000\nmax=1800000\ncur=\nsetspeed=<unsupported>\n")
     assert st == (PolicyState("policy0", "schedutil", 300000, 1800000, None, "<unsupported>"),)
     assert parse_state(format_snapshot(st)) == st  # snapshot round-trip (cur is not part of it and is None here)
@@ -181,8 +181,8 @@ def test_script_available_and_read(tmp_path, layout):
     av = sh(sysfs, "available")
     assert av.returncode == 0, av.stderr
     info = parse_available(av.stdout)
-    assert [p.policy for p in info] == (["policy0", "policy4"] if layout == "policy" else ["cpu0", "cpu4"])
-    assert info[1].frequencies[-1] == 2841600 and "userspace" in info[0].governors
+    assert [p.name for p in info] == (["policy0", "policy4"] if layout == "policy" else ["cpu0", "cpu4"])
+    assert info[1].frequencies_khz[-1] == 2841600 and "userspace" in info[0].governors
     st = parse_state(sh(sysfs, "read").stdout)
     assert (st[0].governor, st[0].min_khz, st[0].max_khz, st[0].cur_khz) == ("schedutil", 576000, 1420800, 1017600)
 

@@ -310,3 +310,10 @@ def test_cli_show_export_and_one_line_errors(tmp_path, capsys):
         assert main(argv) == 1
         err = capsys.readouterr().err
         assert err.startswith("autlearn: error: ") and err.count("\n") == 1
+
+
+def test_old_missing_tool_word_reads_as_the_current_one():
+    from profiler.versions import MISSING
+
+    meta = TableMeta.from_json(json.dumps({"source_device": "x", "tvm_version": "unknown", "torch_version": "2.1"}))
+    assert (meta.tvm_version, meta.torch_version) == (MISSING, "2.1")

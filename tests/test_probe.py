@@ -82,3 +82,19 @@ def test_probe_script_reads_a_sysfs_tree(tmp_path, shell):
     assert f.policies[0].governors == ("interactive", "powersave", "performance")
     assert f.thermal[0].type == "cpu <b>" and f.thermal[0].temp_c == 38.0
     assert f.battery.capacity == 55 and f.battery.status is None
+
+
+def test_one_policy_parser_for_probe_and_governor():
+    from profiler.cpufreq import parse_policy
+    from profiler.errors import ParseError
+    from profiler.governor import parse_available
+
+    files = {"related_cpus": "4-5", "scaling_available_governors": "schedutil performance",
+             "scaling_available_frequencies": "900 300 300", "cpuinfo_min_freq": "300", "cpuinfo_max_freq": "900"}
+    lenient = parse_policy("policy4", files)
+    offered = parse_available("policy=policy4\ncpus=4 5\ngovernors=schedutil performance\nfrequencies=900 300 300\n"
+                              "cpuinfo_min=300\ncpuinfo_max=900\n")
+    assert offered == (lenient,) and lenient.frequencies_khz == (300, 900) and lenient.nearest_frequency(700) == 900
+    assert parse_policy("p", {"scaling_min_freq": "x"}).min_khz is None  # the probe tolerates junk
+    with pytest.raises(ParseError):
+        parse_policy("p", {"scaling_min_freq": "x"}, strict=True)  # governor.sh output must be exact

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from profiler.stats import CV_WARN, N_RESAMPLES, check_warmup, compare, summarize
+from profiler.stats import CV_WARN, N_RESAMPLES, check_warmup, compare, median_ci, ratio_ci, summarize
 
 
 def rng(seed=1):
@@ -112,3 +112,16 @@ def test_identical_samples_and_argument_checks():
 def test_false_claims_are_rare_on_identical_distributions(seed):
     r = rng(100 + seed)
     assert compare(r.normal(100, 5, 40), r.normal(100, 5, 40)).verdict == "same"
+
+
+def test_ratio_ci_is_seeded_and_brackets_the_ratio():
+    a, b = rng(2).normal(200.0, 4.0, 60), rng(3).normal(100.0, 2.0, 60)
+    lo, hi = ratio_ci(a, b)
+    assert (lo, hi) == ratio_ci(a, b)  # same data, same interval
+    assert lo < np.median(a) / np.median(b) < hi and 1.9 < lo < hi < 2.1
+    assert all(math.isnan(v) for v in ratio_ci([1.0], b))  # one sample: no interval
+
+
+def test_median_ci_lives_in_stats():
+    med, lo, hi = median_ci(list(range(1, 21)))
+    assert med == 10.5 and lo < med < hi

@@ -128,18 +128,11 @@ def _jsonable(value: Any) -> Any:
 
 
 def tool_versions() -> dict[str, str]:
-    from importlib import metadata
-
+    """The build toolchain (zig, runner, artifact format) and profiler.versions' packages (same missing word)."""
+    from profiler.versions import tool_versions as packages
     from workloads.runner_build import RUNNER_VERSION, zig_version
 
-    out = {"zig": zig_version(), "runner": RUNNER_VERSION, "artifact_format": str(FORMAT)}
-    for name, dist in (("tvm", "apache-tvm"), ("tvm_ffi", "apache-tvm-ffi"), ("torch", "torch"),
-                       ("numpy", "numpy"), ("autlearn", "autlearn")):
-        try:
-            out[name] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[name] = "absent"
-    return out
+    return {"zig": zig_version(), "runner": RUNNER_VERSION, "artifact_format": str(FORMAT), **packages()}
 
 
 # -------------------------------------------------------------------------------------------------------- writing

@@ -14,8 +14,7 @@ from workloads import families
 from workloads.families.lstm import WordLSTMConfig
 from workloads.families.mobilenet import MOBILENET_BLOCKS, MOBILENET_STEM, MobileNetConfig
 
-__all__ = ["MOBILENET_BLOCKS", "MOBILENET_STEM", "MobileNetConfig", "WordLSTMConfig", "build_model", "make_config",
-           "trainable_names"]
+__all__ = ["MOBILENET_BLOCKS", "MOBILENET_STEM", "MobileNetConfig", "WordLSTMConfig", "build_model", "make_config"]
 
 
 def __getattr__(name: str) -> Any:
@@ -40,7 +39,3 @@ def build_model(config):
     for name, p in m.named_parameters():
         p.requires_grad_(name.startswith("head."))
     return m
-
-
-def trainable_names(model) -> list[str]:
-    return [n for n, p in model.named_parameters() if p.requires_grad]

@@ -157,11 +157,6 @@ def measure_models_on_host(configs: Mapping[str, Any], steps: int = 20, warmup: 
     return {n: float(np.median(t)) for n, t in times.items()}
 
 
-def measure_model_on_host(config: Any, steps: int = 20, warmup: int = 5, threads: int = 1) -> float:
-    """`measure_models_on_host` for one model."""
-    return measure_models_on_host({"m": config}, steps, warmup, threads)["m"]
-
-
 # ---------------------------------------------------------------------------------------------- validation
 
 def validation_configs(config: Any, n: int = 12, seed: int = 0) -> dict[str, Any]:

@@ -26,9 +26,6 @@ class ClockOffset:
     samples_used: int
     samples: int
 
-    def to_host(self, device_s):
-        return np.asarray(device_s, dtype=np.float64) + self.offset_s
-
 
 def estimate_offset(round_trips: Iterable[tuple[float, float, float]], *, keep: float = 0.25) -> ClockOffset:
     """Offset from (host_send_s, device_s, host_recv_s) tuples (seconds; any host clock, any device clock).
@@ -105,10 +102,6 @@ class StepEnergyReport:
     @property
     def total_gross_j(self) -> float:
         return float(sum(s.gross_j for s in self.steps))
-
-    @property
-    def total_net_j(self) -> float | None:
-        return None if self.baseline_w is None else float(sum(s.net_j for s in self.steps))
 
     @property
     def mean_w(self) -> float:

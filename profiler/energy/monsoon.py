@@ -91,8 +91,8 @@ def pyusb_backend(backend) -> Iterator[Any]:
 
 
 def list_monitors(backend: Callable[[], Any] | None = None) -> tuple[str, ...]:
-    """Serial numbers of attached monitors (any Monsoon model). `backend`: a factory such as
-    testbed.monsoon_sim.SimFleet; None = the system's libusb."""
+    """Serial numbers of attached monitors (any Monsoon model). `backend`: a pyusb backend factory (a
+    plugin's simulated fleet); None = the system's libusb."""
     import usb.core
 
     try:
@@ -104,20 +104,17 @@ def list_monitors(backend: Callable[[], Any] | None = None) -> tuple[str, ...]:
                           ) from e
 
 
-LAB_PREFIX = "SIM-"  # serials of the virtual lab's simulated monitors (testbed.monsoon_sim.backend_for_serial)
-
-
 def open_monitor(serial: str | int, *, lab_home=None, **kwargs) -> "MonsoonSource":
-    """A MonsoonSource for `serial`: a simulated monitor of the virtual lab when it is a lab serial (`SIM-<port>`,
-    looked up in the lab state under `lab_home`, default $AUTLEARN_HOME; paced to real time, traces labelled
-    `simulated`), else a real HVPM through the monsoon driver + pyusb/libusb. EnergyError (one line, naming the
-    monitors found) when no such monitor is attached."""
-    serial = str(serial)
-    if serial.startswith(LAB_PREFIX):
-        from testbed.monsoon_sim import backend_for_serial
+    """A MonsoonSource for `serial`: a monitor a plugin provides when one claims the serial (profiler.instruments;
+    the virtual lab's `SIM-<port>`, looked up in its state under `lab_home`, default $AUTLEARN_HOME; paced to real
+    time, traces labelled `simulated`), else a real HVPM through the monsoon driver + pyusb/libusb. EnergyError
+    (one line, naming the monitors found) when no such monitor is attached."""
+    from profiler.instruments import monitor_backend
 
-        mon = backend_for_serial(serial, lab_home)
-        kwargs.setdefault("settle_wait", True)  # real time: let the settling window pass before the workload
+    serial = str(serial)
+    mon = monitor_backend(serial, lab_home)
+    if mon is not None:
+        kwargs.setdefault("settle_wait", mon.realtime)  # real time: let the settling window pass before the workload
         return MonsoonSource(mon.usb_serial, backend=mon.backend, **kwargs)
     found = list_monitors(kwargs.get("backend"))
     if serial not in found:
@@ -137,7 +134,7 @@ class MonsoonConfig:
     restore: str = "prior"  # afterwards: prior (mode found at open) | off | on | auto
     settle_s: float = 0.5  # discarded from the start of the trace
     duration_s: float | None = None  # stop by itself after settle_s + duration_s of samples
-    backend: Callable[[], Any] | None = None  # pyusb backend factory (SimFleet); None = libusb
+    backend: Callable[[], Any] | None = None  # pyusb backend factory (a simulated fleet); None = libusb
     pending_dir: str | None = None  # "passthrough pending" markers (module docstring); None = none kept
     host_pid: int | None = None  # the child aborts (and restores) when this process is gone
 

@@ -72,16 +72,13 @@ class CellEnergy:
 
 
 def known_monitor(serial: str, lab_home=None) -> str | None:
-    """The Monsoon known to power the device `serial`: for a virtual lab phone the simulated monitor recorded in
-    the lab state under `lab_home` (default $AUTLEARN_HOME; `autlearn lab up --monsoon`), else None (real phones
-    name theirs in the campaign's [devices.energy] table, which overrides the global `energy` before this)."""
-    from testbed.lab import Lab
+    """The Monsoon known to power the device `serial`, as a plugin knows it (profiler.instruments; the virtual
+    lab: the simulated monitor recorded in its state under `lab_home`, default $AUTLEARN_HOME, `autlearn lab up
+    --monsoon`), else None (real phones name theirs in the campaign's [devices.energy] table, which overrides the
+    global `energy` before this)."""
+    from profiler.instruments import known_monitor as lookup
 
-    try:
-        phones = Lab(lab_home).phones()
-    except Exception:  # no lab / unreadable state: nothing is known
-        return None
-    return next((p.monsoon for p in phones if p.serial == serial and p.monsoon), None)
+    return lookup(serial, lab_home)
 
 
 def resolve_energy(spec: str, serial: str, lab_home=None) -> str:
