@@ -102,7 +102,9 @@ def mlp():
 
 
 def test_builtins_and_lookups():
-    from workloads.models import MobileNetConfig, WordLSTMConfig, make_config
+    from workloads.families.lstm import WordLSTMConfig
+    from workloads.families.mobilenet import MobileNetConfig
+    from workloads.models import make_config
 
     assert families.names()[:2] == ("mobilenet", "lstm")
     assert families.get("lstm").config_cls is WordLSTMConfig

@@ -23,7 +23,8 @@ from profiler.errors import ConfigError, TableError, UserError
 from workloads.layers import (KEY_COLUMNS, LAYER_TYPES, PHASES, LayerKey, channel_options, flops, model_keys,
                               parse_key, table_grid)
 from workloads.layer_suite import DEFAULT_LR, build_suite_program, suite_count, suite_keys
-from workloads.models import WordLSTMConfig, build_model, make_config
+from workloads.families.lstm import WordLSTMConfig
+from workloads.models import build_model, make_config
 from workloads.resource import canonical_config, measured_from_results, model_resource, validation_configs
 from workloads.tables import (Table, TableMeta, calibrate, layer_workloads, load_table, measurements_from_results,
                               tables_from_results)

@@ -11,10 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from workloads import families
-from workloads.families.lstm import WordLSTMConfig
-from workloads.families.mobilenet import MOBILENET_BLOCKS, MOBILENET_STEM, MobileNetConfig
 
-__all__ = ["MOBILENET_BLOCKS", "MOBILENET_STEM", "MobileNetConfig", "WordLSTMConfig", "build_model", "make_config"]
+__all__ = ["build_model", "make_config"]
 
 
 def __getattr__(name: str) -> Any:

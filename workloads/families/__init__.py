@@ -65,17 +65,6 @@ class Family:
         d = config.to_dict()
         return {k: d.get(k, getattr(config, k)) for k in self.compressed_keys}
 
-    def export_compressed(self, base: Any, config: Any, out_dir: str | Path, state: Any, **fields: Any) -> Path:
-        """Write `compressed.json` + `model.pt` for `config` (a compression of `base`); see families.compressed."""
-        from workloads.families.compressed import export
-
-        return export(self, base, config, Path(out_dir), state, **fields)
-
-    def load_compressed(self, path: str | Path) -> tuple[Any, Any]:
-        from workloads.families.compressed import load_compressed
-
-        return load_compressed(path)
-
 
 @dataclass(frozen=True)
 class Compressor:
@@ -86,6 +75,8 @@ class Compressor:
     smallest: Callable[[str], float]
 
 
+ENTRY_POINTS = "autlearn.families"
+BUILTIN_ORDER = {"mobilenet": 0, "lstm": 1}
 _REGISTRY: dict[str, Family] = {}
 _BUILTINS_LOADED = False
 
@@ -94,9 +85,13 @@ def _registry() -> dict[str, Family]:
     global _BUILTINS_LOADED
     if not _BUILTINS_LOADED:
         _BUILTINS_LOADED = True
-        from workloads.families import lstm, mobilenet
+        from importlib.metadata import entry_points
 
-        for fam in (mobilenet.FAMILY, lstm.FAMILY):
+        # Built in and third party alike, families are plugins (entry point group `autlearn.families`, a Family
+        # object each): the registry never imports a family module by name, so families may use every generic
+        # module (layers, data, resource, pruning) that asks the registry.
+        for ep in sorted(entry_points(group=ENTRY_POINTS), key=lambda e: BUILTIN_ORDER.get(e.name, 99)):
+            fam = ep.load()
             _REGISTRY.setdefault(fam.name, fam)
     return _REGISTRY
 

@@ -193,6 +193,7 @@ def compressor(cfg: WordLSTMConfig, table: Any, out: Path, options: dict[str, An
 def prune_to_budgets(cfg: WordLSTMConfig, table: Any, budgets, out: Path, emit) -> dict[str, str]:
     """The head's SVD rank per budget (weights: the seed model's head factorised, no fine-tune), exported as
     `out/lstm/<budget>/compressed.json` + `model.pt` that campaigns compile (variant `compressed`)."""
+    from workloads.families.compressed import export
     from workloads.models import build_model
     from workloads.pruning.svd import factorize_head, rank_for_budget
     from workloads.resource import model_resource
@@ -206,8 +207,8 @@ def prune_to_budgets(cfg: WordLSTMConfig, table: Any, budgets, out: Path, emit) 
         rank = 0 if r >= full else r                     # the dense head already meets the budget
         pcfg = replace(cfg, head_rank=rank)
         predicted = model_resource(pcfg, table)
-        path = FAMILY.export_compressed(
-            cfg, pcfg, out / "lstm" / b.slug, factorize_head(net, rank) if rank else net,
+        path = export(
+            FAMILY, cfg, pcfg, out / "lstm" / b.slug, factorize_head(net, rank) if rank else net,
             budget=str(b), kind=b.kind, budget_value=b.value, head_rank=rank, predicted=predicted.to_dict(),
             value=predicted.value(b.kind) if (table is not None or b.kind in ("flops", "memory")) else None,
             note="head factorised by SVD (no fine-tune)",

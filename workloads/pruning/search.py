@@ -34,8 +34,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 from profiler.errors import ConfigError
 from workloads.families import of_config
-from workloads.families.compressed import (FORMAT, compressed_build_args, load_compressed, load_model, read_compressed,
-                                           save_state, write_json)
+from workloads.families.compressed import (FORMAT, compressed_build_args, export, load_compressed, load_model,
+                                           read_compressed, save_state, write_json)
 from workloads.layers import channel_options
 from workloads.pruning.budget import Budget, UnreachableBudget, format_value
 from workloads.pruning.importance import get_importance
@@ -368,8 +368,7 @@ def pick_snapshot(records: Iterable[dict[str, Any]], limit: float, select: str) 
 def export_point(config: Any, pdir: Path, budget: Budget, rec: dict[str, Any], state: Path, table: Any,
                  split: Any, s: SearchSettings) -> Path:
     """Write `compressed.json` + `model.pt` (state dict) for the `compressed` variant (the family's export)."""
-    return of_config(config).export_compressed(
-        config, with_channels(config, rec["channels"]), pdir, state, budget=str(budget), kind=budget.kind,
+    return export(of_config(config), config, with_channels(config, rec["channels"]), pdir, state, budget=str(budget), kind=budget.kind,
         budget_value=budget.value, predicted=rec["resource"], value=rec["value"], val_accuracy=rec["accuracy"],
         test_accuracy=rec["test_accuracy"],
         accuracy_data={"source": split.source, "synthetic": split.synthetic, "val": len(split.val_y),
