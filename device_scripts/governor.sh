@@ -28,8 +28,8 @@ policies() {
     for d in "$CPU"/cpu[0-9]*; do
         [ -d "$d/cpufreq" ] || continue
         n=${d##*/}
-        rel=$(cat "$d/cpufreq/related_cpus" 2>/dev/null)
-        first=${rel%% *}
+        rel=$(cat "$d/cpufreq/related_cpus" 2>/dev/null || cat "$d/cpufreq/affected_cpus" 2>/dev/null)
+        first=${rel%%[ ,-]*}
         # one entry per frequency domain: the first CPU of related_cpus owns it
         [ -z "$first" ] || [ "cpu$first" = "$n" ] || continue
         echo "$n $d/cpufreq"

@@ -48,14 +48,35 @@ if [ -r /proc/uptime ]; then read -r _up _ < /proc/uptime && kv uptime "$_up"; f
 node cpu.possible "$SYSFS/devices/system/cpu/possible"
 node cpu.online "$SYSFS/devices/system/cpu/online"
 
-for d in "$SYSFS"/devices/system/cpu/cpufreq/policy*; do
-    [ -d "$d" ] || continue
-    p=${d##*/}
+policy() {
     for f in related_cpus affected_cpus scaling_available_governors scaling_governor \
              scaling_available_frequencies scaling_min_freq scaling_max_freq scaling_cur_freq \
              cpuinfo_min_freq cpuinfo_max_freq; do
-        node "policy.$p.$f" "$d/$f"
+        node "policy.$1.$f" "$2/$f"
     done
+}
+found=
+for d in "$SYSFS"/devices/system/cpu/cpufreq/policy*; do
+    [ -d "$d" ] || continue
+    found=1
+    policy "${d##*/}" "$d"
+done
+# Old kernels: no policyN, a cpufreq directory per CPU (often links to one per domain). One entry per frequency
+# domain: the first CPU of related_cpus (else affected_cpus) owns it; without either list, every CPU is listed.
+if [ -z "$found" ]; then
+    for d in "$SYSFS"/devices/system/cpu/cpu[0-9]*; do
+        [ -d "$d/cpufreq" ] || continue
+        n=${d##*/}
+        rel=
+        { IFS= read -r rel < "$d/cpufreq/related_cpus"; } 2>/dev/null || { IFS= read -r rel < "$d/cpufreq/affected_cpus"; } 2>/dev/null
+        rel=${rel%%[ ,-]*}
+        [ -z "$rel" ] || [ "cpu$rel" = "$n" ] || continue
+        policy "$n" "$d/cpufreq"
+    done
+fi
+# EAS capacity per CPU (0-1024): tells clusters apart where cpufreq does not.
+[ "$MODE" = dynamic ] || for d in "$SYSFS"/devices/system/cpu/cpu[0-9]*; do
+    node "cpu.${d##*/cpu}.capacity" "$d/cpu_capacity"
 done
 
 for d in "$SYSFS"/class/thermal/thermal_zone*; do

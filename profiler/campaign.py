@@ -92,14 +92,10 @@ def affinity_mask(affinity: str, facts: DeviceFacts) -> str | None:
         return None
     if affinity.startswith("0x"):
         return affinity
-    policies = [p for p in facts.policies if p.cpus]
-    if len(policies) < 2:
-        raise UserError(f"[{facts.serial}] affinity {affinity!r} needs at least two clusters; found {len(policies)}")
-
-    def speed(p):
-        return p.hw_max_khz or p.max_khz or max(p.frequencies_khz, default=0)
-
-    chosen = max(policies, key=speed) if affinity == "big" else min(policies, key=speed)
+    found = facts.cpu_clusters       # slowest first; per-CPU cpufreq layouts grouped too
+    if len(found) < 2:
+        raise UserError(f"[{facts.serial}] affinity {affinity!r} needs at least two clusters; found {len(found)}")
+    chosen = found[-1] if affinity == "big" else found[0]
     return hex(sum(1 << c for c in chosen.cpus))
 
 

@@ -76,9 +76,12 @@ def parse_policy(name: str, files: Mapping[str, str], *, strict: bool = False) -
     """A policy from the contents of its sysfs files (SYSFS_FILES; missing ones absent or empty). Non-integers
     become None (dropped from lists), or ParseError if `strict`."""
     f = files
+    cpus = parse_cpu_list(f.get("related_cpus") or f.get("affected_cpus"), strict=strict)
+    if not cpus and name.startswith("cpu") and name[3:].isdigit():   # an old per-CPU directory without lists
+        cpus = (int(name[3:]),)
     return CpuPolicy(
         name=name,
-        cpus=parse_cpu_list(f.get("related_cpus") or f.get("affected_cpus"), strict=strict),
+        cpus=cpus,
         governors=tuple((f.get("scaling_available_governors") or "").split()),
         governor=f.get("scaling_governor") or None,
         frequencies_khz=tuple(sorted(set(_ints(f.get("scaling_available_frequencies"), "frequencies", strict)))),
@@ -90,6 +93,37 @@ def parse_policy(name: str, files: Mapping[str, str], *, strict: bool = False) -
     )
 
 
+@dataclass(frozen=True)
+class Cluster:
+    """CPUs of one kind: a policy, or per-CPU directories of equal capacity (else equal maximum frequency)."""
+
+    cpus: tuple[int, ...]
+    speed: int          # capacity (0-1024) when known, else the maximum frequency in kHz: orders clusters
+
+
+def clusters(policies: Iterable[CpuPolicy], capacity: Mapping[int, int] | None = None) -> tuple[Cluster, ...]:
+    """Clusters, slowest first. Each `policyN` is one; per-CPU directories (`cpuN`, old kernels without policies
+    or related_cpus) are grouped by EAS capacity, or by maximum frequency where capacity is not reported."""
+    capacity = capacity or {}
+
+    def speed(p: CpuPolicy) -> int:
+        caps = [capacity[c] for c in p.cpus if c in capacity]
+        if caps:
+            return max(caps)
+        return p.hw_max_khz or p.max_khz or max(p.frequencies_khz, default=0)
+
+    groups: dict[object, list[int]] = {}
+    speeds: dict[object, int] = {}
+    for p in policies:
+        if not p.cpus:
+            continue
+        key = ("speed", speed(p)) if p.name.startswith("cpu") else ("policy", p.name)
+        groups.setdefault(key, []).extend(p.cpus)
+        speeds[key] = speed(p)
+    out = [Cluster(tuple(sorted(set(cpus))), speeds[k]) for k, cpus in groups.items()]
+    return tuple(sorted(out, key=lambda c: (c.speed, c.cpus)))
+
+
 def common_governors(policies: Iterable[CpuPolicy]) -> tuple[str, ...]:
     """Governors every policy offers (intersection, in the first policy's order); () without policies."""
     ps = tuple(policies)
@@ -99,4 +133,4 @@ def common_governors(policies: Iterable[CpuPolicy]) -> tuple[str, ...]:
     return tuple(g for g in ps[0].governors if g in common)
 
 
-__all__ = ["CpuPolicy", "SYSFS_FILES", "common_governors", "parse_cpu_list", "parse_policy"]
+__all__ = ["Cluster", "CpuPolicy", "clusters", "SYSFS_FILES", "common_governors", "parse_cpu_list", "parse_policy"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from profiler.cpufreq import CpuPolicy, common_governors, parse_cpu_list, parse_policy
+from profiler.cpufreq import Cluster, CpuPolicy, clusters, common_governors, parse_cpu_list, parse_policy
 from profiler.cputarget import ABIS, CpuTarget, parse_cpuinfo
 from profiler.errors import ParseError
 
@@ -66,11 +66,18 @@ class DeviceFacts:
     power: tuple[PowerSupply, ...]
     root: str = "unknown"  # adbd | su | none, filled in by the profiler after probing
     cpu_target: CpuTarget | None = None  # from the cpuinfo lines; None without them or for another ABI
+    capacity: tuple[tuple[int, int], ...] = ()  # (cpu, EAS cpu_capacity) where the kernel reports it
+
+    @property
+    def cpu_clusters(self) -> tuple[Cluster, ...]:
+        """Clusters slowest first (policies; per-CPU layouts grouped by capacity or max frequency)."""
+        return clusters(self.policies, dict(self.capacity))
 
     @property
     def clusters(self) -> str:
-        """Cluster sizes, e.g. '4+3+1'."""
-        return "+".join(str(len(p.cpus)) for p in self.policies) or "?"
+        """Cluster sizes in policy order, e.g. '4+3+1'."""
+        by_first = sorted(self.cpu_clusters, key=lambda c: c.cpus[0])
+        return "+".join(str(len(c.cpus)) for c in by_first) or "?"
 
     @property
     def governors(self) -> tuple[str, ...]:
@@ -174,6 +181,9 @@ def parse_probe(text: str, serial: str = "") -> DeviceFacts:
         cooling=cooling,
         power=power,
         cpu_target=cpu_target,
+        capacity=tuple(sorted((int(k[4:-9]), v) for k, v in ((k, _int(v)) for k, v in kv.items()
+                                                                if k.startswith("cpu.") and k.endswith(".capacity")
+                                                                and k[4:-9].isdigit()) if v is not None)),
     )
 
 

@@ -84,6 +84,39 @@ def test_probe_script_reads_a_sysfs_tree(tmp_path, shell):
     assert f.battery.capacity == 55 and f.battery.status is None
 
 
+@pytest.mark.parametrize("lists", ["related", "affected", "none", "none-nocap"])
+@pytest.mark.parametrize("shell", ["mksh", "sh"])
+def test_old_per_cpu_cpufreq_layout_gives_clusters_governors_and_affinity(tmp_path, shell, lists):
+    """No policyN: cpuN/cpufreq per CPU, related_cpus (or even affected_cpus) missing; clusters from capacity or
+    from the maximum frequency; no interactive or powersave offered."""
+    from profiler.campaign import affinity_mask
+
+    if not shutil.which(shell):
+        pytest.skip(f"{shell} not installed")
+    sysfs = tmp_path / "sys"
+    cpu = sysfs / "devices/system/cpu"
+    _write(cpu / "possible", "0-7")
+    for n in range(8):
+        big = n >= 4
+        d = cpu / f"cpu{n}/cpufreq"
+        if not lists.startswith("none"):
+            _write(d / f"{lists}_cpus", "4 5 6 7" if big else "0 1 2 3")
+        _write(d / "scaling_available_governors", "ondemand userspace performance")
+        _write(d / "scaling_governor", "ondemand")
+        _write(d / "cpuinfo_max_freq", "2208000" if big else "1497600")
+        _write(d / "scaling_cur_freq", "1200000")
+        if lists == "none":      # capacity decides where reported; else the maximum frequency
+            _write(cpu / f"cpu{n}/cpu_capacity", "1024" if big else "430")
+    out = subprocess.run([shell, str(SCRIPT)], env=dict(os.environ, AUTLEARN_SYSFS=str(sysfs)),
+                         capture_output=True, text=True, timeout=30).stdout
+    f = parse_probe(out, serial="old")
+    assert f.cores == 8 and f.governors == ("ondemand", "userspace", "performance")
+    assert f.clusters == "4+4" and [c.cpus for c in f.cpu_clusters] == [(0, 1, 2, 3), (4, 5, 6, 7)]
+    assert affinity_mask("big", f) == "0xf0" and affinity_mask("little", f) == "0xf"
+    assert all(p.cur_khz == 1200000 for p in f.policies)       # start/end frequencies are read
+    assert len(f.policies) == (8 if lists.startswith("none") else 2)
+
+
 def test_one_policy_parser_for_probe_and_governor():
     from profiler.cpufreq import parse_policy
     from profiler.errors import ParseError
