@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from profiler import __version__
+from profiler import __version__, knobs
 from profiler.campaign_config import Campaign, Cell, cell_id
 from profiler.deploy import deploy, remote_dir, runner_command
 from profiler.device import Device
@@ -179,7 +179,7 @@ class DeviceWorker:
         return self.counts
 
     def _run_cells(self, device: Device, pending) -> None:
-        with GovernorGuard(device, self.store.root) as guard:
+        with GovernorGuard(device, knobs.default_root()) as guard:
             for i, (cell, cid, art) in enumerate(pending):
                 if self.stop.is_set():
                     break
@@ -353,6 +353,13 @@ def _check_energy(campaign: Campaign, devices) -> None:
 ArtifactProvider = Callable[[Cell, str], ArtifactRef]  # (cell, target id) -> artifact
 
 
+def _undo_root(serials: set[str], log: Callable[[str], None]) -> None:
+    for key, what in knobs.restore_pending(knobs.default_root(), lambda s: Device(s), serials=serials,
+                                           only={"adb_root"}).items():
+        if what != "restored":
+            log(f"{key}: not undone now ({what}); the next run does it")
+
+
 def target_id(facts: DeviceFacts) -> str:
     """What a device's artifacts are compiled for: its ABI and the CPU the probe recognised
     (`ABI@MCPU[,ATTR...]`, see workloads.compile.parse_target_id), else the ABI's generic floor."""
@@ -402,9 +409,12 @@ def _run_campaign(campaign: Campaign, results_root: Path, artifacts: ArtifactPro
     for d in devices:
         if d.cpu_target is not None and not d.cpu_target.recognised:
             log(f"{d.serial}: {d.cpu_target.note}")
-    restored = restore_pending(store.root, lambda s: Device(s))
-    for serial, what in restored.items():
-        log(f"{serial}: governors left by an interrupted run: {what}")
+    restored = restore_pending(store.root, lambda s: Device(s))     # results of older versions kept them here
+    leased = {d.serial for d in devices}
+    restored.update(knobs.restore_pending(knobs.default_root(), lambda s: Device(s), serials=leased))
+    for key, what in restored.items():
+        log(f"{key}: left changed by an interrupted run: {what}")
+    leases.callback(_undo_root, leased, log)   # adbd back as it was when the run ends (under the leases)
     cells = campaign.plan(devices)
     planned: dict[str, list[tuple[Cell, str, ArtifactRef]]] = {d.serial: [] for d in devices}
     by_serial = {d.serial: d for d in devices}

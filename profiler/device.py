@@ -183,8 +183,12 @@ class Device:
         """How this device gives root: 'adbd' (adb root), 'su' (su -c), or 'none'. Detected once."""
         if self._uid() == "0":
             return "adbd"
-        if self._try_adb_root and self._adb_root():
-            return "adbd"
+        if self._try_adb_root:
+            if self._adb_root():
+                return "adbd"
+            from profiler import knobs
+
+            knobs.forget(knobs.default_root(), self.serial, "adb_root")   # nothing was changed
         if self._uid("su -c 'id -u'") == "0" or self._uid("su 0 id -u") == "0":
             return "su"
         return "none"
@@ -192,6 +196,10 @@ class Device:
     def _adb_root(self) -> bool:
         import adbutils
 
+        from profiler import knobs
+
+        # adbd as root is a knob too: persisted first, undone when the run ends (or by the next run after a kill)
+        knobs.persist(knobs.default_root(), self.serial, "adb_root", {"prior": "adbd not root"})
         try:
             answer = self._adb.root()
         except (adbutils.AdbError, OSError):
@@ -243,3 +251,26 @@ class Device:
         """Run a device script with quoted arguments (as root when asked)."""
         cmd = command("sh", self.script_path(name), *args)
         return self.shell_root(cmd, timeout) if root else self.shell(cmd, timeout)
+
+
+def restore_adb_root(device: "Device", doc: dict) -> None:
+    """adbd as root, undone (profiler.knobs.restore_pending): `adb unroot`, then wait for adbd to come back."""
+    import adbutils
+
+    with device._adb.open_transport() as c:
+        c.send_command("unroot:")
+        c.check_okay()
+        c.read_until_close()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            if device._uid() not in ("0", ""):
+                return
+        except DeviceError:
+            if ":" in device.serial:
+                try:
+                    device._client.connect(device.serial, timeout=5)
+                except adbutils.AdbError:
+                    pass
+        time.sleep(0.3)
+    raise DeviceError("adbd did not come back unrooted", serial=device.serial)

@@ -30,18 +30,17 @@ reason); `"fail"` raises `GovernorUnavailable`. Requested and applied are both r
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
 import threading
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from profiler.cpufreq import CpuPolicy, common_governors, parse_policy
+from profiler import knobs
 from profiler.errors import DeviceCommandFailed, NotRooted, ParseError, UserError
 
 INTENTS = ("interactive", "powersave", "performance", "schedutil", "userspace")
@@ -54,7 +53,7 @@ NEAREST: dict[str, tuple[str, ...]] = {
     "userspace": (),  # handled specially: pinned limits under `performance`
 }
 SCRIPT = "governor.sh"
-PENDING_DIR = "governor-pending"  # under the results dir: snapshots of phones whose governors are changed now
+KNOB = "governor"   # profiler.knobs: snapshots under <root>/governor-pending/<serial>.json while changed
 
 _UNITS = {"": 1, "khz": 1, "mhz": 1000, "ghz": 1_000_000, "hz": 0.001}
 _FREQ_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([a-z]*)\s*$", re.I)
@@ -329,7 +328,8 @@ class GovernorGuard:
 
     `device` is duck-typed: `.run_script(name, *args, root=True)` -> ShellResult(stdout, stderr, exit_code) (or str),
     `.shell_root(cmd)`, `.serial`, optionally `.workdir`. The snapshot is taken before the first change, written to
-    `<results_dir>/governor-pending/<serial>.json` (removed after a successful restore) and restored on exit, on
+    the pending store `results_dir` (profiler.knobs: `<root>/governor-pending/<serial>.json`, removed after a
+    successful restore; campaigns use `knobs.default_root()`) and restored on exit, on
     exceptions and on SIGINT/SIGTERM (handlers installed when entered in the main thread; see `restore_on_signals`).
     Unrooted phones: `apply*` raises NotRooted before changing anything else.
     """
@@ -437,31 +437,14 @@ class GovernorGuard:
             self._forget()
             return True
 
-    # -- persistence
-    def _pending_path(self) -> Path | None:
-        return None if self.results_dir is None else self.results_dir / PENDING_DIR / f"{_safe(self.serial)}.json"
-
+    # -- persistence (profiler.knobs: one pending store for every knob)
     def _persist(self) -> None:
-        path = self._pending_path()
-        if path is None or self.snapshot is None:
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        doc = {"serial": self.serial, "saved_at": time.time(), "snapshot": format_snapshot(self.snapshot)}
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "w") as f:
-            json.dump(doc, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if self.snapshot is not None:
+            text = format_snapshot(self.snapshot)
+            knobs.persist(self.results_dir, self.serial, KNOB, {"snapshot": text}, snapshot=text)
 
     def _forget(self) -> None:
-        path = self._pending_path()
-        if path is not None:
-            path.unlink(missing_ok=True)
-
-
-def _safe(serial: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", serial) or "device"
+        knobs.forget(self.results_dir, self.serial, KNOB)
 
 
 def _restore_snapshot(device: Any, states: Sequence[PolicyState] | str) -> None:
@@ -478,43 +461,28 @@ def _restore_snapshot(device: Any, states: Sequence[PolicyState] | str) -> None:
     _run(device, "restore", remote)
 
 
-def pending(results_dir: str | os.PathLike) -> tuple[str, ...]:
-    """Serials with a snapshot left behind by a host process that did not restore (killed, or device vanished)."""
-    d = Path(results_dir) / PENDING_DIR
-    if not d.is_dir():
-        return ()
-    out = []
-    for p in sorted(d.glob("*.json")):
-        try:
-            out.append(json.loads(p.read_text())["serial"])
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-    return tuple(out)
+def pending(root: str | os.PathLike) -> tuple[str, ...]:
+    """Serials with a governor snapshot left behind by a host process that did not restore (killed, or device
+    vanished)."""
+    return tuple(serial for knob, serial, doc, _ in knobs.entries(root) if knob == KNOB and doc)
 
 
-def restore_pending(results_dir: str | os.PathLike, connect: Callable[[str], Any]) -> dict[str, str]:
+def restore_knob(device: Any, doc: dict) -> None:
+    """The governor knob's restorer (profiler.knobs.restore_pending): re-apply a persisted snapshot."""
+    text = doc.get("snapshot") or doc["state"]["snapshot"]
+    parse_state(text)  # refuse to send garbage to a phone
+    _restore_snapshot(device, text)
+
+
+def restore_pending(root: str | os.PathLike, connect: Callable[[str], Any]) -> dict[str, str]:
     """Restore governors left changed by a killed run. `connect(serial)` returns a device (may raise).
 
     Returns {serial: "restored" | "<error>"}; snapshots that could not be restored stay on disk for the next try."""
-    d = Path(results_dir) / PENDING_DIR
-    report: dict[str, str] = {}
-    if not d.is_dir():
-        return report
-    for p in sorted(d.glob("*.json")):
-        try:
-            doc = json.loads(p.read_text())
-            serial, text = doc["serial"], doc["snapshot"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            report[p.stem] = f"unreadable snapshot {p}: {exc}"
-            continue
-        try:
-            parse_state(text)  # refuse to send garbage to a phone
-            _restore_snapshot(connect(serial), text)
-        except Exception as exc:  # keep the file; report why
-            report[serial] = f"{type(exc).__name__}: {exc}"
-            continue
-        p.unlink(missing_ok=True)
-        report[serial] = "restored"
+    report = {}
+    for key, what in knobs.restore_pending(root, connect).items():
+        serial, _, knob = key.rpartition(" ")
+        if knob == KNOB:
+            report[serial] = what
     return report
 
 

@@ -53,10 +53,11 @@ def provider(art_dir: Path):
 
 
 def campaign_file(tmp_path: Path, serials, name="t", variants=("full", "unoptimized"), governors=("interactive",
-                  "powersave"), steps=3, reps=2) -> Path:
+                  "powersave"), steps=3, reps=2, energy="none") -> Path:
     p = tmp_path / f"{name}.toml"
     p.write_text(textwrap.dedent(f"""
         name = "{name}"
+        energy = "{energy}"
         warmup = 1
         steps = {steps}
         repetitions = {reps}
@@ -252,3 +253,32 @@ def test_a_lease_left_by_a_killed_run_on_this_host_is_broken(lab, tmp_path):
     out = run_campaign(c, tmp_path / "results", provider(make_artifact(tmp_path)), log=logs.append)
     assert out.ok == 1 and any("breaking a stale lease" in m and "is gone" in m for m in logs), logs
     assert not lease.exists()
+
+
+def test_kill_9_during_a_fuel_gauge_cell_then_the_next_run_restores_charging_and_root(lab, tmp_path):
+    """Every knob is persisted before it is turned: after a kill -9 mid-cell (charging suspended, governor
+    changed, adbd rooted) the next run on the phone puts each back before it starts, and undoes its own root."""
+    phone = next(p for p in lab if p.profile == "legacy")
+    switch = Path(phone.root) / "sys/class/power_supply/battery/input_suspend"
+    before = (governors(phone), switch.read_text())
+    toml = campaign_file(tmp_path, [phone.serial], name="gauge", variants=("full",), governors=("powersave",),
+                         steps=40, reps=1, energy="fuelgauge")
+    proc = subprocess.Popen(_driver(tmp_path, toml, make_artifact(tmp_path, sleep=0.2), False),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    deadline = time.monotonic() + 90
+    while switch.read_text().strip() != "1" and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert switch.read_text().strip() == "1", proc.stderr.read() if proc.poll() is not None else "never suspended"
+    proc.kill()                                     # SIGKILL: nothing of the run's own cleanup happens
+    proc.wait(30)
+    assert switch.read_text().strip() == "1" and governors(phone) != before[0]     # left changed
+    logs = []
+    c = load_campaign(campaign_file(tmp_path, [phone.serial], name="after", variants=("full",),
+                                    governors=("performance",), steps=1, reps=1))
+    out = run_campaign(c, tmp_path / "results", provider(make_artifact(tmp_path)), log=logs.append)
+    assert out.ok == 1
+    assert any("charging" in m and "restored" in m for m in logs), logs
+    assert any("governor" in m and "restored" in m for m in logs), logs
+    assert (governors(phone), switch.read_text()) == before
+    from profiler import knobs
+    assert knobs.entries(knobs.default_root(), phone.serial) == []          # nothing left pending

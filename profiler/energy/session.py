@@ -27,12 +27,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import re
 import time
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from profiler import knobs
 from profiler.device import quote
 from profiler.energy import PowerTrace
 from profiler.energy.align import ClockOffset, baseline_power, estimate_offset, step_energies
@@ -241,6 +243,7 @@ class FuelGaugeMeter(Meter):
         self.labels = ("virtual", "modeled") if self.virtual else ("measured",)
         self.decision: FuelGaugeDecision | None = None
         self.restore: tuple[str, str] | None = None  # (device path, prior value) of the charging switch
+        self.pending_root = knobs.default_root()         # where the switch's prior value is persisted
         self._files: tuple[str, str, str] | None = None  # out, err, stop
         self._marks: dict[str, str] = {}
         self._notes: list[str] = []
@@ -286,6 +289,9 @@ class FuelGaugeMeter(Meter):
                 raise EnergyError(f"cannot read {node}: {(prior.stderr or prior.stdout).strip()}",
                                   serial=self.device.serial)
             self.restore = (path, prior.stdout.strip())
+            # persisted before the switch is turned: a run killed mid-cell leaves it for the next run to restore
+            knobs.persist(self.pending_root, self.device.serial, "charging",
+                          {"path": path, "prior": self.restore[1]})
             self._write_switch(off)
             self._notes.append(f"charging suspended via {node} (prior value {self.restore[1]!r})")
             time.sleep(0.2 if self.virtual else 1.0)  # let the gauge see the discharge
@@ -305,6 +311,7 @@ class FuelGaugeMeter(Meter):
             if self.restore is not None:
                 self._write_switch(self.restore[1])
                 self.restore = None
+                knobs.forget(self.pending_root, self.device.serial, "charging")
         return False
 
     # -- sampling -------------------------------------------------------------------------------------------
@@ -471,3 +478,13 @@ class MonsoonMeter(Meter):
 
 
 __all__ = ["CellEnergy", "FuelGaugeMeter", "Meter", "MonsoonMeter", "known_monitor", "open_meter", "resolve_energy"]
+
+
+def restore_charging(device, doc: dict) -> None:
+    """The charging switch's restorer (profiler.knobs.restore_pending): write its persisted prior value back."""
+    path, prior = doc["state"]["path"], str(doc["state"]["prior"])
+    if not re.fullmatch(r"\$\{AUTLEARN_SYSFS:-/sys\}/class/power_supply/[A-Za-z0-9_./-]+", path) or "\n" in prior:
+        raise EnergyError(f"refusing a malformed pending charging state ({path!r})", serial=device.serial)
+    r = device.shell_root(f'echo {quote(prior)} > "{path}" && cat "{path}"', timeout=20)
+    if not r.ok or r.stdout.strip() != prior:
+        raise EnergyError(f"cannot restore {path} to {prior!r}", serial=device.serial)
