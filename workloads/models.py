@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import Any, Iterable
 
 from profiler.errors import ConfigError
 
@@ -127,6 +127,21 @@ class WordLSTMConfig:
 
 MODELS = ("mobilenet", "lstm")
 CONFIGS: dict[str, type] = {"mobilenet": MobileNetConfig, "lstm": WordLSTMConfig}
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """('width=0.25', 'channels=[8,16]') -> {'width': 0.25, 'channels': [8, 16]}: KEY=VALUE config overrides, each
+    VALUE parsed as JSON when it parses, else kept as the string. ConfigError (key "set") on an item without '='."""
+    out: dict[str, Any] = {}
+    for item in items:
+        k, sep, v = item.partition("=")
+        if not sep or not k.strip():
+            raise ConfigError(f"expected KEY=VALUE, got {item!r}", key="set")
+        try:
+            out[k.strip()] = json.loads(v)
+        except ValueError:
+            out[k.strip()] = v
+    return out
 
 
 def make_config(model: str, **overrides: Any):
