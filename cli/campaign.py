@@ -48,8 +48,12 @@ class LiveProgress:
                 self._live = Live(_progress_table(progress), console=self.console, refresh_per_second=4,
                                   transient=False, auto_refresh=sys.stderr.isatty())
                 self._live.start()
-            else:
+            elif self._live is not None:
                 self._live.update(_progress_table(progress))
+            if progress.finished and self._live is not None:   # the table stays on screen; the display is free
+                self._live.update(_progress_table(progress))
+                self._live.stop()
+                self._live = None
 
     def log(self, message: str) -> None:
         self.console.print(message, markup=False, highlight=False)

@@ -4,38 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import click
 
+from cli.options import measure_options, parse_sets, set_option
 from profiler.errors import ConfigError
-
-
-def parse_overrides(items: tuple[str, ...]) -> dict[str, Any]:
-    """('width=0.25', 'channels=[8,16]') -> {'width': 0.25, 'channels': [8, 16]} (values JSON when they parse)."""
-    out: dict[str, Any] = {}
-    for item in items:
-        k, sep, v = item.partition("=")
-        if not sep or not k.strip():
-            raise ConfigError(f"expected KEY=VALUE, got {item!r}", key="set")
-        try:
-            out[k.strip()] = json.loads(v)
-        except ValueError:
-            out[k.strip()] = v
-    return out
-
-
-def config_from(model: str, table_meta: Any = None, overrides: dict[str, Any] | None = None):
-    """Model config: the table's config (when it was made for this model) updated by overrides."""
-    from workloads.models import make_config
-
-    base: dict[str, Any] = {}
-    if table_meta is not None and table_meta.model:
-        if table_meta.model != model:
-            raise ConfigError(f"table was built for {table_meta.model!r}, not {model!r}", key="model")
-        base = {k: v for k, v in table_meta.config_dict().items() if k != "model"}
-    base.update(overrides or {})
-    return make_config(model, **base)
 
 
 @click.group()
@@ -50,38 +23,32 @@ def tables():
               help="Comma-separated governor intents (one table each; mapped to the kernel's governors).")
 @click.option("--host", is_flag=True, help="Instead: single-layer PyTorch steps on this host (labelled 'host (not a "
                                            "phone)').")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Model config override (repeatable).")
+@set_option("Model config override (repeatable).")
 @click.option("--every", default=2, show_default=True, help="Measure every N-th channel count; interpolate the rest.")
-@click.option("--reps", default=5, show_default=True, help="Host: interleaved rounds. Device: runner launches.")
-@click.option("--steps", default=10, show_default=True, help="Device: timed steps per runner launch.")
-@click.option("--warmup", default=2, show_default=True, help="Device: untimed steps per runner launch.")
 @click.option("--per-suite", default=48, show_default=True, help="Device: layer shapes compiled into one artifact.")
-@click.option("--rounds", default=3, show_default=True,
-              help="Device: run the campaign this many times, pooled (robust to a few slow seconds).")
-@click.option("--energy", default="auto", show_default=True, help="Device: none | fuelgauge | monsoon:SERIAL | auto.")
-@click.option("--threads", default=1, show_default=True)
 @click.option("--trainable", type=click.Choice(["head", "all"]), default="head", show_default=True)
-@click.option("--results", "results_root", default="results", show_default=True, type=click.Path(file_okay=False),
-              help="Device: campaign results root.")
-@click.option("--resume", is_flag=True, help="Device: continue an interrupted table campaign.")
-@click.option("--artifacts", "artifact_cache", default=None, type=click.Path(file_okay=False),
-              help="Artifact cache (default $AUTLEARN_HOME/artifacts).")
+@measure_options(rounds=3, repetitions=5, steps=10, warmup=2, energy="auto", threads=1, help={
+    "repetitions": "Host: interleaved rounds. Device: runner launches.",
+    "steps": "Device: timed steps per runner launch.", "warmup": "Device: untimed steps per runner launch.",
+    "rounds": "Device: run the campaign this many times, pooled (robust to a few slow seconds).",
+    "energy": "Device: none | fuelgauge | monsoon:SERIAL | auto.", "results_root": "Device: campaign results root.",
+    "resume": "Device: continue an interrupted table campaign."})
 @click.option("--out", "out", required=True, type=click.Path(),
               help="Host: a .parquet/.csv file. Device: a directory (one table per governor).")
-def build(model, serial, governors, host, sets, every, reps, steps, warmup, per_suite, rounds, energy, threads,
-          trainable, results_root, resume, artifact_cache, out):
+def build(model, serial, governors, host, sets, every, per_suite, trainable, settings, out):
     """Build tables covering every model the pruner can reach from the config."""
     from workloads.layers import table_grid
+    from workloads.table_pipeline import config_from
 
-    cfg = config_from(model, None, parse_overrides(sets))
+    cfg = config_from(model, None, parse_sets(sets))
     grid = table_grid(cfg, trainable)
     if host == bool(serial):
         raise ConfigError("give --device SERIAL (a phone, through the campaign engine) or --host", key="device")
     if serial:
-        _build_on_device(model, cfg, grid, serial, governors, every, reps, steps, warmup, per_suite, rounds, energy,
-                         threads, trainable, Path(results_root), resume, Path(out), artifact_cache)
+        _build_on_device(model, cfg, grid, serial, governors.split(","), every, per_suite, trainable, settings,
+                         Path(out))
         return
-    _build_on_host(model, cfg, grid, every, reps, threads, out)
+    _build_on_host(model, cfg, grid, every, settings.repetitions, settings.threads, out)
 
 
 def _build_on_host(model, cfg, grid, every, reps, threads, out) -> None:
@@ -107,66 +74,23 @@ def _build_on_host(model, cfg, grid, every, reps, threads, out) -> None:
                f"{table.meta.source_device}")
 
 
-def table_campaign(model: str, cfg: Any, serial: str, governors: list[str], every: int, suites: int, *,
-                   reps: int, steps: int, warmup: int, energy: str, trainable: str = "head") -> dict[str, Any]:
-    """The campaign (as a dict for `parse_campaign`) measuring the layer suites of `cfg` on one device."""
-    base = {k: v for k, v in cfg.to_dict().items() if k not in ("model", "batch")}
-    from workloads.measure import named
+def _build_on_device(model, cfg, grid, serial, governors, every, per_suite, trainable, settings, out: Path) -> None:
+    from cli.campaign import LiveProgress
+    from workloads.table_pipeline import build_device_tables, plan_device_tables
 
-    return named(f"tables-{model}", {
-        "description": f"per-layer table of {model} ({cfg.key()}), every {every}, {suites} suite(s)",
-        "warmup": warmup, "steps": steps, "repetitions": reps, "energy": energy,
-        "devices": {"serials": [serial]}, "governors": governors,
-        "workload": [{"model": "layers", "batch": [cfg.batch],
-                      "config": {"family": model, "every": every, "suite": i, "suites": suites,
-                                 "trainable": trainable, **base}} for i in range(suites)],
-    })
-
-
-def _build_on_device(model, cfg, grid, serial, governors, every, reps, steps, warmup, per_suite, rounds, energy,
-                     threads, trainable, results_root: Path, resume, out: Path, artifact_cache=None) -> None:
-    from dataclasses import replace
-
-    from profiler.campaign_config import parse_campaign
-    from workloads.layer_suite import suite_count
-    from workloads.layers import unique_shapes
-    from workloads.measure import run_rounds, safe_name, workload_of
-    from workloads.tables import Table, sample_grid, tables_from_results
-
-    if trainable != "head":
-        raise ConfigError("device tables measure the transfer-learning step (--trainable head); "
-                          "use --host for trainable=all", key="trainable")
-    govs = [g.strip() for g in governors.split(",") if g.strip()]
-    shapes = len(unique_shapes(sample_grid(grid, every)))
-    suites = suite_count(shapes, per_suite)
-    spec = table_campaign(model, cfg, serial, govs, every, suites, reps=reps, steps=steps, warmup=warmup,
-                          energy=energy)
-    parse_campaign(spec, source="autlearn tables build")          # bad settings fail before anything runs
-    click.echo(f"{spec['name']}: {shapes} layer shapes in {suites} suite(s) x {len(govs)} governor(s) x {rounds} "
-               f"round(s) on {serial}", err=True)
-    ctl = workload_of(cfg)
-    made = {}
-    failed = 0
-    for gov in govs:            # per governor: its own control reference (a governor may change speed)
-        one = {**spec, "name": f"{spec['name']}-{gov}", "governors": [gov]}
-        got = run_rounds(one, rounds, results_root=results_root, resume=resume, threads=threads,
-                         artifact_cache=artifact_cache, control=ctl)
-        failed += got.failed
-        notes = (f"measured {shapes} layer shapes ({len(sample_grid(grid, every))} of {len(grid)} grid keys, every "
-                 f"{every}) in {suites} suite(s), {reps} runner launch(es) x {steps} steps per round, {threads} "
-                 f"thread(s); {got.summary()}; campaigns {', '.join(str(d) for d in got.dirs)}")
-        for k, t in tables_from_results(got.raw, grid, model=model, config=cfg, notes=notes).items():
-            made[k] = Table(t.df, replace(t.meta, control_ms=float(got.reference_ms or 0.0),
-                                          control_config=json.dumps(ctl, sort_keys=True)))
-    out.mkdir(parents=True, exist_ok=True)
-    for (dev, gov), t in made.items():
-        p = t.save(out / f"{safe_name(f'{model}-{dev}-{gov}', 200)}.parquet")
+    plan = plan_device_tables(model, cfg, grid, serial, governors, every, per_suite, settings, trainable)
+    click.echo(f"{plan.spec['name']}: {plan.shapes} layer shapes in {plan.suites} suite(s) x {len(plan.governors)} "
+               f"governor(s) x {settings.rounds} round(s) on {serial}", err=True)
+    with LiveProgress() as display:
+        built = build_device_tables(plan, settings, out, on_progress=display.on_progress, log=display.log)
+    for (dev, gov), p in built.paths.items():
+        t = built.tables[(dev, gov)]
         c = t.counts()
         click.echo(f"{p}: {len(t)} keys ({c['measured']} measured, {c['interpolated']} interpolated) on "
                    f"{t.meta.source_device} [{t.meta.labels or 'measured'}], governor {gov} -> "
                    f"{t.meta.governor_applied}{', energy' if t.has_energy else ''}")
-    if failed:
-        click.echo(f"warning: {failed} suite cell(s) failed; their keys were interpolated where possible "
+    if built.failed:
+        click.echo(f"warning: {built.failed} suite cell(s) failed; their keys were interpolated where possible "
                    f"(rerun with --resume to retry)", err=True)
 
 
@@ -246,18 +170,12 @@ def export(table_path, csv_out, pq_out, allow_version_mismatch):
 @click.option("--device", "serial", default=None, help="Device to measure on (default: the table's).")
 @click.option("--models", "n_models", default=12, show_default=True, help="Whole models to measure (>= 10 advised).")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--reps", default=2, show_default=True, help="Runner launches per model per round.")
-@click.option("--rounds", default=3, show_default=True, help="Campaign rounds, pooled (robust to slow seconds).")
-@click.option("--steps", default=10, show_default=True)
-@click.option("--warmup", default=2, show_default=True)
-@click.option("--energy", default="none", show_default=True,
-              help="Also measure energy (auto | fuelgauge | monsoon:SERIAL); off by default: a polling power source "
-                   "competes with the runner for CPU.")
-@click.option("--threads", default=1, show_default=True, help="Runner threads (use the table's).")
-@click.option("--results", "results_root", default="results", show_default=True, type=click.Path(file_okay=False))
-@click.option("--resume", is_flag=True)
-@click.option("--artifacts", "artifact_cache", default=None, type=click.Path(file_okay=False),
-              help="Artifact cache (default $AUTLEARN_HOME/artifacts).")
+@measure_options(rounds=3, repetitions=2, steps=10, warmup=2, energy="none", threads=1, help={
+    "repetitions": "Runner launches per model per round.",
+    "rounds": "Campaign rounds, pooled (robust to slow seconds).",
+    "energy": "Also measure energy (auto | fuelgauge | monsoon:SERIAL); off by default: a polling power source "
+              "competes with the runner for CPU.",
+    "threads": "Runner threads (use the table's)."})
 @click.option("--out", "out", default=None, type=click.Path(dir_okay=False),
               help="CSV of per-model errors (default: prediction_error.csv in the campaign's results).")
 @click.option("--calibrate", "calibrated", default=None, type=click.Path(dir_okay=False),
@@ -266,78 +184,40 @@ def export(table_path, csv_out, pq_out, allow_version_mismatch):
               show_default=True, help="affine: scale x sum of layers + offset (a fixed cost per layer call is "
                                       "counted once per layer in the sum); ratio: scale only.")
 @click.option("--allow-version-mismatch", is_flag=True)
-def validate(table_path, serial, n_models, seed, reps, rounds, steps, warmup, energy, threads, results_root, resume,
-             artifact_cache, out, calibrated, method, allow_version_mismatch):
+def validate(table_path, serial, n_models, seed, settings, out, calibrated, method, allow_version_mismatch):
     """Prediction error of the resource model: measure whole models on the device, compare with the table's sum."""
-    import pandas as pd
     from rich.console import Console
     from rich.table import Table as RichTable
 
-    from workloads.measure import measure_models
-    from workloads.resource import model_resource, prediction_error, validation_configs
+    from cli.campaign import LiveProgress
+    from workloads.table_pipeline import calibrate_validated, prediction_frame, validate_table
     from workloads.tables import load_table
 
     t = load_table(table_path, allow_version_mismatch=allow_version_mismatch)
     if not t.meta.model:
         raise ConfigError(f"{table_path}: the table does not say which model family it was built for", key="model")
-    cfg = config_from(t.meta.model, t.meta)
-    serial = serial or t.meta.device_serial
-    if not serial or t.meta.source_device == "host (not a phone)":
-        raise ConfigError("give --device SERIAL (the table was not measured on a device)", key="device")
-    models = validation_configs(cfg, n_models, seed)
-    pred = {n: model_resource(c, t) for n, c in models.items()}
-    name = f"validate-{t.meta.model}-{t.meta.governor_requested}"
-    measured, rdir, got_rounds = measure_models(
-        name, models, serial, t.meta.governor_requested, results_root=Path(results_root), resume=resume,
-        threads=threads, reps=reps, steps=steps, warmup=warmup, energy=energy, artifact_cache=artifact_cache,
-        rounds=rounds, control=cfg, reference_ms=t.meta.control_ms or None)
-    click.echo(f"rounds: {got_rounds.summary()}", err=True)
-    got = {r.model: r for r in measured.itertuples()}
-    rep = prediction_error({n: pred[n].latency_ms for n in got}, {n: got[n].ms for n in got})
-    df = rep.per_model.rename(columns={"predicted": "predicted_ms", "measured": "measured_ms"})
-    df.insert(0, "kind", "latency")
-    frames = [df]
-    if t.has_energy and all(pd.notna(got[n].mj) and got[n].mj > 0 for n in got):
-        erep = prediction_error({n: pred[n].energy_mj for n in got}, {n: got[n].mj for n in got})
-        e = erep.per_model.rename(columns={"predicted": "predicted_mj", "measured": "measured_mj"})
-        e.insert(0, "kind", "energy")
-        frames.append(e)
-    else:
-        erep = None
-    full = pd.concat(frames, ignore_index=True)
-    full["device"] = t.meta.source_device
-    full["governor"] = t.meta.governor_requested
-    full["labels"] = t.meta.labels
-    outp = Path(out) if out else Path(rdir) / "prediction_error.csv"
-    full.to_csv(outp, index=False)
+    with LiveProgress() as display:
+        v = validate_table(t, serial, n_models, seed, settings, on_progress=display.on_progress, log=display.log)
+    click.echo(f"rounds: {v.rounds.summary()}", err=True)
+    outp = Path(out) if out else v.results_dir / "prediction_error.csv"
+    prediction_frame(v).to_csv(outp, index=False)
     view = RichTable(title=f"resource model vs measurement ({t.meta.source_device}, {t.meta.governor_requested}"
                            f"{', ' + t.meta.labels if t.meta.labels else ''})")
     for col in ("model", "predicted ms", "measured ms", "error"):
         view.add_column(col)
-    for r in rep.per_model.itertuples():
+    for r in v.latency.per_model.itertuples():
         view.add_row(r.model, f"{r.predicted:.4g}", f"{r.measured:.4g}", f"{r.error:+.1%}")
     Console().print(view)
-    click.echo(f"latency: {rep.summary()}")
-    if erep is not None:
-        click.echo(f"energy: {erep.summary()}")
+    click.echo(f"latency: {v.latency.summary()}")
+    if v.energy is not None:
+        click.echo(f"energy: {v.energy.summary()}")
     if calibrated:
-        import statistics
-
-        from workloads.tables import calibrate
-
-        names = sorted(got)
-        used = [c for _, c, ok in got_rounds.controls if ok and c is not None]
-        control_ms = statistics.median(used) if used else None      # the conditions of these measurements
-        ct, fit = calibrate(t, [pred[n].latency_ms for n in names], [got[n].ms for n in names],
-                            {"results": str(rdir), "governor": t.meta.governor_requested, "rounds": rounds},
-                            method, control_ms=control_ms)
+        ct, fit, control_ms = calibrate_validated(v, method, settings.rounds)
         click.echo(f"calibrated: latency x {fit['scale']:.3f} {fit['offset_ms']:+.4g} ms; leave-one-out mean |err| "
                    f"{fit['loo_mean_abs_error']:.1%}, max {fit['loo_max_abs_error']:.1%}, "
                    f"{fit['loo_within_10pct']:.0%} within +-10%"
                    + (f"; control reference {control_ms:.4g} ms (median of the rounds used; the table's: "
                       f"{t.meta.control_ms:.4g} ms)" if control_ms else "") + f" -> {ct.save(calibrated)}")
-    missing = sorted(set(models) - set(got))
-    if missing:
-        click.echo(f"not measured (failed cells): {', '.join(missing)}", err=True)
+    if v.missing:
+        click.echo(f"not measured (failed cells): {', '.join(v.missing)}", err=True)
     click.echo(f"-> {outp}")
-

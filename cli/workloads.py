@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from cli.options import parse_sets, set_option
 from profiler.errors import ArtifactError, ConfigError
 
 # Mirrors workloads.models.MODELS / workloads.compile.VARIANTS / runner_build.ABIS (checked again there);
@@ -15,24 +16,12 @@ from profiler.errors import ArtifactError, ConfigError
 MODELS = ("lstm", "mobilenet")
 VARIANTS = ("full", "compressed", "unoptimized", "cached")
 ABIS = ("x86_64", "arm64-v8a")
+DEFAULT_DIR = Path("artifacts")   # relative: workloads.artifact.default_artifact_dir's root
 
 
 def _check(value: str, valid: tuple[str, ...], key: str) -> None:
     if value not in valid:
         raise ConfigError(f"unknown {key} {value!r} (choose from {', '.join(valid)})", key=key)
-
-
-def _parse_set(items: tuple[str, ...]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"expected KEY=VALUE, got {item!r}", key="set")
-        try:
-            out[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key] = raw
-    return out
 
 
 def _with_data(program: Any, model: str, variant: str, path: Path) -> Any:
@@ -76,8 +65,7 @@ def workloads():
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Artifact directory (replaced). Default: artifacts/<model>-<variant>-<abi>[-<overrides>].")
 @click.option("--batch", type=click.IntRange(min=1), default=None, help="Batch size (model default otherwise).")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-              help="Model config override, repeatable (VALUE parsed as JSON when possible), e.g. --set width=0.5.")
+@set_option()
 @click.option("--data", "data_path", type=click.Path(path_type=Path), default=None,
               help="Take the first batch from this data set (LEAF FEMNIST JSON / Shakespeare text).")
 def build(model, variant, abi, out, batch, sets, data_path):
@@ -88,7 +76,7 @@ def build(model, variant, abi, out, batch, sets, data_path):
     _check(model, MODELS, "model")
     _check(variant, VARIANTS, "variant")
     _check(abi, ABIS, "abi")
-    config = _parse_set(sets)
+    config = parse_sets(sets)
     if batch is not None:
         config["batch"] = batch
     if data_path is not None and not data_path.exists():
@@ -109,17 +97,23 @@ def build(model, variant, abi, out, batch, sets, data_path):
 
 
 @workloads.command(name="list")
-@click.argument("directory", type=click.Path(path_type=Path), default=Path("artifacts"), required=False)
+@click.argument("directory", type=click.Path(path_type=Path), default=None, required=False)
 def list_(directory):
-    """Table of the artifacts under DIRECTORY (default: artifacts/), verified against their hashes."""
+    """Table of the artifacts under DIRECTORY (default: artifacts/, where `workloads build` writes), verified
+    against their hashes."""
     from rich.console import Console
     from rich.table import Table
 
     from workloads.artifact import list_artifacts
 
+    if directory is None:
+        directory = DEFAULT_DIR
+        if not directory.is_dir():     # nothing built yet is not an error; a DIRECTORY given that is missing is
+            click.echo(f"no artifacts yet (looked in {directory.resolve()}; `autlearn workloads build` writes there)")
+            return
     found = list_artifacts(directory)
     if not found:
-        click.echo(f"no artifacts under {directory}")
+        click.echo(f"no artifacts yet (looked in {directory.resolve()})")
         return
     table = Table(title=f"artifacts under {directory}")
     for col in ("artifact", "model", "variant", "abi", "batch", "hash", "MB", "built"):
@@ -150,7 +144,7 @@ def list_(directory):
 @click.option("--variant", default="full", show_default=True, metavar="full|compressed|cached",
               help="Compilation variant (unoptimized is never tuned).")
 @click.option("--batch", type=click.IntRange(min=1), default=None, help="Batch size (model default otherwise).")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Model config override, repeatable.")
+@set_option("Model config override, repeatable.")
 @click.option("--trials", type=click.IntRange(min=1), default=64, show_default=True,
               help="Measured candidates per kernel (records already in the database count: a rerun resumes).")
 @click.option("--minutes", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
@@ -176,7 +170,7 @@ def tune(serials, model, variant, batch, sets, trials, minutes, top, target_id, 
     _check(model, MODELS, "model")
     if variant not in ("full", "compressed", "cached"):
         raise ConfigError(f"variant {variant!r} is not tuned (choose from full, compressed, cached)", key="variant")
-    config = _parse_set(sets)
+    config = parse_sets(sets)
     if batch is not None:
         config["batch"] = batch
     make_config(model, **config)   # bad config fails before the device is touched

@@ -56,6 +56,7 @@ class Progress:
     state: dict[str, str] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     on_change: Callable[[str], None] | None = None
+    finished: bool = False          # set by `run` when the campaign has ended
 
     def advance(self, serial: str, state: str = "") -> None:
         with self.lock:
@@ -329,15 +330,17 @@ def run(campaign: Campaign, settings, artifacts: ArtifactProvider,
         on_progress: Callable[[Progress], None] | None = None, log: Callable[[str], None] = lambda s: None) -> Outcome:
     """Run `campaign` with `settings` (profiler.settings.MeasureSettings: results root, resume, threads) and an
     artifact provider -> Outcome. No display: `on_progress(progress)` is called on every change and once at the end
-    (a CLI renders it); `log` gets the engine's messages."""
+    (a CLI renders it; `progress.finished` is then True); `log` gets the engine's messages."""
     progress = Progress()
     if on_progress is not None:
         progress.on_change = lambda _serial: on_progress(progress)
-    outcome = run_campaign(campaign, settings.results_root, artifacts, resume=settings.resume, progress=progress,
-                           threads=settings.threads, log=log)
-    if on_progress is not None:
-        on_progress(progress)
-    return outcome
+    try:
+        return run_campaign(campaign, settings.results_root, artifacts, resume=settings.resume, progress=progress,
+                            threads=settings.threads, log=log)
+    finally:
+        progress.finished = True
+        if on_progress is not None:
+            on_progress(progress)
 
 
 def run_campaign(campaign: Campaign, results_root: Path, artifacts: ArtifactProvider, *, resume: bool = False,

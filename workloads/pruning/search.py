@@ -40,7 +40,7 @@ from workloads.pruning.importance import get_importance
 from workloads.pruning.mobilenet import min_channels, prune_smallest, prunable_layers, with_channels
 from workloads.resource import RESOURCE_KINDS, model_resource, predict
 
-FORMAT = "autlearn.compressed/1"
+from workloads.pruning.compressed import FORMAT  # noqa: F401  (re-exported: readers name search.FORMAT)
 SELECTIONS = ("first", "best-val")
 
 
@@ -392,24 +392,19 @@ def export_point(config: Any, pdir: Path, budget: Budget, rec: dict[str, Any], s
     """Write `compressed.json` + `model.pt` (state dict) for the `compressed` variant."""
     import shutil
 
+    from workloads.pruning.compressed import write_compressed
+
     pdir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(state, pdir / "model.pt")
     cfg = with_channels(config, rec["channels"])
     base = {k: v for k, v in config.to_dict().items() if k not in ("model", "channels")}
-    doc = {
-        "format": FORMAT, "model": "mobilenet", "variant": "compressed", "config": cfg.to_dict(),
-        "build_program": {"model": "mobilenet", "variant": "compressed", "config": base,
-                          "compressed_config": {"channels": list(cfg.layer_channels)}},
-        "state_dict": "model.pt", "budget": str(budget), "kind": budget.kind, "budget_value": budget.value,
-        "predicted": rec["resource"], "value": rec["value"], "val_accuracy": rec["accuracy"],
-        "test_accuracy": rec["test_accuracy"],
-        "accuracy_data": {"source": split.source, "synthetic": split.synthetic, "val": len(split.val_y),
-                          "test": len(split.test_y)},
-        "iteration": rec["iteration"], "settings": asdict(s),
-        "table": (json.loads(table.meta.to_json()) if table is not None else None),
-    }
-    _write_json(pdir / "compressed.json", doc)
-    return pdir / "compressed.json"
+    return write_compressed(
+        pdir, model="mobilenet", config=cfg, base=base, compressed_config={"channels": list(cfg.layer_channels)},
+        budget=budget, predicted=rec["resource"], value=rec["value"], table=table,
+        extra={"val_accuracy": rec["accuracy"], "test_accuracy": rec["test_accuracy"],
+               "accuracy_data": {"source": split.source, "synthetic": split.synthetic, "val": len(split.val_y),
+                                 "test": len(split.test_y)},
+               "iteration": rec["iteration"], "settings": asdict(s)})
 
 
 def _read_compressed(p: Path) -> dict[str, Any]:

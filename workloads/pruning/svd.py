@@ -7,7 +7,8 @@ factors; the first factor's bias is zero, the second keeps the original bias). F
 from __future__ import annotations
 
 import copy
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 from profiler.errors import ConfigError
 from workloads.layers import FC_STEP, channel_options
@@ -71,3 +72,37 @@ def rank_for_budget(config: Any, table: Any, budget: Budget, step: int = FC_STEP
     if not ok:
         raise UnreachableBudget(budget, min(min(vals.values()), full))   # = smallest_rank_value, computed
     return max(ok)
+
+
+def prune_lstm(config: Any, table: Any, budgets: Any, out: Path, emit: Callable[[str], None] = lambda m: None
+               ) -> dict[str, str]:
+    """LSTM family: SVD rank of the dense head per budget (weights: the seed model's head factorised, no
+    fine-tune), written as `compressed.json` + `model.pt` under out/lstm/<budget> -> {str(budget): compressed.json}."""
+    from dataclasses import replace
+
+    import torch
+
+    from workloads.models import build_model
+    from workloads.pruning.compressed import write_compressed
+    from workloads.resource import model_resource
+
+    net = build_model(replace(config, head_rank=0))
+    exports: dict[str, str] = {}
+    full = min(config.hidden_size, config.vocab_size)
+    for b in budgets:
+        r = rank_for_budget(replace(config, head_rank=0), table, b)
+        rank = 0 if r >= full else r                     # the dense head already meets the budget
+        d = Path(out) / "lstm" / b.slug
+        d.mkdir(parents=True, exist_ok=True)
+        torch.save((factorize_head(net, rank) if rank else net).state_dict(), d / "model.pt")
+        pcfg = replace(config, head_rank=rank)
+        predicted = model_resource(pcfg, table)
+        base = {k: v for k, v in config.to_dict().items() if k not in ("model", "head_rank")}
+        path = write_compressed(
+            d, model="lstm", config=pcfg, base=base, compressed_config={"head_rank": rank}, budget=b,
+            predicted=predicted.to_dict(),
+            value=predicted.value(b.kind) if (table is not None or b.kind in ("flops", "memory")) else None,
+            table=table, extra={"head_rank": rank, "note": "head factorised by SVD (no fine-tune)"})
+        emit(f"{b}: head rank {rank or 'dense'} -> {path}")
+        exports[str(b)] = str(path)
+    return exports
