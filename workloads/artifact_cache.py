@@ -20,7 +20,8 @@ from profiler.errors import ArtifactError, UserError
 BUILD_SOURCES: tuple[str, ...] = (
     "artifact.py", "compile.py", "targets.py", "tuning_db.py", "program.py", "runner_build.py", "metaschedule.py",
     "models.py", "layers.py", "layer_suite.py", "tables.py", "tables/*.py", "data.py", "resource.py",
-    "families/*.py", "pruning/*.py",
+    "families/*.py", "pruning/__init__.py", "pruning/search.py", "pruning/compressed.py", "pruning/mobilenet.py",
+    "pruning/budget.py", "pruning/importance.py", "pruning/train.py", "pruning/svd.py",
     "runner/**/*.cc", "runner/**/*.h", "tuning/**/*.json",
 )
 
