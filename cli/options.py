@@ -73,7 +73,8 @@ def measure_options(*, rounds: int = 1, repetitions: int = 2, steps: int = 10, w
         def wrapper(*args, **kwargs):
             from profiler.settings import MeasureSettings
 
-            given = {k: kwargs.pop(k) for k in MEASURE_FIELDS if k in kwargs}
+            # only the options added here: a fixed field's name may be the command's own (prune's --steps)
+            given = {k: kwargs.pop(k) for k in MEASURE_FIELDS if k not in fixed}
             return f(*args, settings=MeasureSettings(**{**defaults, **given}), **kwargs)
 
         for name in reversed(MEASURE_FIELDS):
