@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -22,34 +21,6 @@ DEFAULT_DIR = Path("artifacts")   # relative: workloads.artifact.default_artifac
 def _check(value: str, valid: tuple[str, ...], key: str) -> None:
     if value not in valid:
         raise ConfigError(f"unknown {key} {value!r} (choose from {', '.join(valid)})", key=key)
-
-
-def _with_data(program: Any, model: str, variant: str, path: Path) -> Any:
-    """Replace the program's first batch (x, y) with batch 0 of the data set at `path`."""
-    from dataclasses import replace
-
-    import numpy as np
-
-    from workloads import data
-    from workloads.models import make_config
-
-    if variant == "cached":
-        raise ConfigError("--data is not supported with variant 'cached' (its batch holds backbone features)",
-                          key="data")
-    cfg = make_config(model, **program.meta["config"])
-    if model == "mobilenet":
-        x, y = data.load_femnist(path).batch(0, cfg.batch, cfg.seed)
-        x = data.resize_images(x, cfg.image_size, cfg.in_channels)
-    else:
-        x, y = data.load_shakespeare(path, cfg.vocab_size, cfg.seq_len).batch(0, cfg.batch, cfg.seed)
-    tensors = dict(program.tensors)
-    for name, new in (("x", x), ("y", y)):
-        old = tensors[name]
-        if tuple(new.shape) != tuple(old.shape):
-            raise ConfigError(f"batch from {path} has {name} shape {new.shape}, the program needs {old.shape}",
-                              key="data")
-        tensors[name] = np.ascontiguousarray(new.astype(old.dtype))
-    return replace(program, tensors=tensors, meta={**program.meta, "data": str(path)})
 
 
 @click.group()
@@ -89,7 +60,9 @@ def build(model, variant, abi, out, batch, sets, data_path):
     log(f"compiling {model}/{variant} for {abi}...")
     program = build_program(model, variant, abi, **config)
     if data_path is not None:
-        program = _with_data(program, model, variant, data_path)
+        from workloads.data import with_data
+
+        program = with_data(program, model, variant, data_path)
     art = write_artifact(program, out, abi=abi, log=log)
     b = art.manifest["build"]
     rt = "cached" if b.get("runtime_cached") else f"built in {b.get('runtime_build_s', 0):.0f} s"

@@ -24,7 +24,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from profiler.errors import UserError
+from profiler.errors import ConfigError, UserError
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 EMBEDDED_TEXT = DATA_DIR / "shakespeare_excerpt.txt"
@@ -251,3 +251,29 @@ def default_batch(cfg: Any, index: int = 0) -> tuple[np.ndarray, np.ndarray]:
     ds = _default_images(cfg.num_classes, cfg.seed)
     x, y = ds.batch(index, cfg.batch, cfg.seed)
     return resize_images(x, cfg.image_size, cfg.in_channels), y
+
+
+def with_data(program: Any, model: str, variant: str, path: Path) -> Any:
+    """`program` (a TrainingProgram of `model`/`variant`) with its first batch (x, y) replaced by batch 0 of the
+    data set at `path` (`workloads build --data`)."""
+    from dataclasses import replace
+
+    from workloads.models import make_config
+
+    if variant == "cached":
+        raise ConfigError("--data is not supported with variant 'cached' (its batch holds backbone features)",
+                          key="data")
+    cfg = make_config(model, **program.meta["config"])
+    if model == "mobilenet":
+        x, y = load_femnist(path).batch(0, cfg.batch, cfg.seed)
+        x = resize_images(x, cfg.image_size, cfg.in_channels)
+    else:
+        x, y = load_shakespeare(path, cfg.vocab_size, cfg.seq_len).batch(0, cfg.batch, cfg.seed)
+    tensors = dict(program.tensors)
+    for name, new in (("x", x), ("y", y)):
+        old = tensors[name]
+        if tuple(new.shape) != tuple(old.shape):
+            raise ConfigError(f"batch from {path} has {name} shape {new.shape}, the program needs {old.shape}",
+                              key="data")
+        tensors[name] = np.ascontiguousarray(new.astype(old.dtype))
+    return replace(program, tensors=tensors, meta={**program.meta, "data": str(path)})
