@@ -46,7 +46,7 @@ def main() -> int:
     import pandas as pd
 
     from profiler.campaign import run_campaign
-    from profiler.campaign_cli import artifact_provider
+    from workloads.artifact_cache import artifact_provider
     from profiler.campaign_config import load_campaign
     from testbed.lab import Lab, find_adb, find_free_ports
 

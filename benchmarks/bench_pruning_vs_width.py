@@ -217,6 +217,7 @@ def device_comparison(args, cfg, s, out: Path, t_start: float) -> int:
     import pandas as pd
     import torch
 
+    from profiler.settings import MeasureSettings
     from workloads.measure import measure_models, paired_ratio, per_round
     from workloads.models import build_model
     from workloads.pruning.budget import Budget
@@ -241,9 +242,9 @@ def device_comparison(args, cfg, s, out: Path, t_start: float) -> int:
     results = DEVICE_WORK / "results"
 
     def measure(name: str, models: dict, rounds: int):
-        got, _, rr = measure_models(name, models, args.device, gov, results_root=results, resume=True, reps=1,
-                                    rounds=rounds, steps=args.measure_steps, warmup=3, energy="none", control=cfg,
-                                    reference_ms=ref)
+        settings = MeasureSettings(results_root=results, resume=True, threads=1, rounds=rounds, repetitions=1,
+                                   steps=args.measure_steps, warmup=3, energy="none")
+        got, _, rr = measure_models(name, models, args.device, gov, settings, control=cfg, reference_ms=ref)
         log(f"{name}: {rr.summary()}")
         return {r.model: r.ms for r in got.itertuples()}, per_round(rr.raw, models), rr
 

@@ -13,13 +13,13 @@ from profiler.errors import UserError
 
 # name -> "module:attribute"; a command whose module is absent is not listed.
 COMMANDS: dict[str, str] = {
-    "devices": "profiler.devices_cli:devices",
-    "workloads": "workloads.cli:workloads",
-    "run": "profiler.campaign_cli:run",
-    "results": "profiler.campaign_cli:results",
-    "report": "reports.cli:report",
-    "tables": "workloads.tables_cli:tables",
-    "prune": "workloads.prune_cli:prune",
+    "devices": "cli.devices:devices",
+    "workloads": "cli.workloads:workloads",
+    "run": "cli.campaign:run",
+    "results": "cli.campaign:results",
+    "report": "cli.report:report",
+    "tables": "cli.tables:tables",
+    "prune": "cli.prune:prune",
 }
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -19,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from profiler import __version__, knobs
+from profiler import __version__, knobs, paths
 from profiler.campaign_config import Campaign, Cell, cell_id
 from profiler.deploy import deploy, remote_dir, runner_command
 from profiler.device import Device
@@ -58,6 +57,7 @@ class Progress:
     state: dict[str, str] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     on_change: Callable[[str], None] | None = None
+    finished: bool = False          # set by `run` when the campaign has ended
 
     def advance(self, serial: str, state: str = "") -> None:
         with self.lock:
@@ -150,7 +150,7 @@ class DeviceWorker:
         self.serial, self.facts, self.cells, self.store = serial, facts, cells, store
         self.campaign, self.progress, self.stop, self.resume = campaign, progress, stop, resume
         self.threads = threads
-        self.lab_home = os.environ.get("AUTLEARN_HOME") or None  # where simulated monitors of the lab are found
+        self.lab_home = paths.home_override()  # where simulated monitors of the lab are found
         self.counts = {"ok": 0, "failed": 0, "skipped": 0, "resumed": 0}
         self.deployed: set[str] = set()
         self.warnings: list[str] = []
@@ -343,7 +343,7 @@ def _check_energy(campaign: Campaign, devices) -> None:
     from profiler.energy.monsoon import open_monitor
     from profiler.energy.session import resolve_energy
 
-    lab_home = os.environ.get("AUTLEARN_HOME") or None
+    lab_home = paths.home_override()
     for d in devices:
         spec = resolve_energy(str(campaign.energy_for(d.serial)), d.serial, lab_home)
         if spec.startswith("monsoon:"):
@@ -367,6 +367,25 @@ def target_id(facts: DeviceFacts) -> str:
     if ct is None or not ct.mcpu or ct.abi != facts.abi:
         return facts.abi
     return ",".join([f"{facts.abi}@{ct.mcpu}", *ct.mattr])
+
+
+def run(campaign: Campaign, settings, artifacts: ArtifactProvider,
+        on_progress: Callable[[Progress], None] | None = None, log: Callable[[str], None] = lambda s: None,
+        wait_s: float = 0.0) -> Outcome:
+    """Run `campaign` with `settings` (profiler.settings.MeasureSettings: results root, resume, threads) and an
+    artifact provider -> Outcome. No display: `on_progress(progress)` is called on every change and once at the end
+    (a CLI renders it; `progress.finished` is then True); `log` gets the engine's messages; `wait_s`: how long to
+    wait for a phone another run holds."""
+    progress = Progress()
+    if on_progress is not None:
+        progress.on_change = lambda _serial: on_progress(progress)
+    try:
+        return run_campaign(campaign, settings.results_root, artifacts, resume=settings.resume, progress=progress,
+                            threads=settings.threads, log=log, wait_s=wait_s)
+    finally:
+        progress.finished = True
+        if on_progress is not None:
+            on_progress(progress)
 
 
 def run_campaign(campaign: Campaign, results_root: Path, artifacts: ArtifactProvider, *, resume: bool = False,

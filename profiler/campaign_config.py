@@ -240,8 +240,18 @@ class Cell:
 
     @property
     def label(self) -> str:
-        return (f"{self.device_serial}/{self.workload}-{self.variant}/b{self.batch}/{self.governor}"
-                f"/{self.affinity}")
+        return cell_label(self.device_serial, self.workload, self.variant, self.batch, self.governor, self.affinity)
+
+
+def cell_label(serial: str, workload: str, variant: str, batch: int, governor: str, affinity: str) -> str:
+    """A cell as people read it (status files, reports): `SERIAL/WORKLOAD-VARIANT/bBATCH/GOVERNOR/AFFINITY`; the
+    serial comes first (`serial_of_label`)."""
+    return f"{serial}/{workload}-{variant}/b{batch}/{governor}/{affinity}"
+
+
+def serial_of_label(label: str) -> str:
+    """The device serial of a `cell_label` ('' when `label` is not one)."""
+    return label.split("/", 1)[0] if "/" in label else ""
 
 
 def _digest(obj: Any) -> str:

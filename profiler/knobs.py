@@ -28,7 +28,9 @@ _RESTORERS: dict[str, Any] = {
 
 
 def default_root() -> Path:
-    return Path(os.environ.get("AUTLEARN_HOME") or Path.home() / ".autlearn") / "pending"
+    from profiler import paths
+
+    return paths.home() / "pending"
 
 
 def register(knob: str, restore: Callable[[Any, dict], None]) -> None:

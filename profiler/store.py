@@ -45,6 +45,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from profiler import stats
+from profiler.campaign_config import cell_label
 from profiler.errors import UserError
 
 SCHEMA_VERSION = 1
@@ -375,8 +376,8 @@ class Store:
         for sub, df in (("cells", raw), ("summary", summarize_cell(raw))):
             files[sub] = _write_parquet(self.root / sub / f"{meta.cell_id}.parquet", df)
         self.write_status(meta.cell_id, "ok", spec_key=meta.spec_key,
-                          label=f"{meta.device_serial}/{meta.workload}-{meta.variant}/b{meta.batch}/"
-                                f"{meta.governor_requested}/{meta.affinity}", extra={"files": files})
+                          label=cell_label(meta.device_serial, meta.workload, meta.variant, meta.batch,
+                                           meta.governor_requested, meta.affinity), extra={"files": files})
         return self.root / "cells" / f"{meta.cell_id}.parquet"
 
     def write_trace(self, cell_id: str, trace: Any) -> Path:
@@ -556,6 +557,15 @@ def load_results(path: str | os.PathLike, include_stale: bool = False) -> pd.Dat
 def load_summaries(path: str | os.PathLike, include_stale: bool = False) -> pd.DataFrame:
     """One row per finished cell: metadata + summary statistics of its timed steps."""
     return _load(path, "summary", include_stale)
+
+
+SUMMARY_ORDER = ("device_model", "device_serial", "workload", "variant", "batch", "governor_requested", "affinity")
+
+
+def sorted_summaries(df: pd.DataFrame) -> pd.DataFrame:
+    """Summaries in reading order: by device, workload, variant, batch, governor (stable for the rest)."""
+    by = [c for c in SUMMARY_ORDER if c in df.columns]
+    return df.sort_values(by, kind="stable").reset_index(drop=True) if by and len(df) else df
 
 
 def load_status(path: str | os.PathLike) -> pd.DataFrame:

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from profiler import stats
+from profiler.campaign_config import serial_of_label
 from profiler.errors import UserError
 from profiler.stats import ratio_ci
 from profiler.store import MANIFEST, SchemaError, load_results, load_status, load_summaries
@@ -185,16 +186,12 @@ def _cell_rows(data: CampaignData) -> tuple[list[CellRow], dict[str, np.ndarray]
     return rows, times, energy
 
 
-def _serial_of_label(label: str) -> str:
-    return label.split("/", 1)[0] if "/" in label else ""
-
-
 def _devices(data: CampaignData, cells: Sequence[CellRow]) -> list[DeviceInfo]:
     facts = data.manifest.get("devices") if isinstance(data.manifest.get("devices"), Mapping) else {}
     summ = data.summaries
     st = data.status[~data.status["stale"].astype(bool)] if len(data.status) else data.status
     serials = list(dict.fromkeys([c.device_serial for c in cells] +
-                                 [s for s in (_serial_of_label(x) for x in st.get("label", [])) if s]))
+                                 [s for s in (serial_of_label(x) for x in st.get("label", [])) if s]))
     out = []
     for serial in serials:
         mine = [c for c in cells if c.device_serial == serial]
@@ -211,7 +208,7 @@ def _devices(data: CampaignData, cells: Sequence[CellRow]) -> list[DeviceInfo]:
         virtual = _bool(first.get("device_virtual")) if len(rows) else _bool(f.get("virtual"))
         gov = tuple(dict.fromkeys((c.governor, c.governor_applied or "not applied", c.governor_reason)
                                   for c in mine))
-        sts = st[st["label"].map(_serial_of_label) == serial] if len(st) else st
+        sts = st[st["label"].map(serial_of_label) == serial] if len(st) else st
         out.append(DeviceInfo(
             serial=serial, model=mine[0].device_model if mine else _s(f.get("model")) or "unknown",
             virtual=virtual, soc=fact("soc", "device_soc"), android=android, root=fact("root", "device_root"),
@@ -297,7 +294,7 @@ def _outcomes(data: CampaignData, cells: Sequence[CellRow]) -> tuple[list[Outcom
     with_data = {c.cell_id for c in cells}
     sel = ((data.manifest.get("spec") or {}).get("devices") or {}) if isinstance(data.manifest.get("spec"),
                                                                                   Mapping) else {}
-    serials = ({c.device_serial for c in cells} | {_serial_of_label(x) for x in st.get("label", [])}
+    serials = ({c.device_serial for c in cells} | {serial_of_label(x) for x in st.get("label", [])}
                | set(sel.get("serials") or []) | set(sel.get("energy") or {})) - {""}
     labels = _plan_labels(data, sorted(serials)) if plan else {}
     plan_keys = set(plan.values())

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
+from profiler import paths
 from profiler.errors import LabError, ToolMissing, UserError
 from testbed.profiles import load_profile
 
@@ -61,10 +62,6 @@ class PhoneStatus:
 
     def to_json(self) -> dict:
         return {**self.phone.to_json(), "alive": self.alive, "adb_state": self.adb_state}
-
-
-def autlearn_home() -> Path:
-    return Path(os.environ.get("AUTLEARN_HOME") or Path.home() / ".autlearn")
 
 
 def adb_server_port() -> int:
@@ -239,7 +236,7 @@ def _kill_phone_process(phone: PhoneInfo, graceful: bool) -> None:
 
 class Lab:
     def __init__(self, home: Path | None = None):
-        self.home = Path(home) if home is not None else autlearn_home()
+        self.home = Path(home) if home is not None else paths.home()
         self.dir = self.home / "lab"
         self.state_file = self.dir / "state.json"
 

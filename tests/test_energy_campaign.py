@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from profiler.campaign import ArtifactRef, run_campaign
-from profiler.campaign_cli import artifact_provider
+from workloads.artifact_cache import artifact_provider
 from profiler.campaign_config import load_campaign
 from profiler.energy.session import resolve_energy
 from profiler.errors import EnergyError

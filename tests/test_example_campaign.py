@@ -9,7 +9,7 @@ import pytest
 
 from browser import CHROMIUM, check_report
 from profiler.campaign import run_campaign
-from profiler.campaign_cli import artifact_provider
+from workloads.artifact_cache import artifact_provider
 from profiler.campaign_config import load_campaign
 from profiler.store import load_results, load_status
 from reports.build import write_report

@@ -680,7 +680,7 @@ def test_prune_lstm_cli_writes_compilable_svd_models(tmp_path):
     from click.testing import CliRunner
 
     from workloads.artifact import build_any_program
-    from workloads.prune_cli import prune
+    from cli.prune import prune
     from workloads.pruning.search import compressed_build_args
     from workloads.resource import predict
 

@@ -272,7 +272,7 @@ def test_tuned_artifact_is_faster_than_untuned_in_one_campaign(tuned, runner_cac
     """The same model with the database and with `tuning = "none"`, interleaved in one campaign on the phone
     that tuned it; results and report say which database compiled each artifact."""
     from profiler.campaign import run_campaign
-    from profiler.campaign_cli import artifact_provider
+    from workloads.artifact_cache import artifact_provider
     from profiler.campaign_config import load_campaign
     from profiler.store import load_results
     from reports.build import build_report, load_campaign_data

@@ -116,7 +116,7 @@ def test_measure_extras_reach_the_attempt_and_the_verdict_uses_the_kind_value(tm
 def test_verdict_values_use_the_normalized_latency_unless_told_or_unpaired():
     import pandas as pd
 
-    from workloads.prune_cli import verdict_values
+    from workloads.pruning.loop import verdict_values
 
     got = pd.DataFrame({"model": ["a", "b"], "ms": [1.3, 2.0], "mj": [float("nan")] * 2,
                         "ms_normalized": [1.0, float("nan")], "drift": [1.3, float("nan")]})

@@ -384,7 +384,7 @@ def test_compiled_model_runner_matches_host(runner_cache, tmp_path, abi, model):
 def test_prebuild_builds_a_plan_in_parallel_processes_once(runner_cache, tmp_path):
     """The campaign's provider builds every missing artifact of a plan in worker processes; the plan's cells are
     then served from its memo (no second build), and a cell of another device with the same ABI shares them."""
-    from profiler.campaign_cli import ArtifactProvider
+    from workloads.artifact_cache import ArtifactProvider
     from profiler.campaign_config import Cell
 
     config = (("embed_dim", 16), ("hidden_size", 32), ("seq_len", 4), ("vocab_size", 200))

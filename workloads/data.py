@@ -24,7 +24,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from profiler.errors import UserError
+from profiler.errors import ConfigError, UserError
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 EMBEDDED_TEXT = DATA_DIR / "shakespeare_excerpt.txt"
@@ -247,3 +247,30 @@ def default_batch(cfg: Any, index: int = 0) -> tuple[np.ndarray, np.ndarray]:
     from workloads.families import of_config
 
     return of_config(cfg).batch(cfg, index)
+
+
+def with_data(program: Any, model: str, variant: str, path: Path) -> Any:
+    """`program` (a TrainingProgram of `model`/`variant`) with its first batch (x, y) replaced by batch 0 of the
+    data set at `path` (`workloads build --data`)."""
+    from dataclasses import replace
+
+    from workloads.models import make_config
+
+    if variant == "cached":
+        raise ConfigError("--data is not supported with variant 'cached' (its batch holds backbone features)",
+                          key="data")
+    from workloads import families
+
+    cfg = make_config(model, **{k: v for k, v in program.meta["config"].items() if k != "model"})
+    family = families.get(model)
+    if family.load_data is None:
+        raise ConfigError(f"--data is not supported for the {model} family", key="data")
+    x, y = family.load_data(cfg, path)
+    tensors = dict(program.tensors)
+    for name, new in (("x", x), ("y", y)):
+        old = tensors[name]
+        if tuple(new.shape) != tuple(old.shape):
+            raise ConfigError(f"batch from {path} has {name} shape {new.shape}, the program needs {old.shape}",
+                              key="data")
+        tensors[name] = np.ascontiguousarray(new.astype(old.dtype))
+    return replace(program, tensors=tensors, meta={**program.meta, "data": str(path)})

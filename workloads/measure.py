@@ -15,11 +15,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import pandas as pd
 
 from profiler.errors import ConfigError, UserError
+from profiler.settings import MeasureSettings
 
 
 def workload_of(model: Any) -> dict[str, Any]:
@@ -89,31 +90,37 @@ class Rounds:
 
 def _control_ms(raw: pd.DataFrame, control: dict[str, Any]) -> float | None:
     """Median step (ms) of the control workload in one round's results (None when it was not measured)."""
-    from workloads.resource import canonical_config, measured_from_results
+    from workloads.resource import measured_from_results
 
     try:
         m = measured_from_results(raw, control["model"])
     except ConfigError:
         return None
-    row = m[(m["variant"] == "full") & (m["config"] == canonical_config(control["config"]))
-            & (m["batch"] == control["batch"][0])]
+    want = cell_key(control)
+    row = m[[cell_key_of_row(r) == want for r in m.itertuples()]]
     return float(row["ms"].iloc[0]) if len(row) else None
 
 
-def run_rounds(spec: dict[str, Any], rounds: int, *, results_root: Path, resume: bool = False,
-               threads: int | None = 1, artifact_cache: str | Path | None = None, control: dict | None = None,
-               reference_ms: float | None = None, max_extra: int | None = None) -> Rounds:
-    """Run `spec` as campaigns one after another (`<name>-r<i>`) and pool the results of `rounds` good rounds.
+def run_rounds(spec: dict[str, Any], settings: MeasureSettings, *, control: dict | None = None,
+               reference_ms: float | None = None, max_extra: int | None = None,
+               on_progress: Callable[[Any], None] | None = None, log: Callable[[str], None] = lambda s: None
+               ) -> Rounds:
+    """Run `spec` as campaigns one after another (`<name>-r<i>`) and pool the results of `settings.rounds` good
+    rounds (results root, resume, threads and artifact cache from `settings`; `on_progress`, `log`: see
+    profiler.campaign.run).
 
     Shared hosts (and phones heating up) have slow spells: here whole runner launches ran ~50 % slower for tens of
     seconds. With a `control` workload (added to every round) a round counts only when the control's median is
     within CONTROL_TOLERANCE of `reference_ms` (e.g. the control measured when the table was built) or, without a
     reference, of the fastest control seen; up to `max_extra` (default `rounds`) more rounds replace slow ones. If
     too few rounds pass, the fastest are used and the result says `disturbed`."""
-    from profiler.campaign_cli import execute
+    from profiler.campaign import run
     from profiler.campaign_config import parse_campaign
     from profiler.store import load_results
+    from workloads.artifact_cache import artifact_provider
 
+    rounds = settings.rounds
+    provider = artifact_provider(settings.artifacts, log=log)
     spec = dict(spec)
     if control is not None and control not in spec["workload"]:
         spec["workload"] = [control, *spec["workload"]]
@@ -131,8 +138,7 @@ def run_rounds(spec: dict[str, Any], rounds: int, *, results_root: Path, resume:
 
     while len(done) < max(1, rounds) + extra:
         one = {**spec, "name": f"{spec['name']}-r{len(done)}"}
-        outcome = execute(parse_campaign(one, source="generated"), results_root, resume=resume, threads=threads,
-                          artifact_cache=artifact_cache)
+        outcome = run(parse_campaign(one, source="generated"), settings, provider, on_progress, log)
         failed += outcome.failed
         raw = load_results(outcome.results_dir) if outcome.ok + outcome.resumed else None
         c = _control_ms(raw, control) if (control is not None and raw is not None) else None
@@ -151,14 +157,25 @@ def run_rounds(spec: dict[str, Any], rounds: int, *, results_root: Path, resume:
                   tuple((str(x[1]), x[2], id(x) in ids) for x in usable), ref(), disturbed)
 
 
-def cell_labels(workloads_by_label: Mapping[str, dict[str, Any]]) -> dict[tuple, list[str]]:
-    """(workload, variant, canonical config, batch) of a results row -> the labels whose workload (`workload_of`)
-    it is: how measured cells are matched back to the models asked for."""
+def cell_key(w: Mapping[str, Any]) -> tuple:
+    """(workload, variant, canonical config, batch) of a workload (`workload_of`): what a measured cell is matched
+    on (`cell_key_of_row`)."""
     from workloads.resource import canonical_config
 
+    return (w["model"], w["variants"][0], canonical_config(w["config"]), w["batch"][0])
+
+
+def cell_key_of_row(r: Any) -> tuple:
+    """`cell_key` of a row of `resource.measured_from_results`."""
+    return (r.workload, r.variant, r.config, r.batch)
+
+
+def cell_labels(workloads_by_label: Mapping[str, dict[str, Any]]) -> dict[tuple, list[str]]:
+    """`cell_key` of a results row -> the labels whose workload (`workload_of`) it is: how measured cells are
+    matched back to the models asked for."""
     want: dict[tuple, list[str]] = {}
     for label, w in workloads_by_label.items():
-        want.setdefault((w["model"], w["variants"][0], canonical_config(w["config"]), w["batch"][0]), []).append(label)
+        want.setdefault(cell_key(w), []).append(label)
     return want
 
 
@@ -175,7 +192,7 @@ def per_round(raw: pd.DataFrame, models: Mapping[str, Any]) -> pd.DataFrame:
         except ConfigError:               # a round whose cells all failed
             continue
         for r in got.itertuples():
-            for label in want.get((r.workload, r.variant, r.config, r.batch), []):
+            for label in want.get(cell_key_of_row(r), []):
                 rows.append({"round": campaign, "model": label, "ms": r.ms})
     if not rows:
         return pd.DataFrame()
@@ -211,30 +228,31 @@ def normalized_latency(raw: pd.DataFrame, models: Mapping[str, Any], control: An
     return out
 
 
-def measure_models(name: str, models: Mapping[str, Any], serial: str, governor: str, *, results_root: Path,
-                   resume: bool = False, threads: int | None = 1, artifact_cache: str | Path | None = None,
-                   rounds: int = 3, control: Any = None, reference_ms: float | None = None,
-                   **kw: Any) -> tuple[pd.DataFrame, Path, Rounds]:
-    """Run the models' campaign in `rounds` rounds (see run_rounds; `control` is a model config) -> (DataFrame:
-    model, ms, mj, n, variant, and with a control and reference: ms_normalized, drift (median control / reference);
-    a directory `<results_root>/<name>` whose rounds.json lists the rounds; Rounds). Failed cells are absent from
-    the frame (the campaign's status says why)."""
+def measure_models(name: str, models: Mapping[str, Any], serial: str, governor: str, settings: MeasureSettings, *,
+                   control: Any = None, reference_ms: float | None = None,
+                   on_progress: Callable[[Any], None] | None = None, log: Callable[[str], None] = lambda s: None
+                   ) -> tuple[pd.DataFrame, Path, Rounds]:
+    """Run the models' campaign in `settings.rounds` rounds (see run_rounds; `control` is a model config; cells of
+    `settings.repetitions` launches of `warmup` + `steps` steps, energy `settings.energy`) -> (DataFrame: model, ms,
+    mj, n, variant, and with a control and reference: ms_normalized, drift (median control / reference); a
+    directory `<results_root>/<name>` whose rounds.json lists the rounds; Rounds). Failed cells are absent from the
+    frame (the campaign's status says why)."""
     from workloads.resource import measured_from_results
 
     by_model = {label: workload_of(model) for label, model in models.items()}
-    spec = models_campaign(name, by_model, serial, governor, **kw)
-    got = run_rounds(spec, rounds, results_root=results_root, resume=resume, threads=threads,
-                     artifact_cache=artifact_cache, control=workload_of(control) if control is not None else None,
-                     reference_ms=reference_ms)
+    spec = models_campaign(name, by_model, serial, governor, reps=settings.repetitions, steps=settings.steps,
+                           warmup=settings.warmup, energy=settings.energy)
+    got = run_rounds(spec, settings, control=workload_of(control) if control is not None else None,
+                     reference_ms=reference_ms, on_progress=on_progress, log=log)
     m = measured_from_results(got.raw)
     want = cell_labels(by_model)
-    m["model"] = [want.get((r.workload, r.variant, r.config, r.batch)) for r in m.itertuples()]
+    m["model"] = [want.get(cell_key_of_row(r)) for r in m.itertuples()]
     m = m[m["model"].notna()].explode("model")
     if control is not None and got.reference_ms:
         norm = normalized_latency(got.raw, models, control, got.reference_ms)
         m["ms_normalized"] = [norm[k]["ms"] if k in norm else float("nan") for k in m["model"]]
         m["drift"] = [norm[k]["drift"] if k in norm else float("nan") for k in m["model"]]
-    home = Path(results_root) / spec["name"]          # index of the rounds; callers write their outputs here
+    home = settings.results_root / spec["name"]          # index of the rounds; callers write their outputs here
     home.mkdir(parents=True, exist_ok=True)
     (home / "rounds.json").write_text(json.dumps({
         "rounds": [{"results": d, "control_ms": c, "used": u} for d, c, u in got.controls] or

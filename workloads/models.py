@@ -8,8 +8,10 @@ Weights come from a seed only (no pretrained download): the backbone is a determ
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from typing import Any, Iterable
 
+from profiler.errors import ConfigError
 from workloads import families
 
 __all__ = ["build_model", "make_config"]
@@ -19,6 +21,21 @@ def __getattr__(name: str) -> Any:
     if name == "MODELS":   # the registered families, computed when asked (workloads.families.names())
         return families.names()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """('width=0.25', 'channels=[8,16]') -> {'width': 0.25, 'channels': [8, 16]}: KEY=VALUE config overrides, each
+    VALUE parsed as JSON when it parses, else kept as the string. ConfigError (key "set") on an item without '='."""
+    out: dict[str, Any] = {}
+    for item in items:
+        k, sep, v = item.partition("=")
+        if not sep or not k.strip():
+            raise ConfigError(f"expected KEY=VALUE, got {item!r}", key="set")
+        try:
+            out[k.strip()] = json.loads(v)
+        except ValueError:
+            out[k.strip()] = v
+    return out
 
 
 def make_config(model: str, **overrides: Any):

@@ -129,10 +129,9 @@ def zig_version() -> str:
 
 def cache_root() -> Path:
     """`$AUTLEARN_CACHE_DIR` if set (tests share one across temp homes), else `$AUTLEARN_HOME/cache`."""
-    explicit = os.environ.get("AUTLEARN_CACHE_DIR")
-    if explicit:
-        return Path(explicit)
-    return Path(os.environ.get("AUTLEARN_HOME") or Path.home() / ".autlearn") / "cache"
+    from profiler import paths
+
+    return paths.cache_dir()
 
 
 def _site_packages() -> tuple[Path, Path]:

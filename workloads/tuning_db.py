@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +31,9 @@ class TuningError(UserError):
 
 def user_root() -> Path:
     """Where `workloads tune` writes: $AUTLEARN_TUNING_DIR, else $AUTLEARN_HOME/tuning."""
-    if os.environ.get("AUTLEARN_TUNING_DIR"):
-        return Path(os.environ["AUTLEARN_TUNING_DIR"])
-    home = os.environ.get("AUTLEARN_HOME") or str(Path.home() / ".autlearn")
-    return Path(home) / "tuning"
+    from profiler import paths
+
+    return paths.tuning_dir()
 
 
 def database_dir(target_key: str, root: Path | None = None) -> Path:

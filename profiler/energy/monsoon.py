@@ -282,7 +282,9 @@ def default_pending_dir(backend=None) -> Path | None:
     if backend is not None:
         state_dir = getattr(backend, "state_dir", None)
         return Path(state_dir) / "pending" if state_dir else None
-    return Path(os.environ.get("AUTLEARN_HOME") or Path.home() / ".autlearn") / "monsoon-pending"
+    from profiler import paths
+
+    return paths.pending_dir()
 
 
 def pending_passthrough(pending_dir: str | os.PathLike | None, serial: str | int) -> dict | None:

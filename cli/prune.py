@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from cli.options import measure_options, parse_sets, set_option
 from profiler.errors import ConfigError
 from workloads import families
 
@@ -28,15 +29,16 @@ from workloads import families
 @click.option("--select", type=click.Choice(["first", "best-val"]), default="first", show_default=True,
               help="Model per budget: the chain's first snapshot under it (NetAdapt; sits at the budget) or the "
                    "most accurate (validation) snapshot under it, possibly a smaller budget's.")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Model config override (repeatable).")
+@set_option("Model config override (repeatable).")
 @click.option("--measure-on", "measure_on", default=None, metavar="SERIAL",
               help="Close the loop: compile every resulting model and measure it on this device through a campaign "
                    "(governor: the table's); a model over its budget is pruned further to a corrected target. "
                    "Writes OUT/measured.csv (final model per budget) and OUT/loop.csv (every attempt).")
-@click.option("--results", "results_root", default="results", show_default=True, type=click.Path(file_okay=False),
-              help="Campaign results root for --measure-on.")
-@click.option("--measure-rounds", default=5, show_default=True,
-              help="--measure-on: control-gated campaign rounds (one runner launch per model each).")
+@measure_options(rounds=5, repetitions=1, steps=20, warmup=3, energy="none", threads=1, resume_default=True,
+                 fixed=("resume", "threads", "repetitions", "steps", "warmup", "energy"),
+                 flags={"rounds": "--measure-rounds"},
+                 help={"results_root": "Campaign results root for --measure-on.",
+                       "rounds": "--measure-on: control-gated campaign rounds (one runner launch per model each)."})
 @click.option("--corrections", default=2, show_default=True,
               help="--measure-on: at most this many re-searches of a budget its model measured over.")
 @click.option("--margin", default=0.05, show_default=True,
@@ -46,18 +48,16 @@ from workloads import families
               help="--measure-on: judge a latency budget on the control-normalized latency (median over rounds of "
                    "model / control x the table's control reference: the latency under the table's conditions, "
                    "with slow spells of host or phone cancelled) or on the raw median. Both are written.")
-@click.option("--artifacts", "artifact_cache", default=None, type=click.Path(file_okay=False),
-              help="Artifact cache (default $AUTLEARN_HOME/artifacts).")
 @click.option("--allow-version-mismatch", is_flag=True)
 def prune(model, table_path, budgets, out, steps, final_steps, pretrain_steps, init_reduction, decay, importance,
-          per_class, max_iterations, select, sets, measure_on, results_root, measure_rounds, corrections, margin,
-          verdict_on, artifact_cache, allow_version_mismatch):
+          per_class, max_iterations, select, sets, measure_on, settings, corrections, margin, verdict_on,
+          allow_version_mismatch):
     """Prune to each budget; writes a Pareto set of `compressed` models under OUT (rerun to resume)."""
     from rich.console import Console
 
     from workloads.tables import load_table
     from workloads.pruning.budget import parse_budget
-    from workloads.tables_cli import config_from, parse_overrides
+    from workloads.table_pipeline import config_from
 
     parsed = [parse_budget(b) for b in budgets]
     if not 0 <= margin < 0.5:
@@ -67,7 +67,7 @@ def prune(model, table_path, budgets, out, steps, final_steps, pretrain_steps, i
     table = load_table(table_path, allow_version_mismatch) if table_path else None
     if table is None and any(b.kind in ("latency", "energy") for b in parsed):
         raise ConfigError("latency/energy budgets need --table", key="table")
-    cfg = config_from(model, table.meta if table else None, parse_overrides(sets))
+    cfg = config_from(model, table.meta if table else None, parse_sets(sets))
     console = Console(stderr=True)
     if table is not None:
         console.print(f"table: {table.meta.source_device} ({table.meta.device_model}), governor "
@@ -87,71 +87,23 @@ def prune(model, table_path, budgets, out, steps, final_steps, pretrain_steps, i
     if not measure_on:
         propose(parsed)
         return
-    closed_loop(parsed, propose, smallest, table, measure_on, out, Path(results_root), artifact_cache,
-                measure_rounds, corrections, margin, console, verdict_on)
+    _closed_loop(parsed, propose, smallest, table, measure_on, out, settings, corrections, margin, console,
+                 verdict_on)
 
 
-def verdict_values(measured, labels, judged_on: str) -> dict[str, dict]:
-    """Rows of `measure_models`' frame -> close_loop values: the latency a verdict uses (control-normalized or raw;
-    raw for a model no round measured beside the control), energy (raw), and both latencies with the drift."""
-    nan = float("nan")
-    by = {r.model: r for r in measured.itertuples()}
-    values = {}
-    for label in labels:
-        if label not in by:
-            continue
-        r = by[label]
-        norm = getattr(r, "ms_normalized", nan)
-        basis = judged_on if norm == norm else "raw"
-        values[label] = {"latency": norm if basis == "control-normalized" else r.ms, "energy": r.mj,
-                         "measured_ms": r.ms, "normalized_ms": norm, "drift": getattr(r, "drift", nan),
-                         "judged_on": basis}
-    return values
-
-
-def closed_loop(budgets, propose, smallest, table, serial: str, out: Path, results_root: Path, artifact_cache,
-                rounds: int, corrections: int, margin: float, console, verdict_on: str = "normalized") -> None:
-    """Prune, measure each model on `serial` (the table's governor), prune further where a model measured over its
-    budget (workloads.pruning.loop); OUT/measured.csv and OUT/loop.csv. A latency verdict uses the control-
-    normalized latency (`verdict_on="normalized"`, when the table has a control reference) or the raw median."""
-    import pandas as pd
+def _closed_loop(budgets, propose, smallest, table, serial: str, out: Path, settings, corrections: int, margin: float,
+                 console, verdict_on: str) -> None:
     from rich.console import Console
     from rich.table import Table as RichTable
 
-    from workloads.measure import measure_models
-    from workloads.pruning.loop import close_loop
+    from cli.campaign import LiveProgress
+    from workloads.pruning.loop import measure_closed_loop
 
-    governor = table.meta.governor_requested if table is not None else "schedutil"
-    # Timing without a power source polling the phone unless an energy budget needs one (the sampler's own
-    # work competes with the runner; on the 2-core lab host it visibly slows steps).
-    energy = "auto" if any(b.kind == "energy" for b in budgets) else "none"
-    control = None
-    if table is not None and table.meta.model:
-        from workloads.tables_cli import config_from
-
-        control = config_from(table.meta.model, table.meta)
-    reference = (table.meta.control_ms or None) if table is not None else None
-    judged_on = "control-normalized" if verdict_on == "normalized" and control is not None and reference else "raw"
-    if verdict_on == "normalized" and judged_on == "raw":
-        console.print("note: the table has no control reference; latency budgets are judged on the raw median")
-
-    def measure(exports: dict[str, str], k: int):
-        got, rdir, rr = measure_models(
-            f"pruned-{out.name}-{k}", {label: Path(p) for label, p in exports.items()}, serial, governor,
-            results_root=results_root, resume=True, reps=1, rounds=rounds, steps=20, warmup=3, energy=energy,
-            artifact_cache=artifact_cache, control=control, reference_ms=reference)
-        console.print(f"rounds: {rr.summary()}")
-        values = verdict_values(got, exports, judged_on)
-        info = {"device": serial, "governor": governor, "results": str(rdir), "rounds": rr.summary(),
-                "disturbed": rr.disturbed}
-        return values, info
-
-    final, history = close_loop(budgets, propose, measure, corrections=corrections, margin=margin,
-                                smallest=smallest, emit=console.print)
-    if not any(a.export for a in final):
-        raise ConfigError("no model met any budget: nothing to measure", key="budget")
-    pd.DataFrame([a.row() for a in final]).to_csv(out / "measured.csv", index=False)
-    pd.DataFrame([a.row() for a in history]).to_csv(out / "loop.csv", index=False)
+    with LiveProgress() as display:
+        loop = measure_closed_loop(budgets, propose, smallest, table, serial, out, settings, corrections=corrections,
+                                   margin=margin, verdict_on=verdict_on, emit=console.print,
+                                   on_progress=display.on_progress, log=display.log)
+    final, governor, judged_on = loop.final, loop.governor, loop.judged_on
     view = RichTable(title=f"pruned models measured on {serial} ({governor})")
     for col in ("budget", "round", "search target", "predicted", "measured (raw)", "normalized", "verdict"):
         view.add_column(col)
@@ -169,4 +121,4 @@ def closed_loop(budgets, propose, smallest, table, serial: str, out: Path, resul
              else "the raw latency (median of control-gated rounds)")
     click.echo(f"met = {basis} <= budget; a model over its budget was searched again to target * budget / measured "
                f"* (1 - {margin:g}), at most {corrections} time(s)")
-    click.echo(f"-> {out / 'measured.csv'}, {out / 'loop.csv'}")
+    click.echo(f"-> {loop.measured_csv}, {loop.loop_csv}")

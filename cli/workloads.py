@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import click
 
+from cli.options import parse_sets, set_option
 from profiler.errors import ArtifactError, ConfigError
 from workloads import families
 
@@ -16,50 +16,12 @@ from workloads import families
 MODELS = tuple(sorted(families.names()))   # for --help; checks ask the registry
 VARIANTS = ("full", "compressed", "unoptimized", "cached")
 ABIS = ("x86_64", "arm64-v8a")
+DEFAULT_DIR = Path("artifacts")   # relative: workloads.artifact.default_artifact_dir's root
 
 
 def _check(value: str, valid: tuple[str, ...], key: str) -> None:
     if value not in valid:
         raise ConfigError(f"unknown {key} {value!r} (choose from {', '.join(valid)})", key=key)
-
-
-def _parse_set(items: tuple[str, ...]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"expected KEY=VALUE, got {item!r}", key="set")
-        try:
-            out[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key] = raw
-    return out
-
-
-def _with_data(program: Any, model: str, variant: str, path: Path) -> Any:
-    """Replace the program's first batch (x, y) with batch 0 of the data set at `path`."""
-    from dataclasses import replace
-
-    import numpy as np
-
-    from workloads.models import make_config
-
-    if variant == "cached":
-        raise ConfigError("--data is not supported with variant 'cached' (its batch holds backbone features)",
-                          key="data")
-    cfg = make_config(model, **{k: v for k, v in program.meta["config"].items() if k != "model"})
-    family = families.get(model)
-    if family.load_data is None:
-        raise ConfigError(f"--data is not supported for the {model} family", key="data")
-    x, y = family.load_data(cfg, path)
-    tensors = dict(program.tensors)
-    for name, new in (("x", x), ("y", y)):
-        old = tensors[name]
-        if tuple(new.shape) != tuple(old.shape):
-            raise ConfigError(f"batch from {path} has {name} shape {new.shape}, the program needs {old.shape}",
-                              key="data")
-        tensors[name] = np.ascontiguousarray(new.astype(old.dtype))
-    return replace(program, tensors=tensors, meta={**program.meta, "data": str(path)})
 
 
 @click.group()
@@ -75,8 +37,7 @@ def workloads():
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Artifact directory (replaced). Default: artifacts/<model>-<variant>-<abi>[-<overrides>].")
 @click.option("--batch", type=click.IntRange(min=1), default=None, help="Batch size (model default otherwise).")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-              help="Model config override, repeatable (VALUE parsed as JSON when possible), e.g. --set width=0.5.")
+@set_option()
 @click.option("--data", "data_path", type=click.Path(path_type=Path), default=None,
               help="Take the first batch from this data set (LEAF FEMNIST JSON / Shakespeare text).")
 def build(model, variant, abi, out, batch, sets, data_path):
@@ -87,7 +48,7 @@ def build(model, variant, abi, out, batch, sets, data_path):
     _check(model, tuple(sorted(families.names())), "model")
     _check(variant, VARIANTS, "variant")
     _check(abi, ABIS, "abi")
-    config = _parse_set(sets)
+    config = parse_sets(sets)
     if batch is not None:
         config["batch"] = batch
     if data_path is not None and not data_path.exists():
@@ -100,7 +61,9 @@ def build(model, variant, abi, out, batch, sets, data_path):
     log(f"compiling {model}/{variant} for {abi}...")
     program = build_program(model, variant, abi, **config)
     if data_path is not None:
-        program = _with_data(program, model, variant, data_path)
+        from workloads.data import with_data
+
+        program = with_data(program, model, variant, data_path)
     art = write_artifact(program, out, abi=abi, log=log)
     b = art.manifest["build"]
     rt = "cached" if b.get("runtime_cached") else f"built in {b.get('runtime_build_s', 0):.0f} s"
@@ -108,17 +71,23 @@ def build(model, variant, abi, out, batch, sets, data_path):
 
 
 @workloads.command(name="list")
-@click.argument("directory", type=click.Path(path_type=Path), default=Path("artifacts"), required=False)
+@click.argument("directory", type=click.Path(path_type=Path), default=None, required=False)
 def list_(directory):
-    """Table of the artifacts under DIRECTORY (default: artifacts/), verified against their hashes."""
+    """Table of the artifacts under DIRECTORY (default: artifacts/, where `workloads build` writes), verified
+    against their hashes."""
     from rich.console import Console
     from rich.table import Table
 
     from workloads.artifact import list_artifacts
 
+    if directory is None:
+        directory = DEFAULT_DIR
+        if not directory.is_dir():     # nothing built yet is not an error; a DIRECTORY given that is missing is
+            click.echo(f"no artifacts yet (looked in {directory.resolve()}; `autlearn workloads build` writes there)")
+            return
     found = list_artifacts(directory)
     if not found:
-        click.echo(f"no artifacts under {directory}")
+        click.echo(f"no artifacts yet (looked in {directory.resolve()})")
         return
     table = Table(title=f"artifacts under {directory}")
     for col in ("artifact", "model", "variant", "abi", "batch", "hash", "MB", "built"):
@@ -149,7 +118,7 @@ def list_(directory):
 @click.option("--variant", default="full", show_default=True, metavar="full|compressed|cached",
               help="Compilation variant (unoptimized is never tuned).")
 @click.option("--batch", type=click.IntRange(min=1), default=None, help="Batch size (model default otherwise).")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Model config override, repeatable.")
+@set_option("Model config override, repeatable.")
 @click.option("--trials", type=click.IntRange(min=1), default=64, show_default=True,
               help="Measured candidates per kernel (records already in the database count: a rerun resumes).")
 @click.option("--minutes", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
@@ -175,7 +144,7 @@ def tune(serials, model, variant, batch, sets, trials, minutes, top, target_id, 
     _check(model, tuple(sorted(families.names())), "model")
     if variant not in ("full", "compressed", "cached"):
         raise ConfigError(f"variant {variant!r} is not tuned (choose from full, compressed, cached)", key="variant")
-    config = _parse_set(sets)
+    config = parse_sets(sets)
     if batch is not None:
         config["batch"] = batch
     make_config(model, **config)   # bad config fails before the device is touched

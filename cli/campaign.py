@@ -1,0 +1,208 @@
+"""`autlearn run CAMPAIGN.toml` and `autlearn results show|compare`."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+
+import click
+
+from cli.options import measure_options
+from profiler.errors import UserError
+
+
+def _progress_table(progress):
+    from rich.table import Table
+    from rich.text import Text
+
+    t = Table(title="campaign progress", title_justify="left")
+    for col in ("device", "cells", "now"):
+        t.add_column(col)
+    with progress.lock:
+        for serial, total in progress.total.items():
+            t.add_row(Text(serial), f"{progress.done.get(serial, 0)}/{total}", Text(progress.state.get(serial, "")))
+    return t
+
+
+class LiveProgress:
+    """A live table of the running campaign's progress on stderr (one table per campaign; the finished ones stay
+    on screen). `on_progress` and `log` are the callbacks of profiler.campaign.run."""
+
+    def __init__(self):
+        from rich.console import Console
+
+        self.console = Console(stderr=True)
+        self._lock = threading.Lock()
+        self._live = None
+        self._progress = None
+
+    def on_progress(self, progress) -> None:
+        from rich.live import Live
+
+        with self._lock:
+            if progress is not self._progress:        # a new campaign: keep the last table, start another
+                if self._live is not None:
+                    self._live.stop()
+                self._progress = progress
+                self._live = Live(_progress_table(progress), console=self.console, refresh_per_second=4,
+                                  transient=False, auto_refresh=sys.stderr.isatty())
+                self._live.start()
+            elif self._live is not None:
+                self._live.update(_progress_table(progress))
+            if progress.finished and self._live is not None:   # the table stays on screen; the display is free
+                self._live.update(_progress_table(progress))
+                self._live.stop()
+                self._live = None
+
+    def log(self, message: str) -> None:
+        self.console.print(message, markup=False, highlight=False)
+
+    def __enter__(self) -> "LiveProgress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        with self._lock:
+            if self._live is not None:
+                self._live.stop()
+                self._live = None
+
+
+@click.command()
+@click.argument("campaign_file", type=click.Path(dir_okay=False))
+@measure_options(fixed=("rounds", "repetitions", "steps", "warmup", "energy"),
+                 help={"results_root": "Results root; the campaign writes to RESULTS/<name>/."})
+@click.option("--tune", "tune_trials", type=click.IntRange(min=1), default=None, metavar="TRIALS",
+              help="First tune what the campaign compiles (MetaSchedule, up to TRIALS measured candidates per "
+                   "kernel, on one selected phone per CPU target; see `workloads tune`).")
+@click.option("--tune-minutes", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+              help="Time budget per tuned program.")
+@click.option("--wait", "wait_s", type=click.FloatRange(min=0), default=0.0, show_default=True, metavar="SECONDS",
+              help="Wait this long for a phone another run holds (default: stop, naming that run).")
+def run(campaign_file: str, settings, tune_trials: int | None, tune_minutes: float, wait_s: float):
+    """Run a campaign: every workload x variant x governor cell on every selected device."""
+    from profiler.campaign import run as run_campaign
+    from profiler.campaign_config import load_campaign
+    from workloads.artifact_cache import artifact_provider
+
+    campaign = load_campaign(campaign_file)
+    if tune_trials:
+        from workloads.metaschedule import tune_for_campaign
+
+        tune_for_campaign(campaign, trials=tune_trials, minutes=tune_minutes, threads=settings.threads,
+                          say=lambda s: click.echo(f"[tune] {s}", err=True))
+    with LiveProgress() as display:
+        outcome = run_campaign(campaign, settings, artifact_provider(settings.artifacts, log=display.log),
+                               display.on_progress, display.log, wait_s=wait_s)
+    click.echo(f"{campaign.name}: {outcome.ok} ok, {outcome.failed} failed, {outcome.skipped} skipped, "
+               f"{outcome.resumed} already done -> {outcome.results_dir}")
+
+
+@click.group()
+def results():
+    """Inspect a results directory."""
+
+
+@results.command("show")
+@click.argument("results_dir", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True)
+def show(results_dir: str, as_json: bool):
+    """Per-cell summaries (median, 95% CI, CV) and failed/skipped cells with reasons."""
+    from profiler.store import bad_cell_lines, load_status, load_summaries, sorted_summaries
+
+    status = load_status(results_dir)
+    loaded = load_summaries(results_dir)
+    for line in bad_cell_lines(loaded):      # never shown as data: named, one line each
+        click.echo(f"autlearn: {line}", err=True)
+    summaries = sorted_summaries(loaded)
+    if as_json:
+        click.echo(json.dumps({"summaries": json.loads(summaries.to_json(orient="records")),
+                               "status": json.loads(status.to_json(orient="records"))}, indent=1))
+        return
+    _print_summaries(summaries)
+    bad = status[status["status"] != "ok"] if len(status) else status
+    if len(bad):
+        from rich.console import Console
+        from rich.table import Table
+        from rich.text import Text
+
+        t = Table(title="failed / skipped cells", title_justify="left")
+        for col in ("cell", "status", "reason"):
+            t.add_column(col)
+        for _, r in bad.iterrows():
+            t.add_row(Text(str(r.get("label", r["cell_id"]))), r["status"], Text(str(r["reason"])))
+        Console(width=None if sys.stdout.isatty() else 200).print(t)
+
+
+def _print_summaries(df) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    if df.empty:
+        click.echo("no finished cells")
+        return
+    t = Table(title=f"{len(df)} finished cell(s) (times in ms per step)", title_justify="left")
+    df = df.copy()
+    for c in ("median", "ci_low", "ci_high"):
+        if f"{c}_ns" in df.columns:
+            df[f"{c}_ms"] = df[f"{c}_ns"] / 1e6
+    cols = ("device_model", "workload", "variant", "batch", "governor_requested", "governor_applied", "n",
+            "median_ms", "ci_low_ms", "ci_high_ms", "cv", "labels")
+    present = [c for c in cols if c in df.columns]
+    for c in present:
+        t.add_column(c)
+    for _, r in df.iterrows():
+        t.add_row(*(Text(f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c])) for c in present))
+    Console(width=None if sys.stdout.isatty() else 220).print(t)
+
+
+@results.command("compare")
+@click.argument("results_dir", type=click.Path(file_okay=False))
+@click.option("--baseline", default="unoptimized", show_default=True, help="Baseline variant.")
+@click.option("--candidate", default="full", show_default=True, help="Candidate variant.")
+@click.option("--min-ratio", default=1.05, show_default=True, type=click.FloatRange(1.0, 100.0))
+@click.option("--alpha", default=0.05, show_default=True, type=click.FloatRange(0.0001, 0.5))
+def compare_cmd(results_dir: str, baseline: str, candidate: str, min_ratio: float, alpha: float):
+    """Compare two variants cell by cell: Mann-Whitney U plus a minimum ratio (a speedup needs both)."""
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    from profiler.stats import compare
+    from profiler.store import bad_cell_lines, check_poolable, load_results
+
+    df = load_results(results_dir)
+    for line in bad_cell_lines(df):
+        click.echo(f"autlearn: {line}", err=True)
+    if df.empty:
+        raise UserError(f"{results_dir}: no finished cells to compare")
+    timed = df[~df["warmup"]]
+    # the model config is part of the key: two configs of one model are never pooled, and within a side every
+    # pooled cell must share its fixed metadata (artifact, tool versions, device model, ...)
+    keys = ["device_serial", "workload", "config", "batch", "governor_requested", "affinity"]
+    check_poolable(timed[timed["variant"].isin([baseline, candidate])], by=[*keys, "variant"])
+    t = Table(title=f"{candidate} vs {baseline} (ratio = baseline / candidate median step time)", title_justify="left")
+    for col in ("device", "workload", "batch", "governor", "baseline ms", "candidate ms", "ratio", "p", "verdict"):
+        t.add_column(col)
+    rows = 0
+    for key, g in timed.groupby(keys):
+        a = g[g["variant"] == baseline]["step_ns"] / 1e6
+        b = g[g["variant"] == candidate]["step_ns"] / 1e6
+        if a.empty or b.empty:
+            continue
+        c = compare(a.to_numpy(), b.to_numpy(), alpha=alpha, min_ratio=min_ratio)
+        t.add_row(Text(str(key[0])), _workload_label(key[1], key[2]), str(key[3]), Text(str(key[4])),
+                  f"{c.baseline_median:.3g}",
+                  f"{c.candidate_median:.3g}", f"{c.ratio:.3g}", f"{c.p_value:.2g}", c.verdict)
+        rows += 1
+    if not rows:
+        raise UserError(f"no cell pair has both variants {baseline!r} and {candidate!r}")
+    Console(width=None if sys.stdout.isatty() else 200).print(t)
+
+
+def _workload_label(workload: str, config: str) -> "Text":
+    """The workload with its config when it has one (two configs of one model are separate rows)."""
+    from rich.text import Text
+
+    return Text(workload if config in ("", "{}") else f"{workload} {config}")

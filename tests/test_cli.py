@@ -1,0 +1,154 @@
+"""The `autlearn` command layer: the commands it lists, `cli/` imported by no library package, and the output of
+`results show` and `workloads list` (fast: no device, no build)."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import pytest
+
+from cli.main import COMMANDS, main
+from profiler.campaign_config import DeviceRef, cell_label, parse_campaign, serial_of_label
+from profiler.store import Store, load_status
+
+ROOT = Path(__file__).resolve().parents[1]
+LIBRARIES = ("profiler", "workloads", "reports", "testbed")
+
+
+def test_help_lists_the_commands(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for name in [*COMMANDS, "lab"]:                     # lab: the testbed's plugin (entry point)
+        assert f"  {name} " in out, name
+
+
+def test_every_command_module_lives_in_cli():
+    assert all(target.startswith("cli.") for target in COMMANDS.values())
+
+
+def _imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_no_library_package_imports_cli():
+    bad = [f"{p.relative_to(ROOT)}: {name}" for pkg in LIBRARIES for p in sorted((ROOT / pkg).rglob("*.py"))
+           for name in _imports(p) if name == "cli" or name.startswith("cli.")]
+    assert not bad, bad
+
+
+def test_no_click_outside_cli_but_the_lab_command():
+    users = [str(p.relative_to(ROOT)) for pkg in LIBRARIES for p in sorted((ROOT / pkg).rglob("*.py"))
+             if "click" in _imports(p)]
+    assert users == ["testbed/cli.py"], users     # the lab's command, loaded through its entry point
+
+
+def test_cell_label_round_trip():
+    label = cell_label("emu-1", "lstm", "full", 4, "powersave", "all")
+    assert label == "emu-1/lstm-full/b4/powersave/all"
+    assert serial_of_label(label) == "emu-1" and serial_of_label("no-slash") == ""
+
+
+def test_results_show_sorts_rows_by_device_workload_variant_batch_governor(tmp_path, capsys):
+    from tests.test_store import meta_for, steps_for
+
+    camp = parse_campaign({
+        "name": "t", "warmup": 1, "steps": 3, "repetitions": 1,
+        "workload": [{"model": "mobilenet", "variants": ["full", "compressed"], "batch": [2, 1]},
+                     {"model": "lstm", "variants": ["full"], "batch": [1]}],
+        "governors": ["powersave", "interactive"],
+    })
+    cells = camp.plan([DeviceRef("emu-2", "Pixel 4", True), DeviceRef("emu-1", "Pixel 3", True)])
+    st = Store.open(tmp_path, camp)
+    for c in reversed(cells):
+        st.write_cell(meta_for(c, campaign="t", warmup_steps=1), steps_for(c))
+    assert main(["results", "show", str(tmp_path / "t"), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["summaries"]
+    keys = [(r["device_model"], r["workload"], r["variant"], r["batch"], r["governor_requested"]) for r in rows]
+    assert len(keys) == len(cells) and keys == sorted(keys)
+    assert keys[0] == ("Pixel 3", "lstm", "full", 1, "interactive")
+    assert main(["results", "show", str(tmp_path / "t")]) == 0
+    table = capsys.readouterr().out
+    assert table.index("Pixel 3") < table.index("Pixel 4")
+    assert set(load_status(tmp_path / "t")["label"]) == {c.label for c in cells}
+
+
+def test_workloads_list_with_nothing_built_says_where_it_looked(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["workloads", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "no artifacts yet" in out and str(tmp_path / "artifacts") in out
+    (tmp_path / "artifacts").mkdir()
+    assert main(["workloads", "list"]) == 0
+    assert "no artifacts yet" in capsys.readouterr().out
+
+
+def test_set_parser_is_the_library_one():
+    from cli.options import parse_sets
+    from profiler.errors import ConfigError
+    from workloads.models import parse_overrides
+
+    assert parse_sets(("width=0.25", "channels=[8,16]", "name=abc")) == \
+        parse_overrides(["width=0.25", "channels=[8,16]", "name=abc"]) == \
+        {"width": 0.25, "channels": [8, 16], "name": "abc"}
+    with pytest.raises(ConfigError):
+        parse_overrides(["width"])
+
+
+def test_measure_options_build_frozen_settings():
+    import dataclasses
+
+    import click
+    from click.testing import CliRunner
+
+    from cli.options import measure_options
+    from profiler.settings import MeasureSettings
+
+    got = {}
+
+    @click.command()
+    @measure_options(rounds=3, energy="none", fixed=("warmup",))
+    def cmd(settings):
+        got["s"] = settings
+
+    r = CliRunner().invoke(cmd, ["--results", "r", "--resume", "--threads", "2", "--reps", "4", "--steps", "7"])
+    assert r.exit_code == 0, r.output
+    assert got["s"] == MeasureSettings(results_root=Path("r"), resume=True, threads=2, artifacts=None, rounds=3,
+                                       repetitions=4, steps=7, warmup=2, energy="none")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        got["s"].rounds = 1
+    assert CliRunner().invoke(cmd, ["--warmup", "1"]).exit_code != 0     # fixed: no option
+
+
+def test_paths_follow_the_environment(tmp_path, monkeypatch):
+    from profiler import paths
+
+    monkeypatch.setenv("AUTLEARN_HOME", str(tmp_path / "h"))
+    monkeypatch.delenv("AUTLEARN_CACHE_DIR", raising=False)
+    monkeypatch.delenv("AUTLEARN_TUNING_DIR", raising=False)
+    assert paths.home() == tmp_path / "h" and paths.cache_dir() == tmp_path / "h" / "cache"
+    assert paths.artifacts_dir() == tmp_path / "h" / "artifacts" and paths.tuning_dir() == tmp_path / "h" / "tuning"
+    assert paths.pending_dir() == tmp_path / "h" / "monsoon-pending" and paths.lab_dir() == tmp_path / "h" / "lab"
+    monkeypatch.setenv("AUTLEARN_CACHE_DIR", str(tmp_path / "c"))
+    monkeypatch.setenv("AUTLEARN_TUNING_DIR", str(tmp_path / "t"))
+    assert paths.cache_dir() == tmp_path / "c" and paths.tuning_dir() == tmp_path / "t"
+    monkeypatch.delenv("AUTLEARN_HOME")
+    assert paths.home() == Path.home() / ".autlearn" and paths.home_override() is None
+
+
+def test_code_fingerprint_hashes_the_listed_build_sources_only(monkeypatch):
+    from workloads import artifact_cache
+
+    full = artifact_cache.code_fingerprint()
+    assert full == artifact_cache.code_fingerprint()
+    assert artifact_cache.code_fingerprint(("compile.py", "nonexistent/*.py")) != full   # missing globs: skipped
+    for name in ("artifact.py", "compile.py", "program.py", "runner_build.py", "models.py", "layers.py"):
+        assert name in artifact_cache.BUILD_SOURCES
+    assert not any("measure" in p or "table_pipeline" in p for p in artifact_cache.BUILD_SOURCES)
