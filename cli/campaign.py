@@ -201,7 +201,7 @@ def compare_cmd(results_dir: str, baseline: str, candidate: str, min_ratio: floa
     Console(width=None if sys.stdout.isatty() else 200).print(t)
 
 
-def _workload_label(workload: str, config: str) -> "Text":
+def _workload_label(workload: str, config: str):
     """The workload with its config when it has one (two configs of one model are separate rows)."""
     from rich.text import Text
 
