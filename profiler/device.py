@@ -193,6 +193,20 @@ class Device:
             return "su"
         return "none"
 
+    def root_capability(self) -> str:
+        """How this device can give root ('adbd' | 'su' | 'none') without changing it: a debuggable build's adbd
+        is reported as 'adbd' without restarting it as root (discovery and `autlearn devices` leave adbd alone;
+        `root_mode` roots it when root is first needed)."""
+        if "root_mode" in self.__dict__:
+            return self.root_mode
+        if self._uid() == "0":
+            return "adbd"
+        if self._try_adb_root and self.shell("getprop ro.debuggable", timeout=15).stdout.strip() == "1":
+            return "adbd"
+        if self._uid("su -c 'id -u'") == "0" or self._uid("su 0 id -u") == "0":
+            return "su"
+        return "none"
+
     def _adb_root(self) -> bool:
         import adbutils
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -33,10 +34,31 @@ def _probe_one(client, serial: str, state: str | None) -> FleetEntry:
         return FleetEntry(serial, state, error=str(exc))
 
 
-def discover(serials: tuple[str, ...] = ()) -> list[FleetEntry]:
-    """Probe the fleet (or only `serials`); unknown serials come back as entries with an error."""
+def discover(serials: tuple[str, ...] = (), settle_s: float = 10.0) -> list[FleetEntry]:
+    """Probe the fleet (or only `serials`); unknown serials come back as entries with an error.
+
+    A device that drops out while it is probed (its adbd restarting as or from root for another run, a USB
+    hiccup) is probed again for up to `settle_s` before it counts as unreachable."""
     client = adb_client()
     known = {e.serial: e.state for e in list_devices(client)}
     wanted = list(serials) or sorted(known)
     with ThreadPoolExecutor(max_workers=max(1, min(16, len(wanted)))) as pool:
-        return list(pool.map(lambda s: _probe_one(client, s, known.get(s)), wanted))
+        entries = dict(zip(wanted, pool.map(lambda s: _probe_one(client, s, known.get(s)), wanted)))
+    seen = set(known)
+    deadline = time.monotonic() + settle_s
+    while time.monotonic() < deadline:
+        retry = [s for s, e in entries.items() if e.facts is None and (s in seen or serials)
+                 and e.state in ("device", "offline", "unknown") and not _is_final(e)]
+        if not retry:
+            break
+        time.sleep(1.0)
+        known = {e.serial: e.state for e in list_devices(client)}
+        seen |= set(known)
+        for s in retry:
+            entries[s] = _probe_one(client, s, known.get(s))
+    return [entries[s] for s in wanted]
+
+
+def _is_final(entry: FleetEntry) -> bool:
+    """An answer that waiting does not change (the probe ran and its output was bad)."""
+    return bool(entry.error) and "probe did not finish" in entry.error

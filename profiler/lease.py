@@ -112,9 +112,16 @@ class PhoneLease:
 
     def acquire(self) -> "PhoneLease":
         deadline = time.monotonic() + self.wait_s
+        unreachable_until = time.monotonic() + max(self.wait_s, 15.0)   # adbd restarts take seconds
         told = False
         while True:
-            acquired, h, now, mtime = self._try()
+            try:
+                acquired, h, now, mtime = self._try()
+            except DeviceError:
+                if time.monotonic() >= unreachable_until:
+                    raise
+                time.sleep(POLL_S)      # the holder's adbd restarting (root/unroot): ask again
+                continue
             if acquired:
                 self._write(self._holder(now))
                 break

@@ -194,4 +194,4 @@ def probe(device) -> DeviceFacts:
         raise ParseError(f"[{device.serial}] probe did not finish (exit {result.exit_code}): "
                          f"{(result.stderr or result.stdout).strip()[-200:]}")
     facts = parse_probe(result.stdout, serial=device.serial)
-    return dataclasses.replace(facts, root=device.root_mode)
+    return dataclasses.replace(facts, root=device.root_capability())
