@@ -22,7 +22,7 @@ from profiler import __version__, knobs, paths
 from profiler.campaign_config import Campaign, Cell, cell_id
 from profiler.deploy import deploy, remote_dir, runner_command
 from profiler.device import Device
-from profiler.errors import DeviceError, DeviceUnreachable, NotRooted, UserError
+from profiler.errors import DeviceError, DeviceUnreachable, EnergyError, NotRooted, UserError
 from profiler.fleet import discover
 from profiler.governor import GovernorGuard, GovernorUnavailable, restore_on_signals, restore_pending
 from profiler.lease import PhoneLease
@@ -199,6 +199,8 @@ class DeviceWorker:
                         return
                 except UserError as exc:  # bad device output, runner failure, impossible affinity: this cell only
                     self._record(cid, cell, "failed", str(exc))
+                except Exception as exc:  # noqa: BLE001 - any other fault is this cell's outcome, not the campaign's
+                    self._record(cid, cell, "failed", f"{type(exc).__name__}: {exc}")
 
     def _reconnect(self) -> Device | None:
         time.sleep(1.0)
@@ -238,10 +240,15 @@ class DeviceWorker:
                     meter, energy_note = None, f"energy not measured: {why}"
         started = time.time()
         runs, pairs, trace = [], [], None
-        with meter if meter is not None else contextlib.nullcontext():
+        with contextlib.ExitStack() as stack:
             if meter is not None:
-                with clock.part("energy_start"):
-                    meter.start()
+                try:   # a monitor that fails to start (or to prepare) costs the energy, never the time
+                    with clock.part("energy_start"):
+                        stack.enter_context(meter)
+                        meter.start()
+                except EnergyError as exc:
+                    stack.close()
+                    meter, energy_note = None, f"energy not measured: {exc}"
             for rep in range(cell.repetitions):
                 cmd = runner_command(remote, warmup=cell.warmup, steps=cell.steps, threads=self.threads,
                                      cpu_mask=mask)
@@ -257,8 +264,11 @@ class DeviceWorker:
                 pairs += clock_pairs(out.meta)
                 clock.add("launch", launch - sum(s.step_ns for s in out.steps) / 1e9)   # beyond the steps
             if meter is not None:
-                with clock.part("energy_stop"):
-                    trace = meter.stop()
+                try:
+                    with clock.part("energy_stop"):
+                        trace = meter.stop()
+                except EnergyError as exc:   # monitor lost mid-cell: the steps' times stand, energy is missing
+                    trace, energy_note = None, f"energy lost: {exc}"
         energies: list = [None] * sum(len(steps) for steps in runs)
         labels = {"virtual"} if self.facts.virtual else {"measured"}
         if trace is not None:

@@ -236,3 +236,61 @@ def test_monsoon_auto_without_a_monitor_is_refused_with_the_reason(energy_lab, l
     c = load_campaign(campaign_toml(tmp_path, "noauto", [legacy.serial], energy="monsoon:auto"))
     with pytest.raises(EnergyError, match=f"no Monsoon is known to power {legacy.serial}"):
         run_campaign(c, tmp_path / "results", artifact_provider(CACHE))
+
+
+@pytest.mark.parametrize("fault", ["kill", "freeze"])
+def test_monitor_lost_mid_cell_keeps_time_loses_energy_and_the_campaign_goes_on(energy_lab, lab_home_env,
+                                                                                tmp_path, monkeypatch, fault):
+    """The simulated Monsoon's process killed (or frozen) while a cell runs: that cell keeps its step times, its
+    energy is missing with the reason, the next cell measures energy again, passthrough is restored (or its
+    marker restores it at the next window) and the run returns with no monitor process left behind."""
+    import threading
+
+    from profiler.energy.monsoon import MonsoonSource
+    from test_campaign import make_artifact, provider
+
+    lab, phones = energy_lab
+    unrooted = phones["unrooted"]
+    started: list[MonsoonSource] = []
+    orig = MonsoonSource.start
+
+    def spy(self):
+        if fault == "freeze":
+            self.timeout_s = 3.0      # how long a silent monitor is waited for (60 s by default)
+        orig(self)
+        started.append(self)
+
+    monkeypatch.setattr(MonsoonSource, "start", spy)
+    procs = []
+
+    def saboteur():
+        deadline = time.monotonic() + 60
+        while not started and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.5)                 # inside the first cell's runner launch
+        proc = started[0]._proc
+        procs.append(proc)
+        os.kill(proc.pid, signal.SIGKILL if fault == "kill" else signal.SIGSTOP)
+
+    c = load_campaign(campaign_toml(tmp_path, f"lost-{fault}", [unrooted.serial], energy="monsoon:auto"))
+    c = type(c)(**{**c.__dict__, "steps": 12})
+    t = threading.Thread(target=saboteur, daemon=True)
+    t.start()
+    art = make_artifact(tmp_path, sleep=0.25)
+    out = run_campaign(c, tmp_path / "results", provider(art))
+    t.join(5)
+    status = load_status(out.results_dir)
+    assert out.ok == 1 and out.failed == 0, status[["label", "reason"]].values.tolist()
+    df = load_results(out.results_dir)
+    timed = df[~df["warmup"].astype(bool)]
+    assert len(timed) == 12 and timed["step_ns"].gt(0).all()               # the time is kept
+    assert timed["energy_j"].isna().all() and "energy lost" in timed["energy_note"].iloc[0]
+    assert "monitor process" in timed["energy_note"].iloc[0]
+    assert procs and not procs[0].is_alive()                                # nothing left frozen or running
+    again = run_campaign(load_campaign(campaign_toml(tmp_path, f"after-{fault}", [unrooted.serial],
+                                                     energy="monsoon:auto")), tmp_path / "results",
+                         provider(art))
+    after = load_results(again.results_dir)
+    assert again.ok == 1 and "energy lost" not in after["energy_note"].iloc[0]                 # measures again
+    assert (again.results_dir / "traces" / f"{after['cell_id'].iloc[0]}.parquet").is_file()
+    assert passthrough_mode(*mon_state(lab, unrooted)) == 1                  # restored by the next window

@@ -250,7 +250,12 @@ class MonsoonSource:
             if time.monotonic() > deadline:
                 raise EnergyError(f"Monsoon {self.config.serial}: no answer from the monitor process in "
                                   f"{self.timeout_s:.0f} s", serial=self.config.serial)
-        return self._conn.recv()
+        try:
+            return self._conn.recv()
+        except (EOFError, OSError):   # the pipe closed: the monitor process is gone
+            raise EnergyError(f"Monsoon {self.config.serial}: monitor process lost (exit code "
+                              f"{self._proc.exitcode}); USB passthrough may not be restored (its marker restores "
+                              "it at the next use of this monitor)", serial=self.config.serial) from None
 
     def _error(self, msg) -> EnergyError:
         text, extra = msg[2], msg[3] if len(msg) > 3 else {}
@@ -260,9 +265,12 @@ class MonsoonSource:
     def _finish(self) -> None:
         proc, self._proc = self._proc, None
         if proc is not None:
-            proc.join(self.timeout_s)
+            proc.join(min(self.timeout_s, 10.0))   # it answered or failed already: exiting takes moments
             if proc.is_alive():
                 proc.terminate()
+                proc.join(5)
+            if proc.is_alive():     # frozen (SIGSTOP) or deaf to SIGTERM: an exiting host would wait on it forever
+                proc.kill()
                 proc.join(5)
         if self._conn is not None:
             self._conn.close()
