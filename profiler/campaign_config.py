@@ -53,7 +53,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from profiler.errors import ConfigError
+from profiler.errors import ConfigError, UserError
 from profiler.governor import FALLBACKS, GovernorIntent, parse_intent
 
 VARIANTS = ("full", "compressed", "unoptimized", "cached")
@@ -265,11 +265,20 @@ def cell_id(cell: Cell, artifact_hash: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------- loading
+MAX_FILE_BYTES = 1 << 20     # a campaign file larger than this is refused unread
+MAX_TEXT = 256               # any string value (serials, model arguments, ...)
+MAX_DESCRIPTION = 4000       # the free-text description copied into campaign.json and the report
+MAX_LIST = 1024              # items of a model-argument array
+
+
 def load_campaign(path: str | Path) -> Campaign:
     """Read and validate a campaign file. ConfigError on a missing file, a syntax error (file:line:column) or an
     invalid key (`key` names it)."""
     p = Path(path)
     try:
+        size = p.stat().st_size
+        if size > MAX_FILE_BYTES:   # checked before reading: a campaign is a page of TOML, not a data file
+            raise ConfigError(f"campaign file {p} is {size} bytes; the limit is {MAX_FILE_BYTES}")
         raw = p.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"campaign file not found: {p}") from None
@@ -314,7 +323,7 @@ def parse_campaign(data: Mapping[str, Any], source: str = "") -> Campaign:
         raise ConfigError("at least one [[workload]] is required", key="workload")
     return Campaign(
         name=name,
-        description=_str(data.get("description", ""), "description", empty=True),
+        description=_str(data.get("description", ""), "description", empty=True, limit=MAX_DESCRIPTION),
         workloads=_workloads(data["workload"]),
         devices=_devices(data.get("devices", {})),
         governors=_governors(data.get("governors", ["schedutil"])),
@@ -347,11 +356,13 @@ def _keys(table: Any, prefix: str, allowed: set[str]) -> None:
             raise ConfigError(f"unknown key; valid keys: {', '.join(sorted(allowed))}", key=_key(prefix, k))
 
 
-def _str(v: Any, key: str, empty: bool = False) -> str:
+def _str(v: Any, key: str, empty: bool = False, limit: int = MAX_TEXT) -> str:
     if not isinstance(v, str):
         raise ConfigError(f"must be a string, not {_type_name(v)}", key=key)
     if not empty and not v.strip():
         raise ConfigError("must not be empty", key=key)
+    if len(v) > limit:
+        raise ConfigError(f"is {len(v)} characters; the limit is {limit}", key=key)
     return v
 
 
@@ -440,9 +451,13 @@ def _devices(v: Any) -> DeviceSelection:
 
 
 def _config_value(v: Any, key: str, nested: bool = False) -> Any:
-    if isinstance(v, (bool, int, str)) or isinstance(v, float) and math.isfinite(v):
+    if isinstance(v, str):
+        return _str(v, key, empty=True)
+    if isinstance(v, (bool, int)) or isinstance(v, float) and math.isfinite(v):
         return v
     if isinstance(v, list) and not nested:
+        if len(v) > MAX_LIST:
+            raise ConfigError(f"has {len(v)} items; the limit is {MAX_LIST}", key=key)
         return tuple(_config_value(x, f"{key}[{i}]", nested=True) for i, x in enumerate(v))
     raise ConfigError("model arguments are strings, finite numbers, booleans or flat arrays of them, "
                       f"not {_type_name(v)}", key=key)
@@ -485,6 +500,7 @@ def _workloads(v: Any) -> tuple[Workload, ...]:
             if not _IDENT_RE.match(name):
                 raise ConfigError("model argument names are Python identifiers", key=_key(f"{k}.config.", name))
             config.append((name, _config_value(val, f"{k}.config.{name}")))
+        _check_model_config(model, variants, batch, dict(config), f"{k}.config")
         out.append(Workload(model, tuple(variants), tuple(batch), tuple(sorted(config))))
     keys = [(w.model, w.config) for w in out]
     for i, x in enumerate(keys):
@@ -492,6 +508,43 @@ def _workloads(v: Any) -> tuple[Workload, ...]:
             raise ConfigError("same model and config as an earlier workload; merge their variants/batch",
                               key=f"workload[{i}]")
     return tuple(out)
+
+
+def _check_model_config(model: str, variants, batch, config: dict, key: str) -> None:
+    """The whole model config checked now, before any results directory exists: its keys and value types against
+    the family's config (per batch), `tuning` and a pruned model's `compressed` file."""
+    from workloads.families import LAYER_SUITE, get
+
+    if model == LAYER_SUITE:
+        return
+    config = dict(config)
+    tuning = config.pop("tuning", "default")
+    if tuning not in ("default", "none"):
+        raise ConfigError(f"must be 'default' (the target's database) or 'none', not {tuning!r}", key=f"{key}.tuning")
+    compressed = config.pop("compressed", None)
+    if compressed is not None:
+        from workloads.families.compressed import compressed_build_args
+
+        if not isinstance(compressed, str):
+            raise ConfigError("must be the path of a compressed.json", key=f"{key}.compressed")
+        if list(variants) != ["compressed"]:
+            raise ConfigError("a compressed model file needs variants = [\"compressed\"]", key=f"{key}.compressed")
+        try:
+            compressed_build_args(compressed, model)
+        except UserError as exc:
+            raise ConfigError(str(exc), key=f"{key}.compressed") from None
+        return
+    if "batch" in config:
+        raise ConfigError("the batch size is the workload's `batch` list, not a config key", key=f"{key}.batch")
+    family = get(model)
+    for b in batch:
+        try:
+            family.make_config(**config, batch=b)
+        except ConfigError as exc:
+            raise ConfigError(_message(exc), key=f"{key}.{exc.key}" if exc.key and exc.key != "config" else key) \
+                from None
+        except (TypeError, ValueError) as exc:   # a family's own checks beyond the field types
+            raise ConfigError(str(exc).splitlines()[0][:200], key=key) from None
 
 
 def _governors(v: Any) -> Governors:

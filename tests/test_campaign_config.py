@@ -21,8 +21,8 @@ VALID = {
     "name": "demo", "warmup": 1, "steps": 3, "repetitions": 2, "affinity": ["all", "0xF0"], "energy": "fuelgauge",
     "devices": {"serials": ["emu-1", "R58M"], "models": ["Pixel*"], "virtual": True,
                 "energy": {"R58M": "monsoon:12345"}},
-    "workload": [{"model": "lstm", "variants": ["full", "cached"], "batch": [1, 16], "config": {"hidden": 64}},
-                 {"model": "mobilenet", "batch": 4, "config": {"width": 0.5, "classes": [1, 2]}}],
+    "workload": [{"model": "lstm", "variants": ["full", "cached"], "batch": [1, 16], "config": {"hidden_size": 64}},
+                 {"model": "mobilenet", "batch": 4, "config": {"width": 0.5, "channels": [8] * 14}}],
     "governors": {"intents": ["interactive", "userspace@1.2GHz"], "fallback": "skip"},
     "cooldown": {"max_temp_c": 40, "timeout_s": 60, "zones": "cpu*"},
 }
@@ -53,7 +53,8 @@ def test_valid_campaign_fields_and_round_trip():
     c = parse_campaign(VALID)
     assert c.affinities == ("all", "0xf0")
     assert c.governors.fallback == "skip" and c.governors.intents[1].freq_khz == 1_200_000
-    assert c.workloads[0].kwargs == {"hidden": 64} and c.workloads[1].kwargs == {"classes": [1, 2], "width": 0.5}
+    assert c.workloads[0].kwargs == {"hidden_size": 64}
+    assert c.workloads[1].kwargs == {"channels": [8] * 14, "width": 0.5}
     assert c.workloads[1].batch == (4,) and c.workloads[1].variants == ("full",)
     assert c.energy_for("R58M") == EnergySource("monsoon", "12345") and str(c.energy_for("emu-1")) == "fuelgauge"
     assert parse_campaign(c.to_dict()) == c
@@ -279,3 +280,68 @@ def test_energy_auto_globally_and_per_device():
     assert str(c.energy_for("emu-1")) == "none" and str(c.energy_for("other")) == "auto"
     assert parse_campaign(c.to_dict()) == c
     assert "auto" in ENERGY_KINDS
+
+
+# ------------------------------------------------------------------------------------- complete, bounded validation
+def test_huge_files_and_free_text_are_refused(tmp_path):
+    big = tmp_path / "big.toml"
+    with open(big, "wb") as f:          # sparse: 50 MB that are never read
+        f.truncate(50 << 20)
+    with pytest.raises(ConfigError, match="limit is 1048576"):
+        load_campaign(big)
+    data = copy.deepcopy(VALID)
+    data["description"] = "x" * 5000
+    assert errors(data).key == "description"
+    data = copy.deepcopy(VALID)
+    data["workload"][0]["config"]["hidden_size"] = "9" * 1000
+    assert errors(data).key == "workload[0].config.hidden_size"
+
+
+@pytest.mark.parametrize("config, key", [
+    ({"hidden_size": "64"}, "workload[0].config.hidden_size"),      # a wrong type inside the model config
+    ({"hidden_size": 64.5}, "workload[0].config.hidden_size"),
+    ({"hidden": 64}, "workload[0].config"),                         # an unknown model argument
+    ({"hidden_size": 0}, "workload[0].config.hidden_size"),         # the family's own range check
+    ({"tuning": "fast"}, "workload[0].config.tuning"),
+    ({"batch": 4}, "workload[0].config.batch"),
+    ({"compressed": "/no/such/compressed.json"}, "workload[0].config.compressed"),
+])
+def test_model_config_is_checked_against_its_family_before_anything_runs(config, key):
+    data = copy.deepcopy(VALID)
+    data["workload"][0]["config"] = config
+    assert errors(data).key == key
+
+
+def test_a_bad_model_config_is_one_line_and_leaves_no_results(tmp_path):
+    import subprocess
+    import sys
+
+    p = tmp_path / "c.toml"
+    p.write_text('name = "bad"\n[[workload]]\nmodel = "mobilenet"\nconfig = { width = "wide" }\n')
+    r = subprocess.run([sys.executable, "-m", "cli", "run", str(p), "--results", str(tmp_path / "res")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "workload[0].config.width" in r.stderr and not (tmp_path / "res").exists()
+
+
+_scalar = st.one_of(st.integers(-5, 5000), st.floats(allow_nan=True), st.text(max_size=8), st.booleans())
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(["lstm", "mobilenet"]),
+       st.dictionaries(st.sampled_from(["hidden_size", "vocab_size", "width", "channels", "image_size", "seed",
+                                        "num_classes", "tuning", "compressed", "batch", "seq_len", "nope"]),
+                       st.one_of(_scalar, st.lists(_scalar, max_size=16), st.dictionaries(st.text(max_size=3),
+                                                                                        _scalar, max_size=2)),
+                       max_size=4))
+def test_fuzzed_model_config_tables_give_a_campaign_or_one_config_error(model, config):
+    data = copy.deepcopy(VALID)
+    data["workload"] = [{"model": model, "batch": [2], "config": config}]
+    try:
+        c = parse_campaign(data)
+    except ConfigError as e:
+        assert e.key.startswith("workload[0]") and "\n" not in str(e)
+    else:
+        from workloads.models import make_config
+        kwargs = {k: v for k, v in c.workloads[0].kwargs.items() if k != "tuning"}
+        make_config(model, **kwargs, batch=2)      # what was accepted builds a config

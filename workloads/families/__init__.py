@@ -54,6 +54,8 @@ class Family:
             raise ConfigError(f"unknown {self.name} config keys {bad}; valid: {', '.join(sorted(valid))}",
                               key="config")
         overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+        for k, v in overrides.items():
+            _check_type(self.config_cls, k, v)
         return replace(self.config_cls(), **overrides)
 
     def base_config(self, config: Any) -> dict[str, Any]:
@@ -64,6 +66,36 @@ class Family:
         """The overrides that make a base config into `config` (build_program's `compressed_config`)."""
         d = config.to_dict()
         return {k: d.get(k, getattr(config, k)) for k in self.compressed_keys}
+
+
+def _check_type(cls: type, key: str, value: Any) -> None:
+    """A config value against its field's annotation (int, float, bool, str, tuple[int, ...], ...): a wrong type is
+    one ConfigError naming the key, not a TypeError from deep inside a model builder."""
+    import math
+    import typing
+
+    hint = typing.get_type_hints(cls).get(key)
+    want, args = typing.get_origin(hint) or hint, typing.get_args(hint)
+
+    def ok(v: Any, t: Any) -> bool:
+        if t is bool:
+            return isinstance(v, bool)
+        if t is int:
+            return isinstance(v, int) and not isinstance(v, bool)
+        if t is float:
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        if t is str:
+            return isinstance(v, str)
+        return True    # other annotations: the config's own checks decide
+
+    if want is tuple:
+        inner = args[0] if args else None
+        good = isinstance(value, tuple) and (inner is None or all(ok(x, inner) for x in value))
+        what = f"a list of {getattr(inner, '__name__', 'values')}"
+    else:
+        good, what = ok(value, want), getattr(want, "__name__", str(want))
+    if not good:
+        raise ConfigError(f"must be {what}, not {type(value).__name__} {value!r:.60}", key=key)
 
 
 @dataclass(frozen=True)
