@@ -334,6 +334,20 @@ def test_tables_from_results_one_table_per_device_and_governor():
     assert perf.energy_mj(K_CONV) > perf.energy_mj(K_FC)
 
 
+def test_tables_refuse_to_pool_cells_of_other_tools_or_artifacts():
+    raw, _ = _raw_results()
+    raw["tool_versions"] = '{"tvm": "0.27"}'
+    raw["artifact_hash"] = raw["cell_id"]
+    tables_from_results(raw)                                            # poolable as it is
+    other = raw.copy()
+    other.loc[other["cell_id"] == "c2", "tool_versions"] = '{"tvm": "0.28"}'
+    with pytest.raises(TableError, match="emu-1 / performance: refusing to pool .*tool_versions"):
+        tables_from_results(other)
+    again = raw[raw["cell_id"] == "c1"].assign(cell_id="c5", artifact_hash="rebuilt")    # same keys, new build
+    with pytest.raises(TableError, match="different artifacts"):
+        tables_from_results(pd.concat([raw, again], ignore_index=True))
+
+
 def test_tables_from_results_completes_over_a_grid():
     raw, _ = _raw_results()
     narrow = K_FC.with_channels(8, 10)

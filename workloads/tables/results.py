@@ -47,6 +47,7 @@ def tables_from_results(raw: pd.DataFrame, grid: Sequence[LayerKey] | None = Non
     """One Table per (device serial, governor requested) from layer-suite results; `grid` given -> completed by
     interpolation over it. Tool versions are the running ones (a table is built where it was measured)."""
     m = measurements_from_results(raw)
+    _check_poolable_cells(raw, m)
     out: dict[tuple[str, str], Table] = {}
     for (serial, gov), g in m.groupby(["device_serial", "governor_requested"], sort=True):
         if "affinity" in g and g["affinity"].nunique() > 1:
@@ -66,3 +67,26 @@ def tables_from_results(raw: pd.DataFrame, grid: Sequence[LayerKey] | None = Non
         t = table_from_measurements(g, meta)
         out[(str(serial), str(gov))] = t.complete(grid) if grid is not None else t
     return out
+
+
+def _check_poolable_cells(raw: pd.DataFrame, m: pd.DataFrame) -> None:
+    """A table pools the cells of one device and governor: they must share tool versions, and each layer key must
+    come from one artifact (a rebuilt suite is a different measurement; suites of one table differ by design)."""
+    if "workload" in raw:
+        raw = raw[raw["workload"] == "layers"]
+    fixed = [c for c in ("tool_versions",) if c in raw]
+    cells = raw.drop_duplicates("cell_id").set_index("cell_id")
+    for (serial, gov), g in raw.groupby(["device_serial", "governor_requested"], sort=True):
+        for c in fixed:
+            if g[c].nunique(dropna=False) > 1:
+                raise TableError(f"{serial} / {gov}: refusing to pool layer cells whose {c} differ "
+                                 f"({', '.join(sorted(map(str, g[c].unique()))[:2])}); use one campaign's results")
+    if "artifact_hash" in cells and len(m):
+        arts = m["cell_id"].map(cells["artifact_hash"])
+        keys = [c for c in m.columns if c not in ("cell_id", "repetition", "step", "step_ns", "energy_j", "ms",
+                                                  "mj", "labels", "energy_source", "governor_applied",
+                                                  "device_model", "device_virtual")]
+        n = arts.groupby([m[k].astype(str) for k in keys]).nunique()
+        if (n > 1).any():
+            raise TableError("refusing to pool one layer key measured by different artifacts "
+                             f"({int((n > 1).sum())} key(s)); use one campaign's results")
