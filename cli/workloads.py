@@ -42,8 +42,7 @@ def workloads():
               help="Take the first batch from this data set (LEAF FEMNIST JSON / Shakespeare text).")
 def build(model, variant, abi, out, batch, sets, data_path):
     """Compile MODEL as VARIANT for ABI and write a verified artifact."""
-    from workloads.artifact import default_artifact_dir, write_artifact
-    from workloads.compile import build_program
+    from workloads.artifact import build_to
 
     _check(model, tuple(sorted(families.names())), "model")
     _check(variant, VARIANTS, "variant")
@@ -51,20 +50,7 @@ def build(model, variant, abi, out, batch, sets, data_path):
     config = parse_sets(sets)
     if batch is not None:
         config["batch"] = batch
-    if data_path is not None and not data_path.exists():
-        raise ConfigError(f"{data_path}: no such file or directory", key="data")
-    from workloads.models import make_config
-
-    make_config(model, **config)  # unknown keys / bad values fail here, before minutes of compiling
-    out = out or default_artifact_dir(model, variant, abi, config)
-    log = lambda msg: click.echo(msg, err=True)  # noqa: E731
-    log(f"compiling {model}/{variant} for {abi}...")
-    program = build_program(model, variant, abi, **config)
-    if data_path is not None:
-        from workloads.data import with_data
-
-        program = with_data(program, model, variant, data_path)
-    art = write_artifact(program, out, abi=abi, log=log)
+    art = build_to(model, variant, abi, out, config, data_path, log=lambda msg: click.echo(msg, err=True))
     b = art.manifest["build"]
     rt = "cached" if b.get("runtime_cached") else f"built in {b.get('runtime_build_s', 0):.0f} s"
     click.echo(f"{art.path}  hash {art.hash[:16]}  ({b.get('build_s', 0):.1f} s; TVM runtime {rt})")
@@ -134,59 +120,29 @@ def tune(serials, model, variant, batch, sets, trials, minutes, top, target_id, 
 
     The database (one per CPU target, under $AUTLEARN_HOME/tuning/) is used by every later build for that
     target; a kernel keeps its hand schedule where that was as fast on the device."""
-    from profiler.device import Device
-    from profiler.probe import probe
-    from profiler.campaign import target_id as device_target
-    from workloads.compile import base_abi, parse_target_id
-    from workloads.metaschedule import emulates, tune as run_tune
-    from workloads.models import make_config
+    from workloads.metaschedule import tune_devices
 
     _check(model, tuple(sorted(families.names())), "model")
-    if variant not in ("full", "compressed", "cached"):
-        raise ConfigError(f"variant {variant!r} is not tuned (choose from full, compressed, cached)", key="variant")
     config = parse_sets(sets)
     if batch is not None:
         config["batch"] = batch
-    make_config(model, **config)   # bad config fails before the device is touched
-    say = lambda msg: click.echo(f"[tune] {msg}", err=True)  # noqa: E731
-    facts_of = {s: probe(Device(s)) for s in dict.fromkeys(serials)}
-    targets = {s: device_target(f) for s, f in facts_of.items()}
-    if target_id is None and len(set(targets.values())) > 1:
-        raise ConfigError("the phones have different CPU targets (" + ", ".join(f"{s}: {t}" for s, t in
-                          targets.items()) + "); tune each target on its own phones", key="device")
-    serial, facts = next(iter(facts_of.items()))
-    ct = facts.cpu_target
-    if target_id is None:
-        target_id = targets[serial]
-        if ct is None or not ct.recognised:
-            say(f"CPU not recognised ({ct.note if ct else 'no cpuinfo'}): tuning for the generic {facts.abi} target")
-    parse_target_id(target_id)
-    for s, f in facts_of.items():
-        if base_abi(target_id) != f.abi:
-            raise ConfigError(f"target {target_id!r} is not for {s}'s ABI {f.abi}", key="target")
-    emulated = emulates(facts)
-    if emulated:
-        say("the device emulates its CPU: candidates are run for correctness only and no timing is recorded")
-    say(f"{', '.join(facts_of)} ({'virtual' if facts.virtual else facts.model}), target {target_id}")
-    if len(facts_of) > 1:
-        from workloads.metaschedule import tune_fleet
-
-        results = tune_fleet(list(facts_of), target_id, model, variant, top=top, trials=trials, minutes=minutes,
-                             emulated=emulated, threads=threads, say=say, **config)
+    results = tune_devices(list(dict.fromkeys(serials)), model, variant, target_id=target_id, trials=trials,
+                           minutes=minutes, top=top, threads=threads,
+                           say=lambda msg: click.echo(f"[tune] {msg}", err=True), **config)
+    if len(results) > 1:
         if as_json:
             click.echo(json.dumps(results, indent=1))
             return
         for r in results:
             click.echo(f"{r['measured_on']}: {r['tuned_tasks']} kernels, {r['trials']} trials in {r['seconds']:.0f} s")
         return
-    result = run_tune(Device(serial), target_id, model, variant, trials=trials, minutes=minutes, top=top,
-                      emulated=emulated, threads=threads, say=say, **config)
+    (result,) = results
     if as_json:
-        click.echo(json.dumps(result.to_dict(), indent=1))
+        click.echo(json.dumps(result, indent=1))
         return
-    for k in result.kernels:
+    for k in result["kernels"]:
         h = "-" if k["hand_ms"] is None else f"{k['hand_ms']:.4f}"
         t = "-" if k["tuned_ms"] is None else f"{k['tuned_ms']:.4f}"
         click.echo(f"{k['name']:<40} hand {h:>10} ms  tuned {t:>10} ms  keeps {k['kept']}  ({k['trials']} trials)")
-    click.echo(f"database {result.database} ({result.digest[:12]}); {result.trials} trials in "
-               f"{result.seconds:.0f} s; {result.resumed_records} records were already there")
+    click.echo(f"database {result['database']} ({result['digest'][:12]}); {result['trials']} trials in "
+               f"{result['seconds']:.0f} s; {result['resumed_records']} records were already there")

@@ -234,6 +234,26 @@ def build_artifact(model: str, variant: str, abi: str, out: str | Path | None = 
     return write_artifact(program, out, abi=abi, log=log)
 
 
+def build_to(model: str, variant: str, abi: str, out: Path | None, config: dict, data_path: Path | None = None,
+             log: Callable[[str], None] = lambda s: None) -> "Artifact":
+    """`autlearn workloads build`: check the config, compile, optionally take the first batch from a data set,
+    write and verify the artifact (default directory: `default_artifact_dir`)."""
+    from workloads.compile import build_program
+    from workloads.models import make_config
+
+    if data_path is not None and not Path(data_path).exists():
+        raise ConfigError(f"{data_path}: no such file or directory", key="data")
+    make_config(model, **config)  # unknown keys / bad values fail here, before minutes of compiling
+    out = out or default_artifact_dir(model, variant, abi, config)
+    log(f"compiling {model}/{variant} for {abi}...")
+    program = build_program(model, variant, abi, **config)
+    if data_path is not None:
+        from workloads.data import with_data
+
+        program = with_data(program, model, variant, Path(data_path))
+    return write_artifact(program, out, abi=abi, log=log)
+
+
 def build_any_program(model: str, variant: str, abi: str, **config: Any) -> Any:
     """What a campaign workload compiles: `model = "layers"` -> a layer suite (workloads.layer_suite); a
     `compressed = "path/compressed.json"` argument (from `autlearn prune`) -> that pruned model with its weights;

@@ -571,6 +571,46 @@ def tune_fleet(serials: list[str], target_id: str, model: str, variant: str = "f
     return [{**r, "database": str(path), "digest": digest} for r in results]
 
 
+def tune_devices(serials: list[str], model: str, variant: str = "full", *, target_id: str | None = None,
+                 trials: int = 64, minutes: float = 30.0, top: int | None = None, threads: int | None = None,
+                 say: Callable[[str], None] = lambda s: None, **config) -> list[dict]:
+    """`autlearn workloads tune`: probe the phones, choose the CPU target (theirs, or `target_id`), tune on one
+    phone or share the kernels among several of that target (`tune_fleet`). One result dict per phone."""
+    from profiler.campaign import target_id as device_target
+    from profiler.device import Device
+    from profiler.probe import probe
+    from workloads import compile as C
+    from workloads.models import make_config
+
+    if variant not in ("full", "compressed", "cached"):
+        raise ConfigError(f"variant {variant!r} is not tuned (choose from full, compressed, cached)", key="variant")
+    make_config(model, **config)   # bad config fails before the device is touched
+    facts_of = {s: probe(Device(s)) for s in serials}
+    targets = {s: device_target(f) for s, f in facts_of.items()}
+    if target_id is None and len(set(targets.values())) > 1:
+        raise ConfigError("the phones have different CPU targets (" + ", ".join(f"{s}: {t}" for s, t in
+                          targets.items()) + "); tune each target on its own phones", key="device")
+    serial, facts = next(iter(facts_of.items()))
+    ct = facts.cpu_target
+    if target_id is None:
+        target_id = targets[serial]
+        if ct is None or not ct.recognised:
+            say(f"CPU not recognised ({ct.note if ct else 'no cpuinfo'}): tuning for the generic {facts.abi} target")
+    C.parse_target_id(target_id)
+    for s, f in facts_of.items():
+        if C.base_abi(target_id) != f.abi:
+            raise ConfigError(f"target {target_id!r} is not for {s}'s ABI {f.abi}", key="target")
+    emulated = emulates(facts)
+    if emulated:
+        say("the device emulates its CPU: candidates are run for correctness only and no timing is recorded")
+    say(f"{', '.join(facts_of)} ({'virtual' if facts.virtual else facts.model}), target {target_id}")
+    if len(facts_of) > 1:
+        return tune_fleet(list(facts_of), target_id, model, variant, top=top, trials=trials, minutes=minutes,
+                          emulated=emulated, threads=threads, say=say, **config)
+    return [tune(Device(serial), target_id, model, variant, trials=trials, minutes=minutes, top=top,
+                 emulated=emulated, threads=threads, say=say, **config).to_dict()]
+
+
 def emulates(facts) -> bool:
     """A virtual phone whose ABI is not this host's runs its code under emulation: its timing is no measurement."""
     import platform
