@@ -140,6 +140,15 @@ case "$cmd" in
         set_governor "$dir" "$2"
         [ $# -eq 4 ] && set_limits "$dir" "$3" "$4"
         print_read "$1" "$dir" ;;
+    apply-all)  # POLICY GOV MIN MAX, repeated: every policy in one call, then the state of all of them
+        [ $# -gt 0 ] && [ $(($# % 4)) -eq 0 ] || die 2 "usage: apply-all POLICY GOV MIN MAX [POLICY GOV MIN MAX ...]"
+        while [ $# -gt 0 ]; do
+            dir=$(policy_dir "$1"); [ -n "$dir" ] || die 3 "unknown policy '$1'"
+            set_governor "$dir" "$2"
+            set_limits "$dir" "$3" "$4"
+            shift 4
+        done
+        policies | while read -r name dir; do print_read "$name" "$dir"; done ;;
     setspeed)
         [ $# -eq 2 ] || die 2 "usage: setspeed POLICY FREQ"
         dir=$(policy_dir "$1"); [ -n "$dir" ] || die 3 "unknown policy '$1'"
@@ -149,5 +158,5 @@ case "$cmd" in
     restore)
         [ $# -eq 1 ] || die 2 "usage: restore SNAPSHOT_FILE"
         restore "$1" ;;
-    *) die 2 "usage: governor.sh available|read|apply POLICY GOV [MIN MAX]|setspeed POLICY FREQ|restore FILE" ;;
+    *) die 2 "usage: governor.sh available|read|apply POLICY GOV [MIN MAX]|apply-all (POLICY GOV MIN MAX)...|setspeed POLICY FREQ|restore FILE" ;;
 esac

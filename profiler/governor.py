@@ -406,6 +406,11 @@ class GovernorGuard:
         res = resolve_governor(intent, common_governors(info), fallback)
         if res.applied is None:
             return Applied(res)
+        if res.pin_khz is None and all(p.hw_min_khz is not None and p.hw_max_khz is not None for p in info):
+            # every policy in one call, its state read back in the same call (one round trip, not n + 1)
+            self.save()
+            args = [str(x) for p in info for x in (p.name, res.applied, p.hw_min_khz, p.hw_max_khz)]
+            return Applied(res, parse_state(_run(self.device, "apply-all", *args)), ())
         pinned = []
         for p in info:
             if res.pin_khz is not None:

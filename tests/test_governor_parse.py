@@ -193,11 +193,23 @@ def test_script_errors(tmp_path):
     assert sh(sysfs, "apply", "policy9", "schedutil").returncode == 3
     assert sh(sysfs, "apply", "policy0", "schedutil", "9", "1").returncode == 2
     assert sh(sysfs, "setspeed", "policy0", "fast").returncode == 2
+    assert sh(sysfs, "apply-all", "policy0", "performance", "300000").returncode == 2
+    assert sh(sysfs, "apply-all", "policy9", "performance", "1", "2").returncode == 3
     assert sh(sysfs, "bogus").returncode == 2
     (sysfs / "devices/system/cpu/cpufreq/policy0/scaling_governor").unlink()
     (sysfs / "devices/system/cpu/cpufreq/policy0/scaling_governor").mkdir()  # unwritable, even for root
     r = sh(sysfs, "apply", "policy0", "performance")
     assert r.returncode == 4 and "cannot write" in r.stderr
+
+
+def test_apply_all_sets_every_policy_and_reads_them_back_in_one_call(tmp_path):
+    sysfs = make_sysfs(tmp_path)
+    r = sh(sysfs, "apply-all", "policy0", "powersave", "300000", "1804800", "policy4", "powersave", "710400",
+           "2419200")
+    st = parse_state(r.stdout)
+    assert r.returncode == 0 and [(p.policy, p.governor) for p in st] == [("policy0", "powersave"),
+                                                                         ("policy4", "powersave")]
+    assert st[1].min_khz == 710400 and st[1].max_khz == 2419200
 
 
 @pytest.mark.parametrize("trailing_newline", [True, False])
@@ -258,7 +270,7 @@ def test_pin_without_userspace_uses_limits(tmp_path):
 
 class UnrootedDevice(LocalDevice):
     def run_script(self, name, *args, root=True):
-        if args[0] in ("apply", "setspeed", "restore"):
+        if args[0] in ("apply", "apply-all", "setspeed", "restore"):
             raise NotRooted("root required", serial=self.serial)
         return super().run_script(name, *args, root=root)
 
@@ -273,7 +285,7 @@ def test_unrooted_apply_raises_not_rooted(tmp_path):
 def test_exit_code_4_maps_to_not_rooted(tmp_path):
     class Refusing(LocalDevice):
         def run_script(self, name, *args, root=True):
-            if args[0] == "apply":
+            if args[0] in ("apply", "apply-all"):
                 return ShellResult("", "governor.sh: cannot write 'performance' (root required?)", 4)
             return super().run_script(name, *args, root=root)
 

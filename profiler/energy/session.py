@@ -243,6 +243,7 @@ class FuelGaugeMeter(Meter):
         self.labels = ("virtual", "modeled") if self.virtual else ("measured",)
         self.decision: FuelGaugeDecision | None = None
         self.restore: tuple[str, str] | None = None  # (device path, prior value) of the charging switch
+        self._suspended_at: float | None = None
         self.pending_root = knobs.default_root()         # where the switch's prior value is persisted
         self._files: tuple[str, str, str] | None = None  # out, err, stop
         self._marks: dict[str, str] = {}
@@ -294,7 +295,7 @@ class FuelGaugeMeter(Meter):
                           {"path": path, "prior": self.restore[1]})
             self._write_switch(off)
             self._notes.append(f"charging suspended via {node} (prior value {self.restore[1]!r})")
-            time.sleep(0.2 if self.virtual else 1.0)  # let the gauge see the discharge
+            self._suspended_at = time.monotonic()
         return self
 
     def _write_switch(self, value: str) -> None:
@@ -334,6 +335,10 @@ class FuelGaugeMeter(Meter):
                                   + self.device.shell(f"cat {quote(err)}").stdout.strip()[-200:],
                                   serial=self.device.serial)
             time.sleep(0.05)
+        # the gauge needs a moment after charging is suspended before it shows the discharge: the baseline window
+        # starts once that has passed (the sampler's start-up counts towards it)
+        if self._suspended_at is not None:
+            time.sleep(max(0.0, (0.2 if self.virtual else 1.0) - (time.monotonic() - self._suspended_at)))
         self._marks["b0"] = self._mark()
         time.sleep(self.baseline_s)
         self._marks["b1"] = self._mark()
@@ -345,12 +350,13 @@ class FuelGaugeMeter(Meter):
         time.sleep(max(3 * self.interval_s, 0.1))  # samples after the last step's end, so the trace covers it
         self.device.check(f"touch {quote(stop)}", timeout=20)
         deadline = time.monotonic() + 10
-        while not self.device.shell(f"grep -q '^# end' {quote(out)}", timeout=20).ok:
-            if time.monotonic() > deadline:
-                break  # parse what there is (end_reason None says it was cut)
+        while True:   # one round trip per poll: read the log, done once the sampler wrote its end line
+            text = self.device.check(f"cat {quote(out)}", timeout=60)
+            ended = "\n# end" in text
+            if ended or time.monotonic() > deadline:
+                break  # not ended: parse what there is (end_reason None says it was cut)
             time.sleep(0.05)
-        text = self.device.check(f"cat {quote(out)}", timeout=60)
-        self._kill_sampler()
+        self._kill_sampler(ended=ended)
         log = parse_log(text)
         cal = self._calibration(log)
         return to_trace(log, serial=self.device.serial, labels=self.labels, calibration=cal)
@@ -365,13 +371,14 @@ class FuelGaugeMeter(Meter):
             raise EnergyError("fuel gauge reported no current_now values", serial=self.device.serial)
         return infer_calibration(samples)
 
-    def _kill_sampler(self) -> None:
+    def _kill_sampler(self, ended: bool = False) -> None:
         if self._files is None:
             return
         out, err, stop = self._files
         self._files = None
+        wait = "" if ended else "sleep 0.3; "   # a sampler that wrote its end line has exited
         with contextlib.suppress(DeviceError):
-            self.device.shell(f"touch {quote(stop)}; sleep 0.3; rm -f {quote(out)} {quote(err)} {quote(stop)}",
+            self.device.shell(f"touch {quote(stop)}; {wait}rm -f {quote(out)} {quote(err)} {quote(stop)}",
                               timeout=20)
 
     # -- attribution ----------------------------------------------------------------------------------------
