@@ -148,7 +148,7 @@ def _print_summaries(df) -> None:
         if f"{c}_ns" in df.columns:
             df[f"{c}_ms"] = df[f"{c}_ns"] / 1e6
     cols = ("device_model", "workload", "variant", "batch", "governor_requested", "governor_applied", "n",
-            "median_ms", "ci_low_ms", "ci_high_ms", "cv", "labels")
+            "median_ms", "ci_low_ms", "ci_high_ms", "cv", "harness_s", "labels")
     present = [c for c in cols if c in df.columns]
     for c in present:
         t.add_column(c)

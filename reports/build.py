@@ -181,7 +181,7 @@ def _cell_rows(data: CampaignData) -> tuple[list[CellRow], dict[str, np.ndarray]
             energy_ci_high_j=es.ci_high if es else float("nan"), mean_power_w=power.get(cid, float("nan")),
             temp_start_c=_f(r.get("temp_start_c")), temp_end_c=_f(r.get("temp_end_c")),
             throttled=_bool(r.get("throttled")), started_at=_f(r.get("started_at")),
-            finished_at=_f(r.get("finished_at"))))
+            finished_at=_f(r.get("finished_at")), harness_s=_f(r.get("harness_s"))))
     rows.sort(key=lambda c: (c.device_serial, c.case, c.variant, c.governor, c.started_at))
     return rows, times, energy
 
@@ -604,7 +604,7 @@ def _tuning_notes(data: CampaignData) -> list[str]:
 
 
 _SUMMARY_FIELDS = ("n", "median_ms", "ci_low_ms", "ci_high_ms", "cv", "warnings", "energy_n", "energy_median_j",
-                   "energy_ci_low_j", "energy_ci_high_j", "mean_power_w")
+                   "energy_ci_low_j", "energy_ci_high_j", "mean_power_w", "harness_s")
 
 
 def report_json(report: Report, *, html_bytes: int | None = None) -> dict[str, Any]:

@@ -80,6 +80,7 @@ class CellRow:
     throttled: bool | None
     started_at: float
     finished_at: float
+    harness_s: float = float("nan")   # the harness's own time in the cell beyond its steps (profiler.campaign)
 
 
 @dataclass(frozen=True)

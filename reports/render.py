@@ -172,15 +172,15 @@ def _comparisons_table(rows: Sequence[Comparison], first: str = "group") -> str:
 def _cells_table(cells: Sequence[CellRow]) -> str:
     return _table(
         ["device", "workload", "variant", "governor (applied)", "n", "median ms", "95% CI ms", "CV", "warnings",
-         "energy J/step", "mean W", "°C start→end", "labels", "cell"],
+         "energy J/step", "mean W", "°C start→end", "harness s", "labels", "cell"],
         ([f"{c.device_model} ({c.device_serial})", c.case, c.variant,
           c.governor + (f" ({c.governor_applied or 'not applied'})" if c.governor_applied != c.governor else ""),
           c.n, _num(c.median_ms), _ci(c.ci_low_ms, c.ci_high_ms), _pct(c.cv),
           Markup(f'<span class="warn">{_e("; ".join(c.warnings))}</span>') if c.warnings else "",
           _num(c.energy_median_j), _num(c.mean_power_w, 3),
           f"{_num(c.temp_start_c, 3)}→{_num(c.temp_end_c, 3)}" + (" throttled" if c.throttled else ""),
-          _badges(c.labels), c.cell_id] for c in cells),
-        num=(4, 5, 6, 7, 9, 10))
+          _num(c.harness_s, 2), _badges(c.labels), c.cell_id] for c in cells),
+        num=(4, 5, 6, 7, 9, 10, 12))
 
 
 def _outcomes_table(rows: Sequence[Outcome]) -> str:

@@ -97,6 +97,11 @@ def test_three_profiles_requested_vs_applied_and_unrooted_skips(lab, tmp_path):
     assert rows.loc[(by["modern"], "full", "powersave"), "governor_applied"] == "powersave"
     assert rows.loc[(by["unrooted"], "full", "interactive"), "governor_applied"] == "schedutil"  # its default
     assert set(df["labels"]) == {"virtual"}
+    cells = df.drop_duplicates("cell_id")     # where each cell's own time beyond its steps went
+    assert cells["harness_s"].gt(0).all()
+    parts = cells["harness"].map(json.loads)
+    assert all({"governor", "cooldown", "deploy", "launch", "end_read"} <= set(p) for p in parts)
+    assert all(abs(sum(p.values()) - h) < 0.01 for p, h in zip(parts, cells["harness_s"]))
     status = load_status(out.results_dir)
     skipped = status[status["status"] == "skipped"]
     assert len(skipped) == 2 and all("root" in r for r in skipped["reason"])
