@@ -363,6 +363,27 @@ def _check_energy(campaign: Campaign, devices) -> None:
 ArtifactProvider = Callable[[Cell, str], ArtifactRef]  # (cell, target id) -> artifact
 
 
+def _restore_passthrough(campaign: Campaign, devices) -> dict[str, str]:
+    """The monitors powering the leased phones (named in the campaign, or known to power them): a passthrough
+    mode left changed by a killed window is put back before anything runs."""
+    from profiler.energy.monsoon import restore_pending_passthrough
+    from profiler.energy.session import known_monitor
+
+    lab_home = paths.home_override()
+    out: dict[str, str] = {}
+    for d in devices:
+        spec = str(campaign.energy_for(d.serial))
+        mon = spec.partition(":")[2] if spec.startswith("monsoon:") and spec != "monsoon:auto" else None
+        try:
+            mon = mon or known_monitor(d.serial, lab_home)
+            what = restore_pending_passthrough(mon, lab_home=lab_home) if mon else None
+        except (UserError, OSError) as exc:
+            what = f"not restored now ({exc})"
+        if what:
+            out[f"{d.serial} passthrough"] = what
+    return out
+
+
 def _undo_root(serials: set[str], log: Callable[[str], None]) -> None:
     for key, what in knobs.restore_pending(knobs.default_root(), lambda s: Device(s), serials=serials,
                                            only={"adb_root"}).items():
@@ -441,6 +462,7 @@ def _run_campaign(campaign: Campaign, results_root: Path, artifacts: ArtifactPro
     restored = restore_pending(store.root, lambda s: Device(s))     # results of older versions kept them here
     leased = {d.serial for d in devices}
     restored.update(knobs.restore_pending(knobs.default_root(), lambda s: Device(s), serials=leased))
+    restored.update(_restore_passthrough(campaign, devices))
     for key, what in restored.items():
         log(f"{key}: left changed by an interrupted run: {what}")
     leases.callback(_undo_root, leased, log)   # adbd back as it was when the run ends (under the leases)

@@ -217,6 +217,25 @@ def test_kill_of_host_and_monitor_process_is_restored_by_the_next_window(energy_
     assert not list((state[0] / "pending").glob("*.json"))
 
 
+def test_the_next_run_on_the_phone_restores_passthrough_even_without_energy(energy_lab, lab_home_env, tmp_path):
+    from test_campaign import make_artifact, provider
+
+    lab, phones = energy_lab
+    unrooted = phones["unrooted"]
+    state = mon_state(lab, unrooted)
+    proc, child = _start_driver(tmp_path, lab, unrooted)
+    os.kill(child, signal.SIGKILL)
+    proc.kill()
+    proc.wait(10)
+    time.sleep(0.2)
+    assert passthrough_mode(*state) == 0                      # the phone's USB power is left cut
+    logs = []
+    c = load_campaign(campaign_toml(tmp_path, "after-kill", [unrooted.serial], energy="none"))
+    out = run_campaign(c, tmp_path / "results", provider(make_artifact(tmp_path)), log=logs.append)
+    assert out.ok == 1 and passthrough_mode(*state) == 1 and not list((state[0] / "pending").glob("*.json"))
+    assert any("passthrough" in m and "restored" in m for m in logs), logs
+
+
 def test_wrong_monitor_serial_is_one_line_and_exit_1_through_the_cli(energy_lab, tmp_path):
     lab, phones = energy_lab
     legacy = phones["legacy"]

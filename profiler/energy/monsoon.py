@@ -124,6 +124,20 @@ def open_monitor(serial: str | int, *, lab_home=None, **kwargs) -> "MonsoonSourc
     return MonsoonSource(serial, **kwargs)
 
 
+def restore_pending_passthrough(serial: str | int, *, lab_home=None) -> str | None:
+    """USB passthrough is a knob of the monitor: when a window on `serial` died before restoring it (its marker
+    is left), open a short window now; its end restores the prior mode the marker kept. None when nothing was
+    pending."""
+    src = open_monitor(serial, lab_home=lab_home, passthrough="off", settle_s=0.0, settle_wait=False)
+    if not src.config.pending_dir or pending_passthrough(src.config.pending_dir, src.config.serial) is None:
+        return None
+    try:
+        src.start()
+    finally:
+        src.close()
+    return f"USB passthrough restored ({src.restored_passthrough})"
+
+
 @dataclass(frozen=True)
 class MonsoonConfig:
     """What the monitor process needs (picklable)."""
