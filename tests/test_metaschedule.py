@@ -130,7 +130,7 @@ def tuned(lab, runner_cache, tmp_path_factory):
     work = tmp_path_factory.mktemp("campaign")
     (work / "c.toml").write_text(campaign_toml("tune-first", phone.serial, ("lstm", ["full", "unoptimized"], LSTM, "")))
     r = autlearn("run", work / "c.toml", "--results", work / "res", "--artifacts", runner_cache / "artifacts",
-                 "--tune", 4, "--tune-minutes", 3, env=env)
+                 "--tune", 2, "--tune-minutes", 3, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     runs["lstm"] = {"target_key": runs["mobilenet"]["target_key"], "stderr": r.stderr,
                     "results": work / "res" / "tune-first"}
@@ -172,10 +172,10 @@ def test_interrupted_or_repeated_tuning_resumes_from_its_database(tuned):
     phone, root, runs, env = tuned
     sets = [a for k, v in LSTM.items() if k != "batch" for a in ("--set", f"{k}={v}")]
     r = autlearn("workloads", "tune", "--device", phone.serial, "--model", "lstm", "--batch", LSTM["batch"], *sets,
-                 "--top", 2, "--trials", 4, "--json", env=env)
+                 "--top", 2, "--trials", 2, "--json", env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     again = json.loads(r.stdout)
-    assert again["trials"] == 0 and again["resumed_records"] >= 8
+    assert again["trials"] == 0 and again["resumed_records"] >= 4     # `run --tune 2` measured them
     # a corrupt database stops the next run with one line, before any compiling
     rec = Path(again["database"]) / T.DB_FILES[1]
     saved = rec.read_bytes()
