@@ -222,10 +222,17 @@ class Device:
             answer = answer.decode(errors="replace")
         if "cannot" in answer or "disabled" in answer:  # "adbd cannot run as root in production builds"
             return False
-        deadline = time.monotonic() + 15  # adbd restarts: wait for it to come back
+        return self._wait_adbd(root=True)
+
+    def _wait_adbd(self, root: bool, timeout_s: float = 15.0) -> bool:
+        """adbd restarts after root:/unroot:: wait until it answers as (or not as) root; reconnect TCP serials."""
+        import adbutils
+
+        deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             try:
-                if self._uid() == "0":
+                uid = self._uid()
+                if (uid == "0") if root else uid not in ("0", ""):
                     return True
             except DeviceError:
                 if ":" in self.serial:
@@ -269,22 +276,9 @@ class Device:
 
 def restore_adb_root(device: "Device", doc: dict) -> None:
     """adbd as root, undone (profiler.knobs.restore_pending): `adb unroot`, then wait for adbd to come back."""
-    import adbutils
-
     with device._adb.open_transport() as c:
         c.send_command("unroot:")
         c.check_okay()
         c.read_until_close()
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        try:
-            if device._uid() not in ("0", ""):
-                return
-        except DeviceError:
-            if ":" in device.serial:
-                try:
-                    device._client.connect(device.serial, timeout=5)
-                except adbutils.AdbError:
-                    pass
-        time.sleep(0.3)
-    raise DeviceError("adbd did not come back unrooted", serial=device.serial)
+    if not device._wait_adbd(root=False):
+        raise DeviceError("adbd did not come back unrooted", serial=device.serial)
