@@ -31,4 +31,8 @@ def runner_command(remote: str, *, warmup: int, steps: int, threads: int | None 
     if threads:
         argv += ["--threads", threads]
     cmd = command(*argv)
-    return f"taskset {quote(cpu_mask)} {cmd}" if cpu_mask else cmd
+    if not cpu_mask:
+        return cmd
+    # plain hex digits: Android's taskset (toybox) refuses a "0x" prefix that util-linux accepts
+    mask = cpu_mask[2:] if cpu_mask.lower().startswith("0x") else cpu_mask
+    return f"taskset {quote(mask)} {cmd}"

@@ -194,7 +194,7 @@ class PowerModel:
     def cluster_freqs(self, utils: list[float]) -> list[float]:
         out = []
         for cl, u in zip(self.profile.clusters, utils):
-            pol = self.policies / f"policy{cl.cpus[0]}"
+            pol = self.profile.policy_dirs(self.policies.parent, cl)[0]
             gov = _read(pol / "scaling_governor") or cl.governor
             lo = _int(_read(pol / "scaling_min_freq"), cl.freqs_khz[0])
             hi = _int(_read(pol / "scaling_max_freq"), cl.freqs_khz[-1])

@@ -68,6 +68,15 @@ class Profile:
     cooling_devices: tuple[CoolingDevice, ...]
     battery: Battery
     extra_props: tuple[tuple[str, str], ...] = ()
+    # "policy": cpufreq/policyN per cluster (every kernel since ~4.x); "per-cpu": old kernels' cpuN/cpufreq
+    # directories, one per CPU, without policyN and without related_cpus
+    cpufreq_layout: str = "policy"
+
+    def policy_dirs(self, cpu_root: Path, cluster: "Cluster") -> tuple[Path, ...]:
+        """The cpufreq directories that hold `cluster`'s settings under `.../devices/system/cpu`."""
+        if self.cpufreq_layout == "per-cpu":
+            return tuple(cpu_root / f"cpu{c}" / "cpufreq" for c in cluster.cpus)
+        return (cpu_root / "cpufreq" / f"policy{cluster.cpus[0]}",)
 
     @property
     def cpus(self) -> tuple[int, ...]:
@@ -158,4 +167,11 @@ def _build(name: str, raw: dict) -> Profile:
                         voltage_now=int(b["voltage_now"]), charge_counter=int(b["charge_counter"]),
                         temp=int(b["temp"]), usb_online=int(b["usb_online"])),
         extra_props=tuple(sorted((str(k), str(v)) for k, v in raw.get("props", {}).items())),
+        cpufreq_layout=_layout(raw.get("cpufreq_layout", "policy")),
     )
+
+
+def _layout(value: str) -> str:
+    if value not in ("policy", "per-cpu"):
+        raise ValueError(f"cpufreq_layout must be 'policy' or 'per-cpu', not {value!r}")
+    return value

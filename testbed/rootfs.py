@@ -128,8 +128,8 @@ def _build_sysfs(sys: Path, p: Profile) -> None:
                         ("kernel_max", str(max(p.cpus)))):
         _write(cpu / name, value + "\n")
     modern = int(p.kernel_release.split(".")[0]) >= 4
+    per_cpu = p.cpufreq_layout == "per-cpu"
     for idx, cl in enumerate(p.clusters):
-        policy = cpu / f"cpufreq/policy{cl.cpus[0]}"
         lo, hi = cl.freqs_khz[0], cl.freqs_khz[-1]
         files = {
             "affected_cpus": " ".join(map(str, cl.cpus)),
@@ -149,8 +149,13 @@ def _build_sysfs(sys: Path, p: Profile) -> None:
             "stats/time_in_state": "".join(f"{f} 0\n" for f in cl.freqs_khz).rstrip("\n"),
             "stats/total_trans": "0",
         }
-        for name, value in files.items():
-            _write(policy / name, value + "\n")
+        for policy in p.policy_dirs(cpu, cl):
+            for name, value in files.items():
+                if per_cpu and name == "related_cpus":
+                    continue      # old kernels: no related_cpus; affected_cpus names the CPU itself
+                if per_cpu and name == "affected_cpus":
+                    value = policy.parent.name[3:]
+                _write(policy / name, value + "\n")
         for c in cl.cpus:
             core = cpu / f"cpu{c}"
             _write(core / "online", "1\n")
@@ -161,7 +166,7 @@ def _build_sysfs(sys: Path, p: Profile) -> None:
             if modern:
                 _write(core / "cpu_capacity", f"{cl.capacity}\n")
             link = core / "cpufreq"
-            if not link.is_symlink():
+            if not per_cpu and not link.is_symlink():
                 link.symlink_to(f"../cpufreq/policy{cl.cpus[0]}")
     thermal = sys / "class/thermal"
     for i, z in enumerate(p.thermal_zones):

@@ -483,28 +483,32 @@ class VirtualPhone:
         while True:
             await asyncio.sleep(period)
             for cl in self.profile.clusters:
-                policy = base / f"policy{cl.cpus[0]}"
-                with contextlib.suppress(OSError, ValueError):
-                    stamp = tuple(os.stat(policy / f).st_mtime_ns for f in inputs)
-                    if seen.get(policy) == stamp:
-                        continue  # nothing written since the last look
-                    gov_file = policy / "scaling_governor"
-                    gov = gov_file.read_text().strip()
-                    if gov not in cl.governors:
-                        gov = last_gov.get(policy, cl.governor)
-                        gov_file.write_text(gov + "\n")
-                    last_gov[policy] = gov
-                    lo = int((policy / "scaling_min_freq").read_text())
-                    hi = int((policy / "scaling_max_freq").read_text())
-                    cur = int((policy / "scaling_cur_freq").read_text())
-                    want = {"performance": hi, "powersave": lo}.get(gov, cur)
-                    if gov == "userspace":
-                        want = int((policy / "scaling_setspeed").read_text())
-                    want = min(max(want, lo), hi)
-                    if want != cur:
-                        for name in ("scaling_cur_freq", "cpuinfo_cur_freq"):
-                            (policy / name).write_text(f"{want}\n")
-                    seen[policy] = tuple(os.stat(policy / f).st_mtime_ns for f in inputs)
+                for policy in self.profile.policy_dirs(base.parent, cl):
+                    with contextlib.suppress(OSError, ValueError):
+                        self._follow_governor(policy, cl, inputs, last_gov, seen)
+
+    @staticmethod
+    def _follow_governor(policy: Path, cl, inputs: tuple[str, ...], last_gov: dict, seen: dict) -> None:
+        stamp = tuple(os.stat(policy / f).st_mtime_ns for f in inputs)
+        if seen.get(policy) == stamp:
+            return  # nothing written since the last look
+        gov_file = policy / "scaling_governor"
+        gov = gov_file.read_text().strip()
+        if gov not in cl.governors:
+            gov = last_gov.get(policy, cl.governor)
+            gov_file.write_text(gov + "\n")
+        last_gov[policy] = gov
+        lo = int((policy / "scaling_min_freq").read_text())
+        hi = int((policy / "scaling_max_freq").read_text())
+        cur = int((policy / "scaling_cur_freq").read_text())
+        want = {"performance": hi, "powersave": lo}.get(gov, cur)
+        if gov == "userspace":
+            want = int((policy / "scaling_setspeed").read_text())
+        want = min(max(want, lo), hi)
+        if want != cur:
+            for name in ("scaling_cur_freq", "cpuinfo_cur_freq"):
+                (policy / name).write_text(f"{want}\n")
+        seen[policy] = tuple(os.stat(policy / f).st_mtime_ns for f in inputs)
 
 
 async def serve(profile: Profile, root: Path, port: int, serial_name: str, ready_file: Path | None) -> None:

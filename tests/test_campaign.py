@@ -287,3 +287,32 @@ def test_kill_9_during_a_fuel_gauge_cell_then_the_next_run_restores_charging_and
     assert (governors(phone), switch.read_text()) == before
     from profiler import knobs
     assert knobs.entries(knobs.default_root(), phone.serial) == []          # nothing left pending
+
+
+def test_an_old_kernel_with_per_cpu_cpufreq_and_no_interactive_or_powersave(lab_factory, tmp_path):
+    """cpuN/cpufreq per CPU, no policyN, no related_cpus, neither interactive nor powersave: the probe finds the
+    two clusters (by maximum frequency), affinity pins to one of them, interactive maps to the nearest governor
+    offered, powersave is skipped with the reason, frequencies are recorded and every CPU's governor restored."""
+    from profiler.device import Device
+    from profiler.probe import probe
+
+    _, (phone,) = lab_factory(["oldkernel"])
+    facts = probe(Device(phone.serial))
+    assert facts.clusters == "4+4" and facts.governors == ("ondemand", "userspace", "performance")
+    assert not (Path(phone.root) / "sys/devices/system/cpu/cpufreq").exists()
+    from profiler.campaign import affinity_mask
+    assert (affinity_mask("big", facts), affinity_mask("little", facts)) == ("0xf0", "0xf")
+    before = [(Path(phone.root) / f"sys/devices/system/cpu/cpu{c}/cpufreq/scaling_governor").read_text()
+              for c in range(8)]
+    p = campaign_file(tmp_path, [phone.serial], variants=("full",), steps=2, reps=1)
+    # (little: the virtual CPUs 0-3 exist on any host; this host may have no CPU 4-7 for `big`)
+    p.write_text(p.read_text().replace('warmup = 1', 'warmup = 1\naffinity = "little"'))
+    out = run_campaign(load_campaign(p), tmp_path / "results", provider(make_artifact(tmp_path)))
+    assert (out.ok, out.skipped, out.failed) == (1, 1, 0), load_status(out.results_dir)[["status", "reason"]].values
+    df = load_results(out.results_dir).iloc[0]
+    assert (df["governor_requested"], df["governor_applied"]) == ("interactive", "ondemand")
+    assert df["affinity"] == "little" and json.loads(df["freqs_start_khz"]) and json.loads(df["freqs_end_khz"])
+    skipped = load_status(out.results_dir).query("status == 'skipped'")
+    assert "powersave" in skipped["reason"].iloc[0]
+    assert [(Path(phone.root) / f"sys/devices/system/cpu/cpu{c}/cpufreq/scaling_governor").read_text()
+            for c in range(8)] == before
