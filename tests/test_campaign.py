@@ -316,3 +316,29 @@ def test_an_old_kernel_with_per_cpu_cpufreq_and_no_interactive_or_powersave(lab_
     assert "powersave" in skipped["reason"].iloc[0]
     assert [(Path(phone.root) / f"sys/devices/system/cpu/cpu{c}/cpufreq/scaling_governor").read_text()
             for c in range(8)] == before
+
+
+def test_truncated_garbled_and_swapped_cell_files_are_named_then_redone_by_resume(lab, tmp_path):
+    phone = next(p for p in lab if p.profile == "legacy")
+    toml = campaign_file(tmp_path, [phone.serial], name="damage", steps=2, reps=1)
+    prov = provider(make_artifact(tmp_path))
+    out = run_campaign(load_campaign(toml), tmp_path / "results", prov)
+    assert out.ok == 4
+    ids = sorted(p.stem for p in (out.results_dir / "cells").glob("*.parquet"))
+    cells, summary = out.results_dir / "cells", out.results_dir / "summary"
+    data = (cells / f"{ids[0]}.parquet").read_bytes()
+    (cells / f"{ids[0]}.parquet").write_bytes(data[: len(data) // 3])                    # truncated
+    garbled = bytearray((summary / f"{ids[1]}.parquet").read_bytes())
+    garbled[100:140] = b"\0" * 40
+    (summary / f"{ids[1]}.parquet").write_bytes(bytes(garbled))                        # garbled
+    (cells / f"{ids[2]}.parquet").write_bytes((cells / f"{ids[3]}.parquet").read_bytes())   # another cell's data
+    r = subprocess.run([sys.executable, "-m", "cli", "results", "show", str(out.results_dir)], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    named = [ln for ln in r.stderr.splitlines() if "bad cell" in ln]
+    assert sorted(ln.split()[3] for ln in named) == ids[:3], r.stderr       # one line each, nothing shown as data
+    assert ids[3] in r.stdout or "1 finished cell" in r.stdout
+    again = run_campaign(load_campaign(toml), tmp_path / "results", prov, resume=True)
+    assert (again.ok, again.resumed) == (3, 1)
+    df = load_results(out.results_dir)
+    assert sorted(df["cell_id"].unique()) == ids and not df.attrs["bad"]
