@@ -446,7 +446,7 @@ class GovernorGuard:
     def _persist(self) -> None:
         if self.snapshot is not None:
             text = format_snapshot(self.snapshot)
-            knobs.persist(self.results_dir, self.serial, KNOB, {"snapshot": text}, snapshot=text)
+            knobs.persist(self.results_dir, self.serial, KNOB, {"snapshot": text})
 
     def _forget(self) -> None:
         knobs.forget(self.results_dir, self.serial, KNOB)
@@ -474,7 +474,7 @@ def pending(root: str | os.PathLike) -> tuple[str, ...]:
 
 def restore_knob(device: Any, doc: dict) -> None:
     """The governor knob's restorer (profiler.knobs.restore_pending): re-apply a persisted snapshot."""
-    text = doc.get("snapshot") or doc["state"]["snapshot"]
+    text = (doc.get("state") or {}).get("snapshot") or doc["snapshot"]   # top level: files of older runs
     parse_state(text)  # refuse to send garbage to a phone
     _restore_snapshot(device, text)
 

@@ -4,7 +4,7 @@ BEFORE the first change, put back on exit and on signals by the code that change
 by the next run (`restore_pending`, called under the phone's lease).
 
 One pending store for all of them: `<root>/<knob>-pending/<serial>.json` = {"serial", "knob", "saved_at", "state"}
-(the governor's snapshot also under "snapshot", the layout `profiler.governor` always used). The root is
+(governor files of older runs hold the snapshot at the top level; `profiler.governor.restore_knob` reads both). The root is
 `$AUTLEARN_HOME/pending` for campaigns (`default_root`), so any later run on this host restores what a killed one
 left. Each knob registers how to restore its state (`register`).
 """

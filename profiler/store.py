@@ -354,7 +354,7 @@ class Store:
         return df
 
     def statuses(self) -> tuple[CellStatus, ...]:
-        return _statuses_lenient(self)
+        return _read_statuses(self)[0]
 
     def stale(self) -> tuple[StaleCell, ...]:
         """Cells on disk that the current plan (see `set_plan`) no longer contains. Empty when no plan is set."""
@@ -485,26 +485,10 @@ def _campaign_dirs(path: Path) -> list[Path]:
     return dirs
 
 
-def _statuses_lenient(store: "Store") -> tuple[CellStatus, ...]:
-    """Every readable status (a garbled one is reported by the loaders, never raised from here)."""
+def _read_statuses(store: "Store") -> tuple[tuple[CellStatus, ...], list[tuple]]:
+    """(every readable status, bad cells as (cell_id, label, reason): garbled status files, never raised)."""
     d = store.root / "status"
-    out = []
-    for p in sorted(d.glob("*.json")) if d.is_dir() else ():
-        if _ID_RE.match(p.stem):
-            try:
-                st = store.status(p.stem)
-            except SchemaError:
-                continue
-            if st is not None:
-                out.append(st)
-    return tuple(out)
-
-
-def _ok_ids(store: "Store", include_stale: bool) -> tuple[list[CellStatus], list[str], list[tuple]]:
-    """(ok statuses to load, stale ids, bad cells as (cell_id, label, reason): garbled status files)."""
-    stale = {s.cell_id for s in store.stale()}
-    d = store.root / "status"
-    ok, bad = [], []
+    out, bad = [], []
     for p in sorted(d.glob("*.json")) if d.is_dir() else ():
         if not _ID_RE.match(p.stem):
             continue
@@ -513,17 +497,19 @@ def _ok_ids(store: "Store", include_stale: bool) -> tuple[list[CellStatus], list
         except SchemaError as e:
             bad.append((p.stem, "", str(e)))
             continue
-        if st is not None and st.status == "ok" and (include_stale or st.cell_id not in stale):
-            ok.append(st)
-    return ok, sorted(stale), bad
+        if st is not None:
+            out.append(st)
+    return tuple(out), bad
 
 
 def _load(path: str | os.PathLike, sub: str, include_stale: bool) -> pd.DataFrame:
     frames, stale_all, bad_all = [], [], []
     for root in _campaign_dirs(Path(path)):
         store = Store(root, _read_manifest(root))
-        ok, stale, bad = _ok_ids(store, include_stale)
-        stale_all += stale
+        statuses, bad = _read_statuses(store)
+        stale = {s.cell_id for s in store.stale()}
+        ok = [st for st in statuses if st.status == "ok" and (include_stale or st.cell_id not in stale)]
+        stale_all += sorted(stale)
         bad_all += bad
         other = "summary" if sub == "cells" else "cells"
         for st in ok:
@@ -573,14 +559,15 @@ def load_status(path: str | os.PathLike) -> pd.DataFrame:
     rows = []
     for root in _campaign_dirs(Path(path)):
         store = Store(root, _read_manifest(root))
-        ok, stale, bad = _ok_ids(store, include_stale=True)
+        statuses, bad = _read_statuses(store)
+        stale = {s.cell_id for s in store.stale()}
         rows += [dict(campaign=store.name, cell_id=cid, status="failed", reason=f"status unreadable: {reason}",
                       spec_key="", label=label, at=0.0, stale=False) for cid, label, reason in bad]
-        for s in _statuses_lenient(store):
+        for s in statuses:
             reason = store.verify(s.cell_id) if s.status == "ok" else None
             rows.append(dict(campaign=store.name, cell_id=s.cell_id, status="failed" if reason else s.status,
                              reason=f"files cannot be trusted: {reason}" if reason else s.reason,
-                             spec_key=s.spec_key, label=s.label, at=s.at, stale=s.cell_id in set(stale)))
+                             spec_key=s.spec_key, label=s.label, at=s.at, stale=s.cell_id in stale))
     return pd.DataFrame(rows, columns=["campaign", "cell_id", "status", "reason", "spec_key", "label", "at",
                                        "stale"])
 
