@@ -34,20 +34,22 @@ def _probe_one(client, serial: str, state: str | None) -> FleetEntry:
         return FleetEntry(serial, state, error=str(exc))
 
 
-def discover(serials: tuple[str, ...] = (), settle_s: float = 10.0) -> list[FleetEntry]:
+def discover(serials: tuple[str, ...] = (), settle_s: float = 10.0, unseen_s: float = 2.0) -> list[FleetEntry]:
     """Probe the fleet (or only `serials`); unknown serials come back as entries with an error.
 
     A device that drops out while it is probed (its adbd restarting as or from root for another run, a USB
-    hiccup) is probed again for up to `settle_s` before it counts as unreachable."""
+    hiccup) is probed again for up to `settle_s` before it counts as unreachable; a named serial adb has not listed
+    at all gets `unseen_s` to appear (a USB device re-enumerating) before it counts as unknown."""
     client = adb_client()
     known = {e.serial: e.state for e in list_devices(client)}
     wanted = list(serials) or sorted(known)
     with ThreadPoolExecutor(max_workers=max(1, min(16, len(wanted)))) as pool:
         entries = dict(zip(wanted, pool.map(lambda s: _probe_one(client, s, known.get(s)), wanted)))
     seen = set(known)
-    deadline = time.monotonic() + settle_s
-    while time.monotonic() < deadline:
-        retry = [s for s, e in entries.items() if e.facts is None and (s in seen or serials)
+    start = time.monotonic()
+    while True:
+        waited = time.monotonic() - start
+        retry = [s for s, e in entries.items() if e.facts is None and waited < (settle_s if s in seen else unseen_s)
                  and e.state in ("device", "offline", "unknown") and not _is_final(e)]
         if not retry:
             break

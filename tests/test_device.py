@@ -130,7 +130,9 @@ def test_devices_cli_json_lists_the_lab(lab, adb_env):
 
 
 def test_devices_cli_unknown_serial_is_one_line_exit_1(adb_env):
+    t0 = time.monotonic()
     out = subprocess.run([sys.executable, "-m", "cli", "devices", "-s", "no-such-phone"], capture_output=True,
                          text=True, timeout=60, env=os.environ.copy())
     assert out.returncode == 1
+    assert time.monotonic() - t0 < 8, "a serial adb never listed waits 2 s, not the 10 s a dropped device gets"
     assert out.stderr.strip().count("\n") == 0 and "no-such-phone" in out.stderr and "Traceback" not in out.stderr

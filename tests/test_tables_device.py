@@ -125,15 +125,15 @@ def test_prediction_error_reported_on_twelve_whole_models(validated, tables):
 
 
 def test_pruned_models_for_three_budgets_meet_them_when_measured(validated, legacy, work):
-    _, err, cal = validated
-    # Budgets a model is known to meet on this device: between the validation's measured full model and its
-    # measured uniform width-0.75 model (predictions alone put the lowest budget near or below the device's floor;
-    # per-model prediction error here is 10-30 %).
-    measured = err[err["kind"] == "latency"].set_index("model")["measured_ms"]
-    hi, lo = measured["uniform-1"], measured["uniform-0.75"]
-    assert lo < hi
-    budgets = [lo + f * (hi - lo) for f in (0.8, 0.65, 0.5)]   # the lowest at mid-span: runner launches here
-    # are bimodal (+-30 %), and a budget at the edge of the reachable span is met or not by the draw
+    _, _, cal = validated
+    # Budgets 5-15 % under the control (the full model) in the unit verdicts use: the control-normalized latency, in
+    # which the control measures exactly the calibrated table's reference. Not from one validation model's median: a
+    # host's fast/slow spells (launches of one artifact differ by up to 1.5x on a shared VM) once put a budget under
+    # the smallest model's measured latency; and not from the table's floor: the calibration's extrapolation to the
+    # smallest model was 40 % low on CI.
+    ref = load_table(cal).meta.control_ms
+    assert ref > 0
+    budgets = [ref * f for f in (0.95, 0.9, 0.85)]
     out = work / "pruned"
     r = autlearn("prune", "--table", str(cal), *[a for b in budgets for a in ("--budget", f"latency={b:.6f}ms")],
                  "--out", str(out), "--steps", "3", "--final-steps", "20", "--pretrain-steps", "20",
