@@ -172,7 +172,7 @@ def tuned_wins(hand: dict | None, tuned_s: float) -> bool:
     """Does a workload's best record beat its hand schedule on the device? Judged on the paired ratio (best
     candidate / hand schedule in the same launch, the minimum over launches), so a slow spell of the host during
     one batch cannot decide it: `verified_ratio` (the best record against the hand schedule, both called in every
-    step of one launch), else `best_ratio`; entries without either compare the two medians."""
+    step of 3 launches, the median), else `best_ratio`; entries without either compare the two medians."""
     if not hand:
         return True
     for k in ("verified_ratio", "best_ratio"):
