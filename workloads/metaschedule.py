@@ -222,7 +222,7 @@ def make_device_runner(device, abi: str, store: dict, log: RunLog, *, emulated: 
         def result(self):
             return self.r
 
-    def launch(cands: list, n_steps: int, runs: int = 1):
+    def launch(cands: list, n_steps: int, runs: int = 1) -> list:
         """Run candidate kernels (plus the task's hand schedule, phase "hand") in one artifact on the device,
         `runs` launches of it; returns the timed steps of each launch (each step calls every kernel once)."""
         target = state["target"]
@@ -239,13 +239,13 @@ def make_device_runner(device, abi: str, store: dict, log: RunLog, *, emulated: 
                 out.append(parse_run_output(r.stdout).timed)
         finally:
             device.shell(command("rm", "-rf", remote))   # one batch per push: do not fill the phone
-        return out if runs > 1 else out[0]
+        return out
 
     def measure(runner_inputs) -> list:
         key = state["key"]
         cands = [(f"c{i}", store.pop(ri.artifact_path)) for i, ri in enumerate(runner_inputs)]
         try:
-            timed = launch(cands, steps)
+            (timed,) = launch(cands, steps)
         except UserError as e:
             say(f"batch of {len(cands)} failed: {e}")
             return [R(None, f"batch failed: {e}") for _ in cands]

@@ -74,13 +74,13 @@ def _check_poolable_cells(raw: pd.DataFrame, m: pd.DataFrame) -> None:
     come from one artifact (a rebuilt suite is a different measurement; suites of one table differ by design)."""
     if "workload" in raw:
         raw = raw[raw["workload"] == "layers"]
-    fixed = [c for c in ("tool_versions",) if c in raw]
     cells = raw.drop_duplicates("cell_id").set_index("cell_id")
-    for (serial, gov), g in raw.groupby(["device_serial", "governor_requested"], sort=True):
-        for c in fixed:
-            if g[c].nunique(dropna=False) > 1:
-                raise TableError(f"{serial} / {gov}: refusing to pool layer cells whose {c} differ "
-                                 f"({', '.join(sorted(map(str, g[c].unique()))[:2])}); use one campaign's results")
+    if "tool_versions" in raw:
+        for (serial, gov), g in raw.groupby(["device_serial", "governor_requested"], sort=True):
+            if g["tool_versions"].nunique(dropna=False) > 1:
+                raise TableError(f"{serial} / {gov}: refusing to pool layer cells whose tool_versions differ "
+                                 f"({', '.join(sorted(map(str, g['tool_versions'].unique()))[:2])}); "
+                                 "use one campaign's results")
     if "artifact_hash" in cells and len(m):
         arts = m["cell_id"].map(cells["artifact_hash"])
         keys = [c for c in m.columns if c not in ("cell_id", "repetition", "step", "step_ns", "energy_j", "ms",
