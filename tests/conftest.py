@@ -71,8 +71,9 @@ def pytest_configure(config):
     os.environ["AUTLEARN_HOME"] = config._autlearn_home
     os.environ["ANDROID_ADB_SERVER_PORT"] = str(_free_port())
     os.environ["ADB_LIBUSB"] = "0"  # the private server starts in 0.1 s instead of 3 s (libusb init)
-    # campaigns build artifacts one at a time: the toolchain prebuild already holds the other core of a 2-core CI
-    # machine (parallel builds measured slower there); test_runner tests the parallel path explicitly
+    # while the toolchain prebuild runs it holds a core of a 2-core CI machine: campaigns build artifacts one at a
+    # time until it is done (parallel builds measured slower then), then one per core (`_release_build_jobs`)
+    config._autlearn_jobs_pinned = "AUTLEARN_BUILD_JOBS" not in os.environ
     os.environ.setdefault("AUTLEARN_BUILD_JOBS", "1")
 
 
@@ -107,9 +108,9 @@ _LINKS_RUNNERS = ("test_artifact.py", "test_runner.py", "test_energy_campaign.py
 def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: item.path.name in _LINKS_RUNNERS)   # stable: file order kept within each group
     if config.option.collectonly or len(items) < 20 or not any("arm64" in item.nodeid for item in items):
-        return
+        return _release_build_jobs(config)
     if not (shutil.which("qemu-aarch64-static") or shutil.which("qemu-aarch64")):
-        return
+        return _release_build_jobs(config)
 
     def prebuild():
         from workloads.runner_build import prepare
@@ -122,6 +123,20 @@ def pytest_collection_modifyitems(config, items):
 
     config._autlearn_prebuild = threading.Thread(target=prebuild, name="autlearn-prebuild", daemon=True)
     config._autlearn_prebuild.start()
+
+
+def _release_build_jobs(config) -> None:
+    """No prebuild holds a core (none started, or it finished): artifact builds go back to one per core."""
+    if getattr(config, "_autlearn_jobs_pinned", False):
+        config._autlearn_jobs_pinned = False
+        os.environ.pop("AUTLEARN_BUILD_JOBS", None)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    prebuild = getattr(item.config, "_autlearn_prebuild", None)
+    if prebuild is not None and not prebuild.is_alive():   # checked on the main thread, before each test
+        _release_build_jobs(item.config)
 
 
 def pytest_unconfigure(config):
