@@ -51,6 +51,7 @@ V_MIN, V_MAX = 0.60, 1.05  # V at the lowest / highest frequency of each cluster
 R_BATT_OHM = 0.1
 CHARGE_A = 1.5  # what the USB charger pushes into the phone
 TICK_S = 0.02
+IDLE_TICK_S = 0.25  # no process of a shell alive: only the clock moves (a new shell wakes the model at once)
 RESCAN_S = 0.2
 HEARTBEAT_S = 1.0
 LOG_NAME = "power_model.jsonl"
@@ -275,18 +276,28 @@ def _int(text: str | None, default: int) -> int:
         return default
 
 
-async def run(model: PowerModel, period: float = TICK_S) -> None:
-    """The vphone's task: tick forever (errors in one tick never stop the model)."""
+async def run(model: PowerModel, period: float = TICK_S, wake=None, idle_period: float = IDLE_TICK_S) -> None:
+    """The vphone's task: tick forever (errors in one tick never stop the model). With `wake` (an asyncio.Event
+    the phone sets when it starts a shell), a phone with no shell process alive ticks every `idle_period`
+    instead: an idle lab costs next to no host CPU, and the first tick after a shell starts is immediate."""
     import asyncio
     import logging
 
     log = logging.getLogger("vphone.power")
     while True:
+        if wake is not None:
+            wake.clear()     # no await before the wait below: a shell started from here on is seen
         try:
             model.tick()
         except Exception:  # a bug in the model must not take the phone down
             log.exception("power model tick failed")
-        await asyncio.sleep(period)
+        if wake is None or model.members:
+            await asyncio.sleep(period)
+            continue
+        try:
+            await asyncio.wait_for(wake.wait(), idle_period)
+        except asyncio.TimeoutError:
+            pass
 
 
 # ------------------------------------------------------------------------------------------------------------

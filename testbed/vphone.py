@@ -199,6 +199,7 @@ class VirtualPhone:
         self.banner = P.device_banner(profile.product, profile.model, profile.device)
         self.shell = shell_binary()
         self.groups: set[int] = set()  # process groups of every shell started (leaders' pids)
+        self.wake = asyncio.Event()   # set at every shell start: the power model leaves its idle pace
 
     def kill_all_shells(self) -> None:
         for pgid in self.groups:
@@ -260,6 +261,7 @@ class VirtualPhone:
             stderr=asyncio.subprocess.PIPE if req.v2 else asyncio.subprocess.STDOUT,
             start_new_session=True)
         self.groups.add(proc.pid)
+        self.wake.set()
         out = [(proc.stdout, P.ShellId.STDOUT), (proc.stderr, P.ShellId.STDERR)] if req.v2 else [(proc.stdout, None)]
         pumps = [asyncio.create_task(self._pump_out(pipe, stream, kind)) for pipe, kind in out]
         stdin = asyncio.create_task((self._pump_in_v2 if req.v2 else self._pump_in_raw)(stream, proc))
@@ -520,7 +522,8 @@ async def serve(profile: Profile, root: Path, port: int, serial_name: str, ready
         raise RuntimeError(f"cannot listen on 127.0.0.1:{port}: {exc.strerror or exc}") from exc
     watcher = asyncio.create_task(phone.watch_governors())
     # modeled battery current in the sandbox sysfs (see testbed/power_model.py): shells' sessions = their pids
-    power = asyncio.create_task(power_model.run(power_model.PowerModel(profile, phone.root, lambda: phone.groups)))
+    power = asyncio.create_task(power_model.run(power_model.PowerModel(profile, phone.root, lambda: phone.groups),
+                                                 wake=phone.wake))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
