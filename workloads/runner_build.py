@@ -215,6 +215,18 @@ def _runtime_sources(stage: Path) -> list[Path]:
     return ([stage / "ffi" / s for s in _FFI_SOURCES] + [stage / "src" / "runtime" / s for s in _RT_SOURCES])
 
 
+def _unity_units(stage: Path) -> list[Path]:
+    """The runtime as two unity translation units (tvm-ffi, runtime) written into the stage: every source parses
+    the same heavy headers, so one unit per group takes ~40 % of the CPU time of 30 separate compiles."""
+    groups = {"unit_ffi.cc": [f"ffi/{s}" for s in _FFI_SOURCES],
+              "unit_runtime.cc": [f"src/runtime/{s}" for s in _RT_SOURCES]}
+    units = []
+    for name, members in groups.items():
+        (stage / name).write_text("".join(f'#include "{m}"\n' for m in members))
+        units.append(stage / name)
+    return units
+
+
 def _compile_flags(stage: Path) -> list[str]:
     return [*_CXXFLAGS, *_DEFINES, f"-ffile-prefix-map={stage}=tvm", "-I", str(stage / "include")]
 
@@ -226,7 +238,7 @@ def runtime_library(abi: str, *, jobs: int = 2, log: Callable[[str], None] | Non
     root = (cache or cache_root()) / "runtime"
     root.mkdir(parents=True, exist_ok=True)
     plan = _staging_plan()
-    key_src = "\n".join([_plan_digest(plan), triple, zig_version(), *_CXXFLAGS, *_DEFINES])
+    key_src = "\n".join([_plan_digest(plan), triple, zig_version(), *_CXXFLAGS, *_DEFINES, "unity:ffi,runtime"])
     key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
     final = root / f"{abi}-{key}"
     lib = final / "libtvmrt.a"
@@ -239,11 +251,11 @@ def runtime_library(abi: str, *, jobs: int = 2, log: Callable[[str], None] | Non
         stage = Path(tmp) / "stage"
         _stage(plan, stage)
         if log:
-            log(f"building TVM runtime for {abi} ({len(_runtime_sources(stage))} sources, {jobs} jobs)...")
+            log(f"building TVM runtime for {abi} ({len(_runtime_sources(stage))} sources in 2 units, {jobs} jobs)...")
         t0 = time.monotonic()
         build = Path(tmp) / "build"
         flags = _compile_flags(stage)
-        srcs = _runtime_sources(stage)
+        srcs = _unity_units(stage)
 
         def one(i_src: tuple[int, Path]) -> Path:
             i, src = i_src
