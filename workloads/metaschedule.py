@@ -300,23 +300,26 @@ def make_device_runner(device, abi: str, store: dict, log: RunLog, *, emulated: 
 # ---------------------------------------------------------------------------------------------------- tuning
 
 
-def _cpu_intrinsics_only() -> None:
+def _cpu_intrinsics_only(abi: str) -> None:
     """TuneContext imports `tvm.s_tir.tensor_intrin`, which registers every backend's intrinsics (~45 s here, 31 s
-    of it CUDA's). CPU tuning needs the x86 and Arm ones: register only those, once per process."""
+    of it CUDA's). CPU tuning needs its own ISA's only: register those (x86 for x86_64, Arm's for arm64; Arm's
+    alone take ~23 s to parse beside torch), once per process and ISA."""
     import importlib
     import importlib.util
     import sys
     import types
 
     name = "tvm.s_tir.tensor_intrin"
-    if name not in sys.modules:
+    pkg = sys.modules.get(name)
+    if pkg is None:
         spec = importlib.util.find_spec(name)
         pkg = types.ModuleType(name, "CPU tensor intrinsics only (see workloads.metaschedule)")
         pkg.__path__ = list(spec.submodule_search_locations or [])
         pkg.__spec__ = spec
         sys.modules[name] = pkg
-        for sub in ("x86", "arm_cpu"):
-            setattr(pkg, sub, importlib.import_module(f"{name}.{sub}"))
+    sub = "arm_cpu" if abi.startswith("arm") else "x86"
+    if not hasattr(pkg, sub):
+        setattr(pkg, sub, importlib.import_module(f"{name}.{sub}"))
 
 
 def _quiet_logs(verbose: bool = False) -> None:
@@ -433,7 +436,7 @@ def tune(device, target_id: str, model: str, variant: str = "full", *, trials: i
                 kernels.append({**entry, "trials": 0, **_summary(db, task.dispatched[0], hand.get(wkey))})
                 continue
             say(f"{task.task_name}: {left} trials ({done} in the database)")
-            _cpu_intrinsics_only()
+            _cpu_intrinsics_only(C.base_abi(target_id))
             _quiet_logs()
             ctx = ms.relax_integration.extracted_tasks_to_tune_contexts([task], str(Path(tmp) / "logs"))[0][0]
             _quiet_logs()
