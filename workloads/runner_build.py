@@ -5,9 +5,9 @@ Toolchain: `python -m ziglang c++ -target <arch>-linux-musl`, fully static, so o
 
 1. `runtime_library(abi)`: the minimal TVM runtime for the Relax VM on CPU (tvm-ffi core + module/system-lib,
    device/tensor/thread pool, memory manager, VM). Sources are staged from the installed wheel plus six support
-   headers the wheel does not ship (our own API stand-ins under `runner/compat/`). Cached as
-   `runtime/<abi>-<key>/libtvmrt.a`, key = sha256(staged sources, flags, zig version). Cold: minutes; warm:
-   hashing the sources (~1 s).
+   headers the wheel does not ship (our own API stand-ins under `runner/compat/`), compiled as two unity
+   translation units. Cached as `runtime/<abi>-<key>/libtvmrt.a`, key = sha256(staged sources, flags, zig
+   version). Cold: about a minute; warm: hashing the sources (~1 s).
 2. `runner_object(abi)`: `runner.cc` compiled once per (source, runtime key).
 3. `link_runner(...)`: model objects (system-lib, exported by `relax.build` + `export_library`) + runner object +
    whole-archive runtime (its registrations are static initialisers) -> one static executable.
