@@ -30,7 +30,11 @@ like Pixel) and |value| < 3000 means mA (unrooted), otherwise uA.
     0 restores charging. usb/online stays 1 (the cable still carries data), as on Qualcomm phones.
   * charge_counter (uAh) integrates the battery current.
 Log: `<root>/power_model.jsonl`, one line {"t0": host CLOCK_MONOTONIC s, "p_w": load W, "busy": cores, ...} whenever
-the load changes (and at least once a second); the value holds from t0 until the next line's t0.
+the load changes (and at least once a second); the value holds from t0 until the next line's t0. t0 is the tick
+that computed it (the power of the interval that tick closed, applied one tick late, as a realtime reader such as
+the simulated Monsoon sees it: it cannot read a line before it is written), so the log and a monitor following it
+agree exactly however late a loaded host runs the ticks. An idle phone (no shell process alive) ticks every
+IDLE_TICK_S; a new shell wakes it at once.
 """
 
 from __future__ import annotations
@@ -251,7 +255,7 @@ class PowerModel:
         _write_if_changed(self.battery / "voltage_now", str(int(round(v * 1e6))), w)
         _write_if_changed(self.battery / "charge_counter", str(int(self.charge_uah)), w)
         _write_if_changed(self.battery / "status", status, w)
-        state = {"t0": round(t_prev, 6), "p_w": round(p, 4), "busy": round(busy, 3), "i_batt_a": round(i_batt, 4),
+        state = {"t0": round(now, 6), "p_w": round(p, 4), "busy": round(busy, 3), "i_batt_a": round(i_batt, 4),
                  "status": status}
         key = (state["p_w"], status)
         if key != self.last_logged or now - self.last_log_t >= HEARTBEAT_S:
@@ -279,7 +283,9 @@ def _int(text: str | None, default: int) -> int:
 async def run(model: PowerModel, period: float = TICK_S, wake=None, idle_period: float = IDLE_TICK_S) -> None:
     """The vphone's task: tick forever (errors in one tick never stop the model). With `wake` (an asyncio.Event
     the phone sets when it starts a shell), a phone with no shell process alive ticks every `idle_period`
-    instead: an idle lab costs next to no host CPU, and the first tick after a shell starts is immediate."""
+    instead: an idle lab costs next to no host CPU, and the first tick after a shell starts is immediate. The idle
+    pace starts only after a tick that saw no CPU time at all (the entry that then holds for the idle interval is
+    the idle power, not the tail of the last busy one)."""
     import asyncio
     import logging
 
@@ -287,11 +293,12 @@ async def run(model: PowerModel, period: float = TICK_S, wake=None, idle_period:
     while True:
         if wake is not None:
             wake.clear()     # no await before the wait below: a shell started from here on is seen
+        busy = True
         try:
-            model.tick()
+            busy = model.tick()["busy"] > 0 or bool(model.members)
         except Exception:  # a bug in the model must not take the phone down
             log.exception("power model tick failed")
-        if wake is None or model.members:
+        if wake is None or busy:
             await asyncio.sleep(period)
             continue
         try:
