@@ -1,9 +1,9 @@
 """MODELED battery power of a virtual phone, written into its sandbox sysfs (and a log a simulated Monsoon follows).
 
 Every ~20 ms the vphone asks `PowerModel.tick()` to look at the processes its shells started (every process whose
-session is one of the shells' sessions; membership rescanned every ~200 ms), sums their CPU time (per-thread
-/proc/<pid>/task/<tid>/schedstat run time in ns; utime+stime from /proc/<pid>/stat where schedstat is missing) and
-turns the busy time into per-core utilisation: busy cores = CPU-seconds / wall-seconds, placed on the phone's
+session is one of the shells' sessions, rescanned every ~200 ms; children of those every tick), sums their CPU
+time (per-thread /proc/<pid>/task/<tid>/schedstat run time in ns; utime+stime from /proc/<pid>/stat where
+schedstat is missing) and turns the busy time into per-core utilisation: busy cores = CPU-seconds / wall-seconds, placed on the phone's
 biggest cores first (as EAS would place a heavy task). Power:
 
     P = P_IDLE + sum over busy virtual cores  C(cluster) * V(f)^2 * f * utilisation
@@ -115,8 +115,9 @@ def _write_if_changed(path: Path, value: str, cache: dict) -> None:
             pass
 
 
-def _cpu_ns(pid: int) -> int | None:
-    """CPU time (ns) of all threads of a process; None when it is gone."""
+def _cpu_ns(pid: int, children: set[int] | None = None) -> int | None:
+    """CPU time (ns) of all threads of a process; None when it is gone. `children`: filled with the pids of its
+    children (so a process a member just started is counted from the next tick, not the next /proc scan)."""
     total, found = 0, False
     try:
         tids = os.listdir(f"/proc/{pid}/task")
@@ -129,6 +130,12 @@ def _cpu_ns(pid: int) -> int | None:
                 found = True
         except (OSError, ValueError, IndexError):
             continue
+        if children is not None:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+                    children.update(int(c) for c in f.read().split())
+            except (OSError, ValueError):
+                pass
     if found:
         return total
     try:
@@ -185,13 +192,19 @@ class PowerModel:
             self.members = session_members(set(sessions)) if sessions else set()
             self.last_sessions, self.last_scan = sessions, now
         busy, seen = 0, {}
-        for pid in self.members:
-            ns = _cpu_ns(pid)
+        todo = list(self.members)
+        while todo:   # members, then the children they started since the last tick (not left to the next scan)
+            pid = todo.pop()
+            if pid in seen:
+                continue
+            kids: set[int] = set()
+            ns = _cpu_ns(pid, kids)
             if ns is None:
                 continue
             prev = self.last_cpu.get(pid)
             busy += ns - prev if prev is not None and ns >= prev else (0 if prev is not None else ns)
             seen[pid] = ns
+            todo.extend(k for k in kids if k not in seen and k not in self.members)
         self.members = set(seen)
         self.last_cpu = seen
         return busy
