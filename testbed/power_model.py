@@ -3,8 +3,8 @@
 Every ~20 ms the vphone asks `PowerModel.tick()` to look at the processes its shells started (every process whose
 session is one of the shells' sessions, rescanned every ~200 ms; children of those every tick), sums their CPU
 time (per-thread /proc/<pid>/task/<tid>/schedstat run time in ns; utime+stime from /proc/<pid>/stat where
-schedstat is missing) and turns the busy time into per-core utilisation: busy cores = CPU-seconds / wall-seconds, placed on the phone's
-biggest cores first (as EAS would place a heavy task). Power:
+schedstat is missing) and turns the busy time into per-core utilisation: busy cores = CPU-seconds / wall-seconds,
+placed on the phone's biggest cores first (as EAS would place a heavy task). Power:
 
     P = P_IDLE + sum over busy virtual cores  C(cluster) * V(f)^2 * f * utilisation
 
