@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
+from testbed.dvfs import DvfsModel, cluster_for_mask, virtual_mask
 from testbed.profiles import Profile
 
 P_IDLE_W = 0.4  # display off, radios idle, SoC in shallow idle
@@ -55,7 +56,6 @@ RESCAN_S = 0.2
 HEARTBEAT_S = 1.0
 LOG_NAME = "power_model.jsonl"
 LOG_MAX_BYTES = 2 << 20
-DYNAMIC_GOVERNORS = frozenset({"schedutil", "interactive", "ondemand", "conservative", "sched_pixel", "walt"})
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
@@ -134,9 +134,9 @@ def _cpu_ns(pid: int) -> int | None:
         return None
 
 
-def session_members(sessions: set[int]) -> set[int]:
-    """Pids whose session id is one of `sessions` (a /proc scan)."""
-    out = set()
+def session_members(sessions: set[int]) -> dict[int, int]:
+    """{pid: process group} of processes whose session id is one of `sessions` (a /proc scan)."""
+    out: dict[int, int] = {}
     if not sessions:
         return out
     for e in os.scandir("/proc"):
@@ -146,24 +146,28 @@ def session_members(sessions: set[int]) -> set[int]:
             with open(f"/proc/{e.name}/stat", "rb") as f:
                 fields = f.read().rpartition(b")")[2].split()
             if int(fields[3]) in sessions:
-                out.add(int(e.name))
+                out[int(e.name)] = int(fields[2])
         except (OSError, ValueError, IndexError):
             continue
     return out
 
 
 class PowerModel:
-    """State of one phone's model; `tick()` every TICK_S (the vphone's event loop calls it)."""
+    """State of one phone's model; `tick()` every TICK_S (the vphone's event loop calls it). With a `throttle`
+    (testbed.dvfs.SignalThrottle) the processes run at their cluster's modeled speed."""
 
     def __init__(self, profile: Profile, root: Path, sessions: Callable[[], Iterable[int]],
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, throttle=None):
         self.profile, self.root, self.sessions, self.clock = profile, Path(root), sessions, clock
+        self.throttle = throttle
+        self.dvfs = DvfsModel(profile, self.root)
         self.conv = Convention.of(profile)
         self.v_ocv = profile.battery.voltage_now * 1e-6
         self.battery = self.root / "sys/class/power_supply/battery"
-        self.policies = self.root / "sys/devices/system/cpu/cpufreq"
         self.log_path = self.root / LOG_NAME
-        self.members: set[int] = set()
+        self.members: dict[int, int] = {}  # pid -> process group
+        self.masks: dict[int, int] = {}  # pid -> cluster index (from its virtual affinity)
+        self.group_cluster: dict[int, int] = {}
         self.last_cpu: dict[int, int] = {}
         self.last_sessions: frozenset[int] = frozenset()
         self.last_scan = -math.inf
@@ -172,57 +176,48 @@ class PowerModel:
         self.last_log_t = -math.inf
         self.charge_uah = float(profile.battery.charge_counter)
         self._written: dict = {}
+        self.default_cluster = cluster_for_mask(profile, None)
 
     # -- inputs ---------------------------------------------------------------------------------------------
-    def _busy_ns(self, now: float) -> int:
+    def _busy_ns(self, now: float) -> dict[int, int]:
+        """CPU ns per cluster since the last tick (processes placed by their virtual affinity)."""
         sessions = frozenset(self.sessions())
         if sessions != self.last_sessions or now - self.last_scan >= RESCAN_S:
-            self.members = session_members(set(sessions)) if sessions else set()
+            self.members = session_members(set(sessions)) if sessions else {}
+            self.masks = {pid: cluster_for_mask(self.profile, virtual_mask(pid, self.root)) for pid in self.members}
             self.last_sessions, self.last_scan = sessions, now
-        busy, seen = 0, {}
-        for pid in self.members:
+        busy: dict[int, int] = {}
+        seen, top = {}, {}
+        for pid, pg in self.members.items():
             ns = _cpu_ns(pid)
             if ns is None:
                 continue
             prev = self.last_cpu.get(pid)
-            busy += ns - prev if prev is not None and ns >= prev else (0 if prev is not None else ns)
+            d = ns - prev if prev is not None and ns >= prev else (0 if prev is not None else ns)
+            c = self.masks.get(pid, self.default_cluster)
+            busy[c] = busy.get(c, 0) + d
             seen[pid] = ns
-        self.members = set(seen)
+            if d > top.get(pg, (-1, 0))[0]:
+                top[pg] = (d, c)
+        self.members = {pid: pg for pid, pg in self.members.items() if pid in seen}
         self.last_cpu = seen
+        # a group runs at the speed of the cluster of its busiest process (the shell around it waits)
+        groups = set(self.members.values())
+        self.group_cluster = {pg: (top[pg][1] if pg in top and top[pg][0] > 0 else
+                                   self.group_cluster.get(pg, self.default_cluster)) for pg in groups}
         return busy
 
-    def cluster_freqs(self, utils: list[float]) -> list[float]:
-        out = []
-        for cl, u in zip(self.profile.clusters, utils):
-            pol = self.profile.policy_dirs(self.policies.parent, cl)[0]
-            gov = _read(pol / "scaling_governor") or cl.governor
-            lo = _int(_read(pol / "scaling_min_freq"), cl.freqs_khz[0])
-            hi = _int(_read(pol / "scaling_max_freq"), cl.freqs_khz[-1])
-            if gov in DYNAMIC_GOVERNORS:
-                out.append(float(hi if u > 0.05 else lo))
-            else:
-                out.append(float(_int(_read(pol / "scaling_cur_freq"), lo)))
-        return out
-
-    def power_w(self, busy_cores: float) -> tuple[float, list[float]]:
-        """Load power for `busy_cores` CPU-seconds per second, biggest cores first; also per-cluster util sums."""
-        clusters = self.profile.clusters
-        order = sorted(range(len(clusters)), key=lambda i: -clusters[i].capacity)
-        per_core: dict[int, list[float]] = {i: [] for i in range(len(clusters))}
-        left = max(busy_cores, 0.0)
-        for i in order:
-            for _ in clusters[i].cpus:
-                u = min(1.0, left)
-                per_core[i].append(u)
-                left -= u
-        utils = [sum(per_core[i]) for i in range(len(clusters))]
-        freqs = self.cluster_freqs(utils)
+    def power_w(self, busy_cores: list[float], freqs: list[float] | None = None) -> float:
+        """Load power with `busy_cores[i]` virtual CPUs busy (fractional) on cluster i at `freqs` (kHz)."""
+        freqs = list(self.dvfs.freqs) if freqs is None else freqs
         p = P_IDLE_W
-        for i, cl in enumerate(clusters):
-            for u in per_core[i]:
-                if u > 0:
-                    p += core_power_w(cl.capacity, freqs[i], cl.freqs_khz[0], cl.freqs_khz[-1], u)
-        return p, utils
+        for cl, n, f in zip(self.profile.clusters, busy_cores, freqs):
+            left = min(max(n, 0.0), len(cl.cpus))
+            while left > 1e-9:
+                u = min(1.0, left)
+                p += core_power_w(cl.capacity, f, cl.freqs_khz[0], cl.freqs_khz[-1], u)
+                left -= u
+        return p
 
     # -- one step -------------------------------------------------------------------------------------------
     def tick(self) -> dict:
@@ -231,8 +226,16 @@ class PowerModel:
         t_prev = self.last_t if self.last_t is not None else now - TICK_S
         dt = max(now - t_prev, 1e-6)
         self.last_t = now
-        busy = busy_ns / 1e9 / dt
-        p, _ = self.power_w(busy)
+        # host CPU-seconds per second -> virtual busy CPUs: a throttled process used `share` of a host CPU per
+        # virtual CPU it kept busy (without a throttle the host ran it at full speed: share 1)
+        shares = self.dvfs.shares() if self.throttle is not None else [1.0] * len(self.profile.clusters)
+        host = [busy_ns.get(i, 0) / 1e9 / dt for i in range(len(self.profile.clusters))]
+        vcores = [h / max(s, 1e-3) for h, s in zip(host, shares)]
+        busy = sum(host)
+        p = self.power_w(vcores)  # at the frequencies that were applied during dt
+        dv = self.dvfs.step(dt, [min(1.0, v) for v in vcores], p - P_IDLE_W)
+        if self.throttle is not None:
+            self.throttle.set_shares({pg: dv.shares[c] for pg, c in self.group_cluster.items()})
         suspended = _read(self.battery / "input_suspend") == "1"
         i_load = battery_current_a(p, self.v_ocv)
         if suspended:
@@ -251,8 +254,9 @@ class PowerModel:
         _write_if_changed(self.battery / "charge_counter", str(int(self.charge_uah)), w)
         _write_if_changed(self.battery / "status", status, w)
         state = {"t0": round(t_prev, 6), "p_w": round(p, 4), "busy": round(busy, 3), "i_batt_a": round(i_batt, 4),
-                 "status": status}
-        key = (state["p_w"], status)
+                 "status": status, "f_khz": list(dv.freqs_khz), "temp_c": round(dv.hottest_c, 2),
+                 "cooling": list(dv.cooling)}
+        key = (state["p_w"], status, dv.freqs_khz, dv.cooling)
         if key != self.last_logged or now - self.last_log_t >= HEARTBEAT_S:
             self._log(state)
             self.last_logged, self.last_log_t = key, now
