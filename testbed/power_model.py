@@ -111,7 +111,9 @@ def _write_if_changed(path: Path, value: str, cache: dict) -> None:
 
 
 def _cpu_ns(pid: int) -> int | None:
-    """CPU time (ns) of all threads of a process; None when it is gone."""
+    """Runnable time (ns: running + waiting for a host CPU) of all threads of a process; None when it is gone.
+    The wait counts as busy: on the phone that virtual CPU would have run the thread (a contended host must not
+    make a busy virtual CPU look idle to its governor)."""
     total, found = 0, False
     try:
         tids = os.listdir(f"/proc/{pid}/task")
@@ -120,7 +122,8 @@ def _cpu_ns(pid: int) -> int | None:
     for tid in tids:
         try:
             with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as f:
-                total += int(f.read().split()[0])
+                run_ns, wait_ns = f.read().split()[:2]
+                total += int(run_ns) + int(wait_ns)
                 found = True
         except (OSError, ValueError, IndexError):
             continue
