@@ -42,7 +42,9 @@ from pathlib import Path
 
 from testbed.profiles import Profile
 
-PERIOD_S = 0.005  # throttle period: a 1 ms step at share 0.5 spans ~ one period
+PERIOD_S = 0.005  # shortest throttle period: a 1 ms step at share 0.5 spans ~ one period
+MIN_WINDOW_S = 0.002  # shortest run window: the period grows for small shares (caches refill after each stop)
+MAX_PERIOD_S = 0.04
 UNTHROTTLED = 0.999  # shares at or above this are never signalled
 MASK_ENV = "AUTLEARN_VCPU_MASK"
 VAFFINITY_DIR = "proc/vaffinity"
@@ -155,6 +157,7 @@ class SignalThrottle:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._stopped: set[int] = set()
+        self._members: dict[int, list[int]] = {}
         self._thread: threading.Thread | None = None
         self.periods = 0  # periods with at least one throttled group (for the record)
         self.realtime = False  # the thread got SCHED_FIFO
@@ -163,9 +166,12 @@ class SignalThrottle:
         return (f"sigstop duty cycle, period {self.period_s * 1e3:g} ms; host CPU share per thread = "
                 "capacity/capacity_max x f/f_max(cluster); share 1.0 = this host's CPU, unthrottled")
 
-    def set_shares(self, shares: dict[int, float]) -> None:
+    def set_shares(self, shares: dict[int, float], members: dict[int, list[int]] | None = None) -> None:
+        """`shares`: process group -> share; `members`: its pids (their run-queue wait lengthens its windows)."""
         with self._lock:
             self._shares = {pg: s for pg, s in shares.items() if s < UNTHROTTLED}
+            if members is not None:
+                self._members = {pg: list(m) for pg, m in members.items() if pg in self._shares}
         if self._shares:
             self._wake.set()
 
@@ -195,6 +201,7 @@ class SignalThrottle:
             self.realtime = True
         debt: dict[int, float] = {}  # s a group ran beyond its windows (wake-up latency), repaid next periods
         started: dict[int, float] = {}
+        waited: dict[int, int] = {}  # run-queue wait (ns) of the group's busiest thread when its window opened
         t0 = time.monotonic()
         while not self._stop.is_set():
             with self._lock:
@@ -208,6 +215,7 @@ class SignalThrottle:
                 t0 = time.monotonic()
                 continue
             self.periods += 1
+            period = min(max(self.period_s, MIN_WINDOW_S / max(items[0][0], 1e-3)), MAX_PERIOD_S)
             live = {pg for _, pg in items}
             for pg in list(debt):
                 if pg not in live:
@@ -216,27 +224,33 @@ class SignalThrottle:
             for share, pg in items:  # every group runs from t0; each stops at t0 + its window
                 if pg in self._stopped:  # still repaying: stays stopped this period
                     continue
-                _sleep_until(t0 + share * self.period_s - debt.get(pg, 0.0))
+                _sleep_until(t0 + share * period - debt.get(pg, 0.0))
                 try:
                     os.killpg(pg, signal.SIGSTOP)
                     now = time.monotonic()
                     self._stopped.add(pg)
-                    debt[pg] = debt.get(pg, 0.0) + (now - started.get(pg, t0)) - share * self.period_s
+                    # time spent waiting for a host CPU inside the window is not run time: the window is that
+                    # much longer next time (a resumed group competes with the host's other work)
+                    w = self._wait_ns(pg)
+                    lost = max(0, w - waited.get(pg, w)) / 1e9
+                    ran = now - started.get(pg, t0) - min(lost, share * period)
+                    debt[pg] = debt.get(pg, 0.0) + ran - share * period
                 except (ProcessLookupError, PermissionError):
                     with self._lock:
                         self._shares.pop(pg, None)
-            t0 += self.period_s
+            t0 += period
             _sleep_until(t0)
             for share, pg in items:
-                if pg in self._stopped and debt.get(pg, 0.0) < share * self.period_s:
+                if pg in self._stopped and debt.get(pg, 0.0) < share * period:
                     with contextlib.suppress(ProcessLookupError, PermissionError):
                         os.killpg(pg, signal.SIGCONT)
                     self._stopped.discard(pg)
                     started[pg] = time.monotonic()
+                    waited[pg] = self._wait_ns(pg)
                 elif pg in self._stopped:  # skips this period's window entirely
-                    debt[pg] -= share * self.period_s
+                    debt[pg] -= share * period
             now = time.monotonic()
-            if now - t0 > self.period_s:  # fell far behind (host busy): restart the schedule, never burst
+            if now - t0 > period:  # fell far behind (host busy): restart the schedule, never burst
                 t0 = now
             with self._lock:  # groups that left the throttle run again
                 gone = [pg for pg in self._stopped if pg not in self._shares]
@@ -244,6 +258,23 @@ class SignalThrottle:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(pg, signal.SIGCONT)
                 self._stopped.discard(pg)
+
+
+    def _wait_ns(self, pg: int) -> int:
+        """Run-queue wait (ns) of the group's thread that waited most (schedstat field 2)."""
+        best = 0
+        for pid in self._members.get(pg, ()):
+            try:
+                tids = os.listdir(f"/proc/{pid}/task")
+            except OSError:
+                continue
+            for tid in tids:
+                try:
+                    with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as f:
+                        best = max(best, int(f.read().split()[1]))
+                except (OSError, ValueError, IndexError):
+                    continue
+        return best
 
 
 def _sleep_until(t: float) -> None:

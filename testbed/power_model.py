@@ -238,7 +238,10 @@ class PowerModel:
         p = self.power_w(vcores)  # at the frequencies that were applied during dt
         dv = self.dvfs.step(dt, [min(1.0, v) for v in vcores], p - P_IDLE_W)
         if self.throttle is not None:
-            self.throttle.set_shares({pg: dv.shares[c] for pg, c in self.group_cluster.items()})
+            members: dict[int, list[int]] = {}
+            for pid, pg in self.members.items():
+                members.setdefault(pg, []).append(pid)
+            self.throttle.set_shares({pg: dv.shares[c] for pg, c in self.group_cluster.items()}, members)
         suspended = _read(self.battery / "input_suspend") == "1"
         i_load = battery_current_a(p, self.v_ocv)
         if suspended:
