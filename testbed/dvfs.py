@@ -43,8 +43,8 @@ from pathlib import Path
 from testbed.profiles import Profile
 
 PERIOD_S = 0.005  # shortest throttle period: a 1 ms step at share 0.5 spans ~ one period
-MIN_WINDOW_S = 0.002  # shortest run window: the period grows for small shares (caches refill after each stop)
-MAX_PERIOD_S = 0.04
+MIN_WINDOW_S = 0.004  # shortest run window: the period grows for small shares (caches refill after each stop)
+MAX_PERIOD_S = 0.06
 UNTHROTTLED = 0.999  # shares at or above this are never signalled
 MASK_ENV = "AUTLEARN_VCPU_MASK"
 VAFFINITY_DIR = "proc/vaffinity"
