@@ -223,7 +223,7 @@ def test_cli_errors_are_one_line(adb_env, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("AUTLEARN_HOME", str(tmp_path))
     assert main(["lab", "up", "--profile", "bogus"]) == 1
     err = capsys.readouterr().err.strip()
-    assert err == "autlearn: error: unknown profile 'bogus' (known: legacy, modern, oldkernel, unrooted)"
+    assert err == f"autlearn: error: unknown profile 'bogus' (known: {', '.join(known_profiles())})"
     assert main(["lab", "up", "-n", "0"]) == 1
     assert "at least one phone" in capsys.readouterr().err
     with socket.socket() as s:
