@@ -42,9 +42,8 @@ from pathlib import Path
 
 from testbed.profiles import Profile
 
-PERIOD_S = 0.005  # shortest throttle period: a 1 ms step at share 0.5 spans ~ one period
-MIN_WINDOW_S = 0.004  # shortest run window: the period grows for small shares (caches refill after each stop)
-MAX_PERIOD_S = 0.06
+PERIOD_S = 0.01  # a group at share s runs about s x PERIOD_S of CPU between stops
+MIN_WINDOW_S = 0.001  # but at least this much (caches refill after each stop)
 UNTHROTTLED = 0.999  # shares at or above this are never signalled
 MASK_ENV = "AUTLEARN_VCPU_MASK"
 VAFFINITY_DIR = "proc/vaffinity"
@@ -145,35 +144,43 @@ def cgroup_v2_cpu() -> tuple[bool, str]:
 
 
 class SignalThrottle:
-    """Duty-cycle throttle of process groups with SIGSTOP/SIGCONT (a thread of the vphone). Groups whose share is
-    >= UNTHROTTLED are never signalled; with none throttled the thread sleeps."""
+    """CPU-time budget per process group, enforced with SIGSTOP/SIGCONT (a thread of the vphone).
+
+    Each throttled group earns `share` CPU-seconds per wall second, per thread: its busiest thread's CPU time
+    (/proc/<pid>/task/<tid>/schedstat, ns on a CPU) may not run ahead of share x wall time by more than a window
+    (`period_s` x share of CPU, at least MIN_WINDOW_S). A group that is ahead is stopped until the budget catches up;
+    then it runs until it is ahead again. Time a group spends waiting for a host CPU, or asleep, earns nothing
+    beyond one window (no bursts at full speed after an idle spell), and is not charged either: the budget counts
+    CPU time, not wall time, so the host's other work does not slow a throttled group twice. The thread sleeps
+    until the next group can have spent its credit (a group cannot use CPU faster than wall time per thread), so
+    it wakes ~1/window times a second per group, not every millisecond. Groups at share >= UNTHROTTLED are never
+    signalled."""
 
     mode = "sigstop"
 
     def __init__(self, period_s: float = PERIOD_S):
         self.period_s = period_s
         self._shares: dict[int, float] = {}
+        self._members: dict[int, list[int]] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._stopped: set[int] = set()
-        self._members: dict[int, list[int]] = {}
         self._thread: threading.Thread | None = None
-        self.periods = 0  # periods with at least one throttled group (for the record)
+        self.periods = 0  # stop/continue cycles (for the record)
         self.realtime = False  # the thread got SCHED_FIFO
 
     def describe(self) -> str:
-        return (f"sigstop duty cycle, period {self.period_s * 1e3:g} ms; host CPU share per thread = "
+        return (f"sigstop CPU-time budget, window {self.period_s * 1e3:g} ms x share; host CPU share per thread = "
                 "capacity/capacity_max x f/f_max(cluster); share 1.0 = this host's CPU, unthrottled")
 
     def set_shares(self, shares: dict[int, float], members: dict[int, list[int]] | None = None) -> None:
-        """`shares`: process group -> share; `members`: its pids (their run-queue wait lengthens its windows)."""
+        """`shares`: process group -> share; `members`: its pids (whose threads' CPU time is budgeted)."""
         with self._lock:
             self._shares = {pg: s for pg, s in shares.items() if s < UNTHROTTLED}
             if members is not None:
                 self._members = {pg: list(m) for pg, m in members.items() if pg in self._shares}
-        if self._shares:
-            self._wake.set()
+        self._wake.set()
 
     def start(self) -> None:
         if self._thread is None:
@@ -190,97 +197,114 @@ class SignalThrottle:
 
     def _continue_all(self) -> None:
         for pg in list(self._stopped):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pg, signal.SIGCONT)
+            self._signal(pg, signal.SIGCONT)
         self._stopped.clear()
+
+    def _signal(self, pg: int, sig: int) -> bool:
+        try:
+            os.killpg(pg, sig)
+            return True
+        except (ProcessLookupError, PermissionError):
+            return False
+
+    def window_s(self, share: float) -> float:
+        """CPU time a group may run ahead of its budget before it is stopped."""
+        return max(self.period_s * share, MIN_WINDOW_S)
 
     def _run(self) -> None:
         # Real-time priority where allowed: a throttle that wakes late lets processes run too long on a busy host.
         with contextlib.suppress(OSError, AttributeError):
             os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
             self.realtime = True
-        debt: dict[int, float] = {}  # s a group ran beyond its windows (wake-up latency), repaid next periods
-        started: dict[int, float] = {}
-        waited: dict[int, int] = {}  # run-queue wait (ns) of the group's busiest thread when its window opened
-        t0 = time.monotonic()
+        groups: dict[int, _Budget] = {}
         while not self._stop.is_set():
             with self._lock:
-                items = sorted((max(s, 0.0), pg) for pg, s in self._shares.items())
-            if not items:
-                self._wake.clear()
-                self._continue_all()
-                self._wake.wait(0.1)
-                debt.clear()
-                started.clear()
-                t0 = time.monotonic()
-                continue
-            self.periods += 1
-            period = min(max(self.period_s, MIN_WINDOW_S / max(items[0][0], 1e-3)), MAX_PERIOD_S)
-            live = {pg for _, pg in items}
-            for pg in list(debt):
-                if pg not in live:
-                    debt.pop(pg, None)
-                    started.pop(pg, None)
-            for share, pg in items:  # every group runs from t0; each stops at t0 + its window
-                if pg in self._stopped:  # still repaying: stays stopped this period
-                    continue
-                _sleep_until(t0 + share * period - debt.get(pg, 0.0))
-                try:
-                    os.killpg(pg, signal.SIGSTOP)
-                    now = time.monotonic()
-                    self._stopped.add(pg)
-                    # time spent waiting for a host CPU inside the window is not run time: the window is that
-                    # much longer next time (a resumed group competes with the host's other work)
-                    w = self._wait_ns(pg)
-                    lost = max(0, w - waited.get(pg, w)) / 1e9
-                    ran = now - started.get(pg, t0) - min(lost, share * period)
-                    debt[pg] = debt.get(pg, 0.0) + ran - share * period
-                except (ProcessLookupError, PermissionError):
-                    with self._lock:
-                        self._shares.pop(pg, None)
-            t0 += period
-            _sleep_until(t0)
-            for share, pg in items:
-                if pg in self._stopped and debt.get(pg, 0.0) < share * period:
-                    with contextlib.suppress(ProcessLookupError, PermissionError):
-                        os.killpg(pg, signal.SIGCONT)
+                shares, members = dict(self._shares), dict(self._members)
+            for pg in [pg for pg in groups if pg not in shares]:  # left the throttle (or share 1.0): runs freely
+                groups.pop(pg)
+                if pg in self._stopped:
+                    self._signal(pg, signal.SIGCONT)
                     self._stopped.discard(pg)
-                    started[pg] = time.monotonic()
-                    waited[pg] = self._wait_ns(pg)
-                elif pg in self._stopped:  # skips this period's window entirely
-                    debt[pg] -= share * period
-            now = time.monotonic()
-            if now - t0 > period:  # fell far behind (host busy): restart the schedule, never burst
-                t0 = now
-            with self._lock:  # groups that left the throttle run again
-                gone = [pg for pg in self._stopped if pg not in self._shares]
-            for pg in gone:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(pg, signal.SIGCONT)
-                self._stopped.discard(pg)
-
-
-    def _wait_ns(self, pg: int) -> int:
-        """Run-queue wait (ns) of the group's thread that waited most (schedstat field 2)."""
-        best = 0
-        for pid in self._members.get(pg, ()):
-            try:
-                tids = os.listdir(f"/proc/{pid}/task")
-            except OSError:
+            if not shares:
+                self._wake.clear()
+                self._wake.wait(0.1)
                 continue
-            for tid in tids:
-                try:
-                    with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as f:
-                        best = max(best, int(f.read().split()[1]))
-                except (OSError, ValueError, IndexError):
-                    continue
-        return best
+            now = time.monotonic()
+            wake = now + 0.05
+            for pg, share in shares.items():
+                b = groups.get(pg)
+                if b is None:
+                    b = groups[pg] = _Budget(now)
+                cpu, b.pids = _thread_cpu_ns({*members.get(pg, ()), *b.pids})
+                ahead = b.update(now, share, self.window_s(share), cpu)
+                if pg in self._stopped:
+                    if ahead <= 0:  # the budget caught up: run
+                        if self._signal(pg, signal.SIGCONT):
+                            self._stopped.discard(pg)
+                            wake = min(wake, now + self.window_s(share))
+                        else:
+                            self._stopped.discard(pg)
+                    else:
+                        wake = min(wake, now + ahead / share)
+                elif ahead >= self.window_s(share):  # a window ahead: stop until share x wall catches up
+                    if self._signal(pg, signal.SIGSTOP):
+                        self._stopped.add(pg)
+                        self.periods += 1
+                        wake = min(wake, now + ahead / share)
+                else:  # cannot get a window ahead before (window - ahead) of wall time
+                    wake = min(wake, now + max(self.window_s(share) - ahead, 2e-4))
+            self._wake.clear()
+            self._wake.wait(max(wake - time.monotonic(), 0.0))
 
 
-def _sleep_until(t: float) -> None:
-    d = t - time.monotonic()
-    if d > 0:
-        time.sleep(d)
+class _Budget:
+    """One group's CPU-time account: credit earned at `share` per wall second, CPU spent by its busiest thread."""
+
+    def __init__(self, now: float):
+        self.t = now
+        self.ahead = 0.0            # CPU s spent beyond the credit earned (negative: unspent credit)
+        self.cpu: dict[int, int] = {}
+        self.pids: set[int] = set()  # the group's processes last seen (the power model's members + descendants)
+
+    def update(self, now: float, share: float, window: float, cpu: dict[int, int]) -> float:
+        spent = 0
+        for tid, ns in cpu.items():
+            prev = self.cpu.get(tid)
+            if prev is not None and ns >= prev:
+                spent = max(spent, ns - prev)
+        self.cpu = cpu
+        self.ahead += spent / 1e9 - share * (now - self.t)
+        self.ahead = max(self.ahead, -window)   # idle time earns at most one window
+        self.t = now
+        return self.ahead
+
+
+def _thread_cpu_ns(pids) -> tuple[dict[int, int], set[int]]:
+    """(tid -> ns on a CPU (schedstat field 1) of every thread of `pids` and of their descendants, the pids seen).
+    Descendants come from /proc/<pid>/task/<tid>/children: a process a shell just started is budgeted from its
+    first tick, not from the power model's next rescan of the sessions."""
+    out: dict[int, int] = {}
+    seen: set[int] = set()
+    todo = list(pids)
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            base = f"/proc/{pid}/task/{tid}/"
+            try:
+                with open(base + "schedstat", "rb") as f:
+                    out[int(tid)] = int(f.read().split()[0])
+                with open(base + "children", "rb") as f:
+                    todo.extend(int(c) for c in f.read().split())
+            except (OSError, ValueError, IndexError):
+                continue
+    return out, seen
 
 
 # -------------------------------------------------------------------------------------------- the phone model

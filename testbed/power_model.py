@@ -1,23 +1,21 @@
 """MODELED battery power of a virtual phone, written into its sandbox sysfs (and a log a simulated Monsoon follows).
 
 Every ~20 ms the vphone asks `PowerModel.tick()` to look at the processes its shells started (every process whose
-session is one of the shells' sessions; membership rescanned every ~200 ms), sums their CPU time (per-thread
+session is one of the shells' sessions; membership rescanned every ~50 ms), sums their CPU time (per-thread
 /proc/<pid>/task/<tid>/schedstat run time in ns; utime+stime from /proc/<pid>/stat where schedstat is missing) and
-turns the busy time into per-core utilisation: busy cores = CPU-seconds / wall-seconds, placed on the phone's
-biggest cores first (as EAS would place a heavy task). Power:
+turns the busy time into per-core utilisation: busy cores = CPU-seconds / wall-seconds, on the cluster of each
+process's virtual affinity (the phone's `taskset`; none: the biggest cluster, where EAS puts a heavy task). Power:
 
     P = P_IDLE + sum over busy virtual cores  C(cluster) * V(f)^2 * f * utilisation
 
-  * f: the policy's `scaling_cur_freq` (the vphone's governor watcher makes it follow performance / powersave /
-    userspace); for the dynamic governors (schedutil, interactive, ondemand, ...) f = max freq while the cluster is
-    busy, min freq while it is idle.
+  * f: the cluster's frequency from the DVFS model (testbed/dvfs.py: governors, thermal caps).
   * V(f): linear DVFS curve per cluster, V_MIN at the lowest frequency to V_MAX at the highest.
   * C: switched capacitance, C_LITTLE + (C_BIG - C_LITTLE) * cpu_capacity / 1024.
   With these constants an idle phone draws 0.4 W and one busy big core at ~2.4 GHz about 1.5 W more.
 
-This is a MODEL: the workload really runs on this host, so a governor changes the modeled power but not the
-measured time (the host's clock does not follow the virtual phone's frequency). At most the host's cores can be
-busy (a 2-core host never loads all 8 virtual cores). Processes shorter than ~200 ms, and the CPU time of a process
+This is a MODEL. The workload really runs on this host; with the vphone's throttle (testbed/dvfs.py) it runs at
+its cluster's modeled speed, so a busy virtual CPU is host CPU time / its share. At most the host's cores can be
+busy (a 2-core host never loads all 8 virtual cores). Processes shorter than ~50 ms, and the CPU time of a process
 since its last 20 ms sample when it exits, are missed.
 
 Battery (sys/class/power_supply/battery): the model's load power P is converted to a battery current I with
@@ -52,7 +50,7 @@ V_MIN, V_MAX = 0.60, 1.05  # V at the lowest / highest frequency of each cluster
 R_BATT_OHM = 0.1
 CHARGE_A = 1.5  # what the USB charger pushes into the phone
 TICK_S = 0.02
-RESCAN_S = 0.2
+RESCAN_S = 0.05  # a process a shell started is placed on its cluster within this
 HEARTBEAT_S = 1.0
 LOG_NAME = "power_model.jsonl"
 LOG_MAX_BYTES = 2 << 20

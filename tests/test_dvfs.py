@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from profiler.campaign import run_campaign
-from profiler.campaign_cli import artifact_provider
+from workloads.artifact_cache import artifact_provider
 from profiler.campaign_config import load_campaign
 from profiler.device import Device
 from profiler.store import load_results, load_status
@@ -160,3 +160,10 @@ def test_sustained_load_throttles_and_cooldown_waits(dvfs_lab, tmp_path):
             flat.append(f"{cid}: first {np.median(s[:5]) / 1e6:.1f} ms, last {np.median(s[-10:]) / 1e6:.1f} ms")
     if flat:
         pytest.xfail("no slowdown inside cells: " + "; ".join(flat))
+
+
+def test_the_energy_session_knows_the_power_models_update_period():
+    from profiler.energy.session import MODELED_UPDATE_S
+    from testbed.power_model import TICK_S
+
+    assert MODELED_UPDATE_S == TICK_S
