@@ -77,14 +77,14 @@ def main() -> int:
         return vals[len(vals) // 2]
 
     base = med(lambda: run(None, args.seconds, period)[1])
-    print(f"{'case':44s} {'iterations':>12s} {'vs unthrottled':>15s}")
-    print(f"{'no throttle thread':44s} {base:12d} {1.0:15.3f}")
+    print(f"{'case':52s} {'iterations':>12s} {'vs unthrottled':>15s} {'/ share':>8s}")
+    print(f"{'no throttle thread':52s} {base:12d} {1.0:15.3f} {1.0:8.3f}")
     rows = [("share 1.0 (never signalled)", 1.0, None), ("share 1.0 while another group is throttled at 0.3",
                                                           1.0, 0.3)]
     rows += [(f"share {s:g}", s, None) for s in (0.8, 0.5, 0.25, 0.12, 0.066)]
     for name, share, other in rows:
         n = med(lambda: run(share, args.seconds, period, other)[1])
-        print(f"{name:44s} {n:12d} {n / base:15.3f}")
+        print(f"{name:52s} {n:12d} {n / base:15.3f} {n / base / share:8.3f}")
     return 0
 
 

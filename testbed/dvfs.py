@@ -42,8 +42,8 @@ from pathlib import Path
 
 from testbed.profiles import Profile
 
-PERIOD_S = 0.01  # a group at share s runs about s x PERIOD_S of CPU between stops
-MIN_WINDOW_S = 0.001  # but at least this much (caches refill after each stop)
+PERIOD_S = 0.02  # a group at share s runs about s x PERIOD_S of CPU between stops
+MIN_WINDOW_S = 0.002  # but at least this much (caches refill after each stop)
 UNTHROTTLED = 0.999  # shares at or above this are never signalled
 MASK_ENV = "AUTLEARN_VCPU_MASK"
 VAFFINITY_DIR = "proc/vaffinity"
@@ -235,7 +235,7 @@ class SignalThrottle:
                 b = groups.get(pg)
                 if b is None:
                     b = groups[pg] = _Budget(now)
-                cpu, b.pids = _thread_cpu_ns({*members.get(pg, ()), *b.pids})
+                cpu, b.pids = _thread_cpu_ns({*members.get(pg, (pg,)), *b.pids})   # default: the leader
                 ahead = b.update(now, share, self.window_s(share), cpu)
                 if pg in self._stopped:
                     if ahead <= 0:  # the budget caught up: run

@@ -106,10 +106,13 @@ def test_governor_and_cluster_show_in_step_time(dvfs_lab, tmp_path):
     lab, phones = dvfs_lab
     ph = phones["legacy"]
     assert Device(ph.serial).check("getprop ro.autlearn.time_scale").strip() == "sigstop"
-    c = load_campaign(_campaign(tmp_path, "speed", ph.serial, ["performance", "powersave"], ["big", "little"]))
+    c = load_campaign(_campaign(tmp_path, "speed", ph.serial, ["performance", "powersave"], ["big", "little"],
+                                repetitions=3))   # 3 launches a cell: one launch can run 1.5x fast or slow here
     out = run_campaign(c, tmp_path / "results", artifact_provider(CACHE), threads=1)
     assert out.failed == 0 and out.ok == 4, load_status(out.results_dir)[["label", "reason"]].values.tolist()
     df = load_results(out.results_dir)
+    # per-launch medians (ms) of one run here, performance/big 26.0 30.6 25.9, powersave/big 307 277 318,
+    # performance/little 69.7 90.4 90.4: the host's own launch-to-launch noise is as large as the 10 % target
     p = load_profile("legacy")
     little, big = p.clusters
     perf_big = _median_ms(df, governor_requested="performance", affinity="big")
@@ -122,17 +125,10 @@ def test_governor_and_cluster_show_in_step_time(dvfs_lab, tmp_path):
     freqs = df.drop_duplicates("cell_id").set_index(["governor_requested", "affinity"])["freqs_end_khz"]
     assert str(big.freqs_khz[0]) in str(freqs[("powersave", "big")])  # scaling_cur_freq reports what is applied
     ratio = save_big / perf_big
-    assert ratio > 0.9 * want, (perf_big, save_big)  # powersave costs time, at least (almost) f_max / f_min
-    off = []
-    if not perf_little / perf_big == pytest.approx(cap_ratio, rel=0.15):
-        off.append(f"little/big {perf_little / perf_big:.2f}x, capacity ratio {cap_ratio:.2f}x (> 15 % off)")
-    if not ratio < 1.1 * want:
-        off.append(f"powersave/performance {ratio:.2f}x, profile f_max/f_min {want:.2f}x (> 10 % off)")
-    if off:
-        # Issue 20's target (10 %) is NOT met on the shared 2-core host: measured 9.2-11.2x for 8.19x. A throttled
-        # process loses its caches at every SIGSTOP and waits for a CPU after each SIGCONT; see DEVELOPING.md.
-        # measured little/big 1.94-4.0x for 2.38x in successive runs: the throttle's accuracy is open work
-        pytest.xfail("; ".join(off))
+    print(f"powersave/performance {ratio:.2f}x for f_max/f_min {want:.2f}x; little/big {perf_little / perf_big:.2f}x "
+          f"for capacity ratio {cap_ratio:.2f}x")
+    assert ratio == pytest.approx(want, rel=0.10), (perf_big, save_big)      # issue 20: within 10 %
+    assert perf_little / perf_big == pytest.approx(cap_ratio, rel=0.15), (perf_big, perf_little)   # within 15 %
 
 
 def test_sustained_load_throttles_and_cooldown_waits(dvfs_lab, tmp_path):
@@ -151,19 +147,9 @@ def test_sustained_load_throttles_and_cooldown_waits(dvfs_lab, tmp_path):
     assert any(top not in str(f) for f in cells["freqs_end_khz"])
     # cooldown: each cell started only once the modeled temperature had fallen under the limit
     assert (cells["temp_start_c"] <= 40.0).all()
-    # within a cell, steps slow down as the cap comes down (seen with a shell busy loop; with the runner this check
-    # failed in the last runs: under investigation, reported rather than hidden)
-    flat = []
+    # within a cell, steps slow down as the cap comes down
     for cid, g in df[~df["warmup"].astype(bool)].groupby("cell_id"):
-        s = g.sort_values("t_start_ns")["step_ns"].to_numpy(float)
-        if not np.median(s[-10:]) > 1.3 * np.median(s[:5]):
-            flat.append(f"{cid}: first {np.median(s[:5]) / 1e6:.1f} ms, last {np.median(s[-10:]) / 1e6:.1f} ms")
-    if flat:
-        pytest.xfail("no slowdown inside cells: " + "; ".join(flat))
-
-
-def test_the_energy_session_knows_the_power_models_update_period():
-    from profiler.energy.session import MODELED_UPDATE_S
-    from testbed.power_model import TICK_S
-
-    assert MODELED_UPDATE_S == TICK_S
+        st = g.sort_values("t_start_ns")["step_ns"].to_numpy(float)
+        first, last = np.median(st[:5]), np.median(st[-10:])
+        print(f"{cid}: first steps {first / 1e6:.1f} ms, last {last / 1e6:.1f} ms")
+        assert last > 1.3 * first, (cid, first, last)
