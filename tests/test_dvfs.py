@@ -107,7 +107,7 @@ def test_governor_and_cluster_show_in_step_time(dvfs_lab, tmp_path):
     ph = phones["legacy"]
     assert Device(ph.serial).check("getprop ro.autlearn.time_scale").strip() == "sigstop"
     c = load_campaign(_campaign(tmp_path, "speed", ph.serial, ["performance", "powersave"], ["big", "little"],
-                                repetitions=3))   # 3 launches a cell: one launch can run 1.5x fast or slow here
+                                repetitions=5))   # 5 launches a cell: one launch can run 1.5x fast or slow here
     out = run_campaign(c, tmp_path / "results", artifact_provider(CACHE), threads=1)
     assert out.failed == 0 and out.ok == 4, load_status(out.results_dir)[["label", "reason"]].values.tolist()
     df = load_results(out.results_dir)
