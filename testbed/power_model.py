@@ -1,23 +1,22 @@
 """MODELED battery power of a virtual phone, written into its sandbox sysfs (and a log a simulated Monsoon follows).
 
 Every ~20 ms the vphone asks `PowerModel.tick()` to look at the processes its shells started (every process whose
-session is one of the shells' sessions, rescanned every ~200 ms; children of those every tick), sums their CPU
-time (per-thread /proc/<pid>/task/<tid>/schedstat run time in ns; utime+stime from /proc/<pid>/stat where
-schedstat is missing) and turns the busy time into per-core utilisation: busy cores = CPU-seconds / wall-seconds,
-placed on the phone's biggest cores first (as EAS would place a heavy task). Power:
+session is one of the shells' sessions, rescanned every ~50 ms; children of those every tick), sums their runnable
+time (per-thread /proc/<pid>/task/<tid>/schedstat run + wait time in ns; utime+stime from /proc/<pid>/stat where
+schedstat is missing) and turns it into per-core utilisation: busy cores = CPU-seconds / wall-seconds, on the
+cluster of each process's virtual affinity (the phone's `taskset`; none: the biggest cluster, where EAS puts a
+heavy task). Power:
 
     P = P_IDLE + sum over busy virtual cores  C(cluster) * V(f)^2 * f * utilisation
 
-  * f: the policy's `scaling_cur_freq` (the vphone's governor watcher makes it follow performance / powersave /
-    userspace); for the dynamic governors (schedutil, interactive, ondemand, ...) f = max freq while the cluster is
-    busy, min freq while it is idle.
+  * f: the cluster's frequency from the DVFS model (testbed/dvfs.py: governors, thermal caps).
   * V(f): linear DVFS curve per cluster, V_MIN at the lowest frequency to V_MAX at the highest.
   * C: switched capacitance, C_LITTLE + (C_BIG - C_LITTLE) * cpu_capacity / 1024.
   With these constants an idle phone draws 0.4 W and one busy big core at ~2.4 GHz about 1.5 W more.
 
-This is a MODEL: the workload really runs on this host, so a governor changes the modeled power but not the
-measured time (the host's clock does not follow the virtual phone's frequency). At most the host's cores can be
-busy (a 2-core host never loads all 8 virtual cores). Processes shorter than ~200 ms, and the CPU time of a process
+This is a MODEL. The workload really runs on this host; with the vphone's throttle (testbed/dvfs.py) it runs at
+its cluster's modeled speed, so a busy virtual CPU is host CPU time / its share. At most the host's cores can be
+busy (a 2-core host never loads all 8 virtual cores). Processes shorter than ~50 ms, and the CPU time of a process
 since its last 20 ms sample when it exits, are missed.
 
 Battery (sys/class/power_supply/battery): the model's load power P is converted to a battery current I with
@@ -47,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
+from testbed.dvfs import DvfsModel, cluster_for_mask, virtual_mask
 from testbed.profiles import Profile
 
 P_IDLE_W = 0.4  # display off, radios idle, SoC in shallow idle
@@ -56,11 +56,10 @@ R_BATT_OHM = 0.1
 CHARGE_A = 1.5  # what the USB charger pushes into the phone
 TICK_S = 0.02
 IDLE_TICK_S = 0.25  # no process of a shell alive: only the clock moves (a new shell wakes the model at once)
-RESCAN_S = 0.2
+RESCAN_S = 0.05  # a process a shell started is placed on its cluster within this
 HEARTBEAT_S = 1.0
 LOG_NAME = "power_model.jsonl"
 LOG_MAX_BYTES = 2 << 20
-DYNAMIC_GOVERNORS = frozenset({"schedutil", "interactive", "ondemand", "conservative", "sched_pixel", "walt"})
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
@@ -116,8 +115,10 @@ def _write_if_changed(path: Path, value: str, cache: dict) -> None:
 
 
 def _cpu_ns(pid: int, children: set[int] | None = None) -> int | None:
-    """CPU time (ns) of all threads of a process; None when it is gone. `children`: filled with the pids of its
-    children (so a process a member just started is counted from the next tick, not the next /proc scan)."""
+    """Runnable time (ns: running + waiting for a host CPU) of all threads of a process; None when it is gone.
+    The wait counts as busy: on the phone that virtual CPU would have run the thread (a contended host must not
+    make a busy virtual CPU look idle to its governor). `children`: filled with the pids of its children (so a
+    process a member just started is counted from the next tick, not the next /proc scan)."""
     total, found = 0, False
     try:
         tids = os.listdir(f"/proc/{pid}/task")
@@ -126,7 +127,8 @@ def _cpu_ns(pid: int, children: set[int] | None = None) -> int | None:
     for tid in tids:
         try:
             with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as f:
-                total += int(f.read().split()[0])
+                run_ns, wait_ns = f.read().split()[:2]
+                total += int(run_ns) + int(wait_ns)
                 found = True
         except (OSError, ValueError, IndexError):
             continue
@@ -146,9 +148,9 @@ def _cpu_ns(pid: int, children: set[int] | None = None) -> int | None:
         return None
 
 
-def session_members(sessions: set[int]) -> set[int]:
-    """Pids whose session id is one of `sessions` (a /proc scan)."""
-    out = set()
+def session_members(sessions: set[int]) -> dict[int, int]:
+    """{pid: process group} of processes whose session id is one of `sessions` (a /proc scan)."""
+    out: dict[int, int] = {}
     if not sessions:
         return out
     for e in os.scandir("/proc"):
@@ -158,24 +160,28 @@ def session_members(sessions: set[int]) -> set[int]:
             with open(f"/proc/{e.name}/stat", "rb") as f:
                 fields = f.read().rpartition(b")")[2].split()
             if int(fields[3]) in sessions:
-                out.add(int(e.name))
+                out[int(e.name)] = int(fields[2])
         except (OSError, ValueError, IndexError):
             continue
     return out
 
 
 class PowerModel:
-    """State of one phone's model; `tick()` every TICK_S (the vphone's event loop calls it)."""
+    """State of one phone's model; `tick()` every TICK_S (the vphone's event loop calls it). With a `throttle`
+    (testbed.dvfs.SignalThrottle) the processes run at their cluster's modeled speed."""
 
     def __init__(self, profile: Profile, root: Path, sessions: Callable[[], Iterable[int]],
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, throttle=None):
         self.profile, self.root, self.sessions, self.clock = profile, Path(root), sessions, clock
+        self.throttle = throttle
+        self.dvfs = DvfsModel(profile, self.root)
         self.conv = Convention.of(profile)
         self.v_ocv = profile.battery.voltage_now * 1e-6
         self.battery = self.root / "sys/class/power_supply/battery"
-        self.policies = self.root / "sys/devices/system/cpu/cpufreq"
         self.log_path = self.root / LOG_NAME
-        self.members: set[int] = set()
+        self.members: dict[int, int] = {}  # pid -> process group
+        self.masks: dict[int, int] = {}  # pid -> cluster index (from its virtual affinity)
+        self.group_cluster: dict[int, int] = {}
         self.last_cpu: dict[int, int] = {}
         self.last_sessions: frozenset[int] = frozenset()
         self.last_scan = -math.inf
@@ -184,17 +190,21 @@ class PowerModel:
         self.last_log_t = -math.inf
         self.charge_uah = float(profile.battery.charge_counter)
         self._written: dict = {}
+        self.default_cluster = cluster_for_mask(profile, None)
 
     # -- inputs ---------------------------------------------------------------------------------------------
-    def _busy_ns(self, now: float) -> int:
+    def _busy_ns(self, now: float) -> dict[int, int]:
+        """CPU ns per cluster since the last tick (processes placed by their virtual affinity)."""
         sessions = frozenset(self.sessions())
         if sessions != self.last_sessions or now - self.last_scan >= RESCAN_S:
-            self.members = session_members(set(sessions)) if sessions else set()
+            self.members = session_members(set(sessions)) if sessions else {}
+            self.masks = {pid: cluster_for_mask(self.profile, virtual_mask(pid, self.root)) for pid in self.members}
             self.last_sessions, self.last_scan = sessions, now
-        busy, seen = 0, {}
-        todo = list(self.members)
+        busy: dict[int, int] = {}
+        seen, pgs, top = {}, {}, {}
+        todo = list(self.members.items())
         while todo:   # members, then the children they started since the last tick (not left to the next scan)
-            pid = todo.pop()
+            pid, pg = todo.pop()
             if pid in seen:
                 continue
             kids: set[int] = set()
@@ -202,45 +212,35 @@ class PowerModel:
             if ns is None:
                 continue
             prev = self.last_cpu.get(pid)
-            busy += ns - prev if prev is not None and ns >= prev else (0 if prev is not None else ns)
-            seen[pid] = ns
-            todo.extend(k for k in kids if k not in seen and k not in self.members)
-        self.members = set(seen)
+            d = ns - prev if prev is not None and ns >= prev else (0 if prev is not None else ns)
+            c = self.masks.get(pid, self.default_cluster)
+            busy[c] = busy.get(c, 0) + d
+            seen[pid], pgs[pid] = ns, pg
+            if d > top.get(pg, (-1, 0))[0]:
+                top[pg] = (d, c)
+            for k in kids:
+                if k not in seen and k not in self.members:
+                    self.masks.setdefault(k, cluster_for_mask(self.profile, virtual_mask(k, self.root)))
+                    todo.append((k, pg))   # a child stays in its parent's process group unless it leaves
+        self.members = pgs
         self.last_cpu = seen
+        # a group runs at the speed of the cluster of its busiest process (the shell around it waits)
+        groups = set(self.members.values())
+        self.group_cluster = {pg: (top[pg][1] if pg in top and top[pg][0] > 0 else
+                                   self.group_cluster.get(pg, self.default_cluster)) for pg in groups}
         return busy
 
-    def cluster_freqs(self, utils: list[float]) -> list[float]:
-        out = []
-        for cl, u in zip(self.profile.clusters, utils):
-            pol = self.profile.policy_dirs(self.policies.parent, cl)[0]
-            gov = _read(pol / "scaling_governor") or cl.governor
-            lo = _int(_read(pol / "scaling_min_freq"), cl.freqs_khz[0])
-            hi = _int(_read(pol / "scaling_max_freq"), cl.freqs_khz[-1])
-            if gov in DYNAMIC_GOVERNORS:
-                out.append(float(hi if u > 0.05 else lo))
-            else:
-                out.append(float(_int(_read(pol / "scaling_cur_freq"), lo)))
-        return out
-
-    def power_w(self, busy_cores: float) -> tuple[float, list[float]]:
-        """Load power for `busy_cores` CPU-seconds per second, biggest cores first; also per-cluster util sums."""
-        clusters = self.profile.clusters
-        order = sorted(range(len(clusters)), key=lambda i: -clusters[i].capacity)
-        per_core: dict[int, list[float]] = {i: [] for i in range(len(clusters))}
-        left = max(busy_cores, 0.0)
-        for i in order:
-            for _ in clusters[i].cpus:
-                u = min(1.0, left)
-                per_core[i].append(u)
-                left -= u
-        utils = [sum(per_core[i]) for i in range(len(clusters))]
-        freqs = self.cluster_freqs(utils)
+    def power_w(self, busy_cores: list[float], freqs: list[float] | None = None) -> float:
+        """Load power with `busy_cores[i]` virtual CPUs busy (fractional) on cluster i at `freqs` (kHz)."""
+        freqs = list(self.dvfs.freqs) if freqs is None else freqs
         p = P_IDLE_W
-        for i, cl in enumerate(clusters):
-            for u in per_core[i]:
-                if u > 0:
-                    p += core_power_w(cl.capacity, freqs[i], cl.freqs_khz[0], cl.freqs_khz[-1], u)
-        return p, utils
+        for cl, n, f in zip(self.profile.clusters, busy_cores, freqs):
+            left = min(max(n, 0.0), len(cl.cpus))
+            while left > 1e-9:
+                u = min(1.0, left)
+                p += core_power_w(cl.capacity, f, cl.freqs_khz[0], cl.freqs_khz[-1], u)
+                left -= u
+        return p
 
     # -- one step -------------------------------------------------------------------------------------------
     def tick(self) -> dict:
@@ -249,8 +249,19 @@ class PowerModel:
         t_prev = self.last_t if self.last_t is not None else now - TICK_S
         dt = max(now - t_prev, 1e-6)
         self.last_t = now
-        busy = busy_ns / 1e9 / dt
-        p, _ = self.power_w(busy)
+        # host CPU-seconds per second -> virtual busy CPUs: a throttled process used `share` of a host CPU per
+        # virtual CPU it kept busy (without a throttle the host ran it at full speed: share 1)
+        shares = self.dvfs.shares() if self.throttle is not None else [1.0] * len(self.profile.clusters)
+        host = [busy_ns.get(i, 0) / 1e9 / dt for i in range(len(self.profile.clusters))]
+        vcores = [h / max(s, 1e-3) for h, s in zip(host, shares)]
+        busy = sum(host)
+        p = self.power_w(vcores)  # at the frequencies that were applied during dt
+        dv = self.dvfs.step(dt, [min(1.0, v) for v in vcores], p - P_IDLE_W)
+        if self.throttle is not None:
+            members: dict[int, list[int]] = {}
+            for pid, pg in self.members.items():
+                members.setdefault(pg, []).append(pid)
+            self.throttle.set_shares({pg: dv.shares[c] for pg, c in self.group_cluster.items()}, members)
         suspended = _read(self.battery / "input_suspend") == "1"
         i_load = battery_current_a(p, self.v_ocv)
         if suspended:
@@ -269,8 +280,9 @@ class PowerModel:
         _write_if_changed(self.battery / "charge_counter", str(int(self.charge_uah)), w)
         _write_if_changed(self.battery / "status", status, w)
         state = {"t0": round(now, 6), "p_w": round(p, 4), "busy": round(busy, 3), "i_batt_a": round(i_batt, 4),
-                 "status": status}
-        key = (state["p_w"], status)
+                 "status": status, "f_khz": list(dv.freqs_khz), "temp_c": round(dv.hottest_c, 2),
+                 "cooling": list(dv.cooling)}
+        key = (state["p_w"], status, dv.freqs_khz, dv.cooling)
         if key != self.last_logged or now - self.last_log_t >= HEARTBEAT_S:
             self._log(state)
             self.last_logged, self.last_log_t = key, now

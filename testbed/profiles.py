@@ -24,7 +24,21 @@ class Cluster:
 @dataclass(frozen=True)
 class ThermalZone:
     type: str
-    temp_mc: int  # millidegrees Celsius
+    temp_mc: int  # millidegrees Celsius, at idle (the modeled rise above idle is added: testbed/dvfs.py)
+    coupling: float = 1.0  # share of the modeled die temperature rise this sensor sees (CPU 1.0, battery less)
+
+
+@dataclass(frozen=True)
+class Thermal:
+    """MODELED first-order heat of the whole SoC (testbed/dvfs.py): dT/dt = (P_dyn * r_th - T) / tau, T = rise
+    above idle, P_dyn = modeled power above idle. Above `trip_c` (hottest coupled zone) the cpufreq cooling devices
+    cap the maximum frequency one table step per `polling_s`; below trip_c - hysteresis_c they release it."""
+
+    r_th_c_per_w: float = 3.0
+    tau_s: float = 30.0
+    trip_c: float = 95.0
+    hysteresis_c: float = 3.0
+    polling_s: float = 0.25
 
 
 @dataclass(frozen=True)
@@ -67,6 +81,7 @@ class Profile:
     thermal_zones: tuple[ThermalZone, ...]
     cooling_devices: tuple[CoolingDevice, ...]
     battery: Battery
+    thermal: Thermal = Thermal()
     extra_props: tuple[tuple[str, str], ...] = ()
     # "policy": cpufreq/policyN per cluster (every kernel since ~4.x); "per-cpu": old kernels' cpuN/cpufreq
     # directories, one per CPU, without policyN and without related_cpus
@@ -160,12 +175,14 @@ def _build(name: str, raw: dict) -> Profile:
         board_platform=raw["board_platform"],
         abi=raw["abi"],
         clusters=clusters,
-        thermal_zones=tuple(ThermalZone(z["type"], int(z["temp_mc"])) for z in raw["thermal_zones"]),
+        thermal_zones=tuple(ThermalZone(z["type"], int(z["temp_mc"]), float(z.get("coupling", _coupling(z["type"]))))
+                            for z in raw["thermal_zones"]),
         cooling_devices=tuple(CoolingDevice(d["type"], int(d["max_state"]), int(d.get("cur_state", 0)))
                               for d in raw["cooling_devices"]),
         battery=Battery(status=b["status"], capacity=int(b["capacity"]), current_now=int(b["current_now"]),
                         voltage_now=int(b["voltage_now"]), charge_counter=int(b["charge_counter"]),
                         temp=int(b["temp"]), usb_online=int(b["usb_online"])),
+        thermal=_thermal(raw.get("thermal", {})),
         extra_props=tuple(sorted((str(k), str(v)) for k, v in raw.get("props", {}).items())),
         cpufreq_layout=_layout(raw.get("cpufreq_layout", "policy")),
     )
@@ -175,3 +192,19 @@ def _layout(value: str) -> str:
     if value not in ("policy", "per-cpu"):
         raise ValueError(f"cpufreq_layout must be 'policy' or 'per-cpu', not {value!r}")
     return value
+
+
+def _coupling(zone_type: str) -> float:
+    """Default: CPU sensors see the whole modeled rise, others (battery, skin, GPU, board) a third of it."""
+    t = zone_type.lower()
+    return 1.0 if ("cpu" in t or "tsens" in t) else 0.3
+
+
+def _thermal(raw: dict) -> Thermal:
+    unknown = set(raw) - set(Thermal.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"unknown [thermal] keys {sorted(unknown)}")
+    t = Thermal(**{k: float(v) for k, v in raw.items()})
+    if t.tau_s <= 0 or t.r_th_c_per_w < 0 or t.polling_s <= 0:
+        raise ValueError("[thermal] needs tau_s > 0, r_th_c_per_w >= 0, polling_s > 0")
+    return t

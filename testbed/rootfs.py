@@ -16,6 +16,8 @@ from pathlib import Path
 from testbed.profiles import Profile
 
 MARKER = ".autlearn-rootfs.json"
+ROOTFS_VERSION = 2  # 2: taskset shim, runtime properties (a sandbox of another version is rebuilt)
+RUNTIME_PROPS = "data/property/autlearn.prop"  # written by the running vphone, read by getprop
 SHELL_UID, ROOT_UID = 2000, 0
 # toybox applets that would act on the host rather than the virtual phone, or that a shim replaces.
 _TOYBOX_EXCLUDE = frozenset("""
@@ -78,7 +80,8 @@ def ensure_rootfs(root: Path, profile: Profile, serial_name: str) -> None:
     marker = root / MARKER
     if marker.is_file():
         try:
-            if json.loads(marker.read_text()).get("profile") == profile.name:
+            seen = json.loads(marker.read_text())
+            if seen.get("profile") == profile.name and seen.get("version") == ROOTFS_VERSION:
                 return
         except ValueError:
             pass
@@ -87,7 +90,8 @@ def ensure_rootfs(root: Path, profile: Profile, serial_name: str) -> None:
 
 def build_rootfs(root: Path, profile: Profile, serial_name: str) -> None:
     root.mkdir(parents=True, exist_ok=True)
-    for d in ("data/local/tmp", "sdcard", "storage", "system/bin", "system/toybox", "system/xbin", "vendor", "proc"):
+    for d in ("data/local/tmp", "sdcard", "storage", "system/bin", "system/toybox", "system/xbin", "vendor", "proc",
+              "proc/vaffinity", "data/property"):
         (root / d).mkdir(parents=True, exist_ok=True)
     props = profile.system_props()
     props["ro.serialno"] = props["ro.boot.serialno"] = serial_name
@@ -97,7 +101,8 @@ def build_rootfs(root: Path, profile: Profile, serial_name: str) -> None:
                                   f"(clang version 14.0.6) {profile.kernel_version}\n")
     _build_sysfs(root / "sys", profile)
     _install_shims(root, profile)
-    _write(root / MARKER, json.dumps({"profile": profile.name, "serial_name": serial_name}) + "\n")
+    _write(root / MARKER, json.dumps({"profile": profile.name, "serial_name": serial_name,
+                                      "version": ROOTFS_VERSION}) + "\n")
 
 
 def _write(path: Path, text: str) -> None:
@@ -247,6 +252,38 @@ exec @SH@
 """
 
 
+_TASKSET = r"""#!/bin/sh
+# taskset on a virtual phone: masks name the phone's VIRTUAL CPUs (@ALL@ = all of them). This host has other CPUs,
+# so nothing is pinned on the host: the vphone's DVFS model (testbed/dvfs.py) reads the mask and runs the process
+# at the speed of the fastest cluster in it. `taskset MASK CMD...` (via env AUTLEARN_VCPU_MASK) and
+# `taskset -p [MASK] PID` (via $AUTLEARN_ROOT/proc/vaffinity/PID).
+all=@ALL@
+check() {
+  m=${1#0x}; m=${m#0X}
+  case $m in ''|*[!0-9a-fA-F]*) echo "taskset: bad mask '$1'" >&2; exit 1 ;; esac
+  [ $((0x$m & all)) -ne 0 ] || { echo "taskset: sched_setaffinity: Invalid argument" >&2; exit 1; }
+  printf '%x' $((0x$m & all))
+}
+[ "$1" = -a ] && shift
+if [ "$1" = -p ]; then
+  shift
+  if [ $# -eq 1 ]; then
+    m=$(cat "$AUTLEARN_ROOT/proc/vaffinity/$1" 2>/dev/null) || m=$(printf '%x' $all)
+    echo "pid $1's current affinity mask: $m"; exit 0
+  fi
+  [ $# -eq 2 ] || { echo "usage: taskset [-ap] [mask] [PID | cmd [args...]]" >&2; exit 1; }
+  kill -0 "$2" 2>/dev/null || { echo "taskset: sched_getaffinity: No such process" >&2; exit 1; }
+  m=$(check "$1") || exit 1
+  echo "$m" > "$AUTLEARN_ROOT/proc/vaffinity/$2"
+  echo "pid $2's new affinity mask: $m"; exit 0
+fi
+[ $# -ge 2 ] || { echo "usage: taskset [-ap] [mask] [PID | cmd [args...]]" >&2; exit 1; }
+m=$(check "$1") || exit 1
+shift
+AUTLEARN_VCPU_MASK=$m exec "$@"
+"""
+
+
 _NO_SU = r"""#!/bin/sh
 echo "/system/bin/sh: su: inaccessible or not found" >&2
 exit 127
@@ -260,8 +297,10 @@ def _install_shims(root: Path, p: Profile) -> None:
     shims = {
         "id": _ID,
         "whoami": _WHOAMI,
+        "taskset": _TASKSET.replace("@ALL@", hex(sum(1 << c for c in p.cpus))),
         "getprop": _GETPROP.replace("@PROPS@", f"{q(str(root / 'system/build.prop'))} "
-                                              f"{q(str(root / 'vendor/build.prop'))}"),
+                                              f"{q(str(root / 'vendor/build.prop'))} "
+                                              f"{q(str(root / RUNTIME_PROPS))}"),
         "uname": _UNAME.replace("@RELEASE@", q(p.kernel_release)).replace("@VERSION@", q(p.kernel_version))
                        .replace("@UNAME@", q(uname)),
     }

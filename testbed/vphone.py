@@ -21,9 +21,9 @@ import sys
 from pathlib import Path
 
 from testbed import adbproto as P
-from testbed import power_model
+from testbed import dvfs, power_model
 from testbed.profiles import Profile, load_profile
-from testbed.rootfs import ROOT_UID, SHELL_UID, ensure_rootfs, shell_binary, shell_env
+from testbed.rootfs import ROOT_UID, RUNTIME_PROPS, SHELL_UID, ensure_rootfs, shell_binary, shell_env
 
 log = logging.getLogger("vphone")
 
@@ -472,57 +472,37 @@ class VirtualPhone:
         await stream.write(P.SYNC_REQ.pack(b"OKAY", 0))
         return True
 
-    # ---- sysfs realism ----
-    async def watch_governors(self, period: float = 0.3) -> None:
-        """Revert a write of a governor the policy does not offer; make scaling_cur_freq follow the governor.
 
-        A kernel would refuse the write with EINVAL; a plain file cannot, so the watcher undoes it shortly after.
-        """
-        base = self.root / "sys/devices/system/cpu/cpufreq"
-        inputs = ("scaling_governor", "scaling_min_freq", "scaling_max_freq", "scaling_setspeed")
-        last_gov: dict[Path, str] = {}
-        seen: dict[Path, tuple] = {}
-        while True:
-            await asyncio.sleep(period)
-            for cl in self.profile.clusters:
-                for policy in self.profile.policy_dirs(base.parent, cl):
-                    with contextlib.suppress(OSError, ValueError):
-                        self._follow_governor(policy, cl, inputs, last_gov, seen)
-
-    @staticmethod
-    def _follow_governor(policy: Path, cl, inputs: tuple[str, ...], last_gov: dict, seen: dict) -> None:
-        stamp = tuple(os.stat(policy / f).st_mtime_ns for f in inputs)
-        if seen.get(policy) == stamp:
-            return  # nothing written since the last look
-        gov_file = policy / "scaling_governor"
-        gov = gov_file.read_text().strip()
-        if gov not in cl.governors:
-            gov = last_gov.get(policy, cl.governor)
-            gov_file.write_text(gov + "\n")
-        last_gov[policy] = gov
-        lo = int((policy / "scaling_min_freq").read_text())
-        hi = int((policy / "scaling_max_freq").read_text())
-        cur = int((policy / "scaling_cur_freq").read_text())
-        want = {"performance": hi, "powersave": lo}.get(gov, cur)
-        if gov == "userspace":
-            want = int((policy / "scaling_setspeed").read_text())
-        want = min(max(want, lo), hi)
-        if want != cur:
-            for name in ("scaling_cur_freq", "cpuinfo_cur_freq"):
-                (policy / name).write_text(f"{want}\n")
-        seen[policy] = tuple(os.stat(policy / f).st_mtime_ns for f in inputs)
+def publish_time_scale(root: Path, throttle: "dvfs.SignalThrottle") -> str:
+    """Say how this phone's time follows its frequencies: a sysfs node and `getprop ro.autlearn.time_scale`."""
+    ok, why = dvfs.cgroup_v2_cpu()
+    text = f"{throttle.describe()} (cgroup v2 cpu.max {'available but not used' if ok else 'unavailable'}: {why})"
+    node = root / dvfs.TIME_SCALE_NODE
+    node.parent.mkdir(parents=True, exist_ok=True)
+    node.write_text(text + "\n")
+    prop = root / RUNTIME_PROPS
+    prop.parent.mkdir(parents=True, exist_ok=True)
+    prop.write_text(f"ro.autlearn.time_scale={throttle.mode}\nro.autlearn.time_scale.period_us="
+                    f"{int(throttle.period_s * 1e6)}\n")
+    return text
 
 
-async def serve(profile: Profile, root: Path, port: int, serial_name: str, ready_file: Path | None) -> None:
+async def serve(profile: Profile, root: Path, port: int, serial_name: str, ready_file: Path | None,
+                dvfs_period_s: float = dvfs.PERIOD_S) -> None:
+    sys.setswitchinterval(1e-4)  # the throttle thread must get the GIL within its period
     ensure_rootfs(root, profile, serial_name)
     phone = VirtualPhone(profile, root, serial_name)
     try:
         server = await asyncio.start_server(phone.handle_client, "127.0.0.1", port, reuse_address=True)
     except OSError as exc:
         raise RuntimeError(f"cannot listen on 127.0.0.1:{port}: {exc.strerror or exc}") from exc
-    watcher = asyncio.create_task(phone.watch_governors())
-    # modeled battery current in the sandbox sysfs (see testbed/power_model.py): shells' sessions = their pids
-    power = asyncio.create_task(power_model.run(power_model.PowerModel(profile, phone.root, lambda: phone.groups),
+    # one model (testbed/dvfs.py + testbed/power_model.py): governors -> frequencies -> the host CPU share of the
+    # shells' processes (time), modeled power, heat and thermal caps; shells' sessions = their pids
+    throttle = dvfs.SignalThrottle(dvfs_period_s)
+    publish_time_scale(phone.root, throttle)
+    throttle.start()
+    power = asyncio.create_task(power_model.run(power_model.PowerModel(profile, phone.root, lambda: phone.groups,
+                                                                       throttle=throttle),
                                                  wake=phone.wake))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -536,8 +516,8 @@ async def serve(profile: Profile, root: Path, port: int, serial_name: str, ready
     try:
         await stop.wait()
     finally:
-        watcher.cancel()
         power.cancel()
+        throttle.close()  # SIGCONT whatever it stopped
         server.close()
         phone.restart_adbd()  # drops connections; their shells are killed by their streams' tasks
         pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]

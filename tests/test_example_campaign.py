@@ -13,6 +13,7 @@ from workloads.artifact_cache import artifact_provider
 from profiler.campaign_config import load_campaign
 from profiler.store import load_results, load_status
 from reports.build import write_report
+from testbed.dvfs import PERIOD_S
 
 EXAMPLE = Path(__file__).parents[1] / "examples" / "paper.toml"
 
@@ -52,6 +53,30 @@ def test_example_campaign_on_three_profiles(lab, example_run):
     assert len(skipped) and all(label.startswith(unrooted.serial) for label in skipped["label"])
     assert all("root" in r for r in skipped["reason"])
     assert {p.serial: governors(p) for p in lab} == before  # every phone as it was
+
+
+@pytest.mark.slow
+def test_example_powersave_is_slower_and_energy_is_gross(lab, example_run):
+    """Issue 20: on rooted virtual phones powersave is slower than interactive for every workload; every step's
+    gross energy is positive, and each cell says how its per-step energy was obtained."""
+    _, outcome, _ = example_run
+    df = load_results(outcome.results_dir)
+    timed = df[~df["warmup"].astype(bool)]
+    med = timed.groupby(["device_serial", "workload", "variant", "governor_requested"])["step_ns"].median()
+    rooted = {p.serial for p in lab if p.profile != "unrooted"}
+    med = med[med.index.get_level_values(0).isin(rooted)].unstack("governor_requested")
+    # every workload: its variants' steps together take longer under powersave
+    per_workload = med.groupby(level=[0, 1]).sum()
+    assert (per_workload["powersave"] > per_workload["interactive"]).all(), per_workload
+    # and every variant whose steps are longer than the throttle's cycle (steps shorter than the CPU a group may
+    # run between stops, ~2 ms, mostly run between two stops: their median is not slowed; testbed/dvfs.py)
+    long = med[med["interactive"] >= PERIOD_S * 1e9]
+    assert len(long) and (long["powersave"] > long["interactive"]).all(), long
+    energy = timed[timed["energy_source"] != "none"]
+    assert len(energy) and energy["energy_j"].notna().all() and (energy["energy_j"] > 0).all()
+    notes = energy.drop_duplicates("cell_id")["energy_note"]
+    assert notes.str.contains("energy per step").all(), notes.tolist()
+    assert energy["labels"].str.contains("modeled|simulated").all()   # never labelled measured
 
 
 @pytest.mark.slow

@@ -15,8 +15,10 @@ Clocks. Steps are in device CLOCK_MONOTONIC; each runner meta line carries {"mon
   * Monsoon: samples are on the host's CLOCK_MONOTONIC (trace.t0_host); host - device CLOCK_REALTIME comes from
     `adb shell` round trips before and after the cell (align.estimate_offset, bound = min RTT / 2), then the pair
     maps monotonic to realtime. On virtual phones host and device share the clock; it is measured all the same.
-Per step energy = integral of the linearly interpolated power over the step window (align.step_energies); net =
-gross - baseline W x duration. The fuel gauge is coarse (Android updates current_now every ~0.1-1 s, a virtual
+Per step energy (GROSS) = integral of the linearly interpolated power over the step window (align.step_energies);
+when the median step is shorter than the source resolves (fuel gauge: its sample spacing; Monsoon: 0.2 ms; a
+modeled power: its update period) each run's timed window / its steps, with a CI over runs (`CellEnergy.method`).
+Net = gross - baseline W x duration, reported as net only (notes, `j_per_step_net_median`). The fuel gauge is coarse (Android updates current_now every ~0.1-1 s, a virtual
 phone every 20 ms): `CellEnergy.resolution_s` says how coarse the samples were.
 Labels are never upgraded: `measured` (real phone, real instrument), `simulated` (the simulated Monsoon), `modeled`
 (virtual phones' power model), `virtual`.
@@ -51,7 +53,9 @@ _DEVICE_REALTIME = 'echo "${EPOCHREALTIME:-$(date +%s.%N)}"'
 
 @dataclass(frozen=True)
 class CellEnergy:
-    """Summary of one cell's energy. Per-step values are net of the idle baseline when `net` (else gross)."""
+    """Summary of one cell's energy. Per-step values are GROSS (all the phone drew, never <= 0: such steps get
+    None); net of the idle baseline only where named so (`j_per_step_net_median`). `net` stays False (older
+    results stored net values with net=True)."""
 
     source: str  # fuelgauge | monsoon
     serial: str  # the instrument: the device serial (fuel gauge) or the monitor serial (Monsoon)
@@ -68,6 +72,9 @@ class CellEnergy:
     resolution_s: float  # median spacing of the trace's samples
     trace_duration_s: float
     notes: tuple[str, ...] = ()
+    method: str = "per-step"  # per-step | window/steps (steps shorter than the source resolves)
+    j_per_step_ci95: tuple[float, float] | None = None  # window/steps: 95 % CI of the per-step value over runs
+    j_per_step_net_median: float | None = None  # NET: above the idle baseline
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -174,24 +181,101 @@ def _attribute(trace: PowerTrace, steps: Sequence, shift_s: float | None, error_
     missing = len(steps) - len(idx)
     if missing:
         notes.append(f"{missing} of {len(steps)} steps have no energy (no timestamps, or outside the trace)")
-    gross = unc = []
+    gross: list[float] = []
+    unc: list[float] = []
+    net_vals: list[float] = []
+    dur = 0.0
+    method, ci95 = "per-step", None
+    resolution = _effective_resolution(trace)
     if idx:
         clock = ClockOffset(0.0, error_s, 2 * error_s, 1, 1)
         rep = step_energies(trace, windows, clock, shift_s=shift_s, baseline_w=baseline_w, step_ids=idx)
-        for i, se in zip(idx, rep.steps):
-            out[i] = se.net_j if baseline_w is not None else se.gross_j
         gross = [se.gross_j for se in rep.steps]
         unc = [se.uncertainty_j for se in rep.steps]
         dur = sum(se.end_s - se.start_s for se in rep.steps)
+        durations = [se.end_s - se.start_s for se in rep.steps]
+        if math.isfinite(resolution) and float(np.median(durations)) < resolution:
+            # steps shorter than what the source resolves: each run's window (first start .. last end of its
+            # timed steps, warm-up apart) divided by its steps; a CI over the runs
+            method = "window/steps"
+            gross, per_run = _window_energies(trace, [steps[i] for i in idx], windows, shift_s)
+            if len(per_run) >= 2:
+                from scipy.stats import t as student_t
+
+                m, sd = float(np.mean(per_run)), float(np.std(per_run, ddof=1))
+                half = float(student_t.ppf(0.975, len(per_run) - 1)) * sd / math.sqrt(len(per_run))
+                ci95 = (m - half, m + half)
+            notes.append(f"energy per step = energy of each run's timed window / its steps (median step "
+                         f"{float(np.median(durations)) * 1e3:.2f} ms < source resolution {resolution * 1e3:.1f} ms)"
+                         + (f"; 95% CI over {len(per_run)} runs [{ci95[0]:.3g}, {ci95[1]:.3g}] J" if ci95 else ""))
+        else:
+            notes.append(f"energy per step integrated over each step's window (resolution "
+                         f"{resolution * 1e3:.1f} ms)")
+        bad = sum(1 for g in gross if not g > 0)
+        for k, (i, g) in enumerate(zip(idx, gross)):
+            out[i] = g if g > 0 else None  # gross energy is never negative or zero: such steps have none
+            if baseline_w is not None:
+                net_vals.append(g - baseline_w * durations[k])
+        if bad:
+            notes.append(f"{bad} steps had a gross energy <= 0 on this trace (e.g. charging current inside the "
+                         "window): no energy for them")
+    if baseline_w is not None:
+        notes.append(f"energy_j is GROSS (all the phone drew); NET = gross - idle baseline {baseline_w:.3f} W x "
+                     "step time" + (f", median net {float(np.median(net_vals)):.3g} J per step" if net_vals else ""))
     vals = [v for v in out if v is not None]
     summary = CellEnergy(
         source=source, serial=serial, labels=tuple(trace.labels), steps=len(steps), steps_measured=len(idx),
-        net=baseline_w is not None, j_per_step_median=float(np.median(vals)) if vals else None,
+        net=False, j_per_step_median=float(np.median(vals)) if vals else None,
         j_per_step_gross_median=float(np.median(gross)) if gross else None,
         mean_w=float(sum(gross) / dur) if gross and dur > 0 else None, baseline_w=baseline_w,
         alignment_error_s=float(error_s), uncertainty_j_median=float(np.median(unc)) if unc else None,
-        resolution_s=_resolution(trace), trace_duration_s=trace.duration, notes=tuple(notes))
+        resolution_s=resolution, trace_duration_s=trace.duration, notes=tuple(notes),
+        method=method, j_per_step_ci95=ci95,
+        j_per_step_net_median=float(np.median(net_vals)) if net_vals else None)
     return out, summary
+
+
+# The virtual phones' power model updates every 20 ms (testbed/power_model.TICK_S; tests/test_dvfs.py checks they
+# agree): a modeled power resolves no finer, whatever instrument samples it.
+MODELED_UPDATE_S = 0.02
+
+
+def _effective_resolution(trace: PowerTrace) -> float:
+    """What the source resolves: its sample spacing; for a modeled power (virtual phones), at least the model's
+    update period (testbed/power_model.py TICK_S), whatever instrument follows it."""
+    res = _resolution(trace)
+    if "modeled" in trace.labels:
+        res = max(res, MODELED_UPDATE_S) if math.isfinite(res) else MODELED_UPDATE_S
+    return res
+
+
+def _window_energies(trace: PowerTrace, steps: Sequence, windows: Sequence[tuple[int, int]], shift_s: float
+                     ) -> tuple[list[float], list[float]]:
+    """Per-step energy from run windows: steps grouped into runs (numbering restarts) and warm-up / timed; each
+    group's energy from its first start to its last end, split evenly. Also the timed per-step value of each run."""
+    from profiler.energy.align import integrate
+
+    groups: list[list[int]] = []
+    prev_step, prev_warm = None, None
+    for k, s in enumerate(steps):
+        num = s.get("step") if isinstance(s, Mapping) else getattr(s, "step", None)
+        warm = bool(s.get("warmup") if isinstance(s, Mapping) else getattr(s, "warmup", False))
+        if not groups or warm != prev_warm or num is None or prev_step is None or num <= prev_step:
+            groups.append([])
+        groups[-1].append(k)
+        prev_step, prev_warm = num, warm
+    out = [0.0] * len(steps)
+    per_run = []
+    for g in groups:
+        a = windows[g[0]][0] / 1e9 + shift_s
+        b = windows[g[-1]][1] / 1e9 + shift_s
+        e = float(integrate(trace, a, b)) / len(g)
+        for k in g:
+            out[k] = e
+        warm = steps[g[0]].get("warmup") if isinstance(steps[g[0]], Mapping) else getattr(steps[g[0]], "warmup", 0)
+        if not warm:
+            per_run.append(e)
+    return out, per_run
 
 
 class Meter:

@@ -1,0 +1,531 @@
+"""Virtual phones obey their governors: one MODELED frequency per cluster, applied to time (host CPU share), to
+power (testbed/power_model.py) and to heat.
+
+Time scale. A process the phone's shells started runs at a share of one host CPU per thread:
+
+    share = capacity / capacity_max  x  f_applied / f_max(cluster)
+
+`capacity` is the profile's EAS cpu_capacity (at the cluster's max frequency), so the biggest cluster at its max
+frequency runs at full host speed (share 1.0, never throttled) and, per clock, a cluster is
+capacity / capacity_max x f_ref / f_max(cluster) as fast as the biggest one (f_ref = the biggest cluster's max).
+A process runs on the fastest cluster its virtual affinity allows (EAS places a heavy task there): the mask of the
+phone's `taskset` shim (env AUTLEARN_VCPU_MASK, or <root>/proc/vaffinity/<pid> from `taskset -p`), else all CPUs.
+The share is enforced by `SignalThrottle`: every PERIOD_S each throttled process group runs share x PERIOD_S, then
+sits in SIGSTOP until the period ends (SIGCONT). cgroup v2 cpu.max would do this in the kernel, but it caps a
+group's CPU time summed over threads (a 2-thread runner would get 2x a 1-thread one's per-thread speed) and is not
+available on every host (`cgroup_v2_cpu`): the signal throttle is the one implemented, and phones say so
+(getprop ro.autlearn.time_scale, <root>/sys/kernel/autlearn/time_scale, `autlearn lab status`). The host's own
+speed and noise stay in every time: share 1.0 is this host's CPU, whatever it is.
+The host's CPU speed itself depends on what else runs: a CPU left idle between windows (the group stopped) wakes
+slowly (a VM's halted vCPU, deep C-states), and a host whose other cores idle may run one core faster (boost) than
+when all are busy. Measured on a 2-vCPU KVM guest, LSTM step, powersave / performance for f_max / f_min 8.19x:
+11.0x with neither handled. So while any process of a shell is alive, `KeepWarm` runs one SCHED_IDLE spinner per
+host CPU: it takes only time no other task wants, keeps the CPUs out of idle, and makes throttled and unthrottled
+runs see the same all-cores-busy host speed (same LSTM: 8.1x); AUTLEARN_VPHONE_KEEP_WARM=0 turns it off.
+Resolution: a group runs up to a window of CPU (PERIOD_S x share, at least MIN_WINDOW_S) between stops, so a step
+shorter than that (e.g. a 0.2 ms cached MobileNet step) mostly runs between two stops at host speed: its median is
+not slowed, only the steps a stop falls into; a run of such steps is slowed as a whole.
+
+Governors, in outline, once per model tick (~20 ms), with util = busy fraction of the busiest virtual CPU of the
+cluster (host CPU time / (wall x share), capped at 1):
+  * performance: max; powersave: min; userspace: scaling_setspeed;
+  * schedutil (and sched_pixel, walt): next = 1.25 x f_cur x util, the lowest table frequency >= next;
+  * interactive: util >= 0.85 below hispeed (the table's middle) -> hispeed; else f_cur x util / 0.9;
+  * ondemand: util > 0.8 -> max, else min + util x (max - min);  conservative: +-5 % of max per tick (0.8 / 0.2);
+  * a lower frequency only after the current one was held DOWN_HOLD_S (interactive's min_sample_time, ...);
+all within [scaling_min_freq, min(scaling_max_freq, thermal cap)]; scaling_cur_freq / cpuinfo_cur_freq report the
+applied frequency. A governor the policy does not offer is reverted (a kernel would refuse the write).
+Heat: see profiles.Thermal. Every number here is MODELED; none is measured on a phone.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import math
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from testbed.profiles import Profile
+
+PERIOD_S = 0.02  # a group at share s runs about s x PERIOD_S of CPU between stops
+MIN_WINDOW_S = 0.002  # but at least this much (caches refill after each stop)
+UNTHROTTLED = 0.999  # shares at or above this are never signalled
+KEEP_WARM_ENV = "AUTLEARN_VPHONE_KEEP_WARM"  # "0": no keep-warm spinners (see KeepWarm)
+KEEP_WARM_LINGER_S = 0.5  # spinners pause this long after the last shell process ended
+MASK_ENV = "AUTLEARN_VCPU_MASK"
+VAFFINITY_DIR = "proc/vaffinity"
+TIME_SCALE_NODE = "sys/kernel/autlearn/time_scale"
+SCHEDUTIL_LIKE = frozenset({"schedutil", "sched_pixel", "walt"})
+# how long a dynamic governor holds a frequency before it may lower it (interactive: min_sample_time 80 ms;
+# schedutil: down_rate_limit_us, often 20 ms on vendor kernels; ondemand: sampling_rate x down factor, ~ 100 ms)
+DOWN_HOLD_S = {"interactive": 0.08, "schedutil": 0.02, "sched_pixel": 0.02, "walt": 0.02, "ondemand": 0.1}
+
+
+# ---------------------------------------------------------------------------------------------------- governors
+def snap_up(table: tuple[int, ...], f: float) -> int:
+    """The lowest table frequency >= f (the highest when none is)."""
+    i = bisect.bisect_left(table, math.ceil(f))
+    return table[min(i, len(table) - 1)]
+
+
+def next_freq(gov: str, f_cur: int, util: float, table: tuple[int, ...], lo: int, hi: int,
+              setspeed: int | None = None) -> int:
+    """What the governor `gov` applies next (pure). `hi` already includes the thermal cap."""
+    hi = max(hi, lo)
+    util = min(max(util, 0.0), 1.0)
+    if gov == "performance":
+        want = hi
+    elif gov == "powersave":
+        want = lo
+    elif gov == "userspace":
+        want = f_cur if setspeed is None else setspeed
+    elif gov in SCHEDUTIL_LIKE:
+        want = snap_up(table, 1.25 * f_cur * util)
+    elif gov == "interactive":
+        hispeed = table[len(table) // 2]
+        want = hispeed if util >= 0.85 and f_cur < hispeed else snap_up(table, f_cur * util / 0.9)
+    elif gov == "ondemand":
+        want = hi if util > 0.8 else snap_up(table, lo + util * (hi - lo))
+    elif gov == "conservative":
+        step = 0.05 * table[-1]
+        want = snap_up(table, f_cur + step) if util > 0.8 else (
+            snap_up(table, f_cur - step) if util < 0.2 else f_cur)
+    else:
+        want = f_cur
+    # the applied frequency is a table entry inside [lo, hi]
+    inside = [f for f in table if lo <= f <= hi] or [lo]
+    want = min(max(want, inside[0]), inside[-1])
+    return inside[bisect.bisect_left(inside, want)] if want not in inside else want
+
+
+# ----------------------------------------------------------------------------------------------- time scaling
+def cluster_shares(profile: Profile, freqs_khz) -> list[float]:
+    cap_max = max(cl.capacity for cl in profile.clusters) or 1
+    return [cl.capacity / cap_max * f / cl.freqs_khz[-1] for cl, f in zip(profile.clusters, freqs_khz)]
+
+
+def cluster_for_mask(profile: Profile, mask: int | None) -> int:
+    """Index of the fastest cluster (highest capacity) with a CPU in `mask` (None or 0 -> all CPUs)."""
+    best = None
+    for i, cl in enumerate(profile.clusters):
+        if mask and not any(mask >> c & 1 for c in cl.cpus):
+            continue
+        if best is None or cl.capacity > profile.clusters[best].capacity:
+            best = i
+    return best if best is not None else max(range(len(profile.clusters)),
+                                             key=lambda i: profile.clusters[i].capacity)
+
+
+def parse_mask(text: str | None) -> int | None:
+    if not text:
+        return None
+    try:
+        return int(text.strip().removeprefix("0x").removeprefix("0X"), 16) or None
+    except ValueError:
+        return None
+
+
+def virtual_mask(pid: int, root: Path) -> int | None:
+    """The virtual affinity of a process: `taskset -p` record, else the environment of `taskset MASK cmd`."""
+    with contextlib.suppress(OSError):
+        return parse_mask((root / VAFFINITY_DIR / str(pid)).read_text())
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            env = f.read()
+    except OSError:
+        return None
+    key = MASK_ENV.encode() + b"="
+    for item in env.split(b"\0"):
+        if item.startswith(key):
+            return parse_mask(item[len(key):].decode(errors="replace"))
+    return None
+
+
+def cgroup_v2_cpu() -> tuple[bool, str]:
+    """Could cgroup v2 cpu.max throttle here? (answer, why) - reported, not used (see the module doc)."""
+    for base in (Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/unified")):
+        ctl = base / "cgroup.controllers"
+        if ctl.is_file():
+            controllers = ctl.read_text().split()
+            if "cpu" not in controllers:
+                return False, f"cgroup v2 at {base} has no cpu controller (controllers: {' '.join(controllers)})"
+            return os.access(base, os.W_OK), f"cgroup v2 cpu controller at {base}"
+    return False, "no cgroup v2 hierarchy"
+
+
+_SPIN = """import os, sys
+os.sched_setaffinity(0, {int(sys.argv[1])})
+os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+parent = os.getppid()
+while os.getppid() == parent:
+    for _ in range(200000):
+        pass
+"""
+
+
+class KeepWarm:
+    """One SCHED_IDLE busy loop per host CPU, running only while a shell's process lives (SIGSTOP otherwise). A
+    SCHED_IDLE task runs only when nothing else wants the CPU, so it costs other work next to nothing; it exits with
+    the phone (it polls its parent)."""
+
+    def __init__(self):
+        self.procs: list = []
+        self.running = False
+        self.enabled = os.environ.get(KEEP_WARM_ENV, "1") != "0" and hasattr(os, "SCHED_IDLE")
+
+    def set(self, on: bool) -> None:
+        if not self.enabled or on == self.running:
+            return
+        if on and not self.procs:
+            import subprocess
+            import sys
+
+            cpus = sorted(os.sched_getaffinity(0))
+            with contextlib.suppress(OSError):
+                self.procs = [subprocess.Popen([sys.executable, "-S", "-c", _SPIN, str(c)],
+                                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                               stderr=subprocess.DEVNULL) for c in cpus]
+        for p in self.procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.pid, signal.SIGCONT if on else signal.SIGSTOP)
+        self.running = on
+
+    def close(self) -> None:
+        for p in self.procs:
+            with contextlib.suppress(ProcessLookupError):
+                p.kill()
+            with contextlib.suppress(Exception):
+                p.wait(timeout=2)
+        self.procs, self.running = [], False
+
+
+class SignalThrottle:
+    """CPU-time budget per process group, enforced with SIGSTOP/SIGCONT (a thread of the vphone).
+
+    Each throttled group earns `share` CPU-seconds per wall second, per thread: its busiest thread's CPU time
+    (/proc/<pid>/task/<tid>/schedstat, ns on a CPU) may not run ahead of share x wall time by more than a window
+    (`period_s` x share of CPU, at least MIN_WINDOW_S). A group that is ahead is stopped until the budget catches up;
+    then it runs until it is ahead again. Time a group spends waiting for a host CPU, or asleep, earns nothing
+    beyond one window (no bursts at full speed after an idle spell), and is not charged either: the budget counts
+    CPU time, not wall time, so the host's other work does not slow a throttled group twice. The thread sleeps
+    until the next group can have spent its credit (a group cannot use CPU faster than wall time per thread), so
+    it wakes ~1/window times a second per group, not every millisecond. Groups at share >= UNTHROTTLED are never
+    signalled."""
+
+    mode = "sigstop"
+
+    def __init__(self, period_s: float = PERIOD_S):
+        self.period_s = period_s
+        self._shares: dict[int, float] = {}
+        self._active = False
+        self._members: dict[int, list[int]] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._stopped: set[int] = set()
+        self._thread: threading.Thread | None = None
+        self.periods = 0  # stop/continue cycles (for the record)
+        self.realtime = False  # the thread got SCHED_FIFO
+        self.keep_warm = KeepWarm()
+
+    def describe(self) -> str:
+        return (f"sigstop CPU-time budget, window {self.period_s * 1e3:g} ms x share; host CPU share per thread = "
+                "capacity/capacity_max x f/f_max(cluster); share 1.0 = this host's CPU, unthrottled; keep-warm "
+                f"SCHED_IDLE spinners {'on' if self.keep_warm.enabled else 'off'} while a shell process lives")
+
+    def set_shares(self, shares: dict[int, float], members: dict[int, list[int]] | None = None) -> None:
+        """`shares`: process group -> share; `members`: its pids (whose threads' CPU time is budgeted)."""
+        with self._lock:
+            self._active = bool(shares)
+            self._shares = {pg: s for pg, s in shares.items() if s < UNTHROTTLED}
+            if members is not None:
+                self._members = {pg: list(m) for pg, m in members.items() if pg in self._shares}
+        self._wake.set()
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="vphone-throttle", daemon=True)
+            self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+            self._thread = None
+        self._continue_all()
+        self.keep_warm.close()
+
+    def _continue_all(self) -> None:
+        for pg in list(self._stopped):
+            self._signal(pg, signal.SIGCONT)
+        self._stopped.clear()
+
+    def _signal(self, pg: int, sig: int) -> bool:
+        try:
+            os.killpg(pg, sig)
+            return True
+        except (ProcessLookupError, PermissionError):
+            return False
+
+    def window_s(self, share: float) -> float:
+        """CPU time a group may run ahead of its budget before it is stopped."""
+        return max(self.period_s * share, MIN_WINDOW_S)
+
+    def _run(self) -> None:
+        # Real-time priority where allowed: a throttle that wakes late lets processes run too long on a busy host.
+        with contextlib.suppress(OSError, AttributeError):
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+            self.realtime = True
+        groups: dict[int, _Budget] = {}
+        last_throttled = -math.inf
+        while not self._stop.is_set():
+            with self._lock:
+                shares, members, active = dict(self._shares), dict(self._members), self._active
+            if active:
+                last_throttled = time.monotonic()
+            self.keep_warm.set(time.monotonic() - last_throttled < KEEP_WARM_LINGER_S)
+            for pg in [pg for pg in groups if pg not in shares]:  # left the throttle (or share 1.0): runs freely
+                groups.pop(pg)
+                if pg in self._stopped:
+                    self._signal(pg, signal.SIGCONT)
+                    self._stopped.discard(pg)
+            if not shares:
+                self._wake.clear()
+                self._wake.wait(0.1 if active or self.keep_warm.running else 1.0)
+                continue
+            now = time.monotonic()
+            wake = now + 0.05
+            for pg, share in shares.items():
+                b = groups.get(pg)
+                if b is None:
+                    b = groups[pg] = _Budget(now)
+                cpu, b.pids = _thread_cpu_ns({*members.get(pg, (pg,)), *b.pids})   # default: the leader
+                ahead = b.update(now, share, self.window_s(share), cpu)
+                if pg in self._stopped:
+                    if ahead <= 0:  # the budget caught up: run
+                        if self._signal(pg, signal.SIGCONT):
+                            self._stopped.discard(pg)
+                            wake = min(wake, now + self.window_s(share))
+                        else:
+                            self._stopped.discard(pg)
+                    else:
+                        wake = min(wake, now + ahead / share)
+                elif ahead >= self.window_s(share):  # a window ahead: stop until share x wall catches up
+                    if self._signal(pg, signal.SIGSTOP):
+                        self._stopped.add(pg)
+                        self.periods += 1
+                        wake = min(wake, now + ahead / share)
+                else:  # cannot get a window ahead before (window - ahead) of wall time
+                    wake = min(wake, now + max(self.window_s(share) - ahead, 2e-4))
+            self._wake.clear()
+            self._wake.wait(max(wake - time.monotonic(), 0.0))
+
+
+class _Budget:
+    """One group's CPU-time account: credit earned at `share` per wall second, CPU spent by its busiest thread."""
+
+    def __init__(self, now: float):
+        self.t = now
+        self.ahead = 0.0            # CPU s spent beyond the credit earned (negative: unspent credit)
+        self.cpu: dict[int, int] = {}
+        self.pids: set[int] = set()  # the group's processes last seen (the power model's members + descendants)
+
+    def update(self, now: float, share: float, window: float, cpu: dict[int, int]) -> float:
+        spent = 0
+        for tid, ns in cpu.items():
+            prev = self.cpu.get(tid)
+            if prev is not None and ns >= prev:
+                spent = max(spent, ns - prev)
+        self.cpu = cpu
+        self.ahead += spent / 1e9 - share * (now - self.t)
+        self.ahead = max(self.ahead, -window)   # idle time earns at most one window
+        self.t = now
+        return self.ahead
+
+
+def _thread_cpu_ns(pids) -> tuple[dict[int, int], set[int]]:
+    """(tid -> ns on a CPU (schedstat field 1) of every thread of `pids` and of their descendants, the pids seen).
+    Descendants come from /proc/<pid>/task/<tid>/children: a process a shell just started is budgeted from its
+    first tick, not from the power model's next rescan of the sessions."""
+    out: dict[int, int] = {}
+    seen: set[int] = set()
+    todo = list(pids)
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            base = f"/proc/{pid}/task/{tid}/"
+            try:
+                with open(base + "schedstat", "rb") as f:
+                    out[int(tid)] = int(f.read().split()[0])
+                with open(base + "children", "rb") as f:
+                    todo.extend(int(c) for c in f.read().split())
+            except (OSError, ValueError, IndexError):
+                continue
+    return out, seen
+
+
+# -------------------------------------------------------------------------------------------- the phone model
+@dataclass(frozen=True)
+class DvfsState:
+    freqs_khz: tuple[int, ...]
+    shares: tuple[float, ...]
+    caps_khz: tuple[int, ...]
+    cooling: tuple[int, ...]
+    rise_c: float
+    hottest_c: float
+
+
+class DvfsModel:
+    """Frequencies, thermal caps and the temperature of one phone; `step()` once per power-model tick."""
+
+    def __init__(self, profile: Profile, root: Path):
+        self.profile, self.root = profile, Path(root)
+        self.sys = self.root / "sys"
+        # a cluster's cpufreq directories: one policyN, or cpuN/cpufreq per CPU on old kernels (one shared policy)
+        self.dirs = [profile.policy_dirs(self.sys / "devices/system/cpu", cl) for cl in profile.clusters]
+        self.freqs = [_read_int(d[0] / "scaling_cur_freq", cl.freqs_khz[0])
+                      for d, cl in zip(self.dirs, profile.clusters)]
+        self.last_gov = [cl.governor for cl in profile.clusters]
+        self.cooling_state = [0] * len(profile.clusters)
+        self.cooling_dev: list[int | None] = []  # cooling_device index per cluster ("thermal-cpufreq-<cpu>")
+        for cl in profile.clusters:
+            idx = next((i for i, d in enumerate(profile.cooling_devices)
+                        if d.type == f"thermal-cpufreq-{cl.cpus[0]}"), None)
+            self.cooling_dev.append(idx)
+        self.held_s = [0.0] * len(profile.clusters)   # time at the current frequency
+        self.rise_c = 0.0
+        self.since_poll = 0.0
+        self._written: dict[Path, str] = {}
+        self._write_temps()
+
+    # -- sysfs
+    def _write(self, path: Path, value: str) -> None:
+        if self._written.get(path) != value:
+            with contextlib.suppress(OSError):
+                path.write_text(value + "\n")
+                self._written[path] = value
+
+    def _policy(self, i: int) -> tuple[str, int, int, int | None]:
+        cl, pol = self.profile.clusters[i], self._primary(i)
+        gov = _read(pol / "scaling_governor") or self.last_gov[i]
+        if gov not in cl.governors:  # a kernel refuses the write (EINVAL); a plain file is put back
+            gov = self.last_gov[i]
+            self._written.pop(pol / "scaling_governor", None)
+            self._write(pol / "scaling_governor", gov)
+        self.last_gov[i] = gov
+        lo = _read_int(pol / "scaling_min_freq", cl.freqs_khz[0])
+        hi = _read_int(pol / "scaling_max_freq", cl.freqs_khz[-1])
+        setspeed = _read_int(pol / "scaling_setspeed", None) if gov == "userspace" else None
+        return gov, lo, hi, setspeed
+
+    def _primary(self, i: int) -> Path:
+        """The directory last written of cluster i's (one shared policy): its settings are copied to the others."""
+        dirs = self.dirs[i]
+        if len(dirs) == 1:
+            return dirs[0]
+        def stamp(d: Path) -> int:
+            return max((_mtime(d / f) for f in INPUTS), default=0)
+        primary = max(dirs, key=stamp)
+        for d in dirs:
+            if d != primary:
+                for f in INPUTS:
+                    value = _read(primary / f)
+                    if value is not None and _read(d / f) != value:
+                        self._written.pop(d / f, None)
+                        self._write(d / f, value)
+        return primary
+
+    def cap_khz(self, i: int) -> int:
+        table = self.profile.clusters[i].freqs_khz
+        return table[max(0, len(table) - 1 - self.cooling_state[i])]
+
+    def zone_temps_c(self) -> list[float]:
+        return [z.temp_mc / 1000 + z.coupling * self.rise_c for z in self.profile.thermal_zones]
+
+    def hottest_c(self) -> float:
+        temps = [t for t, z in zip(self.zone_temps_c(), self.profile.thermal_zones) if z.coupling >= 1.0]
+        return max(temps or self.zone_temps_c() or [0.0])
+
+    def _write_temps(self) -> None:
+        for k, t in enumerate(self.zone_temps_c()):
+            self._write(self.sys / f"class/thermal/thermal_zone{k}/temp", str(int(round(t * 1000))))
+
+    def shares(self) -> list[float]:
+        return cluster_shares(self.profile, self.freqs)
+
+    # -- one tick
+    def step(self, dt: float, utils: list[float], p_dyn_w: float) -> DvfsState:
+        """Advance by dt seconds: heat from the modeled power above idle, thermal caps, governors' next frequency."""
+        th = self.profile.thermal
+        target = max(p_dyn_w, 0.0) * th.r_th_c_per_w
+        self.rise_c = target + (self.rise_c - target) * math.exp(-dt / th.tau_s)
+        self.since_poll += dt
+        if self.since_poll >= th.polling_s:  # step_wise: one table step per polling interval
+            self.since_poll = 0.0
+            hot = self.hottest_c()
+            for i, cl in enumerate(self.profile.clusters):
+                if hot > th.trip_c:
+                    self.cooling_state[i] = min(self.cooling_state[i] + 1, len(cl.freqs_khz) - 1)
+                elif hot < th.trip_c - th.hysteresis_c:
+                    self.cooling_state[i] = max(self.cooling_state[i] - 1, 0)
+        for i, cl in enumerate(self.profile.clusters):
+            gov, lo, hi, setspeed = self._policy(i)
+            hi_eff = min(hi, self.cap_khz(i))
+            f = next_freq(gov, self.freqs[i], utils[i] if i < len(utils) else 0.0, cl.freqs_khz,
+                          min(lo, hi_eff), hi_eff, setspeed)
+            self.held_s[i] += dt
+            hold = DOWN_HOLD_S.get(gov, 0.0)
+            if f < self.freqs[i] and self.held_s[i] < hold and self.freqs[i] <= hi_eff:
+                f = self.freqs[i]   # a dynamic governor lowers a frequency only after holding it a while
+            if f != self.freqs[i]:
+                self.held_s[i] = 0.0
+            self.freqs[i] = f
+            for pol in self.dirs[i]:
+                for name in ("scaling_cur_freq", "cpuinfo_cur_freq"):
+                    self._write(pol / name, str(self.freqs[i]))
+            dev = self.cooling_dev[i]
+            if dev is not None:
+                max_state = self.profile.cooling_devices[dev].max_state
+                self._write(self.sys / f"class/thermal/cooling_device{dev}/cur_state",
+                            str(min(self.cooling_state[i], max_state)))
+        self._write_temps()
+        return DvfsState(tuple(self.freqs), tuple(self.shares()), tuple(self.cap_khz(i) for i in
+                         range(len(self.freqs))), tuple(self.cooling_state), self.rise_c, self.hottest_c())
+
+
+INPUTS = ("scaling_governor", "scaling_min_freq", "scaling_max_freq", "scaling_setspeed")
+
+
+def _mtime(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return 0
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
+
+
+def _read_int(path: Path, default):
+    text = _read(path)
+    try:
+        return int(text) if text is not None else default
+    except ValueError:
+        return default

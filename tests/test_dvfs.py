@@ -1,0 +1,163 @@
+"""Virtual phones obey their governors (issue 20): frequency, cluster and heat show in time (testbed/dvfs.py).
+Pure model checks first, then short campaigns on private virtual phones."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from profiler.campaign import run_campaign
+from workloads.artifact_cache import artifact_provider
+from profiler.campaign_config import load_campaign
+from profiler.device import Device
+from profiler.store import load_results, load_status
+from testbed.dvfs import DvfsModel, cluster_for_mask, cluster_shares, next_freq
+from testbed.lab import Lab, find_free_ports
+from testbed.profiles import load_profile
+from testbed.rootfs import build_rootfs
+
+CACHE = Path(os.environ.get("AUTLEARN_TEST_CACHE_DIR") or Path.home() / ".cache" / "autlearn-test") / "artifacts"
+
+
+# ------------------------------------------------------------------------------------------------------ pure
+def test_governors_in_outline():
+    t = load_profile("legacy").clusters[1].freqs_khz
+    lo, hi = t[0], t[-1]
+    assert next_freq("performance", lo, 0.0, t, lo, hi) == hi
+    assert next_freq("powersave", hi, 1.0, t, lo, hi) == lo
+    assert next_freq("userspace", lo, 0.0, t, lo, hi, setspeed=1000000) == 1056000  # the table step >= setspeed
+    f, seen = lo, [lo]
+    for _ in range(12):  # schedutil ramps with load (x1.25 per tick) and falls when idle
+        f = next_freq("schedutil", f, 1.0, t, lo, hi)
+        seen.append(f)
+    assert seen == sorted(seen) and f == hi and len(set(seen)) > 5
+    assert next_freq("schedutil", hi, 0.0, t, lo, hi) == lo
+    assert next_freq("interactive", lo, 1.0, t, lo, hi) == t[len(t) // 2]  # hispeed jump
+    assert next_freq("performance", lo, 0.0, t, lo, t[10]) == t[10]  # a thermal cap / scaling_max_freq bounds it
+
+
+def test_time_scale_and_clusters():
+    p = load_profile("legacy")
+    top = [c.freqs_khz[-1] for c in p.clusters]
+    assert cluster_shares(p, top) == [pytest.approx(430 / 1024), 1.0]  # biggest cluster at max = host speed
+    assert cluster_for_mask(p, None) == 1 and cluster_for_mask(p, 0x0F) == 0 and cluster_for_mask(p, 0x11) == 1
+
+
+def test_heat_trips_and_caps_then_recovers(tmp_path):
+    p = load_profile("hot")
+    build_rootfs(tmp_path, p, "hot-1")
+    m = DvfsModel(p, tmp_path)
+    for _ in range(300):  # 6 s at 1.5 W above idle: far over the trip point
+        st = m.step(0.02, [0.0, 1.0], 1.5)
+    assert st.hottest_c > p.thermal.trip_c - 1 and st.caps_khz[1] < p.clusters[1].freqs_khz[-1]
+    cur = (tmp_path / "sys/class/thermal/cooling_device1/cur_state").read_text()
+    assert int(cur) > 0 and int((tmp_path / "sys/class/thermal/thermal_zone0/temp").read_text()) > 44000
+    for _ in range(500):  # idle: cools toward the idle temperature, the cap is released
+        st = m.step(0.02, [0.0, 0.0], 0.0)
+    assert st.hottest_c < 38.5 and st.caps_khz[1] == p.clusters[1].freqs_khz[-1]
+
+
+# ------------------------------------------------------------------------------------------------ on phones
+@pytest.fixture(scope="module")
+def dvfs_lab(adb_env, runner_cache, tmp_path_factory):
+    lab = Lab(tmp_path_factory.mktemp("dvfs_lab_home"))
+    phones = lab.up(["legacy", "hot"], base_port=find_free_ports(2))
+    yield lab, {p.profile: p for p in phones}
+    lab.down()
+
+
+def _campaign(tmp_path: Path, name: str, serial: str, governors, affinities, *, steps=4, repetitions=1,
+              variants=("full",), cooldown="max_temp_c = 95\ntimeout_s = 5") -> Path:
+    p = tmp_path / f"{name}.toml"
+    p.write_text(textwrap.dedent(f"""
+        name = "{name}"
+        warmup = 2
+        steps = {steps}
+        repetitions = {repetitions}
+        energy = "none"
+        affinity = {list(affinities)!r}
+        [devices]
+        serials = ["{serial}"]
+        [[workload]]
+        model = "lstm"
+        variants = {list(variants)!r}
+        batch = [16]
+        [governors]
+        intents = {list(governors)!r}
+        fallback = "nearest"
+        [cooldown]
+        """).replace("'", '"') + cooldown + '\nzones = "*"\n')
+    return p
+
+
+def _median_ms(df, **where) -> float:
+    rows = df[~df["warmup"].astype(bool)]
+    for k, v in where.items():
+        rows = rows[rows[k] == v]
+    assert len(rows), where
+    return float(np.median(rows["step_ns"])) / 1e6
+
+
+def test_governor_and_cluster_show_in_step_time(dvfs_lab, tmp_path):
+    lab, phones = dvfs_lab
+    ph = phones["legacy"]
+    assert Device(ph.serial).check("getprop ro.autlearn.time_scale").strip() == "sigstop"
+    p = load_profile("legacy")
+    little, big = p.clusters
+    want = big.freqs_khz[-1] / big.freqs_khz[0]
+    cap_ratio = big.capacity / little.capacity   # little at the same governor: slower by EAS's capacity ratio
+    # A shared 2-vCPU host's own noise (steal, neighbours) can slow every launch of one cell by 1.5-2x for seconds,
+    # and it hits unthrottled launches hardest (a throttled group's budget is CPU time, which excludes steal). So
+    # the ratios come from all rounds so far, pooled; a round is added (at most 3) while one is outside its target.
+    frames, ratio, little_ratio = [], None, None
+    for rnd in range(3):
+        c = load_campaign(_campaign(tmp_path, f"speed{rnd}", ph.serial, ["performance", "powersave"],
+                                    ["big", "little"], steps=6, repetitions=3))
+        out = run_campaign(c, tmp_path / f"results{rnd}", artifact_provider(CACHE), threads=1)
+        assert out.failed == 0 and out.ok == 4, load_status(out.results_dir)[["label", "reason"]].values.tolist()
+        df = load_results(out.results_dir)
+        if rnd == 0:
+            freqs = df.drop_duplicates("cell_id").set_index(["governor_requested", "affinity"])["freqs_end_khz"]
+            assert str(big.freqs_khz[0]) in str(freqs[("powersave", "big")])  # scaling_cur_freq: what is applied
+        frames.append(df)
+        pooled = pd.concat(frames)
+        perf_big = _median_ms(pooled, governor_requested="performance", affinity="big")
+        save_big = _median_ms(pooled, governor_requested="powersave", affinity="big")
+        perf_little = _median_ms(pooled, governor_requested="performance", affinity="little")
+        ratio, little_ratio = save_big / perf_big, perf_little / perf_big
+        print(f"round {rnd}: powersave/performance {ratio:.2f}x for f_max/f_min {want:.2f}x; little/big "
+              f"{little_ratio:.2f}x for capacity ratio {cap_ratio:.2f}x (medians {perf_big:.1f} {save_big:.1f} "
+              f"{perf_little:.1f} ms)")
+        if abs(ratio / want - 1) <= 0.10 and abs(little_ratio / cap_ratio - 1) <= 0.15:
+            break
+    assert ratio == pytest.approx(want, rel=0.10)      # issue 20: within 10 %
+    assert little_ratio == pytest.approx(cap_ratio, rel=0.15)   # within 15 %
+
+
+def test_sustained_load_throttles_and_cooldown_waits(dvfs_lab, tmp_path):
+    lab, phones = dvfs_lab
+    ph = phones["hot"]
+    c = load_campaign(_campaign(tmp_path, "heat", ph.serial, ["performance"], ["big"], steps=60,
+                                variants=("full", "compressed", "cached"),
+                                cooldown="max_temp_c = 40.0\ntimeout_s = 60"))
+    out = run_campaign(c, tmp_path / "results", artifact_provider(CACHE), threads=1)
+    assert out.failed == 0 and out.ok == 3, load_status(out.results_dir)[["label", "reason"]].values.tolist()
+    df = load_results(out.results_dir)
+    cells = df.drop_duplicates("cell_id").sort_values("started_at")
+    # heat: every cell ends hotter than the cooldown limit and throttled (cooling devices engaged, lower max freq)
+    assert (cells["temp_end_c"] > 40.0).all() and cells["throttled"].astype(bool).any()
+    top = str(load_profile("hot").clusters[1].freqs_khz[-1])
+    assert any(top not in str(f) for f in cells["freqs_end_khz"])
+    # cooldown: each cell started only once the modeled temperature had fallen under the limit
+    assert (cells["temp_start_c"] <= 40.0).all()
+    # within a cell, steps slow down as the cap comes down
+    for cid, g in df[~df["warmup"].astype(bool)].groupby("cell_id"):
+        st = g.sort_values("t_start_ns")["step_ns"].to_numpy(float)
+        first, last = np.median(st[:5]), np.median(st[-10:])
+        print(f"{cid}: first steps {first / 1e6:.1f} ms, last {last / 1e6:.1f} ms")
+        assert last > 1.3 * first, (cid, first, last)
