@@ -207,7 +207,9 @@ def _banner(report: Report) -> str:
     parts = []
     if labels.get("virtual"):
         parts.append(f"{labels['virtual']} of {total} cells ran on virtual phones {_badges(['virtual'])} — their "
-                     "times come from this host's CPU running the phone's workload, not a phone SoC")
+                     "times come from this host's CPU running the phone's workload, not a phone SoC, slowed "
+                     "to each cluster's MODELED frequency and capacity (the time scale is this host's CPU, its "
+                     "noise included)")
     if labels.get("modeled"):
         parts.append(f"{labels['modeled']} of {total} cells have modeled energy {_badges(['modeled'])} — from a "
                      "power model, not an instrument")
