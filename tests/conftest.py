@@ -101,12 +101,16 @@ def runner_cache():
 # Modules whose tests link runners (they wait on the toolchain build): run after the others, so that on a clean
 # machine the background prebuild overlaps with tests that do not need it.
 _LINKS_RUNNERS = ("test_artifact.py", "test_runner.py", "test_energy_campaign.py", "test_example_campaign.py",
-                  "test_tables_device.py", "test_metaschedule.py")
+                  "test_tables_device.py", "test_metaschedule.py", "test_dvfs.py")
+# Modules that compare step times (virtual phones' time scale): last of all, when the prebuild no longer loads the
+# host's two cores.
+_TIMED_LAST = ("test_dvfs.py",)
 
 
 @pytest.hookimpl(trylast=True)   # after -k/-m deselection: only sessions that run an arm64 test
 def pytest_collection_modifyitems(config, items):
-    items.sort(key=lambda item: item.path.name in _LINKS_RUNNERS)   # stable: file order kept within each group
+    # stable: file order kept within each group
+    items.sort(key=lambda item: (item.path.name in _LINKS_RUNNERS, item.path.name in _TIMED_LAST))
     if config.option.collectonly or len(items) < 20 or not any("arm64" in item.nodeid for item in items):
         return _release_build_jobs(config)
     if not (shutil.which("qemu-aarch64-static") or shutil.which("qemu-aarch64")):
