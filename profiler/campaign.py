@@ -25,6 +25,7 @@ from profiler.device import Device
 from profiler.errors import DeviceError, DeviceUnreachable, EnergyError, NotRooted, UserError
 from profiler.fleet import discover
 from profiler.governor import GovernorGuard, GovernorUnavailable, restore_on_signals, restore_pending
+from profiler.hostcpu import host_cpu
 from profiler.lease import PhoneLease
 from profiler.probe import DeviceFacts, parse_probe
 from profiler.steps import clock_pairs, parse_run_output
@@ -252,9 +253,12 @@ class DeviceWorker:
             for rep in range(cell.repetitions):
                 cmd = runner_command(remote, warmup=cell.warmup, steps=cell.steps, threads=self.threads,
                                      cpu_mask=mask)
-                t0 = time.perf_counter()
-                r = device.shell(cmd, timeout=RUN_TIMEOUT_S)
-                launch = time.perf_counter() - t0
+                with contextlib.ExitStack() as turn:
+                    with clock.part("host_cpu_wait"):   # virtual phones share this host's CPUs: one timed launch
+                        turn.enter_context(host_cpu(self.facts.virtual))   # at a time (profiler.hostcpu)
+                    t0 = time.perf_counter()
+                    r = device.shell(cmd, timeout=RUN_TIMEOUT_S)
+                    launch = time.perf_counter() - t0
                 if not r.ok:
                     raise DeviceError("runner failed", serial=self.serial, command=cmd,
                                       output=r.stderr or r.stdout, exit_code=r.exit_code)

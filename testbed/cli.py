@@ -87,3 +87,6 @@ def status(as_json):
         table.add_row(p.name, p.serial, p.profile, str(p.port), str(p.pid), "running" if r.alive else "dead",
                       r.adb_state)
     _console().print(table)
+    scales = {r.time_scale for r in rows if r.alive}
+    for scale in sorted(scales):
+        click.echo(f"time scale: {scale}")

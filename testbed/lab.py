@@ -60,8 +60,19 @@ class PhoneStatus:
     alive: bool  # the vphone process runs
     adb_state: str  # device | offline | absent | no-adb-server | ...
 
+    @property
+    def time_scale(self) -> str:
+        """How the phone's time follows its modeled frequencies (written by the vphone; testbed/dvfs.py)."""
+        from testbed.dvfs import TIME_SCALE_NODE
+
+        try:
+            return (Path(self.phone.root) / TIME_SCALE_NODE).read_text().strip()
+        except OSError:
+            return "unknown"
+
     def to_json(self) -> dict:
-        return {**self.phone.to_json(), "alive": self.alive, "adb_state": self.adb_state}
+        return {**self.phone.to_json(), "alive": self.alive, "adb_state": self.adb_state,
+                "time_scale": self.time_scale}
 
 
 def adb_server_port() -> int:

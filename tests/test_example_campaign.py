@@ -69,6 +69,10 @@ def test_example_powersave_is_slower_and_energy_is_gross(lab, example_run):
     # than the throttle's window, ~2 ms of CPU, mostly runs between two stops: testbed/dvfs.py.)
     per_workload = med.groupby(level=[0, 1]).sum()
     assert (per_workload["powersave"] > per_workload["interactive"]).all(), per_workload.to_string()
+    # virtual phones share this host's CPUs: no two of them ran timed steps at the same time (profiler.hostcpu)
+    runs = df.groupby(["device_serial", "cell_id", "repetition"]).agg(a=("t_start_ns", "min"), b=("t_end_ns", "max"))
+    runs = runs.sort_values("a").reset_index()
+    assert (runs["a"].iloc[1:].to_numpy() >= runs["b"].cummax().iloc[:-1].to_numpy()).all()
     energy = timed[timed["energy_source"] != "none"]
     assert len(energy) and energy["energy_j"].notna().all() and (energy["energy_j"] > 0).all()
     notes = energy.drop_duplicates("cell_id")["energy_note"]

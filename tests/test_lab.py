@@ -181,7 +181,10 @@ def test_cli_up_status_down(adb_env, tmp_path, monkeypatch, capsys):
     phones = json.loads(capsys.readouterr().out)["phones"]
     assert [(p["name"], p["alive"], p["adb_state"]) for p in phones] == [("modern-1", True, "device"),
                                                                           ("modern-2", True, "device")]
-    assert main(["lab", "status"]) == 0 and "modern-1" in capsys.readouterr().out
+    assert all(p["time_scale"].startswith("sigstop CPU-time budget") for p in phones)   # which throttle is active
+    assert main(["lab", "status"]) == 0
+    out = capsys.readouterr().out
+    assert "modern-1" in out and "time scale: sigstop" in out
     assert main(["lab", "down"]) == 0
     assert "stopped 2" in capsys.readouterr().out
     assert main(["lab", "status", "--json"]) == 0 and json.loads(capsys.readouterr().out) == {"phones": []}
