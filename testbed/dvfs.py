@@ -27,7 +27,8 @@ shorter than that (e.g. a 0.2 ms cached MobileNet step) mostly runs between two 
 not slowed, only the steps a stop falls into; a run of such steps is slowed as a whole.
 
 Governors, in outline, once per model tick (~20 ms), with util = busy fraction of the busiest virtual CPU of the
-cluster (host CPU time / (wall x share), capped at 1):
+cluster (host CPU time / (wall x share), capped at 1), made frequency-invariant and smoothed with PELT's 32 ms
+half-life (UTIL_HALF_LIFE_S), then seen at the current frequency:
   * performance: max; powersave: min; userspace: scaling_setspeed;
   * schedutil (and sched_pixel, walt): next = 1.25 x f_cur x util, the lowest table frequency >= next;
   * interactive: util >= 0.85 below hispeed (the table's middle) -> hispeed; else f_cur x util / 0.9;
@@ -63,6 +64,7 @@ TIME_SCALE_NODE = "sys/kernel/autlearn/time_scale"
 SCHEDUTIL_LIKE = frozenset({"schedutil", "sched_pixel", "walt"})
 # how long a dynamic governor holds a frequency before it may lower it (interactive: min_sample_time 80 ms;
 # schedutil: down_rate_limit_us, often 20 ms on vendor kernels; ondemand: sampling_rate x down factor, ~ 100 ms)
+UTIL_HALF_LIFE_S = 0.032  # PELT's half-life: the utilisation the governors see is smoothed over ~this
 DOWN_HOLD_S = {"interactive": 0.08, "schedutil": 0.02, "sched_pixel": 0.02, "walt": 0.02, "ondemand": 0.1}
 
 
@@ -406,6 +408,7 @@ class DvfsModel:
                         if d.type == f"thermal-cpufreq-{cl.cpus[0]}"), None)
             self.cooling_dev.append(idx)
         self.held_s = [0.0] * len(profile.clusters)   # time at the current frequency
+        self.util_avg = [0.0] * len(profile.clusters)   # smoothed frequency-invariant utilisation (0..1)
         self.rise_c = 0.0
         self.since_poll = 0.0
         self._written: dict[Path, str] = {}
@@ -481,10 +484,16 @@ class DvfsModel:
                     self.cooling_state[i] = min(self.cooling_state[i] + 1, len(cl.freqs_khz) - 1)
                 elif hot < th.trip_c - th.hysteresis_c:
                     self.cooling_state[i] = max(self.cooling_state[i] - 1, 0)
+        decay = 0.5 ** (dt / UTIL_HALF_LIFE_S)
         for i, cl in enumerate(self.profile.clusters):
             gov, lo, hi, setspeed = self._policy(i)
             hi_eff = min(hi, self.cap_khz(i))
-            f = next_freq(gov, self.freqs[i], utils[i] if i < len(utils) else 0.0, cl.freqs_khz,
+            # frequency-invariant utilisation, smoothed as PELT does (a throttled group's busy time comes in
+            # bursts of a window: one tick can see it stopped throughout); the governors see it at f_cur
+            busy = utils[i] if i < len(utils) else 0.0
+            top = cl.freqs_khz[-1]
+            self.util_avg[i] = self.util_avg[i] * decay + busy * self.freqs[i] / top * (1 - decay)
+            f = next_freq(gov, self.freqs[i], min(1.0, self.util_avg[i] * top / self.freqs[i]), cl.freqs_khz,
                           min(lo, hi_eff), hi_eff, setspeed)
             self.held_s[i] += dt
             hold = DOWN_HOLD_S.get(gov, 0.0)
