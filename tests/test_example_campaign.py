@@ -28,7 +28,9 @@ def example_run(lab, runner_cache, tmp_path_factory):
     cache = runner_cache / "artifacts"
     before = {p.serial: governors(p) for p in lab}
     # the shipped file, timing 2 steps a launch instead of its 4: virtual phones take turns on this host's CPUs
-    # (profiler.hostcpu) and the unoptimized LSTM's seconds-long steps would cost the suite minutes
+    # (profiler.hostcpu) and the unoptimized LSTM's seconds-long steps would cost the suite minutes. (One launch a
+    # cell was tried: the modern phone's MobileNet then came out faster under powersave than under schedutil, whose
+    # ramp from its lowest frequency takes ~0.3 s, longer than such a launch.)
     campaign = dataclasses.replace(load_campaign(EXAMPLE), steps=2)
     results = tmp_path_factory.mktemp("example") / "results"
     outcome = run_campaign(campaign, results, artifact_provider(cache))
