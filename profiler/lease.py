@@ -79,7 +79,7 @@ class PhoneLease:
                  say: Callable[[str], None] = lambda s: None):
         self.device, self.campaign, self.results, self.wait_s, self.say = device, campaign, results, wait_s, say
         self.token = uuid.uuid4().hex
-        self.dir = f"{device.workdir}/lease"
+        self.dir = ""   # set by acquire (asking the phone may meet the holder's adbd restarting)
         self._stop = threading.Event()
         self._beater: threading.Thread | None = None
         self.broke: Holder | None = None       # a stale lease this one replaced
@@ -115,6 +115,7 @@ class PhoneLease:
         told = False
         while True:
             try:
+                self.dir = self.dir or f"{self.device.workdir}/lease"
                 acquired, h, now, mtime = self._try()
             except DeviceError:
                 if time.monotonic() >= unreachable_until:
