@@ -328,22 +328,36 @@ class Store:
             return e.reason
         return None
 
-    def read_verified(self, cell_id: str, sub: str) -> pd.DataFrame:
-        """The cell's `cells` or `summary` frame, checked against the checksum its status recorded and against its
-        own cell_id column; BadCell names what is wrong."""
+    def _checked_bytes(self, cell_id: str, sub: str, st: "CellStatus | None") -> tuple[bytes, bool]:
+        """The file's bytes, checked against the checksum `st` recorded; also whether there was one to check."""
         path = self.root / sub / f"{cell_id}.parquet"
         try:
             data = path.read_bytes()
         except FileNotFoundError:
             raise BadCell(cell_id, f"{sub} file missing") from None
-        try:
-            st = self.status(cell_id)
-        except SchemaError as e:
-            raise BadCell(cell_id, str(e)) from None
         want = dict((st.extra if st else ())).get("files", {}).get(sub) if st else None
         if want is not None and (len(data) != want.get("bytes") or _sha256(data) != want.get("sha256")):
             raise BadCell(cell_id, f"{sub} file changed since it was written ({len(data)} bytes, "
                                    f"{want.get('bytes')} written): truncated, garbled or replaced")
+        return data, want is not None
+
+    def _status_for(self, cell_id: str) -> "CellStatus | None":
+        try:
+            return self.status(cell_id)
+        except SchemaError as e:
+            raise BadCell(cell_id, str(e)) from None
+
+    def check_file(self, cell_id: str, sub: str, status: "CellStatus | None" = None) -> None:
+        """BadCell unless the cell's `sub` file is whole: its recorded checksum, or (older cells, none recorded)
+        a full read. `status`: the cell's status when the caller already has it."""
+        _, checked = self._checked_bytes(cell_id, sub, status or self._status_for(cell_id))
+        if not checked:
+            self.read_verified(cell_id, sub, status)
+
+    def read_verified(self, cell_id: str, sub: str, status: "CellStatus | None" = None) -> pd.DataFrame:
+        """The cell's `cells` or `summary` frame, checked against the checksum its status recorded and against its
+        own cell_id column; BadCell names what is wrong. `status`: the cell's status when the caller has it."""
+        data, _ = self._checked_bytes(cell_id, sub, status or self._status_for(cell_id))
         try:
             df = pd.read_parquet(io.BytesIO(data))
         except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a damaged file
@@ -514,8 +528,8 @@ def _load(path: str | os.PathLike, sub: str, include_stale: bool) -> pd.DataFram
         other = "summary" if sub == "cells" else "cells"
         for st in ok:
             try:    # a cell is trusted whole or not at all
-                frame = store.read_verified(st.cell_id, sub)
-                store.read_verified(st.cell_id, other)
+                frame = store.read_verified(st.cell_id, sub, st)
+                store.check_file(st.cell_id, other, st)   # the other file: its checksum, not a second parse
             except BadCell as e:    # never shown as data: named instead
                 bad_all.append((st.cell_id, st.label, e.reason))
                 continue
