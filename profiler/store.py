@@ -317,33 +317,54 @@ class Store:
             st = self.status(cell_id)
         except SchemaError:      # a garbled status file: the cell is redone
             return False
-        return st is not None and st.status == "ok" and self.verify(cell_id) is None
+        return st is not None and st.status == "ok" and self.verify(cell_id, st) is None
 
-    def verify(self, cell_id: str) -> str | None:
-        """Why a finished cell's files cannot be trusted, or None when they can (see `read_verified`)."""
+    def verify(self, cell_id: str, status: "CellStatus | None" = None) -> str | None:
+        """Why a finished cell's files cannot be trusted, or None when they can (see `check_file`). `status`: the
+        cell's status when the caller already has it."""
         try:
+            status = status or self._status_for(cell_id)
             for sub in ("cells", "summary"):
-                self.read_verified(cell_id, sub)
+                self.check_file(cell_id, sub, status)
         except BadCell as e:
             return e.reason
         return None
 
-    def read_verified(self, cell_id: str, sub: str) -> pd.DataFrame:
-        """The cell's `cells` or `summary` frame, checked against the checksum its status recorded and against its
-        own cell_id column; BadCell names what is wrong."""
+    def _checked_bytes(self, cell_id: str, sub: str, st: "CellStatus | None") -> tuple[bytes, bool]:
+        """The file's bytes, checked against the checksum `st` recorded; also whether there was one to check."""
         path = self.root / sub / f"{cell_id}.parquet"
         try:
             data = path.read_bytes()
         except FileNotFoundError:
             raise BadCell(cell_id, f"{sub} file missing") from None
-        try:
-            st = self.status(cell_id)
-        except SchemaError as e:
-            raise BadCell(cell_id, str(e)) from None
         want = dict((st.extra if st else ())).get("files", {}).get(sub) if st else None
         if want is not None and (len(data) != want.get("bytes") or _sha256(data) != want.get("sha256")):
             raise BadCell(cell_id, f"{sub} file changed since it was written ({len(data)} bytes, "
                                    f"{want.get('bytes')} written): truncated, garbled or replaced")
+        return data, want is not None
+
+    def _status_for(self, cell_id: str) -> "CellStatus | None":
+        try:
+            return self.status(cell_id)
+        except SchemaError as e:
+            raise BadCell(cell_id, str(e)) from None
+
+    def check_file(self, cell_id: str, sub: str, status: "CellStatus | None" = None) -> None:
+        """BadCell unless the cell's `sub` file is whole: its recorded checksum, or (older cells, none recorded)
+        a full parse. `status`: the cell's status when the caller already has it."""
+        data, checked = self._checked_bytes(cell_id, sub, status or self._status_for(cell_id))
+        if not checked:
+            self._frame(cell_id, sub, data)
+
+    def read_verified(self, cell_id: str, sub: str, status: "CellStatus | None" = None) -> pd.DataFrame:
+        """The cell's `cells` or `summary` frame, checked against the checksum its status recorded and against its
+        own cell_id column; BadCell names what is wrong. `status`: the cell's status when the caller has it."""
+        data, _ = self._checked_bytes(cell_id, sub, status or self._status_for(cell_id))
+        return self._frame(cell_id, sub, data)
+
+    @staticmethod
+    def _frame(cell_id: str, sub: str, data: bytes) -> pd.DataFrame:
+        """Parse a cell file's bytes; BadCell when they are unreadable or hold another cell's rows."""
         try:
             df = pd.read_parquet(io.BytesIO(data))
         except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a damaged file
@@ -514,8 +535,8 @@ def _load(path: str | os.PathLike, sub: str, include_stale: bool) -> pd.DataFram
         other = "summary" if sub == "cells" else "cells"
         for st in ok:
             try:    # a cell is trusted whole or not at all
-                frame = store.read_verified(st.cell_id, sub)
-                store.read_verified(st.cell_id, other)
+                frame = store.read_verified(st.cell_id, sub, st)
+                store.check_file(st.cell_id, other, st)   # the other file: its checksum, not a second parse
             except BadCell as e:    # never shown as data: named instead
                 bad_all.append((st.cell_id, st.label, e.reason))
                 continue
@@ -564,7 +585,7 @@ def load_status(path: str | os.PathLike) -> pd.DataFrame:
         rows += [dict(campaign=store.name, cell_id=cid, status="failed", reason=f"status unreadable: {reason}",
                       spec_key="", label=label, at=0.0, stale=False) for cid, label, reason in bad]
         for s in statuses:
-            reason = store.verify(s.cell_id) if s.status == "ok" else None
+            reason = store.verify(s.cell_id, s) if s.status == "ok" else None
             rows.append(dict(campaign=store.name, cell_id=s.cell_id, status="failed" if reason else s.status,
                              reason=f"files cannot be trusted: {reason}" if reason else s.reason,
                              spec_key=s.spec_key, label=s.label, at=s.at, stale=s.cell_id in stale))
