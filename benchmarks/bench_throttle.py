@@ -1,7 +1,7 @@
 """The virtual phones' time scale (testbed/dvfs.py SignalThrottle) on this host: how closely a busy process gets the
 share of a host CPU it is given, and what the throttle costs a process it does not throttle (share 1.0).
 
-    PYTHONPATH=. python benchmarks/bench_throttle.py [--seconds 2] [--period-ms 5]
+    PYTHONPATH=. python benchmarks/bench_throttle.py [--seconds 2] [--period-ms 10] [--no-keep-warm]
 
 For each share: a fresh busy-loop process in its own process group runs `seconds` wall seconds under the throttle;
 achieved share = its CPU time / wall time, relative to the same loop unthrottled. Share 1.0 is also run with the
@@ -34,10 +34,11 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run(share: float | None, seconds: float, period_s: float, other: float | None = None) -> tuple[float, int]:
+def run(share: float | None, seconds: float, period_s: float, other: float | None = None,
+        keep_warm: bool = True) -> tuple[float, int]:
     """(CPU s / wall s, loop iterations) of a counting process at `share` (None: no throttle thread at all);
     `other`: a second, busy group throttled at that share at the same time."""
-    thr = SignalThrottle(period_s)
+    thr = SignalThrottle(period_s, keep_warm=keep_warm)
     p = subprocess.Popen([sys.executable, "-c", COUNT, str(seconds)], stdout=subprocess.PIPE, text=True,
                          start_new_session=True)
     q = subprocess.Popen([sys.executable, "-c", BUSY], start_new_session=True) if other is not None else None
@@ -65,12 +66,13 @@ def run(share: float | None, seconds: float, period_s: float, other: float | Non
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=2.0)
-    ap.add_argument("--period-ms", type=float, default=5.0)
+    ap.add_argument("--period-ms", type=float, default=10.0)
+    ap.add_argument("--no-keep-warm", action="store_true", help="throttle without keep-warm spinners")
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
     period = args.period_ms / 1e3
     print(f"host: {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}; period {args.period_ms:g} ms; "
-          f"{args.seconds:g} s per run, median of {args.repeat}")
+          f"{args.seconds:g} s per run, median of {args.repeat}; keep-warm {'off' if args.no_keep_warm else 'on'}")
 
     def med(f):
         vals = sorted(f() for _ in range(args.repeat))
@@ -83,7 +85,7 @@ def main() -> int:
                                                           1.0, 0.3)]
     rows += [(f"share {s:g}", s, None) for s in (0.8, 0.5, 0.25, 0.12, 0.066)]
     for name, share, other in rows:
-        n = med(lambda: run(share, args.seconds, period, other)[1])
+        n = med(lambda: run(share, args.seconds, period, other, keep_warm=not args.no_keep_warm)[1])
         print(f"{name:52s} {n:12d} {n / base:15.3f} {n / base / share:8.3f}")
     return 0
 

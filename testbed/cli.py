@@ -30,7 +30,12 @@ def lab():
 @click.option("--monsoon", "monsoon", multiple=True, is_flag=False, flag_value="all", metavar="PROFILE|NAME|all",
               help="Give a phone a simulated Monsoon (serial SIM-<port>) following its modeled power: every phone "
                    "of a profile, one phone by name (unrooted-1), or `all` (repeatable). Bare --monsoon = all.")
-def up(count, profiles, base_port, monsoon):
+@click.option("--governor", metavar="NAME", help="Boot every phone with this governor on every cluster instead of "
+              "its profile's default (e.g. performance: no governor ramps).")
+@click.option("--keep-warm/--no-keep-warm", default=True, show_default=True,
+              help="Keep-warm spinners while a shell process runs: throttled and unthrottled times see the same host "
+                   "speed (exact ratios; unthrottled runs ~30 %% slower on a 2-vCPU VM).")
+def up(count, profiles, base_port, monsoon, governor, keep_warm):
     """Start the lab (replacing a previous one) and connect its phones to adb."""
     from rich.table import Table
 
@@ -41,14 +46,14 @@ def up(count, profiles, base_port, monsoon):
 
     chosen = expand_profiles(profiles, count)
     for name in dict.fromkeys(chosen):
-        load_profile(name)  # an unknown profile fails before anything is stopped or started
+        load_profile(name).with_governor(governor)  # an unknown profile or governor fails before anything stops
     monsoon = list(monsoon)
     monsoon_phones(monsoon, chosen)  # so does an unknown --monsoon name
     lab_ = Lab()
     if base_port is None:
         lab_.down()  # a previous lab's ports are about to be free
         base_port = next_free_ports(len(chosen), DEFAULT_BASE_PORT)
-    phones = lab_.up(chosen, base_port, monsoon=monsoon)
+    phones = lab_.up(chosen, base_port, monsoon=monsoon, governor=governor, keep_warm=keep_warm)
     monsoon = any(p.monsoon for p in phones)
     table = Table(title=f"virtual lab: {len(phones)} phone(s) up")
     cols = ("name", "serial", "profile", "port") + (("monsoon",) if monsoon else ())

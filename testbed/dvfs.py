@@ -21,14 +21,16 @@ slowly (a VM's halted vCPU, deep C-states), and a host whose other cores idle ma
 when all are busy. Measured on a 2-vCPU KVM guest, LSTM step, powersave / performance for f_max / f_min 8.19x:
 11.0x with neither handled. So while any process of a shell is alive, `KeepWarm` runs one SCHED_IDLE spinner per
 host CPU: it takes only time no other task wants, keeps the CPUs out of idle, and makes throttled and unthrottled
-runs see the same all-cores-busy host speed (same LSTM: 8.1x); AUTLEARN_VPHONE_KEEP_WARM=0 turns it off.
+runs see the same all-cores-busy host speed (same LSTM: 8.1x); `lab up --no-keep-warm` turns it off (faster,
+less exact ratios: the test suite's session lab).
 Resolution: a group runs up to a window of CPU (PERIOD_S x share, at least MIN_WINDOW_S) between stops, so a step
 shorter than that (e.g. a 0.2 ms cached MobileNet step) mostly runs between two stops at host speed: its median is
 not slowed, only the steps a stop falls into; a run of such steps is slowed as a whole.
 
 Governors, in outline, once per model tick (~20 ms), with util = busy fraction of the busiest virtual CPU of the
 cluster (host CPU time / (wall x share), capped at 1), made frequency-invariant and smoothed with PELT's 32 ms
-half-life (UTIL_HALF_LIFE_S), then seen at the current frequency:
+half-life (UTIL_HALF_LIFE_S), then seen at the current frequency; a process that first runs starts with half the
+spare utilisation (the kernel's post_init_entity_util_avg), so a launch does not ramp from zero:
   * performance: max; powersave: min; userspace: scaling_setspeed;
   * schedutil (and sched_pixel, walt): next = 1.25 x f_cur x util, the lowest table frequency >= next;
   * interactive: util >= 0.85 below hispeed (the table's middle) -> hispeed; else f_cur x util / 0.9;
@@ -53,10 +55,9 @@ from pathlib import Path
 
 from testbed.profiles import Profile
 
-PERIOD_S = 0.02  # a group at share s runs about s x PERIOD_S of CPU between stops
+PERIOD_S = 0.01  # a group at share s runs about s x PERIOD_S of CPU between stops
 MIN_WINDOW_S = 0.002  # but at least this much (caches refill after each stop)
 UNTHROTTLED = 0.999  # shares at or above this are never signalled
-KEEP_WARM_ENV = "AUTLEARN_VPHONE_KEEP_WARM"  # "0": no keep-warm spinners (see KeepWarm)
 KEEP_WARM_LINGER_S = 0.5  # spinners pause this long after the last shell process ended
 MASK_ENV = "AUTLEARN_VCPU_MASK"
 VAFFINITY_DIR = "proc/vaffinity"
@@ -175,10 +176,10 @@ class KeepWarm:
     SCHED_IDLE task runs only when nothing else wants the CPU, so it costs other work next to nothing; it exits with
     the phone (it polls its parent)."""
 
-    def __init__(self):
+    def __init__(self, enabled: bool = True):
         self.procs: list = []
         self.running = False
-        self.enabled = os.environ.get(KEEP_WARM_ENV, "1") != "0" and hasattr(os, "SCHED_IDLE")
+        self.enabled = enabled and hasattr(os, "SCHED_IDLE")
 
     def set(self, on: bool) -> None:
         if not self.enabled or on == self.running:
@@ -221,7 +222,7 @@ class SignalThrottle:
 
     mode = "sigstop"
 
-    def __init__(self, period_s: float = PERIOD_S):
+    def __init__(self, period_s: float = PERIOD_S, keep_warm: bool = True):
         self.period_s = period_s
         self._shares: dict[int, float] = {}
         self._active = False
@@ -233,7 +234,7 @@ class SignalThrottle:
         self._thread: threading.Thread | None = None
         self.periods = 0  # stop/continue cycles (for the record)
         self.realtime = False  # the thread got SCHED_FIFO
-        self.keep_warm = KeepWarm()
+        self.keep_warm = KeepWarm(keep_warm)
 
     def describe(self) -> str:
         return (f"sigstop CPU-time budget, window {self.period_s * 1e3:g} ms x share; host CPU share per thread = "
@@ -470,8 +471,10 @@ class DvfsModel:
         return cluster_shares(self.profile, self.freqs)
 
     # -- one tick
-    def step(self, dt: float, utils: list[float], p_dyn_w: float) -> DvfsState:
-        """Advance by dt seconds: heat from the modeled power above idle, thermal caps, governors' next frequency."""
+    def step(self, dt: float, utils: list[float], p_dyn_w: float, new_tasks=()) -> DvfsState:
+        """Advance by dt seconds: heat from the modeled power above idle, thermal caps, governors' next frequency.
+        `new_tasks`: clusters where a process first ran during dt; as the kernel's post_init_entity_util_avg gives a
+        new task half of its CPU's spare capacity, the cluster's utilisation is raised to at least that."""
         th = self.profile.thermal
         target = max(p_dyn_w, 0.0) * th.r_th_c_per_w
         self.rise_c = target + (self.rise_c - target) * math.exp(-dt / th.tau_s)
@@ -493,6 +496,8 @@ class DvfsModel:
             busy = utils[i] if i < len(utils) else 0.0
             top = cl.freqs_khz[-1]
             self.util_avg[i] = self.util_avg[i] * decay + busy * self.freqs[i] / top * (1 - decay)
+            if i in new_tasks:
+                self.util_avg[i] = max(self.util_avg[i], (1.0 - self.util_avg[i]) / 2)
             f = next_freq(gov, self.freqs[i], min(1.0, self.util_avg[i] * top / self.freqs[i]), cl.freqs_khz,
                           min(lo, hi_eff), hi_eff, setspeed)
             self.held_s[i] += dt

@@ -279,13 +279,17 @@ class Lab:
 
     # ---- up ----
     def up(self, profiles: Sequence[str] = DEFAULT_PROFILES, base_port: int = DEFAULT_BASE_PORT, *,
-           monsoon: "bool | str | Sequence[str]" = False) -> list[PhoneInfo]:
+           monsoon: "bool | str | Sequence[str]" = False, governor: str | None = None,
+           keep_warm: bool = True) -> list[PhoneInfo]:
         """Start one phone per profile on base_port, base_port+1, ...; connected and in state `device` on return.
         `monsoon`: which phones get a simulated Monsoon (serial `SIM-<port>`, see
         testbed.monsoon_sim.backend_for_serial) following the phone's modeled power: True / "all" every phone, or
-        profile / phone names (`monsoon_phones`)."""
+        profile / phone names (`monsoon_phones`). `governor`: every phone boots with it on every cluster instead of
+        its profile's default (e.g. "performance": virtual times at full host speed, no governor ramps); `keep_warm`:
+        the keep-warm spinners that make throttled and unthrottled times comparable (testbed/dvfs.py)."""
         profiles = list(profiles) or list(DEFAULT_PROFILES)
-        loaded = [load_profile(p) for p in profiles]  # unknown profile -> LabError before anything starts
+        # unknown profile, or a governor a profile does not offer -> LabError before anything starts
+        loaded = [load_profile(p).with_governor(governor) for p in profiles]
         with_monsoon = monsoon_phones(monsoon, [p.name for p in loaded])  # unknown name -> LabError, nothing started
         adb = find_adb()
         ports = [base_port + i for i in range(len(profiles))]
@@ -312,7 +316,8 @@ class Lab:
                 pdir.mkdir(parents=True)
                 root = (pdir / "root").resolve()  # the vphone builds its sandbox (phones build in parallel)
                 ready = pdir / "ready"
-                pid = self._spawn(profile.name, port, root, name, ready, pdir / "vphone.log")
+                extra = (["--governor", governor] if governor else []) + ([] if keep_warm else ["--no-keep-warm"])
+                pid = self._spawn(profile.name, port, root, name, ready, pdir / "vphone.log", extra)
                 phone = PhoneInfo(name=name, serial=f"127.0.0.1:{port}", profile=profile.name, port=port,
                                   root=root, pid=pid, monsoon=f"SIM-{port}" if mon else None)
                 state["phones"].append(phone.to_json())
@@ -331,9 +336,10 @@ class Lab:
             raise LabError(f"lab up failed: {exc}") from exc
 
     @staticmethod
-    def _spawn(profile: str, port: int, root: Path, name: str, ready: Path, logfile: Path) -> int:
+    def _spawn(profile: str, port: int, root: Path, name: str, ready: Path, logfile: Path,
+               extra: Sequence[str] = ()) -> int:
         argv = [sys.executable, "-m", "testbed.vphone", "--profile", profile, "--port", str(port),
-                "--root", str(root), "--serial-name", name, "--ready-file", str(ready)]
+                "--root", str(root), "--serial-name", name, "--ready-file", str(ready), *extra]
         env = dict(os.environ)
         src = str(Path(__file__).resolve().parent.parent)  # importable even without an editable install
         env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")

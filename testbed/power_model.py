@@ -191,6 +191,7 @@ class PowerModel:
         self.charge_uah = float(profile.battery.charge_counter)
         self._written: dict = {}
         self.default_cluster = cluster_for_mask(profile, None)
+        self.new_tasks: set[int] = set()  # clusters where a process ran for the first time since the last tick
 
     # -- inputs ---------------------------------------------------------------------------------------------
     def _busy_ns(self, now: float) -> dict[int, int]:
@@ -215,6 +216,8 @@ class PowerModel:
             d = ns - prev if prev is not None and ns >= prev else (0 if prev is not None else ns)
             c = self.masks.get(pid, self.default_cluster)
             busy[c] = busy.get(c, 0) + d
+            if prev is None and d > 0:
+                self.new_tasks.add(c)
             seen[pid], pgs[pid] = ns, pg
             if d > top.get(pg, (-1, 0))[0]:
                 top[pg] = (d, c)
@@ -256,7 +259,8 @@ class PowerModel:
         vcores = [h / max(s, 1e-3) for h, s in zip(host, shares)]
         busy = sum(host)
         p = self.power_w(vcores)  # at the frequencies that were applied during dt
-        dv = self.dvfs.step(dt, [min(1.0, v) for v in vcores], p - P_IDLE_W)
+        dv = self.dvfs.step(dt, [min(1.0, v) for v in vcores], p - P_IDLE_W, new_tasks=self.new_tasks)
+        self.new_tasks = set()
         if self.throttle is not None:
             members: dict[int, list[int]] = {}
             for pid, pg in self.members.items():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from profiler.errors import LabError
@@ -92,6 +92,18 @@ class Profile:
         if self.cpufreq_layout == "per-cpu":
             return tuple(cpu_root / f"cpu{c}" / "cpufreq" for c in cluster.cpus)
         return (cpu_root / "cpufreq" / f"policy{cluster.cpus[0]}",)
+
+    def with_governor(self, governor: str | None) -> "Profile":
+        """This profile booting with `governor` on every cluster (None: its own defaults); LabError when a cluster
+        does not offer it."""
+        if not governor:
+            return self
+        missing = [cl.cpus[0] for cl in self.clusters if governor not in cl.governors]
+        if missing:
+            offered = sorted(set.intersection(*(set(cl.governors) for cl in self.clusters)))
+            raise LabError(f"profile {self.name!r} does not offer governor {governor!r} on every cluster "
+                           f"(offered on all: {', '.join(offered) or 'none'})")
+        return replace(self, clusters=tuple(replace(cl, governor=governor) for cl in self.clusters))
 
     @property
     def cpus(self) -> tuple[int, ...]:

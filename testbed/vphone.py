@@ -488,7 +488,7 @@ def publish_time_scale(root: Path, throttle: "dvfs.SignalThrottle") -> str:
 
 
 async def serve(profile: Profile, root: Path, port: int, serial_name: str, ready_file: Path | None,
-                dvfs_period_s: float = dvfs.PERIOD_S) -> None:
+                dvfs_period_s: float = dvfs.PERIOD_S, keep_warm: bool = True) -> None:
     sys.setswitchinterval(1e-4)  # the throttle thread must get the GIL within its period
     ensure_rootfs(root, profile, serial_name)
     phone = VirtualPhone(profile, root, serial_name)
@@ -498,7 +498,7 @@ async def serve(profile: Profile, root: Path, port: int, serial_name: str, ready
         raise RuntimeError(f"cannot listen on 127.0.0.1:{port}: {exc.strerror or exc}") from exc
     # one model (testbed/dvfs.py + testbed/power_model.py): governors -> frequencies -> the host CPU share of the
     # shells' processes (time), modeled power, heat and thermal caps; shells' sessions = their pids
-    throttle = dvfs.SignalThrottle(dvfs_period_s)
+    throttle = dvfs.SignalThrottle(dvfs_period_s, keep_warm=keep_warm)
     publish_time_scale(phone.root, throttle)
     throttle.start()
     power = asyncio.create_task(power_model.run(power_model.PowerModel(profile, phone.root, lambda: phone.groups,
@@ -536,13 +536,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--root", type=Path, required=True, help="sandbox root directory")
     ap.add_argument("--serial-name", required=True, help="ro.serialno of the phone")
     ap.add_argument("--ready-file", type=Path, help="written with 'PID PORT' once listening")
+    ap.add_argument("--governor", help="boot with this governor on every cluster (default: the profile's)")
+    ap.add_argument("--no-keep-warm", action="store_true", help="no keep-warm spinners (testbed/dvfs.py KeepWarm)")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        profile = load_profile(args.profile)
-        asyncio.run(serve(profile, args.root, args.port, args.serial_name, args.ready_file))
+        profile = load_profile(args.profile).with_governor(args.governor)
+        asyncio.run(serve(profile, args.root, args.port, args.serial_name, args.ready_file,
+                          keep_warm=not args.no_keep_warm))
     except Exception as exc:  # LabError and friends: one line
         print(f"vphone: {exc}", file=sys.stderr)
         return 1

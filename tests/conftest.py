@@ -5,9 +5,11 @@
 - `adb_env`: starts the private adb server (killed at session end). Has `.adb`, `.port`, `.home`, `.client()`,
   `.run(*args)` (the adb CLI against the private server).
 - `lab`: three phones [legacy, modern, unrooted] (list of PhoneInfo: name, serial, profile, port, root, pid) shared
-  by the whole session. Do not root them or unplug them: use `lab_factory` for that. Restore what you change.
+  by the whole session. Their profiles' default governors, no keep-warm spinners (testbed/dvfs.py: they make
+  governor ratios exact and cost unthrottled runs ~30 % on a 2-vCPU VM; test_dvfs's own lab keeps them). Do not root them or unplug them: use `lab_factory` for that. Restore what you change.
 - `lab_device(profile)`: the adbutils device of the session phone with that profile.
-- `lab_factory(profiles=("legacy",))`: fresh phones for one test -> (Lab, [PhoneInfo]); torn down after the test.
+- `lab_factory(profiles=("legacy",))`: fresh phones for one test -> (Lab, [PhoneInfo]), their profiles' default
+  governors, no keep-warm spinners; torn down after the test.
 - Toolchain prebuild: when the session will link arm64 runners, a background thread builds their TVM runtime and
   zig's aarch64 libc/libc++ (`runner_build.prepare`, nice'd) while other tests run; on a clean machine that is
   about four minutes the arm64 tests no longer wait for. Cached: a second. The tests wait on the build's locks.
@@ -181,7 +183,7 @@ def adb_env() -> AdbEnv:
 @pytest.fixture(scope="session")
 def session_lab(adb_env, tmp_path_factory) -> Lab:
     lab = Lab(tmp_path_factory.mktemp("session_lab_home"))
-    lab.up(DEFAULT_PROFILES, base_port=find_free_ports(len(DEFAULT_PROFILES)))
+    lab.up(DEFAULT_PROFILES, base_port=find_free_ports(len(DEFAULT_PROFILES)), keep_warm=False)
     yield lab
     lab.down()
 
@@ -209,7 +211,7 @@ def lab_factory(adb_env, tmp_path):
     def make(profiles=("legacy",)) -> tuple[Lab, list[PhoneInfo]]:
         lab = Lab(tmp_path / f"lab{len(labs)}")
         labs.append(lab)
-        return lab, lab.up(list(profiles), base_port=find_free_ports(len(profiles)))
+        return lab, lab.up(list(profiles), base_port=find_free_ports(len(profiles)), keep_warm=False)
 
     yield make
     for lab in labs:

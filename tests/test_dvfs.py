@@ -48,6 +48,24 @@ def test_time_scale_and_clusters():
     assert cluster_for_mask(p, None) == 1 and cluster_for_mask(p, 0x0F) == 0 and cluster_for_mask(p, 0x11) == 1
 
 
+def test_schedutil_ramps_faster_for_a_new_task(tmp_path):
+    """A process's first tick gives its cluster half the spare utilisation (post_init_entity_util_avg): schedutil on
+    the modern profile's prime core is past half its max within ~50 ms of a launch, not after ~0.3 s."""
+    p = load_profile("modern")
+    top = p.clusters[2].freqs_khz[-1]
+
+    def freq_after(ticks: int, new: bool) -> int:
+        root = tmp_path / f"{ticks}-{new}"   # a fresh phone each time: the model starts at scaling_cur_freq
+        build_rootfs(root, p, "modern-1")
+        m = DvfsModel(p, root)
+        for k in range(ticks):
+            st = m.step(0.02, [0.0, 0.0, 1.0], 0.5, new_tasks={2} if new and k == 0 else ())
+        return st.freqs_khz[2]
+
+    assert freq_after(3, new=True) > 0.5 * top > freq_after(3, new=False)
+    assert freq_after(40, new=False) == top   # busy: it gets there anyway
+
+
 def test_heat_trips_and_caps_then_recovers(tmp_path):
     p = load_profile("hot")
     build_rootfs(tmp_path, p, "hot-1")

@@ -35,7 +35,7 @@ def energy_lab(adb_env, runner_cache, tmp_path_factory):
     runtime is built once per machine, not in this lab's home."""
     home = tmp_path_factory.mktemp("energy_lab_home")
     lab = Lab(home)
-    phones = lab.up(["legacy", "unrooted"], base_port=find_free_ports(2), monsoon=["unrooted"])
+    phones = lab.up(["legacy", "unrooted"], base_port=find_free_ports(2), monsoon=["unrooted"], keep_warm=False)
     yield lab, {p.profile: p for p in phones}
     lab.down()
 

@@ -157,6 +157,24 @@ def test_busy_port_is_a_lab_error_naming_the_port(adb_env, tmp_path):
         Lab(tmp_path).up(["legacy"], base_port=5560)
 
 
+def test_boot_governor_applies_to_every_cluster_and_must_be_offered(adb_env, tmp_path):
+    """`lab up --governor`: every cluster boots with it; a governor some cluster of a chosen profile does not offer
+    is one line before anything starts."""
+    r = _autlearn("lab", "up", "--profile", "legacy", "--profile", "oldkernel", "--governor", "interactive",
+                  env={**os.environ, "AUTLEARN_HOME": str(tmp_path)})
+    err = _one_line_error(r)
+    assert "'oldkernel'" in err and "'interactive'" in err and "ondemand" in err
+    assert not (tmp_path / "lab/state.json").exists()
+    with Lab(tmp_path) as lab:
+        (phone,) = lab.up(["modern"], base_port=find_free_ports(1), governor="powersave", keep_warm=False)
+        cpufreq = Path(phone.root) / "sys/devices/system/cpu/cpufreq"
+        assert {p.read_text().strip() for p in cpufreq.glob("policy*/scaling_governor")} == {"powersave"}
+        time.sleep(0.2)   # a few model ticks: powersave holds every cluster at its lowest frequency
+        clusters = load_profile("modern").clusters
+        cur = [int((cpufreq / f"policy{cl.cpus[0]}/scaling_cur_freq").read_text()) for cl in clusters]
+        assert cur == [cl.freqs_khz[0] for cl in clusters]
+
+
 def test_up_on_a_busy_port_leaves_the_running_lab_alone(lab_factory, adb_env):
     lab, phones = lab_factory(["legacy"])
     with socket.socket() as s:
