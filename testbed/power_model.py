@@ -191,17 +191,18 @@ class PowerModel:
         self.charge_uah = float(profile.battery.charge_counter)
         self._written: dict = {}
         self.default_cluster = cluster_for_mask(profile, None)
-        self.new_tasks: set[int] = set()  # clusters where a process ran for the first time since the last tick
 
     # -- inputs ---------------------------------------------------------------------------------------------
-    def _busy_ns(self, now: float) -> dict[int, int]:
-        """CPU ns per cluster since the last tick (processes placed by their virtual affinity)."""
+    def _busy_ns(self, now: float) -> tuple[dict[int, int], set[int]]:
+        """(CPU ns per cluster since the last tick, processes placed by their virtual affinity; the clusters where a
+        process ran for the first time)."""
         sessions = frozenset(self.sessions())
         if sessions != self.last_sessions or now - self.last_scan >= RESCAN_S:
             self.members = session_members(set(sessions)) if sessions else {}
             self.masks = {pid: cluster_for_mask(self.profile, virtual_mask(pid, self.root)) for pid in self.members}
             self.last_sessions, self.last_scan = sessions, now
         busy: dict[int, int] = {}
+        new: set[int] = set()
         seen, pgs, top = {}, {}, {}
         todo = list(self.members.items())
         while todo:   # members, then the children they started since the last tick (not left to the next scan)
@@ -217,7 +218,7 @@ class PowerModel:
             c = self.masks.get(pid, self.default_cluster)
             busy[c] = busy.get(c, 0) + d
             if prev is None and d > 0:
-                self.new_tasks.add(c)
+                new.add(c)
             seen[pid], pgs[pid] = ns, pg
             if d > top.get(pg, (-1, 0))[0]:
                 top[pg] = (d, c)
@@ -231,7 +232,7 @@ class PowerModel:
         groups = set(self.members.values())
         self.group_cluster = {pg: (top[pg][1] if pg in top and top[pg][0] > 0 else
                                    self.group_cluster.get(pg, self.default_cluster)) for pg in groups}
-        return busy
+        return busy, new
 
     def power_w(self, busy_cores: list[float], freqs: list[float] | None = None) -> float:
         """Load power with `busy_cores[i]` virtual CPUs busy (fractional) on cluster i at `freqs` (kHz)."""
@@ -248,7 +249,7 @@ class PowerModel:
     # -- one step -------------------------------------------------------------------------------------------
     def tick(self) -> dict:
         now = self.clock()
-        busy_ns = self._busy_ns(now)
+        busy_ns, new_tasks = self._busy_ns(now)
         t_prev = self.last_t if self.last_t is not None else now - TICK_S
         dt = max(now - t_prev, 1e-6)
         self.last_t = now
@@ -259,8 +260,7 @@ class PowerModel:
         vcores = [h / max(s, 1e-3) for h, s in zip(host, shares)]
         busy = sum(host)
         p = self.power_w(vcores)  # at the frequencies that were applied during dt
-        dv = self.dvfs.step(dt, [min(1.0, v) for v in vcores], p - P_IDLE_W, new_tasks=self.new_tasks)
-        self.new_tasks = set()
+        dv = self.dvfs.step(dt, [min(1.0, v) for v in vcores], p - P_IDLE_W, new_tasks=new_tasks)
         if self.throttle is not None:
             members: dict[int, list[int]] = {}
             for pid, pg in self.members.items():

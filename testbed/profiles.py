@@ -98,8 +98,7 @@ class Profile:
         does not offer it."""
         if not governor:
             return self
-        missing = [cl.cpus[0] for cl in self.clusters if governor not in cl.governors]
-        if missing:
+        if any(governor not in cl.governors for cl in self.clusters):
             offered = sorted(set.intersection(*(set(cl.governors) for cl in self.clusters)))
             raise LabError(f"profile {self.name!r} does not offer governor {governor!r} on every cluster "
                            f"(offered on all: {', '.join(offered) or 'none'})")

@@ -6,7 +6,8 @@
   `.run(*args)` (the adb CLI against the private server).
 - `lab`: three phones [legacy, modern, unrooted] (list of PhoneInfo: name, serial, profile, port, root, pid) shared
   by the whole session. Their profiles' default governors, no keep-warm spinners (testbed/dvfs.py: they make
-  governor ratios exact and cost unthrottled runs ~30 % on a 2-vCPU VM; test_dvfs's own lab keeps them). Do not root them or unplug them: use `lab_factory` for that. Restore what you change.
+  governor ratios exact and cost unthrottled runs ~30 % on a 2-vCPU VM; test_dvfs's own lab keeps them). Do not
+  root them or unplug them: use `lab_factory` for that. Restore what you change.
 - `lab_device(profile)`: the adbutils device of the session phone with that profile.
 - `lab_factory(profiles=("legacy",))`: fresh phones for one test -> (Lab, [PhoneInfo]), their profiles' default
   governors, no keep-warm spinners; torn down after the test.
