@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "report": "cli.report:report",
     "tables": "cli.tables:tables",
     "prune": "cli.prune:prune",
+    "agent": "cli.agent:agent",
 }
 
 

@@ -9,7 +9,7 @@ from typing import Any, Callable
 import click
 
 MEASURE_FIELDS = ("results_root", "resume", "threads", "artifacts", "rounds", "repetitions", "steps", "warmup",
-                  "energy")
+                  "energy", "cluster")
 
 
 def parse_sets(items: tuple[str, ...]) -> dict[str, Any]:
@@ -45,6 +45,8 @@ def measure_options(*, rounds: int = 1, repetitions: int = 2, steps: int = 10, w
         "steps": "Timed steps per runner launch.",
         "warmup": "Untimed steps per runner launch.",
         "energy": "none | fuelgauge | monsoon:SERIAL | auto.",
+        "cluster": "Run on the phones of a Ray cluster's agents (HOST:PORT of its head; `autlearn agent start` on "
+                   "each USB host) instead of this host's adb server.",
         **(help or {}),
     }
     opts = {
@@ -64,9 +66,11 @@ def measure_options(*, rounds: int = 1, repetitions: int = 2, steps: int = 10, w
         "warmup": click.option(flag["warmup"], "warmup", type=click.IntRange(min=0), default=warmup, show_default=True,
                                help=texts["warmup"]),
         "energy": click.option(flag["energy"], "energy", default=energy, show_default=True, help=texts["energy"]),
+        "cluster": click.option(flag["cluster"], "cluster", default=None, metavar="ADDRESS", help=texts["cluster"]),
     }
     defaults = {"results_root": Path("results"), "resume": resume_default, "threads": threads, "artifacts": None,
-                "rounds": rounds, "repetitions": repetitions, "steps": steps, "warmup": warmup, "energy": energy}
+                "rounds": rounds, "repetitions": repetitions, "steps": steps, "warmup": warmup, "energy": energy,
+                "cluster": None}
 
     def decorate(f: Callable) -> Callable:
         @functools.wraps(f)

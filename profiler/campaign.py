@@ -147,8 +147,9 @@ class DeviceWorker:
 
     def __init__(self, serial: str, facts: DeviceFacts, cells: list[tuple[Cell, str, ArtifactRef]], store: Store,
                  campaign: Campaign, progress: Progress, stop: threading.Event, resume: bool,
-                 threads: int | None = None):
+                 threads: int | None = None, name: str | None = None):
         self.serial, self.facts, self.cells, self.store = serial, facts, cells, store
+        self.name = name or serial   # what results call the device (`host/serial` on a cluster of hosts)
         self.campaign, self.progress, self.stop, self.resume = campaign, progress, stop, resume
         self.threads = threads
         self.lab_home = paths.home_override()  # where simulated monitors of the lab are found
@@ -161,11 +162,11 @@ class DeviceWorker:
         for cell, cid, art in self.cells:
             if self.resume and self.store.finished(cid):
                 self.counts["resumed"] += 1
-                self.progress.advance(self.serial)
+                self.progress.advance(self.name)
             else:
                 pending.append((cell, cid, art))
         if not pending:
-            self.progress.set_state(self.serial, "done")
+            self.progress.set_state(self.name, "done")
             return self.counts
         try:
             device = Device(self.serial)
@@ -175,8 +176,8 @@ class DeviceWorker:
         try:
             self._run_cells(device, pending)
         except DeviceError as exc:  # restoring on the way out failed: the snapshot stays pending for the next run
-            self.warnings.append(f"{self.serial}: governors not restored now ({exc}); the next run restores them")
-        self.progress.set_state(self.serial, "done")
+            self.warnings.append(f"{self.name}: governors not restored now ({exc}); the next run restores them")
+        self.progress.set_state(self.name, "done")
         return self.counts
 
     def _run_cells(self, device: Device, pending) -> None:
@@ -184,7 +185,7 @@ class DeviceWorker:
             for i, (cell, cid, art) in enumerate(pending):
                 if self.stop.is_set():
                     break
-                self.progress.set_state(self.serial, f"{cell.workload}-{cell.variant} {cell.governor}")
+                self.progress.set_state(self.name, f"{cell.workload}-{cell.variant} {cell.governor}")
                 try:
                     self._cell(device, guard, cell, cid, art)
                 except DeviceUnreachable as exc:
@@ -217,7 +218,7 @@ class DeviceWorker:
     def _record(self, cid: str, cell: Cell, status: str, reason: str = "") -> None:
         self.store.write_status(cid, status, reason, spec_key=cell.spec_key, label=cell.label)
         self.counts[status] += 1
-        self.progress.advance(self.serial)
+        self.progress.advance(self.name)
 
     # -- one cell
     def _cell(self, device: Device, guard: GovernorGuard, cell: Cell, cid: str, art: ArtifactRef) -> None:
@@ -287,7 +288,7 @@ class DeviceWorker:
             end = self._dynamic(device)
         bat = end.battery
         meta = CellMeta(
-            campaign=self.campaign.name, cell_id=cid, spec_key=cell.spec_key, device_serial=self.serial,
+            campaign=self.campaign.name, cell_id=cid, spec_key=cell.spec_key, device_serial=self.name,
             device_model=self.facts.model, device_virtual=self.facts.virtual, workload=cell.workload,
             variant=cell.variant, batch=cell.batch, governor_requested=cell.governor, governor_applied=applied,
             affinity=cell.affinity, artifact_hash=art.hash, labels=tuple(sorted(labels)), config=cell.config,
@@ -304,7 +305,7 @@ class DeviceWorker:
             harness_s=round(clock.total(), 4))
         self.store.write_cell(meta, samples)
         self.counts["ok"] += 1
-        self.progress.advance(self.serial)
+        self.progress.advance(self.name)
 
     def _governor(self, device: Device, guard: GovernorGuard, cell: Cell):
         """Apply the cell's governor intent. Returns (applied | None, reason, pinned)."""
@@ -339,7 +340,7 @@ class DeviceWorker:
             temp = cooldown_temp(text, cd.zones)
             if temp is None or temp <= cd.max_temp_c or time.monotonic() >= deadline or self.stop.is_set():
                 return parse_probe(text, serial=self.serial)
-            self.progress.set_state(self.serial, f"cooling down ({temp:.1f} C > {cd.max_temp_c:.1f} C)")
+            self.progress.set_state(self.name, f"cooling down ({temp:.1f} C > {cd.max_temp_c:.1f} C)")
             time.sleep(min(5.0, max(0.1, deadline - time.monotonic())))
 
     def _deploy(self, device: Device, art: ArtifactRef) -> str:
@@ -404,19 +405,83 @@ def target_id(facts: DeviceFacts) -> str:
     return ",".join([f"{facts.abi}@{ct.mcpu}", *ct.mattr])
 
 
+class LocalFleet:
+    """The phones of this host's adb server, driven in-process: one worker thread per device (the default engine;
+    `profiler.cluster.ClusterFleet` is the same interface over agents on several hosts)."""
+
+    multi_host = False
+
+    def discover(self) -> list:
+        return discover()
+
+    def lease(self, devices, campaign: Campaign, results: str, wait_s: float, log: Callable[[str], None],
+              stack: contextlib.ExitStack) -> None:
+        for d in devices:   # before anything is written or changed: one run per phone
+            stack.enter_context(PhoneLease(Device(d.serial), campaign.name, results, wait_s=wait_s, say=log))
+
+    def prepare(self, campaign: Campaign, devices, store: Store, log: Callable[[str], None],
+                stack: contextlib.ExitStack) -> dict[str, str]:
+        """Under the leases: fail fast on a monitor that cannot exist, put back what killed runs left changed
+        (governors, charging, adbd root, passthrough) and undo adbd root when the run ends."""
+        _check_energy(campaign, devices)
+        restored = restore_pending(store.root, lambda s: Device(s))     # results of older versions kept them here
+        leased = {d.serial for d in devices}
+        restored.update(knobs.restore_pending(knobs.default_root(), lambda s: Device(s), serials=leased))
+        restored.update(_restore_passthrough(campaign, devices))
+        stack.callback(_undo_root, leased, log)   # adbd back as it was when the run ends (under the leases)
+        return restored
+
+    def prebuild(self, artifacts: ArtifactProvider, requests) -> None:
+        prebuild = getattr(artifacts, "prebuild", None)
+        if prebuild is not None:   # parallel builds of what the plan needs (the provider memoizes them)
+            prebuild(requests)
+
+    def run(self, planned, by_serial, store: Store, campaign: Campaign, progress: Progress, resume: bool,
+            threads: int | None) -> tuple[dict[str, int], tuple[str, ...]]:
+        stop = threading.Event()
+        workers = [DeviceWorker(s, by_serial[s], lst, store, campaign, progress, stop, resume, threads)
+                   for s, lst in planned.items()]
+        with restore_on_signals():
+            pool = ThreadPoolExecutor(max_workers=len(workers), thread_name_prefix="device")
+            futures = [pool.submit(w.run) for w in workers]
+            try:
+                while not all(f.done() for f in futures):
+                    time.sleep(0.2)
+            except BaseException:
+                stop.set()  # workers finish their current cell, their guards restore governors
+                pool.shutdown(wait=True)
+                raise
+            pool.shutdown(wait=True)
+        totals = {"ok": 0, "failed": 0, "skipped": 0, "resumed": 0}
+        for f in futures:
+            for k, v in f.result().items():
+                totals[k] += v
+        return totals, tuple(w for wk in workers for w in wk.warnings)
+
+
+def fleet_for(settings) -> "LocalFleet":
+    """The engine a MeasureSettings asks for: this host's phones, or a Ray cluster's (`settings.cluster`)."""
+    address = getattr(settings, "cluster", None)
+    if not address:
+        return LocalFleet()
+    from profiler.cluster import ClusterFleet   # Ray is imported only here
+
+    return ClusterFleet(address)
+
+
 def run(campaign: Campaign, settings, artifacts: ArtifactProvider,
         on_progress: Callable[[Progress], None] | None = None, log: Callable[[str], None] = lambda s: None,
         wait_s: float = 0.0) -> Outcome:
-    """Run `campaign` with `settings` (profiler.settings.MeasureSettings: results root, resume, threads) and an
-    artifact provider -> Outcome. No display: `on_progress(progress)` is called on every change and once at the end
-    (a CLI renders it; `progress.finished` is then True); `log` gets the engine's messages; `wait_s`: how long to
-    wait for a phone another run holds."""
+    """Run `campaign` with `settings` (profiler.settings.MeasureSettings: results root, resume, threads, cluster)
+    and an artifact provider -> Outcome. No display: `on_progress(progress)` is called on every change and once at
+    the end (a CLI renders it; `progress.finished` is then True); `log` gets the engine's messages; `wait_s`: how
+    long to wait for a phone another run holds."""
     progress = Progress()
     if on_progress is not None:
         progress.on_change = lambda _serial: on_progress(progress)
     try:
         return run_campaign(campaign, settings.results_root, artifacts, resume=settings.resume, progress=progress,
-                            threads=settings.threads, log=log, wait_s=wait_s)
+                            threads=settings.threads, log=log, wait_s=wait_s, fleet=fleet_for(settings))
     finally:
         progress.finished = True
         if on_progress is not None:
@@ -425,21 +490,23 @@ def run(campaign: Campaign, settings, artifacts: ArtifactProvider,
 
 def run_campaign(campaign: Campaign, results_root: Path, artifacts: ArtifactProvider, *, resume: bool = False,
                  progress: Progress | None = None, threads: int | None = None,
-                 log: Callable[[str], None] = lambda s: None, wait_s: float = 0.0) -> Outcome:
+                 log: Callable[[str], None] = lambda s: None, wait_s: float = 0.0, fleet=None) -> Outcome:
     """Run every cell of `campaign` on the selected devices; results under `results_root/<campaign.name>`.
-    Each device is leased to this run first (`profiler.lease`; `wait_s` for a phone another run holds)."""
-    with contextlib.ExitStack() as leases:
+    Each device is leased to this run first (`profiler.lease`; `wait_s` for a phone another run holds). `fleet`:
+    where the phones are (default: this host's adb server, `LocalFleet`)."""
+    fleet = fleet or LocalFleet()
+    with contextlib.ExitStack() as stack:
         return _run_campaign(campaign, results_root, artifacts, resume=resume, progress=progress, threads=threads,
-                             log=log, wait_s=wait_s, leases=leases)
+                             log=log, wait_s=wait_s, stack=stack, fleet=fleet)
 
 
 def _run_campaign(campaign: Campaign, results_root: Path, artifacts: ArtifactProvider, *, resume: bool,
                   progress: Progress | None, threads: int | None, log: Callable[[str], None], wait_s: float,
-                  leases: contextlib.ExitStack) -> Outcome:
+                  stack: contextlib.ExitStack, fleet) -> Outcome:
     progress = progress or Progress()
-    fleet = discover()
-    reachable = [e.facts for e in fleet if e.facts is not None]
-    for e in fleet:
+    fleet_entries = fleet.discover()
+    reachable = [e.facts for e in fleet_entries if e.facts is not None]
+    for e in fleet_entries:
         if e.facts is None:
             log(f"{e.serial}: not used ({e.error})")
     missing = campaign.devices.missing(reachable)
@@ -449,10 +516,7 @@ def _run_campaign(campaign: Campaign, results_root: Path, artifacts: ArtifactPro
     if not devices:
         raise CampaignError("no connected device matches the campaign's [devices] selection"
                             + ("" if reachable else " (no device is connected; `autlearn lab up` starts virtual ones)"))
-    for d in devices:   # before anything is written or changed: one run per phone
-        leases.enter_context(PhoneLease(Device(d.serial), campaign.name, str(Path(results_root) / campaign.name),
-                                        wait_s=wait_s, say=log))
-    _check_energy(campaign, devices)
+    fleet.lease(devices, campaign, str(Path(results_root) / campaign.name), wait_s, log, stack)
     store = Store.open(results_root, campaign)
     store.record_devices({d.serial: {"model": d.model, "manufacturer": d.manufacturer, "soc": d.soc,
                                      "abi": d.abi, "android": d.android, "kernel": d.kernel, "root": d.root,
@@ -463,19 +527,13 @@ def _run_campaign(campaign: Campaign, results_root: Path, artifacts: ArtifactPro
     for d in devices:
         if d.cpu_target is not None and not d.cpu_target.recognised:
             log(f"{d.serial}: {d.cpu_target.note}")
-    restored = restore_pending(store.root, lambda s: Device(s))     # results of older versions kept them here
-    leased = {d.serial for d in devices}
-    restored.update(knobs.restore_pending(knobs.default_root(), lambda s: Device(s), serials=leased))
-    restored.update(_restore_passthrough(campaign, devices))
+    restored = fleet.prepare(campaign, devices, store, log, stack)
     for key, what in restored.items():
         log(f"{key}: left changed by an interrupted run: {what}")
-    leases.callback(_undo_root, leased, log)   # adbd back as it was when the run ends (under the leases)
     cells = campaign.plan(devices)
     planned: dict[str, list[tuple[Cell, str, ArtifactRef]]] = {d.serial: [] for d in devices}
     by_serial = {d.serial: d for d in devices}
-    prebuild = getattr(artifacts, "prebuild", None)
-    if prebuild is not None:   # parallel builds of what the plan needs (the provider memoizes them)
-        prebuild([(cell, target_id(by_serial[cell.device_serial])) for cell in cells])
+    fleet.prebuild(artifacts, [(cell, target_id(by_serial[cell.device_serial])) for cell in cells])
     for cell in cells:
         art = artifacts(cell, target_id(by_serial[cell.device_serial]))
         planned[cell.device_serial].append((cell, cell_id(cell, art.hash), art))
@@ -486,25 +544,7 @@ def _run_campaign(campaign: Campaign, results_root: Path, artifacts: ArtifactPro
     store.set_plan(ids)
     for serial, lst in planned.items():
         progress.total[serial] = len(lst)
-    stop = threading.Event()
-    workers = [DeviceWorker(s, by_serial[s], lst, store, campaign, progress, stop, resume, threads)
-               for s, lst in planned.items()]
-    with restore_on_signals():
-        pool = ThreadPoolExecutor(max_workers=len(workers), thread_name_prefix="device")
-        futures = [pool.submit(w.run) for w in workers]
-        try:
-            while not all(f.done() for f in futures):
-                time.sleep(0.2)
-        except BaseException:
-            stop.set()  # workers finish their current cell, their guards restore governors
-            pool.shutdown(wait=True)
-            raise
-        pool.shutdown(wait=True)
-    totals = {"ok": 0, "failed": 0, "skipped": 0, "resumed": 0}
-    for f in futures:
-        for k, v in f.result().items():
-            totals[k] += v
-    warnings = tuple(w for wk in workers for w in wk.warnings)
+    totals, warnings = fleet.run(planned, by_serial, store, campaign, progress, resume, threads)
     for w in warnings:
         log(w)
     return Outcome(totals["ok"], totals["failed"], totals["skipped"], totals["resumed"], store.root,

@@ -95,13 +95,19 @@ class DeviceSelection:
             return False
         if not self.serials and not self.models:
             return True
-        return device.serial in self.serials or any(
+        return bool(_names(device.serial) & set(self.serials)) or any(
             fnmatch.fnmatchcase((device.model or "").lower(), g.lower()) for g in self.models)
 
     def missing(self, devices: Iterable["DeviceLike"]) -> tuple[str, ...]:
         """Serials the campaign names that are not among `devices` (report them; do not silently run less)."""
-        present = {d.serial for d in devices}
+        present = {n for d in devices for n in _names(d.serial)}
         return tuple(s for s in self.serials if s not in present)
+
+
+def _names(serial: str) -> set[str]:
+    """What a campaign may call a device: its serial, and on a cluster of hosts also `host/serial` (results name
+    it so) or the bare serial."""
+    return {serial, serial.rpartition("/")[2]}
 
 
 @dataclass(frozen=True)
@@ -150,7 +156,8 @@ class Campaign:
     source: str = ""
 
     def energy_for(self, serial: str) -> EnergySource:
-        return dict(self.devices.energy).get(serial, self.energy)
+        per = dict(self.devices.energy)
+        return per.get(serial, per.get(serial.rpartition("/")[2], self.energy))
 
     def select(self, devices: Iterable["DeviceLike"]) -> tuple["DeviceLike", ...]:
         """The devices this campaign runs on, in the given order."""

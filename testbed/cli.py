@@ -35,7 +35,11 @@ def lab():
 @click.option("--keep-warm/--no-keep-warm", default=True, show_default=True,
               help="Keep-warm spinners while a shell process runs: throttled and unthrottled times see the same host "
                    "speed (exact ratios; unthrottled runs ~30 %% slower on a 2-vCPU VM).")
-def up(count, profiles, base_port, monsoon, governor, keep_warm):
+@click.option("--hosts", type=click.IntRange(1, 8), default=1, show_default=True,
+              help="Simulated USB hosts: with 2 or more, a local Ray cluster with one node, adb server and agent per "
+                   "host; the phones are dealt to the hosts in turn and the monitors plug into host1. Run campaigns "
+                   "with --cluster ADDRESS (printed).")
+def up(count, profiles, base_port, monsoon, governor, keep_warm, hosts):
     """Start the lab (replacing a previous one) and connect its phones to adb."""
     from rich.table import Table
 
@@ -48,6 +52,8 @@ def up(count, profiles, base_port, monsoon, governor, keep_warm):
     for name in dict.fromkeys(chosen):
         load_profile(name).with_governor(governor)  # an unknown profile or governor fails before anything stops
     monsoon = list(monsoon)
+    if hosts > 1:
+        return _up_hosts(chosen, hosts, monsoon, governor, keep_warm, base_port)
     monsoon_phones(monsoon, chosen)  # so does an unknown --monsoon name
     lab_ = Lab()
     if base_port is None:
@@ -64,11 +70,44 @@ def up(count, profiles, base_port, monsoon, governor, keep_warm):
     _console().print(table)
 
 
+def _up_hosts(chosen, hosts, monsoon, governor, keep_warm, base_port):
+    from rich.table import Table
+
+    from testbed.cluster_lab import ClusterLab
+    from testbed.lab import monsoon_phones
+
+    if base_port is not None:
+        raise click.UsageError("--base-port: with --hosts every host's phones take the first free ports")
+    per_host = [chosen[i::hosts] for i in range(hosts)]
+    if any(not p for p in per_host):
+        raise click.UsageError(f"--hosts {hosts}: give at least {hosts} phones (-n)")
+    monsoon_phones(monsoon, per_host[0])  # the monitors plug into host1: an unknown name fails here
+    Lab().down()
+    cl = ClusterLab()
+    address = cl.up(per_host, monsoon=[monsoon], governor=governor, keep_warm=keep_warm)
+    table = Table(title=f"virtual lab: {len(chosen)} phone(s) on {hosts} hosts (Ray cluster {address})")
+    for col in ("host", "adb server", "name", "serial", "profile", "monsoon"):
+        table.add_column(col)
+    from pathlib import Path
+
+    for h in cl.hosts():
+        for p in Lab(Path(h["home"])).phones():
+            table.add_row(h["name"], str(h["adb_port"]), p.name, p.serial, p.profile, p.monsoon or "")
+    _console().print(table)
+    click.echo(f"run campaigns with: autlearn run CAMPAIGN.toml --cluster {address}")
+
+
 @lab.command()
 def down():
-    """Disconnect and stop every phone of the lab."""
+    """Disconnect and stop every phone of the lab (and the hosts of a `--hosts` lab)."""
+    from testbed.cluster_lab import ClusterLab
+
+    hosts = ClusterLab().down()
+    if hosts:
+        click.echo(f"lab down: stopped {hosts} simulated host(s) and their Ray cluster")
     phones = Lab().down()
-    click.echo(f"lab down: stopped {len(phones)} phone(s)" if phones else "lab down: no lab was running")
+    if phones or not hosts:
+        click.echo(f"lab down: stopped {len(phones)} phone(s)" if phones else "lab down: no lab was running")
 
 
 @lab.command()

@@ -125,6 +125,44 @@ class ArtifactProvider:
                 self._memo[key] = self._ref(art)
             return self._memo[key]
 
+    def missing(self, requests) -> dict[str, tuple]:
+        """Of (cell, abi) `requests`, the builds neither memoized nor cached: {key: (workload, variant, abi,
+        directory name, config)} (cached ones are memoized on the way)."""
+        from workloads.artifact import load_artifact
+
+        todo: dict[str, tuple] = {}
+        for cell, abi in requests:
+            key, config = self._key(cell, abi)
+            if key in self._memo or key in todo:
+                continue
+            out = self._dir(cell, abi, key)
+            try:
+                self._memo[key] = self._ref(load_artifact(out))
+            except ArtifactError:
+                todo[key] = (cell.workload, cell.variant, abi, out.name, config)
+        return todo
+
+    def adopt(self, key: str, args: tuple, files: dict[str, bytes]) -> None:
+        """Take an artifact built elsewhere (a cluster node) into this cache: written atomically and kept only
+        when it verifies like a local build (else `__call__` builds it here)."""
+        import shutil
+
+        from workloads.artifact import load_artifact
+
+        out = self.cache / args[3]
+        tmp = out.with_name(out.name + f".in{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for name, data in files.items():
+            (tmp / name).write_bytes(data)
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+        try:
+            self._memo[key] = self._ref(load_artifact(out))
+            self.log(f"built {args[0]}/{args[1]} for {args[2]} (batch {args[4]['batch']}) on the cluster")
+        except ArtifactError as exc:
+            self.log(f"{out.name}: the cluster's build does not verify ({exc}); building here")
+
     def prebuild(self, requests) -> None:
         """Build the artifacts of (cell, abi) `requests` that are not cached, up to `jobs` at a time. A build that
         fails here is left to `__call__`, which builds it again in this process and raises its error there."""
@@ -133,23 +171,16 @@ class ArtifactProvider:
 
         from workloads.artifact import load_artifact
 
-        todo: dict[str, tuple] = {}
-        for cell, abi in requests:
-            key, config = self._key(cell, abi)
-            if key in self._memo or key in todo:
-                continue
-            try:
-                self._memo[key] = self._ref(load_artifact(self._dir(cell, abi, key)))
-            except ArtifactError:
-                todo[key] = (cell.workload, cell.variant, abi, str(self._dir(cell, abi, key)), config)
+        todo = self.missing(requests)
         if len(todo) < 2 or self.jobs < 2:
             return   # nothing to overlap: __call__ builds in this process
         self.log(f"building {len(todo)} artifacts, {min(self.jobs, len(todo))} at a time")
         # spawn, not fork: the campaign has threads (progress, adb) that a forked child must not inherit
         with ProcessPoolExecutor(min(self.jobs, len(todo)), mp_context=multiprocessing.get_context("spawn")) as ex:
-            futures = {ex.submit(_build_in_worker, *args): key for key, args in todo.items()}
+            futures = {ex.submit(_build_in_worker, w, v, abi, str(self.cache / d), config): key
+                       for key, (w, v, abi, d, config) in todo.items()}
             for f in as_completed(futures):
-                workload, variant, abi, out, config = todo[futures[f]]
+                workload, variant, abi, _, config = todo[futures[f]]
                 try:
                     self._memo[futures[f]] = self._ref(load_artifact(f.result()))
                     self.log(f"built {workload}/{variant} for {abi} (batch {config['batch']})")

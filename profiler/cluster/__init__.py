@@ -1,0 +1,438 @@
+"""A fleet across USB hosts on Ray (the `cluster` extra): one agent per host (`profiler.cluster.agent`), the
+controller here. Imported only when a command names `--cluster ADDRESS`; the in-process engine never imports Ray.
+
+The controller discovers the phones through the agents (named `host/serial` when the cluster has more than one
+host), leases them through their agents, builds artifacts as Ray tasks (once per content hash across the cluster,
+`BuildRegistry`), ships each artifact to the agents that need it, and writes every streamed record to its own
+store. A host whose agent dies or stops answering heartbeats for `HOST_TIMEOUT_S` is lost: its unfinished cells
+fail with "host lost", the other hosts go on, and `--resume` completes them once its agent is back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from profiler.cluster.agent import ENV_KEYS, NAMESPACE, PREFIX, Agent, actor_name, agent_env
+from profiler.errors import UserError
+
+HEARTBEAT_S = 5.0
+HOST_TIMEOUT_S = 30.0
+INFO_TIMEOUT_S = 120.0     # an agent probes its phones (settling adbd restarts) before it answers
+TOUCH_S = 10.0
+REGISTRY = "artifact-builds"
+
+__all__ = ["ClusterError", "ClusterFleet", "start_agent", "stop_agent", "list_agents", "connect", "ENV_KEYS"]
+
+
+class ClusterError(UserError):
+    """The Ray cluster or an agent cannot be reached or used."""
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError:
+        raise ClusterError("--cluster needs Ray: pip install 'autlearn[cluster]'") from None
+    return ray
+
+
+def connect(address: str):
+    """Join the Ray cluster at `address` (host:port of its head) in autlearn's namespace; the ray module."""
+    ray = _ray()
+    if ray.is_initialized():
+        return ray
+    try:
+        ray.init(address=address, namespace=NAMESPACE, logging_level="ERROR", log_to_driver=False,
+                 configure_logging=True)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise ClusterError(f"cannot reach the Ray cluster at {address} ({str(exc).splitlines()[0]}); start it "
+                           "with `ray start --head` or `autlearn lab up --hosts 2`") from None
+    return ray
+
+
+def _errors(ray):
+    return (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError, ray.exceptions.ObjectLostError,
+            ray.exceptions.GetTimeoutError)
+
+
+# ------------------------------------------------------------------------------------------------------ agents
+def _node_for(ray, label: str | None) -> str:
+    """The node an agent runs on: the one labelled `autlearn-host=LABEL` (several hosts on one machine, the
+    virtual lab), else the node this process joined."""
+    if label:
+        for n in ray.nodes():
+            if n.get("Alive") and (n.get("Labels") or {}).get("autlearn-host") == label:
+                return n["NodeID"]
+    return ray.get_runtime_context().get_node_id()
+
+
+def start_agent(address: str, name: str, *, label: str | None = None, env: dict[str, str] | None = None) -> dict:
+    """Start host `name`'s agent (a detached Ray actor on this host's node, keeping this shell's adb server and
+    home, `ENV_KEYS`); it restores what a killed agent left changed before it answers. Its `ready()` report."""
+    ray = connect(address)
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    with contextlib.suppress(ValueError):
+        old = ray.get_actor(actor_name(name))
+        try:
+            ray.get(old.heartbeat.remote(), timeout=10)
+        except _errors(ray):
+            pass       # dead or stuck: replaced below
+        else:
+            raise ClusterError(f"agent {name!r} already runs on this cluster (stop it with `autlearn agent stop "
+                               f"{name}`)")
+        ray.kill(old)
+    handle = ray.remote(Agent).options(
+        name=actor_name(name), lifetime="detached", max_concurrency=64, num_cpus=0, max_restarts=0,
+        scheduling_strategy=NodeAffinitySchedulingStrategy(_node_for(ray, label), soft=False),
+        runtime_env={"env_vars": dict(env if env is not None else agent_env())}).remote(name)
+    try:
+        return ray.get(handle.ready.remote(), timeout=INFO_TIMEOUT_S)
+    except _errors(ray) as exc:
+        raise ClusterError(f"agent {name!r} did not start: {exc}") from None
+
+
+def stop_agent(address: str, name: str) -> bool:
+    ray = connect(address)
+    try:
+        handle = ray.get_actor(actor_name(name))
+    except ValueError:
+        return False
+    ray.kill(handle)
+    return True
+
+
+def list_agents(address: str, timeout_s: float = 10.0) -> list[dict]:
+    """Every agent on the cluster: its identity, or {"host", "error"} when it does not answer."""
+    ray = connect(address)
+    out = []
+    for n in sorted(x for x in ray.util.list_named_actors() if x.startswith(PREFIX)):
+        host = n[len(PREFIX):]
+        try:
+            info = ray.get(ray.get_actor(n).ready.remote(), timeout=timeout_s)
+            out.append({k: v for k, v in info.items() if k != "restored"})
+        except (ValueError, *_errors(ray)) as exc:
+            out.append({"host": host, "error": str(exc).splitlines()[0]})
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------ builds
+class BuildRegistry:
+    """Cluster-wide artifact builds: one Ray task per build key, whoever asks first; later askers (other
+    controllers too) get the same result. Lives as a detached actor on the head node."""
+
+    def __init__(self):
+        self.refs: dict = {}
+
+    def claim(self, key: str, args: tuple) -> list:
+        if key not in self.refs:
+            self.refs[key] = _build_task().remote(*args)
+        return [self.refs[key]]   # in a list: the caller gets the reference, not the value
+
+    def forget(self, key: str) -> None:
+        self.refs.pop(key, None)
+
+
+def _build_task():
+    import ray
+
+    return ray.remote(num_cpus=1)(_build)
+
+
+def _build(workload: str, variant: str, abi: str, dirname: str, config: dict) -> dict[str, bytes]:
+    """Build one artifact on whichever node runs the task; its files."""
+    import tempfile
+
+    from workloads.artifact import build_artifact
+
+    with tempfile.TemporaryDirectory(prefix="autlearn-build-") as tmp:
+        art = build_artifact(workload, variant, abi, Path(tmp) / dirname, **config)
+        return {p.name: p.read_bytes() for p in art.files()}
+
+
+# ------------------------------------------------------------------------------------------------------ controller
+@dataclasses.dataclass
+class _Host:
+    name: str
+    handle: object
+    lost: str = ""
+
+
+class ClusterFleet:
+    """The phones of every agent on the Ray cluster at `address`, with the interface of profiler.campaign's
+    LocalFleet."""
+
+    def __init__(self, address: str):
+        self.address = address
+        self.ray = connect(address)
+        self.token = uuid.uuid4().hex
+        self.hosts: dict[str, _Host] = {}
+        self.route: dict[str, tuple[str, str]] = {}     # name in results -> (host, serial on that host)
+        self.multi_host = False
+        self._shipped: dict[tuple[str, str], str] = {}
+        self._ship_lock = threading.Lock()
+        self._done = threading.Event()
+
+    # -- discovery
+    def discover(self) -> list:
+        from profiler.campaign import CampaignError
+        from profiler.fleet import FleetEntry
+
+        ray = self.ray
+        names = sorted(n for n in ray.util.list_named_actors() if n.startswith(PREFIX))
+        if not names:
+            raise CampaignError(f"no autlearn agent runs on the cluster at {self.address} (start one per USB host: "
+                                f"`autlearn agent start --cluster {self.address}`)")
+        handles = {n[len(PREFIX):]: ray.get_actor(n) for n in names}
+        refs = {h: a.info.remote() for h, a in handles.items()}
+        infos = {}
+        for h, ref in refs.items():
+            try:
+                infos[h] = ray.get(ref, timeout=INFO_TIMEOUT_S)
+            except _errors(ray) as exc:
+                self._say(f"host {h}: agent not answering ({str(exc).splitlines()[0]}); its phones are not used")
+        self.multi_host = len(infos) > 1
+        entries = []
+        for h, info in infos.items():
+            self.hosts[h] = _Host(h, handles[h])
+            for e in info["fleet"]:
+                name = f"{h}/{e.serial}" if self.multi_host else e.serial
+                self.route[name] = (h, e.serial)
+                facts = dataclasses.replace(e.facts, serial=name) if e.facts is not None else None
+                entries.append(FleetEntry(name, e.state, facts, e.error))
+        return entries
+
+    _say: Callable[[str], None] = staticmethod(lambda s: None)
+
+    def _by_host(self, names) -> dict[str, list[tuple[str, str]]]:
+        out: dict[str, list[tuple[str, str]]] = {}
+        for n in names:
+            host, serial = self.route[n]
+            out.setdefault(host, []).append((n, serial))
+        return out
+
+    # -- leases and preparation
+    def lease(self, devices, campaign, results: str, wait_s: float, log, stack: contextlib.ExitStack) -> None:
+        from profiler.lease import PhoneBusy
+
+        self._say = log
+        groups = self._by_host(d.serial for d in devices)
+        stack.callback(self._finish, list(groups))     # whatever was taken is released
+        refs = {h: self.hosts[h].handle.lease.remote(self.token, [s for _, s in lst], campaign.name, results, wait_s)
+                for h, lst in groups.items()}
+        threading.Thread(target=self._touch, args=(list(groups),), name="cluster-touch", daemon=True).start()
+        errors = []
+        for h, ref in refs.items():
+            try:
+                out = self.ray.get(ref, timeout=wait_s + INFO_TIMEOUT_S)
+            except _errors(self.ray) as exc:
+                errors.append(f"host {h}: agent lost while leasing ({str(exc).splitlines()[0]})")
+                continue
+            for line in out["said"]:
+                log(self._named(h, line))
+            if out["error"]:
+                errors.append(self._named(h, out["error"]))
+        if errors:
+            raise PhoneBusy("; ".join(errors))
+
+    def _named(self, host: str, text: str) -> str:
+        return f"{host}: {text}" if self.multi_host else text
+
+    def prepare(self, campaign, devices, store, log, stack) -> dict[str, str]:
+        groups = self._by_host(d.serial for d in devices)
+        restored: dict[str, str] = {}
+        errors = []
+        refs = {h: self.hosts[h].handle.prepare.remote(self.token, campaign, [s for _, s in lst])
+                for h, lst in groups.items()}
+        for h, ref in refs.items():
+            out = self.ray.get(ref, timeout=INFO_TIMEOUT_S)
+            if out["error"]:
+                errors.append(self._named(h, out["error"]))
+            restored.update({self._named(h, k): v for k, v in out["restored"].items()})
+        if errors:
+            from profiler.errors import EnergyError
+
+            raise EnergyError("; ".join(errors))
+        return restored
+
+    def _touch(self, hosts: list[str]) -> None:
+        while not self._done.wait(TOUCH_S):
+            for h in hosts:
+                with contextlib.suppress(Exception):
+                    self.hosts[h].handle.touch.remote(self.token)
+
+    def _finish(self, hosts: list[str]) -> None:
+        self._done.set()
+        refs = {}
+        for h in hosts:
+            with contextlib.suppress(Exception):
+                refs[h] = self.hosts[h].handle.finish.remote(self.token)
+        for h, ref in refs.items():
+            try:
+                for line in self.ray.get(ref, timeout=60):
+                    self._say(self._named(h, line))
+            except _errors(self.ray):
+                pass    # a lost host: its leases go stale with it; its next agent restores its phones
+
+    # -- builds
+    def prebuild(self, artifacts, requests) -> None:
+        """Build what the plan needs and the cache lacks as Ray tasks (any node with a CPU free), once per build
+        key across the cluster; each result is verified into this controller's cache."""
+        todo = artifacts.missing(requests)
+        if not todo:
+            return
+        ray = self.ray
+        registry = BuildRegistryHandle.get(ray)
+        self._say(f"building {len(todo)} artifacts as Ray tasks on the cluster")
+        refs = {key: ray.get(registry.claim.remote(key, args))[0] for key, args in todo.items()}
+        for key, ref in refs.items():
+            try:
+                files = ray.get(ref)
+            except ray.exceptions.RayError as exc:
+                registry.forget.remote(key)   # a failed build is not kept: `artifacts(cell)` builds and raises here
+                self._say(f"cluster build failed ({str(exc).splitlines()[0]}); building here")
+                continue
+            artifacts.adopt(key, todo[key], files)
+
+    # -- cells
+    def run(self, planned, by_serial, store, campaign, progress, resume: bool, threads):
+        totals = {"ok": 0, "failed": 0, "skipped": 0, "resumed": 0}
+        warnings: list[str] = []
+        lock = threading.Lock()
+        involved = sorted({self.route[n][0] for n in planned})
+        beat = threading.Thread(target=self._heartbeats, args=(involved,), name="cluster-heartbeat", daemon=True)
+        beat.start()
+
+        def one(name: str, cells) -> None:
+            counts, warn = self._run_device(name, by_serial[name], cells, store, campaign, progress, resume, threads)
+            with lock:
+                for k, v in counts.items():
+                    totals[k] += v
+                warnings.extend(warn)
+
+        pool = ThreadPoolExecutor(max_workers=max(1, len(planned)), thread_name_prefix="cluster-device")
+        futures = [pool.submit(one, n, lst) for n, lst in planned.items()]
+        try:
+            while not all(f.done() for f in futures):
+                time.sleep(0.2)
+        except BaseException:
+            for h in involved:      # agents finish their current cells; their guards restore governors
+                with contextlib.suppress(Exception):
+                    self.hosts[h].handle.stop.remote(self.token)
+            pool.shutdown(wait=True)
+            raise
+        pool.shutdown(wait=True)
+        for f in futures:
+            f.result()
+        return totals, tuple(warnings)
+
+    def _heartbeats(self, hosts: list[str]) -> None:
+        """Mark a host lost when its agent dies or does not answer within HOST_TIMEOUT_S."""
+        ray = self.ray
+        while not self._done.is_set():
+            refs = {h: self.hosts[h].handle.heartbeat.remote() for h in hosts if not self.hosts[h].lost}
+            for h, ref in refs.items():
+                try:
+                    ray.get(ref, timeout=HOST_TIMEOUT_S)
+                except _errors(ray) as exc:
+                    self.hosts[h].lost = self.hosts[h].lost or _why(exc)
+            if self._done.wait(HEARTBEAT_S):
+                return
+
+    def _ship(self, host: str, art) -> object:
+        """`art` with the path of its copy on `host` (shipped once per host and content hash)."""
+        key = (host, art.hash)
+        with self._ship_lock:
+            if key not in self._shipped:
+                handle = self.hosts[host].handle
+                there = self.ray.get(handle.has_artifact.remote(art.hash, list(art.files)), timeout=INFO_TIMEOUT_S)
+                if there is None:
+                    files = {f: (Path(art.path) / f).read_bytes() for f in art.files}
+                    there = self.ray.get(handle.put_artifact.remote(art.hash, files), timeout=INFO_TIMEOUT_S)
+                self._shipped[key] = there
+        return dataclasses.replace(art, path=Path(self._shipped[key]))
+
+    def _run_device(self, name: str, facts, cells, store, campaign, progress, resume: bool, threads):
+        ray = self.ray
+        host, serial = self.route[name]
+        h = self.hosts[host]
+        counts = {"ok": 0, "failed": 0, "skipped": 0, "resumed": 0}
+        warnings: list[str] = []
+        pending = []
+        for cell, cid, art in cells:
+            if resume and store.finished(cid):
+                counts["resumed"] += 1
+                progress.advance(name)
+            else:
+                pending.append((cell, cid, art))
+        recorded: set[str] = set()
+        lost = ""
+        try:
+            if pending:
+                shipped = [(cell, cid, self._ship(host, art)) for cell, cid, art in pending]
+                gen = h.handle.run_device.remote(self.token, serial, name, facts, shipped, campaign, threads)
+                while True:
+                    ready, _ = ray.wait([gen], timeout=1.0)
+                    if not ready:
+                        if h.lost:
+                            lost = h.lost
+                            break
+                        continue
+                    try:
+                        kind, data = ray.get(next(gen))
+                    except StopIteration:
+                        break
+                    if kind == "state":
+                        progress.set_state(name, data)
+                    elif kind == "trace":
+                        store.write_trace(*data)
+                    elif kind == "cell":
+                        store.write_cell(*data)
+                        recorded.add(data[0].cell_id)
+                        counts["ok"] += 1
+                        progress.advance(name)
+                    elif kind == "status":
+                        cid, status, reason, spec_key, label, extra = data
+                        store.write_status(cid, status, reason, spec_key=spec_key, label=label, extra=extra)
+                        recorded.add(cid)
+                        counts[status] += 1
+                        progress.advance(name)
+                    elif kind == "warning":
+                        warnings.append(data)
+        except _errors(ray) as exc:
+            lost = h.lost = h.lost or _why(exc)
+        except ClusterError as exc:
+            lost = str(exc)
+        if lost:
+            for cell, cid, _ in pending:
+                if cid not in recorded:
+                    store.write_status(cid, "failed", f"host lost: {host} ({lost})", spec_key=cell.spec_key,
+                                       label=cell.label)
+                    counts["failed"] += 1
+                    progress.advance(name)
+            warnings.append(f"host {host} lost ({lost}): {name}'s unfinished cells failed; --resume reruns them")
+        progress.set_state(name, "host lost" if lost else "done")
+        return counts, warnings
+
+
+def _why(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    if type(exc).__name__ == "GetTimeoutError":
+        return f"no heartbeat for {HOST_TIMEOUT_S:.0f} s"
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+class BuildRegistryHandle:
+    """The cluster's BuildRegistry actor, created on first use."""
+
+    @staticmethod
+    def get(ray):
+        return ray.remote(BuildRegistry).options(name=REGISTRY, lifetime="detached", get_if_exists=True,
+                                                 num_cpus=0).remote()

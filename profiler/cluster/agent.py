@@ -1,0 +1,279 @@
+"""The agent of one USB host: a Ray actor on that host's node. It owns the host's adb server and the monitors
+plugged into it, reports its phones (probed afresh on every ask, so hot-plugged phones appear) and runs their cells
+with the engine's own DeviceWorker (governor guard, cooldown, deploy, runner, energy). It never writes results:
+every record streams back to the controller, which alone owns the store.
+
+`Agent` is a plain class (Ray wraps it in `start_agent`); importing this module does not import Ray.
+Leases are the phones' own (`profiler.lease`), taken by the agent for a controller's run token and dropped when
+that controller stops touching them for `IDLE_S` (a controller that died) or calls `finish`.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from profiler import knobs, paths
+from profiler.errors import UserError
+
+NAMESPACE = "autlearn"
+PREFIX = "agent:"
+IDLE_S = 120.0          # a run token nobody touched for this long belongs to a lost controller
+# what an agent takes from the shell that starts it: its adb server, its home (pending snapshots, lab monitors)
+ENV_KEYS = ("ANDROID_ADB_SERVER_PORT", "AUTLEARN_HOME", "AUTLEARN_CACHE_DIR", "ADBUTILS_ADB_PATH", "ADB_LIBUSB")
+
+
+class _Stream:
+    """Store and Progress of a DeviceWorker on an agent: every write becomes an event for the controller."""
+
+    def __init__(self):
+        self.events: queue.Queue = queue.Queue()
+
+    def finished(self, cell_id: str) -> bool:
+        return False        # the controller sends only the cells it still needs
+
+    def write_status(self, cell_id: str, status: str, reason: str = "", *, spec_key: str = "", label: str = "",
+                     extra=None) -> None:
+        self.events.put(("status", (cell_id, status, reason, spec_key, label, extra)))
+
+    def write_cell(self, meta, samples) -> None:
+        self.events.put(("cell", (meta, list(samples))))
+
+    def write_trace(self, cell_id: str, trace) -> None:
+        self.events.put(("trace", (cell_id, trace)))
+
+    # Progress
+    def advance(self, serial: str, state: str = "") -> None:
+        if state:
+            self.events.put(("state", state))
+
+    def set_state(self, serial: str, state: str) -> None:
+        self.events.put(("state", state))
+
+
+class _Run:
+    """One controller's run on this host: its leases, when it was last touched, its stop flag."""
+
+    def __init__(self, campaign: str):
+        self.campaign = campaign
+        self.leases: dict[str, Any] = {}
+        self.touched = time.monotonic()
+        self.stop = threading.Event()
+        self.active = 0
+
+
+class Agent:
+    def __init__(self, name: str):
+        self.name = name
+        self.started = time.time()
+        self._runs: dict[str, _Run] = {}
+        self._lock = threading.Lock()
+        self._artifact_lock = threading.Lock()
+        threading.Thread(target=self._watchdog, name="agent-watchdog", daemon=True).start()
+
+    # -- who and what
+    def ready(self) -> dict:
+        """Put back what a killed agent (or campaign) left changed on this host's phones, each under its lease;
+        the agent's identity and what it restored."""
+        return {**self._identity(), "restored": self._restore_pending()}
+
+    def _identity(self) -> dict:
+        return {"host": self.name, "pid": os.getpid(), "hostname": socket.gethostname(),
+                "adb_port": os.environ.get("ANDROID_ADB_SERVER_PORT", "5037"), "started": self.started}
+
+    def heartbeat(self) -> float:
+        return time.time()
+
+    def info(self) -> dict:
+        """The phones this host's adb server knows, probed now (FleetEntry), and the monitors plugged in."""
+        from profiler.fleet import discover
+
+        return {**self._identity(), "fleet": discover(), "monitors": self._monitors()}
+
+    def _monitors(self) -> list[str]:
+        from profiler.energy.monsoon import list_monitors
+
+        try:
+            found = set(list_monitors())
+        except Exception:  # noqa: BLE001 - no libusb on this host: no real monitors
+            found = set()
+        return sorted(found)
+
+    def _restore_pending(self) -> dict[str, str]:
+        from profiler.device import Device, list_devices
+        from profiler.errors import DeviceError
+        from profiler.lease import PhoneLease
+
+        root = knobs.default_root()
+        out: dict[str, str] = {}
+        for entry in list_devices():
+            if entry.state != "device" or not knobs.entries(root, entry.serial):
+                continue
+            try:
+                with PhoneLease(Device(entry.serial), f"agent {self.name} restore", str(root)):
+                    out.update(knobs.restore_pending(root, lambda s: Device(s), serials={entry.serial}))
+            except (DeviceError, UserError) as exc:    # busy or away: the next run on it restores
+                out[entry.serial] = f"not restored now ({exc})"
+        return out
+
+    # -- leases for a controller's run
+    def touch(self, token: str) -> bool:
+        with self._lock:
+            run = self._runs.get(token)
+            if run is not None:
+                run.touched = time.monotonic()
+            return run is not None
+
+    def lease(self, token: str, serials: list[str], campaign: str, results: str, wait_s: float) -> dict:
+        """Lease `serials` to run `token`: {"said": [...], "error": None | why}. On an error nothing stays leased
+        by this call."""
+        from profiler.device import Device
+        from profiler.lease import PhoneLease
+
+        said: list[str] = []
+        with self._lock:
+            run = self._runs.setdefault(token, _Run(campaign))
+            run.touched = time.monotonic()
+        taken = []
+        try:
+            for s in serials:
+                lease = PhoneLease(Device(s), campaign, results, wait_s=wait_s, say=said.append).acquire()
+                taken.append(s)
+                run.leases[s] = lease
+        except UserError as exc:
+            for s in taken:
+                run.leases.pop(s).release()
+            return {"said": said, "error": str(exc)}
+        return {"said": said, "error": None}
+
+    def prepare(self, token: str, campaign, serials: list[str]) -> dict:
+        """Under the leases: fail fast on a monitor that cannot exist; put back what killed runs left changed."""
+        from profiler import campaign as engine
+        from profiler.device import Device
+
+        devices = [type("D", (), {"serial": s})() for s in serials]
+        try:
+            engine._check_energy(campaign, devices)
+        except UserError as exc:
+            return {"restored": {}, "error": str(exc)}
+        restored = knobs.restore_pending(knobs.default_root(), lambda s: Device(s), serials=set(serials))
+        restored.update(engine._restore_passthrough(campaign, devices))
+        return {"restored": restored, "error": None}
+
+    def stop(self, token: str) -> None:
+        """Workers of `token` finish their current cell, their guards restore governors."""
+        with self._lock:
+            run = self._runs.get(token)
+        if run is not None:
+            run.stop.set()
+
+    def finish(self, token: str) -> list[str]:
+        """The run ended: adbd back as it was, leases released."""
+        from profiler import campaign as engine
+
+        with self._lock:
+            run = self._runs.pop(token, None)
+        if run is None:
+            return []
+        run.stop.set()
+        said: list[str] = []
+        engine._undo_root(set(run.leases), said.append)
+        for lease in run.leases.values():
+            lease.release()
+        return said
+
+    def _watchdog(self) -> None:
+        while True:
+            time.sleep(5.0)
+            with self._lock:
+                lost = [t for t, r in self._runs.items() if time.monotonic() - r.touched > IDLE_S and not r.active]
+                busy = [r for r in self._runs.values() if time.monotonic() - r.touched > IDLE_S and r.active]
+            for r in busy:
+                r.stop.set()       # its controller is gone: stop after the current cell, then release
+            for t in lost:
+                self.finish(t)
+
+    # -- artifacts
+    def has_artifact(self, digest: str, files: list[str]) -> str | None:
+        d = self._artifact_dir(digest)
+        return str(d) if all((d / f).is_file() for f in files) else None
+
+    def put_artifact(self, digest: str, files: dict[str, bytes]) -> str:
+        """Materialize a shipped artifact in this host's cache (atomically); its directory."""
+        d = self._artifact_dir(digest)
+        with self._artifact_lock:
+            if all((d / f).is_file() for f in files):
+                return str(d)
+            tmp = d.with_name(d.name + f".tmp{os.getpid()}")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            for name, data in files.items():
+                (tmp / name).write_bytes(data)
+            shutil.rmtree(d, ignore_errors=True)
+            tmp.rename(d)
+        return str(d)
+
+    @staticmethod
+    def _artifact_dir(digest: str) -> Path:
+        return paths.home() / "agent-artifacts" / digest
+
+    # -- cells
+    def run_device(self, token: str, serial: str, name: str, facts, cells: list, campaign, threads: int | None):
+        """Run `cells` [(cell, cell id, ArtifactRef with this host's path)] on `serial`, reporting as `name`;
+        yields ("state" | "status" | "cell" | "trace" | "warning", data) and finally ("done", counts)."""
+        from profiler.campaign import DeviceWorker
+
+        with self._lock:
+            run = self._runs.get(token)
+        if run is None or serial not in run.leases:
+            for _cell, cid, _ in cells:
+                yield "status", (cid, "failed", f"{serial} is not leased to this run on host {self.name}", "", "",
+                                 None)
+            return
+        stream = _Stream()
+        worker = DeviceWorker(serial, facts, cells, stream, campaign, stream, run.stop, False, threads, name=name)
+        result: dict = {}
+
+        def work():
+            try:
+                result["counts"] = worker.run()
+            except BaseException as exc:  # noqa: BLE001 - reported, never lost in a thread
+                result["error"] = f"{type(exc).__name__}: {exc}"
+            finally:
+                stream.events.put(None)
+
+        with self._lock:
+            run.active += 1
+        thread = threading.Thread(target=work, name=f"cells-{serial}", daemon=True)
+        thread.start()
+        try:
+            while True:
+                event = stream.events.get()
+                if event is None:
+                    break
+                yield event
+            for w in worker.warnings:
+                yield "warning", w
+            if "error" in result:
+                yield "warning", f"{name}: worker ended: {result['error']}"
+            yield "done", result.get("counts", {})
+        finally:
+            thread.join()
+            with self._lock:
+                run.active -= 1
+                run.touched = time.monotonic()
+
+
+def actor_name(host: str) -> str:
+    return f"{PREFIX}{host}"
+
+
+def agent_env() -> dict[str, str]:
+    """The variables of this shell an agent started from it keeps (its adb server, its home)."""
+    return {k: os.environ[k] for k in ENV_KEYS if os.environ.get(k)}
