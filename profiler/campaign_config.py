@@ -62,7 +62,7 @@ ENERGY_KINDS = ("none", "fuelgauge", "monsoon", "auto")
 VIRTUAL = {True: "allow", False: "exclude", "only": "only"}
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_SERIAL_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_SERIAL_RE = re.compile(r"^([A-Za-z0-9._\-]{1,64}/)?[A-Za-z0-9._:\-]{1,128}$")   # [host/]serial
 _IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _MASK_RE = re.compile(r"^0x[0-9a-f]{1,16}$")
 _TOML_POS_RE = re.compile(r"\(at line (\d+), column (\d+)\)")

@@ -86,8 +86,6 @@ class ClusterLab:
            keep_warm: bool = True, agents: bool = True) -> str:
         """Start one Ray node, adb server, set of phones (`per_host[i]`: profiles) and agent per host; the
         cluster's address. `monsoon[i]`: host i's `Lab.up(monsoon=)`."""
-        import adbutils  # noqa: F401  (fail before anything starts when the lab cannot run)
-
         self.down()
         ray = _ray_bin()
         gcs_port = next_free_ports(1, 26379, 2000)
@@ -146,19 +144,23 @@ class ClusterLab:
         h = self.host(name)
         return start_agent(self.address, name, label=name, env=h["env"])
 
-    def plug(self, name: str, profile: str) -> str:
-        """Hot-plug a phone into host `name` while its agent runs: a new virtual phone on that host's adb server;
-        its serial."""
+    def plug(self, name: str, profile: str, *, monsoon: bool = False, keep_warm: bool = True):
+        """Hot-plug a phone into host `name` while its agent runs: a new virtual phone on that host's adb server
+        (with a simulated Monsoon plugged into that host when `monsoon`); its PhoneInfo."""
         h = self.host(name)
         state = self._state()
         home = Path(h["home"]) / "plugged" / str(len(h["labs"]))
         with host_env(h["env"]):
-            phone = Lab(home).up([profile], next_free_ports(1))[0]
+            phone = Lab(home).up([profile], next_free_ports(1), monsoon=monsoon, keep_warm=keep_warm)[0]
+            host_lab = Lab(Path(h["home"]))      # the host's lab knows it too: its monitor is found from there
+            lab_state = host_lab._read_state()
+            lab_state.setdefault("phones", []).append({**phone.to_json(), "name": f"plugged-{phone.port}"})
+            host_lab._write_state(lab_state)
         for x in state["hosts"]:
             if x["name"] == name:
                 x["labs"].append(str(home))
         self._save(state)
-        return phone.serial
+        return phone
 
     def kill_node(self, name: str) -> None:
         """Simulate a host dying: SIGKILL its Ray node (raylet, workers, its agent); its phones stay as they are."""
@@ -176,7 +178,7 @@ class ClusterLab:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(h["node_pid"], signal.SIGTERM)
         for h in reversed(hosts):
-            deadline = time.monotonic() + 15
+            deadline = time.monotonic() + 3     # a raylet drains for up to 30 s: the lab's work is over
             while time.monotonic() < deadline and _group_alive(h["node_pid"]):
                 time.sleep(0.2)
             with contextlib.suppress(ProcessLookupError, PermissionError):

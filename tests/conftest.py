@@ -217,3 +217,29 @@ def lab_factory(adb_env, tmp_path):
     yield make
     for lab in labs:
         lab.down()
+
+
+def _governors(root) -> list[str]:
+    base = Path(root) / "sys/devices/system/cpu/cpufreq"
+    return [(d / "scaling_governor").read_text().strip() for d in sorted(base.glob("policy*"))]
+
+
+@pytest.fixture(scope="session")
+def example_run(lab, runner_cache, tmp_path_factory):
+    """The shipped example campaign on the session lab (test_example_campaign; test_cluster compares with it)."""
+    import dataclasses
+
+    from profiler.campaign import run_campaign
+    from profiler.campaign_config import load_campaign
+    from workloads.artifact_cache import artifact_provider
+
+    cache = runner_cache / "artifacts"
+    before = {p.serial: _governors(p.root) for p in lab}
+    # the shipped file, timing 2 steps a launch instead of its 4: virtual phones take turns on this host's CPUs
+    # (profiler.hostcpu) and the unoptimized LSTM's seconds-long steps would cost the suite minutes. (One launch a
+    # cell was tried: the modern phone's MobileNet then came out faster under powersave than under schedutil, whose
+    # ramp from its lowest frequency takes ~0.3 s, longer than such a launch.)
+    campaign = dataclasses.replace(load_campaign(Path(__file__).parents[1] / "examples" / "paper.toml"), steps=2)
+    results = tmp_path_factory.mktemp("example") / "results"
+    outcome = run_campaign(campaign, results, artifact_provider(cache))
+    return campaign, outcome, before

@@ -3,38 +3,19 @@ compiled TVM training programs, the static runner, governors, the results store 
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
 
 from browser import CHROMIUM, check_report
-from profiler.campaign import run_campaign
-from workloads.artifact_cache import artifact_provider
-from profiler.campaign_config import load_campaign
 from profiler.store import load_results, load_status
 from reports.build import write_report
 
-EXAMPLE = Path(__file__).parents[1] / "examples" / "paper.toml"
 
 
 def governors(phone) -> list[str]:
     base = Path(phone.root) / "sys/devices/system/cpu/cpufreq"
     return [(d / "scaling_governor").read_text().strip() for d in sorted(base.glob("policy*"))]
-
-
-@pytest.fixture(scope="module")
-def example_run(lab, runner_cache, tmp_path_factory):
-    cache = runner_cache / "artifacts"
-    before = {p.serial: governors(p) for p in lab}
-    # the shipped file, timing 2 steps a launch instead of its 4: virtual phones take turns on this host's CPUs
-    # (profiler.hostcpu) and the unoptimized LSTM's seconds-long steps would cost the suite minutes. (One launch a
-    # cell was tried: the modern phone's MobileNet then came out faster under powersave than under schedutil, whose
-    # ramp from its lowest frequency takes ~0.3 s, longer than such a launch.)
-    campaign = dataclasses.replace(load_campaign(EXAMPLE), steps=2)
-    results = tmp_path_factory.mktemp("example") / "results"
-    outcome = run_campaign(campaign, results, artifact_provider(cache))
-    return campaign, outcome, before
 
 
 @pytest.mark.slow

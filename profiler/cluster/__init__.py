@@ -116,8 +116,7 @@ def list_agents(address: str, timeout_s: float = 10.0) -> list[dict]:
     for n in sorted(x for x in ray.util.list_named_actors() if x.startswith(PREFIX)):
         host = n[len(PREFIX):]
         try:
-            info = ray.get(ray.get_actor(n).ready.remote(), timeout=timeout_s)
-            out.append({k: v for k, v in info.items() if k != "restored"})
+            out.append(ray.get(ray.get_actor(n).identity.remote(), timeout=timeout_s))
         except (ValueError, *_errors(ray)) as exc:
             out.append({"host": host, "error": str(exc).splitlines()[0]})
     return out
@@ -270,6 +269,8 @@ class ClusterFleet:
 
     def _finish(self, hosts: list[str]) -> None:
         self._done.set()
+        if not self.ray.is_initialized():
+            return      # this process left the cluster (its leases go stale with their heartbeats)
         refs = {}
         for h in hosts:
             with contextlib.suppress(Exception):

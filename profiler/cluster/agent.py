@@ -83,6 +83,9 @@ class Agent:
         the agent's identity and what it restored."""
         return {**self._identity(), "restored": self._restore_pending()}
 
+    def identity(self) -> dict:
+        return self._identity()
+
     def _identity(self) -> dict:
         return {"host": self.name, "pid": os.getpid(), "hostname": socket.gethostname(),
                 "adb_port": os.environ.get("ANDROID_ADB_SERVER_PORT", "5037"), "started": self.started}

@@ -1,0 +1,181 @@
+"""Issue 21: a fleet across USB hosts on Ray. A real local Ray cluster of two nodes (one per simulated host), each
+host with its own adb server, home, virtual phones and agent (testbed.cluster_lab); the controller is this test
+process or the `autlearn` CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from profiler.campaign import run_campaign
+from profiler.campaign_config import load_campaign, parse_campaign
+from profiler.store import load_status, load_summaries
+from workloads.artifact_cache import artifact_provider
+
+pytest.importorskip("ray")
+
+EXAMPLE = Path(__file__).parents[1] / "examples" / "paper.toml"
+
+
+def governors(root) -> list[str]:
+    base = Path(root) / "sys/devices/system/cpu/cpufreq"
+    return [(d / "scaling_governor").read_text().strip() for d in sorted(base.glob("policy*"))]
+
+
+@pytest.fixture(scope="module")
+def cluster(adb_env, runner_cache, tmp_path_factory):
+    """Host1: legacy + unrooted; host2: modern (the session lab's profiles, split over two hosts)."""
+    from testbed.cluster_lab import ClusterLab
+
+    cl = ClusterLab(tmp_path_factory.mktemp("cluster_lab_home"))
+    address = cl.up([["legacy", "unrooted"], ["modern"]], keep_warm=False)
+    yield cl, address
+    cl.down()
+
+
+def phones_of(cl, host: str):
+    from testbed.lab import Lab
+
+    return Lab(Path(cl.host(host)["home"])).phones()
+
+
+def fleet(address):
+    from profiler.cluster import ClusterFleet
+
+    return ClusterFleet(address)
+
+
+def small(name: str, **devices) -> object:
+    return parse_campaign({"name": name, "warmup": 1, "steps": 2, "repetitions": 1, "energy": "auto",
+                           "devices": {"virtual": True, **devices},
+                           "workload": [{"model": "lstm", "variants": ["full", "cached"], "batch": [16]}],
+                           "governors": {"intents": ["interactive", "powersave"]},
+                           "cooldown": {"max_temp_c": 95, "timeout_s": 5}})
+
+
+def cell_set(results_dir) -> set:
+    """What a campaign produced, independent of where the phones were plugged: per cell its device model,
+    workload, variant, batch, governors, status (with the reason of a skip) and labels."""
+    out = set()
+    for r in load_summaries(results_dir).itertuples():
+        out.add((r.device_model, r.workload, r.variant, r.batch, r.governor_requested, r.governor_applied, "ok",
+                 "", r.labels))
+    for r in load_status(results_dir).itertuples():
+        if r.status != "ok":
+            out.add(("/".join(str(r.label).split("/")[-4:]), r.status, r.reason))
+    return out
+
+
+@pytest.mark.slow
+def test_example_campaign_on_two_hosts_gives_the_cells_of_one_host(cluster, example_run, runner_cache, tmp_path):
+    cl, address = cluster
+    _, one_host, _ = example_run        # the same campaign on the same profiles on one host (test_example_campaign)
+    # one launch of 2 steps a cell: cells and labels do not depend on how many steps a launch times
+    campaign = dataclasses.replace(load_campaign(EXAMPLE), steps=2, repetitions=1)
+    out = run_campaign(campaign, tmp_path / "results", artifact_provider(runner_cache / "artifacts"),
+                       fleet=fleet(address))
+    assert out.failed == 0, load_status(out.results_dir).query("status == 'failed'")["reason"].tolist()
+    got = load_summaries(out.results_dir)
+    assert {s.partition("/")[0] for s in got["device_serial"]} == {"host1", "host2"}   # host/serial names
+    assert cell_set(out.results_dir) == cell_set(one_host.results_dir)
+
+
+def _agent_pid(address: str, host: str) -> int:
+    from profiler.cluster import list_agents
+
+    return next(a["pid"] for a in list_agents(address) if a["host"] == host)
+
+
+@pytest.mark.slow
+def test_a_lost_host_fails_its_cells_and_resume_completes(cluster, runner_cache, tmp_path):
+    cl, address = cluster
+    modern = phones_of(cl, "host2")[0]
+    before = governors(modern.root)
+    campaign = small("lost")
+    results = tmp_path / "results"
+    provider = artifact_provider(runner_cache / "artifacts")
+    outcome = {}
+    t = threading.Thread(target=lambda: outcome.update(o=run_campaign(campaign, results, provider,
+                                                                      fleet=fleet(address))))
+    t.start()
+    # kill host2's agent while its phone runs a cell under powersave (its governors are then changed)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and t.is_alive():
+        if governors(modern.root) != before:
+            break
+        time.sleep(0.02)
+    changed = governors(modern.root)
+    os.kill(_agent_pid(address, "host2"), signal.SIGKILL)
+    assert changed != before
+    t.join(300)
+    o = outcome["o"]
+    status = load_status(o.results_dir)
+    lost = status[status["label"].str.startswith("host2/")]
+    assert len(lost) and (lost["status"] != "ok").any()
+    assert all("host lost: host2" in r for r in lost.query("status == 'failed'")["reason"])
+    assert (status[status["label"].str.startswith("host1/")]["status"] != "failed").all()   # host1 finished
+    # the agent comes back: it puts back what the killed one left changed, before it answers
+    info = cl.start_agent("host2")
+    assert governors(modern.root) == before, (changed, info["restored"])
+    again = run_campaign(campaign, results, provider, resume=True, fleet=fleet(address))
+    assert again.failed == 0 and again.ok == len(lost.query("status == 'failed'"))
+    assert again.resumed == o.ok and again.skipped == o.skipped
+
+
+@pytest.mark.slow
+def test_a_phone_plugged_in_while_the_agent_runs_is_used_with_its_monitor(cluster, runner_cache, tmp_path):
+    cl, address = cluster
+    phone = cl.plug("host2", "legacy", monsoon=True, keep_warm=False)   # no agent restarted
+    campaign = small("plugged", serials=[f"host2/{phone.serial}"])
+    out = run_campaign(campaign, tmp_path / "results", artifact_provider(runner_cache / "artifacts"),
+                       fleet=fleet(address))
+    assert out.ok == 4 and out.failed == 0
+    got = load_summaries(out.results_dir)
+    assert set(got["device_serial"]) == {f"host2/{phone.serial}"}
+    # the monitor plugged into host2 measured it there
+    assert set(got["energy_source"]) == {phone.monsoon and f"monsoon:{phone.monsoon}"}
+    assert all("simulated" in labels for labels in got["labels"])
+
+
+@pytest.mark.slow
+def test_two_controllers_never_share_a_phone(cluster, runner_cache, tmp_path):
+    cl, address = cluster
+    legacy = next(p for p in phones_of(cl, "host1") if p.profile == "legacy")
+    name = f"host1/{legacy.serial}"
+    provider = artifact_provider(runner_cache / "artifacts")
+    toml = tmp_path / "second.toml"
+    toml.write_text(f'name = "second"\nwarmup = 1\nsteps = 2\nrepetitions = 1\nenergy = "none"\n'
+                    f'[devices]\nserials = ["{name}"]\n[[workload]]\nmodel = "lstm"\nvariants = ["full"]\n'
+                    f'batch = [16]\n[governors]\nintents = ["powersave"]\n[cooldown]\nmax_temp_c = 95\n'
+                    f'timeout_s = 5\n')
+    results = {}
+    first = threading.Thread(target=lambda: results.update(a=run_campaign(
+        small("first", serials=[name]), tmp_path / "r", provider, fleet=fleet(address))))
+    first.start()
+    deadline = time.monotonic() + 120      # until the first controller holds the phone's lease
+    while time.monotonic() < deadline and not any("campaign=first" in p.read_text()
+                                                  for p in Path(legacy.root).rglob("lease/holder")):
+        time.sleep(0.1)
+    cli = [sys.executable, "-m", "cli.main", "run", str(toml), "--cluster", address, "--results",
+           str(tmp_path / "r"), "--artifacts", str(runner_cache / "artifacts")]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    busy = subprocess.run(cli, capture_output=True, text=True, env=env, timeout=600)
+    waited = subprocess.run([*cli, "--wait", "600"], capture_output=True, text=True, env=env,
+                            timeout=900)
+    first.join(600)
+    assert busy.returncode == 1 and "is in use by campaign 'first'" in busy.stderr, busy.stderr
+    assert "Traceback" not in busy.stderr
+    assert waited.returncode == 0, waited.stderr
+    a = load_summaries(tmp_path / "r" / "first")
+    b = load_summaries(tmp_path / "r" / "second")
+    assert len(a) == 4 and len(b) == 1
+    # the phone's cells of the two runs never overlapped in time
+    assert b["started_at"].min() >= a["finished_at"].max() or b["finished_at"].max() <= a["started_at"].min()
