@@ -181,7 +181,7 @@ class ClusterFleet:
 
     # -- discovery
     def discover(self) -> list:
-        from profiler.campaign import CampaignError
+        from profiler.worker import CampaignError
         from profiler.fleet import FleetEntry
 
         ray = self.ray
@@ -194,7 +194,7 @@ class ClusterFleet:
         infos = {}
         for h, ref in refs.items():
             try:
-                infos[h] = ray.get(ref, timeout=INFO_TIMEOUT_S)
+                infos[h] = _get(ray, ref, h, INFO_TIMEOUT_S)
             except _errors(ray) as exc:
                 self._say(f"host {h}: agent not answering ({str(exc).splitlines()[0]}); its phones are not used")
         self.multi_host = len(infos) > 1
@@ -230,7 +230,7 @@ class ClusterFleet:
         errors = []
         for h, ref in refs.items():
             try:
-                out = self.ray.get(ref, timeout=wait_s + INFO_TIMEOUT_S)
+                out = _get(self.ray, ref, h, wait_s + INFO_TIMEOUT_S)
             except _errors(self.ray) as exc:
                 errors.append(f"host {h}: agent lost while leasing ({str(exc).splitlines()[0]})")
                 continue
@@ -251,7 +251,7 @@ class ClusterFleet:
         refs = {h: self.hosts[h].handle.prepare.remote(self.token, campaign, [s for _, s in lst])
                 for h, lst in groups.items()}
         for h, ref in refs.items():
-            out = self.ray.get(ref, timeout=INFO_TIMEOUT_S)
+            out = _get(self.ray, ref, h, INFO_TIMEOUT_S)
             if out["error"]:
                 errors.append(self._named(h, out["error"]))
             restored.update({self._named(h, k): v for k, v in out["restored"].items()})
@@ -277,9 +277,9 @@ class ClusterFleet:
                 refs[h] = self.hosts[h].handle.finish.remote(self.token)
         for h, ref in refs.items():
             try:
-                for line in self.ray.get(ref, timeout=60):
+                for line in _get(self.ray, ref, h, 60):
                     self._say(self._named(h, line))
-            except _errors(self.ray):
+            except (UserError, *_errors(self.ray)):
                 pass    # a lost host: its leases go stale with it; its next agent restores its phones
 
     # -- builds
@@ -353,10 +353,10 @@ class ClusterFleet:
         with self._ship_lock:
             if key not in self._shipped:
                 handle = self.hosts[host].handle
-                there = self.ray.get(handle.has_artifact.remote(art.hash, list(art.files)), timeout=INFO_TIMEOUT_S)
+                there = _get(self.ray, handle.has_artifact.remote(art.hash, list(art.files)), host, INFO_TIMEOUT_S)
                 if there is None:
                     files = {f: (Path(art.path) / f).read_bytes() for f in art.files}
-                    there = self.ray.get(handle.put_artifact.remote(art.hash, files), timeout=INFO_TIMEOUT_S)
+                    there = _get(self.ray, handle.put_artifact.remote(art.hash, files), host, INFO_TIMEOUT_S)
                 self._shipped[key] = there
         return dataclasses.replace(art, path=Path(self._shipped[key]))
 
@@ -374,7 +374,7 @@ class ClusterFleet:
             else:
                 pending.append((cell, cid, art))
         recorded: set[str] = set()
-        lost = ""
+        lost = failed = ""
         try:
             if pending:
                 shipped = [(cell, cid, self._ship(host, art)) for cell, cid, art in pending]
@@ -387,7 +387,7 @@ class ClusterFleet:
                             break
                         continue
                     try:
-                        kind, data = ray.get(next(gen))
+                        kind, data = _get(ray, next(gen), host, HOST_TIMEOUT_S)
                     except StopIteration:
                         break
                     if kind == "state":
@@ -409,18 +409,29 @@ class ClusterFleet:
                         warnings.append(data)
         except _errors(ray) as exc:
             lost = h.lost = h.lost or _why(exc)
-        except ClusterError as exc:
-            lost = str(exc)
-        if lost:
+        except UserError as exc:      # the agent failed (it is not lost): the cells fail with its reason
+            failed = str(exc)
+        reason = f"host lost: {host} ({lost})" if lost else failed
+        if reason:
             for cell, cid, _ in pending:
                 if cid not in recorded:
-                    store.write_status(cid, "failed", f"host lost: {host} ({lost})", spec_key=cell.spec_key,
-                                       label=cell.label)
+                    store.write_status(cid, "failed", reason, spec_key=cell.spec_key, label=cell.label)
                     counts["failed"] += 1
                     progress.advance(name)
-            warnings.append(f"host {host} lost ({lost}): {name}'s unfinished cells failed; --resume reruns them")
+            warnings.append(f"{name}: unfinished cells failed ({reason}); --resume reruns them")
         progress.set_state(name, "host lost" if lost else "done")
         return counts, warnings
+
+
+def _get(ray, ref, host: str, timeout: float):
+    """An agent's answer; an exception raised in the agent becomes one ClusterError naming the host."""
+    try:
+        return ray.get(ref, timeout=timeout)
+    except ray.exceptions.RayTaskError as exc:
+        cause = exc.cause if getattr(exc, "cause", None) is not None else exc
+        if isinstance(cause, UserError):
+            raise type(cause)(f"host {host}: {cause}") from None
+        raise ClusterError(f"host {host}: the agent failed: {type(cause).__name__}: {cause}") from None
 
 
 def _why(exc: BaseException) -> str:

@@ -157,16 +157,16 @@ class Agent:
 
     def prepare(self, token: str, campaign, serials: list[str]) -> dict:
         """Under the leases: fail fast on a monitor that cannot exist; put back what killed runs left changed."""
-        from profiler import campaign as engine
         from profiler.device import Device
+        from profiler.worker import check_energy, restore_passthrough
 
         devices = [type("D", (), {"serial": s})() for s in serials]
         try:
-            engine._check_energy(campaign, devices)
+            check_energy(campaign, devices)
         except UserError as exc:
             return {"restored": {}, "error": str(exc)}
         restored = knobs.restore_pending(knobs.default_root(), lambda s: Device(s), serials=set(serials))
-        restored.update(engine._restore_passthrough(campaign, devices))
+        restored.update(restore_passthrough(campaign, devices))
         return {"restored": restored, "error": None}
 
     def stop(self, token: str) -> None:
@@ -178,7 +178,7 @@ class Agent:
 
     def finish(self, token: str) -> list[str]:
         """The run ended: adbd back as it was, leases released."""
-        from profiler import campaign as engine
+        from profiler.worker import undo_root
 
         with self._lock:
             run = self._runs.pop(token, None)
@@ -186,7 +186,7 @@ class Agent:
             return []
         run.stop.set()
         said: list[str] = []
-        engine._undo_root(set(run.leases), said.append)
+        undo_root(set(run.leases), said.append)
         for lease in run.leases.values():
             lease.release()
         return said
@@ -230,7 +230,7 @@ class Agent:
     def run_device(self, token: str, serial: str, name: str, facts, cells: list, campaign, threads: int | None):
         """Run `cells` [(cell, cell id, ArtifactRef with this host's path)] on `serial`, reporting as `name`;
         yields ("state" | "status" | "cell" | "trace" | "warning", data) and finally ("done", counts)."""
-        from profiler.campaign import DeviceWorker
+        from profiler.worker import DeviceWorker
 
         with self._lock:
             run = self._runs.get(token)

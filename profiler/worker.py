@@ -1,0 +1,389 @@
+"""One device's worker: its cells in order under a GovernorGuard (cooldown, governor, deploy once per content hash,
+R runner launches of W warm-up and N timed steps, parse, metadata, energy), every outcome written to a store. The
+in-process engine (profiler.campaign) runs one per device in threads; a cluster agent (profiler.cluster) runs the
+same worker on its host and streams the writes back. Also the host-side steps around a run on a device's host:
+failing fast on a monitor that cannot exist, putting back a killed run's passthrough, undoing adbd root.
+"""
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from profiler import __version__, knobs, paths
+from profiler.campaign_config import Campaign, Cell
+from profiler.deploy import deploy, remote_dir, runner_command
+from profiler.device import Device
+from profiler.errors import DeviceError, DeviceUnreachable, EnergyError, NotRooted, UserError
+from profiler.governor import GovernorGuard, GovernorUnavailable
+from profiler.hostcpu import host_cpu
+from profiler.probe import DeviceFacts, parse_probe
+from profiler.steps import clock_pairs, parse_run_output
+from profiler.energy.session import open_meter
+from profiler.store import LABELS, CellMeta, Sample, Store
+
+RUN_TIMEOUT_S = 1800.0
+
+
+class CampaignError(UserError):
+    """The campaign cannot start (no matching device, results exist without --resume, ...)."""
+
+
+@dataclass(frozen=True)
+class ArtifactRef:
+    """What the engine needs of a built workload artifact."""
+
+    path: Path
+    hash: str
+    files: tuple[str, ...]
+    tools: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass
+class Progress:
+    """Thread-safe counters per device, rendered by the CLI."""
+
+    total: dict[str, int] = field(default_factory=dict)
+    done: dict[str, int] = field(default_factory=dict)
+    state: dict[str, str] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    on_change: Callable[[str], None] | None = None
+    finished: bool = False          # set by `run` when the campaign has ended
+
+    def advance(self, serial: str, state: str = "") -> None:
+        with self.lock:
+            self.done[serial] = self.done.get(serial, 0) + 1
+            if state:
+                self.state[serial] = state
+        if self.on_change:
+            self.on_change(serial)
+
+    def set_state(self, serial: str, state: str) -> None:
+        with self.lock:
+            self.state[serial] = state
+        if self.on_change:
+            self.on_change(serial)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    ok: int
+    failed: int
+    skipped: int
+    resumed: int
+    results_dir: Path
+    restored: tuple[tuple[str, str], ...] = ()
+    warnings: tuple[str, ...] = ()
+
+
+# ------------------------------------------------------------------------------------------------------ pure helpers
+def affinity_mask(affinity: str, facts: DeviceFacts) -> str | None:
+    """Hex CPU mask for an affinity choice, or None for all CPUs. big/little = fastest/slowest cluster."""
+    if affinity == "all":
+        return None
+    if affinity.startswith("0x"):
+        return affinity
+    found = facts.cpu_clusters       # slowest first; per-CPU cpufreq layouts grouped too
+    if len(found) < 2:
+        raise UserError(f"[{facts.serial}] affinity {affinity!r} needs at least two clusters; found {len(found)}")
+    chosen = found[-1] if affinity == "big" else found[0]
+    return hex(sum(1 << c for c in chosen.cpus))
+
+
+def cooldown_temp(text: str, zones: str) -> float | None:
+    """Highest temperature (C) among thermal zones whose type matches the glob `zones` (pure)."""
+    facts = parse_probe(text)
+    temps = [z.temp_c for z in facts.thermal if z.temp_c is not None and fnmatch.fnmatch(z.type.lower(), zones.lower())]
+    return max(temps) if temps else None
+
+
+def _freqs(facts: DeviceFacts) -> tuple[tuple[str, int], ...]:
+    return tuple((p.name, p.cur_khz) for p in facts.policies if p.cur_khz is not None)
+
+
+def _throttled(facts: DeviceFacts) -> bool | None:
+    states = [c.cur_state for c in facts.cooling if c.cur_state is not None]
+    return any(s > 0 for s in states) if states else None
+
+
+# --------------------------------------------------------------------------------------------------------- the worker
+class HarnessClock:
+    """Where a cell's time goes beyond its training steps: seconds per part of the harness (governor, cooldown,
+    deploy, energy start/stop, runner launch beyond its steps, parse, end-of-cell read), recorded with the cell."""
+
+    def __init__(self):
+        self.parts: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def part(self, name: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(name, time.perf_counter() - t0)
+
+    def add(self, name: str, seconds: float) -> None:
+        self.parts[name] = self.parts.get(name, 0.0) + max(0.0, seconds)
+
+    def total(self) -> float:
+        return sum(self.parts.values())
+
+    def parts_tuple(self) -> tuple[tuple[str, float], ...]:
+        return tuple(sorted((k, round(v, 4)) for k, v in self.parts.items()))
+
+
+class DeviceWorker:
+    """Runs one device's cells in order. Never raises for a cell: outcomes go to the store."""
+
+    def __init__(self, serial: str, facts: DeviceFacts, cells: list[tuple[Cell, str, ArtifactRef]], store: Store,
+                 campaign: Campaign, progress: Progress, stop: threading.Event, resume: bool,
+                 threads: int | None = None, name: str | None = None):
+        self.serial, self.facts, self.cells, self.store = serial, facts, cells, store
+        self.name = name or serial   # what results call the device (`host/serial` on a cluster of hosts)
+        self.campaign, self.progress, self.stop, self.resume = campaign, progress, stop, resume
+        self.threads = threads
+        self.lab_home = paths.home_override()  # where simulated monitors of the lab are found
+        self.counts = {"ok": 0, "failed": 0, "skipped": 0, "resumed": 0}
+        self.deployed: set[str] = set()
+        self.warnings: list[str] = []
+
+    def run(self) -> dict[str, int]:
+        pending = []
+        for cell, cid, art in self.cells:
+            if self.resume and self.store.finished(cid):
+                self.counts["resumed"] += 1
+                self.progress.advance(self.name)
+            else:
+                pending.append((cell, cid, art))
+        if not pending:
+            self.progress.set_state(self.name, "done")
+            return self.counts
+        try:
+            device = Device(self.serial)
+        except DeviceError as exc:
+            self._fail_rest(pending, f"device unreachable: {exc}")
+            return self.counts
+        try:
+            self._run_cells(device, pending)
+        except DeviceError as exc:  # restoring on the way out failed: the snapshot stays pending for the next run
+            self.warnings.append(f"{self.name}: governors not restored now ({exc}); the next run restores them")
+        self.progress.set_state(self.name, "done")
+        return self.counts
+
+    def _run_cells(self, device: Device, pending) -> None:
+        with GovernorGuard(device, knobs.default_root()) as guard:
+            for i, (cell, cid, art) in enumerate(pending):
+                if self.stop.is_set():
+                    break
+                self.progress.set_state(self.name, f"{cell.workload}-{cell.variant} {cell.governor}")
+                try:
+                    self._cell(device, guard, cell, cid, art)
+                except DeviceUnreachable as exc:
+                    device = self._reconnect()
+                    if device is None:
+                        self._fail_rest(pending[i:], f"device lost: {exc}")
+                        return
+                    guard.device = device
+                    try:  # one retry on the fresh connection
+                        self._cell(device, guard, cell, cid, art)
+                    except DeviceError as exc2:
+                        self._fail_rest(pending[i:], f"device lost after retry: {exc2}")
+                        return
+                except UserError as exc:  # bad device output, runner failure, impossible affinity: this cell only
+                    self._record(cid, cell, "failed", str(exc))
+                except Exception as exc:  # noqa: BLE001 - any other fault is this cell's outcome, not the campaign's
+                    self._record(cid, cell, "failed", f"{type(exc).__name__}: {exc}")
+
+    def _reconnect(self) -> Device | None:
+        time.sleep(1.0)
+        try:
+            return Device(self.serial)
+        except DeviceError:
+            return None
+
+    def _fail_rest(self, rest, reason: str) -> None:
+        for cell, cid, _ in rest:
+            self._record(cid, cell, "failed", reason)
+
+    def _record(self, cid: str, cell: Cell, status: str, reason: str = "") -> None:
+        self.store.write_status(cid, status, reason, spec_key=cell.spec_key, label=cell.label)
+        self.counts[status] += 1
+        self.progress.advance(self.name)
+
+    # -- one cell
+    def _cell(self, device: Device, guard: GovernorGuard, cell: Cell, cid: str, art: ArtifactRef) -> None:
+        clock = HarnessClock()
+        with clock.part("governor"):
+            applied, reason, pinned = self._governor(device, guard, cell)
+        if applied is None:
+            self._record(cid, cell, "skipped", reason)
+            return
+        mask = affinity_mask(cell.affinity, self.facts)
+        with clock.part("cooldown"):
+            start = self._cooldown(device)  # the last cooldown reading is the cell's start state
+        with clock.part("deploy"):
+            remote = self._deploy(device, art)
+        with clock.part("energy_start"):
+            meter = open_meter(cell.energy, device, self.facts, lab_home=self.lab_home)
+            energy_note = ""
+            if meter is not None:
+                why = meter.precheck()
+                if why:  # time is still measured; energy is missing with the reason
+                    meter, energy_note = None, f"energy not measured: {why}"
+        started = time.time()
+        runs, pairs, trace = [], [], None
+        with contextlib.ExitStack() as stack:
+            if meter is not None:
+                try:   # a monitor that fails to start (or to prepare) costs the energy, never the time
+                    with clock.part("energy_start"):
+                        stack.enter_context(meter)
+                        meter.start()
+                except EnergyError as exc:
+                    stack.close()
+                    meter, energy_note = None, f"energy not measured: {exc}"
+            for rep in range(cell.repetitions):
+                cmd = runner_command(remote, warmup=cell.warmup, steps=cell.steps, threads=self.threads,
+                                     cpu_mask=mask)
+                with contextlib.ExitStack() as turn:
+                    with clock.part("host_cpu_wait"):   # virtual phones share this host's CPUs: one timed launch
+                        turn.enter_context(host_cpu(self.facts.virtual))   # at a time (profiler.hostcpu)
+                    t0 = time.perf_counter()
+                    r = device.shell(cmd, timeout=RUN_TIMEOUT_S)
+                    launch = time.perf_counter() - t0
+                if not r.ok:
+                    raise DeviceError("runner failed", serial=self.serial, command=cmd,
+                                      output=r.stderr or r.stdout, exit_code=r.exit_code)
+                with clock.part("parse"):
+                    out = parse_run_output(r.stdout)
+                runs.append(out.steps)
+                pairs += clock_pairs(out.meta)
+                clock.add("launch", launch - sum(s.step_ns for s in out.steps) / 1e9)   # beyond the steps
+            if meter is not None:
+                try:
+                    with clock.part("energy_stop"):
+                        trace = meter.stop()
+                except EnergyError as exc:   # monitor lost mid-cell: the steps' times stand, energy is missing
+                    trace, energy_note = None, f"energy lost: {exc}"
+        energies: list = [None] * sum(len(steps) for steps in runs)
+        labels = {"virtual"} if self.facts.virtual else {"measured"}
+        if trace is not None:
+            with clock.part("energy_stop"):
+                energies, summary = meter.attribute(trace, [s for steps in runs for s in steps], pairs)
+                labels |= set(summary.labels) & set(LABELS)
+                energy_note = "; ".join(summary.notes)
+                self.store.write_trace(cid, trace)
+        flat = iter(energies)
+        samples = [Sample.from_step(s, rep, energy_j=next(flat)) for rep, steps in enumerate(runs) for s in steps]
+        with clock.part("end_read"):
+            end = self._dynamic(device)
+        bat = end.battery
+        meta = CellMeta(
+            campaign=self.campaign.name, cell_id=cid, spec_key=cell.spec_key, device_serial=self.name,
+            device_model=self.facts.model, device_virtual=self.facts.virtual, workload=cell.workload,
+            variant=cell.variant, batch=cell.batch, governor_requested=cell.governor, governor_applied=applied,
+            affinity=cell.affinity, artifact_hash=art.hash, labels=tuple(sorted(labels)), config=cell.config,
+            governor_reason=reason, pinned_khz=pinned, warmup_steps=cell.warmup,
+            energy_source=getattr(meter, "spec", cell.energy) if trace is not None else "none",
+            energy_note=energy_note,
+            freqs_start_khz=_freqs(start), freqs_end_khz=_freqs(end),
+            temp_start_c=start.max_temp_c, temp_end_c=end.max_temp_c,
+            throttled=_throttled(end),
+            battery_pct=None if bat is None or bat.capacity is None else float(bat.capacity),
+            tool_versions=tuple(sorted({**dict(art.tools), "autlearn": __version__,
+                                        "android": self.facts.android or "?"}.items())),
+            started_at=started, finished_at=time.time(), harness=clock.parts_tuple(),
+            harness_s=round(clock.total(), 4))
+        self.store.write_cell(meta, samples)
+        self.counts["ok"] += 1
+        self.progress.advance(self.name)
+
+    def _governor(self, device: Device, guard: GovernorGuard, cell: Cell):
+        """Apply the cell's governor intent. Returns (applied | None, reason, pinned)."""
+        try:
+            res = guard.apply_intent(cell.governor, cell.fallback)
+        except NotRooted:
+            # Unrooted: run only if the device already sits at what the intent resolves to.
+            from profiler.governor import resolve_governor
+
+            current = {p.governor for p in self._dynamic(device).policies}  # reading needs no root
+            res = resolve_governor(cell.governor, self.facts.governors, cell.fallback)
+            if res.applied is not None and res.pin_khz is None and current == {res.applied}:
+                return res.applied, f"unrooted: the device already runs {res.applied}", ()
+            return None, (f"needs root to set governor {cell.governor!r} and the device has none "
+                          f"(it runs at its default {','.join(sorted(g for g in current if g))})"), ()
+        except GovernorUnavailable as exc:
+            return None, str(exc), ()
+        if res.resolution.applied is None:
+            return None, res.resolution.reason or f"governor {cell.governor!r} not offered", ()
+        return res.resolution.applied, res.resolution.reason, res.pinned_khz
+
+    def _dynamic(self, device: Device) -> DeviceFacts:
+        r = device.run_script("probe.sh", "dynamic", timeout=60)
+        return parse_probe(r.stdout, serial=self.serial)
+
+    def _cooldown(self, device: Device) -> DeviceFacts:
+        """Wait until the matching thermal zones are under the limit (or the timeout passes); the last reading."""
+        cd = self.campaign.cooldown
+        deadline = time.monotonic() + cd.timeout_s
+        while True:
+            text = device.run_script("probe.sh", "dynamic", timeout=60).stdout
+            temp = cooldown_temp(text, cd.zones)
+            if temp is None or temp <= cd.max_temp_c or time.monotonic() >= deadline or self.stop.is_set():
+                return parse_probe(text, serial=self.serial)
+            self.progress.set_state(self.name, f"cooling down ({temp:.1f} C > {cd.max_temp_c:.1f} C)")
+            time.sleep(min(5.0, max(0.1, deadline - time.monotonic())))
+
+    def _deploy(self, device: Device, art: ArtifactRef) -> str:
+        """Push the artifact once per content hash; returns its directory on the device."""
+        if art.hash in self.deployed:
+            return remote_dir(device, art.hash)
+        remote = deploy(device, art.hash, art.path, art.files)
+        self.deployed.add(art.hash)
+        return remote
+
+
+# ------------------------------------------------------------------------------------------------ on the phones' host
+def check_energy(campaign: Campaign, devices) -> None:
+    """Fail fast, before anything runs, on an energy source that cannot exist (wrong monitor serial, no monitor)."""
+    from profiler.energy.monsoon import open_monitor
+    from profiler.energy.session import resolve_energy
+
+    lab_home = paths.home_override()
+    for d in devices:
+        spec = resolve_energy(str(campaign.energy_for(d.serial)), d.serial, lab_home)
+        if spec.startswith("monsoon:"):
+            open_monitor(spec.partition(":")[2], lab_home=lab_home).close()  # EnergyError names the serial
+
+
+
+
+def restore_passthrough(campaign: Campaign, devices) -> dict[str, str]:
+    """The monitors powering the leased phones (named in the campaign, or known to power them): a passthrough
+    mode left changed by a killed window is put back before anything runs."""
+    from profiler.energy.monsoon import restore_pending_passthrough
+    from profiler.energy.session import known_monitor
+
+    lab_home = paths.home_override()
+    out: dict[str, str] = {}
+    for d in devices:
+        spec = str(campaign.energy_for(d.serial))
+        mon = spec.partition(":")[2] if spec.startswith("monsoon:") and spec != "monsoon:auto" else None
+        try:
+            mon = mon or known_monitor(d.serial, lab_home)
+            what = restore_pending_passthrough(mon, lab_home=lab_home) if mon else None
+        except (UserError, OSError) as exc:
+            what = f"not restored now ({exc})"
+        if what:
+            out[f"{d.serial} passthrough"] = what
+    return out
+
+
+def undo_root(serials: set[str], log: Callable[[str], None]) -> None:
+    for key, what in knobs.restore_pending(knobs.default_root(), lambda s: Device(s), serials=serials,
+                                           only={"adb_root"}).items():
+        if what != "restored":
+            log(f"{key}: not undone now ({what}); the next run does it")
