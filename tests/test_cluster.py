@@ -179,3 +179,25 @@ def test_two_controllers_never_share_a_phone(cluster, runner_cache, tmp_path):
     assert len(a) == 4 and len(b) == 1
     # the phone's cells of the two runs never overlapped in time
     assert b["started_at"].min() >= a["finished_at"].max() or b["finished_at"].max() <= a["started_at"].min()
+
+
+@pytest.mark.slow
+def test_builds_run_as_ray_tasks_on_both_nodes_once_per_key_across_controllers(cluster, tmp_path):
+    _, address = cluster
+    spec = parse_campaign({"name": "builds", "devices": {"virtual": True},
+                           "workload": [{"model": "lstm", "variants": ["full"], "batch": [1, 2],
+                                         "config": {"vocab_size": 50, "embed_dim": 8, "hidden_size": 8,
+                                                    "num_layers": 1, "seq_len": 3}}]})
+    cells = spec.plan([type("D", (), {"serial": "x", "model": "", "virtual": True})()])
+    requests = [(c, "x86_64") for c in cells]
+    first = artifact_provider(tmp_path / "first")
+    one = fleet(address)
+    one.prebuild(first, requests)
+    assert not first.missing(requests)          # both built, verified into this controller's cache
+    assert all(b["started_here"] for b in one.builds.values())
+    assert len({b["node"] for b in one.builds.values()}) == 2      # one on each node (1 CPU each)
+    second = artifact_provider(tmp_path / "second")   # another controller, an empty cache: nothing built again
+    two = fleet(address)
+    two.prebuild(second, requests)
+    assert not second.missing(requests) and not any(b["started_here"] for b in two.builds.values())
+    assert {first(c, "x86_64").hash for c in cells} == {second(c, "x86_64").hash for c in cells}

@@ -142,9 +142,10 @@ class ArtifactProvider:
                 todo[key] = (cell.workload, cell.variant, abi, out.name, config)
         return todo
 
-    def adopt(self, key: str, args: tuple, files: dict[str, bytes]) -> None:
+    def adopt(self, key: str, args: tuple, files: dict[str, bytes], tuning_digest: str | None = None) -> None:
         """Take an artifact built elsewhere (a cluster node) into this cache: written atomically and kept only
-        when it verifies like a local build (else `__call__` builds it here)."""
+        when it verifies like a local build and was compiled with the tuning database this cache's key names
+        (`tuning_digest`; else `__call__` builds it here)."""
         import shutil
 
         from workloads.artifact import load_artifact
@@ -158,9 +159,14 @@ class ArtifactProvider:
         shutil.rmtree(out, ignore_errors=True)
         tmp.rename(out)
         try:
-            self._memo[key] = self._ref(load_artifact(out))
+            art = load_artifact(out)
+            used = ((art.manifest.get("meta") or {}).get("tuning") or {})
+            if (used.get("digest") if isinstance(used, dict) else None) != tuning_digest:
+                raise ArtifactError(f"compiled with tuning database {used or 'none'}, expected {tuning_digest}")
+            self._memo[key] = self._ref(art)
             self.log(f"built {args[0]}/{args[1]} for {args[2]} (batch {args[4]['batch']}) on the cluster")
         except ArtifactError as exc:
+            shutil.rmtree(out, ignore_errors=True)
             self.log(f"{out.name}: the cluster's build does not verify ({exc}); building here")
 
     def prebuild(self, requests) -> None:

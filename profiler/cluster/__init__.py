@@ -125,15 +125,23 @@ def list_agents(address: str, timeout_s: float = 10.0) -> list[dict]:
 # ------------------------------------------------------------------------------------------------------ builds
 class BuildRegistry:
     """Cluster-wide artifact builds: one Ray task per build key, whoever asks first; later askers (other
-    controllers too) get the same result. Lives as a detached actor on the head node."""
+    controllers too) get the same result. Lives as a detached actor."""
 
     def __init__(self):
         self.refs: dict = {}
 
-    def claim(self, key: str, args: tuple) -> list:
-        if key not in self.refs:
-            self.refs[key] = _build_task().remote(*args)
-        return [self.refs[key]]   # in a list: the caller gets the reference, not the value
+    def claim(self, key: str, args: tuple, node: str | None = None) -> list:
+        """[the build's object reference, whether this ask started it] (in a list: the caller gets the reference,
+        not the value). `node`: run it there (a build that reads files only that node has)."""
+        fresh = key not in self.refs
+        if fresh:
+            task = _build_task()
+            if node is not None:
+                from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+                task = task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
+            self.refs[key] = task.remote(*args)
+        return [self.refs[key], fresh]
 
     def forget(self, key: str) -> None:
         self.refs.pop(key, None)
@@ -145,15 +153,49 @@ def _build_task():
     return ray.remote(num_cpus=1)(_build)
 
 
-def _build(workload: str, variant: str, abi: str, dirname: str, config: dict) -> dict[str, bytes]:
-    """Build one artifact on whichever node runs the task; its files."""
+def _build(workload: str, variant: str, abi: str, dirname: str, config: dict, tuning: dict | None) -> dict:
+    """Build one artifact on whichever node runs the task, with the controller's tuning database (`tuning`:
+    {"key", "files"}, or None: none); {"files": {name: bytes}, "node": the node's id}."""
+    import os
     import tempfile
+
+    import ray
 
     from workloads.artifact import build_artifact
 
     with tempfile.TemporaryDirectory(prefix="autlearn-build-") as tmp:
-        art = build_artifact(workload, variant, abi, Path(tmp) / dirname, **config)
-        return {p.name: p.read_bytes() for p in art.files()}
+        db_root = Path(tmp) / "tuning"
+        db_root.mkdir()
+        if tuning is not None:
+            (db_root / tuning["key"]).mkdir()
+            for name, data in tuning["files"].items():
+                (db_root / tuning["key"] / name).write_bytes(data)
+        saved = os.environ.get("AUTLEARN_TUNING_DIR")
+        os.environ["AUTLEARN_TUNING_DIR"] = str(db_root)     # this task's process runs one task at a time
+        try:
+            art = build_artifact(workload, variant, abi, Path(tmp) / dirname, **config)
+        finally:
+            if saved is None:
+                os.environ.pop("AUTLEARN_TUNING_DIR", None)
+            else:
+                os.environ["AUTLEARN_TUNING_DIR"] = saved
+        return {"files": {p.name: p.read_bytes() for p in art.files()},
+                "node": ray.get_runtime_context().get_node_id()}
+
+
+def _tuning_payload(abi: str, variant: str, config: dict) -> tuple[dict | None, str | None]:
+    """The tuning database this controller's build of (abi, variant, config) would use, as files to ship, and
+    its digest (None, None: untuned)."""
+    from workloads.tuning_db import DB_FILES, HAND_FILE, tuning_database
+
+    if variant == "unoptimized" or config.get("tuning") == "none":
+        return None, None
+    db = tuning_database(abi)
+    if db is None:
+        return None, None
+    path = Path(db["path"])
+    files = {n: (path / n).read_bytes() for n in (*DB_FILES, HAND_FILE) if (path / n).is_file()}
+    return {"key": db["key"], "files": files}, db["digest"]
 
 
 # ------------------------------------------------------------------------------------------------------ controller
@@ -175,6 +217,7 @@ class ClusterFleet:
         self.hosts: dict[str, _Host] = {}
         self.route: dict[str, tuple[str, str]] = {}     # name in results -> (host, serial on that host)
         self.multi_host = False
+        self.builds: dict[str, dict] = {}      # the last prebuild: per key, where it ran and who started it
         self._shipped: dict[tuple[str, str], str] = {}
         self._ship_lock = threading.Lock()
         self._done = threading.Event()
@@ -284,23 +327,33 @@ class ClusterFleet:
 
     # -- builds
     def prebuild(self, artifacts, requests) -> None:
-        """Build what the plan needs and the cache lacks as Ray tasks (any node with a CPU free), once per build
-        key across the cluster; each result is verified into this controller's cache."""
+        """Build what the plan needs and the cache lacks as Ray tasks (any node with a CPU free; a build that
+        reads input files, a pruned model, on this controller's node), once per build key across the cluster,
+        with this controller's tuning database; each result must verify into this controller's cache."""
+        from workloads.artifact import input_files
+
         todo = artifacts.missing(requests)
         if not todo:
             return
         ray = self.ray
         registry = BuildRegistryHandle.get(ray)
+        here = ray.get_runtime_context().get_node_id()
         self._say(f"building {len(todo)} artifacts as Ray tasks on the cluster")
-        refs = {key: ray.get(registry.claim.remote(key, args))[0] for key, args in todo.items()}
-        for key, ref in refs.items():
+        claims, digests = {}, {}
+        for key, (w, v, abi, dirname, config) in todo.items():
+            tuning, digests[key] = _tuning_payload(abi, v, config)
+            node = here if input_files(config) else None
+            claims[key] = ray.get(registry.claim.remote(key, (w, v, abi, dirname, config, tuning), node))
+        self.builds = {key: {"started_here": fresh} for key, (_, fresh) in claims.items()}
+        for key, (ref, _) in claims.items():
             try:
-                files = ray.get(ref)
+                out = ray.get(ref)
             except ray.exceptions.RayError as exc:
                 registry.forget.remote(key)   # a failed build is not kept: `artifacts(cell)` builds and raises here
                 self._say(f"cluster build failed ({str(exc).splitlines()[0]}); building here")
                 continue
-            artifacts.adopt(key, todo[key], files)
+            self.builds[key]["node"] = out["node"]
+            artifacts.adopt(key, todo[key], out["files"], tuning_digest=digests[key])
 
     # -- cells
     def run(self, planned, by_serial, store, campaign, progress, resume: bool, threads):
