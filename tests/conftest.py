@@ -235,11 +235,12 @@ def example_run(lab, runner_cache, tmp_path_factory):
 
     cache = runner_cache / "artifacts"
     before = {p.serial: _governors(p.root) for p in lab}
-    # the shipped file, timing 2 steps a launch instead of its 4: virtual phones take turns on this host's CPUs
-    # (profiler.hostcpu) and the unoptimized LSTM's seconds-long steps would cost the suite minutes. (One launch a
-    # cell was tried: the modern phone's MobileNet then came out faster under powersave than under schedutil, whose
-    # ramp from its lowest frequency takes ~0.3 s, longer than such a launch.)
-    campaign = dataclasses.replace(load_campaign(Path(__file__).parents[1] / "examples" / "paper.toml"), steps=2)
+    # the shipped file, one launch of 3 timed steps a cell instead of its 2 of 4: virtual phones take turns on this
+    # host's CPUs (profiler.hostcpu) and the unoptimized LSTM's seconds-long steps would cost the suite minutes.
+    # (Before issue 20 gave a new process half the spare utilisation, one launch a cell was too short: schedutil's
+    # ramp from its lowest frequency made the modern phone's MobileNet faster under powersave.)
+    campaign = dataclasses.replace(load_campaign(Path(__file__).parents[1] / "examples" / "paper.toml"), steps=3,
+                                   repetitions=1)
     results = tmp_path_factory.mktemp("example") / "results"
     outcome = run_campaign(campaign, results, artifact_provider(cache))
     return campaign, outcome, before

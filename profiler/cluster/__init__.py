@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import socket
 import threading
 import time
 import uuid
@@ -48,6 +49,14 @@ def connect(address: str):
     ray = _ray()
     if ray.is_initialized():
         return ray
+    host, _, port = address.rpartition(":")
+    if not port.isdigit():
+        raise ClusterError(f"--cluster {address!r}: expected HOST:PORT of the Ray head (e.g. 127.0.0.1:6379)")
+    try:            # Ray retries an unreachable head for minutes: say so at once
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
+    except (OSError, ValueError) as exc:
+        raise ClusterError(f"cannot reach the Ray cluster at {address} ({exc}); start it with `ray start --head` "
+                           "or `autlearn lab up --hosts 2`") from None
     try:
         ray.init(address=address, namespace=NAMESPACE, logging_level="ERROR", log_to_driver=False,
                  configure_logging=True)
