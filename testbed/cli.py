@@ -116,20 +116,30 @@ def status(as_json):
     """Show the lab's phones, whether they run, and their adb state."""
     from rich.table import Table
 
-    rows = Lab().status()
+    from pathlib import Path
+
+    from testbed.cluster_lab import ClusterLab, host_env
+
+    cl = ClusterLab()
+    hosts = [("", r) for r in Lab().status()]
+    for h in cl.hosts():        # a `lab up --hosts` lab: each host's phones on its own adb server
+        with host_env(h["env"]):
+            hosts += [(h["name"], r) for r in Lab(Path(h["home"])).status()]
+    rows = [r for _, r in hosts]
     if as_json:
-        click.echo(json.dumps({"phones": [r.to_json() for r in rows]}, indent=2))
+        click.echo(json.dumps({"cluster": cl.address, "phones": [{**r.to_json(), "host": h} for h, r in hosts]},
+                              indent=2))
         return
     if not rows:
         click.echo("lab: no phones (start them with `autlearn lab up`)")
         return
-    table = Table(title="virtual lab")
-    for col in ("name", "serial", "profile", "port", "pid", "process", "adb"):
+    table = Table(title="virtual lab" + (f" (Ray cluster {cl.address})" if cl.address else ""))
+    for col in ("host", "name", "serial", "profile", "port", "pid", "process", "adb"):
         table.add_column(col)
-    for r in rows:
+    for h, r in hosts:
         p = r.phone
-        table.add_row(p.name, p.serial, p.profile, str(p.port), str(p.pid), "running" if r.alive else "dead",
-                      r.adb_state)
+        table.add_row(h or "-", p.name, p.serial, p.profile, str(p.port), str(p.pid),
+                      "running" if r.alive else "dead", r.adb_state)
     _console().print(table)
     scales = {r.time_scale for r in rows if r.alive}
     for scale in sorted(scales):

@@ -5,6 +5,7 @@ process or the `autlearn` CLI."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -32,13 +33,32 @@ def governors(root) -> list[str]:
 
 @pytest.fixture(scope="module")
 def cluster(adb_env, runner_cache, tmp_path_factory):
-    """Host1: legacy + unrooted; host2: modern (the session lab's profiles, split over two hosts)."""
-    from testbed.cluster_lab import ClusterLab
+    """`autlearn lab up --hosts 2`: the default trio dealt in turn, host1: legacy + unrooted, host2: modern (the
+    session lab's profiles over two hosts)."""
+    from cli.main import main
+    from testbed.cluster_lab import ClusterLab, host_env
 
-    cl = ClusterLab(tmp_path_factory.mktemp("cluster_lab_home"))
-    address = cl.up([["legacy", "unrooted"], ["modern"]], keep_warm=False)
-    yield cl, address
-    cl.down()
+    home = tmp_path_factory.mktemp("cluster_lab_home")
+    with host_env({"AUTLEARN_HOME": str(home)}):
+        assert main(["lab", "up", "--hosts", "2", "--no-keep-warm"]) == 0
+    cl = ClusterLab(home)
+    yield cl, cl.address
+    with host_env({"AUTLEARN_HOME": str(home)}):
+        main(["lab", "down"])
+
+
+def test_lab_status_names_each_phones_host(cluster, capsys):
+    from cli.main import main
+    from testbed.cluster_lab import host_env
+
+    cl, address = cluster
+    capsys.readouterr()
+    with host_env({"AUTLEARN_HOME": str(cl.home)}):
+        assert main(["lab", "status", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["cluster"] == address
+    assert sorted((p["host"], p["profile"]) for p in got["phones"]) == [("host1", "legacy"), ("host1", "unrooted"),
+                                                                        ("host2", "modern")]
 
 
 def phones_of(cl, host: str):
