@@ -115,7 +115,10 @@ def list_(directory):
               help="Compile target (default: the device's probed CPU).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Runner threads on the device.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def tune(serials, model, variant, batch, sets, trials, minutes, top, target_id, threads, as_json):
+@click.option("--cluster", "address", default=None, metavar="ADDRESS",
+              help="The phones are on a Ray cluster's host (--device HOST/SERIAL): that host's agent tunes, and the "
+                   "databases come back here.")
+def tune(serials, model, variant, batch, sets, trials, minutes, top, target_id, threads, as_json, address):
     """Tune MODEL's kernels with MetaSchedule, measuring every candidate on the phone --device through adb.
 
     The database (one per CPU target, under $AUTLEARN_HOME/tuning/) is used by every later build for that
@@ -126,9 +129,16 @@ def tune(serials, model, variant, batch, sets, trials, minutes, top, target_id, 
     config = parse_sets(sets)
     if batch is not None:
         config["batch"] = batch
-    results = tune_devices(list(dict.fromkeys(serials)), model, variant, target_id=target_id, trials=trials,
-                           minutes=minutes, top=top, threads=threads,
-                           say=lambda msg: click.echo(f"[tune] {msg}", err=True), **config)
+    say = lambda msg: click.echo(f"[tune] {msg}", err=True)  # noqa: E731
+    if address:
+        from profiler.cluster import tune_on_cluster
+
+        results = tune_on_cluster(address, list(dict.fromkeys(serials)), model, variant, say=say,
+                                  target_id=target_id, trials=trials, minutes=minutes, top=top, threads=threads,
+                                  **config)
+    else:
+        results = tune_devices(list(dict.fromkeys(serials)), model, variant, target_id=target_id, trials=trials,
+                               minutes=minutes, top=top, threads=threads, say=say, **config)
     if len(results) > 1:
         if as_json:
             click.echo(json.dumps(results, indent=1))

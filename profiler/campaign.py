@@ -18,25 +18,16 @@ from pathlib import Path
 
 from profiler import knobs
 from profiler.campaign_config import Campaign, Cell, cell_id
-from profiler.device import Device
+from profiler.device import Device, wait_device
 from profiler.fleet import discover
 from profiler.governor import restore_on_signals, restore_pending
 from profiler.lease import PhoneLease
-from profiler.probe import DeviceFacts
 from profiler.store import Store
 from profiler.worker import (ArtifactRef, CampaignError, DeviceWorker, HarnessClock, Outcome, Progress,  # noqa: F401
-                             affinity_mask, check_energy, cooldown_temp, restore_passthrough, undo_root)
+                             affinity_mask, check_energy, cooldown_temp, restore_passthrough, target_id,
+                             undo_root)
 
 ArtifactProvider = Callable[[Cell, str], ArtifactRef]  # (cell, target id) -> artifact
-
-
-def target_id(facts: DeviceFacts) -> str:
-    """What a device's artifacts are compiled for: its ABI and the CPU the probe recognised
-    (`ABI@MCPU[,ATTR...]`, see workloads.compile.parse_target_id), else the ABI's generic floor."""
-    ct = facts.cpu_target
-    if ct is None or not ct.mcpu or ct.abi != facts.abi:
-        return facts.abi
-    return ",".join([f"{facts.abi}@{ct.mcpu}", *ct.mattr])
 
 
 class LocalFleet:
@@ -51,13 +42,17 @@ class LocalFleet:
     def lease(self, devices, campaign: Campaign, results: str, wait_s: float, log: Callable[[str], None],
               stack: contextlib.ExitStack) -> None:
         for d in devices:   # before anything is written or changed: one run per phone
-            stack.enter_context(PhoneLease(Device(d.serial), campaign.name, results, wait_s=wait_s, say=log))
+            stack.enter_context(PhoneLease(wait_device(d.serial, max(wait_s, 15.0)), campaign.name, results,
+                                           wait_s=wait_s, say=log))
+
+    def check(self, campaign: Campaign, devices) -> None:
+        """Before anything is written: fail fast on a monitor that cannot exist."""
+        check_energy(campaign, devices)
 
     def prepare(self, campaign: Campaign, devices, store: Store, log: Callable[[str], None],
                 stack: contextlib.ExitStack) -> dict[str, str]:
-        """Under the leases: fail fast on a monitor that cannot exist, put back what killed runs left changed
-        (governors, charging, adbd root, passthrough) and undo adbd root when the run ends."""
-        check_energy(campaign, devices)
+        """Under the leases: put back what killed runs left changed (governors, charging, adbd root, passthrough)
+        and undo adbd root when the run ends."""
         restored = restore_pending(store.root, lambda s: Device(s))     # results of older versions kept them here
         leased = {d.serial for d in devices}
         restored.update(knobs.restore_pending(knobs.default_root(), lambda s: Device(s), serials=leased))
@@ -151,6 +146,7 @@ def _run_campaign(campaign: Campaign, results_root: Path, artifacts: ArtifactPro
         raise CampaignError("no connected device matches the campaign's [devices] selection"
                             + ("" if reachable else " (no device is connected; `autlearn lab up` starts virtual ones)"))
     fleet.lease(devices, campaign, str(Path(results_root) / campaign.name), wait_s, log, stack)
+    fleet.check(campaign, devices)
     store = Store.open(results_root, campaign)
     store.record_devices({d.serial: {"model": d.model, "manufacturer": d.manufacturer, "soc": d.soc,
                                      "abi": d.abi, "android": d.android, "kernel": d.kernel, "root": d.root,

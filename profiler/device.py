@@ -282,3 +282,18 @@ def restore_adb_root(device: "Device", doc: dict) -> None:
         c.read_until_close()
     if not device._wait_adbd(root=False):
         raise DeviceError("adbd did not come back unrooted", serial=device.serial)
+
+
+def wait_device(serial: str, settle_s: float) -> Device:
+    """`Device(serial)`, waiting up to `settle_s` while adb reports it offline or absent (another run's adbd
+    restarting as or from root, a USB re-enumeration)."""
+    import time
+
+    deadline = time.monotonic() + settle_s
+    while True:
+        try:
+            return Device(serial)
+        except DeviceUnreachable:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.5)

@@ -44,3 +44,19 @@ def pending_dir() -> Path:
 def lab_dir() -> Path:
     """The virtual lab's state: home/lab."""
     return home() / "lab"
+
+
+def replace_dir(dest: Path, files: dict[str, bytes]) -> Path:
+    """Write `files` ({name: bytes}) as the directory `dest`, replacing what was there: written in a temp sibling,
+    then renamed into place (a reader never sees half of it)."""
+    import shutil
+
+    dest = Path(dest)
+    tmp = dest.with_name(f"{dest.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name, data in files.items():
+        (tmp / name).write_bytes(data)
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+    return dest

@@ -387,3 +387,12 @@ def undo_root(serials: set[str], log: Callable[[str], None]) -> None:
                                            only={"adb_root"}).items():
         if what != "restored":
             log(f"{key}: not undone now ({what}); the next run does it")
+
+
+def target_id(facts: DeviceFacts) -> str:
+    """What a device's artifacts are compiled for: its ABI and the CPU the probe recognised
+    (`ABI@MCPU[,ATTR...]`, see workloads.compile.parse_target_id), else the ABI's generic floor."""
+    ct = facts.cpu_target
+    if ct is None or not ct.mcpu or ct.abi != facts.abi:
+        return facts.abi
+    return ",".join([f"{facts.abi}@{ct.mcpu}", *ct.mattr])

@@ -148,16 +148,10 @@ class ArtifactProvider:
         (`tuning_digest`; else `__call__` builds it here)."""
         import shutil
 
+        from profiler import paths
         from workloads.artifact import load_artifact
 
-        out = self.cache / args[3]
-        tmp = out.with_name(out.name + f".in{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        for name, data in files.items():
-            (tmp / name).write_bytes(data)
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.rename(out)
+        out = paths.replace_dir(self.cache / args[3], files)
         try:
             art = load_artifact(out)
             used = ((art.manifest.get("meta") or {}).get("tuning") or {})

@@ -587,7 +587,7 @@ def tune_devices(serials: list[str], model: str, variant: str = "full", *, targe
                  say: Callable[[str], None] = lambda s: None, **config) -> list[dict]:
     """`autlearn workloads tune`: probe the phones, choose the CPU target (theirs, or `target_id`), tune on one
     phone or share the kernels among several of that target (`tune_fleet`). One result dict per phone."""
-    from profiler.campaign import target_id as device_target
+    from profiler.worker import target_id as device_target
     from profiler.device import Device
     from profiler.probe import probe
     from workloads import compile as C
@@ -635,7 +635,7 @@ def tune_for_campaign(campaign, *, trials: int, minutes: float, threads: int | N
     """`autlearn run --tune`: before a campaign builds its artifacts, tune every program it compiles on one
     connected phone per CPU target (databases resume, so a rerun only tunes what is missing). Programs that are
     never tuned (unoptimized, `tuning = "none"`, layer suites, pruned models from files) are skipped."""
-    from profiler.campaign import target_id
+    from profiler.worker import target_id
     from profiler.device import Device
     from profiler.fleet import discover
 

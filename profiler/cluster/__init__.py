@@ -296,22 +296,22 @@ class ClusterFleet:
     def _named(self, host: str, text: str) -> str:
         return f"{host}: {text}" if self.multi_host else text
 
+    def check(self, campaign, devices) -> None:
+        """Before anything is written: every host checks the monitors its phones' cells would use."""
+        from profiler.errors import EnergyError
+
+        groups = self._by_host(d.serial for d in devices)
+        refs = {h: self.hosts[h].handle.check.remote(campaign, [s for _, s in lst]) for h, lst in groups.items()}
+        errors = [self._named(h, why) for h, ref in refs.items() if (why := _get(self.ray, ref, h, INFO_TIMEOUT_S))]
+        if errors:
+            raise EnergyError("; ".join(errors))
+
     def prepare(self, campaign, devices, store, log, stack) -> dict[str, str]:
         groups = self._by_host(d.serial for d in devices)
-        restored: dict[str, str] = {}
-        errors = []
         refs = {h: self.hosts[h].handle.prepare.remote(self.token, campaign, [s for _, s in lst])
                 for h, lst in groups.items()}
-        for h, ref in refs.items():
-            out = _get(self.ray, ref, h, INFO_TIMEOUT_S)
-            if out["error"]:
-                errors.append(self._named(h, out["error"]))
-            restored.update({self._named(h, k): v for k, v in out["restored"].items()})
-        if errors:
-            from profiler.errors import EnergyError
-
-            raise EnergyError("; ".join(errors))
-        return restored
+        return {self._named(h, k): v for h, ref in refs.items()
+                for k, v in _get(self.ray, ref, h, INFO_TIMEOUT_S).items()}
 
     def _touch(self, hosts: list[str]) -> None:
         while not self._done.wait(TOUCH_S):
@@ -501,6 +501,47 @@ def _why(exc: BaseException) -> str:
     if type(exc).__name__ == "GetTimeoutError":
         return f"no heartbeat for {HOST_TIMEOUT_S:.0f} s"
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def tune_on_cluster(address: str, serials: list[str], model: str, variant: str = "full",
+                    say: Callable[[str], None] = lambda s: None, **kwargs) -> list[dict]:
+    """`autlearn workloads tune --cluster`: tune on phones of one host of the cluster (named `host/serial` or by
+    serial), by that host's agent (candidates built there, measured on its phones), starting from this machine's
+    tuning databases; the databases come back here (`paths.tuning_dir()`). One result dict per phone."""
+    from profiler import paths
+
+    fleet = ClusterFleet(address)
+    fleet._say = say
+    known = {}
+    for e in fleet.discover():
+        for n in {e.serial, e.serial.rpartition("/")[2]}:
+            known.setdefault(n, []).append(e.serial)
+    names = []
+    for s in serials:
+        found = known.get(s, [])
+        if len(found) != 1:
+            raise ClusterError(f"--device {s}: " + ("no such phone on the cluster's agents" if not found else
+                                                  f"on several hosts ({', '.join(found)}): name it host/serial"))
+        names.append(found[0])
+    hosts = {fleet.route[n][0] for n in names}
+    if len(hosts) > 1:
+        raise ClusterError(f"tune on the phones of one host at a time (got {', '.join(sorted(hosts))})")
+    (host,) = hosts
+    root = paths.tuning_dir()
+    files = {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()} if root.is_dir() \
+        else {}
+    say(f"tuning on host {host} ({', '.join(names)})")
+    out = _get(fleet.ray, fleet.hosts[host].handle.tune.remote([fleet.route[n][1] for n in names], model, variant,
+                                                               kwargs, files), host, None)
+    if out.get("error"):
+        raise ClusterError(f"host {host}: {out['error']}")
+    dirs: dict[Path, dict[str, bytes]] = {}
+    for rel, data in out["files"].items():
+        p = Path(rel)
+        dirs.setdefault(root / p.parent, {})[p.name] = data
+    for d, fs in dirs.items():     # each database directory replaced whole by its tuned copy
+        paths.replace_dir(d, fs)
+    return [{**r, "database": str(root / r["database"])} for r in out["results"]]
 
 
 class BuildRegistryHandle:

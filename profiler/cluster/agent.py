@@ -10,9 +10,9 @@ that controller stops touching them for `IDLE_S` (a controller that died) or cal
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
-import shutil
 import socket
 import threading
 import time
@@ -75,6 +75,7 @@ class Agent:
         self._runs: dict[str, _Run] = {}
         self._lock = threading.Lock()
         self._artifact_lock = threading.Lock()
+        self._tune_lock = threading.Lock()
         threading.Thread(target=self._watchdog, name="agent-watchdog", daemon=True).start()
 
     # -- who and what
@@ -136,7 +137,7 @@ class Agent:
     def lease(self, token: str, serials: list[str], campaign: str, results: str, wait_s: float) -> dict:
         """Lease `serials` to run `token`: {"said": [...], "error": None | why}. On an error nothing stays leased
         by this call."""
-        from profiler.device import Device
+        from profiler.device import wait_device
         from profiler.lease import PhoneLease
 
         said: list[str] = []
@@ -146,7 +147,8 @@ class Agent:
         taken = []
         try:
             for s in serials:
-                lease = PhoneLease(Device(s), campaign, results, wait_s=wait_s, say=said.append).acquire()
+                lease = PhoneLease(wait_device(s, max(wait_s, 15.0)), campaign, results, wait_s=wait_s,
+                                   say=said.append).acquire()
                 taken.append(s)
                 run.leases[s] = lease
         except UserError as exc:
@@ -155,19 +157,24 @@ class Agent:
             return {"said": said, "error": str(exc)}
         return {"said": said, "error": None}
 
-    def prepare(self, token: str, campaign, serials: list[str]) -> dict:
-        """Under the leases: fail fast on a monitor that cannot exist; put back what killed runs left changed."""
-        from profiler.device import Device
-        from profiler.worker import check_energy, restore_passthrough
+    def check(self, campaign, serials: list[str]) -> str | None:
+        """Why the campaign's energy sources cannot exist on this host (a wrong monitor serial), else None."""
+        from profiler.worker import check_energy
 
-        devices = [type("D", (), {"serial": s})() for s in serials]
         try:
-            check_energy(campaign, devices)
+            check_energy(campaign, [type("D", (), {"serial": s})() for s in serials])
         except UserError as exc:
-            return {"restored": {}, "error": str(exc)}
+            return str(exc)
+        return None
+
+    def prepare(self, token: str, campaign, serials: list[str]) -> dict[str, str]:
+        """Under the leases: put back what killed runs left changed on them."""
+        from profiler.device import Device
+        from profiler.worker import restore_passthrough
+
         restored = knobs.restore_pending(knobs.default_root(), lambda s: Device(s), serials=set(serials))
-        restored.update(restore_passthrough(campaign, devices))
-        return {"restored": restored, "error": None}
+        restored.update(restore_passthrough(campaign, [type("D", (), {"serial": s})() for s in serials]))
+        return restored
 
     def stop(self, token: str) -> None:
         """Workers of `token` finish their current cell, their guards restore governors."""
@@ -211,20 +218,48 @@ class Agent:
         """Materialize a shipped artifact in this host's cache (atomically); its directory."""
         d = self._artifact_dir(digest)
         with self._artifact_lock:
-            if all((d / f).is_file() for f in files):
-                return str(d)
-            tmp = d.with_name(d.name + f".tmp{os.getpid()}")
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            for name, data in files.items():
-                (tmp / name).write_bytes(data)
-            shutil.rmtree(d, ignore_errors=True)
-            tmp.rename(d)
+            if not all((d / f).is_file() for f in files):
+                paths.replace_dir(d, files)
         return str(d)
 
     @staticmethod
     def _artifact_dir(digest: str) -> Path:
         return paths.home() / "agent-artifacts" / digest
+
+    # -- tuning
+    def tune(self, serials: list[str], model: str, variant: str, kwargs: dict, tuning: dict[str, bytes]) -> dict:
+        """`workloads tune` on this host's phones `serials` (leased for it): candidates built here and measured
+        on them, starting from the controller's databases (`tuning`: {relative path: bytes}). {"results": [...],
+        "files": the databases after tuning, as `tuning`} or {"error": why}."""
+        import tempfile
+
+        from profiler.device import Device
+        from profiler.lease import PhoneLease
+        from workloads.metaschedule import tune_devices
+
+        with tempfile.TemporaryDirectory(prefix="autlearn-tune-") as tmp, contextlib.ExitStack() as leases:
+            root = Path(tmp)
+            for rel, data in tuning.items():
+                (root / rel).parent.mkdir(parents=True, exist_ok=True)
+                (root / rel).write_bytes(data)
+            saved = os.environ.get("AUTLEARN_TUNING_DIR")
+            os.environ["AUTLEARN_TUNING_DIR"] = str(root)   # this agent tunes one request at a time (_tune_lock)
+            try:
+                with self._tune_lock:
+                    for s in serials:
+                        leases.enter_context(PhoneLease(Device(s), f"tune {model}", "tuning"))
+                    results = tune_devices(serials, model, variant, **kwargs)
+            except UserError as exc:
+                return {"error": str(exc)}
+            finally:
+                if saved is None:
+                    os.environ.pop("AUTLEARN_TUNING_DIR", None)
+                else:
+                    os.environ["AUTLEARN_TUNING_DIR"] = saved
+            files = {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+            for r in results:
+                r["database"] = str(Path(r["database"]).relative_to(root))
+            return {"results": results, "files": files}
 
     # -- cells
     def run_device(self, token: str, serial: str, name: str, facts, cells: list, campaign, threads: int | None):
