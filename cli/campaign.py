@@ -86,6 +86,9 @@ def run(campaign_file: str, settings, tune_trials: int | None, tune_minutes: flo
     from workloads.artifact_cache import artifact_provider
 
     campaign = load_campaign(campaign_file)
+    if tune_trials and settings.cluster:
+        raise UserError("--tune tunes on this host's phones; on a cluster tune first with `autlearn workloads tune "
+                        "--cluster ADDRESS --device HOST/SERIAL`")
     if tune_trials:
         from workloads.metaschedule import tune_for_campaign
 
