@@ -11,6 +11,8 @@ import click
 from cli.options import measure_options
 from profiler.errors import UserError
 
+EXIT_CELLS_FAILED = 3   # `run` finished, and some cells failed (1: bad input or hardware; 130: interrupted)
+
 
 def _progress_table(progress):
     from rich.table import Table
@@ -43,7 +45,7 @@ class LiveProgress:
         with self._lock:
             if progress is not self._progress:        # a new campaign: keep the last table, start another
                 if self._live is not None:
-                    self._live.stop()
+                    self._stop()
                 self._progress = progress
                 self._live = Live(_progress_table(progress), console=self.console, refresh_per_second=4,
                                   transient=False, auto_refresh=sys.stderr.isatty())
@@ -52,8 +54,13 @@ class LiveProgress:
                 self._live.update(_progress_table(progress))
             if progress.finished and self._live is not None:   # the table stays on screen; the display is free
                 self._live.update(_progress_table(progress))
-                self._live.stop()
-                self._live = None
+                self._stop()
+
+    def _stop(self) -> None:
+        self._live.stop()
+        self._live = None
+        if not self.console.is_terminal:   # a pipe or file: what follows starts on a line of its own
+            self.console.line()
 
     def log(self, message: str) -> None:
         self.console.print(message, markup=False, highlight=False)
@@ -64,8 +71,7 @@ class LiveProgress:
     def __exit__(self, *exc) -> None:
         with self._lock:
             if self._live is not None:
-                self._live.stop()
-                self._live = None
+                self._stop()
 
 
 @click.command()
@@ -80,7 +86,10 @@ class LiveProgress:
 @click.option("--wait", "wait_s", type=click.FloatRange(min=0), default=0.0, show_default=True, metavar="SECONDS",
               help="Wait this long for a phone another run holds (default: stop, naming that run).")
 def run(campaign_file: str, settings, tune_trials: int | None, tune_minutes: float, wait_s: float):
-    """Run a campaign: every workload x variant x governor cell on every selected device."""
+    """Run a campaign: every workload x variant x governor cell on every selected device.
+
+    Exit status: 0 when every cell is ok or skipped, 3 when some cells failed (the rest is kept; `results show`
+    names each reason), 1 on bad input (nothing run), 130 when interrupted."""
     from profiler.campaign import run as run_campaign
     from profiler.campaign_config import load_campaign
     from workloads.artifact_cache import artifact_provider
@@ -94,11 +103,19 @@ def run(campaign_file: str, settings, tune_trials: int | None, tune_minutes: flo
 
         tune_for_campaign(campaign, trials=tune_trials, minutes=tune_minutes, threads=settings.threads,
                           say=lambda s: click.echo(f"[tune] {s}", err=True))
-    with LiveProgress() as display:
-        outcome = run_campaign(campaign, settings, artifact_provider(settings.artifacts, log=display.log),
-                               display.on_progress, display.log, wait_s=wait_s)
+    try:
+        with LiveProgress() as display:
+            outcome = run_campaign(campaign, settings, artifact_provider(settings.artifacts, log=display.log),
+                                   display.on_progress, display.log, wait_s=wait_s)
+    except (KeyboardInterrupt, SystemExit) as exc:   # SIGTERM arrives as SystemExit(143) (profiler.governor)
+        click.echo("autlearn: interrupted: governors restored; the cells under way are stored as interrupted (nothing "
+                   f"they measured is kept): `autlearn run --resume {campaign_file}` finishes the campaign", err=True)
+        code = exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int) else 130
+        raise click.exceptions.Exit(code) from None
     click.echo(f"{campaign.name}: {outcome.ok} ok, {outcome.failed} failed, {outcome.skipped} skipped, "
                f"{outcome.resumed} already done -> {outcome.results_dir}")
+    if outcome.failed:    # measured cells are kept; scripts see that some failed (`results show` says why)
+        raise click.exceptions.Exit(EXIT_CELLS_FAILED)
 
 
 @click.group()
@@ -111,7 +128,7 @@ def results():
 @click.option("--json", "as_json", is_flag=True)
 def show(results_dir: str, as_json: bool):
     """Per-cell summaries (median, 95% CI, CV) and failed/skipped cells with reasons."""
-    from profiler.store import bad_cell_lines, load_status, load_summaries, sorted_summaries
+    from profiler.store import bad_cell_lines, load_status, load_summaries, one_line, sorted_summaries
 
     status = load_status(results_dir)
     loaded = load_summaries(results_dir)
@@ -129,11 +146,11 @@ def show(results_dir: str, as_json: bool):
         from rich.table import Table
         from rich.text import Text
 
-        t = Table(title="failed / skipped cells", title_justify="left")
+        t = Table(title="failed / skipped / interrupted cells", title_justify="left")
         for col in ("cell", "status", "reason"):
             t.add_column(col)
         for _, r in bad.iterrows():
-            t.add_row(Text(str(r.get("label", r["cell_id"]))), r["status"], Text(str(r["reason"])))
+            t.add_row(Text(str(r.get("label", r["cell_id"]))), r["status"], Text(one_line(r["reason"])))
         Console(width=None if sys.stdout.isatty() else 200).print(t)
 
 
@@ -141,6 +158,8 @@ def _print_summaries(df) -> None:
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
+
+    from profiler.store import energy_reason
 
     if df.empty:
         click.echo("no finished cells")
@@ -150,8 +169,15 @@ def _print_summaries(df) -> None:
     for c in ("median", "ci_low", "ci_high"):
         if f"{c}_ns" in df.columns:
             df[f"{c}_ms"] = df[f"{c}_ns"] / 1e6
-    cols = ("device_model", "workload", "variant", "batch", "governor_requested", "governor_applied", "n",
-            "median_ms", "ci_low_ms", "ci_high_ms", "cv", "harness_s", "labels")
+    # energy per step, or why there is none; the model arguments only when a campaign varies them
+    joules = df["energy_j_median"].tolist() if "energy_j_median" in df.columns else [float("nan")] * len(df)
+    notes = df["energy_note"].tolist() if "energy_note" in df.columns else [""] * len(df)
+    df["energy"] = [f"{j:.3g} J" if j == j else (energy_reason(n) or "none") for j, n in zip(joules, notes)]
+    if "config" in df.columns and df["config"].astype(str).nunique() < 2:
+        df = df.drop(columns="config")
+    cols = ("device_model", "workload", "variant", "config", "batch", "affinity", "governor_requested",
+            "governor_applied", "n", "median_ms", "ci_low_ms", "ci_high_ms", "cv", "energy", "harness_s", "wait_s",
+            "labels")
     present = [c for c in cols if c in df.columns]
     for c in present:
         t.add_column(c)

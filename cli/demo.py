@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from cli.campaign import EXIT_CELLS_FAILED
 from cli.main import main as autlearn
 
 
@@ -18,7 +19,7 @@ def _step(title: str, argv: list[str]) -> None:
     click.secho(f"\n$ autlearn {' '.join(argv)}", bold=True)
     click.echo(f"  ({title})")
     code = autlearn(argv)
-    if code:
+    if code and code != EXIT_CELLS_FAILED:   # failed cells are shown by the next steps
         raise SystemExit(code)
 
 

@@ -54,7 +54,7 @@ def cli():
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user errors become one line on stderr and exit code 1, never a traceback."""
     try:
-        cli.main(args=argv, prog_name="autlearn", standalone_mode=False)
+        code = cli.main(args=argv, prog_name="autlearn", standalone_mode=False)   # a command's Exit(N): N
     except UserError as exc:
         click.echo(f"autlearn: error: {exc}", err=True)
         return 1
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         click.echo("autlearn: interrupted", err=True)
         return 130
-    return 0
+    return code if isinstance(code, int) and not isinstance(code, bool) else 0
 
 
 if __name__ == "__main__":

@@ -44,13 +44,7 @@ if [ "$dur" = 0 ] && [ -z "$stop" ]; then echo "fuelgauge.sh: duration 0 needs a
 echo "# autlearn-fuelgauge 1 clock=$clock interval=$interval duration=$dur"
 now
 start_sec=$sec start_ms=$ms
-n=0
-reason=duration
-while :; do
-    if [ -n "$stop" ] && [ -e "$stop" ]; then reason=stopfile; break; fi
-    now
-    elapsed=$(( (sec - start_sec) * 1000 + ms - start_ms ))
-    if [ "$dur" != 0 ] && [ "$elapsed" -ge $((dur * 1000)) ]; then break; fi
+sample() {  # one S line at time t
     rd cur "$PS/battery/current_now"
     rd volt "$PS/battery/voltage_now"
     rd cc "$PS/battery/charge_counter"
@@ -59,6 +53,17 @@ while :; do
     rd ac "$PS/ac/online"
     echo "S $t $cur $volt $cc $usb $ac $st"
     n=$((n + 1))
+}
+n=0
+reason=duration
+while :; do
+    now
+    # stopped: one last sample, so the trace reaches the moment the stop was asked for (after the last step,
+    # even when this sampler was held meanwhile)
+    if [ -n "$stop" ] && [ -e "$stop" ]; then reason=stopfile; sample; break; fi
+    elapsed=$(( (sec - start_sec) * 1000 + ms - start_ms ))
+    if [ "$dur" != 0 ] && [ "$elapsed" -ge $((dur * 1000)) ]; then break; fi
+    sample
     sleep "$interval" 2>/dev/null || sleep 1
 done
 echo "# end reason=$reason samples=$n"

@@ -19,10 +19,11 @@ from pathlib import Path
 from profiler import knobs
 from profiler.campaign_config import Campaign, Cell, cell_id
 from profiler.device import Device, wait_device
+from profiler.energy.session import stop_orphan_samplers
 from profiler.fleet import discover
 from profiler.governor import restore_on_signals, restore_pending
 from profiler.lease import PhoneLease
-from profiler.store import Store
+from profiler.store import Store, one_line
 from profiler.worker import (ArtifactRef, CampaignError, DeviceWorker, HarnessClock, Outcome, Progress,  # noqa: F401
                              affinity_mask, check_energy, cooldown_temp, restore_passthrough, target_id,
                              undo_root)
@@ -33,8 +34,6 @@ ArtifactProvider = Callable[[Cell, str], ArtifactRef]  # (cell, target id) -> ar
 class LocalFleet:
     """The phones of this host's adb server, driven in-process: one worker thread per device (the default engine;
     `profiler.cluster.ClusterFleet` is the same interface over agents on several hosts)."""
-
-    multi_host = False
 
     def discover(self) -> list:
         return discover()
@@ -47,7 +46,7 @@ class LocalFleet:
 
     def check(self, campaign: Campaign, devices) -> None:
         """Before anything is written: fail fast on a monitor that cannot exist."""
-        check_energy(campaign, devices)
+        check_energy(campaign, [d.serial for d in devices])
 
     def prepare(self, campaign: Campaign, devices, store: Store, log: Callable[[str], None],
                 stack: contextlib.ExitStack) -> dict[str, str]:
@@ -56,8 +55,10 @@ class LocalFleet:
         restored = restore_pending(store.root, lambda s: Device(s))     # results of older versions kept them here
         leased = {d.serial for d in devices}
         restored.update(knobs.restore_pending(knobs.default_root(), lambda s: Device(s), serials=leased))
-        restored.update(restore_passthrough(campaign, devices))
+        restored.update(restore_passthrough(campaign, [d.serial for d in devices]))
+        restored.update(stop_orphan_samplers(sorted(leased)))
         stack.callback(undo_root, leased, log)   # adbd back as it was when the run ends (under the leases)
+        stack.callback(_passthrough_at_end, campaign, sorted(leased), log)
         return restored
 
     def prebuild(self, artifacts: ArtifactProvider, requests) -> None:
@@ -77,15 +78,24 @@ class LocalFleet:
                 while not all(f.done() for f in futures):
                     time.sleep(0.2)
             except BaseException:
-                stop.set()  # workers finish their current cell, their guards restore governors
+                stop.set()  # workers store their current cell as interrupted and start no other; guards restore
+                for w in workers:
+                    w.abort_launch()   # the runner under way ends now, not after its steps
                 pool.shutdown(wait=True)
                 raise
             pool.shutdown(wait=True)
-        totals = {"ok": 0, "failed": 0, "skipped": 0, "resumed": 0}
+        totals = {"ok": 0, "failed": 0, "skipped": 0, "resumed": 0, "interrupted": 0}
         for f in futures:
             for k, v in f.result().items():
                 totals[k] += v
         return totals, tuple(w for wk in workers for w in wk.warnings)
+
+
+def _passthrough_at_end(campaign: Campaign, serials, log: Callable[[str], None]) -> None:
+    """A monitor that died or hung in a run's last cell left its USB passthrough off: put it back now, not at the
+    next run (with a real Monsoon the phone is off adb until then)."""
+    for key, what in restore_passthrough(campaign, serials).items():
+        log(f"{key}: left changed by a monitor that died in this run: {what}")
 
 
 def fleet_for(settings) -> "LocalFleet":
@@ -172,10 +182,16 @@ def _run_campaign(campaign: Campaign, results_root: Path, artifacts: ArtifactPro
         raise CampaignError(f"{store.root} already holds results of this campaign: use --resume to continue it, "
                             "or give the campaign another name")
     store.set_plan(ids)
+    if resume:   # what is redone besides cells never run, failed or skipped, named
+        for lst in planned.values():
+            for cell, cid, _ in lst:
+                why = store.redo_reason(cid)
+                if why:
+                    log(one_line(f"redoing {cell.label} ({cid}): {why}"))
     for serial, lst in planned.items():
         progress.total[serial] = len(lst)
     totals, warnings = fleet.run(planned, by_serial, store, campaign, progress, resume, threads)
     for w in warnings:
-        log(w)
+        log(one_line(w))
     return Outcome(totals["ok"], totals["failed"], totals["skipped"], totals["resumed"], store.root,
                    tuple(restored.items()), warnings)

@@ -95,16 +95,16 @@ class DeviceSelection:
             return False
         if not self.serials and not self.models:
             return True
-        return bool(_names(device.serial) & set(self.serials)) or any(
+        return bool(device_names(device.serial) & set(self.serials)) or any(
             fnmatch.fnmatchcase((device.model or "").lower(), g.lower()) for g in self.models)
 
     def missing(self, devices: Iterable["DeviceLike"]) -> tuple[str, ...]:
         """Serials the campaign names that are not among `devices` (report them; do not silently run less)."""
-        present = {n for d in devices for n in _names(d.serial)}
+        present = {n for d in devices for n in device_names(d.serial)}
         return tuple(s for s in self.serials if s not in present)
 
 
-def _names(serial: str) -> set[str]:
+def device_names(serial: str) -> set[str]:
     """What a campaign may call a device: its serial, and on a cluster of hosts also `host/serial` (results name
     it so) or the bare serial."""
     return {serial, serial.rpartition("/")[2]}

@@ -17,6 +17,7 @@ from functools import cached_property
 from importlib import resources
 from pathlib import Path
 
+from profiler import hostcpu
 from profiler.errors import (DeviceCommandFailed, DeviceError, DeviceTimeout, DeviceUnreachable, NotRooted,
                              ToolMissing)
 
@@ -112,6 +113,7 @@ class Device:
         self._client = client or adb_client()
         self._try_adb_root = try_adb_root
         self._scripts: dict[str, str] = {}
+        self.shares_host = False    # a virtual phone: every operation holds the host CPU gate shared (hostcpu)
         states = {e.serial: e.state for e in list_devices(self._client)}
         if serial not in states:
             known = ", ".join(sorted(states)) or "none"
@@ -130,7 +132,8 @@ class Device:
 
         timeout = self.timeout if timeout is None else timeout
         try:
-            r = self._adb.shell2(cmd, timeout=timeout, v2=True)
+            with hostcpu.shared(self.shares_host):
+                r = self._adb.shell2(cmd, timeout=timeout, v2=True)
         except adbutils.AdbTimeout as exc:
             raise DeviceTimeout(f"no answer within {timeout:g} s", serial=self.serial, command=cmd) from exc
         except (adbutils.AdbError, OSError, EOFError) as exc:
@@ -151,7 +154,8 @@ class Device:
         import adbutils
 
         try:
-            self._adb.sync.push(str(local), remote)
+            with hostcpu.shared(self.shares_host):
+                self._adb.sync.push(str(local), remote)
         except FileNotFoundError:
             raise
         except (adbutils.AdbError, OSError, EOFError) as exc:
@@ -161,7 +165,8 @@ class Device:
         import adbutils
 
         try:
-            self._adb.sync.pull(remote, str(local))
+            with hostcpu.shared(self.shares_host):
+                self._adb.sync.pull(remote, str(local))
         except (adbutils.AdbError, OSError, EOFError) as exc:
             raise DeviceError(f"pull {remote} -> {local} failed: {exc}", serial=self.serial) from exc
 

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from profiler.cpufreq import CpuPolicy, common_governors, parse_policy
-from profiler import knobs
+from profiler import hostcpu, knobs
 from profiler.errors import DeviceCommandFailed, NotRooted, ParseError, UserError
 
 INTENTS = ("interactive", "powersave", "performance", "schedutil", "userspace")
@@ -267,7 +267,10 @@ def _signal_handler(signum, frame):
     with _registry_lock:
         guards = list(_active)
     for g in guards:
-        g.restore(quiet=True)
+        g.signalled = True   # first: a cell that ends while the restore runs is not stored as measured under it
+    with hostcpu.bypass():   # at once, not after a virtual phone's timed launch (the run ends that launch next)
+        for g in guards:
+            g.restore(quiet=True)
     prev = _previous_handlers.get(signum, signal.SIG_DFL)
     _uninstall_handlers(force=True)
     if callable(prev):
@@ -343,6 +346,7 @@ class GovernorGuard:
         self._handlers = False
         self._info: tuple[PolicyInfo, ...] | None = None
         self.restore_error: Exception | None = None  # why a quiet restore failed (the pending file stays)
+        self.signalled = False   # SIGINT/SIGTERM restored it: nothing that runs from then on is under its governor
 
     # -- context
     def __enter__(self) -> "GovernorGuard":

@@ -4,6 +4,7 @@ Every function reads the environment when called (tests and the lab point the va
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -46,17 +47,40 @@ def lab_dir() -> Path:
     return home() / "lab"
 
 
+def write_tree(root: Path, files: dict[str, bytes]) -> Path:
+    """Write `files` ({relative path: bytes}) under `root`, making directories as needed."""
+    root = Path(root)
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    return root
+
+
 def replace_dir(dest: Path, files: dict[str, bytes]) -> Path:
-    """Write `files` ({name: bytes}) as the directory `dest`, replacing what was there: written in a temp sibling,
-    then renamed into place (a reader never sees half of it)."""
+    """Write `files` ({relative path: bytes}) as the directory `dest`, replacing what was there: written in a temp
+    sibling, then renamed into place (a reader never sees half of it)."""
     import shutil
 
     dest = Path(dest)
     tmp = dest.with_name(f"{dest.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name, data in files.items():
-        (tmp / name).write_bytes(data)
+    write_tree(tmp, files).mkdir(parents=True, exist_ok=True)
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)
     return dest
+
+
+@contextlib.contextmanager
+def env_override(env: dict[str, str]):
+    """This process's environment with `env` set, as it was afterwards (the functions here read it when
+    called: a Ray task building with another tuning directory, a simulated host's adb port and home)."""
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

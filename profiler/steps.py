@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -138,3 +139,25 @@ def parse_run_output(text: str, *, strict: bool = False) -> RunOutput:
 def clock_pairs(meta: dict) -> list[dict]:
     """The (CLOCK_MONOTONIC, CLOCK_REALTIME) pairs a run printed, for energy alignment."""
     return [p for p in (meta.get("clock_pair"), meta.get("end_clock_pair")) if isinstance(p, dict)]
+
+
+# `times` (POSIX shell builtin, mksh on Android): two lines, the shell's own user/system CPU time, then its
+# children's, each "XmY.YYs XmY.YYs"
+_TIMES_RE = re.compile(r"^\s*(\d+)m(\d+(?:\.\d+)?)s\s+(\d+)m(\d+(?:\.\d+)?)s\s*$")
+TIMES_SUFFIX = "; s=$?; times >&2; exit $s"   # appended to a launch: its children's CPU time on stderr
+
+
+def parse_children_cpu_s(stderr: str) -> float | None:
+    """The children's user + system CPU seconds from the last `times` output in `stderr` (None: not there)."""
+    lines = [m for m in (_TIMES_RE.match(line) for line in stderr.splitlines()) if m]
+    if len(lines) < 2:
+        return None
+    m = lines[-1]
+    return int(m[1]) * 60 + float(m[2]) + int(m[3]) * 60 + float(m[4])
+
+
+def cpu_share(cpu_s: float | None, wall_s: float, threads: Any) -> float | None:
+    """The share of its threads' CPUs a launch held: CPU seconds / (wall seconds x threads)."""
+    if cpu_s is None or wall_s <= 0 or not _is_int(threads) or threads < 1:
+        return None
+    return cpu_s / (wall_s * threads)

@@ -5,9 +5,9 @@
       cells/<cell_id>.parquet    raw samples: one row per step per repetition (warm-up steps too, flagged), every
                                  row carrying the cell's metadata columns (device, governor, temps, artifact, ...)
       summary/<cell_id>.parquet  one row: metadata + profiler.stats.summarize() of the timed steps
-      status/<cell_id>.json      {"status": "ok" | "failed" | "skipped", "reason", "spec_key", "files", ...};
-                                 written last, it is the commit point: a cell without an "ok" status is not
-                                 finished. "files" holds the sha256 and size of the cell's samples and summary.
+      status/<cell_id>.json      {"status": "ok" | "failed" | "skipped" | "interrupted", "reason", "spec_key",
+                                 "files", ...}; written last, it is the commit point: a cell without an "ok" status
+                                 is not finished. "files" holds the sha256 and size of the cell's samples and summary.
       governor-pending/          snapshots of phones whose governors are changed right now (profiler.governor)
 
 Every file is written atomically (temp file in the same directory, fsync, os.replace, fsync of the directory), so a
@@ -52,7 +52,7 @@ SCHEMA_VERSION = 1
 # from_version -> function(root) upgrading a results directory in place to from_version + 1.
 MIGRATIONS: dict[int, Callable[[Path], None]] = {}
 MANIFEST = "campaign.json"
-STATUSES = ("ok", "failed", "skipped")
+STATUSES = ("ok", "failed", "skipped", "interrupted")   # interrupted: stopped mid-cell, redone by --resume
 LABELS = ("virtual", "modeled", "simulated", "measured")
 # Metadata that must be equal for rows to be pooled into one summary.
 FIXED_COLUMNS = ("device_model", "device_virtual", "workload", "config", "variant", "batch", "governor_applied",
@@ -117,6 +117,12 @@ class CellMeta:
     # the harness's own time in this cell beyond its training steps (profiler.campaign.HarnessClock), by part
     harness: tuple[tuple[str, float], ...] = ()
     harness_s: float | None = None
+    # time the cell waited for the virtual lab's host CPUs (other phones' timed launches; profiler.hostcpu): the
+    # lab's queueing, kept out of harness_s
+    wait_s: float | None = None
+    # per launch: the share of its threads' CPUs the runner held (CPU time / (wall x threads), from the shell's
+    # `times`; None where the shell has none). On a virtual phone, the time scale its governor asked for
+    cpu_share: tuple[float | None, ...] = ()
 
     def __post_init__(self):
         if not _ID_RE.match(self.cell_id):
@@ -131,6 +137,7 @@ class CellMeta:
         for k in ("config", "pinned_khz", "freqs_start_khz", "freqs_end_khz", "tool_versions", "harness"):
             d[k] = json.dumps({a: list(b) if isinstance(b, tuple) else b for a, b in getattr(self, k)},
                               sort_keys=True)
+        d["cpu_share"] = json.dumps(list(self.cpu_share))
         d["labels"] = ",".join(sorted(self.labels))
         return d
 
@@ -160,7 +167,7 @@ class Sample:
 @dataclass(frozen=True)
 class CellStatus:
     cell_id: str
-    status: str  # "ok" | "failed" | "skipped"
+    status: str  # "ok" | "failed" | "skipped" | "interrupted"
     reason: str = ""
     spec_key: str = ""
     label: str = ""
@@ -307,8 +314,11 @@ class Store:
             return None
         except ValueError as exc:
             raise SchemaError(f"corrupt status file {p}: {exc}") from None
-        return CellStatus(cell_id=doc.get("cell_id", cell_id), status=doc["status"], reason=doc.get("reason", ""),
-                          spec_key=doc.get("spec_key", ""), label=doc.get("label", ""), at=doc.get("at", 0.0),
+        why = _status_shape(doc, cell_id)
+        if why:
+            raise SchemaError(f"corrupt status file {p}: {why}")
+        return CellStatus(cell_id=cell_id, status=doc["status"], reason=doc.get("reason", ""),
+                          spec_key=doc.get("spec_key", ""), label=doc.get("label", ""), at=float(doc.get("at", 0.0)),
                           extra=tuple(sorted((doc.get("extra") or {}).items())))
 
     def finished(self, cell_id: str) -> bool:
@@ -318,6 +328,21 @@ class Store:
         except SchemaError:      # a garbled status file: the cell is redone
             return False
         return st is not None and st.status == "ok" and self.verify(cell_id, st) is None
+
+    def redo_reason(self, cell_id: str) -> str | None:
+        """Why `--resume` redoes a cell that has a record: its status file is corrupt, its files cannot be trusted, or
+        it was interrupted (None for a finished cell, one never run, or a failed or skipped one: those are redone
+        as a matter of course)."""
+        try:
+            st = self.status(cell_id)
+        except SchemaError as exc:
+            return str(exc)
+        if st is None or st.status in ("failed", "skipped"):
+            return None
+        if st.status == "interrupted":
+            return "it was interrupted"
+        why = self.verify(cell_id, st)
+        return None if why is None else f"its files cannot be trusted: {why}"
 
     def verify(self, cell_id: str, status: "CellStatus | None" = None) -> str | None:
         """Why a finished cell's files cannot be trusted, or None when they can (see `check_file`). `status`: the
@@ -414,7 +439,7 @@ class Store:
 
     def write_status(self, cell_id: str, status: str, reason: str = "", *, spec_key: str = "", label: str = "",
                      extra: Mapping[str, Any] | None = None) -> None:
-        """Record a cell's outcome; "failed" and "skipped" need a reason (NotRooted, governor unavailable, ...)."""
+        """Record a cell's outcome; every status but "ok" needs a reason (NotRooted, governor unavailable, ...)."""
         if status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}")
         if status != "ok" and not reason:
@@ -424,6 +449,26 @@ class Store:
         _write_json(self.root / "status" / f"{cell_id}.json",
                     {"cell_id": cell_id, "status": status, "reason": reason, "spec_key": spec_key, "label": label,
                      "at": time.time(), "extra": dict(extra or {})})
+
+
+_STATUS_TYPES = {"cell_id": str, "status": str, "reason": str, "spec_key": str, "label": str, "at": (int, float),
+                 "extra": dict}
+
+
+def _status_shape(doc: Any, cell_id: str) -> str:
+    """Why `doc` is not a status file as `write_status` writes it ("" when it is): valid JSON of another shape
+    ({}, [], null, a number, a string) is as corrupt as a truncated file."""
+    if not isinstance(doc, dict):
+        return f"a JSON {type(doc).__name__}, not an object"
+    if doc.get("status") not in STATUSES:
+        return f"status {doc.get('status')!r} is not one of {', '.join(STATUSES)}"
+    bad = [k for k, t in _STATUS_TYPES.items() if k in doc and (not isinstance(doc[k], t) or doc[k] is True
+                                                                  or doc[k] is False)]
+    if bad:
+        return f"mistyped {', '.join(bad)}"
+    if doc.get("cell_id", cell_id) != cell_id:
+        return f"it belongs to cell {doc['cell_id']}"
+    return ""
 
 
 def _read_manifest(root: Path) -> dict[str, Any]:
@@ -466,7 +511,8 @@ def samples_frame(meta: CellMeta, steps: Sequence[Sample]) -> pd.DataFrame:
         row.update({f"phase_{n}_ns": p.get(n) for n in phases})
         rows.append(row)
     df = pd.DataFrame(rows)
-    for c in ("temp_start_c", "temp_end_c", "battery_pct", "battery_temp_c", "loss", "energy_j", "harness_s"):
+    for c in ("temp_start_c", "temp_end_c", "battery_pct", "battery_temp_c", "loss", "energy_j", "harness_s",
+              "wait_s"):
         df[c] = df[c].astype("float64")
     for c in ("t_start_ns", "t_end_ns"):
         df[c] = df[c].astype("Int64")
@@ -546,6 +592,22 @@ def _load(path: str | os.PathLike, sub: str, include_stale: bool) -> pd.DataFram
     df.attrs["bad"] = bad_all
     df.attrs["schema_version"] = SCHEMA_VERSION
     return df
+
+
+def one_line(text: str, limit: int = 200) -> str:
+    """A reason or warning for a table or a log line: whitespace (a multi-line shell command, device output) collapsed,
+    cut at `limit` characters (the stored reason keeps all of it: `results show --json`)."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[:limit - 1].rstrip() + "…"
+
+
+def energy_reason(note: str, limit: int = 80) -> str:
+    """Why a cell has no energy, in a few words ("" when its note does not say it is missing): its note's first
+    clause, e.g. "not measured: the phone is charging (USB): ..." or "lost: Monsoon 123: ..."."""
+    note = str(note or "")
+    if note.startswith(("energy not measured: ", "energy lost: ")):
+        return one_line(note.removeprefix("energy ").split("; ")[0], limit)
+    return ""
 
 
 def bad_cell_lines(df: pd.DataFrame) -> list[str]:

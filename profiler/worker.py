@@ -17,16 +17,18 @@ from pathlib import Path
 from profiler import __version__, knobs, paths
 from profiler.campaign_config import Campaign, Cell
 from profiler.deploy import deploy, remote_dir, runner_command
-from profiler.device import Device
+from profiler.device import Device, quote
 from profiler.errors import DeviceError, DeviceUnreachable, EnergyError, NotRooted, UserError
 from profiler.governor import GovernorGuard, GovernorUnavailable
-from profiler.hostcpu import host_cpu
+from profiler import hostcpu
 from profiler.probe import DeviceFacts, parse_probe
-from profiler.steps import clock_pairs, parse_run_output
+from profiler.steps import TIMES_SUFFIX, clock_pairs, cpu_share, parse_children_cpu_s, parse_run_output
 from profiler.energy.session import open_meter
 from profiler.store import LABELS, CellMeta, Sample, Store
 
 RUN_TIMEOUT_S = 1800.0
+INTERRUPTED = ("the run was stopped (Ctrl-C or SIGTERM) during this cell: its governors were restored at once, "
+               "so nothing it measured is kept; `run --resume` redoes it")
 
 
 class CampaignError(UserError):
@@ -113,18 +115,23 @@ def _throttled(facts: DeviceFacts) -> bool | None:
 # --------------------------------------------------------------------------------------------------------- the worker
 class HarnessClock:
     """Where a cell's time goes beyond its training steps: seconds per part of the harness (governor, cooldown,
-    deploy, energy start/stop, runner launch beyond its steps, parse, end-of-cell read), recorded with the cell."""
+    deploy, energy start/stop, runner launch beyond its steps, parse, end-of-cell read), recorded with the cell.
+    Time a part spent waiting at the virtual lab's host CPU gate (profiler.hostcpu: other phones' timed launches)
+    is the lab's queueing, not the harness: it goes to `wait`, never into a part."""
 
     def __init__(self):
         self.parts: dict[str, float] = {}
+        self.wait = 0.0
 
     @contextlib.contextmanager
     def part(self, name: str):
-        t0 = time.perf_counter()
+        t0, w0 = time.perf_counter(), hostcpu.waited_s()
         try:
             yield
         finally:
-            self.add(name, time.perf_counter() - t0)
+            waited = hostcpu.waited_s() - w0
+            self.wait += waited
+            self.add(name, time.perf_counter() - t0 - waited)
 
     def add(self, name: str, seconds: float) -> None:
         self.parts[name] = self.parts.get(name, 0.0) + max(0.0, seconds)
@@ -147,7 +154,8 @@ class DeviceWorker:
         self.campaign, self.progress, self.stop, self.resume = campaign, progress, stop, resume
         self.threads = threads
         self.lab_home = paths.home_override()  # where simulated monitors of the lab are found
-        self.counts = {"ok": 0, "failed": 0, "skipped": 0, "resumed": 0}
+        self.counts = {"ok": 0, "failed": 0, "skipped": 0, "resumed": 0, "interrupted": 0}
+        self.launch: tuple[str, str] | None = None   # (serial, remote dir) of the runner launch under way
         self.deployed: set[str] = set()
         self.warnings: list[str] = []
 
@@ -163,7 +171,7 @@ class DeviceWorker:
             self.progress.set_state(self.name, "done")
             return self.counts
         try:
-            device = Device(self.serial)
+            device = self._device()
         except DeviceError as exc:
             self._fail_rest(pending, f"device unreachable: {exc}")
             return self.counts
@@ -194,16 +202,39 @@ class DeviceWorker:
                         self._fail_rest(pending[i:], f"device lost after retry: {exc2}")
                         return
                 except UserError as exc:  # bad device output, runner failure, impossible affinity: this cell only
-                    self._record(cid, cell, "failed", str(exc))
+                    self._record(cid, cell, *self._stopped_or(guard, "failed", str(exc)))
                 except Exception as exc:  # noqa: BLE001 - any other fault is this cell's outcome, not the campaign's
-                    self._record(cid, cell, "failed", f"{type(exc).__name__}: {exc}")
+                    self._record(cid, cell, *self._stopped_or(guard, "failed", f"{type(exc).__name__}: {exc}"))
+
+    def _device(self) -> Device:
+        device = Device(self.serial)
+        device.shares_host = self.facts.virtual    # a virtual phone: its operations wait for others' timed steps
+        return device
 
     def _reconnect(self) -> Device | None:
         time.sleep(1.0)
         try:
-            return Device(self.serial)
+            return self._device()
         except DeviceError:
             return None
+
+    def _stopping(self, guard: GovernorGuard) -> bool:
+        """The run is stopping (Ctrl-C, SIGTERM): the signal restored the guard's governors, or the engine said stop."""
+        return self.stop.is_set() or guard.signalled
+
+    def _stopped_or(self, guard: GovernorGuard, status: str, reason: str) -> tuple[str, str]:
+        """A cell the run's stop reached is interrupted, whatever else went wrong with it."""
+        return ("interrupted", INTERRUPTED) if self._stopping(guard) else (status, reason)
+
+    def abort_launch(self) -> None:
+        """From another thread, when the run stops: end the runner launch under way on the phone (best effort; the
+        gate is not taken: the launch holds it)."""
+        launch = self.launch
+        if launch is None:
+            return
+        serial, remote = launch
+        with contextlib.suppress(Exception):
+            Device(serial).shell(f"pkill -f {quote(remote + '/runner')}", timeout=10)
 
     def _fail_rest(self, rest, reason: str) -> None:
         for cell, cid, _ in rest:
@@ -235,7 +266,7 @@ class DeviceWorker:
                 if why:  # time is still measured; energy is missing with the reason
                     meter, energy_note = None, f"energy not measured: {why}"
         started = time.time()
-        runs, pairs, trace = [], [], None
+        runs, pairs, trace, shares = [], [], None, []
         with contextlib.ExitStack() as stack:
             if meter is not None:
                 try:   # a monitor that fails to start (or to prepare) costs the energy, never the time
@@ -246,21 +277,28 @@ class DeviceWorker:
                     stack.close()
                     meter, energy_note = None, f"energy not measured: {exc}"
             for rep in range(cell.repetitions):
+                if self._stopping(guard):
+                    break
                 cmd = runner_command(remote, warmup=cell.warmup, steps=cell.steps, threads=self.threads,
                                      cpu_mask=mask)
                 with contextlib.ExitStack() as turn:
-                    with clock.part("host_cpu_wait"):   # virtual phones share this host's CPUs: one timed launch
-                        turn.enter_context(host_cpu(self.facts.virtual))   # at a time (profiler.hostcpu)
+                    with clock.part("host_hold"):   # a virtual phone's steps get the host CPUs alone (hostcpu);
+                        turn.enter_context(hostcpu.exclusive(self.facts.virtual, self.serial))   # waits: wait_s
                     t0 = time.perf_counter()
-                    r = device.shell(cmd, timeout=RUN_TIMEOUT_S)
+                    self.launch = (self.serial, remote)
+                    try:
+                        r = device.shell(cmd + TIMES_SUFFIX, timeout=RUN_TIMEOUT_S)   # + the launch's CPU time
+                    finally:
+                        self.launch = None
                     launch = time.perf_counter() - t0
                 if not r.ok:
                     raise DeviceError("runner failed", serial=self.serial, command=cmd,
                                       output=r.stderr or r.stdout, exit_code=r.exit_code)
-                with clock.part("parse"):
+                with clock.part("parse"), hostcpu.shared(self.facts.virtual):
                     out = parse_run_output(r.stdout)
                 runs.append(out.steps)
                 pairs += clock_pairs(out.meta)
+                shares.append(cpu_share(parse_children_cpu_s(r.stderr), launch, out.meta.get("threads")))
                 clock.add("launch", launch - sum(s.step_ns for s in out.steps) / 1e9)   # beyond the steps
             if meter is not None:
                 try:
@@ -268,10 +306,13 @@ class DeviceWorker:
                         trace = meter.stop()
                 except EnergyError as exc:   # monitor lost mid-cell: the steps' times stand, energy is missing
                     trace, energy_note = None, f"energy lost: {exc}"
+        if self._stopping(guard):   # its governors were restored when the stop came: nothing of it is kept
+            self._record(cid, cell, "interrupted", INTERRUPTED)
+            return
         energies: list = [None] * sum(len(steps) for steps in runs)
         labels = {"virtual"} if self.facts.virtual else {"measured"}
         if trace is not None:
-            with clock.part("energy_stop"):
+            with clock.part("energy_stop"), hostcpu.shared(self.facts.virtual):
                 energies, summary = meter.attribute(trace, [s for steps in runs for s in steps], pairs)
                 labels |= set(summary.labels) & set(LABELS)
                 energy_note = "; ".join(summary.notes)
@@ -296,8 +337,10 @@ class DeviceWorker:
             tool_versions=tuple(sorted({**dict(art.tools), "autlearn": __version__,
                                         "android": self.facts.android or "?"}.items())),
             started_at=started, finished_at=time.time(), harness=clock.parts_tuple(),
-            harness_s=round(clock.total(), 4))
-        self.store.write_cell(meta, samples)
+            harness_s=round(clock.total(), 4), wait_s=round(clock.wait, 4),
+            cpu_share=tuple(None if x is None else round(x, 4) for x in shares))
+        with hostcpu.shared(self.facts.virtual):
+            self.store.write_cell(meta, samples)
         self.counts["ok"] += 1
         self.progress.advance(self.name)
 
@@ -347,21 +390,19 @@ class DeviceWorker:
 
 
 # ------------------------------------------------------------------------------------------------ on the phones' host
-def check_energy(campaign: Campaign, devices) -> None:
+def check_energy(campaign: Campaign, serials) -> None:
     """Fail fast, before anything runs, on an energy source that cannot exist (wrong monitor serial, no monitor)."""
     from profiler.energy.monsoon import open_monitor
     from profiler.energy.session import resolve_energy
 
     lab_home = paths.home_override()
-    for d in devices:
-        spec = resolve_energy(str(campaign.energy_for(d.serial)), d.serial, lab_home)
+    for serial in serials:
+        spec = resolve_energy(str(campaign.energy_for(serial)), serial, lab_home)
         if spec.startswith("monsoon:"):
             open_monitor(spec.partition(":")[2], lab_home=lab_home).close()  # EnergyError names the serial
 
 
-
-
-def restore_passthrough(campaign: Campaign, devices) -> dict[str, str]:
+def restore_passthrough(campaign: Campaign, serials) -> dict[str, str]:
     """The monitors powering the leased phones (named in the campaign, or known to power them): a passthrough
     mode left changed by a killed window is put back before anything runs."""
     from profiler.energy.monsoon import restore_pending_passthrough
@@ -369,16 +410,16 @@ def restore_passthrough(campaign: Campaign, devices) -> dict[str, str]:
 
     lab_home = paths.home_override()
     out: dict[str, str] = {}
-    for d in devices:
-        spec = str(campaign.energy_for(d.serial))
+    for serial in serials:
+        spec = str(campaign.energy_for(serial))
         mon = spec.partition(":")[2] if spec.startswith("monsoon:") and spec != "monsoon:auto" else None
         try:
-            mon = mon or known_monitor(d.serial, lab_home)
+            mon = mon or known_monitor(serial, lab_home)
             what = restore_pending_passthrough(mon, lab_home=lab_home) if mon else None
         except (UserError, OSError) as exc:
             what = f"not restored now ({exc})"
         if what:
-            out[f"{d.serial} passthrough"] = what
+            out[f"{serial} passthrough"] = what
     return out
 
 

@@ -28,7 +28,8 @@ from profiler import stats
 from profiler.campaign_config import serial_of_label
 from profiler.errors import UserError
 from profiler.stats import ratio_ci
-from profiler.store import MANIFEST, SchemaError, load_results, load_status, load_summaries
+from profiler.store import (MANIFEST, SchemaError, energy_reason, load_results, load_status, load_summaries,
+                            one_line)
 from reports import figures as F
 from reports.model import (CampaignData, CellRow, Comparison, DeviceInfo, EnergyRow, FigureSlot, Outcome, Report,
                            ReportOptions)
@@ -181,7 +182,8 @@ def _cell_rows(data: CampaignData) -> tuple[list[CellRow], dict[str, np.ndarray]
             energy_ci_high_j=es.ci_high if es else float("nan"), mean_power_w=power.get(cid, float("nan")),
             temp_start_c=_f(r.get("temp_start_c")), temp_end_c=_f(r.get("temp_end_c")),
             throttled=_bool(r.get("throttled")), started_at=_f(r.get("started_at")),
-            finished_at=_f(r.get("finished_at")), harness_s=_f(r.get("harness_s"))))
+            finished_at=_f(r.get("finished_at")), harness_s=_f(r.get("harness_s")),
+            wait_s=_f(r.get("wait_s")), energy_reason="" if es else energy_reason(_s(r.get("energy_note")))))
     rows.sort(key=lambda c: (c.device_serial, c.case, c.variant, c.governor, c.started_at))
     return rows, times, energy
 
@@ -304,8 +306,8 @@ def _outcomes(data: CampaignData, cells: Sequence[CellRow]) -> tuple[list[Outcom
         if bool(r["stale"]):
             why = "artifact changed since" if key in plan_keys else "not in the current plan"
             out.append(Outcome(cid, "stale", f"{why} (was {r['status']}); left out", label, key))
-        elif r["status"] in ("failed", "skipped"):
-            out.append(Outcome(cid, str(r["status"]), _s(r["reason"]), label, key))
+        elif r["status"] in ("failed", "skipped", "interrupted"):
+            out.append(Outcome(cid, str(r["status"]), one_line(_s(r["reason"])), label, key))
         elif cid not in with_data:
             out.append(Outcome(cid, "no data", "status ok but its samples are missing", label, key))
     not_run = [Outcome(cid, "not run", "planned, no result yet", labels.get(key, ""), key)
@@ -313,7 +315,7 @@ def _outcomes(data: CampaignData, cells: Sequence[CellRow]) -> tuple[list[Outcom
     out += sorted(not_run, key=lambda o: (not o.label, o.label, o.cell_id))  # named ones first
     stat = lambda s: sum(1 for o in out if o.status == s)  # noqa: E731
     counts = {"planned": len(plan), "ok": len(with_data), "failed": stat("failed"), "skipped": stat("skipped"),
-              "not run": stat("not run"), "stale": stat("stale"), "no data": stat("no data")}
+              "not run": stat("not run") + stat("interrupted"), "stale": stat("stale"), "no data": stat("no data")}
     return out, counts
 
 
@@ -604,7 +606,8 @@ def _tuning_notes(data: CampaignData) -> list[str]:
 
 
 _SUMMARY_FIELDS = ("n", "median_ms", "ci_low_ms", "ci_high_ms", "cv", "warnings", "energy_n", "energy_median_j",
-                   "energy_ci_low_j", "energy_ci_high_j", "mean_power_w", "harness_s")
+                   "energy_ci_low_j", "energy_ci_high_j", "mean_power_w", "harness_s",
+                   "wait_s")
 
 
 def report_json(report: Report, *, html_bytes: int | None = None) -> dict[str, Any]:

@@ -171,16 +171,17 @@ def _comparisons_table(rows: Sequence[Comparison], first: str = "group") -> str:
 
 def _cells_table(cells: Sequence[CellRow]) -> str:
     return _table(
-        ["device", "workload", "variant", "governor (applied)", "n", "median ms", "95% CI ms", "CV", "warnings",
-         "energy J/step", "mean W", "°C start→end", "harness s", "labels", "cell"],
-        ([f"{c.device_model} ({c.device_serial})", c.case, c.variant,
+        ["device", "workload", "variant", "affinity", "governor (applied)", "n", "median ms", "95% CI ms", "CV",
+         "warnings", "energy J/step", "mean W", "°C start→end", "harness s", "wait s", "labels", "cell"],
+        ([f"{c.device_model} ({c.device_serial})", c.case, c.variant, c.affinity,
           c.governor + (f" ({c.governor_applied or 'not applied'})" if c.governor_applied != c.governor else ""),
           c.n, _num(c.median_ms), _ci(c.ci_low_ms, c.ci_high_ms), _pct(c.cv),
           Markup(f'<span class="warn">{_e("; ".join(c.warnings))}</span>') if c.warnings else "",
-          _num(c.energy_median_j), _num(c.mean_power_w, 3),
+          Markup(f'<span class="warn">{_e(c.energy_reason)}</span>') if c.energy_reason else _num(c.energy_median_j),
+          _num(c.mean_power_w, 3),
           f"{_num(c.temp_start_c, 3)}→{_num(c.temp_end_c, 3)}" + (" throttled" if c.throttled else ""),
-          _num(c.harness_s, 2), _badges(c.labels), c.cell_id] for c in cells),
-        num=(4, 5, 6, 7, 9, 10, 12))
+          _num(c.harness_s, 2), _num(c.wait_s, 2), _badges(c.labels), c.cell_id] for c in cells),
+        num=(5, 6, 7, 8, 10, 11, 13, 14))
 
 
 def _outcomes_table(rows: Sequence[Outcome]) -> str:
@@ -227,7 +228,7 @@ def render(report: Report) -> str:
     counts = dict(report.counts)
     figs = list(enumerate(report.figures))
     by_section = {key: [(i, f) for i, f in figs if f.section == key] for key, _ in SECTIONS}
-    missing = [o for o in report.outcomes if o.status in ("not run", "no data")]
+    missing = [o for o in report.outcomes if o.status in ("not run", "no data", "interrupted")]
     failed = [o for o in report.outcomes if o.status in ("failed", "skipped")]
     stale = [o for o in report.outcomes if o.status == "stale"]
     claims = [c for c in report.comparisons if c.claim]

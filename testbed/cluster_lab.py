@@ -29,19 +29,9 @@ from testbed.lab import Lab, find_adb, next_free_ports
 NODE_START_S = 60.0
 
 
-@contextlib.contextmanager
 def host_env(env: dict[str, str]):
     """This process's environment as host `env` sees it (the lab's Lab objects read it when called)."""
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    return paths.env_override(env)
 
 
 def _ray_bin() -> str:

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import logging
 import math
 import os
 import signal
@@ -53,11 +54,18 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from profiler import hostcpu
 from testbed.profiles import Profile
 
-PERIOD_S = 0.01  # a group at share s runs about s x PERIOD_S of CPU between stops
-MIN_WINDOW_S = 0.002  # but at least this much (caches refill after each stop)
+_log = logging.getLogger("vphone.throttle")
+
+PERIOD_S = 0.004  # a group at share s runs about s x PERIOD_S of CPU between stops
+MIN_WINDOW_S = 0.001  # but at least this much (caches refill after each stop)
 UNTHROTTLED = 0.999  # shares at or above this are never signalled
+HOLD_POLL_S = 0.02   # while a shell's process lives, the host gate's holder is looked at this often
+HELD_POLL_S = 0.02   # and while held, this often (a phone's own launch starts HOLD_SETTLE_S after naming itself)
+LATE_CREDIT_S = 0.01  # a throttled group kept stopped this much too long gets the time back (a longer stall: not)
+NEW_GROUP_S = 0.25  # a group first throttled this soon after its start is budgeted from its start
 KEEP_WARM_LINGER_S = 0.5  # spinners pause this long after the last shell process ended
 MASK_ENV = "AUTLEARN_VCPU_MASK"
 VAFFINITY_DIR = "proc/vaffinity"
@@ -161,8 +169,15 @@ def cgroup_v2_cpu() -> tuple[bool, str]:
     return False, "no cgroup v2 hierarchy"
 
 
-_SPIN = """import os, sys
+# SCHED_IDLE yields to every other task only within one CFS group: with autogroup (a group per session, the
+# default on many kernels) a spinner's session would get a fair share against each shell's session. So a spinner
+# starts its own session and gives it the lowest autogroup weight (nice 19) as well.
+_SPIN = """import contextlib, os, sys
 os.sched_setaffinity(0, {int(sys.argv[1])})
+with contextlib.suppress(OSError):
+    os.setsid()
+    with open("/proc/self/autogroup", "w") as f:
+        f.write("19")
 os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
 parent = os.getppid()
 while os.getppid() == parent:
@@ -222,8 +237,13 @@ class SignalThrottle:
 
     mode = "sigstop"
 
-    def __init__(self, period_s: float = PERIOD_S, keep_warm: bool = True):
+    def __init__(self, period_s: float = PERIOD_S, keep_warm: bool = True, serial: str = ""):
         self.period_s = period_s
+        self.serial = serial   # this phone as adb names it: another phone's timed launch holds this one
+        self.held = False      # every group of this phone is stopped for another phone's timed launch
+        self._holder = _HolderFile()
+        self._groups: set[int] = set()     # every group of the phone's shells, throttled or not
+        self._held_groups: set[int] = set()
         self._shares: dict[int, float] = {}
         self._active = False
         self._members: dict[int, list[int]] = {}
@@ -233,6 +253,7 @@ class SignalThrottle:
         self._stopped: set[int] = set()
         self._thread: threading.Thread | None = None
         self.periods = 0  # stop/continue cycles (for the record)
+        self.errors = 0   # loop failures survived (logged)
         self.realtime = False  # the thread got SCHED_FIFO
         self.keep_warm = KeepWarm(keep_warm)
 
@@ -245,6 +266,7 @@ class SignalThrottle:
         """`shares`: process group -> share; `members`: its pids (whose threads' CPU time is budgeted)."""
         with self._lock:
             self._active = bool(shares)
+            self._groups = set(shares)
             self._shares = {pg: s for pg, s in shares.items() if s < UNTHROTTLED}
             if members is not None:
                 self._members = {pg: list(m) for pg, m in members.items() if pg in self._shares}
@@ -265,9 +287,11 @@ class SignalThrottle:
         self.keep_warm.close()
 
     def _continue_all(self) -> None:
-        for pg in list(self._stopped):
+        for pg in list(self._stopped | self._held_groups):
             self._signal(pg, signal.SIGCONT)
         self._stopped.clear()
+        self._held_groups.clear()
+        self.held = False
 
     def _signal(self, pg: int, sig: int) -> bool:
         try:
@@ -285,11 +309,40 @@ class SignalThrottle:
         with contextlib.suppress(OSError, AttributeError):
             os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
             self.realtime = True
+        while not self._stop.is_set():
+            try:
+                self._loop()
+            except Exception:   # a bug here must not leave the phone unthrottled (or held) for the rest of its life
+                self.errors += 1
+                _log.exception("throttle loop failed; every group continued, budgets start afresh")
+                self._continue_all()
+                self._stop.wait(0.05)
+
+    def _loop(self) -> None:
         groups: dict[int, _Budget] = {}
         last_throttled = -math.inf
+        held = self._held_groups
         while not self._stop.is_set():
             with self._lock:
                 shares, members, active = dict(self._shares), dict(self._members), self._active
+                all_groups = set(self._groups)
+            holder = self._holder.read() if all_groups or held else ""
+            if holder and holder != self.serial:   # another phone's timed launch: hold every group till it ends
+                self.held = True
+                self.keep_warm.set(False)
+                for pg in all_groups - held:
+                    if self._signal(pg, signal.SIGSTOP):
+                        held.add(pg)
+                groups.clear()              # budgets start afresh after the hold (no burst of saved credit)
+                self._stopped.clear()
+                self._wake.clear()
+                self._wake.wait(HELD_POLL_S)
+                continue
+            if held:
+                for pg in held:
+                    self._signal(pg, signal.SIGCONT)
+                held.clear()
+                self.held = False
             if active:
                 last_throttled = time.monotonic()
             self.keep_warm.set(time.monotonic() - last_throttled < KEEP_WARM_LINGER_S)
@@ -300,16 +353,17 @@ class SignalThrottle:
                     self._stopped.discard(pg)
             if not shares:
                 self._wake.clear()
-                self._wake.wait(0.1 if active or self.keep_warm.running else 1.0)
+                self._wake.wait(HOLD_POLL_S if all_groups else 0.1 if self.keep_warm.running else 1.0)
                 continue
             now = time.monotonic()
-            wake = now + 0.05
+            wake = now + HOLD_POLL_S   # look at the host gate's holder this often while a group lives
             for pg, share in shares.items():
                 b = groups.get(pg)
-                if b is None:
-                    b = groups[pg] = _Budget(now)
+                if b is None:   # a group that just started is budgeted from its start: its first tick is not free
+                    born = min(now, _started(pg, now))
+                    b = groups[pg] = _Budget(born) if now - born < NEW_GROUP_S else _Budget(now, fresh=False)
                 cpu, b.pids = _thread_cpu_ns({*members.get(pg, (pg,)), *b.pids})   # default: the leader
-                ahead = b.update(now, share, self.window_s(share), cpu)
+                ahead = b.update(now, share, self.window_s(share), cpu, stopped=pg in self._stopped)
                 if pg in self._stopped:
                     if ahead <= 0:  # the budget caught up: run
                         if self._signal(pg, signal.SIGCONT):
@@ -330,26 +384,66 @@ class SignalThrottle:
             self._wake.wait(max(wake - time.monotonic(), 0.0))
 
 
+class _HolderFile:
+    """The host CPU gate's holder (profiler.hostcpu): re-read only when the file changed, and believed only while
+    the gate is held exclusively (a run killed mid-launch leaves its name behind, not its lock)."""
+
+    def __init__(self):
+        self.path = hostcpu.lock_path("holder")
+        self.stamp: tuple | None = None
+        self.value = ""
+        self.checked = -math.inf
+
+    def read(self) -> str:
+        try:
+            st = self.path.stat()
+        except OSError:
+            return ""
+        stamp = (st.st_mtime_ns, st.st_ino, st.st_size)
+        now = time.monotonic()
+        if stamp != self.stamp or (self.value and now - self.checked > 0.5):
+            self.stamp, self.value, self.checked = stamp, hostcpu.holder(), now
+            if self.value and not hostcpu.held_exclusively():
+                self.value = ""
+        return self.value
+
+
 class _Budget:
     """One group's CPU-time account: credit earned at `share` per wall second, CPU spent by its busiest thread."""
 
-    def __init__(self, now: float):
+    def __init__(self, now: float, fresh: bool = True):
         self.t = now
         self.ahead = 0.0            # CPU s spent beyond the credit earned (negative: unspent credit)
         self.cpu: dict[int, int] = {}
+        self.fresh = fresh          # the group started at `now`: all its CPU time counts (else: from the next look)
         self.pids: set[int] = set()  # the group's processes last seen (the power model's members + descendants)
 
-    def update(self, now: float, share: float, window: float, cpu: dict[int, int]) -> float:
+    def update(self, now: float, share: float, window: float, cpu: dict[int, int], stopped: bool = False) -> float:
         spent = 0
-        for tid, ns in cpu.items():
-            prev = self.cpu.get(tid)
-            if prev is not None and ns >= prev:
-                spent = max(spent, ns - prev)
-        self.cpu = cpu
+        if self.fresh:    # a thread first seen is charged all its CPU time (it started since the last look)
+            for tid, ns in cpu.items():
+                spent = max(spent, ns - min(self.cpu.get(tid, 0), ns))
+        self.cpu, self.fresh = cpu, True
         self.ahead += spent / 1e9 - share * (now - self.t)
-        self.ahead = max(self.ahead, -window)   # idle time earns at most one window
+        # idle time earns at most one window; time we kept it stopped too long (a late wake) is made up for up to
+        # LATE_CREDIT_S of wall time: a longer stall (the host or this process descheduled) is not paid back as a
+        # burst at full speed, which would make one step many times faster than the next
+        self.ahead = max(self.ahead, -(window + share * LATE_CREDIT_S) if stopped else -window)
         self.t = now
         return self.ahead
+
+
+def _started(pid: int, default: float) -> float:
+    """When process `pid` started, on time.monotonic()'s clock (/proc/<pid>/stat starttime; `default` if gone).
+    starttime counts from boot (CLOCK_BOOTTIME, which also counts suspend: the two agree on a host that did not
+    sleep since; a later start is clipped to now by the caller)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            ticks = int(f.read().rpartition(b")")[2].split()[19])
+    except (OSError, ValueError, IndexError):
+        return default
+    boot = time.clock_gettime(time.CLOCK_BOOTTIME) - time.monotonic()
+    return ticks / os.sysconf("SC_CLK_TCK") - boot
 
 
 def _thread_cpu_ns(pids) -> tuple[dict[int, int], set[int]]:
@@ -357,17 +451,19 @@ def _thread_cpu_ns(pids) -> tuple[dict[int, int], set[int]]:
     Descendants come from /proc/<pid>/task/<tid>/children: a process a shell just started is budgeted from its
     first tick, not from the power model's next rescan of the sessions."""
     out: dict[int, int] = {}
-    seen: set[int] = set()
+    tried: set[int] = set()
+    seen: set[int] = set()    # only the live ones: a sampler's group forks a child per sample for hours
     todo = list(pids)
     while todo:
         pid = todo.pop()
-        if pid in seen:
+        if pid in tried:
             continue
-        seen.add(pid)
+        tried.add(pid)
         try:
             tids = os.listdir(f"/proc/{pid}/task")
         except OSError:
             continue
+        seen.add(pid)
         for tid in tids:
             base = f"/proc/{pid}/task/{tid}/"
             try:
@@ -419,7 +515,7 @@ class DvfsModel:
     def _write(self, path: Path, value: str) -> None:
         if self._written.get(path) != value:
             with contextlib.suppress(OSError):
-                path.write_text(value + "\n")
+                write_node(path, value)
                 self._written[path] = value
 
     def _policy(self, i: int) -> tuple[str, int, int, int | None]:
@@ -521,6 +617,14 @@ class DvfsModel:
 
 
 INPUTS = ("scaling_governor", "scaling_min_freq", "scaling_max_freq", "scaling_setspeed")
+
+
+def write_node(path: Path, value: str) -> None:
+    """Write a sysfs node the model owns in one step (a temp file renamed over it): a shell's `cat` never reads it
+    empty between the truncation and the write, as a kernel's attribute is never seen empty."""
+    tmp = path.with_name(f".{path.name}.new")
+    tmp.write_text(value + "\n")
+    os.replace(tmp, path)
 
 
 def _mtime(path: Path) -> int:

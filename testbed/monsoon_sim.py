@@ -476,7 +476,6 @@ def installed(backend: usb.backend.IBackend):
 
 LAB_PREFIX = "SIM-"
 _FOLLOW_CACHE: dict[str, tuple[float, list]] = {}  # per process: sandbox root -> (host time loaded, log entries)
-_FOLLOW_RELOAD_S = 0.005
 
 
 @dataclass(frozen=True)
@@ -491,8 +490,9 @@ class LabPhoneProfile:
 
         now = time.monotonic()
         loaded, entries = _FOLLOW_CACHE.get(self.root, (-1e18, []))
-        if now - loaded > _FOLLOW_RELOAD_S and (not entries or t_host > entries[-1][0]):
-            fresh = read_log(self.root, tail_bytes=64 * 1024)
+        # a line written after the last read may start before t_host: read again (lines are stamped when written)
+        if t_host > loaded and (not entries or t_host > entries[-1][0]):
+            fresh = read_log(self.root, tail_bytes=16 * 1024)
             if fresh:  # keep older entries (a realtime reader lags a few ms at most; this is plenty)
                 cut = fresh[0][0]
                 entries = [e for e in entries if e[0] < cut][-256:] + fresh

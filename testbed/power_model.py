@@ -29,11 +29,11 @@ like Pixel) and |value| < 3000 means mA (unrooted), otherwise uA.
     0 restores charging. usb/online stays 1 (the cable still carries data), as on Qualcomm phones.
   * charge_counter (uAh) integrates the battery current.
 Log: `<root>/power_model.jsonl`, one line {"t0": host CLOCK_MONOTONIC s, "p_w": load W, "busy": cores, ...} whenever
-the load changes (and at least once a second); the value holds from t0 until the next line's t0. t0 is the tick
-that computed it (the power of the interval that tick closed, applied one tick late, as a realtime reader such as
-the simulated Monsoon sees it: it cannot read a line before it is written), so the log and a monitor following it
-agree exactly however late a loaded host runs the ticks. An idle phone (no shell process alive) ticks every
-IDLE_TICK_S; a new shell wakes it at once.
+the load changes (and at least once a second); the value holds from t0 until the next line's t0. t0 is when the
+line was written (the power of the interval the tick closed, applied from the moment it is known, as a realtime
+reader such as the simulated Monsoon sees it: it cannot read a line before it is written), so the log and a monitor
+following it agree exactly however late a loaded host runs or finishes the ticks. An idle phone (no shell process
+alive) ticks every IDLE_TICK_S; a new shell wakes it at once.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-from testbed.dvfs import DvfsModel, cluster_for_mask, virtual_mask
+from testbed.dvfs import DvfsModel, cluster_for_mask, virtual_mask, write_node
 from testbed.profiles import Profile
 
 P_IDLE_W = 0.4  # display off, radios idle, SoC in shallow idle
@@ -108,7 +108,7 @@ def _read(path: Path) -> str | None:
 def _write_if_changed(path: Path, value: str, cache: dict) -> None:
     if cache.get(path) != value:
         try:
-            path.write_text(value + "\n")
+            write_node(path, value)
             cache[path] = value
         except OSError:
             pass
@@ -288,6 +288,7 @@ class PowerModel:
                  "cooling": list(dv.cooling)}
         key = (state["p_w"], status, dv.freqs_khz, dv.cooling)
         if key != self.last_logged or now - self.last_log_t >= HEARTBEAT_S:
+            state["t0"] = round(self.clock(), 6)  # known from now on (a loaded host may have paused this tick)
             self._log(state)
             self.last_logged, self.last_log_t = key, now
         return state
@@ -327,7 +328,8 @@ async def run(model: PowerModel, period: float = TICK_S, wake=None, idle_period:
             busy = model.tick()["busy"] > 0 or bool(model.members)
         except Exception:  # a bug in the model must not take the phone down
             log.exception("power model tick failed")
-        if wake is None or busy:
+        held = getattr(model.throttle, "held", False)   # another phone's timed launch: nothing of ours runs
+        if wake is None or (busy and not held):
             await asyncio.sleep(period)
             continue
         try:

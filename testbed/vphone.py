@@ -498,7 +498,7 @@ async def serve(profile: Profile, root: Path, port: int, serial_name: str, ready
         raise RuntimeError(f"cannot listen on 127.0.0.1:{port}: {exc.strerror or exc}") from exc
     # one model (testbed/dvfs.py + testbed/power_model.py): governors -> frequencies -> the host CPU share of the
     # shells' processes (time), modeled power, heat and thermal caps; shells' sessions = their pids
-    throttle = dvfs.SignalThrottle(dvfs_period_s, keep_warm=keep_warm)
+    throttle = dvfs.SignalThrottle(dvfs_period_s, keep_warm=keep_warm, serial=f"127.0.0.1:{port}")
     publish_time_scale(phone.root, throttle)
     throttle.start()
     power = asyncio.create_task(power_model.run(power_model.PowerModel(profile, phone.root, lambda: phone.groups,

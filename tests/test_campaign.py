@@ -5,6 +5,7 @@ so these tests exercise the engine (governors, deploy, resume, failures) in seco
 tested in test_runner.py; the example campaign with real artifacts runs in test_example_campaign.py.
 """
 
+import _thread
 import hashlib
 import json
 import os
@@ -158,6 +159,13 @@ def test_kill_then_resume_runs_every_cell_exactly_once_and_restores_governors(la
     assert 2 <= finished_before < 8
     if sig == signal.SIGTERM:  # a catchable signal restores on the way out
         assert {p.serial: governors(p) for p in phones} == before
+        # stop means stop: the cells under way are interrupted (no data), never ok with steps measured after the
+        # governors were restored (test_ctrl_c_mid_cell_... times it); a cell whose launches had ended is kept
+        status = load_status(results)
+        assert set(status["status"]) <= {"ok", "interrupted"}, status[["status", "reason"]].values.tolist()
+        assert all("--resume" in r for r in status[status["status"] == "interrupted"]["reason"])
+        ok = set(status.loc[status["status"] == "ok", "cell_id"])
+        assert set(load_results(results)["cell_id"]) == ok
     proc2 = subprocess.run(_driver(tmp_path, toml, art, True), capture_output=True, text=True, timeout=300,
                            env=os.environ.copy())
     assert proc2.returncode == 0, proc2.stderr[-2000:]
@@ -342,3 +350,38 @@ def test_truncated_garbled_and_swapped_cell_files_are_named_then_redone_by_resum
     assert (again.ok, again.resumed) == (3, 1)
     df = load_results(out.results_dir)
     assert sorted(df["cell_id"].unique()) == ids and not df.attrs["bad"]
+
+
+def test_ctrl_c_mid_cell_ends_its_launch_and_stores_it_interrupted(lab, tmp_path):
+    """Issue 31: Ctrl-C restores the governors at once, so the cell under way must not go on under the restored
+    governor and be stored ok: its launch is ended, it is stored `interrupted` with nothing it measured, and
+    `--resume` redoes it."""
+    phone = next(p for p in lab if p.profile == "legacy")
+    before = governors(phone)
+    toml = campaign_file(tmp_path, [phone.serial], name="stop", variants=("full",), governors=("powersave",), steps=4,
+                         reps=2)
+    prov = provider(make_artifact(tmp_path, sleep=1.0))   # two launches of 5 s
+    running = lambda: subprocess.run(["pgrep", "-f", f"{phone.root}/.*/runner"],  # noqa: E731
+                                     capture_output=True).returncode == 0
+
+    def ctrl_c():
+        deadline = time.monotonic() + 60
+        while not running() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        sent.append(time.monotonic())
+        _thread.interrupt_main()   # as SIGINT: the handlers run in the main thread
+
+    sent: list[float] = []
+    threading.Thread(target=ctrl_c, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        run_campaign(load_campaign(toml), tmp_path / "results", prov)
+    # the launch ended now, not after the ~9 s of steps it and the cell's second launch had left
+    assert sent and time.monotonic() - sent[0] < 3 and not running()
+    assert governors(phone) == before
+    status = load_status(tmp_path / "results" / "stop")
+    assert status["status"].tolist() == ["interrupted"] and "--resume" in status["reason"].iloc[0]
+    assert not list((tmp_path / "results" / "stop").glob("cells/*"))   # nothing it measured is kept
+    again = run_campaign(load_campaign(toml), tmp_path / "results", provider(make_artifact(tmp_path)), resume=True)
+    assert (again.ok, again.resumed) == (1, 0)
+    assert governors(phone) == before

@@ -302,6 +302,8 @@ def test_huge_files_and_free_text_are_refused(tmp_path):
     ({"hidden_size": 64.5}, "workload[0].config.hidden_size"),
     ({"hidden": 64}, "workload[0].config"),                         # an unknown model argument
     ({"hidden_size": 0}, "workload[0].config.hidden_size"),         # the family's own range check
+    ({"hidden_size": 1_000_000_000}, "workload[0].config.hidden_size"),   # over its ceiling (issue 31)
+    ({"vocab_size": 1_000_000, "hidden_size": 8192}, "workload[0].config.model"),   # too many parameters
     ({"tuning": "fast"}, "workload[0].config.tuning"),
     ({"batch": 4}, "workload[0].config.batch"),
     ({"compressed": "/no/such/compressed.json"}, "workload[0].config.compressed"),
@@ -312,16 +314,18 @@ def test_model_config_is_checked_against_its_family_before_anything_runs(config,
     assert errors(data).key == key
 
 
-def test_a_bad_model_config_is_one_line_and_leaves_no_results(tmp_path):
+@pytest.mark.parametrize("model, config, key", [("mobilenet", 'width = "wide"', "width"),
+                                               ("lstm", "hidden_size = 1000000000", "hidden_size")])
+def test_a_bad_model_config_is_one_line_and_leaves_no_results(tmp_path, model, config, key):
     import subprocess
     import sys
 
     p = tmp_path / "c.toml"
-    p.write_text('name = "bad"\n[[workload]]\nmodel = "mobilenet"\nconfig = { width = "wide" }\n')
+    p.write_text(f'name = "bad"\n[[workload]]\nmodel = "{model}"\nconfig = {{ {config} }}\n')
     r = subprocess.run([sys.executable, "-m", "cli", "run", str(p), "--results", str(tmp_path / "res")],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
-    assert "workload[0].config.width" in r.stderr and not (tmp_path / "res").exists()
+    assert f"workload[0].config.{key}" in r.stderr and not (tmp_path / "res").exists()
 
 
 _scalar = st.one_of(st.integers(-5, 5000), st.floats(allow_nan=True), st.text(max_size=8), st.booleans())

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cli.main import COMMANDS, main
-from profiler.campaign_config import DeviceRef, cell_label, parse_campaign, serial_of_label
+from profiler.campaign_config import DeviceRef, cell_id, cell_label, parse_campaign, serial_of_label
 from profiler.store import Store, load_status
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -152,3 +152,71 @@ def test_code_fingerprint_hashes_the_listed_build_sources_only(monkeypatch):
     for name in ("artifact.py", "compile.py", "program.py", "runner_build.py", "models.py", "layers.py"):
         assert name in artifact_cache.BUILD_SOURCES
     assert not any("measure" in p or "table_pipeline" in p for p in artifact_cache.BUILD_SOURCES)
+
+
+def test_results_show_and_the_report_give_wait_beside_harness(tmp_path, capsys):
+    """Issue 30: the lab's queueing (wait_s) beside, not inside, the harness's own time; each launch's CPU share."""
+    from reports.build import build_report, load_campaign_data, report_json
+    from tests.test_store import meta_for, steps_for
+
+    camp = parse_campaign({"name": "t", "warmup": 1, "steps": 3, "repetitions": 1,
+                           "workload": [{"model": "lstm", "variants": ["full"], "batch": [1]}],
+                           "governors": ["powersave"]})
+    (cell,) = camp.plan([DeviceRef("emu-1", "Pixel 3", True)])
+    st = Store.open(tmp_path, camp)
+    st.write_cell(meta_for(cell, campaign="t", warmup_steps=1, harness=(("launch", 1.25),), harness_s=1.25,
+                           wait_s=7.5, cpu_share=(0.1221,)), steps_for(cell))
+    assert main(["results", "show", str(tmp_path / "t"), "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["summaries"]
+    assert (row["harness_s"], row["wait_s"], json.loads(row["cpu_share"])) == (1.25, 7.5, [0.1221])
+    assert main(["results", "show", str(tmp_path / "t")]) == 0
+    header = next(line for line in capsys.readouterr().out.splitlines() if "harness_s" in line)
+    assert header.index("harness_s") < header.index("wait_s")
+    report = build_report(load_campaign_data(tmp_path / "t"))
+    assert (report.cells[0].harness_s, report.cells[0].wait_s) == (1.25, 7.5)
+    assert report_json(report)["summaries"][0]["wait_s"] == 7.5
+
+
+def test_run_exits_3_when_a_cell_failed_and_the_summary_starts_its_own_line(tmp_path, monkeypatch, capfd):
+    """Issue 31: scripts see failed cells (exit 3, not 1 for bad input); in non-TTY output no line starts with the
+    progress table's border (the summary is not glued to it)."""
+    import profiler.campaign
+    from cli.campaign import EXIT_CELLS_FAILED
+    from profiler.worker import Outcome, Progress
+
+    def fake_run(campaign, settings, provider, on_progress, log, wait_s=0.0):
+        progress = Progress(total={"emu-1": 2}, done={"emu-1": 2}, state={"emu-1": "done"}, finished=True)
+        on_progress(progress)
+        return Outcome(ok=1, failed=1, skipped=0, resumed=0, results_dir=tmp_path / "r" / "c1")
+
+    monkeypatch.setattr(profiler.campaign, "run", fake_run)
+    toml = tmp_path / "c.toml"
+    toml.write_text('name = "c1"\n[[workload]]\nmodel = "lstm"\n')
+    assert main(["run", str(toml), "--results", str(tmp_path / "r")]) == EXIT_CELLS_FAILED == 3
+    out, err = capfd.readouterr()
+    lines = (err + out).splitlines()
+    assert any(line.startswith("c1: 1 ok, 1 failed") for line in lines), lines
+    assert not any(line[:1] in "└┘┌┐│├" and "ok," in line for line in lines)
+    assert err.endswith("\n")
+
+
+def test_results_show_and_the_report_say_why_a_cell_has_no_energy(tmp_path, capsys):
+    """Issue 31: the reason for missing energy is in the text table and the report, not only in --json; affinity is a
+    column (big and little cells differ); a failed cell's multi-line reason is one line."""
+    from reports.build import build_report, load_campaign_data
+    from tests.test_store import meta_for, steps_for
+
+    camp = parse_campaign({"name": "t", "warmup": 1, "steps": 3, "repetitions": 1, "affinity": ["big", "little"],
+                           "workload": [{"model": "lstm", "variants": ["full"], "batch": [1]}],
+                           "governors": ["powersave"]})
+    big, little = camp.plan([DeviceRef("emu-1", "Pixel 3", True)])
+    st = Store.open(tmp_path, camp)
+    why = "energy not measured: the phone is charging (USB): the fuel gauge would measure the charger; more"
+    st.write_cell(meta_for(big, campaign="t", warmup_steps=1, energy_note=why), steps_for(big))
+    st.write_status(cell_id(little, "x"), "failed", "runner failed:\n  sh -c 'a'\n  exit 1", label=little.label)
+    assert main(["results", "show", str(tmp_path / "t")]) == 0
+    out = capsys.readouterr().out
+    assert "not measured: the phone is" in out and "charging (USB)" in out and "affinity" in out and "big" in out
+    assert "runner failed: sh -c 'a' exit 1" in out
+    report = build_report(load_campaign_data(tmp_path / "t"))
+    assert report.cells[0].energy_reason.startswith("not measured: the phone is charging (USB)")

@@ -3,13 +3,14 @@ Monsoon following that model (profiler/energy/session.py, testbed/power_model.py
 
 from __future__ import annotations
 
+import subprocess
 import time
 
 import numpy as np
 import pytest
 
 from profiler.device import Device
-from profiler.energy.session import open_meter
+from profiler.energy.session import open_meter, stop_orphan_samplers
 from profiler.errors import EnergyError
 from profiler.probe import probe
 from testbed import power_model
@@ -67,11 +68,15 @@ def test_fuelgauge_session_on_a_virtual_phone(lab_factory):
         assert any(n.startswith("energy_j is GROSS") for n in cell.notes)
         assert all(e > 0 for e in energies)  # gross: never <= 0
         # net of the idle baseline (per-step values are gross)
-        net = [e - cell.baseline_w * (s["t_end_ns"] - s["t_start_ns"]) / 1e9 for e, s in zip(energies, steps)]
+        dur = [(s["t_end_ns"] - s["t_start_ns"]) / 1e9 for s in steps]
+        net = [e - cell.baseline_w * d for e, d in zip(energies, dur)]
         busy, idle = net[0::2], net[1::2]
-        # ~1.3 W above idle for 0.8 s on a quiet host; the model follows the CPU the burner really got, so a
-        # loaded host lowers it: require a clear margin, not the quiet-host value
-        assert min(busy) > 0.15 and min(busy) > 5 * max(abs(e) for e in idle) and max(abs(e) for e in idle) < 0.1
+        busy_w = min(b / d for b, d in zip(busy, dur[0::2]))
+        print(f"net J: busy {busy}, idle {idle}; baseline {cell.baseline_w:.3f} W")
+        # ~1.3 W above idle for 0.8 s on a quiet host, idle within ~0.05 J; the model follows the CPU the burner
+        # really got, and a busy step bleeds into the next by the gauge's sample gaps and the model's ticks, both
+        # longer on a loaded host: require a clear separation, not the quiet-host values
+        assert min(busy) > 0.15 and min(busy) > 5 * max(abs(e) for e in idle)
         assert min(busy) > max(idle)
 
         _governor(dev, "powersave")
@@ -83,8 +88,10 @@ def test_fuelgauge_session_on_a_virtual_phone(lab_factory):
             steps = [_busy(dev, 0.8)]
             trace = meter.stop()
         slow, cell = meter.attribute(trace, steps, pairs)
-        slow_net = slow[0] - cell.baseline_w * (steps[0]["t_end_ns"] - steps[0]["t_start_ns"]) / 1e9
-        assert slow[0] > 0 and slow_net < 0.5 * min(busy)  # busy for as long: far less modeled power at min OPP
+        slow_s = (steps[0]["t_end_ns"] - steps[0]["t_start_ns"]) / 1e9
+        slow_w = (slow[0] - cell.baseline_w * slow_s) / slow_s
+        print(f"powersave: gross {slow[0]:.3f} J, net {slow_w:.3f} W over {slow_s:.2f} s; busy at max {busy_w:.3f} W")
+        assert slow[0] > 0 and slow_w < 0.5 * busy_w  # as busy: far less modeled power at min OPP
 
         meter = open_meter("fuelgauge", dev, facts)
         meter.precheck()
@@ -122,7 +129,7 @@ def test_simulated_monsoon_follows_the_modeled_power(adb_env, tmp_path):
         assert cell.alignment_error_s < 0.05
         model = power_model.read_log(phone.root)
         own = power_model.energy_j(model, trace.t0_host, trace.t0_host + trace.duration)
-        assert trace.energy_j() == pytest.approx(own, rel=0.03)
+        assert trace.energy_j() == pytest.approx(own, rel=0.01)  # the same lines, read when written
         assert np.allclose(trace.voltage, 4.0, atol=1e-3)
     finally:
         lab.down()
@@ -137,3 +144,24 @@ def test_unrooted_phone_on_usb_is_skipped_with_a_reason(lab):
     assert open_meter("none", dev, facts) is None
     with pytest.raises(EnergyError, match="unknown energy spec"):
         open_meter("joulemeter", dev, facts)
+
+
+def test_a_sampler_left_by_a_killed_run_is_stopped_by_the_next(lab_factory):
+    """Issue 31: a run killed during a fuel-gauge cell leaves its phone-side sampler polling; the next run on the
+    phone (under its lease) stops it and removes its files."""
+    _, (phone,) = lab_factory(("legacy",))
+    dev = Device(phone.serial)
+    meter = open_meter("fuelgauge", dev, probe(dev))
+    assert meter.precheck() is None
+    meter.__enter__()
+    meter.start()   # the run dies here: nothing stops the sampler
+    alive = lambda: subprocess.run(["pgrep", "-f", f"{phone.root}/.*fuelgauge.sh"],  # noqa: E731
+                                   capture_output=True).returncode == 0
+    files = lambda: dev.shell(f"ls {dev.workdir}").stdout.count("fuelgauge-")  # noqa: E731
+    assert alive() and files() >= 2
+    assert stop_orphan_samplers([phone.serial]) == {f"{phone.serial} fuel-gauge sampler": "1 left running, stopped"}
+    deadline = time.monotonic() + 5
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive() and files() == 0
+    assert stop_orphan_samplers([phone.serial]) == {}   # nothing left: nothing said

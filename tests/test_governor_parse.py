@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -309,6 +310,11 @@ CHILD = textwrap.dedent("""
 """)
 
 
+def _default_signals() -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("sig, code", [("SIGTERM", 128 + 15), ("SIGINT", -2), ("SIGKILL", -9)])
 def test_signals_restore_and_killed_runs_restore_next_time(tmp_path, sig, code):
     sysfs = make_sysfs(tmp_path)
@@ -316,7 +322,10 @@ def test_signals_restore_and_killed_runs_restore_next_time(tmp_path, sig, code):
     results = tmp_path / "results"
     src = CHILD.format(tests=str(ROOT / "tests"), root=str(ROOT), sysfs=str(sysfs), work=str(tmp_path / "w"),
                        results=str(results), sig=sig)
-    p = subprocess.run([sys.executable, "-c", src], capture_output=True, text=True, timeout=60)
+    # the child starts with the default dispositions this test relies on, whatever the suite inherited (a job
+    # started with SIGINT ignored passes that on, and Python then installs no KeyboardInterrupt handler)
+    p = subprocess.run([sys.executable, "-c", src], capture_output=True, text=True, timeout=60,
+                       preexec_fn=_default_signals)
     assert "applied" in p.stdout, p.stderr
     assert p.returncode == code, p.stderr
     if sig == "SIGKILL":  # nothing ran: the pending snapshot restores on the next run

@@ -142,7 +142,8 @@ def test_resume_skips_finished_cells(tmp_path):
     assert len(load_summaries(tmp_path / "t")) == 8
 
 
-@pytest.mark.parametrize("damage", ["truncate", "garble", "swap", "delete", "status"])
+@pytest.mark.parametrize("damage", ["truncate", "garble", "swap", "delete", "status", "status:{}", "status:[]",
+                                    "status:null", "status:[1, 2]", 'status:"ok"', 'status:{"status": "done"}'])
 def test_damaged_cell_files_are_named_left_out_and_redone(tmp_path, damage):
     st, cells = run_plan(tmp_path)
     ids = [cell_id(c, "art-1") for c in cells]
@@ -158,8 +159,9 @@ def test_damaged_cell_files_are_named_left_out_and_redone(tmp_path, damage):
         f.write_bytes((tmp_path / "t" / "cells" / f"{other}.parquet").read_bytes())
     elif damage == "delete":
         f.unlink()
-    else:
-        (tmp_path / "t" / "status" / f"{victim}.json").write_text("{garbled")
+    else:   # a garbled status file, or valid JSON of the wrong shape (issue 31)
+        shape = damage.partition(":")[2] or "{garbled"
+        (tmp_path / "t" / "status" / f"{victim}.json").write_text(shape)
     assert not st.finished(victim) and all(st.finished(c) for c in ids if c != victim)
     raw, summ = load_results(tmp_path / "t"), load_summaries(tmp_path / "t")
     for df in (raw, summ):
@@ -168,6 +170,8 @@ def test_damaged_cell_files_are_named_left_out_and_redone(tmp_path, damage):
     assert raw["cell_id"].value_counts().max() == raw["cell_id"].value_counts().min()   # nothing duplicated
     status = load_status(tmp_path / "t").set_index("cell_id")
     assert status.loc[victim, "status"] == "failed" and status.loc[victim, "reason"]
+    # --resume names what it redoes and why (run_campaign logs it)
+    assert st.redo_reason(victim) and all(st.redo_reason(c) is None for c in ids if c != victim)
     run_plan(tmp_path)   # resume redoes exactly the damaged cell
     assert st.finished(victim) and len(load_summaries(tmp_path / "t")) == 8 and not bad_cell_lines(
         load_results(tmp_path / "t"))

@@ -68,6 +68,9 @@ def tuning_label(tuning: Any, variant: str | None = None) -> str:
     return "untuned (hand schedules)"
 
 
+_BUILD_LOCK = threading.Lock()   # in-process builds one at a time, across providers (torch.export is not thread-safe)
+
+
 class ArtifactProvider:
     """(cell, abi) -> ArtifactRef, building each distinct (model, variant, batch, config, abi) once and caching it
     under `cache`; a cached artifact is reused only when it verifies (hash and files) and was built by the same
@@ -120,8 +123,12 @@ class ArtifactProvider:
                 try:
                     art = load_artifact(out)
                 except ArtifactError:
-                    self.log(f"building {cell.workload}/{cell.variant} for {abi} (batch {cell.batch})")
-                    art = build_artifact(cell.workload, cell.variant, abi, out, **config)
+                    with _BUILD_LOCK:   # another provider's thread may have built it meanwhile
+                        try:
+                            art = load_artifact(out)
+                        except ArtifactError:
+                            self.log(f"building {cell.workload}/{cell.variant} for {abi} (batch {cell.batch})")
+                            art = build_artifact(cell.workload, cell.variant, abi, out, **config)
                 self._memo[key] = self._ref(art)
             return self._memo[key]
 

@@ -162,57 +162,45 @@ def _build_task():
     return ray.remote(num_cpus=1)(_build)
 
 
-def _build(workload: str, variant: str, abi: str, dirname: str, config: dict, tuning: dict | None) -> dict:
+def _build(workload: str, variant: str, abi: str, dirname: str, config: dict, tuning: dict[str, bytes]) -> dict:
     """Build one artifact on whichever node runs the task, with the controller's tuning database (`tuning`:
-    {"key", "files"}, or None: none); {"files": {name: bytes}, "node": the node's id}."""
-    import os
+    {"KEY/FILE": bytes}, empty: none); {"files": {name: bytes}, "node": the node's id}."""
     import tempfile
 
     import ray
 
+    from profiler import paths
     from workloads.artifact import build_artifact
 
     with tempfile.TemporaryDirectory(prefix="autlearn-build-") as tmp:
-        db_root = Path(tmp) / "tuning"
-        db_root.mkdir()
-        if tuning is not None:
-            (db_root / tuning["key"]).mkdir()
-            for name, data in tuning["files"].items():
-                (db_root / tuning["key"] / name).write_bytes(data)
-        saved = os.environ.get("AUTLEARN_TUNING_DIR")
-        os.environ["AUTLEARN_TUNING_DIR"] = str(db_root)     # this task's process runs one task at a time
-        try:
+        db_root = paths.write_tree(Path(tmp) / "tuning", tuning)
+        db_root.mkdir(exist_ok=True)
+        with paths.env_override({"AUTLEARN_TUNING_DIR": str(db_root)}):   # a task's process runs one at a time
             art = build_artifact(workload, variant, abi, Path(tmp) / dirname, **config)
-        finally:
-            if saved is None:
-                os.environ.pop("AUTLEARN_TUNING_DIR", None)
-            else:
-                os.environ["AUTLEARN_TUNING_DIR"] = saved
         return {"files": {p.name: p.read_bytes() for p in art.files()},
                 "node": ray.get_runtime_context().get_node_id()}
 
 
-def _tuning_payload(abi: str, variant: str, config: dict) -> tuple[dict | None, str | None]:
-    """The tuning database this controller's build of (abi, variant, config) would use, as files to ship, and
-    its digest (None, None: untuned)."""
+def _tuning_payload(abi: str, variant: str, config: dict) -> tuple[dict[str, bytes], str | None]:
+    """The tuning database this controller's build of (abi, variant, config) would use, as files to ship
+    ({"KEY/FILE": bytes}), and its digest ({}, None: untuned)."""
     from workloads.tuning_db import DB_FILES, HAND_FILE, tuning_database
 
     if variant == "unoptimized" or config.get("tuning") == "none":
-        return None, None
+        return {}, None
     db = tuning_database(abi)
     if db is None:
-        return None, None
+        return {}, None
     path = Path(db["path"])
-    files = {n: (path / n).read_bytes() for n in (*DB_FILES, HAND_FILE) if (path / n).is_file()}
-    return {"key": db["key"], "files": files}, db["digest"]
+    return ({f"{db['key']}/{n}": (path / n).read_bytes() for n in (*DB_FILES, HAND_FILE) if (path / n).is_file()},
+            db["digest"])
 
 
 # ------------------------------------------------------------------------------------------------------ controller
 @dataclasses.dataclass
 class _Host:
-    name: str
     handle: object
-    lost: str = ""
+    lost: str = ""          # why the host is lost ("": it answers)
 
 
 class ClusterFleet:
@@ -252,7 +240,7 @@ class ClusterFleet:
         self.multi_host = len(infos) > 1
         entries = []
         for h, info in infos.items():
-            self.hosts[h] = _Host(h, handles[h])
+            self.hosts[h] = _Host(handles[h])
             for e in info["fleet"]:
                 name = f"{h}/{e.serial}" if self.multi_host else e.serial
                 self.route[name] = (h, e.serial)
@@ -366,7 +354,7 @@ class ClusterFleet:
 
     # -- cells
     def run(self, planned, by_serial, store, campaign, progress, resume: bool, threads):
-        totals = {"ok": 0, "failed": 0, "skipped": 0, "resumed": 0}
+        totals = {"ok": 0, "failed": 0, "skipped": 0, "resumed": 0, "interrupted": 0}
         warnings: list[str] = []
         lock = threading.Lock()
         involved = sorted({self.route[n][0] for n in planned})
@@ -426,7 +414,7 @@ class ClusterFleet:
         ray = self.ray
         host, serial = self.route[name]
         h = self.hosts[host]
-        counts = {"ok": 0, "failed": 0, "skipped": 0, "resumed": 0}
+        counts = {"ok": 0, "failed": 0, "skipped": 0, "resumed": 0, "interrupted": 0}
         warnings: list[str] = []
         pending = []
         for cell, cid, art in cells:
@@ -509,12 +497,13 @@ def tune_on_cluster(address: str, serials: list[str], model: str, variant: str =
     serial), by that host's agent (candidates built there, measured on its phones), starting from this machine's
     tuning databases; the databases come back here (`paths.tuning_dir()`). One result dict per phone."""
     from profiler import paths
+    from profiler.campaign_config import device_names
 
     fleet = ClusterFleet(address)
     fleet._say = say
-    known = {}
+    known: dict[str, list[str]] = {}
     for e in fleet.discover():
-        for n in {e.serial, e.serial.rpartition("/")[2]}:
+        for n in device_names(e.serial):
             known.setdefault(n, []).append(e.serial)
     names = []
     for s in serials:

@@ -60,12 +60,12 @@ class _Stream:
 class _Run:
     """One controller's run on this host: its leases, when it was last touched, its stop flag."""
 
-    def __init__(self, campaign: str):
-        self.campaign = campaign
+    def __init__(self):
         self.leases: dict[str, Any] = {}
         self.touched = time.monotonic()
         self.stop = threading.Event()
         self.active = 0
+        self.workers: list = []   # its DeviceWorkers under way (a stop ends their launches)
 
 
 class Agent:
@@ -82,12 +82,9 @@ class Agent:
     def ready(self) -> dict:
         """Put back what a killed agent (or campaign) left changed on this host's phones, each under its lease;
         the agent's identity and what it restored."""
-        return {**self._identity(), "restored": self._restore_pending()}
+        return {**self.identity(), "restored": self._restore_pending()}
 
     def identity(self) -> dict:
-        return self._identity()
-
-    def _identity(self) -> dict:
         return {"host": self.name, "pid": os.getpid(), "hostname": socket.gethostname(),
                 "adb_port": os.environ.get("ANDROID_ADB_SERVER_PORT", "5037"), "started": self.started}
 
@@ -98,7 +95,7 @@ class Agent:
         """The phones this host's adb server knows, probed now (FleetEntry), and the monitors plugged in."""
         from profiler.fleet import discover
 
-        return {**self._identity(), "fleet": discover(), "monitors": self._monitors()}
+        return {**self.identity(), "fleet": discover(), "monitors": self._monitors()}
 
     def _monitors(self) -> list[str]:
         from profiler.energy.monsoon import list_monitors
@@ -142,7 +139,7 @@ class Agent:
 
         said: list[str] = []
         with self._lock:
-            run = self._runs.setdefault(token, _Run(campaign))
+            run = self._runs.setdefault(token, _Run())
             run.touched = time.monotonic()
         taken = []
         try:
@@ -162,7 +159,7 @@ class Agent:
         from profiler.worker import check_energy
 
         try:
-            check_energy(campaign, [type("D", (), {"serial": s})() for s in serials])
+            check_energy(campaign, serials)
         except UserError as exc:
             return str(exc)
         return None
@@ -170,18 +167,23 @@ class Agent:
     def prepare(self, token: str, campaign, serials: list[str]) -> dict[str, str]:
         """Under the leases: put back what killed runs left changed on them."""
         from profiler.device import Device
+        from profiler.energy.session import stop_orphan_samplers
         from profiler.worker import restore_passthrough
 
         restored = knobs.restore_pending(knobs.default_root(), lambda s: Device(s), serials=set(serials))
-        restored.update(restore_passthrough(campaign, [type("D", (), {"serial": s})() for s in serials]))
+        restored.update(restore_passthrough(campaign, serials))
+        restored.update(stop_orphan_samplers(serials))
         return restored
 
     def stop(self, token: str) -> None:
-        """Workers of `token` finish their current cell, their guards restore governors."""
+        """Workers of `token` stop: the cell under way is stored as interrupted (its launch ended), their guards
+        restore governors."""
         with self._lock:
             run = self._runs.get(token)
         if run is not None:
             run.stop.set()
+            for w in list(run.workers):
+                w.abort_launch()
 
     def finish(self, token: str) -> list[str]:
         """The run ended: adbd back as it was, leases released."""
@@ -238,24 +240,14 @@ class Agent:
         from workloads.metaschedule import tune_devices
 
         with tempfile.TemporaryDirectory(prefix="autlearn-tune-") as tmp, contextlib.ExitStack() as leases:
-            root = Path(tmp)
-            for rel, data in tuning.items():
-                (root / rel).parent.mkdir(parents=True, exist_ok=True)
-                (root / rel).write_bytes(data)
-            saved = os.environ.get("AUTLEARN_TUNING_DIR")
-            os.environ["AUTLEARN_TUNING_DIR"] = str(root)   # this agent tunes one request at a time (_tune_lock)
-            try:
-                with self._tune_lock:
+            root = paths.write_tree(Path(tmp), tuning)
+            try:    # this agent tunes one request at a time (_tune_lock): the variable is its own meanwhile
+                with self._tune_lock, paths.env_override({"AUTLEARN_TUNING_DIR": str(root)}):
                     for s in serials:
                         leases.enter_context(PhoneLease(Device(s), f"tune {model}", "tuning"))
                     results = tune_devices(serials, model, variant, **kwargs)
             except UserError as exc:
                 return {"error": str(exc)}
-            finally:
-                if saved is None:
-                    os.environ.pop("AUTLEARN_TUNING_DIR", None)
-                else:
-                    os.environ["AUTLEARN_TUNING_DIR"] = saved
             files = {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
             for r in results:
                 r["database"] = str(Path(r["database"]).relative_to(root))
@@ -276,6 +268,7 @@ class Agent:
             return
         stream = _Stream()
         worker = DeviceWorker(serial, facts, cells, stream, campaign, stream, run.stop, False, threads, name=name)
+        run.workers.append(worker)
         result: dict = {}
 
         def work():
@@ -306,6 +299,7 @@ class Agent:
             with self._lock:
                 run.active -= 1
                 run.touched = time.monotonic()
+                run.workers.remove(worker)
 
 
 def actor_name(host: str) -> str:

@@ -37,7 +37,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from profiler import knobs
-from profiler.device import quote
+from profiler.device import Device, quote
 from profiler.energy import PowerTrace
 from profiler.energy.align import ClockOffset, baseline_power, estimate_offset, step_energies
 from profiler.energy.fuelgauge import (Calibration, FuelGaugeDecision, SUSPEND_SWITCHES, charge_facts,
@@ -49,6 +49,10 @@ TAIL_MARGIN_S = 0.1  # samples kept past the last step's end (a monitor's sample
 GAUGE_INTERVAL_S = 0.05
 _NODES = ("battery/status", "usb/online", "ac/online", "wireless/online") + tuple(n for n, _, _ in SUSPEND_SWITCHES)
 _DEVICE_REALTIME = 'echo "${EPOCHREALTIME:-$(date +%s.%N)}"'
+# a phone-side sampler ends by itself this long after it started: a run killed mid-cell cannot stop it (the next run
+# on the phone does, through its stop file: stop_orphan_samplers)
+SAMPLER_MAX_S = 4 * 3600
+SAMPLER_TAG = "fuelgauge-"   # its files in the device work dir: <tag><ns>.log / .err / .stop
 
 
 @dataclass(frozen=True)
@@ -407,11 +411,11 @@ class FuelGaugeMeter(Meter):
         if self._files is not None:
             raise RuntimeError("fuel gauge already sampling")
         script = self.device.script_path("fuelgauge.sh")
-        tag = f"{self.device.workdir}/fuelgauge-{time.time_ns()}"
+        tag = f"{self.device.workdir}/{SAMPLER_TAG}{time.time_ns()}"
         out, err, stop = f"{tag}.log", f"{tag}.err", f"{tag}.stop"
         self._files = (out, err, stop)
-        self.device.check(f"rm -f {quote(stop)}; nohup sh {quote(script)} 0 {self.interval_s:g} {quote(stop)} "
-                          f"</dev/null >{quote(out)} 2>{quote(err)} &", timeout=20)
+        self.device.check(f"rm -f {quote(stop)}; nohup sh {quote(script)} {SAMPLER_MAX_S} {self.interval_s:g} "
+                          f"{quote(stop)} </dev/null >{quote(out)} 2>{quote(err)} &", timeout=20)
         deadline = time.monotonic() + 10
         while not self.device.shell(f"grep -q '^S ' {quote(out)}", timeout=20).ok:
             if time.monotonic() > deadline:
@@ -580,3 +584,20 @@ def restore_charging(device, doc: dict) -> None:
     r = device.shell_root(f'echo {quote(prior)} > "{path}" && cat "{path}"', timeout=20)
     if not r.ok or r.stdout.strip() != prior:
         raise EnergyError(f"cannot restore {path} to {prior!r}", serial=device.serial)
+
+
+def stop_orphan_samplers(serials) -> dict[str, str]:
+    """Fuel-gauge samplers a killed run left polling on the leased phones (no run of ours uses them now: they are
+    leased) are asked to stop through their stop files, and their files removed."""
+    out: dict[str, str] = {}
+    for serial in serials:
+        try:
+            device = Device(serial)
+            r = device.shell(f"cd {quote(device.workdir)} 2>/dev/null || exit 0; n=0; for f in {SAMPLER_TAG}*.log; "
+                             'do [ -e "$f" ] || continue; touch "${f%.log}.stop"; n=$((n + 1)); done; '
+                             f'[ "$n" = 0 ] || {{ sleep 0.5; rm -f {SAMPLER_TAG}*; echo "$n"; }}', timeout=20)
+        except DeviceError:
+            continue   # unreachable now: its cells say so
+        if r.ok and r.stdout.strip():
+            out[f"{serial} fuel-gauge sampler"] = f"{r.stdout.strip()} left running, stopped"
+    return out

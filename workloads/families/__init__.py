@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -68,6 +69,23 @@ class Family:
         return {k: d.get(k, getattr(config, k)) for k in self.compressed_keys}
 
 
+# What a phone can train: a step keeps weights, gradients and activations in memory, and phones have 4-16 GB.
+MAX_PARAMS = 200_000_000     # 0.8 GB of float32 weights (x2-3 with gradients and optimizer state)
+
+
+def check_bounds(config: Any, bounds: Mapping[str, int], params: int) -> None:
+    """Each bounded field of `config` within its stated ceiling and the model's parameter count within MAX_PARAMS:
+    one ConfigError naming the key (checked when the campaign is validated, before a results directory exists)."""
+    for key, top in bounds.items():
+        value = getattr(config, key)
+        if value > top:
+            raise ConfigError(f"must be <= {top:,} (the ceiling for a model trained on a phone), got {value:,}",
+                              key=key)
+    if params > MAX_PARAMS:
+        raise ConfigError(f"the model would have {params:,} parameters; the ceiling is {MAX_PARAMS:,} (what a phone "
+                          "can train in memory)", key="model")
+
+
 def _check_type(cls: type, key: str, value: Any) -> None:
     """A config value against its field's annotation (int, float, bool, str, tuple[int, ...], ...): a wrong type is
     one ConfigError naming the key, not a TypeError from deep inside a model builder."""
@@ -111,20 +129,30 @@ ENTRY_POINTS = "autlearn.families"
 BUILTIN_ORDER = {"mobilenet": 0, "lstm": 1}
 _REGISTRY: dict[str, Family] = {}
 _BUILTINS_LOADED = False
+_LOAD_LOCK = threading.RLock()   # campaigns validate in several threads: none may see a half-loaded registry
+_LOADING: list[bool] = []        # non-empty while the lock's holder loads the plugins
 
 
 def _registry() -> dict[str, Family]:
     global _BUILTINS_LOADED
-    if not _BUILTINS_LOADED:
-        _BUILTINS_LOADED = True
-        from importlib.metadata import entry_points
+    if _BUILTINS_LOADED:
+        return _REGISTRY
+    with _LOAD_LOCK:
+        if _BUILTINS_LOADED or _LOADING:    # another thread loaded it meanwhile; or a family asks while it loads
+            return _REGISTRY
+        _LOADING.append(True)
+        from importlib.metadata import entry_points   # only when first asked (no import-time work)
 
         # Built in and third party alike, families are plugins (entry point group `autlearn.families`, a Family
         # object each): the registry never imports a family module by name, so families may use every generic
         # module (layers, data, resource, pruning) that asks the registry.
-        for ep in sorted(entry_points(group=ENTRY_POINTS), key=lambda e: BUILTIN_ORDER.get(e.name, 99)):
-            fam = ep.load()
-            _REGISTRY.setdefault(fam.name, fam)
+        try:
+            for ep in sorted(entry_points(group=ENTRY_POINTS), key=lambda e: BUILTIN_ORDER.get(e.name, 99)):
+                fam = ep.load()
+                _REGISTRY.setdefault(fam.name, fam)
+        finally:
+            _LOADING.clear()
+        _BUILTINS_LOADED = True
     return _REGISTRY
 
 

@@ -10,7 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from profiler.errors import ConfigError
-from workloads.families import Compressor, Family, config_key
+from workloads.families import Compressor, Family, check_bounds, config_key
+
+
+LSTM_BOUNDS = {"vocab_size": 1_000_000, "embed_dim": 8192, "hidden_size": 8192, "num_layers": 16, "seq_len": 4096,
+               "batch": 4096}
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,8 @@ class WordLSTMConfig:
         for k in ("vocab_size", "embed_dim", "hidden_size", "num_layers", "seq_len", "batch"):
             if int(getattr(self, k)) < 1:
                 raise ConfigError(f"must be >= 1, got {getattr(self, k)}", key=k)
+        check_bounds(self, LSTM_BOUNDS, self.vocab_size * (self.embed_dim + self.hidden_size + 1)
+                     + self.num_layers * 4 * (self.embed_dim + 2 * self.hidden_size) * self.hidden_size)
         if not 0 <= int(self.head_rank) <= min(self.hidden_size, self.vocab_size):
             raise ConfigError(f"must be in [0, {min(self.hidden_size, self.vocab_size)}] (0 = dense), got "
                               f"{self.head_rank}", key="head_rank")

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from profiler.errors import ConfigError
-from workloads.families import Compressor, Family, config_key
+from workloads.families import Compressor, Family, check_bounds, config_key
 
 # MobileNetV1 body: (output channels at width 1.0, stride) of the 13 depthwise-separable blocks.
 MOBILENET_BLOCKS: tuple[tuple[int, int], ...] = (
@@ -21,6 +21,10 @@ MOBILENET_STEM = 32
 
 def _round_channels(c: float) -> int:
     return max(8, int(c + 4) // 8 * 8)
+
+
+MOBILENET_BOUNDS = {"num_classes": 100_000, "in_channels": 64, "image_size": 1024, "batch": 4096}
+MAX_WIDTH, MAX_CHANNELS = 16.0, 16384
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,12 @@ class MobileNetConfig:
                 raise ConfigError(f"needs {1 + len(MOBILENET_BLOCKS)} positive ints, got {self.channels}",
                                   key="channels")
             object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
+        if self.width > MAX_WIDTH or max(self.layer_channels) > MAX_CHANNELS:
+            raise ConfigError(f"at most {MAX_CHANNELS} channels a layer (width <= {MAX_WIDTH}), got "
+                              f"{max(self.layer_channels)}", key="channels" if self.channels else "width")
+        c = self.layer_channels
+        check_bounds(self, MOBILENET_BOUNDS, 9 * self.in_channels * c[0] + sum(9 * a + a * b for a, b in
+                                                                               zip(c, c[1:])) + c[-1] * self.num_classes)
 
     @property
     def layer_channels(self) -> tuple[int, ...]:

@@ -1,0 +1,157 @@
+"""The virtual lab's host CPU gate (profiler.hostcpu), the launch CPU share parser, and the throttle's budget
+(testbed/dvfs.py): pure or in-process, no phones."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from profiler import hostcpu
+from profiler.steps import cpu_share, parse_children_cpu_s
+from profiler.worker import HarnessClock
+from testbed.dvfs import LATE_CREDIT_S, SignalThrottle, _Budget, _thread_cpu_ns
+
+
+@pytest.fixture(autouse=True)
+def private_gate(tmp_path, monkeypatch):
+    monkeypatch.setattr(hostcpu.tempfile, "gettempdir", lambda: str(tmp_path))
+
+
+def test_a_timed_launch_waits_for_operations_under_way_and_holds_others_off():
+    events, shared_in = [], threading.Event()
+    release = threading.Event()
+
+    def operation():
+        with hostcpu.shared(True):
+            shared_in.set()
+            events.append("op start")
+            release.wait(5)
+            events.append("op end")
+
+    def launch():
+        with hostcpu.exclusive(True):
+            events.append("launch")
+            time.sleep(0.2)
+            events.append("launch end")
+
+    def late_operation():
+        with hostcpu.shared(True):
+            events.append("late op")
+
+    t1 = threading.Thread(target=operation)
+    t1.start()
+    shared_in.wait(5)
+    t2 = threading.Thread(target=launch)
+    t2.start()
+    time.sleep(0.1)          # the launch now waits for the operation under way
+    t3 = threading.Thread(target=late_operation)
+    t3.start()
+    time.sleep(0.1)          # the late operation queues behind the waiting launch (exclusive goes first)
+    assert events == ["op start"]
+    release.set()
+    for t in (t1, t2, t3):
+        t.join(5)
+    assert events == ["op start", "op end", "launch", "launch end", "late op"]
+
+
+def test_waits_are_counted_per_thread_and_kept_out_of_the_harness():
+    held = threading.Event()
+
+    def launch():
+        with hostcpu.exclusive(True):
+            held.set()
+            time.sleep(0.3)
+
+    t = threading.Thread(target=launch)
+    t.start()
+    held.wait(5)
+    clock = HarnessClock()
+    with clock.part("deploy"):
+        with hostcpu.shared(True):      # a device operation of another phone, while the launch runs
+            pass
+        time.sleep(0.05)
+    t.join()
+    assert clock.wait >= 0.2 and 0.04 <= clock.parts["deploy"] < 0.2
+    # inside its own launch a thread's operations do not wait for itself; a real phone never takes the gate
+    with hostcpu.exclusive(True), hostcpu.shared(True), hostcpu.shared(False):
+        pass
+
+
+def test_times_output_gives_the_launch_cpu_share():
+    assert parse_children_cpu_s("warning\n0m0.01s 0m0.00s\n0m1.50s 0m0.25s\n") == pytest.approx(1.75)
+    assert parse_children_cpu_s("    0m00.00s     0m00.00s\n    1m00.20s     0m00.00s\n") == pytest.approx(60.2)
+    assert parse_children_cpu_s("0m0.000000s 0m0.000000s\n0m2.000000s 0m0.000000s\n") == pytest.approx(2.0)
+    assert parse_children_cpu_s("times: not found\n") is None
+    assert cpu_share(1.0, 4.0, 2) == pytest.approx(0.125)
+    assert cpu_share(None, 4.0, 2) is None and cpu_share(1.0, 4.0, None) is None
+
+
+def test_budget_charges_a_new_group_from_its_start_and_bounds_the_credit_of_a_late_wake():
+    fresh = _Budget(0.0)                 # started at t=0, first seen at 0.05 s with 40 ms of CPU at share 0.1
+    assert fresh.update(0.05, 0.1, 0.002, {1: 40_000_000}) == pytest.approx(0.035)
+    old = _Budget(10.0, fresh=False)     # a group first budgeted long after it started: from now on only
+    assert old.update(10.01, 0.1, 0.002, {1: 9_000_000_000}) == pytest.approx(-0.001)
+    idle = _Budget(0.0)
+    assert idle.update(1.0, 0.5, 0.002, {1: 0}) == pytest.approx(-0.002)           # idle earns one window
+    late = _Budget(0.0)     # kept stopped 5 ms too long: all of it is made up
+    assert late.update(0.005, 0.5, 0.002, {1: 0}, stopped=True) == pytest.approx(-0.0025)
+    stalled = _Budget(0.0)  # stopped 1 s too long (a stall): made up for LATE_CREDIT_S only, never a 0.5 s burst
+    assert stalled.update(1.0, 0.5, 0.002, {1: 0}, stopped=True) == pytest.approx(-(0.002 + 0.5 * LATE_CREDIT_S))
+
+
+def test_throttle_holds_the_share_it_is_asked_for():
+    """CPU time / wall of a busy process at share 0.25, measured from outside, within 10 %."""
+    th = SignalThrottle(keep_warm=False)
+    th.start()
+    p = subprocess.Popen([sys.executable, "-c", "while True: pass"], start_new_session=True)
+    try:
+        th.set_shares({p.pid: 0.25}, {p.pid: [p.pid]})
+        t0 = time.monotonic()
+        time.sleep(1.5)
+        cpu = _thread_cpu_ns([p.pid])[0]
+        wall = time.monotonic() - t0
+    finally:
+        th.close()
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
+    assert sum(cpu.values()) / 1e9 / wall == pytest.approx(0.25, rel=0.10)
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rpartition(")")[2].split()[0]
+
+
+def _wait_state(pid: int, want: str, timeout: float = 2.0) -> str:
+    deadline = time.monotonic() + timeout
+    while (st := _state(pid)) != want and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return st
+
+
+def test_another_phones_timed_launch_holds_this_phones_processes(tmp_path):
+    th = SignalThrottle(keep_warm=False, serial="127.0.0.1:1")
+    th.start()
+    p = subprocess.Popen([sys.executable, "-c", "while True: pass"], start_new_session=True)
+    try:
+        th.set_shares({p.pid: 1.0}, {p.pid: [p.pid]})     # unthrottled: it runs freely
+        assert _wait_state(p.pid, "R") == "R"
+        with hostcpu.exclusive(True, "127.0.0.1:2"):       # another phone's launch: held from its start
+            assert _state(p.pid) == "T" and th.held
+        assert _wait_state(p.pid, "R") == "R"
+        with hostcpu.exclusive(True, "127.0.0.1:1"):       # its own phone's launch: never held
+            time.sleep(0.05)
+            assert _state(p.pid) == "R" and not th.held
+        (tmp_path / hostcpu.lock_path("holder").name).write_text("127.0.0.1:2")   # a killed run's name, no lock
+        time.sleep(0.1)
+        assert _state(p.pid) == "R" and not th.held
+    finally:
+        th.close()
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
