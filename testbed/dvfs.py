@@ -25,7 +25,10 @@ runs see the same all-cores-busy host speed (same LSTM: 8.1x); `lab up --no-keep
 less exact ratios: the test suite's session lab).
 Resolution: a group runs up to a window of CPU (PERIOD_S x share, at least MIN_WINDOW_S) between stops, so a step
 shorter than that (e.g. a 0.2 ms cached MobileNet step) mostly runs between two stops at host speed: its median is
-not slowed, only the steps a stop falls into; a run of such steps is slowed as a whole.
+not slowed, only the steps a stop falls into; a run of such steps is slowed as a whole. The CPU time budgeted is
+read from a perf task-clock counter per thread, exact when read (`TaskClocks`); schedstat, the fallback where perf
+is refused, lags a running thread by up to a scheduler tick (4 ms at HZ=250), so a step shorter than a tick could
+slip through whole at host speed.
 
 Governors, in outline, once per model tick (~20 ms), with util = busy fraction of the busiest virtual CPU of the
 cluster (host CPU time / (wall x share), capped at 1), made frequency-invariant and smoothed with PELT's 32 ms
@@ -45,10 +48,14 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import ctypes
+import errno
 import logging
 import math
 import os
+import platform
 import signal
+import struct
 import threading
 import time
 from dataclasses import dataclass
@@ -60,7 +67,7 @@ from testbed.profiles import Profile
 _log = logging.getLogger("vphone.throttle")
 
 PERIOD_S = 0.004  # a group at share s runs about s x PERIOD_S of CPU between stops
-MIN_WINDOW_S = 0.001  # but at least this much (caches refill after each stop)
+MIN_WINDOW_S = 0.002  # but at least this much (caches refill after each stop: at 1 ms a step took 10-20 % more CPU)
 UNTHROTTLED = 0.999  # shares at or above this are never signalled
 HOLD_POLL_S = 0.02   # while a shell's process lives, the host gate's holder is looked at this often
 HELD_POLL_S = 0.02   # and while held, this often (a phone's own launch starts HOLD_SETTLE_S after naming itself)
@@ -256,9 +263,13 @@ class SignalThrottle:
         self.errors = 0   # loop failures survived (logged)
         self.realtime = False  # the thread got SCHED_FIFO
         self.keep_warm = KeepWarm(keep_warm)
+        self.clocks = TaskClocks()
 
     def describe(self) -> str:
-        return (f"sigstop CPU-time budget, window {self.period_s * 1e3:g} ms x share; host CPU share per thread = "
+        clock = ("perf task-clock, exact" if self.clocks.exact
+                 else f"schedstat, brought up to date at scheduler ticks: {self.clocks.why}")
+        return (f"sigstop CPU-time budget ({clock}), window {self.period_s * 1e3:g} ms x share; "
+                "host CPU share per thread = "
                 "capacity/capacity_max x f/f_max(cluster); share 1.0 = this host's CPU, unthrottled; keep-warm "
                 f"SCHED_IDLE spinners {'on' if self.keep_warm.enabled else 'off'} while a shell process lives")
 
@@ -270,6 +281,17 @@ class SignalThrottle:
             self._shares = {pg: s for pg, s in shares.items() if s < UNTHROTTLED}
             if members is not None:
                 self._members = {pg: list(m) for pg, m in members.items() if pg in self._shares}
+        self._wake.set()
+
+    def admit(self, pg: int, share: float) -> None:
+        """A shell's new process group, at `share` until the power model's next tick places it: budgeted from its
+        start at once (a launch that waited for the tick ran its first steps at host speed)."""
+        with self._lock:
+            self._groups.add(pg)
+            if share < UNTHROTTLED:
+                self._shares[pg] = share
+                self._members.setdefault(pg, [pg])
+                self._active = True
         self._wake.set()
 
     def start(self) -> None:
@@ -285,6 +307,7 @@ class SignalThrottle:
             self._thread = None
         self._continue_all()
         self.keep_warm.close()
+        self.clocks.close()
 
     def _continue_all(self) -> None:
         for pg in list(self._stopped | self._held_groups):
@@ -338,11 +361,10 @@ class SignalThrottle:
                 self._wake.clear()
                 self._wake.wait(HELD_POLL_S)
                 continue
-            if held:
-                for pg in held:
-                    self._signal(pg, signal.SIGCONT)
-                held.clear()
-                self.held = False
+            for pg in held:
+                self._signal(pg, signal.SIGCONT)
+            held.clear()
+            self.held = False   # also when the hold found no group to stop (the power model ticks slowly while held)
             if active:
                 last_throttled = time.monotonic()
             self.keep_warm.set(time.monotonic() - last_throttled < KEEP_WARM_LINGER_S)
@@ -352,17 +374,20 @@ class SignalThrottle:
                     self._signal(pg, signal.SIGCONT)
                     self._stopped.discard(pg)
             if not shares:
+                self.clocks.keep(())
                 self._wake.clear()
                 self._wake.wait(HOLD_POLL_S if all_groups else 0.1 if self.keep_warm.running else 1.0)
                 continue
             now = time.monotonic()
             wake = now + HOLD_POLL_S   # look at the host gate's holder this often while a group lives
+            read: list[int] = []
             for pg, share in shares.items():
                 b = groups.get(pg)
                 if b is None:   # a group that just started is budgeted from its start: its first tick is not free
                     born = min(now, _started(pg, now))
                     b = groups[pg] = _Budget(born) if now - born < NEW_GROUP_S else _Budget(now, fresh=False)
-                cpu, b.pids = _thread_cpu_ns({*members.get(pg, (pg,)), *b.pids})   # default: the leader
+                cpu, b.pids = _thread_cpu_ns({*members.get(pg, (pg,)), *b.pids}, self.clocks)   # default: the leader
+                read.extend(cpu)
                 ahead = b.update(now, share, self.window_s(share), cpu, stopped=pg in self._stopped)
                 if pg in self._stopped:
                     if ahead <= 0:  # the budget caught up: run
@@ -380,6 +405,7 @@ class SignalThrottle:
                         wake = min(wake, now + ahead / share)
                 else:  # cannot get a window ahead before (window - ahead) of wall time
                     wake = min(wake, now + max(self.window_s(share) - ahead, 2e-4))
+            self.clocks.keep(read)
             self._wake.clear()
             self._wake.wait(max(wake - time.monotonic(), 0.0))
 
@@ -446,8 +472,9 @@ def _started(pid: int, default: float) -> float:
     return ticks / os.sysconf("SC_CLK_TCK") - boot
 
 
-def _thread_cpu_ns(pids) -> tuple[dict[int, int], set[int]]:
-    """(tid -> ns on a CPU (schedstat field 1) of every thread of `pids` and of their descendants, the pids seen).
+def _thread_cpu_ns(pids, clocks: "TaskClocks | None" = None) -> tuple[dict[int, int], set[int]]:
+    """(tid -> ns on a CPU of every thread of `pids` and of their descendants, the pids seen); with `clocks`, a
+    running thread's time is exact to the read (else schedstat field 1, brought up to date at scheduler ticks).
     Descendants come from /proc/<pid>/task/<tid>/children: a process a shell just started is budgeted from its
     first tick, not from the power model's next rescan of the sessions."""
     out: dict[int, int] = {}
@@ -468,12 +495,82 @@ def _thread_cpu_ns(pids) -> tuple[dict[int, int], set[int]]:
             base = f"/proc/{pid}/task/{tid}/"
             try:
                 with open(base + "schedstat", "rb") as f:
-                    out[int(tid)] = int(f.read().split()[0])
+                    ns = int(f.read().split()[0])
                 with open(base + "children", "rb") as f:
                     todo.extend(int(c) for c in f.read().split())
             except (OSError, ValueError, IndexError):
                 continue
+            out[int(tid)] = clocks.ns(int(tid), ns) if clocks is not None else ns
     return out, seen
+
+
+_PERF_EVENT_OPEN = {"x86_64": 298, "aarch64": 241, "riscv64": 241}.get(platform.machine())
+_PERF_TYPE_SOFTWARE, _PERF_COUNT_SW_TASK_CLOCK = 1, 1
+_EXCLUDE_KERNEL_HV = (1 << 5) | (1 << 6)   # perf_event_attr flag bits: what perf_event_paranoid 2 lets a user count
+
+
+class _PerfAttr(ctypes.Structure):   # struct perf_event_attr up to config2 (PERF_ATTR_SIZE_VER1)
+    _fields_ = [("type", ctypes.c_uint32), ("size", ctypes.c_uint32), ("config", ctypes.c_uint64),
+                ("sample_period", ctypes.c_uint64), ("sample_type", ctypes.c_uint64),
+                ("read_format", ctypes.c_uint64), ("flags", ctypes.c_uint64), ("wakeup_events", ctypes.c_uint32),
+                ("bp_type", ctypes.c_uint32), ("config1", ctypes.c_uint64), ("config2", ctypes.c_uint64)]
+
+
+class TaskClocks:
+    """Exact CPU time of other processes' threads: a perf task-clock counter per thread (the kernel brings a running
+    thread's time up to date when the counter is read). schedstat alone is brought up to date only at scheduler
+    ticks (4 ms at HZ=250), so a throttled step shorter than a tick could run whole at host speed before its
+    budget saw it. Where perf_event_open is refused (perf_event_paranoid, seccomp, another arch), schedstat it is,
+    and `exact` says so."""
+
+    def __init__(self):
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        self._fds: dict[int, tuple[int, int]] = {}   # tid -> (counter fd, schedstat ns when it was opened)
+        self._flags = 0
+        self.exact = self._open(os.getpid()) is not None
+        self.why = "" if self.exact else self._why
+        for fd, _ in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    def _open(self, tid: int) -> int | None:
+        if _PERF_EVENT_OPEN is None:
+            self._why = f"no perf_event_open number for {platform.machine()}"
+            return None
+        attr = _PerfAttr(type=_PERF_TYPE_SOFTWARE, size=ctypes.sizeof(_PerfAttr), config=_PERF_COUNT_SW_TASK_CLOCK,
+                         flags=self._flags)
+        fd = self._libc.syscall(_PERF_EVENT_OPEN, ctypes.byref(attr), tid, -1, -1, 0)
+        if fd < 0 and ctypes.get_errno() in (errno.EACCES, errno.EPERM) and not self._flags:
+            self._flags = _EXCLUDE_KERNEL_HV    # user time only is what an unprivileged user may count
+            return self._open(tid)
+        if fd < 0:
+            self._why = f"perf_event_open: {os.strerror(ctypes.get_errno())}"
+            return None
+        self._fds[tid] = (fd, 0)
+        return fd
+
+    def ns(self, tid: int, schedstat_ns: int) -> int:
+        """CPU ns of thread `tid`, whose schedstat now says `schedstat_ns`."""
+        if not self.exact:
+            return schedstat_ns
+        got = self._fds.get(tid)
+        if got is None:
+            if self._open(tid) is None:
+                return schedstat_ns
+            got = self._fds[tid] = (self._fds[tid][0], schedstat_ns)
+        fd, base = got
+        try:
+            return base + struct.unpack("Q", os.read(fd, 8))[0]
+        except OSError:
+            return schedstat_ns
+
+    def keep(self, tids) -> None:
+        """Close the counters of every thread not in `tids` (gone, or no longer throttled)."""
+        for tid in self._fds.keys() - set(tids):
+            os.close(self._fds.pop(tid)[0])
+
+    def close(self) -> None:
+        self.keep(())
 
 
 # -------------------------------------------------------------------------------------------- the phone model

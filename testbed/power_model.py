@@ -56,7 +56,7 @@ R_BATT_OHM = 0.1
 CHARGE_A = 1.5  # what the USB charger pushes into the phone
 TICK_S = 0.02
 IDLE_TICK_S = 0.25  # no process of a shell alive: only the clock moves (a new shell wakes the model at once)
-RESCAN_S = 0.05  # a process a shell started is placed on its cluster within this
+RESCAN_S = 0.05  # the shells' sessions are scanned this often (their children are followed every tick)
 HEARTBEAT_S = 1.0
 LOG_NAME = "power_model.jsonl"
 LOG_MAX_BYTES = 2 << 20
@@ -180,7 +180,6 @@ class PowerModel:
         self.battery = self.root / "sys/class/power_supply/battery"
         self.log_path = self.root / LOG_NAME
         self.members: dict[int, int] = {}  # pid -> process group
-        self.masks: dict[int, int] = {}  # pid -> cluster index (from its virtual affinity)
         self.group_cluster: dict[int, int] = {}
         self.last_cpu: dict[int, int] = {}
         self.last_sessions: frozenset[int] = frozenset()
@@ -192,6 +191,12 @@ class PowerModel:
         self._written: dict = {}
         self.default_cluster = cluster_for_mask(profile, None)
 
+    def admit(self, pg: int) -> None:
+        """A shell just started as process group `pg`: the throttle budgets it at once, at the share of the cluster a
+        process with no affinity runs on; the next tick places it by its processes' affinity."""
+        if self.throttle is not None:
+            self.throttle.admit(pg, self.dvfs.shares()[self.default_cluster])
+
     # -- inputs ---------------------------------------------------------------------------------------------
     def _busy_ns(self, now: float) -> tuple[dict[int, int], set[int]]:
         """(CPU ns per cluster since the last tick, processes placed by their virtual affinity; the clusters where a
@@ -199,7 +204,6 @@ class PowerModel:
         sessions = frozenset(self.sessions())
         if sessions != self.last_sessions or now - self.last_scan >= RESCAN_S:
             self.members = session_members(set(sessions)) if sessions else {}
-            self.masks = {pid: cluster_for_mask(self.profile, virtual_mask(pid, self.root)) for pid in self.members}
             self.last_sessions, self.last_scan = sessions, now
         busy: dict[int, int] = {}
         new: set[int] = set()
@@ -215,7 +219,8 @@ class PowerModel:
                 continue
             prev = self.last_cpu.get(pid)
             d = ns - prev if prev is not None and ns >= prev else (0 if prev is not None else ns)
-            c = self.masks.get(pid, self.default_cluster)
+            # read every tick: a process found between its fork and the exec of `taskset MASK cmd` has no mask yet
+            c = cluster_for_mask(self.profile, virtual_mask(pid, self.root))
             busy[c] = busy.get(c, 0) + d
             if prev is None and d > 0:
                 new.add(c)
@@ -224,7 +229,6 @@ class PowerModel:
                 top[pg] = (d, c)
             for k in kids:
                 if k not in seen and k not in self.members:
-                    self.masks.setdefault(k, cluster_for_mask(self.profile, virtual_mask(k, self.root)))
                     todo.append((k, pg))   # a child stays in its parent's process group unless it leaves
         self.members = pgs
         self.last_cpu = seen
@@ -329,11 +333,11 @@ async def run(model: PowerModel, period: float = TICK_S, wake=None, idle_period:
         except Exception:  # a bug in the model must not take the phone down
             log.exception("power model tick failed")
         held = getattr(model.throttle, "held", False)   # another phone's timed launch: nothing of ours runs
-        if wake is None or (busy and not held):
+        if wake is None:
             await asyncio.sleep(period)
             continue
-        try:
-            await asyncio.wait_for(wake.wait(), idle_period)
+        try:   # a new shell ticks at once (its processes placed on their cluster), busy or idle
+            await asyncio.wait_for(wake.wait(), period if busy and not held else idle_period)
         except asyncio.TimeoutError:
             pass
 

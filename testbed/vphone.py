@@ -18,6 +18,7 @@ import os
 import signal
 import stat
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from testbed import adbproto as P
@@ -200,6 +201,7 @@ class VirtualPhone:
         self.shell = shell_binary()
         self.groups: set[int] = set()  # process groups of every shell started (leaders' pids)
         self.wake = asyncio.Event()   # set at every shell start: the power model leaves its idle pace
+        self.admit: Callable[[int], None] = lambda pg: None   # a shell's new process group, to the throttle at once
 
     def kill_all_shells(self) -> None:
         for pgid in self.groups:
@@ -261,6 +263,7 @@ class VirtualPhone:
             stderr=asyncio.subprocess.PIPE if req.v2 else asyncio.subprocess.STDOUT,
             start_new_session=True)
         self.groups.add(proc.pid)
+        self.admit(proc.pid)
         self.wake.set()
         out = [(proc.stdout, P.ShellId.STDOUT), (proc.stderr, P.ShellId.STDERR)] if req.v2 else [(proc.stdout, None)]
         pumps = [asyncio.create_task(self._pump_out(pipe, stream, kind)) for pipe, kind in out]
@@ -501,9 +504,9 @@ async def serve(profile: Profile, root: Path, port: int, serial_name: str, ready
     throttle = dvfs.SignalThrottle(dvfs_period_s, keep_warm=keep_warm, serial=f"127.0.0.1:{port}")
     publish_time_scale(phone.root, throttle)
     throttle.start()
-    power = asyncio.create_task(power_model.run(power_model.PowerModel(profile, phone.root, lambda: phone.groups,
-                                                                       throttle=throttle),
-                                                 wake=phone.wake))
+    model = power_model.PowerModel(profile, phone.root, lambda: phone.groups, throttle=throttle)
+    phone.admit = model.admit
+    power = asyncio.create_task(power_model.run(model, wake=phone.wake))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

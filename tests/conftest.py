@@ -237,8 +237,8 @@ def example_run(lab, runner_cache, tmp_path_factory):
     before = {p.serial: _governors(p.root) for p in lab}
     # the shipped file, one launch of 5 timed steps a cell instead of its 2 of 4: virtual phones take turns on this
     # host's CPUs (profiler.hostcpu) and the unoptimized LSTM's seconds-long steps would cost the suite minutes. Five,
-    # not three: a throttled step shorter than a few of the throttle's periods can run one period fast (the host's
-    # CPU-time counters move at scheduler ticks), and the median's 95 % CI of three steps spans all three.
+    # not three: a throttled step a few of the throttle's windows long has one stop more or fewer than the next, and
+    # the median's 95 % CI of three steps spans all three.
     # (Before issue 20 gave a new process half the spare utilisation, one launch a cell was too short: schedutil's
     # ramp from its lowest frequency made the modern phone's MobileNet faster under powersave.)
     campaign = dataclasses.replace(load_campaign(Path(__file__).parents[1] / "examples" / "paper.toml"), steps=5,

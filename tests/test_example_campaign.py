@@ -73,8 +73,8 @@ def ordering_faults(summaries: pd.DataFrame, rooted: set[str], min_ms: float = 5
     under the faster governor is slower under powersave; `full` is faster than `unoptimized` under every governor.
     Each by its median, by a margin (`ratio`: the slower at least 1.5 x the faster; the profiles' frequency ratios are
     3-8 x). Issue 30 asks for 95 % CIs that do not overlap; with five steps a cell the lab does not hold that on
-    every run: a throttled step a few throttle periods long can run one period fast (the host's CPU-time counters
-    move at scheduler ticks), and the bootstrap CI of five steps' median reaches out to it. The faults, one line
+    every run: a throttled step a few throttle windows long has one stop more or fewer than the next, and the
+    bootstrap CI of five steps' median reaches out to it. The faults, one line
     each, with the CIs.
     """
     faults = []

@@ -155,3 +155,48 @@ def test_another_phones_timed_launch_holds_this_phones_processes(tmp_path):
         th.close()
         os.kill(p.pid, signal.SIGKILL)
         p.wait()
+
+
+def test_a_hold_that_found_no_live_group_ends_with_the_launch():
+    """A hold on a phone whose only group had just exited (the power model still listed it) ended with `held` left
+    True: that phone's power model then ticked at its idle pace for good, and its next launches were placed on
+    their cluster late or never (a `little` launch ran at big-cluster speed)."""
+    th = SignalThrottle(keep_warm=False, serial="127.0.0.1:1")
+    th.start()
+    p = subprocess.Popen([sys.executable, "-c", "pass"], start_new_session=True)
+    p.wait()
+    try:
+        th.set_shares({p.pid: 1.0}, {p.pid: [p.pid]})
+        with hostcpu.exclusive(True, "127.0.0.1:2"):
+            time.sleep(0.1)
+            assert th.held
+        deadline = time.monotonic() + 2
+        while th.held and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not th.held
+    finally:
+        th.close()
+
+
+def test_a_shells_group_is_throttled_from_its_start_and_cpu_time_is_exact():
+    """`admit` budgets a new shell's group before the power model's next tick (a launch that waited for the tick ran
+    its first steps at host speed); the CPU time read (perf task-clock where the host allows) agrees with the
+    kernel's own account once the thread sleeps."""
+    th = SignalThrottle(keep_warm=False)
+    th.start()
+    burn = "import time\nt = time.thread_time()\nwhile time.thread_time() - t < 0.3: pass\ntime.sleep(30)"
+    p = subprocess.Popen([sys.executable, "-c", burn], start_new_session=True)
+    try:
+        th.admit(p.pid, 0.25)
+        t0 = time.monotonic()
+        while _state(p.pid) != "S" and time.monotonic() - t0 < 10:
+            time.sleep(0.01)
+        wall = time.monotonic() - t0
+        assert wall == pytest.approx(0.3 / 0.25, rel=0.15)   # 0.3 s of CPU at a quarter of a CPU
+        cpu = th.clocks.ns(p.pid, _thread_cpu_ns([p.pid])[0][p.pid])
+        with open(f"/proc/{p.pid}/schedstat") as f:
+            assert cpu / 1e9 == pytest.approx(int(f.read().split()[0]) / 1e9, abs=0.005)
+    finally:
+        th.close()
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
