@@ -386,7 +386,7 @@ class SignalThrottle:
                 if b is None:   # a group that just started is budgeted from its start: its first tick is not free
                     born = min(now, _started(pg, now))
                     b = groups[pg] = _Budget(born) if now - born < NEW_GROUP_S else _Budget(now, fresh=False)
-                cpu, b.pids = _thread_cpu_ns({*members.get(pg, (pg,)), *b.pids}, self.clocks)   # default: the leader
+                cpu, b.pids = _thread_cpu_ns({*members.get(pg, (pg,)), *b.pids}, self.clocks, pg)   # default: leader
                 read.extend(cpu)
                 ahead = b.update(now, share, self.window_s(share), cpu, stopped=pg in self._stopped)
                 if pg in self._stopped:
@@ -472,11 +472,13 @@ def _started(pid: int, default: float) -> float:
     return ticks / os.sysconf("SC_CLK_TCK") - boot
 
 
-def _thread_cpu_ns(pids, clocks: "TaskClocks | None" = None) -> tuple[dict[int, int], set[int]]:
+def _thread_cpu_ns(pids, clocks: "TaskClocks | None" = None, pg: int | None = None) -> tuple[dict[int, int], set[int]]:
     """(tid -> ns on a CPU of every thread of `pids` and of their descendants, the pids seen); with `clocks`, a
     running thread's time is exact to the read (else schedstat field 1, brought up to date at scheduler ticks).
     Descendants come from /proc/<pid>/task/<tid>/children: a process a shell just started is budgeted from its
-    first tick, not from the power model's next rescan of the sessions."""
+    first tick, not from the power model's next rescan of the sessions. With `pg`, only processes still in that
+    process group count: one that left it (`timeout` makes a group of its own) is not stopped with it, and has a
+    budget of its own."""
     out: dict[int, int] = {}
     tried: set[int] = set()
     seen: set[int] = set()    # only the live ones: a sampler's group forks a child per sample for hours
@@ -488,6 +490,8 @@ def _thread_cpu_ns(pids, clocks: "TaskClocks | None" = None) -> tuple[dict[int, 
         tried.add(pid)
         try:
             tids = os.listdir(f"/proc/{pid}/task")
+            if pg is not None and pid != pg and _pgrp(pid) != pg:
+                continue
         except OSError:
             continue
         seen.add(pid)
@@ -502,6 +506,14 @@ def _thread_cpu_ns(pids, clocks: "TaskClocks | None" = None) -> tuple[dict[int, 
                 continue
             out[int(tid)] = clocks.ns(int(tid), ns) if clocks is not None else ns
     return out, seen
+
+
+def _pgrp(pid: int) -> int:
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        try:
+            return int(f.read().rpartition(b")")[2].split()[2])
+        except (ValueError, IndexError) as exc:
+            raise OSError(f"/proc/{pid}/stat: {exc}") from exc
 
 
 _PERF_EVENT_OPEN = {"x86_64": 298, "aarch64": 241, "riscv64": 241}.get(platform.machine())

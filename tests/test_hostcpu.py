@@ -200,3 +200,30 @@ def test_a_shells_group_is_throttled_from_its_start_and_cpu_time_is_exact():
         th.close()
         os.kill(p.pid, signal.SIGKILL)
         p.wait()
+
+
+def test_a_process_that_left_the_group_is_not_charged_to_it():
+    """A child that made a process group of its own (toybox `timeout` does) is not stopped with its parent's group,
+    so its CPU time must not be charged to that group: the parent's shell was stopped for the child's full-speed
+    run, for seconds after the child ended."""
+    th = SignalThrottle(keep_warm=False)
+    th.start()
+    code = ("import os, subprocess, sys, time\n"
+            "c = subprocess.Popen([sys.executable, '-c', 'import os\\nos.setpgid(0, 0)\\nwhile True: pass'])\n"
+            "time.sleep(30)")
+    p = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+    try:
+        time.sleep(0.3)   # the child has left the group
+        th.set_shares({p.pid: 0.25}, {p.pid: [p.pid]})
+        states = []
+        for _ in range(50):
+            states.append(_state(p.pid))
+            time.sleep(0.02)
+        assert "T" not in states
+    finally:
+        th.close()
+        with open(f"/proc/{p.pid}/task/{p.pid}/children") as f:
+            kids = [int(k) for k in f.read().split()]
+        for pg in (p.pid, *kids):
+            os.killpg(pg, signal.SIGKILL)
+        p.wait()
