@@ -10,11 +10,15 @@ import click
 from profiler.errors import DeviceUnreachable
 
 
-@click.command()
+@click.group(invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("-s", "--serial", "serials", multiple=True, help="Only these serials (repeatable).")
-def devices(as_json: bool, serials: tuple[str, ...]):
-    """List the fleet (real phones and virtual ones) with their probed facts."""
+@click.pass_context
+def devices(ctx: click.Context, as_json: bool, serials: tuple[str, ...]):
+    """List the fleet (real phones and virtual ones) with their probed facts; `devices restore SERIAL` puts back
+    what a killed run left changed on a phone."""
+    if ctx.invoked_subcommand is not None:
+        return
     from profiler.fleet import discover
 
     fleet = discover(serials)
@@ -55,3 +59,37 @@ def _table(fleet) -> None:
         click.echo("no devices: connect a phone over adb, or start the virtual lab with `autlearn lab up`")
         return
     Console(width=None if sys.stdout.isatty() else 200).print(table)
+
+
+@devices.command()
+@click.argument("serial")
+@click.option("--wait", "wait_s", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Wait this long for a phone another run holds.")
+def restore(serial: str, wait_s: float):
+    """Put back what a killed run left changed on SERIAL: governors, charging, adbd root, a Monsoon's USB
+    passthrough, and fuel-gauge samplers left polling (the next run's lease does the same). Takes the phone's lease:
+    a run that holds the phone is never disturbed."""
+    from profiler import knobs, paths
+    from profiler.device import Device, wait_device
+    from profiler.energy.monsoon import restore_pending_passthrough
+    from profiler.energy.session import known_monitor, stop_orphan_samplers
+    from profiler.lease import PhoneLease
+
+    with PhoneLease(wait_device(serial, max(wait_s, 15.0)), "devices-restore", "", wait_s=wait_s,
+                    say=lambda s: click.echo(s, err=True)):
+        done = knobs.restore_pending(knobs.default_root(), lambda s: Device(s), serials={serial})
+        mon = known_monitor(serial, paths.home_override())
+        what = restore_pending_passthrough(mon, lab_home=paths.home_override()) if mon else None
+        if what:
+            done[f"{serial} passthrough"] = what
+        done.update(stop_orphan_samplers([serial]))
+        # putting charging back needs root: adbd as it was before, last (what a run does at its end)
+        done.update(knobs.restore_pending(knobs.default_root(), lambda s: Device(s), serials={serial},
+                                          only={"adb_root"}))
+    for key, what in sorted(done.items()):
+        click.echo(f"{key}: {what}")
+    if not done:
+        click.echo(f"{serial}: nothing left changed by a run")
+    failed = [k for k, w in done.items() if w != "restored" and "stopped" not in w and "restored" not in w]
+    if failed:   # kept in the journal: the next run (or this command again) retries
+        raise click.exceptions.Exit(1)

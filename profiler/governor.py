@@ -272,15 +272,22 @@ def _signal_handler(signum, frame):
         for g in guards:
             g.restore(quiet=True)
     prev = _previous_handlers.get(signum, signal.SIG_DFL)
-    _uninstall_handlers(force=True)
+    for sig in list(_previous_handlers):   # until the run has unwound (_uninstall_handlers): a second one ends it
+        signal.signal(sig, _forced_exit)
     if callable(prev):
         prev(signum, frame)  # e.g. default_int_handler raises KeyboardInterrupt
-        return
-    if prev == signal.SIG_IGN:
         return
     if signum == signal.SIGINT:
         raise KeyboardInterrupt
     raise SystemExit(128 + signum)
+
+
+def _forced_exit(signum, frame):
+    """A second SIGINT/SIGTERM while the run unwinds (waiting for launches to end, cells to be stored): out now. The
+    governors were restored at the first; what else is left changed stays in the knob journal."""
+    os.write(2, b"autlearn: second signal: exiting now; what this run left changed on a phone is put back by the "
+                b"next run on it, or by `autlearn devices restore SERIAL`\n")
+    os._exit(128 + signum)
 
 
 def _install_handlers() -> bool:
@@ -290,6 +297,8 @@ def _install_handlers() -> bool:
     with _registry_lock:
         if _handler_refs == 0:
             for sig in (signal.SIGINT, signal.SIGTERM):
+                if signal.getsignal(sig) == signal.SIG_IGN:   # ignored by our starter (nohup, a background job)
+                    continue
                 _previous_handlers[sig] = signal.signal(sig, _signal_handler)
         _handler_refs += 1
     return True

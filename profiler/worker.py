@@ -24,7 +24,7 @@ from profiler import hostcpu
 from profiler.probe import DeviceFacts, parse_probe
 from profiler.steps import TIMES_SUFFIX, clock_pairs, cpu_share, parse_children_cpu_s, parse_run_output
 from profiler.energy.session import open_meter
-from profiler.store import LABELS, CellMeta, Sample, Store
+from profiler.store import LABELS, CellMeta, Sample, Store, one_line
 
 RUN_TIMEOUT_S = 1800.0
 INTERRUPTED = ("the run was stopped (Ctrl-C or SIGTERM) during this cell: its governors were restored at once, "
@@ -306,8 +306,19 @@ class DeviceWorker:
                         trace = meter.stop()
                 except EnergyError as exc:   # monitor lost mid-cell: the steps' times stand, energy is missing
                     trace, energy_note = None, f"energy lost: {exc}"
+        if meter is not None and trace is None and meter.spec.startswith("monsoon:"):
+            # a monitor that died could not put its USB passthrough back (with a real Monsoon the phone is off adb
+            # until it is): now, before the next cell, and the cell says so
+            energy_note += f"; {put_back_passthrough(meter.spec.partition(':')[2], self.lab_home)}"
         if self._stopping(guard):   # its governors were restored when the stop came: nothing of it is kept
             self._record(cid, cell, "interrupted", INTERRUPTED)
+            return
+        with clock.part("end_read"):
+            end = self._dynamic(device)
+        changed = sorted({p.governor for p in end.policies if p.governor and p.governor != applied})
+        if changed:   # something else changed the governor under the launches: not the state the cell asked for
+            self._record(cid, cell, "failed", f"the governor read back after the launches was {','.join(changed)}, "
+                                              f"not the {applied} applied: `--resume` redoes the cell")
             return
         energies: list = [None] * sum(len(steps) for steps in runs)
         labels = {"virtual"} if self.facts.virtual else {"measured"}
@@ -319,8 +330,6 @@ class DeviceWorker:
                 self.store.write_trace(cid, trace)
         flat = iter(energies)
         samples = [Sample.from_step(s, rep, energy_j=next(flat)) for rep, steps in enumerate(runs) for s in steps]
-        with clock.part("end_read"):
-            end = self._dynamic(device)
         bat = end.battery
         meta = CellMeta(
             campaign=self.campaign.name, cell_id=cid, spec_key=cell.spec_key, device_serial=self.name,
@@ -421,6 +430,17 @@ def restore_passthrough(campaign: Campaign, serials) -> dict[str, str]:
         if what:
             out[f"{serial} passthrough"] = what
     return out
+
+
+def put_back_passthrough(monitor: str, lab_home) -> str:
+    """After a window on `monitor` ended badly: its USB passthrough as it was before the window, said in one line."""
+    from profiler.energy.monsoon import restore_pending_passthrough   # the monsoon driver: only with a monitor
+
+    try:
+        what = restore_pending_passthrough(monitor, lab_home=lab_home)
+    except (UserError, OSError) as exc:
+        return f"USB passthrough not put back now ({one_line(str(exc))}): the end of the run or the next run does it"
+    return what or "USB passthrough put back by the monitor"
 
 
 def undo_root(serials: set[str], log: Callable[[str], None]) -> None:

@@ -104,7 +104,8 @@ def runner_cache():
 # Modules whose tests link runners (they wait on the toolchain build): run after the others, so that on a clean
 # machine the background prebuild overlaps with tests that do not need it.
 _LINKS_RUNNERS = ("test_artifact.py", "test_runner.py", "test_energy_campaign.py", "test_cluster.py",
-                  "test_example_campaign.py", "test_tables_device.py", "test_metaschedule.py", "test_dvfs.py")
+                  "test_example_campaign.py", "test_interrupt.py", "test_tables_device.py", "test_metaschedule.py",
+                  "test_dvfs.py")
 # Modules that compare step times (virtual phones' time scale): last of all, when the prebuild no longer loads the
 # host's two cores.
 _TIMED_LAST = ("test_dvfs.py",)

@@ -54,7 +54,7 @@ def provider(art_dir: Path):
 
 
 def campaign_file(tmp_path: Path, serials, name="t", variants=("full", "unoptimized"), governors=("interactive",
-                  "powersave"), steps=3, reps=2, energy="none") -> Path:
+                  "powersave"), steps=3, reps=2, energy="none", batch=4) -> Path:
     p = tmp_path / f"{name}.toml"
     p.write_text(textwrap.dedent(f"""
         name = "{name}"
@@ -67,7 +67,7 @@ def campaign_file(tmp_path: Path, serials, name="t", variants=("full", "unoptimi
         [[workload]]
         model = "lstm"
         variants = {json.dumps(list(variants))}
-        batch = [4]
+        batch = [{batch}]
         [governors]
         intents = {json.dumps(list(governors))}
         fallback = "nearest"
@@ -268,23 +268,35 @@ def test_a_lease_left_by_a_killed_run_on_this_host_is_broken(lab, tmp_path):
     assert not lease.exists()
 
 
-def test_kill_9_during_a_fuel_gauge_cell_then_the_next_run_restores_charging_and_root(lab, tmp_path):
-    """Every knob is persisted before it is turned: after a kill -9 mid-cell (charging suspended, governor
-    changed, adbd rooted) the next run on the phone puts each back before it starts, and undoes its own root."""
-    phone = next(p for p in lab if p.profile == "legacy")
+def _sampler_pids() -> list[str]:
+    return subprocess.run(["pgrep", "-f", "fuelgauge[.]sh"], capture_output=True, text=True).stdout.split()
+
+
+def _kill_9_mid_fuel_gauge_cell(phone, tmp_path: Path, name: str) -> tuple[Path, tuple]:
+    """A run killed by SIGKILL while its fuel-gauge cell measures (charging suspended, governor changed, adbd
+    rooted, the phone-side sampler polling): (the charging switch, the phone's state before it)."""
     switch = Path(phone.root) / "sys/class/power_supply/battery/input_suspend"
     before = (governors(phone), switch.read_text())
-    toml = campaign_file(tmp_path, [phone.serial], name="gauge", variants=("full",), governors=("powersave",),
+    toml = campaign_file(tmp_path, [phone.serial], name=name, variants=("full",), governors=("powersave",),
                          steps=40, reps=1, energy="fuelgauge")
     proc = subprocess.Popen(_driver(tmp_path, toml, make_artifact(tmp_path, sleep=0.2), False),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
     deadline = time.monotonic() + 90
-    while switch.read_text().strip() != "1" and time.monotonic() < deadline and proc.poll() is None:
+    while (switch.read_text().strip() != "1" or not _sampler_pids()) and time.monotonic() < deadline \
+            and proc.poll() is None:
         time.sleep(0.05)
     assert switch.read_text().strip() == "1", proc.stderr.read() if proc.poll() is not None else "never suspended"
     proc.kill()                                     # SIGKILL: nothing of the run's own cleanup happens
     proc.wait(30)
     assert switch.read_text().strip() == "1" and governors(phone) != before[0]     # left changed
+    return switch, before
+
+
+def test_kill_9_during_a_fuel_gauge_cell_then_the_next_run_restores_charging_and_root(lab, tmp_path):
+    """Every knob is persisted before it is turned: after a kill -9 mid-cell (charging suspended, governor
+    changed, adbd rooted) the next run on the phone puts each back before it starts, and undoes its own root."""
+    phone = next(p for p in lab if p.profile == "legacy")
+    switch, before = _kill_9_mid_fuel_gauge_cell(phone, tmp_path, "gauge")
     logs = []
     c = load_campaign(campaign_file(tmp_path, [phone.serial], name="after", variants=("full",),
                                     governors=("performance",), steps=1, reps=1))
@@ -295,6 +307,65 @@ def test_kill_9_during_a_fuel_gauge_cell_then_the_next_run_restores_charging_and
     assert (governors(phone), switch.read_text()) == before
     from profiler import knobs
     assert knobs.entries(knobs.default_root(), phone.serial) == []          # nothing left pending
+
+
+def test_devices_restore_after_kill_9_puts_everything_back_and_leaves_no_process(lab, tmp_path):
+    """Issue 31: `autlearn devices restore SERIAL` after a kill -9 mid fuel-gauge cell: charging, governors and adbd
+    root are put back, the orphaned sampler is stopped, and no process of the killed run is left on the phone."""
+    phone = next(p for p in lab if p.profile == "legacy")
+    switch, before = _kill_9_mid_fuel_gauge_cell(phone, tmp_path, "gauge9")
+    sampler = _sampler_pids
+    time.sleep(1)
+    assert sampler() and switch.read_text().strip() == "1"      # left behind by the killed run
+    r = subprocess.run([sys.executable, "-m", "cli", "devices", "restore", phone.serial], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stdout + r.stderr
+    assert "charging" in r.stdout and "governor" in r.stdout and "sampler" in r.stdout, r.stdout
+    assert (governors(phone), switch.read_text()) == before
+    deadline = time.monotonic() + 10
+    while sampler() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert sampler() == []
+    left = subprocess.run(["pgrep", "-f", f"{phone.root}/.*/runner"], capture_output=True, text=True).stdout.split()
+    assert left == []
+    from profiler import knobs
+    assert knobs.entries(knobs.default_root(), phone.serial) == []
+    again = subprocess.run([sys.executable, "-m", "cli", "devices", "restore", phone.serial], capture_output=True,
+                           text=True, timeout=120)
+    assert again.returncode == 0 and "nothing left changed" in again.stdout, again.stdout + again.stderr
+
+
+def test_a_cell_whose_governor_changed_under_its_launches_is_not_ok(lab, tmp_path):
+    """Issue 31: a cell is ok only if its launches ran under the state it asked for, as read back after them;
+    something else switching the governor mid-cell fails it with the reason, and `--resume` redoes it."""
+    phone = next(p for p in lab if p.profile == "legacy")
+    before = governors(phone)
+    toml = campaign_file(tmp_path, [phone.serial], name="meddle", variants=("full",), governors=("powersave",),
+                         steps=6, reps=1)
+    art = make_artifact(tmp_path, sleep=0.3)
+
+    def meddle():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if subprocess.run(["pgrep", "-f", f"{phone.root}/.*/runner"], capture_output=True).returncode == 0:
+                time.sleep(0.3)
+                (Path(phone.root) / "sys/devices/system/cpu/cpufreq/policy0/scaling_governor").write_text(
+                    "performance\n")
+                return
+            time.sleep(0.05)
+
+    t = threading.Thread(target=meddle, daemon=True)
+    t.start()
+    out = run_campaign(load_campaign(toml), tmp_path / "results", provider(art))
+    t.join(5)
+    status = load_status(out.results_dir)
+    assert status["status"].tolist() == ["failed"], status[["status", "reason"]].values.tolist()
+    assert "read back" in status["reason"].iloc[0] and "performance" in status["reason"].iloc[0]
+    assert not list(out.results_dir.glob("cells/*"))
+    assert governors(phone) == before
+    again = run_campaign(load_campaign(toml), tmp_path / "results", provider(art), resume=True)
+    assert (again.ok, again.failed) == (1, 0)
+    assert governors(phone) == before
 
 
 def test_an_old_kernel_with_per_cpu_cpufreq_and_no_interactive_or_powersave(lab_factory, tmp_path):

