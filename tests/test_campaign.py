@@ -307,6 +307,10 @@ def test_kill_9_during_a_fuel_gauge_cell_then_the_next_run_restores_charging_and
     assert (governors(phone), switch.read_text()) == before
     from profiler import knobs
     assert knobs.entries(knobs.default_root(), phone.serial) == []          # nothing left pending
+    deadline = time.monotonic() + 10      # the killed run's sampler was stopped by this run's lease: none is left
+    while _sampler_pids() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _sampler_pids() == []
 
 
 def test_devices_restore_after_kill_9_puts_everything_back_and_leaves_no_process(lab, tmp_path):
