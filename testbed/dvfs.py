@@ -72,6 +72,8 @@ UNTHROTTLED = 0.999  # shares at or above this are never signalled
 HOLD_POLL_S = 0.02   # while a shell's process lives, the host gate's holder is looked at this often
 HELD_POLL_S = 0.02   # and while held, this often (a phone's own launch starts HOLD_SETTLE_S after naming itself)
 LATE_CREDIT_S = 0.01  # a throttled group kept stopped this much too long gets the time back (a longer stall: not)
+MAX_STOP_S = 10.0  # no budget stop lasts longer (the longest legitimate one, a new group's first charge at the
+                   # lowest share, is ~4 s): a longer one is a bug, logged, and the group runs on with a new budget
 NEW_GROUP_S = 0.25  # a group first throttled this soon after its start is budgeted from its start
 KEEP_WARM_LINGER_S = 0.5  # spinners pause this long after the last shell process ended
 MASK_ENV = "AUTLEARN_VCPU_MASK"
@@ -258,6 +260,7 @@ class SignalThrottle:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._stopped: set[int] = set()
+        self._stopped_at: dict[int, float] = {}   # when each group in _stopped was stopped
         self._thread: threading.Thread | None = None
         self.periods = 0  # stop/continue cycles (for the record)
         self.errors = 0   # loop failures survived (logged)
@@ -389,7 +392,14 @@ class SignalThrottle:
                 cpu, b.pids = _thread_cpu_ns({*members.get(pg, (pg,)), *b.pids}, self.clocks, pg)   # default: leader
                 read.extend(cpu)
                 ahead = b.update(now, share, self.window_s(share), cpu, stopped=pg in self._stopped)
-                if pg in self._stopped:
+                if pg in self._stopped and now - self._stopped_at.get(pg, now) > MAX_STOP_S:
+                    self.errors += 1
+                    _log.error("group %d stopped %.1f s (budget %.3f s ahead at share %.3f): continued, budget reset",
+                               pg, now - self._stopped_at[pg], ahead, share)
+                    self._signal(pg, signal.SIGCONT)
+                    self._stopped.discard(pg)
+                    groups.pop(pg)
+                elif pg in self._stopped:
                     if ahead <= 0:  # the budget caught up: run
                         if self._signal(pg, signal.SIGCONT):
                             self._stopped.discard(pg)
@@ -401,6 +411,7 @@ class SignalThrottle:
                 elif ahead >= self.window_s(share):  # a window ahead: stop until share x wall catches up
                     if self._signal(pg, signal.SIGSTOP):
                         self._stopped.add(pg)
+                        self._stopped_at[pg] = now
                         self.periods += 1
                         wake = min(wake, now + ahead / share)
                 else:  # cannot get a window ahead before (window - ahead) of wall time

@@ -228,3 +228,21 @@ def test_a_process_that_left_the_group_is_not_charged_to_it():
         for pg in (p.pid, *kids):
             os.killpg(pg, signal.SIGKILL)
         p.wait()
+
+
+def test_no_budget_stop_outlasts_the_cap(monkeypatch):
+    """A group the budget keeps stopped longer than MAX_STOP_S (a bug: a wrong charge) is continued, and counted."""
+    import testbed.dvfs as dvfs
+
+    monkeypatch.setattr(dvfs, "MAX_STOP_S", 0.3)
+    th = SignalThrottle(keep_warm=False)
+    th.start()
+    p = subprocess.Popen([sys.executable, "-c", "while True: pass"], start_new_session=True)
+    try:
+        th.admit(p.pid, 0.001)   # a 2 ms window at a thousandth of a CPU: stopped ~2 s at a time
+        assert _wait_state(p.pid, "T") == "T"
+        assert _wait_state(p.pid, "R", timeout=1.0) == "R" and th.errors >= 1
+    finally:
+        th.close()
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
