@@ -69,19 +69,16 @@ def restore(serial: str, wait_s: float):
     """Put back what a killed run left changed on SERIAL: governors, charging, adbd root, a Monsoon's USB
     passthrough, and fuel-gauge samplers left polling (the next run's lease does the same). Takes the phone's lease:
     a run that holds the phone is never disturbed."""
-    from profiler import knobs, paths
+    from profiler import knobs
     from profiler.device import Device, wait_device
-    from profiler.energy.monsoon import restore_pending_passthrough
-    from profiler.energy.session import known_monitor, stop_orphan_samplers
+    from profiler.energy.session import stop_orphan_samplers
     from profiler.lease import PhoneLease
+    from profiler.worker import restore_passthrough
 
     with PhoneLease(wait_device(serial, max(wait_s, 15.0)), "devices-restore", "", wait_s=wait_s,
                     say=lambda s: click.echo(s, err=True)):
         done = knobs.restore_pending(knobs.default_root(), lambda s: Device(s), serials={serial})
-        mon = known_monitor(serial, paths.home_override())
-        what = restore_pending_passthrough(mon, lab_home=paths.home_override()) if mon else None
-        if what:
-            done[f"{serial} passthrough"] = what
+        done.update(restore_passthrough(None, [serial]))
         done.update(stop_orphan_samplers([serial]))
         # putting charging back needs root: adbd as it was before, last (what a run does at its end)
         done.update(knobs.restore_pending(knobs.default_root(), lambda s: Device(s), serials={serial},
@@ -90,6 +87,6 @@ def restore(serial: str, wait_s: float):
         click.echo(f"{key}: {what}")
     if not done:
         click.echo(f"{serial}: nothing left changed by a run")
-    failed = [k for k, w in done.items() if w != "restored" and "stopped" not in w and "restored" not in w]
+    failed = [k for k, w in done.items() if "restored" not in w and "stopped" not in w]
     if failed:   # kept in the journal: the next run (or this command again) retries
         raise click.exceptions.Exit(1)

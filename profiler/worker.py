@@ -411,16 +411,16 @@ def check_energy(campaign: Campaign, serials) -> None:
             open_monitor(spec.partition(":")[2], lab_home=lab_home).close()  # EnergyError names the serial
 
 
-def restore_passthrough(campaign: Campaign, serials) -> dict[str, str]:
-    """The monitors powering the leased phones (named in the campaign, or known to power them): a passthrough
-    mode left changed by a killed window is put back before anything runs."""
+def restore_passthrough(campaign: Campaign | None, serials) -> dict[str, str]:
+    """The monitors powering the leased phones (named in the campaign, or known to power them; with no campaign,
+    those known): a passthrough mode left changed by a killed window is put back before anything runs."""
     from profiler.energy.monsoon import restore_pending_passthrough
     from profiler.energy.session import known_monitor
 
     lab_home = paths.home_override()
     out: dict[str, str] = {}
     for serial in serials:
-        spec = str(campaign.energy_for(serial))
+        spec = str(campaign.energy_for(serial)) if campaign is not None else ""
         mon = spec.partition(":")[2] if spec.startswith("monsoon:") and spec != "monsoon:auto" else None
         try:
             mon = mon or known_monitor(serial, lab_home)
