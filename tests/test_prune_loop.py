@@ -94,8 +94,20 @@ def test_corrections_are_bounded(tmp_path):
 
 
 def test_corrected_target_takes_out_the_measured_excess():
-    t = corrected(Budget("latency", 8.0), Budget("latency", 10.0), 12.5, 0.1)
+    t = corrected(Budget("latency", 8.0), None, Budget("latency", 10.0), 12.5, 0.1)
     assert t.kind == "latency" and t.value == pytest.approx(8.0 * 0.8 * 0.9)
+    t = corrected(Budget("latency", 8.0), 6.0, Budget("latency", 10.0), 12.5, 0.1)   # the model's own prediction
+    assert t.value == pytest.approx(6.0 * 0.8 * 0.9)
+
+
+def test_a_search_that_lands_far_under_its_target_is_not_handed_the_same_model_again(tmp_path):
+    """Coarse pruning steps: target 9.9 gives a model predicted at 8 that measures 10.4. A target corrected from 9.9
+    (8.95, then 8.1) would pick that model twice more; corrected from its prediction it picks a smaller one."""
+    toy = Toy(tmp_path, slowdown=1.3, grain=2.0, floor=2.0)
+    final, history = close_loop([Budget("latency", 9.9)], toy.propose, toy.measure, corrections=2, margin=0.05,
+                                smallest=lambda kind: toy.floor)
+    assert [a.verdict for a in history] == ["exceeded", "met"]
+    assert history[1].predicted < history[0].predicted and final[0].measured <= 9.9
 
 
 def test_measure_extras_reach_the_attempt_and_the_verdict_uses_the_kind_value(tmp_path):

@@ -2,8 +2,10 @@
 
 A table predicts; the device decides. Each budget is first searched with the table as given. Every pruned model is
 compiled and measured on the device. A model that measures over its budget gets a lower search target:
-`target * budget / measured * (1 - margin)`, i.e. the table's error on that very model is taken out, plus a margin
-for the measurement's own noise. That budget is then pruned further. This repeats for at most `corrections` rounds.
+`predicted * budget / measured * (1 - margin)`, i.e. the table's error on that very model is taken out, plus a margin
+for the measurement's own noise. The base is the model's own prediction, not the target it was searched to: a
+search lands below its target by up to one pruning step, and a target corrected from above that landing point can
+pick the same model again (CI once saw a budget end `exceeded` after three rounds of one model). That budget is then pruned further. This repeats for at most `corrections` rounds.
 A budget ends `met` (measured <= budget), `exceeded` (still over after the last correction, or already at the
 smallest reachable model), `not measured` (the cell failed) or `not reached by the search` (max_iterations).
 
@@ -47,9 +49,11 @@ class Attempt:
                 "export": self.export, "architecture": self.architecture, **self.info}
 
 
-def corrected(target: Budget, budget: Budget, measured: float, margin: float) -> Budget:
-    """The next search target of a model that measured `measured` against `budget` while searched to `target`."""
-    return Budget(target.kind, target.value * budget.value / measured * (1.0 - margin))
+def corrected(target: Budget, predicted: float | None, budget: Budget, measured: float, margin: float) -> Budget:
+    """The next search target of a model the table predicted at `predicted` (searched to `target`) that measured
+    `measured` against `budget`: always under the model's own prediction, so the search picks a smaller model."""
+    base = target.value if predicted is None or predicted != predicted else min(target.value, predicted)
+    return Budget(target.kind, base * budget.value / measured * (1.0 - margin))
 
 
 def _arch(doc: Mapping[str, Any]) -> str:
@@ -115,7 +119,7 @@ def close_loop(budgets: Sequence[Budget], propose: Callable[[list[Budget]], Mapp
             final[label] = att
             if verdict != "exceeded" or k == corrections or b.kind not in MEASURED_KINDS:
                 continue
-            nxt = corrected(target, b, value, margin)
+            nxt = corrected(target, predicted, b, value, margin)
             floor = smallest(b.kind) if smallest is not None else None
             if floor is not None and nxt.value < floor:
                 if target.value <= floor:
