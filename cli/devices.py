@@ -69,20 +69,13 @@ def restore(serial: str, wait_s: float):
     """Put back what a killed run left changed on SERIAL: governors, charging, adbd root, a Monsoon's USB
     passthrough, and fuel-gauge samplers left polling (the next run's lease does the same). Takes the phone's lease:
     a run that holds the phone is never disturbed."""
-    from profiler import knobs
-    from profiler.device import Device, wait_device
-    from profiler.energy.session import stop_orphan_samplers
+    from profiler.campaign import put_back
+    from profiler.device import wait_device
     from profiler.lease import PhoneLease
-    from profiler.worker import restore_passthrough
 
     with PhoneLease(wait_device(serial, max(wait_s, 15.0)), "devices-restore", "", wait_s=wait_s,
                     say=lambda s: click.echo(s, err=True)):
-        done = knobs.restore_pending(knobs.default_root(), lambda s: Device(s), serials={serial})
-        done.update(restore_passthrough(None, [serial]))
-        done.update(stop_orphan_samplers([serial]))
-        # putting charging back needs root: adbd as it was before, last (what a run does at its end)
-        done.update(knobs.restore_pending(knobs.default_root(), lambda s: Device(s), serials={serial},
-                                          only={"adb_root"}))
+        done = put_back({serial})   # what a run's lease does first
     for key, what in sorted(done.items()):
         click.echo(f"{key}: {what}")
     if not done:

@@ -54,9 +54,7 @@ class LocalFleet:
         and undo adbd root when the run ends."""
         restored = restore_pending(store.root, lambda s: Device(s))     # results of older versions kept them here
         leased = {d.serial for d in devices}
-        restored.update(knobs.restore_pending(knobs.default_root(), lambda s: Device(s), serials=leased))
-        restored.update(restore_passthrough(campaign, [d.serial for d in devices]))
-        restored.update(stop_orphan_samplers(sorted(leased)))
+        restored.update(put_back(leased, campaign))
         stack.callback(undo_root, leased, log)   # adbd back as it was when the run ends (under the leases)
         stack.callback(_passthrough_at_end, campaign, sorted(leased), log)
         return restored
@@ -89,6 +87,18 @@ class LocalFleet:
             for k, v in f.result().items():
                 totals[k] += v
         return totals, tuple(w for wk in workers for w in wk.warnings)
+
+
+def put_back(serials, campaign: Campaign | None = None) -> dict[str, str]:
+    """What killed runs left changed on these (leased) phones, put back: knobs (governors, charging), a monitor's
+    passthrough (the campaign's monitors, or those known to power them), fuel-gauge samplers left polling, and adbd
+    root last (the others may need it). {"serial what": "restored" | "stopped ..." | why not}."""
+    root = knobs.default_root()
+    done = knobs.restore_pending(root, lambda s: Device(s), serials=set(serials), but={"adb_root"})
+    done.update(restore_passthrough(campaign, sorted(serials)))
+    done.update(stop_orphan_samplers(sorted(serials)))
+    done.update(knobs.restore_pending(root, lambda s: Device(s), serials=set(serials), only={"adb_root"}))
+    return done
 
 
 def _passthrough_at_end(campaign: Campaign, serials, log: Callable[[str], None]) -> None:

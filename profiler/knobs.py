@@ -93,14 +93,15 @@ def entries(root: str | os.PathLike, serial: str | None = None) -> list[tuple[st
 
 
 def restore_pending(root: str | os.PathLike, connect: Callable[[str], Any], serials: set[str] | None = None,
-                    only: set[str] | None = None) -> dict[str, str]:
+                    only: set[str] | None = None, but: set[str] = frozenset()) -> dict[str, str]:
     """Put back every knob a killed run left changed (of `serials` only, when given: the phones this run holds;
-    of the knobs in `only`, when given). Returns {"serial knob": "restored" | why not}; what could not be restored
-    stays pending for the next try."""
+    of the knobs in `only`, when given; none of those in `but`). adbd root goes last: putting back the others may
+    need it. Returns {"serial knob": "restored" | why not}; what could not be restored stays pending for the next
+    try."""
     report: dict[str, str] = {}
     devices: dict[str, Any] = {}
-    for knob, serial, doc, p in entries(root):
-        if (serials is not None and serial not in serials) or (only is not None and knob not in only):
+    for knob, serial, doc, p in sorted(entries(root), key=lambda e: e[0] == "adb_root"):
+        if (serials is not None and serial not in serials) or (only is not None and knob not in only) or knob in but:
             continue
         key = f"{serial} {knob}"
         if not doc:

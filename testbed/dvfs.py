@@ -74,6 +74,7 @@ HELD_POLL_S = 0.02   # and while held, this often (a phone's own launch starts H
 LATE_CREDIT_S = 0.01  # a throttled group kept stopped this much too long gets the time back (a longer stall: not)
 MAX_STOP_S = 10.0  # no budget stop lasts longer (the longest legitimate one, a new group's first charge at the
                    # lowest share, is ~4 s): a longer one is a bug, logged, and the group runs on with a new budget
+HEAL_S = 1.0       # a stopped group that nothing here holds stopped is looked for this often
 NEW_GROUP_S = 0.25  # a group first throttled this soon after its start is budgeted from its start
 KEEP_WARM_LINGER_S = 0.5  # spinners pause this long after the last shell process ended
 MASK_ENV = "AUTLEARN_VCPU_MASK"
@@ -252,6 +253,9 @@ class SignalThrottle:
         self.held = False      # every group of this phone is stopped for another phone's timed launch
         self._holder = _HolderFile()
         self._groups: set[int] = set()     # every group of the phone's shells, throttled or not
+        self._known: dict[int, int | None] = {}   # group -> its leader's start (ticks): the same group, not a reuse
+        self._healed_at = -math.inf
+        self.healed = 0   # groups found stopped that nothing here held stopped, continued (logged)
         self._held_groups: set[int] = set()
         self._shares: dict[int, float] = {}
         self._active = False
@@ -281,6 +285,7 @@ class SignalThrottle:
         with self._lock:
             self._active = bool(shares)
             self._groups = set(shares)
+            self._known = {pg: self._known.get(pg) or _start_ticks(pg) for pg in self._groups}
             self._shares = {pg: s for pg, s in shares.items() if s < UNTHROTTLED}
             if members is not None:
                 self._members = {pg: list(m) for pg, m in members.items() if pg in self._shares}
@@ -291,6 +296,7 @@ class SignalThrottle:
         start at once (a launch that waited for the tick ran its first steps at host speed)."""
         with self._lock:
             self._groups.add(pg)
+            self._known[pg] = _start_ticks(pg)
             if share < UNTHROTTLED:
                 self._shares[pg] = share
                 self._members.setdefault(pg, [pg])
@@ -320,11 +326,35 @@ class SignalThrottle:
         self.held = False
 
     def _signal(self, pg: int, sig: int) -> bool:
+        if sig == signal.SIGSTOP and not self._ours(pg):
+            return False
         try:
             os.killpg(pg, sig)
             return True
         except (ProcessLookupError, PermissionError):
             return False
+
+    def _ours(self, pg: int) -> bool:
+        """Group `pg` is still the one this phone started: its leader is the process first seen, or gone (a
+        group's number is not given out again while a member lives). With pid_max 32768 a number comes back within
+        minutes on a busy host, and a stop sent to a stale number would freeze another phone's launch."""
+        with self._lock:
+            want = self._known.get(pg)
+        now = _start_ticks(pg)
+        return now is None or want is None or now == want
+
+    def _heal(self, groups: set[int], keep: set[int]) -> None:
+        """Continue any of this phone's groups found stopped that nothing here keeps stopped (`keep`): a stop that
+        escaped the books would otherwise hold a launch (and the host CPU gate with it) for good."""
+        now = time.monotonic()
+        if now - self._healed_at < HEAL_S:
+            return
+        self._healed_at = now
+        for pg in groups - keep:
+            if _state(pg) == "T" and self._ours(pg):
+                self.healed += 1
+                _log.error("group %d found stopped with no stop of ours on the books: continued", pg)
+                self._signal(pg, signal.SIGCONT)
 
     def window_s(self, share: float) -> float:
         """CPU time a group may run ahead of its budget before it is stopped."""
@@ -356,6 +386,7 @@ class SignalThrottle:
             if holder and holder != self.serial:   # another phone's timed launch: hold every group till it ends
                 self.held = True
                 self.keep_warm.set(False)
+                held |= self._stopped       # already stopped by their budget: continued when the hold ends
                 for pg in all_groups - held:
                     if self._signal(pg, signal.SIGSTOP):
                         held.add(pg)
@@ -371,6 +402,7 @@ class SignalThrottle:
             if active:
                 last_throttled = time.monotonic()
             self.keep_warm.set(time.monotonic() - last_throttled < KEEP_WARM_LINGER_S)
+            self._heal(all_groups, self._stopped)
             for pg in [pg for pg in groups if pg not in shares]:  # left the throttle (or share 1.0): runs freely
                 groups.pop(pg)
                 if pg in self._stopped:
@@ -468,6 +500,25 @@ class _Budget:
         self.ahead = max(self.ahead, -(window + share * LATE_CREDIT_S) if stopped else -window)
         self.t = now
         return self.ahead
+
+
+def _stat_fields(pid: int) -> list[bytes] | None:
+    """/proc/<pid>/stat after the command name (field 3 = index 0), or None when the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rpartition(b")")[2].split()
+    except OSError:
+        return None
+
+
+def _start_ticks(pid: int) -> int | None:
+    f = _stat_fields(pid)
+    return int(f[19]) if f is not None and len(f) > 19 else None
+
+
+def _state(pid: int) -> str:
+    f = _stat_fields(pid)
+    return f[0].decode() if f else ""
 
 
 def _started(pid: int, default: float) -> float:

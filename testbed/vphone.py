@@ -13,11 +13,13 @@ import argparse
 import asyncio
 import contextlib
 import errno
+import faulthandler
 import logging
 import os
 import signal
 import stat
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -490,9 +492,29 @@ def publish_time_scale(root: Path, throttle: "dvfs.SignalThrottle") -> str:
     return text
 
 
+def _watch_children_without_threads() -> None:
+    """Python 3.11's asyncio waits for each shell's exit in a thread of its own (ThreadedChildWatcher): hundreds of
+    short-lived threads a minute beside the throttle thread, with the GIL switched every 100 us. A phone's event loop
+    once waited for the GIL for good in that company. A pidfd watcher (3.12's default) needs no thread."""
+    if sys.version_info >= (3, 12) or not hasattr(asyncio, "PidfdChildWatcher"):
+        return
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except (AttributeError, OSError):   # kernel before 5.3: the threaded watcher stays
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        watcher = asyncio.PidfdChildWatcher()
+        watcher.attach_loop(asyncio.get_running_loop())
+        asyncio.set_child_watcher(watcher)
+
+
 async def serve(profile: Profile, root: Path, port: int, serial_name: str, ready_file: Path | None,
                 dvfs_period_s: float = dvfs.PERIOD_S, keep_warm: bool = True) -> None:
     sys.setswitchinterval(1e-4)  # the throttle thread must get the GIL within its period
+    _watch_children_without_threads()
+    # `kill -USR1 PID` writes every thread's stack to the phone's log: a phone that stops answering can be read
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     ensure_rootfs(root, profile, serial_name)
     phone = VirtualPhone(profile, root, serial_name)
     try:

@@ -153,9 +153,9 @@ def test_governor_and_cluster_show_in_step_time(dvfs_lab, tmp_path):
         t.start()
     # The host's own speed drifts (a shared VM's neighbours can slow a CPU 1.5-2x for seconds; no counter of work
     # done is readable here). The throttle holds CPU time, not work: so the shares are asserted per launch (10 %),
-    # and the step-time ratios pool rounds (at most 3) while one is outside issue 30's target (10 % / 15 %). That
-    # target is a measurement of this host, not a guarantee (throttled runs also lose some work per CPU-second to
-    # cold caches after each stop): the ratios are printed, and asserted within [0.75, 1.5] x (the governor shows).
+    # and the step-time ratios pool rounds (at most 3) while one is outside the asserted [0.75, 1.5] x. Issue 30's
+    # target (10 % / 15 %) is a measurement of this host, not a guarantee (throttled runs also lose some work per
+    # CPU-second to cold caches after each stop): the ratios are printed against it.
     frames, ratio, little_ratio = [], None, None
     try:
         for rnd in range(3):
@@ -176,7 +176,7 @@ def test_governor_and_cluster_show_in_step_time(dvfs_lab, tmp_path):
             print(f"round {rnd}: powersave/performance {ratio:.2f}x for f_max/f_min {want:.2f}x; little/big "
                   f"{little_ratio:.2f}x for capacity ratio {cap_ratio:.2f}x (medians {perf_big:.1f} {save_big:.1f} "
                   f"{perf_little:.1f} ms)")
-            if abs(ratio / want - 1) <= 0.10 and abs(little_ratio / cap_ratio - 1) <= 0.15:
+            if 0.75 * want <= ratio <= 1.5 * want and 0.75 * cap_ratio <= little_ratio <= 1.5 * cap_ratio:
                 break
     finally:
         stop.set()

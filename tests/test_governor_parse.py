@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from procs import default_signals
 from profiler.errors import NotRooted, ParseError
 from profiler.governor import (
     GovernorGuard, GovernorIntent, GovernorUnavailable, PolicyState, format_snapshot, parse_available,
@@ -311,11 +312,6 @@ CHILD = textwrap.dedent("""
 """)
 
 
-def _default_signals() -> None:
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_DFL)
-
-
 @pytest.mark.parametrize("sig, code", [("SIGTERM", 128 + 15), ("SIGINT", -2), ("SIGKILL", -9)])
 def test_signals_restore_and_killed_runs_restore_next_time(tmp_path, sig, code):
     sysfs = make_sysfs(tmp_path)
@@ -323,10 +319,8 @@ def test_signals_restore_and_killed_runs_restore_next_time(tmp_path, sig, code):
     results = tmp_path / "results"
     src = CHILD.format(tests=str(ROOT / "tests"), root=str(ROOT), sysfs=str(sysfs), work=str(tmp_path / "w"),
                        results=str(results), sig=sig)
-    # the child starts with the default dispositions this test relies on, whatever the suite inherited (a job
-    # started with SIGINT ignored passes that on, and Python then installs no KeyboardInterrupt handler)
     p = subprocess.run([sys.executable, "-c", src], capture_output=True, text=True, timeout=60,
-                       preexec_fn=_default_signals)
+                       preexec_fn=default_signals)
     assert "applied" in p.stdout, p.stderr
     assert p.returncode == code, p.stderr
     if sig == "SIGKILL":  # nothing ran: the pending snapshot restores on the next run
@@ -356,7 +350,7 @@ UNWIND = textwrap.dedent("""
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_second_signal_forces_the_exit(sig):
     p = subprocess.Popen([sys.executable, "-c", UNWIND.format(root=str(ROOT))], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, preexec_fn=_default_signals)
+                         stderr=subprocess.PIPE, text=True, preexec_fn=default_signals)
     assert p.stdout.readline().strip() == "running"
     p.send_signal(sig)
     assert p.stdout.readline().strip() == "unwinding"

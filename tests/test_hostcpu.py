@@ -246,3 +246,39 @@ def test_no_budget_stop_outlasts_the_cap(monkeypatch):
         th.close()
         os.kill(p.pid, signal.SIGKILL)
         p.wait()
+
+
+def test_a_group_stopped_with_no_stop_on_the_books_is_continued():
+    """A stop that escaped the books (the hang seen in CI: a launch stopped for good, and with it the host CPU gate
+    every other phone waited on) is found within a second and continued, and counted."""
+    th = SignalThrottle(keep_warm=False)
+    th.start()
+    p = subprocess.Popen([sys.executable, "-c", "import time\nwhile True: time.sleep(0.01)"], start_new_session=True)
+    try:
+        th.set_shares({p.pid: 1.0}, {p.pid: [p.pid]})   # ours, unthrottled: nothing here stops it
+        os.killpg(p.pid, signal.SIGSTOP)
+        assert _wait_state(p.pid, "T") == "T"
+        assert _wait_state(p.pid, "S", timeout=3.0) == "S" and th.healed == 1
+    finally:
+        th.close()
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
+
+
+def test_a_stop_is_never_sent_to_a_group_number_given_out_again():
+    """A group's number comes back within minutes where pid_max is 32768: a throttle whose books still hold the old
+    group (its leader started at another time) must not stop the new owner, another phone's launch."""
+    th = SignalThrottle(keep_warm=False)
+    p = subprocess.Popen([sys.executable, "-c", "import time\ntime.sleep(30)"], start_new_session=True)
+    try:
+        th.set_shares({p.pid: 1.0}, {p.pid: [p.pid]})
+        assert _wait_state(p.pid, "S", timeout=10) == "S"
+        th._known[p.pid] -= 1                        # the books' group started one tick before this process
+        assert not th._signal(p.pid, signal.SIGSTOP)
+        time.sleep(0.05)
+        assert _state(p.pid) == "S"
+        th._known[p.pid] += 1
+        assert th._signal(p.pid, signal.SIGSTOP) and _wait_state(p.pid, "T") == "T"
+    finally:
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()

@@ -14,19 +14,15 @@ from pathlib import Path
 
 import pytest
 
+from procs import default_signals
 from profiler.store import load_status, load_summaries
 from test_campaign import campaign_file, governors as _governors
 from testbed.profiles import load_profile
 
 
-def _default_signals() -> None:
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_DFL)
-
-
 def _run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "cli", "run", *args], capture_output=True, text=True,
-                          timeout=timeout, env=os.environ.copy(), preexec_fn=_default_signals)
+                          timeout=timeout, env=os.environ.copy(), preexec_fn=default_signals)
 
 
 def _runners(phone) -> list[str]:
@@ -47,7 +43,7 @@ def test_a_signal_mid_launch_stores_the_cell_interrupted_and_resume_redoes_it(la
     arts = ("--artifacts", str(runner_cache / "artifacts"))
     proc = subprocess.Popen([sys.executable, "-m", "cli", "run", str(toml), "--results", str(results), *arts],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy(),
-                            preexec_fn=_default_signals)
+                            preexec_fn=default_signals)
     deadline = time.monotonic() + 300
     while not _runners(phone) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from profiler import knobs, paths
+from profiler.campaign import put_back
 from profiler.errors import UserError
 
 NAMESPACE = "autlearn"
@@ -118,7 +119,7 @@ class Agent:
                 continue
             try:
                 with PhoneLease(Device(entry.serial), f"agent {self.name} restore", str(root)):
-                    out.update(knobs.restore_pending(root, lambda s: Device(s), serials={entry.serial}))
+                    out.update(put_back({entry.serial}))
             except (DeviceError, UserError) as exc:    # busy or away: the next run on it restores
                 out[entry.serial] = f"not restored now ({exc})"
         return out
@@ -165,15 +166,8 @@ class Agent:
         return None
 
     def prepare(self, token: str, campaign, serials: list[str]) -> dict[str, str]:
-        """Under the leases: put back what killed runs left changed on them."""
-        from profiler.device import Device
-        from profiler.energy.session import stop_orphan_samplers
-        from profiler.worker import restore_passthrough
-
-        restored = knobs.restore_pending(knobs.default_root(), lambda s: Device(s), serials=set(serials))
-        restored.update(restore_passthrough(campaign, serials))
-        restored.update(stop_orphan_samplers(serials))
-        return restored
+        """Under the leases: put back what killed runs left changed on them (what a local run does)."""
+        return put_back(set(serials), campaign)
 
     def stop(self, token: str) -> None:
         """Workers of `token` stop: the cell under way is stored as interrupted (its launch ended), their guards
