@@ -69,7 +69,7 @@ def restore(serial: str, wait_s: float):
     """Put back what a killed run left changed on SERIAL: governors, charging, adbd root, a Monsoon's USB
     passthrough, and fuel-gauge samplers left polling (the next run's lease does the same). Takes the phone's lease:
     a run that holds the phone is never disturbed."""
-    from profiler.campaign import put_back
+    from profiler.worker import put_back
     from profiler.device import wait_device
     from profiler.lease import PhoneLease
 

@@ -16,17 +16,15 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from profiler import knobs
 from profiler.campaign_config import Campaign, Cell, cell_id
 from profiler.device import Device, wait_device
-from profiler.energy.session import stop_orphan_samplers
 from profiler.fleet import discover
 from profiler.governor import restore_on_signals, restore_pending
 from profiler.lease import PhoneLease
 from profiler.store import Store, one_line
 from profiler.worker import (ArtifactRef, CampaignError, DeviceWorker, HarnessClock, Outcome, Progress,  # noqa: F401
-                             affinity_mask, check_energy, cooldown_temp, restore_passthrough, target_id,
-                             undo_root)
+                             affinity_mask, check_energy, cooldown_temp, put_back, restore_passthrough,
+                             target_id, undo_root)
 
 ArtifactProvider = Callable[[Cell, str], ArtifactRef]  # (cell, target id) -> artifact
 
@@ -87,18 +85,6 @@ class LocalFleet:
             for k, v in f.result().items():
                 totals[k] += v
         return totals, tuple(w for wk in workers for w in wk.warnings)
-
-
-def put_back(serials, campaign: Campaign | None = None) -> dict[str, str]:
-    """What killed runs left changed on these (leased) phones, put back: knobs (governors, charging), a monitor's
-    passthrough (the campaign's monitors, or those known to power them), fuel-gauge samplers left polling, and adbd
-    root last (the others may need it). {"serial what": "restored" | "stopped ..." | why not}."""
-    root = knobs.default_root()
-    done = knobs.restore_pending(root, lambda s: Device(s), serials=set(serials), but={"adb_root"})
-    done.update(restore_passthrough(campaign, sorted(serials)))
-    done.update(stop_orphan_samplers(sorted(serials)))
-    done.update(knobs.restore_pending(root, lambda s: Device(s), serials=set(serials), only={"adb_root"}))
-    return done
 
 
 def _passthrough_at_end(campaign: Campaign, serials, log: Callable[[str], None]) -> None:

@@ -23,7 +23,7 @@ from profiler.governor import GovernorGuard, GovernorUnavailable
 from profiler import hostcpu
 from profiler.probe import DeviceFacts, parse_probe
 from profiler.steps import TIMES_SUFFIX, clock_pairs, cpu_share, parse_children_cpu_s, parse_run_output
-from profiler.energy.session import open_meter
+from profiler.energy.session import open_meter, stop_orphan_samplers
 from profiler.store import LABELS, CellMeta, Sample, Store, one_line
 
 RUN_TIMEOUT_S = 1800.0
@@ -441,6 +441,18 @@ def put_back_passthrough(monitor: str, lab_home) -> str:
     except (UserError, OSError) as exc:
         return f"USB passthrough not put back now ({one_line(str(exc))}): the end of the run or the next run does it"
     return what or "USB passthrough put back by the monitor"
+
+
+def put_back(serials, campaign: Campaign | None = None) -> dict[str, str]:
+    """What killed runs left changed on these (leased) phones, put back: knobs (governors, charging), a monitor's
+    passthrough (the campaign's monitors, or those known to power them), fuel-gauge samplers left polling, and adbd
+    root last (the others may need it). {"serial what": "restored" | "stopped ..." | why not}."""
+    root = knobs.default_root()
+    done = knobs.restore_pending(root, lambda s: Device(s), serials=set(serials), but={"adb_root"})
+    done.update(restore_passthrough(campaign, sorted(serials)))
+    done.update(stop_orphan_samplers(sorted(serials)))
+    done.update(knobs.restore_pending(root, lambda s: Device(s), serials=set(serials), only={"adb_root"}))
+    return done
 
 
 def undo_root(serials: set[str], log: Callable[[str], None]) -> None:

@@ -46,6 +46,7 @@ from workloads.tuning_db import applicable_records, database_digest, tuning_data
 
 VARIANTS = ("full", "compressed", "unoptimized", "cached")
 PARALLEL_MIN_WORK = 1 << 16   # fallback schedule: loop-nest iterations below which a kernel stays serial
+VECTOR_LANES = 8              # fallback schedule: float32 lanes of the narrowest vector unit targeted (AVX2, 2x NEON)
 LABEL_DTYPE = "int64"
 
 
@@ -217,7 +218,8 @@ def _trainer_module(head, features, cfg, lr: float, forward: bool):
 def _fallback_rule():
     """Default CPU schedule for kernels with no tuning record and no dlight rule: inline injective producers,
     parallelize the fused leading spatial loops of every remaining block and vectorize an innermost spatial
-    loop when the block has no reduction. Cheap, no search."""
+    loop when the block has no reduction. A kernel too small for the thread pool (an LSTM's gate arithmetic) is
+    still vectorized when it is injective. Cheap, no search."""
     from tvm import tirx
     from tvm.s_tir.dlight.base import ScheduleRule
     from tvm.s_tir.dlight.base.common_schedules import try_inline_contiguous_spatial
@@ -237,7 +239,12 @@ def _fallback_rule():
             if n_s == 0 or not all(isinstance(e, tirx.IntImm) for e in extents):
                 continue
             if int(np.prod([int(e) for e in extents])) < PARALLEL_MIN_WORK:
-                continue   # thread-pool wake-up costs more than it saves on tiny kernels
+                # thread-pool wake-up costs more than it saves on tiny kernels: serial, but vectorized
+                if bi.is_injective() and n_s == len(loops) and int(extents[-1]) % VECTOR_LANES == 0:
+                    _, vec = sch.split(loops[-1], factors=[None, VECTOR_LANES])
+                    sch.vectorize(vec)
+                    changed = True
+                continue
             changed = True
             if bi.is_injective() and n_s == len(loops) and n_s >= 2:
                 outer = sch.fuse(*loops[:-1])
@@ -399,6 +406,8 @@ def legalize_and_fuse():
     from tvm import relax, transform
 
     return transform.Sequential([
+        # first: a frozen weight's transpose becomes a transposed constant (a plain matmul), not a strided NT one
+        relax.transform.FoldConstant(),
         relax.transform.FuseTransposeMatmul(),   # x @ W.T as one kernel: no per-step transpose of a weight
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),

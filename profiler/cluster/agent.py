@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from profiler import knobs, paths
-from profiler.campaign import put_back
 from profiler.errors import UserError
 
 NAMESPACE = "autlearn"
@@ -111,6 +110,7 @@ class Agent:
         from profiler.device import Device, list_devices
         from profiler.errors import DeviceError
         from profiler.lease import PhoneLease
+        from profiler.worker import put_back   # the engine: imported when a run starts, not with the agent
 
         root = knobs.default_root()
         out: dict[str, str] = {}
@@ -167,6 +167,8 @@ class Agent:
 
     def prepare(self, token: str, campaign, serials: list[str]) -> dict[str, str]:
         """Under the leases: put back what killed runs left changed on them (what a local run does)."""
+        from profiler.worker import put_back   # the engine: imported when a run starts, not with the agent
+
         return put_back(set(serials), campaign)
 
     def stop(self, token: str) -> None:
