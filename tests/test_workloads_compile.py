@@ -125,6 +125,25 @@ def test_frozen_weight_transposes_fold_and_gate_kernels_vectorize(full_run):
         assert gates and all("T.vectorized" in src for src in gates.values()), sorted(gates)
 
 
+def test_a_schedule_rule_that_raises_is_reported_and_the_next_rule_schedules(monkeypatch):
+    """Issue 32: a rule that raises fell through to a slower schedule in silence. It is counted per rule and error
+    in the program's meta (the artifact's manifest), and the kernel is still scheduled by the next rule."""
+    from workloads import compile as C
+
+    class Broken:
+        name = "broken"
+
+        def apply(self, func, target, tunable):
+            raise ValueError("a bug in a schedule rule")
+
+    monkeypatch.setattr(C, "_tiled_rule", Broken)
+    prog = build_program("mobilenet", "full", "x86_64", **SMALL["mobilenet"])
+    raised = prog.meta["rules_raised"]
+    assert raised.get("broken: ValueError", 0) >= 1, raised
+    loss = run_on_host(prog, steps=1)[0]["loss"]
+    assert np.isfinite(loss)
+
+
 def test_tiled_schedule_candidates():
     from tvm.s_tir import meta_schedule as ms
 

@@ -389,17 +389,23 @@ def _tiled_rule():
     return ScheduleRule.from_callable("autlearn_tiled")(apply)
 
 
-def _safe(rule):
-    """dlight rules assert on shapes they do not handle (e.g. reductions to a scalar): treat that as "no match"."""
+def _safe(rule, raised: dict[str, list[str]] | None = None):
+    """dlight rules assert on shapes they do not handle (e.g. reductions to a scalar): the next rule schedules that
+    kernel. Each raise is counted in `raised` ({"Rule: ErrorType": [kernel, ...]}), which `optimize` reports."""
     from tvm.s_tir.dlight.base import ScheduleRule
+
+    name = getattr(rule, "name", None) or type(rule).__name__
 
     def apply(func, target, tunable):
         try:
             return rule.apply(func, target, tunable)
-        except Exception:  # noqa: BLE001 - any failure means the rule does not apply
+        except Exception as exc:  # noqa: BLE001 - counted and reported; the next rule schedules the kernel
+            if raised is not None:
+                kernel = str(func.attrs["global_symbol"]) if func.attrs and "global_symbol" in func.attrs else "?"
+                raised.setdefault(f"{name}: {type(exc).__name__}", []).append(kernel)
             return None
 
-    return ScheduleRule.from_callable(type(rule).__name__)(apply)
+    return ScheduleRule.from_callable(name)(apply)
 
 
 def legalize_and_fuse():
@@ -438,8 +444,11 @@ def optimize(mod, target, database: dict | None = None, stats: dict | None = Non
                                              if _is_tir(f) and f.attrs and "tirx.is_scheduled" in f.attrs)
                 stats["database"] = {**database, **summary}
         # dlight.cpu.GEMV is left out: its schedules sent LLVM codegen into a >3 min stall here.
-        rules = [_safe(_tiled_rule()), _safe(dlight.cpu.Reduction()), _fallback_rule()]
+        raised: dict[str, list[str]] = {}
+        rules = [_safe(_tiled_rule(), raised), _safe(dlight.cpu.Reduction(), raised), _fallback_rule()]
         mod = dlight.ApplyDefaultSchedule(*rules)(mod)
+    if stats is not None:   # the program's meta (and the artifact's manifest) carries it
+        stats["rules_raised"] = {k: len(v) for k, v in sorted(raised.items())}
     return mod
 
 
@@ -568,6 +577,7 @@ def build_program(model: str, variant: str, abi: str, *, lr: float | None = None
                     "kernels": stats.get("kernels", 0),
                     **{k: stats["database"][k] for k in ("tuned_workloads", "hand_kept")}}
                    if db is not None else "untuned"),
+        "rules_raised": stats.get("rules_raised", {}),   # schedule rules that raised, and on how many kernels
         "compile_s": round(time.perf_counter() - t0, 3),
         "inference_func": "forward" if include_forward else None,
         "forward_returns": "(logits, features)" if include_forward else None,
