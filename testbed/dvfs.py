@@ -512,8 +512,12 @@ def _stat_fields(pid: int) -> list[bytes] | None:
 
 
 def _start_ticks(pid: int) -> int | None:
+    """starttime of `pid` (clock ticks since boot), or None when the process is gone."""
     f = _stat_fields(pid)
-    return int(f[19]) if f is not None and len(f) > 19 else None
+    try:
+        return int(f[19]) if f is not None else None
+    except (ValueError, IndexError):
+        return None
 
 
 def _state(pid: int) -> str:
@@ -525,10 +529,8 @@ def _started(pid: int, default: float) -> float:
     """When process `pid` started, on time.monotonic()'s clock (/proc/<pid>/stat starttime; `default` if gone).
     starttime counts from boot (CLOCK_BOOTTIME, which also counts suspend: the two agree on a host that did not
     sleep since; a later start is clipped to now by the caller)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            ticks = int(f.read().rpartition(b")")[2].split()[19])
-    except (OSError, ValueError, IndexError):
+    ticks = _start_ticks(pid)
+    if ticks is None:
         return default
     boot = time.clock_gettime(time.CLOCK_BOOTTIME) - time.monotonic()
     return ticks / os.sysconf("SC_CLK_TCK") - boot

@@ -2,10 +2,11 @@
 
 A table predicts; the device decides. Each budget is first searched with the table as given. Every pruned model is
 compiled and measured on the device. A model that measures over its budget gets a lower search target:
-`predicted * budget / measured * (1 - margin)`, i.e. the table's error on that very model is taken out, plus a margin
-for the measurement's own noise. The base is the model's own prediction, not the target it was searched to: a
-search lands below its target by up to one pruning step, and a target corrected from above that landing point can
-pick the same model again (CI once saw a budget end `exceeded` after three rounds of one model). That budget is then pruned further. This repeats for at most `corrections` rounds.
+`predicted * budget / measured * (1 - margin)`, i.e. the table's error on that very model is taken out, plus a
+margin for the measurement's own noise. The base is the model's own prediction, not the target it was searched to:
+a search lands below its target by up to one pruning step, and a target corrected from above that landing point
+can pick the same model again (CI once saw a budget end `exceeded` after three rounds of one model). That budget is
+then pruned further. This repeats for at most `corrections` rounds.
 A budget ends `met` (measured <= budget), `exceeded` (still over after the last correction, or already at the
 smallest reachable model), `not measured` (the cell failed) or `not reached by the search` (max_iterations).
 
