@@ -47,6 +47,8 @@ from workloads.tuning_db import applicable_records, database_digest, tuning_data
 
 VARIANTS = ("full", "compressed", "unoptimized", "cached")
 PARALLEL_MIN_WORK = 1 << 16   # fallback schedule: loop-nest iterations below which a kernel stays serial
+PARALLEL_MIN_ROWS = 64        # tiled schedule: fewer parallel row tiles than this also split the columns
+WEIGHT_BLOCK_BYTES = 256 << 10 # tiled schedule: weights of the column blocks a row tile visits in turn (L2)
 VECTOR_LANES = 8              # fallback schedule: float32 lanes of the narrowest vector unit targeted (AVX2, 2x NEON)
 LABEL_DTYPE = "int64"
 
@@ -281,9 +283,9 @@ def tiled_candidates(func) -> list[dict]:
         return []
     dom, n_s = shape
     k, t = n_s - 1, (1 if n_s >= 3 else 0)
-    vs = sorted({f for f in (16, 8, 7, 6, 5, 4, 3, 2) if dom[k] % f == 0 and dom[k] > f} | {1}
-                | ({dom[k]} if dom[k] <= 16 else set()))
-    us = sorted({f for f in (8, 6, 4, 2) if dom[t] % f == 0 and dom[t] > f} | {1})
+    vs = sorted({f for f in (64, 32, 16, 8, 7, 6, 5, 4, 3, 2) if dom[k] % f == 0 and dom[k] > f} | {1}
+                | ({dom[k]} if dom[k] <= 32 else set()))
+    us = sorted({f for f in (8, 7, 6, 5, 4, 3, 2) if dom[t] % f == 0 and dom[t] >= f} | {1}) if n_s > 1 else [1]
     return [{"v": v, "u": u} for v in vs for u in us]
 
 
@@ -309,8 +311,10 @@ def _tiled_shape(func):
         return None
     dk = reds[0].dom_kind()
     n_s = len(dk) - len(dk.lstrip("S"))
-    if n_s < 2 or "S" in dk[n_s:] or n_s == len(dk):
+    if n_s < 1 or "S" in dk[n_s:] or n_s == len(dk):
         return None
+    if n_s == 1 and not _reads_along(sch.get(reds[0].block_rv), 0):
+        return None    # a row reduction (softmax's max, a GEMV over rows): dlight's Reduction rule
     try:
         dom = [int(d) for d in reds[0].dom()]
     except TypeError:
@@ -320,20 +324,75 @@ def _tiled_shape(func):
     return dom, n_s
 
 
-def _heuristic_choice(dom: list[int], n_s: int) -> dict:
-    # 16 or 8 lanes when they divide, else the largest divisor <= 8: odd widths such as <14 x float>
-    # measured 3-4x slower than <7 x float> here. Unroll 4 rows/channels.
+def vector_unit(target=None) -> tuple[int, int]:
+    """(float32 lanes, vector registers) of the widest vector unit `target` (default: the current one) has."""
+    from tvm.target import Target
+    from tvm.target.codegen import target_has_features
+
+    target = target or Target.current(allow_none=True)
+    if target is None or str(target.kind) != "llvm":
+        return 8, 16
+    if target_has_features("avx512f", target):
+        return 16, 32
+    if target_has_features("avx", target):
+        return 8, 16
+    return 4, (32 if target_has_features("neon", target) else 16)
+
+
+def _reads_along(block, axis: int) -> bool:
+    """Whether some buffer `block` reads is contiguous along its iterator `axis` (the vector loads of a tile).
+    One spatial axis over a reduction is a matrix-vector product: tiled only when the matrix is read along the
+    output (a 1x1 convolution of one pixel, HWIO weights), not along the reduction."""
+    var = block.iter_vars[axis].var
+    return any(len(r.region) and r.region[-1].min.same_as(var) for r in block.reads)
+
+
+def _layout_free(func) -> list:
+    """The buffers of `func` bound to constants (`AttachAttrLayoutFreeBuffers`): their layout is ours to choose."""
+    idx = (func.attrs or {}).get("layout_free_buffers", [])
+    return [func.params[int(i)] for i in idx]
+
+
+def _weight_read(block, k: int, n_s: int, candidates: list) -> int | None:
+    """Index of the read that is a constant weight of the tile: one of `candidates`, contiguous along output axis
+    `k` and indexed otherwise by reduction axes only (not by rows or pixels). None if there is none."""
+    from tvm.tirx.analysis import undefined_vars
+
+    ivars = [iv.var for iv in block.iter_vars]
+    rows = {ivars[i] for i in range(n_s) if i != k}
+    for i, r in enumerate(block.reads):
+        if not any(r.source.same_as(c) for c in candidates):
+            continue
+        if not (len(r.region) and r.region[-1].min.same_as(ivars[k])):
+            continue
+        used = [u for rg in r.region[:-1] for u in undefined_vars(rg.min)]
+        if not any(any(u.same_as(v) for v in rows) for u in used):
+            return i
+    return None
+
+
+def _heuristic_choice(dom: list[int], n_s: int, target=None) -> dict:
+    # The innermost output axis (NHWC: channels; matmul: columns) in two vectors of the target's own width; odd
+    # widths such as <14 x float> measured 3-4x slower than <7 x float>. Then as many rows (H) as registers allow:
+    # one accumulator per row and vector, plus the row's weight vectors and a broadcast input.
+    lanes, regs = vector_unit(target)
     k, t = n_s - 1, (1 if n_s >= 3 else 0)
-    return {"v": _pick(dom[k], (16, 8, 7, 6, 5, 4, 3, 2), whole_up_to=8), "u": _pick(dom[t], (4, 2))}
+    if n_s == 1:                              # no row axis: the tile is one row
+        return {"v": next((w for w in (2 * lanes, lanes) if dom[k] % w == 0), 1), "u": 1}
+    v = next((w for w in (2 * lanes, lanes) if dom[k] % w == 0), None) or \
+        _pick(dom[k], (16, 8, 7, 6, 5, 4, 3, 2), whole_up_to=8)
+    per_row = -(-v // lanes)
+    rows = tuple(u for u in (8, 7, 6, 5, 4, 3, 2) if u * per_row + per_row + 1 <= regs)
+    return {"v": v, "u": _pick(dom[t], rows, whole_up_to=rows[0] if rows else 0)}
 
 
-def tiled_heuristic(func) -> dict | None:
+def tiled_heuristic(func, target=None) -> dict | None:
     """The built-in (untuned) tiled-schedule choice for a kernel, or None if the rule does not apply."""
     shape = _tiled_shape(func)
-    return _heuristic_choice(*shape) if shape else None
+    return _heuristic_choice(*shape, target) if shape else None
 
 
-def tiled_schedule(func, choice: dict | None = None):
+def tiled_schedule(func, choice: dict | None = None, target=None):
     """Hand-written CPU schedule for conv2d/matmul-like kernels (one reduction block, spatial axes then
     reduction axes): register-tile the output (innermost spatial axis split by `v` and vectorized, the
     channel/row axis split by `u` and unrolled), accumulate the tile in a local buffer with the reductions
@@ -356,23 +415,49 @@ def tiled_schedule(func, choice: dict | None = None):
     loops = sch.get_loops(main.block_rv)
     if len(loops) != len(dom):
         return None
+    choice = choice or _heuristic_choice(dom, n_s, target)
     k, t = n_s - 1, (1 if n_s >= 3 else 0)
-    choice = choice or _heuristic_choice(dom, n_s)
-    v, u = int(choice["v"]), int(choice["u"])
+    v, u = int(choice["v"]), int(choice["u"]) if n_s > 1 else 1
     sk_o, sk_i = sch.split(loops[k], factors=[None, v])
-    st_o, st_i = sch.split(loops[t], factors=[None, u])
+    rows: list = []
+    if n_s > 1:
+        st_o, st_i = sch.split(loops[t], factors=[None, u])
+        rows = [st_i]
     outer = [st_o if i == t else loops[i] for i in range(k)]
     red = list(loops[n_s:])
-    sch.reorder(*outer, sk_o, *red, st_i, sk_i)
+    sch.reorder(*outer, sk_o, *red, *rows, sk_i)
+    # Column blocks in groups whose weights fit in a core's L2 (WEIGHT_BLOCK_BYTES), outermost: a group's weights
+    # are then read from memory once per group, not once per row tile (1024->1024 @7x7: 4 MB per tile).
+    n_blocks, red_n = dom[k] // v, int(np.prod(dom[n_s:]))
+    group = max((g for g in range(1, n_blocks + 1) if n_blocks % g == 0
+                 and g * v * red_n * 4 <= WEIGHT_BLOCK_BYTES), default=1)
+    if outer and group < n_blocks:
+        sk_oo, sk_o = sch.split(sk_o, factors=[None, group])
+        sch.reorder(sk_oo, *outer)
+        outer = [sk_oo, *outer]
+    widx = _weight_read(sch.get(main.block_rv), k, n_s, _layout_free(func))
+    if widx is not None and n_blocks > 1:
+        # A constant weight packed per column block, (..., C) -> (C // v, ..., v): a block's weights are one
+        # contiguous run. Unpacked, they are v floats every C * 4 bytes, which maps a block onto a few cache sets
+        # when C is a power of two (1024->1024 @7x7: 120 GFLOP/s unpacked, 245 packed). The packing is split
+        # out of the kernel and folded at compile time (`optimize`).
+        pack = sch.cache_read(main.block_rv, widx, "global")
+        sch.transform_layout(main.block_rv, ("read", widx), lambda *ix: (ix[-1] // v, *ix[:-1], ix[-1] % v))
+        sch.annotate(pack, "meta_schedule.layout_rewrite_preproc", True)
+        lp = sch.get_loops(pack)
+        sch.parallel(lp[0])
     cw = sch.cache_write(main.block_rv, 0, "local")   # the tile's accumulators (registers after SROA)
     sch.reverse_compute_at(cw, sk_o, preserve_unit_loops=True)
     for bi in post:
         sch.reverse_compute_at(bi.block_rv, sk_o, preserve_unit_loops=True)
-    sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+    # A late layer of a small batch has few rows and pixels: then the tile's column blocks are parallel too.
+    rows_par = int(np.prod([dom[i] // (u if i == t else 1) for i in range(k)])) * (n_blocks // group)
+    par = [*outer, sk_o] if rows_par < PARALLEL_MIN_ROWS else outer
+    sch.parallel(sch.fuse(*par) if len(par) > 1 else par[0])
     if v > 1:
         sch.vectorize(sk_i)
     if u > 1:
-        sch.unroll(st_i)
+        sch.unroll(rows[0])
     sch.decompose_reduction(main.block_rv, red[0])
     for bi in infos[:r]:                               # producers (padding): parallel outer loops
         lp = sch.get_loops(bi.block_rv)
@@ -385,7 +470,7 @@ def _tiled_rule():
     from tvm.s_tir.dlight.base import ScheduleRule
 
     def apply(func, target, _tunable):
-        return tiled_schedule(func, None)
+        return tiled_schedule(func, None, target)
 
     return ScheduleRule.from_callable("autlearn_tiled")(apply)
 
@@ -412,7 +497,12 @@ def legalize_and_fuse():
     from tvm import relax, transform
 
     return transform.Sequential([
-        # first: a frozen weight's transpose becomes a transposed constant (a plain matmul), not a strided NT one
+        # Channels innermost (NHWC activations, HWIO weights): the output channels are the vector axis of every
+        # convolution. In NCHW it is the width, 7 or 14 in MobileNet's late layers. The weights' transposes are
+        # constants, folded next; the input's and output's are one kernel each.
+        relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]}),
+        relax.transform.Normalize(),
+        # a frozen weight's transpose becomes a transposed constant (a plain matmul), not a strided NT one
         relax.transform.FoldConstant(),
         relax.transform.FuseTransposeMatmul(),   # x @ W.T as one kernel: no per-step transpose of a weight
         relax.transform.LegalizeOps(),
@@ -428,7 +518,7 @@ def optimize(mod, target, database: dict | None = None, stats: dict | None = Non
     """The `full` pipeline: fusion, then schedules: MetaSchedule records from `database` (see
     `tuning_database`) where they beat the hand schedule on the device, else the hand schedules (tiled
     conv/matmul, dlight's CPU reduction rule, the parallel fallback)."""
-    from tvm import relax
+    from tvm import relax, transform
     from tvm.s_tir import dlight
 
     with target:
@@ -443,10 +533,18 @@ def optimize(mod, target, database: dict | None = None, stats: dict | None = Non
                 stats["tuned_kernels"] = sum(1 for f in mod.functions.values()
                                              if _is_tir(f) and f.attrs and "tirx.is_scheduled" in f.attrs)
                 stats["database"] = {**database, **summary}
+        # Kernels learn which of their buffers are constants, so a hand schedule may pack them. After the database:
+        # tuning tasks and records stay as they were (MetaSchedule's own RewriteLayout is not wired to the device
+        # runner yet).
+        mod = relax.transform.AttachAttrLayoutFreeBuffers()(mod)
         # dlight.cpu.GEMV is left out: its schedules sent LLVM codegen into a >3 min stall here.
         raised: Counter = Counter()
         rules = [_safe(_tiled_rule(), raised), _safe(dlight.cpu.Reduction(), raised), _fallback_rule()]
         mod = dlight.ApplyDefaultSchedule(*rules)(mod)
+        # Weight packing (the hand schedules', MetaSchedule's RewriteLayout) becomes a kernel of its own, run on
+        # the constant weight at compile time: no step repacks a weight.
+        mod = transform.Sequential([relax.transform.SplitLayoutRewritePreproc(), relax.transform.FoldConstant(),
+                                    relax.transform.DeadCodeElimination()])(mod)
     if stats is not None:   # the program's meta (and the artifact's manifest) carries it
         stats["rules_raised"] = dict(sorted(raised.items()))
     return mod
