@@ -178,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="output path without extension (.csv, .md and .json are written)")
     a = ap.parse_args(argv)
     os.environ["TVM_NUM_THREADS"] = str(a.threads)
+    prov = provenance()     # before anything is written: the results files are in the tree
     tid, ct = host_target()
     db = tuning_database(tid)
     peak = practical_peak(a.threads)
@@ -236,7 +237,6 @@ def main(argv: list[str] | None = None) -> int:
         w.writerows(rows)
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), platform.processor())
-    prov = provenance()
     spent = tuning_spent(db)
     meta = {"created": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}", "cpu": cpu, "cores": os.cpu_count(),
             "threads": a.threads, "rounds": a.rounds, "steps": a.steps, "target": tid, "cpu_note": ct.note,
