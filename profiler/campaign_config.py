@@ -257,8 +257,10 @@ def cell_label(serial: str, workload: str, variant: str, batch: int, governor: s
 
 
 def serial_of_label(label: str) -> str:
-    """The device serial of a `cell_label` ('' when `label` is not one)."""
-    return label.split("/", 1)[0] if "/" in label else ""
+    """The device serial of a `cell_label` ('' when `label` is not one). Cut from the right: the four fields after
+    the serial hold no "/", and a serial may (a cluster phone's is `HOST/SERIAL`)."""
+    parts = label.rsplit("/", 4)
+    return parts[0] if len(parts) == 5 and all(parts) else ""
 
 
 def _digest(obj: Any) -> str:

@@ -54,6 +54,9 @@ def test_cell_label_round_trip():
     label = cell_label("emu-1", "lstm", "full", 4, "powersave", "all")
     assert label == "emu-1/lstm-full/b4/powersave/all"
     assert serial_of_label(label) == "emu-1" and serial_of_label("no-slash") == ""
+    # a cluster phone's serial is HOST/SERIAL: the report once counted its cells for a device "host1"
+    remote = cell_label("host1/AAA", "lstm", "full", 4, "powersave", "all")
+    assert serial_of_label(remote) == "host1/AAA"
 
 
 def test_results_show_sorts_rows_by_device_workload_variant_batch_governor(tmp_path, capsys):

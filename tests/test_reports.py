@@ -199,6 +199,28 @@ def test_half_finished_and_empty(campaigns, tmp_path):
         assert expect in text and "What is missing" in text and "No finished cells" in text
 
 
+def test_a_cluster_phone_is_named_with_its_host_and_its_own_outcomes(tmp_path):
+    """Issue 33: a cluster phone's serial is HOST/SERIAL. The report cut labels at the first "/", so it invented a
+    device "host1" for the failed and skipped cells and gave the real phone 0 of each."""
+    spec = {**SPEC, "name": "two-host", "devices": {}}
+    camp = parse_campaign(spec)
+    st = Store.open(tmp_path, camp)
+    cells = camp.plan([DeviceRef("host1/AAA", "Pixel 4", True), DeviceRef("host2/BBB", "Pixel 5", True)])
+    st.set_plan((cell_id(c, "art-1"), c.spec_key) for c in cells)
+    mine = [c for c in cells if c.device_serial == "host1/AAA"]
+    meta, steps = _synthetic_cell(mine[0], 0)
+    st.write_cell(meta, steps)
+    st.write_status(cell_id(mine[1], "art-1"), "failed", "DeviceTimeout: runner did not answer",
+                    spec_key=mine[1].spec_key, label=mine[1].label)
+    st.write_status(cell_id(mine[2], "art-1"), "skipped", "governor powersave unavailable (fallback=skip)",
+                    spec_key=mine[2].spec_key, label=mine[2].label)
+    rep = build_report(load_campaign_data(st.root))
+    devices = {d.serial: d for d in rep.devices}
+    assert set(devices) == {"host1/AAA"}, sorted(devices)
+    d = devices["host1/AAA"]
+    assert (d.cells_ok, d.cells_failed, d.cells_skipped) == (1, 1, 1)
+
+
 def test_not_a_results_dir_is_one_user_error(campaigns, tmp_path, capsys):
     assert autlearn(["report", str(tmp_path / "nope")]) == 1
     assert autlearn(["report", str(campaigns["root"])]) == 1  # the results root, not a campaign: names them
