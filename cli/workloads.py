@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
 import click
 
 from cli.options import parse_sets, set_option
+from profiler.device import Device
 from profiler.errors import ArtifactError, ConfigError
+from profiler.lease import PhoneLease
 from workloads import families
 
 # Mirrors workloads.compile.VARIANTS / runner_build.ABIS (checked again there); kept literal so `--help` needs no
@@ -137,8 +140,11 @@ def tune(serials, model, variant, batch, sets, trials, minutes, top, target_id, 
                                   target_id=target_id, trials=trials, minutes=minutes, top=top, threads=threads,
                                   **config)
     else:
-        results = tune_devices(list(dict.fromkeys(serials)), model, variant, target_id=target_id, trials=trials,
-                               minutes=minutes, top=top, threads=threads, say=say, **config)
+        with contextlib.ExitStack() as leases:   # a phone another run (or tune) holds stops this one with one line
+            for s in dict.fromkeys(serials):
+                leases.enter_context(PhoneLease(Device(s), f"tune {model}", "tuning", say=say))
+            results = tune_devices(list(dict.fromkeys(serials)), model, variant, target_id=target_id, trials=trials,
+                                   minutes=minutes, top=top, threads=threads, say=say, **config)
     if len(results) > 1:
         if as_json:
             click.echo(json.dumps(results, indent=1))

@@ -94,14 +94,15 @@ def _passthrough_at_end(campaign: Campaign, serials, log: Callable[[str], None])
         log(f"{key}: left changed by a monitor that died in this run: {what}")
 
 
-def fleet_for(settings) -> "LocalFleet":
-    """The engine a MeasureSettings asks for: this host's phones, or a Ray cluster's (`settings.cluster`)."""
+def fleet_for(settings, log: Callable[[str], None] = lambda s: None) -> "LocalFleet":
+    """The engine a MeasureSettings asks for: this host's phones, or a Ray cluster's (`settings.cluster`), which
+    says from its discovery on (a host whose agent does not answer) through `log`."""
     address = getattr(settings, "cluster", None)
     if not address:
         return LocalFleet()
     from profiler.cluster import ClusterFleet   # Ray is imported only there
 
-    return ClusterFleet(address)
+    return ClusterFleet(address, say=log)
 
 
 def run(campaign: Campaign, settings, artifacts: ArtifactProvider,
@@ -116,7 +117,7 @@ def run(campaign: Campaign, settings, artifacts: ArtifactProvider,
         progress.on_change = lambda _serial: on_progress(progress)
     try:
         return run_campaign(campaign, settings.results_root, artifacts, resume=settings.resume, progress=progress,
-                            threads=settings.threads, log=log, wait_s=wait_s, fleet=fleet_for(settings))
+                            threads=settings.threads, log=log, wait_s=wait_s, fleet=fleet_for(settings, log))
     finally:
         progress.finished = True
         if on_progress is not None:

@@ -116,6 +116,30 @@ def _agent_pid(address: str, host: str) -> int:
 
 
 @pytest.mark.slow
+def test_an_agent_that_does_not_answer_at_discovery_is_said(cluster, monkeypatch):
+    """Issue 33: the fleet's log was set by lease(), after discovery, so `run --cluster` dropped this line."""
+    from profiler import cluster as cluster_mod
+    from profiler.cluster.agent import PREFIX
+
+    _, address = cluster
+    ray = cluster_mod.connect(address)
+
+    @ray.remote
+    class Mute:                       # an agent that never answers: a real actor under an agent's name
+        def info(self):
+            time.sleep(30)
+
+    mute = Mute.options(name=f"{PREFIX}host9", num_cpus=0).remote()
+    monkeypatch.setattr(cluster_mod, "INFO_TIMEOUT_S", 2.0)
+    said: list[str] = []
+    try:
+        entries = cluster_mod.ClusterFleet(address, say=said.append).discover()
+    finally:
+        ray.kill(mute)
+    assert [s for s in said if s.startswith("host host9: agent not answering")], said
+    assert entries and not [e for e in entries if e.serial.startswith("host9/")]
+
+
 def test_a_lost_host_fails_its_cells_and_resume_completes(cluster, runner_cache, tmp_path):
     cl, address = cluster
     modern = phones_of(cl, "host2")[0]

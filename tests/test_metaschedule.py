@@ -113,6 +113,20 @@ def campaign_toml(name: str, serial: str, *workloads: tuple, steps: int = 2, rep
     return text
 
 
+def test_a_local_tune_on_a_leased_phone_stops_with_one_line(lab):
+    """Issue 33: a local tune took no lease, so it timed its candidates on a phone a campaign was measuring."""
+    from profiler.device import Device
+    from profiler.lease import PhoneLease
+
+    phone = next(p for p in lab if p.profile == "legacy")
+    with PhoneLease(Device(phone.serial), "someone-elses-campaign", "/results"):
+        r = autlearn("workloads", "tune", "--device", phone.serial, "--model", "lstm", "--trials", 1, timeout=300)
+    assert r.returncode == 1, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert "Traceback" not in r.stderr and len(lines) == 1, lines
+    assert "in use by" in lines[0] and "someone-elses-campaign" in lines[0]
+
+
 @pytest.fixture(scope="module")
 def tuned(lab, runner_cache, tmp_path_factory):
     """Into a private tuning directory, on the legacy phone: `autlearn workloads tune` for MobileNet's heaviest

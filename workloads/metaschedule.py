@@ -24,7 +24,9 @@ from typing import Any, Callable
 
 import numpy as np
 
+from profiler.device import Device
 from profiler.errors import ConfigError, UserError
+from profiler.lease import PhoneLease
 from workloads.tuning_db import (DB_FILES, RUNS_FILE, TuningError, _check_lines, _seconds, database_digest,
                                  database_dir, open_database, read_hand, tuned_wins, workload_hash, write_hand)
 
@@ -510,7 +512,6 @@ def _summary(db, mod, hand: dict | None) -> dict:
 def _fleet_worker(serial: str, target_id: str, model: str, variant: str, only: tuple[str, ...], root: str,
                   kwargs: dict, config: dict, extracted: tuple) -> dict:
     """One device's share of `tune_fleet`, in its own process (MetaSchedule keeps process-wide state)."""
-    from profiler.device import Device
 
     def say(msg: str) -> None:
         print(f"[tune {serial}] {msg}", file=sys.stderr, flush=True)
@@ -588,7 +589,6 @@ def tune_devices(serials: list[str], model: str, variant: str = "full", *, targe
     """`autlearn workloads tune`: probe the phones, choose the CPU target (theirs, or `target_id`), tune on one
     phone or share the kernels among several of that target (`tune_fleet`). One result dict per phone."""
     from profiler.worker import target_id as device_target
-    from profiler.device import Device
     from profiler.probe import probe
     from workloads import compile as C
     from workloads.models import make_config
@@ -636,7 +636,6 @@ def tune_for_campaign(campaign, *, trials: int, minutes: float, threads: int | N
     connected phone per CPU target (databases resume, so a rerun only tunes what is missing). Programs that are
     never tuned (unoptimized, `tuning = "none"`, layer suites, pruned models from files) are skipped."""
     from profiler.worker import target_id
-    from profiler.device import Device
     from profiler.fleet import discover
 
     devices = campaign.select([e.facts for e in discover() if e.facts is not None])
@@ -654,7 +653,9 @@ def tune_for_campaign(campaign, *, trials: int, minutes: float, threads: int | N
             for variant in (v for v in w.variants if v != "unoptimized"):
                 for batch in w.batch:
                     say(f"tuning {w.model}/{variant} batch {batch} for {tid} on {d.serial}")
-                    r = tune(Device(d.serial), tid, w.model, variant, trials=trials, minutes=minutes,
-                             emulated=emulated, threads=threads, say=say, **{**config, "batch": batch})
+                    # the phone's lease, as a run takes it: two tunes (or a run) never time each other
+                    with PhoneLease(Device(d.serial), f"tune {w.model}", "tuning", say=say):
+                        r = tune(Device(d.serial), tid, w.model, variant, trials=trials, minutes=minutes,
+                                 emulated=emulated, threads=threads, say=say, **{**config, "batch": batch})
                     out.append(r.to_dict())
     return out

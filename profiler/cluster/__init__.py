@@ -207,8 +207,9 @@ class ClusterFleet:
     """The phones of every agent on the Ray cluster at `address`, with the interface of profiler.campaign's
     LocalFleet."""
 
-    def __init__(self, address: str):
+    def __init__(self, address: str, say: Callable[[str], None] = lambda s: None):
         self.address = address
+        self._say = say         # from discovery on: a host whose agent does not answer is said there
         self.ray = connect(address)
         self.token = uuid.uuid4().hex
         self.hosts: dict[str, _Host] = {}
@@ -247,8 +248,6 @@ class ClusterFleet:
                 facts = dataclasses.replace(e.facts, serial=name) if e.facts is not None else None
                 entries.append(FleetEntry(name, e.state, facts, e.error))
         return entries
-
-    _say: Callable[[str], None] = staticmethod(lambda s: None)
 
     def _by_host(self, names) -> dict[str, list[tuple[str, str]]]:
         out: dict[str, list[tuple[str, str]]] = {}
@@ -499,8 +498,7 @@ def tune_on_cluster(address: str, serials: list[str], model: str, variant: str =
     from profiler import paths
     from profiler.campaign_config import device_names
 
-    fleet = ClusterFleet(address)
-    fleet._say = say
+    fleet = ClusterFleet(address, say=say)
     known: dict[str, list[str]] = {}
     for e in fleet.discover():
         for n in device_names(e.serial):
