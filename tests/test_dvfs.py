@@ -213,7 +213,9 @@ def test_governor_and_cluster_show_in_step_time(dvfs_lab, tmp_path):
 def test_sustained_load_throttles_and_cooldown_waits(dvfs_lab, tmp_path):
     lab, phones = dvfs_lab
     ph = phones["hot"]
-    c = load_campaign(_campaign(tmp_path, "heat", ph.serial, ["performance"], ["big"], steps=60,
+    # A cell must run long enough to heat up: 60 steps of the LSTM once lasted ~1-5 s, but with the compiled step
+    # at ~6 ms (fast math) they ended before the trip and the steps never slowed (5.9 -> 6.5 ms).
+    c = load_campaign(_campaign(tmp_path, "heat", ph.serial, ["performance"], ["big"], steps=300,
                                 variants=("full", "compressed"),
                                 cooldown="max_temp_c = 40.0\ntimeout_s = 60"))
     out = run_campaign(c, tmp_path / "results", artifact_provider(CACHE), threads=1)
