@@ -163,7 +163,7 @@ def test_governor_and_cluster_show_in_step_time(dvfs_lab, tmp_path):
     try:
         for rnd in range(3):
             c = load_campaign(_campaign(tmp_path, f"speed{rnd}", ph.serial, ["performance", "powersave"],
-                                        ["big", "little"], steps=6, repetitions=3))
+                                        ["big", "little"], steps=10, repetitions=3))
             out = run_campaign(c, tmp_path / f"results{rnd}", artifact_provider(CACHE), threads=1)
             assert out.failed == 0 and out.ok == 4, load_status(out.results_dir)[["label", "reason"]].values.tolist()
             df = load_results(out.results_dir)
