@@ -377,10 +377,10 @@ def _heuristic_choice(dom: list[int], n_s: int, target=None) -> dict:
     # one accumulator per row and vector, plus the row's weight vectors and a broadcast input.
     lanes, regs = vector_unit(target)
     k, t = n_s - 1, (1 if n_s >= 3 else 0)
+    whole = next((w for w in (2 * lanes, lanes) if dom[k] % w == 0), None)
     if n_s == 1:                              # no row axis: the tile is one row
-        return {"v": next((w for w in (2 * lanes, lanes) if dom[k] % w == 0), 1), "u": 1}
-    v = next((w for w in (2 * lanes, lanes) if dom[k] % w == 0), None) or \
-        _pick(dom[k], (16, 8, 7, 6, 5, 4, 3, 2), whole_up_to=8)
+        return {"v": whole or 1, "u": 1}
+    v = whole or _pick(dom[k], (16, 8, 7, 6, 5, 4, 3, 2), whole_up_to=8)
     per_row = -(-v // lanes)
     rows = tuple(u for u in (8, 7, 6, 5, 4, 3, 2) if u * per_row + per_row + 1 <= regs)
     return {"v": v, "u": _pick(dom[t], rows, whole_up_to=rows[0] if rows else 0)}
