@@ -12,7 +12,7 @@ Functions in the module (plain Relax functions, system-lib compatible, flat tupl
                                    it returns (logits, features): inference fills the feature cache)
 
 Variants (see VARIANTS):
-  full         the optimized pipeline (`optimize`): LegalizeOps, FoldConstant, FuseOps/FuseTIR, then
+  full         the optimized pipeline (`optimize`): LegalizeOps, constant folding, FuseOps/FuseTIR, then
                schedules: MetaSchedule records tuned on a device of the target's CPU (`workloads.metaschedule`,
                `autlearn workloads tune`) where they beat the hand schedule there, else the hand schedules:
                `tiled_schedule` for conv/matmul kernels (register tiling, vectorization, parallel outer loops),
@@ -450,6 +450,13 @@ def tiled_schedule(func, choice: dict | None = None, target=None):
     sch.reverse_compute_at(cw, sk_o, preserve_unit_loops=True)
     for bi in post:
         sch.reverse_compute_at(bi.block_rv, sk_o, preserve_unit_loops=True)
+    if post:
+        # The epilogue (bias, ReLU, an update W - lr * grad) reads the tile's accumulators directly: no
+        # intermediate of the whole output is written and read back. Its rows are vector stores too.
+        sch.compute_inline(cw)
+        if v > 1:
+            for bi in post:
+                sch.vectorize(sch.get_loops(bi.block_rv)[-1])
     # A late layer of a small batch has few rows and pixels: then the tile's column blocks are parallel too.
     rows_par = int(np.prod([dom[i] // (u if i == t else 1) for i in range(k)])) * (n_blocks // group)
     par = [*outer, sk_o] if rows_par < PARALLEL_MIN_ROWS else outer
@@ -496,6 +503,8 @@ def _safe(rule, raised: Counter | None = None):
 def legalize_and_fuse():
     from tvm import relax, transform
 
+    from workloads.fold import FoldConstants   # imports tvm, which this module loads at first use
+
     return transform.Sequential([
         # exp, tanh and erf as TOPI's vectorizable approximations, not one libm call per lane (LSTM gates: 0.67 ->
         # 0.36 ms a step here; musl's libm, which the static runner links, is slower still)
@@ -506,11 +515,11 @@ def legalize_and_fuse():
         relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]}),
         relax.transform.Normalize(),
         # a frozen weight's transpose becomes a transposed constant (a plain matmul), not a strided NT one
-        relax.transform.FoldConstant(),
+        FoldConstants(),
         relax.transform.FuseTransposeMatmul(),   # x @ W.T as one kernel: no per-step transpose of a weight
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),
-        relax.transform.FoldConstant(),
+        FoldConstants(),
         relax.transform.FuseOps(),
         relax.transform.FuseTIR(),
         relax.transform.DeadCodeElimination(),
@@ -523,6 +532,8 @@ def optimize(mod, target, database: dict | None = None, stats: dict | None = Non
     conv/matmul, dlight's CPU reduction rule, the parallel fallback)."""
     from tvm import relax, transform
     from tvm.s_tir import dlight
+
+    from workloads.fold import FoldConstants   # imports tvm, which this module loads at first use
 
     with target:
         mod = legalize_and_fuse()(mod)
@@ -546,8 +557,7 @@ def optimize(mod, target, database: dict | None = None, stats: dict | None = Non
         mod = dlight.ApplyDefaultSchedule(*rules)(mod)
         # Weight packing (the hand schedules', MetaSchedule's RewriteLayout) becomes a kernel of its own, run on
         # the constant weight at compile time: no step repacks a weight.
-        mod = transform.Sequential([relax.transform.SplitLayoutRewritePreproc(), relax.transform.FoldConstant(),
-                                    relax.transform.DeadCodeElimination()])(mod)
+        mod = transform.Sequential([relax.transform.SplitLayoutRewritePreproc(), FoldConstants()])(mod)
     if stats is not None:   # the program's meta (and the artifact's manifest) carries it
         stats["rules_raised"] = dict(sorted(raised.items()))
     return mod
