@@ -54,9 +54,9 @@ def main() -> int:
     import pandas as pd
 
     from profiler.campaign import run_campaign
-    from workloads.artifact_cache import artifact_provider
     from profiler.campaign_config import load_campaign
     from testbed.lab import Lab, find_adb, find_free_ports
+    from workloads.artifact_cache import artifact_provider
 
     lab = Lab(home)
     rows = []
@@ -66,7 +66,8 @@ def main() -> int:
         for n in (1, args.phones):
             serials = [p.serial for p in phones[:n]]
             toml = home / f"fleet{n}.toml"
-            toml.write_text(textwrap.dedent(f"""
+            toml.write_text(
+                textwrap.dedent(f"""
                 name = "fleet{n}"
                 warmup = 1
                 steps = {args.steps}
@@ -81,18 +82,31 @@ def main() -> int:
                 [cooldown]
                 max_temp_c = 95
                 timeout_s = 5
-            """).replace("'", '"'))
+            """).replace("'", '"')
+            )
             campaign = load_campaign(toml)
-            for cell in campaign.plan([type("D", (), {"serial": s, "model": "", "virtual": True, "abi": "x86_64"})()
-                                       for s in serials]):
+            for cell in campaign.plan(
+                [type("D", (), {"serial": s, "model": "", "virtual": True, "abi": "x86_64"})() for s in serials]
+            ):
                 provider(cell, "x86_64")  # build before timing: the benchmark is about running, not compiling
             t0 = time.perf_counter()
             out = run_campaign(campaign, home / "results", provider, threads=args.threads)
             wall = time.perf_counter() - t0
-            rows.append({"phones": n, "cells": out.ok, "failed": out.failed, "wall_s": round(wall, 2),
-                         "host_cores": os.cpu_count(), "model": args.model, "variant": args.variant,
-                         "steps": args.steps, "repetitions": args.repetitions, "threads": args.threads,
-                         "devices": "virtual"})
+            rows.append(
+                {
+                    "phones": n,
+                    "cells": out.ok,
+                    "failed": out.failed,
+                    "wall_s": round(wall, 2),
+                    "host_cores": os.cpu_count(),
+                    "model": args.model,
+                    "variant": args.variant,
+                    "steps": args.steps,
+                    "repetitions": args.repetitions,
+                    "threads": args.threads,
+                    "devices": "virtual",
+                }
+            )
     finally:
         lab.down()
         subprocess.run([find_adb(), "kill-server"], capture_output=True, timeout=30)
@@ -113,11 +127,19 @@ TINY_LSTM = {"vocab_size": 50, "embed_dim": 8, "hidden_size": 8, "num_layers": 1
 def _campaign(name: str, serials, args):
     from profiler.campaign_config import parse_campaign
 
-    return parse_campaign({"name": name, "warmup": 1, "steps": args.steps, "repetitions": args.repetitions,
-                           "energy": "none", "devices": {"serials": list(serials)},
-                           "workload": [{"model": args.model, "variants": [args.variant], "batch": [16]}],
-                           "governors": {"intents": ["performance", "powersave"]},
-                           "cooldown": {"max_temp_c": 95, "timeout_s": 5}})
+    return parse_campaign(
+        {
+            "name": name,
+            "warmup": 1,
+            "steps": args.steps,
+            "repetitions": args.repetitions,
+            "energy": "none",
+            "devices": {"serials": list(serials)},
+            "workload": [{"model": args.model, "variants": [args.variant], "batch": [16]}],
+            "governors": {"intents": ["performance", "powersave"]},
+            "cooldown": {"max_temp_c": 95, "timeout_s": 5},
+        }
+    )
 
 
 def _cells(results_dir: Path):
@@ -141,8 +163,8 @@ def hosts_main(args) -> int:
     import json
 
     import pandas as pd
+    from provenance import provenance  # benchmarks/ is on sys.path (run as a script)
 
-    from provenance import provenance   # benchmarks/ is on sys.path (run as a script)
     from profiler.campaign import run_campaign
     from profiler.campaign_config import parse_campaign
     from profiler.cluster import ClusterFleet
@@ -161,11 +183,23 @@ def hosts_main(args) -> int:
         wall = time.perf_counter() - t0
         s, busy, per_device = _cells(out.results_dir)
         worst = busy.idxmax()
-        rows.append({"engine": label, "hosts": hosts, "phones": len(serials), "cells": out.ok, "failed": out.failed,
-                     "wall_s": round(wall, 2), "cell_s_busiest": round(busy.max(), 2),
-                     "overhead_per_cell_s": round((wall - busy.max()) / per_device[worst], 3),
-                     "host_cores": os.cpu_count(), "model": args.model, "steps": args.steps,
-                     "repetitions": args.repetitions, "devices": "virtual"})
+        rows.append(
+            {
+                "engine": label,
+                "hosts": hosts,
+                "phones": len(serials),
+                "cells": out.ok,
+                "failed": out.failed,
+                "wall_s": round(wall, 2),
+                "cell_s_busiest": round(busy.max(), 2),
+                "overhead_per_cell_s": round((wall - busy.max()) / per_device[worst], 3),
+                "host_cores": os.cpu_count(),
+                "model": args.model,
+                "steps": args.steps,
+                "repetitions": args.repetitions,
+                "devices": "virtual",
+            }
+        )
 
     # the reference: in-process engine, one adb server (the artifact is built here, before any timing)
     lab = Lab(home / "local")
@@ -177,7 +211,7 @@ def hosts_main(args) -> int:
 
         facts = {e.serial: e.facts for e in discover(tuple(serials))}
         for cell in _campaign("warm", serials, args).plan(facts.values()):
-            provider(cell, target_id(facts[cell.device_serial]))   # the phones' own target: no build while timing
+            provider(cell, target_id(facts[cell.device_serial]))  # the phones' own target: no build while timing
         measure("in-process", 1, None, serials)
     finally:
         lab.down()
@@ -191,25 +225,49 @@ def hosts_main(args) -> int:
             measure(f"ray-{hosts}-host", hosts, ClusterFleet(address), names)
             # builds: distinct artifacts (batch sizes) into an empty cache, as Ray tasks on 1 node vs 2
             cold = artifact_provider(home / f"cold{hosts}", log=print)
-            spec = parse_campaign({"name": "builds", "devices": {"virtual": True},
-                                   "workload": [{"model": "lstm", "variants": ["full"],
-                                                 "batch": [2 ** i for i in range(args.builds)],
-                                                 "config": TINY_LSTM}]})
+            spec = parse_campaign(
+                {
+                    "name": "builds",
+                    "devices": {"virtual": True},
+                    "workload": [
+                        {
+                            "model": "lstm",
+                            "variants": ["full"],
+                            "batch": [2**i for i in range(args.builds)],
+                            "config": TINY_LSTM,
+                        }
+                    ],
+                }
+            )
             cells = spec.plan([type("D", (), {"serial": "x", "model": "", "virtual": True})()])
             # untimed: two other builds warm the runner cache and every node's build worker (torch, TVM imports)
-            warm = parse_campaign({"name": "warm", "devices": {"virtual": True}, "workload": [
-                {"model": "lstm", "variants": ["full"], "batch": [3, 5], "config": TINY_LSTM}]})
-            ClusterFleet(address).prebuild(artifact_provider(home / f"warm{hosts}"),
-                                           [(c, "x86_64") for c in warm.plan(
-                                               [type("D", (), {"serial": "x", "model": "", "virtual": True})()])])
+            warm = parse_campaign(
+                {
+                    "name": "warm",
+                    "devices": {"virtual": True},
+                    "workload": [{"model": "lstm", "variants": ["full"], "batch": [3, 5], "config": TINY_LSTM}],
+                }
+            )
+            ClusterFleet(address).prebuild(
+                artifact_provider(home / f"warm{hosts}"),
+                [(c, "x86_64") for c in warm.plan([type("D", (), {"serial": "x", "model": "", "virtual": True})()])],
+            )
             t0 = time.perf_counter()
             ClusterFleet(address).prebuild(cold, [(c, "x86_64") for c in cells])
             wall = time.perf_counter() - t0
-            built = len(cells) - len(cold.missing([(c, "x86_64") for c in cells]))   # verified in the cache
-            builds.append({"nodes": hosts, "model": "lstm (tiny)", "artifacts": len(cells), "built": built,
-                           "wall_s": round(wall, 2),
-                           "per_min": round(60 * built / wall, 2), "cpus_per_node": 1,
-                           "host_cores": os.cpu_count()})
+            built = len(cells) - len(cold.missing([(c, "x86_64") for c in cells]))  # verified in the cache
+            builds.append(
+                {
+                    "nodes": hosts,
+                    "model": "lstm (tiny)",
+                    "artifacts": len(cells),
+                    "built": built,
+                    "wall_s": round(wall, 2),
+                    "per_min": round(60 * built / wall, 2),
+                    "cpus_per_node": 1,
+                    "host_cores": os.cpu_count(),
+                }
+            )
         finally:
             cl.down()
     subprocess.run([find_adb_path(), "kill-server"], capture_output=True, timeout=30)
@@ -223,11 +281,20 @@ def hosts_main(args) -> int:
     df.to_csv(RESULTS / "fleet_hosts.csv", index=False)
     import ray
 
-    (RESULTS / "fleet_hosts.json").write_text(json.dumps(
-        {"cells": rows, "builds": bf.to_dict(orient="records"),
-         **provenance({"ray": ray.__version__, "python": sys.version.split()[0]})}, indent=1))
-    print(f"\nwritten {RESULTS / 'fleet_hosts.csv'} and fleet_hosts.json; every simulated host and Ray node shares "
-          f"this machine's {os.cpu_count()} cores")
+    (RESULTS / "fleet_hosts.json").write_text(
+        json.dumps(
+            {
+                "cells": rows,
+                "builds": bf.to_dict(orient="records"),
+                **provenance({"ray": ray.__version__, "python": sys.version.split()[0]}),
+            },
+            indent=1,
+        )
+    )
+    print(
+        f"\nwritten {RESULTS / 'fleet_hosts.csv'} and fleet_hosts.json; every simulated host and Ray node shares "
+        f"this machine's {os.cpu_count()} cores"
+    )
     return 0
 
 

@@ -24,8 +24,10 @@ from testbed.dvfs import SignalThrottle  # noqa: E402
 
 BUSY = "import time\nn = 0\nwhile True:\n    n += 1\n"
 # counted work: iterations done in `seconds` (per-process throughput, includes cache effects of stop/continue)
-COUNT = ("import sys, time\nend = time.monotonic() + float(sys.argv[1])\nn = 0\n"
-         "while time.monotonic() < end:\n    n += 1\nprint(n)\n")
+COUNT = (
+    "import sys, time\nend = time.monotonic() + float(sys.argv[1])\nn = 0\n"
+    "while time.monotonic() < end:\n    n += 1\nprint(n)\n"
+)
 
 
 def cpu_s(pid: int) -> float:
@@ -34,13 +36,15 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run(share: float | None, seconds: float, period_s: float, other: float | None = None,
-        keep_warm: bool = True) -> tuple[float, int]:
+def run(
+    share: float | None, seconds: float, period_s: float, other: float | None = None, keep_warm: bool = True
+) -> tuple[float, int]:
     """(CPU s / wall s, loop iterations) of a counting process at `share` (None: no throttle thread at all);
     `other`: a second, busy group throttled at that share at the same time."""
     thr = SignalThrottle(period_s, keep_warm=keep_warm)
-    p = subprocess.Popen([sys.executable, "-c", COUNT, str(seconds)], stdout=subprocess.PIPE, text=True,
-                         start_new_session=True)
+    p = subprocess.Popen(
+        [sys.executable, "-c", COUNT, str(seconds)], stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
     q = subprocess.Popen([sys.executable, "-c", BUSY], start_new_session=True) if other is not None else None
     shares = {}
     if share is not None:
@@ -71,8 +75,10 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
     period = args.period_ms / 1e3
-    print(f"host: {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}; period {args.period_ms:g} ms; "
-          f"{args.seconds:g} s per run, median of {args.repeat}; keep-warm {'off' if args.no_keep_warm else 'on'}")
+    print(
+        f"host: {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}; period {args.period_ms:g} ms; "
+        f"{args.seconds:g} s per run, median of {args.repeat}; keep-warm {'off' if args.no_keep_warm else 'on'}"
+    )
 
     def med(f):
         vals = sorted(f() for _ in range(args.repeat))
@@ -81,11 +87,12 @@ def main() -> int:
     base = med(lambda: run(None, args.seconds, period)[1])
     print(f"{'case':52s} {'iterations':>12s} {'vs unthrottled':>15s} {'/ share':>8s}")
     print(f"{'no throttle thread':52s} {base:12d} {1.0:15.3f} {1.0:8.3f}")
-    rows = [("share 1.0 (never signalled)", 1.0, None), ("share 1.0 while another group is throttled at 0.3",
-                                                          1.0, 0.3)]
+    rows = [("share 1.0 (never signalled)", 1.0, None), ("share 1.0 while another group is throttled at 0.3", 1.0, 0.3)]
     rows += [(f"share {s:g}", s, None) for s in (0.8, 0.5, 0.25, 0.12, 0.066)]
     for name, share, other in rows:
-        n = med(lambda: run(share, args.seconds, period, other, keep_warm=not args.no_keep_warm)[1])
+        n = med(
+            lambda share=share, other=other: run(share, args.seconds, period, other, keep_warm=not args.no_keep_warm)[1]
+        )
         print(f"{name:52s} {n:12d} {n / base:15.3f} {n / base / share:8.3f}")
     return 0
 

@@ -6,7 +6,8 @@ tuning database for that target (`autlearn workloads tune`); `untuned` is the sa
 only. Each compiled program is timed twice: through the Python Relax VM, and through the static runner binary
 that phones run (`runner` rows: an artifact launched on this CPU, one untimed warm-up step per launch); the
 issue-32 targets are checked on the runner rows. Repetitions are interleaved (eager, tuned, untuned, runners,
-eager, ...), so a slow spell of the shared host hits every variant alike. Achieved GFLOP/s (FLOPs of the eager step, counted by torch's FlopCounterMode) is shown next to
+eager, ...), so a slow spell of the shared host hits every variant alike. Achieved GFLOP/s (FLOPs of the eager step,
+counted by torch's FlopCounterMode) is shown next to
 the practical peak measured with torch.mm 2048^2 on the same threads.
 
     nice python benchmarks/bench_training_step.py [--threads 2] [--rounds 5] [--steps 4] \\
@@ -24,7 +25,7 @@ import shutil
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -69,7 +70,7 @@ def practical_peak(threads: int) -> float:
         t0 = time.perf_counter()
         a @ b
         ts.append(time.perf_counter() - t0)
-    return 2 * 2048 ** 3 / float(np.median(ts)) / 1e9
+    return 2 * 2048**3 / float(np.median(ts)) / 1e9
 
 
 class Eager:
@@ -148,8 +149,16 @@ class Runner:
 
         from profiler.steps import parse_run_output
 
-        argv = [str(self.art.path / "runner"), str(self.art.path), "--warmup", "1", "--steps", str(steps),
-                "--threads", str(self.threads)]
+        argv = [
+            str(self.art.path / "runner"),
+            str(self.art.path),
+            "--warmup",
+            "1",
+            "--steps",
+            str(steps),
+            "--threads",
+            str(self.threads),
+        ]
         r = subprocess.run(argv, capture_output=True, text=True, timeout=900, check=False)
         if r.returncode != 0:
             raise SystemExit(f"runner exit {r.returncode}: {r.stderr.strip()[-300:]}")
@@ -159,10 +168,17 @@ class Runner:
 def tuning_spent(db: dict | None) -> dict:
     if db is None:
         return {"seconds": 0.0, "trials": 0, "runs": 0, "measured_on": []}
-    runs = [json.loads(ln) for ln in (Path(db["path"]) / "runs.jsonl").read_text().splitlines() if ln.strip()] \
-        if (Path(db["path"]) / "runs.jsonl").is_file() else []
-    return {"seconds": round(sum(r.get("seconds", 0) for r in runs), 1), "trials": sum(r.get("trials", 0) for r in runs),
-            "runs": len(runs), "measured_on": sorted({str(r.get("measured_on")) for r in runs})}
+    runs = (
+        [json.loads(ln) for ln in (Path(db["path"]) / "runs.jsonl").read_text().splitlines() if ln.strip()]
+        if (Path(db["path"]) / "runs.jsonl").is_file()
+        else []
+    )
+    return {
+        "seconds": round(sum(r.get("seconds", 0) for r in runs), 1),
+        "trials": sum(r.get("trials", 0) for r in runs),
+        "runs": len(runs),
+        "measured_on": sorted({str(r.get("measured_on")) for r in runs}),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,11 +190,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=5, help="interleaved repetitions")
     ap.add_argument("--steps", type=int, default=4, help="timed steps per variant per round")
     ap.add_argument("--cases", nargs="*", default=list(CASES), choices=list(CASES))
-    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/training_step"),
-                    help="output path without extension (.csv, .md and .json are written)")
+    ap.add_argument(
+        "--out",
+        default=str(ROOT / "benchmarks/results/training_step"),
+        help="output path without extension (.csv, .md and .json are written)",
+    )
     a = ap.parse_args(argv)
     os.environ["TVM_NUM_THREADS"] = str(a.threads)
-    prov = provenance()     # before anything is written: the results files are in the tree
+    prov = provenance()  # before anything is written: the results files are in the tree
     tid, ct = host_target()
     db = tuning_database(tid)
     peak = practical_peak(a.threads)
@@ -192,10 +211,14 @@ def main(argv: list[str] | None = None) -> int:
         flops = eager.flops()
         tuned, untuned = (Compiled(model, config, tid, db, a.threads) for db in ("default", None))
         work = Path(tempfile.mkdtemp(prefix="bench-step-"))
-        runners = {"pytorch eager": eager, "tvm full (tuned)": tuned, "tvm full (untuned)": untuned,
-                   "runner (tuned)": Runner(tuned, work / "tuned", a.threads),
-                   "runner (untuned)": Runner(untuned, work / "untuned", a.threads)}
-        for r in runners.values():     # warm-up outside the timed rounds
+        runners = {
+            "pytorch eager": eager,
+            "tvm full (tuned)": tuned,
+            "tvm full (untuned)": untuned,
+            "runner (tuned)": Runner(tuned, work / "tuned", a.threads),
+            "runner (untuned)": Runner(untuned, work / "untuned", a.threads),
+        }
+        for r in runners.values():  # warm-up outside the timed rounds
             r.run(1)
         times: dict[str, list[float]] = {k: [] for k in runners}
         for _ in range(a.rounds):
@@ -206,28 +229,51 @@ def main(argv: list[str] | None = None) -> int:
         for name, sm in s.items():
             c = runners[name]
             tuning = c.prog.meta.get("tuning") if isinstance(c, (Compiled, Runner)) else None
-            rows.append({
-                "case": case, "variant": name, "ms_median": round(sm.median, 3), "ci_low": round(sm.ci_low, 3),
-                "ci_high": round(sm.ci_high, 3), "n": sm.n, "cv": round(sm.cv, 3),
-                "eager_over_this": round(base / sm.median, 3),
-                "gflops": round(flops / sm.median / 1e6, 1), "peak_share": round(flops / sm.median / 1e6 / peak, 3),
-                "tuned_kernels": (f"{tuning['tuned_kernels']} of {tuning['kernels']}" if isinstance(tuning, dict)
-                                  else ("untuned" if isinstance(c, (Compiled, Runner)) else "-")),
-                "compile_s": round(getattr(c, "compile_s", 0.0), 1), "step_gflop": round(flops / 1e9, 3),
-            })
+            rows.append(
+                {
+                    "case": case,
+                    "variant": name,
+                    "ms_median": round(sm.median, 3),
+                    "ci_low": round(sm.ci_low, 3),
+                    "ci_high": round(sm.ci_high, 3),
+                    "n": sm.n,
+                    "cv": round(sm.cv, 3),
+                    "eager_over_this": round(base / sm.median, 3),
+                    "gflops": round(flops / sm.median / 1e6, 1),
+                    "peak_share": round(flops / sm.median / 1e6 / peak, 3),
+                    "tuned_kernels": (
+                        f"{tuning['tuned_kernels']} of {tuning['kernels']}"
+                        if isinstance(tuning, dict)
+                        else ("untuned" if isinstance(c, (Compiled, Runner)) else "-")
+                    ),
+                    "compile_s": round(getattr(c, "compile_s", 0.0), 1),
+                    "step_gflop": round(flops / 1e9, 3),
+                }
+            )
             print(f"{case:30s} {name:20s} {sm.median:9.2f} ms [{sm.ci_low:.2f}, {sm.ci_high:.2f}]", flush=True)
         shutil.rmtree(work, ignore_errors=True)
-        for variant, want, peak_want in (("runner (untuned)", want_untuned, None),
-                                         ("runner (tuned)", want_tuned, want_peak)):   # what phones run
+        for variant, want, peak_want in (
+            ("runner (untuned)", want_untuned, None),
+            ("runner (tuned)", want_tuned, want_peak),
+        ):  # what phones run
             if want is None or (variant == "runner (tuned)" and db is None):
                 continue
             sm, e = s[variant], s["pytorch eager"]
             ratio, share = base / sm.median, flops / sm.median / 1e6 / peak
-            apart = sm.ci_high < e.ci_low           # the issue asks for CIs that do not overlap
-            targets.append({"case": case, "variant": variant, "want_ratio": want, "ratio": round(ratio, 3),
-                            "ci_apart": apart, "ratio_met": ratio >= want and apart,
-                            "want_peak_share": peak_want, "peak_share": round(share, 3),
-                            "peak_met": None if peak_want is None else share >= peak_want})
+            apart = sm.ci_high < e.ci_low  # the issue asks for CIs that do not overlap
+            targets.append(
+                {
+                    "case": case,
+                    "variant": variant,
+                    "want_ratio": want,
+                    "ratio": round(ratio, 3),
+                    "ci_apart": apart,
+                    "ratio_met": ratio >= want and apart,
+                    "want_peak_share": peak_want,
+                    "peak_share": round(share, 3),
+                    "peak_met": None if peak_want is None else share >= peak_want,
+                }
+            )
 
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -235,17 +281,34 @@ def main(argv: list[str] | None = None) -> int:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor())
+    cpu = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ),
+        platform.processor(),
+    )
     spent = tuning_spent(db)
-    meta = {"created": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}", "cpu": cpu, "cores": os.cpu_count(),
-            "threads": a.threads, "rounds": a.rounds, "steps": a.steps, "target": tid, "cpu_note": ct.note,
-            "database": db, "tuning_spent": spent, "practical_peak_gflops": round(peak, 1),
-            "load_start": round(load_start, 2), "load_end": round(os.getloadavg()[0], 2), "provenance": prov,
-            "targets": targets}
+    meta = {
+        "created": f"{datetime.now(UTC):%Y-%m-%d %H:%M UTC}",
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "threads": a.threads,
+        "rounds": a.rounds,
+        "steps": a.steps,
+        "target": tid,
+        "cpu_note": ct.note,
+        "database": db,
+        "tuning_spent": spent,
+        "practical_peak_gflops": round(peak, 1),
+        "load_start": round(load_start, 2),
+        "load_end": round(os.getloadavg()[0], 2),
+        "provenance": prov,
+        "targets": targets,
+    }
     out.with_suffix(".json").write_text(json.dumps(meta, indent=1, default=str) + "\n")
-    head = ["case", "variant", "ms/step median [95 % CI]", "n", "eager / this", "GFLOP/s", "of peak",
-            "tuned kernels"]
+    head = ["case", "variant", "ms/step median [95 % CI]", "n", "eager / this", "GFLOP/s", "of peak", "tuned kernels"]
     lines = [
         "# Training step: TVM (tuned for this CPU) vs PyTorch eager",
         "",
@@ -253,31 +316,48 @@ def main(argv: list[str] | None = None) -> int:
         f"target `{tid}` ({ct.note}); load average {load_start:.1f} at start, {meta['load_end']:.1f} at end "
         f"(shared machine). {a.rounds} interleaved rounds of {a.steps} steps per variant; bootstrap CI of the median. "
         f"Practical peak (torch.mm 2048^2): {peak:.0f} GFLOP/s. Commit {prov['commit'][:12]}"
-        f"{' (dirty)' if prov['dirty'] else ''}; " + ", ".join(f"{k} {v}" for k, v in sorted(prov["tools"].items())) + ".",
+        f"{' (dirty)' if prov['dirty'] else ''}; "
+        + ", ".join(f"{k} {v}" for k, v in sorted(prov["tools"].items()))
+        + ".",
         "",
         f"Tuning database `{db['key']}` ({db['digest'][:12]}): {spent['trials']} candidates measured in "
         f"{spent['seconds'] / 60:.0f} min over {spent['runs']} run(s) on {', '.join(spent['measured_on']) or '?'} "
-        "(a virtual phone on this host)." if db else "No tuning database for this target: every kernel is hand-scheduled.",
+        "(a virtual phone on this host)."
+        if db
+        else "No tuning database for this target: every kernel is hand-scheduled.",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
     ]
     for r in rows:
-        lines.append(f"| {r['case']} | {r['variant']} | {r['ms_median']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}] "
-                     f"| {r['n']} | {r['eager_over_this']:.2f}x | {r['gflops']:.0f} | {r['peak_share']:.0%} | "
-                     f"{r['tuned_kernels']} |")
+        lines.append(
+            f"| {r['case']} | {r['variant']} | {r['ms_median']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}] "
+            f"| {r['n']} | {r['eager_over_this']:.2f}x | {r['gflops']:.0f} | {r['peak_share']:.0%} | "
+            f"{r['tuned_kernels']} |"
+        )
     lines += ["", "| case | row | target | eager / this | met |", "|---|---|---|---|---|"]
     for t in targets:
-        met = "yes" if t["ratio_met"] else (f"no: {t['want_ratio'] / t['ratio']:.2f}x short" if t["ratio"] < t["want_ratio"]
-                                            else "no: the CIs overlap")
-        lines.append(f"| {t['case']} | {t['variant']} | >= {t['want_ratio']:.2f}x eager, CIs apart | "
-                     f"{t['ratio']:.2f}x | {met} |")
+        met = (
+            "yes"
+            if t["ratio_met"]
+            else (
+                f"no: {t['want_ratio'] / t['ratio']:.2f}x short"
+                if t["ratio"] < t["want_ratio"]
+                else "no: the CIs overlap"
+            )
+        )
+        lines.append(
+            f"| {t['case']} | {t['variant']} | >= {t['want_ratio']:.2f}x eager, CIs apart | {t['ratio']:.2f}x | {met} |"
+        )
         if t["want_peak_share"] is not None:
-            lines.append(f"| {t['case']} | {t['variant']} | >= {t['want_peak_share']:.0%} of peak | "
-                         f"{t['peak_share']:.0%} | {'yes' if t['peak_met'] else 'no'} |")
+            lines.append(
+                f"| {t['case']} | {t['variant']} | >= {t['want_peak_share']:.0%} of peak | "
+                f"{t['peak_share']:.0%} | {'yes' if t['peak_met'] else 'no'} |"
+            )
     if db is None:
-        lines.append("\nNo tuning database: the tuned targets (after <= 30 min of `autlearn workloads tune`) were not "
-                     "measured.")
+        lines.append(
+            "\nNo tuning database: the tuned targets (after <= 30 min of `autlearn workloads tune`) were not measured."
+        )
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

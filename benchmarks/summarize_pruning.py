@@ -33,14 +33,23 @@ def cells(paths: list[Path]) -> pd.DataFrame:
         for c in doc["comparison"]:
             if not c.get("seeds_n"):
                 raise SystemExit(f"{path}: no fine-tune seeds (run with --eval-seeds >= 2)")
-            rows.append({"run": path.stem, "seed": seed, "fraction": c["fraction"],
-                         "searched": float(np.mean(c["seeds_searched"])),
-                         "uniform": float(np.mean(c["seeds_uniform"])), "diff": c["seeds_diff"],
-                         "ci_low": c["seeds_ci_low"], "ci_high": c["seeds_ci_high"],
-                         "latency_ratio": c["latency_ratio"], "scratch_diff": c.get("scratch_diff"),
-                         "select": c.get("select", doc["settings"].get("select", "best-val")),
-                         "iteration": c.get("iteration"),
-                         "virtual": doc.get("virtual")})
+            rows.append(
+                {
+                    "run": path.stem,
+                    "seed": seed,
+                    "fraction": c["fraction"],
+                    "searched": float(np.mean(c["seeds_searched"])),
+                    "uniform": float(np.mean(c["seeds_uniform"])),
+                    "diff": c["seeds_diff"],
+                    "ci_low": c["seeds_ci_low"],
+                    "ci_high": c["seeds_ci_high"],
+                    "latency_ratio": c["latency_ratio"],
+                    "scratch_diff": c.get("scratch_diff"),
+                    "select": c.get("select", doc["settings"].get("select", "best-val")),
+                    "iteration": c.get("iteration"),
+                    "virtual": doc.get("virtual"),
+                }
+            )
     return pd.DataFrame(rows).sort_values(["fraction", "seed"], ascending=[False, True])
 
 
@@ -66,10 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     groups = [(f"width {f:g}", g) for f, g in df.groupby("fraction", sort=False)] + [("all cells", df)]
     for name, g in groups:
         mean, lo, hi = pooled(g["diff"])
-        print(f"{name}: {len(g)} cells, searched - uniform-L2 = {mean * 100:+.1f} points "
-              f"[{lo * 100:+.1f}, {hi * 100:+.1f}] (t 95 % CI over cells); searched >= uniform in "
-              f"{int((g['diff'] >= 0).sum())} of {len(g)}; latency ratio {g['latency_ratio'].min():.2f}-"
-              f"{g['latency_ratio'].max():.2f}x")
+        print(
+            f"{name}: {len(g)} cells, searched - uniform-L2 = {mean * 100:+.1f} points "
+            f"[{lo * 100:+.1f}, {hi * 100:+.1f}] (t 95 % CI over cells); searched >= uniform in "
+            f"{int((g['diff'] >= 0).sum())} of {len(g)}; latency ratio {g['latency_ratio'].min():.2f}-"
+            f"{g['latency_ratio'].max():.2f}x"
+        )
     if df["virtual"].any():
         print("latency measured on VIRTUAL phones (this host's CPU), data SYNTHETIC")
     return 0

@@ -7,8 +7,13 @@ import socket
 
 import click
 
-_cluster = click.option("--cluster", "address", required=True, metavar="ADDRESS",
-                        help="The Ray cluster (HOST:PORT of its head, as `ray start --head` printed it).")
+_cluster = click.option(
+    "--cluster",
+    "address",
+    required=True,
+    metavar="ADDRESS",
+    help="The Ray cluster (HOST:PORT of its head, as `ray start --head` printed it).",
+)
 
 
 @click.group()
@@ -58,5 +63,7 @@ def list_(address: str, as_json: bool):
     if not agents:
         click.echo(f"no agent on the cluster at {address} (start one per USB host: autlearn agent start)")
     for a in agents:
-        click.echo(f"{a['host']}: " + (f"not answering ({a['error']})" if "error" in a
-                                      else f"pid {a['pid']}, adb server port {a['adb_port']}"))
+        click.echo(
+            f"{a['host']}: "
+            + (f"not answering ({a['error']})" if "error" in a else f"pid {a['pid']}, adb server port {a['adb_port']}")
+        )

@@ -11,7 +11,7 @@ import click
 from cli.options import measure_options
 from profiler.errors import UserError
 
-EXIT_CELLS_FAILED = 3   # `run` finished, and some cells failed (1: bad input or hardware; 130: interrupted)
+EXIT_CELLS_FAILED = 3  # `run` finished, and some cells failed (1: bad input or hardware; 130: interrupted)
 
 
 def _progress_table(progress):
@@ -43,29 +43,34 @@ class LiveProgress:
         from rich.live import Live
 
         with self._lock:
-            if progress is not self._progress:        # a new campaign: keep the last table, start another
+            if progress is not self._progress:  # a new campaign: keep the last table, start another
                 if self._live is not None:
                     self._stop()
                 self._progress = progress
-                self._live = Live(_progress_table(progress), console=self.console, refresh_per_second=4,
-                                  transient=False, auto_refresh=sys.stderr.isatty())
+                self._live = Live(
+                    _progress_table(progress),
+                    console=self.console,
+                    refresh_per_second=4,
+                    transient=False,
+                    auto_refresh=sys.stderr.isatty(),
+                )
                 self._live.start()
             elif self._live is not None:
                 self._live.update(_progress_table(progress))
-            if progress.finished and self._live is not None:   # the table stays on screen; the display is free
+            if progress.finished and self._live is not None:  # the table stays on screen; the display is free
                 self._live.update(_progress_table(progress))
                 self._stop()
 
     def _stop(self) -> None:
         self._live.stop()
         self._live = None
-        if not self.console.is_terminal:   # a pipe or file: what follows starts on a line of its own
+        if not self.console.is_terminal:  # a pipe or file: what follows starts on a line of its own
             self.console.line()
 
     def log(self, message: str) -> None:
         self.console.print(message, markup=False, highlight=False)
 
-    def __enter__(self) -> "LiveProgress":
+    def __enter__(self) -> LiveProgress:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -76,15 +81,35 @@ class LiveProgress:
 
 @click.command()
 @click.argument("campaign_file", type=click.Path(dir_okay=False))
-@measure_options(fixed=("rounds", "repetitions", "steps", "warmup", "energy"),
-                 help={"results_root": "Results root; the campaign writes to RESULTS/<name>/."})
-@click.option("--tune", "tune_trials", type=click.IntRange(min=1), default=None, metavar="TRIALS",
-              help="First tune what the campaign compiles (MetaSchedule, up to TRIALS measured candidates per "
-                   "kernel, on one selected phone per CPU target; see `workloads tune`).")
-@click.option("--tune-minutes", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
-              help="Time budget per tuned program.")
-@click.option("--wait", "wait_s", type=click.FloatRange(min=0), default=0.0, show_default=True, metavar="SECONDS",
-              help="Wait this long for a phone another run holds (default: stop, naming that run).")
+@measure_options(
+    fixed=("rounds", "repetitions", "steps", "warmup", "energy"),
+    help={"results_root": "Results root; the campaign writes to RESULTS/<name>/."},
+)
+@click.option(
+    "--tune",
+    "tune_trials",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="TRIALS",
+    help="First tune what the campaign compiles (MetaSchedule, up to TRIALS measured candidates per "
+    "kernel, on one selected phone per CPU target; see `workloads tune`).",
+)
+@click.option(
+    "--tune-minutes",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    show_default=True,
+    help="Time budget per tuned program.",
+)
+@click.option(
+    "--wait",
+    "wait_s",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Wait this long for a phone another run holds (default: stop, naming that run).",
+)
 def run(campaign_file: str, settings, tune_trials: int | None, tune_minutes: float, wait_s: float):
     """Run a campaign: every workload x variant x governor cell on every selected device.
 
@@ -96,25 +121,43 @@ def run(campaign_file: str, settings, tune_trials: int | None, tune_minutes: flo
 
     campaign = load_campaign(campaign_file)
     if tune_trials and settings.cluster:
-        raise UserError("--tune tunes on this host's phones; on a cluster tune first with `autlearn workloads tune "
-                        "--cluster ADDRESS --device HOST/SERIAL`")
+        raise UserError(
+            "--tune tunes on this host's phones; on a cluster tune first with `autlearn workloads tune "
+            "--cluster ADDRESS --device HOST/SERIAL`"
+        )
     if tune_trials:
         from workloads.metaschedule import tune_for_campaign
 
-        tune_for_campaign(campaign, trials=tune_trials, minutes=tune_minutes, threads=settings.threads,
-                          say=lambda s: click.echo(f"[tune] {s}", err=True))
+        tune_for_campaign(
+            campaign,
+            trials=tune_trials,
+            minutes=tune_minutes,
+            threads=settings.threads,
+            say=lambda s: click.echo(f"[tune] {s}", err=True),
+        )
     try:
         with LiveProgress() as display:
-            outcome = run_campaign(campaign, settings, artifact_provider(settings.artifacts, log=display.log),
-                                   display.on_progress, display.log, wait_s=wait_s)
-    except (KeyboardInterrupt, SystemExit) as exc:   # SIGTERM arrives as SystemExit(143) (profiler.governor)
-        click.echo("autlearn: interrupted: governors restored; the cells under way are stored as interrupted (nothing "
-                   f"they measured is kept): `autlearn run --resume {campaign_file}` finishes the campaign", err=True)
+            outcome = run_campaign(
+                campaign,
+                settings,
+                artifact_provider(settings.artifacts, log=display.log),
+                display.on_progress,
+                display.log,
+                wait_s=wait_s,
+            )
+    except (KeyboardInterrupt, SystemExit) as exc:  # SIGTERM arrives as SystemExit(143) (profiler.governor)
+        click.echo(
+            "autlearn: interrupted: governors restored; the cells under way are stored as interrupted (nothing "
+            f"they measured is kept): `autlearn run --resume {campaign_file}` finishes the campaign",
+            err=True,
+        )
         code = exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int) else 130
         raise click.exceptions.Exit(code) from None
-    click.echo(f"{campaign.name}: {outcome.ok} ok, {outcome.failed} failed, {outcome.skipped} skipped, "
-               f"{outcome.resumed} already done -> {outcome.results_dir}")
-    if outcome.failed:    # measured cells are kept; scripts see that some failed (`results show` says why)
+    click.echo(
+        f"{campaign.name}: {outcome.ok} ok, {outcome.failed} failed, {outcome.skipped} skipped, "
+        f"{outcome.resumed} already done -> {outcome.results_dir}"
+    )
+    if outcome.failed:  # measured cells are kept; scripts see that some failed (`results show` says why)
         raise click.exceptions.Exit(EXIT_CELLS_FAILED)
 
 
@@ -132,12 +175,19 @@ def show(results_dir: str, as_json: bool):
 
     status = load_status(results_dir)
     loaded = load_summaries(results_dir)
-    for line in bad_cell_lines(loaded):      # never shown as data: named, one line each
+    for line in bad_cell_lines(loaded):  # never shown as data: named, one line each
         click.echo(f"autlearn: {line}", err=True)
     summaries = sorted_summaries(loaded)
     if as_json:
-        click.echo(json.dumps({"summaries": json.loads(summaries.to_json(orient="records")),
-                               "status": json.loads(status.to_json(orient="records"))}, indent=1))
+        click.echo(
+            json.dumps(
+                {
+                    "summaries": json.loads(summaries.to_json(orient="records")),
+                    "status": json.loads(status.to_json(orient="records")),
+                },
+                indent=1,
+            )
+        )
         return
     _print_summaries(summaries)
     bad = status[status["status"] != "ok"] if len(status) else status
@@ -175,9 +225,25 @@ def _print_summaries(df) -> None:
     df["energy"] = [f"{j:.3g} J" if j == j else (energy_reason(n) or "none") for j, n in zip(joules, notes)]
     if "config" in df.columns and df["config"].astype(str).nunique() < 2:
         df = df.drop(columns="config")
-    cols = ("device_model", "workload", "variant", "config", "batch", "affinity", "governor_requested",
-            "governor_applied", "n", "median_ms", "ci_low_ms", "ci_high_ms", "cv", "energy", "harness_s", "wait_s",
-            "labels")
+    cols = (
+        "device_model",
+        "workload",
+        "variant",
+        "config",
+        "batch",
+        "affinity",
+        "governor_requested",
+        "governor_applied",
+        "n",
+        "median_ms",
+        "ci_low_ms",
+        "ci_high_ms",
+        "cv",
+        "energy",
+        "harness_s",
+        "wait_s",
+        "labels",
+    )
     present = [c for c in cols if c in df.columns]
     for c in present:
         t.add_column(c)
@@ -221,9 +287,17 @@ def compare_cmd(results_dir: str, baseline: str, candidate: str, min_ratio: floa
         if a.empty or b.empty:
             continue
         c = compare(a.to_numpy(), b.to_numpy(), alpha=alpha, min_ratio=min_ratio)
-        t.add_row(Text(str(key[0])), _workload_label(key[1], key[2]), str(key[3]), Text(str(key[4])),
-                  f"{c.baseline_median:.3g}",
-                  f"{c.candidate_median:.3g}", f"{c.ratio:.3g}", f"{c.p_value:.2g}", c.verdict)
+        t.add_row(
+            Text(str(key[0])),
+            _workload_label(key[1], key[2]),
+            str(key[3]),
+            Text(str(key[4])),
+            f"{c.baseline_median:.3g}",
+            f"{c.candidate_median:.3g}",
+            f"{c.ratio:.3g}",
+            f"{c.p_value:.2g}",
+            c.verdict,
+        )
         rows += 1
     if not rows:
         raise UserError(f"no cell pair has both variants {baseline!r} and {candidate!r}")

@@ -37,8 +37,20 @@ def _table(fleet) -> None:
     from rich.text import Text
 
     table = Table(title=f"{len(fleet)} device(s)", title_justify="left")
-    for col in ("serial", "model", "kind", "android", "abi", "cpu target", "kernel", "cores", "governors (current)",
-                "root", "battery", "max temp"):
+    for col in (
+        "serial",
+        "model",
+        "kind",
+        "android",
+        "abi",
+        "cpu target",
+        "kernel",
+        "cores",
+        "governors (current)",
+        "root",
+        "battery",
+        "max temp",
+    ):
         table.add_column(col)
     for e in fleet:
         f = e.facts
@@ -49,11 +61,20 @@ def _table(fleet) -> None:
         bat = f.battery
         t = f.cpu_target
         target = "?" if t is None else t.key + ("" if t.recognised else " (generic)")
-        cells = (f.serial, f.model, "virtual" if f.virtual else "phone", f.android or "?", f.abi or "?", target,
-                 f.kernel or "?", f"{f.cores} ({f.clusters})",
-                 f"{' '.join(f.governors) or '?'} ({','.join(current) or '?'})", f.root,
-                 f"{bat.capacity}% {bat.status or ''}".strip() if bat and bat.capacity is not None else "?",
-                 f"{f.max_temp_c:.1f} C" if f.max_temp_c is not None else "?")
+        cells = (
+            f.serial,
+            f.model,
+            "virtual" if f.virtual else "phone",
+            f.android or "?",
+            f.abi or "?",
+            target,
+            f.kernel or "?",
+            f"{f.cores} ({f.clusters})",
+            f"{' '.join(f.governors) or '?'} ({','.join(current) or '?'})",
+            f.root,
+            f"{bat.capacity}% {bat.status or ''}".strip() if bat and bat.capacity is not None else "?",
+            f"{f.max_temp_c:.1f} C" if f.max_temp_c is not None else "?",
+        )
         table.add_row(*(Text(str(c)) for c in cells))  # Text: device strings are never parsed as markup
     if not fleet:
         click.echo("no devices: connect a phone over adb, or start the virtual lab with `autlearn lab up`")
@@ -63,23 +84,34 @@ def _table(fleet) -> None:
 
 @devices.command()
 @click.argument("serial")
-@click.option("--wait", "wait_s", type=click.FloatRange(min=0), default=0.0, show_default=True,
-              help="Wait this long for a phone another run holds.")
+@click.option(
+    "--wait",
+    "wait_s",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Wait this long for a phone another run holds.",
+)
 def restore(serial: str, wait_s: float):
     """Put back what a killed run left changed on SERIAL: governors, charging, adbd root, a Monsoon's USB
     passthrough, and fuel-gauge samplers left polling (the next run's lease does the same). Takes the phone's lease:
     a run that holds the phone is never disturbed."""
-    from profiler.worker import put_back
     from profiler.device import wait_device
     from profiler.lease import PhoneLease
+    from profiler.worker import put_back
 
-    with PhoneLease(wait_device(serial, max(wait_s, 15.0)), "devices-restore", "", wait_s=wait_s,
-                    say=lambda s: click.echo(s, err=True)):
-        done = put_back({serial})   # what a run's lease does first
+    with PhoneLease(
+        wait_device(serial, max(wait_s, 15.0)),
+        "devices-restore",
+        "",
+        wait_s=wait_s,
+        say=lambda s: click.echo(s, err=True),
+    ):
+        done = put_back({serial})  # what a run's lease does first
     for key, what in sorted(done.items()):
         click.echo(f"{key}: {what}")
     if not done:
         click.echo(f"{serial}: nothing left changed by a run")
     failed = [k for k, w in done.items() if "restored" not in w and "stopped" not in w]
-    if failed:   # kept in the journal: the next run (or this command again) retries
+    if failed:  # kept in the journal: the next run (or this command again) retries
         raise click.exceptions.Exit(1)

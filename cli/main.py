@@ -54,7 +54,7 @@ def cli():
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user errors become one line on stderr and exit code 1, never a traceback."""
     try:
-        code = cli.main(args=argv, prog_name="autlearn", standalone_mode=False)   # a command's Exit(N): N
+        code = cli.main(args=argv, prog_name="autlearn", standalone_mode=False)  # a command's Exit(N): N
     except UserError as exc:
         click.echo(f"autlearn: error: {exc}", err=True)
         return 1

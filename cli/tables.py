@@ -20,22 +20,43 @@ def tables():
 @tables.command("build")
 @click.option("--model", "model", type=click.Choice(families.names()), default="mobilenet", show_default=True)
 @click.option("--device", "serial", default=None, help="Measure on this device through the campaign engine.")
-@click.option("--governors", default="interactive,powersave", show_default=True,
-              help="Comma-separated governor intents (one table each; mapped to the kernel's governors).")
-@click.option("--host", is_flag=True, help="Instead: single-layer PyTorch steps on this host (labelled 'host (not a "
-                                           "phone)').")
+@click.option(
+    "--governors",
+    default="interactive,powersave",
+    show_default=True,
+    help="Comma-separated governor intents (one table each; mapped to the kernel's governors).",
+)
+@click.option(
+    "--host", is_flag=True, help="Instead: single-layer PyTorch steps on this host (labelled 'host (not a phone)')."
+)
 @set_option("Model config override (repeatable).")
 @click.option("--every", default=2, show_default=True, help="Measure every N-th channel count; interpolate the rest.")
 @click.option("--per-suite", default=48, show_default=True, help="Device: layer shapes compiled into one artifact.")
 @click.option("--trainable", type=click.Choice(["head", "all"]), default="head", show_default=True)
-@measure_options(rounds=3, repetitions=5, steps=10, warmup=2, energy="auto", threads=1, help={
-    "repetitions": "Host: interleaved rounds. Device: runner launches.",
-    "steps": "Device: timed steps per runner launch.", "warmup": "Device: untimed steps per runner launch.",
-    "rounds": "Device: run the campaign this many times, pooled (robust to a few slow seconds).",
-    "energy": "Device: none | fuelgauge | monsoon:SERIAL | auto.", "results_root": "Device: campaign results root.",
-    "resume": "Device: continue an interrupted table campaign."})
-@click.option("--out", "out", required=True, type=click.Path(),
-              help="Host: a .parquet/.csv file. Device: a directory (one table per governor).")
+@measure_options(
+    rounds=3,
+    repetitions=5,
+    steps=10,
+    warmup=2,
+    energy="auto",
+    threads=1,
+    help={
+        "repetitions": "Host: interleaved rounds. Device: runner launches.",
+        "steps": "Device: timed steps per runner launch.",
+        "warmup": "Device: untimed steps per runner launch.",
+        "rounds": "Device: run the campaign this many times, pooled (robust to a few slow seconds).",
+        "energy": "Device: none | fuelgauge | monsoon:SERIAL | auto.",
+        "results_root": "Device: campaign results root.",
+        "resume": "Device: continue an interrupted table campaign.",
+    },
+)
+@click.option(
+    "--out",
+    "out",
+    required=True,
+    type=click.Path(),
+    help="Host: a .parquet/.csv file. Device: a directory (one table per governor).",
+)
 def build(model, serial, governors, host, sets, every, per_suite, trainable, settings, out):
     """Build tables covering every model the pruner can reach from the config."""
     from workloads.layers import table_grid
@@ -46,8 +67,9 @@ def build(model, serial, governors, host, sets, every, per_suite, trainable, set
     if host == bool(serial):
         raise ConfigError("give --device SERIAL (a phone, through the campaign engine) or --host", key="device")
     if serial:
-        _build_on_device(model, cfg, grid, serial, governors.split(","), every, per_suite, trainable, settings,
-                         Path(out))
+        _build_on_device(
+            model, cfg, grid, serial, governors.split(","), every, per_suite, trainable, settings, Path(out)
+        )
         return
     _build_on_host(model, cfg, grid, every, settings.repetitions, settings.threads, out)
 
@@ -61,18 +83,33 @@ def _build_on_host(model, cfg, grid, every, reps, threads, out) -> None:
 
     if Path(out).suffix not in (".parquet", ".pq", ".csv"):
         raise ConfigError(f"unknown table format {Path(out).suffix!r}; use .parquet or .csv", key="out")
-    n = reps + 1   # interleaved rounds (1 warm-up)
+    n = reps + 1  # interleaved rounds (1 warm-up)
     console = Console(stderr=True)
     shapes = len(unique_shapes(sample_grid(grid, every)))
-    with Progress(TextColumn(f"measuring {shapes} layer shapes on host, round"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console, transient=True) as bar:
+    with Progress(
+        TextColumn(f"measuring {shapes} layer shapes on host, round"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
         task = bar.add_task("m", total=n)
-        table = build_host_table(model, cfg, grid, every=every, reps=reps, threads=threads,
-                                 progress=lambda i, total: bar.update(task, completed=i))
+        table = build_host_table(
+            model,
+            cfg,
+            grid,
+            every=every,
+            reps=reps,
+            threads=threads,
+            progress=lambda i, total: bar.update(task, completed=i),
+        )
     p = table.save(out)
     c = table.counts()
-    click.echo(f"{p}: {len(table)} keys ({c['measured']} measured, {c['interpolated']} interpolated) on "
-               f"{table.meta.source_device}")
+    click.echo(
+        f"{p}: {len(table)} keys ({c['measured']} measured, {c['interpolated']} interpolated) on "
+        f"{table.meta.source_device}"
+    )
 
 
 def _build_on_device(model, cfg, grid, serial, governors, every, per_suite, trainable, settings, out: Path) -> None:
@@ -80,19 +117,27 @@ def _build_on_device(model, cfg, grid, serial, governors, every, per_suite, trai
     from workloads.table_pipeline import build_device_tables, plan_device_tables
 
     plan = plan_device_tables(model, cfg, grid, serial, governors, every, per_suite, settings, trainable)
-    click.echo(f"{plan.spec['name']}: {plan.shapes} layer shapes in {plan.suites} suite(s) x {len(plan.governors)} "
-               f"governor(s) x {settings.rounds} round(s) on {serial}", err=True)
+    click.echo(
+        f"{plan.spec['name']}: {plan.shapes} layer shapes in {plan.suites} suite(s) x {len(plan.governors)} "
+        f"governor(s) x {settings.rounds} round(s) on {serial}",
+        err=True,
+    )
     with LiveProgress() as display:
         built = build_device_tables(plan, settings, out, on_progress=display.on_progress, log=display.log)
     for (dev, gov), p in built.paths.items():
         t = built.tables[(dev, gov)]
         c = t.counts()
-        click.echo(f"{p}: {len(t)} keys ({c['measured']} measured, {c['interpolated']} interpolated) on "
-                   f"{t.meta.source_device} [{t.meta.labels or 'measured'}], governor {gov} -> "
-                   f"{t.meta.governor_applied}{', energy' if t.has_energy else ''}")
+        click.echo(
+            f"{p}: {len(t)} keys ({c['measured']} measured, {c['interpolated']} interpolated) on "
+            f"{t.meta.source_device} [{t.meta.labels or 'measured'}], governor {gov} -> "
+            f"{t.meta.governor_applied}{', energy' if t.has_energy else ''}"
+        )
     if built.failed:
-        click.echo(f"warning: {built.failed} suite cell(s) failed; their keys were interpolated where possible "
-                   f"(rerun with --resume to retry)", err=True)
+        click.echo(
+            f"warning: {built.failed} suite cell(s) failed; their keys were interpolated where possible "
+            f"(rerun with --resume to retry)",
+            err=True,
+        )
 
 
 @tables.command("show")
@@ -124,8 +169,13 @@ def show(table_path, allow_version_mismatch, rows):
 
 @tables.command("smooth")
 @click.argument("table_path", metavar="TABLE", type=click.Path(dir_okay=False))
-@click.option("--out", "out", required=True, type=click.Path(dir_okay=False),
-              help="Smoothed table (.parquet or .csv); the measured table is left as it is.")
+@click.option(
+    "--out",
+    "out",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Smoothed table (.parquet or .csv); the measured table is left as it is.",
+)
 @click.option("--allow-version-mismatch", is_flag=True)
 def smooth_cmd(table_path, out, allow_version_mismatch):
     """A copy of TABLE whose values are a robust monotone fit per layer family (source 'fitted').
@@ -139,12 +189,17 @@ def smooth_cmd(table_path, out, allow_version_mismatch):
         raise ConfigError("--out must differ from TABLE (the measured table is kept)", key="out")
     t, info = smooth(load_table(table_path, allow_version_mismatch=allow_version_mismatch))
     p = t.save(out)
-    click.echo(f"{p}: {len(t)} keys fitted from {info['measured_points']} measured; |residual| median "
-               f"{info['median_abs_residual']:.1%}, {info['share_within_20pct']:.0%} within 20 %, max "
-               f"{info['max_abs_residual']:.0%}")
+    click.echo(
+        f"{p}: {len(t)} keys fitted from {info['measured_points']} measured; |residual| median "
+        f"{info['median_abs_residual']:.1%}, {info['share_within_20pct']:.0%} within 20 %, max "
+        f"{info['max_abs_residual']:.0%}"
+    )
     for f in info["worst_families"][:3]:
-        click.echo(f"  noisiest family {f['family']}: {f['measured']} measured, median |residual| "
-                   f"{f['median_abs_residual']:.1%}", err=True)
+        click.echo(
+            f"  noisiest family {f['family']}: {f['measured']} measured, median |residual| "
+            f"{f['median_abs_residual']:.1%}",
+            err=True,
+        )
 
 
 @tables.command("export")
@@ -171,19 +226,44 @@ def export(table_path, csv_out, pq_out, allow_version_mismatch):
 @click.option("--device", "serial", default=None, help="Device to measure on (default: the table's).")
 @click.option("--models", "n_models", default=12, show_default=True, help="Whole models to measure (>= 10 advised).")
 @click.option("--seed", default=0, show_default=True)
-@measure_options(rounds=3, repetitions=2, steps=10, warmup=2, energy="none", threads=1, help={
-    "repetitions": "Runner launches per model per round.",
-    "rounds": "Campaign rounds, pooled (robust to slow seconds).",
-    "energy": "Also measure energy (auto | fuelgauge | monsoon:SERIAL); off by default: a polling power source "
-              "competes with the runner for CPU.",
-    "threads": "Runner threads (use the table's)."})
-@click.option("--out", "out", default=None, type=click.Path(dir_okay=False),
-              help="CSV of per-model errors (default: prediction_error.csv in the campaign's results).")
-@click.option("--calibrate", "calibrated", default=None, type=click.Path(dir_okay=False),
-              help="Also write a copy of the table whose whole-model latency is fitted to these measurements.")
-@click.option("--calibration", "method", type=click.Choice(["affine", "ratio"]), default="affine",
-              show_default=True, help="affine: scale x sum of layers + offset (a fixed cost per layer call is "
-                                      "counted once per layer in the sum); ratio: scale only.")
+@measure_options(
+    rounds=3,
+    repetitions=2,
+    steps=10,
+    warmup=2,
+    energy="none",
+    threads=1,
+    help={
+        "repetitions": "Runner launches per model per round.",
+        "rounds": "Campaign rounds, pooled (robust to slow seconds).",
+        "energy": "Also measure energy (auto | fuelgauge | monsoon:SERIAL); off by default: a polling power source "
+        "competes with the runner for CPU.",
+        "threads": "Runner threads (use the table's).",
+    },
+)
+@click.option(
+    "--out",
+    "out",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="CSV of per-model errors (default: prediction_error.csv in the campaign's results).",
+)
+@click.option(
+    "--calibrate",
+    "calibrated",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Also write a copy of the table whose whole-model latency is fitted to these measurements.",
+)
+@click.option(
+    "--calibration",
+    "method",
+    type=click.Choice(["affine", "ratio"]),
+    default="affine",
+    show_default=True,
+    help="affine: scale x sum of layers + offset (a fixed cost per layer call is "
+    "counted once per layer in the sum); ratio: scale only.",
+)
 @click.option("--allow-version-mismatch", is_flag=True)
 def validate(table_path, serial, n_models, seed, settings, out, calibrated, method, allow_version_mismatch):
     """Prediction error of the resource model: measure whole models on the device, compare with the table's sum."""
@@ -202,8 +282,10 @@ def validate(table_path, serial, n_models, seed, settings, out, calibrated, meth
     click.echo(f"rounds: {v.rounds.summary()}", err=True)
     outp = Path(out) if out else v.results_dir / "prediction_error.csv"
     prediction_frame(v).to_csv(outp, index=False)
-    view = RichTable(title=f"resource model vs measurement ({t.meta.source_device}, {t.meta.governor_requested}"
-                           f"{', ' + t.meta.labels if t.meta.labels else ''})")
+    view = RichTable(
+        title=f"resource model vs measurement ({t.meta.source_device}, {t.meta.governor_requested}"
+        f"{', ' + t.meta.labels if t.meta.labels else ''})"
+    )
     for col in ("model", "predicted ms", "measured ms", "error"):
         view.add_column(col)
     for r in v.latency.per_model.itertuples():
@@ -214,11 +296,18 @@ def validate(table_path, serial, n_models, seed, settings, out, calibrated, meth
         click.echo(f"energy: {v.energy.summary()}")
     if calibrated:
         ct, fit, control_ms = calibrate_validated(v, method, settings.rounds)
-        click.echo(f"calibrated: latency x {fit['scale']:.3f} {fit['offset_ms']:+.4g} ms; leave-one-out mean |err| "
-                   f"{fit['loo_mean_abs_error']:.1%}, max {fit['loo_max_abs_error']:.1%}, "
-                   f"{fit['loo_within_10pct']:.0%} within +-10%"
-                   + (f"; control reference {control_ms:.4g} ms (median of the rounds used; the table's: "
-                      f"{t.meta.control_ms:.4g} ms)" if control_ms else "") + f" -> {ct.save(calibrated)}")
+        click.echo(
+            f"calibrated: latency x {fit['scale']:.3f} {fit['offset_ms']:+.4g} ms; leave-one-out mean |err| "
+            f"{fit['loo_mean_abs_error']:.1%}, max {fit['loo_max_abs_error']:.1%}, "
+            f"{fit['loo_within_10pct']:.0%} within +-10%"
+            + (
+                f"; control reference {control_ms:.4g} ms (median of the rounds used; the table's: "
+                f"{t.meta.control_ms:.4g} ms)"
+                if control_ms
+                else ""
+            )
+            + f" -> {ct.save(calibrated)}"
+        )
     if v.missing:
         click.echo(f"not measured (failed cells): {', '.join(v.missing)}", err=True)
     click.echo(f"-> {outp}")

@@ -16,10 +16,10 @@ from workloads import families
 
 # Mirrors workloads.compile.VARIANTS / runner_build.ABIS (checked again there); kept literal so `--help` needs no
 # heavy imports. Models: the registered families (workloads.families, cheap to import).
-MODELS = tuple(sorted(families.names()))   # for --help; checks ask the registry
+MODELS = tuple(sorted(families.names()))  # for --help; checks ask the registry
 VARIANTS = ("full", "compressed", "unoptimized", "cached")
 ABIS = ("x86_64", "arm64-v8a")
-DEFAULT_DIR = Path("artifacts")   # relative: workloads.artifact.default_artifact_dir's root
+DEFAULT_DIR = Path("artifacts")  # relative: workloads.artifact.default_artifact_dir's root
 
 
 def _check(value: str, valid: tuple[str, ...], key: str) -> None:
@@ -34,15 +34,23 @@ def workloads():
 
 @workloads.command()
 @click.option("--model", required=True, metavar="|".join(MODELS), help="Workload model.")
-@click.option("--variant", default="full", show_default=True, metavar="|".join(VARIANTS),
-              help="Compilation variant.")
+@click.option("--variant", default="full", show_default=True, metavar="|".join(VARIANTS), help="Compilation variant.")
 @click.option("--abi", required=True, metavar="|".join(ABIS), help="Android ABI of the target phones.")
-@click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Artifact directory (replaced). Default: artifacts/<model>-<variant>-<abi>[-<overrides>].")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Artifact directory (replaced). Default: artifacts/<model>-<variant>-<abi>[-<overrides>].",
+)
 @click.option("--batch", type=click.IntRange(min=1), default=None, help="Batch size (model default otherwise).")
 @set_option()
-@click.option("--data", "data_path", type=click.Path(path_type=Path), default=None,
-              help="Take the first batch from this data set (LEAF FEMNIST JSON / Shakespeare text).")
+@click.option(
+    "--data",
+    "data_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Take the first batch from this data set (LEAF FEMNIST JSON / Shakespeare text).",
+)
 def build(model, variant, abi, out, batch, sets, data_path):
     """Compile MODEL as VARIANT for ABI and write a verified artifact."""
     from workloads.artifact import build_to
@@ -71,7 +79,7 @@ def list_(directory):
 
     if directory is None:
         directory = DEFAULT_DIR
-        if not directory.is_dir():     # nothing built yet is not an error; a DIRECTORY given that is missing is
+        if not directory.is_dir():  # nothing built yet is not an error; a DIRECTORY given that is missing is
             click.echo(f"no artifacts yet (looked in {directory.resolve()}; `autlearn workloads build` writes there)")
             return
     found = list_artifacts(directory)
@@ -89,8 +97,16 @@ def list_(directory):
             continue
         size = sum(f["bytes"] for f in a.manifest["files"].values()) / 1e6
         batch = (a.manifest.get("config") or {}).get("batch", "-")
-        table.add_row(a.path.name, str(a.model), str(a.variant), a.abi, str(batch), a.hash[:16], f"{size:.1f}",
-                      str(a.manifest.get("build", {}).get("created_at", "-")))
+        table.add_row(
+            a.path.name,
+            str(a.model),
+            str(a.variant),
+            a.abi,
+            str(batch),
+            a.hash[:16],
+            f"{size:.1f}",
+            str(a.manifest.get("build", {}).get("created_at", "-")),
+        )
     console = Console()
     if not console.is_terminal:  # piped / captured: never truncate names or hashes
         console = Console(width=200)
@@ -100,27 +116,61 @@ def list_(directory):
 
 
 @workloads.command()
-@click.option("--device", "serials", required=True, multiple=True,
-              help="adb serial of the phone that measures the candidates; repeat it for several phones of one CPU "
-                   "target, which tune their shares of the kernels in parallel.")
+@click.option(
+    "--device",
+    "serials",
+    required=True,
+    multiple=True,
+    help="adb serial of the phone that measures the candidates; repeat it for several phones of one CPU "
+    "target, which tune their shares of the kernels in parallel.",
+)
 @click.option("--model", required=True, metavar="|".join(MODELS), help="Workload model.")
-@click.option("--variant", default="full", show_default=True, metavar="full|compressed|cached",
-              help="Compilation variant (unoptimized is never tuned).")
+@click.option(
+    "--variant",
+    default="full",
+    show_default=True,
+    metavar="full|compressed|cached",
+    help="Compilation variant (unoptimized is never tuned).",
+)
 @click.option("--batch", type=click.IntRange(min=1), default=None, help="Batch size (model default otherwise).")
 @set_option("Model config override, repeatable.")
-@click.option("--trials", type=click.IntRange(min=1), default=64, show_default=True,
-              help="Measured candidates per kernel (records already in the database count: a rerun resumes).")
-@click.option("--minutes", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
-              help="Time budget of the whole run.")
-@click.option("--top", type=click.IntRange(min=1), default=None,
-              help="Tune the TOP heaviest kernels (default: those carrying 90 %% of the FLOPs).")
-@click.option("--target", "target_id", default=None, metavar="ABI@MCPU[,ATTR...]",
-              help="Compile target (default: the device's probed CPU).")
+@click.option(
+    "--trials",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="Measured candidates per kernel (records already in the database count: a rerun resumes).",
+)
+@click.option(
+    "--minutes",
+    type=click.FloatRange(min=0, min_open=True),
+    default=30.0,
+    show_default=True,
+    help="Time budget of the whole run.",
+)
+@click.option(
+    "--top",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Tune the TOP heaviest kernels (default: those carrying 90 %% of the FLOPs).",
+)
+@click.option(
+    "--target",
+    "target_id",
+    default=None,
+    metavar="ABI@MCPU[,ATTR...]",
+    help="Compile target (default: the device's probed CPU).",
+)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Runner threads on the device.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-@click.option("--cluster", "address", default=None, metavar="ADDRESS",
-              help="The phones are on a Ray cluster's host (--device HOST/SERIAL): that host's agent tunes, and the "
-                   "databases come back here.")
+@click.option(
+    "--cluster",
+    "address",
+    default=None,
+    metavar="ADDRESS",
+    help="The phones are on a Ray cluster's host (--device HOST/SERIAL): that host's agent tunes, and the "
+    "databases come back here.",
+)
 def tune(serials, model, variant, batch, sets, trials, minutes, top, target_id, threads, as_json, address):
     """Tune MODEL's kernels with MetaSchedule, measuring every candidate on the phone --device through adb.
 
@@ -136,15 +186,35 @@ def tune(serials, model, variant, batch, sets, trials, minutes, top, target_id, 
     if address:
         from profiler.cluster import tune_on_cluster
 
-        results = tune_on_cluster(address, list(dict.fromkeys(serials)), model, variant, say=say,
-                                  target_id=target_id, trials=trials, minutes=minutes, top=top, threads=threads,
-                                  **config)
+        results = tune_on_cluster(
+            address,
+            list(dict.fromkeys(serials)),
+            model,
+            variant,
+            say=say,
+            target_id=target_id,
+            trials=trials,
+            minutes=minutes,
+            top=top,
+            threads=threads,
+            **config,
+        )
     else:
-        with contextlib.ExitStack() as leases:   # a phone another run (or tune) holds stops this one with one line
+        with contextlib.ExitStack() as leases:  # a phone another run (or tune) holds stops this one with one line
             for s in dict.fromkeys(serials):
                 leases.enter_context(PhoneLease(Device(s), f"tune {model}", "tuning", say=say))
-            results = tune_devices(list(dict.fromkeys(serials)), model, variant, target_id=target_id, trials=trials,
-                                   minutes=minutes, top=top, threads=threads, say=say, **config)
+            results = tune_devices(
+                list(dict.fromkeys(serials)),
+                model,
+                variant,
+                target_id=target_id,
+                trials=trials,
+                minutes=minutes,
+                top=top,
+                threads=threads,
+                say=say,
+                **config,
+            )
     if len(results) > 1:
         if as_json:
             click.echo(json.dumps(results, indent=1))
@@ -160,5 +230,7 @@ def tune(serials, model, variant, batch, sets, trials, minutes, top, target_id, 
         h = "-" if k["hand_ms"] is None else f"{k['hand_ms']:.4f}"
         t = "-" if k["tuned_ms"] is None else f"{k['tuned_ms']:.4f}"
         click.echo(f"{k['name']:<40} hand {h:>10} ms  tuned {t:>10} ms  keeps {k['kept']}  ({k['trials']} trials)")
-    click.echo(f"database {result['database']} ({result['digest'][:12]}); {result['trials']} trials in "
-               f"{result['seconds']:.0f} s; {result['resumed_records']} records were already there")
+    click.echo(
+        f"database {result['database']} ({result['digest'][:12]}); {result['trials']} trials in "
+        f"{result['seconds']:.0f} s; {result['resumed_records']} records were already there"
+    )

@@ -22,9 +22,21 @@ from profiler.fleet import discover
 from profiler.governor import restore_on_signals, restore_pending
 from profiler.lease import PhoneLease
 from profiler.store import Store, one_line
-from profiler.worker import (ArtifactRef, CampaignError, DeviceWorker, HarnessClock, Outcome, Progress,  # noqa: F401
-                             affinity_mask, check_energy, cooldown_temp, put_back, restore_passthrough,
-                             target_id, undo_root)
+from profiler.worker import (  # noqa: F401
+    ArtifactRef,
+    CampaignError,
+    DeviceWorker,
+    HarnessClock,
+    Outcome,
+    Progress,
+    affinity_mask,
+    check_energy,
+    cooldown_temp,
+    put_back,
+    restore_passthrough,
+    target_id,
+    undo_root,
+)
 
 ArtifactProvider = Callable[[Cell, str], ArtifactRef]  # (cell, target id) -> artifact
 
@@ -36,37 +48,56 @@ class LocalFleet:
     def discover(self) -> list:
         return discover()
 
-    def lease(self, devices, campaign: Campaign, results: str, wait_s: float, log: Callable[[str], None],
-              stack: contextlib.ExitStack) -> None:
-        for d in devices:   # before anything is written or changed: one run per phone
-            stack.enter_context(PhoneLease(wait_device(d.serial, max(wait_s, 15.0)), campaign.name, results,
-                                           wait_s=wait_s, say=log))
+    def lease(
+        self,
+        devices,
+        campaign: Campaign,
+        results: str,
+        wait_s: float,
+        log: Callable[[str], None],
+        stack: contextlib.ExitStack,
+    ) -> None:
+        for d in devices:  # before anything is written or changed: one run per phone
+            stack.enter_context(
+                PhoneLease(wait_device(d.serial, max(wait_s, 15.0)), campaign.name, results, wait_s=wait_s, say=log)
+            )
 
     def check(self, campaign: Campaign, devices) -> None:
         """Before anything is written: fail fast on a monitor that cannot exist."""
         check_energy(campaign, [d.serial for d in devices])
 
-    def prepare(self, campaign: Campaign, devices, store: Store, log: Callable[[str], None],
-                stack: contextlib.ExitStack) -> dict[str, str]:
+    def prepare(
+        self, campaign: Campaign, devices, store: Store, log: Callable[[str], None], stack: contextlib.ExitStack
+    ) -> dict[str, str]:
         """Under the leases: put back what killed runs left changed (governors, charging, adbd root, passthrough)
         and undo adbd root when the run ends."""
-        restored = restore_pending(store.root, lambda s: Device(s))     # results of older versions kept them here
+        restored = restore_pending(store.root, lambda s: Device(s))  # results of older versions kept them here
         leased = {d.serial for d in devices}
         restored.update(put_back(leased, campaign))
-        stack.callback(undo_root, leased, log)   # adbd back as it was when the run ends (under the leases)
+        stack.callback(undo_root, leased, log)  # adbd back as it was when the run ends (under the leases)
         stack.callback(_passthrough_at_end, campaign, sorted(leased), log)
         return restored
 
     def prebuild(self, artifacts: ArtifactProvider, requests) -> None:
         prebuild = getattr(artifacts, "prebuild", None)
-        if prebuild is not None:   # parallel builds of what the plan needs (the provider memoizes them)
+        if prebuild is not None:  # parallel builds of what the plan needs (the provider memoizes them)
             prebuild(requests)
 
-    def run(self, planned, by_serial, store: Store, campaign: Campaign, progress: Progress, resume: bool,
-            threads: int | None) -> tuple[dict[str, int], tuple[str, ...]]:
+    def run(
+        self,
+        planned,
+        by_serial,
+        store: Store,
+        campaign: Campaign,
+        progress: Progress,
+        resume: bool,
+        threads: int | None,
+    ) -> tuple[dict[str, int], tuple[str, ...]]:
         stop = threading.Event()
-        workers = [DeviceWorker(s, by_serial[s], lst, store, campaign, progress, stop, resume, threads)
-                   for s, lst in planned.items()]
+        workers = [
+            DeviceWorker(s, by_serial[s], lst, store, campaign, progress, stop, resume, threads)
+            for s, lst in planned.items()
+        ]
         with restore_on_signals():
             pool = ThreadPoolExecutor(max_workers=len(workers), thread_name_prefix="device")
             futures = [pool.submit(w.run) for w in workers]
@@ -76,7 +107,7 @@ class LocalFleet:
             except BaseException:
                 stop.set()  # workers store their current cell as interrupted and start no other; guards restore
                 for w in workers:
-                    w.abort_launch()   # the runner under way ends now, not after its steps
+                    w.abort_launch()  # the runner under way ends now, not after its steps
                 pool.shutdown(wait=True)
                 raise
             pool.shutdown(wait=True)
@@ -94,20 +125,25 @@ def _passthrough_at_end(campaign: Campaign, serials, log: Callable[[str], None])
         log(f"{key}: left changed by a monitor that died in this run: {what}")
 
 
-def fleet_for(settings, log: Callable[[str], None] = lambda s: None) -> "LocalFleet":
+def fleet_for(settings, log: Callable[[str], None] = lambda s: None) -> LocalFleet:
     """The engine a MeasureSettings asks for: this host's phones, or a Ray cluster's (`settings.cluster`), which
     says from its discovery on (a host whose agent does not answer) through `log`."""
     address = getattr(settings, "cluster", None)
     if not address:
         return LocalFleet()
-    from profiler.cluster import ClusterFleet   # Ray is imported only there
+    from profiler.cluster import ClusterFleet  # Ray is imported only there
 
     return ClusterFleet(address, say=log)
 
 
-def run(campaign: Campaign, settings, artifacts: ArtifactProvider,
-        on_progress: Callable[[Progress], None] | None = None, log: Callable[[str], None] = lambda s: None,
-        wait_s: float = 0.0) -> Outcome:
+def run(
+    campaign: Campaign,
+    settings,
+    artifacts: ArtifactProvider,
+    on_progress: Callable[[Progress], None] | None = None,
+    log: Callable[[str], None] = lambda s: None,
+    wait_s: float = 0.0,
+) -> Outcome:
     """Run `campaign` with `settings` (profiler.settings.MeasureSettings: results root, resume, threads, cluster)
     and an artifact provider -> Outcome. No display: `on_progress(progress)` is called on every change and once at
     the end (a CLI renders it; `progress.finished` is then True); `log` gets the engine's messages; `wait_s`: how
@@ -116,29 +152,67 @@ def run(campaign: Campaign, settings, artifacts: ArtifactProvider,
     if on_progress is not None:
         progress.on_change = lambda _serial: on_progress(progress)
     try:
-        return run_campaign(campaign, settings.results_root, artifacts, resume=settings.resume, progress=progress,
-                            threads=settings.threads, log=log, wait_s=wait_s, fleet=fleet_for(settings, log))
+        return run_campaign(
+            campaign,
+            settings.results_root,
+            artifacts,
+            resume=settings.resume,
+            progress=progress,
+            threads=settings.threads,
+            log=log,
+            wait_s=wait_s,
+            fleet=fleet_for(settings, log),
+        )
     finally:
         progress.finished = True
         if on_progress is not None:
             on_progress(progress)
 
 
-def run_campaign(campaign: Campaign, results_root: Path, artifacts: ArtifactProvider, *, resume: bool = False,
-                 progress: Progress | None = None, threads: int | None = None,
-                 log: Callable[[str], None] = lambda s: None, wait_s: float = 0.0, fleet=None) -> Outcome:
+def run_campaign(
+    campaign: Campaign,
+    results_root: Path,
+    artifacts: ArtifactProvider,
+    *,
+    resume: bool = False,
+    progress: Progress | None = None,
+    threads: int | None = None,
+    log: Callable[[str], None] = lambda s: None,
+    wait_s: float = 0.0,
+    fleet=None,
+) -> Outcome:
     """Run every cell of `campaign` on the selected devices; results under `results_root/<campaign.name>`.
     Each device is leased to this run first (`profiler.lease`; `wait_s` for a phone another run holds). `fleet`:
     where the phones are (default: this host's adb server, `LocalFleet`)."""
     fleet = fleet or LocalFleet()
     with contextlib.ExitStack() as stack:
-        return _run_campaign(campaign, results_root, artifacts, resume=resume, progress=progress, threads=threads,
-                             log=log, wait_s=wait_s, stack=stack, fleet=fleet)
+        return _run_campaign(
+            campaign,
+            results_root,
+            artifacts,
+            resume=resume,
+            progress=progress,
+            threads=threads,
+            log=log,
+            wait_s=wait_s,
+            stack=stack,
+            fleet=fleet,
+        )
 
 
-def _run_campaign(campaign: Campaign, results_root: Path, artifacts: ArtifactProvider, *, resume: bool,
-                  progress: Progress | None, threads: int | None, log: Callable[[str], None], wait_s: float,
-                  stack: contextlib.ExitStack, fleet) -> Outcome:
+def _run_campaign(
+    campaign: Campaign,
+    results_root: Path,
+    artifacts: ArtifactProvider,
+    *,
+    resume: bool,
+    progress: Progress | None,
+    threads: int | None,
+    log: Callable[[str], None],
+    wait_s: float,
+    stack: contextlib.ExitStack,
+    fleet,
+) -> Outcome:
     progress = progress or Progress()
     fleet_entries = fleet.discover()
     reachable = [e.facts for e in fleet_entries if e.facts is not None]
@@ -150,17 +224,32 @@ def _run_campaign(campaign: Campaign, results_root: Path, artifacts: ArtifactPro
         raise CampaignError(f"devices named in the campaign are not connected: {', '.join(missing)}")
     devices = campaign.select(reachable)
     if not devices:
-        raise CampaignError("no connected device matches the campaign's [devices] selection"
-                            + ("" if reachable else " (no device is connected; `autlearn lab up` starts virtual ones)"))
+        raise CampaignError(
+            "no connected device matches the campaign's [devices] selection"
+            + ("" if reachable else " (no device is connected; `autlearn lab up` starts virtual ones)")
+        )
     fleet.lease(devices, campaign, str(Path(results_root) / campaign.name), wait_s, log, stack)
     fleet.check(campaign, devices)
     store = Store.open(results_root, campaign)
-    store.record_devices({d.serial: {"model": d.model, "manufacturer": d.manufacturer, "soc": d.soc,
-                                     "abi": d.abi, "android": d.android, "kernel": d.kernel, "root": d.root,
-                                     "virtual": d.virtual, "clusters": d.clusters,
-                                     "governors": list(d.governors), "target": target_id(d),
-                                     "cpu_target": d.cpu_target.to_dict() if d.cpu_target else None}
-                         for d in devices})
+    store.record_devices(
+        {
+            d.serial: {
+                "model": d.model,
+                "manufacturer": d.manufacturer,
+                "soc": d.soc,
+                "abi": d.abi,
+                "android": d.android,
+                "kernel": d.kernel,
+                "root": d.root,
+                "virtual": d.virtual,
+                "clusters": d.clusters,
+                "governors": list(d.governors),
+                "target": target_id(d),
+                "cpu_target": d.cpu_target.to_dict() if d.cpu_target else None,
+            }
+            for d in devices
+        }
+    )
     for d in devices:
         if d.cpu_target is not None and not d.cpu_target.recognised:
             log(f"{d.serial}: {d.cpu_target.note}")
@@ -176,10 +265,12 @@ def _run_campaign(campaign: Campaign, results_root: Path, artifacts: ArtifactPro
         planned[cell.device_serial].append((cell, cell_id(cell, art.hash), art))
     ids = [(cid, c.spec_key) for lst in planned.values() for c, cid, _ in lst]
     if not resume and any(store.status(cid) is not None for cid, _ in ids):
-        raise CampaignError(f"{store.root} already holds results of this campaign: use --resume to continue it, "
-                            "or give the campaign another name")
+        raise CampaignError(
+            f"{store.root} already holds results of this campaign: use --resume to continue it, "
+            "or give the campaign another name"
+        )
     store.set_plan(ids)
-    if resume:   # what is redone besides cells never run, failed or skipped, named
+    if resume:  # what is redone besides cells never run, failed or skipped, named
         for lst in planned.values():
             for cell, cid, _ in lst:
                 why = store.redo_reason(cid)
@@ -190,5 +281,12 @@ def _run_campaign(campaign: Campaign, results_root: Path, artifacts: ArtifactPro
     totals, warnings = fleet.run(planned, by_serial, store, campaign, progress, resume, threads)
     for w in warnings:
         log(one_line(w))
-    return Outcome(totals["ok"], totals["failed"], totals["skipped"], totals["resumed"], store.root,
-                   tuple(restored.items()), warnings)
+    return Outcome(
+        totals["ok"],
+        totals["failed"],
+        totals["skipped"],
+        totals["resumed"],
+        store.root,
+        tuple(restored.items()),
+        warnings,
+    )

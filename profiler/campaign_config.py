@@ -62,7 +62,7 @@ ENERGY_KINDS = ("none", "fuelgauge", "monsoon", "auto")
 VIRTUAL = {True: "allow", False: "exclude", "only": "only"}
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_SERIAL_RE = re.compile(r"^([A-Za-z0-9._\-]{1,64}/)?[A-Za-z0-9._:\-]{1,128}$")   # [host/]serial
+_SERIAL_RE = re.compile(r"^([A-Za-z0-9._\-]{1,64}/)?[A-Za-z0-9._:\-]{1,128}$")  # [host/]serial
 _IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _MASK_RE = re.compile(r"^0x[0-9a-f]{1,16}$")
 _TOML_POS_RE = re.compile(r"\(at line (\d+), column (\d+)\)")
@@ -89,16 +89,17 @@ class DeviceSelection:
     virtual: str = "allow"  # "allow" | "exclude" | "only"
     energy: tuple[tuple[str, EnergySource], ...] = ()  # per-serial overrides
 
-    def matches(self, device: "DeviceLike") -> bool:
+    def matches(self, device: DeviceLike) -> bool:
         """True when `device` (anything with .serial, .model, .virtual) is selected."""
         if self.virtual == "exclude" and device.virtual or self.virtual == "only" and not device.virtual:
             return False
         if not self.serials and not self.models:
             return True
         return bool(device_names(device.serial) & set(self.serials)) or any(
-            fnmatch.fnmatchcase((device.model or "").lower(), g.lower()) for g in self.models)
+            fnmatch.fnmatchcase((device.model or "").lower(), g.lower()) for g in self.models
+        )
 
-    def missing(self, devices: Iterable["DeviceLike"]) -> tuple[str, ...]:
+    def missing(self, devices: Iterable[DeviceLike]) -> tuple[str, ...]:
         """Serials the campaign names that are not among `devices` (report them; do not silently run less)."""
         present = {n for d in devices for n in device_names(d.serial)}
         return tuple(s for s in self.serials if s not in present)
@@ -159,11 +160,11 @@ class Campaign:
         per = dict(self.devices.energy)
         return per.get(serial, per.get(serial.rpartition("/")[2], self.energy))
 
-    def select(self, devices: Iterable["DeviceLike"]) -> tuple["DeviceLike", ...]:
+    def select(self, devices: Iterable[DeviceLike]) -> tuple[DeviceLike, ...]:
         """The devices this campaign runs on, in the given order."""
         return tuple(d for d in devices if self.devices.matches(d))
 
-    def plan(self, devices: Iterable["DeviceLike"]) -> tuple["Cell", ...]:
+    def plan(self, devices: Iterable[DeviceLike]) -> tuple[Cell, ...]:
         """Expand into cells: selected device x workload x variant x batch x governor x affinity (that order)."""
         cells = []
         for d in self.select(devices):
@@ -172,27 +173,52 @@ class Campaign:
                     for b in w.batch:
                         for g in self.governors.intents:
                             for a in self.affinities:
-                                cells.append(Cell(
-                                    device_serial=d.serial, device_model=d.model or "", device_virtual=bool(d.virtual),
-                                    workload=w.model, config=w.config, variant=v, batch=b, governor=str(g),
-                                    fallback=self.governors.fallback, affinity=a, warmup=self.warmup,
-                                    steps=self.steps, repetitions=self.repetitions,
-                                    energy=str(self.energy_for(d.serial))))
+                                cells.append(
+                                    Cell(
+                                        device_serial=d.serial,
+                                        device_model=d.model or "",
+                                        device_virtual=bool(d.virtual),
+                                        workload=w.model,
+                                        config=w.config,
+                                        variant=v,
+                                        batch=b,
+                                        governor=str(g),
+                                        fallback=self.governors.fallback,
+                                        affinity=a,
+                                        warmup=self.warmup,
+                                        steps=self.steps,
+                                        repetitions=self.repetitions,
+                                        energy=str(self.energy_for(d.serial)),
+                                    )
+                                )
         return tuple(cells)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able, canonical; `parse_campaign(c.to_dict())` gives back an equal campaign (bar `source`)."""
         d: dict[str, Any] = {
-            "name": self.name, "description": self.description, "warmup": self.warmup, "steps": self.steps,
-            "repetitions": self.repetitions, "affinity": list(self.affinities), "energy": str(self.energy),
-            "devices": {"serials": list(self.devices.serials), "models": list(self.devices.models),
-                        "virtual": {v: k for k, v in VIRTUAL.items()}[self.devices.virtual],
-                        "energy": {s: str(e) for s, e in self.devices.energy}},
-            "workload": [{"model": w.model, "variants": list(w.variants), "batch": list(w.batch),
-                          "config": w.kwargs} for w in self.workloads],
+            "name": self.name,
+            "description": self.description,
+            "warmup": self.warmup,
+            "steps": self.steps,
+            "repetitions": self.repetitions,
+            "affinity": list(self.affinities),
+            "energy": str(self.energy),
+            "devices": {
+                "serials": list(self.devices.serials),
+                "models": list(self.devices.models),
+                "virtual": {v: k for k, v in VIRTUAL.items()}[self.devices.virtual],
+                "energy": {s: str(e) for s, e in self.devices.energy},
+            },
+            "workload": [
+                {"model": w.model, "variants": list(w.variants), "batch": list(w.batch), "config": w.kwargs}
+                for w in self.workloads
+            ],
             "governors": {"intents": [str(i) for i in self.governors.intents], "fallback": self.governors.fallback},
-            "cooldown": {"max_temp_c": self.cooldown.max_temp_c, "timeout_s": self.cooldown.timeout_s,
-                         "zones": self.cooldown.zones},
+            "cooldown": {
+                "max_temp_c": self.cooldown.max_temp_c,
+                "timeout_s": self.cooldown.timeout_s,
+                "zones": self.cooldown.zones,
+            },
         }
         return d
 
@@ -235,10 +261,20 @@ class Cell:
     def spec(self) -> dict[str, Any]:
         from workloads.families import plain_config
 
-        return {"device": self.device_serial, "workload": self.workload, "config": plain_config(dict(self.config)),
-                "variant": self.variant, "batch": self.batch, "governor": self.governor, "fallback": self.fallback,
-                "affinity": self.affinity, "warmup": self.warmup, "steps": self.steps,
-                "repetitions": self.repetitions, "energy": self.energy}
+        return {
+            "device": self.device_serial,
+            "workload": self.workload,
+            "config": plain_config(dict(self.config)),
+            "variant": self.variant,
+            "batch": self.batch,
+            "governor": self.governor,
+            "fallback": self.fallback,
+            "affinity": self.affinity,
+            "warmup": self.warmup,
+            "steps": self.steps,
+            "repetitions": self.repetitions,
+            "energy": self.energy,
+        }
 
     @property
     def spec_key(self) -> str:
@@ -274,10 +310,10 @@ def cell_id(cell: Cell, artifact_hash: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------- loading
-MAX_FILE_BYTES = 1 << 20     # a campaign file larger than this is refused unread
-MAX_TEXT = 256               # any string value (serials, model arguments, ...)
-MAX_DESCRIPTION = 4000       # the free-text description copied into campaign.json and the report
-MAX_LIST = 1024              # items of a model-argument array
+MAX_FILE_BYTES = 1 << 20  # a campaign file larger than this is refused unread
+MAX_TEXT = 256  # any string value (serials, model arguments, ...)
+MAX_DESCRIPTION = 4000  # the free-text description copied into campaign.json and the report
+MAX_LIST = 1024  # items of a model-argument array
 
 
 def load_campaign(path: str | Path) -> Campaign:
@@ -286,7 +322,7 @@ def load_campaign(path: str | Path) -> Campaign:
     p = Path(path)
     try:
         size = p.stat().st_size
-        if size > MAX_FILE_BYTES:   # checked before reading: a campaign is a page of TOML, not a data file
+        if size > MAX_FILE_BYTES:  # checked before reading: a campaign is a page of TOML, not a data file
             raise ConfigError(f"campaign file {p} is {size} bytes; the limit is {MAX_FILE_BYTES}")
         raw = p.read_bytes()
     except FileNotFoundError:
@@ -313,21 +349,39 @@ def load_campaign(path: str | Path) -> Campaign:
 
 def _message(exc: ConfigError) -> str:
     s = str(exc)
-    return s[len(exc.key) + 2:] if exc.key and s.startswith(f"{exc.key}: ") else s
+    return s[len(exc.key) + 2 :] if exc.key and s.startswith(f"{exc.key}: ") else s
 
 
 def parse_campaign(data: Mapping[str, Any], source: str = "") -> Campaign:
     """Validate a parsed TOML document (a dict) into a Campaign. ConfigError(message, key=dotted.key)."""
     if not isinstance(data, Mapping):
         raise ConfigError("a campaign is a TOML table")
-    _keys(data, "", {"name", "description", "warmup", "steps", "repetitions", "affinity", "energy", "devices",
-                     "workload", "governors", "cooldown"})
+    _keys(
+        data,
+        "",
+        {
+            "name",
+            "description",
+            "warmup",
+            "steps",
+            "repetitions",
+            "affinity",
+            "energy",
+            "devices",
+            "workload",
+            "governors",
+            "cooldown",
+        },
+    )
     if "name" not in data:
         raise ConfigError("required (the results directory name)", key="name")
     name = _str(data["name"], "name")
     if not _NAME_RE.match(name):
-        raise ConfigError("must be 1-64 characters of letters, digits, '.', '_' or '-', starting with a letter or "
-                          "digit (it names the results directory)", key="name")
+        raise ConfigError(
+            "must be 1-64 characters of letters, digits, '.', '_' or '-', starting with a letter or "
+            "digit (it names the results directory)",
+            key="name",
+        )
     if "workload" not in data:
         raise ConfigError("at least one [[workload]] is required", key="workload")
     return Campaign(
@@ -349,7 +403,8 @@ def parse_campaign(data: Mapping[str, Any], source: str = "") -> Campaign:
 # ---------------------------------------------------------------------------------------------------------- checks
 def _type_name(v: Any) -> str:
     return {bool: "boolean", int: "integer", float: "float", str: "string", list: "array", dict: "table"}.get(
-        type(v), type(v).__name__)
+        type(v), type(v).__name__
+    )
 
 
 def _key(prefix: str, name: str) -> str:
@@ -446,11 +501,10 @@ def _devices(v: Any) -> DeviceSelection:
         _str(m, f"devices.models[{i}]")
     virtual = v.get("virtual", True)
     if virtual is not True and virtual is not False and virtual != "only":
-        raise ConfigError(f"must be one of true, false, \"only\"; got {virtual!r}", key="devices.virtual")
+        raise ConfigError(f'must be one of true, false, "only"; got {virtual!r}', key="devices.virtual")
     energy_tbl = v.get("energy", {})
     if not isinstance(energy_tbl, Mapping):
-        raise ConfigError(f"must be a table of \"SERIAL\" = \"SOURCE\", not {_type_name(energy_tbl)}",
-                          key="devices.energy")
+        raise ConfigError(f'must be a table of "SERIAL" = "SOURCE", not {_type_name(energy_tbl)}', key="devices.energy")
     energy = []
     for s, e in energy_tbl.items():
         if not _SERIAL_RE.match(s):
@@ -468,12 +522,13 @@ def _config_value(v: Any, key: str, nested: bool = False) -> Any:
         if len(v) > MAX_LIST:
             raise ConfigError(f"has {len(v)} items; the limit is {MAX_LIST}", key=key)
         return tuple(_config_value(x, f"{key}[{i}]", nested=True) for i, x in enumerate(v))
-    raise ConfigError("model arguments are strings, finite numbers, booleans or flat arrays of them, "
-                      f"not {_type_name(v)}", key=key)
+    raise ConfigError(
+        f"model arguments are strings, finite numbers, booleans or flat arrays of them, not {_type_name(v)}", key=key
+    )
 
 
 def __getattr__(name: str) -> Any:
-    if name == "MODELS":   # the registered model families and "layers" (workloads.families.campaign_models)
+    if name == "MODELS":  # the registered model families and "layers" (workloads.families.campaign_models)
         from workloads.families import campaign_models
 
         return campaign_models()
@@ -483,7 +538,7 @@ def __getattr__(name: str) -> Any:
 def _workloads(v: Any) -> tuple[Workload, ...]:
     from workloads.families import LAYER_SUITE, campaign_models
 
-    models = campaign_models()    # "layers": a suite of single-layer workloads (per-layer tables)
+    models = campaign_models()  # "layers": a suite of single-layer workloads (per-layer tables)
     if not isinstance(v, list) or not v:
         raise ConfigError("must be one or more [[workload]] tables", key="workload")
     out = []
@@ -514,8 +569,9 @@ def _workloads(v: Any) -> tuple[Workload, ...]:
     keys = [(w.model, w.config) for w in out]
     for i, x in enumerate(keys):
         if x in keys[:i]:
-            raise ConfigError("same model and config as an earlier workload; merge their variants/batch",
-                              key=f"workload[{i}]")
+            raise ConfigError(
+                "same model and config as an earlier workload; merge their variants/batch", key=f"workload[{i}]"
+            )
     return tuple(out)
 
 
@@ -537,7 +593,7 @@ def _check_model_config(model: str, variants, batch, config: dict, key: str) -> 
         if not isinstance(compressed, str):
             raise ConfigError("must be the path of a compressed.json", key=f"{key}.compressed")
         if list(variants) != ["compressed"]:
-            raise ConfigError("a compressed model file needs variants = [\"compressed\"]", key=f"{key}.compressed")
+            raise ConfigError('a compressed model file needs variants = ["compressed"]', key=f"{key}.compressed")
         try:
             compressed_build_args(compressed, model)
         except UserError as exc:
@@ -550,9 +606,10 @@ def _check_model_config(model: str, variants, batch, config: dict, key: str) -> 
         try:
             family.make_config(**config, batch=b)
         except ConfigError as exc:
-            raise ConfigError(_message(exc), key=f"{key}.{exc.key}" if exc.key and exc.key != "config" else key) \
-                from None
-        except (TypeError, ValueError) as exc:   # a family's own checks beyond the field types
+            raise ConfigError(
+                _message(exc), key=f"{key}.{exc.key}" if exc.key and exc.key != "config" else key
+            ) from None
+        except (TypeError, ValueError) as exc:  # a family's own checks beyond the field types
             raise ConfigError(str(exc).splitlines()[0][:200], key=key) from None
 
 
@@ -584,8 +641,9 @@ def _affinities(v: Any) -> tuple[str, ...]:
         elif _MASK_RE.match(s) and int(s, 16) != 0:
             out.append(hex(int(s, 16)))
         else:
-            raise ConfigError(f"must be one of all, big, little or a non-zero hex CPU mask like \"0xf0\"; got {x!r}",
-                              key=k)
+            raise ConfigError(
+                f'must be one of all, big, little or a non-zero hex CPU mask like "0xf0"; got {x!r}', key=k
+            )
     _unique(out, "affinity")
     return tuple(out)
 
@@ -595,10 +653,23 @@ def _cooldown(v: Any) -> Cooldown:
     return Cooldown(
         max_temp_c=_num(v.get("max_temp_c", 45.0), "cooldown.max_temp_c", 20.0, 120.0),
         timeout_s=_num(v.get("timeout_s", 300.0), "cooldown.timeout_s", 0.0, 86_400.0),
-        zones=_str(v.get("zones", "*cpu*"), "cooldown.zones"))
+        zones=_str(v.get("zones", "*cpu*"), "cooldown.zones"),
+    )
 
 
 __all__ = [
-    "AFFINITY_NAMES", "Campaign", "Cell", "Cooldown", "DeviceRef", "DeviceSelection", "ENERGY_KINDS",
-    "EnergySource", "Governors", "VARIANTS", "Workload", "cell_id", "load_campaign", "parse_campaign",
+    "AFFINITY_NAMES",
+    "Campaign",
+    "Cell",
+    "Cooldown",
+    "DeviceRef",
+    "DeviceSelection",
+    "ENERGY_KINDS",
+    "EnergySource",
+    "Governors",
+    "VARIANTS",
+    "Workload",
+    "cell_id",
+    "load_campaign",
+    "parse_campaign",
 ]

@@ -13,9 +13,18 @@ from dataclasses import dataclass
 from profiler.errors import ParseError
 
 # The sysfs files of /sys/devices/system/cpu/cpufreq/policyN a policy is read from (probe.sh prints these).
-SYSFS_FILES = ("related_cpus", "affected_cpus", "scaling_available_governors", "scaling_governor",
-               "scaling_available_frequencies", "scaling_min_freq", "scaling_max_freq", "scaling_cur_freq",
-               "cpuinfo_min_freq", "cpuinfo_max_freq")
+SYSFS_FILES = (
+    "related_cpus",
+    "affected_cpus",
+    "scaling_available_governors",
+    "scaling_governor",
+    "scaling_available_frequencies",
+    "scaling_min_freq",
+    "scaling_max_freq",
+    "scaling_cur_freq",
+    "cpuinfo_min_freq",
+    "cpuinfo_max_freq",
+)
 
 
 @dataclass(frozen=True)
@@ -77,7 +86,7 @@ def parse_policy(name: str, files: Mapping[str, str], *, strict: bool = False) -
     become None (dropped from lists), or ParseError if `strict`."""
     f = files
     cpus = parse_cpu_list(f.get("related_cpus") or f.get("affected_cpus"), strict=strict)
-    if not cpus and name.startswith("cpu") and name[3:].isdigit():   # an old per-CPU directory without lists
+    if not cpus and name.startswith("cpu") and name[3:].isdigit():  # an old per-CPU directory without lists
         cpus = (int(name[3:]),)
     return CpuPolicy(
         name=name,
@@ -98,7 +107,7 @@ class Cluster:
     """CPUs of one kind: a policy, or per-CPU directories of equal capacity (else equal maximum frequency)."""
 
     cpus: tuple[int, ...]
-    speed: int          # capacity (0-1024) when known, else the maximum frequency in kHz: orders clusters
+    speed: int  # capacity (0-1024) when known, else the maximum frequency in kHz: orders clusters
 
 
 def clusters(policies: Iterable[CpuPolicy], capacity: Mapping[int, int] | None = None) -> tuple[Cluster, ...]:

@@ -11,12 +11,12 @@ ABIS = ("x86_64", "arm64-v8a")
 
 @dataclass(frozen=True)
 class CpuTarget:
-    abi: str                 # "x86_64" | "arm64-v8a"
-    mcpu: str | None         # LLVM -mcpu; None = the ABI's generic floor
-    mattr: tuple[str, ...]   # extra LLVM -mattr ("+dotprod", "-sve"); sorted, deduplicated
-    recognised: bool         # False = CPU not recognised, generic target used
-    cpu: str                 # human description of the CPU
-    note: str                # one line: how the choice was made
+    abi: str  # "x86_64" | "arm64-v8a"
+    mcpu: str | None  # LLVM -mcpu; None = the ABI's generic floor
+    mattr: tuple[str, ...]  # extra LLVM -mattr ("+dotprod", "-sve"); sorted, deduplicated
+    recognised: bool  # False = CPU not recognised, generic target used
+    cpu: str  # human description of the CPU
+    note: str  # one line: how the choice was made
 
     @property
     def key(self) -> str:
@@ -24,8 +24,15 @@ class CpuTarget:
         return f"{self.abi}-{self.mcpu or 'generic'}{''.join(self.mattr)}"
 
     def to_dict(self) -> dict:
-        return {"abi": self.abi, "mcpu": self.mcpu, "mattr": list(self.mattr), "recognised": self.recognised,
-                "cpu": self.cpu, "note": self.note, "key": self.key}
+        return {
+            "abi": self.abi,
+            "mcpu": self.mcpu,
+            "mattr": list(self.mattr),
+            "recognised": self.recognised,
+            "cpu": self.cpu,
+            "note": self.note,
+            "key": self.key,
+        }
 
 
 def _check_abi(abi: str) -> None:
@@ -93,9 +100,11 @@ def _x86(text: str) -> CpuTarget:
     level = _x86_level(flags)
 
     if vendor_id == "AuthenticAMD" and family in (23, 25, 26):
-        zen = {23: "znver1" if (model or 0) < 0x30 else "znver2",
-               25: "znver4" if "avx512f" in flags else "znver3",
-               26: "znver5"}[family]
+        zen = {
+            23: "znver1" if (model or 0) < 0x30 else "znver2",
+            25: "znver4" if "avx512f" in flags else "znver3",
+            26: "znver5",
+        }[family]
         if zen == "znver5" and "avx512f" not in flags:  # a hypervisor hid AVX-512: Zen 5 without it
             zen = "znver3"
         # every Zen has the v3 set; without it (a VM masking features) znver* code would fault
@@ -107,28 +116,75 @@ def _x86(text: str) -> CpuTarget:
 
 
 # ------------------------------------------------------------------------------------------------------- arm64-v8a
-_IMPLEMENTERS = {0x41: "ARM", 0x42: "Broadcom", 0x43: "Cavium", 0x48: "HiSilicon", 0x4E: "NVIDIA",
-                 0x51: "Qualcomm", 0x53: "Samsung", 0x61: "Apple", 0xC0: "Ampere"}
+_IMPLEMENTERS = {
+    0x41: "ARM",
+    0x42: "Broadcom",
+    0x43: "Cavium",
+    0x48: "HiSilicon",
+    0x4E: "NVIDIA",
+    0x51: "Qualcomm",
+    0x53: "Samsung",
+    0x61: "Apple",
+    0xC0: "Ampere",
+}
 _PARTS = {
-    0x41: {0xD03: "cortex-a53", 0xD04: "cortex-a35", 0xD05: "cortex-a55", 0xD07: "cortex-a57",
-           0xD08: "cortex-a72", 0xD09: "cortex-a73", 0xD0A: "cortex-a75", 0xD0B: "cortex-a76",
-           0xD0D: "cortex-a77", 0xD41: "cortex-a78", 0xD44: "cortex-x1", 0xD46: "cortex-a510",
-           0xD47: "cortex-a710", 0xD48: "cortex-x2", 0xD4D: "cortex-a715", 0xD4E: "cortex-x3",
-           0xD80: "cortex-a520", 0xD81: "cortex-a720", 0xD82: "cortex-x4"},
-    0x51: {0x800: "cortex-a73", 0x801: "cortex-a53", 0x802: "cortex-a75", 0x803: "cortex-a55",
-           0x804: "cortex-a76", 0x805: "cortex-a55"},  # Kryo 2xx-4xx gold/silver
+    0x41: {
+        0xD03: "cortex-a53",
+        0xD04: "cortex-a35",
+        0xD05: "cortex-a55",
+        0xD07: "cortex-a57",
+        0xD08: "cortex-a72",
+        0xD09: "cortex-a73",
+        0xD0A: "cortex-a75",
+        0xD0B: "cortex-a76",
+        0xD0D: "cortex-a77",
+        0xD41: "cortex-a78",
+        0xD44: "cortex-x1",
+        0xD46: "cortex-a510",
+        0xD47: "cortex-a710",
+        0xD48: "cortex-x2",
+        0xD4D: "cortex-a715",
+        0xD4E: "cortex-x3",
+        0xD80: "cortex-a520",
+        0xD81: "cortex-a720",
+        0xD82: "cortex-x4",
+    },
+    0x51: {
+        0x800: "cortex-a73",
+        0x801: "cortex-a53",
+        0x802: "cortex-a75",
+        0x803: "cortex-a55",
+        0x804: "cortex-a76",
+        0x805: "cortex-a55",
+    },  # Kryo 2xx-4xx gold/silver
 }
 # biggest first: the training step runs on the big cluster
-_RANK = ("cortex-x4", "cortex-x3", "cortex-x2", "cortex-x1", "cortex-a720", "cortex-a715", "cortex-a710",
-         "cortex-a78", "cortex-a77", "cortex-a76", "cortex-a75", "cortex-a73", "cortex-a72", "cortex-a57",
-         "cortex-a520", "cortex-a510", "cortex-a55", "cortex-a53", "cortex-a35")
+_RANK = (
+    "cortex-x4",
+    "cortex-x3",
+    "cortex-x2",
+    "cortex-x1",
+    "cortex-a720",
+    "cortex-a715",
+    "cortex-a710",
+    "cortex-a78",
+    "cortex-a77",
+    "cortex-a76",
+    "cortex-a75",
+    "cortex-a73",
+    "cortex-a72",
+    "cortex-a57",
+    "cortex-a520",
+    "cortex-a510",
+    "cortex-a55",
+    "cortex-a53",
+    "cortex-a35",
+)
 # cpuinfo Features -> LLVM feature; a feature counts only if every core has it (threads may run on any core)
-_FEATURES = (("asimddp", "dotprod"), ("i8mm", "i8mm"), ("asimdhp", "fullfp16"), ("fphp", "fullfp16"),
-             ("sve", "sve"))
+_FEATURES = (("asimddp", "dotprod"), ("i8mm", "i8mm"), ("asimdhp", "fullfp16"), ("fphp", "fullfp16"), ("sve", "sve"))
 # features LLVM's -mcpu turns on by itself (checked against the installed LLVM's target features)
 _V82 = {"cortex-a55", "cortex-a75", "cortex-a76", "cortex-a77", "cortex-a78", "cortex-x1"}
-_V9 = {"cortex-a510", "cortex-a520", "cortex-a710", "cortex-a715", "cortex-a720", "cortex-x2", "cortex-x3",
-       "cortex-x4"}
+_V9 = {"cortex-a510", "cortex-a520", "cortex-a710", "cortex-a715", "cortex-a720", "cortex-x2", "cortex-x3", "cortex-x4"}
 
 
 def _implied(mcpu: str | None) -> set[str]:
@@ -175,8 +231,9 @@ def _arm(text: str) -> CpuTarget:
     unknown = [c for c in order if names[c] is None]
     if unknown:  # an unranked core may be the big one: do not guess
         parts = ", ".join(f"part {hexpart(c)} ({impl(c)})" for c in unknown)
-        return generic("arm64-v8a", f"unrecognised CPU {parts}: generic arm64 target", cpu=cpu,
-                       mattr=_arm_mattr(blocks, None))
+        return generic(
+            "arm64-v8a", f"unrecognised CPU {parts}: generic arm64 target", cpu=cpu, mattr=_arm_mattr(blocks, None)
+        )
     mcpu = names[order[0]]
     note = f"biggest core {impl(order[0])} part {hexpart(order[0])}: {mcpu}"
     return CpuTarget("arm64-v8a", mcpu, _arm_mattr(blocks, mcpu), True, cpu, note)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from profiler.device import Device, command, quote
 
@@ -24,8 +24,9 @@ def deploy(device: Device, artifact_hash: str, local_dir: Path, files: Iterable[
     return remote
 
 
-def runner_command(remote: str, *, warmup: int, steps: int, threads: int | None = None,
-                   cpu_mask: str | None = None) -> str:
+def runner_command(
+    remote: str, *, warmup: int, steps: int, threads: int | None = None, cpu_mask: str | None = None
+) -> str:
     """The shell command that runs a deployed runner (its stdout: `profiler.steps.parse_run_output`)."""
     argv: list[object] = [f"{remote}/runner", remote, "--warmup", warmup, "--steps", steps]
     if threads:

@@ -18,8 +18,7 @@ from importlib import resources
 from pathlib import Path
 
 from profiler import hostcpu
-from profiler.errors import (DeviceCommandFailed, DeviceError, DeviceTimeout, DeviceUnreachable, NotRooted,
-                             ToolMissing)
+from profiler.errors import DeviceCommandFailed, DeviceError, DeviceTimeout, DeviceUnreachable, NotRooted, ToolMissing
 
 DEFAULT_TIMEOUT = 60.0
 ROOT_MODES = ("adbd", "su", "none")
@@ -52,8 +51,9 @@ def server_port() -> int:
     try:
         return int(os.environ.get("ANDROID_ADB_SERVER_PORT", "5037"))
     except ValueError as exc:
-        raise ToolMissing(f"ANDROID_ADB_SERVER_PORT is not a port number: "
-                          f"{os.environ['ANDROID_ADB_SERVER_PORT']!r}") from exc
+        raise ToolMissing(
+            f"ANDROID_ADB_SERVER_PORT is not a port number: {os.environ['ANDROID_ADB_SERVER_PORT']!r}"
+        ) from exc
 
 
 def adb_client():
@@ -113,7 +113,7 @@ class Device:
         self._client = client or adb_client()
         self._try_adb_root = try_adb_root
         self._scripts: dict[str, str] = {}
-        self.shares_host = False    # a virtual phone: every operation holds the host CPU gate shared (hostcpu)
+        self.shares_host = False  # a virtual phone: every operation holds the host CPU gate shared (hostcpu)
         states = {e.serial: e.state for e in list_devices(self._client)}
         if serial not in states:
             known = ", ".join(sorted(states)) or "none"
@@ -137,16 +137,18 @@ class Device:
         except adbutils.AdbTimeout as exc:
             raise DeviceTimeout(f"no answer within {timeout:g} s", serial=self.serial, command=cmd) from exc
         except (adbutils.AdbError, OSError, EOFError) as exc:
-            raise DeviceUnreachable(f"connection lost: {exc or type(exc).__name__}", serial=self.serial,
-                                    command=cmd) from exc
+            raise DeviceUnreachable(
+                f"connection lost: {exc or type(exc).__name__}", serial=self.serial, command=cmd
+            ) from exc
         return ShellResult(cmd, r.stdout, r.stderr, r.returncode)
 
     def check(self, cmd: str, timeout: float | None = None) -> str:
         """Run `cmd`; return stdout, or raise DeviceCommandFailed carrying stderr and the exit code."""
         r = self.shell(cmd, timeout)
         if not r.ok:
-            raise DeviceCommandFailed("command failed", serial=self.serial, command=cmd,
-                                      output=r.stderr or r.stdout, exit_code=r.exit_code)
+            raise DeviceCommandFailed(
+                "command failed", serial=self.serial, command=cmd, output=r.stderr or r.stdout, exit_code=r.exit_code
+            )
         return r.stdout
 
     # -- files ---------------------------------------------------------------------------------------------------
@@ -193,7 +195,7 @@ class Device:
                 return "adbd"
             from profiler import knobs
 
-            knobs.forget(knobs.default_root(), self.serial, "adb_root")   # nothing was changed
+            knobs.forget(knobs.default_root(), self.serial, "adb_root")  # nothing was changed
         if self._uid("su -c 'id -u'") == "0" or self._uid("su 0 id -u") == "0":
             return "su"
         return "none"
@@ -255,8 +257,7 @@ class Device:
             return self.shell(cmd, timeout)
         if mode == "su":
             return self.shell(f"su -c {quote(cmd)}", timeout)
-        raise NotRooted("root is needed and the device has none (no adb root, no su)", serial=self.serial,
-                        command=cmd)
+        raise NotRooted("root is needed and the device has none (no adb root, no su)", serial=self.serial, command=cmd)
 
     # -- device scripts --------------------------------------------------------------------------------------------
     def script_path(self, name: str) -> str:
@@ -279,7 +280,7 @@ class Device:
         return self.shell_root(cmd, timeout) if root else self.shell(cmd, timeout)
 
 
-def restore_adb_root(device: "Device", doc: dict) -> None:
+def restore_adb_root(device: Device, doc: dict) -> None:
     """adbd as root, undone (profiler.knobs.restore_pending): `adb unroot`, then wait for adbd to come back."""
     with device._adb.open_transport() as c:
         c.send_command("unroot:")

@@ -27,8 +27,9 @@ class LabError(UserError):
 class DeviceError(UserError):
     """A device command failed. Carries everything needed to understand why."""
 
-    def __init__(self, message: str, *, serial: str = "", command: str = "", output: str = "",
-                 exit_code: int | None = None):
+    def __init__(
+        self, message: str, *, serial: str = "", command: str = "", output: str = "", exit_code: int | None = None
+    ):
         self.serial, self.command, self.output, self.exit_code = serial, command, output, exit_code
         detail = f"[{serial}] " if serial else ""
         if command:

@@ -19,8 +19,12 @@ class FleetEntry:
     error: str | None = None
 
     def to_dict(self) -> dict:
-        return {"serial": self.serial, "state": self.state, "error": self.error,
-                "facts": self.facts.to_dict() if self.facts else None}
+        return {
+            "serial": self.serial,
+            "state": self.state,
+            "error": self.error,
+            "facts": self.facts.to_dict() if self.facts else None,
+        }
 
 
 def _probe_one(client, serial: str, state: str | None) -> FleetEntry:
@@ -49,8 +53,14 @@ def discover(serials: tuple[str, ...] = (), settle_s: float = 10.0, unseen_s: fl
     start = time.monotonic()
     while True:
         waited = time.monotonic() - start
-        retry = [s for s, e in entries.items() if e.facts is None and waited < (settle_s if s in seen else unseen_s)
-                 and e.state in ("device", "offline", "unknown") and not _is_final(e)]
+        retry = [
+            s
+            for s, e in entries.items()
+            if e.facts is None
+            and waited < (settle_s if s in seen else unseen_s)
+            and e.state in ("device", "offline", "unknown")
+            and not _is_final(e)
+        ]
         if not retry:
             break
         time.sleep(1.0)

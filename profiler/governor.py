@@ -39,8 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from profiler.cpufreq import CpuPolicy, common_governors, parse_policy
 from profiler import hostcpu, knobs
+from profiler.cpufreq import CpuPolicy, common_governors, parse_policy
 from profiler.errors import DeviceCommandFailed, NotRooted, ParseError, UserError
 
 INTENTS = ("interactive", "powersave", "performance", "schedutil", "userspace")
@@ -53,7 +53,7 @@ NEAREST: dict[str, tuple[str, ...]] = {
     "userspace": (),  # handled specially: pinned limits under `performance`
 }
 SCRIPT = "governor.sh"
-KNOB = "governor"   # profiler.knobs: snapshots under <root>/governor-pending/<serial>.json while changed
+KNOB = "governor"  # profiler.knobs: snapshots under <root>/governor-pending/<serial>.json while changed
 
 _UNITS = {"": 1, "khz": 1, "mhz": 1000, "ghz": 1_000_000, "hz": 0.001}
 _FREQ_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([a-z]*)\s*$", re.I)
@@ -141,12 +141,13 @@ def resolve_governor(intent: str | GovernorIntent, available: Sequence[str], fal
         return Resolution(req, it.name, "offered", it.freq_khz)
     missing = f"{it.name} not offered (kernel offers: {' '.join(offered) or 'nothing'})"
     if fallback == "fail":
-        raise GovernorUnavailable(f"governor {missing}; fallback = \"fail\"")
+        raise GovernorUnavailable(f'governor {missing}; fallback = "fail"')
     if fallback == "skip":
-        return Resolution(req, None, f"{missing}; fallback = \"skip\"")
+        return Resolution(req, None, f'{missing}; fallback = "skip"')
     if it.name == "userspace" and "performance" in offered:
-        return Resolution(req, "performance", f"{missing}; nearest: performance pinned to {it.freq_khz} kHz by limits",
-                          it.freq_khz)
+        return Resolution(
+            req, "performance", f"{missing}; nearest: performance pinned to {it.freq_khz} kHz by limits", it.freq_khz
+        )
     for cand in NEAREST[it.name]:
         if cand in offered:
             return Resolution(req, cand, f"{missing}; nearest: {cand}")
@@ -198,25 +199,37 @@ def _int(value: str | None, what: str) -> int | None:
 
 
 # `governor.sh available` key -> the sysfs file it prints
-AVAILABLE_KEYS = {"cpus": "related_cpus", "governors": "scaling_available_governors",
-                  "frequencies": "scaling_available_frequencies", "cpuinfo_min": "cpuinfo_min_freq",
-                  "cpuinfo_max": "cpuinfo_max_freq"}
+AVAILABLE_KEYS = {
+    "cpus": "related_cpus",
+    "governors": "scaling_available_governors",
+    "frequencies": "scaling_available_frequencies",
+    "cpuinfo_min": "cpuinfo_min_freq",
+    "cpuinfo_max": "cpuinfo_max_freq",
+}
 
 
 def parse_available(text: str) -> tuple[CpuPolicy, ...]:
     """Parse `governor.sh available` output (profiler.cpufreq.parse_policy, strict). Raises ParseError."""
-    return tuple(parse_policy(b["policy"], {AVAILABLE_KEYS[k]: v for k, v in b.items() if k in AVAILABLE_KEYS},
-                              strict=True) for b in _blocks(text))
+    return tuple(
+        parse_policy(b["policy"], {AVAILABLE_KEYS[k]: v for k, v in b.items() if k in AVAILABLE_KEYS}, strict=True)
+        for b in _blocks(text)
+    )
 
 
 def parse_state(text: str) -> tuple[PolicyState, ...]:
     """Parse `governor.sh read` (and `apply`/`setspeed`) output. Raises ParseError."""
     out = []
     for b in _blocks(text):
-        out.append(PolicyState(
-            policy=b["policy"], governor=b.get("governor", ""),
-            min_khz=_int(b.get("min"), "min"), max_khz=_int(b.get("max"), "max"),
-            cur_khz=_int(b.get("cur"), "cur"), setspeed=b.get("setspeed")))
+        out.append(
+            PolicyState(
+                policy=b["policy"],
+                governor=b.get("governor", ""),
+                min_khz=_int(b.get("min"), "min"),
+                max_khz=_int(b.get("max"), "max"),
+                cur_khz=_int(b.get("cur"), "cur"),
+                setspeed=b.get("setspeed"),
+            )
+        )
     return tuple(out)
 
 
@@ -239,12 +252,21 @@ def _run(device: Any, *args: str) -> str:
     if isinstance(r, str):  # a seam that returns stdout directly
         return r
     if r.exit_code == 4:  # root missing, or a root shell whose writes SELinux/the kernel refuse: skip-worthy either way
-        raise NotRooted("cannot change cpufreq settings", serial=getattr(device, "serial", ""),
-                        command=f"{SCRIPT} {' '.join(args)}", output=r.stderr, exit_code=r.exit_code)
+        raise NotRooted(
+            "cannot change cpufreq settings",
+            serial=getattr(device, "serial", ""),
+            command=f"{SCRIPT} {' '.join(args)}",
+            output=r.stderr,
+            exit_code=r.exit_code,
+        )
     if r.exit_code != 0:
-        raise DeviceCommandFailed("governor.sh failed", serial=getattr(device, "serial", ""),
-                                  command=f"{SCRIPT} {' '.join(args)}", output=r.stderr or r.stdout,
-                                  exit_code=r.exit_code)
+        raise DeviceCommandFailed(
+            "governor.sh failed",
+            serial=getattr(device, "serial", ""),
+            command=f"{SCRIPT} {' '.join(args)}",
+            output=r.stderr or r.stdout,
+            exit_code=r.exit_code,
+        )
     return r.stdout
 
 
@@ -258,7 +280,7 @@ class Applied:
 
 
 _registry_lock = threading.RLock()
-_active: set["GovernorGuard"] = set()
+_active: set[GovernorGuard] = set()
 _previous_handlers: dict[int, Any] = {}
 _handler_refs = 0
 
@@ -267,12 +289,12 @@ def _signal_handler(signum, frame):
     with _registry_lock:
         guards = list(_active)
     for g in guards:
-        g.signalled = True   # first: a cell that ends while the restore runs is not stored as measured under it
-    with hostcpu.bypass():   # at once, not after a virtual phone's timed launch (the run ends that launch next)
+        g.signalled = True  # first: a cell that ends while the restore runs is not stored as measured under it
+    with hostcpu.bypass():  # at once, not after a virtual phone's timed launch (the run ends that launch next)
         for g in guards:
             g.restore(quiet=True)
     prev = _previous_handlers.get(signum, signal.SIG_DFL)
-    for sig in list(_previous_handlers):   # until the run has unwound (_uninstall_handlers): a second one ends it
+    for sig in list(_previous_handlers):  # until the run has unwound (_uninstall_handlers): a second one ends it
         signal.signal(sig, _forced_exit)
     if callable(prev):
         prev(signum, frame)  # e.g. default_int_handler raises KeyboardInterrupt
@@ -285,8 +307,11 @@ def _signal_handler(signum, frame):
 def _forced_exit(signum, frame):
     """A second SIGINT/SIGTERM while the run unwinds (waiting for launches to end, cells to be stored): out now. The
     governors were restored at the first; what else is left changed stays in the knob journal."""
-    os.write(2, b"autlearn: second signal: exiting now; what this run left changed on a phone is put back by the "
-                b"next run on it, or by `autlearn devices restore SERIAL`\n")
+    os.write(
+        2,
+        b"autlearn: second signal: exiting now; what this run left changed on a phone is put back by the "
+        b"next run on it, or by `autlearn devices restore SERIAL`\n",
+    )
     os._exit(128 + signum)
 
 
@@ -297,7 +322,7 @@ def _install_handlers() -> bool:
     with _registry_lock:
         if _handler_refs == 0:
             for sig in (signal.SIGINT, signal.SIGTERM):
-                if signal.getsignal(sig) == signal.SIG_IGN:   # ignored by our starter (nohup, a background job)
+                if signal.getsignal(sig) == signal.SIG_IGN:  # ignored by our starter (nohup, a background job)
                     continue
                 _previous_handlers[sig] = signal.signal(sig, _signal_handler)
         _handler_refs += 1
@@ -355,10 +380,10 @@ class GovernorGuard:
         self._handlers = False
         self._info: tuple[PolicyInfo, ...] | None = None
         self.restore_error: Exception | None = None  # why a quiet restore failed (the pending file stays)
-        self.signalled = False   # SIGINT/SIGTERM restored it: nothing that runs from then on is under its governor
+        self.signalled = False  # SIGINT/SIGTERM restored it: nothing that runs from then on is under its governor
 
     # -- context
-    def __enter__(self) -> "GovernorGuard":
+    def __enter__(self) -> GovernorGuard:
         with _registry_lock:
             _active.add(self)
         self._handlers = _install_handlers()
@@ -474,8 +499,13 @@ def _restore_snapshot(device: Any, states: Sequence[PolicyState] | str) -> None:
     remote = f"{workdir}/governor.snapshot"
     r = device.shell_root(f"mkdir -p {quote(workdir)} && printf '%s\\n' {quote(text)} > {quote(remote)}")
     if getattr(r, "exit_code", 0) != 0:
-        raise DeviceCommandFailed("cannot write governor snapshot", serial=getattr(device, "serial", ""),
-                                  command="printf > governor.snapshot", output=r.stderr, exit_code=r.exit_code)
+        raise DeviceCommandFailed(
+            "cannot write governor snapshot",
+            serial=getattr(device, "serial", ""),
+            command="printf > governor.snapshot",
+            output=r.stderr,
+            exit_code=r.exit_code,
+        )
     _run(device, "restore", remote)
 
 
@@ -487,7 +517,7 @@ def pending(root: str | os.PathLike) -> tuple[str, ...]:
 
 def restore_knob(device: Any, doc: dict) -> None:
     """The governor knob's restorer (profiler.knobs.restore_pending): re-apply a persisted snapshot."""
-    text = (doc.get("state") or {}).get("snapshot") or doc["snapshot"]   # top level: files of older runs
+    text = (doc.get("state") or {}).get("snapshot") or doc["snapshot"]  # top level: files of older runs
     parse_state(text)  # refuse to send garbage to a phone
     _restore_snapshot(device, text)
 
@@ -505,7 +535,23 @@ def restore_pending(root: str | os.PathLike, connect: Callable[[str], Any]) -> d
 
 
 __all__ = [
-    "Applied", "FALLBACKS", "GovernorGuard", "GovernorIntent", "GovernorUnavailable", "INTENTS", "NEAREST",
-    "PolicyInfo", "PolicyState", "Resolution", "format_snapshot", "parse_available", "parse_frequency",
-    "parse_intent", "parse_state", "pending", "resolve_governor", "restore_on_signals", "restore_pending",
+    "Applied",
+    "FALLBACKS",
+    "GovernorGuard",
+    "GovernorIntent",
+    "GovernorUnavailable",
+    "INTENTS",
+    "NEAREST",
+    "PolicyInfo",
+    "PolicyState",
+    "Resolution",
+    "format_snapshot",
+    "parse_available",
+    "parse_frequency",
+    "parse_intent",
+    "parse_state",
+    "pending",
+    "resolve_governor",
+    "restore_on_signals",
+    "restore_pending",
 ]

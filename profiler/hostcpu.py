@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 _local = threading.local()
-HOLD_SETTLE_S = 0.05   # other virtual phones have held their processes by then (they look every 20 ms)
+HOLD_SETTLE_S = 0.05  # other virtual phones have held their processes by then (they look every 20 ms)
 
 
 def lock_path(kind: str = "gate") -> Path:
@@ -42,7 +42,7 @@ def waited_s() -> float:
 @contextlib.contextmanager
 def _gate(virtual: bool, mode: int, holder: str = ""):
     depth = getattr(_local, "depth", 0)
-    if not virtual or depth:        # a real phone; or this thread holds the gate already (shared inside its launch)
+    if not virtual or depth:  # a real phone; or this thread holds the gate already (shared inside its launch)
         yield
         return
     with open(lock_path("turn"), "a+b") as turn, open(lock_path("gate"), "a+b") as gate:

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import threading
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 PLUGIN_GROUP = "autlearn.plugins"
 
@@ -61,8 +62,7 @@ def load_plugins() -> None:
             try:
                 ep.load()()
             except Exception as exc:  # an uninstalled or broken plugin
-                warnings.warn(f"autlearn plugin {ep.name} ({ep.value}) not loaded: {exc}", RuntimeWarning,
-                              stacklevel=2)
+                warnings.warn(f"autlearn plugin {ep.name} ({ep.value}) not loaded: {exc}", RuntimeWarning, stacklevel=2)
 
 
 def monitor_backend(serial: str, home: Any = None) -> MonitorBackend | None:

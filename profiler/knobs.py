@@ -4,7 +4,8 @@ BEFORE the first change, put back on exit and on signals by the code that change
 by the next run (`restore_pending`, called under the phone's lease).
 
 One pending store for all of them: `<root>/<knob>-pending/<serial>.json` = {"serial", "knob", "saved_at", "state"}
-(governor files of older runs hold the snapshot at the top level; `profiler.governor.restore_knob` reads both). The root is
+(governor files of older runs hold the snapshot at the top level; `profiler.governor.restore_knob` reads both). The
+root is
 `$AUTLEARN_HOME/pending` for campaigns (`default_root`), so any later run on this host restores what a killed one
 left. Each knob registers how to restore its state (`register`).
 """
@@ -92,8 +93,13 @@ def entries(root: str | os.PathLike, serial: str | None = None) -> list[tuple[st
     return out
 
 
-def restore_pending(root: str | os.PathLike, connect: Callable[[str], Any], serials: set[str] | None = None,
-                    only: set[str] | None = None, but: set[str] = frozenset()) -> dict[str, str]:
+def restore_pending(
+    root: str | os.PathLike,
+    connect: Callable[[str], Any],
+    serials: set[str] | None = None,
+    only: set[str] | None = None,
+    but: set[str] = frozenset(),
+) -> dict[str, str]:
     """Put back every knob a killed run left changed (of `serials` only, when given: the phones this run holds;
     of the knobs in `only`, when given; none of those in `but`). adbd root goes last: putting back the others may
     need it. Returns {"serial knob": "restored" | why not}; what could not be restored stays pending for the next

@@ -41,23 +41,26 @@ class Holder:
     pid: int
     campaign: str
     results: str
-    started: int        # device epoch seconds
+    started: int  # device epoch seconds
     beat: int
 
     def text(self) -> str:
         return "".join(f"{k}={getattr(self, k)}\n" for k in _FIELDS)
 
     def describe(self, now: int) -> str:
-        return (f"campaign {self.campaign!r} (pid {self.pid} on {self.host}, results {self.results}, "
-                f"for {max(0, now - self.started)} s, last heartbeat {max(0, now - self.beat)} s ago)")
+        return (
+            f"campaign {self.campaign!r} (pid {self.pid} on {self.host}, results {self.results}, "
+            f"for {max(0, now - self.started)} s, last heartbeat {max(0, now - self.beat)} s ago)"
+        )
 
 
 def parse_holder(text: str) -> Holder | None:
     """The holder file's KEY=VALUE lines; None when empty or incomplete (a holder killed while writing it)."""
     kv = dict(line.partition("=")[::2] for line in text.splitlines() if "=" in line)
     try:
-        return Holder(kv["token"], kv["host"], int(kv["pid"]), kv["campaign"], kv["results"], int(kv["started"]),
-                      int(kv["beat"]))
+        return Holder(
+            kv["token"], kv["host"], int(kv["pid"]), kv["campaign"], kv["results"], int(kv["started"]), int(kv["beat"])
+        )
     except (KeyError, ValueError):
         return None
 
@@ -75,14 +78,21 @@ class PhoneLease:
     """Hold `device`'s lease for a campaign (`with PhoneLease(...)`); `wait_s` > 0 waits that long for a busy
     phone, else PhoneBusy names the holder."""
 
-    def __init__(self, device: Device, campaign: str, results: str, *, wait_s: float = 0.0,
-                 say: Callable[[str], None] = lambda s: None):
+    def __init__(
+        self,
+        device: Device,
+        campaign: str,
+        results: str,
+        *,
+        wait_s: float = 0.0,
+        say: Callable[[str], None] = lambda s: None,
+    ):
         self.device, self.campaign, self.results, self.wait_s, self.say = device, campaign, results, wait_s, say
         self.token = uuid.uuid4().hex
-        self.dir = ""   # set by acquire (asking the phone may meet the holder's adbd restarting)
+        self.dir = ""  # set by acquire (asking the phone may meet the holder's adbd restarting)
         self._stop = threading.Event()
         self._beater: threading.Thread | None = None
-        self.broke: Holder | None = None       # a stale lease this one replaced
+        self.broke: Holder | None = None  # a stale lease this one replaced
 
     def _holder(self, now: int) -> Holder:
         return Holder(self.token, socket.gethostname(), os.getpid(), self.campaign, self.results, now, now)
@@ -90,8 +100,11 @@ class PhoneLease:
     def _try(self) -> tuple[bool, Holder | None, int, int | None]:
         """One attempt: (acquired, current holder, device now, lease dir mtime)."""
         d = quote(self.dir)
-        r = self.device.shell(f"umask 0; if mkdir {d} 2>/dev/null; then echo LEASE=new; fi; date +%s; "
-                              f"stat -c %Y {d} 2>/dev/null; echo ---; cat {d}/holder 2>/dev/null", timeout=30)
+        r = self.device.shell(
+            f"umask 0; if mkdir {d} 2>/dev/null; then echo LEASE=new; fi; date +%s; "
+            f"stat -c %Y {d} 2>/dev/null; echo ---; cat {d}/holder 2>/dev/null",
+            timeout=30,
+        )
         head, _, holder = r.stdout.partition("---\n")
         lines = head.split()
         acquired = "LEASE=new" in lines
@@ -101,7 +114,7 @@ class PhoneLease:
         return acquired, parse_holder(holder), now, mtime
 
     def _stale(self, h: Holder | None, now: int, mtime: int | None) -> str | None:
-        if h is None:   # created but never written: its creator died at once (or is writing right now)
+        if h is None:  # created but never written: its creator died at once (or is writing right now)
             return "no holder recorded" if mtime is None or now - mtime > 5 else None
         if h.host == socket.gethostname() and not _pid_alive(h.pid):
             return f"its holder (pid {h.pid} on this host) is gone"
@@ -109,9 +122,9 @@ class PhoneLease:
             return f"no heartbeat for {now - h.beat} s"
         return None
 
-    def acquire(self) -> "PhoneLease":
+    def acquire(self) -> PhoneLease:
         deadline = time.monotonic() + self.wait_s
-        unreachable_until = time.monotonic() + max(self.wait_s, 15.0)   # adbd restarts take seconds
+        unreachable_until = time.monotonic() + max(self.wait_s, 15.0)  # adbd restarts take seconds
         told = False
         while True:
             try:
@@ -120,21 +133,24 @@ class PhoneLease:
             except DeviceError:
                 if time.monotonic() >= unreachable_until:
                     raise
-                time.sleep(POLL_S)      # the holder's adbd restarting (root/unroot): ask again
+                time.sleep(POLL_S)  # the holder's adbd restarting (root/unroot): ask again
                 continue
             if acquired:
                 self._write(self._holder(now))
                 break
             why = self._stale(h, now, mtime)
             if why is not None:
-                self.say(f"{self.device.serial}: breaking a stale lease ({why})"
-                         + (f" of {h.describe(now)}" if h else ""))
+                self.say(
+                    f"{self.device.serial}: breaking a stale lease ({why})" + (f" of {h.describe(now)}" if h else "")
+                )
                 self.broke = h
                 self.device.shell(f"rm -rf {quote(self.dir)}", timeout=30)
                 continue
             if time.monotonic() >= deadline:
-                raise PhoneBusy(f"{self.device.serial} is in use by {h.describe(now) if h else 'another run'}; "
-                                "wait for it (--wait SECONDS) or choose other devices")
+                raise PhoneBusy(
+                    f"{self.device.serial} is in use by {h.describe(now) if h else 'another run'}; "
+                    "wait for it (--wait SECONDS) or choose other devices"
+                )
             if not told:
                 self.say(f"{self.device.serial}: waiting for {h.describe(now) if h else 'another run'}")
                 told = True
@@ -152,10 +168,11 @@ class PhoneLease:
         while not self._stop.wait(HEARTBEAT_S):
             f = quote(f"{self.dir}/holder")
             try:
-                self.device.shell(f"grep -q token={self.token} {f} && sed -i \"s/^beat=.*/beat=$(date +%s)/\" {f}",
-                                  timeout=30)
+                self.device.shell(
+                    f'grep -q token={self.token} {f} && sed -i "s/^beat=.*/beat=$(date +%s)/" {f}', timeout=30
+                )
             except DeviceError:
-                pass    # the phone is away: its cells fail on their own; the heartbeat tries again
+                pass  # the phone is away: its cells fail on their own; the heartbeat tries again
 
     def release(self) -> None:
         self._stop.set()
@@ -165,9 +182,9 @@ class PhoneLease:
         try:
             self.device.shell(f"grep -q token={self.token} {d}/holder 2>/dev/null && rm -rf {d}", timeout=30)
         except DeviceError:
-            pass    # left behind: stale once its heartbeat stops (or at once on this host: pid gone)
+            pass  # left behind: stale once its heartbeat stops (or at once on this host: pid gone)
 
-    def __enter__(self) -> "PhoneLease":
+    def __enter__(self) -> PhoneLease:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:

@@ -9,7 +9,6 @@ from profiler.cpufreq import Cluster, CpuPolicy, clusters, common_governors, par
 from profiler.cputarget import ABIS, CpuTarget, parse_cpuinfo
 from profiler.errors import ParseError
 
-
 Policy = CpuPolicy  # the probe's name for it
 
 
@@ -131,7 +130,7 @@ def parse_probe(text: str, serial: str = "") -> DeviceFacts:
         out: dict[str, dict[str, str]] = {}
         for key, value in kv.items():
             if key.startswith(prefix + "."):
-                name, _, field = key[len(prefix) + 1:].rpartition(".")
+                name, _, field = key[len(prefix) + 1 :].rpartition(".")
                 if name:
                     out.setdefault(name, {})[field] = value
         return out
@@ -141,17 +140,29 @@ def parse_probe(text: str, serial: str = "") -> DeviceFacts:
         return (int(digits) if digits else -1, name)
 
     policies = [parse_policy(name, f) for name, f in sorted(group("policy").items(), key=lambda i: natural(i[0]))]
-    thermal = tuple(ThermalZone(n, f.get("type", ""), _temp_c(f.get("temp")))
-                    for n, f in sorted(group("thermal").items(), key=lambda i: natural(i[0])))
-    cooling = tuple(CoolingDevice(n, f.get("type", ""), _int(f.get("cur_state")), _int(f.get("max_state")))
-                    for n, f in sorted(group("cooling").items(), key=lambda i: natural(i[0])))
-    power = tuple(PowerSupply(
-        name=n, type=f.get("type"), status=f.get("status"),
-        online=None if _int(f.get("online")) is None else bool(_int(f.get("online"))),
-        capacity=_int(f.get("capacity")), current_now=_int(f.get("current_now")),
-        voltage_now=_int(f.get("voltage_now")), charge_counter=_int(f.get("charge_counter")),
-        input_suspend=f.get("input_suspend"), charging_enabled=f.get("charging_enabled"),
-    ) for n, f in sorted(group("power").items()))
+    thermal = tuple(
+        ThermalZone(n, f.get("type", ""), _temp_c(f.get("temp")))
+        for n, f in sorted(group("thermal").items(), key=lambda i: natural(i[0]))
+    )
+    cooling = tuple(
+        CoolingDevice(n, f.get("type", ""), _int(f.get("cur_state")), _int(f.get("max_state")))
+        for n, f in sorted(group("cooling").items(), key=lambda i: natural(i[0]))
+    )
+    power = tuple(
+        PowerSupply(
+            name=n,
+            type=f.get("type"),
+            status=f.get("status"),
+            online=None if _int(f.get("online")) is None else bool(_int(f.get("online"))),
+            capacity=_int(f.get("capacity")),
+            current_now=_int(f.get("current_now")),
+            voltage_now=_int(f.get("voltage_now")),
+            charge_counter=_int(f.get("charge_counter")),
+            input_suspend=f.get("input_suspend"),
+            charging_enabled=f.get("charging_enabled"),
+        )
+        for n, f in sorted(group("power").items())
+    )
 
     prop = lambda name: kv.get(f"prop.{name}", "")  # noqa: E731
     possible = parse_cpu_list(kv.get("cpu.possible"))
@@ -159,8 +170,7 @@ def parse_probe(text: str, serial: str = "") -> DeviceFacts:
     abilist = tuple(a for a in prop("ro.product.cpu.abilist").split(",") if a)
     abi = prop("ro.product.cpu.abi") or (abilist[0] if abilist else "")
     cpuinfo = [(int(k[8:]), v) for k, v in kv.items() if k.startswith("cpuinfo.") and k[8:].isdecimal()]
-    cpu_target = (parse_cpuinfo(abi, "\n".join(v for _, v in sorted(cpuinfo)))
-                  if cpuinfo and abi in ABIS else None)
+    cpu_target = parse_cpuinfo(abi, "\n".join(v for _, v in sorted(cpuinfo))) if cpuinfo and abi in ABIS else None
     return DeviceFacts(
         serial=serial,
         model=prop("ro.product.model"),
@@ -181,9 +191,17 @@ def parse_probe(text: str, serial: str = "") -> DeviceFacts:
         cooling=cooling,
         power=power,
         cpu_target=cpu_target,
-        capacity=tuple(sorted((int(k[4:-9]), v) for k, v in ((k, _int(v)) for k, v in kv.items()
-                                                                if k.startswith("cpu.") and k.endswith(".capacity")
-                                                                and k[4:-9].isdigit()) if v is not None)),
+        capacity=tuple(
+            sorted(
+                (int(k[4:-9]), v)
+                for k, v in (
+                    (k, _int(v))
+                    for k, v in kv.items()
+                    if k.startswith("cpu.") and k.endswith(".capacity") and k[4:-9].isdigit()
+                )
+                if v is not None
+            )
+        ),
     )
 
 
@@ -191,7 +209,9 @@ def probe(device) -> DeviceFacts:
     """Run probe.sh on `device` (a profiler.device.Device) and parse it; also detects the root mode."""
     result = device.run_script("probe.sh", timeout=60)
     if "probe.end=1" not in result.stdout:
-        raise ParseError(f"[{device.serial}] probe did not finish (exit {result.exit_code}): "
-                         f"{(result.stderr or result.stdout).strip()[-200:]}")
+        raise ParseError(
+            f"[{device.serial}] probe did not finish (exit {result.exit_code}): "
+            f"{(result.stderr or result.stdout).strip()[-200:]}"
+        )
     facts = parse_probe(result.stdout, serial=device.serial)
     return dataclasses.replace(facts, root=device.root_capability())

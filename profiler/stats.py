@@ -82,8 +82,13 @@ def _clean(values: Sequence[float]) -> np.ndarray:
     return x[np.isfinite(x)]
 
 
-def check_warmup(values: Sequence[float], order: Sequence[float] | None = None, *, alpha: float = WARMUP_ALPHA,
-                 tolerance: float = WARMUP_TOLERANCE) -> WarmupCheck:
+def check_warmup(
+    values: Sequence[float],
+    order: Sequence[float] | None = None,
+    *,
+    alpha: float = WARMUP_ALPHA,
+    tolerance: float = WARMUP_TOLERANCE,
+) -> WarmupCheck:
     """Compare the first quarter of the timed steps with the second half (by `order`, which defaults to the position;
     pass the step index within a repetition to pool repetitions). Warming: significant (p < alpha) and the first
     steps more than `tolerance` slower."""
@@ -109,16 +114,34 @@ def check_warmup(values: Sequence[float], order: Sequence[float] | None = None, 
     else:
         slope, slope_p = 0.0, 1.0
     if p < alpha and ratio > 1 + tolerance:
-        return WarmupCheck("warming", ratio, p, slope, slope_p,
-                           f"first timed steps {ratio:.2f}x slower than the last (p={p:.2g}): raise warmup")
+        return WarmupCheck(
+            "warming",
+            ratio,
+            p,
+            slope,
+            slope_p,
+            f"first timed steps {ratio:.2f}x slower than the last (p={p:.2g}): raise warmup",
+        )
     if p < alpha and ratio < 1 - tolerance:
-        return WarmupCheck("slowing", ratio, p, slope, slope_p,
-                           f"steps get slower over the run ({1 / ratio:.2f}x, p={p:.2g}): throttling?")
+        return WarmupCheck(
+            "slowing",
+            ratio,
+            p,
+            slope,
+            slope_p,
+            f"steps get slower over the run ({1 / ratio:.2f}x, p={p:.2g}): throttling?",
+        )
     return WarmupCheck("flat", ratio, p, slope, slope_p, "no warm-up effect")
 
 
-def summarize(values: Sequence[float], order: Sequence[float] | None = None, *, confidence: float = CONFIDENCE,
-              n_resamples: int = N_RESAMPLES, seed: int = SEED) -> Summary:
+def summarize(
+    values: Sequence[float],
+    order: Sequence[float] | None = None,
+    *,
+    confidence: float = CONFIDENCE,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = SEED,
+) -> Summary:
     """Describe one cell's timed samples (non-finite values are dropped). `order`: see `check_warmup`."""
     raw = np.asarray(values, dtype=float).ravel()
     warm = check_warmup(raw, order)
@@ -135,8 +158,14 @@ def summarize(values: Sequence[float], order: Sequence[float] | None = None, *, 
     elif np.ptp(x) == 0:
         lo = hi = median
     else:
-        ci = _st.bootstrap((x,), np.median, confidence_level=confidence, n_resamples=n_resamples,
-                           method="percentile", rng=np.random.default_rng(seed)).confidence_interval
+        ci = _st.bootstrap(
+            (x,),
+            np.median,
+            confidence_level=confidence,
+            n_resamples=n_resamples,
+            method="percentile",
+            rng=np.random.default_rng(seed),
+        ).confidence_interval
         lo, hi = float(ci.low), float(ci.high)
     warnings = []
     if n < 2:
@@ -157,14 +186,19 @@ def median_ci(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[
     if n == 0:
         return math.nan, math.nan, math.nan
     med = float(np.median(x))
-    lo_rank = int(_st.binom.ppf((1 - confidence) / 2, n, 0.5))   # 1-based rank of the lower bound (may be 0)
+    lo_rank = int(_st.binom.ppf((1 - confidence) / 2, n, 0.5))  # 1-based rank of the lower bound (may be 0)
     if lo_rank < 1:
         return med, float(x[0]), float(x[-1])
     return med, float(x[lo_rank - 1]), float(x[n - lo_rank])
 
 
-def ratio_ci(a: Sequence[float], b: Sequence[float], confidence: float = CONFIDENCE,
-             n_resamples: int = N_RESAMPLES, seed: int = SEED) -> tuple[float, float]:
+def ratio_ci(
+    a: Sequence[float],
+    b: Sequence[float],
+    confidence: float = CONFIDENCE,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = SEED,
+) -> tuple[float, float]:
     """Percentile bootstrap CI of median(a) / median(b), resampling each side independently (seeded); (nan, nan)
     with fewer than 2 finite samples on a side."""
     a, b = np.asarray(a, float), np.asarray(b, float)
@@ -219,5 +253,17 @@ def compare(a: Sequence[float], b: Sequence[float], alpha: float = 0.05, min_rat
     return Comparison(ma, mb, ratio, p, alpha, min_ratio, significant, verdict, reason)
 
 
-__all__ = ["CONFIDENCE", "CV_WARN", "Comparison", "N_RESAMPLES", "SEED", "Summary", "WarmupCheck", "check_warmup",
-           "compare", "median_ci", "ratio_ci", "summarize"]
+__all__ = [
+    "CONFIDENCE",
+    "CV_WARN",
+    "Comparison",
+    "N_RESAMPLES",
+    "SEED",
+    "Summary",
+    "WarmupCheck",
+    "check_warmup",
+    "compare",
+    "median_ci",
+    "ratio_ci",
+    "summarize",
+]

@@ -47,8 +47,11 @@ def _is_int(v: Any) -> bool:
 
 
 def _clock_pair_ok(pair: Any) -> bool:
-    return isinstance(pair, dict) and all(_is_int(pair.get(k)) for k in ("mono_ns", "real_ns")) \
+    return (
+        isinstance(pair, dict)
+        and all(_is_int(pair.get(k)) for k in ("mono_ns", "real_ns"))
         and all(_is_int(v) and v >= 0 for k, v in pair.items() if k == "gap_ns")
+    )
 
 
 _STRICT_TYPES = {"step": int, "warmup": bool, "phases_ns": dict, "step_ns": int}
@@ -56,8 +59,9 @@ _STRICT_TYPES = {"step": int, "warmup": bool, "phases_ns": dict, "step_ns": int}
 
 def _step(obj: dict, line: str, index: int, strict: bool) -> Step:
     where = f"malformed step line {index}"
-    if strict and not all(isinstance(obj.get(k), t) and (t is bool or _is_int(obj.get(k)) or t is dict)
-                          for k, t in _STRICT_TYPES.items()):
+    if strict and not all(
+        isinstance(obj.get(k), t) and (t is bool or _is_int(obj.get(k)) or t is dict) for k, t in _STRICT_TYPES.items()
+    ):
         raise ParseError(f"{where} (missing or mistyped step, warmup, phases_ns or step_ns)", line)
     try:
         phases = tuple((str(k), int(v)) for k, v in (obj.get("phases_ns") or {}).items())
@@ -70,9 +74,15 @@ def _step(obj: dict, line: str, index: int, strict: bool) -> Step:
         t0, t1 = obj.get("t_start_ns"), obj.get("t_end_ns")
         if (t0, t1) != (None, None) and not (_is_int(t0) and _is_int(t1) and t1 - t0 == step_ns):
             raise ValueError("bad t_start_ns/t_end_ns")
-        return Step(step=int(obj["step"]), warmup=bool(obj.get("warmup", False)), step_ns=step_ns,
-                    phases_ns=phases, loss=None if loss is None else float(loss) if math.isfinite(loss)
-                    else float("nan"), t_start_ns=t0, t_end_ns=t1)
+        return Step(
+            step=int(obj["step"]),
+            warmup=bool(obj.get("warmup", False)),
+            step_ns=step_ns,
+            phases_ns=phases,
+            loss=None if loss is None else float(loss) if math.isfinite(loss) else float("nan"),
+            t_start_ns=t0,
+            t_end_ns=t1,
+        )
     except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise ParseError(f"{where} ({exc})", line) from exc
 
@@ -108,10 +118,12 @@ def parse_run_output(text: str, *, strict: bool = False) -> RunOutput:
             steps.append(_step(obj, stripped, len(steps), strict))
             if strict and steps[-1].step != len(steps) - 1:
                 raise ParseError(f"malformed step line {len(steps) - 1} (numbered {steps[-1].step})", stripped)
-            if len(steps) > 1 and None not in (steps[-1].t_start_ns, steps[-2].t_end_ns) \
-                    and steps[-1].t_start_ns < steps[-2].t_end_ns:
-                raise ParseError(f"bad t_start_ns/t_end_ns in step line {len(steps) - 1} (overlaps the last)",
-                                 stripped)
+            if (
+                len(steps) > 1
+                and None not in (steps[-1].t_start_ns, steps[-2].t_end_ns)
+                and steps[-1].t_start_ns < steps[-2].t_end_ns
+            ):
+                raise ParseError(f"bad t_start_ns/t_end_ns in step line {len(steps) - 1} (overlaps the last)", stripped)
         elif isinstance(obj, dict) and ("runner_version" in obj or "runner" in obj) and (first or not strict):
             if "clock_pair" in obj and not _clock_pair_ok(obj["clock_pair"]):
                 raise ParseError("malformed clock_pair in the metadata line", stripped)
@@ -121,8 +133,9 @@ def parse_run_output(text: str, *, strict: bool = False) -> RunOutput:
                 raise ParseError("malformed end line", stripped)
             end = obj
         elif strict:
-            raise ParseError("first runner line is not the metadata line" if first else "unexpected runner line",
-                             stripped)
+            raise ParseError(
+                "first runner line is not the metadata line" if first else "unexpected runner line", stripped
+            )
         else:
             noise.append(line)
     if not steps:
@@ -144,7 +157,7 @@ def clock_pairs(meta: dict) -> list[dict]:
 # `times` (POSIX shell builtin, mksh on Android): two lines, the shell's own user/system CPU time, then its
 # children's, each "XmY.YYs XmY.YYs"
 _TIMES_RE = re.compile(r"^\s*(\d+)m(\d+(?:\.\d+)?)s\s+(\d+)m(\d+(?:\.\d+)?)s\s*$")
-TIMES_SUFFIX = "; s=$?; times >&2; exit $s"   # appended to a launch: its children's CPU time on stderr
+TIMES_SUFFIX = "; s=$?; times >&2; exit $s"  # appended to a launch: its children's CPU time on stderr
 
 
 def parse_children_cpu_s(stderr: str) -> float | None:

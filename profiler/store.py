@@ -52,11 +52,24 @@ SCHEMA_VERSION = 1
 # from_version -> function(root) upgrading a results directory in place to from_version + 1.
 MIGRATIONS: dict[int, Callable[[Path], None]] = {}
 MANIFEST = "campaign.json"
-STATUSES = ("ok", "failed", "skipped", "interrupted")   # interrupted: stopped mid-cell, redone by --resume
+STATUSES = ("ok", "failed", "skipped", "interrupted")  # interrupted: stopped mid-cell, redone by --resume
 LABELS = ("virtual", "modeled", "simulated", "measured")
 # Metadata that must be equal for rows to be pooled into one summary.
-FIXED_COLUMNS = ("device_model", "device_virtual", "workload", "config", "variant", "batch", "governor_applied",
-                 "pinned_khz", "affinity", "warmup_steps", "artifact_hash", "labels", "tool_versions")
+FIXED_COLUMNS = (
+    "device_model",
+    "device_virtual",
+    "workload",
+    "config",
+    "variant",
+    "batch",
+    "governor_applied",
+    "pinned_khz",
+    "affinity",
+    "warmup_steps",
+    "artifact_hash",
+    "labels",
+    "tool_versions",
+)
 TEMP_SWEEP_AGE_S = 60.0  # temp files older than this are leftovers of a crashed writer
 _ID_RE = re.compile(r"^[0-9a-f]{16}$")
 
@@ -135,8 +148,7 @@ class CellMeta:
         """Flat column values (mappings as JSON, labels comma-joined and sorted)."""
         d = asdict(self)
         for k in ("config", "pinned_khz", "freqs_start_khz", "freqs_end_khz", "tool_versions", "harness"):
-            d[k] = json.dumps({a: list(b) if isinstance(b, tuple) else b for a, b in getattr(self, k)},
-                              sort_keys=True)
+            d[k] = json.dumps({a: list(b) if isinstance(b, tuple) else b for a, b in getattr(self, k)}, sort_keys=True)
         d["cpu_share"] = json.dumps(list(self.cpu_share))
         d["labels"] = ",".join(sorted(self.labels))
         return d
@@ -157,11 +169,19 @@ class Sample:
     t_end_ns: int | None = None
 
     @classmethod
-    def from_step(cls, step: Any, repetition: int, energy_j: float | None = None) -> "Sample":
+    def from_step(cls, step: Any, repetition: int, energy_j: float | None = None) -> Sample:
         """From a `profiler.steps.Step` (duck-typed: step, warmup, step_ns, loss, phases_ns[, t_start_ns, t_end_ns])."""
-        return cls(repetition=repetition, step=step.step, warmup=step.warmup, step_ns=step.step_ns, loss=step.loss,
-                   phases_ns=tuple(sorted(step.phases_ns)), energy_j=energy_j,
-                   t_start_ns=getattr(step, "t_start_ns", None), t_end_ns=getattr(step, "t_end_ns", None))
+        return cls(
+            repetition=repetition,
+            step=step.step,
+            warmup=step.warmup,
+            step_ns=step.step_ns,
+            loss=step.loss,
+            phases_ns=tuple(sorted(step.phases_ns)),
+            energy_j=energy_j,
+            t_start_ns=getattr(step, "t_start_ns", None),
+            t_end_ns=getattr(step, "t_end_ns", None),
+        )
 
 
 @dataclass(frozen=True)
@@ -227,8 +247,9 @@ def _sha256(data: bytes) -> str:
 def _write_parquet(path: Path, df: pd.DataFrame) -> dict[str, Any]:
     """Write atomically; returns {"sha256", "bytes"} of what was written (the status records it)."""
     table = pa.Table.from_pandas(df, preserve_index=False)
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}),
-                                           b"autlearn.schema_version": str(SCHEMA_VERSION).encode()})
+    table = table.replace_schema_metadata(
+        {**(table.schema.metadata or {}), b"autlearn.schema_version": str(SCHEMA_VERSION).encode()}
+    )
     buf = pa.BufferOutputStream()
     pq.write_table(table, buf)
     data = buf.getvalue().to_pybytes()
@@ -246,7 +267,7 @@ class Store:
 
     # -- opening
     @classmethod
-    def open(cls, results_dir: str | os.PathLike, campaign: Any | None = None, name: str | None = None) -> "Store":
+    def open(cls, results_dir: str | os.PathLike, campaign: Any | None = None, name: str | None = None) -> Store:
         """Open (creating if needed) `<results_dir>/<campaign.name>/`. `campaign` is a profiler.campaign_config
         Campaign (its spec is recorded); `name` opens an existing directory without one. Migrates older schemas;
         SchemaError for newer/unknown ones."""
@@ -261,8 +282,13 @@ class Store:
         elif campaign is None:
             raise SchemaError(f"no results for campaign {name!r} under {results_dir}")
         else:
-            manifest = {"schema_version": SCHEMA_VERSION, "name": campaign.name, "spec": campaign.to_dict(),
-                        "plan": {}, "created_at": time.time()}
+            manifest = {
+                "schema_version": SCHEMA_VERSION,
+                "name": campaign.name,
+                "spec": campaign.to_dict(),
+                "plan": {},
+                "created_at": time.time(),
+            }
             _write_json(root / MANIFEST, manifest)
         store = cls(root, manifest)
         store.sweep()
@@ -317,15 +343,21 @@ class Store:
         why = _status_shape(doc, cell_id)
         if why:
             raise SchemaError(f"corrupt status file {p}: {why}")
-        return CellStatus(cell_id=cell_id, status=doc["status"], reason=doc.get("reason", ""),
-                          spec_key=doc.get("spec_key", ""), label=doc.get("label", ""), at=float(doc.get("at", 0.0)),
-                          extra=tuple(sorted((doc.get("extra") or {}).items())))
+        return CellStatus(
+            cell_id=cell_id,
+            status=doc["status"],
+            reason=doc.get("reason", ""),
+            spec_key=doc.get("spec_key", ""),
+            label=doc.get("label", ""),
+            at=float(doc.get("at", 0.0)),
+            extra=tuple(sorted((doc.get("extra") or {}).items())),
+        )
 
     def finished(self, cell_id: str) -> bool:
         """True when the cell has an "ok" status and its files verify (`--resume` skips it)."""
         try:
             st = self.status(cell_id)
-        except SchemaError:      # a garbled status file: the cell is redone
+        except SchemaError:  # a garbled status file: the cell is redone
             return False
         return st is not None and st.status == "ok" and self.verify(cell_id, st) is None
 
@@ -344,7 +376,7 @@ class Store:
         why = self.verify(cell_id, st)
         return None if why is None else f"its files cannot be trusted: {why}"
 
-    def verify(self, cell_id: str, status: "CellStatus | None" = None) -> str | None:
+    def verify(self, cell_id: str, status: CellStatus | None = None) -> str | None:
         """Why a finished cell's files cannot be trusted, or None when they can (see `check_file`). `status`: the
         cell's status when the caller already has it."""
         try:
@@ -355,33 +387,36 @@ class Store:
             return e.reason
         return None
 
-    def _checked_bytes(self, cell_id: str, sub: str, st: "CellStatus | None") -> tuple[bytes, bool]:
+    def _checked_bytes(self, cell_id: str, sub: str, st: CellStatus | None) -> tuple[bytes, bool]:
         """The file's bytes, checked against the checksum `st` recorded; also whether there was one to check."""
         path = self.root / sub / f"{cell_id}.parquet"
         try:
             data = path.read_bytes()
         except FileNotFoundError:
             raise BadCell(cell_id, f"{sub} file missing") from None
-        want = dict((st.extra if st else ())).get("files", {}).get(sub) if st else None
+        want = dict(st.extra if st else ()).get("files", {}).get(sub) if st else None
         if want is not None and (len(data) != want.get("bytes") or _sha256(data) != want.get("sha256")):
-            raise BadCell(cell_id, f"{sub} file changed since it was written ({len(data)} bytes, "
-                                   f"{want.get('bytes')} written): truncated, garbled or replaced")
+            raise BadCell(
+                cell_id,
+                f"{sub} file changed since it was written ({len(data)} bytes, "
+                f"{want.get('bytes')} written): truncated, garbled or replaced",
+            )
         return data, want is not None
 
-    def _status_for(self, cell_id: str) -> "CellStatus | None":
+    def _status_for(self, cell_id: str) -> CellStatus | None:
         try:
             return self.status(cell_id)
         except SchemaError as e:
             raise BadCell(cell_id, str(e)) from None
 
-    def check_file(self, cell_id: str, sub: str, status: "CellStatus | None" = None) -> None:
+    def check_file(self, cell_id: str, sub: str, status: CellStatus | None = None) -> None:
         """BadCell unless the cell's `sub` file is whole: its recorded checksum, or (older cells, none recorded)
         a full parse. `status`: the cell's status when the caller already has it."""
         data, checked = self._checked_bytes(cell_id, sub, status or self._status_for(cell_id))
         if not checked:
             self._frame(cell_id, sub, data)
 
-    def read_verified(self, cell_id: str, sub: str, status: "CellStatus | None" = None) -> pd.DataFrame:
+    def read_verified(self, cell_id: str, sub: str, status: CellStatus | None = None) -> pd.DataFrame:
         """The cell's `cells` or `summary` frame, checked against the checksum its status recorded and against its
         own cell_id column; BadCell names what is wrong. `status`: the cell's status when the caller has it."""
         data, _ = self._checked_bytes(cell_id, sub, status or self._status_for(cell_id))
@@ -408,9 +443,11 @@ class Store:
         if not plan:
             return ()
         keys = set(plan.values())
-        return tuple(StaleCell(s.cell_id, s.spec_key,
-                               "artifact changed" if s.spec_key in keys else "not in the current plan")
-                     for s in self.statuses() if s.cell_id not in plan)
+        return tuple(
+            StaleCell(s.cell_id, s.spec_key, "artifact changed" if s.spec_key in keys else "not in the current plan")
+            for s in self.statuses()
+            if s.cell_id not in plan
+        )
 
     # -- writing
     def write_cell(self, meta: CellMeta, steps: Sequence[Sample]) -> Path:
@@ -421,24 +458,45 @@ class Store:
         files = {}
         for sub, df in (("cells", raw), ("summary", summarize_cell(raw))):
             files[sub] = _write_parquet(self.root / sub / f"{meta.cell_id}.parquet", df)
-        self.write_status(meta.cell_id, "ok", spec_key=meta.spec_key,
-                          label=cell_label(meta.device_serial, meta.workload, meta.variant, meta.batch,
-                                           meta.governor_requested, meta.affinity), extra={"files": files})
+        self.write_status(
+            meta.cell_id,
+            "ok",
+            spec_key=meta.spec_key,
+            label=cell_label(
+                meta.device_serial, meta.workload, meta.variant, meta.batch, meta.governor_requested, meta.affinity
+            ),
+            extra={"files": files},
+        )
         return self.root / "cells" / f"{meta.cell_id}.parquet"
 
     def write_trace(self, cell_id: str, trace: Any) -> Path:
         """Keep a cell's power trace (profiler.energy.PowerTrace) beside its samples: traces/<cell_id>.parquet."""
-        df = pd.DataFrame({"t": np.asarray(trace.t), "current": np.asarray(trace.current),
-                           "voltage": np.asarray(trace.voltage)})
+        df = pd.DataFrame(
+            {"t": np.asarray(trace.t), "current": np.asarray(trace.current), "voltage": np.asarray(trace.voltage)}
+        )
         table = pa.Table.from_pandas(df, preserve_index=False).replace_schema_metadata(
-            {"source": str(trace.source), "serial": str(trace.serial), "labels": ",".join(trace.labels),
-             "sample_rate": str(trace.sample_rate), "dropped": str(trace.dropped)})
+            {
+                "source": str(trace.source),
+                "serial": str(trace.serial),
+                "labels": ",".join(trace.labels),
+                "sample_rate": str(trace.sample_rate),
+                "dropped": str(trace.dropped),
+            }
+        )
         path = self.root / "traces" / f"{cell_id}.parquet"
         atomic_write(path, lambda f: pq.write_table(table, f))
         return path
 
-    def write_status(self, cell_id: str, status: str, reason: str = "", *, spec_key: str = "", label: str = "",
-                     extra: Mapping[str, Any] | None = None) -> None:
+    def write_status(
+        self,
+        cell_id: str,
+        status: str,
+        reason: str = "",
+        *,
+        spec_key: str = "",
+        label: str = "",
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
         """Record a cell's outcome; every status but "ok" needs a reason (NotRooted, governor unavailable, ...)."""
         if status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}")
@@ -446,13 +504,29 @@ class Store:
             raise ValueError(f"a {status} cell needs a reason")
         if not _ID_RE.match(cell_id):
             raise ValueError(f"cell_id must be 16 hex digits, not {cell_id!r}")
-        _write_json(self.root / "status" / f"{cell_id}.json",
-                    {"cell_id": cell_id, "status": status, "reason": reason, "spec_key": spec_key, "label": label,
-                     "at": time.time(), "extra": dict(extra or {})})
+        _write_json(
+            self.root / "status" / f"{cell_id}.json",
+            {
+                "cell_id": cell_id,
+                "status": status,
+                "reason": reason,
+                "spec_key": spec_key,
+                "label": label,
+                "at": time.time(),
+                "extra": dict(extra or {}),
+            },
+        )
 
 
-_STATUS_TYPES = {"cell_id": str, "status": str, "reason": str, "spec_key": str, "label": str, "at": (int, float),
-                 "extra": dict}
+_STATUS_TYPES = {
+    "cell_id": str,
+    "status": str,
+    "reason": str,
+    "spec_key": str,
+    "label": str,
+    "at": (int, float),
+    "extra": dict,
+}
 
 
 def _status_shape(doc: Any, cell_id: str) -> str:
@@ -462,8 +536,11 @@ def _status_shape(doc: Any, cell_id: str) -> str:
         return f"a JSON {type(doc).__name__}, not an object"
     if doc.get("status") not in STATUSES:
         return f"status {doc.get('status')!r} is not one of {', '.join(STATUSES)}"
-    bad = [k for k, t in _STATUS_TYPES.items() if k in doc and (not isinstance(doc[k], t) or doc[k] is True
-                                                                  or doc[k] is False)]
+    bad = [
+        k
+        for k, t in _STATUS_TYPES.items()
+        if k in doc and (not isinstance(doc[k], t) or doc[k] is True or doc[k] is False)
+    ]
     if bad:
         return f"mistyped {', '.join(bad)}"
     if doc.get("cell_id", cell_id) != cell_id:
@@ -483,8 +560,10 @@ def _read_manifest(root: Path) -> dict[str, Any]:
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise SchemaError(f"{p}: unknown schema version {version!r}")
     if version > SCHEMA_VERSION:
-        raise SchemaError(f"{root} was written by a newer autlearn (results schema {version}; this one reads up to "
-                          f"{SCHEMA_VERSION}): upgrade autlearn")
+        raise SchemaError(
+            f"{root} was written by a newer autlearn (results schema {version}; this one reads up to "
+            f"{SCHEMA_VERSION}): upgrade autlearn"
+        )
     while version < SCHEMA_VERSION:
         migrate = MIGRATIONS.get(version)
         if migrate is None:
@@ -505,14 +584,22 @@ def samples_frame(meta: CellMeta, steps: Sequence[Sample]) -> pd.DataFrame:
     phases = sorted({name for s in steps for name, _ in s.phases_ns})
     rows = []
     for s in steps:
-        row = dict(cols, repetition=s.repetition, step=s.step, warmup=s.warmup, step_ns=s.step_ns,
-                   loss=s.loss, energy_j=s.energy_j, t_start_ns=s.t_start_ns, t_end_ns=s.t_end_ns)
+        row = dict(
+            cols,
+            repetition=s.repetition,
+            step=s.step,
+            warmup=s.warmup,
+            step_ns=s.step_ns,
+            loss=s.loss,
+            energy_j=s.energy_j,
+            t_start_ns=s.t_start_ns,
+            t_end_ns=s.t_end_ns,
+        )
         p = dict(s.phases_ns)
         row.update({f"phase_{n}_ns": p.get(n) for n in phases})
         rows.append(row)
     df = pd.DataFrame(rows)
-    for c in ("temp_start_c", "temp_end_c", "battery_pct", "battery_temp_c", "loss", "energy_j", "harness_s",
-              "wait_s"):
+    for c in ("temp_start_c", "temp_end_c", "battery_pct", "battery_temp_c", "loss", "energy_j", "harness_s", "wait_s"):
         df[c] = df[c].astype("float64")
     for c in ("t_start_ns", "t_end_ns"):
         df[c] = df[c].astype("Int64")
@@ -537,10 +624,20 @@ def summarize_cell(raw: pd.DataFrame) -> pd.DataFrame:
 
 
 def _summary_columns(s: stats.Summary) -> dict[str, Any]:
-    return {"n": s.n, "median_ns": s.median, "mean_ns": s.mean, "std_ns": s.std, "cv": s.cv,
-            "ci_low_ns": s.ci_low, "ci_high_ns": s.ci_high, "confidence": s.confidence,
-            "n_resamples": s.n_resamples, "warmup_trend": s.warmup.trend, "warmup_ratio": s.warmup.ratio,
-            "warnings": "; ".join(s.warnings)}
+    return {
+        "n": s.n,
+        "median_ns": s.median,
+        "mean_ns": s.mean,
+        "std_ns": s.std,
+        "cv": s.cv,
+        "ci_low_ns": s.ci_low,
+        "ci_high_ns": s.ci_high,
+        "confidence": s.confidence,
+        "n_resamples": s.n_resamples,
+        "warmup_trend": s.warmup.trend,
+        "warmup_ratio": s.warmup.ratio,
+        "warnings": "; ".join(s.warnings),
+    }
 
 
 def _campaign_dirs(path: Path) -> list[Path]:
@@ -552,7 +649,7 @@ def _campaign_dirs(path: Path) -> list[Path]:
     return dirs
 
 
-def _read_statuses(store: "Store") -> tuple[tuple[CellStatus, ...], list[tuple]]:
+def _read_statuses(store: Store) -> tuple[tuple[CellStatus, ...], list[tuple]]:
     """(every readable status, bad cells as (cell_id, label, reason): garbled status files, never raised)."""
     d = store.root / "status"
     out, bad = [], []
@@ -580,10 +677,10 @@ def _load(path: str | os.PathLike, sub: str, include_stale: bool) -> pd.DataFram
         bad_all += bad
         other = "summary" if sub == "cells" else "cells"
         for st in ok:
-            try:    # a cell is trusted whole or not at all
+            try:  # a cell is trusted whole or not at all
                 frame = store.read_verified(st.cell_id, sub, st)
-                store.check_file(st.cell_id, other, st)   # the other file: its checksum, not a second parse
-            except BadCell as e:    # never shown as data: named instead
+                store.check_file(st.cell_id, other, st)  # the other file: its checksum, not a second parse
+            except BadCell as e:  # never shown as data: named instead
                 bad_all.append((st.cell_id, st.label, e.reason))
                 continue
             frames.append(frame)
@@ -598,7 +695,7 @@ def one_line(text: str, limit: int = 200) -> str:
     """A reason or warning for a table or a log line: whitespace (a multi-line shell command, device output) collapsed,
     cut at `limit` characters (the stored reason keeps all of it: `results show --json`)."""
     flat = " ".join(str(text).split())
-    return flat if len(flat) <= limit else flat[:limit - 1].rstrip() + "…"
+    return flat if len(flat) <= limit else flat[: limit - 1].rstrip() + "…"
 
 
 def energy_reason(note: str, limit: int = 80) -> str:
@@ -612,8 +709,10 @@ def energy_reason(note: str, limit: int = 80) -> str:
 
 def bad_cell_lines(df: pd.DataFrame) -> list[str]:
     """One line per cell a loader left out because its files cannot be trusted (for show, compare, report)."""
-    return [f"bad cell {cid} {label}: {reason}; left out (rerun with --resume to redo it)".replace("  ", " ")
-            for cid, label, reason in df.attrs.get("bad", [])]
+    return [
+        f"bad cell {cid} {label}: {reason}; left out (rerun with --resume to redo it)".replace("  ", " ")
+        for cid, label, reason in df.attrs.get("bad", [])
+    ]
 
 
 def load_results(path: str | os.PathLike, include_stale: bool = False) -> pd.DataFrame:
@@ -644,15 +743,34 @@ def load_status(path: str | os.PathLike) -> pd.DataFrame:
         store = Store(root, _read_manifest(root))
         statuses, bad = _read_statuses(store)
         stale = {s.cell_id for s in store.stale()}
-        rows += [dict(campaign=store.name, cell_id=cid, status="failed", reason=f"status unreadable: {reason}",
-                      spec_key="", label=label, at=0.0, stale=False) for cid, label, reason in bad]
+        rows += [
+            dict(
+                campaign=store.name,
+                cell_id=cid,
+                status="failed",
+                reason=f"status unreadable: {reason}",
+                spec_key="",
+                label=label,
+                at=0.0,
+                stale=False,
+            )
+            for cid, label, reason in bad
+        ]
         for s in statuses:
             reason = store.verify(s.cell_id, s) if s.status == "ok" else None
-            rows.append(dict(campaign=store.name, cell_id=s.cell_id, status="failed" if reason else s.status,
-                             reason=f"files cannot be trusted: {reason}" if reason else s.reason,
-                             spec_key=s.spec_key, label=s.label, at=s.at, stale=s.cell_id in stale))
-    return pd.DataFrame(rows, columns=["campaign", "cell_id", "status", "reason", "spec_key", "label", "at",
-                                       "stale"])
+            rows.append(
+                dict(
+                    campaign=store.name,
+                    cell_id=s.cell_id,
+                    status="failed" if reason else s.status,
+                    reason=f"files cannot be trusted: {reason}" if reason else s.reason,
+                    spec_key=s.spec_key,
+                    label=s.label,
+                    at=s.at,
+                    stale=s.cell_id in stale,
+                )
+            )
+    return pd.DataFrame(rows, columns=["campaign", "cell_id", "status", "reason", "spec_key", "label", "at", "stale"])
 
 
 # ---------------------------------------------------------------------------------------------------------- pooling
@@ -666,8 +784,9 @@ def check_poolable(df: pd.DataFrame, by: Sequence[str] = ()) -> None:
             if len(values) > 1:
                 where = f" in group {dict(zip(by, key if isinstance(key, tuple) else (key,)))}" if by else ""
                 shown = ", ".join(repr(v) for v in values[:4])
-                raise IncompatibleRuns(f"refusing to pool runs whose {c} differ{where}: {shown}; "
-                                       f"group by {c} or select one")
+                raise IncompatibleRuns(
+                    f"refusing to pool runs whose {c} differ{where}: {shown}; group by {c} or select one"
+                )
 
 
 def pooled_summary(df: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
@@ -687,7 +806,25 @@ def pooled_summary(df: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
 
 
 __all__ = [
-    "BadCell", "CellMeta", "CellStatus", "bad_cell_lines", "FIXED_COLUMNS", "IncompatibleRuns", "LABELS", "MIGRATIONS", "SCHEMA_VERSION",
-    "Sample", "SchemaError", "StaleCell", "Store", "atomic_write", "check_poolable", "load_results", "load_status",
-    "load_summaries", "pooled_summary", "samples_frame", "summarize_cell",
+    "BadCell",
+    "CellMeta",
+    "CellStatus",
+    "bad_cell_lines",
+    "FIXED_COLUMNS",
+    "IncompatibleRuns",
+    "LABELS",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "Sample",
+    "SchemaError",
+    "StaleCell",
+    "Store",
+    "atomic_write",
+    "check_poolable",
+    "load_results",
+    "load_status",
+    "load_summaries",
+    "pooled_summary",
+    "samples_frame",
+    "summarize_cell",
 ]

@@ -9,8 +9,13 @@ from importlib import metadata
 
 MISSING = "absent"  # a package not installed
 LEGACY_MISSING = ("unknown",)  # what layer tables (workloads.tables) wrote for it before
-PACKAGES = (("tvm", "apache-tvm"), ("tvm_ffi", "apache-tvm-ffi"), ("torch", "torch"), ("numpy", "numpy"),
-            ("autlearn", "autlearn"))  # (key, distribution), in the order artifact manifests list them
+PACKAGES = (
+    ("tvm", "apache-tvm"),
+    ("tvm_ffi", "apache-tvm-ffi"),
+    ("torch", "torch"),
+    ("numpy", "numpy"),
+    ("autlearn", "autlearn"),
+)  # (key, distribution), in the order artifact manifests list them
 
 
 def package_version(dist: str) -> str:

@@ -4,6 +4,7 @@ in-process engine (profiler.campaign) runs one per device in threads; a cluster 
 same worker on its host and streams the writes back. Also the host-side steps around a run on a device's host:
 failing fast on a monitor that cannot exist, putting back a killed run's passthrough, undoing adbd root.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -14,21 +15,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from profiler import __version__, knobs, paths
+from profiler import __version__, hostcpu, knobs, paths
 from profiler.campaign_config import Campaign, Cell
 from profiler.deploy import deploy, remote_dir, runner_command
 from profiler.device import Device, quote
+from profiler.energy.session import open_meter, stop_orphan_samplers
 from profiler.errors import DeviceError, DeviceUnreachable, EnergyError, NotRooted, UserError
 from profiler.governor import GovernorGuard, GovernorUnavailable
-from profiler import hostcpu
 from profiler.probe import DeviceFacts, parse_probe
 from profiler.steps import TIMES_SUFFIX, clock_pairs, cpu_share, parse_children_cpu_s, parse_run_output
-from profiler.energy.session import open_meter, stop_orphan_samplers
 from profiler.store import LABELS, CellMeta, Sample, Store, one_line
 
 RUN_TIMEOUT_S = 1800.0
-INTERRUPTED = ("the run was stopped (Ctrl-C or SIGTERM) during this cell: its governors were restored at once, "
-               "so nothing it measured is kept; `run --resume` redoes it")
+INTERRUPTED = (
+    "the run was stopped (Ctrl-C or SIGTERM) during this cell: its governors were restored at once, "
+    "so nothing it measured is kept; `run --resume` redoes it"
+)
 
 
 class CampaignError(UserError):
@@ -54,7 +56,7 @@ class Progress:
     state: dict[str, str] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     on_change: Callable[[str], None] | None = None
-    finished: bool = False          # set by `run` when the campaign has ended
+    finished: bool = False  # set by `run` when the campaign has ended
 
     def advance(self, serial: str, state: str = "") -> None:
         with self.lock:
@@ -89,7 +91,7 @@ def affinity_mask(affinity: str, facts: DeviceFacts) -> str | None:
         return None
     if affinity.startswith("0x"):
         return affinity
-    found = facts.cpu_clusters       # slowest first; per-CPU cpufreq layouts grouped too
+    found = facts.cpu_clusters  # slowest first; per-CPU cpufreq layouts grouped too
     if len(found) < 2:
         raise UserError(f"[{facts.serial}] affinity {affinity!r} needs at least two clusters; found {len(found)}")
     chosen = found[-1] if affinity == "big" else found[0]
@@ -146,16 +148,26 @@ class HarnessClock:
 class DeviceWorker:
     """Runs one device's cells in order. Never raises for a cell: outcomes go to the store."""
 
-    def __init__(self, serial: str, facts: DeviceFacts, cells: list[tuple[Cell, str, ArtifactRef]], store: Store,
-                 campaign: Campaign, progress: Progress, stop: threading.Event, resume: bool,
-                 threads: int | None = None, name: str | None = None):
+    def __init__(
+        self,
+        serial: str,
+        facts: DeviceFacts,
+        cells: list[tuple[Cell, str, ArtifactRef]],
+        store: Store,
+        campaign: Campaign,
+        progress: Progress,
+        stop: threading.Event,
+        resume: bool,
+        threads: int | None = None,
+        name: str | None = None,
+    ):
         self.serial, self.facts, self.cells, self.store = serial, facts, cells, store
-        self.name = name or serial   # what results call the device (`host/serial` on a cluster of hosts)
+        self.name = name or serial  # what results call the device (`host/serial` on a cluster of hosts)
         self.campaign, self.progress, self.stop, self.resume = campaign, progress, stop, resume
         self.threads = threads
         self.lab_home = paths.home_override()  # where simulated monitors of the lab are found
         self.counts = {"ok": 0, "failed": 0, "skipped": 0, "resumed": 0, "interrupted": 0}
-        self.launch: tuple[str, str] | None = None   # (serial, remote dir) of the runner launch under way
+        self.launch: tuple[str, str] | None = None  # (serial, remote dir) of the runner launch under way
         self.deployed: set[str] = set()
         self.warnings: list[str] = []
 
@@ -208,7 +220,7 @@ class DeviceWorker:
 
     def _device(self) -> Device:
         device = Device(self.serial)
-        device.shares_host = self.facts.virtual    # a virtual phone: its operations wait for others' timed steps
+        device.shares_host = self.facts.virtual  # a virtual phone: its operations wait for others' timed steps
         return device
 
     def _reconnect(self) -> Device | None:
@@ -269,56 +281,65 @@ class DeviceWorker:
         runs, pairs, trace, shares = [], [], None, []
         with contextlib.ExitStack() as stack:
             if meter is not None:
-                try:   # a monitor that fails to start (or to prepare) costs the energy, never the time
+                try:  # a monitor that fails to start (or to prepare) costs the energy, never the time
                     with clock.part("energy_start"):
                         stack.enter_context(meter)
                         meter.start()
                 except EnergyError as exc:
                     stack.close()
                     meter, energy_note = None, f"energy not measured: {exc}"
-            for rep in range(cell.repetitions):
+            for _rep in range(cell.repetitions):
                 if self._stopping(guard):
                     break
-                cmd = runner_command(remote, warmup=cell.warmup, steps=cell.steps, threads=self.threads,
-                                     cpu_mask=mask)
+                cmd = runner_command(remote, warmup=cell.warmup, steps=cell.steps, threads=self.threads, cpu_mask=mask)
                 with contextlib.ExitStack() as turn:
-                    with clock.part("host_hold"):   # a virtual phone's steps get the host CPUs alone (hostcpu);
-                        turn.enter_context(hostcpu.exclusive(self.facts.virtual, self.serial))   # waits: wait_s
+                    with clock.part("host_hold"):  # a virtual phone's steps get the host CPUs alone (hostcpu);
+                        turn.enter_context(hostcpu.exclusive(self.facts.virtual, self.serial))  # waits: wait_s
                     t0 = time.perf_counter()
                     self.launch = (self.serial, remote)
                     try:
-                        r = device.shell(cmd + TIMES_SUFFIX, timeout=RUN_TIMEOUT_S)   # + the launch's CPU time
+                        r = device.shell(cmd + TIMES_SUFFIX, timeout=RUN_TIMEOUT_S)  # + the launch's CPU time
                     finally:
                         self.launch = None
                     launch = time.perf_counter() - t0
                 if not r.ok:
-                    raise DeviceError("runner failed", serial=self.serial, command=cmd,
-                                      output=r.stderr or r.stdout, exit_code=r.exit_code)
+                    raise DeviceError(
+                        "runner failed",
+                        serial=self.serial,
+                        command=cmd,
+                        output=r.stderr or r.stdout,
+                        exit_code=r.exit_code,
+                    )
                 with clock.part("parse"), hostcpu.shared(self.facts.virtual):
                     out = parse_run_output(r.stdout)
                 runs.append(out.steps)
                 pairs += clock_pairs(out.meta)
                 shares.append(cpu_share(parse_children_cpu_s(r.stderr), launch, out.meta.get("threads")))
-                clock.add("launch", launch - sum(s.step_ns for s in out.steps) / 1e9)   # beyond the steps
+                clock.add("launch", launch - sum(s.step_ns for s in out.steps) / 1e9)  # beyond the steps
             if meter is not None:
                 try:
                     with clock.part("energy_stop"):
                         trace = meter.stop()
-                except EnergyError as exc:   # monitor lost mid-cell: the steps' times stand, energy is missing
+                except EnergyError as exc:  # monitor lost mid-cell: the steps' times stand, energy is missing
                     trace, energy_note = None, f"energy lost: {exc}"
         if meter is not None and trace is None and meter.spec.startswith("monsoon:"):
             # a monitor that died could not put its USB passthrough back (with a real Monsoon the phone is off adb
             # until it is): now, before the next cell, and the cell says so
             energy_note += f"; {put_back_passthrough(meter.spec.partition(':')[2], self.lab_home)}"
-        if self._stopping(guard):   # its governors were restored when the stop came: nothing of it is kept
+        if self._stopping(guard):  # its governors were restored when the stop came: nothing of it is kept
             self._record(cid, cell, "interrupted", INTERRUPTED)
             return
         with clock.part("end_read"):
             end = self._dynamic(device)
         changed = sorted({p.governor for p in end.policies if p.governor and p.governor != applied})
-        if changed:   # something else changed the governor under the launches: not the state the cell asked for
-            self._record(cid, cell, "failed", f"the governor read back after the launches was {','.join(changed)}, "
-                                              f"not the {applied} applied: `--resume` redoes the cell")
+        if changed:  # something else changed the governor under the launches: not the state the cell asked for
+            self._record(
+                cid,
+                cell,
+                "failed",
+                f"the governor read back after the launches was {','.join(changed)}, "
+                f"not the {applied} applied: `--resume` redoes the cell",
+            )
             return
         energies: list = [None] * sum(len(steps) for steps in runs)
         labels = {"virtual"} if self.facts.virtual else {"measured"}
@@ -332,22 +353,42 @@ class DeviceWorker:
         samples = [Sample.from_step(s, rep, energy_j=next(flat)) for rep, steps in enumerate(runs) for s in steps]
         bat = end.battery
         meta = CellMeta(
-            campaign=self.campaign.name, cell_id=cid, spec_key=cell.spec_key, device_serial=self.name,
-            device_model=self.facts.model, device_virtual=self.facts.virtual, workload=cell.workload,
-            variant=cell.variant, batch=cell.batch, governor_requested=cell.governor, governor_applied=applied,
-            affinity=cell.affinity, artifact_hash=art.hash, labels=tuple(sorted(labels)), config=cell.config,
-            governor_reason=reason, pinned_khz=pinned, warmup_steps=cell.warmup,
+            campaign=self.campaign.name,
+            cell_id=cid,
+            spec_key=cell.spec_key,
+            device_serial=self.name,
+            device_model=self.facts.model,
+            device_virtual=self.facts.virtual,
+            workload=cell.workload,
+            variant=cell.variant,
+            batch=cell.batch,
+            governor_requested=cell.governor,
+            governor_applied=applied,
+            affinity=cell.affinity,
+            artifact_hash=art.hash,
+            labels=tuple(sorted(labels)),
+            config=cell.config,
+            governor_reason=reason,
+            pinned_khz=pinned,
+            warmup_steps=cell.warmup,
             energy_source=getattr(meter, "spec", cell.energy) if trace is not None else "none",
             energy_note=energy_note,
-            freqs_start_khz=_freqs(start), freqs_end_khz=_freqs(end),
-            temp_start_c=start.max_temp_c, temp_end_c=end.max_temp_c,
+            freqs_start_khz=_freqs(start),
+            freqs_end_khz=_freqs(end),
+            temp_start_c=start.max_temp_c,
+            temp_end_c=end.max_temp_c,
             throttled=_throttled(end),
             battery_pct=None if bat is None or bat.capacity is None else float(bat.capacity),
-            tool_versions=tuple(sorted({**dict(art.tools), "autlearn": __version__,
-                                        "android": self.facts.android or "?"}.items())),
-            started_at=started, finished_at=time.time(), harness=clock.parts_tuple(),
-            harness_s=round(clock.total(), 4), wait_s=round(clock.wait, 4),
-            cpu_share=tuple(None if x is None else round(x, 4) for x in shares))
+            tool_versions=tuple(
+                sorted({**dict(art.tools), "autlearn": __version__, "android": self.facts.android or "?"}.items())
+            ),
+            started_at=started,
+            finished_at=time.time(),
+            harness=clock.parts_tuple(),
+            harness_s=round(clock.total(), 4),
+            wait_s=round(clock.wait, 4),
+            cpu_share=tuple(None if x is None else round(x, 4) for x in shares),
+        )
         with hostcpu.shared(self.facts.virtual):
             self.store.write_cell(meta, samples)
         self.counts["ok"] += 1
@@ -365,8 +406,14 @@ class DeviceWorker:
             res = resolve_governor(cell.governor, self.facts.governors, cell.fallback)
             if res.applied is not None and res.pin_khz is None and current == {res.applied}:
                 return res.applied, f"unrooted: the device already runs {res.applied}", ()
-            return None, (f"needs root to set governor {cell.governor!r} and the device has none "
-                          f"(it runs at its default {','.join(sorted(g for g in current if g))})"), ()
+            return (
+                None,
+                (
+                    f"needs root to set governor {cell.governor!r} and the device has none "
+                    f"(it runs at its default {','.join(sorted(g for g in current if g))})"
+                ),
+                (),
+            )
         except GovernorUnavailable as exc:
             return None, str(exc), ()
         if res.resolution.applied is None:
@@ -434,7 +481,7 @@ def restore_passthrough(campaign: Campaign | None, serials) -> dict[str, str]:
 
 def put_back_passthrough(monitor: str, lab_home) -> str:
     """After a window on `monitor` ended badly: its USB passthrough as it was before the window, said in one line."""
-    from profiler.energy.monsoon import restore_pending_passthrough   # the monsoon driver: only with a monitor
+    from profiler.energy.monsoon import restore_pending_passthrough  # the monsoon driver: only with a monitor
 
     try:
         what = restore_pending_passthrough(monitor, lab_home=lab_home)
@@ -456,8 +503,9 @@ def put_back(serials, campaign: Campaign | None = None) -> dict[str, str]:
 
 
 def undo_root(serials: set[str], log: Callable[[str], None]) -> None:
-    for key, what in knobs.restore_pending(knobs.default_root(), lambda s: Device(s), serials=serials,
-                                           only={"adb_root"}).items():
+    for key, what in knobs.restore_pending(
+        knobs.default_root(), lambda s: Device(s), serials=serials, only={"adb_root"}
+    ).items():
         if what != "restored":
             log(f"{key}: not undone now ({what}); the next run does it")
 

@@ -28,16 +28,26 @@ from profiler import stats
 from profiler.campaign_config import serial_of_label
 from profiler.errors import UserError
 from profiler.stats import ratio_ci
-from profiler.store import (MANIFEST, SchemaError, energy_reason, load_results, load_status, load_summaries,
-                            one_line)
+from profiler.store import MANIFEST, SchemaError, energy_reason, load_results, load_status, load_summaries, one_line
 from reports import figures as F
-from reports.model import (CampaignData, CellRow, Comparison, DeviceInfo, EnergyRow, FigureSlot, Outcome, Report,
-                           ReportOptions)
+from reports.model import (
+    CampaignData,
+    CellRow,
+    Comparison,
+    DeviceInfo,
+    EnergyRow,
+    FigureSlot,
+    Outcome,
+    Report,
+    ReportOptions,
+)
 from reports.render import render
 
 DEFAULT_BASELINE = "unoptimized"  # the compiler claim: optimized variants vs the unoptimized build
 PAPER_PAIRS = (("full", "compressed"), ("full", "cached"))  # Fig. 8: compression and caching vs full
-SIZE_BUDGET = 10 * 1024 * 1024  # mail attachments: 10 MB passes common providers (Gmail 25, Outlook 20); plotly.js is ~4.8 MB
+SIZE_BUDGET = (
+    10 * 1024 * 1024
+)  # mail attachments: 10 MB passes common providers (Gmail 25, Outlook 20); plotly.js is ~4.8 MB
 SERIES_POINTS_TOTAL = 20_000  # per-step samples drawn over all cells (subsampled beyond)
 SERIES_POINTS_CELL = 400
 TRACE_POINTS = 1_500  # power samples drawn per trace (bucket means)
@@ -59,8 +69,7 @@ def load_campaign_data(path: str | Path) -> CampaignData:
         raise ReportError(f"not a directory: {p}")
     if not (p / MANIFEST).is_file():
         children = sorted(c.parent.name for c in p.glob(f"*/{MANIFEST}"))
-        hint = (f"; it holds campaigns {', '.join(children[:8])}: pass one, e.g. {p / children[0]}"
-                if children else "")
+        hint = f"; it holds campaigns {', '.join(children[:8])}: pass one, e.g. {p / children[0]}" if children else ""
         raise ReportError(f"not an autlearn results directory (no {MANIFEST}): {p}{hint}")
     try:
         status = load_status(p)  # validates the manifest and schema version first
@@ -84,8 +93,16 @@ def load_campaign_data(path: str | Path) -> CampaignData:
                 problems.append(f"power trace {f.name} unreadable: {exc}")
                 continue
             traces[cid] = t
-    return CampaignData(root=p, name=str(manifest.get("name") or p.name), manifest=manifest, raw=raw,
-                        summaries=summaries, status=status, traces=traces, problems=tuple(problems))
+    return CampaignData(
+        root=p,
+        name=str(manifest.get("name") or p.name),
+        manifest=manifest,
+        raw=raw,
+        summaries=summaries,
+        status=status,
+        traces=traces,
+        problems=tuple(problems),
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------- helpers
@@ -112,7 +129,7 @@ def _json_map(x: Any) -> dict[str, Any]:
 
 
 def _labels(x: Any) -> tuple[str, ...]:
-    return tuple(sorted(l for l in _s(x).split(",") if l))
+    return tuple(sorted(lb for lb in _s(x).split(",") if lb))
 
 
 def _bool(x: Any) -> bool | None:
@@ -169,21 +186,42 @@ def _cell_rows(data: CampaignData) -> tuple[list[CellRow], dict[str, np.ndarray]
         cid = str(r["cell_id"])
         e = energy.get(cid)
         es = stats.summarize(e) if e is not None and len(e) else None
-        rows.append(CellRow(
-            cell_id=cid, device_serial=_s(r.get("device_serial")), device_model=_s(r.get("device_model")),
-            workload=_s(r.get("workload")), case=case, variant=_s(r.get("variant")), batch=int(r.get("batch") or 0),
-            governor=_s(r.get("governor_requested")), governor_applied=_s(r.get("governor_applied")),
-            governor_reason=_s(r.get("governor_reason")), affinity=_s(r.get("affinity")),
-            labels=_labels(r.get("labels")), n=int(r.get("n") or 0), median_ms=_f(r.get("median_ns")) / 1e6,
-            ci_low_ms=_f(r.get("ci_low_ns")) / 1e6, ci_high_ms=_f(r.get("ci_high_ns")) / 1e6, cv=_f(r.get("cv")),
-            warnings=tuple(w for w in _s(r.get("warnings")).split("; ") if w),
-            energy_source=_s(r.get("energy_source")) or "none", energy_n=es.n if es else 0,
-            energy_median_j=es.median if es else float("nan"), energy_ci_low_j=es.ci_low if es else float("nan"),
-            energy_ci_high_j=es.ci_high if es else float("nan"), mean_power_w=power.get(cid, float("nan")),
-            temp_start_c=_f(r.get("temp_start_c")), temp_end_c=_f(r.get("temp_end_c")),
-            throttled=_bool(r.get("throttled")), started_at=_f(r.get("started_at")),
-            finished_at=_f(r.get("finished_at")), harness_s=_f(r.get("harness_s")),
-            wait_s=_f(r.get("wait_s")), energy_reason="" if es else energy_reason(_s(r.get("energy_note")))))
+        rows.append(
+            CellRow(
+                cell_id=cid,
+                device_serial=_s(r.get("device_serial")),
+                device_model=_s(r.get("device_model")),
+                workload=_s(r.get("workload")),
+                case=case,
+                variant=_s(r.get("variant")),
+                batch=int(r.get("batch") or 0),
+                governor=_s(r.get("governor_requested")),
+                governor_applied=_s(r.get("governor_applied")),
+                governor_reason=_s(r.get("governor_reason")),
+                affinity=_s(r.get("affinity")),
+                labels=_labels(r.get("labels")),
+                n=int(r.get("n") or 0),
+                median_ms=_f(r.get("median_ns")) / 1e6,
+                ci_low_ms=_f(r.get("ci_low_ns")) / 1e6,
+                ci_high_ms=_f(r.get("ci_high_ns")) / 1e6,
+                cv=_f(r.get("cv")),
+                warnings=tuple(w for w in _s(r.get("warnings")).split("; ") if w),
+                energy_source=_s(r.get("energy_source")) or "none",
+                energy_n=es.n if es else 0,
+                energy_median_j=es.median if es else float("nan"),
+                energy_ci_low_j=es.ci_low if es else float("nan"),
+                energy_ci_high_j=es.ci_high if es else float("nan"),
+                mean_power_w=power.get(cid, float("nan")),
+                temp_start_c=_f(r.get("temp_start_c")),
+                temp_end_c=_f(r.get("temp_end_c")),
+                throttled=_bool(r.get("throttled")),
+                started_at=_f(r.get("started_at")),
+                finished_at=_f(r.get("finished_at")),
+                harness_s=_f(r.get("harness_s")),
+                wait_s=_f(r.get("wait_s")),
+                energy_reason="" if es else energy_reason(_s(r.get("energy_note"))),
+            )
+        )
     rows.sort(key=lambda c: (c.device_serial, c.case, c.variant, c.governor, c.started_at))
     return rows, times, energy
 
@@ -192,8 +230,11 @@ def _devices(data: CampaignData, cells: Sequence[CellRow]) -> list[DeviceInfo]:
     facts = data.manifest.get("devices") if isinstance(data.manifest.get("devices"), Mapping) else {}
     summ = data.summaries
     st = data.status[~data.status["stale"].astype(bool)] if len(data.status) else data.status
-    serials = list(dict.fromkeys([c.device_serial for c in cells] +
-                                 [s for s in (serial_of_label(x) for x in st.get("label", [])) if s]))
+    serials = list(
+        dict.fromkeys(
+            [c.device_serial for c in cells] + [s for s in (serial_of_label(x) for x in st.get("label", [])) if s]
+        )
+    )
     out = []
     for serial in serials:
         mine = [c for c in cells if c.device_serial == serial]
@@ -202,21 +243,30 @@ def _devices(data: CampaignData, cells: Sequence[CellRow]) -> list[DeviceInfo]:
         first = rows.iloc[-1] if len(rows) else {}
         tools = _json_map(first.get("tool_versions")) if len(rows) else {}
 
-        def fact(key: str, column: str) -> str:
+        def fact(key: str, column: str, f=f, first=first, rows=rows) -> str:
             return _s(f.get(key)) or (_s(first.get(column)) if len(rows) else "") or "not recorded"
 
         android = _s(f.get("android")) or _s(tools.get("android")) or fact("android", "device_android")
-        labels = sorted({l for c in mine for l in c.labels})
+        labels = sorted({lb for c in mine for lb in c.labels})
         virtual = _bool(first.get("device_virtual")) if len(rows) else _bool(f.get("virtual"))
-        gov = tuple(dict.fromkeys((c.governor, c.governor_applied or "not applied", c.governor_reason)
-                                  for c in mine))
+        gov = tuple(dict.fromkeys((c.governor, c.governor_applied or "not applied", c.governor_reason) for c in mine))
         sts = st[st["label"].map(serial_of_label) == serial] if len(st) else st
-        out.append(DeviceInfo(
-            serial=serial, model=mine[0].device_model if mine else _s(f.get("model")) or "unknown",
-            virtual=virtual, soc=fact("soc", "device_soc"), android=android, root=fact("root", "device_root"),
-            governors=gov, energy_sources=tuple(sorted({c.energy_source for c in mine})), labels=tuple(labels),
-            cells_ok=len(mine), cells_failed=int((sts["status"] == "failed").sum()) if len(sts) else 0,
-            cells_skipped=int((sts["status"] == "skipped").sum()) if len(sts) else 0))
+        out.append(
+            DeviceInfo(
+                serial=serial,
+                model=mine[0].device_model if mine else _s(f.get("model")) or "unknown",
+                virtual=virtual,
+                soc=fact("soc", "device_soc"),
+                android=android,
+                root=fact("root", "device_root"),
+                governors=gov,
+                energy_sources=tuple(sorted({c.energy_source for c in mine})),
+                labels=tuple(labels),
+                cells_ok=len(mine),
+                cells_failed=int((sts["status"] == "failed").sum()) if len(sts) else 0,
+                cells_skipped=int((sts["status"] == "skipped").sum()) if len(sts) else 0,
+            )
+        )
     return out
 
 
@@ -227,22 +277,49 @@ def _pairs(baseline: str, variants: Iterable[str]) -> list[tuple[str, str]]:
     return pairs
 
 
-def _compare(key: str, a: CellRow, b: CellRow, xa: np.ndarray | None, xb: np.ndarray | None,
-             opts: ReportOptions, notes: tuple[str, ...] = ()) -> Comparison | None:
+def _compare(
+    key: str,
+    a: CellRow,
+    b: CellRow,
+    xa: np.ndarray | None,
+    xb: np.ndarray | None,
+    opts: ReportOptions,
+    notes: tuple[str, ...] = (),
+) -> Comparison | None:
     if xa is None or xb is None or not len(xa) or not len(xb):
         return None
     c = stats.compare(xa, xb, alpha=opts.alpha, min_ratio=opts.min_ratio)
     lo, hi = ratio_ci(xa, xb)
-    return Comparison(key=key, device_serial=b.device_serial, case=b.case, governor=b.governor,
-                      baseline=a.variant, candidate=b.variant, baseline_cell=a.cell_id, candidate_cell=b.cell_id,
-                      baseline_median_ms=c.baseline_median / 1e6, candidate_median_ms=c.candidate_median / 1e6,
-                      speedup=c.ratio, ci_low=lo, ci_high=hi, p_value=c.p_value, verdict=c.verdict,
-                      claim=c.verdict != "same", reason=c.reason, labels=tuple(sorted(set(a.labels) | set(b.labels))),
-                      notes=notes)
+    return Comparison(
+        key=key,
+        device_serial=b.device_serial,
+        case=b.case,
+        governor=b.governor,
+        baseline=a.variant,
+        candidate=b.variant,
+        baseline_cell=a.cell_id,
+        candidate_cell=b.cell_id,
+        baseline_median_ms=c.baseline_median / 1e6,
+        candidate_median_ms=c.candidate_median / 1e6,
+        speedup=c.ratio,
+        ci_low=lo,
+        ci_high=hi,
+        p_value=c.p_value,
+        verdict=c.verdict,
+        claim=c.verdict != "same",
+        reason=c.reason,
+        labels=tuple(sorted(set(a.labels) | set(b.labels))),
+        notes=notes,
+    )
 
 
-def _variant_comparisons(cells: Sequence[CellRow], times: Mapping[str, np.ndarray], baseline: str,
-                         variants: Sequence[str], opts: ReportOptions) -> list[Comparison]:
+def _variant_comparisons(
+    cells: Sequence[CellRow],
+    times: Mapping[str, np.ndarray],
+    baseline: str,
+    variants: Sequence[str],
+    opts: ReportOptions,
+) -> list[Comparison]:
     groups: dict[tuple, dict[str, CellRow]] = {}
     for c in cells:
         groups.setdefault((c.device_serial, c.case, c.governor), {})[c.variant] = c  # latest wins
@@ -273,8 +350,20 @@ def _energy_rows(cells: Sequence[CellRow], energy: Mapping[str, np.ndarray], bas
                 er = float(np.median(energy[c.cell_id]) / np.median(eb)) if np.median(eb) > 0 else float("nan")
                 lo, hi = ratio_ci(energy[c.cell_id], eb) if c is not base else (1.0, 1.0)
                 pr = c.mean_power_w / base.mean_power_w if base.mean_power_w > 0 else float("nan")
-            out.append(EnergyRow(serial, case, variant, gov, c.governor_applied, er, lo, hi, pr,
-                                 tuple(sorted(set(c.labels) | set(base.labels if base else ())))))
+            out.append(
+                EnergyRow(
+                    serial,
+                    case,
+                    variant,
+                    gov,
+                    c.governor_applied,
+                    er,
+                    lo,
+                    hi,
+                    pr,
+                    tuple(sorted(set(c.labels) | set(base.labels if base else ()))),
+                )
+            )
     return out
 
 
@@ -294,10 +383,17 @@ def _outcomes(data: CampaignData, cells: Sequence[CellRow]) -> tuple[list[Outcom
     st = data.status
     seen = set(st["cell_id"]) if len(st) else set()
     with_data = {c.cell_id for c in cells}
-    sel = ((data.manifest.get("spec") or {}).get("devices") or {}) if isinstance(data.manifest.get("spec"),
-                                                                                  Mapping) else {}
-    serials = ({c.device_serial for c in cells} | {serial_of_label(x) for x in st.get("label", [])}
-               | set(sel.get("serials") or []) | set(sel.get("energy") or {})) - {""}
+    sel = (
+        ((data.manifest.get("spec") or {}).get("devices") or {})
+        if isinstance(data.manifest.get("spec"), Mapping)
+        else {}
+    )
+    serials = (
+        {c.device_serial for c in cells}
+        | {serial_of_label(x) for x in st.get("label", [])}
+        | set(sel.get("serials") or [])
+        | set(sel.get("energy") or {})
+    ) - {""}
     labels = _plan_labels(data, sorted(serials)) if plan else {}
     plan_keys = set(plan.values())
     out: list[Outcome] = []
@@ -310,109 +406,204 @@ def _outcomes(data: CampaignData, cells: Sequence[CellRow]) -> tuple[list[Outcom
             out.append(Outcome(cid, str(r["status"]), one_line(_s(r["reason"])), label, key))
         elif cid not in with_data:
             out.append(Outcome(cid, "no data", "status ok but its samples are missing", label, key))
-    not_run = [Outcome(cid, "not run", "planned, no result yet", labels.get(key, ""), key)
-               for cid, key in plan.items() if cid not in seen]
+    not_run = [
+        Outcome(cid, "not run", "planned, no result yet", labels.get(key, ""), key)
+        for cid, key in plan.items()
+        if cid not in seen
+    ]
     out += sorted(not_run, key=lambda o: (not o.label, o.label, o.cell_id))  # named ones first
     stat = lambda s: sum(1 for o in out if o.status == s)  # noqa: E731
-    counts = {"planned": len(plan), "ok": len(with_data), "failed": stat("failed"), "skipped": stat("skipped"),
-              "not run": stat("not run") + stat("interrupted"), "stale": stat("stale"), "no data": stat("no data")}
+    counts = {
+        "planned": len(plan),
+        "ok": len(with_data),
+        "failed": stat("failed"),
+        "skipped": stat("skipped"),
+        "not run": stat("not run") + stat("interrupted"),
+        "stale": stat("stale"),
+        "no data": stat("no data"),
+    }
     return out, counts
 
 
 def _state(counts: Mapping[str, int]) -> str:
     planned, ok = counts["planned"], counts["ok"]
     if not planned and not ok and not counts["failed"] and not counts["skipped"]:
-        return "No results at all: the campaign has no recorded plan and no finished cells (has `autlearn run` " \
-               "started?)."
+        return (
+            "No results at all: the campaign has no recorded plan and no finished cells (has `autlearn run` started?)."
+        )
     if not ok:
-        return (f"None of the {planned} planned cells has finished yet: {counts['failed']} failed, "
-                f"{counts['skipped']} skipped, {counts['not run']} not run.")
+        return (
+            f"None of the {planned} planned cells has finished yet: {counts['failed']} failed, "
+            f"{counts['skipped']} skipped, {counts['not run']} not run."
+        )
     if counts["not run"] or counts["failed"] or counts["skipped"] or counts["no data"]:
-        return (f"Incomplete: {ok} of {planned or ok} planned cells finished; {counts['failed']} failed, "
-                f"{counts['skipped']} skipped, {counts['not run']} not run yet. The figures show finished cells only.")
+        return (
+            f"Incomplete: {ok} of {planned or ok} planned cells finished; {counts['failed']} failed, "
+            f"{counts['skipped']} skipped, {counts['not run']} not run yet. The figures show finished cells only."
+        )
     return f"Complete: all {ok} cells finished."
 
 
 # ---------------------------------------------------------------------------------------------------------- figures
 def _hover_cmp(c: Comparison) -> str:
     tag = "" if c.claim else " — no claim"
-    return (f"{c.candidate} vs {c.baseline} ({c.case}, {c.governor}): {c.speedup:.3g}x "
-            f"[{_fmt(c.ci_low, 3)}, {_fmt(c.ci_high, 3)}] — {c.reason}{tag}")
+    return (
+        f"{c.candidate} vs {c.baseline} ({c.case}, {c.governor}): {c.speedup:.3g}x "
+        f"[{_fmt(c.ci_low, 3)}, {_fmt(c.ci_high, 3)}] — {c.reason}{tag}"
+    )
 
 
-def _figures(report_devices: Sequence[DeviceInfo], cells: Sequence[CellRow], comparisons: Sequence[Comparison],
-             energy_rows: Sequence[EnergyRow], data: CampaignData, baseline: str, baseline_gov: str,
-             variants: Sequence[str]) -> list[FigureSlot]:
+def _figures(
+    report_devices: Sequence[DeviceInfo],
+    cells: Sequence[CellRow],
+    comparisons: Sequence[Comparison],
+    energy_rows: Sequence[EnergyRow],
+    data: CampaignData,
+    baseline: str,
+    baseline_gov: str,
+    variants: Sequence[str],
+) -> list[FigureSlot]:
     slots: list[FigureSlot] = []
     dev_by = {d.serial: d for d in report_devices}
     with_cells = [d for d in report_devices if any(c.device_serial == d.serial for c in cells)]
     if not with_cells:
-        slots.append(FigureSlot("speedup", "time", "Training-time speedups",
-                                note="No finished cells: there is nothing to plot yet."))
+        slots.append(
+            FigureSlot(
+                "speedup", "time", "Training-time speedups", note="No finished cells: there is nothing to plot yet."
+            )
+        )
     for d in with_cells:
         rows = [c for c in comparisons if c.device_serial == d.serial]
         title = f"Speedup per training step — {_device_title(d)}"
         if not rows:
-            why = (f"fewer than two of the compared variants finished on this device (pairs: "
-                   f"{', '.join(f'{b} vs {a}' for a, b in _pairs(baseline, variants)) or 'none in this campaign'})")
+            why = (
+                f"fewer than two of the compared variants finished on this device (pairs: "
+                f"{', '.join(f'{b} vs {a}' for a, b in _pairs(baseline, variants)) or 'none in this campaign'})"
+            )
             slots.append(FigureSlot(f"speedup:{d.serial}", "time", title, note=f"No speedups to show: {why}."))
             continue
-        bars = [F.Bar(group=(c.case, c.governor), series=f"{c.candidate} vs {c.baseline}", value=c.speedup,
-                      low=c.ci_low, high=c.ci_high, claim=c.claim, hover=_hover_cmp(c)) for c in rows]
-        fig = F.bar_figure(title, bars, y_title="speedup (× faster than baseline)",
-                           x_title="workload / governor (faded, hatched: no significant difference)")
+        bars = [
+            F.Bar(
+                group=(c.case, c.governor),
+                series=f"{c.candidate} vs {c.baseline}",
+                value=c.speedup,
+                low=c.ci_low,
+                high=c.ci_high,
+                claim=c.claim,
+                hover=_hover_cmp(c),
+            )
+            for c in rows
+        ]
+        fig = F.bar_figure(
+            title,
+            bars,
+            y_title="speedup (× faster than baseline)",
+            x_title="workload / governor (faded, hatched: no significant difference)",
+        )
         slots.append(FigureSlot(f"speedup:{d.serial}", "time", title, fig))
 
     # energy (Fig. 9)
     energy_devs = [d for d in with_cells if any(e.device_serial == d.serial for e in energy_rows)]
     if not energy_devs:
-        slots.append(FigureSlot("energy", "energy", "Energy per step and mean power by governor",
-                                note="No energy data: no cell used an energy source (campaign `energy = \"none\"` "
-                                     "or no samples were attributed to steps)." if cells else
-                                "No finished cells: there is no energy data yet."))
+        slots.append(
+            FigureSlot(
+                "energy",
+                "energy",
+                "Energy per step and mean power by governor",
+                note='No energy data: no cell used an energy source (campaign `energy = "none"` '
+                "or no samples were attributed to steps)."
+                if cells
+                else "No finished cells: there is no energy data yet.",
+            )
+        )
     for d in energy_devs:
         rows = [e for e in energy_rows if e.device_serial == d.serial]
         modeled = " [modeled]" if any("modeled" in e.labels for e in rows) else ""
         title = f"Energy and power by governor — {_device_title(d)}{modeled}"
         if all(not math.isfinite(e.energy_ratio) for e in rows):
-            slots.append(FigureSlot(f"energy:{d.serial}", "energy", title,
-                                    note=f"The baseline governor {baseline_gov!r} has no energy data on this "
-                                         "device: nothing to normalise to."))
+            slots.append(
+                FigureSlot(
+                    f"energy:{d.serial}",
+                    "energy",
+                    title,
+                    note=f"The baseline governor {baseline_gov!r} has no energy data on this "
+                    "device: nothing to normalise to.",
+                )
+            )
             continue
 
         def hover(e: EnergyRow, what: str, v: float) -> str:
             applied = f" (applied: {e.governor_applied})" if e.governor_applied != e.governor else ""
             return f"{e.case} {e.variant}, {e.governor}{applied}: {what} {v:.3g}x {baseline_gov}"
 
-        ebars = [F.Bar((e.case, e.variant), e.governor, e.energy_ratio, e.energy_ci_low, e.energy_ci_high,
-                       hover=hover(e, "energy/step", e.energy_ratio)) for e in rows]
-        pbars = [F.Bar((e.case, e.variant), e.governor, e.power_ratio, hover=hover(e, "mean power", e.power_ratio))
-                 for e in rows]
-        slots.append(FigureSlot(f"energy:{d.serial}", "energy", title,
-                                F.energy_figure(title, ebars, pbars, baseline=baseline_gov)))
+        ebars = [
+            F.Bar(
+                (e.case, e.variant),
+                e.governor,
+                e.energy_ratio,
+                e.energy_ci_low,
+                e.energy_ci_high,
+                hover=hover(e, "energy/step", e.energy_ratio),
+            )
+            for e in rows
+        ]
+        pbars = [
+            F.Bar((e.case, e.variant), e.governor, e.power_ratio, hover=hover(e, "mean power", e.power_ratio))
+            for e in rows
+        ]
+        slots.append(
+            FigureSlot(
+                f"energy:{d.serial}", "energy", title, F.energy_figure(title, ebars, pbars, baseline=baseline_gov)
+            )
+        )
     no_energy = [d for d in with_cells if d not in energy_devs]
     if energy_devs and no_energy:
-        slots.append(FigureSlot("energy:none", "energy", "Devices without energy data",
-                                note="No energy source on " + ", ".join(_device_title(d) for d in no_energy) +
-                                     ": no energy figure for them."))
-    pts = [F.Point(c.median_ms, c.energy_median_j, c.governor, _device_title(dev_by[c.device_serial]),
-                   link=f"{c.device_serial}|{c.case}|{c.variant}",
-                   hover=f"{c.device_model} ({c.device_serial}) {c.case} {c.variant}, {c.governor}: "
-                         f"{c.median_ms:.4g} ms, {c.energy_median_j:.4g} J [{', '.join(c.labels)}]")
-           for c in cells if math.isfinite(c.energy_median_j) and math.isfinite(c.median_ms)]
+        slots.append(
+            FigureSlot(
+                "energy:none",
+                "energy",
+                "Devices without energy data",
+                note="No energy source on "
+                + ", ".join(_device_title(d) for d in no_energy)
+                + ": no energy figure for them.",
+            )
+        )
+    pts = [
+        F.Point(
+            c.median_ms,
+            c.energy_median_j,
+            c.governor,
+            _device_title(dev_by[c.device_serial]),
+            link=f"{c.device_serial}|{c.case}|{c.variant}",
+            hover=f"{c.device_model} ({c.device_serial}) {c.case} {c.variant}, {c.governor}: "
+            f"{c.median_ms:.4g} ms, {c.energy_median_j:.4g} J [{', '.join(c.labels)}]",
+        )
+        for c in cells
+        if math.isfinite(c.energy_median_j) and math.isfinite(c.median_ms)
+    ]
     modeled = " [modeled]" if any("modeled" in c.labels for c in cells if math.isfinite(c.energy_median_j)) else ""
     title = f"Time vs energy per step{modeled} (each point one cell; lines join a cell under different governors)"
-    slots.append(FigureSlot("tradeoff", "energy", title,
-                            F.scatter_figure(title, pts, x_title="median time per step (ms)",
-                                             y_title="median energy per step (J)") if pts else None,
-                            note="" if pts else "No energy data: the time/energy trade-off needs an energy source."))
+    slots.append(
+        FigureSlot(
+            "tradeoff",
+            "energy",
+            title,
+            F.scatter_figure(title, pts, x_title="median time per step (ms)", y_title="median energy per step (J)")
+            if pts
+            else None,
+            note="" if pts else "No energy data: the time/energy trade-off needs an energy source.",
+        )
+    )
 
     # stability: per-step series, temperature and frequency, power traces
     raw = data.raw
     per_cell_budget = max(20, min(SERIES_POINTS_CELL, SERIES_POINTS_TOTAL // max(1, len(cells))))
     if raw.empty or not with_cells:
-        slots.append(FigureSlot("series", "stability", "Per-step training time",
-                                note="No finished cells: no per-step samples yet."))
+        slots.append(
+            FigureSlot(
+                "series", "stability", "Per-step training time", note="No finished cells: no per-step samples yet."
+            )
+        )
     by_cell = {cid: g for cid, g in raw.groupby("cell_id")} if len(raw) else {}
     cell_by = {c.cell_id: c for c in cells}
     for d in with_cells:
@@ -432,11 +623,23 @@ def _figures(report_devices: Sequence[DeviceInfo], cells: Sequence[CellRow], com
                 x, y, w, subsampled = x[idx], y[idx], w[idx], True
             series.append(F.Series(f"{c.case} {c.variant} {c.governor}", x, y, w))
         title = f"Per-step time — {_device_title(d)}"
-        note = (f" (subsampled to ≤{per_cell_budget} points per cell)" if subsampled else "")
-        slots.append(FigureSlot(f"series:{d.serial}", "stability", title + note,
-                                F.series_figure(title, series, x_title="step (repetitions one after another; open "
-                                                "markers: warm-up)", y_title="time per step (ms)") if series else None,
-                                note="" if series else "No per-step samples on disk for this device."))
+        note = f" (subsampled to ≤{per_cell_budget} points per cell)" if subsampled else ""
+        slots.append(
+            FigureSlot(
+                f"series:{d.serial}",
+                "stability",
+                title + note,
+                F.series_figure(
+                    title,
+                    series,
+                    x_title="step (repetitions one after another; open markers: warm-up)",
+                    y_title="time per step (ms)",
+                )
+                if series
+                else None,
+                note="" if series else "No per-step samples on disk for this device.",
+            )
+        )
 
     timed_at = any(c.started_at > 0 for c in cells)
     order = sorted(cells, key=lambda c: (c.started_at, c.device_serial))
@@ -448,15 +651,35 @@ def _figures(report_devices: Sequence[DeviceInfo], cells: Sequence[CellRow], com
         return i, i + 0.8
 
     x_title = "time (UTC)" if timed_at else "cell (campaign order)"
-    segs = [F.Segment(_device_title(dev_by[c.device_serial]), *xs(i, c), c.temp_start_c, c.temp_end_c,
-                      hover=f"{c.case} {c.variant} {c.governor}")
-            for i, c in enumerate(order) if math.isfinite(c.temp_start_c) or math.isfinite(c.temp_end_c)]
+    segs = [
+        F.Segment(
+            _device_title(dev_by[c.device_serial]),
+            *xs(i, c),
+            c.temp_start_c,
+            c.temp_end_c,
+            hover=f"{c.case} {c.variant} {c.governor}",
+        )
+        for i, c in enumerate(order)
+        if math.isfinite(c.temp_start_c) or math.isfinite(c.temp_end_c)
+    ]
     title = "Temperature at the start and end of each cell"
-    slots.append(FigureSlot("temperature", "stability", title,
-                            F.segment_figure(title, segs, x_title=x_title, y_title="temperature (°C)",
-                                             x_is_time=timed_at) if segs else None,
-                            note="" if segs else ("No temperatures recorded (thermal zones unreadable or not probed)."
-                                                  if cells else "No finished cells yet.")))
+    slots.append(
+        FigureSlot(
+            "temperature",
+            "stability",
+            title,
+            F.segment_figure(title, segs, x_title=x_title, y_title="temperature (°C)", x_is_time=timed_at)
+            if segs
+            else None,
+            note=""
+            if segs
+            else (
+                "No temperatures recorded (thermal zones unreadable or not probed)."
+                if cells
+                else "No finished cells yet."
+            ),
+        )
+    )
     summ = data.summaries
     freq_segs = []
     if len(summ):
@@ -465,15 +688,27 @@ def _figures(report_devices: Sequence[DeviceInfo], cells: Sequence[CellRow], com
             r = meta.get(c.cell_id)
             f0, f1 = _json_map(r.get("freqs_start_khz")), _json_map(r.get("freqs_end_khz"))
             for pol in sorted(set(f0) | set(f1)):
-                freq_segs.append(F.Segment(f"{_device_title(dev_by[c.device_serial])} {pol}", *xs(i, c),
-                                           _f(f0.get(pol)) / 1e3, _f(f1.get(pol)) / 1e3,
-                                           hover=f"{c.case} {c.variant} {c.governor}"))
+                freq_segs.append(
+                    F.Segment(
+                        f"{_device_title(dev_by[c.device_serial])} {pol}",
+                        *xs(i, c),
+                        _f(f0.get(pol)) / 1e3,
+                        _f(f1.get(pol)) / 1e3,
+                        hover=f"{c.case} {c.variant} {c.governor}",
+                    )
+                )
     title = "CPU frequency at the start and end of each cell (per policy)"
-    slots.append(FigureSlot("frequency", "stability", title,
-                            F.segment_figure(title, freq_segs, x_title=x_title, y_title="frequency (MHz)",
-                                             x_is_time=timed_at) if freq_segs else None,
-                            note="" if freq_segs else ("No CPU frequencies recorded." if cells else
-                                                       "No finished cells yet.")))
+    slots.append(
+        FigureSlot(
+            "frequency",
+            "stability",
+            title,
+            F.segment_figure(title, freq_segs, x_title=x_title, y_title="frequency (MHz)", x_is_time=timed_at)
+            if freq_segs
+            else None,
+            note="" if freq_segs else ("No CPU frequencies recorded." if cells else "No finished cells yet."),
+        )
+    )
     traces = []
     for cid, t in list(data.traces.items())[:TRACE_CELLS]:
         c = cell_by.get(cid)
@@ -481,21 +716,38 @@ def _figures(report_devices: Sequence[DeviceInfo], cells: Sequence[CellRow], com
             continue
         p = t["current"].to_numpy(float) * t["voltage"].to_numpy(float)
         tx, py = F.decimate(t["t"].to_numpy(float), p, TRACE_POINTS)
-        traces.append((f"{c.device_serial} {c.case} {c.variant} {c.governor} ({c.energy_source}) "
-                       f"[{', '.join(c.labels)}]", tx, py))
+        traces.append(
+            (f"{c.device_serial} {c.case} {c.variant} {c.governor} ({c.energy_source}) [{', '.join(c.labels)}]", tx, py)
+        )
     more = len(data.traces) - TRACE_CELLS
-    title = "Power traces" + (f" (first {TRACE_CELLS} of {len(data.traces)} cells)" if more > 0 else "") + \
-            (f" (bucket means, ≤{TRACE_POINTS} points each)" if traces else "")
-    slots.append(FigureSlot("traces", "stability", title, F.trace_figure(title, traces) if traces else None,
-                            note="" if traces else "No power traces saved (traces/<cell_id>.parquet appear when a "
-                                                   "power monitor such as a Monsoon recorded the cells)."))
+    title = (
+        "Power traces"
+        + (f" (first {TRACE_CELLS} of {len(data.traces)} cells)" if more > 0 else "")
+        + (f" (bucket means, ≤{TRACE_POINTS} points each)" if traces else "")
+    )
+    slots.append(
+        FigureSlot(
+            "traces",
+            "stability",
+            title,
+            F.trace_figure(title, traces) if traces else None,
+            note=""
+            if traces
+            else "No power traces saved (traces/<cell_id>.parquet appear when a "
+            "power monitor such as a Monsoon recorded the cells).",
+        )
+    )
     return slots
 
 
 # ---------------------------------------------------------------------------------------------------------- compare
-def _campaign_diff(data: CampaignData, cells: Sequence[CellRow], times: Mapping[str, np.ndarray],
-                   other: CampaignData, opts: ReportOptions
-                   ) -> tuple[list[Comparison], list[tuple[str, str]], FigureSlot]:
+def _campaign_diff(
+    data: CampaignData,
+    cells: Sequence[CellRow],
+    times: Mapping[str, np.ndarray],
+    other: CampaignData,
+    opts: ReportOptions,
+) -> tuple[list[Comparison], list[tuple[str, str]], FigureSlot]:
     """Before (other) vs after (this): matching cells by device, workload, config, variant, batch, governor,
     affinity. `speedup` = median(before) / median(after)."""
     ocells, otimes, _ = _cell_rows(other)
@@ -512,58 +764,97 @@ def _campaign_diff(data: CampaignData, cells: Sequence[CellRow], times: Mapping[
     for k, after in mine.items():
         before = theirs.get(k)
         if before is None:
-            unmatched.append(("only in this campaign", f"{after.device_serial} {after.case} {after.variant} "
-                                                        f"{after.governor}"))
+            unmatched.append(
+                ("only in this campaign", f"{after.device_serial} {after.case} {after.variant} {after.governor}")
+            )
             continue
-        notes = tuple(f"{col} differs: {_s(osum[before.cell_id].get(col))} → {_s(msum[after.cell_id].get(col))}"
-                      for col in ("governor_applied", "artifact_hash", "pinned_khz", "warmup_steps", "labels",
-                                  "tool_versions")
-                      if _s(osum[before.cell_id].get(col)) != _s(msum[after.cell_id].get(col)))
-        cmp = _compare(f"{after.device_serial} / {after.case} / {after.variant} / {after.governor}", before, after,
-                       otimes.get(before.cell_id), times.get(after.cell_id), opts, notes)
+        notes = tuple(
+            f"{col} differs: {_s(osum[before.cell_id].get(col))} → {_s(msum[after.cell_id].get(col))}"
+            for col in ("governor_applied", "artifact_hash", "pinned_khz", "warmup_steps", "labels", "tool_versions")
+            if _s(osum[before.cell_id].get(col)) != _s(msum[after.cell_id].get(col))
+        )
+        cmp = _compare(
+            f"{after.device_serial} / {after.case} / {after.variant} / {after.governor}",
+            before,
+            after,
+            otimes.get(before.cell_id),
+            times.get(after.cell_id),
+            opts,
+            notes,
+        )
         if cmp:
             out.append(replace(cmp, baseline=f"before ({before.variant})", candidate=f"after ({after.variant})"))
     for k, before in theirs.items():
         if k not in mine:
-            unmatched.append((f"only in {other.name}", f"{before.device_serial} {before.case} {before.variant} "
-                                                       f"{before.governor}"))
+            unmatched.append(
+                (f"only in {other.name}", f"{before.device_serial} {before.case} {before.variant} {before.governor}")
+            )
     title = f"This campaign vs {other.name}: speedup per matching cell"
     if out:
-        bars = [F.Bar((f"{c.device_serial} {c.case}", f"{c.candidate.split('(')[1][:-1]} {c.governor}"),
-                      "after vs before", c.speedup, c.ci_low, c.ci_high, c.claim,
-                      hover=f"{c.key}: {c.speedup:.3g}x [{_fmt(c.ci_low, 3)}, {_fmt(c.ci_high, 3)}] — {c.reason}")
-                for c in out]
-        slot = FigureSlot("compare", "compare", title,
-                          F.bar_figure(title, bars, y_title="speedup (median before / median after)",
-                                       x_title="cell (faded, hatched: no significant difference)"))
+        bars = [
+            F.Bar(
+                (f"{c.device_serial} {c.case}", f"{c.candidate.split('(')[1][:-1]} {c.governor}"),
+                "after vs before",
+                c.speedup,
+                c.ci_low,
+                c.ci_high,
+                c.claim,
+                hover=f"{c.key}: {c.speedup:.3g}x [{_fmt(c.ci_low, 3)}, {_fmt(c.ci_high, 3)}] — {c.reason}",
+            )
+            for c in out
+        ]
+        slot = FigureSlot(
+            "compare",
+            "compare",
+            title,
+            F.bar_figure(
+                title,
+                bars,
+                y_title="speedup (median before / median after)",
+                x_title="cell (faded, hatched: no significant difference)",
+            ),
+        )
     else:
         slot = FigureSlot("compare", "compare", title, note="No matching finished cells in the two campaigns.")
     return out, unmatched, slot
 
 
 # ---------------------------------------------------------------------------------------------------------- entry
-def build_report(data: CampaignData, options: ReportOptions = ReportOptions(),
-                 other: CampaignData | None = None, *, now: float | None = None) -> Report:
+def build_report(
+    data: CampaignData,
+    options: ReportOptions = ReportOptions(),
+    other: CampaignData | None = None,
+    *,
+    now: float | None = None,
+) -> Report:
     """The report model of one campaign (and, with `other`, its comparison against that earlier campaign)."""
     cells, times, energy = _cell_rows(data)
     spec = data.manifest.get("spec") if isinstance(data.manifest.get("spec"), Mapping) else {}
-    spec_variants = [v for w in spec.get("workload") or [] if isinstance(w, Mapping)
-                     for v in w.get("variants") or []]
+    spec_variants = [v for w in spec.get("workload") or [] if isinstance(w, Mapping) for v in w.get("variants") or []]
     variants = list(dict.fromkeys([*spec_variants, *(c.variant for c in cells)]))
     notes = list(data.problems)
     if options.baseline is not None and options.baseline not in variants:
-        raise ReportError(f"--baseline {options.baseline!r} is not a variant of campaign {data.name!r} "
-                          f"(variants: {', '.join(variants) or 'none'})")
+        raise ReportError(
+            f"--baseline {options.baseline!r} is not a variant of campaign {data.name!r} "
+            f"(variants: {', '.join(variants) or 'none'})"
+        )
     baseline = options.baseline or DEFAULT_BASELINE
     if options.baseline is None and variants and baseline not in variants:
-        notes.append(f"The default baseline variant {baseline!r} is not in this campaign; only the paper's pairs "
-                     f"(compressed and cached vs full) are compared. Pick another with --baseline.")
+        notes.append(
+            f"The default baseline variant {baseline!r} is not in this campaign; only the paper's pairs "
+            f"(compressed and cached vs full) are compared. Pick another with --baseline."
+        )
     govs = [c.governor for c in cells]
-    spec_govs = [str(g) for g in ((spec.get("governors") or {}).get("intents") or [])] \
-        if isinstance(spec.get("governors"), Mapping) else []
+    spec_govs = (
+        [str(g) for g in ((spec.get("governors") or {}).get("intents") or [])]
+        if isinstance(spec.get("governors"), Mapping)
+        else []
+    )
     if options.baseline_governor is not None and options.baseline_governor not in set(govs) | set(spec_govs):
-        raise ReportError(f"--baseline-governor {options.baseline_governor!r} is not a governor of campaign "
-                          f"{data.name!r} (governors: {', '.join(dict.fromkeys(spec_govs + govs)) or 'none'})")
+        raise ReportError(
+            f"--baseline-governor {options.baseline_governor!r} is not a governor of campaign "
+            f"{data.name!r} (governors: {', '.join(dict.fromkeys(spec_govs + govs)) or 'none'})"
+        )
     baseline_gov = options.baseline_governor or next((g for g in spec_govs if g in govs), govs[0] if govs else "")
     comparisons = _variant_comparisons(cells, times, baseline, variants, options)
     energy_rows = _energy_rows(cells, energy, baseline_gov)
@@ -572,8 +863,8 @@ def build_report(data: CampaignData, options: ReportOptions = ReportOptions(),
     figures = _figures(devices, cells, comparisons, energy_rows, data, baseline, baseline_gov, variants)
     label_counts: dict[str, int] = {}
     for c in cells:
-        for l in c.labels:
-            label_counts[l] = label_counts.get(l, 0) + 1
+        for lb in c.labels:
+            label_counts[lb] = label_counts.get(lb, 0) + 1
     diff, unmatched = [], []
     if other is not None:
         diff, unmatched, slot = _campaign_diff(data, cells, times, other, options)
@@ -582,13 +873,27 @@ def build_report(data: CampaignData, options: ReportOptions = ReportOptions(),
     if data.raw.attrs.get("stale"):
         notes.append(f"{len(data.raw.attrs['stale'])} stale cell(s) (from an older artifact or plan) are left out.")
     return Report(
-        campaign=data.name, description=_s(spec.get("description")), source=str(data.root),
-        generated_at=time.time() if now is None else now, options=options, baseline=baseline,
-        baseline_governor=baseline_gov, counts=tuple(counts.items()), state=_state(counts),
-        labels=tuple(sorted(label_counts.items())), devices=tuple(devices), cells=tuple(cells),
-        comparisons=tuple(comparisons), energy=tuple(energy_rows), outcomes=tuple(outcomes), figures=tuple(figures),
-        notes=tuple(notes), other=other.name if other is not None else "", campaign_diff=tuple(diff),
-        unmatched=tuple(unmatched))
+        campaign=data.name,
+        description=_s(spec.get("description")),
+        source=str(data.root),
+        generated_at=time.time() if now is None else now,
+        options=options,
+        baseline=baseline,
+        baseline_governor=baseline_gov,
+        counts=tuple(counts.items()),
+        state=_state(counts),
+        labels=tuple(sorted(label_counts.items())),
+        devices=tuple(devices),
+        cells=tuple(cells),
+        comparisons=tuple(comparisons),
+        energy=tuple(energy_rows),
+        outcomes=tuple(outcomes),
+        figures=tuple(figures),
+        notes=tuple(notes),
+        other=other.name if other is not None else "",
+        campaign_diff=tuple(diff),
+        unmatched=tuple(unmatched),
+    )
 
 
 def _tuning_notes(data: CampaignData) -> list[str]:
@@ -600,14 +905,28 @@ def _tuning_notes(data: CampaignData) -> list[str]:
     for case, (_, r) in zip(_cases(s), s.iterrows()):
         tools = _json_map(r.get("tool_versions"))
         if "tuning" in tools:
-            seen.setdefault(f"{case} {_s(r.get('variant'))} on {_s(r.get('device_serial'))}",
-                            f"{_s(tools.get('target')) or '?'}, {_s(tools['tuning'])}")
+            seen.setdefault(
+                f"{case} {_s(r.get('variant'))} on {_s(r.get('device_serial'))}",
+                f"{_s(tools.get('target')) or '?'}, {_s(tools['tuning'])}",
+            )
     return [f"Compiled code of {k}: {v}." for k, v in sorted(seen.items())]
 
 
-_SUMMARY_FIELDS = ("n", "median_ms", "ci_low_ms", "ci_high_ms", "cv", "warnings", "energy_n", "energy_median_j",
-                   "energy_ci_low_j", "energy_ci_high_j", "mean_power_w", "harness_s",
-                   "wait_s")
+_SUMMARY_FIELDS = (
+    "n",
+    "median_ms",
+    "ci_low_ms",
+    "ci_high_ms",
+    "cv",
+    "warnings",
+    "energy_n",
+    "energy_median_j",
+    "energy_ci_low_j",
+    "energy_ci_high_j",
+    "mean_power_w",
+    "harness_s",
+    "wait_s",
+)
 
 
 def report_json(report: Report, *, html_bytes: int | None = None) -> dict[str, Any]:
@@ -624,28 +943,45 @@ def report_json(report: Report, *, html_bytes: int | None = None) -> dict[str, A
             return clean(x.item())
         return x
 
-    return clean({
-        "schema": REPORT_SCHEMA, "campaign": report.campaign, "description": report.description,
-        "source": report.source, "generated_at": report.generated_at, "options": asdict(report.options),
-        "baseline": report.baseline, "baseline_governor": report.baseline_governor, "state": report.state,
-        "counts": dict(report.counts), "labels": dict(report.labels),
-        "devices": [asdict(d) for d in report.devices],
-        "cells": [{k: v for k, v in asdict(c).items() if k not in _SUMMARY_FIELDS} for c in report.cells],
-        "summaries": [{"cell_id": c.cell_id, **{k: getattr(c, k) for k in _SUMMARY_FIELDS}} for c in report.cells],
-        "comparisons": [asdict(c) for c in report.comparisons], "energy": [asdict(e) for e in report.energy],
-        "missing": [asdict(o) for o in report.outcomes if o.status in ("not run", "no data")],
-        "failed": [asdict(o) for o in report.outcomes if o.status == "failed"],
-        "skipped": [asdict(o) for o in report.outcomes if o.status == "skipped"],
-        "stale": [asdict(o) for o in report.outcomes if o.status == "stale"],
-        "figures": [{"key": f.key, "section": f.section, "title": f.title, "drawn": f.figure is not None,
-                     "note": f.note} for f in report.figures],
-        "drawn_figures": report.drawn_figures, "notes": list(report.notes),
-        "compare": None if not report.other else {
-            "before": report.other, "after": report.campaign,
-            "cells": [asdict(c) for c in report.campaign_diff],
-            "unmatched": [{"side": s, "cell": c} for s, c in report.unmatched]},
-        "html_bytes": html_bytes,
-    })
+    return clean(
+        {
+            "schema": REPORT_SCHEMA,
+            "campaign": report.campaign,
+            "description": report.description,
+            "source": report.source,
+            "generated_at": report.generated_at,
+            "options": asdict(report.options),
+            "baseline": report.baseline,
+            "baseline_governor": report.baseline_governor,
+            "state": report.state,
+            "counts": dict(report.counts),
+            "labels": dict(report.labels),
+            "devices": [asdict(d) for d in report.devices],
+            "cells": [{k: v for k, v in asdict(c).items() if k not in _SUMMARY_FIELDS} for c in report.cells],
+            "summaries": [{"cell_id": c.cell_id, **{k: getattr(c, k) for k in _SUMMARY_FIELDS}} for c in report.cells],
+            "comparisons": [asdict(c) for c in report.comparisons],
+            "energy": [asdict(e) for e in report.energy],
+            "missing": [asdict(o) for o in report.outcomes if o.status in ("not run", "no data")],
+            "failed": [asdict(o) for o in report.outcomes if o.status == "failed"],
+            "skipped": [asdict(o) for o in report.outcomes if o.status == "skipped"],
+            "stale": [asdict(o) for o in report.outcomes if o.status == "stale"],
+            "figures": [
+                {"key": f.key, "section": f.section, "title": f.title, "drawn": f.figure is not None, "note": f.note}
+                for f in report.figures
+            ],
+            "drawn_figures": report.drawn_figures,
+            "notes": list(report.notes),
+            "compare": None
+            if not report.other
+            else {
+                "before": report.other,
+                "after": report.campaign,
+                "cells": [asdict(c) for c in report.campaign_diff],
+                "unmatched": [{"side": s, "cell": c} for s, c in report.unmatched],
+            },
+            "html_bytes": html_bytes,
+        }
+    )
 
 
 def render_html(report: Report) -> str:
@@ -668,8 +1004,12 @@ def json_path_for(out: Path) -> Path:
     return out.with_name("report.json") if out.name == "report.html" else out.with_suffix(".json")
 
 
-def write_report(results_dir: str | Path, out: str | Path | None = None, options: ReportOptions = ReportOptions(),
-                 compare_dir: str | Path | None = None) -> WrittenReport:
+def write_report(
+    results_dir: str | Path,
+    out: str | Path | None = None,
+    options: ReportOptions = ReportOptions(),
+    compare_dir: str | Path | None = None,
+) -> WrittenReport:
     """Build and write the HTML report (default `<results_dir>/report.html`) and its JSON summary."""
     data = load_campaign_data(results_dir)
     other = load_campaign_data(compare_dir) if compare_dir is not None else None
@@ -690,6 +1030,23 @@ def write_report(results_dir: str | Path, out: str | Path | None = None, options
     return WrittenReport(out_p, jp, len(blob), report.drawn_figures, report.notes, len(blob) > SIZE_BUDGET)
 
 
-__all__ = ["CampaignData", "CellRow", "Comparison", "DeviceInfo", "EnergyRow", "FigureSlot", "Outcome", "Report",
-           "ReportError", "ReportOptions", "WrittenReport", "build_report", "json_path_for", "load_campaign_data",
-           "ratio_ci", "render_html", "report_json", "write_report"]
+__all__ = [
+    "CampaignData",
+    "CellRow",
+    "Comparison",
+    "DeviceInfo",
+    "EnergyRow",
+    "FigureSlot",
+    "Outcome",
+    "Report",
+    "ReportError",
+    "ReportOptions",
+    "WrittenReport",
+    "build_report",
+    "json_path_for",
+    "load_campaign_data",
+    "ratio_ci",
+    "render_html",
+    "report_json",
+    "write_report",
+]

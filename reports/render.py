@@ -20,16 +20,29 @@ import plotly.io as pio
 
 from reports.model import CellRow, Comparison, FigureSlot, Outcome, Report
 
-CSP = ("default-src 'none'; script-src 'unsafe-inline' 'unsafe-eval'; style-src 'unsafe-inline'; "
-       "img-src data: blob:; font-src data:; connect-src 'none'; base-uri 'none'; form-action 'none'")
-PLOTLY_CONFIG = {"displaylogo": False, "responsive": True, "showLink": False, "showSendToCloud": False,
-                 "modeBarButtonsToRemove": ["sendDataToCloud"]}
-LABEL_TEXT = {"virtual": "measured on a virtual phone (no real hardware)",
-              "modeled": "energy from a power model, not an instrument",
-              "simulated": "from a simulated instrument",
-              "measured": "measured on real hardware"}
-SECTIONS = (("time", "Training time"), ("energy", "Energy"), ("stability", "Stability: warm-up, drift, thermals"),
-            ("compare", "Before / after"))
+CSP = (
+    "default-src 'none'; script-src 'unsafe-inline' 'unsafe-eval'; style-src 'unsafe-inline'; "
+    "img-src data: blob:; font-src data:; connect-src 'none'; base-uri 'none'; form-action 'none'"
+)
+PLOTLY_CONFIG = {
+    "displaylogo": False,
+    "responsive": True,
+    "showLink": False,
+    "showSendToCloud": False,
+    "modeBarButtonsToRemove": ["sendDataToCloud"],
+}
+LABEL_TEXT = {
+    "virtual": "measured on a virtual phone (no real hardware)",
+    "modeled": "energy from a power model, not an instrument",
+    "simulated": "from a simulated instrument",
+    "measured": "measured on real hardware",
+}
+SECTIONS = (
+    ("time", "Training time"),
+    ("energy", "Energy"),
+    ("stability", "Stability: warm-up, drift, thermals"),
+    ("compare", "Before / after"),
+)
 
 CSS = """
 :root{--fg:#1d1d1f;--mute:#666;--line:#ddd;--warn:#8a5a00;--bad:#a40000;--ok:#1b6e20}
@@ -112,9 +125,9 @@ def _pct(x: float) -> str:
 
 def _badges(labels: Iterable[str]) -> Markup:
     out = []
-    for l in labels:
-        cls = f" b-{l}" if l in LABEL_TEXT else ""
-        out.append(f'<span class="badge{cls}" title="{_e(LABEL_TEXT.get(l, l))}">{_e(l)}</span>')
+    for lb in labels:
+        cls = f" b-{lb}" if lb in LABEL_TEXT else ""
+        out.append(f'<span class="badge{cls}" title="{_e(LABEL_TEXT.get(lb, lb))}">{_e(lb)}</span>')
     return Markup("".join(out))
 
 
@@ -123,8 +136,12 @@ def _cell(v: object, cls: str = "") -> str:
     return f'<td class="{cls}">{body}</td>' if cls else f"<td>{body}</td>"
 
 
-def _table(headers: Sequence[str], rows: Iterable[Sequence[object]], num: Iterable[int] = (),
-           row_class: Sequence[str] | None = None) -> str:
+def _table(
+    headers: Sequence[str],
+    rows: Iterable[Sequence[object]],
+    num: Iterable[int] = (),
+    row_class: Sequence[str] | None = None,
+) -> str:
     num = set(num)
     head = "".join(f"<th>{_e(h)}</th>" for h in headers)
     body = []
@@ -148,58 +165,150 @@ def _verdict(c: Comparison) -> Markup:
 # ---------------------------------------------------------------------------------------------------------- parts
 def _figure(slot: FigureSlot, i: int) -> str:
     if slot.figure is None:
-        return (f'<figure class="fig" data-key="{_e(slot.key)}"><figcaption>{_e(slot.title)}</figcaption>'
-                f'<p class="note nofig">{_e(slot.note)}</p></figure>')
+        return (
+            f'<figure class="fig" data-key="{_e(slot.key)}"><figcaption>{_e(slot.title)}</figcaption>'
+            f'<p class="note nofig">{_e(slot.note)}</p></figure>'
+        )
     spec = pio.to_json(slot.figure, validate=False, pretty=False, remove_uids=True)
     fid = f"fig-{i}"
-    return (f'<figure class="fig" data-key="{_e(slot.key)}">'
-            f'<div class="plot" id="{fid}" data-figure="{_e(slot.key)}"></div>'
-            f'<script type="application/json" id="{fid}-data">{_json_for_script(spec)}</script>'
-            + (f'<figcaption>{_e(slot.note)}</figcaption>' if slot.note else "") + "</figure>")
+    return (
+        f'<figure class="fig" data-key="{_e(slot.key)}">'
+        f'<div class="plot" id="{fid}" data-figure="{_e(slot.key)}"></div>'
+        f'<script type="application/json" id="{fid}-data">{_json_for_script(spec)}</script>'
+        + (f"<figcaption>{_e(slot.note)}</figcaption>" if slot.note else "")
+        + "</figure>"
+    )
 
 
 def _comparisons_table(rows: Sequence[Comparison], first: str = "group") -> str:
     ordered = sorted(rows, key=lambda c: (not c.claim, c.key, c.candidate))
     return _table(
-        [first, "baseline", "candidate", "baseline ms", "candidate ms", "speedup", "95% CI", "p", "verdict",
-         "why", "labels"],
-        ([c.key, c.baseline, c.candidate, _num(c.baseline_median_ms), _num(c.candidate_median_ms),
-          f"{_num(c.speedup, 3)}×", _ci(c.ci_low, c.ci_high), _num(c.p_value, 2), _verdict(c),
-          c.reason + ("; " + "; ".join(c.notes) if c.notes else ""), _badges(c.labels)] for c in ordered),
-        num=(3, 4, 5, 6, 7), row_class=["" if c.claim else "noclaim" for c in ordered])
+        [
+            first,
+            "baseline",
+            "candidate",
+            "baseline ms",
+            "candidate ms",
+            "speedup",
+            "95% CI",
+            "p",
+            "verdict",
+            "why",
+            "labels",
+        ],
+        (
+            [
+                c.key,
+                c.baseline,
+                c.candidate,
+                _num(c.baseline_median_ms),
+                _num(c.candidate_median_ms),
+                f"{_num(c.speedup, 3)}×",
+                _ci(c.ci_low, c.ci_high),
+                _num(c.p_value, 2),
+                _verdict(c),
+                c.reason + ("; " + "; ".join(c.notes) if c.notes else ""),
+                _badges(c.labels),
+            ]
+            for c in ordered
+        ),
+        num=(3, 4, 5, 6, 7),
+        row_class=["" if c.claim else "noclaim" for c in ordered],
+    )
 
 
 def _cells_table(cells: Sequence[CellRow]) -> str:
     return _table(
-        ["device", "workload", "variant", "affinity", "governor (applied)", "n", "median ms", "95% CI ms", "CV",
-         "warnings", "energy J/step", "mean W", "°C start→end", "harness s", "wait s", "labels", "cell"],
-        ([f"{c.device_model} ({c.device_serial})", c.case, c.variant, c.affinity,
-          c.governor + (f" ({c.governor_applied or 'not applied'})" if c.governor_applied != c.governor else ""),
-          c.n, _num(c.median_ms), _ci(c.ci_low_ms, c.ci_high_ms), _pct(c.cv),
-          Markup(f'<span class="warn">{_e("; ".join(c.warnings))}</span>') if c.warnings else "",
-          Markup(f'<span class="warn">{_e(c.energy_reason)}</span>') if c.energy_reason else _num(c.energy_median_j),
-          _num(c.mean_power_w, 3),
-          f"{_num(c.temp_start_c, 3)}→{_num(c.temp_end_c, 3)}" + (" throttled" if c.throttled else ""),
-          _num(c.harness_s, 2), _num(c.wait_s, 2), _badges(c.labels), c.cell_id] for c in cells),
-        num=(5, 6, 7, 8, 10, 11, 13, 14))
+        [
+            "device",
+            "workload",
+            "variant",
+            "affinity",
+            "governor (applied)",
+            "n",
+            "median ms",
+            "95% CI ms",
+            "CV",
+            "warnings",
+            "energy J/step",
+            "mean W",
+            "°C start→end",
+            "harness s",
+            "wait s",
+            "labels",
+            "cell",
+        ],
+        (
+            [
+                f"{c.device_model} ({c.device_serial})",
+                c.case,
+                c.variant,
+                c.affinity,
+                c.governor + (f" ({c.governor_applied or 'not applied'})" if c.governor_applied != c.governor else ""),
+                c.n,
+                _num(c.median_ms),
+                _ci(c.ci_low_ms, c.ci_high_ms),
+                _pct(c.cv),
+                Markup(f'<span class="warn">{_e("; ".join(c.warnings))}</span>') if c.warnings else "",
+                Markup(f'<span class="warn">{_e(c.energy_reason)}</span>')
+                if c.energy_reason
+                else _num(c.energy_median_j),
+                _num(c.mean_power_w, 3),
+                f"{_num(c.temp_start_c, 3)}→{_num(c.temp_end_c, 3)}" + (" throttled" if c.throttled else ""),
+                _num(c.harness_s, 2),
+                _num(c.wait_s, 2),
+                _badges(c.labels),
+                c.cell_id,
+            ]
+            for c in cells
+        ),
+        num=(5, 6, 7, 8, 10, 11, 13, 14),
+    )
 
 
 def _outcomes_table(rows: Sequence[Outcome]) -> str:
-    return _table(["status", "cell", "reason", "cell id", "spec key"],
-                  ([o.status, o.label or "(unknown: only its spec key is recorded)", o.reason, o.cell_id, o.spec_key]
-                   for o in rows))
+    return _table(
+        ["status", "cell", "reason", "cell id", "spec key"],
+        (
+            [o.status, o.label or "(unknown: only its spec key is recorded)", o.reason, o.cell_id, o.spec_key]
+            for o in rows
+        ),
+    )
 
 
 def _devices_table(report: Report) -> str:
     rows = []
     for d in report.devices:
         gov = "; ".join(f"{r} → {a}" + (f" ({why})" if why and a != r else "") for r, a, why in d.governors)
-        rows.append([d.serial, d.model, d.soc, d.android,
-                     "yes" if d.virtual else "no" if d.virtual is not None else "?", d.root, gov or "–",
-                     ", ".join(d.energy_sources) or "–", f"{d.cells_ok} ok / {d.cells_failed} failed / "
-                     f"{d.cells_skipped} skipped", _badges(d.labels)])
-    return _table(["serial", "model", "SoC", "Android", "virtual", "root", "governor requested → applied",
-                   "energy source", "cells", "labels"], rows)
+        rows.append(
+            [
+                d.serial,
+                d.model,
+                d.soc,
+                d.android,
+                "yes" if d.virtual else "no" if d.virtual is not None else "?",
+                d.root,
+                gov or "–",
+                ", ".join(d.energy_sources) or "–",
+                f"{d.cells_ok} ok / {d.cells_failed} failed / {d.cells_skipped} skipped",
+                _badges(d.labels),
+            ]
+        )
+    return _table(
+        [
+            "serial",
+            "model",
+            "SoC",
+            "Android",
+            "virtual",
+            "root",
+            "governor requested → applied",
+            "energy source",
+            "cells",
+            "labels",
+        ],
+        rows,
+    )
 
 
 def _banner(report: Report) -> str:
@@ -207,20 +316,28 @@ def _banner(report: Report) -> str:
     total = len(report.cells)
     parts = []
     if labels.get("virtual"):
-        parts.append(f"{labels['virtual']} of {total} cells ran on virtual phones {_badges(['virtual'])} — their "
-                     "times come from this host's CPU running the phone's workload, not a phone SoC, slowed "
-                     "to each cluster's MODELED frequency and capacity (the time scale is this host's CPU, its "
-                     "noise included)")
+        parts.append(
+            f"{labels['virtual']} of {total} cells ran on virtual phones {_badges(['virtual'])} — their "
+            "times come from this host's CPU running the phone's workload, not a phone SoC, slowed "
+            "to each cluster's MODELED frequency and capacity (the time scale is this host's CPU, its "
+            "noise included)"
+        )
     if labels.get("modeled"):
-        parts.append(f"{labels['modeled']} of {total} cells have modeled energy {_badges(['modeled'])} — from a "
-                     "power model, not an instrument")
+        parts.append(
+            f"{labels['modeled']} of {total} cells have modeled energy {_badges(['modeled'])} — from a "
+            "power model, not an instrument"
+        )
     if labels.get("simulated"):
-        parts.append(f"{labels['simulated']} of {total} cells come from a simulated instrument "
-                     f"{_badges(['simulated'])}")
+        parts.append(
+            f"{labels['simulated']} of {total} cells come from a simulated instrument {_badges(['simulated'])}"
+        )
     if not parts:
         return ""
-    return ('<div class="banner" id="labels-banner"><b>Not everything here was measured on real phones.</b> '
-            + "; ".join(parts) + ". Every table row and figure entry carries these labels.</div>")
+    return (
+        '<div class="banner" id="labels-banner"><b>Not everything here was measured on real phones.</b> '
+        + "; ".join(parts)
+        + ". Every table row and figure entry carries these labels.</div>"
+    )
 
 
 def render(report: Report) -> str:
@@ -237,23 +354,31 @@ def render(report: Report) -> str:
     nav += [("devices", "Devices")] + [(k, t) for k, t in SECTIONS if by_section[k]] + [("cells", "Cells")]
     nav += [("failed", "Failed and skipped")] if failed or stale else []
     p: list[str] = [
-        "<!doctype html>", '<html lang="en"><head><meta charset="utf-8">',
+        "<!doctype html>",
+        '<html lang="en"><head><meta charset="utf-8">',
         f'<meta http-equiv="Content-Security-Policy" content="{_e(CSP)}">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>autlearn report: {_e(report.campaign)}</title>", f"<style>{CSS}</style>",
-        f"<script>{_plotly_js()}</script>", "</head><body>",
+        f"<title>autlearn report: {_e(report.campaign)}</title>",
+        f"<style>{CSS}</style>",
+        f"<script>{_plotly_js()}</script>",
+        "</head><body>",
         f"<header><h1>autlearn report: {_e(report.campaign)}</h1>",
     ]
     if report.description:
         p.append(f'<p class="meta">{_e(report.description)}</p>')
-    p.append(f'<p class="meta">results: <code>{_e(report.source)}</code> · generated '
-             f'{_e(time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(report.generated_at)))} · baseline variant '
-             f'<b>{_e(report.baseline)}</b> · baseline governor <b>{_e(report.baseline_governor or "–")}</b> · '
-             f'claims need Mann-Whitney p &lt; {_e(o.alpha)} and a ratio ≥ {_e(o.min_ratio)}</p></header>')
+    p.append(
+        f'<p class="meta">results: <code>{_e(report.source)}</code> · generated '
+        f"{_e(time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(report.generated_at)))} · baseline variant "
+        f"<b>{_e(report.baseline)}</b> · baseline governor <b>{_e(report.baseline_governor or '–')}</b> · "
+        f"claims need Mann-Whitney p &lt; {_e(o.alpha)} and a ratio ≥ {_e(o.min_ratio)}</p></header>"
+    )
     p.append(_banner(report))
     p.append(f'<p class="state" id="state">{_e(report.state)}</p>')
-    p.append('<p class="counts">' + "".join(f"<span>{_e(k)}: <b>{_e(v)}</b></span>" for k, v in counts.items()
-                                           if v or k in ("planned", "ok")) + "</p>")
+    p.append(
+        '<p class="counts">'
+        + "".join(f"<span>{_e(k)}: <b>{_e(v)}</b></span>" for k, v in counts.items() if v or k in ("planned", "ok"))
+        + "</p>"
+    )
     for n in report.notes:
         p.append(f'<p class="note">{_e(n)}</p>')
     p.append("<nav>" + "".join(f'<a href="#{k}">{_e(t)}</a>' for k, t in nav) + "</nav>")
@@ -261,13 +386,14 @@ def render(report: Report) -> str:
     if missing or not report.cells:
         p.append('<section id="missing"><h2>What is missing</h2>')
         if not report.cells:
-            p.append(f'<p class="note">No finished cells: this report has no measurements yet. '
-                     f'{_e(report.state)}</p>')
+            p.append(f'<p class="note">No finished cells: this report has no measurements yet. {_e(report.state)}</p>')
         if missing:
             p.append(f"<p>{len(missing)} planned cell(s) have no results:</p>" + _outcomes_table(missing))
             if any(not m.label for m in missing):
-                p.append("<p>Cells shown by spec key only belong to devices that have not reported anything yet "
-                         "(the results directory records the plan as cell ids and spec keys).</p>")
+                p.append(
+                    "<p>Cells shown by spec key only belong to devices that have not reported anything yet "
+                    "(the results directory records the plan as cell ids and spec keys).</p>"
+                )
         p.append("</section>")
 
     p.append('<section id="devices"><h2>Devices</h2>')
@@ -279,34 +405,50 @@ def render(report: Report) -> str:
             continue
         p.append(f'<section id="{key}"><h2>{_e(title)}</h2>')
         if key == "time":
-            p.append(f"<p>Speedup = median time per step of the baseline / of the candidate (&gt; 1: the candidate "
-                     f"is faster). Bars are 95% bootstrap intervals of that ratio. Baseline variant "
-                     f"<b>{_e(report.baseline)}</b> (the compiler claim); compressed and cached are also compared "
-                     f"with full (the paper's Fig. 8).</p>")
+            p.append(
+                f"<p>Speedup = median time per step of the baseline / of the candidate (&gt; 1: the candidate "
+                f"is faster). Bars are 95% bootstrap intervals of that ratio. Baseline variant "
+                f"<b>{_e(report.baseline)}</b> (the compiler claim); compressed and cached are also compared "
+                f"with full (the paper's Fig. 8).</p>"
+            )
         if key == "energy":
-            p.append(f"<p>Energy per step (median) and mean power over the timed steps, relative to the governor "
-                     f"<b>{_e(report.baseline_governor or '–')}</b> on the same device, workload and variant (the "
-                     f"paper's Fig. 9). Legends name the requested governor; the applied one is in the hover text "
-                     f"and the device table.</p>")
+            p.append(
+                f"<p>Energy per step (median) and mean power over the timed steps, relative to the governor "
+                f"<b>{_e(report.baseline_governor or '–')}</b> on the same device, workload and variant (the "
+                f"paper's Fig. 9). Legends name the requested governor; the applied one is in the hover text "
+                f"and the device table.</p>"
+            )
         if key == "compare":
-            p.append(f"<p>Before: <b>{_e(report.other)}</b>, after: <b>{_e(report.campaign)}</b>. Cells are matched "
-                     f"by device, workload, config, variant, batch, governor and affinity. Speedup = median before / "
-                     f"median after.</p>")
+            p.append(
+                f"<p>Before: <b>{_e(report.other)}</b>, after: <b>{_e(report.campaign)}</b>. Cells are matched "
+                f"by device, workload, config, variant, batch, governor and affinity. Speedup = median before / "
+                f"median after.</p>"
+            )
         p.extend(_figure(f, i) for i, f in by_section[key])
         if key == "time":
-            p.append(f"<h3>Variant comparisons ({len(claims)} of {len(report.comparisons)} pass both the test and "
-                     f"the minimum ratio)</h3>")
-            p.append(_comparisons_table(report.comparisons) if report.comparisons else
-                     '<p class="note">No variant pairs to compare.</p>')
+            p.append(
+                f"<h3>Variant comparisons ({len(claims)} of {len(report.comparisons)} pass both the test and "
+                f"the minimum ratio)</h3>"
+            )
+            p.append(
+                _comparisons_table(report.comparisons)
+                if report.comparisons
+                else '<p class="note">No variant pairs to compare.</p>'
+            )
         if key == "compare":
             p.append("<h3>Per matching cell</h3>" + _comparisons_table(report.campaign_diff, "cell"))
             if report.unmatched:
-                p.append(f"<details><summary>{len(report.unmatched)} cell(s) without a partner</summary>" +
-                         _table(["where", "cell"], ([s, c] for s, c in report.unmatched)) + "</details>")
+                p.append(
+                    f"<details><summary>{len(report.unmatched)} cell(s) without a partner</summary>"
+                    + _table(["where", "cell"], ([s, c] for s, c in report.unmatched))
+                    + "</details>"
+                )
         p.append("</section>")
 
-    p.append('<section id="cells"><h2>Cells</h2><p>Per finished cell: timed steps only; the CI is a 95% bootstrap '
-             'interval of the median; CV above 10% and warm-up/drift problems are flagged.</p>')
+    p.append(
+        '<section id="cells"><h2>Cells</h2><p>Per finished cell: timed steps only; the CI is a 95% bootstrap '
+        "interval of the median; CV above 10% and warm-up/drift problems are flagged.</p>"
+    )
     p.append(_cells_table(report.cells) if report.cells else '<p class="note">No finished cells.</p>')
     p.append("</section>")
     if failed or stale:
@@ -316,10 +458,14 @@ def render(report: Report) -> str:
         if stale:
             p.append("<h3>Stale (left out)</h3>" + _outcomes_table(stale))
         p.append("</section>")
-    p.append("<footer>Written by <code>autlearn report</code>. Self-contained: plotly.js is inlined and the page "
-             "loads nothing from the network. The same numbers are in the JSON file beside this page.</footer>")
-    p.append(f'<script type="application/json" id="autlearn-plotly-config">{_json_for_script(PLOTLY_CONFIG)}'
-             f"</script><script>{LOADER}</script></body></html>")
+    p.append(
+        "<footer>Written by <code>autlearn report</code>. Self-contained: plotly.js is inlined and the page "
+        "loads nothing from the network. The same numbers are in the JSON file beside this page.</footer>"
+    )
+    p.append(
+        f'<script type="application/json" id="autlearn-plotly-config">{_json_for_script(PLOTLY_CONFIG)}'
+        f"</script><script>{LOADER}</script></body></html>"
+    )
     return "\n".join(x for x in p if x)
 
 

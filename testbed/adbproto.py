@@ -26,8 +26,16 @@ MAX_PAYLOAD = 256 * 1024  # what we advertise and the largest WRTE we send
 MAX_ACCEPTED_PAYLOAD = 1024 * 1024  # hard limit on an incoming message body
 
 HEADER = struct.Struct("<6I")
-COMMAND_NAMES = {A_SYNC: "SYNC", A_CNXN: "CNXN", A_OPEN: "OPEN", A_OKAY: "OKAY", A_CLSE: "CLSE",
-                 A_WRTE: "WRTE", A_AUTH: "AUTH", A_STLS: "STLS"}
+COMMAND_NAMES = {
+    A_SYNC: "SYNC",
+    A_CNXN: "CNXN",
+    A_OPEN: "OPEN",
+    A_OKAY: "OKAY",
+    A_CLSE: "CLSE",
+    A_WRTE: "WRTE",
+    A_AUTH: "AUTH",
+    A_STLS: "STLS",
+}
 
 DEVICE_FEATURES = ("shell_v2", "cmd", "stat_v2", "ls_v2", "fixed_push_mkdir")
 
@@ -49,8 +57,9 @@ class Message:
 
     def pack(self, checksum: bool = False) -> bytes:
         crc = sum(self.data) & 0xFFFFFFFF if checksum else 0
-        return HEADER.pack(self.command, self.arg0, self.arg1, len(self.data), crc,
-                           self.command ^ 0xFFFFFFFF) + self.data
+        return (
+            HEADER.pack(self.command, self.arg0, self.arg1, len(self.data), crc, self.command ^ 0xFFFFFFFF) + self.data
+        )
 
 
 async def read_message(reader: asyncio.StreamReader) -> Message:
@@ -67,8 +76,10 @@ async def read_message(reader: asyncio.StreamReader) -> Message:
 
 def device_banner(product: str, model: str, device: str, features=DEVICE_FEATURES) -> bytes:
     """The CNXN payload a production adbd sends (no trailing NUL, as adbd does)."""
-    clean = {k: v.replace(";", ",").replace("=", "-") for k, v in
-             (("ro.product.name", product), ("ro.product.model", model), ("ro.product.device", device))}
+    clean = {
+        k: v.replace(";", ",").replace("=", "-")
+        for k, v in (("ro.product.name", product), ("ro.product.model", model), ("ro.product.device", device))
+    }
     props = "".join(f"{k}={v};" for k, v in clean.items())
     return f"device::{props}features={','.join(features)}".encode()
 
@@ -79,6 +90,7 @@ def parse_service(data: bytes) -> str:
 
 
 # ---- shell protocol v2 ----
+
 
 class ShellId(enum.IntEnum):
     STDIN = 0
@@ -106,7 +118,7 @@ class ShellRequest:
     pty: bool = False
 
     @classmethod
-    def parse(cls, service: str) -> "ShellRequest":
+    def parse(cls, service: str) -> ShellRequest:
         head, _, command = service.partition(":")
         args = head.split(",")[1:]
         term = next((a[5:] for a in args if a.startswith("TERM=")), "")
@@ -135,18 +147,50 @@ def stat_v1(mode: int, size: int, mtime: int) -> bytes:
 def stat_v2(kind: bytes, st, error: int = 0) -> bytes:
     if st is None:
         return STAT_V2.pack(kind, error, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
-    return STAT_V2.pack(kind, 0, st.st_dev, st.st_ino, st.st_mode, st.st_nlink, st.st_uid, st.st_gid,
-                        st.st_size, int(st.st_atime), int(st.st_mtime), int(st.st_ctime))
+    return STAT_V2.pack(
+        kind,
+        0,
+        st.st_dev,
+        st.st_ino,
+        st.st_mode,
+        st.st_nlink,
+        st.st_uid,
+        st.st_gid,
+        st.st_size,
+        int(st.st_atime),
+        int(st.st_mtime),
+        int(st.st_ctime),
+    )
 
 
 def dent_v1(name: bytes, st) -> bytes:
-    return DENT_V1.pack(b"DENT", st.st_mode & 0xFFFFFFFF, st.st_size & 0xFFFFFFFF,
-                        int(st.st_mtime) & 0xFFFFFFFF, len(name)) + name
+    return (
+        DENT_V1.pack(
+            b"DENT", st.st_mode & 0xFFFFFFFF, st.st_size & 0xFFFFFFFF, int(st.st_mtime) & 0xFFFFFFFF, len(name)
+        )
+        + name
+    )
 
 
 def dent_v2(name: bytes, st) -> bytes:
-    return DENT_V2.pack(b"DNT2", 0, st.st_dev, st.st_ino, st.st_mode, st.st_nlink, st.st_uid, st.st_gid,
-                        st.st_size, int(st.st_atime), int(st.st_mtime), int(st.st_ctime), len(name)) + name
+    return (
+        DENT_V2.pack(
+            b"DNT2",
+            0,
+            st.st_dev,
+            st.st_ino,
+            st.st_mode,
+            st.st_nlink,
+            st.st_uid,
+            st.st_gid,
+            st.st_size,
+            int(st.st_atime),
+            int(st.st_mtime),
+            int(st.st_ctime),
+            len(name),
+        )
+        + name
+    )
 
 
 def dent_done_v1() -> bytes:

@@ -21,32 +21,60 @@ def lab():
 
 
 @lab.command()
-@click.option("-n", "--count", type=int, default=None,
-              help="Number of phones (profiles are cycled); default: one per profile.")
-@click.option("--profile", "profiles", multiple=True, metavar="NAME",
-              help="Profile to start (repeatable); default: legacy, modern, unrooted.")
-@click.option("--base-port", type=int, default=None,
-              help=f"Port of the first phone; the others follow. Default: the first free ports from {DEFAULT_BASE_PORT}.")
-@click.option("--monsoon", "monsoon", multiple=True, is_flag=False, flag_value="all", metavar="PROFILE|NAME|all",
-              help="Give a phone a simulated Monsoon (serial SIM-<port>) following its modeled power: every phone "
-                   "of a profile, one phone by name (unrooted-1), or `all` (repeatable). Bare --monsoon = all.")
-@click.option("--governor", metavar="NAME", help="Boot every phone with this governor on every cluster instead of "
-              "its profile's default (e.g. performance: no governor ramps).")
-@click.option("--keep-warm/--no-keep-warm", default=True, show_default=True,
-              help="Keep-warm spinners while a shell process runs: throttled and unthrottled times see the same host "
-                   "speed (exact ratios; unthrottled runs ~30 %% slower on a 2-vCPU VM).")
-@click.option("--hosts", type=click.IntRange(1, 8), default=1, show_default=True,
-              help="Simulated USB hosts: with 2 or more, a local Ray cluster with one node, adb server and agent per "
-                   "host; the phones are dealt to the hosts in turn and the monitors plug into host1. Run campaigns "
-                   "with --cluster ADDRESS (printed).")
+@click.option(
+    "-n", "--count", type=int, default=None, help="Number of phones (profiles are cycled); default: one per profile."
+)
+@click.option(
+    "--profile",
+    "profiles",
+    multiple=True,
+    metavar="NAME",
+    help="Profile to start (repeatable); default: legacy, modern, unrooted.",
+)
+@click.option(
+    "--base-port",
+    type=int,
+    default=None,
+    help=f"Port of the first phone; the others follow. Default: the first free ports from {DEFAULT_BASE_PORT}.",
+)
+@click.option(
+    "--monsoon",
+    "monsoon",
+    multiple=True,
+    is_flag=False,
+    flag_value="all",
+    metavar="PROFILE|NAME|all",
+    help="Give a phone a simulated Monsoon (serial SIM-<port>) following its modeled power: every phone "
+    "of a profile, one phone by name (unrooted-1), or `all` (repeatable). Bare --monsoon = all.",
+)
+@click.option(
+    "--governor",
+    metavar="NAME",
+    help="Boot every phone with this governor on every cluster instead of "
+    "its profile's default (e.g. performance: no governor ramps).",
+)
+@click.option(
+    "--keep-warm/--no-keep-warm",
+    default=True,
+    show_default=True,
+    help="Keep-warm spinners while a shell process runs: throttled and unthrottled times see the same host "
+    "speed (exact ratios; unthrottled runs ~30 %% slower on a 2-vCPU VM).",
+)
+@click.option(
+    "--hosts",
+    type=click.IntRange(1, 8),
+    default=1,
+    show_default=True,
+    help="Simulated USB hosts: with 2 or more, a local Ray cluster with one node, adb server and agent per "
+    "host; the phones are dealt to the hosts in turn and the monitors plug into host1. Run campaigns "
+    "with --cluster ADDRESS (printed).",
+)
 def up(count, profiles, base_port, monsoon, governor, keep_warm, hosts):
     """Start the lab (replacing a previous one) and connect its phones to adb."""
     from rich.table import Table
 
-    from testbed.lab import next_free_ports
+    from testbed.lab import monsoon_phones, next_free_ports
     from testbed.profiles import load_profile
-
-    from testbed.lab import monsoon_phones
 
     chosen = expand_profiles(profiles, count)
     for name in dict.fromkeys(chosen):
@@ -114,21 +142,22 @@ def down():
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(as_json):
     """Show the lab's phones, whether they run, and their adb state."""
-    from rich.table import Table
-
     from pathlib import Path
+
+    from rich.table import Table
 
     from testbed.cluster_lab import ClusterLab, host_env
 
     cl = ClusterLab()
     hosts = [("", r) for r in Lab().status()]
-    for h in cl.hosts():        # a `lab up --hosts` lab: each host's phones on its own adb server
+    for h in cl.hosts():  # a `lab up --hosts` lab: each host's phones on its own adb server
         with host_env(h["env"]):
             hosts += [(h["name"], r) for r in Lab(Path(h["home"])).status()]
     rows = [r for _, r in hosts]
     if as_json:
-        click.echo(json.dumps({"cluster": cl.address, "phones": [{**r.to_json(), "host": h} for h, r in hosts]},
-                              indent=2))
+        click.echo(
+            json.dumps({"cluster": cl.address, "phones": [{**r.to_json(), "host": h} for h, r in hosts]}, indent=2)
+        )
         return
     if not rows:
         click.echo("lab: no phones (start them with `autlearn lab up`)")
@@ -138,8 +167,16 @@ def status(as_json):
         table.add_column(col)
     for h, r in hosts:
         p = r.phone
-        table.add_row(h or "-", p.name, p.serial, p.profile, str(p.port), str(p.pid),
-                      "running" if r.alive else "dead", r.adb_state)
+        table.add_row(
+            h or "-",
+            p.name,
+            p.serial,
+            p.profile,
+            str(p.port),
+            str(p.pid),
+            "running" if r.alive else "dead",
+            r.adb_state,
+        )
     _console().print(table)
     scales = {r.time_scale for r in rows if r.alive}
     for scale in sorted(scales):

@@ -19,8 +19,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from profiler import paths
 from profiler.errors import LabError
@@ -72,8 +72,15 @@ class ClusterLab:
         raise LabError(f"no host {name!r} in this lab")
 
     # -- up / down
-    def up(self, per_host: Sequence[Sequence[str]], *, monsoon: Sequence = (), governor: str | None = None,
-           keep_warm: bool = True, agents: bool = True) -> str:
+    def up(
+        self,
+        per_host: Sequence[Sequence[str]],
+        *,
+        monsoon: Sequence = (),
+        governor: str | None = None,
+        keep_warm: bool = True,
+        agents: bool = True,
+    ) -> str:
         """Start one Ray node, adb server, set of phones (`per_host[i]`: profiles) and agent per host; the
         cluster's address. `monsoon[i]`: host i's `Lab.up(monsoon=)`."""
         self.down()
@@ -92,14 +99,25 @@ class ClusterLab:
                 if os.environ.get("AUTLEARN_CACHE_DIR"):
                     env["AUTLEARN_CACHE_DIR"] = os.environ["AUTLEARN_CACHE_DIR"]
                 node = self._start_node(ray, name, address, head=i == 1, env=env, log=home / "ray-node.log")
-                host = {"name": name, "home": str(home), "adb_port": adb_port, "env": env, "node_pid": node,
-                        "labs": [str(home)]}
+                host = {
+                    "name": name,
+                    "home": str(home),
+                    "adb_port": adb_port,
+                    "env": env,
+                    "node_pid": node,
+                    "labs": [str(home)],
+                }
                 state["hosts"].append(host)
                 self._save(state)
                 with host_env(env):
                     mon = monsoon[i - 1] if i - 1 < len(monsoon) else False
-                    Lab(home).up(list(profiles), next_free_ports(len(profiles)), monsoon=mon, governor=governor,
-                                 keep_warm=keep_warm)
+                    Lab(home).up(
+                        list(profiles),
+                        next_free_ports(len(profiles)),
+                        monsoon=mon,
+                        governor=governor,
+                        keep_warm=keep_warm,
+                    )
             if agents:
                 for h in state["hosts"]:
                     self.start_agent(h["name"])
@@ -111,14 +129,30 @@ class ClusterLab:
 
     def _start_node(self, ray: str, name: str, address: str, *, head: bool, env: dict, log: Path) -> int:
         port = address.rpartition(":")[2]
-        args = [ray, "start", "--block", "--node-ip-address", "127.0.0.1", "--num-cpus", "1",
-                "--disable-usage-stats", "--object-store-memory", str(300 * 1024 * 1024),
-                "--labels", json.dumps({"autlearn-host": name})]
-        args += (["--head", "--port", port, "--include-dashboard=false"] if head else ["--address", address])
+        args = [
+            ray,
+            "start",
+            "--block",
+            "--node-ip-address",
+            "127.0.0.1",
+            "--num-cpus",
+            "1",
+            "--disable-usage-stats",
+            "--object-store-memory",
+            str(300 * 1024 * 1024),
+            "--labels",
+            json.dumps({"autlearn-host": name}),
+        ]
+        args += ["--head", "--port", port, "--include-dashboard=false"] if head else ["--address", address]
         with open(log, "w") as out:
-            proc = subprocess.Popen(args, env={**os.environ, **env, "RAY_USAGE_STATS_ENABLED": "0"},
-                                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                args,
+                env={**os.environ, **env, "RAY_USAGE_STATS_ENABLED": "0"},
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + NODE_START_S
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -142,7 +176,7 @@ class ClusterLab:
         home = Path(h["home"]) / "plugged" / str(len(h["labs"]))
         with host_env(h["env"]):
             phone = Lab(home).up([profile], next_free_ports(1), monsoon=monsoon, keep_warm=keep_warm)[0]
-            host_lab = Lab(Path(h["home"]))      # the host's lab knows it too: its monitor is found from there
+            host_lab = Lab(Path(h["home"]))  # the host's lab knows it too: its monitor is found from there
             lab_state = host_lab._read_state()
             lab_state.setdefault("phones", []).append({**phone.to_json(), "name": f"plugged-{phone.port}"})
             host_lab._write_state(lab_state)
@@ -163,12 +197,12 @@ class ClusterLab:
         hosts = state.get("hosts", [])
         ray = sys.modules.get("ray")
         if hosts and ray is not None and ray.is_initialized():
-            ray.shutdown()          # this process's connection to the cluster about to stop
-        for h in reversed(hosts):   # the head last
+            ray.shutdown()  # this process's connection to the cluster about to stop
+        for h in reversed(hosts):  # the head last
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(h["node_pid"], signal.SIGTERM)
         for h in reversed(hosts):
-            deadline = time.monotonic() + 3     # a raylet drains for up to 30 s: the lab's work is over
+            deadline = time.monotonic() + 3  # a raylet drains for up to 30 s: the lab's work is over
             while time.monotonic() < deadline and _group_alive(h["node_pid"]):
                 time.sleep(0.2)
             with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -179,8 +213,9 @@ class ClusterLab:
                     with contextlib.suppress(Exception):
                         Lab(Path(home)).down()
                 with contextlib.suppress(Exception):
-                    subprocess.run([find_adb(), "kill-server"], capture_output=True, timeout=30,
-                                   env={**os.environ, **h["env"]})
+                    subprocess.run(
+                        [find_adb(), "kill-server"], capture_output=True, timeout=30, env={**os.environ, **h["env"]}
+                    )
         with contextlib.suppress(FileNotFoundError):
             self.state_file.unlink()
         return len(hosts)

@@ -69,12 +69,12 @@ _log = logging.getLogger("vphone.throttle")
 PERIOD_S = 0.004  # a group at share s runs about s x PERIOD_S of CPU between stops
 MIN_WINDOW_S = 0.002  # but at least this much (caches refill after each stop: at 1 ms a step took 10-20 % more CPU)
 UNTHROTTLED = 0.999  # shares at or above this are never signalled
-HOLD_POLL_S = 0.02   # while a shell's process lives, the host gate's holder is looked at this often
-HELD_POLL_S = 0.02   # and while held, this often (a phone's own launch starts HOLD_SETTLE_S after naming itself)
+HOLD_POLL_S = 0.02  # while a shell's process lives, the host gate's holder is looked at this often
+HELD_POLL_S = 0.02  # and while held, this often (a phone's own launch starts HOLD_SETTLE_S after naming itself)
 LATE_CREDIT_S = 0.01  # a throttled group kept stopped this much too long gets the time back (a longer stall: not)
 MAX_STOP_S = 10.0  # no budget stop lasts longer (the longest legitimate one, a new group's first charge at the
-                   # lowest share, is ~4 s): a longer one is a bug, logged, and the group runs on with a new budget
-HEAL_S = 1.0       # a stopped group that nothing here holds stopped is looked for this often
+# lowest share, is ~4 s): a longer one is a bug, logged, and the group runs on with a new budget
+HEAL_S = 1.0  # a stopped group that nothing here holds stopped is looked for this often
 NEW_GROUP_S = 0.25  # a group first throttled this soon after its start is budgeted from its start
 KEEP_WARM_LINGER_S = 0.5  # spinners pause this long after the last shell process ended
 MASK_ENV = "AUTLEARN_VCPU_MASK"
@@ -94,8 +94,9 @@ def snap_up(table: tuple[int, ...], f: float) -> int:
     return table[min(i, len(table) - 1)]
 
 
-def next_freq(gov: str, f_cur: int, util: float, table: tuple[int, ...], lo: int, hi: int,
-              setspeed: int | None = None) -> int:
+def next_freq(
+    gov: str, f_cur: int, util: float, table: tuple[int, ...], lo: int, hi: int, setspeed: int | None = None
+) -> int:
     """What the governor `gov` applies next (pure). `hi` already includes the thermal cap."""
     hi = max(hi, lo)
     util = min(max(util, 0.0), 1.0)
@@ -114,8 +115,7 @@ def next_freq(gov: str, f_cur: int, util: float, table: tuple[int, ...], lo: int
         want = hi if util > 0.8 else snap_up(table, lo + util * (hi - lo))
     elif gov == "conservative":
         step = 0.05 * table[-1]
-        want = snap_up(table, f_cur + step) if util > 0.8 else (
-            snap_up(table, f_cur - step) if util < 0.2 else f_cur)
+        want = snap_up(table, f_cur + step) if util > 0.8 else (snap_up(table, f_cur - step) if util < 0.2 else f_cur)
     else:
         want = f_cur
     # the applied frequency is a table entry inside [lo, hi]
@@ -138,8 +138,7 @@ def cluster_for_mask(profile: Profile, mask: int | None) -> int:
             continue
         if best is None or cl.capacity > profile.clusters[best].capacity:
             best = i
-    return best if best is not None else max(range(len(profile.clusters)),
-                                             key=lambda i: profile.clusters[i].capacity)
+    return best if best is not None else max(range(len(profile.clusters)), key=lambda i: profile.clusters[i].capacity)
 
 
 def parse_mask(text: str | None) -> int | None:
@@ -163,7 +162,7 @@ def virtual_mask(pid: int, root: Path) -> int | None:
     key = MASK_ENV.encode() + b"="
     for item in env.split(b"\0"):
         if item.startswith(key):
-            return parse_mask(item[len(key):].decode(errors="replace"))
+            return parse_mask(item[len(key) :].decode(errors="replace"))
     return None
 
 
@@ -215,9 +214,15 @@ class KeepWarm:
 
             cpus = sorted(os.sched_getaffinity(0))
             with contextlib.suppress(OSError):
-                self.procs = [subprocess.Popen([sys.executable, "-S", "-c", _SPIN, str(c)],
-                                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                               stderr=subprocess.DEVNULL) for c in cpus]
+                self.procs = [
+                    subprocess.Popen(
+                        [sys.executable, "-S", "-c", _SPIN, str(c)],
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
+                    for c in cpus
+                ]
         for p in self.procs:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(p.pid, signal.SIGCONT if on else signal.SIGSTOP)
@@ -249,13 +254,13 @@ class SignalThrottle:
 
     def __init__(self, period_s: float = PERIOD_S, keep_warm: bool = True, serial: str = ""):
         self.period_s = period_s
-        self.serial = serial   # this phone as adb names it: another phone's timed launch holds this one
-        self.held = False      # every group of this phone is stopped for another phone's timed launch
+        self.serial = serial  # this phone as adb names it: another phone's timed launch holds this one
+        self.held = False  # every group of this phone is stopped for another phone's timed launch
         self._holder = _HolderFile()
-        self._groups: set[int] = set()     # every group of the phone's shells, throttled or not
-        self._known: dict[int, int | None] = {}   # group -> its leader's start (ticks): the same group, not a reuse
+        self._groups: set[int] = set()  # every group of the phone's shells, throttled or not
+        self._known: dict[int, int | None] = {}  # group -> its leader's start (ticks): the same group, not a reuse
         self._healed_at = -math.inf
-        self.healed = 0   # groups found stopped that nothing here held stopped, continued (logged)
+        self.healed = 0  # groups found stopped that nothing here held stopped, continued (logged)
         self._held_groups: set[int] = set()
         self._shares: dict[int, float] = {}
         self._active = False
@@ -264,21 +269,26 @@ class SignalThrottle:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._stopped: set[int] = set()
-        self._stopped_at: dict[int, float] = {}   # when each group in _stopped was stopped
+        self._stopped_at: dict[int, float] = {}  # when each group in _stopped was stopped
         self._thread: threading.Thread | None = None
         self.periods = 0  # stop/continue cycles (for the record)
-        self.errors = 0   # loop failures survived (logged)
+        self.errors = 0  # loop failures survived (logged)
         self.realtime = False  # the thread got SCHED_FIFO
         self.keep_warm = KeepWarm(keep_warm)
         self.clocks = TaskClocks()
 
     def describe(self) -> str:
-        clock = ("perf task-clock, exact" if self.clocks.exact
-                 else f"schedstat, brought up to date at scheduler ticks: {self.clocks.why}")
-        return (f"sigstop CPU-time budget ({clock}), window {self.period_s * 1e3:g} ms x share; "
-                "host CPU share per thread = "
-                "capacity/capacity_max x f/f_max(cluster); share 1.0 = this host's CPU, unthrottled; keep-warm "
-                f"SCHED_IDLE spinners {'on' if self.keep_warm.enabled else 'off'} while a shell process lives")
+        clock = (
+            "perf task-clock, exact"
+            if self.clocks.exact
+            else f"schedstat, brought up to date at scheduler ticks: {self.clocks.why}"
+        )
+        return (
+            f"sigstop CPU-time budget ({clock}), window {self.period_s * 1e3:g} ms x share; "
+            "host CPU share per thread = "
+            "capacity/capacity_max x f/f_max(cluster); share 1.0 = this host's CPU, unthrottled; keep-warm "
+            f"SCHED_IDLE spinners {'on' if self.keep_warm.enabled else 'off'} while a shell process lives"
+        )
 
     def set_shares(self, shares: dict[int, float], members: dict[int, list[int]] | None = None) -> None:
         """`shares`: process group -> share; `members`: its pids (whose threads' CPU time is budgeted)."""
@@ -368,7 +378,7 @@ class SignalThrottle:
         while not self._stop.is_set():
             try:
                 self._loop()
-            except Exception:   # a bug here must not leave the phone unthrottled (or held) for the rest of its life
+            except Exception:  # a bug here must not leave the phone unthrottled (or held) for the rest of its life
                 self.errors += 1
                 _log.exception("throttle loop failed; every group continued, budgets start afresh")
                 self._continue_all()
@@ -383,14 +393,14 @@ class SignalThrottle:
                 shares, members, active = dict(self._shares), dict(self._members), self._active
                 all_groups = set(self._groups)
             holder = self._holder.read() if all_groups or held else ""
-            if holder and holder != self.serial:   # another phone's timed launch: hold every group till it ends
+            if holder and holder != self.serial:  # another phone's timed launch: hold every group till it ends
                 self.held = True
                 self.keep_warm.set(False)
-                held |= self._stopped       # already stopped by their budget: continued when the hold ends
+                held |= self._stopped  # already stopped by their budget: continued when the hold ends
                 for pg in all_groups - held:
                     if self._signal(pg, signal.SIGSTOP):
                         held.add(pg)
-                groups.clear()              # budgets start afresh after the hold (no burst of saved credit)
+                groups.clear()  # budgets start afresh after the hold (no burst of saved credit)
                 self._stopped.clear()
                 self._wake.clear()
                 self._wake.wait(HELD_POLL_S)
@@ -398,7 +408,7 @@ class SignalThrottle:
             for pg in held:
                 self._signal(pg, signal.SIGCONT)
             held.clear()
-            self.held = False   # also when the hold found no group to stop (the power model ticks slowly while held)
+            self.held = False  # also when the hold found no group to stop (the power model ticks slowly while held)
             if active:
                 last_throttled = time.monotonic()
             self.keep_warm.set(time.monotonic() - last_throttled < KEEP_WARM_LINGER_S)
@@ -414,20 +424,25 @@ class SignalThrottle:
                 self._wake.wait(HOLD_POLL_S if all_groups else 0.1 if self.keep_warm.running else 1.0)
                 continue
             now = time.monotonic()
-            wake = now + HOLD_POLL_S   # look at the host gate's holder this often while a group lives
+            wake = now + HOLD_POLL_S  # look at the host gate's holder this often while a group lives
             read: list[int] = []
             for pg, share in shares.items():
                 b = groups.get(pg)
-                if b is None:   # a group that just started is budgeted from its start: its first tick is not free
+                if b is None:  # a group that just started is budgeted from its start: its first tick is not free
                     born = min(now, _started(pg, now))
                     b = groups[pg] = _Budget(born) if now - born < NEW_GROUP_S else _Budget(now, fresh=False)
-                cpu, b.pids = _thread_cpu_ns({*members.get(pg, (pg,)), *b.pids}, self.clocks, pg)   # default: leader
+                cpu, b.pids = _thread_cpu_ns({*members.get(pg, (pg,)), *b.pids}, self.clocks, pg)  # default: leader
                 read.extend(cpu)
                 ahead = b.update(now, share, self.window_s(share), cpu, stopped=pg in self._stopped)
                 if pg in self._stopped and now - self._stopped_at.get(pg, now) > MAX_STOP_S:
                     self.errors += 1
-                    _log.error("group %d stopped %.1f s (budget %.3f s ahead at share %.3f): continued, budget reset",
-                               pg, now - self._stopped_at[pg], ahead, share)
+                    _log.error(
+                        "group %d stopped %.1f s (budget %.3f s ahead at share %.3f): continued, budget reset",
+                        pg,
+                        now - self._stopped_at[pg],
+                        ahead,
+                        share,
+                    )
                     self._signal(pg, signal.SIGCONT)
                     self._stopped.discard(pg)
                     groups.pop(pg)
@@ -482,14 +497,14 @@ class _Budget:
 
     def __init__(self, now: float, fresh: bool = True):
         self.t = now
-        self.ahead = 0.0            # CPU s spent beyond the credit earned (negative: unspent credit)
+        self.ahead = 0.0  # CPU s spent beyond the credit earned (negative: unspent credit)
         self.cpu: dict[int, int] = {}
-        self.fresh = fresh          # the group started at `now`: all its CPU time counts (else: from the next look)
+        self.fresh = fresh  # the group started at `now`: all its CPU time counts (else: from the next look)
         self.pids: set[int] = set()  # the group's processes last seen (the power model's members + descendants)
 
     def update(self, now: float, share: float, window: float, cpu: dict[int, int], stopped: bool = False) -> float:
         spent = 0
-        if self.fresh:    # a thread first seen is charged all its CPU time (it started since the last look)
+        if self.fresh:  # a thread first seen is charged all its CPU time (it started since the last look)
             for tid, ns in cpu.items():
                 spent = max(spent, ns - min(self.cpu.get(tid, 0), ns))
         self.cpu, self.fresh = cpu, True
@@ -536,7 +551,7 @@ def _started(pid: int, default: float) -> float:
     return ticks / os.sysconf("SC_CLK_TCK") - boot
 
 
-def _thread_cpu_ns(pids, clocks: "TaskClocks | None" = None, pg: int | None = None) -> tuple[dict[int, int], set[int]]:
+def _thread_cpu_ns(pids, clocks: TaskClocks | None = None, pg: int | None = None) -> tuple[dict[int, int], set[int]]:
     """(tid -> ns on a CPU of every thread of `pids` and of their descendants, the pids seen); with `clocks`, a
     running thread's time is exact to the read (else schedstat field 1, brought up to date at scheduler ticks).
     Descendants come from /proc/<pid>/task/<tid>/children: a process a shell just started is budgeted from its
@@ -545,7 +560,7 @@ def _thread_cpu_ns(pids, clocks: "TaskClocks | None" = None, pg: int | None = No
     budget of its own."""
     out: dict[int, int] = {}
     tried: set[int] = set()
-    seen: set[int] = set()    # only the live ones: a sampler's group forks a child per sample for hours
+    seen: set[int] = set()  # only the live ones: a sampler's group forks a child per sample for hours
     todo = list(pids)
     while todo:
         pid = todo.pop()
@@ -582,14 +597,23 @@ def _pgrp(pid: int) -> int:
 
 _PERF_EVENT_OPEN = {"x86_64": 298, "aarch64": 241, "riscv64": 241}.get(platform.machine())
 _PERF_TYPE_SOFTWARE, _PERF_COUNT_SW_TASK_CLOCK = 1, 1
-_EXCLUDE_KERNEL_HV = (1 << 5) | (1 << 6)   # perf_event_attr flag bits: what perf_event_paranoid 2 lets a user count
+_EXCLUDE_KERNEL_HV = (1 << 5) | (1 << 6)  # perf_event_attr flag bits: what perf_event_paranoid 2 lets a user count
 
 
-class _PerfAttr(ctypes.Structure):   # struct perf_event_attr up to config2 (PERF_ATTR_SIZE_VER1)
-    _fields_ = [("type", ctypes.c_uint32), ("size", ctypes.c_uint32), ("config", ctypes.c_uint64),
-                ("sample_period", ctypes.c_uint64), ("sample_type", ctypes.c_uint64),
-                ("read_format", ctypes.c_uint64), ("flags", ctypes.c_uint64), ("wakeup_events", ctypes.c_uint32),
-                ("bp_type", ctypes.c_uint32), ("config1", ctypes.c_uint64), ("config2", ctypes.c_uint64)]
+class _PerfAttr(ctypes.Structure):  # struct perf_event_attr up to config2 (PERF_ATTR_SIZE_VER1)
+    _fields_ = [
+        ("type", ctypes.c_uint32),
+        ("size", ctypes.c_uint32),
+        ("config", ctypes.c_uint64),
+        ("sample_period", ctypes.c_uint64),
+        ("sample_type", ctypes.c_uint64),
+        ("read_format", ctypes.c_uint64),
+        ("flags", ctypes.c_uint64),
+        ("wakeup_events", ctypes.c_uint32),
+        ("bp_type", ctypes.c_uint32),
+        ("config1", ctypes.c_uint64),
+        ("config2", ctypes.c_uint64),
+    ]
 
 
 class TaskClocks:
@@ -601,7 +625,7 @@ class TaskClocks:
 
     def __init__(self):
         self._libc = ctypes.CDLL(None, use_errno=True)
-        self._fds: dict[int, tuple[int, int]] = {}   # tid -> (counter fd, schedstat ns when it was opened)
+        self._fds: dict[int, tuple[int, int]] = {}  # tid -> (counter fd, schedstat ns when it was opened)
         self._flags = 0
         self.exact = self._open(os.getpid()) is not None
         self.why = "" if self.exact else self._why
@@ -613,11 +637,12 @@ class TaskClocks:
         if _PERF_EVENT_OPEN is None:
             self._why = f"no perf_event_open number for {platform.machine()}"
             return None
-        attr = _PerfAttr(type=_PERF_TYPE_SOFTWARE, size=ctypes.sizeof(_PerfAttr), config=_PERF_COUNT_SW_TASK_CLOCK,
-                         flags=self._flags)
+        attr = _PerfAttr(
+            type=_PERF_TYPE_SOFTWARE, size=ctypes.sizeof(_PerfAttr), config=_PERF_COUNT_SW_TASK_CLOCK, flags=self._flags
+        )
         fd = self._libc.syscall(_PERF_EVENT_OPEN, ctypes.byref(attr), tid, -1, -1, 0)
         if fd < 0 and ctypes.get_errno() in (errno.EACCES, errno.EPERM) and not self._flags:
-            self._flags = _EXCLUDE_KERNEL_HV    # user time only is what an unprivileged user may count
+            self._flags = _EXCLUDE_KERNEL_HV  # user time only is what an unprivileged user may count
             return self._open(tid)
         if fd < 0:
             self._why = f"perf_event_open: {os.strerror(ctypes.get_errno())}"
@@ -668,17 +693,19 @@ class DvfsModel:
         self.sys = self.root / "sys"
         # a cluster's cpufreq directories: one policyN, or cpuN/cpufreq per CPU on old kernels (one shared policy)
         self.dirs = [profile.policy_dirs(self.sys / "devices/system/cpu", cl) for cl in profile.clusters]
-        self.freqs = [_read_int(d[0] / "scaling_cur_freq", cl.freqs_khz[0])
-                      for d, cl in zip(self.dirs, profile.clusters)]
+        self.freqs = [
+            _read_int(d[0] / "scaling_cur_freq", cl.freqs_khz[0]) for d, cl in zip(self.dirs, profile.clusters)
+        ]
         self.last_gov = [cl.governor for cl in profile.clusters]
         self.cooling_state = [0] * len(profile.clusters)
         self.cooling_dev: list[int | None] = []  # cooling_device index per cluster ("thermal-cpufreq-<cpu>")
         for cl in profile.clusters:
-            idx = next((i for i, d in enumerate(profile.cooling_devices)
-                        if d.type == f"thermal-cpufreq-{cl.cpus[0]}"), None)
+            idx = next(
+                (i for i, d in enumerate(profile.cooling_devices) if d.type == f"thermal-cpufreq-{cl.cpus[0]}"), None
+            )
             self.cooling_dev.append(idx)
-        self.held_s = [0.0] * len(profile.clusters)   # time at the current frequency
-        self.util_avg = [0.0] * len(profile.clusters)   # smoothed frequency-invariant utilisation (0..1)
+        self.held_s = [0.0] * len(profile.clusters)  # time at the current frequency
+        self.util_avg = [0.0] * len(profile.clusters)  # smoothed frequency-invariant utilisation (0..1)
         self.rise_c = 0.0
         self.since_poll = 0.0
         self._written: dict[Path, str] = {}
@@ -709,8 +736,10 @@ class DvfsModel:
         dirs = self.dirs[i]
         if len(dirs) == 1:
             return dirs[0]
+
         def stamp(d: Path) -> int:
             return max((_mtime(d / f) for f in INPUTS), default=0)
+
         primary = max(dirs, key=stamp)
         for d in dirs:
             if d != primary:
@@ -767,12 +796,19 @@ class DvfsModel:
             self.util_avg[i] = self.util_avg[i] * decay + busy * self.freqs[i] / top * (1 - decay)
             if i in new_tasks:
                 self.util_avg[i] = max(self.util_avg[i], (1.0 - self.util_avg[i]) / 2)
-            f = next_freq(gov, self.freqs[i], min(1.0, self.util_avg[i] * top / self.freqs[i]), cl.freqs_khz,
-                          min(lo, hi_eff), hi_eff, setspeed)
+            f = next_freq(
+                gov,
+                self.freqs[i],
+                min(1.0, self.util_avg[i] * top / self.freqs[i]),
+                cl.freqs_khz,
+                min(lo, hi_eff),
+                hi_eff,
+                setspeed,
+            )
             self.held_s[i] += dt
             hold = DOWN_HOLD_S.get(gov, 0.0)
             if f < self.freqs[i] and self.held_s[i] < hold and self.freqs[i] <= hi_eff:
-                f = self.freqs[i]   # a dynamic governor lowers a frequency only after holding it a while
+                f = self.freqs[i]  # a dynamic governor lowers a frequency only after holding it a while
             if f != self.freqs[i]:
                 self.held_s[i] = 0.0
             self.freqs[i] = f
@@ -782,11 +818,19 @@ class DvfsModel:
             dev = self.cooling_dev[i]
             if dev is not None:
                 max_state = self.profile.cooling_devices[dev].max_state
-                self._write(self.sys / f"class/thermal/cooling_device{dev}/cur_state",
-                            str(min(self.cooling_state[i], max_state)))
+                self._write(
+                    self.sys / f"class/thermal/cooling_device{dev}/cur_state",
+                    str(min(self.cooling_state[i], max_state)),
+                )
         self._write_temps()
-        return DvfsState(tuple(self.freqs), tuple(self.shares()), tuple(self.cap_khz(i) for i in
-                         range(len(self.freqs))), tuple(self.cooling_state), self.rise_c, self.hottest_c())
+        return DvfsState(
+            tuple(self.freqs),
+            tuple(self.shares()),
+            tuple(self.cap_khz(i) for i in range(len(self.freqs))),
+            tuple(self.cooling_state),
+            self.rise_c,
+            self.hottest_c(),
+        )
 
 
 INPUTS = ("scaling_governor", "scaling_min_freq", "scaling_max_freq", "scaling_setspeed")

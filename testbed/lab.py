@@ -19,9 +19,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
 
 from profiler import paths
 from profiler.errors import LabError, ToolMissing, UserError
@@ -49,9 +49,16 @@ class PhoneInfo:
         return {**asdict(self), "root": str(self.root)}
 
     @classmethod
-    def from_json(cls, d: dict) -> "PhoneInfo":
-        return cls(name=d["name"], serial=d["serial"], profile=d["profile"], port=int(d["port"]),
-                   root=Path(d["root"]), pid=int(d["pid"]), monsoon=d.get("monsoon"))
+    def from_json(cls, d: dict) -> PhoneInfo:
+        return cls(
+            name=d["name"],
+            serial=d["serial"],
+            profile=d["profile"],
+            port=int(d["port"]),
+            root=Path(d["root"]),
+            pid=int(d["pid"]),
+            monsoon=d.get("monsoon"),
+        )
 
 
 @dataclass(frozen=True)
@@ -71,8 +78,7 @@ class PhoneStatus:
             return "unknown"
 
     def to_json(self) -> dict:
-        return {**self.phone.to_json(), "alive": self.alive, "adb_state": self.adb_state,
-                "time_scale": self.time_scale}
+        return {**self.phone.to_json(), "alive": self.alive, "adb_state": self.adb_state, "time_scale": self.time_scale}
 
 
 def adb_server_port() -> int:
@@ -106,7 +112,7 @@ def expand_profiles(profiles: Sequence[str], count: int | None) -> list[str]:
     return [base[i % len(base)] for i in range(n)]
 
 
-def monsoon_phones(monsoon: "bool | str | Sequence[str]", profiles: Sequence[str]) -> list[bool]:
+def monsoon_phones(monsoon: bool | str | Sequence[str], profiles: Sequence[str]) -> list[bool]:
     """Which of the phones (by profile, in `up` order) get a simulated Monsoon. `monsoon`: False/None (none),
     True or "all" (every phone), or names: a profile (every phone of it) or a phone name (`unrooted-1`); "all"
     among them means every phone. LabError for a name that matches no phone."""
@@ -124,8 +130,9 @@ def monsoon_phones(monsoon: "bool | str | Sequence[str]", profiles: Sequence[str
         names.append(f"{p}-{counts[p]}")
     unknown = [w for w in wanted if w not in profiles and w not in names]
     if unknown:
-        raise LabError(f"--monsoon {unknown[0]}: no such phone or profile in this lab "
-                       f"(phones: {', '.join(names)}; or `all`)")
+        raise LabError(
+            f"--monsoon {unknown[0]}: no such phone or profile in this lab (phones: {', '.join(names)}; or `all`)"
+        )
     return [p in wanted or n in wanted for p, n in zip(profiles, names)]
 
 
@@ -251,7 +258,7 @@ class Lab:
         self.dir = self.home / "lab"
         self.state_file = self.dir / "state.json"
 
-    def __enter__(self) -> "Lab":
+    def __enter__(self) -> Lab:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -264,8 +271,9 @@ class Lab:
         except FileNotFoundError:
             return {"version": STATE_VERSION, "phones": []}
         except ValueError as exc:
-            raise LabError(f"lab state {self.state_file} is corrupt ({exc}); delete it and kill stray vphones") \
-                from None
+            raise LabError(
+                f"lab state {self.state_file} is corrupt ({exc}); delete it and kill stray vphones"
+            ) from None
         return state
 
     def _write_state(self, state: dict) -> None:
@@ -278,9 +286,15 @@ class Lab:
         return [PhoneInfo.from_json(p) for p in self._read_state().get("phones", [])]
 
     # ---- up ----
-    def up(self, profiles: Sequence[str] = DEFAULT_PROFILES, base_port: int = DEFAULT_BASE_PORT, *,
-           monsoon: "bool | str | Sequence[str]" = False, governor: str | None = None,
-           keep_warm: bool = True) -> list[PhoneInfo]:
+    def up(
+        self,
+        profiles: Sequence[str] = DEFAULT_PROFILES,
+        base_port: int = DEFAULT_BASE_PORT,
+        *,
+        monsoon: bool | str | Sequence[str] = False,
+        governor: str | None = None,
+        keep_warm: bool = True,
+    ) -> list[PhoneInfo]:
         """Start one phone per profile on base_port, base_port+1, ...; connected and in state `device` on return.
         `monsoon`: which phones get a simulated Monsoon (serial `SIM-<port>`, see
         testbed.monsoon_sim.backend_for_serial) following the phone's modeled power: True / "all" every phone, or
@@ -294,7 +308,7 @@ class Lab:
         adb = find_adb()
         ports = [base_port + i for i in range(len(profiles))]
         own = {p.get("port") for p in self._read_state().get("phones", [])} if self.state_file.exists() else set()
-        for port in ports:      # a port held by something else fails before the running lab is stopped
+        for port in ports:  # a port held by something else fails before the running lab is stopped
             if port not in own:
                 _check_port_free(port)
         if self.state_file.exists():
@@ -318,8 +332,15 @@ class Lab:
                 ready = pdir / "ready"
                 extra = (["--governor", governor] if governor else []) + ([] if keep_warm else ["--no-keep-warm"])
                 pid = self._spawn(profile.name, port, root, name, ready, pdir / "vphone.log", extra)
-                phone = PhoneInfo(name=name, serial=f"127.0.0.1:{port}", profile=profile.name, port=port,
-                                  root=root, pid=pid, monsoon=f"SIM-{port}" if mon else None)
+                phone = PhoneInfo(
+                    name=name,
+                    serial=f"127.0.0.1:{port}",
+                    profile=profile.name,
+                    port=port,
+                    root=root,
+                    pid=pid,
+                    monsoon=f"SIM-{port}" if mon else None,
+                )
                 state["phones"].append(phone.to_json())
                 self._write_state(state)
                 started.append((phone, ready))
@@ -336,16 +357,33 @@ class Lab:
             raise LabError(f"lab up failed: {exc}") from exc
 
     @staticmethod
-    def _spawn(profile: str, port: int, root: Path, name: str, ready: Path, logfile: Path,
-               extra: Sequence[str] = ()) -> int:
-        argv = [sys.executable, "-m", "testbed.vphone", "--profile", profile, "--port", str(port),
-                "--root", str(root), "--serial-name", name, "--ready-file", str(ready), *extra]
+    def _spawn(
+        profile: str, port: int, root: Path, name: str, ready: Path, logfile: Path, extra: Sequence[str] = ()
+    ) -> int:
+        argv = [
+            sys.executable,
+            "-m",
+            "testbed.vphone",
+            "--profile",
+            profile,
+            "--port",
+            str(port),
+            "--root",
+            str(root),
+            "--serial-name",
+            name,
+            "--ready-file",
+            str(ready),
+            *extra,
+        ]
         env = dict(os.environ)
         src = str(Path(__file__).resolve().parent.parent)  # importable even without an editable install
         env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                   (os.POSIX_SPAWN_OPEN, 1, str(logfile), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644),
-                   (os.POSIX_SPAWN_DUP2, 1, 2)]
+        actions = [
+            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_OPEN, 1, str(logfile), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644),
+            (os.POSIX_SPAWN_DUP2, 1, 2),
+        ]
         # detached: own session, no terminal, survives the CLI that started it
         return os.posix_spawn(sys.executable, argv, env, file_actions=actions, setsid=True)
 
@@ -356,8 +394,10 @@ class Lab:
             if _exited(phone.pid):
                 log = ready.parent / "vphone.log"
                 tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.exists() else []
-                raise LabError(f"virtual phone {phone.name} on port {phone.port} failed to start"
-                               + (f": {tail[0]}" if tail else ""))
+                raise LabError(
+                    f"virtual phone {phone.name} on port {phone.port} failed to start"
+                    + (f": {tail[0]}" if tail else "")
+                )
             if time.monotonic() > deadline:
                 raise LabError(f"virtual phone {phone.name} did not start within {START_TIMEOUT:.0f}s")
             time.sleep(0.02)
@@ -369,8 +409,14 @@ class Lab:
         env = {**os.environ, "ANDROID_ADB_SERVER_PORT": str(port)}
         with tempfile.TemporaryFile() as out:  # the daemon may keep inherited pipes open: use a file
             try:
-                rc = subprocess.run([adb, "start-server"], env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=subprocess.STDOUT, timeout=30).returncode
+                rc = subprocess.run(
+                    [adb, "start-server"],
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    timeout=30,
+                ).returncode
             except (OSError, subprocess.TimeoutExpired) as exc:
                 raise LabError(f"cannot start the adb server on port {port}: {exc}") from None
             out.seek(0)
@@ -384,8 +430,14 @@ class Lab:
 
         env = {**os.environ, "ANDROID_ADB_SERVER_PORT": str(server_port)}
         try:
-            r = subprocess.run([adb, "connect", phone.serial], env=env, stdin=subprocess.DEVNULL,
-                               capture_output=True, text=True, timeout=CONNECT_TIMEOUT)
+            r = subprocess.run(
+                [adb, "connect", phone.serial],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=CONNECT_TIMEOUT,
+            )
         except subprocess.TimeoutExpired:
             raise LabError(f"adb connect {phone.serial} timed out") from None
         text = (r.stdout + r.stderr).strip()
@@ -429,8 +481,9 @@ class Lab:
             import adbutils
 
             client = adbutils.AdbClient(port=port, socket_timeout=5)
-        return [PhoneStatus(p, _is_ours(p), _adb_state(client, p.serial) if client else "no-adb-server")
-                for p in phones]
+        return [
+            PhoneStatus(p, _is_ours(p), _adb_state(client, p.serial) if client else "no-adb-server") for p in phones
+        ]
 
     def kill_phone(self, name: str) -> PhoneInfo:
         """Simulate yanking the cable: SIGKILL the phone (and its shells) without telling adb."""

@@ -53,10 +53,10 @@ import random
 import struct
 import time
 from array import array
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Callable, Iterable, Sequence
 
 import usb.backend
 import usb.core
@@ -73,16 +73,38 @@ FLOAT_TO_INT = 1048576  # volts * 2**20 = setMainVoltage value
 
 # Calibration constants: EEPROM scales/offsets (driver-visible) and the raw zero/ref calibration readings.
 _EEPROM_DEFAULTS = {
-    0x1A: 35946, 0x1B: 6400, 0x1C: 14000, 0x1D: 600, 0x1E: 3100, 0x1F: 250,  # fine/coarse scales main/usb/aux
-    0x25: 15, 0x26: 15, 0x27: 0, 0x28: 0,  # zero offsets main fine/coarse, usb fine/coarse
-    0x43: 0xF000, 0x44: 0xF000, 0x0C: 15, 0x29: 0x4600,  # current limits, powerup time, fan temperature
-    OP_PASSTHROUGH: 1, 0x23: 0, OP_VOLTAGE: 0,  # passthrough on, voltage channel main, Vout off
-    0x88: 0xE000, 0x89: 0xC800,  # DAC calibration within the driver's tolerance check
-    OP_FIRMWARE: 32, OP_PROTOCOL: 2, OP_HW_MODEL: HVPM,
+    0x1A: 35946,
+    0x1B: 6400,
+    0x1C: 14000,
+    0x1D: 600,
+    0x1E: 3100,
+    0x1F: 250,  # fine/coarse scales main/usb/aux
+    0x25: 15,
+    0x26: 15,
+    0x27: 0,
+    0x28: 0,  # zero offsets main fine/coarse, usb fine/coarse
+    0x43: 0xF000,
+    0x44: 0xF000,
+    0x0C: 15,
+    0x29: 0x4600,  # current limits, powerup time, fan temperature
+    OP_PASSTHROUGH: 1,
+    0x23: 0,
+    OP_VOLTAGE: 0,  # passthrough on, voltage channel main, Vout off
+    0x88: 0xE000,
+    0x89: 0xC800,  # DAC calibration within the driver's tolerance check
+    OP_FIRMWARE: 32,
+    OP_PROTOCOL: 2,
+    OP_HW_MODEL: HVPM,
 }
 # raw (zero cal, ref cal) per ADC index 0..5: main coarse, main fine, usb coarse, usb fine, aux coarse, aux fine
-_CAL_RAW = ((1100, 1100 + 15 + 26880), (1200, 1200 + 15 + 9200), (900, 900 + 12000),
-            (950, 950 + 9000), (800, 800 + 9000), (850, 850 + 9000))
+_CAL_RAW = (
+    (1100, 1100 + 15 + 26880),
+    (1200, 1200 + 15 + 9200),
+    (900, 900 + 12000),
+    (950, 950 + 9000),
+    (800, 800 + 9000),
+    (850, 850 + 9000),
+)
 _FINE_THRESHOLD = 64000  # driver switches to the coarse channel at or above this fine reading
 _VOLT_LSB_MAIN, _VOLT_LSB_USB = 62.5e-6 * 4, 62.5e-6 * 2
 
@@ -204,8 +226,16 @@ class SimulatedDevice:
         if p:
             p.parent.mkdir(parents=True, exist_ok=True)
             tmp = p.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"serial": self.spec.serial, "label": LABEL,
-                                       "eeprom": {str(k): v for k, v in self.eeprom.items()}, "log": self.log}))
+            tmp.write_text(
+                json.dumps(
+                    {
+                        "serial": self.spec.serial,
+                        "label": LABEL,
+                        "eeprom": {str(k): v for k, v in self.eeprom.items()},
+                        "log": self.log,
+                    }
+                )
+            )
             tmp.replace(p)
 
     def _event(self, what: str, value=None) -> None:
@@ -234,8 +264,10 @@ class SimulatedDevice:
             raise usb.core.USBError("simulated monitor: command while sampling", errno=errno.EPIPE)
         self.eeprom[opcode] = value
         if opcode in (OP_PASSTHROUGH, OP_VOLTAGE):
-            self._event("passthrough" if opcode == OP_PASSTHROUGH else "vout",
-                        value if opcode == OP_PASSTHROUGH else round(value / FLOAT_TO_INT, 6))
+            self._event(
+                "passthrough" if opcode == OP_PASSTHROUGH else "vout",
+                value if opcode == OP_PASSTHROUGH else round(value / FLOAT_TO_INT, 6),
+            )
         else:
             self._save()
 
@@ -272,10 +304,21 @@ class SimulatedDevice:
         fine = _clip(zf + ma / sf)
         if fine >= _FINE_THRESHOLD:
             fine = 0xFFFF  # fine range saturated: the driver falls back to coarse
-        usb_v = self.spec.usb_volts if self.eeprom[OP_PASSTHROUGH] == 1 or (
-            self.eeprom[OP_PASSTHROUGH] == 2 and not self.sampling) else 0.0
-        words = (coarse, fine, _CAL_RAW[2][0], _CAL_RAW[3][0], _CAL_RAW[4][0], _CAL_RAW[5][0],
-                 _clip(self.vout / _VOLT_LSB_MAIN), _clip(usb_v / _VOLT_LSB_USB))
+        usb_v = (
+            self.spec.usb_volts
+            if self.eeprom[OP_PASSTHROUGH] == 1 or (self.eeprom[OP_PASSTHROUGH] == 2 and not self.sampling)
+            else 0.0
+        )
+        words = (
+            coarse,
+            fine,
+            _CAL_RAW[2][0],
+            _CAL_RAW[3][0],
+            _CAL_RAW[4][0],
+            _CAL_RAW[5][0],
+            _clip(self.vout / _VOLT_LSB_MAIN),
+            _clip(usb_v / _VOLT_LSB_USB),
+        )
         self.k += 1
         return struct.pack(">8HBB", *words, 0, 0x00)
 
@@ -322,10 +365,25 @@ def _clip(x: float) -> int:
 # pyusb backend
 
 
-_DEVICE_DESC = dict(bLength=18, bDescriptorType=1, bcdUSB=0x0200, bDeviceClass=0, bDeviceSubClass=0,
-                    bDeviceProtocol=0, bMaxPacketSize0=64, idVendor=VENDOR_ID, idProduct=PRODUCT_ID,
-                    bcdDevice=0x0100, iManufacturer=1, iProduct=2, iSerialNumber=3, bNumConfigurations=1,
-                    port_number=None, port_numbers=None, speed=2)
+_DEVICE_DESC = dict(
+    bLength=18,
+    bDescriptorType=1,
+    bcdUSB=0x0200,
+    bDeviceClass=0,
+    bDeviceSubClass=0,
+    bDeviceProtocol=0,
+    bMaxPacketSize0=64,
+    idVendor=VENDOR_ID,
+    idProduct=PRODUCT_ID,
+    bcdDevice=0x0100,
+    iManufacturer=1,
+    iProduct=2,
+    iSerialNumber=3,
+    bNumConfigurations=1,
+    port_number=None,
+    port_numbers=None,
+    speed=2,
+)
 _STRINGS = {1: "Monsoon Solutions (simulated)", 2: "Mobile Device Power Monitor (simulated)"}
 _ENDPOINTS = ((0x81, 0x02), (0x01, 0x02))  # (address, bulk)
 
@@ -357,21 +415,47 @@ class SimBackend(usb.backend.IBackend):
     def get_configuration_descriptor(self, dev, config):
         if config != 0:
             raise IndexError(config)
-        return SimpleNamespace(bLength=9, bDescriptorType=2, wTotalLength=32, bNumInterfaces=1,
-                               bConfigurationValue=1, iConfiguration=0, bmAttributes=0x80, bMaxPower=50,
-                               extra_descriptors=[])
+        return SimpleNamespace(
+            bLength=9,
+            bDescriptorType=2,
+            wTotalLength=32,
+            bNumInterfaces=1,
+            bConfigurationValue=1,
+            iConfiguration=0,
+            bmAttributes=0x80,
+            bMaxPower=50,
+            extra_descriptors=[],
+        )
 
     def get_interface_descriptor(self, dev, intf, alt, config):
         if intf != 0 or alt != 0 or config != 0:
             raise IndexError((intf, alt, config))
-        return SimpleNamespace(bLength=9, bDescriptorType=4, bInterfaceNumber=0, bAlternateSetting=0,
-                               bNumEndpoints=len(_ENDPOINTS), bInterfaceClass=0xFF, bInterfaceSubClass=0,
-                               bInterfaceProtocol=0, iInterface=0, extra_descriptors=[])
+        return SimpleNamespace(
+            bLength=9,
+            bDescriptorType=4,
+            bInterfaceNumber=0,
+            bAlternateSetting=0,
+            bNumEndpoints=len(_ENDPOINTS),
+            bInterfaceClass=0xFF,
+            bInterfaceSubClass=0,
+            bInterfaceProtocol=0,
+            iInterface=0,
+            extra_descriptors=[],
+        )
 
     def get_endpoint_descriptor(self, dev, ep, intf, alt, config):
         addr, attrs = _ENDPOINTS[ep]
-        return SimpleNamespace(bLength=7, bDescriptorType=5, bEndpointAddress=addr, bmAttributes=attrs,
-                               wMaxPacketSize=64, bInterval=0, bRefresh=0, bSynchAddress=0, extra_descriptors=[])
+        return SimpleNamespace(
+            bLength=7,
+            bDescriptorType=5,
+            bEndpointAddress=addr,
+            bmAttributes=attrs,
+            wMaxPacketSize=64,
+            bInterval=0,
+            bRefresh=0,
+            bSynchAddress=0,
+            extra_descriptors=[],
+        )
 
     def open_device(self, dev):
         return dev
@@ -530,5 +614,6 @@ def backend_for_serial(serial: str, lab_home: str | os.PathLike | None = None) -
             fleet = SimFleet((spec,), state_dir=str(lab.dir / "monsoon"))
             return LabMonitor(serial=serial, usb_serial=str(p.port), phone=p.name, backend=fleet)
     hint = "" if have else " (start the lab with `autlearn lab up --monsoon`)"
-    raise EnergyError(f"no simulated Monsoon {serial} in the virtual lab at {lab.home}{hint}", serial=serial,
-                      found=have)
+    raise EnergyError(
+        f"no simulated Monsoon {serial} in the virtual lab at {lab.home}{hint}", serial=serial, found=have
+    )

@@ -42,9 +42,9 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 from testbed.dvfs import DvfsModel, cluster_for_mask, virtual_mask, write_node
 from testbed.profiles import Profile
@@ -75,7 +75,7 @@ class Convention:
         return 1e-6 if self.unit == "uA" else 1e-3
 
     @classmethod
-    def of(cls, profile: Profile) -> "Convention":
+    def of(cls, profile: Profile) -> Convention:
         raw = profile.battery.current_now
         return cls(1 if raw > 0 else -1, "mA" if abs(raw) < 3000 else "uA")
 
@@ -170,8 +170,14 @@ class PowerModel:
     """State of one phone's model; `tick()` every TICK_S (the vphone's event loop calls it). With a `throttle`
     (testbed.dvfs.SignalThrottle) the processes run at their cluster's modeled speed."""
 
-    def __init__(self, profile: Profile, root: Path, sessions: Callable[[], Iterable[int]],
-                 clock: Callable[[], float] = time.monotonic, throttle=None):
+    def __init__(
+        self,
+        profile: Profile,
+        root: Path,
+        sessions: Callable[[], Iterable[int]],
+        clock: Callable[[], float] = time.monotonic,
+        throttle=None,
+    ):
         self.profile, self.root, self.sessions, self.clock = profile, Path(root), sessions, clock
         self.throttle = throttle
         self.dvfs = DvfsModel(profile, self.root)
@@ -209,7 +215,7 @@ class PowerModel:
         new: set[int] = set()
         seen, pgs, top = {}, {}, {}
         todo = list(self.members.items())
-        while todo:   # members, then the children they started since the last tick (not left to the next scan)
+        while todo:  # members, then the children they started since the last tick (not left to the next scan)
             pid, pg = todo.pop()
             if pid in seen:
                 continue
@@ -229,13 +235,15 @@ class PowerModel:
                 top[pg] = (d, c)
             for k in kids:
                 if k not in seen and k not in self.members:
-                    todo.append((k, pg))   # a child stays in its parent's process group unless it leaves
+                    todo.append((k, pg))  # a child stays in its parent's process group unless it leaves
         self.members = pgs
         self.last_cpu = seen
         # a group runs at the speed of the cluster of its busiest process (the shell around it waits)
         groups = set(self.members.values())
-        self.group_cluster = {pg: (top[pg][1] if pg in top and top[pg][0] > 0 else
-                                   self.group_cluster.get(pg, self.default_cluster)) for pg in groups}
+        self.group_cluster = {
+            pg: (top[pg][1] if pg in top and top[pg][0] > 0 else self.group_cluster.get(pg, self.default_cluster))
+            for pg in groups
+        }
         return busy, new
 
     def power_w(self, busy_cores: list[float], freqs: list[float] | None = None) -> float:
@@ -287,9 +295,16 @@ class PowerModel:
         _write_if_changed(self.battery / "voltage_now", str(int(round(v * 1e6))), w)
         _write_if_changed(self.battery / "charge_counter", str(int(self.charge_uah)), w)
         _write_if_changed(self.battery / "status", status, w)
-        state = {"t0": round(now, 6), "p_w": round(p, 4), "busy": round(busy, 3), "i_batt_a": round(i_batt, 4),
-                 "status": status, "f_khz": list(dv.freqs_khz), "temp_c": round(dv.hottest_c, 2),
-                 "cooling": list(dv.cooling)}
+        state = {
+            "t0": round(now, 6),
+            "p_w": round(p, 4),
+            "busy": round(busy, 3),
+            "i_batt_a": round(i_batt, 4),
+            "status": status,
+            "f_khz": list(dv.freqs_khz),
+            "temp_c": round(dv.hottest_c, 2),
+            "cooling": list(dv.cooling),
+        }
         key = (state["p_w"], status, dv.freqs_khz, dv.cooling)
         if key != self.last_logged or now - self.last_log_t >= HEARTBEAT_S:
             state["t0"] = round(self.clock(), 6)  # known from now on (a loaded host may have paused this tick)
@@ -326,19 +341,19 @@ async def run(model: PowerModel, period: float = TICK_S, wake=None, idle_period:
     log = logging.getLogger("vphone.power")
     while True:
         if wake is not None:
-            wake.clear()     # no await before the wait below: a shell started from here on is seen
+            wake.clear()  # no await before the wait below: a shell started from here on is seen
         busy = True
         try:
             busy = model.tick()["busy"] > 0 or bool(model.members)
         except Exception:  # a bug in the model must not take the phone down
             log.exception("power model tick failed")
-        held = getattr(model.throttle, "held", False)   # another phone's timed launch: nothing of ours runs
+        held = getattr(model.throttle, "held", False)  # another phone's timed launch: nothing of ours runs
         if wake is None:
             await asyncio.sleep(period)
             continue
-        try:   # a new shell ticks at once (its processes placed on their cluster), busy or idle
+        try:  # a new shell ticks at once (its processes placed on their cluster), busy or idle
             await asyncio.wait_for(wake.wait(), period if busy and not held else idle_period)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
 

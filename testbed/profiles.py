@@ -87,21 +87,23 @@ class Profile:
     # directories, one per CPU, without policyN and without related_cpus
     cpufreq_layout: str = "policy"
 
-    def policy_dirs(self, cpu_root: Path, cluster: "Cluster") -> tuple[Path, ...]:
+    def policy_dirs(self, cpu_root: Path, cluster: Cluster) -> tuple[Path, ...]:
         """The cpufreq directories that hold `cluster`'s settings under `.../devices/system/cpu`."""
         if self.cpufreq_layout == "per-cpu":
             return tuple(cpu_root / f"cpu{c}" / "cpufreq" for c in cluster.cpus)
         return (cpu_root / "cpufreq" / f"policy{cluster.cpus[0]}",)
 
-    def with_governor(self, governor: str | None) -> "Profile":
+    def with_governor(self, governor: str | None) -> Profile:
         """This profile booting with `governor` on every cluster (None: its own defaults); LabError when a cluster
         does not offer it."""
         if not governor:
             return self
         if any(governor not in cl.governors for cl in self.clusters):
             offered = sorted(set.intersection(*(set(cl.governors) for cl in self.clusters)))
-            raise LabError(f"profile {self.name!r} does not offer governor {governor!r} on every cluster "
-                           f"(offered on all: {', '.join(offered) or 'none'})")
+            raise LabError(
+                f"profile {self.name!r} does not offer governor {governor!r} on every cluster "
+                f"(offered on all: {', '.join(offered) or 'none'})"
+            )
         return replace(self, clusters=tuple(replace(cl, governor=governor) for cl in self.clusters))
 
     @property
@@ -116,8 +118,9 @@ class Profile:
             "ro.build.type": "user",
             "ro.build.tags": "release-keys",
             "ro.build.id": f"VIRT.{self.sdk}",
-            "ro.build.fingerprint": (f"{self.brand}/{self.product}/{self.device}:{self.android_release}/"
-                                     f"VIRT.{self.sdk}/1:user/release-keys"),
+            "ro.build.fingerprint": (
+                f"{self.brand}/{self.product}/{self.device}:{self.android_release}/VIRT.{self.sdk}/1:user/release-keys"
+            ),
             "ro.product.manufacturer": self.manufacturer,
             "ro.product.brand": self.brand,
             "ro.product.model": self.model,
@@ -157,9 +160,16 @@ def load_profile(name: str) -> Profile:
 
 
 def _build(name: str, raw: dict) -> Profile:
-    clusters = tuple(Cluster(cpus=tuple(c["cpus"]), freqs_khz=tuple(c["freqs_khz"]), governors=tuple(c["governors"]),
-                             governor=c["governor"], capacity=int(c.get("capacity", 1024)))
-                     for c in raw["clusters"])
+    clusters = tuple(
+        Cluster(
+            cpus=tuple(c["cpus"]),
+            freqs_khz=tuple(c["freqs_khz"]),
+            governors=tuple(c["governors"]),
+            governor=c["governor"],
+            capacity=int(c.get("capacity", 1024)),
+        )
+        for c in raw["clusters"]
+    )
     for c in clusters:
         if c.governor not in c.governors:
             raise ValueError(f"default governor {c.governor!r} not in {c.governors}")
@@ -186,13 +196,22 @@ def _build(name: str, raw: dict) -> Profile:
         board_platform=raw["board_platform"],
         abi=raw["abi"],
         clusters=clusters,
-        thermal_zones=tuple(ThermalZone(z["type"], int(z["temp_mc"]), float(z.get("coupling", _coupling(z["type"]))))
-                            for z in raw["thermal_zones"]),
-        cooling_devices=tuple(CoolingDevice(d["type"], int(d["max_state"]), int(d.get("cur_state", 0)))
-                              for d in raw["cooling_devices"]),
-        battery=Battery(status=b["status"], capacity=int(b["capacity"]), current_now=int(b["current_now"]),
-                        voltage_now=int(b["voltage_now"]), charge_counter=int(b["charge_counter"]),
-                        temp=int(b["temp"]), usb_online=int(b["usb_online"])),
+        thermal_zones=tuple(
+            ThermalZone(z["type"], int(z["temp_mc"]), float(z.get("coupling", _coupling(z["type"]))))
+            for z in raw["thermal_zones"]
+        ),
+        cooling_devices=tuple(
+            CoolingDevice(d["type"], int(d["max_state"]), int(d.get("cur_state", 0))) for d in raw["cooling_devices"]
+        ),
+        battery=Battery(
+            status=b["status"],
+            capacity=int(b["capacity"]),
+            current_now=int(b["current_now"]),
+            voltage_now=int(b["voltage_now"]),
+            charge_counter=int(b["charge_counter"]),
+            temp=int(b["temp"]),
+            usb_online=int(b["usb_online"]),
+        ),
         thermal=_thermal(raw.get("thermal", {})),
         extra_props=tuple(sorted((str(k), str(v)) for k, v in raw.get("props", {}).items())),
         cpufreq_layout=_layout(raw.get("cpufreq_layout", "policy")),

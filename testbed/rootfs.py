@@ -20,12 +20,14 @@ ROOTFS_VERSION = 2  # 2: taskset shim, runtime properties (a sandbox of another 
 RUNTIME_PROPS = "data/property/autlearn.prop"  # written by the running vphone, read by getprop
 SHELL_UID, ROOT_UID = 2000, 0
 # toybox applets that would act on the host rather than the virtual phone, or that a shim replaces.
-_TOYBOX_EXCLUDE = frozenset("""
+_TOYBOX_EXCLUDE = frozenset(
+    """
     [ sh su id whoami groups logname uname halt poweroff reboot killall5 oneit init mount umount swapon swapoff
     switch_root pivot_root chroot freeramdisk fsfreeze hwclock insmod rmmod modprobe blkdiscard mkswap
     nbd-client nbd-server devmem eject rtcwake openvt chvt deallocvt login passwd ifconfig vconfig tunctl
     partprobe losetup watchdog makedevs mknod sysctl nsenter unshare i2cset gpioset
-""".split())
+""".split()
+)
 
 
 # Tools an Android /system/bin has that Debian's toybox build lacks: linked from the host into system/xbin.
@@ -90,19 +92,33 @@ def ensure_rootfs(root: Path, profile: Profile, serial_name: str) -> None:
 
 def build_rootfs(root: Path, profile: Profile, serial_name: str) -> None:
     root.mkdir(parents=True, exist_ok=True)
-    for d in ("data/local/tmp", "sdcard", "storage", "system/bin", "system/toybox", "system/xbin", "vendor", "proc",
-              "proc/vaffinity", "data/property"):
+    for d in (
+        "data/local/tmp",
+        "sdcard",
+        "storage",
+        "system/bin",
+        "system/toybox",
+        "system/xbin",
+        "vendor",
+        "proc",
+        "proc/vaffinity",
+        "data/property",
+    ):
         (root / d).mkdir(parents=True, exist_ok=True)
     props = profile.system_props()
     props["ro.serialno"] = props["ro.boot.serialno"] = serial_name
     _write_props(root / "system/build.prop", props)
     _write_props(root / "vendor/build.prop", profile.vendor_props())
-    _write(root / "proc/version", f"Linux version {profile.kernel_release} (autlearn@virtual) "
-                                  f"(clang version 14.0.6) {profile.kernel_version}\n")
+    _write(
+        root / "proc/version",
+        f"Linux version {profile.kernel_release} (autlearn@virtual) (clang version 14.0.6) {profile.kernel_version}\n",
+    )
     _build_sysfs(root / "sys", profile)
     _install_shims(root, profile)
-    _write(root / MARKER, json.dumps({"profile": profile.name, "serial_name": serial_name,
-                                      "version": ROOTFS_VERSION}) + "\n")
+    _write(
+        root / MARKER,
+        json.dumps({"profile": profile.name, "serial_name": serial_name, "version": ROOTFS_VERSION}) + "\n",
+    )
 
 
 def _write(path: Path, text: str) -> None:
@@ -129,8 +145,13 @@ def _cpu_list(cpus) -> str:
 def _build_sysfs(sys: Path, p: Profile) -> None:
     cpu = sys / "devices/system/cpu"
     every = _cpu_list(p.cpus)
-    for name, value in (("possible", every), ("present", every), ("online", every), ("offline", ""),
-                        ("kernel_max", str(max(p.cpus)))):
+    for name, value in (
+        ("possible", every),
+        ("present", every),
+        ("online", every),
+        ("offline", ""),
+        ("kernel_max", str(max(p.cpus))),
+    ):
         _write(cpu / name, value + "\n")
     modern = int(p.kernel_release.split(".")[0]) >= 4
     per_cpu = p.cpufreq_layout == "per-cpu"
@@ -157,15 +178,19 @@ def _build_sysfs(sys: Path, p: Profile) -> None:
         for policy in p.policy_dirs(cpu, cl):
             for name, value in files.items():
                 if per_cpu and name == "related_cpus":
-                    continue      # old kernels: no related_cpus; affected_cpus names the CPU itself
+                    continue  # old kernels: no related_cpus; affected_cpus names the CPU itself
                 if per_cpu and name == "affected_cpus":
                     value = policy.parent.name[3:]
                 _write(policy / name, value + "\n")
         for c in cl.cpus:
             core = cpu / f"cpu{c}"
             _write(core / "online", "1\n")
-            topo = {"core_id": str(c - cl.cpus[0]), "physical_package_id": "0" if modern else str(idx),
-                    "cluster_id": str(idx), "core_siblings_list": _cpu_list(cl.cpus)}
+            topo = {
+                "core_id": str(c - cl.cpus[0]),
+                "physical_package_id": "0" if modern else str(idx),
+                "cluster_id": str(idx),
+                "core_siblings_list": _cpu_list(cl.cpus),
+            }
             for name, value in topo.items():
                 _write(core / "topology" / name, value + "\n")
             if modern:
@@ -181,9 +206,18 @@ def _build_sysfs(sys: Path, p: Profile) -> None:
         for name, value in (("type", d.type), ("cur_state", str(d.cur_state)), ("max_state", str(d.max_state))):
             _write(thermal / f"cooling_device{i}" / name, value + "\n")
     b = p.battery
-    battery = {"status": b.status, "capacity": str(b.capacity), "current_now": str(b.current_now),
-               "voltage_now": str(b.voltage_now), "charge_counter": str(b.charge_counter), "temp": str(b.temp),
-               "present": "1", "health": "Good", "technology": "Li-ion", "type": "Battery"}
+    battery = {
+        "status": b.status,
+        "capacity": str(b.capacity),
+        "current_now": str(b.current_now),
+        "voltage_now": str(b.voltage_now),
+        "charge_counter": str(b.charge_counter),
+        "temp": str(b.temp),
+        "present": "1",
+        "health": "Good",
+        "technology": "Li-ion",
+        "type": "Battery",
+    }
     for name, value in battery.items():
         _write(sys / "class/power_supply/battery" / name, value + "\n")
     if p.root_mode != "none":  # a charging switch root may write (Qualcomm); testbed.power_model reads it
@@ -298,11 +332,13 @@ def _install_shims(root: Path, p: Profile) -> None:
         "id": _ID,
         "whoami": _WHOAMI,
         "taskset": _TASKSET.replace("@ALL@", hex(sum(1 << c for c in p.cpus))),
-        "getprop": _GETPROP.replace("@PROPS@", f"{q(str(root / 'system/build.prop'))} "
-                                              f"{q(str(root / 'vendor/build.prop'))} "
-                                              f"{q(str(root / RUNTIME_PROPS))}"),
-        "uname": _UNAME.replace("@RELEASE@", q(p.kernel_release)).replace("@VERSION@", q(p.kernel_version))
-                       .replace("@UNAME@", q(uname)),
+        "getprop": _GETPROP.replace(
+            "@PROPS@",
+            f"{q(str(root / 'system/build.prop'))} {q(str(root / 'vendor/build.prop'))} {q(str(root / RUNTIME_PROPS))}",
+        ),
+        "uname": _UNAME.replace("@RELEASE@", q(p.kernel_release))
+        .replace("@VERSION@", q(p.kernel_version))
+        .replace("@UNAME@", q(uname)),
     }
     toybox = shutil.which("toybox")
     if p.root_mode == "su":

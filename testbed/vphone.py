@@ -41,7 +41,7 @@ class StreamClosed(Exception):
 class Stream:
     """One ADB stream: ordered input from WRTE, output as WRTE with one packet in flight."""
 
-    def __init__(self, conn: "HostConnection", local_id: int, remote_id: int):
+    def __init__(self, conn: HostConnection, local_id: int, remote_id: int):
         self.conn, self.local_id, self.remote_id = conn, local_id, remote_id
         self._inbox: asyncio.Queue[bytes | None] = asyncio.Queue()
         self._buffer = bytearray()
@@ -98,7 +98,7 @@ class Stream:
                 if self.closed:
                     raise StreamClosed
                 self._can_write.clear()
-                chunk, view = bytes(view[:self.conn.max_payload]), view[self.conn.max_payload:]
+                chunk, view = bytes(view[: self.conn.max_payload]), view[self.conn.max_payload :]
                 await self.conn.send(P.Message(P.A_WRTE, self.local_id, self.remote_id, chunk))
 
     async def close(self) -> None:
@@ -115,7 +115,7 @@ class Stream:
 class HostConnection:
     """One TCP connection from an adb server; multiplexes streams."""
 
-    def __init__(self, phone: "VirtualPhone", reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+    def __init__(self, phone: VirtualPhone, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
         self.phone, self.reader, self.writer = phone, reader, writer
         self.streams: dict[int, Stream] = {}
         self.max_payload = P.MAX_PAYLOAD
@@ -202,8 +202,8 @@ class VirtualPhone:
         self.banner = P.device_banner(profile.product, profile.model, profile.device)
         self.shell = shell_binary()
         self.groups: set[int] = set()  # process groups of every shell started (leaders' pids)
-        self.wake = asyncio.Event()   # set at every shell start: the power model leaves its idle pace
-        self.admit: Callable[[int], None] = lambda pg: None   # a shell's new process group, to the throttle at once
+        self.wake = asyncio.Event()  # set at every shell start: the power model leaves its idle pace
+        self.admit: Callable[[int], None] = lambda pg: None  # a shell's new process group, to the throttle at once
 
     def kill_all_shells(self) -> None:
         for pgid in self.groups:
@@ -260,10 +260,14 @@ class VirtualPhone:
         vuid = ROOT_UID if self.adbd_root else SHELL_UID
         argv = [self.shell, "-c", req.command] if req.command else [self.shell]
         proc = await asyncio.create_subprocess_exec(
-            *argv, cwd=self.root, env=shell_env(self.root, self.profile, vuid, req.term),
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            *argv,
+            cwd=self.root,
+            env=shell_env(self.root, self.profile, vuid, req.term),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE if req.v2 else asyncio.subprocess.STDOUT,
-            start_new_session=True)
+            start_new_session=True,
+        )
         self.groups.add(proc.pid)
         self.admit(proc.pid)
         self.wake.set()
@@ -478,7 +482,7 @@ class VirtualPhone:
         return True
 
 
-def publish_time_scale(root: Path, throttle: "dvfs.SignalThrottle") -> str:
+def publish_time_scale(root: Path, throttle: dvfs.SignalThrottle) -> str:
     """Say how this phone's time follows its frequencies: a sysfs node and `getprop ro.autlearn.time_scale`."""
     ok, why = dvfs.cgroup_v2_cpu()
     text = f"{throttle.describe()} (cgroup v2 cpu.max {'available but not used' if ok else 'unavailable'}: {why})"
@@ -487,8 +491,9 @@ def publish_time_scale(root: Path, throttle: "dvfs.SignalThrottle") -> str:
     node.write_text(text + "\n")
     prop = root / RUNTIME_PROPS
     prop.parent.mkdir(parents=True, exist_ok=True)
-    prop.write_text(f"ro.autlearn.time_scale={throttle.mode}\nro.autlearn.time_scale.period_us="
-                    f"{int(throttle.period_s * 1e6)}\n")
+    prop.write_text(
+        f"ro.autlearn.time_scale={throttle.mode}\nro.autlearn.time_scale.period_us={int(throttle.period_s * 1e6)}\n"
+    )
     return text
 
 
@@ -500,7 +505,7 @@ def _watch_children_without_threads() -> None:
         return
     try:
         os.close(os.pidfd_open(os.getpid()))
-    except (AttributeError, OSError):   # kernel before 5.3: the threaded watcher stays
+    except (AttributeError, OSError):  # kernel before 5.3: the threaded watcher stays
         return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -509,8 +514,15 @@ def _watch_children_without_threads() -> None:
         asyncio.set_child_watcher(watcher)
 
 
-async def serve(profile: Profile, root: Path, port: int, serial_name: str, ready_file: Path | None,
-                dvfs_period_s: float = dvfs.PERIOD_S, keep_warm: bool = True) -> None:
+async def serve(
+    profile: Profile,
+    root: Path,
+    port: int,
+    serial_name: str,
+    ready_file: Path | None,
+    dvfs_period_s: float = dvfs.PERIOD_S,
+    keep_warm: bool = True,
+) -> None:
     sys.setswitchinterval(1e-4)  # the throttle thread must get the GIL within its period
     _watch_children_without_threads()
     # `kill -USR1 PID` writes every thread's stack to the phone's log: a phone that stops answering can be read
@@ -565,12 +577,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-keep-warm", action="store_true", help="no keep-warm spinners (testbed/dvfs.py KeepWarm)")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
     try:
         profile = load_profile(args.profile).with_governor(args.governor)
-        asyncio.run(serve(profile, args.root, args.port, args.serial_name, args.ready_file,
-                          keep_warm=not args.no_keep_warm))
+        asyncio.run(
+            serve(profile, args.root, args.port, args.serial_name, args.ready_file, keep_warm=not args.no_keep_warm)
+        )
     except Exception as exc:  # LabError and friends: one line
         print(f"vphone: {exc}", file=sys.stderr)
         return 1

@@ -9,8 +9,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or (
-    "/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
+CHROMIUM = (
+    shutil.which("chromium")
+    or shutil.which("chromium-browser")
+    or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
+)
 
 CHECK = """<script>
 window.__check = {errors: [], alerts: 0, csp: []};
@@ -40,10 +43,23 @@ window.addEventListener('load', function () { setTimeout(function () {
 
 
 def chromium(page: Path, tmp: Path, *extra: str) -> subprocess.CompletedProcess:
-    args = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            "--host-resolver-rules=MAP * ~NOTFOUND", f"--user-data-dir={tmp / 'profile'}",
-            "--virtual-time-budget=8000", "--window-size=1280,2000", *extra, page.as_uri()]
+    args = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--host-resolver-rules=MAP * ~NOTFOUND",
+        f"--user-data-dir={tmp / 'profile'}",
+        "--virtual-time-budget=8000",
+        "--window-size=1280,2000",
+        *extra,
+        page.as_uri(),
+    ]
     return subprocess.run(args, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
 
 
@@ -54,7 +70,7 @@ def png_colours(path: Path, max_rows: int = 700) -> int:
     with Image.open(path) as im:
         top = im.convert("RGB").crop((0, 0, im.width, min(im.height, max_rows)))
         px = top.tobytes()
-        return len({px[i:i + 3] for i in range(0, len(px), 21)})
+        return len({px[i : i + 3] for i in range(0, len(px), 21)})
 
 
 def check_report(html: Path, tmp: Path) -> tuple[dict, str, Path]:
@@ -65,6 +81,7 @@ def check_report(html: Path, tmp: Path) -> tuple[dict, str, Path]:
     r = chromium(checked, tmp, "--dump-dom", f"--screenshot={shot}")
     m = re.search(r'<pre id="autlearn-check">(.*?)</pre>', r.stdout, re.S)
     assert m, f"no check output; chromium exit {r.returncode}: {r.stderr[-2000:]}"
-    check = json.loads(m.group(1).replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", '"')
-                       .replace("&amp;", "&"))
+    check = json.loads(
+        m.group(1).replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", '"').replace("&amp;", "&")
+    )
     return check, r.stdout, shot

@@ -63,8 +63,14 @@ class AdbEnv:
 
     def run(self, *args: str, input: bytes | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
         """The real adb CLI against the private server; output as bytes."""
-        return subprocess.run([self.adb, *args], env=self.env(), input=input, capture_output=True,
-                              stdin=None if input is not None else subprocess.DEVNULL, timeout=timeout)
+        return subprocess.run(
+            [self.adb, *args],
+            env=self.env(),
+            input=input,
+            capture_output=True,
+            stdin=None if input is not None else subprocess.DEVNULL,
+            timeout=timeout,
+        )
 
 
 def pytest_configure(config):
@@ -103,15 +109,23 @@ def runner_cache():
 
 # Modules whose tests link runners (they wait on the toolchain build): run after the others, so that on a clean
 # machine the background prebuild overlaps with tests that do not need it.
-_LINKS_RUNNERS = ("test_artifact.py", "test_runner.py", "test_energy_campaign.py", "test_cluster.py",
-                  "test_example_campaign.py", "test_interrupt.py", "test_tables_device.py", "test_metaschedule.py",
-                  "test_dvfs.py")
+_LINKS_RUNNERS = (
+    "test_artifact.py",
+    "test_runner.py",
+    "test_energy_campaign.py",
+    "test_cluster.py",
+    "test_example_campaign.py",
+    "test_interrupt.py",
+    "test_tables_device.py",
+    "test_metaschedule.py",
+    "test_dvfs.py",
+)
 # Modules that compare step times (virtual phones' time scale): last of all, when the prebuild no longer loads the
 # host's two cores.
 _TIMED_LAST = ("test_dvfs.py",)
 
 
-@pytest.hookimpl(trylast=True)   # after -k/-m deselection: only sessions that run an arm64 test
+@pytest.hookimpl(trylast=True)  # after -k/-m deselection: only sessions that run an arm64 test
 def pytest_collection_modifyitems(config, items):
     # stable: file order kept within each group
     items.sort(key=lambda item: (item.path.name in _LINKS_RUNNERS, item.path.name in _TIMED_LAST))
@@ -124,9 +138,9 @@ def pytest_collection_modifyitems(config, items):
         from workloads.runner_build import prepare
 
         try:
-            for abi in ("x86_64", "arm64-v8a"):   # x86_64 first: the first tests need it (shared locks)
+            for abi in ("x86_64", "arm64-v8a"):  # x86_64 first: the first tests need it (shared locks)
                 prepare(abi, cache=test_cache_dir())
-        except Exception:   # the tests build again and report the error themselves
+        except Exception:  # the tests build again and report the error themselves
             pass
 
     config._autlearn_prebuild = threading.Thread(target=prebuild, name="autlearn-prebuild", daemon=True)
@@ -143,22 +157,27 @@ def _release_build_jobs(config) -> None:
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item):
     prebuild = getattr(item.config, "_autlearn_prebuild", None)
-    if prebuild is not None and not prebuild.is_alive():   # checked on the main thread, before each test
+    if prebuild is not None and not prebuild.is_alive():  # checked on the main thread, before each test
         _release_build_jobs(item.config)
 
 
 def pytest_unconfigure(config):
     prebuild = getattr(config, "_autlearn_prebuild", None)
     if prebuild is not None:
-        prebuild.join()   # no orphaned compiler after the session
+        prebuild.join()  # no orphaned compiler after the session
     saved = getattr(config, "_autlearn_saved_env", None)
     if saved is None:
         return
     port = int(os.environ["ANDROID_ADB_SERVER_PORT"])
     if _port_open(port):  # an adb server on our private port (started by adbutils on demand): stop it
         try:
-            subprocess.run([find_adb(), "kill-server"], env={**os.environ, "ANDROID_ADB_SERVER_PORT": str(port)},
-                           stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+            subprocess.run(
+                [find_adb(), "kill-server"],
+                env={**os.environ, "ANDROID_ADB_SERVER_PORT": str(port)},
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=30,
+            )
         except Exception:
             pass
     shutil.rmtree(config._autlearn_home, ignore_errors=True)
@@ -175,11 +194,17 @@ def adb_env() -> AdbEnv:
     env = AdbEnv(adb=find_adb(), port=port, home=Path(os.environ["AUTLEARN_HOME"]))
     if not _port_open(port):
         with open(env.home / "adb-start.log", "wb") as log:  # the daemon may keep inherited pipes open
-            subprocess.run([env.adb, "start-server"], env=env.env(), stdin=subprocess.DEVNULL, stdout=log,
-                           stderr=subprocess.STDOUT, timeout=60, check=True)
+            subprocess.run(
+                [env.adb, "start-server"],
+                env=env.env(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                timeout=60,
+                check=True,
+            )
     yield env
-    subprocess.run([env.adb, "kill-server"], env=env.env(), stdin=subprocess.DEVNULL, capture_output=True,
-                   timeout=30)
+    subprocess.run([env.adb, "kill-server"], env=env.env(), stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
 
 
 @pytest.fixture(scope="session")
@@ -242,8 +267,9 @@ def example_run(lab, runner_cache, tmp_path_factory):
     # the median's 95 % CI of three steps spans all three.
     # (Before issue 20 gave a new process half the spare utilisation, one launch a cell was too short: schedutil's
     # ramp from its lowest frequency made the modern phone's MobileNet faster under powersave.)
-    campaign = dataclasses.replace(load_campaign(Path(__file__).parents[1] / "examples" / "paper.toml"), steps=5,
-                                   repetitions=1)
+    campaign = dataclasses.replace(
+        load_campaign(Path(__file__).parents[1] / "examples" / "paper.toml"), steps=5, repetitions=1
+    )
     results = tmp_path_factory.mktemp("example") / "results"
     outcome = run_campaign(campaign, results, artifact_provider(cache))
     return campaign, outcome, before

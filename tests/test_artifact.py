@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_runner import tiny_artifact, tiny_program  # noqa: F401  (fixtures)
 
 from cli.main import main
 from profiler.errors import ArtifactError
-from test_runner import tiny_artifact, tiny_program  # noqa: F401  (fixtures)
 from workloads.artifact import content_hash, load_artifact, write_artifact
 
 
@@ -35,8 +35,12 @@ def test_hash_is_reproducible_and_tracks_tensor_bytes(tiny_artifact, tmp_path):
 def test_manifest_contents(tiny_artifact):
     art = tiny_artifact("x86_64")
     m = art.manifest
-    assert (m["abi"], m["model"], m["variant"], m["runner"]["zig_target"]) == ("x86_64", "tiny", "full",
-                                                                                 "x86_64-linux-musl")
+    assert (m["abi"], m["model"], m["variant"], m["runner"]["zig_target"]) == (
+        "x86_64",
+        "tiny",
+        "full",
+        "x86_64-linux-musl",
+    )
     assert set(m["tools"]) >= {"tvm", "torch", "zig", "autlearn", "runner"}
     assert [c["func"] for c in art.calls] == ["fwd_bwd", "sgd"]
     assert all(t["offset"] % 64 == 0 for t in m["tensors"])
@@ -75,15 +79,18 @@ def _corrupt(art, tmp_path, case: str) -> Path:
     return d
 
 
-@pytest.mark.parametrize("case, words", [
-    ("missing-runner", "missing runner"),
-    ("missing-manifest", "missing manifest.json"),
-    ("flipped-byte", "tensors.bin: sha256 mismatch"),
-    ("truncated", "tensors.bin: size mismatch"),
-    ("edited-manifest", "hash mismatch"),
-    ("not-json", "unreadable manifest"),
-    ("no-hash", "'hash' missing"),
-])
+@pytest.mark.parametrize(
+    "case, words",
+    [
+        ("missing-runner", "missing runner"),
+        ("missing-manifest", "missing manifest.json"),
+        ("flipped-byte", "tensors.bin: sha256 mismatch"),
+        ("truncated", "tensors.bin: size mismatch"),
+        ("edited-manifest", "hash mismatch"),
+        ("not-json", "unreadable manifest"),
+        ("no-hash", "'hash' missing"),
+    ],
+)
 def test_corrupt_artifact_raises_artifact_error(tiny_artifact, tmp_path, case, words):
     d = _corrupt(tiny_artifact("x86_64"), tmp_path, case)
     with pytest.raises(ArtifactError, match=words):
@@ -103,16 +110,20 @@ def test_content_hash_ignores_build_section_only():
 
 # ----------------------------------------------------------------------------------------------------------- CLI
 
-@pytest.mark.parametrize("argv, words", [
-    (["--model", "resnet", "--abi", "x86_64"], "unknown model 'resnet'"),
-    (["--model", "lstm", "--variant", "tiny", "--abi", "x86_64"], "unknown variant 'tiny'"),
-    (["--model", "lstm", "--abi", "mips"], "unknown abi 'mips'"),
-    (["--model", "lstm", "--abi", "x86_64", "--data", "/nonexistent/data.json"], "no such file"),
-    (["--model", "lstm", "--abi", "x86_64", "--set", "oops"], "expected KEY=VALUE"),
-    (["--model", "lstm", "--abi", "x86_64", "--set", "bogus=1"], "unknown lstm config keys ['bogus']"),
-    (["--model", "lstm", "--abi", "x86_64", "--batch", "0"], "--batch"),
-    (["--abi", "x86_64"], "Missing option '--model'"),
-])
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--model", "resnet", "--abi", "x86_64"], "unknown model 'resnet'"),
+        (["--model", "lstm", "--variant", "tiny", "--abi", "x86_64"], "unknown variant 'tiny'"),
+        (["--model", "lstm", "--abi", "mips"], "unknown abi 'mips'"),
+        (["--model", "lstm", "--abi", "x86_64", "--data", "/nonexistent/data.json"], "no such file"),
+        (["--model", "lstm", "--abi", "x86_64", "--set", "oops"], "expected KEY=VALUE"),
+        (["--model", "lstm", "--abi", "x86_64", "--set", "bogus=1"], "unknown lstm config keys ['bogus']"),
+        (["--model", "lstm", "--abi", "x86_64", "--batch", "0"], "--batch"),
+        (["--abi", "x86_64"], "Missing option '--model'"),
+    ],
+)
 def test_cli_build_bad_input_is_one_line_exit_1(capsys, argv, words):
     assert main(["workloads", "build", *argv]) == 1
     err = capsys.readouterr().err
@@ -136,16 +147,35 @@ def test_cli_list(tiny_artifact, tmp_path, capsys):
 @pytest.mark.slow
 def test_cli_build_real_model(runner_cache, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert main(["workloads", "build", "--model", "mobilenet", "--variant", "compressed", "--abi", "x86_64",
-                 "--batch", "2", "--set", "width=0.25"]) == 0
+    assert (
+        main(
+            [
+                "workloads",
+                "build",
+                "--model",
+                "mobilenet",
+                "--variant",
+                "compressed",
+                "--abi",
+                "x86_64",
+                "--batch",
+                "2",
+                "--set",
+                "width=0.25",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     art = load_artifact(tmp_path / "artifacts" / "mobilenet-compressed-x86_64-batch2-width0.25")
     assert art.hash[:16] in out and art.manifest["config"]["batch"] == 2
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("AUTLEARN_COLD_BUILD_TESTS"),
-                    reason="a cold TVM runtime build takes 3-6 min; set AUTLEARN_COLD_BUILD_TESTS=1 to run it")
+@pytest.mark.skipif(
+    not os.environ.get("AUTLEARN_COLD_BUILD_TESTS"),
+    reason="a cold TVM runtime build takes 3-6 min; set AUTLEARN_COLD_BUILD_TESTS=1 to run it",
+)
 def test_runtime_build_is_reproducible_in_a_fresh_cache(runner_cache, tmp_path, monkeypatch):
     """Cold build (about 3 min on 2 cores) into an empty cache gives the cached library bit for bit."""
     from workloads.runner_build import runtime_library

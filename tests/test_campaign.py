@@ -32,7 +32,8 @@ i=0
 while [ $i -lt $((W + N)) ]; do
   w=false; [ $i -lt $W ] && w=true
   sleep SLEEP
-  echo "{\"step\": $i, \"warmup\": $w, \"phases_ns\": {\"forward_backward\": 90000$i, \"update\": 10000}, \"step_ns\": 100000$i, \"loss\": 1.$i}"
+  echo "{\"step\": $i, \"warmup\": $w, \"phases_ns\": {\"forward_backward\": 90000$i, \"update\": 10000}, "\
+"\"step_ns\": 100000$i, \"loss\": 1.$i}"
   i=$((i + 1))
 done
 """
@@ -50,13 +51,24 @@ def provider(art_dir: Path):
     def provide(cell, abi):
         digest = hashlib.sha256(f"{art_dir}:{cell.workload}:{cell.variant}".encode()).hexdigest()
         return ArtifactRef(art_dir, digest, ("runner",), (("runner", "test-double"),))
+
     return provide
 
 
-def campaign_file(tmp_path: Path, serials, name="t", variants=("full", "unoptimized"), governors=("interactive",
-                  "powersave"), steps=3, reps=2, energy="none", batch=4) -> Path:
+def campaign_file(
+    tmp_path: Path,
+    serials,
+    name="t",
+    variants=("full", "unoptimized"),
+    governors=("interactive", "powersave"),
+    steps=3,
+    reps=2,
+    energy="none",
+    batch=4,
+) -> Path:
     p = tmp_path / f"{name}.toml"
-    p.write_text(textwrap.dedent(f"""
+    p.write_text(
+        textwrap.dedent(f"""
         name = "{name}"
         energy = "{energy}"
         warmup = 1
@@ -74,7 +86,8 @@ def campaign_file(tmp_path: Path, serials, name="t", variants=("full", "unoptimi
         [cooldown]
         max_temp_c = 95
         timeout_s = 5
-    """))
+    """)
+    )
     return p
 
 
@@ -98,7 +111,7 @@ def test_three_profiles_requested_vs_applied_and_unrooted_skips(lab, tmp_path):
     assert rows.loc[(by["modern"], "full", "powersave"), "governor_applied"] == "powersave"
     assert rows.loc[(by["unrooted"], "full", "interactive"), "governor_applied"] == "schedutil"  # its default
     assert set(df["labels"]) == {"virtual"}
-    cells = df.drop_duplicates("cell_id")     # where each cell's own time beyond its steps went
+    cells = df.drop_duplicates("cell_id")  # where each cell's own time beyond its steps went
     assert cells["harness_s"].gt(0).all()
     parts = cells["harness"].map(json.loads)
     assert all({"governor", "cooldown", "deploy", "launch", "end_read"} <= set(p) for p in parts)
@@ -133,8 +146,15 @@ print("OUTCOME", out.ok, out.failed, out.skipped, out.resumed, flush=True)
 
 def _driver(tmp_path, toml, art, resume):
     script = tmp_path / f"driver_{int(resume)}.py"
-    script.write_text(DRIVER.format(tests=str(Path(__file__).parent), toml=str(toml),
-                                    results=str(tmp_path / "results"), art=str(art), resume=resume))
+    script.write_text(
+        DRIVER.format(
+            tests=str(Path(__file__).parent),
+            toml=str(toml),
+            results=str(tmp_path / "results"),
+            art=str(art),
+            resume=resume,
+        )
+    )
     return [sys.executable, str(script)]
 
 
@@ -144,8 +164,13 @@ def test_kill_then_resume_runs_every_cell_exactly_once_and_restores_governors(la
     before = {p.serial: governors(p) for p in phones}
     toml = campaign_file(tmp_path, [p.serial for p in phones], name=f"kill{sig}", steps=4, reps=1)
     art = make_artifact(tmp_path, sleep=0.15)
-    proc = subprocess.Popen(_driver(tmp_path, toml, art, False), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=os.environ.copy())
+    proc = subprocess.Popen(
+        _driver(tmp_path, toml, art, False),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ.copy(),
+    )
     results = tmp_path / "results" / f"kill{sig}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # kill once some cells finished and others are under way
@@ -166,8 +191,9 @@ def test_kill_then_resume_runs_every_cell_exactly_once_and_restores_governors(la
         assert all("--resume" in r for r in status[status["status"] == "interrupted"]["reason"])
         ok = set(status.loc[status["status"] == "ok", "cell_id"])
         assert set(load_results(results)["cell_id"]) == ok
-    proc2 = subprocess.run(_driver(tmp_path, toml, art, True), capture_output=True, text=True, timeout=300,
-                           env=os.environ.copy())
+    proc2 = subprocess.run(
+        _driver(tmp_path, toml, art, True), capture_output=True, text=True, timeout=300, env=os.environ.copy()
+    )
     assert proc2.returncode == 0, proc2.stderr[-2000:]
     ok, failed, skipped, resumed = map(int, proc2.stdout.split("OUTCOME")[1].split())
     assert failed == 0 and ok + resumed == 8 and resumed >= 2
@@ -206,17 +232,25 @@ def test_a_phone_stopped_mid_run_fails_its_cells_while_others_finish(lab_factory
     assert out.failed >= 1 and out.ok + out.failed == 8
 
 
-@pytest.mark.parametrize("body,key", [
-    ('name = "x"\n[[workload]]\nmodle = "lstm"\n', "modle"),
-    ('name = "x"\nrepetitions = -3\n[[workload]]\nmodel = "lstm"\n', "repetitions"),
-    ('name = "x"\n[[workload]]\nmodel = "lstm"\n[governors]\nintents = ["turbo"]\n', "governors.intents"),
-    ('name = "x"\n[[workload\n', "bad.toml:2"),
-])
+@pytest.mark.parametrize(
+    "body,key",
+    [
+        ('name = "x"\n[[workload]]\nmodle = "lstm"\n', "modle"),
+        ('name = "x"\nrepetitions = -3\n[[workload]]\nmodel = "lstm"\n', "repetitions"),
+        ('name = "x"\n[[workload]]\nmodel = "lstm"\n[governors]\nintents = ["turbo"]\n', "governors.intents"),
+        ('name = "x"\n[[workload\n', "bad.toml:2"),
+    ],
+)
 def test_malformed_campaign_file_is_one_line_exit_1(tmp_path, body, key):
     bad = tmp_path / "bad.toml"
     bad.write_text(body)
-    r = subprocess.run([sys.executable, "-m", "cli", "run", str(bad), "--results", str(tmp_path / "r")],
-                       capture_output=True, text=True, timeout=120, env=os.environ.copy())
+    r = subprocess.run(
+        [sys.executable, "-m", "cli", "run", str(bad), "--results", str(tmp_path / "r")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=os.environ.copy(),
+    )
     assert r.returncode == 1 and r.stdout == ""
     assert r.stderr.count("\n") == 1 and key in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "r").exists()  # nothing touched before the file is valid
@@ -230,39 +264,51 @@ def test_two_runs_on_one_phone_second_is_refused_or_waits_and_governors_stay_rig
     phone = next(p for p in lab if p.profile == "legacy")
     before = governors(phone)
     art = make_artifact(tmp_path, sleep=0.2)
-    first = campaign_file(tmp_path, [phone.serial], name="first", variants=("full",), governors=("powersave",),
-                          steps=10, reps=1)
-    proc = subprocess.Popen(_driver(tmp_path, first, art, False), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=os.environ.copy())
+    first = campaign_file(
+        tmp_path, [phone.serial], name="first", variants=("full",), governors=("powersave",), steps=10, reps=1
+    )
+    proc = subprocess.Popen(
+        _driver(tmp_path, first, art, False),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ.copy(),
+    )
     holder = Path(phone.root) / "data/local/tmp/autlearn/lease/holder"
     deadline = time.monotonic() + 60
     while not (holder.is_file() and "campaign=first" in holder.read_text()) and time.monotonic() < deadline:
         time.sleep(0.05)
-    second = load_campaign(campaign_file(tmp_path, [phone.serial], name="second", variants=("full",),
-                                         governors=("performance",), steps=2, reps=1))
+    second = load_campaign(
+        campaign_file(
+            tmp_path, [phone.serial], name="second", variants=("full",), governors=("performance",), steps=2, reps=1
+        )
+    )
     with pytest.raises(PhoneBusy, match=r"in use by campaign 'first' \(pid \d+"):
         run_campaign(second, tmp_path / "results", provider(art))
-    assert not (tmp_path / "results" / "second").exists()         # refused before anything was written
-    out = run_campaign(second, tmp_path / "results", provider(art), wait_s=120)   # waits, then runs
+    assert not (tmp_path / "results" / "second").exists()  # refused before anything was written
+    out = run_campaign(second, tmp_path / "results", provider(art), wait_s=120)  # waits, then runs
     assert proc.wait(60) == 0 and out.ok == 1
     rows = {n: load_results(tmp_path / "results" / n).iloc[0] for n in ("first", "second")}
     assert rows["first"]["governor_applied"] == "powersave" and rows["second"]["governor_applied"] == "performance"
-    assert rows["second"]["started_at"] >= rows["first"]["finished_at"]      # never at the same time
+    assert rows["second"]["started_at"] >= rows["first"]["finished_at"]  # never at the same time
     assert governors(phone) == before and not holder.exists()
 
 
 def test_a_lease_left_by_a_killed_run_on_this_host_is_broken(lab, tmp_path):
     phone = next(p for p in lab if p.profile == "modern")
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                          text=True).stdout.strip()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
     lease = Path(phone.root) / "data/local/tmp/autlearn/lease"
     lease.mkdir(parents=True)
     now = int(time.time())
-    (lease / "holder").write_text(f"token=x\nhost={os.uname().nodename}\npid={dead}\ncampaign=gone\nresults=/r\n"
-                                  f"started={now}\nbeat={now}\n")
+    (lease / "holder").write_text(
+        f"token=x\nhost={os.uname().nodename}\npid={dead}\ncampaign=gone\nresults=/r\nstarted={now}\nbeat={now}\n"
+    )
     logs = []
-    c = load_campaign(campaign_file(tmp_path, [phone.serial], variants=("full",), governors=("powersave",),
-                                    steps=1, reps=1))
+    c = load_campaign(
+        campaign_file(tmp_path, [phone.serial], variants=("full",), governors=("powersave",), steps=1, reps=1)
+    )
     out = run_campaign(c, tmp_path / "results", provider(make_artifact(tmp_path)), log=logs.append)
     assert out.ok == 1 and any("breaking a stale lease" in m and "is gone" in m for m in logs), logs
     assert not lease.exists()
@@ -277,18 +323,34 @@ def _kill_9_mid_fuel_gauge_cell(phone, tmp_path: Path, name: str) -> tuple[Path,
     rooted, the phone-side sampler polling): (the charging switch, the phone's state before it)."""
     switch = Path(phone.root) / "sys/class/power_supply/battery/input_suspend"
     before = (governors(phone), switch.read_text())
-    toml = campaign_file(tmp_path, [phone.serial], name=name, variants=("full",), governors=("powersave",),
-                         steps=40, reps=1, energy="fuelgauge")
-    proc = subprocess.Popen(_driver(tmp_path, toml, make_artifact(tmp_path, sleep=0.2), False),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    toml = campaign_file(
+        tmp_path,
+        [phone.serial],
+        name=name,
+        variants=("full",),
+        governors=("powersave",),
+        steps=40,
+        reps=1,
+        energy="fuelgauge",
+    )
+    proc = subprocess.Popen(
+        _driver(tmp_path, toml, make_artifact(tmp_path, sleep=0.2), False),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ.copy(),
+    )
     deadline = time.monotonic() + 90
-    while (switch.read_text().strip() != "1" or not _sampler_pids()) and time.monotonic() < deadline \
-            and proc.poll() is None:
+    while (
+        (switch.read_text().strip() != "1" or not _sampler_pids())
+        and time.monotonic() < deadline
+        and proc.poll() is None
+    ):
         time.sleep(0.05)
     assert switch.read_text().strip() == "1", proc.stderr.read() if proc.poll() is not None else "never suspended"
-    proc.kill()                                     # SIGKILL: nothing of the run's own cleanup happens
+    proc.kill()  # SIGKILL: nothing of the run's own cleanup happens
     proc.wait(30)
-    assert switch.read_text().strip() == "1" and governors(phone) != before[0]     # left changed
+    assert switch.read_text().strip() == "1" and governors(phone) != before[0]  # left changed
     return switch, before
 
 
@@ -298,16 +360,20 @@ def test_kill_9_during_a_fuel_gauge_cell_then_the_next_run_restores_charging_and
     phone = next(p for p in lab if p.profile == "legacy")
     switch, before = _kill_9_mid_fuel_gauge_cell(phone, tmp_path, "gauge")
     logs = []
-    c = load_campaign(campaign_file(tmp_path, [phone.serial], name="after", variants=("full",),
-                                    governors=("performance",), steps=1, reps=1))
+    c = load_campaign(
+        campaign_file(
+            tmp_path, [phone.serial], name="after", variants=("full",), governors=("performance",), steps=1, reps=1
+        )
+    )
     out = run_campaign(c, tmp_path / "results", provider(make_artifact(tmp_path)), log=logs.append)
     assert out.ok == 1
     assert any("charging" in m and "restored" in m for m in logs), logs
     assert any("governor" in m and "restored" in m for m in logs), logs
     assert (governors(phone), switch.read_text()) == before
     from profiler import knobs
-    assert knobs.entries(knobs.default_root(), phone.serial) == []          # nothing left pending
-    deadline = time.monotonic() + 10      # the killed run's sampler was stopped by this run's lease: none is left
+
+    assert knobs.entries(knobs.default_root(), phone.serial) == []  # nothing left pending
+    deadline = time.monotonic() + 10  # the killed run's sampler was stopped by this run's lease: none is left
     while _sampler_pids() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert _sampler_pids() == []
@@ -320,9 +386,10 @@ def test_devices_restore_after_kill_9_puts_everything_back_and_leaves_no_process
     switch, before = _kill_9_mid_fuel_gauge_cell(phone, tmp_path, "gauge9")
     sampler = _sampler_pids
     time.sleep(1)
-    assert sampler() and switch.read_text().strip() == "1"      # left behind by the killed run
-    r = subprocess.run([sys.executable, "-m", "cli", "devices", "restore", phone.serial], capture_output=True,
-                       text=True, timeout=120)
+    assert sampler() and switch.read_text().strip() == "1"  # left behind by the killed run
+    r = subprocess.run(
+        [sys.executable, "-m", "cli", "devices", "restore", phone.serial], capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stdout + r.stderr
     assert "charging" in r.stdout and "governor" in r.stdout and "sampler" in r.stdout, r.stdout
     assert (governors(phone), switch.read_text()) == before
@@ -333,9 +400,11 @@ def test_devices_restore_after_kill_9_puts_everything_back_and_leaves_no_process
     left = subprocess.run(["pgrep", "-f", f"{phone.root}/.*/runner"], capture_output=True, text=True).stdout.split()
     assert left == []
     from profiler import knobs
+
     assert knobs.entries(knobs.default_root(), phone.serial) == []
-    again = subprocess.run([sys.executable, "-m", "cli", "devices", "restore", phone.serial], capture_output=True,
-                           text=True, timeout=120)
+    again = subprocess.run(
+        [sys.executable, "-m", "cli", "devices", "restore", phone.serial], capture_output=True, text=True, timeout=120
+    )
     assert again.returncode == 0 and "nothing left changed" in again.stdout, again.stdout + again.stderr
 
 
@@ -344,8 +413,9 @@ def test_a_cell_whose_governor_changed_under_its_launches_is_not_ok(lab, tmp_pat
     something else switching the governor mid-cell fails it with the reason, and `--resume` redoes it."""
     phone = next(p for p in lab if p.profile == "legacy")
     before = governors(phone)
-    toml = campaign_file(tmp_path, [phone.serial], name="meddle", variants=("full",), governors=("powersave",),
-                         steps=6, reps=1)
+    toml = campaign_file(
+        tmp_path, [phone.serial], name="meddle", variants=("full",), governors=("powersave",), steps=6, reps=1
+    )
     art = make_artifact(tmp_path, sleep=0.3)
 
     def meddle():
@@ -354,7 +424,8 @@ def test_a_cell_whose_governor_changed_under_its_launches_is_not_ok(lab, tmp_pat
             if subprocess.run(["pgrep", "-f", f"{phone.root}/.*/runner"], capture_output=True).returncode == 0:
                 time.sleep(0.3)
                 (Path(phone.root) / "sys/devices/system/cpu/cpufreq/policy0/scaling_governor").write_text(
-                    "performance\n")
+                    "performance\n"
+                )
                 return
             time.sleep(0.05)
 
@@ -384,12 +455,14 @@ def test_an_old_kernel_with_per_cpu_cpufreq_and_no_interactive_or_powersave(lab_
     assert facts.clusters == "4+4" and facts.governors == ("ondemand", "userspace", "performance")
     assert not (Path(phone.root) / "sys/devices/system/cpu/cpufreq").exists()
     from profiler.campaign import affinity_mask
+
     assert (affinity_mask("big", facts), affinity_mask("little", facts)) == ("0xf0", "0xf")
-    before = [(Path(phone.root) / f"sys/devices/system/cpu/cpu{c}/cpufreq/scaling_governor").read_text()
-              for c in range(8)]
+    before = [
+        (Path(phone.root) / f"sys/devices/system/cpu/cpu{c}/cpufreq/scaling_governor").read_text() for c in range(8)
+    ]
     p = campaign_file(tmp_path, [phone.serial], variants=("full",), steps=2, reps=1)
     # (little: the virtual CPUs 0-3 exist on any host; this host may have no CPU 4-7 for `big`)
-    p.write_text(p.read_text().replace('warmup = 1', 'warmup = 1\naffinity = "little"'))
+    p.write_text(p.read_text().replace("warmup = 1", 'warmup = 1\naffinity = "little"'))
     out = run_campaign(load_campaign(p), tmp_path / "results", provider(make_artifact(tmp_path)))
     assert (out.ok, out.skipped, out.failed) == (1, 1, 0), load_status(out.results_dir)[["status", "reason"]].values
     df = load_results(out.results_dir).iloc[0]
@@ -397,8 +470,9 @@ def test_an_old_kernel_with_per_cpu_cpufreq_and_no_interactive_or_powersave(lab_
     assert df["affinity"] == "little" and json.loads(df["freqs_start_khz"]) and json.loads(df["freqs_end_khz"])
     skipped = load_status(out.results_dir).query("status == 'skipped'")
     assert "powersave" in skipped["reason"].iloc[0]
-    assert [(Path(phone.root) / f"sys/devices/system/cpu/cpu{c}/cpufreq/scaling_governor").read_text()
-            for c in range(8)] == before
+    assert [
+        (Path(phone.root) / f"sys/devices/system/cpu/cpu{c}/cpufreq/scaling_governor").read_text() for c in range(8)
+    ] == before
 
 
 def test_truncated_garbled_and_swapped_cell_files_are_named_then_redone_by_resume(lab, tmp_path):
@@ -410,16 +484,20 @@ def test_truncated_garbled_and_swapped_cell_files_are_named_then_redone_by_resum
     ids = sorted(p.stem for p in (out.results_dir / "cells").glob("*.parquet"))
     cells, summary = out.results_dir / "cells", out.results_dir / "summary"
     data = (cells / f"{ids[0]}.parquet").read_bytes()
-    (cells / f"{ids[0]}.parquet").write_bytes(data[: len(data) // 3])                    # truncated
+    (cells / f"{ids[0]}.parquet").write_bytes(data[: len(data) // 3])  # truncated
     garbled = bytearray((summary / f"{ids[1]}.parquet").read_bytes())
     garbled[100:140] = b"\0" * 40
-    (summary / f"{ids[1]}.parquet").write_bytes(bytes(garbled))                        # garbled
-    (cells / f"{ids[2]}.parquet").write_bytes((cells / f"{ids[3]}.parquet").read_bytes())   # another cell's data
-    r = subprocess.run([sys.executable, "-m", "cli", "results", "show", str(out.results_dir)], capture_output=True,
-                       text=True, timeout=120)
+    (summary / f"{ids[1]}.parquet").write_bytes(bytes(garbled))  # garbled
+    (cells / f"{ids[2]}.parquet").write_bytes((cells / f"{ids[3]}.parquet").read_bytes())  # another cell's data
+    r = subprocess.run(
+        [sys.executable, "-m", "cli", "results", "show", str(out.results_dir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
     named = [ln for ln in r.stderr.splitlines() if "bad cell" in ln]
-    assert sorted(ln.split()[3] for ln in named) == ids[:3], r.stderr       # one line each, nothing shown as data
+    assert sorted(ln.split()[3] for ln in named) == ids[:3], r.stderr  # one line each, nothing shown as data
     assert ids[3] in r.stdout or "1 finished cell" in r.stdout
     again = run_campaign(load_campaign(toml), tmp_path / "results", prov, resume=True)
     assert (again.ok, again.resumed) == (3, 1)
@@ -433,11 +511,17 @@ def test_ctrl_c_mid_cell_ends_its_launch_and_stores_it_interrupted(lab, tmp_path
     `--resume` redoes it."""
     phone = next(p for p in lab if p.profile == "legacy")
     before = governors(phone)
-    toml = campaign_file(tmp_path, [phone.serial], name="stop", variants=("full",), governors=("powersave",), steps=4,
-                         reps=2)
-    prov = provider(make_artifact(tmp_path, sleep=1.0))   # two launches of 5 s
-    running = lambda: subprocess.run(["pgrep", "-f", f"{phone.root}/.*/runner"],  # noqa: E731
-                                     capture_output=True).returncode == 0
+    toml = campaign_file(
+        tmp_path, [phone.serial], name="stop", variants=("full",), governors=("powersave",), steps=4, reps=2
+    )
+    prov = provider(make_artifact(tmp_path, sleep=1.0))  # two launches of 5 s
+    running = lambda: (  # noqa: E731
+        subprocess.run(
+            ["pgrep", "-f", f"{phone.root}/.*/runner"],
+            capture_output=True,
+        ).returncode
+        == 0
+    )
 
     def ctrl_c():
         deadline = time.monotonic() + 60
@@ -445,7 +529,7 @@ def test_ctrl_c_mid_cell_ends_its_launch_and_stores_it_interrupted(lab, tmp_path
             time.sleep(0.05)
         time.sleep(0.5)
         sent.append(time.monotonic())
-        _thread.interrupt_main()   # as SIGINT: the handlers run in the main thread
+        _thread.interrupt_main()  # as SIGINT: the handlers run in the main thread
 
     sent: list[float] = []
     threading.Thread(target=ctrl_c, daemon=True).start()
@@ -456,7 +540,7 @@ def test_ctrl_c_mid_cell_ends_its_launch_and_stores_it_interrupted(lab, tmp_path
     assert governors(phone) == before
     status = load_status(tmp_path / "results" / "stop")
     assert status["status"].tolist() == ["interrupted"] and "--resume" in status["reason"].iloc[0]
-    assert not list((tmp_path / "results" / "stop").glob("cells/*"))   # nothing it measured is kept
+    assert not list((tmp_path / "results" / "stop").glob("cells/*"))  # nothing it measured is kept
     again = run_campaign(load_campaign(toml), tmp_path / "results", provider(make_artifact(tmp_path)), resume=True)
     assert (again.ok, again.resumed) == (1, 0)
     assert governors(phone) == before

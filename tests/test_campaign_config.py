@@ -11,23 +11,44 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from profiler.campaign_config import (
-    Campaign, DeviceRef, ENERGY_KINDS, EnergySource, cell_id, load_campaign, parse_campaign,
+    ENERGY_KINDS,
+    Campaign,
+    DeviceRef,
+    EnergySource,
+    cell_id,
+    load_campaign,
+    parse_campaign,
 )
 from profiler.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = ROOT / "examples" / "paper.toml"
 VALID = {
-    "name": "demo", "warmup": 1, "steps": 3, "repetitions": 2, "affinity": ["all", "0xF0"], "energy": "fuelgauge",
-    "devices": {"serials": ["emu-1", "R58M"], "models": ["Pixel*"], "virtual": True,
-                "energy": {"R58M": "monsoon:12345"}},
-    "workload": [{"model": "lstm", "variants": ["full", "cached"], "batch": [1, 16], "config": {"hidden_size": 64}},
-                 {"model": "mobilenet", "batch": 4, "config": {"width": 0.5, "channels": [8] * 14}}],
+    "name": "demo",
+    "warmup": 1,
+    "steps": 3,
+    "repetitions": 2,
+    "affinity": ["all", "0xF0"],
+    "energy": "fuelgauge",
+    "devices": {
+        "serials": ["emu-1", "R58M"],
+        "models": ["Pixel*"],
+        "virtual": True,
+        "energy": {"R58M": "monsoon:12345"},
+    },
+    "workload": [
+        {"model": "lstm", "variants": ["full", "cached"], "batch": [1, 16], "config": {"hidden_size": 64}},
+        {"model": "mobilenet", "batch": 4, "config": {"width": 0.5, "channels": [8] * 14}},
+    ],
     "governors": {"intents": ["interactive", "userspace@1.2GHz"], "fallback": "skip"},
     "cooldown": {"max_temp_c": 40, "timeout_s": 60, "zones": "cpu*"},
 }
-DEVICES = [DeviceRef("emu-1", "Virtual Phone", True), DeviceRef("R58M", "SM-G991B", False),
-           DeviceRef("P6", "Pixel 6", False), DeviceRef("other", "Moto G", False)]
+DEVICES = [
+    DeviceRef("emu-1", "Virtual Phone", True),
+    DeviceRef("R58M", "SM-G991B", False),
+    DeviceRef("P6", "Pixel 6", False),
+    DeviceRef("other", "Moto G", False),
+]
 
 
 def errors(data) -> ConfigError:
@@ -114,44 +135,47 @@ def with_(path: str, value, base=None) -> dict:
 DELETE = object()
 
 
-@pytest.mark.parametrize("path, value, key, text", [
-    ("name", "../etc", "name", "directory"),
-    ("name", 5, "name", "string"),
-    ("name", DELETE, "name", "required"),
-    ("bogus", 1, "bogus", "valid keys"),
-    ("warmup", -1, "warmup", "between"),
-    ("steps", True, "steps", "integer"),
-    ("repetitions", 1.5, "repetitions", "integer"),
-    ("affinity", ["all", "middle"], "affinity[1]", "big"),
-    ("affinity", "0x0", "affinity", "hex"),
-    ("energy", "monsoon", "energy", "serial"),
-    ("energy", "battery", "energy", "fuelgauge"),
-    ("energy", "auto:1", "energy", "only monsoon"),
-    ("energy", "monsoon:", "energy", "auto"),
-    ("devices.energy", {"R58M": "automatic"}, "devices.energy.R58M", "auto"),
-    ("devices.virtual", "maybe", "devices.virtual", "only"),
-    ("devices.serials", ["a b"], "devices.serials[0]", "serial"),
-    ("devices.serials", ["x", "x"], "devices.serials[1]", "duplicate"),
-    ("devices.energy", {"R58M": "volts"}, "devices.energy.R58M", "monsoon"),
-    ("devices.colour", "red", "devices.colour", "valid keys"),
-    ("workload", [], "workload", "workload"),
-    ("workload", DELETE, "workload", "required"),
-    ("workload.0.model", "resnet", "workload[0].model", "lstm, mobilenet"),
-    ("workload.0.variants", ["full", "tiny"], "workload[0].variants[1]", "unoptimized"),
-    ("workload.0.batch", [0], "workload[0].batch[0]", "between"),
-    ("workload.0.batch", [1, 1], "workload[0].batch[1]", "duplicate"),
-    ("workload.0.config", {"h": {"x": 1}}, "workload[0].config.h", "model arguments"),
-    ("workload.0.config", {"h": [[1]]}, "workload[0].config.h[0]", "flat"),
-    ("workload.0.config", {"h": math.inf}, "workload[0].config.h", "finite"),
-    ("workload.1.epochs", 3, "workload[1].epochs", "valid keys"),
-    ("governors.intents", ["turbo"], "governors.intents[0]", "interactive"),
-    ("governors.intents", ["userspace"], "governors.intents[0]", "frequency"),
-    ("governors.intents", ["userspace@fast"], "governors.intents[0]", "frequency"),
-    ("governors.fallback", "closest", "governors.fallback", "nearest, skip, fail"),
-    ("cooldown.max_temp_c", "hot", "cooldown.max_temp_c", "number"),
-    ("cooldown.max_temp_c", math.nan, "cooldown.max_temp_c", "between"),
-    ("cooldown", 5, "cooldown", "table"),
-])
+@pytest.mark.parametrize(
+    "path, value, key, text",
+    [
+        ("name", "../etc", "name", "directory"),
+        ("name", 5, "name", "string"),
+        ("name", DELETE, "name", "required"),
+        ("bogus", 1, "bogus", "valid keys"),
+        ("warmup", -1, "warmup", "between"),
+        ("steps", True, "steps", "integer"),
+        ("repetitions", 1.5, "repetitions", "integer"),
+        ("affinity", ["all", "middle"], "affinity[1]", "big"),
+        ("affinity", "0x0", "affinity", "hex"),
+        ("energy", "monsoon", "energy", "serial"),
+        ("energy", "battery", "energy", "fuelgauge"),
+        ("energy", "auto:1", "energy", "only monsoon"),
+        ("energy", "monsoon:", "energy", "auto"),
+        ("devices.energy", {"R58M": "automatic"}, "devices.energy.R58M", "auto"),
+        ("devices.virtual", "maybe", "devices.virtual", "only"),
+        ("devices.serials", ["a b"], "devices.serials[0]", "serial"),
+        ("devices.serials", ["x", "x"], "devices.serials[1]", "duplicate"),
+        ("devices.energy", {"R58M": "volts"}, "devices.energy.R58M", "monsoon"),
+        ("devices.colour", "red", "devices.colour", "valid keys"),
+        ("workload", [], "workload", "workload"),
+        ("workload", DELETE, "workload", "required"),
+        ("workload.0.model", "resnet", "workload[0].model", "lstm, mobilenet"),
+        ("workload.0.variants", ["full", "tiny"], "workload[0].variants[1]", "unoptimized"),
+        ("workload.0.batch", [0], "workload[0].batch[0]", "between"),
+        ("workload.0.batch", [1, 1], "workload[0].batch[1]", "duplicate"),
+        ("workload.0.config", {"h": {"x": 1}}, "workload[0].config.h", "model arguments"),
+        ("workload.0.config", {"h": [[1]]}, "workload[0].config.h[0]", "flat"),
+        ("workload.0.config", {"h": math.inf}, "workload[0].config.h", "finite"),
+        ("workload.1.epochs", 3, "workload[1].epochs", "valid keys"),
+        ("governors.intents", ["turbo"], "governors.intents[0]", "interactive"),
+        ("governors.intents", ["userspace"], "governors.intents[0]", "frequency"),
+        ("governors.intents", ["userspace@fast"], "governors.intents[0]", "frequency"),
+        ("governors.fallback", "closest", "governors.fallback", "nearest, skip, fail"),
+        ("cooldown.max_temp_c", "hot", "cooldown.max_temp_c", "number"),
+        ("cooldown.max_temp_c", math.nan, "cooldown.max_temp_c", "between"),
+        ("cooldown", 5, "cooldown", "table"),
+    ],
+)
 def test_errors_name_the_key(path, value, key, text):
     e = errors(with_(path, value))
     assert e.key == key, str(e)
@@ -182,17 +206,47 @@ def test_missing_file_and_syntax_errors(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------------- fuzzing
-KEYS = ["name", "description", "warmup", "steps", "repetitions", "affinity", "energy", "devices", "workload",
-        "governors", "cooldown", "serials", "models", "virtual", "model", "variants", "batch", "config", "intents",
-        "fallback", "max_temp_c", "timeout_s", "zones"]
+KEYS = [
+    "name",
+    "description",
+    "warmup",
+    "steps",
+    "repetitions",
+    "affinity",
+    "energy",
+    "devices",
+    "workload",
+    "governors",
+    "cooldown",
+    "serials",
+    "models",
+    "virtual",
+    "model",
+    "variants",
+    "batch",
+    "config",
+    "intents",
+    "fallback",
+    "max_temp_c",
+    "timeout_s",
+    "zones",
+]
 keys = st.one_of(st.sampled_from(KEYS), st.text(max_size=8))
 scalars = st.one_of(
-    st.text(max_size=12), st.sampled_from(["lstm", "full", "interactive", "userspace@1GHz", "0xff", "only", "all",
-                                          "monsoon:1", "none", "nearest"]),
-    st.integers(min_value=-(2**63), max_value=2**63 - 1), st.floats(), st.booleans(), st.datetimes(), st.dates(),
-    st.times())
-values = st.recursive(scalars, lambda ch: st.lists(ch, max_size=4) | st.dictionaries(keys, ch, max_size=4),
-                      max_leaves=12)
+    st.text(max_size=12),
+    st.sampled_from(
+        ["lstm", "full", "interactive", "userspace@1GHz", "0xff", "only", "all", "monsoon:1", "none", "nearest"]
+    ),
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.floats(),
+    st.booleans(),
+    st.datetimes(),
+    st.dates(),
+    st.times(),
+)
+values = st.recursive(
+    scalars, lambda ch: st.lists(ch, max_size=4) | st.dictionaries(keys, ch, max_size=4), max_leaves=12
+)
 
 
 def check(data) -> Campaign | None:
@@ -244,15 +298,23 @@ def test_fuzz_mutated_valid_documents(path, op, value, new_key):
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(st.tuples(st.integers(0, 10_000), st.sampled_from(["del", "ins", "dup"]),
-                          st.sampled_from(list('"[]{}=,.\n #x1@') + ["\\", "true", "'''", "\x00", "é"])),
-                min_size=1, max_size=4))
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 10_000),
+            st.sampled_from(["del", "ins", "dup"]),
+            st.sampled_from(list('"[]{}=,.\n #x1@') + ["\\", "true", "'''", "\x00", "é"]),
+        ),
+        min_size=1,
+        max_size=4,
+    )
+)
 def test_fuzz_mutated_files(tmp_path, edits):
     text = PAPER.read_text()
     for pos, op, s in edits:
         pos %= len(text) + 1
         if op == "del":
-            text = text[:pos] + text[pos + 1:]
+            text = text[:pos] + text[pos + 1 :]
         elif op == "ins":
             text = text[:pos] + s + text[pos:]
         else:
@@ -285,7 +347,7 @@ def test_energy_auto_globally_and_per_device():
 # ------------------------------------------------------------------------------------- complete, bounded validation
 def test_huge_files_and_free_text_are_refused(tmp_path):
     big = tmp_path / "big.toml"
-    with open(big, "wb") as f:          # sparse: 50 MB that are never read
+    with open(big, "wb") as f:  # sparse: 50 MB that are never read
         f.truncate(50 << 20)
     with pytest.raises(ConfigError, match="limit is 1048576"):
         load_campaign(big)
@@ -297,33 +359,42 @@ def test_huge_files_and_free_text_are_refused(tmp_path):
     assert errors(data).key == "workload[0].config.hidden_size"
 
 
-@pytest.mark.parametrize("config, key", [
-    ({"hidden_size": "64"}, "workload[0].config.hidden_size"),      # a wrong type inside the model config
-    ({"hidden_size": 64.5}, "workload[0].config.hidden_size"),
-    ({"hidden": 64}, "workload[0].config"),                         # an unknown model argument
-    ({"hidden_size": 0}, "workload[0].config.hidden_size"),         # the family's own range check
-    ({"hidden_size": 1_000_000_000}, "workload[0].config.hidden_size"),   # over its ceiling (issue 31)
-    ({"vocab_size": 1_000_000, "hidden_size": 8192}, "workload[0].config.model"),   # too many parameters
-    ({"tuning": "fast"}, "workload[0].config.tuning"),
-    ({"batch": 4}, "workload[0].config.batch"),
-    ({"compressed": "/no/such/compressed.json"}, "workload[0].config.compressed"),
-])
+@pytest.mark.parametrize(
+    "config, key",
+    [
+        ({"hidden_size": "64"}, "workload[0].config.hidden_size"),  # a wrong type inside the model config
+        ({"hidden_size": 64.5}, "workload[0].config.hidden_size"),
+        ({"hidden": 64}, "workload[0].config"),  # an unknown model argument
+        ({"hidden_size": 0}, "workload[0].config.hidden_size"),  # the family's own range check
+        ({"hidden_size": 1_000_000_000}, "workload[0].config.hidden_size"),  # over its ceiling (issue 31)
+        ({"vocab_size": 1_000_000, "hidden_size": 8192}, "workload[0].config.model"),  # too many parameters
+        ({"tuning": "fast"}, "workload[0].config.tuning"),
+        ({"batch": 4}, "workload[0].config.batch"),
+        ({"compressed": "/no/such/compressed.json"}, "workload[0].config.compressed"),
+    ],
+)
 def test_model_config_is_checked_against_its_family_before_anything_runs(config, key):
     data = copy.deepcopy(VALID)
     data["workload"][0]["config"] = config
     assert errors(data).key == key
 
 
-@pytest.mark.parametrize("model, config, key", [("mobilenet", 'width = "wide"', "width"),
-                                               ("lstm", "hidden_size = 1000000000", "hidden_size")])
+@pytest.mark.parametrize(
+    "model, config, key",
+    [("mobilenet", 'width = "wide"', "width"), ("lstm", "hidden_size = 1000000000", "hidden_size")],
+)
 def test_a_bad_model_config_is_one_line_and_leaves_no_results(tmp_path, model, config, key):
     import subprocess
     import sys
 
     p = tmp_path / "c.toml"
     p.write_text(f'name = "bad"\n[[workload]]\nmodel = "{model}"\nconfig = {{ {config} }}\n')
-    r = subprocess.run([sys.executable, "-m", "cli", "run", str(p), "--results", str(tmp_path / "res")],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "cli", "run", str(p), "--results", str(tmp_path / "res")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 1 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert f"workload[0].config.{key}" in r.stderr and not (tmp_path / "res").exists()
 
@@ -332,12 +403,29 @@ _scalar = st.one_of(st.integers(-5, 5000), st.floats(allow_nan=True), st.text(ma
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.sampled_from(["lstm", "mobilenet"]),
-       st.dictionaries(st.sampled_from(["hidden_size", "vocab_size", "width", "channels", "image_size", "seed",
-                                        "num_classes", "tuning", "compressed", "batch", "seq_len", "nope"]),
-                       st.one_of(_scalar, st.lists(_scalar, max_size=16), st.dictionaries(st.text(max_size=3),
-                                                                                        _scalar, max_size=2)),
-                       max_size=4))
+@given(
+    st.sampled_from(["lstm", "mobilenet"]),
+    st.dictionaries(
+        st.sampled_from(
+            [
+                "hidden_size",
+                "vocab_size",
+                "width",
+                "channels",
+                "image_size",
+                "seed",
+                "num_classes",
+                "tuning",
+                "compressed",
+                "batch",
+                "seq_len",
+                "nope",
+            ]
+        ),
+        st.one_of(_scalar, st.lists(_scalar, max_size=16), st.dictionaries(st.text(max_size=3), _scalar, max_size=2)),
+        max_size=4,
+    ),
+)
 def test_fuzzed_model_config_tables_give_a_campaign_or_one_config_error(model, config):
     data = copy.deepcopy(VALID)
     data["workload"] = [{"model": model, "batch": [2], "config": config}]
@@ -347,5 +435,6 @@ def test_fuzzed_model_config_tables_give_a_campaign_or_one_config_error(model, c
         assert e.key.startswith("workload[0]") and "\n" not in str(e)
     else:
         from workloads.models import make_config
+
         kwargs = {k: v for k, v in c.workloads[0].kwargs.items() if k != "tuning"}
-        make_config(model, **kwargs, batch=2)      # what was accepted builds a config
+        make_config(model, **kwargs, batch=2)  # what was accepted builds a config

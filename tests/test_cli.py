@@ -20,7 +20,7 @@ LIBRARIES = ("profiler", "workloads", "reports", "testbed")
 def test_help_lists_the_commands(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    for name in [*COMMANDS, "lab"]:                     # lab: the testbed's plugin (entry point)
+    for name in [*COMMANDS, "lab"]:  # lab: the testbed's plugin (entry point)
         assert f"  {name} " in out, name
 
 
@@ -39,15 +39,24 @@ def _imports(path: Path) -> set[str]:
 
 
 def test_no_library_package_imports_cli():
-    bad = [f"{p.relative_to(ROOT)}: {name}" for pkg in LIBRARIES for p in sorted((ROOT / pkg).rglob("*.py"))
-           for name in _imports(p) if name == "cli" or name.startswith("cli.")]
+    bad = [
+        f"{p.relative_to(ROOT)}: {name}"
+        for pkg in LIBRARIES
+        for p in sorted((ROOT / pkg).rglob("*.py"))
+        for name in _imports(p)
+        if name == "cli" or name.startswith("cli.")
+    ]
     assert not bad, bad
 
 
 def test_no_click_outside_cli_but_the_lab_command():
-    users = [str(p.relative_to(ROOT)) for pkg in LIBRARIES for p in sorted((ROOT / pkg).rglob("*.py"))
-             if "click" in _imports(p)]
-    assert users == ["testbed/cli.py"], users     # the lab's command, loaded through its entry point
+    users = [
+        str(p.relative_to(ROOT))
+        for pkg in LIBRARIES
+        for p in sorted((ROOT / pkg).rglob("*.py"))
+        if "click" in _imports(p)
+    ]
+    assert users == ["testbed/cli.py"], users  # the lab's command, loaded through its entry point
 
 
 def test_cell_label_round_trip():
@@ -62,12 +71,19 @@ def test_cell_label_round_trip():
 def test_results_show_sorts_rows_by_device_workload_variant_batch_governor(tmp_path, capsys):
     from tests.test_store import meta_for, steps_for
 
-    camp = parse_campaign({
-        "name": "t", "warmup": 1, "steps": 3, "repetitions": 1,
-        "workload": [{"model": "mobilenet", "variants": ["full", "compressed"], "batch": [2, 1]},
-                     {"model": "lstm", "variants": ["full"], "batch": [1]}],
-        "governors": ["powersave", "interactive"],
-    })
+    camp = parse_campaign(
+        {
+            "name": "t",
+            "warmup": 1,
+            "steps": 3,
+            "repetitions": 1,
+            "workload": [
+                {"model": "mobilenet", "variants": ["full", "compressed"], "batch": [2, 1]},
+                {"model": "lstm", "variants": ["full"], "batch": [1]},
+            ],
+            "governors": ["powersave", "interactive"],
+        }
+    )
     cells = camp.plan([DeviceRef("emu-2", "Pixel 4", True), DeviceRef("emu-1", "Pixel 3", True)])
     st = Store.open(tmp_path, camp)
     for c in reversed(cells):
@@ -98,9 +114,11 @@ def test_set_parser_is_the_library_one():
     from profiler.errors import ConfigError
     from workloads.models import parse_overrides
 
-    assert parse_sets(("width=0.25", "channels=[8,16]", "name=abc")) == \
-        parse_overrides(["width=0.25", "channels=[8,16]", "name=abc"]) == \
-        {"width": 0.25, "channels": [8, 16], "name": "abc"}
+    assert (
+        parse_sets(("width=0.25", "channels=[8,16]", "name=abc"))
+        == parse_overrides(["width=0.25", "channels=[8,16]", "name=abc"])
+        == {"width": 0.25, "channels": [8, 16], "name": "abc"}
+    )
     with pytest.raises(ConfigError):
         parse_overrides(["width"])
 
@@ -123,11 +141,20 @@ def test_measure_options_build_frozen_settings():
 
     r = CliRunner().invoke(cmd, ["--results", "r", "--resume", "--threads", "2", "--reps", "4", "--steps", "7"])
     assert r.exit_code == 0, r.output
-    assert got["s"] == MeasureSettings(results_root=Path("r"), resume=True, threads=2, artifacts=None, rounds=3,
-                                       repetitions=4, steps=7, warmup=2, energy="none")
+    assert got["s"] == MeasureSettings(
+        results_root=Path("r"),
+        resume=True,
+        threads=2,
+        artifacts=None,
+        rounds=3,
+        repetitions=4,
+        steps=7,
+        warmup=2,
+        energy="none",
+    )
     with pytest.raises(dataclasses.FrozenInstanceError):
         got["s"].rounds = 1
-    assert CliRunner().invoke(cmd, ["--warmup", "1"]).exit_code != 0     # fixed: no option
+    assert CliRunner().invoke(cmd, ["--warmup", "1"]).exit_code != 0  # fixed: no option
 
 
 def test_paths_follow_the_environment(tmp_path, monkeypatch):
@@ -151,7 +178,7 @@ def test_code_fingerprint_hashes_the_listed_build_sources_only(monkeypatch):
 
     full = artifact_cache.code_fingerprint()
     assert full == artifact_cache.code_fingerprint()
-    assert artifact_cache.code_fingerprint(("compile.py", "nonexistent/*.py")) != full   # missing globs: skipped
+    assert artifact_cache.code_fingerprint(("compile.py", "nonexistent/*.py")) != full  # missing globs: skipped
     for name in ("artifact.py", "compile.py", "program.py", "runner_build.py", "models.py", "layers.py"):
         assert name in artifact_cache.BUILD_SOURCES
     assert not any("measure" in p or "table_pipeline" in p for p in artifact_cache.BUILD_SOURCES)
@@ -162,13 +189,30 @@ def test_results_show_and_the_report_give_wait_beside_harness(tmp_path, capsys):
     from reports.build import build_report, load_campaign_data, report_json
     from tests.test_store import meta_for, steps_for
 
-    camp = parse_campaign({"name": "t", "warmup": 1, "steps": 3, "repetitions": 1,
-                           "workload": [{"model": "lstm", "variants": ["full"], "batch": [1]}],
-                           "governors": ["powersave"]})
+    camp = parse_campaign(
+        {
+            "name": "t",
+            "warmup": 1,
+            "steps": 3,
+            "repetitions": 1,
+            "workload": [{"model": "lstm", "variants": ["full"], "batch": [1]}],
+            "governors": ["powersave"],
+        }
+    )
     (cell,) = camp.plan([DeviceRef("emu-1", "Pixel 3", True)])
     st = Store.open(tmp_path, camp)
-    st.write_cell(meta_for(cell, campaign="t", warmup_steps=1, harness=(("launch", 1.25),), harness_s=1.25,
-                           wait_s=7.5, cpu_share=(0.1221,)), steps_for(cell))
+    st.write_cell(
+        meta_for(
+            cell,
+            campaign="t",
+            warmup_steps=1,
+            harness=(("launch", 1.25),),
+            harness_s=1.25,
+            wait_s=7.5,
+            cpu_share=(0.1221,),
+        ),
+        steps_for(cell),
+    )
     assert main(["results", "show", str(tmp_path / "t"), "--json"]) == 0
     (row,) = json.loads(capsys.readouterr().out)["summaries"]
     assert (row["harness_s"], row["wait_s"], json.loads(row["cpu_share"])) == (1.25, 7.5, [0.1221])
@@ -209,9 +253,17 @@ def test_results_show_and_the_report_say_why_a_cell_has_no_energy(tmp_path, caps
     from reports.build import build_report, load_campaign_data
     from tests.test_store import meta_for, steps_for
 
-    camp = parse_campaign({"name": "t", "warmup": 1, "steps": 3, "repetitions": 1, "affinity": ["big", "little"],
-                           "workload": [{"model": "lstm", "variants": ["full"], "batch": [1]}],
-                           "governors": ["powersave"]})
+    camp = parse_campaign(
+        {
+            "name": "t",
+            "warmup": 1,
+            "steps": 3,
+            "repetitions": 1,
+            "affinity": ["big", "little"],
+            "workload": [{"model": "lstm", "variants": ["full"], "batch": [1]}],
+            "governors": ["powersave"],
+        }
+    )
     big, little = camp.plan([DeviceRef("emu-1", "Pixel 3", True)])
     st = Store.open(tmp_path, camp)
     why = "energy not measured: the phone is charging (USB): the fuel gauge would measure the charger; more"

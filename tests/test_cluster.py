@@ -57,8 +57,11 @@ def test_lab_status_names_each_phones_host(cluster, capsys):
         assert main(["lab", "status", "--json"]) == 0
     got = json.loads(capsys.readouterr().out)
     assert got["cluster"] == address
-    assert sorted((p["host"], p["profile"]) for p in got["phones"]) == [("host1", "legacy"), ("host1", "unrooted"),
-                                                                        ("host2", "modern")]
+    assert sorted((p["host"], p["profile"]) for p in got["phones"]) == [
+        ("host1", "legacy"),
+        ("host1", "unrooted"),
+        ("host2", "modern"),
+    ]
 
 
 def phones_of(cl, host: str):
@@ -75,11 +78,19 @@ def fleet(address):
 
 def small(name: str, **devices) -> object:
     """Two cells a phone: LSTM b16 under interactive, then powersave."""
-    return parse_campaign({"name": name, "warmup": 1, "steps": 2, "repetitions": 1, "energy": "auto",
-                           "devices": {"virtual": True, **devices},
-                           "workload": [{"model": "lstm", "variants": ["full"], "batch": [16]}],
-                           "governors": {"intents": ["interactive", "powersave"]},
-                           "cooldown": {"max_temp_c": 95, "timeout_s": 5}})
+    return parse_campaign(
+        {
+            "name": name,
+            "warmup": 1,
+            "steps": 2,
+            "repetitions": 1,
+            "energy": "auto",
+            "devices": {"virtual": True, **devices},
+            "workload": [{"model": "lstm", "variants": ["full"], "batch": [16]}],
+            "governors": {"intents": ["interactive", "powersave"]},
+            "cooldown": {"max_temp_c": 95, "timeout_s": 5},
+        }
+    )
 
 
 def cell_set(results_dir) -> set:
@@ -87,8 +98,19 @@ def cell_set(results_dir) -> set:
     workload, variant, batch, governors, status (with the reason of a skip) and labels."""
     out = set()
     for r in load_summaries(results_dir).itertuples():
-        out.add((r.device_model, r.workload, r.variant, r.batch, r.governor_requested, r.governor_applied, "ok",
-                 "", r.labels))
+        out.add(
+            (
+                r.device_model,
+                r.workload,
+                r.variant,
+                r.batch,
+                r.governor_requested,
+                r.governor_applied,
+                "ok",
+                "",
+                r.labels,
+            )
+        )
     for r in load_status(results_dir).itertuples():
         if r.status != "ok":
             out.add(("/".join(str(r.label).split("/")[-4:]), r.status, r.reason))
@@ -98,14 +120,15 @@ def cell_set(results_dir) -> set:
 @pytest.mark.slow
 def test_example_campaign_on_two_hosts_gives_the_cells_of_one_host(cluster, example_run, runner_cache, tmp_path):
     cl, address = cluster
-    _, one_host, _ = example_run        # the same campaign on the same profiles on one host (test_example_campaign)
+    _, one_host, _ = example_run  # the same campaign on the same profiles on one host (test_example_campaign)
     # one launch of 1 timed step a cell: cells and labels do not depend on how many steps a launch times
     campaign = dataclasses.replace(load_campaign(EXAMPLE), steps=1, repetitions=1)
-    out = run_campaign(campaign, tmp_path / "results", artifact_provider(runner_cache / "artifacts"),
-                       fleet=fleet(address))
+    out = run_campaign(
+        campaign, tmp_path / "results", artifact_provider(runner_cache / "artifacts"), fleet=fleet(address)
+    )
     assert out.failed == 0, load_status(out.results_dir).query("status == 'failed'")["reason"].tolist()
     got = load_summaries(out.results_dir)
-    assert {s.partition("/")[0] for s in got["device_serial"]} == {"host1", "host2"}   # host/serial names
+    assert {s.partition("/")[0] for s in got["device_serial"]} == {"host1", "host2"}  # host/serial names
     assert cell_set(out.results_dir) == cell_set(one_host.results_dir)
 
 
@@ -125,7 +148,7 @@ def test_an_agent_that_does_not_answer_at_discovery_is_said(cluster, monkeypatch
     ray = cluster_mod.connect(address)
 
     @ray.remote
-    class Mute:                       # an agent that never answers: a real actor under an agent's name
+    class Mute:  # an agent that never answers: a real actor under an agent's name
         def info(self):
             time.sleep(30)
 
@@ -148,8 +171,9 @@ def test_a_lost_host_fails_its_cells_and_resume_completes(cluster, runner_cache,
     results = tmp_path / "results"
     provider = artifact_provider(runner_cache / "artifacts")
     outcome = {}
-    t = threading.Thread(target=lambda: outcome.update(o=run_campaign(campaign, results, provider,
-                                                                      fleet=fleet(address))))
+    t = threading.Thread(
+        target=lambda: outcome.update(o=run_campaign(campaign, results, provider, fleet=fleet(address)))
+    )
     t.start()
     # kill host2's agent while its phone runs a cell under powersave (its governors are then changed)
     deadline = time.monotonic() + 300
@@ -166,7 +190,7 @@ def test_a_lost_host_fails_its_cells_and_resume_completes(cluster, runner_cache,
     lost = status[status["label"].str.startswith("host2/")]
     assert len(lost) and (lost["status"] != "ok").any()
     assert all("host lost: host2" in r for r in lost.query("status == 'failed'")["reason"])
-    assert (status[status["label"].str.startswith("host1/")]["status"] != "failed").all()   # host1 finished
+    assert (status[status["label"].str.startswith("host1/")]["status"] != "failed").all()  # host1 finished
     # the agent comes back: it puts back what the killed one left changed, before it answers
     info = cl.start_agent("host2")
     assert governors(modern.root) == before, (changed, info["restored"])
@@ -178,10 +202,11 @@ def test_a_lost_host_fails_its_cells_and_resume_completes(cluster, runner_cache,
 @pytest.mark.slow
 def test_a_phone_plugged_in_while_the_agent_runs_is_used_with_its_monitor(cluster, runner_cache, tmp_path):
     cl, address = cluster
-    phone = cl.plug("host2", "legacy", monsoon=True, keep_warm=False)   # no agent restarted
+    phone = cl.plug("host2", "legacy", monsoon=True, keep_warm=False)  # no agent restarted
     campaign = small("plugged", serials=[f"host2/{phone.serial}"])
-    out = run_campaign(campaign, tmp_path / "results", artifact_provider(runner_cache / "artifacts"),
-                       fleet=fleet(address))
+    out = run_campaign(
+        campaign, tmp_path / "results", artifact_provider(runner_cache / "artifacts"), fleet=fleet(address)
+    )
     assert out.ok == 2 and out.failed == 0
     got = load_summaries(out.results_dir)
     assert set(got["device_serial"]) == {f"host2/{phone.serial}"}
@@ -197,24 +222,40 @@ def test_two_controllers_never_share_a_phone(cluster, runner_cache, tmp_path):
     name = f"host1/{legacy.serial}"
     provider = artifact_provider(runner_cache / "artifacts")
     toml = tmp_path / "second.toml"
-    toml.write_text(f'name = "second"\nwarmup = 1\nsteps = 2\nrepetitions = 1\nenergy = "none"\n'
-                    f'[devices]\nserials = ["{name}"]\n[[workload]]\nmodel = "lstm"\nvariants = ["full"]\n'
-                    f'batch = [16]\n[governors]\nintents = ["powersave"]\n[cooldown]\nmax_temp_c = 95\n'
-                    f'timeout_s = 5\n')
+    toml.write_text(
+        f'name = "second"\nwarmup = 1\nsteps = 2\nrepetitions = 1\nenergy = "none"\n'
+        f'[devices]\nserials = ["{name}"]\n[[workload]]\nmodel = "lstm"\nvariants = ["full"]\n'
+        f'batch = [16]\n[governors]\nintents = ["powersave"]\n[cooldown]\nmax_temp_c = 95\n'
+        f"timeout_s = 5\n"
+    )
     results = {}
-    first = threading.Thread(target=lambda: results.update(a=run_campaign(
-        small("first", serials=[name]), tmp_path / "r", provider, fleet=fleet(address))))
+    first = threading.Thread(
+        target=lambda: results.update(
+            a=run_campaign(small("first", serials=[name]), tmp_path / "r", provider, fleet=fleet(address))
+        )
+    )
     first.start()
-    deadline = time.monotonic() + 120      # until the first controller holds the phone's lease
-    while time.monotonic() < deadline and not any("campaign=first" in p.read_text()
-                                                  for p in Path(legacy.root).rglob("lease/holder")):
+    deadline = time.monotonic() + 120  # until the first controller holds the phone's lease
+    while time.monotonic() < deadline and not any(
+        "campaign=first" in p.read_text() for p in Path(legacy.root).rglob("lease/holder")
+    ):
         time.sleep(0.1)
-    cli = [sys.executable, "-m", "cli.main", "run", str(toml), "--cluster", address, "--results",
-           str(tmp_path / "r"), "--artifacts", str(runner_cache / "artifacts")]
+    cli = [
+        sys.executable,
+        "-m",
+        "cli.main",
+        "run",
+        str(toml),
+        "--cluster",
+        address,
+        "--results",
+        str(tmp_path / "r"),
+        "--artifacts",
+        str(runner_cache / "artifacts"),
+    ]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
     busy = subprocess.run(cli, capture_output=True, text=True, env=env, timeout=600)
-    waited = subprocess.run([*cli, "--wait", "600"], capture_output=True, text=True, env=env,
-                            timeout=900)
+    waited = subprocess.run([*cli, "--wait", "600"], capture_output=True, text=True, env=env, timeout=900)
     first.join(600)
     assert busy.returncode == 1 and "is in use by campaign 'first'" in busy.stderr, busy.stderr
     assert "Traceback" not in busy.stderr
@@ -229,19 +270,29 @@ def test_two_controllers_never_share_a_phone(cluster, runner_cache, tmp_path):
 @pytest.mark.slow
 def test_builds_run_as_ray_tasks_on_both_nodes_once_per_key_across_controllers(cluster, tmp_path):
     _, address = cluster
-    spec = parse_campaign({"name": "builds", "devices": {"virtual": True},
-                           "workload": [{"model": "lstm", "variants": ["full"], "batch": [1, 2],
-                                         "config": {"vocab_size": 50, "embed_dim": 8, "hidden_size": 8,
-                                                    "num_layers": 1, "seq_len": 3}}]})
+    spec = parse_campaign(
+        {
+            "name": "builds",
+            "devices": {"virtual": True},
+            "workload": [
+                {
+                    "model": "lstm",
+                    "variants": ["full"],
+                    "batch": [1, 2],
+                    "config": {"vocab_size": 50, "embed_dim": 8, "hidden_size": 8, "num_layers": 1, "seq_len": 3},
+                }
+            ],
+        }
+    )
     cells = spec.plan([type("D", (), {"serial": "x", "model": "", "virtual": True})()])
     requests = [(c, "x86_64") for c in cells]
     first = artifact_provider(tmp_path / "first")
     one = fleet(address)
     one.prebuild(first, requests)
-    assert not first.missing(requests)          # both built, verified into this controller's cache
+    assert not first.missing(requests)  # both built, verified into this controller's cache
     assert all(b["started_here"] for b in one.builds.values())
-    assert len({b["node"] for b in one.builds.values()}) == 2      # one on each node (1 CPU each)
-    second = artifact_provider(tmp_path / "second")   # another controller, an empty cache: nothing built again
+    assert len({b["node"] for b in one.builds.values()}) == 2  # one on each node (1 CPU each)
+    second = artifact_provider(tmp_path / "second")  # another controller, an empty cache: nothing built again
     two = fleet(address)
     two.prebuild(second, requests)
     assert not second.missing(requests) and not any(b["started_here"] for b in two.builds.values())
@@ -252,11 +303,23 @@ def test_builds_run_as_ray_tasks_on_both_nodes_once_per_key_across_controllers(c
 def test_tune_through_the_agent_of_the_phones_host(cluster, tmp_path, monkeypatch):
     from profiler.cluster import tune_on_cluster
 
-    monkeypatch.setenv("AUTLEARN_TUNING_DIR", str(tmp_path / "tuning"))     # this controller's databases
+    monkeypatch.setenv("AUTLEARN_TUNING_DIR", str(tmp_path / "tuning"))  # this controller's databases
     cl, address = cluster
     modern = phones_of(cl, "host2")[0]
-    (r,) = tune_on_cluster(address, [f"host2/{modern.serial}"], "lstm", trials=2, top=1, minutes=5,
-                           vocab_size=50, embed_dim=8, hidden_size=8, num_layers=1, seq_len=3, batch=1)
+    (r,) = tune_on_cluster(
+        address,
+        [f"host2/{modern.serial}"],
+        "lstm",
+        trials=2,
+        top=1,
+        minutes=5,
+        vocab_size=50,
+        embed_dim=8,
+        hidden_size=8,
+        num_layers=1,
+        seq_len=3,
+        batch=1,
+    )
     assert r["trials"] == 2 and r["tuned_tasks"] == 1 and not r["emulated"]
     db = Path(r["database"])
-    assert db.parent == tmp_path / "tuning" and any(db.iterdir())    # the database came back here
+    assert db.parent == tmp_path / "tuning" and any(db.iterdir())  # the database came back here

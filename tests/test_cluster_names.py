@@ -16,8 +16,14 @@ def _phone(serial: str, model: str = "Pixel"):
 
 def test_a_campaign_may_name_a_phone_by_serial_or_host_slash_serial():
     fleet = [_phone("host1/AAA"), _phone("host2/BBB"), _phone("host2/CCC")]
-    c = parse_campaign({"name": "x", "workload": [{"model": "lstm"}], "energy": "fuelgauge",
-                        "devices": {"serials": ["AAA", "host2/BBB"], "energy": {"AAA": "none"}}})
+    c = parse_campaign(
+        {
+            "name": "x",
+            "workload": [{"model": "lstm"}],
+            "energy": "fuelgauge",
+            "devices": {"serials": ["AAA", "host2/BBB"], "energy": {"AAA": "none"}},
+        }
+    )
     assert [d.serial for d in c.select(fleet)] == ["host1/AAA", "host2/BBB"]
     assert c.devices.missing(fleet) == ()
     assert str(c.energy_for("host1/AAA")) == "none" and str(c.energy_for("host2/BBB")) == "fuelgauge"
@@ -26,11 +32,13 @@ def test_a_campaign_may_name_a_phone_by_serial_or_host_slash_serial():
 
 
 def test_no_ray_import_on_the_default_path():
-    code = ("import sys, profiler.campaign, workloads.measure, cli.campaign, cli.main\n"
-            "from profiler.campaign import fleet_for\nfrom profiler.settings import MeasureSettings\n"
-            "fleet_for(MeasureSettings())\n"
-            "try:\n    cli.main.main(['run', '--help'])\nexcept SystemExit:\n    pass\n"
-            "print('ray' in sys.modules)")
+    code = (
+        "import sys, profiler.campaign, workloads.measure, cli.campaign, cli.main\n"
+        "from profiler.campaign import fleet_for\nfrom profiler.settings import MeasureSettings\n"
+        "fleet_for(MeasureSettings())\n"
+        "try:\n    cli.main.main(['run', '--help'])\nexcept SystemExit:\n    pass\n"
+        "print('ray' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "False"

@@ -17,17 +17,21 @@ V4 = V3 + " avx512f avx512bw avx512cd avx512dq avx512vl"
 
 
 def x86(vendor: str, family: int, model: int, flags: str, name: str = "", cores: int = 2) -> str:
-    block = (f"processor\t: {{n}}\nvendor_id\t: {vendor}\ncpu family\t: {family}\nmodel\t\t: {model}\n"
-             f"model name\t: {name}\nstepping\t: 2\nflags\t\t: {flags}\nbugs\t\t: spectre_v1\n"
-             "power management:\n\n")
+    block = (
+        f"processor\t: {{n}}\nvendor_id\t: {vendor}\ncpu family\t: {family}\nmodel\t\t: {model}\n"
+        f"model name\t: {name}\nstepping\t: 2\nflags\t\t: {flags}\nbugs\t\t: spectre_v1\n"
+        "power management:\n\n"
+    )
     return "".join(block.format(n=n) for n in range(cores))
 
 
 def arm(cores: list[tuple[str, str, str]], hardware: str = "") -> str:
     """cores: (implementer, part, features) per CPU, in cpuinfo order."""
-    text = "".join(f"processor\t: {n}\nBogoMIPS\t: 38.40\nFeatures\t: {feat}\nCPU implementer\t: {impl}\n"
-                   f"CPU architecture: 8\nCPU variant\t: 0x1\nCPU part\t: {part}\nCPU revision\t: 14\n\n"
-                   for n, (impl, part, feat) in enumerate(cores))
+    text = "".join(
+        f"processor\t: {n}\nBogoMIPS\t: 38.40\nFeatures\t: {feat}\nCPU implementer\t: {impl}\n"
+        f"CPU architecture: 8\nCPU variant\t: 0x1\nCPU part\t: {part}\nCPU revision\t: 14\n\n"
+        for n, (impl, part, feat) in enumerate(cores)
+    )
     return text + (f"Hardware\t: {hardware}\n" if hardware else "")
 
 
@@ -41,11 +45,17 @@ def test_zen4_with_avx512():
     assert t.cpu == "AMD family 25 model 17 (avx512): AMD Ryzen 9 7950X"
 
 
-@pytest.mark.parametrize("family,model,flags,mcpu", [
-    (23, 0x01, V3, "znver1"), (23, 0x31, V3, "znver2"), (25, 0x01, V3, "znver3"), (26, 0x44, V4, "znver5"),
-    (26, 0x44, V3, "znver3"),        # a hypervisor hid AVX-512
-    (25, 0x01, V2, "x86-64-v2"),     # ... or AVX2: a znver target would fault, the feature level is safe
-])
+@pytest.mark.parametrize(
+    "family,model,flags,mcpu",
+    [
+        (23, 0x01, V3, "znver1"),
+        (23, 0x31, V3, "znver2"),
+        (25, 0x01, V3, "znver3"),
+        (26, 0x44, V4, "znver5"),
+        (26, 0x44, V3, "znver3"),  # a hypervisor hid AVX-512
+        (25, 0x01, V2, "x86-64-v2"),  # ... or AVX2: a znver target would fault, the feature level is safe
+    ],
+)
 def test_amd_families(family, model, flags, mcpu):
     assert parse_cpuinfo("x86_64", x86("AuthenticAMD", family, model, flags)).mcpu == mcpu
 
@@ -58,8 +68,7 @@ def test_intel_by_feature_level():
     base = parse_cpuinfo("x86_64", x86("GenuineIntel", 6, 15, "fpu sse sse2"))
     assert (base.mcpu, base.recognised, base.key) == (None, True, "x86_64-generic")
     # the first processor block decides (flags are the same on every core)
-    assert parse_cpuinfo("x86_64", x86("GenuineIntel", 6, 158, V3, cores=1) + x86("X", 1, 1, "fpu")).mcpu \
-        == "x86-64-v3"
+    assert parse_cpuinfo("x86_64", x86("GenuineIntel", 6, 158, V3, cores=1) + x86("X", 1, 1, "fpu")).mcpu == "x86-64-v3"
 
 
 def test_snapdragon_855_picks_the_big_core():
@@ -80,8 +89,9 @@ def test_arm_features_must_be_on_every_core():
     assert t.key == "arm64-v8a-cortex-a76+fullfp16-dotprod" and t.cpu == "ARM part 0xd0b x4 + 0xd05 x4"
     # v9 cores whose SoC leaves SVE off (no 'sve' in Features): -sve, i8mm kept
     v9 = V82 + " i8mm bf16"
-    t = parse_cpuinfo("arm64-v8a", arm([("0x41", "0xd46", v9)] * 4 + [("0x41", "0xd4d", v9)] * 3
-                                       + [("0x41", "0xd4e", v9)]))
+    t = parse_cpuinfo(
+        "arm64-v8a", arm([("0x41", "0xd46", v9)] * 4 + [("0x41", "0xd4d", v9)] * 3 + [("0x41", "0xd4e", v9)])
+    )
     assert (t.mcpu, t.mattr) == ("cortex-x3", ("+dotprod", "+fullfp16", "+i8mm", "-sve"))
     t = parse_cpuinfo("arm64-v8a", arm([("0x41", "0xd80", v9 + " sve")] * 4 + [("0x41", "0xd82", v9 + " sve")] * 4))
     assert (t.mcpu, t.mattr) == ("cortex-x4", ("+dotprod", "+fullfp16", "+i8mm", "+sve"))
@@ -113,9 +123,15 @@ def test_other_abi_and_serialisation():
     with pytest.raises(ConfigError):
         generic("x86", "n")
     t = CpuTarget("arm64-v8a", "cortex-a55", ("+dotprod",), True, "c", "n")
-    assert json.loads(json.dumps(t.to_dict())) == {"abi": "arm64-v8a", "mcpu": "cortex-a55", "mattr": ["+dotprod"],
-                                                   "recognised": True, "cpu": "c", "note": "n",
-                                                   "key": "arm64-v8a-cortex-a55+dotprod"}
+    assert json.loads(json.dumps(t.to_dict())) == {
+        "abi": "arm64-v8a",
+        "mcpu": "cortex-a55",
+        "mattr": ["+dotprod"],
+        "recognised": True,
+        "cpu": "c",
+        "note": "n",
+        "key": "arm64-v8a-cortex-a55+dotprod",
+    }
 
 
 def test_mcpu_names_are_known_to_llvm():
@@ -123,20 +139,23 @@ def test_mcpu_names_are_known_to_llvm():
     falls back to generic code)."""
     from profiler import cputarget
 
-    names = {"x86_64-linux-gnu": ["znver1", "znver2", "znver3", "znver4", "znver5", "x86-64-v2", "x86-64-v3",
-                                  "x86-64-v4"],
-             "aarch64-linux-android": sorted({n for parts in cputarget._PARTS.values() for n in parts.values()})}
-    script = ("import json, sys\nfrom tvm.target import codegen\nnames = json.loads(sys.argv[1])\n"
-              "print(json.dumps([n for trip, ns in names.items() for n in ns if not codegen.llvm_is_valid_cpu(n, trip)]))")
-    out = subprocess.run([sys.executable, "-c", script, json.dumps(names)], capture_output=True, text=True,
-                         timeout=120)
+    names = {
+        "x86_64-linux-gnu": ["znver1", "znver2", "znver3", "znver4", "znver5", "x86-64-v2", "x86-64-v3", "x86-64-v4"],
+        "aarch64-linux-android": sorted({n for parts in cputarget._PARTS.values() for n in parts.values()}),
+    }
+    script = (
+        "import json, sys\nfrom tvm.target import codegen\nnames = json.loads(sys.argv[1])\n"
+        "print(json.dumps([n for trip, ns in names.items() for n in ns if not codegen.llvm_is_valid_cpu(n, trip)]))"
+    )
+    out = subprocess.run([sys.executable, "-c", script, json.dumps(names)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-500:]
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
 
 
 def test_probe_output_round_trip():
     text = "probe.version=1\nprop.ro.product.cpu.abi=arm64-v8a\n" + "".join(
-        f"cpuinfo.{n}={line}\n" for n, line in enumerate(arm([("0x41", "0xd0b", V82)] * 2).splitlines()) if line)
+        f"cpuinfo.{n}={line}\n" for n, line in enumerate(arm([("0x41", "0xd0b", V82)] * 2).splitlines()) if line
+    )
     f = parse_probe(text + "probe.end=1\n")
     assert f.cpu_target.key == "arm64-v8a-cortex-a76+dotprod+fullfp16"
     assert json.loads(json.dumps(f.to_dict()))["cpu_target"]["key"] == f.cpu_target.key

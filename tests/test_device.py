@@ -30,8 +30,22 @@ def test_shell_exit_codes_and_stderr(devices):
     assert "exited 3" in str(e) and d.serial in str(e)
 
 
-@pytest.mark.parametrize("value", ["plain", "two words", "it's", '"dq"', "$(touch /tmp/pwned)", "`id`", "a;b|c&d",
-                                   "*", "new\nline", "back\\slash", "-n"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "plain",
+        "two words",
+        "it's",
+        '"dq"',
+        "$(touch /tmp/pwned)",
+        "`id`",
+        "a;b|c&d",
+        "*",
+        "new\nline",
+        "back\\slash",
+        "-n",
+    ],
+)
 def test_every_value_is_quoted(devices, value):
     d = devices["legacy"]
     assert d.check(command("printf", "%s", value)) == value
@@ -57,8 +71,8 @@ def test_workdir_is_under_tmpdir(devices):
 
 
 def test_root_modes_per_profile(devices):
-    assert devices["legacy"].root_mode == "adbd"   # userdebug build: adb root
-    assert devices["modern"].root_mode == "su"     # rooted with su
+    assert devices["legacy"].root_mode == "adbd"  # userdebug build: adb root
+    assert devices["modern"].root_mode == "su"  # rooted with su
     assert devices["unrooted"].root_mode == "none"
     assert devices["modern"].shell_root("id -u").stdout.strip() == "0"
     assert devices["modern"].shell("id -u").stdout.strip() == "2000"
@@ -120,8 +134,13 @@ def test_phone_dying_mid_command_raises_and_does_not_hang(lab_factory):
 def test_devices_cli_json_lists_the_lab(lab, adb_env):
     import json
 
-    out = subprocess.run([sys.executable, "-m", "cli", "devices", "--json"], capture_output=True, text=True,
-                         timeout=120, env=os.environ.copy())
+    out = subprocess.run(
+        [sys.executable, "-m", "cli", "devices", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=os.environ.copy(),
+    )
     assert out.returncode == 0, out.stderr
     fleet = {e["serial"]: e for e in json.loads(out.stdout)}
     for p in lab:
@@ -131,8 +150,13 @@ def test_devices_cli_json_lists_the_lab(lab, adb_env):
 
 def test_devices_cli_unknown_serial_is_one_line_exit_1(adb_env):
     t0 = time.monotonic()
-    out = subprocess.run([sys.executable, "-m", "cli", "devices", "-s", "no-such-phone"], capture_output=True,
-                         text=True, timeout=60, env=os.environ.copy())
+    out = subprocess.run(
+        [sys.executable, "-m", "cli", "devices", "-s", "no-such-phone"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=os.environ.copy(),
+    )
     assert out.returncode == 1
     assert time.monotonic() - t0 < 8, "a serial adb never listed waits 2 s, not the 10 s a dropped device gets"
     assert out.stderr.strip().count("\n") == 0 and "no-such-phone" in out.stderr and "Traceback" not in out.stderr

@@ -14,7 +14,6 @@ import pandas as pd
 import pytest
 
 from profiler.campaign import run_campaign
-from workloads.artifact_cache import artifact_provider
 from profiler.campaign_config import load_campaign
 from profiler.device import Device
 from profiler.store import load_results, load_status
@@ -22,6 +21,7 @@ from testbed.dvfs import DvfsModel, cluster_for_mask, cluster_shares, next_freq
 from testbed.lab import Lab, find_free_ports
 from testbed.profiles import load_profile
 from testbed.rootfs import build_rootfs
+from workloads.artifact_cache import artifact_provider
 
 CACHE = Path(os.environ.get("AUTLEARN_TEST_CACHE_DIR") or Path.home() / ".cache" / "autlearn-test") / "artifacts"
 
@@ -57,7 +57,7 @@ def test_schedutil_ramps_faster_for_a_new_task(tmp_path):
     top = p.clusters[2].freqs_khz[-1]
 
     def freq_after(ticks: int, new: bool) -> int:
-        root = tmp_path / f"{ticks}-{new}"   # a fresh phone each time: the model starts at scaling_cur_freq
+        root = tmp_path / f"{ticks}-{new}"  # a fresh phone each time: the model starts at scaling_cur_freq
         build_rootfs(root, p, "modern-1")
         m = DvfsModel(p, root)
         for k in range(ticks):
@@ -65,7 +65,7 @@ def test_schedutil_ramps_faster_for_a_new_task(tmp_path):
         return st.freqs_khz[2]
 
     assert freq_after(3, new=True) > 0.5 * top > freq_after(3, new=False)
-    assert freq_after(40, new=False) == top   # busy: it gets there anyway
+    assert freq_after(40, new=False) == top  # busy: it gets there anyway
 
 
 def test_heat_trips_and_caps_then_recovers(tmp_path):
@@ -91,13 +91,24 @@ def dvfs_lab(adb_env, runner_cache, tmp_path_factory):
     lab.down()
 
 
-MAX_OVER = 2.5   # powersave/performance at most this x f_max/f_min: the cold-cache loss (below), not a lost share
+MAX_OVER = 2.5  # powersave/performance at most this x f_max/f_min: the cold-cache loss (below), not a lost share
 
 
-def _campaign(tmp_path: Path, name: str, serial: str, governors, affinities, *, steps=4, repetitions=1,
-              variants=("full",), cooldown="max_temp_c = 95\ntimeout_s = 5") -> Path:
+def _campaign(
+    tmp_path: Path,
+    name: str,
+    serial: str,
+    governors,
+    affinities,
+    *,
+    steps=4,
+    repetitions=1,
+    variants=("full",),
+    cooldown="max_temp_c = 95\ntimeout_s = 5",
+) -> Path:
     p = tmp_path / f"{name}.toml"
-    p.write_text(textwrap.dedent(f"""
+    p.write_text(
+        textwrap.dedent(f"""
         name = "{name}"
         warmup = 2
         steps = {steps}
@@ -114,7 +125,10 @@ def _campaign(tmp_path: Path, name: str, serial: str, governors, affinities, *, 
         intents = {list(governors)!r}
         fallback = "nearest"
         [cooldown]
-        """).replace("'", '"') + cooldown + '\nzones = "*"\n')
+        """).replace("'", '"')
+        + cooldown
+        + '\nzones = "*"\n'
+    )
     return p
 
 
@@ -130,8 +144,7 @@ def _busy(tmp_path: Path, phone, governor: str, stop: threading.Event, done: lis
     """Cells on another phone, one short campaign after another, until `stop`: the lab is busy meanwhile."""
     k = 0
     while not stop.is_set():
-        c = load_campaign(_campaign(tmp_path, f"busy-{phone.profile}-{k}", phone.serial, [governor], ["all"],
-                                    steps=2))
+        c = load_campaign(_campaign(tmp_path, f"busy-{phone.profile}-{k}", phone.serial, [governor], ["all"], steps=2))
         done.append(run_campaign(c, tmp_path / f"busy-{phone.profile}-{k}", artifact_provider(CACHE), threads=1))
         k += 1
 
@@ -146,12 +159,19 @@ def test_governor_and_cluster_show_in_step_time(dvfs_lab, tmp_path):
     p = load_profile("legacy")
     little, big = p.clusters
     want = big.freqs_khz[-1] / big.freqs_khz[0]
-    cap_ratio = big.capacity / little.capacity   # little at the same governor: slower by EAS's capacity ratio
-    share = {(g, a): cluster_shares(p, [cl.freqs_khz[-1 if g == "performance" else 0] for cl in p.clusters])[
-        1 if a == "big" else 0] for g in ("performance", "powersave") for a in ("big", "little")}
-    stop, busy = threading.Event(), {"modern": [], "hot": []}   # hot at powersave: cool for the next test
-    others = [threading.Thread(target=_busy, args=(tmp_path, phones[n], gov, stop, busy[n]), daemon=True)
-              for n, gov in (("modern", "performance"), ("hot", "powersave"))]
+    cap_ratio = big.capacity / little.capacity  # little at the same governor: slower by EAS's capacity ratio
+    share = {
+        (g, a): cluster_shares(p, [cl.freqs_khz[-1 if g == "performance" else 0] for cl in p.clusters])[
+            1 if a == "big" else 0
+        ]
+        for g in ("performance", "powersave")
+        for a in ("big", "little")
+    }
+    stop, busy = threading.Event(), {"modern": [], "hot": []}  # hot at powersave: cool for the next test
+    others = [
+        threading.Thread(target=_busy, args=(tmp_path, phones[n], gov, stop, busy[n]), daemon=True)
+        for n, gov in (("modern", "performance"), ("hot", "powersave"))
+    ]
     for t in others:
         t.start()
     # The host's own speed drifts (a shared VM's neighbours can slow a CPU 1.5-2x for seconds; no counter of work
@@ -162,8 +182,17 @@ def test_governor_and_cluster_show_in_step_time(dvfs_lab, tmp_path):
     frames, ratio, little_ratio = [], None, None
     try:
         for rnd in range(3):
-            c = load_campaign(_campaign(tmp_path, f"speed{rnd}", ph.serial, ["performance", "powersave"],
-                                        ["big", "little"], steps=10, repetitions=3))
+            c = load_campaign(
+                _campaign(
+                    tmp_path,
+                    f"speed{rnd}",
+                    ph.serial,
+                    ["performance", "powersave"],
+                    ["big", "little"],
+                    steps=10,
+                    repetitions=3,
+                )
+            )
             out = run_campaign(c, tmp_path / f"results{rnd}", artifact_provider(CACHE), threads=1)
             assert out.failed == 0 and out.ok == 4, load_status(out.results_dir)[["label", "reason"]].values.tolist()
             df = load_results(out.results_dir)
@@ -176,9 +205,11 @@ def test_governor_and_cluster_show_in_step_time(dvfs_lab, tmp_path):
             save_big = _median_ms(pooled, governor_requested="powersave", affinity="big")
             perf_little = _median_ms(pooled, governor_requested="performance", affinity="little")
             ratio, little_ratio = save_big / perf_big, perf_little / perf_big
-            print(f"round {rnd}: powersave/performance {ratio:.2f}x for f_max/f_min {want:.2f}x; little/big "
-                  f"{little_ratio:.2f}x for capacity ratio {cap_ratio:.2f}x (medians {perf_big:.1f} {save_big:.1f} "
-                  f"{perf_little:.1f} ms)")
+            print(
+                f"round {rnd}: powersave/performance {ratio:.2f}x for f_max/f_min {want:.2f}x; little/big "
+                f"{little_ratio:.2f}x for capacity ratio {cap_ratio:.2f}x (medians {perf_big:.1f} {save_big:.1f} "
+                f"{perf_little:.1f} ms)"
+            )
             if 0.75 * want <= ratio <= MAX_OVER * want and 0.75 * cap_ratio <= little_ratio <= 1.5 * cap_ratio:
                 break
     finally:
@@ -187,7 +218,7 @@ def test_governor_and_cluster_show_in_step_time(dvfs_lab, tmp_path):
             t.join(timeout=300)
     cells = pd.concat(frames).drop_duplicates("cell_id")
     faults = []
-    for _, cell in cells.iterrows():   # each cell's launches held their share (the runner's CPU time / wall)
+    for _, cell in cells.iterrows():  # each cell's launches held their share (the runner's CPU time / wall)
         got = json.loads(cell["cpu_share"])
         expect = share[(cell["governor_requested"], cell["affinity"])]
         print(f"{cell['governor_requested']}/{cell['affinity']}: shares {got} for {expect:.3f}")
@@ -207,7 +238,11 @@ def test_governor_and_cluster_show_in_step_time(dvfs_lab, tmp_path):
     # 9.3-11.4x for 8.19x at 1ba44a3 and 11.5-14.2x at 5ce4e1f (benchmarks/results/virtual_lab.md). Issue 30's
     # 10 % / 15 % are not met there.
     assert 0.75 * want <= ratio <= MAX_OVER * want and 0.75 * cap_ratio <= little_ratio <= 1.5 * cap_ratio, (
-        ratio, want, little_ratio, cap_ratio)
+        ratio,
+        want,
+        little_ratio,
+        cap_ratio,
+    )
 
 
 def test_sustained_load_throttles_and_cooldown_waits(dvfs_lab, tmp_path):
@@ -215,9 +250,18 @@ def test_sustained_load_throttles_and_cooldown_waits(dvfs_lab, tmp_path):
     ph = phones["hot"]
     # A cell must run long enough to heat up: 60 steps of the LSTM once lasted ~1-5 s, but with the compiled step
     # at ~6 ms (fast math) they ended before the trip and the steps never slowed (5.9 -> 6.5 ms).
-    c = load_campaign(_campaign(tmp_path, "heat", ph.serial, ["performance"], ["big"], steps=300,
-                                variants=("full", "compressed"),
-                                cooldown="max_temp_c = 40.0\ntimeout_s = 60"))
+    c = load_campaign(
+        _campaign(
+            tmp_path,
+            "heat",
+            ph.serial,
+            ["performance"],
+            ["big"],
+            steps=300,
+            variants=("full", "compressed"),
+            cooldown="max_temp_c = 40.0\ntimeout_s = 60",
+        )
+    )
     out = run_campaign(c, tmp_path / "results", artifact_provider(CACHE), threads=1)
     assert out.failed == 0 and out.ok == 2, load_status(out.results_dir)[["label", "reason"]].values.tolist()
     df = load_results(out.results_dir)

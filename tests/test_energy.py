@@ -11,8 +11,14 @@ import pytest
 
 from profiler.energy import PowerTrace
 from profiler.energy.align import baseline_power, estimate_offset, integrate, step_energies
-from profiler.energy.fuelgauge import (ChargeFacts, charge_facts, decide_fuelgauge, infer_calibration, parse_log,
-                                       to_trace)
+from profiler.energy.fuelgauge import (
+    ChargeFacts,
+    charge_facts,
+    decide_fuelgauge,
+    infer_calibration,
+    parse_log,
+    to_trace,
+)
 from profiler.errors import EnergyError, ParseError
 
 SCRIPT = Path(__file__).resolve().parents[1] / "device_scripts" / "fuelgauge.sh"
@@ -30,6 +36,7 @@ def test_power_trace_is_frozen_and_validated():
 
 
 # -- alignment ---------------------------------------------------------------------------------------------------
+
 
 def test_offset_from_round_trips_keeps_fast_ones_and_bounds_error():
     rng = np.random.default_rng(1)
@@ -61,16 +68,25 @@ def test_step_energies_from_synthetic_trace_with_known_edges():
     p = np.full_like(t, idle_w)
     for (a, b), w in zip(steps_host, step_w):
         p[(t >= a) & (t < b)] = w
-    trace = PowerTrace(t=t, current=p / volts, voltage=np.full_like(t, volts), source="monsoon", serial="1",
-                       labels=("simulated",), sample_rate=rate, t0_host=100.0)
+    trace = PowerTrace(
+        t=t,
+        current=p / volts,
+        voltage=np.full_like(t, volts),
+        source="monsoon",
+        serial="1",
+        labels=("simulated",),
+        sample_rate=rate,
+        t0_host=100.0,
+    )
     # device clock = host clock - 5000 s; round trips through a 2..6 ms link
     offset = 5000.0
     rng = np.random.default_rng(7)
-    trips = [(h, h + d1 - offset, h + d1 + d2) for h, d1, d2 in
-             zip(np.linspace(90, 99, 30), rng.uniform(0.001, 0.003, 30), rng.uniform(0.001, 0.003, 30))]
+    trips = [
+        (h, h + d1 - offset, h + d1 + d2)
+        for h, d1, d2 in zip(np.linspace(90, 99, 30), rng.uniform(0.001, 0.003, 30), rng.uniform(0.001, 0.003, 30))
+    ]
     clock = estimate_offset(trips)
-    steps_ns = [(int(round((a + 100.0 - offset) * 1e9)), int(round((b + 100.0 - offset) * 1e9)))
-                for a, b in steps_host]
+    steps_ns = [(int(round((a + 100.0 - offset) * 1e9)), int(round((b + 100.0 - offset) * 1e9))) for a, b in steps_host]
     base = baseline_power(trace, 0.1, 0.9)
     assert base == pytest.approx(idle_w)
     rep = step_energies(trace, steps_ns, clock, baseline_w=base)
@@ -87,19 +103,25 @@ def test_step_energies_from_synthetic_trace_with_known_edges():
 
 # -- fuel gauge --------------------------------------------------------------------------------------------------
 
+
 def _log(rows, clock="realtime"):
     lines = [f"# autlearn-fuelgauge 1 clock={clock} interval=0.1 duration=1"]
-    lines += [f"S {100 + i * 0.1:.6f} {cur} {volt} {cc} {usb} {ac} {status}"
-              for i, (cur, volt, cc, usb, ac, status) in enumerate(rows)]
+    lines += [
+        f"S {100 + i * 0.1:.6f} {cur} {volt} {cc} {usb} {ac} {status}"
+        for i, (cur, volt, cc, usb, ac, status) in enumerate(rows)
+    ]
     return "\n".join(lines + [f"# end reason=duration samples={len(rows)}"]) + "\n"
 
 
-@pytest.mark.parametrize("cur, volt, unit, sign, vunit", [
-    (-385000, 3876000, "uA", -1, "uV"),  # Android docs: uA, negative while discharging
-    (412000, 3900000, "uA", 1, "uV"),  # old Qualcomm: positive while discharging
-    (-210, 3850000, "mA", -1, "uV"),  # vendor reporting mA
-    (650, 3850, "mA", 1, "mV"),  # mA, positive while discharging, voltage in mV
-])
+@pytest.mark.parametrize(
+    "cur, volt, unit, sign, vunit",
+    [
+        (-385000, 3876000, "uA", -1, "uV"),  # Android docs: uA, negative while discharging
+        (412000, 3900000, "uA", 1, "uV"),  # old Qualcomm: positive while discharging
+        (-210, 3850000, "mA", -1, "uV"),  # vendor reporting mA
+        (650, 3850, "mA", 1, "mV"),  # mA, positive while discharging, voltage in mV
+    ],
+)
 def test_fuelgauge_unit_and_sign_inference(cur, volt, unit, sign, vunit):
     rows = [(cur + d, volt, 2400000 - 10 * i, 0, "NA", "Discharging") for i, d in enumerate((0, 3, -2, 1, 5))]
     tr = to_trace(_log(rows), serial="dev1")
@@ -126,16 +148,22 @@ def test_fuelgauge_parse_errors():
         to_trace(_log([(-1000, 4000000, 1, 0, 0, "Discharging")]))
 
 
-@pytest.mark.parametrize("facts, allowed, action", [
-    (ChargeFacts("Discharging", usb_online=False), True, "none"),
-    (ChargeFacts("Charging", usb_online=True), False, "refuse"),
-    (ChargeFacts("Full", usb_online=True, rooted=True), False, "refuse"),  # rooted but no known switch
-    (ChargeFacts("Charging", usb_online=True, rooted=True, switches=("battery/input_suspend",)), True,
-     "suspend_charging"),
-    (ChargeFacts("Charging", usb_online=True, rooted=False, switches=("battery/input_suspend",)), False, "refuse"),
-    (ChargeFacts("Charging", usb_online=True, adb_transport="wifi"), False, "unplug_charger"),
-    (ChargeFacts("Not charging", usb_online=False, adb_transport="wifi"), True, "none"),
-])
+@pytest.mark.parametrize(
+    "facts, allowed, action",
+    [
+        (ChargeFacts("Discharging", usb_online=False), True, "none"),
+        (ChargeFacts("Charging", usb_online=True), False, "refuse"),
+        (ChargeFacts("Full", usb_online=True, rooted=True), False, "refuse"),  # rooted but no known switch
+        (
+            ChargeFacts("Charging", usb_online=True, rooted=True, switches=("battery/input_suspend",)),
+            True,
+            "suspend_charging",
+        ),
+        (ChargeFacts("Charging", usb_online=True, rooted=False, switches=("battery/input_suspend",)), False, "refuse"),
+        (ChargeFacts("Charging", usb_online=True, adb_transport="wifi"), False, "unplug_charger"),
+        (ChargeFacts("Not charging", usb_online=False, adb_transport="wifi"), True, "none"),
+    ],
+)
 def test_fuelgauge_charging_decision(facts, allowed, action):
     d = decide_fuelgauge(facts)
     assert (d.allowed, d.action) == (allowed, action), d.reason
@@ -146,8 +174,13 @@ def test_fuelgauge_charging_decision(facts, allowed, action):
 
 
 def test_charge_facts_from_probe_values():
-    f = charge_facts("Charging", {"usb": True, "ac": False}, adb_transport="usb", rooted=True,
-                     nodes=["battery/charging_enabled", "battery/temp"])
+    f = charge_facts(
+        "Charging",
+        {"usb": True, "ac": False},
+        adb_transport="usb",
+        rooted=True,
+        nodes=["battery/charging_enabled", "battery/temp"],
+    )
     assert f.switches == ("battery/charging_enabled",)
     assert decide_fuelgauge(f).suspend == ("battery/charging_enabled", "0", "1")
 
@@ -158,15 +191,24 @@ def test_fuelgauge_script_output_parses(tmp_path, shell):
         pytest.skip(f"{shell} not installed")
     bat = tmp_path / "sys/class/power_supply/battery"
     bat.mkdir(parents=True)
-    for name, value in (("current_now", "-385000"), ("voltage_now", "3876000"), ("charge_counter", "2400000"),
-                        ("status", "Not charging")):
+    for name, value in (
+        ("current_now", "-385000"),
+        ("voltage_now", "3876000"),
+        ("charge_counter", "2400000"),
+        ("status", "Not charging"),
+    ):
         (bat / name).write_text(value + "\n")
     (tmp_path / "sys/class/power_supply/usb").mkdir()
     (tmp_path / "sys/class/power_supply/usb/online").write_text("0\n")
     stop = tmp_path / "stop"
-    proc = subprocess.Popen([shell, str(SCRIPT), "0", "0.05", str(stop)], stdout=subprocess.PIPE, text=True,
-                            env={"AUTLEARN_SYSFS": str(tmp_path / "sys"), "PATH": "/usr/bin:/bin"})
+    proc = subprocess.Popen(
+        [shell, str(SCRIPT), "0", "0.05", str(stop)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={"AUTLEARN_SYSFS": str(tmp_path / "sys"), "PATH": "/usr/bin:/bin"},
+    )
     import time
+
     time.sleep(0.4)
     stop.touch()
     out, _ = proc.communicate(timeout=10)

@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 
 from profiler.campaign import ArtifactRef, run_campaign
-from workloads.artifact_cache import artifact_provider
 from profiler.campaign_config import load_campaign
 from profiler.energy.session import resolve_energy
 from profiler.errors import EnergyError
 from profiler.store import load_results, load_status
 from testbed.lab import Lab, find_free_ports
 from testbed.monsoon_sim import passthrough_mode
+from workloads.artifact_cache import artifact_provider
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("AUTLEARN_TEST_CACHE_DIR") or Path.home() / ".cache" / "autlearn-test") / "artifacts"
@@ -52,7 +52,8 @@ def campaign_toml(tmp_path: Path, name: str, serials, energy: str = "auto", per_
     extra = ""
     if per_device:
         extra = "[devices.energy]\n" + "".join(f'"{s}" = "{e}"\n' for s, e in per_device.items())
-    p.write_text(textwrap.dedent(f"""
+    p.write_text(
+        textwrap.dedent(f"""
         name = "{name}"
         warmup = 1
         steps = 3
@@ -60,7 +61,9 @@ def campaign_toml(tmp_path: Path, name: str, serials, energy: str = "auto", per_
         energy = "{energy}"
         [devices]
         serials = {json.dumps(list(serials))}
-        """) + extra + textwrap.dedent(f"""
+        """)
+        + extra
+        + textwrap.dedent(f"""
         [[workload]]
         model = "lstm"
         variants = ["full"]
@@ -72,7 +75,8 @@ def campaign_toml(tmp_path: Path, name: str, serials, energy: str = "auto", per_
         [cooldown]
         max_temp_c = 95
         timeout_s = 5
-        """))
+        """)
+    )
     return p
 
 
@@ -138,8 +142,9 @@ def test_failure_inside_the_window_restores_passthrough(energy_lab, lab_home_env
     (art / "runner").write_text(FAILING_RUNNER)
     (art / "runner").chmod(0o755)
     c = load_campaign(campaign_toml(tmp_path, "fails", [unrooted.serial]))
-    out = run_campaign(c, tmp_path / "results",
-                       lambda cell, abi: ArtifactRef(art, "f" * 64, ("runner",), (("runner", "failing"),)))
+    out = run_campaign(
+        c, tmp_path / "results", lambda cell, abi: ArtifactRef(art, "f" * 64, ("runner",), (("runner", "failing"),))
+    )
     assert out.failed == 1 and out.ok == 0
     assert "runner failed" in load_status(out.results_dir)["reason"].iloc[0]
     log = [e["event"] for e in json.loads((state[0] / f"{state[1]}.json").read_text())["log"]]
@@ -228,7 +233,7 @@ def test_the_next_run_on_the_phone_restores_passthrough_even_without_energy(ener
     proc.kill()
     proc.wait(10)
     time.sleep(0.2)
-    assert passthrough_mode(*state) == 0                      # the phone's USB power is left cut
+    assert passthrough_mode(*state) == 0  # the phone's USB power is left cut
     logs = []
     c = load_campaign(campaign_toml(tmp_path, "after-kill", [unrooted.serial], energy="none"))
     out = run_campaign(c, tmp_path / "results", provider(make_artifact(tmp_path)), log=logs.append)
@@ -240,9 +245,14 @@ def test_wrong_monitor_serial_is_one_line_and_exit_1_through_the_cli(energy_lab,
     lab, phones = energy_lab
     legacy = phones["legacy"]
     toml = campaign_toml(tmp_path, "wrong", [legacy.serial], energy="monsoon:SIM-1")
-    r = subprocess.run([sys.executable, "-m", "cli", "run", str(toml), "--results", str(tmp_path / "res"),
-                        "--artifacts", str(CACHE)], capture_output=True, text=True, timeout=120,
-                       env={**os.environ, "AUTLEARN_HOME": str(lab.home)}, cwd=ROOT)
+    r = subprocess.run(
+        [sys.executable, "-m", "cli", "run", str(toml), "--results", str(tmp_path / "res"), "--artifacts", str(CACHE)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "AUTLEARN_HOME": str(lab.home)},
+        cwd=ROOT,
+    )
     assert r.returncode == 1, (r.stdout[-2000:], r.stderr[-2000:])
     errors = [line for line in r.stderr.splitlines() if "error" in line.lower()]
     assert len(errors) == 1 and "SIM-1" in errors[0] and "Traceback" not in r.stderr, r.stderr
@@ -258,15 +268,17 @@ def test_monsoon_auto_without_a_monitor_is_refused_with_the_reason(energy_lab, l
 
 
 @pytest.mark.parametrize("fault", ["kill", "freeze"])
-def test_monitor_lost_mid_cell_keeps_time_loses_energy_and_the_campaign_goes_on(energy_lab, lab_home_env,
-                                                                                tmp_path, monkeypatch, fault):
+def test_monitor_lost_mid_cell_keeps_time_loses_energy_and_the_campaign_goes_on(
+    energy_lab, lab_home_env, tmp_path, monkeypatch, fault
+):
     """The simulated Monsoon's process killed (or frozen) while a cell runs: that cell keeps its step times, its
     energy is missing with the reason, the next cell measures energy again, passthrough is restored (or its
     marker restores it at the next window) and the run returns with no monitor process left behind."""
     import threading
 
-    from profiler.energy.monsoon import MonsoonSource
     from test_campaign import make_artifact, provider
+
+    from profiler.energy.monsoon import MonsoonSource
 
     lab, phones = energy_lab
     unrooted = phones["unrooted"]
@@ -275,7 +287,7 @@ def test_monitor_lost_mid_cell_keeps_time_loses_energy_and_the_campaign_goes_on(
 
     def spy(self):
         if fault == "freeze":
-            self.timeout_s = 3.0      # how long a silent monitor is waited for (60 s by default)
+            self.timeout_s = 3.0  # how long a silent monitor is waited for (60 s by default)
         orig(self)
         started.append(self)
 
@@ -286,7 +298,7 @@ def test_monitor_lost_mid_cell_keeps_time_loses_energy_and_the_campaign_goes_on(
         deadline = time.monotonic() + 60
         while not started and time.monotonic() < deadline:
             time.sleep(0.02)
-        time.sleep(0.5)                 # inside the first cell's runner launch
+        time.sleep(0.5)  # inside the first cell's runner launch
         proc = started[0]._proc
         procs.append(proc)
         os.kill(proc.pid, signal.SIGKILL if fault == "kill" else signal.SIGSTOP)
@@ -306,18 +318,20 @@ def test_monitor_lost_mid_cell_keeps_time_loses_energy_and_the_campaign_goes_on(
     assert passthrough_mode(*mon_state(lab, unrooted)) == 1
     df = load_results(out.results_dir)
     timed = df[~df["warmup"].astype(bool)]
-    assert len(timed) == 12 and timed["step_ns"].gt(0).all()               # the time is kept
+    assert len(timed) == 12 and timed["step_ns"].gt(0).all()  # the time is kept
     assert timed["energy_j"].isna().all() and "energy lost" in timed["energy_note"].iloc[0]
     assert "monitor process" in timed["energy_note"].iloc[0]
     assert "USB passthrough restored (on)" in timed["energy_note"].iloc[0], timed["energy_note"].iloc[0]
-    assert procs and not procs[0].is_alive()                                # nothing left frozen or running
-    again = run_campaign(load_campaign(campaign_toml(tmp_path, f"after-{fault}", [unrooted.serial],
-                                                     energy="monsoon:auto")), tmp_path / "results",
-                         provider(art))
+    assert procs and not procs[0].is_alive()  # nothing left frozen or running
+    again = run_campaign(
+        load_campaign(campaign_toml(tmp_path, f"after-{fault}", [unrooted.serial], energy="monsoon:auto")),
+        tmp_path / "results",
+        provider(art),
+    )
     after = load_results(again.results_dir)
-    assert again.ok == 1 and "energy lost" not in after["energy_note"].iloc[0]                 # measures again
+    assert again.ok == 1 and "energy lost" not in after["energy_note"].iloc[0]  # measures again
     assert (again.results_dir / "traces" / f"{after['cell_id'].iloc[0]}.parquet").is_file()
-    assert passthrough_mode(*mon_state(lab, unrooted)) == 1                  # restored by the next window
+    assert passthrough_mode(*mon_state(lab, unrooted)) == 1  # restored by the next window
 
 
 def test_ctrl_c_mid_monsoon_cell_stores_it_interrupted_and_resume_measures_it(energy_lab, lab_home_env, tmp_path):
@@ -333,7 +347,7 @@ def test_ctrl_c_mid_monsoon_cell_stores_it_interrupted_and_resume_measures_it(en
     state = mon_state(lab, unrooted)
     c = load_campaign(campaign_toml(tmp_path, "stop-monsoon", [unrooted.serial], energy="monsoon:auto"))
     c = type(c)(**{**c.__dict__, "steps": 12})
-    measuring = lambda: passthrough_mode(*state) == 0   # noqa: E731 - off while the monitor measures
+    measuring = lambda: passthrough_mode(*state) == 0  # noqa: E731 - off while the monitor measures
 
     def ctrl_c():
         deadline = time.monotonic() + 60

@@ -154,9 +154,14 @@ def test_a_sampler_left_by_a_killed_run_is_stopped_by_the_next(lab_factory):
     meter = open_meter("fuelgauge", dev, probe(dev))
     assert meter.precheck() is None
     meter.__enter__()
-    meter.start()   # the run dies here: nothing stops the sampler
-    alive = lambda: subprocess.run(["pgrep", "-f", f"{phone.root}/.*fuelgauge.sh"],  # noqa: E731
-                                   capture_output=True).returncode == 0
+    meter.start()  # the run dies here: nothing stops the sampler
+    alive = lambda: (  # noqa: E731
+        subprocess.run(
+            ["pgrep", "-f", f"{phone.root}/.*fuelgauge.sh"],
+            capture_output=True,
+        ).returncode
+        == 0
+    )
     files = lambda: dev.shell(f"ls {dev.workdir}").stdout.count("fuelgauge-")  # noqa: E731
     assert alive() and files() >= 2
     assert stop_orphan_samplers([phone.serial]) == {f"{phone.serial} fuel-gauge sampler": "1 left running, stopped"}
@@ -164,4 +169,4 @@ def test_a_sampler_left_by_a_killed_run_is_stopped_by_the_next(lab_factory):
     while alive() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not alive() and files() == 0
-    assert stop_orphan_samplers([phone.serial]) == {}   # nothing left: nothing said
+    assert stop_orphan_samplers([phone.serial]) == {}  # nothing left: nothing said

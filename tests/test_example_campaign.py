@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from browser import CHROMIUM, check_report
+
 from profiler.store import load_results, load_status, load_summaries
 from reports.build import write_report
-
 
 
 def governors(phone) -> list[str]:
@@ -65,7 +64,7 @@ def test_example_powersave_is_slower_and_energy_is_gross(lab, example_run):
     assert len(energy) and energy["energy_j"].notna().all() and (energy["energy_j"] > 0).all()
     notes = energy.drop_duplicates("cell_id")["energy_note"]
     assert notes.str.contains("energy per step").all(), notes.tolist()
-    assert energy["labels"].str.contains("modeled|simulated").all()   # never labelled measured
+    assert energy["labels"].str.contains("modeled|simulated").all()  # never labelled measured
 
 
 def ordering_faults(summaries: pd.DataFrame, rooted: set[str], min_ms: float = 5.0, ratio: float = 1.25) -> list[str]:
@@ -80,7 +79,8 @@ def ordering_faults(summaries: pd.DataFrame, rooted: set[str], min_ms: float = 5
     """
     faults = []
     df = summaries[summaries["device_serial"].isin(rooted)].assign(
-        lo=lambda d: d["ci_low_ns"] / 1e6, hi=lambda d: d["ci_high_ns"] / 1e6, med=lambda d: d["median_ns"] / 1e6)
+        lo=lambda d: d["ci_low_ns"] / 1e6, hi=lambda d: d["ci_high_ns"] / 1e6, med=lambda d: d["median_ns"] / 1e6
+    )
 
     def apart(slow, fast) -> bool:
         return slow.med > ratio * fast.med
@@ -92,8 +92,9 @@ def ordering_faults(summaries: pd.DataFrame, rooted: set[str], min_ms: float = 5
         by = {r.governor_requested: r for r in g.itertuples()}
         fast = [r for gov, r in by.items() if gov != "powersave"]
         if "powersave" in by and fast and fast[0].med > min_ms and not apart(by["powersave"], fast[0]):
-            faults.append(f"{dev} {wl} {var}: powersave {show(by['powersave'])} vs {fast[0].governor_requested} "
-                          f"{show(fast[0])}")
+            faults.append(
+                f"{dev} {wl} {var}: powersave {show(by['powersave'])} vs {fast[0].governor_requested} {show(fast[0])}"
+            )
     for (dev, wl, gov), g in df.groupby(["device_serial", "workload", "governor_requested"]):
         by = {r.variant: r for r in g.itertuples()}
         if {"full", "unoptimized"} <= set(by) and not apart(by["unoptimized"], by["full"]):

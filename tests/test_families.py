@@ -66,8 +66,10 @@ def _example(cfg):
 def _layers(cfg, body, head_rank):
     from workloads.layers import PHASES, Layer, LayerKey
 
-    return (Layer("body.0", LayerKey("fc", 1, 1, 1, 1, 1, cfg.in_features, cfg.hidden, cfg.batch), body),
-            Layer("head", LayerKey("fc", 1, 1, 1, 1, 1, cfg.hidden, cfg.num_classes, cfg.batch), PHASES))
+    return (
+        Layer("body.0", LayerKey("fc", 1, 1, 1, 1, 1, cfg.in_features, cfg.hidden, cfg.batch), body),
+        Layer("head", LayerKey("fc", 1, 1, 1, 1, 1, cfg.hidden, cfg.num_classes, cfg.batch), PHASES),
+    )
 
 
 def _grid(cfg, trainable, conv_step, fc_step):
@@ -87,9 +89,17 @@ def _dataset(cfg, per_class=None):
     return Dataset(x, y.astype(np.int64), cfg.num_classes, "random", True)
 
 
-MLP = families.Family(name="mlp", config_cls=MLPConfig, build=_build, example_input=_example, default_lr=0.1,
-                      layers=_layers, grid=_grid, dataset=_dataset,
-                      batch=lambda cfg, i=0: _dataset(cfg).batch(i, cfg.batch, cfg.seed))
+MLP = families.Family(
+    name="mlp",
+    config_cls=MLPConfig,
+    build=_build,
+    example_input=_example,
+    default_lr=0.1,
+    layers=_layers,
+    grid=_grid,
+    dataset=_dataset,
+    batch=lambda cfg, i=0: _dataset(cfg).batch(i, cfg.batch, cfg.seed),
+)
 
 
 @pytest.fixture
@@ -119,8 +129,10 @@ def test_builtins_and_lookups():
 
 
 def test_import_is_cheap():
-    code = ("import sys, workloads.families as f, workloads.models, profiler.campaign_config; f.names(); "
-            "print('torch' in sys.modules or 'tvm' in sys.modules)")
+    code = (
+        "import sys, workloads.families as f, workloads.models, profiler.campaign_config; f.names(); "
+        "print('torch' in sys.modules or 'tvm' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -132,8 +144,11 @@ def test_canonical_config_is_one_form():
     cfg = make_config("mobilenet", width=0.25)
     assert families.canonical_config(cfg) == json.dumps(cfg.to_dict(), sort_keys=True)
     assert cfg.key() == families.config_key(cfg) == families.config_key(cfg.to_dict())
-    assert canonical_config({"b": (1, 2), "a": 1}) == families.canonical_config({"b": (1, 2), "a": 1}) \
+    assert (
+        canonical_config({"b": (1, 2), "a": 1})
+        == families.canonical_config({"b": (1, 2), "a": 1})
         == '{"a": 1, "b": [1, 2]}'
+    )
 
 
 def test_third_family_config_and_campaign(mlp):
@@ -164,7 +179,7 @@ def test_third_family_grid_and_resource(mlp):
     keys = model_keys(cfg)
     assert [k.phase for k in keys] == ["forward", "forward", "backward", "update"]
     grid = table_grid(cfg, conv_step=8)
-    assert set(keys) <= set(grid) and len(grid) == 8    # hidden 16 and 8: 2 x (body forward + 3 head phases)
+    assert set(keys) <= set(grid) and len(grid) == 8  # hidden 16 and 8: 2 x (body forward + 3 head phases)
     r = model_resource(cfg)
     assert r.flops == sum(flops(k) for k in keys) and r.memory_bytes == 4 * (8 * 16 + 16 + 16 * 4 + 4)
     assert validation_configs(cfg) == {"full": cfg}

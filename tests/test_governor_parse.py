@@ -13,12 +13,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from procs import default_signals
+
 from profiler.errors import NotRooted, ParseError
 from profiler.governor import (
-    GovernorGuard, GovernorIntent, GovernorUnavailable, PolicyState, format_snapshot, parse_available,
-    parse_frequency, parse_intent, parse_state, pending, resolve_governor, restore_pending,
+    GovernorGuard,
+    GovernorIntent,
+    GovernorUnavailable,
+    PolicyState,
+    format_snapshot,
+    parse_available,
+    parse_frequency,
+    parse_intent,
+    parse_state,
+    pending,
+    resolve_governor,
+    restore_pending,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,20 +42,23 @@ PIXEL = ("sched_pixel", "schedutil", "performance", "powersave")
 
 
 # ---------------------------------------------------------------------------------------------------------- mapping
-@pytest.mark.parametrize("intent, available, applied", [
-    ("interactive", OLD_VENDOR, "interactive"),
-    ("interactive", MODERN, "schedutil"),
-    ("interactive", QCOM, "walt"),
-    ("interactive", PIXEL, "schedutil"),          # mainline first: comparable across phones
-    ("interactive", ("sched_pixel", "powersave"), "sched_pixel"),
-    ("interactive", ("ondemand", "powersave"), "ondemand"),
-    ("schedutil", QCOM, "walt"),
-    ("schedutil", OLD_VENDOR, "interactive"),
-    ("powersave", MODERN, "powersave"),
-    ("performance", QCOM, "performance"),
-    ("powersave", ("schedutil",), None),
-    ("performance", ("schedutil",), None),
-])
+@pytest.mark.parametrize(
+    "intent, available, applied",
+    [
+        ("interactive", OLD_VENDOR, "interactive"),
+        ("interactive", MODERN, "schedutil"),
+        ("interactive", QCOM, "walt"),
+        ("interactive", PIXEL, "schedutil"),  # mainline first: comparable across phones
+        ("interactive", ("sched_pixel", "powersave"), "sched_pixel"),
+        ("interactive", ("ondemand", "powersave"), "ondemand"),
+        ("schedutil", QCOM, "walt"),
+        ("schedutil", OLD_VENDOR, "interactive"),
+        ("powersave", MODERN, "powersave"),
+        ("performance", QCOM, "performance"),
+        ("powersave", ("schedutil",), None),
+        ("performance", ("schedutil",), None),
+    ],
+)
 def test_nearest_mapping_table(intent, available, applied):
     r = resolve_governor(intent, available, "nearest")
     assert r.applied == applied
@@ -71,8 +84,17 @@ def test_skip_and_fail_fallbacks():
         resolve_governor("interactive", MODERN, "closest")
 
 
-@pytest.mark.parametrize("text, khz", [(1200000, 1200000), ("1200000", 1200000), ("1.2GHz", 1200000),
-                                       ("1200 MHz", 1200000), ("300000kHz", 300000), ("1.5ghz", 1500000)])
+@pytest.mark.parametrize(
+    "text, khz",
+    [
+        (1200000, 1200000),
+        ("1200000", 1200000),
+        ("1.2GHz", 1200000),
+        ("1200 MHz", 1200000),
+        ("300000kHz", 300000),
+        ("1.5ghz", 1500000),
+    ],
+)
 def test_parse_frequency(text, khz):
     assert parse_frequency(text) == khz
 
@@ -93,9 +115,11 @@ def test_parse_intent():
 
 # ---------------------------------------------------------------------------------------------------------- parser
 def test_parse_available_and_state():
-    info = parse_available("policy=policy0\ncpus=0 1 2 3\ngovernors=schedutil performance\n"
-                           "frequencies=1800000 300000 300000\ncpuinfo_min=300000\ncpuinfo_max=1800000\n"
-                           "policy=policy4\ncpus=4 5\ngovernors=schedutil\nfrequencies=\ncpuinfo_min=\ncpuinfo_max=\n")
+    info = parse_available(
+        "policy=policy0\ncpus=0 1 2 3\ngovernors=schedutil performance\n"
+        "frequencies=1800000 300000 300000\ncpuinfo_min=300000\ncpuinfo_max=1800000\n"
+        "policy=policy4\ncpus=4 5\ngovernors=schedutil\nfrequencies=\ncpuinfo_min=\ncpuinfo_max=\n"
+    )
     assert info[0].cpus == (0, 1, 2, 3) and info[0].frequencies_khz == (300000, 1800000)
     assert info[0].nearest_frequency(1_100_000) == 1_800_000 and info[0].nearest_frequency(1) == 300000
     assert info[1].hw_max_khz is None and info[1].nearest_frequency(5) == 5
@@ -104,8 +128,9 @@ def test_parse_available_and_state():
     assert parse_state(format_snapshot(st)) == st  # snapshot round-trip (cur is not part of it and is None here)
 
 
-@pytest.mark.parametrize("bad", ["governor=x\n", "policy=p0\nnonsense\n", "policy=\n", "policy=p\nmin=abc\n",
-                                 "policy=p\ncpus=0 x\n"])
+@pytest.mark.parametrize(
+    "bad", ["governor=x\n", "policy=p0\nnonsense\n", "policy=\n", "policy=p\nmin=abc\n", "policy=p\ncpus=0 x\n"]
+)
 def test_parser_rejects_garbage(bad):
     with pytest.raises(ParseError):
         parse_state(bad) if "cpus" not in bad else parse_available(bad)
@@ -113,16 +138,30 @@ def test_parser_rejects_garbage(bad):
 
 # ---------------------------------------------------------------------------------------------------------- script
 POLICIES = {
-    "policy0": {"related_cpus": "0 1 2 3", "scaling_available_governors": "schedutil userspace performance powersave",
-                "scaling_available_frequencies": "300000 576000 1017600 1420800 1804800",
-                "cpuinfo_min_freq": "300000", "cpuinfo_max_freq": "1804800", "scaling_governor": "schedutil",
-                "scaling_min_freq": "576000", "scaling_max_freq": "1420800", "scaling_cur_freq": "1017600",
-                "scaling_setspeed": "<unsupported>"},
-    "policy4": {"related_cpus": "4 5 6 7", "scaling_available_governors": "schedutil userspace performance powersave",
-                "scaling_available_frequencies": "710400 1401600 2016000 2841600",
-                "cpuinfo_min_freq": "710400", "cpuinfo_max_freq": "2841600", "scaling_governor": "schedutil",
-                "scaling_min_freq": "710400", "scaling_max_freq": "2841600", "scaling_cur_freq": "710400",
-                "scaling_setspeed": "<unsupported>"},
+    "policy0": {
+        "related_cpus": "0 1 2 3",
+        "scaling_available_governors": "schedutil userspace performance powersave",
+        "scaling_available_frequencies": "300000 576000 1017600 1420800 1804800",
+        "cpuinfo_min_freq": "300000",
+        "cpuinfo_max_freq": "1804800",
+        "scaling_governor": "schedutil",
+        "scaling_min_freq": "576000",
+        "scaling_max_freq": "1420800",
+        "scaling_cur_freq": "1017600",
+        "scaling_setspeed": "<unsupported>",
+    },
+    "policy4": {
+        "related_cpus": "4 5 6 7",
+        "scaling_available_governors": "schedutil userspace performance powersave",
+        "scaling_available_frequencies": "710400 1401600 2016000 2841600",
+        "cpuinfo_min_freq": "710400",
+        "cpuinfo_max_freq": "2841600",
+        "scaling_governor": "schedutil",
+        "scaling_min_freq": "710400",
+        "scaling_max_freq": "2841600",
+        "scaling_cur_freq": "710400",
+        "scaling_setspeed": "<unsupported>",
+    },
 }
 
 
@@ -164,8 +203,13 @@ class LocalDevice:
 
     def run_script(self, name, *args, root=True):
         self.calls.append(args)
-        p = subprocess.run([SHELL, str(ROOT / "device_scripts" / name), *args], capture_output=True, text=True,
-                           env=self._env(), timeout=30)
+        p = subprocess.run(
+            [SHELL, str(ROOT / "device_scripts" / name), *args],
+            capture_output=True,
+            text=True,
+            env=self._env(),
+            timeout=30,
+        )
         return ShellResult(p.stdout, p.stderr, p.returncode)
 
     def shell_root(self, cmd):
@@ -174,8 +218,13 @@ class LocalDevice:
 
 
 def sh(sysfs: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([SHELL, str(SCRIPT), *args], capture_output=True, text=True, timeout=30,
-                          env={**os.environ, "AUTLEARN_SYSFS": str(sysfs)})
+    return subprocess.run(
+        [SHELL, str(SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "AUTLEARN_SYSFS": str(sysfs)},
+    )
 
 
 @pytest.mark.parametrize("layout", ["policy", "percpu"])
@@ -207,11 +256,12 @@ def test_script_errors(tmp_path):
 
 def test_apply_all_sets_every_policy_and_reads_them_back_in_one_call(tmp_path):
     sysfs = make_sysfs(tmp_path)
-    r = sh(sysfs, "apply-all", "policy0", "powersave", "300000", "1804800", "policy4", "powersave", "710400",
-           "2419200")
+    r = sh(sysfs, "apply-all", "policy0", "powersave", "300000", "1804800", "policy4", "powersave", "710400", "2419200")
     st = parse_state(r.stdout)
-    assert r.returncode == 0 and [(p.policy, p.governor) for p in st] == [("policy0", "powersave"),
-                                                                         ("policy4", "powersave")]
+    assert r.returncode == 0 and [(p.policy, p.governor) for p in st] == [
+        ("policy0", "powersave"),
+        ("policy4", "powersave"),
+    ]
     assert st[1].min_khz == 710400 and st[1].max_khz == 2419200
 
 
@@ -317,10 +367,17 @@ def test_signals_restore_and_killed_runs_restore_next_time(tmp_path, sig, code):
     sysfs = make_sysfs(tmp_path)
     before = tree_bytes(sysfs)
     results = tmp_path / "results"
-    src = CHILD.format(tests=str(ROOT / "tests"), root=str(ROOT), sysfs=str(sysfs), work=str(tmp_path / "w"),
-                       results=str(results), sig=sig)
-    p = subprocess.run([sys.executable, "-c", src], capture_output=True, text=True, timeout=60,
-                       preexec_fn=default_signals)
+    src = CHILD.format(
+        tests=str(ROOT / "tests"),
+        root=str(ROOT),
+        sysfs=str(sysfs),
+        work=str(tmp_path / "w"),
+        results=str(results),
+        sig=sig,
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", src], capture_output=True, text=True, timeout=60, preexec_fn=default_signals
+    )
     assert "applied" in p.stdout, p.stderr
     assert p.returncode == code, p.stderr
     if sig == "SIGKILL":  # nothing ran: the pending snapshot restores on the next run
@@ -349,8 +406,13 @@ UNWIND = textwrap.dedent("""
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_second_signal_forces_the_exit(sig):
-    p = subprocess.Popen([sys.executable, "-c", UNWIND.format(root=str(ROOT))], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, preexec_fn=default_signals)
+    p = subprocess.Popen(
+        [sys.executable, "-c", UNWIND.format(root=str(ROOT))],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=default_signals,
+    )
     assert p.stdout.readline().strip() == "running"
     p.send_signal(sig)
     assert p.stdout.readline().strip() == "unwinding"
@@ -364,11 +426,22 @@ def test_a_second_signal_forces_the_exit(sig):
 def test_an_ignored_signal_stays_ignored(tmp_path):
     """Started with SIGINT ignored (nohup, a background job): a SIGINT neither restores the governors nor ends the
     run."""
-    src = CHILD.format(tests=str(ROOT / "tests"), root=str(ROOT), sysfs=str(make_sysfs(tmp_path)),
-                       work=str(tmp_path / "w"), results=str(tmp_path / "results"), sig="SIGINT")
+    src = CHILD.format(
+        tests=str(ROOT / "tests"),
+        root=str(ROOT),
+        sysfs=str(make_sysfs(tmp_path)),
+        work=str(tmp_path / "w"),
+        results=str(tmp_path / "results"),
+        sig="SIGINT",
+    )
     src = src.replace("import time; time.sleep(30)", "import time; time.sleep(0.3); print('signalled', g.signalled)")
-    p = subprocess.run([sys.executable, "-c", src], capture_output=True, text=True, timeout=60,
-                       preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    p = subprocess.run(
+        [sys.executable, "-c", src],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
     assert p.returncode == 0 and "signalled False" in p.stdout, p.stdout + p.stderr
 
 
@@ -376,7 +449,8 @@ def test_restore_pending_keeps_snapshot_when_device_is_gone(tmp_path):
     results = tmp_path / "results"
     (results / "governor-pending").mkdir(parents=True)
     (results / "governor-pending" / "x.json").write_text(
-        '{"serial": "x", "snapshot": "policy=policy0\\ngovernor=schedutil\\n"}')
+        '{"serial": "x", "snapshot": "policy=policy0\\ngovernor=schedutil\\n"}'
+    )
 
     def gone(serial):
         raise ConnectionError("no such device")

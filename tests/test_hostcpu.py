@@ -49,10 +49,10 @@ def test_a_timed_launch_waits_for_operations_under_way_and_holds_others_off():
     shared_in.wait(5)
     t2 = threading.Thread(target=launch)
     t2.start()
-    time.sleep(0.1)          # the launch now waits for the operation under way
+    time.sleep(0.1)  # the launch now waits for the operation under way
     t3 = threading.Thread(target=late_operation)
     t3.start()
-    time.sleep(0.1)          # the late operation queues behind the waiting launch (exclusive goes first)
+    time.sleep(0.1)  # the late operation queues behind the waiting launch (exclusive goes first)
     assert events == ["op start"]
     release.set()
     for t in (t1, t2, t3):
@@ -73,7 +73,7 @@ def test_waits_are_counted_per_thread_and_kept_out_of_the_harness():
     held.wait(5)
     clock = HarnessClock()
     with clock.part("deploy"):
-        with hostcpu.shared(True):      # a device operation of another phone, while the launch runs
+        with hostcpu.shared(True):  # a device operation of another phone, while the launch runs
             pass
         time.sleep(0.05)
     t.join()
@@ -93,13 +93,13 @@ def test_times_output_gives_the_launch_cpu_share():
 
 
 def test_budget_charges_a_new_group_from_its_start_and_bounds_the_credit_of_a_late_wake():
-    fresh = _Budget(0.0)                 # started at t=0, first seen at 0.05 s with 40 ms of CPU at share 0.1
+    fresh = _Budget(0.0)  # started at t=0, first seen at 0.05 s with 40 ms of CPU at share 0.1
     assert fresh.update(0.05, 0.1, 0.002, {1: 40_000_000}) == pytest.approx(0.035)
-    old = _Budget(10.0, fresh=False)     # a group first budgeted long after it started: from now on only
+    old = _Budget(10.0, fresh=False)  # a group first budgeted long after it started: from now on only
     assert old.update(10.01, 0.1, 0.002, {1: 9_000_000_000}) == pytest.approx(-0.001)
     idle = _Budget(0.0)
-    assert idle.update(1.0, 0.5, 0.002, {1: 0}) == pytest.approx(-0.002)           # idle earns one window
-    late = _Budget(0.0)     # kept stopped 5 ms too long: all of it is made up
+    assert idle.update(1.0, 0.5, 0.002, {1: 0}) == pytest.approx(-0.002)  # idle earns one window
+    late = _Budget(0.0)  # kept stopped 5 ms too long: all of it is made up
     assert late.update(0.005, 0.5, 0.002, {1: 0}, stopped=True) == pytest.approx(-0.0025)
     stalled = _Budget(0.0)  # stopped 1 s too long (a stall): made up for LATE_CREDIT_S only, never a 0.5 s burst
     assert stalled.update(1.0, 0.5, 0.002, {1: 0}, stopped=True) == pytest.approx(-(0.002 + 0.5 * LATE_CREDIT_S))
@@ -140,15 +140,15 @@ def test_another_phones_timed_launch_holds_this_phones_processes(tmp_path):
     th.start()
     p = subprocess.Popen([sys.executable, "-c", "while True: pass"], start_new_session=True)
     try:
-        th.set_shares({p.pid: 1.0}, {p.pid: [p.pid]})     # unthrottled: it runs freely
+        th.set_shares({p.pid: 1.0}, {p.pid: [p.pid]})  # unthrottled: it runs freely
         assert _wait_state(p.pid, "R") == "R"
-        with hostcpu.exclusive(True, "127.0.0.1:2"):       # another phone's launch: held from its start
+        with hostcpu.exclusive(True, "127.0.0.1:2"):  # another phone's launch: held from its start
             assert _state(p.pid) == "T" and th.held
         assert _wait_state(p.pid, "R") == "R"
-        with hostcpu.exclusive(True, "127.0.0.1:1"):       # its own phone's launch: never held
+        with hostcpu.exclusive(True, "127.0.0.1:1"):  # its own phone's launch: never held
             time.sleep(0.05)
             assert _state(p.pid) == "R" and not th.held
-        (tmp_path / hostcpu.lock_path("holder").name).write_text("127.0.0.1:2")   # a killed run's name, no lock
+        (tmp_path / hostcpu.lock_path("holder").name).write_text("127.0.0.1:2")  # a killed run's name, no lock
         time.sleep(0.1)
         assert _state(p.pid) == "R" and not th.held
     finally:
@@ -196,7 +196,7 @@ def test_a_shells_group_is_throttled_from_its_start_and_cpu_time_is_exact():
         with open(f"/proc/{p.pid}/schedstat") as f:
             kernel = int(f.read().split()[0])
         assert cpu / 1e9 == pytest.approx(kernel / 1e9, abs=0.005)
-        assert kernel / 1e9 / wall == pytest.approx(0.25, rel=0.15)   # its start and burn at a quarter of a CPU
+        assert kernel / 1e9 / wall == pytest.approx(0.25, rel=0.15)  # its start and burn at a quarter of a CPU
     finally:
         th.close()
         os.kill(p.pid, signal.SIGKILL)
@@ -209,12 +209,14 @@ def test_a_process_that_left_the_group_is_not_charged_to_it():
     run, for seconds after the child ended."""
     th = SignalThrottle(keep_warm=False)
     th.start()
-    code = ("import os, subprocess, sys, time\n"
-            "c = subprocess.Popen([sys.executable, '-c', 'import os\\nos.setpgid(0, 0)\\nwhile True: pass'])\n"
-            "time.sleep(30)")
+    code = (
+        "import os, subprocess, sys, time\n"
+        "c = subprocess.Popen([sys.executable, '-c', 'import os\\nos.setpgid(0, 0)\\nwhile True: pass'])\n"
+        "time.sleep(30)"
+    )
     p = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
     try:
-        time.sleep(0.3)   # the child has left the group
+        time.sleep(0.3)  # the child has left the group
         th.set_shares({p.pid: 0.25}, {p.pid: [p.pid]})
         states = []
         for _ in range(50):
@@ -239,7 +241,7 @@ def test_no_budget_stop_outlasts_the_cap(monkeypatch):
     th.start()
     p = subprocess.Popen([sys.executable, "-c", "while True: pass"], start_new_session=True)
     try:
-        th.admit(p.pid, 0.001)   # a 2 ms window at a thousandth of a CPU: stopped ~2 s at a time
+        th.admit(p.pid, 0.001)  # a 2 ms window at a thousandth of a CPU: stopped ~2 s at a time
         assert _wait_state(p.pid, "T") == "T"
         assert _wait_state(p.pid, "R", timeout=1.0) == "R" and th.errors >= 1
     finally:
@@ -255,7 +257,7 @@ def test_a_group_stopped_with_no_stop_on_the_books_is_continued():
     th.start()
     p = subprocess.Popen([sys.executable, "-c", "import time\nwhile True: time.sleep(0.01)"], start_new_session=True)
     try:
-        th.set_shares({p.pid: 1.0}, {p.pid: [p.pid]})   # ours, unthrottled: nothing here stops it
+        th.set_shares({p.pid: 1.0}, {p.pid: [p.pid]})  # ours, unthrottled: nothing here stops it
         os.killpg(p.pid, signal.SIGSTOP)
         assert _wait_state(p.pid, "T") == "T"
         assert _wait_state(p.pid, "S", timeout=3.0) == "S" and th.healed == 1
@@ -273,7 +275,7 @@ def test_a_stop_is_never_sent_to_a_group_number_given_out_again():
     try:
         th.set_shares({p.pid: 1.0}, {p.pid: [p.pid]})
         assert _wait_state(p.pid, "S", timeout=10) == "S"
-        th._known[p.pid] -= 1                        # the books' group started one tick before this process
+        th._known[p.pid] -= 1  # the books' group started one tick before this process
         assert not th._signal(p.pid, signal.SIGSTOP)
         time.sleep(0.05)
         assert _state(p.pid) == "S"

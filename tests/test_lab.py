@@ -160,8 +160,17 @@ def test_busy_port_is_a_lab_error_naming_the_port(adb_env, tmp_path):
 def test_boot_governor_applies_to_every_cluster_and_must_be_offered(adb_env, tmp_path):
     """`lab up --governor`: every cluster boots with it; a governor some cluster of a chosen profile does not offer
     is one line before anything starts."""
-    r = _autlearn("lab", "up", "--profile", "legacy", "--profile", "oldkernel", "--governor", "interactive",
-                  env={**os.environ, "AUTLEARN_HOME": str(tmp_path)})
+    r = _autlearn(
+        "lab",
+        "up",
+        "--profile",
+        "legacy",
+        "--profile",
+        "oldkernel",
+        "--governor",
+        "interactive",
+        env={**os.environ, "AUTLEARN_HOME": str(tmp_path)},
+    )
     err = _one_line_error(r)
     assert "'oldkernel'" in err and "'interactive'" in err and "ondemand" in err
     assert not (tmp_path / "lab/state.json").exists()
@@ -169,7 +178,7 @@ def test_boot_governor_applies_to_every_cluster_and_must_be_offered(adb_env, tmp
         (phone,) = lab.up(["modern"], base_port=find_free_ports(1), governor="powersave", keep_warm=False)
         cpufreq = Path(phone.root) / "sys/devices/system/cpu/cpufreq"
         assert {p.read_text().strip() for p in cpufreq.glob("policy*/scaling_governor")} == {"powersave"}
-        time.sleep(0.2)   # a few model ticks: powersave holds every cluster at its lowest frequency
+        time.sleep(0.2)  # a few model ticks: powersave holds every cluster at its lowest frequency
         clusters = load_profile("modern").clusters
         cur = [int((cpufreq / f"policy{cl.cpus[0]}/scaling_cur_freq").read_text()) for cl in clusters]
         assert cur == [cl.freqs_khz[0] for cl in clusters]
@@ -189,6 +198,7 @@ def test_up_on_a_busy_port_leaves_the_running_lab_alone(lab_factory, adb_env):
 
 # ---- the CLI ----
 
+
 def test_cli_up_status_down(adb_env, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("AUTLEARN_HOME", str(tmp_path))
     port = find_free_ports(2)
@@ -197,9 +207,11 @@ def test_cli_up_status_down(adb_env, tmp_path, monkeypatch, capsys):
     assert f"127.0.0.1:{port}" in out and "modern-2" in out
     assert main(["lab", "status", "--json"]) == 0
     phones = json.loads(capsys.readouterr().out)["phones"]
-    assert [(p["name"], p["alive"], p["adb_state"]) for p in phones] == [("modern-1", True, "device"),
-                                                                          ("modern-2", True, "device")]
-    assert all(p["time_scale"].startswith("sigstop CPU-time budget") for p in phones)   # which throttle is active
+    assert [(p["name"], p["alive"], p["adb_state"]) for p in phones] == [
+        ("modern-1", True, "device"),
+        ("modern-2", True, "device"),
+    ]
+    assert all(p["time_scale"].startswith("sigstop CPU-time budget") for p in phones)  # which throttle is active
     assert main(["lab", "status"]) == 0
     out = capsys.readouterr().out
     assert "modern-1" in out and "time scale: sigstop" in out
@@ -210,8 +222,9 @@ def test_cli_up_status_down(adb_env, tmp_path, monkeypatch, capsys):
 
 def _autlearn(*args: str, env: dict, timeout: float = 60) -> subprocess.CompletedProcess:
     exe = [str(AUTLEARN)] if AUTLEARN.exists() else [sys.executable, "-m", "cli"]
-    return subprocess.run(exe + list(args), env=env, capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        exe + list(args), env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+    )
 
 
 def test_installed_command_up_status_down(adb_env, tmp_path):
@@ -255,8 +268,15 @@ def test_cli_errors_are_one_line(adb_env, tmp_path, monkeypatch, capsys):
         assert f"port {port} is busy" in capsys.readouterr().err
         # the installed command too: one line, exit 1, no traceback
         # (the held port itself: a neighbouring ephemeral port may be taken by anything on a busy host)
-        r = _autlearn("lab", "up", "--profile", "legacy", "--base-port", str(port),
-                      env={**os.environ, "AUTLEARN_HOME": str(tmp_path)})
+        r = _autlearn(
+            "lab",
+            "up",
+            "--profile",
+            "legacy",
+            "--base-port",
+            str(port),
+            env={**os.environ, "AUTLEARN_HOME": str(tmp_path)},
+        )
         assert f"port {port} is busy" in _one_line_error(r)
     assert not (tmp_path / "lab/state.json").exists()
 

@@ -20,14 +20,30 @@ from hypothesis import strategies as st
 
 from profiler.campaign_config import parse_campaign
 from profiler.errors import ConfigError, TableError, UserError
-from workloads.layers import (KEY_COLUMNS, LAYER_TYPES, PHASES, LayerKey, channel_options, flops, model_keys,
-                              parse_key, table_grid)
-from workloads.layer_suite import DEFAULT_LR, build_suite_program, suite_count, suite_keys
 from workloads.families.lstm import WordLSTMConfig
+from workloads.layer_suite import DEFAULT_LR, build_suite_program, suite_count, suite_keys
+from workloads.layers import (
+    KEY_COLUMNS,
+    LAYER_TYPES,
+    PHASES,
+    LayerKey,
+    channel_options,
+    flops,
+    model_keys,
+    parse_key,
+    table_grid,
+)
 from workloads.models import build_model, make_config
 from workloads.resource import canonical_config, measured_from_results, model_resource, validation_configs
-from workloads.tables import (Table, TableMeta, calibrate, layer_workloads, load_table, measurements_from_results,
-                              tables_from_results)
+from workloads.tables import (
+    Table,
+    TableMeta,
+    calibrate,
+    layer_workloads,
+    load_table,
+    measurements_from_results,
+    tables_from_results,
+)
 
 TINY = dict(channels=(8, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16), num_classes=10)
 SMALL_LSTM = dict(vocab_size=300, embed_dim=16, hidden_size=256, seq_len=4, batch=2)
@@ -58,8 +74,9 @@ def layer_keys(draw):
         return LayerKey(t, kernel, stride, c, in_h, in_w, c, c, batch, phase)
     if t == "conv":
         g = draw(st.integers(1, 64))
-        return LayerKey(t, kernel, stride, g, in_h, in_w, g * draw(st.integers(1, 64)), g * draw(st.integers(1, 64)),
-                        batch, phase)
+        return LayerKey(
+            t, kernel, stride, g, in_h, in_w, g * draw(st.integers(1, 64)), g * draw(st.integers(1, 64)), batch, phase
+        )
     return LayerKey(t, kernel, stride, draw(pos), in_h, in_w, draw(pos), draw(pos), batch, phase)
 
 
@@ -84,14 +101,28 @@ def test_parse_key_inverts_str_over_model_grids(tiny_cfg):
 GOOD = "conv(k=3,s=2,g=1,8x8,2->8,b=2,forward)"
 
 
-@pytest.mark.parametrize("bad", [
-    "", "conv", "forward", GOOD.replace("conv", "pool"), GOOD.replace("forward", "train"),
-    GOOD.replace("k=3", "k=0"), GOOD.replace("k=3", "k=-3"), GOOD.replace("k=3", "k=3.5"), GOOD.upper(),
-    GOOD + "x", "x" + GOOD, GOOD.replace("8x8", "8*8"), GOOD.replace(",b=2", ""), GOOD.replace("->", "-"),
-    "dwconv(k=3,s=1,g=4,8x8,8->8,b=1,forward)",          # dwconv needs groups == channels
-    "conv(k=1,s=1,g=3,8x8,8->8,b=1,forward)",            # groups must divide channels
-    "phase_" + GOOD + "_ns",
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        "conv",
+        "forward",
+        GOOD.replace("conv", "pool"),
+        GOOD.replace("forward", "train"),
+        GOOD.replace("k=3", "k=0"),
+        GOOD.replace("k=3", "k=-3"),
+        GOOD.replace("k=3", "k=3.5"),
+        GOOD.upper(),
+        GOOD + "x",
+        "x" + GOOD,
+        GOOD.replace("8x8", "8*8"),
+        GOOD.replace(",b=2", ""),
+        GOOD.replace("->", "-"),
+        "dwconv(k=3,s=1,g=4,8x8,8->8,b=1,forward)",  # dwconv needs groups == channels
+        "conv(k=1,s=1,g=3,8x8,8->8,b=1,forward)",  # groups must divide channels
+        "phase_" + GOOD + "_ns",
+    ],
+)
 def test_parse_key_rejects_malformed(bad):
     assert parse_key(GOOD) == LayerKey("conv", 3, 2, 1, 8, 8, 2, 8, 2)
     with pytest.raises(ConfigError):
@@ -107,7 +138,7 @@ def test_suite_keys_partition_the_grid_by_shape(tiny_cfg, trainable):
     chunks = [suite_keys(grid, s, 3) for s in range(3)]
     sets = [set(c) for c in chunks]
     for i in range(3):
-        assert len(sets[i]) == len(chunks[i]) > 0          # no duplicates, none empty
+        assert len(sets[i]) == len(chunks[i]) > 0  # no duplicates, none empty
         for j in range(i + 1, 3):
             assert not sets[i] & sets[j]
     assert set().union(*sets) == set(grid)
@@ -116,7 +147,7 @@ def test_suite_keys_partition_the_grid_by_shape(tiny_cfg, trainable):
     for i, c in enumerate(chunks):
         for k in c:
             where.setdefault(k.with_phase("forward"), set()).add(i)
-    assert all(len(v) == 1 for v in where.values())      # every phase of a shape in one chunk
+    assert all(len(v) == 1 for v in where.values())  # every phase of a shape in one chunk
     # the FC head's phases are all there, together
     fc = [k for k in grid if k.type == "fc"]
     for k in fc:
@@ -190,7 +221,7 @@ def test_suite_forward_matches_torch(suite_run, key):
     assert got.shape == want.shape
     if key.type != "fc":
         assert got.shape == (key.batch, key.c_out, key.out_h, key.out_w)
-        assert (got >= 0).all() and (got > 0).any()          # ReLU fused, not identity
+        assert (got >= 0).all() and (got > 0).any()  # ReLU fused, not identity
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
@@ -244,44 +275,116 @@ def _raw_results():
     """Rows shaped like profiler.store results: two devices, three (serial, governor) groups, layer cells with
     different key sets, warm-up rows and a whole-model cell whose numbers must not leak in."""
     rows = []
-    expected = {}   # (serial, gov, key) -> list of (ms, mj)
+    expected = {}  # (serial, gov, key) -> list of (ms, mj)
 
     def add(serial, model, virtual, gov, applied, labels, esrc, cell, phases, energy, warm_scale=1.0):
         for rep in range(2):
             for step in range(4):
                 warm = step == 0
-                ns = {k: (base + 100_000 * rep + 10_000 * step) * (1000 if warm else 1)
-                      for k, base in phases.items()}
+                ns = {k: (base + 100_000 * rep + 10_000 * step) * (1000 if warm else 1) for k, base in phases.items()}
                 step_ns = sum(ns.values()) + 50_000
                 e = (0.002 * (1 + rep) + 0.0001 * step) if energy else None
-                row = {"workload": "layers", "variant": "full", "warmup": warm, "device_serial": serial,
-                       "device_model": model, "device_virtual": virtual, "governor_requested": gov,
-                       "governor_applied": applied, "labels": labels, "energy_source": esrc, "cell_id": cell,
-                       "repetition": rep, "step": step, "step_ns": step_ns, "energy_j": e,
-                       "config": json.dumps({"family": "mobilenet"}), "batch": 1}
+                row = {
+                    "workload": "layers",
+                    "variant": "full",
+                    "warmup": warm,
+                    "device_serial": serial,
+                    "device_model": model,
+                    "device_virtual": virtual,
+                    "governor_requested": gov,
+                    "governor_applied": applied,
+                    "labels": labels,
+                    "energy_source": esrc,
+                    "cell_id": cell,
+                    "repetition": rep,
+                    "step": step,
+                    "step_ns": step_ns,
+                    "energy_j": e,
+                    "config": json.dumps({"family": "mobilenet"}),
+                    "batch": 1,
+                }
                 row.update({_pc(k): v for k, v in ns.items()})
                 rows.append(row)
                 if not warm:
                     for k, v in ns.items():
                         expected.setdefault((serial, gov, k), []).append(
-                            (v / 1e6, e * 1e3 * v / step_ns if energy else math.nan))
+                            (v / 1e6, e * 1e3 * v / step_ns if energy else math.nan)
+                        )
 
-    add("emu-1", "Virtual Phone", True, "performance", "performance", "virtual", "fuelgauge", "c2",
-        {K_FCB: 300_000}, energy=True)
-    add("emu-1", "Virtual Phone", True, "performance", "performance", "modeled,virtual", "fuelgauge", "c1",
-        {K_CONV: 1_000_000, K_FC: 200_000}, energy=True)
-    add("emu-1", "Virtual Phone", True, "powersave", "powersave", "virtual", "fuelgauge", "c3",
-        {K_CONV: 3_000_000, K_FC: 900_000}, energy=True)
-    add("R58M", "SM-G991B", False, "schedutil", "schedutil", "", "none", "c4",
-        {K_CONV: 500_000, K_FC: 100_000, K_FCB: 150_000}, energy=False)
+    add(
+        "emu-1",
+        "Virtual Phone",
+        True,
+        "performance",
+        "performance",
+        "virtual",
+        "fuelgauge",
+        "c2",
+        {K_FCB: 300_000},
+        energy=True,
+    )
+    add(
+        "emu-1",
+        "Virtual Phone",
+        True,
+        "performance",
+        "performance",
+        "modeled,virtual",
+        "fuelgauge",
+        "c1",
+        {K_CONV: 1_000_000, K_FC: 200_000},
+        energy=True,
+    )
+    add(
+        "emu-1",
+        "Virtual Phone",
+        True,
+        "powersave",
+        "powersave",
+        "virtual",
+        "fuelgauge",
+        "c3",
+        {K_CONV: 3_000_000, K_FC: 900_000},
+        energy=True,
+    )
+    add(
+        "R58M",
+        "SM-G991B",
+        False,
+        "schedutil",
+        "schedutil",
+        "",
+        "none",
+        "c4",
+        {K_CONV: 500_000, K_FC: 100_000, K_FCB: 150_000},
+        energy=False,
+    )
     # a whole-model cell: its own phase names (not layer keys) and a layer-key column with absurd values
     for step in range(3):
-        rows.append({"workload": "lstm", "variant": "full", "warmup": False, "device_serial": "emu-1",
-                     "device_model": "Virtual Phone", "device_virtual": True, "governor_requested": "performance",
-                     "governor_applied": "performance", "labels": "virtual", "energy_source": "fuelgauge",
-                     "cell_id": "w1", "repetition": 0, "step": step, "step_ns": 9e9, "energy_j": 9.0,
-                     "config": json.dumps({"hidden_size": 32}), "batch": 1, "phase_forward_backward_ns": 8e9,
-                     "phase_update_ns": 1e9, _pc(K_CONV): 7e9})
+        rows.append(
+            {
+                "workload": "lstm",
+                "variant": "full",
+                "warmup": False,
+                "device_serial": "emu-1",
+                "device_model": "Virtual Phone",
+                "device_virtual": True,
+                "governor_requested": "performance",
+                "governor_applied": "performance",
+                "labels": "virtual",
+                "energy_source": "fuelgauge",
+                "cell_id": "w1",
+                "repetition": 0,
+                "step": step,
+                "step_ns": 9e9,
+                "energy_j": 9.0,
+                "config": json.dumps({"hidden_size": 32}),
+                "batch": 1,
+                "phase_forward_backward_ns": 8e9,
+                "phase_update_ns": 1e9,
+                _pc(K_CONV): 7e9,
+            }
+        )
     df = pd.DataFrame(rows)
     df["governor_applied"] = df["governor_applied"].astype("string")
     return df, expected
@@ -301,7 +404,7 @@ def test_measurements_from_results_parses_layer_phases():
             assert sel["mj"].isna().all()
         else:
             assert sorted(sel["mj"]) == pytest.approx(sorted(s[1] for s in samples))
-    assert m["ms"].max() < 10          # neither warm-up (x1000) nor the whole-model cell's 7 s
+    assert m["ms"].max() < 10  # neither warm-up (x1000) nor the whole-model cell's 7 s
 
 
 def test_tables_from_results_one_table_per_device_and_governor():
@@ -338,12 +441,12 @@ def test_tables_refuse_to_pool_cells_of_other_tools_or_artifacts():
     raw, _ = _raw_results()
     raw["tool_versions"] = '{"tvm": "0.27"}'
     raw["artifact_hash"] = raw["cell_id"]
-    tables_from_results(raw)                                            # poolable as it is
+    tables_from_results(raw)  # poolable as it is
     other = raw.copy()
     other.loc[other["cell_id"] == "c2", "tool_versions"] = '{"tvm": "0.28"}'
     with pytest.raises(TableError, match="emu-1 / performance: refusing to pool .*tool_versions"):
         tables_from_results(other)
-    again = raw[raw["cell_id"] == "c1"].assign(cell_id="c5", artifact_hash="rebuilt")    # same keys, new build
+    again = raw[raw["cell_id"] == "c1"].assign(cell_id="c5", artifact_hash="rebuilt")  # same keys, new build
     with pytest.raises(TableError, match="different artifacts"):
         tables_from_results(pd.concat([raw, again], ignore_index=True))
 
@@ -394,7 +497,7 @@ def test_calibrate_scales_whole_model_latency(tiny_cfg, tiny_grid, tmp_path):
     loo = [np.median(np.delete(ratios, i)) / ratios[i] - 1 for i in range(5)]
     assert fit["loo_max_abs_error"] == pytest.approx(max(abs(x) for x in loo))
     assert fit["loo_mean_abs_error"] == pytest.approx(np.mean(np.abs(loo)))
-    assert t.meta.latency_scale == 1.0                      # the input table is not modified
+    assert t.meta.latency_scale == 1.0  # the input table is not modified
     for n, p in zip(names, pred):
         assert model_resource(models[n], ct).latency_ms == pytest.approx(1.25 * p)
     # re-calibrating from the calibrated table's own predictions fits the same scale (not 1.25 x 1.25)
@@ -436,7 +539,7 @@ def test_affine_calibration_removes_a_fixed_cost_per_layer_call(tiny_cfg, tiny_g
     # the control measured beside the models becomes the calibrated copy's reference; the table's is kept
     ref, fit_c = calibrate(replace(t, meta=replace(t.meta, control_ms=2.0)), pred, measured, control_ms=1.5)
     assert ref.meta.control_ms == 1.5 and (fit_c["control_ms"], fit_c["table_control_ms"]) == (1.5, 2.0)
-    assert ct.meta.control_ms == t.meta.control_ms and "control_ms" not in fit       # none given: unchanged
+    assert ct.meta.control_ms == t.meta.control_ms and "control_ms" not in fit  # none given: unchanged
     # a line falling with the sum (nonsense for latency) falls back to the ratio
     _, falling = calibrate(t, pred, 2.0 - pred)
     assert falling["offset_ms"] == 0.0 and "median" in falling["method"]
@@ -444,10 +547,18 @@ def test_affine_calibration_removes_a_fixed_cost_per_layer_call(tiny_cfg, tiny_g
         calibrate(t, pred, measured, method="spline")
 
 
-@pytest.mark.parametrize("pred,meas", [([1.0, 2.0], [1.0, 2.0]), ([], []), ([1.0, 2.0, 3.0], [1.0, 2.0]),
-                                       ([1.0, 0.0, 3.0], [1.0, 2.0, 3.0]), ([1.0, 2.0, 3.0], [1.0, -2.0, 3.0]),
-                                       ([1.0, 2.0, math.nan], [1.0, 2.0, 3.0]),
-                                       ([1.0, 2.0, 3.0], [1.0, math.inf, math.inf])])
+@pytest.mark.parametrize(
+    "pred,meas",
+    [
+        ([1.0, 2.0], [1.0, 2.0]),
+        ([], []),
+        ([1.0, 2.0, 3.0], [1.0, 2.0]),
+        ([1.0, 0.0, 3.0], [1.0, 2.0, 3.0]),
+        ([1.0, 2.0, 3.0], [1.0, -2.0, 3.0]),
+        ([1.0, 2.0, math.nan], [1.0, 2.0, 3.0]),
+        ([1.0, 2.0, 3.0], [1.0, math.inf, math.inf]),
+    ],
+)
 def test_calibrate_needs_three_positive_finite_models(tiny_grid, pred, meas):
     with pytest.raises(TableError):
         calibrate(_synthetic_table(tiny_grid), pred, meas)
@@ -463,12 +574,12 @@ def test_validation_configs_mobilenet(tiny_cfg, tiny_grid):
     assert list(a) == list(b) and all(a[n] == b[n] for n in a)
     chans = [c.layer_channels for c in a.values()]
     assert len(set(chans)) == 6
-    assert tiny_cfg.layer_channels in chans               # the unpruned model is one of them
+    assert tiny_cfg.layer_channels in chans  # the unpruned model is one of them
     grid = set(tiny_grid)
     for c in a.values():
         assert c.num_classes == tiny_cfg.num_classes and c.image_size == tiny_cfg.image_size
         assert all(ch in channel_options(orig) for ch, orig in zip(c.layer_channels, tiny_cfg.layer_channels))
-        assert set(model_keys(c)) <= grid                  # the table can predict it
+        assert set(model_keys(c)) <= grid  # the table can predict it
     assert len(validation_configs(tiny_cfg, n=2)) == 2
     with pytest.raises(ConfigError):
         validation_configs(tiny_cfg, n=0)
@@ -494,16 +605,56 @@ def test_measured_from_results_medians_per_config():
     cfg_b = {"hidden_size": 32}
     rows = []
     for i, ns in enumerate([5e6, 1e6, 2e6, 4e6]):
-        rows.append({"workload": "mobilenet", "variant": "full", "config": json.dumps(cfg_a), "batch": 1,
-                     "governor_requested": "performance", "warmup": False, "step_ns": ns, "energy_j": 0.001 * (i + 1)})
-    rows.append({"workload": "mobilenet", "variant": "full", "config": json.dumps(cfg_a), "batch": 1,
-                 "governor_requested": "performance", "warmup": True, "step_ns": 9e12, "energy_j": 99.0})
+        rows.append(
+            {
+                "workload": "mobilenet",
+                "variant": "full",
+                "config": json.dumps(cfg_a),
+                "batch": 1,
+                "governor_requested": "performance",
+                "warmup": False,
+                "step_ns": ns,
+                "energy_j": 0.001 * (i + 1),
+            }
+        )
+    rows.append(
+        {
+            "workload": "mobilenet",
+            "variant": "full",
+            "config": json.dumps(cfg_a),
+            "batch": 1,
+            "governor_requested": "performance",
+            "warmup": True,
+            "step_ns": 9e12,
+            "energy_j": 99.0,
+        }
+    )
     for ns in (3e6, 7e6, 5e6):
-        rows.append({"workload": "lstm", "variant": "compressed", "config": json.dumps(cfg_b), "batch": 4,
-                     "governor_requested": "schedutil", "warmup": False, "step_ns": ns, "energy_j": None})
+        rows.append(
+            {
+                "workload": "lstm",
+                "variant": "compressed",
+                "config": json.dumps(cfg_b),
+                "batch": 4,
+                "governor_requested": "schedutil",
+                "warmup": False,
+                "step_ns": ns,
+                "energy_j": None,
+            }
+        )
     for ns in (1e3, 1e3, 1e3):
-        rows.append({"workload": "layers", "variant": "full", "config": json.dumps(cfg_a), "batch": 1,
-                     "governor_requested": "performance", "warmup": False, "step_ns": ns, "energy_j": 1.0})
+        rows.append(
+            {
+                "workload": "layers",
+                "variant": "full",
+                "config": json.dumps(cfg_a),
+                "batch": 1,
+                "governor_requested": "performance",
+                "warmup": False,
+                "step_ns": ns,
+                "energy_j": 1.0,
+            }
+        )
     raw = pd.DataFrame(rows)
     m = measured_from_results(raw)
     assert len(m) == 2 and "layers" not in set(m["workload"])
@@ -525,13 +676,21 @@ def test_measured_from_results_medians_per_config():
 
 def test_lstm_head_rank_config():
     dense = make_config("lstm")
-    assert set(dense.to_dict()) == {"model", "vocab_size", "embed_dim", "hidden_size", "num_layers", "seq_len",
-                                    "batch", "seed"}
+    assert set(dense.to_dict()) == {
+        "model",
+        "vocab_size",
+        "embed_dim",
+        "hidden_size",
+        "num_layers",
+        "seq_len",
+        "batch",
+        "seed",
+    }
     assert "head_rank" not in WordLSTMConfig(head_rank=0).to_dict()
     r8 = make_config("lstm", head_rank=8)
     assert r8.to_dict()["head_rank"] == 8 and r8.key() != dense.key()
     assert replace(r8, head_rank=0).key() == dense.key()
-    for bad in (-1, 257):        # min(hidden 256, vocab 10000) = 256
+    for bad in (-1, 257):  # min(hidden 256, vocab 10000) = 256
         with pytest.raises(ConfigError) as e:
             make_config("lstm", head_rank=bad)
         assert e.value.key == "head_rank"
@@ -562,10 +721,19 @@ def test_lstm_head_rank_model_and_keys():
 def _write_compressed(d, **over):
     d.mkdir(parents=True, exist_ok=True)
     (d / "model.pt").write_bytes(b"weights")
-    doc = {"format": "autlearn.compressed/1", "model": "mobilenet", "variant": "compressed",
-           "build_program": {"model": "mobilenet", "variant": "compressed", "config": {"num_classes": 10},
-                             "compressed_config": {"channels": list(TINY["channels"])}},
-           "state_dict": "model.pt", **over}
+    doc = {
+        "format": "autlearn.compressed/1",
+        "model": "mobilenet",
+        "variant": "compressed",
+        "build_program": {
+            "model": "mobilenet",
+            "variant": "compressed",
+            "config": {"num_classes": 10},
+            "compressed_config": {"channels": list(TINY["channels"])},
+        },
+        "state_dict": "model.pt",
+        **over,
+    }
     p = d / "compressed.json"
     p.write_text(json.dumps(doc))
     return p
@@ -577,7 +745,7 @@ def test_compressed_build_args(tmp_path, monkeypatch):
 
     p = _write_compressed(tmp_path / "pt")
     monkeypatch.chdir(tmp_path)
-    args = compressed_build_args("pt/compressed.json", "mobilenet")      # relative path in
+    args = compressed_build_args("pt/compressed.json", "mobilenet")  # relative path in
     assert args["config"] == {"num_classes": 10}
     assert args["compressed_config"] == {"channels": list(TINY["channels"])}
     assert args["state_dict"] == str((tmp_path / "pt" / "model.pt").resolve())
@@ -625,8 +793,9 @@ def lstm_compressed(tmp_path_factory):
     net = build_model(make_config("lstm", head_rank=8, seed=5, **LSTM_BUILD))
     sd = d / "model.pt"
     torch.save(net.state_dict(), sd)
-    program = build_program("lstm", "compressed", "x86_64", compressed_config={"head_rank": 8}, state_dict=sd,
-                            database=None, **LSTM_BUILD)
+    program = build_program(
+        "lstm", "compressed", "x86_64", compressed_config={"head_rank": 8}, state_dict=sd, database=None, **LSTM_BUILD
+    )
     return program, net, d
 
 
@@ -642,11 +811,12 @@ def test_compressed_lstm_loss_matches_torch(lstm_compressed):
     x, y = torch.from_numpy(program.tensors["x"]), torch.from_numpy(program.tensors["y"])
     with torch.no_grad():
         want = float(torch.nn.functional.cross_entropy(net(x), y))
-        seeded = float(torch.nn.functional.cross_entropy(
-            build_model(make_config("lstm", head_rank=8, **LSTM_BUILD))(x), y))
-    assert abs(want - seeded) > 1e-3                        # the check below can tell the weights apart
+        seeded = float(
+            torch.nn.functional.cross_entropy(build_model(make_config("lstm", head_rank=8, **LSTM_BUILD))(x), y)
+        )
+    assert abs(want - seeded) > 1e-3  # the check below can tell the weights apart
     assert records[0]["loss"] == pytest.approx(want, abs=1e-4)
-    assert records[1]["loss"] < records[0]["loss"]          # a training step on the same batch lowers the loss
+    assert records[1]["loss"] < records[0]["loss"]  # a training step on the same batch lowers the loss
 
 
 @pytest.mark.parametrize("other", [dict(head_rank=4), dict(head_rank=0), dict(head_rank=8, hidden_size=16)])
@@ -656,8 +826,15 @@ def test_compressed_lstm_state_dict_of_another_config(tmp_path, other):
     sd = tmp_path / "other.pt"
     torch.save(build_model(make_config("lstm", **{**LSTM_BUILD, **other})).state_dict(), sd)
     with pytest.raises(ConfigError) as e:
-        build_program("lstm", "compressed", "x86_64", compressed_config={"head_rank": 8}, state_dict=sd,
-                      database=None, **LSTM_BUILD)
+        build_program(
+            "lstm",
+            "compressed",
+            "x86_64",
+            compressed_config={"head_rank": 8},
+            state_dict=sd,
+            database=None,
+            **LSTM_BUILD,
+        )
     assert e.value.key == "state_dict"
 
 
@@ -669,11 +846,18 @@ def test_campaign_layers_workload_allows_only_full():
         parse_campaign({"name": "t", "workload": [{"model": "layers", "variants": ["compressed"]}]})
     assert e.value.key == "workload[0].variants[0]" and "workload[0].variants[0]" in str(e.value)
     with pytest.raises(ConfigError) as e:
-        parse_campaign({"name": "t", "workload": [{"model": "lstm"},
-                                                  {"model": "layers", "variants": ["full", "cached"]}]})
+        parse_campaign(
+            {"name": "t", "workload": [{"model": "lstm"}, {"model": "layers", "variants": ["full", "cached"]}]}
+        )
     assert e.value.key == "workload[1].variants[1]"
-    c = parse_campaign({"name": "t", "workload": [{"model": "layers", "variants": ["full"],
-                                                   "config": {"family": "mobilenet", "suite": 1, "suites": 3}}]})
+    c = parse_campaign(
+        {
+            "name": "t",
+            "workload": [
+                {"model": "layers", "variants": ["full"], "config": {"family": "mobilenet", "suite": 1, "suites": 3}}
+            ],
+        }
+    )
     (w,) = c.workloads
     assert w.model == "layers" and w.variants == ("full",)
     assert dict(w.config) == {"family": "mobilenet", "suite": 1, "suites": 3}
@@ -693,8 +877,8 @@ def test_prune_lstm_cli_writes_compilable_svd_models(tmp_path):
     that `build_any_program` compiles with the factorised head (head_rank in the config)."""
     from click.testing import CliRunner
 
-    from workloads.artifact import build_any_program
     from cli.prune import prune
+    from workloads.artifact import build_any_program
     from workloads.pruning.search import compressed_build_args
     from workloads.resource import predict
 
@@ -703,15 +887,16 @@ def test_prune_lstm_cli_writes_compilable_svd_models(tmp_path):
     cfg = make_config("lstm", **kw)
     dense, r128 = predict(cfg, "flops"), predict(replace(cfg, head_rank=128), "flops")
     tight, loose = f"flops={(dense + r128) / 2:.0f}", f"flops={dense * 2:.0f}"
-    r = CliRunner().invoke(prune, ["--model", "lstm", "--budget", tight, "--budget", loose, "--out", str(tmp_path),
-                                   *sets])
+    r = CliRunner().invoke(
+        prune, ["--model", "lstm", "--budget", tight, "--budget", loose, "--out", str(tmp_path), *sets]
+    )
     assert r.exit_code == 0, r.output
     from workloads.pruning.budget import parse_budget
 
     docs = {str(parse_budget(json.loads(p.read_text())["budget"])): p for p in tmp_path.glob("lstm/*/compressed.json")}
     tight, loose = str(parse_budget(tight)), str(parse_budget(loose))
     assert set(docs) == {tight, loose}
-    assert json.loads(docs[loose].read_text())["head_rank"] == 0          # the dense head meets the loose budget
+    assert json.loads(docs[loose].read_text())["head_rank"] == 0  # the dense head meets the loose budget
     doc = json.loads(docs[tight].read_text())
     assert doc["head_rank"] == 128 and doc["value"] == pytest.approx(r128)
     assert compressed_build_args(docs[tight], "lstm")["compressed_config"] == {"head_rank": 128}

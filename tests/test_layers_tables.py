@@ -12,12 +12,31 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from profiler.errors import ConfigError, TableError
-from workloads.layers import (KEY_COLUMNS, LayerKey, channel_options, flops, model_keys, model_layers, param_bytes,
-                              table_grid)
+from workloads.layers import (
+    KEY_COLUMNS,
+    LayerKey,
+    channel_options,
+    flops,
+    model_keys,
+    model_layers,
+    param_bytes,
+    table_grid,
+)
 from workloads.models import build_model, make_config
 from workloads.resource import model_resource, prediction_error
-from workloads.tables import (HOST_DEVICE, Table, TableMeta, layer_workloads, load_table, measure_on_host,
-                              SCHEMA_VERSION, median_ci, sample_grid, smooth, table_from_measurements)
+from workloads.tables import (
+    HOST_DEVICE,
+    SCHEMA_VERSION,
+    Table,
+    TableMeta,
+    layer_workloads,
+    load_table,
+    measure_on_host,
+    median_ci,
+    sample_grid,
+    smooth,
+    table_from_measurements,
+)
 
 TINY = dict(channels=(8, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16), num_classes=10)
 
@@ -28,17 +47,20 @@ def _counted(fn) -> int:
     return fc.get_total_flops()
 
 
-@pytest.mark.parametrize("key", [
-    LayerKey("conv", 3, 2, 1, 28, 28, 3, 16, 2),
-    LayerKey("conv", 1, 1, 1, 7, 7, 24, 40, 3),
-    LayerKey("dwconv", 3, 2, 32, 14, 14, 32, 32, 2),
-    LayerKey("fc", 1, 1, 1, 1, 1, 64, 10, 5),
-    LayerKey("lstm", 1, 1, 1, 6, 1, 12, 20, 4),
-])
+@pytest.mark.parametrize(
+    "key",
+    [
+        LayerKey("conv", 3, 2, 1, 28, 28, 3, 16, 2),
+        LayerKey("conv", 1, 1, 1, 7, 7, 24, 40, 3),
+        LayerKey("dwconv", 3, 2, 32, 14, 14, 32, 32, 2),
+        LayerKey("fc", 1, 1, 1, 1, 1, 64, 10, 5),
+        LayerKey("lstm", 1, 1, 1, 6, 1, 12, 20, 4),
+    ],
+)
 def test_flops_match_torch_flop_counter(key):
     (w,) = layer_workloads(make_config("mobilenet"), [key])
     x = w.example.clone().requires_grad_(True)
-    if key.type == "lstm":   # the fused CPU LSTM kernel is invisible to the counter: unroll LSTMCell instead
+    if key.type == "lstm":  # the fused CPU LSTM kernel is invisible to the counter: unroll LSTMCell instead
         cell = nn.LSTMCell(key.c_in, key.c_out)
 
         class Unrolled(nn.Module):
@@ -58,7 +80,7 @@ def test_flops_match_torch_flop_counter(key):
     assert _counted(lambda: w.module(x)) == flops(key)
     out = w.module(x)
     back = _counted(lambda: out.sum().backward())
-    if key.type != "dwconv":   # torch's conv-backward formula ignores groups (overcounts by ~groups/2)
+    if key.type != "dwconv":  # torch's conv-backward formula ignores groups (overcounts by ~groups/2)
         assert back == flops(key.with_phase("backward"))
     if key.type != "lstm":
         assert flops(key.with_phase("backward")) == 2 * flops(key)
@@ -73,13 +95,19 @@ def test_embedding_formula_and_key_validation():
     with pytest.raises(ConfigError):
         LayerKey("pool", 1, 1, 1, 1, 1, 1, 1, 1)
     with pytest.raises(ConfigError):
-        LayerKey("dwconv", 3, 1, 4, 8, 8, 8, 8, 1)       # groups must equal channels
+        LayerKey("dwconv", 3, 1, 4, 8, 8, 8, 8, 1)  # groups must equal channels
     with pytest.raises(ConfigError):
         LayerKey("conv", 3, 1, 1, 8, 8, 0, 8, 1)
 
 
-@pytest.mark.parametrize("model,over", [("mobilenet", TINY), ("mobilenet", dict(width=0.25)),
-                                        ("lstm", dict(vocab_size=300, hidden_size=32, embed_dim=16))])
+@pytest.mark.parametrize(
+    "model,over",
+    [
+        ("mobilenet", TINY),
+        ("mobilenet", dict(width=0.25)),
+        ("lstm", dict(vocab_size=300, hidden_size=32, embed_dim=16)),
+    ],
+)
 def test_model_layers_match_the_torch_model(model, over):
     cfg = make_config(model, **over)
     net = build_model(cfg)
@@ -93,8 +121,9 @@ def test_model_layers_match_the_torch_model(model, over):
     if model == "mobilenet":
         convs = [m for m in net.body.modules() if isinstance(m, nn.Conv2d)]
         layers = model_layers(cfg)
-        assert [(c.in_channels, c.out_channels, c.groups, c.stride[0]) for c in convs] == \
-            [(l.key.c_in, l.key.c_out, l.key.groups, l.key.stride) for l in layers[:-1]]
+        assert [(c.in_channels, c.out_channels, c.groups, c.stride[0]) for c in convs] == [
+            (ly.key.c_in, ly.key.c_out, ly.key.groups, ly.key.stride) for ly in layers[:-1]
+        ]
         assert layers[-1].phases == ("forward", "backward", "update") and layers[0].phases == ("forward",)
 
 
@@ -112,7 +141,7 @@ def test_grid_covers_every_reachable_model():
 
 def test_median_ci_is_an_order_statistic_interval():
     med, lo, hi = median_ci(list(range(1, 21)))
-    assert med == 10.5 and (lo, hi) == (6.0, 15.0)       # binomial(20, 1/2): ranks 6 and 15
+    assert med == 10.5 and (lo, hi) == (6.0, 15.0)  # binomial(20, 1/2): ranks 6 and 15
     assert median_ci([3.0, 1.0, 2.0])[1:] == (1.0, 3.0)  # too few samples: [min, max]
 
 
@@ -128,8 +157,12 @@ def test_interpolation_marks_and_reproduces_a_held_out_point():
     base = LayerKey("conv", 1, 1, 1, 4, 4, 8, 8, 1)
     keys = [base.with_channels(a, b) for a in range(8, 129, 8) for b in range(8, 129, 8)]
     held = base.with_channels(72, 56)
-    rows = [{**k.to_dict(), "rep": r, "ms": _smooth(k) * (1 + 0.001 * (r - 1)), "mj": 2 * _smooth(k)}
-            for k in keys if k != held for r in range(3)]
+    rows = [
+        {**k.to_dict(), "rep": r, "ms": _smooth(k) * (1 + 0.001 * (r - 1)), "mj": 2 * _smooth(k)}
+        for k in keys
+        if k != held
+        for r in range(3)
+    ]
     t = table_from_measurements(pd.DataFrame(rows), _meta())
     assert held not in t and t.counts() == {"measured": len(keys) - 1, "interpolated": 0, "fitted": 0}
     full = t.complete(keys)
@@ -140,8 +173,9 @@ def test_interpolation_marks_and_reproduces_a_held_out_point():
     assert full.counts() == {"measured": len(keys) - 1, "interpolated": 1, "fitted": 0}
     # a sparse measurement of the family (every 2nd count + extremes) still predicts the rest within 5 %
     sub = set(sample_grid(keys, 2))
-    sparse = table_from_measurements(pd.DataFrame([r for r in rows if LayerKey(**{c: r[c] for c in KEY_COLUMNS})
-                                                   in sub]), _meta()).complete(keys)
+    sparse = table_from_measurements(
+        pd.DataFrame([r for r in rows if LayerKey(**{c: r[c] for c in KEY_COLUMNS}) in sub]), _meta()
+    ).complete(keys)
     errs = [abs(sparse.latency_ms(k) / _smooth(k) - 1) for k in keys]
     assert max(errs) < 0.05
 
@@ -154,14 +188,14 @@ def test_smooth_is_monotone_robust_and_keeps_what_was_measured(tmp_path):
     true = {k: 0.01 + 2e-6 * k.c_in * k.c_out for k in keys}
     slow, fast = base.with_channels(64, 64), base.with_channels(120, 128)
     ms = {k: true[k] * (5 if k == slow else 1 / 3 if k == fast else rng.uniform(0.9, 1.1)) for k in keys}
-    measured = [k for k in keys if k.c_in % 16 == 0 or k.c_in in (8, 120)]    # the rest interpolated
+    measured = [k for k in keys if k.c_in % 16 == 0 or k.c_in in (8, 120)]  # the rest interpolated
     t = table_from_measurements(pd.DataFrame([{**k.to_dict(), "ms": ms[k]} for k in measured]), _meta()).complete(keys)
     s, info = smooth(t)
     assert s.counts() == {"measured": 0, "interpolated": 0, "fitted": len(keys)}
     assert s.latency_ms(slow) == pytest.approx(true[slow], rel=0.1)
     assert s.latency_ms(fast) == pytest.approx(true[fast], rel=0.1)
     assert max(abs(s.latency_ms(k) / true[k] - 1) for k in keys) < 0.1
-    for k in keys:     # never faster with more channels (the raw table is: around both outliers)
+    for k in keys:  # never faster with more channels (the raw table is: around both outliers)
         for bigger in (k.with_channels(k.c_in + 8, k.c_out), k.with_channels(k.c_in, k.c_out + 8)):
             if bigger in s:
                 assert s.latency_ms(bigger) >= s.latency_ms(k)
@@ -169,8 +203,9 @@ def test_smooth_is_monotone_robust_and_keeps_what_was_measured(tmp_path):
     # what was measured stays in the table; the residuals are reported; a second smoothing is refused
     row = s.df.set_index(list(KEY_COLUMNS)).loc[tuple(slow.to_dict().values())]
     assert row["measured_ms"] == pytest.approx(ms[slow]) and row["median_ms"] < row["measured_ms"] / 3
-    assert np.isnan(s.df.set_index(list(KEY_COLUMNS)).loc[tuple(base.with_channels(24, 8).to_dict().values()),
-                                                          "measured_ms"])
+    assert np.isnan(
+        s.df.set_index(list(KEY_COLUMNS)).loc[tuple(base.with_channels(24, 8).to_dict().values()), "measured_ms"]
+    )
     assert info["measured_points"] == len(measured) and info["max_abs_residual"] > 3
     assert "smoothed" in s.meta.notes
     back = load_table(s.save(tmp_path / "s.parquet"))
@@ -194,19 +229,21 @@ def test_version_1_table_loads_with_measured_values(tmp_path):
 
 
 def test_interpolation_needs_a_measured_family_member():
-    t = table_from_measurements(pd.DataFrame([{**LayerKey("fc", 1, 1, 1, 1, 1, 8, 10, 1).to_dict(), "ms": 1.0}]),
-                                _meta())
+    t = table_from_measurements(
+        pd.DataFrame([{**LayerKey("fc", 1, 1, 1, 1, 1, 8, 10, 1).to_dict(), "ms": 1.0}]), _meta()
+    )
     with pytest.raises(TableError, match="no measured point"):
         t.complete([LayerKey("conv", 1, 1, 1, 4, 4, 8, 8, 1)])
-    one = t.complete([LayerKey("fc", 1, 1, 1, 1, 1, 16, 10, 1)])   # single point: FLOPs scaling
+    one = t.complete([LayerKey("fc", 1, 1, 1, 1, 1, 16, 10, 1)])  # single point: FLOPs scaling
     assert one.latency_ms(LayerKey("fc", 1, 1, 1, 1, 1, 16, 10, 1)) == pytest.approx(2.0)
 
 
 def _table() -> Table:
     keys = [LayerKey("fc", 1, 1, 1, 1, 1, c, 10, 1, p) for c in (8, 16) for p in ("forward", "backward")]
     df = pd.DataFrame([{**k.to_dict(), "rep": r, "ms": 1.0 + r} for k in keys for r in range(5)])
-    return table_from_measurements(df, _meta(device_serial="S1", governor_requested="performance",
-                                             governor_applied="performance"))
+    return table_from_measurements(
+        df, _meta(device_serial="S1", governor_requested="performance", governor_applied="performance")
+    )
 
 
 @pytest.mark.parametrize("suffix", [".parquet", ".csv"])
@@ -294,19 +331,20 @@ def test_cli_show_export_and_one_line_errors(tmp_path, capsys):
     assert main(["tables", "smooth", str(p), "--out", str(tmp_path / "s.parquet")]) == 0
     assert load_table(tmp_path / "s.parquet").counts()["fitted"] == len(_table())
     capsys.readouterr()
-    for table, noted in ((p, True), (tmp_path / "s.parquet", False)):   # (this fc-only table fits no model)
+    for table, noted in ((p, True), (tmp_path / "s.parquet", False)):  # (this fc-only table fits no model)
         assert main(["prune", "--table", str(table), "--budget", "latency=4ms", "--out", str(tmp_path / "o")]) == 1
         err = capsys.readouterr().err
         assert ("not smoothed" in err) == noted and err.count("autlearn: error: ") == 1, err
-    for argv in (["prune", "--budget", "latency=fast", "--out", str(tmp_path / "o")],
-                 ["prune", "--budget", "latency=4ms", "--out", str(tmp_path / "o")],
-                 ["tables", "show", str(tmp_path / "missing.parquet")],
-                 ["tables", "build", "--out", str(tmp_path / "x.parquet")],
-                 ["prune", "--table", str(_old_version(tmp_path)), "--budget", "latency=4ms", "--out",
-                  str(tmp_path / "o")],
-                 ["tables", "validate", str(_old_version(tmp_path))],
-                 ["tables", "smooth", str(tmp_path / "s.parquet"), "--out", str(tmp_path / "s2.parquet")],
-                 ["tables", "smooth", str(p), "--out", str(p)]):
+    for argv in (
+        ["prune", "--budget", "latency=fast", "--out", str(tmp_path / "o")],
+        ["prune", "--budget", "latency=4ms", "--out", str(tmp_path / "o")],
+        ["tables", "show", str(tmp_path / "missing.parquet")],
+        ["tables", "build", "--out", str(tmp_path / "x.parquet")],
+        ["prune", "--table", str(_old_version(tmp_path)), "--budget", "latency=4ms", "--out", str(tmp_path / "o")],
+        ["tables", "validate", str(_old_version(tmp_path))],
+        ["tables", "smooth", str(tmp_path / "s.parquet"), "--out", str(tmp_path / "s2.parquet")],
+        ["tables", "smooth", str(p), "--out", str(p)],
+    ):
         assert main(argv) == 1
         err = capsys.readouterr().err
         assert err.startswith("autlearn: error: ") and err.count("\n") == 1

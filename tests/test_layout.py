@@ -58,8 +58,12 @@ def test_no_import_cycle():
 
 def test_only_cli_imports_cli_and_only_the_lab_imports_the_lab():
     graph = import_graph()
-    bad = sorted(f"{m} imports {d}" for m, deps in graph.items() for d in deps
-                 if (_top(d) == "cli" and _top(m) != "cli") or (_top(d) == "testbed" and _top(m) != "testbed"))
+    bad = sorted(
+        f"{m} imports {d}"
+        for m, deps in graph.items()
+        for d in deps
+        if (_top(d) == "cli" and _top(m) != "cli") or (_top(d) == "testbed" and _top(m) != "testbed")
+    )
     assert not bad, "\n".join(bad)
 
 

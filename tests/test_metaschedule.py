@@ -25,11 +25,17 @@ LSTM = {"vocab_size": 200, "hidden_size": 32, "embed_dim": 16, "batch": 4}
 
 
 def autlearn(*args, env=None, timeout=900) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 # ------------------------------------------------------------------------------------------------ pure parts
+
 
 def test_target_ids_name_abi_cpu_and_features():
     assert C.parse_target_id("x86_64") == ("x86_64", None, ())
@@ -38,7 +44,7 @@ def test_target_ids_name_abi_cpu_and_features():
     assert C.target_key("x86_64") == "x86_64-generic"
     d = C.target_dict("arm64-v8a@cortex-a76,+dotprod")
     assert d["mcpu"] == "cortex-a76" and d["mattr"] == ["+dotprod", "+neon"] and d["mtriple"].startswith("aarch64")
-    assert C.target_dict("x86_64")["mcpu"] == "haswell"   # the generic floor
+    assert C.target_dict("x86_64")["mcpu"] == "haswell"  # the generic floor
     for bad in ("mips@x", "x86_64@", "x86_64@znver3,dotprod", "x86_64@a b", "x86_64@znver3;rm"):
         with pytest.raises(ConfigError):
             C.parse_target_id(bad)
@@ -134,20 +140,52 @@ def tuned(lab, runner_cache, tmp_path_factory):
     root = tmp_path_factory.mktemp("tuning")
     env = {"AUTLEARN_TUNING_DIR": str(root)}
     phone = next(p for p in lab if p.profile == "legacy")
-    os.environ["AUTLEARN_TUNING_DIR"] = str(root)      # builds in this process use it too
+    os.environ["AUTLEARN_TUNING_DIR"] = str(root)  # builds in this process use it too
     sets = [a for k, v in MOBILENET.items() if k != "batch" for a in ("--set", f"{k}={v}")]
-    r = autlearn("workloads", "tune", "--device", phone.serial, "--model", "mobilenet", "--batch",
-                 MOBILENET["batch"], *sets, "--top", 1, "--trials", 16, "--minutes", 10, "--threads", 2, "--json",
-                 env=env)
+    r = autlearn(
+        "workloads",
+        "tune",
+        "--device",
+        phone.serial,
+        "--model",
+        "mobilenet",
+        "--batch",
+        MOBILENET["batch"],
+        *sets,
+        "--top",
+        1,
+        "--trials",
+        16,
+        "--minutes",
+        10,
+        "--threads",
+        2,
+        "--json",
+        env=env,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     runs = {"mobilenet": json.loads(r.stdout)}
     work = tmp_path_factory.mktemp("campaign")
     (work / "c.toml").write_text(campaign_toml("tune-first", phone.serial, ("lstm", ["full", "unoptimized"], LSTM, "")))
-    r = autlearn("run", work / "c.toml", "--results", work / "res", "--artifacts", runner_cache / "artifacts",
-                 "--tune", 2, "--tune-minutes", 3, env=env)
+    r = autlearn(
+        "run",
+        work / "c.toml",
+        "--results",
+        work / "res",
+        "--artifacts",
+        runner_cache / "artifacts",
+        "--tune",
+        2,
+        "--tune-minutes",
+        3,
+        env=env,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
-    runs["lstm"] = {"target_key": runs["mobilenet"]["target_key"], "stderr": r.stderr,
-                    "results": work / "res" / "tune-first"}
+    runs["lstm"] = {
+        "target_key": runs["mobilenet"]["target_key"],
+        "stderr": r.stderr,
+        "results": work / "res" / "tune-first",
+    }
     yield phone, root, runs, env
     os.environ.pop("AUTLEARN_TUNING_DIR", None)
 
@@ -163,9 +201,9 @@ def test_tune_on_a_virtual_phone_writes_a_database_per_cpu_target(tuned):
     assert res["tuned_tasks"] == 1 and res["trials"] == 16
     (k,) = res["kernels"]
     assert k["tuned_ms"] > 0 and k["hand_ms"] > 0 and k["kept"] in ("tuned", "hand")
-    assert T.read_hand(db)[k["workload"]]["verified_ratio"] > 0   # best record vs hand, paired in 3 launches
+    assert T.read_hand(db)[k["workload"]]["verified_ratio"] > 0  # best record vs hand, paired in 3 launches
     records = (db / T.DB_FILES[1]).read_text().splitlines()
-    assert len(records) >= 16 + 8   # every measured candidate of both models
+    assert len(records) >= 16 + 8  # every measured candidate of both models
     assert [json.loads(ln)["model"] for ln in (db / T.RUNS_FILE).read_text().splitlines()] == ["mobilenet", "lstm"]
 
 
@@ -176,8 +214,12 @@ def test_run_with_tune_tunes_what_the_campaign_compiles_first(tuned):
     _, _, runs, _ = tuned
     err = runs["lstm"]["stderr"]
     assert "tuning lstm/full batch 4" in err and "tuning lstm/unoptimized" not in err, err[-2000:]
-    tools = load_results(runs["lstm"]["results"]).drop_duplicates("cell_id").set_index("variant")[
-        "tool_versions"].map(json.loads)
+    tools = (
+        load_results(runs["lstm"]["results"])
+        .drop_duplicates("cell_id")
+        .set_index("variant")["tool_versions"]
+        .map(json.loads)
+    )
     assert tools["full"]["tuning"].startswith("tuned: database") and tools["unoptimized"]["tuning"] == "not optimized"
 
 
@@ -185,18 +227,34 @@ def test_run_with_tune_tunes_what_the_campaign_compiles_first(tuned):
 def test_interrupted_or_repeated_tuning_resumes_from_its_database(tuned):
     phone, root, runs, env = tuned
     sets = [a for k, v in LSTM.items() if k != "batch" for a in ("--set", f"{k}={v}")]
-    r = autlearn("workloads", "tune", "--device", phone.serial, "--model", "lstm", "--batch", LSTM["batch"], *sets,
-                 "--top", 2, "--trials", 2, "--json", env=env)
+    r = autlearn(
+        "workloads",
+        "tune",
+        "--device",
+        phone.serial,
+        "--model",
+        "lstm",
+        "--batch",
+        LSTM["batch"],
+        *sets,
+        "--top",
+        2,
+        "--trials",
+        2,
+        "--json",
+        env=env,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     again = json.loads(r.stdout)
-    assert again["trials"] == 0 and again["resumed_records"] >= 4     # `run --tune 2` measured them
+    assert again["trials"] == 0 and again["resumed_records"] >= 4  # `run --tune 2` measured them
     # a corrupt database stops the next run with one line, before any compiling
     rec = Path(again["database"]) / T.DB_FILES[1]
     saved = rec.read_bytes()
     try:
         rec.write_bytes(saved[: len(saved) // 2] + b"\n{garbage")
-        bad = autlearn("workloads", "tune", "--device", phone.serial, "--model", "lstm", *sets, "--top", 1,
-                       env=env, timeout=300)
+        bad = autlearn(
+            "workloads", "tune", "--device", phone.serial, "--model", "lstm", *sets, "--top", 1, env=env, timeout=300
+        )
         assert bad.returncode == 1 and "corrupt tuning database" in bad.stderr and "Traceback" not in bad.stderr
     finally:
         rec.write_bytes(saved)
@@ -206,13 +264,14 @@ def test_interrupted_or_repeated_tuning_resumes_from_its_database(tuned):
 @pytest.mark.parametrize("model, config", [("mobilenet", MOBILENET), ("lstm", LSTM)])
 def test_tuned_step_matches_pytorch(tuned, model, config):
     from test_workloads_compile import ATOL, RTOL, torch_step
+
     from workloads.program import run_on_host
 
     _, root, runs, _ = tuned
     key = runs[model]["target_key"]
     tid = _tid(key)
     prog = C.build_program(model, "full", tid, database={"path": str(root / key), "keep_hand": False}, **config)
-    assert prog.meta["tuning"]["tuned_kernels"] >= 1   # MetaSchedule's schedules are what runs
+    assert prog.meta["tuning"]["tuned_kernels"] >= 1  # MetaSchedule's schedules are what runs
     one = run_on_host(prog, steps=1, target=json.loads(prog.meta["target"]))
     loss, params = torch_step(model, config, prog.tensors["x"], prog.tensors["y"], prog.meta["lr"])
     np.testing.assert_allclose(one[0]["loss"], loss, rtol=RTOL, atol=ATOL)
@@ -224,15 +283,31 @@ def test_tuned_step_matches_pytorch(tuned, model, config):
 def test_two_phones_of_one_target_tune_their_shares_in_parallel(lab, runner_cache, tmp_path):
     legacy, modern = (next(p for p in lab if p.profile == n) for n in ("legacy", "modern"))
     sets = [a for k, v in LSTM.items() if k != "batch" for a in ("--set", f"{k}={v}")]
-    r = autlearn("workloads", "tune", "--device", legacy.serial, "--device", modern.serial, "--model", "lstm",
-                 "--batch", LSTM["batch"], *sets, "--top", 2, "--trials", 2, "--json",
-                 env={"AUTLEARN_TUNING_DIR": str(tmp_path)})
+    r = autlearn(
+        "workloads",
+        "tune",
+        "--device",
+        legacy.serial,
+        "--device",
+        modern.serial,
+        "--model",
+        "lstm",
+        "--batch",
+        LSTM["batch"],
+        *sets,
+        "--top",
+        2,
+        "--trials",
+        2,
+        "--json",
+        env={"AUTLEARN_TUNING_DIR": str(tmp_path)},
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     results = json.loads(r.stdout)
     assert {x["measured_on"] for x in results} == {legacy.serial, modern.serial}
     assert all(x["tuned_tasks"] == 1 and x["trials"] == 2 for x in results)
     (db,) = {Path(x["database"]).name for x in results}
-    assert {x["database"] for x in results} == {str(tmp_path / db)}    # the merged database, not a worker's copy
+    assert {x["database"] for x in results} == {str(tmp_path / db)}  # the merged database, not a worker's copy
     assert all(x["device_batches"] >= 1 and x["device_candidates"] >= 2 for x in results)
     runs = [json.loads(ln) for ln in (tmp_path / db / T.RUNS_FILE).read_text().splitlines()]
     assert {x["measured_on"] for x in runs} == {legacy.serial, modern.serial}
@@ -246,12 +321,13 @@ def test_an_emulating_device_checks_candidates_but_records_no_timing(lab, runner
     from profiler.device import Device
 
     phone = next(p for p in lab if p.profile == "modern")
-    res = M.tune(Device(phone.serial), "x86_64", "lstm", trials=2, top=1, minutes=5, emulated=True, root=tmp_path,
-                 **LSTM)
+    res = M.tune(
+        Device(phone.serial), "x86_64", "lstm", trials=2, top=1, minutes=5, emulated=True, root=tmp_path, **LSTM
+    )
     assert res.emulated and res.trials == 2 and res.kernels[0]["tuned_ms"] is None
     db = tmp_path / "x86_64-generic"
     records = [json.loads(ln)[1] for ln in (db / T.DB_FILES[1]).read_text().splitlines()]
-    assert records and all(T._seconds(r[1]) is None for r in records)   # tried, never timed
+    assert records and all(T._seconds(r[1]) is None for r in records)  # tried, never timed
     assert T.applicable_records(db)[1] == {"tuned_workloads": 0, "hand_kept": 0}
 
 
@@ -265,6 +341,7 @@ def test_arm64_artifact_built_with_a_cpu_database_runs_under_qemu(tuned, tmp_pat
     (schedules are target-independent traces; a real database comes from `workloads tune` on the phone). What
     is tested: an arm64 artifact compiled for that -mcpu with the database applied runs and matches the host."""
     from test_runner import check_output, host_losses, run, strict_parse
+
     from workloads.artifact import write_artifact
 
     _, root, runs, _ = tuned
@@ -286,15 +363,23 @@ def test_tuned_artifact_is_faster_than_untuned_in_one_campaign(tuned, runner_cac
     """The same model with the database and with `tuning = "none"` in one campaign on the phone that tuned it;
     results and report say which database compiled each artifact."""
     from profiler.campaign import run_campaign
-    from workloads.artifact_cache import artifact_provider
     from profiler.campaign_config import load_campaign
     from profiler.store import load_results
     from reports.build import build_report, load_campaign_data
+    from workloads.artifact_cache import artifact_provider
 
     phone, _, runs, _ = tuned
     toml = tmp_path / "tuned.toml"
-    toml.write_text(campaign_toml("tuned-vs-untuned", phone.serial, ("mobilenet", ["full"], MOBILENET, ""),
-                                  ("mobilenet", ["full"], MOBILENET, 'tuning = "none"'), steps=10, reps=3))
+    toml.write_text(
+        campaign_toml(
+            "tuned-vs-untuned",
+            phone.serial,
+            ("mobilenet", ["full"], MOBILENET, ""),
+            ("mobilenet", ["full"], MOBILENET, 'tuning = "none"'),
+            steps=10,
+            reps=3,
+        )
+    )
     out = run_campaign(load_campaign(toml), tmp_path / "results", artifact_provider(runner_cache / "artifacts"))
     assert out.failed == 0
     df = load_results(out.results_dir)

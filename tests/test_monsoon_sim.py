@@ -8,14 +8,23 @@ import pytest
 from profiler.energy import EnergySource
 from profiler.energy.monsoon import MonsoonSource, list_monitors
 from profiler.errors import EnergyError, UserError
-from testbed.monsoon_sim import (DropBurst, SimBackend, SimFleet, SimMonitor, installed, passthrough_mode,
-                                 read_state, schedule_energy_j)
+from testbed.monsoon_sim import (
+    DropBurst,
+    SimBackend,
+    SimFleet,
+    SimMonitor,
+    installed,
+    passthrough_mode,
+    read_state,
+    schedule_energy_j,
+)
 
 SCHEDULE = ((0.1, 500.0), (0.5, 80.0), (1.0, 1200.0), (0.5, 20.0))  # (s, mA); the first 0.1 s is settling
 
 
 def test_driver_in_process_reads_serial_voltage_and_calibrated_current():
-    from Monsoon import HVPM, pmapi, sampleEngine as se
+    from Monsoon import HVPM, pmapi
+    from Monsoon import sampleEngine as se
 
     backend = SimBackend([SimMonitor(4242, profile=((0.2, 80.0), (0.2, 1200.0))), SimMonitor(777)])
     with installed(backend):
@@ -60,8 +69,9 @@ def test_known_profile_energy_and_passthrough_restored(tmp_path):
 
 
 def test_two_monitors_at_once_keep_their_serials_and_data(tmp_path):
-    fleet = SimFleet((SimMonitor(1111, profile=((5.0, 300.0),)), SimMonitor(2222, profile=((5.0, 50.0),))),
-                     state_dir=str(tmp_path))
+    fleet = SimFleet(
+        (SimMonitor(1111, profile=((5.0, 300.0),)), SimMonitor(2222, profile=((5.0, 50.0),))), state_dir=str(tmp_path)
+    )
     a = MonsoonSource(1111, voltage=3.8, settle_s=0.05, duration_s=0.5, backend=fleet)
     b = MonsoonSource(2222, voltage=4.2, settle_s=0.05, duration_s=0.5, backend=fleet)
     a.start()
@@ -101,8 +111,13 @@ def test_passthrough_restored_after_exception_in_window(tmp_path):
 def test_wait_for_adb_hook_runs_after_restore(tmp_path):
     fleet = SimFleet((SimMonitor(4242),), state_dir=str(tmp_path))
     seen = []
-    src = MonsoonSource(4242, settle_s=0.0, duration_s=0.1, backend=fleet,
-                        wait_for_adb=lambda: seen.append(passthrough_mode(tmp_path, 4242)))
+    src = MonsoonSource(
+        4242,
+        settle_s=0.0,
+        duration_s=0.1,
+        backend=fleet,
+        wait_for_adb=lambda: seen.append(passthrough_mode(tmp_path, 4242)),
+    )
     src.start()
     src.stop()
     src.close()  # idempotent

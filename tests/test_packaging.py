@@ -14,11 +14,31 @@ TOP = ("cli", "profiler", "workloads", "testbed", "reports", "device_scripts")
 
 
 def test_the_wheel_holds_every_package_and_its_data(tmp_path):
-    src = tmp_path / "src"     # a copy: setuptools reuses an in-tree build/ and would hide a broken config
-    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__",
-                                                            "results", ".pytest_cache"))
-    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                        "-w", str(tmp_path), str(src)], capture_output=True, text=True, timeout=600)
+    src = tmp_path / "src"  # a copy: setuptools reuses an in-tree build/ and would hide a broken config
+    shutil.copytree(
+        ROOT,
+        src,
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv", "build", "*.egg-info", "__pycache__", "results", ".pytest_cache"
+        ),
+    )
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     (wheel,) = tmp_path.glob("autlearn-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
@@ -28,7 +48,6 @@ def test_the_wheel_holds_every_package_and_its_data(tmp_path):
     modules = [str(p.relative_to(ROOT)) for top in TOP for p in (ROOT / top).rglob("*.py")]
     assert not [m for m in modules if m not in names]
     # data the code opens at run time: device scripts, lab profiles, the runner's sources, the text sample
-    for pattern in ("device_scripts/*.sh", "testbed/profiles/*.toml", "workloads/runner/runner.cc",
-                    "workloads/data/*"):
+    for pattern in ("device_scripts/*.sh", "testbed/profiles/*.toml", "workloads/runner/runner.cc", "workloads/data/*"):
         assert [n for n in names if Path(n).match(pattern)], pattern
     assert not [n for n in names if n.startswith("tests/")]

@@ -51,8 +51,9 @@ def test_rejects_text_that_is_not_probe_output():
         parse_probe("sh: probe.sh: not found\n")
 
 
-@pytest.mark.parametrize("text,cpus", [("0-3", (0, 1, 2, 3)), ("0-1,4,6-7", (0, 1, 4, 6, 7)), ("4 5", (4, 5)),
-                                       ("", ()), ("x-y", ())])
+@pytest.mark.parametrize(
+    "text,cpus", [("0-3", (0, 1, 2, 3)), ("0-1,4,6-7", (0, 1, 4, 6, 7)), ("4 5", (4, 5)), ("", ()), ("x-y", ())]
+)
 def test_cpu_lists(text, cpus):
     assert parse_cpu_list(text) == cpus
 
@@ -105,15 +106,20 @@ def test_old_per_cpu_cpufreq_layout_gives_clusters_governors_and_affinity(tmp_pa
         _write(d / "scaling_governor", "ondemand")
         _write(d / "cpuinfo_max_freq", "2208000" if big else "1497600")
         _write(d / "scaling_cur_freq", "1200000")
-        if lists == "none":      # capacity decides where reported; else the maximum frequency
+        if lists == "none":  # capacity decides where reported; else the maximum frequency
             _write(cpu / f"cpu{n}/cpu_capacity", "1024" if big else "430")
-    out = subprocess.run([shell, str(SCRIPT)], env=dict(os.environ, AUTLEARN_SYSFS=str(sysfs)),
-                         capture_output=True, text=True, timeout=30).stdout
+    out = subprocess.run(
+        [shell, str(SCRIPT)],
+        env=dict(os.environ, AUTLEARN_SYSFS=str(sysfs)),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout
     f = parse_probe(out, serial="old")
     assert f.cores == 8 and f.governors == ("ondemand", "userspace", "performance")
     assert f.clusters == "4+4" and [c.cpus for c in f.cpu_clusters] == [(0, 1, 2, 3), (4, 5, 6, 7)]
     assert affinity_mask("big", f) == "0xf0" and affinity_mask("little", f) == "0xf"
-    assert all(p.cur_khz == 1200000 for p in f.policies)       # start/end frequencies are read
+    assert all(p.cur_khz == 1200000 for p in f.policies)  # start/end frequencies are read
     assert len(f.policies) == (8 if lists.startswith("none") else 2)
 
 
@@ -122,11 +128,18 @@ def test_one_policy_parser_for_probe_and_governor():
     from profiler.errors import ParseError
     from profiler.governor import parse_available
 
-    files = {"related_cpus": "4-5", "scaling_available_governors": "schedutil performance",
-             "scaling_available_frequencies": "900 300 300", "cpuinfo_min_freq": "300", "cpuinfo_max_freq": "900"}
+    files = {
+        "related_cpus": "4-5",
+        "scaling_available_governors": "schedutil performance",
+        "scaling_available_frequencies": "900 300 300",
+        "cpuinfo_min_freq": "300",
+        "cpuinfo_max_freq": "900",
+    }
     lenient = parse_policy("policy4", files)
-    offered = parse_available("policy=policy4\ncpus=4 5\ngovernors=schedutil performance\nfrequencies=900 300 300\n"
-                              "cpuinfo_min=300\ncpuinfo_max=900\n")
+    offered = parse_available(
+        "policy=policy4\ncpus=4 5\ngovernors=schedutil performance\nfrequencies=900 300 300\n"
+        "cpuinfo_min=300\ncpuinfo_max=900\n"
+    )
     assert offered == (lenient,) and lenient.frequencies_khz == (300, 900) and lenient.nearest_frequency(700) == 900
     assert parse_policy("p", {"scaling_min_freq": "x"}).min_khz is None  # the probe tolerates junk
     with pytest.raises(ParseError):

@@ -13,31 +13,52 @@ from workloads.layers import flops, table_grid
 from workloads.models import build_model, make_config
 from workloads.pruning.budget import Budget, UnreachableBudget, parse_budget
 from workloads.pruning.importance import RandomImportance
-from workloads.pruning.mobilenet import (filter_scores, min_channels, producer, prune_channels, prune_smallest,
-                                         thin_to, uniform_channels, with_channels, zero_channels)
+from workloads.pruning.mobilenet import (
+    filter_scores,
+    min_channels,
+    producer,
+    prune_channels,
+    prune_smallest,
+    thin_to,
+    uniform_channels,
+    with_channels,
+    zero_channels,
+)
 from workloads.pruning.search import SearchSettings, load_compressed, search
-from workloads.pruning.train import trainable_init
 from workloads.pruning.svd import factorize_head, rank_for_budget, svd_linear
+from workloads.pruning.train import trainable_init
 from workloads.resource import model_resource, predict
 from workloads.tables import Table, TableMeta
 
 TINY = dict(channels=(8, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16), num_classes=10)
 
 
-@pytest.mark.parametrize("text,kind,value", [
-    ("latency=40ms", "latency", 40.0), ("latency=1.5s", "latency", 1500.0), ("latency=250us", "latency", 0.25),
-    ("energy=5mJ", "energy", 5.0), ("energy=0.2J", "energy", 200.0), ("flops=2M", "flops", 2e6),
-    ("flops=1.5GFLOPs", "flops", 1.5e9), ("flops=12345", "flops", 12345.0), ("memory=100KB", "memory", 1e5),
-    ("memory=1MiB", "memory", 1024.0 ** 2), (" Memory = 64 kib ", "memory", 65536.0),
-])
+@pytest.mark.parametrize(
+    "text,kind,value",
+    [
+        ("latency=40ms", "latency", 40.0),
+        ("latency=1.5s", "latency", 1500.0),
+        ("latency=250us", "latency", 0.25),
+        ("energy=5mJ", "energy", 5.0),
+        ("energy=0.2J", "energy", 200.0),
+        ("flops=2M", "flops", 2e6),
+        ("flops=1.5GFLOPs", "flops", 1.5e9),
+        ("flops=12345", "flops", 12345.0),
+        ("memory=100KB", "memory", 1e5),
+        ("memory=1MiB", "memory", 1024.0**2),
+        (" Memory = 64 kib ", "memory", 65536.0),
+    ],
+)
 def test_parse_budget(text, kind, value):
     b = parse_budget(text)
     assert (b.kind, b.value) == (kind, pytest.approx(value))
     assert parse_budget(str(b)) == b
 
 
-@pytest.mark.parametrize("bad", ["latency", "latency=fast", "latency=40", "speed=3ms", "energy=5ms",
-                                 "memory=-3KB", "flops=2X", "latency=0ms", ""])
+@pytest.mark.parametrize(
+    "bad",
+    ["latency", "latency=fast", "latency=40", "speed=3ms", "energy=5ms", "memory=-3KB", "flops=2X", "latency=0ms", ""],
+)
 def test_bad_budget_is_a_config_error(bad):
     with pytest.raises(ConfigError):
         parse_budget(bad)
@@ -56,7 +77,7 @@ def _input(cfg, n=3):
 @pytest.mark.parametrize("layer", [0, 5, 13])
 def test_l2_pruning_removes_the_smallest_filters_and_matches_zeroed_channels(tiny, layer):
     cfg, net = tiny
-    net = trainable_init(build_model(cfg), _input(cfg), seed=layer)   # build_model's init collapses the signal
+    net = trainable_init(build_model(cfg), _input(cfg), seed=layer)  # build_model's init collapses the signal
     with torch.no_grad():
         for name, p in net.named_parameters():
             if name.endswith("bias"):
@@ -78,7 +99,7 @@ def test_l2_pruning_removes_the_smallest_filters_and_matches_zeroed_channels(tin
         out = pruned(x)
         changed = net(x)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
-    assert not torch.allclose(changed, ref, atol=1e-5)          # the zeroed channels did matter
+    assert not torch.allclose(changed, ref, atol=1e-5)  # the zeroed channels did matter
     assert [n for n, p in pruned.named_parameters() if p.requires_grad] == ["head.weight", "head.bias"]
 
 
@@ -122,8 +143,17 @@ def synthetic_table(cfg, energy=True) -> Table:
     rows = []
     for k in table_grid(cfg):
         ms = 0.002 + flops(k) / 2e7
-        rows.append({**k.to_dict(), "median_ms": ms, "ci_low_ms": ms, "ci_high_ms": ms, "n": 5,
-                     "energy_mj": 3 * ms if energy else np.nan, "source": "measured"})
+        rows.append(
+            {
+                **k.to_dict(),
+                "median_ms": ms,
+                "ci_low_ms": ms,
+                "ci_high_ms": ms,
+                "n": 5,
+                "energy_mj": 3 * ms if energy else np.nan,
+                "source": "measured",
+            }
+        )
     return Table(pd.DataFrame(rows), TableMeta.for_running_tools(source_device="synthetic (test)"))
 
 
@@ -140,7 +170,7 @@ def test_trainable_init_counts_the_taps_inside_the_input():
     # 3x3 depthwise at 1x1 input: one tap in bounds, so He fan-in 1 (std sqrt(2)), not 9 (std 0.47).
     net = torch.nn.Sequential(torch.nn.Conv2d(64, 64, 3, 1, 1, groups=64), torch.nn.Conv2d(64, 64, 1))
     trainable_init(net, torch.zeros(1, 64, 1, 1), seed=0)
-    assert float(net[0].weight.detach().std()) == pytest.approx(2 ** 0.5, rel=0.15)
+    assert float(net[0].weight.detach().std()) == pytest.approx(2**0.5, rel=0.15)
     assert float(net[1].weight.detach().std()) == pytest.approx((2 / 64) ** 0.5, rel=0.15)
     assert not net[0].bias.any()
     # At 28x28 a narrow MobileNet keeps its signal through the 1x1 and 2x2 blocks (all 9 taps counted: ~0.01).
@@ -150,8 +180,9 @@ def test_trainable_init_counts_the_taps_inside_the_input():
     assert float(np.median(kept)) > 0.1
 
 
-SETTINGS = SearchSettings(init_reduction=0.02, short_steps=2, long_steps=4, pretrain_steps=4, batch_size=16,
-                          per_class=6)
+SETTINGS = SearchSettings(
+    init_reduction=0.02, short_steps=2, long_steps=4, pretrain_steps=4, batch_size=16, per_class=6
+)
 
 
 @pytest.fixture(scope="module")
@@ -173,12 +204,13 @@ def test_search_meets_budgets_and_is_pareto_consistent(searched):
         assert p.value <= p.budget.value
         assert predict(with_channels(cfg, p.channels), "latency", table) == pytest.approx(p.value)
     its = res.iterations
-    for p in res.points:                                         # select="first": each budget's own snapshot
+    for p in res.points:  # select="first": each budget's own snapshot
         assert p.iteration == next(it.index for it in its if it.value <= p.budget.value)
     assert its[0].layer is None and all(a.value > b.value for a, b in zip(its, its[1:]))
     first = next(it for it in its if it.index == 1)
-    assert first.target == pytest.approx(max(its[0].value * (1 - SETTINGS.init_reduction),
-                                                max(b.value for b in budgets)))
+    assert first.target == pytest.approx(
+        max(its[0].value * (1 - SETTINGS.init_reduction), max(b.value for b in budgets))
+    )
     # the export is what build_program("mobilenet", "compressed", ...) takes, and carries the weights
     doc = json.loads(open(res.points[0].export).read())
     assert doc["build_program"]["compressed_config"]["channels"] == list(res.points[0].channels)
@@ -199,10 +231,9 @@ def test_best_val_selection_may_pick_a_smaller_budgets_model(searched, tmp_path)
     assert lo.iteration != hi.iteration
     fj = tmp_path / "s" / "latency" / "final" / f"iter_{lo.iteration:04d}.json"
     rec = json.loads(fj.read_text())
-    fj.write_text(json.dumps({**rec, "accuracy": hi.accuracy + 0.5}))     # the smaller model validates better
+    fj.write_text(json.dumps({**rec, "accuracy": hi.accuracy + 0.5}))  # the smaller model validates better
     seen = []
-    (bv,) = search(cfg, table, budgets, tmp_path / "s", replace(SETTINGS, select="best-val"),
-                   on_iteration=seen.append)
+    (bv,) = search(cfg, table, budgets, tmp_path / "s", replace(SETTINGS, select="best-val"), on_iteration=seen.append)
     assert not seen
     assert [p.iteration for p in sorted(bv.points, key=lambda p: p.budget.value)] == [lo.iteration] * 2
     (first,) = search(cfg, table, budgets, tmp_path / "s", SETTINGS)
@@ -225,8 +256,14 @@ def test_proposals_of_an_iteration_share_their_batches(searched, tmp_path, monke
         return real(model, split, steps, lr, batch, seed)
 
     monkeypatch.setattr(train, "fine_tune", spy)
-    search(cfg, table, budgets, tmp_path, SETTINGS,
-           on_iteration=lambda it: (per_iter.append((it.proposals, list(seeds))), seeds.clear()))
+    search(
+        cfg,
+        table,
+        budgets,
+        tmp_path,
+        SETTINGS,
+        on_iteration=lambda it: (per_iter.append((it.proposals, list(seeds))), seeds.clear()),
+    )
     tried = [(n, got) for n, got in per_iter[1:]]
     assert tried and all(len(got) == n for n, got in tried)
     assert any(n > 1 for n, _ in tried)
@@ -248,12 +285,13 @@ def test_resume_after_interruption_gives_the_same_result(searched, tmp_path, mon
         search(cfg, table, budgets, tmp_path, SETTINGS, on_iteration=crash_at_2)
     assert not (tmp_path / "latency" / "pareto.json").exists()
     (again,) = search(cfg, table, budgets, tmp_path, SETTINGS)
-    assert [(p.channels, p.accuracy, p.value) for p in again.points] == \
-        [(p.channels, p.accuracy, p.value) for p in res.points]
+    assert [(p.channels, p.accuracy, p.value) for p in again.points] == [
+        (p.channels, p.accuracy, p.value) for p in res.points
+    ]
     assert [i.channels for i in again.iterations] == [i.channels for i in res.iterations]
     with pytest.raises(ConfigError, match="other arguments"):
         search(cfg, table, budgets, tmp_path, replace(SETTINGS, short_steps=3))
-    monkeypatch.setattr("workloads.pruning.train.INIT_VERSION", "another init")   # pretrained otherwise
+    monkeypatch.setattr("workloads.pruning.train.INIT_VERSION", "another init")  # pretrained otherwise
     with pytest.raises(ConfigError, match="other arguments"):
         search(cfg, table, budgets, tmp_path, SETTINGS)
 
@@ -266,11 +304,12 @@ def test_new_budgets_keep_the_chain_up_to_the_first_changed_target(searched, tmp
     lo = min(b.value for b in budgets)
     lower = lo - 0.3 * (lo - predict(with_channels(cfg, min_channels(cfg)), "latency", table))
     seen = []
-    (ext,) = search(cfg, table, [*budgets, Budget("latency", lower)], tmp_path / "s", SETTINGS,
-                    on_iteration=seen.append)
+    (ext,) = search(
+        cfg, table, [*budgets, Budget("latency", lower)], tmp_path / "s", SETTINGS, on_iteration=seen.append
+    )
     old = [(i.channels, i.target) for i in res.iterations]
-    assert [(i.channels, i.target) for i in ext.iterations][:len(old)] == old   # nothing redone
-    assert seen and all(i.index >= len(old) for i in seen)                     # only the extension ran
+    assert [(i.channels, i.target) for i in ext.iterations][: len(old)] == old  # nothing redone
+    assert seen and all(i.index >= len(old) for i in seen)  # only the extension ran
     assert ext.points[0].value <= lower
     # a budget between the unpruned model and iteration 1's (unclamped) target changes that target: the chain is
     # cut there and regrown

@@ -15,23 +15,33 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
-from profiler.campaign_config import DeviceRef, cell_id, parse_campaign
-from profiler import store as store_mod
-from cli.main import main as autlearn
-from profiler.store import CellMeta, Store
 from browser import CHROMIUM, check_report, png_colours
+
+from cli.main import main as autlearn
+from profiler import store as store_mod
+from profiler.campaign_config import DeviceRef, cell_id, parse_campaign
+from profiler.store import CellMeta, Store
 from reports.build import (
-    SIZE_BUDGET, ReportError, ReportOptions, build_report, load_campaign_data, write_report,
+    SIZE_BUDGET,
+    ReportError,
+    ReportOptions,
+    build_report,
+    load_campaign_data,
+    write_report,
 )
 
 EVIL = "<script>alert(1)</script>"
 SPEC = {
-    "name": "synthetic-full", "description": "SYNTHETIC test data <b>not measured</b>",
-    "warmup": 2, "steps": 8, "repetitions": 2,
+    "name": "synthetic-full",
+    "description": "SYNTHETIC test data <b>not measured</b>",
+    "warmup": 2,
+    "steps": 8,
+    "repetitions": 2,
     "devices": {"energy": {"emu-5554": "fuelgauge"}},
-    "workload": [{"model": "lstm", "variants": ["full", "compressed", "unoptimized"], "batch": [16]},
-                 {"model": "mobilenet", "variants": ["full", "compressed", "unoptimized"], "batch": [1]}],
+    "workload": [
+        {"model": "lstm", "variants": ["full", "compressed", "unoptimized"], "batch": [16]},
+        {"model": "mobilenet", "variants": ["full", "compressed", "unoptimized"], "batch": [1]},
+    ],
     "governors": ["interactive", "powersave"],
 }
 # synthetic fleet: a virtual phone with modeled energy, and a "real" phone with a hostile model string, no energy
@@ -40,7 +50,7 @@ BASE_MS = {"lstm": 20.0, "mobilenet": 60.0}
 VARIANT = {"unoptimized": 3.0, "full": 1.0, "compressed": 0.8}
 GOV = {"interactive": (1.0, 3.0), "powersave": (1.8, 1.2)}  # (time factor, synthetic watts)
 T0 = 1_700_000_000.0
-Sample = getattr(store_mod, "Sample", None) or getattr(store_mod, "Step")  # one stored step (renamed upstream)
+Sample = getattr(store_mod, "Sample", None) or store_mod.Step  # one stored step (renamed upstream)
 
 
 def _synthetic_cell(cell, i: int, slow: float = 1.0) -> tuple[CellMeta, list]:
@@ -56,27 +66,52 @@ def _synthetic_cell(cell, i: int, slow: float = 1.0) -> tuple[CellMeta, list]:
     for rep in range(cell.repetitions):
         for s in range(cell.warmup + cell.steps):
             t = ms * (1.5 if s < cell.warmup else 1.0) * (1 + 0.002 * s) * rng.normal(1, 0.03)
-            steps.append(Sample(repetition=rep, step=s, warmup=s < cell.warmup, step_ns=int(t * 1e6),
-                                loss=2.3 - 0.01 * s, phases_ns=(("backward", int(t * 6e5)), ("forward", int(t * 4e5))),
-                                energy_j=watts * t / 1e3 if energy else None))
+            steps.append(
+                Sample(
+                    repetition=rep,
+                    step=s,
+                    warmup=s < cell.warmup,
+                    step_ns=int(t * 1e6),
+                    loss=2.3 - 0.01 * s,
+                    phases_ns=(("backward", int(t * 6e5)), ("forward", int(t * 4e5))),
+                    energy_j=watts * t / 1e3 if energy else None,
+                )
+            )
     applied = "schedutil" if virtual and cell.governor == "interactive" else cell.governor
     meta = CellMeta(
-        campaign=SPEC["name"], cell_id=cell_id(cell, "art-1"), spec_key=cell.spec_key,
-        device_serial=cell.device_serial, device_model=cell.device_model, device_virtual=virtual,
-        workload=cell.workload, variant=cell.variant, batch=cell.batch, governor_requested=cell.governor,
-        governor_applied=applied, governor_reason="nearest" if applied != cell.governor else "",
-        affinity=cell.affinity, artifact_hash="art-1",
-        labels=("virtual", "modeled") if virtual else ("measured",), warmup_steps=cell.warmup,
-        energy_source=cell.energy, freqs_start_khz=(("policy0", 1804800), ("policy4", 2400000)),
+        campaign=SPEC["name"],
+        cell_id=cell_id(cell, "art-1"),
+        spec_key=cell.spec_key,
+        device_serial=cell.device_serial,
+        device_model=cell.device_model,
+        device_virtual=virtual,
+        workload=cell.workload,
+        variant=cell.variant,
+        batch=cell.batch,
+        governor_requested=cell.governor,
+        governor_applied=applied,
+        governor_reason="nearest" if applied != cell.governor else "",
+        affinity=cell.affinity,
+        artifact_hash="art-1",
+        labels=("virtual", "modeled") if virtual else ("measured",),
+        warmup_steps=cell.warmup,
+        energy_source=cell.energy,
+        freqs_start_khz=(("policy0", 1804800), ("policy4", 2400000)),
         freqs_end_khz=(("policy0", 1804800 - 20000 * (i % 5)), ("policy4", 2400000 - 50000 * (i % 4))),
-        temp_start_c=31.0 + 0.4 * i, temp_end_c=36.0 + 0.5 * i, throttled=False, battery_pct=90.0,
+        temp_start_c=31.0 + 0.4 * i,
+        temp_end_c=36.0 + 0.5 * i,
+        throttled=False,
+        battery_pct=90.0,
         tool_versions=(("android", "11" if virtual else "14"), ("autlearn", "0.1.0")),
-        started_at=T0 + 40 * i, finished_at=T0 + 40 * i + 30)
+        started_at=T0 + 40 * i,
+        finished_at=T0 + 40 * i + 30,
+    )
     return meta, steps
 
 
-def make_campaign(root: Path, name: str, only: int | None = None, slow: float = 1.0, outcomes: bool = False,
-                  trace: bool = False) -> Path:
+def make_campaign(
+    root: Path, name: str, only: int | None = None, slow: float = 1.0, outcomes: bool = False, trace: bool = False
+) -> Path:
     """SYNTHETIC results: `only` first cells written (None: all), then optionally one failed and one skipped."""
     camp = parse_campaign({**SPEC, "name": name})
     st = Store.open(root, camp)
@@ -88,16 +123,27 @@ def make_campaign(root: Path, name: str, only: int | None = None, slow: float = 
         st.write_cell(meta, steps)
     if outcomes:
         a, b = cells[len(done)], cells[len(done) + 1]
-        st.write_status(cell_id(a, "art-1"), "failed", f"DeviceTimeout: runner did not answer {EVIL}",
-                        spec_key=a.spec_key, label=a.label)
-        st.write_status(cell_id(b, "art-1"), "skipped", "governor powersave unavailable (fallback=skip)",
-                        spec_key=b.spec_key, label=b.label)
+        st.write_status(
+            cell_id(a, "art-1"),
+            "failed",
+            f"DeviceTimeout: runner did not answer {EVIL}",
+            spec_key=a.spec_key,
+            label=a.label,
+        )
+        st.write_status(
+            cell_id(b, "art-1"),
+            "skipped",
+            "governor powersave unavailable (fallback=skip)",
+            spec_key=b.spec_key,
+            label=b.label,
+        )
     if trace:  # a synthetic power trace beside the first cell, as the engine will save one
         n = 20_000
         t = np.arange(n) / 5000.0
         (st.root / "traces").mkdir()
         pd.DataFrame({"t": t, "current": 0.6 + 0.2 * np.sin(t * 7), "voltage": np.full(n, 4.0)}).to_parquet(
-            st.root / "traces" / f"{cell_id(done[0], 'art-1')}.parquet")
+            st.root / "traces" / f"{cell_id(done[0], 'art-1')}.parquet"
+        )
     return st.root
 
 
@@ -126,11 +172,13 @@ def test_complete_campaign_model(campaigns, tmp_path):
     # 2 devices x 2 workloads x 2 governors x (full, compressed vs unoptimized + compressed vs full)
     assert len(rep.comparisons) == 2 * 2 * 2 * 3
     fast = [c for c in rep.comparisons if c.baseline == "unoptimized"]
-    assert all(c.claim and c.verdict == "faster" and 2.5 < c.speedup < 4.2 and c.ci_low <= c.speedup <= c.ci_high
-               for c in fast)
+    assert all(
+        c.claim and c.verdict == "faster" and 2.5 < c.speedup < 4.2 and c.ci_low <= c.speedup <= c.ci_high for c in fast
+    )
     same = [c for c in rep.comparisons if not c.claim]
     assert [(c.device_serial, c.case, c.baseline, c.candidate, c.verdict) for c in same] == [
-        ("R58M1", "mobilenet", "full", "compressed", "same")] * 2
+        ("R58M1", "mobilenet", "full", "compressed", "same")
+    ] * 2
     # the synthetic energy is on one device only; powersave halves power but takes longer
     assert {e.device_serial for e in rep.energy} == {"emu-5554"}
     ps = [e for e in rep.energy if e.governor == "powersave"]
@@ -210,10 +258,20 @@ def test_a_cluster_phone_is_named_with_its_host_and_its_own_outcomes(tmp_path):
     mine = [c for c in cells if c.device_serial == "host1/AAA"]
     meta, steps = _synthetic_cell(mine[0], 0)
     st.write_cell(meta, steps)
-    st.write_status(cell_id(mine[1], "art-1"), "failed", "DeviceTimeout: runner did not answer",
-                    spec_key=mine[1].spec_key, label=mine[1].label)
-    st.write_status(cell_id(mine[2], "art-1"), "skipped", "governor powersave unavailable (fallback=skip)",
-                    spec_key=mine[2].spec_key, label=mine[2].label)
+    st.write_status(
+        cell_id(mine[1], "art-1"),
+        "failed",
+        "DeviceTimeout: runner did not answer",
+        spec_key=mine[1].spec_key,
+        label=mine[1].label,
+    )
+    st.write_status(
+        cell_id(mine[2], "art-1"),
+        "skipped",
+        "governor powersave unavailable (fallback=skip)",
+        spec_key=mine[2].spec_key,
+        label=mine[2].label,
+    )
     rep = build_report(load_campaign_data(st.root))
     devices = {d.serial: d for d in rep.devices}
     assert set(devices) == {"host1/AAA"}, sorted(devices)

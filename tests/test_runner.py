@@ -45,8 +45,9 @@ def tiny_mod(B: int = 4, D: int = 8, C: int = 3, lr: float = 0.5):
     with bb.function("sgd", [w, b, gw, gb]):
         with bb.dataflow():
             lrc = relax.const(lr, "float32")
-            out = bb.emit_output(relax.Tuple([op.subtract(w, op.multiply(lrc, gw)),
-                                              op.subtract(b, op.multiply(lrc, gb))]))
+            out = bb.emit_output(
+                relax.Tuple([op.subtract(w, op.multiply(lrc, gw)), op.subtract(b, op.multiply(lrc, gb))])
+            )
         bb.emit_func_output(out)
     return bb.get()
 
@@ -55,14 +56,26 @@ def tiny_program(abi: str = "x86_64", seed: int = 0, B: int = 4, D: int = 8, C: 
     from workloads.program import Call, TrainingProgram
 
     rng = np.random.default_rng(seed)
-    tensors = {"x": rng.standard_normal((B, D)).astype("float32"),
-               "y": np.eye(C, dtype="float32")[rng.integers(0, C, B)],
-               "w": np.zeros((D, C), "float32"), "b": np.zeros(C, "float32"),
-               "gw": np.zeros((D, C), "float32"), "gb": np.zeros(C, "float32"), "loss": np.zeros((), "float32")}
-    calls = (Call("forward_backward", "fwd_bwd", ("x", "y", "w", "b"), ("loss", "gw", "gb")),
-             Call("update", "sgd", ("w", "b", "gw", "gb"), ("w", "b")))
-    meta = {"model": "tiny", "variant": "full", "abi": abi, "target": {"kind": "llvm", "mtriple": TRIPLES[abi]},
-            "config": {"batch": B, "dim": D, "classes": C, "seed": seed}}
+    tensors = {
+        "x": rng.standard_normal((B, D)).astype("float32"),
+        "y": np.eye(C, dtype="float32")[rng.integers(0, C, B)],
+        "w": np.zeros((D, C), "float32"),
+        "b": np.zeros(C, "float32"),
+        "gw": np.zeros((D, C), "float32"),
+        "gb": np.zeros(C, "float32"),
+        "loss": np.zeros((), "float32"),
+    }
+    calls = (
+        Call("forward_backward", "fwd_bwd", ("x", "y", "w", "b"), ("loss", "gw", "gb")),
+        Call("update", "sgd", ("w", "b", "gw", "gb"), ("w", "b")),
+    )
+    meta = {
+        "model": "tiny",
+        "variant": "full",
+        "abi": abi,
+        "target": {"kind": "llvm", "mtriple": TRIPLES[abi]},
+        "config": {"batch": B, "dim": D, "classes": C, "seed": seed},
+    }
     return TrainingProgram(mod=tiny_mod(B, D, C), tensors=tensors, calls=calls, meta=meta)
 
 
@@ -83,8 +96,9 @@ def tiny_artifact(runner_cache, tmp_path_factory):
 
 def run(art_dir, *args, runner=None, prefix=(), timeout=120) -> subprocess.CompletedProcess:
     runner = runner or Path(art_dir) / "runner"
-    return subprocess.run([*prefix, str(runner), str(art_dir), *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [*prefix, str(runner), str(art_dir), *map(str, args)], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def host_losses(program, steps: int, target=None) -> list[float]:
@@ -132,6 +146,7 @@ def check_output(out, *, abi: str, warmup: int, steps: int, threads: int, phases
 
 # ------------------------------------------------------------------------------------------------------- native
 
+
 def test_native_runner_matches_host_reference(tiny_artifact):
     art = tiny_artifact("x86_64")
     r = run(art.path, "--warmup", 2, "--steps", 6, "--threads", 1)
@@ -161,17 +176,20 @@ def _edit_manifest(d: Path, fn) -> None:
     (d / "manifest.json").write_text(json.dumps(m))
 
 
-@pytest.mark.parametrize("case, code, words", [
-    ("usage", 64, "unknown option --bogus"),
-    ("bad-count", 64, "--steps needs an integer >= 1"),
-    ("no-dir", 2, "cannot open"),
-    ("not-json", 2, "not valid JSON"),
-    ("truncated", 2, "beyond the end of"),
-    ("nbytes", 2, "does not match its shape and dtype"),
-    ("shape", 3, "fwd_bwd"),  # same byte count, wrong shape: the VM's signature check names the function
-    ("no-func", 2, "has no function 'nope'"),
-    ("unknown-arg", 2, "argument 'ghost'"),
-])
+@pytest.mark.parametrize(
+    "case, code, words",
+    [
+        ("usage", 64, "unknown option --bogus"),
+        ("bad-count", 64, "--steps needs an integer >= 1"),
+        ("no-dir", 2, "cannot open"),
+        ("not-json", 2, "not valid JSON"),
+        ("truncated", 2, "beyond the end of"),
+        ("nbytes", 2, "does not match its shape and dtype"),
+        ("shape", 3, "fwd_bwd"),  # same byte count, wrong shape: the VM's signature check names the function
+        ("no-func", 2, "has no function 'nope'"),
+        ("unknown-arg", 2, "argument 'ghost'"),
+    ],
+)
 def test_runner_errors_are_messages_with_nonzero_exit(tiny_artifact, tmp_path, case, code, words):
     art = tiny_artifact("x86_64")
     d = _copy(art, tmp_path / "a")
@@ -206,7 +224,7 @@ def test_runner_errors_are_messages_with_nonzero_exit(tiny_artifact, tmp_path, c
 # Exercises runner/compat (our stand-ins for TVM's support headers) beyond what loading a VM executable covers:
 # tensors in TVM's base64 JSON form (as the host TVM writes them) decode and re-encode to the same text, and
 # Serializer round trips with the expected byte counts.
-COMPAT_CHECK = r'''
+COMPAT_CHECK = r"""
 #include <tvm/runtime/tensor.h>
 #include <tvm/support/io.h>
 #include <tvm/support/serializer.h>
@@ -281,7 +299,7 @@ int main(int argc, char** argv) {
   std::printf("checked %d tensors, %d failures\n", n, fails);
   return fails != 0;
 }
-'''
+"""
 
 
 def test_compat_headers_match_host_tvm_encoding(runner_cache, tmp_path):
@@ -291,24 +309,58 @@ def test_compat_headers_match_host_tvm_encoding(runner_cache, tmp_path):
 
     rng = np.random.default_rng(0)
     blobs = []
-    for shape, dt in [((7,), "float32"), ((3, 5), "int8"), ((), "float64"), ((4, 3, 2), "int64"), ((1,), "uint8"),
-                      ((2,), "uint8")]:
+    for shape, dt in [
+        ((7,), "float32"),
+        ((3, 5), "int8"),
+        ((), "float64"),
+        ((4, 3, 2), "int64"),
+        ((1,), "uint8"),
+        ((2,), "uint8"),
+    ]:
         t = tvm.runtime.tensor((rng.standard_normal(shape) * 50).astype(dt))
         blobs.append(json.loads(tvm.ir.save_json(t))["nodes"][0]["data"])  # host TVM's base64 tensor encoding
     (tmp_path / "b64.txt").write_text("\n".join(blobs) + "\n")
     (tmp_path / "check.cc").write_text(COMPAT_CHECK)
     rt = runtime_library("x86_64")
-    _run(_cxx("x86_64", *_CXXFLAGS, *_DEFINES, "-I", str(rt.include_dirs[0]), "-I", str(COMPAT_DIR), "-c",
-              "check.cc", "-o", "check.o"), "compiling the compat check", cwd=tmp_path)
+    _run(
+        _cxx(
+            "x86_64",
+            *_CXXFLAGS,
+            *_DEFINES,
+            "-I",
+            str(rt.include_dirs[0]),
+            "-I",
+            str(COMPAT_DIR),
+            "-c",
+            "check.cc",
+            "-o",
+            "check.o",
+        ),
+        "compiling the compat check",
+        cwd=tmp_path,
+    )
     # linked like the runner, so zig reuses the libc++ it built for the runner instead of building another
-    _run(_cxx("x86_64", *_LINK_FLAGS, "check.o", "-Wl,--whole-archive", str(rt.path), "-Wl,--no-whole-archive",
-              "-lpthread", "-o", "check"), "linking the compat check", cwd=tmp_path)
-    r = subprocess.run([str(tmp_path / "check"), str(tmp_path / "b64.txt")], capture_output=True, text=True,
-                       timeout=60)
+    _run(
+        _cxx(
+            "x86_64",
+            *_LINK_FLAGS,
+            "check.o",
+            "-Wl,--whole-archive",
+            str(rt.path),
+            "-Wl,--no-whole-archive",
+            "-lpthread",
+            "-o",
+            "check",
+        ),
+        "linking the compat check",
+        cwd=tmp_path,
+    )
+    r = subprocess.run([str(tmp_path / "check"), str(tmp_path / "b64.txt")], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "checked 6 tensors, 0 failures" in r.stdout, (r.stdout, r.stderr)
 
 
 # --------------------------------------------------------------------------------------------- virtual phone
+
 
 def test_x86_64_runner_on_virtual_phone(tiny_artifact, lab, adb_env):
     from profiler.deploy import deploy, runner_command
@@ -349,14 +401,14 @@ def test_arm64_runner_under_qemu(tiny_artifact):
     out = strict_parse(r.stdout)
     check_output(out, abi="arm64-v8a", warmup=1, steps=3, threads=2)
     # same program, other ISA: agreement up to float reassociation / FMA
-    np.testing.assert_allclose([s.loss for s in out.steps], host_losses(tiny_program("arm64-v8a"), 4),
-                               rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        [s.loss for s in out.steps], host_losses(tiny_program("arm64-v8a"), 4), rtol=1e-4, atol=1e-6
+    )
 
 
 # ------------------------------------------------------------------------------------------------ real models
 
-REAL = {"mobilenet": {"width": 0.25},
-        "lstm": {"vocab_size": 200, "hidden_size": 32, "embed_dim": 16, "batch": 4}}
+REAL = {"mobilenet": {"width": 0.25}, "lstm": {"vocab_size": 200, "hidden_size": 32, "embed_dim": 16, "batch": 4}}
 
 
 @pytest.mark.slow
@@ -369,23 +421,24 @@ def test_compiled_model_runner_matches_host(runner_cache, tmp_path, abi, model):
         pytest.skip("qemu-aarch64(-static) not installed")
     program = build_program(model, "full", abi, **REAL[model])
     art = write_artifact(program, tmp_path / model)
-    r = run(art.path, "--warmup", 1, "--steps", 3, "--threads", 2, timeout=300,
-            prefix=(QEMU,) if abi == "arm64-v8a" else ())
+    r = run(
+        art.path, "--warmup", 1, "--steps", 3, "--threads", 2, timeout=300, prefix=(QEMU,) if abi == "arm64-v8a" else ()
+    )
     assert r.returncode == 0, r.stderr
     out = strict_parse(r.stdout)
     check_output(out, abi=abi, warmup=1, steps=3, threads=2, phases=program.phases)
     host_target = program.meta["target"] if abi == "x86_64" else None  # arm64: generic host LLVM
-    np.testing.assert_allclose([s.loss for s in out.steps], host_losses(program, 4, host_target),
-                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose([s.loss for s in out.steps], host_losses(program, 4, host_target), rtol=1e-4, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------- parallel prebuild
 
+
 def test_prebuild_builds_a_plan_in_parallel_processes_once(runner_cache, tmp_path):
     """The campaign's provider builds every missing artifact of a plan in worker processes; the plan's cells are
     then served from its memo (no second build), and a cell of another device with the same ABI shares them."""
-    from workloads.artifact_cache import ArtifactProvider
     from profiler.campaign_config import Cell
+    from workloads.artifact_cache import ArtifactProvider
 
     config = (("embed_dim", 16), ("hidden_size", 32), ("seq_len", 4), ("vocab_size", 200))
 
@@ -398,8 +451,8 @@ def test_prebuild_builds_a_plan_in_parallel_processes_once(runner_cache, tmp_pat
     provider.prebuild(plan)
     assert logs[0] == "building 2 artifacts, 2 at a time" and len([s for s in logs if s.startswith("built ")]) == 2
     refs = [provider(c, abi) for c, abi in plan]
-    assert not [s for s in logs if s.startswith("building lstm")]       # nothing built again in this process
+    assert not [s for s in logs if s.startswith("building lstm")]  # nothing built again in this process
     assert refs[0] == refs[2] and refs[0].hash != refs[1].hash
     again = ArtifactProvider(tmp_path / "artifacts", log=logs.append, jobs=2)
-    again.prebuild(plan)                                                    # a new run: served from the cache
+    again.prebuild(plan)  # a new run: served from the cache
     assert len(logs) == 3 and again(*plan[1]) == refs[1]

@@ -16,37 +16,76 @@ from profiler import store as store_mod
 from profiler.campaign_config import DeviceRef, cell_id, parse_campaign
 from profiler.steps import parse_run_output
 from profiler.store import (
-    CellMeta, IncompatibleRuns, Sample, SchemaError, Store, bad_cell_lines, load_results, load_status, load_summaries,
+    CellMeta,
+    IncompatibleRuns,
+    Sample,
+    SchemaError,
+    Store,
+    bad_cell_lines,
+    load_results,
+    load_status,
+    load_summaries,
     pooled_summary,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-CAMPAIGN = parse_campaign({
-    "name": "t", "warmup": 2, "steps": 6, "repetitions": 2,
-    "workload": [{"model": "lstm", "variants": ["full", "compressed"], "batch": [1]}],
-    "governors": ["interactive", "powersave"],
-})
+CAMPAIGN = parse_campaign(
+    {
+        "name": "t",
+        "warmup": 2,
+        "steps": 6,
+        "repetitions": 2,
+        "workload": [{"model": "lstm", "variants": ["full", "compressed"], "batch": [1]}],
+        "governors": ["interactive", "powersave"],
+    }
+)
 DEVICES = [DeviceRef("emu-1", "Pixel 4", True), DeviceRef("emu-2", "Pixel 4", True)]
 
 
 def meta_for(cell, artifact="art-1", **over):
-    base = dict(campaign="t", cell_id=cell_id(cell, artifact), spec_key=cell.spec_key,
-                device_serial=cell.device_serial, device_model=cell.device_model, device_virtual=cell.device_virtual,
-                workload=cell.workload, variant=cell.variant, batch=cell.batch, governor_requested=cell.governor,
-                governor_applied={"interactive": "schedutil"}.get(cell.governor, cell.governor),
-                governor_reason="nearest", affinity=cell.affinity, artifact_hash=artifact,
-                labels=("virtual", "modeled"), warmup_steps=cell.warmup, energy_source=cell.energy,
-                freqs_start_khz=(("policy0", 1804800),), temp_start_c=31.5, temp_end_c=38.0, throttled=False,
-                battery_pct=88.0, tool_versions=(("autlearn", "0.1.0"), ("tvm", "0.27.0")))
+    base = dict(
+        campaign="t",
+        cell_id=cell_id(cell, artifact),
+        spec_key=cell.spec_key,
+        device_serial=cell.device_serial,
+        device_model=cell.device_model,
+        device_virtual=cell.device_virtual,
+        workload=cell.workload,
+        variant=cell.variant,
+        batch=cell.batch,
+        governor_requested=cell.governor,
+        governor_applied={"interactive": "schedutil"}.get(cell.governor, cell.governor),
+        governor_reason="nearest",
+        affinity=cell.affinity,
+        artifact_hash=artifact,
+        labels=("virtual", "modeled"),
+        warmup_steps=cell.warmup,
+        energy_source=cell.energy,
+        freqs_start_khz=(("policy0", 1804800),),
+        temp_start_c=31.5,
+        temp_end_c=38.0,
+        throttled=False,
+        battery_pct=88.0,
+        tool_versions=(("autlearn", "0.1.0"), ("tvm", "0.27.0")),
+    )
     base.update(over)
     return CellMeta(**base)
 
 
 def steps_for(cell, median_ns=1_000_000, seed=0):
     r = np.random.default_rng(seed)
-    return [Sample(rep, i, i < cell.warmup, int(r.normal(median_ns, median_ns * 0.01)), 2.3 - 0.01 * i,
-                 (("forward", 400_000), ("backward", 500_000)))
-            for rep in range(cell.repetitions) for i in range(cell.warmup + cell.steps)]
+    return [
+        Sample(
+            rep,
+            i,
+            i < cell.warmup,
+            int(r.normal(median_ns, median_ns * 0.01)),
+            2.3 - 0.01 * i,
+            (("forward", 400_000), ("backward", 500_000)),
+        )
+        for rep in range(cell.repetitions)
+        for i in range(cell.warmup + cell.steps)
+    ]
 
 
 def run_plan(tmp_path, artifact="art-1", only=None):
@@ -65,9 +104,23 @@ def test_write_and_load_in_one_call(tmp_path):
     df = load_results(tmp_path / "t")
     assert len(df) == 8 * 2 * (2 + 6)  # one row per step per repetition, warm-up steps included and flagged
     assert df["warmup"].sum() == 8 * 2 * 2
-    for col in ("device_serial", "device_model", "device_virtual", "governor_requested", "governor_applied",
-                "freqs_start_khz", "temp_start_c", "temp_end_c", "throttled", "battery_pct", "artifact_hash",
-                "tool_versions", "labels", "phase_forward_ns", "loss"):
+    for col in (
+        "device_serial",
+        "device_model",
+        "device_virtual",
+        "governor_requested",
+        "governor_applied",
+        "freqs_start_khz",
+        "temp_start_c",
+        "temp_end_c",
+        "throttled",
+        "battery_pct",
+        "artifact_hash",
+        "tool_versions",
+        "labels",
+        "phase_forward_ns",
+        "loss",
+    ):
         assert col in df.columns, col
     assert set(df["labels"]) == {"modeled,virtual"}
     assert json.loads(df["tool_versions"].iloc[0]) == {"autlearn": "0.1.0", "tvm": "0.27.0"}
@@ -100,7 +153,7 @@ def test_hard_kill_between_temp_write_and_rename(tmp_path):
     """A process killed (os._exit) right before os.replace leaves only an ignored temp file."""
     src = textwrap.dedent(f"""
         import os, sys
-        sys.path.insert(0, {str(ROOT / 'tests')!r})
+        sys.path.insert(0, {str(ROOT / "tests")!r})
         from test_store import CAMPAIGN, DEVICES, meta_for, steps_for
         from profiler.store import Store
         st = Store.open({str(tmp_path)!r}, CAMPAIGN)
@@ -142,8 +195,22 @@ def test_resume_skips_finished_cells(tmp_path):
     assert len(load_summaries(tmp_path / "t")) == 8
 
 
-@pytest.mark.parametrize("damage", ["truncate", "garble", "swap", "delete", "status", "status:{}", "status:[]",
-                                    "status:null", "status:[1, 2]", 'status:"ok"', 'status:{"status": "done"}'])
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "truncate",
+        "garble",
+        "swap",
+        "delete",
+        "status",
+        "status:{}",
+        "status:[]",
+        "status:null",
+        "status:[1, 2]",
+        'status:"ok"',
+        'status:{"status": "done"}',
+    ],
+)
 def test_damaged_cell_files_are_named_left_out_and_redone(tmp_path, damage):
     st, cells = run_plan(tmp_path)
     ids = [cell_id(c, "art-1") for c in cells]
@@ -153,13 +220,13 @@ def test_damaged_cell_files_are_named_left_out_and_redone(tmp_path, damage):
         f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
     elif damage == "garble":
         data = bytearray(f.read_bytes())
-        data[len(data) // 2: len(data) // 2 + 64] = b"x" * 64
+        data[len(data) // 2 : len(data) // 2 + 64] = b"x" * 64
         f.write_bytes(bytes(data))
-    elif damage == "swap":   # another cell's file copied over this one's: foreign data
+    elif damage == "swap":  # another cell's file copied over this one's: foreign data
         f.write_bytes((tmp_path / "t" / "cells" / f"{other}.parquet").read_bytes())
     elif damage == "delete":
         f.unlink()
-    else:   # a garbled status file, or valid JSON of the wrong shape (issue 31)
+    else:  # a garbled status file, or valid JSON of the wrong shape (issue 31)
         shape = damage.partition(":")[2] or "{garbled"
         (tmp_path / "t" / "status" / f"{victim}.json").write_text(shape)
     assert not st.finished(victim) and all(st.finished(c) for c in ids if c != victim)
@@ -167,14 +234,17 @@ def test_damaged_cell_files_are_named_left_out_and_redone(tmp_path, damage):
     for df in (raw, summ):
         assert victim not in set(df["cell_id"]) and set(df["cell_id"]) <= set(ids)
     assert len(bad_cell_lines(raw)) == 1 and victim in bad_cell_lines(raw)[0]
-    assert raw["cell_id"].value_counts().max() == raw["cell_id"].value_counts().min()   # nothing duplicated
+    assert raw["cell_id"].value_counts().max() == raw["cell_id"].value_counts().min()  # nothing duplicated
     status = load_status(tmp_path / "t").set_index("cell_id")
     assert status.loc[victim, "status"] == "failed" and status.loc[victim, "reason"]
     # --resume names what it redoes and why (run_campaign logs it)
     assert st.redo_reason(victim) and all(st.redo_reason(c) is None for c in ids if c != victim)
-    run_plan(tmp_path)   # resume redoes exactly the damaged cell
-    assert st.finished(victim) and len(load_summaries(tmp_path / "t")) == 8 and not bad_cell_lines(
-        load_results(tmp_path / "t"))
+    run_plan(tmp_path)  # resume redoes exactly the damaged cell
+    assert (
+        st.finished(victim)
+        and len(load_summaries(tmp_path / "t")) == 8
+        and not bad_cell_lines(load_results(tmp_path / "t"))
+    )
 
 
 def test_changed_artifact_makes_old_cells_stale(tmp_path):
@@ -212,8 +282,12 @@ def test_newer_or_unknown_schema_is_refused(tmp_path):
     Store.open(tmp_path, CAMPAIGN)
     manifest = tmp_path / "t" / "campaign.json"
     doc = json.loads(manifest.read_text())
-    for bad, match in ((store_mod.SCHEMA_VERSION + 1, "newer autlearn"), ("1", "unknown schema"),
-                       (None, "unknown schema"), (0, "unknown schema")):
+    for bad, match in (
+        (store_mod.SCHEMA_VERSION + 1, "newer autlearn"),
+        ("1", "unknown schema"),
+        (None, "unknown schema"),
+        (0, "unknown schema"),
+    ):
         doc["schema_version"] = bad
         manifest.write_text(json.dumps(doc))
         with pytest.raises(SchemaError, match=match):
@@ -266,12 +340,19 @@ def test_meta_validation():
 
 
 def test_sample_from_parsed_runner_output():
-    out = parse_run_output('{"step": 0, "warmup": true, "phases_ns": {"fwd": 5, "bwd": 7}, "step_ns": 12, '
-                           '"loss": 0.5}\n{"step": 1, "warmup": false, "phases_ns": {"fwd": 4, "bwd": 6}, '
-                           '"step_ns": 10, "loss": 0.4}\n')
+    out = parse_run_output(
+        '{"step": 0, "warmup": true, "phases_ns": {"fwd": 5, "bwd": 7}, "step_ns": 12, '
+        '"loss": 0.5}\n{"step": 1, "warmup": false, "phases_ns": {"fwd": 4, "bwd": 6}, '
+        '"step_ns": 10, "loss": 0.4}\n'
+    )
     s = [Sample.from_step(x, repetition=1) for x in out.steps]
-    assert (s[1].repetition, s[1].step, s[1].warmup, s[1].step_ns, s[1].phases_ns) == (1, 1, False, 10,
-                                                                                         (("bwd", 6), ("fwd", 4)))
+    assert (s[1].repetition, s[1].step, s[1].warmup, s[1].step_ns, s[1].phases_ns) == (
+        1,
+        1,
+        False,
+        10,
+        (("bwd", 6), ("fwd", 4)),
+    )
 
 
 def test_store_open_requires_existing_dir_without_campaign(tmp_path):

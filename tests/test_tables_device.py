@@ -21,18 +21,26 @@ from workloads.tables import load_table, sample_grid
 # Batch 16: at batch 1 this tiny model's step (~0.1 ms) varies +-30 % between runner launches on a shared host.
 # 56x56 input: at 28x28 the fixed cost per layer call dominates and pruning spans only ~12 % of the step, about the
 # resource model's error, so budgets inside that span are not reachable on the device.
-TINY = dict(channels=(8, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16), num_classes=10, batch=16,
-            image_size=56)
-SETS = ["--set", f"channels={json.dumps(list(TINY['channels']))}", "--set", "num_classes=10", "--set", "batch=16",
-        "--set", "image_size=56"]
+TINY = dict(channels=(8, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16), num_classes=10, batch=16, image_size=56)
+SETS = [
+    "--set",
+    f"channels={json.dumps(list(TINY['channels']))}",
+    "--set",
+    "num_classes=10",
+    "--set",
+    "batch=16",
+    "--set",
+    "image_size=56",
+]
 CACHE = Path(os.environ.get("AUTLEARN_TEST_CACHE_DIR") or Path.home() / ".cache" / "autlearn-test")
 pytestmark = pytest.mark.slow
 
 
 def autlearn(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
     env = dict(os.environ, AUTLEARN_CACHE_DIR=str(CACHE), PYTHONWARNINGS="ignore")
-    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, env=env,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "cli", *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
 
 
 def governors(phone) -> list[str]:
@@ -53,11 +61,31 @@ def work(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tables(legacy, work):
     before = governors(legacy)
-    r = autlearn("tables", "build", "--device", legacy.serial, "--governors", "interactive,powersave", *SETS,
-                 "--every", "1", "--reps", "1", "--rounds", "2", "--steps", "10", "--results", str(work / "results"),
-                 "--artifacts", str(CACHE / "artifacts"), "--out", str(work / "tables"))
+    r = autlearn(
+        "tables",
+        "build",
+        "--device",
+        legacy.serial,
+        "--governors",
+        "interactive,powersave",
+        *SETS,
+        "--every",
+        "1",
+        "--reps",
+        "1",
+        "--rounds",
+        "2",
+        "--steps",
+        "10",
+        "--results",
+        str(work / "results"),
+        "--artifacts",
+        str(CACHE / "artifacts"),
+        "--out",
+        str(work / "tables"),
+    )
     assert r.returncode == 0, r.stderr[-3000:]
-    assert governors(legacy) == before           # the phone's governors are restored
+    assert governors(legacy) == before  # the phone's governors are restored
     return {load_table(p).meta.governor_requested: p for p in sorted((work / "tables").glob("*.parquet"))}
 
 
@@ -70,15 +98,15 @@ def test_tables_for_one_device_and_two_governors(tables, legacy):
         m = t.meta
         assert (m.device_serial, m.governor_applied, m.virtual) == (legacy.serial, gov, True)
         assert "virtual" in m.labels.split(",") and m.measurement_tool.startswith("tvm-runner")
-        assert not t.missing(grid)                               # every key the pruner can reach
+        assert not t.missing(grid)  # every key the pruner can reach
         measured = t.df[t.df["source"] == "measured"]
-        assert len(measured) == len(sample_grid(grid, 1))       # every 1: all measured, none interpolated
-        assert (measured["n"] == 20).all() and (measured["median_ms"] > 0).all()   # 2 rounds x 1 launch x 10 steps
+        assert len(measured) == len(sample_grid(grid, 1))  # every 1: all measured, none interpolated
+        assert (measured["n"] == 20).all() and (measured["median_ms"] > 0).all()  # 2 rounds x 1 launch x 10 steps
         assert (measured["ci_low_ms"] <= measured["median_ms"]).all()
         assert (measured["median_ms"] <= measured["ci_high_ms"]).all()
         fc = measured[measured["type"] == "fc"]
-        assert set(fc["phase"]) == {"forward", "backward", "update"}     # the trained head: three phases
-        assert set(measured[measured["type"] != "fc"]["phase"]) == {"forward"}   # the frozen backbone
+        assert set(fc["phase"]) == {"forward", "backward", "update"}  # the trained head: three phases
+        assert set(measured[measured["type"] != "fc"]["phase"]) == {"forward"}  # the frozen backbone
         assert m.model == "mobilenet" and json.loads(m.model_config)["channels"] == list(TINY["channels"])
 
 
@@ -91,17 +119,31 @@ def test_smoothed_device_table_is_monotone_and_keeps_the_measurements(tables, wo
     assert (s["source"] == "fitted").all() and len(s) == len(raw)
     cols = ["type", "kernel", "stride", "groups", "in_h", "in_w", "c_in", "c_out", "batch", "phase"]
     both = raw.merge(s, on=cols, suffixes=("_raw", ""))
-    assert (both["measured_ms"] == both["median_ms_raw"]).all()          # what was measured is kept
+    assert (both["measured_ms"] == both["median_ms_raw"]).all()  # what was measured is kept
     for _, g in s[s["type"] == "conv"].groupby(["kernel", "stride", "in_h", "in_w", "c_in", "phase"]):
-        assert g.sort_values("c_out")["median_ms"].is_monotonic_increasing     # more channels: never faster
+        assert g.sort_values("c_out")["median_ms"].is_monotonic_increasing  # more channels: never faster
 
 
 @pytest.fixture(scope="module")
 def validated(tables, legacy, work):
     cal = work / "calibrated.parquet"
-    r = autlearn("tables", "validate", str(tables["interactive"]), "--models", "12", "--rounds", "3", "--results",
-                 str(work / "results"), "--artifacts", str(CACHE / "artifacts"), "--out",
-                 str(work / "prediction_error.csv"), "--calibrate", str(cal))
+    r = autlearn(
+        "tables",
+        "validate",
+        str(tables["interactive"]),
+        "--models",
+        "12",
+        "--rounds",
+        "3",
+        "--results",
+        str(work / "results"),
+        "--artifacts",
+        str(CACHE / "artifacts"),
+        "--out",
+        str(work / "prediction_error.csv"),
+        "--calibrate",
+        str(cal),
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     return r, pd.read_csv(work / "prediction_error.csv"), cal
 
@@ -121,7 +163,7 @@ def test_prediction_error_reported_on_twelve_whole_models(validated, tables):
     assert fit["control_ms"] > 0 and t.meta.control_ms == pytest.approx(fit["control_ms"])
     assert fit["table_control_ms"] == pytest.approx(load_table(tables["interactive"]).meta.control_ms)
     assert 0 <= fit["loo_within_10pct"] <= 1 and "leave-one-out" in r.stdout
-    assert (fit["scale"] * lat["predicted_ms"] + fit["offset_ms"] > 0).all()   # the calibrated predictions
+    assert (fit["scale"] * lat["predicted_ms"] + fit["offset_ms"] > 0).all()  # the calibrated predictions
 
 
 def test_pruned_models_for_three_budgets_meet_them_when_measured(validated, legacy, work):
@@ -141,15 +183,44 @@ def test_pruned_models_for_three_budgets_meet_them_when_measured(validated, lega
     assert lo < hi
     budgets = [lo + f * (hi - lo) for f in (0.85, 0.7, 0.55)]
     out = work / "pruned"
-    r = autlearn("prune", "--table", str(cal), *[a for b in budgets for a in ("--budget", f"latency={b:.6f}ms")],
-                 "--out", str(out), "--steps", "3", "--final-steps", "20", "--pretrain-steps", "20",
-                 "--measure-on", legacy.serial, "--measure-rounds", "7", "--results", str(work / "results"),
-                 "--artifacts", str(CACHE / "artifacts"))
+    r = autlearn(
+        "prune",
+        "--table",
+        str(cal),
+        *[a for b in budgets for a in ("--budget", f"latency={b:.6f}ms")],
+        "--out",
+        str(out),
+        "--steps",
+        "3",
+        "--final-steps",
+        "20",
+        "--pretrain-steps",
+        "20",
+        "--measure-on",
+        legacy.serial,
+        "--measure-rounds",
+        "7",
+        "--results",
+        str(work / "results"),
+        "--artifacts",
+        str(CACHE / "artifacts"),
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     m = pd.read_csv(out / "measured.csv")
     loop = pd.read_csv(out / "loop.csv")
-    view = loop[["budget", "loop_round", "search_target", "predicted", "measured_ms", "normalized_ms", "drift",
-                 "verdict", "rounds"]].to_string()
+    view = loop[
+        [
+            "budget",
+            "loop_round",
+            "search_target",
+            "predicted",
+            "measured_ms",
+            "normalized_ms",
+            "drift",
+            "verdict",
+            "rounds",
+        ]
+    ].to_string()
     assert len(m) == 3 and m["measured_ms"].notna().all() and m["normalized_ms"].notna().all(), view
     assert (m["predicted"] <= m["search_target"]).all() and (m["search_target"] <= m["budget_value"]).all()
     for row in m.itertuples():
@@ -167,15 +238,15 @@ def test_pruned_models_for_three_budgets_meet_them_when_measured(validated, lega
     at_floor = m["search_target"] <= lo * (1 + 1e-6)
     assert (met | ((m["verdict"] == "exceeded") & at_floor)).all(), view
     assert met[m["budget_value"] == m["budget_value"].max()].all(), view
-    for b, rows in loop.groupby("budget"):
+    for _budget, rows in loop.groupby("budget"):
         rows = rows.sort_values("loop_round")
         lowered = rows["search_target"].diff().fillna(0) != 0
-        assert (rows["verdict"].shift()[lowered] == "exceeded").all(), view   # a target moves only after an excess
+        assert (rows["verdict"].shift()[lowered] == "exceeded").all(), view  # a target moves only after an excess
         assert rows["search_target"].is_monotonic_decreasing, view
     assert "met = the control-normalized latency" in r.stdout
 
 
-LSTM = dict(vocab_size=1000, embed_dim=16, hidden_size=256, seq_len=4, batch=2)   # head ranks 128 and dense
+LSTM = dict(vocab_size=1000, embed_dim=16, hidden_size=256, seq_len=4, batch=2)  # head ranks 128 and dense
 
 
 def test_lstm_table_on_the_device_feeds_the_svd_search(legacy, work):
@@ -184,9 +255,33 @@ def test_lstm_table_on_the_device_feeds_the_svd_search(legacy, work):
 
     before = governors(legacy)
     sets = [a for k, v in LSTM.items() for a in ("--set", f"{k}={v}")]
-    r = autlearn("tables", "build", "--model", "lstm", "--device", legacy.serial, "--governors", "powersave", *sets,
-                 "--every", "1", "--reps", "1", "--rounds", "1", "--steps", "5", "--energy", "none", "--results",
-                 str(work / "results"), "--artifacts", str(CACHE / "artifacts"), "--out", str(work / "lstm-tables"))
+    r = autlearn(
+        "tables",
+        "build",
+        "--model",
+        "lstm",
+        "--device",
+        legacy.serial,
+        "--governors",
+        "powersave",
+        *sets,
+        "--every",
+        "1",
+        "--reps",
+        "1",
+        "--rounds",
+        "1",
+        "--steps",
+        "5",
+        "--energy",
+        "none",
+        "--results",
+        str(work / "results"),
+        "--artifacts",
+        str(CACHE / "artifacts"),
+        "--out",
+        str(work / "lstm-tables"),
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert governors(legacy) == before
     [path] = sorted((work / "lstm-tables").glob("*.parquet"))
@@ -196,21 +291,32 @@ def test_lstm_table_on_the_device_feeds_the_svd_search(legacy, work):
     assert not t.missing(table_grid(cfg))
     df = t.df
     assert (df["source"] == "measured").all() and (df["n"] == 5).all() and (df["median_ms"] > 0).all()
-    assert set(df[df["type"] == "lstm"]["phase"]) == {"forward"}             # the frozen recurrent layers
-    assert set(df[df["type"] == "fc"]["c_in"]) == {128, 256}                 # dense head and its rank-128 factors
+    assert set(df[df["type"] == "lstm"]["phase"]) == {"forward"}  # the frozen recurrent layers
+    assert set(df[df["type"] == "fc"]["c_in"]) == {128, 256}  # dense head and its rank-128 factors
     # the SVD search on the measured table: the smallest reachable latency is met, a lower one is refused
     low = smallest_rank_value(cfg, "latency", t)
     out = work / "lstm-pruned"
-    r = autlearn("prune", "--model", "lstm", "--table", str(path), "--budget", f"latency={low * 1.001:.6f}ms",
-                 "--out", str(out))
+    r = autlearn(
+        "prune", "--model", "lstm", "--table", str(path), "--budget", f"latency={low * 1.001:.6f}ms", "--out", str(out)
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     [doc] = [json.loads(p.read_text()) for p in out.rglob("compressed.json")]
     assert doc["model"] == "lstm" and doc["head_rank"] in (0, 128) and doc["table"]["model"] == "lstm"
-    assert doc["value"] == pytest.approx(predict(make_config("lstm", **LSTM, head_rank=doc["head_rank"]),
-                                                 "latency", t, "head"))
+    assert doc["value"] == pytest.approx(
+        predict(make_config("lstm", **LSTM, head_rank=doc["head_rank"]), "latency", t, "head")
+    )
     assert doc["value"] <= doc["budget_value"] == pytest.approx(low * 1.001, rel=1e-4)
-    r = autlearn("prune", "--model", "lstm", "--table", str(path), "--budget", f"latency={low * 0.5:.6f}ms",
-                 "--out", str(work / "lstm-bad"))
+    r = autlearn(
+        "prune",
+        "--model",
+        "lstm",
+        "--table",
+        str(path),
+        "--budget",
+        f"latency={low * 0.5:.6f}ms",
+        "--out",
+        str(work / "lstm-bad"),
+    )
     assert "reachable" in one_error(r) or "smallest" in one_error(r)
 
 
@@ -225,8 +331,9 @@ def test_bad_inputs_are_one_line_errors(tables, work):
     path = str(tables["interactive"])
     r = autlearn("prune", "--table", path, "--budget", "latency=0.0001ms", "--out", str(work / "bad"))
     assert "smallest" in one_error(r) or "reachable" in one_error(r)
-    r = autlearn("prune", "--table", path, "--set", "num_classes=20", "--budget", "latency=1ms", "--out",
-                 str(work / "bad2"))
+    r = autlearn(
+        "prune", "--table", path, "--set", "num_classes=20", "--budget", "latency=1ms", "--out", str(work / "bad2")
+    )
     assert "not in table" in one_error(r)
     r = autlearn("tables", "build", "--device", "nope", "--host", *SETS, "--out", str(work / "x"))
     assert "--device" in one_error(r)

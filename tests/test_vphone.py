@@ -301,11 +301,18 @@ def test_several_adb_servers_can_attach_to_one_phone(lab, adb_env, tmp_path):
     port2 = adb_env.port + 1 if adb_env.port < 65000 else adb_env.port - 1
     env2 = {**os.environ, "ANDROID_ADB_SERVER_PORT": str(port2)}
     with open(tmp_path / "adb2.log", "wb") as log:
-        subprocess.run([adb_env.adb, "start-server"], env=env2, stdin=subprocess.DEVNULL, stdout=log,
-                       stderr=subprocess.STDOUT, timeout=60)
+        subprocess.run(
+            [adb_env.adb, "start-server"],
+            env=env2,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            timeout=60,
+        )
     try:
-        out = subprocess.run([adb_env.adb, "connect", lab[0].serial], env=env2, capture_output=True, text=True,
-                             timeout=30).stdout
+        out = subprocess.run(
+            [adb_env.adb, "connect", lab[0].serial], env=env2, capture_output=True, text=True, timeout=30
+        ).stdout
         assert "connected to" in out
         client2 = adbutils.AdbClient(port=port2)
         client2.wait_for(lab[0].serial, state="device", timeout=10)

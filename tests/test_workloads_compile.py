@@ -15,8 +15,8 @@ from workloads.program import Call, TrainingProgram, build_executable, run_on_ho
 
 RTOL, ATOL = 1e-4, 1e-5
 SMALL = {
-    "mobilenet": {"width": 0.25},                                      # 28x28x1, batch 1, 62 classes
-    "lstm": {"vocab_size": 200, "hidden_size": 32, "embed_dim": 16},   # seq 10, batch 16
+    "mobilenet": {"width": 0.25},  # 28x28x1, batch 1, 62 classes
+    "lstm": {"vocab_size": 200, "hidden_size": 32, "embed_dim": 16},  # seq 10, batch 16
 }
 
 
@@ -27,7 +27,7 @@ def torch_step(model: str, config: dict, x: np.ndarray, y: np.ndarray, lr: float
     net = build_model(make_config(model, **config))
     opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=lr)
     inp = torch.from_numpy(x)
-    if x.dtype == np.float32 and x.ndim == 2 and model == "mobilenet":   # cached: x holds features
+    if x.dtype == np.float32 and x.ndim == 2 and model == "mobilenet":  # cached: x holds features
         logits = net.head(inp)
     else:
         logits = net(inp)
@@ -56,7 +56,7 @@ def test_one_step_matches_pytorch(full_run):
     assert set(params) == set(prog.meta["trainable"]) == {"head.weight", "head.bias"}
     for name, ref in params.items():
         np.testing.assert_allclose(final[name], ref, rtol=RTOL, atol=ATOL, err_msg=name)
-        assert not np.allclose(final[name], prog.tensors[name])   # the step did change the weights
+        assert not np.allclose(final[name], prog.tensors[name])  # the step did change the weights
 
 
 def test_loss_falls_over_20_steps_on_embedded_data(full_run):
@@ -80,7 +80,7 @@ def test_program_contract(full_run):
         TrainingProgram(prog.mod, prog.tensors, (Call("x", "train_update", ("nope",), ("loss",)),), {})
 
 
-@pytest.mark.parametrize("variant", ["unoptimized", "cached"])   # ~7 s each
+@pytest.mark.parametrize("variant", ["unoptimized", "cached"])  # ~7 s each
 def test_other_variants_match_pytorch(variant):
     import torch
     import tvm
@@ -99,8 +99,9 @@ def test_other_variants_match_pytorch(variant):
 
     img, _ = data.default_batch(make_config(model, **cfg))
     vm = relax.VirtualMachine(ex, tvm.cpu())
-    logits, feats = vm["forward"](tvm.runtime.tensor(img), *[tvm.runtime.tensor(prog.tensors[n])
-                                                             for n in prog.meta["trainable"]])
+    logits, feats = vm["forward"](
+        tvm.runtime.tensor(img), *[tvm.runtime.tensor(prog.tensors[n]) for n in prog.meta["trainable"]]
+    )
     net = build_model(make_config(model, **cfg))
     with torch.no_grad():
         ref_f = net.features(torch.from_numpy(img))
@@ -119,7 +120,7 @@ def test_frozen_weight_transposes_fold_and_gate_kernels_vectorize(full_run):
 
     model, prog, _, _ = full_run
     kernels = {gv.name_hint: f.script() for gv, f in prog.mod.functions.items() if isinstance(f, tirx.PrimFunc)}
-    assert len([k for k in kernels if "NT_matmul" in k]) == 1, sorted(kernels)   # the head's forward
+    assert len([k for k in kernels if "NT_matmul" in k]) == 1, sorted(kernels)  # the head's forward
     if model == "lstm":
         gates = {k: src for k, src in kernels.items() if "sigmoid" in k or "tanh" in k}
         assert gates and all("T.vectorized" in src for src in gates.values()), sorted(gates)
@@ -185,14 +186,17 @@ def test_tiled_schedule_candidates():
         assert C.tiled_schedule(func, cands[-1]) is not None
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"model": "resnet", "variant": "full", "abi": "x86_64"}, "unknown model 'resnet'.*mobilenet, lstm"),
-    ({"model": "lstm", "variant": "fast", "abi": "x86_64"}, "unknown variant 'fast'.*" + ", ".join(VARIANTS)),
-    ({"model": "lstm", "variant": "full", "abi": "mips"}, "unknown ABI 'mips'.*x86_64, arm64-v8a"),
-    ({"model": "lstm", "variant": "full", "abi": "x86_64", "hidden": 3}, "unknown lstm config keys"),
-    ({"model": "mobilenet", "variant": "full", "abi": "x86_64", "width": 0}, "width"),
-    ({"model": "mobilenet", "variant": "full", "abi": "x86_64", "channels": [8, 8]}, "channels"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"model": "resnet", "variant": "full", "abi": "x86_64"}, "unknown model 'resnet'.*mobilenet, lstm"),
+        ({"model": "lstm", "variant": "fast", "abi": "x86_64"}, "unknown variant 'fast'.*" + ", ".join(VARIANTS)),
+        ({"model": "lstm", "variant": "full", "abi": "mips"}, "unknown ABI 'mips'.*x86_64, arm64-v8a"),
+        ({"model": "lstm", "variant": "full", "abi": "x86_64", "hidden": 3}, "unknown lstm config keys"),
+        ({"model": "mobilenet", "variant": "full", "abi": "x86_64", "width": 0}, "width"),
+        ({"model": "mobilenet", "variant": "full", "abi": "x86_64", "channels": [8, 8]}, "channels"),
+    ],
+)
 def test_bad_inputs_raise_typed_errors(kwargs, match):
     with pytest.raises(UserError, match=match):
         build_program(**kwargs)
@@ -223,7 +227,7 @@ def test_constants_fold_in_one_build_to_what_tvm_folds():
 
     cfg = C.resolve_config("mobilenet", "full", "x86_64", **SMALL["mobilenet"])
     mod, *_ = C.training_module(cfg, "full", 0.05)
-    with tvm.target.Target("llvm"):   # what the pipeline folds first: BN arithmetic and the weights' transposes
+    with tvm.target.Target("llvm"):  # what the pipeline folds first: BN arithmetic and the weights' transposes
         mod = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]})(mod)
     ours = fold_constants(mod)
     assert str(ours).count("R.permute_dims") < str(mod).count("R.permute_dims")

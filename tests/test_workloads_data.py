@@ -14,8 +14,11 @@ from workloads.models import make_config
 
 
 def _leaf(path, user_data):
-    path.write_text(json.dumps({"users": list(user_data), "num_samples": [len(v["y"]) for v in user_data.values()],
-                                "user_data": user_data}))
+    path.write_text(
+        json.dumps(
+            {"users": list(user_data), "num_samples": [len(v["y"]) for v in user_data.values()], "user_data": user_data}
+        )
+    )
     return path
 
 
@@ -53,7 +56,7 @@ def test_load_femnist_leaf_json(tmp_path):
 
 def test_load_shakespeare_rebuilds_text_from_windows(tmp_path):
     text = "to be or not to be that is the question whether tis nobler in the mind to suffer"
-    xs = [text[i:i + 20] for i in range(len(text) - 20)]
+    xs = [text[i : i + 20] for i in range(len(text) - 20)]
     ys = [text[i + 20] for i in range(len(text) - 20)]
     ds = data.load_shakespeare(_leaf(tmp_path / "s.json", {"u": {"x": xs, "y": ys}}), vocab_size=50, seq_len=3)
     words = [ds.vocab[i] for i in ds.x[0]] + [ds.vocab[ds.y[0]]]

@@ -24,9 +24,10 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -81,14 +82,21 @@ class Artifact:
 
     @property
     def tensor_index(self) -> tuple[TensorEntry, ...]:
-        return tuple(TensorEntry(t["name"], t["dtype"], tuple(t["shape"]), t["offset"], t["nbytes"])
-                     for t in self.manifest["tensors"])
+        return tuple(
+            TensorEntry(t["name"], t["dtype"], tuple(t["shape"]), t["offset"], t["nbytes"])
+            for t in self.manifest["tensors"]
+        )
 
     def read_tensors(self) -> dict[str, np.ndarray]:
         data = (self.path / TENSORS).read_bytes()
-        return {e.name: np.frombuffer(data, dtype=np.dtype(e.dtype).newbyteorder("<"), count=int(np.prod(e.shape)),
-                                      offset=e.offset).reshape(e.shape).copy()
-                for e in self.tensor_index}
+        return {
+            e.name: np.frombuffer(
+                data, dtype=np.dtype(e.dtype).newbyteorder("<"), count=int(np.prod(e.shape)), offset=e.offset
+            )
+            .reshape(e.shape)
+            .copy()
+            for e in self.tensor_index
+        }
 
     def files(self) -> list[Path]:
         """Files to push to a device (all of them; the runner takes the directory)."""
@@ -96,6 +104,7 @@ class Artifact:
 
 
 # ------------------------------------------------------------------------------------------------------- hashing
+
 
 def _canonical(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
@@ -137,6 +146,7 @@ def tool_versions() -> dict[str, str]:
 
 # -------------------------------------------------------------------------------------------------------- writing
 
+
 def write_tensors(tensors: Mapping[str, np.ndarray], path: Path) -> list[dict[str, Any]]:
     """Write `tensors` to `path` (64-byte aligned, little-endian, C order); return the manifest index."""
     index = []
@@ -156,8 +166,15 @@ def write_tensors(tensors: Mapping[str, np.ndarray], path: Path) -> list[dict[st
             raw = arr.tobytes(order="C")
             fh.write(raw)
             dtype = "bool" if arr.dtype == np.bool_ else arr.dtype.name
-            index.append({"name": str(name), "dtype": dtype, "shape": [int(d) for d in arr.shape],
-                          "offset": offset, "nbytes": len(raw)})
+            index.append(
+                {
+                    "name": str(name),
+                    "dtype": dtype,
+                    "shape": [int(d) for d in arr.shape],
+                    "offset": offset,
+                    "nbytes": len(raw),
+                }
+            )
             offset += len(raw)
     return index
 
@@ -169,8 +186,9 @@ def _split_meta(meta: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]
     return stable, volatile
 
 
-def write_artifact(program: Any, out: str | Path, *, abi: str | None = None,
-                   log: Callable[[str], None] | None = None) -> Artifact:
+def write_artifact(
+    program: Any, out: str | Path, *, abi: str | None = None, log: Callable[[str], None] | None = None
+) -> Artifact:
     """Compile `program` for `abi` (default `program.meta["abi"]`), link its runner and write the artifact to
     `out` (replaced atomically). Returns the verified artifact."""
     from workloads.runner_build import ABIS, RUNNER_VERSION, build_runner, check_abi
@@ -180,7 +198,7 @@ def write_artifact(program: Any, out: str | Path, *, abi: str | None = None,
     abi = abi or meta.get("abi")
     if not abi:
         raise ConfigError("no ABI given and the program's meta has none", key="abi")
-    abi = abi.partition("@")[0]        # a target id's CPU is in meta["target"]; the runner is the ABI's
+    abi = abi.partition("@")[0]  # a target id's CPU is in meta["target"]; the runner is the ABI's
     check_abi(abi)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -190,9 +208,12 @@ def write_artifact(program: Any, out: str | Path, *, abi: str | None = None,
         stage.mkdir()
         index = write_tensors(program.tensors, stage / TENSORS)
         runner = build_runner(program, abi, stage / RUNNER, log=log)
-        calls = [c.to_dict() if hasattr(c, "to_dict") else
-                 {"phase": c.phase, "func": c.func, "args": list(c.args), "outs": list(c.outs)}
-                 for c in program.calls]
+        calls = [
+            c.to_dict()
+            if hasattr(c, "to_dict")
+            else {"phase": c.phase, "func": c.func, "args": list(c.args), "outs": list(c.outs)}
+            for c in program.calls
+        ]
         manifest: dict[str, Any] = {
             "format": FORMAT,
             "model": stable_meta.get("model"),
@@ -202,17 +223,24 @@ def write_artifact(program: Any, out: str | Path, *, abi: str | None = None,
             "triple": stable_meta.get("triple"),
             "config": stable_meta.get("config"),
             "meta": stable_meta,
-            "runner": {"file": RUNNER, "version": RUNNER_VERSION, "zig_target": ABIS[abi][0],
-                       "runtime_key": runner.runtime.key},
+            "runner": {
+                "file": RUNNER,
+                "version": RUNNER_VERSION,
+                "zig_target": ABIS[abi][0],
+                "runtime_key": runner.runtime.key,
+            },
             "tensors_file": TENSORS,
             "tensors": index,
             "calls": calls,
             "files": {name: _file_digest(stage / name) for name in (TENSORS, RUNNER)},
             "tools": tool_versions(),
-            "build": {**volatile_meta, "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                      "build_s": round(time.monotonic() - t0, 3),
-                      "runtime_build_s": runner.runtime.build_seconds,
-                      "runtime_cached": runner.runtime.cached},
+            "build": {
+                **volatile_meta,
+                "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "build_s": round(time.monotonic() - t0, 3),
+                "runtime_build_s": runner.runtime.build_seconds,
+                "runtime_cached": runner.runtime.cached,
+            },
         }
         manifest["hash"] = content_hash(manifest)
         (stage / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
@@ -225,8 +253,15 @@ def write_artifact(program: Any, out: str | Path, *, abi: str | None = None,
     return load_artifact(out)
 
 
-def build_artifact(model: str, variant: str, abi: str, out: str | Path | None = None, *,
-                   log: Callable[[str], None] | None = None, **config: Any) -> Artifact:
+def build_artifact(
+    model: str,
+    variant: str,
+    abi: str,
+    out: str | Path | None = None,
+    *,
+    log: Callable[[str], None] | None = None,
+    **config: Any,
+) -> Artifact:
     """`workloads.compile.build_program(model, variant, abi, **config)` -> artifact at `out`
     (default `artifacts/<model>-<variant>-<abi>` under the current directory)."""
     program = build_any_program(model, variant, abi, **config)
@@ -234,8 +269,15 @@ def build_artifact(model: str, variant: str, abi: str, out: str | Path | None = 
     return write_artifact(program, out, abi=abi, log=log)
 
 
-def build_to(model: str, variant: str, abi: str, out: Path | None, config: dict, data_path: Path | None = None,
-             log: Callable[[str], None] = lambda s: None) -> "Artifact":
+def build_to(
+    model: str,
+    variant: str,
+    abi: str,
+    out: Path | None,
+    config: dict,
+    data_path: Path | None = None,
+    log: Callable[[str], None] = lambda s: None,
+) -> Artifact:
     """`autlearn workloads build`: check the config, compile, optionally take the first batch from a data set,
     write and verify the artifact (default directory: `default_artifact_dir`)."""
     from workloads.compile import build_program
@@ -263,8 +305,7 @@ def build_any_program(model: str, variant: str, abi: str, **config: Any) -> Any:
 
     tuning = config.pop("tuning", "default")
     if tuning not in ("default", "none"):
-        raise ConfigError(f"tuning must be 'default' (the target's database) or 'none', not {tuning!r}",
-                          key="tuning")
+        raise ConfigError(f"tuning must be 'default' (the target's database) or 'none', not {tuning!r}", key="tuning")
     if tuning == "none":
         config["database"] = None
     if model == LAYER_SUITE:
@@ -281,8 +322,15 @@ def build_any_program(model: str, variant: str, abi: str, **config: Any) -> Any:
             raise ConfigError(f"a compressed model file needs variant 'compressed', not {variant!r}", key="variant")
         args = compressed_build_args(compressed, model)
         base = {**args["config"], **{k: v for k, v in config.items() if k == "batch"}}
-        return build_program(model, variant, abi, compressed_config=args["compressed_config"],
-                             state_dict=args["state_dict"], database=config.get("database", "default"), **base)
+        return build_program(
+            model,
+            variant,
+            abi,
+            compressed_config=args["compressed_config"],
+            state_dict=args["state_dict"],
+            database=config.get("database", "default"),
+            **base,
+        )
     return build_program(model, variant, abi, **config)
 
 
@@ -304,8 +352,17 @@ def default_artifact_dir(model: str, variant: str, abi: str, config: Mapping[str
 
 # -------------------------------------------------------------------------------------------------------- loading
 
-_REQUIRED = {"format": int, "hash": str, "abi": str, "tensors_file": str, "tensors": list, "calls": list,
-             "files": dict, "runner": dict, "tools": dict}
+_REQUIRED = {
+    "format": int,
+    "hash": str,
+    "abi": str,
+    "tensors_file": str,
+    "tensors": list,
+    "calls": list,
+    "files": dict,
+    "runner": dict,
+    "tools": dict,
+}
 
 
 def load_artifact(path: str | Path, *, verify_files: bool = True) -> Artifact:
@@ -329,8 +386,10 @@ def load_artifact(path: str | Path, *, verify_files: bool = True) -> Artifact:
         raise ArtifactError(f"{mpath}: artifact format {manifest['format']} (this autlearn reads {FORMAT}); rebuild")
     expected = content_hash(manifest)
     if manifest["hash"] != expected:
-        raise ArtifactError(f"{mpath}: hash mismatch (manifest says {manifest['hash'][:12]}, content is "
-                            f"{expected[:12]}): the manifest was edited after the build")
+        raise ArtifactError(
+            f"{mpath}: hash mismatch (manifest says {manifest['hash'][:12]}, content is "
+            f"{expected[:12]}): the manifest was edited after the build"
+        )
     for name in (manifest["tensors_file"], manifest["runner"].get("file", RUNNER)):
         if name not in manifest["files"]:
             raise ArtifactError(f"{mpath}: bad manifest: no digest for {name}")
@@ -369,8 +428,7 @@ def list_artifacts(root: str | Path) -> list[Artifact | tuple[Path, str]]:
     root = Path(root)
     if not root.is_dir():
         raise ArtifactError(f"{root}: no such directory")
-    dirs = [root] if (root / MANIFEST).is_file() else sorted(p for p in root.iterdir()
-                                                                  if (p / MANIFEST).is_file())
+    dirs = [root] if (root / MANIFEST).is_file() else sorted(p for p in root.iterdir() if (p / MANIFEST).is_file())
     out: list[Artifact | tuple[Path, str]] = []
     for d in dirs:
         try:

@@ -13,16 +13,35 @@ from typing import Any
 
 from profiler.errors import ArtifactError, UserError
 
-
 # What `build_artifact` reaches (globs under workloads/): a change to any of it must not reuse cached artifacts.
 # Patterns that match nothing are skipped, so modules may be split or added (targets, tuning_db, families/) freely;
 # a new module on the build path must be listed here.
 BUILD_SOURCES: tuple[str, ...] = (
-    "artifact.py", "compile.py", "targets.py", "tuning_db.py", "program.py", "runner_build.py", "metaschedule.py",
-    "models.py", "layers.py", "layer_suite.py", "tables.py", "tables/*.py", "data.py", "resource.py",
-    "families/*.py", "pruning/__init__.py", "pruning/search.py", "pruning/mobilenet.py",
-    "pruning/budget.py", "pruning/importance.py", "pruning/train.py", "pruning/svd.py",
-    "runner/**/*.cc", "runner/**/*.h", "tuning/**/*.json",
+    "artifact.py",
+    "compile.py",
+    "targets.py",
+    "tuning_db.py",
+    "program.py",
+    "runner_build.py",
+    "metaschedule.py",
+    "models.py",
+    "layers.py",
+    "layer_suite.py",
+    "tables.py",
+    "tables/*.py",
+    "data.py",
+    "resource.py",
+    "families/*.py",
+    "pruning/__init__.py",
+    "pruning/search.py",
+    "pruning/mobilenet.py",
+    "pruning/budget.py",
+    "pruning/importance.py",
+    "pruning/train.py",
+    "pruning/svd.py",
+    "runner/**/*.cc",
+    "runner/**/*.h",
+    "tuning/**/*.json",
 )
 
 
@@ -48,7 +67,7 @@ def build_jobs() -> int:
         return int(explicit)
     try:
         return max(1, min(len(os.sched_getaffinity(0)), 4))
-    except AttributeError:   # not Linux
+    except AttributeError:  # not Linux
         return max(1, min(os.cpu_count() or 1, 4))
 
 
@@ -63,12 +82,14 @@ def tuning_label(tuning: Any, variant: str | None = None) -> str:
     if variant == "unoptimized":
         return "not optimized"
     if isinstance(tuning, dict):
-        return (f"tuned: database {tuning.get('database')} {str(tuning.get('digest'))[:12]} "
-                f"({tuning.get('tuned_kernels', '?')} of {tuning.get('kernels', '?')} kernels)")
+        return (
+            f"tuned: database {tuning.get('database')} {str(tuning.get('digest'))[:12]} "
+            f"({tuning.get('tuned_kernels', '?')} of {tuning.get('kernels', '?')} kernels)"
+        )
     return "untuned (hand schedules)"
 
 
-_BUILD_LOCK = threading.Lock()   # in-process builds one at a time, across providers (torch.export is not thread-safe)
+_BUILD_LOCK = threading.Lock()  # in-process builds one at a time, across providers (torch.export is not thread-safe)
 
 
 class ArtifactProvider:
@@ -93,10 +114,23 @@ class ArtifactProvider:
         self._code = self._code or code_fingerprint()
         inputs = [hashlib.sha256(p.read_bytes()).hexdigest() for p in input_files(config)]
         untuned = cell.variant == "unoptimized" or config.get("tuning") == "none"
-        tuning = None if untuned else tuning_database(abi)   # abi: a target id
-        key = hashlib.sha256(json.dumps([cell.workload, cell.variant, abi, config, tool_versions(), self._code,
-                                         inputs, tuning and tuning["digest"]],
-                                        sort_keys=True, default=str).encode()).hexdigest()[:16]
+        tuning = None if untuned else tuning_database(abi)  # abi: a target id
+        key = hashlib.sha256(
+            json.dumps(
+                [
+                    cell.workload,
+                    cell.variant,
+                    abi,
+                    config,
+                    tool_versions(),
+                    self._code,
+                    inputs,
+                    tuning and tuning["digest"],
+                ],
+                sort_keys=True,
+                default=str,
+            ).encode()
+        ).hexdigest()[:16]
         return key, config
 
     def _dir(self, cell, abi: str, key: str) -> Path:
@@ -123,7 +157,7 @@ class ArtifactProvider:
                 try:
                     art = load_artifact(out)
                 except ArtifactError:
-                    with _BUILD_LOCK:   # another provider's thread may have built it meanwhile
+                    with _BUILD_LOCK:  # another provider's thread may have built it meanwhile
                         try:
                             art = load_artifact(out)
                         except ArtifactError:
@@ -161,7 +195,7 @@ class ArtifactProvider:
         out = paths.replace_dir(self.cache / args[3], files)
         try:
             art = load_artifact(out)
-            used = ((art.manifest.get("meta") or {}).get("tuning") or {})
+            used = (art.manifest.get("meta") or {}).get("tuning") or {}
             if (used.get("digest") if isinstance(used, dict) else None) != tuning_digest:
                 raise ArtifactError(f"compiled with tuning database {used or 'none'}, expected {tuning_digest}")
             self._memo[key] = self._ref(art)
@@ -173,25 +207,27 @@ class ArtifactProvider:
     def prebuild(self, requests) -> None:
         """Build the artifacts of (cell, abi) `requests` that are not cached, up to `jobs` at a time. A build that
         fails here is left to `__call__`, which builds it again in this process and raises its error there."""
-        from concurrent.futures import ProcessPoolExecutor, as_completed
         import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
 
         from workloads.artifact import load_artifact
 
         todo = self.missing(requests)
         if len(todo) < 2 or self.jobs < 2:
-            return   # nothing to overlap: __call__ builds in this process
+            return  # nothing to overlap: __call__ builds in this process
         self.log(f"building {len(todo)} artifacts, {min(self.jobs, len(todo))} at a time")
         # spawn, not fork: the campaign has threads (progress, adb) that a forked child must not inherit
         with ProcessPoolExecutor(min(self.jobs, len(todo)), mp_context=multiprocessing.get_context("spawn")) as ex:
-            futures = {ex.submit(_build_in_worker, w, v, abi, str(self.cache / d), config): key
-                       for key, (w, v, abi, d, config) in todo.items()}
+            futures = {
+                ex.submit(_build_in_worker, w, v, abi, str(self.cache / d), config): key
+                for key, (w, v, abi, d, config) in todo.items()
+            }
             for f in as_completed(futures):
                 workload, variant, abi, _, config = todo[futures[f]]
                 try:
                     self._memo[futures[f]] = self._ref(load_artifact(f.result()))
                     self.log(f"built {workload}/{variant} for {abi} (batch {config['batch']})")
-                except Exception:   # noqa: BLE001  (reported when __call__ builds it again)
+                except Exception:  # noqa: BLE001  (reported when __call__ builds it again)
                     pass
 
 

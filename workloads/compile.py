@@ -46,15 +46,15 @@ from workloads.targets import base_abi, parse_target_id, target_dict, target_for
 from workloads.tuning_db import applicable_records, database_digest, tuning_database
 
 VARIANTS = ("full", "compressed", "unoptimized", "cached")
-PARALLEL_MIN_WORK = 1 << 16   # fallback schedule: loop-nest iterations below which a kernel stays serial
-PARALLEL_MIN_ROWS = 64        # tiled schedule: fewer parallel row tiles than this also split the columns
-WEIGHT_BLOCK_BYTES = 256 << 10 # tiled schedule: weights of the column blocks a row tile visits in turn (L2)
-VECTOR_LANES = 8              # fallback schedule: float32 lanes of the narrowest vector unit targeted (AVX2, 2x NEON)
+PARALLEL_MIN_WORK = 1 << 16  # fallback schedule: loop-nest iterations below which a kernel stays serial
+PARALLEL_MIN_ROWS = 64  # tiled schedule: fewer parallel row tiles than this also split the columns
+WEIGHT_BLOCK_BYTES = 256 << 10  # tiled schedule: weights of the column blocks a row tile visits in turn (L2)
+VECTOR_LANES = 8  # fallback schedule: float32 lanes of the narrowest vector unit targeted (AVX2, 2x NEON)
 LABEL_DTYPE = "int64"
 
 
 def __getattr__(name: str) -> Any:
-    if name == "DEFAULT_LR":   # family -> default SGD learning rate (Family.default_lr), computed when asked
+    if name == "DEFAULT_LR":  # family -> default SGD learning rate (Family.default_lr), computed when asked
         return {n: families.get(n).default_lr for n in families.names()}
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
@@ -63,8 +63,9 @@ def compress(config):
     """Default compressed config (the family's `compress`: half width (MobileNet) / half hidden units (LSTM))."""
     fam = families.of_config(config)
     if fam.compress is None:
-        raise ConfigError(f"the {fam.name} family has no default compressed config; give compressed_config",
-                          key="compressed_config")
+        raise ConfigError(
+            f"the {fam.name} family has no default compressed config; give compressed_config", key="compressed_config"
+        )
     return fam.compress(config)
 
 
@@ -122,7 +123,7 @@ def _import(module, example, trainable: list[str] = ()):
         func = relax.transform.BindParams("main", bind)(mod)["main"]
     if func.attrs and "num_input" in func.attrs:
         func = func.without_attr("num_input")
-    order = [to_fqn[p.name] for p in func.params[1:]]          # the function's remaining (trainable) params
+    order = [to_fqn[p.name] for p in func.params[1:]]  # the function's remaining (trainable) params
     return func.without_attr("global_symbol"), [values[n].numpy() for n in order]
 
 
@@ -132,8 +133,9 @@ def _bounded_takes(mod):
     from tvm import relax
     from tvm.relax.expr_functor import PyExprMutator, mutator
 
-    take = relax.op.take(relax.Var("x", relax.TensorType((1,), "float32")),
-                         relax.Var("i", relax.TensorType((1,), "int64"))).op
+    take = relax.op.take(
+        relax.Var("x", relax.TensorType((1,), "float32")), relax.Var("i", relax.TensorType((1,), "int64"))
+    ).op
 
     @mutator
     class Clip(PyExprMutator):
@@ -165,8 +167,7 @@ def _trainer_module(head, features, cfg, lr: float, forward: bool):
     trainer = trainer.with_attrs({"param_num": n_params, "state_num": 0})
     logits_ty = relax.TensorType((cfg.batch, cfg.num_classes), "float32")
     labels_ty = relax.TensorType((cfg.batch,), LABEL_DTYPE)
-    trainer = SetupTrainer(CrossEntropyLoss(reduction="mean"), SGD(lr), [logits_ty, labels_ty],
-                           legalize=False)(trainer)
+    trainer = SetupTrainer(CrossEntropyLoss(reduction="mean"), SGD(lr), [logits_ty, labels_ty], legalize=False)(trainer)
 
     # Fresh builder (SetupTrainer leaves the optimizer's GlobalVar untyped); parts are private (no
     # global_symbol) so InlinePrivateFunctions folds them into the flat public wrappers.
@@ -283,8 +284,11 @@ def tiled_candidates(func) -> list[dict]:
         return []
     dom, n_s = shape
     k, t = n_s - 1, (1 if n_s >= 3 else 0)
-    vs = sorted({f for f in (64, 32, 16, 8, 7, 6, 5, 4, 3, 2) if dom[k] % f == 0 and dom[k] > f} | {1}
-                | ({dom[k]} if dom[k] <= 32 else set()))
+    vs = sorted(
+        {f for f in (64, 32, 16, 8, 7, 6, 5, 4, 3, 2) if dom[k] % f == 0 and dom[k] > f}
+        | {1}
+        | ({dom[k]} if dom[k] <= 32 else set())
+    )
     us = sorted({f for f in (8, 7, 6, 5, 4, 3, 2) if dom[t] % f == 0 and dom[t] >= f} | {1}) if n_s > 1 else [1]
     return [{"v": v, "u": u} for v in vs for u in us]
 
@@ -314,7 +318,7 @@ def _tiled_shape(func):
     if n_s < 1 or "S" in dk[n_s:] or n_s == len(dk):
         return None
     if n_s == 1 and not _reads_along(sch.get(reds[0].block_rv), 0):
-        return None    # a row reduction (softmax's max, a GEMV over rows): dlight's Reduction rule
+        return None  # a row reduction (softmax's max, a GEMV over rows): dlight's Reduction rule
     try:
         dom = [int(d) for d in reds[0].dom()]
     except TypeError:
@@ -378,7 +382,7 @@ def _heuristic_choice(dom: list[int], n_s: int, target=None) -> dict:
     lanes, regs = vector_unit(target)
     k, t = n_s - 1, (1 if n_s >= 3 else 0)
     whole = next((w for w in (2 * lanes, lanes) if dom[k] % w == 0), None)
-    if n_s == 1:                              # no row axis: the tile is one row
+    if n_s == 1:  # no row axis: the tile is one row
         return {"v": whole or 1, "u": 1}
     v = whole or _pick(dom[k], (16, 8, 7, 6, 5, 4, 3, 2), whole_up_to=8)
     per_row = -(-v // lanes)
@@ -411,7 +415,7 @@ def tiled_schedule(func, choice: dict | None = None, target=None):
     infos = normalize_prim_func(sch)
     r = next(i for i, bi in enumerate(infos) if not bi.is_injective())
     main = infos[r]
-    post = try_inline_contiguous_spatial(sch, infos[r + 1:])
+    post = try_inline_contiguous_spatial(sch, infos[r + 1 :])
     loops = sch.get_loops(main.block_rv)
     if len(loops) != len(dom):
         return None
@@ -429,8 +433,9 @@ def tiled_schedule(func, choice: dict | None = None, target=None):
     # Column blocks in groups whose weights fit in a core's L2 (WEIGHT_BLOCK_BYTES), outermost: a group's weights
     # are then read from memory once per group, not once per row tile (1024->1024 @7x7: 4 MB per tile).
     n_blocks, red_n = dom[k] // v, int(np.prod(dom[n_s:]))
-    group = max((g for g in range(1, n_blocks + 1) if n_blocks % g == 0
-                 and g * v * red_n * 4 <= WEIGHT_BLOCK_BYTES), default=1)
+    group = max(
+        (g for g in range(1, n_blocks + 1) if n_blocks % g == 0 and g * v * red_n * 4 <= WEIGHT_BLOCK_BYTES), default=1
+    )
     if outer and group < n_blocks:
         sk_oo, sk_o = sch.split(sk_o, factors=[None, group])
         sch.reorder(sk_oo, *outer)
@@ -446,7 +451,7 @@ def tiled_schedule(func, choice: dict | None = None, target=None):
         sch.annotate(pack, "meta_schedule.layout_rewrite_preproc", True)
         lp = sch.get_loops(pack)
         sch.parallel(lp[0])
-    cw = sch.cache_write(main.block_rv, 0, "local")   # the tile's accumulators (registers after SROA)
+    cw = sch.cache_write(main.block_rv, 0, "local")  # the tile's accumulators (registers after SROA)
     sch.reverse_compute_at(cw, sk_o, preserve_unit_loops=True)
     for bi in post:
         sch.reverse_compute_at(bi.block_rv, sk_o, preserve_unit_loops=True)
@@ -466,7 +471,7 @@ def tiled_schedule(func, choice: dict | None = None, target=None):
     if u > 1:
         sch.unroll(rows[0])
     sch.decompose_reduction(main.block_rv, red[0])
-    for bi in infos[:r]:                               # producers (padding): parallel outer loops
+    for bi in infos[:r]:  # producers (padding): parallel outer loops
         lp = sch.get_loops(bi.block_rv)
         if len(lp) >= 2:
             sch.parallel(sch.fuse(*lp[:2]))
@@ -503,27 +508,29 @@ def _safe(rule, raised: Counter | None = None):
 def legalize_and_fuse():
     from tvm import relax, transform
 
-    from workloads.fold import FoldConstants   # imports tvm, which this module loads at first use
+    from workloads.fold import FoldConstants  # imports tvm, which this module loads at first use
 
-    return transform.Sequential([
-        # exp, tanh and erf as TOPI's vectorizable approximations, not one libm call per lane (LSTM gates: 0.67 ->
-        # 0.36 ms a step here; musl's libm, which the static runner links, is slower still)
-        relax.transform.FastMathTransform(),
-        # Channels innermost (NHWC activations, HWIO weights): the output channels are the vector axis of every
-        # convolution. In NCHW it is the width, 7 or 14 in MobileNet's late layers. The weights' transposes are
-        # constants, folded next; the input's and output's are one kernel each.
-        relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]}),
-        relax.transform.Normalize(),
-        # a frozen weight's transpose becomes a transposed constant (a plain matmul), not a strided NT one
-        FoldConstants(),
-        relax.transform.FuseTransposeMatmul(),   # x @ W.T as one kernel: no per-step transpose of a weight
-        relax.transform.LegalizeOps(),
-        relax.transform.AnnotateTIROpPattern(),
-        FoldConstants(),
-        relax.transform.FuseOps(),
-        relax.transform.FuseTIR(),
-        relax.transform.DeadCodeElimination(),
-    ])
+    return transform.Sequential(
+        [
+            # exp, tanh and erf as TOPI's vectorizable approximations, not one libm call per lane (LSTM gates: 0.67 ->
+            # 0.36 ms a step here; musl's libm, which the static runner links, is slower still)
+            relax.transform.FastMathTransform(),
+            # Channels innermost (NHWC activations, HWIO weights): the output channels are the vector axis of every
+            # convolution. In NCHW it is the width, 7 or 14 in MobileNet's late layers. The weights' transposes are
+            # constants, folded next; the input's and output's are one kernel each.
+            relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]}),
+            relax.transform.Normalize(),
+            # a frozen weight's transpose becomes a transposed constant (a plain matmul), not a strided NT one
+            FoldConstants(),
+            relax.transform.FuseTransposeMatmul(),  # x @ W.T as one kernel: no per-step transpose of a weight
+            relax.transform.LegalizeOps(),
+            relax.transform.AnnotateTIROpPattern(),
+            FoldConstants(),
+            relax.transform.FuseOps(),
+            relax.transform.FuseTIR(),
+            relax.transform.DeadCodeElimination(),
+        ]
+    )
 
 
 def optimize(mod, target, database: dict | None = None, stats: dict | None = None):
@@ -533,7 +540,7 @@ def optimize(mod, target, database: dict | None = None, stats: dict | None = Non
     from tvm import relax, transform
     from tvm.s_tir import dlight
 
-    from workloads.fold import FoldConstants   # imports tvm, which this module loads at first use
+    from workloads.fold import FoldConstants  # imports tvm, which this module loads at first use
 
     with target:
         mod = legalize_and_fuse()(mod)
@@ -544,8 +551,9 @@ def optimize(mod, target, database: dict | None = None, stats: dict | None = Non
             with records:
                 mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
             if stats is not None:
-                stats["tuned_kernels"] = sum(1 for f in mod.functions.values()
-                                             if _is_tir(f) and f.attrs and "tirx.is_scheduled" in f.attrs)
+                stats["tuned_kernels"] = sum(
+                    1 for f in mod.functions.values() if _is_tir(f) and f.attrs and "tirx.is_scheduled" in f.attrs
+                )
                 stats["database"] = {**database, **summary}
         # Kernels learn which of their buffers are constants, so a hand schedule may pack them. After the database:
         # tuning tasks and records stay as they were (MetaSchedule's own RewriteLayout is not wired to the device
@@ -558,7 +566,7 @@ def optimize(mod, target, database: dict | None = None, stats: dict | None = Non
         # Weight packing (the hand schedules', MetaSchedule's RewriteLayout) becomes a kernel of its own, run on
         # the constant weight at compile time: no step repacks a weight.
         mod = transform.Sequential([relax.transform.SplitLayoutRewritePreproc(), FoldConstants()])(mod)
-    if stats is not None:   # the program's meta (and the artifact's manifest) carries it
+    if stats is not None:  # the program's meta (and the artifact's manifest) carries it
         stats["rules_raised"] = dict(sorted(raised.items()))
     return mod
 
@@ -611,13 +619,16 @@ def training_module(cfg, variant: str, lr: float, include_forward: bool = False,
         try:
             net.load_state_dict(sd)
         except RuntimeError as e:
-            raise ConfigError(f"state_dict does not fit the {type(net).__name__} config: "
-                              f"{str(e).splitlines()[0]}", key="state_dict") from None
+            raise ConfigError(
+                f"state_dict does not fit the {type(net).__name__} config: {str(e).splitlines()[0]}", key="state_dict"
+            ) from None
     trainable = [n for n, p in net.named_parameters() if p.requires_grad]
     cached = variant == "cached"
-    head, values = _import(_Part.make(lambda m, f: m.head(f), net),
-                           torch.zeros((cfg.batch, cfg.feature_dim), dtype=torch.float32),
-                           [f"m.{n}" for n in trainable])
+    head, values = _import(
+        _Part.make(lambda m, f: m.head(f), net),
+        torch.zeros((cfg.batch, cfg.feature_dim), dtype=torch.float32),
+        [f"m.{n}" for n in trainable],
+    )
     features = None
     if not cached or include_forward:
         features, _ = _import(_Part.make(lambda m, x: m.features(x), net), _example_input(cfg))
@@ -630,9 +641,18 @@ def training_module(cfg, variant: str, lr: float, include_forward: bool = False,
     return mod, net, trainable, values
 
 
-def build_program(model: str, variant: str, abi: str, *, lr: float | None = None, include_forward: bool = False,
-                  database: Any = "default", compressed_config: Any = None, state_dict: Any = None,
-                  **config) -> TrainingProgram:
+def build_program(
+    model: str,
+    variant: str,
+    abi: str,
+    *,
+    lr: float | None = None,
+    include_forward: bool = False,
+    database: Any = "default",
+    compressed_config: Any = None,
+    state_dict: Any = None,
+    **config,
+) -> TrainingProgram:
     """Compile `model` (one of MODELS) as `variant` (one of VARIANTS) for `abi` (one of ABIS).
 
     `config` overrides the model config (e.g. width=0.25, vocab_size=200); for `compressed`,
@@ -657,7 +677,7 @@ def build_program(model: str, variant: str, abi: str, *, lr: float | None = None
             db = tuning_database(abi)
         elif database is None:
             db = None
-        else:   # a database directory, or {"path", "keep_hand"}
+        else:  # a database directory, or {"path", "keep_hand"}
             spec = database if isinstance(database, dict) else {"path": str(database)}
             path = Path(spec["path"])
             db = {**spec, "path": str(path), "digest": database_digest(path), "key": path.name}
@@ -676,19 +696,36 @@ def build_program(model: str, variant: str, abi: str, *, lr: float | None = None
         Call("update", "train_update", (*pnames, *gnames, "sgd.num_steps"), (*pnames, "sgd.num_steps")),
     )
     meta = {
-        "model": model, "variant": variant, "abi": base_abi(abi), "target_id": abi,
-        "target": json.dumps(target_dict(abi), sort_keys=True), "triple": triple_for_abi(abi),
-        "target_key": target_key(abi), "config": cfg.to_dict(), "config_key": cfg.key(), "lr": lr,
-        "loss": "cross_entropy(mean)", "optimizer": "sgd", "trainable": pnames,
+        "model": model,
+        "variant": variant,
+        "abi": base_abi(abi),
+        "target_id": abi,
+        "target": json.dumps(target_dict(abi), sort_keys=True),
+        "triple": triple_for_abi(abi),
+        "target_key": target_key(abi),
+        "config": cfg.to_dict(),
+        "config_key": cfg.key(),
+        "lr": lr,
+        "loss": "cross_entropy(mean)",
+        "optimizer": "sgd",
+        "trainable": pnames,
         "batch_tensor": "features" if cached else "input",
         "functions": sorted(g.name_hint for g in mod.get_global_vars() if not _is_tir(mod[g])),
-        "state_dict": Path(state_dict).name if isinstance(state_dict, (str, Path)) else
-        ("mapping" if state_dict is not None else None),
-        "tuning": ({"database": db["key"], "digest": db["digest"], "tuned_kernels": stats.get("tuned_kernels", 0),
-                    "kernels": stats.get("kernels", 0),
-                    **{k: stats["database"][k] for k in ("tuned_workloads", "hand_kept")}}
-                   if db is not None else "untuned"),
-        "rules_raised": stats.get("rules_raised", {}),   # schedule rules that raised, and on how many kernels
+        "state_dict": Path(state_dict).name
+        if isinstance(state_dict, (str, Path))
+        else ("mapping" if state_dict is not None else None),
+        "tuning": (
+            {
+                "database": db["key"],
+                "digest": db["digest"],
+                "tuned_kernels": stats.get("tuned_kernels", 0),
+                "kernels": stats.get("kernels", 0),
+                **{k: stats["database"][k] for k in ("tuned_workloads", "hand_kept")},
+            }
+            if db is not None
+            else "untuned"
+        ),
+        "rules_raised": stats.get("rules_raised", {}),  # schedule rules that raised, and on how many kernels
         "compile_s": round(time.perf_counter() - t0, 3),
         "inference_func": "forward" if include_forward else None,
         "forward_returns": "(logits, features)" if include_forward else None,

@@ -17,10 +17,11 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -115,8 +116,14 @@ def build_vocab(words: list[str], size: int) -> tuple[str, ...]:
     return (UNK, *ranked[: max(0, size - 1)])
 
 
-def word_dataset(words: list[str], vocab_size: int, seq_len: int, source: str, synthetic: bool = False,
-                 vocab: tuple[str, ...] | None = None) -> Dataset:
+def word_dataset(
+    words: list[str],
+    vocab_size: int,
+    seq_len: int,
+    source: str,
+    synthetic: bool = False,
+    vocab: tuple[str, ...] | None = None,
+) -> Dataset:
     """Sliding windows: x = `seq_len` word ids, y = the id of the next word."""
     vocab = vocab or build_vocab(words, vocab_size)
     index = {w: i for i, w in enumerate(vocab)}
@@ -125,8 +132,9 @@ def word_dataset(words: list[str], vocab_size: int, seq_len: int, source: str, s
     if n <= 0:
         raise DataError(f"{len(ids)} words is too short for seq_len {seq_len}", source)
     win = np.lib.stride_tricks.sliding_window_view(ids, seq_len + 1)
-    return Dataset(np.ascontiguousarray(win[:, :-1]), np.ascontiguousarray(win[:, -1]), vocab_size, source,
-                   synthetic, vocab)
+    return Dataset(
+        np.ascontiguousarray(win[:, :-1]), np.ascontiguousarray(win[:, -1]), vocab_size, source, synthetic, vocab
+    )
 
 
 def embedded_text_dataset(vocab_size: int = 10_000, seq_len: int = 10) -> Dataset:
@@ -162,11 +170,11 @@ def load_shakespeare(path: str | Path, vocab_size: int = 10_000, seq_len: int = 
 def _segments_to_image(segs: np.ndarray, thickness: float, size: int) -> np.ndarray:
     """Render line segments (k, 4) as soft strokes on a size x size canvas in [0, 1] (ink = 1)."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    p = np.stack([xx.ravel(), yy.ravel()], 1)[:, None, :]            # (P, 1, 2)
-    a, b = segs[None, :, :2], segs[None, :, 2:]                       # (1, k, 2)
+    p = np.stack([xx.ravel(), yy.ravel()], 1)[:, None, :]  # (P, 1, 2)
+    a, b = segs[None, :, :2], segs[None, :, 2:]  # (1, k, 2)
     ab = b - a
     t = np.clip(((p - a) * ab).sum(-1) / np.maximum((ab * ab).sum(-1), 1e-6), 0, 1)
-    d = np.linalg.norm(p - (a + t[..., None] * ab), axis=-1).min(1)   # (P,)
+    d = np.linalg.norm(p - (a + t[..., None] * ab), axis=-1).min(1)  # (P,)
     return np.clip(1.5 - d / thickness, 0, 1).reshape(size, size)
 
 
@@ -257,8 +265,9 @@ def with_data(program: Any, model: str, variant: str, path: Path) -> Any:
     from workloads.models import make_config
 
     if variant == "cached":
-        raise ConfigError("--data is not supported with variant 'cached' (its batch holds backbone features)",
-                          key="data")
+        raise ConfigError(
+            "--data is not supported with variant 'cached' (its batch holds backbone features)", key="data"
+        )
     from workloads import families
 
     cfg = make_config(model, **{k: v for k, v in program.meta["config"].items() if k != "model"})
@@ -270,7 +279,8 @@ def with_data(program: Any, model: str, variant: str, path: Path) -> Any:
     for name, new in (("x", x), ("y", y)):
         old = tensors[name]
         if tuple(new.shape) != tuple(old.shape):
-            raise ConfigError(f"batch from {path} has {name} shape {new.shape}, the program needs {old.shape}",
-                              key="data")
+            raise ConfigError(
+                f"batch from {path} has {name} shape {new.shape}, the program needs {old.shape}", key="data"
+            )
         tensors[name] = np.ascontiguousarray(new.astype(old.dtype))
     return replace(program, tensors=tensors, meta={**program.meta, "data": str(path)})

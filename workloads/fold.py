@@ -42,15 +42,23 @@ def _foldable(mod: tvm.IRModule) -> list:
         for block in func.body.blocks:
             for b in block.bindings:
                 call = b.value
-                if not (isinstance(b, relax.VarBinding) and isinstance(call, relax.Call)
-                        and isinstance(call.op, tvm.ir.Op) and isinstance(b.var.ty, relax.TensorType)):
+                if not (
+                    isinstance(b, relax.VarBinding)
+                    and isinstance(call, relax.Call)
+                    and isinstance(call.op, tvm.ir.Op)
+                    and isinstance(b.var.ty, relax.TensorType)
+                ):
                     continue
                 args = [x for a in call.args for x in _leaves(a)]
                 if call.op.name == "relax.call_tir":
-                    args = args[1:]          # the kernel's GlobalVar
+                    args = args[1:]  # the kernel's GlobalVar
                 tensors = [a for a in args if isinstance(getattr(a, "ty", None), relax.TensorType)]
-                if tensors and all(isinstance(a, Constant) or a in known for a in tensors) \
-                        or not tensors and _small(b.var.ty):
+                if (
+                    tensors
+                    and all(isinstance(a, Constant) or a in known for a in tensors)
+                    or not tensors
+                    and _small(b.var.ty)
+                ):
                     known.add(b.var)
                     out.append(b)
     return out
@@ -91,8 +99,10 @@ def fold_constants(mod: tvm.IRModule) -> tvm.IRModule:
     used = {gv: f for gv, f in bb.get().functions.items() if gv.name_hint == "fold_all" or gv in kernels}
     vm = relax.VirtualMachine(relax.build(tvm.IRModule(used), target="llvm"), tvm.cpu())
     consts = {b.var: relax.const(v.numpy()) for b, v in zip(bindings, vm["fold_all"]())}
-    folded = {gv: _Substitute(consts, mod).visit_expr(f) if isinstance(f, relax.Function) else f
-              for gv, f in mod.functions.items()}
+    folded = {
+        gv: _Substitute(consts, mod).visit_expr(f) if isinstance(f, relax.Function) else f
+        for gv, f in mod.functions.items()
+    }
     return relax.transform.DeadCodeElimination()(tvm.IRModule(folded, attrs=mod.attrs))
 
 

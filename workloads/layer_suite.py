@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from types import SimpleNamespace
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -75,28 +76,47 @@ def _sgd(shapes: Sequence[tuple[int, ...]], lr: float):
     return bb.get()["sgd"]
 
 
-def build_suite_program(keys: Sequence[LayerKey], abi: str, *, family: str = "", config: dict | None = None,
-                        suite: int = 0, suites: int = 1, lr: float = DEFAULT_LR, database: Any = "default",
-                        seed: int = 0):
+def build_suite_program(
+    keys: Sequence[LayerKey],
+    abi: str,
+    *,
+    family: str = "",
+    config: dict | None = None,
+    suite: int = 0,
+    suites: int = 1,
+    lr: float = DEFAULT_LR,
+    database: Any = "default",
+    seed: int = 0,
+):
     """Compile the single-layer workloads of `keys` (all phases of each shape) into one TrainingProgram."""
     import time
 
     import torch
+    import tvm
 
-    from workloads.compile import (_import, base_abi, optimize, target_dict, target_for_abi, target_key,
-                                   triple_for_abi, tuning_database)
+    from workloads.compile import (
+        _import,
+        base_abi,
+        optimize,
+        target_dict,
+        target_for_abi,
+        target_key,
+        triple_for_abi,
+        tuning_database,
+    )
     from workloads.program import Call, TrainingProgram
     from workloads.tables import layer_workloads
-
-    import tvm
 
     t0 = time.perf_counter()
     if not keys:
         raise ConfigError("a layer suite needs at least one layer key", key="keys")
     for k in keys:
         if k.phase != "forward" and k.type != "fc":
-            raise ConfigError(f"device tables time backward/update for FC layers only (the trainable head); "
-                              f"got {k}. Use trainable='head' or a host table", key="trainable")
+            raise ConfigError(
+                f"device tables time backward/update for FC layers only (the trainable head); "
+                f"got {k}. Use trainable='head' or a host table",
+                key="trainable",
+            )
     target = target_for_abi(abi)
 
     funcs: dict[str, Any] = {}
@@ -126,32 +146,47 @@ def build_suite_program(keys: Sequence[LayerKey], abi: str, *, family: str = "",
             tensors[f"{tag}.dx"] = np.zeros_like(tensors[f"{tag}.x"], dtype="float32")
             tensors.update({n: np.zeros_like(v) for n, v in zip(gn, values)})
             if "backward" in w.phases:
-                calls.append(Call(str(k.with_phase("backward")), f"{tag}_backward",
-                                  (f"{tag}.x", f"{tag}.dy", pn[0]), (f"{tag}.dx", *gn)))
+                calls.append(
+                    Call(
+                        str(k.with_phase("backward")),
+                        f"{tag}_backward",
+                        (f"{tag}.x", f"{tag}.dy", pn[0]),
+                        (f"{tag}.dx", *gn),
+                    )
+                )
             if "update" in w.phases:
                 calls.append(Call(str(k.with_phase("update")), f"{tag}_update", (*pn, *gn), tuple(pn)))
-    tensors["loss"] = np.zeros((), "float32")   # the runner reports a loss; a suite has none (stays 0)
+    tensors["loss"] = np.zeros((), "float32")  # the runner reports a loss; a suite has none (stays 0)
     mod = tvm.IRModule(funcs)
     stats: dict = {}
     db = tuning_database(abi) if database == "default" else database
     mod = optimize(mod, target, db, stats)
     meta = {
-        "model": SUITE_MODEL, "variant": "full", "abi": base_abi(abi), "target_id": abi,
-        "target": json.dumps(target_dict(abi), sort_keys=True), "triple": triple_for_abi(abi),
-        "target_key": target_key(abi), "config": {"family": family, **(config or {}), "suite": suite,
-                                                  "suites": suites},
-        "family": family, "suite": suite, "suites": suites, "lr": lr,
+        "model": SUITE_MODEL,
+        "variant": "full",
+        "abi": base_abi(abi),
+        "target_id": abi,
+        "target": json.dumps(target_dict(abi), sort_keys=True),
+        "triple": triple_for_abi(abi),
+        "target_key": target_key(abi),
+        "config": {"family": family, **(config or {}), "suite": suite, "suites": suites},
+        "family": family,
+        "suite": suite,
+        "suites": suites,
+        "lr": lr,
         "layer_keys": [str(c.phase) for c in calls],
-        "tuning": ({"database": db["key"], "digest": db["digest"], "tuned_kernels": stats.get("tuned_kernels", 0)}
-                   if db is not None else "untuned"),
+        "tuning": (
+            {"database": db["key"], "digest": db["digest"], "tuned_kernels": stats.get("tuned_kernels", 0)}
+            if db is not None
+            else "untuned"
+        ),
         "compile_s": round(time.perf_counter() - t0, 3),
         "phase_names": "str(LayerKey)",
     }
     return TrainingProgram(mod=mod, tensors=tensors, calls=tuple(calls), meta=meta)
 
 
-def suite_for_config(config: Any, every: int, suite: int, suites: int,
-                     trainable: str = "head") -> tuple[LayerKey, ...]:
+def suite_for_config(config: Any, every: int, suite: int, suites: int, trainable: str = "head") -> tuple[LayerKey, ...]:
     """The keys suite `suite` of `suites` measures for a model config: `sample_grid(table_grid(config), every)`."""
     from workloads.layers import table_grid
     from workloads.tables import sample_grid
@@ -165,8 +200,18 @@ def suite_count(n_shapes: int, per_suite: int) -> int:
     return max(1, math.ceil(n_shapes / max(1, per_suite)))
 
 
-def suite_program(abi: str, *, family: str = "mobilenet", every: int = 2, suite: int = 0, suites: int = 1,
-                  trainable: str = "head", lr: float = DEFAULT_LR, database: Any = "default", **model_config: Any):
+def suite_program(
+    abi: str,
+    *,
+    family: str = "mobilenet",
+    every: int = 2,
+    suite: int = 0,
+    suites: int = 1,
+    trainable: str = "head",
+    lr: float = DEFAULT_LR,
+    database: Any = "default",
+    **model_config: Any,
+):
     """The program a campaign's `model = "layers"` workload runs: suite `suite` of `suites` of the sampled grid of
     `family` with `model_config` (the config a table is built for)."""
     from workloads.models import make_config
@@ -175,5 +220,14 @@ def suite_program(abi: str, *, family: str = "mobilenet", every: int = 2, suite:
     keys = suite_for_config(cfg, int(every), int(suite), int(suites), trainable)
     if not keys:
         raise ConfigError(f"suite {suite} of {suites} is empty: fewer layer shapes than suites", key="suites")
-    return build_suite_program(keys, abi, family=family, config={**cfg.to_dict(), "every": int(every)},
-                               suite=int(suite), suites=int(suites), lr=lr, seed=cfg.seed, database=database)
+    return build_suite_program(
+        keys,
+        abi,
+        family=family,
+        config={**cfg.to_dict(), "every": int(every)},
+        suite=int(suite),
+        suites=int(suites),
+        lr=lr,
+        seed=cfg.seed,
+        database=database,
+    )

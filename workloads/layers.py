@@ -19,16 +19,17 @@ c_in = vocabulary size, c_out = embedding dim, in_h = sequence length.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, Iterable
+from typing import Any
 
 from profiler.errors import ConfigError
 
 LAYER_TYPES = ("conv", "dwconv", "fc", "lstm", "embedding")
 PHASES = ("forward", "backward", "update")
 TRAINABLE = ("head", "all")
-CONV_STEP = 8      # channel granularity of conv grids (and of pruning), as NetAdapt
-FC_STEP = 128      # coarser granularity of FC/LSTM dims (SVD ranks)
+CONV_STEP = 8  # channel granularity of conv grids (and of pruning), as NetAdapt
+FC_STEP = 128  # coarser granularity of FC/LSTM dims (SVD ranks)
 FLOAT_BYTES = 4
 
 
@@ -77,13 +78,21 @@ class LayerKey:
     def family(self) -> tuple:
         """Everything but the channel counts: keys of one family differ only in (c_in, c_out) and are
         interpolated together. Depthwise convs vary in one dimension (groups == c_in == c_out)."""
-        return (self.type, self.kernel, self.stride, self.in_h, self.in_w, self.batch, self.phase,
-                1 if self.type == "conv" and self.groups == 1 else (0 if self.type == "dwconv" else self.groups))
+        return (
+            self.type,
+            self.kernel,
+            self.stride,
+            self.in_h,
+            self.in_w,
+            self.batch,
+            self.phase,
+            1 if self.type == "conv" and self.groups == 1 else (0 if self.type == "dwconv" else self.groups),
+        )
 
-    def with_phase(self, phase: str) -> "LayerKey":
+    def with_phase(self, phase: str) -> LayerKey:
         return replace(self, phase=phase)
 
-    def with_channels(self, c_in: int, c_out: int) -> "LayerKey":
+    def with_channels(self, c_in: int, c_out: int) -> LayerKey:
         g = c_in if self.type == "dwconv" else self.groups
         return replace(self, c_in=c_in, c_out=c_out, groups=g)
 
@@ -91,14 +100,18 @@ class LayerKey:
         return asdict(self)
 
     def __str__(self) -> str:
-        return (f"{self.type}(k={self.kernel},s={self.stride},g={self.groups},{self.in_h}x{self.in_w},"
-                f"{self.c_in}->{self.c_out},b={self.batch},{self.phase})")
+        return (
+            f"{self.type}(k={self.kernel},s={self.stride},g={self.groups},{self.in_h}x{self.in_w},"
+            f"{self.c_in}->{self.c_out},b={self.batch},{self.phase})"
+        )
 
 
 KEY_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(LayerKey))
 
-_KEY_RE = re.compile(r"^(?P<type>[a-z]+)\(k=(?P<kernel>[0-9]+),s=(?P<stride>[0-9]+),g=(?P<groups>[0-9]+),(?P<in_h>[0-9]+)x"
-                     r"(?P<in_w>[0-9]+),(?P<c_in>[0-9]+)->(?P<c_out>[0-9]+),b=(?P<batch>[0-9]+),(?P<phase>[a-z]+)\)$")
+_KEY_RE = re.compile(
+    r"^(?P<type>[a-z]+)\(k=(?P<kernel>[0-9]+),s=(?P<stride>[0-9]+),g=(?P<groups>[0-9]+),(?P<in_h>[0-9]+)x"
+    r"(?P<in_w>[0-9]+),(?P<c_in>[0-9]+)->(?P<c_out>[0-9]+),b=(?P<batch>[0-9]+),(?P<phase>[a-z]+)\)$"
+)
 
 
 def parse_key(text: str) -> LayerKey:
@@ -125,9 +138,9 @@ def macs(key: LayerKey) -> int:
         return b * key.out_h * key.out_w * key.c_out * (key.c_in // key.groups) * key.kernel * key.kernel
     if key.type == "fc":
         return b * key.in_h * key.in_w * key.c_in * key.c_out
-    if key.type == "lstm":   # per step: x @ W_ih^T (4H x I) and h @ W_hh^T (4H x H)
+    if key.type == "lstm":  # per step: x @ W_ih^T (4H x I) and h @ W_hh^T (4H x H)
         return b * key.in_h * 4 * key.c_out * (key.c_in + key.c_out)
-    return 0                 # embedding: a gather
+    return 0  # embedding: a gather
 
 
 def num_params(key: LayerKey) -> int:
@@ -135,7 +148,7 @@ def num_params(key: LayerKey) -> int:
         return key.c_out * (key.c_in // key.groups) * key.kernel * key.kernel + key.c_out
     if key.type == "fc":
         return key.c_in * key.c_out + key.c_out
-    if key.type == "lstm":   # W_ih, W_hh, b_ih, b_hh
+    if key.type == "lstm":  # W_ih, W_hh, b_ih, b_hh
         return 4 * key.c_out * (key.c_in + key.c_out) + 8 * key.c_out
     return key.c_in * key.c_out
 
@@ -145,7 +158,7 @@ def flops(key: LayerKey) -> int:
     if key.phase == "forward":
         return 2 * macs(key)
     if key.phase == "backward":
-        if key.type == "lstm":   # no gradient w.r.t. the (zero) initial hidden state
+        if key.type == "lstm":  # no gradient w.r.t. the (zero) initial hidden state
             return 4 * macs(key) - 2 * key.batch * 4 * key.c_out * key.c_out
         return 4 * macs(key)
     return 2 * num_params(key)
@@ -206,8 +219,9 @@ def channel_options(c: int, step: int = CONV_STEP) -> tuple[int, ...]:
     return tuple(range(c, 0, -step))[::-1]
 
 
-def table_grid(config: Any, trainable: str = "head", conv_step: int = CONV_STEP,
-               fc_step: int = FC_STEP) -> tuple[LayerKey, ...]:
+def table_grid(
+    config: Any, trainable: str = "head", conv_step: int = CONV_STEP, fc_step: int = FC_STEP
+) -> tuple[LayerKey, ...]:
     """Sorted, de-duplicated keys a table must cover so that every model the pruner can reach from `config`
     (its family's `grid`; MobileNet: any layer's output channels reduced in steps of `conv_step`; LSTM: the head
     factorised at any rank in steps of `fc_step`) has a prediction."""

@@ -13,9 +13,10 @@ ratio cancels it where the raw median does not (`per_round`, `paired_ratio`, `no
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import pandas as pd
 
@@ -31,8 +32,12 @@ def workload_of(model: Any) -> dict[str, Any]:
 
         p = Path(model).resolve()
         args = compressed_build_args(p, None)
-        return {"model": args["model"], "variants": ["compressed"], "batch": [args["batch"]],
-                "config": {"compressed": str(p)}}
+        return {
+            "model": args["model"],
+            "variants": ["compressed"],
+            "batch": [args["batch"]],
+            "config": {"compressed": str(p)},
+        }
     d = model.to_dict()
     family = d.pop("model")
     batch = d.pop("batch")
@@ -53,16 +58,35 @@ def named(prefix: str, spec: dict[str, Any]) -> dict[str, Any]:
     return {**spec, "name": f"{safe_name(prefix, 52)}-{digest}"}
 
 
-def models_campaign(name: str, workloads_by_model: Mapping[str, dict[str, Any]], serial: str, governor: str, *,
-                    reps: int = 2, steps: int = 10, warmup: int = 2, energy: str = "auto") -> dict[str, Any]:
+def models_campaign(
+    name: str,
+    workloads_by_model: Mapping[str, dict[str, Any]],
+    serial: str,
+    governor: str,
+    *,
+    reps: int = 2,
+    steps: int = 10,
+    warmup: int = 2,
+    energy: str = "auto",
+) -> dict[str, Any]:
     """The campaign measuring `workloads_by_model` (label -> `workload_of(model)`) on one device."""
     workloads: list[dict[str, Any]] = []
-    for w in workloads_by_model.values():   # models with the same workload (config) are measured once
+    for w in workloads_by_model.values():  # models with the same workload (config) are measured once
         if w not in workloads:
             workloads.append(w)
-    return named(name, {"description": f"{len(workloads_by_model)} whole models", "warmup": warmup, "steps": steps,
-            "repetitions": reps, "energy": energy, "devices": {"serials": [serial]}, "governors": [governor],
-            "workload": workloads})
+    return named(
+        name,
+        {
+            "description": f"{len(workloads_by_model)} whole models",
+            "warmup": warmup,
+            "steps": steps,
+            "repetitions": reps,
+            "energy": energy,
+            "devices": {"serials": [serial]},
+            "governors": [governor],
+            "workload": workloads,
+        },
+    )
 
 
 CONTROL_TOLERANCE = 0.20
@@ -84,8 +108,10 @@ class Rounds:
             return f"{len(self.dirs)} round(s)"
         used = [c for c in self.controls if c[2]]
         ref = f"{self.reference_ms:.4g} ms" if self.reference_ms else "?"
-        return (f"{len(used)} of {len(self.controls)} round(s) used (control within +{CONTROL_TOLERANCE:.0%} of "
-                f"{ref}){'; host/phone DISTURBED: used the fastest rounds' if self.disturbed else ''}")
+        return (
+            f"{len(used)} of {len(self.controls)} round(s) used (control within +{CONTROL_TOLERANCE:.0%} of "
+            f"{ref}){'; host/phone DISTURBED: used the fastest rounds' if self.disturbed else ''}"
+        )
 
 
 def _control_ms(raw: pd.DataFrame, control: dict[str, Any]) -> float | None:
@@ -101,10 +127,16 @@ def _control_ms(raw: pd.DataFrame, control: dict[str, Any]) -> float | None:
     return float(row["ms"].iloc[0]) if len(row) else None
 
 
-def run_rounds(spec: dict[str, Any], settings: MeasureSettings, *, control: dict | None = None,
-               reference_ms: float | None = None, max_extra: int | None = None,
-               on_progress: Callable[[Any], None] | None = None, log: Callable[[str], None] = lambda s: None
-               ) -> Rounds:
+def run_rounds(
+    spec: dict[str, Any],
+    settings: MeasureSettings,
+    *,
+    control: dict | None = None,
+    reference_ms: float | None = None,
+    max_extra: int | None = None,
+    on_progress: Callable[[Any], None] | None = None,
+    log: Callable[[str], None] = lambda s: None,
+) -> Rounds:
     """Run `spec` as campaigns one after another (`<name>-r<i>`) and pool the results of `settings.rounds` good
     rounds (results root, resume, threads and artifact cache from `settings`; `on_progress`, `log`: see
     profiler.campaign.run).
@@ -151,10 +183,16 @@ def run_rounds(spec: dict[str, Any], settings: MeasureSettings, *, control: dict
     chosen = [x for x in usable if good(x[2])]
     disturbed = len(chosen) < max(1, rounds) and control is not None
     if disturbed:
-        chosen = sorted(usable, key=lambda x: (x[2] is None, x[2] or 0.0))[:max(1, rounds)]
+        chosen = sorted(usable, key=lambda x: (x[2] is None, x[2] or 0.0))[: max(1, rounds)]
     ids = {id(x) for x in chosen}
-    return Rounds(pd.concat([r for r, _, _ in chosen], ignore_index=True), tuple(d for _, d, _ in usable), failed,
-                  tuple((str(x[1]), x[2], id(x) in ids) for x in usable), ref(), disturbed)
+    return Rounds(
+        pd.concat([r for r, _, _ in chosen], ignore_index=True),
+        tuple(d for _, d, _ in usable),
+        failed,
+        tuple((str(x[1]), x[2], id(x) in ids) for x in usable),
+        ref(),
+        disturbed,
+    )
 
 
 def cell_key(w: Mapping[str, Any]) -> tuple:
@@ -189,7 +227,7 @@ def per_round(raw: pd.DataFrame, models: Mapping[str, Any]) -> pd.DataFrame:
     for campaign, g in raw.groupby("campaign", sort=True):
         try:
             got = measured_from_results(g)
-        except ConfigError:               # a round whose cells all failed
+        except ConfigError:  # a round whose cells all failed
             continue
         for r in got.itertuples():
             for label in want.get(cell_key_of_row(r), []):
@@ -212,8 +250,9 @@ def paired_ratio(rounds: pd.DataFrame, a: str, b: str) -> dict[str, float] | Non
 CONTROL_LABEL = "(control)"
 
 
-def normalized_latency(raw: pd.DataFrame, models: Mapping[str, Any], control: Any,
-                       reference_ms: float) -> dict[str, dict[str, float]]:
+def normalized_latency(
+    raw: pd.DataFrame, models: Mapping[str, Any], control: Any, reference_ms: float
+) -> dict[str, dict[str, float]]:
     """label -> {"ms": median over rounds of model/control x reference_ms, "rounds": rounds with both, "drift":
     median control / reference_ms over those rounds}; labels never measured beside the control are absent."""
     rounds = per_round(raw, {**models, CONTROL_LABEL: control})
@@ -223,15 +262,26 @@ def normalized_latency(raw: pd.DataFrame, models: Mapping[str, Any], control: An
         if r is None:
             continue
         both = rounds[[label, CONTROL_LABEL]].dropna()
-        out[label] = {"ms": r["median"] * reference_ms, "rounds": r["rounds"],
-                      "drift": float(both[CONTROL_LABEL].median()) / reference_ms}
+        out[label] = {
+            "ms": r["median"] * reference_ms,
+            "rounds": r["rounds"],
+            "drift": float(both[CONTROL_LABEL].median()) / reference_ms,
+        }
     return out
 
 
-def measure_models(name: str, models: Mapping[str, Any], serial: str, governor: str, settings: MeasureSettings, *,
-                   control: Any = None, reference_ms: float | None = None,
-                   on_progress: Callable[[Any], None] | None = None, log: Callable[[str], None] = lambda s: None
-                   ) -> tuple[pd.DataFrame, Path, Rounds]:
+def measure_models(
+    name: str,
+    models: Mapping[str, Any],
+    serial: str,
+    governor: str,
+    settings: MeasureSettings,
+    *,
+    control: Any = None,
+    reference_ms: float | None = None,
+    on_progress: Callable[[Any], None] | None = None,
+    log: Callable[[str], None] = lambda s: None,
+) -> tuple[pd.DataFrame, Path, Rounds]:
     """Run the models' campaign in `settings.rounds` rounds (see run_rounds; `control` is a model config; cells of
     `settings.repetitions` launches of `warmup` + `steps` steps, energy `settings.energy`) -> (DataFrame: model, ms,
     mj, n, variant, and with a control and reference: ms_normalized, drift (median control / reference); a
@@ -240,10 +290,24 @@ def measure_models(name: str, models: Mapping[str, Any], serial: str, governor: 
     from workloads.resource import measured_from_results
 
     by_model = {label: workload_of(model) for label, model in models.items()}
-    spec = models_campaign(name, by_model, serial, governor, reps=settings.repetitions, steps=settings.steps,
-                           warmup=settings.warmup, energy=settings.energy)
-    got = run_rounds(spec, settings, control=workload_of(control) if control is not None else None,
-                     reference_ms=reference_ms, on_progress=on_progress, log=log)
+    spec = models_campaign(
+        name,
+        by_model,
+        serial,
+        governor,
+        reps=settings.repetitions,
+        steps=settings.steps,
+        warmup=settings.warmup,
+        energy=settings.energy,
+    )
+    got = run_rounds(
+        spec,
+        settings,
+        control=workload_of(control) if control is not None else None,
+        reference_ms=reference_ms,
+        on_progress=on_progress,
+        log=log,
+    )
     m = measured_from_results(got.raw)
     want = cell_labels(by_model)
     m["model"] = [want.get(cell_key_of_row(r)) for r in m.itertuples()]
@@ -252,11 +316,18 @@ def measure_models(name: str, models: Mapping[str, Any], serial: str, governor: 
         norm = normalized_latency(got.raw, models, control, got.reference_ms)
         m["ms_normalized"] = [norm[k]["ms"] if k in norm else float("nan") for k in m["model"]]
         m["drift"] = [norm[k]["drift"] if k in norm else float("nan") for k in m["model"]]
-    home = settings.results_root / spec["name"]          # index of the rounds; callers write their outputs here
+    home = settings.results_root / spec["name"]  # index of the rounds; callers write their outputs here
     home.mkdir(parents=True, exist_ok=True)
-    (home / "rounds.json").write_text(json.dumps({
-        "rounds": [{"results": d, "control_ms": c, "used": u} for d, c, u in got.controls] or
-                  [str(d) for d in got.dirs],
-        "reference_ms": got.reference_ms, "disturbed": got.disturbed, "models": {
-            k: str(v) if isinstance(v, (str, Path)) else v.to_dict() for k, v in models.items()}}, indent=1))
+    (home / "rounds.json").write_text(
+        json.dumps(
+            {
+                "rounds": [{"results": d, "control_ms": c, "used": u} for d, c, u in got.controls]
+                or [str(d) for d in got.dirs],
+                "reference_ms": got.reference_ms,
+                "disturbed": got.disturbed,
+                "models": {k: str(v) if isinstance(v, (str, Path)) else v.to_dict() for k, v in models.items()},
+            },
+            indent=1,
+        )
+    )
     return m.reset_index(drop=True), home, got

@@ -18,18 +18,30 @@ import itertools
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from profiler.device import Device
 from profiler.errors import ConfigError, UserError
 from profiler.lease import PhoneLease
-from workloads.tuning_db import (DB_FILES, RUNS_FILE, TuningError, _check_lines, _seconds, database_digest,
-                                 database_dir, open_database, read_hand, tuned_wins, workload_hash, write_hand)
-
+from workloads.tuning_db import (
+    DB_FILES,
+    RUNS_FILE,
+    TuningError,
+    _check_lines,
+    _seconds,
+    database_digest,
+    database_dir,
+    open_database,
+    read_hand,
+    tuned_wins,
+    workload_hash,
+    write_hand,
+)
 
 # ---------------------------------------------------------------------------------------------------- tasks
 
@@ -38,11 +50,13 @@ def program_tasks(model: str, variant: str, target_id: str, **config) -> tuple[l
     """(MetaSchedule tasks of every fused kernel of a program, target)."""
     from tvm.s_tir import meta_schedule as ms
 
-    from workloads import compile as C, families
+    from workloads import compile as C
+    from workloads import families
 
     if variant == "unoptimized":
-        raise ConfigError("the unoptimized variant is never tuned (it stands for a plain op-by-op executor)",
-                          key="variant")
+        raise ConfigError(
+            "the unoptimized variant is never tuned (it stands for a plain op-by-op executor)", key="variant"
+        )
     cfg = C.resolve_config(model, variant, C.base_abi(target_id), **config)
     mod, *_ = C.training_module(cfg, variant, families.get(model).default_lr)
     target = C.target_for_abi(target_id)
@@ -71,7 +85,7 @@ def output_count(func) -> int:
 
     sch = s_tir.Schedule(func)
     written = [r.source for b in sch.get_child_blocks(sch.get_sblock("root")) for r in sch.get(b).writes]
-    params = list(func.params)      # buffers are the params themselves in this TIR
+    params = list(func.params)  # buffers are the params themselves in this TIR
 
     def is_written(v) -> bool:
         return any(v.same_as(w) for w in written)
@@ -81,7 +95,7 @@ def output_count(func) -> int:
         if not is_written(v):
             break
         n += 1
-    if n == 0 or any(is_written(v) for v in params[:len(params) - n]):
+    if n == 0 or any(is_written(v) for v in params[: len(params) - n]):
         raise TuningError("kernel outputs are not its trailing params")
     return n
 
@@ -133,7 +147,7 @@ class RunLog:
     batches: int = 0
     candidates: int = 0
     seconds: float = 0.0
-    hand_ms: dict = field(default_factory=dict)     # workload hash -> [ms, ...] of the hand schedule
+    hand_ms: dict = field(default_factory=dict)  # workload hash -> [ms, ...] of the hand schedule
     best_ratio: dict = field(default_factory=dict)  # workload hash -> min over batches of best candidate / hand
 
 
@@ -141,7 +155,7 @@ def _tensor(shape, dtype, rng) -> np.ndarray:
     shape = [int(s) for s in shape]
     if "float" in dtype:
         return rng.uniform(-1, 1, size=shape).astype(dtype)
-    return np.zeros(shape, dtype)    # integer inputs are indices (labels): 0 is valid for every kernel
+    return np.zeros(shape, dtype)  # integer inputs are indices (labels): 0 is valid for every kernel
 
 
 def batch_program(cands: list[tuple[str, Any]], n_out: int, target, abi: str):
@@ -171,10 +185,15 @@ def batch_program(cands: list[tuple[str, Any]], n_out: int, target, abi: str):
             r = bb.emit(relax.call_tir(gv, relax.Tuple(params), outs if n_out > 1 else outs[0]))
             bb.emit_func_output(r)
         calls.append(Call(phase, phase, tuple(names[:-n_out]), tuple(names[-n_out:])))
-    tensors["loss"] = np.zeros((), "float32")      # the runner reports a loss; a batch has none
+    tensors["loss"] = np.zeros((), "float32")  # the runner reports a loss; a batch has none
     mod = bb.get()
-    meta = {"model": "tuning-batch", "variant": "full", "abi": abi, "target": json.dumps(_target_dict(target)),
-            "triple": str(target.attrs.get("mtriple", ""))}
+    meta = {
+        "model": "tuning-batch",
+        "variant": "full",
+        "abi": abi,
+        "target": json.dumps(_target_dict(target)),
+        "triple": str(target.attrs.get("mtriple", "")),
+    }
     return TrainingProgram(mod=tvm.IRModule(dict(mod.functions)), tensors=tensors, calls=tuple(calls), meta=meta)
 
 
@@ -197,9 +216,19 @@ class _Runner:
         self.state.update(key=key, func=func, target=target)
 
 
-def make_device_runner(device, abi: str, store: dict, log: RunLog, *, emulated: bool, workdir: Path,
-                       steps: int = 5, warmup: int = 1, threads: int | None = None,
-                       say: Callable[[str], None] = lambda s: None) -> _Runner:
+def make_device_runner(
+    device,
+    abi: str,
+    store: dict,
+    log: RunLog,
+    *,
+    emulated: bool,
+    workdir: Path,
+    steps: int = 5,
+    warmup: int = 1,
+    threads: int | None = None,
+    say: Callable[[str], None] = lambda s: None,
+) -> _Runner:
     """A MetaSchedule runner that measures a batch of candidates on `device` through adb (see module doc).
     Batches hold candidates of the task set with `set_task`, plus that task's hand schedule."""
     from tvm.s_tir import meta_schedule as ms
@@ -228,8 +257,9 @@ def make_device_runner(device, abi: str, store: dict, log: RunLog, *, emulated: 
         """Run candidate kernels (plus the task's hand schedule, phase "hand") in one artifact on the device,
         `runs` launches of it; returns the timed steps of each launch (each step calls every kernel once)."""
         target = state["target"]
-        program = batch_program(cands + [("hand", hand_schedule(state["func"], target))],
-                                output_count(state["func"]), target, abi)
+        program = batch_program(
+            cands + [("hand", hand_schedule(state["func"], target))], output_count(state["func"]), target, abi
+        )
         art = write_artifact(program, workdir / "batch", abi=abi)
         remote = deploy(device, art.hash, art.path, [p.name for p in art.files()])
         out = []
@@ -240,7 +270,7 @@ def make_device_runner(device, abi: str, store: dict, log: RunLog, *, emulated: 
                     raise TuningError(f"runner exit {r.exit_code}: {(r.stderr or '').strip()[-200:]}")
                 out.append(parse_run_output(r.stdout).timed)
         finally:
-            device.shell(command("rm", "-rf", remote))   # one batch per push: do not fill the phone
+            device.shell(command("rm", "-rf", remote))  # one batch per push: do not fill the phone
         return out
 
     def measure(runner_inputs) -> list:
@@ -268,7 +298,7 @@ def make_device_runner(device, abi: str, store: dict, log: RunLog, *, emulated: 
             else:
                 res.append(R([float(np.median(per[ph]))], None))
         timed = [float(np.median(per[ph])) for ph, _ in cands if ph in per]
-        if timed and "hand" in per and not emulated:   # paired: same launch, same host conditions
+        if timed and "hand" in per and not emulated:  # paired: same launch, same host conditions
             ratio = min(timed) / float(np.median(per["hand"]))
             log.best_ratio[key] = min(log.best_ratio.get(key, float("inf")), ratio)
         return res
@@ -290,8 +320,9 @@ def make_device_runner(device, abi: str, store: dict, log: RunLog, *, emulated: 
             return None
         per_launch = []
         for timed in launch([("best", best_func)], n_steps, runs=runs):
-            ratios = [dict(s.phases_ns)["best"] / dict(s.phases_ns)["hand"] for s in timed
-                      if dict(s.phases_ns).get("hand")]
+            ratios = [
+                dict(s.phases_ns)["best"] / dict(s.phases_ns)["hand"] for s in timed if dict(s.phases_ns).get("hand")
+            ]
             if ratios:
                 per_launch.append(float(np.median(ratios)))
         return float(np.median(per_launch)) if per_launch else None
@@ -338,7 +369,6 @@ def _quiet_logs(verbose: bool = False) -> None:
             h.setLevel(log.level)
 
 
-
 @dataclass(frozen=True)
 class TuneResult:
     database: Path
@@ -351,18 +381,28 @@ class TuneResult:
     seconds: float
     measured_on: str
     emulated: bool
-    kernels: tuple[dict, ...]       # per task: name, flops, hand_ms, tuned_ms, kept ("tuned" | "hand")
-    device_batches: int = 0         # runner launches on the device (one per batch of candidates)
+    kernels: tuple[dict, ...]  # per task: name, flops, hand_ms, tuned_ms, kept ("tuned" | "hand")
+    device_batches: int = 0  # runner launches on the device (one per batch of candidates)
     device_candidates: int = 0
-    device_seconds: float = 0.0     # of `seconds`, spent building batch artifacts and running them on the device
+    device_seconds: float = 0.0  # of `seconds`, spent building batch artifacts and running them on the device
 
     def to_dict(self) -> dict:
-        return {"database": str(self.database), "digest": self.digest, "target_key": self.target_key,
-                "tasks": self.tasks, "tuned_tasks": self.tuned_tasks, "trials": self.trials,
-                "resumed_records": self.resumed_records, "seconds": round(self.seconds, 1),
-                "measured_on": self.measured_on, "emulated": self.emulated, "kernels": list(self.kernels),
-                "device_batches": self.device_batches, "device_candidates": self.device_candidates,
-                "device_seconds": round(self.device_seconds, 1)}
+        return {
+            "database": str(self.database),
+            "digest": self.digest,
+            "target_key": self.target_key,
+            "tasks": self.tasks,
+            "tuned_tasks": self.tuned_tasks,
+            "trials": self.trials,
+            "resumed_records": self.resumed_records,
+            "seconds": round(self.seconds, 1),
+            "measured_on": self.measured_on,
+            "emulated": self.emulated,
+            "kernels": list(self.kernels),
+            "device_batches": self.device_batches,
+            "device_candidates": self.device_candidates,
+            "device_seconds": round(self.device_seconds, 1),
+        }
 
 
 def task_flops(task) -> float:
@@ -378,7 +418,7 @@ def select_tasks(tasks: list, *, top: int | None = None, share: float = 0.9) -> 
     """The heaviest tasks by FLOPs x calls: the `top` first, else those that cover `share` of the FLOPs."""
     ranked = sorted(tasks, key=task_flops, reverse=True)
     if top is not None:
-        return ranked[:max(0, top)]
+        return ranked[: max(0, top)]
     total = sum(task_flops(t) for t in ranked) or 1.0
     out, acc = [], 0.0
     for t in ranked:
@@ -389,10 +429,23 @@ def select_tasks(tasks: list, *, top: int | None = None, share: float = 0.9) -> 
     return out
 
 
-def tune(device, target_id: str, model: str, variant: str = "full", *, trials: int = 64, minutes: float = 30.0,
-         top: int | None = None, emulated: bool = False, threads: int | None = None, root: Path | None = None,
-         only: tuple[str, ...] | None = None, extracted: tuple | None = None,
-         say: Callable[[str], None] = lambda s: None, **config) -> TuneResult:
+def tune(
+    device,
+    target_id: str,
+    model: str,
+    variant: str = "full",
+    *,
+    trials: int = 64,
+    minutes: float = 30.0,
+    top: int | None = None,
+    emulated: bool = False,
+    threads: int | None = None,
+    root: Path | None = None,
+    only: tuple[str, ...] | None = None,
+    extracted: tuple | None = None,
+    say: Callable[[str], None] = lambda s: None,
+    **config,
+) -> TuneResult:
     """Tune the heaviest kernels of a program on `device` (measured there) into the target's database.
 
     Each task gets up to `trials` measured candidates; records already in the database count (an interrupted
@@ -407,10 +460,10 @@ def tune(device, target_id: str, model: str, variant: str = "full", *, trials: i
     deadline = t0 + minutes * 60
     key = C.target_key(target_id)
     path = database_dir(key, root)
-    db = open_database(path)               # before minutes of compiling: a corrupt database fails first
+    db = open_database(path)  # before minutes of compiling: a corrupt database fails first
     tasks, target = extracted or program_tasks(model, variant, target_id, **config)
     chosen = select_tasks(tasks, top=top)
-    if only is not None:     # this device's share of a fleet run (`tune_fleet`)
+    if only is not None:  # this device's share of a fleet run (`tune_fleet`)
         chosen = [t for t in chosen if t.task_name in only]
     if not chosen:
         raise TuningError(f"{model}/{variant}: nothing to tune")
@@ -420,8 +473,9 @@ def tune(device, target_id: str, model: str, variant: str = "full", *, trials: i
     hand = read_hand(path)
     kernels, resumed, total = [], 0, 0
     with tempfile.TemporaryDirectory(prefix="autlearn-tune-") as tmp:
-        runner = make_device_runner(device, C.base_abi(target_id), store, log, emulated=emulated,
-                                    workdir=Path(tmp), threads=threads, say=say)
+        runner = make_device_runner(
+            device, C.base_abi(target_id), store, log, emulated=emulated, workdir=Path(tmp), threads=threads, say=say
+        )
         builder = make_builder(store, deadline)
         for task in chosen:
             func = task.dispatched[0]["main"] if hasattr(task.dispatched[0], "functions") else task.dispatched[0]
@@ -442,30 +496,65 @@ def tune(device, target_id: str, model: str, variant: str = "full", *, trials: i
             _quiet_logs()
             ctx = ms.relax_integration.extracted_tasks_to_tune_contexts([task], str(Path(tmp) / "logs"))[0][0]
             _quiet_logs()
-            ms.tune_tasks(tasks=[ctx], task_weights=[1.0], work_dir=str(Path(tmp) / "logs"),
-                          max_trials_global=left, max_trials_per_task=left,
-                          num_trials_per_iter=min(32, left), builder=builder, runner=runner.ms_runner,
-                          database=db, cost_model="xgb", task_scheduler="round-robin",
-                          measure_callbacks=[ms.measure_callback.AddToDatabase(),
-                                             ms.measure_callback.UpdateCostModel()])
+            ms.tune_tasks(
+                tasks=[ctx],
+                task_weights=[1.0],
+                work_dir=str(Path(tmp) / "logs"),
+                max_trials_global=left,
+                max_trials_per_task=left,
+                num_trials_per_iter=min(32, left),
+                builder=builder,
+                runner=runner.ms_runner,
+                database=db,
+                cost_model="xgb",
+                task_scheduler="round-robin",
+                measure_callbacks=[ms.measure_callback.AddToDatabase(), ms.measure_callback.UpdateCostModel()],
+            )
             total += left
             if log.hand_ms.get(wkey):
                 old = hand.get(wkey, {})
                 ratios = [r for r in (old.get("best_ratio"), log.best_ratio.get(wkey)) if r is not None]
-                hand[wkey] = {"name": task.task_name, "ms": round(float(np.median(log.hand_ms[wkey])), 6),
-                              "samples": len(log.hand_ms[wkey]) + int(old.get("samples", 0)),
-                              "best_ratio": round(min(ratios), 4) if ratios else None}
+                hand[wkey] = {
+                    "name": task.task_name,
+                    "ms": round(float(np.median(log.hand_ms[wkey])), 6),
+                    "samples": len(log.hand_ms[wkey]) + int(old.get("samples", 0)),
+                    "best_ratio": round(min(ratios), 4) if ratios else None,
+                }
                 _verify(db, task, runner, hand, wkey, say)
-            write_hand(path, hand)        # per task: an interrupted run keeps what it measured
+            write_hand(path, hand)  # per task: an interrupted run keeps what it measured
             kernels.append({**entry, "trials": left, **_summary(db, task.dispatched[0], hand.get(wkey))})
             say(f"{task.task_name}: hand {kernels[-1]['hand_ms']} ms, tuned {kernels[-1]['tuned_ms']} ms")
         write_hand(path, hand)
-    result = TuneResult(path, database_digest(path), key, len(tasks), len(chosen), total, resumed,
-                        time.monotonic() - t0, getattr(device, "serial", str(device)), emulated, tuple(kernels),
-                        log.batches, log.candidates, log.seconds)
-    with open(path / RUNS_FILE, "a") as f:   # what tuning cost, for the record (not part of the digest)
-        f.write(json.dumps({**result.to_dict(), "model": model, "variant": variant, "config": config,
-                            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, sort_keys=True) + "\n")
+    result = TuneResult(
+        path,
+        database_digest(path),
+        key,
+        len(tasks),
+        len(chosen),
+        total,
+        resumed,
+        time.monotonic() - t0,
+        getattr(device, "serial", str(device)),
+        emulated,
+        tuple(kernels),
+        log.batches,
+        log.candidates,
+        log.seconds,
+    )
+    with open(path / RUNS_FILE, "a") as f:  # what tuning cost, for the record (not part of the digest)
+        f.write(
+            json.dumps(
+                {
+                    **result.to_dict(),
+                    "model": model,
+                    "variant": variant,
+                    "config": config,
+                    "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                },
+                sort_keys=True,
+            )
+            + "\n"
+        )
     return result
 
 
@@ -495,7 +584,7 @@ def _verify(db, task, runner, hand: dict, wkey: str, say) -> None:
 def _records_for(db, mod) -> int:
     if not db.has_workload(mod):
         return 0
-    return len(db.get_top_k(db.commit_workload(mod), 10 ** 6))
+    return len(db.get_top_k(db.commit_workload(mod), 10**6))
 
 
 def _summary(db, mod, hand: dict | None) -> dict:
@@ -509,15 +598,34 @@ def _summary(db, mod, hand: dict | None) -> dict:
     return {"hand_ms": h, "tuned_ms": tuned, "best_ratio": (hand or {}).get("best_ratio"), "kept": kept}
 
 
-def _fleet_worker(serial: str, target_id: str, model: str, variant: str, only: tuple[str, ...], root: str,
-                  kwargs: dict, config: dict, extracted: tuple) -> dict:
+def _fleet_worker(
+    serial: str,
+    target_id: str,
+    model: str,
+    variant: str,
+    only: tuple[str, ...],
+    root: str,
+    kwargs: dict,
+    config: dict,
+    extracted: tuple,
+) -> dict:
     """One device's share of `tune_fleet`, in its own process (MetaSchedule keeps process-wide state)."""
 
     def say(msg: str) -> None:
         print(f"[tune {serial}] {msg}", file=sys.stderr, flush=True)
 
-    return tune(Device(serial), target_id, model, variant, root=Path(root), only=only, extracted=extracted,
-                say=say, **kwargs, **config).to_dict()
+    return tune(
+        Device(serial),
+        target_id,
+        model,
+        variant,
+        root=Path(root),
+        only=only,
+        extracted=extracted,
+        say=say,
+        **kwargs,
+        **config,
+    ).to_dict()
 
 
 def merge_into(dst: Path, src: Path, skip: int = 0, skip_runs: int = 0) -> int:
@@ -544,8 +652,17 @@ def merge_into(dst: Path, src: Path, skip: int = 0, skip_runs: int = 0) -> int:
     return len(lines) - skip
 
 
-def tune_fleet(serials: list[str], target_id: str, model: str, variant: str = "full", *, top: int | None = None,
-               root: Path | None = None, say: Callable[[str], None] = lambda s: None, **kwargs) -> list[dict]:
+def tune_fleet(
+    serials: list[str],
+    target_id: str,
+    model: str,
+    variant: str = "full",
+    *,
+    top: int | None = None,
+    root: Path | None = None,
+    say: Callable[[str], None] = lambda s: None,
+    **kwargs,
+) -> list[dict]:
     """Tune on several phones of one CPU target at once: the heaviest kernels are dealt out round-robin, each phone
     tunes its share in its own process into a private database, and the shares are merged into the target's."""
     import multiprocessing as mp
@@ -559,9 +676,9 @@ def tune_fleet(serials: list[str], target_id: str, model: str, variant: str = "f
     key = C.target_key(target_id)
     path = database_dir(key, root)
     open_database(path)
-    tasks, target = program_tasks(model, variant, target_id, **config)   # once: workers get them pickled
+    tasks, target = program_tasks(model, variant, target_id, **config)  # once: workers get them pickled
     chosen = [t.task_name for t in select_tasks(tasks, top=top)]
-    shares = {s: tuple(chosen[i::len(serials)]) for i, s in enumerate(serials)}
+    shares = {s: tuple(chosen[i :: len(serials)]) for i, s in enumerate(serials)}
     say(f"{len(chosen)} kernels over {len(serials)} phones of target {target_id}")
     results = []
     rec_file = path / DB_FILES[1]
@@ -569,38 +686,66 @@ def tune_fleet(serials: list[str], target_id: str, model: str, variant: str = "f
     runs = len((path / RUNS_FILE).read_text()) if (path / RUNS_FILE).is_file() else 0
     with tempfile.TemporaryDirectory(prefix="autlearn-fleet-") as tmp:
         subs = {s: Path(tmp) / f"d{i}" for i, s in enumerate(serials)}
-        for s, d in subs.items():    # start from what the target's database holds (resume, cost model)
+        for d in subs.values():  # start from what the target's database holds (resume, cost model)
             if rec_file.is_file():
                 shutil.copytree(path, d / key)
         with ProcessPoolExecutor(len(serials), mp_context=mp.get_context("spawn")) as pool:
-            futs = {s: pool.submit(_fleet_worker, s, target_id, model, variant, shares[s], str(subs[s]), kwargs,
-                                   config, (tasks, target)) for s in serials if shares[s]}
-            for s, f in futs.items():
+            futs = {
+                s: pool.submit(
+                    _fleet_worker,
+                    s,
+                    target_id,
+                    model,
+                    variant,
+                    shares[s],
+                    str(subs[s]),
+                    kwargs,
+                    config,
+                    (tasks, target),
+                )
+                for s in serials
+                if shares[s]
+            }
+            for f in futs.values():
                 results.append(f.result())
         for s in futs:
             say(f"{s}: merged {merge_into(path, subs[s] / key, skip=base, skip_runs=runs)} new records")
-    digest = database_digest(path)     # each worker reported its private copy: name the merged database
+    digest = database_digest(path)  # each worker reported its private copy: name the merged database
     return [{**r, "database": str(path), "digest": digest} for r in results]
 
 
-def tune_devices(serials: list[str], model: str, variant: str = "full", *, target_id: str | None = None,
-                 trials: int = 64, minutes: float = 30.0, top: int | None = None, threads: int | None = None,
-                 say: Callable[[str], None] = lambda s: None, **config) -> list[dict]:
+def tune_devices(
+    serials: list[str],
+    model: str,
+    variant: str = "full",
+    *,
+    target_id: str | None = None,
+    trials: int = 64,
+    minutes: float = 30.0,
+    top: int | None = None,
+    threads: int | None = None,
+    say: Callable[[str], None] = lambda s: None,
+    **config,
+) -> list[dict]:
     """`autlearn workloads tune`: probe the phones, choose the CPU target (theirs, or `target_id`), tune on one
     phone or share the kernels among several of that target (`tune_fleet`). One result dict per phone."""
-    from profiler.worker import target_id as device_target
     from profiler.probe import probe
+    from profiler.worker import target_id as device_target
     from workloads import compile as C
     from workloads.models import make_config
 
     if variant not in ("full", "compressed", "cached"):
         raise ConfigError(f"variant {variant!r} is not tuned (choose from full, compressed, cached)", key="variant")
-    make_config(model, **config)   # bad config fails before the device is touched
+    make_config(model, **config)  # bad config fails before the device is touched
     facts_of = {s: probe(Device(s)) for s in serials}
     targets = {s: device_target(f) for s, f in facts_of.items()}
     if target_id is None and len(set(targets.values())) > 1:
-        raise ConfigError("the phones have different CPU targets (" + ", ".join(f"{s}: {t}" for s, t in
-                          targets.items()) + "); tune each target on its own phones", key="device")
+        raise ConfigError(
+            "the phones have different CPU targets ("
+            + ", ".join(f"{s}: {t}" for s, t in targets.items())
+            + "); tune each target on its own phones",
+            key="device",
+        )
     serial, facts = next(iter(facts_of.items()))
     ct = facts.cpu_target
     if target_id is None:
@@ -616,10 +761,34 @@ def tune_devices(serials: list[str], model: str, variant: str = "full", *, targe
         say("the device emulates its CPU: candidates are run for correctness only and no timing is recorded")
     say(f"{', '.join(facts_of)} ({'virtual' if facts.virtual else facts.model}), target {target_id}")
     if len(facts_of) > 1:
-        return tune_fleet(list(facts_of), target_id, model, variant, top=top, trials=trials, minutes=minutes,
-                          emulated=emulated, threads=threads, say=say, **config)
-    return [tune(Device(serial), target_id, model, variant, trials=trials, minutes=minutes, top=top,
-                 emulated=emulated, threads=threads, say=say, **config).to_dict()]
+        return tune_fleet(
+            list(facts_of),
+            target_id,
+            model,
+            variant,
+            top=top,
+            trials=trials,
+            minutes=minutes,
+            emulated=emulated,
+            threads=threads,
+            say=say,
+            **config,
+        )
+    return [
+        tune(
+            Device(serial),
+            target_id,
+            model,
+            variant,
+            trials=trials,
+            minutes=minutes,
+            top=top,
+            emulated=emulated,
+            threads=threads,
+            say=say,
+            **config,
+        ).to_dict()
+    ]
 
 
 def emulates(facts) -> bool:
@@ -630,13 +799,14 @@ def emulates(facts) -> bool:
     return bool(facts.virtual) and facts.abi != host
 
 
-def tune_for_campaign(campaign, *, trials: int, minutes: float, threads: int | None = None,
-                      say: Callable[[str], None] = lambda s: None) -> list[dict]:
+def tune_for_campaign(
+    campaign, *, trials: int, minutes: float, threads: int | None = None, say: Callable[[str], None] = lambda s: None
+) -> list[dict]:
     """`autlearn run --tune`: before a campaign builds its artifacts, tune every program it compiles on one
     connected phone per CPU target (databases resume, so a rerun only tunes what is missing). Programs that are
     never tuned (unoptimized, `tuning = "none"`, layer suites, pruned models from files) are skipped."""
-    from profiler.worker import target_id
     from profiler.fleet import discover
+    from profiler.worker import target_id
 
     devices = campaign.select([e.facts for e in discover() if e.facts is not None])
     by_target: dict[str, Any] = {}
@@ -655,7 +825,17 @@ def tune_for_campaign(campaign, *, trials: int, minutes: float, threads: int | N
                     say(f"tuning {w.model}/{variant} batch {batch} for {tid} on {d.serial}")
                     # the phone's lease, as a run takes it: two tunes (or a run) never time each other
                     with PhoneLease(Device(d.serial), f"tune {w.model}", "tuning", say=say):
-                        r = tune(Device(d.serial), tid, w.model, variant, trials=trials, minutes=minutes,
-                                 emulated=emulated, threads=threads, say=say, **{**config, "batch": batch})
+                        r = tune(
+                            Device(d.serial),
+                            tid,
+                            w.model,
+                            variant,
+                            trials=trials,
+                            minutes=minutes,
+                            emulated=emulated,
+                            threads=threads,
+                            say=say,
+                            **{**config, "batch": batch},
+                        )
                     out.append(r.to_dict())
     return out

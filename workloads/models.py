@@ -9,7 +9,8 @@ Weights come from a seed only (no pretrained download): the backbone is a determ
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from profiler.errors import ConfigError
 from workloads import families
@@ -18,7 +19,7 @@ __all__ = ["build_model", "make_config"]
 
 
 def __getattr__(name: str) -> Any:
-    if name == "MODELS":   # the registered families, computed when asked (workloads.families.names())
+    if name == "MODELS":  # the registered families, computed when asked (workloads.families.names())
         return families.names()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

@@ -15,8 +15,9 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -115,14 +116,21 @@ def set_num_threads(num_threads: int | None) -> None:
     import tvm
     import tvm_ffi
 
-    os.environ["TVM_NUM_THREADS"] = str(num_threads)   # read when the pool starts
-    assert tvm.runtime is not None                     # importing tvm registers the runtime's functions
-    tvm_ffi.get_global_func("runtime.config_threadpool")(1, int(num_threads))   # 1 = "big" cores (all on x86)
+    os.environ["TVM_NUM_THREADS"] = str(num_threads)  # read when the pool starts
+    assert tvm.runtime is not None  # importing tvm registers the runtime's functions
+    tvm_ffi.get_global_func("runtime.config_threadpool")(1, int(num_threads))  # 1 = "big" cores (all on x86)
 
 
-def run_on_host(program: TrainingProgram, steps: int, target: Any = None, *, warmup: int = 0,
-                num_threads: int | None = None, executable: Any = None,
-                tensors: Mapping[str, np.ndarray] | None = None) -> list[dict[str, Any]]:
+def run_on_host(
+    program: TrainingProgram,
+    steps: int,
+    target: Any = None,
+    *,
+    warmup: int = 0,
+    num_threads: int | None = None,
+    executable: Any = None,
+    tensors: Mapping[str, np.ndarray] | None = None,
+) -> list[dict[str, Any]]:
     """Reference executor: run `warmup + steps` training steps exactly as the on-device runner does.
 
     Returns one record per step, shaped like the runner's JSON lines:
@@ -158,8 +166,15 @@ def run_on_host(program: TrainingProgram, steps: int, target: Any = None, *, war
                 state[name] = val
             phases[c.phase] = phases.get(c.phase, 0) + time.perf_counter_ns() - t0
         step_ns = time.perf_counter_ns() - t_step
-        records.append({"step": i, "warmup": i < warmup, "phases_ns": phases, "step_ns": step_ns,
-                        "loss": float(state[LOSS].numpy().reshape(-1)[0])})
+        records.append(
+            {
+                "step": i,
+                "warmup": i < warmup,
+                "phases_ns": phases,
+                "step_ns": step_ns,
+                "loss": float(state[LOSS].numpy().reshape(-1)[0]),
+            }
+        )
     if records:
         records[-1]["tensors"] = {k: v.numpy() for k, v in state.items()}
     return records

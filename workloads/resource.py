@@ -7,8 +7,9 @@ measurements validate it with `prediction_error` (nn-Meter reports 99 % of model
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -34,20 +35,25 @@ class Resource:
     def value(self, kind: str) -> float:
         if kind not in RESOURCE_KINDS:
             raise ConfigError(f"unknown resource {kind!r}; valid: {', '.join(RESOURCE_KINDS)}", key="resource")
-        v = {"latency": self.latency_ms, "energy": self.energy_mj, "memory": self.memory_bytes,
-             "flops": self.flops}[kind]
+        v = {"latency": self.latency_ms, "energy": self.energy_mj, "memory": self.memory_bytes, "flops": self.flops}[
+            kind
+        ]
         if v is None:
-            raise ConfigError(f"no {kind} prediction (needs a table{' with energy' if kind == 'energy' else ''})",
-                              key="resource")
+            raise ConfigError(
+                f"no {kind} prediction (needs a table{' with energy' if kind == 'energy' else ''})", key="resource"
+            )
         return float(v)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"latency_ms": self.latency_ms, "energy_mj": self.energy_mj, "flops": self.flops,
-                "memory_bytes": self.memory_bytes}
+        return {
+            "latency_ms": self.latency_ms,
+            "energy_mj": self.energy_mj,
+            "flops": self.flops,
+            "memory_bytes": self.memory_bytes,
+        }
 
 
-def model_resource(config: Any, table: Any = None, trainable: str = "head",
-                   head_rank: int | None = None) -> Resource:
+def model_resource(config: Any, table: Any = None, trainable: str = "head", head_rank: int | None = None) -> Resource:
     """Resource of one training step of `config` (TableError naming the first key the table lacks)."""
     keys = model_keys(config, trainable, head_rank)
     fl = sum(flops(k) for k in keys)
@@ -55,25 +61,26 @@ def model_resource(config: Any, table: Any = None, trainable: str = "head",
     lat = en = None
     if table is not None:
         table.require(keys)
-        lat = (float(sum(table.latency_ms(k) for k in keys)) * float(table.meta.latency_scale)
-               + float(table.meta.latency_offset_ms))
+        lat = float(sum(table.latency_ms(k) for k in keys)) * float(table.meta.latency_scale) + float(
+            table.meta.latency_offset_ms
+        )
         if table.has_energy:
             en = float(sum(table.energy_mj(k) for k in keys))
     return Resource(lat, en, int(fl), int(mem))
 
 
-def predict(config: Any, kind: str, table: Any = None, trainable: str = "head",
-            head_rank: int | None = None) -> float:
+def predict(config: Any, kind: str, table: Any = None, trainable: str = "head", head_rank: int | None = None) -> float:
     """One resource value; `table` is needed for latency/energy."""
     if kind in ("latency", "energy") and table is None:
         raise ConfigError(f"predicting {kind} needs a table", key="table")
     if kind == "energy" and not table.has_energy:
         from profiler.errors import TableError
 
-        raise TableError(f"table ({table.meta.source_device}) has no energy column: measured without a power "
-                         f"monitor; use a latency/memory/flops budget or an energy table")
-    return model_resource(config, table if kind in ("latency", "energy") else None, trainable,
-                          head_rank).value(kind)
+        raise TableError(
+            f"table ({table.meta.source_device}) has no energy column: measured without a power "
+            f"monitor; use a latency/memory/flops budget or an energy table"
+        )
+    return model_resource(config, table if kind in ("latency", "energy") else None, trainable, head_rank).value(kind)
 
 
 @dataclass(frozen=True, eq=False)
@@ -91,13 +98,16 @@ class PredictionReport:
     within_fraction: float
 
     def summary(self) -> str:
-        return (f"{self.n} models: mean |err| {self.mean_abs_error:.1%}, median {self.median_abs_error:.1%}, "
-                f"max {self.max_abs_error:.1%}, RMSPE {self.rmspe:.1%}, {self.within_fraction:.0%} within "
-                f"+-{self.tolerance:.0%}")
+        return (
+            f"{self.n} models: mean |err| {self.mean_abs_error:.1%}, median {self.median_abs_error:.1%}, "
+            f"max {self.max_abs_error:.1%}, RMSPE {self.rmspe:.1%}, {self.within_fraction:.0%} within "
+            f"+-{self.tolerance:.0%}"
+        )
 
 
-def prediction_error(predicted: Mapping[str, float], measured: Mapping[str, float],
-                     tolerance: float = TOLERANCE) -> PredictionReport:
+def prediction_error(
+    predicted: Mapping[str, float], measured: Mapping[str, float], tolerance: float = TOLERANCE
+) -> PredictionReport:
     """Compare predicted vs measured whole-model values (same names; measured > 0)."""
     names = sorted(set(predicted) & set(measured))
     extra = sorted(set(predicted) ^ set(measured))
@@ -111,16 +121,33 @@ def prediction_error(predicted: Mapping[str, float], measured: Mapping[str, floa
         if not (m > 0 and math.isfinite(m) and math.isfinite(p)):
             raise ConfigError(f"{n}: measured must be > 0 and both finite, got {p}, {m}", key="measured")
         err = p / m - 1
-        rows.append({"model": n, "predicted": p, "measured": m, "error": err, "abs_error": abs(err),
-                     "within": abs(err) <= tolerance})
+        rows.append(
+            {
+                "model": n,
+                "predicted": p,
+                "measured": m,
+                "error": err,
+                "abs_error": abs(err),
+                "within": abs(err) <= tolerance,
+            }
+        )
     df = pd.DataFrame(rows)
     a = df["abs_error"].to_numpy()
-    return PredictionReport(df, tolerance, len(df), float(a.mean()), float(np.median(a)), float(a.max()),
-                            float(np.sqrt((a ** 2).mean())), float(df["within"].mean()))
+    return PredictionReport(
+        df,
+        tolerance,
+        len(df),
+        float(a.mean()),
+        float(np.median(a)),
+        float(a.max()),
+        float(np.sqrt((a**2).mean())),
+        float(df["within"].mean()),
+    )
 
 
-def measure_models_on_host(configs: Mapping[str, Any], steps: int = 20, warmup: int = 5, threads: int = 1,
-                           lr: float = 0.05) -> dict[str, float]:
+def measure_models_on_host(
+    configs: Mapping[str, Any], steps: int = 20, warmup: int = 5, threads: int = 1, lr: float = 0.05
+) -> dict[str, float]:
     """Median ms of one transfer-learning training step per model on THIS HOST with PyTorch eager (backbone
     forward without grad, head forward/backward/SGD update). Steps are interleaved across models (round r runs
     every model once) so load from other processes hits all of them alike. A host proxy, not a phone."""
@@ -159,6 +186,7 @@ def measure_models_on_host(configs: Mapping[str, Any], steps: int = 20, warmup: 
 
 # ---------------------------------------------------------------------------------------------- validation
 
+
 def validation_configs(config: Any, n: int = 12, seed: int = 0) -> dict[str, Any]:
     """`n` whole models the table can predict (every one reachable by the pruner; the family's
     `validation_configs`): MobileNet -> uniform thinning (fractions 1, 3/4, 1/2, 1/4) then random per-layer channel
@@ -195,9 +223,19 @@ def measured_from_results(raw: pd.DataFrame, workload: str | None = None) -> pd.
         raise ConfigError("the results hold no timed steps of whole-model cells", key="results")
     rows = []
     for (wl, variant, cfg_json, batch, gov), g in df.groupby(
-            ["workload", "variant", "config", "batch", "governor_requested"], sort=True):
+        ["workload", "variant", "config", "batch", "governor_requested"], sort=True
+    ):
         e = g["energy_j"].astype(float)
-        rows.append({"workload": wl, "variant": variant, "config": canonical_config(_json.loads(cfg_json)),
-                     "batch": int(batch), "governor": gov, "ms": float(np.median(g["step_ns"])) / 1e6,
-                     "mj": float(np.nanmedian(e)) * 1e3 if e.notna().any() else math.nan, "n": len(g)})
+        rows.append(
+            {
+                "workload": wl,
+                "variant": variant,
+                "config": canonical_config(_json.loads(cfg_json)),
+                "batch": int(batch),
+                "governor": gov,
+                "ms": float(np.median(g["step_ns"])) / 1e6,
+                "mj": float(np.nanmedian(e)) * 1e3 if e.notna().any() else math.nan,
+                "n": len(g),
+            }
+        )
     return pd.DataFrame(rows)

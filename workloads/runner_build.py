@@ -28,13 +28,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from profiler.errors import ConfigError, ToolMissing, UserError
 
@@ -49,26 +50,58 @@ ABIS: dict[str, tuple[str, str]] = {
 
 # Relative to site-packages. Only what the Relax VM needs on CPU; every object is linked whole (static registration).
 _FFI_SOURCES = (
-    "backtrace.cc", "container.cc", "custom_allocator.cc", "dtype.cc", "error.cc", "function.cc",
-    "init_once.cc", "object.cc", "tensor.cc",
-    "extra/env_c_api.cc", "extra/env_context.cc", "extra/json_parser.cc", "extra/json_writer.cc",
-    "extra/library_module.cc", "extra/library_module_system_lib.cc", "extra/module.cc",
+    "backtrace.cc",
+    "container.cc",
+    "custom_allocator.cc",
+    "dtype.cc",
+    "error.cc",
+    "function.cc",
+    "init_once.cc",
+    "object.cc",
+    "tensor.cc",
+    "extra/env_c_api.cc",
+    "extra/env_context.cc",
+    "extra/json_parser.cc",
+    "extra/json_writer.cc",
+    "extra/library_module.cc",
+    "extra/library_module_system_lib.cc",
+    "extra/module.cc",
 )
 _RT_SOURCES = (
-    "cpu_device_api.cc", "device_api.cc", "file_utils.cc", "logging.cc", "module.cc",
-    "tensor.cc", "thread_pool.cc", "threading_backend.cc", "workspace_pool.cc",
-    "memory/memory_manager.cc", "vm/builtin.cc", "vm/bytecode.cc", "vm/executable.cc", "vm/vm.cc",
+    "cpu_device_api.cc",
+    "device_api.cc",
+    "file_utils.cc",
+    "logging.cc",
+    "module.cc",
+    "tensor.cc",
+    "thread_pool.cc",
+    "threading_backend.cc",
+    "workspace_pool.cc",
+    "memory/memory_manager.cc",
+    "vm/builtin.cc",
+    "vm/bytecode.cc",
+    "vm/executable.cc",
+    "vm/vm.cc",
 )
 # Our own stand-ins for the six support headers the runtime sources include but the wheel does not ship, laid out
 # under runner/compat/ at their staged paths (include/tvm/support/..., src/support/...).
 COMPAT_DIR = RUNNER_DIR / "compat"
 _COMPAT_HEADERS = (
-    "include/tvm/support/io.h", "include/tvm/support/serializer.h", "include/tvm/support/cuda/nvtx.h",
-    "src/support/base64.h", "src/support/bytes_io.h", "src/support/utils.h",
+    "include/tvm/support/io.h",
+    "include/tvm/support/serializer.h",
+    "include/tvm/support/cuda/nvtx.h",
+    "src/support/base64.h",
+    "src/support/bytes_io.h",
+    "src/support/utils.h",
 )
 _DEFINES = (
-    "-DNDEBUG", "-DTVM_FFI_USE_LIBBACKTRACE=0", "-DTVM_FFI_BACKTRACE_ON_SEGFAULT=0", "-DTVM_LOG_STACK_TRACE=0",
-    "-DTVM_USE_LIBBACKTRACE=0", "-DTVM_FFI_CMAKE_LITTLE_ENDIAN=1", "-DTVM_NVTX_ENABLED=0",
+    "-DNDEBUG",
+    "-DTVM_FFI_USE_LIBBACKTRACE=0",
+    "-DTVM_FFI_BACKTRACE_ON_SEGFAULT=0",
+    "-DTVM_LOG_STACK_TRACE=0",
+    "-DTVM_USE_LIBBACKTRACE=0",
+    "-DTVM_FFI_CMAKE_LITTLE_ENDIAN=1",
+    "-DTVM_NVTX_ENABLED=0",
 )
 _CXXFLAGS = ("-std=c++17", "-O2", "-g0", "-ffunction-sections", "-fdata-sections", "-fno-omit-frame-pointer")
 # Every static link uses exactly these: zig builds libc++/libc for each distinct (target, link flags) and caches it
@@ -87,8 +120,8 @@ class RunnerBuildError(UserError):
 @dataclass(frozen=True)
 class RuntimeLib:
     abi: str
-    path: Path            # libtvmrt.a
-    key: str              # cache key (sha256 prefix)
+    path: Path  # libtvmrt.a
+    key: str  # cache key (sha256 prefix)
     include_dirs: tuple[Path, ...]
     build_seconds: float  # wall time of the (possibly earlier, cached) build
     cached: bool
@@ -99,13 +132,14 @@ class RunnerBinary:
     abi: str
     path: Path
     runtime: RuntimeLib
-    seconds: float        # wall time of this call (module compile + link, plus any runtime build)
+    seconds: float  # wall time of this call (module compile + link, plus any runtime build)
 
 
 # ----------------------------------------------------------------------------------------------------------- tools
 
+
 def check_abi(abi: str) -> tuple[str, str]:
-    abi = abi.partition("@")[0]          # a target id (ABI@MCPU...) links the ABI's runner
+    abi = abi.partition("@")[0]  # a target id (ABI@MCPU...) links the ABI's runner
     if abi not in ABIS:
         raise ConfigError(f"unknown ABI {abi!r} (choose from {', '.join(ABIS)})", key="abi")
     return ABIS[abi]
@@ -146,8 +180,9 @@ def _run(cmd: Sequence[str], what: str, cwd: Path | None = None) -> None:
     if proc.returncode != 0:
         lines = (proc.stderr or proc.stdout).strip().splitlines() or ["(no output)"]
         first_error = next((ln for ln in lines if "error" in ln.lower()), lines[-1])
-        raise RunnerBuildError(f"{what} failed (exit {proc.returncode}): {first_error.strip()[:300]}",
-                               output="\n".join(lines[-40:]))
+        raise RunnerBuildError(
+            f"{what} failed (exit {proc.returncode}): {first_error.strip()[:300]}", output="\n".join(lines[-40:])
+        )
 
 
 def _nice() -> list[str]:
@@ -172,6 +207,7 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 # --------------------------------------------------------------------------------------------------------- runtime
+
 
 def _staging_plan() -> list[tuple[Path, str]]:
     """(source file, path inside the stage) for every runtime source and header, laid out as their relative
@@ -230,15 +266,15 @@ def _compile_flags(stage: Path) -> list[str]:
     return [*_CXXFLAGS, *_DEFINES, f"-ffile-prefix-map={stage}=tvm", "-I", str(stage / "include")]
 
 
-def runtime_library(abi: str, *, jobs: int = 2, log: Callable[[str], None] | None = None,
-                    cache: Path | None = None) -> RuntimeLib:
+def runtime_library(
+    abi: str, *, jobs: int = 2, log: Callable[[str], None] | None = None, cache: Path | None = None
+) -> RuntimeLib:
     """The cached static TVM runtime for `abi`, building it (minutes, `nice`d, `jobs` parallel) when absent."""
     triple, _ = check_abi(abi)
     root = (cache or cache_root()) / "runtime"
     root.mkdir(parents=True, exist_ok=True)
     plan = _staging_plan()
-    key_src = "\n".join([_plan_digest(plan), triple, zig_version(), *_CXXFLAGS, *_DEFINES,
-                         "unity:" + ",".join(_UNITS)])
+    key_src = "\n".join([_plan_digest(plan), triple, zig_version(), *_CXXFLAGS, *_DEFINES, "unity:" + ",".join(_UNITS)])
     key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
     final = root / f"{abi}-{key}"
     lib = final / "libtvmrt.a"
@@ -288,23 +324,32 @@ def prepare(abi: str, *, cache: Path | None = None) -> RuntimeLib:
     target and link flags (by linking a trivial program with _LINK_FLAGS). Cold: minutes; cached: about a second."""
     rt = runtime_library(abi, cache=cache)
     with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "probe.cc").write_text("#include <string>\nint main(int argc, char**) "
-                                            "{ return int(std::string(argc, 'x').size()) - argc; }\n")
-        _run(_cxx(abi, *_CXXFLAGS, "-c", "probe.cc", "-o", "probe.o"), "compiling the toolchain probe",
-             cwd=Path(tmp))
-        _run(_cxx(abi, *_LINK_FLAGS, "probe.o", "-lpthread", "-o", "probe"), f"linking the {abi} toolchain probe",
-             cwd=Path(tmp))
+        (Path(tmp) / "probe.cc").write_text(
+            "#include <string>\nint main(int argc, char**) { return int(std::string(argc, 'x').size()) - argc; }\n"
+        )
+        _run(_cxx(abi, *_CXXFLAGS, "-c", "probe.cc", "-o", "probe.o"), "compiling the toolchain probe", cwd=Path(tmp))
+        _run(
+            _cxx(abi, *_LINK_FLAGS, "probe.o", "-lpthread", "-o", "probe"),
+            f"linking the {abi} toolchain probe",
+            cwd=Path(tmp),
+        )
     return rt
 
 
 # ---------------------------------------------------------------------------------------------------------- runner
 
+
 def runner_object(abi: str, runtime: RuntimeLib) -> Path:
     """`runner.cc` compiled for `abi` against `runtime`'s headers (cached by source + runtime key)."""
     src = RUNNER_DIR / "runner.cc"
     check_abi(abi)
-    flags = [*_CXXFLAGS, *_DEFINES, f'-DAUTLEARN_RUNNER_VERSION="{RUNNER_VERSION}"', f'-DAUTLEARN_ABI="{abi}"',
-             f'-DAUTLEARN_TVM_VERSION="{version("apache-tvm")}"']
+    flags = [
+        *_CXXFLAGS,
+        *_DEFINES,
+        f'-DAUTLEARN_RUNNER_VERSION="{RUNNER_VERSION}"',
+        f'-DAUTLEARN_ABI="{abi}"',
+        f'-DAUTLEARN_TVM_VERSION="{version("apache-tvm")}"',
+    ]
     key = hashlib.sha256(b"\n".join([src.read_bytes(), runtime.key.encode(), " ".join(flags).encode()])).hexdigest()
     out = cache_root() / "runner-obj" / f"{abi}-{key[:16]}.o"
     if out.is_file():
@@ -315,8 +360,21 @@ def runner_object(abi: str, runtime: RuntimeLib) -> Path:
             return out
         tmp = out.with_suffix(f".{os.getpid()}.tmp.o")
         inc = runtime.include_dirs[0]
-        _run(_cxx(abi, *flags, f"-ffile-prefix-map={RUNNER_DIR}=runner", f"-ffile-prefix-map={inc}=tvm/include",
-                  "-I", str(inc), "-c", str(src), "-o", str(tmp)), "compiling runner.cc")
+        _run(
+            _cxx(
+                abi,
+                *flags,
+                f"-ffile-prefix-map={RUNNER_DIR}=runner",
+                f"-ffile-prefix-map={inc}=tvm/include",
+                "-I",
+                str(inc),
+                "-c",
+                str(src),
+                "-o",
+                str(tmp),
+            ),
+            "compiling runner.cc",
+        )
         os.replace(tmp, out)
     return out
 
@@ -334,15 +392,28 @@ def link_runner(abi: str, model_objects: Sequence[Path], out: Path, runtime: Run
             shutil.copyfile(o, dst)
             local.append(dst.name)
         shutil.copyfile(runtime.path, Path(tmp) / "libtvmrt.a")
-        _run(_cxx(abi, *_LINK_FLAGS, *local,
-                  "-Wl,--whole-archive", "libtvmrt.a", "-Wl,--no-whole-archive", "-lpthread", "-o", "runner"),
-             f"linking the {abi} runner", cwd=Path(tmp))
+        _run(
+            _cxx(
+                abi,
+                *_LINK_FLAGS,
+                *local,
+                "-Wl,--whole-archive",
+                "libtvmrt.a",
+                "-Wl,--no-whole-archive",
+                "-lpthread",
+                "-o",
+                "runner",
+            ),
+            f"linking the {abi} runner",
+            cwd=Path(tmp),
+        )
         shutil.copyfile(Path(tmp) / "runner", out)
     out.chmod(0o755)
     return out
 
 
 # ----------------------------------------------------------------------------------------------------------- model
+
 
 def model_target(program: Any, abi: str) -> Any:
     """The program's target (from `meta["target"]`, else `workloads.compile.target_for_abi`), checked against abi."""

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import statistics
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from profiler.errors import ConfigError
 from profiler.settings import MeasureSettings
@@ -31,20 +32,47 @@ def config_from(model: str, table_meta: Any = None, overrides: Mapping[str, Any]
     return make_config(model, **base)
 
 
-def table_campaign(model: str, cfg: Any, serial: str, governors: list[str], every: int, suites: int,
-                   settings: MeasureSettings, trainable: str = "head") -> dict[str, Any]:
+def table_campaign(
+    model: str,
+    cfg: Any,
+    serial: str,
+    governors: list[str],
+    every: int,
+    suites: int,
+    settings: MeasureSettings,
+    trainable: str = "head",
+) -> dict[str, Any]:
     """The campaign (as a dict for `parse_campaign`) measuring the layer suites of `cfg` on one device."""
     from workloads.measure import named
 
     base = {k: v for k, v in cfg.to_dict().items() if k not in ("model", "batch")}
-    return named(f"tables-{model}", {
-        "description": f"per-layer table of {model} ({cfg.key()}), every {every}, {suites} suite(s)",
-        "warmup": settings.warmup, "steps": settings.steps, "repetitions": settings.repetitions,
-        "energy": settings.energy, "devices": {"serials": [serial]}, "governors": governors,
-        "workload": [{"model": "layers", "batch": [cfg.batch],
-                      "config": {"family": model, "every": every, "suite": i, "suites": suites,
-                                 "trainable": trainable, **base}} for i in range(suites)],
-    })
+    return named(
+        f"tables-{model}",
+        {
+            "description": f"per-layer table of {model} ({cfg.key()}), every {every}, {suites} suite(s)",
+            "warmup": settings.warmup,
+            "steps": settings.steps,
+            "repetitions": settings.repetitions,
+            "energy": settings.energy,
+            "devices": {"serials": [serial]},
+            "governors": governors,
+            "workload": [
+                {
+                    "model": "layers",
+                    "batch": [cfg.batch],
+                    "config": {
+                        "family": model,
+                        "every": every,
+                        "suite": i,
+                        "suites": suites,
+                        "trainable": trainable,
+                        **base,
+                    },
+                }
+                for i in range(suites)
+            ],
+        },
+    )
 
 
 @dataclass(frozen=True)
@@ -62,8 +90,17 @@ class TablePlan:
     spec: Mapping[str, Any]
 
 
-def plan_device_tables(model: str, cfg: Any, grid: Any, serial: str, governors: list[str] | tuple[str, ...],
-                       every: int, per_suite: int, settings: MeasureSettings, trainable: str = "head") -> TablePlan:
+def plan_device_tables(
+    model: str,
+    cfg: Any,
+    grid: Any,
+    serial: str,
+    governors: list[str] | tuple[str, ...],
+    every: int,
+    per_suite: int,
+    settings: MeasureSettings,
+    trainable: str = "head",
+) -> TablePlan:
     """Check the settings and lay out the layer suites; ConfigError before anything runs."""
     from profiler.campaign_config import parse_campaign
     from workloads.layer_suite import suite_count
@@ -71,13 +108,15 @@ def plan_device_tables(model: str, cfg: Any, grid: Any, serial: str, governors: 
     from workloads.tables import sample_grid
 
     if trainable != "head":
-        raise ConfigError("device tables measure the transfer-learning step (--trainable head); "
-                          "use --host for trainable=all", key="trainable")
+        raise ConfigError(
+            "device tables measure the transfer-learning step (--trainable head); use --host for trainable=all",
+            key="trainable",
+        )
     govs = tuple(g.strip() for g in governors if g.strip())
     shapes = len(unique_shapes(sample_grid(grid, every)))
     suites = suite_count(shapes, per_suite)
     spec = table_campaign(model, cfg, serial, list(govs), every, suites, settings)
-    parse_campaign(spec, source="autlearn tables build")          # bad settings fail before anything runs
+    parse_campaign(spec, source="autlearn tables build")  # bad settings fail before anything runs
     return TablePlan(model, cfg, grid, serial, govs, every, shapes, suites, spec)
 
 
@@ -90,9 +129,14 @@ class BuiltTables:
     failed: int
 
 
-def build_device_tables(plan: TablePlan, settings: MeasureSettings, out: Path, *,
-                        on_progress: Callable[[Any], None] | None = None,
-                        log: Callable[[str], None] = lambda s: None) -> BuiltTables:
+def build_device_tables(
+    plan: TablePlan,
+    settings: MeasureSettings,
+    out: Path,
+    *,
+    on_progress: Callable[[Any], None] | None = None,
+    log: Callable[[str], None] = lambda s: None,
+) -> BuiltTables:
     """Measure the plan once per governor (its own control reference: a governor may change speed), in
     `settings.rounds` control-gated rounds, and save a table per device x governor under `out`."""
     from workloads.measure import run_rounds, safe_name, workload_of
@@ -105,16 +149,24 @@ def build_device_tables(plan: TablePlan, settings: MeasureSettings, out: Path, *
         one = {**plan.spec, "name": f"{plan.spec['name']}-{gov}", "governors": [gov]}
         got = run_rounds(one, settings, control=ctl, on_progress=on_progress, log=log)
         failed += got.failed
-        notes = (f"measured {plan.shapes} layer shapes ({len(sample_grid(plan.grid, plan.every))} of "
-                 f"{len(plan.grid)} grid keys, every {plan.every}) in {plan.suites} suite(s), "
-                 f"{settings.repetitions} runner launch(es) x {settings.steps} steps per round, {settings.threads} "
-                 f"thread(s); {got.summary()}; campaigns {', '.join(str(d) for d in got.dirs)}")
+        notes = (
+            f"measured {plan.shapes} layer shapes ({len(sample_grid(plan.grid, plan.every))} of "
+            f"{len(plan.grid)} grid keys, every {plan.every}) in {plan.suites} suite(s), "
+            f"{settings.repetitions} runner launch(es) x {settings.steps} steps per round, {settings.threads} "
+            f"thread(s); {got.summary()}; campaigns {', '.join(str(d) for d in got.dirs)}"
+        )
         for k, t in tables_from_results(got.raw, plan.grid, model=plan.model, config=plan.cfg, notes=notes).items():
-            made[k] = Table(t.df, replace(t.meta, control_ms=float(got.reference_ms or 0.0),
-                                          control_config=json.dumps(ctl, sort_keys=True)))
+            made[k] = Table(
+                t.df,
+                replace(
+                    t.meta, control_ms=float(got.reference_ms or 0.0), control_config=json.dumps(ctl, sort_keys=True)
+                ),
+            )
     out.mkdir(parents=True, exist_ok=True)
-    paths = {(dev, gov): t.save(out / f"{safe_name(f'{plan.model}-{dev}-{gov}', 200)}.parquet")
-             for (dev, gov), t in made.items()}
+    paths = {
+        (dev, gov): t.save(out / f"{safe_name(f'{plan.model}-{dev}-{gov}', 200)}.parquet")
+        for (dev, gov), t in made.items()
+    }
     return BuiltTables(paths, made, failed)
 
 
@@ -139,9 +191,16 @@ class Validation:
         return sorted(set(self.models) - set(self.measured))
 
 
-def validate_table(table: Any, serial: str | None, n_models: int, seed: int, settings: MeasureSettings, *,
-                   on_progress: Callable[[Any], None] | None = None,
-                   log: Callable[[str], None] = lambda s: None) -> Validation:
+def validate_table(
+    table: Any,
+    serial: str | None,
+    n_models: int,
+    seed: int,
+    settings: MeasureSettings,
+    *,
+    on_progress: Callable[[Any], None] | None = None,
+    log: Callable[[str], None] = lambda s: None,
+) -> Validation:
     """Measure `n_models` whole models of the table's family on `serial` (default: the table's device) under the
     table's governor and compare with the table's sums."""
     import pandas as pd
@@ -158,9 +217,17 @@ def validate_table(table: Any, serial: str | None, n_models: int, seed: int, set
     models = validation_configs(cfg, n_models, seed)
     pred = {n: model_resource(c, table) for n, c in models.items()}
     name = f"validate-{table.meta.model}-{table.meta.governor_requested}"
-    measured, rdir, rounds = measure_models(name, models, serial, table.meta.governor_requested, settings,
-                                            control=cfg, reference_ms=table.meta.control_ms or None,
-                                            on_progress=on_progress, log=log)
+    measured, rdir, rounds = measure_models(
+        name,
+        models,
+        serial,
+        table.meta.governor_requested,
+        settings,
+        control=cfg,
+        reference_ms=table.meta.control_ms or None,
+        on_progress=on_progress,
+        log=log,
+    )
     got = {r.model: r for r in measured.itertuples()}
     rep = prediction_error({n: pred[n].latency_ms for n in got}, {n: got[n].ms for n in got})
     erep = None
@@ -196,7 +263,12 @@ def calibrate_validated(v: Validation, method: str, rounds: int) -> tuple[Any, d
     names = sorted(v.measured)
     used = [c for _, c, ok in v.rounds.controls if ok and c is not None]
     control_ms = statistics.median(used) if used else None
-    ct, fit = calibrate(v.table, [v.predicted[n].latency_ms for n in names], [v.measured[n].ms for n in names],
-                        {"results": str(v.results_dir), "governor": v.table.meta.governor_requested,
-                         "rounds": rounds}, method, control_ms=control_ms)
+    ct, fit = calibrate(
+        v.table,
+        [v.predicted[n].latency_ms for n in names],
+        [v.measured[n].ms for n in names],
+        {"results": str(v.results_dir), "governor": v.table.meta.governor_requested, "rounds": rounds},
+        method,
+        control_ms=control_ms,
+    )
     return ct, fit, control_ms

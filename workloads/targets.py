@@ -15,6 +15,8 @@ ABIS: dict[str, dict[str, Any]] = {
     "x86_64": {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell", "num-cores": 2},
     "arm64-v8a": {"kind": "llvm", "mtriple": "aarch64-linux-android", "mattr": ["+neon"], "num-cores": 4},
 }
+
+
 def base_abi(target_id: str) -> str:
     """The Android ABI of a target id: `ABI` or `ABI@MCPU[,ATTR...]` (e.g. "arm64-v8a@cortex-a76,+dotprod")."""
     return str(target_id).partition("@")[0]
@@ -27,8 +29,9 @@ def parse_target_id(target_id: str) -> tuple[str, str | None, tuple[str, ...]]:
     if not at:
         return abi, None, ()
     mcpu, *attrs = cpu.split(",")
-    ok = re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", mcpu) and all(re.fullmatch(r"[+-][A-Za-z0-9._]+", a)
-                                                                  for a in attrs)
+    ok = re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", mcpu) and all(
+        re.fullmatch(r"[+-][A-Za-z0-9._]+", a) for a in attrs
+    )
     if not ok:
         raise ConfigError(f"bad target id {target_id!r} (ABI@MCPU[,+ATTR|,-ATTR...])", key="target")
     return abi, mcpu, tuple(attrs)

@@ -68,13 +68,14 @@ def _check_lines(path: Path) -> int:
         try:
             json.loads(line)
         except json.JSONDecodeError:
-            raise TuningError(f"corrupt tuning database {path} (line {i} is not JSON); "
-                              "delete or restore it and tune again") from None
+            raise TuningError(
+                f"corrupt tuning database {path} (line {i} is not JSON); delete or restore it and tune again"
+            ) from None
         n += 1
     return n
 
 
-FAILED_SECS = 1e9   # MetaSchedule records a failed or unmeasured candidate with run time 1e10 s
+FAILED_SECS = 1e9  # MetaSchedule records a failed or unmeasured candidate with run time 1e10 s
 
 
 def _seconds(run_secs) -> float | None:
@@ -156,7 +157,7 @@ def applicable_records(path: Path, keep_hand: bool = True) -> tuple[Any, dict]:
     for idx, (t, rec) in sorted(best.items()):
         try:
             wl = ms.database.Workload.from_json(json.loads(workloads[idx]))
-            ms.database.TuningRecord.from_json(rec, wl)     # a malformed trace fails here, as one line
+            ms.database.TuningRecord.from_json(rec, wl)  # a malformed trace fails here, as one line
         except Exception as e:  # noqa: BLE001 - TVM raises its own types for malformed traces
             raise TuningError(f"corrupt tuning database {path}: {str(e).strip().splitlines()[-1][:200]}") from None
         if keep_hand and not tuned_wins(hand.get(workload_hash(wl.mod)), t):

@@ -25,7 +25,7 @@ from profiler.errors import UserError
 
 HEARTBEAT_S = 5.0
 HOST_TIMEOUT_S = 30.0
-INFO_TIMEOUT_S = 120.0     # an agent probes its phones (settling adbd restarts) before it answers
+INFO_TIMEOUT_S = 120.0  # an agent probes its phones (settling adbd restarts) before it answers
 TOUCH_S = 10.0
 REGISTRY = "artifact-builds"
 
@@ -52,23 +52,32 @@ def connect(address: str):
     host, _, port = address.rpartition(":")
     if not port.isdigit():
         raise ClusterError(f"--cluster {address!r}: expected HOST:PORT of the Ray head (e.g. 127.0.0.1:6379)")
-    try:            # Ray retries an unreachable head for minutes: say so at once
+    try:  # Ray retries an unreachable head for minutes: say so at once
         socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
     except (OSError, ValueError) as exc:
-        raise ClusterError(f"cannot reach the Ray cluster at {address} ({exc}); start it with `ray start --head` "
-                           "or `autlearn lab up --hosts 2`") from None
+        raise ClusterError(
+            f"cannot reach the Ray cluster at {address} ({exc}); start it with `ray start --head` "
+            "or `autlearn lab up --hosts 2`"
+        ) from None
     try:
-        ray.init(address=address, namespace=NAMESPACE, logging_level="ERROR", log_to_driver=False,
-                 configure_logging=True)
+        ray.init(
+            address=address, namespace=NAMESPACE, logging_level="ERROR", log_to_driver=False, configure_logging=True
+        )
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise ClusterError(f"cannot reach the Ray cluster at {address} ({str(exc).splitlines()[0]}); start it "
-                           "with `ray start --head` or `autlearn lab up --hosts 2`") from None
+        raise ClusterError(
+            f"cannot reach the Ray cluster at {address} ({str(exc).splitlines()[0]}); start it "
+            "with `ray start --head` or `autlearn lab up --hosts 2`"
+        ) from None
     return ray
 
 
 def _errors(ray):
-    return (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError, ray.exceptions.ObjectLostError,
-            ray.exceptions.GetTimeoutError)
+    return (
+        ray.exceptions.RayActorError,
+        ray.exceptions.ActorUnavailableError,
+        ray.exceptions.ObjectLostError,
+        ray.exceptions.GetTimeoutError,
+    )
 
 
 # ------------------------------------------------------------------------------------------------------ agents
@@ -93,15 +102,25 @@ def start_agent(address: str, name: str, *, label: str | None = None, env: dict[
         try:
             ray.get(old.heartbeat.remote(), timeout=10)
         except _errors(ray):
-            pass       # dead or stuck: replaced below
+            pass  # dead or stuck: replaced below
         else:
-            raise ClusterError(f"agent {name!r} already runs on this cluster (stop it with `autlearn agent stop "
-                               f"{name}`)")
+            raise ClusterError(
+                f"agent {name!r} already runs on this cluster (stop it with `autlearn agent stop {name}`)"
+            )
         ray.kill(old)
-    handle = ray.remote(Agent).options(
-        name=actor_name(name), lifetime="detached", max_concurrency=64, num_cpus=0, max_restarts=0,
-        scheduling_strategy=NodeAffinitySchedulingStrategy(_node_for(ray, label), soft=False),
-        runtime_env={"env_vars": dict(env if env is not None else agent_env())}).remote(name)
+    handle = (
+        ray.remote(Agent)
+        .options(
+            name=actor_name(name),
+            lifetime="detached",
+            max_concurrency=64,
+            num_cpus=0,
+            max_restarts=0,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(_node_for(ray, label), soft=False),
+            runtime_env={"env_vars": dict(env if env is not None else agent_env())},
+        )
+        .remote(name)
+    )
     try:
         return ray.get(handle.ready.remote(), timeout=INFO_TIMEOUT_S)
     except _errors(ray) as exc:
@@ -123,7 +142,7 @@ def list_agents(address: str, timeout_s: float = 10.0) -> list[dict]:
     ray = connect(address)
     out = []
     for n in sorted(x for x in ray.util.list_named_actors() if x.startswith(PREFIX)):
-        host = n[len(PREFIX):]
+        host = n[len(PREFIX) :]
         try:
             out.append(ray.get(ray.get_actor(n).identity.remote(), timeout=timeout_s))
         except (ValueError, *_errors(ray)) as exc:
@@ -175,10 +194,9 @@ def _build(workload: str, variant: str, abi: str, dirname: str, config: dict, tu
     with tempfile.TemporaryDirectory(prefix="autlearn-build-") as tmp:
         db_root = paths.write_tree(Path(tmp) / "tuning", tuning)
         db_root.mkdir(exist_ok=True)
-        with paths.env_override({"AUTLEARN_TUNING_DIR": str(db_root)}):   # a task's process runs one at a time
+        with paths.env_override({"AUTLEARN_TUNING_DIR": str(db_root)}):  # a task's process runs one at a time
             art = build_artifact(workload, variant, abi, Path(tmp) / dirname, **config)
-        return {"files": {p.name: p.read_bytes() for p in art.files()},
-                "node": ray.get_runtime_context().get_node_id()}
+        return {"files": {p.name: p.read_bytes() for p in art.files()}, "node": ray.get_runtime_context().get_node_id()}
 
 
 def _tuning_payload(abi: str, variant: str, config: dict) -> tuple[dict[str, bytes], str | None]:
@@ -192,15 +210,17 @@ def _tuning_payload(abi: str, variant: str, config: dict) -> tuple[dict[str, byt
     if db is None:
         return {}, None
     path = Path(db["path"])
-    return ({f"{db['key']}/{n}": (path / n).read_bytes() for n in (*DB_FILES, HAND_FILE) if (path / n).is_file()},
-            db["digest"])
+    return (
+        {f"{db['key']}/{n}": (path / n).read_bytes() for n in (*DB_FILES, HAND_FILE) if (path / n).is_file()},
+        db["digest"],
+    )
 
 
 # ------------------------------------------------------------------------------------------------------ controller
 @dataclasses.dataclass
 class _Host:
     handle: object
-    lost: str = ""          # why the host is lost ("": it answers)
+    lost: str = ""  # why the host is lost ("": it answers)
 
 
 class ClusterFleet:
@@ -209,28 +229,30 @@ class ClusterFleet:
 
     def __init__(self, address: str, say: Callable[[str], None] = lambda s: None):
         self.address = address
-        self._say = say         # from discovery on: a host whose agent does not answer is said there
+        self._say = say  # from discovery on: a host whose agent does not answer is said there
         self.ray = connect(address)
         self.token = uuid.uuid4().hex
         self.hosts: dict[str, _Host] = {}
-        self.route: dict[str, tuple[str, str]] = {}     # name in results -> (host, serial on that host)
+        self.route: dict[str, tuple[str, str]] = {}  # name in results -> (host, serial on that host)
         self.multi_host = False
-        self.builds: dict[str, dict] = {}      # the last prebuild: per key, where it ran and who started it
+        self.builds: dict[str, dict] = {}  # the last prebuild: per key, where it ran and who started it
         self._shipped: dict[tuple[str, str], str] = {}
         self._ship_lock = threading.Lock()
         self._done = threading.Event()
 
     # -- discovery
     def discover(self) -> list:
-        from profiler.worker import CampaignError
         from profiler.fleet import FleetEntry
+        from profiler.worker import CampaignError
 
         ray = self.ray
         names = sorted(n for n in ray.util.list_named_actors() if n.startswith(PREFIX))
         if not names:
-            raise CampaignError(f"no autlearn agent runs on the cluster at {self.address} (start one per USB host: "
-                                f"`autlearn agent start --cluster {self.address}`)")
-        handles = {n[len(PREFIX):]: ray.get_actor(n) for n in names}
+            raise CampaignError(
+                f"no autlearn agent runs on the cluster at {self.address} (start one per USB host: "
+                f"`autlearn agent start --cluster {self.address}`)"
+            )
+        handles = {n[len(PREFIX) :]: ray.get_actor(n) for n in names}
         refs = {h: a.info.remote() for h, a in handles.items()}
         infos = {}
         for h, ref in refs.items():
@@ -262,9 +284,11 @@ class ClusterFleet:
 
         self._say = log
         groups = self._by_host(d.serial for d in devices)
-        stack.callback(self._finish, list(groups))     # whatever was taken is released
-        refs = {h: self.hosts[h].handle.lease.remote(self.token, [s for _, s in lst], campaign.name, results, wait_s)
-                for h, lst in groups.items()}
+        stack.callback(self._finish, list(groups))  # whatever was taken is released
+        refs = {
+            h: self.hosts[h].handle.lease.remote(self.token, [s for _, s in lst], campaign.name, results, wait_s)
+            for h, lst in groups.items()
+        }
         threading.Thread(target=self._touch, args=(list(groups),), name="cluster-touch", daemon=True).start()
         errors = []
         for h, ref in refs.items():
@@ -295,10 +319,13 @@ class ClusterFleet:
 
     def prepare(self, campaign, devices, store, log, stack) -> dict[str, str]:
         groups = self._by_host(d.serial for d in devices)
-        refs = {h: self.hosts[h].handle.prepare.remote(self.token, campaign, [s for _, s in lst])
-                for h, lst in groups.items()}
-        return {self._named(h, k): v for h, ref in refs.items()
-                for k, v in _get(self.ray, ref, h, INFO_TIMEOUT_S).items()}
+        refs = {
+            h: self.hosts[h].handle.prepare.remote(self.token, campaign, [s for _, s in lst])
+            for h, lst in groups.items()
+        }
+        return {
+            self._named(h, k): v for h, ref in refs.items() for k, v in _get(self.ray, ref, h, INFO_TIMEOUT_S).items()
+        }
 
     def _touch(self, hosts: list[str]) -> None:
         while not self._done.wait(TOUCH_S):
@@ -309,7 +336,7 @@ class ClusterFleet:
     def _finish(self, hosts: list[str]) -> None:
         self._done.set()
         if not self.ray.is_initialized():
-            return      # this process left the cluster (its leases go stale with their heartbeats)
+            return  # this process left the cluster (its leases go stale with their heartbeats)
         refs = {}
         for h in hosts:
             with contextlib.suppress(Exception):
@@ -319,7 +346,7 @@ class ClusterFleet:
                 for line in _get(self.ray, ref, h, 60):
                     self._say(self._named(h, line))
             except (UserError, *_errors(self.ray)):
-                pass    # a lost host: its leases go stale with it; its next agent restores its phones
+                pass  # a lost host: its leases go stale with it; its next agent restores its phones
 
     # -- builds
     def prebuild(self, artifacts, requests) -> None:
@@ -345,7 +372,7 @@ class ClusterFleet:
             try:
                 out = ray.get(ref)
             except ray.exceptions.RayError as exc:
-                registry.forget.remote(key)   # a failed build is not kept: `artifacts(cell)` builds and raises here
+                registry.forget.remote(key)  # a failed build is not kept: `artifacts(cell)` builds and raises here
                 self._say(f"cluster build failed ({str(exc).splitlines()[0]}); building here")
                 continue
             self.builds[key]["node"] = out["node"]
@@ -373,7 +400,7 @@ class ClusterFleet:
             while not all(f.done() for f in futures):
                 time.sleep(0.2)
         except BaseException:
-            for h in involved:      # agents finish their current cells; their guards restore governors
+            for h in involved:  # agents finish their current cells; their guards restore governors
                 with contextlib.suppress(Exception):
                     self.hosts[h].handle.stop.remote(self.token)
             pool.shutdown(wait=True)
@@ -458,7 +485,7 @@ class ClusterFleet:
                         warnings.append(data)
         except _errors(ray) as exc:
             lost = h.lost = h.lost or _why(exc)
-        except UserError as exc:      # the agent failed (it is not lost): the cells fail with its reason
+        except UserError as exc:  # the agent failed (it is not lost): the cells fail with its reason
             failed = str(exc)
         reason = f"host lost: {host} ({lost})" if lost else failed
         if reason:
@@ -490,8 +517,14 @@ def _why(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
-def tune_on_cluster(address: str, serials: list[str], model: str, variant: str = "full",
-                    say: Callable[[str], None] = lambda s: None, **kwargs) -> list[dict]:
+def tune_on_cluster(
+    address: str,
+    serials: list[str],
+    model: str,
+    variant: str = "full",
+    say: Callable[[str], None] = lambda s: None,
+    **kwargs,
+) -> list[dict]:
     """`autlearn workloads tune --cluster`: tune on phones of one host of the cluster (named `host/serial` or by
     serial), by that host's agent (candidates built there, measured on its phones), starting from this machine's
     tuning databases; the databases come back here (`paths.tuning_dir()`). One result dict per phone."""
@@ -507,26 +540,35 @@ def tune_on_cluster(address: str, serials: list[str], model: str, variant: str =
     for s in serials:
         found = known.get(s, [])
         if len(found) != 1:
-            raise ClusterError(f"--device {s}: " + ("no such phone on the cluster's agents" if not found else
-                                                  f"on several hosts ({', '.join(found)}): name it host/serial"))
+            raise ClusterError(
+                f"--device {s}: "
+                + (
+                    "no such phone on the cluster's agents"
+                    if not found
+                    else f"on several hosts ({', '.join(found)}): name it host/serial"
+                )
+            )
         names.append(found[0])
     hosts = {fleet.route[n][0] for n in names}
     if len(hosts) > 1:
         raise ClusterError(f"tune on the phones of one host at a time (got {', '.join(sorted(hosts))})")
     (host,) = hosts
     root = paths.tuning_dir()
-    files = {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()} if root.is_dir() \
-        else {}
+    files = {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()} if root.is_dir() else {}
     say(f"tuning on host {host} ({', '.join(names)})")
-    out = _get(fleet.ray, fleet.hosts[host].handle.tune.remote([fleet.route[n][1] for n in names], model, variant,
-                                                               kwargs, files), host, None)
+    out = _get(
+        fleet.ray,
+        fleet.hosts[host].handle.tune.remote([fleet.route[n][1] for n in names], model, variant, kwargs, files),
+        host,
+        None,
+    )
     if out.get("error"):
         raise ClusterError(f"host {host}: {out['error']}")
     dirs: dict[Path, dict[str, bytes]] = {}
     for rel, data in out["files"].items():
         p = Path(rel)
         dirs.setdefault(root / p.parent, {})[p.name] = data
-    for d, fs in dirs.items():     # each database directory replaced whole by its tuned copy
+    for d, fs in dirs.items():  # each database directory replaced whole by its tuned copy
         paths.replace_dir(d, fs)
     return [{**r, "database": str(root / r["database"])} for r in out["results"]]
 
@@ -536,5 +578,8 @@ class BuildRegistryHandle:
 
     @staticmethod
     def get(ray):
-        return ray.remote(BuildRegistry).options(name=REGISTRY, lifetime="detached", get_if_exists=True,
-                                                 num_cpus=0).remote()
+        return (
+            ray.remote(BuildRegistry)
+            .options(name=REGISTRY, lifetime="detached", get_if_exists=True, num_cpus=0)
+            .remote()
+        )

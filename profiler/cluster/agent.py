@@ -24,7 +24,7 @@ from profiler.errors import UserError
 
 NAMESPACE = "autlearn"
 PREFIX = "agent:"
-IDLE_S = 120.0          # a run token nobody touched for this long belongs to a lost controller
+IDLE_S = 120.0  # a run token nobody touched for this long belongs to a lost controller
 # what an agent takes from the shell that starts it: its adb server, its home (pending snapshots, lab monitors)
 ENV_KEYS = ("ANDROID_ADB_SERVER_PORT", "AUTLEARN_HOME", "AUTLEARN_CACHE_DIR", "ADBUTILS_ADB_PATH", "ADB_LIBUSB")
 
@@ -36,10 +36,11 @@ class _Stream:
         self.events: queue.Queue = queue.Queue()
 
     def finished(self, cell_id: str) -> bool:
-        return False        # the controller sends only the cells it still needs
+        return False  # the controller sends only the cells it still needs
 
-    def write_status(self, cell_id: str, status: str, reason: str = "", *, spec_key: str = "", label: str = "",
-                     extra=None) -> None:
+    def write_status(
+        self, cell_id: str, status: str, reason: str = "", *, spec_key: str = "", label: str = "", extra=None
+    ) -> None:
         self.events.put(("status", (cell_id, status, reason, spec_key, label, extra)))
 
     def write_cell(self, meta, samples) -> None:
@@ -65,7 +66,7 @@ class _Run:
         self.touched = time.monotonic()
         self.stop = threading.Event()
         self.active = 0
-        self.workers: list = []   # its DeviceWorkers under way (a stop ends their launches)
+        self.workers: list = []  # its DeviceWorkers under way (a stop ends their launches)
 
 
 class Agent:
@@ -85,8 +86,13 @@ class Agent:
         return {**self.identity(), "restored": self._restore_pending()}
 
     def identity(self) -> dict:
-        return {"host": self.name, "pid": os.getpid(), "hostname": socket.gethostname(),
-                "adb_port": os.environ.get("ANDROID_ADB_SERVER_PORT", "5037"), "started": self.started}
+        return {
+            "host": self.name,
+            "pid": os.getpid(),
+            "hostname": socket.gethostname(),
+            "adb_port": os.environ.get("ANDROID_ADB_SERVER_PORT", "5037"),
+            "started": self.started,
+        }
 
     def heartbeat(self) -> float:
         return time.time()
@@ -110,7 +116,7 @@ class Agent:
         from profiler.device import Device, list_devices
         from profiler.errors import DeviceError
         from profiler.lease import PhoneLease
-        from profiler.worker import put_back   # the engine: imported when a run starts, not with the agent
+        from profiler.worker import put_back  # the engine: imported when a run starts, not with the agent
 
         root = knobs.default_root()
         out: dict[str, str] = {}
@@ -120,7 +126,7 @@ class Agent:
             try:
                 with PhoneLease(Device(entry.serial), f"agent {self.name} restore", str(root)):
                     out.update(put_back({entry.serial}))
-            except (DeviceError, UserError) as exc:    # busy or away: the next run on it restores
+            except (DeviceError, UserError) as exc:  # busy or away: the next run on it restores
                 out[entry.serial] = f"not restored now ({exc})"
         return out
 
@@ -145,8 +151,9 @@ class Agent:
         taken = []
         try:
             for s in serials:
-                lease = PhoneLease(wait_device(s, max(wait_s, 15.0)), campaign, results, wait_s=wait_s,
-                                   say=said.append).acquire()
+                lease = PhoneLease(
+                    wait_device(s, max(wait_s, 15.0)), campaign, results, wait_s=wait_s, say=said.append
+                ).acquire()
                 taken.append(s)
                 run.leases[s] = lease
         except UserError as exc:
@@ -167,7 +174,7 @@ class Agent:
 
     def prepare(self, token: str, campaign, serials: list[str]) -> dict[str, str]:
         """Under the leases: put back what killed runs left changed on them (what a local run does)."""
-        from profiler.worker import put_back   # the engine: imported when a run starts, not with the agent
+        from profiler.worker import put_back  # the engine: imported when a run starts, not with the agent
 
         return put_back(set(serials), campaign)
 
@@ -203,7 +210,7 @@ class Agent:
                 lost = [t for t, r in self._runs.items() if time.monotonic() - r.touched > IDLE_S and not r.active]
                 busy = [r for r in self._runs.values() if time.monotonic() - r.touched > IDLE_S and r.active]
             for r in busy:
-                r.stop.set()       # its controller is gone: stop after the current cell, then release
+                r.stop.set()  # its controller is gone: stop after the current cell, then release
             for t in lost:
                 self.finish(t)
 
@@ -237,7 +244,7 @@ class Agent:
 
         with tempfile.TemporaryDirectory(prefix="autlearn-tune-") as tmp, contextlib.ExitStack() as leases:
             root = paths.write_tree(Path(tmp), tuning)
-            try:    # this agent tunes one request at a time (_tune_lock): the variable is its own meanwhile
+            try:  # this agent tunes one request at a time (_tune_lock): the variable is its own meanwhile
                 with self._tune_lock, paths.env_override({"AUTLEARN_TUNING_DIR": str(root)}):
                     for s in serials:
                         leases.enter_context(PhoneLease(Device(s), f"tune {model}", "tuning"))
@@ -259,8 +266,7 @@ class Agent:
             run = self._runs.get(token)
         if run is None or serial not in run.leases:
             for _cell, cid, _ in cells:
-                yield "status", (cid, "failed", f"{serial} is not leased to this run on host {self.name}", "", "",
-                                 None)
+                yield "status", (cid, "failed", f"{serial} is not leased to this run on host {self.name}", "", "", None)
             return
         stream = _Stream()
         worker = DeviceWorker(serial, facts, cells, stream, campaign, stream, run.stop, False, threads, name=name)

@@ -7,9 +7,10 @@ Monsoon), `modeled` (a power model, e.g. for virtual phones), `virtual` (taken o
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Mapping, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 

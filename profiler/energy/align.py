@@ -8,8 +8,8 @@ minimum-RTT samples; the reported error bound is half the minimum RTT (the inter
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -37,7 +37,7 @@ def estimate_offset(round_trips: Iterable[tuple[float, float, float]], *, keep: 
     if np.any(rtt < 0):
         raise ValueError("host_recv before host_send in a round trip")
     order = np.argsort(rtt, kind="stable")
-    best = order[:max(1, int(round(keep * len(order))))]
+    best = order[: max(1, int(round(keep * len(order))))]
     lo = np.max(a[best, 0] - a[best, 1])
     hi = np.min(a[best, 2] - a[best, 1])
     min_rtt = float(rtt[order[0]])
@@ -117,9 +117,15 @@ def trace_shift(trace: PowerTrace, clock: ClockOffset) -> float:
     return clock.offset_s - trace.t0_host
 
 
-def step_energies(trace: PowerTrace, steps_ns: Sequence[tuple[int, int]], clock: ClockOffset, *,
-                  shift_s: float | None = None, baseline_w: float | None = None,
-                  step_ids: Sequence[int] | None = None) -> StepEnergyReport:
+def step_energies(
+    trace: PowerTrace,
+    steps_ns: Sequence[tuple[int, int]],
+    clock: ClockOffset,
+    *,
+    shift_s: float | None = None,
+    baseline_w: float | None = None,
+    step_ids: Sequence[int] | None = None,
+) -> StepEnergyReport:
     """Per-step energy. `steps_ns`: (start, end) in device CLOCK_MONOTONIC ns. Trace time of a device time d is
     d + shift_s; by default shift_s = clock.offset_s - trace.t0_host. `baseline_w` (see baseline_power) gives
     net energy. Steps outside the trace raise ValueError (a truncated trace must not pass as a cheap step)."""
@@ -129,8 +135,9 @@ def step_energies(trace: PowerTrace, steps_ns: Sequence[tuple[int, int]], clock:
         raise ValueError("a step ends before it starts")
     t, p = trace.t, trace.power
     if se.size and (se.min() < t[0] - clock.error_s or se.max() > t[-1] + clock.error_s):
-        raise ValueError(f"steps span [{se.min():.3f}, {se.max():.3f}] s but the trace covers "
-                         f"[{t[0]:.3f}, {t[-1]:.3f}] s")
+        raise ValueError(
+            f"steps span [{se.min():.3f}, {se.max():.3f}] s but the trace covers [{t[0]:.3f}, {t[-1]:.3f}] s"
+        )
     c = _cumulative(t, p)
     gross = _antiderivative(t, p, c, se[:, 1]) - _antiderivative(t, p, c, se[:, 0])
     e = clock.error_s
@@ -148,10 +155,18 @@ def step_energies(trace: PowerTrace, steps_ns: Sequence[tuple[int, int]], clock:
         lo, hi = np.searchsorted(t, a), np.searchsorted(t, b)
         seg = slice(max(lo - 1, 0), min(hi, dt.size))
         gap = float(np.clip(dt[seg] - nominal, 0, None)[dt[seg] > 1.5 * nominal].sum()) if dt.size else 0.0
-        out.append(StepEnergy(step=int(ids[k]), start_s=float(a), end_s=float(b), gross_j=float(g),
-                              net_j=None if baseline_w is None else float(g - baseline_w * dur),
-                              mean_w=float(g / dur) if dur > 0 else float("nan"), uncertainty_j=float(u),
-                              gap_s=min(gap, float(dur))))
+        out.append(
+            StepEnergy(
+                step=int(ids[k]),
+                start_s=float(a),
+                end_s=float(b),
+                gross_j=float(g),
+                net_j=None if baseline_w is None else float(g - baseline_w * dur),
+                mean_w=float(g / dur) if dur > 0 else float("nan"),
+                uncertainty_j=float(u),
+                gap_s=min(gap, float(dur)),
+            )
+        )
     return StepEnergyReport(tuple(out), baseline_w, e, trace.labels)
 
 

@@ -16,8 +16,8 @@ A fuel gauge says nothing useful while a charger feeds the phone (the charger po
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -74,10 +74,17 @@ def parse_log(text: str) -> GaugeLog:
             if len(parts) < 7:
                 raise ParseError("fuel gauge sample line has too few fields", line)
             try:
-                samples.append(GaugeSample(
-                    t=float(parts[1].replace(",", ".")), current_raw=_num(parts[2]), voltage_raw=_num(parts[3]),
-                    charge_counter=_num(parts[4]), usb_online=_flag(parts[5]), ac_online=_flag(parts[6]),
-                    status=(parts[7].strip() or None) if len(parts) > 7 and parts[7].strip() != "NA" else None))
+                samples.append(
+                    GaugeSample(
+                        t=float(parts[1].replace(",", ".")),
+                        current_raw=_num(parts[2]),
+                        voltage_raw=_num(parts[3]),
+                        charge_counter=_num(parts[4]),
+                        usb_online=_flag(parts[5]),
+                        ac_online=_flag(parts[6]),
+                        status=(parts[7].strip() or None) if len(parts) > 7 and parts[7].strip() != "NA" else None,
+                    )
+                )
             except ValueError as e:
                 raise ParseError(f"bad fuel gauge sample ({e})", line) from None
         else:
@@ -121,10 +128,12 @@ def infer_calibration(samples: Sequence[GaugeSample]) -> Calibration:
     def online(s: GaugeSample) -> bool:
         return bool(s.usb_online) or bool(s.ac_online)
 
-    dis = [s.current_raw for s in samples if s.current_raw is not None and s.status
-           and s.status.lower() in _DISCHARGING and not online(s)]
-    chg = [s.current_raw for s in samples if s.current_raw is not None and s.status
-           and s.status.lower() in _CHARGING]
+    dis = [
+        s.current_raw
+        for s in samples
+        if s.current_raw is not None and s.status and s.status.lower() in _DISCHARGING and not online(s)
+    ]
+    chg = [s.current_raw for s in samples if s.current_raw is not None and s.status and s.status.lower() in _CHARGING]
     if dis and np.median(dis) != 0:
         sign = 1 if np.median(dis) > 0 else -1
         notes.append(f"sign from {len(dis)} discharging samples: raw {'>' if sign > 0 else '<'} 0 while discharging")
@@ -150,8 +159,13 @@ def infer_calibration(samples: Sequence[GaugeSample]) -> Calibration:
     return Calibration(unit, 1e-6 if unit == "uA" else 1e-3, sign, vunit, vscale, tuple(notes))
 
 
-def to_trace(log: GaugeLog | str, *, serial: str = "", labels: tuple[str, ...] = ("measured",),
-             calibration: Calibration | None = None) -> PowerTrace:
+def to_trace(
+    log: GaugeLog | str,
+    *,
+    serial: str = "",
+    labels: tuple[str, ...] = ("measured",),
+    calibration: Calibration | None = None,
+) -> PowerTrace:
     """PowerTrace from fuel gauge output (current positive = drawn from the battery). Pass `calibration` to reuse
     one inferred earlier on the same device (e.g. from a longer idle run). On virtual phones use
     labels=("virtual", "modeled")."""
@@ -167,17 +181,34 @@ def to_trace(log: GaugeLog | str, *, serial: str = "", labels: tuple[str, ...] =
     samples = [s for s, k in zip(samples, keep) if k]
     current = np.array([s.current_raw for s in samples], dtype=np.float64) * cal.current_scale * cal.discharge_sign
     voltage = np.array([s.voltage_raw for s in samples], dtype=np.float64) * cal.voltage_scale
-    info = {"clock": log.clock, "current_unit": cal.current_unit, "discharge_sign": cal.discharge_sign,
-            "voltage_unit": cal.voltage_unit, "inference": cal.notes, "end_reason": log.end_reason,
-            "charging_samples": sum(1 for s in samples if (s.status or "").lower() in _CHARGING
-                                    or s.usb_online or s.ac_online)}
+    info = {
+        "clock": log.clock,
+        "current_unit": cal.current_unit,
+        "discharge_sign": cal.discharge_sign,
+        "voltage_unit": cal.voltage_unit,
+        "inference": cal.notes,
+        "end_reason": log.end_reason,
+        "charging_samples": sum(
+            1 for s in samples if (s.status or "").lower() in _CHARGING or s.usb_online or s.ac_online
+        ),
+    }
     cc = [(s.t, s.charge_counter) for s in samples if s.charge_counter is not None]
     if len(cc) >= 2 and cc[-1][0] > cc[0][0]:
         # cross-check: charge counter (uAh) drop vs integrated current
         info["charge_counter_mean_a"] = (cc[0][1] - cc[-1][1]) * 3.6e-3 / (cc[-1][0] - cc[0][0])
     rate = 1.0 / float(np.median(np.diff(t_dev)))
-    return PowerTrace(t=t_dev - t_dev[0], current=current, voltage=voltage, source="fuelgauge", serial=serial,
-                      labels=labels, dropped=0, sample_rate=rate, t0_device=float(t_dev[0]), info=info)
+    return PowerTrace(
+        t=t_dev - t_dev[0],
+        current=current,
+        voltage=voltage,
+        source="fuelgauge",
+        serial=serial,
+        labels=labels,
+        dropped=0,
+        sample_rate=rate,
+        t0_device=float(t_dev[0]),
+        info=info,
+    )
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -217,8 +248,7 @@ class FuelGaugeDecision:
 def decide_fuelgauge(f: ChargeFacts) -> FuelGaugeDecision:
     """Refuse while a charger feeds the phone, unless charging can be suspended (root + a known switch) or the
     cable can be pulled because adb runs over Wi-Fi."""
-    charger = [name for name, on in (("USB", f.usb_online), ("AC", f.ac_online), ("wireless", f.wireless_online))
-               if on]
+    charger = [name for name, on in (("USB", f.usb_online), ("AC", f.ac_online), ("wireless", f.wireless_online)) if on]
     status = (f.status or "").lower()
     if not charger and status not in _CHARGING and status != "full":
         return FuelGaugeDecision(True, f"on battery (status {f.status or 'unknown'}, no charger online)")
@@ -226,23 +256,44 @@ def decide_fuelgauge(f: ChargeFacts) -> FuelGaugeDecision:
     if f.rooted:
         for node, off, on in SUSPEND_SWITCHES:
             if node in f.switches:
-                return FuelGaugeDecision(True, f"charger online ({what}); charging will be suspended via {node}",
-                                         suspend=(node, off, on), action="suspend_charging")
+                return FuelGaugeDecision(
+                    True,
+                    f"charger online ({what}); charging will be suspended via {node}",
+                    suspend=(node, off, on),
+                    action="suspend_charging",
+                )
     if f.adb_transport == "wifi":
-        return FuelGaugeDecision(False, f"charger online ({what}) but adb runs over Wi-Fi: unplug the charger "
-                                        "and measure again", action="unplug_charger")
-    hint = ("no known charging switch on this device" if f.rooted else
-            "charging can only be suspended with root")
-    return FuelGaugeDecision(False, f"the phone is charging ({what}): the fuel gauge would measure the charger, "
-                                    f"not the workload; {hint}. Use adb over Wi-Fi and unplug, or a Monsoon",
-                             action="refuse")
+        return FuelGaugeDecision(
+            False,
+            f"charger online ({what}) but adb runs over Wi-Fi: unplug the charger and measure again",
+            action="unplug_charger",
+        )
+    hint = "no known charging switch on this device" if f.rooted else "charging can only be suspended with root"
+    return FuelGaugeDecision(
+        False,
+        f"the phone is charging ({what}): the fuel gauge would measure the charger, "
+        f"not the workload; {hint}. Use adb over Wi-Fi and unplug, or a Monsoon",
+        action="refuse",
+    )
 
 
-def charge_facts(battery_status: str | None, supplies: dict[str, bool | None], *, adb_transport: str,
-                 rooted: bool, nodes: Sequence[str]) -> ChargeFacts:
+def charge_facts(
+    battery_status: str | None,
+    supplies: dict[str, bool | None],
+    *,
+    adb_transport: str,
+    rooted: bool,
+    nodes: Sequence[str],
+) -> ChargeFacts:
     """ChargeFacts from probe values: `supplies` maps power_supply names (usb, ac, wireless, ...) to online;
     `nodes` lists power_supply-relative nodes that exist (e.g. 'battery/input_suspend')."""
     known = {n for n, _, _ in SUSPEND_SWITCHES}
-    return ChargeFacts(status=battery_status, usb_online=supplies.get("usb"), ac_online=supplies.get("ac"),
-                       wireless_online=supplies.get("wireless"), adb_transport=adb_transport, rooted=rooted,
-                       switches=tuple(n for n in nodes if n in known))
+    return ChargeFacts(
+        status=battery_status,
+        usb_online=supplies.get("usb"),
+        ac_online=supplies.get("ac"),
+        wireless_online=supplies.get("wireless"),
+        adb_transport=adb_transport,
+        rooted=rooted,
+        switches=tuple(n for n in nodes if n in known),
+    )

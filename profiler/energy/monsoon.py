@@ -44,9 +44,10 @@ import shutil
 import signal
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -96,15 +97,17 @@ def list_monitors(backend: Callable[[], Any] | None = None) -> tuple[str, ...]:
     import usb.core
 
     try:
-        devs = usb.core.find(find_all=True, idVendor=VENDOR_ID, idProduct=PRODUCT_ID,
-                             backend=backend() if backend is not None else None)
+        devs = usb.core.find(
+            find_all=True, idVendor=VENDOR_ID, idProduct=PRODUCT_ID, backend=backend() if backend is not None else None
+        )
         return tuple(str(d.serial_number) for d in devs)
     except usb.core.NoBackendError as e:
-        raise EnergyError("no USB backend: install libusb-1.0 (e.g. apt-get install libusb-1.0-0) to use a Monsoon"
-                          ) from e
+        raise EnergyError(
+            "no USB backend: install libusb-1.0 (e.g. apt-get install libusb-1.0-0) to use a Monsoon"
+        ) from e
 
 
-def open_monitor(serial: str | int, *, lab_home=None, **kwargs) -> "MonsoonSource":
+def open_monitor(serial: str | int, *, lab_home=None, **kwargs) -> MonsoonSource:
     """A MonsoonSource for `serial`: a monitor a plugin provides when one claims the serial (profiler.instruments;
     the virtual lab's `SIM-<port>`, looked up in its state under `lab_home`, default $AUTLEARN_HOME; paced to real
     time, traces labelled `simulated`), else a real HVPM through the monsoon driver + pyusb/libusb. EnergyError
@@ -119,8 +122,9 @@ def open_monitor(serial: str | int, *, lab_home=None, **kwargs) -> "MonsoonSourc
     found = list_monitors(kwargs.get("backend"))
     if serial not in found:
         listed = ", ".join(found) if found else "none"
-        raise EnergyError(f"Monsoon with serial {serial} not found (monitors attached: {listed})", serial=serial,
-                          found=found)
+        raise EnergyError(
+            f"Monsoon with serial {serial} not found (monitors attached: {listed})", serial=serial, found=found
+        )
     return MonsoonSource(serial, **kwargs)
 
 
@@ -176,14 +180,34 @@ class MonsoonSource:
     `settle_wait`: sleep settle_s after sampling started so the workload runs after the settling window
     (default: only for real hardware)."""
 
-    def __init__(self, serial: str | int, *, voltage: float = 4.0, passthrough: str = "off", restore: str = "prior",
-                 settle_s: float = 0.5, duration_s: float | None = None, backend: Callable[[], Any] | None = None,
-                 wait_for_adb: Callable[[], None] | None = None, settle_wait: bool | None = None,
-                 timeout_s: float = 60.0, pending_dir: str | os.PathLike | None | bool = True):
+    def __init__(
+        self,
+        serial: str | int,
+        *,
+        voltage: float = 4.0,
+        passthrough: str = "off",
+        restore: str = "prior",
+        settle_s: float = 0.5,
+        duration_s: float | None = None,
+        backend: Callable[[], Any] | None = None,
+        wait_for_adb: Callable[[], None] | None = None,
+        settle_wait: bool | None = None,
+        timeout_s: float = 60.0,
+        pending_dir: str | os.PathLike | None | bool = True,
+    ):
         if pending_dir is True:
             pending_dir = default_pending_dir(backend)
-        self.config = MonsoonConfig(str(serial), voltage, passthrough, restore, settle_s, duration_s, backend,
-                                    str(pending_dir) if pending_dir else None, os.getpid())
+        self.config = MonsoonConfig(
+            str(serial),
+            voltage,
+            passthrough,
+            restore,
+            settle_s,
+            duration_s,
+            backend,
+            str(pending_dir) if pending_dir else None,
+            os.getpid(),
+        )
         self.wait_for_adb = wait_for_adb
         self.settle_wait = (self.config.label == "measured") if settle_wait is None else settle_wait
         self.timeout_s = timeout_s
@@ -197,8 +221,12 @@ class MonsoonSource:
         ctx = _context()
         self._dir = Path(tempfile.mkdtemp(prefix="autlearn-monsoon-"))
         self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_child_main, args=(child, self.config, str(self._dir / "samples.npz")),
-                                 name=f"monsoon-{self.config.serial}", daemon=True)
+        self._proc = ctx.Process(
+            target=_child_main,
+            args=(child, self.config, str(self._dir / "samples.npz")),
+            name=f"monsoon-{self.config.serial}",
+            daemon=True,
+        )
         self._proc.start()
         child.close()
         try:
@@ -248,7 +276,7 @@ class MonsoonSource:
             self._finish()
         self._after_restore()
 
-    def __enter__(self) -> "MonsoonSource":
+    def __enter__(self) -> MonsoonSource:
         self.start()
         return self
 
@@ -260,18 +288,25 @@ class MonsoonSource:
         deadline = time.monotonic() + self.timeout_s
         while not self._conn.poll(0.05):
             if not self._proc.is_alive() and not self._conn.poll(0.2):
-                raise EnergyError(f"Monsoon {self.config.serial}: monitor process died (exit code "
-                                  f"{self._proc.exitcode}); USB passthrough may not be restored",
-                                  serial=self.config.serial)
+                raise EnergyError(
+                    f"Monsoon {self.config.serial}: monitor process died (exit code "
+                    f"{self._proc.exitcode}); USB passthrough may not be restored",
+                    serial=self.config.serial,
+                )
             if time.monotonic() > deadline:
-                raise EnergyError(f"Monsoon {self.config.serial}: no answer from the monitor process in "
-                                  f"{self.timeout_s:.0f} s", serial=self.config.serial)
+                raise EnergyError(
+                    f"Monsoon {self.config.serial}: no answer from the monitor process in {self.timeout_s:.0f} s",
+                    serial=self.config.serial,
+                )
         try:
             return self._conn.recv()
-        except (EOFError, OSError):   # the pipe closed: the monitor process is gone
-            raise EnergyError(f"Monsoon {self.config.serial}: monitor process lost (exit code "
-                              f"{self._proc.exitcode}); USB passthrough may not be restored (its marker restores "
-                              "it at the next use of this monitor)", serial=self.config.serial) from None
+        except (EOFError, OSError):  # the pipe closed: the monitor process is gone
+            raise EnergyError(
+                f"Monsoon {self.config.serial}: monitor process lost (exit code "
+                f"{self._proc.exitcode}); USB passthrough may not be restored (its marker restores "
+                "it at the next use of this monitor)",
+                serial=self.config.serial,
+            ) from None
 
     def _error(self, msg) -> EnergyError:
         text, extra = msg[2], msg[3] if len(msg) > 3 else {}
@@ -281,11 +316,11 @@ class MonsoonSource:
     def _finish(self) -> None:
         proc, self._proc = self._proc, None
         if proc is not None:
-            proc.join(min(self.timeout_s, 10.0))   # it answered or failed already: exiting takes moments
+            proc.join(min(self.timeout_s, 10.0))  # it answered or failed already: exiting takes moments
             if proc.is_alive():
                 proc.terminate()
                 proc.join(5)
-            if proc.is_alive():     # frozen (SIGSTOP) or deaf to SIGTERM: an exiting host would wait on it forever
+            if proc.is_alive():  # frozen (SIGSTOP) or deaf to SIGTERM: an exiting host would wait on it forever
                 proc.kill()
                 proc.join(5)
         if self._conn is not None:
@@ -348,25 +383,41 @@ def assemble_trace(arrays: dict[str, np.ndarray], meta: dict, config: MonsoonCon
     if config.duration_s is not None:
         keep &= t <= config.settle_s + config.duration_s + 0.5 / SAMPLE_RATE
     if not keep.any():
-        raise EnergyError(f"Monsoon {config.serial}: no samples after the {config.settle_s} s settling window "
-                          f"({n} samples recorded)", serial=config.serial)
+        raise EnergyError(
+            f"Monsoon {config.serial}: no samples after the {config.settle_s} s settling window ({n} samples recorded)",
+            serial=config.serial,
+        )
     first, last = np.flatnonzero(keep)[[0, -1]]
-    dropped = int(gaps[first + 1:last + 1].sum())
+    dropped = int(gaps[first + 1 : last + 1].sum())
     t0_host = None
     if math.isfinite(meta.get("anchor", math.inf)):
         t0_host = float(meta["anchor"]) + (s0 + before) / SAMPLE_RATE + float(t[first])
-    info = {"voltage_set": config.voltage, "passthrough": config.passthrough,
-            "passthrough_restored": meta.get("restored"), "settle_s": config.settle_s,
-            "dropped_total": int(ev[:, 1].sum()),
-            # trace t=0 on the monitor's sample clock, counted from the start-sampling request
-            "monitor_t0_s": float((s0 + before) / SAMPLE_RATE + t[first]),
-            "driver": "monsoon (PyMonsoon) HVPM", "firmware": meta.get("firmware"),
-            "t0_host_note": "upper bound from per-packet host arrival times (min over packets)"}
+    info = {
+        "voltage_set": config.voltage,
+        "passthrough": config.passthrough,
+        "passthrough_restored": meta.get("restored"),
+        "settle_s": config.settle_s,
+        "dropped_total": int(ev[:, 1].sum()),
+        # trace t=0 on the monitor's sample clock, counted from the start-sampling request
+        "monitor_t0_s": float((s0 + before) / SAMPLE_RATE + t[first]),
+        "driver": "monsoon (PyMonsoon) HVPM",
+        "firmware": meta.get("firmware"),
+        "t0_host_note": "upper bound from per-packet host arrival times (min over packets)",
+    }
     if notes:
         info["notes"] = tuple(notes)
-    return PowerTrace(t=t[first:last + 1] - t[first], current=current[first:last + 1],
-                      voltage=voltage[first:last + 1], source="monsoon", serial=config.serial,
-                      labels=(config.label,), dropped=dropped, sample_rate=SAMPLE_RATE, t0_host=t0_host, info=info)
+    return PowerTrace(
+        t=t[first : last + 1] - t[first],
+        current=current[first : last + 1],
+        voltage=voltage[first : last + 1],
+        source="monsoon",
+        serial=config.serial,
+        labels=(config.label,),
+        dropped=dropped,
+        sample_rate=SAMPLE_RATE,
+        t0_host=t0_host,
+        info=info,
+    )
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -377,7 +428,7 @@ class _Abort(Exception):
     pass
 
 
-_COVER_WAIT_S = 2.0   # at most this long past the time asked for: a trace that falls short says so when attributed
+_COVER_WAIT_S = 2.0  # at most this long past the time asked for: a trace that falls short says so when attributed
 
 
 def _make_tap(conn, config: MonsoonConfig):
@@ -398,11 +449,14 @@ def _make_tap(conn, config: MonsoonConfig):
             self.packets = 0
             self.packets_at_first_output = None
             self.stop_requested_at = None
-            self.stop_at: float | None = None   # host time the samples must reach before stopping
+            self.stop_at: float | None = None  # host time the samples must reach before stopping
             self.chunks = {"main": [], "volts": []}
             self.n = {"times": 0, "main": 0, "volts": 0}
-            self.limit = (None if config.duration_s is None
-                          else math.ceil((config.settle_s + config.duration_s) * SAMPLE_RATE) + 1)
+            self.limit = (
+                None
+                if config.duration_s is None
+                else math.ceil((config.settle_s + config.duration_s) * SAMPLE_RATE) + 1
+            )
 
         def BulkRead(self):
             buf = self.DEVICE.read(0x81, 64, timeout=1000)
@@ -422,9 +476,10 @@ def _make_tap(conn, config: MonsoonConfig):
             self.anchor = min(self.anchor, host - (self.n_stream + self.total_dropped) / SAMPLE_RATE)
             self.packets += 1
             if self.stop_at is not None and (
-                    self.anchor + (self.n_stream + self.total_dropped) / SAMPLE_RATE >= self.stop_at
-                    or host > self.stop_at + _COVER_WAIT_S):
-                self.request_stop()    # the samples now cover the host time asked for (or waited long enough)
+                self.anchor + (self.n_stream + self.total_dropped) / SAMPLE_RATE >= self.stop_at
+                or host > self.stop_at + _COVER_WAIT_S
+            ):
+                self.request_stop()  # the samples now cover the host time asked for (or waited long enough)
             if self.packets % _SERVICE_EVERY == 0:
                 self._service()
             return buf
@@ -490,16 +545,23 @@ def _child_main(conn, config: MonsoonConfig, out_path: str) -> None:
         backend = config.backend() if config.backend is not None else None
         with pyusb_backend(backend) if backend is not None else contextlib.nullcontext():
             try:
-                found = tuple(str(d.serial_number) for d in usb.core.find(
-                    find_all=True, idVendor=VENDOR_ID, idProduct=PRODUCT_ID))
+                found = tuple(
+                    str(d.serial_number) for d in usb.core.find(find_all=True, idVendor=VENDOR_ID, idProduct=PRODUCT_ID)
+                )
             except usb.core.NoBackendError:
                 conn.send(("error", "no_backend", "no USB backend: install libusb-1.0 to use a Monsoon", state))
                 return
             state["found"] = found
             if config.serial not in found:
                 listed = ", ".join(found) if found else "none"
-                conn.send(("error", "not_found", f"Monsoon with serial {config.serial} not found "
-                                                 f"(monitors attached: {listed})", state))
+                conn.send(
+                    (
+                        "error",
+                        "not_found",
+                        f"Monsoon with serial {config.serial} not found (monitors attached: {listed})",
+                        state,
+                    )
+                )
                 return
             proto = _make_tap(conn, config)
             mon = HVPM.Monsoon()
@@ -509,8 +571,14 @@ def _child_main(conn, config: MonsoonConfig, out_path: str) -> None:
             return
         model = proto.getValue(op.OpCodes.HardwareModel, 2)
         if model != op.HardwareModel.HVPM:
-            conn.send(("error", "model", f"Monsoon {config.serial} is not an HVPM (hardware model {model}); "
-                                         "only the HVPM is supported", state))
+            conn.send(
+                (
+                    "error",
+                    "model",
+                    f"Monsoon {config.serial} is not an HVPM (hardware model {model}); only the HVPM is supported",
+                    state,
+                )
+            )
             return
         prior = proto.getValue(op.OpCodes.setUsbPassthroughMode, 1)
         marker = Path(config.pending_dir) / f"{config.serial}.json" if config.pending_dir else None
@@ -520,8 +588,16 @@ def _child_main(conn, config: MonsoonConfig, out_path: str) -> None:
         if marker is not None:
             marker.parent.mkdir(parents=True, exist_ok=True)
             tmp = marker.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"serial": config.serial, "prior": _PASSTHROUGH_NAMES.get(prior, "on"),
-                                       "pid": os.getpid(), "time": time.time()}))
+            tmp.write_text(
+                json.dumps(
+                    {
+                        "serial": config.serial,
+                        "prior": _PASSTHROUGH_NAMES.get(prior, "on"),
+                        "pid": os.getpid(),
+                        "time": time.time(),
+                    }
+                )
+            )
             tmp.replace(marker)
         result = None
         try:
@@ -548,16 +624,40 @@ def _child_main(conn, config: MonsoonConfig, out_path: str) -> None:
                     marker.unlink()
         main = np.concatenate(result.chunks["main"]) if result.chunks["main"] else np.zeros(0)
         volts = np.concatenate(result.chunks["volts"]) if result.chunks["volts"] else np.zeros(0)
-        np.savez(out_path, main_ma=main, volts=volts,
-                 drop_events=np.asarray(result.drop_events, dtype=np.int64).reshape(-1, 2))
-        conn.send(("done", {"path": out_path, "n_stream": result.n_stream, "n_times": result.n["times"],
-                            "n_main": result.n["main"], "n_volt": result.n["volts"], "anchor": result.anchor,
-                            "packets": result.packets, "firmware": int(mon.statusPacket.firmwareVersion),
-                            "restored": state["restored"], "prior": _PASSTHROUGH_NAMES.get(prior, str(prior))}))
+        np.savez(
+            out_path,
+            main_ma=main,
+            volts=volts,
+            drop_events=np.asarray(result.drop_events, dtype=np.int64).reshape(-1, 2),
+        )
+        conn.send(
+            (
+                "done",
+                {
+                    "path": out_path,
+                    "n_stream": result.n_stream,
+                    "n_times": result.n["times"],
+                    "n_main": result.n["main"],
+                    "n_volt": result.n["volts"],
+                    "anchor": result.anchor,
+                    "packets": result.packets,
+                    "firmware": int(mon.statusPacket.firmwareVersion),
+                    "restored": state["restored"],
+                    "prior": _PASSTHROUGH_NAMES.get(prior, str(prior)),
+                },
+            )
+        )
     except BaseException as e:  # report everything to the host; the finally above already restored passthrough
         with contextlib.suppress(Exception):
-            conn.send(("error", "failed", f"Monsoon {config.serial}: {type(e).__name__}: {e}"
-                       + ("" if state["restored"] else " (USB passthrough may not be restored)"), state))
+            conn.send(
+                (
+                    "error",
+                    "failed",
+                    f"Monsoon {config.serial}: {type(e).__name__}: {e}"
+                    + ("" if state["restored"] else " (USB passthrough may not be restored)"),
+                    state,
+                )
+            )
     finally:
         with contextlib.suppress(Exception):
             conn.close()
@@ -591,6 +691,7 @@ def _restore(proto, mon, op, prior: int, config: MonsoonConfig) -> str | None:
             got = proto.getValue(op.OpCodes.setUsbPassthroughMode, 1)
             with contextlib.suppress(Exception):
                 import usb.util
+
                 usb.util.dispose_resources(proto.DEVICE)
             return _PASSTHROUGH_NAMES.get(got, str(got))
         except Exception:

@@ -18,7 +18,8 @@ Clocks. Steps are in device CLOCK_MONOTONIC; each runner meta line carries {"mon
 Per step energy (GROSS) = integral of the linearly interpolated power over the step window (align.step_energies);
 when the median step is shorter than the source resolves (fuel gauge: its sample spacing; Monsoon: 0.2 ms; a
 modeled power: its update period) each run's timed window / its steps, with a CI over runs (`CellEnergy.method`).
-Net = gross - baseline W x duration, reported as net only (notes, `j_per_step_net_median`). The fuel gauge is coarse (Android updates current_now every ~0.1-1 s, a virtual
+Net = gross - baseline W x duration, reported as net only (notes, `j_per_step_net_median`). The fuel gauge is coarse
+(Android updates current_now every ~0.1-1 s, a virtual
 phone every 20 ms): `CellEnergy.resolution_s` says how coarse the samples were.
 Labels are never upgraded: `measured` (real phone, real instrument), `simulated` (the simulated Monsoon), `modeled`
 (virtual phones' power model), `virtual`.
@@ -31,8 +32,8 @@ import dataclasses
 import math
 import re
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -40,8 +41,16 @@ from profiler import knobs
 from profiler.device import Device, quote
 from profiler.energy import PowerTrace
 from profiler.energy.align import ClockOffset, baseline_power, estimate_offset, step_energies
-from profiler.energy.fuelgauge import (Calibration, FuelGaugeDecision, SUSPEND_SWITCHES, charge_facts,
-                                       decide_fuelgauge, infer_calibration, parse_log, to_trace)
+from profiler.energy.fuelgauge import (
+    SUSPEND_SWITCHES,
+    Calibration,
+    FuelGaugeDecision,
+    charge_facts,
+    decide_fuelgauge,
+    infer_calibration,
+    parse_log,
+    to_trace,
+)
 from profiler.errors import DeviceError, EnergyError
 
 BASELINE_S = 0.7
@@ -52,7 +61,7 @@ _DEVICE_REALTIME = 'echo "${EPOCHREALTIME:-$(date +%s.%N)}"'
 # a phone-side sampler ends by itself this long after it started: a run killed mid-cell cannot stop it (the next run
 # on the phone does, through its stop file: stop_orphan_samplers)
 SAMPLER_MAX_S = 4 * 3600
-SAMPLER_TAG = "fuelgauge-"   # its files in the device work dir: <tag><ns>.log / .err / .stop
+SAMPLER_TAG = "fuelgauge-"  # its files in the device work dir: <tag><ns>.log / .err / .stop
 
 
 @dataclass(frozen=True)
@@ -105,14 +114,17 @@ def resolve_energy(spec: str, serial: str, lab_home=None) -> str:
     if spec == "monsoon:auto":
         mon = known_monitor(serial, lab_home)
         if not mon:
-            raise EnergyError(f"energy monsoon:auto: no Monsoon is known to power {serial} (virtual lab: "
-                              "`autlearn lab up --monsoon NAME`; real phones: name it in [devices.energy], e.g. "
-                              f'"{serial}" = "monsoon:12345")', serial=serial)
+            raise EnergyError(
+                f"energy monsoon:auto: no Monsoon is known to power {serial} (virtual lab: "
+                "`autlearn lab up --monsoon NAME`; real phones: name it in [devices.energy], e.g. "
+                f'"{serial}" = "monsoon:12345")',
+                serial=serial,
+            )
         return f"monsoon:{mon}"
     return spec
 
 
-def open_meter(spec: str, device, facts, lab_home=None) -> "Meter | None":
+def open_meter(spec: str, device, facts, lab_home=None) -> Meter | None:
     """The meter for an energy spec: "none" -> None, "fuelgauge", "monsoon:SERIAL" (a real HVPM serial or a lab
     monitor `SIM-<port>`), "auto" / "monsoon:auto" (resolve_energy for the device). A wrong or missing monitor
     serial raises EnergyError here. The meter's `spec` is the resolved spec."""
@@ -125,8 +137,7 @@ def open_meter(spec: str, device, facts, lab_home=None) -> "Meter | None":
     else:
         kind, _, serial = spec.partition(":")
         if kind != "monsoon" or not serial:
-            raise EnergyError(f"unknown energy spec {spec!r} (none | fuelgauge | monsoon:SERIAL | monsoon:auto | "
-                              "auto)")
+            raise EnergyError(f"unknown energy spec {spec!r} (none | fuelgauge | monsoon:SERIAL | monsoon:auto | auto)")
         meter = MonsoonMeter(device, facts, serial, lab_home=lab_home)
     meter.spec = spec
     if asked != spec:
@@ -160,9 +171,16 @@ def _resolution(trace: PowerTrace) -> float:
     return float(np.median(np.diff(trace.t))) if len(trace) > 1 else math.nan
 
 
-def _attribute(trace: PowerTrace, steps: Sequence, shift_s: float | None, error_s: float,
-               baseline: tuple[float, float] | None, source: str, serial: str, notes: list[str]
-               ) -> tuple[list[float | None], CellEnergy]:
+def _attribute(
+    trace: PowerTrace,
+    steps: Sequence,
+    shift_s: float | None,
+    error_s: float,
+    baseline: tuple[float, float] | None,
+    source: str,
+    serial: str,
+    notes: list[str],
+) -> tuple[list[float | None], CellEnergy]:
     """Energies of `steps` (device CLOCK_MONOTONIC ns) on `trace`, trace time = ns / 1e9 + shift_s."""
     out: list[float | None] = [None] * len(steps)
     baseline_w = None
@@ -209,33 +227,49 @@ def _attribute(trace: PowerTrace, steps: Sequence, shift_s: float | None, error_
                 m, sd = float(np.mean(per_run)), float(np.std(per_run, ddof=1))
                 half = float(student_t.ppf(0.975, len(per_run) - 1)) * sd / math.sqrt(len(per_run))
                 ci95 = (m - half, m + half)
-            notes.append(f"energy per step = energy of each run's timed window / its steps (median step "
-                         f"{float(np.median(durations)) * 1e3:.2f} ms < source resolution {resolution * 1e3:.1f} ms)"
-                         + (f"; 95% CI over {len(per_run)} runs [{ci95[0]:.3g}, {ci95[1]:.3g}] J" if ci95 else ""))
+            notes.append(
+                f"energy per step = energy of each run's timed window / its steps (median step "
+                f"{float(np.median(durations)) * 1e3:.2f} ms < source resolution {resolution * 1e3:.1f} ms)"
+                + (f"; 95% CI over {len(per_run)} runs [{ci95[0]:.3g}, {ci95[1]:.3g}] J" if ci95 else "")
+            )
         else:
-            notes.append(f"energy per step integrated over each step's window (resolution "
-                         f"{resolution * 1e3:.1f} ms)")
+            notes.append(f"energy per step integrated over each step's window (resolution {resolution * 1e3:.1f} ms)")
         bad = sum(1 for g in gross if not g > 0)
         for k, (i, g) in enumerate(zip(idx, gross)):
             out[i] = g if g > 0 else None  # gross energy is never negative or zero: such steps have none
             if baseline_w is not None:
                 net_vals.append(g - baseline_w * durations[k])
         if bad:
-            notes.append(f"{bad} steps had a gross energy <= 0 on this trace (e.g. charging current inside the "
-                         "window): no energy for them")
+            notes.append(
+                f"{bad} steps had a gross energy <= 0 on this trace (e.g. charging current inside the "
+                "window): no energy for them"
+            )
     if baseline_w is not None:
-        notes.append(f"energy_j is GROSS (all the phone drew); NET = gross - idle baseline {baseline_w:.3f} W x "
-                     "step time" + (f", median net {float(np.median(net_vals)):.3g} J per step" if net_vals else ""))
+        notes.append(
+            f"energy_j is GROSS (all the phone drew); NET = gross - idle baseline {baseline_w:.3f} W x "
+            "step time" + (f", median net {float(np.median(net_vals)):.3g} J per step" if net_vals else "")
+        )
     vals = [v for v in out if v is not None]
     summary = CellEnergy(
-        source=source, serial=serial, labels=tuple(trace.labels), steps=len(steps), steps_measured=len(idx),
-        net=False, j_per_step_median=float(np.median(vals)) if vals else None,
+        source=source,
+        serial=serial,
+        labels=tuple(trace.labels),
+        steps=len(steps),
+        steps_measured=len(idx),
+        net=False,
+        j_per_step_median=float(np.median(vals)) if vals else None,
         j_per_step_gross_median=float(np.median(gross)) if gross else None,
-        mean_w=float(sum(gross) / dur) if gross and dur > 0 else None, baseline_w=baseline_w,
-        alignment_error_s=float(error_s), uncertainty_j_median=float(np.median(unc)) if unc else None,
-        resolution_s=resolution, trace_duration_s=trace.duration, notes=tuple(notes),
-        method=method, j_per_step_ci95=ci95,
-        j_per_step_net_median=float(np.median(net_vals)) if net_vals else None)
+        mean_w=float(sum(gross) / dur) if gross and dur > 0 else None,
+        baseline_w=baseline_w,
+        alignment_error_s=float(error_s),
+        uncertainty_j_median=float(np.median(unc)) if unc else None,
+        resolution_s=resolution,
+        trace_duration_s=trace.duration,
+        notes=tuple(notes),
+        method=method,
+        j_per_step_ci95=ci95,
+        j_per_step_net_median=float(np.median(net_vals)) if net_vals else None,
+    )
     return out, summary
 
 
@@ -253,8 +287,9 @@ def _effective_resolution(trace: PowerTrace) -> float:
     return res
 
 
-def _window_energies(trace: PowerTrace, steps: Sequence, windows: Sequence[tuple[int, int]], shift_s: float
-                     ) -> tuple[list[float], list[float]]:
+def _window_energies(
+    trace: PowerTrace, steps: Sequence, windows: Sequence[tuple[int, int]], shift_s: float
+) -> tuple[list[float], list[float]]:
     """Per-step energy from run windows: steps grouped into runs (numbering restarts) and warm-up / timed; each
     group's energy from its first start to its last end, split evenly. Also the timed per-step value of each run."""
     from profiler.energy.align import integrate
@@ -310,8 +345,9 @@ class Meter:
     def stop(self) -> PowerTrace:
         raise NotImplementedError
 
-    def attribute(self, trace: PowerTrace, steps: Sequence, clock_pairs: Sequence
-                  ) -> tuple[list[float | None], CellEnergy]:
+    def attribute(
+        self, trace: PowerTrace, steps: Sequence, clock_pairs: Sequence
+    ) -> tuple[list[float | None], CellEnergy]:
         raise NotImplementedError
 
 
@@ -332,7 +368,7 @@ class FuelGaugeMeter(Meter):
         self.decision: FuelGaugeDecision | None = None
         self.restore: tuple[str, str] | None = None  # (device path, prior value) of the charging switch
         self._suspended_at: float | None = None
-        self.pending_root = knobs.default_root()         # where the switch's prior value is persisted
+        self.pending_root = knobs.default_root()  # where the switch's prior value is persisted
         self._files: tuple[str, str, str] | None = None  # out, err, stop
         self._marks: dict[str, str] = {}
         self._notes: list[str] = []
@@ -340,8 +376,11 @@ class FuelGaugeMeter(Meter):
     # -- decision -------------------------------------------------------------------------------------------
     def _sysfs_state(self) -> dict[str, str]:
         loop = " ".join(quote(n) for n in _NODES)
-        cmd = ('S="${AUTLEARN_SYSFS:-/sys}/class/power_supply"; for f in ' + loop +
-               '; do if [ -e "$S/$f" ]; then printf "%s=%s\\n" "$f" "$(cat "$S/$f" 2>/dev/null)"; fi; done')
+        cmd = (
+            'S="${AUTLEARN_SYSFS:-/sys}/class/power_supply"; for f in '
+            + loop
+            + '; do if [ -e "$S/$f" ]; then printf "%s=%s\\n" "$f" "$(cat "$S/$f" 2>/dev/null)"; fi; done'
+        )
         out = self.device.check(cmd, timeout=20)
         return {k: v.strip() for k, _, v in (line.partition("=") for line in out.splitlines()) if k}
 
@@ -357,8 +396,13 @@ class FuelGaugeMeter(Meter):
         transport = "usb" if self.virtual or ":" not in self.device.serial else "wifi"
         charging = any(supplies.values()) or st.get("battery/status", "").lower() in ("charging", "full")
         rooted = self.device.root_mode != "none" if charging else False  # root only matters while charging
-        cf = charge_facts(st.get("battery/status"), supplies, adb_transport=transport, rooted=rooted,
-                          nodes=tuple(n for n in st if n.startswith("battery/")))
+        cf = charge_facts(
+            st.get("battery/status"),
+            supplies,
+            adb_transport=transport,
+            rooted=rooted,
+            nodes=tuple(n for n in st if n.startswith("battery/")),
+        )
         self.decision = decide_fuelgauge(cf)
         return None if self.decision.allowed else self.decision.reason
 
@@ -375,12 +419,12 @@ class FuelGaugeMeter(Meter):
             path = f"${{AUTLEARN_SYSFS:-/sys}}/class/power_supply/{node}"
             prior = self.device.shell_root(f'cat "{path}"', timeout=20)
             if not prior.ok:
-                raise EnergyError(f"cannot read {node}: {(prior.stderr or prior.stdout).strip()}",
-                                  serial=self.device.serial)
+                raise EnergyError(
+                    f"cannot read {node}: {(prior.stderr or prior.stdout).strip()}", serial=self.device.serial
+                )
             self.restore = (path, prior.stdout.strip())
             # persisted before the switch is turned: a run killed mid-cell leaves it for the next run to restore
-            knobs.persist(self.pending_root, self.device.serial, "charging",
-                          {"path": path, "prior": self.restore[1]})
+            knobs.persist(self.pending_root, self.device.serial, "charging", {"path": path, "prior": self.restore[1]})
             self._write_switch(off)
             self._notes.append(f"charging suspended via {node} (prior value {self.restore[1]!r})")
             self._suspended_at = time.monotonic()
@@ -390,8 +434,9 @@ class FuelGaugeMeter(Meter):
         path = self.restore[0]
         r = self.device.shell_root(f'echo {quote(value)} > "{path}" && cat "{path}"', timeout=20)
         if not r.ok or r.stdout.strip() != value:
-            raise EnergyError(f"cannot write {value!r} to {path}: {(r.stderr or r.stdout).strip()}",
-                              serial=self.device.serial)
+            raise EnergyError(
+                f"cannot write {value!r} to {path}: {(r.stderr or r.stdout).strip()}", serial=self.device.serial
+            )
 
     def __exit__(self, *exc) -> bool:
         try:
@@ -414,14 +459,19 @@ class FuelGaugeMeter(Meter):
         tag = f"{self.device.workdir}/{SAMPLER_TAG}{time.time_ns()}"
         out, err, stop = f"{tag}.log", f"{tag}.err", f"{tag}.stop"
         self._files = (out, err, stop)
-        self.device.check(f"rm -f {quote(stop)}; nohup sh {quote(script)} {SAMPLER_MAX_S} {self.interval_s:g} "
-                          f"{quote(stop)} </dev/null >{quote(out)} 2>{quote(err)} &", timeout=20)
+        self.device.check(
+            f"rm -f {quote(stop)}; nohup sh {quote(script)} {SAMPLER_MAX_S} {self.interval_s:g} "
+            f"{quote(stop)} </dev/null >{quote(out)} 2>{quote(err)} &",
+            timeout=20,
+        )
         deadline = time.monotonic() + 10
         while not self.device.shell(f"grep -q '^S ' {quote(out)}", timeout=20).ok:
             if time.monotonic() > deadline:
-                raise EnergyError("fuel gauge sampler printed no sample within 10 s: "
-                                  + self.device.shell(f"cat {quote(err)}").stdout.strip()[-200:],
-                                  serial=self.device.serial)
+                raise EnergyError(
+                    "fuel gauge sampler printed no sample within 10 s: "
+                    + self.device.shell(f"cat {quote(err)}").stdout.strip()[-200:],
+                    serial=self.device.serial,
+                )
             time.sleep(0.05)
         # the gauge needs a moment after charging is suspended before it shows the discharge: the baseline window
         # starts once that has passed (the sampler's start-up counts towards it)
@@ -438,7 +488,7 @@ class FuelGaugeMeter(Meter):
         time.sleep(max(3 * self.interval_s, 0.1))  # samples after the last step's end, so the trace covers it
         self.device.check(f"touch {quote(stop)}", timeout=20)
         deadline = time.monotonic() + 10
-        while True:   # one round trip per poll: read the log, done once the sampler wrote its end line
+        while True:  # one round trip per poll: read the log, done once the sampler wrote its end line
             text = self.device.check(f"cat {quote(out)}", timeout=60)
             ended = "\n# end" in text
             if ended or time.monotonic() > deadline:
@@ -464,16 +514,19 @@ class FuelGaugeMeter(Meter):
             return
         out, err, stop = self._files
         self._files = None
-        wait = "" if ended else "sleep 0.3; "   # a sampler that wrote its end line has exited
+        wait = "" if ended else "sleep 0.3; "  # a sampler that wrote its end line has exited
         with contextlib.suppress(DeviceError):
-            self.device.shell(f"touch {quote(stop)}; {wait}rm -f {quote(out)} {quote(err)} {quote(stop)}",
-                              timeout=20)
+            self.device.shell(f"touch {quote(stop)}; {wait}rm -f {quote(out)} {quote(err)} {quote(stop)}", timeout=20)
 
     # -- attribution ----------------------------------------------------------------------------------------
-    def attribute(self, trace: PowerTrace, steps: Sequence, clock_pairs: Sequence
-                  ) -> tuple[list[float | None], CellEnergy]:
-        notes = list(self.notes) + list(self._notes) + [f"fuel gauge {trace.info.get('current_unit')}, discharge sign "
-                                     f"{trace.info.get('discharge_sign')}"]
+    def attribute(
+        self, trace: PowerTrace, steps: Sequence, clock_pairs: Sequence
+    ) -> tuple[list[float | None], CellEnergy]:
+        notes = (
+            list(self.notes)
+            + list(self._notes)
+            + [f"fuel gauge {trace.info.get('current_unit')}, discharge sign {trace.info.get('discharge_sign')}"]
+        )
         clock = trace.info.get("clock")
         if clock == "realtime":
             pair = _pair_offset(clock_pairs)
@@ -489,11 +542,14 @@ class FuelGaugeMeter(Meter):
         baseline = None
         marks = [self._marks.get(k) for k in ("b0", "b1")]
         if all(marks):
-            t = [float((m.split("|")[0] if clock == "realtime" else m.split("|")[1].split()[0]).replace(",", "."))
-                 for m in marks]
+            t = [
+                float((m.split("|")[0] if clock == "realtime" else m.split("|")[1].split()[0]).replace(",", "."))
+                for m in marks
+            ]
             baseline = (t[0] - trace.t0_device, t[1] - trace.t0_device)
-        return _attribute(trace, steps, shift, err if math.isfinite(err) else 0.0, baseline, self.source,
-                          self.device.serial, notes)
+        return _attribute(
+            trace, steps, shift, err if math.isfinite(err) else 0.0, baseline, self.source, self.device.serial, notes
+        )
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -505,8 +561,17 @@ class MonsoonMeter(Meter):
 
     source = "monsoon"
 
-    def __init__(self, device, facts, serial: str, *, lab_home=None, voltage: float = 4.0,
-                 baseline_s: float = BASELINE_S, round_trips: int = 8):
+    def __init__(
+        self,
+        device,
+        facts,
+        serial: str,
+        *,
+        lab_home=None,
+        voltage: float = 4.0,
+        baseline_s: float = BASELINE_S,
+        round_trips: int = 8,
+    ):
         from profiler.energy.monsoon import open_monitor
 
         self.device, self.facts, self.serial = device, facts, str(serial)
@@ -518,8 +583,10 @@ class MonsoonMeter(Meter):
 
     def precheck(self) -> str | None:
         if not self.virtual and ":" not in self.device.serial:
-            return ("adb runs over USB: the Monsoon's passthrough must be off while it measures, which would cut "
-                    "adb mid-cell; connect adb over Wi-Fi (adb tcpip) to use the Monsoon")
+            return (
+                "adb runs over USB: the Monsoon's passthrough must be off while it measures, which would cut "
+                "adb mid-cell; connect adb over Wi-Fi (adb tcpip) to use the Monsoon"
+            )
         return None
 
     def __exit__(self, *exc) -> bool:
@@ -550,8 +617,9 @@ class MonsoonMeter(Meter):
         info = {**trace.info, "monitor": self.serial}
         return dataclasses.replace(trace, labels=labels, serial=self.serial, info=info)
 
-    def attribute(self, trace: PowerTrace, steps: Sequence, clock_pairs: Sequence
-                  ) -> tuple[list[float | None], CellEnergy]:
+    def attribute(
+        self, trace: PowerTrace, steps: Sequence, clock_pairs: Sequence
+    ) -> tuple[list[float | None], CellEnergy]:
         notes = list(self.notes)
         pair = _pair_offset(clock_pairs)
         shift, err = None, 0.0
@@ -593,11 +661,14 @@ def stop_orphan_samplers(serials) -> dict[str, str]:
     for serial in serials:
         try:
             device = Device(serial)
-            r = device.shell(f"cd {quote(device.workdir)} 2>/dev/null || exit 0; n=0; for f in {SAMPLER_TAG}*.log; "
-                             'do [ -e "$f" ] || continue; touch "${f%.log}.stop"; n=$((n + 1)); done; '
-                             f'[ "$n" = 0 ] || {{ sleep 0.5; rm -f {SAMPLER_TAG}*; echo "$n"; }}', timeout=20)
+            r = device.shell(
+                f"cd {quote(device.workdir)} 2>/dev/null || exit 0; n=0; for f in {SAMPLER_TAG}*.log; "
+                'do [ -e "$f" ] || continue; touch "${f%.log}.stop"; n=$((n + 1)); done; '
+                f'[ "$n" = 0 ] || {{ sleep 0.5; rm -f {SAMPLER_TAG}*; echo "$n"; }}',
+                timeout=20,
+            )
         except DeviceError:
-            continue   # unreachable now: its cells say so
+            continue  # unreachable now: its cells say so
         if r.ok and r.stdout.strip():
             out[f"{serial} fuel-gauge sampler"] = f"{r.stdout.strip()} left running, stopped"
     return out

@@ -15,13 +15,14 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from profiler.errors import ConfigError
 
-LAYER_SUITE = "layers"   # the campaign pseudo-model of per-layer suites (workloads.layer_suite); not a family
+LAYER_SUITE = "layers"  # the campaign pseudo-model of per-layer suites (workloads.layer_suite); not a family
 
 
 @dataclass(frozen=True)
@@ -32,28 +33,27 @@ class Family:
 
     name: str
     config_cls: type
-    build: Callable[[Any], Any]                    # config -> torch.nn.Module (workloads.models.build_model seeds)
-    example_input: Callable[[Any], Any]            # config -> torch tensor of input_shape (torch.export)
-    default_lr: float                              # SGD learning rate of compiled programs
-    layers: Callable[[Any, tuple[str, ...], int | None], tuple]   # (config, backbone phases, head_rank) -> Layers
-    grid: Callable[[Any, str, int, int], Any]      # (config, trainable, conv_step, fc_step) -> LayerKeys
-    dataset: Callable[[Any, int | None], Any]      # (config, per_class) -> workloads.data.Dataset
-    batch: Callable[[Any, int], tuple]             # (config, index) -> (x, y) numpy batch of the embedded data
-    compress: Callable[[Any], Any] | None = None   # default config of the `compressed` variant
-    strategy: str | None = None                    # compression: "filter" (pruning) | "svd" (of the head) | None
-    prunable: Callable[[Any, int | None], Mapping[str, tuple[int, ...]]] | None = None   # layer -> options
-    compressed_keys: tuple[str, ...] = ()          # config keys a compression changes (compressed_config)
-    compressor: Callable[..., Any] | None = None   # (config, table, out, options, console) -> Compressor
-    validation_configs: Callable[[Any, int, int], dict] | None = None   # whole models a table can predict
-    load_data: Callable[[Any, Path], tuple] | None = None   # (config, LEAF path) -> batch 0 (x, y)
+    build: Callable[[Any], Any]  # config -> torch.nn.Module (workloads.models.build_model seeds)
+    example_input: Callable[[Any], Any]  # config -> torch tensor of input_shape (torch.export)
+    default_lr: float  # SGD learning rate of compiled programs
+    layers: Callable[[Any, tuple[str, ...], int | None], tuple]  # (config, backbone phases, head_rank) -> Layers
+    grid: Callable[[Any, str, int, int], Any]  # (config, trainable, conv_step, fc_step) -> LayerKeys
+    dataset: Callable[[Any, int | None], Any]  # (config, per_class) -> workloads.data.Dataset
+    batch: Callable[[Any, int], tuple]  # (config, index) -> (x, y) numpy batch of the embedded data
+    compress: Callable[[Any], Any] | None = None  # default config of the `compressed` variant
+    strategy: str | None = None  # compression: "filter" (pruning) | "svd" (of the head) | None
+    prunable: Callable[[Any, int | None], Mapping[str, tuple[int, ...]]] | None = None  # layer -> options
+    compressed_keys: tuple[str, ...] = ()  # config keys a compression changes (compressed_config)
+    compressor: Callable[..., Any] | None = None  # (config, table, out, options, console) -> Compressor
+    validation_configs: Callable[[Any, int, int], dict] | None = None  # whole models a table can predict
+    load_data: Callable[[Any, Path], tuple] | None = None  # (config, LEAF path) -> batch 0 (x, y)
 
     def make_config(self, **overrides: Any) -> Any:
         """Config with keyword overrides (lists become tuples); unknown key -> ConfigError naming the valid ones."""
         valid = {f.name for f in fields(self.config_cls)}
         bad = sorted(set(overrides) - valid)
         if bad:
-            raise ConfigError(f"unknown {self.name} config keys {bad}; valid: {', '.join(sorted(valid))}",
-                              key="config")
+            raise ConfigError(f"unknown {self.name} config keys {bad}; valid: {', '.join(sorted(valid))}", key="config")
         overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
         for k, v in overrides.items():
             _check_type(self.config_cls, k, v)
@@ -70,7 +70,7 @@ class Family:
 
 
 # What a phone can train: a step keeps weights, gradients and activations in memory, and phones have 4-16 GB.
-MAX_PARAMS = 200_000_000     # 0.8 GB of float32 weights (x2-3 with gradients and optimizer state)
+MAX_PARAMS = 200_000_000  # 0.8 GB of float32 weights (x2-3 with gradients and optimizer state)
 
 
 def check_bounds(config: Any, bounds: Mapping[str, int], params: int) -> None:
@@ -79,11 +79,15 @@ def check_bounds(config: Any, bounds: Mapping[str, int], params: int) -> None:
     for key, top in bounds.items():
         value = getattr(config, key)
         if value > top:
-            raise ConfigError(f"must be <= {top:,} (the ceiling for a model trained on a phone), got {value:,}",
-                              key=key)
+            raise ConfigError(
+                f"must be <= {top:,} (the ceiling for a model trained on a phone), got {value:,}", key=key
+            )
     if params > MAX_PARAMS:
-        raise ConfigError(f"the model would have {params:,} parameters; the ceiling is {MAX_PARAMS:,} (what a phone "
-                          "can train in memory)", key="model")
+        raise ConfigError(
+            f"the model would have {params:,} parameters; the ceiling is {MAX_PARAMS:,} (what a phone "
+            "can train in memory)",
+            key="model",
+        )
 
 
 def _check_type(cls: type, key: str, value: Any) -> None:
@@ -104,7 +108,7 @@ def _check_type(cls: type, key: str, value: Any) -> None:
             return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
         if t is str:
             return isinstance(v, str)
-        return True    # other annotations: the config's own checks decide
+        return True  # other annotations: the config's own checks decide
 
     if want is tuple:
         inner = args[0] if args else None
@@ -129,8 +133,8 @@ ENTRY_POINTS = "autlearn.families"
 BUILTIN_ORDER = {"mobilenet": 0, "lstm": 1}
 _REGISTRY: dict[str, Family] = {}
 _BUILTINS_LOADED = False
-_LOAD_LOCK = threading.RLock()   # campaigns validate in several threads: none may see a half-loaded registry
-_LOADING: list[bool] = []        # non-empty while the lock's holder loads the plugins
+_LOAD_LOCK = threading.RLock()  # campaigns validate in several threads: none may see a half-loaded registry
+_LOADING: list[bool] = []  # non-empty while the lock's holder loads the plugins
 
 
 def _registry() -> dict[str, Family]:
@@ -138,10 +142,10 @@ def _registry() -> dict[str, Family]:
     if _BUILTINS_LOADED:
         return _REGISTRY
     with _LOAD_LOCK:
-        if _BUILTINS_LOADED or _LOADING:    # another thread loaded it meanwhile; or a family asks while it loads
+        if _BUILTINS_LOADED or _LOADING:  # another thread loaded it meanwhile; or a family asks while it loads
             return _REGISTRY
         _LOADING.append(True)
-        from importlib.metadata import entry_points   # only when first asked (no import-time work)
+        from importlib.metadata import entry_points  # only when first asked (no import-time work)
 
         # Built in and third party alike, families are plugins (entry point group `autlearn.families`, a Family
         # object each): the registry never imports a family module by name, so families may use every generic
@@ -215,5 +219,17 @@ def config_key(config: Any) -> str:
     return hashlib.sha256(canonical_config(config).encode()).hexdigest()[:16]
 
 
-__all__ = ["Compressor", "Family", "LAYER_SUITE", "campaign_models", "canonical_config", "config_key", "get", "names",
-           "of_config", "plain_config", "register", "unregister"]
+__all__ = [
+    "Compressor",
+    "Family",
+    "LAYER_SUITE",
+    "campaign_models",
+    "canonical_config",
+    "config_key",
+    "get",
+    "names",
+    "of_config",
+    "plain_config",
+    "register",
+    "unregister",
+]

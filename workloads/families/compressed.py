@@ -53,10 +53,20 @@ def export(family: Any, base: Any, config: Any, out_dir: Path, state: Any, **fie
         shutil.copyfile(state, out_dir / STATE)
     else:
         save_state(out_dir / STATE, state)
-    doc = {"format": FORMAT, "model": family.name, "variant": "compressed", "config": config.to_dict(),
-           "build_program": {"model": family.name, "variant": "compressed", "config": family.base_config(base),
-                             "compressed_config": family.compressed_config(config)},
-           "state_dict": STATE, **fields}
+    doc = {
+        "format": FORMAT,
+        "model": family.name,
+        "variant": "compressed",
+        "config": config.to_dict(),
+        "build_program": {
+            "model": family.name,
+            "variant": "compressed",
+            "config": family.base_config(base),
+            "compressed_config": family.compressed_config(config),
+        },
+        "state_dict": STATE,
+        **fields,
+    }
     write_json(out_dir / "compressed.json", doc)
     return out_dir / "compressed.json"
 
@@ -97,5 +107,10 @@ def compressed_build_args(path: str | Path, model: str | None) -> dict[str, Any]
     if not isinstance(bp.get("config"), dict) or not isinstance(bp.get("compressed_config"), dict):
         raise UserError(f"{p}: lacks build_program.config / compressed_config")
     batch = bp["config"].get("batch", (doc.get("config") or {}).get("batch", 1))
-    return {"model": doc.get("model"), "config": dict(bp["config"]),
-            "compressed_config": dict(bp["compressed_config"]), "state_dict": str(sd.resolve()), "batch": int(batch)}
+    return {
+        "model": doc.get("model"),
+        "config": dict(bp["config"]),
+        "compressed_config": dict(bp["compressed_config"]),
+        "state_dict": str(sd.resolve()),
+        "batch": int(batch),
+    }

@@ -12,9 +12,14 @@ from typing import Any
 from profiler.errors import ConfigError
 from workloads.families import Compressor, Family, check_bounds, config_key
 
-
-LSTM_BOUNDS = {"vocab_size": 1_000_000, "embed_dim": 8192, "hidden_size": 8192, "num_layers": 16, "seq_len": 4096,
-               "batch": 4096}
+LSTM_BOUNDS = {
+    "vocab_size": 1_000_000,
+    "embed_dim": 8192,
+    "hidden_size": 8192,
+    "num_layers": 16,
+    "seq_len": 4096,
+    "batch": 4096,
+}
 
 
 @dataclass(frozen=True)
@@ -36,11 +41,17 @@ class WordLSTMConfig:
         for k in ("vocab_size", "embed_dim", "hidden_size", "num_layers", "seq_len", "batch"):
             if int(getattr(self, k)) < 1:
                 raise ConfigError(f"must be >= 1, got {getattr(self, k)}", key=k)
-        check_bounds(self, LSTM_BOUNDS, self.vocab_size * (self.embed_dim + self.hidden_size + 1)
-                     + self.num_layers * 4 * (self.embed_dim + 2 * self.hidden_size) * self.hidden_size)
+        check_bounds(
+            self,
+            LSTM_BOUNDS,
+            self.vocab_size * (self.embed_dim + self.hidden_size + 1)
+            + self.num_layers * 4 * (self.embed_dim + 2 * self.hidden_size) * self.hidden_size,
+        )
         if not 0 <= int(self.head_rank) <= min(self.hidden_size, self.vocab_size):
-            raise ConfigError(f"must be in [0, {min(self.hidden_size, self.vocab_size)}] (0 = dense), got "
-                              f"{self.head_rank}", key="head_rank")
+            raise ConfigError(
+                f"must be in [0, {min(self.hidden_size, self.vocab_size)}] (0 = dense), got {self.head_rank}",
+                key="head_rank",
+            )
 
     @property
     def feature_dim(self) -> int:
@@ -57,14 +68,14 @@ class WordLSTMConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         if not d["head_rank"]:
-            del d["head_rank"]    # dense: the same dict (and key) as before head_rank existed
+            del d["head_rank"]  # dense: the same dict (and key) as before head_rank existed
         return {"model": "lstm", **dict(sorted(d.items()))}
 
     def key(self) -> str:
         return config_key(self)
 
 
-_CLASS: list[type] = []   # built lazily so importing this module does not import torch
+_CLASS: list[type] = []  # built lazily so importing this module does not import torch
 
 
 def build(cfg: WordLSTMConfig) -> Any:
@@ -85,8 +96,9 @@ def _lstm_cls() -> type:
             sizes = [cfg.embed_dim] + [cfg.hidden_size] * cfg.num_layers
             self.lstm = nn.ModuleList(nn.LSTM(a, cfg.hidden_size, batch_first=True) for a in sizes[:-1])
             if cfg.head_rank:
-                self.head = nn.Sequential(nn.Linear(cfg.hidden_size, cfg.head_rank),
-                                          nn.Linear(cfg.head_rank, cfg.vocab_size))
+                self.head = nn.Sequential(
+                    nn.Linear(cfg.hidden_size, cfg.head_rank), nn.Linear(cfg.head_rank, cfg.vocab_size)
+                )
             else:
                 self.head = nn.Linear(cfg.hidden_size, cfg.vocab_size)
 
@@ -192,8 +204,10 @@ def compressor(cfg: WordLSTMConfig, table: Any, out: Path, options: dict[str, An
     """SVD rank of the dense head per budget (workloads.pruning.svd); the search `options` do not apply."""
     from workloads.pruning.svd import smallest_rank_value
 
-    return Compressor(lambda targets: prune_to_budgets(cfg, table, targets, Path(out), console.print),
-                      lambda kind: smallest_rank_value(cfg, kind, table))
+    return Compressor(
+        lambda targets: prune_to_budgets(cfg, table, targets, Path(out), console.print),
+        lambda kind: smallest_rank_value(cfg, kind, table),
+    )
 
 
 def prune_to_budgets(cfg: WordLSTMConfig, table: Any, budgets, out: Path, emit) -> dict[str, str]:
@@ -210,23 +224,44 @@ def prune_to_budgets(cfg: WordLSTMConfig, table: Any, budgets, out: Path, emit) 
     full = min(cfg.hidden_size, cfg.vocab_size)
     for b in budgets:
         r = rank_for_budget(dense, table, b)
-        rank = 0 if r >= full else r                     # the dense head already meets the budget
+        rank = 0 if r >= full else r  # the dense head already meets the budget
         pcfg = replace(cfg, head_rank=rank)
         predicted = model_resource(pcfg, table)
         path = export(
-            FAMILY, cfg, pcfg, out / "lstm" / b.slug, factorize_head(net, rank) if rank else net,
-            budget=str(b), kind=b.kind, budget_value=b.value, head_rank=rank, predicted=predicted.to_dict(),
+            FAMILY,
+            cfg,
+            pcfg,
+            out / "lstm" / b.slug,
+            factorize_head(net, rank) if rank else net,
+            budget=str(b),
+            kind=b.kind,
+            budget_value=b.value,
+            head_rank=rank,
+            predicted=predicted.to_dict(),
             value=predicted.value(b.kind) if (table is not None or b.kind in ("flops", "memory")) else None,
             note="head factorised by SVD (no fine-tune)",
-            table=(json.loads(table.meta.to_json()) if table is not None else None))
+            table=(json.loads(table.meta.to_json()) if table is not None else None),
+        )
         emit(f"{b}: head rank {rank or 'dense'} -> {path}")
         exports[str(b)] = str(path)
     return exports
 
 
 FAMILY = Family(
-    name="lstm", config_cls=WordLSTMConfig, build=build, example_input=example_input,
-    default_lr=0.5,   # the random frozen LSTM's features are small: larger step
-    layers=layers, grid=grid, dataset=dataset, batch=batch, compress=compress, strategy="svd", prunable=prunable,
-    compressed_keys=("head_rank",), compressor=compressor, validation_configs=validation_configs,
-    load_data=load_data)
+    name="lstm",
+    config_cls=WordLSTMConfig,
+    build=build,
+    example_input=example_input,
+    default_lr=0.5,  # the random frozen LSTM's features are small: larger step
+    layers=layers,
+    grid=grid,
+    dataset=dataset,
+    batch=batch,
+    compress=compress,
+    strategy="svd",
+    prunable=prunable,
+    compressed_keys=("head_rank",),
+    compressor=compressor,
+    validation_configs=validation_configs,
+    load_data=load_data,
+)

@@ -13,8 +13,19 @@ from workloads.families import Compressor, Family, check_bounds, config_key
 
 # MobileNetV1 body: (output channels at width 1.0, stride) of the 13 depthwise-separable blocks.
 MOBILENET_BLOCKS: tuple[tuple[int, int], ...] = (
-    (64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2),
-    (512, 1), (512, 1), (512, 1), (512, 1), (512, 1), (1024, 2), (1024, 1),
+    (64, 1),
+    (128, 2),
+    (128, 1),
+    (256, 2),
+    (256, 1),
+    (512, 2),
+    (512, 1),
+    (512, 1),
+    (512, 1),
+    (512, 1),
+    (512, 1),
+    (1024, 2),
+    (1024, 1),
 )
 MOBILENET_STEM = 32
 
@@ -33,10 +44,10 @@ class MobileNetConfig:
     conv and the 13 pointwise convs (each depthwise conv keeps its input's channels). Empty `channels` means
     "derived from `width`" (the classic width multiplier); set it explicitly to express a pruned model."""
 
-    num_classes: int = 62          # FEMNIST
+    num_classes: int = 62  # FEMNIST
     in_channels: int = 1
     image_size: int = 28
-    batch: int = 1                 # as in the paper
+    batch: int = 1  # as in the paper
     width: float = 1.0
     channels: tuple[int, ...] = ()
     seed: int = 0
@@ -49,15 +60,21 @@ class MobileNetConfig:
                 raise ConfigError(f"must be >= 1, got {getattr(self, k)}", key=k)
         if self.channels:
             if len(self.channels) != 1 + len(MOBILENET_BLOCKS) or min(self.channels) < 1:
-                raise ConfigError(f"needs {1 + len(MOBILENET_BLOCKS)} positive ints, got {self.channels}",
-                                  key="channels")
+                raise ConfigError(
+                    f"needs {1 + len(MOBILENET_BLOCKS)} positive ints, got {self.channels}", key="channels"
+                )
             object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
         if self.width > MAX_WIDTH or max(self.layer_channels) > MAX_CHANNELS:
-            raise ConfigError(f"at most {MAX_CHANNELS} channels a layer (width <= {MAX_WIDTH}), got "
-                              f"{max(self.layer_channels)}", key="channels" if self.channels else "width")
+            raise ConfigError(
+                f"at most {MAX_CHANNELS} channels a layer (width <= {MAX_WIDTH}), got {max(self.layer_channels)}",
+                key="channels" if self.channels else "width",
+            )
         c = self.layer_channels
-        check_bounds(self, MOBILENET_BOUNDS, 9 * self.in_channels * c[0] + sum(9 * a + a * b for a, b in
-                                                                               zip(c, c[1:])) + c[-1] * self.num_classes)
+        check_bounds(
+            self,
+            MOBILENET_BOUNDS,
+            9 * self.in_channels * c[0] + sum(9 * a + a * b for a, b in zip(c, c[1:])) + c[-1] * self.num_classes,
+        )
 
     @property
     def layer_channels(self) -> tuple[int, ...]:
@@ -75,7 +92,7 @@ class MobileNetConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["channels"] = list(self.layer_channels)   # resolved, so width=0.5 and its explicit list hash alike
+        d["channels"] = list(self.layer_channels)  # resolved, so width=0.5 and its explicit list hash alike
         d["width"] = float(self.width)
         return {"model": "mobilenet", **dict(sorted(d.items()))}
 
@@ -83,7 +100,7 @@ class MobileNetConfig:
         return config_key(self)
 
 
-_CLASS: list[type] = []   # built lazily so importing this module does not import torch
+_CLASS: list[type] = []  # built lazily so importing this module does not import torch
 
 
 def build(cfg: MobileNetConfig) -> Any:
@@ -168,17 +185,17 @@ def grid(config: MobileNetConfig, trainable: str, conv_step: int, fc_step: int) 
 
     keys: set = set()
     opts = list(prunable(config, conv_step).values())
-    ci = 0                                         # index into layer_channels of the current producer
+    ci = 0  # index into layer_channels of the current producer
     for layer in model_layers(config, trainable):
         k = layer.key
-        if k.type == "conv" and k.kernel == 3:     # stem
+        if k.type == "conv" and k.kernel == 3:  # stem
             pairs = [(k.c_in, co) for co in opts[0]]
         elif k.type == "dwconv":
             pairs = [(c, c) for c in opts[ci]]
         elif k.type == "conv":
             pairs = [(a, co) for a in opts[ci] for co in opts[ci + 1]]
             ci += 1
-        else:                                      # head
+        else:  # head
             pairs = [(a, k.c_out) for a in opts[-1]]
         for a, co in pairs:
             keys.update(k.with_channels(a, co).with_phase(p) for p in layer.phases)
@@ -224,8 +241,9 @@ def dataset(cfg: MobileNetConfig, per_class: int | None = None) -> Any:
     else:
         ds = data.synthetic_femnist(cfg.num_classes, per_class=int(per_class), seed=cfg.seed)
     if (cfg.image_size, cfg.in_channels) != (data.FEMNIST_SIZE, 1):
-        ds = data.Dataset(data.resize_images(ds.x, cfg.image_size, cfg.in_channels), ds.y, ds.num_classes,
-                          ds.source, True)
+        ds = data.Dataset(
+            data.resize_images(ds.x, cfg.image_size, cfg.in_channels), ds.y, ds.num_classes, ds.source, True
+        )
     return ds
 
 
@@ -252,8 +270,10 @@ def compressor(cfg: MobileNetConfig, table: Any, out: Path, options: dict[str, A
     from workloads.pruning.search import SearchSettings, smallest_reachable
 
     settings = SearchSettings(**options)
-    return Compressor(lambda targets: _search(cfg, table, targets, Path(out), settings, console),
-                      lambda kind: smallest_reachable(cfg, kind, table, settings))
+    return Compressor(
+        lambda targets: _search(cfg, table, targets, Path(out), settings, console),
+        lambda kind: smallest_reachable(cfg, kind, table, settings),
+    )
 
 
 def _search(cfg, table, targets, out: Path, settings, console) -> dict[str, str]:
@@ -264,16 +284,26 @@ def _search(cfg, table, targets, out: Path, settings, console) -> dict[str, str]
     from workloads.pruning.search import search
 
     with console.status("searching") as status:
-        results = search(cfg, table, targets, out, settings,
-                         on_event=lambda m: (status.update(m), console.log(m) if "iteration" in m and "->" in m
-                                             else None))
+        results = search(
+            cfg,
+            table,
+            targets,
+            out,
+            settings,
+            on_event=lambda m: (status.update(m), console.log(m) if "iteration" in m and "->" in m else None),
+        )
     view = RichTable(title=f"Pareto set ({cfg.to_dict()['model']}, accuracy on held-out data)")
     for col in ("budget", "predicted", "accuracy", "channels", "export"):
         view.add_column(col)
     for r in results:
         for p in r.points:
-            view.add_row(str(p.budget), format_value(p.budget.kind, p.value), f"{p.accuracy:.3f}",
-                         ",".join(map(str, p.channels)), p.export)
+            view.add_row(
+                str(p.budget),
+                format_value(p.budget.kind, p.value),
+                f"{p.accuracy:.3f}",
+                ",".join(map(str, p.channels)),
+                p.export,
+            )
         for b in r.unmet:
             view.add_row(str(b), "not met", "", "", "")
     Console().print(view)
@@ -281,7 +311,20 @@ def _search(cfg, table, targets, out: Path, settings, console) -> dict[str, str]
 
 
 FAMILY = Family(
-    name="mobilenet", config_cls=MobileNetConfig, build=build, example_input=example_input, default_lr=0.05,
-    layers=layers, grid=grid, dataset=dataset, batch=batch, compress=compress, strategy="filter",
-    prunable=prunable, compressed_keys=("channels",), compressor=compressor,
-    validation_configs=validation_configs, load_data=load_data)
+    name="mobilenet",
+    config_cls=MobileNetConfig,
+    build=build,
+    example_input=example_input,
+    default_lr=0.05,
+    layers=layers,
+    grid=grid,
+    dataset=dataset,
+    batch=batch,
+    compress=compress,
+    strategy="filter",
+    prunable=prunable,
+    compressed_keys=("channels",),
+    compressor=compressor,
+    validation_configs=validation_configs,
+    load_data=load_data,
+)

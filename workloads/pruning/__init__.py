@@ -4,5 +4,12 @@ latency/energy tables (NetAdapt-style search), SVD rank reduction for the LSTM f
 from workloads.pruning.budget import Budget, UnreachableBudget, parse_budget
 from workloads.pruning.importance import Importance, L2FilterImportance, RandomImportance, get_importance
 
-__all__ = ["Budget", "UnreachableBudget", "parse_budget", "Importance", "L2FilterImportance", "RandomImportance",
-           "get_importance"]
+__all__ = [
+    "Budget",
+    "UnreachableBudget",
+    "parse_budget",
+    "Importance",
+    "L2FilterImportance",
+    "RandomImportance",
+    "get_importance",
+]

@@ -20,9 +20,10 @@ beside the model defining the budget) that holds per budget only: a model two bu
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from workloads.pruning.budget import Budget
 
@@ -33,21 +34,31 @@ MEASURED_KINDS = ("latency", "energy")
 class Attempt:
     """One pruned model for one budget in one round of the loop."""
 
-    budget: Budget                   # the user's budget (device units)
-    target: Budget                   # what the table was asked to meet
+    budget: Budget  # the user's budget (device units)
+    target: Budget  # what the table was asked to meet
     round: int
     export: str
-    predicted: float | None          # the table's value for the model (base unit of the kind)
-    measured: float | None           # device value (latency/energy), exact value (flops/memory)
-    verdict: str                     # met | exceeded | not measured | not reached by the search
-    info: Mapping[str, Any] = field(default_factory=dict)   # measurement provenance (results dir, rounds)
-    architecture: str = ""           # the model config (JSON) of this attempt; the export file is rewritten later
+    predicted: float | None  # the table's value for the model (base unit of the kind)
+    measured: float | None  # device value (latency/energy), exact value (flops/memory)
+    verdict: str  # met | exceeded | not measured | not reached by the search
+    info: Mapping[str, Any] = field(default_factory=dict)  # measurement provenance (results dir, rounds)
+    architecture: str = ""  # the model config (JSON) of this attempt; the export file is rewritten later
 
     def row(self) -> dict[str, Any]:
-        return {"budget": str(self.budget), "kind": self.budget.kind, "budget_value": self.budget.value,
-                "search_target": self.target.value, "loop_round": self.round, "predicted": self.predicted,
-                "value": self.measured, "met": self.verdict == "met", "verdict": self.verdict,
-                "export": self.export, "architecture": self.architecture, **self.info}
+        return {
+            "budget": str(self.budget),
+            "kind": self.budget.kind,
+            "budget_value": self.budget.value,
+            "search_target": self.target.value,
+            "loop_round": self.round,
+            "predicted": self.predicted,
+            "value": self.measured,
+            "met": self.verdict == "met",
+            "verdict": self.verdict,
+            "export": self.export,
+            "architecture": self.architecture,
+            **self.info,
+        }
 
 
 def corrected(target: Budget, predicted: float | None, budget: Budget, measured: float, margin: float) -> Budget:
@@ -64,12 +75,18 @@ def _arch(doc: Mapping[str, Any]) -> str:
     return canonical_config(doc["config"])
 
 
-def close_loop(budgets: Sequence[Budget], propose: Callable[[list[Budget]], Mapping[str, str]],
-               measure: Callable[[dict[str, str], int], tuple[Mapping[str, Mapping[str, float | None]],
-                                                                Mapping[str, Any]]],
-               *, corrections: int = 2, margin: float = 0.05, smallest: Callable[[str], float] | None = None,
-               start: Mapping[Budget, Budget] | None = None, per_budget: bool = False,
-               emit: Callable[[str], None] = lambda m: None) -> tuple[list[Attempt], list[Attempt]]:
+def close_loop(
+    budgets: Sequence[Budget],
+    propose: Callable[[list[Budget]], Mapping[str, str]],
+    measure: Callable[[dict[str, str], int], tuple[Mapping[str, Mapping[str, float | None]], Mapping[str, Any]]],
+    *,
+    corrections: int = 2,
+    margin: float = 0.05,
+    smallest: Callable[[str], float] | None = None,
+    start: Mapping[Budget, Budget] | None = None,
+    per_budget: bool = False,
+    emit: Callable[[str], None] = lambda m: None,
+) -> tuple[list[Attempt], list[Attempt]]:
     """(final attempt per budget, every attempt). `propose(targets)` returns {str(target): compressed.json};
     `measure({label: export}, round)` returns ({label: {"latency": ms, "energy": mJ, ...}}, provenance): the kinds'
     values are what verdicts use, other keys (e.g. the raw measurement beside a normalized one) go to the attempt's
@@ -81,10 +98,10 @@ def close_loop(budgets: Sequence[Budget], propose: Callable[[list[Budget]], Mapp
     for k in range(corrections + 1):
         exports = propose(sorted(set(targets.values())))
         chosen = {label: exports[str(t)] for label, t in targets.items() if str(t) in exports}
-        docs = {label: json.loads(Path(path).read_text()) for label, path in chosen.items()}   # read once a round
+        docs = {label: json.loads(Path(path).read_text()) for label, path in chosen.items()}  # read once a round
         archs = {label: _arch(doc) for label, doc in docs.items()}
         keys = {label: (label if per_budget else "", arch) for label, arch in archs.items()}
-        todo: dict[tuple[str, str], str] = {}       # key -> one label (a key is measured once)
+        todo: dict[tuple[str, str], str] = {}  # key -> one label (a key is measured once)
         for label in chosen:
             if targets[label].kind in MEASURED_KINDS and keys[label] not in known:
                 todo.setdefault(keys[label], label)
@@ -97,7 +114,7 @@ def close_loop(budgets: Sequence[Budget], propose: Callable[[list[Budget]], Mapp
         for b in budgets:
             label, target = str(b), targets[str(b)]
             path = chosen.get(label)
-            if path is None:                        # the search stopped above the target (max_iterations)
+            if path is None:  # the search stopped above the target (max_iterations)
                 final[label] = Attempt(b, target, k, "", None, None, "not reached by the search")
                 history.append(final[label])
                 continue
@@ -105,9 +122,13 @@ def close_loop(budgets: Sequence[Budget], propose: Callable[[list[Budget]], Mapp
             if b.kind in MEASURED_KINDS:
                 vals, info = known[keys[label]]
                 value = vals.get(b.kind)
-                info = {**info, "measured_ms": vals.get("latency"), "measured_mj": vals.get("energy"),
-                        **{k: v for k, v in vals.items() if k not in MEASURED_KINDS}}   # e.g. the raw value
-            else:                                   # flops / memory are exact
+                info = {
+                    **info,
+                    "measured_ms": vals.get("latency"),
+                    "measured_mj": vals.get("energy"),
+                    **{k: v for k, v in vals.items() if k not in MEASURED_KINDS},
+                }  # e.g. the raw value
+            else:  # flops / memory are exact
                 value, info = predicted, {}
             if value is None or value != value:
                 verdict = "not measured"
@@ -147,9 +168,14 @@ def verdict_values(measured, labels, judged_on: str) -> dict[str, dict]:
         r = by[label]
         norm = getattr(r, "ms_normalized", nan)
         basis = judged_on if norm == norm else "raw"
-        values[label] = {"latency": norm if basis == "control-normalized" else r.ms, "energy": r.mj,
-                         "measured_ms": r.ms, "normalized_ms": norm, "drift": getattr(r, "drift", nan),
-                         "judged_on": basis}
+        values[label] = {
+            "latency": norm if basis == "control-normalized" else r.ms,
+            "energy": r.mj,
+            "measured_ms": r.ms,
+            "normalized_ms": norm,
+            "drift": getattr(r, "drift", nan),
+            "judged_on": basis,
+        }
     return values
 
 
@@ -161,17 +187,27 @@ class MeasuredLoop:
     history: tuple[Attempt, ...]
     serial: str
     governor: str
-    judged_on: str                   # control-normalized | raw
+    judged_on: str  # control-normalized | raw
     measured_csv: Path
     loop_csv: Path
 
 
-def measure_closed_loop(budgets: Sequence[Budget], propose: Callable[[list[Budget]], Mapping[str, str]],
-                        smallest: Callable[[str], float] | None, table: Any, serial: str, out: Path, settings: Any, *,
-                        corrections: int = 2, margin: float = 0.05, verdict_on: str = "normalized",
-                        emit: Callable[[str], None] = lambda m: None,
-                        on_progress: Callable[[Any], None] | None = None,
-                        log: Callable[[str], None] = lambda s: None) -> MeasuredLoop:
+def measure_closed_loop(
+    budgets: Sequence[Budget],
+    propose: Callable[[list[Budget]], Mapping[str, str]],
+    smallest: Callable[[str], float] | None,
+    table: Any,
+    serial: str,
+    out: Path,
+    settings: Any,
+    *,
+    corrections: int = 2,
+    margin: float = 0.05,
+    verdict_on: str = "normalized",
+    emit: Callable[[str], None] = lambda m: None,
+    on_progress: Callable[[Any], None] | None = None,
+    log: Callable[[str], None] = lambda s: None,
+) -> MeasuredLoop:
     """Prune, measure each model on `serial` (the table's governor) through campaigns (`settings`: a
     profiler.settings.MeasureSettings; its energy is replaced: a source only when an energy budget needs one), prune
     further where a model measured over its budget (`close_loop`); writes OUT/measured.csv and OUT/loop.csv. A
@@ -200,16 +236,30 @@ def measure_closed_loop(budgets: Sequence[Budget], propose: Callable[[list[Budge
 
     def measure(exports: dict[str, str], k: int):
         got, rdir, rr = measure_models(
-            f"pruned-{out.name}-{k}", {label: Path(p) for label, p in exports.items()}, serial, governor, settings,
-            control=control, reference_ms=reference, on_progress=on_progress, log=log)
+            f"pruned-{out.name}-{k}",
+            {label: Path(p) for label, p in exports.items()},
+            serial,
+            governor,
+            settings,
+            control=control,
+            reference_ms=reference,
+            on_progress=on_progress,
+            log=log,
+        )
         emit(f"rounds: {rr.summary()}")
         values = verdict_values(got, exports, judged_on)
-        info = {"device": serial, "governor": governor, "results": str(rdir), "rounds": rr.summary(),
-                "disturbed": rr.disturbed}
+        info = {
+            "device": serial,
+            "governor": governor,
+            "results": str(rdir),
+            "rounds": rr.summary(),
+            "disturbed": rr.disturbed,
+        }
         return values, info
 
-    final, history = close_loop(budgets, propose, measure, corrections=corrections, margin=margin,
-                                smallest=smallest, emit=emit)
+    final, history = close_loop(
+        budgets, propose, measure, corrections=corrections, margin=margin, smallest=smallest, emit=emit
+    )
     if not any(a.export for a in final):
         raise ConfigError("no model met any budget: nothing to measure", key="budget")
     measured_csv, loop_csv = out / "measured.csv", out / "loop.csv"

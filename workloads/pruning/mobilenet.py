@@ -6,8 +6,9 @@ Layer index i refers to `config.layer_channels[i]` (0 = stem conv, 1..13 = point
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -83,8 +84,9 @@ def prune_channels(model: Any, config: Any, layer: int, remove: Sequence[int]) -
     return new_cfg, new
 
 
-def prune_smallest(model: Any, config: Any, layer: int, k: int,
-                   importance: Importance | None = None) -> tuple[Any, Any, np.ndarray]:
+def prune_smallest(
+    model: Any, config: Any, layer: int, k: int, importance: Importance | None = None
+) -> tuple[Any, Any, np.ndarray]:
     """Remove the `k` lowest-importance (default: smallest-L2) filters of `layer` -> (config, model, removed)."""
     _check(config, layer)
     scores = filter_scores(model, layer, importance)

@@ -7,7 +7,8 @@ maximise accuracy(model) s.t. resource(model) <= budget, resource from a per-lay
                 (R0 = the unpruned model's resource: init_reduction is a fraction of it, NetAdapt's 0.025 / 0.96)
                 for every prunable layer: remove the smallest-L2 filters in steps of `channel_step` until the
                 predicted resource meets target_i; fine-tune that proposal `short_steps` (every proposal of an
-                iteration on the same batches); evaluate on held-out data (val). Keep the most accurate proposal (ties: lower resource, lower layer index). When no single
+                iteration on the same batches); evaluate on held-out data (val). Keep the most accurate proposal
+                (ties: lower resource, lower layer index). When no single
                 layer can meet target_i, the proposals that reduce the resource at all compete instead.
   snapshots:    the first iteration meeting each budget gets a long fine-tune (`long_steps`).
   Pareto set:   `select="first"` (default, NetAdapt's output): each budget's own snapshot, the largest model of
@@ -28,18 +29,27 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 from profiler.errors import ConfigError
 from workloads.families import of_config
-from workloads.families.compressed import (FORMAT, compressed_build_args, export, load_compressed, load_model,
-                                           read_compressed, save_state, write_json)
+from workloads.families.compressed import (
+    FORMAT,
+    compressed_build_args,
+    export,
+    load_compressed,
+    load_model,
+    read_compressed,
+    save_state,
+    write_json,
+)
 from workloads.layers import channel_options
 from workloads.pruning.budget import Budget, UnreachableBudget, format_value
 from workloads.pruning.importance import get_importance
-from workloads.pruning.mobilenet import min_channels, prune_smallest, prunable_layers, with_channels
+from workloads.pruning.mobilenet import min_channels, prunable_layers, prune_smallest, with_channels
 from workloads.resource import RESOURCE_KINDS, model_resource, predict
 
 SELECTIONS = ("first", "best-val")
@@ -47,24 +57,24 @@ SELECTIONS = ("first", "best-val")
 
 @dataclass(frozen=True)
 class SearchSettings:
-    init_reduction: float = 0.025   # fraction of the initial resource removed in iteration 1
+    init_reduction: float = 0.025  # fraction of the initial resource removed in iteration 1
     decay: float = 0.96
     channel_step: int = 8
-    short_steps: int = 20           # fine-tune steps per proposal
-    long_steps: int = 200           # final fine-tune per budget point
-    pretrain_steps: int = 200       # training of the seed-initialised model before pruning
+    short_steps: int = 20  # fine-tune steps per proposal
+    long_steps: int = 200  # final fine-tune per budget point
+    pretrain_steps: int = 200  # training of the seed-initialised model before pruning
     batch_size: int = 32
     lr: float = 2e-3
     seed: int = 0
     importance: str = "l2"
-    trainable: str = "head"         # phases of the on-device step the resource is predicted for
+    trainable: str = "head"  # phases of the on-device step the resource is predicted for
     holdout: float = 0.2
-    per_class: int | None = None    # synthetic glyphs per class (None: the default embedded data set)
-    reinit: bool = True             # He fan-in init before pretraining, see pruning.train.trainable_init
+    per_class: int | None = None  # synthetic glyphs per class (None: the default embedded data set)
+    reinit: bool = True  # He fan-in init before pretraining, see pruning.train.trainable_init
     max_iterations: int = 500
-    threads: int = 1                # torch intra-op threads while searching (results depend on it)
-    select: str = "first"           # Pareto point per budget: first | best-val (module docstring); not in the
-                                    # search fingerprint: it only picks among the stored snapshots
+    threads: int = 1  # torch intra-op threads while searching (results depend on it)
+    select: str = "first"  # Pareto point per budget: first | best-val (module docstring); not in the
+    # search fingerprint: it only picks among the stored snapshots
 
     def __post_init__(self) -> None:
         if not 0 < self.init_reduction < 1:
@@ -86,16 +96,16 @@ class SearchSettings:
 class Iteration:
     index: int
     channels: tuple[int, ...]
-    value: float                    # resource of the search's kind (base unit)
+    value: float  # resource of the search's kind (base unit)
     target: float | None
-    layer: int | None               # pruned layer (None for the unpruned model)
+    layer: int | None  # pruned layer (None for the unpruned model)
     removed: int
-    accuracy: float                 # val, after the short fine-tune
+    accuracy: float  # val, after the short fine-tune
     loss: float
-    proposals: int                  # proposals evaluated this iteration
+    proposals: int  # proposals evaluated this iteration
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Iteration":
+    def from_dict(cls, d: dict[str, Any]) -> Iteration:
         return cls(**{**{f.name: d.get(f.name) for f in fields(cls)}, "channels": tuple(d["channels"])})
 
 
@@ -106,9 +116,9 @@ class ParetoPoint:
     channels: tuple[int, ...]
     value: float
     resource: dict[str, Any]
-    accuracy: float                  # val (select=best-val chooses by it)
-    test_accuracy: float             # test (never used for a choice)
-    export: str                      # path of compressed.json
+    accuracy: float  # val (select=best-val chooses by it)
+    test_accuracy: float  # test (never used for a choice)
+    export: str  # path of compressed.json
 
 
 @dataclass(frozen=True)
@@ -137,12 +147,12 @@ def table_digest(table: Any) -> str:
 
 
 def smallest_reachable(config: Any, kind: str, table: Any = None, settings: SearchSettings = SearchSettings()) -> float:
-    return predict(with_channels(config, min_channels(config, settings.channel_step)), kind, table,
-                   settings.trainable)
+    return predict(with_channels(config, min_channels(config, settings.channel_step)), kind, table, settings.trainable)
 
 
-def check_budgets(config: Any, table: Any, budgets: Sequence[Budget],
-                  settings: SearchSettings = SearchSettings()) -> None:
+def check_budgets(
+    config: Any, table: Any, budgets: Sequence[Budget], settings: SearchSettings = SearchSettings()
+) -> None:
     """ConfigError for resources the table cannot predict; UnreachableBudget naming the smallest reachable value."""
     for b in budgets:
         if b.kind not in RESOURCE_KINDS:
@@ -152,13 +162,23 @@ def check_budgets(config: Any, table: Any, budgets: Sequence[Budget],
             raise UnreachableBudget(b, small)
 
 
-def search(config: Any, table: Any, budgets: Iterable[Budget], out: str | Path,
-           settings: SearchSettings = SearchSettings(), *, on_event: Callable[[str], None] | None = None,
-           on_iteration: Callable[[Iteration], None] | None = None) -> tuple[SearchResult, ...]:
+def search(
+    config: Any,
+    table: Any,
+    budgets: Iterable[Budget],
+    out: str | Path,
+    settings: SearchSettings = SearchSettings(),
+    *,
+    on_event: Callable[[str], None] | None = None,
+    on_iteration: Callable[[Iteration], None] | None = None,
+) -> tuple[SearchResult, ...]:
     """Run (or resume) the search for every resource kind among `budgets`; see the module docstring."""
     if of_config(config).strategy != "filter":
-        raise ConfigError(f"the filter-pruning search supports mobilenet, got {type(config).__name__}; the LSTM "
-                          f"family is compressed with SVD (workloads.pruning.svd)", key="model")
+        raise ConfigError(
+            f"the filter-pruning search supports mobilenet, got {type(config).__name__}; the LSTM "
+            f"family is compressed with SVD (workloads.pruning.svd)",
+            key="model",
+        )
     budgets = tuple(sorted(set(budgets)))
     if not budgets:
         raise ConfigError("give at least one budget", key="budget")
@@ -166,16 +186,34 @@ def search(config: Any, table: Any, budgets: Iterable[Budget], out: str | Path,
     out = Path(out)
     results = []
     for kind in sorted({b.kind for b in budgets}):
-        results.append(_search_kind(config, table, tuple(b for b in budgets if b.kind == kind), out / kind,
-                                    settings, on_event or (lambda m: None), on_iteration))
+        results.append(
+            _search_kind(
+                config,
+                table,
+                tuple(b for b in budgets if b.kind == kind),
+                out / kind,
+                settings,
+                on_event or (lambda m: None),
+                on_iteration,
+            )
+        )
     _write_json(out / "pareto.json", [_point_json(p) for r in results for p in r.points])
     return tuple(results)
 
 
 def _point_json(p: ParetoPoint) -> dict[str, Any]:
-    return {"budget": str(p.budget), "kind": p.budget.kind, "budget_value": p.budget.value,
-            "iteration": p.iteration, "channels": list(p.channels), "value": p.value, "resource": p.resource,
-            "accuracy": p.accuracy, "test_accuracy": p.test_accuracy, "export": p.export}
+    return {
+        "budget": str(p.budget),
+        "kind": p.budget.kind,
+        "budget_value": p.budget.value,
+        "iteration": p.iteration,
+        "channels": list(p.channels),
+        "value": p.value,
+        "resource": p.resource,
+        "accuracy": p.accuracy,
+        "test_accuracy": p.test_accuracy,
+        "export": p.export,
+    }
 
 
 def _search_kind(config, table, budgets, kdir: Path, s: SearchSettings, emit, on_iteration) -> SearchResult:
@@ -186,20 +224,28 @@ def _search_kind(config, table, budgets, kdir: Path, s: SearchSettings, emit, on
 
     kind = budgets[0].kind
     kdir.mkdir(parents=True, exist_ok=True)
-    ident = {"settings": {k: v for k, v in asdict(s).items() if k != "select"},
-             "config": config.to_dict(), "kind": kind,
-             "table": table_digest(table) if kind in ("latency", "energy") else "none",
-             "init": INIT_VERSION if s.reinit else "build_model"}
+    ident = {
+        "settings": {k: v for k, v in asdict(s).items() if k != "select"},
+        "config": config.to_dict(),
+        "kind": kind,
+        "table": table_digest(table) if kind in ("latency", "energy") else "none",
+        "init": INIT_VERSION if s.reinit else "build_model",
+    }
     fp = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
     sj = kdir / "search.json"
     if sj.exists():
         prev = json.loads(sj.read_text())
         if prev.get("fingerprint") != fp:
-            raise ConfigError(f"{kdir} holds a search with other arguments (model/table/settings); "
-                              f"use a new --out directory or delete it", key="out")
+            raise ConfigError(
+                f"{kdir} holds a search with other arguments (model/table/settings); "
+                f"use a new --out directory or delete it",
+                key="out",
+            )
     else:
-        _write_json(sj, {**ident, "fingerprint": fp,
-                         "table_meta": json.loads(table.meta.to_json()) if table is not None else None})
+        _write_json(
+            sj,
+            {**ident, "fingerprint": fp, "table_meta": json.loads(table.meta.to_json()) if table is not None else None},
+        )
     budget_values = [b.value for b in budgets]
 
     cache: dict[tuple[int, ...], float] = {}
@@ -215,7 +261,7 @@ def _search_kind(config, table, budgets, kdir: Path, s: SearchSettings, emit, on
     torch.set_num_threads(s.threads)
     try:
         iters: list[Iteration] = []
-        while True:   # resume: contiguous complete iterations
+        while True:  # resume: contiguous complete iterations
             j = kdir / f"iter_{len(iters):04d}.json"
             if not (j.exists() and j.with_suffix(".pt").exists()):
                 break
@@ -233,8 +279,9 @@ def _search_kind(config, table, budgets, kdir: Path, s: SearchSettings, emit, on
                 trainable_init(model, split.train_x, _seed(s.seed, "init"))
             emit(f"{kind}: pretraining the unpruned model ({s.pretrain_steps} steps)")
             loss = fine_tune(model, split, s.pretrain_steps, s.lr, s.batch_size, _seed(s.seed, "pretrain"))
-            cur = Iteration(0, cfg.layer_channels, value(cfg.layer_channels), None, None, 0,
-                            evaluate(model, split), loss, 0)
+            cur = Iteration(
+                0, cfg.layer_channels, value(cfg.layer_channels), None, None, 0, evaluate(model, split), loss, 0
+            )
             _commit(kdir, cur, model, iters, on_iteration)
         r0 = iters[0].value
         final = min(b.value for b in budgets)
@@ -284,18 +331,22 @@ def _target(value: float, i: int, r0: float, budget_values: Sequence[float], s: 
     return max(step, max(below)) if below else step
 
 
-def _valid_prefix(kdir: Path, iters: list[Iteration], budget_values: Sequence[float], s: SearchSettings,
-                  emit) -> list[Iteration]:
+def _valid_prefix(
+    kdir: Path, iters: list[Iteration], budget_values: Sequence[float], s: SearchSettings, emit
+) -> list[Iteration]:
     """The stored iterations these budgets would also have produced (same target at every step); the files of
     later iterations (and their long fine-tunes) are removed so the chain continues from the prefix."""
     keep = 1
     while keep < len(iters) and math.isclose(
-            iters[keep].target, _target(iters[keep - 1].value, keep, iters[0].value, budget_values, s),
-            rel_tol=1e-12, abs_tol=0.0):
+        iters[keep].target,
+        _target(iters[keep - 1].value, keep, iters[0].value, budget_values, s),
+        rel_tol=1e-12,
+        abs_tol=0.0,
+    ):
         keep += 1
     if keep < len(iters):
         emit(f"{kdir.name}: budgets changed the target of iteration {keep}; continuing from iteration {keep - 1}")
-        for it in reversed(iters[keep:]):                 # last first: an interrupted removal leaves a prefix
+        for it in reversed(iters[keep:]):  # last first: an interrupted removal leaves a prefix
             for d in (kdir / "final", kdir):
                 for suffix in (".json", ".pt"):
                     (d / f"iter_{it.index:04d}{suffix}").unlink(missing_ok=True)
@@ -335,9 +386,15 @@ def _finalize(config, table, budgets, kdir: Path, s: SearchSettings, iters, spli
         emit(f"{kind}: long fine-tune of iteration {j} ({s.long_steps} steps)")
         m = _load_model(cfg, kdir / f"iter_{j:04d}.pt")
         loss = fine_tune(m, split, s.long_steps, s.lr, s.batch_size, _seed(s.seed, "final", j))
-        rec = {"iteration": j, "channels": list(it.channels), "value": it.value, "accuracy": evaluate(m, split),
-               "test_accuracy": evaluate(m, split, "test"),
-               "loss": loss, "resource": model_resource(cfg, table, s.trainable).to_dict()}
+        rec = {
+            "iteration": j,
+            "channels": list(it.channels),
+            "value": it.value,
+            "accuracy": evaluate(m, split),
+            "test_accuracy": evaluate(m, split, "test"),
+            "loss": loss,
+            "resource": model_resource(cfg, table, s.trainable).to_dict(),
+        }
         _save_state(fpt, m)
         _write_json(fj, rec)
         snaps[j] = rec
@@ -346,10 +403,28 @@ def _finalize(config, table, budgets, kdir: Path, s: SearchSettings, iters, spli
         best = pick_snapshot(snaps.values(), b.value, s.select)
         if best is None:
             continue
-        export = export_point(config, kdir / "points" / b.slug, b, best, kdir / "final" /
-                              f"iter_{best['iteration']:04d}.pt", table, split, s)
-        points.append(ParetoPoint(b, best["iteration"], tuple(best["channels"]), best["value"], best["resource"],
-                                  best["accuracy"], best["test_accuracy"], str(export)))
+        export = export_point(
+            config,
+            kdir / "points" / b.slug,
+            b,
+            best,
+            kdir / "final" / f"iter_{best['iteration']:04d}.pt",
+            table,
+            split,
+            s,
+        )
+        points.append(
+            ParetoPoint(
+                b,
+                best["iteration"],
+                tuple(best["channels"]),
+                best["value"],
+                best["resource"],
+                best["accuracy"],
+                best["test_accuracy"],
+                str(export),
+            )
+        )
     _write_json(kdir / "pareto.json", [_point_json(p) for p in points])
     return SearchResult(kind, tuple(points), tuple(iters), tuple(unmet), str(kdir))
 
@@ -360,24 +435,54 @@ def pick_snapshot(records: Iterable[dict[str, Any]], limit: float, select: str) 
     cands = [r for r in records if r["value"] <= limit]
     if not cands:
         return None
-    if select == "first":                             # the largest snapshot under the limit: the budget's own
+    if select == "first":  # the largest snapshot under the limit: the budget's own
         return max(cands, key=lambda r: (r["value"], -r["iteration"]))
     return max(cands, key=lambda r: (r["accuracy"], -r["value"]))
 
 
-def export_point(config: Any, pdir: Path, budget: Budget, rec: dict[str, Any], state: Path, table: Any,
-                 split: Any, s: SearchSettings) -> Path:
+def export_point(
+    config: Any, pdir: Path, budget: Budget, rec: dict[str, Any], state: Path, table: Any, split: Any, s: SearchSettings
+) -> Path:
     """Write `compressed.json` + `model.pt` (state dict) for the `compressed` variant (the family's export)."""
-    return export(of_config(config), config, with_channels(config, rec["channels"]), pdir, state, budget=str(budget), kind=budget.kind,
-        budget_value=budget.value, predicted=rec["resource"], value=rec["value"], val_accuracy=rec["accuracy"],
+    return export(
+        of_config(config),
+        config,
+        with_channels(config, rec["channels"]),
+        pdir,
+        state,
+        budget=str(budget),
+        kind=budget.kind,
+        budget_value=budget.value,
+        predicted=rec["resource"],
+        value=rec["value"],
+        val_accuracy=rec["accuracy"],
         test_accuracy=rec["test_accuracy"],
-        accuracy_data={"source": split.source, "synthetic": split.synthetic, "val": len(split.val_y),
-                       "test": len(split.test_y)},
-        iteration=rec["iteration"], settings=asdict(s),
-        table=(json.loads(table.meta.to_json()) if table is not None else None))
+        accuracy_data={
+            "source": split.source,
+            "synthetic": split.synthetic,
+            "val": len(split.val_y),
+            "test": len(split.test_y),
+        },
+        iteration=rec["iteration"],
+        settings=asdict(s),
+        table=(json.loads(table.meta.to_json()) if table is not None else None),
+    )
 
 
-_read_compressed = read_compressed   # compressed.json reading lives in workloads.families.compressed
-__all__ = ["FORMAT", "SELECTIONS", "Iteration", "ParetoPoint", "SearchResult", "SearchSettings", "check_budgets",
-           "compressed_build_args", "export_point", "load_compressed", "pick_snapshot", "search",
-           "smallest_reachable", "table_digest"]
+_read_compressed = read_compressed  # compressed.json reading lives in workloads.families.compressed
+__all__ = [
+    "FORMAT",
+    "SELECTIONS",
+    "Iteration",
+    "ParetoPoint",
+    "SearchResult",
+    "SearchSettings",
+    "check_budgets",
+    "compressed_build_args",
+    "export_point",
+    "load_compressed",
+    "pick_snapshot",
+    "search",
+    "smallest_reachable",
+    "table_digest",
+]

@@ -49,12 +49,13 @@ def smallest_rank_value(config: Any, kind: str, table: Any, step: int = FC_STEP,
     from workloads.resource import predict
 
     ranks = channel_options(min(config.hidden_size, config.vocab_size), step)
-    return min([predict(config, kind, table, trainable)]
-               + [predict(config, kind, table, trainable, head_rank=r) for r in ranks])
+    return min(
+        [predict(config, kind, table, trainable)]
+        + [predict(config, kind, table, trainable, head_rank=r) for r in ranks]
+    )
 
 
-def rank_for_budget(config: Any, table: Any, budget: Budget, step: int = FC_STEP,
-                    trainable: str = "head") -> int:
+def rank_for_budget(config: Any, table: Any, budget: Budget, step: int = FC_STEP, trainable: str = "head") -> int:
     """Largest head rank (multiple of `step` below min(H, V), or full) whose predicted resource meets `budget`
     for a WordLSTMConfig; UnreachableBudget with the smallest reachable value otherwise."""
     from workloads.families import of_config
@@ -65,9 +66,11 @@ def rank_for_budget(config: Any, table: Any, budget: Budget, step: int = FC_STEP
     full = predict(config, budget.kind, table, trainable)
     if full <= budget.value:
         return min(config.hidden_size, config.vocab_size)
-    vals = {r: predict(config, budget.kind, table, trainable, head_rank=r)
-            for r in channel_options(min(config.hidden_size, config.vocab_size), step)}
+    vals = {
+        r: predict(config, budget.kind, table, trainable, head_rank=r)
+        for r in channel_options(min(config.hidden_size, config.vocab_size), step)
+    }
     ok = [r for r, v in vals.items() if v <= budget.value]
     if not ok:
-        raise UnreachableBudget(budget, min(min(vals.values()), full))   # = smallest_rank_value, computed
+        raise UnreachableBudget(budget, min(min(vals.values()), full))  # = smallest_rank_value, computed
     return max(ok)

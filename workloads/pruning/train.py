@@ -41,7 +41,7 @@ def split_dataset(config: Any, holdout: float = 0.2, seed: int = 0, per_class: i
     ds = of_config(config).dataset(config, per_class)
     order = np.random.default_rng([seed, 7]).permutation(len(ds))
     n_test = max(1, int(round(len(ds) * holdout)))
-    te, va, tr = order[:n_test], order[n_test:2 * n_test], order[2 * n_test:]
+    te, va, tr = order[:n_test], order[n_test : 2 * n_test], order[2 * n_test :]
     if len(tr) == 0:
         raise ConfigError(f"{len(ds)} samples leave nothing to train on with holdout {holdout}", key="holdout")
     x = torch.from_numpy(np.ascontiguousarray(ds.x))
@@ -61,14 +61,14 @@ def fine_tune(model: Any, split: Split, steps: int, lr: float = 2e-3, batch: int
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.Adam(params, lr=lr)
-    g = torch.Generator().manual_seed(int(seed) % (2 ** 63))
+    g = torch.Generator().manual_seed(int(seed) % (2**63))
     n = len(split.train_y)
     perm, pos, losses = torch.randperm(n, generator=g), 0, []
     try:
         for _ in range(steps):
             if pos + batch > n:
                 perm, pos = torch.randperm(n, generator=g), 0
-            idx = perm[pos:pos + batch]
+            idx = perm[pos : pos + batch]
             pos += batch
             loss = torch.nn.functional.cross_entropy(model(split.train_x[idx]), split.train_y[idx])
             opt.zero_grad(set_to_none=True)
@@ -92,11 +92,13 @@ def evaluate(model: Any, split: Split, part: str = "val", batch: int = 256) -> f
     correct = 0
     with torch.no_grad():
         for i in range(0, len(ys), batch):
-            correct += int((model(xs[i:i + batch]).argmax(1) == ys[i:i + batch]).sum())
+            correct += int((model(xs[i : i + batch]).argmax(1) == ys[i : i + batch]).sum())
     return correct / max(1, len(ys))
 
 
-INIT_VERSION = "he-fan-in-in-bounds-taps"   # in search fingerprints: a stored search made with another init is not resumed
+INIT_VERSION = (
+    "he-fan-in-in-bounds-taps"  # in search fingerprints: a stored search made with another init is not resumed
+)
 
 
 def trainable_init(model: Any, example: Any, seed: int = 0) -> Any:
@@ -113,7 +115,7 @@ def trainable_init(model: Any, example: Any, seed: int = 0) -> Any:
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     sizes: dict[nn.Module, tuple[int, int]] = {}
 
-    def record(mod: Any, args: Any, out: Any) -> None:      # a hook that returned a value would replace `out`
+    def record(mod: Any, args: Any, out: Any) -> None:  # a hook that returned a value would replace `out`
         sizes.setdefault(mod, tuple(args[0].shape[-2:]))
 
     hooks = [c.register_forward_hook(record) for c in convs]
@@ -123,11 +125,16 @@ def trainable_init(model: Any, example: Any, seed: int = 0) -> Any:
     finally:
         for h in hooks:
             h.remove()
-    g = torch.Generator().manual_seed(int(seed) % (2 ** 63))
+    g = torch.Generator().manual_seed(int(seed) % (2**63))
     with torch.no_grad():
         for mod in convs:
-            taps = torch.nn.functional.conv2d(torch.ones(1, 1, *sizes[mod]), torch.ones(1, 1, *mod.kernel_size),
-                                              stride=mod.stride, padding=mod.padding, dilation=mod.dilation)
+            taps = torch.nn.functional.conv2d(
+                torch.ones(1, 1, *sizes[mod]),
+                torch.ones(1, 1, *mod.kernel_size),
+                stride=mod.stride,
+                padding=mod.padding,
+                dilation=mod.dilation,
+            )
             fan_in = mod.weight.shape[1] * float(taps.mean())
             mod.weight.copy_(torch.randn(mod.weight.shape, generator=g) * (2.0 / fan_in) ** 0.5)
             if mod.bias is not None:

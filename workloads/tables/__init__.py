@@ -16,10 +16,41 @@ from workloads.tables.fit import CALIBRATIONS, calibrate, sample_grid, smooth
 from workloads.tables.host import LayerWorkload, build_host_table, host_meta, layer_workloads, measure_on_host
 from workloads.tables.interp import interpolate
 from workloads.tables.results import ENERGY_APPORTIONED, measurements_from_results, tables_from_results
-from workloads.tables.schema import (HOST_DEVICE, META_KEY, SCHEMA_VERSION, SOURCES, VALUE_COLUMNS, Table, TableMeta,
-                                     load_table, table_from_measurements)
+from workloads.tables.schema import (
+    HOST_DEVICE,
+    META_KEY,
+    SCHEMA_VERSION,
+    SOURCES,
+    VALUE_COLUMNS,
+    Table,
+    TableMeta,
+    load_table,
+    table_from_measurements,
+)
 
-__all__ = ["CALIBRATIONS", "ENERGY_APPORTIONED", "HOST_DEVICE", "LayerWorkload", "META_KEY", "SCHEMA_VERSION",
-           "SOURCES", "Table", "TableMeta", "VALUE_COLUMNS", "build_host_table", "calibrate", "host_meta",
-           "interpolate", "layer_workloads", "load_table", "measure_on_host", "measurements_from_results",
-           "median_ci", "sample_grid", "smooth", "table_from_measurements", "tables_from_results", "tool_versions"]
+__all__ = [
+    "CALIBRATIONS",
+    "ENERGY_APPORTIONED",
+    "HOST_DEVICE",
+    "LayerWorkload",
+    "META_KEY",
+    "SCHEMA_VERSION",
+    "SOURCES",
+    "Table",
+    "TableMeta",
+    "VALUE_COLUMNS",
+    "build_host_table",
+    "calibrate",
+    "host_meta",
+    "interpolate",
+    "layer_workloads",
+    "load_table",
+    "measure_on_host",
+    "measurements_from_results",
+    "median_ci",
+    "sample_grid",
+    "smooth",
+    "table_from_measurements",
+    "tables_from_results",
+    "tool_versions",
+]

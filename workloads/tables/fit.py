@@ -4,7 +4,8 @@ subset of a grid, and calibration against whole models measured on the device.""
 from __future__ import annotations
 
 import json
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -78,21 +79,32 @@ def smooth(table: Table) -> tuple[Table, dict[str, Any]]:
             e_idx = [i for i in m_idx if np.isfinite(df.at[i, col])]
             if not e_idx:
                 continue
-            pred, resid = _smooth_family([keys[i] for i in e_idx], df.loc[e_idx, col].to_numpy(float),
-                                         [keys[i] for i in idx])
+            pred, resid = _smooth_family(
+                [keys[i] for i in e_idx], df.loc[e_idx, col].to_numpy(float), [keys[i] for i in idx]
+            )
             df.loc[idx, col] = pred
             if col == "median_ms":
                 resid_all.extend(resid)
-                per_family.append({"family": "/".join(map(str, fam)), "measured": len(e_idx),
-                                   "median_abs_residual": float(np.median(np.abs(resid))),
-                                   "max_abs_residual": float(np.max(np.abs(resid)))})
+                per_family.append(
+                    {
+                        "family": "/".join(map(str, fam)),
+                        "measured": len(e_idx),
+                        "median_abs_residual": float(np.median(np.abs(resid))),
+                        "max_abs_residual": float(np.max(np.abs(resid))),
+                    }
+                )
     df["source"] = "fitted"
     r = np.abs(np.array(resid_all))
-    info = {"method": "per family: latency = a + b c_in + c c_out + d FLOPs, a..d >= 0, soft-L1 (scipy "
-                      "least_squares); energy likewise", "families": len(per_family),
-            "measured_points": int(len(r)), "median_abs_residual": float(np.median(r)),
-            "share_within_20pct": float(np.mean(r <= 0.2)), "max_abs_residual": float(r.max()),
-            "worst_families": sorted(per_family, key=lambda d: -d["median_abs_residual"])[:5]}
+    info = {
+        "method": "per family: latency = a + b c_in + c c_out + d FLOPs, a..d >= 0, soft-L1 (scipy "
+        "least_squares); energy likewise",
+        "families": len(per_family),
+        "measured_points": int(len(r)),
+        "median_abs_residual": float(np.median(r)),
+        "share_within_20pct": float(np.mean(r <= 0.2)),
+        "max_abs_residual": float(r.max()),
+        "worst_families": sorted(per_family, key=lambda d: -d["median_abs_residual"])[:5],
+    }
     notes = (table.meta.notes + "; " if table.meta.notes else "") + "smoothed: " + json.dumps(info, sort_keys=True)
     return Table(df, replace(table.meta, notes=notes)), info
 
@@ -134,9 +146,14 @@ def _fit(base: np.ndarray, measured: np.ndarray, method: str) -> tuple[float, fl
     return float(np.median(measured / base)), 0.0, "ratio"
 
 
-def calibrate(table: Table, predicted_ms: Sequence[float], measured_ms: Sequence[float],
-              info: dict[str, Any] | None = None, method: str = "affine",
-              control_ms: float | None = None) -> tuple[Table, dict[str, Any]]:
+def calibrate(
+    table: Table,
+    predicted_ms: Sequence[float],
+    measured_ms: Sequence[float],
+    info: dict[str, Any] | None = None,
+    method: str = "affine",
+    control_ms: float | None = None,
+) -> tuple[Table, dict[str, Any]]:
     """A copy of `table` whose whole-model latency is fitted to whole models measured on the same device.
 
     A sum of per-layer measurements misses per-step work (pooling, loss, dispatch) and counts a fixed cost per
@@ -153,24 +170,37 @@ def calibrate(table: Table, predicted_ms: Sequence[float], measured_ms: Sequence
     m = np.asarray(measured_ms, float)
     if len(p) < 3 or len(p) != len(m) or not (np.all(np.isfinite(p) & (p > 0)) and np.all(np.isfinite(m) & (m > 0))):
         raise TableError("calibration needs >= 3 whole models with positive predicted and measured latency")
-    base = (p - table.meta.latency_offset_ms) / table.meta.latency_scale     # calibrate from the raw layer sums
+    base = (p - table.meta.latency_offset_ms) / table.meta.latency_scale  # calibrate from the raw layer sums
     scale, offset, used = _fit(base, m, method)
     loo = []
     for i in range(len(p)):
         s_i, o_i, _ = _fit(np.delete(base, i), np.delete(m, i), method)
         loo.append((s_i * base[i] + o_i) / m[i] - 1)
     loo_a = np.abs(np.array(loo))
-    fit = {"method": {"affine": "Theil-Sen line measured = scale x sum of layers + offset over whole models",
-                      "ratio": "median of measured/predicted over whole models"}[used],
-           "scale": scale, "offset_ms": offset, "models": len(p),
-           "loo_mean_abs_error": float(loo_a.mean()), "loo_max_abs_error": float(loo_a.max()),
-           "loo_within_10pct": float(np.mean(loo_a <= 0.10)), **(info or {})}
+    fit = {
+        "method": {
+            "affine": "Theil-Sen line measured = scale x sum of layers + offset over whole models",
+            "ratio": "median of measured/predicted over whole models",
+        }[used],
+        "scale": scale,
+        "offset_ms": offset,
+        "models": len(p),
+        "loo_mean_abs_error": float(loo_a.mean()),
+        "loo_max_abs_error": float(loo_a.max()),
+        "loo_within_10pct": float(np.mean(loo_a <= 0.10)),
+        **(info or {}),
+    }
     ref = table.meta.control_ms
     if control_ms is not None and control_ms > 0:
         fit.update(control_ms=float(control_ms), table_control_ms=ref)
         ref = float(control_ms)
-    meta = replace(table.meta, latency_scale=scale, latency_offset_ms=offset, control_ms=ref,
-                   calibration=json.dumps(fit, sort_keys=True))
+    meta = replace(
+        table.meta,
+        latency_scale=scale,
+        latency_offset_ms=offset,
+        control_ms=ref,
+        calibration=json.dumps(fit, sort_keys=True),
+    )
     return Table(table.df, meta), fit
 
 

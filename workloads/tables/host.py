@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import platform
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import pandas as pd
 
@@ -21,10 +22,10 @@ class LayerWorkload:
     """One single-layer model to compile and measure: `module(example)` runs the layer (conv/dwconv include the
     fused ReLU, as deployed); `phases` are the table phases to time for it."""
 
-    key: LayerKey               # phase "forward"
+    key: LayerKey  # phase "forward"
     phases: tuple[str, ...]
-    module: Any                 # torch.nn.Module
-    example: Any                # torch.Tensor input
+    module: Any  # torch.nn.Module
+    example: Any  # torch.Tensor input
 
     @property
     def name(self) -> str:
@@ -37,15 +38,21 @@ def _layer_module(key: LayerKey):
     from torch import nn
 
     if key.type in ("conv", "dwconv"):
-        mod = nn.Sequential(nn.Conv2d(key.c_in, key.c_out, key.kernel, key.stride, key.kernel // 2,
-                                      groups=key.groups, bias=True), nn.ReLU())
+        mod = nn.Sequential(
+            nn.Conv2d(key.c_in, key.c_out, key.kernel, key.stride, key.kernel // 2, groups=key.groups, bias=True),
+            nn.ReLU(),
+        )
         ex = torch.randn(key.batch, key.c_in, key.in_h, key.in_w)
     elif key.type == "fc":
         mod = nn.Linear(key.c_in, key.c_out)
-        ex = torch.randn(key.batch, key.c_in) if key.in_h * key.in_w == 1 else \
-            torch.randn(key.batch, key.in_h * key.in_w, key.c_in)
+        ex = (
+            torch.randn(key.batch, key.c_in)
+            if key.in_h * key.in_w == 1
+            else torch.randn(key.batch, key.in_h * key.in_w, key.c_in)
+        )
     elif key.type == "lstm":
-        class LSTMOut(nn.Module):   # output sequence only (what the next layer consumes)
+
+        class LSTMOut(nn.Module):  # output sequence only (what the next layer consumes)
             def __init__(self):
                 super().__init__()
                 self.lstm = nn.LSTM(key.c_in, key.c_out, batch_first=True)
@@ -74,8 +81,7 @@ def layer_workloads(config: Any, grid: Iterable[LayerKey]) -> tuple[LayerWorkloa
         torch.manual_seed(getattr(config, "seed", 0))
         for k in sorted(phases):
             mod, ex = _layer_module(k)
-            out.append(LayerWorkload(k, tuple(p for p in ("forward", "backward", "update") if p in phases[k]),
-                                     mod, ex))
+            out.append(LayerWorkload(k, tuple(p for p in ("forward", "backward", "update") if p in phases[k]), mod, ex))
     return tuple(out)
 
 
@@ -123,8 +129,15 @@ def _phase_timers(w: LayerWorkload, inner: int, lr: float = 0.05) -> dict[str, C
     return {ph: fns[ph] for ph in w.phases}
 
 
-def measure_on_host(config: Any, keys: Iterable[LayerKey], reps: int = 5, warmup: int = 1, inner: int = 3,
-                    threads: int = 1, progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
+def measure_on_host(
+    config: Any,
+    keys: Iterable[LayerKey],
+    reps: int = 5,
+    warmup: int = 1,
+    inner: int = 3,
+    threads: int = 1,
+    progress: Callable[[int, int], None] | None = None,
+) -> pd.DataFrame:
     """Per-repetition samples of single-layer PyTorch training phases on THIS HOST (not a phone): one row per
     (key, rep) with `ms`. Repetitions are interleaved (round r times every key once), so load from other
     processes spreads over all keys instead of biasing the ones measured during a busy moment. `threads` pins
@@ -153,17 +166,35 @@ def measure_on_host(config: Any, keys: Iterable[LayerKey], reps: int = 5, warmup
 
 def host_meta(model: str, config: Any, notes: str = "") -> TableMeta:
     return TableMeta.for_running_tools(
-        source_device=HOST_DEVICE, device_serial="host", device_model=f"host {platform.machine()} "
-        f"({platform.processor() or platform.system()})", virtual=False, governor_requested="n/a (host)",
-        governor_applied="n/a (host)", measurement_tool="torch-host", model=model,
-        model_config=canonical_config(config), notes=notes)
+        source_device=HOST_DEVICE,
+        device_serial="host",
+        device_model=f"host {platform.machine()} ({platform.processor() or platform.system()})",
+        virtual=False,
+        governor_requested="n/a (host)",
+        governor_applied="n/a (host)",
+        measurement_tool="torch-host",
+        model=model,
+        model_config=canonical_config(config),
+        notes=notes,
+    )
 
 
-def build_host_table(model: str, config: Any, grid: Sequence[LayerKey], every: int = 2, reps: int = 5,
-                     threads: int = 1, progress: Callable[[int, int], None] | None = None) -> Table:
+def build_host_table(
+    model: str,
+    config: Any,
+    grid: Sequence[LayerKey],
+    every: int = 2,
+    reps: int = 5,
+    threads: int = 1,
+    progress: Callable[[int, int], None] | None = None,
+) -> Table:
     """Measure a subset of `grid` (`sample_grid(grid, every)`) on this host and interpolate the rest."""
     sub = sample_grid(grid, every)
     df = measure_on_host(config, sub, reps=reps, threads=threads, progress=progress)
-    meta = host_meta(model, config, notes=f"measured {len(sub)} of {len(grid)} grid keys (every {every}), "
-                                          f"{reps} interleaved reps, {threads} thread(s); PyTorch eager, not TVM")
+    meta = host_meta(
+        model,
+        config,
+        notes=f"measured {len(sub)} of {len(grid)} grid keys (every {every}), "
+        f"{reps} interleaved reps, {threads} thread(s); PyTorch eager, not TVM",
+    )
     return table_from_measurements(df, meta).complete(grid)

@@ -4,7 +4,7 @@ so `Table.complete` (schema) can use it without importing the fitting module."""
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -55,11 +55,23 @@ def interpolate(df: pd.DataFrame, keys: Sequence[LayerKey]) -> pd.DataFrame:
     for fam, want in by_family.items():
         kf = known[fam_of == fam] if len(known) else known
         if len(kf) == 0:
-            raise TableError(f"no measured point in the family of {want[0]} (type/kernel/stride/size/batch/phase): "
-                             f"cannot interpolate; measure at least one", key=want[0])
+            raise TableError(
+                f"no measured point in the family of {want[0]} (type/kernel/stride/size/batch/phase): "
+                f"cannot interpolate; measure at least one",
+                key=want[0],
+            )
         ms = _fit_predict(kf, "median_ms", want)
         mj = _fit_predict(kf, "energy_mj", want)
         for w, a, e in zip(want, ms, mj):
-            rows.append({**w.to_dict(), "median_ms": float(a), "ci_low_ms": math.nan, "ci_high_ms": math.nan,
-                         "n": 0, "energy_mj": float(e), "source": "interpolated"})
+            rows.append(
+                {
+                    **w.to_dict(),
+                    "median_ms": float(a),
+                    "ci_low_ms": math.nan,
+                    "ci_high_ms": math.nan,
+                    "n": 0,
+                    "energy_mj": float(e),
+                    "source": "interpolated",
+                }
+            )
     return pd.DataFrame(rows)

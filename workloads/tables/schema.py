@@ -13,7 +13,8 @@ Parquet schema metadata (key `autlearn.table`) or as a leading `# autlearn.table
 
 Grid points that were not measured are interpolated per layer family over (c_in, c_out) with
 `scipy.interpolate.RBFInterpolator` (thin-plate spline + polynomial tail, exact at measured points, clipped to the
-family's measured range), NetAdapt style, and marked "interpolated". Measuring on a phone is the campaign engine's job: it compiles and runs
+family's measured range), NetAdapt style, and marked "interpolated". Measuring on a phone is the campaign engine's
+job: it compiles and runs
 `layer_workloads(...)` and hands the per-repetition samples to `table_from_measurements`. `measure_on_host` times
 single-layer PyTorch steps on this machine: such tables are labelled `source_device = "host (not a phone)"`.
 """
@@ -23,10 +24,11 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -37,7 +39,7 @@ from profiler.versions import stored_version, tool_versions
 from workloads.layers import KEY_COLUMNS, LayerKey, key_from_mapping
 from workloads.tables.interp import interpolate
 
-SCHEMA_VERSION = 2      # 2: source "fitted", column measured_ms (version-1 tables still load)
+SCHEMA_VERSION = 2  # 2: source "fitted", column measured_ms (version-1 tables still load)
 META_KEY = b"autlearn.table"
 HOST_DEVICE = "host (not a phone)"
 SOURCES = ("measured", "interpolated", "fitted")
@@ -57,22 +59,22 @@ class TableMeta:
     autlearn_version: str = ""
     tvm_version: str = ""
     torch_version: str = ""
-    measurement_tool: str = ""        # e.g. "torch-host", "tvm-runner"
-    model: str = ""                   # model family the grid was made for
-    model_config: str = "{}"          # JSON of the config's to_dict()
+    measurement_tool: str = ""  # e.g. "torch-host", "tvm-runner"
+    model: str = ""  # model family the grid was made for
+    model_config: str = "{}"  # JSON of the config's to_dict()
     created: str = ""
     notes: str = ""
-    labels: str = ""                  # comma-joined result labels of the measurements: virtual, modeled, ...
-    energy_method: str = ""           # how per-layer energy was attributed (empty: no energy)
-    latency_scale: float = 1.0        # whole-model latency = scale x sum of layers + offset (1, 0: uncalibrated)
+    labels: str = ""  # comma-joined result labels of the measurements: virtual, modeled, ...
+    energy_method: str = ""  # how per-layer energy was attributed (empty: no energy)
+    latency_scale: float = 1.0  # whole-model latency = scale x sum of layers + offset (1, 0: uncalibrated)
     latency_offset_ms: float = 0.0
-    calibration: str = ""             # JSON: how scale and offset were fitted (models, device, errors)
-    control_ms: float = 0.0           # median step of the control model while measuring (0: none); later
-    control_config: str = ""          #   measurements use rounds whose control is within tolerance of it
+    calibration: str = ""  # JSON: how scale and offset were fitted (models, device, errors)
+    control_ms: float = 0.0  # median step of the control model while measuring (0: none); later
+    control_config: str = ""  #   measurements use rounds whose control is within tolerance of it
     schema_version: int = SCHEMA_VERSION
 
     @classmethod
-    def for_running_tools(cls, **kw: Any) -> "TableMeta":
+    def for_running_tools(cls, **kw: Any) -> TableMeta:
         v = tool_versions()
         kw.setdefault("autlearn_version", v["autlearn"])
         kw.setdefault("tvm_version", v["tvm"])
@@ -81,7 +83,7 @@ class TableMeta:
         return cls(**kw)
 
     @classmethod
-    def from_json(cls, text: str | bytes) -> "TableMeta":
+    def from_json(cls, text: str | bytes) -> TableMeta:
         try:
             d = json.loads(text)
         except (ValueError, TypeError) as e:
@@ -104,10 +106,15 @@ class TableMeta:
 
 def _empty_frame() -> pd.DataFrame:
     cols = {c: pd.Series(dtype="object" if c in ("type", "phase") else "int64") for c in KEY_COLUMNS}
-    cols.update(median_ms=pd.Series(dtype=float), ci_low_ms=pd.Series(dtype=float),
-                ci_high_ms=pd.Series(dtype=float), n=pd.Series(dtype="int64"),
-                energy_mj=pd.Series(dtype=float), source=pd.Series(dtype="object"),
-                measured_ms=pd.Series(dtype=float))
+    cols.update(
+        median_ms=pd.Series(dtype=float),
+        ci_low_ms=pd.Series(dtype=float),
+        ci_high_ms=pd.Series(dtype=float),
+        n=pd.Series(dtype="int64"),
+        energy_mj=pd.Series(dtype=float),
+        source=pd.Series(dtype="object"),
+        measured_ms=pd.Series(dtype=float),
+    )
     return pd.DataFrame(cols)
 
 
@@ -121,7 +128,7 @@ def _normalise(df: pd.DataFrame) -> pd.DataFrame:
             df[c] = np.nan
     if "n" not in df.columns:
         df["n"] = 0
-    if "measured_ms" not in df.columns:       # version-1 tables: the measured rows' median is what was measured
+    if "measured_ms" not in df.columns:  # version-1 tables: the measured rows' median is what was measured
         df["measured_ms"] = df["median_ms"].where(df["source"] == "measured")
     bad = sorted(set(df["source"]) - set(SOURCES))
     if bad:
@@ -170,8 +177,10 @@ class Table:
         try:
             return self._index[key]
         except KeyError:
-            raise TableError(f"layer key not in table ({self.meta.source_device}): {key}; "
-                             f"rebuild the table for this model/grid", key=key) from None
+            raise TableError(
+                f"layer key not in table ({self.meta.source_device}): {key}; rebuild the table for this model/grid",
+                key=key,
+            ) from None
 
     def latency_ms(self, key: LayerKey) -> float:
         return self._get(key)[0]
@@ -189,13 +198,15 @@ class Table:
         """TableError naming the first key the table lacks."""
         miss = self.missing(keys)
         if miss:
-            raise TableError(f"{len(miss)} layer key(s) not in table, first: {miss[0]}; rebuild the table "
-                             f"for this model/grid", key=miss[0])
+            raise TableError(
+                f"{len(miss)} layer key(s) not in table, first: {miss[0]}; rebuild the table for this model/grid",
+                key=miss[0],
+            )
 
     def counts(self) -> dict[str, int]:
         return {s: int((self.df["source"] == s).sum()) for s in SOURCES}
 
-    def complete(self, grid: Iterable[LayerKey]) -> "Table":
+    def complete(self, grid: Iterable[LayerKey]) -> Table:
         """A table covering `grid`: missing keys interpolated within their family (marked interpolated)."""
         miss = self.missing(grid)
         if not miss:
@@ -242,7 +253,7 @@ def load_table(path: str | Path, allow_version_mismatch: bool = False) -> Table:
                 prefix = f"# {META_KEY.decode()}: "
                 if not first.startswith(prefix):
                     raise TableError(f"{p}: CSV lacks the '{prefix.strip()}' metadata line")
-                meta = TableMeta.from_json(first[len(prefix):])
+                meta = TableMeta.from_json(first[len(prefix) :])
                 df = pd.read_csv(f)
         else:
             import pyarrow as pa
@@ -262,14 +273,21 @@ def load_table(path: str | Path, allow_version_mismatch: bool = False) -> Table:
             raise
         raise TableError(f"{p}: {e}", key=e.key) from None
     if meta.schema_version > SCHEMA_VERSION:
-        raise TableError(f"{p}: schema version {meta.schema_version} is newer than this autlearn's "
-                         f"({SCHEMA_VERSION}); upgrade autlearn")
+        raise TableError(
+            f"{p}: schema version {meta.schema_version} is newer than this autlearn's "
+            f"({SCHEMA_VERSION}); upgrade autlearn"
+        )
     run = tool_versions()
-    diffs = [f"{name} {have} (running {run[name]})" for name, have in
-             (("autlearn", meta.autlearn_version), ("tvm", meta.tvm_version)) if have != run[name]]
+    diffs = [
+        f"{name} {have} (running {run[name]})"
+        for name, have in (("autlearn", meta.autlearn_version), ("tvm", meta.tvm_version))
+        if have != run[name]
+    ]
     if diffs and not allow_version_mismatch:
-        raise TableError(f"{p}: table was measured with another tool version: {', '.join(diffs)}; re-measure it "
-                         f"or allow the mismatch (allow_version_mismatch=True / --allow-version-mismatch)")
+        raise TableError(
+            f"{p}: table was measured with another tool version: {', '.join(diffs)}; re-measure it "
+            f"or allow the mismatch (allow_version_mismatch=True / --allow-version-mismatch)"
+        )
     try:
         return Table(df, meta)
     except TableError as e:
@@ -293,6 +311,15 @@ def table_from_measurements(df: pd.DataFrame, meta: TableMeta) -> Table:
         if math.isnan(med):
             continue
         e = float(np.nanmedian(g["mj"].to_numpy(float))) if "mj" in g and g["mj"].notna().any() else math.nan
-        rows.append({**key.to_dict(), "median_ms": med, "ci_low_ms": lo, "ci_high_ms": hi,
-                     "n": int(np.isfinite(g["ms"].to_numpy(float)).sum()), "energy_mj": e, "source": "measured"})
+        rows.append(
+            {
+                **key.to_dict(),
+                "median_ms": med,
+                "ci_low_ms": lo,
+                "ci_high_ms": hi,
+                "n": int(np.isfinite(g["ms"].to_numpy(float)).sum()),
+                "energy_mj": e,
+                "source": "measured",
+            }
+        )
     return Table(pd.DataFrame(rows) if rows else _empty_frame(), meta)
