@@ -17,14 +17,14 @@ _cluster = click.option(
 
 
 @click.group()
-def agent():
+def agent() -> None:
     """The agent of this USB host: runs the cells of its phones for controllers on a Ray cluster."""
 
 
 @agent.command()
 @_cluster
 @click.option("--name", default=None, help="The host's name in results (`NAME/serial`); default: the hostname.")
-def start(address: str, name: str | None):
+def start(address: str, name: str | None) -> None:
     """Start this host's agent (it keeps running in the cluster after this command returns). It owns this
     shell's adb server (ANDROID_ADB_SERVER_PORT) and the monitors plugged in here, and first puts back what a
     killed agent left changed on its phones."""
@@ -40,7 +40,7 @@ def start(address: str, name: str | None):
 @agent.command()
 @_cluster
 @click.argument("name")
-def stop(address: str, name: str):
+def stop(address: str, name: str) -> None:
     """Stop host NAME's agent (its running cells end with "host lost"; --resume reruns them)."""
     from profiler.cluster import ClusterError, stop_agent
 
@@ -52,7 +52,7 @@ def stop(address: str, name: str):
 @agent.command("list")
 @_cluster
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def list_(address: str, as_json: bool):
+def list_(address: str, as_json: bool) -> None:
     """The agents on the cluster and whether they answer."""
     from profiler.cluster import list_agents
 

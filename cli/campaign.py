@@ -5,16 +5,26 @@ from __future__ import annotations
 import json
 import sys
 import threading
+from typing import TYPE_CHECKING
 
 import click
 
 from cli.options import measure_options
 from profiler.errors import UserError
 
+if TYPE_CHECKING:
+    import pandas as pd
+    from rich.live import Live
+    from rich.table import Table
+    from rich.text import Text
+
+    from profiler.settings import MeasureSettings
+    from profiler.worker import Progress
+
 EXIT_CELLS_FAILED = 3  # `run` finished, and some cells failed (1: bad input or hardware; 130: interrupted)
 
 
-def _progress_table(progress):
+def _progress_table(progress: Progress) -> Table:
     from rich.table import Table
     from rich.text import Text
 
@@ -31,15 +41,15 @@ class LiveProgress:
     """A live table of the running campaign's progress on stderr (one table per campaign; the finished ones stay
     on screen). `on_progress` and `log` are the callbacks of profiler.campaign.run."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         from rich.console import Console
 
         self.console = Console(stderr=True)
         self._lock = threading.Lock()
-        self._live = None
-        self._progress = None
+        self._live: Live | None = None
+        self._progress: Progress | None = None
 
-    def on_progress(self, progress) -> None:
+    def on_progress(self, progress: Progress) -> None:
         from rich.live import Live
 
         with self._lock:
@@ -62,6 +72,7 @@ class LiveProgress:
                 self._stop()
 
     def _stop(self) -> None:
+        assert self._live is not None  # callers hold a live display
         self._live.stop()
         self._live = None
         if not self.console.is_terminal:  # a pipe or file: what follows starts on a line of its own
@@ -73,7 +84,7 @@ class LiveProgress:
     def __enter__(self) -> LiveProgress:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         with self._lock:
             if self._live is not None:
                 self._stop()
@@ -110,7 +121,9 @@ class LiveProgress:
     metavar="SECONDS",
     help="Wait this long for a phone another run holds (default: stop, naming that run).",
 )
-def run(campaign_file: str, settings, tune_trials: int | None, tune_minutes: float, wait_s: float):
+def run(
+    campaign_file: str, settings: MeasureSettings, tune_trials: int | None, tune_minutes: float, wait_s: float
+) -> None:
     """Run a campaign: every workload x variant x governor cell on every selected device.
 
     Exit status: 0 when every cell is ok or skipped, 3 when some cells failed (the rest is kept; `results show`
@@ -162,14 +175,14 @@ def run(campaign_file: str, settings, tune_trials: int | None, tune_minutes: flo
 
 
 @click.group()
-def results():
+def results() -> None:
     """Inspect a results directory."""
 
 
 @results.command("show")
 @click.argument("results_dir", type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True)
-def show(results_dir: str, as_json: bool):
+def show(results_dir: str, as_json: bool) -> None:
     """Per-cell summaries (median, 95% CI, CV) and failed/skipped cells with reasons."""
     from profiler.store import bad_cell_lines, load_status, load_summaries, one_line, sorted_summaries
 
@@ -204,7 +217,7 @@ def show(results_dir: str, as_json: bool):
         Console(width=None if sys.stdout.isatty() else 200).print(t)
 
 
-def _print_summaries(df) -> None:
+def _print_summaries(df: pd.DataFrame) -> None:
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
@@ -258,7 +271,7 @@ def _print_summaries(df) -> None:
 @click.option("--candidate", default="full", show_default=True, help="Candidate variant.")
 @click.option("--min-ratio", default=1.05, show_default=True, type=click.FloatRange(1.0, 100.0))
 @click.option("--alpha", default=0.05, show_default=True, type=click.FloatRange(0.0001, 0.5))
-def compare_cmd(results_dir: str, baseline: str, candidate: str, min_ratio: float, alpha: float):
+def compare_cmd(results_dir: str, baseline: str, candidate: str, min_ratio: float, alpha: float) -> None:
     """Compare two variants cell by cell: Mann-Whitney U plus a minimum ratio (a speedup needs both)."""
     from rich.console import Console
     from rich.table import Table
@@ -304,7 +317,7 @@ def compare_cmd(results_dir: str, baseline: str, candidate: str, min_ratio: floa
     Console(width=None if sys.stdout.isatty() else 200).print(t)
 
 
-def _workload_label(workload: str, config: str):
+def _workload_label(workload: str, config: str) -> Text:
     """The workload with its config when it has one (two configs of one model are separate rows)."""
     from rich.text import Text
 

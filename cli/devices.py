@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from profiler.errors import DeviceUnreachable
+
+if TYPE_CHECKING:
+    from profiler.fleet import FleetEntry
 
 
 @click.group(invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("-s", "--serial", "serials", multiple=True, help="Only these serials (repeatable).")
 @click.pass_context
-def devices(ctx: click.Context, as_json: bool, serials: tuple[str, ...]):
+def devices(ctx: click.Context, as_json: bool, serials: tuple[str, ...]) -> None:
     """List the fleet (real phones and virtual ones) with their probed facts; `devices restore SERIAL` puts back
     what a killed run left changed on a phone."""
     if ctx.invoked_subcommand is not None:
@@ -31,7 +35,7 @@ def devices(ctx: click.Context, as_json: bool, serials: tuple[str, ...]):
         raise DeviceUnreachable(bad.error or "unreachable", serial=bad.serial)
 
 
-def _table(fleet) -> None:
+def _table(fleet: list[FleetEntry]) -> None:
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
@@ -92,7 +96,7 @@ def _table(fleet) -> None:
     show_default=True,
     help="Wait this long for a phone another run holds.",
 )
-def restore(serial: str, wait_s: float):
+def restore(serial: str, wait_s: float) -> None:
     """Put back what a killed run left changed on SERIAL: governors, charging, adbd root, a Monsoon's USB
     passthrough, and fuel-gauge samplers left polling (the next run's lease does the same). Takes the phone's lease:
     a run that holds the phone is never disturbed."""

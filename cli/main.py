@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+from typing import cast
 
 import click
 
@@ -32,22 +33,22 @@ def _commands() -> dict[str, str]:
 
 
 class LazyGroup(click.Group):
-    def list_commands(self, ctx):
+    def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(n for n, target in _commands().items() if importlib.util.find_spec(target.split(":")[0]))
 
-    def get_command(self, ctx, name):
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         target = _commands().get(name)
         if target is None:
             return None
         module, attr = target.split(":")
         if importlib.util.find_spec(module) is None:
             return None
-        return getattr(importlib.import_module(module), attr)
+        return cast(click.Command, getattr(importlib.import_module(module), attr))
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="autlearn")
-def cli():
+def cli() -> None:
     """Benchmark on-device training on a fleet of Android phones (or the virtual lab)."""
 
 

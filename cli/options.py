@@ -32,7 +32,7 @@ def parse_sets(items: tuple[str, ...]) -> dict[str, Any]:
 
 def set_option(
     help: str = "Model config override, repeatable (VALUE parsed as JSON when possible), e.g. --set width=0.5.",
-):
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     return click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help=help)
 
 
@@ -48,7 +48,7 @@ def measure_options(
     fixed: tuple[str, ...] = (),
     help: dict[str, str] | None = None,
     flags: dict[str, str] | None = None,
-) -> Callable:
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Click options for profiler.settings.MeasureSettings, collected into one `settings` argument.
 
     The defaults are the command's own; a field in `fixed` gets no option (the command sets it: `settings` then
@@ -142,9 +142,9 @@ def measure_options(
         "cluster": None,
     }
 
-    def decorate(f: Callable) -> Callable:
+    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(f)
-        def wrapper(*args, **kwargs):
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
             from profiler.settings import MeasureSettings
 
             # only the options added here: a fixed field's name may be the command's own (prune's --steps)

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from cli.options import measure_options, parse_sets, set_option
 from profiler.errors import ConfigError
 from workloads import families
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from profiler.settings import MeasureSettings
+    from workloads.pruning.budget import Budget
+    from workloads.tables import Table
 
 
 @click.command()
@@ -93,27 +102,27 @@ from workloads import families
 )
 @click.option("--allow-version-mismatch", is_flag=True)
 def prune(
-    model,
-    table_path,
-    budgets,
-    out,
-    steps,
-    final_steps,
-    pretrain_steps,
-    init_reduction,
-    decay,
-    importance,
-    per_class,
-    max_iterations,
-    select,
-    sets,
-    measure_on,
-    settings,
-    corrections,
-    margin,
-    verdict_on,
-    allow_version_mismatch,
-):
+    model: str,
+    table_path: str | None,
+    budgets: tuple[str, ...],
+    out: str | Path,
+    steps: int,
+    final_steps: int,
+    pretrain_steps: int,
+    init_reduction: float,
+    decay: float,
+    importance: str,
+    per_class: int | None,
+    max_iterations: int,
+    select: str,
+    sets: tuple[str, ...],
+    measure_on: str | None,
+    settings: MeasureSettings,
+    corrections: int,
+    margin: float,
+    verdict_on: str,
+    allow_version_mismatch: bool,
+) -> None:
     """Prune to each budget; writes a Pareto set of `compressed` models under OUT (rerun to resume)."""
     from rich.console import Console
 
@@ -164,16 +173,16 @@ def prune(
 
 
 def _closed_loop(
-    budgets,
-    propose,
-    smallest,
-    table,
+    budgets: list[Budget],
+    propose: Callable[[list[Budget]], Mapping[str, str]],
+    smallest: Callable[[str], float] | None,
+    table: Table | None,
     serial: str,
     out: Path,
-    settings,
+    settings: MeasureSettings,
     corrections: int,
     margin: float,
-    console,
+    console: Console,
     verdict_on: str,
 ) -> None:
     from rich.console import Console
@@ -203,7 +212,7 @@ def _closed_loop(
     for col in ("budget", "round", "search target", "predicted", "measured (raw)", "normalized", "verdict"):
         view.add_column(col)
 
-    def fmt(v) -> str:
+    def fmt(v: float | None) -> str:
         return f"{v:.4g}" if v is not None and v == v else ""
 
     for a in final:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -11,9 +12,13 @@ from cli.options import measure_options, parse_sets, set_option
 from profiler.errors import ConfigError
 from workloads import families
 
+if TYPE_CHECKING:
+    from profiler.settings import MeasureSettings
+    from workloads.layers import LayerKey
+
 
 @click.group()
-def tables():
+def tables() -> None:
     """Per-layer latency/energy tables (one per device x governor x tool version)."""
 
 
@@ -57,7 +62,18 @@ def tables():
     type=click.Path(),
     help="Host: a .parquet/.csv file. Device: a directory (one table per governor).",
 )
-def build(model, serial, governors, host, sets, every, per_suite, trainable, settings, out):
+def build(
+    model: str,
+    serial: str | None,
+    governors: str,
+    host: bool,
+    sets: tuple[str, ...],
+    every: int,
+    per_suite: int,
+    trainable: str,
+    settings: MeasureSettings,
+    out: str,
+) -> None:
     """Build tables covering every model the pruner can reach from the config."""
     from workloads.layers import table_grid
     from workloads.table_pipeline import config_from
@@ -71,10 +87,13 @@ def build(model, serial, governors, host, sets, every, per_suite, trainable, set
             model, cfg, grid, serial, governors.split(","), every, per_suite, trainable, settings, Path(out)
         )
         return
+    assert settings.threads is not None  # --threads: an int from 1 (default 1)
     _build_on_host(model, cfg, grid, every, settings.repetitions, settings.threads, out)
 
 
-def _build_on_host(model, cfg, grid, every, reps, threads, out) -> None:
+def _build_on_host(
+    model: str, cfg: Any, grid: tuple[LayerKey, ...], every: int, reps: int, threads: int, out: str
+) -> None:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -112,7 +131,18 @@ def _build_on_host(model, cfg, grid, every, reps, threads, out) -> None:
     )
 
 
-def _build_on_device(model, cfg, grid, serial, governors, every, per_suite, trainable, settings, out: Path) -> None:
+def _build_on_device(
+    model: str,
+    cfg: Any,
+    grid: tuple[LayerKey, ...],
+    serial: str,
+    governors: list[str],
+    every: int,
+    per_suite: int,
+    trainable: str,
+    settings: MeasureSettings,
+    out: Path,
+) -> None:
     from cli.campaign import LiveProgress
     from workloads.table_pipeline import build_device_tables, plan_device_tables
 
@@ -144,7 +174,7 @@ def _build_on_device(model, cfg, grid, serial, governors, every, per_suite, trai
 @click.argument("table_path", metavar="TABLE", type=click.Path(dir_okay=False))
 @click.option("--allow-version-mismatch", is_flag=True)
 @click.option("--rows", default=0, show_default=True, help="Also print the first N rows.")
-def show(table_path, allow_version_mismatch, rows):
+def show(table_path: str, allow_version_mismatch: bool, rows: int) -> None:
     """Metadata and a per-layer-type summary of a table."""
     from rich.console import Console
     from rich.table import Table as RichTable
@@ -177,7 +207,7 @@ def show(table_path, allow_version_mismatch, rows):
     help="Smoothed table (.parquet or .csv); the measured table is left as it is.",
 )
 @click.option("--allow-version-mismatch", is_flag=True)
-def smooth_cmd(table_path, out, allow_version_mismatch):
+def smooth_cmd(table_path: str, out: str, allow_version_mismatch: bool) -> None:
     """A copy of TABLE whose values are a robust monotone fit per layer family (source 'fitted').
 
     A table measured once per key is noisy, and a greedy search exploits the noise (it prefers the layers whose
@@ -207,7 +237,7 @@ def smooth_cmd(table_path, out, allow_version_mismatch):
 @click.option("--csv", "csv_out", type=click.Path(dir_okay=False), help="Write CSV (metadata as first line).")
 @click.option("--parquet", "pq_out", type=click.Path(dir_okay=False), help="Write Parquet.")
 @click.option("--allow-version-mismatch", is_flag=True)
-def export(table_path, csv_out, pq_out, allow_version_mismatch):
+def export(table_path: str, csv_out: str | None, pq_out: str | None, allow_version_mismatch: bool) -> None:
     """Export a table to CSV and/or Parquet."""
     from workloads.tables import load_table
 
@@ -265,7 +295,17 @@ def export(table_path, csv_out, pq_out, allow_version_mismatch):
     "counted once per layer in the sum); ratio: scale only.",
 )
 @click.option("--allow-version-mismatch", is_flag=True)
-def validate(table_path, serial, n_models, seed, settings, out, calibrated, method, allow_version_mismatch):
+def validate(
+    table_path: str,
+    serial: str | None,
+    n_models: int,
+    seed: int,
+    settings: MeasureSettings,
+    out: str | None,
+    calibrated: str | None,
+    method: str,
+    allow_version_mismatch: bool,
+) -> None:
     """Prediction error of the resource model: measure whole models on the device, compare with the table's sum."""
     from rich.console import Console
     from rich.table import Table as RichTable

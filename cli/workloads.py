@@ -28,7 +28,7 @@ def _check(value: str, valid: tuple[str, ...], key: str) -> None:
 
 
 @click.group()
-def workloads():
+def workloads() -> None:
     """Compile training workloads into artifacts (runner + tensors + manifest) and list them."""
 
 
@@ -51,7 +51,15 @@ def workloads():
     default=None,
     help="Take the first batch from this data set (LEAF FEMNIST JSON / Shakespeare text).",
 )
-def build(model, variant, abi, out, batch, sets, data_path):
+def build(
+    model: str,
+    variant: str,
+    abi: str,
+    out: Path | None,
+    batch: int | None,
+    sets: tuple[str, ...],
+    data_path: Path | None,
+) -> None:
     """Compile MODEL as VARIANT for ABI and write a verified artifact."""
     from workloads.artifact import build_to
 
@@ -69,7 +77,7 @@ def build(model, variant, abi, out, batch, sets, data_path):
 
 @workloads.command(name="list")
 @click.argument("directory", type=click.Path(path_type=Path), default=None, required=False)
-def list_(directory):
+def list_(directory: Path | None) -> None:
     """Table of the artifacts under DIRECTORY (default: artifacts/, where `workloads build` writes), verified
     against their hashes."""
     from rich.console import Console
@@ -171,7 +179,20 @@ def list_(directory):
     help="The phones are on a Ray cluster's host (--device HOST/SERIAL): that host's agent tunes, and the "
     "databases come back here.",
 )
-def tune(serials, model, variant, batch, sets, trials, minutes, top, target_id, threads, as_json, address):
+def tune(
+    serials: tuple[str, ...],
+    model: str,
+    variant: str,
+    batch: int | None,
+    sets: tuple[str, ...],
+    trials: int,
+    minutes: float,
+    top: int | None,
+    target_id: str | None,
+    threads: int | None,
+    as_json: bool,
+    address: str | None,
+) -> None:
     """Tune MODEL's kernels with MetaSchedule, measuring every candidate on the phone --device through adb.
 
     The database (one per CPU target, under $AUTLEARN_HOME/tuning/) is used by every later build for that

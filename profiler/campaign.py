@@ -12,15 +12,18 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Protocol
 
 from profiler.campaign_config import Campaign, Cell, cell_id
 from profiler.device import Device, wait_device
-from profiler.fleet import discover
+from profiler.fleet import FleetEntry, discover
 from profiler.governor import restore_on_signals, restore_pending
 from profiler.lease import PhoneLease
+from profiler.probe import DeviceFacts
+from profiler.settings import MeasureSettings
 from profiler.store import Store, one_line
 from profiler.worker import (  # noqa: F401
     ArtifactRef,
@@ -39,18 +42,59 @@ from profiler.worker import (  # noqa: F401
 )
 
 ArtifactProvider = Callable[[Cell, str], ArtifactRef]  # (cell, target id) -> artifact
+Planned = dict[str, list[tuple[Cell, str, ArtifactRef]]]  # per device: its (cell, cell id, artifact), in order
+
+
+class Fleet(Protocol):
+    """Where a campaign's phones are and how their cells run: `LocalFleet`, or `profiler.cluster.ClusterFleet`."""
+
+    def discover(self) -> list[FleetEntry]: ...
+
+    def lease(
+        self,
+        devices: Sequence[DeviceFacts],
+        campaign: Campaign,
+        results: str,
+        wait_s: float,
+        log: Callable[[str], None],
+        stack: contextlib.ExitStack,
+    ) -> None: ...
+
+    def check(self, campaign: Campaign, devices: Sequence[DeviceFacts]) -> None: ...
+
+    def prepare(
+        self,
+        campaign: Campaign,
+        devices: Sequence[DeviceFacts],
+        store: Store,
+        log: Callable[[str], None],
+        stack: contextlib.ExitStack,
+    ) -> dict[str, str]: ...
+
+    def prebuild(self, artifacts: ArtifactProvider, requests: Sequence[tuple[Cell, str]]) -> None: ...
+
+    def run(
+        self,
+        planned: Planned,
+        by_serial: dict[str, DeviceFacts],
+        store: Store,
+        campaign: Campaign,
+        progress: Progress,
+        resume: bool,
+        threads: int | None,
+    ) -> tuple[dict[str, int], tuple[str, ...]]: ...
 
 
 class LocalFleet:
     """The phones of this host's adb server, driven in-process: one worker thread per device (the default engine;
     `profiler.cluster.ClusterFleet` is the same interface over agents on several hosts)."""
 
-    def discover(self) -> list:
+    def discover(self) -> list[FleetEntry]:
         return discover()
 
     def lease(
         self,
-        devices,
+        devices: Sequence[DeviceFacts],
         campaign: Campaign,
         results: str,
         wait_s: float,
@@ -62,12 +106,17 @@ class LocalFleet:
                 PhoneLease(wait_device(d.serial, max(wait_s, 15.0)), campaign.name, results, wait_s=wait_s, say=log)
             )
 
-    def check(self, campaign: Campaign, devices) -> None:
+    def check(self, campaign: Campaign, devices: Sequence[DeviceFacts]) -> None:
         """Before anything is written: fail fast on a monitor that cannot exist."""
         check_energy(campaign, [d.serial for d in devices])
 
     def prepare(
-        self, campaign: Campaign, devices, store: Store, log: Callable[[str], None], stack: contextlib.ExitStack
+        self,
+        campaign: Campaign,
+        devices: Sequence[DeviceFacts],
+        store: Store,
+        log: Callable[[str], None],
+        stack: contextlib.ExitStack,
     ) -> dict[str, str]:
         """Under the leases: put back what killed runs left changed (governors, charging, adbd root, passthrough)
         and undo adbd root when the run ends."""
@@ -78,15 +127,15 @@ class LocalFleet:
         stack.callback(_passthrough_at_end, campaign, sorted(leased), log)
         return restored
 
-    def prebuild(self, artifacts: ArtifactProvider, requests) -> None:
+    def prebuild(self, artifacts: ArtifactProvider, requests: Sequence[tuple[Cell, str]]) -> None:
         prebuild = getattr(artifacts, "prebuild", None)
         if prebuild is not None:  # parallel builds of what the plan needs (the provider memoizes them)
             prebuild(requests)
 
     def run(
         self,
-        planned,
-        by_serial,
+        planned: Planned,
+        by_serial: dict[str, DeviceFacts],
         store: Store,
         campaign: Campaign,
         progress: Progress,
@@ -118,14 +167,14 @@ class LocalFleet:
         return totals, tuple(w for wk in workers for w in wk.warnings)
 
 
-def _passthrough_at_end(campaign: Campaign, serials, log: Callable[[str], None]) -> None:
+def _passthrough_at_end(campaign: Campaign, serials: Iterable[str], log: Callable[[str], None]) -> None:
     """A monitor that died or hung in a run's last cell left its USB passthrough off: put it back now, not at the
     next run (with a real Monsoon the phone is off adb until then)."""
     for key, what in restore_passthrough(campaign, serials).items():
         log(f"{key}: left changed by a monitor that died in this run: {what}")
 
 
-def fleet_for(settings, log: Callable[[str], None] = lambda s: None) -> LocalFleet:
+def fleet_for(settings: MeasureSettings, log: Callable[[str], None] = lambda s: None) -> Fleet:
     """The engine a MeasureSettings asks for: this host's phones, or a Ray cluster's (`settings.cluster`), which
     says from its discovery on (a host whose agent does not answer) through `log`."""
     address = getattr(settings, "cluster", None)
@@ -138,7 +187,7 @@ def fleet_for(settings, log: Callable[[str], None] = lambda s: None) -> LocalFle
 
 def run(
     campaign: Campaign,
-    settings,
+    settings: MeasureSettings,
     artifacts: ArtifactProvider,
     on_progress: Callable[[Progress], None] | None = None,
     log: Callable[[str], None] = lambda s: None,
@@ -179,7 +228,7 @@ def run_campaign(
     threads: int | None = None,
     log: Callable[[str], None] = lambda s: None,
     wait_s: float = 0.0,
-    fleet=None,
+    fleet: Fleet | None = None,
 ) -> Outcome:
     """Run every cell of `campaign` on the selected devices; results under `results_root/<campaign.name>`.
     Each device is leased to this run first (`profiler.lease`; `wait_s` for a phone another run holds). `fleet`:
@@ -211,7 +260,7 @@ def _run_campaign(
     log: Callable[[str], None],
     wait_s: float,
     stack: contextlib.ExitStack,
-    fleet,
+    fleet: Fleet,
 ) -> Outcome:
     progress = progress or Progress()
     fleet_entries = fleet.discover()
@@ -257,7 +306,7 @@ def _run_campaign(
     for key, what in restored.items():
         log(f"{key}: left changed by an interrupted run: {what}")
     cells = campaign.plan(devices)
-    planned: dict[str, list[tuple[Cell, str, ArtifactRef]]] = {d.serial: [] for d in devices}
+    planned: Planned = {d.serial: [] for d in devices}
     by_serial = {d.serial: d for d in devices}
     fleet.prebuild(artifacts, [(cell, target_id(by_serial[cell.device_serial])) for cell in cells])
     for cell in cells:

@@ -51,7 +51,7 @@ import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from profiler.errors import ConfigError, UserError
 from profiler.governor import FALLBACKS, GovernorIntent, parse_intent
@@ -66,6 +66,7 @@ _SERIAL_RE = re.compile(r"^([A-Za-z0-9._\-]{1,64}/)?[A-Za-z0-9._:\-]{1,128}$")  
 _IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _MASK_RE = re.compile(r"^0x[0-9a-f]{1,16}$")
 _TOML_POS_RE = re.compile(r"\(at line (\d+), column (\d+)\)")
+_Device = TypeVar("_Device", bound="DeviceLike")
 
 
 # ---------------------------------------------------------------------------------------------------------- records
@@ -160,7 +161,7 @@ class Campaign:
         per = dict(self.devices.energy)
         return per.get(serial, per.get(serial.rpartition("/")[2], self.energy))
 
-    def select(self, devices: Iterable[DeviceLike]) -> tuple[DeviceLike, ...]:
+    def select(self, devices: Iterable[_Device]) -> tuple[_Device, ...]:
         """The devices this campaign runs on, in the given order."""
         return tuple(d for d in devices if self.devices.matches(d))
 
@@ -224,9 +225,13 @@ class Campaign:
 
 
 class DeviceLike(Protocol):
-    serial: str
-    model: str
-    virtual: bool
+    # read-only: frozen dataclasses (DeviceRef, profiler.probe.DeviceFacts) fit
+    @property
+    def serial(self) -> str: ...
+    @property
+    def model(self) -> str: ...
+    @property
+    def virtual(self) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -454,7 +459,7 @@ def _choice(v: Any, key: str, valid: Iterable[str]) -> str:
     return v
 
 
-def _list(v: Any, key: str, scalar_ok: bool = True, nonempty: bool = True) -> list:
+def _list(v: Any, key: str, scalar_ok: bool = True, nonempty: bool = True) -> list[Any]:
     """A list (a lone scalar counts as a list of one when `scalar_ok`)."""
     if isinstance(v, list):
         items = v
@@ -467,7 +472,7 @@ def _list(v: Any, key: str, scalar_ok: bool = True, nonempty: bool = True) -> li
     return items
 
 
-def _unique(items: list, key: str) -> None:
+def _unique(items: list[Any], key: str) -> None:
     seen = set()
     for i, x in enumerate(items):
         if x in seen:
@@ -575,7 +580,7 @@ def _workloads(v: Any) -> tuple[Workload, ...]:
     return tuple(out)
 
 
-def _check_model_config(model: str, variants, batch, config: dict, key: str) -> None:
+def _check_model_config(model: str, variants: list[Any], batch: list[Any], config: dict[str, Any], key: str) -> None:
     """The whole model config checked now, before any results directory exists: its keys and value types against
     the family's config (per batch), `tuning` and a pruned model's `compressed` file."""
     from workloads.families import LAYER_SUITE, get

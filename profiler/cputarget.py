@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from profiler.errors import ConfigError
 
@@ -23,7 +24,7 @@ class CpuTarget:
         """Filesystem-safe id, e.g. 'x86_64-znver4', 'arm64-v8a-cortex-a76+dotprod+fullfp16'."""
         return f"{self.abi}-{self.mcpu or 'generic'}{''.join(self.mattr)}"
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "abi": self.abi,
             "mcpu": self.mcpu,
@@ -116,7 +117,8 @@ def _x86(text: str) -> CpuTarget:
 
 
 # ------------------------------------------------------------------------------------------------------- arm64-v8a
-_IMPLEMENTERS = {
+# keyed by cpuinfo's implementer and part numbers; looked up with a core's, which are None when cpuinfo lacks them
+_IMPLEMENTERS: dict[int | None, str] = {
     0x41: "ARM",
     0x42: "Broadcom",
     0x43: "Cavium",
@@ -127,7 +129,7 @@ _IMPLEMENTERS = {
     0x61: "Apple",
     0xC0: "Ampere",
 }
-_PARTS = {
+_PARTS: dict[int | None, dict[int | None, str]] = {
     0x41: {
         0xD03: "cortex-a53",
         0xD04: "cortex-a35",
@@ -209,16 +211,16 @@ def _arm(text: str) -> CpuTarget:
     cores = [(_int(b.get("cpu implementer")), _int(b.get("cpu part"))) for b in blocks if "cpu part" in b]
     if not cores:
         return generic("arm64-v8a", "no CPU part in cpuinfo: generic arm64 target", mattr=_arm_mattr(blocks, None))
-    counts: dict[tuple, int] = {}
+    counts: dict[tuple[int | None, int | None], int] = {}
     for core in cores:
         counts[core] = counts.get(core, 0) + 1
     names = {c: _PARTS.get(c[0], {}).get(c[1]) if None not in c else None for c in counts}
     order = sorted(counts, key=lambda c: _RANK.index(names[c]) if names[c] else len(_RANK))
 
-    def impl(c: tuple) -> str:
+    def impl(c: tuple[int | None, int | None]) -> str:
         return _IMPLEMENTERS.get(c[0], "implementer ?" if c[0] is None else f"implementer {c[0]:#04x}")
 
-    def hexpart(c: tuple) -> str:
+    def hexpart(c: tuple[int | None, int | None]) -> str:
         return "?" if c[1] is None else f"{c[1]:#05x}"
 
     if len({c[0] for c in order}) == 1:  # "ARM part 0xd0b x4 + 0xd05 x4"

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from profiler import hostcpu
 from profiler.errors import DeviceCommandFailed, DeviceError, DeviceTimeout, DeviceUnreachable, NotRooted, ToolMissing
@@ -39,7 +40,7 @@ def adb_path() -> str:
     import adbutils
 
     try:
-        path = adbutils.adb_path()
+        path: str = adbutils.adb_path()
     except adbutils.AdbError as exc:
         raise ToolMissing("no adb binary found (install adb, or the adbutils wheel that bundles it)") from exc
     if not (os.path.isfile(path) and os.access(path, os.X_OK)):
@@ -56,7 +57,7 @@ def server_port() -> int:
         ) from exc
 
 
-def adb_client():
+def adb_client() -> Any:
     """An adbutils client for the adb server on ANDROID_ADB_SERVER_PORT, starting the server when needed."""
     import adbutils
 
@@ -81,7 +82,7 @@ class AdbEntry:
     state: str  # device | offline | unauthorized | ...
 
 
-def list_devices(client=None) -> list[AdbEntry]:
+def list_devices(client: Any = None) -> list[AdbEntry]:
     """Every serial the adb server knows, with its state."""
     import adbutils
 
@@ -107,7 +108,9 @@ class ShellResult:
 class Device:
     """One phone (real or virtual) reached through the adb server."""
 
-    def __init__(self, serial: str, client=None, timeout: float = DEFAULT_TIMEOUT, try_adb_root: bool = True):
+    def __init__(
+        self, serial: str, client: Any = None, timeout: float = DEFAULT_TIMEOUT, try_adb_root: bool = True
+    ) -> None:
         self.serial = serial
         self.timeout = timeout
         self._client = client or adb_client()
@@ -280,7 +283,7 @@ class Device:
         return self.shell_root(cmd, timeout) if root else self.shell(cmd, timeout)
 
 
-def restore_adb_root(device: Device, doc: dict) -> None:
+def restore_adb_root(device: Device, doc: dict[str, Any]) -> None:
     """adbd as root, undone (profiler.knobs.restore_pending): `adb unroot`, then wait for adbd to come back."""
     with device._adb.open_transport() as c:
         c.send_command("unroot:")

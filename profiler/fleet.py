@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any, cast
 
 from profiler.device import Device, adb_client, list_devices
 from profiler.errors import DeviceError, ParseError
@@ -18,7 +19,7 @@ class FleetEntry:
     facts: DeviceFacts | None = None
     error: str | None = None
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "serial": self.serial,
             "state": self.state,
@@ -27,7 +28,7 @@ class FleetEntry:
         }
 
 
-def _probe_one(client, serial: str, state: str | None) -> FleetEntry:
+def _probe_one(client: Any, serial: str, state: str | None) -> FleetEntry:
     if state is None:
         return FleetEntry(serial, "unknown", error="serial not known to the adb server")
     if state != "device":
@@ -73,4 +74,4 @@ def discover(serials: tuple[str, ...] = (), settle_s: float = 10.0, unseen_s: fl
 
 def _is_final(entry: FleetEntry) -> bool:
     """An answer that waiting does not change (the probe ran and its output was bad)."""
-    return bool(entry.error) and "probe did not finish" in entry.error
+    return bool(entry.error) and "probe did not finish" in cast(str, entry.error)

@@ -37,7 +37,8 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import FrameType, TracebackType
+from typing import Any, Literal, NoReturn, cast
 
 from profiler import hostcpu, knobs
 from profiler.cpufreq import CpuPolicy, common_governors, parse_policy
@@ -267,7 +268,7 @@ def _run(device: Any, *args: str) -> str:
             output=r.stderr or r.stdout,
             exit_code=r.exit_code,
         )
-    return r.stdout
+    return cast(str, r.stdout)
 
 
 @dataclass(frozen=True)
@@ -285,7 +286,7 @@ _previous_handlers: dict[int, Any] = {}
 _handler_refs = 0
 
 
-def _signal_handler(signum, frame):
+def _signal_handler(signum: int, frame: FrameType | None) -> None:
     with _registry_lock:
         guards = list(_active)
     for g in guards:
@@ -304,7 +305,7 @@ def _signal_handler(signum, frame):
     raise SystemExit(128 + signum)
 
 
-def _forced_exit(signum, frame):
+def _forced_exit(signum: int, frame: FrameType | None) -> NoReturn:
     """A second SIGINT/SIGTERM while the run unwinds (waiting for launches to end, cells to be stored): out now. The
     governors were restored at the first; what else is left changed stays in the knob journal."""
     os.write(
@@ -346,11 +347,11 @@ class restore_on_signals:  # noqa: N801 - used like a function: `with restore_on
 
     A guard entered in the main thread installs them itself; the engine wraps its thread pool in this."""
 
-    def __enter__(self):
+    def __enter__(self) -> restore_on_signals:
         self._installed = _install_handlers()
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> Literal[False]:
         if self._installed:
             _uninstall_handlers()
         return False
@@ -371,7 +372,7 @@ class GovernorGuard:
     Unrooted phones: `apply*` raises NotRooted before changing anything else.
     """
 
-    def __init__(self, device: Any, results_dir: str | os.PathLike | None = None):
+    def __init__(self, device: Any, results_dir: str | os.PathLike[str] | None = None):
         self.device = device
         self.serial = str(getattr(device, "serial", "device"))
         self.results_dir = Path(results_dir) if results_dir is not None else None
@@ -389,7 +390,9 @@ class GovernorGuard:
         self._handlers = _install_handlers()
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> Literal[False]:
         try:
             self.restore(quiet=exc_type is not None)
         finally:
@@ -509,20 +512,20 @@ def _restore_snapshot(device: Any, states: Sequence[PolicyState] | str) -> None:
     _run(device, "restore", remote)
 
 
-def pending(root: str | os.PathLike) -> tuple[str, ...]:
+def pending(root: str | os.PathLike[str]) -> tuple[str, ...]:
     """Serials with a governor snapshot left behind by a host process that did not restore (killed, or device
     vanished)."""
     return tuple(serial for knob, serial, doc, _ in knobs.entries(root) if knob == KNOB and doc)
 
 
-def restore_knob(device: Any, doc: dict) -> None:
+def restore_knob(device: Any, doc: dict[str, Any]) -> None:
     """The governor knob's restorer (profiler.knobs.restore_pending): re-apply a persisted snapshot."""
     text = (doc.get("state") or {}).get("snapshot") or doc["snapshot"]  # top level: files of older runs
     parse_state(text)  # refuse to send garbage to a phone
     _restore_snapshot(device, text)
 
 
-def restore_pending(root: str | os.PathLike, connect: Callable[[str], Any]) -> dict[str, str]:
+def restore_pending(root: str | os.PathLike[str], connect: Callable[[str], Any]) -> dict[str, str]:
     """Restore governors left changed by a killed run. `connect(serial)` returns a device (may raise).
 
     Returns {serial: "restored" | "<error>"}; snapshots that could not be restored stay on disk for the next try."""

@@ -24,6 +24,7 @@ import os
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 _local = threading.local()
@@ -40,7 +41,7 @@ def waited_s() -> float:
 
 
 @contextlib.contextmanager
-def _gate(virtual: bool, mode: int, holder: str = ""):
+def _gate(virtual: bool, mode: int, holder: str = "") -> Iterator[None]:
     depth = getattr(_local, "depth", 0)
     if not virtual or depth:  # a real phone; or this thread holds the gate already (shared inside its launch)
         yield
@@ -95,7 +96,7 @@ def held_exclusively() -> bool:
 
 
 @contextlib.contextmanager
-def bypass():
+def bypass() -> Iterator[None]:
     """This thread's virtual-phone operations skip the gate: restoring phones' settings when a run is stopped must not
     wait for the timed launch under way (that launch is ended next)."""
     depth = getattr(_local, "depth", 0)
@@ -106,12 +107,12 @@ def bypass():
         _local.depth = depth
 
 
-def exclusive(virtual: bool, serial: str = ""):
+def exclusive(virtual: bool, serial: str = "") -> contextlib.AbstractContextManager[None]:
     """Hold this host's CPUs for one virtual phone's timed launch (no-op for a real phone); `serial`: the phone
     (named as its holder, so that the lab holds the other phones' processes)."""
     return _gate(virtual, fcntl.LOCK_EX, serial)
 
 
-def shared(virtual: bool):
+def shared(virtual: bool) -> contextlib.AbstractContextManager[None]:
     """Any other operation on a virtual phone: it waits while a timed launch runs (no-op for a real phone)."""
     return _gate(virtual, fcntl.LOCK_SH)

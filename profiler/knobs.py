@@ -17,6 +17,7 @@ import os
 import re
 import time
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +35,12 @@ def default_root() -> Path:
     return paths.home() / "pending"
 
 
-def register(knob: str, restore: Callable[[Any, dict], None]) -> None:
+def register(knob: str, restore: Callable[[Any, dict[str, Any]], None]) -> None:
     """`restore(device, state)` puts a knob back from its persisted state (raises when it cannot)."""
     _RESTORERS[knob] = restore
 
 
-def _restorer(knob: str) -> Callable[[Any, dict], None] | None:
+def _restorer(knob: str) -> Callable[[Any, dict[str, Any]], None] | None:
     import importlib
 
     r = _RESTORERS.get(knob)
@@ -53,11 +54,11 @@ def _safe(serial: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", serial) or "device"
 
 
-def path(root: str | os.PathLike, serial: str, knob: str) -> Path:
+def path(root: str | os.PathLike[str], serial: str, knob: str) -> Path:
     return Path(root) / f"{knob}-pending" / f"{_safe(serial)}.json"
 
 
-def persist(root: str | os.PathLike | None, serial: str, knob: str, state: dict, **extra: Any) -> None:
+def persist(root: str | os.PathLike[str] | None, serial: str, knob: str, state: dict[str, Any], **extra: Any) -> None:
     """Write the prior state durably (temp file, fsync, rename) before the knob is turned."""
     if root is None:
         return
@@ -72,12 +73,12 @@ def persist(root: str | os.PathLike | None, serial: str, knob: str, state: dict,
     os.replace(tmp, p)
 
 
-def forget(root: str | os.PathLike | None, serial: str, knob: str) -> None:
+def forget(root: str | os.PathLike[str] | None, serial: str, knob: str) -> None:
     if root is not None:
         path(root, serial, knob).unlink(missing_ok=True)
 
 
-def entries(root: str | os.PathLike, serial: str | None = None) -> list[tuple[str, str, dict, Path]]:
+def entries(root: str | os.PathLike[str], serial: str | None = None) -> list[tuple[str, str, dict[str, Any], Path]]:
     """(knob, serial, document, path) of every pending state (of one serial when given); unreadable files too
     (document {} then)."""
     out = []
@@ -94,11 +95,11 @@ def entries(root: str | os.PathLike, serial: str | None = None) -> list[tuple[st
 
 
 def restore_pending(
-    root: str | os.PathLike,
+    root: str | os.PathLike[str],
     connect: Callable[[str], Any],
     serials: set[str] | None = None,
     only: set[str] | None = None,
-    but: set[str] = frozenset(),
+    but: AbstractSet[str] = frozenset(),
 ) -> dict[str, str]:
     """Put back every knob a killed run left changed (of `serials` only, when given: the phones this run holds;
     of the knobs in `only`, when given; none of those in `but`). adbd root goes last: putting back the others may

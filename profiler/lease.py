@@ -69,7 +69,8 @@ def _pid_alive(pid: int) -> bool:
     import psutil
 
     try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        alive: bool = psutil.Process(pid).status() != psutil.STATUS_ZOMBIE  # psutil: no type information here
+        return alive
     except psutil.NoSuchProcess:
         return False
 
@@ -187,5 +188,5 @@ class PhoneLease:
     def __enter__(self) -> PhoneLease:
         return self.acquire()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.release()

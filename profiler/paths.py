@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -71,7 +72,7 @@ def replace_dir(dest: Path, files: dict[str, bytes]) -> Path:
 
 
 @contextlib.contextmanager
-def env_override(env: dict[str, str]):
+def env_override(env: dict[str, str]) -> Iterator[None]:
     """This process's environment with `env` set, as it was afterwards (the functions here read it when
     called: a Ray task building with another tuning directory, a simulated host's adb port and home)."""
     old = {k: os.environ.get(k) for k in env}

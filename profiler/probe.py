@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from profiler.cpufreq import Cluster, CpuPolicy, clusters, common_governors, parse_cpu_list, parse_policy
 from profiler.cputarget import ABIS, CpuTarget, parse_cpuinfo
+from profiler.device import Device
 from profiler.errors import ParseError
 
 Policy = CpuPolicy  # the probe's name for it
@@ -92,7 +95,7 @@ class DeviceFacts:
         temps = [z.temp_c for z in self.thermal if z.temp_c is not None]
         return max(temps) if temps else None
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         cpu_target = self.cpu_target.to_dict() if self.cpu_target else None
         return dataclasses.asdict(self) | {"clusters": self.clusters, "cpu_target": cpu_target}
 
@@ -135,7 +138,7 @@ def parse_probe(text: str, serial: str = "") -> DeviceFacts:
                     out.setdefault(name, {})[field] = value
         return out
 
-    def natural(name: str) -> tuple:
+    def natural(name: str) -> tuple[int, str]:
         digits = "".join(c for c in name if c.isdigit())
         return (int(digits) if digits else -1, name)
 
@@ -164,7 +167,7 @@ def parse_probe(text: str, serial: str = "") -> DeviceFacts:
         for n, f in sorted(group("power").items())
     )
 
-    prop = lambda name: kv.get(f"prop.{name}", "")  # noqa: E731
+    prop: Callable[[str], str] = lambda name: kv.get(f"prop.{name}", "")  # noqa: E731
     possible = parse_cpu_list(kv.get("cpu.possible"))
     cores = len(possible) or len({c for p in policies for c in p.cpus})
     abilist = tuple(a for a in prop("ro.product.cpu.abilist").split(",") if a)
@@ -205,7 +208,7 @@ def parse_probe(text: str, serial: str = "") -> DeviceFacts:
     )
 
 
-def probe(device) -> DeviceFacts:
+def probe(device: Device) -> DeviceFacts:
     """Run probe.sh on `device` (a profiler.device.Device) and parse it; also detects the root mode."""
     result = device.run_script("probe.sh", timeout=60)
     if "probe.end=1" not in result.stdout:

@@ -27,7 +27,7 @@ class MeasureSettings:
     energy: str = "auto"
     cluster: str | None = None
 
-    def __post_init__(self):  # accept str paths from callers; the object stays frozen
+    def __post_init__(self) -> None:  # accept str paths from callers; the object stays frozen
         object.__setattr__(self, "results_root", Path(self.results_root))
         if self.artifacts is not None:
             object.__setattr__(self, "artifacts", Path(self.artifacts))

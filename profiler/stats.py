@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 from scipy import stats as _st
@@ -27,6 +28,8 @@ CV_WARN = 0.10  # coefficient of variation above which a cell is flagged unstabl
 WARMUP_ALPHA = 0.01
 WARMUP_TOLERANCE = 0.05  # first steps may be this much slower than the last before warm-up is called short
 MIN_GROUP = 4  # samples needed in each of the compared groups
+
+_Samples = Sequence[float] | np.ndarray  # what the functions below take: any 1-D run of numbers
 
 
 @dataclass(frozen=True)
@@ -77,13 +80,13 @@ class Comparison:
     reason: str
 
 
-def _clean(values: Sequence[float]) -> np.ndarray:
+def _clean(values: _Samples) -> np.ndarray:
     x = np.asarray(values, dtype=float).ravel()
-    return x[np.isfinite(x)]
+    return cast(np.ndarray, x[np.isfinite(x)])
 
 
 def check_warmup(
-    values: Sequence[float],
+    values: _Samples,
     order: Sequence[float] | None = None,
     *,
     alpha: float = WARMUP_ALPHA,
@@ -135,7 +138,7 @@ def check_warmup(
 
 
 def summarize(
-    values: Sequence[float],
+    values: _Samples,
     order: Sequence[float] | None = None,
     *,
     confidence: float = CONFIDENCE,
@@ -177,7 +180,7 @@ def summarize(
     return Summary(n, median, mean, std, cv, lo, hi, confidence, n_resamples, warm, tuple(warnings))
 
 
-def median_ci(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float, float]:
+def median_ci(values: _Samples, confidence: float = CONFIDENCE) -> tuple[float, float, float]:
     """(median, low, high): distribution-free CI of the median from order statistics (binomial, p = 1/2).
     With too few samples for the confidence (n < 6 at 95 %) the interval is [min, max] (lower coverage)."""
     x = np.sort(np.asarray(values, dtype=float))
@@ -193,8 +196,8 @@ def median_ci(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[
 
 
 def ratio_ci(
-    a: Sequence[float],
-    b: Sequence[float],
+    a: _Samples,
+    b: _Samples,
     confidence: float = CONFIDENCE,
     n_resamples: int = N_RESAMPLES,
     seed: int = SEED,
@@ -225,7 +228,7 @@ def ratio_ci(
     return float(lo), float(hi)
 
 
-def compare(a: Sequence[float], b: Sequence[float], alpha: float = 0.05, min_ratio: float = 1.05) -> Comparison:
+def compare(a: _Samples, b: _Samples, alpha: float = 0.05, min_ratio: float = 1.05) -> Comparison:
     """Is b (candidate) faster or slower than a (baseline)? Both Mann-Whitney U (two-sided, p < alpha) and a ratio of
     medians of at least `min_ratio` (either way) are required to claim a difference."""
     if not 0 < alpha < 1:

@@ -13,7 +13,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from profiler.errors import ParseError
 
@@ -31,18 +31,18 @@ class Step:
 
 @dataclass(frozen=True)
 class RunOutput:
-    meta: dict  # the runner's metadata line (+ "end_clock_pair" from its closing line)
+    meta: dict[str, Any]  # the runner's metadata line (+ "end_clock_pair" from its closing line)
     steps: tuple[Step, ...]
     noise: tuple[str, ...]  # lines that were not runner output (kept for the record, never silently dropped)
     truncated: bool  # the last line was cut off (device died or the runner crashed mid-line)
-    end: dict | None = None  # the closing line (runner >= 2)
+    end: dict[str, Any] | None = None  # the closing line (runner >= 2)
 
     @property
     def timed(self) -> tuple[Step, ...]:
         return tuple(s for s in self.steps if not s.warmup)
 
 
-def _is_int(v: Any) -> bool:
+def _is_int(v: Any) -> TypeGuard[int]:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
@@ -57,7 +57,7 @@ def _clock_pair_ok(pair: Any) -> bool:
 _STRICT_TYPES = {"step": int, "warmup": bool, "phases_ns": dict, "step_ns": int}
 
 
-def _step(obj: dict, line: str, index: int, strict: bool) -> Step:
+def _step(obj: dict[str, Any], line: str, index: int, strict: bool) -> Step:
     where = f"malformed step line {index}"
     if strict and not all(
         isinstance(obj.get(k), t) and (t is bool or _is_int(obj.get(k)) or t is dict) for k, t in _STRICT_TYPES.items()
@@ -90,8 +90,8 @@ def _step(obj: dict, line: str, index: int, strict: bool) -> Step:
 def parse_run_output(text: str, *, strict: bool = False) -> RunOutput:
     """Parse runner stdout. Raises ParseError when a line the runner printed is malformed, no step was printed,
     or (strict) anything but runner output appears or the steps are not the announced 0..W+N-1."""
-    meta: dict = {}
-    end: dict | None = None
+    meta: dict[str, Any] = {}
+    end: dict[str, Any] | None = None
     steps: list[Step] = []
     noise: list[str] = []
     lines = text.splitlines()
@@ -120,7 +120,8 @@ def parse_run_output(text: str, *, strict: bool = False) -> RunOutput:
                 raise ParseError(f"malformed step line {len(steps) - 1} (numbered {steps[-1].step})", stripped)
             if (
                 len(steps) > 1
-                and None not in (steps[-1].t_start_ns, steps[-2].t_end_ns)
+                and steps[-1].t_start_ns is not None
+                and steps[-2].t_end_ns is not None
                 and steps[-1].t_start_ns < steps[-2].t_end_ns
             ):
                 raise ParseError(f"bad t_start_ns/t_end_ns in step line {len(steps) - 1} (overlaps the last)", stripped)
@@ -149,7 +150,7 @@ def parse_run_output(text: str, *, strict: bool = False) -> RunOutput:
     return RunOutput(meta, tuple(steps), tuple(noise), truncated, end)
 
 
-def clock_pairs(meta: dict) -> list[dict]:
+def clock_pairs(meta: dict[str, Any]) -> list[dict[str, Any]]:
     """The (CLOCK_MONOTONIC, CLOCK_REALTIME) pairs a run printed, for energy alignment."""
     return [p for p in (meta.get("clock_pair"), meta.get("end_clock_pair")) if isinstance(p, dict)]
 

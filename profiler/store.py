@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -137,7 +137,7 @@ class CellMeta:
     # `times`; None where the shell has none). On a virtual phone, the time scale its governor asked for
     cpu_share: tuple[float | None, ...] = ()
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not _ID_RE.match(self.cell_id):
             raise ValueError(f"cell_id must be 16 hex digits, not {self.cell_id!r}")
         bad = set(self.labels) - set(LABELS)
@@ -267,13 +267,13 @@ class Store:
 
     # -- opening
     @classmethod
-    def open(cls, results_dir: str | os.PathLike, campaign: Any | None = None, name: str | None = None) -> Store:
+    def open(cls, results_dir: str | os.PathLike[str], campaign: Any | None = None, name: str | None = None) -> Store:
         """Open (creating if needed) `<results_dir>/<campaign.name>/`. `campaign` is a profiler.campaign_config
         Campaign (its spec is recorded); `name` opens an existing directory without one. Migrates older schemas;
         SchemaError for newer/unknown ones."""
         if campaign is None and name is None:
             raise ValueError("Store.open needs a campaign or a name")
-        root = Path(results_dir) / (campaign.name if campaign is not None else name)
+        root = Path(results_dir) / (campaign.name if campaign is not None else cast(str, name))  # one is given
         if (root / MANIFEST).exists():
             manifest = _read_manifest(root)
             if campaign is not None and manifest.get("spec") != campaign.to_dict():
@@ -296,7 +296,7 @@ class Store:
 
     @property
     def name(self) -> str:
-        return self._manifest["name"]
+        return cast(str, self._manifest["name"])
 
     def sweep(self, min_age_s: float = TEMP_SWEEP_AGE_S) -> int:
         """Delete temp files left by crashed writers (older than `min_age_s`). Returns how many."""
@@ -518,7 +518,7 @@ class Store:
         )
 
 
-_STATUS_TYPES = {
+_STATUS_TYPES: dict[str, type | tuple[type, ...]] = {
     "cell_id": str,
     "status": str,
     "reason": str,
@@ -573,7 +573,7 @@ def _read_manifest(root: Path) -> dict[str, Any]:
         version += 1
         manifest["schema_version"] = version
         _write_json(p, manifest)
-    return manifest
+    return cast(dict[str, Any], manifest)  # a dict: its schema_version was read above
 
 
 # ---------------------------------------------------------------------------------------------------------- frames
@@ -649,7 +649,7 @@ def _campaign_dirs(path: Path) -> list[Path]:
     return dirs
 
 
-def _read_statuses(store: Store) -> tuple[tuple[CellStatus, ...], list[tuple]]:
+def _read_statuses(store: Store) -> tuple[tuple[CellStatus, ...], list[tuple[str, str, str]]]:
     """(every readable status, bad cells as (cell_id, label, reason): garbled status files, never raised)."""
     d = store.root / "status"
     out, bad = [], []
@@ -666,7 +666,7 @@ def _read_statuses(store: Store) -> tuple[tuple[CellStatus, ...], list[tuple]]:
     return tuple(out), bad
 
 
-def _load(path: str | os.PathLike, sub: str, include_stale: bool) -> pd.DataFrame:
+def _load(path: str | os.PathLike[str], sub: str, include_stale: bool) -> pd.DataFrame:
     frames, stale_all, bad_all = [], [], []
     for root in _campaign_dirs(Path(path)):
         store = Store(root, _read_manifest(root))
@@ -715,14 +715,14 @@ def bad_cell_lines(df: pd.DataFrame) -> list[str]:
     ]
 
 
-def load_results(path: str | os.PathLike, include_stale: bool = False) -> pd.DataFrame:
+def load_results(path: str | os.PathLike[str], include_stale: bool = False) -> pd.DataFrame:
     """All raw samples (one row per step per repetition) of the finished cells under `path` (a campaign directory
     or a results root holding several). Stale cells are left out unless `include_stale`; their ids are in
     `df.attrs["stale"]`. Failed/skipped cells are in `load_status`."""
     return _load(path, "cells", include_stale)
 
 
-def load_summaries(path: str | os.PathLike, include_stale: bool = False) -> pd.DataFrame:
+def load_summaries(path: str | os.PathLike[str], include_stale: bool = False) -> pd.DataFrame:
     """One row per finished cell: metadata + summary statistics of its timed steps."""
     return _load(path, "summary", include_stale)
 
@@ -736,7 +736,7 @@ def sorted_summaries(df: pd.DataFrame) -> pd.DataFrame:
     return df.sort_values(by, kind="stable").reset_index(drop=True) if by and len(df) else df
 
 
-def load_status(path: str | os.PathLike) -> pd.DataFrame:
+def load_status(path: str | os.PathLike[str]) -> pd.DataFrame:
     """One row per cell with a recorded outcome: cell_id, status, reason, spec_key, label, at, stale."""
     rows = []
     for root in _campaign_dirs(Path(path)):

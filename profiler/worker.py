@@ -11,9 +11,10 @@ import contextlib
 import fnmatch
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 from profiler import __version__, hostcpu, knobs, paths
 from profiler.campaign_config import Campaign, Cell
@@ -21,10 +22,10 @@ from profiler.deploy import deploy, remote_dir, runner_command
 from profiler.device import Device, quote
 from profiler.energy.session import open_meter, stop_orphan_samplers
 from profiler.errors import DeviceError, DeviceUnreachable, EnergyError, NotRooted, UserError
-from profiler.governor import GovernorGuard, GovernorUnavailable
+from profiler.governor import Applied, GovernorGuard, GovernorUnavailable, Resolution
 from profiler.probe import DeviceFacts, parse_probe
 from profiler.steps import TIMES_SUFFIX, clock_pairs, cpu_share, parse_children_cpu_s, parse_run_output
-from profiler.store import LABELS, CellMeta, Sample, Store, one_line
+from profiler.store import LABELS, CellMeta, Sample, one_line
 
 RUN_TIMEOUT_S = 1800.0
 INTERRUPTED = (
@@ -84,6 +85,35 @@ class Outcome:
     warnings: tuple[str, ...] = ()
 
 
+class CellWriter(Protocol):
+    """Where a DeviceWorker's outcomes go: the campaign's Store, or a cluster agent's stream to its controller."""
+
+    def finished(self, cell_id: str) -> bool: ...
+
+    def write_status(
+        self,
+        cell_id: str,
+        status: str,
+        reason: str = "",
+        *,
+        spec_key: str = "",
+        label: str = "",
+        extra: Mapping[str, Any] | None = None,
+    ) -> None: ...
+
+    def write_cell(self, meta: CellMeta, steps: Sequence[Sample]) -> object: ...
+
+    def write_trace(self, cell_id: str, trace: Any) -> object: ...
+
+
+class ProgressSink(Protocol):
+    """What a DeviceWorker reports its progress to: Progress, or a cluster agent's stream to its controller."""
+
+    def advance(self, serial: str, state: str = "") -> None: ...
+
+    def set_state(self, serial: str, state: str) -> None: ...
+
+
 # ------------------------------------------------------------------------------------------------------ pure helpers
 def affinity_mask(affinity: str, facts: DeviceFacts) -> str | None:
     """Hex CPU mask for an affinity choice, or None for all CPUs. big/little = fastest/slowest cluster."""
@@ -121,12 +151,12 @@ class HarnessClock:
     Time a part spent waiting at the virtual lab's host CPU gate (profiler.hostcpu: other phones' timed launches)
     is the lab's queueing, not the harness: it goes to `wait`, never into a part."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.parts: dict[str, float] = {}
         self.wait = 0.0
 
     @contextlib.contextmanager
-    def part(self, name: str):
+    def part(self, name: str) -> Iterator[None]:
         t0, w0 = time.perf_counter(), hostcpu.waited_s()
         try:
             yield
@@ -153,9 +183,9 @@ class DeviceWorker:
         serial: str,
         facts: DeviceFacts,
         cells: list[tuple[Cell, str, ArtifactRef]],
-        store: Store,
+        store: CellWriter,
         campaign: Campaign,
-        progress: Progress,
+        progress: ProgressSink,
         stop: threading.Event,
         resume: bool,
         threads: int | None = None,
@@ -194,7 +224,7 @@ class DeviceWorker:
         self.progress.set_state(self.name, "done")
         return self.counts
 
-    def _run_cells(self, device: Device, pending) -> None:
+    def _run_cells(self, device: Device, pending: list[tuple[Cell, str, ArtifactRef]]) -> None:
         with GovernorGuard(device, knobs.default_root()) as guard:
             for i, (cell, cid, art) in enumerate(pending):
                 if self.stop.is_set():
@@ -203,10 +233,11 @@ class DeviceWorker:
                 try:
                     self._cell(device, guard, cell, cid, art)
                 except DeviceUnreachable as exc:
-                    device = self._reconnect()
-                    if device is None:
+                    fresh = self._reconnect()
+                    if fresh is None:
                         self._fail_rest(pending[i:], f"device lost: {exc}")
                         return
+                    device = fresh
                     guard.device = device
                     try:  # one retry on the fresh connection
                         self._cell(device, guard, cell, cid, art)
@@ -248,7 +279,7 @@ class DeviceWorker:
         with contextlib.suppress(Exception):
             Device(serial).shell(f"pkill -f {quote(remote + '/runner')}", timeout=10)
 
-    def _fail_rest(self, rest, reason: str) -> None:
+    def _fail_rest(self, rest: Iterable[tuple[Cell, str, ArtifactRef]], reason: str) -> None:
         for cell, cid, _ in rest:
             self._record(cid, cell, "failed", reason)
 
@@ -341,9 +372,10 @@ class DeviceWorker:
                 f"not the {applied} applied: `--resume` redoes the cell",
             )
             return
-        energies: list = [None] * sum(len(steps) for steps in runs)
+        energies: list[float | None] = [None] * sum(len(steps) for steps in runs)
         labels = {"virtual"} if self.facts.virtual else {"measured"}
         if trace is not None:
+            assert meter is not None  # a trace comes only from a meter
             with clock.part("energy_stop"), hostcpu.shared(self.facts.virtual):
                 energies, summary = meter.attribute(trace, [s for steps in runs for s in steps], pairs)
                 labels |= set(summary.labels) & set(LABELS)
@@ -394,8 +426,11 @@ class DeviceWorker:
         self.counts["ok"] += 1
         self.progress.advance(self.name)
 
-    def _governor(self, device: Device, guard: GovernorGuard, cell: Cell):
+    def _governor(
+        self, device: Device, guard: GovernorGuard, cell: Cell
+    ) -> tuple[str | None, str, tuple[tuple[str, int], ...]]:
         """Apply the cell's governor intent. Returns (applied | None, reason, pinned)."""
+        res: Applied | Resolution
         try:
             res = guard.apply_intent(cell.governor, cell.fallback)
         except NotRooted:
@@ -446,7 +481,7 @@ class DeviceWorker:
 
 
 # ------------------------------------------------------------------------------------------------ on the phones' host
-def check_energy(campaign: Campaign, serials) -> None:
+def check_energy(campaign: Campaign, serials: Iterable[str]) -> None:
     """Fail fast, before anything runs, on an energy source that cannot exist (wrong monitor serial, no monitor)."""
     from profiler.energy.monsoon import open_monitor
     from profiler.energy.session import resolve_energy
@@ -458,7 +493,7 @@ def check_energy(campaign: Campaign, serials) -> None:
             open_monitor(spec.partition(":")[2], lab_home=lab_home).close()  # EnergyError names the serial
 
 
-def restore_passthrough(campaign: Campaign | None, serials) -> dict[str, str]:
+def restore_passthrough(campaign: Campaign | None, serials: Iterable[str]) -> dict[str, str]:
     """The monitors powering the leased phones (named in the campaign, or known to power them; with no campaign,
     those known): a passthrough mode left changed by a killed window is put back before anything runs."""
     from profiler.energy.monsoon import restore_pending_passthrough
@@ -479,7 +514,7 @@ def restore_passthrough(campaign: Campaign | None, serials) -> dict[str, str]:
     return out
 
 
-def put_back_passthrough(monitor: str, lab_home) -> str:
+def put_back_passthrough(monitor: str, lab_home: Path | None) -> str:
     """After a window on `monitor` ended badly: its USB passthrough as it was before the window, said in one line."""
     from profiler.energy.monsoon import restore_pending_passthrough  # the monsoon driver: only with a monitor
 
@@ -490,7 +525,7 @@ def put_back_passthrough(monitor: str, lab_home) -> str:
     return what or "USB passthrough put back by the monitor"
 
 
-def put_back(serials, campaign: Campaign | None = None) -> dict[str, str]:
+def put_back(serials: Collection[str], campaign: Campaign | None = None) -> dict[str, str]:
     """What killed runs left changed on these (leased) phones, put back: knobs (governors, charging), a monitor's
     passthrough (the campaign's monitors, or those known to power them), fuel-gauge samplers left polling, and adbd
     root last (the others may need it). {"serial what": "restored" | "stopped ..." | why not}."""

@@ -16,10 +16,10 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -152,7 +152,7 @@ def _cases(summ: pd.DataFrame) -> pd.Series:
     multi_batch = summ.groupby("workload")["batch"].nunique() > 1
     multi_aff = summ["affinity"].nunique() > 1
 
-    def one(r) -> str:
+    def one(r: pd.Series) -> str:
         s = str(r["workload"])
         cfg = _json_map(r.get("config"))
         if multi_cfg.get(r["workload"], False) and cfg:
@@ -185,7 +185,8 @@ def _cell_rows(data: CampaignData) -> tuple[list[CellRow], dict[str, np.ndarray]
     for (_, r), case in zip(summ.iterrows(), cases):
         cid = str(r["cell_id"])
         e = energy.get(cid)
-        es = stats.summarize(e) if e is not None and len(e) else None
+        # summarize takes any 1-D run of numbers (profiler.stats._Samples); its annotation says Sequence
+        es = stats.summarize(cast(Sequence[float], e)) if e is not None and len(e) else None
         rows.append(
             CellRow(
                 cell_id=cid,
@@ -227,7 +228,11 @@ def _cell_rows(data: CampaignData) -> tuple[list[CellRow], dict[str, np.ndarray]
 
 
 def _devices(data: CampaignData, cells: Sequence[CellRow]) -> list[DeviceInfo]:
-    facts = data.manifest.get("devices") if isinstance(data.manifest.get("devices"), Mapping) else {}
+    facts = (
+        cast(Mapping[str, Any], data.manifest.get("devices"))
+        if isinstance(data.manifest.get("devices"), Mapping)
+        else {}
+    )
     summ = data.summaries
     st = data.status[~data.status["stale"].astype(bool)] if len(data.status) else data.status
     serials = list(
@@ -239,11 +244,11 @@ def _devices(data: CampaignData, cells: Sequence[CellRow]) -> list[DeviceInfo]:
     for serial in serials:
         mine = [c for c in cells if c.device_serial == serial]
         rows = summ[summ["device_serial"] == serial] if len(summ) else summ
-        f = facts.get(serial) if isinstance(facts.get(serial), Mapping) else {}
+        f = cast(Mapping[str, Any], facts.get(serial)) if isinstance(facts.get(serial), Mapping) else {}
         first = rows.iloc[-1] if len(rows) else {}
         tools = _json_map(first.get("tool_versions")) if len(rows) else {}
 
-        def fact(key: str, column: str, f=f, first=first, rows=rows) -> str:
+        def fact(key: str, column: str, f: Mapping[str, Any] = f, first: Any = first, rows: pd.DataFrame = rows) -> str:
             return _s(f.get(key)) or (_s(first.get(column)) if len(rows) else "") or "not recorded"
 
         android = _s(f.get("android")) or _s(tools.get("android")) or fact("android", "device_android")
@@ -288,7 +293,8 @@ def _compare(
 ) -> Comparison | None:
     if xa is None or xb is None or not len(xa) or not len(xb):
         return None
-    c = stats.compare(xa, xb, alpha=opts.alpha, min_ratio=opts.min_ratio)
+    # compare takes arrays too (profiler.stats._Samples); its annotation says Sequence
+    c = stats.compare(cast(Sequence[float], xa), cast(Sequence[float], xb), alpha=opts.alpha, min_ratio=opts.min_ratio)
     lo, hi = ratio_ci(xa, xb)
     return Comparison(
         key=key,
@@ -320,7 +326,7 @@ def _variant_comparisons(
     variants: Sequence[str],
     opts: ReportOptions,
 ) -> list[Comparison]:
-    groups: dict[tuple, dict[str, CellRow]] = {}
+    groups: dict[tuple[str, str, str], dict[str, CellRow]] = {}
     for c in cells:
         groups.setdefault((c.device_serial, c.case, c.governor), {})[c.variant] = c  # latest wins
     out = []
@@ -335,7 +341,7 @@ def _variant_comparisons(
 
 
 def _energy_rows(cells: Sequence[CellRow], energy: Mapping[str, np.ndarray], baseline_gov: str) -> list[EnergyRow]:
-    groups: dict[tuple, dict[str, CellRow]] = {}
+    groups: dict[tuple[str, str, str], dict[str, CellRow]] = {}
     for c in cells:
         if c.cell_id in energy:
             groups.setdefault((c.device_serial, c.case, c.variant), {})[c.governor] = c
@@ -412,7 +418,7 @@ def _outcomes(data: CampaignData, cells: Sequence[CellRow]) -> tuple[list[Outcom
         if cid not in seen
     ]
     out += sorted(not_run, key=lambda o: (not o.label, o.label, o.cell_id))  # named ones first
-    stat = lambda s: sum(1 for o in out if o.status == s)  # noqa: E731
+    stat: Callable[[str], int] = lambda s: sum(1 for o in out if o.status == s)  # noqa: E731
     counts = {
         "planned": len(plan),
         "ok": len(with_data),
@@ -472,6 +478,7 @@ def _figures(
                 "speedup", "time", "Training-time speedups", note="No finished cells: there is nothing to plot yet."
             )
         )
+    rows: list[Comparison] | list[EnergyRow]  # a device's comparisons, then its energy rows
     for d in with_cells:
         rows = [c for c in comparisons if c.device_serial == d.serial]
         title = f"Speedup per training step — {_device_title(d)}"
@@ -606,6 +613,7 @@ def _figures(
         )
     by_cell = {cid: g for cid, g in raw.groupby("cell_id")} if len(raw) else {}
     cell_by = {c.cell_id: c for c in cells}
+    c: CellRow | None  # each cell in turn, then (power traces) the cell of a trace, if any
     for d in with_cells:
         series = []
         subsampled = False
@@ -646,7 +654,7 @@ def _figures(
 
     def xs(i: int, c: CellRow) -> tuple[object, object]:
         if timed_at and c.started_at > 0:
-            fmt = lambda t: time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t))  # noqa: E731
+            fmt: Callable[[float], str] = lambda t: time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t))  # noqa: E731
             return fmt(c.started_at), fmt(c.finished_at if c.finished_at >= c.started_at else c.started_at)
         return i, i + 0.8
 
@@ -686,6 +694,7 @@ def _figures(
         meta = {str(r["cell_id"]): r for _, r in summ.iterrows()}
         for i, c in enumerate(order):
             r = meta.get(c.cell_id)
+            assert r is not None  # the cells are the summaries' rows
             f0, f1 = _json_map(r.get("freqs_start_khz")), _json_map(r.get("freqs_end_khz"))
             for pol in sorted(set(f0) | set(f1)):
                 freq_segs.append(
@@ -752,7 +761,7 @@ def _campaign_diff(
     affinity. `speedup` = median(before) / median(after)."""
     ocells, otimes, _ = _cell_rows(other)
 
-    def key(c: CellRow, summ: pd.DataFrame) -> tuple:
+    def key(c: CellRow, summ: pd.DataFrame) -> tuple[str, str, str, str, int, str, str]:
         r = summ[summ["cell_id"] == c.cell_id].iloc[0]
         return (c.device_serial, c.workload, _s(r.get("config")), c.variant, c.batch, c.governor, c.affinity)
 
@@ -829,7 +838,7 @@ def build_report(
 ) -> Report:
     """The report model of one campaign (and, with `other`, its comparison against that earlier campaign)."""
     cells, times, energy = _cell_rows(data)
-    spec = data.manifest.get("spec") if isinstance(data.manifest.get("spec"), Mapping) else {}
+    spec = cast(Mapping[str, Any], data.manifest.get("spec")) if isinstance(data.manifest.get("spec"), Mapping) else {}
     spec_variants = [v for w in spec.get("workload") or [] if isinstance(w, Mapping) for v in w.get("variants") or []]
     variants = list(dict.fromkeys([*spec_variants, *(c.variant for c in cells)]))
     notes = list(data.problems)
@@ -865,6 +874,8 @@ def build_report(
     for c in cells:
         for lb in c.labels:
             label_counts[lb] = label_counts.get(lb, 0) + 1
+    diff: list[Comparison]
+    unmatched: list[tuple[str, str]]
     diff, unmatched = [], []
     if other is not None:
         diff, unmatched, slot = _campaign_diff(data, cells, times, other, options)
@@ -943,7 +954,7 @@ def report_json(report: Report, *, html_bytes: int | None = None) -> dict[str, A
             return clean(x.item())
         return x
 
-    return clean(
+    doc: dict[str, Any] = clean(
         {
             "schema": REPORT_SCHEMA,
             "campaign": report.campaign,
@@ -982,6 +993,7 @@ def report_json(report: Report, *, html_bytes: int | None = None) -> dict[str, A
             "html_bytes": html_bytes,
         }
     )
+    return doc
 
 
 def render_html(report: Report) -> str:

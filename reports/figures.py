@@ -12,6 +12,7 @@ import html
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
@@ -28,7 +29,7 @@ def text(s: object) -> str:
     return html.escape("" if s is None else str(s), quote=False)
 
 
-def _layout(title: str, **kw) -> dict:
+def _layout(title: str, **kw: Any) -> dict[str, Any]:
     """Compact layout: an empty template (the default one adds ~10 kB per figure) and local fonts."""
     base = dict(
         template=go.layout.Template(),
@@ -46,7 +47,7 @@ def _layout(title: str, **kw) -> dict:
     return base
 
 
-def _axis(title: str, **kw) -> dict:
+def _axis(title: str, **kw: Any) -> dict[str, Any]:
     return dict(
         title=dict(text=title),
         gridcolor="#e5e5e5",
@@ -149,7 +150,7 @@ def bar_figure(
     return fig
 
 
-def energy_figure(title: str, energy: Sequence[Bar], power: Sequence[Bar], *, baseline: str) -> go.Figure:
+def energy_figure(title: str, energy: list[Bar], power: list[Bar], *, baseline: str) -> go.Figure:
     """Two panels: energy per step and mean power, each relative to the baseline governor."""
     fig = make_subplots(
         rows=1, cols=2, subplot_titles=(text(f"energy per step / {baseline}"), text(f"mean power / {baseline}"))

@@ -111,7 +111,7 @@ def _json_for_script(doc: object) -> str:
 def _plotly_js() -> str:
     from plotly.offline import get_plotlyjs
 
-    js = get_plotlyjs()
+    js: str = get_plotlyjs()
     return js.replace("</script", "<\\/script")  # never present today; keep the element closed where we close it
 
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import os
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 A_SYNC = 0x434E5953
@@ -74,7 +76,7 @@ async def read_message(reader: asyncio.StreamReader) -> Message:
     return Message(command, arg0, arg1, data)
 
 
-def device_banner(product: str, model: str, device: str, features=DEVICE_FEATURES) -> bytes:
+def device_banner(product: str, model: str, device: str, features: Iterable[str] = DEVICE_FEATURES) -> bytes:
     """The CNXN payload a production adbd sends (no trailing NUL, as adbd does)."""
     clean = {
         k: v.replace(";", ",").replace("=", "-")
@@ -144,7 +146,7 @@ def stat_v1(mode: int, size: int, mtime: int) -> bytes:
     return STAT_V1.pack(b"STAT", mode & 0xFFFFFFFF, size & 0xFFFFFFFF, mtime & 0xFFFFFFFF)
 
 
-def stat_v2(kind: bytes, st, error: int = 0) -> bytes:
+def stat_v2(kind: bytes, st: os.stat_result | None, error: int = 0) -> bytes:
     if st is None:
         return STAT_V2.pack(kind, error, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
     return STAT_V2.pack(
@@ -163,7 +165,7 @@ def stat_v2(kind: bytes, st, error: int = 0) -> bytes:
     )
 
 
-def dent_v1(name: bytes, st) -> bytes:
+def dent_v1(name: bytes, st: os.stat_result) -> bytes:
     return (
         DENT_V1.pack(
             b"DENT", st.st_mode & 0xFFFFFFFF, st.st_size & 0xFFFFFFFF, int(st.st_mtime) & 0xFFFFFFFF, len(name)
@@ -172,7 +174,7 @@ def dent_v1(name: bytes, st) -> bytes:
     )
 
 
-def dent_v2(name: bytes, st) -> bytes:
+def dent_v2(name: bytes, st: os.stat_result) -> bytes:
     return (
         DENT_V2.pack(
             b"DNT2",

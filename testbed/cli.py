@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import click
 
 from testbed.lab import DEFAULT_BASE_PORT, Lab, expand_profiles
 
+if TYPE_CHECKING:
+    from rich.console import Console
 
-def _console():
+
+def _console() -> Console:
     from rich.console import Console
 
     return Console()
 
 
 @click.group()
-def lab():
+def lab() -> None:
     """Virtual phones on 127.0.0.1, attached to the adb server (ANDROID_ADB_SERVER_PORT, default 5037)."""
 
 
@@ -69,7 +74,15 @@ def lab():
     "host; the phones are dealt to the hosts in turn and the monitors plug into host1. Run campaigns "
     "with --cluster ADDRESS (printed).",
 )
-def up(count, profiles, base_port, monsoon, governor, keep_warm, hosts):
+def up(
+    count: int | None,
+    profiles: tuple[str, ...],
+    base_port: int | None,
+    monsoon: Sequence[str],
+    governor: str | None,
+    keep_warm: bool,
+    hosts: int,
+) -> None:
     """Start the lab (replacing a previous one) and connect its phones to adb."""
     from rich.table import Table
 
@@ -88,17 +101,19 @@ def up(count, profiles, base_port, monsoon, governor, keep_warm, hosts):
         lab_.down()  # a previous lab's ports are about to be free
         base_port = next_free_ports(len(chosen), DEFAULT_BASE_PORT)
     phones = lab_.up(chosen, base_port, monsoon=monsoon, governor=governor, keep_warm=keep_warm)
-    monsoon = any(p.monsoon for p in phones)
+    any_monsoon = any(p.monsoon for p in phones)
     table = Table(title=f"virtual lab: {len(phones)} phone(s) up")
-    cols = ("name", "serial", "profile", "port") + (("monsoon",) if monsoon else ())
+    cols = ("name", "serial", "profile", "port") + (("monsoon",) if any_monsoon else ())
     for col in cols:
         table.add_column(col)
     for p in phones:
-        table.add_row(p.name, p.serial, p.profile, str(p.port), *((p.monsoon or "",) if monsoon else ()))
+        table.add_row(p.name, p.serial, p.profile, str(p.port), *((p.monsoon or "",) if any_monsoon else ()))
     _console().print(table)
 
 
-def _up_hosts(chosen, hosts, monsoon, governor, keep_warm, base_port):
+def _up_hosts(
+    chosen: list[str], hosts: int, monsoon: list[str], governor: str | None, keep_warm: bool, base_port: int | None
+) -> None:
     from rich.table import Table
 
     from testbed.cluster_lab import ClusterLab
@@ -126,7 +141,7 @@ def _up_hosts(chosen, hosts, monsoon, governor, keep_warm, base_port):
 
 
 @lab.command()
-def down():
+def down() -> None:
     """Disconnect and stop every phone of the lab (and the hosts of a `--hosts` lab)."""
     from testbed.cluster_lab import ClusterLab
 
@@ -140,7 +155,7 @@ def down():
 
 @lab.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def status(as_json):
+def status(as_json: bool) -> None:
     """Show the lab's phones, whether they run, and their adb state."""
     from pathlib import Path
 
@@ -150,9 +165,9 @@ def status(as_json):
 
     cl = ClusterLab()
     hosts = [("", r) for r in Lab().status()]
-    for h in cl.hosts():  # a `lab up --hosts` lab: each host's phones on its own adb server
-        with host_env(h["env"]):
-            hosts += [(h["name"], r) for r in Lab(Path(h["home"])).status()]
+    for host in cl.hosts():  # a `lab up --hosts` lab: each host's phones on its own adb server
+        with host_env(host["env"]):
+            hosts += [(host["name"], r) for r in Lab(Path(host["home"])).status()]
     rows = [r for _, r in hosts]
     if as_json:
         click.echo(

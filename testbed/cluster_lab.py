@@ -21,15 +21,16 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, cast
 
 from profiler import paths
 from profiler.errors import LabError
-from testbed.lab import Lab, find_adb, next_free_ports
+from testbed.lab import Lab, PhoneInfo, find_adb, next_free_ports
 
 NODE_START_S = 60.0
 
 
-def host_env(env: dict[str, str]):
+def host_env(env: dict[str, str]) -> contextlib.AbstractContextManager[None]:
     """This process's environment as host `env` sees it (the lab's Lab objects read it when called)."""
     return paths.env_override(env)
 
@@ -46,13 +47,13 @@ class ClusterLab:
         self.home = Path(home) if home is not None else paths.home()
         self.state_file = self.home / "lab" / "cluster.json"
 
-    def _state(self) -> dict:
+    def _state(self) -> dict[str, Any]:
         try:
-            return json.loads(self.state_file.read_text())
+            return cast(dict[str, Any], json.loads(self.state_file.read_text()))
         except (OSError, ValueError):
             return {}
 
-    def _save(self, state: dict) -> None:
+    def _save(self, state: dict[str, Any]) -> None:
         self.state_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=1))
@@ -62,10 +63,10 @@ class ClusterLab:
     def address(self) -> str | None:
         return self._state().get("address")
 
-    def hosts(self) -> list[dict]:
-        return self._state().get("hosts", [])
+    def hosts(self) -> list[dict[str, Any]]:
+        return cast(list[dict[str, Any]], self._state().get("hosts", []))
 
-    def host(self, name: str) -> dict:
+    def host(self, name: str) -> dict[str, Any]:
         for h in self.hosts():
             if h["name"] == name:
                 return h
@@ -76,7 +77,7 @@ class ClusterLab:
         self,
         per_host: Sequence[Sequence[str]],
         *,
-        monsoon: Sequence = (),
+        monsoon: Sequence[bool | str | Sequence[str]] = (),
         governor: str | None = None,
         keep_warm: bool = True,
         agents: bool = True,
@@ -87,7 +88,7 @@ class ClusterLab:
         ray = _ray_bin()
         gcs_port = next_free_ports(1, 26379, 2000)
         address = f"127.0.0.1:{gcs_port}"
-        state = {"address": address, "hosts": []}
+        state: dict[str, Any] = {"address": address, "hosts": []}
         self._save(state)
         try:
             for i, profiles in enumerate(per_host, start=1):
@@ -127,7 +128,7 @@ class ClusterLab:
             raise
         return address
 
-    def _start_node(self, ray: str, name: str, address: str, *, head: bool, env: dict, log: Path) -> int:
+    def _start_node(self, ray: str, name: str, address: str, *, head: bool, env: dict[str, str], log: Path) -> int:
         port = address.rpartition(":")[2]
         args = [
             ray,
@@ -162,13 +163,13 @@ class ClusterLab:
             time.sleep(0.3)
         raise LabError(f"ray node {name} did not start within {NODE_START_S:.0f} s (log: {log})")
 
-    def start_agent(self, name: str) -> dict:
+    def start_agent(self, name: str) -> dict[str, Any]:
         from profiler.cluster import start_agent
 
         h = self.host(name)
-        return start_agent(self.address, name, label=name, env=h["env"])
+        return start_agent(cast(str, self.address), name, label=name, env=h["env"])  # a host: the lab is up
 
-    def plug(self, name: str, profile: str, *, monsoon: bool = False, keep_warm: bool = True):
+    def plug(self, name: str, profile: str, *, monsoon: bool = False, keep_warm: bool = True) -> PhoneInfo:
         """Hot-plug a phone into host `name` while its agent runs: a new virtual phone on that host's adb server
         (with a simulated Monsoon plugged into that host when `monsoon`); its PhoneInfo."""
         h = self.host(name)

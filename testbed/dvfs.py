@@ -58,11 +58,18 @@ import signal
 import struct
 import threading
 import time
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar, cast
 
 from profiler import hostcpu
 from testbed.profiles import Profile
+
+if TYPE_CHECKING:
+    import subprocess
+
+_T = TypeVar("_T")
 
 _log = logging.getLogger("vphone.throttle")
 
@@ -125,7 +132,7 @@ def next_freq(
 
 
 # ----------------------------------------------------------------------------------------------- time scaling
-def cluster_shares(profile: Profile, freqs_khz) -> list[float]:
+def cluster_shares(profile: Profile, freqs_khz: Sequence[int]) -> list[float]:
     cap_max = max(cl.capacity for cl in profile.clusters) or 1
     return [cl.capacity / cap_max * f / cl.freqs_khz[-1] for cl, f in zip(profile.clusters, freqs_khz)]
 
@@ -201,7 +208,7 @@ class KeepWarm:
     the phone (it polls its parent)."""
 
     def __init__(self, enabled: bool = True):
-        self.procs: list = []
+        self.procs: list[subprocess.Popen[bytes]] = []
         self.running = False
         self.enabled = enabled and hasattr(os, "SCHED_IDLE")
 
@@ -472,9 +479,9 @@ class _HolderFile:
     """The host CPU gate's holder (profiler.hostcpu): re-read only when the file changed, and believed only while
     the gate is held exclusively (a run killed mid-launch leaves its name behind, not its lock)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.path = hostcpu.lock_path("holder")
-        self.stamp: tuple | None = None
+        self.stamp: tuple[int, int, int] | None = None
         self.value = ""
         self.checked = -math.inf
 
@@ -551,7 +558,9 @@ def _started(pid: int, default: float) -> float:
     return ticks / os.sysconf("SC_CLK_TCK") - boot
 
 
-def _thread_cpu_ns(pids, clocks: TaskClocks | None = None, pg: int | None = None) -> tuple[dict[int, int], set[int]]:
+def _thread_cpu_ns(
+    pids: Iterable[int], clocks: TaskClocks | None = None, pg: int | None = None
+) -> tuple[dict[int, int], set[int]]:
     """(tid -> ns on a CPU of every thread of `pids` and of their descendants, the pids seen); with `clocks`, a
     running thread's time is exact to the read (else schedstat field 1, brought up to date at scheduler ticks).
     Descendants come from /proc/<pid>/task/<tid>/children: a process a shell just started is budgeted from its
@@ -623,7 +632,7 @@ class TaskClocks:
     budget saw it. Where perf_event_open is refused (perf_event_paranoid, seccomp, another arch), schedstat it is,
     and `exact` says so."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._libc = ctypes.CDLL(None, use_errno=True)
         self._fds: dict[int, tuple[int, int]] = {}  # tid -> (counter fd, schedstat ns when it was opened)
         self._flags = 0
@@ -640,7 +649,7 @@ class TaskClocks:
         attr = _PerfAttr(
             type=_PERF_TYPE_SOFTWARE, size=ctypes.sizeof(_PerfAttr), config=_PERF_COUNT_SW_TASK_CLOCK, flags=self._flags
         )
-        fd = self._libc.syscall(_PERF_EVENT_OPEN, ctypes.byref(attr), tid, -1, -1, 0)
+        fd: int = self._libc.syscall(_PERF_EVENT_OPEN, ctypes.byref(attr), tid, -1, -1, 0)
         if fd < 0 and ctypes.get_errno() in (errno.EACCES, errno.EPERM) and not self._flags:
             self._flags = _EXCLUDE_KERNEL_HV  # user time only is what an unprivileged user may count
             return self._open(tid)
@@ -661,11 +670,11 @@ class TaskClocks:
             got = self._fds[tid] = (self._fds[tid][0], schedstat_ns)
         fd, base = got
         try:
-            return base + struct.unpack("Q", os.read(fd, 8))[0]
+            return base + cast(int, struct.unpack("Q", os.read(fd, 8))[0])
         except OSError:
             return schedstat_ns
 
-    def keep(self, tids) -> None:
+    def keep(self, tids: Iterable[int]) -> None:
         """Close the counters of every thread not in `tids` (gone, or no longer throttled)."""
         for tid in self._fds.keys() - set(tids):
             os.close(self._fds.pop(tid)[0])
@@ -769,7 +778,7 @@ class DvfsModel:
         return cluster_shares(self.profile, self.freqs)
 
     # -- one tick
-    def step(self, dt: float, utils: list[float], p_dyn_w: float, new_tasks=()) -> DvfsState:
+    def step(self, dt: float, utils: list[float], p_dyn_w: float, new_tasks: Collection[int] = ()) -> DvfsState:
         """Advance by dt seconds: heat from the modeled power above idle, thermal caps, governors' next frequency.
         `new_tasks`: clusters where a process first ran during dt; as the kernel's post_init_entity_util_avg gives a
         new task half of its CPU's spare capacity, the cluster's utilisation is raised to at least that."""
@@ -858,7 +867,7 @@ def _read(path: Path) -> str | None:
         return None
 
 
-def _read_int(path: Path, default):
+def _read_int(path: Path, default: _T) -> int | _T:
     text = _read(path)
     try:
         return int(text) if text is not None else default

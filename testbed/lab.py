@@ -22,6 +22,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, cast
 
 from profiler import paths
 from profiler.errors import LabError, ToolMissing, UserError
@@ -45,11 +46,11 @@ class PhoneInfo:
     pid: int
     monsoon: str | None = None  # serial of the simulated Monsoon following this phone (`up(monsoon=...)`)
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "root": str(self.root)}
 
     @classmethod
-    def from_json(cls, d: dict) -> PhoneInfo:
+    def from_json(cls, d: dict[str, Any]) -> PhoneInfo:
         return cls(
             name=d["name"],
             serial=d["serial"],
@@ -77,7 +78,7 @@ class PhoneStatus:
         except OSError:
             return "unknown"
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {**self.phone.to_json(), "alive": self.alive, "adb_state": self.adb_state, "time_scale": self.time_scale}
 
 
@@ -94,7 +95,7 @@ def find_adb() -> str:
     import adbutils
 
     try:
-        path = adbutils.adb_path()
+        path: str = adbutils.adb_path()
     except Exception as exc:
         raise ToolMissing(f"adb not found ({exc}); install platform-tools or the adbutils wheel") from None
     if not (os.path.isfile(path) and os.access(path, os.X_OK)):
@@ -261,13 +262,13 @@ class Lab:
     def __enter__(self) -> Lab:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.down()
 
     # ---- state ----
-    def _read_state(self) -> dict:
+    def _read_state(self) -> dict[str, Any]:
         try:
-            state = json.loads(self.state_file.read_text())
+            state: dict[str, Any] = json.loads(self.state_file.read_text())
         except FileNotFoundError:
             return {"version": STATE_VERSION, "phones": []}
         except ValueError as exc:
@@ -276,7 +277,7 @@ class Lab:
             ) from None
         return state
 
-    def _write_state(self, state: dict) -> None:
+    def _write_state(self, state: dict[str, Any]) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = self.state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=2) + "\n")
@@ -316,7 +317,7 @@ class Lab:
         for port in ports:
             _check_port_free(port)
         server_port = adb_server_port()
-        state = {"version": STATE_VERSION, "adb_server_port": server_port, "phones": []}
+        state: dict[str, Any] = {"version": STATE_VERSION, "adb_server_port": server_port, "phones": []}
         self._write_state(state)
         try:
             self._ensure_adb_server(adb, server_port)
@@ -494,11 +495,11 @@ class Lab:
         raise LabError(f"no phone named {name!r} in the lab (have: {', '.join(p.name for p in self.phones())})")
 
 
-def _adb_state(client, serial: str) -> str:
+def _adb_state(client: Any, serial: str) -> str:  # client: an adbutils.AdbClient
     try:
         for info in client.list(extended=False):
             if info.serial == serial:
-                return info.state
+                return cast(str, info.state)
         return "absent"
     except Exception:  # server went away mid-query
         return "unknown"

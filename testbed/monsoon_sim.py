@@ -46,6 +46,7 @@ that passthrough was restored.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import errno
 import json
 import os
@@ -53,10 +54,11 @@ import random
 import struct
 import time
 from array import array
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import usb.backend
 import usb.core
@@ -145,7 +147,7 @@ class SimMonitor:
     firmware: int = 32
     realtime: bool = False  # pace samples to host time (see module docstring)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not 0 < self.serial < 0x10000:
             raise ValueError(f"serial must fit the EEPROM's u16: {self.serial}")
 
@@ -178,13 +180,13 @@ def schedule_energy_j(schedule: Sequence[tuple[float, float]], volts: float, t0:
     return total
 
 
-def read_state(state_dir: str | os.PathLike, serial: int) -> dict:
+def read_state(state_dir: str | os.PathLike[str], serial: int) -> dict[str, Any]:
     """The persisted EEPROM and event log of a simulated monitor (for tests and the lab)."""
     path = Path(state_dir) / f"{serial}.json"
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def passthrough_mode(state_dir: str | os.PathLike, serial: int) -> int:
+def passthrough_mode(state_dir: str | os.PathLike[str], serial: int) -> int:
     """USB passthrough mode stored in the simulated EEPROM: 0 off, 1 on, 2 auto."""
     eeprom = read_state(state_dir, serial).get("eeprom", {})
     return int(eeprom.get(str(OP_PASSTHROUGH), _EEPROM_DEFAULTS[OP_PASSTHROUGH]))
@@ -196,14 +198,14 @@ class SimulatedDevice:
     def __init__(self, spec: SimMonitor, state_dir: str | None, bus: int, address: int):
         self.spec, self.state_dir, self.bus, self.address = spec, state_dir, bus, address
         self.eeprom = {**_EEPROM_DEFAULTS, OP_SERIAL: spec.serial, OP_FIRMWARE: spec.firmware}
-        self.log: list[dict] = []
+        self.log: list[dict[str, Any]] = []
         self._load()
         self.sampling = False
         self.k = 0  # next measurement sample index (simulated time k / SAMPLE_RATE), persists across runs
         self.packets = 0
         self.dropped = 0
         self.cal_every = 1250
-        self.remaining = None
+        self.remaining: int | None = None
         self._next_cal_k = 0
         self.anchor = time.monotonic()
         self._drops = sorted(spec.drops, key=lambda d: d.at_s)
@@ -238,7 +240,7 @@ class SimulatedDevice:
             )
             tmp.replace(p)
 
-    def _event(self, what: str, value=None) -> None:
+    def _event(self, what: str, value: object = None) -> None:
         self.log.append({"event": what, "value": value, "sim_t": self.k / SAMPLE_RATE, "pid": os.getpid()})
         self._save()
 
@@ -388,7 +390,7 @@ _STRINGS = {1: "Monsoon Solutions (simulated)", 2: "Mobile Device Power Monitor 
 _ENDPOINTS = ((0x81, 0x02), (0x01, 0x02))  # (address, bulk)
 
 
-class SimBackend(usb.backend.IBackend):
+class SimBackend(usb.backend.IBackend):  # type: ignore[misc]  # pyusb ships no type information
     """pyusb backend exposing simulated monitors. Pass to `installed()` (or `usb.core.find(backend=...)`)."""
 
     label = LABEL
@@ -403,16 +405,16 @@ class SimBackend(usb.backend.IBackend):
     def device(self, serial: int) -> SimulatedDevice:
         return next(d for d in self.devices if d.spec.serial == serial)
 
-    def enumerate_devices(self):
+    def enumerate_devices(self) -> Iterator[SimulatedDevice]:
         return iter(self.devices)
 
-    def get_parent(self, dev):
+    def get_parent(self, dev: SimulatedDevice) -> None:
         return None
 
-    def get_device_descriptor(self, dev):
+    def get_device_descriptor(self, dev: SimulatedDevice) -> SimpleNamespace:
         return SimpleNamespace(**_DEVICE_DESC, bus=dev.bus, address=dev.address)
 
-    def get_configuration_descriptor(self, dev, config):
+    def get_configuration_descriptor(self, dev: SimulatedDevice, config: int) -> SimpleNamespace:
         if config != 0:
             raise IndexError(config)
         return SimpleNamespace(
@@ -427,7 +429,7 @@ class SimBackend(usb.backend.IBackend):
             extra_descriptors=[],
         )
 
-    def get_interface_descriptor(self, dev, intf, alt, config):
+    def get_interface_descriptor(self, dev: SimulatedDevice, intf: int, alt: int, config: int) -> SimpleNamespace:
         if intf != 0 or alt != 0 or config != 0:
             raise IndexError((intf, alt, config))
         return SimpleNamespace(
@@ -443,7 +445,9 @@ class SimBackend(usb.backend.IBackend):
             extra_descriptors=[],
         )
 
-    def get_endpoint_descriptor(self, dev, ep, intf, alt, config):
+    def get_endpoint_descriptor(
+        self, dev: SimulatedDevice, ep: int, intf: int, alt: int, config: int
+    ) -> SimpleNamespace:
         addr, attrs = _ENDPOINTS[ep]
         return SimpleNamespace(
             bLength=7,
@@ -457,40 +461,40 @@ class SimBackend(usb.backend.IBackend):
             extra_descriptors=[],
         )
 
-    def open_device(self, dev):
+    def open_device(self, dev: SimulatedDevice) -> SimulatedDevice:
         return dev
 
-    def close_device(self, dev_handle):
+    def close_device(self, dev_handle: SimulatedDevice) -> None:
         pass
 
-    def set_configuration(self, dev_handle, config_value):
+    def set_configuration(self, dev_handle: SimulatedDevice, config_value: int) -> None:
         pass
 
-    def get_configuration(self, dev_handle):
+    def get_configuration(self, dev_handle: SimulatedDevice) -> int:
         return 1
 
-    def set_interface_altsetting(self, dev_handle, intf, altsetting):
+    def set_interface_altsetting(self, dev_handle: SimulatedDevice, intf: int, altsetting: int) -> None:
         pass
 
-    def claim_interface(self, dev_handle, intf):
+    def claim_interface(self, dev_handle: SimulatedDevice, intf: int) -> None:
         pass
 
-    def release_interface(self, dev_handle, intf):
+    def release_interface(self, dev_handle: SimulatedDevice, intf: int) -> None:
         pass
 
-    def is_kernel_driver_active(self, dev_handle, intf):
+    def is_kernel_driver_active(self, dev_handle: SimulatedDevice, intf: int) -> bool:
         return False
 
-    def detach_kernel_driver(self, dev_handle, intf):
+    def detach_kernel_driver(self, dev_handle: SimulatedDevice, intf: int) -> None:
         raise usb.core.USBError("simulated: no kernel driver", errno=errno.ENOENT)
 
-    def reset_device(self, dev_handle):
+    def reset_device(self, dev_handle: SimulatedDevice) -> None:
         dev_handle.stop()
 
-    def clear_halt(self, dev_handle, ep):
+    def clear_halt(self, dev_handle: SimulatedDevice, ep: int) -> None:
         pass
 
-    def bulk_read(self, dev_handle, ep, intf, buff, timeout):
+    def bulk_read(self, dev_handle: SimulatedDevice, ep: int, intf: int, buff: array[int], timeout: int) -> int:
         if ep != 0x81:
             raise usb.core.USBError(f"simulated: no IN endpoint {ep:#x}", errno=errno.EPIPE)
         pkt = dev_handle.next_packet()
@@ -498,10 +502,19 @@ class SimBackend(usb.backend.IBackend):
         buff[:n] = array("B", pkt[:n])
         return n
 
-    def bulk_write(self, dev_handle, ep, intf, data, timeout):
+    def bulk_write(self, dev_handle: SimulatedDevice, ep: int, intf: int, data: array[int], timeout: int) -> int:
         return len(data)
 
-    def ctrl_transfer(self, dev_handle, bmRequestType, bRequest, wValue, wIndex, data, timeout):
+    def ctrl_transfer(
+        self,
+        dev_handle: SimulatedDevice,
+        bmRequestType: int,
+        bRequest: int,
+        wValue: int,
+        wIndex: int,
+        data: array[int],
+        timeout: int,
+    ) -> int:
         dev: SimulatedDevice = dev_handle
         if bmRequestType == 0x80 and bRequest == 6:  # standard GET_DESCRIPTOR
             kind, index = wValue >> 8, wValue & 0xFF
@@ -547,7 +560,7 @@ class SimFleet:
         return SimBackend(self.monitors, self.state_dir)
 
 
-def installed(backend: usb.backend.IBackend):
+def installed(backend: usb.backend.IBackend) -> contextlib.AbstractContextManager[Any]:
     """Context manager: `usb.core.find()` without an explicit backend uses `backend` inside the block
     (swaps pyusb's default backend lookup; process-global). Same as profiler.energy.monsoon.pyusb_backend."""
     from profiler.energy.monsoon import pyusb_backend
@@ -559,7 +572,9 @@ def installed(backend: usb.backend.IBackend):
 # virtual lab: a monitor per phone following its modeled power
 
 LAB_PREFIX = "SIM-"
-_FOLLOW_CACHE: dict[str, tuple[float, list]] = {}  # per process: sandbox root -> (host time loaded, log entries)
+_FOLLOW_CACHE: dict[
+    str, tuple[float, list[tuple[float, float]]]
+] = {}  # per process: sandbox root -> (host time loaded, log entries)
 
 
 @dataclass(frozen=True)
@@ -596,7 +611,7 @@ class LabMonitor:
     backend: SimFleet
 
 
-def backend_for_serial(serial: str, lab_home: str | os.PathLike | None = None) -> LabMonitor:
+def backend_for_serial(serial: str, lab_home: str | os.PathLike[str] | None = None) -> LabMonitor:
     """The simulated Monsoon `serial` (SIM-<port>) of the lab in `lab_home` (default: $AUTLEARN_HOME), as a
     picklable backend for profiler.energy.monsoon.MonsoonSource. EnergyError when the lab has no such monitor."""
     from profiler.errors import EnergyError

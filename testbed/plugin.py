@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from profiler.instruments import MonitorBackend
+
 
 def register() -> None:
     """Called once by the instrument registry the first time production code looks something up."""
@@ -12,7 +20,7 @@ def register() -> None:
     instruments.register_known_monitor(known_monitor)
 
 
-def lab_monitor(serial: str, lab_home=None):
+def lab_monitor(serial: str, lab_home: str | os.PathLike[str] | None = None) -> MonitorBackend:
     """The simulated Monsoon `serial` (SIM-<port>) of the lab in `lab_home` (default $AUTLEARN_HOME), paced to real
     time. EnergyError when the lab has no such monitor."""
     from profiler.instruments import MonitorBackend
@@ -22,7 +30,7 @@ def lab_monitor(serial: str, lab_home=None):
     return MonitorBackend(usb_serial=mon.usb_serial, backend=mon.backend, realtime=True)
 
 
-def known_monitor(serial: str, lab_home=None) -> str | None:
+def known_monitor(serial: str, lab_home: Path | None = None) -> str | None:
     """The simulated monitor recorded for lab phone `serial` in the lab state under `lab_home` (default
     $AUTLEARN_HOME; `autlearn lab up --monsoon`), else None."""
     from testbed.lab import Lab

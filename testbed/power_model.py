@@ -45,9 +45,15 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from testbed.dvfs import DvfsModel, cluster_for_mask, virtual_mask, write_node
 from testbed.profiles import Profile
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from testbed.dvfs import SignalThrottle
 
 P_IDLE_W = 0.4  # display off, radios idle, SoC in shallow idle
 C_LITTLE_F, C_BIG_F = 0.12e-9, 0.5e-9  # switched capacitance (F) at cpu_capacity 0 / 1024
@@ -105,7 +111,7 @@ def _read(path: Path) -> str | None:
         return None
 
 
-def _write_if_changed(path: Path, value: str, cache: dict) -> None:
+def _write_if_changed(path: Path, value: str, cache: dict[Path, str]) -> None:
     if cache.get(path) != value:
         try:
             write_node(path, value)
@@ -176,7 +182,7 @@ class PowerModel:
         root: Path,
         sessions: Callable[[], Iterable[int]],
         clock: Callable[[], float] = time.monotonic,
-        throttle=None,
+        throttle: SignalThrottle | None = None,
     ):
         self.profile, self.root, self.sessions, self.clock = profile, Path(root), sessions, clock
         self.throttle = throttle
@@ -191,10 +197,10 @@ class PowerModel:
         self.last_sessions: frozenset[int] = frozenset()
         self.last_scan = -math.inf
         self.last_t: float | None = None
-        self.last_logged: tuple | None = None
+        self.last_logged: tuple[object, ...] | None = None
         self.last_log_t = -math.inf
         self.charge_uah = float(profile.battery.charge_counter)
-        self._written: dict = {}
+        self._written: dict[Path, str] = {}
         self.default_cluster = cluster_for_mask(profile, None)
 
     def admit(self, pg: int) -> None:
@@ -213,6 +219,7 @@ class PowerModel:
             self.last_sessions, self.last_scan = sessions, now
         busy: dict[int, int] = {}
         new: set[int] = set()
+        top: dict[int, tuple[int, int]]  # process group -> (CPU ns of its busiest process, that one's cluster)
         seen, pgs, top = {}, {}, {}
         todo = list(self.members.items())
         while todo:  # members, then the children they started since the last tick (not left to the next scan)
@@ -259,7 +266,7 @@ class PowerModel:
         return p
 
     # -- one step -------------------------------------------------------------------------------------------
-    def tick(self) -> dict:
+    def tick(self) -> dict[str, Any]:
         now = self.clock()
         busy_ns, new_tasks = self._busy_ns(now)
         t_prev = self.last_t if self.last_t is not None else now - TICK_S
@@ -312,7 +319,7 @@ class PowerModel:
             self.last_logged, self.last_log_t = key, now
         return state
 
-    def _log(self, state: dict) -> None:
+    def _log(self, state: dict[str, Any]) -> None:
         try:
             if self.log_path.exists() and self.log_path.stat().st_size > LOG_MAX_BYTES:
                 os.replace(self.log_path, self.log_path.with_suffix(".jsonl.1"))
@@ -329,7 +336,9 @@ def _int(text: str | None, default: int) -> int:
         return default
 
 
-async def run(model: PowerModel, period: float = TICK_S, wake=None, idle_period: float = IDLE_TICK_S) -> None:
+async def run(
+    model: PowerModel, period: float = TICK_S, wake: asyncio.Event | None = None, idle_period: float = IDLE_TICK_S
+) -> None:
     """The vphone's task: tick forever (errors in one tick never stop the model). With `wake` (an asyncio.Event
     the phone sets when it starts a shell), a phone with no shell process alive ticks every `idle_period`
     instead: an idle lab costs next to no host CPU, and the first tick after a shell starts is immediate. The idle
@@ -361,7 +370,7 @@ async def run(model: PowerModel, period: float = TICK_S, wake=None, idle_period:
 # reading the log (tests, the simulated Monsoon)
 
 
-def read_log(root: str | os.PathLike, tail_bytes: int | None = None) -> list[tuple[float, float]]:
+def read_log(root: str | os.PathLike[str], tail_bytes: int | None = None) -> list[tuple[float, float]]:
     """(t0, p_w) entries of a phone's model log, oldest first (`tail_bytes`: only the end of the file)."""
     path = Path(root) / LOG_NAME
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from profiler.errors import LabError
 
@@ -159,7 +160,7 @@ def load_profile(name: str) -> Profile:
         raise LabError(f"profile {name!r} ({path}) is invalid: {exc}") from exc
 
 
-def _build(name: str, raw: dict) -> Profile:
+def _build(name: str, raw: dict[str, Any]) -> Profile:
     clusters = tuple(
         Cluster(
             cpus=tuple(c["cpus"]),
@@ -230,7 +231,7 @@ def _coupling(zone_type: str) -> float:
     return 1.0 if ("cpu" in t or "tsens" in t) else 0.3
 
 
-def _thermal(raw: dict) -> Thermal:
+def _thermal(raw: dict[str, Any]) -> Thermal:
     unknown = set(raw) - set(Thermal.__dataclass_fields__)
     if unknown:
         raise ValueError(f"unknown [thermal] keys {sorted(unknown)}")

@@ -20,8 +20,9 @@ import signal
 import stat
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import cast
 
 from testbed import adbproto as P
 from testbed import dvfs, power_model
@@ -49,7 +50,7 @@ class Stream:
         self._can_write.set()
         self._write_lock = asyncio.Lock()
         self.closed = False
-        self.task: asyncio.Task | None = None
+        self.task: asyncio.Task[None] | None = None
 
     # called by the connection
     def on_data(self, data: bytes) -> None:
@@ -68,6 +69,7 @@ class Stream:
     # used by services
     async def read(self) -> bytes:
         """Next WRTE payload (acknowledged once taken); b'' once the host closed the stream."""
+        data: bytes | None
         if self._buffer:
             data, self._buffer = bytes(self._buffer), bytearray()
             return data
@@ -182,7 +184,7 @@ class HostConnection:
         await self.send(P.Message(P.A_OKAY, local_id, remote_id))
         stream.task = asyncio.create_task(self._serve(stream, handler, service))
 
-    async def _serve(self, stream: Stream, handler, service: str) -> None:
+    async def _serve(self, stream: Stream, handler: Callable[[Stream, str], Awaitable[None]], service: str) -> None:
         try:
             await handler(stream, service)
         except (StreamClosed, ConnectionError, asyncio.CancelledError):
@@ -225,7 +227,7 @@ class VirtualPhone:
         for conn in list(self.connections):
             conn.drop()
 
-    def service_handler(self, service: str):
+    def service_handler(self, service: str) -> Callable[[Stream, str], Awaitable[None]] | None:
         if service.startswith("shell:") or service.startswith("shell,"):
             return self.serve_shell
         if service.startswith("exec:"):
@@ -272,7 +274,9 @@ class VirtualPhone:
         self.admit(proc.pid)
         self.wake.set()
         out = [(proc.stdout, P.ShellId.STDOUT), (proc.stderr, P.ShellId.STDERR)] if req.v2 else [(proc.stdout, None)]
-        pumps = [asyncio.create_task(self._pump_out(pipe, stream, kind)) for pipe, kind in out]
+        pumps = [  # the pipes: created with PIPE, never None
+            asyncio.create_task(self._pump_out(cast(asyncio.StreamReader, pipe), stream, kind)) for pipe, kind in out
+        ]
         stdin = asyncio.create_task((self._pump_in_v2 if req.v2 else self._pump_in_raw)(stream, proc))
         completed = False
         try:
@@ -303,14 +307,15 @@ class VirtualPhone:
             await stream.write(P.shell_packet(kind, data) if kind is not None else data)
 
     @staticmethod
-    async def _pump_in_raw(stream: Stream, proc) -> None:
+    async def _pump_in_raw(stream: Stream, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdin is not None  # started with stdin=PIPE
         with contextlib.suppress(ConnectionError, StreamClosed):
             while data := await stream.read():
                 proc.stdin.write(data)
                 await proc.stdin.drain()
 
     @staticmethod
-    async def _pump_in_v2(stream: Stream, proc) -> None:
+    async def _pump_in_v2(stream: Stream, proc: asyncio.subprocess.Process) -> None:
         with contextlib.suppress(ConnectionError, StreamClosed):
             while True:
                 kind, length = P.SHELL_HEADER.unpack(await stream.readexactly(P.SHELL_HEADER.size))
@@ -426,6 +431,7 @@ class VirtualPhone:
         error = None if host is not None else "Permission denied (outside the virtual phone)"
         f = tmp = None
         if error is None and not stat.S_ISLNK(mode):
+            assert host is not None  # no error: the path is in the sandbox
             try:
                 host.parent.mkdir(parents=True, exist_ok=True)  # fixed_push_mkdir
                 if host.is_dir():
@@ -456,7 +462,9 @@ class VirtualPhone:
                     else:
                         link_target += data
             if error is None:
+                assert host is not None  # no error: the path is in the sandbox
                 if f is not None:
+                    assert tmp is not None  # f is open on tmp
                     f.close()
                     os.chmod(tmp, stat.S_IMODE(mode))
                     os.replace(tmp, host)

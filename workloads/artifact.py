@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -58,11 +58,11 @@ class Artifact:
 
     @property
     def hash(self) -> str:
-        return self.manifest["hash"]
+        return cast(str, self.manifest["hash"])
 
     @property
     def abi(self) -> str:
-        return self.manifest["abi"]
+        return cast(str, self.manifest["abi"])
 
     @property
     def model(self) -> str | None:
@@ -180,7 +180,8 @@ def write_tensors(tensors: Mapping[str, np.ndarray], path: Path) -> list[dict[st
 
 
 def _split_meta(meta: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    stable, volatile = {}, {}
+    stable: dict[str, Any] = {}
+    volatile: dict[str, Any] = {}
     for k, v in _jsonable(dict(meta)).items():
         (volatile if k.endswith(_VOLATILE_SUFFIXES) else stable)[k] = v
     return stable, volatile
@@ -274,7 +275,7 @@ def build_to(
     variant: str,
     abi: str,
     out: Path | None,
-    config: dict,
+    config: dict[str, Any],
     data_path: Path | None = None,
     log: Callable[[str], None] = lambda s: None,
 ) -> Artifact:

@@ -8,10 +8,19 @@ import hashlib
 import json
 import os
 import threading
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from profiler.errors import ArtifactError, UserError
+
+if TYPE_CHECKING:
+    from profiler.campaign_config import Cell
+    from profiler.worker import ArtifactRef
+    from workloads.artifact import Artifact
+
+# A build not yet cached: (workload, variant, abi (a target id), directory name, config)
+BuildArgs = tuple[str, str, str, str, dict[str, Any]]
 
 # What `build_artifact` reaches (globs under workloads/): a change to any of it must not reuse cached artifacts.
 # Patterns that match nothing are skipped, so modules may be split or added (targets, tuning_db, families/) freely;
@@ -71,7 +80,7 @@ def build_jobs() -> int:
         return max(1, min(os.cpu_count() or 1, 4))
 
 
-def _build_in_worker(workload: str, variant: str, abi: str, out: str, config: dict) -> str:
+def _build_in_worker(workload: str, variant: str, abi: str, out: str, config: dict[str, Any]) -> str:
     from workloads.artifact import build_artifact
 
     return str(build_artifact(workload, variant, abi, Path(out), **config).path)
@@ -97,14 +106,14 @@ class ArtifactProvider:
     under `cache`; a cached artifact is reused only when it verifies (hash and files) and was built by the same
     tools. `prebuild` builds what a campaign will need in parallel processes (TVM builds are single-threaded)."""
 
-    def __init__(self, cache: Path, log=lambda s: None, jobs: int | None = None):
+    def __init__(self, cache: Path, log: Callable[[str], None] = lambda s: None, jobs: int | None = None) -> None:
         self.cache, self.log = Path(cache), log
         self.jobs = build_jobs() if jobs is None else jobs
         self._lock = threading.Lock()
-        self._memo: dict[str, Any] = {}
+        self._memo: dict[str, ArtifactRef] = {}
         self._code: str | None = None
 
-    def _key(self, cell, abi: str) -> tuple[str, dict]:
+    def _key(self, cell: Cell, abi: str) -> tuple[str, dict[str, Any]]:
         from workloads.artifact import input_files, tool_versions
         from workloads.compile import tuning_database
         from workloads.families import plain_config
@@ -133,13 +142,13 @@ class ArtifactProvider:
         ).hexdigest()[:16]
         return key, config
 
-    def _dir(self, cell, abi: str, key: str) -> Path:
+    def _dir(self, cell: Cell, abi: str, key: str) -> Path:
         from workloads.compile import target_key
 
         return self.cache / f"{cell.workload}-{cell.variant}-{target_key(abi)}-{key}"
 
-    def _ref(self, art):
-        from profiler.campaign import ArtifactRef
+    def _ref(self, art: Artifact) -> ArtifactRef:
+        from profiler.worker import ArtifactRef  # defined there; profiler.campaign re-exports it
 
         meta = art.manifest.get("meta") or {}
         tools = {k: str(v) for k, v in art.manifest.get("tools", {}).items()}
@@ -147,7 +156,7 @@ class ArtifactProvider:
         tools["tuning"] = tuning_label(meta.get("tuning"), art.variant)
         return ArtifactRef(art.path, art.hash, tuple(sorted(p.name for p in art.files())), tuple(sorted(tools.items())))
 
-    def __call__(self, cell, abi: str):
+    def __call__(self, cell: Cell, abi: str) -> ArtifactRef:
         from workloads.artifact import build_artifact, load_artifact
 
         key, config = self._key(cell, abi)
@@ -166,12 +175,12 @@ class ArtifactProvider:
                 self._memo[key] = self._ref(art)
             return self._memo[key]
 
-    def missing(self, requests) -> dict[str, tuple]:
+    def missing(self, requests: Iterable[tuple[Cell, str]]) -> dict[str, BuildArgs]:
         """Of (cell, abi) `requests`, the builds neither memoized nor cached: {key: (workload, variant, abi,
         directory name, config)} (cached ones are memoized on the way)."""
         from workloads.artifact import load_artifact
 
-        todo: dict[str, tuple] = {}
+        todo: dict[str, BuildArgs] = {}
         for cell, abi in requests:
             key, config = self._key(cell, abi)
             if key in self._memo or key in todo:
@@ -183,7 +192,7 @@ class ArtifactProvider:
                 todo[key] = (cell.workload, cell.variant, abi, out.name, config)
         return todo
 
-    def adopt(self, key: str, args: tuple, files: dict[str, bytes], tuning_digest: str | None = None) -> None:
+    def adopt(self, key: str, args: BuildArgs, files: dict[str, bytes], tuning_digest: str | None = None) -> None:
         """Take an artifact built elsewhere (a cluster node) into this cache: written atomically and kept only
         when it verifies like a local build and was compiled with the tuning database this cache's key names
         (`tuning_digest`; else `__call__` builds it here)."""
@@ -204,7 +213,7 @@ class ArtifactProvider:
             shutil.rmtree(out, ignore_errors=True)
             self.log(f"{out.name}: the cluster's build does not verify ({exc}); building here")
 
-    def prebuild(self, requests) -> None:
+    def prebuild(self, requests: Iterable[tuple[Cell, str]]) -> None:
         """Build the artifacts of (cell, abi) `requests` that are not cached, up to `jobs` at a time. A build that
         fails here is left to `__call__`, which builds it again in this process and raises its error there."""
         import multiprocessing
@@ -231,7 +240,9 @@ class ArtifactProvider:
                     pass
 
 
-def artifact_provider(cache: Path | str | None = None, log=lambda s: None, jobs: int | None = None) -> ArtifactProvider:
+def artifact_provider(
+    cache: Path | str | None = None, log: Callable[[str], None] = lambda s: None, jobs: int | None = None
+) -> ArtifactProvider:
     """The campaign's artifact provider; `cache` defaults to profiler.paths.artifacts_dir()."""
     from profiler import paths
 

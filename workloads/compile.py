@@ -32,9 +32,10 @@ from __future__ import annotations
 import json
 import warnings
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -42,8 +43,19 @@ from profiler.errors import ConfigError
 from workloads import families
 from workloads.models import build_model, make_config
 from workloads.program import Call, TrainingProgram
-from workloads.targets import base_abi, parse_target_id, target_dict, target_for_abi, target_key, triple_for_abi
-from workloads.tuning_db import applicable_records, database_digest, tuning_database
+
+# `X as X`: re-exported, workloads.metaschedule, layer_suite and artifact_cache import them from this module
+from workloads.targets import base_abi as base_abi
+from workloads.targets import parse_target_id as parse_target_id
+from workloads.targets import target_dict as target_dict
+from workloads.targets import target_for_abi as target_for_abi
+from workloads.targets import target_key as target_key
+from workloads.targets import triple_for_abi as triple_for_abi
+from workloads.tuning_db import applicable_records, database_digest
+from workloads.tuning_db import tuning_database as tuning_database
+
+if TYPE_CHECKING:
+    import torch
 
 VARIANTS = ("full", "compressed", "unoptimized", "cached")
 PARALLEL_MIN_WORK = 1 << 16  # fallback schedule: loop-nest iterations below which a kernel stays serial
@@ -59,7 +71,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def compress(config):
+def compress(config: Any) -> Any:
     """Default compressed config (the family's `compress`: half width (MobileNet) / half hidden units (LSTM))."""
     fam = families.of_config(config)
     if fam.compress is None:
@@ -76,21 +88,23 @@ class _Part:
     """Wrap a callable part of a model as an nn.Module for torch.export (built lazily: no torch at import)."""
 
     @staticmethod
-    def make(fn, owner):
+    def make(fn: Callable[[Any, torch.Tensor], torch.Tensor], owner: Any) -> torch.nn.Module:
         import torch
 
         class Part(torch.nn.Module):
-            def __init__(self):
+            def __init__(self) -> None:
                 super().__init__()
                 self.m = owner
 
-            def forward(self, x):
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
                 return fn(self.m, x)
 
         return Part().eval()
 
 
-def _import(module, example, trainable: list[str] = ()):
+def _import(
+    module: torch.nn.Module, example: torch.Tensor, trainable: Sequence[str] = ()
+) -> tuple[Any, list[np.ndarray]]:
     """torch.export + Relax import of `module(example)`; every param not in `trainable` is bound as a constant.
     Returns (relax function (x, *trainable params in order), trainable values as numpy)."""
     import torch
@@ -127,7 +141,7 @@ def _import(module, example, trainable: list[str] = ()):
     return func.without_attr("global_symbol"), [values[n].numpy() for n in order]
 
 
-def _bounded_takes(mod):
+def _bounded_takes(mod: Any) -> Any:
     """Gathers (embedding lookups, the loss's label pick) with mode "clip": the importer emits "fast", which reads
     out of bounds on a bad index (and TVM warns so at every build); clipping costs a compare per index."""
     from tvm import relax
@@ -138,8 +152,8 @@ def _bounded_takes(mod):
     ).op
 
     @mutator
-    class Clip(PyExprMutator):
-        def visit_call_(self, call):
+    class Clip(PyExprMutator):  # type: ignore[misc]  # tvm ships no types: its classes are Any
+        def visit_call_(self, call: Any) -> Any:
             call = super().visit_call_(call)
             if call.op.same_as(take) and call.attrs.mode == "fast":
                 axis = None if call.attrs.axis is None else int(call.attrs.axis)
@@ -152,7 +166,7 @@ def _bounded_takes(mod):
     return mod
 
 
-def _trainer_module(head, features, cfg, lr: float, forward: bool):
+def _trainer_module(head: Any, features: Any, cfg: Any, lr: float, forward: bool) -> Any:
     """SetupTrainer on `head(f, *params)`; `features(x)` (frozen, params bound; None for `cached`) runs before
     the differentiated region, so the backbone is never differentiated. Returns a module with the flat
     train_forward_backward / train_update (and `forward` when asked)."""
@@ -219,7 +233,7 @@ def _trainer_module(head, features, cfg, lr: float, forward: bool):
 # ---------------------------------------------------------------------------------------------- optimization
 
 
-def _fallback_rule():
+def _fallback_rule() -> Any:
     """Default CPU schedule for kernels with no tuning record and no dlight rule: inline injective producers,
     parallelize the fused leading spatial loops of every remaining block and vectorize an innermost spatial
     loop when the block has no reduction. A kernel too small for the thread pool (an LSTM's gate arithmetic) is
@@ -228,7 +242,7 @@ def _fallback_rule():
     from tvm.s_tir.dlight.base import ScheduleRule
     from tvm.s_tir.dlight.base.common_schedules import try_inline_contiguous_spatial
 
-    def apply(func, target, _tunable):
+    def apply(func: Any, target: Any, _tunable: bool) -> Any:
         normalized = _normalized(func)
         if normalized is None:
             return None
@@ -270,14 +284,14 @@ def _pick(extent: int, options: tuple[int, ...], whole_up_to: int = 0) -> int:
     return extent if 1 < extent <= whole_up_to else 1
 
 
-def kernel_key(func) -> str:
+def kernel_key(func: Any) -> str:
     """Key of a fused kernel in the tuning database: structural hash of the unscheduled PrimFunc."""
     import tvm_ffi
 
     return f"{tvm_ffi.structural_hash(func):016x}"
 
 
-def tiled_candidates(func) -> list[dict]:
+def tiled_candidates(func: Any) -> list[dict[str, int]]:
     """Parameter choices of the tiled schedule for a kernel (empty if the rule does not apply)."""
     shape = _tiled_shape(func)
     if shape is None:
@@ -293,7 +307,7 @@ def tiled_candidates(func) -> list[dict]:
     return [{"v": v, "u": u} for v in vs for u in us]
 
 
-def _normalized(func):
+def _normalized(func: Any) -> tuple[Any, list[Any]] | None:
     """(schedule, block infos) of a PrimFunc that dlight can normalize; None for anything else."""
     from tvm import s_tir, tirx
     from tvm.s_tir.dlight.analysis import normalize_prim_func
@@ -305,7 +319,7 @@ def _normalized(func):
     return None if infos is None else (sch, infos)
 
 
-def _tiled_shape(func):
+def _tiled_shape(func: Any) -> tuple[list[int], int] | None:
     normalized = _normalized(func)
     if normalized is None:
         return None
@@ -328,7 +342,7 @@ def _tiled_shape(func):
     return dom, n_s
 
 
-def vector_unit(target=None) -> tuple[int, int]:
+def vector_unit(target: Any = None) -> tuple[int, int]:
     """(float32 lanes, vector registers) of the widest vector unit `target` (default: the current one) has."""
     from tvm.target import Target
     from tvm.target.codegen import target_has_features
@@ -343,7 +357,7 @@ def vector_unit(target=None) -> tuple[int, int]:
     return 4, (32 if target_has_features("neon", target) else 16)
 
 
-def _reads_along(block, axis: int) -> bool:
+def _reads_along(block: Any, axis: int) -> bool:
     """Whether some buffer `block` reads is contiguous along its iterator `axis` (the vector loads of a tile).
     One spatial axis over a reduction is a matrix-vector product: tiled only when the matrix is read along the
     output (a 1x1 convolution of one pixel, HWIO weights), not along the reduction."""
@@ -351,13 +365,13 @@ def _reads_along(block, axis: int) -> bool:
     return any(len(r.region) and r.region[-1].min.same_as(var) for r in block.reads)
 
 
-def _layout_free(func) -> list:
+def _layout_free(func: Any) -> list[Any]:
     """The buffers of `func` bound to constants (`AttachAttrLayoutFreeBuffers`): their layout is ours to choose."""
     idx = (func.attrs or {}).get("layout_free_buffers", [])
     return [func.params[int(i)] for i in idx]
 
 
-def _weight_read(block, k: int, n_s: int, candidates: list) -> int | None:
+def _weight_read(block: Any, k: int, n_s: int, candidates: list[Any]) -> int | None:
     """Index of the read that is a constant weight of the tile: one of `candidates`, contiguous along output axis
     `k` and indexed otherwise by reduction axes only (not by rows or pixels). None if there is none."""
     from tvm.tirx.analysis import undefined_vars
@@ -375,7 +389,7 @@ def _weight_read(block, k: int, n_s: int, candidates: list) -> int | None:
     return None
 
 
-def _heuristic_choice(dom: list[int], n_s: int, target=None) -> dict:
+def _heuristic_choice(dom: list[int], n_s: int, target: Any = None) -> dict[str, int]:
     # The innermost output axis (NHWC: channels; matmul: columns) in two vectors of the target's own width; odd
     # widths such as <14 x float> measured 3-4x slower than <7 x float>. Then as many rows (H) as registers allow:
     # one accumulator per row and vector, plus the row's weight vectors and a broadcast input.
@@ -390,13 +404,13 @@ def _heuristic_choice(dom: list[int], n_s: int, target=None) -> dict:
     return {"v": v, "u": _pick(dom[t], rows, whole_up_to=rows[0] if rows else 0)}
 
 
-def tiled_heuristic(func, target=None) -> dict | None:
+def tiled_heuristic(func: Any, target: Any = None) -> dict[str, int] | None:
     """The built-in (untuned) tiled-schedule choice for a kernel, or None if the rule does not apply."""
     shape = _tiled_shape(func)
     return _heuristic_choice(*shape, target) if shape else None
 
 
-def tiled_schedule(func, choice: dict | None = None, target=None):
+def tiled_schedule(func: Any, choice: dict[str, int] | None = None, target: Any = None) -> Any:
     """Hand-written CPU schedule for conv2d/matmul-like kernels (one reduction block, spatial axes then
     reduction axes): register-tile the output (innermost spatial axis split by `v` and vectorized, the
     channel/row axis split by `u` and unrolled), accumulate the tile in a local buffer with the reductions
@@ -423,7 +437,7 @@ def tiled_schedule(func, choice: dict | None = None, target=None):
     k, t = n_s - 1, (1 if n_s >= 3 else 0)
     v, u = int(choice["v"]), int(choice["u"]) if n_s > 1 else 1
     sk_o, sk_i = sch.split(loops[k], factors=[None, v])
-    rows: list = []
+    rows: list[Any] = []
     if n_s > 1:
         st_o, st_i = sch.split(loops[t], factors=[None, u])
         rows = [st_i]
@@ -478,23 +492,23 @@ def tiled_schedule(func, choice: dict | None = None, target=None):
     return sch
 
 
-def _tiled_rule():
+def _tiled_rule() -> Any:
     from tvm.s_tir.dlight.base import ScheduleRule
 
-    def apply(func, target, _tunable):
+    def apply(func: Any, target: Any, _tunable: bool) -> Any:
         return tiled_schedule(func, None, target)
 
     return ScheduleRule.from_callable("autlearn_tiled")(apply)
 
 
-def _safe(rule, raised: Counter | None = None):
+def _safe(rule: Any, raised: Counter[str] | None = None) -> Any:
     """dlight rules assert on shapes they do not handle (e.g. reductions to a scalar): the next rule schedules that
     kernel. Each raise is counted in `raised` ({"Rule: ErrorType": kernels}), which `optimize` reports."""
     from tvm.s_tir.dlight.base import ScheduleRule
 
     name = getattr(rule, "name", None) or type(rule).__name__
 
-    def apply(func, target, tunable):
+    def apply(func: Any, target: Any, tunable: bool) -> Any:
         try:
             return rule.apply(func, target, tunable)
         except Exception as exc:  # noqa: BLE001 - counted and reported; the next rule schedules the kernel
@@ -505,7 +519,7 @@ def _safe(rule, raised: Counter | None = None):
     return ScheduleRule.from_callable(name)(apply)
 
 
-def legalize_and_fuse():
+def legalize_and_fuse() -> Any:
     from tvm import relax, transform
 
     from workloads.fold import FoldConstants  # imports tvm, which this module loads at first use
@@ -533,7 +547,7 @@ def legalize_and_fuse():
     )
 
 
-def optimize(mod, target, database: dict | None = None, stats: dict | None = None):
+def optimize(mod: Any, target: Any, database: dict[str, Any] | None = None, stats: dict[str, Any] | None = None) -> Any:
     """The `full` pipeline: fusion, then schedules: MetaSchedule records from `database` (see
     `tuning_database`) where they beat the hand schedule on the device, else the hand schedules (tiled
     conv/matmul, dlight's CPU reduction rule, the parallel fallback)."""
@@ -560,7 +574,7 @@ def optimize(mod, target, database: dict | None = None, stats: dict | None = Non
         # runner yet).
         mod = relax.transform.AttachAttrLayoutFreeBuffers()(mod)
         # dlight.cpu.GEMV is left out: its schedules sent LLVM codegen into a >3 min stall here.
-        raised: Counter = Counter()
+        raised: Counter[str] = Counter()
         rules = [_safe(_tiled_rule(), raised), _safe(dlight.cpu.Reduction(), raised), _fallback_rule()]
         mod = dlight.ApplyDefaultSchedule(*rules)(mod)
         # Weight packing (the hand schedules', MetaSchedule's RewriteLayout) becomes a kernel of its own, run on
@@ -574,11 +588,11 @@ def optimize(mod, target, database: dict | None = None, stats: dict | None = Non
 # ---------------------------------------------------------------------------------------------- programs
 
 
-def _example_input(cfg):
+def _example_input(cfg: Any) -> Any:
     return families.of_config(cfg).example_input(cfg)
 
 
-def _initial_batch(cfg, cached: bool, model) -> tuple[np.ndarray, np.ndarray]:
+def _initial_batch(cfg: Any, cached: bool, model: Any) -> tuple[np.ndarray, np.ndarray]:
     """A deterministic first batch from the embedded data (features of it for `cached`)."""
     from workloads import data
 
@@ -591,7 +605,7 @@ def _initial_batch(cfg, cached: bool, model) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(x), np.ascontiguousarray(y.astype(LABEL_DTYPE))
 
 
-def resolve_config(model: str, variant: str, abi: str, compressed_config: Any = None, **config):
+def resolve_config(model: str, variant: str, abi: str, compressed_config: Any = None, **config: Any) -> Any:
     """Validate model/variant/ABI names and return the model config the variant compiles."""
     if variant not in VARIANTS:
         raise ConfigError(f"unknown variant {variant!r}; valid: {', '.join(VARIANTS)}", key="variant")
@@ -608,7 +622,9 @@ def resolve_config(model: str, variant: str, abi: str, compressed_config: Any = 
     return cfg
 
 
-def training_module(cfg, variant: str, lr: float, include_forward: bool = False, state_dict: Any = None):
+def training_module(
+    cfg: Any, variant: str, lr: float, include_forward: bool = False, state_dict: Any = None
+) -> tuple[Any, Any, list[str], list[np.ndarray]]:
     """The unoptimized training IRModule (high-level Relax ops) for a config; also returns the torch model,
     trainable names and their initial values. `state_dict` (a path or mapping) replaces the seeded weights."""
     import torch
@@ -651,7 +667,7 @@ def build_program(
     database: Any = "default",
     compressed_config: Any = None,
     state_dict: Any = None,
-    **config,
+    **config: Any,
 ) -> TrainingProgram:
     """Compile `model` (one of MODELS) as `variant` (one of VARIANTS) for `abi` (one of ABIS).
 
@@ -669,7 +685,8 @@ def build_program(
     target = target_for_abi(abi)
     cached = variant == "cached"
     mod, net, trainable, values = training_module(cfg, variant, lr, include_forward, state_dict)
-    stats: dict = {}
+    stats: dict[str, Any] = {}
+    db: dict[str, Any] | None
     if variant == "unoptimized":
         db = None
     else:
@@ -733,7 +750,7 @@ def build_program(
     return TrainingProgram(mod=mod, tensors=tensors, calls=calls, meta=meta)
 
 
-def _is_tir(func) -> bool:
+def _is_tir(func: Any) -> bool:
     from tvm import tirx
 
     return isinstance(func, tirx.PrimFunc)

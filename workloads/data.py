@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -84,7 +84,7 @@ def _leaf_files(path: str | Path) -> list[Path]:
     return files
 
 
-def _leaf_users(path: str | Path) -> Iterator[tuple[Path, str, list, list]]:
+def _leaf_users(path: str | Path) -> Iterator[tuple[Path, str, list[Any], list[Any]]]:
     for f in _leaf_files(path):
         try:
             doc = json.loads(f.read_text())
@@ -175,7 +175,7 @@ def _segments_to_image(segs: np.ndarray, thickness: float, size: int) -> np.ndar
     ab = b - a
     t = np.clip(((p - a) * ab).sum(-1) / np.maximum((ab * ab).sum(-1), 1e-6), 0, 1)
     d = np.linalg.norm(p - (a + t[..., None] * ab), axis=-1).min(1)  # (P,)
-    return np.clip(1.5 - d / thickness, 0, 1).reshape(size, size)
+    return cast(np.ndarray, np.clip(1.5 - d / thickness, 0, 1).reshape(size, size))
 
 
 def synthetic_femnist(num_classes: int = FEMNIST_CLASSES, per_class: int = 16, seed: int = 0) -> Dataset:
@@ -200,6 +200,7 @@ def synthetic_femnist(num_classes: int = FEMNIST_CLASSES, per_class: int = 16, s
 def load_femnist(path: str | Path) -> Dataset:
     """FEMNIST from LEAF JSON: x = 784 floats per sample, y = class id in [0, 62)."""
     xs, ys = [], []
+    x: list[Any] | np.ndarray  # a user's samples, then all of them
     for f, u, x, y in _leaf_users(path):
         try:
             arr = np.asarray(x, dtype=np.float32)

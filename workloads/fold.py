@@ -8,6 +8,8 @@ builds it once for the host and replaces each computed value by its constant. Th
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import tvm
 from tvm import relax
@@ -19,26 +21,26 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 MAX_CREATED_ELEMENTS = 1024
 
 
-def _leaves(expr) -> list:
+def _leaves(expr: Any) -> list[Any]:
     if isinstance(expr, relax.Tuple):
         return [x for f in expr.fields for x in _leaves(f)]
     return [expr]
 
 
-def _small(ty) -> bool:
+def _small(ty: Any) -> bool:
     try:
         return int(np.prod([int(d) for d in ty.shape.values])) <= MAX_CREATED_ELEMENTS
     except (AttributeError, TypeError):
         return False
 
 
-def _foldable(mod: tvm.IRModule) -> list:
+def _foldable(mod: tvm.IRModule) -> list[Any]:
     """The bindings of every Relax function in `mod` computable from constants alone, in order."""
-    out = []
+    out: list[Any] = []
     for func in mod.functions.values():
         if not isinstance(func, relax.Function):
             continue
-        known: set = set()
+        known: set[Any] = set()
         for block in func.body.blocks:
             for b in block.bindings:
                 call = b.value
@@ -65,15 +67,15 @@ def _foldable(mod: tvm.IRModule) -> list:
 
 
 @mutator
-class _Substitute(PyExprMutator):
-    def __init__(self, consts: dict, mod=None):
+class _Substitute(PyExprMutator):  # type: ignore[misc]  # tvm ships no types: its classes are Any
+    def __init__(self, consts: dict[Any, Any], mod: Any = None) -> None:
         super().__init__(mod)
         self.consts = consts
 
-    def visit_var_(self, var):
+    def visit_var_(self, var: Any) -> Any:
         return self.consts.get(var, var)
 
-    def visit_dataflow_var_(self, var):
+    def visit_dataflow_var_(self, var: Any) -> Any:
         return self.consts.get(var, var)
 
 
@@ -84,9 +86,9 @@ def fold_constants(mod: tvm.IRModule) -> tvm.IRModule:
         return mod
     kernels = {gv: f for gv, f in mod.functions.items() if not isinstance(f, relax.Function)}
     bb = relax.BlockBuilder(tvm.IRModule(kernels))
-    remap: dict = {}
+    remap: dict[Any, Any] = {}
 
-    def sub(e):
+    def sub(e: Any) -> Any:
         return relax.Tuple([sub(f) for f in e.fields]) if isinstance(e, relax.Tuple) else remap.get(e, e)
 
     with bb.function("fold_all", []):

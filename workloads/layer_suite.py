@@ -20,12 +20,15 @@ import json
 import math
 from collections.abc import Sequence
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from profiler.errors import ConfigError
 from workloads.layers import LayerKey
+
+if TYPE_CHECKING:
+    from workloads.program import TrainingProgram
 
 SUITE_MODEL = "layers"
 DEFAULT_LR = 0.01
@@ -41,7 +44,7 @@ def suite_keys(grid: Sequence[LayerKey], suite: int, suites: int) -> tuple[Layer
     return tuple(sorted(k for k in grid if k.with_phase("forward") in mine))
 
 
-def _fc_backward(key: LayerKey):
+def _fc_backward(key: LayerKey) -> Any:
     """(x, dy, W) -> (dx, dW, db) of y = x @ W.T + b."""
     from tvm import relax
 
@@ -60,7 +63,7 @@ def _fc_backward(key: LayerKey):
     return bb.get()["bwd"]
 
 
-def _sgd(shapes: Sequence[tuple[int, ...]], lr: float):
+def _sgd(shapes: Sequence[tuple[int, ...]], lr: float) -> Any:
     """(*params, *grads) -> new params."""
     from tvm import relax
 
@@ -81,13 +84,13 @@ def build_suite_program(
     abi: str,
     *,
     family: str = "",
-    config: dict | None = None,
+    config: dict[str, Any] | None = None,
     suite: int = 0,
     suites: int = 1,
     lr: float = DEFAULT_LR,
     database: Any = "default",
     seed: int = 0,
-):
+) -> TrainingProgram:
     """Compile the single-layer workloads of `keys` (all phases of each shape) into one TrainingProgram."""
     import time
 
@@ -158,7 +161,7 @@ def build_suite_program(
                 calls.append(Call(str(k.with_phase("update")), f"{tag}_update", (*pn, *gn), tuple(pn)))
     tensors["loss"] = np.zeros((), "float32")  # the runner reports a loss; a suite has none (stays 0)
     mod = tvm.IRModule(funcs)
-    stats: dict = {}
+    stats: dict[str, Any] = {}
     db = tuning_database(abi) if database == "default" else database
     mod = optimize(mod, target, db, stats)
     meta = {
@@ -211,7 +214,7 @@ def suite_program(
     lr: float = DEFAULT_LR,
     database: Any = "default",
     **model_config: Any,
-):
+) -> TrainingProgram:
     """The program a campaign's `model = "layers"` workload runs: suite `suite` of `suites` of the sampled grid of
     `family` with `model_config` (the config a table is built for)."""
     from workloads.models import make_config

@@ -31,6 +31,8 @@ TRAINABLE = ("head", "all")
 CONV_STEP = 8  # channel granularity of conv grids (and of pruning), as NetAdapt
 FC_STEP = 128  # coarser granularity of FC/LSTM dims (SVD ranks)
 FLOAT_BYTES = 4
+# LayerKey.family: (type, kernel, stride, in_h, in_w, batch, phase, group class)
+FamilyKey = tuple[str, int, int, int, int, int, str, int]
 
 
 @dataclass(frozen=True, order=True)
@@ -75,7 +77,7 @@ class LayerKey:
         return self.in_w
 
     @property
-    def family(self) -> tuple:
+    def family(self) -> FamilyKey:
         """Everything but the channel counts: keys of one family differ only in (c_in, c_out) and are
         interpolated together. Depthwise convs vary in one dimension (groups == c_in == c_out)."""
         return (
@@ -120,12 +122,14 @@ def parse_key(text: str) -> LayerKey:
     if not m:
         raise ConfigError(f"not a layer key: {text!r}", key="phase")
     d = m.groupdict()
-    return LayerKey(**{c: (d[c] if c in ("type", "phase") else int(d[c])) for c in d})
+    kw: dict[str, Any] = {c: (d[c] if c in ("type", "phase") else int(d[c])) for c in d}
+    return LayerKey(**kw)
 
 
 def key_from_mapping(row: Any) -> LayerKey:
     """LayerKey from a dict / pandas row holding KEY_COLUMNS."""
-    return LayerKey(**{c: (str(row[c]) if c in ("type", "phase") else int(row[c])) for c in KEY_COLUMNS})
+    kw: dict[str, Any] = {c: (str(row[c]) if c in ("type", "phase") else int(row[c])) for c in KEY_COLUMNS}
+    return LayerKey(**kw)
 
 
 # ---------------------------------------------------------------------------------------------- formulas

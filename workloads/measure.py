@@ -131,7 +131,7 @@ def run_rounds(
     spec: dict[str, Any],
     settings: MeasureSettings,
     *,
-    control: dict | None = None,
+    control: dict[str, Any] | None = None,
     reference_ms: float | None = None,
     max_extra: int | None = None,
     on_progress: Callable[[Any], None] | None = None,
@@ -195,7 +195,11 @@ def run_rounds(
     )
 
 
-def cell_key(w: Mapping[str, Any]) -> tuple:
+# (workload, variant, canonical config, batch): a measured cell
+CellKey = tuple[str, str, str, int]
+
+
+def cell_key(w: Mapping[str, Any]) -> CellKey:
     """(workload, variant, canonical config, batch) of a workload (`workload_of`): what a measured cell is matched
     on (`cell_key_of_row`)."""
     from workloads.resource import canonical_config
@@ -203,15 +207,15 @@ def cell_key(w: Mapping[str, Any]) -> tuple:
     return (w["model"], w["variants"][0], canonical_config(w["config"]), w["batch"][0])
 
 
-def cell_key_of_row(r: Any) -> tuple:
+def cell_key_of_row(r: Any) -> CellKey:
     """`cell_key` of a row of `resource.measured_from_results`."""
     return (r.workload, r.variant, r.config, r.batch)
 
 
-def cell_labels(workloads_by_label: Mapping[str, dict[str, Any]]) -> dict[tuple, list[str]]:
+def cell_labels(workloads_by_label: Mapping[str, dict[str, Any]]) -> dict[CellKey, list[str]]:
     """`cell_key` of a results row -> the labels whose workload (`workload_of`) it is: how measured cells are
     matched back to the models asked for."""
-    want: dict[tuple, list[str]] = {}
+    want: dict[CellKey, list[str]] = {}
     for label, w in workloads_by_label.items():
         want.setdefault(cell_key(w), []).append(label)
     return want

@@ -18,10 +18,10 @@ import itertools
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -43,10 +43,16 @@ from workloads.tuning_db import (
     write_hand,
 )
 
+if TYPE_CHECKING:
+    from profiler.campaign_config import Campaign
+    from profiler.probe import DeviceFacts
+    from profiler.steps import Step
+    from workloads.program import TrainingProgram
+
 # ---------------------------------------------------------------------------------------------------- tasks
 
 
-def program_tasks(model: str, variant: str, target_id: str, **config) -> tuple[list, Any]:
+def program_tasks(model: str, variant: str, target_id: str, **config: Any) -> tuple[list[Any], Any]:
     """(MetaSchedule tasks of every fused kernel of a program, target)."""
     from tvm.s_tir import meta_schedule as ms
 
@@ -66,7 +72,7 @@ def program_tasks(model: str, variant: str, target_id: str, **config) -> tuple[l
     return tasks, target
 
 
-def hand_schedule(func, target):
+def hand_schedule(func: Any, target: Any) -> Any:
     """The untuned schedule `workloads.compile.optimize` gives a kernel (tiled, dlight reduction or fallback)."""
     import tvm
     from tvm.s_tir import dlight
@@ -79,7 +85,7 @@ def hand_schedule(func, target):
         return dlight.ApplyDefaultSchedule(*rules)(mod)["main"]
 
 
-def output_count(func) -> int:
+def output_count(func: Any) -> int:
     """Number of trailing params an unscheduled kernel writes (its outputs, destination-passing style)."""
     from tvm import s_tir
 
@@ -87,7 +93,7 @@ def output_count(func) -> int:
     written = [r.source for b in sch.get_child_blocks(sch.get_sblock("root")) for r in sch.get(b).writes]
     params = list(func.params)  # buffers are the params themselves in this TIR
 
-    def is_written(v) -> bool:
+    def is_written(v: Any) -> bool:
         return any(v.same_as(w) for w in written)
 
     n = 0
@@ -103,13 +109,13 @@ def output_count(func) -> int:
 # ---------------------------------------------------------------------------------------------------- builder
 
 
-def _derived(cls):
+def _derived(cls: type) -> Any:
     from tvm.ir.utils import derived_object
 
     return derived_object(cls)
 
 
-def make_builder(store: dict, deadline: float | None = None):
+def make_builder(store: dict[str, Any], deadline: float | None = None) -> Any:
     """An in-process builder: each candidate is checked to compile and kept in `store` under its artifact key."""
     import tvm
     from tvm.s_tir import meta_schedule as ms
@@ -118,8 +124,8 @@ def make_builder(store: dict, deadline: float | None = None):
     ids = itertools.count()
 
     @_derived
-    class InProcessBuilder(ms.builder.PyBuilder):
-        def build(self, build_inputs):
+    class InProcessBuilder(ms.builder.PyBuilder):  # type: ignore[misc]  # tvm ships no types: its classes are Any
+        def build(self, build_inputs: list[Any]) -> list[Any]:
             out = []
             for bi in build_inputs:
                 if deadline is not None and time.monotonic() > deadline:
@@ -147,18 +153,19 @@ class RunLog:
     batches: int = 0
     candidates: int = 0
     seconds: float = 0.0
-    hand_ms: dict = field(default_factory=dict)  # workload hash -> [ms, ...] of the hand schedule
-    best_ratio: dict = field(default_factory=dict)  # workload hash -> min over batches of best candidate / hand
+    hand_ms: dict[str, list[float]] = field(default_factory=dict)  # workload hash -> [ms, ...] of the hand schedule
+    # workload hash -> min over batches of best candidate / hand
+    best_ratio: dict[str, float] = field(default_factory=dict)
 
 
-def _tensor(shape, dtype, rng) -> np.ndarray:
+def _tensor(shape: Sequence[int], dtype: str, rng: np.random.Generator) -> np.ndarray:
     shape = [int(s) for s in shape]
     if "float" in dtype:
         return rng.uniform(-1, 1, size=shape).astype(dtype)
     return np.zeros(shape, dtype)  # integer inputs are indices (labels): 0 is valid for every kernel
 
 
-def batch_program(cands: list[tuple[str, Any]], n_out: int, target, abi: str):
+def batch_program(cands: list[tuple[str, Any]], n_out: int, target: Any, abi: str) -> TrainingProgram:
     """One runner program measuring candidate kernels: a Relax function per candidate calling it once, with
     shared random inputs per argument signature. `cands`: (phase name, scheduled PrimFunc) of one task, whose
     last `n_out` params are outputs."""
@@ -197,8 +204,8 @@ def batch_program(cands: list[tuple[str, Any]], n_out: int, target, abi: str):
     return TrainingProgram(mod=tvm.IRModule(dict(mod.functions)), tensors=tensors, calls=tuple(calls), meta=meta)
 
 
-def _target_dict(target) -> dict:
-    d = {"kind": "llvm"}
+def _target_dict(target: Any) -> dict[str, str | int | list[str]]:
+    d: dict[str, str | int | list[str]] = {"kind": "llvm"}
     for k in ("mtriple", "mcpu", "mattr", "num-cores"):
         v = target.attrs.get(k)
         if v is not None:
@@ -209,17 +216,17 @@ def _target_dict(target) -> dict:
 class _Runner:
     """What `make_device_runner` returns: the MetaSchedule runner plus the task it is measuring now."""
 
-    def __init__(self, ms_runner, state: dict, verify: Callable):
+    def __init__(self, ms_runner: Any, state: dict[str, Any], verify: Callable[[Any], float | None]) -> None:
         self.ms_runner, self.state, self.verify = ms_runner, state, verify
 
-    def set_task(self, key: str, func, target) -> None:
+    def set_task(self, key: str, func: Any, target: Any) -> None:
         self.state.update(key=key, func=func, target=target)
 
 
 def make_device_runner(
-    device,
+    device: Device,
     abi: str,
-    store: dict,
+    store: dict[str, Any],
     log: RunLog,
     *,
     emulated: bool,
@@ -239,21 +246,21 @@ def make_device_runner(
     from workloads.artifact import write_artifact
 
     R = ms.runner.RunnerResult
-    state: dict = {}
+    state: dict[str, Any] = {}
 
     @_derived
-    class _Done(ms.runner.PyRunnerFuture):
-        def __init__(self, result):
+    class _Done(ms.runner.PyRunnerFuture):  # type: ignore[misc]  # tvm ships no types: its classes are Any
+        def __init__(self, result: Any) -> None:
             super().__init__()
             self.r = result
 
-        def done(self):
+        def done(self) -> bool:
             return True
 
-        def result(self):
+        def result(self) -> Any:
             return self.r
 
-    def launch(cands: list, n_steps: int, runs: int = 1) -> list:
+    def launch(cands: list[tuple[str, Any]], n_steps: int, runs: int = 1) -> list[tuple[Step, ...]]:
         """Run candidate kernels (plus the task's hand schedule, phase "hand") in one artifact on the device,
         `runs` launches of it; returns the timed steps of each launch (each step calls every kernel once)."""
         target = state["target"]
@@ -273,8 +280,9 @@ def make_device_runner(
             device.shell(command("rm", "-rf", remote))  # one batch per push: do not fill the phone
         return out
 
-    def measure(runner_inputs) -> list:
+    def measure(runner_inputs: list[Any]) -> list[Any]:
         key = state["key"]
+        timed: tuple[Step, ...] | list[float]  # the launch's steps, then the candidates' medians
         cands = [(f"c{i}", store.pop(ri.artifact_path)) for i, ri in enumerate(runner_inputs)]
         try:
             (timed,) = launch(cands, steps)
@@ -304,15 +312,15 @@ def make_device_runner(
         return res
 
     @_derived
-    class DeviceRunner(ms.runner.PyRunner):
-        def run(self, runner_inputs):
+    class DeviceRunner(ms.runner.PyRunner):  # type: ignore[misc]  # tvm ships no types: its classes are Any
+        def run(self, runner_inputs: list[Any]) -> list[Any]:
             t0 = time.monotonic()
             try:
                 return [_Done(r) for r in measure(runner_inputs)]
             finally:
                 log.seconds += time.monotonic() - t0
 
-    def verify(best_func, n_steps: int = 15, runs: int = 3) -> float | None:
+    def verify(best_func: Any, n_steps: int = 15, runs: int = 3) -> float | None:
         """best / hand, both called in every step (a paired comparison): the median over `runs` launches of each
         launch's median over steps (one launch can be an outlier on a shared host: once 1.11 for a kernel that
         other tuning runs of the same task verified at 0.46-0.47)."""
@@ -346,6 +354,7 @@ def _cpu_intrinsics_only(abi: str) -> None:
     pkg = sys.modules.get(name)
     if pkg is None:
         spec = importlib.util.find_spec(name)
+        assert spec is not None  # tvm ships the package
         pkg = types.ModuleType(name, "CPU tensor intrinsics only (see workloads.metaschedule)")
         pkg.__path__ = list(spec.submodule_search_locations or [])
         pkg.__spec__ = spec
@@ -381,12 +390,12 @@ class TuneResult:
     seconds: float
     measured_on: str
     emulated: bool
-    kernels: tuple[dict, ...]  # per task: name, flops, hand_ms, tuned_ms, kept ("tuned" | "hand")
+    kernels: tuple[dict[str, Any], ...]  # per task: name, flops, hand_ms, tuned_ms, kept ("tuned" | "hand")
     device_batches: int = 0  # runner launches on the device (one per batch of candidates)
     device_candidates: int = 0
     device_seconds: float = 0.0  # of `seconds`, spent building batch artifacts and running them on the device
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "database": str(self.database),
             "digest": self.digest,
@@ -405,16 +414,16 @@ class TuneResult:
         }
 
 
-def task_flops(task) -> float:
+def task_flops(task: Any) -> float:
     from tvm.s_tir.analysis import estimate_tir_flops
 
     try:
-        return float(estimate_tir_flops(task.dispatched[0])) * task.weight
+        return cast(float, float(estimate_tir_flops(task.dispatched[0])) * task.weight)
     except Exception:  # noqa: BLE001 - kernels the estimator does not understand count as free
         return 0.0
 
 
-def select_tasks(tasks: list, *, top: int | None = None, share: float = 0.9) -> list:
+def select_tasks(tasks: list[Any], *, top: int | None = None, share: float = 0.9) -> list[Any]:
     """The heaviest tasks by FLOPs x calls: the `top` first, else those that cover `share` of the FLOPs."""
     ranked = sorted(tasks, key=task_flops, reverse=True)
     if top is not None:
@@ -430,7 +439,7 @@ def select_tasks(tasks: list, *, top: int | None = None, share: float = 0.9) -> 
 
 
 def tune(
-    device,
+    device: Device,
     target_id: str,
     model: str,
     variant: str = "full",
@@ -442,9 +451,9 @@ def tune(
     threads: int | None = None,
     root: Path | None = None,
     only: tuple[str, ...] | None = None,
-    extracted: tuple | None = None,
+    extracted: tuple[list[Any], Any] | None = None,
     say: Callable[[str], None] = lambda s: None,
-    **config,
+    **config: Any,
 ) -> TuneResult:
     """Tune the heaviest kernels of a program on `device` (measured there) into the target's database.
 
@@ -468,7 +477,7 @@ def tune(
     if not chosen:
         raise TuningError(f"{model}/{variant}: nothing to tune")
     say(f"{len(tasks)} kernels, tuning the {len(chosen)} heaviest into {path}")
-    store: dict = {}
+    store: dict[str, Any] = {}
     log = RunLog()
     hand = read_hand(path)
     kernels, resumed, total = [], 0, 0
@@ -558,7 +567,9 @@ def tune(
     return result
 
 
-def _verify(db, task, runner, hand: dict, wkey: str, say) -> None:
+def _verify(
+    db: Any, task: Any, runner: _Runner, hand: dict[str, dict[str, Any]], wkey: str, say: Callable[[str], None]
+) -> None:
     """Time the task's best record against its hand schedule, paired in every step of 3 launches; the ratio
     decides which one builds use (`tuned_wins`)."""
     from tvm import s_tir
@@ -581,13 +592,13 @@ def _verify(db, task, runner, hand: dict, wkey: str, say) -> None:
         say(f"{task.task_name}: best record / hand schedule = {ratio:.3f} (paired, median of 3 launches)")
 
 
-def _records_for(db, mod) -> int:
+def _records_for(db: Any, mod: Any) -> int:
     if not db.has_workload(mod):
         return 0
     return len(db.get_top_k(db.commit_workload(mod), 10**6))
 
 
-def _summary(db, mod, hand: dict | None) -> dict:
+def _summary(db: Any, mod: Any, hand: dict[str, Any] | None) -> dict[str, Any]:
     tuned = None
     if db.has_workload(mod):
         top = db.get_top_k(db.commit_workload(mod), 1)
@@ -605,10 +616,10 @@ def _fleet_worker(
     variant: str,
     only: tuple[str, ...],
     root: str,
-    kwargs: dict,
-    config: dict,
-    extracted: tuple,
-) -> dict:
+    kwargs: dict[str, Any],
+    config: dict[str, Any],
+    extracted: tuple[list[Any], Any],
+) -> dict[str, Any]:
     """One device's share of `tune_fleet`, in its own process (MetaSchedule keeps process-wide state)."""
 
     def say(msg: str) -> None:
@@ -661,8 +672,8 @@ def tune_fleet(
     top: int | None = None,
     root: Path | None = None,
     say: Callable[[str], None] = lambda s: None,
-    **kwargs,
-) -> list[dict]:
+    **kwargs: Any,
+) -> list[dict[str, Any]]:
     """Tune on several phones of one CPU target at once: the heaviest kernels are dealt out round-robin, each phone
     tunes its share in its own process into a private database, and the shares are merged into the target's."""
     import multiprocessing as mp
@@ -725,8 +736,8 @@ def tune_devices(
     top: int | None = None,
     threads: int | None = None,
     say: Callable[[str], None] = lambda s: None,
-    **config,
-) -> list[dict]:
+    **config: Any,
+) -> list[dict[str, Any]]:
     """`autlearn workloads tune`: probe the phones, choose the CPU target (theirs, or `target_id`), tune on one
     phone or share the kernels among several of that target (`tune_fleet`). One result dict per phone."""
     from profiler.probe import probe
@@ -791,7 +802,7 @@ def tune_devices(
     ]
 
 
-def emulates(facts) -> bool:
+def emulates(facts: DeviceFacts) -> bool:
     """A virtual phone whose ABI is not this host's runs its code under emulation: its timing is no measurement."""
     import platform
 
@@ -800,8 +811,13 @@ def emulates(facts) -> bool:
 
 
 def tune_for_campaign(
-    campaign, *, trials: int, minutes: float, threads: int | None = None, say: Callable[[str], None] = lambda s: None
-) -> list[dict]:
+    campaign: Campaign,
+    *,
+    trials: int,
+    minutes: float,
+    threads: int | None = None,
+    say: Callable[[str], None] = lambda s: None,
+) -> list[dict[str, Any]]:
     """`autlearn run --tune`: before a campaign builds its artifacts, tune every program it compiles on one
     connected phone per CPU target (databases resume, so a rerun only tunes what is missing). Programs that are
     never tuned (unoptimized, `tuning = "none"`, layer suites, pruned models from files) are skipped."""

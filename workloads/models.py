@@ -39,12 +39,12 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
     return out
 
 
-def make_config(model: str, **overrides: Any):
+def make_config(model: str, **overrides: Any) -> Any:
     """Config for `model` with keyword overrides; unknown model or key -> ConfigError naming valid values."""
     return families.get(model).make_config(**overrides)
 
 
-def build_model(config):
+def build_model(config: Any) -> Any:  # a torch.nn.Module with `features` and `head` (dynamic attributes)
     """Deterministically initialised `torch.nn.Module` for a config (eval mode, backbone frozen)."""
     import torch
 

@@ -96,7 +96,7 @@ def _flatten(value: Any) -> list[Any]:
     return [value]
 
 
-def build_executable(program: TrainingProgram, target: Any = None, *, system_lib: bool = False):
+def build_executable(program: TrainingProgram, target: Any = None, *, system_lib: bool = False) -> Any:
     """Build `program.mod` with TVM's default build pipeline (lowering only; optimization happened at compile)."""
     import tvm
     from tvm import relax

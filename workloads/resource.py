@@ -158,6 +158,8 @@ def measure_models_on_host(
     from workloads import data
     from workloads.models import build_model
 
+    x: np.ndarray | torch.Tensor  # a config's batch: numpy, then as the tensors each step uses
+    y: np.ndarray | torch.Tensor
     state = {}
     for name, cfg in configs.items():
         m = build_model(cfg)

@@ -11,7 +11,7 @@ import statistics
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from profiler.errors import ConfigError
 from profiler.settings import MeasureSettings
@@ -19,7 +19,7 @@ from profiler.settings import MeasureSettings
 HOST_DEVICE = "host (not a phone)"
 
 
-def config_from(model: str, table_meta: Any = None, overrides: Mapping[str, Any] | None = None):
+def config_from(model: str, table_meta: Any = None, overrides: Mapping[str, Any] | None = None) -> Any:
     """Model config: the table's config (when it was made for this model) updated by overrides."""
     from workloads.models import make_config
 
@@ -229,14 +229,15 @@ def validate_table(
         log=log,
     )
     got = {r.model: r for r in measured.itertuples()}
-    rep = prediction_error({n: pred[n].latency_ms for n in got}, {n: got[n].ms for n in got})
+    # with a table, every prediction has a latency (and an energy when the table has energy)
+    rep = prediction_error({n: cast(float, pred[n].latency_ms) for n in got}, {n: got[n].ms for n in got})
     erep = None
     if table.has_energy and all(pd.notna(got[n].mj) and got[n].mj > 0 for n in got):
-        erep = prediction_error({n: pred[n].energy_mj for n in got}, {n: got[n].mj for n in got})
+        erep = prediction_error({n: cast(float, pred[n].energy_mj) for n in got}, {n: got[n].mj for n in got})
     return Validation(table, serial, models, pred, got, rep, erep, Path(rdir), rounds)
 
 
-def prediction_frame(v: Validation):
+def prediction_frame(v: Validation) -> Any:  # a pandas DataFrame
     """Per-model errors (latency rows, then energy rows when measured) with device, governor and labels: the CSV of
     `tables validate`."""
     import pandas as pd

@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, cast
 
 from profiler.errors import ConfigError
 
@@ -37,7 +38,7 @@ def parse_target_id(target_id: str) -> tuple[str, str | None, tuple[str, ...]]:
     return abi, mcpu, tuple(attrs)
 
 
-def target_id_for(abi: str, mcpu: str | None, mattr=()) -> str:
+def target_id_for(abi: str, mcpu: str | None, mattr: Iterable[str] = ()) -> str:
     """The target id of a probed CPU (`profiler.cputarget.CpuTarget`): the ABI alone when it is generic."""
     return abi if not mcpu else ",".join([f"{abi}@{mcpu}", *mattr])
 
@@ -57,7 +58,7 @@ def target_dict(target_id: str) -> dict[str, Any]:
     return d
 
 
-def target_for_abi(target_id: str):
+def target_for_abi(target_id: str) -> Any:
     """`tvm.target.Target` for an ABI name or target id (see ABIS, parse_target_id)."""
     import tvm
 
@@ -65,7 +66,7 @@ def target_for_abi(target_id: str):
 
 
 def triple_for_abi(abi: str) -> str:
-    return ABIS[parse_target_id(abi)[0]]["mtriple"]
+    return cast(str, ABIS[parse_target_id(abi)[0]]["mtriple"])
 
 
 def target_key(target_id: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -78,14 +79,14 @@ def _check_lines(path: Path) -> int:
 FAILED_SECS = 1e9  # MetaSchedule records a failed or unmeasured candidate with run time 1e10 s
 
 
-def _seconds(run_secs) -> float | None:
+def _seconds(run_secs: Iterable[float] | None) -> float | None:
     """Median run time of a record, None for a candidate that failed or was not measured."""
     vals = [float(x) for x in (run_secs or [])]
     t = float(np.median(vals)) if vals else None
     return None if t is None or not np.isfinite(t) or t >= FAILED_SECS else t
 
 
-def open_database(path: Path):
+def open_database(path: Path) -> Any:
     """MetaSchedule's JSONDatabase in `path` (created when absent), checked first so corruption is one line."""
     from tvm.s_tir import meta_schedule as ms
 
@@ -98,7 +99,7 @@ def open_database(path: Path):
         raise TuningError(f"corrupt tuning database {path}: {str(e).strip().splitlines()[-1][:200]}") from None
 
 
-def read_hand(path: Path) -> dict[str, dict]:
+def read_hand(path: Path) -> dict[str, dict[str, Any]]:
     p = path / HAND_FILE
     if not p.is_file():
         return {}
@@ -111,19 +112,19 @@ def read_hand(path: Path) -> dict[str, dict]:
     return data
 
 
-def write_hand(path: Path, hand: dict[str, dict]) -> None:
+def write_hand(path: Path, hand: dict[str, dict[str, Any]]) -> None:
     tmp = path / (HAND_FILE + ".tmp")
     tmp.write_text(json.dumps(hand, indent=1, sort_keys=True) + "\n")
     tmp.replace(path / HAND_FILE)
 
 
-def workload_hash(mod) -> str:
+def workload_hash(mod: Any) -> str:
     import tvm_ffi
 
     return f"{tvm_ffi.structural_hash(mod):016x}"
 
 
-def applicable_records(path: Path, keep_hand: bool = True) -> tuple[Any, dict]:
+def applicable_records(path: Path, keep_hand: bool = True) -> tuple[Any, dict[str, int]]:
     """(in-memory database holding the best record of each workload that beat its hand schedule on the device,
     summary). Workloads whose hand schedule was as fast keep the hand schedule (`keep_hand=False`: every
     workload's best record, as tests of the tuned code paths want). Reads the JSON lines directly and
@@ -169,7 +170,7 @@ def applicable_records(path: Path, keep_hand: bool = True) -> tuple[Any, dict]:
     return mem, {"tuned_workloads": kept, "hand_kept": lost}
 
 
-def tuned_wins(hand: dict | None, tuned_s: float) -> bool:
+def tuned_wins(hand: dict[str, Any] | None, tuned_s: float) -> bool:
     """Does a workload's best record beat its hand schedule on the device? Judged on the paired ratio (best
     candidate / hand schedule in the same launch, the minimum over launches), so a slow spell of the host during
     one batch cannot decide it: `verified_ratio` (the best record against the hand schedule, both called in every
@@ -182,7 +183,7 @@ def tuned_wins(hand: dict | None, tuned_s: float) -> bool:
     return hand.get("ms") is None or tuned_s < float(hand["ms"]) / 1e3
 
 
-def tuning_database(target_id: str) -> dict | None:
+def tuning_database(target_id: str) -> dict[str, str] | None:
     """The database a build uses for a target ({"path", "digest", "key"}), None when untuned."""
     from workloads.targets import target_key
 

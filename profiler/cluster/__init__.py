@@ -16,12 +16,21 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 from profiler.cluster.agent import ENV_KEYS, NAMESPACE, PREFIX, Agent, actor_name, agent_env
 from profiler.errors import UserError
+
+if TYPE_CHECKING:  # the engine is imported when a run needs it (as below), not with the cluster module
+    from profiler.campaign import Planned
+    from profiler.campaign_config import Campaign, Cell
+    from profiler.fleet import FleetEntry
+    from profiler.probe import DeviceFacts
+    from profiler.store import Store
+    from profiler.worker import ArtifactRef, Progress
 
 HEARTBEAT_S = 5.0
 HOST_TIMEOUT_S = 30.0
@@ -36,7 +45,7 @@ class ClusterError(UserError):
     """The Ray cluster or an agent cannot be reached or used."""
 
 
-def _ray():
+def _ray() -> Any:  # the ray module
     try:
         import ray
     except ImportError:
@@ -44,7 +53,7 @@ def _ray():
     return ray
 
 
-def connect(address: str):
+def connect(address: str) -> Any:
     """Join the Ray cluster at `address` (host:port of its head) in autlearn's namespace; the ray module."""
     ray = _ray()
     if ray.is_initialized():
@@ -71,7 +80,9 @@ def connect(address: str):
     return ray
 
 
-def _errors(ray):
+def _errors(
+    ray: Any,
+) -> tuple[type[BaseException], type[BaseException], type[BaseException], type[BaseException]]:
     return (
         ray.exceptions.RayActorError,
         ray.exceptions.ActorUnavailableError,
@@ -81,17 +92,19 @@ def _errors(ray):
 
 
 # ------------------------------------------------------------------------------------------------------ agents
-def _node_for(ray, label: str | None) -> str:
+def _node_for(ray: Any, label: str | None) -> str:
     """The node an agent runs on: the one labelled `autlearn-host=LABEL` (several hosts on one machine, the
     virtual lab), else the node this process joined."""
     if label:
         for n in ray.nodes():
             if n.get("Alive") and (n.get("Labels") or {}).get("autlearn-host") == label:
-                return n["NodeID"]
-    return ray.get_runtime_context().get_node_id()
+                return cast(str, n["NodeID"])
+    return cast(str, ray.get_runtime_context().get_node_id())
 
 
-def start_agent(address: str, name: str, *, label: str | None = None, env: dict[str, str] | None = None) -> dict:
+def start_agent(
+    address: str, name: str, *, label: str | None = None, env: dict[str, str] | None = None
+) -> dict[str, Any]:
     """Start host `name`'s agent (a detached Ray actor on this host's node, keeping this shell's adb server and
     home, `ENV_KEYS`); it restores what a killed agent left changed before it answers. Its `ready()` report."""
     ray = connect(address)
@@ -122,7 +135,7 @@ def start_agent(address: str, name: str, *, label: str | None = None, env: dict[
         .remote(name)
     )
     try:
-        return ray.get(handle.ready.remote(), timeout=INFO_TIMEOUT_S)
+        return cast(dict[str, Any], ray.get(handle.ready.remote(), timeout=INFO_TIMEOUT_S))
     except _errors(ray) as exc:
         raise ClusterError(f"agent {name!r} did not start: {exc}") from None
 
@@ -137,10 +150,10 @@ def stop_agent(address: str, name: str) -> bool:
     return True
 
 
-def list_agents(address: str, timeout_s: float = 10.0) -> list[dict]:
+def list_agents(address: str, timeout_s: float = 10.0) -> list[dict[str, Any]]:
     """Every agent on the cluster: its identity, or {"host", "error"} when it does not answer."""
     ray = connect(address)
-    out = []
+    out: list[dict[str, Any]] = []
     for n in sorted(x for x in ray.util.list_named_actors() if x.startswith(PREFIX)):
         host = n[len(PREFIX) :]
         try:
@@ -155,10 +168,10 @@ class BuildRegistry:
     """Cluster-wide artifact builds: one Ray task per build key, whoever asks first; later askers (other
     controllers too) get the same result. Lives as a detached actor."""
 
-    def __init__(self):
-        self.refs: dict = {}
+    def __init__(self) -> None:
+        self.refs: dict[str, Any] = {}  # build key -> the Ray object reference of its build
 
-    def claim(self, key: str, args: tuple, node: str | None = None) -> list:
+    def claim(self, key: str, args: tuple[Any, ...], node: str | None = None) -> list[Any]:
         """[the build's object reference, whether this ask started it] (in a list: the caller gets the reference,
         not the value). `node`: run it there (a build that reads files only that node has)."""
         fresh = key not in self.refs
@@ -175,13 +188,15 @@ class BuildRegistry:
         self.refs.pop(key, None)
 
 
-def _build_task():
+def _build_task() -> Any:  # a Ray remote function
     import ray
 
     return ray.remote(num_cpus=1)(_build)
 
 
-def _build(workload: str, variant: str, abi: str, dirname: str, config: dict, tuning: dict[str, bytes]) -> dict:
+def _build(
+    workload: str, variant: str, abi: str, dirname: str, config: dict[str, Any], tuning: dict[str, bytes]
+) -> dict[str, Any]:
     """Build one artifact on whichever node runs the task, with the controller's tuning database (`tuning`:
     {"KEY/FILE": bytes}, empty: none); {"files": {name: bytes}, "node": the node's id}."""
     import tempfile
@@ -199,7 +214,7 @@ def _build(workload: str, variant: str, abi: str, dirname: str, config: dict, tu
         return {"files": {p.name: p.read_bytes() for p in art.files()}, "node": ray.get_runtime_context().get_node_id()}
 
 
-def _tuning_payload(abi: str, variant: str, config: dict) -> tuple[dict[str, bytes], str | None]:
+def _tuning_payload(abi: str, variant: str, config: dict[str, Any]) -> tuple[dict[str, bytes], str | None]:
     """The tuning database this controller's build of (abi, variant, config) would use, as files to ship
     ({"KEY/FILE": bytes}), and its digest ({}, None: untuned)."""
     from workloads.tuning_db import DB_FILES, HAND_FILE, tuning_database
@@ -219,7 +234,7 @@ def _tuning_payload(abi: str, variant: str, config: dict) -> tuple[dict[str, byt
 # ------------------------------------------------------------------------------------------------------ controller
 @dataclasses.dataclass
 class _Host:
-    handle: object
+    handle: Any  # the agent's Ray actor handle
     lost: str = ""  # why the host is lost ("": it answers)
 
 
@@ -235,13 +250,13 @@ class ClusterFleet:
         self.hosts: dict[str, _Host] = {}
         self.route: dict[str, tuple[str, str]] = {}  # name in results -> (host, serial on that host)
         self.multi_host = False
-        self.builds: dict[str, dict] = {}  # the last prebuild: per key, where it ran and who started it
+        self.builds: dict[str, dict[str, Any]] = {}  # the last prebuild: per key, where it ran and who started it
         self._shipped: dict[tuple[str, str], str] = {}
         self._ship_lock = threading.Lock()
         self._done = threading.Event()
 
     # -- discovery
-    def discover(self) -> list:
+    def discover(self) -> list[FleetEntry]:
         from profiler.fleet import FleetEntry
         from profiler.worker import CampaignError
 
@@ -254,7 +269,7 @@ class ClusterFleet:
             )
         handles = {n[len(PREFIX) :]: ray.get_actor(n) for n in names}
         refs = {h: a.info.remote() for h, a in handles.items()}
-        infos = {}
+        infos: dict[str, Any] = {}
         for h, ref in refs.items():
             try:
                 infos[h] = _get(ray, ref, h, INFO_TIMEOUT_S)
@@ -271,7 +286,7 @@ class ClusterFleet:
                 entries.append(FleetEntry(name, e.state, facts, e.error))
         return entries
 
-    def _by_host(self, names) -> dict[str, list[tuple[str, str]]]:
+    def _by_host(self, names: Iterable[str]) -> dict[str, list[tuple[str, str]]]:
         out: dict[str, list[tuple[str, str]]] = {}
         for n in names:
             host, serial = self.route[n]
@@ -279,7 +294,15 @@ class ClusterFleet:
         return out
 
     # -- leases and preparation
-    def lease(self, devices, campaign, results: str, wait_s: float, log, stack: contextlib.ExitStack) -> None:
+    def lease(
+        self,
+        devices: Sequence[DeviceFacts],
+        campaign: Campaign,
+        results: str,
+        wait_s: float,
+        log: Callable[[str], None],
+        stack: contextlib.ExitStack,
+    ) -> None:
         from profiler.lease import PhoneBusy
 
         self._say = log
@@ -307,7 +330,7 @@ class ClusterFleet:
     def _named(self, host: str, text: str) -> str:
         return f"{host}: {text}" if self.multi_host else text
 
-    def check(self, campaign, devices) -> None:
+    def check(self, campaign: Campaign, devices: Sequence[DeviceFacts]) -> None:
         """Before anything is written: every host checks the monitors its phones' cells would use."""
         from profiler.errors import EnergyError
 
@@ -317,7 +340,14 @@ class ClusterFleet:
         if errors:
             raise EnergyError("; ".join(errors))
 
-    def prepare(self, campaign, devices, store, log, stack) -> dict[str, str]:
+    def prepare(
+        self,
+        campaign: Campaign,
+        devices: Sequence[DeviceFacts],
+        store: Store,
+        log: Callable[[str], None],
+        stack: contextlib.ExitStack,
+    ) -> dict[str, str]:
         groups = self._by_host(d.serial for d in devices)
         refs = {
             h: self.hosts[h].handle.prepare.remote(self.token, campaign, [s for _, s in lst])
@@ -337,7 +367,7 @@ class ClusterFleet:
         self._done.set()
         if not self.ray.is_initialized():
             return  # this process left the cluster (its leases go stale with their heartbeats)
-        refs = {}
+        refs: dict[str, Any] = {}
         for h in hosts:
             with contextlib.suppress(Exception):
                 refs[h] = self.hosts[h].handle.finish.remote(self.token)
@@ -349,7 +379,7 @@ class ClusterFleet:
                 pass  # a lost host: its leases go stale with it; its next agent restores its phones
 
     # -- builds
-    def prebuild(self, artifacts, requests) -> None:
+    def prebuild(self, artifacts: Any, requests: Sequence[tuple[Cell, str]]) -> None:
         """Build what the plan needs and the cache lacks as Ray tasks (any node with a CPU free; a build that
         reads input files, a pruned model, on this controller's node), once per build key across the cluster,
         with this controller's tuning database; each result must verify into this controller's cache."""
@@ -379,7 +409,16 @@ class ClusterFleet:
             artifacts.adopt(key, todo[key], out["files"], tuning_digest=digests[key])
 
     # -- cells
-    def run(self, planned, by_serial, store, campaign, progress, resume: bool, threads):
+    def run(
+        self,
+        planned: Planned,
+        by_serial: dict[str, DeviceFacts],
+        store: Store,
+        campaign: Campaign,
+        progress: Progress,
+        resume: bool,
+        threads: int | None,
+    ) -> tuple[dict[str, int], tuple[str, ...]]:
         totals = {"ok": 0, "failed": 0, "skipped": 0, "resumed": 0, "interrupted": 0}
         warnings: list[str] = []
         lock = threading.Lock()
@@ -387,7 +426,7 @@ class ClusterFleet:
         beat = threading.Thread(target=self._heartbeats, args=(involved,), name="cluster-heartbeat", daemon=True)
         beat.start()
 
-        def one(name: str, cells) -> None:
+        def one(name: str, cells: list[tuple[Cell, str, ArtifactRef]]) -> None:
             counts, warn = self._run_device(name, by_serial[name], cells, store, campaign, progress, resume, threads)
             with lock:
                 for k, v in counts.items():
@@ -423,7 +462,7 @@ class ClusterFleet:
             if self._done.wait(HEARTBEAT_S):
                 return
 
-    def _ship(self, host: str, art) -> object:
+    def _ship(self, host: str, art: ArtifactRef) -> ArtifactRef:
         """`art` with the path of its copy on `host` (shipped once per host and content hash)."""
         key = (host, art.hash)
         with self._ship_lock:
@@ -436,7 +475,17 @@ class ClusterFleet:
                 self._shipped[key] = there
         return dataclasses.replace(art, path=Path(self._shipped[key]))
 
-    def _run_device(self, name: str, facts, cells, store, campaign, progress, resume: bool, threads):
+    def _run_device(
+        self,
+        name: str,
+        facts: DeviceFacts,
+        cells: list[tuple[Cell, str, ArtifactRef]],
+        store: Store,
+        campaign: Campaign,
+        progress: Progress,
+        resume: bool,
+        threads: int | None,
+    ) -> tuple[dict[str, int], list[str]]:
         ray = self.ray
         host, serial = self.route[name]
         h = self.hosts[host]
@@ -499,7 +548,7 @@ class ClusterFleet:
         return counts, warnings
 
 
-def _get(ray, ref, host: str, timeout: float):
+def _get(ray: Any, ref: Any, host: str, timeout: float | None) -> Any:
     """An agent's answer; an exception raised in the agent becomes one ClusterError naming the host."""
     try:
         return ray.get(ref, timeout=timeout)
@@ -523,8 +572,8 @@ def tune_on_cluster(
     model: str,
     variant: str = "full",
     say: Callable[[str], None] = lambda s: None,
-    **kwargs,
-) -> list[dict]:
+    **kwargs: Any,
+) -> list[dict[str, Any]]:
     """`autlearn workloads tune --cluster`: tune on phones of one host of the cluster (named `host/serial` or by
     serial), by that host's agent (candidates built there, measured on its phones), starting from this machine's
     tuning databases; the databases come back here (`paths.tuning_dir()`). One result dict per phone."""
@@ -577,7 +626,7 @@ class BuildRegistryHandle:
     """The cluster's BuildRegistry actor, created on first use."""
 
     @staticmethod
-    def get(ray):
+    def get(ray: Any) -> Any:  # the actor's handle
         return (
             ray.remote(BuildRegistry)
             .options(name=REGISTRY, lifetime="detached", get_if_exists=True, num_cpus=0)

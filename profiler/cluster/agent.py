@@ -16,11 +16,19 @@ import queue
 import socket
 import threading
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from profiler import knobs, paths
 from profiler.errors import UserError
+
+if TYPE_CHECKING:  # the engine is imported when a run starts (as below), not with the agent
+    from profiler.campaign_config import Campaign, Cell
+    from profiler.lease import PhoneLease
+    from profiler.probe import DeviceFacts
+    from profiler.store import CellMeta, Sample
+    from profiler.worker import ArtifactRef, DeviceWorker
 
 NAMESPACE = "autlearn"
 PREFIX = "agent:"
@@ -32,21 +40,28 @@ ENV_KEYS = ("ANDROID_ADB_SERVER_PORT", "AUTLEARN_HOME", "AUTLEARN_CACHE_DIR", "A
 class _Stream:
     """Store and Progress of a DeviceWorker on an agent: every write becomes an event for the controller."""
 
-    def __init__(self):
-        self.events: queue.Queue = queue.Queue()
+    def __init__(self) -> None:
+        self.events: queue.Queue[tuple[str, Any] | None] = queue.Queue()  # None: the worker ended
 
     def finished(self, cell_id: str) -> bool:
         return False  # the controller sends only the cells it still needs
 
     def write_status(
-        self, cell_id: str, status: str, reason: str = "", *, spec_key: str = "", label: str = "", extra=None
+        self,
+        cell_id: str,
+        status: str,
+        reason: str = "",
+        *,
+        spec_key: str = "",
+        label: str = "",
+        extra: Mapping[str, Any] | None = None,
     ) -> None:
         self.events.put(("status", (cell_id, status, reason, spec_key, label, extra)))
 
-    def write_cell(self, meta, samples) -> None:
+    def write_cell(self, meta: CellMeta, samples: Sequence[Sample]) -> None:
         self.events.put(("cell", (meta, list(samples))))
 
-    def write_trace(self, cell_id: str, trace) -> None:
+    def write_trace(self, cell_id: str, trace: Any) -> None:
         self.events.put(("trace", (cell_id, trace)))
 
     # Progress
@@ -61,12 +76,12 @@ class _Stream:
 class _Run:
     """One controller's run on this host: its leases, when it was last touched, its stop flag."""
 
-    def __init__(self):
-        self.leases: dict[str, Any] = {}
+    def __init__(self) -> None:
+        self.leases: dict[str, PhoneLease] = {}
         self.touched = time.monotonic()
         self.stop = threading.Event()
         self.active = 0
-        self.workers: list = []  # its DeviceWorkers under way (a stop ends their launches)
+        self.workers: list[DeviceWorker] = []  # its DeviceWorkers under way (a stop ends their launches)
 
 
 class Agent:
@@ -80,12 +95,12 @@ class Agent:
         threading.Thread(target=self._watchdog, name="agent-watchdog", daemon=True).start()
 
     # -- who and what
-    def ready(self) -> dict:
+    def ready(self) -> dict[str, Any]:
         """Put back what a killed agent (or campaign) left changed on this host's phones, each under its lease;
         the agent's identity and what it restored."""
         return {**self.identity(), "restored": self._restore_pending()}
 
-    def identity(self) -> dict:
+    def identity(self) -> dict[str, Any]:
         return {
             "host": self.name,
             "pid": os.getpid(),
@@ -97,7 +112,7 @@ class Agent:
     def heartbeat(self) -> float:
         return time.time()
 
-    def info(self) -> dict:
+    def info(self) -> dict[str, Any]:
         """The phones this host's adb server knows, probed now (FleetEntry), and the monitors plugged in."""
         from profiler.fleet import discover
 
@@ -138,7 +153,7 @@ class Agent:
                 run.touched = time.monotonic()
             return run is not None
 
-    def lease(self, token: str, serials: list[str], campaign: str, results: str, wait_s: float) -> dict:
+    def lease(self, token: str, serials: list[str], campaign: str, results: str, wait_s: float) -> dict[str, Any]:
         """Lease `serials` to run `token`: {"said": [...], "error": None | why}. On an error nothing stays leased
         by this call."""
         from profiler.device import wait_device
@@ -162,7 +177,7 @@ class Agent:
             return {"said": said, "error": str(exc)}
         return {"said": said, "error": None}
 
-    def check(self, campaign, serials: list[str]) -> str | None:
+    def check(self, campaign: Campaign, serials: list[str]) -> str | None:
         """Why the campaign's energy sources cannot exist on this host (a wrong monitor serial), else None."""
         from profiler.worker import check_energy
 
@@ -172,7 +187,7 @@ class Agent:
             return str(exc)
         return None
 
-    def prepare(self, token: str, campaign, serials: list[str]) -> dict[str, str]:
+    def prepare(self, token: str, campaign: Campaign, serials: list[str]) -> dict[str, str]:
         """Under the leases: put back what killed runs left changed on them (what a local run does)."""
         from profiler.worker import put_back  # the engine: imported when a run starts, not with the agent
 
@@ -232,7 +247,9 @@ class Agent:
         return paths.home() / "agent-artifacts" / digest
 
     # -- tuning
-    def tune(self, serials: list[str], model: str, variant: str, kwargs: dict, tuning: dict[str, bytes]) -> dict:
+    def tune(
+        self, serials: list[str], model: str, variant: str, kwargs: dict[str, Any], tuning: dict[str, bytes]
+    ) -> dict[str, Any]:
         """`workloads tune` on this host's phones `serials` (leased for it): candidates built here and measured
         on them, starting from the controller's databases (`tuning`: {relative path: bytes}). {"results": [...],
         "files": the databases after tuning, as `tuning`} or {"error": why}."""
@@ -257,7 +274,16 @@ class Agent:
             return {"results": results, "files": files}
 
     # -- cells
-    def run_device(self, token: str, serial: str, name: str, facts, cells: list, campaign, threads: int | None):
+    def run_device(
+        self,
+        token: str,
+        serial: str,
+        name: str,
+        facts: DeviceFacts,
+        cells: list[tuple[Cell, str, ArtifactRef]],
+        campaign: Campaign,
+        threads: int | None,
+    ) -> Iterator[tuple[str, Any]]:
         """Run `cells` [(cell, cell id, ArtifactRef with this host's path)] on `serial`, reporting as `name`;
         yields ("state" | "status" | "cell" | "trace" | "warning", data) and finally ("done", counts)."""
         from profiler.worker import DeviceWorker
@@ -271,9 +297,9 @@ class Agent:
         stream = _Stream()
         worker = DeviceWorker(serial, facts, cells, stream, campaign, stream, run.stop, False, threads, name=name)
         run.workers.append(worker)
-        result: dict = {}
+        result: dict[str, Any] = {}
 
-        def work():
+        def work() -> None:
             try:
                 result["counts"] = worker.run()
             except BaseException as exc:  # noqa: BLE001 - reported, never lost in a thread

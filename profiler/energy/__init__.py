@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 import numpy as np
 
@@ -35,7 +35,7 @@ class PowerTrace:
     t0_device: float | None = None
     info: Mapping[str, Any] = field(default_factory=dict)  # how the trace was obtained / what was inferred
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         arrays = [np.asarray(a, dtype=np.float64) for a in (self.t, self.current, self.voltage)]
         if not (arrays[0].ndim == 1 and arrays[0].shape == arrays[1].shape == arrays[2].shape):
             raise ValueError(f"t/current/voltage must be 1-D and equally long: {[a.shape for a in arrays]}")
@@ -52,7 +52,7 @@ class PowerTrace:
 
     @property
     def power(self) -> np.ndarray:
-        return self.current * self.voltage
+        return cast(np.ndarray, self.current * self.voltage)
 
     @property
     def duration(self) -> float:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
+import numpy.typing as npt
 
 from profiler.energy import PowerTrace
 
@@ -56,21 +58,21 @@ def _cumulative(t: np.ndarray, p: np.ndarray) -> np.ndarray:
     return c
 
 
-def _antiderivative(t: np.ndarray, p: np.ndarray, c: np.ndarray, x: np.ndarray) -> np.ndarray:
+def _antiderivative(t: np.ndarray, p: np.ndarray, c: np.ndarray, x: npt.ArrayLike) -> np.ndarray:
     """Integral of the piecewise-linear interpolation of p from t[0] to x (x clipped to the trace)."""
     x = np.clip(np.asarray(x, dtype=np.float64), t[0], t[-1])
     j = np.clip(np.searchsorted(t, x, side="right") - 1, 0, t.size - 2)
     px = np.interp(x, t, p)
-    return c[j] + (x - t[j]) * (p[j] + px) / 2
+    return cast(np.ndarray, c[j] + (x - t[j]) * (p[j] + px) / 2)
 
 
-def integrate(trace: PowerTrace, t0, t1) -> np.ndarray:
+def integrate(trace: PowerTrace, t0: npt.ArrayLike, t1: npt.ArrayLike) -> np.ndarray:
     """Energy (J) of V*I over [t0, t1] (trace time), trapezoidal, with partial samples at both edges."""
     t, p = trace.t, trace.power
     if t.size < 2:
         raise ValueError("trace has fewer than 2 samples")
     c = _cumulative(t, p)
-    return _antiderivative(t, p, c, t1) - _antiderivative(t, p, c, t0)
+    return cast(np.ndarray, _antiderivative(t, p, c, t1) - _antiderivative(t, p, c, t0))
 
 
 def baseline_power(trace: PowerTrace, t0: float, t1: float) -> float:

@@ -46,8 +46,12 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.context import ForkServerContext, SpawnContext
+from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import Any, cast
 
 import numpy as np
 
@@ -62,7 +66,7 @@ _SERVICE_EVERY = 32  # packets between drains / stop checks (~20 ms of samples)
 _MAX_PACKETS_WITHOUT_OUTPUT = 20000  # ~12 s of packets: the monitor is not calibrating
 
 
-def _context():
+def _context() -> ForkServerContext | SpawnContext:
     """Fresh processes, not forks of the caller: forkserver (its server preloads the driver, whose import of
     scipy.stats costs ~2 s, so each monitor process starts fast) where available, else spawn. Either way a child
     shares no driver state with the caller or with other monitors."""
@@ -74,7 +78,7 @@ def _context():
 
 
 @contextlib.contextmanager
-def pyusb_backend(backend) -> Iterator[Any]:
+def pyusb_backend(backend: Any) -> Iterator[Any]:
     """Make pyusb's default backend lookup (what `usb.core.find()` uses when PyMonsoon calls it without a
     backend) return `backend` inside the block. Process-global; the found Device keeps its backend afterwards."""
     import usb.backend.libusb0 as libusb0
@@ -107,7 +111,7 @@ def list_monitors(backend: Callable[[], Any] | None = None) -> tuple[str, ...]:
         ) from e
 
 
-def open_monitor(serial: str | int, *, lab_home=None, **kwargs) -> MonsoonSource:
+def open_monitor(serial: str | int, *, lab_home: str | os.PathLike[str] | None = None, **kwargs: Any) -> MonsoonSource:
     """A MonsoonSource for `serial`: a monitor a plugin provides when one claims the serial (profiler.instruments;
     the virtual lab's `SIM-<port>`, looked up in its state under `lab_home`, default $AUTLEARN_HOME; paced to real
     time, traces labelled `simulated`), else a real HVPM through the monsoon driver + pyusb/libusb. EnergyError
@@ -128,7 +132,7 @@ def open_monitor(serial: str | int, *, lab_home=None, **kwargs) -> MonsoonSource
     return MonsoonSource(serial, **kwargs)
 
 
-def restore_pending_passthrough(serial: str | int, *, lab_home=None) -> str | None:
+def restore_pending_passthrough(serial: str | int, *, lab_home: str | os.PathLike[str] | None = None) -> str | None:
     """USB passthrough is a knob of the monitor: when a window on `serial` died before restoring it (its marker
     is left), open a short window now; its end restores the prior mode the marker kept. None when nothing was
     pending."""
@@ -156,7 +160,7 @@ class MonsoonConfig:
     pending_dir: str | None = None  # "passthrough pending" markers (module docstring); None = none kept
     host_pid: int | None = None  # the child aborts (and restores) when this process is gone
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.passthrough not in PASSTHROUGH:
             raise ValueError(f"passthrough must be one of {sorted(PASSTHROUGH)}: {self.passthrough!r}")
         if self.restore != "prior" and self.restore not in PASSTHROUGH:
@@ -180,6 +184,10 @@ class MonsoonSource:
     `settle_wait`: sleep settle_s after sampling started so the workload runs after the settling window
     (default: only for real hardware)."""
 
+    _proc: BaseProcess | None
+    _conn: Connection | None
+    _dir: Path | None
+
     def __init__(
         self,
         serial: str | int,
@@ -193,8 +201,8 @@ class MonsoonSource:
         wait_for_adb: Callable[[], None] | None = None,
         settle_wait: bool | None = None,
         timeout_s: float = 60.0,
-        pending_dir: str | os.PathLike | None | bool = True,
-    ):
+        pending_dir: str | os.PathLike[str] | None | bool = True,
+    ) -> None:
         if pending_dir is True:
             pending_dir = default_pending_dir(backend)
         self.config = MonsoonConfig(
@@ -245,6 +253,7 @@ class MonsoonSource:
         arrive with USB latency) rather than at once."""
         if self._proc is None:
             raise RuntimeError("MonsoonSource.stop() without start()")
+        assert self._conn is not None  # set with _proc (start), cleared with it (_finish)
         try:
             if self.config.duration_s is None:  # otherwise the monitor stops by itself after the duration
                 with contextlib.suppress(OSError):
@@ -265,6 +274,7 @@ class MonsoonSource:
         """Abort a running measurement (samples are discarded) and make sure passthrough is restored."""
         if self._proc is None:
             return
+        assert self._conn is not None  # set with _proc (start), cleared with it (_finish)
         try:
             with contextlib.suppress(OSError):
                 self._conn.send("abort")
@@ -280,11 +290,12 @@ class MonsoonSource:
         self.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # -- plumbing -------------------------------------------------------------------------------------------
-    def _recv(self):
+    def _recv(self) -> tuple[Any, ...]:
+        assert self._conn is not None and self._proc is not None  # started: both set together (start, _finish)
         deadline = time.monotonic() + self.timeout_s
         while not self._conn.poll(0.05):
             if not self._proc.is_alive() and not self._conn.poll(0.2):
@@ -299,7 +310,7 @@ class MonsoonSource:
                     serial=self.config.serial,
                 )
         try:
-            return self._conn.recv()
+            return cast(tuple[Any, ...], self._conn.recv())  # the monitor process's (kind, ...) messages
         except (EOFError, OSError):  # the pipe closed: the monitor process is gone
             raise EnergyError(
                 f"Monsoon {self.config.serial}: monitor process lost (exit code "
@@ -308,7 +319,7 @@ class MonsoonSource:
                 serial=self.config.serial,
             ) from None
 
-    def _error(self, msg) -> EnergyError:
+    def _error(self, msg: tuple[Any, ...]) -> EnergyError:
         text, extra = msg[2], msg[3] if len(msg) > 3 else {}
         self.restored_passthrough = extra.get("restored", self.restored_passthrough)
         return EnergyError(text, serial=self.config.serial, found=tuple(extra.get("found", ())))
@@ -335,7 +346,7 @@ class MonsoonSource:
             self.wait_for_adb()
 
 
-def default_pending_dir(backend=None) -> Path | None:
+def default_pending_dir(backend: Callable[[], Any] | None = None) -> Path | None:
     """Where passthrough-pending markers go: `<state_dir>/pending` of a simulated fleet (None without a state
     dir), `$AUTLEARN_HOME/monsoon-pending` (default ~/.autlearn) for real monitors."""
     if backend is not None:
@@ -346,18 +357,18 @@ def default_pending_dir(backend=None) -> Path | None:
     return paths.pending_dir()
 
 
-def pending_passthrough(pending_dir: str | os.PathLike | None, serial: str | int) -> dict | None:
+def pending_passthrough(pending_dir: str | os.PathLike[str] | None, serial: str | int) -> dict[str, Any] | None:
     """The marker left by a monitor process that died before restoring passthrough: {"serial", "prior", "pid",
     "time"} (prior = the mode to restore), or None."""
     if not pending_dir:
         return None
     try:
-        return json.loads((Path(pending_dir) / f"{serial}.json").read_text())
+        return cast(dict[str, Any], json.loads((Path(pending_dir) / f"{serial}.json").read_text()))
     except (OSError, ValueError):
         return None
 
 
-def assemble_trace(arrays: dict[str, np.ndarray], meta: dict, config: MonsoonConfig) -> PowerTrace:
+def assemble_trace(arrays: dict[str, np.ndarray], meta: dict[str, Any], config: MonsoonConfig) -> PowerTrace:
     """Build the PowerTrace from what the monitor process recorded (pure; see module docstring)."""
     n_times, n_main, n_volt = (int(meta[k]) for k in ("n_times", "n_main", "n_volt"))
     n = min(n_main, n_volt)  # unequal after a trigger stop: keep the common prefix
@@ -431,26 +442,26 @@ class _Abort(Exception):
 _COVER_WAIT_S = 2.0  # at most this long past the time asked for: a trace that falls short says so when attributed
 
 
-def _make_tap(conn, config: MonsoonConfig):
+def _make_tap(conn: Connection, config: MonsoonConfig) -> Any:
     from Monsoon import pmapi
     from Monsoon import sampleEngine as se
 
-    class _TapProtocol(pmapi.USB_protocol):
+    class _TapProtocol(pmapi.USB_protocol):  # type: ignore[misc]  # the driver (PyMonsoon) has no types
         """USB_protocol that watches every packet: dropped counts, stop requests, draining getSamples()."""
 
-        def __init__(self):
+        def __init__(self) -> None:
             super().__init__()
-            self.engine = None
+            self.engine: Any = None  # the driver's SampleEngine, once sampling
             self.n_stream = 0  # measurement samples read
             self.last_dropped = 0
             self.total_dropped = 0
             self.drop_events: list[tuple[int, int]] = []
             self.anchor = math.inf
             self.packets = 0
-            self.packets_at_first_output = None
-            self.stop_requested_at = None
+            self.packets_at_first_output: int | None = None
+            self.stop_requested_at: int | None = None
             self.stop_at: float | None = None  # host time the samples must reach before stopping
-            self.chunks = {"main": [], "volts": []}
+            self.chunks: dict[str, list[np.ndarray]] = {"main": [], "volts": []}
             self.n = {"times": 0, "main": 0, "volts": 0}
             self.limit = (
                 None
@@ -458,7 +469,7 @@ def _make_tap(conn, config: MonsoonConfig):
                 else math.ceil((config.settle_s + config.duration_s) * SAMPLE_RATE) + 1
             )
 
-        def BulkRead(self):
+        def BulkRead(self) -> Any:
             buf = self.DEVICE.read(0x81, 64, timeout=1000)
             host = time.monotonic()
             if self.packets == 0:
@@ -484,7 +495,7 @@ def _make_tap(conn, config: MonsoonConfig):
                 self._service()
             return buf
 
-        def drain(self):
+        def drain(self) -> None:
             if self.engine is None:
                 return
             out = self.engine.getSamples()
@@ -494,7 +505,7 @@ def _make_tap(conn, config: MonsoonConfig):
                     self.chunks[key].append(np.asarray(out[col], dtype=np.float64))
                     self.n[key] += len(out[col])
 
-        def _service(self):
+        def _service(self) -> None:
             self.drain()
             if self.n["times"] and self.packets_at_first_output is None:
                 self.packets_at_first_output = self.packets
@@ -518,7 +529,7 @@ def _make_tap(conn, config: MonsoonConfig):
             if self.packets_at_first_output is None and self.packets > _MAX_PACKETS_WITHOUT_OUTPUT:
                 raise _Abort(f"no calibrated samples after {self.packets} packets (calibration samples missing?)")
 
-        def request_stop(self):
+        def request_stop(self) -> None:
             if self.stop_requested_at is None:
                 self.stop_requested_at = self.packets
                 self.engine.setStopTrigger(se.triggers.GREATER_THAN, -1.0)  # timestamps are >= 0: stop at once
@@ -526,7 +537,7 @@ def _make_tap(conn, config: MonsoonConfig):
     return _TapProtocol()
 
 
-def _child_main(conn, config: MonsoonConfig, out_path: str) -> None:
+def _child_main(conn: Connection, config: MonsoonConfig, out_path: str) -> None:
     import usb.core
     from Monsoon import HVPM
     from Monsoon import Operations as op
@@ -534,7 +545,8 @@ def _child_main(conn, config: MonsoonConfig, out_path: str) -> None:
 
     state: dict[str, Any] = {"found": (), "restored": None, "restoring": False}
 
-    def _on_signal(signum, frame):  # terminate -> the restoring finally, never a silent death
+    def _on_signal(signum: int, frame: FrameType | None) -> None:
+        # terminate -> the restoring finally, never a silent death
         if not state["restoring"]:
             raise _Abort(f"monitor process got signal {signum}")
 
@@ -680,7 +692,7 @@ def _proc_state(pid: int) -> str | None:
         return None
 
 
-def _restore(proto, mon, op, prior: int, config: MonsoonConfig) -> str | None:
+def _restore(proto: Any, mon: Any, op: Any, prior: int, config: MonsoonConfig) -> str | None:
     """Stop sampling if needed and put passthrough back; returns the mode now set (None if that failed)."""
     target = prior if config.restore == "prior" else PASSTHROUGH[config.restore]
     for _ in range(2):

@@ -30,10 +30,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, Literal, Self, cast
 
 import numpy as np
 
@@ -45,6 +47,7 @@ from profiler.energy.fuelgauge import (
     SUSPEND_SWITCHES,
     Calibration,
     FuelGaugeDecision,
+    GaugeLog,
     charge_facts,
     decide_fuelgauge,
     infer_calibration,
@@ -52,6 +55,7 @@ from profiler.energy.fuelgauge import (
     to_trace,
 )
 from profiler.errors import DeviceError, EnergyError
+from profiler.probe import DeviceFacts
 
 BASELINE_S = 0.7
 TAIL_MARGIN_S = 0.1  # samples kept past the last step's end (a monitor's samples arrive with latency: waited for)
@@ -62,6 +66,8 @@ _DEVICE_REALTIME = 'echo "${EPOCHREALTIME:-$(date +%s.%N)}"'
 # on the phone does, through its stop file: stop_orphan_samplers)
 SAMPLER_MAX_S = 4 * 3600
 SAMPLER_TAG = "fuelgauge-"  # its files in the device work dir: <tag><ns>.log / .err / .stop
+# a runner clock pair: {"mono_ns": ..., "real_ns": ...} (profiler.steps.clock_pairs), or (mono_ns, real_ns)
+_ClockPair = Mapping[str, Any] | tuple[int, int]
 
 
 @dataclass(frozen=True)
@@ -89,11 +95,11 @@ class CellEnergy:
     j_per_step_ci95: tuple[float, float] | None = None  # window/steps: 95 % CI of the per-step value over runs
     j_per_step_net_median: float | None = None  # NET: above the idle baseline
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def known_monitor(serial: str, lab_home=None) -> str | None:
+def known_monitor(serial: str, lab_home: str | os.PathLike[str] | None = None) -> str | None:
     """The Monsoon known to power the device `serial`, as a plugin knows it (profiler.instruments; the virtual
     lab: the simulated monitor recorded in its state under `lab_home`, default $AUTLEARN_HOME, `autlearn lab up
     --monsoon`), else None (real phones name theirs in the campaign's [devices.energy] table, which overrides the
@@ -103,7 +109,7 @@ def known_monitor(serial: str, lab_home=None) -> str | None:
     return lookup(serial, lab_home)
 
 
-def resolve_energy(spec: str, serial: str, lab_home=None) -> str:
+def resolve_energy(spec: str, serial: str, lab_home: str | os.PathLike[str] | None = None) -> str:
     """A concrete energy spec for device `serial`: `auto` -> `monsoon:<the monitor known to power it>`, else
     `fuelgauge`; `monsoon:auto` -> that monitor, EnergyError (naming the serial) when none is known. Other specs
     are returned as they are."""
@@ -124,7 +130,9 @@ def resolve_energy(spec: str, serial: str, lab_home=None) -> str:
     return spec
 
 
-def open_meter(spec: str, device, facts, lab_home=None) -> Meter | None:
+def open_meter(
+    spec: str, device: Device, facts: DeviceFacts, lab_home: str | os.PathLike[str] | None = None
+) -> Meter | None:
     """The meter for an energy spec: "none" -> None, "fuelgauge", "monsoon:SERIAL" (a real HVPM serial or a lab
     monitor `SIM-<port>`), "auto" / "monsoon:auto" (resolve_energy for the device). A wrong or missing monitor
     serial raises EnergyError here. The meter's `spec` is the resolved spec."""
@@ -132,6 +140,7 @@ def open_meter(spec: str, device, facts, lab_home=None) -> Meter | None:
     spec = resolve_energy(asked, device.serial, lab_home)
     if spec == "none":
         return None
+    meter: Meter
     if spec == "fuelgauge":
         meter = FuelGaugeMeter(device, facts)
     else:
@@ -149,13 +158,13 @@ def open_meter(spec: str, device, facts, lab_home=None) -> Meter | None:
 # shared
 
 
-def _step_window(step) -> tuple[int | None, int | None]:
+def _step_window(step: object) -> tuple[int | None, int | None]:
     if isinstance(step, Mapping):
         return step.get("t_start_ns"), step.get("t_end_ns")
     return getattr(step, "t_start_ns", None), getattr(step, "t_end_ns", None)
 
 
-def _pair_offset(clock_pairs: Iterable) -> tuple[float, float, int] | None:
+def _pair_offset(clock_pairs: Iterable[_ClockPair] | None) -> tuple[float, float, int] | None:
     """(median real - mono in s, half their spread in s, count) from the runner's clock pairs."""
     offs = []
     for p in clock_pairs or ():
@@ -173,7 +182,7 @@ def _resolution(trace: PowerTrace) -> float:
 
 def _attribute(
     trace: PowerTrace,
-    steps: Sequence,
+    steps: Sequence[Any],
     shift_s: float | None,
     error_s: float,
     baseline: tuple[float, float] | None,
@@ -220,6 +229,7 @@ def _attribute(
             # steps shorter than what the source resolves: each run's window (first start .. last end of its
             # timed steps, warm-up apart) divided by its steps; a CI over the runs
             method = "window/steps"
+            assert shift_s is not None  # steps are placed (idx) only with a known shift
             gross, per_run = _window_energies(trace, [steps[i] for i in idx], windows, shift_s)
             if len(per_run) >= 2:
                 from scipy.stats import t as student_t
@@ -288,7 +298,7 @@ def _effective_resolution(trace: PowerTrace) -> float:
 
 
 def _window_energies(
-    trace: PowerTrace, steps: Sequence, windows: Sequence[tuple[int, int]], shift_s: float
+    trace: PowerTrace, steps: Sequence[Any], windows: Sequence[tuple[int, int]], shift_s: float
 ) -> tuple[list[float], list[float]]:
     """Per-step energy from run windows: steps grouped into runs (numbering restarts) and warm-up / timed; each
     group's energy from its first start to its last end, split evenly. Also the timed per-step value of each run."""
@@ -298,7 +308,7 @@ def _window_energies(
     prev_step, prev_warm = None, None
     for k, s in enumerate(steps):
         num = s.get("step") if isinstance(s, Mapping) else getattr(s, "step", None)
-        warm = bool(s.get("warmup") if isinstance(s, Mapping) else getattr(s, "warmup", False))
+        warm: object = bool(s.get("warmup") if isinstance(s, Mapping) else getattr(s, "warmup", False))
         if not groups or warm != prev_warm or num is None or prev_step is None or num <= prev_step:
             groups.append([])
         groups[-1].append(k)
@@ -327,16 +337,16 @@ class Meter:
     def notes(self) -> list[str]:
         """Notes carried into the cell's CellEnergy (e.g. how `auto` was resolved)."""
         if "_meter_notes" not in self.__dict__:
-            self._meter_notes = []
+            self._meter_notes: list[str] = []
         return self._meter_notes
 
     def precheck(self) -> str | None:
         return None
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc) -> bool:
+    def __exit__(self, *exc: object) -> Literal[False]:
         return False
 
     def start(self) -> None:
@@ -346,7 +356,7 @@ class Meter:
         raise NotImplementedError
 
     def attribute(
-        self, trace: PowerTrace, steps: Sequence, clock_pairs: Sequence
+        self, trace: PowerTrace, steps: Sequence[Any], clock_pairs: Sequence[_ClockPair]
     ) -> tuple[list[float | None], CellEnergy]:
         raise NotImplementedError
 
@@ -360,7 +370,14 @@ class FuelGaugeMeter(Meter):
 
     source = "fuelgauge"
 
-    def __init__(self, device, facts, *, interval_s: float = GAUGE_INTERVAL_S, baseline_s: float = BASELINE_S):
+    def __init__(
+        self,
+        device: Device,
+        facts: DeviceFacts,
+        *,
+        interval_s: float = GAUGE_INTERVAL_S,
+        baseline_s: float = BASELINE_S,
+    ) -> None:
         self.device, self.facts = device, facts
         self.interval_s, self.baseline_s = interval_s, baseline_s
         self.virtual = bool(getattr(facts, "virtual", False))
@@ -387,7 +404,7 @@ class FuelGaugeMeter(Meter):
     def precheck(self) -> str | None:
         st = self._sysfs_state()
 
-        def online(name):
+        def online(name: str) -> bool | None:
             v = st.get(f"{name}/online")
             return None if v is None else v not in ("0", "")
 
@@ -407,11 +424,12 @@ class FuelGaugeMeter(Meter):
         return None if self.decision.allowed else self.decision.reason
 
     # -- context --------------------------------------------------------------------------------------------
-    def __enter__(self):
+    def __enter__(self) -> Self:
         if self.decision is None:
             reason = self.precheck()
             if reason:
                 raise EnergyError(reason, serial=self.device.serial)
+        assert self.decision is not None  # precheck() decided
         if not self.decision.allowed:
             raise EnergyError(self.decision.reason, serial=self.device.serial)
         if self.decision.suspend:
@@ -431,6 +449,7 @@ class FuelGaugeMeter(Meter):
         return self
 
     def _write_switch(self, value: str) -> None:
+        assert self.restore is not None  # written only while the switch's prior value is kept
         path = self.restore[0]
         r = self.device.shell_root(f'echo {quote(value)} > "{path}" && cat "{path}"', timeout=20)
         if not r.ok or r.stdout.strip() != value:
@@ -438,7 +457,7 @@ class FuelGaugeMeter(Meter):
                 f"cannot write {value!r} to {path}: {(r.stderr or r.stdout).strip()}", serial=self.device.serial
             )
 
-    def __exit__(self, *exc) -> bool:
+    def __exit__(self, *exc: object) -> Literal[False]:
         try:
             self._kill_sampler()
         finally:
@@ -499,7 +518,7 @@ class FuelGaugeMeter(Meter):
         cal = self._calibration(log)
         return to_trace(log, serial=self.device.serial, labels=self.labels, calibration=cal)
 
-    def _calibration(self, log) -> Calibration:
+    def _calibration(self, log: GaugeLog) -> Calibration:
         samples = [s for s in log.samples if s.current_raw is not None]
         if self.decision is not None and self.decision.suspend:
             # our switch cut the charger: USB stays "online" for data but feeds nothing, so these samples are
@@ -520,7 +539,7 @@ class FuelGaugeMeter(Meter):
 
     # -- attribution ----------------------------------------------------------------------------------------
     def attribute(
-        self, trace: PowerTrace, steps: Sequence, clock_pairs: Sequence
+        self, trace: PowerTrace, steps: Sequence[Any], clock_pairs: Sequence[_ClockPair]
     ) -> tuple[list[float | None], CellEnergy]:
         notes = (
             list(self.notes)
@@ -535,17 +554,20 @@ class FuelGaugeMeter(Meter):
                 shift, err = None, math.inf
             else:
                 off, spread, n = pair
+                assert trace.t0_device is not None  # a fuel-gauge trace (to_trace) has its device clock anchor
                 shift, err = off - trace.t0_device, spread + 0.001  # + sampling latency of one gauge read
         else:
             notes.append("fuel gauge clock is /proc/uptime (CLOCK_BOOTTIME, 10 ms): assumed = CLOCK_MONOTONIC")
+            assert trace.t0_device is not None  # a fuel-gauge trace (to_trace) has its device clock anchor
             shift, err = -trace.t0_device, 0.01
         baseline = None
         marks = [self._marks.get(k) for k in ("b0", "b1")]
         if all(marks):
             t = [
                 float((m.split("|")[0] if clock == "realtime" else m.split("|")[1].split()[0]).replace(",", "."))
-                for m in marks
+                for m in cast(list[str], marks)  # all set (all(marks))
             ]
+            assert trace.t0_device is not None  # a fuel-gauge trace (to_trace) has its device clock anchor
             baseline = (t[0] - trace.t0_device, t[1] - trace.t0_device)
         return _attribute(
             trace, steps, shift, err if math.isfinite(err) else 0.0, baseline, self.source, self.device.serial, notes
@@ -563,15 +585,15 @@ class MonsoonMeter(Meter):
 
     def __init__(
         self,
-        device,
-        facts,
+        device: Device,
+        facts: DeviceFacts,
         serial: str,
         *,
-        lab_home=None,
+        lab_home: str | os.PathLike[str] | None = None,
         voltage: float = 4.0,
         baseline_s: float = BASELINE_S,
         round_trips: int = 8,
-    ):
+    ) -> None:
         from profiler.energy.monsoon import open_monitor
 
         self.device, self.facts, self.serial = device, facts, str(serial)
@@ -589,7 +611,7 @@ class MonsoonMeter(Meter):
             )
         return None
 
-    def __exit__(self, *exc) -> bool:
+    def __exit__(self, *exc: object) -> Literal[False]:
         self.src.close()  # aborts a running measurement and restores passthrough
         return False
 
@@ -618,7 +640,7 @@ class MonsoonMeter(Meter):
         return dataclasses.replace(trace, labels=labels, serial=self.serial, info=info)
 
     def attribute(
-        self, trace: PowerTrace, steps: Sequence, clock_pairs: Sequence
+        self, trace: PowerTrace, steps: Sequence[Any], clock_pairs: Sequence[_ClockPair]
     ) -> tuple[list[float | None], CellEnergy]:
         notes = list(self.notes)
         pair = _pair_offset(clock_pairs)
@@ -637,14 +659,14 @@ class MonsoonMeter(Meter):
             notes.append(f"clock: {host.samples} adb round trips, min RTT {host.min_rtt_s * 1e3:.1f} ms")
         baseline = None
         if self._baseline_host and trace.t0_host is not None:
-            baseline = tuple(h - trace.t0_host for h in self._baseline_host)
+            baseline = cast(tuple[float, float], tuple(h - trace.t0_host for h in self._baseline_host))
         return _attribute(trace, steps, shift, err, baseline, self.source, self.serial, notes)
 
 
 __all__ = ["CellEnergy", "FuelGaugeMeter", "Meter", "MonsoonMeter", "known_monitor", "open_meter", "resolve_energy"]
 
 
-def restore_charging(device, doc: dict) -> None:
+def restore_charging(device: Device, doc: dict[str, Any]) -> None:
     """The charging switch's restorer (profiler.knobs.restore_pending): write its persisted prior value back."""
     path, prior = doc["state"]["path"], str(doc["state"]["prior"])
     if not re.fullmatch(r"\$\{AUTLEARN_SYSFS:-/sys\}/class/power_supply/[A-Za-z0-9_./-]+", path) or "\n" in prior:
@@ -654,7 +676,7 @@ def restore_charging(device, doc: dict) -> None:
         raise EnergyError(f"cannot restore {path} to {prior!r}", serial=device.serial)
 
 
-def stop_orphan_samplers(serials) -> dict[str, str]:
+def stop_orphan_samplers(serials: Iterable[str]) -> dict[str, str]:
     """Fuel-gauge samplers a killed run left polling on the leased phones (no run of ours uses them now: they are
     leased) are asked to stop through their stop files, and their files removed."""
     out: dict[str, str] = {}

@@ -18,9 +18,16 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from profiler.errors import ConfigError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from workloads.data import Dataset
+    from workloads.layers import Layer
+    from workloads.pruning.budget import Budget
 
 LAYER_SUITE = "layers"  # the campaign pseudo-model of per-layer suites (workloads.layer_suite); not a family
 
@@ -36,17 +43,19 @@ class Family:
     build: Callable[[Any], Any]  # config -> torch.nn.Module (workloads.models.build_model seeds)
     example_input: Callable[[Any], Any]  # config -> torch tensor of input_shape (torch.export)
     default_lr: float  # SGD learning rate of compiled programs
-    layers: Callable[[Any, tuple[str, ...], int | None], tuple]  # (config, backbone phases, head_rank) -> Layers
+    # (config, backbone phases, head_rank) -> Layers
+    layers: Callable[[Any, tuple[str, ...], int | None], tuple[Layer, ...]]
     grid: Callable[[Any, str, int, int], Any]  # (config, trainable, conv_step, fc_step) -> LayerKeys
-    dataset: Callable[[Any, int | None], Any]  # (config, per_class) -> workloads.data.Dataset
-    batch: Callable[[Any, int], tuple]  # (config, index) -> (x, y) numpy batch of the embedded data
+    dataset: Callable[[Any, int | None], Dataset]  # (config, per_class) -> workloads.data.Dataset
+    batch: Callable[[Any, int], tuple[np.ndarray, np.ndarray]]  # (config, index) -> (x, y) batch of the embedded data
     compress: Callable[[Any], Any] | None = None  # default config of the `compressed` variant
     strategy: str | None = None  # compression: "filter" (pruning) | "svd" (of the head) | None
     prunable: Callable[[Any, int | None], Mapping[str, tuple[int, ...]]] | None = None  # layer -> options
     compressed_keys: tuple[str, ...] = ()  # config keys a compression changes (compressed_config)
     compressor: Callable[..., Any] | None = None  # (config, table, out, options, console) -> Compressor
-    validation_configs: Callable[[Any, int, int], dict] | None = None  # whole models a table can predict
-    load_data: Callable[[Any, Path], tuple] | None = None  # (config, LEAF path) -> batch 0 (x, y)
+    validation_configs: Callable[[Any, int, int], dict[str, Any]] | None = None  # whole models a table can predict
+    # (config, LEAF path) -> batch 0 (x, y)
+    load_data: Callable[[Any, Path], tuple[np.ndarray, np.ndarray]] | None = None
 
     def make_config(self, **overrides: Any) -> Any:
         """Config with keyword overrides (lists become tuples); unknown key -> ConfigError naming the valid ones."""
@@ -125,7 +134,7 @@ class Compressor:
     """A family's budget-driven compression (`autlearn prune`): `propose(budgets)` -> {str(budget): path of a
     compressed.json}; `smallest(kind)` -> the smallest value of resource `kind` it can reach."""
 
-    propose: Callable[[list], dict[str, str]]
+    propose: Callable[[list[Budget]], dict[str, str]]
     smallest: Callable[[str], float]
 
 

@@ -5,12 +5,20 @@ Torch and data sets are imported inside functions only."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from profiler.errors import ConfigError
 from workloads.families import Compressor, Family, check_bounds, config_key
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from workloads.data import Dataset
+    from workloads.layers import Layer, LayerKey
+    from workloads.pruning.budget import Budget
 
 LSTM_BOUNDS = {
     "vocab_size": 1_000_000,
@@ -96,21 +104,21 @@ def _lstm_cls() -> type:
             sizes = [cfg.embed_dim] + [cfg.hidden_size] * cfg.num_layers
             self.lstm = nn.ModuleList(nn.LSTM(a, cfg.hidden_size, batch_first=True) for a in sizes[:-1])
             if cfg.head_rank:
-                self.head = nn.Sequential(
+                self.head: nn.Module = nn.Sequential(
                     nn.Linear(cfg.hidden_size, cfg.head_rank), nn.Linear(cfg.head_rank, cfg.vocab_size)
                 )
             else:
                 self.head = nn.Linear(cfg.hidden_size, cfg.vocab_size)
 
         def features(self, x: torch.Tensor) -> torch.Tensor:
-            h = self.embed(x)
+            h: torch.Tensor = self.embed(x)
             for layer in self.lstm:
                 h, _ = layer(h)
             # Positive index: TVM 0.27 imports `h[:, -1]` as take(-1, mode="fast"), which reads out of bounds.
             return h[:, h.shape[1] - 1, :]
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.head(self.features(x))
+            return cast(torch.Tensor, self.head(self.features(x)))
 
     return WordLSTM
 
@@ -124,7 +132,7 @@ def example_input(cfg: WordLSTMConfig) -> Any:
 # ---------------------------------------------------------------------------------------------- layers
 
 
-def layers(config: WordLSTMConfig, body: tuple[str, ...], head_rank: int | None) -> tuple:
+def layers(config: WordLSTMConfig, body: tuple[str, ...], head_rank: int | None) -> tuple[Layer, ...]:
     """`head_rank` replaces the dense head by its rank-r SVD factorisation fc(H->r), fc(r->V)."""
     from workloads.layers import PHASES, Layer, LayerKey
 
@@ -152,7 +160,7 @@ def prunable(config: WordLSTMConfig, step: int | None = None) -> dict[str, tuple
     return {"head": channel_options(min(config.hidden_size, config.vocab_size), step or FC_STEP)}
 
 
-def grid(config: WordLSTMConfig, trainable: str, conv_step: int, fc_step: int) -> set:
+def grid(config: WordLSTMConfig, trainable: str, conv_step: int, fc_step: int) -> set[LayerKey]:
     """The dense model and the head factorised at any rank in steps of `fc_step`."""
     from workloads.layers import model_keys
 
@@ -180,18 +188,18 @@ def validation_configs(config: WordLSTMConfig, n: int, seed: int) -> dict[str, A
 # ---------------------------------------------------------------------------------------------- data
 
 
-def dataset(cfg: WordLSTMConfig, per_class: int | None = None) -> Any:
+def dataset(cfg: WordLSTMConfig, per_class: int | None = None) -> Dataset:
     """The embedded Shakespeare excerpt as (seq_len words -> next word) windows; `per_class` does not apply."""
     from workloads import data
 
     return data.default_words(cfg.vocab_size, cfg.seq_len)
 
 
-def batch(cfg: WordLSTMConfig, index: int = 0) -> tuple:
+def batch(cfg: WordLSTMConfig, index: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return dataset(cfg).batch(index, cfg.batch, cfg.seed)
 
 
-def load_data(cfg: WordLSTMConfig, path: Path) -> tuple:
+def load_data(cfg: WordLSTMConfig, path: Path) -> tuple[np.ndarray, np.ndarray]:
     from workloads import data
 
     return data.load_shakespeare(path, cfg.vocab_size, cfg.seq_len).batch(0, cfg.batch, cfg.seed)
@@ -210,7 +218,9 @@ def compressor(cfg: WordLSTMConfig, table: Any, out: Path, options: dict[str, An
     )
 
 
-def prune_to_budgets(cfg: WordLSTMConfig, table: Any, budgets, out: Path, emit) -> dict[str, str]:
+def prune_to_budgets(
+    cfg: WordLSTMConfig, table: Any, budgets: Iterable[Budget], out: Path, emit: Callable[[str], object]
+) -> dict[str, str]:
     """The head's SVD rank per budget (weights: the seed model's head factorised, no fine-tune), exported as
     `out/lstm/<budget>/compressed.json` + `model.pt` that campaigns compile (variant `compressed`)."""
     from workloads.families.compressed import export

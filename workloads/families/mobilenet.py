@@ -4,12 +4,21 @@ Torch, the pruning search and data sets are imported inside functions only."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from profiler.errors import ConfigError
 from workloads.families import Compressor, Family, check_bounds, config_key
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from workloads.data import Dataset
+    from workloads.layers import Layer, LayerKey
+    from workloads.pruning.budget import Budget
+    from workloads.pruning.search import SearchSettings
 
 # MobileNetV1 body: (output channels at width 1.0, stride) of the 13 depthwise-separable blocks.
 MOBILENET_BLOCKS: tuple[tuple[int, int], ...] = (
@@ -131,13 +140,14 @@ def _mobilenet_cls() -> type:
             for mod in self.body.modules():
                 if isinstance(mod, nn.Conv2d):
                     nn.init.kaiming_normal_(mod.weight, mode="fan_out", nonlinearity="relu")
+                    assert mod.bias is not None  # conv_bn's convs have a bias
                     nn.init.uniform_(mod.bias, -0.05, 0.05)
 
         def features(self, x: torch.Tensor) -> torch.Tensor:
-            return self.body(x).mean(dim=(2, 3))
+            return cast(torch.Tensor, self.body(x).mean(dim=(2, 3)))
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.head(self.features(x))
+            return cast(torch.Tensor, self.head(self.features(x)))
 
     return MobileNetV1
 
@@ -151,7 +161,7 @@ def example_input(cfg: MobileNetConfig) -> Any:
 # ---------------------------------------------------------------------------------------------- layers
 
 
-def layers(config: MobileNetConfig, body: tuple[str, ...], head_rank: int | None) -> tuple:
+def layers(config: MobileNetConfig, body: tuple[str, ...], head_rank: int | None) -> tuple[Layer, ...]:
     from workloads.layers import PHASES, Layer, LayerKey, conv_out
 
     if head_rank is not None:
@@ -179,11 +189,11 @@ def prunable(config: MobileNetConfig, step: int | None = None) -> dict[str, tupl
     return {n: channel_options(c, step or CONV_STEP) for n, c in zip(names, config.layer_channels)}
 
 
-def grid(config: MobileNetConfig, trainable: str, conv_step: int, fc_step: int) -> set:
+def grid(config: MobileNetConfig, trainable: str, conv_step: int, fc_step: int) -> set[LayerKey]:
     """Any layer's output channels reduced in steps of `conv_step`."""
     from workloads.layers import model_layers
 
-    keys: set = set()
+    keys: set[LayerKey] = set()
     opts = list(prunable(config, conv_step).values())
     ci = 0  # index into layer_channels of the current producer
     for layer in model_layers(config, trainable):
@@ -232,7 +242,7 @@ def validation_configs(config: MobileNetConfig, n: int, seed: int) -> dict[str, 
 # ---------------------------------------------------------------------------------------------- data
 
 
-def dataset(cfg: MobileNetConfig, per_class: int | None = None) -> Any:
+def dataset(cfg: MobileNetConfig, per_class: int | None = None) -> Dataset:
     """Synthetic FEMNIST-like glyphs at the config's image size (`per_class` glyphs per class; default 16)."""
     from workloads import data
 
@@ -247,7 +257,7 @@ def dataset(cfg: MobileNetConfig, per_class: int | None = None) -> Any:
     return ds
 
 
-def batch(cfg: MobileNetConfig, index: int = 0) -> tuple:
+def batch(cfg: MobileNetConfig, index: int = 0) -> tuple[np.ndarray, np.ndarray]:
     from workloads import data
 
     # Resize only the batch, not the whole data set (224x224x3 copies would be large).
@@ -255,7 +265,7 @@ def batch(cfg: MobileNetConfig, index: int = 0) -> tuple:
     return data.resize_images(x, cfg.image_size, cfg.in_channels), y
 
 
-def load_data(cfg: MobileNetConfig, path: Path) -> tuple:
+def load_data(cfg: MobileNetConfig, path: Path) -> tuple[np.ndarray, np.ndarray]:
     from workloads import data
 
     x, y = data.load_femnist(path).batch(0, cfg.batch, cfg.seed)
@@ -276,7 +286,9 @@ def compressor(cfg: MobileNetConfig, table: Any, out: Path, options: dict[str, A
     )
 
 
-def _search(cfg, table, targets, out: Path, settings, console) -> dict[str, str]:
+def _search(
+    cfg: MobileNetConfig, table: Any, targets: Iterable[Budget], out: Path, settings: SearchSettings, console: Any
+) -> dict[str, str]:
     from rich.console import Console
     from rich.table import Table as RichTable
 

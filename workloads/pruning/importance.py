@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 import numpy as np
 
@@ -13,7 +14,8 @@ from profiler.errors import ConfigError
 
 @runtime_checkable
 class Importance(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...  # read-only: the importances are frozen dataclasses
 
     def __call__(self, weight: Any) -> np.ndarray:
         """One score per output channel (higher = more important)."""
@@ -27,7 +29,7 @@ class L2FilterImportance:
 
     def __call__(self, weight: Any) -> np.ndarray:
         w = weight.detach().reshape(weight.shape[0], -1).double()
-        return w.norm(dim=1).numpy()
+        return cast(np.ndarray, w.norm(dim=1).numpy())
 
 
 @dataclass(frozen=True)
@@ -39,10 +41,10 @@ class RandomImportance:
 
     def __call__(self, weight: Any) -> np.ndarray:
         rng = np.random.default_rng([self.seed, *weight.shape])
-        return rng.random(weight.shape[0])
+        return cast(np.ndarray, rng.random(weight.shape[0]))
 
 
-IMPORTANCES = {"l2": L2FilterImportance, "random": RandomImportance}
+IMPORTANCES: dict[str, Callable[[], Importance]] = {"l2": L2FilterImportance, "random": RandomImportance}
 
 
 def get_importance(name: str) -> Importance:

@@ -20,7 +20,7 @@ beside the model defining the budget) that holds per budget only: a model two bu
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -141,6 +141,7 @@ def close_loop(
             final[label] = att
             if verdict != "exceeded" or k == corrections or b.kind not in MEASURED_KINDS:
                 continue
+            assert value is not None  # "exceeded" was judged on a measured value
             nxt = corrected(target, predicted, b, value, margin)
             floor = smallest(b.kind) if smallest is not None else None
             if floor is not None and nxt.value < floor:
@@ -156,12 +157,12 @@ def close_loop(
     return [final[str(b)] for b in budgets], history
 
 
-def verdict_values(measured, labels, judged_on: str) -> dict[str, dict]:
+def verdict_values(measured: Any, labels: Iterable[str], judged_on: str) -> dict[str, dict[str, Any]]:
     """Rows of `measure_models`' frame -> close_loop values: the latency a verdict uses (control-normalized or raw;
     raw for a model no round measured beside the control), energy (raw), and both latencies with the drift."""
     nan = float("nan")
     by = {r.model: r for r in measured.itertuples()}
-    values = {}
+    values: dict[str, dict[str, Any]] = {}
     for label in labels:
         if label not in by:
             continue
@@ -234,7 +235,7 @@ def measure_closed_loop(
     if verdict_on == "normalized" and judged_on == "raw":
         emit("note: the table has no control reference; latency budgets are judged on the raw median")
 
-    def measure(exports: dict[str, str], k: int):
+    def measure(exports: dict[str, str], k: int) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
         got, rdir, rr = measure_models(
             f"pruned-{out.name}-{k}",
             {label: Path(p) for label, p in exports.items()},

@@ -6,7 +6,7 @@ Layer index i refers to `config.layer_channels[i]` (0 = stem conv, 1..13 = point
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -35,7 +35,7 @@ def producer(layer: int) -> str:
     return "body.0.0" if layer == 0 else f"body.{2 * layer}.0"
 
 
-def consumers(config: Any, layer: int) -> tuple[str, str | None]:
+def consumers(config: Any, layer: int) -> tuple[str | None, str]:
     """(depthwise conv prefix or None, next conv/head prefix) consuming the channels."""
     last = len(config.layer_channels) - 1
     if layer == last:
@@ -57,7 +57,7 @@ def with_channels(config: Any, channels: Sequence[int]) -> Any:
     return replace(config, channels=tuple(int(c) for c in channels))
 
 
-def prune_channels(model: Any, config: Any, layer: int, remove: Sequence[int]) -> tuple[Any, Any]:
+def prune_channels(model: Any, config: Any, layer: int, remove: Iterable[int]) -> tuple[Any, Any]:
     """Remove output channels `remove` of layer `layer` -> (new config, new model with copied weights)."""
     from workloads.models import build_model
 

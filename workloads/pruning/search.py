@@ -32,7 +32,7 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from profiler.errors import ConfigError
 from workloads.families import of_config
@@ -51,6 +51,9 @@ from workloads.pruning.budget import Budget, UnreachableBudget, format_value
 from workloads.pruning.importance import get_importance
 from workloads.pruning.mobilenet import min_channels, prunable_layers, prune_smallest, with_channels
 from workloads.resource import RESOURCE_KINDS, model_resource, predict
+
+if TYPE_CHECKING:
+    from workloads.pruning.train import Split
 
 SELECTIONS = ("first", "best-val")
 
@@ -106,7 +109,8 @@ class Iteration:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Iteration:
-        return cls(**{**{f.name: d.get(f.name) for f in fields(cls)}, "channels": tuple(d["channels"])})
+        kw: dict[str, Any] = {**{f.name: d.get(f.name) for f in fields(cls)}, "channels": tuple(d["channels"])}
+        return cls(**kw)
 
 
 @dataclass(frozen=True)
@@ -169,7 +173,7 @@ def search(
     out: str | Path,
     settings: SearchSettings = SearchSettings(),
     *,
-    on_event: Callable[[str], None] | None = None,
+    on_event: Callable[[str], object] | None = None,  # its return value is ignored
     on_iteration: Callable[[Iteration], None] | None = None,
 ) -> tuple[SearchResult, ...]:
     """Run (or resume) the search for every resource kind among `budgets`; see the module docstring."""
@@ -216,7 +220,15 @@ def _point_json(p: ParetoPoint) -> dict[str, Any]:
     }
 
 
-def _search_kind(config, table, budgets, kdir: Path, s: SearchSettings, emit, on_iteration) -> SearchResult:
+def _search_kind(
+    config: Any,
+    table: Any,
+    budgets: Sequence[Budget],
+    kdir: Path,
+    s: SearchSettings,
+    emit: Callable[[str], object],
+    on_iteration: Callable[[Iteration], None] | None,
+) -> SearchResult:
     import torch
 
     from workloads.models import build_model
@@ -315,6 +327,7 @@ def _search_kind(config, table, budgets, kdir: Path, s: SearchSettings, emit, on
                 rank = (acc, -v, -layer)
                 if best_p is None or rank > best_p[0]:
                     best_p = (rank, pcfg, pm, layer, k, v, loss)
+            assert best_p is not None  # the pool is not empty
             _, cfg, model, layer, k, v, loss = best_p
             cur = Iteration(i, cfg.layer_channels, v, target, layer, k, best_p[0][0], loss, len(pool))
             emit(f"{kind}: iteration {i}: layer {layer} -{k} ch -> {format_value(kind, v)}, acc {cur.accuracy:.3f}")
@@ -332,13 +345,13 @@ def _target(value: float, i: int, r0: float, budget_values: Sequence[float], s: 
 
 
 def _valid_prefix(
-    kdir: Path, iters: list[Iteration], budget_values: Sequence[float], s: SearchSettings, emit
+    kdir: Path, iters: list[Iteration], budget_values: Sequence[float], s: SearchSettings, emit: Callable[[str], object]
 ) -> list[Iteration]:
     """The stored iterations these budgets would also have produced (same target at every step); the files of
     later iterations (and their long fine-tunes) are removed so the chain continues from the prefix."""
     keep = 1
     while keep < len(iters) and math.isclose(
-        iters[keep].target,
+        cast(float, iters[keep].target),  # every iteration after the first has a target
         _target(iters[keep - 1].value, keep, iters[0].value, budget_values, s),
         rel_tol=1e-12,
         abs_tol=0.0,
@@ -353,7 +366,9 @@ def _valid_prefix(
     return iters[:keep]
 
 
-def _commit(kdir: Path, it: Iteration, model: Any, iters: list[Iteration], on_iteration) -> None:
+def _commit(
+    kdir: Path, it: Iteration, model: Any, iters: list[Iteration], on_iteration: Callable[[Iteration], None] | None
+) -> None:
     _save_state(kdir / f"iter_{it.index:04d}.pt", model)
     _write_json(kdir / f"iter_{it.index:04d}.json", {**asdict(it), "channels": list(it.channels)})
     iters.append(it)
@@ -361,7 +376,17 @@ def _commit(kdir: Path, it: Iteration, model: Any, iters: list[Iteration], on_it
         on_iteration(it)
 
 
-def _finalize(config, table, budgets, kdir: Path, s: SearchSettings, iters, split, fp, emit) -> SearchResult:
+def _finalize(
+    config: Any,
+    table: Any,
+    budgets: Sequence[Budget],
+    kdir: Path,
+    s: SearchSettings,
+    iters: list[Iteration],
+    split: Split,
+    fp: str,
+    emit: Callable[[str], object],
+) -> SearchResult:
     from workloads.pruning.train import evaluate, fine_tune
 
     kind = budgets[0].kind

@@ -7,7 +7,7 @@ factors; the first factor's bias is zero, the second keeps the original bias). F
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, cast
 
 from profiler.errors import ConfigError
 from workloads.layers import FC_STEP, channel_options
@@ -65,7 +65,7 @@ def rank_for_budget(config: Any, table: Any, budget: Budget, step: int = FC_STEP
         raise ConfigError("SVD head compression applies to the LSTM family", key="model")
     full = predict(config, budget.kind, table, trainable)
     if full <= budget.value:
-        return min(config.hidden_size, config.vocab_size)
+        return cast(int, min(config.hidden_size, config.vocab_size))
     vals = {
         r: predict(config, budget.kind, table, trainable, head_rank=r)
         for r in channel_options(min(config.hidden_size, config.vocab_size), step)

@@ -72,7 +72,7 @@ def fine_tune(model: Any, split: Split, steps: int, lr: float = 2e-3, batch: int
             pos += batch
             loss = torch.nn.functional.cross_entropy(model(split.train_x[idx]), split.train_y[idx])
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
             opt.step()
             losses.append(float(loss.detach()))
     finally:

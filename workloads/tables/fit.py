@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from profiler.errors import ConfigError, TableError
-from workloads.layers import LayerKey, flops, key_from_mapping
+from workloads.layers import FamilyKey, LayerKey, flops, key_from_mapping
 from workloads.tables.interp import interpolate
 from workloads.tables.schema import Table
 
@@ -66,11 +66,12 @@ def smooth(table: Table) -> tuple[Table, dict[str, Any]]:
         raise TableError("the table is already smoothed (source 'fitted'); smooth the measured table")
     df = table.df.copy()
     keys = [key_from_mapping(r) for r in df.to_dict("records")]
-    fams: dict[tuple, list[int]] = {}
+    fams: dict[FamilyKey, list[int]] = {}
     for i, k in enumerate(keys):
         fams.setdefault(k.family, []).append(i)
     measured = (df["source"] == "measured").to_numpy()
-    resid_all, per_family = [], []
+    resid_all: list[float] = []
+    per_family: list[dict[str, Any]] = []
     for fam, idx in fams.items():
         m_idx = [i for i in idx if measured[i] and np.isfinite(df.at[i, "median_ms"])]
         if not m_idx:
@@ -116,7 +117,7 @@ def sample_grid(grid: Sequence[LayerKey], every: int = 2) -> tuple[LayerKey, ...
         raise ConfigError(f"must be >= 1, got {every}", key="every")
     if every == 1:
         return tuple(grid)
-    fams: dict[tuple, list[LayerKey]] = {}
+    fams: dict[FamilyKey, list[LayerKey]] = {}
     for k in grid:
         fams.setdefault(k.family, []).append(k)
     out = []

@@ -7,7 +7,7 @@ import platform
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pandas as pd
 
@@ -15,6 +15,9 @@ from workloads.families import canonical_config
 from workloads.layers import LayerKey
 from workloads.tables.fit import sample_grid
 from workloads.tables.schema import HOST_DEVICE, Table, TableMeta, table_from_measurements
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True, eq=False)
@@ -33,10 +36,11 @@ class LayerWorkload:
         return f"{k.type}_k{k.kernel}s{k.stride}g{k.groups}_{k.in_h}x{k.in_w}_{k.c_in}x{k.c_out}_b{k.batch}"
 
 
-def _layer_module(key: LayerKey):
+def _layer_module(key: LayerKey) -> tuple[torch.nn.Module, torch.Tensor]:
     import torch
     from torch import nn
 
+    mod: nn.Module
     if key.type in ("conv", "dwconv"):
         mod = nn.Sequential(
             nn.Conv2d(key.c_in, key.c_out, key.kernel, key.stride, key.kernel // 2, groups=key.groups, bias=True),
@@ -53,12 +57,12 @@ def _layer_module(key: LayerKey):
     elif key.type == "lstm":
 
         class LSTMOut(nn.Module):  # output sequence only (what the next layer consumes)
-            def __init__(self):
+            def __init__(self) -> None:
                 super().__init__()
                 self.lstm = nn.LSTM(key.c_in, key.c_out, batch_first=True)
 
-            def forward(self, x):
-                return self.lstm(x)[0]
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return cast(torch.Tensor, self.lstm(x)[0])
 
         mod = LSTMOut()
         ex = torch.randn(key.batch, key.in_h, key.c_in)

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import cast
 
 import numpy as np
 import pandas as pd
 
 from profiler.errors import TableError
-from workloads.layers import LayerKey, flops, key_from_mapping
+from workloads.layers import FamilyKey, LayerKey, flops, key_from_mapping
 
 
 def _fit_predict(known: pd.DataFrame, col: str, want: list[LayerKey]) -> np.ndarray:
@@ -41,14 +42,14 @@ def _fit_predict(known: pd.DataFrame, col: str, want: list[LayerKey]) -> np.ndar
         pred = f(q / scale)
     # Noisy measurements make an exact interpolant overshoot: keep predictions within the family's measured range
     # (the grid sample always includes the extremes, so a monotone family is never clipped wrongly).
-    return np.clip(pred, float(np.min(y)), float(np.max(y)))
+    return cast(np.ndarray, np.clip(pred, float(np.min(y)), float(np.max(y))))
 
 
 def interpolate(df: pd.DataFrame, keys: Sequence[LayerKey]) -> pd.DataFrame:
     """Rows (source "interpolated") for `keys` from the measured rows of their families in `df`."""
     known = df[df["source"] == "measured"] if len(df) else df
     fam_of = known.apply(lambda r: key_from_mapping(r).family, axis=1) if len(known) else pd.Series(dtype=object)
-    by_family: dict[tuple, list[LayerKey]] = {}
+    by_family: dict[FamilyKey, list[LayerKey]] = {}
     for k in keys:
         by_family.setdefault(k.family, []).append(k)
     rows = []

@@ -28,7 +28,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -101,7 +101,7 @@ class TableMeta:
         return json.dumps(asdict(self), sort_keys=True)
 
     def config_dict(self) -> dict[str, Any]:
-        return json.loads(self.model_config or "{}")
+        return cast(dict[str, Any], json.loads(self.model_config or "{}"))
 
 
 def _empty_frame() -> pd.DataFrame:
@@ -217,7 +217,7 @@ class Table:
 
     # ----------------------------------------------------------------------------------------- files
 
-    def to_arrow(self):
+    def to_arrow(self) -> Any:  # a pyarrow.Table (pyarrow ships no types)
         import pyarrow as pa
 
         t = pa.Table.from_pandas(self.df, preserve_index=False)
