@@ -31,6 +31,7 @@ from profiler.worker import (  # noqa: F401
     DeviceWorker,
     HarnessClock,
     Outcome,
+    Planned,
     Progress,
     affinity_mask,
     check_energy,
@@ -42,7 +43,6 @@ from profiler.worker import (  # noqa: F401
 )
 
 ArtifactProvider = Callable[[Cell, str], ArtifactRef]  # (cell, target id) -> artifact
-Planned = dict[str, list[tuple[Cell, str, ArtifactRef]]]  # per device: its (cell, cell id, artifact), in order
 
 
 class Fleet(Protocol):

@@ -48,6 +48,10 @@ class ArtifactRef:
     tools: tuple[tuple[str, str], ...] = ()
 
 
+# per device: its (cell, cell id, artifact), in the order they run (the engine's plan, local or on a cluster)
+Planned = dict[str, list[tuple[Cell, str, ArtifactRef]]]
+
+
 @dataclass
 class Progress:
     """Thread-safe counters per device, rendered by the CLI."""

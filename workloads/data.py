@@ -248,7 +248,8 @@ def default_dataset(cfg: Any) -> Dataset:
     """The embedded data set matching a model config (its family's `dataset`)."""
     from workloads.families import of_config
 
-    return of_config(cfg).dataset(cfg, None)
+    data: Dataset = of_config(cfg).dataset(cfg, None)
+    return data
 
 
 def default_batch(cfg: Any, index: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -25,12 +25,11 @@ from profiler.cluster.agent import ENV_KEYS, NAMESPACE, PREFIX, Agent, actor_nam
 from profiler.errors import UserError
 
 if TYPE_CHECKING:  # the engine is imported when a run needs it (as below), not with the cluster module
-    from profiler.campaign import Planned
     from profiler.campaign_config import Campaign, Cell
     from profiler.fleet import FleetEntry
     from profiler.probe import DeviceFacts
     from profiler.store import Store
-    from profiler.worker import ArtifactRef, Progress
+    from profiler.worker import ArtifactRef, Planned, Progress
 
 HEARTBEAT_S = 5.0
 HOST_TIMEOUT_S = 30.0

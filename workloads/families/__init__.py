@@ -25,8 +25,6 @@ from profiler.errors import ConfigError
 if TYPE_CHECKING:
     import numpy as np
 
-    from workloads.data import Dataset
-    from workloads.layers import Layer
     from workloads.pruning.budget import Budget
 
 LAYER_SUITE = "layers"  # the campaign pseudo-model of per-layer suites (workloads.layer_suite); not a family
@@ -44,9 +42,10 @@ class Family:
     example_input: Callable[[Any], Any]  # config -> torch tensor of input_shape (torch.export)
     default_lr: float  # SGD learning rate of compiled programs
     # (config, backbone phases, head_rank) -> Layers
-    layers: Callable[[Any, tuple[str, ...], int | None], tuple[Layer, ...]]
+    # Any, not workloads.layers.Layer / workloads.data.Dataset: those modules look families up in this registry
+    layers: Callable[[Any, tuple[str, ...], int | None], tuple[Any, ...]]  # -> workloads.layers.Layer
     grid: Callable[[Any, str, int, int], Any]  # (config, trainable, conv_step, fc_step) -> LayerKeys
-    dataset: Callable[[Any, int | None], Dataset]  # (config, per_class) -> workloads.data.Dataset
+    dataset: Callable[[Any, int | None], Any]  # (config, per_class) -> workloads.data.Dataset
     batch: Callable[[Any, int], tuple[np.ndarray, np.ndarray]]  # (config, index) -> (x, y) batch of the embedded data
     compress: Callable[[Any], Any] | None = None  # default config of the `compressed` variant
     strategy: str | None = None  # compression: "filter" (pruning) | "svd" (of the head) | None
