@@ -84,7 +84,8 @@ def fold_constants(mod: tvm.IRModule) -> tvm.IRModule:
     bindings = _foldable(mod)
     if not bindings:
         return mod
-    kernels = {gv: f for gv, f in mod.functions.items() if not isinstance(f, relax.Function)}
+    # only the kernels the folded calls run: after scheduling, the module holds every kernel of the step
+    kernels = {b.value.args[0]: mod[b.value.args[0]] for b in bindings if b.value.op.name == "relax.call_tir"}
     bb = relax.BlockBuilder(tvm.IRModule(kernels))
     remap: dict[Any, Any] = {}
 
@@ -98,8 +99,7 @@ def fold_constants(mod: tvm.IRModule) -> tvm.IRModule:
                 remap[b.var] = bb.emit(relax.Call(c.op, [sub(a) for a in c.args], c.attrs, c.ty_args))
             out = bb.emit_output(relax.Tuple([remap[b.var] for b in bindings]))
         bb.emit_func_output(out)
-    used = {gv: f for gv, f in bb.get().functions.items() if gv.name_hint == "fold_all" or gv in kernels}
-    vm = relax.VirtualMachine(relax.build(tvm.IRModule(used), target="llvm"), tvm.cpu())
+    vm = relax.VirtualMachine(relax.build(bb.get(), target="llvm"), tvm.cpu())
     consts = {b.var: relax.const(v.numpy()) for b, v in zip(bindings, vm["fold_all"]())}
     folded = {
         gv: _Substitute(consts, mod).visit_expr(f) if isinstance(f, relax.Function) else f
