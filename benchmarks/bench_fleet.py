@@ -1,5 +1,5 @@
 """Fleet scaling: wall time of the same campaign on 1 vs N virtual phones (one worker per device); with
-`--hosts`, the same phones on 1 vs 2 simulated USB hosts of a local Ray cluster (profiler.cluster), and artifact
+`--hosts`, the same phones on 1 vs 2 simulated USB hosts of a local Ray cluster (autlearn.engine.cluster), and artifact
 build throughput with builds spread over 2 Ray nodes vs 1.
 
 Runs in its own lab (private AUTLEARN_HOME and adb server port) and prints a table; writes
@@ -53,10 +53,10 @@ def main() -> int:
 
     import pandas as pd
 
-    from profiler.campaign import run_campaign
-    from profiler.campaign_config import load_campaign
-    from testbed.lab import Lab, find_adb, find_free_ports
-    from workloads.artifact_cache import artifact_provider
+    from autlearn.engine.campaign import run_campaign
+    from autlearn.engine.campaign_config import load_campaign
+    from autlearn.pipelines.artifact_cache import artifact_provider
+    from autlearn.testbed.lab import Lab, find_adb, find_free_ports
 
     lab = Lab(home)
     rows = []
@@ -125,7 +125,7 @@ TINY_LSTM = {"vocab_size": 50, "embed_dim": 8, "hidden_size": 8, "num_layers": 1
 
 
 def _campaign(name: str, serials, args):
-    from profiler.campaign_config import parse_campaign
+    from autlearn.engine.campaign_config import parse_campaign
 
     return parse_campaign(
         {
@@ -144,7 +144,7 @@ def _campaign(name: str, serials, args):
 
 def _cells(results_dir: Path):
     """(cells, controller overhead per cell): wall time outside the cells on the busiest device, per cell."""
-    from profiler.store import load_summaries
+    from autlearn.engine.store import load_summaries
 
     s = load_summaries(results_dir)
     busy = (s["finished_at"] - s["started_at"]).groupby(s["device_serial"]).sum()
@@ -165,12 +165,12 @@ def hosts_main(args) -> int:
     import pandas as pd
     from provenance import provenance  # benchmarks/ is on sys.path (run as a script)
 
-    from profiler.campaign import run_campaign
-    from profiler.campaign_config import parse_campaign
-    from profiler.cluster import ClusterFleet
-    from testbed.cluster_lab import ClusterLab
-    from testbed.lab import Lab, find_free_ports
-    from workloads.artifact_cache import artifact_provider
+    from autlearn.engine.campaign import run_campaign
+    from autlearn.engine.campaign_config import parse_campaign
+    from autlearn.engine.cluster import ClusterFleet
+    from autlearn.pipelines.artifact_cache import artifact_provider
+    from autlearn.testbed.cluster_lab import ClusterLab
+    from autlearn.testbed.lab import Lab, find_free_ports
 
     profiles = ["legacy"] * args.phones
     provider = artifact_provider(artifacts, log=print)
@@ -206,8 +206,8 @@ def hosts_main(args) -> int:
     try:
         phones = lab.up(profiles, base_port=find_free_ports(len(profiles)), keep_warm=False)
         serials = [p.serial for p in phones]
-        from profiler.campaign import target_id
-        from profiler.fleet import discover
+        from autlearn.profiler.fleet import discover
+        from autlearn.profiler.probe import target_id
 
         facts = {e.serial: e.facts for e in discover(tuple(serials))}
         for cell in _campaign("warm", serials, args).plan(facts.values()):
@@ -299,7 +299,7 @@ def hosts_main(args) -> int:
 
 
 def find_adb_path() -> str:
-    from testbed.lab import find_adb
+    from autlearn.testbed.lab import find_adb
 
     return find_adb()
 

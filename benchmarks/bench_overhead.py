@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from autlearn import profiler
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from provenance import ROOT, provenance  # noqa: E402
 
@@ -56,7 +58,12 @@ def campaign(serial: str, name: str, energy: str, steps: int, launches: int, cel
 
 
 def run_rev(src: Path, toml: Path, results: Path, env: dict) -> None:
-    module = "cli" if (src / "cli" / "__main__.py").exists() else "profiler"
+    # the command's module in that revision's layout
+    module = next(
+        m
+        for m, f in (("autlearn", "autlearn/__main__.py"), ("cli", "cli/__main__.py"), ("profiler", ""))
+        if (src / f).exists()
+    )
     r = subprocess.run(
         [sys.executable, "-m", module, "run", str(toml), "--results", str(results)],
         cwd=src,
@@ -70,7 +77,7 @@ def run_rev(src: Path, toml: Path, results: Path, env: dict) -> None:
 
 
 def overhead(results: Path) -> dict:
-    from profiler.store import load_results
+    from autlearn.engine.store import load_results
 
     df = load_results(results)
     cells = df.drop_duplicates("cell_id").sort_values("finished_at").set_index("cell_id")
@@ -111,7 +118,7 @@ def main() -> int:
         before = work / "before"
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(before), a.before], check=True)
         revs["before"] = before
-    lab = [sys.executable, "-m", "cli", "lab"]
+    lab = [sys.executable, "-m", "autlearn", "lab"]
     subprocess.run(
         [*lab, "up", "--profile", "legacy", "--monsoon", "legacy"], cwd=ROOT, env=env, check=True, capture_output=True
     )
@@ -119,7 +126,7 @@ def main() -> int:
     try:
         serial = json.loads(
             subprocess.run(
-                [sys.executable, "-m", "cli", "devices", "--json"],
+                [sys.executable, "-m", "autlearn", "devices", "--json"],
                 cwd=ROOT,
                 env=env,
                 capture_output=True,
@@ -152,7 +159,6 @@ def main() -> int:
         if "before" in revs:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(revs["before"])])
         shutil.rmtree(work, ignore_errors=True)
-    import profiler
 
     doc = {
         "benchmark": "overhead",

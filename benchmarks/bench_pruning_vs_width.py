@@ -5,7 +5,7 @@
 
 Setup (small, minutes on 2 cores):
   * model: MobileNetV1 width 0.25 (channels 8..256), 28x28x1 input, --classes classes (default 10);
-  * data: SYNTHETIC glyphs (workloads.data.synthetic_femnist, --per-class per class): 60 % train, 20 % val (the
+  * data: SYNTHETIC glyphs (autlearn.workloads.data.synthetic_femnist, --per-class per class): 60 % train, 20 % val (the
     search's choices), 20 % test (reported accuracy, never used for a choice);
   * baselines: uniform thinning to fraction f of every layer ("width multiplier"), (a) keeping the largest-L2
     filters of the same pretrained model, (b) trained from a fresh seed; both get the same number of training steps
@@ -14,7 +14,7 @@ Setup (small, minutes on 2 cores):
 --device (the acceptance comparison): the per-layer table is measured on the phone (`autlearn tables build`) and
 smoothed (`tables.smooth`, a monotone robust fit per layer family; --table-fit raw: search on the measured table); the
 uniform models are measured on the phone first and their MEASURED latency is each budget; the search starts at the
-table's prediction for the uniform model and the closed loop (workloads.pruning.loop) prunes further until the
+table's prediction for the uniform model and the closed loop (autlearn.workloads.pruning.loop) prunes further until the
 searched model, measured beside its own uniform model, measures under the budget. Each budget's model is the chain's
 first under it (--select first; best-val's pick is recorded as `best_val_iteration`). At the end every model is
 measured again in the same control-gated campaign rounds (interleaved; latency ratios are medians of per-round
@@ -45,8 +45,8 @@ if str(ROOT) not in sys.path:
 
 
 def provenance() -> dict:
+    from autlearn.workloads.tables import tool_versions
     from benchmarks.provenance import provenance as of
-    from workloads.tables import tool_versions
 
     return of(tool_versions())
 
@@ -110,14 +110,14 @@ def main(argv: list[str] | None = None) -> int:
     import pandas as pd
     import torch
 
-    from workloads.layers import table_grid
-    from workloads.models import build_model, make_config
-    from workloads.pruning.budget import Budget
-    from workloads.pruning.mobilenet import thin_to, uniform_channels, with_channels
-    from workloads.pruning.search import SearchSettings, search, smallest_reachable
-    from workloads.pruning.train import evaluate, fine_tune, split_dataset, trainable_init
-    from workloads.resource import measure_models_on_host, model_resource, prediction_error
-    from workloads.tables import build_host_table
+    from autlearn.workloads.layers import table_grid
+    from autlearn.workloads.models import build_model, make_config
+    from autlearn.workloads.pruning.budget import Budget
+    from autlearn.workloads.pruning.mobilenet import thin_to, uniform_channels, with_channels
+    from autlearn.workloads.pruning.search import SearchSettings, search, smallest_reachable
+    from autlearn.workloads.pruning.train import evaluate, fine_tune, split_dataset, trainable_init
+    from autlearn.workloads.resource import measure_models_on_host, model_resource, prediction_error
+    from autlearn.workloads.tables import build_host_table
 
     t_start = time.time()
     out = Path(args.out)
@@ -302,16 +302,16 @@ def device_comparison(args, cfg, s, out: Path, t_start: float) -> int:
     import pandas as pd
     import torch
 
-    from profiler.settings import MeasureSettings
-    from workloads.measure import measure_models, paired_ratio, per_round
-    from workloads.models import build_model
-    from workloads.pruning.budget import Budget
-    from workloads.pruning.loop import close_loop
-    from workloads.pruning.mobilenet import thin_to, uniform_channels, with_channels
-    from workloads.pruning.search import load_compressed, pick_snapshot, search, smallest_reachable
-    from workloads.pruning.train import evaluate, fine_tune, split_dataset, trainable_init
-    from workloads.resource import model_resource
-    from workloads.tables import load_table, smooth
+    from autlearn.engine.settings import MeasureSettings
+    from autlearn.pipelines.measure import measure_models, paired_ratio, per_round
+    from autlearn.workloads.models import build_model
+    from autlearn.workloads.pruning.budget import Budget
+    from autlearn.workloads.pruning.loop import close_loop
+    from autlearn.workloads.pruning.mobilenet import thin_to, uniform_channels, with_channels
+    from autlearn.workloads.pruning.search import load_compressed, pick_snapshot, search, smallest_reachable
+    from autlearn.workloads.pruning.train import evaluate, fine_tune, split_dataset, trainable_init
+    from autlearn.workloads.resource import model_resource
+    from autlearn.workloads.tables import load_table, smooth
 
     def log(msg: str) -> None:
         print(f"[{time.time() - t_start:5.0f}s] {msg}", flush=True)

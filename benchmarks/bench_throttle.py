@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from testbed.dvfs import SignalThrottle  # noqa: E402
+from autlearn.testbed.dvfs import SignalThrottle  # noqa: E402
 
 BUSY = "import time\nn = 0\nwhile True:\n    n += 1\n"
 # counted work: iterations done in `seconds` (per-process throughput, includes cache effects of stop/continue)

@@ -43,15 +43,15 @@ CASES = {
 
 
 def provenance() -> dict:
+    from autlearn.workloads.artifact import tool_versions
     from benchmarks.provenance import provenance as of
-    from workloads.artifact import tool_versions
 
     return of(tool_versions())
 
 
 def host_target() -> tuple[str, object]:
-    from profiler.cputarget import parse_cpuinfo
-    from workloads.targets import target_id_for
+    from autlearn.profiler.cputarget import parse_cpuinfo
+    from autlearn.workloads.targets import target_id_for
 
     ct = parse_cpuinfo("x86_64", Path("/proc/cpuinfo").read_text())
     return target_id_for("x86_64", ct.mcpu, ct.mattr), ct
@@ -77,8 +77,8 @@ class Eager:
     def __init__(self, model: str, config: dict, threads: int):
         import torch
 
-        from workloads import data
-        from workloads.models import build_model, make_config
+        from autlearn.workloads import data
+        from autlearn.workloads.models import build_model, make_config
 
         torch.set_num_threads(threads)
         cfg = make_config(model, **config)
@@ -114,8 +114,8 @@ class Eager:
 
 class Compiled:
     def __init__(self, model: str, config: dict, tid: str, database, threads: int):
-        from workloads.compile import build_program
-        from workloads.program import build_executable, set_num_threads
+        from autlearn.workloads.compile import build_program
+        from autlearn.workloads.program import build_executable, set_num_threads
 
         set_num_threads(threads)
         t0 = time.perf_counter()
@@ -125,7 +125,7 @@ class Compiled:
         self.tensors = None
 
     def run(self, steps: int) -> list[float]:
-        from workloads.program import run_on_host
+        from autlearn.workloads.program import run_on_host
 
         recs = run_on_host(self.prog, steps, executable=self.ex, tensors=self.tensors)
         self.tensors = recs[-1].get("tensors") or self.tensors
@@ -137,7 +137,7 @@ class Runner:
     with one untimed warm-up step, so program loading is outside the timed steps."""
 
     def __init__(self, compiled: Compiled, workdir: Path, threads: int):
-        from workloads.artifact import write_artifact
+        from autlearn.workloads.artifact import write_artifact
 
         t0 = time.perf_counter()
         self.art = write_artifact(compiled.prog, workdir)
@@ -147,7 +147,7 @@ class Runner:
     def run(self, steps: int) -> list[float]:
         import subprocess
 
-        from profiler.steps import parse_run_output
+        from autlearn.profiler.steps import parse_run_output
 
         argv = [
             str(self.art.path / "runner"),
@@ -182,8 +182,8 @@ def tuning_spent(db: dict | None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from profiler.stats import summarize
-    from workloads.compile import tuning_database
+    from autlearn.profiler.stats import summarize
+    from autlearn.workloads.compile import tuning_database
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=2)

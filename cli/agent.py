@@ -28,7 +28,7 @@ def start(address: str, name: str | None) -> None:
     """Start this host's agent (it keeps running in the cluster after this command returns). It owns this
     shell's adb server (ANDROID_ADB_SERVER_PORT) and the monitors plugged in here, and first puts back what a
     killed agent left changed on its phones."""
-    from profiler.cluster import start_agent
+    from autlearn.engine.cluster import start_agent
 
     name = name or socket.gethostname()
     info = start_agent(address, name, label=name)
@@ -42,7 +42,7 @@ def start(address: str, name: str | None) -> None:
 @click.argument("name")
 def stop(address: str, name: str) -> None:
     """Stop host NAME's agent (its running cells end with "host lost"; --resume reruns them)."""
-    from profiler.cluster import ClusterError, stop_agent
+    from autlearn.engine.cluster import ClusterError, stop_agent
 
     if not stop_agent(address, name):
         raise ClusterError(f"no agent {name!r} on the cluster at {address}")
@@ -54,7 +54,7 @@ def stop(address: str, name: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def list_(address: str, as_json: bool) -> None:
     """The agents on the cluster and whether they answer."""
-    from profiler.cluster import list_agents
+    from autlearn.engine.cluster import list_agents
 
     agents = list_agents(address)
     if as_json:

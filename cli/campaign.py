@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from cli.options import measure_options
-from profiler.errors import UserError
+from autlearn.cli.options import measure_options
+from autlearn.profiler.errors import UserError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -18,8 +18,8 @@ if TYPE_CHECKING:
     from rich.table import Table
     from rich.text import Text
 
-    from profiler.settings import MeasureSettings
-    from profiler.worker import Progress
+    from autlearn.engine.settings import MeasureSettings
+    from autlearn.engine.worker import Progress
 
 EXIT_CELLS_FAILED = 3  # `run` finished, and some cells failed (1: bad input or hardware; 130: interrupted)
 
@@ -39,7 +39,7 @@ def _progress_table(progress: Progress) -> Table:
 
 class LiveProgress:
     """A live table of the running campaign's progress on stderr (one table per campaign; the finished ones stay
-    on screen). `on_progress` and `log` are the callbacks of profiler.campaign.run."""
+    on screen). `on_progress` and `log` are the callbacks of autlearn.engine.campaign.run."""
 
     def __init__(self) -> None:
         from rich.console import Console
@@ -128,9 +128,9 @@ def run(
 
     Exit status: 0 when every cell is ok or skipped, 3 when some cells failed (the rest is kept; `results show`
     names each reason), 1 on bad input (nothing run), 130 when interrupted."""
-    from profiler.campaign import run as run_campaign
-    from profiler.campaign_config import load_campaign
-    from workloads.artifact_cache import artifact_provider
+    from autlearn.engine.campaign import run as run_campaign
+    from autlearn.engine.campaign_config import load_campaign
+    from autlearn.pipelines.artifact_cache import artifact_provider
 
     campaign = load_campaign(campaign_file)
     if tune_trials and settings.cluster:
@@ -139,7 +139,7 @@ def run(
             "--cluster ADDRESS --device HOST/SERIAL`"
         )
     if tune_trials:
-        from workloads.metaschedule import tune_for_campaign
+        from autlearn.pipelines.tune import tune_for_campaign
 
         tune_for_campaign(
             campaign,
@@ -158,7 +158,7 @@ def run(
                 display.log,
                 wait_s=wait_s,
             )
-    except (KeyboardInterrupt, SystemExit) as exc:  # SIGTERM arrives as SystemExit(143) (profiler.governor)
+    except (KeyboardInterrupt, SystemExit) as exc:  # SIGTERM arrives as SystemExit(143) (autlearn.profiler.governor)
         click.echo(
             "autlearn: interrupted: governors restored; the cells under way are stored as interrupted (nothing "
             f"they measured is kept): `autlearn run --resume {campaign_file}` finishes the campaign",
@@ -184,7 +184,7 @@ def results() -> None:
 @click.option("--json", "as_json", is_flag=True)
 def show(results_dir: str, as_json: bool) -> None:
     """Per-cell summaries (median, 95% CI, CV) and failed/skipped cells with reasons."""
-    from profiler.store import bad_cell_lines, load_status, load_summaries, one_line, sorted_summaries
+    from autlearn.engine.store import bad_cell_lines, load_status, load_summaries, one_line, sorted_summaries
 
     status = load_status(results_dir)
     loaded = load_summaries(results_dir)
@@ -222,7 +222,7 @@ def _print_summaries(df: pd.DataFrame) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from profiler.store import energy_reason
+    from autlearn.engine.store import energy_reason
 
     if df.empty:
         click.echo("no finished cells")
@@ -277,8 +277,8 @@ def compare_cmd(results_dir: str, baseline: str, candidate: str, min_ratio: floa
     from rich.table import Table
     from rich.text import Text
 
-    from profiler.stats import compare
-    from profiler.store import bad_cell_lines, check_poolable, load_results
+    from autlearn.engine.store import bad_cell_lines, check_poolable, load_results
+    from autlearn.profiler.stats import compare
 
     df = load_results(results_dir)
     for line in bad_cell_lines(df):

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import click
 
-from cli.campaign import EXIT_CELLS_FAILED
-from cli.main import main as autlearn
+from autlearn.cli.campaign import EXIT_CELLS_FAILED
+from autlearn.cli.main import main as autlearn
 
 
 def _step(title: str, argv: list[str]) -> None:

@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING
 
 import click
 
-from profiler.errors import DeviceUnreachable
+from autlearn.profiler.errors import DeviceUnreachable
 
 if TYPE_CHECKING:
-    from profiler.fleet import FleetEntry
+    from autlearn.profiler.fleet import FleetEntry
 
 
 @click.group(invoke_without_command=True)
@@ -23,7 +23,7 @@ def devices(ctx: click.Context, as_json: bool, serials: tuple[str, ...]) -> None
     what a killed run left changed on a phone."""
     if ctx.invoked_subcommand is not None:
         return
-    from profiler.fleet import discover
+    from autlearn.profiler.fleet import discover
 
     fleet = discover(serials)
     if as_json:
@@ -100,9 +100,9 @@ def restore(serial: str, wait_s: float) -> None:
     """Put back what a killed run left changed on SERIAL: governors, charging, adbd root, a Monsoon's USB
     passthrough, and fuel-gauge samplers left polling (the next run's lease does the same). Takes the phone's lease:
     a run that holds the phone is never disturbed."""
-    from profiler.device import wait_device
-    from profiler.lease import PhoneLease
-    from profiler.worker import put_back
+    from autlearn.engine.worker import put_back
+    from autlearn.profiler.device import wait_device
+    from autlearn.profiler.lease import PhoneLease
 
     with PhoneLease(
         wait_device(serial, max(wait_s, 15.0)),

@@ -10,18 +10,18 @@ from typing import cast
 
 import click
 
-from profiler.errors import UserError
+from autlearn.profiler.errors import UserError
 
 # name -> "module:attribute"; a command whose module is absent is not listed.
 COMMANDS: dict[str, str] = {
-    "devices": "cli.devices:devices",
-    "workloads": "cli.workloads:workloads",
-    "run": "cli.campaign:run",
-    "results": "cli.campaign:results",
-    "report": "cli.report:report",
-    "tables": "cli.tables:tables",
-    "prune": "cli.prune:prune",
-    "agent": "cli.agent:agent",
+    "devices": "autlearn.cli.devices:devices",
+    "workloads": "autlearn.cli.workloads:workloads",
+    "run": "autlearn.cli.campaign:run",
+    "results": "autlearn.cli.campaign:results",
+    "report": "autlearn.cli.report:report",
+    "tables": "autlearn.cli.tables:tables",
+    "prune": "autlearn.cli.prune:prune",
+    "agent": "autlearn.cli.agent:agent",
 }
 
 

@@ -24,8 +24,8 @@ MEASURE_FIELDS = (
 
 
 def parse_sets(items: tuple[str, ...]) -> dict[str, Any]:
-    """`--set KEY=VALUE ...` -> config overrides (workloads.models.parse_overrides)."""
-    from workloads.models import parse_overrides
+    """`--set KEY=VALUE ...` -> config overrides (autlearn.workloads.models.parse_overrides)."""
+    from autlearn.workloads.models import parse_overrides
 
     return parse_overrides(items)
 
@@ -49,7 +49,7 @@ def measure_options(
     help: dict[str, str] | None = None,
     flags: dict[str, str] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Click options for profiler.settings.MeasureSettings, collected into one `settings` argument.
+    """Click options for autlearn.engine.settings.MeasureSettings, collected into one `settings` argument.
 
     The defaults are the command's own; a field in `fixed` gets no option (the command sets it: `settings` then
     holds the default given here). `help` overrides an option's help text, `flags` its flag (e.g.
@@ -145,7 +145,7 @@ def measure_options(
     def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(f)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            from profiler.settings import MeasureSettings
+            from autlearn.engine.settings import MeasureSettings
 
             # only the options added here: a fixed field's name may be the command's own (prune's --steps)
             given = {k: kwargs.pop(k) for k in MEASURE_FIELDS if k not in fixed}

@@ -8,20 +8,20 @@ from typing import TYPE_CHECKING
 
 import click
 
-from cli.options import measure_options, parse_sets, set_option
-from profiler.errors import ConfigError
-from workloads import families
+from autlearn.cli.options import measure_options, parse_sets, set_option
+from autlearn.profiler.errors import ConfigError
+from autlearn.workloads import registry
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from profiler.settings import MeasureSettings
-    from workloads.pruning.budget import Budget
-    from workloads.tables import Table
+    from autlearn.engine.settings import MeasureSettings
+    from autlearn.workloads.pruning.budget import Budget
+    from autlearn.workloads.tables import Table
 
 
 @click.command()
-@click.option("--model", "model", type=click.Choice(families.names()), default="mobilenet", show_default=True)
+@click.option("--model", "model", type=click.Choice(registry.names()), default="mobilenet", show_default=True)
 @click.option(
     "--table",
     "table_path",
@@ -126,9 +126,9 @@ def prune(
     """Prune to each budget; writes a Pareto set of `compressed` models under OUT (rerun to resume)."""
     from rich.console import Console
 
-    from workloads.pruning.budget import parse_budget
-    from workloads.table_pipeline import config_from
-    from workloads.tables import load_table
+    from autlearn.pipelines.tables import config_from
+    from autlearn.workloads.pruning.budget import parse_budget
+    from autlearn.workloads.tables import load_table
 
     parsed = [parse_budget(b) for b in budgets]
     if not 0 <= margin < 0.5:
@@ -150,7 +150,7 @@ def prune(
                 "note: the table is not smoothed; per-key noise steers a greedy search (`autlearn tables smooth`)"
             )
     out = Path(out)
-    family = families.get(model)
+    family = registry.get(model)
     if family.compressor is None:
         raise ConfigError(f"the {model} family has no compression strategy", key="model")
     options = dict(
@@ -188,8 +188,8 @@ def _closed_loop(
     from rich.console import Console
     from rich.table import Table as RichTable
 
-    from cli.campaign import LiveProgress
-    from workloads.pruning.loop import measure_closed_loop
+    from autlearn.cli.campaign import LiveProgress
+    from autlearn.pipelines.closed_loop import measure_closed_loop
 
     with LiveProgress() as display:
         loop = measure_closed_loop(

@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from cli.options import measure_options, parse_sets, set_option
-from profiler.errors import ConfigError
-from workloads import families
+from autlearn.cli.options import measure_options, parse_sets, set_option
+from autlearn.profiler.errors import ConfigError
+from autlearn.workloads import registry
 
 if TYPE_CHECKING:
-    from profiler.settings import MeasureSettings
-    from workloads.layers import LayerKey
+    from autlearn.engine.settings import MeasureSettings
+    from autlearn.workloads.layers import LayerKey
 
 
 @click.group()
@@ -23,7 +23,7 @@ def tables() -> None:
 
 
 @tables.command("build")
-@click.option("--model", "model", type=click.Choice(families.names()), default="mobilenet", show_default=True)
+@click.option("--model", "model", type=click.Choice(registry.names()), default="mobilenet", show_default=True)
 @click.option("--device", "serial", default=None, help="Measure on this device through the campaign engine.")
 @click.option(
     "--governors",
@@ -75,8 +75,8 @@ def build(
     out: str,
 ) -> None:
     """Build tables covering every model the pruner can reach from the config."""
-    from workloads.layers import table_grid
-    from workloads.table_pipeline import config_from
+    from autlearn.pipelines.tables import config_from
+    from autlearn.workloads.layers import table_grid
 
     cfg = config_from(model, None, parse_sets(sets))
     grid = table_grid(cfg, trainable)
@@ -97,8 +97,8 @@ def _build_on_host(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from workloads.layers import unique_shapes
-    from workloads.tables import build_host_table, sample_grid
+    from autlearn.workloads.layers import unique_shapes
+    from autlearn.workloads.tables import build_host_table, sample_grid
 
     if Path(out).suffix not in (".parquet", ".pq", ".csv"):
         raise ConfigError(f"unknown table format {Path(out).suffix!r}; use .parquet or .csv", key="out")
@@ -143,8 +143,8 @@ def _build_on_device(
     settings: MeasureSettings,
     out: Path,
 ) -> None:
-    from cli.campaign import LiveProgress
-    from workloads.table_pipeline import build_device_tables, plan_device_tables
+    from autlearn.cli.campaign import LiveProgress
+    from autlearn.pipelines.tables import build_device_tables, plan_device_tables
 
     plan = plan_device_tables(model, cfg, grid, serial, governors, every, per_suite, settings, trainable)
     click.echo(
@@ -179,7 +179,7 @@ def show(table_path: str, allow_version_mismatch: bool, rows: int) -> None:
     from rich.console import Console
     from rich.table import Table as RichTable
 
-    from workloads.tables import load_table
+    from autlearn.workloads.tables import load_table
 
     t = load_table(table_path, allow_version_mismatch=allow_version_mismatch)
     console = Console()
@@ -213,7 +213,7 @@ def smooth_cmd(table_path: str, out: str, allow_version_mismatch: bool) -> None:
     A table measured once per key is noisy, and a greedy search exploits the noise (it prefers the layers whose
     savings are overstated). The fit (a + b c_in + c c_out + d FLOPs, coefficients >= 0, soft-L1) never gets
     faster with more channels; the measured values stay in the column measured_ms."""
-    from workloads.tables import load_table, smooth
+    from autlearn.workloads.tables import load_table, smooth
 
     if Path(out).resolve() == Path(table_path).resolve():
         raise ConfigError("--out must differ from TABLE (the measured table is kept)", key="out")
@@ -239,7 +239,7 @@ def smooth_cmd(table_path: str, out: str, allow_version_mismatch: bool) -> None:
 @click.option("--allow-version-mismatch", is_flag=True)
 def export(table_path: str, csv_out: str | None, pq_out: str | None, allow_version_mismatch: bool) -> None:
     """Export a table to CSV and/or Parquet."""
-    from workloads.tables import load_table
+    from autlearn.workloads.tables import load_table
 
     if not csv_out and not pq_out:
         raise ConfigError("give --csv OUT and/or --parquet OUT", key="export")
@@ -310,9 +310,9 @@ def validate(
     from rich.console import Console
     from rich.table import Table as RichTable
 
-    from cli.campaign import LiveProgress
-    from workloads.table_pipeline import calibrate_validated, prediction_frame, validate_table
-    from workloads.tables import load_table
+    from autlearn.cli.campaign import LiveProgress
+    from autlearn.pipelines.tables import calibrate_validated, prediction_frame, validate_table
+    from autlearn.workloads.tables import load_table
 
     t = load_table(table_path, allow_version_mismatch=allow_version_mismatch)
     if not t.meta.model:

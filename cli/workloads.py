@@ -8,18 +8,18 @@ from pathlib import Path
 
 import click
 
-from cli.options import parse_sets, set_option
-from profiler.device import Device
-from profiler.errors import ArtifactError, ConfigError
-from profiler.lease import PhoneLease
-from workloads import families
+from autlearn.cli.options import parse_sets, set_option
+from autlearn.profiler.device import Device
+from autlearn.profiler.errors import ArtifactError, ConfigError
+from autlearn.profiler.lease import PhoneLease
+from autlearn.workloads import registry
 
 # Mirrors workloads.compile.VARIANTS / runner_build.ABIS (checked again there); kept literal so `--help` needs no
-# heavy imports. Models: the registered families (workloads.families, cheap to import).
-MODELS = tuple(sorted(families.names()))  # for --help; checks ask the registry
+# heavy imports. Models: the registered families (autlearn.workloads.registry, cheap to import).
+MODELS = tuple(sorted(registry.names()))  # for --help; checks ask the registry
 VARIANTS = ("full", "compressed", "unoptimized", "cached")
 ABIS = ("x86_64", "arm64-v8a")
-DEFAULT_DIR = Path("artifacts")  # relative: workloads.artifact.default_artifact_dir's root
+DEFAULT_DIR = Path("artifacts")  # relative: autlearn.workloads.artifact.default_artifact_dir's root
 
 
 def _check(value: str, valid: tuple[str, ...], key: str) -> None:
@@ -61,9 +61,9 @@ def build(
     data_path: Path | None,
 ) -> None:
     """Compile MODEL as VARIANT for ABI and write a verified artifact."""
-    from workloads.artifact import build_to
+    from autlearn.workloads.artifact import build_to
 
-    _check(model, tuple(sorted(families.names())), "model")
+    _check(model, tuple(sorted(registry.names())), "model")
     _check(variant, VARIANTS, "variant")
     _check(abi, ABIS, "abi")
     config = parse_sets(sets)
@@ -83,7 +83,7 @@ def list_(directory: Path | None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from workloads.artifact import list_artifacts
+    from autlearn.workloads.artifact import list_artifacts
 
     if directory is None:
         directory = DEFAULT_DIR
@@ -197,15 +197,15 @@ def tune(
 
     The database (one per CPU target, under $AUTLEARN_HOME/tuning/) is used by every later build for that
     target; a kernel keeps its hand schedule where that was as fast on the device."""
-    from workloads.metaschedule import tune_devices
+    from autlearn.workloads.metaschedule import tune_devices
 
-    _check(model, tuple(sorted(families.names())), "model")
+    _check(model, tuple(sorted(registry.names())), "model")
     config = parse_sets(sets)
     if batch is not None:
         config["batch"] = batch
     say = lambda msg: click.echo(f"[tune] {msg}", err=True)  # noqa: E731
     if address:
-        from profiler.cluster import tune_on_cluster
+        from autlearn.engine.cluster import tune_on_cluster
 
         results = tune_on_cluster(
             address,

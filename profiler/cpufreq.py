@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from profiler.errors import ParseError
+from autlearn.profiler.errors import ParseError
 
 # The sysfs files of /sys/devices/system/cpu/cpufreq/policyN a policy is read from (probe.sh prints these).
 SYSFS_FILES = (

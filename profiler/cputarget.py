@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from profiler.errors import ConfigError
+from autlearn.profiler.errors import ConfigError
 
 ABIS = ("x86_64", "arm64-v8a")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from profiler.device import Device, command, quote
+from autlearn.profiler.device import Device, command, quote
 
 
 def remote_dir(device: Device, artifact_hash: str) -> str:
@@ -27,7 +27,7 @@ def deploy(device: Device, artifact_hash: str, local_dir: Path, files: Iterable[
 def runner_command(
     remote: str, *, warmup: int, steps: int, threads: int | None = None, cpu_mask: str | None = None
 ) -> str:
-    """The shell command that runs a deployed runner (its stdout: `profiler.steps.parse_run_output`)."""
+    """The shell command that runs a deployed runner (its stdout: `autlearn.profiler.steps.parse_run_output`)."""
     argv: list[object] = [f"{remote}/runner", remote, "--warmup", warmup, "--steps", steps]
     if threads:
         argv += ["--threads", threads]

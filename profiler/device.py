@@ -2,7 +2,7 @@
 
 Everything that talks to a phone (or a virtual phone) goes through `Device`. Commands are strings built with
 `quote()` for every value; results carry stdout, stderr and the exit code; adbutils' exceptions are translated into
-the typed errors of `profiler.errors` with the serial and command attached.
+the typed errors of `autlearn.profiler.errors` with the serial and command attached.
 """
 
 from __future__ import annotations
@@ -18,8 +18,15 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from profiler import hostcpu
-from profiler.errors import DeviceCommandFailed, DeviceError, DeviceTimeout, DeviceUnreachable, NotRooted, ToolMissing
+from autlearn.profiler import hostcpu
+from autlearn.profiler.errors import (
+    DeviceCommandFailed,
+    DeviceError,
+    DeviceTimeout,
+    DeviceUnreachable,
+    NotRooted,
+    ToolMissing,
+)
 
 DEFAULT_TIMEOUT = 60.0
 ROOT_MODES = ("adbd", "su", "none")
@@ -196,7 +203,7 @@ class Device:
         if self._try_adb_root:
             if self._adb_root():
                 return "adbd"
-            from profiler import knobs
+            from autlearn.profiler import knobs
 
             knobs.forget(knobs.default_root(), self.serial, "adb_root")  # nothing was changed
         if self._uid("su -c 'id -u'") == "0" or self._uid("su 0 id -u") == "0":
@@ -220,7 +227,7 @@ class Device:
     def _adb_root(self) -> bool:
         import adbutils
 
-        from profiler import knobs
+        from autlearn.profiler import knobs
 
         # adbd as root is a knob too: persisted first, undone when the run ends (or by the next run after a kill)
         knobs.persist(knobs.default_root(), self.serial, "adb_root", {"prior": "adbd not root"})
@@ -284,7 +291,7 @@ class Device:
 
 
 def restore_adb_root(device: Device, doc: dict[str, Any]) -> None:
-    """adbd as root, undone (profiler.knobs.restore_pending): `adb unroot`, then wait for adbd to come back."""
+    """adbd as root, undone (autlearn.profiler.knobs.restore_pending): `adb unroot`, then wait for adbd to come back."""
     with device._adb.open_transport() as c:
         c.send_command("unroot:")
         c.check_okay()

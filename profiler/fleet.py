@@ -7,9 +7,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, cast
 
-from profiler.device import Device, adb_client, list_devices
-from profiler.errors import DeviceError, ParseError
-from profiler.probe import DeviceFacts, probe
+from autlearn.profiler.device import Device, adb_client, list_devices
+from autlearn.profiler.errors import DeviceError, ParseError
+from autlearn.profiler.probe import DeviceFacts, probe
 
 
 @dataclass(frozen=True)

@@ -40,9 +40,9 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any, Literal, NoReturn, cast
 
-from profiler import hostcpu, knobs
-from profiler.cpufreq import CpuPolicy, common_governors, parse_policy
-from profiler.errors import DeviceCommandFailed, NotRooted, ParseError, UserError
+from autlearn.profiler import hostcpu, knobs
+from autlearn.profiler.cpufreq import CpuPolicy, common_governors, parse_policy
+from autlearn.profiler.errors import DeviceCommandFailed, NotRooted, ParseError, UserError
 
 INTENTS = ("interactive", "powersave", "performance", "schedutil", "userspace")
 FALLBACKS = ("nearest", "skip", "fail")
@@ -54,7 +54,7 @@ NEAREST: dict[str, tuple[str, ...]] = {
     "userspace": (),  # handled specially: pinned limits under `performance`
 }
 SCRIPT = "governor.sh"
-KNOB = "governor"  # profiler.knobs: snapshots under <root>/governor-pending/<serial>.json while changed
+KNOB = "governor"  # autlearn.profiler.knobs: snapshots under <root>/governor-pending/<serial>.json while changed
 
 _UNITS = {"": 1, "khz": 1, "mhz": 1000, "ghz": 1_000_000, "hz": 0.001}
 _FREQ_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([a-z]*)\s*$", re.I)
@@ -210,7 +210,7 @@ AVAILABLE_KEYS = {
 
 
 def parse_available(text: str) -> tuple[CpuPolicy, ...]:
-    """Parse `governor.sh available` output (profiler.cpufreq.parse_policy, strict). Raises ParseError."""
+    """Parse `governor.sh available` output (autlearn.profiler.cpufreq.parse_policy, strict). Raises ParseError."""
     return tuple(
         parse_policy(b["policy"], {AVAILABLE_KEYS[k]: v for k, v in b.items() if k in AVAILABLE_KEYS}, strict=True)
         for b in _blocks(text)
@@ -366,7 +366,7 @@ class GovernorGuard:
 
     `device` is duck-typed: `.run_script(name, *args, root=True)` -> ShellResult(stdout, stderr, exit_code) (or str),
     `.shell_root(cmd)`, `.serial`, optionally `.workdir`. The snapshot is taken before the first change, written to
-    the pending store `results_dir` (profiler.knobs: `<root>/governor-pending/<serial>.json`, removed after a
+    the pending store `results_dir` (autlearn.profiler.knobs: `<root>/governor-pending/<serial>.json`, removed after a
     successful restore; campaigns use `knobs.default_root()`) and restored on exit, on
     exceptions and on SIGINT/SIGTERM (handlers installed when entered in the main thread; see `restore_on_signals`).
     Unrooted phones: `apply*` raises NotRooted before changing anything else.
@@ -483,7 +483,7 @@ class GovernorGuard:
             self._forget()
             return True
 
-    # -- persistence (profiler.knobs: one pending store for every knob)
+    # -- persistence (autlearn.profiler.knobs: one pending store for every knob)
     def _persist(self) -> None:
         if self.snapshot is not None:
             text = format_snapshot(self.snapshot)
@@ -519,7 +519,7 @@ def pending(root: str | os.PathLike[str]) -> tuple[str, ...]:
 
 
 def restore_knob(device: Any, doc: dict[str, Any]) -> None:
-    """The governor knob's restorer (profiler.knobs.restore_pending): re-apply a persisted snapshot."""
+    """The governor knob's restorer (autlearn.profiler.knobs.restore_pending): re-apply a persisted snapshot."""
     text = (doc.get("state") or {}).get("snapshot") or doc["snapshot"]  # top level: files of older runs
     parse_state(text)  # refuse to send garbage to a phone
     _restore_snapshot(device, text)

@@ -14,7 +14,7 @@ background work a phone started earlier (a fuel-gauge sampler, a shell's leftove
 (testbed/dvfs.py). `HOLD_SETTLE_S` after naming itself, the launch starts (the phones look every 20 ms).
 
 Time spent waiting at the gate is the lab's queueing, not the harness's cost: it is counted per thread
-(`waited_s()`) and recorded as a cell's `wait_s`, beside and never inside `harness_s` (profiler.worker)."""
+(`waited_s()`) and recorded as a cell's `wait_s`, beside and never inside `harness_s` (autlearn.engine.worker)."""
 
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ PLUGIN_GROUP = "autlearn.plugins"
 @dataclass(frozen=True)
 class MonitorBackend:
     """Where a (simulated) power monitor is reached: the serial its driver sees and a picklable pyusb backend
-    factory (profiler.energy.monsoon.MonsoonSource's `backend`)."""
+    factory (autlearn.profiler.energy.monsoon.MonsoonSource's `backend`)."""
 
     usb_serial: str
     backend: Callable[[], Any]

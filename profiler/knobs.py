@@ -23,14 +23,14 @@ from typing import Any
 
 # knob -> restore(device, document), as "module:function" resolved when needed (no registration at import time)
 _RESTORERS: dict[str, Any] = {
-    "governor": "profiler.governor:restore_knob",
-    "charging": "profiler.energy.session:restore_charging",
-    "adb_root": "profiler.device:restore_adb_root",
+    "governor": "autlearn.profiler.governor:restore_knob",
+    "charging": "autlearn.profiler.energy.session:restore_charging",
+    "adb_root": "autlearn.profiler.device:restore_adb_root",
 }
 
 
 def default_root() -> Path:
-    from profiler import paths
+    from autlearn.profiler import paths
 
     return paths.home() / "pending"
 

@@ -21,8 +21,8 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from profiler.device import Device, quote
-from profiler.errors import DeviceError, UserError
+from autlearn.profiler.device import Device, quote
+from autlearn.profiler.errors import DeviceError, UserError
 
 HEARTBEAT_S = 10.0
 STALE_S = 60.0

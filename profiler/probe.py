@@ -7,10 +7,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from profiler.cpufreq import Cluster, CpuPolicy, clusters, common_governors, parse_cpu_list, parse_policy
-from profiler.cputarget import ABIS, CpuTarget, parse_cpuinfo
-from profiler.device import Device
-from profiler.errors import ParseError
+from autlearn.profiler.cpufreq import Cluster, CpuPolicy, clusters, common_governors, parse_cpu_list, parse_policy
+from autlearn.profiler.cputarget import ABIS, CpuTarget, parse_cpuinfo
+from autlearn.profiler.device import Device
+from autlearn.profiler.errors import ParseError
 
 Policy = CpuPolicy  # the probe's name for it
 
@@ -37,7 +37,7 @@ class PowerSupply:
     status: str | None
     online: bool | None
     capacity: int | None
-    current_now: int | None  # raw value: unit and sign vary by vendor (see profiler.energy.fuelgauge)
+    current_now: int | None  # raw value: unit and sign vary by vendor (see autlearn.profiler.energy.fuelgauge)
     voltage_now: int | None
     charge_counter: int | None
     input_suspend: str | None
@@ -209,7 +209,7 @@ def parse_probe(text: str, serial: str = "") -> DeviceFacts:
 
 
 def probe(device: Device) -> DeviceFacts:
-    """Run probe.sh on `device` (a profiler.device.Device) and parse it; also detects the root mode."""
+    """Run probe.sh on `device` (a autlearn.profiler.device.Device) and parse it; also detects the root mode."""
     result = device.run_script("probe.sh", timeout=60)
     if "probe.end=1" not in result.stdout:
         raise ParseError(
@@ -218,3 +218,12 @@ def probe(device: Device) -> DeviceFacts:
         )
     facts = parse_probe(result.stdout, serial=device.serial)
     return dataclasses.replace(facts, root=device.root_capability())
+
+
+def target_id(facts: DeviceFacts) -> str:
+    """What a device's artifacts are compiled for: its ABI and the CPU the probe recognised
+    (`ABI@MCPU[,ATTR...]`, see autlearn.workloads.compile.parse_target_id), else the ABI's generic floor."""
+    ct = facts.cpu_target
+    if ct is None or not ct.mcpu or ct.abi != facts.abi:
+        return facts.abi
+    return ",".join([f"{facts.abi}@{ct.mcpu}", *ct.mattr])

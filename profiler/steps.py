@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
-from profiler.errors import ParseError
+from autlearn.profiler.errors import ParseError
 
 
 @dataclass(frozen=True)

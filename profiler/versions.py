@@ -1,5 +1,5 @@
 """Versions of the Python packages that shape a measurement, with one word for a package that is not installed.
-workloads.artifact adds the build toolchain (zig, runner, artifact format) for artifact manifests and results.
+autlearn.workloads.artifact adds the build toolchain (zig, runner, artifact format) for artifact manifests and results.
 
     tool_versions()  # {"tvm": "0.21.0", "tvm_ffi": ..., "torch": ..., "numpy": ..., "autlearn": ...}"""
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 from importlib import metadata
 
 MISSING = "absent"  # a package not installed
-LEGACY_MISSING = ("unknown",)  # what layer tables (workloads.tables) wrote for it before
+LEGACY_MISSING = ("unknown",)  # what layer tables (autlearn.workloads.tables) wrote for it before
 PACKAGES = (
     ("tvm", "apache-tvm"),
     ("tvm_ffi", "apache-tvm-ffi"),

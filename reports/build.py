@@ -1,6 +1,6 @@
 """Results directory -> report model -> one self-contained HTML file (+ `report.json`).
 
-    data = load_campaign_data("results/paper")            # IO: profiler.store readers; ReportError if not results
+    data = load_campaign_data("results/paper")            # IO: engine.store readers; ReportError if not results
     report = build_report(data, ReportOptions(), other)   # pure: tables, comparisons, figures (plotly)
     page = render_html(report)                            # pure: str; plotly.js inlined once, no URLs to load
     doc = report_json(report)                             # pure: JSON-able summary
@@ -24,13 +24,21 @@ from typing import Any, cast
 import numpy as np
 import pandas as pd
 
-from profiler import stats
-from profiler.campaign_config import serial_of_label
-from profiler.errors import UserError
-from profiler.stats import ratio_ci
-from profiler.store import MANIFEST, SchemaError, energy_reason, load_results, load_status, load_summaries, one_line
-from reports import figures as F
-from reports.model import (
+from autlearn.engine.campaign_config import serial_of_label
+from autlearn.engine.store import (
+    MANIFEST,
+    SchemaError,
+    energy_reason,
+    load_results,
+    load_status,
+    load_summaries,
+    one_line,
+)
+from autlearn.profiler import stats
+from autlearn.profiler.errors import UserError
+from autlearn.profiler.stats import ratio_ci
+from autlearn.reports import figures as F
+from autlearn.reports.model import (
     CampaignData,
     CellRow,
     Comparison,
@@ -41,7 +49,7 @@ from reports.model import (
     Report,
     ReportOptions,
 )
-from reports.render import render
+from autlearn.reports.render import render
 
 DEFAULT_BASELINE = "unoptimized"  # the compiler claim: optimized variants vs the unoptimized build
 PAPER_PAIRS = (("full", "compressed"), ("full", "cached"))  # Fig. 8: compression and caching vs full
@@ -185,7 +193,7 @@ def _cell_rows(data: CampaignData) -> tuple[list[CellRow], dict[str, np.ndarray]
     for (_, r), case in zip(summ.iterrows(), cases):
         cid = str(r["cell_id"])
         e = energy.get(cid)
-        # summarize takes any 1-D run of numbers (profiler.stats._Samples); its annotation says Sequence
+        # summarize takes any 1-D run of numbers (autlearn.profiler.stats._Samples); its annotation says Sequence
         es = stats.summarize(cast(Sequence[float], e)) if e is not None and len(e) else None
         rows.append(
             CellRow(
@@ -293,7 +301,7 @@ def _compare(
 ) -> Comparison | None:
     if xa is None or xb is None or not len(xa) or not len(xb):
         return None
-    # compare takes arrays too (profiler.stats._Samples); its annotation says Sequence
+    # compare takes arrays too (autlearn.profiler.stats._Samples); its annotation says Sequence
     c = stats.compare(cast(Sequence[float], xa), cast(Sequence[float], xb), alpha=opts.alpha, min_ratio=opts.min_ratio)
     lo, hi = ratio_ci(xa, xb)
     return Comparison(
@@ -376,7 +384,7 @@ def _energy_rows(cells: Sequence[CellRow], energy: Mapping[str, np.ndarray], bas
 def _plan_labels(data: CampaignData, serials: Iterable[str]) -> dict[str, str]:
     """spec_key -> readable cell label, by expanding the recorded campaign spec over the devices we know of."""
     try:
-        from profiler.campaign_config import DeviceRef, parse_campaign
+        from autlearn.engine.campaign_config import DeviceRef, parse_campaign
 
         camp = parse_campaign(data.manifest.get("spec") or {})
         return {c.spec_key: c.label for c in camp.plan([DeviceRef(s) for s in serials])}
@@ -997,7 +1005,7 @@ def report_json(report: Report, *, html_bytes: int | None = None) -> dict[str, A
 
 
 def render_html(report: Report) -> str:
-    """The self-contained HTML page (see reports.render)."""
+    """The self-contained HTML page (see autlearn.reports.render)."""
     return render(report)
 
 
@@ -1031,7 +1039,7 @@ def write_report(
     blob = page.encode("utf-8")
     try:
         out_p.parent.mkdir(parents=True, exist_ok=True)
-        from profiler.store import atomic_write
+        from autlearn.engine.store import atomic_write
 
         atomic_write(out_p, lambda f: f.write(blob))
         jp = json_path_for(out_p)

@@ -21,7 +21,7 @@ class ReportOptions:
 
 @dataclass(frozen=True)
 class CampaignData:
-    """What one results directory holds (see profiler.store)."""
+    """What one results directory holds (see autlearn.engine.store)."""
 
     root: Path
     name: str
@@ -80,9 +80,9 @@ class CellRow:
     throttled: bool | None
     started_at: float
     finished_at: float
-    harness_s: float = float("nan")  # the harness's own time in the cell beyond its steps (profiler.campaign)
-    wait_s: float = float("nan")  # waited for the virtual lab's host CPUs (profiler.hostcpu), not harness
-    energy_reason: str = ""  # why it has no energy (profiler.store.energy_reason), "" when it has some
+    harness_s: float = float("nan")  # the harness's own time in the cell beyond its steps (autlearn.engine.campaign)
+    wait_s: float = float("nan")  # waited for the virtual lab's host CPUs (autlearn.profiler.hostcpu), not harness
+    energy_reason: str = ""  # why it has no energy (autlearn.engine.store.energy_reason), "" when it has some
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@
   one loader draws them all. A Content-Security-Policy forbids every network load (`default-src 'none'`), so the
   page works offline by construction and a stray URL could not load anything.
 - Everything that comes from a device or a campaign file is escaped: `_e()` for HTML text and attributes, `<`, `>`
-  and `&` as \\u escapes inside JSON, and figures escape their own text (reports.figures.text).
+  and `&` as \\u escapes inside JSON, and figures escape their own text (autlearn.reports.figures.text).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from functools import cache
 
 import plotly.io as pio
 
-from reports.model import CellRow, Comparison, FigureSlot, Outcome, Report
+from autlearn.reports.model import CellRow, Comparison, FigureSlot, Outcome, Report
 
 CSP = (
     "default-src 'none'; script-src 'unsafe-inline' 'unsafe-eval'; style-src 'unsafe-inline'; "

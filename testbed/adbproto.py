@@ -1,6 +1,6 @@
 """ADB transport protocol, device side: message framing, the CNXN banner, shell v2 packets and sync records.
 
-Pure data helpers (no I/O besides `read_message`); `testbed.vphone` builds the server on top of them.
+Pure data helpers (no I/O besides `read_message`); `autlearn.testbed.vphone` builds the server on top of them.
 Reference: AOSP packages/modules/adb/protocol.txt, SYNC.TXT and shell_protocol.h.
 """
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from testbed.lab import DEFAULT_BASE_PORT, Lab, expand_profiles
+from autlearn.testbed.lab import DEFAULT_BASE_PORT, Lab, expand_profiles
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -86,8 +86,8 @@ def up(
     """Start the lab (replacing a previous one) and connect its phones to adb."""
     from rich.table import Table
 
-    from testbed.lab import monsoon_phones, next_free_ports
-    from testbed.profiles import load_profile
+    from autlearn.testbed.lab import monsoon_phones, next_free_ports
+    from autlearn.testbed.profiles import load_profile
 
     chosen = expand_profiles(profiles, count)
     for name in dict.fromkeys(chosen):
@@ -116,8 +116,8 @@ def _up_hosts(
 ) -> None:
     from rich.table import Table
 
-    from testbed.cluster_lab import ClusterLab
-    from testbed.lab import monsoon_phones
+    from autlearn.testbed.cluster_lab import ClusterLab
+    from autlearn.testbed.lab import monsoon_phones
 
     if base_port is not None:
         raise click.UsageError("--base-port: with --hosts every host's phones take the first free ports")
@@ -143,7 +143,7 @@ def _up_hosts(
 @lab.command()
 def down() -> None:
     """Disconnect and stop every phone of the lab (and the hosts of a `--hosts` lab)."""
-    from testbed.cluster_lab import ClusterLab
+    from autlearn.testbed.cluster_lab import ClusterLab
 
     hosts = ClusterLab().down()
     if hosts:
@@ -161,7 +161,7 @@ def status(as_json: bool) -> None:
 
     from rich.table import Table
 
-    from testbed.cluster_lab import ClusterLab, host_env
+    from autlearn.testbed.cluster_lab import ClusterLab, host_env
 
     cl = ClusterLab()
     hosts = [("", r) for r in Lab().status()]

@@ -63,8 +63,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar, cast
 
-from profiler import hostcpu
-from testbed.profiles import Profile
+from autlearn.profiler import hostcpu
+from autlearn.testbed.profiles import Profile
 
 if TYPE_CHECKING:
     import subprocess

@@ -24,9 +24,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from profiler import paths
-from profiler.errors import LabError, ToolMissing, UserError
-from testbed.profiles import load_profile
+import autlearn
+from autlearn.profiler import paths
+from autlearn.profiler.errors import LabError, ToolMissing, UserError
+from autlearn.testbed.profiles import load_profile
 
 DEFAULT_PROFILES = ("legacy", "modern", "unrooted")
 DEFAULT_BASE_PORT = 6100
@@ -71,7 +72,7 @@ class PhoneStatus:
     @property
     def time_scale(self) -> str:
         """How the phone's time follows its modeled frequencies (written by the vphone; testbed/dvfs.py)."""
-        from testbed.dvfs import TIME_SCALE_NODE
+        from autlearn.testbed.dvfs import TIME_SCALE_NODE
 
         try:
             return (Path(self.phone.root) / TIME_SCALE_NODE).read_text().strip()
@@ -208,7 +209,11 @@ def _is_ours(phone: PhoneInfo) -> bool:
         except OSError:
             return False
         if argv != [b""]:
-            return b"testbed.vphone" in argv and str(phone.port).encode() in argv and str(phone.root).encode() in argv
+            return (
+                b"autlearn.testbed.vphone" in argv
+                and str(phone.port).encode() in argv
+                and str(phone.root).encode() in argv
+            )
         time.sleep(0.01)
     return False
 
@@ -222,7 +227,7 @@ def _exited(pid: int) -> bool:
 
 
 def _phone_processes(root: Path) -> list[int]:
-    """Processes started by a phone's shells: they all inherit AUTLEARN_ROOT=<root> (see testbed.rootfs)."""
+    """Processes started by a phone's shells: they all inherit AUTLEARN_ROOT=<root> (see autlearn.testbed.rootfs)."""
     needle = b"AUTLEARN_ROOT=" + str(root).encode()
     out = []
     for entry in Path("/proc").iterdir():
@@ -364,7 +369,7 @@ class Lab:
         argv = [
             sys.executable,
             "-m",
-            "testbed.vphone",
+            "autlearn.testbed.vphone",
             "--profile",
             profile,
             "--port",
@@ -378,7 +383,7 @@ class Lab:
             *extra,
         ]
         env = dict(os.environ)
-        src = str(Path(__file__).resolve().parent.parent)  # importable even without an editable install
+        src = str(Path(autlearn.__file__).resolve().parent.parent)  # `autlearn` importable without an install
         env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         actions = [
             (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),

@@ -1,7 +1,7 @@
 """Simulated Monsoon power monitor: a pyusb backend the unmodified `monsoon` (PyMonsoon) package talks to.
 
 Everything it produces is SIMULATED: the current is whatever profile you give it, sampled at 5 kHz in simulated
-time. It exists so the real driver (HVPM.Monsoon + sampleEngine) and profiler.energy.monsoon can be exercised
+time. It exists so the real driver (HVPM.Monsoon + sampleEngine) and autlearn.profiler.energy.monsoon can be exercised
 without hardware.
 
 How the backend reaches the driver without patching it: `pmapi.USB_protocol.Connect/enumerateDevices` call
@@ -550,7 +550,7 @@ class SimBackend(usb.backend.IBackend):  # type: ignore[misc]  # pyusb ships no 
 @dataclass(frozen=True)
 class SimFleet:
     """Picklable recipe for a SimBackend: calling it (in any process) builds the backend. Use this as the
-    `backend` of profiler.energy.monsoon.MonsoonSource so each monitor process gets its own view."""
+    `backend` of autlearn.profiler.energy.monsoon.MonsoonSource so each monitor process gets its own view."""
 
     monitors: tuple[SimMonitor, ...]
     state_dir: str | None = None
@@ -562,8 +562,8 @@ class SimFleet:
 
 def installed(backend: usb.backend.IBackend) -> contextlib.AbstractContextManager[Any]:
     """Context manager: `usb.core.find()` without an explicit backend uses `backend` inside the block
-    (swaps pyusb's default backend lookup; process-global). Same as profiler.energy.monsoon.pyusb_backend."""
-    from profiler.energy.monsoon import pyusb_backend
+    (swaps pyusb's default backend lookup; process-global). Same as autlearn.profiler.energy.monsoon.pyusb_backend."""
+    from autlearn.profiler.energy.monsoon import pyusb_backend
 
     return pyusb_backend(backend)
 
@@ -585,7 +585,7 @@ class LabPhoneProfile:
     root: str  # the phone's sandbox root
 
     def follow(self, t_host: float, vout: float) -> float:
-        from testbed.power_model import P_IDLE_W, power_at, read_log
+        from autlearn.testbed.power_model import P_IDLE_W, power_at, read_log
 
         now = time.monotonic()
         loaded, entries = _FOLLOW_CACHE.get(self.root, (-1e18, []))
@@ -614,8 +614,8 @@ class LabMonitor:
 def backend_for_serial(serial: str, lab_home: str | os.PathLike[str] | None = None) -> LabMonitor:
     """The simulated Monsoon `serial` (SIM-<port>) of the lab in `lab_home` (default: $AUTLEARN_HOME), as a
     picklable backend for profiler.energy.monsoon.MonsoonSource. EnergyError when the lab has no such monitor."""
-    from profiler.errors import EnergyError
-    from testbed.lab import Lab
+    from autlearn.profiler.errors import EnergyError
+    from autlearn.testbed.lab import Lab
 
     lab = Lab(Path(lab_home) if lab_home is not None else None)
     try:

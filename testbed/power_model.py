@@ -47,13 +47,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from testbed.dvfs import DvfsModel, cluster_for_mask, virtual_mask, write_node
-from testbed.profiles import Profile
+from autlearn.testbed.dvfs import DvfsModel, cluster_for_mask, virtual_mask, write_node
+from autlearn.testbed.profiles import Profile
 
 if TYPE_CHECKING:
     import asyncio
 
-    from testbed.dvfs import SignalThrottle
+    from autlearn.testbed.dvfs import SignalThrottle
 
 P_IDLE_W = 0.4  # display off, radios idle, SoC in shallow idle
 C_LITTLE_F, C_BIG_F = 0.12e-9, 0.5e-9  # switched capacitance (F) at cpu_capacity 0 / 1024
@@ -174,7 +174,7 @@ def session_members(sessions: set[int]) -> dict[int, int]:
 
 class PowerModel:
     """State of one phone's model; `tick()` every TICK_S (the vphone's event loop calls it). With a `throttle`
-    (testbed.dvfs.SignalThrottle) the processes run at their cluster's modeled speed."""
+    (autlearn.testbed.dvfs.SignalThrottle) the processes run at their cluster's modeled speed."""
 
     def __init__(
         self,

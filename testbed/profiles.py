@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from profiler.errors import LabError
+from autlearn.profiler.errors import LabError
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
 ROOT_MODES = ("adbd", "su", "none")

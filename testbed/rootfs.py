@@ -14,7 +14,7 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
-from testbed.profiles import Profile
+from autlearn.testbed.profiles import Profile
 
 MARKER = ".autlearn-rootfs.json"
 ROOTFS_VERSION = 2  # 2: taskset shim, runtime properties (a sandbox of another version is rebuilt)
@@ -221,7 +221,7 @@ def _build_sysfs(sys: Path, p: Profile) -> None:
     }
     for name, value in battery.items():
         _write(sys / "class/power_supply/battery" / name, value + "\n")
-    if p.root_mode != "none":  # a charging switch root may write (Qualcomm); testbed.power_model reads it
+    if p.root_mode != "none":  # a charging switch root may write (Qualcomm); autlearn.testbed.power_model reads it
         _write(sys / "class/power_supply/battery/input_suspend", "0\n")
     for name, value in (("online", str(b.usb_online)), ("type", "USB"), ("present", "1")):
         _write(sys / "class/power_supply/usb" / name, value + "\n")

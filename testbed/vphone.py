@@ -1,6 +1,6 @@
 """A virtual phone: an adbd look-alike speaking the ADB device protocol over TCP on 127.0.0.1.
 
-    python -m testbed.vphone --profile legacy --port 6100 --root DIR --serial-name legacy-1
+    python -m autlearn.testbed.vphone --profile legacy --port 6100 --root DIR --serial-name legacy-1
 
 The real adb server attaches with `adb connect 127.0.0.1:6100`. Services: shell: (v1), shell,v2: , exec:, sync:,
 root:, unroot:; anything else is refused with CLSE. Commands run on this host under mksh (or /bin/sh) with the
@@ -24,10 +24,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import cast
 
-from testbed import adbproto as P
-from testbed import dvfs, power_model
-from testbed.profiles import Profile, load_profile
-from testbed.rootfs import ROOT_UID, RUNTIME_PROPS, SHELL_UID, ensure_rootfs, shell_binary, shell_env
+from autlearn.testbed import adbproto as P
+from autlearn.testbed import dvfs, power_model
+from autlearn.testbed.profiles import Profile, load_profile
+from autlearn.testbed.rootfs import ROOT_UID, RUNTIME_PROPS, SHELL_UID, ensure_rootfs, shell_binary, shell_env
 
 log = logging.getLogger("vphone")
 
@@ -575,7 +575,7 @@ async def serve(
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m testbed.vphone", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m autlearn.testbed.vphone", description=__doc__.splitlines()[0])
     ap.add_argument("--profile", required=True)
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--root", type=Path, required=True, help="sandbox root directory")

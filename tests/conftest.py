@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from testbed.lab import DEFAULT_PROFILES, Lab, PhoneInfo, find_adb, find_free_ports
+from autlearn.testbed.lab import DEFAULT_PROFILES, Lab, PhoneInfo, find_adb, find_free_ports
 
 _ENV_KEYS = ("AUTLEARN_HOME", "ANDROID_ADB_SERVER_PORT", "ADB_LIBUSB", "AUTLEARN_BUILD_JOBS")
 
@@ -135,7 +135,7 @@ def pytest_collection_modifyitems(config, items):
         return _release_build_jobs(config)
 
     def prebuild():
-        from workloads.runner_build import prepare
+        from autlearn.workloads.runner_build import prepare
 
         try:
             for abi in ("x86_64", "arm64-v8a"):  # x86_64 first: the first tests need it (shared locks)
@@ -255,9 +255,9 @@ def example_run(lab, runner_cache, tmp_path_factory):
     """The shipped example campaign on the session lab (test_example_campaign; test_cluster compares with it)."""
     import dataclasses
 
-    from profiler.campaign import run_campaign
-    from profiler.campaign_config import load_campaign
-    from workloads.artifact_cache import artifact_provider
+    from autlearn.engine.campaign import run_campaign
+    from autlearn.engine.campaign_config import load_campaign
+    from autlearn.pipelines.artifact_cache import artifact_provider
 
     cache = runner_cache / "artifacts"
     before = {p.serial: _governors(p.root) for p in lab}

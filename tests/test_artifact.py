@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from test_runner import tiny_artifact, tiny_program  # noqa: F401  (fixtures)
 
-from cli.main import main
-from profiler.errors import ArtifactError
-from workloads.artifact import content_hash, load_artifact, write_artifact
+from autlearn.cli.main import main
+from autlearn.profiler.errors import ArtifactError
+from autlearn.workloads.artifact import content_hash, load_artifact, write_artifact
 
 
 def test_hash_is_reproducible_and_tracks_tensor_bytes(tiny_artifact, tmp_path):
@@ -178,7 +178,7 @@ def test_cli_build_real_model(runner_cache, tmp_path, capsys, monkeypatch):
 )
 def test_runtime_build_is_reproducible_in_a_fresh_cache(runner_cache, tmp_path, monkeypatch):
     """Cold build (about 3 min on 2 cores) into an empty cache gives the cached library bit for bit."""
-    from workloads.runner_build import runtime_library
+    from autlearn.workloads.runner_build import runtime_library
 
     warm = runtime_library("x86_64")
     monkeypatch.setenv("AUTLEARN_CACHE_DIR", str(tmp_path))

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from profiler.campaign import ArtifactRef, CampaignError, run_campaign
-from profiler.campaign_config import load_campaign
-from profiler.store import load_results, load_status
+from autlearn.engine.campaign import ArtifactRef, CampaignError, run_campaign
+from autlearn.engine.campaign_config import load_campaign
+from autlearn.engine.store import load_results, load_status
 
 FAKE_RUNNER = r"""#!/bin/sh
 # Test double of workloads' runner: same CLI, same JSON lines; sleeps SLEEP s per step.
@@ -137,8 +137,8 @@ import hashlib, sys
 from pathlib import Path
 sys.path.insert(0, {tests!r})
 from test_campaign import provider
-from profiler.campaign import run_campaign
-from profiler.campaign_config import load_campaign
+from autlearn.engine.campaign import run_campaign
+from autlearn.engine.campaign_config import load_campaign
 out = run_campaign(load_campaign({toml!r}), Path({results!r}), provider(Path({art!r})), resume={resume})
 print("OUTCOME", out.ok, out.failed, out.skipped, out.resumed, flush=True)
 """
@@ -245,7 +245,7 @@ def test_malformed_campaign_file_is_one_line_exit_1(tmp_path, body, key):
     bad = tmp_path / "bad.toml"
     bad.write_text(body)
     r = subprocess.run(
-        [sys.executable, "-m", "cli", "run", str(bad), "--results", str(tmp_path / "r")],
+        [sys.executable, "-m", "autlearn", "run", str(bad), "--results", str(tmp_path / "r")],
         capture_output=True,
         text=True,
         timeout=120,
@@ -259,7 +259,7 @@ def test_malformed_campaign_file_is_one_line_exit_1(tmp_path, body, key):
 def test_two_runs_on_one_phone_second_is_refused_or_waits_and_governors_stay_right(lab, tmp_path):
     """A lease per phone: while one run holds the phone, another is refused (naming the holder) or waits for it;
     neither records the other's governor as the phone's own."""
-    from profiler.lease import PhoneBusy
+    from autlearn.profiler.lease import PhoneBusy
 
     phone = next(p for p in lab if p.profile == "legacy")
     before = governors(phone)
@@ -370,7 +370,7 @@ def test_kill_9_during_a_fuel_gauge_cell_then_the_next_run_restores_charging_and
     assert any("charging" in m and "restored" in m for m in logs), logs
     assert any("governor" in m and "restored" in m for m in logs), logs
     assert (governors(phone), switch.read_text()) == before
-    from profiler import knobs
+    from autlearn.profiler import knobs
 
     assert knobs.entries(knobs.default_root(), phone.serial) == []  # nothing left pending
     deadline = time.monotonic() + 10  # the killed run's sampler was stopped by this run's lease: none is left
@@ -388,7 +388,10 @@ def test_devices_restore_after_kill_9_puts_everything_back_and_leaves_no_process
     time.sleep(1)
     assert sampler() and switch.read_text().strip() == "1"  # left behind by the killed run
     r = subprocess.run(
-        [sys.executable, "-m", "cli", "devices", "restore", phone.serial], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "autlearn", "devices", "restore", phone.serial],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stdout + r.stderr
     assert "charging" in r.stdout and "governor" in r.stdout and "sampler" in r.stdout, r.stdout
@@ -399,11 +402,14 @@ def test_devices_restore_after_kill_9_puts_everything_back_and_leaves_no_process
     assert sampler() == []
     left = subprocess.run(["pgrep", "-f", f"{phone.root}/.*/runner"], capture_output=True, text=True).stdout.split()
     assert left == []
-    from profiler import knobs
+    from autlearn.profiler import knobs
 
     assert knobs.entries(knobs.default_root(), phone.serial) == []
     again = subprocess.run(
-        [sys.executable, "-m", "cli", "devices", "restore", phone.serial], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "autlearn", "devices", "restore", phone.serial],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert again.returncode == 0 and "nothing left changed" in again.stdout, again.stdout + again.stderr
 
@@ -447,14 +453,14 @@ def test_an_old_kernel_with_per_cpu_cpufreq_and_no_interactive_or_powersave(lab_
     """cpuN/cpufreq per CPU, no policyN, no related_cpus, neither interactive nor powersave: the probe finds the
     two clusters (by maximum frequency), affinity pins to one of them, interactive maps to the nearest governor
     offered, powersave is skipped with the reason, frequencies are recorded and every CPU's governor restored."""
-    from profiler.device import Device
-    from profiler.probe import probe
+    from autlearn.profiler.device import Device
+    from autlearn.profiler.probe import probe
 
     _, (phone,) = lab_factory(["oldkernel"])
     facts = probe(Device(phone.serial))
     assert facts.clusters == "4+4" and facts.governors == ("ondemand", "userspace", "performance")
     assert not (Path(phone.root) / "sys/devices/system/cpu/cpufreq").exists()
-    from profiler.campaign import affinity_mask
+    from autlearn.engine.campaign import affinity_mask
 
     assert (affinity_mask("big", facts), affinity_mask("little", facts)) == ("0xf0", "0xf")
     before = [
@@ -490,7 +496,7 @@ def test_truncated_garbled_and_swapped_cell_files_are_named_then_redone_by_resum
     (summary / f"{ids[1]}.parquet").write_bytes(bytes(garbled))  # garbled
     (cells / f"{ids[2]}.parquet").write_bytes((cells / f"{ids[3]}.parquet").read_bytes())  # another cell's data
     r = subprocess.run(
-        [sys.executable, "-m", "cli", "results", "show", str(out.results_dir)],
+        [sys.executable, "-m", "autlearn", "results", "show", str(out.results_dir)],
         capture_output=True,
         text=True,
         timeout=120,

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from profiler.campaign_config import (
+from autlearn.engine.campaign_config import (
     ENERGY_KINDS,
     Campaign,
     DeviceRef,
@@ -19,7 +19,7 @@ from profiler.campaign_config import (
     load_campaign,
     parse_campaign,
 )
-from profiler.errors import ConfigError
+from autlearn.profiler.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = ROOT / "examples" / "paper.toml"
@@ -390,7 +390,7 @@ def test_a_bad_model_config_is_one_line_and_leaves_no_results(tmp_path, model, c
     p = tmp_path / "c.toml"
     p.write_text(f'name = "bad"\n[[workload]]\nmodel = "{model}"\nconfig = {{ {config} }}\n')
     r = subprocess.run(
-        [sys.executable, "-m", "cli", "run", str(p), "--results", str(tmp_path / "res")],
+        [sys.executable, "-m", "autlearn", "run", str(p), "--results", str(tmp_path / "res")],
         capture_output=True,
         text=True,
         timeout=120,
@@ -434,7 +434,7 @@ def test_fuzzed_model_config_tables_give_a_campaign_or_one_config_error(model, c
     except ConfigError as e:
         assert e.key.startswith("workload[0]") and "\n" not in str(e)
     else:
-        from workloads.models import make_config
+        from autlearn.workloads.models import make_config
 
         kwargs = {k: v for k, v in c.workloads[0].kwargs.items() if k != "tuning"}
         make_config(model, **kwargs, batch=2)  # what was accepted builds a config

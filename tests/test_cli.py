@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from cli.main import COMMANDS, main
-from profiler.campaign_config import DeviceRef, cell_id, cell_label, parse_campaign, serial_of_label
-from profiler.store import Store, load_status
+from autlearn.cli.main import COMMANDS, main
+from autlearn.engine.campaign_config import DeviceRef, cell_id, cell_label, parse_campaign, serial_of_label
+from autlearn.engine.store import Store, load_status
 
 ROOT = Path(__file__).resolve().parents[1]
 LIBRARIES = ("profiler", "workloads", "reports", "testbed")
@@ -25,7 +25,7 @@ def test_help_lists_the_commands(capsys):
 
 
 def test_every_command_module_lives_in_cli():
-    assert all(target.startswith("cli.") for target in COMMANDS.values())
+    assert all(target.startswith("autlearn.cli.") for target in COMMANDS.values())
 
 
 def _imports(path: Path) -> set[str]:
@@ -44,7 +44,7 @@ def test_no_library_package_imports_cli():
         for pkg in LIBRARIES
         for p in sorted((ROOT / pkg).rglob("*.py"))
         for name in _imports(p)
-        if name == "cli" or name.startswith("cli.")
+        if name == "autlearn.cli" or name.startswith("autlearn.cli.")
     ]
     assert not bad, bad
 
@@ -110,9 +110,9 @@ def test_workloads_list_with_nothing_built_says_where_it_looked(tmp_path, monkey
 
 
 def test_set_parser_is_the_library_one():
-    from cli.options import parse_sets
-    from profiler.errors import ConfigError
-    from workloads.models import parse_overrides
+    from autlearn.cli.options import parse_sets
+    from autlearn.profiler.errors import ConfigError
+    from autlearn.workloads.models import parse_overrides
 
     assert (
         parse_sets(("width=0.25", "channels=[8,16]", "name=abc"))
@@ -129,8 +129,8 @@ def test_measure_options_build_frozen_settings():
     import click
     from click.testing import CliRunner
 
-    from cli.options import measure_options
-    from profiler.settings import MeasureSettings
+    from autlearn.cli.options import measure_options
+    from autlearn.engine.settings import MeasureSettings
 
     got = {}
 
@@ -158,7 +158,7 @@ def test_measure_options_build_frozen_settings():
 
 
 def test_paths_follow_the_environment(tmp_path, monkeypatch):
-    from profiler import paths
+    from autlearn.profiler import paths
 
     monkeypatch.setenv("AUTLEARN_HOME", str(tmp_path / "h"))
     monkeypatch.delenv("AUTLEARN_CACHE_DIR", raising=False)
@@ -174,7 +174,7 @@ def test_paths_follow_the_environment(tmp_path, monkeypatch):
 
 
 def test_code_fingerprint_hashes_the_listed_build_sources_only(monkeypatch):
-    from workloads import artifact_cache
+    from autlearn.pipelines import artifact_cache
 
     full = artifact_cache.code_fingerprint()
     assert full == artifact_cache.code_fingerprint()
@@ -186,7 +186,7 @@ def test_code_fingerprint_hashes_the_listed_build_sources_only(monkeypatch):
 
 def test_results_show_and_the_report_give_wait_beside_harness(tmp_path, capsys):
     """Issue 30: the lab's queueing (wait_s) beside, not inside, the harness's own time; each launch's CPU share."""
-    from reports.build import build_report, load_campaign_data, report_json
+    from autlearn.reports.build import build_report, load_campaign_data, report_json
     from tests.test_store import meta_for, steps_for
 
     camp = parse_campaign(
@@ -227,16 +227,16 @@ def test_results_show_and_the_report_give_wait_beside_harness(tmp_path, capsys):
 def test_run_exits_3_when_a_cell_failed_and_the_summary_starts_its_own_line(tmp_path, monkeypatch, capfd):
     """Issue 31: scripts see failed cells (exit 3, not 1 for bad input); in non-TTY output no line starts with the
     progress table's border (the summary is not glued to it)."""
-    import profiler.campaign
-    from cli.campaign import EXIT_CELLS_FAILED
-    from profiler.worker import Outcome, Progress
+    import autlearn.engine.campaign
+    from autlearn.cli.campaign import EXIT_CELLS_FAILED
+    from autlearn.engine.worker import Outcome, Progress
 
     def fake_run(campaign, settings, provider, on_progress, log, wait_s=0.0):
         progress = Progress(total={"emu-1": 2}, done={"emu-1": 2}, state={"emu-1": "done"}, finished=True)
         on_progress(progress)
         return Outcome(ok=1, failed=1, skipped=0, resumed=0, results_dir=tmp_path / "r" / "c1")
 
-    monkeypatch.setattr(profiler.campaign, "run", fake_run)
+    monkeypatch.setattr(autlearn.engine.campaign, "run", fake_run)
     toml = tmp_path / "c.toml"
     toml.write_text('name = "c1"\n[[workload]]\nmodel = "lstm"\n')
     assert main(["run", str(toml), "--results", str(tmp_path / "r")]) == EXIT_CELLS_FAILED == 3
@@ -250,7 +250,7 @@ def test_run_exits_3_when_a_cell_failed_and_the_summary_starts_its_own_line(tmp_
 def test_results_show_and_the_report_say_why_a_cell_has_no_energy(tmp_path, capsys):
     """Issue 31: the reason for missing energy is in the text table and the report, not only in --json; affinity is a
     column (big and little cells differ); a failed cell's multi-line reason is one line."""
-    from reports.build import build_report, load_campaign_data
+    from autlearn.reports.build import build_report, load_campaign_data
     from tests.test_store import meta_for, steps_for
 
     camp = parse_campaign(

@@ -1,5 +1,5 @@
 """Issue 21: a fleet across USB hosts on Ray. A real local Ray cluster of two nodes (one per simulated host), each
-host with its own adb server, home, virtual phones and agent (testbed.cluster_lab); the controller is this test
+host with its own adb server, home, virtual phones and agent (autlearn.testbed.cluster_lab); the controller is this test
 process or the `autlearn` CLI."""
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from profiler.campaign import run_campaign
-from profiler.campaign_config import load_campaign, parse_campaign
-from profiler.store import load_status, load_summaries
-from workloads.artifact_cache import artifact_provider
+from autlearn.engine.campaign import run_campaign
+from autlearn.engine.campaign_config import load_campaign, parse_campaign
+from autlearn.engine.store import load_status, load_summaries
+from autlearn.pipelines.artifact_cache import artifact_provider
 
 pytest.importorskip("ray")
 
@@ -35,8 +35,8 @@ def governors(root) -> list[str]:
 def cluster(adb_env, runner_cache, tmp_path_factory):
     """`autlearn lab up --hosts 2`: the default trio dealt in turn, host1: legacy + unrooted, host2: modern (the
     session lab's profiles over two hosts)."""
-    from cli.main import main
-    from testbed.cluster_lab import ClusterLab, host_env
+    from autlearn.cli.main import main
+    from autlearn.testbed.cluster_lab import ClusterLab, host_env
 
     home = tmp_path_factory.mktemp("cluster_lab_home")
     with host_env({"AUTLEARN_HOME": str(home)}):
@@ -48,8 +48,8 @@ def cluster(adb_env, runner_cache, tmp_path_factory):
 
 
 def test_lab_status_names_each_phones_host(cluster, capsys):
-    from cli.main import main
-    from testbed.cluster_lab import host_env
+    from autlearn.cli.main import main
+    from autlearn.testbed.cluster_lab import host_env
 
     cl, address = cluster
     capsys.readouterr()
@@ -65,13 +65,13 @@ def test_lab_status_names_each_phones_host(cluster, capsys):
 
 
 def phones_of(cl, host: str):
-    from testbed.lab import Lab
+    from autlearn.testbed.lab import Lab
 
     return Lab(Path(cl.host(host)["home"])).phones()
 
 
 def fleet(address):
-    from profiler.cluster import ClusterFleet
+    from autlearn.engine.cluster import ClusterFleet
 
     return ClusterFleet(address)
 
@@ -133,7 +133,7 @@ def test_example_campaign_on_two_hosts_gives_the_cells_of_one_host(cluster, exam
 
 
 def _agent_pid(address: str, host: str) -> int:
-    from profiler.cluster import list_agents
+    from autlearn.engine.cluster import list_agents
 
     return next(a["pid"] for a in list_agents(address) if a["host"] == host)
 
@@ -141,8 +141,8 @@ def _agent_pid(address: str, host: str) -> int:
 @pytest.mark.slow
 def test_an_agent_that_does_not_answer_at_discovery_is_said(cluster, monkeypatch):
     """Issue 33: the fleet's log was set by lease(), after discovery, so `run --cluster` dropped this line."""
-    from profiler import cluster as cluster_mod
-    from profiler.cluster.agent import PREFIX
+    from autlearn.engine import cluster as cluster_mod
+    from autlearn.engine.cluster.agent import PREFIX
 
     _, address = cluster
     ray = cluster_mod.connect(address)
@@ -243,7 +243,7 @@ def test_two_controllers_never_share_a_phone(cluster, runner_cache, tmp_path):
     cli = [
         sys.executable,
         "-m",
-        "cli.main",
+        "autlearn.cli.main",
         "run",
         str(toml),
         "--cluster",
@@ -301,7 +301,7 @@ def test_builds_run_as_ray_tasks_on_both_nodes_once_per_key_across_controllers(c
 
 @pytest.mark.slow
 def test_tune_through_the_agent_of_the_phones_host(cluster, tmp_path, monkeypatch):
-    from profiler.cluster import tune_on_cluster
+    from autlearn.engine.cluster import tune_on_cluster
 
     monkeypatch.setenv("AUTLEARN_TUNING_DIR", str(tmp_path / "tuning"))  # this controller's databases
     cl, address = cluster

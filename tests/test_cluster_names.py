@@ -7,7 +7,7 @@ import subprocess
 import sys
 from types import SimpleNamespace
 
-from profiler.campaign_config import parse_campaign
+from autlearn.engine.campaign_config import parse_campaign
 
 
 def _phone(serial: str, model: str = "Pixel"):
@@ -33,10 +33,10 @@ def test_a_campaign_may_name_a_phone_by_serial_or_host_slash_serial():
 
 def test_no_ray_import_on_the_default_path():
     code = (
-        "import sys, profiler.campaign, workloads.measure, cli.campaign, cli.main\n"
-        "from profiler.campaign import fleet_for\nfrom profiler.settings import MeasureSettings\n"
+        "import sys, autlearn.engine.campaign, autlearn.pipelines.measure, autlearn.cli.campaign, autlearn.cli.main\n"
+        "from autlearn.engine.campaign import fleet_for\nfrom autlearn.engine.settings import MeasureSettings\n"
         "fleet_for(MeasureSettings())\n"
-        "try:\n    cli.main.main(['run', '--help'])\nexcept SystemExit:\n    pass\n"
+        "try:\n    autlearn.cli.main.main(['run', '--help'])\nexcept SystemExit:\n    pass\n"
         "print('ray' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from profiler.cputarget import CpuTarget, generic, parse_cpuinfo
-from profiler.errors import ConfigError
-from profiler.probe import parse_probe
+from autlearn.profiler.cputarget import CpuTarget, generic, parse_cpuinfo
+from autlearn.profiler.errors import ConfigError
+from autlearn.profiler.probe import parse_probe
 
 V2 = "fpu sse sse2 cx16 lahf_lm popcnt sse4_1 sse4_2 ssse3"
 V3 = V2 + " avx avx2 bmi1 bmi2 f16c fma abm movbe xsave"
@@ -137,7 +137,7 @@ def test_other_abi_and_serialisation():
 def test_mcpu_names_are_known_to_llvm():
     """Every -mcpu the parser can emit is valid for the installed TVM's LLVM (an unknown one silently
     falls back to generic code)."""
-    from profiler import cputarget
+    from autlearn.profiler import cputarget
 
     names = {
         "x86_64-linux-gnu": ["znver1", "znver2", "znver3", "znver4", "znver5", "x86-64-v2", "x86-64-v3", "x86-64-v4"],
@@ -165,8 +165,8 @@ def test_probe_output_round_trip():
 
 
 def test_virtual_phone_probe_gives_the_host_target(lab, adb_env):
-    from profiler.device import Device
-    from profiler.probe import probe
+    from autlearn.profiler.device import Device
+    from autlearn.profiler.probe import probe
 
     phone = next(p for p in lab if p.profile == "modern")
     facts = probe(Device(phone.serial))

@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from profiler.device import Device, command, quote
-from profiler.errors import DeviceCommandFailed, DeviceUnreachable, NotRooted
-from profiler.probe import probe
+from autlearn.profiler.device import Device, command, quote
+from autlearn.profiler.errors import DeviceCommandFailed, DeviceUnreachable, NotRooted
+from autlearn.profiler.probe import probe
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +135,7 @@ def test_devices_cli_json_lists_the_lab(lab, adb_env):
     import json
 
     out = subprocess.run(
-        [sys.executable, "-m", "cli", "devices", "--json"],
+        [sys.executable, "-m", "autlearn", "devices", "--json"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -151,7 +151,7 @@ def test_devices_cli_json_lists_the_lab(lab, adb_env):
 def test_devices_cli_unknown_serial_is_one_line_exit_1(adb_env):
     t0 = time.monotonic()
     out = subprocess.run(
-        [sys.executable, "-m", "cli", "devices", "-s", "no-such-phone"],
+        [sys.executable, "-m", "autlearn", "devices", "-s", "no-such-phone"],
         capture_output=True,
         text=True,
         timeout=60,

@@ -13,15 +13,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from profiler.campaign import run_campaign
-from profiler.campaign_config import load_campaign
-from profiler.device import Device
-from profiler.store import load_results, load_status
-from testbed.dvfs import DvfsModel, cluster_for_mask, cluster_shares, next_freq
-from testbed.lab import Lab, find_free_ports
-from testbed.profiles import load_profile
-from testbed.rootfs import build_rootfs
-from workloads.artifact_cache import artifact_provider
+from autlearn.engine.campaign import run_campaign
+from autlearn.engine.campaign_config import load_campaign
+from autlearn.engine.store import load_results, load_status
+from autlearn.pipelines.artifact_cache import artifact_provider
+from autlearn.profiler.device import Device
+from autlearn.testbed.dvfs import DvfsModel, cluster_for_mask, cluster_shares, next_freq
+from autlearn.testbed.lab import Lab, find_free_ports
+from autlearn.testbed.profiles import load_profile
+from autlearn.testbed.rootfs import build_rootfs
 
 CACHE = Path(os.environ.get("AUTLEARN_TEST_CACHE_DIR") or Path.home() / ".cache" / "autlearn-test") / "artifacts"
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from profiler.energy import PowerTrace
-from profiler.energy.align import baseline_power, estimate_offset, integrate, step_energies
-from profiler.energy.fuelgauge import (
+from autlearn.profiler.energy import PowerTrace
+from autlearn.profiler.energy.align import baseline_power, estimate_offset, integrate, step_energies
+from autlearn.profiler.energy.fuelgauge import (
     ChargeFacts,
     charge_facts,
     decide_fuelgauge,
@@ -19,7 +19,7 @@ from profiler.energy.fuelgauge import (
     parse_log,
     to_trace,
 )
-from profiler.errors import EnergyError, ParseError
+from autlearn.profiler.errors import EnergyError, ParseError
 
 SCRIPT = Path(__file__).resolve().parents[1] / "device_scripts" / "fuelgauge.sh"
 

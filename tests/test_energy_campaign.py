@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from profiler.campaign import ArtifactRef, run_campaign
-from profiler.campaign_config import load_campaign
-from profiler.energy.session import resolve_energy
-from profiler.errors import EnergyError
-from profiler.store import load_results, load_status
-from testbed.lab import Lab, find_free_ports
-from testbed.monsoon_sim import passthrough_mode
-from workloads.artifact_cache import artifact_provider
+from autlearn.engine.campaign import ArtifactRef, run_campaign
+from autlearn.engine.campaign_config import load_campaign
+from autlearn.engine.store import load_results, load_status
+from autlearn.pipelines.artifact_cache import artifact_provider
+from autlearn.profiler.energy.session import resolve_energy
+from autlearn.profiler.errors import EnergyError
+from autlearn.testbed.lab import Lab, find_free_ports
+from autlearn.testbed.monsoon_sim import passthrough_mode
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("AUTLEARN_TEST_CACHE_DIR") or Path.home() / ".cache" / "autlearn-test") / "artifacts"
@@ -155,7 +155,7 @@ def test_failure_inside_the_window_restores_passthrough(energy_lab, lab_home_env
 DRIVER = """
 import sys, time
 sys.path.insert(0, {root!r})
-from profiler.energy.monsoon import open_monitor
+from autlearn.profiler.energy.monsoon import open_monitor
 if __name__ == "__main__":  # the monitor process is spawned (forkserver): the main module is re-imported
     src = open_monitor({serial!r}, lab_home={home!r}, passthrough="off", settle_s=0.1)
     src.start()
@@ -201,7 +201,7 @@ def test_sigkill_of_the_host_restores_passthrough(energy_lab, tmp_path):
 
 
 def test_kill_of_host_and_monitor_process_is_restored_by_the_next_window(energy_lab, tmp_path):
-    from profiler.energy.monsoon import open_monitor
+    from autlearn.profiler.energy.monsoon import open_monitor
 
     lab, phones = energy_lab
     unrooted = phones["unrooted"]
@@ -246,7 +246,17 @@ def test_wrong_monitor_serial_is_one_line_and_exit_1_through_the_cli(energy_lab,
     legacy = phones["legacy"]
     toml = campaign_toml(tmp_path, "wrong", [legacy.serial], energy="monsoon:SIM-1")
     r = subprocess.run(
-        [sys.executable, "-m", "cli", "run", str(toml), "--results", str(tmp_path / "res"), "--artifacts", str(CACHE)],
+        [
+            sys.executable,
+            "-m",
+            "autlearn",
+            "run",
+            str(toml),
+            "--results",
+            str(tmp_path / "res"),
+            "--artifacts",
+            str(CACHE),
+        ],
         capture_output=True,
         text=True,
         timeout=120,
@@ -278,7 +288,7 @@ def test_monitor_lost_mid_cell_keeps_time_loses_energy_and_the_campaign_goes_on(
 
     from test_campaign import make_artifact, provider
 
-    from profiler.energy.monsoon import MonsoonSource
+    from autlearn.profiler.energy.monsoon import MonsoonSource
 
     lab, phones = energy_lab
     unrooted = phones["unrooted"]

@@ -9,12 +9,12 @@ import time
 import numpy as np
 import pytest
 
-from profiler.device import Device
-from profiler.energy.session import open_meter, stop_orphan_samplers
-from profiler.errors import EnergyError
-from profiler.probe import probe
-from testbed import power_model
-from testbed.lab import Lab, find_free_ports
+from autlearn.profiler.device import Device
+from autlearn.profiler.energy.session import open_meter, stop_orphan_samplers
+from autlearn.profiler.errors import EnergyError
+from autlearn.profiler.probe import probe
+from autlearn.testbed import power_model
+from autlearn.testbed.lab import Lab, find_free_ports
 
 POLICIES = "$AUTLEARN_SYSFS/devices/system/cpu/cpufreq/policy*"
 SUSPEND = "$AUTLEARN_SYSFS/class/power_supply/battery/input_suspend"

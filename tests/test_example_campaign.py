@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from browser import CHROMIUM, check_report
 
-from profiler.store import load_results, load_status, load_summaries
-from reports.build import write_report
+from autlearn.engine.store import load_results, load_status, load_summaries
+from autlearn.reports.build import write_report
 
 
 def governors(phone) -> list[str]:
@@ -56,7 +56,7 @@ def test_example_powersave_is_slower_and_energy_is_gross(lab, example_run):
     # than the throttle's window, ~2 ms of CPU, mostly runs between two stops: testbed/dvfs.py.)
     per_workload = med.groupby(level=[0, 1]).sum()
     assert (per_workload["powersave"] > per_workload["interactive"]).all(), per_workload.to_string()
-    # virtual phones share this host's CPUs: no two of them ran timed steps at the same time (profiler.hostcpu)
+    # virtual phones share this host's CPUs: no two of them ran timed steps at the same time (autlearn.profiler.hostcpu)
     runs = df.groupby(["device_serial", "cell_id", "repetition"]).agg(a=("t_start_ns", "min"), b=("t_end_ns", "max"))
     runs = runs.sort_values("a").reset_index()
     assert (runs["a"].iloc[1:].to_numpy() >= runs["b"].cummax().iloc[:-1].to_numpy()).all()
@@ -106,7 +106,7 @@ def ordering_faults(summaries: pd.DataFrame, rooted: set[str], min_ms: float = 5
 def test_example_orderings_hold_with_three_phones_at_once(lab, example_run):
     """Issue 30: three phones run the example at once; on each rooted one, powersave is slower than the default
     governor and full faster than unoptimized, by their medians with a margin (each timed launch has the host's
-    CPUs: profiler.hostcpu); the lab's queueing is wait_s, not harness_s."""
+    CPUs: autlearn.profiler.hostcpu); the lab's queueing is wait_s, not harness_s."""
     _, outcome, _ = example_run
     summaries = load_summaries(outcome.results_dir)
     rooted = {p.serial for p in lab if p.profile != "unrooted"}

@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pytest
 
-from profiler.errors import ConfigError
-from workloads import families
+from autlearn.profiler.errors import ConfigError
+from autlearn.workloads import registry
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class MLPConfig:
         return {"model": "mlp", **dict(sorted(asdict(self).items()))}
 
     def key(self) -> str:
-        return families.config_key(self)
+        return registry.config_key(self)
 
 
 def _build(cfg):
@@ -64,7 +64,7 @@ def _example(cfg):
 
 
 def _layers(cfg, body, head_rank):
-    from workloads.layers import PHASES, Layer, LayerKey
+    from autlearn.workloads.layers import PHASES, Layer, LayerKey
 
     return (
         Layer("body.0", LayerKey("fc", 1, 1, 1, 1, 1, cfg.in_features, cfg.hidden, cfg.batch), body),
@@ -75,13 +75,13 @@ def _layers(cfg, body, head_rank):
 def _grid(cfg, trainable, conv_step, fc_step):
     from dataclasses import replace
 
-    from workloads.layers import channel_options, model_keys
+    from autlearn.workloads.layers import channel_options, model_keys
 
     return {k for h in channel_options(cfg.hidden, conv_step) for k in model_keys(replace(cfg, hidden=h), trainable)}
 
 
 def _dataset(cfg, per_class=None):
-    from workloads.data import Dataset
+    from autlearn.workloads.data import Dataset
 
     rng = np.random.default_rng(cfg.seed)
     y = np.arange(32) % cfg.num_classes
@@ -89,7 +89,7 @@ def _dataset(cfg, per_class=None):
     return Dataset(x, y.astype(np.int64), cfg.num_classes, "random", True)
 
 
-MLP = families.Family(
+MLP = registry.Family(
     name="mlp",
     config_cls=MLPConfig,
     build=_build,
@@ -104,33 +104,33 @@ MLP = families.Family(
 
 @pytest.fixture
 def mlp():
-    families.register(MLP)
+    registry.register(MLP)
     try:
         yield MLP
     finally:
-        families.unregister("mlp")
+        registry.unregister("mlp")
 
 
 def test_builtins_and_lookups():
-    from workloads.families.lstm import WordLSTMConfig
-    from workloads.families.mobilenet import MobileNetConfig
-    from workloads.models import make_config
+    from autlearn.workloads.families.lstm import WordLSTMConfig
+    from autlearn.workloads.families.mobilenet import MobileNetConfig
+    from autlearn.workloads.models import make_config
 
-    assert families.names()[:2] == ("mobilenet", "lstm")
-    assert families.get("lstm").config_cls is WordLSTMConfig
-    assert families.of_config(make_config("mobilenet", width=0.25)).config_cls is MobileNetConfig
+    assert registry.names()[:2] == ("mobilenet", "lstm")
+    assert registry.get("lstm").config_cls is WordLSTMConfig
+    assert registry.of_config(make_config("mobilenet", width=0.25)).config_cls is MobileNetConfig
     with pytest.raises(ConfigError, match="unknown model 'resnet'; valid: mobilenet, lstm") as e:
-        families.get("resnet")
+        registry.get("resnet")
     assert e.value.key == "model"
     with pytest.raises(ConfigError, match="not a model config"):
-        families.of_config(object())
+        registry.of_config(object())
     with pytest.raises(ConfigError, match="already registered"):
-        families.register(families.get("lstm"))
+        registry.register(registry.get("lstm"))
 
 
 def test_import_is_cheap():
     code = (
-        "import sys, workloads.families as f, workloads.models, profiler.campaign_config; f.names(); "
+        "import sys, workloads.registry as f, workloads.models, autlearn.engine.campaign_config; f.names(); "
         "print('torch' in sys.modules or 'tvm' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -138,24 +138,24 @@ def test_import_is_cheap():
 
 
 def test_canonical_config_is_one_form():
-    from workloads.models import make_config
-    from workloads.resource import canonical_config
+    from autlearn.workloads.models import make_config
+    from autlearn.workloads.resource import canonical_config
 
     cfg = make_config("mobilenet", width=0.25)
-    assert families.canonical_config(cfg) == json.dumps(cfg.to_dict(), sort_keys=True)
-    assert cfg.key() == families.config_key(cfg) == families.config_key(cfg.to_dict())
+    assert registry.canonical_config(cfg) == json.dumps(cfg.to_dict(), sort_keys=True)
+    assert cfg.key() == registry.config_key(cfg) == registry.config_key(cfg.to_dict())
     assert (
         canonical_config({"b": (1, 2), "a": 1})
-        == families.canonical_config({"b": (1, 2), "a": 1})
+        == registry.canonical_config({"b": (1, 2), "a": 1})
         == '{"a": 1, "b": [1, 2]}'
     )
 
 
 def test_third_family_config_and_campaign(mlp):
-    from profiler.campaign_config import MODELS, parse_campaign
-    from workloads.models import make_config
+    from autlearn.engine.campaign_config import MODELS, parse_campaign
+    from autlearn.workloads.models import make_config
 
-    assert "mlp" in families.names() and "mlp" in MODELS
+    assert "mlp" in registry.names() and "mlp" in MODELS
     assert make_config("mlp", hidden=24) == MLPConfig(hidden=24)
     with pytest.raises(ConfigError, match=r"unknown mlp config keys \['width'\]"):
         make_config("mlp", width=2)
@@ -164,16 +164,16 @@ def test_third_family_config_and_campaign(mlp):
 
 
 def test_third_family_is_gone_after_unregister():
-    from profiler.campaign_config import parse_campaign
+    from autlearn.engine.campaign_config import parse_campaign
 
-    assert "mlp" not in families.names()
+    assert "mlp" not in registry.names()
     with pytest.raises(ConfigError):
         parse_campaign({"name": "t", "workload": [{"model": "mlp"}]})
 
 
 def test_third_family_grid_and_resource(mlp):
-    from workloads.layers import flops, model_keys, table_grid
-    from workloads.resource import model_resource, validation_configs
+    from autlearn.workloads.layers import flops, model_keys, table_grid
+    from autlearn.workloads.resource import model_resource, validation_configs
 
     cfg = MLPConfig()
     keys = model_keys(cfg)
@@ -186,8 +186,8 @@ def test_third_family_grid_and_resource(mlp):
 
 
 def test_third_family_compiles_and_trains_on_host(mlp):
-    from workloads.compile import build_program
-    from workloads.program import run_on_host
+    from autlearn.workloads.compile import build_program
+    from autlearn.workloads.program import run_on_host
 
     prog = build_program("mlp", "full", "x86_64", database=None)
     assert prog.meta["model"] == "mlp" and prog.meta["lr"] == 0.1 and prog.meta["config_key"] == MLPConfig().key()

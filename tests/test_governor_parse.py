@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from procs import default_signals
 
-from profiler.errors import NotRooted, ParseError
-from profiler.governor import (
+from autlearn.profiler.errors import NotRooted, ParseError
+from autlearn.profiler.governor import (
     GovernorGuard,
     GovernorIntent,
     GovernorUnavailable,
@@ -352,7 +352,7 @@ CHILD = textwrap.dedent("""
     sys.path.insert(0, {tests!r}); sys.path.insert(0, {root!r})
     from pathlib import Path
     from test_governor_parse import LocalDevice
-    from profiler.governor import GovernorGuard
+    from autlearn.profiler.governor import GovernorGuard
     dev = LocalDevice(Path({sysfs!r}), Path({work!r}))
     with GovernorGuard(dev, {results!r}) as g:
         g.apply_intent("performance")
@@ -393,7 +393,7 @@ def test_signals_restore_and_killed_runs_restore_next_time(tmp_path, sig, code):
 UNWIND = textwrap.dedent("""
     import os, signal, sys, time
     sys.path.insert(0, {root!r})
-    from profiler.governor import restore_on_signals
+    from autlearn.profiler.governor import restore_on_signals
     with restore_on_signals():
         try:
             print("running", flush=True)

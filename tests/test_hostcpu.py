@@ -1,4 +1,4 @@
-"""The virtual lab's host CPU gate (profiler.hostcpu), the launch CPU share parser, and the throttle's budget
+"""The virtual lab's host CPU gate (autlearn.profiler.hostcpu), the launch CPU share parser, and the throttle's budget
 (testbed/dvfs.py): pure or in-process, no phones."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import time
 
 import pytest
 
-from profiler import hostcpu
-from profiler.steps import cpu_share, parse_children_cpu_s
-from profiler.worker import HarnessClock
-from testbed.dvfs import LATE_CREDIT_S, SignalThrottle, _Budget, _thread_cpu_ns
+from autlearn.engine.worker import HarnessClock
+from autlearn.profiler import hostcpu
+from autlearn.profiler.steps import cpu_share, parse_children_cpu_s
+from autlearn.testbed.dvfs import LATE_CREDIT_S, SignalThrottle, _Budget, _thread_cpu_ns
 
 
 @pytest.fixture(autouse=True)
@@ -234,7 +234,7 @@ def test_a_process_that_left_the_group_is_not_charged_to_it():
 
 def test_no_budget_stop_outlasts_the_cap(monkeypatch):
     """A group the budget keeps stopped longer than MAX_STOP_S (a bug: a wrong charge) is continued, and counted."""
-    import testbed.dvfs as dvfs
+    import autlearn.testbed.dvfs as dvfs
 
     monkeypatch.setattr(dvfs, "MAX_STOP_S", 0.3)
     th = SignalThrottle(keep_warm=False)

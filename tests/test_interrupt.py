@@ -17,13 +17,13 @@ from procs import default_signals
 from test_campaign import campaign_file
 from test_campaign import governors as _governors
 
-from profiler.store import load_status, load_summaries
-from testbed.profiles import load_profile
+from autlearn.engine.store import load_status, load_summaries
+from autlearn.testbed.profiles import load_profile
 
 
 def _run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "cli", "run", *args],
+        [sys.executable, "-m", "autlearn", "run", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -57,7 +57,7 @@ def test_a_signal_mid_launch_stores_the_cell_interrupted_and_resume_redoes_it(la
     results = tmp_path / "results"
     arts = ("--artifacts", str(runner_cache / "artifacts"))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cli", "run", str(toml), "--results", str(results), *arts],
+        [sys.executable, "-m", "autlearn", "run", str(toml), "--results", str(results), *arts],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

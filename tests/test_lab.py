@@ -1,4 +1,4 @@
-"""The lab: up/down/status through the Python API, `cli.main.main` and the installed `autlearn` command."""
+"""The lab: up/down/status through the Python API, `autlearn.cli.main.main` and the installed `autlearn` command."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ from pathlib import Path
 import adbutils
 import pytest
 
-from cli.main import main
-from profiler.errors import LabError, ToolMissing
-from testbed.lab import Lab, PhoneInfo, _is_ours, expand_profiles, find_free_ports
-from testbed.profiles import known_profiles, load_profile
+from autlearn.cli.main import main
+from autlearn.profiler.errors import LabError, ToolMissing
+from autlearn.testbed.lab import Lab, PhoneInfo, _is_ours, expand_profiles, find_free_ports
+from autlearn.testbed.profiles import known_profiles, load_profile
 
 AUTLEARN = Path(sys.executable).with_name("autlearn")
 
@@ -221,7 +221,7 @@ def test_cli_up_status_down(adb_env, tmp_path, monkeypatch, capsys):
 
 
 def _autlearn(*args: str, env: dict, timeout: float = 60) -> subprocess.CompletedProcess:
-    exe = [str(AUTLEARN)] if AUTLEARN.exists() else [sys.executable, "-m", "cli"]
+    exe = [str(AUTLEARN)] if AUTLEARN.exists() else [sys.executable, "-m", "autlearn"]
     return subprocess.run(
         exe + list(args), env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
     )

@@ -18,11 +18,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from profiler.campaign_config import parse_campaign
-from profiler.errors import ConfigError, TableError, UserError
-from workloads.families.lstm import WordLSTMConfig
-from workloads.layer_suite import DEFAULT_LR, build_suite_program, suite_count, suite_keys
-from workloads.layers import (
+from autlearn.engine.campaign_config import parse_campaign
+from autlearn.profiler.errors import ConfigError, TableError, UserError
+from autlearn.workloads.families.lstm import WordLSTMConfig
+from autlearn.workloads.layer_suite import DEFAULT_LR, build_suite_program, suite_count, suite_keys
+from autlearn.workloads.layers import (
     KEY_COLUMNS,
     LAYER_TYPES,
     PHASES,
@@ -33,9 +33,9 @@ from workloads.layers import (
     parse_key,
     table_grid,
 )
-from workloads.models import build_model, make_config
-from workloads.resource import canonical_config, measured_from_results, model_resource, validation_configs
-from workloads.tables import (
+from autlearn.workloads.models import build_model, make_config
+from autlearn.workloads.resource import canonical_config, measured_from_results, model_resource, validation_configs
+from autlearn.workloads.tables import (
     Table,
     TableMeta,
     calibrate,
@@ -183,8 +183,8 @@ SUITE_LR = 0.25
 
 @pytest.fixture(scope="module")
 def suite_run():
-    from workloads.compile import target_for_abi
-    from workloads.program import run_on_host
+    from autlearn.workloads.compile import target_for_abi
+    from autlearn.workloads.program import run_on_host
 
     program = build_suite_program(SUITE_KEYS, "x86_64", lr=SUITE_LR, database=None, seed=0)
     records = run_on_host(program, 1, target_for_abi("x86_64"))
@@ -272,7 +272,7 @@ def _pc(key):
 
 
 def _raw_results():
-    """Rows shaped like profiler.store results: two devices, three (serial, governor) groups, layer cells with
+    """Rows shaped like autlearn.engine.store results: two devices, three (serial, governor) groups, layer cells with
     different key sets, warm-up rows and a whole-model cell whose numbers must not leak in."""
     rows = []
     expected = {}  # (serial, gov, key) -> list of (ms, mj)
@@ -740,8 +740,8 @@ def _write_compressed(d, **over):
 
 
 def test_compressed_build_args(tmp_path, monkeypatch):
-    from workloads.artifact import input_files
-    from workloads.pruning.search import compressed_build_args
+    from autlearn.workloads.artifact import input_files
+    from autlearn.workloads.pruning.search import compressed_build_args
 
     p = _write_compressed(tmp_path / "pt")
     monkeypatch.chdir(tmp_path)
@@ -757,7 +757,7 @@ def test_compressed_build_args(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("case", ["missing", "not-json", "format", "weights", "model", "no-build"])
 def test_compressed_build_args_errors(tmp_path, case):
-    from workloads.pruning.search import compressed_build_args
+    from autlearn.workloads.pruning.search import compressed_build_args
 
     d = tmp_path / case
     if case == "missing":
@@ -786,7 +786,7 @@ def test_compressed_build_args_errors(tmp_path, case):
 
 @pytest.fixture(scope="module")
 def lstm_compressed(tmp_path_factory):
-    from workloads.compile import build_program
+    from autlearn.workloads.compile import build_program
 
     d = tmp_path_factory.mktemp("lstm")
     # weights from another seed: a program that ignored the state dict would give another loss
@@ -800,8 +800,8 @@ def lstm_compressed(tmp_path_factory):
 
 
 def test_compressed_lstm_loss_matches_torch(lstm_compressed):
-    from workloads.compile import target_for_abi
-    from workloads.program import run_on_host
+    from autlearn.workloads.compile import target_for_abi
+    from autlearn.workloads.program import run_on_host
 
     program, net, _ = lstm_compressed
     assert program.meta["config"]["head_rank"] == 8 and program.meta["state_dict"] == "model.pt"
@@ -821,7 +821,7 @@ def test_compressed_lstm_loss_matches_torch(lstm_compressed):
 
 @pytest.mark.parametrize("other", [dict(head_rank=4), dict(head_rank=0), dict(head_rank=8, hidden_size=16)])
 def test_compressed_lstm_state_dict_of_another_config(tmp_path, other):
-    from workloads.compile import build_program
+    from autlearn.workloads.compile import build_program
 
     sd = tmp_path / "other.pt"
     torch.save(build_model(make_config("lstm", **{**LSTM_BUILD, **other})).state_dict(), sd)
@@ -865,7 +865,7 @@ def test_campaign_layers_workload_allows_only_full():
 
 
 def test_build_any_program_layers_rejects_other_variants():
-    from workloads.artifact import build_any_program
+    from autlearn.workloads.artifact import build_any_program
 
     with pytest.raises(ConfigError) as e:
         build_any_program("layers", "compressed", "x86_64")
@@ -877,10 +877,10 @@ def test_prune_lstm_cli_writes_compilable_svd_models(tmp_path):
     that `build_any_program` compiles with the factorised head (head_rank in the config)."""
     from click.testing import CliRunner
 
-    from cli.prune import prune
-    from workloads.artifact import build_any_program
-    from workloads.pruning.search import compressed_build_args
-    from workloads.resource import predict
+    from autlearn.cli.prune import prune
+    from autlearn.workloads.artifact import build_any_program
+    from autlearn.workloads.pruning.search import compressed_build_args
+    from autlearn.workloads.resource import predict
 
     kw = dict(vocab_size=1024, embed_dim=16, hidden_size=256, seq_len=4, batch=2)
     sets = [a for k, v in kw.items() for a in ("--set", f"{k}={v}")]
@@ -891,7 +891,7 @@ def test_prune_lstm_cli_writes_compilable_svd_models(tmp_path):
         prune, ["--model", "lstm", "--budget", tight, "--budget", loose, "--out", str(tmp_path), *sets]
     )
     assert r.exit_code == 0, r.output
-    from workloads.pruning.budget import parse_budget
+    from autlearn.workloads.pruning.budget import parse_budget
 
     docs = {str(parse_budget(json.loads(p.read_text())["budget"])): p for p in tmp_path.glob("lstm/*/compressed.json")}
     tight, loose = str(parse_budget(tight)), str(parse_budget(loose))

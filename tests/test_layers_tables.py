@@ -11,8 +11,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from profiler.errors import ConfigError, TableError
-from workloads.layers import (
+from autlearn.profiler.errors import ConfigError, TableError
+from autlearn.workloads.layers import (
     KEY_COLUMNS,
     LayerKey,
     channel_options,
@@ -22,9 +22,9 @@ from workloads.layers import (
     param_bytes,
     table_grid,
 )
-from workloads.models import build_model, make_config
-from workloads.resource import model_resource, prediction_error
-from workloads.tables import (
+from autlearn.workloads.models import build_model, make_config
+from autlearn.workloads.resource import model_resource, prediction_error
+from autlearn.workloads.tables import (
     HOST_DEVICE,
     SCHEMA_VERSION,
     Table,
@@ -294,7 +294,7 @@ def test_host_measurement_is_labelled_host_and_workloads_have_the_right_shapes()
             assert tuple(out.shape) == (w.key.batch, w.key.c_out, w.key.out_h, w.key.out_w)
         else:
             assert out.shape[-1] == w.key.c_out
-    from workloads.tables import host_meta
+    from autlearn.workloads.tables import host_meta
 
     df = measure_on_host(cfg, keys, reps=3, warmup=1, inner=1)
     t = table_from_measurements(df, host_meta("mobilenet", cfg))
@@ -321,7 +321,7 @@ def _old_version(tmp_path):
 
 
 def test_cli_show_export_and_one_line_errors(tmp_path, capsys):
-    from cli.main import main
+    from autlearn.cli.main import main
 
     p = _table().save(tmp_path / "t.parquet")
     assert main(["tables", "show", str(p)]) == 0
@@ -351,7 +351,7 @@ def test_cli_show_export_and_one_line_errors(tmp_path, capsys):
 
 
 def test_old_missing_tool_word_reads_as_the_current_one():
-    from profiler.versions import MISSING
+    from autlearn.profiler.versions import MISSING
 
     meta = TableMeta.from_json(json.dumps({"source_device": "x", "tvm_version": "unknown", "torch_version": "2.1"}))
     assert (meta.tvm_version, meta.torch_version) == (MISSING, "2.1")

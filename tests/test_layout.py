@@ -1,5 +1,6 @@
 """The layout's rules, read from the import graph of the source (every import statement, function-local ones too):
-no import cycle between first-party modules, nothing outside `cli/` imports `cli/`, and nothing outside `testbed/`
+one import name (`autlearn`), no import cycle between first-party modules, the layers
+cli -> pipelines / reports -> engine -> workloads -> profiler with no arrow back up, and nothing outside `testbed/`
 (and the tests) imports `testbed/`."""
 
 from __future__ import annotations
@@ -9,11 +10,14 @@ import graphlib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("cli", "profiler", "workloads", "reports", "testbed")
+PACKAGES = ("cli", "pipelines", "reports", "engine", "workloads", "profiler", "device_scripts", "testbed")
+# the floor of each top-level package: a module imports only its own package or lower floors
+FLOORS = {"cli": 5, "pipelines": 4, "reports": 4, "engine": 3, "workloads": 2, "profiler": 1, "device_scripts": 0}
 
 
 def _module(path: Path) -> str:
-    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    """`autlearn.X...` of a file under the top-level folder X (linked into autlearn/)."""
+    parts = ["autlearn", *path.relative_to(ROOT).with_suffix("").parts]
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
@@ -45,7 +49,8 @@ def import_graph() -> dict[str, set[str]]:
 
 
 def _top(mod: str) -> str:
-    return mod.partition(".")[0]
+    """The top-level package (`cli`, `engine`, ...) of `autlearn.cli.main`."""
+    return mod.split(".")[1]
 
 
 def test_no_import_cycle():
@@ -56,18 +61,35 @@ def test_no_import_cycle():
         raise AssertionError(f"import cycle: {' -> '.join(e.args[1])}") from None
 
 
-def test_only_cli_imports_cli_and_only_the_lab_imports_the_lab():
+def test_no_arrow_back_up_and_only_the_lab_imports_the_lab():
+    """cli -> pipelines / reports -> engine -> workloads -> profiler: a module imports its own package or a lower
+    floor (function-local imports included); the lab is a plugin that nothing else imports."""
     graph = import_graph()
     bad = sorted(
         f"{m} imports {d}"
         for m, deps in graph.items()
         for d in deps
-        if (_top(d) == "cli" and _top(m) != "cli") or (_top(d) == "testbed" and _top(m) != "testbed")
+        if (_top(d) == "testbed" and _top(m) != "testbed")
+        or (_top(m) in FLOORS and _top(d) != _top(m) and FLOORS[_top(d)] >= FLOORS[_top(m)])
     )
     assert not bad, "\n".join(bad)
 
 
+def test_one_import_name():
+    """Every first-party import goes through `autlearn` (the folders are also importable from the repository's
+    root, which would load a second copy of each module)."""
+    bare = []
+    for top in (*PACKAGES, "tests", "benchmarks"):
+        for path in (ROOT / top).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+                if isinstance(node, ast.ImportFrom) and not node.level:
+                    names = [node.module or ""]
+                bare += [f"{path.relative_to(ROOT)}:{node.lineno} {n}" for n in names if n.split(".")[0] in PACKAGES]
+    assert not bare, "\n".join(bare)
+
+
 def test_the_graph_sees_function_local_imports():
     graph = import_graph()
-    assert "workloads.tuning_db" in graph["workloads.compile"]
-    assert any(_top(d) == "profiler" for d in graph["testbed.lab"])
+    assert "autlearn.workloads.tuning_db" in graph["autlearn.workloads.compile"]
+    assert any(_top(d) == "profiler" for d in graph["autlearn.testbed.lab"])

@@ -1,4 +1,4 @@
-"""Control-normalized latency (workloads.measure): a pure function of campaign results. Synthetic rounds in the
+"""Control-normalized latency (autlearn.pipelines.measure): a pure function of campaign results. Synthetic rounds in the
 results' own columns: the host slows whole rounds (control included), and per-round ratios cancel that where the
 pooled raw median does not."""
 
@@ -9,8 +9,8 @@ import json
 import pandas as pd
 import pytest
 
-from workloads.measure import normalized_latency, paired_ratio, per_round, workload_of
-from workloads.models import make_config
+from autlearn.pipelines.measure import normalized_latency, paired_ratio, per_round, workload_of
+from autlearn.workloads.models import make_config
 
 CONTROL = make_config("mobilenet", width=0.5, num_classes=10, batch=4, image_size=28)
 SMALL = make_config("mobilenet", width=0.25, num_classes=10, batch=4, image_size=28)

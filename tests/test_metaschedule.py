@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from profiler.cputarget import CpuTarget, generic
-from profiler.errors import ConfigError
-from workloads import compile as C
-from workloads import metaschedule as M
-from workloads import tuning_db as T
+from autlearn.profiler.cputarget import CpuTarget, generic
+from autlearn.profiler.errors import ConfigError
+from autlearn.workloads import compile as C
+from autlearn.workloads import metaschedule as M
+from autlearn.workloads import tuning_db as T
 
 # Small enough to tune in about a minute; the tuned kernels carry most of the step.
 MOBILENET = {"width": 0.5, "image_size": 64, "batch": 8, "num_classes": 10}
@@ -26,7 +26,7 @@ LSTM = {"vocab_size": 200, "hidden_size": 32, "embed_dim": 16, "batch": 4}
 
 def autlearn(*args, env=None, timeout=900) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "cli", *map(str, args)],
+        [sys.executable, "-m", "autlearn", *map(str, args)],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -53,8 +53,7 @@ def test_target_ids_name_abi_cpu_and_features():
 def test_campaign_target_is_the_recognised_cpu_else_the_abi_floor():
     from dataclasses import replace
 
-    from profiler.campaign import target_id
-    from profiler.probe import parse_probe
+    from autlearn.profiler.probe import parse_probe, target_id
 
     facts = parse_probe("probe.version=1\nprop.ro.product.cpu.abi=arm64-v8a\nprobe.end=1\n")
     assert target_id(facts) == "arm64-v8a"
@@ -121,8 +120,8 @@ def campaign_toml(name: str, serial: str, *workloads: tuple, steps: int = 2, rep
 
 def test_a_local_tune_on_a_leased_phone_stops_with_one_line(lab):
     """Issue 33: a local tune took no lease, so it timed its candidates on a phone a campaign was measuring."""
-    from profiler.device import Device
-    from profiler.lease import PhoneLease
+    from autlearn.profiler.device import Device
+    from autlearn.profiler.lease import PhoneLease
 
     phone = next(p for p in lab if p.profile == "legacy")
     with PhoneLease(Device(phone.serial), "someone-elses-campaign", "/results"):
@@ -209,7 +208,7 @@ def test_tune_on_a_virtual_phone_writes_a_database_per_cpu_target(tuned):
 
 @pytest.mark.slow
 def test_run_with_tune_tunes_what_the_campaign_compiles_first(tuned):
-    from profiler.store import load_results
+    from autlearn.engine.store import load_results
 
     _, _, runs, _ = tuned
     err = runs["lstm"]["stderr"]
@@ -265,7 +264,7 @@ def test_interrupted_or_repeated_tuning_resumes_from_its_database(tuned):
 def test_tuned_step_matches_pytorch(tuned, model, config):
     from test_workloads_compile import ATOL, RTOL, torch_step
 
-    from workloads.program import run_on_host
+    from autlearn.workloads.program import run_on_host
 
     _, root, runs, _ = tuned
     key = runs[model]["target_key"]
@@ -318,7 +317,7 @@ def test_two_phones_of_one_target_tune_their_shares_in_parallel(lab, runner_cach
 @pytest.mark.slow
 def test_an_emulating_device_checks_candidates_but_records_no_timing(lab, runner_cache, tmp_path):
     """Timing from an emulated CPU (qemu) is not a measurement: candidates run, nothing enters the database."""
-    from profiler.device import Device
+    from autlearn.profiler.device import Device
 
     phone = next(p for p in lab if p.profile == "modern")
     res = M.tune(
@@ -342,7 +341,7 @@ def test_arm64_artifact_built_with_a_cpu_database_runs_under_qemu(tuned, tmp_pat
     is tested: an arm64 artifact compiled for that -mcpu with the database applied runs and matches the host."""
     from test_runner import check_output, host_losses, run, strict_parse
 
-    from workloads.artifact import write_artifact
+    from autlearn.workloads.artifact import write_artifact
 
     _, root, runs, _ = tuned
     tid = "arm64-v8a@cortex-a76,+dotprod"
@@ -362,11 +361,11 @@ def test_arm64_artifact_built_with_a_cpu_database_runs_under_qemu(tuned, tmp_pat
 def test_tuned_artifact_is_faster_than_untuned_in_one_campaign(tuned, runner_cache, tmp_path):
     """The same model with the database and with `tuning = "none"` in one campaign on the phone that tuned it;
     results and report say which database compiled each artifact."""
-    from profiler.campaign import run_campaign
-    from profiler.campaign_config import load_campaign
-    from profiler.store import load_results
-    from reports.build import build_report, load_campaign_data
-    from workloads.artifact_cache import artifact_provider
+    from autlearn.engine.campaign import run_campaign
+    from autlearn.engine.campaign_config import load_campaign
+    from autlearn.engine.store import load_results
+    from autlearn.pipelines.artifact_cache import artifact_provider
+    from autlearn.reports.build import build_report, load_campaign_data
 
     phone, _, runs, _ = tuned
     toml = tmp_path / "tuned.toml"

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from profiler.energy import EnergySource
-from profiler.energy.monsoon import MonsoonSource, list_monitors
-from profiler.errors import EnergyError, UserError
-from testbed.monsoon_sim import (
+from autlearn.profiler.energy import EnergySource
+from autlearn.profiler.energy.monsoon import MonsoonSource, list_monitors
+from autlearn.profiler.errors import EnergyError, UserError
+from autlearn.testbed.monsoon_sim import (
     DropBurst,
     SimBackend,
     SimFleet,

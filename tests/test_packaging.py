@@ -10,7 +10,7 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TOP = ("cli", "profiler", "workloads", "testbed", "reports", "device_scripts")
+TOP = ("cli", "pipelines", "reports", "engine", "workloads", "profiler", "device_scripts", "testbed")
 
 
 def test_the_wheel_holds_every_package_and_its_data(tmp_path):
@@ -42,12 +42,14 @@ def test_the_wheel_holds_every_package_and_its_data(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     (wheel,) = tmp_path.glob("autlearn-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    packages = sorted(str(p.parent.relative_to(ROOT)) for top in TOP for p in (ROOT / top).rglob("__init__.py"))
-    missing = [p for p in packages if f"{p}/__init__.py" not in names]
-    assert not missing, missing
-    modules = [str(p.relative_to(ROOT)) for top in TOP for p in (ROOT / top).rglob("*.py")]
+    # one top-level import package (plus the wheel's metadata), holding every folder as a real copy
+    assert {n.split("/")[0] for n in names} == {"autlearn", "autlearn-0.1.0.dist-info"}
+    assert not any(zipfile.ZipFile(wheel).getinfo(n).external_attr >> 28 == 0o12 for n in names)  # no symlink
+    modules = [f"autlearn/{p.relative_to(ROOT)}" for top in TOP for p in (ROOT / top).rglob("*.py")]
+    modules += ["autlearn/__init__.py", "autlearn/__main__.py"]
     assert not [m for m in modules if m not in names]
     # data the code opens at run time: device scripts, lab profiles, the runner's sources, the text sample
     for pattern in ("device_scripts/*.sh", "testbed/profiles/*.toml", "workloads/runner/runner.cc", "workloads/data/*"):
-        assert [n for n in names if Path(n).match(pattern)], pattern
-    assert not [n for n in names if n.startswith("tests/")]
+        assert [n for n in names if Path(n).match(f"autlearn/{pattern}")], pattern
+    entry_points = zipfile.ZipFile(wheel).read("autlearn-0.1.0.dist-info/entry_points.txt").decode()
+    assert "autlearn = autlearn.cli.main:main" in entry_points

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from profiler.errors import ParseError
-from profiler.probe import parse_cpu_list, parse_probe
+from autlearn.profiler.errors import ParseError
+from autlearn.profiler.probe import parse_cpu_list, parse_probe
 
 DATA = Path(__file__).parent / "data"
 SCRIPT = Path(__file__).parents[1] / "device_scripts" / "probe.sh"
@@ -90,7 +90,7 @@ def test_probe_script_reads_a_sysfs_tree(tmp_path, shell):
 def test_old_per_cpu_cpufreq_layout_gives_clusters_governors_and_affinity(tmp_path, shell, lists):
     """No policyN: cpuN/cpufreq per CPU, related_cpus (or even affected_cpus) missing; clusters from capacity or
     from the maximum frequency; no interactive or powersave offered."""
-    from profiler.campaign import affinity_mask
+    from autlearn.engine.campaign import affinity_mask
 
     if not shutil.which(shell):
         pytest.skip(f"{shell} not installed")
@@ -124,9 +124,9 @@ def test_old_per_cpu_cpufreq_layout_gives_clusters_governors_and_affinity(tmp_pa
 
 
 def test_one_policy_parser_for_probe_and_governor():
-    from profiler.cpufreq import parse_policy
-    from profiler.errors import ParseError
-    from profiler.governor import parse_available
+    from autlearn.profiler.cpufreq import parse_policy
+    from autlearn.profiler.errors import ParseError
+    from autlearn.profiler.governor import parse_available
 
     files = {
         "related_cpus": "4-5",

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from workloads.pruning.budget import Budget
-from workloads.pruning.loop import close_loop, corrected
+from autlearn.workloads.pruning.budget import Budget
+from autlearn.workloads.pruning.loop import close_loop, corrected
 
 
 class Toy:
@@ -132,7 +132,7 @@ def test_measure_extras_reach_the_attempt_and_the_verdict_uses_the_kind_value(tm
 def test_verdict_values_use_the_normalized_latency_unless_told_or_unpaired():
     import pandas as pd
 
-    from workloads.pruning.loop import verdict_values
+    from autlearn.workloads.pruning.loop import verdict_values
 
     got = pd.DataFrame(
         {

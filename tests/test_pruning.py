@@ -8,12 +8,12 @@ import pandas as pd
 import pytest
 import torch
 
-from profiler.errors import ConfigError, TableError, UserError
-from workloads.layers import flops, table_grid
-from workloads.models import build_model, make_config
-from workloads.pruning.budget import Budget, UnreachableBudget, parse_budget
-from workloads.pruning.importance import RandomImportance
-from workloads.pruning.mobilenet import (
+from autlearn.profiler.errors import ConfigError, TableError, UserError
+from autlearn.workloads.layers import flops, table_grid
+from autlearn.workloads.models import build_model, make_config
+from autlearn.workloads.pruning.budget import Budget, UnreachableBudget, parse_budget
+from autlearn.workloads.pruning.importance import RandomImportance
+from autlearn.workloads.pruning.mobilenet import (
     filter_scores,
     min_channels,
     producer,
@@ -24,11 +24,11 @@ from workloads.pruning.mobilenet import (
     with_channels,
     zero_channels,
 )
-from workloads.pruning.search import SearchSettings, load_compressed, search
-from workloads.pruning.svd import factorize_head, rank_for_budget, svd_linear
-from workloads.pruning.train import trainable_init
-from workloads.resource import model_resource, predict
-from workloads.tables import Table, TableMeta
+from autlearn.workloads.pruning.search import SearchSettings, load_compressed, search
+from autlearn.workloads.pruning.svd import factorize_head, rank_for_budget, svd_linear
+from autlearn.workloads.pruning.train import trainable_init
+from autlearn.workloads.resource import model_resource, predict
+from autlearn.workloads.tables import Table, TableMeta
 
 TINY = dict(channels=(8, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16), num_classes=10)
 
@@ -245,7 +245,7 @@ def test_best_val_selection_may_pick_a_smaller_budgets_model(searched, tmp_path)
 def test_proposals_of_an_iteration_share_their_batches(searched, tmp_path, monkeypatch):
     """Common random numbers: every proposal of an iteration is fine-tuned on the same batch order (the ranking is
     decided by the pruned layer, not by the draw), and iterations draw new batches."""
-    from workloads.pruning import train
+    from autlearn.workloads.pruning import train
 
     cfg, table, budgets, _, _ = searched
     real, seeds, per_iter = train.fine_tune, [], []
@@ -291,7 +291,7 @@ def test_resume_after_interruption_gives_the_same_result(searched, tmp_path, mon
     assert [i.channels for i in again.iterations] == [i.channels for i in res.iterations]
     with pytest.raises(ConfigError, match="other arguments"):
         search(cfg, table, budgets, tmp_path, replace(SETTINGS, short_steps=3))
-    monkeypatch.setattr("workloads.pruning.train.INIT_VERSION", "another init")  # pretrained otherwise
+    monkeypatch.setattr("autlearn.workloads.pruning.train.INIT_VERSION", "another init")  # pretrained otherwise
     with pytest.raises(ConfigError, match="other arguments"):
         search(cfg, table, budgets, tmp_path, SETTINGS)
 

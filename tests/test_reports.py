@@ -1,6 +1,6 @@
 """`autlearn report`: HTML + report.json from results directories.
 
-All results directories here are SYNTHETIC: written through the profiler.store API with made-up step times,
+All results directories here are SYNTHETIC: written through the autlearn.engine.store API with made-up step times,
 energies, temperatures and frequencies (no phone, no runner). The browser checks drive headless Chromium with
 `--dump-dom` and an injected check script that records JavaScript errors, CSP violations, alert() calls and how
 many figures drew; they are skipped when Chromium is absent.
@@ -17,11 +17,11 @@ import pandas as pd
 import pytest
 from browser import CHROMIUM, check_report, png_colours
 
-from cli.main import main as autlearn
-from profiler import store as store_mod
-from profiler.campaign_config import DeviceRef, cell_id, parse_campaign
-from profiler.store import CellMeta, Store
-from reports.build import (
+from autlearn.cli.main import main as autlearn
+from autlearn.engine import store as store_mod
+from autlearn.engine.campaign_config import DeviceRef, cell_id, parse_campaign
+from autlearn.engine.store import CellMeta, Store
+from autlearn.reports.build import (
     SIZE_BUDGET,
     ReportError,
     ReportOptions,

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from profiler.steps import parse_run_output
-from workloads.artifact import write_artifact
-from workloads.runner_build import RUNNER_VERSION
+from autlearn.profiler.steps import parse_run_output
+from autlearn.workloads.artifact import write_artifact
+from autlearn.workloads.runner_build import RUNNER_VERSION
 
 TRIPLES = {"x86_64": "x86_64-linux-musl", "arm64-v8a": "aarch64-linux-musl"}
 
@@ -53,7 +53,7 @@ def tiny_mod(B: int = 4, D: int = 8, C: int = 3, lr: float = 0.5):
 
 
 def tiny_program(abi: str = "x86_64", seed: int = 0, B: int = 4, D: int = 8, C: int = 3):
-    from workloads.program import Call, TrainingProgram
+    from autlearn.workloads.program import Call, TrainingProgram
 
     rng = np.random.default_rng(seed)
     tensors = {
@@ -103,7 +103,7 @@ def run(art_dir, *args, runner=None, prefix=(), timeout=120) -> subprocess.Compl
 
 def host_losses(program, steps: int, target=None) -> list[float]:
     """Losses of the host reference executor (default target: generic host LLVM; tiny programs name musl)."""
-    from workloads.program import run_on_host
+    from autlearn.workloads.program import run_on_host
 
     return [r["loss"] for r in run_on_host(program, steps, target=target or {"kind": "llvm"})]
 
@@ -305,7 +305,15 @@ int main(int argc, char** argv) {
 def test_compat_headers_match_host_tvm_encoding(runner_cache, tmp_path):
     import tvm
 
-    from workloads.runner_build import _CXXFLAGS, _DEFINES, _LINK_FLAGS, COMPAT_DIR, _cxx, _run, runtime_library
+    from autlearn.workloads.runner_build import (
+        _CXXFLAGS,
+        _DEFINES,
+        _LINK_FLAGS,
+        COMPAT_DIR,
+        _cxx,
+        _run,
+        runtime_library,
+    )
 
     rng = np.random.default_rng(0)
     blobs = []
@@ -363,8 +371,8 @@ def test_compat_headers_match_host_tvm_encoding(runner_cache, tmp_path):
 
 
 def test_x86_64_runner_on_virtual_phone(tiny_artifact, lab, adb_env):
-    from profiler.deploy import deploy, runner_command
-    from profiler.device import Device
+    from autlearn.profiler.deploy import deploy, runner_command
+    from autlearn.profiler.device import Device
 
     art = tiny_artifact("x86_64")
     dev = Device(lab[0].serial, client=adb_env.client())
@@ -381,7 +389,7 @@ def test_x86_64_runner_on_virtual_phone(tiny_artifact, lab, adb_env):
     out = strict_parse(r.stdout)
     check_output(out, abi="x86_64", warmup=1, steps=3, threads=1)
     np.testing.assert_allclose([s.loss for s in out.steps], host_losses(tiny_program("x86_64"), 4), rtol=1e-5)
-    from profiler.device import command
+    from autlearn.profiler.device import command
 
     bad = dev.shell(command(f"{remote}/runner", f"{remote}/nowhere", "--steps", 1))
     assert bad.exit_code == 2 and "cannot open" in bad.stderr
@@ -414,8 +422,8 @@ REAL = {"mobilenet": {"width": 0.25}, "lstm": {"vocab_size": 200, "hidden_size":
 @pytest.mark.slow
 @pytest.mark.parametrize("abi, model", [("x86_64", "mobilenet"), ("arm64-v8a", "lstm")])  # both ABIs, both models
 def test_compiled_model_runner_matches_host(runner_cache, tmp_path, abi, model):
-    """workloads.compile programs (android/gnu triples) linked into the musl runner agree with run_on_host."""
-    from workloads.compile import build_program
+    """autlearn.workloads.compile programs (android/gnu triples) linked into the musl runner agree with run_on_host."""
+    from autlearn.workloads.compile import build_program
 
     if abi == "arm64-v8a" and QEMU is None:
         pytest.skip("qemu-aarch64(-static) not installed")
@@ -437,8 +445,8 @@ def test_compiled_model_runner_matches_host(runner_cache, tmp_path, abi, model):
 def test_prebuild_builds_a_plan_in_parallel_processes_once(runner_cache, tmp_path):
     """The campaign's provider builds every missing artifact of a plan in worker processes; the plan's cells are
     then served from its memo (no second build), and a cell of another device with the same ABI shares them."""
-    from profiler.campaign_config import Cell
-    from workloads.artifact_cache import ArtifactProvider
+    from autlearn.engine.campaign_config import Cell
+    from autlearn.pipelines.artifact_cache import ArtifactProvider
 
     config = (("embed_dim", 16), ("hidden_size", 32), ("seq_len", 4), ("vocab_size", 200))
 

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from profiler.stats import CV_WARN, N_RESAMPLES, check_warmup, compare, median_ci, ratio_ci, summarize
+from autlearn.profiler.stats import CV_WARN, N_RESAMPLES, check_warmup, compare, median_ci, ratio_ci, summarize
 
 
 def rng(seed=1):

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from profiler.errors import ParseError
-from profiler.steps import parse_run_output
+from autlearn.profiler.errors import ParseError
+from autlearn.profiler.steps import parse_run_output
 
 GOOD = (
     '{"runner_version": "1", "threads": 2, "abi": "x86_64", "clock": "CLOCK_MONOTONIC"}\n'

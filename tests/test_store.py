@@ -12,10 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from profiler import store as store_mod
-from profiler.campaign_config import DeviceRef, cell_id, parse_campaign
-from profiler.steps import parse_run_output
-from profiler.store import (
+from autlearn.engine import store as store_mod
+from autlearn.engine.campaign_config import DeviceRef, cell_id, parse_campaign
+from autlearn.engine.store import (
     CellMeta,
     IncompatibleRuns,
     Sample,
@@ -27,6 +26,7 @@ from profiler.store import (
     load_summaries,
     pooled_summary,
 )
+from autlearn.profiler.steps import parse_run_output
 
 ROOT = Path(__file__).resolve().parents[1]
 CAMPAIGN = parse_campaign(
@@ -155,7 +155,7 @@ def test_hard_kill_between_temp_write_and_rename(tmp_path):
         import os, sys
         sys.path.insert(0, {str(ROOT / "tests")!r})
         from test_store import CAMPAIGN, DEVICES, meta_for, steps_for
-        from profiler.store import Store
+        from autlearn.engine.store import Store
         st = Store.open({str(tmp_path)!r}, CAMPAIGN)
         c = CAMPAIGN.plan(DEVICES)[0]
         os.replace = lambda a, b: os._exit(9)

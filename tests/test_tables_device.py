@@ -14,9 +14,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from workloads.layers import table_grid
-from workloads.models import make_config
-from workloads.tables import load_table, sample_grid
+from autlearn.workloads.layers import table_grid
+from autlearn.workloads.models import make_config
+from autlearn.workloads.tables import load_table, sample_grid
 
 # Batch 16: at batch 1 this tiny model's step (~0.1 ms) varies +-30 % between runner launches on a shared host.
 # 56x56 input: at 28x28 the fixed cost per layer call dominates and pruning spans only ~12 % of the step, about the
@@ -39,7 +39,7 @@ pytestmark = pytest.mark.slow
 def autlearn(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
     env = dict(os.environ, AUTLEARN_CACHE_DIR=str(CACHE), PYTHONWARNINGS="ignore")
     return subprocess.run(
-        [sys.executable, "-m", "cli", *args], capture_output=True, text=True, env=env, timeout=timeout
+        [sys.executable, "-m", "autlearn", *args], capture_output=True, text=True, env=env, timeout=timeout
     )
 
 
@@ -167,9 +167,9 @@ def test_prediction_error_reported_on_twelve_whole_models(validated, tables):
 
 
 def test_pruned_models_for_three_budgets_meet_them_when_measured(validated, legacy, work):
-    from workloads.pruning.search import smallest_reachable
-    from workloads.resource import predict
-    from workloads.table_pipeline import config_from
+    from autlearn.pipelines.tables import config_from
+    from autlearn.workloads.pruning.search import smallest_reachable
+    from autlearn.workloads.resource import predict
 
     _, _, cal = validated
     # Budgets inside the span the search can reach, in the calibrated table's own units: from the smallest
@@ -250,8 +250,8 @@ LSTM = dict(vocab_size=1000, embed_dim=16, hidden_size=256, seq_len=4, batch=2) 
 
 
 def test_lstm_table_on_the_device_feeds_the_svd_search(legacy, work):
-    from workloads.pruning.svd import smallest_rank_value
-    from workloads.resource import predict
+    from autlearn.workloads.pruning.svd import smallest_rank_value
+    from autlearn.workloads.resource import predict
 
     before = governors(legacy)
     sets = [a for k, v in LSTM.items() for a in ("--set", f"{k}={v}")]

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import adbutils
 import pytest
 
-from testbed.profiles import load_profile
+from autlearn.testbed.profiles import load_profile
 
 PROFILES = ("legacy", "modern", "unrooted")
 

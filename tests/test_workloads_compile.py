@@ -8,10 +8,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from profiler.errors import ConfigError, UserError
-from workloads.compile import VARIANTS, build_program, target_for_abi
-from workloads.models import build_model, make_config
-from workloads.program import Call, TrainingProgram, build_executable, run_on_host
+from autlearn.profiler.errors import ConfigError, UserError
+from autlearn.workloads.compile import VARIANTS, build_program, target_for_abi
+from autlearn.workloads.models import build_model, make_config
+from autlearn.workloads.program import Call, TrainingProgram, build_executable, run_on_host
 
 RTOL, ATOL = 1e-4, 1e-5
 SMALL = {
@@ -95,7 +95,7 @@ def test_other_variants_match_pytorch(variant):
     for name, ref in params.items():
         np.testing.assert_allclose(one[-1]["tensors"][name], ref, rtol=RTOL, atol=ATOL, err_msg=name)
     # `forward` (inference) returns logits and the features a `cached` step trains on
-    from workloads import data
+    from autlearn.workloads import data
 
     img, _ = data.default_batch(make_config(model, **cfg))
     vm = relax.VirtualMachine(ex, tvm.cpu())
@@ -150,7 +150,7 @@ def test_convolutions_run_channels_last_on_weights_packed_at_compile_time(full_r
 def test_a_schedule_rule_that_raises_is_reported_and_the_next_rule_schedules(monkeypatch):
     """Issue 32: a rule that raises fell through to a slower schedule in silence. It is counted per rule and error
     in the program's meta (the artifact's manifest), and the kernel is still scheduled by the next rule."""
-    from workloads import compile as C
+    from autlearn.workloads import compile as C
 
     class Broken:
         name = "broken"
@@ -169,7 +169,7 @@ def test_a_schedule_rule_that_raises_is_reported_and_the_next_rule_schedules(mon
 def test_tiled_schedule_candidates():
     from tvm.s_tir import meta_schedule as ms
 
-    from workloads import compile as C
+    from autlearn.workloads import compile as C
 
     cfg = C.resolve_config("mobilenet", "full", "x86_64", width=0.25, image_size=56)
     mod, *_ = C.training_module(cfg, "full", 0.05)
@@ -217,13 +217,13 @@ def test_configs_hash_stably():
 
 
 def test_constants_fold_in_one_build_to_what_tvm_folds():
-    """The pipeline folds constants with one build (`workloads.fold`), not one LLVM build per call as TVM's
+    """The pipeline folds constants with one build (`autlearn.workloads.fold`), not one LLVM build per call as TVM's
     FoldConstant does (82 builds, 3.2 s of a small MobileNet's 9.7 s compile). The module is the same."""
     import tvm
     from tvm import relax
 
-    from workloads import compile as C
-    from workloads.fold import fold_constants
+    from autlearn.workloads import compile as C
+    from autlearn.workloads.fold import fold_constants
 
     cfg = C.resolve_config("mobilenet", "full", "x86_64", **SMALL["mobilenet"])
     mod, *_ = C.training_module(cfg, "full", 0.05)

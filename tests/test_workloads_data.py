@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from profiler.errors import UserError
-from workloads import data
-from workloads.data import DataError
-from workloads.models import make_config
+from autlearn.profiler.errors import UserError
+from autlearn.workloads import data
+from autlearn.workloads.data import DataError
+from autlearn.workloads.models import make_config
 
 
 def _leaf(path, user_data):

@@ -13,7 +13,7 @@ Functions in the module (plain Relax functions, system-lib compatible, flat tupl
 
 Variants (see VARIANTS):
   full         the optimized pipeline (`optimize`): LegalizeOps, constant folding, FuseOps/FuseTIR, then
-               schedules: MetaSchedule records tuned on a device of the target's CPU (`workloads.metaschedule`,
+               schedules: MetaSchedule records tuned on a device of the target's CPU (`autlearn.workloads.metaschedule`,
                `autlearn workloads tune`) where they beat the hand schedule there, else the hand schedules:
                `tiled_schedule` for conv/matmul kernels (register tiling, vectorization, parallel outer loops),
                dlight's CPU reduction rule, and a parallel/vectorize fallback.
@@ -39,20 +39,20 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from profiler.errors import ConfigError
-from workloads import families
-from workloads.models import build_model, make_config
-from workloads.program import Call, TrainingProgram
+from autlearn.profiler.errors import ConfigError
+from autlearn.workloads import registry
+from autlearn.workloads.models import build_model, make_config
+from autlearn.workloads.program import Call, TrainingProgram
 
-# `X as X`: re-exported, workloads.metaschedule, layer_suite and artifact_cache import them from this module
-from workloads.targets import base_abi as base_abi
-from workloads.targets import parse_target_id as parse_target_id
-from workloads.targets import target_dict as target_dict
-from workloads.targets import target_for_abi as target_for_abi
-from workloads.targets import target_key as target_key
-from workloads.targets import triple_for_abi as triple_for_abi
-from workloads.tuning_db import applicable_records, database_digest
-from workloads.tuning_db import tuning_database as tuning_database
+# `X as X`: re-exported, autlearn.workloads.metaschedule, layer_suite and artifact_cache import them from this module
+from autlearn.workloads.targets import base_abi as base_abi
+from autlearn.workloads.targets import parse_target_id as parse_target_id
+from autlearn.workloads.targets import target_dict as target_dict
+from autlearn.workloads.targets import target_for_abi as target_for_abi
+from autlearn.workloads.targets import target_key as target_key
+from autlearn.workloads.targets import triple_for_abi as triple_for_abi
+from autlearn.workloads.tuning_db import applicable_records, database_digest
+from autlearn.workloads.tuning_db import tuning_database as tuning_database
 
 if TYPE_CHECKING:
     import torch
@@ -67,13 +67,13 @@ LABEL_DTYPE = "int64"
 
 def __getattr__(name: str) -> Any:
     if name == "DEFAULT_LR":  # family -> default SGD learning rate (Family.default_lr), computed when asked
-        return {n: families.get(n).default_lr for n in families.names()}
+        return {n: registry.get(n).default_lr for n in registry.names()}
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def compress(config: Any) -> Any:
     """Default compressed config (the family's `compress`: half width (MobileNet) / half hidden units (LSTM))."""
-    fam = families.of_config(config)
+    fam = registry.of_config(config)
     if fam.compress is None:
         raise ConfigError(
             f"the {fam.name} family has no default compressed config; give compressed_config", key="compressed_config"
@@ -522,7 +522,7 @@ def _safe(rule: Any, raised: Counter[str] | None = None) -> Any:
 def legalize_and_fuse() -> Any:
     from tvm import relax, transform
 
-    from workloads.fold import FoldConstants  # imports tvm, which this module loads at first use
+    from autlearn.workloads.fold import FoldConstants  # imports tvm, which this module loads at first use
 
     return transform.Sequential(
         [
@@ -554,7 +554,7 @@ def optimize(mod: Any, target: Any, database: dict[str, Any] | None = None, stat
     from tvm import relax, transform
     from tvm.s_tir import dlight
 
-    from workloads.fold import FoldConstants  # imports tvm, which this module loads at first use
+    from autlearn.workloads.fold import FoldConstants  # imports tvm, which this module loads at first use
 
     with target:
         mod = legalize_and_fuse()(mod)
@@ -589,12 +589,12 @@ def optimize(mod: Any, target: Any, database: dict[str, Any] | None = None, stat
 
 
 def _example_input(cfg: Any) -> Any:
-    return families.of_config(cfg).example_input(cfg)
+    return registry.of_config(cfg).example_input(cfg)
 
 
 def _initial_batch(cfg: Any, cached: bool, model: Any) -> tuple[np.ndarray, np.ndarray]:
     """A deterministic first batch from the embedded data (features of it for `cached`)."""
-    from workloads import data
+    from autlearn.workloads import data
 
     x, y = data.default_batch(cfg)
     if cached:
@@ -681,7 +681,7 @@ def build_program(
 
     t0 = time.perf_counter()
     cfg = resolve_config(model, variant, abi, compressed_config, **config)
-    lr = families.get(model).default_lr if lr is None else float(lr)
+    lr = registry.get(model).default_lr if lr is None else float(lr)
     target = target_for_abi(abi)
     cached = variant == "cached"
     mod, net, trainable, values = training_module(cfg, variant, lr, include_forward, state_dict)

@@ -25,7 +25,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from profiler.errors import ConfigError, UserError
+from autlearn.profiler.errors import ConfigError, UserError
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 EMBEDDED_TEXT = DATA_DIR / "shakespeare_excerpt.txt"
@@ -246,7 +246,7 @@ def default_words(vocab_size: int, seq_len: int) -> Dataset:
 
 def default_dataset(cfg: Any) -> Dataset:
     """The embedded data set matching a model config (its family's `dataset`)."""
-    from workloads.families import of_config
+    from autlearn.workloads.registry import of_config
 
     data: Dataset = of_config(cfg).dataset(cfg, None)
     return data
@@ -254,7 +254,7 @@ def default_dataset(cfg: Any) -> Dataset:
 
 def default_batch(cfg: Any, index: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Batch `index` (shape cfg.input_shape) of the embedded data for a model config (its family's `batch`)."""
-    from workloads.families import of_config
+    from autlearn.workloads.registry import of_config
 
     return of_config(cfg).batch(cfg, index)
 
@@ -264,16 +264,16 @@ def with_data(program: Any, model: str, variant: str, path: Path) -> Any:
     data set at `path` (`workloads build --data`)."""
     from dataclasses import replace
 
-    from workloads.models import make_config
+    from autlearn.workloads.models import make_config
 
     if variant == "cached":
         raise ConfigError(
             "--data is not supported with variant 'cached' (its batch holds backbone features)", key="data"
         )
-    from workloads import families
+    from autlearn.workloads import registry
 
     cfg = make_config(model, **{k: v for k, v in program.meta["config"].items() if k != "model"})
-    family = families.get(model)
+    family = registry.get(model)
     if family.load_data is None:
         raise ConfigError(f"--data is not supported for the {model} family", key="data")
     x, y = family.load_data(cfg, path)

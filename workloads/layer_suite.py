@@ -1,7 +1,7 @@
 """Single-layer training workloads compiled together: one artifact ("suite") times many table keys per step.
 
 A suite is a `TrainingProgram` whose calls are the table's (layer shape, phase) pairs; every call's phase name is
-the `LayerKey` itself (`str(key)`, parsed back by `workloads.layers.parse_key`), so the runner's per-phase
+the `LayerKey` itself (`str(key)`, parsed back by `autlearn.workloads.layers.parse_key`), so the runner's per-phase
 timings *are* the table's samples and the results store needs no side mapping. Per layer shape:
 
   forward   `y = layer(x, *params)` (conv/dwconv with the fused ReLU, as deployed)
@@ -10,7 +10,7 @@ timings *are* the table's samples and the results store needs no side mapping. P
   update    SGD `p -= lr * g`
 
 Only FC layers get backward/update on a device: the suite measures what the transfer-learning step runs (trainable
-= "head"); a table for trainable = "all" is host-only (`workloads.tables.measure_on_host`).
+= "head"); a table for trainable = "all" is host-only (`autlearn.workloads.tables.measure_on_host`).
 The grid is split into `suites` chunks (`suite_keys`) so one artifact stays small enough to compile quickly.
 """
 
@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from profiler.errors import ConfigError
-from workloads.layers import LayerKey
+from autlearn.profiler.errors import ConfigError
+from autlearn.workloads.layers import LayerKey
 
 if TYPE_CHECKING:
-    from workloads.program import TrainingProgram
+    from autlearn.workloads.program import TrainingProgram
 
 SUITE_MODEL = "layers"
 DEFAULT_LR = 0.01
@@ -97,7 +97,7 @@ def build_suite_program(
     import torch
     import tvm
 
-    from workloads.compile import (
+    from autlearn.workloads.compile import (
         _import,
         base_abi,
         optimize,
@@ -107,8 +107,8 @@ def build_suite_program(
         triple_for_abi,
         tuning_database,
     )
-    from workloads.program import Call, TrainingProgram
-    from workloads.tables import layer_workloads
+    from autlearn.workloads.program import Call, TrainingProgram
+    from autlearn.workloads.tables import layer_workloads
 
     t0 = time.perf_counter()
     if not keys:
@@ -191,8 +191,8 @@ def build_suite_program(
 
 def suite_for_config(config: Any, every: int, suite: int, suites: int, trainable: str = "head") -> tuple[LayerKey, ...]:
     """The keys suite `suite` of `suites` measures for a model config: `sample_grid(table_grid(config), every)`."""
-    from workloads.layers import table_grid
-    from workloads.tables import sample_grid
+    from autlearn.workloads.layers import table_grid
+    from autlearn.workloads.tables import sample_grid
 
     if trainable != "head":
         raise ConfigError("device tables measure the transfer-learning step (trainable='head')", key="trainable")
@@ -217,7 +217,7 @@ def suite_program(
 ) -> TrainingProgram:
     """The program a campaign's `model = "layers"` workload runs: suite `suite` of `suites` of the sampled grid of
     `family` with `model_config` (the config a table is built for)."""
-    from workloads.models import make_config
+    from autlearn.workloads.models import make_config
 
     cfg = make_config(family, **model_config)
     keys = suite_for_config(cfg, int(every), int(suite), int(suites), trainable)

@@ -4,11 +4,11 @@ Every fused kernel of a program's forward, backward and update (`relax_integrati
 `legalize_and_fuse`) is a task. Candidates are built in this process (`InProcessBuilder`: no worker pool, whose
 per-batch import of tensor intrinsics made every trial time out) and measured by `DeviceRunner`: a batch of
 candidates becomes one artifact (one call per candidate, plus the task's hand schedule), pushed and run through
-the project's device seam (`profiler.deploy`) exactly like a campaign's artifact; the per-call times the runner
+the project's device seam (`autlearn.profiler.deploy`) exactly like a campaign's artifact; the per-call times the runner
 prints are the measurements. Under emulation (an ABI the device does not run natively) candidates are run for
 correctness only: no timing from there enters a database.
 
-Databases (one directory per CPU target) are read and written through `workloads.tuning_db`, which builds use
+Databases (one directory per CPU target) are read and written through `autlearn.workloads.tuning_db`, which builds use
 without importing this module.
 """
 
@@ -25,10 +25,9 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
-from profiler.device import Device
-from profiler.errors import ConfigError, UserError
-from profiler.lease import PhoneLease
-from workloads.tuning_db import (
+from autlearn.profiler.device import Device
+from autlearn.profiler.errors import ConfigError, UserError
+from autlearn.workloads.tuning_db import (
     DB_FILES,
     RUNS_FILE,
     TuningError,
@@ -44,10 +43,9 @@ from workloads.tuning_db import (
 )
 
 if TYPE_CHECKING:
-    from profiler.campaign_config import Campaign
-    from profiler.probe import DeviceFacts
-    from profiler.steps import Step
-    from workloads.program import TrainingProgram
+    from autlearn.profiler.probe import DeviceFacts
+    from autlearn.profiler.steps import Step
+    from autlearn.workloads.program import TrainingProgram
 
 # ---------------------------------------------------------------------------------------------------- tasks
 
@@ -56,15 +54,15 @@ def program_tasks(model: str, variant: str, target_id: str, **config: Any) -> tu
     """(MetaSchedule tasks of every fused kernel of a program, target)."""
     from tvm.s_tir import meta_schedule as ms
 
-    from workloads import compile as C
-    from workloads import families
+    from autlearn.workloads import compile as C
+    from autlearn.workloads import registry
 
     if variant == "unoptimized":
         raise ConfigError(
             "the unoptimized variant is never tuned (it stands for a plain op-by-op executor)", key="variant"
         )
     cfg = C.resolve_config(model, variant, C.base_abi(target_id), **config)
-    mod, *_ = C.training_module(cfg, variant, families.get(model).default_lr)
+    mod, *_ = C.training_module(cfg, variant, registry.get(model).default_lr)
     target = C.target_for_abi(target_id)
     with target:
         mod = C.legalize_and_fuse()(mod)
@@ -77,7 +75,7 @@ def hand_schedule(func: Any, target: Any) -> Any:
     import tvm
     from tvm.s_tir import dlight
 
-    from workloads import compile as C
+    from autlearn.workloads import compile as C
 
     mod = tvm.IRModule({"main": func})
     with target:
@@ -172,7 +170,7 @@ def batch_program(cands: list[tuple[str, Any]], n_out: int, target: Any, abi: st
     import tvm
     from tvm import relax
 
-    from workloads.program import Call, TrainingProgram
+    from autlearn.workloads.program import Call, TrainingProgram
 
     rng = np.random.default_rng(0)
     bb = relax.BlockBuilder()
@@ -240,10 +238,10 @@ def make_device_runner(
     Batches hold candidates of the task set with `set_task`, plus that task's hand schedule."""
     from tvm.s_tir import meta_schedule as ms
 
-    from profiler.deploy import deploy, runner_command
-    from profiler.device import command
-    from profiler.steps import parse_run_output
-    from workloads.artifact import write_artifact
+    from autlearn.profiler.deploy import deploy, runner_command
+    from autlearn.profiler.device import command
+    from autlearn.profiler.steps import parse_run_output
+    from autlearn.workloads.artifact import write_artifact
 
     R = ms.runner.RunnerResult
     state: dict[str, Any] = {}
@@ -355,7 +353,7 @@ def _cpu_intrinsics_only(abi: str) -> None:
     if pkg is None:
         spec = importlib.util.find_spec(name)
         assert spec is not None  # tvm ships the package
-        pkg = types.ModuleType(name, "CPU tensor intrinsics only (see workloads.metaschedule)")
+        pkg = types.ModuleType(name, "CPU tensor intrinsics only (see autlearn.workloads.metaschedule)")
         pkg.__path__ = list(spec.submodule_search_locations or [])
         pkg.__spec__ = spec
         sys.modules[name] = pkg
@@ -463,7 +461,7 @@ def tune(
 
     from tvm.s_tir import meta_schedule as ms
 
-    from workloads import compile as C
+    from autlearn.workloads import compile as C
 
     t0 = time.monotonic()
     deadline = t0 + minutes * 60
@@ -681,7 +679,7 @@ def tune_fleet(
     import tempfile
     from concurrent.futures import ProcessPoolExecutor
 
-    from workloads import compile as C
+    from autlearn.workloads import compile as C
 
     config = {k: kwargs.pop(k) for k in list(kwargs) if k not in ("trials", "minutes", "emulated", "threads")}
     key = C.target_key(target_id)
@@ -740,10 +738,10 @@ def tune_devices(
 ) -> list[dict[str, Any]]:
     """`autlearn workloads tune`: probe the phones, choose the CPU target (theirs, or `target_id`), tune on one
     phone or share the kernels among several of that target (`tune_fleet`). One result dict per phone."""
-    from profiler.probe import probe
-    from profiler.worker import target_id as device_target
-    from workloads import compile as C
-    from workloads.models import make_config
+    from autlearn.profiler.probe import probe
+    from autlearn.profiler.probe import target_id as device_target
+    from autlearn.workloads import compile as C
+    from autlearn.workloads.models import make_config
 
     if variant not in ("full", "compressed", "cached"):
         raise ConfigError(f"variant {variant!r} is not tuned (choose from full, compressed, cached)", key="variant")
@@ -808,50 +806,3 @@ def emulates(facts: DeviceFacts) -> bool:
 
     host = {"x86_64": "x86_64", "aarch64": "arm64-v8a", "arm64": "arm64-v8a"}.get(platform.machine())
     return bool(facts.virtual) and facts.abi != host
-
-
-def tune_for_campaign(
-    campaign: Campaign,
-    *,
-    trials: int,
-    minutes: float,
-    threads: int | None = None,
-    say: Callable[[str], None] = lambda s: None,
-) -> list[dict[str, Any]]:
-    """`autlearn run --tune`: before a campaign builds its artifacts, tune every program it compiles on one
-    connected phone per CPU target (databases resume, so a rerun only tunes what is missing). Programs that are
-    never tuned (unoptimized, `tuning = "none"`, layer suites, pruned models from files) are skipped."""
-    from profiler.fleet import discover
-    from profiler.worker import target_id
-
-    devices = campaign.select([e.facts for e in discover() if e.facts is not None])
-    by_target: dict[str, Any] = {}
-    for d in devices:
-        by_target.setdefault(target_id(d), d)
-    out = []
-    for tid, d in by_target.items():
-        emulated = emulates(d)
-        for w in campaign.workloads:
-            config = dict(w.config)
-            if w.model == "layers" or config.get("tuning") == "none" or "compressed" in config:
-                say(f"{w.model}: not tuned (layer suite, tuning = 'none' or a pruned model)")
-                continue
-            for variant in (v for v in w.variants if v != "unoptimized"):
-                for batch in w.batch:
-                    say(f"tuning {w.model}/{variant} batch {batch} for {tid} on {d.serial}")
-                    # the phone's lease, as a run takes it: two tunes (or a run) never time each other
-                    with PhoneLease(Device(d.serial), f"tune {w.model}", "tuning", say=say):
-                        r = tune(
-                            Device(d.serial),
-                            tid,
-                            w.model,
-                            variant,
-                            trials=trials,
-                            minutes=minutes,
-                            emulated=emulated,
-                            threads=threads,
-                            say=say,
-                            **{**config, "batch": batch},
-                        )
-                    out.append(r.to_dict())
-    return out

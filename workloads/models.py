@@ -1,5 +1,5 @@
 """PyTorch workloads (the "cloud side"): word prediction LSTM and MobileNetV1, for transfer learning.
-The families themselves (configs, model classes) live in `workloads.families`; this module is their front door.
+The families themselves (configs, model classes) live in `autlearn.workloads.registry`; this module is their front door.
 
 Every model is `head(features(x))`: `features` is the frozen backbone, `head` the trainable last layer (an
 `nn.Linear` named `head`). Configs are frozen dataclasses; `to_dict()` is stable (sorted, plain types) for hashing.
@@ -12,15 +12,15 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from profiler.errors import ConfigError
-from workloads import families
+from autlearn.profiler.errors import ConfigError
+from autlearn.workloads import registry
 
 __all__ = ["build_model", "make_config"]
 
 
 def __getattr__(name: str) -> Any:
-    if name == "MODELS":  # the registered families, computed when asked (workloads.families.names())
-        return families.names()
+    if name == "MODELS":  # the registered families, computed when asked (autlearn.workloads.registry.names())
+        return registry.names()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -41,7 +41,7 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
 
 def make_config(model: str, **overrides: Any) -> Any:
     """Config for `model` with keyword overrides; unknown model or key -> ConfigError naming valid values."""
-    return families.get(model).make_config(**overrides)
+    return registry.get(model).make_config(**overrides)
 
 
 def build_model(config: Any) -> Any:  # a torch.nn.Module with `features` and `head` (dynamic attributes)
@@ -50,7 +50,7 @@ def build_model(config: Any) -> Any:  # a torch.nn.Module with `features` and `h
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        m = families.of_config(config).build(config)
+        m = registry.of_config(config).build(config)
     m.eval()
     for name, p in m.named_parameters():
         p.requires_grad_(name.startswith("head."))

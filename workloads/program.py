@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from profiler.errors import ConfigError
+from autlearn.profiler.errors import ConfigError
 
 LOSS = "loss"
 

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from profiler.errors import ConfigError
-from workloads.layers import flops, model_keys, model_layers, param_bytes
+from autlearn.profiler.errors import ConfigError
+from autlearn.workloads.layers import flops, model_keys, model_layers, param_bytes
 
 RESOURCE_KINDS = ("latency", "energy", "memory", "flops")
 UNITS = {"latency": "ms", "energy": "mJ", "memory": "B", "flops": "FLOPs"}
@@ -74,7 +74,7 @@ def predict(config: Any, kind: str, table: Any = None, trainable: str = "head", 
     if kind in ("latency", "energy") and table is None:
         raise ConfigError(f"predicting {kind} needs a table", key="table")
     if kind == "energy" and not table.has_energy:
-        from profiler.errors import TableError
+        from autlearn.profiler.errors import TableError
 
         raise TableError(
             f"table ({table.meta.source_device}) has no energy column: measured without a power "
@@ -155,8 +155,8 @@ def measure_models_on_host(
 
     import torch
 
-    from workloads import data
-    from workloads.models import build_model
+    from autlearn.workloads import data
+    from autlearn.workloads.models import build_model
 
     x: np.ndarray | torch.Tensor  # a config's batch: numpy, then as the tensors each step uses
     y: np.ndarray | torch.Tensor
@@ -194,7 +194,7 @@ def validation_configs(config: Any, n: int = 12, seed: int = 0) -> dict[str, Any
     `validation_configs`): MobileNet -> uniform thinning (fractions 1, 3/4, 1/2, 1/4) then random per-layer channel
     counts; LSTM -> the head at ranks spread over the reachable range (`head_rank` in the config). Names are stable
     for a given (config, n, seed)."""
-    from workloads.families import of_config
+    from autlearn.workloads.registry import of_config
 
     if n < 1:
         raise ConfigError(f"must be >= 1, got {n}", key="models")
@@ -206,8 +206,8 @@ def validation_configs(config: Any, n: int = 12, seed: int = 0) -> dict[str, Any
 
 def canonical_config(config: Mapping[str, Any]) -> str:
     """The JSON form a campaign workload's config takes in results (sorted keys, tuples as lists);
-    `workloads.families.canonical_config`."""
-    from workloads.families import canonical_config as canonical
+    `autlearn.workloads.registry.canonical_config`."""
+    from autlearn.workloads.registry import canonical_config as canonical
 
     return canonical(config)
 

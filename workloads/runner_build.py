@@ -37,7 +37,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from profiler.errors import ConfigError, ToolMissing, UserError
+from autlearn.profiler.errors import ConfigError, ToolMissing, UserError
 
 RUNNER_VERSION = "2"
 RUNNER_DIR = Path(__file__).resolve().parent / "runner"
@@ -163,7 +163,7 @@ def zig_version() -> str:
 
 def cache_root() -> Path:
     """`$AUTLEARN_CACHE_DIR` if set (tests share one across temp homes), else `$AUTLEARN_HOME/cache`."""
-    from profiler import paths
+    from autlearn.profiler import paths
 
     return paths.cache_dir()
 
@@ -422,7 +422,7 @@ def model_target(program: Any, abi: str) -> Any:
     _, arch = check_abi(abi)
     target = (getattr(program, "meta", {}) or {}).get("target")
     if target is None:
-        from workloads.targets import target_for_abi  # only needed when meta has no target
+        from autlearn.workloads.targets import target_for_abi  # only needed when meta has no target
 
         target = target_for_abi(abi)
     if isinstance(target, str) and target.lstrip().startswith("{"):
@@ -438,7 +438,7 @@ def model_target(program: Any, abi: str) -> Any:
 
 def compile_model(program: Any, abi: str, workdir: Path) -> list[Path]:
     """Build the program's module as a system-lib for `abi`; return its object files (in link order)."""
-    from workloads.program import build_executable
+    from autlearn.workloads.program import build_executable
 
     target = model_target(program, abi)
     ex = build_executable(program, target, system_lib=True)

@@ -1,5 +1,5 @@
 """Compile targets: an Android ABI, or a target id `ABI@MCPU[,+ATTR|,-ATTR...]` naming the device's CPU
-(`profiler.campaign.target_id` from the probed `profiler.cputarget.CpuTarget`), and the TVM target of each."""
+(`profiler.probe.target_id` from the probed `profiler.cputarget.CpuTarget`), and the TVM target of each."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import re
 from collections.abc import Iterable
 from typing import Any, cast
 
-from profiler.errors import ConfigError
+from autlearn.profiler.errors import ConfigError
 
 # ABI -> TVM target (JSON dict form: 0.27 rejects "llvm -mtriple=..." strings). x86_64: mcpu=haswell (AVX2+FMA,
 # x86-64-v3), a conservative floor for x86 hosts since 2013. arm64-v8a: NEON is mandatory on ARMv8-A.
@@ -39,7 +39,7 @@ def parse_target_id(target_id: str) -> tuple[str, str | None, tuple[str, ...]]:
 
 
 def target_id_for(abi: str, mcpu: str | None, mattr: Iterable[str] = ()) -> str:
-    """The target id of a probed CPU (`profiler.cputarget.CpuTarget`): the ABI alone when it is generic."""
+    """The target id of a probed CPU (`autlearn.profiler.cputarget.CpuTarget`): the ABI alone when it is generic."""
     return abi if not mcpu else ",".join([f"{abi}@{mcpu}", *mattr])
 
 

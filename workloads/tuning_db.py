@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from profiler.errors import UserError
+from autlearn.profiler.errors import UserError
 
 DB_FILES = ("database_workload.json", "database_tuning_record.json")
 HAND_FILE = "hand.json"
@@ -32,7 +32,7 @@ class TuningError(UserError):
 
 def user_root() -> Path:
     """Where `workloads tune` writes: $AUTLEARN_TUNING_DIR, else $AUTLEARN_HOME/tuning."""
-    from profiler import paths
+    from autlearn.profiler import paths
 
     return paths.tuning_dir()
 
@@ -185,7 +185,7 @@ def tuned_wins(hand: dict[str, Any] | None, tuned_s: float) -> bool:
 
 def tuning_database(target_id: str) -> dict[str, str] | None:
     """The database a build uses for a target ({"path", "digest", "key"}), None when untuned."""
-    from workloads.targets import target_key
+    from autlearn.workloads.targets import target_key
 
     key = target_key(target_id)
     path = find_database(key)

@@ -15,7 +15,7 @@ from typing import cast
 import numpy as np
 import numpy.typing as npt
 
-from profiler.energy import PowerTrace
+from autlearn.profiler.energy import PowerTrace
 
 
 @dataclass(frozen=True)

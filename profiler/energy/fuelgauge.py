@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from profiler.energy import PowerTrace
-from profiler.errors import EnergyError, ParseError
+from autlearn.profiler.energy import PowerTrace
+from autlearn.profiler.errors import EnergyError, ParseError
 
 _PLAUSIBLE_A = (0.003, 8.0)
 _DISCHARGING = {"discharging", "not charging"}

@@ -55,8 +55,8 @@ from typing import Any, cast
 
 import numpy as np
 
-from profiler.energy import PowerTrace
-from profiler.errors import EnergyError
+from autlearn.profiler.energy import PowerTrace
+from autlearn.profiler.errors import EnergyError
 
 SAMPLE_RATE = 5000.0
 VENDOR_ID, PRODUCT_ID = 0x2AB9, 0x0001
@@ -72,7 +72,7 @@ def _context() -> ForkServerContext | SpawnContext:
     shares no driver state with the caller or with other monitors."""
     if "forkserver" in mp.get_all_start_methods():
         ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["profiler.energy.monsoon", "Monsoon.HVPM", "Monsoon.sampleEngine"])
+        ctx.set_forkserver_preload(["autlearn.profiler.energy.monsoon", "Monsoon.HVPM", "Monsoon.sampleEngine"])
         return ctx
     return mp.get_context("spawn")
 
@@ -116,7 +116,7 @@ def open_monitor(serial: str | int, *, lab_home: str | os.PathLike[str] | None =
     the virtual lab's `SIM-<port>`, looked up in its state under `lab_home`, default $AUTLEARN_HOME; paced to real
     time, traces labelled `simulated`), else a real HVPM through the monsoon driver + pyusb/libusb. EnergyError
     (one line, naming the monitors found) when no such monitor is attached."""
-    from profiler.instruments import monitor_backend
+    from autlearn.profiler.instruments import monitor_backend
 
     serial = str(serial)
     mon = monitor_backend(serial, lab_home)
@@ -352,7 +352,7 @@ def default_pending_dir(backend: Callable[[], Any] | None = None) -> Path | None
     if backend is not None:
         state_dir = getattr(backend, "state_dir", None)
         return Path(state_dir) / "pending" if state_dir else None
-    from profiler import paths
+    from autlearn.profiler import paths
 
     return paths.pending_dir()
 

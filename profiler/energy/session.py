@@ -39,11 +39,11 @@ from typing import Any, Literal, Self, cast
 
 import numpy as np
 
-from profiler import knobs
-from profiler.device import Device, quote
-from profiler.energy import PowerTrace
-from profiler.energy.align import ClockOffset, baseline_power, estimate_offset, step_energies
-from profiler.energy.fuelgauge import (
+from autlearn.profiler import knobs
+from autlearn.profiler.device import Device, quote
+from autlearn.profiler.energy import PowerTrace
+from autlearn.profiler.energy.align import ClockOffset, baseline_power, estimate_offset, step_energies
+from autlearn.profiler.energy.fuelgauge import (
     SUSPEND_SWITCHES,
     Calibration,
     FuelGaugeDecision,
@@ -54,8 +54,8 @@ from profiler.energy.fuelgauge import (
     parse_log,
     to_trace,
 )
-from profiler.errors import DeviceError, EnergyError
-from profiler.probe import DeviceFacts
+from autlearn.profiler.errors import DeviceError, EnergyError
+from autlearn.profiler.probe import DeviceFacts
 
 BASELINE_S = 0.7
 TAIL_MARGIN_S = 0.1  # samples kept past the last step's end (a monitor's samples arrive with latency: waited for)
@@ -66,7 +66,7 @@ _DEVICE_REALTIME = 'echo "${EPOCHREALTIME:-$(date +%s.%N)}"'
 # on the phone does, through its stop file: stop_orphan_samplers)
 SAMPLER_MAX_S = 4 * 3600
 SAMPLER_TAG = "fuelgauge-"  # its files in the device work dir: <tag><ns>.log / .err / .stop
-# a runner clock pair: {"mono_ns": ..., "real_ns": ...} (profiler.steps.clock_pairs), or (mono_ns, real_ns)
+# a runner clock pair: {"mono_ns": ..., "real_ns": ...} (autlearn.profiler.steps.clock_pairs), or (mono_ns, real_ns)
 _ClockPair = Mapping[str, Any] | tuple[int, int]
 
 
@@ -100,11 +100,11 @@ class CellEnergy:
 
 
 def known_monitor(serial: str, lab_home: str | os.PathLike[str] | None = None) -> str | None:
-    """The Monsoon known to power the device `serial`, as a plugin knows it (profiler.instruments; the virtual
+    """The Monsoon known to power the device `serial`, as a plugin knows it (autlearn.profiler.instruments; the virtual
     lab: the simulated monitor recorded in its state under `lab_home`, default $AUTLEARN_HOME, `autlearn lab up
     --monsoon`), else None (real phones name theirs in the campaign's [devices.energy] table, which overrides the
     global `energy` before this)."""
-    from profiler.instruments import known_monitor as lookup
+    from autlearn.profiler.instruments import known_monitor as lookup
 
     return lookup(serial, lab_home)
 
@@ -302,7 +302,7 @@ def _window_energies(
 ) -> tuple[list[float], list[float]]:
     """Per-step energy from run windows: steps grouped into runs (numbering restarts) and warm-up / timed; each
     group's energy from its first start to its last end, split evenly. Also the timed per-step value of each run."""
-    from profiler.energy.align import integrate
+    from autlearn.profiler.energy.align import integrate
 
     groups: list[list[int]] = []
     prev_step, prev_warm = None, None
@@ -579,7 +579,7 @@ class FuelGaugeMeter(Meter):
 
 
 class MonsoonMeter(Meter):
-    """A Monsoon HVPM (or the virtual lab's simulated one) through profiler.energy.monsoon (one process)."""
+    """A Monsoon HVPM (or the virtual lab's simulated one) through autlearn.profiler.energy.monsoon (one process)."""
 
     source = "monsoon"
 
@@ -594,7 +594,7 @@ class MonsoonMeter(Meter):
         baseline_s: float = BASELINE_S,
         round_trips: int = 8,
     ) -> None:
-        from profiler.energy.monsoon import open_monitor
+        from autlearn.profiler.energy.monsoon import open_monitor
 
         self.device, self.facts, self.serial = device, facts, str(serial)
         self.virtual = bool(getattr(facts, "virtual", False))

@@ -1,8 +1,8 @@
 """Budget-constrained compression (AutLearn's pruner): L2 filter pruning of MobileNetV1 driven by per-layer
 latency/energy tables (NetAdapt-style search), SVD rank reduction for the LSTM family. No torch import here."""
 
-from workloads.pruning.budget import Budget, UnreachableBudget, parse_budget
-from workloads.pruning.importance import Importance, L2FilterImportance, RandomImportance, get_importance
+from autlearn.workloads.pruning.budget import Budget, UnreachableBudget, parse_budget
+from autlearn.workloads.pruning.importance import Importance, L2FilterImportance, RandomImportance, get_importance
 
 __all__ = [
     "Budget",

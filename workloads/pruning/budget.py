@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from profiler.errors import ConfigError, UserError
+from autlearn.profiler.errors import ConfigError, UserError
 
 # kind -> {unit (lower case): factor to the base unit}
 UNITS: dict[str, dict[str, float]] = {

@@ -9,7 +9,7 @@ from typing import Any, Protocol, cast, runtime_checkable
 
 import numpy as np
 
-from profiler.errors import ConfigError
+from autlearn.profiler.errors import ConfigError
 
 
 @runtime_checkable

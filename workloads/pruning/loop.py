@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from workloads.pruning.budget import Budget
+from autlearn.workloads.pruning.budget import Budget
 
 MEASURED_KINDS = ("latency", "energy")
 
@@ -70,7 +70,7 @@ def corrected(target: Budget, predicted: float | None, budget: Budget, measured:
 
 def _arch(doc: Mapping[str, Any]) -> str:
     """What latency depends on: the model config of a compressed.json (not its weights)."""
-    from workloads.families import canonical_config
+    from autlearn.workloads.registry import canonical_config
 
     return canonical_config(doc["config"])
 
@@ -178,92 +178,3 @@ def verdict_values(measured: Any, labels: Iterable[str], judged_on: str) -> dict
             "judged_on": basis,
         }
     return values
-
-
-@dataclass(frozen=True)
-class MeasuredLoop:
-    """The closed loop's outcome on a device: final attempt per budget, every attempt, and what judged them."""
-
-    final: tuple[Attempt, ...]
-    history: tuple[Attempt, ...]
-    serial: str
-    governor: str
-    judged_on: str  # control-normalized | raw
-    measured_csv: Path
-    loop_csv: Path
-
-
-def measure_closed_loop(
-    budgets: Sequence[Budget],
-    propose: Callable[[list[Budget]], Mapping[str, str]],
-    smallest: Callable[[str], float] | None,
-    table: Any,
-    serial: str,
-    out: Path,
-    settings: Any,
-    *,
-    corrections: int = 2,
-    margin: float = 0.05,
-    verdict_on: str = "normalized",
-    emit: Callable[[str], None] = lambda m: None,
-    on_progress: Callable[[Any], None] | None = None,
-    log: Callable[[str], None] = lambda s: None,
-) -> MeasuredLoop:
-    """Prune, measure each model on `serial` (the table's governor) through campaigns (`settings`: a
-    profiler.settings.MeasureSettings; its energy is replaced: a source only when an energy budget needs one), prune
-    further where a model measured over its budget (`close_loop`); writes OUT/measured.csv and OUT/loop.csv. A
-    latency verdict uses the control-normalized latency (`verdict_on="normalized"`, when the table has a control
-    reference) or the raw median."""
-    from dataclasses import replace
-
-    import pandas as pd
-
-    from profiler.errors import ConfigError
-    from workloads.measure import measure_models
-
-    governor = table.meta.governor_requested if table is not None else "schedutil"
-    # Timing without a power source polling the phone unless an energy budget needs one (the sampler's own
-    # work competes with the runner; on the 2-core lab host it visibly slows steps).
-    settings = replace(settings, energy="auto" if any(b.kind == "energy" for b in budgets) else "none")
-    control = None
-    if table is not None and table.meta.model:
-        from workloads.table_pipeline import config_from
-
-        control = config_from(table.meta.model, table.meta)
-    reference = (table.meta.control_ms or None) if table is not None else None
-    judged_on = "control-normalized" if verdict_on == "normalized" and control is not None and reference else "raw"
-    if verdict_on == "normalized" and judged_on == "raw":
-        emit("note: the table has no control reference; latency budgets are judged on the raw median")
-
-    def measure(exports: dict[str, str], k: int) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
-        got, rdir, rr = measure_models(
-            f"pruned-{out.name}-{k}",
-            {label: Path(p) for label, p in exports.items()},
-            serial,
-            governor,
-            settings,
-            control=control,
-            reference_ms=reference,
-            on_progress=on_progress,
-            log=log,
-        )
-        emit(f"rounds: {rr.summary()}")
-        values = verdict_values(got, exports, judged_on)
-        info = {
-            "device": serial,
-            "governor": governor,
-            "results": str(rdir),
-            "rounds": rr.summary(),
-            "disturbed": rr.disturbed,
-        }
-        return values, info
-
-    final, history = close_loop(
-        budgets, propose, measure, corrections=corrections, margin=margin, smallest=smallest, emit=emit
-    )
-    if not any(a.export for a in final):
-        raise ConfigError("no model met any budget: nothing to measure", key="budget")
-    measured_csv, loop_csv = out / "measured.csv", out / "loop.csv"
-    pd.DataFrame([a.row() for a in final]).to_csv(measured_csv, index=False)
-    pd.DataFrame([a.row() for a in history]).to_csv(loop_csv, index=False)
-    return MeasuredLoop(tuple(final), tuple(history), serial, governor, judged_on, measured_csv, loop_csv)

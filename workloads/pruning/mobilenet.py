@@ -1,4 +1,4 @@
-"""Physical filter pruning of MobileNetV1 (`workloads.models`): removing output channels of the stem or of a
+"""Physical filter pruning of MobileNetV1 (`autlearn.workloads.models`): removing output channels of the stem or of a
 pointwise conv also removes the matching depthwise-conv channels of the next block and the next pointwise conv's
 (or the head's) input channels. The result is a smaller `MobileNetConfig.channels` plus the surviving weights.
 
@@ -12,13 +12,13 @@ from typing import Any
 
 import numpy as np
 
-from profiler.errors import ConfigError
-from workloads.layers import CONV_STEP, channel_options
-from workloads.pruning.importance import Importance, L2FilterImportance, lowest
+from autlearn.profiler.errors import ConfigError
+from autlearn.workloads.layers import CONV_STEP, channel_options
+from autlearn.workloads.pruning.importance import Importance, L2FilterImportance, lowest
 
 
 def _check(config: Any, layer: int) -> None:
-    from workloads.families import of_config
+    from autlearn.workloads.registry import of_config
 
     if of_config(config).strategy != "filter":
         raise ConfigError(f"filter pruning supports MobileNetConfig, got {type(config).__name__}", key="model")
@@ -59,7 +59,7 @@ def with_channels(config: Any, channels: Sequence[int]) -> Any:
 
 def prune_channels(model: Any, config: Any, layer: int, remove: Iterable[int]) -> tuple[Any, Any]:
     """Remove output channels `remove` of layer `layer` -> (new config, new model with copied weights)."""
-    from workloads.models import build_model
+    from autlearn.workloads.models import build_model
 
     _check(config, layer)
     c = config.layer_channels[layer]

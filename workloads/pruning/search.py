@@ -34,9 +34,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from profiler.errors import ConfigError
-from workloads.families import of_config
-from workloads.families.compressed import (
+from autlearn.profiler.errors import ConfigError
+from autlearn.workloads.compressed import (
     FORMAT,
     compressed_build_args,
     export,
@@ -46,14 +45,15 @@ from workloads.families.compressed import (
     save_state,
     write_json,
 )
-from workloads.layers import channel_options
-from workloads.pruning.budget import Budget, UnreachableBudget, format_value
-from workloads.pruning.importance import get_importance
-from workloads.pruning.mobilenet import min_channels, prunable_layers, prune_smallest, with_channels
-from workloads.resource import RESOURCE_KINDS, model_resource, predict
+from autlearn.workloads.layers import channel_options
+from autlearn.workloads.pruning.budget import Budget, UnreachableBudget, format_value
+from autlearn.workloads.pruning.importance import get_importance
+from autlearn.workloads.pruning.mobilenet import min_channels, prunable_layers, prune_smallest, with_channels
+from autlearn.workloads.registry import of_config
+from autlearn.workloads.resource import RESOURCE_KINDS, model_resource, predict
 
 if TYPE_CHECKING:
-    from workloads.pruning.train import Split
+    from autlearn.workloads.pruning.train import Split
 
 SELECTIONS = ("first", "best-val")
 
@@ -180,7 +180,7 @@ def search(
     if of_config(config).strategy != "filter":
         raise ConfigError(
             f"the filter-pruning search supports mobilenet, got {type(config).__name__}; the LSTM "
-            f"family is compressed with SVD (workloads.pruning.svd)",
+            f"family is compressed with SVD (autlearn.workloads.pruning.svd)",
             key="model",
         )
     budgets = tuple(sorted(set(budgets)))
@@ -231,8 +231,8 @@ def _search_kind(
 ) -> SearchResult:
     import torch
 
-    from workloads.models import build_model
-    from workloads.pruning.train import INIT_VERSION, evaluate, fine_tune, split_dataset, trainable_init
+    from autlearn.workloads.models import build_model
+    from autlearn.workloads.pruning.train import INIT_VERSION, evaluate, fine_tune, split_dataset, trainable_init
 
     kind = budgets[0].kind
     kdir.mkdir(parents=True, exist_ok=True)
@@ -387,7 +387,7 @@ def _finalize(
     fp: str,
     emit: Callable[[str], object],
 ) -> SearchResult:
-    from workloads.pruning.train import evaluate, fine_tune
+    from autlearn.workloads.pruning.train import evaluate, fine_tune
 
     kind = budgets[0].kind
     snaps: dict[int, dict[str, Any]] = {}
@@ -494,7 +494,7 @@ def export_point(
     )
 
 
-_read_compressed = read_compressed  # compressed.json reading lives in workloads.families.compressed
+_read_compressed = read_compressed  # compressed.json reading lives in autlearn.workloads.compressed
 __all__ = [
     "FORMAT",
     "SELECTIONS",

@@ -9,9 +9,9 @@ from __future__ import annotations
 import copy
 from typing import Any, cast
 
-from profiler.errors import ConfigError
-from workloads.layers import FC_STEP, channel_options
-from workloads.pruning.budget import Budget, UnreachableBudget
+from autlearn.profiler.errors import ConfigError
+from autlearn.workloads.layers import FC_STEP, channel_options
+from autlearn.workloads.pruning.budget import Budget, UnreachableBudget
 
 
 def svd_linear(linear: Any, rank: int) -> Any:
@@ -46,7 +46,7 @@ def factorize_head(model: Any, rank: int) -> Any:
 
 def smallest_rank_value(config: Any, kind: str, table: Any, step: int = FC_STEP, trainable: str = "head") -> float:
     """The smallest `kind` value any head rank (or the dense head) reaches for a WordLSTMConfig."""
-    from workloads.resource import predict
+    from autlearn.workloads.resource import predict
 
     ranks = channel_options(min(config.hidden_size, config.vocab_size), step)
     return min(
@@ -58,8 +58,8 @@ def smallest_rank_value(config: Any, kind: str, table: Any, step: int = FC_STEP,
 def rank_for_budget(config: Any, table: Any, budget: Budget, step: int = FC_STEP, trainable: str = "head") -> int:
     """Largest head rank (multiple of `step` below min(H, V), or full) whose predicted resource meets `budget`
     for a WordLSTMConfig; UnreachableBudget with the smallest reachable value otherwise."""
-    from workloads.families import of_config
-    from workloads.resource import predict
+    from autlearn.workloads.registry import of_config
+    from autlearn.workloads.resource import predict
 
     if of_config(config).strategy != "svd":
         raise ConfigError("SVD head compression applies to the LSTM family", key="model")

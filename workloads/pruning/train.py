@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from profiler.errors import ConfigError
+from autlearn.profiler.errors import ConfigError
 
 
 @dataclass(frozen=True, eq=False)
@@ -29,12 +29,12 @@ class Split:
 
 
 def split_dataset(config: Any, holdout: float = 0.2, seed: int = 0, per_class: int | None = None) -> Split:
-    """The embedded data set of `config` (workloads.data.default_dataset) split into train / val / test
+    """The embedded data set of `config` (autlearn.workloads.data.default_dataset) split into train / val / test
     (`holdout` of the samples each for val and test).
     `per_class` (image models): generate that many SYNTHETIC glyphs per class instead of the default 16."""
     import torch
 
-    from workloads.families import of_config
+    from autlearn.workloads.registry import of_config
 
     if not 0 < holdout < 0.5:
         raise ConfigError(f"must be in (0, 0.5), got {holdout}", key="holdout")

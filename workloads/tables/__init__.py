@@ -6,17 +6,17 @@
     host     layer_workloads and the PyTorch host profiler (measure_on_host, host_meta, build_host_table)
     results  measurements_from_results, tables_from_results (campaign results of layer suites)
 
-Every public name is re-exported here: `from workloads.tables import X` works as before the split."""
+Every public name is re-exported here: `from autlearn.workloads.tables import X` works as before the split."""
 
 from __future__ import annotations
 
-from profiler.stats import median_ci
-from profiler.versions import tool_versions
-from workloads.tables.fit import CALIBRATIONS, calibrate, sample_grid, smooth
-from workloads.tables.host import LayerWorkload, build_host_table, host_meta, layer_workloads, measure_on_host
-from workloads.tables.interp import interpolate
-from workloads.tables.results import ENERGY_APPORTIONED, measurements_from_results, tables_from_results
-from workloads.tables.schema import (
+from autlearn.profiler.stats import median_ci
+from autlearn.profiler.versions import tool_versions
+from autlearn.workloads.tables.fit import CALIBRATIONS, calibrate, sample_grid, smooth
+from autlearn.workloads.tables.host import LayerWorkload, build_host_table, host_meta, layer_workloads, measure_on_host
+from autlearn.workloads.tables.interp import interpolate
+from autlearn.workloads.tables.results import ENERGY_APPORTIONED, measurements_from_results, tables_from_results
+from autlearn.workloads.tables.schema import (
     HOST_DEVICE,
     META_KEY,
     SCHEMA_VERSION,

@@ -9,10 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from profiler.errors import ConfigError, TableError
-from workloads.layers import FamilyKey, LayerKey, flops, key_from_mapping
-from workloads.tables.interp import interpolate
-from workloads.tables.schema import Table
+from autlearn.profiler.errors import ConfigError, TableError
+from autlearn.workloads.layers import FamilyKey, LayerKey, flops, key_from_mapping
+from autlearn.workloads.tables.interp import interpolate
+from autlearn.workloads.tables.schema import Table
 
 
 def _feature_names(measured: Sequence[LayerKey]) -> tuple[str, ...]:

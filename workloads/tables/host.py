@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Any, cast
 
 import pandas as pd
 
-from workloads.families import canonical_config
-from workloads.layers import LayerKey
-from workloads.tables.fit import sample_grid
-from workloads.tables.schema import HOST_DEVICE, Table, TableMeta, table_from_measurements
+from autlearn.workloads.layers import LayerKey
+from autlearn.workloads.registry import canonical_config
+from autlearn.workloads.tables.fit import sample_grid
+from autlearn.workloads.tables.schema import HOST_DEVICE, Table, TableMeta, table_from_measurements
 
 if TYPE_CHECKING:
     import torch

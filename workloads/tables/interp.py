@@ -10,8 +10,8 @@ from typing import cast
 import numpy as np
 import pandas as pd
 
-from profiler.errors import TableError
-from workloads.layers import FamilyKey, LayerKey, flops, key_from_mapping
+from autlearn.profiler.errors import TableError
+from autlearn.workloads.layers import FamilyKey, LayerKey, flops, key_from_mapping
 
 
 def _fit_predict(known: pd.DataFrame, col: str, want: list[LayerKey]) -> np.ndarray:

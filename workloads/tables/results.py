@@ -8,10 +8,10 @@ from typing import Any
 
 import pandas as pd
 
-from profiler.errors import TableError
-from workloads.families import canonical_config
-from workloads.layers import LayerKey
-from workloads.tables.schema import Table, TableMeta, table_from_measurements
+from autlearn.profiler.errors import TableError
+from autlearn.workloads.layers import LayerKey
+from autlearn.workloads.registry import canonical_config
+from autlearn.workloads.tables.schema import Table, TableMeta, table_from_measurements
 
 ENERGY_APPORTIONED = (
     "step energy apportioned to each layer call by its share of the step time (the runner "
@@ -20,10 +20,10 @@ ENERGY_APPORTIONED = (
 
 
 def measurements_from_results(raw: pd.DataFrame) -> pd.DataFrame:
-    """Pure parser: timed steps of layer-suite cells (campaign results, `profiler.store.load_results`) -> one row
+    """Pure parser: timed steps of layer-suite cells (campaign results, `autlearn.engine.store.load_results`) -> one row
     per (device, governor, layer key, sample) with `ms` and `mj` (NaN without energy). Phase columns are named
     `phase_<str(LayerKey)>_ns`; a step's energy is apportioned to its calls by time (ENERGY_APPORTIONED)."""
-    from workloads.layers import parse_key
+    from autlearn.workloads.layers import parse_key
 
     if raw is None or len(raw) == 0 or "workload" not in raw:
         raise TableError("no campaign results to build a table from")

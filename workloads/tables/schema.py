@@ -33,11 +33,11 @@ from typing import Any, cast
 import numpy as np
 import pandas as pd
 
-from profiler.errors import ConfigError, TableError
-from profiler.stats import median_ci
-from profiler.versions import stored_version, tool_versions
-from workloads.layers import KEY_COLUMNS, LayerKey, key_from_mapping
-from workloads.tables.interp import interpolate
+from autlearn.profiler.errors import ConfigError, TableError
+from autlearn.profiler.stats import median_ci
+from autlearn.profiler.versions import stored_version, tool_versions
+from autlearn.workloads.layers import KEY_COLUMNS, LayerKey, key_from_mapping
+from autlearn.workloads.tables.interp import interpolate
 
 SCHEMA_VERSION = 2  # 2: source "fitted", column measured_ms (version-1 tables still load)
 META_KEY = b"autlearn.table"

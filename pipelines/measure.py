@@ -20,15 +20,15 @@ from typing import Any
 
 import pandas as pd
 
-from profiler.errors import ConfigError, UserError
-from profiler.settings import MeasureSettings
+from autlearn.engine.settings import MeasureSettings
+from autlearn.profiler.errors import ConfigError, UserError
 
 
 def workload_of(model: Any) -> dict[str, Any]:
     """The campaign workload (a `[[workload]]` table as a dict) of a model config (variant full) or a
     compressed.json path (variant compressed, compiled with its weights)."""
     if isinstance(model, (str, Path)):
-        from workloads.families.compressed import compressed_build_args
+        from autlearn.workloads.compressed import compressed_build_args
 
         p = Path(model).resolve()
         args = compressed_build_args(p, None)
@@ -116,7 +116,7 @@ class Rounds:
 
 def _control_ms(raw: pd.DataFrame, control: dict[str, Any]) -> float | None:
     """Median step (ms) of the control workload in one round's results (None when it was not measured)."""
-    from workloads.resource import measured_from_results
+    from autlearn.workloads.resource import measured_from_results
 
     try:
         m = measured_from_results(raw, control["model"])
@@ -139,17 +139,17 @@ def run_rounds(
 ) -> Rounds:
     """Run `spec` as campaigns one after another (`<name>-r<i>`) and pool the results of `settings.rounds` good
     rounds (results root, resume, threads and artifact cache from `settings`; `on_progress`, `log`: see
-    profiler.campaign.run).
+    autlearn.engine.campaign.run).
 
     Shared hosts (and phones heating up) have slow spells: here whole runner launches ran ~50 % slower for tens of
     seconds. With a `control` workload (added to every round) a round counts only when the control's median is
     within CONTROL_TOLERANCE of `reference_ms` (e.g. the control measured when the table was built) or, without a
     reference, of the fastest control seen; up to `max_extra` (default `rounds`) more rounds replace slow ones. If
     too few rounds pass, the fastest are used and the result says `disturbed`."""
-    from profiler.campaign import run
-    from profiler.campaign_config import parse_campaign
-    from profiler.store import load_results
-    from workloads.artifact_cache import artifact_provider
+    from autlearn.engine.campaign import run
+    from autlearn.engine.campaign_config import parse_campaign
+    from autlearn.engine.store import load_results
+    from autlearn.pipelines.artifact_cache import artifact_provider
 
     rounds = settings.rounds
     provider = artifact_provider(settings.artifacts, log=log)
@@ -202,7 +202,7 @@ CellKey = tuple[str, str, str, int]
 def cell_key(w: Mapping[str, Any]) -> CellKey:
     """(workload, variant, canonical config, batch) of a workload (`workload_of`): what a measured cell is matched
     on (`cell_key_of_row`)."""
-    from workloads.resource import canonical_config
+    from autlearn.workloads.resource import canonical_config
 
     return (w["model"], w["variants"][0], canonical_config(w["config"]), w["batch"][0])
 
@@ -224,7 +224,7 @@ def cell_labels(workloads_by_label: Mapping[str, dict[str, Any]]) -> dict[CellKe
 def per_round(raw: pd.DataFrame, models: Mapping[str, Any]) -> pd.DataFrame:
     """Median step (ms) of each model in each round: indexed by round (the results' `campaign`), a column per label
     of `models` (label -> model as for `workload_of`). Cells are matched on workload, variant, config and batch."""
-    from workloads.resource import measured_from_results
+    from autlearn.workloads.resource import measured_from_results
 
     want = cell_labels({label: workload_of(model) for label, model in models.items()})
     rows = []
@@ -291,7 +291,7 @@ def measure_models(
     mj, n, variant, and with a control and reference: ms_normalized, drift (median control / reference); a
     directory `<results_root>/<name>` whose rounds.json lists the rounds; Rounds). Failed cells are absent from the
     frame (the campaign's status says why)."""
-    from workloads.resource import measured_from_results
+    from autlearn.workloads.resource import measured_from_results
 
     by_model = {label: workload_of(model) for label, model in models.items()}
     spec = models_campaign(

@@ -19,7 +19,7 @@
 
     [[workload]]
     model = "lstm"                       # "lstm" | "mobilenet" | "layers" (config: family, every, suite, suites
-                                         #   + the family's model arguments; see workloads.layer_suite)
+                                         #   + the family's model arguments; see autlearn.workloads.layer_suite)
     variants = ["full", "compressed"]    # "full" | "compressed" | "unoptimized" | "cached"; default ["full"]
     batch = [1, 16]                      # int or list; default [1]
     config = { hidden_size = 64 }        # model keyword arguments (scalars or lists of scalars); variant
@@ -27,7 +27,7 @@
 
     [governors]                          # or the shorthand: governors = ["interactive", "powersave"]
     intents = ["interactive", "powersave", "userspace@1.2GHz"]
-    fallback = "nearest"                 # "nearest" | "skip" | "fail" (see profiler.governor)
+    fallback = "nearest"                 # "nearest" | "skip" | "fail" (see autlearn.profiler.governor)
 
     [cooldown]                           # wait before every cell until all matching zones are below max_temp_c
     max_temp_c = 45.0
@@ -53,8 +53,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from profiler.errors import ConfigError, UserError
-from profiler.governor import FALLBACKS, GovernorIntent, parse_intent
+from autlearn.profiler.errors import ConfigError, UserError
+from autlearn.profiler.governor import FALLBACKS, GovernorIntent, parse_intent
 
 VARIANTS = ("full", "compressed", "unoptimized", "cached")
 AFFINITY_NAMES = ("all", "big", "little")
@@ -74,7 +74,7 @@ _Device = TypeVar("_Device", bound="DeviceLike")
 class EnergySource:
     """`none`, `fuelgauge` (the phone's battery gauge), `monsoon` with the monitor's serial (`auto`: the monitor
     known to power the phone) or `auto` (that monitor if there is one, else the fuel gauge). `auto` is resolved per
-    device when the cell runs (profiler.energy.session.resolve_energy)."""
+    device when the cell runs (autlearn.profiler.energy.session.resolve_energy)."""
 
     kind: str = "none"
     serial: str | None = None
@@ -122,7 +122,7 @@ class Workload:
     @property
     def kwargs(self) -> dict[str, Any]:
         """Model keyword arguments (lists back as lists)."""
-        from workloads.families import plain_config
+        from autlearn.workloads.registry import plain_config
 
         return plain_config(dict(self.config))
 
@@ -225,7 +225,7 @@ class Campaign:
 
 
 class DeviceLike(Protocol):
-    # read-only: frozen dataclasses (DeviceRef, profiler.probe.DeviceFacts) fit
+    # read-only: frozen dataclasses (DeviceRef, autlearn.profiler.probe.DeviceFacts) fit
     @property
     def serial(self) -> str: ...
     @property
@@ -236,7 +236,7 @@ class DeviceLike(Protocol):
 
 @dataclass(frozen=True)
 class DeviceRef:
-    """The minimum the planner needs to know about a device (profiler.probe's facts also fit)."""
+    """The minimum the planner needs to know about a device (autlearn.profiler.probe's facts also fit)."""
 
     serial: str
     model: str = ""
@@ -264,7 +264,7 @@ class Cell:
     energy: str
 
     def spec(self) -> dict[str, Any]:
-        from workloads.families import plain_config
+        from autlearn.workloads.registry import plain_config
 
         return {
             "device": self.device_serial,
@@ -533,15 +533,15 @@ def _config_value(v: Any, key: str, nested: bool = False) -> Any:
 
 
 def __getattr__(name: str) -> Any:
-    if name == "MODELS":  # the registered model families and "layers" (workloads.families.campaign_models)
-        from workloads.families import campaign_models
+    if name == "MODELS":  # the registered model families and "layers" (autlearn.workloads.registry.campaign_models)
+        from autlearn.workloads.registry import campaign_models
 
         return campaign_models()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _workloads(v: Any) -> tuple[Workload, ...]:
-    from workloads.families import LAYER_SUITE, campaign_models
+    from autlearn.workloads.registry import LAYER_SUITE, campaign_models
 
     models = campaign_models()  # "layers": a suite of single-layer workloads (per-layer tables)
     if not isinstance(v, list) or not v:
@@ -583,7 +583,7 @@ def _workloads(v: Any) -> tuple[Workload, ...]:
 def _check_model_config(model: str, variants: list[Any], batch: list[Any], config: dict[str, Any], key: str) -> None:
     """The whole model config checked now, before any results directory exists: its keys and value types against
     the family's config (per batch), `tuning` and a pruned model's `compressed` file."""
-    from workloads.families import LAYER_SUITE, get
+    from autlearn.workloads.registry import LAYER_SUITE, get
 
     if model == LAYER_SUITE:
         return
@@ -593,7 +593,7 @@ def _check_model_config(model: str, variants: list[Any], batch: list[Any], confi
         raise ConfigError(f"must be 'default' (the target's database) or 'none', not {tuning!r}", key=f"{key}.tuning")
     compressed = config.pop("compressed", None)
     if compressed is not None:
-        from workloads.families.compressed import compressed_build_args
+        from autlearn.workloads.compressed import compressed_build_args
 
         if not isinstance(compressed, str):
             raise ConfigError("must be the path of a compressed.json", key=f"{key}.compressed")

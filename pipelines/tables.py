@@ -13,15 +13,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
-from profiler.errors import ConfigError
-from profiler.settings import MeasureSettings
+from autlearn.engine.settings import MeasureSettings
+from autlearn.profiler.errors import ConfigError
 
 HOST_DEVICE = "host (not a phone)"
 
 
 def config_from(model: str, table_meta: Any = None, overrides: Mapping[str, Any] | None = None) -> Any:
     """Model config: the table's config (when it was made for this model) updated by overrides."""
-    from workloads.models import make_config
+    from autlearn.workloads.models import make_config
 
     base: dict[str, Any] = {}
     if table_meta is not None and table_meta.model:
@@ -43,7 +43,7 @@ def table_campaign(
     trainable: str = "head",
 ) -> dict[str, Any]:
     """The campaign (as a dict for `parse_campaign`) measuring the layer suites of `cfg` on one device."""
-    from workloads.measure import named
+    from autlearn.pipelines.measure import named
 
     base = {k: v for k, v in cfg.to_dict().items() if k not in ("model", "batch")}
     return named(
@@ -102,10 +102,10 @@ def plan_device_tables(
     trainable: str = "head",
 ) -> TablePlan:
     """Check the settings and lay out the layer suites; ConfigError before anything runs."""
-    from profiler.campaign_config import parse_campaign
-    from workloads.layer_suite import suite_count
-    from workloads.layers import unique_shapes
-    from workloads.tables import sample_grid
+    from autlearn.engine.campaign_config import parse_campaign
+    from autlearn.workloads.layer_suite import suite_count
+    from autlearn.workloads.layers import unique_shapes
+    from autlearn.workloads.tables import sample_grid
 
     if trainable != "head":
         raise ConfigError(
@@ -139,8 +139,8 @@ def build_device_tables(
 ) -> BuiltTables:
     """Measure the plan once per governor (its own control reference: a governor may change speed), in
     `settings.rounds` control-gated rounds, and save a table per device x governor under `out`."""
-    from workloads.measure import run_rounds, safe_name, workload_of
-    from workloads.tables import Table, sample_grid, tables_from_results
+    from autlearn.pipelines.measure import run_rounds, safe_name, workload_of
+    from autlearn.workloads.tables import Table, sample_grid, tables_from_results
 
     ctl = workload_of(plan.cfg)
     made = {}
@@ -205,8 +205,8 @@ def validate_table(
     table's governor and compare with the table's sums."""
     import pandas as pd
 
-    from workloads.measure import measure_models
-    from workloads.resource import model_resource, prediction_error, validation_configs
+    from autlearn.pipelines.measure import measure_models
+    from autlearn.workloads.resource import model_resource, prediction_error, validation_configs
 
     if not table.meta.model:
         raise ConfigError("the table does not say which model family it was built for", key="model")
@@ -259,7 +259,7 @@ def prediction_frame(v: Validation) -> Any:  # a pandas DataFrame
 def calibrate_validated(v: Validation, method: str, rounds: int) -> tuple[Any, dict[str, Any], float | None]:
     """(calibrated table, fit, control ms of the rounds used): the table's whole-model latency fitted to `v`'s
     measurements, under the conditions of those rounds (median control of the rounds used)."""
-    from workloads.tables import calibrate
+    from autlearn.workloads.tables import calibrate
 
     names = sorted(v.measured)
     used = [c for _, c, ok in v.rounds.controls if ok and c is not None]

@@ -1,4 +1,4 @@
-"""A fleet across USB hosts on Ray (the `cluster` extra): one agent per host (`profiler.cluster.agent`), the
+"""A fleet across USB hosts on Ray (the `cluster` extra): one agent per host (`autlearn.engine.cluster.agent`), the
 controller here. Imported only when a command names `--cluster ADDRESS`; the in-process engine never imports Ray.
 
 The controller discovers the phones through the agents (named `host/serial` when the cluster has more than one
@@ -21,15 +21,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from profiler.cluster.agent import ENV_KEYS, NAMESPACE, PREFIX, Agent, actor_name, agent_env
-from profiler.errors import UserError
+from autlearn.engine.cluster.agent import ENV_KEYS, NAMESPACE, PREFIX, Agent, actor_name, agent_env
+from autlearn.profiler.errors import UserError
 
 if TYPE_CHECKING:  # the engine is imported when a run needs it (as below), not with the cluster module
-    from profiler.campaign_config import Campaign, Cell
-    from profiler.fleet import FleetEntry
-    from profiler.probe import DeviceFacts
-    from profiler.store import Store
-    from profiler.worker import ArtifactRef, Planned, Progress
+    from autlearn.engine.campaign_config import Campaign, Cell
+    from autlearn.engine.store import Store
+    from autlearn.engine.worker import ArtifactRef, Planned, Progress
+    from autlearn.profiler.fleet import FleetEntry
+    from autlearn.profiler.probe import DeviceFacts
 
 HEARTBEAT_S = 5.0
 HOST_TIMEOUT_S = 30.0
@@ -202,8 +202,8 @@ def _build(
 
     import ray
 
-    from profiler import paths
-    from workloads.artifact import build_artifact
+    from autlearn.profiler import paths
+    from autlearn.workloads.artifact import build_artifact
 
     with tempfile.TemporaryDirectory(prefix="autlearn-build-") as tmp:
         db_root = paths.write_tree(Path(tmp) / "tuning", tuning)
@@ -216,7 +216,7 @@ def _build(
 def _tuning_payload(abi: str, variant: str, config: dict[str, Any]) -> tuple[dict[str, bytes], str | None]:
     """The tuning database this controller's build of (abi, variant, config) would use, as files to ship
     ({"KEY/FILE": bytes}), and its digest ({}, None: untuned)."""
-    from workloads.tuning_db import DB_FILES, HAND_FILE, tuning_database
+    from autlearn.workloads.tuning_db import DB_FILES, HAND_FILE, tuning_database
 
     if variant == "unoptimized" or config.get("tuning") == "none":
         return {}, None
@@ -238,7 +238,7 @@ class _Host:
 
 
 class ClusterFleet:
-    """The phones of every agent on the Ray cluster at `address`, with the interface of profiler.campaign's
+    """The phones of every agent on the Ray cluster at `address`, with the interface of autlearn.engine.campaign's
     LocalFleet."""
 
     def __init__(self, address: str, say: Callable[[str], None] = lambda s: None):
@@ -256,8 +256,8 @@ class ClusterFleet:
 
     # -- discovery
     def discover(self) -> list[FleetEntry]:
-        from profiler.fleet import FleetEntry
-        from profiler.worker import CampaignError
+        from autlearn.engine.worker import CampaignError
+        from autlearn.profiler.fleet import FleetEntry
 
         ray = self.ray
         names = sorted(n for n in ray.util.list_named_actors() if n.startswith(PREFIX))
@@ -302,7 +302,7 @@ class ClusterFleet:
         log: Callable[[str], None],
         stack: contextlib.ExitStack,
     ) -> None:
-        from profiler.lease import PhoneBusy
+        from autlearn.profiler.lease import PhoneBusy
 
         self._say = log
         groups = self._by_host(d.serial for d in devices)
@@ -331,7 +331,7 @@ class ClusterFleet:
 
     def check(self, campaign: Campaign, devices: Sequence[DeviceFacts]) -> None:
         """Before anything is written: every host checks the monitors its phones' cells would use."""
-        from profiler.errors import EnergyError
+        from autlearn.profiler.errors import EnergyError
 
         groups = self._by_host(d.serial for d in devices)
         refs = {h: self.hosts[h].handle.check.remote(campaign, [s for _, s in lst]) for h, lst in groups.items()}
@@ -382,7 +382,7 @@ class ClusterFleet:
         """Build what the plan needs and the cache lacks as Ray tasks (any node with a CPU free; a build that
         reads input files, a pruned model, on this controller's node), once per build key across the cluster,
         with this controller's tuning database; each result must verify into this controller's cache."""
-        from workloads.artifact import input_files
+        from autlearn.workloads.artifact import input_files
 
         todo = artifacts.missing(requests)
         if not todo:
@@ -576,8 +576,8 @@ def tune_on_cluster(
     """`autlearn workloads tune --cluster`: tune on phones of one host of the cluster (named `host/serial` or by
     serial), by that host's agent (candidates built there, measured on its phones), starting from this machine's
     tuning databases; the databases come back here (`paths.tuning_dir()`). One result dict per phone."""
-    from profiler import paths
-    from profiler.campaign_config import device_names
+    from autlearn.engine.campaign_config import device_names
+    from autlearn.profiler import paths
 
     fleet = ClusterFleet(address, say=say)
     known: dict[str, list[str]] = {}

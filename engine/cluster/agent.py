@@ -4,7 +4,7 @@ with the engine's own DeviceWorker (governor guard, cooldown, deploy, runner, en
 every record streams back to the controller, which alone owns the store.
 
 `Agent` is a plain class (Ray wraps it in `start_agent`); importing this module does not import Ray.
-Leases are the phones' own (`profiler.lease`), taken by the agent for a controller's run token and dropped when
+Leases are the phones' own (`autlearn.profiler.lease`), taken by the agent for a controller's run token and dropped when
 that controller stops touching them for `IDLE_S` (a controller that died) or calls `finish`.
 """
 
@@ -20,15 +20,15 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from profiler import knobs, paths
-from profiler.errors import UserError
+from autlearn.profiler import knobs, paths
+from autlearn.profiler.errors import UserError
 
 if TYPE_CHECKING:  # the engine is imported when a run starts (as below), not with the agent
-    from profiler.campaign_config import Campaign, Cell
-    from profiler.lease import PhoneLease
-    from profiler.probe import DeviceFacts
-    from profiler.store import CellMeta, Sample
-    from profiler.worker import ArtifactRef, DeviceWorker
+    from autlearn.engine.campaign_config import Campaign, Cell
+    from autlearn.engine.store import CellMeta, Sample
+    from autlearn.engine.worker import ArtifactRef, DeviceWorker
+    from autlearn.profiler.lease import PhoneLease
+    from autlearn.profiler.probe import DeviceFacts
 
 NAMESPACE = "autlearn"
 PREFIX = "agent:"
@@ -114,12 +114,12 @@ class Agent:
 
     def info(self) -> dict[str, Any]:
         """The phones this host's adb server knows, probed now (FleetEntry), and the monitors plugged in."""
-        from profiler.fleet import discover
+        from autlearn.profiler.fleet import discover
 
         return {**self.identity(), "fleet": discover(), "monitors": self._monitors()}
 
     def _monitors(self) -> list[str]:
-        from profiler.energy.monsoon import list_monitors
+        from autlearn.profiler.energy.monsoon import list_monitors
 
         try:
             found = set(list_monitors())
@@ -128,10 +128,10 @@ class Agent:
         return sorted(found)
 
     def _restore_pending(self) -> dict[str, str]:
-        from profiler.device import Device, list_devices
-        from profiler.errors import DeviceError
-        from profiler.lease import PhoneLease
-        from profiler.worker import put_back  # the engine: imported when a run starts, not with the agent
+        from autlearn.engine.worker import put_back  # the engine: imported when a run starts, not with the agent
+        from autlearn.profiler.device import Device, list_devices
+        from autlearn.profiler.errors import DeviceError
+        from autlearn.profiler.lease import PhoneLease
 
         root = knobs.default_root()
         out: dict[str, str] = {}
@@ -156,8 +156,8 @@ class Agent:
     def lease(self, token: str, serials: list[str], campaign: str, results: str, wait_s: float) -> dict[str, Any]:
         """Lease `serials` to run `token`: {"said": [...], "error": None | why}. On an error nothing stays leased
         by this call."""
-        from profiler.device import wait_device
-        from profiler.lease import PhoneLease
+        from autlearn.profiler.device import wait_device
+        from autlearn.profiler.lease import PhoneLease
 
         said: list[str] = []
         with self._lock:
@@ -179,7 +179,7 @@ class Agent:
 
     def check(self, campaign: Campaign, serials: list[str]) -> str | None:
         """Why the campaign's energy sources cannot exist on this host (a wrong monitor serial), else None."""
-        from profiler.worker import check_energy
+        from autlearn.engine.worker import check_energy
 
         try:
             check_energy(campaign, serials)
@@ -189,7 +189,7 @@ class Agent:
 
     def prepare(self, token: str, campaign: Campaign, serials: list[str]) -> dict[str, str]:
         """Under the leases: put back what killed runs left changed on them (what a local run does)."""
-        from profiler.worker import put_back  # the engine: imported when a run starts, not with the agent
+        from autlearn.engine.worker import put_back  # the engine: imported when a run starts, not with the agent
 
         return put_back(set(serials), campaign)
 
@@ -205,7 +205,7 @@ class Agent:
 
     def finish(self, token: str) -> list[str]:
         """The run ended: adbd back as it was, leases released."""
-        from profiler.worker import undo_root
+        from autlearn.engine.worker import undo_root
 
         with self._lock:
             run = self._runs.pop(token, None)
@@ -255,9 +255,9 @@ class Agent:
         "files": the databases after tuning, as `tuning`} or {"error": why}."""
         import tempfile
 
-        from profiler.device import Device
-        from profiler.lease import PhoneLease
-        from workloads.metaschedule import tune_devices
+        from autlearn.profiler.device import Device
+        from autlearn.profiler.lease import PhoneLease
+        from autlearn.workloads.metaschedule import tune_devices
 
         with tempfile.TemporaryDirectory(prefix="autlearn-tune-") as tmp, contextlib.ExitStack() as leases:
             root = paths.write_tree(Path(tmp), tuning)
@@ -286,7 +286,7 @@ class Agent:
     ) -> Iterator[tuple[str, Any]]:
         """Run `cells` [(cell, cell id, ArtifactRef with this host's path)] on `serial`, reporting as `name`;
         yields ("state" | "status" | "cell" | "trace" | "warning", data) and finally ("done", counts)."""
-        from profiler.worker import DeviceWorker
+        from autlearn.engine.worker import DeviceWorker
 
         with self._lock:
             run = self._runs.get(token)

@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from profiler.errors import UserError
+from autlearn.profiler.errors import UserError
 
 FORMAT = "autlearn.compressed/1"
 STATE = "model.pt"
@@ -38,7 +38,7 @@ def save_state(path: Path, model: Any) -> None:
 def load_model(config: Any, path: Path) -> Any:
     import torch
 
-    from workloads.models import build_model
+    from autlearn.workloads.models import build_model
 
     m = build_model(config)
     m.load_state_dict(torch.load(path, weights_only=True))
@@ -84,7 +84,7 @@ def read_compressed(p: Path) -> dict[str, Any]:
 
 def load_compressed(path: str | Path) -> tuple[Any, Any]:
     """(config, torch model with the compressed weights) from a `compressed.json`."""
-    from workloads.families import get
+    from autlearn.workloads.registry import get
 
     p = Path(path)
     doc = read_compressed(p)

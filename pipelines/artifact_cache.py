@@ -12,12 +12,13 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from profiler.errors import ArtifactError, UserError
+from autlearn import workloads
+from autlearn.profiler.errors import ArtifactError, UserError
 
 if TYPE_CHECKING:
-    from profiler.campaign_config import Cell
-    from profiler.worker import ArtifactRef
-    from workloads.artifact import Artifact
+    from autlearn.engine.campaign_config import Cell
+    from autlearn.engine.worker import ArtifactRef
+    from autlearn.workloads.artifact import Artifact
 
 # A build not yet cached: (workload, variant, abi (a target id), directory name, config)
 BuildArgs = tuple[str, str, str, str, dict[str, Any]]
@@ -40,6 +41,8 @@ BUILD_SOURCES: tuple[str, ...] = (
     "tables/*.py",
     "data.py",
     "resource.py",
+    "registry.py",
+    "compressed.py",
     "families/*.py",
     "pruning/__init__.py",
     "pruning/search.py",
@@ -56,8 +59,6 @@ BUILD_SOURCES: tuple[str, ...] = (
 
 def code_fingerprint(patterns: tuple[str, ...] = BUILD_SOURCES) -> str:
     """Hash of the files matching `patterns` (paths and contents) under workloads/."""
-    import workloads
-
     root = Path(workloads.__file__).parent
     files = sorted({p for pat in patterns for p in root.glob(pat) if p.is_file()})
     h = hashlib.sha256()
@@ -81,7 +82,7 @@ def build_jobs() -> int:
 
 
 def _build_in_worker(workload: str, variant: str, abi: str, out: str, config: dict[str, Any]) -> str:
-    from workloads.artifact import build_artifact
+    from autlearn.workloads.artifact import build_artifact
 
     return str(build_artifact(workload, variant, abi, Path(out), **config).path)
 
@@ -114,9 +115,9 @@ class ArtifactProvider:
         self._code: str | None = None
 
     def _key(self, cell: Cell, abi: str) -> tuple[str, dict[str, Any]]:
-        from workloads.artifact import input_files, tool_versions
-        from workloads.compile import tuning_database
-        from workloads.families import plain_config
+        from autlearn.workloads.artifact import input_files, tool_versions
+        from autlearn.workloads.compile import tuning_database
+        from autlearn.workloads.registry import plain_config
 
         config = plain_config(dict(cell.config))
         config["batch"] = cell.batch
@@ -143,12 +144,12 @@ class ArtifactProvider:
         return key, config
 
     def _dir(self, cell: Cell, abi: str, key: str) -> Path:
-        from workloads.compile import target_key
+        from autlearn.workloads.compile import target_key
 
         return self.cache / f"{cell.workload}-{cell.variant}-{target_key(abi)}-{key}"
 
     def _ref(self, art: Artifact) -> ArtifactRef:
-        from profiler.worker import ArtifactRef  # defined there; profiler.campaign re-exports it
+        from autlearn.engine.worker import ArtifactRef  # defined there; autlearn.engine.campaign re-exports it
 
         meta = art.manifest.get("meta") or {}
         tools = {k: str(v) for k, v in art.manifest.get("tools", {}).items()}
@@ -157,7 +158,7 @@ class ArtifactProvider:
         return ArtifactRef(art.path, art.hash, tuple(sorted(p.name for p in art.files())), tuple(sorted(tools.items())))
 
     def __call__(self, cell: Cell, abi: str) -> ArtifactRef:
-        from workloads.artifact import build_artifact, load_artifact
+        from autlearn.workloads.artifact import build_artifact, load_artifact
 
         key, config = self._key(cell, abi)
         with self._lock:
@@ -178,7 +179,7 @@ class ArtifactProvider:
     def missing(self, requests: Iterable[tuple[Cell, str]]) -> dict[str, BuildArgs]:
         """Of (cell, abi) `requests`, the builds neither memoized nor cached: {key: (workload, variant, abi,
         directory name, config)} (cached ones are memoized on the way)."""
-        from workloads.artifact import load_artifact
+        from autlearn.workloads.artifact import load_artifact
 
         todo: dict[str, BuildArgs] = {}
         for cell, abi in requests:
@@ -198,8 +199,8 @@ class ArtifactProvider:
         (`tuning_digest`; else `__call__` builds it here)."""
         import shutil
 
-        from profiler import paths
-        from workloads.artifact import load_artifact
+        from autlearn.profiler import paths
+        from autlearn.workloads.artifact import load_artifact
 
         out = paths.replace_dir(self.cache / args[3], files)
         try:
@@ -219,7 +220,7 @@ class ArtifactProvider:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
-        from workloads.artifact import load_artifact
+        from autlearn.workloads.artifact import load_artifact
 
         todo = self.missing(requests)
         if len(todo) < 2 or self.jobs < 2:
@@ -243,7 +244,7 @@ class ArtifactProvider:
 def artifact_provider(
     cache: Path | str | None = None, log: Callable[[str], None] = lambda s: None, jobs: int | None = None
 ) -> ArtifactProvider:
-    """The campaign's artifact provider; `cache` defaults to profiler.paths.artifacts_dir()."""
-    from profiler import paths
+    """The campaign's artifact provider; `cache` defaults to autlearn.profiler.paths.artifacts_dir()."""
+    from autlearn.profiler import paths
 
     return ArtifactProvider(Path(cache) if cache else paths.artifacts_dir(), log, jobs)

@@ -1,6 +1,6 @@
 """One device's worker: its cells in order under a GovernorGuard (cooldown, governor, deploy once per content hash,
 R runner launches of W warm-up and N timed steps, parse, metadata, energy), every outcome written to a store. The
-in-process engine (profiler.campaign) runs one per device in threads; a cluster agent (profiler.cluster) runs the
+in-process engine (engine.campaign) runs one per device in threads; a cluster agent (engine.cluster) runs the
 same worker on its host and streams the writes back. Also the host-side steps around a run on a device's host:
 failing fast on a monitor that cannot exist, putting back a killed run's passthrough, undoing adbd root.
 """
@@ -16,16 +16,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from profiler import __version__, hostcpu, knobs, paths
-from profiler.campaign_config import Campaign, Cell
-from profiler.deploy import deploy, remote_dir, runner_command
-from profiler.device import Device, quote
-from profiler.energy.session import open_meter, stop_orphan_samplers
-from profiler.errors import DeviceError, DeviceUnreachable, EnergyError, NotRooted, UserError
-from profiler.governor import Applied, GovernorGuard, GovernorUnavailable, Resolution
-from profiler.probe import DeviceFacts, parse_probe
-from profiler.steps import TIMES_SUFFIX, clock_pairs, cpu_share, parse_children_cpu_s, parse_run_output
-from profiler.store import LABELS, CellMeta, Sample, one_line
+from autlearn.engine.campaign_config import Campaign, Cell
+from autlearn.engine.store import LABELS, CellMeta, Sample, one_line
+from autlearn.profiler import __version__, hostcpu, knobs, paths
+from autlearn.profiler.deploy import deploy, remote_dir, runner_command
+from autlearn.profiler.device import Device, quote
+from autlearn.profiler.energy.session import open_meter, stop_orphan_samplers
+from autlearn.profiler.errors import DeviceError, DeviceUnreachable, EnergyError, NotRooted, UserError
+from autlearn.profiler.governor import Applied, GovernorGuard, GovernorUnavailable, Resolution
+from autlearn.profiler.probe import DeviceFacts, parse_probe
+from autlearn.profiler.steps import TIMES_SUFFIX, clock_pairs, cpu_share, parse_children_cpu_s, parse_run_output
 
 RUN_TIMEOUT_S = 1800.0
 INTERRUPTED = (
@@ -439,7 +439,7 @@ class DeviceWorker:
             res = guard.apply_intent(cell.governor, cell.fallback)
         except NotRooted:
             # Unrooted: run only if the device already sits at what the intent resolves to.
-            from profiler.governor import resolve_governor
+            from autlearn.profiler.governor import resolve_governor
 
             current = {p.governor for p in self._dynamic(device).policies}  # reading needs no root
             res = resolve_governor(cell.governor, self.facts.governors, cell.fallback)
@@ -487,8 +487,8 @@ class DeviceWorker:
 # ------------------------------------------------------------------------------------------------ on the phones' host
 def check_energy(campaign: Campaign, serials: Iterable[str]) -> None:
     """Fail fast, before anything runs, on an energy source that cannot exist (wrong monitor serial, no monitor)."""
-    from profiler.energy.monsoon import open_monitor
-    from profiler.energy.session import resolve_energy
+    from autlearn.profiler.energy.monsoon import open_monitor
+    from autlearn.profiler.energy.session import resolve_energy
 
     lab_home = paths.home_override()
     for serial in serials:
@@ -500,8 +500,8 @@ def check_energy(campaign: Campaign, serials: Iterable[str]) -> None:
 def restore_passthrough(campaign: Campaign | None, serials: Iterable[str]) -> dict[str, str]:
     """The monitors powering the leased phones (named in the campaign, or known to power them; with no campaign,
     those known): a passthrough mode left changed by a killed window is put back before anything runs."""
-    from profiler.energy.monsoon import restore_pending_passthrough
-    from profiler.energy.session import known_monitor
+    from autlearn.profiler.energy.monsoon import restore_pending_passthrough
+    from autlearn.profiler.energy.session import known_monitor
 
     lab_home = paths.home_override()
     out: dict[str, str] = {}
@@ -520,7 +520,7 @@ def restore_passthrough(campaign: Campaign | None, serials: Iterable[str]) -> di
 
 def put_back_passthrough(monitor: str, lab_home: Path | None) -> str:
     """After a window on `monitor` ended badly: its USB passthrough as it was before the window, said in one line."""
-    from profiler.energy.monsoon import restore_pending_passthrough  # the monsoon driver: only with a monitor
+    from autlearn.profiler.energy.monsoon import restore_pending_passthrough  # the monsoon driver: only with a monitor
 
     try:
         what = restore_pending_passthrough(monitor, lab_home=lab_home)
@@ -547,12 +547,3 @@ def undo_root(serials: set[str], log: Callable[[str], None]) -> None:
     ).items():
         if what != "restored":
             log(f"{key}: not undone now ({what}); the next run does it")
-
-
-def target_id(facts: DeviceFacts) -> str:
-    """What a device's artifacts are compiled for: its ABI and the CPU the probe recognised
-    (`ABI@MCPU[,ATTR...]`, see workloads.compile.parse_target_id), else the ABI's generic floor."""
-    ct = facts.cpu_target
-    if ct is None or not ct.mcpu or ct.abi != facts.abi:
-        return facts.abi
-    return ",".join([f"{facts.abi}@{ct.mcpu}", *ct.mattr])

@@ -4,11 +4,11 @@
       campaign.json          {"schema_version", "name", "spec" (Campaign.to_dict()), "plan": {cell_id: spec_key}, ...}
       cells/<cell_id>.parquet    raw samples: one row per step per repetition (warm-up steps too, flagged), every
                                  row carrying the cell's metadata columns (device, governor, temps, artifact, ...)
-      summary/<cell_id>.parquet  one row: metadata + profiler.stats.summarize() of the timed steps
+      summary/<cell_id>.parquet  one row: metadata + autlearn.profiler.stats.summarize() of the timed steps
       status/<cell_id>.json      {"status": "ok" | "failed" | "skipped" | "interrupted", "reason", "spec_key",
                                  "files", ...}; written last, it is the commit point: a cell without an "ok" status
                                  is not finished. "files" holds the sha256 and size of the cell's samples and summary.
-      governor-pending/          snapshots of phones whose governors are changed right now (profiler.governor)
+      governor-pending/          snapshots of phones whose governors are changed right now (autlearn.profiler.governor)
 
 Every file is written atomically (temp file in the same directory, fsync, os.replace, fsync of the directory), so a
 crash leaves either the old file or the new one, never a partial one; leftover temp files are ignored and swept.
@@ -17,7 +17,7 @@ Results verify themselves: `store.verify(cell_id)` says why a finished cell's fi
 truncated or changed since written: checksum; unreadable; another cell's data: the cell_id column), `finished` is
 False for such a cell (so `--resume` redoes it), and the loaders leave it out and name it in `df.attrs["bad"]`.
 
-Resume: `store.finished(cell_id)`. A rebuilt artifact gives a new cell id (profiler.campaign_config.cell_id), so
+Resume: `store.finished(cell_id)`. A rebuilt artifact gives a new cell id (autlearn.engine.campaign_config.cell_id), so
 results of the old artifact are *stale*: `store.stale()` reports them and `load_results` leaves them out.
 
 `load_results(path) -> DataFrame` of raw samples in one call; `load_summaries(path)`; `pooled_summary(df, by)` refuses
@@ -44,9 +44,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from profiler import stats
-from profiler.campaign_config import cell_label
-from profiler.errors import UserError
+from autlearn.engine.campaign_config import cell_label
+from autlearn.profiler import stats
+from autlearn.profiler.errors import UserError
 
 SCHEMA_VERSION = 1
 # from_version -> function(root) upgrading a results directory in place to from_version + 1.
@@ -127,7 +127,7 @@ class CellMeta:
     tool_versions: tuple[tuple[str, str], ...] = ()  # (tool, version): autlearn, tvm, runner, android, ...
     started_at: float = 0.0
     finished_at: float = 0.0
-    # the harness's own time in this cell beyond its training steps (profiler.campaign.HarnessClock), by part
+    # the harness's own time in this cell beyond its training steps (autlearn.engine.campaign.HarnessClock), by part
     harness: tuple[tuple[str, float], ...] = ()
     harness_s: float | None = None
     # time the cell waited for the virtual lab's host CPUs (other phones' timed launches; profiler.hostcpu): the
@@ -156,7 +156,7 @@ class CellMeta:
 
 @dataclass(frozen=True)
 class Sample:
-    """One training step of one repetition, as stored (a profiler.steps.Step plus where it belongs)."""
+    """One training step of one repetition, as stored (a autlearn.profiler.steps.Step plus where it belongs)."""
 
     repetition: int
     step: int
@@ -268,7 +268,7 @@ class Store:
     # -- opening
     @classmethod
     def open(cls, results_dir: str | os.PathLike[str], campaign: Any | None = None, name: str | None = None) -> Store:
-        """Open (creating if needed) `<results_dir>/<campaign.name>/`. `campaign` is a profiler.campaign_config
+        """Open (creating if needed) `<results_dir>/<campaign.name>/`. `campaign` is a autlearn.engine.campaign_config
         Campaign (its spec is recorded); `name` opens an existing directory without one. Migrates older schemas;
         SchemaError for newer/unknown ones."""
         if campaign is None and name is None:

@@ -17,15 +17,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
 
-from profiler.campaign_config import Campaign, Cell, cell_id
-from profiler.device import Device, wait_device
-from profiler.fleet import FleetEntry, discover
-from profiler.governor import restore_on_signals, restore_pending
-from profiler.lease import PhoneLease
-from profiler.probe import DeviceFacts
-from profiler.settings import MeasureSettings
-from profiler.store import Store, one_line
-from profiler.worker import (  # noqa: F401
+from autlearn.engine.campaign_config import Campaign, Cell, cell_id
+from autlearn.engine.settings import MeasureSettings
+from autlearn.engine.store import Store, one_line
+from autlearn.engine.worker import (  # noqa: F401
     ArtifactRef,
     CampaignError,
     DeviceWorker,
@@ -38,15 +33,19 @@ from profiler.worker import (  # noqa: F401
     cooldown_temp,
     put_back,
     restore_passthrough,
-    target_id,
     undo_root,
 )
+from autlearn.profiler.device import Device, wait_device
+from autlearn.profiler.fleet import FleetEntry, discover
+from autlearn.profiler.governor import restore_on_signals, restore_pending
+from autlearn.profiler.lease import PhoneLease
+from autlearn.profiler.probe import DeviceFacts, target_id
 
 ArtifactProvider = Callable[[Cell, str], ArtifactRef]  # (cell, target id) -> artifact
 
 
 class Fleet(Protocol):
-    """Where a campaign's phones are and how their cells run: `LocalFleet`, or `profiler.cluster.ClusterFleet`."""
+    """Where a campaign's phones are and how their cells run: `LocalFleet`, or `engine.cluster.ClusterFleet`."""
 
     def discover(self) -> list[FleetEntry]: ...
 
@@ -87,7 +86,7 @@ class Fleet(Protocol):
 
 class LocalFleet:
     """The phones of this host's adb server, driven in-process: one worker thread per device (the default engine;
-    `profiler.cluster.ClusterFleet` is the same interface over agents on several hosts)."""
+    `autlearn.engine.cluster.ClusterFleet` is the same interface over agents on several hosts)."""
 
     def discover(self) -> list[FleetEntry]:
         return discover()
@@ -180,7 +179,7 @@ def fleet_for(settings: MeasureSettings, log: Callable[[str], None] = lambda s: 
     address = getattr(settings, "cluster", None)
     if not address:
         return LocalFleet()
-    from profiler.cluster import ClusterFleet  # Ray is imported only there
+    from autlearn.engine.cluster import ClusterFleet  # Ray is imported only there
 
     return ClusterFleet(address, say=log)
 
@@ -193,7 +192,7 @@ def run(
     log: Callable[[str], None] = lambda s: None,
     wait_s: float = 0.0,
 ) -> Outcome:
-    """Run `campaign` with `settings` (profiler.settings.MeasureSettings: results root, resume, threads, cluster)
+    """Run `campaign` with `settings` (autlearn.engine.settings.MeasureSettings: results root, resume, threads, cluster)
     and an artifact provider -> Outcome. No display: `on_progress(progress)` is called on every change and once at
     the end (a CLI renders it; `progress.finished` is then True); `log` gets the engine's messages; `wait_s`: how
     long to wait for a phone another run holds."""
