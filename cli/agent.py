@@ -7,6 +7,8 @@ import socket
 
 import click
 
+from autlearn.engine.cluster import ClusterError, list_agents, start_agent, stop_agent
+
 _cluster = click.option(
     "--cluster",
     "address",
@@ -28,7 +30,6 @@ def start(address: str, name: str | None) -> None:
     """Start this host's agent (it keeps running in the cluster after this command returns). It owns this
     shell's adb server (ANDROID_ADB_SERVER_PORT) and the monitors plugged in here, and first puts back what a
     killed agent left changed on its phones."""
-    from autlearn.engine.cluster import start_agent
 
     name = name or socket.gethostname()
     info = start_agent(address, name, label=name)
@@ -42,7 +43,6 @@ def start(address: str, name: str | None) -> None:
 @click.argument("name")
 def stop(address: str, name: str) -> None:
     """Stop host NAME's agent (its running cells end with "host lost"; --resume reruns them)."""
-    from autlearn.engine.cluster import ClusterError, stop_agent
 
     if not stop_agent(address, name):
         raise ClusterError(f"no agent {name!r} on the cluster at {address}")
@@ -54,7 +54,6 @@ def stop(address: str, name: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def list_(address: str, as_json: bool) -> None:
     """The agents on the cluster and whether they answer."""
-    from autlearn.engine.cluster import list_agents
 
     agents = list_agents(address)
     if as_json:

@@ -8,9 +8,28 @@ import threading
 from typing import TYPE_CHECKING
 
 import click
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
 
 from autlearn.cli.options import measure_options
+from autlearn.engine.campaign import run as run_campaign
+from autlearn.engine.campaign_config import load_campaign
+from autlearn.engine.store import (
+    bad_cell_lines,
+    check_poolable,
+    energy_reason,
+    load_results,
+    load_status,
+    load_summaries,
+    one_line,
+    sorted_summaries,
+)
+from autlearn.pipelines.artifact_cache import artifact_provider
+from autlearn.pipelines.tune import tune_for_campaign
 from autlearn.profiler.errors import UserError
+from autlearn.profiler.stats import compare
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -25,8 +44,6 @@ EXIT_CELLS_FAILED = 3  # `run` finished, and some cells failed (1: bad input or 
 
 
 def _progress_table(progress: Progress) -> Table:
-    from rich.table import Table
-    from rich.text import Text
 
     t = Table(title="campaign progress", title_justify="left")
     for col in ("device", "cells", "now"):
@@ -42,7 +59,6 @@ class LiveProgress:
     on screen). `on_progress` and `log` are the callbacks of autlearn.engine.campaign.run."""
 
     def __init__(self) -> None:
-        from rich.console import Console
 
         self.console = Console(stderr=True)
         self._lock = threading.Lock()
@@ -50,7 +66,6 @@ class LiveProgress:
         self._progress: Progress | None = None
 
     def on_progress(self, progress: Progress) -> None:
-        from rich.live import Live
 
         with self._lock:
             if progress is not self._progress:  # a new campaign: keep the last table, start another
@@ -128,9 +143,6 @@ def run(
 
     Exit status: 0 when every cell is ok or skipped, 3 when some cells failed (the rest is kept; `results show`
     names each reason), 1 on bad input (nothing run), 130 when interrupted."""
-    from autlearn.engine.campaign import run as run_campaign
-    from autlearn.engine.campaign_config import load_campaign
-    from autlearn.pipelines.artifact_cache import artifact_provider
 
     campaign = load_campaign(campaign_file)
     if tune_trials and settings.cluster:
@@ -139,8 +151,6 @@ def run(
             "--cluster ADDRESS --device HOST/SERIAL`"
         )
     if tune_trials:
-        from autlearn.pipelines.tune import tune_for_campaign
-
         tune_for_campaign(
             campaign,
             trials=tune_trials,
@@ -184,7 +194,6 @@ def results() -> None:
 @click.option("--json", "as_json", is_flag=True)
 def show(results_dir: str, as_json: bool) -> None:
     """Per-cell summaries (median, 95% CI, CV) and failed/skipped cells with reasons."""
-    from autlearn.engine.store import bad_cell_lines, load_status, load_summaries, one_line, sorted_summaries
 
     status = load_status(results_dir)
     loaded = load_summaries(results_dir)
@@ -205,10 +214,6 @@ def show(results_dir: str, as_json: bool) -> None:
     _print_summaries(summaries)
     bad = status[status["status"] != "ok"] if len(status) else status
     if len(bad):
-        from rich.console import Console
-        from rich.table import Table
-        from rich.text import Text
-
         t = Table(title="failed / skipped / interrupted cells", title_justify="left")
         for col in ("cell", "status", "reason"):
             t.add_column(col)
@@ -218,11 +223,6 @@ def show(results_dir: str, as_json: bool) -> None:
 
 
 def _print_summaries(df: pd.DataFrame) -> None:
-    from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
-
-    from autlearn.engine.store import energy_reason
 
     if df.empty:
         click.echo("no finished cells")
@@ -273,12 +273,6 @@ def _print_summaries(df: pd.DataFrame) -> None:
 @click.option("--alpha", default=0.05, show_default=True, type=click.FloatRange(0.0001, 0.5))
 def compare_cmd(results_dir: str, baseline: str, candidate: str, min_ratio: float, alpha: float) -> None:
     """Compare two variants cell by cell: Mann-Whitney U plus a minimum ratio (a speedup needs both)."""
-    from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
-
-    from autlearn.engine.store import bad_cell_lines, check_poolable, load_results
-    from autlearn.profiler.stats import compare
 
     df = load_results(results_dir)
     for line in bad_cell_lines(df):
@@ -319,6 +313,5 @@ def compare_cmd(results_dir: str, baseline: str, candidate: str, min_ratio: floa
 
 def _workload_label(workload: str, config: str) -> Text:
     """The workload with its config when it has one (two configs of one model are separate rows)."""
-    from rich.text import Text
 
     return Text(workload if config in ("", "{}") else f"{workload} {config}")

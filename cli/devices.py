@@ -7,8 +7,15 @@ import sys
 from typing import TYPE_CHECKING
 
 import click
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
 
+from autlearn.engine.worker import put_back
+from autlearn.profiler.device import wait_device
 from autlearn.profiler.errors import DeviceUnreachable
+from autlearn.profiler.fleet import discover
+from autlearn.profiler.lease import PhoneLease
 
 if TYPE_CHECKING:
     from autlearn.profiler.fleet import FleetEntry
@@ -23,7 +30,6 @@ def devices(ctx: click.Context, as_json: bool, serials: tuple[str, ...]) -> None
     what a killed run left changed on a phone."""
     if ctx.invoked_subcommand is not None:
         return
-    from autlearn.profiler.fleet import discover
 
     fleet = discover(serials)
     if as_json:
@@ -36,9 +42,6 @@ def devices(ctx: click.Context, as_json: bool, serials: tuple[str, ...]) -> None
 
 
 def _table(fleet: list[FleetEntry]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
 
     table = Table(title=f"{len(fleet)} device(s)", title_justify="left")
     for col in (
@@ -100,9 +103,6 @@ def restore(serial: str, wait_s: float) -> None:
     """Put back what a killed run left changed on SERIAL: governors, charging, adbd root, a Monsoon's USB
     passthrough, and fuel-gauge samplers left polling (the next run's lease does the same). Takes the phone's lease:
     a run that holds the phone is never disturbed."""
-    from autlearn.engine.worker import put_back
-    from autlearn.profiler.device import wait_device
-    from autlearn.profiler.lease import PhoneLease
 
     with PhoneLease(
         wait_device(serial, max(wait_s, 15.0)),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+from importlib.metadata import entry_points
 from typing import cast
 
 import click
@@ -27,7 +28,6 @@ COMMANDS: dict[str, str] = {
 
 def _commands() -> dict[str, str]:
     """Built-in commands plus those of installed plugins (entry point group `autlearn.commands`)."""
-    from importlib.metadata import entry_points
 
     return {**{ep.name: ep.value for ep in entry_points(group="autlearn.commands")}, **COMMANDS}
 

@@ -9,6 +9,9 @@ from typing import Any
 
 import click
 
+from autlearn.engine.settings import MeasureSettings
+from autlearn.workloads.models import parse_overrides
+
 MEASURE_FIELDS = (
     "results_root",
     "resume",
@@ -25,7 +28,6 @@ MEASURE_FIELDS = (
 
 def parse_sets(items: tuple[str, ...]) -> dict[str, Any]:
     """`--set KEY=VALUE ...` -> config overrides (autlearn.workloads.models.parse_overrides)."""
-    from autlearn.workloads.models import parse_overrides
 
     return parse_overrides(items)
 
@@ -145,7 +147,6 @@ def measure_options(
     def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(f)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            from autlearn.engine.settings import MeasureSettings
 
             # only the options added here: a fixed field's name may be the command's own (prune's --steps)
             given = {k: kwargs.pop(k) for k in MEASURE_FIELDS if k not in fixed}

@@ -7,10 +7,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
+from rich.console import Console
+from rich.table import Table as RichTable
 
+from autlearn.cli.campaign import LiveProgress
 from autlearn.cli.options import measure_options, parse_sets, set_option
+from autlearn.pipelines.closed_loop import measure_closed_loop
+from autlearn.pipelines.tables import config_from
 from autlearn.profiler.errors import ConfigError
 from autlearn.workloads import registry
+from autlearn.workloads.pruning.budget import parse_budget
+from autlearn.workloads.tables import load_table
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -124,11 +131,6 @@ def prune(
     allow_version_mismatch: bool,
 ) -> None:
     """Prune to each budget; writes a Pareto set of `compressed` models under OUT (rerun to resume)."""
-    from rich.console import Console
-
-    from autlearn.pipelines.tables import config_from
-    from autlearn.workloads.pruning.budget import parse_budget
-    from autlearn.workloads.tables import load_table
 
     parsed = [parse_budget(b) for b in budgets]
     if not 0 <= margin < 0.5:
@@ -185,11 +187,6 @@ def _closed_loop(
     console: Console,
     verdict_on: str,
 ) -> None:
-    from rich.console import Console
-    from rich.table import Table as RichTable
-
-    from autlearn.cli.campaign import LiveProgress
-    from autlearn.pipelines.closed_loop import measure_closed_loop
 
     with LiveProgress() as display:
         loop = measure_closed_loop(

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from autlearn.reports.build import SIZE_BUDGET, ReportOptions, write_report
+
 
 @click.command()
 @click.argument("results_dir", type=click.Path(path_type=Path))
@@ -57,7 +59,6 @@ def report(
     min_ratio: float,
 ) -> None:
     """Write one self-contained HTML report (opens offline) of a campaign's results, and report.json."""
-    from autlearn.reports.build import SIZE_BUDGET, ReportOptions, write_report
 
     w = write_report(results_dir, output, ReportOptions(baseline, baseline_governor, alpha, min_ratio), compare_dir)
     click.echo(f"report: {w.html} ({w.bytes / 1e6:.1f} MB, {w.figures} figures)")

@@ -7,10 +7,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table as RichTable
 
+from autlearn.cli.campaign import LiveProgress
 from autlearn.cli.options import measure_options, parse_sets, set_option
+from autlearn.pipelines.tables import (
+    build_device_tables,
+    calibrate_validated,
+    config_from,
+    plan_device_tables,
+    prediction_frame,
+    validate_table,
+)
 from autlearn.profiler.errors import ConfigError
 from autlearn.workloads import registry
+from autlearn.workloads.layers import table_grid, unique_shapes
+from autlearn.workloads.tables import build_host_table, load_table, sample_grid, smooth
 
 if TYPE_CHECKING:
     from autlearn.engine.settings import MeasureSettings
@@ -75,8 +89,6 @@ def build(
     out: str,
 ) -> None:
     """Build tables covering every model the pruner can reach from the config."""
-    from autlearn.pipelines.tables import config_from
-    from autlearn.workloads.layers import table_grid
 
     cfg = config_from(model, None, parse_sets(sets))
     grid = table_grid(cfg, trainable)
@@ -94,11 +106,6 @@ def build(
 def _build_on_host(
     model: str, cfg: Any, grid: tuple[LayerKey, ...], every: int, reps: int, threads: int, out: str
 ) -> None:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from autlearn.workloads.layers import unique_shapes
-    from autlearn.workloads.tables import build_host_table, sample_grid
 
     if Path(out).suffix not in (".parquet", ".pq", ".csv"):
         raise ConfigError(f"unknown table format {Path(out).suffix!r}; use .parquet or .csv", key="out")
@@ -143,8 +150,6 @@ def _build_on_device(
     settings: MeasureSettings,
     out: Path,
 ) -> None:
-    from autlearn.cli.campaign import LiveProgress
-    from autlearn.pipelines.tables import build_device_tables, plan_device_tables
 
     plan = plan_device_tables(model, cfg, grid, serial, governors, every, per_suite, settings, trainable)
     click.echo(
@@ -176,10 +181,6 @@ def _build_on_device(
 @click.option("--rows", default=0, show_default=True, help="Also print the first N rows.")
 def show(table_path: str, allow_version_mismatch: bool, rows: int) -> None:
     """Metadata and a per-layer-type summary of a table."""
-    from rich.console import Console
-    from rich.table import Table as RichTable
-
-    from autlearn.workloads.tables import load_table
 
     t = load_table(table_path, allow_version_mismatch=allow_version_mismatch)
     console = Console()
@@ -213,7 +214,6 @@ def smooth_cmd(table_path: str, out: str, allow_version_mismatch: bool) -> None:
     A table measured once per key is noisy, and a greedy search exploits the noise (it prefers the layers whose
     savings are overstated). The fit (a + b c_in + c c_out + d FLOPs, coefficients >= 0, soft-L1) never gets
     faster with more channels; the measured values stay in the column measured_ms."""
-    from autlearn.workloads.tables import load_table, smooth
 
     if Path(out).resolve() == Path(table_path).resolve():
         raise ConfigError("--out must differ from TABLE (the measured table is kept)", key="out")
@@ -239,7 +239,6 @@ def smooth_cmd(table_path: str, out: str, allow_version_mismatch: bool) -> None:
 @click.option("--allow-version-mismatch", is_flag=True)
 def export(table_path: str, csv_out: str | None, pq_out: str | None, allow_version_mismatch: bool) -> None:
     """Export a table to CSV and/or Parquet."""
-    from autlearn.workloads.tables import load_table
 
     if not csv_out and not pq_out:
         raise ConfigError("give --csv OUT and/or --parquet OUT", key="export")
@@ -307,12 +306,6 @@ def validate(
     allow_version_mismatch: bool,
 ) -> None:
     """Prediction error of the resource model: measure whole models on the device, compare with the table's sum."""
-    from rich.console import Console
-    from rich.table import Table as RichTable
-
-    from autlearn.cli.campaign import LiveProgress
-    from autlearn.pipelines.tables import calibrate_validated, prediction_frame, validate_table
-    from autlearn.workloads.tables import load_table
 
     t = load_table(table_path, allow_version_mismatch=allow_version_mismatch)
     if not t.meta.model:

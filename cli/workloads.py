@@ -7,12 +7,17 @@ import json
 from pathlib import Path
 
 import click
+from rich.console import Console
+from rich.table import Table
 
 from autlearn.cli.options import parse_sets, set_option
+from autlearn.engine.cluster import tune_on_cluster
 from autlearn.profiler.device import Device
 from autlearn.profiler.errors import ArtifactError, ConfigError
 from autlearn.profiler.lease import PhoneLease
 from autlearn.workloads import registry
+from autlearn.workloads.artifact import build_to, list_artifacts
+from autlearn.workloads.metaschedule import tune_devices
 
 # Mirrors workloads.compile.VARIANTS / runner_build.ABIS (checked again there); kept literal so `--help` needs no
 # heavy imports. Models: the registered families (autlearn.workloads.registry, cheap to import).
@@ -61,7 +66,6 @@ def build(
     data_path: Path | None,
 ) -> None:
     """Compile MODEL as VARIANT for ABI and write a verified artifact."""
-    from autlearn.workloads.artifact import build_to
 
     _check(model, tuple(sorted(registry.names())), "model")
     _check(variant, VARIANTS, "variant")
@@ -80,10 +84,6 @@ def build(
 def list_(directory: Path | None) -> None:
     """Table of the artifacts under DIRECTORY (default: artifacts/, where `workloads build` writes), verified
     against their hashes."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from autlearn.workloads.artifact import list_artifacts
 
     if directory is None:
         directory = DEFAULT_DIR
@@ -197,7 +197,6 @@ def tune(
 
     The database (one per CPU target, under $AUTLEARN_HOME/tuning/) is used by every later build for that
     target; a kernel keeps its hand schedule where that was as fast on the device."""
-    from autlearn.workloads.metaschedule import tune_devices
 
     _check(model, tuple(sorted(registry.names())), "model")
     config = parse_sets(sets)
@@ -205,8 +204,6 @@ def tune(
         config["batch"] = batch
     say = lambda msg: click.echo(f"[tune] {msg}", err=True)  # noqa: E731
     if address:
-        from autlearn.engine.cluster import tune_on_cluster
-
         results = tune_on_cluster(
             address,
             list(dict.fromkeys(serials)),

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Protocol
 
 from autlearn.engine.campaign_config import Campaign, Cell, cell_id
+from autlearn.engine.cluster import ClusterFleet
 from autlearn.engine.settings import MeasureSettings
 from autlearn.engine.store import Store, one_line
 from autlearn.engine.worker import (  # noqa: F401
@@ -179,7 +180,6 @@ def fleet_for(settings: MeasureSettings, log: Callable[[str], None] = lambda s: 
     address = getattr(settings, "cluster", None)
     if not address:
         return LocalFleet()
-    from autlearn.engine.cluster import ClusterFleet  # Ray is imported only there
 
     return ClusterFleet(address, say=log)
 

@@ -55,6 +55,8 @@ from typing import Any, Protocol, TypeVar
 
 from autlearn.profiler.errors import ConfigError, UserError
 from autlearn.profiler.governor import FALLBACKS, GovernorIntent, parse_intent
+from autlearn.workloads.compressed import compressed_build_args
+from autlearn.workloads.registry import LAYER_SUITE, campaign_models, get, plain_config
 
 VARIANTS = ("full", "compressed", "unoptimized", "cached")
 AFFINITY_NAMES = ("all", "big", "little")
@@ -122,7 +124,6 @@ class Workload:
     @property
     def kwargs(self) -> dict[str, Any]:
         """Model keyword arguments (lists back as lists)."""
-        from autlearn.workloads.registry import plain_config
 
         return plain_config(dict(self.config))
 
@@ -264,7 +265,6 @@ class Cell:
     energy: str
 
     def spec(self) -> dict[str, Any]:
-        from autlearn.workloads.registry import plain_config
 
         return {
             "device": self.device_serial,
@@ -534,14 +534,11 @@ def _config_value(v: Any, key: str, nested: bool = False) -> Any:
 
 def __getattr__(name: str) -> Any:
     if name == "MODELS":  # the registered model families and "layers" (autlearn.workloads.registry.campaign_models)
-        from autlearn.workloads.registry import campaign_models
-
         return campaign_models()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _workloads(v: Any) -> tuple[Workload, ...]:
-    from autlearn.workloads.registry import LAYER_SUITE, campaign_models
 
     models = campaign_models()  # "layers": a suite of single-layer workloads (per-layer tables)
     if not isinstance(v, list) or not v:
@@ -583,7 +580,6 @@ def _workloads(v: Any) -> tuple[Workload, ...]:
 def _check_model_config(model: str, variants: list[Any], batch: list[Any], config: dict[str, Any], key: str) -> None:
     """The whole model config checked now, before any results directory exists: its keys and value types against
     the family's config (per batch), `tuning` and a pruned model's `compressed` file."""
-    from autlearn.workloads.registry import LAYER_SUITE, get
 
     if model == LAYER_SUITE:
         return
@@ -593,8 +589,6 @@ def _check_model_config(model: str, variants: list[Any], batch: list[Any], confi
         raise ConfigError(f"must be 'default' (the target's database) or 'none', not {tuning!r}", key=f"{key}.tuning")
     compressed = config.pop("compressed", None)
     if compressed is not None:
-        from autlearn.workloads.compressed import compressed_build_args
-
         if not isinstance(compressed, str):
             raise ConfigError("must be the path of a compressed.json", key=f"{key}.compressed")
         if list(variants) != ["compressed"]:

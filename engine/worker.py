@@ -21,7 +21,8 @@ from autlearn.engine.store import LABELS, CellMeta, Sample, one_line
 from autlearn.profiler import __version__, hostcpu, knobs, paths
 from autlearn.profiler.deploy import deploy, remote_dir, runner_command
 from autlearn.profiler.device import Device, quote
-from autlearn.profiler.energy.session import open_meter, stop_orphan_samplers
+from autlearn.profiler.energy.monsoon import open_monitor, restore_pending_passthrough
+from autlearn.profiler.energy.session import known_monitor, open_meter, resolve_energy, stop_orphan_samplers
 from autlearn.profiler.errors import DeviceError, DeviceUnreachable, EnergyError, NotRooted, UserError
 from autlearn.profiler.governor import Applied, GovernorGuard, GovernorUnavailable, Resolution
 from autlearn.profiler.probe import DeviceFacts, parse_probe
@@ -487,8 +488,6 @@ class DeviceWorker:
 # ------------------------------------------------------------------------------------------------ on the phones' host
 def check_energy(campaign: Campaign, serials: Iterable[str]) -> None:
     """Fail fast, before anything runs, on an energy source that cannot exist (wrong monitor serial, no monitor)."""
-    from autlearn.profiler.energy.monsoon import open_monitor
-    from autlearn.profiler.energy.session import resolve_energy
 
     lab_home = paths.home_override()
     for serial in serials:
@@ -500,8 +499,6 @@ def check_energy(campaign: Campaign, serials: Iterable[str]) -> None:
 def restore_passthrough(campaign: Campaign | None, serials: Iterable[str]) -> dict[str, str]:
     """The monitors powering the leased phones (named in the campaign, or known to power them; with no campaign,
     those known): a passthrough mode left changed by a killed window is put back before anything runs."""
-    from autlearn.profiler.energy.monsoon import restore_pending_passthrough
-    from autlearn.profiler.energy.session import known_monitor
 
     lab_home = paths.home_override()
     out: dict[str, str] = {}
@@ -520,7 +517,6 @@ def restore_passthrough(campaign: Campaign | None, serials: Iterable[str]) -> di
 
 def put_back_passthrough(monitor: str, lab_home: Path | None) -> str:
     """After a window on `monitor` ended badly: its USB passthrough as it was before the window, said in one line."""
-    from autlearn.profiler.energy.monsoon import restore_pending_passthrough  # the monsoon driver: only with a monitor
 
     try:
         what = restore_pending_passthrough(monitor, lab_home=lab_home)

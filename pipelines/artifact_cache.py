@@ -6,14 +6,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
+import shutil
 import threading
 from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from autlearn import workloads
+from autlearn.engine.worker import ArtifactRef
+from autlearn.profiler import paths
 from autlearn.profiler.errors import ArtifactError, UserError
+from autlearn.workloads.artifact import build_artifact, input_files, load_artifact, tool_versions
+from autlearn.workloads.compile import target_key, tuning_database
+from autlearn.workloads.registry import plain_config
 
 if TYPE_CHECKING:
     from autlearn.engine.campaign_config import Cell
@@ -82,7 +90,6 @@ def build_jobs() -> int:
 
 
 def _build_in_worker(workload: str, variant: str, abi: str, out: str, config: dict[str, Any]) -> str:
-    from autlearn.workloads.artifact import build_artifact
 
     return str(build_artifact(workload, variant, abi, Path(out), **config).path)
 
@@ -115,9 +122,6 @@ class ArtifactProvider:
         self._code: str | None = None
 
     def _key(self, cell: Cell, abi: str) -> tuple[str, dict[str, Any]]:
-        from autlearn.workloads.artifact import input_files, tool_versions
-        from autlearn.workloads.compile import tuning_database
-        from autlearn.workloads.registry import plain_config
 
         config = plain_config(dict(cell.config))
         config["batch"] = cell.batch
@@ -144,12 +148,10 @@ class ArtifactProvider:
         return key, config
 
     def _dir(self, cell: Cell, abi: str, key: str) -> Path:
-        from autlearn.workloads.compile import target_key
 
         return self.cache / f"{cell.workload}-{cell.variant}-{target_key(abi)}-{key}"
 
     def _ref(self, art: Artifact) -> ArtifactRef:
-        from autlearn.engine.worker import ArtifactRef  # defined there; autlearn.engine.campaign re-exports it
 
         meta = art.manifest.get("meta") or {}
         tools = {k: str(v) for k, v in art.manifest.get("tools", {}).items()}
@@ -158,7 +160,6 @@ class ArtifactProvider:
         return ArtifactRef(art.path, art.hash, tuple(sorted(p.name for p in art.files())), tuple(sorted(tools.items())))
 
     def __call__(self, cell: Cell, abi: str) -> ArtifactRef:
-        from autlearn.workloads.artifact import build_artifact, load_artifact
 
         key, config = self._key(cell, abi)
         with self._lock:
@@ -179,7 +180,6 @@ class ArtifactProvider:
     def missing(self, requests: Iterable[tuple[Cell, str]]) -> dict[str, BuildArgs]:
         """Of (cell, abi) `requests`, the builds neither memoized nor cached: {key: (workload, variant, abi,
         directory name, config)} (cached ones are memoized on the way)."""
-        from autlearn.workloads.artifact import load_artifact
 
         todo: dict[str, BuildArgs] = {}
         for cell, abi in requests:
@@ -197,10 +197,6 @@ class ArtifactProvider:
         """Take an artifact built elsewhere (a cluster node) into this cache: written atomically and kept only
         when it verifies like a local build and was compiled with the tuning database this cache's key names
         (`tuning_digest`; else `__call__` builds it here)."""
-        import shutil
-
-        from autlearn.profiler import paths
-        from autlearn.workloads.artifact import load_artifact
 
         out = paths.replace_dir(self.cache / args[3], files)
         try:
@@ -217,10 +213,6 @@ class ArtifactProvider:
     def prebuild(self, requests: Iterable[tuple[Cell, str]]) -> None:
         """Build the artifacts of (cell, abi) `requests` that are not cached, up to `jobs` at a time. A build that
         fails here is left to `__call__`, which builds it again in this process and raises its error there."""
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-
-        from autlearn.workloads.artifact import load_artifact
 
         todo = self.missing(requests)
         if len(todo) < 2 or self.jobs < 2:
@@ -245,6 +237,5 @@ def artifact_provider(
     cache: Path | str | None = None, log: Callable[[str], None] = lambda s: None, jobs: int | None = None
 ) -> ArtifactProvider:
     """The campaign's artifact provider; `cache` defaults to autlearn.profiler.paths.artifacts_dir()."""
-    from autlearn.profiler import paths
 
     return ArtifactProvider(Path(cache) if cache else paths.artifacts_dir(), log, jobs)

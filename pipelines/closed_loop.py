@@ -4,10 +4,15 @@ measured over its budget (the rule itself, without a device, is autlearn.workloa
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
+from autlearn.pipelines.measure import measure_models
+from autlearn.pipelines.tables import config_from
+from autlearn.profiler.errors import ConfigError
 from autlearn.workloads.pruning.budget import Budget
 from autlearn.workloads.pruning.loop import Attempt, close_loop, verdict_values
 
@@ -46,12 +51,6 @@ def measure_closed_loop(
     further where a model measured over its budget (`close_loop`); writes OUT/measured.csv and OUT/loop.csv. A
     latency verdict uses the control-normalized latency (`verdict_on="normalized"`, when the table has a control
     reference) or the raw median."""
-    from dataclasses import replace
-
-    import pandas as pd
-
-    from autlearn.pipelines.measure import measure_models
-    from autlearn.profiler.errors import ConfigError
 
     governor = table.meta.governor_requested if table is not None else "schedutil"
     # Timing without a power source polling the phone unless an energy budget needs one (the sampler's own
@@ -59,8 +58,6 @@ def measure_closed_loop(
     settings = replace(settings, energy="auto" if any(b.kind == "energy" for b in budgets) else "none")
     control = None
     if table is not None and table.meta.model:
-        from autlearn.pipelines.tables import config_from
-
         control = config_from(table.meta.model, table.meta)
     reference = (table.meta.control_ms or None) if table is not None else None
     judged_on = "control-normalized" if verdict_on == "normalized" and control is not None and reference else "raw"

@@ -12,6 +12,7 @@ ratio cancels it where the raw median does not (`per_round`, `paired_ratio`, `no
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -20,16 +21,20 @@ from typing import Any
 
 import pandas as pd
 
+from autlearn.engine.campaign import run
+from autlearn.engine.campaign_config import parse_campaign
 from autlearn.engine.settings import MeasureSettings
+from autlearn.engine.store import load_results
+from autlearn.pipelines.artifact_cache import artifact_provider
 from autlearn.profiler.errors import ConfigError, UserError
+from autlearn.workloads.compressed import compressed_build_args
+from autlearn.workloads.resource import canonical_config, measured_from_results
 
 
 def workload_of(model: Any) -> dict[str, Any]:
     """The campaign workload (a `[[workload]]` table as a dict) of a model config (variant full) or a
     compressed.json path (variant compressed, compiled with its weights)."""
     if isinstance(model, (str, Path)):
-        from autlearn.workloads.compressed import compressed_build_args
-
         p = Path(model).resolve()
         args = compressed_build_args(p, None)
         return {
@@ -51,7 +56,6 @@ def safe_name(text: str, limit: int = 64) -> str:
 
 def named(prefix: str, spec: dict[str, Any]) -> dict[str, Any]:
     """`spec` named `<prefix>-<digest of everything else>`: different settings never share a results directory."""
-    import hashlib
 
     body = {k: v for k, v in spec.items() if k != "name"}
     digest = hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:10]
@@ -116,7 +120,6 @@ class Rounds:
 
 def _control_ms(raw: pd.DataFrame, control: dict[str, Any]) -> float | None:
     """Median step (ms) of the control workload in one round's results (None when it was not measured)."""
-    from autlearn.workloads.resource import measured_from_results
 
     try:
         m = measured_from_results(raw, control["model"])
@@ -146,10 +149,6 @@ def run_rounds(
     within CONTROL_TOLERANCE of `reference_ms` (e.g. the control measured when the table was built) or, without a
     reference, of the fastest control seen; up to `max_extra` (default `rounds`) more rounds replace slow ones. If
     too few rounds pass, the fastest are used and the result says `disturbed`."""
-    from autlearn.engine.campaign import run
-    from autlearn.engine.campaign_config import parse_campaign
-    from autlearn.engine.store import load_results
-    from autlearn.pipelines.artifact_cache import artifact_provider
 
     rounds = settings.rounds
     provider = artifact_provider(settings.artifacts, log=log)
@@ -202,7 +201,6 @@ CellKey = tuple[str, str, str, int]
 def cell_key(w: Mapping[str, Any]) -> CellKey:
     """(workload, variant, canonical config, batch) of a workload (`workload_of`): what a measured cell is matched
     on (`cell_key_of_row`)."""
-    from autlearn.workloads.resource import canonical_config
 
     return (w["model"], w["variants"][0], canonical_config(w["config"]), w["batch"][0])
 
@@ -224,7 +222,6 @@ def cell_labels(workloads_by_label: Mapping[str, dict[str, Any]]) -> dict[CellKe
 def per_round(raw: pd.DataFrame, models: Mapping[str, Any]) -> pd.DataFrame:
     """Median step (ms) of each model in each round: indexed by round (the results' `campaign`), a column per label
     of `models` (label -> model as for `workload_of`). Cells are matched on workload, variant, config and batch."""
-    from autlearn.workloads.resource import measured_from_results
 
     want = cell_labels({label: workload_of(model) for label, model in models.items()})
     rows = []
@@ -291,7 +288,6 @@ def measure_models(
     mj, n, variant, and with a control and reference: ms_normalized, drift (median control / reference); a
     directory `<results_root>/<name>` whose rounds.json lists the rounds; Rounds). Failed cells are absent from the
     frame (the campaign's status says why)."""
-    from autlearn.workloads.resource import measured_from_results
 
     by_model = {label: workload_of(model) for label, model in models.items()}
     spec = models_campaign(

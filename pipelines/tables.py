@@ -13,15 +13,23 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
+import pandas as pd
+
+from autlearn.engine.campaign_config import parse_campaign
 from autlearn.engine.settings import MeasureSettings
+from autlearn.pipelines.measure import measure_models, named, run_rounds, safe_name, workload_of
 from autlearn.profiler.errors import ConfigError
+from autlearn.workloads.layer_suite import suite_count
+from autlearn.workloads.layers import unique_shapes
+from autlearn.workloads.models import make_config
+from autlearn.workloads.resource import model_resource, prediction_error, validation_configs
+from autlearn.workloads.tables import Table, calibrate, sample_grid, tables_from_results
 
 HOST_DEVICE = "host (not a phone)"
 
 
 def config_from(model: str, table_meta: Any = None, overrides: Mapping[str, Any] | None = None) -> Any:
     """Model config: the table's config (when it was made for this model) updated by overrides."""
-    from autlearn.workloads.models import make_config
 
     base: dict[str, Any] = {}
     if table_meta is not None and table_meta.model:
@@ -43,7 +51,6 @@ def table_campaign(
     trainable: str = "head",
 ) -> dict[str, Any]:
     """The campaign (as a dict for `parse_campaign`) measuring the layer suites of `cfg` on one device."""
-    from autlearn.pipelines.measure import named
 
     base = {k: v for k, v in cfg.to_dict().items() if k not in ("model", "batch")}
     return named(
@@ -102,10 +109,6 @@ def plan_device_tables(
     trainable: str = "head",
 ) -> TablePlan:
     """Check the settings and lay out the layer suites; ConfigError before anything runs."""
-    from autlearn.engine.campaign_config import parse_campaign
-    from autlearn.workloads.layer_suite import suite_count
-    from autlearn.workloads.layers import unique_shapes
-    from autlearn.workloads.tables import sample_grid
 
     if trainable != "head":
         raise ConfigError(
@@ -139,8 +142,6 @@ def build_device_tables(
 ) -> BuiltTables:
     """Measure the plan once per governor (its own control reference: a governor may change speed), in
     `settings.rounds` control-gated rounds, and save a table per device x governor under `out`."""
-    from autlearn.pipelines.measure import run_rounds, safe_name, workload_of
-    from autlearn.workloads.tables import Table, sample_grid, tables_from_results
 
     ctl = workload_of(plan.cfg)
     made = {}
@@ -203,10 +204,6 @@ def validate_table(
 ) -> Validation:
     """Measure `n_models` whole models of the table's family on `serial` (default: the table's device) under the
     table's governor and compare with the table's sums."""
-    import pandas as pd
-
-    from autlearn.pipelines.measure import measure_models
-    from autlearn.workloads.resource import model_resource, prediction_error, validation_configs
 
     if not table.meta.model:
         raise ConfigError("the table does not say which model family it was built for", key="model")
@@ -240,7 +237,6 @@ def validate_table(
 def prediction_frame(v: Validation) -> Any:  # a pandas DataFrame
     """Per-model errors (latency rows, then energy rows when measured) with device, governor and labels: the CSV of
     `tables validate`."""
-    import pandas as pd
 
     df = v.latency.per_model.rename(columns={"predicted": "predicted_ms", "measured": "measured_ms"})
     df.insert(0, "kind", "latency")
@@ -259,7 +255,6 @@ def prediction_frame(v: Validation) -> Any:  # a pandas DataFrame
 def calibrate_validated(v: Validation, method: str, rounds: int) -> tuple[Any, dict[str, Any], float | None]:
     """(calibrated table, fit, control ms of the rounds used): the table's whole-model latency fitted to `v`'s
     measurements, under the conditions of those rounds (median control of the rounds used)."""
-    from autlearn.workloads.tables import calibrate
 
     names = sorted(v.measured)
     used = [c for _, c, ok in v.rounds.controls if ok and c is not None]

@@ -18,7 +18,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from autlearn.profiler import hostcpu
+import adbutils
+
+from autlearn.profiler import hostcpu, knobs
 from autlearn.profiler.errors import (
     DeviceCommandFailed,
     DeviceError,
@@ -44,7 +46,6 @@ def command(*argv: object) -> str:
 
 def adb_path() -> str:
     """The adb binary adbutils would use; ToolMissing when there is none."""
-    import adbutils
 
     try:
         path: str = adbutils.adb_path()
@@ -66,7 +67,6 @@ def server_port() -> int:
 
 def adb_client() -> Any:
     """An adbutils client for the adb server on ANDROID_ADB_SERVER_PORT, starting the server when needed."""
-    import adbutils
 
     port = server_port()
     client = adbutils.AdbClient(host="127.0.0.1", port=port, socket_timeout=30)
@@ -91,7 +91,6 @@ class AdbEntry:
 
 def list_devices(client: Any = None) -> list[AdbEntry]:
     """Every serial the adb server knows, with its state."""
-    import adbutils
 
     client = client or adb_client()
     try:
@@ -138,7 +137,6 @@ class Device:
     # -- shell ---------------------------------------------------------------------------------------------------
     def shell(self, cmd: str, timeout: float | None = None) -> ShellResult:
         """Run `cmd` in the device shell; returns its output and exit code, raises only if the device fails us."""
-        import adbutils
 
         timeout = self.timeout if timeout is None else timeout
         try:
@@ -163,7 +161,6 @@ class Device:
 
     # -- files ---------------------------------------------------------------------------------------------------
     def push(self, local: str | Path, remote: str) -> None:
-        import adbutils
 
         try:
             with hostcpu.shared(self.shares_host):
@@ -174,7 +171,6 @@ class Device:
             raise DeviceUnreachable(f"push {local} -> {remote} failed: {exc}", serial=self.serial) from exc
 
     def pull(self, remote: str, local: str | Path) -> None:
-        import adbutils
 
         try:
             with hostcpu.shared(self.shares_host):
@@ -203,7 +199,6 @@ class Device:
         if self._try_adb_root:
             if self._adb_root():
                 return "adbd"
-            from autlearn.profiler import knobs
 
             knobs.forget(knobs.default_root(), self.serial, "adb_root")  # nothing was changed
         if self._uid("su -c 'id -u'") == "0" or self._uid("su 0 id -u") == "0":
@@ -225,9 +220,6 @@ class Device:
         return "none"
 
     def _adb_root(self) -> bool:
-        import adbutils
-
-        from autlearn.profiler import knobs
 
         # adbd as root is a knob too: persisted first, undone when the run ends (or by the next run after a kill)
         knobs.persist(knobs.default_root(), self.serial, "adb_root", {"prior": "adbd not root"})
@@ -243,7 +235,6 @@ class Device:
 
     def _wait_adbd(self, root: bool, timeout_s: float = 15.0) -> bool:
         """adbd restarts after root:/unroot:: wait until it answers as (or not as) root; reconnect TCP serials."""
-        import adbutils
 
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -303,7 +294,6 @@ def restore_adb_root(device: Device, doc: dict[str, Any]) -> None:
 def wait_device(serial: str, settle_s: float) -> Device:
     """`Device(serial)`, waiting up to `settle_s` while adb reports it offline or absent (another run's adbd
     restarting as or from root, a USB re-enumeration)."""
-    import time
 
     deadline = time.monotonic() + settle_s
     while True:

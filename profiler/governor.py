@@ -37,6 +37,7 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from shlex import quote
 from types import FrameType, TracebackType
 from typing import Any, Literal, NoReturn, cast
 
@@ -495,7 +496,6 @@ class GovernorGuard:
 
 def _restore_snapshot(device: Any, states: Sequence[PolicyState] | str) -> None:
     """Write the snapshot to the device's work dir and run `governor.sh restore` on it."""
-    from shlex import quote
 
     text = states if isinstance(states, str) else format_snapshot(states)
     workdir = getattr(device, "workdir", None) or "/data/local/tmp/autlearn"

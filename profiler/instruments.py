@@ -13,6 +13,7 @@ import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib.metadata import entry_points
 from typing import Any
 
 PLUGIN_GROUP = "autlearn.plugins"
@@ -56,7 +57,6 @@ def load_plugins() -> None:
         if _loaded:
             return
         _loaded = True
-        from importlib.metadata import entry_points
 
         for ep in entry_points(group=PLUGIN_GROUP):
             try:

@@ -12,6 +12,7 @@ left. Each knob registers how to restore its state (`register`).
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
@@ -20,6 +21,8 @@ from collections.abc import Callable
 from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any
+
+from autlearn.profiler import paths
 
 # knob -> restore(device, document), as "module:function" resolved when needed (no registration at import time)
 _RESTORERS: dict[str, Any] = {
@@ -30,7 +33,6 @@ _RESTORERS: dict[str, Any] = {
 
 
 def default_root() -> Path:
-    from autlearn.profiler import paths
 
     return paths.home() / "pending"
 
@@ -41,7 +43,6 @@ def register(knob: str, restore: Callable[[Any, dict[str, Any]], None]) -> None:
 
 
 def _restorer(knob: str) -> Callable[[Any, dict[str, Any]], None] | None:
-    import importlib
 
     r = _RESTORERS.get(knob)
     if isinstance(r, str):

@@ -21,6 +21,8 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import psutil
+
 from autlearn.profiler.device import Device, quote
 from autlearn.profiler.errors import DeviceError, UserError
 
@@ -66,7 +68,6 @@ def parse_holder(text: str) -> Holder | None:
 
 
 def _pid_alive(pid: int) -> bool:
-    import psutil
 
     try:
         alive: bool = psutil.Process(pid).status() != psutil.STATUS_ZOMBIE  # psutil: no type information here

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -60,7 +61,6 @@ def write_tree(root: Path, files: dict[str, bytes]) -> Path:
 def replace_dir(dest: Path, files: dict[str, bytes]) -> Path:
     """Write `files` ({relative path: bytes}) as the directory `dest`, replacing what was there: written in a temp
     sibling, then renamed into place (a reader never sees half of it)."""
-    import shutil
 
     dest = Path(dest)
     tmp = dest.with_name(f"{dest.name}.tmp{os.getpid()}")

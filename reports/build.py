@@ -24,10 +24,11 @@ from typing import Any, cast
 import numpy as np
 import pandas as pd
 
-from autlearn.engine.campaign_config import serial_of_label
+from autlearn.engine.campaign_config import DeviceRef, parse_campaign, serial_of_label
 from autlearn.engine.store import (
     MANIFEST,
     SchemaError,
+    atomic_write,
     energy_reason,
     load_results,
     load_status,
@@ -384,8 +385,6 @@ def _energy_rows(cells: Sequence[CellRow], energy: Mapping[str, np.ndarray], bas
 def _plan_labels(data: CampaignData, serials: Iterable[str]) -> dict[str, str]:
     """spec_key -> readable cell label, by expanding the recorded campaign spec over the devices we know of."""
     try:
-        from autlearn.engine.campaign_config import DeviceRef, parse_campaign
-
         camp = parse_campaign(data.manifest.get("spec") or {})
         return {c.spec_key: c.label for c in camp.plan([DeviceRef(s) for s in serials])}
     except Exception:  # an old/foreign spec: fall back to spec keys (the report must still be written)
@@ -1039,7 +1038,6 @@ def write_report(
     blob = page.encode("utf-8")
     try:
         out_p.parent.mkdir(parents=True, exist_ok=True)
-        from autlearn.engine.store import atomic_write
 
         atomic_write(out_p, lambda f: f.write(blob))
         jp = json_path_for(out_p)

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Sequence
 from functools import cache
 
 import plotly.io as pio
+from plotly.offline import get_plotlyjs
 
 from autlearn.reports.model import CellRow, Comparison, FigureSlot, Outcome, Report
 
@@ -109,7 +110,6 @@ def _json_for_script(doc: object) -> str:
 
 @cache
 def _plotly_js() -> str:
-    from plotly.offline import get_plotlyjs
 
     js: str = get_plotlyjs()
     return js.replace("</script", "<\\/script")  # never present today; keep the element closed where we close it

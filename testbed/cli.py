@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
+from rich.console import Console
+from rich.table import Table
 
-from autlearn.testbed.lab import DEFAULT_BASE_PORT, Lab, expand_profiles
+from autlearn.testbed.cluster_lab import ClusterLab, host_env
+from autlearn.testbed.lab import DEFAULT_BASE_PORT, Lab, expand_profiles, monsoon_phones, next_free_ports
+from autlearn.testbed.profiles import load_profile
 
 if TYPE_CHECKING:
     from rich.console import Console
 
 
 def _console() -> Console:
-    from rich.console import Console
 
     return Console()
 
@@ -84,10 +88,6 @@ def up(
     hosts: int,
 ) -> None:
     """Start the lab (replacing a previous one) and connect its phones to adb."""
-    from rich.table import Table
-
-    from autlearn.testbed.lab import monsoon_phones, next_free_ports
-    from autlearn.testbed.profiles import load_profile
 
     chosen = expand_profiles(profiles, count)
     for name in dict.fromkeys(chosen):
@@ -114,10 +114,6 @@ def up(
 def _up_hosts(
     chosen: list[str], hosts: int, monsoon: list[str], governor: str | None, keep_warm: bool, base_port: int | None
 ) -> None:
-    from rich.table import Table
-
-    from autlearn.testbed.cluster_lab import ClusterLab
-    from autlearn.testbed.lab import monsoon_phones
 
     if base_port is not None:
         raise click.UsageError("--base-port: with --hosts every host's phones take the first free ports")
@@ -131,7 +127,6 @@ def _up_hosts(
     table = Table(title=f"virtual lab: {len(chosen)} phone(s) on {hosts} hosts (Ray cluster {address})")
     for col in ("host", "adb server", "name", "serial", "profile", "monsoon"):
         table.add_column(col)
-    from pathlib import Path
 
     for h in cl.hosts():
         for p in Lab(Path(h["home"])).phones():
@@ -143,7 +138,6 @@ def _up_hosts(
 @lab.command()
 def down() -> None:
     """Disconnect and stop every phone of the lab (and the hosts of a `--hosts` lab)."""
-    from autlearn.testbed.cluster_lab import ClusterLab
 
     hosts = ClusterLab().down()
     if hosts:
@@ -157,11 +151,6 @@ def down() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(as_json: bool) -> None:
     """Show the lab's phones, whether they run, and their adb state."""
-    from pathlib import Path
-
-    from rich.table import Table
-
-    from autlearn.testbed.cluster_lab import ClusterLab, host_env
 
     cl = ClusterLab()
     hosts = [("", r) for r in Lab().status()]

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
+from autlearn.engine.cluster import start_agent
 from autlearn.profiler import paths
 from autlearn.profiler.errors import LabError
 from autlearn.testbed.lab import Lab, PhoneInfo, find_adb, next_free_ports
@@ -164,7 +165,6 @@ class ClusterLab:
         raise LabError(f"ray node {name} did not start within {NODE_START_S:.0f} s (log: {log})")
 
     def start_agent(self, name: str) -> dict[str, Any]:
-        from autlearn.engine.cluster import start_agent
 
         h = self.host(name)
         return start_agent(cast(str, self.address), name, label=name, env=h["env"])  # a host: the lab is up

@@ -56,6 +56,8 @@ import os
 import platform
 import signal
 import struct
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Collection, Iterable, Sequence
@@ -216,9 +218,6 @@ class KeepWarm:
         if not self.enabled or on == self.running:
             return
         if on and not self.procs:
-            import subprocess
-            import sys
-
             cpus = sorted(os.sched_getaffinity(0))
             with contextlib.suppress(OSError):
                 self.procs = [

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -24,9 +25,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, cast
 
+import adbutils
+
 import autlearn
 from autlearn.profiler import paths
 from autlearn.profiler.errors import LabError, ToolMissing, UserError
+from autlearn.testbed.dvfs import TIME_SCALE_NODE
 from autlearn.testbed.profiles import load_profile
 
 DEFAULT_PROFILES = ("legacy", "modern", "unrooted")
@@ -72,7 +76,6 @@ class PhoneStatus:
     @property
     def time_scale(self) -> str:
         """How the phone's time follows its modeled frequencies (written by the vphone; testbed/dvfs.py)."""
-        from autlearn.testbed.dvfs import TIME_SCALE_NODE
 
         try:
             return (Path(self.phone.root) / TIME_SCALE_NODE).read_text().strip()
@@ -93,7 +96,6 @@ def adb_server_port() -> int:
 
 def find_adb() -> str:
     """The adb binary adbutils would use ($ADBUTILS_ADB_PATH, PATH, bundled); ToolMissing if there is none."""
-    import adbutils
 
     try:
         path: str = adbutils.adb_path()
@@ -159,7 +161,6 @@ def _check_port_free(port: int) -> None:
 
 def find_free_ports(count: int, lo: int = 20000, hi: int = 30000) -> int:
     """First port of `count` consecutive free ports in [lo, hi) (for tests and scripts; racy by nature)."""
-    import random
 
     for _ in range(200):
         base = random.randrange(lo, hi - count)
@@ -432,7 +433,6 @@ class Lab:
 
     @staticmethod
     def _connect(adb: str, server_port: int, phone: PhoneInfo) -> None:
-        import adbutils
 
         env = {**os.environ, "ANDROID_ADB_SERVER_PORT": str(server_port)}
         try:
@@ -466,8 +466,6 @@ class Lab:
         phones = [PhoneInfo.from_json(p) for p in state.get("phones", [])]
         port = int(state.get("adb_server_port") or adb_server_port())
         if phones and _port_open(port):
-            import adbutils
-
             client = adbutils.AdbClient(port=port, socket_timeout=5)
             for phone in phones:
                 with contextlib.suppress(Exception):
@@ -484,8 +482,6 @@ class Lab:
         port = int(state.get("adb_server_port") or adb_server_port())
         client = None
         if phones and _port_open(port):
-            import adbutils
-
             client = adbutils.AdbClient(port=port, socket_timeout=5)
         return [
             PhoneStatus(p, _is_ours(p), _adb_state(client, p.serial) if client else "no-adb-server") for p in phones

@@ -63,6 +63,11 @@ from typing import Any
 import usb.backend
 import usb.core
 
+from autlearn.profiler.energy.monsoon import pyusb_backend
+from autlearn.profiler.errors import EnergyError
+from autlearn.testbed.lab import Lab
+from autlearn.testbed.power_model import P_IDLE_W, power_at, read_log
+
 VENDOR_ID, PRODUCT_ID = 0x2AB9, 0x0001
 SAMPLE_RATE = 5000
 LABEL = "simulated"
@@ -563,7 +568,6 @@ class SimFleet:
 def installed(backend: usb.backend.IBackend) -> contextlib.AbstractContextManager[Any]:
     """Context manager: `usb.core.find()` without an explicit backend uses `backend` inside the block
     (swaps pyusb's default backend lookup; process-global). Same as autlearn.profiler.energy.monsoon.pyusb_backend."""
-    from autlearn.profiler.energy.monsoon import pyusb_backend
 
     return pyusb_backend(backend)
 
@@ -585,7 +589,6 @@ class LabPhoneProfile:
     root: str  # the phone's sandbox root
 
     def follow(self, t_host: float, vout: float) -> float:
-        from autlearn.testbed.power_model import P_IDLE_W, power_at, read_log
 
         now = time.monotonic()
         loaded, entries = _FOLLOW_CACHE.get(self.root, (-1e18, []))
@@ -614,8 +617,6 @@ class LabMonitor:
 def backend_for_serial(serial: str, lab_home: str | os.PathLike[str] | None = None) -> LabMonitor:
     """The simulated Monsoon `serial` (SIM-<port>) of the lab in `lab_home` (default: $AUTLEARN_HOME), as a
     picklable backend for profiler.energy.monsoon.MonsoonSource. EnergyError when the lab has no such monitor."""
-    from autlearn.profiler.errors import EnergyError
-    from autlearn.testbed.lab import Lab
 
     lab = Lab(Path(lab_home) if lab_home is not None else None)
     try:

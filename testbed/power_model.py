@@ -38,7 +38,10 @@ alive) ticks every IDLE_TICK_S; a new shell wakes it at once.
 
 from __future__ import annotations
 
+import asyncio
+import bisect
 import json
+import logging
 import math
 import os
 import time
@@ -344,8 +347,6 @@ async def run(
     instead: an idle lab costs next to no host CPU, and the first tick after a shell starts is immediate. The idle
     pace starts only after a tick that saw no CPU time at all (the entry that then holds for the idle interval is
     the idle power, not the tail of the last busy one)."""
-    import asyncio
-    import logging
 
     log = logging.getLogger("vphone.power")
     while True:
@@ -396,7 +397,6 @@ def read_log(root: str | os.PathLike[str], tail_bytes: int | None = None) -> lis
 
 def power_at(entries: list[tuple[float, float]], t: float) -> float:
     """Load power (W) at host time t: the value of the last entry starting before t."""
-    import bisect
 
     i = bisect.bisect_right([e[0] for e in entries], t) - 1
     return entries[max(i, 0)][1] if entries else P_IDLE_W

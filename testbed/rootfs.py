@@ -11,6 +11,7 @@ import json
 import os
 import shlex
 import shutil
+import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -44,7 +45,6 @@ def toybox_applets() -> list[str]:
     exe = shutil.which("toybox")
     if not exe:
         return []
-    import subprocess
 
     out = subprocess.run([exe], capture_output=True, text=True, timeout=10).stdout
     return sorted(a for a in out.split() if a not in _TOYBOX_EXCLUDE)

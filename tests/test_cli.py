@@ -227,7 +227,7 @@ def test_results_show_and_the_report_give_wait_beside_harness(tmp_path, capsys):
 def test_run_exits_3_when_a_cell_failed_and_the_summary_starts_its_own_line(tmp_path, monkeypatch, capfd):
     """Issue 31: scripts see failed cells (exit 3, not 1 for bad input); in non-TTY output no line starts with the
     progress table's border (the summary is not glued to it)."""
-    import autlearn.engine.campaign
+    from autlearn.cli import campaign as campaign_cli
     from autlearn.cli.campaign import EXIT_CELLS_FAILED
     from autlearn.engine.worker import Outcome, Progress
 
@@ -236,7 +236,7 @@ def test_run_exits_3_when_a_cell_failed_and_the_summary_starts_its_own_line(tmp_
         on_progress(progress)
         return Outcome(ok=1, failed=1, skipped=0, resumed=0, results_dir=tmp_path / "r" / "c1")
 
-    monkeypatch.setattr(autlearn.engine.campaign, "run", fake_run)
+    monkeypatch.setattr(campaign_cli, "run_campaign", fake_run)  # the engine's run, as the command calls it
     toml = tmp_path / "c.toml"
     toml.write_text('name = "c1"\n[[workload]]\nmodel = "lstm"\n')
     assert main(["run", str(toml), "--results", str(tmp_path / "r")]) == EXIT_CELLS_FAILED == 3

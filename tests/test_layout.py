@@ -93,3 +93,22 @@ def test_the_graph_sees_function_local_imports():
     graph = import_graph()
     assert "autlearn.workloads.tuning_db" in graph["autlearn.workloads.compile"]
     assert any(_top(d) == "profiler" for d in graph["autlearn.testbed.lab"])
+
+
+def test_a_function_local_import_says_why():
+    """Module-level imports are the rule; an import inside a function carries a one-line reason (a comment on it or
+    on the line above): a library that takes seconds to load (torch, tvm), an optional one (ray), a name clash."""
+    silent = []
+    for pkg in PACKAGES:
+        for path in (ROOT / pkg).rglob("*.py"):
+            lines = path.read_text().splitlines()
+            tree = ast.parse("\n".join(lines), str(path))
+            for fn in ast.walk(tree):
+                if not isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+                    continue
+                for node in ast.walk(fn):
+                    if isinstance(node, ast.Import | ast.ImportFrom):
+                        near = [lines[node.lineno - 2], lines[node.lineno - 1], lines[node.end_lineno - 1]]
+                        if not any("#" in line for line in near):
+                            silent.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert not silent, "function-local imports without a reason: " + ", ".join(sorted(set(silent)))

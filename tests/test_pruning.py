@@ -245,17 +245,17 @@ def test_best_val_selection_may_pick_a_smaller_budgets_model(searched, tmp_path)
 def test_proposals_of_an_iteration_share_their_batches(searched, tmp_path, monkeypatch):
     """Common random numbers: every proposal of an iteration is fine-tuned on the same batch order (the ranking is
     decided by the pruned layer, not by the draw), and iterations draw new batches."""
-    from autlearn.workloads.pruning import train
+    from autlearn.workloads.pruning import search as search_mod
 
     cfg, table, budgets, _, _ = searched
-    real, seeds, per_iter = train.fine_tune, [], []
+    real, seeds, per_iter = search_mod.fine_tune, [], []
 
     def spy(model, split, steps, lr=2e-3, batch=32, seed=0):
         if steps == SETTINGS.short_steps:
             seeds.append(seed)
         return real(model, split, steps, lr, batch, seed)
 
-    monkeypatch.setattr(train, "fine_tune", spy)
+    monkeypatch.setattr(search_mod, "fine_tune", spy)  # as the search calls it
     search(
         cfg,
         table,
@@ -291,7 +291,7 @@ def test_resume_after_interruption_gives_the_same_result(searched, tmp_path, mon
     assert [i.channels for i in again.iterations] == [i.channels for i in res.iterations]
     with pytest.raises(ConfigError, match="other arguments"):
         search(cfg, table, budgets, tmp_path, replace(SETTINGS, short_steps=3))
-    monkeypatch.setattr("autlearn.workloads.pruning.train.INIT_VERSION", "another init")  # pretrained otherwise
+    monkeypatch.setattr("autlearn.workloads.pruning.search.INIT_VERSION", "another init")  # pretrained otherwise
     with pytest.raises(ConfigError, match="other arguments"):
         search(cfg, table, budgets, tmp_path, SETTINGS)
 

@@ -32,6 +32,14 @@ from typing import Any, cast
 import numpy as np
 
 from autlearn.profiler.errors import ArtifactError, ConfigError
+from autlearn.profiler.versions import tool_versions as packages
+from autlearn.workloads.compile import build_program
+from autlearn.workloads.compressed import compressed_build_args
+from autlearn.workloads.data import with_data
+from autlearn.workloads.layer_suite import suite_program
+from autlearn.workloads.models import make_config
+from autlearn.workloads.registry import LAYER_SUITE
+from autlearn.workloads.runner_build import ABIS, RUNNER_VERSION, build_runner, check_abi, zig_version
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -138,8 +146,6 @@ def _jsonable(value: Any) -> Any:
 
 def tool_versions() -> dict[str, str]:
     """The build toolchain (zig, runner, artifact format) and profiler.versions' packages (same missing word)."""
-    from autlearn.profiler.versions import tool_versions as packages
-    from autlearn.workloads.runner_build import RUNNER_VERSION, zig_version
 
     return {"zig": zig_version(), "runner": RUNNER_VERSION, "artifact_format": str(FORMAT), **packages()}
 
@@ -192,7 +198,6 @@ def write_artifact(
 ) -> Artifact:
     """Compile `program` for `abi` (default `program.meta["abi"]`), link its runner and write the artifact to
     `out` (replaced atomically). Returns the verified artifact."""
-    from autlearn.workloads.runner_build import ABIS, RUNNER_VERSION, build_runner, check_abi
 
     t0 = time.monotonic()
     meta = dict(getattr(program, "meta", {}) or {})
@@ -281,8 +286,6 @@ def build_to(
 ) -> Artifact:
     """`autlearn workloads build`: check the config, compile, optionally take the first batch from a data set,
     write and verify the artifact (default directory: `default_artifact_dir`)."""
-    from autlearn.workloads.compile import build_program
-    from autlearn.workloads.models import make_config
 
     if data_path is not None and not Path(data_path).exists():
         raise ConfigError(f"{data_path}: no such file or directory", key="data")
@@ -291,8 +294,6 @@ def build_to(
     log(f"compiling {model}/{variant} for {abi}...")
     program = build_program(model, variant, abi, **config)
     if data_path is not None:
-        from autlearn.workloads.data import with_data
-
         program = with_data(program, model, variant, Path(data_path))
     return write_artifact(program, out, abi=abi, log=log)
 
@@ -301,8 +302,6 @@ def build_any_program(model: str, variant: str, abi: str, **config: Any) -> Any:
     """What a campaign workload compiles: `model = "layers"` -> a layer suite (autlearn.workloads.layer_suite); a
     `compressed = "path/compressed.json"` argument (from `autlearn prune`) -> that pruned model with its weights;
     otherwise `autlearn.workloads.compile.build_program`."""
-    from autlearn.workloads.compile import build_program
-    from autlearn.workloads.registry import LAYER_SUITE
 
     tuning = config.pop("tuning", "default")
     if tuning not in ("default", "none"):
@@ -310,15 +309,11 @@ def build_any_program(model: str, variant: str, abi: str, **config: Any) -> Any:
     if tuning == "none":
         config["database"] = None
     if model == LAYER_SUITE:
-        from autlearn.workloads.layer_suite import suite_program
-
         if variant != "full":
             raise ConfigError(f"layer suites have one variant, 'full' (got {variant!r})", key="variant")
         return suite_program(abi, **config)
     compressed = config.pop("compressed", None)
     if compressed is not None:
-        from autlearn.workloads.compressed import compressed_build_args
-
         if variant != "compressed":
             raise ConfigError(f"a compressed model file needs variant 'compressed', not {variant!r}", key="variant")
         args = compressed_build_args(compressed, model)
@@ -340,7 +335,6 @@ def input_files(config: Mapping[str, Any]) -> list[Path]:
     c = config.get("compressed")
     if not c:
         return []
-    from autlearn.workloads.compressed import compressed_build_args
 
     args = compressed_build_args(c, None)
     return [Path(c), Path(args["state_dict"])]

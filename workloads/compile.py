@@ -30,6 +30,7 @@ Variants (see VARIANTS):
 from __future__ import annotations
 
 import json
+import time
 import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -40,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from autlearn.profiler.errors import ConfigError
-from autlearn.workloads import registry
+from autlearn.workloads import data, registry
 from autlearn.workloads.models import build_model, make_config
 from autlearn.workloads.program import Call, TrainingProgram
 
@@ -89,7 +90,7 @@ class _Part:
 
     @staticmethod
     def make(fn: Callable[[Any, torch.Tensor], torch.Tensor], owner: Any) -> torch.nn.Module:
-        import torch
+        import torch  # torch takes seconds to import; only this path needs it
 
         class Part(torch.nn.Module):
             def __init__(self) -> None:
@@ -107,10 +108,10 @@ def _import(
 ) -> tuple[Any, list[np.ndarray]]:
     """torch.export + Relax import of `module(example)`; every param not in `trainable` is bound as a constant.
     Returns (relax function (x, *trainable params in order), trainable values as numpy)."""
-    import torch
-    from tvm import relax
-    from tvm.relax.frontend import detach_params
-    from tvm.relax.frontend.torch import from_exported_program
+    import torch  # torch takes seconds to import; only this path needs it
+    from tvm import relax  # tvm takes seconds to import; only this path needs it
+    from tvm.relax.frontend import detach_params  # tvm takes seconds to import; only this path needs it
+    from tvm.relax.frontend.torch import from_exported_program  # tvm takes seconds to import; only this path needs it
 
     with torch.no_grad(), warnings.catch_warnings():
         # torch's own, not ours to fix: nn.LSTM re-lists its weights (`_flat_weights`) whenever export swaps a
@@ -144,8 +145,8 @@ def _import(
 def _bounded_takes(mod: Any) -> Any:
     """Gathers (embedding lookups, the loss's label pick) with mode "clip": the importer emits "fast", which reads
     out of bounds on a bad index (and TVM warns so at every build); clipping costs a compare per index."""
-    from tvm import relax
-    from tvm.relax.expr_functor import PyExprMutator, mutator
+    from tvm import relax  # tvm takes seconds to import; only this path needs it
+    from tvm.relax.expr_functor import PyExprMutator, mutator  # tvm takes seconds to import; only this path needs it
 
     take = relax.op.take(
         relax.Var("x", relax.TensorType((1,), "float32")), relax.Var("i", relax.TensorType((1,), "int64"))
@@ -170,11 +171,11 @@ def _trainer_module(head: Any, features: Any, cfg: Any, lr: float, forward: bool
     """SetupTrainer on `head(f, *params)`; `features(x)` (frozen, params bound; None for `cached`) runs before
     the differentiated region, so the backbone is never differentiated. Returns a module with the flat
     train_forward_backward / train_update (and `forward` when asked)."""
-    import tvm
-    from tvm import relax
-    from tvm.relax.training import SetupTrainer
-    from tvm.relax.training.loss import CrossEntropyLoss
-    from tvm.relax.training.optimizer import SGD
+    import tvm  # tvm takes seconds to import; only this path needs it
+    from tvm import relax  # tvm takes seconds to import; only this path needs it
+    from tvm.relax.training import SetupTrainer  # tvm takes seconds to import; only this path needs it
+    from tvm.relax.training.loss import CrossEntropyLoss  # tvm takes seconds to import; only this path needs it
+    from tvm.relax.training.optimizer import SGD  # tvm takes seconds to import; only this path needs it
 
     n_params = len(head.params) - 1
     trainer = tvm.IRModule({"backbone": head.with_attr("global_symbol", "backbone")})
@@ -238,9 +239,11 @@ def _fallback_rule() -> Any:
     parallelize the fused leading spatial loops of every remaining block and vectorize an innermost spatial
     loop when the block has no reduction. A kernel too small for the thread pool (an LSTM's gate arithmetic) is
     still vectorized when it is injective. Cheap, no search."""
-    from tvm import tirx
-    from tvm.s_tir.dlight.base import ScheduleRule
-    from tvm.s_tir.dlight.base.common_schedules import try_inline_contiguous_spatial
+    from tvm import tirx  # tvm takes seconds to import; only this path needs it
+    from tvm.s_tir.dlight.base import ScheduleRule  # tvm takes seconds to import; only this path needs it
+    from tvm.s_tir.dlight.base.common_schedules import (
+        try_inline_contiguous_spatial,  # tvm takes seconds to import; only this path needs it
+    )
 
     def apply(func: Any, target: Any, _tunable: bool) -> Any:
         normalized = _normalized(func)
@@ -286,7 +289,7 @@ def _pick(extent: int, options: tuple[int, ...], whole_up_to: int = 0) -> int:
 
 def kernel_key(func: Any) -> str:
     """Key of a fused kernel in the tuning database: structural hash of the unscheduled PrimFunc."""
-    import tvm_ffi
+    import tvm_ffi  # tvm takes seconds to import; only this path needs it
 
     return f"{tvm_ffi.structural_hash(func):016x}"
 
@@ -309,8 +312,8 @@ def tiled_candidates(func: Any) -> list[dict[str, int]]:
 
 def _normalized(func: Any) -> tuple[Any, list[Any]] | None:
     """(schedule, block infos) of a PrimFunc that dlight can normalize; None for anything else."""
-    from tvm import s_tir, tirx
-    from tvm.s_tir.dlight.analysis import normalize_prim_func
+    from tvm import s_tir, tirx  # tvm takes seconds to import; only this path needs it
+    from tvm.s_tir.dlight.analysis import normalize_prim_func  # tvm takes seconds to import; only this path needs it
 
     if not isinstance(func, tirx.PrimFunc):
         return None
@@ -344,8 +347,8 @@ def _tiled_shape(func: Any) -> tuple[list[int], int] | None:
 
 def vector_unit(target: Any = None) -> tuple[int, int]:
     """(float32 lanes, vector registers) of the widest vector unit `target` (default: the current one) has."""
-    from tvm.target import Target
-    from tvm.target.codegen import target_has_features
+    from tvm.target import Target  # tvm takes seconds to import; only this path needs it
+    from tvm.target.codegen import target_has_features  # tvm takes seconds to import; only this path needs it
 
     target = target or Target.current(allow_none=True)
     if target is None or str(target.kind) != "llvm":
@@ -374,7 +377,7 @@ def _layout_free(func: Any) -> list[Any]:
 def _weight_read(block: Any, k: int, n_s: int, candidates: list[Any]) -> int | None:
     """Index of the read that is a constant weight of the tile: one of `candidates`, contiguous along output axis
     `k` and indexed otherwise by reduction axes only (not by rows or pixels). None if there is none."""
-    from tvm.tirx.analysis import undefined_vars
+    from tvm.tirx.analysis import undefined_vars  # tvm takes seconds to import; only this path needs it
 
     ivars = [iv.var for iv in block.iter_vars]
     rows = {ivars[i] for i in range(n_s) if i != k}
@@ -417,9 +420,11 @@ def tiled_schedule(func: Any, choice: dict[str, int] | None = None, target: Any 
     outside it, compute the epilogue (bias/ReLU) per tile, parallelize the fused outer spatial loops.
     `choice` ({"v", "u"}) comes from the tuning database; None = built-in heuristic. Returns a Schedule or
     None when the kernel does not have that shape."""
-    from tvm import s_tir
-    from tvm.s_tir.dlight.analysis import normalize_prim_func
-    from tvm.s_tir.dlight.base.common_schedules import try_inline_contiguous_spatial
+    from tvm import s_tir  # tvm takes seconds to import; only this path needs it
+    from tvm.s_tir.dlight.analysis import normalize_prim_func  # tvm takes seconds to import; only this path needs it
+    from tvm.s_tir.dlight.base.common_schedules import (
+        try_inline_contiguous_spatial,  # tvm takes seconds to import; only this path needs it
+    )
 
     shape = _tiled_shape(func)
     if shape is None:
@@ -493,7 +498,7 @@ def tiled_schedule(func: Any, choice: dict[str, int] | None = None, target: Any 
 
 
 def _tiled_rule() -> Any:
-    from tvm.s_tir.dlight.base import ScheduleRule
+    from tvm.s_tir.dlight.base import ScheduleRule  # tvm takes seconds to import; only this path needs it
 
     def apply(func: Any, target: Any, _tunable: bool) -> Any:
         return tiled_schedule(func, None, target)
@@ -504,7 +509,7 @@ def _tiled_rule() -> Any:
 def _safe(rule: Any, raised: Counter[str] | None = None) -> Any:
     """dlight rules assert on shapes they do not handle (e.g. reductions to a scalar): the next rule schedules that
     kernel. Each raise is counted in `raised` ({"Rule: ErrorType": kernels}), which `optimize` reports."""
-    from tvm.s_tir.dlight.base import ScheduleRule
+    from tvm.s_tir.dlight.base import ScheduleRule  # tvm takes seconds to import; only this path needs it
 
     name = getattr(rule, "name", None) or type(rule).__name__
 
@@ -520,7 +525,7 @@ def _safe(rule: Any, raised: Counter[str] | None = None) -> Any:
 
 
 def legalize_and_fuse() -> Any:
-    from tvm import relax, transform
+    from tvm import relax, transform  # tvm takes seconds to import; only this path needs it
 
     from autlearn.workloads.fold import FoldConstants  # imports tvm, which this module loads at first use
 
@@ -551,8 +556,8 @@ def optimize(mod: Any, target: Any, database: dict[str, Any] | None = None, stat
     """The `full` pipeline: fusion, then schedules: MetaSchedule records from `database` (see
     `tuning_database`) where they beat the hand schedule on the device, else the hand schedules (tiled
     conv/matmul, dlight's CPU reduction rule, the parallel fallback)."""
-    from tvm import relax, transform
-    from tvm.s_tir import dlight
+    from tvm import relax, transform  # tvm takes seconds to import; only this path needs it
+    from tvm.s_tir import dlight  # tvm takes seconds to import; only this path needs it
 
     from autlearn.workloads.fold import FoldConstants  # imports tvm, which this module loads at first use
 
@@ -594,11 +599,10 @@ def _example_input(cfg: Any) -> Any:
 
 def _initial_batch(cfg: Any, cached: bool, model: Any) -> tuple[np.ndarray, np.ndarray]:
     """A deterministic first batch from the embedded data (features of it for `cached`)."""
-    from autlearn.workloads import data
 
     x, y = data.default_batch(cfg)
     if cached:
-        import torch
+        import torch  # torch takes seconds to import; only this path needs it
 
         with torch.no_grad():
             x = model.features(torch.from_numpy(x)).numpy()
@@ -627,7 +631,7 @@ def training_module(
 ) -> tuple[Any, Any, list[str], list[np.ndarray]]:
     """The unoptimized training IRModule (high-level Relax ops) for a config; also returns the torch model,
     trainable names and their initial values. `state_dict` (a path or mapping) replaces the seeded weights."""
-    import torch
+    import torch  # torch takes seconds to import; only this path needs it
 
     net = build_model(cfg)
     if state_dict is not None:
@@ -677,7 +681,6 @@ def build_program(
     `lr`: SGD learning rate (default: the family's `default_lr`). `database`: "default" = the target's tuning
     database if there is one (`tuning_database`), None = hand schedules only, or a path to a database directory.
     """
-    import time
 
     t0 = time.perf_counter()
     cfg = resolve_config(model, variant, abi, compressed_config, **config)
@@ -751,6 +754,6 @@ def build_program(
 
 
 def _is_tir(func: Any) -> bool:
-    from tvm import tirx
+    from tvm import tirx  # tvm takes seconds to import; only this path needs it
 
     return isinstance(func, tirx.PrimFunc)

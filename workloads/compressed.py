@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from autlearn.profiler.errors import UserError
+from autlearn.workloads.models import build_model
+from autlearn.workloads.registry import get
 
 FORMAT = "autlearn.compressed/1"
 STATE = "model.pt"
@@ -28,7 +30,7 @@ def write_json(path: Path, obj: Any) -> None:
 
 def save_state(path: Path, model: Any) -> None:
     """A torch module's (or a state dict's) weights, written atomically."""
-    import torch
+    import torch  # torch takes seconds to import; only this path needs it
 
     tmp = path.with_suffix(".tmp")
     torch.save(model.state_dict() if hasattr(model, "state_dict") else model, tmp)
@@ -36,9 +38,7 @@ def save_state(path: Path, model: Any) -> None:
 
 
 def load_model(config: Any, path: Path) -> Any:
-    import torch
-
-    from autlearn.workloads.models import build_model
+    import torch  # torch takes seconds to import; only this path needs it
 
     m = build_model(config)
     m.load_state_dict(torch.load(path, weights_only=True))
@@ -84,7 +84,6 @@ def read_compressed(p: Path) -> dict[str, Any]:
 
 def load_compressed(path: str | Path) -> tuple[Any, Any]:
     """(config, torch model with the compressed weights) from a `compressed.json`."""
-    from autlearn.workloads.registry import get
 
     p = Path(path)
     doc = read_compressed(p)

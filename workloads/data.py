@@ -18,7 +18,7 @@ import json
 import re
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, cast
@@ -26,6 +26,9 @@ from typing import Any, cast
 import numpy as np
 
 from autlearn.profiler.errors import ConfigError, UserError
+from autlearn.workloads import registry
+from autlearn.workloads.models import make_config
+from autlearn.workloads.registry import of_config
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 EMBEDDED_TEXT = DATA_DIR / "shakespeare_excerpt.txt"
@@ -246,7 +249,6 @@ def default_words(vocab_size: int, seq_len: int) -> Dataset:
 
 def default_dataset(cfg: Any) -> Dataset:
     """The embedded data set matching a model config (its family's `dataset`)."""
-    from autlearn.workloads.registry import of_config
 
     data: Dataset = of_config(cfg).dataset(cfg, None)
     return data
@@ -254,7 +256,6 @@ def default_dataset(cfg: Any) -> Dataset:
 
 def default_batch(cfg: Any, index: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Batch `index` (shape cfg.input_shape) of the embedded data for a model config (its family's `batch`)."""
-    from autlearn.workloads.registry import of_config
 
     return of_config(cfg).batch(cfg, index)
 
@@ -262,15 +263,11 @@ def default_batch(cfg: Any, index: int = 0) -> tuple[np.ndarray, np.ndarray]:
 def with_data(program: Any, model: str, variant: str, path: Path) -> Any:
     """`program` (a TrainingProgram of `model`/`variant`) with its first batch (x, y) replaced by batch 0 of the
     data set at `path` (`workloads build --data`)."""
-    from dataclasses import replace
-
-    from autlearn.workloads.models import make_config
 
     if variant == "cached":
         raise ConfigError(
             "--data is not supported with variant 'cached' (its batch holds backbone features)", key="data"
         )
-    from autlearn.workloads import registry
 
     cfg = make_config(model, **{k: v for k, v in program.meta["config"].items() if k != "model"})
     family = registry.get(model)

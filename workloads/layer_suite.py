@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
@@ -25,7 +26,20 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from autlearn.profiler.errors import ConfigError
-from autlearn.workloads.layers import LayerKey
+from autlearn.workloads.compile import (
+    _import,
+    base_abi,
+    optimize,
+    target_dict,
+    target_for_abi,
+    target_key,
+    triple_for_abi,
+    tuning_database,
+)
+from autlearn.workloads.layers import LayerKey, table_grid
+from autlearn.workloads.models import make_config
+from autlearn.workloads.program import Call, TrainingProgram
+from autlearn.workloads.tables import layer_workloads, sample_grid
 
 if TYPE_CHECKING:
     from autlearn.workloads.program import TrainingProgram
@@ -46,7 +60,7 @@ def suite_keys(grid: Sequence[LayerKey], suite: int, suites: int) -> tuple[Layer
 
 def _fc_backward(key: LayerKey) -> Any:
     """(x, dy, W) -> (dx, dW, db) of y = x @ W.T + b."""
-    from tvm import relax
+    from tvm import relax  # tvm takes seconds to import; only this path needs it
 
     f32 = "float32"
     x = relax.Var("x", relax.TensorType((key.batch, key.c_in), f32))
@@ -65,7 +79,7 @@ def _fc_backward(key: LayerKey) -> Any:
 
 def _sgd(shapes: Sequence[tuple[int, ...]], lr: float) -> Any:
     """(*params, *grads) -> new params."""
-    from tvm import relax
+    from tvm import relax  # tvm takes seconds to import; only this path needs it
 
     ps = [relax.Var(f"p{i}", relax.TensorType(s, "float32")) for i, s in enumerate(shapes)]
     gs = [relax.Var(f"g{i}", relax.TensorType(s, "float32")) for i, s in enumerate(shapes)]
@@ -92,23 +106,9 @@ def build_suite_program(
     seed: int = 0,
 ) -> TrainingProgram:
     """Compile the single-layer workloads of `keys` (all phases of each shape) into one TrainingProgram."""
-    import time
 
-    import torch
-    import tvm
-
-    from autlearn.workloads.compile import (
-        _import,
-        base_abi,
-        optimize,
-        target_dict,
-        target_for_abi,
-        target_key,
-        triple_for_abi,
-        tuning_database,
-    )
-    from autlearn.workloads.program import Call, TrainingProgram
-    from autlearn.workloads.tables import layer_workloads
+    import torch  # torch takes seconds to import; only this path needs it
+    import tvm  # tvm takes seconds to import; only this path needs it
 
     t0 = time.perf_counter()
     if not keys:
@@ -191,8 +191,6 @@ def build_suite_program(
 
 def suite_for_config(config: Any, every: int, suite: int, suites: int, trainable: str = "head") -> tuple[LayerKey, ...]:
     """The keys suite `suite` of `suites` measures for a model config: `sample_grid(table_grid(config), every)`."""
-    from autlearn.workloads.layers import table_grid
-    from autlearn.workloads.tables import sample_grid
 
     if trainable != "head":
         raise ConfigError("device tables measure the transfer-learning step (trainable='head')", key="trainable")
@@ -217,7 +215,6 @@ def suite_program(
 ) -> TrainingProgram:
     """The program a campaign's `model = "layers"` workload runs: suite `suite` of `suites` of the sampled grid of
     `family` with `model_config` (the config a table is built for)."""
-    from autlearn.workloads.models import make_config
 
     cfg = make_config(family, **model_config)
     keys = suite_for_config(cfg, int(every), int(suite), int(suites), trainable)

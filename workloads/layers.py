@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from autlearn.profiler.errors import ConfigError
+from autlearn.workloads.registry import of_config
 
 LAYER_TYPES = ("conv", "dwconv", "fc", "lstm", "embedding")
 PHASES = ("forward", "backward", "update")
@@ -201,7 +202,6 @@ def model_layers(config: Any, trainable: str = "head", head_rank: int | None = N
     """The layers of a model config (its family's `layers`) in execution order. trainable="head" (the on-device
     transfer-learning step: backbone forward only, head forward/backward/update) or "all". `head_rank`
     (LSTM family) replaces the dense head by its rank-r SVD factorisation fc(H->r), fc(r->V)."""
-    from autlearn.workloads.registry import of_config
 
     if trainable not in TRAINABLE:
         raise ConfigError(f"unknown trainable {trainable!r}; valid: {', '.join(TRAINABLE)}", key="trainable")
@@ -229,7 +229,6 @@ def table_grid(
     """Sorted, de-duplicated keys a table must cover so that every model the pruner can reach from `config`
     (its family's `grid`; MobileNet: any layer's output channels reduced in steps of `conv_step`; LSTM: the head
     factorised at any rank in steps of `fc_step`) has a prediction."""
-    from autlearn.workloads.registry import of_config
 
     return tuple(sorted(set(of_config(config).grid(config, trainable, conv_step, fc_step))))
 

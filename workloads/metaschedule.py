@@ -14,19 +14,36 @@ without importing this module.
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import json
+import logging
+import multiprocessing as mp
+import platform
+import shutil
 import sys
+import tempfile
 import time
+import types
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
-from autlearn.profiler.device import Device
+from autlearn.profiler.deploy import deploy, runner_command
+from autlearn.profiler.device import Device, command
 from autlearn.profiler.errors import ConfigError, UserError
+from autlearn.profiler.probe import probe
+from autlearn.profiler.probe import target_id as device_target
+from autlearn.profiler.steps import parse_run_output
+from autlearn.workloads import compile as C
+from autlearn.workloads import registry
+from autlearn.workloads.artifact import write_artifact
+from autlearn.workloads.models import make_config
+from autlearn.workloads.program import Call, TrainingProgram
 from autlearn.workloads.tuning_db import (
     DB_FILES,
     RUNS_FILE,
@@ -52,10 +69,7 @@ if TYPE_CHECKING:
 
 def program_tasks(model: str, variant: str, target_id: str, **config: Any) -> tuple[list[Any], Any]:
     """(MetaSchedule tasks of every fused kernel of a program, target)."""
-    from tvm.s_tir import meta_schedule as ms
-
-    from autlearn.workloads import compile as C
-    from autlearn.workloads import registry
+    from tvm.s_tir import meta_schedule as ms  # tvm takes seconds to import; only this path needs it
 
     if variant == "unoptimized":
         raise ConfigError(
@@ -72,10 +86,8 @@ def program_tasks(model: str, variant: str, target_id: str, **config: Any) -> tu
 
 def hand_schedule(func: Any, target: Any) -> Any:
     """The untuned schedule `workloads.compile.optimize` gives a kernel (tiled, dlight reduction or fallback)."""
-    import tvm
-    from tvm.s_tir import dlight
-
-    from autlearn.workloads import compile as C
+    import tvm  # tvm takes seconds to import; only this path needs it
+    from tvm.s_tir import dlight  # tvm takes seconds to import; only this path needs it
 
     mod = tvm.IRModule({"main": func})
     with target:
@@ -85,7 +97,7 @@ def hand_schedule(func: Any, target: Any) -> Any:
 
 def output_count(func: Any) -> int:
     """Number of trailing params an unscheduled kernel writes (its outputs, destination-passing style)."""
-    from tvm import s_tir
+    from tvm import s_tir  # tvm takes seconds to import; only this path needs it
 
     sch = s_tir.Schedule(func)
     written = [r.source for b in sch.get_child_blocks(sch.get_sblock("root")) for r in sch.get(b).writes]
@@ -108,16 +120,18 @@ def output_count(func: Any) -> int:
 
 
 def _derived(cls: type) -> Any:
-    from tvm.ir.utils import derived_object
+    from tvm.ir.utils import derived_object  # tvm takes seconds to import; only this path needs it
 
     return derived_object(cls)
 
 
 def make_builder(store: dict[str, Any], deadline: float | None = None) -> Any:
     """An in-process builder: each candidate is checked to compile and kept in `store` under its artifact key."""
-    import tvm
-    from tvm.s_tir import meta_schedule as ms
-    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+    import tvm  # tvm takes seconds to import; only this path needs it
+    from tvm.s_tir import meta_schedule as ms  # tvm takes seconds to import; only this path needs it
+    from tvm.s_tir.transform import (
+        RemoveWeightLayoutRewriteBlock,  # tvm takes seconds to import; only this path needs it
+    )
 
     ids = itertools.count()
 
@@ -167,10 +181,8 @@ def batch_program(cands: list[tuple[str, Any]], n_out: int, target: Any, abi: st
     """One runner program measuring candidate kernels: a Relax function per candidate calling it once, with
     shared random inputs per argument signature. `cands`: (phase name, scheduled PrimFunc) of one task, whose
     last `n_out` params are outputs."""
-    import tvm
-    from tvm import relax
-
-    from autlearn.workloads.program import Call, TrainingProgram
+    import tvm  # tvm takes seconds to import; only this path needs it
+    from tvm import relax  # tvm takes seconds to import; only this path needs it
 
     rng = np.random.default_rng(0)
     bb = relax.BlockBuilder()
@@ -236,12 +248,7 @@ def make_device_runner(
 ) -> _Runner:
     """A MetaSchedule runner that measures a batch of candidates on `device` through adb (see module doc).
     Batches hold candidates of the task set with `set_task`, plus that task's hand schedule."""
-    from tvm.s_tir import meta_schedule as ms
-
-    from autlearn.profiler.deploy import deploy, runner_command
-    from autlearn.profiler.device import command
-    from autlearn.profiler.steps import parse_run_output
-    from autlearn.workloads.artifact import write_artifact
+    from tvm.s_tir import meta_schedule as ms  # tvm takes seconds to import; only this path needs it
 
     R = ms.runner.RunnerResult
     state: dict[str, Any] = {}
@@ -343,10 +350,6 @@ def _cpu_intrinsics_only(abi: str) -> None:
     """TuneContext imports `tvm.s_tir.tensor_intrin`, which registers every backend's intrinsics (~45 s here, 31 s
     of it CUDA's). CPU tuning needs its own ISA's only: register those (x86 for x86_64, Arm's for arm64; Arm's
     alone take ~23 s to parse beside torch), once per process and ISA."""
-    import importlib
-    import importlib.util
-    import sys
-    import types
 
     name = "tvm.s_tir.tensor_intrin"
     pkg = sys.modules.get(name)
@@ -364,8 +367,6 @@ def _cpu_intrinsics_only(abi: str) -> None:
 
 def _quiet_logs(verbose: bool = False) -> None:
     """MetaSchedule logs every iteration's table to stdout: keep stdout for results, warnings to stderr."""
-    import logging
-    import sys
 
     log = logging.getLogger("tvm.s_tir.meta_schedule")
     log.setLevel(logging.INFO if verbose else logging.WARNING)
@@ -413,7 +414,7 @@ class TuneResult:
 
 
 def task_flops(task: Any) -> float:
-    from tvm.s_tir.analysis import estimate_tir_flops
+    from tvm.s_tir.analysis import estimate_tir_flops  # tvm takes seconds to import; only this path needs it
 
     try:
         return cast(float, float(estimate_tir_flops(task.dispatched[0])) * task.weight)
@@ -457,11 +458,8 @@ def tune(
 
     Each task gets up to `trials` measured candidates; records already in the database count (an interrupted
     run resumes where it stopped). `minutes` bounds the whole run: candidates after it are not built."""
-    import tempfile
 
-    from tvm.s_tir import meta_schedule as ms
-
-    from autlearn.workloads import compile as C
+    from tvm.s_tir import meta_schedule as ms  # tvm takes seconds to import; only this path needs it
 
     t0 = time.monotonic()
     deadline = t0 + minutes * 60
@@ -570,7 +568,7 @@ def _verify(
 ) -> None:
     """Time the task's best record against its hand schedule, paired in every step of 3 launches; the ratio
     decides which one builds use (`tuned_wins`)."""
-    from tvm import s_tir
+    from tvm import s_tir  # tvm takes seconds to import; only this path needs it
 
     mod = task.dispatched[0]
     if not db.has_workload(mod):
@@ -640,7 +638,7 @@ def _fleet_worker(
 def merge_into(dst: Path, src: Path, skip: int = 0, skip_runs: int = 0) -> int:
     """Commit the records of database `src` after its first `skip` (copied from `dst`) into database `dst`, with
     hand entries and run logs. Returns how many records were added."""
-    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir import meta_schedule as ms  # tvm takes seconds to import; only this path needs it
 
     into = open_database(dst)
     _check_lines(src / DB_FILES[0])
@@ -674,12 +672,6 @@ def tune_fleet(
 ) -> list[dict[str, Any]]:
     """Tune on several phones of one CPU target at once: the heaviest kernels are dealt out round-robin, each phone
     tunes its share in its own process into a private database, and the shares are merged into the target's."""
-    import multiprocessing as mp
-    import shutil
-    import tempfile
-    from concurrent.futures import ProcessPoolExecutor
-
-    from autlearn.workloads import compile as C
 
     config = {k: kwargs.pop(k) for k in list(kwargs) if k not in ("trials", "minutes", "emulated", "threads")}
     key = C.target_key(target_id)
@@ -738,10 +730,6 @@ def tune_devices(
 ) -> list[dict[str, Any]]:
     """`autlearn workloads tune`: probe the phones, choose the CPU target (theirs, or `target_id`), tune on one
     phone or share the kernels among several of that target (`tune_fleet`). One result dict per phone."""
-    from autlearn.profiler.probe import probe
-    from autlearn.profiler.probe import target_id as device_target
-    from autlearn.workloads import compile as C
-    from autlearn.workloads.models import make_config
 
     if variant not in ("full", "compressed", "cached"):
         raise ConfigError(f"variant {variant!r} is not tuned (choose from full, compressed, cached)", key="variant")
@@ -802,7 +790,6 @@ def tune_devices(
 
 def emulates(facts: DeviceFacts) -> bool:
     """A virtual phone whose ABI is not this host's runs its code under emulation: its timing is no measurement."""
-    import platform
 
     host = {"x86_64": "x86_64", "aarch64": "arm64-v8a", "arm64": "arm64-v8a"}.get(platform.machine())
     return bool(facts.virtual) and facts.abi != host

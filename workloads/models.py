@@ -46,7 +46,7 @@ def make_config(model: str, **overrides: Any) -> Any:
 
 def build_model(config: Any) -> Any:  # a torch.nn.Module with `features` and `head` (dynamic attributes)
     """Deterministically initialised `torch.nn.Module` for a config (eval mode, backbone frozen)."""
-    import torch
+    import torch  # torch takes seconds to import; only this path needs it
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)

@@ -84,7 +84,7 @@ class TrainingProgram:
 
 def _flatten(value: Any) -> list[Any]:
     """VM results may be a tensor or (nested) tuples of tensors; flatten depth-first."""
-    import tvm
+    import tvm  # tvm takes seconds to import; only this path needs it
 
     if isinstance(value, tvm.runtime.Tensor):
         return [value]
@@ -98,8 +98,8 @@ def _flatten(value: Any) -> list[Any]:
 
 def build_executable(program: TrainingProgram, target: Any = None, *, system_lib: bool = False) -> Any:
     """Build `program.mod` with TVM's default build pipeline (lowering only; optimization happened at compile)."""
-    import tvm
-    from tvm import relax
+    import tvm  # tvm takes seconds to import; only this path needs it
+    from tvm import relax  # tvm takes seconds to import; only this path needs it
 
     target = target or program.meta.get("target") or {"kind": "llvm"}
     if isinstance(target, str) and target.lstrip().startswith("{"):
@@ -113,8 +113,8 @@ def set_num_threads(num_threads: int | None) -> None:
     """Size TVM's CPU thread pool (None: leave TVM_NUM_THREADS / the runtime's default)."""
     if not num_threads:
         return
-    import tvm
-    import tvm_ffi
+    import tvm  # tvm takes seconds to import; only this path needs it
+    import tvm_ffi  # tvm takes seconds to import; only this path needs it
 
     os.environ["TVM_NUM_THREADS"] = str(num_threads)  # read when the pool starts
     assert tvm.runtime is not None  # importing tvm registers the runtime's functions
@@ -138,8 +138,8 @@ def run_on_host(
     `tensors` to override initial values (e.g. another batch). Final tensor values are in the last record's
     `"tensors"` key (numpy), which the runner does not print.
     """
-    import tvm
-    from tvm import relax
+    import tvm  # tvm takes seconds to import; only this path needs it
+    from tvm import relax  # tvm takes seconds to import; only this path needs it
 
     set_num_threads(num_threads)
     ex = executable if executable is not None else build_executable(program, target)

@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import threading
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -101,8 +104,6 @@ def check_bounds(config: Any, bounds: Mapping[str, int], params: int) -> None:
 def _check_type(cls: type, key: str, value: Any) -> None:
     """A config value against its field's annotation (int, float, bool, str, tuple[int, ...], ...): a wrong type is
     one ConfigError naming the key, not a TypeError from deep inside a model builder."""
-    import math
-    import typing
 
     hint = typing.get_type_hints(cls).get(key)
     want, args = typing.get_origin(hint) or hint, typing.get_args(hint)
@@ -153,7 +154,6 @@ def _registry() -> dict[str, Family]:
         if _BUILTINS_LOADED or _LOADING:  # another thread loaded it meanwhile; or a family asks while it loads
             return _REGISTRY
         _LOADING.append(True)
-        from importlib.metadata import entry_points  # only when first asked (no import-time work)
 
         # Built in and third party alike, families are plugins (entry point group `autlearn.families`, a Family
         # object each): the registry never imports a family module by name, so families may use every generic

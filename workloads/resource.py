@@ -6,7 +6,9 @@ measurements validate it with `prediction_error` (nn-Meter reports 99 % of model
 
 from __future__ import annotations
 
+import json as _json
 import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -14,8 +16,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from autlearn.profiler.errors import ConfigError
+from autlearn.profiler.errors import ConfigError, TableError
+from autlearn.workloads import data
 from autlearn.workloads.layers import flops, model_keys, model_layers, param_bytes
+from autlearn.workloads.models import build_model
+from autlearn.workloads.registry import canonical_config as canonical
+from autlearn.workloads.registry import of_config
 
 RESOURCE_KINDS = ("latency", "energy", "memory", "flops")
 UNITS = {"latency": "ms", "energy": "mJ", "memory": "B", "flops": "FLOPs"}
@@ -74,8 +80,6 @@ def predict(config: Any, kind: str, table: Any = None, trainable: str = "head", 
     if kind in ("latency", "energy") and table is None:
         raise ConfigError(f"predicting {kind} needs a table", key="table")
     if kind == "energy" and not table.has_energy:
-        from autlearn.profiler.errors import TableError
-
         raise TableError(
             f"table ({table.meta.source_device}) has no energy column: measured without a power "
             f"monitor; use a latency/memory/flops budget or an energy table"
@@ -151,12 +155,8 @@ def measure_models_on_host(
     """Median ms of one transfer-learning training step per model on THIS HOST with PyTorch eager (backbone
     forward without grad, head forward/backward/SGD update). Steps are interleaved across models (round r runs
     every model once) so load from other processes hits all of them alike. A host proxy, not a phone."""
-    import time
 
-    import torch
-
-    from autlearn.workloads import data
-    from autlearn.workloads.models import build_model
+    import torch  # torch takes seconds to import; only this path needs it
 
     x: np.ndarray | torch.Tensor  # a config's batch: numpy, then as the tensors each step uses
     y: np.ndarray | torch.Tensor
@@ -194,7 +194,6 @@ def validation_configs(config: Any, n: int = 12, seed: int = 0) -> dict[str, Any
     `validation_configs`): MobileNet -> uniform thinning (fractions 1, 3/4, 1/2, 1/4) then random per-layer channel
     counts; LSTM -> the head at ranks spread over the reachable range (`head_rank` in the config). Names are stable
     for a given (config, n, seed)."""
-    from autlearn.workloads.registry import of_config
 
     if n < 1:
         raise ConfigError(f"must be >= 1, got {n}", key="models")
@@ -207,7 +206,6 @@ def validation_configs(config: Any, n: int = 12, seed: int = 0) -> dict[str, Any
 def canonical_config(config: Mapping[str, Any]) -> str:
     """The JSON form a campaign workload's config takes in results (sorted keys, tuples as lists);
     `autlearn.workloads.registry.canonical_config`."""
-    from autlearn.workloads.registry import canonical_config as canonical
 
     return canonical(config)
 
@@ -216,7 +214,6 @@ def measured_from_results(raw: pd.DataFrame, workload: str | None = None) -> pd.
     """Pure parser: whole-model cells of campaign results -> one row per (workload, config, batch, governor) with
     the median step latency (ms) and median per-step energy (mJ; NaN without a source) over timed steps.
     `config` is `canonical_config` of the cell's workload config."""
-    import json as _json
 
     df = raw[~raw["warmup"].astype(bool) & (raw["workload"] != "layers")]
     if workload is not None:

@@ -37,7 +37,10 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+from autlearn.profiler import paths
 from autlearn.profiler.errors import ConfigError, ToolMissing, UserError
+from autlearn.workloads.program import build_executable
+from autlearn.workloads.targets import target_for_abi
 
 RUNNER_VERSION = "2"
 RUNNER_DIR = Path(__file__).resolve().parent / "runner"
@@ -163,14 +166,13 @@ def zig_version() -> str:
 
 def cache_root() -> Path:
     """`$AUTLEARN_CACHE_DIR` if set (tests share one across temp homes), else `$AUTLEARN_HOME/cache`."""
-    from autlearn.profiler import paths
 
     return paths.cache_dir()
 
 
 def _site_packages() -> tuple[Path, Path]:
-    import tvm
-    import tvm_ffi
+    import tvm  # tvm takes seconds to import; only this path needs it
+    import tvm_ffi  # tvm takes seconds to import; only this path needs it
 
     return Path(tvm.__file__).parent, Path(tvm_ffi.__file__).parent
 
@@ -417,13 +419,11 @@ def link_runner(abi: str, model_objects: Sequence[Path], out: Path, runtime: Run
 
 def model_target(program: Any, abi: str) -> Any:
     """The program's target (from `meta["target"]`, else `workloads.compile.target_for_abi`), checked against abi."""
-    import tvm
+    import tvm  # tvm takes seconds to import; only this path needs it
 
     _, arch = check_abi(abi)
     target = (getattr(program, "meta", {}) or {}).get("target")
     if target is None:
-        from autlearn.workloads.targets import target_for_abi  # only needed when meta has no target
-
         target = target_for_abi(abi)
     if isinstance(target, str) and target.lstrip().startswith("{"):
         target = json.loads(target)
@@ -438,7 +438,6 @@ def model_target(program: Any, abi: str) -> Any:
 
 def compile_model(program: Any, abi: str, workdir: Path) -> list[Path]:
     """Build the program's module as a system-lib for `abi`; return its object files (in link order)."""
-    from autlearn.workloads.program import build_executable
 
     target = model_target(program, abi)
     ex = build_executable(program, target, system_lib=True)

@@ -60,7 +60,7 @@ def target_dict(target_id: str) -> dict[str, Any]:
 
 def target_for_abi(target_id: str) -> Any:
     """`tvm.target.Target` for an ABI name or target id (see ABIS, parse_target_id)."""
-    import tvm
+    import tvm  # tvm takes seconds to import; only this path needs it
 
     return tvm.target.Target(target_dict(target_id))
 

@@ -15,7 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from autlearn.profiler import paths
 from autlearn.profiler.errors import UserError
+from autlearn.workloads.targets import target_key
 
 DB_FILES = ("database_workload.json", "database_tuning_record.json")
 HAND_FILE = "hand.json"
@@ -32,7 +34,6 @@ class TuningError(UserError):
 
 def user_root() -> Path:
     """Where `workloads tune` writes: $AUTLEARN_TUNING_DIR, else $AUTLEARN_HOME/tuning."""
-    from autlearn.profiler import paths
 
     return paths.tuning_dir()
 
@@ -88,7 +89,7 @@ def _seconds(run_secs: Iterable[float] | None) -> float | None:
 
 def open_database(path: Path) -> Any:
     """MetaSchedule's JSONDatabase in `path` (created when absent), checked first so corruption is one line."""
-    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir import meta_schedule as ms  # tvm takes seconds to import; only this path needs it
 
     path.mkdir(parents=True, exist_ok=True)
     for name in DB_FILES:
@@ -119,7 +120,7 @@ def write_hand(path: Path, hand: dict[str, dict[str, Any]]) -> None:
 
 
 def workload_hash(mod: Any) -> str:
-    import tvm_ffi
+    import tvm_ffi  # tvm takes seconds to import; only this path needs it
 
     return f"{tvm_ffi.structural_hash(mod):016x}"
 
@@ -129,7 +130,7 @@ def applicable_records(path: Path, keep_hand: bool = True) -> tuple[Any, dict[st
     summary). Workloads whose hand schedule was as fast keep the hand schedule (`keep_hand=False`: every
     workload's best record, as tests of the tuned code paths want). Reads the JSON lines directly and
     deserializes only the winners (MetaSchedule's JSONDatabase parses every record: seconds per build)."""
-    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir import meta_schedule as ms  # tvm takes seconds to import; only this path needs it
 
     wl_path, rec_path = path / DB_FILES[0], path / DB_FILES[1]
     n_wl, n_rec = _check_lines(wl_path), _check_lines(rec_path)
@@ -185,7 +186,6 @@ def tuned_wins(hand: dict[str, Any] | None, tuned_s: float) -> bool:
 
 def tuning_database(target_id: str) -> dict[str, str] | None:
     """The database a build uses for a target ({"path", "digest", "key"}), None when untuned."""
-    from autlearn.workloads.targets import target_key
 
     key = target_key(target_id)
     path = find_database(key)

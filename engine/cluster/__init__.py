@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import socket
+import tempfile
 import threading
 import time
 import uuid
@@ -21,8 +22,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+from autlearn.engine.campaign_config import device_names
 from autlearn.engine.cluster.agent import ENV_KEYS, NAMESPACE, PREFIX, Agent, actor_name, agent_env
-from autlearn.profiler.errors import UserError
+from autlearn.engine.worker import CampaignError
+from autlearn.profiler import paths
+from autlearn.profiler.errors import EnergyError, UserError
+from autlearn.profiler.fleet import FleetEntry
+from autlearn.profiler.lease import PhoneBusy
+from autlearn.workloads.artifact import build_artifact, input_files
+from autlearn.workloads.tuning_db import DB_FILES, HAND_FILE, tuning_database
 
 if TYPE_CHECKING:  # the engine is imported when a run needs it (as below), not with the cluster module
     from autlearn.engine.campaign_config import Campaign, Cell
@@ -46,7 +54,7 @@ class ClusterError(UserError):
 
 def _ray() -> Any:  # the ray module
     try:
-        import ray
+        import ray  # the cluster extra: only --cluster needs it
     except ImportError:
         raise ClusterError("--cluster needs Ray: pip install 'autlearn[cluster]'") from None
     return ray
@@ -107,7 +115,7 @@ def start_agent(
     """Start host `name`'s agent (a detached Ray actor on this host's node, keeping this shell's adb server and
     home, `ENV_KEYS`); it restores what a killed agent left changed before it answers. Its `ready()` report."""
     ray = connect(address)
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # ray only with --cluster
 
     with contextlib.suppress(ValueError):
         old = ray.get_actor(actor_name(name))
@@ -177,7 +185,7 @@ class BuildRegistry:
         if fresh:
             task = _build_task()
             if node is not None:
-                from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+                from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # ray only with --cluster
 
                 task = task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
             self.refs[key] = task.remote(*args)
@@ -188,7 +196,7 @@ class BuildRegistry:
 
 
 def _build_task() -> Any:  # a Ray remote function
-    import ray
+    import ray  # ray only with --cluster
 
     return ray.remote(num_cpus=1)(_build)
 
@@ -198,12 +206,8 @@ def _build(
 ) -> dict[str, Any]:
     """Build one artifact on whichever node runs the task, with the controller's tuning database (`tuning`:
     {"KEY/FILE": bytes}, empty: none); {"files": {name: bytes}, "node": the node's id}."""
-    import tempfile
 
-    import ray
-
-    from autlearn.profiler import paths
-    from autlearn.workloads.artifact import build_artifact
+    import ray  # ray only with --cluster
 
     with tempfile.TemporaryDirectory(prefix="autlearn-build-") as tmp:
         db_root = paths.write_tree(Path(tmp) / "tuning", tuning)
@@ -216,7 +220,6 @@ def _build(
 def _tuning_payload(abi: str, variant: str, config: dict[str, Any]) -> tuple[dict[str, bytes], str | None]:
     """The tuning database this controller's build of (abi, variant, config) would use, as files to ship
     ({"KEY/FILE": bytes}), and its digest ({}, None: untuned)."""
-    from autlearn.workloads.tuning_db import DB_FILES, HAND_FILE, tuning_database
 
     if variant == "unoptimized" or config.get("tuning") == "none":
         return {}, None
@@ -256,8 +259,6 @@ class ClusterFleet:
 
     # -- discovery
     def discover(self) -> list[FleetEntry]:
-        from autlearn.engine.worker import CampaignError
-        from autlearn.profiler.fleet import FleetEntry
 
         ray = self.ray
         names = sorted(n for n in ray.util.list_named_actors() if n.startswith(PREFIX))
@@ -302,7 +303,6 @@ class ClusterFleet:
         log: Callable[[str], None],
         stack: contextlib.ExitStack,
     ) -> None:
-        from autlearn.profiler.lease import PhoneBusy
 
         self._say = log
         groups = self._by_host(d.serial for d in devices)
@@ -331,7 +331,6 @@ class ClusterFleet:
 
     def check(self, campaign: Campaign, devices: Sequence[DeviceFacts]) -> None:
         """Before anything is written: every host checks the monitors its phones' cells would use."""
-        from autlearn.profiler.errors import EnergyError
 
         groups = self._by_host(d.serial for d in devices)
         refs = {h: self.hosts[h].handle.check.remote(campaign, [s for _, s in lst]) for h, lst in groups.items()}
@@ -382,7 +381,6 @@ class ClusterFleet:
         """Build what the plan needs and the cache lacks as Ray tasks (any node with a CPU free; a build that
         reads input files, a pruned model, on this controller's node), once per build key across the cluster,
         with this controller's tuning database; each result must verify into this controller's cache."""
-        from autlearn.workloads.artifact import input_files
 
         todo = artifacts.missing(requests)
         if not todo:
@@ -576,8 +574,6 @@ def tune_on_cluster(
     """`autlearn workloads tune --cluster`: tune on phones of one host of the cluster (named `host/serial` or by
     serial), by that host's agent (candidates built there, measured on its phones), starting from this machine's
     tuning databases; the databases come back here (`paths.tuning_dir()`). One result dict per phone."""
-    from autlearn.engine.campaign_config import device_names
-    from autlearn.profiler import paths
 
     fleet = ClusterFleet(address, say=say)
     known: dict[str, list[str]] = {}

@@ -14,14 +14,21 @@ import contextlib
 import os
 import queue
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from autlearn.engine.worker import DeviceWorker, check_energy, put_back, undo_root
 from autlearn.profiler import knobs, paths
-from autlearn.profiler.errors import UserError
+from autlearn.profiler.device import Device, list_devices, wait_device
+from autlearn.profiler.energy.monsoon import list_monitors
+from autlearn.profiler.errors import DeviceError, UserError
+from autlearn.profiler.fleet import discover
+from autlearn.profiler.lease import PhoneLease
+from autlearn.workloads.metaschedule import tune_devices
 
 if TYPE_CHECKING:  # the engine is imported when a run starts (as below), not with the agent
     from autlearn.engine.campaign_config import Campaign, Cell
@@ -114,12 +121,10 @@ class Agent:
 
     def info(self) -> dict[str, Any]:
         """The phones this host's adb server knows, probed now (FleetEntry), and the monitors plugged in."""
-        from autlearn.profiler.fleet import discover
 
         return {**self.identity(), "fleet": discover(), "monitors": self._monitors()}
 
     def _monitors(self) -> list[str]:
-        from autlearn.profiler.energy.monsoon import list_monitors
 
         try:
             found = set(list_monitors())
@@ -128,10 +133,6 @@ class Agent:
         return sorted(found)
 
     def _restore_pending(self) -> dict[str, str]:
-        from autlearn.engine.worker import put_back  # the engine: imported when a run starts, not with the agent
-        from autlearn.profiler.device import Device, list_devices
-        from autlearn.profiler.errors import DeviceError
-        from autlearn.profiler.lease import PhoneLease
 
         root = knobs.default_root()
         out: dict[str, str] = {}
@@ -156,8 +157,6 @@ class Agent:
     def lease(self, token: str, serials: list[str], campaign: str, results: str, wait_s: float) -> dict[str, Any]:
         """Lease `serials` to run `token`: {"said": [...], "error": None | why}. On an error nothing stays leased
         by this call."""
-        from autlearn.profiler.device import wait_device
-        from autlearn.profiler.lease import PhoneLease
 
         said: list[str] = []
         with self._lock:
@@ -179,7 +178,6 @@ class Agent:
 
     def check(self, campaign: Campaign, serials: list[str]) -> str | None:
         """Why the campaign's energy sources cannot exist on this host (a wrong monitor serial), else None."""
-        from autlearn.engine.worker import check_energy
 
         try:
             check_energy(campaign, serials)
@@ -189,7 +187,6 @@ class Agent:
 
     def prepare(self, token: str, campaign: Campaign, serials: list[str]) -> dict[str, str]:
         """Under the leases: put back what killed runs left changed on them (what a local run does)."""
-        from autlearn.engine.worker import put_back  # the engine: imported when a run starts, not with the agent
 
         return put_back(set(serials), campaign)
 
@@ -205,7 +202,6 @@ class Agent:
 
     def finish(self, token: str) -> list[str]:
         """The run ended: adbd back as it was, leases released."""
-        from autlearn.engine.worker import undo_root
 
         with self._lock:
             run = self._runs.pop(token, None)
@@ -253,11 +249,6 @@ class Agent:
         """`workloads tune` on this host's phones `serials` (leased for it): candidates built here and measured
         on them, starting from the controller's databases (`tuning`: {relative path: bytes}). {"results": [...],
         "files": the databases after tuning, as `tuning`} or {"error": why}."""
-        import tempfile
-
-        from autlearn.profiler.device import Device
-        from autlearn.profiler.lease import PhoneLease
-        from autlearn.workloads.metaschedule import tune_devices
 
         with tempfile.TemporaryDirectory(prefix="autlearn-tune-") as tmp, contextlib.ExitStack() as leases:
             root = paths.write_tree(Path(tmp), tuning)
@@ -286,7 +277,6 @@ class Agent:
     ) -> Iterator[tuple[str, Any]]:
         """Run `cells` [(cell, cell id, ArtifactRef with this host's path)] on `serial`, reporting as `name`;
         yields ("state" | "status" | "cell" | "trace" | "warning", data) and finally ("done", counts)."""
-        from autlearn.engine.worker import DeviceWorker
 
         with self._lock:
             run = self._runs.get(token)

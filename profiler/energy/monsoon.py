@@ -54,9 +54,19 @@ from types import FrameType
 from typing import Any, cast
 
 import numpy as np
+import usb.backend.libusb0 as libusb0
+import usb.backend.libusb1 as libusb1
+import usb.backend.openusb as openusb
+import usb.core
+import usb.util
+from Monsoon import HVPM, pmapi
+from Monsoon import Operations as op
+from Monsoon import sampleEngine as se
 
+from autlearn.profiler import paths
 from autlearn.profiler.energy import PowerTrace
 from autlearn.profiler.errors import EnergyError
+from autlearn.profiler.instruments import monitor_backend
 
 SAMPLE_RATE = 5000.0
 VENDOR_ID, PRODUCT_ID = 0x2AB9, 0x0001
@@ -81,9 +91,6 @@ def _context() -> ForkServerContext | SpawnContext:
 def pyusb_backend(backend: Any) -> Iterator[Any]:
     """Make pyusb's default backend lookup (what `usb.core.find()` uses when PyMonsoon calls it without a
     backend) return `backend` inside the block. Process-global; the found Device keeps its backend afterwards."""
-    import usb.backend.libusb0 as libusb0
-    import usb.backend.libusb1 as libusb1
-    import usb.backend.openusb as openusb
 
     saved = [(m, m.get_backend) for m in (libusb1, openusb, libusb0)]
     libusb1.get_backend = lambda *a, **k: backend
@@ -98,7 +105,6 @@ def pyusb_backend(backend: Any) -> Iterator[Any]:
 def list_monitors(backend: Callable[[], Any] | None = None) -> tuple[str, ...]:
     """Serial numbers of attached monitors (any Monsoon model). `backend`: a pyusb backend factory (a
     plugin's simulated fleet); None = the system's libusb."""
-    import usb.core
 
     try:
         devs = usb.core.find(
@@ -116,7 +122,6 @@ def open_monitor(serial: str | int, *, lab_home: str | os.PathLike[str] | None =
     the virtual lab's `SIM-<port>`, looked up in its state under `lab_home`, default $AUTLEARN_HOME; paced to real
     time, traces labelled `simulated`), else a real HVPM through the monsoon driver + pyusb/libusb. EnergyError
     (one line, naming the monitors found) when no such monitor is attached."""
-    from autlearn.profiler.instruments import monitor_backend
 
     serial = str(serial)
     mon = monitor_backend(serial, lab_home)
@@ -352,7 +357,6 @@ def default_pending_dir(backend: Callable[[], Any] | None = None) -> Path | None
     if backend is not None:
         state_dir = getattr(backend, "state_dir", None)
         return Path(state_dir) / "pending" if state_dir else None
-    from autlearn.profiler import paths
 
     return paths.pending_dir()
 
@@ -443,8 +447,6 @@ _COVER_WAIT_S = 2.0  # at most this long past the time asked for: a trace that f
 
 
 def _make_tap(conn: Connection, config: MonsoonConfig) -> Any:
-    from Monsoon import pmapi
-    from Monsoon import sampleEngine as se
 
     class _TapProtocol(pmapi.USB_protocol):  # type: ignore[misc]  # the driver (PyMonsoon) has no types
         """USB_protocol that watches every packet: dropped counts, stop requests, draining getSamples()."""
@@ -538,10 +540,6 @@ def _make_tap(conn: Connection, config: MonsoonConfig) -> Any:
 
 
 def _child_main(conn: Connection, config: MonsoonConfig, out_path: str) -> None:
-    import usb.core
-    from Monsoon import HVPM
-    from Monsoon import Operations as op
-    from Monsoon import sampleEngine as se
 
     state: dict[str, Any] = {"found": (), "restored": None, "restoring": False}
 
@@ -702,8 +700,6 @@ def _restore(proto: Any, mon: Any, op: Any, prior: int, config: MonsoonConfig) -
             mon.setUSBPassthroughMode(target)
             got = proto.getValue(op.OpCodes.setUsbPassthroughMode, 1)
             with contextlib.suppress(Exception):
-                import usb.util
-
                 usb.util.dispose_resources(proto.DEVICE)
             return _PASSTHROUGH_NAMES.get(got, str(got))
         except Exception:

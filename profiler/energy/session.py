@@ -38,11 +38,12 @@ from dataclasses import dataclass
 from typing import Any, Literal, Self, cast
 
 import numpy as np
+from scipy.stats import t as student_t
 
 from autlearn.profiler import knobs
 from autlearn.profiler.device import Device, quote
 from autlearn.profiler.energy import PowerTrace
-from autlearn.profiler.energy.align import ClockOffset, baseline_power, estimate_offset, step_energies
+from autlearn.profiler.energy.align import ClockOffset, baseline_power, estimate_offset, integrate, step_energies
 from autlearn.profiler.energy.fuelgauge import (
     SUSPEND_SWITCHES,
     Calibration,
@@ -54,7 +55,9 @@ from autlearn.profiler.energy.fuelgauge import (
     parse_log,
     to_trace,
 )
+from autlearn.profiler.energy.monsoon import open_monitor
 from autlearn.profiler.errors import DeviceError, EnergyError
+from autlearn.profiler.instruments import known_monitor as lookup
 from autlearn.profiler.probe import DeviceFacts
 
 BASELINE_S = 0.7
@@ -104,7 +107,6 @@ def known_monitor(serial: str, lab_home: str | os.PathLike[str] | None = None) -
     lab: the simulated monitor recorded in its state under `lab_home`, default $AUTLEARN_HOME, `autlearn lab up
     --monsoon`), else None (real phones name theirs in the campaign's [devices.energy] table, which overrides the
     global `energy` before this)."""
-    from autlearn.profiler.instruments import known_monitor as lookup
 
     return lookup(serial, lab_home)
 
@@ -232,8 +234,6 @@ def _attribute(
             assert shift_s is not None  # steps are placed (idx) only with a known shift
             gross, per_run = _window_energies(trace, [steps[i] for i in idx], windows, shift_s)
             if len(per_run) >= 2:
-                from scipy.stats import t as student_t
-
                 m, sd = float(np.mean(per_run)), float(np.std(per_run, ddof=1))
                 half = float(student_t.ppf(0.975, len(per_run) - 1)) * sd / math.sqrt(len(per_run))
                 ci95 = (m - half, m + half)
@@ -302,7 +302,6 @@ def _window_energies(
 ) -> tuple[list[float], list[float]]:
     """Per-step energy from run windows: steps grouped into runs (numbering restarts) and warm-up / timed; each
     group's energy from its first start to its last end, split evenly. Also the timed per-step value of each run."""
-    from autlearn.profiler.energy.align import integrate
 
     groups: list[list[int]] = []
     prev_step, prev_warm = None, None
@@ -594,7 +593,6 @@ class MonsoonMeter(Meter):
         baseline_s: float = BASELINE_S,
         round_trips: int = 8,
     ) -> None:
-        from autlearn.profiler.energy.monsoon import open_monitor
 
         self.device, self.facts, self.serial = device, facts, str(serial)
         self.virtual = bool(getattr(facts, "virtual", False))

@@ -10,8 +10,16 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+import numpy as np
+
 from autlearn.profiler.errors import ConfigError
+from autlearn.workloads import data
+from autlearn.workloads.compressed import export
+from autlearn.workloads.layers import FC_STEP, PHASES, Layer, LayerKey, channel_options, model_keys
+from autlearn.workloads.models import build_model
+from autlearn.workloads.pruning.svd import factorize_head, rank_for_budget, smallest_rank_value
 from autlearn.workloads.registry import Compressor, Family, check_bounds, config_key
+from autlearn.workloads.resource import model_resource
 
 if TYPE_CHECKING:
     import numpy as np
@@ -93,8 +101,8 @@ def build(cfg: WordLSTMConfig) -> Any:
 
 
 def _lstm_cls() -> type:
-    import torch
-    from torch import nn
+    import torch  # torch takes seconds to import; only this path needs it
+    from torch import nn  # torch takes seconds to import; only this path needs it
 
     class WordLSTM(nn.Module):
         def __init__(self, cfg: WordLSTMConfig):
@@ -124,7 +132,7 @@ def _lstm_cls() -> type:
 
 
 def example_input(cfg: WordLSTMConfig) -> Any:
-    import torch
+    import torch  # torch takes seconds to import; only this path needs it
 
     return torch.zeros(cfg.input_shape, dtype=torch.int64)
 
@@ -134,7 +142,6 @@ def example_input(cfg: WordLSTMConfig) -> Any:
 
 def layers(config: WordLSTMConfig, body: tuple[str, ...], head_rank: int | None) -> tuple[Layer, ...]:
     """`head_rank` replaces the dense head by its rank-r SVD factorisation fc(H->r), fc(r->V)."""
-    from autlearn.workloads.layers import PHASES, Layer, LayerKey
 
     b, t = config.batch, config.seq_len
     out = [Layer("embed", LayerKey("embedding", 1, 1, 1, t, 1, config.vocab_size, config.embed_dim, b), body)]
@@ -155,14 +162,12 @@ def layers(config: WordLSTMConfig, body: tuple[str, ...], head_rank: int | None)
 
 def prunable(config: WordLSTMConfig, step: int | None = None) -> dict[str, tuple[int, ...]]:
     """SVD of the dense head: its rank in steps of `step` up to min(hidden, vocab)."""
-    from autlearn.workloads.layers import FC_STEP, channel_options
 
     return {"head": channel_options(min(config.hidden_size, config.vocab_size), step or FC_STEP)}
 
 
 def grid(config: WordLSTMConfig, trainable: str, conv_step: int, fc_step: int) -> set[LayerKey]:
     """The dense model and the head factorised at any rank in steps of `fc_step`."""
-    from autlearn.workloads.layers import model_keys
 
     keys = set(model_keys(config, trainable))
     for r in prunable(config, fc_step)["head"]:
@@ -177,7 +182,6 @@ def compress(config: WordLSTMConfig) -> WordLSTMConfig:
 
 def validation_configs(config: WordLSTMConfig, n: int, seed: int) -> dict[str, Any]:
     """The dense head, then the head at ranks spread over the reachable range (`head_rank` in the config)."""
-    import numpy as np
 
     ranks = prunable(config)["head"]
     idx = np.unique(np.linspace(0, len(ranks) - 1, max(1, n - 1)).round().astype(int))
@@ -190,7 +194,6 @@ def validation_configs(config: WordLSTMConfig, n: int, seed: int) -> dict[str, A
 
 def dataset(cfg: WordLSTMConfig, per_class: int | None = None) -> Dataset:
     """The embedded Shakespeare excerpt as (seq_len words -> next word) windows; `per_class` does not apply."""
-    from autlearn.workloads import data
 
     return data.default_words(cfg.vocab_size, cfg.seq_len)
 
@@ -200,7 +203,6 @@ def batch(cfg: WordLSTMConfig, index: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def load_data(cfg: WordLSTMConfig, path: Path) -> tuple[np.ndarray, np.ndarray]:
-    from autlearn.workloads import data
 
     return data.load_shakespeare(path, cfg.vocab_size, cfg.seq_len).batch(0, cfg.batch, cfg.seed)
 
@@ -210,7 +212,6 @@ def load_data(cfg: WordLSTMConfig, path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def compressor(cfg: WordLSTMConfig, table: Any, out: Path, options: dict[str, Any], console: Any) -> Compressor:
     """SVD rank of the dense head per budget (autlearn.workloads.pruning.svd); the search `options` do not apply."""
-    from autlearn.workloads.pruning.svd import smallest_rank_value
 
     return Compressor(
         lambda targets: prune_to_budgets(cfg, table, targets, Path(out), console.print),
@@ -223,10 +224,6 @@ def prune_to_budgets(
 ) -> dict[str, str]:
     """The head's SVD rank per budget (weights: the seed model's head factorised, no fine-tune), exported as
     `out/lstm/<budget>/compressed.json` + `model.pt` that campaigns compile (variant `compressed`)."""
-    from autlearn.workloads.compressed import export
-    from autlearn.workloads.models import build_model
-    from autlearn.workloads.pruning.svd import factorize_head, rank_for_budget
-    from autlearn.workloads.resource import model_resource
 
     dense = replace(cfg, head_rank=0)
     net = build_model(dense)

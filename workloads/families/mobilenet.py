@@ -9,7 +9,16 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+import numpy as np
+from rich.console import Console
+from rich.table import Table as RichTable
+
 from autlearn.profiler.errors import ConfigError
+from autlearn.workloads import data
+from autlearn.workloads.layers import CONV_STEP, PHASES, Layer, LayerKey, channel_options, conv_out, model_layers
+from autlearn.workloads.pruning.budget import format_value
+from autlearn.workloads.pruning.mobilenet import uniform_channels, with_channels
+from autlearn.workloads.pruning.search import SearchSettings, search, smallest_reachable
 from autlearn.workloads.registry import Compressor, Family, check_bounds, config_key
 
 if TYPE_CHECKING:
@@ -119,8 +128,8 @@ def build(cfg: MobileNetConfig) -> Any:
 
 
 def _mobilenet_cls() -> type:
-    import torch
-    from torch import nn
+    import torch  # torch takes seconds to import; only this path needs it
+    from torch import nn  # torch takes seconds to import; only this path needs it
 
     def conv_bn(cin: int, cout: int, k: int, stride: int, groups: int = 1) -> nn.Sequential:
         # Conv with bias (BatchNorm of the frozen, eval-mode backbone folded in): what a deployed model runs.
@@ -153,7 +162,7 @@ def _mobilenet_cls() -> type:
 
 
 def example_input(cfg: MobileNetConfig) -> Any:
-    import torch
+    import torch  # torch takes seconds to import; only this path needs it
 
     return torch.zeros(cfg.input_shape, dtype=torch.float32)
 
@@ -162,7 +171,6 @@ def example_input(cfg: MobileNetConfig) -> Any:
 
 
 def layers(config: MobileNetConfig, body: tuple[str, ...], head_rank: int | None) -> tuple[Layer, ...]:
-    from autlearn.workloads.layers import PHASES, Layer, LayerKey, conv_out
 
     if head_rank is not None:
         raise ConfigError("head_rank applies to the LSTM family only", key="head_rank")
@@ -183,7 +191,6 @@ def layers(config: MobileNetConfig, body: tuple[str, ...], head_rank: int | None
 
 def prunable(config: MobileNetConfig, step: int | None = None) -> dict[str, tuple[int, ...]]:
     """Filter pruning: the stem and every pointwise conv, each to its channels reduced in steps of `step`."""
-    from autlearn.workloads.layers import CONV_STEP, channel_options
 
     names = ["body.0"] + [f"body.{2 + 2 * j}" for j in range(len(MOBILENET_BLOCKS))]
     return {n: channel_options(c, step or CONV_STEP) for n, c in zip(names, config.layer_channels)}
@@ -191,7 +198,6 @@ def prunable(config: MobileNetConfig, step: int | None = None) -> dict[str, tupl
 
 def grid(config: MobileNetConfig, trainable: str, conv_step: int, fc_step: int) -> set[LayerKey]:
     """Any layer's output channels reduced in steps of `conv_step`."""
-    from autlearn.workloads.layers import model_layers
 
     keys: set[LayerKey] = set()
     opts = list(prunable(config, conv_step).values())
@@ -219,9 +225,6 @@ def compress(config: MobileNetConfig) -> MobileNetConfig:
 
 def validation_configs(config: MobileNetConfig, n: int, seed: int) -> dict[str, Any]:
     """Uniform thinning (fractions 1, 3/4, 1/2, 1/4) then random per-layer channel counts."""
-    import numpy as np
-
-    from autlearn.workloads.pruning.mobilenet import uniform_channels, with_channels
 
     out: dict[str, Any] = {}
     for f in (1.0, 0.75, 0.5, 0.25):
@@ -244,7 +247,6 @@ def validation_configs(config: MobileNetConfig, n: int, seed: int) -> dict[str, 
 
 def dataset(cfg: MobileNetConfig, per_class: int | None = None) -> Dataset:
     """Synthetic FEMNIST-like glyphs at the config's image size (`per_class` glyphs per class; default 16)."""
-    from autlearn.workloads import data
 
     if per_class is None:
         ds = data.default_images(cfg.num_classes, cfg.seed)
@@ -258,7 +260,6 @@ def dataset(cfg: MobileNetConfig, per_class: int | None = None) -> Dataset:
 
 
 def batch(cfg: MobileNetConfig, index: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    from autlearn.workloads import data
 
     # Resize only the batch, not the whole data set (224x224x3 copies would be large).
     x, y = data.default_images(cfg.num_classes, cfg.seed).batch(index, cfg.batch, cfg.seed)
@@ -266,7 +267,6 @@ def batch(cfg: MobileNetConfig, index: int = 0) -> tuple[np.ndarray, np.ndarray]
 
 
 def load_data(cfg: MobileNetConfig, path: Path) -> tuple[np.ndarray, np.ndarray]:
-    from autlearn.workloads import data
 
     x, y = data.load_femnist(path).batch(0, cfg.batch, cfg.seed)
     return data.resize_images(x, cfg.image_size, cfg.in_channels), y
@@ -277,7 +277,6 @@ def load_data(cfg: MobileNetConfig, path: Path) -> tuple[np.ndarray, np.ndarray]
 
 def compressor(cfg: MobileNetConfig, table: Any, out: Path, options: dict[str, Any], console: Any) -> Compressor:
     """NetAdapt-style filter pruning (autlearn.workloads.pruning.search); `options` are SearchSettings fields."""
-    from autlearn.workloads.pruning.search import SearchSettings, smallest_reachable
 
     settings = SearchSettings(**options)
     return Compressor(
@@ -289,11 +288,6 @@ def compressor(cfg: MobileNetConfig, table: Any, out: Path, options: dict[str, A
 def _search(
     cfg: MobileNetConfig, table: Any, targets: Iterable[Budget], out: Path, settings: SearchSettings, console: Any
 ) -> dict[str, str]:
-    from rich.console import Console
-    from rich.table import Table as RichTable
-
-    from autlearn.workloads.pruning.budget import format_value
-    from autlearn.workloads.pruning.search import search
 
     with console.status("searching") as status:
         results = search(

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from autlearn.workloads.pruning.budget import Budget
+from autlearn.workloads.registry import canonical_config
 
 MEASURED_KINDS = ("latency", "energy")
 
@@ -70,7 +71,6 @@ def corrected(target: Budget, predicted: float | None, budget: Budget, measured:
 
 def _arch(doc: Mapping[str, Any]) -> str:
     """What latency depends on: the model config of a compressed.json (not its weights)."""
-    from autlearn.workloads.registry import canonical_config
 
     return canonical_config(doc["config"])
 

@@ -6,6 +6,7 @@ Layer index i refers to `config.layer_channels[i]` (0 = stem conv, 1..13 = point
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -14,11 +15,12 @@ import numpy as np
 
 from autlearn.profiler.errors import ConfigError
 from autlearn.workloads.layers import CONV_STEP, channel_options
+from autlearn.workloads.models import build_model
 from autlearn.workloads.pruning.importance import Importance, L2FilterImportance, lowest
+from autlearn.workloads.registry import of_config
 
 
 def _check(config: Any, layer: int) -> None:
-    from autlearn.workloads.registry import of_config
 
     if of_config(config).strategy != "filter":
         raise ConfigError(f"filter pruning supports MobileNetConfig, got {type(config).__name__}", key="model")
@@ -59,7 +61,6 @@ def with_channels(config: Any, channels: Sequence[int]) -> Any:
 
 def prune_channels(model: Any, config: Any, layer: int, remove: Iterable[int]) -> tuple[Any, Any]:
     """Remove output channels `remove` of layer `layer` -> (new config, new model with copied weights)."""
-    from autlearn.workloads.models import build_model
 
     _check(config, layer)
     c = config.layer_channels[layer]
@@ -98,9 +99,8 @@ def prune_smallest(
 def zero_channels(model: Any, config: Any, layer: int, channels: Sequence[int]) -> Any:
     """Copy of `model` whose channels of `layer` are zero as their consumer sees them (producer filter and bias
     and the depthwise filter and bias zeroed). Its outputs equal those of the pruned model (tests)."""
-    import copy
 
-    import torch
+    import torch  # torch takes seconds to import; only this path needs it
 
     m = copy.deepcopy(model)
     idx = torch.as_tensor(list(channels), dtype=torch.long)

@@ -34,6 +34,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+import pandas as pd
+
 from autlearn.profiler.errors import ConfigError
 from autlearn.workloads.compressed import (
     FORMAT,
@@ -46,9 +48,11 @@ from autlearn.workloads.compressed import (
     write_json,
 )
 from autlearn.workloads.layers import channel_options
+from autlearn.workloads.models import build_model
 from autlearn.workloads.pruning.budget import Budget, UnreachableBudget, format_value
 from autlearn.workloads.pruning.importance import get_importance
 from autlearn.workloads.pruning.mobilenet import min_channels, prunable_layers, prune_smallest, with_channels
+from autlearn.workloads.pruning.train import INIT_VERSION, evaluate, fine_tune, split_dataset, trainable_init
 from autlearn.workloads.registry import of_config
 from autlearn.workloads.resource import RESOURCE_KINDS, model_resource, predict
 
@@ -144,7 +148,6 @@ def _seed(*parts: Any) -> int:
 def table_digest(table: Any) -> str:
     if table is None:
         return "none"
-    import pandas as pd
 
     h = pd.util.hash_pandas_object(table.df, index=False).to_numpy().tobytes()
     return hashlib.sha256(h + table.meta.to_json().encode()).hexdigest()[:16]
@@ -229,10 +232,7 @@ def _search_kind(
     emit: Callable[[str], object],
     on_iteration: Callable[[Iteration], None] | None,
 ) -> SearchResult:
-    import torch
-
-    from autlearn.workloads.models import build_model
-    from autlearn.workloads.pruning.train import INIT_VERSION, evaluate, fine_tune, split_dataset, trainable_init
+    import torch  # torch takes seconds to import; only this path needs it
 
     kind = budgets[0].kind
     kdir.mkdir(parents=True, exist_ok=True)
@@ -387,7 +387,6 @@ def _finalize(
     fp: str,
     emit: Callable[[str], object],
 ) -> SearchResult:
-    from autlearn.workloads.pruning.train import evaluate, fine_tune
 
     kind = budgets[0].kind
     snaps: dict[int, dict[str, Any]] = {}

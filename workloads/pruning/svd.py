@@ -12,11 +12,13 @@ from typing import Any, cast
 from autlearn.profiler.errors import ConfigError
 from autlearn.workloads.layers import FC_STEP, channel_options
 from autlearn.workloads.pruning.budget import Budget, UnreachableBudget
+from autlearn.workloads.registry import of_config
+from autlearn.workloads.resource import predict
 
 
 def svd_linear(linear: Any, rank: int) -> Any:
-    import torch
-    from torch import nn
+    import torch  # torch takes seconds to import; only this path needs it
+    from torch import nn  # torch takes seconds to import; only this path needs it
 
     out_f, in_f = linear.weight.shape
     if not 1 <= rank <= min(out_f, in_f):
@@ -46,7 +48,6 @@ def factorize_head(model: Any, rank: int) -> Any:
 
 def smallest_rank_value(config: Any, kind: str, table: Any, step: int = FC_STEP, trainable: str = "head") -> float:
     """The smallest `kind` value any head rank (or the dense head) reaches for a WordLSTMConfig."""
-    from autlearn.workloads.resource import predict
 
     ranks = channel_options(min(config.hidden_size, config.vocab_size), step)
     return min(
@@ -58,8 +59,6 @@ def smallest_rank_value(config: Any, kind: str, table: Any, step: int = FC_STEP,
 def rank_for_budget(config: Any, table: Any, budget: Budget, step: int = FC_STEP, trainable: str = "head") -> int:
     """Largest head rank (multiple of `step` below min(H, V), or full) whose predicted resource meets `budget`
     for a WordLSTMConfig; UnreachableBudget with the smallest reachable value otherwise."""
-    from autlearn.workloads.registry import of_config
-    from autlearn.workloads.resource import predict
 
     if of_config(config).strategy != "svd":
         raise ConfigError("SVD head compression applies to the LSTM family", key="model")

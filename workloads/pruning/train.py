@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from autlearn.profiler.errors import ConfigError
+from autlearn.workloads.registry import of_config
 
 
 @dataclass(frozen=True, eq=False)
@@ -32,9 +33,7 @@ def split_dataset(config: Any, holdout: float = 0.2, seed: int = 0, per_class: i
     """The embedded data set of `config` (autlearn.workloads.data.default_dataset) split into train / val / test
     (`holdout` of the samples each for val and test).
     `per_class` (image models): generate that many SYNTHETIC glyphs per class instead of the default 16."""
-    import torch
-
-    from autlearn.workloads.registry import of_config
+    import torch  # torch takes seconds to import; only this path needs it
 
     if not 0 < holdout < 0.5:
         raise ConfigError(f"must be in (0, 0.5), got {holdout}", key="holdout")
@@ -52,7 +51,7 @@ def split_dataset(config: Any, holdout: float = 0.2, seed: int = 0, per_class: i
 def fine_tune(model: Any, split: Split, steps: int, lr: float = 2e-3, batch: int = 32, seed: int = 0) -> float:
     """Train all parameters for `steps` Adam steps in place; returns the mean loss of the last 10 steps.
     requires_grad flags are restored afterwards (build_model's head-only contract)."""
-    import torch
+    import torch  # torch takes seconds to import; only this path needs it
 
     if steps <= 0:
         return float("nan")
@@ -84,7 +83,7 @@ def fine_tune(model: Any, split: Split, steps: int, lr: float = 2e-3, batch: int
 
 def evaluate(model: Any, split: Split, part: str = "val", batch: int = 256) -> float:
     """Top-1 accuracy on `part` ("val": used for selection, "test": reported only)."""
-    import torch
+    import torch  # torch takes seconds to import; only this path needs it
 
     if part not in ("val", "test"):
         raise ConfigError(f"part must be val or test, got {part!r}", key="part")
@@ -109,8 +108,8 @@ def trainable_init(model: Any, example: Any, seed: int = 0) -> Any:
     counting all 9 shrinks the signal ~3x per such block and a narrow network starts with near-constant features
     (RMS 0.4 -> 0.002 over the body at width 0.25). `build_model`'s Kaiming fan-out is worse still for depthwise
     convs (C x too small a variance). The pruner pretrains the unpruned model from this initialisation."""
-    import torch
-    from torch import nn
+    import torch  # torch takes seconds to import; only this path needs it
+    from torch import nn  # torch takes seconds to import; only this path needs it
 
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     sizes: dict[nn.Module, tuple[int, int]] = {}

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
+from scipy import stats
+from scipy.optimize import least_squares
 
 from autlearn.profiler.errors import ConfigError, TableError
 from autlearn.workloads.layers import FamilyKey, LayerKey, flops, key_from_mapping
@@ -38,7 +41,6 @@ def _features(keys: Sequence[LayerKey], names: Sequence[str]) -> np.ndarray:
 def _smooth_family(measured: list[LayerKey], y: np.ndarray, want: list[LayerKey]) -> tuple[np.ndarray, np.ndarray]:
     """(fit at `want`, relative residuals at the measured points): non-negative coefficients, so the fit never
     decreases when a channel count grows; soft-L1 loss, so one slow measurement moves it little."""
-    from scipy.optimize import least_squares
 
     names = _feature_names(measured)
     xm, xw = _features(measured, names), _features(want, names)
@@ -60,7 +62,6 @@ def smooth(table: Table) -> tuple[Table, dict[str, Any]]:
     non-monotone row reaches the target only far down. The fit is latency ~ a + b c_in + c c_out + d FLOPs with
     a..d >= 0 per family (type, kernel, stride, input size, batch, phase), so it is monotone in both channel counts.
     `measured_ms` keeps what was measured; the returned dict summarises the residuals per family."""
-    from dataclasses import replace
 
     if (table.df["source"] == "fitted").any():
         raise TableError("the table is already smoothed (source 'fitted'); smooth the measured table")
@@ -138,7 +139,6 @@ CALIBRATIONS = ("affine", "ratio")
 def _fit(base: np.ndarray, measured: np.ndarray, method: str) -> tuple[float, float, str]:
     """(scale, offset_ms, method used). affine: Theil-Sen line measured ~ scale * base + offset (robust to a slow
     round); it falls back to the ratio when the line is not increasing or predicts <= 0 within the data."""
-    from scipy import stats
 
     if method == "affine" and len(np.unique(base)) >= 2:
         slope, intercept, _, _ = stats.theilslopes(measured, base)
@@ -163,7 +163,6 @@ def calibrate(
     leave-one-out errors (each model predicted by the fit to the others). `control_ms`: the control model's latency
     while those models were measured; it becomes the copy's control reference (the conditions its predictions
     were fitted to; the table's own reference is kept in the fit as `table_control_ms`)."""
-    from dataclasses import replace
 
     if method not in CALIBRATIONS:
         raise TableError(f"unknown calibration {method!r}; valid: {', '.join(CALIBRATIONS)}")

@@ -37,8 +37,8 @@ class LayerWorkload:
 
 
 def _layer_module(key: LayerKey) -> tuple[torch.nn.Module, torch.Tensor]:
-    import torch
-    from torch import nn
+    import torch  # torch takes seconds to import; only this path needs it
+    from torch import nn  # torch takes seconds to import; only this path needs it
 
     mod: nn.Module
     if key.type in ("conv", "dwconv"):
@@ -75,7 +75,7 @@ def _layer_module(key: LayerKey) -> tuple[torch.nn.Module, torch.Tensor]:
 def layer_workloads(config: Any, grid: Iterable[LayerKey]) -> tuple[LayerWorkload, ...]:
     """The single-layer models the campaign engine compiles and measures to fill a table for `grid` (one per
     distinct layer shape; weights seeded from `config.seed`)."""
-    import torch
+    import torch  # torch takes seconds to import; only this path needs it
 
     phases: dict[LayerKey, set[str]] = {}
     for k in grid:
@@ -91,7 +91,7 @@ def layer_workloads(config: Any, grid: Iterable[LayerKey]) -> tuple[LayerWorkloa
 
 def _phase_timers(w: LayerWorkload, inner: int, lr: float = 0.05) -> dict[str, Callable[[], float]]:
     """phase -> callable timing one repetition (ms, mean over `inner` calls) of that phase with PyTorch eager."""
-    import torch
+    import torch  # torch takes seconds to import; only this path needs it
 
     mod, ex = w.module, w.example
     train = "backward" in w.phases or "update" in w.phases
@@ -146,7 +146,7 @@ def measure_on_host(
     (key, rep) with `ms`. Repetitions are interleaved (round r times every key once), so load from other
     processes spreads over all keys instead of biasing the ones measured during a busy moment. `threads` pins
     torch's intra-op threads while measuring (restored after)."""
-    import torch
+    import torch  # torch takes seconds to import; only this path needs it
 
     work = layer_workloads(config, keys)
     old = torch.get_num_threads()

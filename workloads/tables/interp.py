@@ -9,6 +9,7 @@ from typing import cast
 
 import numpy as np
 import pandas as pd
+from scipy.interpolate import RBFInterpolator
 
 from autlearn.profiler.errors import TableError
 from autlearn.workloads.layers import FamilyKey, LayerKey, flops, key_from_mapping
@@ -16,7 +17,6 @@ from autlearn.workloads.layers import FamilyKey, LayerKey, flops, key_from_mappi
 
 def _fit_predict(known: pd.DataFrame, col: str, want: list[LayerKey]) -> np.ndarray:
     """Predict `col` for `want` (one family) from the family's known rows."""
-    from scipy.interpolate import RBFInterpolator
 
     k = known[known[col].notna()]
     if len(k) == 0:

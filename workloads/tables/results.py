@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 
 from autlearn.profiler.errors import TableError
-from autlearn.workloads.layers import LayerKey
+from autlearn.workloads.layers import LayerKey, parse_key
 from autlearn.workloads.registry import canonical_config
 from autlearn.workloads.tables.schema import Table, TableMeta, table_from_measurements
 
@@ -23,7 +23,6 @@ def measurements_from_results(raw: pd.DataFrame) -> pd.DataFrame:
     """Pure parser: timed steps of layer-suite cells (campaign results, `autlearn.engine.store.load_results`) -> one row
     per (device, governor, layer key, sample) with `ms` and `mj` (NaN without energy). Phase columns are named
     `phase_<str(LayerKey)>_ns`; a step's energy is apportioned to its calls by time (ENERGY_APPORTIONED)."""
-    from autlearn.workloads.layers import parse_key
 
     if raw is None or len(raw) == 0 or "workload" not in raw:
         raise TableError("no campaign results to build a table from")

@@ -32,6 +32,8 @@ from typing import Any, cast
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from autlearn.profiler.errors import ConfigError, TableError
 from autlearn.profiler.stats import median_ci
@@ -218,7 +220,6 @@ class Table:
     # ----------------------------------------------------------------------------------------- files
 
     def to_arrow(self) -> Any:  # a pyarrow.Table (pyarrow ships no types)
-        import pyarrow as pa
 
         t = pa.Table.from_pandas(self.df, preserve_index=False)
         return t.replace_schema_metadata({**(t.schema.metadata or {}), META_KEY: self.meta.to_json().encode()})
@@ -232,8 +233,6 @@ class Table:
                 f.write(f"# {META_KEY.decode()}: {self.meta.to_json()}\n")
                 self.df.to_csv(f, index=False)
         elif p.suffix in (".parquet", ".pq"):
-            import pyarrow.parquet as pq
-
             pq.write_table(self.to_arrow(), p)
         else:
             raise ConfigError(f"unknown table format {p.suffix!r}; use .parquet or .csv", key="path")
@@ -256,9 +255,6 @@ def load_table(path: str | Path, allow_version_mismatch: bool = False) -> Table:
                 meta = TableMeta.from_json(first[len(prefix) :])
                 df = pd.read_csv(f)
         else:
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-
             try:
                 t = pq.read_table(p)
             except (pa.ArrowInvalid, OSError) as e:
