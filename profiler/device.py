@@ -264,7 +264,7 @@ class Device:
     def script_path(self, name: str) -> str:
         """Push device_scripts/<name> once per content and return its path on the device."""
         if name not in self._scripts:
-            src = resources.files("device_scripts").joinpath(name)
+            src = resources.files("autlearn.device_scripts").joinpath(name)
             data = src.read_bytes()
             digest = hashlib.sha256(data).hexdigest()[:12]
             remote = f"{self.workdir}/scripts/{digest}-{name}"

@@ -119,6 +119,7 @@ _LINKS_RUNNERS = (
     "test_tables_device.py",
     "test_metaschedule.py",
     "test_dvfs.py",
+    "test_packaging.py",
 )
 # Modules that compare step times (virtual phones' time scale): last of all, when the prebuild no longer loads the
 # host's two cores.
