@@ -9,11 +9,7 @@ import pytest
 import torch
 
 from autlearn.profiler.errors import ConfigError, TableError, UserError
-from autlearn.workloads.layers import flops, table_grid
-from autlearn.workloads.models import build_model, make_config
-from autlearn.workloads.pruning.budget import Budget, UnreachableBudget, parse_budget
-from autlearn.workloads.pruning.importance import RandomImportance
-from autlearn.workloads.pruning.mobilenet import (
+from autlearn.workloads.families.mobilenet import (
     filter_scores,
     min_channels,
     producer,
@@ -24,6 +20,10 @@ from autlearn.workloads.pruning.mobilenet import (
     with_channels,
     zero_channels,
 )
+from autlearn.workloads.layers import flops, table_grid
+from autlearn.workloads.models import build_model, make_config
+from autlearn.workloads.pruning.budget import Budget, UnreachableBudget, parse_budget
+from autlearn.workloads.pruning.importance import RandomImportance
 from autlearn.workloads.pruning.search import SearchSettings, load_compressed, search
 from autlearn.workloads.pruning.svd import factorize_head, rank_for_budget, svd_linear
 from autlearn.workloads.pruning.train import trainable_init
