@@ -110,10 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     import pandas as pd
     import torch
 
+    from autlearn.workloads.families.mobilenet import thin_to, uniform_channels, with_channels
     from autlearn.workloads.layers import table_grid
     from autlearn.workloads.models import build_model, make_config
     from autlearn.workloads.pruning.budget import Budget
-    from autlearn.workloads.pruning.mobilenet import thin_to, uniform_channels, with_channels
     from autlearn.workloads.pruning.search import SearchSettings, search, smallest_reachable
     from autlearn.workloads.pruning.train import evaluate, fine_tune, split_dataset, trainable_init
     from autlearn.workloads.resource import measure_models_on_host, model_resource, prediction_error
@@ -304,10 +304,10 @@ def device_comparison(args, cfg, s, out: Path, t_start: float) -> int:
 
     from autlearn.engine.settings import MeasureSettings
     from autlearn.pipelines.measure import measure_models, paired_ratio, per_round
+    from autlearn.workloads.families.mobilenet import thin_to, uniform_channels, with_channels
     from autlearn.workloads.models import build_model
     from autlearn.workloads.pruning.budget import Budget
     from autlearn.workloads.pruning.loop import close_loop
-    from autlearn.workloads.pruning.mobilenet import thin_to, uniform_channels, with_channels
     from autlearn.workloads.pruning.search import load_compressed, pick_snapshot, search, smallest_reachable
     from autlearn.workloads.pruning.train import evaluate, fine_tune, split_dataset, trainable_init
     from autlearn.workloads.resource import model_resource

@@ -153,7 +153,7 @@ def prune(
             )
     out = Path(out)
     family = registry.get(model)
-    if family.compressor is None:
+    if family.strategy is None:
         raise ConfigError(f"the {model} family has no compression strategy", key="model")
     options = dict(
         init_reduction=init_reduction,
@@ -165,8 +165,8 @@ def prune(
         per_class=per_class,
         max_iterations=max_iterations,
         select=select,
-    )  # the search's settings (filter pruning)
-    compressor = family.compressor(cfg, table, out, options, console)
+    )  # the search's settings (a strategy without a search ignores them)
+    compressor = family.strategy.compressor(cfg, table, out, options, console)
     propose, smallest = compressor.propose, compressor.smallest
     if not measure_on:
         propose(parsed)

@@ -1,19 +1,28 @@
 """The model-family registry: a third family registered here (a 2-layer MLP, this file only) is accepted by config
-validation, campaign validation, the layer grid / resource model and compile + one host step, with no edit
-elsewhere. Also: lookups, errors, the canonical config form."""
+validation, campaign validation, the layer grid / resource model, compile + one host step and the pruning search
+with a strategy of its own, with no edit elsewhere. Also: lookups, errors, the canonical config form."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from autlearn.profiler.errors import ConfigError
 from autlearn.workloads import registry
+from autlearn.workloads.compressed import export, load_compressed
+from autlearn.workloads.layers import channel_options
+from autlearn.workloads.models import build_model
+from autlearn.workloads.pruning.budget import Budget
+from autlearn.workloads.pruning.importance import lowest
+from autlearn.workloads.pruning.search import SearchSettings, netadapt, search, smallest_reachable
+from autlearn.workloads.pruning.strategy import Strategy
+from autlearn.workloads.resource import predict
 
 
 @dataclass(frozen=True)
@@ -89,6 +98,42 @@ def _dataset(cfg, per_class=None):
     return Dataset(x, y.astype(np.int64), cfg.num_classes, "random", True)
 
 
+@dataclass(frozen=True)
+class HiddenUnits:
+    """The MLP's pruning strategy: drop the lowest-importance hidden units (rows of body.0, columns of head)."""
+
+    name: str = "hidden-units"
+
+    def layers(self, cfg, step=None):
+        return {"body.0": channel_options(cfg.hidden, step or 8)}
+
+    def with_channels(self, cfg, channels):
+        (hidden,) = channels
+        return replace(cfg, hidden=int(hidden))
+
+    def prune(self, model, cfg, layer, k, importance):
+        sd = model.state_dict()
+        drop = set(lowest(importance(sd["body.0.weight"]), k).tolist())
+        keep = [i for i in range(cfg.hidden) if i not in drop]
+        new = self.with_channels(cfg, [len(keep)])
+        m = build_model(new)
+        m.load_state_dict(
+            {
+                "body.0.weight": sd["body.0.weight"][keep],
+                "body.0.bias": sd["body.0.bias"][keep],
+                "head.weight": sd["head.weight"][:, keep],
+                "head.bias": sd["head.bias"],
+            }
+        )
+        return new, m
+
+    def export(self, base, cfg, out_dir, state, **fields):
+        return export(MLP, base, cfg, out_dir, state, **fields)
+
+    def compressor(self, cfg, table, out, options, console):
+        return netadapt(cfg, table, out, options, console)
+
+
 MLP = registry.Family(
     name="mlp",
     config_cls=MLPConfig,
@@ -99,6 +144,8 @@ MLP = registry.Family(
     grid=_grid,
     dataset=_dataset,
     batch=lambda cfg, i=0: _dataset(cfg).batch(i, cfg.batch, cfg.seed),
+    strategy=HiddenUnits(),
+    compressed_keys=("hidden",),
 )
 
 
@@ -195,3 +242,33 @@ def test_third_family_compiles_and_trains_on_host(mlp):
     rec = run_on_host(prog, steps=1)
     assert np.isfinite(rec[0]["loss"])
     assert not np.allclose(rec[-1]["tensors"]["head.weight"], prog.tensors["head.weight"])
+
+
+def test_third_family_prunes_with_its_own_strategy(mlp, tmp_path):
+    """The NetAdapt search runs the MLP through the strategy defined above (no pruning module knows it) and
+    exports a compressed.json + weights that load as a smaller MLP; the CLI's compressor resumes that search."""
+    import torch
+    from rich.console import Console
+
+    assert isinstance(MLP.strategy, Strategy)
+    cfg = MLPConfig(hidden=32)
+    settings = SearchSettings(
+        init_reduction=0.2, short_steps=2, long_steps=2, pretrain_steps=2, batch_size=8, max_iterations=10
+    )
+    full, small = predict(cfg, "flops"), smallest_reachable(cfg, "flops", None, settings)
+    assert small == predict(MLPConfig(hidden=8), "flops")
+    budget = Budget("flops", (full + small) / 2)
+    (res,) = search(cfg, None, [budget], tmp_path, settings)
+    (point,) = res.points
+    assert point.value <= budget.value < full and point.channels[0] in (8, 16)
+    assert [it.channels for it in res.iterations][0] == (32,) and res.iterations[1].layer == 0
+    doc = json.loads(Path(point.export).read_text())
+    assert doc["model"] == "mlp" and doc["build_program"]["compressed_config"] == {"hidden": point.channels[0]}
+    assert doc["build_program"]["config"] == {k: v for k, v in asdict(cfg).items() if k != "hidden"}
+    loaded, net = load_compressed(point.export)
+    assert loaded == MLPConfig(hidden=point.channels[0])
+    assert net(torch.zeros(2, 8)).shape == (2, 4)
+
+    comp = MLP.strategy.compressor(cfg, None, tmp_path, asdict(settings), Console(quiet=True))
+    assert comp.propose([budget]) == {str(budget): point.export}  # resumed: the same model
+    assert comp.smallest("flops") == small

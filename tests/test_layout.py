@@ -112,3 +112,17 @@ def test_a_function_local_import_says_why():
                         if not any("#" in line for line in near):
                             silent.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert not silent, "function-local imports without a reason: " + ", ".join(sorted(set(silent)))
+
+
+def test_the_generic_pruner_knows_no_family():
+    """workloads/pruning/ works through the family's Strategy: it imports no family module and compares nothing
+    to a family or strategy name."""
+    names = {"mobilenet", "lstm", "filter", "svd"}
+    graph = import_graph()
+    bad = [f"{m} imports {d}" for m, deps in graph.items() for d in deps if ".pruning" in m and ".families" in d]
+    for path in (ROOT / "workloads" / "pruning").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Compare):
+                consts = [c.value for c in (node.left, *node.comparators) if isinstance(c, ast.Constant)]
+                bad += [f"{path.relative_to(ROOT)}:{node.lineno} compares to {c!r}" for c in consts if c in names]
+    assert not bad, "\n".join(bad)

@@ -9,11 +9,7 @@ import pytest
 import torch
 
 from autlearn.profiler.errors import ConfigError, TableError, UserError
-from autlearn.workloads.layers import flops, table_grid
-from autlearn.workloads.models import build_model, make_config
-from autlearn.workloads.pruning.budget import Budget, UnreachableBudget, parse_budget
-from autlearn.workloads.pruning.importance import RandomImportance
-from autlearn.workloads.pruning.mobilenet import (
+from autlearn.workloads.families.mobilenet import (
     filter_scores,
     min_channels,
     producer,
@@ -24,6 +20,10 @@ from autlearn.workloads.pruning.mobilenet import (
     with_channels,
     zero_channels,
 )
+from autlearn.workloads.layers import flops, table_grid
+from autlearn.workloads.models import build_model, make_config
+from autlearn.workloads.pruning.budget import Budget, UnreachableBudget, parse_budget
+from autlearn.workloads.pruning.importance import RandomImportance
 from autlearn.workloads.pruning.search import SearchSettings, load_compressed, search
 from autlearn.workloads.pruning.svd import factorize_head, rank_for_budget, svd_linear
 from autlearn.workloads.pruning.train import trainable_init
@@ -336,3 +336,37 @@ def test_unreachable_and_unpredictable_budgets(searched, tmp_path):
         search(cfg, synthetic_table(cfg, energy=False), [Budget("energy", 1.0)], tmp_path, SETTINGS)
     with pytest.raises(UnreachableBudget, match="memory"):
         search(cfg, None, [parse_budget("memory=1KB")], tmp_path, SETTINGS)
+
+
+def test_svd_strategy_prunes_the_head_and_runs_through_the_search(tmp_path):
+    """The LSTM family's strategy: the head's rank is its one prunable layer; pruning re-factorises the current
+    head (a factorised head pruned further equals the dense head truncated there), and the generic search runs."""
+    from autlearn.workloads.pruning.svd import SVDHead
+    from autlearn.workloads.registry import get
+
+    st = get("lstm").strategy
+    assert isinstance(st, SVDHead) and st.name == "svd"
+    lcfg = make_config("lstm", vocab_size=200, hidden_size=32, embed_dim=16, seq_len=4, batch=2)
+    assert st.layers(lcfg, 8) == {"head": (8, 16, 24, 32)}
+    net = build_model(lcfg)
+    ids = torch.randint(0, 200, (3, 4), generator=torch.Generator().manual_seed(0))
+    c16, m16 = st.prune(net, lcfg, 0, 16, RandomImportance())
+    assert c16.head_rank == 16 and st.layers(c16, 8) == {"head": (8, 16)}
+    assert st.with_channels(c16, (32,)) == lcfg  # full rank is the dense head
+    c8, m8 = st.prune(m16, c16, 0, 8, RandomImportance())
+    with torch.no_grad():
+        torch.testing.assert_close(m16(ids), factorize_head(net, 16)(ids), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(m8(ids), factorize_head(net, 8)(ids), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ConfigError):
+        st.prune(m8, c8, 0, 8, RandomImportance())
+
+    budget = Budget("flops", predict(replace(lcfg, head_rank=16), "flops"))
+    settings = replace(SETTINGS, per_class=None, max_iterations=5)
+    (res,) = search(lcfg, None, [budget], tmp_path, settings)
+    (point,) = res.points
+    assert point.value <= budget.value and point.channels[0] <= 16
+    doc = json.loads(open(point.export).read())
+    assert doc["head_rank"] == point.channels[0]
+    assert doc["build_program"]["compressed_config"] == {"head_rank": point.channels[0]}
+    c2, m2 = load_compressed(point.export)
+    assert c2.head_rank == point.channels[0] and m2(ids).shape == (3, 200)

@@ -1,7 +1,8 @@
 """Model families: everything that differs between workload models, behind one registry.
 
 A `Family` names its config class and the functions the rest of autlearn needs (model builder, example input,
-layers as table keys, table grid, data, compression, compressed-model export). Code elsewhere looks a family up
+layers as table keys, table grid, data, compression) and its pruning strategy (autlearn.workloads.pruning.strategy:
+prunable layers, pruned configs and models, compressed-model export). Code elsewhere looks a family up
 (`get(name)`, `of_config(cfg)`) instead of branching on names or config classes, so a new family is one module
 plus `register(family)`. Importing this package is cheap: the built-in families (mobilenet, lstm) are imported on
 the first registry access and import torch only inside their functions.
@@ -28,7 +29,7 @@ from autlearn.profiler.errors import ConfigError
 if TYPE_CHECKING:
     import numpy as np
 
-    from autlearn.workloads.pruning.budget import Budget
+    from autlearn.workloads.pruning.strategy import Strategy
 
 LAYER_SUITE = "layers"  # the campaign pseudo-model of per-layer suites (autlearn.workloads.layer_suite); not a family
 
@@ -51,10 +52,8 @@ class Family:
     dataset: Callable[[Any, int | None], Any]  # (config, per_class) -> autlearn.workloads.data.Dataset
     batch: Callable[[Any, int], tuple[np.ndarray, np.ndarray]]  # (config, index) -> (x, y) batch of the embedded data
     compress: Callable[[Any], Any] | None = None  # default config of the `compressed` variant
-    strategy: str | None = None  # compression: "filter" (pruning) | "svd" (of the head) | None
-    prunable: Callable[[Any, int | None], Mapping[str, tuple[int, ...]]] | None = None  # layer -> options
+    strategy: Strategy | None = None  # how its models are pruned and exported (None: not compressible)
     compressed_keys: tuple[str, ...] = ()  # config keys a compression changes (compressed_config)
-    compressor: Callable[..., Any] | None = None  # (config, table, out, options, console) -> Compressor
     validation_configs: Callable[[Any, int, int], dict[str, Any]] | None = None  # whole models a table can predict
     # (config, LEAF path) -> batch 0 (x, y)
     load_data: Callable[[Any, Path], tuple[np.ndarray, np.ndarray]] | None = None
@@ -127,15 +126,6 @@ def _check_type(cls: type, key: str, value: Any) -> None:
         good, what = ok(value, want), getattr(want, "__name__", str(want))
     if not good:
         raise ConfigError(f"must be {what}, not {type(value).__name__} {value!r:.60}", key=key)
-
-
-@dataclass(frozen=True)
-class Compressor:
-    """A family's budget-driven compression (`autlearn prune`): `propose(budgets)` -> {str(budget): path of a
-    compressed.json}; `smallest(kind)` -> the smallest value of resource `kind` it can reach."""
-
-    propose: Callable[[list[Budget]], dict[str, str]]
-    smallest: Callable[[str], float]
 
 
 ENTRY_POINTS = "autlearn.families"
@@ -228,7 +218,6 @@ def config_key(config: Any) -> str:
 
 
 __all__ = [
-    "Compressor",
     "Family",
     "LAYER_SUITE",
     "campaign_models",

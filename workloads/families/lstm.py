@@ -1,11 +1,10 @@
-"""Word-LSTM family: config, model, layers, table grid, data (embedded Shakespeare) and SVD of the dense head.
+"""Word-LSTM family: config, model, layers, table grid, data (embedded Shakespeare) and SVD of the dense head (its
+pruning strategy, autlearn.workloads.pruning.svd.SVDHead).
 
-Torch and data sets are imported inside functions only."""
+Torch is imported inside functions only."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -14,19 +13,12 @@ import numpy as np
 
 from autlearn.profiler.errors import ConfigError
 from autlearn.workloads import data
-from autlearn.workloads.compressed import export
-from autlearn.workloads.layers import FC_STEP, PHASES, Layer, LayerKey, channel_options, model_keys
-from autlearn.workloads.models import build_model
-from autlearn.workloads.pruning.svd import factorize_head, rank_for_budget, smallest_rank_value
-from autlearn.workloads.registry import Compressor, Family, check_bounds, config_key
-from autlearn.workloads.resource import model_resource
+from autlearn.workloads.layers import FC_STEP, PHASES, Layer, LayerKey, model_keys
+from autlearn.workloads.pruning.svd import SVDHead, head_ranks
+from autlearn.workloads.registry import Family, check_bounds, config_key
 
 if TYPE_CHECKING:
-    import numpy as np
-
     from autlearn.workloads.data import Dataset
-    from autlearn.workloads.layers import Layer, LayerKey
-    from autlearn.workloads.pruning.budget import Budget
 
 LSTM_BOUNDS = {
     "vocab_size": 1_000_000,
@@ -160,17 +152,11 @@ def layers(config: WordLSTMConfig, body: tuple[str, ...], head_rank: int | None)
     return tuple(out)
 
 
-def prunable(config: WordLSTMConfig, step: int | None = None) -> dict[str, tuple[int, ...]]:
-    """SVD of the dense head: its rank in steps of `step` up to min(hidden, vocab)."""
-
-    return {"head": channel_options(min(config.hidden_size, config.vocab_size), step or FC_STEP)}
-
-
 def grid(config: WordLSTMConfig, trainable: str, conv_step: int, fc_step: int) -> set[LayerKey]:
     """The dense model and the head factorised at any rank in steps of `fc_step`."""
 
     keys = set(model_keys(config, trainable))
-    for r in prunable(config, fc_step)["head"]:
+    for r in head_ranks(config, fc_step):
         keys.update(model_keys(config, trainable, head_rank=r))
     return keys
 
@@ -183,7 +169,7 @@ def compress(config: WordLSTMConfig) -> WordLSTMConfig:
 def validation_configs(config: WordLSTMConfig, n: int, seed: int) -> dict[str, Any]:
     """The dense head, then the head at ranks spread over the reachable range (`head_rank` in the config)."""
 
-    ranks = prunable(config)["head"]
+    ranks = head_ranks(config)
     idx = np.unique(np.linspace(0, len(ranks) - 1, max(1, n - 1)).round().astype(int))
     picks = [None] + [int(ranks[i]) for i in idx]
     return {"dense" if r is None else f"rank-{r}": replace(config, head_rank=r or 0) for r in picks[:n]}
@@ -207,53 +193,6 @@ def load_data(cfg: WordLSTMConfig, path: Path) -> tuple[np.ndarray, np.ndarray]:
     return data.load_shakespeare(path, cfg.vocab_size, cfg.seq_len).batch(0, cfg.batch, cfg.seed)
 
 
-# ---------------------------------------------------------------------------------------------- compression
-
-
-def compressor(cfg: WordLSTMConfig, table: Any, out: Path, options: dict[str, Any], console: Any) -> Compressor:
-    """SVD rank of the dense head per budget (autlearn.workloads.pruning.svd); the search `options` do not apply."""
-
-    return Compressor(
-        lambda targets: prune_to_budgets(cfg, table, targets, Path(out), console.print),
-        lambda kind: smallest_rank_value(cfg, kind, table),
-    )
-
-
-def prune_to_budgets(
-    cfg: WordLSTMConfig, table: Any, budgets: Iterable[Budget], out: Path, emit: Callable[[str], object]
-) -> dict[str, str]:
-    """The head's SVD rank per budget (weights: the seed model's head factorised, no fine-tune), exported as
-    `out/lstm/<budget>/compressed.json` + `model.pt` that campaigns compile (variant `compressed`)."""
-
-    dense = replace(cfg, head_rank=0)
-    net = build_model(dense)
-    exports: dict[str, str] = {}
-    full = min(cfg.hidden_size, cfg.vocab_size)
-    for b in budgets:
-        r = rank_for_budget(dense, table, b)
-        rank = 0 if r >= full else r  # the dense head already meets the budget
-        pcfg = replace(cfg, head_rank=rank)
-        predicted = model_resource(pcfg, table)
-        path = export(
-            FAMILY,
-            cfg,
-            pcfg,
-            out / "lstm" / b.slug,
-            factorize_head(net, rank) if rank else net,
-            budget=str(b),
-            kind=b.kind,
-            budget_value=b.value,
-            head_rank=rank,
-            predicted=predicted.to_dict(),
-            value=predicted.value(b.kind) if (table is not None or b.kind in ("flops", "memory")) else None,
-            note="head factorised by SVD (no fine-tune)",
-            table=(json.loads(table.meta.to_json()) if table is not None else None),
-        )
-        emit(f"{b}: head rank {rank or 'dense'} -> {path}")
-        exports[str(b)] = str(path)
-    return exports
-
-
 FAMILY = Family(
     name="lstm",
     config_cls=WordLSTMConfig,
@@ -265,10 +204,8 @@ FAMILY = Family(
     dataset=dataset,
     batch=batch,
     compress=compress,
-    strategy="svd",
-    prunable=prunable,
+    strategy=SVDHead(FC_STEP),
     compressed_keys=("head_rank",),
-    compressor=compressor,
     validation_configs=validation_configs,
     load_data=load_data,
 )

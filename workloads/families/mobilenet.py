@@ -1,33 +1,30 @@
-"""MobileNetV1 family: config, model, layers, table grid, data (FEMNIST-like images) and filter pruning.
+"""MobileNetV1 family: config, model, layers, table grid, data (FEMNIST-like images) and filter pruning (its
+pruning strategy, `FilterPruning`).
 
-Torch, the pruning search and data sets are imported inside functions only."""
+Torch is imported inside functions only."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import copy
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
-from rich.console import Console
-from rich.table import Table as RichTable
 
 from autlearn.profiler.errors import ConfigError
 from autlearn.workloads import data
+from autlearn.workloads.compressed import export
 from autlearn.workloads.layers import CONV_STEP, PHASES, Layer, LayerKey, channel_options, conv_out, model_layers
-from autlearn.workloads.pruning.budget import format_value
-from autlearn.workloads.pruning.mobilenet import uniform_channels, with_channels
-from autlearn.workloads.pruning.search import SearchSettings, search, smallest_reachable
-from autlearn.workloads.registry import Compressor, Family, check_bounds, config_key
+from autlearn.workloads.models import build_model
+from autlearn.workloads.pruning.importance import Importance, L2FilterImportance, lowest
+from autlearn.workloads.pruning.search import netadapt
+from autlearn.workloads.pruning.strategy import Compressor
+from autlearn.workloads.registry import Family, check_bounds, config_key
 
 if TYPE_CHECKING:
-    import numpy as np
-
     from autlearn.workloads.data import Dataset
-    from autlearn.workloads.layers import Layer, LayerKey
-    from autlearn.workloads.pruning.budget import Budget
-    from autlearn.workloads.pruning.search import SearchSettings
 
 # MobileNetV1 body: (output channels at width 1.0, stride) of the 13 depthwise-separable blocks.
 MOBILENET_BLOCKS: tuple[tuple[int, int], ...] = (
@@ -275,45 +272,141 @@ def load_data(cfg: MobileNetConfig, path: Path) -> tuple[np.ndarray, np.ndarray]
 # ---------------------------------------------------------------------------------------------- compression
 
 
-def compressor(cfg: MobileNetConfig, table: Any, out: Path, options: dict[str, Any], console: Any) -> Compressor:
-    """NetAdapt-style filter pruning (autlearn.workloads.pruning.search); `options` are SearchSettings fields."""
+@dataclass(frozen=True)
+class FilterPruning:
+    """Physical filter pruning (the family's pruning strategy): removing output channels of the stem or of a
+    pointwise conv also removes the matching depthwise-conv channels of the next block and the next pointwise
+    conv's (or the head's) input channels. Layer index i is `config.layer_channels[i]` (0 = stem conv, 1..13 =
+    pointwise convs); `autlearn prune` runs the NetAdapt search."""
 
-    settings = SearchSettings(**options)
-    return Compressor(
-        lambda targets: _search(cfg, table, targets, Path(out), settings, console),
-        lambda kind: smallest_reachable(cfg, kind, table, settings),
-    )
+    name: str = "filter"
+
+    def layers(self, config: Any, step: int | None = None) -> Mapping[str, tuple[int, ...]]:
+        return prunable(config, step)
+
+    def with_channels(self, config: Any, channels: Sequence[int]) -> Any:
+        return with_channels(config, channels)
+
+    def prune(self, model: Any, config: Any, layer: int, k: int, importance: Importance) -> tuple[Any, Any]:
+        cfg, m, _ = prune_smallest(model, config, layer, k, importance)
+        return cfg, m
+
+    def export(self, base: Any, config: Any, out_dir: Path, state: Any, **fields: Any) -> Path:
+        return export(FAMILY, base, config, out_dir, state, **fields)
+
+    def compressor(self, config: Any, table: Any, out: Path, options: Mapping[str, Any], console: Any) -> Compressor:
+        return netadapt(config, table, out, options, console)
 
 
-def _search(
-    cfg: MobileNetConfig, table: Any, targets: Iterable[Budget], out: Path, settings: SearchSettings, console: Any
-) -> dict[str, str]:
+def _check(config: Any, layer: int) -> None:
+    if not isinstance(config, MobileNetConfig):
+        raise ConfigError(f"filter pruning supports MobileNetConfig, got {type(config).__name__}", key="model")
+    if not 0 <= layer < len(config.layer_channels):
+        raise ConfigError(f"layer must be in [0, {len(config.layer_channels)}), got {layer}", key="layer")
 
-    with console.status("searching") as status:
-        results = search(
-            cfg,
-            table,
-            targets,
-            out,
-            settings,
-            on_event=lambda m: (status.update(m), console.log(m) if "iteration" in m and "->" in m else None),
-        )
-    view = RichTable(title=f"Pareto set ({cfg.to_dict()['model']}, accuracy on held-out data)")
-    for col in ("budget", "predicted", "accuracy", "channels", "export"):
-        view.add_column(col)
-    for r in results:
-        for p in r.points:
-            view.add_row(
-                str(p.budget),
-                format_value(p.budget.kind, p.value),
-                f"{p.accuracy:.3f}",
-                ",".join(map(str, p.channels)),
-                p.export,
-            )
-        for b in r.unmet:
-            view.add_row(str(b), "not met", "", "", "")
-    Console().print(view)
-    return {str(p.budget): p.export for r in results for p in r.points}
+
+def producer(layer: int) -> str:
+    """State-dict prefix of the conv producing layer `layer`'s channels."""
+    return "body.0.0" if layer == 0 else f"body.{2 * layer}.0"
+
+
+def consumers(config: MobileNetConfig, layer: int) -> tuple[str | None, str]:
+    """(depthwise conv prefix or None, next conv/head prefix) consuming the channels."""
+    last = len(config.layer_channels) - 1
+    if layer == last:
+        return None, "head"
+    return f"body.{2 * layer + 1}.0", f"body.{2 * layer + 2}.0"
+
+
+def filter_scores(model: Any, layer: int, importance: Importance | None = None) -> np.ndarray:
+    sd = model.state_dict()
+    return (importance or L2FilterImportance())(sd[f"{producer(layer)}.weight"])
+
+
+def min_channels(config: MobileNetConfig, step: int = CONV_STEP) -> tuple[int, ...]:
+    """The smallest reachable channels: every layer at its smallest option (8 for multiples of 8)."""
+    return tuple(channel_options(c, step)[0] for c in config.layer_channels)
+
+
+def with_channels(config: MobileNetConfig, channels: Sequence[int]) -> MobileNetConfig:
+    return replace(config, channels=tuple(int(c) for c in channels))
+
+
+def prune_channels(model: Any, config: MobileNetConfig, layer: int, remove: Iterable[int]) -> tuple[Any, Any]:
+    """Remove output channels `remove` of layer `layer` -> (new config, new model with copied weights)."""
+
+    _check(config, layer)
+    c = config.layer_channels[layer]
+    rm = sorted(set(int(i) for i in remove))
+    if any(i < 0 or i >= c for i in rm):
+        raise ConfigError(f"channel indices must be in [0, {c}), got {rm}", key="remove")
+    keep = [i for i in range(c) if i not in set(rm)]
+    if not keep:
+        raise ConfigError(f"cannot remove all {c} channels of layer {layer}", key="remove")
+    chans = list(config.layer_channels)
+    chans[layer] = len(keep)
+    new_cfg = with_channels(config, chans)
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    p = producer(layer)
+    sd[f"{p}.weight"], sd[f"{p}.bias"] = sd[f"{p}.weight"][keep], sd[f"{p}.bias"][keep]
+    dw, nxt = consumers(config, layer)
+    if dw is not None:
+        sd[f"{dw}.weight"], sd[f"{dw}.bias"] = sd[f"{dw}.weight"][keep], sd[f"{dw}.bias"][keep]
+    sd[f"{nxt}.weight"] = sd[f"{nxt}.weight"][:, keep]
+    new = build_model(new_cfg)
+    new.load_state_dict(sd)
+    return new_cfg, new
+
+
+def prune_smallest(
+    model: Any, config: MobileNetConfig, layer: int, k: int, importance: Importance | None = None
+) -> tuple[Any, Any, np.ndarray]:
+    """Remove the `k` lowest-importance (default: smallest-L2) filters of `layer` -> (config, model, removed)."""
+    _check(config, layer)
+    scores = filter_scores(model, layer, importance)
+    rm = lowest(scores, k)
+    cfg, m = prune_channels(model, config, layer, rm)
+    return cfg, m, rm
+
+
+def zero_channels(model: Any, config: MobileNetConfig, layer: int, channels: Sequence[int]) -> Any:
+    """Copy of `model` whose channels of `layer` are zero as their consumer sees them (producer filter and bias
+    and the depthwise filter and bias zeroed). Its outputs equal those of the pruned model (tests)."""
+
+    import torch  # torch takes seconds to import; only this path needs it
+
+    m = copy.deepcopy(model)
+    idx = torch.as_tensor(list(channels), dtype=torch.long)
+    sd = m.state_dict()
+    with torch.no_grad():
+        for prefix in (producer(layer), consumers(config, layer)[0]):
+            if prefix is not None:
+                sd[f"{prefix}.weight"][idx] = 0
+                sd[f"{prefix}.bias"][idx] = 0
+    return m
+
+
+def thin_to(
+    model: Any, config: MobileNetConfig, channels: Sequence[int], importance: Importance | None = None
+) -> tuple[Any, Any]:
+    """Prune every layer down to `channels` (keeping the highest-importance filters) -> (config, model)."""
+    cfg, m = config, model
+    for layer, target in enumerate(channels):
+        c = cfg.layer_channels[layer]
+        if target > c or target < 1:
+            raise ConfigError(f"layer {layer}: target {target} not in [1, {c}]", key="channels")
+        if target < c:
+            cfg, m, _ = prune_smallest(m, cfg, layer, c - target, importance)
+    return cfg, m
+
+
+def uniform_channels(config: MobileNetConfig, fraction: float, step: int = CONV_STEP) -> tuple[int, ...]:
+    """Width-multiplier-style thinning: every layer to the reachable count nearest `fraction` x its channels."""
+    out = []
+    for c in config.layer_channels:
+        opts = np.array(channel_options(c, step))
+        out.append(int(opts[np.argmin(np.abs(opts - fraction * c))]))
+    return tuple(out)
 
 
 FAMILY = Family(
@@ -327,10 +420,8 @@ FAMILY = Family(
     dataset=dataset,
     batch=batch,
     compress=compress,
-    strategy="filter",
-    prunable=prunable,
+    strategy=FilterPruning(),
     compressed_keys=("channels",),
-    compressor=compressor,
     validation_configs=validation_configs,
     load_data=load_data,
 )

@@ -1,14 +1,15 @@
-"""NetAdapt-style budget-constrained filter pruning of MobileNetV1 (AutLearn's pruner).
+"""NetAdapt-style budget-constrained pruning (AutLearn's pruner) of any family through its pruning strategy
+(`Family.strategy`, autlearn.workloads.pruning.strategy: which layers shrink, how, and how a result is exported).
 
 maximise accuracy(model) s.t. resource(model) <= budget, resource from a per-layer table (latency/energy) or exact
 (FLOPs/memory). One trajectory per resource kind, run down to the smallest budget of that kind:
 
   iteration i:  target_i = max(current - init_reduction * R0 * decay**(i-1), next unmet budget)
                 (R0 = the unpruned model's resource: init_reduction is a fraction of it, NetAdapt's 0.025 / 0.96)
-                for every prunable layer: remove the smallest-L2 filters in steps of `channel_step` until the
-                predicted resource meets target_i; fine-tune that proposal `short_steps` (every proposal of an
-                iteration on the same batches); evaluate on held-out data (val). Keep the most accurate proposal
-                (ties: lower resource, lower layer index). When no single
+                for every prunable layer (the strategy's `layers`): remove its lowest-importance channels in
+                steps of `channel_step` until the predicted resource meets target_i; fine-tune that proposal
+                `short_steps` (every proposal of an iteration on the same batches); evaluate on held-out data (val).
+                Keep the most accurate proposal (ties: lower resource, lower layer index). When no single
                 layer can meet target_i, the proposals that reduce the resource at all compete instead.
   snapshots:    the first iteration meeting each budget gets a long fine-tune (`long_steps`).
   Pareto set:   `select="first"` (default, NetAdapt's output): each budget's own snapshot, the largest model of
@@ -29,29 +30,29 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import pandas as pd
+from rich.console import Console
+from rich.table import Table as RichTable
 
 from autlearn.profiler.errors import ConfigError
 from autlearn.workloads.compressed import (
     FORMAT,
     compressed_build_args,
-    export,
     load_compressed,
     load_model,
     read_compressed,
     save_state,
     write_json,
 )
-from autlearn.workloads.layers import channel_options
 from autlearn.workloads.models import build_model
 from autlearn.workloads.pruning.budget import Budget, UnreachableBudget, format_value
 from autlearn.workloads.pruning.importance import get_importance
-from autlearn.workloads.pruning.mobilenet import min_channels, prunable_layers, prune_smallest, with_channels
+from autlearn.workloads.pruning.strategy import Compressor, Strategy, channels, min_channels
 from autlearn.workloads.pruning.train import INIT_VERSION, evaluate, fine_tune, split_dataset, trainable_init
 from autlearn.workloads.registry import of_config
 from autlearn.workloads.resource import RESOURCE_KINDS, model_resource, predict
@@ -153,8 +154,18 @@ def table_digest(table: Any) -> str:
     return hashlib.sha256(h + table.meta.to_json().encode()).hexdigest()[:16]
 
 
+def strategy_of(config: Any) -> Strategy:
+    """The pruning strategy of the config's family; ConfigError when it has none."""
+    fam = of_config(config)
+    if fam.strategy is None:
+        raise ConfigError(f"the {fam.name} family has no pruning strategy (Family.strategy)", key="model")
+    return fam.strategy
+
+
 def smallest_reachable(config: Any, kind: str, table: Any = None, settings: SearchSettings = SearchSettings()) -> float:
-    return predict(with_channels(config, min_channels(config, settings.channel_step)), kind, table, settings.trainable)
+    st = strategy_of(config)
+    smallest = st.with_channels(config, min_channels(st, config, settings.channel_step))
+    return predict(smallest, kind, table, settings.trainable)
 
 
 def check_budgets(
@@ -180,12 +191,7 @@ def search(
     on_iteration: Callable[[Iteration], None] | None = None,
 ) -> tuple[SearchResult, ...]:
     """Run (or resume) the search for every resource kind among `budgets`; see the module docstring."""
-    if of_config(config).strategy != "filter":
-        raise ConfigError(
-            f"the filter-pruning search supports mobilenet, got {type(config).__name__}; the LSTM "
-            f"family is compressed with SVD (autlearn.workloads.pruning.svd)",
-            key="model",
-        )
+    strategy_of(config)  # ConfigError before anything is written
     budgets = tuple(sorted(set(budgets)))
     if not budgets:
         raise ConfigError("give at least one budget", key="budget")
@@ -235,6 +241,7 @@ def _search_kind(
     import torch  # torch takes seconds to import; only this path needs it
 
     kind = budgets[0].kind
+    st = strategy_of(config)
     kdir.mkdir(parents=True, exist_ok=True)
     ident = {
         "settings": {k: v for k, v in asdict(s).items() if k != "select"},
@@ -264,7 +271,7 @@ def _search_kind(
 
     def value(ch: tuple[int, ...]) -> float:
         if ch not in cache:
-            cache[ch] = predict(with_channels(config, ch), kind, table, s.trainable)
+            cache[ch] = predict(st.with_channels(config, ch), kind, table, s.trainable)
         return cache[ch]
 
     importance = get_importance(s.importance)
@@ -282,18 +289,17 @@ def _search_kind(
             iters = _valid_prefix(kdir, iters, budget_values, s, emit)
             emit(f"{kind}: resuming after iteration {iters[-1].index}")
             cur = iters[-1]
-            cfg = with_channels(config, cur.channels)
+            cfg = st.with_channels(config, cur.channels)
             model = _load_model(cfg, kdir / f"iter_{cur.index:04d}.pt")
         else:
-            cfg = with_channels(config, config.layer_channels)
+            ch0 = channels(st, config)
+            cfg = st.with_channels(config, ch0)
             model = build_model(cfg)
             if s.reinit:
                 trainable_init(model, split.train_x, _seed(s.seed, "init"))
             emit(f"{kind}: pretraining the unpruned model ({s.pretrain_steps} steps)")
             loss = fine_tune(model, split, s.pretrain_steps, s.lr, s.batch_size, _seed(s.seed, "pretrain"))
-            cur = Iteration(
-                0, cfg.layer_channels, value(cfg.layer_channels), None, None, 0, evaluate(model, split), loss, 0
-            )
+            cur = Iteration(0, ch0, value(ch0), None, None, 0, evaluate(model, split), loss, 0)
             _commit(kdir, cur, model, iters, on_iteration)
         r0 = iters[0].value
         final = min(b.value for b in budgets)
@@ -301,11 +307,11 @@ def _search_kind(
             i = cur.index + 1
             target = _target(cur.value, i, r0, budget_values, s)
             props = []
-            for layer in prunable_layers(cfg):
-                c = cfg.layer_channels[layer]
+            for layer, opts in enumerate(st.layers(cfg, s.channel_step).values()):
+                c = opts[-1]
                 best = None
-                for c_new in reversed(channel_options(c, s.channel_step)[:-1]):
-                    ch = list(cfg.layer_channels)
+                for c_new in reversed(opts[:-1]):
+                    ch = list(cur.channels)
                     ch[layer] = c_new
                     best = (layer, c - c_new, value(tuple(ch)))
                     if best[2] <= target:
@@ -319,7 +325,7 @@ def _search_kind(
             emit(f"{kind}: iteration {i}: target {format_value(kind, target)}, {len(pool)} proposals")
             best_p = None
             for layer, k, v in pool:
-                pcfg, pm, _ = prune_smallest(model, cfg, layer, k, importance)
+                pcfg, pm = st.prune(model, cfg, layer, k, importance)
                 # one batch order for every proposal of an iteration (common random numbers): the proposals
                 # differ only in the layer pruned, so the ranking is not decided by which batches each drew
                 loss = fine_tune(pm, split, s.short_steps, s.lr, s.batch_size, _seed(s.seed, i))
@@ -329,7 +335,7 @@ def _search_kind(
                     best_p = (rank, pcfg, pm, layer, k, v, loss)
             assert best_p is not None  # the pool is not empty
             _, cfg, model, layer, k, v, loss = best_p
-            cur = Iteration(i, cfg.layer_channels, v, target, layer, k, best_p[0][0], loss, len(pool))
+            cur = Iteration(i, channels(st, cfg), v, target, layer, k, best_p[0][0], loss, len(pool))
             emit(f"{kind}: iteration {i}: layer {layer} -{k} ch -> {format_value(kind, v)}, acc {cur.accuracy:.3f}")
             _commit(kdir, cur, model, iters, on_iteration)
         return _finalize(config, table, budgets, kdir, s, iters, split, fp, emit)
@@ -403,7 +409,7 @@ def _finalize(
         fdir.mkdir(exist_ok=True)
         fj, fpt = fdir / f"iter_{j:04d}.json", fdir / f"iter_{j:04d}.pt"
         it = iters[j]
-        cfg = with_channels(config, it.channels)
+        cfg = strategy_of(config).with_channels(config, it.channels)
         if fj.exists() and fpt.exists():
             snaps[j] = json.loads(fj.read_text())
             continue
@@ -467,11 +473,11 @@ def pick_snapshot(records: Iterable[dict[str, Any]], limit: float, select: str) 
 def export_point(
     config: Any, pdir: Path, budget: Budget, rec: dict[str, Any], state: Path, table: Any, split: Any, s: SearchSettings
 ) -> Path:
-    """Write `compressed.json` + `model.pt` (state dict) for the `compressed` variant (the family's export)."""
-    return export(
-        of_config(config),
+    """Write `compressed.json` + `model.pt` (state dict) for the `compressed` variant (the strategy's export)."""
+    st = strategy_of(config)
+    return st.export(
         config,
-        with_channels(config, rec["channels"]),
+        st.with_channels(config, rec["channels"]),
         pdir,
         state,
         budget=str(budget),
@@ -493,6 +499,45 @@ def export_point(
     )
 
 
+def netadapt(config: Any, table: Any, out: Path, options: Mapping[str, Any], console: Any) -> Compressor:
+    """`autlearn prune` through this search (a strategy's `compressor`); `options` are SearchSettings fields."""
+    settings = SearchSettings(**options)
+    return Compressor(
+        lambda targets: _propose(config, table, targets, Path(out), settings, console),
+        lambda kind: smallest_reachable(config, kind, table, settings),
+    )
+
+
+def _propose(
+    config: Any, table: Any, targets: Iterable[Budget], out: Path, settings: SearchSettings, console: Any
+) -> dict[str, str]:
+    with console.status("searching") as status:
+        results = search(
+            config,
+            table,
+            targets,
+            out,
+            settings,
+            on_event=lambda m: (status.update(m), console.log(m) if "iteration" in m and "->" in m else None),
+        )
+    view = RichTable(title=f"Pareto set ({of_config(config).name}, accuracy on held-out data)")
+    for col in ("budget", "predicted", "accuracy", "channels", "export"):
+        view.add_column(col)
+    for r in results:
+        for p in r.points:
+            view.add_row(
+                str(p.budget),
+                format_value(p.budget.kind, p.value),
+                f"{p.accuracy:.3f}",
+                ",".join(map(str, p.channels)),
+                p.export,
+            )
+        for b in r.unmet:
+            view.add_row(str(b), "not met", "", "", "")
+    Console().print(view)
+    return {str(p.budget): p.export for r in results for p in r.points}
+
+
 _read_compressed = read_compressed  # compressed.json reading lives in autlearn.workloads.compressed
 __all__ = [
     "FORMAT",
@@ -505,8 +550,10 @@ __all__ = [
     "compressed_build_args",
     "export_point",
     "load_compressed",
+    "netadapt",
     "pick_snapshot",
     "search",
     "smallest_reachable",
+    "strategy_of",
     "table_digest",
 ]

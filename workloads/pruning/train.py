@@ -43,8 +43,8 @@ def split_dataset(config: Any, holdout: float = 0.2, seed: int = 0, per_class: i
     te, va, tr = order[:n_test], order[n_test : 2 * n_test], order[2 * n_test :]
     if len(tr) == 0:
         raise ConfigError(f"{len(ds)} samples leave nothing to train on with holdout {holdout}", key="holdout")
-    x = torch.from_numpy(np.ascontiguousarray(ds.x))
-    y = torch.from_numpy(np.ascontiguousarray(ds.y))
+    # a read-only array (the cached word windows) is copied: torch warns on non-writable memory
+    x, y = (torch.from_numpy(a if a.flags.writeable else a.copy()) for a in map(np.ascontiguousarray, (ds.x, ds.y)))
     return Split(x[tr], y[tr], x[va], y[va], x[te], y[te], ds.source, ds.synthetic)
 
 
