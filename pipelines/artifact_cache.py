@@ -54,7 +54,7 @@ BUILD_SOURCES: tuple[str, ...] = (
     "families/*.py",
     "pruning/__init__.py",
     "pruning/search.py",
-    "pruning/mobilenet.py",
+    "pruning/strategy.py",
     "pruning/budget.py",
     "pruning/importance.py",
     "pruning/train.py",
