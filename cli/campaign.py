@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 import threading
 from typing import TYPE_CHECKING
@@ -16,6 +17,7 @@ from rich.text import Text
 from autlearn.cli.options import measure_options
 from autlearn.engine.campaign import run as run_campaign
 from autlearn.engine.campaign_config import load_campaign
+from autlearn.engine.gate import KEY, KINDS, ONLY_BASE, ONLY_CANDIDATE, REGRESSION, GateResult, gate
 from autlearn.engine.store import (
     bad_cell_lines,
     check_poolable,
@@ -265,14 +267,166 @@ def _print_summaries(df: pd.DataFrame) -> None:
     Console(width=None if sys.stdout.isatty() else 220).print(t)
 
 
+def _percent(ctx: click.Context, param: click.Parameter, value: str) -> float:
+    """A percentage written with its sign, `5%` -> 0.05 (a bare number would be ambiguous: 5 or 0.05?)."""
+    text = value.strip()
+    try:
+        fraction = float(text.removesuffix("%")) / 100 if text.endswith("%") else math.nan
+    except ValueError:
+        fraction = math.nan
+    if not 0 <= fraction < 100:
+        raise click.BadParameter(f"{value!r} is not a percentage such as 5%")
+    return fraction
+
+
+def _kinds(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
+    kinds = tuple(k.strip().lower() for v in value for k in v.split(",") if k.strip())
+    bad = sorted(set(kinds) - set(KINDS))
+    if bad:
+        raise click.BadParameter(f"{', '.join(bad)}: not one of {', '.join(KINDS)}")
+    return kinds
+
+
+_ONE_DIR = ("baseline", "candidate", "min_ratio")
+_TWO_DIRS = ("max_slowdown", "allow_different", "json_path", "junit_path")
+
+
 @results.command("compare")
-@click.argument("results_dir", type=click.Path(file_okay=False))
-@click.option("--baseline", default="unoptimized", show_default=True, help="Baseline variant.")
-@click.option("--candidate", default="full", show_default=True, help="Candidate variant.")
-@click.option("--min-ratio", default=1.05, show_default=True, type=click.FloatRange(1.0, 100.0))
-@click.option("--alpha", default=0.05, show_default=True, type=click.FloatRange(0.0001, 0.5))
-def compare_cmd(results_dir: str, baseline: str, candidate: str, min_ratio: float, alpha: float) -> None:
-    """Compare two variants cell by cell: Mann-Whitney U plus a minimum ratio (a speedup needs both)."""
+@click.argument("dirs", nargs=-1, required=True, type=click.Path(file_okay=False), metavar="BASE [CANDIDATE]")
+@click.option(
+    "--max-slowdown",
+    callback=_percent,
+    default="5%",
+    metavar="PERCENT",
+    show_default=True,
+    help="Two directories: a cell significantly slower (or using more energy) by at least this much is a regression.",
+)
+@click.option(
+    "--allow-different",
+    multiple=True,
+    callback=_kinds,
+    metavar="KINDS",
+    help="Two directories: compare pairs that differ in these anyway (refused otherwise; comma-separated): tools "
+    "(tool versions), artifact (its hash), device (probed facts, governor applied); the output and JSON name each.",
+)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Two directories: write the verdicts here.")
+@click.option(
+    "--junit", "junit_path", type=click.Path(dir_okay=False), help="Two directories: write JUnit XML here (CI)."
+)
+@click.option("--baseline", default="unoptimized", show_default=True, help="One directory: the baseline variant.")
+@click.option("--candidate", default="full", show_default=True, help="One directory: the candidate variant.")
+@click.option(
+    "--min-ratio",
+    default=1.05,
+    show_default=True,
+    type=click.FloatRange(1.0, 100.0),
+    help="One directory: the smallest ratio of medians called faster or slower.",
+)
+@click.option(
+    "--alpha",
+    default=0.05,
+    show_default=True,
+    type=click.FloatRange(0.0001, 0.5),
+    help="Significance level of the Mann-Whitney U test.",
+)
+@click.pass_context
+def compare_cmd(
+    ctx: click.Context,
+    dirs: tuple[str, ...],
+    max_slowdown: float,
+    allow_different: tuple[str, ...],
+    json_path: str | None,
+    junit_path: str | None,
+    baseline: str,
+    candidate: str,
+    min_ratio: float,
+    alpha: float,
+) -> None:
+    """Compare two runs cell by cell (a regression gate), or two variants within one run.
+
+    \b
+    autlearn results compare BASE CANDIDATE [--max-slowdown 5%] [--json F] [--junit F]
+      Cells match by device, workload, config, variant, batch, governor and affinity. A cell regresses when it is
+      significantly slower (Mann-Whitney U, p < alpha) AND its median step time is at least --max-slowdown above
+      BASE's (asv-style; the same for energy per step where both have it); the ratio's 95% bootstrap CI is shown.
+      Pairs whose tool versions, artifact hash or device facts differ are refused unless --allow-different names
+      them. Exit status: 0 no regression; 1 a regression, a refused pair, nothing matched, or bad input.
+
+    \b
+    autlearn results compare DIR --baseline unoptimized --candidate full
+      Two variants of one run: Mann-Whitney U plus --min-ratio (a speedup needs both).
+    """
+
+    given = {
+        n for n in (*_ONE_DIR, *_TWO_DIRS) if ctx.get_parameter_source(n) is not click.core.ParameterSource.DEFAULT
+    }
+    if len(dirs) > 2:
+        raise click.UsageError("at most two results directories: BASE CANDIDATE")
+    if len(dirs) == 2 and given & set(_ONE_DIR):
+        raise click.UsageError("--baseline, --candidate and --min-ratio compare variants within ONE directory")
+    if len(dirs) == 1 and given & set(_TWO_DIRS):
+        raise click.UsageError(
+            "--max-slowdown, --allow-different, --json and --junit compare two directories: BASE CANDIDATE"
+        )
+    if len(dirs) == 1:
+        _compare_variants(dirs[0], baseline, candidate, min_ratio, alpha)
+        return
+    result = gate(dirs[0], dirs[1], max_slowdown=max_slowdown, alpha=alpha, allow=allow_different)
+    for line in result.warnings:
+        click.echo(f"autlearn: {line}", err=True)
+    _print_gate(result)
+    for path, write in ((json_path, result.write_json), (junit_path, result.write_junit)):
+        try:
+            if path:
+                write(path)
+        except OSError as exc:
+            raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
+    error = result.error()
+    if error is not None:
+        raise error
+    if result.exit_code:
+        raise click.exceptions.Exit(result.exit_code)
+
+
+def _print_gate(result: GateResult) -> None:
+
+    limit = 1 + result.max_slowdown
+    t = Table(
+        title=f"{result.candidate} vs {result.base} (ratio = candidate / base median; regression: p < "
+        f"{result.alpha:g} and ratio >= {limit:.3g})",
+        title_justify="left",
+    )
+    for col in ("cell", "base ms", "candidate ms", "ratio [95% CI]", "p", "energy ratio", "verdict"):
+        t.add_column(col)
+    for c in result.cells:
+        s, e = c.time, c.energy
+        t.add_row(
+            Text(c.key.label),
+            f"{s.baseline_median / 1e6:.3g}" if s else "",
+            f"{s.candidate_median / 1e6:.3g}" if s else "",
+            f"{s.ratio:.3g} [{s.ci_low:.3g}, {s.ci_high:.3g}]" if s else "",
+            f"{s.p_value:.2g}" if s else "",
+            f"{e.ratio:.3g} (p={e.p_value:.2g})" if e else "",
+            Text(c.status if c.compared else f"{c.status}: {one_line(c.reason, 120)}"),
+        )
+    Console(width=None if sys.stdout.isatty() else 220).print(t)
+    regressions = result.with_status(REGRESSION)
+    summary = f"{result.verdict}: {len(regressions)} regression(s) in {len(result.compared)} compared cell(s)"
+    summary += f" (significantly slower by {result.max_slowdown * 100:g}% or more)"
+    unmatched = result.with_status(ONLY_BASE, ONLY_CANDIDATE)
+    if unmatched:
+        summary += f"; {len(unmatched)} cell(s) in one directory only"
+    despite = [c for c in result.compared if c.differences]
+    if despite:
+        kinds = sorted({d.kind for c in despite for d in c.differences})
+        summary += f"; {len(despite)} compared despite different {', '.join(kinds)} (--allow-different)"
+    click.echo(summary)
+    for c in regressions:
+        click.echo(f"regression: {c.key.label}: {c.reason}")
+
+
+def _compare_variants(results_dir: str, baseline: str, candidate: str, min_ratio: float, alpha: float) -> None:
+    """Two variants within one results directory, cell by cell (the model config is part of the cell)."""
 
     df = load_results(results_dir)
     for line in bad_cell_lines(df):
@@ -282,7 +436,7 @@ def compare_cmd(results_dir: str, baseline: str, candidate: str, min_ratio: floa
     timed = df[~df["warmup"]]
     # the model config is part of the key: two configs of one model are never pooled, and within a side every
     # pooled cell must share its fixed metadata (artifact, tool versions, device model, ...)
-    keys = ["device_serial", "workload", "config", "batch", "governor_requested", "affinity"]
+    keys = [k for k in KEY if k != "variant"]
     check_poolable(timed[timed["variant"].isin([baseline, candidate])], by=[*keys, "variant"])
     t = Table(title=f"{candidate} vs {baseline} (ratio = baseline / candidate median step time)", title_justify="left")
     for col in ("device", "workload", "batch", "governor", "baseline ms", "candidate ms", "ratio", "p", "verdict"):

@@ -727,13 +727,31 @@ def load_summaries(path: str | os.PathLike[str], include_stale: bool = False) ->
     return _load(path, "summary", include_stale)
 
 
-SUMMARY_ORDER = ("device_model", "device_serial", "workload", "variant", "batch", "governor_requested", "affinity")
+SUMMARY_ORDER = (
+    "device_model",
+    "device_serial",
+    "workload",
+    "config",
+    "variant",
+    "batch",
+    "governor_requested",
+    "affinity",
+)
 
 
 def sorted_summaries(df: pd.DataFrame) -> pd.DataFrame:
-    """Summaries in reading order: by device, workload, variant, batch, governor (stable for the rest)."""
+    """Summaries in reading order: by device, workload, config, variant, batch, governor (stable for the rest)."""
     by = [c for c in SUMMARY_ORDER if c in df.columns]
     return df.sort_values(by, kind="stable").reset_index(drop=True) if by and len(df) else df
+
+
+def load_devices(path: str | os.PathLike[str]) -> dict[str, dict[str, dict[str, Any]]]:
+    """The device facts each campaign under `path` recorded (`Store.record_devices`): campaign -> serial -> facts."""
+    out = {}
+    for root in _campaign_dirs(Path(path)):
+        manifest = _read_manifest(root)
+        out[str(manifest.get("name", root.name))] = dict(manifest.get("devices") or {})
+    return out
 
 
 def load_status(path: str | os.PathLike[str]) -> pd.DataFrame:
@@ -821,6 +839,7 @@ __all__ = [
     "Store",
     "atomic_write",
     "check_poolable",
+    "load_devices",
     "load_results",
     "load_status",
     "load_summaries",

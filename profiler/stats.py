@@ -9,6 +9,9 @@
 - `ratio_ci(a, b)`: bootstrap CI of median(a) / median(b), each side resampled independently (seeded).
 - `compare(a, b, alpha=0.05, min_ratio=1.05)`: asv-style: b is called faster/slower than a only when Mann-Whitney U
   is significant AND the ratio of medians is at least `min_ratio`; otherwise "same". Lower values are better (times).
+- `slowdown(baseline, candidate, max_ratio=1.05, alpha=0.05)`: `compare` as a regression gate reads it: the ratio
+  median(candidate) / median(baseline) with its `ratio_ci`, and a regression when the candidate is significantly
+  slower by at least `max_ratio`; says when the sample sizes are too small for any difference to be significant.
 """
 
 from __future__ import annotations
@@ -78,6 +81,34 @@ class Comparison:
     significant: bool
     verdict: str  # "faster" | "slower" | "same"
     reason: str
+
+
+@dataclass(frozen=True)
+class Slowdown:
+    """The candidate against the baseline as a regression gate reads it (lower is better: times, energy).
+    `ratio` = median(candidate) / median(baseline) (> 1: the candidate is slower), `ci_low`/`ci_high` its bootstrap
+    CI; `regression`: Mann-Whitney U significant (p < alpha) AND ratio >= max_ratio; `min_p`: the smallest p-value
+    samples of these sizes can give (>= alpha: no difference could show)."""
+
+    baseline_median: float
+    candidate_median: float
+    ratio: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    min_p: float
+    alpha: float
+    max_ratio: float
+    n_baseline: int
+    n_candidate: int
+    significant: bool
+    regression: bool
+    verdict: str  # "slower" | "faster" | "same" (compare's, from the candidate's side)
+    reason: str
+
+    @property
+    def underpowered(self) -> bool:
+        return not self.min_p < self.alpha
 
 
 def _clean(values: _Samples) -> np.ndarray:
@@ -256,10 +287,56 @@ def compare(a: _Samples, b: _Samples, alpha: float = 0.05, min_ratio: float = 1.
     return Comparison(ma, mb, ratio, p, alpha, min_ratio, significant, verdict, reason)
 
 
+def slowdown(
+    baseline: _Samples,
+    candidate: _Samples,
+    *,
+    max_ratio: float = 1.05,
+    alpha: float = 0.05,
+    confidence: float = CONFIDENCE,
+) -> Slowdown:
+    """Is the candidate slower than the baseline by at least `max_ratio`? `compare` decides (Mann-Whitney U and the
+    ratio of medians, asv-style); `ratio_ci` gives the CI of median(candidate) / median(baseline)."""
+    c = compare(baseline, candidate, alpha=alpha, min_ratio=max_ratio)
+    x, y = _clean(baseline), _clean(candidate)
+    ma, mb = c.baseline_median, c.candidate_median
+    ratio = mb / ma if ma > 0 else float("inf") if mb > 0 else 1.0
+    lo, hi = ratio_ci(y, x, confidence=confidence)
+    # the p-value of two fully separated samples of these sizes: the smallest Mann-Whitney U can give
+    min_p = float(_st.mannwhitneyu(np.arange(len(x)), np.arange(len(x), len(x) + len(y))).pvalue)
+    regression = c.verdict == "slower"
+    if not min_p < alpha:
+        reason = f"too few samples ({len(x)} and {len(y)}) for any difference to be significant at alpha {alpha:g}"
+    elif regression:
+        reason = f"{ratio:.3g}x slower (p={c.p_value:.2g}): a regression (limit {max_ratio:.3g}x)"
+    elif c.verdict == "faster":
+        reason = f"{1 / ratio:.3g}x faster (p={c.p_value:.2g})"
+    else:
+        reason = c.reason
+    return Slowdown(
+        baseline_median=ma,
+        candidate_median=mb,
+        ratio=ratio,
+        ci_low=lo,
+        ci_high=hi,
+        p_value=c.p_value,
+        min_p=min_p,
+        alpha=alpha,
+        max_ratio=max_ratio,
+        n_baseline=len(x),
+        n_candidate=len(y),
+        significant=c.significant,
+        regression=regression,
+        verdict=c.verdict,
+        reason=reason,
+    )
+
+
 __all__ = [
     "CONFIDENCE",
     "CV_WARN",
     "Comparison",
+    "Slowdown",
     "N_RESAMPLES",
     "SEED",
     "Summary",
@@ -268,5 +345,6 @@ __all__ = [
     "compare",
     "median_ci",
     "ratio_ci",
+    "slowdown",
     "summarize",
 ]
