@@ -40,12 +40,14 @@ from autlearn.profiler.errors import UserError
 from autlearn.profiler.stats import ratio_ci
 from autlearn.reports import figures as F
 from autlearn.reports.model import (
+    SIGNIFICANCE_TEST,
     CampaignData,
     CellRow,
     Comparison,
     DeviceInfo,
     EnergyRow,
     FigureSlot,
+    NoteGroup,
     Outcome,
     Report,
     ReportOptions,
@@ -154,6 +156,29 @@ def _fmt(x: float, digits: int = 4) -> str:
     return "–" if x is None or not math.isfinite(x) else f"{x:.{digits}g}"
 
 
+def _shown(x: Any) -> str:
+    """A results value as table text: numbers to 4 digits, JSON maps as `key: value, ...` (nested ones in braces)."""
+    if isinstance(x, str) and x[:1] in ("{", "["):
+        try:
+            x = json.loads(x)
+        except ValueError:
+            return str(x)
+    if isinstance(x, Mapping):
+        return ", ".join(f"{k}: {'{' + _shown(v) + '}' if isinstance(v, Mapping) else _shown(v)}" for k, v in x.items())
+    if isinstance(x, (list, tuple, np.ndarray)):
+        return ", ".join(_shown(v) for v in x)
+    if isinstance(x, (bool, np.bool_)):
+        return "yes" if x else "no"
+    if isinstance(x, (int, float, np.integer, np.floating)):
+        return "" if not math.isfinite(float(x)) else _fmt(float(x))
+    return _s(x)
+
+
+def _mark(significant: bool, p: float) -> str:
+    """The significance mark of a comparison, in tables and on bars."""
+    return "*" if significant else "n.s." if math.isfinite(p) else ""
+
+
 # ---------------------------------------------------------------------------------------------------------- building
 def _cases(summ: pd.DataFrame) -> pd.Series:
     """Readable workload label per row: the model, plus config / batch / affinity where the campaign varies them."""
@@ -190,9 +215,19 @@ def _cell_rows(data: CampaignData) -> tuple[list[CellRow], dict[str, np.ndarray]
             secs = g["step_ns"].to_numpy(float).sum() / 1e9
             power[cid] = float(energy[cid].sum() / secs) if secs > 0 else float("nan")
     cases = _cases(summ)
+    # per-step flags (any flagged step flags its cell), when the results carry them
+    step_flags: dict[str, str] = {}
+    if len(raw) and "flagged" in raw:
+        for cid, g in raw[raw["flagged"].map(_bool).eq(True)].groupby("cell_id"):
+            why = g["flag_reason"].map(_s) if "flag_reason" in g else pd.Series([], dtype=str)
+            step_flags[str(cid)] = "; ".join(dict.fromkeys(w for w in why if w)) or "flagged"
+    extra_cols = [c for c in summ.columns if str(c).startswith("freq_")]
     rows = []
     for (_, r), case in zip(summ.iterrows(), cases):
         cid = str(r["cell_id"])
+        flags = [_s(r.get("flag_reason")) or "flagged"] if _bool(r.get("flagged")) else []
+        flags += [step_flags[cid]] if cid in step_flags else []
+        flags += ["throttled"] if _bool(r.get("throttled")) and not any("throttl" in f for f in flags) else []
         e = energy.get(cid)
         # summarize takes any 1-D run of numbers (autlearn.profiler.stats._Samples); its annotation says Sequence
         es = stats.summarize(cast(Sequence[float], e)) if e is not None and len(e) else None
@@ -230,6 +265,9 @@ def _cell_rows(data: CampaignData) -> tuple[list[CellRow], dict[str, np.ndarray]
                 harness_s=_f(r.get("harness_s")),
                 wait_s=_f(r.get("wait_s")),
                 energy_reason="" if es else energy_reason(_s(r.get("energy_note"))),
+                flagged=bool(flags),
+                flag_reason="; ".join(dict.fromkeys(flags)),
+                extra=tuple((str(k), _shown(r.get(k))) for k in extra_cols),
             )
         )
     rows.sort(key=lambda c: (c.device_serial, c.case, c.variant, c.governor, c.started_at))
@@ -322,6 +360,7 @@ def _compare(
         p_value=c.p_value,
         verdict=c.verdict,
         claim=c.verdict != "same",
+        significant=c.significant,
         reason=c.reason,
         labels=tuple(sorted(set(a.labels) | set(b.labels))),
         notes=notes,
@@ -349,7 +388,9 @@ def _variant_comparisons(
     return out
 
 
-def _energy_rows(cells: Sequence[CellRow], energy: Mapping[str, np.ndarray], baseline_gov: str) -> list[EnergyRow]:
+def _energy_rows(
+    cells: Sequence[CellRow], energy: Mapping[str, np.ndarray], baseline_gov: str, opts: ReportOptions
+) -> list[EnergyRow]:
     groups: dict[tuple[str, str, str], dict[str, CellRow]] = {}
     for c in cells:
         if c.cell_id in energy:
@@ -358,9 +399,18 @@ def _energy_rows(cells: Sequence[CellRow], energy: Mapping[str, np.ndarray], bas
     for (serial, case, variant), by_gov in groups.items():
         base = by_gov.get(baseline_gov)
         for gov, c in by_gov.items():
+            p, sig = float("nan"), False
             if base is None:
                 er = pr = lo = hi = float("nan")
             else:
+                if c is not base:
+                    t = stats.compare(
+                        cast(Sequence[float], energy[base.cell_id]),
+                        cast(Sequence[float], energy[c.cell_id]),
+                        alpha=opts.alpha,
+                        min_ratio=opts.min_ratio,
+                    )
+                    p, sig = t.p_value, t.significant
                 eb = energy[base.cell_id]
                 er = float(np.median(energy[c.cell_id]) / np.median(eb)) if np.median(eb) > 0 else float("nan")
                 lo, hi = ratio_ci(energy[c.cell_id], eb) if c is not base else (1.0, 1.0)
@@ -377,6 +427,8 @@ def _energy_rows(cells: Sequence[CellRow], energy: Mapping[str, np.ndarray], bas
                     hi,
                     pr,
                     tuple(sorted(set(c.labels) | set(base.labels if base else ()))),
+                    p,
+                    sig,
                 )
             )
     return out
@@ -438,26 +490,55 @@ def _outcomes(data: CampaignData, cells: Sequence[CellRow]) -> tuple[list[Outcom
     return out, counts
 
 
-def _state(counts: Mapping[str, int]) -> str:
-    planned, ok = counts["planned"], counts["ok"]
-    if not planned and not ok and not counts["failed"] and not counts["skipped"]:
+def _state(counts: Mapping[str, int], stated: int) -> tuple[str, bool]:
+    """One sentence, and whether the campaign is complete: every planned cell finished or was skipped for a stated
+    reason (`stated` of the skipped: an unrooted phone cannot set a governor, so that cell is done, not missing)."""
+    planned, ok, skipped = counts["planned"], counts["ok"], counts["skipped"]
+    unstated = skipped - stated
+    complete = (
+        ok + stated >= planned
+        and ok + stated > 0
+        and not (counts["failed"] or unstated or counts["not run"] or counts["no data"])
+    )
+    flagged = counts.get("flagged", 0)
+    tail = f" {flagged} finished cell(s) flagged (marked rows in the cell table)." if flagged else ""
+    if not planned and not ok and not counts["failed"] and not skipped:
         return (
-            "No results at all: the campaign has no recorded plan and no finished cells (has `autlearn run` started?)."
+            "No results at all: the campaign has no recorded plan and no finished cells (has `autlearn run` started?).",
+            False,
         )
+    if complete and not ok:
+        return f"Complete, without measurements: all {stated} planned cells were skipped for stated reasons.", True
     if not ok:
         return (
             f"None of the {planned} planned cells has finished yet: {counts['failed']} failed, "
-            f"{counts['skipped']} skipped, {counts['not run']} not run."
+            f"{skipped} skipped, {counts['not run']} not run.",
+            False,
         )
-    if counts["not run"] or counts["failed"] or counts["skipped"] or counts["no data"]:
+    if complete and stated:
         return (
-            f"Incomplete: {ok} of {planned or ok} planned cells finished; {counts['failed']} failed, "
-            f"{counts['skipped']} skipped, {counts['not run']} not run yet. The figures show finished cells only."
+            f"Complete: {ok} of {planned} planned cells finished, the other {stated} skipped for stated reasons "
+            f"(below).{tail}",
+            True,
         )
-    return f"Complete: all {ok} cells finished."
+    if complete:
+        return f"Complete: all {ok} cells finished.{tail}", True
+    return (
+        f"Incomplete: {ok} of {planned or ok} planned cells finished"
+        + (f", {stated} skipped for a stated reason" if stated else "")
+        + f"; {counts['failed']} failed, "
+        + (f"{unstated} skipped without a reason, " if unstated else "")
+        + f"{counts['not run']} not run yet. The figures show finished cells only.{tail}",
+        False,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------- figures
+def sig_legend(alpha: float) -> str:
+    """What the marks on bars and in tables mean (figures, tables and report.json say the same)."""
+    return f"* significant: {SIGNIFICANCE_TEST} test, p < α = {alpha:g}; n.s.: not significant"
+
+
 def _hover_cmp(c: Comparison) -> str:
     tag = "" if c.claim else " — no claim"
     return (
@@ -475,6 +556,7 @@ def _figures(
     baseline: str,
     baseline_gov: str,
     variants: Sequence[str],
+    opts: ReportOptions,
 ) -> list[FigureSlot]:
     slots: list[FigureSlot] = []
     dev_by = {d.serial: d for d in report_devices}
@@ -505,14 +587,16 @@ def _figures(
                 high=c.ci_high,
                 claim=c.claim,
                 hover=_hover_cmp(c),
+                mark=_mark(c.significant, c.p_value),
             )
             for c in rows
         ]
-        fig = F.bar_figure(
+        fig = F.bar_figure(  # log axis: a cached variant's ~800x would flatten every other bar on a linear one
             title,
             bars,
-            y_title="speedup (× faster than baseline)",
-            x_title="workload / governor (faded, hatched: no significant difference)",
+            y_title="speedup (× faster than baseline, log scale)",
+            x_title=f"workload / governor — {sig_legend(opts.alpha)}; faded, hatched: no claim",
+            log=True,
         )
         slots.append(FigureSlot(f"speedup:{d.serial}", "time", title, fig))
 
@@ -546,9 +630,10 @@ def _figures(
             )
             continue
 
-        def hover(e: EnergyRow, what: str, v: float) -> str:
+        def hover(e: EnergyRow, what: str, v: float, test: bool = False) -> str:
             applied = f" (applied: {e.governor_applied})" if e.governor_applied != e.governor else ""
-            return f"{e.case} {e.variant}, {e.governor}{applied}: {what} {v:.3g}x {baseline_gov}"
+            p = f" (p={e.p_value:.2g}, {SIGNIFICANCE_TEST})" if test and math.isfinite(e.p_value) else ""
+            return f"{e.case} {e.variant}, {e.governor}{applied}: {what} {v:.3g}x {baseline_gov}{p}"
 
         ebars = [
             F.Bar(
@@ -557,7 +642,8 @@ def _figures(
                 e.energy_ratio,
                 e.energy_ci_low,
                 e.energy_ci_high,
-                hover=hover(e, "energy/step", e.energy_ratio),
+                hover=hover(e, "energy/step", e.energy_ratio, test=True),
+                mark=_mark(e.significant, e.p_value),
             )
             for e in rows
         ]
@@ -567,7 +653,12 @@ def _figures(
         ]
         slots.append(
             FigureSlot(
-                f"energy:{d.serial}", "energy", title, F.energy_figure(title, ebars, pbars, baseline=baseline_gov)
+                f"energy:{d.serial}",
+                "energy",
+                title,
+                F.energy_figure(title, ebars, pbars, baseline=baseline_gov),
+                note=f"Energy per step: {sig_legend(opts.alpha)} (vs {baseline_gov}). Mean power is one number "
+                "per cell: no test.",
             )
         )
     no_energy = [d for d in with_cells if d not in energy_devs]
@@ -816,6 +907,7 @@ def _campaign_diff(
                 c.ci_high,
                 c.claim,
                 hover=f"{c.key}: {c.speedup:.3g}x [{_fmt(c.ci_low, 3)}, {_fmt(c.ci_high, 3)}] — {c.reason}",
+                mark=_mark(c.significant, c.p_value),
             )
             for c in out
         ]
@@ -826,8 +918,9 @@ def _campaign_diff(
             F.bar_figure(
                 title,
                 bars,
-                y_title="speedup (median before / median after)",
-                x_title="cell (faded, hatched: no significant difference)",
+                y_title="speedup (median before / median after, log scale)",
+                x_title=f"cell — {sig_legend(opts.alpha)}; faded, hatched: no claim",
+                log=True,
             ),
         )
     else:
@@ -873,10 +966,12 @@ def build_report(
         )
     baseline_gov = options.baseline_governor or next((g for g in spec_govs if g in govs), govs[0] if govs else "")
     comparisons = _variant_comparisons(cells, times, baseline, variants, options)
-    energy_rows = _energy_rows(cells, energy, baseline_gov)
+    energy_rows = _energy_rows(cells, energy, baseline_gov, options)
     outcomes, counts = _outcomes(data, cells)
+    counts["flagged"] = sum(c.flagged for c in cells)
+    state, complete = _state(counts, sum(1 for o in outcomes if o.status == "skipped" and o.reason))
     devices = _devices(data, cells)
-    figures = _figures(devices, cells, comparisons, energy_rows, data, baseline, baseline_gov, variants)
+    figures = _figures(devices, cells, comparisons, energy_rows, data, baseline, baseline_gov, variants, options)
     label_counts: dict[str, int] = {}
     for c in cells:
         for lb in c.labels:
@@ -887,7 +982,7 @@ def build_report(
     if other is not None:
         diff, unmatched, slot = _campaign_diff(data, cells, times, other, options)
         figures.append(slot)
-    notes.extend(_tuning_notes(data))
+    groups = [g for g in (_skip_group(outcomes), _flag_group(cells), _tuning_group(data)) if g is not None]
     if data.raw.attrs.get("stale"):
         notes.append(f"{len(data.raw.attrs['stale'])} stale cell(s) (from an older artifact or plan) are left out.")
     return Report(
@@ -899,7 +994,8 @@ def build_report(
         baseline=baseline,
         baseline_governor=baseline_gov,
         counts=tuple(counts.items()),
-        state=_state(counts),
+        state=state,
+        complete=complete,
         labels=tuple(sorted(label_counts.items())),
         devices=tuple(devices),
         cells=tuple(cells),
@@ -908,26 +1004,120 @@ def build_report(
         outcomes=tuple(outcomes),
         figures=tuple(figures),
         notes=tuple(notes),
+        note_groups=tuple(groups),
         other=other.name if other is not None else "",
         campaign_diff=tuple(diff),
         unmatched=tuple(unmatched),
     )
 
 
-def _tuning_notes(data: CampaignData) -> list[str]:
-    """Which tuning database compiled each workload's artifact (the cells' tool versions record it)."""
+def _n(k: int, word: str) -> str:
+    return f"{k} {word}{'' if k == 1 else 's'}"
+
+
+def _by_reason(items: Iterable[tuple[str, str, str]]) -> tuple[dict[str, int], tuple[tuple[str, ...], ...]]:
+    """(reason, device, cell) -> cells per reason, and table rows (reason, device, cells, which) per reason and
+    device."""
+    by: dict[tuple[str, str], list[str]] = {}
+    for why, dev, cell in items:
+        by.setdefault((why, dev), []).append(cell)
+    per_reason: dict[str, int] = {}
+    for (why, _), cs in by.items():
+        per_reason[why] = per_reason.get(why, 0) + len(cs)
+    rows = tuple((why, dev, str(len(cs)), ", ".join(sorted(cs))) for (why, dev), cs in sorted(by.items()))
+    return per_reason, rows
+
+
+def _reasons_text(per_reason: Mapping[str, int], most: int = 3) -> str:
+    top = sorted(per_reason.items(), key=lambda kv: -kv[1])
+    more = f"; and {_n(len(top) - most, 'other reason')}" if len(top) > most else ""
+    return "; ".join(f"{k} × {why}" for why, k in top[:most]) + more
+
+
+def _skip_group(outcomes: Sequence[Outcome]) -> NoteGroup | None:
+    """Skipped cells, grouped by reason and device. A stated reason makes the cell done (see _state)."""
+    skipped = [o for o in outcomes if o.status == "skipped"]
+    if not skipped:
+        return None
+
+    def where(o: Outcome) -> tuple[str, str, str]:
+        dev = serial_of_label(o.label)
+        return (o.reason or "(no reason recorded)", dev or "?", o.label[len(dev) + 1 :] if dev else o.spec_key)
+
+    per_reason, rows = _by_reason(where(o) for o in skipped)
+    stated = sum(1 for o in skipped if o.reason)
+    done = (
+        "each for a stated reason, so counted as done"
+        if stated == len(skipped)
+        else f"{stated} for a stated reason (counted as done), {len(skipped) - stated} without one"
+    )
+    return NoteGroup(
+        "skipped",
+        f"{_n(len(skipped), 'planned cell')} skipped, {done}: {_reasons_text(per_reason)}.",
+        ("reason", "device", "cells", "which"),
+        rows,
+    )
+
+
+def _flag_group(cells: Sequence[CellRow]) -> NoteGroup | None:
+    """Cells the results flag (throttled, frequency off its plan ...): counted, grouped, their rows marked."""
+    flagged = [c for c in cells if c.flagged]
+    if not flagged:
+        return None
+    per_reason, rows = _by_reason(
+        (c.flag_reason, c.device_serial, f"{c.case} {c.variant} {c.governor}") for c in flagged
+    )
+    return NoteGroup(
+        "flagged",
+        f"{_n(len(flagged), 'finished cell')} flagged by the results: {_reasons_text(per_reason)}. Their numbers "
+        "are shown, in marked rows of the cell table; read them with the flag in mind.",
+        ("flag", "device", "cells", "which"),
+        rows,
+    )
+
+
+_TUNING_KINDS = {  # tool_versions["tuning"] (autlearn.pipelines.artifact_cache.tuning_label) -> what the note says
+    "untuned (hand schedules)": "untuned (hand schedules only)",
+    "not optimized": "not optimized (the unoptimized variant)",
+}
+
+
+def _tuning_group(data: CampaignData) -> NoteGroup | None:
+    """One note for the compiled code of every artifact (the cells' tool versions record what tuned it): how many
+    artifacts are untuned, not optimized or tuned, on how many phones; the artifacts themselves folded away."""
     s = data.summaries
     if not len(s) or "tool_versions" not in s:
-        return []
-    seen: dict[str, str] = {}
+        return None
+    arts: dict[tuple[str, str, str, str], set[str]] = {}  # (tuning, case, variant, target) -> phones
     for case, (_, r) in zip(_cases(s), s.iterrows()):
         tools = _json_map(r.get("tool_versions"))
         if "tuning" in tools:
-            seen.setdefault(
-                f"{case} {_s(r.get('variant'))} on {_s(r.get('device_serial'))}",
-                f"{_s(tools.get('target')) or '?'}, {_s(tools['tuning'])}",
-            )
-    return [f"Compiled code of {k}: {v}." for k, v in sorted(seen.items())]
+            key = (_s(tools["tuning"]), case, _s(r.get("variant")), _s(tools.get("target")) or "?")
+            arts.setdefault(key, set()).add(_s(r.get("device_serial")))
+    if not arts:
+        return None
+
+    def kind(tuning: str) -> str:
+        return _TUNING_KINDS.get(tuning) or ("tuned (from a tuning database)" if tuning.startswith("tuned") else tuning)
+
+    order = sorted(arts, key=lambda k: (not k[0].startswith("untuned"), k))  # untuned first: the researcher's caveat
+    kinds: dict[str, list[tuple[str, str, str, str]]] = {}
+    for k in order:
+        kinds.setdefault(kind(k[0]), []).append(k)
+    parts = [
+        f"{name}: {_n(len(keys), 'artifact')} on {_n(len(set().union(*(arts[k] for k in keys))), 'phone')}"
+        for name, keys in kinds.items()
+    ]
+    return NoteGroup(
+        "tuning",
+        "Compiled code — " + "; ".join(parts) + ".",
+        ("tuning", "artifact", "target", "phones", "on"),
+        tuple(
+            (tuning, f"{case} {variant}", target, str(len(arts[k])), ", ".join(sorted(arts[k])))
+            for k in order
+            for tuning, case, variant, target in [k]
+        ),
+    )
 
 
 _SUMMARY_FIELDS = (
@@ -972,6 +1162,8 @@ def report_json(report: Report, *, html_bytes: int | None = None) -> dict[str, A
             "baseline": report.baseline,
             "baseline_governor": report.baseline_governor,
             "state": report.state,
+            "complete": report.complete,
+            "significance": sig_legend(report.options.alpha),
             "counts": dict(report.counts),
             "labels": dict(report.labels),
             "devices": [asdict(d) for d in report.devices],
@@ -989,6 +1181,7 @@ def report_json(report: Report, *, html_bytes: int | None = None) -> dict[str, A
             ],
             "drawn_figures": report.drawn_figures,
             "notes": list(report.notes),
+            "note_groups": [asdict(g) for g in report.note_groups],
             "compare": None
             if not report.other
             else {
@@ -1045,7 +1238,8 @@ def write_report(
         atomic_write(jp, lambda f: f.write(doc.encode()))
     except OSError as exc:
         raise ReportError(f"cannot write the report to {out_p}: {exc.strerror or exc}") from None
-    return WrittenReport(out_p, jp, len(blob), report.drawn_figures, report.notes, len(blob) > SIZE_BUDGET)
+    notes = (*(g.text for g in report.note_groups), *report.notes)  # the grouped ones once each, as on the page
+    return WrittenReport(out_p, jp, len(blob), report.drawn_figures, notes, len(blob) > SIZE_BUDGET)
 
 
 __all__ = [

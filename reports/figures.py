@@ -80,6 +80,7 @@ class Bar:
     high: float = float("nan")
     claim: bool = True  # False: the difference did not pass the test / minimum ratio (drawn faded)
     hover: str = ""
+    mark: str = ""  # written above the bar: the significance mark ("*", "n.s.")
 
 
 @dataclass(frozen=True)
@@ -114,14 +115,49 @@ class Segment:
 
 
 # ---------------------------------------------------------------------------------------------------------- figures
+def _mark_trace(x: list[str], rows: Sequence[Bar | None], group: str, legendgroup: str) -> go.Scatter | None:
+    """The bars' marks ("*", "n.s.") as text just above each bar's error bar, in the bars' offset group (the
+    layout's scattermode="group" lines them up); None when no bar has one."""
+    if not any(r and r.mark for r in rows):
+        return None
+    top = [
+        (r.high if math.isfinite(r.high) and r.high > r.value else r.value) if r and r.mark else float("nan")
+        for r in rows
+    ]
+    return go.Scatter(
+        x=x,
+        y=top,
+        text=[text(r.mark) if r else "" for r in rows],
+        mode="text",
+        textposition="top center",
+        textfont=dict(size=12, color="#222"),
+        offsetgroup=group,
+        legendgroup=legendgroup,
+        showlegend=False,
+        hoverinfo="skip",
+        cliponaxis=False,
+    )
+
+
 def bar_figure(
-    title: str, bars: Sequence[Bar], *, y_title: str, reference: float | None = 1.0, x_title: str = ""
+    title: str,
+    bars: Sequence[Bar],
+    *,
+    y_title: str,
+    reference: float | None = 1.0,
+    x_title: str = "",
+    log: bool = False,
 ) -> go.Figure:
-    """Grouped bars over two-level categories with asymmetric CI error bars; a line at `reference`."""
+    """Grouped bars over two-level categories with asymmetric CI error bars; a line at `reference`. `log`: a log
+    value axis (ratios spanning orders of magnitude)."""
     groups = list(dict.fromkeys(b.group for b in bars))
     fig = go.Figure(
         layout=_layout(
-            text(title), barmode="group", yaxis=_axis(text(y_title)), xaxis=_axis(text(x_title), type="category")
+            text(title),
+            barmode="group",
+            scattermode="group",
+            yaxis=_axis(text(y_title), type="log" if log else "linear"),
+            xaxis=_axis(text(x_title), type="category"),
         )
     )
     for i, series in enumerate(dict.fromkeys(b.series for b in bars)):
@@ -130,10 +166,13 @@ def bar_figure(
         y = [_nan(r.value) if r else float("nan") for r in rows]
         lo = [max(0.0, r.value - r.low) if r and math.isfinite(r.low) else 0.0 for r in rows]
         hi = [max(0.0, r.high - r.value) if r and math.isfinite(r.high) else 0.0 for r in rows]
+        x = [_category(g) for g in groups]
         fig.add_trace(
             go.Bar(
                 name=text(series),
-                x=[_category(g) for g in groups],
+                legendgroup=text(series),
+                offsetgroup=str(i),
+                x=x,
                 y=y,
                 marker=dict(
                     color=COLORS[i % len(COLORS)],
@@ -145,6 +184,9 @@ def bar_figure(
                 hovertemplate="%{customdata}<extra></extra>",
             )
         )
+        marks = _mark_trace(x, rows, str(i), text(series))
+        if marks is not None:
+            fig.add_trace(marks)
     if reference is not None:
         fig.add_hline(y=reference, line=dict(color="#555", width=1, dash="dash"))
     return fig
@@ -155,7 +197,7 @@ def energy_figure(title: str, energy: list[Bar], power: list[Bar], *, baseline: 
     fig = make_subplots(
         rows=1, cols=2, subplot_titles=(text(f"energy per step / {baseline}"), text(f"mean power / {baseline}"))
     )
-    fig.update_layout(_layout(text(title), barmode="group"))
+    fig.update_layout(_layout(text(title), barmode="group", scattermode="group"))
     for col, bars in ((1, energy), (2, power)):
         groups = list(dict.fromkeys(b.group for b in bars))
         for i, series in enumerate(dict.fromkeys(b.series for b in energy + power)):
@@ -163,13 +205,14 @@ def energy_figure(title: str, energy: list[Bar], power: list[Bar], *, baseline: 
             rows = [by_group.get(g) for g in groups]
             lo = [max(0.0, r.value - r.low) if r and math.isfinite(r.low) else 0.0 for r in rows]
             hi = [max(0.0, r.high - r.value) if r and math.isfinite(r.high) else 0.0 for r in rows]
+            x = [_category(g) for g in groups]
             fig.add_trace(
                 go.Bar(
                     name=text(series),
                     legendgroup=text(series),
                     showlegend=col == 1,
                     offsetgroup=str(i),
-                    x=[_category(g) for g in groups],
+                    x=x,
                     y=[_nan(r.value) if r else float("nan") for r in rows],
                     marker=dict(color=COLORS[i % len(COLORS)]),
                     error_y=dict(
@@ -181,6 +224,9 @@ def energy_figure(title: str, energy: list[Bar], power: list[Bar], *, baseline: 
                 row=1,
                 col=col,
             )
+            marks = _mark_trace(x, rows, str(i), text(series))
+            if marks is not None:
+                fig.add_trace(marks, row=1, col=col)
         fig.add_hline(y=1.0, line=dict(color="#555", width=1, dash="dash"), row=1, col=col)
     fig.update_xaxes(type="category", gridcolor="#e5e5e5", showline=True, linecolor="#999", automargin=True)
     fig.update_yaxes(

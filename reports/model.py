@@ -10,6 +10,8 @@ from typing import Any
 
 import pandas as pd
 
+SIGNIFICANCE_TEST = "Mann-Whitney U, two-sided"  # autlearn.profiler.stats.compare, on the timed steps
+
 
 @dataclass(frozen=True)
 class ReportOptions:
@@ -83,6 +85,9 @@ class CellRow:
     harness_s: float = float("nan")  # the harness's own time in the cell beyond its steps (autlearn.engine.campaign)
     wait_s: float = float("nan")  # waited for the virtual lab's host CPUs (autlearn.profiler.hostcpu), not harness
     energy_reason: str = ""  # why it has no energy (autlearn.engine.store.energy_reason), "" when it has some
+    flagged: bool = False  # the results flag the cell (a `flagged` column, or `throttled`): a marked row
+    flag_reason: str = ""
+    extra: tuple[tuple[str, str], ...] = ()  # (column, shown value): the results' freq_* columns, when present
 
 
 @dataclass(frozen=True)
@@ -105,6 +110,7 @@ class Comparison:
     p_value: float
     verdict: str  # faster | slower | same
     claim: bool  # passed both the test and the minimum ratio
+    significant: bool  # p_value < alpha (SIGNIFICANCE_TEST), whatever the ratio
     reason: str
     labels: tuple[str, ...]
     notes: tuple[str, ...] = ()
@@ -122,6 +128,8 @@ class EnergyRow:
     energy_ci_high: float
     power_ratio: float
     labels: tuple[str, ...]
+    p_value: float = float("nan")  # energy per step vs the baseline governor's (SIGNIFICANCE_TEST)
+    significant: bool = False
 
 
 @dataclass(frozen=True)
@@ -133,6 +141,17 @@ class Outcome:
     reason: str
     label: str
     spec_key: str
+
+
+@dataclass(frozen=True)
+class NoteGroup:
+    """One note for many alike items (untuned artifacts, skipped or flagged cells): a sentence, and the items as a
+    table the page folds away (<details>)."""
+
+    key: str  # tuning | skipped | flagged
+    text: str
+    headers: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
 
 
 @dataclass(frozen=True)
@@ -155,6 +174,7 @@ class Report:
     baseline_governor: str
     counts: tuple[tuple[str, int], ...]  # planned, ok, failed, skipped, not run, stale
     state: str  # one sentence: complete / partial / nothing
+    complete: bool  # every planned cell finished or was skipped for a stated reason, none failed
     labels: tuple[tuple[str, int], ...]  # label -> cells carrying it
     devices: tuple[DeviceInfo, ...]
     cells: tuple[CellRow, ...]
@@ -163,6 +183,7 @@ class Report:
     outcomes: tuple[Outcome, ...]
     figures: tuple[FigureSlot, ...]
     notes: tuple[str, ...]
+    note_groups: tuple[NoteGroup, ...] = ()  # shown under the state line, each folded
     other: str = ""  # --compare: the before campaign
     campaign_diff: tuple[Comparison, ...] = ()
     unmatched: tuple[tuple[str, str], ...] = ()  # (side, cell label) without a partner

@@ -19,7 +19,7 @@ from functools import cache
 import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
-from autlearn.reports.model import CellRow, Comparison, FigureSlot, Outcome, Report
+from autlearn.reports.model import SIGNIFICANCE_TEST, CellRow, Comparison, FigureSlot, NoteGroup, Outcome, Report
 
 CSP = (
     "default-src 'none'; script-src 'unsafe-inline' 'unsafe-eval'; style-src 'unsafe-inline'; "
@@ -63,6 +63,10 @@ th,td{border-bottom:1px solid var(--line);padding:4px 6px;text-align:left;vertic
 th{background:#f5f5f7;position:sticky;top:0}
 td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 tr.noclaim td{color:var(--mute)}
+tr.flagged td{background:#fff0f0}tr.flagged td:first-child{border-left:3px solid var(--bad)}
+.flag{color:var(--bad);font-weight:600}
+.sig{color:var(--ok);font-weight:700}.ns{color:var(--mute)}
+.notegroup p{margin:0}.notegroup details{margin:4px 0 0}.notegroup table{color:var(--fg);background:white}
 .badge{display:inline-block;font-size:11px;padding:0 6px;border-radius:8px;margin:0 2px;border:1px solid #bbb;
  background:#eee;white-space:nowrap}
 .b-virtual{background:#e3ecff;border-color:#7a9be0}.b-modeled{background:#ffe9d6;border-color:#e09a5a}
@@ -119,6 +123,11 @@ def _num(x: float, digits: int = 4) -> str:
     return "–" if x is None or not isinstance(x, (int, float)) or not math.isfinite(x) else f"{x:.{digits}g}"
 
 
+def _ratio(x: float) -> str:
+    """A speedup: 3 significant digits, whole numbers from 1000 on (not 5.67e+03)."""
+    return f"{x:,.0f}" if isinstance(x, (int, float)) and math.isfinite(x) and abs(x) >= 1000 else _num(x, 3)
+
+
 def _pct(x: float) -> str:
     return "–" if x is None or not math.isfinite(x) else f"{x:.1%}"
 
@@ -157,6 +166,35 @@ def _ci(lo: float, hi: float) -> str:
     return f"[{_num(lo)}, {_num(hi)}]" if math.isfinite(lo) and math.isfinite(hi) else "–"
 
 
+def _p(c: Comparison) -> Markup:
+    """The p value with its significance mark (the same marks as on the figures' bars)."""
+    if not math.isfinite(c.p_value):
+        return Markup("–")
+    mark = (
+        '<span class="sig" title="significant">*</span>'
+        if c.significant
+        else '<span class="ns" title="not significant">n.s.</span>'
+    )
+    return Markup(f"{_e(_num(c.p_value, 2))} {mark}")
+
+
+def _sig_line(alpha: float) -> str:
+    return (
+        f'<p class="siglegend">p: {_e(SIGNIFICANCE_TEST)} test on the timed steps of the two cells; '
+        f'<span class="sig">*</span> significant at α = {_e(alpha)}, <span class="ns">n.s.</span> not significant. '
+        "A claim (faster / slower) also needs the minimum ratio; rows without one are grey.</p>"
+    )
+
+
+def _note_group(g: NoteGroup) -> str:
+    return (
+        f'<div class="note notegroup" data-key="{_e(g.key)}"><p>{_e(g.text)}</p>'
+        f"<details><summary>list ({len(g.rows)} row{'' if len(g.rows) == 1 else 's'})</summary>"
+        + _table(g.headers, g.rows)
+        + "</details></div>"
+    )
+
+
 def _verdict(c: Comparison) -> Markup:
     word = {"faster": "faster", "slower": "slower"}.get(c.verdict, "no claim")
     return Markup(f'<span class="v-{_e(c.verdict)}">{_e(word)}</span>')
@@ -191,7 +229,7 @@ def _comparisons_table(rows: Sequence[Comparison], first: str = "group") -> str:
             "candidate ms",
             "speedup",
             "95% CI",
-            "p",
+            "p (Mann-Whitney U)",
             "verdict",
             "why",
             "labels",
@@ -203,9 +241,9 @@ def _comparisons_table(rows: Sequence[Comparison], first: str = "group") -> str:
                 c.candidate,
                 _num(c.baseline_median_ms),
                 _num(c.candidate_median_ms),
-                f"{_num(c.speedup, 3)}×",
+                f"{_ratio(c.speedup)}×",
                 _ci(c.ci_low, c.ci_high),
-                _num(c.p_value, 2),
+                _p(c),
                 _verdict(c),
                 c.reason + ("; " + "; ".join(c.notes) if c.notes else ""),
                 _badges(c.labels),
@@ -218,8 +256,11 @@ def _comparisons_table(rows: Sequence[Comparison], first: str = "group") -> str:
 
 
 def _cells_table(cells: Sequence[CellRow]) -> str:
+    flags = any(c.flagged for c in cells)
+    extra = list(dict.fromkeys(k for c in cells for k, _ in c.extra))  # freq_* columns, when the results have them
     return _table(
-        [
+        (["flag"] if flags else [])
+        + [
             "device",
             "workload",
             "variant",
@@ -237,9 +278,11 @@ def _cells_table(cells: Sequence[CellRow]) -> str:
             "wait s",
             "labels",
             "cell",
-        ],
+        ]
+        + extra,
         (
-            [
+            ([Markup(f'<span class="flag">{_e(c.flag_reason)}</span>') if c.flagged else ""] if flags else [])
+            + [
                 f"{c.device_model} ({c.device_serial})",
                 c.case,
                 c.variant,
@@ -260,9 +303,11 @@ def _cells_table(cells: Sequence[CellRow]) -> str:
                 _badges(c.labels),
                 c.cell_id,
             ]
+            + [dict(c.extra).get(k, "") for k in extra]
             for c in cells
         ),
-        num=(5, 6, 7, 8, 10, 11, 13, 14),
+        num=[i + flags for i in (5, 6, 7, 8, 10, 11, 13, 14)],
+        row_class=["flagged" if c.flagged else "" for c in cells],
     )
 
 
@@ -379,6 +424,7 @@ def render(report: Report) -> str:
         + "".join(f"<span>{_e(k)}: <b>{_e(v)}</b></span>" for k, v in counts.items() if v or k in ("planned", "ok"))
         + "</p>"
     )
+    p.extend(_note_group(g) for g in report.note_groups)
     for n in report.notes:
         p.append(f'<p class="note">{_e(n)}</p>')
     p.append("<nav>" + "".join(f'<a href="#{k}">{_e(t)}</a>' for k, t in nav) + "</nav>")
@@ -407,9 +453,10 @@ def render(report: Report) -> str:
         if key == "time":
             p.append(
                 f"<p>Speedup = median time per step of the baseline / of the candidate (&gt; 1: the candidate "
-                f"is faster). Bars are 95% bootstrap intervals of that ratio. Baseline variant "
-                f"<b>{_e(report.baseline)}</b> (the compiler claim); compressed and cached are also compared "
-                f"with full (the paper's Fig. 8).</p>"
+                f"is faster), on a log axis. Error bars are 95% bootstrap intervals of that ratio; the mark above "
+                f"a bar is its {_e(SIGNIFICANCE_TEST)} test at α = {_e(o.alpha)} (* significant, n.s. not). "
+                f"Baseline variant <b>{_e(report.baseline)}</b> (the compiler claim); compressed and cached are "
+                f"also compared with full (the paper's Fig. 8).</p>"
             )
         if key == "energy":
             p.append(
@@ -422,7 +469,7 @@ def render(report: Report) -> str:
             p.append(
                 f"<p>Before: <b>{_e(report.other)}</b>, after: <b>{_e(report.campaign)}</b>. Cells are matched "
                 f"by device, workload, config, variant, batch, governor and affinity. Speedup = median before / "
-                f"median after.</p>"
+                f"median after (log axis; * / n.s.: {_e(SIGNIFICANCE_TEST)} test at α = {_e(o.alpha)}).</p>"
             )
         p.extend(_figure(f, i) for i, f in by_section[key])
         if key == "time":
@@ -431,12 +478,14 @@ def render(report: Report) -> str:
                 f"the minimum ratio)</h3>"
             )
             p.append(
-                _comparisons_table(report.comparisons)
+                _sig_line(o.alpha) + _comparisons_table(report.comparisons)
                 if report.comparisons
                 else '<p class="note">No variant pairs to compare.</p>'
             )
         if key == "compare":
-            p.append("<h3>Per matching cell</h3>" + _comparisons_table(report.campaign_diff, "cell"))
+            p.append(
+                "<h3>Per matching cell</h3>" + _sig_line(o.alpha) + _comparisons_table(report.campaign_diff, "cell")
+            )
             if report.unmatched:
                 p.append(
                     f"<details><summary>{len(report.unmatched)} cell(s) without a partner</summary>"
@@ -447,7 +496,14 @@ def render(report: Report) -> str:
 
     p.append(
         '<section id="cells"><h2>Cells</h2><p>Per finished cell: timed steps only; the CI is a 95% bootstrap '
-        "interval of the median; CV above 10% and warm-up/drift problems are flagged.</p>"
+        "interval of the median; CV above 10% and warm-up/drift problems are flagged."
+        + (
+            f' <span class="flag">{sum(c.flagged for c in report.cells)} flagged cell(s)</span>: the results flag them '
+            "(first column); their rows are marked."
+            if any(c.flagged for c in report.cells)
+            else ""
+        )
+        + "</p>"
     )
     p.append(_cells_table(report.cells) if report.cells else '<p class="note">No finished cells.</p>')
     p.append("</section>")

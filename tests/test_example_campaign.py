@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from browser import CHROMIUM, check_report
+from browser import CHROMIUM
+from test_reports import report_points
 
 from autlearn.engine.store import load_results, load_status, load_summaries
 from autlearn.reports.build import write_report
@@ -122,6 +123,17 @@ def test_example_report_renders(example_run, tmp_path):
     _, outcome, _ = example_run
     written = write_report(outcome.results_dir, tmp_path / "report.html")
     assert written.bytes < 10 * 2**20 and not written.over_budget
-    check, _dom, _shot = check_report(written.html, tmp_path)
+    points, check = report_points(written.html, tmp_path)
     assert check["errors"] == [] and check["csp"] == [] and check["alerts"] == 0
     assert check["plots"] == check["drawn"] == written.figures > 0
+    # issue 34, as Chromium drew it: the unrooted phone's skipped powersave cells have a stated reason, so the
+    # campaign is complete; one folded note for the compiled code (untuned / not optimized), one for the skips;
+    # speedups on log axes (cached ~800x); a significance mark on every compared bar and table row
+    doc = json.loads(written.json.read_text())
+    assert points["state"].startswith("Complete: ") and doc["complete"], points["state"]
+    groups = {key: (n, folded) for key, n, folded in points["groups"]}
+    assert groups["tuning"] == groups["skipped"] == (1, False) and points["compiledCode"] == 1
+    assert points["notes"] <= 1  # at most the baseline note: no note per artifact and phone
+    speed = [v for k, v in points["axes"].items() if k.startswith("speedup:")]
+    assert speed and set(speed) == {"log"}
+    assert points["tableMarks"] == len(doc["comparisons"]) > 0 and points["barMarks"] >= len(doc["comparisons"])
