@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,7 @@ import click
 from autlearn.engine.settings import MeasureSettings
 from autlearn.workloads.models import parse_overrides
 
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]  # a click option (or a group of them)
 MEASURE_FIELDS = (
     "results_root",
     "resume",
@@ -144,17 +145,32 @@ def measure_options(
         "cluster": None,
     }
 
+    return option_group(
+        MeasureSettings,
+        "settings",
+        {k: opts[k] for k in MEASURE_FIELDS if k not in fixed},
+        {k: defaults[k] for k in fixed},
+    )
+
+
+def option_group(
+    settings: Callable[..., Any], into: str, options: Mapping[str, Decorator], fixed: Mapping[str, Any] | None = None
+) -> Decorator:
+    """Click options collected into one argument of the command: `into` = settings(**values, **fixed).
+
+    `options`: field name -> its click option, whose destination is the field name (in --help in this order).
+    Only these options are taken from the command's arguments: a fixed field's name may be the command's own
+    (prune's --steps)."""
+
     def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(f)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
+            given = {k: kwargs.pop(k) for k in options}
+            return f(*args, **{into: settings(**{**(fixed or {}), **given})}, **kwargs)
 
-            # only the options added here: a fixed field's name may be the command's own (prune's --steps)
-            given = {k: kwargs.pop(k) for k in MEASURE_FIELDS if k not in fixed}
-            return f(*args, settings=MeasureSettings(**{**defaults, **given}), **kwargs)
-
-        for name in reversed(MEASURE_FIELDS):
-            if name not in fixed:
-                wrapper = opts[name](wrapper)
-        return wrapper
+        command: Callable[..., Any] = wrapper
+        for option in reversed(list(options.values())):
+            command = option(command)
+        return command
 
     return decorate

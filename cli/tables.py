@@ -14,6 +14,7 @@ from rich.table import Table as RichTable
 from autlearn.cli.campaign import LiveProgress
 from autlearn.cli.options import measure_options, parse_sets, set_option
 from autlearn.pipelines.tables import (
+    TablePlan,
     build_device_tables,
     calibrate_validated,
     config_from,
@@ -95,9 +96,8 @@ def build(
     if host == bool(serial):
         raise ConfigError("give --device SERIAL (a phone, through the campaign engine) or --host", key="device")
     if serial:
-        _build_on_device(
-            model, cfg, grid, serial, governors.split(","), every, per_suite, trainable, settings, Path(out)
-        )
+        plan = plan_device_tables(model, cfg, grid, serial, governors.split(","), every, per_suite, settings, trainable)
+        _build_on_device(plan, settings, Path(out))
         return
     assert settings.threads is not None  # --threads: an int from 1 (default 1)
     _build_on_host(model, cfg, grid, every, settings.repetitions, settings.threads, out)
@@ -138,23 +138,11 @@ def _build_on_host(
     )
 
 
-def _build_on_device(
-    model: str,
-    cfg: Any,
-    grid: tuple[LayerKey, ...],
-    serial: str,
-    governors: list[str],
-    every: int,
-    per_suite: int,
-    trainable: str,
-    settings: MeasureSettings,
-    out: Path,
-) -> None:
+def _build_on_device(plan: TablePlan, settings: MeasureSettings, out: Path) -> None:
 
-    plan = plan_device_tables(model, cfg, grid, serial, governors, every, per_suite, settings, trainable)
     click.echo(
-        f"{plan.spec['name']}: {plan.shapes} layer shapes in {plan.suites} suite(s) x {len(plan.governors)} "
-        f"governor(s) x {settings.rounds} round(s) on {serial}",
+        f"{plan.campaign.name}: {plan.shapes} layer shapes in {plan.suites} suite(s) x {len(plan.governors)} "
+        f"governor(s) x {settings.rounds} round(s) on {plan.device}",
         err=True,
     )
     with LiveProgress() as display:

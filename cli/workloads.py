@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import click
 from rich.console import Console
 from rich.table import Table
 
-from autlearn.cli.options import parse_sets, set_option
+from autlearn.cli.options import option_group, parse_sets, set_option
 from autlearn.engine.cluster import tune_on_cluster
 from autlearn.profiler.device import Device
 from autlearn.profiler.errors import ArtifactError, ConfigError
@@ -123,6 +124,60 @@ def list_(directory: Path | None) -> None:
         raise ArtifactError(f"{len(bad)} of {len(found)} artifacts are corrupt; first: {bad[0][1]}")
 
 
+@dataclass(frozen=True)
+class TuneOptions:
+    """How long and for what MetaSchedule tunes: candidates per kernel, the whole run's minutes, the TOP heaviest
+    kernels (None: those carrying 90 % of the FLOPs), the compile target (None: the device's probed CPU), runner
+    threads (None: the runner's own). `asdict` gives the tuning functions' keyword arguments."""
+
+    trials: int = 64
+    minutes: float = 30.0
+    top: int | None = None
+    target_id: str | None = None
+    threads: int | None = None
+
+
+tune_options = option_group(
+    TuneOptions,
+    "tuning",
+    {
+        "trials": click.option(
+            "--trials",
+            "trials",
+            type=click.IntRange(min=1),
+            default=64,
+            show_default=True,
+            help="Measured candidates per kernel (records already in the database count: a rerun resumes).",
+        ),
+        "minutes": click.option(
+            "--minutes",
+            "minutes",
+            type=click.FloatRange(min=0, min_open=True),
+            default=30.0,
+            show_default=True,
+            help="Time budget of the whole run.",
+        ),
+        "top": click.option(
+            "--top",
+            "top",
+            type=click.IntRange(min=1),
+            default=None,
+            help="Tune the TOP heaviest kernels (default: those carrying 90 %% of the FLOPs).",
+        ),
+        "target_id": click.option(
+            "--target",
+            "target_id",
+            default=None,
+            metavar="ABI@MCPU[,ATTR...]",
+            help="Compile target (default: the device's probed CPU).",
+        ),
+        "threads": click.option(
+            "--threads", "threads", type=click.IntRange(min=1), default=None, help="Runner threads on the device."
+        ),
+    },
+)
+
+
 @workloads.command()
 @click.option(
     "--device",
@@ -142,34 +197,7 @@ def list_(directory: Path | None) -> None:
 )
 @click.option("--batch", type=click.IntRange(min=1), default=None, help="Batch size (model default otherwise).")
 @set_option("Model config override, repeatable.")
-@click.option(
-    "--trials",
-    type=click.IntRange(min=1),
-    default=64,
-    show_default=True,
-    help="Measured candidates per kernel (records already in the database count: a rerun resumes).",
-)
-@click.option(
-    "--minutes",
-    type=click.FloatRange(min=0, min_open=True),
-    default=30.0,
-    show_default=True,
-    help="Time budget of the whole run.",
-)
-@click.option(
-    "--top",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Tune the TOP heaviest kernels (default: those carrying 90 %% of the FLOPs).",
-)
-@click.option(
-    "--target",
-    "target_id",
-    default=None,
-    metavar="ABI@MCPU[,ATTR...]",
-    help="Compile target (default: the device's probed CPU).",
-)
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="Runner threads on the device.")
+@tune_options
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option(
     "--cluster",
@@ -185,11 +213,7 @@ def tune(
     variant: str,
     batch: int | None,
     sets: tuple[str, ...],
-    trials: int,
-    minutes: float,
-    top: int | None,
-    target_id: str | None,
-    threads: int | None,
+    tuning: TuneOptions,
     as_json: bool,
     address: str | None,
 ) -> None:
@@ -203,36 +227,14 @@ def tune(
     if batch is not None:
         config["batch"] = batch
     say = lambda msg: click.echo(f"[tune] {msg}", err=True)  # noqa: E731
+    phones = list(dict.fromkeys(serials))
     if address:
-        results = tune_on_cluster(
-            address,
-            list(dict.fromkeys(serials)),
-            model,
-            variant,
-            say=say,
-            target_id=target_id,
-            trials=trials,
-            minutes=minutes,
-            top=top,
-            threads=threads,
-            **config,
-        )
+        results = tune_on_cluster(address, phones, model, variant, say=say, **asdict(tuning), **config)
     else:
         with contextlib.ExitStack() as leases:  # a phone another run (or tune) holds stops this one with one line
-            for s in dict.fromkeys(serials):
+            for s in phones:
                 leases.enter_context(PhoneLease(Device(s), f"tune {model}", "tuning", say=say))
-            results = tune_devices(
-                list(dict.fromkeys(serials)),
-                model,
-                variant,
-                target_id=target_id,
-                trials=trials,
-                minutes=minutes,
-                top=top,
-                threads=threads,
-                say=say,
-                **config,
-            )
+            results = tune_devices(phones, model, variant, say=say, **asdict(tuning), **config)
     if len(results) > 1:
         if as_json:
             click.echo(json.dumps(results, indent=1))

@@ -35,7 +35,9 @@
     zones = "*cpu*"                      # glob over thermal zone types
 
 `load_campaign(path) -> Campaign`; `parse_campaign(dict) -> Campaign`. Every problem is a `ConfigError` whose `key`
-names the dotted key (`workload[1].variants[0]`); syntax errors name the file, line and column.
+names the dotted key (`workload[1].variants[0]`); syntax errors name the file, line and column. Campaigns built in
+code (the pipelines') are typed from the start: `make_workload`, `energy_source`, `governor_intents`, then
+`check_campaign` checks the whole as a file's would be.
 `Campaign.plan(devices) -> tuple[Cell, ...]` expands device x workload x variant x batch x governor x affinity;
 `cell_id(cell, artifact_hash)` is the stable id the results store uses.
 """
@@ -319,6 +321,7 @@ MAX_FILE_BYTES = 1 << 20  # a campaign file larger than this is refused unread
 MAX_TEXT = 256  # any string value (serials, model arguments, ...)
 MAX_DESCRIPTION = 4000  # the free-text description copied into campaign.json and the report
 MAX_LIST = 1024  # items of a model-argument array
+_COUNTS = {"warmup": (0, 100_000), "steps": (1, 1_000_000), "repetitions": (1, 10_000)}  # (min, max)
 
 
 def load_campaign(path: str | Path) -> Campaign:
@@ -380,13 +383,7 @@ def parse_campaign(data: Mapping[str, Any], source: str = "") -> Campaign:
     )
     if "name" not in data:
         raise ConfigError("required (the results directory name)", key="name")
-    name = _str(data["name"], "name")
-    if not _NAME_RE.match(name):
-        raise ConfigError(
-            "must be 1-64 characters of letters, digits, '.', '_' or '-', starting with a letter or "
-            "digit (it names the results directory)",
-            key="name",
-        )
+    name = _name(_str(data["name"], "name"))
     if "workload" not in data:
         raise ConfigError("at least one [[workload]] is required", key="workload")
     return Campaign(
@@ -395,9 +392,9 @@ def parse_campaign(data: Mapping[str, Any], source: str = "") -> Campaign:
         workloads=_workloads(data["workload"]),
         devices=_devices(data.get("devices", {})),
         governors=_governors(data.get("governors", ["schedutil"])),
-        warmup=_int(data.get("warmup", 3), "warmup", 0, 100_000),
-        steps=_int(data.get("steps", 20), "steps", 1, 1_000_000),
-        repetitions=_int(data.get("repetitions", 5), "repetitions", 1, 10_000),
+        warmup=_int(data.get("warmup", 3), "warmup", *_COUNTS["warmup"]),
+        steps=_int(data.get("steps", 20), "steps", *_COUNTS["steps"]),
+        repetitions=_int(data.get("repetitions", 5), "repetitions", *_COUNTS["repetitions"]),
         affinities=_affinities(data.get("affinity", "all")),
         energy=_energy(data.get("energy", "none"), "energy"),
         cooldown=_cooldown(data.get("cooldown", {})),
@@ -405,7 +402,54 @@ def parse_campaign(data: Mapping[str, Any], source: str = "") -> Campaign:
     )
 
 
+def check_campaign(campaign: Campaign) -> Campaign:
+    """A Campaign built in code (not read from a file) checked as `parse_campaign` checks a file: name, serials,
+    counts, every workload's model config (`make_workload`), governors. Returns it; ConfigError(key=...)."""
+    _name(campaign.name)
+    _str(campaign.description, "description", empty=True, limit=MAX_DESCRIPTION)
+    for i, s in enumerate(campaign.devices.serials):
+        _serial(s, f"devices.serials[{i}]")
+    for k, (lo, hi) in _COUNTS.items():
+        _int(getattr(campaign, k), k, lo, hi)
+    if not campaign.workloads:
+        raise ConfigError("at least one workload is required", key="workload")
+    for i, w in enumerate(campaign.workloads):
+        if make_workload(w.model, w.variants, w.batch, w.kwargs, key=f"workload[{i}]") != w:
+            raise ConfigError("not as make_workload makes it (config sorted, lists as tuples)", key=f"workload[{i}]")
+    _distinct(campaign.workloads)
+    if not campaign.governors.intents:
+        raise ConfigError("must not be empty", key="governors")
+    _unique(list(campaign.governors.intents), "governors")
+    return campaign
+
+
+def energy_source(text: str, key: str = "energy") -> EnergySource:
+    """`none` | `fuelgauge` | `monsoon:SERIAL` | `monsoon:auto` | `auto` as a campaign file writes it."""
+    return _energy(text, key)
+
+
+def governor_intents(intents: Iterable[str]) -> Governors:
+    """Governor intents as a campaign file writes them (the shorthand list: fallback `nearest`)."""
+    return _governors(list(intents))
+
+
 # ---------------------------------------------------------------------------------------------------------- checks
+def _name(name: str) -> str:
+    if not _NAME_RE.match(name):
+        raise ConfigError(
+            "must be 1-64 characters of letters, digits, '.', '_' or '-', starting with a letter or "
+            "digit (it names the results directory)",
+            key="name",
+        )
+    return name
+
+
+def _serial(serial: str, key: str) -> str:
+    if not _SERIAL_RE.match(_str(serial, key)):
+        raise ConfigError(f"not a device serial: {serial!r}", key=key)
+    return serial
+
+
 def _type_name(v: Any) -> str:
     return {bool: "boolean", int: "integer", float: "float", str: "string", list: "array", dict: "table"}.get(
         type(v), type(v).__name__
@@ -498,8 +542,7 @@ def _devices(v: Any) -> DeviceSelection:
     _keys(v, "devices.", {"serials", "models", "virtual", "energy"})
     serials = _list(v.get("serials", []), "devices.serials", nonempty=False)
     for i, s in enumerate(serials):
-        if not _SERIAL_RE.match(_str(s, f"devices.serials[{i}]")):
-            raise ConfigError(f"not a device serial: {s!r}", key=f"devices.serials[{i}]")
+        _serial(s, f"devices.serials[{i}]")
     _unique(serials, "devices.serials")
     models = _list(v.get("models", []), "devices.models", nonempty=False)
     for i, m in enumerate(models):
@@ -540,7 +583,6 @@ def __getattr__(name: str) -> Any:
 
 def _workloads(v: Any) -> tuple[Workload, ...]:
 
-    models = campaign_models()  # "layers": a suite of single-layer workloads (per-layer tables)
     if not isinstance(v, list) or not v:
         raise ConfigError("must be one or more [[workload]] tables", key="workload")
     out = []
@@ -548,33 +590,54 @@ def _workloads(v: Any) -> tuple[Workload, ...]:
         k = f"workload[{i}]"
         _keys(w, f"{k}.", {"model", "variants", "batch", "config"})
         if "model" not in w:
-            raise ConfigError(f"required; one of {', '.join(models)}", key=f"{k}.model")
-        model = _choice(w["model"], f"{k}.model", models)
-        variants = _list(w.get("variants", ["full"]), f"{k}.variants")
-        for j, x in enumerate(variants):
-            _choice(x, f"{k}.variants[{j}]", VARIANTS if model != LAYER_SUITE else ("full",))
-        _unique(variants, f"{k}.variants")
-        batch = _list(w.get("batch", [1]), f"{k}.batch")
-        for j, x in enumerate(batch):
-            _int(x, f"{k}.batch[{j}]", 1, 4096)
-        _unique(batch, f"{k}.batch")
-        cfg = w.get("config", {})
-        if not isinstance(cfg, Mapping):
-            raise ConfigError(f"must be a table of model arguments, not {_type_name(cfg)}", key=f"{k}.config")
-        config = []
-        for name, val in cfg.items():
-            if not _IDENT_RE.match(name):
-                raise ConfigError("model argument names are Python identifiers", key=_key(f"{k}.config.", name))
-            config.append((name, _config_value(val, f"{k}.config.{name}")))
-        _check_model_config(model, variants, batch, dict(config), f"{k}.config")
-        out.append(Workload(model, tuple(variants), tuple(batch), tuple(sorted(config))))
-    keys = [(w.model, w.config) for w in out]
+            raise ConfigError(f"required; one of {', '.join(campaign_models())}", key=f"{k}.model")
+        out.append(_workload(w["model"], w.get("variants", ["full"]), w.get("batch", [1]), w.get("config", {}), k))
+    _distinct(out)
+    return tuple(out)
+
+
+def make_workload(
+    model: str,
+    variants: Iterable[str] = ("full",),
+    batch: Iterable[int] = (1,),
+    config: Mapping[str, Any] | None = None,
+    key: str = "workload",
+) -> Workload:
+    """A workload checked as a `[[workload]]` table is (`key` prefixes the errors' keys); config values may be
+    tuples."""
+    return _workload(model, list(variants), list(batch), plain_config(config or {}), key)
+
+
+def _workload(model: Any, variants: Any, batch: Any, cfg: Any, k: str) -> Workload:
+
+    models = campaign_models()  # "layers": a suite of single-layer workloads (per-layer tables)
+    model = _choice(model, f"{k}.model", models)
+    variants = _list(variants, f"{k}.variants")
+    for j, x in enumerate(variants):
+        _choice(x, f"{k}.variants[{j}]", VARIANTS if model != LAYER_SUITE else ("full",))
+    _unique(variants, f"{k}.variants")
+    batch = _list(batch, f"{k}.batch")
+    for j, x in enumerate(batch):
+        _int(x, f"{k}.batch[{j}]", 1, 4096)
+    _unique(batch, f"{k}.batch")
+    if not isinstance(cfg, Mapping):
+        raise ConfigError(f"must be a table of model arguments, not {_type_name(cfg)}", key=f"{k}.config")
+    config = []
+    for name, val in cfg.items():
+        if not _IDENT_RE.match(name):
+            raise ConfigError("model argument names are Python identifiers", key=_key(f"{k}.config.", name))
+        config.append((name, _config_value(val, f"{k}.config.{name}")))
+    _check_model_config(model, variants, batch, dict(config), f"{k}.config")
+    return Workload(model, tuple(variants), tuple(batch), tuple(sorted(config)))
+
+
+def _distinct(workloads: Iterable[Workload]) -> None:
+    keys = [(w.model, w.config) for w in workloads]
     for i, x in enumerate(keys):
         if x in keys[:i]:
             raise ConfigError(
                 "same model and config as an earlier workload; merge their variants/batch", key=f"workload[{i}]"
             )
-    return tuple(out)
 
 
 def _check_model_config(model: str, variants: list[Any], batch: list[Any], config: dict[str, Any], key: str) -> None:
@@ -669,6 +732,10 @@ __all__ = [
     "VARIANTS",
     "Workload",
     "cell_id",
+    "check_campaign",
+    "energy_source",
+    "governor_intents",
     "load_campaign",
+    "make_workload",
     "parse_campaign",
 ]

@@ -1,8 +1,9 @@
 """Measure whole models on a device through the campaign engine (resource-model validation, pruned models).
 
-`models_campaign` writes the campaign (a dict for `parse_campaign`); `measure_models` runs it and returns, per
-model name, the median step latency (ms) and energy (mJ) parsed from the results (`resource.measured_from_results`).
-A model is a config (compiled as variant `full`) or a `compressed.json` path (variant `compressed`, its weights).
+`models_campaign` lays out the campaign (a typed `generated.GeneratedCampaign`); `measure_models` runs it and
+returns, per model name, the median step latency (ms) and energy (mJ) parsed from the results
+(`resource.measured_from_results`). A model is a config (compiled as variant `full`) or a `compressed.json` path
+(variant `compressed`, its weights).
 
 With a control model and its reference latency, each model also gets a control-normalized latency: the median
 over rounds of (model / control in the same round) x reference, i.e. the model's latency under the conditions the
@@ -12,7 +13,6 @@ ratio cancels it where the raw median does not (`per_round`, `paired_ratio`, `no
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -22,74 +22,22 @@ from typing import Any
 import pandas as pd
 
 from autlearn.engine.campaign import run
-from autlearn.engine.campaign_config import parse_campaign
+from autlearn.engine.campaign_config import Workload
 from autlearn.engine.settings import MeasureSettings
 from autlearn.engine.store import load_results
 from autlearn.pipelines.artifact_cache import artifact_provider
+from autlearn.pipelines.generated import GeneratedCampaign, generated, workload_of
 from autlearn.profiler.errors import ConfigError, UserError
-from autlearn.workloads.compressed import compressed_build_args
 from autlearn.workloads.resource import canonical_config, measured_from_results
 
 
-def workload_of(model: Any) -> dict[str, Any]:
-    """The campaign workload (a `[[workload]]` table as a dict) of a model config (variant full) or a
-    compressed.json path (variant compressed, compiled with its weights)."""
-    if isinstance(model, (str, Path)):
-        p = Path(model).resolve()
-        args = compressed_build_args(p, None)
-        return {
-            "model": args["model"],
-            "variants": ["compressed"],
-            "batch": [args["batch"]],
-            "config": {"compressed": str(p)},
-        }
-    d = model.to_dict()
-    family = d.pop("model")
-    batch = d.pop("batch")
-    return {"model": family, "variants": ["full"], "batch": [int(batch)], "config": d}
-
-
-def safe_name(text: str, limit: int = 64) -> str:
-    """`text` with every character outside [A-Za-z0-9._-] replaced by '_' (file and campaign names)."""
-    return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in text)[:limit]
-
-
-def named(prefix: str, spec: dict[str, Any]) -> dict[str, Any]:
-    """`spec` named `<prefix>-<digest of everything else>`: different settings never share a results directory."""
-
-    body = {k: v for k, v in spec.items() if k != "name"}
-    digest = hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:10]
-    return {**spec, "name": f"{safe_name(prefix, 52)}-{digest}"}
-
-
 def models_campaign(
-    name: str,
-    workloads_by_model: Mapping[str, dict[str, Any]],
-    serial: str,
-    governor: str,
-    *,
-    reps: int = 2,
-    steps: int = 10,
-    warmup: int = 2,
-    energy: str = "auto",
-) -> dict[str, Any]:
-    """The campaign measuring `workloads_by_model` (label -> `workload_of(model)`) on one device."""
-    workloads: list[dict[str, Any]] = []
-    for w in workloads_by_model.values():  # models with the same workload (config) are measured once
-        if w not in workloads:
-            workloads.append(w)
-    return named(
-        name,
-        {
-            "description": f"{len(workloads_by_model)} whole models",
-            "warmup": warmup,
-            "steps": steps,
-            "repetitions": reps,
-            "energy": energy,
-            "devices": {"serials": [serial]},
-            "governors": [governor],
-            "workload": workloads,
-        },
+    name: str, workloads_by_model: Mapping[str, Workload], device: str, governor: str, settings: MeasureSettings
+) -> GeneratedCampaign:
+    """The campaign measuring `workloads_by_model` (label -> `workload_of(model)`) on `device` (its serial) under
+    `governor`; models with the same workload are measured once."""
+    return generated(
+        name, device, (governor,), workloads_by_model.values(), settings, f"{len(workloads_by_model)} whole models"
     )
 
 
@@ -118,11 +66,11 @@ class Rounds:
         )
 
 
-def _control_ms(raw: pd.DataFrame, control: dict[str, Any]) -> float | None:
+def _control_ms(raw: pd.DataFrame, control: Workload) -> float | None:
     """Median step (ms) of the control workload in one round's results (None when it was not measured)."""
 
     try:
-        m = measured_from_results(raw, control["model"])
+        m = measured_from_results(raw, control.model)
     except ConfigError:
         return None
     want = cell_key(control)
@@ -131,16 +79,16 @@ def _control_ms(raw: pd.DataFrame, control: dict[str, Any]) -> float | None:
 
 
 def run_rounds(
-    spec: dict[str, Any],
+    plan: GeneratedCampaign,
     settings: MeasureSettings,
     *,
-    control: dict[str, Any] | None = None,
+    control: Workload | None = None,
     reference_ms: float | None = None,
     max_extra: int | None = None,
     on_progress: Callable[[Any], None] | None = None,
     log: Callable[[str], None] = lambda s: None,
 ) -> Rounds:
-    """Run `spec` as campaigns one after another (`<name>-r<i>`) and pool the results of `settings.rounds` good
+    """Run `plan` as campaigns one after another (`<name>-r<i>`) and pool the results of `settings.rounds` good
     rounds (results root, resume, threads and artifact cache from `settings`; `on_progress`, `log`: see
     autlearn.engine.campaign.run).
 
@@ -152,9 +100,7 @@ def run_rounds(
 
     rounds = settings.rounds
     provider = artifact_provider(settings.artifacts, log=log)
-    spec = dict(spec)
-    if control is not None and control not in spec["workload"]:
-        spec["workload"] = [control, *spec["workload"]]
+    plan = plan.with_control(control)
     done: list[tuple[pd.DataFrame | None, Path, float | None]] = []
     failed = 0
     extra = rounds if max_extra is None else max_extra
@@ -168,8 +114,7 @@ def run_rounds(
         return c is None or r is None or c <= r * (1 + CONTROL_TOLERANCE)
 
     while len(done) < max(1, rounds) + extra:
-        one = {**spec, "name": f"{spec['name']}-r{len(done)}"}
-        outcome = run(parse_campaign(one, source="generated"), settings, provider, on_progress, log)
+        outcome = run(plan.campaign(f"-r{len(done)}"), settings, provider, on_progress, log)
         failed += outcome.failed
         raw = load_results(outcome.results_dir) if outcome.ok + outcome.resumed else None
         c = _control_ms(raw, control) if (control is not None and raw is not None) else None
@@ -198,11 +143,11 @@ def run_rounds(
 CellKey = tuple[str, str, str, int]
 
 
-def cell_key(w: Mapping[str, Any]) -> CellKey:
+def cell_key(w: Workload) -> CellKey:
     """(workload, variant, canonical config, batch) of a workload (`workload_of`): what a measured cell is matched
     on (`cell_key_of_row`)."""
 
-    return (w["model"], w["variants"][0], canonical_config(w["config"]), w["batch"][0])
+    return (w.model, w.variants[0], canonical_config(w.kwargs), w.batch[0])
 
 
 def cell_key_of_row(r: Any) -> CellKey:
@@ -210,7 +155,7 @@ def cell_key_of_row(r: Any) -> CellKey:
     return (r.workload, r.variant, r.config, r.batch)
 
 
-def cell_labels(workloads_by_label: Mapping[str, dict[str, Any]]) -> dict[CellKey, list[str]]:
+def cell_labels(workloads_by_label: Mapping[str, Workload]) -> dict[CellKey, list[str]]:
     """`cell_key` of a results row -> the labels whose workload (`workload_of`) it is: how measured cells are
     matched back to the models asked for."""
     want: dict[CellKey, list[str]] = {}
@@ -290,18 +235,9 @@ def measure_models(
     frame (the campaign's status says why)."""
 
     by_model = {label: workload_of(model) for label, model in models.items()}
-    spec = models_campaign(
-        name,
-        by_model,
-        serial,
-        governor,
-        reps=settings.repetitions,
-        steps=settings.steps,
-        warmup=settings.warmup,
-        energy=settings.energy,
-    )
+    plan = models_campaign(name, by_model, serial, governor, settings)
     got = run_rounds(
-        spec,
+        plan,
         settings,
         control=workload_of(control) if control is not None else None,
         reference_ms=reference_ms,
@@ -316,7 +252,7 @@ def measure_models(
         norm = normalized_latency(got.raw, models, control, got.reference_ms)
         m["ms_normalized"] = [norm[k]["ms"] if k in norm else float("nan") for k in m["model"]]
         m["drift"] = [norm[k]["drift"] if k in norm else float("nan") for k in m["model"]]
-    home = settings.results_root / spec["name"]  # index of the rounds; callers write their outputs here
+    home = settings.results_root / plan.name  # index of the rounds; callers write their outputs here
     home.mkdir(parents=True, exist_ok=True)
     (home / "rounds.json").write_text(
         json.dumps(

@@ -15,13 +15,15 @@ from typing import Any, cast
 
 import pandas as pd
 
-from autlearn.engine.campaign_config import parse_campaign
+from autlearn.engine.campaign_config import make_workload
 from autlearn.engine.settings import MeasureSettings
-from autlearn.pipelines.measure import measure_models, named, run_rounds, safe_name, workload_of
+from autlearn.pipelines.generated import GeneratedCampaign, generated, safe_name, workload_dict, workload_of
+from autlearn.pipelines.measure import measure_models, run_rounds
 from autlearn.profiler.errors import ConfigError
 from autlearn.workloads.layer_suite import suite_count
 from autlearn.workloads.layers import unique_shapes
 from autlearn.workloads.models import make_config
+from autlearn.workloads.registry import LAYER_SUITE
 from autlearn.workloads.resource import model_resource, prediction_error, validation_configs
 from autlearn.workloads.tables import Table, calibrate, sample_grid, tables_from_results
 
@@ -43,58 +45,46 @@ def config_from(model: str, table_meta: Any = None, overrides: Mapping[str, Any]
 def table_campaign(
     model: str,
     cfg: Any,
-    serial: str,
-    governors: list[str],
+    device: str,
+    governors: tuple[str, ...],
     every: int,
     suites: int,
     settings: MeasureSettings,
     trainable: str = "head",
-) -> dict[str, Any]:
-    """The campaign (as a dict for `parse_campaign`) measuring the layer suites of `cfg` on one device."""
+) -> GeneratedCampaign:
+    """The campaign measuring the layer suites of `cfg` on `device` (its serial)."""
 
     base = {k: v for k, v in cfg.to_dict().items() if k not in ("model", "batch")}
-    return named(
+    suite = {"family": model, "every": every, "suites": suites, "trainable": trainable, **base}
+    return generated(
         f"tables-{model}",
-        {
-            "description": f"per-layer table of {model} ({cfg.key()}), every {every}, {suites} suite(s)",
-            "warmup": settings.warmup,
-            "steps": settings.steps,
-            "repetitions": settings.repetitions,
-            "energy": settings.energy,
-            "devices": {"serials": [serial]},
-            "governors": governors,
-            "workload": [
-                {
-                    "model": "layers",
-                    "batch": [cfg.batch],
-                    "config": {
-                        "family": model,
-                        "every": every,
-                        "suite": i,
-                        "suites": suites,
-                        "trainable": trainable,
-                        **base,
-                    },
-                }
-                for i in range(suites)
-            ],
-        },
+        device,
+        governors,
+        (make_workload(LAYER_SUITE, ("full",), (cfg.batch,), {**suite, "suite": i}) for i in range(suites)),
+        settings,
+        f"per-layer table of {model} ({cfg.key()}), every {every}, {suites} suite(s)",
     )
 
 
 @dataclass(frozen=True)
 class TablePlan:
-    """What `build_device_tables` will measure: `spec` (the campaign, before the per-governor split)."""
+    """What `build_device_tables` will measure: `campaign` (on its device, before the per-governor split)."""
 
     model: str
     cfg: Any
     grid: Any
-    serial: str
-    governors: tuple[str, ...]
     every: int
     shapes: int
     suites: int
-    spec: Mapping[str, Any]
+    campaign: GeneratedCampaign
+
+    @property
+    def device(self) -> str:
+        return self.campaign.device
+
+    @property
+    def governors(self) -> tuple[str, ...]:
+        return self.campaign.governors
 
 
 def plan_device_tables(
@@ -118,9 +108,10 @@ def plan_device_tables(
     govs = tuple(g.strip() for g in governors if g.strip())
     shapes = len(unique_shapes(sample_grid(grid, every)))
     suites = suite_count(shapes, per_suite)
-    spec = table_campaign(model, cfg, serial, list(govs), every, suites, settings)
-    parse_campaign(spec, source="autlearn tables build")  # bad settings fail before anything runs
-    return TablePlan(model, cfg, grid, serial, govs, every, shapes, suites, spec)
+    campaign = table_campaign(model, cfg, serial, govs, every, suites, settings)
+    for gov in govs:  # bad settings fail before anything runs
+        campaign.for_governor(gov).with_control(workload_of(cfg)).campaign("-r0")
+    return TablePlan(model, cfg, grid, every, shapes, suites, campaign)
 
 
 @dataclass(frozen=True)
@@ -147,8 +138,7 @@ def build_device_tables(
     made = {}
     failed = 0
     for gov in plan.governors:
-        one = {**plan.spec, "name": f"{plan.spec['name']}-{gov}", "governors": [gov]}
-        got = run_rounds(one, settings, control=ctl, on_progress=on_progress, log=log)
+        got = run_rounds(plan.campaign.for_governor(gov), settings, control=ctl, on_progress=on_progress, log=log)
         failed += got.failed
         notes = (
             f"measured {plan.shapes} layer shapes ({len(sample_grid(plan.grid, plan.every))} of "
@@ -160,7 +150,9 @@ def build_device_tables(
             made[k] = Table(
                 t.df,
                 replace(
-                    t.meta, control_ms=float(got.reference_ms or 0.0), control_config=json.dumps(ctl, sort_keys=True)
+                    t.meta,
+                    control_ms=float(got.reference_ms or 0.0),
+                    control_config=json.dumps(workload_dict(ctl), sort_keys=True),
                 ),
             )
     out.mkdir(parents=True, exist_ok=True)

@@ -155,9 +155,9 @@ def test_failure_inside_the_window_restores_passthrough(energy_lab, lab_home_env
 DRIVER = """
 import sys, time
 sys.path.insert(0, {root!r})
-from autlearn.profiler.energy.monsoon import open_monitor
+from autlearn.profiler.energy.monsoon import MonsoonWindow, open_monitor
 if __name__ == "__main__":  # the monitor process is spawned (forkserver): the main module is re-imported
-    src = open_monitor({serial!r}, lab_home={home!r}, passthrough="off", settle_s=0.1)
+    src = open_monitor({serial!r}, MonsoonWindow(passthrough="off", settle_s=0.1), lab_home={home!r})
     src.start()
     print("STARTED", src._proc.pid, flush=True)
     time.sleep(600)
@@ -201,7 +201,7 @@ def test_sigkill_of_the_host_restores_passthrough(energy_lab, tmp_path):
 
 
 def test_kill_of_host_and_monitor_process_is_restored_by_the_next_window(energy_lab, tmp_path):
-    from autlearn.profiler.energy.monsoon import open_monitor
+    from autlearn.profiler.energy.monsoon import MonsoonWindow, open_monitor
 
     lab, phones = energy_lab
     unrooted = phones["unrooted"]
@@ -215,7 +215,7 @@ def test_kill_of_host_and_monitor_process_is_restored_by_the_next_window(energy_
     assert passthrough_mode(*state) == 0
     marker = json.loads((state[0] / "pending" / f"{state[1]}.json").read_text())
     assert marker["prior"] == "on"
-    src = open_monitor(unrooted.monsoon, lab_home=lab.home, passthrough="off", settle_s=0.1)
+    src = open_monitor(unrooted.monsoon, MonsoonWindow(passthrough="off", settle_s=0.1), lab_home=lab.home)
     with src:
         pass
     assert src.restored_passthrough == "on" and passthrough_mode(*state) == 1

@@ -126,3 +126,27 @@ def test_the_generic_pruner_knows_no_family():
                 consts = [c.value for c in (node.left, *node.comparators) if isinstance(c, ast.Constant)]
                 bad += [f"{path.relative_to(ROOT)}:{node.lineno} compares to {c!r}" for c in consts if c in names]
     assert not bad, "\n".join(bad)
+
+
+MAX_PARAMETERS = 10
+
+
+def test_no_function_takes_more_than_ten_parameters():
+    """Long parameter lists become settings objects (frozen dataclasses; a click command takes a group of options
+    as one, `autlearn.cli.options.option_group`). Counted: every parameter but a method's self/cls; *args and
+    **kwargs one each."""
+    long = []
+    for pkg in PACKAGES:
+        for path in (ROOT / pkg).rglob("*.py"):
+            for fn in ast.walk(ast.parse(path.read_text(), str(path))):
+                if not isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+                    continue
+                a = fn.args
+                positional = [*a.posonlyargs, *a.args]
+                n = len(positional) + len(a.kwonlyargs) + (a.vararg is not None) + (a.kwarg is not None)
+                if positional and positional[0].arg in ("self", "cls"):
+                    n -= 1
+                if n > MAX_PARAMETERS:
+                    name = getattr(fn, "name", "<lambda>")
+                    long.append(f"{path.relative_to(ROOT)}:{fn.lineno} {name} ({n})")
+    assert not long, f"functions over {MAX_PARAMETERS} parameters: " + ", ".join(sorted(long))

@@ -9,7 +9,8 @@ import json
 import pandas as pd
 import pytest
 
-from autlearn.pipelines.measure import normalized_latency, paired_ratio, per_round, workload_of
+from autlearn.pipelines.generated import workload_of
+from autlearn.pipelines.measure import normalized_latency, paired_ratio, per_round
 from autlearn.workloads.models import make_config
 
 CONTROL = make_config("mobilenet", width=0.5, num_classes=10, batch=4, image_size=28)
@@ -21,10 +22,10 @@ def cells(campaign: str, model, ms: float, steps: int = 5, warmup: int = 1) -> l
     return [
         {
             "campaign": campaign,
-            "workload": w["model"],
-            "variant": w["variants"][0],
-            "config": json.dumps(w["config"]),
-            "batch": w["batch"][0],
+            "workload": w.model,
+            "variant": w.variants[0],
+            "config": json.dumps(w.kwargs),
+            "batch": w.batch[0],
             "governor_requested": "interactive",
             "warmup": i < warmup,
             "step_ns": (ms * 1e6 * (50 if i < warmup else 1)) + i,

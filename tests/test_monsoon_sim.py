@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from autlearn.profiler.energy import EnergySource
-from autlearn.profiler.energy.monsoon import MonsoonSource, list_monitors
+from autlearn.profiler.energy.monsoon import MonsoonSource, MonsoonWindow, list_monitors
 from autlearn.profiler.errors import EnergyError, UserError
 from autlearn.testbed.monsoon_sim import (
     DropBurst,
@@ -51,7 +51,7 @@ def test_sim_rejects_duplicate_serials():
 def test_known_profile_energy_and_passthrough_restored(tmp_path):
     fleet = SimFleet((SimMonitor(4242, profile=SCHEDULE),), state_dir=str(tmp_path))
     assert list_monitors(fleet) == ("4242",)
-    src = MonsoonSource(4242, voltage=4.0, settle_s=0.1, duration_s=2.0, backend=fleet)
+    src = MonsoonSource(4242, MonsoonWindow(voltage=4.0, settle_s=0.1, duration_s=2.0), backend=fleet)
     assert isinstance(src, EnergySource)
     src.start()
     trace = src.stop()
@@ -72,8 +72,8 @@ def test_two_monitors_at_once_keep_their_serials_and_data(tmp_path):
     fleet = SimFleet(
         (SimMonitor(1111, profile=((5.0, 300.0),)), SimMonitor(2222, profile=((5.0, 50.0),))), state_dir=str(tmp_path)
     )
-    a = MonsoonSource(1111, voltage=3.8, settle_s=0.05, duration_s=0.5, backend=fleet)
-    b = MonsoonSource(2222, voltage=4.2, settle_s=0.05, duration_s=0.5, backend=fleet)
+    a = MonsoonSource(1111, MonsoonWindow(voltage=3.8, settle_s=0.05, duration_s=0.5), backend=fleet)
+    b = MonsoonSource(2222, MonsoonWindow(voltage=4.2, settle_s=0.05, duration_s=0.5), backend=fleet)
     a.start()
     b.start()
     ta, tb = a.stop(), b.stop()
@@ -86,7 +86,7 @@ def test_two_monitors_at_once_keep_their_serials_and_data(tmp_path):
 
 def test_dropped_burst_is_counted_and_leaves_a_gap(tmp_path):
     fleet = SimFleet((SimMonitor(4242, profile=SCHEDULE, drops=(DropBurst(1.0, 250),)),), state_dir=str(tmp_path))
-    with MonsoonSource(4242, voltage=4.0, settle_s=0.1, duration_s=2.0, backend=fleet) as src:
+    with MonsoonSource(4242, MonsoonWindow(voltage=4.0, settle_s=0.1, duration_s=2.0), backend=fleet) as src:
         trace = src.stop()
     assert trace.dropped == 250
     dt = np.diff(trace.t)
@@ -100,7 +100,7 @@ def test_dropped_burst_is_counted_and_leaves_a_gap(tmp_path):
 def test_passthrough_restored_after_exception_in_window(tmp_path):
     fleet = SimFleet((SimMonitor(4242, profile=SCHEDULE),), state_dir=str(tmp_path))
     with pytest.raises(RuntimeError, match="workload crashed"):
-        with MonsoonSource(4242, voltage=4.0, settle_s=0.1, backend=fleet, passthrough="off"):
+        with MonsoonSource(4242, MonsoonWindow(voltage=4.0, settle_s=0.1, passthrough="off"), backend=fleet):
             assert passthrough_mode(tmp_path, 4242) == 0
             raise RuntimeError("workload crashed")
     assert passthrough_mode(tmp_path, 4242) == 1
@@ -113,8 +113,7 @@ def test_wait_for_adb_hook_runs_after_restore(tmp_path):
     seen = []
     src = MonsoonSource(
         4242,
-        settle_s=0.0,
-        duration_s=0.1,
+        MonsoonWindow(settle_s=0.0, duration_s=0.1),
         backend=fleet,
         wait_for_adb=lambda: seen.append(passthrough_mode(tmp_path, 4242)),
     )

@@ -117,31 +117,37 @@ def list_monitors(backend: Callable[[], Any] | None = None) -> tuple[str, ...]:
         ) from e
 
 
-def open_monitor(serial: str | int, *, lab_home: str | os.PathLike[str] | None = None, **kwargs: Any) -> MonsoonSource:
-    """A MonsoonSource for `serial`: a monitor a plugin provides when one claims the serial (profiler.instruments;
-    the virtual lab's `SIM-<port>`, looked up in its state under `lab_home`, default $AUTLEARN_HOME; paced to real
-    time, traces labelled `simulated`), else a real HVPM through the monsoon driver + pyusb/libusb. EnergyError
-    (one line, naming the monitors found) when no such monitor is attached."""
+def open_monitor(
+    serial: str | int,
+    window: MonsoonWindow | None = None,
+    *,
+    lab_home: str | os.PathLike[str] | None = None,
+    **kwargs: Any,
+) -> MonsoonSource:
+    """A MonsoonSource for `serial`, sampling as `window` says: a monitor a plugin provides when one claims the
+    serial (profiler.instruments; the virtual lab's `SIM-<port>`, looked up in its state under `lab_home`, default
+    $AUTLEARN_HOME; paced to real time, traces labelled `simulated`), else a real HVPM through the monsoon driver +
+    pyusb/libusb. EnergyError (one line, naming the monitors found) when no such monitor is attached."""
 
     serial = str(serial)
     mon = monitor_backend(serial, lab_home)
     if mon is not None:
         kwargs.setdefault("settle_wait", mon.realtime)  # real time: let the settling window pass before the workload
-        return MonsoonSource(mon.usb_serial, backend=mon.backend, **kwargs)
+        return MonsoonSource(mon.usb_serial, window, backend=mon.backend, **kwargs)
     found = list_monitors(kwargs.get("backend"))
     if serial not in found:
         listed = ", ".join(found) if found else "none"
         raise EnergyError(
             f"Monsoon with serial {serial} not found (monitors attached: {listed})", serial=serial, found=found
         )
-    return MonsoonSource(serial, **kwargs)
+    return MonsoonSource(serial, window, **kwargs)
 
 
 def restore_pending_passthrough(serial: str | int, *, lab_home: str | os.PathLike[str] | None = None) -> str | None:
     """USB passthrough is a knob of the monitor: when a window on `serial` died before restoring it (its marker
     is left), open a short window now; its end restores the prior mode the marker kept. None when nothing was
     pending."""
-    src = open_monitor(serial, lab_home=lab_home, passthrough="off", settle_s=0.0, settle_wait=False)
+    src = open_monitor(serial, MonsoonWindow(passthrough="off", settle_s=0.0), lab_home=lab_home, settle_wait=False)
     if not src.config.pending_dir or pending_passthrough(src.config.pending_dir, src.config.serial) is None:
         return None
     try:
@@ -149,6 +155,17 @@ def restore_pending_passthrough(serial: str | int, *, lab_home: str | os.PathLik
     finally:
         src.close()
     return f"USB passthrough restored ({src.restored_passthrough})"
+
+
+@dataclass(frozen=True)
+class MonsoonWindow:
+    """How a window samples: MonsoonConfig's fields of the same names (commented and checked there)."""
+
+    voltage: float = 4.0
+    passthrough: str = "off"
+    restore: str = "prior"
+    settle_s: float = 0.5
+    duration_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -181,8 +198,8 @@ class MonsoonConfig:
 class MonsoonSource:
     """EnergySource for one HVPM. Several can run at once (one process each).
 
-    with MonsoonSource("12345", voltage=4.0) as src:   # start(); close() restores passthrough even on error
-        run_workload()
+    with MonsoonSource("12345", MonsoonWindow(voltage=4.0)) as src:  # start(); close() restores passthrough
+        run_workload()                                                 # (on an error too)
         trace = src.stop()
 
     `wait_for_adb` is called after passthrough has been restored (e.g. `lambda: device.wait_online()`).
@@ -196,12 +213,8 @@ class MonsoonSource:
     def __init__(
         self,
         serial: str | int,
+        window: MonsoonWindow | None = None,
         *,
-        voltage: float = 4.0,
-        passthrough: str = "off",
-        restore: str = "prior",
-        settle_s: float = 0.5,
-        duration_s: float | None = None,
         backend: Callable[[], Any] | None = None,
         wait_for_adb: Callable[[], None] | None = None,
         settle_wait: bool | None = None,
@@ -210,13 +223,14 @@ class MonsoonSource:
     ) -> None:
         if pending_dir is True:
             pending_dir = default_pending_dir(backend)
+        w = window or MonsoonWindow()
         self.config = MonsoonConfig(
             str(serial),
-            voltage,
-            passthrough,
-            restore,
-            settle_s,
-            duration_s,
+            w.voltage,
+            w.passthrough,
+            w.restore,
+            w.settle_s,
+            w.duration_s,
             backend,
             str(pending_dir) if pending_dir else None,
             os.getpid(),

@@ -55,7 +55,7 @@ from autlearn.profiler.energy.fuelgauge import (
     parse_log,
     to_trace,
 )
-from autlearn.profiler.energy.monsoon import open_monitor
+from autlearn.profiler.energy.monsoon import MonsoonWindow, open_monitor
 from autlearn.profiler.errors import DeviceError, EnergyError
 from autlearn.profiler.instruments import known_monitor as lookup
 from autlearn.profiler.probe import DeviceFacts
@@ -597,7 +597,9 @@ class MonsoonMeter(Meter):
         self.device, self.facts, self.serial = device, facts, str(serial)
         self.virtual = bool(getattr(facts, "virtual", False))
         self.baseline_s, self.n_trips = baseline_s, round_trips
-        self.src = open_monitor(self.serial, lab_home=lab_home, voltage=voltage, passthrough="off", settle_s=0.2)
+        self.src = open_monitor(
+            self.serial, MonsoonWindow(voltage=voltage, passthrough="off", settle_s=0.2), lab_home=lab_home
+        )
         self.trips: list[tuple[float, float, float]] = []
         self._baseline_host: tuple[float, float] | None = None
 
