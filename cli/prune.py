@@ -22,7 +22,7 @@ from autlearn.workloads.tables import load_table
 if TYPE_CHECKING:
     from autlearn.engine.settings import MeasureSettings
     from autlearn.workloads.pruning.budget import Budget
-    from autlearn.workloads.registry import Compressor
+    from autlearn.workloads.pruning.strategy import Compressor
     from autlearn.workloads.tables import Table
 
 

@@ -16,7 +16,7 @@ from autlearn.pipelines.tables import config_from
 from autlearn.profiler.errors import ConfigError
 from autlearn.workloads.pruning.budget import Budget
 from autlearn.workloads.pruning.loop import Attempt, close_loop, verdict_values
-from autlearn.workloads.registry import Compressor
+from autlearn.workloads.pruning.strategy import Compressor
 
 
 @dataclass(frozen=True)

@@ -69,7 +69,7 @@ def test_cell_label_round_trip():
 
 
 def test_results_show_sorts_rows_by_device_workload_variant_batch_governor(tmp_path, capsys):
-    from tests.test_store import meta_for, steps_for
+    from test_store import meta_for, steps_for
 
     camp = parse_campaign(
         {
@@ -187,7 +187,7 @@ def test_code_fingerprint_hashes_the_listed_build_sources_only(monkeypatch):
 def test_results_show_and_the_report_give_wait_beside_harness(tmp_path, capsys):
     """Issue 30: the lab's queueing (wait_s) beside, not inside, the harness's own time; each launch's CPU share."""
     from autlearn.reports.build import build_report, load_campaign_data, report_json
-    from tests.test_store import meta_for, steps_for
+    from test_store import meta_for, steps_for
 
     camp = parse_campaign(
         {
@@ -251,7 +251,7 @@ def test_results_show_and_the_report_say_why_a_cell_has_no_energy(tmp_path, caps
     """Issue 31: the reason for missing energy is in the text table and the report, not only in --json; affinity is a
     column (big and little cells differ); a failed cell's multi-line reason is one line."""
     from autlearn.reports.build import build_report, load_campaign_data
-    from tests.test_store import meta_for, steps_for
+    from test_store import meta_for, steps_for
 
     camp = parse_campaign(
         {
