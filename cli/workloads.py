@@ -17,7 +17,7 @@ from autlearn.profiler.errors import ArtifactError, ConfigError
 from autlearn.profiler.lease import PhoneLease
 from autlearn.workloads import registry
 from autlearn.workloads.artifact import build_to, list_artifacts
-from autlearn.workloads.metaschedule import tune_devices
+from autlearn.workloads.metaschedule import TuneSettings, tune_devices
 
 # Mirrors workloads.compile.VARIANTS / runner_build.ABIS (checked again there); kept literal so `--help` needs no
 # heavy imports. Models: the registered families (autlearn.workloads.registry, cheap to import).
@@ -203,6 +203,7 @@ def tune(
     if batch is not None:
         config["batch"] = batch
     say = lambda msg: click.echo(f"[tune] {msg}", err=True)  # noqa: E731
+    settings = TuneSettings(trials=trials, minutes=minutes, top=top, threads=threads)
     if address:
         results = tune_on_cluster(
             address,
@@ -211,10 +212,7 @@ def tune(
             variant,
             say=say,
             target_id=target_id,
-            trials=trials,
-            minutes=minutes,
-            top=top,
-            threads=threads,
+            settings=settings,
             **config,
         )
     else:
@@ -226,10 +224,7 @@ def tune(
                 model,
                 variant,
                 target_id=target_id,
-                trials=trials,
-                minutes=minutes,
-                top=top,
-                threads=threads,
+                settings=settings,
                 say=say,
                 **config,
             )
