@@ -247,18 +247,22 @@ def _tuning_payload(request: BuildRequest) -> tuple[dict[str, bytes], str | None
     )
 
 
+# a build the cache lacks: (workload, variant, target id, directory name, config), as the cache names it
+BuildArgs = tuple[str, str, str, str, dict[str, Any]]
+
+
 @runtime_checkable
 class BuildCache(Protocol):
     """An artifact cache that can take builds made elsewhere (`pipelines.artifact_cache.ArtifactProvider`)."""
 
     def __call__(self, cell: Cell, abi: str) -> ArtifactRef: ...
 
-    def missing(self, requests: Iterable[tuple[Cell, str]]) -> dict[str, tuple[str, str, str, str, dict[str, Any]]]: ...
+    def missing(self, requests: Iterable[tuple[Cell, str]]) -> dict[str, BuildArgs]: ...
 
     def adopt(
         self,
         key: str,
-        args: tuple[str, str, str, str, dict[str, Any]],
+        args: BuildArgs,
         files: dict[str, bytes],
         tuning_digest: str | None = None,
     ) -> None: ...
@@ -281,7 +285,7 @@ class ClusterBuilds:
         cache = self.cache
         if not isinstance(cache, BuildCache):
             return  # a cache that takes no builds made elsewhere builds on its own, when asked
-        todo: dict[str, tuple[tuple[str, str, str, str, dict[str, Any]], BuildRequest]] = {}
+        todo: dict[str, tuple[BuildArgs, BuildRequest]] = {}
         for r in requests:
             for key, args in cache.missing([(r.cell, r.target)]).items():
                 todo.setdefault(key, (args, r))
