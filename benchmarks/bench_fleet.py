@@ -168,7 +168,9 @@ def hosts_main(args) -> int:
     from autlearn.engine.campaign import run_campaign
     from autlearn.engine.campaign_config import parse_campaign
     from autlearn.engine.cluster import ClusterFleet
+    from autlearn.engine.fleet import BuildRequest
     from autlearn.pipelines.artifact_cache import artifact_provider
+    from autlearn.profiler.paths import tuning_dir
     from autlearn.testbed.cluster_lab import ClusterLab
     from autlearn.testbed.lab import Lab, find_free_ports
 
@@ -248,12 +250,14 @@ def hosts_main(args) -> int:
                     "workload": [{"model": "lstm", "variants": ["full"], "batch": [3, 5], "config": TINY_LSTM}],
                 }
             )
-            ClusterFleet(address).prebuild(
-                artifact_provider(home / f"warm{hosts}"),
-                [(c, "x86_64") for c in warm.plan([type("D", (), {"serial": "x", "model": "", "virtual": True})()])],
+            ClusterFleet(address).provider(artifact_provider(home / f"warm{hosts}")).prebuild(
+                [
+                    BuildRequest(c, "x86_64", tuning_dir())
+                    for c in warm.plan([type("D", (), {"serial": "x", "model": "", "virtual": True})()])
+                ]
             )
             t0 = time.perf_counter()
-            ClusterFleet(address).prebuild(cold, [(c, "x86_64") for c in cells])
+            ClusterFleet(address).provider(cold).prebuild([BuildRequest(c, "x86_64", tuning_dir()) for c in cells])
             wall = time.perf_counter() - t0
             built = len(cells) - len(cold.missing([(c, "x86_64") for c in cells]))  # verified in the cache
             builds.append(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -18,7 +18,7 @@ from autlearn.profiler.errors import ArtifactError, ConfigError
 from autlearn.profiler.lease import PhoneLease
 from autlearn.workloads import registry
 from autlearn.workloads.artifact import build_to, list_artifacts
-from autlearn.workloads.metaschedule import tune_devices
+from autlearn.workloads.metaschedule import TuneSettings, tune_devices
 
 # Mirrors workloads.compile.VARIANTS / runner_build.ABIS (checked again there); kept literal so `--help` needs no
 # heavy imports. Models: the registered families (autlearn.workloads.registry, cheap to import).
@@ -228,13 +228,18 @@ def tune(
         config["batch"] = batch
     say = lambda msg: click.echo(f"[tune] {msg}", err=True)  # noqa: E731
     phones = list(dict.fromkeys(serials))
+    settings = TuneSettings(trials=tuning.trials, minutes=tuning.minutes, top=tuning.top, threads=tuning.threads)
     if address:
-        results = tune_on_cluster(address, phones, model, variant, say=say, **asdict(tuning), **config)
+        results = tune_on_cluster(
+            address, phones, model, variant, target_id=tuning.target_id, settings=settings, say=say, **config
+        )
     else:
         with contextlib.ExitStack() as leases:  # a phone another run (or tune) holds stops this one with one line
             for s in phones:
                 leases.enter_context(PhoneLease(Device(s), f"tune {model}", "tuning", say=say))
-            results = tune_devices(phones, model, variant, say=say, **asdict(tuning), **config)
+            results = tune_devices(
+                phones, model, variant, target_id=tuning.target_id, settings=settings, say=say, **config
+            )
     if len(results) > 1:
         if as_json:
             click.echo(json.dumps(results, indent=1))

@@ -11,14 +11,20 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Protocol
 
-from autlearn.engine.campaign_config import Campaign, Cell, cell_id
+from autlearn.engine.campaign_config import Campaign, cell_id
 from autlearn.engine.cluster import ClusterFleet
+from autlearn.engine.events import EventSink
+from autlearn.engine.fleet import (
+    ArtifactProvider,
+    BuildRequest,
+    CellArtifacts,
+    Fleet,
+    LocalBuilds,
+    run_devices,
+)
 from autlearn.engine.settings import MeasureSettings
 from autlearn.engine.store import Store, one_line
 from autlearn.engine.worker import (  # noqa: F401
@@ -28,6 +34,7 @@ from autlearn.engine.worker import (  # noqa: F401
     HarnessClock,
     Outcome,
     Planned,
+    PlannedCell,
     Progress,
     affinity_mask,
     check_energy,
@@ -40,54 +47,17 @@ from autlearn.profiler.device import Device, wait_device
 from autlearn.profiler.fleet import FleetEntry, discover
 from autlearn.profiler.governor import restore_on_signals, restore_pending
 from autlearn.profiler.lease import PhoneLease
+from autlearn.profiler.paths import tuning_dir
 from autlearn.profiler.probe import DeviceFacts, target_id
-
-ArtifactProvider = Callable[[Cell, str], ArtifactRef]  # (cell, target id) -> artifact
-
-
-class Fleet(Protocol):
-    """Where a campaign's phones are and how their cells run: `LocalFleet`, or `engine.cluster.ClusterFleet`."""
-
-    def discover(self) -> list[FleetEntry]: ...
-
-    def lease(
-        self,
-        devices: Sequence[DeviceFacts],
-        campaign: Campaign,
-        results: str,
-        wait_s: float,
-        log: Callable[[str], None],
-        stack: contextlib.ExitStack,
-    ) -> None: ...
-
-    def check(self, campaign: Campaign, devices: Sequence[DeviceFacts]) -> None: ...
-
-    def prepare(
-        self,
-        campaign: Campaign,
-        devices: Sequence[DeviceFacts],
-        store: Store,
-        log: Callable[[str], None],
-        stack: contextlib.ExitStack,
-    ) -> dict[str, str]: ...
-
-    def prebuild(self, artifacts: ArtifactProvider, requests: Sequence[tuple[Cell, str]]) -> None: ...
-
-    def run(
-        self,
-        planned: Planned,
-        by_serial: dict[str, DeviceFacts],
-        store: Store,
-        campaign: Campaign,
-        progress: Progress,
-        resume: bool,
-        threads: int | None,
-    ) -> tuple[dict[str, int], tuple[str, ...]]: ...
 
 
 class LocalFleet:
     """The phones of this host's adb server, driven in-process: one worker thread per device (the default engine;
-    `autlearn.engine.cluster.ClusterFleet` is the same interface over agents on several hosts)."""
+    `autlearn.engine.cluster.ClusterFleet` is the same interface over agents on several hosts). `say`: where its
+    messages go (leases waited for, what killed runs left changed)."""
+
+    def __init__(self, say: Callable[[str], None] = lambda s: None) -> None:
+        self._say = say
 
     def discover(self) -> list[FleetEntry]:
         return discover()
@@ -98,12 +68,13 @@ class LocalFleet:
         campaign: Campaign,
         results: str,
         wait_s: float,
-        log: Callable[[str], None],
         stack: contextlib.ExitStack,
     ) -> None:
         for d in devices:  # before anything is written or changed: one run per phone
             stack.enter_context(
-                PhoneLease(wait_device(d.serial, max(wait_s, 15.0)), campaign.name, results, wait_s=wait_s, say=log)
+                PhoneLease(
+                    wait_device(d.serial, max(wait_s, 15.0)), campaign.name, results, wait_s=wait_s, say=self._say
+                )
             )
 
     def check(self, campaign: Campaign, devices: Sequence[DeviceFacts]) -> None:
@@ -111,26 +82,19 @@ class LocalFleet:
         check_energy(campaign, [d.serial for d in devices])
 
     def prepare(
-        self,
-        campaign: Campaign,
-        devices: Sequence[DeviceFacts],
-        store: Store,
-        log: Callable[[str], None],
-        stack: contextlib.ExitStack,
+        self, campaign: Campaign, devices: Sequence[DeviceFacts], store: Store, stack: contextlib.ExitStack
     ) -> dict[str, str]:
         """Under the leases: put back what killed runs left changed (governors, charging, adbd root, passthrough)
         and undo adbd root when the run ends."""
         restored = restore_pending(store.root, lambda s: Device(s))  # results of older versions kept them here
         leased = {d.serial for d in devices}
         restored.update(put_back(leased, campaign))
-        stack.callback(undo_root, leased, log)  # adbd back as it was when the run ends (under the leases)
-        stack.callback(_passthrough_at_end, campaign, sorted(leased), log)
+        stack.callback(undo_root, leased, self._say)  # adbd back as it was when the run ends (under the leases)
+        stack.callback(_passthrough_at_end, campaign, sorted(leased), self._say)
         return restored
 
-    def prebuild(self, artifacts: ArtifactProvider, requests: Sequence[tuple[Cell, str]]) -> None:
-        prebuild = getattr(artifacts, "prebuild", None)
-        if prebuild is not None:  # parallel builds of what the plan needs (the provider memoizes them)
-            prebuild(requests)
+    def provider(self, cache: CellArtifacts) -> ArtifactProvider:
+        return LocalBuilds(cache)
 
     def run(
         self,
@@ -143,28 +107,20 @@ class LocalFleet:
         threads: int | None,
     ) -> tuple[dict[str, int], tuple[str, ...]]:
         stop = threading.Event()
-        workers = [
-            DeviceWorker(s, by_serial[s], lst, store, campaign, progress, stop, resume, threads)
-            for s, lst in planned.items()
-        ]
+        workers: list[DeviceWorker] = []
+
+        def drive(name: str, cells: list[PlannedCell], emit: EventSink) -> None:
+            worker = DeviceWorker(name, by_serial[name], cells, campaign, emit, stop, threads)
+            workers.append(worker)
+            worker.run()
+
+        def halt() -> None:
+            stop.set()  # workers store their current cell as interrupted and start no other; guards restore
+            for w in list(workers):
+                w.abort_launch()  # the runner under way ends now, not after its steps
+
         with restore_on_signals():
-            pool = ThreadPoolExecutor(max_workers=len(workers), thread_name_prefix="device")
-            futures = [pool.submit(w.run) for w in workers]
-            try:
-                while not all(f.done() for f in futures):
-                    time.sleep(0.2)
-            except BaseException:
-                stop.set()  # workers store their current cell as interrupted and start no other; guards restore
-                for w in workers:
-                    w.abort_launch()  # the runner under way ends now, not after its steps
-                pool.shutdown(wait=True)
-                raise
-            pool.shutdown(wait=True)
-        totals = {"ok": 0, "failed": 0, "skipped": 0, "resumed": 0, "interrupted": 0}
-        for f in futures:
-            for k, v in f.result().items():
-                totals[k] += v
-        return totals, tuple(w for wk in workers for w in wk.warnings)
+            return run_devices(planned, store, progress, resume, drive, halt)
 
 
 def _passthrough_at_end(campaign: Campaign, serials: Iterable[str], log: Callable[[str], None]) -> None:
@@ -179,7 +135,7 @@ def fleet_for(settings: MeasureSettings, log: Callable[[str], None] = lambda s: 
     says from its discovery on (a host whose agent does not answer) through `log`."""
     address = getattr(settings, "cluster", None)
     if not address:
-        return LocalFleet()
+        return LocalFleet(say=log)
 
     return ClusterFleet(address, say=log)
 
@@ -187,15 +143,16 @@ def fleet_for(settings: MeasureSettings, log: Callable[[str], None] = lambda s: 
 def run(
     campaign: Campaign,
     settings: MeasureSettings,
-    artifacts: ArtifactProvider,
+    artifacts: CellArtifacts,
     on_progress: Callable[[Progress], None] | None = None,
     log: Callable[[str], None] = lambda s: None,
     wait_s: float = 0.0,
 ) -> Outcome:
     """Run `campaign` with `settings` (autlearn.engine.settings.MeasureSettings: results root, resume, threads, cluster)
-    and an artifact provider -> Outcome. No display: `on_progress(progress)` is called on every change and once at
-    the end (a CLI renders it; `progress.finished` is then True); `log` gets the engine's messages; `wait_s`: how
-    long to wait for a phone another run holds."""
+    and an artifact cache (the fleet builds through it: `Fleet.provider`) -> Outcome. No display:
+    `on_progress(progress)` is called on every change and once at the end (a CLI renders it; `progress.finished` is
+    then True); `log` gets the engine's messages and the fleet's; `wait_s`: how long to wait for a phone another
+    run holds."""
     progress = Progress()
     if on_progress is not None:
         progress.on_change = lambda _serial: on_progress(progress)
@@ -220,7 +177,7 @@ def run(
 def run_campaign(
     campaign: Campaign,
     results_root: Path,
-    artifacts: ArtifactProvider,
+    artifacts: CellArtifacts,
     *,
     resume: bool = False,
     progress: Progress | None = None,
@@ -231,8 +188,8 @@ def run_campaign(
 ) -> Outcome:
     """Run every cell of `campaign` on the selected devices; results under `results_root/<campaign.name>`.
     Each device is leased to this run first (`profiler.lease`; `wait_s` for a phone another run holds). `fleet`:
-    where the phones are (default: this host's adb server, `LocalFleet`)."""
-    fleet = fleet or LocalFleet()
+    where the phones are (default: this host's adb server, `LocalFleet` saying through `log`)."""
+    fleet = fleet or LocalFleet(say=log)
     with contextlib.ExitStack() as stack:
         return _run_campaign(
             campaign,
@@ -251,7 +208,7 @@ def run_campaign(
 def _run_campaign(
     campaign: Campaign,
     results_root: Path,
-    artifacts: ArtifactProvider,
+    artifacts: CellArtifacts,
     *,
     resume: bool,
     progress: Progress | None,
@@ -276,7 +233,7 @@ def _run_campaign(
             "no connected device matches the campaign's [devices] selection"
             + ("" if reachable else " (no device is connected; `autlearn lab up` starts virtual ones)")
         )
-    fleet.lease(devices, campaign, str(Path(results_root) / campaign.name), wait_s, log, stack)
+    fleet.lease(devices, campaign, str(Path(results_root) / campaign.name), wait_s, stack)
     fleet.check(campaign, devices)
     store = Store.open(results_root, campaign)
     store.record_devices(
@@ -301,16 +258,18 @@ def _run_campaign(
     for d in devices:
         if d.cpu_target is not None and not d.cpu_target.recognised:
             log(f"{d.serial}: {d.cpu_target.note}")
-    restored = fleet.prepare(campaign, devices, store, log, stack)
+    restored = fleet.prepare(campaign, devices, store, stack)
     for key, what in restored.items():
         log(f"{key}: left changed by an interrupted run: {what}")
-    cells = campaign.plan(devices)
     planned: Planned = {d.serial: [] for d in devices}
     by_serial = {d.serial: d for d in devices}
-    fleet.prebuild(artifacts, [(cell, target_id(by_serial[cell.device_serial])) for cell in cells])
-    for cell in cells:
-        art = artifacts(cell, target_id(by_serial[cell.device_serial]))
-        planned[cell.device_serial].append((cell, cell_id(cell, art.hash), art))
+    root = tuning_dir()
+    requests = [BuildRequest(c, target_id(by_serial[c.device_serial]), root) for c in campaign.plan(devices)]
+    provider = fleet.provider(artifacts)  # every build goes through it: in-process, or Ray tasks first
+    provider.prebuild(requests)
+    for req in requests:
+        art = provider(req)
+        planned[req.cell.device_serial].append((req.cell, cell_id(req.cell, art.hash), art))
     ids = [(cid, c.spec_key) for lst in planned.values() for c, cid, _ in lst]
     if not resume and any(store.status(cid) is not None for cid, _ in ids):
         raise CampaignError(

@@ -1,8 +1,9 @@
 """One device's worker: its cells in order under a GovernorGuard (cooldown, governor, deploy once per content hash,
-R runner launches of W warm-up and N timed steps, parse, metadata, energy), every outcome written to a store. The
-in-process engine (engine.campaign) runs one per device in threads; a cluster agent (engine.cluster) runs the
-same worker on its host and streams the writes back. Also the host-side steps around a run on a device's host:
-failing fast on a monitor that cannot exist, putting back a killed run's passthrough, undoing adbd root.
+R runner launches of W warm-up and N timed steps, parse, metadata, energy), every outcome and progress change an
+event (`engine.events`). The in-process engine (engine.campaign) runs one per device in threads and records the
+events as they come; a cluster agent (engine.cluster) runs the same worker on its host and streams them back.
+Also the host-side steps around a run on a device's host: failing fast on a monitor that cannot exist, putting
+back a killed run's passthrough, undoing adbd root.
 """
 
 from __future__ import annotations
@@ -11,12 +12,12 @@ import contextlib
 import fnmatch
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
 
 from autlearn.engine.campaign_config import Campaign, Cell
+from autlearn.engine.events import CellEvent, EventSink, StateEvent, StatusEvent, TraceEvent, WarningEvent
 from autlearn.engine.store import LABELS, CellMeta, Sample, one_line
 from autlearn.profiler import __version__, hostcpu, knobs, paths
 from autlearn.profiler.deploy import deploy, remote_dir, runner_command
@@ -49,8 +50,9 @@ class ArtifactRef:
     tools: tuple[tuple[str, str], ...] = ()
 
 
-# per device: its (cell, cell id, artifact), in the order they run (the engine's plan, local or on a cluster)
-Planned = dict[str, list[tuple[Cell, str, ArtifactRef]]]
+# a cell of the plan: (cell, cell id, artifact); per device, in the order they run (local or on a cluster)
+PlannedCell = tuple[Cell, str, ArtifactRef]
+Planned = dict[str, list[PlannedCell]]
 
 
 @dataclass
@@ -88,35 +90,6 @@ class Outcome:
     results_dir: Path
     restored: tuple[tuple[str, str], ...] = ()
     warnings: tuple[str, ...] = ()
-
-
-class CellWriter(Protocol):
-    """Where a DeviceWorker's outcomes go: the campaign's Store, or a cluster agent's stream to its controller."""
-
-    def finished(self, cell_id: str) -> bool: ...
-
-    def write_status(
-        self,
-        cell_id: str,
-        status: str,
-        reason: str = "",
-        *,
-        spec_key: str = "",
-        label: str = "",
-        extra: Mapping[str, Any] | None = None,
-    ) -> None: ...
-
-    def write_cell(self, meta: CellMeta, steps: Sequence[Sample]) -> object: ...
-
-    def write_trace(self, cell_id: str, trace: Any) -> object: ...
-
-
-class ProgressSink(Protocol):
-    """What a DeviceWorker reports its progress to: Progress, or a cluster agent's stream to its controller."""
-
-    def advance(self, serial: str, state: str = "") -> None: ...
-
-    def set_state(self, serial: str, state: str) -> None: ...
 
 
 # ------------------------------------------------------------------------------------------------------ pure helpers
@@ -181,60 +154,48 @@ class HarnessClock:
 
 
 class DeviceWorker:
-    """Runs one device's cells in order. Never raises for a cell: outcomes go to the store."""
+    """Runs one device's cells in order. Never raises for a cell: every outcome is an event to `emit`."""
 
     def __init__(
         self,
         serial: str,
         facts: DeviceFacts,
-        cells: list[tuple[Cell, str, ArtifactRef]],
-        store: CellWriter,
+        cells: list[PlannedCell],
         campaign: Campaign,
-        progress: ProgressSink,
+        emit: EventSink,
         stop: threading.Event,
-        resume: bool,
         threads: int | None = None,
         name: str | None = None,
     ):
-        self.serial, self.facts, self.cells, self.store = serial, facts, cells, store
+        self.serial, self.facts, self.cells, self.emit = serial, facts, cells, emit
         self.name = name or serial  # what results call the device (`host/serial` on a cluster of hosts)
-        self.campaign, self.progress, self.stop, self.resume = campaign, progress, stop, resume
-        self.threads = threads
+        self.campaign, self.stop, self.threads = campaign, stop, threads
         self.lab_home = paths.home_override()  # where simulated monitors of the lab are found
-        self.counts = {"ok": 0, "failed": 0, "skipped": 0, "resumed": 0, "interrupted": 0}
         self.launch: tuple[str, str] | None = None  # (serial, remote dir) of the runner launch under way
         self.deployed: set[str] = set()
-        self.warnings: list[str] = []
 
-    def run(self) -> dict[str, int]:
-        pending = []
-        for cell, cid, art in self.cells:
-            if self.resume and self.store.finished(cid):
-                self.counts["resumed"] += 1
-                self.progress.advance(self.name)
-            else:
-                pending.append((cell, cid, art))
-        if not pending:
-            self.progress.set_state(self.name, "done")
-            return self.counts
+    def run(self) -> None:
+        """Run the cells (the engine left out those finished before a --resume)."""
+        if not self.cells:
+            self.emit(StateEvent("done"))
+            return
         try:
             device = self._device()
         except DeviceError as exc:
-            self._fail_rest(pending, f"device unreachable: {exc}")
-            return self.counts
+            self._fail_rest(self.cells, f"device unreachable: {exc}")
+            return
         try:
-            self._run_cells(device, pending)
+            self._run_cells(device, self.cells)
         except DeviceError as exc:  # restoring on the way out failed: the snapshot stays pending for the next run
-            self.warnings.append(f"{self.name}: governors not restored now ({exc}); the next run restores them")
-        self.progress.set_state(self.name, "done")
-        return self.counts
+            self.emit(WarningEvent(f"{self.name}: governors not restored now ({exc}); the next run restores them"))
+        self.emit(StateEvent("done"))
 
     def _run_cells(self, device: Device, pending: list[tuple[Cell, str, ArtifactRef]]) -> None:
         with GovernorGuard(device, knobs.default_root()) as guard:
             for i, (cell, cid, art) in enumerate(pending):
                 if self.stop.is_set():
                     break
-                self.progress.set_state(self.name, f"{cell.workload}-{cell.variant} {cell.governor}")
+                self.emit(StateEvent(f"{cell.workload}-{cell.variant} {cell.governor}"))
                 try:
                     self._cell(device, guard, cell, cid, art)
                 except DeviceUnreachable as exc:
@@ -289,9 +250,7 @@ class DeviceWorker:
             self._record(cid, cell, "failed", reason)
 
     def _record(self, cid: str, cell: Cell, status: str, reason: str = "") -> None:
-        self.store.write_status(cid, status, reason, spec_key=cell.spec_key, label=cell.label)
-        self.counts[status] += 1
-        self.progress.advance(self.name)
+        self.emit(StatusEvent(cid, status, reason, cell.spec_key, cell.label))
 
     # -- one cell
     def _cell(self, device: Device, guard: GovernorGuard, cell: Cell, cid: str, art: ArtifactRef) -> None:
@@ -385,7 +344,7 @@ class DeviceWorker:
                 energies, summary = meter.attribute(trace, [s for steps in runs for s in steps], pairs)
                 labels |= set(summary.labels) & set(LABELS)
                 energy_note = "; ".join(summary.notes)
-                self.store.write_trace(cid, trace)
+                self.emit(TraceEvent(cid, trace))
         flat = iter(energies)
         samples = [Sample.from_step(s, rep, energy_j=next(flat)) for rep, steps in enumerate(runs) for s in steps]
         bat = end.battery
@@ -426,10 +385,8 @@ class DeviceWorker:
             wait_s=round(clock.wait, 4),
             cpu_share=tuple(None if x is None else round(x, 4) for x in shares),
         )
-        with hostcpu.shared(self.facts.virtual):
-            self.store.write_cell(meta, samples)
-        self.counts["ok"] += 1
-        self.progress.advance(self.name)
+        with hostcpu.shared(self.facts.virtual):  # in-process the store writes it now
+            self.emit(CellEvent(meta, tuple(samples)))
 
     def _governor(
         self, device: Device, guard: GovernorGuard, cell: Cell
@@ -473,7 +430,7 @@ class DeviceWorker:
             temp = cooldown_temp(text, cd.zones)
             if temp is None or temp <= cd.max_temp_c or time.monotonic() >= deadline or self.stop.is_set():
                 return parse_probe(text, serial=self.serial)
-            self.progress.set_state(self.name, f"cooling down ({temp:.1f} C > {cd.max_temp_c:.1f} C)")
+            self.emit(StateEvent(f"cooling down ({temp:.1f} C > {cd.max_temp_c:.1f} C)"))
             time.sleep(min(5.0, max(0.1, deadline - time.monotonic())))
 
     def _deploy(self, device: Device, art: ArtifactRef) -> str:

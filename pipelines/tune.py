@@ -10,7 +10,7 @@ from autlearn.profiler.device import Device
 from autlearn.profiler.fleet import discover
 from autlearn.profiler.lease import PhoneLease
 from autlearn.profiler.probe import target_id
-from autlearn.workloads.metaschedule import emulates, tune
+from autlearn.workloads.metaschedule import TuneSettings, emulates, tune
 
 
 def tune_for_campaign(
@@ -30,7 +30,7 @@ def tune_for_campaign(
         by_target.setdefault(target_id(d), d)
     out = []
     for tid, d in by_target.items():
-        emulated = emulates(d)
+        settings = TuneSettings(trials=trials, minutes=minutes, threads=threads, emulated=emulates(d))
         for w in campaign.workloads:
             config = dict(w.config)
             if w.model == "layers" or config.get("tuning") == "none" or "compressed" in config:
@@ -46,10 +46,7 @@ def tune_for_campaign(
                             tid,
                             w.model,
                             variant,
-                            trials=trials,
-                            minutes=minutes,
-                            emulated=emulated,
-                            threads=threads,
+                            settings,
                             say=say,
                             **{**config, "batch": batch},
                         )

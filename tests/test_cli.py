@@ -186,8 +186,9 @@ def test_code_fingerprint_hashes_the_listed_build_sources_only(monkeypatch):
 
 def test_results_show_and_the_report_give_wait_beside_harness(tmp_path, capsys):
     """Issue 30: the lab's queueing (wait_s) beside, not inside, the harness's own time; each launch's CPU share."""
-    from autlearn.reports.build import build_report, load_campaign_data, report_json
     from test_store import meta_for, steps_for
+
+    from autlearn.reports.build import build_report, load_campaign_data, report_json
 
     camp = parse_campaign(
         {
@@ -250,8 +251,9 @@ def test_run_exits_3_when_a_cell_failed_and_the_summary_starts_its_own_line(tmp_
 def test_results_show_and_the_report_say_why_a_cell_has_no_energy(tmp_path, capsys):
     """Issue 31: the reason for missing energy is in the text table and the report, not only in --json; affinity is a
     column (big and little cells differ); a failed cell's multi-line reason is one line."""
-    from autlearn.reports.build import build_report, load_campaign_data
     from test_store import meta_for, steps_for
+
+    from autlearn.reports.build import build_report, load_campaign_data
 
     camp = parse_campaign(
         {

@@ -4,6 +4,7 @@ process or the `autlearn` CLI."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -18,8 +19,12 @@ import pytest
 
 from autlearn.engine.campaign import run_campaign
 from autlearn.engine.campaign_config import load_campaign, parse_campaign
+from autlearn.engine.cluster import ClusterError, tune_on_cluster
+from autlearn.engine.fleet import BuildRequest
 from autlearn.engine.store import load_status, load_summaries
 from autlearn.pipelines.artifact_cache import artifact_provider
+from autlearn.workloads.metaschedule import TuneSettings
+from autlearn.workloads.tuning_db import DB_FILES, RUNS_FILE
 
 pytest.importorskip("ray")
 
@@ -285,41 +290,77 @@ def test_builds_run_as_ray_tasks_on_both_nodes_once_per_key_across_controllers(c
         }
     )
     cells = spec.plan([type("D", (), {"serial": "x", "model": "", "virtual": True})()])
-    requests = [(c, "x86_64") for c in cells]
+    requests = [BuildRequest(c, "x86_64", tmp_path / "tuning") for c in cells]
     first = artifact_provider(tmp_path / "first")
-    one = fleet(address)
-    one.prebuild(first, requests)
-    assert not first.missing(requests)  # both built, verified into this controller's cache
+    one = fleet(address).provider(first)  # the fleet's provider: Ray tasks, then the injected cache
+    one.prebuild(requests)
+    assert not first.missing([(c, "x86_64") for c in cells])  # both built, verified into this controller's cache
     assert all(b["started_here"] for b in one.builds.values())
     assert len({b["node"] for b in one.builds.values()}) == 2  # one on each node (1 CPU each)
     second = artifact_provider(tmp_path / "second")  # another controller, an empty cache: nothing built again
-    two = fleet(address)
-    two.prebuild(second, requests)
-    assert not second.missing(requests) and not any(b["started_here"] for b in two.builds.values())
-    assert {first(c, "x86_64").hash for c in cells} == {second(c, "x86_64").hash for c in cells}
+    two = fleet(address).provider(second)
+    two.prebuild(requests)
+    assert not second.missing([(c, "x86_64") for c in cells]) and not any(
+        b["started_here"] for b in two.builds.values()
+    )
+    assert {one(r).hash for r in requests} == {two(r).hash for r in requests}
+
+
+TINY_LSTM = {"vocab_size": 50, "embed_dim": 8, "hidden_size": 8, "num_layers": 1, "seq_len": 3, "batch": 1}
+TINY_TUNE = TuneSettings(trials=2, top=1, minutes=5)
 
 
 @pytest.mark.slow
 def test_tune_through_the_agent_of_the_phones_host(cluster, tmp_path, monkeypatch):
-    from autlearn.engine.cluster import tune_on_cluster
-
     monkeypatch.setenv("AUTLEARN_TUNING_DIR", str(tmp_path / "tuning"))  # this controller's databases
     cl, address = cluster
     modern = phones_of(cl, "host2")[0]
-    (r,) = tune_on_cluster(
-        address,
-        [f"host2/{modern.serial}"],
-        "lstm",
-        trials=2,
-        top=1,
-        minutes=5,
-        vocab_size=50,
-        embed_dim=8,
-        hidden_size=8,
-        num_layers=1,
-        seq_len=3,
-        batch=1,
-    )
+    (r,) = tune_on_cluster(address, [f"host2/{modern.serial}"], "lstm", settings=TINY_TUNE, **TINY_LSTM)
     assert r["trials"] == 2 and r["tuned_tasks"] == 1 and not r["emulated"]
     db = Path(r["database"])
     assert db.parent == tmp_path / "tuning" and any(db.iterdir())  # the database came back here
+
+
+@pytest.mark.slow
+def test_two_concurrent_tunes_on_one_agent_keep_their_own_databases(cluster, tmp_path):
+    """Issue 33: the agent redirected its tunes by setting AUTLEARN_TUNING_DIR in its process; each tune now gets
+    its own root passed down. Two controllers (threads here, each with its own databases) tune host1's two phones
+    at once through host1's agent; each database comes back to its own controller, holding only its own run."""
+    cl, address = cluster
+    names = [f"host1/{p.serial}" for p in phones_of(cl, "host1")]
+    roots = {n: tmp_path / f"controller{i}" for i, n in enumerate(names)}
+    got: dict[str, object] = {}
+
+    def one(name: str) -> None:
+        try:
+            got[name] = tune_on_cluster(address, [name], "lstm", settings=TINY_TUNE, root=roots[name], **TINY_LSTM)
+        except Exception as exc:  # noqa: BLE001 - asserted below, with the other thread's outcome
+            got[name] = exc
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in names]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(900)
+    assert len(names) == 2 and all(isinstance(got.get(n), list) for n in names), got
+    for name in names:
+        (r,) = got[name]
+        db = Path(r["database"])
+        assert db.parent == roots[name] and r["trials"] == 2 and r["measured_on"] == name.partition("/")[2]
+        runs = [json.loads(ln) for ln in (db / RUNS_FILE).read_text().splitlines()]
+        assert [x["measured_on"] for x in runs] == [r["measured_on"]]  # its own run, not the other's
+        assert (db / DB_FILES[1]).read_text().strip()  # with the records it measured
+
+
+def test_a_tune_on_an_agent_takes_the_phones_lease(cluster, tmp_path):
+    """Every tune, local or on an agent, takes the phone's lease: a phone a campaign holds is not tuned on."""
+    cl, address = cluster
+    legacy = next(p for p in phones_of(cl, "host1") if p.profile == "legacy")
+    name = f"host1/{legacy.serial}"
+    holder = fleet(address)
+    facts = [e.facts for e in holder.discover() if e.serial == name]
+    with contextlib.ExitStack() as stack:
+        holder.lease(facts, small("holder", serials=[name]), str(tmp_path / "results"), 0.0, stack)
+        with pytest.raises(ClusterError, match=f"{legacy.serial} is in use by campaign 'holder'"):
+            tune_on_cluster(address, [name], "lstm", settings=TINY_TUNE, root=tmp_path / "tuning", **TINY_LSTM)
+    assert not (tmp_path / "tuning").exists()  # nothing tuned, nothing came back

@@ -320,9 +320,8 @@ def test_an_emulating_device_checks_candidates_but_records_no_timing(lab, runner
     from autlearn.profiler.device import Device
 
     phone = next(p for p in lab if p.profile == "modern")
-    res = M.tune(
-        Device(phone.serial), "x86_64", "lstm", trials=2, top=1, minutes=5, emulated=True, root=tmp_path, **LSTM
-    )
+    settings = M.TuneSettings(trials=2, top=1, minutes=5, emulated=True)
+    res = M.tune(Device(phone.serial), "x86_64", "lstm", settings=settings, root=tmp_path, **LSTM)
     assert res.emulated and res.trials == 2 and res.kernels[0]["tuned_ms"] is None
     db = tmp_path / "x86_64-generic"
     records = [json.loads(ln)[1] for ln in (db / T.DB_FILES[1]).read_text().splitlines()]

@@ -27,7 +27,7 @@ import time
 import types
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -378,6 +378,22 @@ def _quiet_logs(verbose: bool = False) -> None:
 
 
 @dataclass(frozen=True)
+class TuneSettings:
+    """How a tune runs. `trials`: measured candidates per kernel (records already in the database count: an
+    interrupted run resumes where it stopped); `minutes`: bound of the whole run (candidates after it are not
+    built); the `top` heaviest kernels are tuned, else those carrying `share` of the FLOPs; `threads`: the runner's
+    on the device (None: its own); `emulated`: the device emulates its CPU, so candidates are run for correctness
+    only and no timing enters the database."""
+
+    trials: int = 64
+    minutes: float = 30.0
+    top: int | None = None
+    share: float = 0.9
+    threads: int | None = None
+    emulated: bool = False
+
+
+@dataclass(frozen=True)
 class TuneResult:
     database: Path
     digest: str
@@ -442,32 +458,28 @@ def tune(
     target_id: str,
     model: str,
     variant: str = "full",
+    settings: TuneSettings = TuneSettings(),
     *,
-    trials: int = 64,
-    minutes: float = 30.0,
-    top: int | None = None,
-    emulated: bool = False,
-    threads: int | None = None,
     root: Path | None = None,
     only: tuple[str, ...] | None = None,
     extracted: tuple[list[Any], Any] | None = None,
     say: Callable[[str], None] = lambda s: None,
     **config: Any,
 ) -> TuneResult:
-    """Tune the heaviest kernels of a program on `device` (measured there) into the target's database.
-
-    Each task gets up to `trials` measured candidates; records already in the database count (an interrupted
-    run resumes where it stopped). `minutes` bounds the whole run: candidates after it are not built."""
+    """Tune the heaviest kernels of a program on `device` (measured there) into the target's database under
+    `root` (default: `tuning_db.user_root()`), as `settings` says (TuneSettings). `only`: of those kernels, these
+    (a device's share of `tune_fleet`); `extracted`: the program's tasks and target, extracted already."""
 
     from tvm.s_tir import meta_schedule as ms  # tvm takes seconds to import; only this path needs it
 
+    trials, emulated = settings.trials, settings.emulated
     t0 = time.monotonic()
-    deadline = t0 + minutes * 60
+    deadline = t0 + settings.minutes * 60
     key = C.target_key(target_id)
     path = database_dir(key, root)
     db = open_database(path)  # before minutes of compiling: a corrupt database fails first
     tasks, target = extracted or program_tasks(model, variant, target_id, **config)
-    chosen = select_tasks(tasks, top=top)
+    chosen = select_tasks(tasks, top=settings.top, share=settings.share)
     if only is not None:  # this device's share of a fleet run (`tune_fleet`)
         chosen = [t for t in chosen if t.task_name in only]
     if not chosen:
@@ -479,7 +491,14 @@ def tune(
     kernels, resumed, total = [], 0, 0
     with tempfile.TemporaryDirectory(prefix="autlearn-tune-") as tmp:
         runner = make_device_runner(
-            device, C.base_abi(target_id), store, log, emulated=emulated, workdir=Path(tmp), threads=threads, say=say
+            device,
+            C.base_abi(target_id),
+            store,
+            log,
+            emulated=emulated,
+            workdir=Path(tmp),
+            threads=settings.threads,
+            say=say,
         )
         builder = make_builder(store, deadline)
         for task in chosen:
@@ -612,7 +631,7 @@ def _fleet_worker(
     variant: str,
     only: tuple[str, ...],
     root: str,
-    kwargs: dict[str, Any],
+    settings: TuneSettings,
     config: dict[str, Any],
     extracted: tuple[list[Any], Any],
 ) -> dict[str, Any]:
@@ -626,11 +645,11 @@ def _fleet_worker(
         target_id,
         model,
         variant,
+        settings,
         root=Path(root),
         only=only,
         extracted=extracted,
         say=say,
-        **kwargs,
         **config,
     ).to_dict()
 
@@ -665,20 +684,20 @@ def tune_fleet(
     model: str,
     variant: str = "full",
     *,
-    top: int | None = None,
+    settings: TuneSettings = TuneSettings(),
     root: Path | None = None,
     say: Callable[[str], None] = lambda s: None,
-    **kwargs: Any,
+    **config: Any,
 ) -> list[dict[str, Any]]:
     """Tune on several phones of one CPU target at once: the heaviest kernels are dealt out round-robin, each phone
-    tunes its share in its own process into a private database, and the shares are merged into the target's."""
+    tunes its share in its own process into a private database, and the shares are merged into the target's
+    (under `root`, default `tuning_db.user_root()`)."""
 
-    config = {k: kwargs.pop(k) for k in list(kwargs) if k not in ("trials", "minutes", "emulated", "threads")}
     key = C.target_key(target_id)
     path = database_dir(key, root)
     open_database(path)
     tasks, target = program_tasks(model, variant, target_id, **config)  # once: workers get them pickled
-    chosen = [t.task_name for t in select_tasks(tasks, top=top)]
+    chosen = [t.task_name for t in select_tasks(tasks, top=settings.top, share=settings.share)]
     shares = {s: tuple(chosen[i :: len(serials)]) for i, s in enumerate(serials)}
     say(f"{len(chosen)} kernels over {len(serials)} phones of target {target_id}")
     results = []
@@ -700,7 +719,7 @@ def tune_fleet(
                     variant,
                     shares[s],
                     str(subs[s]),
-                    kwargs,
+                    settings,
                     config,
                     (tasks, target),
                 )
@@ -721,15 +740,14 @@ def tune_devices(
     variant: str = "full",
     *,
     target_id: str | None = None,
-    trials: int = 64,
-    minutes: float = 30.0,
-    top: int | None = None,
-    threads: int | None = None,
+    settings: TuneSettings = TuneSettings(),
+    root: Path | None = None,
     say: Callable[[str], None] = lambda s: None,
     **config: Any,
 ) -> list[dict[str, Any]]:
     """`autlearn workloads tune`: probe the phones, choose the CPU target (theirs, or `target_id`), tune on one
-    phone or share the kernels among several of that target (`tune_fleet`). One result dict per phone."""
+    phone or share the kernels among several of that target (`tune_fleet`), into the databases under `root`
+    (default `tuning_db.user_root()`). `settings.emulated` is the phones' (probed). One result dict per phone."""
 
     if variant not in ("full", "compressed", "cached"):
         raise ConfigError(f"variant {variant!r} is not tuned (choose from full, compressed, cached)", key="variant")
@@ -753,39 +771,13 @@ def tune_devices(
     for s, f in facts_of.items():
         if C.base_abi(target_id) != f.abi:
             raise ConfigError(f"target {target_id!r} is not for {s}'s ABI {f.abi}", key="target")
-    emulated = emulates(facts)
-    if emulated:
+    settings = replace(settings, emulated=emulates(facts))
+    if settings.emulated:
         say("the device emulates its CPU: candidates are run for correctness only and no timing is recorded")
     say(f"{', '.join(facts_of)} ({'virtual' if facts.virtual else facts.model}), target {target_id}")
     if len(facts_of) > 1:
-        return tune_fleet(
-            list(facts_of),
-            target_id,
-            model,
-            variant,
-            top=top,
-            trials=trials,
-            minutes=minutes,
-            emulated=emulated,
-            threads=threads,
-            say=say,
-            **config,
-        )
-    return [
-        tune(
-            Device(serial),
-            target_id,
-            model,
-            variant,
-            trials=trials,
-            minutes=minutes,
-            top=top,
-            emulated=emulated,
-            threads=threads,
-            say=say,
-            **config,
-        ).to_dict()
-    ]
+        return tune_fleet(list(facts_of), target_id, model, variant, settings=settings, root=root, say=say, **config)
+    return [tune(Device(serial), target_id, model, variant, settings, root=root, say=say, **config).to_dict()]
 
 
 def emulates(facts: DeviceFacts) -> bool:

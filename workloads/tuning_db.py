@@ -39,13 +39,15 @@ def user_root() -> Path:
 
 
 def database_dir(target_key: str, root: Path | None = None) -> Path:
+    """Where `workloads tune` writes a target's database: under `root`, default `user_root()`."""
     return (root or user_root()) / target_key
 
 
-def find_database(target_key: str) -> Path | None:
-    """The database a build uses for a target: the user's (written by `workloads tune`), else the committed one."""
-    for root in (user_root(), COMMITTED):
-        d = root / target_key
+def find_database(target_key: str, root: Path | None = None) -> Path | None:
+    """The database a build uses for a target: the user's (written by `workloads tune` under `root`, default
+    `user_root()`), else the committed one."""
+    for base in (root or user_root(), COMMITTED):
+        d = base / target_key
         if (d / DB_FILES[1]).is_file():
             return d
     return None
@@ -184,9 +186,10 @@ def tuned_wins(hand: dict[str, Any] | None, tuned_s: float) -> bool:
     return hand.get("ms") is None or tuned_s < float(hand["ms"]) / 1e3
 
 
-def tuning_database(target_id: str) -> dict[str, str] | None:
-    """The database a build uses for a target ({"path", "digest", "key"}), None when untuned."""
+def tuning_database(target_id: str, root: Path | None = None) -> dict[str, str] | None:
+    """The database a build uses for a target ({"path", "digest", "key"}), None when untuned; `root`: where the
+    user's databases are (default `user_root()`)."""
 
     key = target_key(target_id)
-    path = find_database(key)
+    path = find_database(key, root)
     return None if path is None else {"path": str(path), "digest": database_digest(path), "key": key}

@@ -2,10 +2,11 @@
 controller here. Imported only when a command names `--cluster ADDRESS`; the in-process engine never imports Ray.
 
 The controller discovers the phones through the agents (named `host/serial` when the cluster has more than one
-host), leases them through their agents, builds artifacts as Ray tasks (once per content hash across the cluster,
-`BuildRegistry`), ships each artifact to the agents that need it, and writes every streamed record to its own
-store. A host whose agent dies or stops answering heartbeats for `HOST_TIMEOUT_S` is lost: its unfinished cells
-fail with "host lost", the other hosts go on, and `--resume` completes them once its agent is back.
+host), leases them through their agents, builds artifacts through its provider (`ClusterBuilds`: Ray tasks, once
+per content hash across the cluster, `BuildRegistry`), ships each artifact to the agents that need it, and records
+every streamed event (`engine.events`) in its own store, through the engine's own run loop (`engine.fleet`). A
+host whose agent dies or stops answering heartbeats for `HOST_TIMEOUT_S` is lost: its unfinished cells fail with
+"host lost", the other hosts go on, and `--resume` completes them once its agent is back.
 """
 
 from __future__ import annotations
@@ -15,29 +16,31 @@ import dataclasses
 import socket
 import tempfile
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, Protocol, cast, runtime_checkable
 
-from autlearn.engine.campaign_config import device_names
+from autlearn.engine.campaign_config import Campaign, Cell, device_names
 from autlearn.engine.cluster.agent import ENV_KEYS, NAMESPACE, PREFIX, Agent, actor_name, agent_env
-from autlearn.engine.worker import CampaignError
+from autlearn.engine.events import EventSink
+from autlearn.engine.fleet import (
+    ArtifactProvider,
+    BuildRequest,
+    CellArtifacts,
+    DeviceRunFailed,
+    run_devices,
+)
+from autlearn.engine.store import Store
+from autlearn.engine.worker import ArtifactRef, CampaignError, Planned, PlannedCell, Progress
 from autlearn.profiler import paths
 from autlearn.profiler.errors import EnergyError, UserError
 from autlearn.profiler.fleet import FleetEntry
 from autlearn.profiler.lease import PhoneBusy
+from autlearn.profiler.probe import DeviceFacts
 from autlearn.workloads.artifact import build_artifact, input_files
+from autlearn.workloads.metaschedule import TuneSettings
 from autlearn.workloads.tuning_db import DB_FILES, HAND_FILE, tuning_database
-
-if TYPE_CHECKING:  # the engine is imported when a run needs it (as below), not with the cluster module
-    from autlearn.engine.campaign_config import Campaign, Cell
-    from autlearn.engine.store import Store
-    from autlearn.engine.worker import ArtifactRef, Planned, Progress
-    from autlearn.profiler.fleet import FleetEntry
-    from autlearn.profiler.probe import DeviceFacts
 
 HEARTBEAT_S = 5.0
 HOST_TIMEOUT_S = 30.0
@@ -171,6 +174,19 @@ def list_agents(address: str, timeout_s: float = 10.0) -> list[dict[str, Any]]:
 
 
 # ------------------------------------------------------------------------------------------------------ builds
+@dataclasses.dataclass(frozen=True)
+class RemoteBuild:
+    """A build as a Ray task gets it: what to compile, the cache directory's name, and the tuning databases to
+    compile with (`tuning`: {"KEY/FILE": bytes} of the controller's; empty: none)."""
+
+    workload: str
+    variant: str
+    target: str
+    dirname: str
+    config: dict[str, Any]
+    tuning: dict[str, bytes]
+
+
 class BuildRegistry:
     """Cluster-wide artifact builds: one Ray task per build key, whoever asks first; later askers (other
     controllers too) get the same result. Lives as a detached actor."""
@@ -178,7 +194,7 @@ class BuildRegistry:
     def __init__(self) -> None:
         self.refs: dict[str, Any] = {}  # build key -> the Ray object reference of its build
 
-    def claim(self, key: str, args: tuple[Any, ...], node: str | None = None) -> list[Any]:
+    def claim(self, key: str, job: RemoteBuild, node: str | None = None) -> list[Any]:
         """[the build's object reference, whether this ask started it] (in a list: the caller gets the reference,
         not the value). `node`: run it there (a build that reads files only that node has)."""
         fresh = key not in self.refs
@@ -188,7 +204,7 @@ class BuildRegistry:
                 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # ray only with --cluster
 
                 task = task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
-            self.refs[key] = task.remote(*args)
+            self.refs[key] = task.remote(job)
         return [self.refs[key], fresh]
 
     def forget(self, key: str) -> None:
@@ -201,29 +217,27 @@ def _build_task() -> Any:  # a Ray remote function
     return ray.remote(num_cpus=1)(_build)
 
 
-def _build(
-    workload: str, variant: str, abi: str, dirname: str, config: dict[str, Any], tuning: dict[str, bytes]
-) -> dict[str, Any]:
-    """Build one artifact on whichever node runs the task, with the controller's tuning database (`tuning`:
-    {"KEY/FILE": bytes}, empty: none); {"files": {name: bytes}, "node": the node's id}."""
+def _build(job: RemoteBuild) -> dict[str, Any]:
+    """Build one artifact on whichever node runs the task, with the controller's tuning databases written under a
+    temporary root; {"files": {name: bytes}, "node": the node's id}."""
 
     import ray  # ray only with --cluster
 
     with tempfile.TemporaryDirectory(prefix="autlearn-build-") as tmp:
-        db_root = paths.write_tree(Path(tmp) / "tuning", tuning)
-        db_root.mkdir(exist_ok=True)
-        with paths.env_override({"AUTLEARN_TUNING_DIR": str(db_root)}):  # a task's process runs one at a time
-            art = build_artifact(workload, variant, abi, Path(tmp) / dirname, **config)
+        root = paths.write_tree(Path(tmp) / "tuning", job.tuning)
+        # the database the controller's build would use, found under that root (untuned variants ignore it)
+        config = {**job.config, "database": tuning_database(job.target, root)}
+        art = build_artifact(job.workload, job.variant, job.target, Path(tmp) / job.dirname, **config)
         return {"files": {p.name: p.read_bytes() for p in art.files()}, "node": ray.get_runtime_context().get_node_id()}
 
 
-def _tuning_payload(abi: str, variant: str, config: dict[str, Any]) -> tuple[dict[str, bytes], str | None]:
-    """The tuning database this controller's build of (abi, variant, config) would use, as files to ship
-    ({"KEY/FILE": bytes}), and its digest ({}, None: untuned)."""
+def _tuning_payload(request: BuildRequest) -> tuple[dict[str, bytes], str | None]:
+    """The tuning database this controller's build of `request` would use, as files to ship ({"KEY/FILE":
+    bytes}), and its digest ({}, None: untuned)."""
 
-    if variant == "unoptimized" or config.get("tuning") == "none":
+    if request.variant == "unoptimized" or request.config.get("tuning") == "none":
         return {}, None
-    db = tuning_database(abi)
+    db = tuning_database(request.target, request.tuning_root)
     if db is None:
         return {}, None
     path = Path(db["path"])
@@ -231,6 +245,72 @@ def _tuning_payload(abi: str, variant: str, config: dict[str, Any]) -> tuple[dic
         {f"{db['key']}/{n}": (path / n).read_bytes() for n in (*DB_FILES, HAND_FILE) if (path / n).is_file()},
         db["digest"],
     )
+
+
+# a build the cache lacks: (workload, variant, target id, directory name, config), as the cache names it
+BuildArgs = tuple[str, str, str, str, dict[str, Any]]
+
+
+@runtime_checkable
+class BuildCache(Protocol):
+    """An artifact cache that can take builds made elsewhere (`pipelines.artifact_cache.ArtifactProvider`)."""
+
+    def __call__(self, cell: Cell, abi: str) -> ArtifactRef: ...
+
+    def missing(self, requests: Iterable[tuple[Cell, str]]) -> dict[str, BuildArgs]: ...
+
+    def adopt(
+        self,
+        key: str,
+        args: BuildArgs,
+        files: dict[str, bytes],
+        tuning_digest: str | None = None,
+    ) -> None: ...
+
+
+class ClusterBuilds:
+    """The artifact provider of a cluster run: what the plan needs and `cache` lacks is built as Ray tasks (any
+    node with a CPU free; a build that reads input files, a pruned model, on this controller's node), once per
+    build key across the cluster, with the tuning database of each request's root; each result must verify into
+    `cache`, which then serves every request (and builds here what the cluster could not)."""
+
+    def __init__(self, cache: CellArtifacts, ray: Any, say: Callable[[str], None] = lambda s: None) -> None:
+        self.cache, self.ray, self._say = cache, ray, say
+        self.builds: dict[str, dict[str, Any]] = {}  # the last prebuild: per key, where it ran and who started it
+
+    def __call__(self, request: BuildRequest) -> ArtifactRef:
+        return self.cache(request.cell, request.target)
+
+    def prebuild(self, requests: Sequence[BuildRequest]) -> None:
+        cache = self.cache
+        if not isinstance(cache, BuildCache):
+            return  # a cache that takes no builds made elsewhere builds on its own, when asked
+        todo: dict[str, tuple[BuildArgs, BuildRequest]] = {}
+        for r in requests:
+            for key, args in cache.missing([(r.cell, r.target)]).items():
+                todo.setdefault(key, (args, r))
+        if not todo:
+            return
+        ray = self.ray
+        registry = BuildRegistryHandle.get(ray)
+        here = ray.get_runtime_context().get_node_id()
+        self._say(f"building {len(todo)} artifacts as Ray tasks on the cluster")
+        claims, digests = {}, {}
+        for key, ((w, v, target, dirname, config), r) in todo.items():
+            tuning, digests[key] = _tuning_payload(r)
+            node = here if input_files(config) else None
+            job = RemoteBuild(w, v, target, dirname, config, tuning)
+            claims[key] = ray.get(registry.claim.remote(key, job, node))
+        self.builds = {key: {"started_here": fresh} for key, (_, fresh) in claims.items()}
+        for key, (ref, _) in claims.items():
+            try:
+                out = ray.get(ref)
+            except ray.exceptions.RayError as exc:
+                registry.forget.remote(key)  # a failed build is not kept: the cache builds it here and raises
+                self._say(f"cluster build failed ({str(exc).splitlines()[0]}); building here")
+                continue
+            self.builds[key]["node"] = out["node"]
+            cache.adopt(key, todo[key][0], out["files"], tuning_digest=digests[key])
 
 
 # ------------------------------------------------------------------------------------------------------ controller
@@ -241,8 +321,8 @@ class _Host:
 
 
 class ClusterFleet:
-    """The phones of every agent on the Ray cluster at `address`, with the interface of autlearn.engine.campaign's
-    LocalFleet."""
+    """The phones of every agent on the Ray cluster at `address`: an `engine.fleet.Fleet`, saying through `say`
+    from its discovery on (a host whose agent does not answer, what the agents said while leasing)."""
 
     def __init__(self, address: str, say: Callable[[str], None] = lambda s: None):
         self.address = address
@@ -252,7 +332,6 @@ class ClusterFleet:
         self.hosts: dict[str, _Host] = {}
         self.route: dict[str, tuple[str, str]] = {}  # name in results -> (host, serial on that host)
         self.multi_host = False
-        self.builds: dict[str, dict[str, Any]] = {}  # the last prebuild: per key, where it ran and who started it
         self._shipped: dict[tuple[str, str], str] = {}
         self._ship_lock = threading.Lock()
         self._done = threading.Event()
@@ -300,11 +379,8 @@ class ClusterFleet:
         campaign: Campaign,
         results: str,
         wait_s: float,
-        log: Callable[[str], None],
         stack: contextlib.ExitStack,
     ) -> None:
-
-        self._say = log
         groups = self._by_host(d.serial for d in devices)
         stack.callback(self._finish, list(groups))  # whatever was taken is released
         refs = {
@@ -320,7 +396,7 @@ class ClusterFleet:
                 errors.append(f"host {h}: agent lost while leasing ({str(exc).splitlines()[0]})")
                 continue
             for line in out["said"]:
-                log(self._named(h, line))
+                self._say(self._named(h, line))
             if out["error"]:
                 errors.append(self._named(h, out["error"]))
         if errors:
@@ -339,12 +415,7 @@ class ClusterFleet:
             raise EnergyError("; ".join(errors))
 
     def prepare(
-        self,
-        campaign: Campaign,
-        devices: Sequence[DeviceFacts],
-        store: Store,
-        log: Callable[[str], None],
-        stack: contextlib.ExitStack,
+        self, campaign: Campaign, devices: Sequence[DeviceFacts], store: Store, stack: contextlib.ExitStack
     ) -> dict[str, str]:
         groups = self._by_host(d.serial for d in devices)
         refs = {
@@ -377,33 +448,8 @@ class ClusterFleet:
                 pass  # a lost host: its leases go stale with it; its next agent restores its phones
 
     # -- builds
-    def prebuild(self, artifacts: Any, requests: Sequence[tuple[Cell, str]]) -> None:
-        """Build what the plan needs and the cache lacks as Ray tasks (any node with a CPU free; a build that
-        reads input files, a pruned model, on this controller's node), once per build key across the cluster,
-        with this controller's tuning database; each result must verify into this controller's cache."""
-
-        todo = artifacts.missing(requests)
-        if not todo:
-            return
-        ray = self.ray
-        registry = BuildRegistryHandle.get(ray)
-        here = ray.get_runtime_context().get_node_id()
-        self._say(f"building {len(todo)} artifacts as Ray tasks on the cluster")
-        claims, digests = {}, {}
-        for key, (w, v, abi, dirname, config) in todo.items():
-            tuning, digests[key] = _tuning_payload(abi, v, config)
-            node = here if input_files(config) else None
-            claims[key] = ray.get(registry.claim.remote(key, (w, v, abi, dirname, config, tuning), node))
-        self.builds = {key: {"started_here": fresh} for key, (_, fresh) in claims.items()}
-        for key, (ref, _) in claims.items():
-            try:
-                out = ray.get(ref)
-            except ray.exceptions.RayError as exc:
-                registry.forget.remote(key)  # a failed build is not kept: `artifacts(cell)` builds and raises here
-                self._say(f"cluster build failed ({str(exc).splitlines()[0]}); building here")
-                continue
-            self.builds[key]["node"] = out["node"]
-            artifacts.adopt(key, todo[key], out["files"], tuning_digest=digests[key])
+    def provider(self, cache: CellArtifacts) -> ArtifactProvider:
+        return ClusterBuilds(cache, self.ray, self._say)
 
     # -- cells
     def run(
@@ -416,35 +462,19 @@ class ClusterFleet:
         resume: bool,
         threads: int | None,
     ) -> tuple[dict[str, int], tuple[str, ...]]:
-        totals = {"ok": 0, "failed": 0, "skipped": 0, "resumed": 0, "interrupted": 0}
-        warnings: list[str] = []
-        lock = threading.Lock()
         involved = sorted({self.route[n][0] for n in planned})
         beat = threading.Thread(target=self._heartbeats, args=(involved,), name="cluster-heartbeat", daemon=True)
         beat.start()
 
-        def one(name: str, cells: list[tuple[Cell, str, ArtifactRef]]) -> None:
-            counts, warn = self._run_device(name, by_serial[name], cells, store, campaign, progress, resume, threads)
-            with lock:
-                for k, v in counts.items():
-                    totals[k] += v
-                warnings.extend(warn)
+        def drive(name: str, cells: list[PlannedCell], emit: EventSink) -> None:
+            self._run_device(name, by_serial[name], cells, campaign, threads, emit)
 
-        pool = ThreadPoolExecutor(max_workers=max(1, len(planned)), thread_name_prefix="cluster-device")
-        futures = [pool.submit(one, n, lst) for n, lst in planned.items()]
-        try:
-            while not all(f.done() for f in futures):
-                time.sleep(0.2)
-        except BaseException:
+        def halt() -> None:
             for h in involved:  # agents finish their current cells; their guards restore governors
                 with contextlib.suppress(Exception):
                     self.hosts[h].handle.stop.remote(self.token)
-            pool.shutdown(wait=True)
-            raise
-        pool.shutdown(wait=True)
-        for f in futures:
-            f.result()
-        return totals, tuple(warnings)
+
+        return run_devices(planned, store, progress, resume, drive, halt)
 
     def _heartbeats(self, hosts: list[str]) -> None:
         """Mark a host lost when its agent dies or does not answer within HOST_TIMEOUT_S."""
@@ -476,73 +506,33 @@ class ClusterFleet:
         self,
         name: str,
         facts: DeviceFacts,
-        cells: list[tuple[Cell, str, ArtifactRef]],
-        store: Store,
+        cells: list[PlannedCell],
         campaign: Campaign,
-        progress: Progress,
-        resume: bool,
         threads: int | None,
-    ) -> tuple[dict[str, int], list[str]]:
+        emit: EventSink,
+    ) -> None:
+        """Run `cells` on the agent of the device's host, each event it streams back to `emit`."""
         ray = self.ray
         host, serial = self.route[name]
         h = self.hosts[host]
-        counts = {"ok": 0, "failed": 0, "skipped": 0, "resumed": 0, "interrupted": 0}
-        warnings: list[str] = []
-        pending = []
-        for cell, cid, art in cells:
-            if resume and store.finished(cid):
-                counts["resumed"] += 1
-                progress.advance(name)
-            else:
-                pending.append((cell, cid, art))
-        recorded: set[str] = set()
-        lost = failed = ""
         try:
-            if pending:
-                shipped = [(cell, cid, self._ship(host, art)) for cell, cid, art in pending]
-                gen = h.handle.run_device.remote(self.token, serial, name, facts, shipped, campaign, threads)
-                while True:
-                    ready, _ = ray.wait([gen], timeout=1.0)
-                    if not ready:
-                        if h.lost:
-                            lost = h.lost
-                            break
-                        continue
-                    try:
-                        kind, data = _get(ray, next(gen), host, HOST_TIMEOUT_S)
-                    except StopIteration:
+            shipped = [(cell, cid, self._ship(host, art)) for cell, cid, art in cells]
+            gen = h.handle.run_device.remote(self.token, serial, name, facts, shipped, campaign, threads)
+            while True:
+                ready, _ = ray.wait([gen], timeout=1.0)
+                if not ready:
+                    if h.lost:
                         break
-                    if kind == "state":
-                        progress.set_state(name, data)
-                    elif kind == "trace":
-                        store.write_trace(*data)
-                    elif kind == "cell":
-                        store.write_cell(*data)
-                        recorded.add(data[0].cell_id)
-                        counts["ok"] += 1
-                        progress.advance(name)
-                    elif kind == "status":
-                        cid, status, reason, spec_key, label, extra = data
-                        store.write_status(cid, status, reason, spec_key=spec_key, label=label, extra=extra)
-                        recorded.add(cid)
-                        counts[status] += 1
-                        progress.advance(name)
-                    elif kind == "warning":
-                        warnings.append(data)
+                    continue
+                try:
+                    emit(_get(ray, next(gen), host, HOST_TIMEOUT_S))
+                except StopIteration:
+                    return
         except _errors(ray) as exc:
-            lost = h.lost = h.lost or _why(exc)
+            h.lost = h.lost or _why(exc)
         except UserError as exc:  # the agent failed (it is not lost): the cells fail with its reason
-            failed = str(exc)
-        reason = f"host lost: {host} ({lost})" if lost else failed
-        if reason:
-            for cell, cid, _ in pending:
-                if cid not in recorded:
-                    store.write_status(cid, "failed", reason, spec_key=cell.spec_key, label=cell.label)
-                    counts["failed"] += 1
-                    progress.advance(name)
-            warnings.append(f"{name}: unfinished cells failed ({reason}); --resume reruns them")
-        progress.set_state(name, "host lost" if lost else "done")
-        return counts, warnings
+            raise DeviceRunFailed(str(exc)) from None
+        raise DeviceRunFailed(f"host lost: {host} ({h.lost})", "host lost")
 
 
 def _get(ray: Any, ref: Any, host: str, timeout: float | None) -> Any:
@@ -568,12 +558,17 @@ def tune_on_cluster(
     serials: list[str],
     model: str,
     variant: str = "full",
+    *,
+    target_id: str | None = None,
+    settings: TuneSettings = TuneSettings(),
+    root: Path | None = None,
     say: Callable[[str], None] = lambda s: None,
-    **kwargs: Any,
+    **config: Any,
 ) -> list[dict[str, Any]]:
     """`autlearn workloads tune --cluster`: tune on phones of one host of the cluster (named `host/serial` or by
-    serial), by that host's agent (candidates built there, measured on its phones), starting from this machine's
-    tuning databases; the databases come back here (`paths.tuning_dir()`). One result dict per phone."""
+    serial), by that host's agent under their leases (candidates built there, measured on its phones), starting
+    from this machine's tuning databases under `root` (default `paths.tuning_dir()`); the databases come back
+    there. One result dict per phone."""
 
     fleet = ClusterFleet(address, say=say)
     known: dict[str, list[str]] = {}
@@ -597,12 +592,13 @@ def tune_on_cluster(
     if len(hosts) > 1:
         raise ClusterError(f"tune on the phones of one host at a time (got {', '.join(sorted(hosts))})")
     (host,) = hosts
-    root = paths.tuning_dir()
+    root = root or paths.tuning_dir()
     files = {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()} if root.is_dir() else {}
     say(f"tuning on host {host} ({', '.join(names)})")
+    serials_there = [fleet.route[n][1] for n in names]
     out = _get(
         fleet.ray,
-        fleet.hosts[host].handle.tune.remote([fleet.route[n][1] for n in names], model, variant, kwargs, files),
+        fleet.hosts[host].handle.tune.remote(serials_there, model, variant, target_id, settings, config, files),
         host,
         None,
     )

@@ -1,7 +1,7 @@
 """The agent of one USB host: a Ray actor on that host's node. It owns the host's adb server and the monitors
 plugged into it, reports its phones (probed afresh on every ask, so hot-plugged phones appear) and runs their cells
 with the engine's own DeviceWorker (governor guard, cooldown, deploy, runner, energy). It never writes results:
-every record streams back to the controller, which alone owns the store.
+every event of the worker (`engine.events`) streams back to the controller, which alone owns the store.
 
 `Agent` is a plain class (Ray wraps it in `start_agent`); importing this module does not import Ray.
 Leases are the phones' own (`autlearn.profiler.lease`), taken by the agent for a controller's run token and dropped when
@@ -17,67 +17,27 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from autlearn.engine.worker import DeviceWorker, check_energy, put_back, undo_root
+from autlearn.engine.campaign_config import Campaign
+from autlearn.engine.events import Event, StatusEvent, WarningEvent
+from autlearn.engine.worker import DeviceWorker, PlannedCell, check_energy, put_back, undo_root
 from autlearn.profiler import knobs, paths
 from autlearn.profiler.device import Device, list_devices, wait_device
 from autlearn.profiler.energy.monsoon import list_monitors
 from autlearn.profiler.errors import DeviceError, UserError
 from autlearn.profiler.fleet import discover
 from autlearn.profiler.lease import PhoneLease
-from autlearn.workloads.metaschedule import tune_devices
-
-if TYPE_CHECKING:  # the engine is imported when a run starts (as below), not with the agent
-    from autlearn.engine.campaign_config import Campaign, Cell
-    from autlearn.engine.store import CellMeta, Sample
-    from autlearn.engine.worker import ArtifactRef, DeviceWorker
-    from autlearn.profiler.lease import PhoneLease
-    from autlearn.profiler.probe import DeviceFacts
+from autlearn.profiler.probe import DeviceFacts
+from autlearn.workloads.metaschedule import TuneSettings, tune_devices
 
 NAMESPACE = "autlearn"
 PREFIX = "agent:"
 IDLE_S = 120.0  # a run token nobody touched for this long belongs to a lost controller
 # what an agent takes from the shell that starts it: its adb server, its home (pending snapshots, lab monitors)
 ENV_KEYS = ("ANDROID_ADB_SERVER_PORT", "AUTLEARN_HOME", "AUTLEARN_CACHE_DIR", "ADBUTILS_ADB_PATH", "ADB_LIBUSB")
-
-
-class _Stream:
-    """Store and Progress of a DeviceWorker on an agent: every write becomes an event for the controller."""
-
-    def __init__(self) -> None:
-        self.events: queue.Queue[tuple[str, Any] | None] = queue.Queue()  # None: the worker ended
-
-    def finished(self, cell_id: str) -> bool:
-        return False  # the controller sends only the cells it still needs
-
-    def write_status(
-        self,
-        cell_id: str,
-        status: str,
-        reason: str = "",
-        *,
-        spec_key: str = "",
-        label: str = "",
-        extra: Mapping[str, Any] | None = None,
-    ) -> None:
-        self.events.put(("status", (cell_id, status, reason, spec_key, label, extra)))
-
-    def write_cell(self, meta: CellMeta, samples: Sequence[Sample]) -> None:
-        self.events.put(("cell", (meta, list(samples))))
-
-    def write_trace(self, cell_id: str, trace: Any) -> None:
-        self.events.put(("trace", (cell_id, trace)))
-
-    # Progress
-    def advance(self, serial: str, state: str = "") -> None:
-        if state:
-            self.events.put(("state", state))
-
-    def set_state(self, serial: str, state: str) -> None:
-        self.events.put(("state", state))
 
 
 class _Run:
@@ -244,19 +204,28 @@ class Agent:
 
     # -- tuning
     def tune(
-        self, serials: list[str], model: str, variant: str, kwargs: dict[str, Any], tuning: dict[str, bytes]
+        self,
+        serials: list[str],
+        model: str,
+        variant: str,
+        target_id: str | None,
+        settings: TuneSettings,
+        config: dict[str, Any],
+        tuning: dict[str, bytes],
     ) -> dict[str, Any]:
-        """`workloads tune` on this host's phones `serials` (leased for it): candidates built here and measured
-        on them, starting from the controller's databases (`tuning`: {relative path: bytes}). {"results": [...],
-        "files": the databases after tuning, as `tuning`} or {"error": why}."""
+        """`workloads tune` on this host's phones `serials`, each under its lease: candidates built here and
+        measured on them, into a private copy of the controller's databases (`tuning`: {relative path: bytes}).
+        {"results": [...], "files": the databases after tuning, as `tuning`} or {"error": why}."""
 
         with tempfile.TemporaryDirectory(prefix="autlearn-tune-") as tmp, contextlib.ExitStack() as leases:
             root = paths.write_tree(Path(tmp), tuning)
-            try:  # this agent tunes one request at a time (_tune_lock): the variable is its own meanwhile
-                with self._tune_lock, paths.env_override({"AUTLEARN_TUNING_DIR": str(root)}):
+            try:  # MetaSchedule keeps process-wide state: this agent tunes one request at a time
+                with self._tune_lock:
                     for s in serials:
                         leases.enter_context(PhoneLease(Device(s), f"tune {model}", "tuning"))
-                    results = tune_devices(serials, model, variant, **kwargs)
+                    results = tune_devices(
+                        serials, model, variant, target_id=target_id, settings=settings, root=root, **config
+                    )
             except UserError as exc:
                 return {"error": str(exc)}
             files = {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
@@ -271,47 +240,39 @@ class Agent:
         serial: str,
         name: str,
         facts: DeviceFacts,
-        cells: list[tuple[Cell, str, ArtifactRef]],
+        cells: list[PlannedCell],
         campaign: Campaign,
         threads: int | None,
-    ) -> Iterator[tuple[str, Any]]:
+    ) -> Iterator[Event]:
         """Run `cells` [(cell, cell id, ArtifactRef with this host's path)] on `serial`, reporting as `name`;
-        yields ("state" | "status" | "cell" | "trace" | "warning", data) and finally ("done", counts)."""
+        yields the worker's events as they come (a Ray streaming generator)."""
 
         with self._lock:
             run = self._runs.get(token)
         if run is None or serial not in run.leases:
-            for _cell, cid, _ in cells:
-                yield "status", (cid, "failed", f"{serial} is not leased to this run on host {self.name}", "", "", None)
+            for cell, cid, _ in cells:
+                why = f"{serial} is not leased to this run on host {self.name}"
+                yield StatusEvent(cid, "failed", why, cell.spec_key, cell.label)
             return
-        stream = _Stream()
-        worker = DeviceWorker(serial, facts, cells, stream, campaign, stream, run.stop, False, threads, name=name)
+        events: queue.Queue[Event | None] = queue.Queue()  # None: the worker ended
+        worker = DeviceWorker(serial, facts, cells, campaign, events.put, run.stop, threads, name=name)
         run.workers.append(worker)
-        result: dict[str, Any] = {}
 
         def work() -> None:
             try:
-                result["counts"] = worker.run()
+                worker.run()
             except BaseException as exc:  # noqa: BLE001 - reported, never lost in a thread
-                result["error"] = f"{type(exc).__name__}: {exc}"
+                events.put(WarningEvent(f"{name}: worker ended: {type(exc).__name__}: {exc}"))
             finally:
-                stream.events.put(None)
+                events.put(None)
 
         with self._lock:
             run.active += 1
         thread = threading.Thread(target=work, name=f"cells-{serial}", daemon=True)
         thread.start()
         try:
-            while True:
-                event = stream.events.get()
-                if event is None:
-                    break
+            while (event := events.get()) is not None:
                 yield event
-            for w in worker.warnings:
-                yield "warning", w
-            if "error" in result:
-                yield "warning", f"{name}: worker ended: {result['error']}"
-            yield "done", result.get("counts", {})
         finally:
             thread.join()
             with self._lock:
