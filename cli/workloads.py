@@ -128,7 +128,7 @@ def list_(directory: Path | None) -> None:
 class TuneOptions:
     """How long and for what MetaSchedule tunes: candidates per kernel, the whole run's minutes, the TOP heaviest
     kernels (None: those carrying 90 % of the FLOPs), the compile target (None: the device's probed CPU), runner
-    threads (None: the runner's own). `asdict` gives the tuning functions' keyword arguments."""
+    threads (None: the runner's own)."""
 
     trials: int = 64
     minutes: float = 30.0
