@@ -155,10 +155,12 @@ def test_an_agent_that_does_not_answer_at_discovery_is_said(cluster, monkeypatch
     @ray.remote
     class Mute:  # an agent that never answers: a real actor under an agent's name
         def info(self):
-            time.sleep(30)
+            time.sleep(300)
 
     mute = Mute.options(name=f"{PREFIX}host9", num_cpus=0).remote()
-    monkeypatch.setattr(cluster_mod, "INFO_TIMEOUT_S", 2.0)
+    ray.get(mute.__ray_ready__.remote(), timeout=120)  # alive and named before discovery lists the agents
+    # long enough for the real agents to probe their phones on a loaded host, far shorter than the mute one's sleep
+    monkeypatch.setattr(cluster_mod, "INFO_TIMEOUT_S", 20.0)
     said: list[str] = []
     try:
         entries = cluster_mod.ClusterFleet(address, say=said.append).discover()
