@@ -36,7 +36,7 @@ from autlearn.profiler.governor import (
     plan_pins,
     resolve_governor,
 )
-from autlearn.reports.build import build_report, load_campaign_data
+from autlearn.reports.build import build_report, load_campaign_data, render_html
 
 CACHE = Path(os.environ.get("AUTLEARN_TEST_CACHE_DIR") or Path.home() / ".cache" / "autlearn-test") / "artifacts"
 
@@ -336,6 +336,8 @@ def test_a_pin_sweep_orders_step_times_by_frequency_reports_it_and_restores_ever
         g: float(np.median(rows["step_ns"])) / 1e6
         for g, rows in frames[-1][~frames[-1]["warmup"].astype(bool)].groupby("governor_requested")
     }
+    page = render_html(rep)
+    assert "Time per step vs pinned frequency" in page and "Energy per step vs pinned frequency" in page
     y = list(tfig.figure.data[0].y)
     assert y == pytest.approx([last["pin:big=min"], last["pin:big=1000000"], last["pin:big=max"]], rel=0.01)
 
