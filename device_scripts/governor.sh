@@ -6,6 +6,9 @@
 #   governor.sh read                           per policy: policy, governor, min, max, cur [, setspeed]
 #   governor.sh apply POLICY GOV [MIN MAX]     set governor (and scaling limits, kHz); prints `read` of POLICY
 #   governor.sh setspeed POLICY FREQ           write scaling_setspeed (userspace governor); prints `read` of POLICY
+#   governor.sh pin (POLICY GOV MIN MAX SPEED)...
+#                                              a frequency pin, every policy in one call: governor, limits, then
+#                                              scaling_setspeed (SPEED kHz, or `-` for none); prints `read` of all
 #   governor.sh restore SNAPSHOT_FILE          re-apply a saved `read` output (governor, min, max, setspeed)
 #
 # Output: `key=value` lines; every policy block starts with `policy=NAME`. POLICY is `policyN` (or `cpuN` on old
@@ -149,6 +152,17 @@ case "$cmd" in
             shift 4
         done
         policies | while read -r name dir; do print_read "$name" "$dir"; done ;;
+    pin)  # POLICY GOV MIN MAX SPEED, repeated (profiler/governor.py: PinPlan.script_args)
+        [ $# -gt 0 ] && [ $(($# % 5)) -eq 0 ] || die 2 "usage: pin POLICY GOV MIN MAX SPEED [...]"
+        while [ $# -gt 0 ]; do
+            dir=$(policy_dir "$1"); [ -n "$dir" ] || die 3 "unknown policy '$1'"
+            case "$5" in -) ;; ''|*[!0-9]*) die 2 "frequency must be an integer in kHz or '-': '$5'" ;; esac
+            set_governor "$dir" "$2"
+            set_limits "$dir" "$3" "$4"
+            [ "$5" = "-" ] || write "$dir/scaling_setspeed" "$5"
+            shift 5
+        done
+        policies | while read -r name dir; do print_read "$name" "$dir"; done ;;
     setspeed)
         [ $# -eq 2 ] || die 2 "usage: setspeed POLICY FREQ"
         dir=$(policy_dir "$1"); [ -n "$dir" ] || die 3 "unknown policy '$1'"
@@ -158,5 +172,5 @@ case "$cmd" in
     restore)
         [ $# -eq 1 ] || die 2 "usage: restore SNAPSHOT_FILE"
         restore "$1" ;;
-    *) die 2 "usage: governor.sh available|read|apply POLICY GOV [MIN MAX]|apply-all (POLICY GOV MIN MAX)...|setspeed POLICY FREQ|restore FILE" ;;
+    *) die 2 "usage: governor.sh available|read|apply POLICY GOV [MIN MAX]|apply-all (POLICY GOV MIN MAX)...|setspeed POLICY FREQ|pin (POLICY GOV MIN MAX SPEED)...|restore FILE" ;;
 esac

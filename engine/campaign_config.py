@@ -27,6 +27,8 @@
 
     [governors]                          # or the shorthand: governors = ["interactive", "powersave"]
     intents = ["interactive", "powersave", "userspace@1.2GHz"]
+                                         # frequency pins, a sweep: "pin:big=min", "pin:big=1.2GHz", "pin:big=max",
+                                         #   "pin:little=min,big=1.8GHz", "pin:all=max" (autlearn.profiler.governor)
     fallback = "nearest"                 # "nearest" | "skip" | "fail" (see autlearn.profiler.governor)
 
     [cooldown]                           # wait before every cell until all matching zones are below max_temp_c

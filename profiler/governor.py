@@ -26,6 +26,31 @@ Mapping table (`fallback = "nearest"`; the requested governor is tried first, th
 
 `fallback = "skip"` accepts only the requested governor (`applied=None` otherwise, the cell is skipped with the
 reason); `"fail"` raises `GovernorUnavailable`. Requested and applied are both recorded with every result.
+
+Frequency pins (issue 34): `pin:CLUSTER=LEVEL[,CLUSTER=LEVEL...]` holds clusters at a frequency, one cell per entry,
+so a campaign sweeps frequency like any other factor (`governors = ["pin:big=min", "pin:big=1.2GHz",
+"pin:big=max"]`; `pin:little=min,big=1.8GHz`; `pin:all=max`).
+
+- CLUSTER: `all`; `little` / `big` (the slowest / fastest cluster by its highest offered frequency, as affinity's
+  little/big; two clusters or more); `mid` (the middle of exactly three); `policyN` (a policy by its kernel name);
+  `cpuN` (the policy CPU N belongs to). `all` comes first, a named cluster overrides it; two names that reach one
+  policy with different levels are an error.
+- LEVEL: `min` / `max` (the lowest / highest frequency the policy offers: scaling_available_frequencies, else
+  cpuinfo_min/max_freq) or a frequency (`1.2GHz`, `1200MHz`, `1200000` kHz). A frequency is held at the NEAREST
+  frequency the policy offers and the choice is recorded (`Applied.pinned_khz`, the reason says `requested ->
+  held`); one farther than PIN_TOLERANCE (10 %) from every offered frequency is an error naming the offered ones
+  (a typo such as 18GHz, or a frequency of another phone), and the cell is skipped with it (`fallback = "fail"`:
+  GovernorUnavailable). Written canonically as `pin:little=min,big=1200000` (kHz; all, little, mid, big, then
+  policies and CPUs).
+- How: with `userspace` on every policy, userspace + scaling_setspeed (limits at the full hardware range); else
+  `performance` with scaling_min_freq = scaling_max_freq. One governor on every policy (a cell runs under one):
+  policies the pin does not name are held at their highest frequency (setspeed = max, or performance's own max),
+  the same in every cell of a sweep. `plan_pins` is pure; `GovernorGuard.apply_pins` writes the plan in one call
+  (`governor.sh pin`), reads it back and fails the cell when the kernel did not hold it.
+- Restored like every governor change: the snapshot (governor, scaling_min_freq, scaling_max_freq,
+  scaling_setspeed of every policy) is taken before the first change and written back, byte for byte.
+- `resolve_governor` cannot resolve a pin from governor names alone (`applied=None`): a phone without root runs no
+  pin cell.
 """
 
 from __future__ import annotations
@@ -57,23 +82,50 @@ NEAREST: dict[str, tuple[str, ...]] = {
 SCRIPT = "governor.sh"
 KNOB = "governor"  # autlearn.profiler.knobs: snapshots under <root>/governor-pending/<serial>.json while changed
 
+PIN_PREFIX = "pin:"
+PIN_ROLES = ("all", "little", "mid", "big")  # then policyN, cpuN
+PIN_TOLERANCE = 0.10  # a pinned frequency farther than this (relative) from every offered one is an error
+
 _UNITS = {"": 1, "khz": 1, "mhz": 1000, "ghz": 1_000_000, "hz": 0.001}
 _FREQ_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([a-z]*)\s*$", re.I)
+_PIN_NAME_RE = re.compile(r"^(all|little|mid|big|policy([0-9]+)|cpu([0-9]+))$")
 
 
 class GovernorUnavailable(UserError):
     """The requested governor is not offered and the campaign said `fallback = "fail"`."""
 
 
+class PinError(ValueError):
+    """A pin this phone cannot hold: a cluster it does not have, a frequency it does not offer (the message names
+    what it has)."""
+
+
 # ---------------------------------------------------------------------------------------------------------- intents
+PinLevel = Literal["min", "max"]
+
+
+@dataclass(frozen=True)
+class Pin:
+    """One `CLUSTER=LEVEL` of a `pin:` entry: LEVEL is a frequency in kHz, or the policy's lowest / highest one."""
+
+    cluster: str  # "all" | "little" | "mid" | "big" | "policyN" | "cpuN"
+    level: int | PinLevel
+
+    def __str__(self) -> str:
+        return f"{self.cluster}={self.level}"
+
+
 @dataclass(frozen=True)
 class GovernorIntent:
-    """A governor as a campaign asks for it. `freq_khz` only for `userspace`."""
+    """A governor as a campaign asks for it. `freq_khz` only for `userspace`; `pins` only for `pin:` (name "pin")."""
 
     name: str
     freq_khz: int | None = None
+    pins: tuple[Pin, ...] = ()
 
     def __str__(self) -> str:
+        if self.pins:
+            return PIN_PREFIX + ",".join(str(p) for p in self.pins)
         return f"{self.name}@{self.freq_khz}" if self.freq_khz is not None else self.name
 
 
@@ -93,15 +145,55 @@ def parse_frequency(text: str | int) -> int:
     return int(khz)
 
 
+def _pin_key(pin: Pin) -> tuple[int, int]:
+    """Canonical order: all, little, mid, big, then policies and CPUs by number."""
+    if pin.cluster in PIN_ROLES:
+        return (PIN_ROLES.index(pin.cluster), 0)
+    m = _PIN_NAME_RE.match(pin.cluster)
+    assert m is not None  # parse_pins admits only these names
+    return (len(PIN_ROLES), int(m.group(2))) if m.group(2) else (len(PIN_ROLES) + 1, int(m.group(3)))
+
+
+def parse_pins(text: str) -> tuple[Pin, ...]:
+    """`"pin:little=min,big=1.8GHz"` (the prefix optional) -> its pins in canonical order. ValueError otherwise."""
+    body = text.strip()
+    if body.lower().startswith(PIN_PREFIX):
+        body = body[len(PIN_PREFIX) :]
+    usage = "pin:CLUSTER=LEVEL[,...], e.g. pin:big=1.2GHz, pin:little=min,big=max, pin:all=max"
+    if not body.strip():
+        raise ValueError(f"{text!r} pins nothing; write {usage}")
+    pins: dict[str, Pin] = {}
+    for part in body.split(","):
+        name, eq, value = part.partition("=")
+        name, value = name.strip().lower(), value.strip().lower()
+        if not eq or not name or not value:
+            raise ValueError(f"{part.strip()!r} in {text!r} is not CLUSTER=LEVEL; write {usage}")
+        if not _PIN_NAME_RE.match(name):
+            raise ValueError(f"unknown cluster {name!r} in {text!r}; name all, little, mid, big, policyN or cpuN")
+        if name in pins:
+            raise ValueError(f"cluster {name!r} is pinned twice in {text!r}")
+        if value in ("min", "max"):
+            pins[name] = Pin(name, cast(PinLevel, value))
+            continue
+        try:
+            pins[name] = Pin(name, parse_frequency(value))
+        except ValueError as exc:
+            raise ValueError(f"{name}={value} in {text!r}: {exc}; or min / max") from None
+    return tuple(sorted(pins.values(), key=_pin_key))
+
+
 def parse_intent(text: str) -> GovernorIntent:
-    """`"interactive"` | `"powersave"` | `"performance"` | `"schedutil"` | `"userspace@FREQ"`; ValueError otherwise."""
+    """`"interactive"` | `"powersave"` | `"performance"` | `"schedutil"` | `"userspace@FREQ"` |
+    `"pin:CLUSTER=LEVEL,..."`; ValueError otherwise."""
     if not isinstance(text, str):
         raise ValueError(f"governor must be a string, not {type(text).__name__}")
+    if text.strip().lower().startswith(PIN_PREFIX):
+        return GovernorIntent("pin", pins=parse_pins(text))
     name, at, freq = text.strip().partition("@")
     name = name.strip().lower()
     if name not in INTENTS:
         valid = ", ".join(i if i != "userspace" else "userspace@FREQ" for i in INTENTS)
-        raise ValueError(f"unknown governor {text!r}; valid: {valid}")
+        raise ValueError(f"unknown governor {text!r}; valid: {valid}, pin:CLUSTER=LEVEL[,...]")
     if name == "userspace":
         if not at:
             raise ValueError("userspace needs a frequency: userspace@1.2GHz or userspace@1200000 (kHz)")
@@ -125,7 +217,9 @@ class Resolution:
 
     @property
     def exact(self) -> bool:
-        """True when the requested governor itself is applied."""
+        """True when the requested governor itself is applied (a pin: when it is held)."""
+        if self.requested.startswith(PIN_PREFIX):
+            return self.applied is not None
         return self.applied == self.requested.partition("@")[0]
 
 
@@ -139,6 +233,8 @@ def resolve_governor(intent: str | GovernorIntent, available: Sequence[str], fal
         raise ValueError(f"unknown fallback {fallback!r}; valid: {', '.join(FALLBACKS)}")
     offered = tuple(available)
     req = str(it)
+    if it.pins:  # which policy is little or big, what each offers: only the policies tell (plan_pins)
+        return Resolution(req, None, "a frequency pin needs the phone's policies (GovernorGuard.apply_pins)")
     if it.name in offered:
         return Resolution(req, it.name, "offered", it.freq_khz)
     missing = f"{it.name} not offered (kernel offers: {' '.join(offered) or 'nothing'})"
@@ -245,6 +341,178 @@ def format_snapshot(states: Iterable[PolicyState]) -> str:
         if s.setspeed is not None:
             lines.append(f"setspeed={s.setspeed}")
     return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------------------- pins
+@dataclass(frozen=True)
+class PolicySetting:
+    """What `governor.sh pin` writes to one policy: governor, limits, and scaling_setspeed under userspace."""
+
+    policy: str
+    governor: str
+    min_khz: int
+    max_khz: int
+    setspeed_khz: int | None = None
+
+
+@dataclass(frozen=True)
+class PinPlan:
+    """A pin resolved against a phone's policies: one setting per policy (every policy under `governor`), the
+    (policy, kHz) pinned (the policies the pin named) and the reason recorded with the cell."""
+
+    governor: str
+    settings: tuple[PolicySetting, ...]
+    pinned_khz: tuple[tuple[str, int], ...]
+    reason: str
+
+    def script_args(self) -> list[str]:
+        """`governor.sh pin` arguments: POLICY GOV MIN MAX SPEED per policy (SPEED `-`: none)."""
+        return [
+            str(x)
+            for st in self.settings
+            for x in (
+                st.policy,
+                st.governor,
+                st.min_khz,
+                st.max_khz,
+                "-" if st.setspeed_khz is None else st.setspeed_khz,
+            )
+        ]
+
+
+def _range(p: CpuPolicy) -> tuple[int, int]:
+    """The lowest and highest frequency a policy offers (its table, else cpuinfo limits). PinError without either."""
+    lo = p.frequencies_khz[0] if p.frequencies_khz else p.hw_min_khz
+    hi = p.frequencies_khz[-1] if p.frequencies_khz else p.hw_max_khz
+    if lo is None or hi is None:
+        raise PinError(f"{p.name} reports neither scaling_available_frequencies nor cpuinfo_min/max_freq")
+    return lo, hi
+
+
+def _hw_range(p: CpuPolicy) -> tuple[int, int]:
+    """The limits that leave a policy its full range (cpuinfo, else its table)."""
+    lo, hi = _range(p)
+    return (p.hw_min_khz if p.hw_min_khz is not None else lo), (p.hw_max_khz if p.hw_max_khz is not None else hi)
+
+
+_Cluster = tuple[CpuPolicy, ...]  # policies a pin treats as one: a policyN, or per-CPU directories of one domain
+
+
+def _cluster_order(policies: Sequence[CpuPolicy]) -> tuple[_Cluster, ...]:
+    """Clusters, slowest first (by the highest frequency offered, then the first CPU). Each `policyN` is one; per-CPU
+    directories (`cpuN`, old kernels without related_cpus) that offer the same frequencies are one, as
+    autlearn.profiler.cpufreq.clusters groups them: a pin writes the same to each (on a kernel they share a policy)."""
+
+    def top(p: CpuPolicy) -> int:
+        return p.frequencies_khz[-1] if p.frequencies_khz else p.hw_max_khz or p.max_khz or 0
+
+    groups: dict[object, list[CpuPolicy]] = {}
+    for p in policies:
+        key = ("cpu", top(p), p.frequencies_khz) if p.name.startswith("cpu") else ("policy", p.name)
+        groups.setdefault(key, []).append(p)
+    return tuple(sorted((tuple(g) for g in groups.values()), key=lambda g: (top(g[0]), g[0].cpus[:1] or (0,))))
+
+
+def _cluster_label(c: _Cluster) -> str:
+    cpus = sorted({cpu for p in c for cpu in p.cpus})
+    where = f"cpu {cpus[0]}" if len(cpus) == 1 else f"cpus {cpus[0]}-{cpus[-1]}" if cpus else "no cpus"
+    return f"{'+'.join(p.name for p in c)} ({where})"
+
+
+def cluster_names(policies: Sequence[CpuPolicy]) -> str:
+    """How a pin can name this phone's clusters, e.g. `little = policy0 (cpus 0-3), big = policy4 (cpus 4-7)`."""
+    order = _cluster_order(policies)
+    roles: dict[int, str] = {}
+    if len(order) > 1:
+        roles = {0: "little", len(order) - 1: "big"}
+    if len(order) == 3:
+        roles[1] = "mid"
+    return ", ".join((f"{roles[i]} = " if i in roles else "") + _cluster_label(c) for i, c in enumerate(order))
+
+
+def _named(name: str, order: tuple[_Cluster, ...]) -> tuple[CpuPolicy, ...]:
+    """The policies a pin's cluster name reaches on this phone. PinError naming what it has otherwise."""
+    n = len(order)
+    if name == "all":
+        return tuple(p for c in order for p in c)
+    if name in ("little", "big") and n >= 2:
+        return order[0] if name == "little" else order[-1]
+    if name == "mid" and n == 3:
+        return order[1]
+    m = _PIN_NAME_RE.match(name)
+    cpu = int(m.group(3)) if m is not None and m.group(3) is not None else None  # cpuN: the cluster CPU N is in
+    found = [c for c in order if any(p.name == name or (cpu is not None and cpu in p.cpus) for p in c)]
+    if found:
+        return found[0]
+    why = {
+        "little": "little and big need two clusters or more",
+        "big": "little and big need two clusters or more",
+        "mid": "mid is the middle of exactly three clusters",
+    }.get(name, f"no cluster {name!r}")
+    raise PinError(f"{why}; this phone has {n}: {cluster_names([p for c in order for p in c])}")
+
+
+def _level_khz(pin: Pin, p: CpuPolicy) -> tuple[int, str]:
+    """The frequency a pin holds policy `p` at, and how it was chosen (for the reason)."""
+    lo, hi = _range(p)
+    if pin.level == "min":
+        return lo, f"min = {lo} kHz"
+    if pin.level == "max":
+        return hi, f"max = {hi} kHz"
+    want = int(pin.level)
+    khz = p.nearest_frequency(want)
+    offered = " ".join(str(f) for f in p.frequencies_khz) if p.frequencies_khz else f"{lo}-{hi}"
+    if abs(khz - want) > PIN_TOLERANCE * want:
+        raise PinError(
+            f"{p.name} offers no frequency within {PIN_TOLERANCE:.0%} of {want} kHz (offered: {offered} kHz)"
+        )
+    return khz, f"{khz} kHz" if khz == want else f"{want} -> {khz} kHz (nearest offered)"
+
+
+def plan_pins(pins: Sequence[Pin], policies: Sequence[CpuPolicy]) -> PinPlan:
+    """Resolve pins against what each policy offers (`governor.sh available`). Pure; PinError when the phone cannot
+    hold them (the message names its clusters or frequencies)."""
+    if not policies:
+        raise PinError("the phone reports no cpufreq policy")
+    if not pins:
+        raise PinError("nothing to pin")
+    order = _cluster_order(policies)
+    held: dict[str, tuple[Pin, int, str]] = {}
+    named = sorted(pins, key=lambda pin: (pin.cluster == "all", _pin_key(pin)))  # `all` last: only what is left
+    for pin in named:
+        for p in _named(pin.cluster, order):
+            prev = held.get(p.name)
+            if prev is not None and pin.cluster == "all":
+                continue
+            khz, how = _level_khz(pin, p)
+            if prev is not None and prev[1] != khz:
+                raise PinError(f"{prev[0]} and {pin} both reach {p.name}")
+            held[p.name] = (pin, khz, how)
+    common = common_governors(policies)
+    if "userspace" in common:
+        gov, how = "userspace", "userspace + scaling_setspeed"
+    elif "performance" in common:
+        gov, how = "performance", "performance with scaling_min_freq = scaling_max_freq (no userspace governor)"
+    else:
+        raise PinError(f"neither userspace nor performance is offered by every policy (common: {' '.join(common)})")
+    settings, pinned, said, others = [], [], [], []
+    for p in policies:
+        lo, hi = _hw_range(p)
+        if p.name in held:
+            pin, khz, chosen = held[p.name]
+            pinned.append((p.name, khz))
+            said.append((f"{pin.cluster} ({p.name})" if pin.cluster != p.name else p.name) + f" {chosen}")
+        else:
+            khz = _range(p)[1]
+            others.append(f"{p.name} {khz} kHz")
+        if gov == "userspace":  # the full range as limits, the frequency as scaling_setspeed
+            settings.append(PolicySetting(p.name, gov, lo, hi, khz))
+        elif p.name in held:  # performance runs at scaling_max_freq: min = max holds it there
+            settings.append(PolicySetting(p.name, gov, khz, khz))
+        else:
+            settings.append(PolicySetting(p.name, gov, lo, hi))
+    rest = f"; not pinned, at their max: {', '.join(others)}" if others else ""
+    return PinPlan(gov, tuple(settings), tuple(pinned), f"pinned {', '.join(said)}{rest}; {how}")
 
 
 # ---------------------------------------------------------------------------------------------------------- guard
@@ -444,8 +712,11 @@ class GovernorGuard:
 
         Limits are reset to the full cpuinfo range (or pinned min = max for a frequency request). Nothing is changed
         when the resolution has `applied=None`."""
+        it = intent if isinstance(intent, GovernorIntent) else parse_intent(intent)
+        if it.pins:
+            return self.apply_pins(it, fallback)
         info = self.available()
-        res = resolve_governor(intent, common_governors(info), fallback)
+        res = resolve_governor(it, common_governors(info), fallback)
         if res.applied is None:
             return Applied(res)
         if res.pin_khz is None and all(p.hw_min_khz is not None and p.hw_max_khz is not None for p in info):
@@ -466,6 +737,35 @@ class GovernorGuard:
             else:
                 self.apply(p.name, res.applied, p.hw_min_khz, p.hw_max_khz)
         return Applied(res, self.read(), tuple(pinned))
+
+    def apply_pins(self, intent: str | GovernorIntent, fallback: str = "nearest") -> Applied:
+        """Hold clusters at frequencies (a `pin:` intent; see the module's docstring): `plan_pins`, then every policy
+        in one `governor.sh pin` call, read back. A pin this phone cannot hold changes nothing: `applied=None` with
+        the reason (`fallback = "fail"`: GovernorUnavailable). DeviceCommandFailed when the kernel did not keep
+        what was written (a vendor cap on the limits, say)."""
+        it = intent if isinstance(intent, GovernorIntent) else parse_intent(intent)
+        if not it.pins:
+            raise ValueError(f"{it} is not a frequency pin")
+        if fallback not in FALLBACKS:
+            raise ValueError(f"unknown fallback {fallback!r}; valid: {', '.join(FALLBACKS)}")
+        try:
+            plan = plan_pins(it.pins, self.available())
+        except PinError as exc:
+            if fallback == "fail":
+                raise GovernorUnavailable(f'{it}: {exc}; fallback = "fail"') from None
+            return Applied(Resolution(str(it), None, f"{it}: {exc}"))
+        self.save()
+        states = parse_state(_run(self.device, "pin", *plan.script_args()))
+        wrong = _not_held(plan, states)
+        if wrong:
+            raise DeviceCommandFailed(
+                f"the kernel did not hold {it}",
+                serial=self.serial,
+                command=f"{SCRIPT} pin",
+                output="; ".join(wrong),
+                exit_code=0,
+            )
+        return Applied(Resolution(str(it), plan.governor, plan.reason), states, plan.pinned_khz)
 
     def restore(self, quiet: bool = False) -> bool:
         """Put the snapshot back (idempotent). True when something was restored. `quiet` swallows device errors
@@ -492,6 +792,23 @@ class GovernorGuard:
 
     def _forget(self) -> None:
         knobs.forget(self.results_dir, self.serial, KNOB)
+
+
+def _not_held(plan: PinPlan, states: Sequence[PolicyState]) -> list[str]:
+    """What of a pin plan the read-back state does not show (empty: held)."""
+    now = {s.policy: s for s in states}
+    wrong = []
+    for st in plan.settings:
+        got = now.get(st.policy)
+        if got is None:
+            wrong.append(f"{st.policy} not read back")
+            continue
+        want = (st.governor, st.min_khz, st.max_khz)
+        if (got.governor, got.min_khz, got.max_khz) != want:
+            wrong.append(f"{st.policy}: {got.governor} {got.min_khz}-{got.max_khz} kHz, not {' '.join(map(str, want))}")
+        if st.setspeed_khz is not None and (got.setspeed or "").strip() != str(st.setspeed_khz):
+            wrong.append(f"{st.policy}: scaling_setspeed {got.setspeed}, not {st.setspeed_khz}")
+    return wrong
 
 
 def _restore_snapshot(device: Any, states: Sequence[PolicyState] | str) -> None:
@@ -545,14 +862,23 @@ __all__ = [
     "GovernorUnavailable",
     "INTENTS",
     "NEAREST",
+    "PIN_PREFIX",
+    "PIN_TOLERANCE",
+    "Pin",
+    "PinError",
+    "PinPlan",
     "PolicyInfo",
+    "PolicySetting",
     "PolicyState",
     "Resolution",
+    "cluster_names",
     "format_snapshot",
     "parse_available",
     "parse_frequency",
     "parse_intent",
+    "parse_pins",
     "parse_state",
+    "plan_pins",
     "pending",
     "resolve_governor",
     "restore_on_signals",

@@ -847,6 +847,117 @@ def _figures(
     return slots
 
 
+def _pinned_khz(data: CampaignData) -> dict[str, dict[str, int]]:
+    """Per cell id, the (policy -> kHz) it was pinned at (`pin:` entries, `userspace@FREQ`); only pinned cells."""
+    summ = data.summaries
+    if summ.empty or "pinned_khz" not in summ:
+        return {}
+    out = {}
+    for _, r in summ.iterrows():
+        pins = {str(k): int(v) for k, v in _json_map(r.get("pinned_khz")).items() if isinstance(v, int) and v > 0}
+        if pins:
+            out[str(r["cell_id"])] = pins
+    return out
+
+
+def _pin_figures(
+    report_devices: Sequence[DeviceInfo], cells: Sequence[CellRow], data: CampaignData
+) -> list[FigureSlot]:
+    """Frequency sweeps (issue 34): per device with frequency-pinned cells, median time per step and energy per step
+    against the pinned frequency. One line per workload, variant and policy the pins vary (a policy pinned alike in
+    every cell is its x only when no policy varies). Nothing when no cell was pinned."""
+    pins = _pinned_khz(data)
+    slots: list[FigureSlot] = []
+    for d in report_devices:
+        mine = [c for c in cells if c.device_serial == d.serial and c.cell_id in pins]
+        if not mine:
+            continue
+        groups: dict[tuple[str, str], list[CellRow]] = {}
+        for c in mine:
+            groups.setdefault((c.case, c.variant), []).append(c)
+        tpts, epts = [], []
+        for (case, variant), cs in groups.items():
+            policies = list(dict.fromkeys(pol for c in cs for pol in pins[c.cell_id]))
+            swept = [pol for pol in policies if len({pins[c.cell_id].get(pol) for c in cs}) > 1] or policies
+            for pol in swept:
+                for c in cs:
+                    khz = pins[c.cell_id].get(pol)
+                    if khz is None:
+                        continue
+                    series, mhz = f"{case} {variant} — {pol}", khz / 1e3
+                    where = (
+                        f"{case} {variant}, {c.governor} (applied: {c.governor_applied or '–'}): {pol} at {mhz:g} MHz"
+                    )
+                    tpts.append(
+                        F.SweepPoint(
+                            series,
+                            mhz,
+                            c.median_ms,
+                            c.ci_low_ms,
+                            c.ci_high_ms,
+                            hover=f"{where}: {_fmt(c.median_ms)} ms [{_fmt(c.ci_low_ms)}, {_fmt(c.ci_high_ms)}], "
+                            f"n={c.n} [{', '.join(c.labels)}]",
+                        )
+                    )
+                    if math.isfinite(c.energy_median_j):
+                        epts.append(
+                            F.SweepPoint(
+                                series,
+                                mhz,
+                                c.energy_median_j,
+                                c.energy_ci_low_j,
+                                c.energy_ci_high_j,
+                                hover=f"{where}: {_fmt(c.energy_median_j)} J [{_fmt(c.energy_ci_low_j)}, "
+                                f"{_fmt(c.energy_ci_high_j)}] ({c.energy_source}) [{', '.join(c.labels)}]",
+                            )
+                        )
+        x_title = "pinned frequency (MHz)" + (" — MODELED (virtual phone)" if d.virtual else "")
+        held = (
+            "x: the frequency each pinned policy was held at (the nearest the phone offers; each cell's governor "
+            "reason says requested -> held)"
+        )
+        virtual = (
+            " Virtual phone: the frequency is the model's, and time follows the host CPU share it sets "
+            "(testbed/dvfs.py), not a phone's silicon."
+            if d.virtual
+            else ""
+        )
+        title = f"Time per step vs pinned frequency — {_device_title(d)}"
+        slots.append(
+            FigureSlot(
+                f"pin-time:{d.serial}",
+                "time",
+                title,
+                F.sweep_figure(title, tpts, x_title=x_title, y_title="median time per step (ms), 95% CI")
+                if tpts
+                else None,
+                note=f"{held}; y: median time per step with its 95% CI.{virtual}"
+                if tpts
+                else "No pinned cell has timed steps.",
+            )
+        )
+        modeled = " [modeled]" if any("modeled" in c.labels for c in mine if math.isfinite(c.energy_median_j)) else ""
+        title = f"Energy per step vs pinned frequency — {_device_title(d)}{modeled}"
+        slots.append(
+            FigureSlot(
+                f"pin-energy:{d.serial}",
+                "energy",
+                title,
+                F.sweep_figure(title, epts, x_title=x_title, y_title="median energy per step (J), 95% CI")
+                if epts
+                else None,
+                note=(
+                    f"{held}; y: median gross energy per step with its 95% CI"
+                    + (" (MODELED power)" if modeled else "")
+                    + f".{virtual}"
+                )
+                if epts
+                else "No energy data for the pinned cells: the sweep needs an energy source (campaign `energy`).",
+            )
+        )
+    return slots
+
+
 # ---------------------------------------------------------------------------------------------------------- compare
 def _campaign_diff(
     data: CampaignData,
@@ -972,6 +1083,7 @@ def build_report(
     state, complete = _state(counts, sum(1 for o in outcomes if o.status == "skipped" and o.reason))
     devices = _devices(data, cells)
     figures = _figures(devices, cells, comparisons, energy_rows, data, baseline, baseline_gov, variants, options)
+    figures += _pin_figures(devices, cells, data)  # frequency sweeps: only when cells were pinned
     label_counts: dict[str, int] = {}
     for c in cells:
         for lb in c.labels:

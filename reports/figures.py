@@ -94,6 +94,19 @@ class Point:
 
 
 @dataclass(frozen=True)
+class SweepPoint:
+    """One cell of a sweep: `x` the swept value (a pinned frequency), `y` with its CI; points of a series are joined
+    in x order."""
+
+    series: str
+    x: float
+    y: float
+    low: float = float("nan")
+    high: float = float("nan")
+    hover: str = ""
+
+
+@dataclass(frozen=True)
 class Series:
     name: str
     x: np.ndarray
@@ -287,6 +300,37 @@ def scatter_figure(title: str, points: Sequence[Point], *, x_title: str, y_title
     return fig
 
 
+def sweep_figure(title: str, points: Sequence[SweepPoint], *, x_title: str, y_title: str) -> go.Figure:
+    """A value against a swept one (time or energy per step against a pinned frequency): one line per series, in x
+    order, with asymmetric CI error bars."""
+    fig = go.Figure(
+        layout=_layout(text(title), xaxis=_axis(text(x_title)), yaxis=_axis(text(y_title)), hovermode="closest")
+    )
+    for i, series in enumerate(dict.fromkeys(p.series for p in points)):
+        ps = sorted((p for p in points if p.series == series), key=lambda p: p.x)
+        fig.add_trace(
+            go.Scatter(
+                name=text(series),
+                x=[p.x for p in ps],
+                y=[_nan(p.y) for p in ps],
+                mode="lines+markers",
+                line=dict(color=COLORS[i % len(COLORS)], width=1.5),
+                marker=dict(size=8, color=COLORS[i % len(COLORS)], symbol=SYMBOLS[i % len(SYMBOLS)]),
+                error_y=dict(
+                    type="data",
+                    symmetric=False,
+                    array=[max(0.0, p.high - p.y) if math.isfinite(p.high) else 0.0 for p in ps],
+                    arrayminus=[max(0.0, p.y - p.low) if math.isfinite(p.low) else 0.0 for p in ps],
+                    thickness=1.2,
+                    width=4,
+                ),
+                customdata=[text(p.hover) for p in ps],
+                hovertemplate="%{customdata}<extra></extra>",
+            )
+        )
+    return fig
+
+
 def series_figure(title: str, series: Sequence[Series], *, x_title: str, y_title: str) -> go.Figure:
     """Lines per cell; warm-up samples as open markers."""
     fig = go.Figure(
@@ -383,12 +427,14 @@ __all__ = [
     "Point",
     "Segment",
     "Series",
+    "SweepPoint",
     "bar_figure",
     "decimate",
     "energy_figure",
     "scatter_figure",
     "segment_figure",
     "series_figure",
+    "sweep_figure",
     "text",
     "trace_figure",
 ]
