@@ -120,10 +120,11 @@ _LINKS_RUNNERS = (
     "test_metaschedule.py",
     "test_dvfs.py",
     "test_packaging.py",
+    "test_pins.py",
 )
 # Modules that compare step times (virtual phones' time scale): last of all, when the prebuild no longer loads the
 # host's two cores.
-_TIMED_LAST = ("test_dvfs.py",)
+_TIMED_LAST = ("test_pins.py", "test_dvfs.py")
 
 
 @pytest.hookimpl(trylast=True)  # after -k/-m deselection: only sessions that run an arm64 test
