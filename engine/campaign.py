@@ -282,6 +282,9 @@ def _run_campaign(
         campaign.order, campaign.seed, {s: [cid for _, cid, _ in x] for s, x in planned.items()}, resume
     )
     planned = follow_order(planned, order)  # as recorded: a --resume continues the order the run began
+    kept = (store.order.get("kind"), store.order.get("seed"))
+    if kept != (campaign.order, campaign.seed):
+        log(f"continuing the recorded order ({kept[0]}, seed {kept[1]}): a --resume does not reorder the cells")
     if resume:  # what is redone besides cells never run, failed or skipped, named
         for lst in planned.values():
             for cell, cid, _ in lst:

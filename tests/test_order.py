@@ -215,8 +215,10 @@ def test_a_resume_keeps_the_recorded_shuffle_when_the_seed_changes(lab, tmp_path
     assert redone_in(1) == redo
     seed = next(s for s in range(2, 200) if redone_in(s) != redo)  # one that would order them otherwise
     toml.write_text(f'order = "shuffled"\nseed = {seed}\n' + text)
-    again = run_campaign(load_campaign(toml), tmp_path / "results", prov, resume=True)
+    said: list[str] = []
+    again = run_campaign(load_campaign(toml), tmp_path / "results", prov, resume=True, log=said.append)
     assert (again.ok, again.resumed) == (3, 1)
+    assert any("continuing the recorded order (shuffled, seed 1)" in m for m in said), said
     order = json.loads((results / "campaign.json").read_text())["order"]
     assert (order["kind"], order["seed"], order["devices"][phone.serial]) == ("shuffled", 1, recorded)
     assert _executed(results) == recorded[1:2] + redo  # the kept cell ran first (the first run), then the rest
