@@ -39,6 +39,7 @@ from autlearn.engine.worker import (  # noqa: F401
     affinity_mask,
     check_energy,
     cooldown_temp,
+    follow_order,
     put_back,
     restore_passthrough,
     undo_root,
@@ -277,6 +278,13 @@ def _run_campaign(
             "or give the campaign another name"
         )
     store.set_plan(ids)
+    order = store.set_order(
+        campaign.order, campaign.seed, {s: [cid for _, cid, _ in x] for s, x in planned.items()}, resume
+    )
+    planned = follow_order(planned, order)  # as recorded: a --resume continues the order the run began
+    kept = (store.order.get("kind"), store.order.get("seed"))
+    if kept != (campaign.order, campaign.seed):
+        log(f"continuing the recorded order ({kept[0]}, seed {kept[1]}): a --resume does not reorder the cells")
     if resume:  # what is redone besides cells never run, failed or skipped, named
         for lst in planned.values():
             for cell, cid, _ in lst:

@@ -36,11 +36,27 @@
     timeout_s = 300
     zones = "*cpu*"                      # glob over thermal zone types
 
+    order = "interleaved"                # a phone's cells: "interleaved" (default) | "shuffled" | "sequential"
+    seed = 0                             # the seed of "shuffled" (salted with the device serial)
+
+    [samples]                            # optional: launch until the median is known this well (pyperf-style)
+    ci_width = 0.03                      # stop when the 95 % CI of the median step time is <= 3 % of the median
+    max_launches = 10                    # ... or at this many launches (default max(10, repetitions));
+                                         #   `repetitions` is then the minimum number of launches
+
+Order (`order_cells`): cells that are compared with each other (same workload, config, batch and affinity) form a
+block; "interleaved" runs a block's variant x governor cells round-robin, variants alternating within each governor
+and reversed on alternate governors (ABBA: full, unoptimized | unoptimized, full), whole blocks alternately forward
+and backward; "shuffled" runs the blocks, and the cells within each, in a seeded random order; "sequential" is
+device > workload > variant > batch > governor > affinity. A cell's R launches always run together (one launch
+group): the cell is the unit the results store commits, energy measures and `--resume` skips.
+
 `load_campaign(path) -> Campaign`; `parse_campaign(dict) -> Campaign`. Every problem is a `ConfigError` whose `key`
 names the dotted key (`workload[1].variants[0]`); syntax errors name the file, line and column. Campaigns built in
 code (the pipelines') are typed from the start: `make_workload`, `energy_source`, `governor_intents`, then
 `check_campaign` checks the whole as a file's would be.
-`Campaign.plan(devices) -> tuple[Cell, ...]` expands device x workload x variant x batch x governor x affinity;
+`Campaign.plan(devices) -> tuple[Cell, ...]` expands device x workload x variant x batch x governor x affinity, each
+device's cells in the campaign's order;
 `cell_id(cell, artifact_hash)` is the stable id the results store uses.
 """
 
@@ -50,9 +66,10 @@ import fnmatch
 import hashlib
 import json
 import math
+import random
 import re
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -66,6 +83,8 @@ VARIANTS = ("full", "compressed", "unoptimized", "cached")
 AFFINITY_NAMES = ("all", "big", "little")
 ENERGY_KINDS = ("none", "fuelgauge", "monsoon", "auto")
 VIRTUAL = {True: "allow", False: "exclude", "only": "only"}
+ORDERS = ("interleaved", "shuffled", "sequential")
+DEFAULT_MAX_LAUNCHES = 10
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _SERIAL_RE = re.compile(r"^([A-Za-z0-9._\-]{1,64}/)?[A-Za-z0-9._:\-]{1,128}$")  # [host/]serial
@@ -146,6 +165,15 @@ class Cooldown:
 
 
 @dataclass(frozen=True)
+class Samples:
+    """How many launches a cell makes: `repetitions` (ci_width None), or from `repetitions` on until the 95 % CI of
+    the median step time is at most `ci_width` of the median, or `max_launches` are made."""
+
+    ci_width: float | None = None
+    max_launches: int = DEFAULT_MAX_LAUNCHES
+
+
+@dataclass(frozen=True)
 class Campaign:
     """A validated campaign file. `source` is the file it came from ("" when parsed from a dict)."""
 
@@ -161,6 +189,9 @@ class Campaign:
     cooldown: Cooldown = Cooldown()
     description: str = ""
     source: str = ""
+    order: str = "interleaved"  # ORDERS: the order of a device's cells (order_cells)
+    seed: int = 0  # of the "shuffled" order
+    samples: Samples = Samples()
 
     def energy_for(self, serial: str) -> EnergySource:
         per = dict(self.devices.energy)
@@ -171,15 +202,17 @@ class Campaign:
         return tuple(d for d in devices if self.devices.matches(d))
 
     def plan(self, devices: Iterable[DeviceLike]) -> tuple[Cell, ...]:
-        """Expand into cells: selected device x workload x variant x batch x governor x affinity (that order)."""
-        cells = []
+        """Expand into cells: selected device x workload x variant x batch x governor x affinity, each device's cells
+        in the campaign's order (`order_cells`)."""
+        cells: list[Cell] = []
         for d in self.select(devices):
+            mine = []
             for w in self.workloads:
                 for v in w.variants:
                     for b in w.batch:
                         for g in self.governors.intents:
                             for a in self.affinities:
-                                cells.append(
+                                mine.append(
                                     Cell(
                                         device_serial=d.serial,
                                         device_model=d.model or "",
@@ -195,8 +228,11 @@ class Campaign:
                                         steps=self.steps,
                                         repetitions=self.repetitions,
                                         energy=str(self.energy_for(d.serial)),
+                                        ci_width=self.samples.ci_width,
+                                        max_launches=self.samples.max_launches,
                                     )
                                 )
+            cells += order_cells(mine, self.order, self.seed, d.serial)
         return tuple(cells)
 
     def to_dict(self) -> dict[str, Any]:
@@ -225,8 +261,45 @@ class Campaign:
                 "timeout_s": self.cooldown.timeout_s,
                 "zones": self.cooldown.zones,
             },
+            "order": self.order,
+            "seed": self.seed,
         }
+        if self.samples.ci_width is not None:
+            d["samples"] = {"ci_width": self.samples.ci_width, "max_launches": self.samples.max_launches}
         return d
+
+
+def order_cells(cells: Sequence[Cell], kind: str, seed: int = 0, salt: str = "") -> list[Cell]:
+    """One device's cells (in plan order) in the order they run (`kind`: ORDERS; see the module docstring).
+    Blocks: the cells compared with each other (same workload, config, batch, affinity). "shuffled" draws from
+    `random.Random(f"{seed}:{salt}")` (stable across runs and Python versions' hash seeds)."""
+    if kind == "sequential":
+        return list(cells)
+    blocks: dict[tuple[Any, ...], list[Cell]] = {}
+    for c in cells:
+        blocks.setdefault((c.workload, c.config, c.batch, c.affinity), []).append(c)
+    groups = list(blocks.values())
+    if kind == "shuffled":
+        rng = random.Random(f"{seed}:{salt}")
+        rng.shuffle(groups)
+        for g in groups:
+            rng.shuffle(g)
+        return [c for g in groups for c in g]
+    out: list[Cell] = []
+    for i, g in enumerate(groups):
+        block = _round_robin(g)
+        out += block if i % 2 == 0 else block[::-1]
+    return out
+
+
+def _round_robin(block: list[Cell]) -> list[Cell]:
+    """A block's cells governor by governor, its variants in turn, reversed on every other governor (ABBA)."""
+    governors = list(dict.fromkeys(c.governor for c in block))
+    out: list[Cell] = []
+    for i, g in enumerate(governors):
+        row = [c for c in block if c.governor == g]
+        out += row if i % 2 == 0 else row[::-1]
+    return out
 
 
 class DeviceLike(Protocol):
@@ -267,10 +340,11 @@ class Cell:
     steps: int
     repetitions: int
     energy: str
+    ci_width: float | None = None  # launch until the median's 95 % CI is this narrow (relative), or max_launches
+    max_launches: int = DEFAULT_MAX_LAUNCHES
 
     def spec(self) -> dict[str, Any]:
-
-        return {
+        d: dict[str, Any] = {
             "device": self.device_serial,
             "workload": self.workload,
             "config": plain_config(dict(self.config)),
@@ -284,6 +358,9 @@ class Cell:
             "repetitions": self.repetitions,
             "energy": self.energy,
         }
+        if self.ci_width is not None:  # absent otherwise: the ids of cells without a CI target stay as they were
+            d["samples"] = {"ci_width": self.ci_width, "max_launches": self.max_launches}
+        return d
 
     @property
     def spec_key(self) -> str:
@@ -381,6 +458,9 @@ def parse_campaign(data: Mapping[str, Any], source: str = "") -> Campaign:
             "workload",
             "governors",
             "cooldown",
+            "order",
+            "seed",
+            "samples",
         },
     )
     if "name" not in data:
@@ -388,6 +468,7 @@ def parse_campaign(data: Mapping[str, Any], source: str = "") -> Campaign:
     name = _name(_str(data["name"], "name"))
     if "workload" not in data:
         raise ConfigError("at least one [[workload]] is required", key="workload")
+    repetitions = _int(data.get("repetitions", 5), "repetitions", *_COUNTS["repetitions"])
     return Campaign(
         name=name,
         description=_str(data.get("description", ""), "description", empty=True, limit=MAX_DESCRIPTION),
@@ -396,11 +477,14 @@ def parse_campaign(data: Mapping[str, Any], source: str = "") -> Campaign:
         governors=_governors(data.get("governors", ["schedutil"])),
         warmup=_int(data.get("warmup", 3), "warmup", *_COUNTS["warmup"]),
         steps=_int(data.get("steps", 20), "steps", *_COUNTS["steps"]),
-        repetitions=_int(data.get("repetitions", 5), "repetitions", *_COUNTS["repetitions"]),
+        repetitions=repetitions,
         affinities=_affinities(data.get("affinity", "all")),
         energy=_energy(data.get("energy", "none"), "energy"),
         cooldown=_cooldown(data.get("cooldown", {})),
         source=source,
+        order=_choice(data.get("order", "interleaved"), "order", ORDERS),
+        seed=_int(data.get("seed", 0), "seed", 0, 2**63 - 1),
+        samples=_samples(data.get("samples", {}), repetitions),
     )
 
 
@@ -422,6 +506,13 @@ def check_campaign(campaign: Campaign) -> Campaign:
     if not campaign.governors.intents:
         raise ConfigError("must not be empty", key="governors")
     _unique(list(campaign.governors.intents), "governors")
+    _choice(campaign.order, "order", ORDERS)
+    _int(campaign.seed, "seed", 0, 2**63 - 1)
+    if campaign.samples.ci_width is not None:
+        _samples(
+            {"ci_width": campaign.samples.ci_width, "max_launches": campaign.samples.max_launches},
+            campaign.repetitions,
+        )
     return campaign
 
 
@@ -712,6 +803,22 @@ def _affinities(v: Any) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _samples(v: Any, repetitions: int) -> Samples:
+    _keys(v, "samples.", {"ci_width", "max_launches"})
+    if "ci_width" not in v:
+        if "max_launches" in v:
+            raise ConfigError("needs samples.ci_width (the launches are `repetitions` without one)", key="samples")
+        return Samples()
+    width = _num(v["ci_width"], "samples.ci_width", 0.0001, 1.0)
+    cap = _int(v.get("max_launches", max(DEFAULT_MAX_LAUNCHES, repetitions)), "samples.max_launches", 1, 10_000)
+    if cap < repetitions:
+        raise ConfigError(
+            f"must be at least repetitions ({repetitions}): the launches a cell makes before its CI is looked at",
+            key="samples.max_launches",
+        )
+    return Samples(width, cap)
+
+
 def _cooldown(v: Any) -> Cooldown:
     _keys(v, "cooldown.", {"max_temp_c", "timeout_s", "zones"})
     return Cooldown(
@@ -731,6 +838,8 @@ __all__ = [
     "ENERGY_KINDS",
     "EnergySource",
     "Governors",
+    "ORDERS",
+    "Samples",
     "VARIANTS",
     "Workload",
     "cell_id",
@@ -739,5 +848,6 @@ __all__ = [
     "governor_intents",
     "load_campaign",
     "make_workload",
+    "order_cells",
     "parse_campaign",
 ]

@@ -1,12 +1,15 @@
 """Results directory as a database (asv-style), one campaign per directory:
 
     results/<campaign>/
-      campaign.json          {"schema_version", "name", "spec" (Campaign.to_dict()), "plan": {cell_id: spec_key}, ...}
+      campaign.json          {"schema_version", "name", "spec" (Campaign.to_dict()), "plan": {cell_id: spec_key},
+                             "order": {"kind", "seed", "devices": {serial: [cell_id, ...]}} (the order the cells
+                             run in, per device: `set_order`; a --resume keeps it), ...}
       cells/<cell_id>.parquet    raw samples: one row per step per repetition (warm-up steps too, flagged), every
                                  row carrying the cell's metadata columns (device, governor, temps, artifact, ...)
       summary/<cell_id>.parquet  one row: metadata + autlearn.profiler.stats.summarize() of the timed steps
       status/<cell_id>.json      {"status": "ok" | "failed" | "skipped" | "interrupted", "reason", "spec_key",
-                                 "files", ...}; written last, it is the commit point: a cell without an "ok" status
+                                 "files", "stop_reason" (a cell with a CI target: why it made no more launches),
+                                 ...}; written last, it is the commit point: a cell without an "ok" status
                                  is not finished. "files" holds the sha256 and size of the cell's samples and summary.
       governor-pending/          snapshots of phones whose governors are changed right now (autlearn.profiler.governor)
 
@@ -136,6 +139,9 @@ class CellMeta:
     # per launch: the share of its threads' CPUs the runner held (CPU time / (wall x threads), from the shell's
     # `times`; None where the shell has none). On a virtual phone, the time scale its governor asked for
     cpu_share: tuple[float | None, ...] = ()
+    # why the cell made no more launches when it had a CI target (`[samples] ci_width`): "ci-width 2.1 % <= 3 % ..."
+    # or "cap 10 launches, width 7.0 % > 3 %"; "" for a fixed number of launches (`repetitions`)
+    stop_reason: str = ""
 
     def __post_init__(self) -> None:
         if not _ID_RE.match(self.cell_id):
@@ -328,6 +334,42 @@ class Store:
         self._manifest["updated_at"] = time.time()
         _write_json(self.root / MANIFEST, self._manifest)
 
+    def set_order(
+        self, kind: str, seed: int, devices: Mapping[str, Sequence[str]], resume: bool = False
+    ) -> dict[str, list[str]]:
+        """Record the order each device's cells run in (`devices`: serial -> cell ids in the plan's order, `kind` and
+        `seed` the campaign's) and return it. On a --resume an order recorded before stands (it is continued, not
+        reshuffled): its cells keep their places and kind and seed stay as recorded; cells it does not hold (a device
+        or cells added, a rebuilt artifact's) follow it in the plan's order; cells no longer planned drop out (a
+        device not in this run keeps its record)."""
+        old = self._manifest.get("order") if resume else None
+        old = old if isinstance(old, dict) else {}
+        got = old.get("devices")
+        recorded: dict[str, list[str]] = {
+            s: [c for c in ids if isinstance(c, str)]
+            for s, ids in (got.items() if isinstance(got, dict) else ())
+            if isinstance(ids, list)
+        }
+        planned = {serial: list(ids) for serial, ids in devices.items()}
+        if any(set(recorded.get(s, ())) & set(ids) for s, ids in planned.items()):
+            for serial, ids in planned.items():
+                wanted = set(ids)
+                kept = [c for c in dict.fromkeys(recorded.get(serial, ())) if c in wanted]
+                planned[serial] = kept + sorted(wanted - set(kept), key=ids.index)
+            kind, seed = str(old.get("kind", kind)), int(old.get("seed", seed))
+            others = {s: ids for s, ids in recorded.items() if s not in planned}  # a device not connected this time
+        else:
+            others = {}
+        self._manifest["order"] = {"kind": kind, "seed": seed, "devices": {**others, **planned}}
+        self._manifest["updated_at"] = time.time()
+        _write_json(self.root / MANIFEST, self._manifest)
+        return planned
+
+    @property
+    def order(self) -> dict[str, Any]:
+        """The recorded order: {"kind", "seed", "devices": {serial: [cell_id, ...]}} ({} before `set_order`)."""
+        return dict(self._manifest.get("order") or {})
+
     @property
     def plan(self) -> dict[str, str]:
         return dict(self._manifest.get("plan") or {})
@@ -465,7 +507,7 @@ class Store:
             label=cell_label(
                 meta.device_serial, meta.workload, meta.variant, meta.batch, meta.governor_requested, meta.affinity
             ),
-            extra={"files": files},
+            extra={"files": files, **({"stop_reason": meta.stop_reason} if meta.stop_reason else {})},
         )
         return self.root / "cells" / f"{meta.cell_id}.parquet"
 

@@ -4,22 +4,25 @@ event (`engine.events`). The in-process engine (engine.campaign) runs one per de
 events as they come; a cluster agent (engine.cluster) runs the same worker on its host and streams them back.
 Also the host-side steps around a run on a device's host: failing fast on a monitor that cannot exist, putting
 back a killed run's passthrough, undoing adbd root.
+A cell with a CI target (`[samples] ci_width`) launches on from R until the 95 % CI of its median step time is that
+narrow or `max_launches` are made, and says which (`stop_reason`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fnmatch
+import math
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from autlearn.engine.campaign_config import Campaign, Cell
 from autlearn.engine.events import CellEvent, EventSink, StateEvent, StatusEvent, TraceEvent, WarningEvent
 from autlearn.engine.store import LABELS, CellMeta, Sample, one_line
-from autlearn.profiler import __version__, hostcpu, knobs, paths
+from autlearn.profiler import __version__, hostcpu, knobs, paths, stats
 from autlearn.profiler.deploy import deploy, remote_dir, runner_command
 from autlearn.profiler.device import Device, quote
 from autlearn.profiler.energy.monsoon import open_monitor, restore_pending_passthrough
@@ -27,7 +30,14 @@ from autlearn.profiler.energy.session import known_monitor, open_meter, resolve_
 from autlearn.profiler.errors import DeviceError, DeviceUnreachable, EnergyError, NotRooted, UserError
 from autlearn.profiler.governor import Applied, GovernorGuard, GovernorUnavailable, Resolution
 from autlearn.profiler.probe import DeviceFacts, parse_probe
-from autlearn.profiler.steps import TIMES_SUFFIX, clock_pairs, cpu_share, parse_children_cpu_s, parse_run_output
+from autlearn.profiler.steps import (
+    TIMES_SUFFIX,
+    Step,
+    clock_pairs,
+    cpu_share,
+    parse_children_cpu_s,
+    parse_run_output,
+)
 
 RUN_TIMEOUT_S = 1800.0
 INTERRUPTED = (
@@ -53,6 +63,15 @@ class ArtifactRef:
 # a cell of the plan: (cell, cell id, artifact); per device, in the order they run (local or on a cluster)
 PlannedCell = tuple[Cell, str, ArtifactRef]
 Planned = dict[str, list[PlannedCell]]
+
+
+def follow_order(planned: Planned, order: Mapping[str, Sequence[str]]) -> Planned:
+    """Each device's planned cells in `order` (serial -> cell ids, `Store.set_order`); cells it lacks go last."""
+    out = {}
+    for serial, cells in planned.items():
+        rank = {cid: i for i, cid in enumerate(order.get(serial, ()))}
+        out[serial] = sorted(cells, key=lambda p: rank.get(p[1], len(rank)))
+    return out
 
 
 @dataclass
@@ -111,6 +130,25 @@ def cooldown_temp(text: str, zones: str) -> float | None:
     facts = parse_probe(text)
     temps = [z.temp_c for z in facts.thermal if z.temp_c is not None and fnmatch.fnmatch(z.type.lower(), zones.lower())]
     return max(temps) if temps else None
+
+
+def stop_reason(cell: Cell, runs: Sequence[Sequence[Step]]) -> str | None:
+    """None while the cell needs another launch, else why it makes no more ("" after its fixed `repetitions`).
+    With a CI target (`cell.ci_width`): at least `repetitions` launches, then until the 95 % CI of the median of
+    the timed step times (stats.median_ci) is at most `ci_width` of the median, or `max_launches` are made."""
+    n = len(runs)
+    if n < cell.repetitions:
+        return None
+    if cell.ci_width is None:
+        return ""
+    times = [s.step_ns for steps in runs for s in steps if not s.warmup]
+    med, lo, hi = stats.median_ci(times)
+    width = (hi - lo) / med if times and med > 0 else math.inf
+    if width <= cell.ci_width:
+        return f"ci-width {width:.1%} <= {cell.ci_width:.1%} after {n} launch{'es' if n > 1 else ''}"
+    if n >= cell.max_launches:
+        return f"cap {n} launches, width {width:.1%} > {cell.ci_width:.1%}"
+    return None
 
 
 def _freqs(facts: DeviceFacts) -> tuple[tuple[str, int], ...]:
@@ -273,7 +311,8 @@ class DeviceWorker:
                 if why:  # time is still measured; energy is missing with the reason
                     meter, energy_note = None, f"energy not measured: {why}"
         started = time.time()
-        runs, pairs, trace, shares = [], [], None, []
+        runs: list[Sequence[Step]] = []
+        pairs, trace, shares, stopped = [], None, [], None
         with contextlib.ExitStack() as stack:
             if meter is not None:
                 try:  # a monitor that fails to start (or to prepare) costs the energy, never the time
@@ -283,7 +322,7 @@ class DeviceWorker:
                 except EnergyError as exc:
                     stack.close()
                     meter, energy_note = None, f"energy not measured: {exc}"
-            for _rep in range(cell.repetitions):
+            while (stopped := stop_reason(cell, runs)) is None:  # `repetitions` launches, or to a CI target
                 if self._stopping(guard):
                     break
                 cmd = runner_command(remote, warmup=cell.warmup, steps=cell.steps, threads=self.threads, cpu_mask=mask)
@@ -384,6 +423,7 @@ class DeviceWorker:
             harness_s=round(clock.total(), 4),
             wait_s=round(clock.wait, 4),
             cpu_share=tuple(None if x is None else round(x, 4) for x in shares),
+            stop_reason=stopped or "",
         )
         with hostcpu.shared(self.facts.virtual):  # in-process the store writes it now
             self.emit(CellEvent(meta, tuple(samples)))
