@@ -34,6 +34,11 @@
     timeout_s = 300
     zones = "*cpu*"                      # glob over thermal zone types
 
+    [throttle]                           # a cell whose launches ran throttled is flagged and redone
+    retries = 2                          # redone up to this many times, then kept with its flag
+    cooldown_s = 0.0                     # before a redo: this pause, then CPU cooling released, then [cooldown]
+    max_temp_c = 60.0                    # optional: a launch this hot is throttled too (default: not checked)
+
 `load_campaign(path) -> Campaign`; `parse_campaign(dict) -> Campaign`. Every problem is a `ConfigError` whose `key`
 names the dotted key (`workload[1].variants[0]`); syntax errors name the file, line and column. Campaigns built in
 code (the pipelines') are typed from the start: `make_workload`, `energy_source`, `governor_intents`, then
@@ -144,6 +149,17 @@ class Cooldown:
 
 
 @dataclass(frozen=True)
+class Throttle:
+    """Frequency telemetry's verdict on a cell (autlearn.profiler.telemetry): flagged, it is redone up to `retries`
+    times, each time after a cooldown (`cooldown_s`, then until no CPU cooling device is engaged, then the campaign's
+    [cooldown]), then kept with its flag. `max_temp_c`: a launch this hot is throttled (None: not checked)."""
+
+    retries: int = 2
+    cooldown_s: float = 0.0
+    max_temp_c: float | None = None
+
+
+@dataclass(frozen=True)
 class Campaign:
     """A validated campaign file. `source` is the file it came from ("" when parsed from a dict)."""
 
@@ -157,6 +173,7 @@ class Campaign:
     affinities: tuple[str, ...] = ("all",)
     energy: EnergySource = EnergySource()
     cooldown: Cooldown = Cooldown()
+    throttle: Throttle = Throttle()
     description: str = ""
     source: str = ""
 
@@ -223,6 +240,7 @@ class Campaign:
                 "timeout_s": self.cooldown.timeout_s,
                 "zones": self.cooldown.zones,
             },
+            "throttle": _throttle_dict(self.throttle),
         }
         return d
 
@@ -379,6 +397,7 @@ def parse_campaign(data: Mapping[str, Any], source: str = "") -> Campaign:
             "workload",
             "governors",
             "cooldown",
+            "throttle",
         },
     )
     if "name" not in data:
@@ -398,6 +417,7 @@ def parse_campaign(data: Mapping[str, Any], source: str = "") -> Campaign:
         affinities=_affinities(data.get("affinity", "all")),
         energy=_energy(data.get("energy", "none"), "energy"),
         cooldown=_cooldown(data.get("cooldown", {})),
+        throttle=_throttle(data.get("throttle", {})),
         source=source,
     )
 
@@ -719,6 +739,21 @@ def _cooldown(v: Any) -> Cooldown:
     )
 
 
+def _throttle(v: Any) -> Throttle:
+    _keys(v, "throttle.", {"retries", "cooldown_s", "max_temp_c"})
+    limit = v.get("max_temp_c")
+    return Throttle(
+        retries=_int(v.get("retries", 2), "throttle.retries", 0, 10),
+        cooldown_s=_num(v.get("cooldown_s", 0.0), "throttle.cooldown_s", 0.0, 3600.0),
+        max_temp_c=None if limit is None else _num(limit, "throttle.max_temp_c", 20.0, 150.0),
+    )
+
+
+def _throttle_dict(t: Throttle) -> dict[str, Any]:
+    d: dict[str, Any] = {"retries": t.retries, "cooldown_s": t.cooldown_s}
+    return d if t.max_temp_c is None else d | {"max_temp_c": t.max_temp_c}
+
+
 __all__ = [
     "AFFINITY_NAMES",
     "Campaign",
@@ -729,6 +764,7 @@ __all__ = [
     "ENERGY_KINDS",
     "EnergySource",
     "Governors",
+    "Throttle",
     "VARIANTS",
     "Workload",
     "cell_id",

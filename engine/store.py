@@ -48,9 +48,18 @@ from autlearn.engine.campaign_config import cell_label
 from autlearn.profiler import stats
 from autlearn.profiler.errors import UserError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+
+def _v1_to_v2(root: Path) -> None:
+    """Schema 2: cells carry frequency telemetry and the throttle verdict (`freq_<policy>_mhz`, telemetry_source,
+    launch_max_temp_c, cooling_max, flagged, flag_reason, attempts, redo_reasons). Version-1 cells were measured
+    without it: nothing is rewritten (their checksums stand), the loaders read the columns as missing (unknown, not
+    "unflagged"), and cells written from now on carry them."""
+
+
 # from_version -> function(root) upgrading a results directory in place to from_version + 1.
-MIGRATIONS: dict[int, Callable[[Path], None]] = {}
+MIGRATIONS: dict[int, Callable[[Path], None]] = {1: _v1_to_v2}
 MANIFEST = "campaign.json"
 STATUSES = ("ok", "failed", "skipped", "interrupted")  # interrupted: stopped mid-cell, redone by --resume
 LABELS = ("virtual", "modeled", "simulated", "measured")
@@ -91,6 +100,10 @@ class BadCell(UserError):
 
 
 # ---------------------------------------------------------------------------------------------------------- records
+# CellMeta fields held as sorted tuples of pairs, written as JSON maps
+_MAP_FIELDS = ("config", "pinned_khz", "freqs_start_khz", "freqs_end_khz", "tool_versions", "harness", "cooling_max")
+
+
 @dataclass(frozen=True)
 class CellMeta:
     """Everything known about a measured cell besides its samples; becomes columns of every row.
@@ -136,6 +149,19 @@ class CellMeta:
     # per launch: the share of its threads' CPUs the runner held (CPU time / (wall x threads), from the shell's
     # `times`; None where the shell has none). On a virtual phone, the time scale its governor asked for
     cpu_share: tuple[float | None, ...] = ()
+    # frequency telemetry around the launches (autlearn.profiler.telemetry): the mean achieved frequency per cpufreq
+    # policy in MHz (written as `freq_<policy>_mhz` columns), how it was measured ("time_in_state" | "sampled"), the
+    # hottest thermal zone and each CPU cooling device's highest state over the reads
+    freq_mhz: tuple[tuple[str, float], ...] = ()
+    telemetry_source: str = ""
+    launch_max_temp_c: float | None = None
+    cooling_max: tuple[tuple[str, int], ...] = ()
+    # the cell ran throttled or off its governor's frequency (kept so after [throttle] retries), and why; attempts
+    # made (redone after a cooldown while flagged) and why each earlier attempt was redone
+    flagged: bool = False
+    flag_reason: str = ""
+    attempts: int = 1
+    redo_reasons: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not _ID_RE.match(self.cell_id):
@@ -147,9 +173,12 @@ class CellMeta:
     def columns(self) -> dict[str, Any]:
         """Flat column values (mappings as JSON, labels comma-joined and sorted)."""
         d = asdict(self)
-        for k in ("config", "pinned_khz", "freqs_start_khz", "freqs_end_khz", "tool_versions", "harness"):
+        for k in _MAP_FIELDS:
             d[k] = json.dumps({a: list(b) if isinstance(b, tuple) else b for a, b in getattr(self, k)}, sort_keys=True)
         d["cpu_share"] = json.dumps(list(self.cpu_share))
+        d["redo_reasons"] = json.dumps(list(self.redo_reasons))
+        del d["freq_mhz"]
+        d.update({freq_column(name): float(mhz) for name, mhz in self.freq_mhz})
         d["labels"] = ",".join(sorted(self.labels))
         return d
 
@@ -601,6 +630,8 @@ def samples_frame(meta: CellMeta, steps: Sequence[Sample]) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     for c in ("temp_start_c", "temp_end_c", "battery_pct", "battery_temp_c", "loss", "energy_j", "harness_s", "wait_s"):
         df[c] = df[c].astype("float64")
+    for c in ["launch_max_temp_c", *(c for c in df.columns if _FREQ_RE.match(str(c)))]:
+        df[c] = df[c].astype("float64")
     for c in ("t_start_ns", "t_end_ns"):
         df[c] = df[c].astype("Int64")
     for c in ("throttled",):
@@ -610,6 +641,12 @@ def samples_frame(meta: CellMeta, steps: Sequence[Sample]) -> pd.DataFrame:
 
 
 _META_COLUMNS = tuple(CellMeta.__dataclass_fields__)
+_FREQ_RE = re.compile(r"^freq_\w+_mhz$")
+
+
+def freq_column(policy: str) -> str:
+    """The column of a policy's mean achieved frequency (MHz): `freq_<policy>_mhz` (reports read `freq_*`)."""
+    return f"freq_{re.sub(r'[^A-Za-z0-9]+', '_', policy).strip('_') or 'cpu'}_mhz"
 
 
 def summarize_cell(raw: pd.DataFrame) -> pd.DataFrame:
@@ -617,6 +654,7 @@ def summarize_cell(raw: pd.DataFrame) -> pd.DataFrame:
     timed = raw[~raw["warmup"].astype(bool)]
     s = stats.summarize(timed["step_ns"].to_numpy(float), order=timed["step"].to_numpy(float))
     row = {c: raw[c].iloc[0] for c in _META_COLUMNS if c in raw}
+    row.update({c: raw[c].iloc[0] for c in raw.columns if _FREQ_RE.match(str(c))})  # freq_<policy>_mhz
     row.update(_summary_columns(s))
     if "energy_j" in timed and timed["energy_j"].notna().any():
         row["energy_j_median"] = float(timed["energy_j"].median())
@@ -829,6 +867,7 @@ __all__ = [
     "CellStatus",
     "bad_cell_lines",
     "FIXED_COLUMNS",
+    "freq_column",
     "IncompatibleRuns",
     "LABELS",
     "MIGRATIONS",

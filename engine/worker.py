@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from autlearn.engine.campaign_config import Campaign, Cell
 from autlearn.engine.events import CellEvent, EventSink, StateEvent, StatusEvent, TraceEvent, WarningEvent
@@ -24,10 +25,11 @@ from autlearn.profiler.deploy import deploy, remote_dir, runner_command
 from autlearn.profiler.device import Device, quote
 from autlearn.profiler.energy.monsoon import open_monitor, restore_pending_passthrough
 from autlearn.profiler.energy.session import known_monitor, open_meter, resolve_energy, stop_orphan_samplers
-from autlearn.profiler.errors import DeviceError, DeviceUnreachable, EnergyError, NotRooted, UserError
+from autlearn.profiler.errors import DeviceError, DeviceUnreachable, EnergyError, NotRooted, ParseError, UserError
 from autlearn.profiler.governor import Applied, GovernorGuard, GovernorUnavailable, Resolution
 from autlearn.profiler.probe import DeviceFacts, parse_probe
 from autlearn.profiler.steps import TIMES_SUFFIX, clock_pairs, cpu_share, parse_children_cpu_s, parse_run_output
+from autlearn.profiler.telemetry import Reading, Window, combine, judge, parse_reading, window
 
 RUN_TIMEOUT_S = 1800.0
 INTERRUPTED = (
@@ -120,6 +122,21 @@ def _freqs(facts: DeviceFacts) -> tuple[tuple[str, int], ...]:
 def _throttled(facts: DeviceFacts) -> bool | None:
     states = [c.cur_state for c in facts.cooling if c.cur_state is not None]
     return any(s > 0 for s in states) if states else None
+
+
+def telemetry_columns(tele: Window | None, reasons: tuple[str, ...], redone: list[str]) -> dict[str, Any]:
+    """CellMeta's telemetry fields: mean achieved MHz per policy, how measured, hottest zone, cooling states, the
+    verdict and the attempts (pure)."""
+    return dict(
+        freq_mhz=tuple((p.name, round(p.mean_khz / 1e3, 1)) for p in tele.policies) if tele else (),
+        telemetry_source=tele.source if tele else "",
+        launch_max_temp_c=tele.max_temp_c if tele else None,
+        cooling_max=tuple((n, s) for n, s, _ in tele.cooling) if tele else (),
+        flagged=bool(reasons),
+        flag_reason="; ".join(reasons),
+        attempts=len(redone) + 1,
+        redo_reasons=tuple(redone),
+    )
 
 
 # --------------------------------------------------------------------------------------------------------- the worker
@@ -254,12 +271,28 @@ class DeviceWorker:
 
     # -- one cell
     def _cell(self, device: Device, guard: GovernorGuard, cell: Cell, cid: str, art: ArtifactRef) -> None:
+        """Attempts until one ran unthrottled at its governor's frequency (profiler.telemetry), or [throttle] retries
+        redos were made: the last is kept with its flag. The redone attempts' time is the cell's harness time."""
+        prior, redone = HarnessClock(), list[str]()
+        while (why := self._attempt(device, guard, (cell, cid, art), prior, redone)) is not None:
+            redone.append(why)
+            with prior.part("redo_cooldown"):
+                self._settle(device)
+
+    def _attempt(
+        self, device: Device, guard: GovernorGuard, planned: PlannedCell, prior: HarnessClock, redone: list[str]
+    ) -> str | None:
+        """One attempt at a cell: records its outcome, or returns why it is to be redone (flagged, retries left)."""
+        cell, cid, art = planned
         clock = HarnessClock()
+        for part, seconds in prior.parts.items():  # earlier attempts of this cell, and the cooldowns after them
+            clock.add(part, seconds)
+        clock.wait += prior.wait
         with clock.part("governor"):
             applied, reason, pinned = self._governor(device, guard, cell)
         if applied is None:
             self._record(cid, cell, "skipped", reason)
-            return
+            return None
         mask = affinity_mask(cell.affinity, self.facts)
         with clock.part("cooldown"):
             start = self._cooldown(device)  # the last cooldown reading is the cell's start state
@@ -273,7 +306,7 @@ class DeviceWorker:
                 if why:  # time is still measured; energy is missing with the reason
                     meter, energy_note = None, f"energy not measured: {why}"
         started = time.time()
-        runs, pairs, trace, shares = [], [], None, []
+        runs, pairs, trace, shares, windows = [], [], None, [], []
         with contextlib.ExitStack() as stack:
             if meter is not None:
                 try:  # a monitor that fails to start (or to prepare) costs the energy, never the time
@@ -290,6 +323,8 @@ class DeviceWorker:
                 with contextlib.ExitStack() as turn:
                     with clock.part("host_hold"):  # a virtual phone's steps get the host CPUs alone (hostcpu);
                         turn.enter_context(hostcpu.exclusive(self.facts.virtual, self.serial))  # waits: wait_s
+                    with clock.part("telemetry"):  # cpufreq time_in_state, thermal, cooling: before and after
+                        before = self._telemetry(device)
                     t0 = time.perf_counter()
                     self.launch = (self.serial, remote)
                     try:
@@ -297,6 +332,10 @@ class DeviceWorker:
                     finally:
                         self.launch = None
                     launch = time.perf_counter() - t0
+                    with clock.part("telemetry"):
+                        after = self._telemetry(device)
+                if before is not None and after is not None:
+                    windows.append(window(before, after))
                 if not r.ok:
                     raise DeviceError(
                         "runner failed",
@@ -323,7 +362,7 @@ class DeviceWorker:
             energy_note += f"; {put_back_passthrough(meter.spec.partition(':')[2], self.lab_home)}"
         if self._stopping(guard):  # its governors were restored when the stop came: nothing of it is kept
             self._record(cid, cell, "interrupted", INTERRUPTED)
-            return
+            return None
         with clock.part("end_read"):
             end = self._dynamic(device)
         changed = sorted({p.governor for p in end.policies if p.governor and p.governor != applied})
@@ -335,7 +374,13 @@ class DeviceWorker:
                 f"the governor read back after the launches was {','.join(changed)}, "
                 f"not the {applied} applied: `--resume` redoes the cell",
             )
-            return
+            return None
+        tele = combine(windows) if windows else None
+        flags = judge(tele, applied, pinned, self.campaign.throttle.max_temp_c) if tele is not None else ()
+        if flags and len(redone) < self.campaign.throttle.retries and not self._stopping(guard):
+            prior.parts, prior.wait = dict(clock.parts), clock.wait  # all of it was for nothing but this verdict
+            prior.add("redo", sum(s.step_ns for steps in runs for s in steps) / 1e9)
+            return "; ".join(flags)
         energies: list[float | None] = [None] * sum(len(steps) for steps in runs)
         labels = {"virtual"} if self.facts.virtual else {"measured"}
         if trace is not None:
@@ -384,9 +429,11 @@ class DeviceWorker:
             harness_s=round(clock.total(), 4),
             wait_s=round(clock.wait, 4),
             cpu_share=tuple(None if x is None else round(x, 4) for x in shares),
+            **telemetry_columns(tele, flags, redone),
         )
         with hostcpu.shared(self.facts.virtual):  # in-process the store writes it now
             self.emit(CellEvent(meta, tuple(samples)))
+        return None
 
     def _governor(
         self, device: Device, guard: GovernorGuard, cell: Cell
@@ -420,6 +467,28 @@ class DeviceWorker:
     def _dynamic(self, device: Device) -> DeviceFacts:
         r = device.run_script("probe.sh", "dynamic", timeout=60)
         return parse_probe(r.stdout, serial=self.serial)
+
+    def _telemetry(self, device: Device) -> Reading | None:
+        """One `probe.sh telemetry` read (None when its output cannot be parsed: the launch has no telemetry)."""
+        r = device.run_script("probe.sh", "telemetry", timeout=60)
+        try:
+            return parse_reading(r.stdout, serial=self.serial)
+        except ParseError:
+            return None
+
+    def _settle(self, device: Device) -> None:
+        """Before a flagged cell is redone: [throttle] cooldown_s, then until no CPU cooling device is engaged (at most
+        the [cooldown] timeout); the attempt's own cooldown follows."""
+        pause = self.campaign.throttle.cooldown_s
+        self.emit(StateEvent(f"throttled: redoing after a cooldown ({pause:g} s, then CPU cooling released)"))
+        if self.stop.wait(pause):
+            return
+        deadline = time.monotonic() + self.campaign.cooldown.timeout_s
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            reading = self._telemetry(device)
+            if reading is None or not any(c.cur_state for c in reading.cpu_cooling):
+                return
+            self.stop.wait(min(1.0, max(0.1, deadline - time.monotonic())))
 
     def _cooldown(self, device: Device) -> DeviceFacts:
         """Wait until the matching thermal zones are under the limit (or the timeout passes); the last reading."""
