@@ -278,6 +278,9 @@ class DeviceWorker:
             redone.append(why)
             with prior.part("redo_cooldown"):
                 self._settle(device)
+            if self._stopping(guard):
+                self._record(cid, cell, "interrupted", INTERRUPTED)
+                return
 
     def _attempt(
         self, device: Device, guard: GovernorGuard, planned: PlannedCell, prior: HarnessClock, redone: list[str]
