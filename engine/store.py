@@ -53,9 +53,9 @@ SCHEMA_VERSION = 2
 
 def _v1_to_v2(root: Path) -> None:
     """Schema 2: cells carry frequency telemetry and the throttle verdict (`freq_<policy>_mhz`, telemetry_source,
-    launch_max_temp_c, cooling_max, flagged, flag_reason, attempts, redo_reasons). Version-1 cells were measured
-    without it: nothing is rewritten (their checksums stand), the loaders read the columns as missing (unknown, not
-    "unflagged"), and cells written from now on carry them."""
+    launch_max_temp_c, cooling_max, flagged, flag_reason, flag_detail, attempts, redo_reasons). Version-1 cells were
+    measured without it: nothing is rewritten (their checksums stand), the loaders read the columns as missing
+    (unknown, not "unflagged"), and cells written from now on carry them."""
 
 
 # from_version -> function(root) upgrading a results directory in place to from_version + 1.
@@ -156,10 +156,12 @@ class CellMeta:
     telemetry_source: str = ""
     launch_max_temp_c: float | None = None
     cooling_max: tuple[tuple[str, int], ...] = ()
-    # the cell ran throttled or off its governor's frequency (kept so after [throttle] retries), and why; attempts
-    # made (redone after a cooldown while flagged) and why each earlier attempt was redone
+    # the cell ran throttled or off its governor's frequency (kept so after [throttle] retries): why (the kinds of
+    # evidence, stable: reports group cells by it) and by how much; attempts made (redone after a cooldown while
+    # flagged) and why each earlier attempt was redone
     flagged: bool = False
     flag_reason: str = ""
+    flag_detail: str = ""
     attempts: int = 1
     redo_reasons: tuple[str, ...] = ()
 

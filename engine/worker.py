@@ -29,7 +29,7 @@ from autlearn.profiler.errors import DeviceError, DeviceUnreachable, EnergyError
 from autlearn.profiler.governor import Applied, GovernorGuard, GovernorUnavailable, Resolution
 from autlearn.profiler.probe import DeviceFacts, parse_probe
 from autlearn.profiler.steps import TIMES_SUFFIX, clock_pairs, cpu_share, parse_children_cpu_s, parse_run_output
-from autlearn.profiler.telemetry import Reading, Window, combine, judge, parse_reading, window
+from autlearn.profiler.telemetry import Flag, Reading, Window, combine, judge, parse_reading, window
 
 RUN_TIMEOUT_S = 1800.0
 INTERRUPTED = (
@@ -124,7 +124,7 @@ def _throttled(facts: DeviceFacts) -> bool | None:
     return any(s > 0 for s in states) if states else None
 
 
-def telemetry_columns(tele: Window | None, reasons: tuple[str, ...], redone: list[str]) -> dict[str, Any]:
+def telemetry_columns(tele: Window | None, flags: tuple[Flag, ...], redone: list[str]) -> dict[str, Any]:
     """CellMeta's telemetry fields: mean achieved MHz per policy, how measured, hottest zone, cooling states, the
     verdict and the attempts (pure)."""
     return dict(
@@ -132,8 +132,9 @@ def telemetry_columns(tele: Window | None, reasons: tuple[str, ...], redone: lis
         telemetry_source=tele.source if tele else "",
         launch_max_temp_c=tele.max_temp_c if tele else None,
         cooling_max=tuple((n, s) for n, s, _ in tele.cooling) if tele else (),
-        flagged=bool(reasons),
-        flag_reason="; ".join(reasons),
+        flagged=bool(flags),
+        flag_reason="; ".join(f.kind for f in flags),
+        flag_detail="; ".join(str(f) for f in flags),
         attempts=len(redone) + 1,
         redo_reasons=tuple(redone),
     )
@@ -383,7 +384,7 @@ class DeviceWorker:
         if flags and len(redone) < self.campaign.throttle.retries and not self._stopping(guard):
             prior.parts, prior.wait = dict(clock.parts), clock.wait  # all of it was for nothing but this verdict
             prior.add("redo", sum(s.step_ns for steps in runs for s in steps) / 1e9)
-            return "; ".join(flags)
+            return "; ".join(str(f) for f in flags)
         energies: list[float | None] = [None] * sum(len(steps) for steps in runs)
         labels = {"virtual"} if self.facts.virtual else {"measured"}
         if trace is not None:

@@ -9,7 +9,7 @@ side):
     reading = parse_reading(text)                 # one `probe.sh telemetry` output
     w = window(reading_before, reading_after)     # one launch: mean kHz per policy, hottest zone, cooling states
     cell = combine([w, ...])                      # a cell's launches: time-weighted mean per policy, maxima
-    reasons = judge(cell, governor, pinned, max_temp_c)   # why the cell ran throttled (empty: it did not)
+    flags = judge(cell, governor, pinned, max_temp_c)     # why the cell ran throttled (empty: it did not)
 
 Where a policy has no time_in_state (stats not built, or a counter reset between the reads), its mean is the mean of
 the two `scaling_cur_freq` samples (`source` "sampled": a coarse estimate, said so). A cell is throttled when:
@@ -207,44 +207,65 @@ def expected_khz(governor: str | None, policy: Policy, pinned: Mapping[str, int]
     return None
 
 
+@dataclass(frozen=True)
+class Flag:
+    """One kind of evidence that a cell ran throttled or off its governor's frequency: `kind` is stable (results and
+    reports group cells by it), `detail` says by how much."""
+
+    kind: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.kind} ({self.detail})"
+
+
+BELOW, ABOVE = "frequency below its governor", "frequency above its governor"
+COOLING, HOT = "throttled: CPU cooling engaged", "throttled: temperature limit reached"
+
+
 def judge(
     cell: Window,
     governor: str | None,
     pinned: Iterable[tuple[str, int]] = (),
     max_temp_c: float | None = None,
     tolerance: float = TOLERANCE,
-) -> tuple[str, ...]:
-    """Why the cell ran throttled or off its governor's frequency: one reason per kind of evidence, () when none.
+) -> tuple[Flag, ...]:
+    """Why the cell ran throttled or off its governor's frequency: one Flag per kind of evidence, () when none.
     `cell`: `combine` of its launches; `governor`: the governor applied; `pinned`: (policy, kHz) pins. Pure."""
     pins = dict(pinned)
     limits = {p.name: p for p in cell.limits}
-    reasons = []
+    flags = []
     low, high = [], []
     for p in cell.policies:
         lim = limits.get(p.name)
         want = expected_khz(governor, lim, pins) if lim is not None else None
-        if want is None:
+        if lim is None or want is None:
             continue
         khz, who = want
         worst_low = p.worst_low_khz if p.worst_low_khz is not None else p.mean_khz
         worst_high = p.worst_high_khz if p.worst_high_khz is not None else p.mean_khz
         if worst_low < khz * (1 - tolerance):
             low.append(f"{p.name} {worst_low / 1e3:.0f} MHz < {khz / 1e3:.0f} MHz of {who}")
-        elif worst_high > khz * (1 + tolerance) and (lim is None or khz < (lim.hw_max_khz or lim.max_khz or 0)):
+        elif worst_high > khz * (1 + tolerance) and khz < (lim.hw_max_khz or lim.max_khz or 0):
             high.append(f"{p.name} {worst_high / 1e3:.0f} MHz > {khz / 1e3:.0f} MHz of {who}")
     if low:
-        reasons.append("frequency below its governor: " + ", ".join(low))
+        flags.append(Flag(BELOW, ", ".join(low)))
     if high:
-        reasons.append("frequency above its governor: " + ", ".join(high))
+        flags.append(Flag(ABOVE, ", ".join(high)))
     engaged = [f"{n} {s}" + (f"/{m}" if m is not None else "") for n, s, m in cell.cooling if s > 0]
     if engaged:
-        reasons.append("throttled: CPU cooling engaged (" + ", ".join(engaged) + ")")
+        flags.append(Flag(COOLING, ", ".join(engaged)))
     if max_temp_c is not None and cell.max_temp_c is not None and cell.max_temp_c >= max_temp_c:
-        reasons.append(f"throttled: {cell.max_temp_c:.1f} C reached (limit {max_temp_c:.1f} C)")
-    return tuple(reasons)
+        flags.append(Flag(HOT, f"{cell.max_temp_c:.1f} C, limit {max_temp_c:.1f} C"))
+    return tuple(flags)
 
 
 __all__ = [
+    "ABOVE",
+    "BELOW",
+    "COOLING",
+    "Flag",
+    "HOT",
     "PolicyWindow",
     "Reading",
     "SOURCES",

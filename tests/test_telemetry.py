@@ -23,7 +23,17 @@ from autlearn.engine.worker import Progress
 from autlearn.pipelines.artifact_cache import artifact_provider
 from autlearn.profiler.device import Device
 from autlearn.profiler.errors import ConfigError
-from autlearn.profiler.telemetry import combine, judge, mean_frequency_khz, parse_reading, parse_time_in_state, window
+from autlearn.profiler.telemetry import (
+    BELOW,
+    COOLING,
+    Flag,
+    combine,
+    judge,
+    mean_frequency_khz,
+    parse_reading,
+    parse_time_in_state,
+    window,
+)
 from autlearn.reports.build import build_report, load_campaign_data
 from autlearn.testbed.dvfs import DvfsModel
 from autlearn.testbed.profiles import load_profile
@@ -88,18 +98,18 @@ def test_the_verdict_follows_the_governor_and_the_thermal_evidence():
     half = parse_reading(_reading(_tis((25, 75), (0, 100))))
     cell = combine([w, window(at_max, half)])
     assert cell.policies[0].mean_khz == pytest.approx((1900800 * 75 + 300000 * 25) / 100)
-    (why,) = judge(cell, "performance")
-    assert why.startswith("frequency below its governor: policy0 1100 MHz < 1901 MHz of performance (max)")
+    assert judge(cell, "performance") == (Flag(BELOW, "policy0 1100 MHz < 1901 MHz of performance (max)"),)
     assert judge(cell, "schedutil") == ()  # a governor picks its own frequency: only thermal evidence counts
     assert judge(cell, "performance", pinned=(("policy0", 1100000),)) == ()  # the pin asked for that
     # powersave asks for the minimum: a mean at the maximum is off it
-    assert judge(combine([w]), "powersave")[0].startswith("frequency above its governor: policy0 1901 MHz > 300 MHz")
+    assert str(judge(combine([w]), "powersave")[0]).startswith("frequency above its governor (policy0 1901 MHz > 300")
     # cooling (CPU devices only: the battery's is not a CPU throttle) and temperature, for any governor
     hot = parse_reading(_reading(_tis((0, 50), (0, 50)), cooling=(0, 4), temp_mc=47500))
     cell = combine([window(cold, hot)])
     assert cell.cooling == (("thermal-cpufreq-0", 0, 21), ("thermal-cpufreq-4", 4, 30))
-    assert judge(cell, "schedutil") == ("throttled: CPU cooling engaged (thermal-cpufreq-4 4/30)",)
-    assert judge(cell, "schedutil", max_temp_c=45.0)[1] == "throttled: 47.5 C reached (limit 45.0 C)"
+    assert [str(f) for f in judge(cell, "schedutil")] == ["throttled: CPU cooling engaged (thermal-cpufreq-4 4/30)"]
+    hot_flag = judge(cell, "schedutil", max_temp_c=45.0)[1]
+    assert str(hot_flag) == "throttled: temperature limit reached (47.5 C, limit 45.0 C)"
     # no time_in_state: the two scaling_cur_freq samples, said so
     a = parse_reading(_reading({}, cur={"policy0": 1900800, "policy4": 300000}))
     b = parse_reading(_reading({}, cur={"policy0": 1900800, "policy4": 2457600}))
@@ -180,7 +190,8 @@ def test_cells_store_telemetry_columns_and_old_results_migrate(tmp_path):
         launch_max_temp_c=46.0,
         cooling_max=(("thermal-cpufreq-4", 3),),
         flagged=True,
-        flag_reason="throttled: CPU cooling engaged (thermal-cpufreq-4 3/30)",
+        flag_reason=COOLING,
+        flag_detail=f"{COOLING} (thermal-cpufreq-4 3/30)",
         attempts=3,
         redo_reasons=("a", "b"),
     )
@@ -260,8 +271,8 @@ def test_throttled_cell_is_flagged_and_redone(lab_factory, runner_cache, tmp_pat
     # the first attempt was flagged (cooling engaged, the little cluster capped below the max performance asks)
     # and redone; the redo ran at the maximum of every cluster, unthrottled
     assert row["attempts"] == 2 and not row["flagged"] and row["flag_reason"] == ""
-    (why,) = json.loads(row["redo_reasons"])
-    assert "throttled: CPU cooling engaged (thermal-cpufreq-0" in why and "frequency below its governor: policy0" in why
+    (why,) = json.loads(row["redo_reasons"])  # each kind of evidence, with the numbers
+    assert f"{BELOW} (policy0 " in why and f"{COOLING} (thermal-cpufreq-0 " in why
     assert row["telemetry_source"] == "time_in_state"
     for col, mhz in top.items():
         assert row[col] == pytest.approx(mhz, rel=0.02), (col, row[col], mhz)
@@ -279,8 +290,8 @@ def test_throttled_cell_is_flagged_and_redone(lab_factory, runner_cache, tmp_pat
         heater.join(10)
     (row,) = load_summaries(out.results_dir).to_dict("records")
     assert row["flagged"] and row["attempts"] == 1 and json.loads(row["redo_reasons"]) == []
-    assert "throttled: CPU cooling engaged" in row["flag_reason"]
+    assert row["flag_reason"] == f"{BELOW}; {COOLING}" and f"{COOLING} (thermal-cpufreq-0 " in row["flag_detail"]
     assert row["freq_policy0_mhz"] < 0.97 * top["freq_policy0_mhz"]
     (cell,) = build_report(load_campaign_data(out.results_dir)).cells
-    assert cell.flagged and row["flag_reason"] in cell.flag_reason
+    assert cell.flagged and cell.flag_reason == row["flag_reason"]
     assert {k for k, _ in cell.extra} == set(top)
