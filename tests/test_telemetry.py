@@ -254,17 +254,19 @@ def _heat(phone, stop: Path) -> threading.Thread:
 
 
 def test_throttled_cell_is_flagged_and_redone(lab_factory, runner_cache, tmp_path):
-    lab, (phone,) = lab_factory(["hot"])
+    _, (phone,) = lab_factory(["hot"])
     top = {f"freq_policy{c.cpus[0]}_mhz": c.freqs_khz[-1] / 1e3 for c in load_profile("hot").clusters}
     stop = phone.root / "data/local/tmp/heat.stop"
     # heated when the campaign starts: its first attempt runs throttled; the heat stops when the worker says it
     # redoes the cell, which it does after the cooldown (4 s: the heat model's time constant is 1.5 s)
     heater = _heat(phone, stop)
     progress = Progress(on_change=lambda s: stop.touch() if "redoing" in progress.state.get(s, "") else None)
-    c = load_campaign(_campaign(tmp_path, "throttle", phone.serial, retries=2))
-    out = run_campaign(c, tmp_path / "results", artifact_provider(CACHE), threads=1, progress=progress)
-    stop.touch()
-    heater.join(10)
+    try:
+        c = load_campaign(_campaign(tmp_path, "throttle", phone.serial, retries=2))
+        out = run_campaign(c, tmp_path / "results", artifact_provider(CACHE), threads=1, progress=progress)
+    finally:
+        stop.touch()
+        heater.join(10)
     assert out.ok == 1, out
     (row,) = load_summaries(out.results_dir).to_dict("records")
     print({k: v for k, v in row.items() if k.startswith(("freq", "flag", "attempts", "redo", "cooling", "launch"))})
