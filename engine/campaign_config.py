@@ -36,7 +36,7 @@
 
     [throttle]                           # a cell whose launches ran throttled is flagged and redone
     retries = 2                          # redone up to this many times, then kept with its flag
-    cooldown_s = 0.0                     # before a redo: this pause, then CPU cooling released, then [cooldown]
+    cooldown_s = 0.0                     # before a redo: CPU cooling released, then this pause, then [cooldown]
     max_temp_c = 60.0                    # optional: a launch this hot is throttled too (default: not checked)
 
 `load_campaign(path) -> Campaign`; `parse_campaign(dict) -> Campaign`. Every problem is a `ConfigError` whose `key`
@@ -151,7 +151,7 @@ class Cooldown:
 @dataclass(frozen=True)
 class Throttle:
     """Frequency telemetry's verdict on a cell (autlearn.profiler.telemetry): flagged, it is redone up to `retries`
-    times, each time after a cooldown (`cooldown_s`, then until no CPU cooling device is engaged, then the campaign's
+    times, each time after a cooldown (until no CPU cooling device is engaged, then `cooldown_s`, then the campaign's
     [cooldown]), then kept with its flag. `max_temp_c`: a launch this hot is throttled (None: not checked)."""
 
     retries: int = 2

@@ -481,18 +481,18 @@ class DeviceWorker:
             return None
 
     def _settle(self, device: Device) -> None:
-        """Before a flagged cell is redone: [throttle] cooldown_s, then until no CPU cooling device is engaged (at most
-        the [cooldown] timeout); the attempt's own cooldown follows."""
+        """Before a flagged cell is redone: until no CPU cooling device is engaged (at most the [cooldown] timeout),
+        then [throttle] cooldown_s (a trip point's hysteresis releases the cooling still warm); the attempt's own
+        cooldown follows."""
         pause = self.campaign.throttle.cooldown_s
-        self.emit(StateEvent(f"throttled: redoing after a cooldown ({pause:g} s, then CPU cooling released)"))
-        if self.stop.wait(pause):
-            return
+        self.emit(StateEvent(f"throttled: redoing after a cooldown (CPU cooling released, then {pause:g} s)"))
         deadline = time.monotonic() + self.campaign.cooldown.timeout_s
         while not self.stop.is_set() and time.monotonic() < deadline:
             reading = self._telemetry(device)
             if reading is None or not any(c.cur_state for c in reading.cpu_cooling):
-                return
+                break
             self.stop.wait(min(1.0, max(0.1, deadline - time.monotonic())))
+        self.stop.wait(pause)
 
     def _cooldown(self, device: Device) -> DeviceFacts:
         """Wait until the matching thermal zones are under the limit (or the timeout passes); the last reading."""
