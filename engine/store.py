@@ -48,18 +48,13 @@ from autlearn.engine.campaign_config import cell_label
 from autlearn.profiler import stats
 from autlearn.profiler.errors import UserError
 
-SCHEMA_VERSION = 2
-
-
-def _v1_to_v2(root: Path) -> None:
-    """Schema 2: cells carry frequency telemetry and the throttle verdict (`freq_<policy>_mhz`, telemetry_source,
-    launch_max_temp_c, cooling_max, flagged, flag_reason, flag_detail, attempts, redo_reasons). Version-1 cells were
-    measured without it: nothing is rewritten (their checksums stand), the loaders read the columns as missing
-    (unknown, not "unflagged"), and cells written from now on carry them."""
-
-
+# Cells written since issue 34 also carry frequency telemetry and the throttle verdict (`freq_<policy>_mhz`,
+# telemetry_source, launch_max_temp_c, cooling_max, flagged, flag_reason, flag_detail, attempts, redo_reasons): columns
+# added, none changed, so no new schema version; older cells simply lack them (loaders read them as missing: unknown,
+# not "unflagged").
+SCHEMA_VERSION = 1
 # from_version -> function(root) upgrading a results directory in place to from_version + 1.
-MIGRATIONS: dict[int, Callable[[Path], None]] = {1: _v1_to_v2}
+MIGRATIONS: dict[int, Callable[[Path], None]] = {}
 MANIFEST = "campaign.json"
 STATUSES = ("ok", "failed", "skipped", "interrupted")  # interrupted: stopped mid-cell, redone by --resume
 LABELS = ("virtual", "modeled", "simulated", "measured")
