@@ -152,7 +152,8 @@ class Cooldown:
 class Throttle:
     """Frequency telemetry's verdict on a cell (autlearn.profiler.telemetry): flagged, it is redone up to `retries`
     times, each time after a cooldown (until no CPU cooling device is engaged, then `cooldown_s`, then the campaign's
-    [cooldown]), then kept with its flag. `max_temp_c`: a launch this hot is throttled (None: not checked)."""
+    [cooldown]), then kept with its flag; a cell that started as cool as [cooldown] asks is kept at once (it heats
+    the phone past its trip point itself). `max_temp_c`: a launch this hot is throttled (None: not checked)."""
 
     retries: int = 2
     cooldown_s: float = 0.0

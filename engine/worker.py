@@ -9,6 +9,7 @@ back a killed run's passthrough, undoing adbd root.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fnmatch
 import threading
 import time
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autlearn.engine.campaign_config import Campaign, Cell
+from autlearn.engine.campaign_config import Campaign, Cell, Cooldown
 from autlearn.engine.events import CellEvent, EventSink, StateEvent, StatusEvent, TraceEvent, WarningEvent
 from autlearn.engine.store import LABELS, CellMeta, Sample, one_line
 from autlearn.profiler import __version__, hostcpu, knobs, paths
@@ -32,6 +33,9 @@ from autlearn.profiler.steps import TIMES_SUFFIX, clock_pairs, cpu_share, parse_
 from autlearn.profiler.telemetry import Flag, Reading, Window, combine, judge, parse_reading, window
 
 RUN_TIMEOUT_S = 1800.0
+OWN_HEAT = (
+    "not redone: it started as cool as the campaign's cooldown asks, so it heats the phone past its trip point itself"
+)
 INTERRUPTED = (
     "the run was stopped (Ctrl-C or SIGTERM) during this cell: its governors were restored at once, "
     "so nothing it measured is kept; `run --resume` redoes it"
@@ -122,6 +126,19 @@ def _freqs(facts: DeviceFacts) -> tuple[tuple[str, int], ...]:
 def _throttled(facts: DeviceFacts) -> bool | None:
     states = [c.cur_state for c in facts.cooling if c.cur_state is not None]
     return any(s > 0 for s in states) if states else None
+
+
+def started_cool(start: DeviceFacts, cooldown: Cooldown) -> bool:
+    """Did a cell start as cool as its campaign asks: the cooldown's zones found and at or under its limit, no CPU
+    cooling device engaged (pure)? Such a cell that ran throttled heated the phone past its trip point itself: a redo
+    from the same start would throttle again, so it is kept with its flag."""
+    temps = [
+        z.temp_c
+        for z in start.thermal
+        if z.temp_c is not None and fnmatch.fnmatch(z.type.lower(), cooldown.zones.lower())
+    ]
+    engaged = any(c.cur_state for c in start.cooling if "cpu" in c.type.lower())
+    return bool(temps) and max(temps) <= cooldown.max_temp_c and not engaged
 
 
 def telemetry_columns(tele: Window | None, flags: tuple[Flag, ...], redone: list[str]) -> dict[str, Any]:
@@ -381,7 +398,8 @@ class DeviceWorker:
             return None
         tele = combine(windows) if windows else None
         flags = judge(tele, applied, pinned, self.campaign.throttle.max_temp_c) if tele is not None else ()
-        if flags and len(redone) < self.campaign.throttle.retries and not self._stopping(guard):
+        cool = bool(flags) and started_cool(start, self.campaign.cooldown)
+        if flags and not cool and len(redone) < self.campaign.throttle.retries and not self._stopping(guard):
             prior.parts, prior.wait = dict(clock.parts), clock.wait  # all of it was for nothing but this verdict
             prior.add("redo", sum(s.step_ns for steps in runs for s in steps) / 1e9)
             return "; ".join(str(f) for f in flags)
@@ -435,6 +453,8 @@ class DeviceWorker:
             cpu_share=tuple(None if x is None else round(x, 4) for x in shares),
             **telemetry_columns(tele, flags, redone),
         )
+        if cool:  # kept at once: say why
+            meta = dataclasses.replace(meta, flag_detail=f"{meta.flag_detail}; {OWN_HEAT}")
         with hostcpu.shared(self.facts.virtual):  # in-process the store writes it now
             self.emit(CellEvent(meta, tuple(samples)))
         return None

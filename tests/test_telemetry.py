@@ -18,9 +18,9 @@ import pytest
 
 from autlearn.engine import store as store_mod
 from autlearn.engine.campaign import run_campaign
-from autlearn.engine.campaign_config import DeviceRef, Throttle, cell_id, load_campaign, parse_campaign
+from autlearn.engine.campaign_config import Cooldown, DeviceRef, Throttle, cell_id, load_campaign, parse_campaign
 from autlearn.engine.store import CellMeta, Sample, Store, load_summaries
-from autlearn.engine.worker import Progress
+from autlearn.engine.worker import Progress, started_cool
 from autlearn.pipelines.artifact_cache import artifact_provider
 from autlearn.profiler.device import Device
 from autlearn.profiler.errors import ConfigError
@@ -150,6 +150,16 @@ def test_probe_script_prints_telemetry(tmp_path, shell):
     # the other modes print no time_in_state
     out = subprocess.run([shell, str(script), "dynamic"], env=env, capture_output=True, text=True, timeout=30)
     assert parse_reading(out.stdout).time_in_state == () and parse_reading(out.stdout).facts.battery is not None
+
+
+def test_a_cell_that_started_cool_is_not_redone():
+    """It throttled on its own heat: a redo from the same start would throttle again."""
+    cool = parse_reading(_reading({}, temp_mc=39000)).facts
+    assert started_cool(cool, Cooldown(max_temp_c=40.0, zones="tsens*"))
+    assert not started_cool(cool, Cooldown(max_temp_c=38.0, zones="tsens*"))  # warmer than the campaign asks
+    assert not started_cool(cool, Cooldown(max_temp_c=40.0, zones="*cpu*"))  # no zone of the cooldown: unknown
+    engaged = parse_reading(_reading({}, temp_mc=39000, cooling=(1, 0))).facts
+    assert not started_cool(engaged, Cooldown(max_temp_c=40.0, zones="tsens*"))
 
 
 def test_the_throttle_setting_is_validated():
