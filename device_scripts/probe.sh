@@ -2,8 +2,12 @@
 # Probe a phone: print `key=value` lines that profiler/probe.py parses. POSIX sh / mksh / toybox only.
 # Missing nodes are simply not printed. SYSFS is overridden only on virtual phones.
 # `probe.sh dynamic` prints only what changes during a run (frequencies, temperatures, battery).
+# `probe.sh telemetry` (before and after every runner launch: profiler/telemetry.py) prints the policies with their
+# cumulative stats/time_in_state, the thermal zones and the cooling devices: no props, no battery.
 SYSFS=${AUTLEARN_SYSFS:-/sys}
 MODE=${1:-full}
+STATIC=1
+case $MODE in dynamic|telemetry) STATIC= ;; esac
 
 kv() { printf '%s=%s\n' "$1" "$2"; }
 # One sysfs node as one line, lines joined by spaces, trailing spaces cut. Shell builtins only: a probe runs
@@ -17,14 +21,14 @@ node() {
 }
 
 echo "probe.version=1"
-[ "$MODE" = dynamic ] || for p in ro.product.model ro.product.manufacturer ro.product.brand ro.product.device ro.product.name \
+[ -z "$STATIC" ] || for p in ro.product.model ro.product.manufacturer ro.product.brand ro.product.device ro.product.name \
          ro.product.cpu.abi ro.product.cpu.abilist ro.build.version.release ro.build.version.sdk \
          ro.build.type ro.build.fingerprint ro.soc.manufacturer ro.soc.model ro.board.platform ro.hardware \
          ro.debuggable ro.autlearn.virtual; do
     v=$(getprop "$p" 2>/dev/null)
     [ -n "$v" ] && kv "prop.$p" "$v"
 done
-if [ "$MODE" != dynamic ]; then
+if [ -n "$STATIC" ]; then
     kv kernel "$(uname -r 2>/dev/null)"
     kv machine "$(uname -m 2>/dev/null)"
     kv uid "$(id -u 2>/dev/null)"
@@ -54,6 +58,7 @@ policy() {
              cpuinfo_min_freq cpuinfo_max_freq; do
         node "policy.$1.$f" "$2/$f"
     done
+    if [ "$MODE" = telemetry ]; then node "policy.$1.time_in_state" "$2/stats/time_in_state"; fi
 }
 found=
 for d in "$SYSFS"/devices/system/cpu/cpufreq/policy*; do
@@ -75,7 +80,7 @@ if [ -z "$found" ]; then
     done
 fi
 # EAS capacity per CPU (0-1024): tells clusters apart where cpufreq does not.
-[ "$MODE" = dynamic ] || for d in "$SYSFS"/devices/system/cpu/cpu[0-9]*; do
+[ -z "$STATIC" ] || for d in "$SYSFS"/devices/system/cpu/cpu[0-9]*; do
     node "cpu.${d##*/cpu}.capacity" "$d/cpu_capacity"
 done
 
@@ -91,7 +96,7 @@ for d in "$SYSFS"/class/thermal/cooling_device*; do
     node "cooling.${d##*/}.max_state" "$d/max_state"
 done
 
-for d in "$SYSFS"/class/power_supply/*; do
+[ "$MODE" = telemetry ] || for d in "$SYSFS"/class/power_supply/*; do
     [ -d "$d" ] || continue
     n=${d##*/}
     for f in type status online capacity current_now voltage_now charge_counter temp input_suspend \

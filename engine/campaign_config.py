@@ -44,6 +44,11 @@
     max_launches = 10                    # ... or at this many launches (default max(10, repetitions));
                                          #   `repetitions` is then the minimum number of launches
 
+    [throttle]                           # a cell whose launches ran throttled is flagged and redone
+    retries = 2                          # redone up to this many times, then kept with its flag
+    cooldown_s = 0.0                     # before a redo: CPU cooling released, then this pause, then [cooldown]
+    max_temp_c = 60.0                    # optional: a launch this hot is throttled too (default: not checked)
+
 Order (`order_cells`): cells that are compared with each other (same workload, config, batch and affinity) form a
 block; "interleaved" runs a block's variant x governor cells round-robin, variants alternating within each governor
 and reversed on alternate governors (ABBA: full, unoptimized | unoptimized, full), whole blocks alternately forward
@@ -174,6 +179,18 @@ class Samples:
 
 
 @dataclass(frozen=True)
+class Throttle:
+    """Frequency telemetry's verdict on a cell (autlearn.profiler.telemetry): flagged, it is redone up to `retries`
+    times, each time after a cooldown (until no CPU cooling device is engaged, then `cooldown_s`, then the campaign's
+    [cooldown]), then kept with its flag; a cell that started as cool as [cooldown] asks is kept at once (it heats
+    the phone past its trip point itself). `max_temp_c`: a launch this hot is throttled (None: not checked)."""
+
+    retries: int = 2
+    cooldown_s: float = 0.0
+    max_temp_c: float | None = None
+
+
+@dataclass(frozen=True)
 class Campaign:
     """A validated campaign file. `source` is the file it came from ("" when parsed from a dict)."""
 
@@ -187,6 +204,7 @@ class Campaign:
     affinities: tuple[str, ...] = ("all",)
     energy: EnergySource = EnergySource()
     cooldown: Cooldown = Cooldown()
+    throttle: Throttle = Throttle()
     description: str = ""
     source: str = ""
     order: str = "interleaved"  # ORDERS: the order of a device's cells (order_cells)
@@ -263,6 +281,7 @@ class Campaign:
             },
             "order": self.order,
             "seed": self.seed,
+            "throttle": _throttle_dict(self.throttle),
         }
         if self.samples.ci_width is not None:
             d["samples"] = {"ci_width": self.samples.ci_width, "max_launches": self.samples.max_launches}
@@ -461,6 +480,7 @@ def parse_campaign(data: Mapping[str, Any], source: str = "") -> Campaign:
             "order",
             "seed",
             "samples",
+            "throttle",
         },
     )
     if "name" not in data:
@@ -481,6 +501,7 @@ def parse_campaign(data: Mapping[str, Any], source: str = "") -> Campaign:
         affinities=_affinities(data.get("affinity", "all")),
         energy=_energy(data.get("energy", "none"), "energy"),
         cooldown=_cooldown(data.get("cooldown", {})),
+        throttle=_throttle(data.get("throttle", {})),
         source=source,
         order=_choice(data.get("order", "interleaved"), "order", ORDERS),
         seed=_int(data.get("seed", 0), "seed", 0, 2**63 - 1),
@@ -828,6 +849,21 @@ def _cooldown(v: Any) -> Cooldown:
     )
 
 
+def _throttle(v: Any) -> Throttle:
+    _keys(v, "throttle.", {"retries", "cooldown_s", "max_temp_c"})
+    limit = v.get("max_temp_c")
+    return Throttle(
+        retries=_int(v.get("retries", 2), "throttle.retries", 0, 10),
+        cooldown_s=_num(v.get("cooldown_s", 0.0), "throttle.cooldown_s", 0.0, 3600.0),
+        max_temp_c=None if limit is None else _num(limit, "throttle.max_temp_c", 20.0, 150.0),
+    )
+
+
+def _throttle_dict(t: Throttle) -> dict[str, Any]:
+    d: dict[str, Any] = {"retries": t.retries, "cooldown_s": t.cooldown_s}
+    return d if t.max_temp_c is None else d | {"max_temp_c": t.max_temp_c}
+
+
 __all__ = [
     "AFFINITY_NAMES",
     "Campaign",
@@ -840,6 +876,7 @@ __all__ = [
     "Governors",
     "ORDERS",
     "Samples",
+    "Throttle",
     "VARIANTS",
     "Workload",
     "cell_id",

@@ -51,6 +51,10 @@ from autlearn.engine.campaign_config import cell_label
 from autlearn.profiler import stats
 from autlearn.profiler.errors import UserError
 
+# Cells written since issue 34 also carry frequency telemetry and the throttle verdict (`freq_<policy>_mhz`,
+# telemetry_source, launch_max_temp_c, cooling_max, flagged, flag_reason, flag_detail, attempts, redo_reasons): columns
+# added, none changed, so no new schema version; older cells simply lack them (loaders read them as missing: unknown,
+# not "unflagged").
 SCHEMA_VERSION = 1
 # from_version -> function(root) upgrading a results directory in place to from_version + 1.
 MIGRATIONS: dict[int, Callable[[Path], None]] = {}
@@ -94,6 +98,10 @@ class BadCell(UserError):
 
 
 # ---------------------------------------------------------------------------------------------------------- records
+# CellMeta fields held as sorted tuples of pairs, written as JSON maps
+_MAP_FIELDS = ("config", "pinned_khz", "freqs_start_khz", "freqs_end_khz", "tool_versions", "harness", "cooling_max")
+
+
 @dataclass(frozen=True)
 class CellMeta:
     """Everything known about a measured cell besides its samples; becomes columns of every row.
@@ -142,6 +150,21 @@ class CellMeta:
     # why the cell made no more launches when it had a CI target (`[samples] ci_width`): "ci-width 2.1 % <= 3 % ..."
     # or "cap 10 launches, width 7.0 % > 3 %"; "" for a fixed number of launches (`repetitions`)
     stop_reason: str = ""
+    # frequency telemetry around the launches (autlearn.profiler.telemetry): the mean achieved frequency per cpufreq
+    # policy in MHz (written as `freq_<policy>_mhz` columns), how it was measured ("time_in_state" | "sampled"), the
+    # hottest thermal zone and each CPU cooling device's highest state over the reads
+    freq_mhz: tuple[tuple[str, float], ...] = ()
+    telemetry_source: str = ""
+    launch_max_temp_c: float | None = None
+    cooling_max: tuple[tuple[str, int], ...] = ()
+    # the cell ran throttled or off its governor's frequency (kept so after [throttle] retries): why (the kinds of
+    # evidence, stable: reports group cells by it) and by how much; attempts made (redone after a cooldown while
+    # flagged) and why each earlier attempt was redone
+    flagged: bool = False
+    flag_reason: str = ""
+    flag_detail: str = ""
+    attempts: int = 1
+    redo_reasons: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not _ID_RE.match(self.cell_id):
@@ -153,9 +176,12 @@ class CellMeta:
     def columns(self) -> dict[str, Any]:
         """Flat column values (mappings as JSON, labels comma-joined and sorted)."""
         d = asdict(self)
-        for k in ("config", "pinned_khz", "freqs_start_khz", "freqs_end_khz", "tool_versions", "harness"):
+        for k in _MAP_FIELDS:
             d[k] = json.dumps({a: list(b) if isinstance(b, tuple) else b for a, b in getattr(self, k)}, sort_keys=True)
         d["cpu_share"] = json.dumps(list(self.cpu_share))
+        d["redo_reasons"] = json.dumps(list(self.redo_reasons))
+        del d["freq_mhz"]
+        d.update({freq_column(name): float(mhz) for name, mhz in self.freq_mhz})
         d["labels"] = ",".join(sorted(self.labels))
         return d
 
@@ -643,6 +669,8 @@ def samples_frame(meta: CellMeta, steps: Sequence[Sample]) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     for c in ("temp_start_c", "temp_end_c", "battery_pct", "battery_temp_c", "loss", "energy_j", "harness_s", "wait_s"):
         df[c] = df[c].astype("float64")
+    for c in ["launch_max_temp_c", *(c for c in df.columns if _FREQ_RE.match(str(c)))]:
+        df[c] = df[c].astype("float64")
     for c in ("t_start_ns", "t_end_ns"):
         df[c] = df[c].astype("Int64")
     for c in ("throttled",):
@@ -652,6 +680,12 @@ def samples_frame(meta: CellMeta, steps: Sequence[Sample]) -> pd.DataFrame:
 
 
 _META_COLUMNS = tuple(CellMeta.__dataclass_fields__)
+_FREQ_RE = re.compile(r"^freq_\w+_mhz$")
+
+
+def freq_column(policy: str) -> str:
+    """The column of a policy's mean achieved frequency (MHz): `freq_<policy>_mhz` (reports read `freq_*`)."""
+    return f"freq_{re.sub(r'[^A-Za-z0-9]+', '_', policy).strip('_') or 'cpu'}_mhz"
 
 
 def summarize_cell(raw: pd.DataFrame) -> pd.DataFrame:
@@ -659,6 +693,7 @@ def summarize_cell(raw: pd.DataFrame) -> pd.DataFrame:
     timed = raw[~raw["warmup"].astype(bool)]
     s = stats.summarize(timed["step_ns"].to_numpy(float), order=timed["step"].to_numpy(float))
     row = {c: raw[c].iloc[0] for c in _META_COLUMNS if c in raw}
+    row.update({c: raw[c].iloc[0] for c in raw.columns if _FREQ_RE.match(str(c))})  # freq_<policy>_mhz
     row.update(_summary_columns(s))
     if "energy_j" in timed and timed["energy_j"].notna().any():
         row["energy_j_median"] = float(timed["energy_j"].median())
@@ -871,6 +906,7 @@ __all__ = [
     "CellStatus",
     "bad_cell_lines",
     "FIXED_COLUMNS",
+    "freq_column",
     "IncompatibleRuns",
     "LABELS",
     "MIGRATIONS",

@@ -11,6 +11,7 @@ narrow or `max_launches` are made, and says which (`stop_reason`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fnmatch
 import math
 import threading
@@ -18,8 +19,9 @@ import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from autlearn.engine.campaign_config import Campaign, Cell
+from autlearn.engine.campaign_config import Campaign, Cell, Cooldown
 from autlearn.engine.events import CellEvent, EventSink, StateEvent, StatusEvent, TraceEvent, WarningEvent
 from autlearn.engine.store import LABELS, CellMeta, Sample, one_line
 from autlearn.profiler import __version__, hostcpu, knobs, paths, stats
@@ -27,7 +29,7 @@ from autlearn.profiler.deploy import deploy, remote_dir, runner_command
 from autlearn.profiler.device import Device, quote
 from autlearn.profiler.energy.monsoon import open_monitor, restore_pending_passthrough
 from autlearn.profiler.energy.session import known_monitor, open_meter, resolve_energy, stop_orphan_samplers
-from autlearn.profiler.errors import DeviceError, DeviceUnreachable, EnergyError, NotRooted, UserError
+from autlearn.profiler.errors import DeviceError, DeviceUnreachable, EnergyError, NotRooted, ParseError, UserError
 from autlearn.profiler.governor import Applied, GovernorGuard, GovernorUnavailable, Resolution
 from autlearn.profiler.probe import DeviceFacts, parse_probe
 from autlearn.profiler.steps import (
@@ -38,8 +40,12 @@ from autlearn.profiler.steps import (
     parse_children_cpu_s,
     parse_run_output,
 )
+from autlearn.profiler.telemetry import Flag, Reading, Window, combine, judge, parse_reading, window
 
 RUN_TIMEOUT_S = 1800.0
+OWN_HEAT = (
+    "not redone: it started as cool as the campaign's cooldown asks, so it heats the phone past its trip point itself"
+)
 INTERRUPTED = (
     "the run was stopped (Ctrl-C or SIGTERM) during this cell: its governors were restored at once, "
     "so nothing it measured is kept; `run --resume` redoes it"
@@ -158,6 +164,35 @@ def _freqs(facts: DeviceFacts) -> tuple[tuple[str, int], ...]:
 def _throttled(facts: DeviceFacts) -> bool | None:
     states = [c.cur_state for c in facts.cooling if c.cur_state is not None]
     return any(s > 0 for s in states) if states else None
+
+
+def started_cool(start: DeviceFacts, cooldown: Cooldown) -> bool:
+    """Did a cell start as cool as its campaign asks: the cooldown's zones found and at or under its limit, no CPU
+    cooling device engaged (pure)? Such a cell that ran throttled heated the phone past its trip point itself: a redo
+    from the same start would throttle again, so it is kept with its flag."""
+    temps = [
+        z.temp_c
+        for z in start.thermal
+        if z.temp_c is not None and fnmatch.fnmatch(z.type.lower(), cooldown.zones.lower())
+    ]
+    engaged = any(c.cur_state for c in start.cooling if "cpu" in c.type.lower())
+    return bool(temps) and max(temps) <= cooldown.max_temp_c and not engaged
+
+
+def telemetry_columns(tele: Window | None, flags: tuple[Flag, ...], redone: list[str]) -> dict[str, Any]:
+    """CellMeta's telemetry fields: mean achieved MHz per policy, how measured, hottest zone, cooling states, the
+    verdict and the attempts (pure)."""
+    return dict(
+        freq_mhz=tuple((p.name, round(p.mean_khz / 1e3, 1)) for p in tele.policies) if tele else (),
+        telemetry_source=tele.source if tele else "",
+        launch_max_temp_c=tele.max_temp_c if tele else None,
+        cooling_max=tuple((n, s) for n, s, _ in tele.cooling) if tele else (),
+        flagged=bool(flags),
+        flag_reason="; ".join(f.kind for f in flags),
+        flag_detail="; ".join(str(f) for f in flags),
+        attempts=len(redone) + 1,
+        redo_reasons=tuple(redone),
+    )
 
 
 # --------------------------------------------------------------------------------------------------------- the worker
@@ -292,12 +327,31 @@ class DeviceWorker:
 
     # -- one cell
     def _cell(self, device: Device, guard: GovernorGuard, cell: Cell, cid: str, art: ArtifactRef) -> None:
+        """Attempts until one ran unthrottled at its governor's frequency (profiler.telemetry), or [throttle] retries
+        redos were made: the last is kept with its flag. The redone attempts' time is the cell's harness time."""
+        prior, redone = HarnessClock(), list[str]()
+        while (why := self._attempt(device, guard, (cell, cid, art), prior, redone)) is not None:
+            redone.append(why)
+            with prior.part("redo_cooldown"):
+                self._settle(device)
+            if self._stopping(guard):
+                self._record(cid, cell, "interrupted", INTERRUPTED)
+                return
+
+    def _attempt(
+        self, device: Device, guard: GovernorGuard, planned: PlannedCell, prior: HarnessClock, redone: list[str]
+    ) -> str | None:
+        """One attempt at a cell: records its outcome, or returns why it is to be redone (flagged, retries left)."""
+        cell, cid, art = planned
         clock = HarnessClock()
+        for part, seconds in prior.parts.items():  # earlier attempts of this cell, and the cooldowns after them
+            clock.add(part, seconds)
+        clock.wait += prior.wait
         with clock.part("governor"):
             applied, reason, pinned = self._governor(device, guard, cell)
         if applied is None:
             self._record(cid, cell, "skipped", reason)
-            return
+            return None
         mask = affinity_mask(cell.affinity, self.facts)
         with clock.part("cooldown"):
             start = self._cooldown(device)  # the last cooldown reading is the cell's start state
@@ -312,7 +366,7 @@ class DeviceWorker:
                     meter, energy_note = None, f"energy not measured: {why}"
         started = time.time()
         runs: list[Sequence[Step]] = []
-        pairs, trace, shares, stopped = [], None, [], None
+        pairs, trace, shares, stopped, windows = [], None, [], None, []
         with contextlib.ExitStack() as stack:
             if meter is not None:
                 try:  # a monitor that fails to start (or to prepare) costs the energy, never the time
@@ -329,6 +383,8 @@ class DeviceWorker:
                 with contextlib.ExitStack() as turn:
                     with clock.part("host_hold"):  # a virtual phone's steps get the host CPUs alone (hostcpu);
                         turn.enter_context(hostcpu.exclusive(self.facts.virtual, self.serial))  # waits: wait_s
+                    with clock.part("telemetry"):  # cpufreq time_in_state, thermal, cooling: before and after
+                        before = self._telemetry(device)
                     t0 = time.perf_counter()
                     self.launch = (self.serial, remote)
                     try:
@@ -336,6 +392,10 @@ class DeviceWorker:
                     finally:
                         self.launch = None
                     launch = time.perf_counter() - t0
+                    with clock.part("telemetry"):
+                        after = self._telemetry(device)
+                if before is not None and after is not None:
+                    windows.append(window(before, after))
                 if not r.ok:
                     raise DeviceError(
                         "runner failed",
@@ -362,7 +422,7 @@ class DeviceWorker:
             energy_note += f"; {put_back_passthrough(meter.spec.partition(':')[2], self.lab_home)}"
         if self._stopping(guard):  # its governors were restored when the stop came: nothing of it is kept
             self._record(cid, cell, "interrupted", INTERRUPTED)
-            return
+            return None
         with clock.part("end_read"):
             end = self._dynamic(device)
         changed = sorted({p.governor for p in end.policies if p.governor and p.governor != applied})
@@ -374,7 +434,14 @@ class DeviceWorker:
                 f"the governor read back after the launches was {','.join(changed)}, "
                 f"not the {applied} applied: `--resume` redoes the cell",
             )
-            return
+            return None
+        tele = combine(windows) if windows else None
+        flags = judge(tele, applied, pinned, self.campaign.throttle.max_temp_c) if tele is not None else ()
+        cool = bool(flags) and started_cool(start, self.campaign.cooldown)
+        if flags and not cool and len(redone) < self.campaign.throttle.retries and not self._stopping(guard):
+            prior.parts, prior.wait = dict(clock.parts), clock.wait  # all of it was for nothing but this verdict
+            prior.add("redo", sum(s.step_ns for steps in runs for s in steps) / 1e9)
+            return "; ".join(str(f) for f in flags)
         energies: list[float | None] = [None] * sum(len(steps) for steps in runs)
         labels = {"virtual"} if self.facts.virtual else {"measured"}
         if trace is not None:
@@ -424,9 +491,13 @@ class DeviceWorker:
             wait_s=round(clock.wait, 4),
             cpu_share=tuple(None if x is None else round(x, 4) for x in shares),
             stop_reason=stopped or "",
+            **telemetry_columns(tele, flags, redone),
         )
+        if cool:  # kept at once: say why
+            meta = dataclasses.replace(meta, flag_detail=f"{meta.flag_detail}; {OWN_HEAT}")
         with hostcpu.shared(self.facts.virtual):  # in-process the store writes it now
             self.emit(CellEvent(meta, tuple(samples)))
+        return None
 
     def _governor(
         self, device: Device, guard: GovernorGuard, cell: Cell
@@ -460,6 +531,28 @@ class DeviceWorker:
     def _dynamic(self, device: Device) -> DeviceFacts:
         r = device.run_script("probe.sh", "dynamic", timeout=60)
         return parse_probe(r.stdout, serial=self.serial)
+
+    def _telemetry(self, device: Device) -> Reading | None:
+        """One `probe.sh telemetry` read (None when its output cannot be parsed: the launch has no telemetry)."""
+        r = device.run_script("probe.sh", "telemetry", timeout=60)
+        try:
+            return parse_reading(r.stdout, serial=self.serial)
+        except ParseError:
+            return None
+
+    def _settle(self, device: Device) -> None:
+        """Before a flagged cell is redone: until no CPU cooling device is engaged (at most the [cooldown] timeout),
+        then [throttle] cooldown_s (a trip point's hysteresis releases the cooling still warm); the attempt's own
+        cooldown follows."""
+        pause = self.campaign.throttle.cooldown_s
+        self.emit(StateEvent(f"throttled: redoing after a cooldown (CPU cooling released, then {pause:g} s)"))
+        deadline = time.monotonic() + self.campaign.cooldown.timeout_s
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            reading = self._telemetry(device)
+            if reading is None or not any(c.cur_state for c in reading.cpu_cooling):
+                break
+            self.stop.wait(min(1.0, max(0.1, deadline - time.monotonic())))
+        self.stop.wait(pause)
 
     def _cooldown(self, device: Device) -> DeviceFacts:
         """Wait until the matching thermal zones are under the limit (or the timeout passes); the last reading."""

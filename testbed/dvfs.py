@@ -40,7 +40,8 @@ spare utilisation (the kernel's post_init_entity_util_avg), so a launch does not
   * ondemand: util > 0.8 -> max, else min + util x (max - min);  conservative: +-5 % of max per tick (0.8 / 0.2);
   * a lower frequency only after the current one was held DOWN_HOLD_S (interactive's min_sample_time, ...);
 all within [scaling_min_freq, min(scaling_max_freq, thermal cap)]; scaling_cur_freq / cpuinfo_cur_freq report the
-applied frequency. A governor the policy does not offer is reverted (a kernel would refuse the write).
+applied frequency, and stats/time_in_state the time spent at each (cumulative, 10 ms units, as Linux counts it). A
+governor the policy does not offer is reverted (a kernel would refuse the write).
 Heat: see profiles.Thermal. Every number here is MODELED; none is measured on a phone.
 """
 
@@ -713,6 +714,9 @@ class DvfsModel:
             )
             self.cooling_dev.append(idx)
         self.held_s = [0.0] * len(profile.clusters)  # time at the current frequency
+        # stats/time_in_state: seconds at each frequency since boot (carried on from the file: a restarted model
+        # keeps counting), written in 10 ms units as Linux does
+        self.tis_s = [_read_tis(d[0] / TIME_IN_STATE, cl.freqs_khz) for d, cl in zip(self.dirs, profile.clusters)]
         self.util_avg = [0.0] * len(profile.clusters)  # smoothed frequency-invariant utilisation (0..1)
         self.rise_c = 0.0
         self.since_poll = 0.0
@@ -814,6 +818,7 @@ class DvfsModel:
                 setspeed,
             )
             self.held_s[i] += dt
+            self.tis_s[i][self.freqs[i]] = self.tis_s[i].get(self.freqs[i], 0.0) + dt  # the frequency during dt
             hold = DOWN_HOLD_S.get(gov, 0.0)
             if f < self.freqs[i] and self.held_s[i] < hold and self.freqs[i] <= hi_eff:
                 f = self.freqs[i]  # a dynamic governor lowers a frequency only after holding it a while
@@ -823,6 +828,7 @@ class DvfsModel:
             for pol in self.dirs[i]:
                 for name in ("scaling_cur_freq", "cpuinfo_cur_freq"):
                     self._write(pol / name, str(self.freqs[i]))
+                self._write(pol / TIME_IN_STATE, tis_text(self.tis_s[i]))
             dev = self.cooling_dev[i]
             if dev is not None:
                 max_state = self.profile.cooling_devices[dev].max_state
@@ -842,6 +848,22 @@ class DvfsModel:
 
 
 INPUTS = ("scaling_governor", "scaling_min_freq", "scaling_max_freq", "scaling_setspeed")
+TIME_IN_STATE = "stats/time_in_state"
+
+
+def tis_text(seconds: dict[int, float]) -> str:
+    """cpufreq's stats/time_in_state: `<kHz> <time in 10 ms units>` per frequency, ascending (pure)."""
+    return "\n".join(f"{f} {int(t * 100 + 1e-6)}" for f, t in sorted(seconds.items()))  # float sums: 0.5 not 0.49
+
+
+def _read_tis(path: Path, table: Sequence[int]) -> dict[int, float]:
+    """Seconds per frequency of a time_in_state file (every table frequency present, 0 where the file has none)."""
+    out = dict.fromkeys(table, 0.0)
+    for line in (_read(path) or "").splitlines():
+        f, _, t = line.partition(" ")
+        with contextlib.suppress(ValueError):
+            out[int(f)] = int(t) / 100
+    return out
 
 
 def write_node(path: Path, value: str) -> None:
